@@ -1,0 +1,34 @@
+#!/usr/bin/env node
+import { Command, CommanderError } from 'commander';
+import { ConfigError } from '../src/config.js';
+import { DomainError } from '../src/errors.js';
+import { addGlobalOptions } from './context.js';
+
+/**
+ * referral-manager: one binary for the server, the marketing flow and ops.
+ * Each command lives in cli/commands/<name>.ts and exports `register(program)`.
+ * Exit codes: 0 success, 1 failure, 2 usage error.
+ */
+const program = addGlobalOptions(new Command('referral-manager'))
+  .description('Cross-satellite referral tokens for Storj satellites')
+  .version('0.1.0')
+  .showHelpAfterError('(add --help for usage and examples)')
+  .exitOverride();
+
+const registrations: ((p: Command) => void)[] = [];
+for (const register of registrations) register(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  if (err instanceof CommanderError) {
+    // help and version exit 0; every other commander error is a usage error
+    process.exit(err.exitCode === 0 ? 0 : 2);
+  }
+  if (err instanceof ConfigError) {
+    console.error(err.message);
+    process.exit(2);
+  }
+  console.error(`error: ${err instanceof DomainError ? `${err.code}: ${err.message}` : (err as Error).message}`);
+  process.exit(1);
+}

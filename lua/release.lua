@@ -1,0 +1,16 @@
+--[[
+  release: reserved -> unredeemed; the sign-up failed and the token must not be burnt.
+  KEYS[1] bucket  KEYS[2] dict  KEYS[3] rs  KEYS[4] rd  KEYS[5] stats  KEYS[6] ev   (one hash tag {shard})
+  ARGV[1] token hex  ARGV[2] reservation id
+  Reply: { code, row... }; code ok | not_found | reservation_mismatch.
+  Releasing a lapsed reservation that nobody has taken since is still ok.
+]]
+--- @include "codec"
+
+local keys = { rs = KEYS[3], rd = KEYS[4], stats = KEYS[5], ev = KEYS[6] }
+local now = now_ms()
+local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], now)
+if not t then return { 'not_found' } end
+if t.state ~= 's' or t.reservationId ~= ARGV[2] then return reply('reservation_mismatch', t) end
+transition(keys, t, 'u', 'released', now)
+return reply('ok', t)

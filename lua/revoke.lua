@@ -1,0 +1,39 @@
+--[[
+  revoke: one token, or every unredeemed/reserved token of one owner.
+  KEYS[1] bucket  KEYS[2] dict  KEYS[3] rs  KEYS[4] rd  KEYS[5] stats  KEYS[6] ev   (one hash tag {shard})
+  ARGV[1] 'token': ARGV[2] token hex
+          'owner': ARGV[2] owner satellite id  ARGV[3] owner user id  ARGV[4] owner ref hint  ARGV[5] bucket hex prefix
+  Reply: token mode { code, row... } with code ok | not_found | already_redeemed | revoked;
+         owner mode { 'ok', count }.
+]]
+--- @include "codec"
+
+local keys = { rs = KEYS[3], rd = KEYS[4], stats = KEYS[5], ev = KEYS[6] }
+local now = now_ms()
+if ARGV[1] == 'token' then
+  local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], now)
+  if not t then return { 'not_found' } end
+  if t.state == 'r' then return reply('already_redeemed', t) end
+  if t.state == 'x' then return reply('revoked', t) end
+  transition(keys, t, 'x', 'revoked', now)
+  return reply('ok', t)
+end
+
+local satNum = lookup_num(KEYS[2], 's', ARGV[2])
+if not satNum then return { 'ok', 0 } end
+local ref = find_owner(KEYS[1], satNum .. ':' .. ARGV[3], ARGV[4], false)
+if not ref then return { 'ok', 0 } end
+local all = redis.call('HGETALL', KEYS[1])
+local count = 0
+for i = 1, #all, 2 do
+  local field, rec = all[i], all[i + 1]
+  if string.sub(field, 1, 1) ~= '#' then
+    local state, r = parse_rec(rec)
+    if r == ref and (state == 'u' or state == 's') then
+      local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[5] .. field, now)
+      transition(keys, t, 'x', 'revoked', now)
+      count = count + 1
+    end
+  end
+end
+return { 'ok', count }

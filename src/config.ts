@@ -1,0 +1,114 @@
+import os from 'node:os';
+
+/**
+ * The one configuration module. Every setting has an env name, a default and a parser; command-line
+ * flags override env (pass them as `overrides`, keyed by setting name). `loadConfig` validates all
+ * settings at once and throws a single ConfigError listing every problem.
+ * The README's configuration table is this list: keep the `doc` strings operator-facing.
+ */
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  - ${problems.join('\n  - ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+type Parser<T> = (raw: string) => T;
+
+interface Setting<T> {
+  env: string;
+  default: T;
+  parse: Parser<T>;
+  doc: string;
+}
+
+const int = (min: number, max = Number.MAX_SAFE_INTEGER): Parser<number> => (raw) => {
+  if (!/^-?\d+$/.test(raw.trim())) throw new Error(`expected an integer, got "${raw}"`);
+  const n = Number(raw);
+  if (n < min || n > max) throw new Error(`expected ${min}..${max}, got ${n}`);
+  return n;
+};
+
+const str: Parser<string> = (raw) => raw;
+
+const bool: Parser<boolean> = (raw) => {
+  const v = raw.trim().toLowerCase();
+  if (['1', 'true', 'yes', 'on'].includes(v)) return true;
+  if (['0', 'false', 'no', 'off', ''].includes(v)) return false;
+  throw new Error(`expected true/false, got "${raw}"`);
+};
+
+const url = (...protocols: string[]): Parser<string> => (raw) => {
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    throw new Error(`not a URL: "${raw}"`);
+  }
+  if (!protocols.includes(u.protocol)) throw new Error(`expected ${protocols.join(' or ')} URL, got "${u.protocol}"`);
+  return raw;
+};
+
+const hostList: Parser<string[]> = (raw) => {
+  const nodes = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const n of nodes) if (!/^[^:\s]+:\d+$/.test(n)) throw new Error(`expected host:port[,host:port...], got "${n}"`);
+  return nodes;
+};
+
+const keyPrefix: Parser<string> = (raw) => {
+  if (!/^[A-Za-z0-9_.-]{1,32}$/.test(raw)) throw new Error(`expected 1..32 of [A-Za-z0-9_.-] (no braces: the prefix sits outside the hash tag), got "${raw}"`);
+  return raw;
+};
+
+const adminKey: Parser<string> = (raw) => {
+  if (raw !== '' && raw.length < 32) throw new Error('must be at least 32 characters (or empty to disable admin routes)');
+  return raw;
+};
+
+export const settings = {
+  redisUrl: { env: 'REDIS_URL', default: 'redis://127.0.0.1:6379', parse: url('redis:', 'rediss:'), doc: 'Redis to keep tokens in (standalone).' },
+  redisClusterNodes: { env: 'REDIS_CLUSTER_NODES', default: [] as string[], parse: hostList, doc: 'Comma-separated host:port seeds; when set, Redis Cluster is used instead of REDIS_URL.' },
+  keyPrefix: { env: 'KEY_PREFIX', default: 'rm', parse: keyPrefix, doc: 'Prefix of every Redis key, so several deployments (or test runs) can share one Redis.' },
+  databaseUrl: { env: 'DATABASE_URL', default: 'postgres://postgres@127.0.0.1:5432/referral_manager', parse: url('postgres:', 'postgresql:'), doc: 'Postgres for the durable snapshot (database created if missing).' },
+  host: { env: 'HOST', default: '0.0.0.0', parse: str, doc: 'Address the HTTP API listens on.' },
+  port: { env: 'PORT', default: 7480, parse: int(0, 65535), doc: 'Port the HTTP API listens on.' },
+  workers: { env: 'WORKERS', default: Math.max(1, os.availableParallelism()), parse: int(1, 256), doc: 'HTTP worker processes sharing the port (default: one per core).' },
+  adminKey: { env: 'ADMIN_KEY', default: '', parse: adminKey, doc: 'Bearer key of the admin routes (>= 32 chars). Empty: admin routes answer 401.' },
+  defaultLeaseMs: { env: 'DEFAULT_LEASE_MS', default: 10 * 60_000, parse: int(1, 24 * 3600_000), doc: 'Reservation lease when a reserve call gives no leaseMs.' },
+  maxLeaseMs: { env: 'MAX_LEASE_MS', default: 60 * 60_000, parse: int(1, 7 * 24 * 3600_000), doc: 'Longest reservation lease a satellite may ask for.' },
+  keyGraceMs: { env: 'KEY_GRACE_MS', default: 24 * 3600_000, parse: int(0), doc: 'How long a rotated satellite key keeps working.' },
+  rateLimitFailures: { env: 'RATE_LIMIT_FAILURES', default: 100, parse: int(1), doc: 'Failed redeem/reserve/lookup answers (404/410) allowed per satellite and per IP in one window before 429.' },
+  rateLimitWindowMs: { env: 'RATE_LIMIT_WINDOW_MS', default: 60_000, parse: int(100), doc: 'Window of the failure rate limit.' },
+  snapshot: { env: 'SNAPSHOT', default: true, parse: bool, doc: 'Run the Postgres snapshot writer inside serve.' },
+  snapshotBatch: { env: 'SNAPSHOT_BATCH', default: 5000, parse: int(1, 100_000), doc: 'Most events the snapshot writer applies in one transaction.' },
+  snapshotFlushMs: { env: 'SNAPSHOT_FLUSH_MS', default: 50, parse: int(1, 60_000), doc: 'Longest the snapshot writer waits to fill a batch.' },
+  logLevel: { env: 'LOG_LEVEL', default: 'info', parse: (raw: string) => {
+    if (!['debug', 'info', 'warn', 'error'].includes(raw)) throw new Error(`expected debug|info|warn|error, got "${raw}"`);
+    return raw as 'debug' | 'info' | 'warn' | 'error';
+  }, doc: 'debug | info | warn | error.' },
+} satisfies Record<string, Setting<unknown>>;
+
+type Settings = typeof settings;
+export type Config = { [K in keyof Settings]: Settings[K]['default'] };
+
+/** Reads every setting from `env`, then applies `overrides` (already-typed values or raw strings from flags). */
+export function loadConfig(overrides: Partial<Record<keyof Config, unknown>> = {}, env: NodeJS.ProcessEnv = process.env): Config {
+  const problems: string[] = [];
+  const out: Record<string, unknown> = {};
+  for (const [name, s] of Object.entries(settings) as [keyof Config, Setting<unknown>][]) {
+    const override = overrides[name];
+    const raw = override !== undefined ? override : env[s.env];
+    if (raw === undefined || (typeof raw === 'string' && raw === '' && name !== 'adminKey')) {
+      out[name] = s.default;
+      continue;
+    }
+    try {
+      out[name] = typeof raw === 'string' ? s.parse(raw) : raw;
+    } catch (err) {
+      problems.push(`${s.env}: ${(err as Error).message}`);
+    }
+  }
+  if (problems.length) throw new ConfigError(problems);
+  return out as Config;
+}

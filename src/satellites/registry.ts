@@ -1,0 +1,128 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { RedisClient } from '../store/redis.js';
+import { DomainError } from '../errors.js';
+import { checkId } from '../tokens/validate.js';
+
+export interface Satellite {
+  id: string;
+  name?: string;
+  /** where the manager reaches the satellite's referral endpoints (generation flow) */
+  url?: string;
+  /** key the manager presents to the satellite; stored as given because the manager must send it */
+  outboundKey?: string;
+  createdAt: number;
+}
+
+/** 256 random bits, URL-safe; the manager stores only its SHA-256. */
+export function newApiKey(): string {
+  return `rmk_${randomBytes(32).toString('base64url')}`;
+}
+
+export function hashKey(key: string): string {
+  return createHash('sha256').update(key).digest('hex');
+}
+
+/** Constant-time comparison of two key hashes (or keys) of any length. */
+export function sameKey(a: string, b: string): boolean {
+  const x = createHash('sha256').update(a).digest();
+  const y = createHash('sha256').update(b).digest();
+  return timingSafeEqual(x, y) && a.length === b.length;
+}
+
+/**
+ * Registered satellites and their API keys, in Redis under one hash tag ({sat}) so the
+ * multi-key updates below stay in one cluster slot and run in MULTI.
+ *   <p>:{sat}:s:<id>   hash   the Satellite fields
+ *   <p>:{sat}:keys     hash   sha256(key) -> "<satelliteId>\t<validUntil ms or empty>"
+ */
+export class SatelliteRegistry {
+  constructor(private readonly redis: RedisClient, private readonly prefix: string) {}
+
+  private satKey(id: string): string {
+    return `${this.prefix}:{sat}:s:${id}`;
+  }
+  private keysKey(): string {
+    return `${this.prefix}:{sat}:keys`;
+  }
+  private indexKey(): string {
+    return `${this.prefix}:{sat}:ids`;
+  }
+
+  async add(input: { id: string; name?: string; url?: string; outboundKey?: string }): Promise<{ id: string; apiKey: string }> {
+    const id = checkId('id', input.id);
+    if (input.url !== undefined) checkUrl(input.url);
+    const apiKey = newApiKey();
+    const fields: Record<string, string> = { id, createdAt: String(Date.now()), keyHash: hashKey(apiKey) };
+    if (input.name !== undefined) fields.name = String(input.name);
+    if (input.url !== undefined) fields.url = input.url;
+    if (input.outboundKey !== undefined) fields.outboundKey = String(input.outboundKey);
+    const created = await this.redis.sadd(this.indexKey(), id);
+    if (created === 0) throw new DomainError('satellite_exists', `satellite "${id}" is already registered`);
+    await this.redis.multi().hset(this.satKey(id), fields).hset(this.keysKey(), fields.keyHash!, `${id}\t`).exec();
+    return { id, apiKey };
+  }
+
+  async get(id: string): Promise<Satellite | undefined> {
+    const h = await this.redis.hgetall(this.satKey(id));
+    if (!h.id) return undefined;
+    const s: Satellite = { id: h.id, createdAt: Number(h.createdAt) };
+    if (h.name) s.name = h.name;
+    if (h.url) s.url = h.url;
+    if (h.outboundKey) s.outboundKey = h.outboundKey;
+    return s;
+  }
+
+  async require(id: string): Promise<Satellite> {
+    const s = await this.get(id);
+    if (!s) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
+    return s;
+  }
+
+  async list(): Promise<Satellite[]> {
+    const ids = (await this.redis.smembers(this.indexKey())).sort();
+    const all = await Promise.all(ids.map((id) => this.get(id)));
+    return all.filter((s): s is Satellite => s !== undefined);
+  }
+
+  async remove(id: string): Promise<void> {
+    const h = await this.redis.hgetall(this.satKey(id));
+    if (!h.id) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
+    const m = this.redis.multi().del(this.satKey(id)).srem(this.indexKey(), id).hdel(this.keysKey(), h.keyHash!);
+    if (h.prevKeyHash) m.hdel(this.keysKey(), h.prevKeyHash);
+    await m.exec();
+  }
+
+  /** New key now; the old one keeps working for `graceMs`, then not. */
+  async rotateKey(id: string, graceMs: number): Promise<{ apiKey: string }> {
+    const h = await this.redis.hgetall(this.satKey(id));
+    if (!h.id) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
+    const apiKey = newApiKey();
+    const newHash = hashKey(apiKey);
+    const m = this.redis.multi();
+    if (h.prevKeyHash) m.hdel(this.keysKey(), h.prevKeyHash);
+    if (graceMs > 0) m.hset(this.keysKey(), h.keyHash!, `${id}\t${Date.now() + graceMs}`);
+    else m.hdel(this.keysKey(), h.keyHash!);
+    m.hset(this.keysKey(), newHash, `${id}\t`).hset(this.satKey(id), { keyHash: newHash, prevKeyHash: graceMs > 0 ? h.keyHash! : '' });
+    await m.exec();
+    return { apiKey };
+  }
+
+  /** The satellite a key belongs to, or undefined. Looked up by hash, so the key never leaves this process. */
+  async authenticate(apiKey: string): Promise<string | undefined> {
+    const entry = await this.redis.hget(this.keysKey(), hashKey(apiKey));
+    if (!entry) return undefined;
+    const [id, until] = entry.split('\t');
+    if (until && Number(until) <= Date.now()) return undefined;
+    return id;
+  }
+}
+
+function checkUrl(url: string): void {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new DomainError('invalid_request', `url: not a URL: "${url}"`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new DomainError('invalid_request', 'url: must be http(s)');
+}

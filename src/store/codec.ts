@@ -1,0 +1,37 @@
+import type { Result, Token, TokenState } from './model.js';
+
+/** Decodes the scripts' `{ code, row... }` replies; the row order is ROW_FIELDS in lua/includes/codec.lua. */
+const num = (s: string | undefined): number | undefined => (s ? Number(s) : undefined);
+
+export function decodeRow(r: string[], at = 0): Token {
+  const t: Token = {
+    token: r[at]!,
+    state: r[at + 1] as TokenState,
+    ownerSatelliteId: r[at + 2]!,
+    ownerUserId: r[at + 3]!,
+    campaignId: r[at + 4]!,
+    createdAt: Number(r[at + 5]),
+  };
+  const optional: [keyof Token, string | number | undefined][] = [
+    ['expiresAt', num(r[at + 6])],
+    ['reservationId', r[at + 7] || undefined],
+    ['reservedBy', r[at + 8] || undefined],
+    ['leaseExpiresAt', num(r[at + 9])],
+    ['redeemerSatelliteId', r[at + 10] || undefined],
+    ['redeemerUserId', r[at + 11] || undefined],
+    ['redeemedAt', num(r[at + 12])],
+  ];
+  for (const [k, v] of optional) if (v !== undefined) (t as unknown as Record<string, unknown>)[k] = v;
+  return t;
+}
+
+export function decodeResult<C extends string>(reply: unknown): Result<C> {
+  const r = reply as string[];
+  const out: Result<C> = { code: r[0] as C };
+  if (r.length > 1) out.token = decodeRow(r, 1);
+  return out;
+}
+
+export function dashed(hex: string): string {
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}

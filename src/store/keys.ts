@@ -1,0 +1,74 @@
+import { createHash } from 'node:crypto';
+
+/**
+ * Virtual shards and buckets. A token's first 16 bits name its virtual shard (6 bits, 64 shards)
+ * and its bucket inside the shard (10 bits, 1024 buckets); both come from a hash of the owner, so a
+ * token, its owner's record and its shard's event stream share one hash tag `{shard}` and every
+ * script touches one Redis Cluster slot. 106 of the UUID's 122 random bits stay random.
+ */
+export const SHARD_BITS = 6;
+export const BUCKET_BITS = 10;
+export const SHARDS = 1 << SHARD_BITS;
+export const BUCKETS_PER_SHARD = 1 << BUCKET_BITS;
+
+export interface Place {
+  shard: number;
+  bucket: number;
+  /** first 4 hex digits of every token in this bucket */
+  prefix: string;
+}
+
+export interface OwnerPlace extends Place {
+  /** where the owner's record starts probing inside its bucket */
+  refHint: number;
+}
+
+export function placeOfOwner(satelliteId: string, userId: string): OwnerPlace {
+  const h = createHash('sha1').update(satelliteId).update('\n').update(userId).digest();
+  const v = h.readUInt16BE(0);
+  return { ...placeOf(v), refHint: h.readUInt16BE(2) & 0x3fff };
+}
+
+/** `hex` is the 32-digit token without dashes */
+export function placeOfToken(hex: string): Place {
+  return placeOf(parseInt(hex.slice(0, 4), 16));
+}
+
+function placeOf(v: number): Place {
+  return { shard: v >>> BUCKET_BITS, bucket: v & (BUCKETS_PER_SHARD - 1), prefix: v.toString(16).padStart(4, '0') };
+}
+
+export class Keys {
+  constructor(readonly prefix: string) {}
+
+  tag(shard: number): string {
+    return `${this.prefix}:{${shard}}`;
+  }
+  bucket(shard: number, bucket: number): string {
+    return `${this.tag(shard)}:b:${bucket}`;
+  }
+  dict(shard: number): string {
+    return `${this.tag(shard)}:dict`;
+  }
+  reservations(shard: number): string {
+    return `${this.tag(shard)}:rs`;
+  }
+  redeemed(shard: number): string {
+    return `${this.tag(shard)}:rd`;
+  }
+  stats(shard: number): string {
+    return `${this.tag(shard)}:stats`;
+  }
+  events(shard: number): string {
+    return `${this.tag(shard)}:ev`;
+  }
+  /** KEYS of the single-token scripts, in their header order */
+  tokenKeys(p: Place): string[] {
+    const s = p.shard;
+    return [this.bucket(s, p.bucket), this.dict(s), this.reservations(s), this.redeemed(s), this.stats(s), this.events(s)];
+  }
+  /** Every key the engine owns matches one of these SCAN patterns. */
+  patterns(): string[] {
+    return [`${this.prefix}:{*}:*`];
+  }
+}

@@ -1,0 +1,49 @@
+/** The token as every layer above the store sees it. Times are epoch milliseconds. */
+export type TokenState = 'unredeemed' | 'reserved' | 'redeemed' | 'revoked';
+
+export interface Token {
+  token: string;
+  state: TokenState;
+  ownerSatelliteId: string;
+  ownerUserId: string;
+  campaignId: string;
+  createdAt: number;
+  expiresAt?: number;
+  reservationId?: string;
+  reservedBy?: string;
+  leaseExpiresAt?: number;
+  redeemerSatelliteId?: string;
+  redeemerUserId?: string;
+  redeemedAt?: number;
+}
+
+/** Token-engine result codes; `resultErrors` in src/errors.ts maps them to wire codes. */
+export type RedeemCode = 'ok' | 'not_found' | 'already_redeemed' | 'reserved' | 'revoked' | 'expired';
+export type CompleteCode = 'ok' | 'not_found' | 'reservation_mismatch' | 'reservation_expired' | 'revoked';
+export type ReleaseCode = 'ok' | 'not_found' | 'reservation_mismatch';
+export type RevokeCode = 'ok' | 'not_found' | 'already_redeemed' | 'revoked';
+
+/** `token` is present whenever the token exists (so callers can report its owner even on refusal). */
+export interface Result<C extends string> {
+  code: C;
+  token?: Token;
+}
+
+export interface UnredeemedToken {
+  token: string;
+  campaignId: string;
+  createdAt: number;
+  expiresAt?: number;
+}
+
+export interface OwnerTokens {
+  ownerSatelliteId: string;
+  ownerUserId: string;
+  tokens: string[];
+}
+
+/** Counters kept by the scripts: per owner satellite and state, and redemptions owner -> redeemer satellite. */
+export interface Stats {
+  satellites: Record<string, { generated: number; unredeemed: number; reserved: number; redeemed: number; revoked: number }>;
+  redemptions: { ownerSatelliteId: string; redeemerSatelliteId: string; count: number }[];
+}

@@ -1,0 +1,60 @@
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import type { RedisClient } from './redis.js';
+import { masters } from './redis.js';
+
+/** lua/ sits at the package root, both from src/ (tests) and from dist/src/ (built). */
+function luaDir(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 4; i++) {
+    const candidate = path.join(dir, 'lua');
+    try {
+      readFileSync(path.join(candidate, 'includes', 'codec.lua'));
+      return candidate;
+    } catch {
+      dir = path.dirname(dir);
+    }
+  }
+  throw new Error('lua/ directory not found next to the package');
+}
+
+const INCLUDE = /^--- @include "([\w-]+)"$/m;
+
+/** Reads lua/<name>.lua with its `--- @include "x"` lines replaced by lua/includes/x.lua. */
+export function readScript(name: string): string {
+  const dir = luaDir();
+  let src = readFileSync(path.join(dir, `${name}.lua`), 'utf8');
+  let m: RegExpExecArray | null;
+  while ((m = INCLUDE.exec(src))) {
+    const body = readFileSync(path.join(dir, "includes", `${m[1]}.lua`), "utf8");
+    src = src.replace(m[0], () => body);
+  }
+  return src;
+}
+
+export const SCRIPT_NAMES = ['generate', 'redeem', 'reserve', 'complete', 'release', 'revoke', 'revoke_campaign', 'lookup', 'list'] as const;
+export type ScriptName = (typeof SCRIPT_NAMES)[number];
+
+export type ScriptFn = (keys: string[], args: (string | number)[]) => Promise<unknown>;
+
+/**
+ * Registers every script with ioredis `defineCommand` (EVALSHA, falling back to EVAL and so
+ * reloading on NOSCRIPT) and returns typed callers. `preload` pushes them with SCRIPT LOAD to every
+ * master so /readyz can say "scripts loaded".
+ */
+export function defineScripts(client: RedisClient, extra: readonly string[] = []): Record<string, ScriptFn> {
+  const out: Record<string, ScriptFn> = {};
+  for (const name of [...SCRIPT_NAMES, ...extra]) {
+    const cmd = `rm_${name}`;
+    const c = client as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
+    if (typeof c[cmd] !== 'function') client.defineCommand(cmd, { lua: readScript(name) });
+    out[name] = (keys, args) => c[cmd]!(keys.length, ...keys, ...args);
+  }
+  return out;
+}
+
+export async function preloadScripts(client: RedisClient, names: readonly string[] = SCRIPT_NAMES): Promise<void> {
+  const sources = names.map((n) => readScript(n));
+  await Promise.all(masters(client).map((m) => Promise.all(sources.map((s) => m.script('LOAD', s)))));
+}

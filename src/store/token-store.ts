@@ -1,0 +1,150 @@
+import type { RedisClient } from './redis.js';
+import { defineScripts, preloadScripts, type ScriptFn } from './scripts.js';
+import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken } from './keys.js';
+import { dashed, decodeResult } from './codec.js';
+import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, UnredeemedToken } from './model.js';
+
+export interface OwnerBatch {
+  ownerSatelliteId: string;
+  ownerUserId: string;
+  /** token hexes (32 digits, no dashes), already placed in the owner's bucket */
+  hexes: string[];
+}
+
+const STATES = ['generated', 'unredeemed', 'reserved', 'redeemed', 'revoked'] as const;
+
+/**
+ * Redis side of the token engine: one method per Lua script, inputs already validated.
+ * Tokens travel as 32-digit hex here; the scripts store a 28-digit suffix under the bucket
+ * that the first 4 digits name.
+ */
+export class TokenStore {
+  readonly keys: Keys;
+  private readonly s: Record<string, ScriptFn>;
+
+  constructor(readonly redis: RedisClient, prefix: string) {
+    this.keys = new Keys(prefix);
+    this.s = defineScripts(redis);
+  }
+
+  preload(): Promise<void> {
+    return preloadScripts(this.redis);
+  }
+
+  /** Writes owners' tokens, one script call per virtual shard, all shards in parallel. */
+  async generate(batches: OwnerBatch[], campaignId: string, expiresAt?: number): Promise<number> {
+    const byShard = new Map<number, { keys: string[]; args: (string | number)[]; owners: number; bucketIndex: Map<string, number> }>();
+    for (const b of batches) {
+      const place = placeOfOwner(b.ownerSatelliteId, b.ownerUserId);
+      let g = byShard.get(place.shard);
+      if (!g) {
+        const k = this.keys;
+        g = { keys: [k.dict(place.shard), k.stats(place.shard), k.events(place.shard)], args: [], owners: 0, bucketIndex: new Map() };
+        byShard.set(place.shard, g);
+      }
+      const bucketKey = this.keys.bucket(place.shard, place.bucket);
+      let idx = g.bucketIndex.get(bucketKey);
+      if (idx === undefined) {
+        g.keys.push(bucketKey);
+        idx = g.keys.length;
+        g.bucketIndex.set(bucketKey, idx);
+      }
+      g.args.push(idx, place.refHint, b.ownerSatelliteId, b.ownerUserId, b.hexes.length, ...b.hexes);
+      g.owners++;
+    }
+    const replies = await Promise.all(
+      [...byShard.values()].map((g) => this.s.generate!(g.keys, [campaignId, expiresAt ?? '', g.owners, ...g.args])),
+    );
+    let created = 0;
+    for (const r of replies as (number | string)[][]) {
+      if (r.length > 1) throw new Error(`token collision on ${r.slice(1).join(', ')}`);
+      created += Number(r[0]);
+    }
+    return created;
+  }
+
+  private single<C extends string>(script: string, hex: string, args: (string | number)[]): Promise<Result<C>> {
+    return this.s[script]!(this.keys.tokenKeys(placeOfToken(hex)), [hex, ...args]).then((r) => decodeResult<C>(r));
+  }
+
+  redeem(hex: string, redeemerSatelliteId: string, redeemerUserId: string): Promise<Result<RedeemCode>> {
+    return this.single('redeem', hex, [redeemerSatelliteId, redeemerUserId]);
+  }
+
+  reserve(hex: string, satelliteId: string, leaseMs: number, reservationId: string): Promise<Result<RedeemCode>> {
+    return this.single('reserve', hex, [satelliteId, leaseMs, reservationId]);
+  }
+
+  complete(hex: string, reservationId: string, redeemerUserId: string): Promise<Result<CompleteCode>> {
+    return this.single('complete', hex, [reservationId, redeemerUserId]);
+  }
+
+  release(hex: string, reservationId: string): Promise<Result<ReleaseCode>> {
+    return this.single('release', hex, [reservationId]);
+  }
+
+  lookup(hex: string): Promise<Result<'ok' | 'not_found'>> {
+    const keys = this.keys.tokenKeys(placeOfToken(hex)).slice(0, 4);
+    return this.s.lookup!(keys, [hex]).then((r) => decodeResult(r));
+  }
+
+  revokeToken(hex: string): Promise<Result<RevokeCode>> {
+    return this.s.revoke!(this.keys.tokenKeys(placeOfToken(hex)), ['token', hex]).then((r) => decodeResult(r));
+  }
+
+  async revokeOwner(ownerSatelliteId: string, ownerUserId: string): Promise<number> {
+    const p = placeOfOwner(ownerSatelliteId, ownerUserId);
+    const r = (await this.s.revoke!(this.keys.tokenKeys(p), ['owner', ownerSatelliteId, ownerUserId, p.refHint, p.prefix])) as [string, number];
+    return Number(r[1]);
+  }
+
+  async revokeCampaign(campaignId: string): Promise<number> {
+    const counts = await Promise.all(
+      Array.from({ length: SHARDS }, (_, shard) => {
+        const k = this.keys;
+        const keys = [k.dict(shard), k.reservations(shard), k.redeemed(shard), k.stats(shard), k.events(shard)];
+        for (let b = 0; b < BUCKETS_PER_SHARD; b++) keys.push(k.bucket(shard, b));
+        return this.s.revoke_campaign!(keys, [campaignId, shard, BUCKETS_PER_SHARD]) as Promise<[string, number]>;
+      }),
+    );
+    return counts.reduce((sum, r) => sum + Number(r[1]), 0);
+  }
+
+  async listUnredeemed(ownerSatelliteId: string, ownerUserId: string): Promise<UnredeemedToken[]> {
+    const p = placeOfOwner(ownerSatelliteId, ownerUserId);
+    const keys = this.keys.tokenKeys(p).slice(0, 3);
+    const r = (await this.s.list!(keys, [ownerSatelliteId, ownerUserId, p.refHint, p.prefix])) as string[];
+    const out: UnredeemedToken[] = [];
+    for (let i = 0; i < r.length; i += 4) {
+      const t: UnredeemedToken = { token: dashed(r[i]!), campaignId: r[i + 1]!, createdAt: Number(r[i + 2]) };
+      if (r[i + 3]) t.expiresAt = Number(r[i + 3]);
+      out.push(t);
+    }
+    return out.sort((a, b) => a.createdAt - b.createdAt || a.token.localeCompare(b.token));
+  }
+
+  /** Sums the per-shard counters the scripts keep. */
+  async stats(): Promise<Stats> {
+    const all = await Promise.all(Array.from({ length: SHARDS }, (_, s) => this.redis.hgetall(this.keys.stats(s))));
+    const out: Stats = { satellites: {}, redemptions: [] };
+    const matrix = new Map<string, number>();
+    for (const h of all) {
+      for (const [field, value] of Object.entries(h)) {
+        const parts = field.split('\t');
+        if (parts[0] === 'x' && parts.length === 3) {
+          const k = `${parts[1]}\t${parts[2]}`;
+          matrix.set(k, (matrix.get(k) ?? 0) + Number(value));
+        } else if (parts.length === 2) {
+          const sat = (out.satellites[parts[0]!] ??= { generated: 0, unredeemed: 0, reserved: 0, redeemed: 0, revoked: 0 });
+          const state = parts[1] as (typeof STATES)[number];
+          if (STATES.includes(state)) sat[state] += Number(value);
+        }
+      }
+    }
+    for (const [k, count] of matrix) {
+      const [ownerSatelliteId, redeemerSatelliteId] = k.split('\t') as [string, string];
+      out.redemptions.push({ ownerSatelliteId, redeemerSatelliteId, count });
+    }
+    return out;
+  }
+}

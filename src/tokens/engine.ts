@@ -1,0 +1,107 @@
+import { randomUUID } from 'node:crypto';
+import { DomainError } from '../errors.js';
+import { placeOfOwner } from '../store/keys.js';
+import type { TokenStore } from '../store/token-store.js';
+import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, Token, UnredeemedToken } from '../store/model.js';
+import { checkId, tokenHex } from './validate.js';
+
+export const MAX_TOKENS_PER_CALL = 10_000;
+
+export interface GenerateRequest {
+  owners: { ownerSatelliteId: string; ownerUserId: string }[];
+  perUser: number;
+  campaignId?: string;
+  expiresAt?: number;
+}
+
+export interface GeneratedToken {
+  ownerSatelliteId: string;
+  ownerUserId: string;
+  token: string;
+}
+
+/** A fresh campaign id when the caller names none: sortable by time, unique. */
+export function newCampaignId(now = Date.now()): string {
+  return `c-${new Date(now).toISOString().slice(0, 10)}-${randomUUID().slice(0, 8)}`;
+}
+
+/**
+ * The token engine: validates input, makes tokens with the CSPRNG, and drives the store.
+ * Tokens are random UUIDv4 whose first 4 hex digits are replaced by the owner's bucket prefix
+ * (see src/store/keys.ts), which keeps them valid v4 UUIDs.
+ */
+export class TokenEngine {
+  constructor(readonly store: TokenStore) {}
+
+  async generate(req: GenerateRequest): Promise<{ campaignId: string; tokens: GeneratedToken[] }> {
+    if (!Number.isInteger(req.perUser) || req.perUser < 1 || req.perUser > MAX_TOKENS_PER_CALL) {
+      throw new DomainError('invalid_request', `perUser: must be an integer 1..${MAX_TOKENS_PER_CALL}`);
+    }
+    const total = req.owners.length * req.perUser;
+    if (total > MAX_TOKENS_PER_CALL) {
+      throw new DomainError('invalid_request', `at most ${MAX_TOKENS_PER_CALL} tokens per call, asked for ${total}`);
+    }
+    if (req.expiresAt !== undefined && (!Number.isSafeInteger(req.expiresAt) || req.expiresAt <= Date.now())) {
+      throw new DomainError('invalid_request', 'expiresAt: must be a future time in epoch milliseconds');
+    }
+    const campaignId = req.campaignId === undefined ? newCampaignId() : checkId('campaignId', req.campaignId);
+    const tokens: GeneratedToken[] = [];
+    const batches = req.owners.map((o, i) => {
+      const ownerSatelliteId = checkId(`owners[${i}].ownerSatelliteId`, o.ownerSatelliteId);
+      const ownerUserId = checkId(`owners[${i}].ownerUserId`, o.ownerUserId);
+      const { prefix } = placeOfOwner(ownerSatelliteId, ownerUserId);
+      const hexes: string[] = [];
+      for (let n = 0; n < req.perUser; n++) {
+        const u = randomUUID();
+        const hex = prefix + u.slice(4, 8) + u.slice(9, 13) + u.slice(14, 18) + u.slice(19, 23) + u.slice(24);
+        hexes.push(hex);
+        tokens.push({ ownerSatelliteId, ownerUserId, token: prefix + u.slice(4) });
+      }
+      return { ownerSatelliteId, ownerUserId, hexes };
+    });
+    const created = await this.store.generate(batches, campaignId, req.expiresAt);
+    if (created !== total) throw new Error(`generated ${created} of ${total} tokens`);
+    return { campaignId, tokens };
+  }
+
+  redeem(token: string, redeemerSatelliteId: string, redeemerUserId: string): Promise<Result<RedeemCode>> {
+    return this.store.redeem(tokenHex(token), checkId('redeemerSatelliteId', redeemerSatelliteId), checkId('userId', redeemerUserId));
+  }
+
+  reserve(token: string, satelliteId: string, leaseMs: number): Promise<Result<RedeemCode>> {
+    if (!Number.isInteger(leaseMs) || leaseMs < 1) throw new DomainError('invalid_request', 'leaseMs: must be a positive integer');
+    return this.store.reserve(tokenHex(token), checkId('satelliteId', satelliteId), leaseMs, randomUUID());
+  }
+
+  complete(token: string, reservationId: string, redeemerUserId: string): Promise<Result<CompleteCode>> {
+    return this.store.complete(tokenHex(token), checkId('reservationId', reservationId), checkId('userId', redeemerUserId));
+  }
+
+  release(token: string, reservationId: string): Promise<Result<ReleaseCode>> {
+    return this.store.release(tokenHex(token), checkId('reservationId', reservationId));
+  }
+
+  async lookup(token: string): Promise<Token | undefined> {
+    return (await this.store.lookup(tokenHex(token))).token;
+  }
+
+  revokeToken(token: string): Promise<Result<RevokeCode>> {
+    return this.store.revokeToken(tokenHex(token));
+  }
+
+  revokeOwner(ownerSatelliteId: string, ownerUserId: string): Promise<number> {
+    return this.store.revokeOwner(checkId('satelliteId', ownerSatelliteId), checkId('userId', ownerUserId));
+  }
+
+  revokeCampaign(campaignId: string): Promise<number> {
+    return this.store.revokeCampaign(checkId('campaignId', campaignId));
+  }
+
+  listUnredeemed(ownerSatelliteId: string, ownerUserId: string): Promise<UnredeemedToken[]> {
+    return this.store.listUnredeemed(checkId('satelliteId', ownerSatelliteId), checkId('userId', ownerUserId));
+  }
+
+  stats(): Promise<Stats> {
+    return this.store.stats();
+  }
+}

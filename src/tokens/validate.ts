@@ -1,0 +1,24 @@
+import { DomainError } from '../errors.js';
+
+const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+// Tab, newline and other control characters separate fields inside the Redis records.
+const CONTROL = /[\u0000-\u001f\u007f]/;
+
+/** Satellite, user and campaign ids: opaque strings of 1..128 bytes without control characters. */
+export function checkId(field: string, value: unknown): string {
+  if (typeof value !== 'string') throw new DomainError('invalid_request', `${field}: must be a string`);
+  const bytes = Buffer.byteLength(value);
+  if (bytes < 1 || bytes > 128) throw new DomainError('invalid_request', `${field}: must be 1..128 bytes, got ${bytes}`);
+  if (CONTROL.test(value)) throw new DomainError('invalid_request', `${field}: must not contain control characters`);
+  return value;
+}
+
+export function isToken(value: unknown): value is string {
+  return typeof value === 'string' && UUID_V4.test(value);
+}
+
+/** Canonical token text -> 32 hex digits; anything but a lowercase UUIDv4 is refused. */
+export function tokenHex(value: unknown, field = 'token'): string {
+  if (!isToken(value)) throw new DomainError('invalid_request', `${field}: must be a lowercase UUIDv4`);
+  return value.replace(/-/g, '');
+}

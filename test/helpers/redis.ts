@@ -1,0 +1,51 @@
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { createRedis, masters, type RedisClient } from '../../src/store/redis.js';
+import { TokenStore } from '../../src/store/token-store.js';
+import { TokenEngine } from '../../src/tokens/engine.js';
+
+export const SHARED_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+
+/** A key prefix no other test run uses, so tests never trample each other or a developer's data. */
+export function testPrefix(label = 't'): string {
+  return `test-${label}-${randomBytes(4).toString('hex')}`;
+}
+
+/** Deletes every key under `prefix` with SCAN (never FLUSHALL on a shared Redis). */
+export async function dropPrefix(client: RedisClient, prefix: string): Promise<void> {
+  for (const node of masters(client)) {
+    let cursor = '0';
+    do {
+      const [next, keys] = await node.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length) await Promise.all(keys.map((k) => node.unlink(k)));
+    } while (cursor !== '0');
+  }
+}
+
+export interface EngineFixture {
+  redis: RedisClient;
+  engine: TokenEngine;
+  store: TokenStore;
+  prefix: string;
+  close(): Promise<void>;
+}
+
+export async function engineFixture(opts: { redis?: () => RedisClient; label?: string } = {}): Promise<EngineFixture> {
+  const redis = opts.redis ? opts.redis() : createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
+  const prefix = testPrefix(opts.label);
+  const store = new TokenStore(redis, prefix);
+  await store.preload();
+  return {
+    redis,
+    store,
+    engine: new TokenEngine(store),
+    prefix,
+    async close() {
+      await dropPrefix(redis, prefix);
+      redis.disconnect();
+    },
+  };
+}
+
+export { Redis };

@@ -1,0 +1,14 @@
+import { defineConfig } from 'vitest/config';
+
+// Test files share one Redis and one Postgres but each uses its own key prefix / database,
+// so files may run in parallel; the machine has 2 cores, so keep the pool small.
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    testTimeout: 60_000,
+    hookTimeout: 120_000,
+    pool: 'forks',
+    poolOptions: { forks: { maxForks: 2, minForks: 1 } },
+    reporters: ['default'],
+  },
+});
