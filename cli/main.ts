@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+import { readdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { Command, CommanderError } from 'commander';
 import { ConfigError } from '../src/config.js';
 import { DomainError } from '../src/errors.js';
@@ -6,7 +8,6 @@ import { addGlobalOptions } from './context.js';
 
 /**
  * referral-manager: one binary for the server, the marketing flow and ops.
- * Each command lives in cli/commands/<name>.ts and exports `register(program)`.
  * Exit codes: 0 success, 1 failure, 2 usage error.
  */
 const program = addGlobalOptions(new Command('referral-manager'))
@@ -15,8 +16,12 @@ const program = addGlobalOptions(new Command('referral-manager'))
   .showHelpAfterError('(add --help for usage and examples)')
   .exitOverride();
 
-const registrations: ((p: Command) => void)[] = [];
-for (const register of registrations) register(program);
+// Commands are discovered, so adding one is adding a file: cli/commands/<name>.ts exporting register(program).
+const commandsDir = fileURLToPath(new URL('./commands/', import.meta.url));
+for (const file of readdirSync(commandsDir).filter((f) => f.endsWith('.js')).sort()) {
+  const mod = (await import(new URL(`./commands/${file}`, import.meta.url).href)) as { register?: (p: Command) => void };
+  mod.register?.(program);
+}
 
 try {
   await program.parseAsync(process.argv);

@@ -1,0 +1,23 @@
+import type { Command } from 'commander';
+import { settings } from '../../src/config.js';
+import { configFrom } from '../context.js';
+
+/** `referral-manager config`: the effective settings (secrets redacted) and where each comes from. */
+export function register(program: Command): void {
+  program
+    .command('config')
+    .description('print the effective configuration (env + flags), secrets redacted')
+    .option('--json', 'machine-readable output')
+    .addHelpText('after', '\nExamples:\n  referral-manager config\n  KEY_PREFIX=staging referral-manager config --json')
+    .action(function (this: Command, opts: { json?: boolean }) {
+      const config = configFrom(this) as Record<string, unknown>;
+      const rows = Object.entries(settings).map(([name, s]) => {
+        let value = config[name];
+        if (name === 'adminKey') value = value ? '(set)' : '(empty: admin routes disabled)';
+        if (name === 'databaseUrl' || name === 'redisUrl') value = String(value).replace(/\/\/([^:@/]+):[^@/]+@/, '//$1:***@');
+        return { env: s.env, value, fromEnv: process.env[s.env] !== undefined, doc: s.doc };
+      });
+      if (opts.json) console.log(JSON.stringify(rows, null, 2));
+      else for (const r of rows) console.log(`${r.env.padEnd(22)} ${JSON.stringify(r.value)}${r.fromEnv ? '' : '  (default)'}`);
+    });
+}
