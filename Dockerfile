@@ -1,0 +1,30 @@
+# syntax=docker/dockerfile:1
+# Build: compile TypeScript with dev dependencies, then ship only runtime deps, dist/ and lua/.
+# Debian bookworm (glibc 2.36) because the uWebSockets.js native binary needs glibc, not musl.
+FROM node:20-bookworm-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json ./
+COPY src ./src
+COPY cli ./cli
+COPY bench ./bench
+COPY lua ./lua
+RUN npm run build && npm prune --omit=dev
+
+FROM node:20-bookworm-slim
+ENV NODE_ENV=production \
+    PORT=7480
+WORKDIR /app
+COPY --from=build /app/package.json ./
+COPY --from=build /app/node_modules ./node_modules
+COPY --from=build /app/dist ./dist
+COPY --from=build /app/lua ./lua
+# fail the build if uWebSockets.js would fall back to its slow JS shim
+RUN node -e "const u=require('uWebSockets.js'); if (!String(u.App).includes('[native code]')) process.exit(1)"
+USER node
+EXPOSE 7480
+HEALTHCHECK --interval=10s --timeout=2s --retries=3 \
+  CMD node -e "fetch('http://127.0.0.1:'+(process.env.PORT||7480)+'/healthz').then(r=>process.exit(r.ok?0:1)).catch(()=>process.exit(1))"
+ENTRYPOINT ["node", "dist/cli/main.js"]
+CMD ["serve"]
