@@ -1,0 +1,48 @@
+import type { Satellite } from '../satellites/registry.js';
+import type { Stats } from '../store/model.js';
+import { Transport, type TransportOptions } from './transport.js';
+
+export type RevokeSelector = { tokens: string[] } | { satelliteId: string; userId: string } | { campaignId: string };
+
+const seg = encodeURIComponent;
+
+/** The admin routes (ADMIN_KEY), for the CLI and ops tooling. */
+export class AdminClient {
+  private readonly t: Transport;
+
+  constructor(opts: TransportOptions) {
+    this.t = new Transport(opts);
+  }
+
+  addSatellite(input: { id: string; name?: string; url?: string; outboundKey?: string }): Promise<{ id: string; apiKey: string }> {
+    return this.t.call('POST', '/v1/admin/satellites', input);
+  }
+
+  async listSatellites(): Promise<Satellite[]> {
+    return (await this.t.call<{ satellites: Satellite[] }>('GET', '/v1/admin/satellites')).satellites;
+  }
+
+  async removeSatellite(id: string): Promise<void> {
+    await this.t.call('DELETE', `/v1/admin/satellites/${seg(id)}`);
+  }
+
+  rotateKey(id: string): Promise<{ apiKey: string }> {
+    return this.t.call('POST', `/v1/admin/satellites/${seg(id)}/rotate-key`, {});
+  }
+
+  generate(req: { satelliteId: string; userIds: string[]; perUser: number; expiresAt?: number; campaignId?: string }): Promise<{ campaignId: string; tokens: { userId: string; token: string }[] }> {
+    return this.t.call('POST', '/v1/admin/tokens/generate', req);
+  }
+
+  revoke(selector: RevokeSelector): Promise<{ revoked: number }> {
+    return this.t.call('POST', '/v1/admin/tokens/revoke', selector);
+  }
+
+  stats(): Promise<Stats> {
+    return this.t.call('GET', '/v1/admin/stats');
+  }
+
+  close(): Promise<void> {
+    return this.t.close();
+  }
+}

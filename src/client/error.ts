@@ -1,0 +1,17 @@
+/**
+ * A refusal from the Referral Manager, carrying the wire code (`token_already_redeemed`, `rate_limited`, ...).
+ * Transport failures (timeouts, refused connections) use code `unavailable` and status 0, so callers
+ * switch on one field.
+ */
+export class ReferralError extends Error {
+  constructor(
+    readonly code: string,
+    readonly status: number,
+    message: string,
+    /** seconds, from Retry-After on 429/503 */
+    readonly retryAfter?: number,
+  ) {
+    super(message);
+    this.name = 'ReferralError';
+  }
+}

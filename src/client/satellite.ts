@@ -1,0 +1,80 @@
+import type { TokenState } from '../store/model.js';
+import { Transport, type TransportOptions } from './transport.js';
+
+export interface Redeemed {
+  token: string;
+  state: 'redeemed';
+  ownerSatelliteId: string;
+  ownerUserId: string;
+}
+
+export interface Reserved {
+  token: string;
+  state: 'reserved';
+  reservationId: string;
+  leaseExpiresAt: number;
+  ownerSatelliteId: string;
+  ownerUserId: string;
+}
+
+export interface Released {
+  token: string;
+  state: 'unredeemed';
+}
+
+export interface LookedUp {
+  token: string;
+  state: TokenState;
+  ownerSatelliteId: string;
+  expiresAt?: number;
+}
+
+export interface ListedToken {
+  token: string;
+  campaignId: string;
+  createdAt: number;
+  expiresAt?: number;
+}
+
+const seg = encodeURIComponent;
+
+/**
+ * What a satellite calls on sign-up. The key names the calling satellite; every refusal throws
+ * ReferralError with the wire code (e.g. `token_already_redeemed`).
+ */
+export class SatelliteClient {
+  private readonly t: Transport;
+
+  constructor(opts: TransportOptions) {
+    this.t = new Transport(opts);
+  }
+
+  redeem(token: string, userId: string): Promise<Redeemed> {
+    return this.t.call('POST', '/v1/tokens/redeem', { token, userId });
+  }
+
+  reserve(token: string, leaseMs?: number): Promise<Reserved> {
+    return this.t.call('POST', '/v1/tokens/reserve', leaseMs === undefined ? { token } : { token, leaseMs });
+  }
+
+  complete(token: string, reservationId: string, userId: string): Promise<Redeemed> {
+    return this.t.call('POST', '/v1/tokens/complete', { token, reservationId, userId });
+  }
+
+  release(token: string, reservationId: string): Promise<Released> {
+    return this.t.call('POST', '/v1/tokens/release', { token, reservationId });
+  }
+
+  lookup(token: string): Promise<LookedUp> {
+    return this.t.call('GET', `/v1/tokens/${seg(token)}`);
+  }
+
+  /** Unredeemed tokens of `userId` on the calling satellite. */
+  async listTokens(userId: string): Promise<ListedToken[]> {
+    return (await this.t.call<{ tokens: ListedToken[] }>('GET', `/v1/users/${seg(userId)}/tokens`)).tokens;
+  }
+
+  close(): Promise<void> {
+    return this.t.close();
+  }
+}
