@@ -1,0 +1,34 @@
+import cluster from 'node:cluster';
+import type { Command } from 'commander';
+import { runPrimary, runWorker } from '../../src/http/cluster.js';
+import { configFrom } from '../context.js';
+
+/** `referral-manager serve`: the HTTP API in N worker processes on one port; SIGTERM drains and exits 0. */
+export function register(program: Command): void {
+  program
+    .command('serve')
+    .description('run the HTTP API (N worker processes sharing one port)')
+    .option('--port <port>', 'port to listen on (env PORT)')
+    .option('--host <host>', 'address to listen on (env HOST)')
+    .option('--workers <n>', 'worker processes (env WORKERS; default one per core)')
+    .addHelpText('after', '\nExamples:\n  ADMIN_KEY=... referral-manager serve\n  referral-manager serve --port 8080 --workers 4')
+    .action(async function (this: Command, opts: { port?: string; host?: string; workers?: string }) {
+      const config = configFrom(this, { port: opts.port, host: opts.host, workers: opts.workers });
+      if (!cluster.isPrimary) return runWorker(config);
+
+      const primary = await runPrimary(config);
+      // Services of the primary (one per deployment, not per worker) start here and join `stops`:
+      // the snapshot writer belongs here when config.snapshot is on.
+      const stops: (() => Promise<void>)[] = [];
+      let stopping = false;
+      const shutdown = async () => {
+        if (stopping) return;
+        stopping = true;
+        await primary.stop();
+        for (const stop of stops) await stop();
+        process.exit(0);
+      };
+      process.on('SIGTERM', () => void shutdown());
+      process.on('SIGINT', () => void shutdown());
+    });
+}

@@ -1,0 +1,48 @@
+import { hashKey, sameKey, type SatelliteRegistry } from '../satellites/registry.js';
+
+const MAX_CACHED = 10_000;
+
+/**
+ * Bearer keys -> caller. Satellite keys are cached per process as sha256(key) -> satellite id for
+ * `ttlMs` (default 5 s), so the hot path costs no Redis round-trip: a removed satellite or a rotated
+ * key whose grace ended keeps working for at most `ttlMs` more on a worker that cached it. Unknown keys
+ * are not cached (a satellite added a moment ago works at once).
+ */
+export class Authenticator {
+  private readonly cache = new Map<string, { id: string; until: number }>();
+
+  constructor(
+    private readonly registry: SatelliteRegistry,
+    private readonly adminKey: string,
+    private readonly ttlMs = 5000,
+  ) {}
+
+  static bearer(header: string): string | undefined {
+    const m = /^Bearer[ ]+(\S+)\s*$/i.exec(header);
+    return m?.[1];
+  }
+
+  isAdmin(key: string): boolean {
+    return this.adminKey !== '' && sameKey(key, this.adminKey);
+  }
+
+  async satellite(key: string): Promise<string | undefined> {
+    const h = hashKey(key);
+    const now = Date.now();
+    const hit = this.cache.get(h);
+    if (hit && hit.until > now) return hit.id;
+    const id = await this.registry.authenticate(key);
+    if (id === undefined) {
+      this.cache.delete(h);
+      return undefined;
+    }
+    if (this.cache.size >= MAX_CACHED) this.cache.clear();
+    this.cache.set(h, { id, until: now + this.ttlMs });
+    return id;
+  }
+
+  /** Drops this process's cached keys of a satellite (after remove/rotate here; other workers wait out the TTL). */
+  forget(satelliteId: string): void {
+    for (const [h, e] of this.cache) if (e.id === satelliteId) this.cache.delete(h);
+  }
+}

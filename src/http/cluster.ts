@@ -1,0 +1,132 @@
+import cluster, { type Worker } from 'node:cluster';
+import { AggregatorRegistry } from 'prom-client';
+import type { Config } from '../config.js';
+import { collectProcessMetrics, registry } from '../metrics.js';
+import { startServer } from './server.js';
+
+/**
+ * `serve` as processes: a primary that forks N uWS workers sharing one port (SO_REUSEPORT) and
+ * answers their /metrics with the sum over every process (workers and primary), gathered over
+ * node:cluster IPC. The first worker picks the port when it is 0; the others are told to reuse it.
+ */
+
+type Msg =
+  | { rm: 'hello' }
+  | { rm: 'start'; port: number }
+  | { rm: 'listening'; port: number }
+  | { rm: 'metrics?'; id: number }
+  | { rm: 'metrics'; id: number; text: string }
+  | { rm: 'collect'; id: number }
+  | { rm: 'collected'; id: number; json: metric[] };
+
+const COLLECT_TIMEOUT_MS = 2000;
+type metric = Awaited<ReturnType<typeof registry.getMetricsAsJSON>>[number];
+
+export interface Primary {
+  port: number;
+  /** SIGTERM every worker, wait for them to drain and exit */
+  stop(): Promise<void>;
+}
+
+export async function runPrimary(config: Config, log: (line: string) => void = console.log): Promise<Primary> {
+  collectProcessMetrics();
+  let port = config.port;
+  let stopping = false;
+  let seq = 0;
+  const pending = new Map<number, { json: metric[][]; left: number; done: () => void }>();
+
+  const fork = (): Promise<Worker> =>
+    new Promise((resolve, reject) => {
+      const w = cluster.fork();
+      w.on('message', (m: Msg) => onMessage(w, m));
+      const onListening = (m: Msg) => {
+        if (m.rm !== 'listening') return;
+        w.off('message', onListening);
+        port = m.port;
+        resolve(w);
+      };
+      w.on('message', onListening);
+      w.once('exit', (code) => {
+        reject(new Error(`worker ${w.id} exited with ${code} before listening`));
+        if (!stopping) {
+          log(`worker ${w.id} exited (${code}); starting another`);
+          fork().catch((err: Error) => log(err.message));
+        }
+      });
+    });
+
+  const onMessage = (w: Worker, m: Msg) => {
+    // the worker asks once its listener is attached (a message sent earlier would be lost)
+    if (m.rm === 'hello') w.send({ rm: 'start', port } satisfies Msg);
+    if (m.rm === 'metrics?') void aggregate().then((text) => w.isConnected() && w.send({ rm: 'metrics', id: m.id, text } satisfies Msg));
+    if (m.rm === 'collected') {
+      const p = pending.get(m.id);
+      if (!p) return;
+      p.json.push(m.json);
+      if (--p.left === 0) p.done();
+    }
+  };
+
+  const aggregate = async (): Promise<string> => {
+    const id = ++seq;
+    const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => !!w && w.isConnected());
+    const json: metric[][] = [await registry.getMetricsAsJSON()];
+    await new Promise<void>((done) => {
+      const timer = setTimeout(done, COLLECT_TIMEOUT_MS);
+      pending.set(id, { json, left: workers.length, done: () => (clearTimeout(timer), done()) });
+      if (workers.length === 0) done();
+      for (const w of workers) w.send({ rm: 'collect', id } satisfies Msg);
+    });
+    pending.delete(id);
+    return AggregatorRegistry.aggregate(json).metrics();
+  };
+
+  await fork();
+  await Promise.all(Array.from({ length: config.workers - 1 }, fork));
+  log(`listening on ${config.host}:${port} (${config.workers} worker${config.workers > 1 ? 's' : ''})`);
+
+  return {
+    port,
+    async stop() {
+      stopping = true;
+      const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => !!w);
+      await Promise.all(workers.map((w) => new Promise<void>((done) => {
+        if (w.isDead()) return done();
+        w.once('exit', () => done());
+        w.process.kill('SIGTERM');
+      })));
+    },
+  };
+}
+
+/** A worker: waits for its port from the primary, serves, drains on SIGTERM and exits 0. */
+export async function runWorker(config: Config): Promise<void> {
+  const port = await new Promise<number>((resolve) => {
+    const onStart = (m: Msg) => {
+      if (m.rm !== 'start') return;
+      process.off('message', onStart);
+      resolve(m.port);
+    };
+    process.on('message', onStart);
+    process.send?.({ rm: 'hello' } satisfies Msg);
+  });
+  let seq = 0;
+  const waiting = new Map<number, (text: string) => void>();
+  process.on('message', (m: Msg) => {
+    if (m.rm === 'collect') void registry.getMetricsAsJSON().then((json) => process.send?.({ rm: 'collected', id: m.id, json } satisfies Msg));
+    if (m.rm === 'metrics') waiting.get(m.id)?.(m.text);
+  });
+  const metrics = () =>
+    new Promise<string>((resolve, reject) => {
+      const id = ++seq;
+      const timer = setTimeout(() => (waiting.delete(id), reject(new Error('metrics: primary did not answer'))), COLLECT_TIMEOUT_MS * 2);
+      waiting.set(id, (text) => (clearTimeout(timer), waiting.delete(id), resolve(text)));
+      process.send?.({ rm: 'metrics?', id } satisfies Msg);
+    });
+  const server = await startServer({ ...config, port }, { metrics });
+  // idempotent: Ctrl-C signals the whole process group and the primary then sends SIGTERM too
+  const shutdown = () => void server.close().then(() => process.exit(0));
+  process.on('SIGTERM', shutdown);
+  process.on('SIGINT', shutdown);
+  process.send?.({ rm: 'listening', port: server.port } satisfies Msg);
+}

@@ -1,0 +1,223 @@
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js';
+import { DomainError, type ErrorCode } from '../errors.js';
+import { observeRequest, redisErrors } from '../metrics.js';
+import { Authenticator } from './auth.js';
+import { decode, formatOf, reply, replyError, replyValue, type Exchange, type Format } from './wire.js';
+
+export type AuthKind = 'satellite' | 'admin' | 'none';
+
+/** A refusal with extra reply headers (Retry-After). */
+export class HttpError extends DomainError {
+  constructor(code: ErrorCode, message?: string, readonly headers: [string, string][] = []) {
+    super(code, message);
+  }
+}
+
+export interface Call<B> {
+  body: B;
+  /** decoded path parameters, in pattern order */
+  params: string[];
+  /** the calling satellite (satellite routes) */
+  satelliteId: string;
+  ip: string;
+}
+
+export type Outcome = { status?: number; value: unknown } | { status?: number; raw: Buffer | string; contentType: string };
+
+export interface Route<B = any> {
+  method: 'get' | 'post' | 'delete';
+  /** uWS pattern; `:name` segments become `params` */
+  pattern: string;
+  auth: AuthKind;
+  /** JSON Schema of the body; routes without one take no body */
+  schema?: object;
+  /** a missing body is `{}` instead of a 400 */
+  optionalBody?: boolean;
+  /** read the client IP (rate-limited routes) */
+  needsIp?: boolean;
+  handler(call: Call<B>): Promise<Outcome>;
+}
+
+export const SATELLITE_BODY_LIMIT = 16 * 1024;
+export const ADMIN_BODY_LIMIT = 8 * 1024 * 1024;
+
+// One Ajv, schemas compiled once at startup. No coercion and no defaults: the body is taken as sent.
+// Unknown properties are allowed and ignored, so clients can be newer than the server.
+const ajv = new Ajv({ allErrors: false, strict: true, strictTypes: true, coerceTypes: false, useDefaults: false });
+
+function describe(err: ErrorObject | undefined): string {
+  if (!err) return 'body: invalid';
+  if (err.keyword === 'required') {
+    const base = err.instancePath.slice(1).replace(/\//g, '.');
+    return `${base ? `${base}.` : ''}${(err.params as { missingProperty: string }).missingProperty}: is required`;
+  }
+  const field = err.instancePath.slice(1).replace(/\//g, '.') || 'body';
+  return `${field}: ${err.message ?? 'invalid'}`;
+}
+
+export interface RouterDeps {
+  auth: Authenticator;
+  /** true when an error means the store is unreachable (answered 503) */
+  storeDown(err: unknown): boolean;
+  /** requests in flight, for draining on shutdown */
+  inflight: { n: number };
+}
+
+/**
+ * Mounts routes on a uWS app. Per request, everything needed from `req` is read synchronously (uWS
+ * invalidates it on return), onAborted is armed at once, the body is read with a size cap, and every
+ * failure, thrown or rejected, becomes an {error, message} reply: nothing escapes into uWS.
+ */
+export function mount(app: TemplatedApp, routes: Route[], deps: RouterDeps): void {
+  const byPattern = new Map<string, Map<string, { route: Route; validate?: ValidateFunction }>>();
+  for (const r of routes) {
+    const m = byPattern.get(r.pattern) ?? new Map();
+    m.set(r.method, { route: r, validate: r.schema ? ajv.compile(r.schema) : undefined });
+    byPattern.set(r.pattern, m);
+  }
+  for (const [pattern, methods] of byPattern) {
+    const nParams = pattern.split('/').filter((s) => s.startsWith(':')).length;
+    const allow = [...methods.keys()].map((m) => m.toUpperCase()).join(', ');
+    app.any(pattern, (res, req) => {
+      const method = req.getMethod();
+      const entry = methods.get(method);
+      const ex = start(res, req, deps, pattern, method);
+      if (!entry) return replyError(ex, 'method_not_allowed', `${method.toUpperCase()} not allowed; use ${allow}`, [['allow', allow]]);
+      const params: string[] = [];
+      for (let i = 0; i < nParams; i++) params.push(req.getParameter(i) ?? '');
+      const ip = entry.route.needsIp ? Buffer.from(res.getRemoteAddressAsText()).toString() : '';
+      const key = Authenticator.bearer(req.getHeader('authorization'));
+      const contentType = req.getHeader('content-type');
+      const length = req.getHeader('content-length');
+      handle(ex, entry.route, entry.validate, deps, { params, ip, key, contentType, length });
+    });
+  }
+  app.any('/*', (res, req) => {
+    const ex = start(res, req, deps, 'unmatched', req.getMethod());
+    replyError(ex, 'not_found', `no route ${req.getMethod().toUpperCase()} ${req.getUrl()}`);
+  });
+}
+
+function start(res: HttpResponse, req: HttpRequest, deps: RouterDeps, pattern: string, method: string): Exchange {
+  const t0 = process.hrtime.bigint();
+  const accept = formatOf(req.getHeader('accept'));
+  const format: Format = accept ?? formatOf(req.getHeader('content-type')) ?? 'json';
+  deps.inflight.n++;
+  let ended = false;
+  const end = (status: number) => {
+    if (ended) return;
+    ended = true;
+    deps.inflight.n--;
+    if (status > 0) observeRequest(pattern, method, status, Number(process.hrtime.bigint() - t0) / 1e9);
+  };
+  const ex: Exchange = { res, aborted: false, done: false, format, finish: end };
+  res.onAborted(() => {
+    ex.aborted = true;
+    end(0);
+  });
+  return ex;
+}
+
+interface Head {
+  params: string[];
+  ip: string;
+  key: string | undefined;
+  contentType: string;
+  length: string;
+}
+
+function handle(ex: Exchange, route: Route, validate: ValidateFunction | undefined, deps: RouterDeps, head: Head): void {
+  const caller = authorize(route.auth, head.key, deps.auth);
+  // an auth rejection must not go unobserved while the body is still arriving
+  caller.catch(() => undefined);
+  if (!route.schema) {
+    void run(ex, route, deps, head, caller, undefined);
+    return;
+  }
+  const limit = route.auth === 'admin' ? ADMIN_BODY_LIMIT : SATELLITE_BODY_LIMIT;
+  const format = head.contentType ? formatOf(head.contentType) : undefined;
+  if (head.contentType && !format) return replyError(ex, 'unsupported_media_type', `content-type "${head.contentType.slice(0, 100)}" not supported; use application/msgpack or application/json`, [], true);
+  if (Number(head.length) > limit) return replyError(ex, 'body_too_large', `body over ${limit} bytes`, [], true);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  ex.res.onData((chunk, isLast) => {
+    try {
+      if (ex.done || ex.aborted) return;
+      size += chunk.byteLength;
+      if (size > limit) return replyError(ex, 'body_too_large', `body over ${limit} bytes`, [], true);
+      chunks.push(Buffer.from(chunk.slice(0)));
+      if (!isLast) return;
+      const raw = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+      let body: unknown;
+      if (raw.length === 0) {
+        if (!route.optionalBody) body = new DomainError('invalid_request', 'body: empty');
+        else body = {};
+      } else if (!format) {
+        body = new DomainError('unsupported_media_type', 'content-type missing; use application/msgpack or application/json');
+      } else {
+        try {
+          body = decode(format, raw);
+          if (validate && !validate(body)) body = new DomainError('invalid_request', describe(validate.errors?.[0]));
+        } catch (err) {
+          body = err;
+        }
+      }
+      void run(ex, route, deps, head, caller, body);
+    } catch (err) {
+      fail(ex, err, deps);
+    }
+  });
+}
+
+async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, caller: Promise<string>, body: unknown): Promise<void> {
+  try {
+    const satelliteId = await caller;
+    if (body instanceof Error) throw body;
+    const params = head.params.map((p, i) => {
+      try {
+        return decodeURIComponent(p);
+      } catch {
+        throw new DomainError('invalid_request', `path parameter ${i + 1}: bad percent-encoding`);
+      }
+    });
+    const out = await route.handler({ body, params, satelliteId, ip: head.ip });
+    if ('raw' in out) {
+      reply(ex, out.status ?? 200, Buffer.isBuffer(out.raw) ? out.raw : Buffer.from(out.raw), out.contentType);
+    } else {
+      replyValue(ex, out.status ?? 200, out.value);
+    }
+  } catch (err) {
+    fail(ex, err, deps);
+  }
+}
+
+async function authorize(kind: AuthKind, key: string | undefined, auth: Authenticator): Promise<string> {
+  if (kind === 'none') return '';
+  if (key === undefined) throw new DomainError('unauthorized', 'missing Authorization: Bearer <key>');
+  if (auth.isAdmin(key)) {
+    if (kind === 'admin') return '';
+    throw new DomainError('forbidden', 'the admin key may not call satellite routes');
+  }
+  const id = await auth.satellite(key);
+  if (id === undefined) throw new DomainError('unauthorized', 'unknown API key');
+  if (kind === 'admin') throw new DomainError('forbidden', 'a satellite key may not call admin routes');
+  return id;
+}
+
+function fail(ex: Exchange, err: unknown, deps: RouterDeps): void {
+  try {
+    if (err instanceof DomainError) {
+      return replyError(ex, err.code, err.message, err instanceof HttpError ? err.headers : undefined);
+    }
+    if (deps.storeDown(err)) {
+      redisErrors.labels('unavailable').inc();
+      return replyError(ex, 'store_unavailable', undefined, [['retry-after', '1']]);
+    }
+    if ((err as Error)?.name === 'ReplyError') redisErrors.labels('error').inc();
+    console.error('internal error:', err);
+    replyError(ex, 'internal');
+  } catch (again) {
+    console.error('could not reply:', again);
+  }
+}

@@ -1,0 +1,205 @@
+import type { Config } from '../config.js';
+import { DomainError, resultErrors } from '../errors.js';
+import { rateLimited, tokenResults } from '../metrics.js';
+import type { SatelliteRegistry } from '../satellites/registry.js';
+import type { Result, Token } from '../store/model.js';
+import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
+import type { Authenticator } from './auth.js';
+import type { FailureLimiter } from './rate-limit.js';
+import { HttpError, type Call, type Outcome, type Route } from './router.js';
+
+export interface RouteDeps {
+  config: Config;
+  engine: TokenEngine;
+  registry: SatelliteRegistry;
+  auth: Authenticator;
+  limiter: FailureLimiter;
+  ready(): Promise<{ ready: boolean; details: Record<string, unknown> }>;
+  metrics(): Promise<string>;
+}
+
+const id = { type: 'string', minLength: 1, maxLength: 128 };
+const token = { type: 'string', minLength: 36, maxLength: 36 };
+const obj = (required: string[], properties: Record<string, object>) => ({ type: 'object', required, properties });
+
+/** Drops undefined fields, which MessagePack would otherwise carry as nil. */
+function defined<T extends object>(o: T): T {
+  for (const k of Object.keys(o) as (keyof T)[]) if (o[k] === undefined) delete o[k];
+  return o;
+}
+
+const ok = (value: unknown, status?: number): Outcome => ({ status, value });
+
+export function routes(d: RouteDeps): Route[] {
+  const limited = (c: Call<unknown>) => {
+    const wait = d.limiter.check(c.satelliteId, c.ip);
+    if (wait !== undefined) {
+      rateLimited.labels('check').inc();
+      throw new HttpError('rate_limited', undefined, [['retry-after', String(wait)]]);
+    }
+  };
+  /** 404/410 count towards the failure limit; the one crossing it is answered 429 */
+  const refuse = async (c: Call<unknown>, code: keyof typeof resultErrors): Promise<never> => {
+    const wire = resultErrors[code];
+    if (wire === 'token_not_found' || wire === 'token_revoked' || wire === 'token_expired') {
+      const wait = await d.limiter.fail(c.satelliteId, c.ip);
+      if (wait !== undefined) {
+        rateLimited.labels('crossed').inc();
+        throw new HttpError('rate_limited', undefined, [['retry-after', String(wait)]]);
+      }
+    }
+    throw new DomainError(wire);
+  };
+  const owner = (t: Token | undefined) => ({ ownerSatelliteId: t!.ownerSatelliteId, ownerUserId: t!.ownerUserId });
+  const count = (op: string, r: Result<string>) => tokenResults.labels(op, r.code).inc();
+
+  return [
+    {
+      method: 'post', pattern: '/v1/tokens/redeem', auth: 'satellite', needsIp: true,
+      schema: obj(['token', 'userId'], { token, userId: id }),
+      async handler(c: Call<{ token: string; userId: string }>) {
+        limited(c);
+        const r = await d.engine.redeem(c.body.token, c.satelliteId, c.body.userId);
+        count('redeem', r);
+        if (r.code !== 'ok') return refuse(c, r.code);
+        return ok({ token: c.body.token, state: 'redeemed', ...owner(r.token) });
+      },
+    },
+    {
+      method: 'post', pattern: '/v1/tokens/reserve', auth: 'satellite', needsIp: true,
+      schema: obj(['token'], { token, leaseMs: { type: 'integer', minimum: 1, maximum: d.config.maxLeaseMs } }),
+      async handler(c: Call<{ token: string; leaseMs?: number }>) {
+        limited(c);
+        const r = await d.engine.reserve(c.body.token, c.satelliteId, c.body.leaseMs ?? d.config.defaultLeaseMs);
+        count('reserve', r);
+        if (r.code !== 'ok') return refuse(c, r.code);
+        const t = r.token!;
+        return ok({ token: c.body.token, state: 'reserved', reservationId: t.reservationId, leaseExpiresAt: t.leaseExpiresAt, ...owner(t) });
+      },
+    },
+    {
+      method: 'post', pattern: '/v1/tokens/complete', auth: 'satellite',
+      schema: obj(['token', 'reservationId', 'userId'], { token, reservationId: id, userId: id }),
+      async handler(c: Call<{ token: string; reservationId: string; userId: string }>) {
+        const r = await d.engine.complete(c.body.token, c.body.reservationId, c.body.userId);
+        count('complete', r);
+        if (r.code !== 'ok') throw new DomainError(resultErrors[r.code]);
+        return ok({ token: c.body.token, state: 'redeemed', ...owner(r.token) });
+      },
+    },
+    {
+      method: 'post', pattern: '/v1/tokens/release', auth: 'satellite',
+      schema: obj(['token', 'reservationId'], { token, reservationId: id }),
+      async handler(c: Call<{ token: string; reservationId: string }>) {
+        const r = await d.engine.release(c.body.token, c.body.reservationId);
+        count('release', r);
+        if (r.code !== 'ok') throw new DomainError(resultErrors[r.code]);
+        return ok({ token: c.body.token, state: 'unredeemed' });
+      },
+    },
+    {
+      method: 'get', pattern: '/v1/tokens/:token', auth: 'satellite', needsIp: true,
+      async handler(c) {
+        limited(c);
+        const t = await d.engine.lookup(c.params[0]!);
+        if (!t) return refuse(c, 'not_found');
+        return ok(defined({ token: t.token, state: t.state, ownerSatelliteId: t.ownerSatelliteId, expiresAt: t.expiresAt }));
+      },
+    },
+    {
+      method: 'get', pattern: '/v1/users/:userId/tokens', auth: 'satellite',
+      async handler(c) {
+        const tokens = await d.engine.listUnredeemed(c.satelliteId, c.params[0]!);
+        return ok({ tokens: tokens.map((t) => defined({ ...t })) });
+      },
+    },
+
+    {
+      method: 'post', pattern: '/v1/admin/satellites', auth: 'admin',
+      schema: obj(['id'], { id, name: { type: 'string', maxLength: 256 }, url: { type: 'string', maxLength: 2048 }, outboundKey: { type: 'string', maxLength: 4096 } }),
+      async handler(c: Call<{ id: string; name?: string; url?: string; outboundKey?: string }>) {
+        const { id: sid, name, url, outboundKey } = c.body;
+        return ok(await d.registry.add(defined({ id: sid, name, url, outboundKey })), 201);
+      },
+    },
+    {
+      method: 'get', pattern: '/v1/admin/satellites', auth: 'admin',
+      async handler() {
+        // outboundKey is a secret the manager presents; listing says only whether one is set
+        const all = await d.registry.list();
+        return ok({ satellites: all.map(({ outboundKey, ...s }) => ({ ...s, hasOutboundKey: outboundKey !== undefined })) });
+      },
+    },
+    {
+      method: 'delete', pattern: '/v1/admin/satellites/:id', auth: 'admin',
+      async handler(c) {
+        await d.registry.remove(c.params[0]!);
+        d.auth.forget(c.params[0]!);
+        return ok({ id: c.params[0], removed: true });
+      },
+    },
+    {
+      method: 'post', pattern: '/v1/admin/satellites/:id/rotate-key', auth: 'admin', optionalBody: true,
+      schema: obj([], { graceMs: { type: 'integer', minimum: 0 } }),
+      async handler(c: Call<{ graceMs?: number }>) {
+        const r = await d.registry.rotateKey(c.params[0]!, c.body.graceMs ?? d.config.keyGraceMs);
+        d.auth.forget(c.params[0]!);
+        return ok(r);
+      },
+    },
+    {
+      method: 'post', pattern: '/v1/admin/tokens/generate', auth: 'admin',
+      schema: obj(['satelliteId', 'userIds', 'perUser'], {
+        satelliteId: id,
+        userIds: { type: 'array', minItems: 1, maxItems: MAX_TOKENS_PER_CALL, items: id },
+        perUser: { type: 'integer', minimum: 1, maximum: MAX_TOKENS_PER_CALL },
+        expiresAt: { type: 'integer' },
+        campaignId: id,
+      }),
+      async handler(c: Call<{ satelliteId: string; userIds: string[]; perUser: number; expiresAt?: number; campaignId?: string }>) {
+        const b = c.body;
+        await d.registry.require(b.satelliteId);
+        const out = await d.engine.generate(defined({
+          owners: b.userIds.map((u) => ({ ownerSatelliteId: b.satelliteId, ownerUserId: u })),
+          perUser: b.perUser,
+          expiresAt: b.expiresAt,
+          campaignId: b.campaignId,
+        }));
+        return ok({ campaignId: out.campaignId, tokens: out.tokens.map((t) => ({ userId: t.ownerUserId, token: t.token })) });
+      },
+    },
+    {
+      method: 'post', pattern: '/v1/admin/tokens/revoke', auth: 'admin',
+      schema: { type: 'object', properties: { tokens: { type: 'array', minItems: 1, maxItems: MAX_TOKENS_PER_CALL, items: token }, satelliteId: id, userId: id, campaignId: id } },
+      async handler(c: Call<{ tokens?: string[]; satelliteId?: string; userId?: string; campaignId?: string }>) {
+        const b = c.body;
+        if (b.tokens) {
+          const rs = await Promise.all(b.tokens.map((t) => d.engine.revokeToken(t)));
+          return ok({ revoked: rs.filter((r) => r.code === 'ok').length });
+        }
+        if (b.satelliteId !== undefined && b.userId !== undefined) return ok({ revoked: await d.engine.revokeOwner(b.satelliteId, b.userId) });
+        if (b.campaignId !== undefined) return ok({ revoked: await d.engine.revokeCampaign(b.campaignId) });
+        throw new DomainError('invalid_request', 'body: give tokens, or satelliteId and userId, or campaignId');
+      },
+    },
+    {
+      method: 'get', pattern: '/v1/admin/stats', auth: 'admin',
+      async handler() {
+        return ok(await d.engine.stats());
+      },
+    },
+
+    { method: 'get', pattern: '/healthz', auth: 'none', handler: async () => ok({ status: 'ok' }) },
+    {
+      method: 'get', pattern: '/readyz', auth: 'none',
+      async handler() {
+        const r = await d.ready();
+        return ok({ ready: r.ready, ...r.details }, r.ready ? 200 : 503);
+      },
+    },
+    {
+      method: 'get', pattern: '/metrics', auth: 'none',
+      handler: async () => ({ raw: await d.metrics(), contentType: 'text/plain; version=0.0.4; charset=utf-8' }),
+    },
+  ];
+}

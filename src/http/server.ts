@@ -1,0 +1,117 @@
+import { createHash } from 'node:crypto';
+import uws from 'uWebSockets.js';
+import type { Config } from '../config.js';
+import { collectProcessMetrics, registry as metricsRegistry } from '../metrics.js';
+import { SatelliteRegistry } from '../satellites/registry.js';
+import { createRedis, masters, type RedisClient } from '../store/redis.js';
+import { readScript, SCRIPT_NAMES } from '../store/scripts.js';
+import { TokenStore } from '../store/token-store.js';
+import { TokenEngine } from '../tokens/engine.js';
+import { Authenticator } from './auth.js';
+import { FailureLimiter } from './rate-limit.js';
+import { mount } from './router.js';
+import { routes } from './routes.js';
+
+export interface HttpServer {
+  port: number;
+  redis: RedisClient;
+  /** stop accepting, wait for in-flight requests (up to `graceMs`), close Redis */
+  close(graceMs?: number): Promise<void>;
+}
+
+export interface ServerOptions {
+  /** /metrics text; default: this process's registry (the serve workers ask the primary for the aggregate) */
+  metrics?: () => Promise<string>;
+  /** seconds a satellite key stays cached in process */
+  authCacheMs?: number;
+}
+
+const SHAS = SCRIPT_NAMES.map((n) => createHash('sha1').update(readScript(n)).digest('hex'));
+
+/** True for failures that mean "Redis is not reachable right now" rather than a bug. */
+function storeDown(redis: RedisClient, err: unknown): boolean {
+  if (redis.status !== 'ready') return true;
+  const e = err as { name?: string; message?: string; code?: string };
+  return e?.name === 'MaxRetriesPerRequestError' || /Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|LOADING|CLUSTERDOWN/.test(e?.message ?? '');
+}
+
+async function readiness(redis: RedisClient): Promise<{ ready: boolean; details: Record<string, unknown> }> {
+  try {
+    await redis.ping();
+  } catch (err) {
+    return { ready: false, details: { redis: 'down', error: (err as Error).message } };
+  }
+  try {
+    let loaded = true;
+    for (const m of masters(redis)) {
+      const have = (await m.script('EXISTS', ...SHAS)) as number[];
+      if (have.some((x) => x !== 1)) loaded = false;
+    }
+    if (!loaded) {
+      // a Redis restarted without persistence lost them: load again, report this probe as not ready
+      await new TokenStore(redis, '').preload();
+      return { ready: false, details: { redis: 'up', scripts: 'reloading' } };
+    }
+    return { ready: true, details: { redis: 'up', scripts: 'loaded' } };
+  } catch (err) {
+    return { ready: false, details: { redis: 'up', scripts: 'unknown', error: (err as Error).message } };
+  }
+}
+
+function ready(redis: RedisClient, ms: number): Promise<void> {
+  if (redis.status === 'ready') return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => (redis.off('ready', onReady), reject(new Error(`no connection within ${ms} ms`))), ms);
+    const onReady = () => (clearTimeout(timer), resolve());
+    redis.once('ready', onReady);
+  });
+}
+
+/** Starts one HTTP worker on config.host:config.port (SO_REUSEPORT, so several processes can share it). */
+export async function startServer(config: Config, opts: ServerOptions = {}): Promise<HttpServer> {
+  collectProcessMetrics();
+  const redis = createRedis(config, { failFast: true, connectionName: 'referral-manager-http' });
+  // logged once per outage by ioredis' reconnect loop; requests meanwhile answer 503
+  redis.on('error', () => undefined);
+  const store = new TokenStore(redis, config.keyPrefix);
+  try {
+    // fail-fast commands are refused until the first connect: wait for it, a little
+    await ready(redis, 5000);
+    await store.preload();
+  } catch (err) {
+    console.error(`redis not ready at start (${(err as Error).message}); serving 503 until it is`);
+  }
+  const engine = new TokenEngine(store);
+  const satellites = new SatelliteRegistry(redis, config.keyPrefix);
+  const auth = new Authenticator(satellites, config.adminKey, opts.authCacheMs);
+  const limiter = new FailureLimiter(redis, config.keyPrefix, config.rateLimitFailures, config.rateLimitWindowMs);
+  const inflight = { n: 0 };
+  const app = uws.App();
+  mount(
+    app,
+    routes({
+      config, engine, registry: satellites, auth, limiter,
+      ready: () => readiness(redis),
+      metrics: opts.metrics ?? (() => metricsRegistry.metrics()),
+    }),
+    { auth, inflight, storeDown: (err) => storeDown(redis, err) },
+  );
+  const socket = await new Promise<uws.us_listen_socket>((resolve, reject) => {
+    app.listen(config.host, config.port, (s) => (s ? resolve(s) : reject(new Error(`cannot listen on ${config.host}:${config.port}`))));
+  });
+  const port = uws.us_socket_local_port(socket as unknown as uws.us_socket);
+  let closed: Promise<void> | undefined;
+  return {
+    port,
+    redis,
+    close(graceMs = 10_000) {
+      closed ??= (async () => {
+        uws.us_listen_socket_close(socket);
+        const deadline = Date.now() + graceMs;
+        while (inflight.n > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+        redis.disconnect();
+      })();
+      return closed;
+    },
+  };
+}

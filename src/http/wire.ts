@@ -1,0 +1,97 @@
+import { Packr, Unpackr } from 'msgpackr';
+import type { HttpResponse } from 'uWebSockets.js';
+import { DomainError, errorCatalogue, type ErrorCode } from '../errors.js';
+
+export type Format = 'msgpack' | 'json';
+
+// Plain maps in and out: records/structures are a msgpackr extension satellites need not speak.
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' });
+const packr = new Packr({ useRecords: false });
+
+/** Media type of a Content-Type or Accept value, or undefined if it is none we speak. */
+export function formatOf(header: string): Format | undefined {
+  for (const part of header.split(',')) {
+    const type = part.split(';')[0]!.trim().toLowerCase();
+    if (type === 'application/msgpack' || type === 'application/x-msgpack') return 'msgpack';
+    if (type === 'application/json') return 'json';
+  }
+  return undefined;
+}
+
+/** Body bytes -> value; any decoder failure is a 400 naming the reason. */
+export function decode(format: Format, body: Buffer): unknown {
+  if (body.length === 0) throw new DomainError('invalid_request', 'body: empty');
+  try {
+    return format === 'json' ? JSON.parse(body.toString('utf8')) : unpackr.unpack(body);
+  } catch (err) {
+    throw new DomainError('invalid_request', `body: not valid ${format === 'json' ? 'JSON' : 'MessagePack'} (${String((err as Error)?.message ?? err).slice(0, 100)})`);
+  }
+}
+
+export function encode(format: Format, value: unknown): Buffer {
+  return format === 'json' ? Buffer.from(JSON.stringify(value)) : packr.pack(value);
+}
+
+const CONTENT_TYPE: Record<Format, string> = { msgpack: 'application/msgpack', json: 'application/json' };
+const REASONS: Record<number, string> = {
+  200: 'OK', 201: 'Created', 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found',
+  405: 'Method Not Allowed', 409: 'Conflict', 410: 'Gone', 413: 'Payload Too Large', 415: 'Unsupported Media Type',
+  429: 'Too Many Requests', 500: 'Internal Server Error', 503: 'Service Unavailable',
+};
+
+/** One in-flight request: what was read from uWS synchronously, and whether the reply may still be written. */
+export interface Exchange {
+  res: HttpResponse;
+  aborted: boolean;
+  done: boolean;
+  format: Format;
+  /** set by the router: called once the reply is fully written or the client went away */
+  finish(status: number): void;
+}
+
+export function errorBody(code: ErrorCode, message?: string): { error: ErrorCode; message: string } {
+  return { error: code, message: message ?? errorCatalogue[code].message };
+}
+
+/**
+ * Writes a whole reply, corked, honouring backpressure: if the socket buffer is full the rest is sent
+ * from onWritable. Never touches `res` after an abort or a previous reply.
+ */
+export function reply(ex: Exchange, status: number, body: Buffer, contentType: string, headers: [string, string][] = [], close = false): void {
+  if (ex.aborted || ex.done) return;
+  ex.done = true;
+  const { res } = ex;
+  res.cork(() => {
+    res.writeStatus(`${status} ${REASONS[status] ?? ''}`);
+    res.writeHeader('content-type', contentType);
+    for (const [k, v] of headers) res.writeHeader(k, v);
+    if (close) {
+      res.end(body, true);
+      ex.finish(status);
+      return;
+    }
+    const start = res.getWriteOffset();
+    const [ok, responded] = res.tryEnd(body, body.length);
+    if (responded) return ex.finish(status);
+    if (!ok) {
+      res.onWritable((offset) => {
+        if (ex.aborted) return true;
+        const [ok2, responded2] = res.tryEnd(body.subarray(offset - start), body.length);
+        if (responded2) ex.finish(status);
+        return ok2;
+      });
+    }
+  });
+}
+
+export function replyValue(ex: Exchange, status: number, value: unknown, headers?: [string, string][]): void {
+  if (ex.aborted || ex.done) return;
+  reply(ex, status, encode(ex.format, value), CONTENT_TYPE[ex.format], headers);
+}
+
+export function replyError(ex: Exchange, code: ErrorCode, message?: string, headers?: [string, string][], close = false): void {
+  if (ex.aborted || ex.done) return;
+  reply(ex, errorCatalogue[code].status, encode(ex.format, errorBody(code, message)), CONTENT_TYPE[ex.format], headers, close);
+}
+
+export { CONTENT_TYPE };

@@ -1,0 +1,65 @@
+import client from 'prom-client';
+
+/**
+ * Metrics of the HTTP API, in prom-client's default global registry so other parts of the
+ * process (the snapshot writer in the serve primary) add theirs to the same /metrics.
+ * Default process metrics include nodejs_eventloop_lag_seconds (the event-loop lag).
+ */
+export const registry = client.register;
+
+let defaultsOn = false;
+/** Process metrics (CPU, memory, GC, event-loop lag); once per process. */
+export function collectProcessMetrics(): void {
+  if (defaultsOn) return;
+  defaultsOn = true;
+  client.collectDefaultMetrics({ eventLoopMonitoringPrecision: 10 });
+}
+
+export const httpRequests = new client.Counter({
+  name: 'rm_http_requests_total',
+  help: 'HTTP requests answered, by route pattern, method and status',
+  labelNames: ['route', 'method', 'status'] as const,
+});
+
+export const httpDuration = new client.Histogram({
+  name: 'rm_http_request_duration_seconds',
+  help: 'Time from request to reply, by route pattern and status',
+  labelNames: ['route', 'status'] as const,
+  buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
+});
+
+export const tokenResults = new client.Counter({
+  name: 'rm_token_results_total',
+  help: 'Token operation results (redeem, reserve, complete, release) by engine result code',
+  labelNames: ['op', 'code'] as const,
+});
+
+export const redisErrors = new client.Counter({
+  name: 'rm_redis_errors_total',
+  help: 'Redis failures seen by the HTTP layer: unavailable (answered 503) or error (answered 500)',
+  labelNames: ['kind'] as const,
+});
+
+export const rateLimited = new client.Counter({
+  name: 'rm_rate_limited_total',
+  help: 'Requests refused with 429, by what hit the limit (satellite or ip)',
+  labelNames: ['by'] as const,
+});
+
+const children = new Map<string, { count: { inc(): void }; time: { observe(v: number): void } }>();
+const METHODS = new Set(['get', 'post', 'delete', 'put', 'patch', 'head', 'options']);
+
+/** Counts one answered request; label children are cached because this runs on every request. */
+export function observeRequest(route: string, rawMethod: string, status: number, seconds: number): void {
+  // the method is client-chosen on unknown routes: bound the label set
+  const method = METHODS.has(rawMethod) ? rawMethod : 'other';
+  const key = `${route} ${method} ${status}`;
+  let c = children.get(key);
+  if (!c) {
+    const s = String(status);
+    c = { count: httpRequests.labels(route, method, s), time: httpDuration.labels(route, s) };
+    children.set(key, c);
+  }
+  c.count.inc();
+  c.time.observe(seconds);
+}
