@@ -137,15 +137,15 @@ function handle(ex: Exchange, route: Route, validate: ValidateFunction | undefin
   }
   const limit = route.auth === 'admin' ? ADMIN_BODY_LIMIT : SATELLITE_BODY_LIMIT;
   const format = head.contentType ? formatOf(head.contentType) : undefined;
-  if (head.contentType && !format) return replyError(ex, 'unsupported_media_type', `content-type "${head.contentType.slice(0, 100)}" not supported; use application/msgpack or application/json`, [], true);
-  if (Number(head.length) > limit) return replyError(ex, 'body_too_large', `body over ${limit} bytes`, [], true);
+  if (head.contentType && !format) return replyError(ex, 'unsupported_media_type', `content-type "${head.contentType.slice(0, 100)}" not supported; use application/msgpack or application/json`);
+  if (Number(head.length) > limit) return replyError(ex, 'body_too_large', `body over ${limit} bytes`);
   const chunks: Buffer[] = [];
   let size = 0;
   ex.res.onData((chunk, isLast) => {
     try {
       if (ex.done || ex.aborted) return;
       size += chunk.byteLength;
-      if (size > limit) return replyError(ex, 'body_too_large', `body over ${limit} bytes`, [], true);
+      if (size > limit) return replyError(ex, 'body_too_large', `body over ${limit} bytes`);
       chunks.push(Buffer.from(chunk.slice(0)));
       if (!isLast) return;
       const raw = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);

@@ -189,7 +189,7 @@ export function routes(d: RouteDeps): Route[] {
       },
     },
 
-    { method: 'get', pattern: '/healthz', auth: 'none', handler: async () => ok({ status: 'ok' }) },
+    { method: 'get', pattern: '/healthz', auth: 'none', handler: async () => ok({ status: 'ok', pid: process.pid }) },
     {
       method: 'get', pattern: '/readyz', auth: 'none',
       async handler() {

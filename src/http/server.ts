@@ -22,8 +22,6 @@ export interface HttpServer {
 export interface ServerOptions {
   /** /metrics text; default: this process's registry (the serve workers ask the primary for the aggregate) */
   metrics?: () => Promise<string>;
-  /** seconds a satellite key stays cached in process */
-  authCacheMs?: number;
 }
 
 const SHAS = SCRIPT_NAMES.map((n) => createHash('sha1').update(readScript(n)).digest('hex'));
@@ -83,7 +81,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
   }
   const engine = new TokenEngine(store);
   const satellites = new SatelliteRegistry(redis, config.keyPrefix);
-  const auth = new Authenticator(satellites, config.adminKey, opts.authCacheMs);
+  const auth = new Authenticator(satellites, config.adminKey, config.authCacheMs);
   const limiter = new FailureLimiter(redis, config.keyPrefix, config.rateLimitFailures, config.rateLimitWindowMs);
   const inflight = { n: 0 };
   const app = uws.App();

@@ -57,7 +57,7 @@ export function errorBody(code: ErrorCode, message?: string): { error: ErrorCode
  * Writes a whole reply, corked, honouring backpressure: if the socket buffer is full the rest is sent
  * from onWritable. Never touches `res` after an abort or a previous reply.
  */
-export function reply(ex: Exchange, status: number, body: Buffer, contentType: string, headers: [string, string][] = [], close = false): void {
+export function reply(ex: Exchange, status: number, body: Buffer, contentType: string, headers: [string, string][] = []): void {
   if (ex.aborted || ex.done) return;
   ex.done = true;
   const { res } = ex;
@@ -65,11 +65,6 @@ export function reply(ex: Exchange, status: number, body: Buffer, contentType: s
     res.writeStatus(`${status} ${REASONS[status] ?? ''}`);
     res.writeHeader('content-type', contentType);
     for (const [k, v] of headers) res.writeHeader(k, v);
-    if (close) {
-      res.end(body, true);
-      ex.finish(status);
-      return;
-    }
     const start = res.getWriteOffset();
     const [ok, responded] = res.tryEnd(body, body.length);
     if (responded) return ex.finish(status);
@@ -89,9 +84,9 @@ export function replyValue(ex: Exchange, status: number, value: unknown, headers
   reply(ex, status, encode(ex.format, value), CONTENT_TYPE[ex.format], headers);
 }
 
-export function replyError(ex: Exchange, code: ErrorCode, message?: string, headers?: [string, string][], close = false): void {
+export function replyError(ex: Exchange, code: ErrorCode, message?: string, headers?: [string, string][]): void {
   if (ex.aborted || ex.done) return;
-  reply(ex, errorCatalogue[code].status, encode(ex.format, errorBody(code, message)), CONTENT_TYPE[ex.format], headers, close);
+  reply(ex, errorCatalogue[code].status, encode(ex.format, errorBody(code, message)), CONTENT_TYPE[ex.format], headers);
 }
 
 export { CONTENT_TYPE };

@@ -1,0 +1,129 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Packr } from 'msgpackr';
+import { Pool } from 'undici';
+
+const MAIN = path.resolve('dist/cli/main.js');
+export const ADMIN_KEY = 'test-admin-key-0123456789abcdefghijklmnop';
+const packr = new Packr({ useRecords: false });
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function waitFor(proc: ChildProcess, pattern: RegExp, what: string, ms = 20_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`${what}: no "${pattern}" within ${ms} ms; output:\n${out}`)), ms);
+    const onData = (d: Buffer) => {
+      out += d.toString();
+      if (pattern.test(out)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    };
+    proc.stdout?.on('data', onData);
+    proc.stderr?.on('data', onData);
+    proc.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${what} exited with ${code}; output:\n${out}`));
+    });
+  });
+}
+
+export interface Served {
+  url: string;
+  port: number;
+  proc: ChildProcess;
+  /** SIGTERM and the exit code */
+  stop(): Promise<number | null>;
+}
+
+/** Runs `referral-manager serve` from dist/ (npm test builds first) as a child process. */
+export async function serve(env: Record<string, string>, workers = 1): Promise<Served> {
+  if (!existsSync(MAIN)) throw new Error('dist/cli/main.js missing: run `npx tsc -p tsconfig.json` (npm test does)');
+  const port = await freePort();
+  const proc = spawn(process.execPath, [MAIN, 'serve', '--host', '127.0.0.1', '--port', String(port), '--workers', String(workers)], {
+    env: { ...process.env, ADMIN_KEY, SNAPSHOT: 'false', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  await waitFor(proc, /listening on/, 'serve');
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    proc,
+    async stop() {
+      if (proc.exitCode === null) proc.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
+
+export interface Reply {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: any;
+}
+
+export type Format = 'json' | 'msgpack';
+
+/** One request with an explicit format; the reply is decoded by its content type. */
+export async function call(pool: Pool, method: string, urlPath: string, opts: { key?: string; body?: unknown; format?: Format; raw?: Buffer | string; contentType?: string; accept?: string } = {}): Promise<Reply> {
+  const format = opts.format ?? 'json';
+  const headers: Record<string, string> = {};
+  if (opts.key) headers.authorization = `Bearer ${opts.key}`;
+  let body: Buffer | string | undefined = opts.raw;
+  if (opts.body !== undefined) body = format === 'json' ? JSON.stringify(opts.body) : packr.pack(opts.body);
+  const type = opts.contentType ?? (format === 'json' ? 'application/json' : 'application/msgpack');
+  if (body !== undefined) headers['content-type'] = type;
+  if (opts.accept) headers.accept = opts.accept;
+  else if (body === undefined) headers.accept = format === 'json' ? 'application/json' : 'application/msgpack';
+  const res = await pool.request({ method: method as 'GET', path: urlPath, headers, body });
+  const buf = Buffer.from(await res.body.arrayBuffer());
+  const ct = String(res.headers['content-type'] ?? '');
+  let decoded: unknown = buf;
+  if (ct.startsWith('application/json')) decoded = JSON.parse(buf.toString());
+  else if (ct.startsWith('application/msgpack')) decoded = packr.unpack(buf);
+  else if (ct.startsWith('text/')) decoded = buf.toString();
+  return { status: res.statusCode, headers: res.headers, body: decoded };
+}
+
+/** A redis-server of its own on a free port (AOF in a temp dir, so data survives a restart). */
+export async function privateRedis(): Promise<{ url: string; port: number; start(): Promise<void>; stop(): Promise<void> }> {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(tmpdir(), 'rm-redis-'));
+  let proc: ChildProcess | undefined;
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    async start() {
+      proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--save', ''], { stdio: ['ignore', 'pipe', 'pipe'] });
+      await waitFor(proc, /Ready to accept connections/, 'redis-server');
+    },
+    async stop() {
+      const p = proc;
+      if (!p || p.exitCode !== null) return;
+      await new Promise<void>((resolve) => {
+        p.once('exit', () => resolve());
+        p.kill('SIGTERM');
+      });
+    },
+  };
+}
+
+/** Resident memory of a process in KiB (Linux /proc). */
+export function rssKb(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]);
+}

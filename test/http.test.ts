@@ -1,0 +1,261 @@
+import { Packr } from 'msgpackr';
+import { Pool } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRedis } from '../src/store/redis.js';
+import { ADMIN_KEY, call, serve, type Format, type Served } from './helpers/http.js';
+import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+
+const prefix = testPrefix('http');
+let server: Served;
+let pool: Pool;
+let keyA: string;
+let keyB: string;
+
+const admin = (method: string, path: string, body?: unknown, format: Format = 'json') => call(pool, method, path, { key: ADMIN_KEY, body, format });
+
+async function tokensFor(satelliteId: string, userId: string, n: number, extra: Record<string, unknown> = {}): Promise<string[]> {
+  const r = await admin('POST', '/v1/admin/tokens/generate', { satelliteId, userIds: [userId], perUser: n, ...extra });
+  expect(r.status).toBe(200);
+  return r.body.tokens.map((t: { token: string }) => t.token);
+}
+
+beforeAll(async () => {
+  server = await serve({ KEY_PREFIX: prefix, AUTH_CACHE_MS: '200', RATE_LIMIT_FAILURES: '100000' });
+  pool = new Pool(server.url, { connections: 8 });
+  keyA = (await admin('POST', '/v1/admin/satellites', { id: 'sat-a', name: 'A', url: 'https://a.example' })).body.apiKey;
+  keyB = (await admin('POST', '/v1/admin/satellites', { id: 'sat-b' })).body.apiKey;
+});
+
+afterAll(async () => {
+  await pool?.close();
+  expect(await server?.stop()).toBe(0);
+  const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
+  await dropPrefix(redis, prefix);
+  redis.disconnect();
+});
+
+describe.each<Format>(['json', 'msgpack'])('satellite routes in %s', (format) => {
+  const as = (key: string, method: string, path: string, body?: unknown) => call(pool, method, path, { key, body, format });
+  const expectError = (r: { status: number; body: any; headers: Record<string, unknown> }, status: number, code: string) => {
+    expect(r.status).toBe(status);
+    expect(r.body.error).toBe(code);
+    expect(typeof r.body.message).toBe('string');
+    expect(String(r.headers['content-type'])).toContain(format);
+  };
+
+  it('redeems a token of satellite A with satellite B key and reports the owner; a second redeem is 409', async () => {
+    const [t] = await tokensFor('sat-a', `alice-${format}`, 1);
+    const r = await as(keyB, 'POST', '/v1/tokens/redeem', { token: t, userId: 'bob' });
+    expect(r.status).toBe(200);
+    expect(r.body).toEqual({ token: t, state: 'redeemed', ownerSatelliteId: 'sat-a', ownerUserId: `alice-${format}` });
+    expectError(await as(keyA, 'POST', '/v1/tokens/redeem', { token: t, userId: 'carol' }), 409, 'token_already_redeemed');
+    const looked = await as(keyA, 'GET', `/v1/tokens/${t}`);
+    expect(looked.status).toBe(200);
+    expect(looked.body).toMatchObject({ token: t, state: 'redeemed', ownerSatelliteId: 'sat-a' });
+  });
+
+  it('answers 404 token_not_found for unknown tokens on redeem, reserve and lookup', async () => {
+    const t = 'ffff0000-0000-4000-8000-000000000000';
+    expectError(await as(keyA, 'POST', '/v1/tokens/redeem', { token: t, userId: 'u' }), 404, 'token_not_found');
+    expectError(await as(keyA, 'POST', '/v1/tokens/reserve', { token: t }), 404, 'token_not_found');
+    expectError(await as(keyA, 'GET', `/v1/tokens/${t}`), 404, 'token_not_found');
+  });
+
+  it('reserve -> token_reserved for others -> complete with the reservation redeems', async () => {
+    const [t] = await tokensFor('sat-a', 'res-owner', 1);
+    const r = await as(keyB, 'POST', '/v1/tokens/reserve', { token: t, leaseMs: 60_000 });
+    expect(r.status).toBe(200);
+    expect(r.body).toMatchObject({ token: t, state: 'reserved', ownerSatelliteId: 'sat-a', ownerUserId: 'res-owner' });
+    expect(typeof r.body.reservationId).toBe('string');
+    expect(r.body.leaseExpiresAt).toBeGreaterThan(Date.now());
+    expectError(await as(keyA, 'POST', '/v1/tokens/redeem', { token: t, userId: 'x' }), 409, 'token_reserved');
+    expectError(await as(keyA, 'POST', '/v1/tokens/reserve', { token: t }), 409, 'token_reserved');
+    expectError(await as(keyB, 'POST', '/v1/tokens/complete', { token: t, reservationId: 'not-it', userId: 'new' }), 409, 'reservation_mismatch');
+    const done = await as(keyB, 'POST', '/v1/tokens/complete', { token: t, reservationId: r.body.reservationId, userId: 'new' });
+    expect(done.status).toBe(200);
+    expect(done.body).toEqual({ token: t, state: 'redeemed', ownerSatelliteId: 'sat-a', ownerUserId: 'res-owner' });
+  });
+
+  it('release gives the token back; a wrong reservation is 409 reservation_mismatch', async () => {
+    const [t] = await tokensFor('sat-a', 'rel-owner', 1);
+    const r = await as(keyB, 'POST', '/v1/tokens/reserve', { token: t });
+    expectError(await as(keyB, 'POST', '/v1/tokens/release', { token: t, reservationId: 'nope' }), 409, 'reservation_mismatch');
+    const rel = await as(keyB, 'POST', '/v1/tokens/release', { token: t, reservationId: r.body.reservationId });
+    expect(rel.status).toBe(200);
+    expect(rel.body).toEqual({ token: t, state: 'unredeemed' });
+    expect((await as(keyB, 'POST', '/v1/tokens/redeem', { token: t, userId: 'z' })).status).toBe(200);
+  });
+
+  it('an expired lease is 410 reservation_expired on complete', async () => {
+    const [t] = await tokensFor('sat-a', 'lease-owner', 1);
+    const r = await as(keyB, 'POST', '/v1/tokens/reserve', { token: t, leaseMs: 1 });
+    expect(r.status).toBe(200);
+    await new Promise((s) => setTimeout(s, 30));
+    expectError(await as(keyB, 'POST', '/v1/tokens/complete', { token: t, reservationId: r.body.reservationId, userId: 'late' }), 410, 'reservation_expired');
+  });
+
+  it('revoked and expired tokens are 410', async () => {
+    const [rv] = await tokensFor('sat-a', 'rv-owner', 1);
+    expect((await admin('POST', '/v1/admin/tokens/revoke', { tokens: [rv] }, format)).body).toEqual({ revoked: 1 });
+    expectError(await as(keyB, 'POST', '/v1/tokens/redeem', { token: rv, userId: 'u' }), 410, 'token_revoked');
+    const [ex] = await tokensFor('sat-a', 'ex-owner', 1, { expiresAt: Date.now() + 300 });
+    await new Promise((s) => setTimeout(s, 400));
+    expectError(await as(keyB, 'POST', '/v1/tokens/redeem', { token: ex, userId: 'u' }), 410, 'token_expired');
+  });
+
+  it('lists the unredeemed tokens of a user on the calling satellite only', async () => {
+    const user = `lister-${format}`;
+    const made = await tokensFor('sat-a', user, 3);
+    const mine = await as(keyA, 'GET', `/v1/users/${user}/tokens`);
+    expect(mine.status).toBe(200);
+    expect(mine.body.tokens.map((t: { token: string }) => t.token).sort()).toEqual([...made].sort());
+    expect(mine.body.tokens[0]).toMatchObject({ campaignId: expect.any(String), createdAt: expect.any(Number) });
+    const theirs = await as(keyB, 'GET', `/v1/users/${user}/tokens`);
+    expect(theirs.status).toBe(200);
+    expect(theirs.body.tokens).toEqual([]);
+  });
+
+  it('refuses invalid bodies with 400 invalid_request naming the field', async () => {
+    let r = await as(keyA, 'POST', '/v1/tokens/redeem', { token: 12, userId: 'u' });
+    expectError(r, 400, 'invalid_request');
+    expect(r.body.message).toMatch(/^token:/);
+    r = await as(keyA, 'POST', '/v1/tokens/redeem', { token: 'ffff0000-0000-4000-8000-000000000000' });
+    expectError(r, 400, 'invalid_request');
+    expect(r.body.message).toMatch(/userId/);
+    r = await as(keyA, 'POST', '/v1/tokens/redeem', { token: 'FFFF0000-0000-4000-8000-00000000000Z', userId: 'u' });
+    expectError(r, 400, 'invalid_request');
+    r = await as(keyA, 'POST', '/v1/tokens/reserve', { token: 'ffff0000-0000-4000-8000-000000000000', leaseMs: '5' });
+    expect(r.body.message).toMatch(/^leaseMs:/);
+    r = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, raw: format === 'json' ? '{"token":' : Buffer.from([0x82, 0xa5]), contentType: `application/${format}`, accept: `application/${format}` });
+    expectError(r, 400, 'invalid_request');
+    expectError(await as(keyA, 'GET', '/v1/tokens/not-a-token'), 400, 'invalid_request');
+  });
+
+  it('413 body_too_large, 415 unsupported_media_type, 405, 404', async () => {
+    const big = { token: 'ffff0000-0000-4000-8000-000000000000', userId: 'x'.repeat(17 * 1024) };
+    expectError(await as(keyA, 'POST', '/v1/tokens/redeem', big), 413, 'body_too_large');
+    const adminBig = await call(pool, 'POST', '/v1/admin/tokens/revoke', { key: ADMIN_KEY, body: { campaignId: 'y'.repeat(9 * 1024 * 1024) }, format });
+    expectError(adminBig, 413, 'body_too_large');
+    const r = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, raw: 'token=1', contentType: 'text/plain', accept: `application/${format}` });
+    expectError(r, 415, 'unsupported_media_type');
+    expectError(await as(keyA, 'PUT', '/v1/tokens/redeem', {}), 405, 'method_not_allowed');
+    expectError(await as(keyA, 'GET', '/v1/nothing/here'), 404, 'not_found');
+  });
+});
+
+describe('admin routes', () => {
+  it('adds, lists, rotates and removes satellites', async () => {
+    const added = await admin('POST', '/v1/admin/satellites', { id: 'sat-c', outboundKey: 'secret' }, 'msgpack');
+    expect(added.status).toBe(201);
+    expect(added.body.apiKey).toMatch(/^rmk_[A-Za-z0-9_-]{43}$/);
+    expect((await admin('POST', '/v1/admin/satellites', { id: 'sat-c' })).body.error).toBe('satellite_exists');
+    const list = await admin('GET', '/v1/admin/satellites');
+    const c = list.body.satellites.find((s: { id: string }) => s.id === 'sat-c');
+    expect(c).toMatchObject({ id: 'sat-c', hasOutboundKey: true });
+    expect(c.outboundKey).toBeUndefined();
+    const rotated = await admin('POST', '/v1/admin/satellites/sat-c/rotate-key');
+    expect(rotated.status).toBe(200);
+    expect(rotated.body.apiKey).not.toBe(added.body.apiKey);
+    expect((await admin('DELETE', '/v1/admin/satellites/sat-c')).status).toBe(200);
+    expect((await admin('DELETE', '/v1/admin/satellites/sat-c')).body.error).toBe('satellite_not_found');
+    expect((await admin('POST', '/v1/admin/satellites/sat-c/rotate-key', {})).body.error).toBe('satellite_not_found');
+  });
+
+  it('rotate-key: the old key works during the grace period, then not', async () => {
+    const { apiKey: old } = (await admin('POST', '/v1/admin/satellites', { id: 'sat-rot' })).body;
+    const fresh = (await admin('POST', '/v1/admin/satellites/sat-rot/rotate-key', { graceMs: 700 })).body.apiKey;
+    const list = (key: string) => call(pool, 'GET', '/v1/users/u/tokens', { key });
+    expect((await list(old)).status).toBe(200);
+    expect((await list(fresh)).status).toBe(200);
+    // grace (700 ms) + the in-process key cache (AUTH_CACHE_MS=200)
+    await new Promise((s) => setTimeout(s, 1100));
+    expect((await list(old)).status).toBe(401);
+    expect((await list(fresh)).status).toBe(200);
+  });
+
+  it('generates up to 10,000 tokens in one call, revokes by owner and campaign, reports stats', async () => {
+    const users = Array.from({ length: 5000 }, (_, i) => `bulk-${i}`);
+    const gen = await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-b', userIds: users, perUser: 2, campaignId: 'camp-bulk' }, 'msgpack');
+    expect(gen.status).toBe(200);
+    expect(gen.body.campaignId).toBe('camp-bulk');
+    expect(gen.body.tokens).toHaveLength(10_000);
+    expect(gen.body.tokens[0]).toEqual({ userId: 'bulk-0', token: expect.stringMatching(/^[0-9a-f-]{36}$/) });
+    expect((await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-b', userIds: users, perUser: 3 })).body.error).toBe('invalid_request');
+    expect((await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'nope', userIds: ['u'], perUser: 1 })).body.error).toBe('satellite_not_found');
+    expect((await admin('POST', '/v1/admin/tokens/revoke', { satelliteId: 'sat-b', userId: 'bulk-0' })).body).toEqual({ revoked: 2 });
+    expect((await admin('POST', '/v1/admin/tokens/revoke', { campaignId: 'camp-bulk' })).body).toEqual({ revoked: 9998 });
+    expect((await admin('POST', '/v1/admin/tokens/revoke', {})).body.error).toBe('invalid_request');
+    const stats = await admin('GET', '/v1/admin/stats');
+    expect(stats.status).toBe(200);
+    expect(stats.body.satellites['sat-b']).toMatchObject({ generated: 10_000, revoked: 10_000 });
+    expect(stats.body.redemptions).toEqual(expect.arrayContaining([expect.objectContaining({ ownerSatelliteId: 'sat-a', redeemerSatelliteId: 'sat-b' })]));
+  });
+});
+
+describe('auth', () => {
+  const token = 'ffff0000-0000-4000-8000-000000000000';
+  const satelliteRoutes: [string, string, unknown?][] = [
+    ['POST', '/v1/tokens/redeem', { token, userId: 'u' }],
+    ['POST', '/v1/tokens/reserve', { token }],
+    ['POST', '/v1/tokens/complete', { token, reservationId: 'r', userId: 'u' }],
+    ['POST', '/v1/tokens/release', { token, reservationId: 'r' }],
+    ['GET', `/v1/tokens/${token}`],
+    ['GET', '/v1/users/u/tokens'],
+  ];
+  const adminRoutes: [string, string, unknown?][] = [
+    ['POST', '/v1/admin/satellites', { id: 'never' }],
+    ['GET', '/v1/admin/satellites'],
+    ['DELETE', '/v1/admin/satellites/sat-a'],
+    ['POST', '/v1/admin/satellites/sat-a/rotate-key', {}],
+    ['POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-a', userIds: ['u'], perUser: 1 }],
+    ['POST', '/v1/admin/tokens/revoke', { campaignId: 'c' }],
+    ['GET', '/v1/admin/stats'],
+  ];
+
+  it('every satellite and admin route refuses a missing or unknown key with 401', async () => {
+    for (const [method, path, body] of [...satelliteRoutes, ...adminRoutes]) {
+      for (const key of [undefined, 'rmk_wrong', `${ADMIN_KEY}x`]) {
+        const r = await call(pool, method, path, { key, body });
+        expect([method, path, key, r.status, r.body.error]).toEqual([method, path, key, 401, 'unauthorized']);
+      }
+    }
+  });
+
+  it('admin routes refuse satellite keys with 403, satellite routes refuse the admin key with 403', async () => {
+    for (const [method, path, body] of adminRoutes) {
+      const r = await call(pool, method, path, { key: keyA, body, format: 'msgpack' });
+      expect([path, r.status, r.body.error]).toEqual([path, 403, 'forbidden']);
+    }
+    for (const [method, path, body] of satelliteRoutes) {
+      const r = await call(pool, method, path, { key: ADMIN_KEY, body });
+      expect([path, r.status]).toEqual([path, 403]);
+    }
+  });
+
+  it('ops routes need no key', async () => {
+    expect((await call(pool, 'GET', '/healthz')).body).toMatchObject({ status: 'ok' });
+    const ready = await call(pool, 'GET', '/readyz');
+    expect(ready.status).toBe(200);
+    expect(ready.body).toMatchObject({ ready: true, redis: 'up', scripts: 'loaded' });
+    const metrics = await call(pool, 'GET', '/metrics');
+    expect(metrics.status).toBe(200);
+    for (const name of ['rm_http_requests_total', 'rm_http_request_duration_seconds_bucket', 'rm_token_results_total', 'rm_redis_errors_total', 'nodejs_eventloop_lag_seconds', 'process_resident_memory_bytes']) {
+      expect(metrics.body).toContain(name);
+    }
+    expect(metrics.body).toMatch(/rm_token_results_total\{op="redeem",code="ok"\} \d+/);
+  });
+});
+
+describe('reply format', () => {
+  it('follows Accept, else the request content type, else JSON', async () => {
+    const body = { token: 'ffff0000-0000-4000-8000-000000000000', userId: 'u' };
+    const packed = new Packr({ useRecords: false }).pack(body);
+    let r = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, raw: JSON.stringify(body), contentType: 'application/json', accept: 'application/msgpack' });
+    expect(String(r.headers['content-type'])).toBe('application/msgpack');
+    r = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, raw: packed, contentType: 'application/x-msgpack', accept: '*/*' });
+    expect(String(r.headers['content-type'])).toBe('application/msgpack');
+    expect(r.body.error).toBe('token_not_found');
+    r = await call(pool, 'GET', '/v1/users/u/tokens', { key: keyA, accept: 'text/html' });
+    expect(String(r.headers['content-type'])).toBe('application/json');
+  });
+});
