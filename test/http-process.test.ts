@@ -1,0 +1,124 @@
+import http from 'node:http';
+import { Pool } from 'undici';
+import { afterAll, describe, expect, it } from 'vitest';
+import { createRedis } from '../src/store/redis.js';
+import { ADMIN_KEY, call, privateRedis, serve, type Served } from './helpers/http.js';
+import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+
+const prefixes: string[] = [];
+const fresh = (label: string) => {
+  const p = testPrefix(label);
+  prefixes.push(p);
+  return p;
+};
+
+afterAll(async () => {
+  const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
+  for (const p of prefixes) await dropPrefix(redis, p);
+  redis.disconnect();
+});
+
+async function setup(server: Served): Promise<{ pool: Pool; key: string }> {
+  const pool = new Pool(server.url, { connections: 4 });
+  const r = await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat' } });
+  expect(r.status).toBe(201);
+  return { pool, key: r.body.apiKey };
+}
+
+/** GET on a new TCP connection each time, so SO_REUSEPORT may pick another worker. */
+function freshGet(url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    http.get(url, { agent: false }, (res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    }).on('error', reject);
+  });
+}
+
+describe('serve processes', () => {
+  it('rate-limits failed redeem/reserve/lookup per satellite and per IP with 429 rate_limited and Retry-After', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('rl'), RATE_LIMIT_FAILURES: '3', RATE_LIMIT_WINDOW_MS: '60000' });
+    const { pool, key } = await setup(server);
+    const unknown = (i: number) => `ffff0000-0000-4000-8000-${String(i).padStart(12, '0')}`;
+    const statuses: number[] = [];
+    for (let i = 0; i < 3; i++) statuses.push((await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: unknown(i), userId: 'g' } })).status);
+    expect(statuses).toEqual([404, 404, 404]);
+    const crossing = await call(pool, 'POST', '/v1/tokens/reserve', { key, body: { token: unknown(9) }, format: 'msgpack' });
+    expect(crossing.status).toBe(429);
+    expect(crossing.body.error).toBe('rate_limited');
+    expect(Number(crossing.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    const after = await call(pool, 'GET', `/v1/tokens/${unknown(10)}`, { key });
+    expect([after.status, after.body.error]).toEqual([429, 'rate_limited']);
+    // successes are not counted and other routes are not limited
+    expect((await call(pool, 'GET', '/v1/users/u/tokens', { key })).status).toBe(200);
+    // the limit is per IP too: another satellite from the same address is refused at its first guess
+    const other = (await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-2' } })).body.apiKey;
+    const byIp = await call(pool, 'POST', '/v1/tokens/redeem', { key: other, body: { token: unknown(20), userId: 'g' } });
+    expect([byIp.status, byIp.body.error]).toEqual([429, 'rate_limited']);
+    await pool.close();
+    expect(await server.stop()).toBe(0);
+  });
+
+  it('answers 503 store_unavailable while its Redis is stopped and recovers after restart, no restart of ours', async () => {
+    const redis = await privateRedis();
+    await redis.start();
+    const server = await serve({ REDIS_URL: redis.url, KEY_PREFIX: 'rm-test' });
+    try {
+      const { pool, key } = await setup(server);
+      const gen = await call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: ['a'], perUser: 2 } });
+      const [t1, t2] = gen.body.tokens.map((t: { token: string }) => t.token);
+      expect((await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t1, userId: 'b' } })).status).toBe(200);
+
+      await redis.stop();
+      const down = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t2, userId: 'b' }, format: 'msgpack' });
+      expect([down.status, down.body.error]).toEqual([503, 'store_unavailable']);
+      expect(down.headers['retry-after']).toBe('1');
+      const notReady = await call(pool, 'GET', '/readyz');
+      expect(notReady.status).toBe(503);
+      expect(notReady.body).toMatchObject({ ready: false, redis: 'down' });
+      expect((await call(pool, 'GET', '/healthz')).status).toBe(200);
+
+      await redis.start();
+      let status = 0;
+      for (let i = 0; i < 100 && status !== 200; i++) {
+        await new Promise((s) => setTimeout(s, 100));
+        status = (await call(pool, 'GET', '/readyz')).status;
+      }
+      expect(status).toBe(200);
+      const back = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t2, userId: 'b' } });
+      expect(back.status).toBe(200);
+      const metrics = await call(pool, 'GET', '/metrics');
+      expect(metrics.body).toMatch(/rm_redis_errors_total\{kind="unavailable"\} [1-9]/);
+      await pool.close();
+      expect(await server.stop()).toBe(0);
+    } finally {
+      await server.stop();
+      await redis.stop();
+    }
+  });
+
+  it('runs 2 workers on one port, aggregates /metrics over them, and SIGTERM drains in-flight requests then exits 0', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('proc') }, 2);
+    const { pool } = await setup(server);
+    const pids = new Set<number>();
+    for (let i = 0; i < 200 && pids.size < 2; i++) pids.add(JSON.parse((await freshGet(`${server.url}/healthz`)).body).pid);
+    expect(pids.size).toBe(2);
+
+    const metrics = (await call(pool, 'GET', '/metrics')).body as string;
+    const healthz = [...metrics.matchAll(/rm_http_requests_total\{route="\/healthz",method="get",status="200"\} (\d+)/g)];
+    expect(healthz).toHaveLength(1);
+    // requests answered by both workers, summed into one series
+    expect(Number(healthz[0]![1])).toBeGreaterThanOrEqual(2);
+
+    const users = Array.from({ length: 5000 }, (_, i) => `drain-${i}`);
+    const inflight = Array.from({ length: 4 }, () => call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: users, perUser: 2 }, format: 'msgpack' }));
+    await new Promise((s) => setTimeout(s, 30));
+    const code = server.stop();
+    const replies = await Promise.all(inflight);
+    expect(replies.map((r) => [r.status, r.body.tokens?.length])).toEqual(Array(4).fill([200, 10_000]));
+    expect(await code).toBe(0);
+    await expect(freshGet(`${server.url}/healthz`)).rejects.toThrow();
+    await pool.close();
+  });
+});
