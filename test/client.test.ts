@@ -1,0 +1,75 @@
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { AdminClient, ReferralError, SatelliteClient } from '../src/index.js';
+import { createRedis } from '../src/store/redis.js';
+import { ADMIN_KEY, freePort, serve, type Served } from './helpers/http.js';
+import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+
+const prefix = testPrefix('client');
+let server: Served;
+let admin: AdminClient;
+let a: SatelliteClient;
+let b: SatelliteClient;
+
+beforeAll(async () => {
+  server = await serve({ KEY_PREFIX: prefix });
+  admin = new AdminClient({ url: server.url, apiKey: ADMIN_KEY });
+  a = new SatelliteClient({ url: server.url, apiKey: (await admin.addSatellite({ id: 'eu1', name: 'Europe' })).apiKey });
+  b = new SatelliteClient({ url: server.url, apiKey: (await admin.addSatellite({ id: 'us1' })).apiKey });
+});
+
+afterAll(async () => {
+  await Promise.all([admin?.close(), a?.close(), b?.close()]);
+  await server?.stop();
+  const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
+  await dropPrefix(redis, prefix);
+  redis.disconnect();
+});
+
+async function refusal(p: Promise<unknown>): Promise<ReferralError> {
+  const err = await p.then(() => undefined, (e: unknown) => e);
+  expect(err).toBeInstanceOf(ReferralError);
+  return err as ReferralError;
+}
+
+it('satellite client: listTokens, lookup, redeem across satellites, typed refusals', async () => {
+  const { tokens } = await admin.generate({ satelliteId: 'eu1', userIds: ['alice'], perUser: 3 });
+  const [t1, t2, t3] = tokens.map((t) => t.token) as [string, string, string];
+  expect((await a.listTokens('alice')).map((t) => t.token).sort()).toEqual([t1, t2, t3].sort());
+  expect(await b.listTokens('alice')).toEqual([]);
+  expect(await b.lookup(t1)).toMatchObject({ token: t1, state: 'unredeemed', ownerSatelliteId: 'eu1' });
+  expect(await b.redeem(t1, 'bob')).toEqual({ token: t1, state: 'redeemed', ownerSatelliteId: 'eu1', ownerUserId: 'alice' });
+  const again = await refusal(b.redeem(t1, 'carol'));
+  expect([again.code, again.status]).toEqual(['token_already_redeemed', 409]);
+
+  const res = await b.reserve(t2, 30_000);
+  expect(res).toMatchObject({ token: t2, state: 'reserved', ownerSatelliteId: 'eu1', ownerUserId: 'alice' });
+  expect((await refusal(a.redeem(t2, 'x'))).code).toBe('token_reserved');
+  expect((await refusal(b.complete(t2, 'wrong', 'dave'))).code).toBe('reservation_mismatch');
+  expect(await b.complete(t2, res.reservationId, 'dave')).toMatchObject({ state: 'redeemed', ownerUserId: 'alice' });
+
+  const res3 = await b.reserve(t3);
+  expect(await b.release(t3, res3.reservationId)).toEqual({ token: t3, state: 'unredeemed' });
+  const missing = await refusal(b.lookup('ffff0000-0000-4000-8000-000000000000'));
+  expect([missing.code, missing.status]).toEqual(['token_not_found', 404]);
+  expect((await refusal(b.redeem('nope', 'x'))).code).toBe('invalid_request');
+});
+
+it('admin client: satellites, rotate, revoke, stats; a wrong key is unauthorized', async () => {
+  expect((await admin.listSatellites()).map((s) => s.id)).toEqual(['eu1', 'us1']);
+  const { apiKey } = await admin.rotateKey('us1');
+  expect(apiKey).toMatch(/^rmk_/);
+  const { campaignId } = await admin.generate({ satelliteId: 'us1', userIds: ['u1', 'u2'], perUser: 2 });
+  expect(await admin.revoke({ campaignId })).toEqual({ revoked: 4 });
+  expect((await admin.stats()).satellites.us1).toMatchObject({ generated: 4, revoked: 4 });
+  const bad = new SatelliteClient({ url: server.url, apiKey: 'rmk_nope' });
+  expect((await refusal(bad.listTokens('u'))).code).toBe('unauthorized');
+  await bad.close();
+  expect((await refusal(admin.removeSatellite('ghost'))).code).toBe('satellite_not_found');
+});
+
+it('transport failures are ReferralError code unavailable', async () => {
+  const dead = new SatelliteClient({ url: `http://127.0.0.1:${await freePort()}`, apiKey: 'k', timeoutMs: 500 });
+  const err = await refusal(dead.redeem('ffff0000-0000-4000-8000-000000000000', 'u'));
+  expect([err.code, err.status]).toEqual(['unavailable', 0]);
+  await dead.close();
+});
