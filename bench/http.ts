@@ -1,0 +1,221 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { createServer } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import autocannon from 'autocannon';
+import { Packr } from 'msgpackr';
+import { loadConfig } from '../src/config.js';
+import { SatelliteRegistry } from '../src/satellites/registry.js';
+import { createRedis, masters, type RedisClient } from '../src/store/redis.js';
+import { TokenStore } from '../src/store/token-store.js';
+import { TokenEngine } from '../src/tokens/engine.js';
+
+/**
+ * Redeem throughput: our API (uWS + MessagePack + Lua) vs (a) a uWS ceiling that only reads the body and
+ * answers a constant, and (b) the same redeem written plainly with Fastify + JSON + ioredis.
+ * Every request is a first-time redeem of a distinct pre-generated token (autocannon's
+ * setupRequest walks the token list and `amount` stops at its end), so all answers should be 200; the
+ * first tenth (at most 20,000) warms up and is not measured.
+ * Each server runs in its own process; autocannon runs here, 100 connections, Buffer bodies.
+ *   node dist/bench/http.js [--tokens N] [--workers W] [--connections C] [--only ceiling,ours,fastify]
+ */
+
+export interface BenchOptions {
+  /** redeems measured per target (and tokens generated for each of ours and Fastify) */
+  tokens?: number;
+  /** worker processes of our server (the baselines are one process each) */
+  workers?: number;
+  connections?: number;
+  redisUrl?: string;
+  /** measure only these targets (ratios need all three) */
+  only?: Target[];
+  log?: (line: string) => void;
+}
+
+export type Target = 'ceiling' | 'ours' | 'fastify';
+
+export interface Measured {
+  reqPerSec: number;
+  p50: number;
+  p99: number;
+  non2xx: number;
+  errors: number;
+}
+
+export interface BenchResult {
+  ours?: Measured;
+  ceiling?: Measured;
+  fastify?: Measured;
+  oursOverCeiling?: number;
+  oursOverFastify?: number;
+}
+
+// run from dist/bench: the baselines sit next to this file, the CLI in dist/cli
+const here = path.dirname(fileURLToPath(import.meta.url));
+const packr = new Packr({ useRecords: false });
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer().once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function start(args: string[], env: Record<string, string> = {}): Promise<ChildProcess> {
+  const proc = spawn(process.execPath, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+  return new Promise((resolve, reject) => {
+    proc.stdout!.on('data', (d: Buffer) => /listening/.test(d.toString()) && resolve(proc));
+    proc.once('exit', (code) => reject(new Error(`${args.join(' ')} exited with ${code}`)));
+  });
+}
+
+function stop(proc: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    if (proc.exitCode !== null) return resolve();
+    proc.once('exit', () => resolve());
+    proc.kill('SIGTERM');
+  });
+}
+
+/** A warm-up on the first tenth of the bodies (JIT, connections, Redis), then the measured run on the rest. */
+async function load(url: string, key: string, bodies: Buffer[], contentType: string, connections: number): Promise<Measured> {
+  const warm = Math.min(20_000, Math.floor(bodies.length / 10));
+  await once(url, key, bodies.slice(0, warm), contentType, connections);
+  return once(url, key, bodies.slice(warm), contentType, connections);
+}
+
+async function once(url: string, key: string, bodies: Buffer[], contentType: string, connections: number): Promise<Measured> {
+  let i = 0;
+  let answered = 0;
+  let last = 0;
+  const t0 = performance.now();
+  const r = await autocannon({
+    url,
+    connections,
+    amount: bodies.length,
+    requests: [{
+      method: 'POST',
+      path: '/v1/tokens/redeem',
+      headers: { 'content-type': contentType, accept: contentType, authorization: `Bearer ${key}` },
+      setupRequest: (req) => ({ ...req, body: bodies[i++ % bodies.length] }),
+      onResponse: () => {
+        answered++;
+        last = performance.now();
+      },
+    }],
+  });
+  // autocannon ends `amount` runs on its 1 s tick, so its own duration is rounded up: time the answers instead
+  return { reqPerSec: Math.round(answered / ((last - t0) / 1000)), p50: r.latency.p50, p99: r.latency.p99, non2xx: r.non2xx, errors: r.errors };
+}
+
+async function dropPrefix(redis: RedisClient, prefix: string): Promise<void> {
+  for (const node of masters(redis)) {
+    let cursor = '0';
+    do {
+      const [next, keys] = await node.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 5000);
+      cursor = next;
+      if (keys.length) await node.unlink(...keys);
+    } while (cursor !== '0');
+  }
+}
+
+/** N tokens of our engine (owner satellite bench-owner), 10,000 per generate call. */
+async function ourTokens(engine: TokenEngine, n: number): Promise<string[]> {
+  const out: string[] = [];
+  for (let done = 0; done < n; done += 10_000) {
+    const users = Math.min(10_000, n - done) / 10;
+    const owners = Array.from({ length: Math.ceil(users) }, (_, u) => ({ ownerSatelliteId: 'bench-owner', ownerUserId: `u${done + u}` }));
+    const r = await engine.generate({ owners, perUser: 10 });
+    for (const t of r.tokens) out.push(t.token);
+  }
+  return out.slice(0, n);
+}
+
+async function plainTokens(redis: RedisClient, prefix: string, n: number): Promise<string[]> {
+  const out: string[] = [];
+  for (let done = 0; done < n; done += 10_000) {
+    const p = redis.pipeline();
+    for (let j = 0; j < Math.min(10_000, n - done); j++) {
+      const t = randomUUID();
+      out.push(t);
+      p.hset(`${prefix}:t:${t}`, { state: 'unredeemed', owner: 'bench-owner', ownerUser: `u${done + j}` });
+    }
+    await p.exec();
+  }
+  return out;
+}
+
+export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
+  const n = opts.tokens ?? 500_000;
+  const workers = opts.workers ?? 1;
+  const connections = opts.connections ?? 100;
+  const log = opts.log ?? console.log;
+  const config = loadConfig(opts.redisUrl ? { redisUrl: opts.redisUrl } : {});
+  const prefix = `bench-http-${randomBytes(3).toString('hex')}`;
+  const redis = createRedis(config);
+  const procs: ChildProcess[] = [];
+  try {
+    const store = new TokenStore(redis, prefix);
+    await store.preload();
+    const registry = new SatelliteRegistry(redis, prefix);
+    await registry.add({ id: 'bench-owner' });
+    const { apiKey } = await registry.add({ id: 'bench-redeemer' });
+    log(`generating ${n} tokens for ours and ${n} for Fastify ...`);
+    const ours = (await ourTokens(new TokenEngine(store), n)).map((token, i) => packr.pack({ token, userId: `r${i}` }));
+    const plain = (await plainTokens(redis, prefix, n)).map((token, i) => Buffer.from(JSON.stringify({ token, userId: `r${i}` })));
+
+    const measure = async (args: string[], env: Record<string, string>, bodies: Buffer[], type: string) => {
+      const port = await freePort();
+      procs.push(await start([...args.map((a) => (a === 'PORT' ? String(port) : a))], env));
+      const m = await load(`http://127.0.0.1:${port}`, apiKey, bodies, type, connections);
+      await stop(procs.pop()!);
+      return m;
+    };
+    const want = (t: Target) => !opts.only || opts.only.includes(t);
+    const result: BenchResult = {};
+    if (want('ceiling')) {
+      log('ceiling (uWS, read body, constant reply) ...');
+      result.ceiling = await measure([path.join(here, 'baseline-uws.js'), 'PORT'], {}, ours, 'application/msgpack');
+    }
+    if (want('ours')) {
+      log(`ours (${workers} worker${workers > 1 ? 's' : ''}) ...`);
+      result.ours = await measure(
+        [path.join(here, '..', 'cli', 'main.js'), 'serve', '--host', '127.0.0.1', '--port', 'PORT', '--workers', String(workers)],
+        { KEY_PREFIX: prefix, REDIS_URL: config.redisUrl, SNAPSHOT: 'false', RATE_LIMIT_FAILURES: String(1e9) },
+        ours, 'application/msgpack',
+      );
+    }
+    if (want('fastify')) {
+      log('Fastify + JSON + ioredis ...');
+      result.fastify = await measure([path.join(here, 'baseline-fastify.js'), 'PORT', config.redisUrl, prefix, apiKey], {}, plain, 'application/json');
+    }
+    if (result.ours && result.ceiling) result.oursOverCeiling = +(result.ours.reqPerSec / result.ceiling.reqPerSec).toFixed(2);
+    if (result.ours && result.fastify) result.oursOverFastify = +(result.ours.reqPerSec / result.fastify.reqPerSec).toFixed(2);
+
+    log(`\nredeem, ${n} distinct first-time redeems per target (first tenth, at most 20,000, warm-up), ${connections} connections`);
+    log('target                       req/s     p50 ms   p99 ms   non-2xx  errors');
+    for (const [name, m] of [['uWS ceiling', result.ceiling], [`ours (${workers}w)`, result.ours], ['Fastify+JSON+ioredis', result.fastify]] as const) {
+      if (m) log(`${name.padEnd(26)} ${String(m.reqPerSec).padStart(8)} ${String(m.p50).padStart(9)} ${String(m.p99).padStart(8)} ${String(m.non2xx).padStart(9)} ${String(m.errors).padStart(7)}`);
+    }
+    log(`ours / ceiling = ${result.oursOverCeiling ?? '-'} (target >= 0.7)   ours / Fastify = ${result.oursOverFastify ?? '-'} (target >= 2.0)   ours p99 = ${result.ours?.p99 ?? '-'} ms (target <= 10)`);
+    return result;
+  } finally {
+    await Promise.all(procs.map(stop));
+    await dropPrefix(redis, prefix);
+    redis.disconnect();
+  }
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  const arg = (name: string) => {
+    const i = process.argv.indexOf(`--${name}`);
+    return i > 0 ? Number(process.argv[i + 1]) : undefined;
+  };
+  const i = process.argv.indexOf('--only');
+  const only = i > 0 ? (process.argv[i + 1]!.split(',') as Target[]) : undefined;
+  await run({ tokens: arg('tokens'), workers: arg('workers'), connections: arg('connections'), only });
+}
