@@ -236,7 +236,7 @@ describe('auth', () => {
     expect((await call(pool, 'GET', '/healthz')).body).toMatchObject({ status: 'ok' });
     const ready = await call(pool, 'GET', '/readyz');
     expect(ready.status).toBe(200);
-    expect(ready.body).toMatchObject({ ready: true, redis: 'up', scripts: 'loaded' });
+    expect(ready.body).toMatchObject({ ready: true, redis: 'up', scripts: 'loaded', snapshot: { state: 'off' } });
     const metrics = await call(pool, 'GET', '/metrics');
     expect(metrics.status).toBe(200);
     for (const name of ['rm_http_requests_total', 'rm_http_request_duration_seconds_bucket', 'rm_token_results_total', 'rm_redis_errors_total', 'nodejs_eventloop_lag_seconds', 'process_resident_memory_bytes']) {

@@ -5,6 +5,7 @@ import { collectProcessMetrics, registry as metricsRegistry } from '../metrics.j
 import { SatelliteRegistry } from '../satellites/registry.js';
 import { createRedis, masters, type RedisClient } from '../store/redis.js';
 import { readScript, SCRIPT_NAMES } from '../store/scripts.js';
+import { readSnapshotStatus } from '../snapshot/status.js';
 import { TokenStore } from '../store/token-store.js';
 import { TokenEngine } from '../tokens/engine.js';
 import { Authenticator } from './auth.js';
@@ -33,7 +34,11 @@ function storeDown(redis: RedisClient, err: unknown): boolean {
   return e?.name === 'MaxRetriesPerRequestError' || /Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|LOADING|CLUSTERDOWN/.test(e?.message ?? '');
 }
 
-async function readiness(redis: RedisClient): Promise<{ ready: boolean; details: Record<string, unknown> }> {
+/**
+ * Ready = Redis answers and the scripts are loaded. The snapshot writer's state is reported but does not
+ * make a worker unready: sign-ups must keep working while Postgres is away (the events wait in Redis).
+ */
+async function readiness(redis: RedisClient, prefix: string): Promise<{ ready: boolean; details: Record<string, unknown> }> {
   try {
     await redis.ping();
   } catch (err) {
@@ -50,7 +55,7 @@ async function readiness(redis: RedisClient): Promise<{ ready: boolean; details:
       await new TokenStore(redis, '').preload();
       return { ready: false, details: { redis: 'up', scripts: 'reloading' } };
     }
-    return { ready: true, details: { redis: 'up', scripts: 'loaded' } };
+    return { ready: true, details: { redis: 'up', scripts: 'loaded', snapshot: await readSnapshotStatus(redis, prefix) } };
   } catch (err) {
     return { ready: false, details: { redis: 'up', scripts: 'unknown', error: (err as Error).message } };
   }
@@ -89,7 +94,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
     app,
     routes({
       config, engine, registry: satellites, auth, limiter,
-      ready: () => readiness(redis),
+      ready: () => readiness(redis, config.keyPrefix),
       metrics: opts.metrics ?? (() => metricsRegistry.metrics()),
     }),
     { auth, inflight, storeDown: (err) => storeDown(redis, err) },
