@@ -1,0 +1,73 @@
+import type { Command } from 'commander';
+import { createRedis } from '../../src/store/redis.js';
+import { anyKey, engineKeys, openPostgres, restoreFromPostgres, startSnapshotWriter, verify } from '../../src/snapshot/index.js';
+import { configFrom } from '../context.js';
+
+/** `snapshot` (the writer alone), `restore --from-postgres [--force]` and `verify`. */
+export function register(program: Command): void {
+  program
+    .command('snapshot')
+    .description('run the Postgres snapshot writer alone (one active writer per deployment: a Redis lease)')
+    .addHelpText('after', '\nExamples:\n  referral-manager snapshot\n  DATABASE_URL=postgres://postgres@db:5432/rm referral-manager snapshot --key-prefix rm')
+    .action(async function (this: Command) {
+      const config = configFrom(this);
+      const writer = await startSnapshotWriter(config);
+      await new Promise<void>((resolve) => {
+        process.once('SIGTERM', resolve);
+        process.once('SIGINT', resolve);
+      });
+      await writer.stop();
+    });
+
+  program
+    .command('restore')
+    .description('rebuild an empty Redis from the Postgres snapshot (writes no events)')
+    .option('--from-postgres', 'read tokens from DATABASE_URL (the only source for now)')
+    .option('--force', 'restore even when keys exist under the prefix (the engine keys are replaced)')
+    .addHelpText('after', '\nExamples:\n  referral-manager restore --from-postgres\n  referral-manager restore --from-postgres --force --key-prefix rm')
+    .action(async function (this: Command, opts: { fromPostgres?: boolean; force?: boolean }) {
+      if (!opts.fromPostgres) this.error('restore needs --from-postgres', { exitCode: 2 });
+      const config = configFrom(this);
+      const redis = createRedis(config);
+      const pool = await openPostgres(config.databaseUrl);
+      try {
+        if (await anyKey(redis, config.keyPrefix)) {
+          if (!opts.force) throw new Error(`Redis has keys under "${config.keyPrefix}:"; refusing to restore over them (use --force)`);
+          const stale = await engineKeys(redis, config.keyPrefix);
+          for (let i = 0; i < stale.length; i += 500) await Promise.all(stale.slice(i, i + 500).map((k) => redis.unlink(k)));
+        }
+        const n = await restoreFromPostgres(redis, pool, config.keyPrefix);
+        console.log(`restored ${n} tokens into prefix "${config.keyPrefix}"`);
+      } finally {
+        await pool.end();
+        redis.disconnect();
+      }
+    });
+
+  program
+    .command('verify')
+    .description('compare Redis with the Postgres snapshot and list differences (exit 1 if any)')
+    .option('--max <n>', 'differences to list', '100')
+    .option('--json', 'print the report as JSON')
+    .addHelpText('after', '\nExamples:\n  referral-manager verify\n  referral-manager verify --json --max 10')
+    .action(async function (this: Command, opts: { max: string; json?: boolean }) {
+      const config = configFrom(this);
+      const redis = createRedis(config);
+      const pool = await openPostgres(config.databaseUrl);
+      try {
+        const report = await verify(redis, pool, config.keyPrefix, Number(opts.max));
+        if (opts.json) console.log(JSON.stringify(report, null, 2));
+        else {
+          for (const d of report.listed) {
+            const detail = d.fields?.map((f) => `${f.field}: redis=${JSON.stringify(f.redis)} postgres=${JSON.stringify(f.postgres)}`).join('; ');
+            console.log(`${d.token} ${d.kind}${detail ? ` ${detail}` : ''}`);
+          }
+          console.log(`${report.tokens} tokens in Redis, ${report.differences} differences`);
+        }
+        if (report.differences > 0) process.exitCode = 1;
+      } finally {
+        await pool.end();
+        redis.disconnect();
+      }
+    });
+}

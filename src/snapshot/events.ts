@@ -1,0 +1,44 @@
+/**
+ * Stream entries as the writer sees them. Field order is fixed by lua/includes/codec.lua:
+ * type, at, then the 13 row fields; values are '' when absent.
+ */
+export const ROW_FIELDS = [
+  'token', 'state', 'ownerSatelliteId', 'ownerUserId', 'campaignId', 'createdAt', 'expiresAt',
+  'reservationId', 'reservedBy', 'leaseExpiresAt', 'redeemerSatelliteId', 'redeemerUserId', 'redeemedAt',
+] as const;
+
+export interface StreamEvent {
+  shard: number;
+  /** stream id parts; ms and seq are kept as strings (bigint in Postgres) */
+  ms: string;
+  seq: string;
+  id: string;
+  type: string;
+  at: string;
+  /** the 13 row values in ROW_FIELDS order */
+  row: string[];
+}
+
+/** Parses one XREADGROUP entry; undefined for an entry that was trimmed while pending (fields nil). */
+export function parseEntry(shard: number, id: string, fields: string[] | null): StreamEvent | undefined {
+  if (!fields || fields.length < 4) return undefined;
+  const dash = id.indexOf('-');
+  const values = new Map<string, string>();
+  for (let i = 0; i < fields.length; i += 2) values.set(fields[i]!, fields[i + 1] ?? '');
+  return {
+    shard,
+    id,
+    ms: id.slice(0, dash),
+    seq: id.slice(dash + 1),
+    type: values.get('type') ?? '',
+    at: values.get('at') ?? '0',
+    row: ROW_FIELDS.map((f) => values.get(f) ?? ''),
+  };
+}
+
+/** Compares stream ids "ms-seq" numerically. */
+export function compareIds(a: string, b: string): number {
+  const [am, as] = a.split('-').map(BigInt) as [bigint, bigint];
+  const [bm, bs] = b.split('-').map(BigInt) as [bigint, bigint];
+  return am === bm ? (as === bs ? 0 : as < bs ? -1 : 1) : am < bm ? -1 : 1;
+}

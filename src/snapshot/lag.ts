@@ -1,0 +1,64 @@
+import type { RedisClient } from '../store/redis.js';
+import { Keys, SHARDS } from '../store/keys.js';
+
+export const GROUP = 'snapshot';
+
+export interface Lag {
+  /** entries not yet acknowledged (undelivered + delivered but pending) */
+  events: number;
+  /** age of the oldest such entry, by its stream id time vs Redis TIME */
+  seconds: number;
+}
+
+const msOf = (id: string): number => Number(id.slice(0, id.indexOf('-')));
+
+/**
+ * Lag of the snapshot consumer group over every shard stream. One command per shard key, so it works
+ * on Redis Cluster (each shard stream has its own slot).
+ */
+export async function sampleLag(redis: RedisClient, prefix: string): Promise<Lag> {
+  const keys = new Keys(prefix);
+  const [sec, usec] = (await redis.time()) as unknown as [string, string];
+  const now = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+  let events = 0;
+  let oldest = Infinity;
+  await Promise.all(
+    Array.from({ length: SHARDS }, async (_, s) => {
+      const key = keys.events(s);
+      let groups: unknown[][];
+      try {
+        groups = (await redis.xinfo('GROUPS', key)) as unknown[][];
+      } catch {
+        return; // no stream yet
+      }
+      const g = groups.map((arr) => toObj(arr)).find((x) => x.name === GROUP);
+      if (!g) {
+        const len = await redis.xlen(key);
+        if (len > 0) {
+          events += len;
+          const first = (await redis.xrange(key, '-', '+', 'COUNT', 1))[0];
+          if (first) oldest = Math.min(oldest, msOf(first[0]));
+        }
+        return;
+      }
+      const pending = Number(g.pending ?? 0);
+      const undelivered = g.lag === null || g.lag === undefined ? 0 : Number(g.lag);
+      events += pending + undelivered;
+      if (pending > 0) {
+        const p = (await redis.xpending(key, GROUP)) as [number, string | null, string | null, unknown];
+        if (p[1]) oldest = Math.min(oldest, msOf(p[1]));
+      }
+      if (undelivered > 0) {
+        const next = (await redis.xrange(key, `(${String(g['last-delivered-id'])}`, '+', 'COUNT', 1))[0];
+        if (next) oldest = Math.min(oldest, msOf(next[0]));
+      }
+    }),
+  );
+  return { events, seconds: oldest === Infinity ? 0 : Math.max(0, now - oldest) / 1000 };
+}
+
+function toObj(arr: unknown[]): Record<string, unknown> {
+  const o: Record<string, unknown> = {};
+  for (let i = 0; i < arr.length; i += 2) o[String(arr[i])] = arr[i + 1];
+  return o;
+}

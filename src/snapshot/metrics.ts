@@ -1,0 +1,21 @@
+import client from 'prom-client';
+
+/** Snapshot writer metrics, in prom-client's default registry (served by the HTTP API's /metrics). */
+export const snapshotMetrics = {
+  lagEvents: new client.Gauge({ name: 'rm_snapshot_lag_events', help: 'Stream entries not yet committed to Postgres (all shards)' }),
+  lagSeconds: new client.Gauge({ name: 'rm_snapshot_lag_seconds', help: 'Age of the oldest stream entry not yet committed to Postgres' }),
+  batchSize: new client.Histogram({
+    name: 'rm_snapshot_batch_events',
+    help: 'Events applied per Postgres transaction',
+    buckets: [1, 10, 100, 500, 1000, 2500, 5000, 10000],
+  }),
+  writeSeconds: new client.Histogram({
+    name: 'rm_snapshot_write_seconds',
+    help: 'Time of one batch transaction (statement and commit)',
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
+  }),
+  applied: new client.Counter({ name: 'rm_snapshot_events_total', help: 'Events committed to Postgres' }),
+  errors: new client.Counter({ name: 'rm_snapshot_errors_total', help: 'Snapshot writer failures, by where', labelNames: ['where'] as const }),
+  postgresUp: new client.Gauge({ name: 'rm_snapshot_postgres_up', help: '1 while the writer reaches Postgres, 0 while it retries' }),
+  leader: new client.Gauge({ name: 'rm_snapshot_leader', help: '1 while this process holds the single-writer lease' }),
+};

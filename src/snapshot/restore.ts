@@ -1,0 +1,88 @@
+import type pg from 'pg';
+import type { RedisClient } from '../store/redis.js';
+import { Keys, SHARDS, placeOfOwner } from '../store/keys.js';
+import { defineScripts, preloadScripts } from '../store/scripts.js';
+import { masters } from '../store/redis.js';
+import { GROUP } from './lag.js';
+import { pgShardRows } from './pg-rows.js';
+import { STATE_LETTER } from './rows.js';
+
+/** Keys of the engine's virtual shards under `prefix` (numeric hash tags), across every master. */
+export async function engineKeys(redis: RedisClient, prefix: string, limit = Infinity): Promise<string[]> {
+  const out: string[] = [];
+  const own = new RegExp(`^${prefix.replace(/[.]/g, '\\.')}:\\{\\d+\\}:`);
+  for (const node of masters(redis)) {
+    let cursor = '0';
+    do {
+      const [next, found] = await node.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+      cursor = next;
+      for (const k of found) if (own.test(k)) out.push(k);
+      if (out.length >= limit) return out;
+    } while (cursor !== '0');
+  }
+  return out;
+}
+
+/** Any key at all under `prefix` (engine, satellites, snapshot status...). */
+export async function anyKey(redis: RedisClient, prefix: string): Promise<boolean> {
+  for (const node of masters(redis)) {
+    let cursor = '0';
+    do {
+      const [next, found] = await node.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+      if (found.length) return true;
+      cursor = next;
+    } while (cursor !== '0');
+  }
+  return false;
+}
+
+const CHUNK = 2000;
+
+/**
+ * Rebuilds the engine's keys from Postgres, shard by shard. Writes no events (the rows are history
+ * already); each shard's stream is created empty with the snapshot group, and its last id is set to
+ * the newest position Postgres holds, so new events always sort after the restored rows.
+ */
+export async function restoreFromPostgres(redis: RedisClient, pool: pg.Pool, prefix: string, onShard?: (shard: number, tokens: number) => void): Promise<number> {
+  const keys = new Keys(prefix);
+  await preloadScripts(redis, ['restore']);
+  const restore = defineScripts(redis, ['restore']).restore!;
+  let total = 0;
+  for (let shard = 0; shard < SHARDS; shard++) {
+    let n = 0;
+    for await (const page of pgShardRows(pool, shard)) {
+      for (let i = 0; i < page.length; i += CHUNK) {
+        const callKeys = [keys.dict(shard), keys.stats(shard), keys.reservations(shard), keys.redeemed(shard)];
+        const bucketIndex = new Map<number, number>();
+        const args: (string | number)[] = [0];
+        let count = 0;
+        for (const r of page.slice(i, i + CHUNK)) {
+          const hex = r[0]!.replace(/-/g, '');
+          const bucket = parseInt(hex.slice(0, 4), 16) & 1023;
+          let idx = bucketIndex.get(bucket);
+          if (idx === undefined) {
+            callKeys.push(keys.bucket(shard, bucket));
+            idx = callKeys.length;
+            bucketIndex.set(bucket, idx);
+          }
+          const owner = placeOfOwner(r[2]!, r[3]!);
+          args.push(idx, owner.refHint, r[2]!, r[3]!, hex, STATE_LETTER[r[1]!] ?? 'u', r[4]!, r[5]!, r[6]!, r[7]!, r[8]!, r[9]!, r[10]!, r[11]!, r[12]!);
+          count++;
+        }
+        args[0] = count;
+        n += Number(await restore(callKeys, args));
+      }
+    }
+    const top = await pool.query<{ ms: string; seq: string }>(
+      'SELECT ev_ms::text AS ms, ev_seq::text AS seq FROM token_events WHERE ev_shard = $1 ORDER BY ev_ms DESC, ev_seq DESC LIMIT 1',
+      [shard],
+    );
+    const ev = keys.events(shard);
+    await redis.del(ev);
+    await redis.xgroup('CREATE', ev, GROUP, '0', 'MKSTREAM');
+    if (top.rows[0]) await redis.xsetid(ev, `${top.rows[0].ms}-${top.rows[0].seq}`);
+    total += n;
+    onShard?.(shard, n);
+  }
+  return total;
+}

@@ -1,0 +1,114 @@
+import pg from 'pg';
+
+/**
+ * Versioned migrations, applied in order at start under an advisory lock (several processes may
+ * start at once). SQL lives here as strings so the built dist/ needs no extra files.
+ */
+export const MIGRATIONS: { version: number; name: string; sql: string }[] = [
+  {
+    version: 1,
+    name: 'tokens and token_events',
+    sql: `
+      CREATE TABLE tokens (
+        token uuid PRIMARY KEY,
+        state text NOT NULL,
+        owner_satellite_id text NOT NULL,
+        owner_user_id text NOT NULL,
+        campaign_id text NOT NULL,
+        created_at bigint NOT NULL,
+        expires_at bigint,
+        reservation_id text,
+        reserved_by text,
+        lease_expires_at bigint,
+        redeemer_satellite_id text,
+        redeemer_user_id text,
+        redeemed_at bigint,
+        -- stream position of the last applied event (shard, ms, seq): an older event never wins
+        ev_shard smallint NOT NULL,
+        ev_ms bigint NOT NULL,
+        ev_seq bigint NOT NULL
+      );
+      CREATE INDEX tokens_owner ON tokens (owner_satellite_id, owner_user_id);
+      CREATE INDEX tokens_campaign ON tokens (campaign_id);
+      CREATE INDEX tokens_state ON tokens (state);
+      -- append-only history, one row per stream entry; its key makes a replay a no-op
+      CREATE TABLE token_events (
+        ev_shard smallint NOT NULL,
+        ev_ms bigint NOT NULL,
+        ev_seq bigint NOT NULL,
+        token uuid NOT NULL,
+        type text NOT NULL,
+        at bigint NOT NULL,
+        PRIMARY KEY (ev_shard, ev_ms, ev_seq)
+      );
+      CREATE INDEX token_events_token ON token_events (token);
+    `,
+  },
+];
+
+const LOCK_ID = 74_820_501;
+
+/** Creates the database named in `url` when it does not exist (via the `postgres` database). */
+export async function ensureDatabase(url: string): Promise<void> {
+  const probe = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3000 });
+  try {
+    await probe.connect();
+    return;
+  } catch (err) {
+    if ((err as { code?: string }).code !== '3D000') throw err;
+  } finally {
+    await probe.end().catch(() => {});
+  }
+  const u = new URL(url);
+  const name = decodeURIComponent(u.pathname.slice(1));
+  u.pathname = '/postgres';
+  const admin = new pg.Client({ connectionString: u.toString(), connectionTimeoutMillis: 3000 });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(name)}`);
+  } catch (err) {
+    if ((err as { code?: string }).code !== '42P04') throw err; // created meanwhile by another process
+  } finally {
+    await admin.end();
+  }
+}
+
+/** Applies every migration not yet recorded in schema_migrations; returns the versions applied. */
+export async function migrate(client: pg.ClientBase): Promise<number[]> {
+  await client.query('SELECT pg_advisory_lock($1)', [LOCK_ID]);
+  try {
+    await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
+    const done = new Set((await client.query<{ version: number }>('SELECT version FROM schema_migrations')).rows.map((r) => r.version));
+    const applied: number[] = [];
+    for (const m of MIGRATIONS) {
+      if (done.has(m.version)) continue;
+      await client.query('BEGIN');
+      try {
+        await client.query(m.sql);
+        await client.query('INSERT INTO schema_migrations (version, name) VALUES ($1, $2)', [m.version, m.name]);
+        await client.query('COMMIT');
+      } catch (err) {
+        await client.query('ROLLBACK');
+        throw err;
+      }
+      applied.push(m.version);
+    }
+    return applied;
+  } finally {
+    await client.query('SELECT pg_advisory_unlock($1)', [LOCK_ID]);
+  }
+}
+
+/** A pool on `url` with the database created and migrated; pool errors on idle clients are not fatal. */
+export async function openPostgres(url: string, max = 2): Promise<pg.Pool> {
+  await ensureDatabase(url);
+  const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 3000 });
+  pool.on('error', () => {});
+  const c = await pool.connect();
+  try {
+    await migrate(c);
+  } finally {
+    c.release();
+  }
+  return pool;
+}

@@ -1,0 +1,235 @@
+import type pg from 'pg';
+import type { Config } from '../config.js';
+import { createRedis, type RedisClient } from '../store/redis.js';
+import { Keys, SHARDS } from '../store/keys.js';
+import { applyEvents } from './apply.js';
+import { compareIds, parseEntry, type StreamEvent } from './events.js';
+import { GROUP, sampleLag } from './lag.js';
+import { Lease } from './lease.js';
+import { snapshotMetrics as m } from './metrics.js';
+import { openPostgres } from './schema.js';
+import { leaseKey, writeSnapshotStatus, type SnapshotStatus } from './status.js';
+
+export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
+
+export interface WriterOptions {
+  log?: (level: 'info' | 'warn' | 'error', msg: string) => void;
+  /** lease length; the holder renews every third of it */
+  leaseMs?: number;
+  /** consumer name in the group; one fixed name, so a restarted writer re-reads its own pending entries */
+  consumer?: string;
+}
+
+export interface SnapshotWriter {
+  stop(): Promise<void>;
+  status(): SnapshotStatus & { leader: boolean };
+}
+
+type XReadReply = [string, [string, string[] | null][]][] | null;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const BACKOFF_MAX_MS = 5000;
+
+/**
+ * The asynchronous Postgres writer. Reads every shard stream with the `snapshot` consumer group,
+ * applies each batch in one transaction, commits, then XACKs and trims below what is committed.
+ * At-least-once delivery + order-safe idempotent upserts = each change lands exactly once.
+ * Only the holder of the Redis lease writes; the others wait to take over.
+ */
+export async function startSnapshotWriter(config: WriterConfig, opts: WriterOptions = {}): Promise<SnapshotWriter> {
+  const log = opts.log ?? ((level, msg) => console.error(`[snapshot] ${level}: ${msg}`));
+  const consumer = opts.consumer ?? 'writer';
+  const redis: RedisClient = createRedis(config, { connectionName: 'referral-manager-snapshot' });
+  redis.on('error', () => {}); // reconnects by itself; failures surface as command errors below
+  const keys = new Keys(config.keyPrefix);
+  const lease = new Lease(redis, leaseKey(config.keyPrefix), opts.leaseMs ?? 10_000);
+  const perShard = Math.max(1, Math.ceil(config.snapshotBatch / 8));
+
+  let running = true;
+  let leader = false;
+  let pool: pg.Pool | undefined;
+  let pgState: 'up' | 'down' = 'down';
+  let warned = false;
+  let commits = 0;
+  let groupsReady = false;
+  let lag = { events: 0, seconds: 0 };
+  // a shard re-reads its pending entries (id 0) after a start or a failure, then new ones ('>')
+  const pendingMode = new Array<boolean>(SHARDS).fill(true);
+
+  const setDown = (err: unknown, where: string) => {
+    m.errors.inc({ where });
+    if (where === 'postgres') {
+      pgState = 'down';
+      m.postgresUp.set(0);
+      if (!warned) log('warn', `Postgres unreachable (${(err as Error).message}); retrying with backoff, events wait in Redis`);
+      warned = true;
+    } else {
+      log('warn', `${where}: ${(err as Error).message}`);
+    }
+    pendingMode.fill(true);
+  };
+
+  async function ensureGroups(): Promise<void> {
+    if (groupsReady) return;
+    await Promise.all(
+      Array.from({ length: SHARDS }, (_, s) =>
+        redis.xgroup('CREATE', keys.events(s), GROUP, '0', 'MKSTREAM').catch((err: Error) => {
+          if (!/BUSYGROUP/.test(err.message)) throw err;
+        }),
+      ),
+    );
+    groupsReady = true;
+  }
+
+  async function read(): Promise<{ events: StreamEvent[]; empty: Map<number, string[]> }> {
+    const events: StreamEvent[] = [];
+    const empty = new Map<number, string[]>(); // pending ids whose entries were trimmed: ack only
+    const replies = await Promise.all(
+      Array.from({ length: SHARDS }, (_, s) =>
+        redis.xreadgroup('GROUP', GROUP, consumer, 'COUNT', perShard, 'STREAMS', keys.events(s), pendingMode[s] ? '0' : '>') as Promise<XReadReply>,
+      ),
+    );
+    replies.forEach((reply, s) => {
+      const entries = reply?.[0]?.[1] ?? [];
+      if (pendingMode[s] && entries.length === 0) pendingMode[s] = false;
+      for (const [id, fields] of entries) {
+        const e = parseEntry(s, id, fields);
+        if (e) events.push(e);
+        else empty.set(s, [...(empty.get(s) ?? []), id]);
+      }
+    });
+    return { events, empty };
+  }
+
+  async function commit(batch: StreamEvent[]): Promise<void> {
+    const client = await pool!.connect();
+    const t0 = performance.now();
+    try {
+      await client.query('BEGIN');
+      await applyEvents(client, batch);
+      await client.query('COMMIT');
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {});
+      throw err;
+    } finally {
+      client.release();
+    }
+    m.writeSeconds.observe((performance.now() - t0) / 1000);
+    m.batchSize.observe(batch.length);
+    m.applied.inc(batch.length);
+    commits++;
+    if (config.snapshotTestCrashAfterCommit > 0 && commits >= config.snapshotTestCrashAfterCommit) process.kill(process.pid, 'SIGKILL');
+  }
+
+  async function ackAndTrim(batch: StreamEvent[]): Promise<void> {
+    const byShard = new Map<number, string[]>();
+    for (const e of batch) byShard.set(e.shard, [...(byShard.get(e.shard) ?? []), e.id]);
+    await Promise.all(
+      [...byShard].map(async ([s, ids]) => {
+        await redis.xack(keys.events(s), GROUP, ...ids);
+        // everything below the newest committed id of this shard is committed (entries are read in order)
+        if (!pendingMode[s]) await redis.xtrim(keys.events(s), 'MINID', '~', ids.reduce((a, b) => (compareIds(a, b) >= 0 ? a : b)));
+      }),
+    );
+  }
+
+  async function round(): Promise<number> {
+    await ensureGroups();
+    const { events, empty } = await read();
+    await Promise.all([...empty].map(([s, ids]) => redis.xack(keys.events(s), GROUP, ...ids)));
+    for (let i = 0; i < events.length && running && leader; i += config.snapshotBatch) {
+      const batch = events.slice(i, i + config.snapshotBatch);
+      try {
+        await commit(batch);
+      } catch (err) {
+        setDown(err, 'postgres');
+        throw err;
+      }
+      await ackAndTrim(batch);
+    }
+    return events.length;
+  }
+
+  const loop = (async () => {
+    let backoff = 100;
+    while (running) {
+      try {
+        if (!leader) {
+          leader = (await lease.renew()) || (await lease.acquire());
+          m.leader.set(leader ? 1 : 0);
+          if (!leader) {
+            await sleep(lease.ms / 3);
+            continue;
+          }
+          log('info', 'holding the snapshot lease; writing to Postgres');
+          pendingMode.fill(true);
+        }
+        if (!pool) {
+          try {
+            pool = await openPostgres(config.databaseUrl);
+          } catch (err) {
+            setDown(err, 'postgres');
+            throw err;
+          }
+        }
+        if (pgState === 'down') {
+          if (warned) log('info', 'Postgres reachable again; catching up');
+          pgState = 'up';
+          warned = false;
+          m.postgresUp.set(1);
+        }
+        const n = await round();
+        backoff = 100;
+        if (n < perShard) await sleep(config.snapshotFlushMs);
+      } catch (err) {
+        if (pgState === 'up') setDown(err, 'redis');
+        if (/NOGROUP/.test((err as Error).message)) groupsReady = false;
+        await sleep(backoff);
+        backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
+      }
+    }
+  })();
+
+  const renewTimer = setInterval(() => {
+    if (!leader) return;
+    lease.renew().then(
+      (ok) => {
+        if (!ok) log('warn', 'lost the snapshot lease; another writer took over');
+        leader = ok;
+        m.leader.set(ok ? 1 : 0);
+      },
+      () => {
+        // cannot confirm the lease: stop writing until it is confirmed again
+        leader = false;
+        m.leader.set(0);
+      },
+    );
+  }, lease.ms / 3);
+
+  const status = (): SnapshotStatus => ({ state: pgState, lagEvents: lag.events, lagSeconds: lag.seconds, at: Date.now() });
+  const statusTimer = setInterval(() => {
+    if (!leader) return;
+    sampleLag(redis, config.keyPrefix)
+      .then((l) => {
+        lag = l;
+        m.lagEvents.set(l.events);
+        m.lagSeconds.set(l.seconds);
+        return writeSnapshotStatus(redis, config.keyPrefix, status());
+      })
+      .catch(() => m.errors.inc({ where: 'status' }));
+  }, 1000);
+
+  return {
+    status: () => ({ ...status(), leader }),
+    async stop() {
+      running = false;
+      clearInterval(renewTimer);
+      clearInterval(statusTimer);
+      await loop;
+      if (leader) await lease.release().catch(() => {});
+      await writeSnapshotStatus(redis, config.keyPrefix, { state: 'off', at: Date.now() }).catch(() => {});
+      await pool?.end().catch(() => {});
+      redis.disconnect();
+    },
+  };
+}

@@ -1,0 +1,43 @@
+import type pg from 'pg';
+import type { RedisClient } from '../../src/store/redis.js';
+import { sampleLag } from '../../src/snapshot/lag.js';
+import type { TokenEngine } from '../../src/tokens/engine.js';
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Generates `total` tokens (10 per owner) in engine-sized calls; returns them. */
+export async function generateTokens(engine: TokenEngine, total: number, sat = 'sat-a'): Promise<string[]> {
+  const out: string[] = [];
+  for (let done = 0; done < total; done += 10_000) {
+    const n = Math.min(10_000, total - done);
+    const owners = Array.from({ length: n / 10 }, (_, i) => ({ ownerSatelliteId: sat, ownerUserId: `u${done + i * 10}` }));
+    const r = await engine.generate({ owners, perUser: 10, campaignId: `camp-${done % 3}` });
+    out.push(...r.tokens.map((t) => t.token));
+  }
+  return out;
+}
+
+/** Runs `fn` over `items` with `concurrency` in flight. */
+export async function each<T>(items: T[], concurrency: number, fn: (item: T, i: number) => Promise<unknown>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < items.length) {
+        const i = next++;
+        await fn(items[i]!, i);
+      }
+    }),
+  );
+}
+
+/** Waits until the consumer group has nothing left and Postgres holds `events` history rows. */
+export async function caughtUp(redis: RedisClient, prefix: string, pool: pg.Pool, events: number, timeoutMs = 60_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const lag = await sampleLag(redis, prefix);
+    const n = Number((await pool.query('SELECT count(*) AS n FROM token_events')).rows[0].n);
+    if (lag.events === 0 && n >= events) return;
+    if (Date.now() > end) throw new Error(`not caught up: lag ${lag.events}, ${n}/${events} events in Postgres`);
+    await sleep(100);
+  }
+}
