@@ -1,3 +1,4 @@
+import { connect } from 'node:net';
 import { Packr } from 'msgpackr';
 import { Pool } from 'undici';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -110,4 +111,24 @@ it('answers >= 10,000 random or garbled bodies with 4xx only, stays up, and keep
   // the mix really reached the decoder, the validator and the size and media-type checks
   for (const s of [400, 413, 415]) expect(statuses.get(s) ?? 0).toBeGreaterThan(50);
   console.log('fuzz statuses', Object.fromEntries(statuses), `worker RSS ${before} -> ${after} KiB`);
+});
+
+it('survives clients that hang up mid-headers, mid-body or before reading the reply', async () => {
+  const { pid } = (await call(pool, 'GET', '/healthz')).body;
+  const body = packr.pack({ token: TOKEN, userId: 'u' });
+  const full = Buffer.concat([
+    Buffer.from(`POST /v1/tokens/redeem HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${key}\r\ncontent-type: application/msgpack\r\ncontent-length: ${body.length + 4000}\r\n\r\n`),
+    body,
+  ]);
+  await Promise.all(Array.from({ length: 300 }, (_, i) => new Promise<void>((resolve) => {
+    const s = connect(server.port, '127.0.0.1', () => {
+      // cut anywhere in the request: the declared length is longer than what is ever sent
+      s.write(full.subarray(0, Math.floor((i / 300) * full.length) + 1), () => setTimeout(() => s.destroy(), i % 3));
+    });
+    s.on('error', () => undefined);
+    s.on('close', () => resolve());
+  })));
+  const after = await call(pool, 'GET', '/healthz');
+  expect([after.status, after.body.pid]).toEqual([200, pid]);
+  expect((await call(pool, 'GET', '/v1/users/u/tokens', { key })).status).toBe(200);
 });

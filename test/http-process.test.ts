@@ -98,6 +98,28 @@ describe('serve processes', () => {
     }
   });
 
+  it('answers 503 when Redis hangs (SIGSTOP) past REQUEST_TIMEOUT_MS and recovers on SIGCONT', async () => {
+    const redis = await privateRedis();
+    await redis.start();
+    const server = await serve({ REDIS_URL: redis.url, KEY_PREFIX: 'rm-test', REQUEST_TIMEOUT_MS: '300' });
+    try {
+      const { pool, key } = await setup(server);
+      const [t] = (await call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: ['a'], perUser: 1 } })).body.tokens.map((x: { token: string }) => x.token);
+      redis.signal('SIGSTOP');
+      const hung = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t, userId: 'b' } });
+      expect([hung.status, hung.body.error, hung.headers['retry-after']]).toEqual([503, 'store_unavailable', '1']);
+      redis.signal('SIGCONT');
+      // the redeem may have landed after the 503: the satellite's retry (same user) is answered ok either way
+      const retry = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t, userId: 'b' } });
+      expect(retry.status).toBe(200);
+      await pool.close();
+    } finally {
+      redis.signal('SIGCONT');
+      expect(await server.stop()).toBe(0);
+      await redis.stop();
+    }
+  });
+
   it('runs 2 workers on one port, aggregates /metrics over them, and SIGTERM drains in-flight requests then exits 0', async () => {
     const server = await serve({ KEY_PREFIX: fresh('proc') }, 2);
     const { pool } = await setup(server);

@@ -62,7 +62,11 @@ export interface RouterDeps {
   storeDown(err: unknown): boolean;
   /** requests in flight, for draining on shutdown */
   inflight: { n: number };
+  /** answer 503 when a handler has not finished by then (a hanging Redis must not hang connections) */
+  timeoutMs: number;
 }
+
+class StoreTimeout extends Error {}
 
 /**
  * Mounts routes on a uWS app. Per request, everything needed from `req` is read synchronously (uWS
@@ -171,17 +175,12 @@ function handle(ex: Exchange, route: Route, validate: ValidateFunction | undefin
 }
 
 async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, caller: Promise<string>, body: unknown): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
   try {
-    const satelliteId = await caller;
-    if (body instanceof Error) throw body;
-    const params = head.params.map((p, i) => {
-      try {
-        return decodeURIComponent(p);
-      } catch {
-        throw new DomainError('invalid_request', `path parameter ${i + 1}: bad percent-encoding`);
-      }
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new StoreTimeout(`no answer from the store within ${deps.timeoutMs} ms`)), deps.timeoutMs);
     });
-    const out = await route.handler({ body, params, satelliteId, ip: head.ip });
+    const out = await Promise.race([call(route, head, caller, body), deadline]);
     if ('raw' in out) {
       reply(ex, out.status ?? 200, Buffer.isBuffer(out.raw) ? out.raw : Buffer.from(out.raw), out.contentType);
     } else {
@@ -189,7 +188,22 @@ async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, cal
     }
   } catch (err) {
     fail(ex, err, deps);
+  } finally {
+    clearTimeout(timer);
   }
+}
+
+async function call(route: Route, head: Head, caller: Promise<string>, body: unknown): Promise<Outcome> {
+  const satelliteId = await caller;
+  if (body instanceof Error) throw body;
+  const params = head.params.map((p, i) => {
+    try {
+      return decodeURIComponent(p);
+    } catch {
+      throw new DomainError('invalid_request', `path parameter ${i + 1}: bad percent-encoding`);
+    }
+  });
+  return route.handler({ body, params, satelliteId, ip: head.ip });
 }
 
 async function authorize(kind: AuthKind, key: string | undefined, auth: Authenticator): Promise<string> {
@@ -210,7 +224,7 @@ function fail(ex: Exchange, err: unknown, deps: RouterDeps): void {
     if (err instanceof DomainError) {
       return replyError(ex, err.code, err.message, err instanceof HttpError ? err.headers : undefined);
     }
-    if (deps.storeDown(err)) {
+    if (err instanceof StoreTimeout || deps.storeDown(err)) {
       redisErrors.labels('unavailable').inc();
       return replyError(ex, 'store_unavailable', undefined, [['retry-after', '1']]);
     }

@@ -97,7 +97,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
       ready: () => readiness(redis, config.keyPrefix),
       metrics: opts.metrics ?? (() => metricsRegistry.metrics()),
     }),
-    { auth, inflight, storeDown: (err) => storeDown(redis, err) },
+    { auth, inflight, timeoutMs: config.requestTimeoutMs, storeDown: (err) => storeDown(redis, err) },
   );
   const socket = await new Promise<uws.us_listen_socket>((resolve, reject) => {
     app.listen(config.host, config.port, (s) => (s ? resolve(s) : reject(new Error(`cannot listen on ${config.host}:${config.port}`))));

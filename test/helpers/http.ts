@@ -100,7 +100,7 @@ export async function call(pool: Pool, method: string, urlPath: string, opts: { 
 }
 
 /** A redis-server of its own on a free port (AOF in a temp dir, so data survives a restart). */
-export async function privateRedis(): Promise<{ url: string; port: number; start(): Promise<void>; stop(): Promise<void> }> {
+export async function privateRedis(): Promise<{ url: string; port: number; start(): Promise<void>; stop(): Promise<void>; signal(sig: NodeJS.Signals): void }> {
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), 'rm-redis-'));
   let proc: ChildProcess | undefined;
@@ -110,6 +110,10 @@ export async function privateRedis(): Promise<{ url: string; port: number; start
     async start() {
       proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--save', ''], { stdio: ['ignore', 'pipe', 'pipe'] });
       await waitFor(proc, /Ready to accept connections/, 'redis-server');
+    },
+    /** SIGSTOP / SIGCONT: a Redis that hangs without closing its connections */
+    signal(sig) {
+      proc?.kill(sig);
     },
     async stop() {
       const p = proc;
