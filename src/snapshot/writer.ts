@@ -173,6 +173,12 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           }
         }
         if (pgState === 'down') {
+          try {
+            await pool.query('SELECT 1');
+          } catch (err) {
+            setDown(err, 'postgres');
+            throw err;
+          }
           if (warned) log('info', 'Postgres reachable again; catching up');
           pgState = 'up';
           warned = false;

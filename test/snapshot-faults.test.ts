@@ -1,0 +1,198 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { Redis } from 'ioredis';
+import { engineFixture, type EngineFixture } from './helpers/redis.js';
+import { testDatabase } from './helpers/pg.js';
+import { caughtUp, each, generateTokens, sleep } from './helpers/snapshot.js';
+import { openPostgres, readSnapshotStatus, sampleLag, startSnapshotWriter, verify } from '../src/snapshot/index.js';
+import { leaseKey } from '../src/snapshot/status.js';
+import { createRedis } from '../src/store/redis.js';
+import { loadConfig } from '../src/config.js';
+
+const MAIN = path.resolve('dist/cli/main.js');
+
+function spawnWriter(env: Record<string, string>): ChildProcess {
+  return spawn(process.execPath, [MAIN, 'snapshot'], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+}
+const exited = (c: ChildProcess) =>
+  new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => c.once('exit', (code, signal) => r({ code, signal })));
+const count = async (pool: pg.Pool, table: string) => Number((await pool.query(`SELECT count(*) AS n FROM ${table}`)).rows[0].n);
+
+async function freePort(): Promise<number> {
+  const s = net.createServer().listen(0, '127.0.0.1');
+  await new Promise((r) => s.once('listening', r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+describe('snapshot writer under faults (real processes)', () => {
+  let fx: EngineFixture;
+  let db: Awaited<ReturnType<typeof testDatabase>>;
+  let pool: pg.Pool;
+
+  beforeAll(async () => {
+    fx = await engineFixture({ label: 'snapfault' });
+    db = await testDatabase();
+    pool = await openPostgres(db.url);
+  });
+  afterAll(async () => {
+    await pool?.end();
+    await fx?.close();
+    await db?.drop();
+  });
+
+  it('kill -9 between COMMIT and XACK, then mid-batch: after restarts Postgres equals Redis, each event applied once', async () => {
+    const env = { KEY_PREFIX: fx.prefix, DATABASE_URL: db.url, REDIS_URL: 'redis://127.0.0.1:6379', SNAPSHOT_BATCH: '1000' };
+    const tokens = await generateTokens(fx.engine, 20_000);
+    let events = 20_000;
+
+    // 1. the writer dies right after its 2nd COMMIT: those 1,000 entries are in Postgres but still pending in Redis
+    const crashing = spawnWriter({ ...env, SNAPSHOT_TEST_CRASH_AFTER_COMMIT: '2' });
+    expect(await exited(crashing)).toMatchObject({ signal: 'SIGKILL' });
+    expect(await count(pool, 'token_events')).toBe(2000);
+    const pending = (await Promise.all(Array.from({ length: 64 }, (_, s) => fx.redis.xpending(fx.store.keys.events(s), 'snapshot'))))
+      .reduce((sum, p) => sum + Number((p as [number])[0]), 0);
+    expect(pending).toBeGreaterThanOrEqual(1000);
+
+    // state changes keep coming while no writer runs
+    await each(tokens.slice(0, 5000), 32, async (t, i) => expect((await fx.engine.redeem(t, 'sat-b', `r${i}`)).code).toBe('ok'));
+    events += 5000;
+
+    // 2. a writer killed with SIGKILL at an arbitrary point while it catches up (mid-batch).
+    //    It must first wait for the dead writer's lease to lapse (10 s): the single-writer rule at work.
+    const second = spawnWriter(env);
+    const secondExit = exited(second);
+    while ((await count(pool, 'token_events')) <= 2000) await sleep(10);
+    await sleep(Math.floor(Math.random() * 30));
+    second.kill('SIGKILL');
+    expect(await secondExit).toMatchObject({ signal: 'SIGKILL' });
+    const partial = await count(pool, 'token_events');
+    await fx.redis.del(leaseKey(fx.prefix)); // the lease would lapse in 10 s; the previous step already proved that wait
+
+    await each(tokens.slice(5000, 6000), 32, async (t, i) => expect((await fx.engine.redeem(t, 'sat-c', `s${i}`)).code).toBe('ok'));
+    events += 1000;
+
+    const third = spawnWriter(env);
+    const thirdExit = exited(third);
+    await caughtUp(fx.redis, fx.prefix, pool, events);
+    third.kill('SIGTERM');
+    expect(await thirdExit).toMatchObject({ code: 0 });
+    expect(partial).toBeLessThan(events); // it really died part-way
+    expect(await count(pool, 'token_events')).toBe(events);
+    expect(await count(pool, 'tokens')).toBe(20_000);
+    const report = await verify(fx.redis, pool, fx.prefix);
+    expect(report.listed).toEqual([]);
+    expect(report.differences).toBe(0);
+  }, 90_000);
+
+  it('Postgres unreachable (a TCP proxy we close): serve-side writer reports down, lag grows, catches up when it returns', async () => {
+    const port = await freePort();
+    const target = new URL(db.url);
+    const sockets = new Set<net.Socket>();
+    const proxy = () =>
+      net.createServer((c) => {
+        const up = net.connect(Number(target.port || 5432), target.hostname);
+        for (const s of [c, up]) {
+          sockets.add(s);
+          s.on('error', () => {});
+          s.on('close', () => sockets.delete(s));
+        }
+        c.pipe(up).pipe(c);
+      });
+    let server = proxy().listen(port, '127.0.0.1');
+    const via = new URL(db.url);
+    via.port = String(port);
+    const before = await count(pool, 'token_events');
+    const warnings: string[] = [];
+    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: via.toString() }), {
+      log: (level, msg) => level === 'warn' && warnings.push(msg),
+    });
+    try {
+      const tokens = await generateTokens(fx.engine, 2000, 'sat-p');
+      await caughtUp(fx.redis, fx.prefix, pool, before + 2000);
+
+      await new Promise((r) => server.close(r));
+      for (const s of sockets) s.destroy();
+      await each(tokens.slice(0, 500), 16, async (t, i) => expect((await fx.engine.redeem(t, 'sat-b', `p${i}`)).code).toBe('ok'));
+      let status = await readSnapshotStatus(fx.redis, fx.prefix);
+      for (let i = 0; i < 100 && !(status.state === 'down' && (status.lagEvents ?? 0) >= 500); i++) {
+        await sleep(100);
+        status = await readSnapshotStatus(fx.redis, fx.prefix);
+      }
+      expect(status).toMatchObject({ state: 'down' });
+      expect(status.lagEvents).toBeGreaterThanOrEqual(500);
+      const lag1 = await sampleLag(fx.redis, fx.prefix);
+      await sleep(1500);
+      const lag2 = await sampleLag(fx.redis, fx.prefix);
+      expect(lag2.seconds).toBeGreaterThan(lag1.seconds);
+      expect(warnings.filter((w) => /Postgres unreachable/.test(w))).toHaveLength(1);
+      expect(await count(pool, 'token_events')).toBe(before + 2000);
+
+      server = proxy().listen(port, '127.0.0.1');
+      await caughtUp(fx.redis, fx.prefix, pool, before + 2500);
+      expect((await verify(fx.redis, pool, fx.prefix)).differences).toBe(0);
+      await sleep(1100);
+      expect(await readSnapshotStatus(fx.redis, fx.prefix)).toMatchObject({ state: 'up', lagEvents: 0 });
+    } finally {
+      await writer.stop();
+      server.close();
+      for (const s of sockets) s.destroy();
+    }
+  }, 60_000);
+
+  it('Redis restarted with AOF (private redis-server): the writer resumes and catches up', async () => {
+    const port = await freePort();
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'rm-aof-'));
+    const start = async () => {
+      const p = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--appendonly', 'yes', '--save', '', '--dir', dir], { stdio: 'ignore' });
+      const probe = new Redis({ port, lazyConnect: true, retryStrategy: () => 50 });
+      for (let i = 0; i < 100; i++) {
+        try {
+          await probe.connect().catch(() => {});
+          if ((await probe.ping()) === 'PONG') break;
+        } catch {
+          await sleep(50);
+        }
+      }
+      probe.disconnect();
+      return p;
+    };
+    let server = await start();
+    const redisUrl = `redis://127.0.0.1:${port}`;
+    const own = await engineFixture({ label: 'aof', redis: () => {
+      const r = createRedis({ redisUrl, redisClusterNodes: [] });
+      r.on('error', () => {}); // the restart below refuses connections for a moment
+      return r;
+    } });
+    const ownDb = await testDatabase();
+    const ownPool = await openPostgres(ownDb.url);
+    const writer = await startSnapshotWriter(loadConfig({ redisUrl, keyPrefix: own.prefix, databaseUrl: ownDb.url }), { log: () => {} });
+    try {
+      const tokens = await generateTokens(own.engine, 3000);
+      await caughtUp(own.redis, own.prefix, ownPool, 3000);
+      // lines written with no writer reading them yet must survive the restart in the AOF
+      await each(tokens.slice(0, 300), 16, async (t, i) => expect((await own.engine.redeem(t, 'sat-b', `a${i}`)).code).toBe('ok'));
+      const stopped = new Promise((r) => server.once('exit', r));
+      await own.redis.call('SHUTDOWN').catch(() => {});
+      await stopped;
+      await sleep(500);
+      server = await start();
+      await each(tokens.slice(300, 600), 16, async (t, i) => expect((await own.engine.redeem(t, 'sat-b', `b${i}`)).code).toBe('ok'));
+      await caughtUp(own.redis, own.prefix, ownPool, 3600, 30_000);
+      expect((await verify(own.redis, ownPool, own.prefix)).differences).toBe(0);
+    } finally {
+      await writer.stop();
+      await ownPool.end();
+      await own.close();
+      await ownDb.drop();
+      server.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+});
