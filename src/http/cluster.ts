@@ -35,23 +35,24 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
   let seq = 0;
   const pending = new Map<number, { json: metric[][]; left: number; done: () => void }>();
 
+  // A worker that dies after it listened is replaced; one that dies before (port taken, bad config) fails the start.
   const fork = (): Promise<Worker> =>
     new Promise((resolve, reject) => {
       const w = cluster.fork();
-      w.on('message', (m: Msg) => onMessage(w, m));
-      const onListening = (m: Msg) => {
-        if (m.rm !== 'listening') return;
-        w.off('message', onListening);
-        port = m.port;
-        resolve(w);
-      };
-      w.on('message', onListening);
-      w.once('exit', (code) => {
-        reject(new Error(`worker ${w.id} exited with ${code} before listening`));
-        if (!stopping) {
-          log(`worker ${w.id} exited (${code}); starting another`);
-          fork().catch((err: Error) => log(err.message));
+      let listening = false;
+      w.on('message', (m: Msg) => {
+        onMessage(w, m);
+        if (m.rm === 'listening' && !listening) {
+          listening = true;
+          port = m.port;
+          resolve(w);
         }
+      });
+      w.once('exit', (code, signal) => {
+        if (!listening) return reject(new Error(`worker ${w.id} exited (${code ?? signal}) before listening`));
+        if (stopping) return;
+        log(`worker ${w.id} exited (${code ?? signal}); starting another`);
+        fork().catch((err: Error) => log(err.message));
       });
     });
 
@@ -81,8 +82,14 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
     return AggregatorRegistry.aggregate(json).metrics();
   };
 
-  await fork();
-  await Promise.all(Array.from({ length: config.workers - 1 }, fork));
+  try {
+    await fork();
+    await Promise.all(Array.from({ length: config.workers - 1 }, fork));
+  } catch (err) {
+    stopping = true;
+    for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
+    throw err;
+  }
   log(`listening on ${config.host}:${port} (${config.workers} worker${config.workers > 1 ? 's' : ''})`);
 
   return {
@@ -128,5 +135,7 @@ export async function runWorker(config: Config): Promise<void> {
   const shutdown = () => void server.close().then(() => process.exit(0));
   process.on('SIGTERM', shutdown);
   process.on('SIGINT', shutdown);
+  // the primary is gone (killed): do not linger as an orphan holding the port
+  process.on('disconnect', shutdown);
   process.send?.({ rm: 'listening', port: server.port } satisfies Msg);
 }
