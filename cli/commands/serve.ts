@@ -1,6 +1,7 @@
 import cluster from 'node:cluster';
 import type { Command } from 'commander';
 import { runPrimary, runWorker } from '../../src/http/cluster.js';
+import { startSnapshotWriter } from '../../src/snapshot/index.js';
 import { configFrom } from '../context.js';
 
 /** `referral-manager serve`: the HTTP API in N worker processes on one port; SIGTERM drains and exits 0. */
@@ -20,6 +21,10 @@ export function register(program: Command): void {
       // Services of the primary (one per deployment, not per worker) start here and join `stops`:
       // the snapshot writer belongs here when config.snapshot is on.
       const stops: (() => Promise<void>)[] = [];
+      if (config.snapshot) {
+        const writer = await startSnapshotWriter(config);
+        stops.push(() => writer.stop());
+      }
       let stopping = false;
       const shutdown = async () => {
         if (stopping) return;
