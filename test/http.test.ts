@@ -148,7 +148,10 @@ describe('admin routes', () => {
     const added = await admin('POST', '/v1/admin/satellites', { id: 'sat-c', outboundKey: 'secret' }, 'msgpack');
     expect(added.status).toBe(201);
     expect(added.body.apiKey).toMatch(/^rmk_[A-Za-z0-9_-]{43}$/);
-    expect((await admin('POST', '/v1/admin/satellites', { id: 'sat-c' })).body.error).toBe('satellite_exists');
+    for (const format of ['json', 'msgpack'] as const) {
+      const dup = await admin('POST', '/v1/admin/satellites', { id: 'sat-c' }, format);
+      expect([dup.status, dup.body.error, String(dup.headers['content-type'])]).toEqual([409, 'satellite_exists', `application/${format}`]);
+    }
     const list = await admin('GET', '/v1/admin/satellites');
     const c = list.body.satellites.find((s: { id: string }) => s.id === 'sat-c');
     expect(c).toMatchObject({ id: 'sat-c', hasOutboundKey: true });
@@ -157,7 +160,10 @@ describe('admin routes', () => {
     expect(rotated.status).toBe(200);
     expect(rotated.body.apiKey).not.toBe(added.body.apiKey);
     expect((await admin('DELETE', '/v1/admin/satellites/sat-c')).status).toBe(200);
-    expect((await admin('DELETE', '/v1/admin/satellites/sat-c')).body.error).toBe('satellite_not_found');
+    for (const format of ['json', 'msgpack'] as const) {
+      const gone = await admin('DELETE', '/v1/admin/satellites/sat-c', undefined, format);
+      expect([gone.status, gone.body.error, String(gone.headers['content-type'])]).toEqual([404, 'satellite_not_found', `application/${format}`]);
+    }
     expect((await admin('POST', '/v1/admin/satellites/sat-c/rotate-key', {})).body.error).toBe('satellite_not_found');
   });
 
@@ -215,8 +221,10 @@ describe('auth', () => {
   it('every satellite and admin route refuses a missing or unknown key with 401', async () => {
     for (const [method, path, body] of [...satelliteRoutes, ...adminRoutes]) {
       for (const key of [undefined, 'rmk_wrong', `${ADMIN_KEY}x`]) {
-        const r = await call(pool, method, path, { key, body });
-        expect([method, path, key, r.status, r.body.error]).toEqual([method, path, key, 401, 'unauthorized']);
+        for (const format of ['json', 'msgpack'] as const) {
+          const r = await call(pool, method, path, { key, body, format });
+          expect([method, path, key, r.status, r.body.error, String(r.headers['content-type'])]).toEqual([method, path, key, 401, 'unauthorized', `application/${format}`]);
+        }
       }
     }
   });
@@ -228,7 +236,7 @@ describe('auth', () => {
     }
     for (const [method, path, body] of satelliteRoutes) {
       const r = await call(pool, method, path, { key: ADMIN_KEY, body });
-      expect([path, r.status]).toEqual([path, 403]);
+      expect([path, r.status, r.body.error]).toEqual([path, 403, 'forbidden']);
     }
   });
 
