@@ -39,8 +39,8 @@ export interface Route<B = any> {
   handler(call: Call<B>): Promise<Outcome>;
 }
 
-export const SATELLITE_BODY_LIMIT = 16 * 1024;
-export const ADMIN_BODY_LIMIT = 8 * 1024 * 1024;
+const SATELLITE_BODY_LIMIT = 16 * 1024;
+const ADMIN_BODY_LIMIT = 8 * 1024 * 1024;
 
 // One Ajv, schemas compiled once at startup. No coercion and no defaults: the body is taken as sent.
 // Unknown properties are allowed and ignored, so clients can be newer than the server.

@@ -49,7 +49,7 @@ export interface Exchange {
   finish(status: number): void;
 }
 
-export function errorBody(code: ErrorCode, message?: string): { error: ErrorCode; message: string } {
+function errorBody(code: ErrorCode, message?: string): { error: ErrorCode; message: string } {
   return { error: code, message: message ?? errorCatalogue[code].message };
 }
 
@@ -79,14 +79,12 @@ export function reply(ex: Exchange, status: number, body: Buffer, contentType: s
   });
 }
 
-export function replyValue(ex: Exchange, status: number, value: unknown, headers?: [string, string][]): void {
+export function replyValue(ex: Exchange, status: number, value: unknown): void {
   if (ex.aborted || ex.done) return;
-  reply(ex, status, encode(ex.format, value), CONTENT_TYPE[ex.format], headers);
+  reply(ex, status, encode(ex.format, value), CONTENT_TYPE[ex.format]);
 }
 
 export function replyError(ex: Exchange, code: ErrorCode, message?: string, headers?: [string, string][]): void {
   if (ex.aborted || ex.done) return;
   reply(ex, errorCatalogue[code].status, encode(ex.format, errorBody(code, message)), CONTENT_TYPE[ex.format], headers);
 }
-
-export { CONTENT_TYPE };
