@@ -81,9 +81,18 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     groupsReady = true;
   }
 
-  async function read(): Promise<{ events: StreamEvent[]; empty: Map<number, string[]> }> {
+  interface ReadResult {
+    events: StreamEvent[];
+    /** pending ids whose entries were trimmed: ack only */
+    empty: Map<number, string[]>;
+    /** shards whose pending entries are all re-read: they switch to new entries once this result is used */
+    drained: number[];
+  }
+
+  async function read(): Promise<ReadResult> {
     const events: StreamEvent[] = [];
-    const empty = new Map<number, string[]>(); // pending ids whose entries were trimmed: ack only
+    const empty = new Map<number, string[]>();
+    const drained: number[] = [];
     const replies = await Promise.all(
       Array.from({ length: SHARDS }, (_, s) =>
         redis.xreadgroup('GROUP', GROUP, consumer, 'COUNT', perShard, 'STREAMS', keys.events(s), pendingMode[s] ? '0' : '>') as Promise<XReadReply>,
@@ -91,14 +100,14 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     );
     replies.forEach((reply, s) => {
       const entries = reply?.[0]?.[1] ?? [];
-      if (pendingMode[s] && entries.length === 0) pendingMode[s] = false;
+      if (pendingMode[s] && entries.length === 0) drained.push(s);
       for (const [id, fields] of entries) {
         const e = parseEntry(s, id, fields);
         if (e) events.push(e);
         else empty.set(s, [...(empty.get(s) ?? []), id]);
       }
     });
-    return { events, empty };
+    return { events, empty, drained };
   }
 
   async function commit(batch: StreamEvent[]): Promise<void> {
@@ -133,19 +142,35 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     );
   }
 
+  // while a full round is written to Postgres the next one is read from Redis (only new entries:
+  // a re-read of pending entries could return the ones being committed)
+  let prefetch: Promise<ReadResult> | undefined;
+
   async function round(): Promise<number> {
     await ensureGroups();
-    const { events, empty } = await read();
+    const got = await (prefetch ?? read());
+    prefetch = undefined;
+    for (const s of got.drained) pendingMode[s] = false;
+    const { events, empty } = got;
     await Promise.all([...empty].map(([s, ids]) => redis.xack(keys.events(s), GROUP, ...ids)));
-    for (let i = 0; i < events.length && running && leader; i += config.snapshotBatch) {
-      const batch = events.slice(i, i + config.snapshotBatch);
-      try {
-        await commit(batch);
-      } catch (err) {
-        setDown(err, 'postgres');
-        throw err;
+    if (events.length >= perShard && !pendingMode.includes(true)) prefetch = read();
+    try {
+      for (let i = 0; i < events.length && running && leader; i += config.snapshotBatch) {
+        const batch = events.slice(i, i + config.snapshotBatch);
+        try {
+          await commit(batch);
+        } catch (err) {
+          setDown(err, 'postgres');
+          throw err;
+        }
+        await ackAndTrim(batch);
       }
-      await ackAndTrim(batch);
+    } catch (err) {
+      // what was prefetched stays pending in Redis and is re-read with the rest
+      await prefetch?.catch(() => {});
+      prefetch = undefined;
+      pendingMode.fill(true);
+      throw err;
     }
     return events.length;
   }
@@ -232,6 +257,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       clearInterval(renewTimer);
       clearInterval(statusTimer);
       await loop;
+      await prefetch?.catch(() => {});
       if (leader) await lease.release().catch(() => {});
       await writeSnapshotStatus(redis, config.keyPrefix, { state: 'off', at: Date.now() }).catch(() => {});
       await pool?.end().catch(() => {});
