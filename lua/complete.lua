@@ -16,5 +16,4 @@ if t.state == 'x' then return reply('revoked', t) end
 if t.state ~= 's' or t.reservationId ~= ARGV[2] then return reply('reservation_mismatch', t) end
 if t.lapsed then return reply('reservation_expired', t) end
 t.redeemerSat, t.redeemerUser, t.redeemedAt = t.reservedBy, ARGV[3], now
-transition(keys, t, 'r', 'redeemed', now)
-return reply('ok', t)
+return reply('ok', t, transition(keys, t, 'r', 'redeemed', now))

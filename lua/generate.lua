@@ -27,10 +27,8 @@ for _ = 1, owners do
   for j = i, i + n - 1 do
     local hex = ARGV[j]
     if redis.call('HSETNX', bucket, string.sub(hex, 5), rec) == 1 then
-      redis.call('XADD', ev, '*', 'type', 'generated', 'at', now, 'token', dashed(hex), 'state', 'unredeemed',
-        'ownerSatelliteId', sat, 'ownerUserId', user, 'campaignId', ARGV[1], 'createdAt', now,
-        'expiresAt', ARGV[2], 'reservationId', '', 'reservedBy', '', 'leaseExpiresAt', '',
-        'redeemerSatelliteId', '', 'redeemerUserId', '', 'redeemedAt', '')
+      redis.call('XADD', ev, '*', 'type', 'generated', 'at', now, 'row', dashed(hex) .. '\tunredeemed\t' .. sat ..
+        '\t' .. user .. '\t' .. ARGV[1] .. '\t' .. now .. '\t' .. ARGV[2] .. '\t\t\t\t\t\t')
       created = created + 1
       made[sat] = (made[sat] or 0) + 1
     else

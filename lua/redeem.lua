@@ -16,5 +16,4 @@ if t.state == 'r' and t.redeemerSat == ARGV[2] and t.redeemerUser == ARGV[3] the
 local bad = unusable(t, now)
 if bad then return reply(bad, t) end
 t.redeemerSat, t.redeemerUser, t.redeemedAt, t.reservationId = ARGV[2], ARGV[3], now, ''
-transition(keys, t, 'r', 'redeemed', now)
-return reply('ok', t)
+return reply('ok', t, transition(keys, t, 'r', 'redeemed', now))

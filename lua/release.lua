@@ -12,5 +12,4 @@ local now = now_ms()
 local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], now)
 if not t then return { 'not_found' } end
 if t.state ~= 's' or t.reservationId ~= ARGV[2] then return reply('reservation_mismatch', t) end
-transition(keys, t, 'u', 'released', now)
-return reply('ok', t)
+return reply('ok', t, transition(keys, t, 'u', 'released', now))

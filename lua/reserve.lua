@@ -14,5 +14,4 @@ if not t then return { 'not_found' } end
 local bad = unusable(t, now)
 if bad then return reply(bad, t) end
 t.reservationId, t.reservedBy, t.leaseExpiresAt = ARGV[4], ARGV[2], now + tonumber(ARGV[3])
-transition(keys, t, 's', 'reserved', now)
-return reply('ok', t)
+return reply('ok', t, transition(keys, t, 's', 'reserved', now))

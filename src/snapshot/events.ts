@@ -1,6 +1,6 @@
 /**
- * Stream entries as the writer sees them. Field order is fixed by lua/includes/codec.lua:
- * type, at, then the 13 row fields; values are '' when absent.
+ * Stream entries as the writer sees them (lua/includes/codec.lua `emit`): fields type, at and row,
+ * where row is the 13 ROW_FIELDS values joined by tabs ('' when absent; ids never hold tabs).
  */
 export const ROW_FIELDS = [
   'token', 'state', 'ownerSatelliteId', 'ownerUserId', 'campaignId', 'createdAt', 'expiresAt',
@@ -32,8 +32,14 @@ export function parseEntry(shard: number, id: string, fields: string[] | null): 
     seq: id.slice(dash + 1),
     type: values.get('type') ?? '',
     at: values.get('at') ?? '0',
-    row: ROW_FIELDS.map((f) => values.get(f) ?? ''),
+    row: unpackRow(values.get('row') ?? ''),
   };
+}
+
+function unpackRow(packed: string): string[] {
+  const row = packed.split('\t');
+  row.length = ROW_FIELDS.length;
+  return Array.from(row, (v) => v ?? '');
 }
 
 /** Compares stream ids "ms-seq" numerically. */
