@@ -29,6 +29,7 @@ type XReadReply = [string, [string, string[] | null][]][] | null;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const BACKOFF_MAX_MS = 5000;
+const LANES = 4;
 
 /**
  * The asynchronous Postgres writer. Reads every shard stream with the `snapshot` consumer group,
@@ -89,18 +90,20 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     drained: number[];
   }
 
-  async function read(): Promise<ReadResult> {
+  async function read(shards: number[]): Promise<ReadResult> {
     const events: StreamEvent[] = [];
     const empty = new Map<number, string[]>();
     const drained: number[] = [];
+    const modes = shards.map((s) => pendingMode[s]);
     const replies = await Promise.all(
-      Array.from({ length: SHARDS }, (_, s) =>
-        redis.xreadgroup('GROUP', GROUP, consumer, 'COUNT', perShard, 'STREAMS', keys.events(s), pendingMode[s] ? '0' : '>') as Promise<XReadReply>,
+      shards.map(
+        (s, i) => redis.xreadgroup('GROUP', GROUP, consumer, 'COUNT', perShard, 'STREAMS', keys.events(s), modes[i] ? '0' : '>') as Promise<XReadReply>,
       ),
     );
-    replies.forEach((reply, s) => {
+    replies.forEach((reply, i) => {
+      const s = shards[i]!;
       const entries = reply?.[0]?.[1] ?? [];
-      if (pendingMode[s] && entries.length === 0) drained.push(s);
+      if (modes[i] && entries.length === 0) drained.push(s);
       for (const [id, fields] of entries) {
         const e = parseEntry(s, id, fields);
         if (e) events.push(e);
@@ -142,18 +145,22 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     );
   }
 
-  // while a full round is written to Postgres the next one is read from Redis (only new entries:
-  // a re-read of pending entries could return the ones being committed)
-  let prefetch: Promise<ReadResult> | undefined;
+  // Lanes: shards split into groups, each applying its own batches on its own connection, so Postgres
+  // works on several transactions at once. A token lives in one shard, so lanes never touch one row.
+  // While a lane writes a full round to Postgres it reads its next one from Redis (only new entries:
+  // a re-read of pending entries could return the ones being committed).
+  const lanes = Array.from({ length: LANES }, (_, l) => ({
+    shards: Array.from({ length: SHARDS / LANES }, (_, i) => i * LANES + l),
+    prefetch: undefined as Promise<ReadResult> | undefined,
+  }));
 
-  async function round(): Promise<number> {
-    await ensureGroups();
-    const got = await (prefetch ?? read());
-    prefetch = undefined;
+  async function round(lane: (typeof lanes)[number]): Promise<number> {
+    const got = await (lane.prefetch ?? read(lane.shards));
+    lane.prefetch = undefined;
     for (const s of got.drained) pendingMode[s] = false;
     const { events, empty } = got;
     await Promise.all([...empty].map(([s, ids]) => redis.xack(keys.events(s), GROUP, ...ids)));
-    if (events.length >= perShard && !pendingMode.includes(true)) prefetch = read();
+    if (events.length >= perShard && !lane.shards.some((s) => pendingMode[s])) lane.prefetch = read(lane.shards);
     try {
       for (let i = 0; i < events.length && running && leader; i += config.snapshotBatch) {
         const batch = events.slice(i, i + config.snapshotBatch);
@@ -167,8 +174,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       }
     } catch (err) {
       // what was prefetched stays pending in Redis and is re-read with the rest
-      await prefetch?.catch(() => {});
-      prefetch = undefined;
+      await lane.prefetch?.catch(() => {});
+      lane.prefetch = undefined;
       pendingMode.fill(true);
       throw err;
     }
@@ -191,7 +198,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         }
         if (!pool) {
           try {
-            pool = await openPostgres(config.databaseUrl);
+            pool = await openPostgres(config.databaseUrl, LANES);
           } catch (err) {
             setDown(err, 'postgres');
             throw err;
@@ -209,7 +216,11 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           warned = false;
           m.postgresUp.set(1);
         }
-        const n = await round();
+        await ensureGroups();
+        const rounds = await Promise.allSettled(lanes.map((lane) => round(lane)));
+        const failed = rounds.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+        if (failed) throw failed.reason;
+        const n = rounds.reduce((sum, r) => sum + (r as PromiseFulfilledResult<number>).value, 0);
         backoff = 100;
         if (n < perShard) await sleep(config.snapshotFlushMs);
       } catch (err) {
@@ -257,7 +268,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       clearInterval(renewTimer);
       clearInterval(statusTimer);
       await loop;
-      await prefetch?.catch(() => {});
+      await Promise.all(lanes.map((l) => l.prefetch?.catch(() => {})));
       if (leader) await lease.release().catch(() => {});
       await writeSnapshotStatus(redis, config.keyPrefix, { state: 'off', at: Date.now() }).catch(() => {});
       await pool?.end().catch(() => {});
