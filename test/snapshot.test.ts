@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { engineFixture, type EngineFixture } from './helpers/redis.js';
@@ -111,5 +112,31 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
     await caughtUp(fx.redis, restoredPrefix, pool, events + 1);
     expect((await pool.query('SELECT redeemer_user_id FROM tokens WHERE token = $1', [t])).rows[0].redeemer_user_id).toBe('after-restore');
     expect((await verify(fx.redis, pool, restoredPrefix)).differences).toBe(0);
+  }, 120_000);
+
+  it('CLI: restore refuses a non-empty prefix (exit 1), restores with --force, verify exits 0 / 1 on a difference', async () => {
+    await writer?.stop();
+    writer = undefined;
+    const cli = (...args: string[]) =>
+      spawnSync(process.execPath, ['dist/cli/main.js', ...args], {
+        env: { ...process.env, KEY_PREFIX: restoredPrefix, DATABASE_URL: db.url, REDIS_URL: 'redis://127.0.0.1:6379' },
+        encoding: 'utf8',
+      });
+    const refused = cli('restore', '--from-postgres');
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toMatch(/refusing to restore.*--force/);
+    expect(cli('restore').status).toBe(2);
+    const t = tokens[TOTAL - 3]!;
+    await pool.query(`UPDATE tokens SET owner_user_id = 'someone-else' WHERE token = $1`, [t]);
+    const bad = cli('verify');
+    expect(bad.status).toBe(1);
+    expect(bad.stdout).toContain(`${t} differs ownerUserId: redis=`);
+    await pool.query(`UPDATE tokens SET owner_user_id = $2 WHERE token = $1`, [t, (await fx.engine.lookup(t))!.ownerUserId]);
+    const forced = cli('restore', '--from-postgres', '--force');
+    expect(forced.status).toBe(0);
+    expect(forced.stdout).toContain(`restored ${TOTAL} tokens`);
+    const good = cli('verify');
+    expect(good.stdout).toContain(`${TOTAL} tokens in Redis, 0 differences`);
+    expect(good.status).toBe(0);
   }, 120_000);
 });
