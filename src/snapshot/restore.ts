@@ -8,7 +8,7 @@ import { pgShardRows } from './pg-rows.js';
 import { STATE_LETTER } from './rows.js';
 
 /** Keys of the engine's virtual shards under `prefix` (numeric hash tags), across every master. */
-export async function engineKeys(redis: RedisClient, prefix: string, limit = Infinity): Promise<string[]> {
+export async function engineKeys(redis: RedisClient, prefix: string): Promise<string[]> {
   const out: string[] = [];
   const own = new RegExp(`^${prefix.replace(/[.]/g, '\\.')}:\\{\\d+\\}:`);
   for (const node of masters(redis)) {
@@ -17,7 +17,6 @@ export async function engineKeys(redis: RedisClient, prefix: string, limit = Inf
       const [next, found] = await node.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
       cursor = next;
       for (const k of found) if (own.test(k)) out.push(k);
-      if (out.length >= limit) return out;
     } while (cursor !== '0');
   }
   return out;
