@@ -86,10 +86,6 @@ export const settings = {
   snapshotBatch: { env: 'SNAPSHOT_BATCH', default: 5000, parse: int(1, 100_000), doc: 'Most events the snapshot writer applies in one transaction.' },
   snapshotFlushMs: { env: 'SNAPSHOT_FLUSH_MS', default: 50, parse: int(1, 60_000), doc: 'Longest the snapshot writer waits to fill a batch.' },
   snapshotTestCrashAfterCommit: { env: 'SNAPSHOT_TEST_CRASH_AFTER_COMMIT', default: 0, parse: int(0), doc: 'Test hook for fault tests: the snapshot writer SIGKILLs itself right after its Nth COMMIT, before XACK. 0 (default): off.' },
-  logLevel: { env: 'LOG_LEVEL', default: 'info', parse: (raw: string) => {
-    if (!['debug', 'info', 'warn', 'error'].includes(raw)) throw new Error(`expected debug|info|warn|error, got "${raw}"`);
-    return raw as 'debug' | 'info' | 'warn' | 'error';
-  }, doc: 'debug | info | warn | error.' },
 } satisfies Record<string, Setting<unknown>>;
 
 type Settings = typeof settings;
