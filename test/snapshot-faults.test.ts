@@ -93,6 +93,29 @@ describe('snapshot writer under faults (real processes)', () => {
     expect(report.differences).toBe(0);
   }, 90_000);
 
+  it('several writers: exactly one holds the lease and writes; when it stops, another takes over', async () => {
+    const config = loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url });
+    const writers = await Promise.all([1, 2, 3].map(() => startSnapshotWriter(config, { log: () => {}, leaseMs: 1500 })));
+    try {
+      await sleep(800);
+      const leaders = () => writers.filter((w) => w.status().leader);
+      expect(leaders()).toHaveLength(1);
+      const first = leaders()[0]!;
+      const before = await count(pool, 'token_events');
+      await generateTokens(fx.engine, 1000, 'sat-lease');
+      await caughtUp(fx.redis, fx.prefix, pool, before + 1000);
+      await first.stop();
+      writers.splice(writers.indexOf(first), 1);
+      for (let i = 0; i < 50 && leaders().length === 0; i++) await sleep(100);
+      expect(leaders()).toHaveLength(1);
+      await generateTokens(fx.engine, 1000, 'sat-lease2');
+      await caughtUp(fx.redis, fx.prefix, pool, before + 2000);
+      expect(await count(pool, 'token_events')).toBe(before + 2000);
+    } finally {
+      await Promise.all(writers.map((w) => w.stop()));
+    }
+  }, 60_000);
+
   it('Postgres unreachable (a TCP proxy we close): serve-side writer reports down, lag grows, catches up when it returns', async () => {
     const port = await freePort();
     const target = new URL(db.url);
