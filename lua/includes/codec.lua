@@ -167,7 +167,8 @@ end
 
 -- writes t's new state (and its side records), keeping stats and emitting the event
 local function transition(keys, t, to, kind, now)
-  local from = effective_state(t)
+  -- counters follow the stored state: a lapsed lease is still counted as reserved until it is touched
+  local from = t.state
   redis.call('HSET', t.bucket, t.suffix, fmt_rec(to, t.ref, t.camp, t.createdAt, t.expiresAt))
   if t.state == 's' and to ~= 's' then redis.call('HDEL', keys.rs, t.suffix) end
   if to == 's' then
