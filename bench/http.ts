@@ -10,6 +10,8 @@ import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { createRedis, masters, type RedisClient } from '../src/store/redis.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
+import { sampleLag } from '../src/snapshot/index.js';
+import { watchLag } from './snapshot.js';
 
 /**
  * Redeem throughput: our API (uWS + MessagePack + Lua) vs (a) a uWS ceiling that only reads the body and
@@ -28,12 +30,14 @@ export interface BenchOptions {
   workers?: number;
   connections?: number;
   redisUrl?: string;
-  /** measure only these targets (ratios need all three) */
+  /** measure only these targets (ratios need the first three) */
   only?: Target[];
+  /** for 'snapshot': a database the serve primary's snapshot writer fills while ours runs again */
+  snapshotDatabaseUrl?: string;
   log?: (line: string) => void;
 }
 
-export type Target = 'ceiling' | 'ours' | 'fastify';
+export type Target = 'ceiling' | 'ours' | 'fastify' | 'snapshot';
 
 export interface Measured {
   reqPerSec: number;
@@ -47,6 +51,8 @@ export interface BenchResult {
   ours?: Measured;
   ceiling?: Measured;
   fastify?: Measured;
+  /** ours again with the Postgres snapshot writer running in serve, and the worst writer lag sampled meanwhile */
+  snapshot?: Measured & { maxLagSeconds: number; maxLagEvents: number };
   oursOverCeiling?: number;
   oursOverFastify?: number;
 }
@@ -168,14 +174,19 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
     const ours = (await ourTokens(new TokenEngine(store), n)).map((token, i) => packr.pack({ token, userId: `r${i}` }));
     const plain = (await plainTokens(redis, prefix, n)).map((token, i) => Buffer.from(JSON.stringify({ token, userId: `r${i}` })));
 
-    const measure = async (args: string[], env: Record<string, string>, bodies: Buffer[], type: string) => {
+    const want = (t: Target) => (opts.only ? opts.only.includes(t) : t !== 'snapshot' || opts.snapshotDatabaseUrl !== undefined);
+    const withWriter = want('snapshot') ? (await ourTokens(new TokenEngine(store), n)).map((token, i) => packr.pack({ token, userId: `s${i}` })) : [];
+
+    const measure = async (args: string[], env: Record<string, string>, bodies: Buffer[], type: string, ready?: () => Promise<void>) => {
       const port = await freePort();
       procs.push(await start([...args.map((a) => (a === 'PORT' ? String(port) : a))], env));
+      await ready?.();
       const m = await load(`http://127.0.0.1:${port}`, apiKey, bodies, type, connections);
       await stop(procs.pop()!);
       return m;
     };
-    const want = (t: Target) => !opts.only || opts.only.includes(t);
+    const serveArgs = [path.join(here, '..', 'cli', 'main.js'), 'serve', '--host', '127.0.0.1', '--port', 'PORT', '--workers', String(workers)];
+    const serveEnv = { KEY_PREFIX: prefix, REDIS_URL: config.redisUrl, SNAPSHOT: 'false', RATE_LIMIT_FAILURES: String(1e9) };
     const result: BenchResult = {};
     if (want('ceiling')) {
       log('ceiling (uWS, read body, constant reply) ...');
@@ -183,11 +194,20 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
     }
     if (want('ours')) {
       log(`ours (${workers} worker${workers > 1 ? 's' : ''}) ...`);
-      result.ours = await measure(
-        [path.join(here, '..', 'cli', 'main.js'), 'serve', '--host', '127.0.0.1', '--port', 'PORT', '--workers', String(workers)],
-        { KEY_PREFIX: prefix, REDIS_URL: config.redisUrl, SNAPSHOT: 'false', RATE_LIMIT_FAILURES: String(1e9) },
-        ours, 'application/msgpack',
-      );
+      result.ours = await measure(serveArgs, serveEnv, ours, 'application/msgpack');
+    }
+    if (want('snapshot')) {
+      if (!opts.snapshotDatabaseUrl) throw new Error('the snapshot target needs snapshotDatabaseUrl');
+      log(`ours (${workers}w) with the snapshot writer filling Postgres ...`);
+      let lag: ReturnType<typeof watchLag> | undefined;
+      // the writer first drains what generation and the runs before queued; lag is measured from then on
+      const caughtUp = async () => {
+        while ((await sampleLag(redis, prefix)).events > 0) await new Promise((r) => setTimeout(r, 100));
+        lag = watchLag(redis, prefix);
+      };
+      const m = await measure(serveArgs, { ...serveEnv, SNAPSHOT: 'true', DATABASE_URL: opts.snapshotDatabaseUrl }, withWriter, 'application/msgpack', caughtUp);
+      const worst = await lag!.stop();
+      result.snapshot = { ...m, maxLagSeconds: worst.seconds, maxLagEvents: worst.events };
     }
     if (want('fastify')) {
       log('Fastify + JSON + ioredis ...');
@@ -198,9 +218,11 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
 
     log(`\nredeem, ${n} distinct first-time redeems per target (first tenth, at most 20,000, warm-up), ${connections} connections`);
     log('target                       req/s     p50 ms   p99 ms   non-2xx  errors');
-    for (const [name, m] of [['uWS ceiling', result.ceiling], [`ours (${workers}w)`, result.ours], ['Fastify+JSON+ioredis', result.fastify]] as const) {
+    const rows = [['uWS ceiling', result.ceiling], [`ours (${workers}w)`, result.ours], ['Fastify+JSON+ioredis', result.fastify], [`ours (${workers}w) + snapshot`, result.snapshot]] as const;
+    for (const [name, m] of rows) {
       if (m) log(`${name.padEnd(26)} ${String(m.reqPerSec).padStart(8)} ${String(m.p50).padStart(9)} ${String(m.p99).padStart(8)} ${String(m.non2xx).padStart(9)} ${String(m.errors).padStart(7)}`);
     }
+    if (result.snapshot) log(`snapshot writer lag during that run: worst ${result.snapshot.maxLagSeconds.toFixed(3)} s, ${result.snapshot.maxLagEvents} events (target < 1 s)`);
     log(`ours / ceiling = ${result.oursOverCeiling ?? '-'} (target >= 0.7)   ours / Fastify = ${result.oursOverFastify ?? '-'} (target >= 2.0)   ours p99 = ${result.ours?.p99 ?? '-'} ms (target <= 10)`);
     return result;
   } finally {

@@ -1,0 +1,56 @@
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import os from 'node:os';
+import pg from 'pg';
+import * as http from './http.js';
+import * as snapshot from './snapshot.js';
+
+/**
+ * `npm run bench`: every benchmark in one run, one after another so they do not share the CPU,
+ * then a summary against the targets, also written to bench/results.json.
+ * Sizes: BENCH_HTTP_TOKENS (default 300,000 redeems per target), BENCH_SNAPSHOT_EVENTS (500,000).
+ */
+const env = (name: string, dflt: number) => Number(process.env[name] ?? dflt);
+const server = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+
+async function withDatabase<T>(fn: (url: string) => Promise<T>): Promise<T> {
+  const name = `bench_rm_${randomBytes(3).toString('hex')}`;
+  const url = new URL(server);
+  url.pathname = `/${name}`;
+  try {
+    return await fn(url.toString());
+  } finally {
+    const admin = new pg.Client({ connectionString: server });
+    await admin.connect();
+    await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    await admin.end();
+  }
+}
+
+const started = new Date().toISOString();
+console.log(`# referral-manager benchmarks, ${started}, ${os.cpus().length} cores, node ${process.version}\n`);
+
+console.log('## HTTP redeem (autocannon from code, 100 connections, MessagePack bodies)');
+const httpResult = await withDatabase((url) =>
+  http.run({ tokens: env('BENCH_HTTP_TOKENS', 300_000), workers: env('BENCH_WORKERS', 1), snapshotDatabaseUrl: url }),
+);
+
+console.log('\n## Snapshot writer catch-up into Postgres');
+const snapResult = await snapshot.run({ events: env('BENCH_SNAPSHOT_EVENTS', 500_000), databaseUrl: server });
+
+const summary = {
+  started,
+  cores: os.cpus().length,
+  http: httpResult,
+  snapshot: snapResult,
+};
+writeFileSync(new URL('../../bench/results.json', import.meta.url), `${JSON.stringify(summary, null, 2)}\n`);
+
+const mark = (ok: boolean) => (ok ? 'met' : 'NOT met');
+const o = httpResult;
+console.log('\n## Targets');
+console.log(`redeem vs uWS ceiling   ${o.oursOverCeiling} (>= 0.7: ${mark((o.oursOverCeiling ?? 0) >= 0.7)})`);
+console.log(`redeem vs Fastify       ${o.oursOverFastify} (>= 2.0: ${mark((o.oursOverFastify ?? 0) >= 2)})`);
+console.log(`redeem p99              ${o.ours?.p99} ms (<= 10: ${mark((o.ours?.p99 ?? 99) <= 10)})`);
+console.log(`snapshot catch-up       ${Math.round(snapResult.eventsPerSec)} events/s (>= 100k: ${mark(snapResult.eventsPerSec >= 100_000)})`);
+console.log(`snapshot lag under HTTP redeem load  ${o.snapshot?.maxLagSeconds.toFixed(3)} s (< 1 s: ${mark((o.snapshot?.maxLagSeconds ?? 9) < 1)})`);
