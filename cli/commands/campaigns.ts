@@ -1,0 +1,71 @@
+import type { Command } from 'commander';
+import { CampaignStore, type Campaign } from '../../src/campaigns/store.js';
+import { DomainError } from '../../src/errors.js';
+import { createRedis } from '../../src/store/redis.js';
+import { configFrom } from '../context.js';
+import { table } from '../table.js';
+
+const total = (c: Campaign, k: 'usersServed' | 'tokensMade' | 'tokensDelivered' | 'failures'): number =>
+  Object.values(c.progress).reduce((s, p) => s + p[k], 0);
+
+const status = (c: Campaign): string => {
+  const all = Object.values(c.progress).map((p) => p.status);
+  return all.includes('failed') ? 'failed' : all.includes('running') ? 'running' : all.every((s) => s === 'done') ? 'done' : 'pending';
+};
+
+const when = (ms: number | undefined): string => (ms === undefined ? 'never' : new Date(ms).toISOString());
+
+/** `campaigns list` and `campaigns show <id>`: what generate made and what each satellite accepted. */
+export function register(program: Command): void {
+  const campaigns = program
+    .command('campaigns')
+    .description('list generation campaigns, or show one per satellite')
+    .addHelpText('after', '\nExamples:\n  referral-manager campaigns list\n  referral-manager campaigns show spring-2026 --json');
+
+  campaigns
+    .command('list')
+    .description('every campaign with its totals')
+    .option('--json', 'print JSON')
+    .addHelpText('after', '\nExamples:\n  referral-manager campaigns list\n  referral-manager campaigns list --json | jq \'.[].id\'')
+    .action(async function (this: Command, opts: { json?: boolean }) {
+      const config = configFrom(this);
+      const redis = createRedis(config);
+      try {
+        const all = await new CampaignStore(redis, config.keyPrefix).list();
+        if (opts.json) return console.log(JSON.stringify(all, null, 2));
+        if (all.length === 0) return console.log('no campaigns yet (referral-manager generate --help)');
+        console.log(
+          table(
+            ['campaign', 'created', 'per user', 'expires', 'satellites', 'users', 'made', 'delivered', 'status'],
+            all.map((c) => [c.id, when(c.createdAt), c.perUser, when(c.expiresAt), c.satellites.join(','), total(c, 'usersServed'), total(c, 'tokensMade'), total(c, 'tokensDelivered'), status(c)]),
+          ),
+        );
+      } finally {
+        redis.disconnect();
+      }
+    });
+
+  campaigns
+    .command('show <id>')
+    .description('one campaign: settings and progress per satellite')
+    .option('--json', 'print JSON')
+    .addHelpText('after', '\nExamples:\n  referral-manager campaigns show spring-2026')
+    .action(async function (this: Command, id: string, opts: { json?: boolean }) {
+      const config = configFrom(this);
+      const redis = createRedis(config);
+      try {
+        const c = await new CampaignStore(redis, config.keyPrefix).get(id);
+        if (!c) throw new DomainError('campaign_not_found', `campaign "${id}" does not exist`);
+        if (opts.json) return console.log(JSON.stringify(c, null, 2));
+        console.log(`campaign ${c.id}: ${c.perUser} per user, created ${when(c.createdAt)}, expires ${when(c.expiresAt)}, ${status(c)}`);
+        console.log(
+          table(
+            ['satellite', 'users listed', 'users served', 'made', 'delivered', 'failures', 'status', 'last error'],
+            Object.entries(c.progress).map(([sat, p]) => [sat, p.usersListed, p.usersServed, p.tokensMade, p.tokensDelivered, p.failures, p.status, p.lastError ?? '']),
+          ),
+        );
+      } finally {
+        redis.disconnect();
+      }
+    });
+}

@@ -1,0 +1,165 @@
+import { Command, Option } from 'commander';
+import { CampaignStore, type CampaignMeta } from '../../src/campaigns/store.js';
+import { runCampaign, type FlowSatellite, type SatelliteReport } from '../../src/campaigns/flow.js';
+import { DomainError } from '../../src/errors.js';
+import { SatelliteRegistry } from '../../src/satellites/registry.js';
+import { createRedis } from '../../src/store/redis.js';
+import { TokenStore } from '../../src/store/token-store.js';
+import { TokenEngine, MAX_TOKENS_PER_CALL, newCampaignId } from '../../src/tokens/engine.js';
+import { checkId } from '../../src/tokens/validate.js';
+import { configFrom } from '../context.js';
+import { table } from '../table.js';
+import { progressBars } from '../progress.js';
+
+interface Opts {
+  satellite?: string[];
+  all?: boolean;
+  perUser?: string;
+  expires?: string;
+  campaign?: string;
+  resume?: string;
+  dryRun?: boolean;
+  json?: boolean;
+  pageSize: string;
+  batchSize: string;
+  progress: boolean;
+}
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
+
+/** "30d", "12h", "90m" -> milliseconds */
+export function parseDuration(raw: string): number | undefined {
+  const m = /^(\d+)(ms|s|m|h|d|w)$/.exec(raw.trim());
+  return m ? Number(m[1]) * UNITS[m[2]!]! : undefined;
+}
+
+const EXAMPLES = `
+Examples:
+  referral-manager generate --all --per-user 3 --expires 30d --campaign spring-2026
+  referral-manager generate --satellite us1 --satellite eu1 --per-user 5 --dry-run
+  referral-manager generate --resume spring-2026      # deliver what a failed run did not
+
+A campaign records every token it made and what each satellite accepted: rerunning it (same
+--campaign, or --resume) serves only users it has not served and delivers only what is missing.
+Exit 1 when a satellite failed (the others still ran); the summary says how to resume.`;
+
+export function register(program: Command): void {
+  program
+    .command('generate')
+    .description('make N tokens for every user with none left on the chosen satellites, and deliver them')
+    .option('--satellite <id...>', 'satellite(s) to serve (repeatable)')
+    .option('--all', 'serve every registered satellite')
+    .option('--per-user <n>', `tokens per user (1..${MAX_TOKENS_PER_CALL})`)
+    .option('--expires <duration>', 'tokens expire after this long, e.g. 30d, 12h (default: never)')
+    .option('--campaign <name>', 'campaign id (default: c-<date>-<random>); an existing campaign is continued')
+    .option('--resume <campaign>', 'continue a campaign with its own settings and satellites')
+    .option('--dry-run', 'change nothing; say what would happen')
+    .option('--json', 'print the summary as JSON')
+    .addOption(new Option('--page-size <n>', 'users asked per page').default('1000'))
+    .addOption(new Option('--batch-size <n>', 'most tokens pushed per request to a satellite').default('5000'))
+    .option('--no-progress', 'no progress bars (they only show on a TTY anyway)')
+    .addHelpText('after', EXAMPLES)
+    .action(async function (this: Command, opts: Opts) {
+      const usage = (msg: string): never => this.error(`error: ${msg}`, { exitCode: 2 });
+      const pageSize = positive(opts.pageSize, 10_000) ?? usage('--page-size must be an integer 1..10000');
+      const deliverBatch = positive(opts.batchSize, 100_000) ?? usage('--batch-size must be an integer 1..100000');
+      if (opts.resume !== undefined) {
+        if (opts.satellite || opts.all || opts.perUser || opts.expires || opts.campaign) {
+          usage('--resume takes the campaign\'s own settings: drop --satellite/--all/--per-user/--expires/--campaign');
+        }
+      } else {
+        if (!opts.satellite === !opts.all) usage('choose the satellites: --satellite <id>... or --all');
+        if (opts.perUser === undefined) usage('--per-user <n> is required');
+      }
+      const perUser = opts.perUser === undefined ? undefined : (positive(opts.perUser, MAX_TOKENS_PER_CALL) ?? usage(`--per-user must be an integer 1..${MAX_TOKENS_PER_CALL}`));
+      let expiresAt: number | undefined;
+      if (opts.expires !== undefined) expiresAt = Date.now() + (parseDuration(opts.expires) ?? usage('--expires must look like 30d, 12h, 90m, 45s'));
+      if (opts.campaign !== undefined) {
+        try {
+          checkId('--campaign', opts.campaign);
+        } catch (err) {
+          usage((err as Error).message);
+        }
+      }
+
+      const config = configFrom(this);
+      const redis = createRedis(config);
+      try {
+        const registry = new SatelliteRegistry(redis, config.keyPrefix);
+        const campaigns = new CampaignStore(redis, config.keyPrefix);
+        const store = new TokenStore(redis, config.keyPrefix);
+        await store.preload();
+
+        const id = opts.resume ?? opts.campaign ?? newCampaignId();
+        const existing = await campaigns.meta(id);
+        if (opts.resume !== undefined && !existing) throw new DomainError('campaign_not_found', `campaign "${id}" does not exist`);
+        if (existing && perUser !== undefined && existing.perUser !== perUser) {
+          throw new Error(`campaign "${id}" makes ${existing.perUser} tokens per user, not ${perUser}: choose another --campaign`);
+        }
+        const satIds = opts.resume !== undefined ? existing!.satellites : opts.all ? (await registry.list()).map((s) => s.id) : [...new Set(opts.satellite)];
+        if (satIds.length === 0) throw new Error('no satellites registered (referral-manager satellites add --id <id> --url <url>)');
+        const satellites: FlowSatellite[] = [];
+        for (const satId of satIds) {
+          const s = await registry.require(satId);
+          if (!s.url) throw new Error(`satellite "${satId}" has no url: re-register it with --url`);
+          satellites.push(s.outboundKey ? { id: s.id, url: s.url, outboundKey: s.outboundKey } : { id: s.id, url: s.url });
+        }
+
+        const planned: CampaignMeta = { id, perUser: perUser ?? existing!.perUser, satellites: satIds, createdAt: Date.now() };
+        if (expiresAt !== undefined) planned.expiresAt = expiresAt;
+        let campaign = existing ?? planned;
+        if (!opts.dryRun) {
+          campaign = (await campaigns.open(planned)).campaign;
+          await campaigns.addSatellites(id, satIds);
+        }
+
+        const bars = opts.progress && !opts.json && process.stderr.isTTY ? progressBars(campaign.perUser) : undefined;
+        const reports = await runCampaign(
+          {
+            engine: new TokenEngine(store),
+            campaigns,
+            campaign,
+            existed: existing !== undefined,
+            dryRun: opts.dryRun === true,
+            pageSize,
+            deliverBatch,
+            timeoutMs: config.satelliteTimeoutMs,
+            attempts: config.satelliteAttempts,
+            onProgress: bars?.update,
+          },
+          satellites,
+        );
+        bars?.stop();
+        print(id, reports, opts);
+        const failed = reports.filter((r) => r.status === 'failed');
+        if (failed.length) {
+          for (const r of failed) console.error(`satellite ${r.satelliteId} failed: ${r.error}`);
+          console.error(`campaign ${id} is incomplete; after fixing the satellite run: referral-manager generate --resume ${id}`);
+          process.exitCode = 1;
+        }
+      } finally {
+        redis.disconnect();
+      }
+    });
+}
+
+function positive(raw: string, max: number): number | undefined {
+  if (!/^\d+$/.test(raw)) return undefined;
+  const n = Number(raw);
+  return n >= 1 && n <= max ? n : undefined;
+}
+
+function print(id: string, reports: SatelliteReport[], opts: Opts): void {
+  if (opts.json) {
+    console.log(JSON.stringify({ campaignId: id, dryRun: opts.dryRun === true, satellites: reports }, null, 2));
+    return;
+  }
+  const made = opts.dryRun ? 'tokens to make' : 'tokens made';
+  console.log(`${opts.dryRun ? 'dry run (nothing changed) of' : ''} campaign ${id}`.trim());
+  console.log(
+    table(
+      ['satellite', 'users', made, 'delivered', 'failures', 'status'],
+      reports.map((r) => [r.satelliteId, r.usersServed, r.tokensMade, r.tokensDelivered, r.failures, r.status]),
+    ),
+  );
+}

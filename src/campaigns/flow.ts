@@ -1,0 +1,200 @@
+import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
+import { checkId } from '../tokens/validate.js';
+import type { CampaignMeta, CampaignStore, Counter } from './store.js';
+import { SatelliteApi } from './satellite-api.js';
+
+export interface FlowSatellite {
+  id: string;
+  url: string;
+  outboundKey?: string;
+}
+
+export interface FlowOptions {
+  engine: TokenEngine;
+  campaigns: CampaignStore;
+  campaign: CampaignMeta;
+  /** the campaign had runs before: look for tokens made but not recorded (a crash between the two) */
+  existed: boolean;
+  dryRun: boolean;
+  /** users asked for per page */
+  pageSize: number;
+  /** most tokens pushed to a satellite per request */
+  deliverBatch: number;
+  /** per call to a satellite, and attempts per call (retried with backoff) */
+  timeoutMs: number;
+  attempts: number;
+  backoffMs?: number;
+  onProgress?: (satelliteId: string, counter: Counter, n: number) => void;
+}
+
+export interface SatelliteReport {
+  satelliteId: string;
+  usersListed: number;
+  usersServed: number;
+  tokensMade: number;
+  tokensDelivered: number;
+  /** failed calls to the satellite (retried or not) and user ids it sent that are not valid ids */
+  failures: number;
+  status: 'done' | 'failed' | 'dry-run';
+  error?: string;
+}
+
+type Delivery = [userId: string, tokens: string[]];
+
+/**
+ * The seed's generation flow for one campaign over many satellites, in parallel: page through each
+ * satellite's users without tokens, make perUser tokens for each user the campaign has not served,
+ * record them, push them to the satellite, record what it accepted. Every step is recorded before
+ * the next, so a rerun of the same campaign (`--resume`) delivers what is missing and never makes a
+ * user a second set. A satellite that keeps failing is reported; the others go on.
+ */
+export async function runCampaign(opts: FlowOptions, satellites: FlowSatellite[]): Promise<SatelliteReport[]> {
+  return Promise.all(satellites.map((s) => new SatelliteRun(opts, s).run()));
+}
+
+class SatelliteRun {
+  private readonly report: SatelliteReport;
+  private readonly id: string;
+  private readonly sat: string;
+  private readonly api: SatelliteApi;
+
+  constructor(private readonly o: FlowOptions, s: FlowSatellite) {
+    this.id = o.campaign.id;
+    this.sat = s.id;
+    this.api = new SatelliteApi({
+      url: s.url,
+      key: s.outboundKey,
+      timeoutMs: o.timeoutMs,
+      attempts: o.attempts,
+      backoffMs: o.backoffMs,
+      onRetry: () => void this.count('failures', 1).catch(() => undefined),
+    });
+    this.report = { satelliteId: s.id, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, failures: 0, status: o.dryRun ? 'dry-run' : 'done' };
+  }
+
+  async run(): Promise<SatelliteReport> {
+    try {
+      if (!this.o.dryRun) await this.o.campaigns.setStatus(this.id, this.sat, 'running');
+      if (this.o.existed) await this.deliverPending();
+      let cursor: string | null = null;
+      do {
+        const page = await this.api.usersWithoutTokens(cursor, this.o.pageSize);
+        if (page.nextCursor !== null && page.nextCursor === cursor) throw new Error(`satellite repeated cursor "${cursor}"`);
+        await this.count('usersListed', page.userIds.length);
+        await this.servePage(page.userIds);
+        cursor = page.nextCursor;
+      } while (cursor !== null);
+      if (!this.o.dryRun) await this.o.campaigns.setStatus(this.id, this.sat, 'done');
+    } catch (err) {
+      this.report.status = 'failed';
+      this.report.error = (err as Error).message;
+      if (!this.o.dryRun) await this.o.campaigns.setStatus(this.id, this.sat, 'failed', this.report.error).catch(() => undefined);
+    } finally {
+      await this.api.close();
+    }
+    return this.report;
+  }
+
+  /** Tokens recorded by an earlier run whose delivery did not finish. */
+  private async deliverPending(): Promise<void> {
+    for await (const page of this.o.campaigns.allMade(this.id, this.sat)) {
+      const done = await this.o.campaigns.delivered(this.id, this.sat, page.map(([u]) => u));
+      await this.deliver(page.filter((_, i) => !done[i]));
+    }
+  }
+
+  private async servePage(listed: string[]): Promise<void> {
+    const userIds: string[] = [];
+    for (const u of new Set(listed)) {
+      try {
+        userIds.push(checkId('userId', u));
+      } catch {
+        await this.count('failures', 1);
+      }
+    }
+    const [made, done] = await Promise.all([this.o.campaigns.made(this.id, this.sat, userIds), this.o.campaigns.delivered(this.id, this.sat, userIds)]);
+    const pending: Delivery[] = [];
+    let fresh: string[] = [];
+    userIds.forEach((u, i) => {
+      const tokens = made[i];
+      if (!tokens) fresh.push(u);
+      else if (!done[i]) pending.push([u, tokens]);
+    });
+    if (this.o.dryRun) {
+      await this.count('usersServed', fresh.length);
+      await this.count('tokensMade', fresh.length * this.o.campaign.perUser);
+      return;
+    }
+    if (this.o.existed && fresh.length) {
+      const adopted = await this.adopt(fresh);
+      pending.push(...adopted);
+      const taken = new Set(adopted.map(([u]) => u));
+      fresh = fresh.filter((u) => !taken.has(u));
+    }
+    await this.deliver(pending);
+    const perChunk = Math.max(1, Math.floor(MAX_TOKENS_PER_CALL / this.o.campaign.perUser));
+    for (let i = 0; i < fresh.length; i += perChunk) await this.deliver(await this.make(fresh.slice(i, i + perChunk)));
+  }
+
+  private async make(users: string[]): Promise<Delivery[]> {
+    const { campaign } = this.o;
+    const req = { owners: users.map((ownerUserId) => ({ ownerSatelliteId: this.sat, ownerUserId })), perUser: campaign.perUser, campaignId: campaign.id };
+    const made = await this.o.engine.generate(campaign.expiresAt === undefined ? req : { ...req, expiresAt: campaign.expiresAt });
+    const byUser = new Map<string, string[]>();
+    for (const t of made.tokens) {
+      const list = byUser.get(t.ownerUserId);
+      if (list) list.push(t.token);
+      else byUser.set(t.ownerUserId, [t.token]);
+    }
+    await this.o.campaigns.recordMade(this.id, this.sat, byUser);
+    await this.count('usersServed', byUser.size);
+    await this.count('tokensMade', made.tokens.length);
+    return [...byUser];
+  }
+
+  /**
+   * Users this campaign has no record of may still hold its tokens when an earlier run stopped
+   * between making and recording them: adopt those instead of making a second set.
+   */
+  private async adopt(users: string[]): Promise<Delivery[]> {
+    const out: Delivery[] = [];
+    const PARALLEL = 32;
+    for (let i = 0; i < users.length; i += PARALLEL) {
+      const lists = await Promise.all(users.slice(i, i + PARALLEL).map((u) => this.o.engine.listUnredeemed(this.sat, u)));
+      lists.forEach((list, j) => {
+        const mine = list.filter((t) => t.campaignId === this.id).map((t) => t.token);
+        if (mine.length) out.push([users[i + j]!, mine]);
+      });
+    }
+    if (out.length) await this.o.campaigns.recordMade(this.id, this.sat, new Map(out));
+    return out;
+  }
+
+  private async deliver(deliveries: Delivery[]): Promise<void> {
+    let batch: Delivery[] = [];
+    let size = 0;
+    const flush = async () => {
+      if (!batch.length) return;
+      const tokens = batch.flatMap(([userId, list]) => list.map((token) => ({ userId, token })));
+      await this.api.pushTokens(tokens);
+      await this.o.campaigns.recordDelivered(this.id, this.sat, batch.map(([u]) => u));
+      await this.count('tokensDelivered', tokens.length);
+      batch = [];
+      size = 0;
+    };
+    for (const d of deliveries) {
+      if (size + d[1].length > this.o.deliverBatch) await flush();
+      batch.push(d);
+      size += d[1].length;
+    }
+    await flush();
+  }
+
+  /** Counts for this run's report, the campaign's totals and the progress bar. */
+  private async count(counter: Counter, n: number): Promise<void> {
+    if (n === 0) return;
+    this.report[counter] += n;
+    this.o.onProgress?.(this.sat, counter, n);
+    if (!this.o.dryRun) await this.o.campaigns.count(this.id, this.sat, counter, n);
+  }
+}

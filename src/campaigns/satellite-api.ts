@@ -1,0 +1,116 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Packr } from 'msgpackr';
+import { Pool } from 'undici';
+
+/** The satellite's side of the generation flow (README "Satellite contract"). */
+export interface UsersPage {
+  userIds: string[];
+  nextCursor: string | null;
+}
+
+export interface SatelliteApiOptions {
+  url: string;
+  /** the satellite's outbound key; sent as `Authorization: Bearer` */
+  key?: string;
+  timeoutMs: number;
+  /** attempts per call, counting the first */
+  attempts: number;
+  /** first backoff; doubles with each retry, with jitter */
+  backoffMs?: number;
+  /** told about every failed attempt, so the CLI can count failures */
+  onRetry?: (err: SatelliteCallError, attempt: number) => void;
+}
+
+export class SatelliteCallError extends Error {
+  constructor(message: string, readonly status: number, readonly retryable: boolean) {
+    super(message);
+    this.name = 'SatelliteCallError';
+  }
+}
+
+const MSGPACK = 'application/msgpack';
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+
+/**
+ * What the manager calls on a satellite: page through users with no tokens left, push tokens.
+ * Network errors, timeouts, 429 and 5xx are retried with exponential backoff; other 4xx are not
+ * (retrying a refused request cannot help).
+ */
+export class SatelliteApi {
+  private readonly pool: Pool;
+  private readonly base: URL;
+
+  constructor(private readonly opts: SatelliteApiOptions) {
+    this.base = new URL(opts.url.endsWith('/') ? opts.url : `${opts.url}/`);
+    this.pool = new Pool(this.base.origin, { connections: 4, headersTimeout: opts.timeoutMs, bodyTimeout: opts.timeoutMs });
+  }
+
+  async usersWithoutTokens(cursor: string | null, limit: number): Promise<UsersPage> {
+    const q = new URLSearchParams({ cursor: cursor ?? '', limit: String(limit) });
+    const page = await this.call<UsersPage>('GET', `referrals/v1/users-without-tokens?${q}`);
+    if (!page || !Array.isArray(page.userIds) || !page.userIds.every((u) => typeof u === 'string')) {
+      throw new SatelliteCallError('users-without-tokens: reply has no userIds array of strings', 200, false);
+    }
+    const next = page.nextCursor;
+    if (next !== null && next !== undefined && typeof next !== 'string') {
+      throw new SatelliteCallError('users-without-tokens: nextCursor must be a string or null', 200, false);
+    }
+    return { userIds: page.userIds, nextCursor: next ?? null };
+  }
+
+  async pushTokens(tokens: { userId: string; token: string }[]): Promise<number> {
+    const reply = await this.call<{ accepted?: unknown }>('POST', 'referrals/v1/tokens', { tokens });
+    if (typeof reply?.accepted !== 'number') throw new SatelliteCallError('tokens: reply has no numeric accepted', 200, false);
+    return reply.accepted;
+  }
+
+  close(): Promise<void> {
+    return this.pool.close();
+  }
+
+  private async call<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+    const backoff = this.opts.backoffMs ?? 200;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.once<T>(method, path, body);
+      } catch (err) {
+        const e = err instanceof SatelliteCallError ? err : new SatelliteCallError((err as Error).message, 0, true);
+        this.opts.onRetry?.(e, attempt);
+        if (!e.retryable || attempt >= this.opts.attempts) throw e;
+        await sleep(backoff * 2 ** (attempt - 1) * (0.5 + Math.random()));
+      }
+    }
+  }
+
+  private async once<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+    const url = new URL(path, this.base);
+    const headers: Record<string, string> = { accept: MSGPACK };
+    if (this.opts.key) headers.authorization = `Bearer ${this.opts.key}`;
+    if (body !== undefined) headers['content-type'] = MSGPACK;
+    let res;
+    try {
+      res = await this.pool.request({
+        method,
+        path: url.pathname + url.search,
+        headers,
+        body: body === undefined ? undefined : packr.pack(body),
+        signal: AbortSignal.timeout(this.opts.timeoutMs),
+      });
+    } catch (err) {
+      throw new SatelliteCallError(`${method} ${url.pathname}: ${(err as Error).message}`, 0, true);
+    }
+    const raw = Buffer.from(await res.body.arrayBuffer());
+    const type = String(res.headers['content-type'] ?? '');
+    let data: unknown;
+    try {
+      data = raw.length === 0 ? undefined : type.includes('json') ? JSON.parse(raw.toString('utf8')) : packr.unpack(raw);
+    } catch {
+      data = undefined;
+    }
+    if (res.statusCode >= 200 && res.statusCode < 300) return data as T;
+    const detail = (data as { error?: string; message?: string } | undefined) ?? {};
+    const retryable = res.statusCode === 429 || res.statusCode >= 500;
+    const why = [detail.error, detail.message].filter(Boolean).join(': ') || raw.toString('utf8').slice(0, 200);
+    throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.statusCode} ${why}`, res.statusCode, retryable);
+  }
+}

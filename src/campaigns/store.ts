@@ -1,0 +1,152 @@
+import type { RedisClient } from '../store/redis.js';
+import { DomainError } from '../errors.js';
+
+export interface CampaignMeta {
+  id: string;
+  perUser: number;
+  expiresAt?: number;
+  satellites: string[];
+  createdAt: number;
+}
+
+/** Per satellite, summed over every run of the campaign. */
+export interface SatelliteProgress {
+  usersListed: number;
+  usersServed: number;
+  tokensMade: number;
+  tokensDelivered: number;
+  failures: number;
+  status: 'pending' | 'running' | 'done' | 'failed';
+  lastError?: string;
+}
+
+export interface Campaign extends CampaignMeta {
+  progress: Record<string, SatelliteProgress>;
+}
+
+const COUNTERS = ['usersListed', 'usersServed', 'tokensMade', 'tokensDelivered', 'failures'] as const;
+export type Counter = (typeof COUNTERS)[number];
+
+/**
+ * What a campaign made and what each satellite acknowledged, so a run can be resumed without
+ * making new tokens for users already served. One hash tag per campaign ({camp:<id>}) keeps its
+ * keys in one Redis Cluster slot:
+ *   <p>:{camp:<id>}:meta        hash  id, perUser, expiresAt, satellites (JSON), createdAt
+ *   <p>:{camp:<id>}:made:<sat>  hash  userId -> the user's tokens, comma-joined
+ *   <p>:{camp:<id>}:dlv:<sat>   set   users whose tokens the satellite accepted
+ *   <p>:{camp:<id>}:prog:<sat>  hash  SatelliteProgress counters, status, lastError
+ *   <p>:{campaigns}             zset  campaign id -> createdAt (listing)
+ */
+export class CampaignStore {
+  constructor(private readonly redis: RedisClient, private readonly prefix: string) {}
+
+  private key(id: string, part: string): string {
+    return `${this.prefix}:{camp:${id}}:${part}`;
+  }
+  private indexKey(): string {
+    return `${this.prefix}:{campaigns}`;
+  }
+
+  /** Creates the campaign, or returns the existing one (created = false). */
+  async open(meta: CampaignMeta): Promise<{ campaign: CampaignMeta; created: boolean }> {
+    const fields: Record<string, string> = {
+      id: meta.id,
+      perUser: String(meta.perUser),
+      satellites: JSON.stringify(meta.satellites),
+      createdAt: String(meta.createdAt),
+    };
+    if (meta.expiresAt !== undefined) fields.expiresAt = String(meta.expiresAt);
+    const created = (await this.redis.hsetnx(this.key(meta.id, 'meta'), 'id', meta.id)) === 1;
+    if (!created) return { campaign: (await this.meta(meta.id))!, created };
+    await this.redis.hset(this.key(meta.id, 'meta'), fields);
+    await this.redis.zadd(this.indexKey(), meta.createdAt, meta.id);
+    return { campaign: meta, created };
+  }
+
+  async meta(id: string): Promise<CampaignMeta | undefined> {
+    const h = await this.redis.hgetall(this.key(id, 'meta'));
+    if (!h.id || !h.perUser) return undefined;
+    const m: CampaignMeta = { id: h.id, perUser: Number(h.perUser), satellites: JSON.parse(h.satellites ?? '[]') as string[], createdAt: Number(h.createdAt) };
+    if (h.expiresAt) m.expiresAt = Number(h.expiresAt);
+    return m;
+  }
+
+  async require(id: string): Promise<CampaignMeta> {
+    const m = await this.meta(id);
+    if (!m) throw new DomainError('campaign_not_found', `campaign "${id}" does not exist`);
+    return m;
+  }
+
+  /** Adds satellites to a campaign's list (a re-run may name more). */
+  async addSatellites(id: string, satellites: string[]): Promise<void> {
+    const m = await this.require(id);
+    const all = [...new Set([...m.satellites, ...satellites])];
+    if (all.length !== m.satellites.length) await this.redis.hset(this.key(id, 'meta'), 'satellites', JSON.stringify(all));
+  }
+
+  async get(id: string): Promise<Campaign | undefined> {
+    const m = await this.meta(id);
+    if (!m) return undefined;
+    const progress: Record<string, SatelliteProgress> = {};
+    for (const sat of m.satellites) progress[sat] = await this.progress(id, sat);
+    return { ...m, progress };
+  }
+
+  async list(): Promise<Campaign[]> {
+    const ids = await this.redis.zrange(this.indexKey(), 0, -1);
+    const all = await Promise.all(ids.map((id) => this.get(id)));
+    return all.filter((c): c is Campaign => c !== undefined);
+  }
+
+  async progress(id: string, sat: string): Promise<SatelliteProgress> {
+    const h = await this.redis.hgetall(this.key(id, `prog:${sat}`));
+    const p: SatelliteProgress = { usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, failures: 0, status: (h.status as SatelliteProgress['status']) ?? 'pending' };
+    for (const c of COUNTERS) p[c] = Number(h[c] ?? 0);
+    if (h.lastError) p.lastError = h.lastError;
+    return p;
+  }
+
+  async count(id: string, sat: string, counter: Counter, n: number): Promise<void> {
+    if (n !== 0) await this.redis.hincrby(this.key(id, `prog:${sat}`), counter, n);
+  }
+
+  async setStatus(id: string, sat: string, status: SatelliteProgress['status'], lastError = ''): Promise<void> {
+    await this.redis.hset(this.key(id, `prog:${sat}`), { status, lastError });
+  }
+
+  /** Tokens already made for these users (undefined where none): one HMGET. */
+  async made(id: string, sat: string, userIds: string[]): Promise<(string[] | undefined)[]> {
+    if (userIds.length === 0) return [];
+    const got = await this.redis.hmget(this.key(id, `made:${sat}`), ...userIds);
+    return got.map((v) => (v ? v.split(',') : undefined));
+  }
+
+  async recordMade(id: string, sat: string, byUser: Map<string, string[]>): Promise<void> {
+    if (byUser.size === 0) return;
+    const fields: string[] = [];
+    for (const [user, tokens] of byUser) fields.push(user, tokens.join(','));
+    await this.redis.hset(this.key(id, `made:${sat}`), ...fields);
+  }
+
+  async delivered(id: string, sat: string, userIds: string[]): Promise<boolean[]> {
+    if (userIds.length === 0) return [];
+    const got = await this.redis.smismember(this.key(id, `dlv:${sat}`), ...userIds);
+    return got.map((v) => v === 1);
+  }
+
+  async recordDelivered(id: string, sat: string, userIds: string[]): Promise<void> {
+    if (userIds.length > 0) await this.redis.sadd(this.key(id, `dlv:${sat}`), ...userIds);
+  }
+
+  /** Every (user, tokens) made for a satellite, in pages of HSCAN, so memory stays bounded. */
+  async *allMade(id: string, sat: string): AsyncGenerator<[string, string[]][]> {
+    let cursor = '0';
+    do {
+      const [next, flat] = await this.redis.hscan(this.key(id, `made:${sat}`), cursor, 'COUNT', 1000);
+      cursor = next;
+      const page: [string, string[]][] = [];
+      for (let i = 0; i < flat.length; i += 2) page.push([flat[i]!, flat[i + 1]!.split(',')]);
+      if (page.length) yield page;
+    } while (cursor !== '0');
+  }
+}
