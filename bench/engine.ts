@@ -1,0 +1,236 @@
+import { randomUUID } from 'node:crypto';
+import { pathToFileURL } from 'node:url';
+import { Redis } from 'ioredis';
+import { SHARDS } from '../src/store/keys.js';
+import { TokenStore } from '../src/store/token-store.js';
+import { TokenEngine, type GenerateRequest } from '../src/tokens/engine.js';
+import { startRedis } from './redis-server.js';
+
+/**
+ * Token engine: generation throughput and Redis memory per token (issue 2: >= 300k tokens/s over 1M
+ * tokens, <= 80 B per unredeemed token), on a private redis-server so memory and CPU are ours alone.
+ * Per scenario (tokens per user) and per concurrency: FLUSHALL, TokenEngine.generate in calls of at most
+ * 10,000 tokens with `concurrency` calls in flight, then INFO memory before/after, once with the event
+ * streams (the snapshot writer trims them in production) and once after deleting them (the state cost).
+ * Where the time goes: Node CPU, Redis CPU, EVALSHA usec_per_call, and the synchronous part of each
+ * generate call (UUIDs, validation, grouping by shard, RESP encoding).
+ *   node dist/bench/engine.js [--tokens N] [--per-user 3,10] [--concurrency 1,2,4,8]
+ */
+export interface EngineBenchOptions {
+  tokens?: number;
+  perUser?: number[];
+  /** calls in flight; with several values each is a full run and the fastest is reported */
+  concurrency?: number[];
+  log?: (line: string) => void;
+}
+
+export interface EngineRun {
+  concurrency: number;
+  tokens: number;
+  seconds: number;
+  tokensPerSec: number;
+  /** used_memory (after - before) / tokens, event streams included */
+  bytesPerToken: number;
+  /** the same after deleting the event streams: what the state itself costs */
+  bytesPerTokenNoStreams: number;
+  datasetBytesPerToken: number;
+  datasetBytesPerTokenNoStreams: number;
+  /** bucket hashes that left the listpack encoding (each costs several times more) */
+  hashtableBuckets: number;
+  buckets: number;
+  nodeCpuSeconds: number;
+  /** time inside the generate calls before they first wait on Redis */
+  nodeSyncSeconds: number;
+  redisCpuSeconds: number;
+  evalshaCalls: number;
+  evalshaUsecPerCall: number;
+  /** Lua time summed over the EVALSHA calls */
+  evalshaSeconds: number;
+}
+
+export interface EngineScenario {
+  perUser: number;
+  best: EngineRun;
+  runs: EngineRun[];
+}
+
+export interface EngineBenchResult {
+  redisVersion: string;
+  uuidsPerSec: number;
+  scenarios: EngineScenario[];
+}
+
+export const TARGET_TOKENS_PER_SEC = 300_000;
+export const TARGET_BYTES_PER_TOKEN = 80;
+const PER_CALL = 10_000;
+
+// Storj-shaped ids: satellites are node ids, users are UUIDs; each call is for one satellite's users
+const SATELLITES = ['12EayRS2V1kEsWESU9QMRseFhdxYxKicsiFmxrsLZHeLUtdps3S', '12L9ZFwhzVpuEKMUNUqkaTLGzwY9G24tbiigLiXpmZWKwmcNDDs', '121RTSDpyNZVcEU84Ticf2L1ntiuUimbWgfATz21tuvgk3vzoA6'];
+
+function requests(tokens: number, perUser: number): GenerateRequest[] {
+  const users = Math.ceil(tokens / perUser);
+  const perCall = Math.floor(PER_CALL / perUser);
+  const out: GenerateRequest[] = [];
+  for (let u = 0, n = 0; u < users; u += perCall, n++) {
+    const sat = SATELLITES[n % SATELLITES.length]!;
+    const owners = Array.from({ length: Math.min(perCall, users - u) }, () => ({ ownerSatelliteId: sat, ownerUserId: randomUUID() }));
+    out.push({ owners, perUser, campaignId: 'bench-campaign-2025' });
+  }
+  return out;
+}
+
+async function info(redis: Redis, section: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const line of (await redis.info(section)).split('\r\n')) {
+    const i = line.indexOf(':');
+    if (i > 0) out[line.slice(0, i)] = line.slice(i + 1);
+  }
+  return out;
+}
+
+async function memory(redis: Redis): Promise<{ used: number; dataset: number }> {
+  const m = await info(redis, 'memory');
+  return { used: Number(m.used_memory), dataset: Number(m.used_memory_dataset) };
+}
+
+async function redisCpu(redis: Redis): Promise<number> {
+  const c = await info(redis, 'cpu');
+  return Number(c.used_cpu_user) + Number(c.used_cpu_sys);
+}
+
+async function encodings(redis: Redis): Promise<{ buckets: number; hashtable: number }> {
+  let cursor = '0';
+  let buckets = 0;
+  let hashtable = 0;
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', '*:b:*', 'COUNT', 5000);
+    cursor = next;
+    const p = redis.pipeline();
+    for (const k of keys) p.object('ENCODING', k);
+    for (const [, enc] of (await p.exec()) ?? []) if (enc !== 'listpack') hashtable++;
+    buckets += keys.length;
+  } while (cursor !== '0');
+  return { buckets, hashtable };
+}
+
+async function once(redis: Redis, engine: TokenEngine, reqs: GenerateRequest[], concurrency: number, prefix: string): Promise<EngineRun> {
+  await redis.flushall('SYNC');
+  await engine.store.preload();
+  await redis.config('RESETSTAT');
+  const before = await memory(redis);
+  const cpu0 = await redisCpu(redis);
+  const node0 = process.cpuUsage();
+  let tokens = 0;
+  let sync = 0;
+  let next = 0;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < reqs.length) {
+        const s = performance.now();
+        const call = engine.generate(reqs[next++]!);
+        sync += performance.now() - s;
+        const made = (await call).tokens.length;
+        tokens += made;
+      }
+    }),
+  );
+  const seconds = (performance.now() - t0) / 1000;
+  const node = process.cpuUsage(node0);
+  const redisCpuSeconds = (await redisCpu(redis)) - cpu0;
+  const evalsha = /calls=(\d+),usec=(\d+),usec_per_call=([\d.]+)/.exec((await info(redis, 'commandstats')).cmdstat_evalsha ?? '');
+  const withStreams = await memory(redis);
+  const enc = await encodings(redis);
+  await redis.del(...Array.from({ length: SHARDS }, (_, s) => `${prefix}:{${s}}:ev`));
+  const noStreams = await memory(redis);
+  const per = (after: number, base: number) => +((after - base) / tokens).toFixed(1);
+  return {
+    concurrency,
+    tokens,
+    seconds: +seconds.toFixed(3),
+    tokensPerSec: Math.round(tokens / seconds),
+    bytesPerToken: per(withStreams.used, before.used),
+    bytesPerTokenNoStreams: per(noStreams.used, before.used),
+    datasetBytesPerToken: per(withStreams.dataset, before.dataset),
+    datasetBytesPerTokenNoStreams: per(noStreams.dataset, before.dataset),
+    hashtableBuckets: enc.hashtable,
+    buckets: enc.buckets,
+    nodeCpuSeconds: +((node.user + node.system) / 1e6).toFixed(3),
+    nodeSyncSeconds: +(sync / 1000).toFixed(3),
+    redisCpuSeconds: +redisCpuSeconds.toFixed(3),
+    evalshaCalls: Number(evalsha?.[1] ?? 0),
+    evalshaUsecPerCall: Number(evalsha?.[3] ?? 0),
+    evalshaSeconds: +(Number(evalsha?.[2] ?? 0) / 1e6).toFixed(3),
+  };
+}
+
+/** The floor of the Node side: crypto.randomUUID alone, the CSPRNG source of every token. */
+function uuidRate(n = 1_000_000): number {
+  const t0 = performance.now();
+  let x = 0;
+  for (let i = 0; i < n; i++) x += randomUUID().length;
+  if (x !== n * 36) throw new Error('unreachable');
+  return Math.round(n / ((performance.now() - t0) / 1000));
+}
+
+export function printEngine(r: EngineBenchResult, log: (line: string) => void = console.log): void {
+  const mark = (ok: boolean) => (ok ? 'met' : 'NOT met');
+  log(`\ncrypto.randomUUID alone: ${r.uuidsPerSec.toLocaleString('en')} /s; redis-server ${r.redisVersion}, private, no persistence`);
+  log('per user  in flight     tokens   seconds   tokens/s   B/token +streams  B/token state  dataset +streams/state   node cpu s (in calls)  redis cpu s  evalsha calls  usec/call  lua s');
+  for (const s of r.scenarios) {
+    for (const x of s.runs) {
+      const best = x === s.best ? '*' : ' ';
+      log(
+        `${String(s.perUser).padStart(8)} ${best}${String(x.concurrency).padStart(8)} ${String(x.tokens).padStart(10)} ${x.seconds.toFixed(2).padStart(9)} ${String(x.tokensPerSec).padStart(10)}` +
+          ` ${x.bytesPerToken.toFixed(1).padStart(17)} ${x.bytesPerTokenNoStreams.toFixed(1).padStart(14)} ${`${x.datasetBytesPerToken.toFixed(1)} / ${x.datasetBytesPerTokenNoStreams.toFixed(1)}`.padStart(23)}` +
+          ` ${`${x.nodeCpuSeconds.toFixed(2)} (${x.nodeSyncSeconds.toFixed(2)})`.padStart(22)} ${x.redisCpuSeconds.toFixed(2).padStart(12)} ${String(x.evalshaCalls).padStart(14)} ${x.evalshaUsecPerCall.toFixed(0).padStart(10)} ${x.evalshaSeconds.toFixed(2).padStart(6)}`,
+      );
+    }
+  }
+  for (const s of r.scenarios) {
+    const b = s.best;
+    if (b.hashtableBuckets) log(`${s.perUser}/user: ${b.hashtableBuckets} of ${b.buckets} buckets left listpack encoding`);
+    log(
+      `${s.perUser}/user targets: ${b.tokensPerSec.toLocaleString('en')} tokens/s (>= ${TARGET_TOKENS_PER_SEC.toLocaleString('en')}: ${mark(b.tokensPerSec >= TARGET_TOKENS_PER_SEC)}), ` +
+        `${b.bytesPerTokenNoStreams} B/token state (<= ${TARGET_BYTES_PER_TOKEN}: ${mark(b.bytesPerTokenNoStreams <= TARGET_BYTES_PER_TOKEN)}), ${b.bytesPerToken} B/token with untrimmed streams`,
+    );
+  }
+}
+
+export async function runEngineBench(opts: EngineBenchOptions = {}): Promise<EngineBenchResult> {
+  const log = opts.log ?? console.log;
+  const total = opts.tokens ?? 1_000_000;
+  const server = await startRedis();
+  const redis = new Redis(server.url);
+  const prefix = 'bench-engine';
+  try {
+    const engine = new TokenEngine(new TokenStore(redis, prefix));
+    const redisVersion = (await info(redis, 'server')).redis_version ?? '?';
+    const uuidsPerSec = uuidRate();
+    const scenarios: EngineScenario[] = [];
+    for (const perUser of opts.perUser ?? [3, 10]) {
+      const reqs = requests(total, perUser);
+      const runs: EngineRun[] = [];
+      for (const c of opts.concurrency ?? [4]) {
+        const r = await once(redis, engine, reqs, c, prefix);
+        log(`${perUser}/user, ${c} in flight: ${r.tokensPerSec} tokens/s, ${r.bytesPerTokenNoStreams} B/token state, ${r.bytesPerToken} B/token with streams`);
+        runs.push(r);
+      }
+      const best = runs.reduce((a, b) => (b.tokensPerSec > a.tokensPerSec ? b : a));
+      scenarios.push({ perUser, best, runs });
+    }
+    return { redisVersion, uuidsPerSec, scenarios };
+  } finally {
+    redis.disconnect();
+    await server.stop();
+  }
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  const arg = (name: string) => {
+    const i = process.argv.indexOf(`--${name}`);
+    return i > 0 ? process.argv[i + 1]!.split(',').map(Number) : undefined;
+  };
+  const result = await runEngineBench({ tokens: arg('tokens')?.[0], perUser: arg('per-user'), concurrency: arg('concurrency') });
+  printEngine(result);
+}
