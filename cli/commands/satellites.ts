@@ -1,0 +1,102 @@
+import type { Command } from 'commander';
+import type { Config } from '../../src/config.js';
+import { createRedis } from '../../src/store/redis.js';
+import { SatelliteRegistry } from '../../src/satellites/registry.js';
+import { configFrom } from '../context.js';
+import { invalidIsUsage, table, usageOnError } from '../format.js';
+
+/** Opens the registry, runs `fn`, and always disconnects so the process can exit. */
+async function withRegistry<T>(config: Config, fn: (r: SatelliteRegistry) => Promise<T>): Promise<T> {
+  const redis = createRedis(config);
+  try {
+    return await fn(new SatelliteRegistry(redis, config.keyPrefix));
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/** `satellites add|list|remove|rotate-key`: the satellites allowed to call the API, and their keys. */
+export function register(program: Command): void {
+  const sats = program
+    .command('satellites')
+    .description('register satellites and manage their API keys')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  referral-manager satellites add --id us1 --url https://us1.example.net --outbound-key "$US1_KEY"\n  referral-manager satellites list --json\n  referral-manager satellites rotate-key us1 --grace 3600000',
+    );
+  usageOnError(sats);
+
+  const add = sats
+    .command('add')
+    .description('register a satellite and print its new API key (shown once: only its hash is stored)')
+    .requiredOption('--id <id>', 'satellite id (1..128 bytes)')
+    .option('--url <url>', "base URL of the satellite's referral endpoints (needed by generate)")
+    .option('--name <name>', 'display name')
+    .option('--outbound-key <key>', 'key the manager presents to the satellite (Authorization: Bearer)')
+    .option('--json', 'print {"id", "apiKey"}')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  referral-manager satellites add --id us1 --url https://us1.example.net --name "US1" --outbound-key "$US1_KEY"\n  referral-manager satellites add --id eu1 --json | jq -r .apiKey',
+    );
+  usageOnError(add).action(async function (this: Command, opts: { id: string; url?: string; name?: string; outboundKey?: string; json?: boolean }) {
+    const { id, apiKey } = await invalidIsUsage(this, () =>
+      withRegistry(configFrom(this), (r) => r.add({ id: opts.id, url: opts.url, name: opts.name, outboundKey: opts.outboundKey })),
+    );
+    if (opts.json) console.log(JSON.stringify({ id, apiKey }));
+    else {
+      console.log(`satellite "${id}" registered`);
+      console.log('API key (shown only this once; store it now):');
+      console.log(apiKey);
+    }
+  });
+
+  const list = sats
+    .command('list')
+    .description('list registered satellites (keys are never printed; shows whether an outbound key is set)')
+    .option('--json', 'machine-readable output')
+    .addHelpText('after', '\nExamples:\n  referral-manager satellites list\n  referral-manager satellites list --json');
+  usageOnError(list).action(async function (this: Command, opts: { json?: boolean }) {
+    const all = await withRegistry(configFrom(this), (r) => r.list());
+    if (opts.json) {
+      const out = all.map((s) => ({ id: s.id, name: s.name ?? null, url: s.url ?? null, outboundKeySet: s.outboundKey !== undefined, createdAt: s.createdAt }));
+      console.log(JSON.stringify(out, null, 2));
+    } else if (all.length === 0) console.log('no satellites registered');
+    else {
+      const rows = all.map((s) => [s.id, s.name ?? '-', s.url ?? '-', s.outboundKey !== undefined ? 'set' : 'not set', new Date(s.createdAt).toISOString()]);
+      console.log(table(['id', 'name', 'url', 'outbound key', 'registered'], rows));
+    }
+  });
+
+  const remove = sats
+    .command('remove')
+    .description('unregister a satellite; its API keys stop working (its tokens stay)')
+    .argument('<id>', 'satellite id')
+    .addHelpText('after', '\nExamples:\n  referral-manager satellites remove us1');
+  usageOnError(remove).action(async function (this: Command, id: string) {
+    await withRegistry(configFrom(this), (r) => r.remove(id));
+    console.log(`satellite "${id}" removed`);
+  });
+
+  const rotate = sats
+    .command('rotate-key')
+    .description('give a satellite a new API key; the old one keeps working for the grace period')
+    .argument('<id>', 'satellite id')
+    .option('--grace <ms>', 'how long the old key keeps working, in ms (default KEY_GRACE_MS; 0: stops now)')
+    .option('--json', 'print {"apiKey"}')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  referral-manager satellites rotate-key us1\n  referral-manager satellites rotate-key us1 --grace 0 --json',
+    );
+  usageOnError(rotate).action(async function (this: Command, id: string, opts: { grace?: string; json?: boolean }) {
+    if (opts.grace !== undefined && !/^\d+$/.test(opts.grace)) this.error(`error: --grace must be a whole number of milliseconds, got "${opts.grace}"`, { exitCode: 2 });
+    const config = configFrom(this);
+    const graceMs = opts.grace === undefined ? config.keyGraceMs : Number(opts.grace);
+    const { apiKey } = await withRegistry(config, (r) => r.rotateKey(id, graceMs));
+    if (opts.json) console.log(JSON.stringify({ apiKey }));
+    else {
+      console.log(`new API key for satellite "${id}" (shown only this once; store it now):`);
+      console.log(apiKey);
+      console.log(graceMs > 0 ? `the old key works until ${new Date(Date.now() + graceMs).toISOString()}` : 'the old key no longer works');
+    }
+  });
+}
