@@ -1,0 +1,123 @@
+import type { Command } from 'commander';
+import type { Config } from '../../src/config.js';
+import { DomainError } from '../../src/errors.js';
+import type { Token } from '../../src/store/model.js';
+import { createRedis } from '../../src/store/redis.js';
+import { TokenStore } from '../../src/store/token-store.js';
+import { TokenEngine } from '../../src/tokens/engine.js';
+import { isToken } from '../../src/tokens/validate.js';
+import { configFrom } from '../context.js';
+import { invalidIsUsage, table, usageOnError, when } from '../format.js';
+
+/** Opens an engine (scripts run by EVALSHA with an EVAL fallback, so nothing to preload), always disconnects. */
+async function withEngine<T>(config: Config, fn: (e: TokenEngine) => Promise<T>): Promise<T> {
+  const redis = createRedis(config);
+  try {
+    return await fn(new TokenEngine(new TokenStore(redis, config.keyPrefix)));
+  } finally {
+    redis.disconnect();
+  }
+}
+
+const FIELDS: (keyof Token)[] = ['token', 'state', 'ownerSatelliteId', 'ownerUserId', 'campaignId', 'createdAt', 'expiresAt',
+  'reservationId', 'reservedBy', 'leaseExpiresAt', 'redeemerSatelliteId', 'redeemerUserId', 'redeemedAt'];
+const TIMES = new Set<keyof Token>(['createdAt', 'expiresAt', 'leaseExpiresAt', 'redeemedAt']);
+
+/** Revoke results that leave the token usable or unknown; any of them makes the command fail. */
+const NOT_REVOKED = new Set(['not_found', 'already_redeemed']);
+
+/** `tokens show|list|revoke`: one token, one user's open tokens, and revocation. */
+export function register(program: Command): void {
+  const tokens = program
+    .command('tokens')
+    .description('inspect and revoke referral tokens')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  referral-manager tokens show 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n  referral-manager tokens list --satellite us1 --user u42\n  referral-manager tokens revoke --campaign spring-2026',
+    );
+  usageOnError(tokens);
+
+  const show = tokens
+    .command('show')
+    .description('every field of one token (a reservation whose lease lapsed shows as unredeemed)')
+    .argument('<token>', 'the token (lowercase UUIDv4)')
+    .option('--json', 'machine-readable output')
+    .addHelpText('after', '\nExamples:\n  referral-manager tokens show 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n  referral-manager tokens show 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d --json');
+  usageOnError(show).action(async function (this: Command, token: string, opts: { json?: boolean }) {
+    const t = await invalidIsUsage(this, () => withEngine(configFrom(this), (e) => e.lookup(token)));
+    if (!t) throw new DomainError('token_not_found', `token "${token}" not found`);
+    if (opts.json) console.log(JSON.stringify(t, null, 2));
+    else {
+      const width = Math.max(...FIELDS.map((f) => f.length));
+      for (const f of FIELDS) {
+        const v = t[f];
+        console.log(`${f.padEnd(width)}  ${TIMES.has(f) ? when(v as number | undefined) : v === undefined || v === '' ? '-' : v}`);
+      }
+    }
+  });
+
+  const list = tokens
+    .command('list')
+    .description("one user's unredeemed, unexpired tokens (what the satellite shows them)")
+    .requiredOption('--satellite <id>', 'owner satellite id')
+    .requiredOption('--user <id>', 'owner user id')
+    .option('--json', 'machine-readable output')
+    .addHelpText('after', '\nExamples:\n  referral-manager tokens list --satellite us1 --user u42\n  referral-manager tokens list --satellite us1 --user u42 --json');
+  usageOnError(list).action(async function (this: Command, opts: { satellite: string; user: string; json?: boolean }) {
+    const open = await invalidIsUsage(this, () => withEngine(configFrom(this), (e) => e.listUnredeemed(opts.satellite, opts.user)));
+    if (opts.json) console.log(JSON.stringify(open, null, 2));
+    else if (open.length === 0) console.log(`no unredeemed tokens for user "${opts.user}" of satellite "${opts.satellite}"`);
+    else {
+      const rows = open.map((t) => [t.token, t.campaignId, new Date(t.createdAt).toISOString(), t.expiresAt === undefined ? '-' : new Date(t.expiresAt).toISOString()]);
+      console.log(table(['token', 'campaign', 'created', 'expires'], rows));
+    }
+  });
+
+  const revoke = tokens
+    .command('revoke')
+    .description('revoke tokens so they can no longer be redeemed: listed tokens, all open tokens of one user, or a whole campaign')
+    .argument('[token...]', 'tokens to revoke')
+    .option('--satellite <id>', "with --user: every unredeemed or reserved token of that user")
+    .option('--user <id>', 'with --satellite')
+    .option('--campaign <id>', 'every unredeemed or reserved token of the campaign')
+    .option('--json', 'print {"revoked", "results"?} (results: per listed token, its result code)')
+    .addHelpText(
+      'after',
+      '\nExactly one form: <token>..., --satellite S --user U, or --campaign C. Redeemed tokens are never revoked.\n' +
+        'Listed tokens: prints each result (ok, not_found, already_redeemed, revoked = was already revoked);\n' +
+        'exits 1 if any was not found or already redeemed.\n' +
+        '\nExamples:\n  referral-manager tokens revoke 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d 0a1b9f00-1111-4222-8333-444455556666\n' +
+        '  referral-manager tokens revoke --satellite us1 --user u42\n  referral-manager tokens revoke --campaign spring-2026 --json',
+    );
+  usageOnError(revoke).action(async function (this: Command, listed: string[], opts: { satellite?: string; user?: string; campaign?: string; json?: boolean }) {
+    const forms = Number(listed.length > 0) + Number(opts.satellite !== undefined || opts.user !== undefined) + Number(opts.campaign !== undefined);
+    if (forms !== 1) this.error('error: give exactly one of: <token>..., --satellite S --user U, --campaign C', { exitCode: 2 });
+    if ((opts.satellite === undefined) !== (opts.user === undefined)) this.error('error: --satellite and --user go together', { exitCode: 2 });
+    // check every token before revoking any, so a typo does not leave the list half done
+    const bad = listed.filter((t) => !isToken(t));
+    if (bad.length) this.error(`error: not a token (lowercase UUIDv4): ${bad.join(', ')}`, { exitCode: 2 });
+
+    const config = configFrom(this);
+    if (listed.length > 0) {
+      const results = await withEngine(config, async (e) => {
+        const out: { token: string; code: string }[] = [];
+        for (const token of listed) out.push({ token, code: (await e.revokeToken(token)).code });
+        return out;
+      });
+      const revoked = results.filter((r) => r.code === 'ok').length;
+      if (opts.json) console.log(JSON.stringify({ revoked, results }, null, 2));
+      else {
+        for (const r of results) console.log(`${r.token}  ${r.code}`);
+        console.log(`revoked ${revoked} of ${listed.length} tokens`);
+      }
+      if (results.some((r) => NOT_REVOKED.has(r.code))) process.exitCode = 1;
+      return;
+    }
+    const revoked = await invalidIsUsage(this, () =>
+      withEngine(config, (e) => (opts.campaign !== undefined ? e.revokeCampaign(opts.campaign) : e.revokeOwner(opts.satellite!, opts.user!))),
+    );
+    if (opts.json) console.log(JSON.stringify({ revoked }));
+    else if (opts.campaign !== undefined) console.log(`revoked ${revoked} tokens of campaign "${opts.campaign}"`);
+    else console.log(`revoked ${revoked} tokens of user "${opts.user}" of satellite "${opts.satellite}"`);
+  });
+}
