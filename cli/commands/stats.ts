@@ -1,0 +1,59 @@
+import type { Command } from 'commander';
+import type { Stats } from '../../src/store/model.js';
+import { createRedis } from '../../src/store/redis.js';
+import { TokenStore } from '../../src/store/token-store.js';
+import { TokenEngine } from '../../src/tokens/engine.js';
+import { configFrom } from '../context.js';
+import { table, usageOnError } from '../format.js';
+
+const STATES = ['generated', 'unredeemed', 'reserved', 'redeemed', 'revoked'] as const;
+
+/** Per owner satellite: its counters by state, and a total row when there is more than one. */
+function satelliteTable(stats: Stats): string {
+  const ids = Object.keys(stats.satellites).sort();
+  const rows: (string | number)[][] = ids.map((id) => [id, ...STATES.map((s) => stats.satellites[id]![s])]);
+  if (ids.length > 1) rows.push(['total', ...STATES.map((s) => ids.reduce((sum, id) => sum + stats.satellites[id]![s], 0))]);
+  return table(['satellite', ...STATES], rows);
+}
+
+/** Redemptions with owner satellites as rows and redeemer satellites as columns. */
+function matrixTable(stats: Stats): string {
+  const owners = [...new Set(stats.redemptions.map((r) => r.ownerSatelliteId))].sort();
+  const redeemers = [...new Set(stats.redemptions.map((r) => r.redeemerSatelliteId))].sort();
+  const count = new Map(stats.redemptions.map((r) => [`${r.ownerSatelliteId}\t${r.redeemerSatelliteId}`, r.count]));
+  const rows = owners.map((o) => [o, ...redeemers.map((r) => count.get(`${o}\t${r}`) ?? 0)]);
+  return table(['owner \\ redeemer', ...redeemers], rows);
+}
+
+/** `stats`: the counters the scripts keep, per satellite and owner -> redeemer. */
+export function register(program: Command): void {
+  const stats = program
+    .command('stats')
+    .description('tokens per owner satellite by state, and redemptions owner satellite -> redeemer satellite')
+    .option('--json', 'print the engine Stats object: {satellites: {<id>: {generated, ...}}, redemptions: [{ownerSatelliteId, redeemerSatelliteId, count}]}')
+    .addHelpText(
+      'after',
+      '\nCounters follow the stored state: a reservation whose lease lapsed counts as reserved until the token is touched again.\n' +
+        '\nExamples:\n  referral-manager stats\n  referral-manager stats --json --key-prefix staging',
+    );
+  usageOnError(stats).action(async function (this: Command, opts: { json?: boolean }) {
+    const config = configFrom(this);
+    const redis = createRedis(config);
+    let s: Stats;
+    try {
+      s = await new TokenEngine(new TokenStore(redis, config.keyPrefix)).stats();
+    } finally {
+      redis.disconnect();
+    }
+    if (opts.json) {
+      console.log(JSON.stringify(s, null, 2));
+      return;
+    }
+    if (Object.keys(s.satellites).length === 0) {
+      console.log('no tokens yet');
+      return;
+    }
+    console.log(`tokens by owner satellite\n\n${satelliteTable(s)}\n`);
+    console.log(s.redemptions.length === 0 ? 'no redemptions yet' : `redemptions (rows: owner satellite, columns: redeemer satellite)\n\n${matrixTable(s)}`);
+  });
+}
