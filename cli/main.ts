@@ -13,7 +13,6 @@ import { addGlobalOptions } from './context.js';
 const program = addGlobalOptions(new Command('referral-manager'))
   .description('Cross-satellite referral tokens for Storj satellites')
   .version('0.1.0')
-  .showHelpAfterError('(add --help for usage and examples)')
   .exitOverride();
 
 // Commands are discovered, so adding one is adding a file: cli/commands/<name>.ts exporting register(program).
@@ -22,6 +21,12 @@ for (const file of readdirSync(commandsDir).filter((f) => f.endsWith('.js')).sor
   const mod = (await import(new URL(`./commands/${file}`, import.meta.url).href)) as { register?: (p: Command) => void };
   mod.register?.(program);
 }
+
+// A usage error prints the command's usage line, then where the examples are.
+(function usageAfterError(cmd: Command, path: string): void {
+  cmd.showHelpAfterError(`Usage: ${path} ${cmd.usage()}\n(add --help for usage and examples)`);
+  for (const sub of cmd.commands) usageAfterError(sub, `${path} ${sub.name()}`);
+})(program, program.name());
 
 try {
   await program.parseAsync(process.argv);

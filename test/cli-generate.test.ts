@@ -1,0 +1,214 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startSatelliteSim, type SatelliteSim } from '../src/sim/index.js';
+import { SatelliteRegistry } from '../src/satellites/registry.js';
+import { CampaignStore } from '../src/campaigns/store.js';
+import { runCli } from './helpers/cli.js';
+import { engineFixture, type EngineFixture } from './helpers/redis.js';
+
+/**
+ * The generation flow end to end: the built CLI as a child process, real Redis, reference
+ * satellites serving the satellite contract over HTTP.
+ */
+const USERS = 5000;
+const PER_USER = 3;
+
+async function control(sim: SatelliteSim, method: 'GET' | 'POST', path: string, body?: unknown): Promise<any> {
+  const res = await fetch(`${sim.url}${path}`, {
+    method,
+    headers: { 'content-type': 'application/json', accept: 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  expect(res.status).toBe(200);
+  return res.json();
+}
+
+async function holdings(sim: SatelliteSim): Promise<Record<string, string[]>> {
+  return (await control(sim, 'GET', '/sim/users')).users;
+}
+
+/** A world of its own: key prefix, engine, satellites registered with their URL and outbound key. */
+async function world(ids: string[], opts: { failAfter?: number } = {}) {
+  const fx = await engineFixture({ label: 'gen' });
+  const registry = new SatelliteRegistry(fx.redis, fx.prefix);
+  const sims: Record<string, SatelliteSim> = {};
+  for (const id of ids) {
+    const outboundKey = `outbound-${id}-0123456789abcdef0123456789abcdef`;
+    sims[id] = await startSatelliteSim({ id, users: USERS, outboundKey, failAfter: id === ids[ids.length - 1] ? (opts.failAfter ?? null) : null });
+    await registry.add({ id, url: sims[id]!.url, outboundKey });
+  }
+  const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '2' };
+  return {
+    fx,
+    sims,
+    env,
+    gen: (args: string[]) => runCli(['generate', ...args], env),
+    async close() {
+      await Promise.all(Object.values(sims).map((s) => s.close()));
+      await fx.close();
+    },
+  };
+}
+
+/** Every user of the satellite holds exactly `n` tokens, each in Redis, unredeemed, owned by that user of that satellite. */
+async function expectServed(fx: EngineFixture, satId: string, sim: SatelliteSim, n: number, campaignId: string): Promise<void> {
+  const held = await holdings(sim);
+  const users = Object.keys(held);
+  expect(users).toHaveLength(USERS);
+  const bad = users.filter((u) => held[u]!.length !== n);
+  expect(bad).toEqual([]);
+  const all = users.flatMap((u) => held[u]!.map((token) => ({ u, token })));
+  expect(new Set(all.map((t) => t.token)).size).toBe(all.length);
+  for (let i = 0; i < all.length; i += 500) {
+    const found = await Promise.all(all.slice(i, i + 500).map((t) => fx.engine.lookup(t.token)));
+    found.forEach((tok, j) => {
+      const want = all[i + j]!;
+      expect(tok, want.token).toMatchObject({ ownerSatelliteId: satId, ownerUserId: want.u, state: 'unredeemed', campaignId });
+    });
+  }
+  // nothing made beyond what was delivered
+  const stats = await fx.engine.stats();
+  expect(stats.satellites[satId]?.generated).toBe(USERS * n);
+}
+
+describe('generate over two satellites', () => {
+  let w: Awaited<ReturnType<typeof world>>;
+  beforeAll(async () => {
+    w = await world(['sat-a', 'sat-b']);
+  });
+  afterAll(() => w.close());
+
+  it('gives every user of both satellites exactly 3 tokens, all in Redis, all owned right', async () => {
+    const run = await w.gen(['--satellite', 'sat-a', '--satellite', 'sat-b', '--per-user', String(PER_USER), '--campaign', 'spring', '--json']);
+    expect(run.code, run.stderr).toBe(0);
+    const report = JSON.parse(run.stdout);
+    expect(report.campaignId).toBe('spring');
+    for (const r of report.satellites) {
+      expect(r).toMatchObject({ usersServed: USERS, tokensMade: USERS * PER_USER, tokensDelivered: USERS * PER_USER, status: 'done' });
+    }
+    await expectServed(w.fx, 'sat-a', w.sims['sat-a']!, PER_USER, 'spring');
+    await expectServed(w.fx, 'sat-b', w.sims['sat-b']!, PER_USER, 'spring');
+  });
+
+  it('running the campaign again, or another one, gives nobody a second set while they hold tokens', async () => {
+    const again = await w.gen(['--all', '--per-user', String(PER_USER), '--campaign', 'spring', '--json']);
+    expect(again.code, again.stderr).toBe(0);
+    const other = await w.gen(['--all', '--per-user', String(PER_USER), '--json']);
+    expect(other.code, other.stderr).toBe(0);
+    for (const run of [again, other]) for (const r of JSON.parse(run.stdout).satellites) expect(r).toMatchObject({ tokensMade: 0, tokensDelivered: 0 });
+    await expectServed(w.fx, 'sat-a', w.sims['sat-a']!, PER_USER, 'spring');
+    await expectServed(w.fx, 'sat-b', w.sims['sat-b']!, PER_USER, 'spring');
+  });
+
+  it('refuses to continue a campaign with another per-user count', async () => {
+    const run = await w.gen(['--all', '--per-user', '5', '--campaign', 'spring']);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/makes 3 tokens per user, not 5/);
+  });
+
+  it('campaigns list and show report what was made and delivered', async () => {
+    const show = await runCli(['campaigns', 'show', 'spring', '--json'], w.env);
+    expect(show.code, show.stderr).toBe(0);
+    const c = JSON.parse(show.stdout);
+    expect(c.progress['sat-a']).toMatchObject({ usersServed: USERS, tokensMade: USERS * PER_USER, tokensDelivered: USERS * PER_USER, status: 'done' });
+    const list = await runCli(['campaigns', 'list'], w.env);
+    expect(list.code).toBe(0);
+    expect(list.stdout).toMatch(/spring/);
+    const missing = await runCli(['campaigns', 'show', 'nope'], w.env);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/campaign "nope" does not exist/);
+  });
+});
+
+describe('a satellite that fails half-way, then --resume', () => {
+  let w: Awaited<ReturnType<typeof world>>;
+  beforeAll(async () => {
+    // sat-d refuses deliveries once it has accepted half of its tokens
+    w = await world(['sat-c', 'sat-d'], { failAfter: (USERS * PER_USER) / 2 });
+  });
+  afterAll(() => w.close());
+
+  it('reports the failing satellite, serves the other, and resume delivers the rest: nothing lost, nothing doubled', async () => {
+    const first = await w.gen(['--all', '--per-user', String(PER_USER), '--campaign', 'autumn', '--batch-size', '1500', '--json']);
+    expect(first.code).toBe(1);
+    expect(first.stderr).toMatch(/satellite sat-d failed/);
+    expect(first.stderr).toMatch(/generate --resume autumn/);
+    const byId = Object.fromEntries(JSON.parse(first.stdout).satellites.map((r: { satelliteId: string }) => [r.satelliteId, r]));
+    expect(byId['sat-c']).toMatchObject({ status: 'done', tokensDelivered: USERS * PER_USER });
+    expect(byId['sat-d'].status).toBe('failed');
+    expect(byId['sat-d'].tokensDelivered).toBeLessThan(USERS * PER_USER);
+    expect(byId['sat-d'].failures).toBeGreaterThan(0);
+
+    // an earlier run stopped between making a user's tokens and recording them: resume adopts them
+    const held = await holdings(w.sims['sat-d']!);
+    const store = new CampaignStore(w.fx.redis, w.fx.prefix);
+    const empty = Object.keys(held).filter((u) => held[u]!.length === 0);
+    const made = await store.made('autumn', 'sat-d', empty);
+    expect(made.some((m) => m !== undefined), 'some tokens made but not delivered').toBe(true);
+    const orphan = empty.find((_, i) => made[i] === undefined)!;
+    expect(orphan, 'a user the failed run never reached').toBeDefined();
+    const orphanTokens = (await w.fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-d', ownerUserId: orphan }], perUser: PER_USER, campaignId: 'autumn' })).tokens;
+    // ...which the satellite does not have: the previous run never recorded them
+    await control(w.sims['sat-d']!, 'POST', '/sim/fail', { after: null });
+
+    const resumed = await w.gen(['--resume', 'autumn', '--json']);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    await expectServed(w.fx, 'sat-c', w.sims['sat-c']!, PER_USER, 'autumn');
+    await expectServed(w.fx, 'sat-d', w.sims['sat-d']!, PER_USER, 'autumn');
+    expect((await holdings(w.sims['sat-d']!))[orphan]!.sort()).toEqual(orphanTokens.map((t) => t.token).sort());
+  });
+});
+
+describe('dry run and usage', () => {
+  let w: Awaited<ReturnType<typeof world>>;
+  beforeAll(async () => {
+    w = await world(['sat-e']);
+  });
+  afterAll(() => w.close());
+
+  async function keyCount(): Promise<number> {
+    let n = 0;
+    let cursor = '0';
+    do {
+      const [next, keys] = await (w.fx.redis as import('ioredis').Redis).scan(cursor, 'MATCH', `${w.fx.prefix}:*`, 'COUNT', 1000);
+      cursor = next;
+      n += keys.length;
+    } while (cursor !== '0');
+    return n;
+  }
+
+  it('--dry-run changes nothing and says what would happen', async () => {
+    const before = { keys: await keyCount(), held: await holdings(w.sims['sat-e']!) };
+    const run = await w.gen(['--satellite', 'sat-e', '--per-user', '2', '--campaign', 'dry', '--dry-run']);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout).toMatch(/dry run \(nothing changed\) of campaign dry/);
+    expect(run.stdout).toMatch(new RegExp(`sat-e\\s+${USERS}\\s+${USERS * 2}\\s+0\\s+0\\s+dry-run`));
+    expect(await keyCount()).toBe(before.keys);
+    expect(await holdings(w.sims['sat-e']!)).toEqual(before.held);
+    expect(await new CampaignStore(w.fx.redis, w.fx.prefix).meta('dry')).toBeUndefined();
+  });
+
+  it.each([
+    [['--per-user', '3'], /choose the satellites/],
+    [['--all', '--satellite', 'sat-e', '--per-user', '3'], /choose the satellites/],
+    [['--all'], /--per-user <n> is required/],
+    [['--all', '--per-user', 'three'], /--per-user must be an integer/],
+    [['--all', '--per-user', '0'], /--per-user must be an integer/],
+    [['--all', '--per-user', '3', '--expires', 'soon'], /--expires must look like/],
+    [['--resume', 'x', '--all'], /--resume takes the campaign's own settings/],
+    [['--all', '--per-user', '3', '--no-such-flag'], /unknown option/],
+  ])('bad flags %j → exit 2 with the usage line', async (args, message) => {
+    const run = await w.gen(args as string[]);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toMatch(message as RegExp);
+    expect(run.stderr).toMatch(/Usage: referral-manager generate \[options\]/);
+  });
+
+  it('unknown satellite or campaign → exit 1 and a clear message', async () => {
+    const sat = await w.gen(['--satellite', 'nope', '--per-user', '3']);
+    expect(sat.code).toBe(1);
+    expect(sat.stderr).toMatch(/satellite "nope" is not registered/);
+    const camp = await w.gen(['--resume', 'nope']);
+    expect(camp.code).toBe(1);
+    expect(camp.stderr).toMatch(/campaign "nope" does not exist/);
+  });
+});
