@@ -3,7 +3,7 @@ import { CampaignStore, type Campaign } from '../../src/campaigns/store.js';
 import { DomainError } from '../../src/errors.js';
 import { createRedis } from '../../src/store/redis.js';
 import { configFrom } from '../context.js';
-import { table } from '../table.js';
+import { table } from '../format.js';
 
 const total = (c: Campaign, k: 'usersServed' | 'tokensMade' | 'tokensDelivered' | 'failures'): number =>
   Object.values(c.progress).reduce((s, p) => s + p[k], 0);

@@ -8,7 +8,7 @@ import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine, MAX_TOKENS_PER_CALL, newCampaignId } from '../../src/tokens/engine.js';
 import { checkId } from '../../src/tokens/validate.js';
 import { configFrom } from '../context.js';
-import { table } from '../table.js';
+import { table } from '../format.js';
 import { progressBars } from '../progress.js';
 
 interface Opts {
