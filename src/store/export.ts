@@ -1,0 +1,149 @@
+import type { RedisClient } from './redis.js';
+import { masters } from './redis.js';
+import { Keys } from './keys.js';
+import { dashed } from './codec.js';
+import type { TokenState } from './model.js';
+
+/** The 13 row fields, in the order of the row in lua/includes/codec.lua. */
+export const EXPORT_FIELDS = ['token', 'state', 'ownerSatelliteId', 'ownerUserId', 'campaignId', 'createdAt', 'expiresAt',
+  'reservationId', 'reservedBy', 'leaseExpiresAt', 'redeemerSatelliteId', 'redeemerUserId', 'redeemedAt'] as const;
+
+/** One token: the EXPORT_FIELDS values, '' when absent, the state as stored (a lapsed lease stays "reserved"). */
+export type ExportRow = string[];
+
+export const STATE_NAMES: readonly TokenState[] = ['unredeemed', 'reserved', 'redeemed', 'revoked'];
+const STATE_NAME: Record<string, TokenState> = { u: 'unredeemed', s: 'reserved', r: 'redeemed', x: 'revoked' };
+const STATE_LETTER: Record<TokenState, string> = { unredeemed: 'u', reserved: 's', redeemed: 'r', revoked: 'x' };
+
+const RECORD = /^(.)(\d+),(\d+),(\w+),(\w*)$/;
+const OWNER = /^(\d*):(.*)$/;
+const unb36 = (s: string | undefined): string => (s ? String(parseInt(s, 36)) : '');
+
+/** A decoded bucket entry; `dict` names are resolved by the caller so a stale dictionary can be refetched. */
+export interface BucketToken {
+  row: ExportRow;
+  suffix: string;
+  state: string;
+  satNum: string;
+  campNum: string;
+}
+
+/**
+ * Decodes one bucket hash (`<p>:{s}:b:<n>`, layout in lua/includes/codec.lua) without touching
+ * Redis: names and the reservation/redemption fields are left for `nameRow`, `fillReservation`
+ * and `fillRedemption`. `prefixHex` is the bucket's first 4 token digits. src/snapshot/rows.ts
+ * decodes the same layout a shard at a time; the two could share this.
+ */
+export function decodeBucket(prefixHex: string, hash: Record<string, string>, stateLetter?: string): BucketToken[] {
+  const out: BucketToken[] = [];
+  for (const field in hash) {
+    if (field.startsWith('#')) continue;
+    const m = RECORD.exec(hash[field]!);
+    if (!m || (stateLetter !== undefined && m[1] !== stateLetter)) continue;
+    const owner = OWNER.exec(hash[`#${m[2]}`] ?? ':')!;
+    const row: ExportRow = [dashed(prefixHex + field), STATE_NAME[m[1]!] ?? m[1]!, '', owner[2]!, '', unb36(m[4]), unb36(m[5]), '', '', '', '', '', ''];
+    out.push({ row, suffix: field, state: m[1]!, satNum: owner[1]!, campNum: m[3]! });
+  }
+  return out;
+}
+
+/** Fills owner satellite and campaign names from the shard dictionary; false when it lacks either (stale copy). */
+export function nameRow(t: BucketToken, dict: Record<string, string>): boolean {
+  const sat = dict[`S${t.satNum}`];
+  const camp = dict[`C${t.campNum}`];
+  t.row[2] = sat ?? '';
+  t.row[4] = camp ?? '';
+  return sat !== undefined && camp !== undefined;
+}
+
+/** `<p>:{s}:rs` value: reservationId, reservedBy, leaseExpiresAt. */
+export function fillReservation(row: ExportRow, value: string | null): void {
+  const [id, by, lease] = (value ?? '\t\t').split('\t');
+  row[7] = id ?? '';
+  row[8] = by ?? '';
+  row[9] = lease ?? '';
+}
+
+/** `<p>:{s}:rd` value: redeemer satellite, redeemer user, redeemedAt, reservationId. */
+export function fillRedemption(row: ExportRow, value: string | null): void {
+  const [sat, user, at, id] = (value ?? '\t\t\t').split('\t');
+  row[7] = id ?? '';
+  row[10] = sat ?? '';
+  row[11] = user ?? '';
+  row[12] = at ?? '';
+}
+
+export interface ExportFilter {
+  campaignId?: string;
+  state?: TokenState;
+}
+
+const escapeRegExp = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/**
+ * Every token under `prefix`, one page of rows per yield, in memory bounded by the page size and
+ * not by the number of tokens: SCAN (never KEYS) over every master for bucket keys, HGETALL each
+ * bucket of the page (~15 tokens at 1M tokens), HMGET the reservation/redemption records only for
+ * the tokens that have one, and one cached dictionary per shard. Not a snapshot: a token that changes
+ * state while the scan runs is reported as found by its bucket read.
+ */
+export async function* scanTokens(redis: RedisClient, prefix: string, filter: ExportFilter = {}, count = 1000): AsyncGenerator<ExportRow[]> {
+  const keys = new Keys(prefix);
+  const bucketKey = new RegExp(`^${escapeRegExp(prefix)}:\\{(\\d+)\\}:b:(\\d+)$`);
+  const dicts = new Map<number, Record<string, string>>();
+  const loadDicts = async (shards: number[]): Promise<void> => {
+    const got = await Promise.all(shards.map((s) => redis.hgetall(keys.dict(s))));
+    shards.forEach((s, i) => dicts.set(s, got[i]!));
+  };
+  const stateLetter = filter.state === undefined ? undefined : STATE_LETTER[filter.state];
+
+  for (const node of masters(redis)) {
+    let cursor = '0';
+    do {
+      const [next, found] = await node.scan(cursor, 'MATCH', `${prefix}:{*}:b:*`, 'COUNT', count);
+      cursor = next;
+      const places: { key: string; shard: number; prefixHex: string }[] = [];
+      for (const key of found) {
+        const m = bucketKey.exec(key);
+        if (!m) continue;
+        const shard = Number(m[1]);
+        places.push({ key, shard, prefixHex: ((shard << 10) | Number(m[2])).toString(16).padStart(4, '0') });
+      }
+      if (places.length === 0) continue;
+      const hashes = await Promise.all(places.map((p) => redis.hgetall(p.key)));
+      const page: { shard: number; t: BucketToken }[] = [];
+      places.forEach((p, i) => {
+        for (const t of decodeBucket(p.prefixHex, hashes[i]!, stateLetter)) page.push({ shard: p.shard, t });
+      });
+      if (page.length === 0) continue;
+
+      // the dictionary only grows: a number it lacks means our copy predates a generate, so refetch once
+      const shards = [...new Set(page.map((e) => e.shard))];
+      await loadDicts(shards.filter((s) => !dicts.has(s)));
+      const stale = new Set(page.filter((e) => !nameRow(e.t, dicts.get(e.shard)!)).map((e) => e.shard));
+      if (stale.size) {
+        await loadDicts([...stale]);
+        for (const e of page) if (stale.has(e.shard)) nameRow(e.t, dicts.get(e.shard)!);
+      }
+      const kept = filter.campaignId === undefined ? page : page.filter((e) => e.t.row[4] === filter.campaignId);
+
+      const side = new Map<string, { shard: number; kind: 'rs' | 'rd'; entries: BucketToken[] }>();
+      for (const e of kept) {
+        if (e.t.state !== 's' && e.t.state !== 'r') continue;
+        const kind = e.t.state === 's' ? 'rs' : 'rd';
+        const k = `${e.shard}${kind}`;
+        let g = side.get(k);
+        if (!g) side.set(k, (g = { shard: e.shard, kind, entries: [] }));
+        g.entries.push(e.t);
+      }
+      await Promise.all(
+        [...side.values()].map(async (g) => {
+          const key = g.kind === 'rs' ? keys.reservations(g.shard) : keys.redeemed(g.shard);
+          const values = await redis.hmget(key, ...g.entries.map((t) => t.suffix));
+          g.entries.forEach((t, i) => (g.kind === 'rs' ? fillReservation : fillRedemption)(t.row, values[i] ?? null));
+        }),
+      );
+      if (kept.length) yield kept.map((e) => e.t.row);
+    } while (cursor !== '0');
+  }
+}
