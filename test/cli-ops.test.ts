@@ -1,0 +1,284 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hashKey, SatelliteRegistry } from '../src/satellites/registry.js';
+import { runCli } from './helpers/cli.js';
+import { engineFixture, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
+
+/** The ops commands, run as the built binary against real Redis under a private prefix. */
+describe('referral-manager satellites | tokens | stats (child process, real Redis)', () => {
+  let fx: EngineFixture;
+  let registry: SatelliteRegistry;
+  let env: Record<string, string>;
+  const cli = (...args: string[]) => runCli(args, env);
+
+  beforeAll(async () => {
+    fx = await engineFixture({ label: 'cliops' });
+    registry = new SatelliteRegistry(fx.redis, fx.prefix);
+    env = { KEY_PREFIX: fx.prefix, REDIS_URL: SHARED_REDIS_URL };
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  describe('satellites', () => {
+    it('add prints the key once (text and --json); the key authenticates; duplicates fail', async () => {
+      const json = await cli('satellites', 'add', '--id', 'sat-a', '--url', 'http://127.0.0.1:9/', '--name', 'A', '--outbound-key', 'out-secret-a', '--json');
+      expect(json.code, json.stderr).toBe(0);
+      const added = JSON.parse(json.stdout) as { id: string; apiKey: string };
+      expect(Object.keys(added).sort()).toEqual(['apiKey', 'id']);
+      expect(added.id).toBe('sat-a');
+      expect(await registry.authenticate(added.apiKey)).toBe('sat-a');
+      expect(await registry.get('sat-a')).toMatchObject({ url: 'http://127.0.0.1:9/', name: 'A', outboundKey: 'out-secret-a' });
+
+      const text = await cli('satellites', 'add', '--id', 'sat-b');
+      expect(text.code, text.stderr).toBe(0);
+      expect(text.stdout).toMatch(/shown only this once/);
+      const key = /^(rmk_\S+)$/m.exec(text.stdout)?.[1];
+      expect(await registry.authenticate(key!)).toBe('sat-b');
+
+      const dup = await cli('satellites', 'add', '--id', 'sat-a');
+      expect(dup.code).toBe(1);
+      expect(dup.stderr).toMatch(/satellite "sat-a" is already registered/);
+    });
+
+    it('list shows whether an outbound key is set, never a key', async () => {
+      const json = await cli('satellites', 'list', '--json');
+      expect(json.code, json.stderr).toBe(0);
+      expect(JSON.parse(json.stdout)).toEqual([
+        { id: 'sat-a', name: 'A', url: 'http://127.0.0.1:9/', outboundKeySet: true, createdAt: expect.any(Number) },
+        { id: 'sat-b', name: null, url: null, outboundKeySet: false, createdAt: expect.any(Number) },
+      ]);
+      const text = await cli('satellites', 'list');
+      expect(text.code, text.stderr).toBe(0);
+      expect(text.stdout).toMatch(/^sat-a\s+A\s+http:\/\/127\.0\.0\.1:9\/\s+set\s/m);
+      expect(text.stdout).toMatch(/^sat-b\s+-\s+-\s+not set\s/m);
+      for (const out of [json.stdout, text.stdout]) {
+        expect(out).not.toContain('out-secret-a');
+        expect(out).not.toContain('rmk_');
+      }
+    });
+
+    it('rotate-key: the new key authenticates, the old one only within --grace', async () => {
+      const { apiKey: k0 } = await registry.rotateKey('sat-a', 0);
+      const before = Date.now();
+      const graced = await cli('satellites', 'rotate-key', 'sat-a', '--grace', '600000', '--json');
+      const after = Date.now();
+      expect(graced.code, graced.stderr).toBe(0);
+      const { apiKey: k1 } = JSON.parse(graced.stdout) as { apiKey: string };
+      expect(Object.keys(JSON.parse(graced.stdout))).toEqual(['apiKey']);
+      expect(await registry.authenticate(k1)).toBe('sat-a');
+      expect(await registry.authenticate(k0)).toBe('sat-a');
+      // the old key's entry ends 600 s after the rotation, not later
+      const until = Number((await fx.redis.hget(`${fx.prefix}:{sat}:keys`, hashKey(k0)))!.split('\t')[1]);
+      expect(until).toBeGreaterThanOrEqual(before + 600_000);
+      expect(until).toBeLessThanOrEqual(after + 600_000);
+
+      const now = await cli('satellites', 'rotate-key', 'sat-a', '--grace', '0');
+      expect(now.code, now.stderr).toBe(0);
+      expect(now.stdout).toMatch(/old key no longer works/);
+      const k2 = /^(rmk_\S+)$/m.exec(now.stdout)?.[1];
+      expect(await registry.authenticate(k2!)).toBe('sat-a');
+      expect(await registry.authenticate(k1)).toBeUndefined();
+      expect(await registry.authenticate(k0)).toBeUndefined();
+    });
+
+    it('rotate-key without --grace uses KEY_GRACE_MS', async () => {
+      const { apiKey: old } = await registry.rotateKey('sat-b', 0);
+      const r = await runCli(['satellites', 'rotate-key', 'sat-b', '--json'], { ...env, KEY_GRACE_MS: '0' });
+      expect(r.code, r.stderr).toBe(0);
+      expect(await registry.authenticate(old)).toBeUndefined();
+      expect(await registry.authenticate((JSON.parse(r.stdout) as { apiKey: string }).apiKey)).toBe('sat-b');
+    });
+
+    it('remove: the satellite and its key are gone; unknown satellites exit 1 with a clear message', async () => {
+      const { apiKey } = await registry.add({ id: 'sat-gone' });
+      const r = await cli('satellites', 'remove', 'sat-gone');
+      expect(r.code, r.stderr).toBe(0);
+      expect(await registry.get('sat-gone')).toBeUndefined();
+      expect(await registry.authenticate(apiKey)).toBeUndefined();
+      for (const args of [['remove', 'sat-gone'], ['rotate-key', 'sat-gone']]) {
+        const bad = await cli('satellites', ...args);
+        expect(bad.code).toBe(1);
+        expect(bad.stderr).toMatch(/satellite "sat-gone" is not registered/);
+        expect(bad.stdout).toBe('');
+      }
+    });
+  });
+
+  describe('tokens', () => {
+    let u1: string[];
+    let u2: string[];
+    let other: string[];
+
+    beforeAll(async () => {
+      const a = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'u1' }, { ownerSatelliteId: 'sat-a', ownerUserId: 'u2' }], perUser: 3, campaignId: 'camp-ops' });
+      u1 = a.tokens.filter((t) => t.ownerUserId === 'u1').map((t) => t.token);
+      u2 = a.tokens.filter((t) => t.ownerUserId === 'u2').map((t) => t.token);
+      const b = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-b', ownerUserId: 'u3' }], perUser: 4, campaignId: 'camp-other' });
+      other = b.tokens.map((t) => t.token);
+      expect((await fx.engine.redeem(u1[0]!, 'sat-b', 'new-user')).code).toBe('ok');
+    });
+
+    it('show: every field (text), the token as the engine sees it (--json)', async () => {
+      const json = await cli('tokens', 'show', u1[0]!, '--json');
+      expect(json.code, json.stderr).toBe(0);
+      expect(JSON.parse(json.stdout)).toEqual(await fx.engine.lookup(u1[0]!));
+      expect(JSON.parse(json.stdout)).toMatchObject({ state: 'redeemed', redeemerSatelliteId: 'sat-b', redeemerUserId: 'new-user' });
+      const text = await cli('tokens', 'show', u1[0]!);
+      expect(text.code, text.stderr).toBe(0);
+      const fields = ['token', 'state', 'ownerSatelliteId', 'ownerUserId', 'campaignId', 'createdAt', 'expiresAt', 'reservationId', 'reservedBy', 'leaseExpiresAt', 'redeemerSatelliteId', 'redeemerUserId', 'redeemedAt'];
+      expect(text.stdout.trim().split('\n').map((l) => l.split(/\s+/)[0])).toEqual(fields);
+      expect(text.stdout).toMatch(/^redeemerUserId\s+new-user$/m);
+      expect(text.stdout).toMatch(/^campaignId\s+camp-ops$/m);
+    });
+
+    it('show: an unknown token exits 1, a malformed one exits 2 with the usage line', async () => {
+      const unknown = await cli('tokens', 'show', '0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d');
+      expect(unknown.code).toBe(1);
+      expect(unknown.stderr).toMatch(/token "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d" not found/);
+      const malformed = await cli('tokens', 'show', 'not-a-token');
+      expect(malformed.code).toBe(2);
+      expect(malformed.stderr).toMatch(/^Usage: referral-manager tokens show \[options\] <token>$/m);
+    });
+
+    it("list: the user's unredeemed tokens", async () => {
+      const json = await cli('tokens', 'list', '--satellite', 'sat-a', '--user', 'u1', '--json');
+      expect(json.code, json.stderr).toBe(0);
+      const listed = JSON.parse(json.stdout) as { token: string; campaignId: string }[];
+      expect(listed.map((t) => t.token).sort()).toEqual(u1.slice(1).sort());
+      expect(listed.every((t) => t.campaignId === 'camp-ops')).toBe(true);
+      const text = await cli('tokens', 'list', '--satellite', 'sat-a', '--user', 'u1');
+      expect(text.code, text.stderr).toBe(0);
+      for (const t of u1.slice(1)) expect(text.stdout).toContain(t);
+      expect(text.stdout).not.toContain(u1[0]!);
+    });
+
+    it('revoke <token>...: a result code per token, exit 1 when one was not revoked', async () => {
+      const unknown = '0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d';
+      const r = await cli('tokens', 'revoke', u1[1]!, u1[0]!, unknown);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toMatch(new RegExp(`^${u1[1]}\\s+ok$`, 'm'));
+      expect(r.stdout).toMatch(new RegExp(`^${u1[0]}\\s+already_redeemed$`, 'm'));
+      expect(r.stdout).toMatch(new RegExp(`^${unknown}\\s+not_found$`, 'm'));
+      expect(r.stdout).toMatch(/revoked 1 of 3 tokens/);
+      expect((await fx.engine.lookup(u1[1]!))!.state).toBe('revoked');
+      expect((await fx.engine.lookup(u1[0]!))!.state).toBe('redeemed');
+
+      const again = await cli('tokens', 'revoke', u1[1]!, '--json');
+      expect(again.code, again.stderr).toBe(0);
+      expect(JSON.parse(again.stdout)).toEqual({ revoked: 0, results: [{ token: u1[1], code: 'revoked' }] });
+    });
+
+    it('revoke --satellite --user and --campaign revoke every open token of the user / campaign', async () => {
+      const owner = await cli('tokens', 'revoke', '--satellite', 'sat-a', '--user', 'u2');
+      expect(owner.code, owner.stderr).toBe(0);
+      expect(owner.stdout).toMatch(/revoked 3 tokens/);
+      for (const t of u2) expect((await fx.engine.lookup(t))!.state).toBe('revoked');
+
+      expect((await fx.engine.redeem(other[0]!, 'sat-a', 'x')).code).toBe('ok');
+      const camp = await cli('tokens', 'revoke', '--campaign', 'camp-other', '--json');
+      expect(camp.code, camp.stderr).toBe(0);
+      expect(JSON.parse(camp.stdout)).toEqual({ revoked: 3 });
+      expect((await fx.engine.lookup(other[0]!))!.state).toBe('redeemed');
+      for (const t of other.slice(1)) expect((await fx.engine.lookup(t))!.state).toBe('revoked');
+      // u1's last open token is untouched by both
+      expect((await fx.engine.lookup(u1[2]!))!.state).toBe('unredeemed');
+    });
+
+    it('revoke needs exactly one form (exit 2, usage line)', async () => {
+      const cases = [
+        [],
+        [u1[2]!, '--campaign', 'camp-ops'],
+        ['--satellite', 'sat-a'],
+        ['--user', 'u1'],
+        ['--satellite', 'sat-a', '--user', 'u1', '--campaign', 'camp-ops'],
+        ['not-a-token'],
+      ];
+      const runs = await Promise.all(cases.map((c) => cli('tokens', 'revoke', ...c)));
+      for (const r of runs) {
+        expect(r.code).toBe(2);
+        expect(r.stderr).toMatch(/^Usage: referral-manager tokens revoke \[options\] \[token\.\.\.\]$/m);
+      }
+      expect((await fx.engine.lookup(u1[2]!))!.state).toBe('unredeemed');
+    });
+  });
+
+  describe('stats', () => {
+    let sfx: EngineFixture;
+    beforeAll(async () => {
+      sfx = await engineFixture({ label: 'clistats' });
+    });
+    afterAll(async () => {
+      await sfx?.close();
+    });
+
+    it('per-satellite table and owner -> redeemer matrix; --json is the engine Stats', async () => {
+      const senv = { KEY_PREFIX: sfx.prefix, REDIS_URL: SHARED_REDIS_URL };
+      const empty = await runCli(['stats'], senv);
+      expect(empty.code, empty.stderr).toBe(0);
+      expect(empty.stdout).toMatch(/no tokens yet/);
+
+      const owners = (sat: string, n: number) => Array.from({ length: n }, (_, i) => ({ ownerSatelliteId: sat, ownerUserId: `${sat}-u${i}` }));
+      const a = (await sfx.engine.generate({ owners: owners('sat-a', 10), perUser: 2 })).tokens.map((t) => t.token);
+      const b = (await sfx.engine.generate({ owners: owners('sat-b', 5), perUser: 1 })).tokens.map((t) => t.token);
+      // sat-a tokens: 2 redeemed on sat-b (cross), 1 on sat-a, 1 reserved, 1 revoked; sat-b: 1 redeemed on sat-a
+      for (const t of a.slice(0, 2)) expect((await sfx.engine.redeem(t, 'sat-b', 'nb')).code).toBe('ok');
+      expect((await sfx.engine.redeem(a[2]!, 'sat-a', 'na')).code).toBe('ok');
+      expect((await sfx.engine.reserve(a[3]!, 'sat-b', 60_000)).code).toBe('ok');
+      expect((await sfx.engine.revokeToken(a[4]!)).code).toBe('ok');
+      expect((await sfx.engine.redeem(b[0]!, 'sat-a', 'na2')).code).toBe('ok');
+
+      const json = await runCli(['stats', '--json'], senv);
+      expect(json.code, json.stderr).toBe(0);
+      const stats = JSON.parse(json.stdout);
+      expect(stats).toEqual(await sfx.engine.stats());
+      expect(stats.satellites).toEqual({
+        'sat-a': { generated: 20, unredeemed: 15, reserved: 1, redeemed: 3, revoked: 1 },
+        'sat-b': { generated: 5, unredeemed: 4, reserved: 0, redeemed: 1, revoked: 0 },
+      });
+
+      const text = await runCli(['stats'], senv);
+      expect(text.code, text.stderr).toBe(0);
+      const lines = text.stdout.split('\n');
+      expect(lines).toContain('satellite  generated  unredeemed  reserved  redeemed  revoked');
+      expect(lines).toContain('sat-a             20          15         1         3        1');
+      expect(lines).toContain('sat-b              5           4         0         1        0');
+      expect(lines).toContain('total             25          19         1         4        1');
+      // rows: owner, columns: redeemer
+      expect(lines).toContain('owner \\ redeemer  sat-a  sat-b');
+      expect(lines).toContain('sat-a                 1      2');
+      expect(lines).toContain('sat-b                 1      0');
+    });
+  });
+
+  it('bad flags exit 2 with the usage line on stderr', async () => {
+    const cases: [string[], string][] = [
+      [['satellites', 'add', '--id', 'x', '--bogus'], 'Usage: referral-manager satellites add [options]'],
+      [['satellites', 'add'], 'Usage: referral-manager satellites add [options]'],
+      [['satellites', 'add', '--id', 'x', '--url', 'ftp://nope'], 'Usage: referral-manager satellites add [options]'],
+      [['satellites', 'rotate-key', 'sat-a', '--grace', 'soon'], 'Usage: referral-manager satellites rotate-key [options] <id>'],
+      [['satellites', 'remove'], 'Usage: referral-manager satellites remove [options] <id>'],
+      [['tokens', 'list', '--satellite', 'sat-a'], 'Usage: referral-manager tokens list [options]'],
+      [['stats', '--verbose'], 'Usage: referral-manager stats [options]'],
+    ];
+    const runs = await Promise.all(cases.map(([args]) => cli(...args)));
+    runs.forEach((r, i) => {
+      expect(r.code, cases[i]![0].join(' ')).toBe(2);
+      expect(r.stderr.split('\n')).toContain(cases[i]![1]);
+    });
+    expect(await registry.get('x')).toBeUndefined();
+  });
+
+  it('--help of every command exits 0 and shows examples', async () => {
+    const commands = [['satellites'], ['satellites', 'add'], ['satellites', 'list'], ['satellites', 'remove'], ['satellites', 'rotate-key'],
+      ['tokens'], ['tokens', 'show'], ['tokens', 'list'], ['tokens', 'revoke'], ['stats'], ['export']];
+    for (let i = 0; i < commands.length; i += 4) {
+      const runs = await Promise.all(commands.slice(i, i + 4).map((c) => cli(...c, '--help')));
+      runs.forEach((r, j) => {
+        const name = commands[i + j]!.join(' ');
+        expect(r.code, name).toBe(0);
+        expect(r.stdout, name).toContain(`Usage: referral-manager ${name}`);
+        expect(r.stdout, name).toContain('Examples:');
+      });
+    }
+  });
+});
