@@ -1,0 +1,1084 @@
+import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DomainError } from '../../src/errors.js';
+import { decodeRow } from '../../src/store/codec.js';
+import { SHARDS, placeOfOwner, placeOfToken } from '../../src/store/keys.js';
+import type { Stats, Token, TokenState } from '../../src/store/model.js';
+import type { TokenStore } from '../../src/store/token-store.js';
+import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../../src/tokens/engine.js';
+import type { EngineFixture } from './redis.js';
+
+export const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+/** Redis TIME and Date.now() read the same clock here; the slack only has to catch wrong units or garbage. */
+const CLOCK_SLACK_MS = 1000;
+
+// ---------------------------------------------------------------- events
+
+export interface EngineEvent {
+  shard: number;
+  id: string;
+  /** the stream entry's field names, in order */
+  names: string[];
+  type: string;
+  at: number;
+  /** the 13 tab-separated columns of `row` */
+  columns: string[];
+  row: Token;
+}
+
+/** The last entry id of every shard's stream, so a test can read only what its own calls appended. */
+export type EventMark = string[];
+
+export async function eventMark(store: TokenStore): Promise<EventMark> {
+  return Promise.all(
+    Array.from({ length: SHARDS }, async (_, s) => {
+      const last = await store.redis.xrevrange(store.keys.events(s), '+', '-', 'COUNT', 1);
+      return last[0]?.[0] ?? '0-0';
+    }),
+  );
+}
+
+/** Every event of all 64 shard streams (after `since`), shard by shard in stream order. */
+export async function readEvents(store: TokenStore, since?: EventMark): Promise<EngineEvent[]> {
+  const perShard = await Promise.all(
+    Array.from({ length: SHARDS }, (_, s) => store.redis.xrange(store.keys.events(s), since ? `(${since[s]}` : '-', '+')),
+  );
+  const out: EngineEvent[] = [];
+  perShard.forEach((entries, shard) => {
+    for (const [id, kv] of entries) {
+      const m = new Map<string, string>();
+      const names: string[] = [];
+      for (let i = 0; i < kv.length; i += 2) {
+        names.push(kv[i]!);
+        m.set(kv[i]!, kv[i + 1]!);
+      }
+      const columns = (m.get('row') ?? '').split('\t');
+      out.push({ shard, id, names, type: m.get('type') ?? '', at: Number(m.get('at')), columns, row: decodeRow(columns) });
+    }
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------- stats
+
+export const NO_COUNTS = { generated: 0, unredeemed: 0, reserved: 0, redeemed: 0, revoked: 0 };
+export type Counts = typeof NO_COUNTS;
+
+export function countsOf(stats: Stats, sat: string): Counts {
+  return { ...NO_COUNTS, ...stats.satellites[sat] };
+}
+
+/** redeemer satellite -> count for one owner satellite */
+export function redemptionsOf(stats: Stats, ownerSatelliteId: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const r of stats.redemptions) if (r.ownerSatelliteId === ownerSatelliteId) out[r.redeemerSatelliteId] = r.count;
+  return out;
+}
+
+/** Every generated token is in exactly one state. */
+export function expectBalanced(c: Counts): void {
+  expect(c.unredeemed + c.reserved + c.redeemed + c.revoked).toBe(c.generated);
+}
+
+// ---------------------------------------------------------------- errors
+
+export async function expectInvalid(call: () => unknown): Promise<DomainError> {
+  let err: unknown;
+  try {
+    await call();
+  } catch (e) {
+    err = e;
+  }
+  expect(err, 'expected a DomainError').toBeInstanceOf(DomainError);
+  expect((err as DomainError).code).toBe('invalid_request');
+  return err as DomainError;
+}
+
+type Reserved = Awaited<ReturnType<TokenEngine['reserve']>>;
+
+export async function sleepUntil(epochMs: number): Promise<void> {
+  const ms = epochMs - Date.now();
+  if (ms > 0) await sleep(ms);
+}
+
+/**
+ * The whole token-engine contract (issue 2), against whatever Redis `makeFixture` connects to.
+ * One fixture (one key prefix) per suite; every test names its own satellites and campaigns, so
+ * stats per satellite are the test's own, and events are read from a mark taken before each step.
+ */
+export function engineSuite(name: string, makeFixture: () => Promise<EngineFixture>): void {
+  describe(name, () => {
+    let f: EngineFixture;
+    let engine: TokenEngine;
+    let seq = 0;
+    const uniq = (label: string) => `${label}-${++seq}`;
+
+    beforeAll(async () => {
+      f = await makeFixture();
+      engine = f.engine;
+    });
+    afterAll(async () => {
+      await f?.close();
+    });
+
+    const mark = () => eventMark(f.store);
+    const since = (m: EventMark) => readEvents(f.store, m);
+    /** [type, token, state] of the events since `m` */
+    const changes = async (m: EventMark) => (await since(m)).map((e) => [e.type, e.row.token, e.row.state]);
+    const counts = async (sat: string) => countsOf(await engine.stats(), sat);
+    const state = async (token: string) => (await engine.lookup(token))?.state;
+    const listed = async (sat: string, user: string) => (await engine.listUnredeemed(sat, user)).map((t) => t.token);
+
+    /** `n` tokens for one fresh owner (satellite and user unique to the caller unless given). */
+    async function mint(n = 1, o: { sat?: string; user?: string; campaignId?: string; expiresAt?: number } = {}) {
+      const sat = o.sat ?? uniq('sat');
+      const user = o.user ?? uniq('user');
+      const r = await engine.generate({
+        owners: [{ ownerSatelliteId: sat, ownerUserId: user }],
+        perUser: n,
+        ...(o.campaignId === undefined ? {} : { campaignId: o.campaignId }),
+        ...(o.expiresAt === undefined ? {} : { expiresAt: o.expiresAt }),
+      });
+      return { sat, user, campaignId: r.campaignId, tokens: r.tokens.map((t) => t.token) };
+    }
+
+    /** One token reserved by `by` with a lease that lapses quickly, and the time it lapsed by. */
+    async function lapsedReservation(by = uniq('resv')) {
+      const m = await mint(1);
+      const token = m.tokens[0]!;
+      const r = await engine.reserve(token, by, 50);
+      expect(r.code).toBe('ok');
+      await sleepUntil(r.token!.leaseExpiresAt! + 30);
+      return { ...m, token, by, reservationId: r.token!.reservationId! };
+    }
+
+    describe('generate', () => {
+      it('makes lowercase canonical UUIDv4 tokens and records owner, campaign, createdAt and expiresAt', async () => {
+        const sat = uniq('sat');
+        const owners = [uniq('alice'), uniq('bob'), uniq('carol')].map((u) => ({ ownerSatelliteId: sat, ownerUserId: u }));
+        const campaignId = uniq('camp');
+        const expiresAt = Date.now() + 3_600_000;
+        const before = Date.now();
+        const r = await engine.generate({ owners, perUser: 2, campaignId, expiresAt });
+        const after = Date.now();
+        expect(r.campaignId).toBe(campaignId);
+        expect(r.tokens).toHaveLength(6);
+        expect(r.tokens.map((t) => [t.ownerSatelliteId, t.ownerUserId])).toEqual(owners.flatMap((o) => [[sat, o.ownerUserId], [sat, o.ownerUserId]]));
+        expect(new Set(r.tokens.map((t) => t.token)).size).toBe(6);
+        for (const t of r.tokens) {
+          expect(t.token).toMatch(UUID_V4);
+          // the first 16 bits name the owner's shard and bucket
+          expect(t.token.slice(0, 4)).toBe(placeOfOwner(t.ownerSatelliteId, t.ownerUserId).prefix);
+          const got = await engine.lookup(t.token);
+          expect(got).toEqual({
+            token: t.token,
+            state: 'unredeemed',
+            ownerSatelliteId: sat,
+            ownerUserId: t.ownerUserId,
+            campaignId,
+            createdAt: got!.createdAt,
+            expiresAt,
+          });
+          expect(got!.createdAt).toBeGreaterThanOrEqual(before - CLOCK_SLACK_MS);
+          expect(got!.createdAt).toBeLessThanOrEqual(after + CLOCK_SLACK_MS);
+        }
+      });
+
+      it('names a campaign when none is given and records no expiresAt when none is given', async () => {
+        const m = await mint(1);
+        expect(m.campaignId).toMatch(/^c-\d{4}-\d{2}-\d{2}-[0-9a-f]{8}$/);
+        const got = await engine.lookup(m.tokens[0]!);
+        expect(got!.campaignId).toBe(m.campaignId);
+        expect(got).not.toHaveProperty('expiresAt');
+        const again = await mint(1);
+        expect(again.campaignId).not.toBe(m.campaignId);
+      });
+
+      it('indexes tokens by owner: listUnredeemed returns exactly the owner\'s tokens, across calls', async () => {
+        const sat = uniq('sat');
+        const user = uniq('user');
+        const campaignA = uniq('camp');
+        const campaignB = uniq('camp');
+        const expiresAt = Date.now() + 3_600_000;
+        const first = await mint(3, { sat, user, campaignId: campaignA });
+        const second = await mint(2, { sat, user, campaignId: campaignB, expiresAt });
+        const list = await engine.listUnredeemed(sat, user);
+        expect(list.map((t) => t.token).sort()).toEqual([...first.tokens, ...second.tokens].sort());
+        for (const t of list) {
+          const fromB = second.tokens.includes(t.token);
+          const looked = (await engine.lookup(t.token))!;
+          expect(t).toEqual({ token: t.token, campaignId: fromB ? campaignB : campaignA, createdAt: looked.createdAt, ...(fromB ? { expiresAt } : {}) });
+        }
+        // ordered by creation
+        const created = list.map((t) => t.createdAt);
+        expect(created).toEqual([...created].sort((a, b) => a - b));
+        expect(await engine.listUnredeemed(sat, uniq('nobody'))).toEqual([]);
+        expect(await engine.listUnredeemed(uniq('no-sat'), user)).toEqual([]);
+      });
+
+      it('keeps owners apart: two users of one satellite, and one user id on two satellites', async () => {
+        const satA = uniq('satA');
+        const satB = uniq('satB');
+        const alice = uniq('alice');
+        const bob = uniq('bob');
+        const r = await engine.generate({
+          owners: [
+            { ownerSatelliteId: satA, ownerUserId: alice },
+            { ownerSatelliteId: satA, ownerUserId: bob },
+            { ownerSatelliteId: satB, ownerUserId: alice },
+          ],
+          perUser: 2,
+        });
+        const of = (sat: string, user: string) => r.tokens.filter((t) => t.ownerSatelliteId === sat && t.ownerUserId === user).map((t) => t.token).sort();
+        expect((await listed(satA, alice)).sort()).toEqual(of(satA, alice));
+        expect((await listed(satA, bob)).sort()).toEqual(of(satA, bob));
+        expect((await listed(satB, alice)).sort()).toEqual(of(satB, alice));
+        for (const t of of(satB, alice)) expect((await engine.lookup(t))).toMatchObject({ ownerSatelliteId: satB, ownerUserId: alice });
+        // using up alice@A's tokens leaves alice@B's alone
+        for (const t of of(satA, alice)) expect((await engine.redeem(t, satB, uniq('new'))).code).toBe('ok');
+        expect(await listed(satA, alice)).toEqual([]);
+        expect((await listed(satB, alice)).sort()).toEqual(of(satB, alice));
+        expect((await listed(satA, bob)).sort()).toEqual(of(satA, bob));
+        expect(await engine.revokeOwner(satB, alice)).toBe(2);
+        expect((await listed(satA, bob)).sort()).toEqual(of(satA, bob));
+        const stats = await engine.stats();
+        expect(countsOf(stats, satA)).toEqual({ generated: 4, unredeemed: 2, reserved: 0, redeemed: 2, revoked: 0 });
+        expect(countsOf(stats, satB)).toEqual({ generated: 2, unredeemed: 0, reserved: 0, redeemed: 0, revoked: 2 });
+      });
+
+      it('keeps two owners that share one bucket apart (list and revokeOwner)', async () => {
+        const sat = uniq('sat');
+        const alice = uniq('alice');
+        const want = placeOfOwner(sat, alice).prefix;
+        let bob = '';
+        for (let i = 0; !bob; i++) if (placeOfOwner(sat, `bob-${i}`).prefix === want) bob = `bob-${i}`;
+        const a = await mint(3, { sat, user: alice });
+        const b = await mint(2, { sat, user: bob });
+        expect(a.tokens[0]!.slice(0, 4)).toBe(b.tokens[0]!.slice(0, 4));
+        expect((await listed(sat, alice)).sort()).toEqual([...a.tokens].sort());
+        expect((await listed(sat, bob)).sort()).toEqual([...b.tokens].sort());
+        expect(await engine.revokeOwner(sat, bob)).toBe(2);
+        expect((await listed(sat, alice)).sort()).toEqual([...a.tokens].sort());
+        for (const t of a.tokens) expect(await state(t)).toBe('unredeemed');
+      });
+
+      it('counts generated tokens per satellite and appends one "generated" event per token', async () => {
+        const sat = uniq('sat');
+        const users = [uniq('u'), uniq('u')];
+        const m = await mark();
+        const r = await engine.generate({ owners: users.map((u) => ({ ownerSatelliteId: sat, ownerUserId: u })), perUser: 3, campaignId: uniq('camp') });
+        expect(await counts(sat)).toEqual({ ...NO_COUNTS, generated: 6, unredeemed: 6 });
+        const ev = await since(m);
+        expect(ev).toHaveLength(6);
+        for (const e of ev) {
+          expect(e.names).toEqual(['type', 'at', 'row']);
+          expect(e.type).toBe('generated');
+          expect(e.columns).toHaveLength(13);
+          expect(e.shard).toBe(placeOfToken(e.row.token.replace(/-/g, '')).shard);
+          expect(e.row).toEqual(await engine.lookup(e.row.token));
+          expect(e.at).toBe(e.row.createdAt);
+        }
+        expect(ev.map((e) => e.row.token).sort()).toEqual(r.tokens.map((t) => t.token).sort());
+      });
+
+      it(`accepts exactly ${MAX_TOKENS_PER_CALL} tokens in one call, spread over every shard`, async () => {
+        const sat = uniq('sat');
+        const owners = Array.from({ length: 2500 }, (_, i) => ({ ownerSatelliteId: sat, ownerUserId: `many-${i}` }));
+        const m = await mark();
+        const r = await engine.generate({ owners, perUser: 4 });
+        expect(r.tokens).toHaveLength(MAX_TOKENS_PER_CALL);
+        const tokens = r.tokens.map((t) => t.token);
+        expect(new Set(tokens).size).toBe(MAX_TOKENS_PER_CALL);
+        for (const t of r.tokens) {
+          expect(t.token).toMatch(UUID_V4);
+          expect(t.token.slice(0, 4)).toBe(placeOfOwner(sat, t.ownerUserId).prefix);
+        }
+        expect(new Set(tokens.map((t) => placeOfToken(t.replace(/-/g, '')).shard)).size).toBe(SHARDS);
+        expect(await counts(sat)).toEqual({ ...NO_COUNTS, generated: MAX_TOKENS_PER_CALL, unredeemed: MAX_TOKENS_PER_CALL });
+        const ev = await since(m);
+        expect(ev).toHaveLength(MAX_TOKENS_PER_CALL);
+        expect(new Set(ev.map((e) => e.shard)).size).toBe(SHARDS);
+        for (const i of [0, 1, 777, 2499]) {
+          expect((await listed(sat, `many-${i}`)).sort()).toEqual(r.tokens.filter((t) => t.ownerUserId === `many-${i}`).map((t) => t.token).sort());
+        }
+      });
+
+      it(`accepts ${MAX_TOKENS_PER_CALL} tokens for one owner in one call`, async () => {
+        const m = await mint(MAX_TOKENS_PER_CALL);
+        expect(new Set(m.tokens).size).toBe(MAX_TOKENS_PER_CALL);
+        expect((await listed(m.sat, m.user)).length).toBe(MAX_TOKENS_PER_CALL);
+        expect(await counts(m.sat)).toEqual({ ...NO_COUNTS, generated: MAX_TOKENS_PER_CALL, unredeemed: MAX_TOKENS_PER_CALL });
+      });
+
+      it(`refuses more than ${MAX_TOKENS_PER_CALL} tokens per call and writes nothing`, async () => {
+        const sat = uniq('sat');
+        const owner = (i: number) => ({ ownerSatelliteId: sat, ownerUserId: `u${i}` });
+        const m = await mark();
+        await expectInvalid(() => engine.generate({ owners: [owner(0)], perUser: MAX_TOKENS_PER_CALL + 1 }));
+        await expectInvalid(() => engine.generate({ owners: [owner(0), owner(1)], perUser: MAX_TOKENS_PER_CALL / 2 + 1 }));
+        await expectInvalid(() => engine.generate({ owners: Array.from({ length: MAX_TOKENS_PER_CALL + 1 }, (_, i) => owner(i)), perUser: 1 }));
+        expect((await engine.stats()).satellites[sat]).toBeUndefined();
+        expect(await since(m)).toEqual([]);
+        expect(await listed(sat, 'u0')).toEqual([]);
+      });
+
+      it('refuses invalid perUser and expiresAt', async () => {
+        const owners = [{ ownerSatelliteId: uniq('sat'), ownerUserId: 'u' }];
+        for (const perUser of [0, -1, 1.5, Number.NaN, Infinity, '3' as unknown as number, undefined as unknown as number]) {
+          await expectInvalid(() => engine.generate({ owners, perUser }));
+        }
+        for (const expiresAt of [Date.now() - 1, Date.now() - 86_400_000, 0, -5, Date.now() + 1000.5, Number.NaN, null as unknown as number, String(Date.now() + 60_000) as unknown as number]) {
+          await expectInvalid(() => engine.generate({ owners, perUser: 1, expiresAt }));
+        }
+        expect((await engine.stats()).satellites[owners[0]!.ownerSatelliteId]).toBeUndefined();
+      });
+
+      it('refuses ids that are empty, over 128 bytes (counting UTF-8 bytes), not strings, or hold control characters', async () => {
+        const bad: unknown[] = [
+          '',
+          'a'.repeat(129),
+          'é'.repeat(65), // 65 characters, 130 bytes
+          '😀'.repeat(33), // 66 UTF-16 units, 132 bytes
+          'a'.repeat(127) + 'é', // 128 characters, 129 bytes
+          42,
+          null,
+          undefined,
+          {},
+          ['x'],
+          'tab\there',
+          'new\nline',
+          'nul\u0000',
+        ];
+        const sat = uniq('sat');
+        const m = await mark();
+        for (const v of bad) {
+          const id = v as string;
+          await expectInvalid(() => engine.generate({ owners: [{ ownerSatelliteId: id, ownerUserId: 'u' }], perUser: 1 }));
+          await expectInvalid(() => engine.generate({ owners: [{ ownerSatelliteId: sat, ownerUserId: id }], perUser: 1 }));
+          // an undefined campaignId means "name one for me"
+          if (v !== undefined) await expectInvalid(() => engine.generate({ owners: [{ ownerSatelliteId: sat, ownerUserId: 'u' }], perUser: 1, campaignId: id }));
+          // one bad owner refuses the whole call: the good owner before it gets nothing either
+          await expectInvalid(() => engine.generate({ owners: [{ ownerSatelliteId: sat, ownerUserId: 'good' }, { ownerSatelliteId: sat, ownerUserId: id }], perUser: 1 }));
+        }
+        expect(await since(m)).toEqual([]);
+        expect((await engine.stats()).satellites[sat]).toBeUndefined();
+        expect(await listed(sat, 'good')).toEqual([]);
+      });
+
+      it('accepts ids of exactly 128 bytes, multi-byte ones included, and keeps them byte for byte', async () => {
+        for (const id of ['a'.repeat(128), 'é'.repeat(64), '😀'.repeat(32), 'ü'.repeat(63) + 'xy', 'x']) {
+          const sat = uniq('sat');
+          const r = await engine.generate({ owners: [{ ownerSatelliteId: sat, ownerUserId: id }], perUser: 1, campaignId: id });
+          const token = r.tokens[0]!.token;
+          expect(await engine.lookup(token)).toMatchObject({ ownerSatelliteId: sat, ownerUserId: id, campaignId: id });
+          expect(await listed(sat, id)).toEqual([token]);
+          const redeemer = 'R'.repeat(120) + 'ö'.repeat(4);
+          expect((await engine.redeem(token, redeemer, id)).token).toMatchObject({ redeemerSatelliteId: redeemer, redeemerUserId: id });
+          expect(redemptionsOf(await engine.stats(), sat)).toEqual({ [redeemer]: 1 });
+        }
+        // a 128-byte satellite id as owner
+        const bigSat = 'Ω'.repeat(64);
+        const r = await engine.generate({ owners: [{ ownerSatelliteId: bigSat, ownerUserId: 'u' }], perUser: 1 });
+        expect(await engine.lookup(r.tokens[0]!.token)).toMatchObject({ ownerSatelliteId: bigSat });
+        expect((await counts(bigSat)).generated).toBe(1);
+      });
+
+      // BUG (src/tokens/validate.ts checkId): a string with a lone UTF-16 surrogate passes the 1..128-byte
+      // check, but is written to Redis as UTF-8 with U+FFFD in its place, so two different ids become
+      // one owner and the stored id differs from the given one. checkId should refuse ill-formed strings.
+      it.fails('refuses ids with lone surrogates, which cannot be stored byte for byte', async () => {
+        const sat = uniq('sat');
+        const r = await Promise.allSettled([
+          engine.generate({ owners: [{ ownerSatelliteId: sat, ownerUserId: 'u\ud800' }], perUser: 1 }),
+          engine.generate({ owners: [{ ownerSatelliteId: sat, ownerUserId: 'u\udbff' }], perUser: 1 }),
+        ]);
+        // today both are accepted, recorded as "u\ufffd" and listed together under either id
+        expect(r.map((x) => x.status)).toEqual(['rejected', 'rejected']);
+      });
+    });
+
+    describe('refused input on the other operations', () => {
+      it('refuses malformed tokens with invalid_request on every single-token operation', async () => {
+        const m = await mint(1);
+        const t = m.tokens[0]!;
+        const malformed: unknown[] = [
+          '',
+          'not-a-token',
+          t.toUpperCase(),
+          t.replace(/-/g, ''),
+          `${t} `,
+          `{${t}}`,
+          t.slice(0, 14) + '1' + t.slice(15), // version 1
+          t.slice(0, 19) + 'c' + t.slice(20), // wrong variant
+          42,
+          null,
+          undefined,
+        ];
+        const ops: ((x: string) => unknown)[] = [
+          (x) => engine.redeem(x, 'sat', 'user'),
+          (x) => engine.reserve(x, 'sat', 60_000),
+          (x) => engine.complete(x, randomUUID(), 'user'),
+          (x) => engine.release(x, randomUUID()),
+          (x) => engine.lookup(x),
+          (x) => engine.revokeToken(x),
+        ];
+        const ev = await mark();
+        for (const x of malformed) for (const op of ops) await expectInvalid(() => op(x as string));
+        expect(await since(ev)).toEqual([]);
+        expect(await state(t)).toBe('unredeemed');
+      });
+
+      it('refuses invalid redeemer, satellite, reservation and campaign ids and invalid leases', async () => {
+        const m = await mint(1);
+        const t = m.tokens[0]!;
+        const ev = await mark();
+        for (const bad of ['', 'x'.repeat(129), 'ß'.repeat(65), 'a\tb', 7 as unknown as string]) {
+          await expectInvalid(() => engine.redeem(t, bad, 'user'));
+          await expectInvalid(() => engine.redeem(t, 'sat', bad));
+          await expectInvalid(() => engine.reserve(t, bad, 60_000));
+          await expectInvalid(() => engine.complete(t, bad, 'user'));
+          await expectInvalid(() => engine.complete(t, randomUUID(), bad));
+          await expectInvalid(() => engine.release(t, bad));
+          await expectInvalid(() => engine.revokeOwner(bad, m.user));
+          await expectInvalid(() => engine.revokeOwner(m.sat, bad));
+          await expectInvalid(() => engine.revokeCampaign(bad));
+          await expectInvalid(() => engine.listUnredeemed(bad, m.user));
+          await expectInvalid(() => engine.listUnredeemed(m.sat, bad));
+        }
+        for (const lease of [0, -1, 1.5, Number.NaN, '100' as unknown as number]) await expectInvalid(() => engine.reserve(t, 'sat', lease));
+        expect(await since(ev)).toEqual([]);
+        expect(await state(t)).toBe('unredeemed');
+        expect(await counts(m.sat)).toEqual({ ...NO_COUNTS, generated: 1, unredeemed: 1 });
+      });
+    });
+
+    describe('redeem', () => {
+      it('ok: unredeemed -> redeemed, redeemer recorded, delisted, counted, one event', async () => {
+        const m = await mint(2);
+        const [t, other] = m.tokens as [string, string];
+        const redeemer = uniq('redeemer-sat');
+        const ev = await mark();
+        const before = Date.now();
+        const r = await engine.redeem(t, redeemer, 'newbie');
+        expect(r.code).toBe('ok');
+        expect(r.token).toEqual({
+          token: t,
+          state: 'redeemed',
+          ownerSatelliteId: m.sat,
+          ownerUserId: m.user,
+          campaignId: m.campaignId,
+          createdAt: r.token!.createdAt,
+          redeemerSatelliteId: redeemer,
+          redeemerUserId: 'newbie',
+          redeemedAt: r.token!.redeemedAt,
+        });
+        expect(r.token!.redeemedAt).toBeGreaterThanOrEqual(before - CLOCK_SLACK_MS);
+        expect(await engine.lookup(t)).toEqual(r.token);
+        expect(await listed(m.sat, m.user)).toEqual([other]);
+        const stats = await engine.stats();
+        expect(countsOf(stats, m.sat)).toEqual({ ...NO_COUNTS, generated: 2, unredeemed: 1, redeemed: 1 });
+        expect(countsOf(stats, redeemer)).toEqual(NO_COUNTS);
+        expect(redemptionsOf(stats, m.sat)).toEqual({ [redeemer]: 1 });
+        const events = await since(ev);
+        expect(events.map((e) => [e.type, e.row])).toEqual([['redeemed', r.token]]);
+        expect(events[0]!.at).toBe(r.token!.redeemedAt);
+      });
+
+      it('a retry by the same satellite and user is ok again and changes nothing', async () => {
+        const m = await mint(1);
+        const t = m.tokens[0]!;
+        const first = await engine.redeem(t, 'retry-sat', 'retry-user');
+        const ev = await mark();
+        const stats = await engine.stats();
+        for (let i = 0; i < 3; i++) {
+          const again = await engine.redeem(t, 'retry-sat', 'retry-user');
+          expect(again).toEqual(first);
+        }
+        expect(await since(ev)).toEqual([]);
+        expect(await engine.stats()).toEqual(stats);
+      });
+
+      it('anyone else gets already_redeemed (with the token, for reporting its owner), nothing changes', async () => {
+        const m = await mint(1);
+        const t = m.tokens[0]!;
+        const first = await engine.redeem(t, 'sat-one', 'user-one');
+        const ev = await mark();
+        const stats = await engine.stats();
+        for (const [sat, user] of [['sat-one', 'user-two'], ['sat-two', 'user-one'], [m.sat, m.user]] as const) {
+          const r = await engine.redeem(t, sat, user);
+          expect(r).toEqual({ code: 'already_redeemed', token: first.token });
+        }
+        expect(await since(ev)).toEqual([]);
+        expect(await engine.stats()).toEqual(stats);
+      });
+
+      it('not_found for a well-formed token nobody made, also in a bucket that holds tokens', async () => {
+        const m = await mint(1);
+        const t = m.tokens[0]!;
+        const neighbour = t.slice(0, 9) + randomUUID().slice(9); // same shard and bucket, other suffix
+        expect(neighbour).toMatch(UUID_V4);
+        const ev = await mark();
+        for (const x of [randomUUID(), neighbour]) {
+          expect(await engine.redeem(x, 'sat', 'user')).toEqual({ code: 'not_found' });
+          expect(await engine.lookup(x)).toBeUndefined();
+        }
+        expect(await since(ev)).toEqual([]);
+      });
+
+      it('reserved: a held token cannot be redeemed, not even by the satellite holding it', async () => {
+        const m = await mint(1);
+        const t = m.tokens[0]!;
+        const holder = uniq('holder');
+        const res = await engine.reserve(t, holder, 60_000);
+        const ev = await mark();
+        for (const sat of [holder, 'someone-else']) {
+          const r = await engine.redeem(t, sat, 'u');
+          expect(r.code).toBe('reserved');
+          expect(r.token).toEqual(res.token);
+        }
+        expect(await since(ev)).toEqual([]);
+        expect(await counts(m.sat)).toEqual({ ...NO_COUNTS, generated: 1, reserved: 1 });
+      });
+
+      it('revoked: a revoked token cannot be redeemed', async () => {
+        const m = await mint(1);
+        const t = m.tokens[0]!;
+        await engine.revokeToken(t);
+        const ev = await mark();
+        const r = await engine.redeem(t, 'sat', 'u');
+        expect(r.code).toBe('revoked');
+        expect(r.token).toMatchObject({ token: t, state: 'revoked', ownerSatelliteId: m.sat });
+        expect(await since(ev)).toEqual([]);
+      });
+
+      it('expired: past expiresAt a token can be neither redeemed nor reserved, and is no longer listed', async () => {
+        const sat = uniq('sat');
+        const user = uniq('user');
+        const expiresAt = Date.now() + 300;
+        const soon = await mint(1, { sat, user, expiresAt });
+        const later = await mint(1, { sat, user, expiresAt: Date.now() + 3_600_000 });
+        const t = soon.tokens[0]!;
+        await sleepUntil(expiresAt + 30);
+        const ev = await mark();
+        const r = await engine.redeem(t, 'sat', 'u');
+        expect(r.code).toBe('expired');
+        expect(r.token).toMatchObject({ token: t, state: 'unredeemed', expiresAt });
+        expect((await engine.reserve(t, 'sat', 60_000)).code).toBe('expired');
+        expect(await listed(sat, user)).toEqual(later.tokens);
+        expect(await since(ev)).toEqual([]);
+        // a token that has not expired yet is fine
+        expect((await engine.redeem(later.tokens[0]!, 'sat', 'u')).code).toBe('ok');
+      });
+    });
+
+    describe('reserve', () => {
+      it('ok: unredeemed -> reserved with a reservation id and lease, delisted, counted, one event', async () => {
+        const m = await mint(2);
+        const [t, other] = m.tokens as [string, string];
+        const holder = uniq('holder');
+        const ev = await mark();
+        const before = Date.now();
+        const r = await engine.reserve(t, holder, 60_000);
+        const after = Date.now();
+        expect(r.code).toBe('ok');
+        expect(r.token).toEqual({
+          token: t,
+          state: 'reserved',
+          ownerSatelliteId: m.sat,
+          ownerUserId: m.user,
+          campaignId: m.campaignId,
+          createdAt: r.token!.createdAt,
+          reservationId: r.token!.reservationId,
+          reservedBy: holder,
+          leaseExpiresAt: r.token!.leaseExpiresAt,
+        });
+        expect(r.token!.reservationId).toMatch(UUID_V4);
+        expect(r.token!.leaseExpiresAt).toBeGreaterThanOrEqual(before + 60_000 - CLOCK_SLACK_MS);
+        expect(r.token!.leaseExpiresAt).toBeLessThanOrEqual(after + 60_000 + CLOCK_SLACK_MS);
+        expect(await engine.lookup(t)).toEqual(r.token);
+        expect(await listed(m.sat, m.user)).toEqual([other]);
+        expect(await counts(m.sat)).toEqual({ ...NO_COUNTS, generated: 2, unredeemed: 1, reserved: 1 });
+        expect(redemptionsOf(await engine.stats(), m.sat)).toEqual({});
+        const events = await since(ev);
+        expect(events.map((e) => [e.type, e.row])).toEqual([['reserved', r.token]]);
+        expect(events[0]!.at).toBe(r.token!.leaseExpiresAt! - 60_000);
+      });
+
+      it('each reservation gets its own id', async () => {
+        const m = await mint(2);
+        const a = await engine.reserve(m.tokens[0]!, 'h', 60_000);
+        const b = await engine.reserve(m.tokens[1]!, 'h', 60_000);
+        expect(a.token!.reservationId).not.toBe(b.token!.reservationId);
+      });
+
+      it('reserved / already_redeemed / revoked / not_found refuse and append nothing', async () => {
+        const m = await mint(3);
+        const [held, used, gone] = m.tokens as [string, string, string];
+        const res = await engine.reserve(held, 'holder', 60_000);
+        await engine.redeem(used, 'r-sat', 'r-user');
+        await engine.revokeToken(gone);
+        const ev = await mark();
+        const stats = await engine.stats();
+        for (const sat of ['holder', 'other']) expect(await engine.reserve(held, sat, 60_000)).toEqual({ code: 'reserved', token: res.token });
+        expect((await engine.reserve(used, 'holder', 60_000)).code).toBe('already_redeemed');
+        expect((await engine.reserve(used, 'r-sat', 60_000)).code).toBe('already_redeemed');
+        expect((await engine.reserve(gone, 'holder', 60_000)).code).toBe('revoked');
+        expect(await engine.reserve(randomUUID(), 'holder', 60_000)).toEqual({ code: 'not_found' });
+        expect(await since(ev)).toEqual([]);
+        expect(await engine.stats()).toEqual(stats);
+        expect(await engine.lookup(held)).toEqual(res.token);
+      });
+
+      it('a lapsed lease counts as unredeemed again: looked up, listed, reservable', async () => {
+        const l = await lapsedReservation();
+        const seen = await engine.lookup(l.token);
+        expect(seen!.state).toBe('unredeemed');
+        for (const k of ['reservationId', 'reservedBy', 'leaseExpiresAt'] as const) expect(seen).not.toHaveProperty(k);
+        expect(await listed(l.sat, l.user)).toEqual([l.token]);
+        // the counters follow the stored state until the token is touched (lua/includes/codec.lua transition)
+        expect(await counts(l.sat)).toEqual({ ...NO_COUNTS, generated: 1, reserved: 1 });
+        const ev = await mark();
+        const again = await engine.reserve(l.token, 'second-holder', 60_000);
+        expect(again.code).toBe('ok');
+        expect(again.token).toMatchObject({ state: 'reserved', reservedBy: 'second-holder' });
+        expect(again.token!.reservationId).not.toBe(l.reservationId);
+        expect(await changes(ev)).toEqual([['reserved', l.token, 'reserved']]);
+        expect(await counts(l.sat)).toEqual({ ...NO_COUNTS, generated: 1, reserved: 1 });
+        expect(await listed(l.sat, l.user)).toEqual([]);
+        // the first holder's reservation is gone
+        expect((await engine.complete(l.token, l.reservationId, 'late')).code).toBe('reservation_mismatch');
+        expect((await engine.release(l.token, l.reservationId)).code).toBe('reservation_mismatch');
+        expect((await engine.complete(l.token, again.token!.reservationId!, 'newbie')).code).toBe('ok');
+        expect(await counts(l.sat)).toEqual({ ...NO_COUNTS, generated: 1, redeemed: 1 });
+        expect(redemptionsOf(await engine.stats(), l.sat)).toEqual({ 'second-holder': 1 });
+      });
+
+      it('a token whose lease lapsed can be redeemed; the counters move reserved -> redeemed', async () => {
+        const l = await lapsedReservation();
+        const ev = await mark();
+        const r = await engine.redeem(l.token, 'direct-sat', 'direct-user');
+        expect(r.code).toBe('ok');
+        expect(r.token).toMatchObject({ state: 'redeemed', redeemerSatelliteId: 'direct-sat', redeemerUserId: 'direct-user' });
+        expect(r.token).not.toHaveProperty('reservedBy');
+        expect(await changes(ev)).toEqual([['redeemed', l.token, 'redeemed']]);
+        const stats = await engine.stats();
+        expect(countsOf(stats, l.sat)).toEqual({ ...NO_COUNTS, generated: 1, redeemed: 1 });
+        expect(redemptionsOf(stats, l.sat)).toEqual({ 'direct-sat': 1 });
+        expect((await engine.complete(l.token, l.reservationId, 'late')).code).toBe('reservation_mismatch');
+      });
+
+      it('a token whose lease lapsed can be revoked; the counters move reserved -> revoked', async () => {
+        const l = await lapsedReservation();
+        const ev = await mark();
+        expect((await engine.revokeToken(l.token)).code).toBe('ok');
+        expect(await changes(ev)).toEqual([['revoked', l.token, 'revoked']]);
+        expect(await counts(l.sat)).toEqual({ ...NO_COUNTS, generated: 1, revoked: 1 });
+      });
+
+      it('a token that expired while reserved is refused once the lease lapses', async () => {
+        const expiresAt = Date.now() + 400;
+        const m = await mint(1, { expiresAt });
+        const t = m.tokens[0]!;
+        const r = await engine.reserve(t, 'holder', 50);
+        expect(r.code).toBe('ok');
+        await sleepUntil(Math.max(expiresAt, r.token!.leaseExpiresAt!) + 30);
+        expect((await engine.reserve(t, 'holder', 60_000)).code).toBe('expired');
+        expect((await engine.redeem(t, 'holder', 'u')).code).toBe('expired');
+        expect(await listed(m.sat, m.user)).toEqual([]);
+      });
+    });
+
+    describe('complete', () => {
+      it('ok: reserved -> redeemed by the reserving satellite and the new user; counted; one event', async () => {
+        const m = await mint(1);
+        const t = m.tokens[0]!;
+        const holder = uniq('holder');
+        const res = await engine.reserve(t, holder, 60_000);
+        const ev = await mark();
+        const r = await engine.complete(t, res.token!.reservationId!, 'new-user');
+        expect(r.code).toBe('ok');
+        expect(r.token).toEqual({
+          token: t,
+          state: 'redeemed',
+          ownerSatelliteId: m.sat,
+          ownerUserId: m.user,
+          campaignId: m.campaignId,
+          createdAt: res.token!.createdAt,
+          reservationId: res.token!.reservationId,
+          redeemerSatelliteId: holder,
+          redeemerUserId: 'new-user',
+          redeemedAt: r.token!.redeemedAt,
+        });
+        expect(await engine.lookup(t)).toEqual(r.token);
+        const events = await since(ev);
+        expect(events.map((e) => [e.type, e.row])).toEqual([['redeemed', r.token]]);
+        const stats = await engine.stats();
+        expect(countsOf(stats, m.sat)).toEqual({ ...NO_COUNTS, generated: 1, redeemed: 1 });
+        expect(redemptionsOf(stats, m.sat)).toEqual({ [holder]: 1 });
+        // a repeated complete is ok and changes nothing; a redeem retry by the recorded redeemer too
+        const ev2 = await mark();
+        expect(await engine.complete(t, res.token!.reservationId!, 'new-user')).toEqual(r);
+        expect(await engine.redeem(t, holder, 'new-user')).toEqual(r);
+        expect((await engine.redeem(t, holder, 'someone')).code).toBe('already_redeemed');
+        expect((await engine.complete(t, res.token!.reservationId!, 'other-user')).code).toBe('reservation_mismatch');
+        expect(await since(ev2)).toEqual([]);
+        expect(await engine.stats()).toEqual(stats);
+      });
+
+      it('reservation_mismatch: wrong id, never reserved, or redeemed directly; nothing changes', async () => {
+        const m = await mint(3);
+        const [held, free, used] = m.tokens as [string, string, string];
+        const res = await engine.reserve(held, 'holder', 60_000);
+        await engine.redeem(used, 'r-sat', 'r-user');
+        const ev = await mark();
+        const stats = await engine.stats();
+        const wrong = await engine.complete(held, randomUUID(), 'u');
+        expect(wrong).toEqual({ code: 'reservation_mismatch', token: res.token });
+        expect((await engine.complete(free, randomUUID(), 'u')).code).toBe('reservation_mismatch');
+        expect((await engine.complete(used, randomUUID(), 'r-user')).code).toBe('reservation_mismatch');
+        expect(await since(ev)).toEqual([]);
+        expect(await engine.stats()).toEqual(stats);
+        expect(await engine.lookup(held)).toEqual(res.token);
+      });
+
+      it('reservation_expired: the lease lapsed; the token stays unredeemed and listed', async () => {
+        const l = await lapsedReservation();
+        const ev = await mark();
+        const r = await engine.complete(l.token, l.reservationId, 'too-late');
+        expect(r.code).toBe('reservation_expired');
+        expect(r.token).toMatchObject({ token: l.token, state: 'unredeemed' });
+        expect(await since(ev)).toEqual([]);
+        expect(await state(l.token)).toBe('unredeemed');
+        expect(await listed(l.sat, l.user)).toEqual([l.token]);
+        expect(redemptionsOf(await engine.stats(), l.sat)).toEqual({});
+      });
+
+      it('not_found and revoked', async () => {
+        expect(await engine.complete(randomUUID(), randomUUID(), 'u')).toEqual({ code: 'not_found' });
+        const m = await mint(1);
+        const t = m.tokens[0]!;
+        const res = await engine.reserve(t, 'holder', 60_000);
+        expect((await engine.revokeToken(t)).code).toBe('ok');
+        const ev = await mark();
+        const r = await engine.complete(t, res.token!.reservationId!, 'u');
+        expect(r.code).toBe('revoked');
+        expect(r.token).toMatchObject({ token: t, state: 'revoked' });
+        expect(await since(ev)).toEqual([]);
+        expect(await counts(m.sat)).toEqual({ ...NO_COUNTS, generated: 1, revoked: 1 });
+      });
+    });
+
+    describe('release', () => {
+      it('ok: reserved -> unredeemed, listed and reservable again, counted back, one event', async () => {
+        const m = await mint(1);
+        const t = m.tokens[0]!;
+        const res = await engine.reserve(t, 'holder', 60_000);
+        const ev = await mark();
+        const r = await engine.release(t, res.token!.reservationId!);
+        expect(r.code).toBe('ok');
+        expect(r.token).toEqual({ token: t, state: 'unredeemed', ownerSatelliteId: m.sat, ownerUserId: m.user, campaignId: m.campaignId, createdAt: res.token!.createdAt });
+        expect(await engine.lookup(t)).toEqual(r.token);
+        expect(await listed(m.sat, m.user)).toEqual([t]);
+        expect(await counts(m.sat)).toEqual({ ...NO_COUNTS, generated: 1, unredeemed: 1 });
+        expect((await since(ev)).map((e) => [e.type, e.row])).toEqual([['released', r.token]]);
+        // the old reservation is dead; a new one works
+        expect((await engine.complete(t, res.token!.reservationId!, 'u')).code).toBe('reservation_mismatch');
+        const again = await engine.reserve(t, 'holder2', 60_000);
+        expect(again.code).toBe('ok');
+        expect((await engine.complete(t, again.token!.reservationId!, 'u')).code).toBe('ok');
+      });
+
+      it('a lapsed reservation nobody took since can still be released', async () => {
+        const l = await lapsedReservation();
+        const ev = await mark();
+        expect((await engine.release(l.token, l.reservationId)).code).toBe('ok');
+        expect(await changes(ev)).toEqual([['released', l.token, 'unredeemed']]);
+        expect(await counts(l.sat)).toEqual({ ...NO_COUNTS, generated: 1, unredeemed: 1 });
+      });
+
+      it('reservation_mismatch: wrong id, not reserved, released twice, redeemed, revoked; not_found', async () => {
+        const m = await mint(4);
+        const [held, free, done, gone] = m.tokens as [string, string, string, string];
+        const res = await engine.reserve(held, 'holder', 60_000);
+        const resDone = await engine.reserve(done, 'holder', 60_000);
+        await engine.complete(done, resDone.token!.reservationId!, 'u');
+        const resGone = await engine.reserve(gone, 'holder', 60_000);
+        await engine.revokeToken(gone);
+        const ev = await mark();
+        const stats = await engine.stats();
+        expect(await engine.release(held, randomUUID())).toEqual({ code: 'reservation_mismatch', token: res.token });
+        expect((await engine.release(free, randomUUID())).code).toBe('reservation_mismatch');
+        expect((await engine.release(done, resDone.token!.reservationId!)).code).toBe('reservation_mismatch');
+        expect((await engine.release(gone, resGone.token!.reservationId!)).code).toBe('reservation_mismatch');
+        expect(await engine.release(randomUUID(), randomUUID())).toEqual({ code: 'not_found' });
+        expect(await since(ev)).toEqual([]);
+        expect(await engine.stats()).toEqual(stats);
+        expect((await engine.release(held, res.token!.reservationId!)).code).toBe('ok');
+        expect((await engine.release(held, res.token!.reservationId!)).code).toBe('reservation_mismatch');
+      });
+    });
+
+    describe('revoke', () => {
+      it('revokeToken: ok from unredeemed and from reserved; already_redeemed, revoked, not_found refuse', async () => {
+        const m = await mint(3);
+        const [free, held, used] = m.tokens as [string, string, string];
+        await engine.reserve(held, 'holder', 60_000);
+        await engine.redeem(used, 'r', 'u');
+        const ev = await mark();
+        const a = await engine.revokeToken(free);
+        expect(a.code).toBe('ok');
+        expect(a.token).toEqual({ token: free, state: 'revoked', ownerSatelliteId: m.sat, ownerUserId: m.user, campaignId: m.campaignId, createdAt: a.token!.createdAt });
+        const b = await engine.revokeToken(held);
+        expect(b.code).toBe('ok');
+        expect(b.token).not.toHaveProperty('reservationId');
+        expect(await engine.lookup(held)).toEqual(b.token);
+        expect((await since(ev)).map((e) => [e.type, e.row])).toEqual(
+          // two tokens of one owner share a shard stream, in call order
+          [['revoked', a.token], ['revoked', b.token]],
+        );
+        expect(await listed(m.sat, m.user)).toEqual([]);
+        expect(await counts(m.sat)).toEqual({ ...NO_COUNTS, generated: 3, redeemed: 1, revoked: 2 });
+        const ev2 = await mark();
+        const stats = await engine.stats();
+        const c = await engine.revokeToken(used);
+        expect(c.code).toBe('already_redeemed');
+        expect(c.token).toMatchObject({ state: 'redeemed', redeemerSatelliteId: 'r' });
+        expect((await engine.revokeToken(free)).code).toBe('revoked');
+        expect(await engine.revokeToken(randomUUID())).toEqual({ code: 'not_found' });
+        expect(await since(ev2)).toEqual([]);
+        expect(await engine.stats()).toEqual(stats);
+      });
+
+      it('revokeOwner: counts and revokes only that owner\'s unredeemed and reserved tokens', async () => {
+        const sat = uniq('sat');
+        const otherSat = uniq('sat');
+        const alice = uniq('alice');
+        const a = await mint(5, { sat, user: alice });
+        const bob = await mint(2, { sat });
+        const aliceElsewhere = await mint(2, { sat: otherSat, user: alice });
+        const [free1, free2, held, used, gone] = a.tokens as [string, string, string, string, string];
+        await engine.reserve(held, 'holder', 60_000);
+        await engine.redeem(used, 'r', 'u');
+        await engine.revokeToken(gone);
+        const ev = await mark();
+        expect(await engine.revokeOwner(sat, alice)).toBe(3);
+        const events = await since(ev);
+        expect(events.map((e) => e.type)).toEqual(['revoked', 'revoked', 'revoked']);
+        expect(events.map((e) => e.row.token).sort()).toEqual([free1, free2, held].sort());
+        for (const e of events) expect(e.row).toEqual(await engine.lookup(e.row.token));
+        expect(await state(used)).toBe('redeemed');
+        expect(await state(gone)).toBe('revoked');
+        expect(await listed(sat, alice)).toEqual([]);
+        expect((await listed(sat, bob.user)).sort()).toEqual([...bob.tokens].sort());
+        expect((await listed(otherSat, alice)).sort()).toEqual([...aliceElsewhere.tokens].sort());
+        expect(await counts(sat)).toEqual({ ...NO_COUNTS, generated: 7, unredeemed: 2, redeemed: 1, revoked: 4 });
+        const ev2 = await mark();
+        expect(await engine.revokeOwner(sat, alice)).toBe(0);
+        expect(await engine.revokeOwner(sat, uniq('nobody'))).toBe(0);
+        expect(await engine.revokeOwner(uniq('no-such-sat'), alice)).toBe(0);
+        expect(await since(ev2)).toEqual([]);
+      });
+
+      it('revokeOwner takes lapsed reservations too', async () => {
+        const l = await lapsedReservation();
+        expect(await engine.revokeOwner(l.sat, l.user)).toBe(1);
+        expect(await counts(l.sat)).toEqual({ ...NO_COUNTS, generated: 1, revoked: 1 });
+      });
+
+      it('revokeCampaign: counts across shards and owners, only that campaign, only unredeemed and reserved', async () => {
+        const satA = uniq('satA');
+        const satB = uniq('satB');
+        const campaign = uniq('camp');
+        const otherCampaign = uniq('camp');
+        const ownersA = Array.from({ length: 120 }, (_, i) => ({ ownerSatelliteId: satA, ownerUserId: `c-${i}` }));
+        const ownersB = Array.from({ length: 80 }, (_, i) => ({ ownerSatelliteId: satB, ownerUserId: `c-${i}` }));
+        const inCampaign = (await engine.generate({ owners: [...ownersA, ...ownersB], perUser: 2, campaignId: campaign })).tokens.map((t) => t.token);
+        const outside = (await engine.generate({ owners: ownersA.slice(0, 30), perUser: 1, campaignId: otherCampaign })).tokens.map((t) => t.token);
+        expect(new Set(inCampaign.map((t) => placeOfToken(t.replace(/-/g, '')).shard)).size).toBeGreaterThan(32);
+        const [used, held, lapsed, gone] = inCampaign as [string, string, string, string];
+        await engine.redeem(used, 'r', 'u');
+        await engine.reserve(held, 'holder', 60_000);
+        const lapse = await engine.reserve(lapsed, 'holder', 50);
+        await engine.revokeToken(gone);
+        await sleepUntil(lapse.token!.leaseExpiresAt! + 30);
+        const ev = await mark();
+        const n = await engine.revokeCampaign(campaign);
+        expect(n).toBe(inCampaign.length - 2);
+        const events = await since(ev);
+        expect(events).toHaveLength(n);
+        expect(new Set(events.map((e) => e.row.token))).toEqual(new Set(inCampaign.filter((t) => t !== used && t !== gone)));
+        for (const e of events) expect([e.type, e.row.state, e.row.campaignId]).toEqual(['revoked', 'revoked', campaign]);
+        expect(await state(used)).toBe('redeemed');
+        for (const t of outside) expect(await state(t)).toBe('unredeemed');
+        expect((await listed(satA, 'c-0')).length).toBe(1);
+        expect(await listed(satB, 'c-0')).toEqual([]);
+        // the four tokens touched first all belong to satA (owners c-0 and c-1)
+        const stats = await engine.stats();
+        expect(countsOf(stats, satA)).toEqual({ generated: 270, unredeemed: 30, reserved: 0, redeemed: 1, revoked: 239 });
+        expect(countsOf(stats, satB)).toEqual({ ...NO_COUNTS, generated: 160, revoked: 160 });
+        const ev2 = await mark();
+        expect(await engine.revokeCampaign(campaign)).toBe(0);
+        expect(await engine.revokeCampaign(uniq('no-such-campaign'))).toBe(0);
+        expect(await since(ev2)).toEqual([]);
+      });
+    });
+
+    describe('lookup', () => {
+      it('changes nothing, whatever the state', async () => {
+        const m = await mint(5);
+        const [, held, used, gone] = m.tokens as [string, string, string, string, string];
+        await engine.reserve(held, 'holder', 60_000);
+        await engine.redeem(used, 'r', 'u');
+        await engine.revokeToken(gone);
+        const lapse = await engine.reserve(m.tokens[4]!, 'holder', 50);
+        await sleepUntil(lapse.token!.leaseExpiresAt! + 30);
+        const ev = await mark();
+        const stats = await engine.stats();
+        const list = await engine.listUnredeemed(m.sat, m.user);
+        const first = await Promise.all(m.tokens.map((t) => engine.lookup(t)));
+        expect(first.map((t) => t!.state)).toEqual(['unredeemed', 'reserved', 'redeemed', 'revoked', 'unredeemed']);
+        for (let i = 0; i < 3; i++) expect(await Promise.all(m.tokens.map((t) => engine.lookup(t)))).toEqual(first);
+        expect(await engine.lookup(randomUUID())).toBeUndefined();
+        expect(await since(ev)).toEqual([]);
+        expect(await engine.stats()).toEqual(stats);
+        expect(await engine.listUnredeemed(m.sat, m.user)).toEqual(list);
+      });
+    });
+
+    describe('stats and events over a whole life', () => {
+      it('keep per-satellite counters, the redemption matrix and the event log in step with every transition', async () => {
+        const satA = uniq('satA');
+        const satB = uniq('satB');
+        const satC = uniq('satC');
+        const gen = await engine.generate({
+          owners: [
+            { ownerSatelliteId: satA, ownerUserId: 'a1' },
+            { ownerSatelliteId: satA, ownerUserId: 'a2' },
+            { ownerSatelliteId: satB, ownerUserId: 'b1' },
+          ],
+          perUser: 4,
+        });
+        const tok = (sat: string, user: string) => gen.tokens.filter((t) => t.ownerSatelliteId === sat && t.ownerUserId === user).map((t) => t.token);
+        const [a1, a2, b1] = [tok(satA, 'a1'), tok(satA, 'a2'), tok(satB, 'b1')];
+        const expected: Record<string, Counts> = {
+          [satA]: { ...NO_COUNTS, generated: 8, unredeemed: 8 },
+          [satB]: { ...NO_COUNTS, generated: 4, unredeemed: 4 },
+        };
+        const matrix: Record<string, Record<string, number>> = { [satA]: {}, [satB]: {} };
+        const owned = (t: string) => (b1.includes(t) ? satB : satA);
+        const move = (t: string, from: TokenState, to: TokenState) => {
+          const c = expected[owned(t)]!;
+          c[from]--;
+          c[to]++;
+        };
+        const redeemedBy = (t: string, sat: string) => {
+          const m = matrix[owned(t)]!;
+          m[sat] = (m[sat] ?? 0) + 1;
+        };
+        const step = async (what: () => Promise<{ code: string }>, code: string, event?: [string, string, TokenState]) => {
+          const ev = await mark();
+          expect((await what()).code).toBe(code);
+          expect(await changes(ev)).toEqual(event ? [event] : []);
+          const stats = await engine.stats();
+          for (const sat of [satA, satB]) {
+            expect(countsOf(stats, sat)).toEqual(expected[sat]);
+            expect(redemptionsOf(stats, sat)).toEqual(matrix[sat]);
+          }
+          expect(countsOf(stats, satC)).toEqual(NO_COUNTS);
+        };
+
+        await step(async () => ({ code: 'ok' }), 'ok');
+        // redeem a1[0] by C, retry, refused by B
+        move(a1[0]!, 'unredeemed', 'redeemed');
+        redeemedBy(a1[0]!, satC);
+        await step(() => engine.redeem(a1[0]!, satC, 'c1'), 'ok', ['redeemed', a1[0]!, 'redeemed']);
+        await step(() => engine.redeem(a1[0]!, satC, 'c1'), 'ok');
+        await step(() => engine.redeem(a1[0]!, satB, 'c1'), 'already_redeemed');
+        // reserve a1[1] by B -> complete
+        move(a1[1]!, 'unredeemed', 'reserved');
+        let r1: Reserved | undefined;
+        await step(async () => (r1 = await engine.reserve(a1[1]!, satB, 60_000)), 'ok', ['reserved', a1[1]!, 'reserved']);
+        await step(() => engine.reserve(a1[1]!, satC, 60_000), 'reserved');
+        await step(() => engine.redeem(a1[1]!, satC, 'x'), 'reserved');
+        await step(() => engine.complete(a1[1]!, randomUUID(), 'b-new'), 'reservation_mismatch');
+        move(a1[1]!, 'reserved', 'redeemed');
+        redeemedBy(a1[1]!, satB);
+        await step(() => engine.complete(a1[1]!, r1!.token!.reservationId!, 'b-new'), 'ok', ['redeemed', a1[1]!, 'redeemed']);
+        // reserve a2[0] -> release -> redeem by A itself (same-satellite referral)
+        move(a2[0]!, 'unredeemed', 'reserved');
+        const r2 = await engine.reserve(a2[0]!, satC, 60_000);
+        move(a2[0]!, 'reserved', 'unredeemed');
+        await step(() => engine.release(a2[0]!, r2.token!.reservationId!), 'ok', ['released', a2[0]!, 'unredeemed']);
+        move(a2[0]!, 'unredeemed', 'redeemed');
+        redeemedBy(a2[0]!, satA);
+        await step(() => engine.redeem(a2[0]!, satA, 'a-new'), 'ok', ['redeemed', a2[0]!, 'redeemed']);
+        // B's tokens: one lapsed then redeemed by C, one lapsed then re-reserved and completed by A, one revoked reserved
+        move(b1[0]!, 'unredeemed', 'reserved');
+        move(b1[1]!, 'unredeemed', 'reserved');
+        const lapseA = await engine.reserve(b1[0]!, satA, 50);
+        const lapseB = await engine.reserve(b1[1]!, satA, 50);
+        await sleepUntil(Math.max(lapseA.token!.leaseExpiresAt!, lapseB.token!.leaseExpiresAt!) + 30);
+        await step(() => engine.complete(b1[0]!, lapseA.token!.reservationId!, 'x'), 'reservation_expired');
+        move(b1[0]!, 'reserved', 'redeemed');
+        redeemedBy(b1[0]!, satC);
+        await step(() => engine.redeem(b1[0]!, satC, 'c2'), 'ok', ['redeemed', b1[0]!, 'redeemed']);
+        let r3: Reserved | undefined;
+        await step(async () => (r3 = await engine.reserve(b1[1]!, satA, 60_000)), 'ok', ['reserved', b1[1]!, 'reserved']);
+        move(b1[1]!, 'reserved', 'redeemed');
+        redeemedBy(b1[1]!, satA);
+        await step(() => engine.complete(b1[1]!, r3!.token!.reservationId!, 'a3'), 'ok', ['redeemed', b1[1]!, 'redeemed']);
+        move(b1[2]!, 'unredeemed', 'reserved');
+        await engine.reserve(b1[2]!, satC, 60_000);
+        move(b1[2]!, 'reserved', 'revoked');
+        await step(() => engine.revokeToken(b1[2]!), 'ok', ['revoked', b1[2]!, 'revoked']);
+        await step(() => engine.revokeToken(b1[2]!), 'revoked');
+        await step(() => engine.revokeToken(b1[0]!), 'already_redeemed');
+        // revoke owner a2 (3 left unredeemed), then the campaign (a1's 2 left and b1's 1 left)
+        for (const t of a2.slice(1)) move(t, 'unredeemed', 'revoked');
+        const ev = await mark();
+        expect(await engine.revokeOwner(satA, 'a2')).toBe(3);
+        expect((await changes(ev)).map((c) => c[0])).toEqual(['revoked', 'revoked', 'revoked']);
+        for (const t of [...a1.slice(2), b1[3]!]) move(t, 'unredeemed', 'revoked');
+        const ev2 = await mark();
+        expect(await engine.revokeCampaign(gen.campaignId)).toBe(3);
+        expect((await changes(ev2)).map((c) => c[0])).toEqual(['revoked', 'revoked', 'revoked']);
+        await step(async () => ({ code: 'ok' }), 'ok');
+        expect(expected[satA]).toEqual({ generated: 8, unredeemed: 0, reserved: 0, redeemed: 3, revoked: 5 });
+        expect(expected[satB]).toEqual({ generated: 4, unredeemed: 0, reserved: 0, redeemed: 2, revoked: 2 });
+        // and the final state of every token agrees with the counters
+        for (const sat of [satA, satB]) {
+          const mine = gen.tokens.filter((t) => t.ownerSatelliteId === sat);
+          const looked = await Promise.all(mine.map((t) => engine.lookup(t.token)));
+          const byState: Counts = { ...NO_COUNTS, generated: mine.length };
+          for (const t of looked) byState[t!.state]++;
+          expect(byState).toEqual(expected[sat]);
+        }
+      });
+
+      it('the event log replays to the tokens\' current rows', async () => {
+        const m = await mint(4);
+        const start = await mark();
+        const [a, b, c, d] = m.tokens as [string, string, string, string];
+        await engine.redeem(a, 's', 'u');
+        const r = await engine.reserve(b, 's', 60_000);
+        await engine.complete(b, r.token!.reservationId!, 'u2');
+        const r2 = await engine.reserve(c, 's', 60_000);
+        await engine.release(c, r2.token!.reservationId!);
+        await engine.revokeToken(d);
+        const events = await since(start);
+        expect(events.map((e) => e.type)).toEqual(['redeemed', 'reserved', 'redeemed', 'reserved', 'released', 'revoked']);
+        const last = new Map<string, Token>();
+        for (const e of events) {
+          expect(e.names).toEqual(['type', 'at', 'row']);
+          expect(e.columns).toHaveLength(13);
+          last.set(e.row.token, e.row);
+        }
+        for (const t of m.tokens) expect(last.get(t)).toEqual(await engine.lookup(t));
+        // stream ids and `at` never go backwards within a shard
+        for (let i = 1; i < events.length; i++) expect(events[i]!.at).toBeGreaterThanOrEqual(events[i - 1]!.at);
+      });
+    });
+  });
+}
