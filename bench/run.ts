@@ -2,13 +2,15 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import pg from 'pg';
+import { printEngine, runEngineBench, TARGET_BYTES_PER_TOKEN, TARGET_TOKENS_PER_SEC } from './engine.js';
 import * as http from './http.js';
 import * as snapshot from './snapshot.js';
 
 /**
  * `npm run bench`: every benchmark in one run, one after another so they do not share the CPU,
  * then a summary against the targets, also written to bench/results.json.
- * Sizes: BENCH_HTTP_TOKENS (default 300,000 redeems per target), BENCH_SNAPSHOT_EVENTS (500,000).
+ * Sizes: BENCH_ENGINE_TOKENS (default 1,000,000 per tokens-per-user case), BENCH_ENGINE_CONCURRENCY (generate
+ * calls in flight, 4), BENCH_HTTP_TOKENS (300,000 redeems per target), BENCH_SNAPSHOT_EVENTS (500,000).
  */
 const env = (name: string, dflt: number) => Number(process.env[name] ?? dflt);
 const server = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -30,7 +32,11 @@ async function withDatabase<T>(fn: (url: string) => Promise<T>): Promise<T> {
 const started = new Date().toISOString();
 console.log(`# referral-manager benchmarks, ${started}, ${os.cpus().length} cores, node ${process.version}\n`);
 
-console.log('## HTTP redeem (autocannon from code, 100 connections, MessagePack bodies)');
+console.log('## Token engine: generation and memory per token (private redis-server)');
+const engineResult = await runEngineBench({ tokens: env('BENCH_ENGINE_TOKENS', 1_000_000), concurrency: [env('BENCH_ENGINE_CONCURRENCY', 4)] });
+printEngine(engineResult);
+
+console.log('\n## HTTP redeem (autocannon from code, 100 connections, MessagePack bodies)');
 const httpResult = await withDatabase((url) =>
   http.run({ tokens: env('BENCH_HTTP_TOKENS', 300_000), workers: env('BENCH_WORKERS', 1), snapshotDatabaseUrl: url }),
 );
@@ -41,6 +47,7 @@ const snapResult = await snapshot.run({ events: env('BENCH_SNAPSHOT_EVENTS', 500
 const summary = {
   started,
   cores: os.cpus().length,
+  engine: engineResult,
   http: httpResult,
   snapshot: snapResult,
 };
@@ -49,6 +56,10 @@ writeFileSync(new URL('../../bench/results.json', import.meta.url), `${JSON.stri
 const mark = (ok: boolean) => (ok ? 'met' : 'NOT met');
 const o = httpResult;
 console.log('\n## Targets');
+for (const { perUser, best: e } of engineResult.scenarios) {
+  console.log(`${`generate, ${perUser}/user`.padEnd(24)}${e.tokensPerSec} tokens/s (>= ${TARGET_TOKENS_PER_SEC / 1000}k: ${mark(e.tokensPerSec >= TARGET_TOKENS_PER_SEC)})`);
+  console.log(`${`memory, ${perUser}/user`.padEnd(24)}${e.bytesPerTokenNoStreams} B/token, streams trimmed (<= ${TARGET_BYTES_PER_TOKEN}: ${mark(e.bytesPerTokenNoStreams <= TARGET_BYTES_PER_TOKEN)}); ${e.bytesPerToken} with untrimmed streams`);
+}
 console.log(`redeem vs uWS ceiling   ${o.oursOverCeiling} (>= 0.7: ${mark((o.oursOverCeiling ?? 0) >= 0.7)})`);
 console.log(`redeem vs Fastify       ${o.oursOverFastify} (>= 2.0: ${mark((o.oursOverFastify ?? 0) >= 2)})`);
 console.log(`redeem p99              ${o.ours?.p99} ms (<= 10: ${mark((o.ours?.p99 ?? 99) <= 10)})`);
