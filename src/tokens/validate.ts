@@ -4,12 +4,16 @@ const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f
 // Tab, newline and other control characters separate fields inside the Redis records.
 const CONTROL = /[\u0000-\u001f\u007f]/;
 
+const LONE_SURROGATE_FREE = (s: string): boolean => Buffer.from(s, 'utf8').toString('utf8') === s;
+
 /** Satellite, user and campaign ids: opaque strings of 1..128 bytes without control characters. */
 export function checkId(field: string, value: unknown): string {
   if (typeof value !== 'string') throw new DomainError('invalid_request', `${field}: must be a string`);
   const bytes = Buffer.byteLength(value);
   if (bytes < 1 || bytes > 128) throw new DomainError('invalid_request', `${field}: must be 1..128 bytes, got ${bytes}`);
   if (CONTROL.test(value)) throw new DomainError('invalid_request', `${field}: must not contain control characters`);
+  // a lone surrogate has no UTF-8 form: Redis would store U+FFFD and the id would not round-trip
+  if (!LONE_SURROGATE_FREE(value)) throw new DomainError('invalid_request', `${field}: must be valid UTF-8 (lone surrogate)`);
   return value;
 }
 
