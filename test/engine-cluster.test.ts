@@ -1,0 +1,82 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { placeOfToken } from '../src/store/keys.js';
+import { createRedis, masters } from '../src/store/redis.js';
+import { hasRedisServer, startCluster, type RedisClusterHandle } from './helpers/cluster.js';
+import { engineSuite } from './helpers/engine-suite.js';
+import { engineFixture, type EngineFixture } from './helpers/redis.js';
+
+const available = hasRedisServer();
+const reason = 'redis-server is not installed (`redis-server --version` failed), so no Redis Cluster can be started';
+if (!available) console.warn(`test/engine-cluster.test.ts: skipping the token engine suite on Redis Cluster: ${reason}`);
+
+let cluster: RedisClusterHandle | undefined;
+const clusterFixture = () => engineFixture({ redis: () => createRedis({ redisUrl: '', redisClusterNodes: cluster!.nodes }), label: 'cluster' });
+
+(available ? describe : describe.skip)(available ? 'a real 3-master Redis Cluster' : `a real 3-master Redis Cluster (skipped: ${reason})`, () => {
+  beforeAll(async () => {
+    cluster = await startCluster();
+  });
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  engineSuite('token engine on Redis Cluster', clusterFixture);
+
+  describe('cross-slot safety', () => {
+    let f: EngineFixture;
+    beforeAll(async () => {
+      f = await clusterFixture();
+    });
+    afterAll(async () => {
+      await f?.close();
+    });
+
+    it('spreads one call\'s tokens over every master, each token with its shard\'s keys on one master', async () => {
+      const owners = Array.from({ length: 300 }, (_, i) => ({ ownerSatelliteId: 'sat-x', ownerUserId: `spread-${i}` }));
+      const { tokens, campaignId } = await f.engine.generate({ owners, perUser: 2 });
+      const nodes = masters(f.redis);
+      expect(nodes).toHaveLength(3);
+
+      // the prefix's keys on each master (a node answers MOVED for keys it does not own, so SCAN each)
+      const perMaster = await Promise.all(
+        nodes.map(async (node) => {
+          const found = new Set<string>();
+          let cursor = '0';
+          do {
+            const [next, keys] = await node.scan(cursor, 'MATCH', `${f.prefix}:*`, 'COUNT', 1000);
+            cursor = next;
+            for (const k of keys) found.add(k);
+          } while (cursor !== '0');
+          return found;
+        }),
+      );
+      expect(perMaster.filter((keys) => keys.size > 0).length).toBeGreaterThan(1);
+
+      // a token's bucket and its shard's dict, stats and event stream all live on one master
+      const k = f.store.keys;
+      const byMaster = new Map<number, string>();
+      for (const { token } of tokens) {
+        const place = placeOfToken(token.replace(/-/g, ''));
+        const own = [k.bucket(place.shard, place.bucket), k.dict(place.shard), k.stats(place.shard), k.events(place.shard)];
+        const holders = perMaster.map((keys) => own.filter((key) => keys.has(key)).length);
+        expect(holders.filter((n) => n > 0), token).toHaveLength(1);
+        expect(Math.max(...holders), token).toBe(own.length);
+        const i = holders.findIndex((n) => n > 0);
+        if (!byMaster.has(i)) byMaster.set(i, token);
+      }
+      // 64 shard tags over 3 masters: every master holds some
+      expect(byMaster.size).toBe(3);
+
+      // and every operation works wherever the token lives
+      for (const token of byMaster.values()) {
+        const r = await f.engine.reserve(token, 'sat-y', 60_000);
+        expect(r.code).toBe('ok');
+        expect((await f.engine.complete(token, r.token!.reservationId!, 'new')).code).toBe('ok');
+        expect((await f.engine.redeem(token, 'sat-z', 'other')).code).toBe('already_redeemed');
+      }
+      expect(await f.engine.revokeCampaign(campaignId)).toBe(tokens.length - byMaster.size);
+      const stats = await f.engine.stats();
+      expect(stats.satellites['sat-x']).toEqual({ generated: 600, unredeemed: 0, reserved: 0, redeemed: 3, revoked: 597 });
+    });
+  });
+});
