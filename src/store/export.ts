@@ -87,7 +87,7 @@ const escapeRegExp = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\
  * the tokens that have one, and one cached dictionary per shard. Not a snapshot: a token that changes
  * state while the scan runs is reported as found by its bucket read.
  */
-export async function* scanTokens(redis: RedisClient, prefix: string, filter: ExportFilter = {}, count = 1000): AsyncGenerator<ExportRow[]> {
+export async function* scanTokens(redis: RedisClient, prefix: string, filter: ExportFilter = {}, count = 250): AsyncGenerator<ExportRow[]> {
   const keys = new Keys(prefix);
   const bucketKey = new RegExp(`^${escapeRegExp(prefix)}:\\{(\\d+)\\}:b:(\\d+)$`);
   const dicts = new Map<number, Record<string, string>>();
