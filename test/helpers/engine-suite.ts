@@ -658,7 +658,7 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         const r = await engine.redeem(l.token, 'direct-sat', 'direct-user');
         expect(r.code).toBe('ok');
         expect(r.token).toMatchObject({ state: 'redeemed', redeemerSatelliteId: 'direct-sat', redeemerUserId: 'direct-user' });
-        expect(r.token).not.toHaveProperty('reservedBy');
+        for (const k of ['reservationId', 'reservedBy', 'leaseExpiresAt'] as const) expect(r.token).not.toHaveProperty(k);
         expect(await changes(ev)).toEqual([['redeemed', l.token, 'redeemed']]);
         const stats = await engine.stats();
         expect(countsOf(stats, l.sat)).toEqual({ ...NO_COUNTS, generated: 1, redeemed: 1 });
@@ -1051,6 +1051,12 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
           const byState: Counts = { ...NO_COUNTS, generated: mine.length };
           for (const t of looked) byState[t!.state]++;
           expect(byState).toEqual(expected[sat]);
+        }
+        // no reservation record outlives its reservation (lua/includes/codec.lua: `:rs` holds live ones only)
+        for (const { token } of gen.tokens) {
+          const hex = token.replace(/-/g, '');
+          const held = await f.redis.hexists(f.store.keys.reservations(placeOfToken(hex).shard), hex.slice(4));
+          expect(held, token).toBe(0);
         }
       });
 
