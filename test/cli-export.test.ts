@@ -2,7 +2,9 @@ import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXPORT_FIELDS } from '../src/store/export.js';
 import type { Token } from '../src/store/model.js';
+import { createRedis } from '../src/store/redis.js';
 import { MAIN, runCli } from './helpers/cli.js';
+import { hasRedisServer, startCluster, type RedisClusterHandle } from './helpers/cluster.js';
 import { engineFixture, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
 import { each } from './helpers/snapshot.js';
 
@@ -191,4 +193,42 @@ describe('referral-manager export (child process, real Redis, 100k tokens)', () 
     expect(stderr).toBe('');
     expect(code).toBe(0);
   }, 60_000);
+});
+
+const clusterAvailable = hasRedisServer();
+const noCluster = 'redis-server is not installed (`redis-server --version` failed), so no Redis Cluster can be started';
+if (!clusterAvailable) console.warn(`test/cli-export.test.ts: skipping export on Redis Cluster: ${noCluster}`);
+
+(clusterAvailable ? describe : describe.skip)(clusterAvailable ? 'export on a real 3-master Redis Cluster' : `export on Redis Cluster (skipped: ${noCluster})`, () => {
+  let cluster: RedisClusterHandle | undefined;
+  let fx: EngineFixture;
+
+  beforeAll(async () => {
+    cluster = await startCluster();
+    fx = await engineFixture({ redis: () => createRedis({ redisUrl: '', redisClusterNodes: cluster!.nodes }), label: 'cliexportc' });
+  }, 120_000);
+  afterAll(async () => {
+    await fx?.close();
+    await cluster?.stop();
+  });
+
+  it('scans every master: each token exactly once', async () => {
+    const owners = Array.from({ length: 2_000 }, (_, i) => ({ ownerSatelliteId: SATELLITES[i % 4]!, ownerUserId: `c-${i}` }));
+    const { tokens } = await fx.engine.generate({ owners, perUser: 5, campaignId: 'cluster-camp' });
+    for (const t of tokens.slice(0, 30)) expect((await fx.engine.redeem(t.token, 'sat-1', 'x')).code).toBe('ok');
+    const env = { KEY_PREFIX: fx.prefix, REDIS_CLUSTER_NODES: cluster!.nodes.join(',') };
+
+    const all = await runCli(['export', '--format', 'csv'], env);
+    expect(all.code, all.stderr).toBe(0);
+    const rows = parseCsv(all.stdout).slice(1);
+    expect(rows.length).toBe(tokens.length);
+    expect(new Set(rows.map((r) => r[0])).size).toBe(tokens.length);
+    expect(new Set(rows.map((r) => r[0]))).toEqual(new Set(tokens.map((t) => t.token)));
+
+    const redeemed = await runCli(['export', '--format', 'jsonl', '--state', 'redeemed'], env);
+    expect(redeemed.code, redeemed.stderr).toBe(0);
+    const got = redeemed.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { token: string; redeemerSatelliteId: string });
+    expect(got.map((o) => o.token).sort()).toEqual(tokens.slice(0, 30).map((t) => t.token).sort());
+    expect(got.every((o) => o.redeemerSatelliteId === 'sat-1')).toBe(true);
+  }, 120_000);
 });

@@ -97,6 +97,8 @@ export async function* scanTokens(redis: RedisClient, prefix: string, filter: Ex
   };
   const stateLetter = filter.state === undefined ? undefined : STATE_LETTER[filter.state];
 
+  // a Cluster client learns its masters when it connects: without this a fresh one lists none
+  await redis.ping();
   for (const node of masters(redis)) {
     let cursor = '0';
     do {
