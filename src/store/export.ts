@@ -1,6 +1,6 @@
 import type { RedisClient } from './redis.js';
 import { masters } from './redis.js';
-import { Keys } from './keys.js';
+import { BUCKETS_PER_SHARD, Keys, SHARDS } from './keys.js';
 import { dashed } from './codec.js';
 import type { TokenState } from './model.js';
 
@@ -91,6 +91,8 @@ export async function* scanTokens(redis: RedisClient, prefix: string, filter: Ex
   const keys = new Keys(prefix);
   const bucketKey = new RegExp(`^${escapeRegExp(prefix)}:\\{(\\d+)\\}:b:(\\d+)$`);
   const dicts = new Map<number, Record<string, string>>();
+  // SCAN may return a key twice (rehashing, slot migration); 64k buckets in all, so one byte each
+  const seen = new Uint8Array(SHARDS * BUCKETS_PER_SHARD);
   const loadDicts = async (shards: number[]): Promise<void> => {
     const got = await Promise.all(shards.map((s) => redis.hgetall(keys.dict(s))));
     shards.forEach((s, i) => dicts.set(s, got[i]!));
@@ -109,7 +111,12 @@ export async function* scanTokens(redis: RedisClient, prefix: string, filter: Ex
         const m = bucketKey.exec(key);
         if (!m) continue;
         const shard = Number(m[1]);
-        places.push({ key, shard, prefixHex: ((shard << 10) | Number(m[2])).toString(16).padStart(4, '0') });
+        const bucket = Number(m[2]);
+        if (shard >= SHARDS || bucket >= BUCKETS_PER_SHARD) continue;
+        const place = shard * BUCKETS_PER_SHARD + bucket;
+        if (seen[place]) continue;
+        seen[place] = 1;
+        places.push({ key, shard, prefixHex: place.toString(16).padStart(4, '0') });
       }
       if (places.length === 0) continue;
       const hashes = await Promise.all(places.map((p) => redis.hgetall(p.key)));
