@@ -1,4 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHash } from 'node:crypto';
+import { SCRIPT_NAMES, readScript } from '../src/store/scripts.js';
 import { placeOfToken } from '../src/store/keys.js';
 import { createRedis, masters } from '../src/store/redis.js';
 import { hasRedisServer, startCluster, type RedisClusterHandle } from './helpers/cluster.js';
@@ -29,6 +31,14 @@ const clusterFixture = () => engineFixture({ redis: () => createRedis({ redisUrl
     });
     afterAll(async () => {
       await f?.close();
+    });
+
+    it('preload has loaded every script on every master (what /readyz reports)', async () => {
+      for (const name of SCRIPT_NAMES) {
+        const sha = createHash('sha1').update(readScript(name)).digest('hex');
+        const loaded = await Promise.all(masters(f.redis).map((m) => m.script('EXISTS', sha) as Promise<number[]>));
+        expect(loaded.map((r) => r[0]), name).toEqual([1, 1, 1]);
+      }
     });
 
     it('spreads one call\'s tokens over every master, each token with its shard\'s keys on one master', async () => {

@@ -64,20 +64,20 @@ export class TokenEngine {
     return { campaignId, tokens };
   }
 
-  redeem(token: string, redeemerSatelliteId: string, redeemerUserId: string): Promise<Result<RedeemCode>> {
+  async redeem(token: string, redeemerSatelliteId: string, redeemerUserId: string): Promise<Result<RedeemCode>> {
     return this.store.redeem(tokenHex(token), checkId('redeemerSatelliteId', redeemerSatelliteId), checkId('userId', redeemerUserId));
   }
 
-  reserve(token: string, satelliteId: string, leaseMs: number): Promise<Result<RedeemCode>> {
+  async reserve(token: string, satelliteId: string, leaseMs: number): Promise<Result<RedeemCode>> {
     if (!Number.isInteger(leaseMs) || leaseMs < 1) throw new DomainError('invalid_request', 'leaseMs: must be a positive integer');
     return this.store.reserve(tokenHex(token), checkId('satelliteId', satelliteId), leaseMs, randomUUID());
   }
 
-  complete(token: string, reservationId: string, redeemerUserId: string): Promise<Result<CompleteCode>> {
+  async complete(token: string, reservationId: string, redeemerUserId: string): Promise<Result<CompleteCode>> {
     return this.store.complete(tokenHex(token), checkId('reservationId', reservationId), checkId('userId', redeemerUserId));
   }
 
-  release(token: string, reservationId: string): Promise<Result<ReleaseCode>> {
+  async release(token: string, reservationId: string): Promise<Result<ReleaseCode>> {
     return this.store.release(tokenHex(token), checkId('reservationId', reservationId));
   }
 
@@ -85,19 +85,19 @@ export class TokenEngine {
     return (await this.store.lookup(tokenHex(token))).token;
   }
 
-  revokeToken(token: string): Promise<Result<RevokeCode>> {
+  async revokeToken(token: string): Promise<Result<RevokeCode>> {
     return this.store.revokeToken(tokenHex(token));
   }
 
-  revokeOwner(ownerSatelliteId: string, ownerUserId: string): Promise<number> {
+  async revokeOwner(ownerSatelliteId: string, ownerUserId: string): Promise<number> {
     return this.store.revokeOwner(checkId('satelliteId', ownerSatelliteId), checkId('userId', ownerUserId));
   }
 
-  revokeCampaign(campaignId: string): Promise<number> {
+  async revokeCampaign(campaignId: string): Promise<number> {
     return this.store.revokeCampaign(checkId('campaignId', campaignId));
   }
 
-  listUnredeemed(ownerSatelliteId: string, ownerUserId: string): Promise<UnredeemedToken[]> {
+  async listUnredeemed(ownerSatelliteId: string, ownerUserId: string): Promise<UnredeemedToken[]> {
     return this.store.listUnredeemed(checkId('satelliteId', ownerSatelliteId), checkId('userId', ownerUserId));
   }
 
