@@ -16,16 +16,6 @@ export function when(ms: number | undefined): string {
   return ms === undefined ? '-' : `${ms} (${new Date(ms).toISOString()})`;
 }
 
-/**
- * A usage error names the usage line, not only "--help": set on each command once its options and
- * arguments are declared, so commander's own errors and ours print it.
- */
-export function usageOnError(cmd: Command): Command {
-  const names: string[] = [];
-  for (let c: Command | null = cmd; c; c = c.parent) names.unshift(c.name());
-  return cmd.showHelpAfterError(`Usage: ${names.join(' ')} ${cmd.usage()}\n(add --help for usage and examples)`);
-}
-
 /** Runs `fn`; input the domain refuses as invalid (a bad id, a malformed token) is a usage error: exit 2. */
 export async function invalidIsUsage<T>(cmd: Command, fn: () => Promise<T>): Promise<T> {
   try {

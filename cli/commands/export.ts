@@ -3,7 +3,6 @@ import { EXPORT_FIELDS, STATE_NAMES, scanTokens, type ExportRow } from '../../sr
 import type { TokenState } from '../../src/store/model.js';
 import { createRedis } from '../../src/store/redis.js';
 import { configFrom } from '../context.js';
-import { usageOnError } from '../format.js';
 
 const NUMERIC = new Set<string>(['createdAt', 'expiresAt', 'leaseExpiresAt', 'redeemedAt']);
 
@@ -67,7 +66,7 @@ export function register(program: Command): void {
         '  referral-manager export --format jsonl --campaign spring-2026 --state redeemed | jq .redeemerSatelliteId\n' +
         '  referral-manager export --format csv --key-prefix staging | head',
     );
-  usageOnError(cmd).action(async function (this: Command, opts: { format: 'csv' | 'jsonl'; campaign?: string; state?: TokenState }) {
+  cmd.action(async function (this: Command, opts: { format: 'csv' | 'jsonl'; campaign?: string; state?: TokenState }) {
     const config = configFrom(this);
     const write = stdoutWriter();
     const line = opts.format === 'csv' ? csvLine : jsonLine;

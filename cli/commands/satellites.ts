@@ -3,7 +3,7 @@ import type { Config } from '../../src/config.js';
 import { createRedis } from '../../src/store/redis.js';
 import { SatelliteRegistry } from '../../src/satellites/registry.js';
 import { configFrom } from '../context.js';
-import { invalidIsUsage, table, usageOnError } from '../format.js';
+import { invalidIsUsage, table } from '../format.js';
 
 /** Opens the registry, runs `fn`, and always disconnects so the process can exit. */
 async function withRegistry<T>(config: Config, fn: (r: SatelliteRegistry) => Promise<T>): Promise<T> {
@@ -24,7 +24,6 @@ export function register(program: Command): void {
       'after',
       '\nExamples:\n  referral-manager satellites add --id us1 --url https://us1.example.net --outbound-key "$US1_KEY"\n  referral-manager satellites list --json\n  referral-manager satellites rotate-key us1 --grace 3600000',
     );
-  usageOnError(sats);
 
   const add = sats
     .command('add')
@@ -38,7 +37,7 @@ export function register(program: Command): void {
       'after',
       '\nExamples:\n  referral-manager satellites add --id us1 --url https://us1.example.net --name "US1" --outbound-key "$US1_KEY"\n  referral-manager satellites add --id eu1 --json | jq -r .apiKey',
     );
-  usageOnError(add).action(async function (this: Command, opts: { id: string; url?: string; name?: string; outboundKey?: string; json?: boolean }) {
+  add.action(async function (this: Command, opts: { id: string; url?: string; name?: string; outboundKey?: string; json?: boolean }) {
     const { id, apiKey } = await invalidIsUsage(this, () =>
       withRegistry(configFrom(this), (r) => r.add({ id: opts.id, url: opts.url, name: opts.name, outboundKey: opts.outboundKey })),
     );
@@ -55,7 +54,7 @@ export function register(program: Command): void {
     .description('list registered satellites (keys are never printed; shows whether an outbound key is set)')
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExamples:\n  referral-manager satellites list\n  referral-manager satellites list --json');
-  usageOnError(list).action(async function (this: Command, opts: { json?: boolean }) {
+  list.action(async function (this: Command, opts: { json?: boolean }) {
     const all = await withRegistry(configFrom(this), (r) => r.list());
     if (opts.json) {
       const out = all.map((s) => ({ id: s.id, name: s.name ?? null, url: s.url ?? null, outboundKeySet: s.outboundKey !== undefined, createdAt: s.createdAt }));
@@ -72,7 +71,7 @@ export function register(program: Command): void {
     .description('unregister a satellite; its API keys stop working (its tokens stay)')
     .argument('<id>', 'satellite id')
     .addHelpText('after', '\nExamples:\n  referral-manager satellites remove us1');
-  usageOnError(remove).action(async function (this: Command, id: string) {
+  remove.action(async function (this: Command, id: string) {
     await withRegistry(configFrom(this), (r) => r.remove(id));
     console.log(`satellite "${id}" removed`);
   });
@@ -87,7 +86,7 @@ export function register(program: Command): void {
       'after',
       '\nExamples:\n  referral-manager satellites rotate-key us1\n  referral-manager satellites rotate-key us1 --grace 0 --json',
     );
-  usageOnError(rotate).action(async function (this: Command, id: string, opts: { grace?: string; json?: boolean }) {
+  rotate.action(async function (this: Command, id: string, opts: { grace?: string; json?: boolean }) {
     if (opts.grace !== undefined && !/^\d+$/.test(opts.grace)) this.error(`error: --grace must be a whole number of milliseconds, got "${opts.grace}"`, { exitCode: 2 });
     const config = configFrom(this);
     const graceMs = opts.grace === undefined ? config.keyGraceMs : Number(opts.grace);

@@ -4,7 +4,7 @@ import { createRedis } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { configFrom } from '../context.js';
-import { table, usageOnError } from '../format.js';
+import { table } from '../format.js';
 
 const STATES = ['generated', 'unredeemed', 'reserved', 'redeemed', 'revoked'] as const;
 
@@ -36,7 +36,7 @@ export function register(program: Command): void {
       '\nCounters follow the stored state: a reservation whose lease lapsed counts as reserved until the token is touched again.\n' +
         '\nExamples:\n  referral-manager stats\n  referral-manager stats --json --key-prefix staging',
     );
-  usageOnError(stats).action(async function (this: Command, opts: { json?: boolean }) {
+  stats.action(async function (this: Command, opts: { json?: boolean }) {
     const config = configFrom(this);
     const redis = createRedis(config);
     let s: Stats;

@@ -7,7 +7,7 @@ import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { isToken } from '../../src/tokens/validate.js';
 import { configFrom } from '../context.js';
-import { invalidIsUsage, table, usageOnError, when } from '../format.js';
+import { invalidIsUsage, table, when } from '../format.js';
 
 /** Opens an engine (scripts run by EVALSHA with an EVAL fallback, so nothing to preload), always disconnects. */
 async function withEngine<T>(config: Config, fn: (e: TokenEngine) => Promise<T>): Promise<T> {
@@ -35,7 +35,6 @@ export function register(program: Command): void {
       'after',
       '\nExamples:\n  referral-manager tokens show 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n  referral-manager tokens list --satellite us1 --user u42\n  referral-manager tokens revoke --campaign spring-2026',
     );
-  usageOnError(tokens);
 
   const show = tokens
     .command('show')
@@ -43,7 +42,7 @@ export function register(program: Command): void {
     .argument('<token>', 'the token (lowercase UUIDv4)')
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExamples:\n  referral-manager tokens show 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n  referral-manager tokens show 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d --json');
-  usageOnError(show).action(async function (this: Command, token: string, opts: { json?: boolean }) {
+  show.action(async function (this: Command, token: string, opts: { json?: boolean }) {
     const t = await invalidIsUsage(this, () => withEngine(configFrom(this), (e) => e.lookup(token)));
     if (!t) throw new DomainError('token_not_found', `token "${token}" not found`);
     if (opts.json) console.log(JSON.stringify(t, null, 2));
@@ -63,7 +62,7 @@ export function register(program: Command): void {
     .requiredOption('--user <id>', 'owner user id')
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExamples:\n  referral-manager tokens list --satellite us1 --user u42\n  referral-manager tokens list --satellite us1 --user u42 --json');
-  usageOnError(list).action(async function (this: Command, opts: { satellite: string; user: string; json?: boolean }) {
+  list.action(async function (this: Command, opts: { satellite: string; user: string; json?: boolean }) {
     const open = await invalidIsUsage(this, () => withEngine(configFrom(this), (e) => e.listUnredeemed(opts.satellite, opts.user)));
     if (opts.json) console.log(JSON.stringify(open, null, 2));
     else if (open.length === 0) console.log(`no unredeemed tokens for user "${opts.user}" of satellite "${opts.satellite}"`);
@@ -89,7 +88,7 @@ export function register(program: Command): void {
         '\nExamples:\n  referral-manager tokens revoke 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d 0a1b9f00-1111-4222-8333-444455556666\n' +
         '  referral-manager tokens revoke --satellite us1 --user u42\n  referral-manager tokens revoke --campaign spring-2026 --json',
     );
-  usageOnError(revoke).action(async function (this: Command, listed: string[], opts: { satellite?: string; user?: string; campaign?: string; json?: boolean }) {
+  revoke.action(async function (this: Command, listed: string[], opts: { satellite?: string; user?: string; campaign?: string; json?: boolean }) {
     const forms = Number(listed.length > 0) + Number(opts.satellite !== undefined || opts.user !== undefined) + Number(opts.campaign !== undefined);
     if (forms !== 1) this.error('error: give exactly one of: <token>..., --satellite S --user U, --campaign C', { exitCode: 2 });
     if ((opts.satellite === undefined) !== (opts.user === undefined)) this.error('error: --satellite and --user go together', { exitCode: 2 });
