@@ -7,7 +7,7 @@ import autocannon from 'autocannon';
 import { Packr } from 'msgpackr';
 import { loadConfig } from '../src/config.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
-import { createRedis, masters, type RedisClient } from '../src/store/redis.js';
+import { createRedis, dropPrefix, type RedisClient } from '../src/store/redis.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { sampleLag } from '../src/snapshot/index.js';
@@ -116,17 +116,6 @@ async function once(url: string, key: string, bodies: Buffer[], contentType: str
   });
   // autocannon ends `amount` runs on its 1 s tick, so its own duration is rounded up: time the answers instead
   return { reqPerSec: Math.round(answered / ((last - t0) / 1000)), p50: r.latency.p50, p99: r.latency.p99, non2xx: r.non2xx, errors: r.errors };
-}
-
-async function dropPrefix(redis: RedisClient, prefix: string): Promise<void> {
-  for (const node of masters(redis)) {
-    let cursor = '0';
-    do {
-      const [next, keys] = await node.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 5000);
-      cursor = next;
-      if (keys.length) await node.unlink(...keys);
-    } while (cursor !== '0');
-  }
 }
 
 /** N tokens of our engine (owner satellite bench-owner), 10,000 per generate call. */

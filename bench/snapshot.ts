@@ -3,7 +3,7 @@ import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { loadConfig } from '../src/config.js';
 import { openPostgres, sampleLag, startSnapshotWriter, type Lag } from '../src/snapshot/index.js';
-import { createRedis, masters, type RedisClient } from '../src/store/redis.js';
+import { createRedis, dropPrefix, type RedisClient } from '../src/store/redis.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 
@@ -122,14 +122,7 @@ export async function run(opts: SnapshotBenchOptions = {}): Promise<SnapshotBenc
     };
   } finally {
     await pool.end();
-    for (const node of masters(redis)) {
-      let cursor = '0';
-      do {
-        const [c, keys] = await node.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-        cursor = c;
-        if (keys.length) await node.unlink(...keys);
-      } while (cursor !== '0');
-    }
+    await dropPrefix(redis, prefix);
     redis.disconnect();
     const admin = new pg.Client({ connectionString: server.toString() });
     await admin.connect();

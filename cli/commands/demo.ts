@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
 import type { Command } from 'commander';
-import { createRedis, masters } from '../../src/store/redis.js';
+import { createRedis, dropPrefix } from '../../src/store/redis.js';
 import { configFrom } from '../context.js';
 
 const MAIN = process.argv[1]!;
@@ -118,23 +118,10 @@ export function register(program: Command): void {
       } finally {
         for (const c of children.reverse()) await c.stop();
         if (opts.keep) console.log(`\nkept: inspect with --key-prefix ${prefix}`);
-        else await dropPrefix(config, prefix);
+        else {
+          const redis = createRedis(config);
+          await dropPrefix(redis, prefix).finally(() => redis.disconnect());
+        }
       }
     });
-}
-
-async function dropPrefix(config: ReturnType<typeof configFrom>, prefix: string): Promise<void> {
-  const redis = createRedis(config);
-  try {
-    for (const node of masters(redis)) {
-      let cursor = '0';
-      do {
-        const [next, keys] = await node.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-        cursor = next;
-        if (keys.length) await node.unlink(...keys);
-      } while (cursor !== '0');
-    }
-  } finally {
-    redis.disconnect();
-  }
 }

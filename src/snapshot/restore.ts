@@ -2,7 +2,7 @@ import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
 import { Keys, SHARDS, placeOfOwner } from '../store/keys.js';
 import { defineScripts, preloadScripts } from '../store/scripts.js';
-import { masters } from '../store/redis.js';
+import { scanKeys } from '../store/redis.js';
 import { GROUP } from './lag.js';
 import { pgShardRows } from './pg-rows.js';
 import { STATE_LETTER } from './rows.js';
@@ -11,27 +11,13 @@ import { STATE_LETTER } from './rows.js';
 export async function engineKeys(redis: RedisClient, prefix: string): Promise<string[]> {
   const out: string[] = [];
   const own = new RegExp(`^${prefix.replace(/[.]/g, '\\.')}:\\{\\d+\\}:`);
-  for (const node of masters(redis)) {
-    let cursor = '0';
-    do {
-      const [next, found] = await node.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-      cursor = next;
-      for (const k of found) if (own.test(k)) out.push(k);
-    } while (cursor !== '0');
-  }
+  for await (const { keys } of scanKeys(redis, `${prefix}:*`)) for (const k of keys) if (own.test(k)) out.push(k);
   return out;
 }
 
 /** Any key at all under `prefix` (engine, satellites, snapshot status...). */
 export async function anyKey(redis: RedisClient, prefix: string): Promise<boolean> {
-  for (const node of masters(redis)) {
-    let cursor = '0';
-    do {
-      const [next, found] = await node.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-      if (found.length) return true;
-      cursor = next;
-    } while (cursor !== '0');
-  }
+  for await (const _ of scanKeys(redis, `${prefix}:*`)) return true;
   return false;
 }
 

@@ -39,3 +39,24 @@ export function createRedis(config: Pick<Config, 'redisUrl' | 'redisClusterNodes
 export function masters(client: RedisClient): Redis[] {
   return client instanceof Cluster ? client.nodes('master') : [client];
 }
+
+/** Keys matching `pattern` on every master, one SCAN page at a time (never KEYS), with the node that holds them. */
+export async function* scanKeys(client: RedisClient, pattern: string, count = 1000): AsyncGenerator<{ node: Redis; keys: string[] }> {
+  for (const node of masters(client)) {
+    let cursor = '0';
+    do {
+      const [next, keys] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', count);
+      cursor = next;
+      if (keys.length) yield { node, keys };
+    } while (cursor !== '0');
+  }
+}
+
+/** Deletes every key under `prefix:` (one UNLINK per key, pipelined: a Cluster node refuses cross-slot UNLINK). */
+export async function dropPrefix(client: RedisClient, prefix: string): Promise<void> {
+  for await (const { node, keys } of scanKeys(client, `${prefix}:*`)) {
+    const p = node.pipeline();
+    for (const k of keys) p.unlink(k);
+    await p.exec();
+  }
+}

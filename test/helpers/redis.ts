@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { createRedis, masters, type RedisClient } from '../../src/store/redis.js';
+import { createRedis, dropPrefix, type RedisClient } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 
@@ -9,18 +9,6 @@ export const SHARED_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1
 /** A key prefix no other test run uses, so tests never trample each other or a developer's data. */
 export function testPrefix(label = 't'): string {
   return `test-${label}-${randomBytes(4).toString('hex')}`;
-}
-
-/** Deletes every key under `prefix` with SCAN (never FLUSHALL on a shared Redis). */
-export async function dropPrefix(client: RedisClient, prefix: string): Promise<void> {
-  for (const node of masters(client)) {
-    let cursor = '0';
-    do {
-      const [next, keys] = await node.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length) await Promise.all(keys.map((k) => node.unlink(k)));
-    } while (cursor !== '0');
-  }
 }
 
 export interface EngineFixture {
@@ -48,4 +36,4 @@ export async function engineFixture(opts: { redis?: () => RedisClient; label?: s
   };
 }
 
-export { Redis };
+export { Redis, dropPrefix };
