@@ -190,6 +190,12 @@ export function printEngine(r: EngineBenchResult, log: (line: string) => void = 
   for (const s of r.scenarios) {
     const b = s.best;
     if (b.hashtableBuckets) log(`${s.perUser}/user: ${b.hashtableBuckets} of ${b.buckets} buckets left listpack encoding`);
+    const us = (seconds: number) => ((seconds / b.tokens) * 1e6).toFixed(1);
+    const pct = (seconds: number) => `${Math.round((seconds / b.seconds) * 100)}%`;
+    log(
+      `${s.perUser}/user where the time goes, per token: wall ${us(b.seconds)} us, Redis CPU ${us(b.redisCpuSeconds)} us (Lua in EVALSHA ${us(b.evalshaSeconds)} us), ` +
+        `Node CPU ${us(b.nodeCpuSeconds)} us (${us(b.nodeSyncSeconds)} us inside the generate calls); busy: Redis ${pct(b.redisCpuSeconds)}, Node ${pct(b.nodeCpuSeconds)} of the wall time`,
+    );
     log(
       `${s.perUser}/user targets: ${b.tokensPerSec.toLocaleString('en')} tokens/s (>= ${TARGET_TOKENS_PER_SEC.toLocaleString('en')}: ${mark(b.tokensPerSec >= TARGET_TOKENS_PER_SEC)}), ` +
         `${b.bytesPerTokenNoStreams} B/token state (<= ${TARGET_BYTES_PER_TOKEN}: ${mark(b.bytesPerTokenNoStreams <= TARGET_BYTES_PER_TOKEN)}), ${b.bytesPerToken} B/token with untrimmed streams`,
