@@ -113,7 +113,7 @@ async function encodings(redis: Redis): Promise<{ buckets: number; hashtable: nu
   return { buckets, hashtable };
 }
 
-async function once(redis: Redis, engine: TokenEngine, reqs: GenerateRequest[], concurrency: number, prefix: string): Promise<EngineRun> {
+async function once(redis: Redis, engine: TokenEngine, reqs: GenerateRequest[], concurrency: number): Promise<EngineRun> {
   await redis.flushall('SYNC');
   await engine.store.preload();
   await redis.config('RESETSTAT');
@@ -141,7 +141,7 @@ async function once(redis: Redis, engine: TokenEngine, reqs: GenerateRequest[], 
   const evalsha = /calls=(\d+),usec=(\d+),usec_per_call=([\d.]+)/.exec((await info(redis, 'commandstats')).cmdstat_evalsha ?? '');
   const withStreams = await memory(redis);
   const enc = await encodings(redis);
-  await redis.del(...Array.from({ length: SHARDS }, (_, s) => `${prefix}:{${s}}:ev`));
+  await redis.del(...Array.from({ length: SHARDS }, (_, s) => engine.store.keys.events(s)));
   const noStreams = await memory(redis);
   const per = (after: number, base: number) => +((after - base) / tokens).toFixed(1);
   return {
@@ -208,9 +208,8 @@ export async function runEngineBench(opts: EngineBenchOptions = {}): Promise<Eng
   const total = opts.tokens ?? 1_000_000;
   const server = await startRedis();
   const redis = new Redis(server.url);
-  const prefix = 'bench-engine';
   try {
-    const engine = new TokenEngine(new TokenStore(redis, prefix));
+    const engine = new TokenEngine(new TokenStore(redis, 'bench-engine'));
     const redisVersion = (await info(redis, 'server')).redis_version ?? '?';
     const uuidsPerSec = uuidRate();
     const scenarios: EngineScenario[] = [];
@@ -218,7 +217,7 @@ export async function runEngineBench(opts: EngineBenchOptions = {}): Promise<Eng
       const reqs = requests(total, perUser);
       const runs: EngineRun[] = [];
       for (const c of opts.concurrency ?? [4]) {
-        const r = await once(redis, engine, reqs, c, prefix);
+        const r = await once(redis, engine, reqs, c);
         log(`${perUser}/user, ${c} in flight: ${r.tokensPerSec} tokens/s, ${r.bytesPerTokenNoStreams} B/token state, ${r.bytesPerToken} B/token with streams`);
         runs.push(r);
       }
