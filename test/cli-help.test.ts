@@ -1,0 +1,23 @@
+import { describe, expect, it } from 'vitest';
+import { runCli } from './helpers/cli.js';
+
+/** Every command, including ones added later: read from the top-level help, then each command's own. */
+describe('referral-manager --help', () => {
+  it('lists every command, and every command (and subcommand) has help with examples, exit 0', async () => {
+    const top = await runCli(['--help']);
+    expect(top.code).toBe(0);
+    const commands = [...top.stdout.split('Commands:')[1]!.matchAll(/^ {2}([a-z][\w-]*)/gm)].map((m) => m[1]!).filter((c) => c !== 'help');
+    expect(commands).toEqual(expect.arrayContaining(['serve', 'generate', 'campaigns', 'satellites', 'tokens', 'stats', 'export', 'satellite-sim', 'snapshot', 'restore', 'verify', 'demo']));
+    for (const c of commands) {
+      const help = await runCli([c, '--help']);
+      expect(help.code, c).toBe(0);
+      expect(help.stdout, c).toMatch(/Examples:/);
+      const subs = help.stdout.includes('Commands:') ? [...help.stdout.split('Commands:')[1]!.matchAll(/^ {2}([a-z][\w-]*)/gm)].map((m) => m[1]!).filter((s) => s !== 'help') : [];
+      for (const s of subs) {
+        const sub = await runCli([c, s, '--help']);
+        expect(sub.code, `${c} ${s}`).toBe(0);
+        expect(sub.stdout, `${c} ${s}`).toMatch(/Examples:/);
+      }
+    }
+  }, 120_000);
+});
