@@ -49,7 +49,10 @@ export class TokenStore {
         idx = g.keys.length;
         g.bucketIndex.set(bucketKey, idx);
       }
-      g.args.push(idx, place.refHint, b.ownerSatelliteId, b.ownerUserId, b.hexes.length, ...b.hexes);
+      // the script stores the suffixes and puts the dashed tokens in the events (see lua/generate.lua)
+      g.args.push(idx, place.refHint, b.ownerSatelliteId, b.ownerUserId, b.hexes.length);
+      for (const h of b.hexes) g.args.push(h.slice(4));
+      for (const h of b.hexes) g.args.push(dashed(h));
       g.owners++;
     }
     const replies = await Promise.all(
