@@ -1,22 +1,24 @@
 import type { RedisClient } from './redis.js';
 import { defineScripts, preloadScripts, type ScriptFn } from './scripts.js';
-import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken } from './keys.js';
+import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken, type OwnerPlace } from './keys.js';
 import { dashed, decodeResult } from './codec.js';
 import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, UnredeemedToken } from './model.js';
 
 export interface OwnerBatch {
   ownerSatelliteId: string;
   ownerUserId: string;
-  /** token hexes (32 digits, no dashes), already placed in the owner's bucket */
-  hexes: string[];
+  /** tokens as callers see them (dashed), already placed in the owner's bucket */
+  tokens: string[];
+  /** placeOfOwner(ownerSatelliteId, ownerUserId), when the caller has it already */
+  place?: OwnerPlace;
 }
 
 const STATES = ['generated', 'unredeemed', 'reserved', 'redeemed', 'revoked'] as const;
 
 /**
  * Redis side of the token engine: one method per Lua script, inputs already validated.
- * Tokens travel as 32-digit hex here; the scripts store a 28-digit suffix under the bucket
- * that the first 4 digits name.
+ * Tokens travel as 32-digit hex here (generate also takes them dashed, for the events); the scripts
+ * store a 28-digit suffix under the bucket that the first 4 digits name.
  */
 export class TokenStore {
   readonly keys: Keys;
@@ -33,30 +35,33 @@ export class TokenStore {
 
   /** Writes owners' tokens, one script call per virtual shard, all shards in parallel. */
   async generate(batches: OwnerBatch[], campaignId: string, expiresAt?: number): Promise<number> {
-    const byShard = new Map<number, { keys: string[]; args: (string | number)[]; owners: number; bucketIndex: Map<string, number> }>();
+    const byShard = new Map<number, { keys: string[]; args: (string | number)[]; owners: number; bucketIndex: Map<number, number> }>();
     for (const b of batches) {
-      const place = placeOfOwner(b.ownerSatelliteId, b.ownerUserId);
+      const place = b.place ?? placeOfOwner(b.ownerSatelliteId, b.ownerUserId);
       let g = byShard.get(place.shard);
       if (!g) {
         const k = this.keys;
-        g = { keys: [k.dict(place.shard), k.stats(place.shard), k.events(place.shard)], args: [], owners: 0, bucketIndex: new Map() };
+        // args[2], the owner count, is filled in once all owners are in
+        g = { keys: [k.dict(place.shard), k.stats(place.shard), k.events(place.shard)], args: [campaignId, expiresAt ?? '', 0], owners: 0, bucketIndex: new Map() };
         byShard.set(place.shard, g);
       }
-      const bucketKey = this.keys.bucket(place.shard, place.bucket);
-      let idx = g.bucketIndex.get(bucketKey);
+      let idx = g.bucketIndex.get(place.bucket);
       if (idx === undefined) {
-        g.keys.push(bucketKey);
-        idx = g.keys.length;
-        g.bucketIndex.set(bucketKey, idx);
+        idx = g.keys.push(this.keys.bucket(place.shard, place.bucket));
+        g.bucketIndex.set(place.bucket, idx);
       }
-      // the script stores the suffixes and puts the dashed tokens in the events (see lua/generate.lua)
-      g.args.push(idx, place.refHint, b.ownerSatelliteId, b.ownerUserId, b.hexes.length);
-      for (const h of b.hexes) g.args.push(h.slice(4));
-      for (const h of b.hexes) g.args.push(dashed(h));
+      const args = g.args;
+      args.push(idx, place.refHint, b.ownerSatelliteId, b.ownerUserId, b.tokens.length);
+      // the script stores each token's suffix (hex digits 5..32) and puts the dashed token in its event
+      for (const t of b.tokens) args.push(t.slice(4, 8) + t.slice(9, 13) + t.slice(14, 18) + t.slice(19, 23) + t.slice(24));
+      for (const t of b.tokens) args.push(t);
       g.owners++;
     }
     const replies = await Promise.all(
-      [...byShard.values()].map((g) => this.s.generate!(g.keys, [campaignId, expiresAt ?? '', g.owners, ...g.args])),
+      [...byShard.values()].map((g) => {
+        g.args[2] = g.owners;
+        return this.s.generate!(g.keys, g.args);
+      }),
     );
     let created = 0;
     for (const r of replies as (number | string)[][]) {

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { DomainError } from '../errors.js';
 import { placeOfOwner } from '../store/keys.js';
-import type { TokenStore } from '../store/token-store.js';
+import type { OwnerBatch, TokenStore } from '../store/token-store.js';
 import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, Token, UnredeemedToken } from '../store/model.js';
 import { checkId, tokenHex } from './validate.js';
 
@@ -46,18 +46,17 @@ export class TokenEngine {
     }
     const campaignId = req.campaignId === undefined ? newCampaignId() : checkId('campaignId', req.campaignId);
     const tokens: GeneratedToken[] = [];
-    const batches = req.owners.map((o, i) => {
+    const batches: OwnerBatch[] = req.owners.map((o, i) => {
       const ownerSatelliteId = checkId(`owners[${i}].ownerSatelliteId`, o.ownerSatelliteId);
       const ownerUserId = checkId(`owners[${i}].ownerUserId`, o.ownerUserId);
-      const { prefix } = placeOfOwner(ownerSatelliteId, ownerUserId);
-      const hexes: string[] = [];
+      const place = placeOfOwner(ownerSatelliteId, ownerUserId);
+      const owned: string[] = [];
       for (let n = 0; n < req.perUser; n++) {
-        const u = randomUUID();
-        const hex = prefix + u.slice(4, 8) + u.slice(9, 13) + u.slice(14, 18) + u.slice(19, 23) + u.slice(24);
-        hexes.push(hex);
-        tokens.push({ ownerSatelliteId, ownerUserId, token: prefix + u.slice(4) });
+        const token = place.prefix + randomUUID().slice(4);
+        owned.push(token);
+        tokens.push({ ownerSatelliteId, ownerUserId, token });
       }
-      return { ownerSatelliteId, ownerUserId, hexes };
+      return { ownerSatelliteId, ownerUserId, tokens: owned, place };
     });
     const created = await this.store.generate(batches, campaignId, req.expiresAt);
     if (created !== total) throw new Error(`generated ${created} of ${total} tokens`);
