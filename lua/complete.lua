@@ -8,12 +8,12 @@
 --- @include "codec"
 
 local keys = { rs = KEYS[3], rd = KEYS[4], stats = KEYS[5], ev = KEYS[6] }
-local now = now_ms()
+local now, at = clock()
 local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], now)
 if not t then return { 'not_found' } end
 if t.state == 'r' and t.reservationId == ARGV[2] and t.redeemerUser == ARGV[3] then return reply('ok', t) end
 if t.state == 'x' then return reply('revoked', t) end
 if t.state ~= 's' or t.reservationId ~= ARGV[2] then return reply('reservation_mismatch', t) end
 if t.lapsed then return reply('reservation_expired', t) end
-t.redeemerSat, t.redeemerUser, t.redeemedAt = t.reservedBy, ARGV[3], now
-return reply('ok', t, transition(keys, t, 'r', 'redeemed', now))
+t.redeemerSat, t.redeemerUser, t.redeemedAt = t.reservedBy, ARGV[3], at
+return transition(keys, t, 'r', 'redeemed', at)

@@ -49,10 +49,9 @@ local function repeats(first, n)
 end
 
 local dict, stats, ev = KEYS[1], KEYS[2], KEYS[3]
-local now = now_ms()
+local now, at = clock()
 local campaign, expiresAt = ARGV[1], ARGV[2]
 local camp = intern(dict, 'c', campaign)
-local at = tostring(now)
 -- the record after '<state><ref>' and the event row after '<token>\tunredeemed\t<sat>\t<user>'
 local recTail = ',' .. camp .. ',' .. b36(now) .. ',' .. b36(tonumber(expiresAt))
 local rowTail = '\t' .. campaign .. '\t' .. at .. '\t' .. expiresAt .. '\t\t\t\t\t\t'

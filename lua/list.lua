@@ -10,7 +10,7 @@ local satNum = lookup_num(KEYS[2], 's', ARGV[1])
 if not satNum then return {} end
 local ref = find_owner(KEYS[1], satNum .. ':' .. ARGV[2], ARGV[3], false)
 if not ref then return {} end
-local now = now_ms()
+local now = clock()
 local all = redis.call('HGETALL', KEYS[1])
 local out = {}
 local camps = {}
@@ -28,8 +28,8 @@ for i = 1, #all, 2 do
         camps[camp] = camps[camp] or name_of(KEYS[2], 'c', camp)
         out[#out + 1] = ARGV[4] .. field
         out[#out + 1] = camps[camp]
-        out[#out + 1] = str(created)
-        out[#out + 1] = str(expires)
+        out[#out + 1] = dec(created)
+        out[#out + 1] = dec(expires)
       end
     end
   end

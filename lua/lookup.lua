@@ -6,6 +6,6 @@
 ]]
 --- @include "codec"
 
-local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], now_ms())
+local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], (clock()))
 if not t then return { 'not_found' } end
 return reply('ok', t)

@@ -9,11 +9,11 @@
 --- @include "codec"
 
 local keys = { rs = KEYS[3], rd = KEYS[4], stats = KEYS[5], ev = KEYS[6] }
-local now = now_ms()
+local now, at = clock()
 local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], now)
 if not t then return { 'not_found' } end
 if t.state == 'r' and t.redeemerSat == ARGV[2] and t.redeemerUser == ARGV[3] then return reply('ok', t) end
 local bad = unusable(t, now)
 if bad then return reply(bad, t) end
-t.redeemerSat, t.redeemerUser, t.redeemedAt, t.reservationId = ARGV[2], ARGV[3], now, ''
-return reply('ok', t, transition(keys, t, 'r', 'redeemed', now))
+t.redeemerSat, t.redeemerUser, t.redeemedAt, t.reservationId = ARGV[2], ARGV[3], at, ''
+return transition(keys, t, 'r', 'redeemed', at)

@@ -8,8 +8,8 @@
 --- @include "codec"
 
 local keys = { rs = KEYS[3], rd = KEYS[4], stats = KEYS[5], ev = KEYS[6] }
-local now = now_ms()
+local now, at = clock()
 local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], now)
 if not t then return { 'not_found' } end
 if t.state ~= 's' or t.reservationId ~= ARGV[2] then return reply('reservation_mismatch', t) end
-return reply('ok', t, transition(keys, t, 'u', 'released', now))
+return transition(keys, t, 'u', 'released', at)

@@ -8,10 +8,10 @@
 --- @include "codec"
 
 local keys = { rs = KEYS[3], rd = KEYS[4], stats = KEYS[5], ev = KEYS[6] }
-local now = now_ms()
+local now, at = clock()
 local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], now)
 if not t then return { 'not_found' } end
 local bad = unusable(t, now)
 if bad then return reply(bad, t) end
-t.reservationId, t.reservedBy, t.leaseExpiresAt = ARGV[4], ARGV[2], now + tonumber(ARGV[3])
-return reply('ok', t, transition(keys, t, 's', 'reserved', now))
+t.reservationId, t.reservedBy, t.leaseExpiresAt = ARGV[4], ARGV[2], dec(now + tonumber(ARGV[3]))
+return transition(keys, t, 's', 'reserved', at)

@@ -9,14 +9,13 @@
 --- @include "codec"
 
 local keys = { rs = KEYS[3], rd = KEYS[4], stats = KEYS[5], ev = KEYS[6] }
-local now = now_ms()
+local now, at = clock()
 if ARGV[1] == 'token' then
   local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], now)
   if not t then return { 'not_found' } end
   if t.state == 'r' then return reply('already_redeemed', t) end
   if t.state == 'x' then return reply('revoked', t) end
-  transition(keys, t, 'x', 'revoked', now)
-  return reply('ok', t)
+  return transition(keys, t, 'x', 'revoked', at)
 end
 
 local satNum = lookup_num(KEYS[2], 's', ARGV[2])
@@ -31,7 +30,7 @@ for i = 1, #all, 2 do
     local state, r = parse_rec(rec)
     if r == ref and (state == 'u' or state == 's') then
       local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[5] .. field, now)
-      transition(keys, t, 'x', 'revoked', now)
+      transition(keys, t, 'x', 'revoked', at)
       count = count + 1
     end
   end

@@ -10,7 +10,7 @@
 local keys = { rs = KEYS[2], rd = KEYS[3], stats = KEYS[4], ev = KEYS[5] }
 local camp = lookup_num(KEYS[1], 'c', ARGV[1])
 if not camp then return { 'ok', 0 } end
-local now = now_ms()
+local now, at = clock()
 local shard, perShard = tonumber(ARGV[2]), tonumber(ARGV[3])
 local count = 0
 for k = 6, #KEYS do
@@ -23,7 +23,7 @@ for k = 6, #KEYS do
       local state, _, c = parse_rec(rec)
       if c == camp and (state == 'u' or state == 's') then
         local t = load_token(bucket, KEYS[1], KEYS[2], KEYS[3], prefix .. field, now)
-        transition(keys, t, 'x', 'revoked', now)
+        transition(keys, t, 'x', 'revoked', at)
         count = count + 1
       end
     end

@@ -15,9 +15,20 @@
 
 local STATE_NAME = { u = 'unredeemed', s = 'reserved', r = 'redeemed', x = 'revoked' }
 
-local function now_ms()
+-- Redis TIME in epoch ms, as a number and as its decimal text, made from TIME's own digits: turning a Lua
+-- number into text goes through printf's float path (tostring, `..`, and redis.call's arguments alike)
+local function clock()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local s = t[1] .. string.sub('00000' .. t[2], -6, -4)
+  return tonumber(s), s
+end
+
+-- a time as tostring writes it ('' for none); %d agrees with tostring's %.14g on whole numbers below 1e14
+-- and costs a third of it
+local function dec(n)
+  if n == nil then return '' end
+  if n % 1 == 0 and n < 1e14 and n > -1e14 then return string.format('%d', n) end
+  return tostring(n)
 end
 
 local B36 = '0123456789abcdefghijklmnopqrstuvwxyz'
@@ -41,8 +52,7 @@ end
 
 -- record -> state, ref, campNum, createdAt, expiresAt|nil
 local function parse_rec(rec)
-  local state = string.sub(rec, 1, 1)
-  local ref, camp, created, expires = string.match(rec, '^.(%d+),(%d+),([%w]+),([%w]*)$')
+  local state, ref, camp, created, expires = string.match(rec, '^(.)(%d+),(%d+),([%w]+),([%w]*)$')
   return state, ref, camp, unb36(created), unb36(expires)
 end
 
@@ -98,43 +108,43 @@ local function find_owner(bucket, owner, hint, create)
   error('owner ref space exhausted in ' .. bucket)
 end
 
--- owner satellite id, owner user id and campaign id of a record, with one read of the dictionary
-local function names_of(bucket, dict, ref, camp)
-  local owner = redis.call('HGET', bucket, '#' .. ref) or ':'
-  local satNum, user = string.match(owner, '^(%d*):(.*)$')
-  local n = redis.call('HMGET', dict, 'S' .. (satNum or ''), 'C' .. camp)
-  return n[1] or '', user or '', n[2] or ''
-end
-
 local function stat(stats, key, delta)
   redis.call('HINCRBY', stats, key, delta)
 end
 
 local function move_stat(stats, sat, from, to)
   if from == to then return end
-  if from then stat(stats, sat .. '\t' .. STATE_NAME[from], -1) end
-  stat(stats, sat .. '\t' .. STATE_NAME[to], 1)
+  if from then stat(stats, sat .. '\t' .. STATE_NAME[from], '-1') end
+  stat(stats, sat .. '\t' .. STATE_NAME[to], '1')
 end
 
 --[[ The row: the token as the outside world sees it, in this fixed order (src/store/codec.ts):
   token, state, ownerSatelliteId, ownerUserId, campaignId, createdAt, expiresAt,
   reservationId, reservedBy, leaseExpiresAt, redeemerSatelliteId, redeemerUserId, redeemedAt
-  A reservation whose lease has lapsed is reported as unredeemed (no sweeper needed). ]]
+  A reservation whose lease has lapsed is reported as unredeemed (no sweeper needed).
+  leaseExpiresAt and redeemedAt are kept as the text the row and the side records carry. ]]
 -- loads everything about one token; nil when the bucket has no such suffix
 local function load_token(bucket, dict, rs, rd, hex, now)
   local suffix = string.sub(hex, 5)
   local rec = redis.call('HGET', bucket, suffix)
   if not rec then return nil end
-  local t = { hex = hex, suffix = suffix, bucket = bucket }
-  t.state, t.ref, t.camp, t.createdAt, t.expiresAt = parse_rec(rec)
-  t.sat, t.user, t.campaign = names_of(bucket, dict, t.ref, t.camp)
-  if t.state == 's' then
+  local state, ref, camp, created, expires = parse_rec(rec)
+  -- owner satellite id, owner user id and campaign id, with one read of the dictionary
+  local owner = redis.call('HGET', bucket, '#' .. ref) or ':'
+  local satNum, user = string.match(owner, '^(%d*):(.*)$')
+  local n = redis.call('HMGET', dict, 'S' .. (satNum or ''), 'C' .. camp)
+  -- every field named up front: the table is sized once instead of growing field by field
+  local t = { hex = hex, suffix = suffix, bucket = bucket, rec = rec, state = state, ref = ref, camp = camp,
+    createdAt = created, expiresAt = expires, sat = n[1] or '', user = user or '', campaign = n[2] or '',
+    reservationId = nil, reservedBy = nil, leaseExpiresAt = nil, lapsed = nil,
+    redeemerSat = nil, redeemerUser = nil, redeemedAt = nil }
+  if state == 's' then
     local r = split_tab(redis.call('HGET', rs, suffix) or '\t\t0')
-    t.reservationId, t.reservedBy, t.leaseExpiresAt = r[1], r[2], tonumber(r[3])
-    t.lapsed = t.leaseExpiresAt <= now
-  elseif t.state == 'r' then
+    local lease = tonumber(r[3])
+    t.reservationId, t.reservedBy, t.leaseExpiresAt, t.lapsed = r[1], r[2], dec(lease), lease <= now
+  elseif state == 'r' then
     local r = split_tab(redis.call('HGET', rd, suffix) or '\t\t\t')
-    t.redeemerSat, t.redeemerUser, t.redeemedAt, t.reservationId = r[1], r[2], tonumber(r[3]), r[4]
+    t.redeemerSat, t.redeemerUser, t.redeemedAt, t.reservationId = r[1], r[2], dec(tonumber(r[3])), r[4]
   end
   return t
 end
@@ -144,54 +154,38 @@ local function effective_state(t)
   return t.state
 end
 
-local function str(v)
-  if v == nil then return '' end
-  return tostring(v)
-end
-
-local function row(t)
+-- { code, row... }; the event of a state change is the same row, so it is built once for both
+local function reply(code, t)
+  if not t then return { code } end
   local st = effective_state(t)
   local reserved = st == 's'
   local redeemed = st == 'r'
-  return { dashed(t.hex), STATE_NAME[st], t.sat, t.user, t.campaign, str(t.createdAt), str(t.expiresAt),
-    reserved and t.reservationId or (redeemed and str(t.reservationId) or ''),
-    reserved and t.reservedBy or '', reserved and str(t.leaseExpiresAt) or '',
-    redeemed and t.redeemerSat or '', redeemed and t.redeemerUser or '', redeemed and str(t.redeemedAt) or '' }
+  return { code, dashed(t.hex), STATE_NAME[st], t.sat, t.user, t.campaign, dec(t.createdAt), dec(t.expiresAt),
+    (reserved or redeemed) and t.reservationId or '',
+    reserved and t.reservedBy or '', reserved and t.leaseExpiresAt or '',
+    redeemed and t.redeemerSat or '', redeemed and t.redeemerUser or '', redeemed and t.redeemedAt or '' }
 end
 
--- one stream entry per state change: type, time and the whole row after the change, packed into one
--- tab-separated field (ids cannot hold tabs): a third of the cost of one field per column in XADD
-local function emit(events, kind, now, r)
-  redis.call('XADD', events, '*', 'type', kind, 'at', now, 'row', table.concat(r, '\t'))
-end
-
--- writes t's new state (and its side records), keeping stats and emitting the event
-local function transition(keys, t, to, kind, now)
+-- writes t's new state (and its side records), keeping stats and emitting the event (type, time and the
+-- whole row after the change, packed into one tab-separated field: ids cannot hold tabs, and one field
+-- costs a third of one field per column in XADD); returns the 'ok' reply. `at` is the time as text.
+local function transition(keys, t, to, kind, at)
   -- counters follow the stored state: a lapsed lease is still counted as reserved until it is touched
   local from = t.state
-  redis.call('HSET', t.bucket, t.suffix, fmt_rec(to, t.ref, t.camp, t.createdAt, t.expiresAt))
-  if t.state == 's' and to ~= 's' then redis.call('HDEL', keys.rs, t.suffix) end
+  -- only the state letter changes: the rest of the record is kept as stored
+  redis.call('HSET', t.bucket, t.suffix, to .. string.sub(t.rec, 2))
+  if from == 's' and to ~= 's' then redis.call('HDEL', keys.rs, t.suffix) end
   if to == 's' then
     redis.call('HSET', keys.rs, t.suffix, t.reservationId .. '\t' .. t.reservedBy .. '\t' .. t.leaseExpiresAt)
   elseif to == 'r' then
     redis.call('HSET', keys.rd, t.suffix,
-      t.redeemerSat .. '\t' .. t.redeemerUser .. '\t' .. t.redeemedAt .. '\t' .. str(t.reservationId))
-    stat(keys.stats, 'x\t' .. t.sat .. '\t' .. t.redeemerSat, 1)
+      t.redeemerSat .. '\t' .. t.redeemerUser .. '\t' .. t.redeemedAt .. '\t' .. (t.reservationId or ''))
+    stat(keys.stats, 'x\t' .. t.sat .. '\t' .. t.redeemerSat, '1')
   end
   move_stat(keys.stats, t.sat, from, to)
   t.state, t.lapsed = to, false
-  local r = row(t)
-  emit(keys.ev, kind, now, r)
-  return r
-end
-
--- { code, row... }; pass the row when transition already built it
-local function reply(code, t, r)
-  local out = { code }
-  if t then
-    r = r or row(t)
-    for i = 1, #r do out[#out + 1] = r[i] end
-  end
+  local out = reply('ok', t)
+  redis.call('XADD', keys.ev, '*', 'type', kind, 'at', at, 'row', table.concat(out, '\t', 2, 14))
   return out
 end
 
