@@ -90,7 +90,7 @@ for _ = 1, owners do
   for j = 1, n do
     local token = ARGV[first + n + j - 1]
     if got[j + 1] or (dup and dup[j]) then
-      collided[#collided + 1] = hex_of(token)
+      collided[#collided + 1] = string.lower((string.gsub(token, '-', '')))
     else
       call('XADD', ev, '*', 'type', 'generated', 'at', at, 'row', token .. tail)
       fresh = fresh + 1

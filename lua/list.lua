@@ -6,7 +6,7 @@
 ]]
 --- @include "codec"
 
-local satNum = lookup_num(KEYS[2], 's', ARGV[1])
+local satNum = redis.call('HGET', KEYS[2], 's\t' .. ARGV[1])
 if not satNum then return {} end
 local ref = find_owner(KEYS[1], satNum .. ':' .. ARGV[2], ARGV[3], false)
 if not ref then return {} end
@@ -25,7 +25,7 @@ for i = 1, #all, 2 do
         free = tonumber(res[3]) <= now
       end
       if free then
-        camps[camp] = camps[camp] or name_of(KEYS[2], 'c', camp)
+        camps[camp] = camps[camp] or (redis.call('HGET', KEYS[2], 'C' .. camp) or '')
         out[#out + 1] = ARGV[4] .. field
         out[#out + 1] = camps[camp]
         out[#out + 1] = dec(created)

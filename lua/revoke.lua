@@ -18,7 +18,7 @@ if ARGV[1] == 'token' then
   return transition(keys, t, 'x', 'revoked', at)
 end
 
-local satNum = lookup_num(KEYS[2], 's', ARGV[2])
+local satNum = redis.call('HGET', KEYS[2], 's\t' .. ARGV[2])
 if not satNum then return { 'ok', 0 } end
 local ref = find_owner(KEYS[1], satNum .. ':' .. ARGV[3], ARGV[4], false)
 if not ref then return { 'ok', 0 } end

@@ -8,7 +8,7 @@
 --- @include "codec"
 
 local keys = { rs = KEYS[2], rd = KEYS[3], stats = KEYS[4], ev = KEYS[5] }
-local camp = lookup_num(KEYS[1], 'c', ARGV[1])
+local camp = redis.call('HGET', KEYS[1], 'c\t' .. ARGV[1])
 if not camp then return { 'ok', 0 } end
 local now, at = clock()
 local shard, perShard = tonumber(ARGV[2]), tonumber(ARGV[3])

@@ -45,28 +45,14 @@ local function b36(n)
   return out
 end
 
-local function unb36(s)
-  if s == nil or s == '' then return nil end
-  return tonumber(s, 36)
-end
-
 -- record -> state, ref, campNum, createdAt, expiresAt|nil
 local function parse_rec(rec)
   local state, ref, camp, created, expires = string.match(rec, '^(.)(%d+),(%d+),([%w]+),([%w]*)$')
-  return state, ref, camp, unb36(created), unb36(expires)
+  return state, ref, camp, created and tonumber(created, 36), expires and expires ~= '' and tonumber(expires, 36) or nil
 end
 
 local function fmt_rec(state, ref, camp, created, expires)
   return state .. ref .. ',' .. camp .. ',' .. b36(created) .. ',' .. b36(expires)
-end
-
-local function hex_of(token)
-  return string.lower(string.gsub(token, '-', ''))
-end
-
-local function dashed(hex)
-  return string.sub(hex, 1, 8) .. '-' .. string.sub(hex, 9, 12) .. '-' .. string.sub(hex, 13, 16) .. '-' ..
-    string.sub(hex, 17, 20) .. '-' .. string.sub(hex, 21, 32)
 end
 
 local function split_tab(s)
@@ -82,14 +68,6 @@ local function intern(dict, kind, name)
   n = tostring(redis.call('HINCRBY', dict, 'n' .. kind, 1))
   redis.call('HSET', dict, kind .. '\t' .. name, n, string.upper(kind) .. n, name)
   return n
-end
-
-local function lookup_num(dict, kind, name)
-  return redis.call('HGET', dict, kind .. '\t' .. name)
-end
-
-local function name_of(dict, kind, n)
-  return redis.call('HGET', dict, string.upper(kind) .. n) or ''
 end
 
 -- owners are stored once per bucket under "#<ref>"; ref starts at a hash hint and probes on collision
@@ -110,12 +88,6 @@ end
 
 local function stat(stats, key, delta)
   redis.call('HINCRBY', stats, key, delta)
-end
-
-local function move_stat(stats, sat, from, to)
-  if from == to then return end
-  if from then stat(stats, sat .. '\t' .. STATE_NAME[from], '-1') end
-  stat(stats, sat .. '\t' .. STATE_NAME[to], '1')
 end
 
 --[[ The row: the token as the outside world sees it, in this fixed order (src/store/codec.ts):
@@ -149,18 +121,19 @@ local function load_token(bucket, dict, rs, rd, hex, now)
   return t
 end
 
-local function effective_state(t)
-  if t.state == 's' and t.lapsed then return 'u' end
-  return t.state
-end
-
--- { code, row... }; the event of a state change is the same row, so it is built once for both
+-- { code, row... }; the event of a state change is the same row, so it is built once for both. Small
+-- helpers are written out in place here and below: every call of a script re-creates every function of
+-- this file (~60 ns each)
 local function reply(code, t)
   if not t then return { code } end
-  local st = effective_state(t)
+  local st = t.state
+  if st == 's' and t.lapsed then st = 'u' end
   local reserved = st == 's'
   local redeemed = st == 'r'
-  return { code, dashed(t.hex), STATE_NAME[st], t.sat, t.user, t.campaign, dec(t.createdAt), dec(t.expiresAt),
+  local hex = t.hex
+  local token = string.sub(hex, 1, 8) .. '-' .. string.sub(hex, 9, 12) .. '-' .. string.sub(hex, 13, 16) .. '-' ..
+    string.sub(hex, 17, 20) .. '-' .. string.sub(hex, 21, 32)
+  return { code, token, STATE_NAME[st], t.sat, t.user, t.campaign, dec(t.createdAt), dec(t.expiresAt),
     (reserved or redeemed) and t.reservationId or '',
     reserved and t.reservedBy or '', reserved and t.leaseExpiresAt or '',
     redeemed and t.redeemerSat or '', redeemed and t.redeemerUser or '', redeemed and t.redeemedAt or '' }
@@ -182,7 +155,10 @@ local function transition(keys, t, to, kind, at)
       t.redeemerSat .. '\t' .. t.redeemerUser .. '\t' .. t.redeemedAt .. '\t' .. (t.reservationId or ''))
     stat(keys.stats, 'x\t' .. t.sat .. '\t' .. t.redeemerSat, '1')
   end
-  move_stat(keys.stats, t.sat, from, to)
+  if from ~= to then
+    stat(keys.stats, t.sat .. '\t' .. STATE_NAME[from], '-1')
+    stat(keys.stats, t.sat .. '\t' .. STATE_NAME[to], '1')
+  end
   t.state, t.lapsed = to, false
   local out = reply('ok', t)
   redis.call('XADD', keys.ev, '*', 'type', kind, 'at', at, 'row', table.concat(out, '\t', 2, 14))
