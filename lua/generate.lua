@@ -102,8 +102,8 @@ for _ = 1, owners do
   end
 end
 for sat, n in pairs(made) do
-  stat(stats, sat .. '\tgenerated', n)
-  stat(stats, sat .. '\tunredeemed', n)
+  redis.call('HINCRBY', stats, sat .. '\tgenerated', n)
+  redis.call('HINCRBY', stats, sat .. '\tunredeemed', n)
 end
 local out = { created }
 for k = 1, #collided do out[#out + 1] = collided[k] end

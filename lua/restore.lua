@@ -27,10 +27,10 @@ for _ = 1, n do
     redis.call('HSET', rs, suffix, ARGV[i + 9] .. '\t' .. ARGV[i + 10] .. '\t' .. ARGV[i + 11])
   elseif state == 'r' then
     redis.call('HSET', rd, suffix, ARGV[i + 12] .. '\t' .. ARGV[i + 13] .. '\t' .. ARGV[i + 14] .. '\t' .. ARGV[i + 9])
-    stat(stats, 'x\t' .. sat .. '\t' .. ARGV[i + 12], 1)
+    redis.call('HINCRBY', stats, 'x\t' .. sat .. '\t' .. ARGV[i + 12], 1)
   end
-  stat(stats, sat .. '\tgenerated', 1)
-  stat(stats, sat .. '\t' .. STATE_NAME[state], 1)
+  redis.call('HINCRBY', stats, sat .. '\tgenerated', 1)
+  redis.call('HINCRBY', stats, sat .. '\t' .. STATE_NAME[state], 1)
   i = i + 15
 end
 return n
