@@ -106,9 +106,10 @@ local function load_token(bucket, dict, rs, rd, hex, now)
   local t = { hex = hex, suffix = suffix, bucket = bucket, rec = rec, state = state, createdAt = created,
     expiresAt = expires, sat = n[1] or '', user = user or '', campaign = n[2] or '' }
   if state == 's' then
-    local r = split_tab(redis.call('HGET', rs, suffix) or '\t\t0')
-    local lease = tonumber(r[3])
-    t.reservationId, t.reservedBy, t.leaseExpiresAt, t.lapsed = r[1], r[2], dec(lease), lease <= now
+    -- the first three tab-separated fields, as split_tab would give them, without its table and iterator
+    local id, by, lease = string.match(redis.call('HGET', rs, suffix) or '\t\t0', '^([^\t]*)\t([^\t]*)\t([^\t]*)')
+    lease = tonumber(lease)
+    t.reservationId, t.reservedBy, t.leaseExpiresAt, t.lapsed = id, by, dec(lease), lease <= now
   elseif state == 'r' then
     local r = split_tab(redis.call('HGET', rd, suffix) or '\t\t\t')
     t.redeemerSat, t.redeemerUser, t.redeemedAt, t.reservationId = r[1], r[2], dec(tonumber(r[3])), r[4]
