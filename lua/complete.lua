@@ -1,7 +1,7 @@
 --[[
   complete: reserved -> redeemed, recording the new user (seed, redemption step 3).
   KEYS[1] bucket  KEYS[2] dict  KEYS[3] rs  KEYS[4] rd  KEYS[5] stats  KEYS[6] ev   (one hash tag {shard})
-  ARGV[1] token hex  ARGV[2] reservation id  ARGV[3] redeemer user id
+  ARGV[1] token hex  ARGV[2] reservation id  ARGV[3] redeemer user id  ARGV[4] the token dashed
   Reply: { code, row... }; code ok | not_found | reservation_mismatch | reservation_expired | revoked.
   Repeating a completed call (same reservation and user) answers ok again.
 ]]
@@ -9,7 +9,7 @@
 
 local keys = { rs = KEYS[3], rd = KEYS[4], stats = KEYS[5], ev = KEYS[6] }
 local now, at = clock()
-local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], now)
+local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], now, ARGV[4])
 if not t then return { 'not_found' } end
 if t.state == 'r' and t.reservationId == ARGV[2] and t.redeemerUser == ARGV[3] then return reply('ok', t) end
 if t.state == 'x' then return reply('revoked', t) end

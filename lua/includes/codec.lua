@@ -91,8 +91,9 @@ end
   reservationId, reservedBy, leaseExpiresAt, redeemerSatelliteId, redeemerUserId, redeemedAt
   A reservation whose lease has lapsed is reported as unredeemed (no sweeper needed).
   leaseExpiresAt and redeemedAt are kept as the text the row and the side records carry. ]]
--- loads everything about one token; nil when the bucket has no such suffix
-local function load_token(bucket, dict, rs, rd, hex, now)
+-- loads everything about one token; nil when the bucket has no such suffix. `token` is the dashed form of
+-- `hex` when the caller sends it (cheaper than five string.sub here), else it is made here.
+local function load_token(bucket, dict, rs, rd, hex, now, token)
   local suffix = string.sub(hex, 5)
   local rec = redis.call('HGET', bucket, suffix)
   if not rec then return nil end
@@ -103,7 +104,9 @@ local function load_token(bucket, dict, rs, rd, hex, now)
   local n = redis.call('HMGET', dict, 'S' .. (satNum or ''), 'C' .. camp)
   -- made by one constructor, sized for its 10 fields (16 slots), which leaves room for what a redeem or
   -- a reserve adds without the table growing
-  local t = { hex = hex, suffix = suffix, bucket = bucket, rec = rec, state = state, createdAt = created,
+  token = token or string.sub(hex, 1, 8) .. '-' .. string.sub(hex, 9, 12) .. '-' .. string.sub(hex, 13, 16) .. '-' ..
+    string.sub(hex, 17, 20) .. '-' .. string.sub(hex, 21, 32)
+  local t = { token = token, suffix = suffix, bucket = bucket, rec = rec, state = state, createdAt = created,
     expiresAt = expires, sat = n[1] or '', user = user or '', campaign = n[2] or '' }
   if state == 's' then
     -- the first three tab-separated fields, as split_tab would give them, without its table and iterator
@@ -126,10 +129,7 @@ local function reply(code, t)
   if st == 's' and t.lapsed then st = 'u' end
   local reserved = st == 's'
   local redeemed = st == 'r'
-  local hex = t.hex
-  local token = string.sub(hex, 1, 8) .. '-' .. string.sub(hex, 9, 12) .. '-' .. string.sub(hex, 13, 16) .. '-' ..
-    string.sub(hex, 17, 20) .. '-' .. string.sub(hex, 21, 32)
-  return { code, token, STATE_NAME[st], t.sat, t.user, t.campaign, dec(t.createdAt), dec(t.expiresAt),
+  return { code, t.token, STATE_NAME[st], t.sat, t.user, t.campaign, dec(t.createdAt), dec(t.expiresAt),
     (reserved or redeemed) and t.reservationId or '',
     reserved and t.reservedBy or '', reserved and t.leaseExpiresAt or '',
     redeemed and t.redeemerSat or '', redeemed and t.redeemerUser or '', redeemed and t.redeemedAt or '' }
