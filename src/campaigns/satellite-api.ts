@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Packr } from 'msgpackr';
 import { Pool } from 'undici';
+import { MSGPACK, decodeBody, packr } from '../msgpack.js';
 
 /** The satellite's side of the generation flow (README "Satellite contract"). */
 export interface UsersPage {
@@ -27,9 +27,6 @@ export class SatelliteCallError extends Error {
     this.name = 'SatelliteCallError';
   }
 }
-
-const MSGPACK = 'application/msgpack';
-const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 
 /**
  * What the manager calls on a satellite: page through users with no tokens left, push tokens.
@@ -103,7 +100,7 @@ export class SatelliteApi {
     const type = String(res.headers['content-type'] ?? '');
     let data: unknown;
     try {
-      data = raw.length === 0 ? undefined : type.includes('json') ? JSON.parse(raw.toString('utf8')) : packr.unpack(raw);
+      data = decodeBody(raw, type);
     } catch {
       data = undefined;
     }

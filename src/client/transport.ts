@@ -1,6 +1,6 @@
 import { Pool } from 'undici';
-import { Packr } from 'msgpackr';
 import { ReferralError } from './error.js';
+import { MSGPACK, decodeBody, packr } from '../msgpack.js';
 
 export interface TransportOptions {
   /** base URL of the manager, e.g. http://127.0.0.1:7480 */
@@ -11,9 +11,6 @@ export interface TransportOptions {
   /** keep-alive connections in the pool, default 16 */
   connections?: number;
 }
-
-const MSGPACK = 'application/msgpack';
-const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 
 /** One keep-alive pool speaking MessagePack; non-2xx replies become ReferralError. */
 export class Transport {
@@ -47,7 +44,7 @@ export class Transport {
     const type = String(res.headers['content-type'] ?? '');
     let data: unknown;
     try {
-      data = raw.length === 0 ? undefined : type.includes('json') ? JSON.parse(raw.toString('utf8')) : packr.unpack(raw);
+      data = decodeBody(raw, type);
     } catch {
       throw new ReferralError('internal', res.statusCode, `undecodable ${type} reply (status ${res.statusCode})`);
     }

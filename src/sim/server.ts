@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { Packr } from 'msgpackr';
+import { packr } from '../msgpack.js';
 import { errorCatalogue, type ErrorCode } from '../errors.js';
 import { sameKey } from '../satellites/registry.js';
 import { isToken } from '../tokens/validate.js';
@@ -10,7 +10,6 @@ type Format = 'msgpack' | 'json';
 /** the manager's codes, plus the one a satellite that is down answers */
 type SimCode = ErrorCode | 'unavailable';
 
-const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 const CONTENT_TYPE: Record<Format, string> = { msgpack: 'application/msgpack', json: 'application/json' };
 export const DEFAULT_BODY_LIMIT = 8 * 1024 * 1024;
 const DEFAULT_PAGE = 1000;
