@@ -13,12 +13,14 @@ export interface OwnerBatch {
   place?: OwnerPlace;
 }
 
+const hexOf = (token: string): string => token.replace(/-/g, '');
+
 const STATES = ['generated', 'unredeemed', 'reserved', 'redeemed', 'revoked'] as const;
 
 /**
  * Redis side of the token engine: one method per Lua script, inputs already validated.
- * Tokens travel as 32-digit hex here (generate also takes them dashed, for the events); the scripts
- * store a 28-digit suffix under the bucket that the first 4 digits name.
+ * Tokens arrive in their canonical dashed form; the scripts get them both as 32 hex digits (they store
+ * a 28-digit suffix under the bucket that the first 4 digits name) and dashed (for replies and events).
  */
 export class TokenStore {
   readonly keys: Keys;
@@ -71,33 +73,36 @@ export class TokenStore {
     return created;
   }
 
-  // the scripts also get the token dashed, for their reply and event row: cheaper made here than in Lua
-  private single<C extends string>(script: string, hex: string, args: (string | number)[]): Promise<Result<C>> {
-    return this.s[script]!(this.keys.tokenKeys(placeOfToken(hex)), [hex, ...args, dashed(hex)]).then((r) => decodeResult<C>(r));
+  // the scripts also get the token dashed, for their reply and event row: cheaper passed on than made in Lua
+  private single<C extends string>(script: string, token: string, args: (string | number)[]): Promise<Result<C>> {
+    const hex = hexOf(token);
+    return this.s[script]!(this.keys.tokenKeys(placeOfToken(hex)), [hex, ...args, token]).then((r) => decodeResult<C>(r));
   }
 
-  redeem(hex: string, redeemerSatelliteId: string, redeemerUserId: string): Promise<Result<RedeemCode>> {
-    return this.single('redeem', hex, [redeemerSatelliteId, redeemerUserId]);
+  redeem(token: string, redeemerSatelliteId: string, redeemerUserId: string): Promise<Result<RedeemCode>> {
+    return this.single('redeem', token, [redeemerSatelliteId, redeemerUserId]);
   }
 
-  reserve(hex: string, satelliteId: string, leaseMs: number, reservationId: string): Promise<Result<RedeemCode>> {
-    return this.single('reserve', hex, [satelliteId, leaseMs, reservationId]);
+  reserve(token: string, satelliteId: string, leaseMs: number, reservationId: string): Promise<Result<RedeemCode>> {
+    return this.single('reserve', token, [satelliteId, leaseMs, reservationId]);
   }
 
-  complete(hex: string, reservationId: string, redeemerUserId: string): Promise<Result<CompleteCode>> {
-    return this.single('complete', hex, [reservationId, redeemerUserId]);
+  complete(token: string, reservationId: string, redeemerUserId: string): Promise<Result<CompleteCode>> {
+    return this.single('complete', token, [reservationId, redeemerUserId]);
   }
 
-  release(hex: string, reservationId: string): Promise<Result<ReleaseCode>> {
-    return this.single('release', hex, [reservationId]);
+  release(token: string, reservationId: string): Promise<Result<ReleaseCode>> {
+    return this.single('release', token, [reservationId]);
   }
 
-  lookup(hex: string): Promise<Result<'ok' | 'not_found'>> {
+  lookup(token: string): Promise<Result<'ok' | 'not_found'>> {
+    const hex = hexOf(token);
     const keys = this.keys.tokenKeys(placeOfToken(hex)).slice(0, 4);
-    return this.s.lookup!(keys, [hex, dashed(hex)]).then((r) => decodeResult(r));
+    return this.s.lookup!(keys, [hex, token]).then((r) => decodeResult(r));
   }
 
-  revokeToken(hex: string): Promise<Result<RevokeCode>> {
+  revokeToken(token: string): Promise<Result<RevokeCode>> {
+    const hex = hexOf(token);
     return this.s.revoke!(this.keys.tokenKeys(placeOfToken(hex)), ['token', hex]).then((r) => decodeResult(r));
   }
 

@@ -3,7 +3,7 @@ import { DomainError } from '../errors.js';
 import { placeOfOwner } from '../store/keys.js';
 import type { OwnerBatch, TokenStore } from '../store/token-store.js';
 import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, Token, UnredeemedToken } from '../store/model.js';
-import { checkId, tokenHex } from './validate.js';
+import { checkId, checkToken } from './validate.js';
 
 export const MAX_TOKENS_PER_CALL = 10_000;
 
@@ -64,28 +64,28 @@ export class TokenEngine {
   }
 
   async redeem(token: string, redeemerSatelliteId: string, redeemerUserId: string): Promise<Result<RedeemCode>> {
-    return this.store.redeem(tokenHex(token), checkId('redeemerSatelliteId', redeemerSatelliteId), checkId('userId', redeemerUserId));
+    return this.store.redeem(checkToken(token), checkId('redeemerSatelliteId', redeemerSatelliteId), checkId('userId', redeemerUserId));
   }
 
   async reserve(token: string, satelliteId: string, leaseMs: number): Promise<Result<RedeemCode>> {
     if (!Number.isInteger(leaseMs) || leaseMs < 1) throw new DomainError('invalid_request', 'leaseMs: must be a positive integer');
-    return this.store.reserve(tokenHex(token), checkId('satelliteId', satelliteId), leaseMs, randomUUID());
+    return this.store.reserve(checkToken(token), checkId('satelliteId', satelliteId), leaseMs, randomUUID());
   }
 
   async complete(token: string, reservationId: string, redeemerUserId: string): Promise<Result<CompleteCode>> {
-    return this.store.complete(tokenHex(token), checkId('reservationId', reservationId), checkId('userId', redeemerUserId));
+    return this.store.complete(checkToken(token), checkId('reservationId', reservationId), checkId('userId', redeemerUserId));
   }
 
   async release(token: string, reservationId: string): Promise<Result<ReleaseCode>> {
-    return this.store.release(tokenHex(token), checkId('reservationId', reservationId));
+    return this.store.release(checkToken(token), checkId('reservationId', reservationId));
   }
 
   async lookup(token: string): Promise<Token | undefined> {
-    return (await this.store.lookup(tokenHex(token))).token;
+    return (await this.store.lookup(checkToken(token))).token;
   }
 
   async revokeToken(token: string): Promise<Result<RevokeCode>> {
-    return this.store.revokeToken(tokenHex(token));
+    return this.store.revokeToken(checkToken(token));
   }
 
   async revokeOwner(ownerSatelliteId: string, ownerUserId: string): Promise<number> {

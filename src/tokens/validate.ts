@@ -4,8 +4,6 @@ const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f
 // Tab, newline and other control characters separate fields inside the Redis records.
 const CONTROL = /[\u0000-\u001f\u007f]/;
 
-const LONE_SURROGATE_FREE = (s: string): boolean => Buffer.from(s, 'utf8').toString('utf8') === s;
-
 /** Satellite, user and campaign ids: opaque strings of 1..128 bytes without control characters. */
 export function checkId(field: string, value: unknown): string {
   if (typeof value !== 'string') throw new DomainError('invalid_request', `${field}: must be a string`);
@@ -13,7 +11,7 @@ export function checkId(field: string, value: unknown): string {
   if (bytes < 1 || bytes > 128) throw new DomainError('invalid_request', `${field}: must be 1..128 bytes, got ${bytes}`);
   if (CONTROL.test(value)) throw new DomainError('invalid_request', `${field}: must not contain control characters`);
   // a lone surrogate has no UTF-8 form: Redis would store U+FFFD and the id would not round-trip
-  if (!LONE_SURROGATE_FREE(value)) throw new DomainError('invalid_request', `${field}: must be valid UTF-8 (lone surrogate)`);
+  if (!value.isWellFormed()) throw new DomainError('invalid_request', `${field}: must be valid UTF-8 (lone surrogate)`);
   return value;
 }
 
@@ -21,8 +19,8 @@ export function isToken(value: unknown): value is string {
   return typeof value === 'string' && UUID_V4.test(value);
 }
 
-/** Canonical token text -> 32 hex digits; anything but a lowercase UUIDv4 is refused. */
-export function tokenHex(value: unknown, field = 'token'): string {
+/** The canonical token text; anything but a lowercase UUIDv4 is refused. */
+export function checkToken(value: unknown, field = 'token'): string {
   if (!isToken(value)) throw new DomainError('invalid_request', `${field}: must be a lowercase UUIDv4`);
-  return value.replace(/-/g, '');
+  return value;
 }
