@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { CampaignStore, type Campaign } from '../../src/campaigns/store.js';
-import { DomainError } from '../../src/errors.js';
+import { CampaignStore, campaignNotFound, type Campaign } from '../../src/campaigns/store.js';
 import { createRedis } from '../../src/store/redis.js';
 import { configFrom } from '../context.js';
 import { table } from '../format.js';
@@ -55,7 +54,7 @@ export function register(program: Command): void {
       const redis = createRedis(config);
       try {
         const c = await new CampaignStore(redis, config.keyPrefix).get(id);
-        if (!c) throw new DomainError('campaign_not_found', `campaign "${id}" does not exist`);
+        if (!c) campaignNotFound(id);
         if (opts.json) return console.log(JSON.stringify(c, null, 2));
         console.log(`campaign ${c.id}: ${c.perUser} per user, created ${when(c.createdAt)}, expires ${when(c.expiresAt)}, ${status(c)}`);
         console.log(

@@ -1,7 +1,6 @@
 import { Command, Option } from 'commander';
 import { CampaignStore, type CampaignMeta } from '../../src/campaigns/store.js';
 import { runCampaign, type FlowSatellite, type SatelliteReport } from '../../src/campaigns/flow.js';
-import { DomainError } from '../../src/errors.js';
 import { SatelliteRegistry } from '../../src/satellites/registry.js';
 import { createRedis } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
@@ -91,8 +90,7 @@ export function register(program: Command): void {
         await store.preload();
 
         const id = opts.resume ?? opts.campaign ?? newCampaignId();
-        const existing = await campaigns.meta(id);
-        if (opts.resume !== undefined && !existing) throw new DomainError('campaign_not_found', `campaign "${id}" does not exist`);
+        const existing = opts.resume !== undefined ? await campaigns.require(id) : await campaigns.meta(id);
         if (existing && perUser !== undefined && existing.perUser !== perUser) {
           throw new Error(`campaign "${id}" makes ${existing.perUser} tokens per user, not ${perUser}: choose another --campaign`);
         }
@@ -110,7 +108,7 @@ export function register(program: Command): void {
         let campaign = existing ?? planned;
         if (!opts.dryRun) {
           campaign = (await campaigns.open(planned)).campaign;
-          await campaigns.addSatellites(id, satIds);
+          await campaigns.addSatellites(campaign, satIds);
         }
 
         const bars = opts.progress && !opts.json && process.stderr.isTTY ? progressBars(campaign.perUser) : undefined;

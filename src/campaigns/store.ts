@@ -37,6 +37,10 @@ export type Counter = (typeof COUNTERS)[number];
  *   <p>:{camp:<id>}:prog:<sat>  hash  SatelliteProgress counters, status, lastError
  *   <p>:{campaigns}             zset  campaign id -> createdAt (listing)
  */
+export function campaignNotFound(id: string): never {
+  throw new DomainError('campaign_not_found', `campaign "${id}" does not exist`);
+}
+
 export class CampaignStore {
   constructor(private readonly redis: RedisClient, private readonly prefix: string) {}
 
@@ -73,15 +77,13 @@ export class CampaignStore {
 
   async require(id: string): Promise<CampaignMeta> {
     const m = await this.meta(id);
-    if (!m) throw new DomainError('campaign_not_found', `campaign "${id}" does not exist`);
-    return m;
+    return m ?? campaignNotFound(id);
   }
 
   /** Adds satellites to a campaign's list (a re-run may name more). */
-  async addSatellites(id: string, satellites: string[]): Promise<void> {
-    const m = await this.require(id);
+  async addSatellites(m: CampaignMeta, satellites: string[]): Promise<void> {
     const all = [...new Set([...m.satellites, ...satellites])];
-    if (all.length !== m.satellites.length) await this.redis.hset(this.key(id, 'meta'), 'satellites', JSON.stringify(all));
+    if (all.length !== m.satellites.length) await this.redis.hset(this.key(m.id, 'meta'), 'satellites', JSON.stringify(all));
   }
 
   async get(id: string): Promise<Campaign | undefined> {
