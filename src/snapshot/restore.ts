@@ -5,7 +5,8 @@ import { defineScripts, preloadScripts } from '../store/scripts.js';
 import { scanKeys } from '../store/redis.js';
 import { GROUP } from './lag.js';
 import { pgShardRows } from './pg-rows.js';
-import { STATE_LETTER } from './rows.js';
+import { STATE_LETTER } from '../store/export.js';
+import type { TokenState } from '../store/model.js';
 
 /** Keys of the engine's virtual shards under `prefix` (numeric hash tags), across every master. */
 export async function engineKeys(redis: RedisClient, prefix: string): Promise<string[]> {
@@ -51,7 +52,7 @@ export async function restoreFromPostgres(redis: RedisClient, pool: pg.Pool, pre
             bucketIndex.set(bucket, idx);
           }
           const owner = placeOfOwner(r[2]!, r[3]!);
-          args.push(idx, owner.refHint, r[2]!, r[3]!, hex, STATE_LETTER[r[1]!] ?? 'u', r[4]!, r[5]!, r[6]!, r[7]!, r[8]!, r[9]!, r[10]!, r[11]!, r[12]!);
+          args.push(idx, owner.refHint, r[2]!, r[3]!, hex, STATE_LETTER[r[1] as TokenState] ?? 'u', r[4]!, r[5]!, r[6]!, r[7]!, r[8]!, r[9]!, r[10]!, r[11]!, r[12]!);
           count++;
         }
         args[0] = count;

@@ -13,7 +13,7 @@ export type ExportRow = string[];
 
 export const STATE_NAMES: readonly TokenState[] = ['unredeemed', 'reserved', 'redeemed', 'revoked'];
 const STATE_NAME: Record<string, TokenState> = { u: 'unredeemed', s: 'reserved', r: 'redeemed', x: 'revoked' };
-const STATE_LETTER: Record<TokenState, string> = { unredeemed: 'u', reserved: 's', redeemed: 'r', revoked: 'x' };
+export const STATE_LETTER: Record<TokenState, string> = { unredeemed: 'u', reserved: 's', redeemed: 'r', revoked: 'x' };
 
 const RECORD = /^(.)(\d+),(\d+),(\w+),(\w*)$/;
 const OWNER = /^(\d*):(.*)$/;
@@ -31,8 +31,8 @@ export interface BucketToken {
 /**
  * Decodes one bucket hash (`<p>:{s}:b:<n>`, layout in lua/includes/codec.lua) without touching
  * Redis: names and the reservation/redemption fields are left for `nameRow`, `fillReservation`
- * and `fillRedemption`. `prefixHex` is the bucket's first 4 token digits. src/snapshot/rows.ts
- * decodes the same layout a shard at a time; the two could share this.
+ * and `fillRedemption`. `prefixHex` is the bucket's first 4 token digits. Export and the snapshot's
+ * verify (src/snapshot/rows.ts) both read buckets through it.
  */
 export function decodeBucket(prefixHex: string, hash: Record<string, string>, stateLetter?: string): BucketToken[] {
   const out: BucketToken[] = [];
