@@ -105,6 +105,19 @@ describe('generate over two satellites', () => {
     expect(run.stderr).toMatch(/makes 3 tokens per user, not 5/);
   });
 
+  it('refuses a second run of a campaign while one holds it, and makes nothing', async () => {
+    const held = await new CampaignStore(w.fx.redis, w.fx.prefix).claim('spring');
+    expect(held).toBeDefined();
+    const before = (await w.fx.engine.stats()).satellites['sat-a']?.generated;
+    const run = await w.gen(['--all', '--per-user', String(PER_USER), '--campaign', 'spring']);
+    await held!.release();
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/campaign "spring" is being run by another generate/);
+    expect((await w.fx.engine.stats()).satellites['sat-a']?.generated).toBe(before);
+    const after = await w.gen(['--all', '--per-user', String(PER_USER), '--campaign', 'spring']);
+    expect(after.code, after.stderr).toBe(0);
+  });
+
   it('campaigns list and show report what was made and delivered', async () => {
     const show = await runCli(['campaigns', 'show', 'spring', '--json'], w.env);
     expect(show.code, show.stderr).toBe(0);

@@ -90,50 +90,56 @@ export function register(program: Command): void {
         await store.preload();
 
         const id = opts.resume ?? opts.campaign ?? newCampaignId();
-        const existing = opts.resume !== undefined ? await campaigns.require(id) : await campaigns.meta(id);
-        if (existing && perUser !== undefined && existing.perUser !== perUser) {
-          throw new Error(`campaign "${id}" makes ${existing.perUser} tokens per user, not ${perUser}: choose another --campaign`);
-        }
-        const satIds = opts.resume !== undefined ? existing!.satellites : opts.all ? (await registry.list()).map((s) => s.id) : [...new Set(opts.satellite)];
-        if (satIds.length === 0) throw new Error('no satellites registered (referral-manager satellites add --id <id> --url <url>)');
-        const satellites: FlowSatellite[] = [];
-        for (const satId of satIds) {
-          const s = await registry.require(satId);
-          if (!s.url) throw new Error(`satellite "${satId}" has no url: re-register it with --url`);
-          satellites.push(s.outboundKey ? { id: s.id, url: s.url, outboundKey: s.outboundKey } : { id: s.id, url: s.url });
-        }
+        const run = opts.dryRun ? undefined : await campaigns.claim(id);
+        if (!opts.dryRun && !run) throw new Error(`campaign "${id}" is being run by another generate; wait for it (or, if it was killed, up to 30 s)`);
+        try {
+          const existing = opts.resume !== undefined ? await campaigns.require(id) : await campaigns.meta(id);
+          if (existing && perUser !== undefined && existing.perUser !== perUser) {
+            throw new Error(`campaign "${id}" makes ${existing.perUser} tokens per user, not ${perUser}: choose another --campaign`);
+          }
+          const satIds = opts.resume !== undefined ? existing!.satellites : opts.all ? (await registry.list()).map((s) => s.id) : [...new Set(opts.satellite)];
+          if (satIds.length === 0) throw new Error('no satellites registered (referral-manager satellites add --id <id> --url <url>)');
+          const satellites: FlowSatellite[] = [];
+          for (const satId of satIds) {
+            const s = await registry.require(satId);
+            if (!s.url) throw new Error(`satellite "${satId}" has no url: re-register it with --url`);
+            satellites.push(s.outboundKey ? { id: s.id, url: s.url, outboundKey: s.outboundKey } : { id: s.id, url: s.url });
+          }
 
-        const planned: CampaignMeta = { id, perUser: perUser ?? existing!.perUser, satellites: satIds, createdAt: Date.now() };
-        if (expiresAt !== undefined) planned.expiresAt = expiresAt;
-        let campaign = existing ?? planned;
-        if (!opts.dryRun) {
-          campaign = (await campaigns.open(planned)).campaign;
-          await campaigns.addSatellites(campaign, satIds);
-        }
+          const planned: CampaignMeta = { id, perUser: perUser ?? existing!.perUser, satellites: satIds, createdAt: Date.now() };
+          if (expiresAt !== undefined) planned.expiresAt = expiresAt;
+          let campaign = existing ?? planned;
+          if (!opts.dryRun) {
+            campaign = (await campaigns.open(planned)).campaign;
+            await campaigns.addSatellites(campaign, satIds);
+          }
 
-        const bars = opts.progress && !opts.json && process.stderr.isTTY ? progressBars(campaign.perUser) : undefined;
-        const reports = await runCampaign(
-          {
-            engine: new TokenEngine(store),
-            campaigns,
-            campaign,
-            existed: existing !== undefined,
-            dryRun: opts.dryRun === true,
-            pageSize,
-            deliverBatch,
-            timeoutMs: config.satelliteTimeoutMs,
-            attempts: config.satelliteAttempts,
-            onProgress: bars?.update,
-          },
-          satellites,
-        );
-        bars?.stop();
-        print(id, reports, opts);
-        const failed = reports.filter((r) => r.status === 'failed');
-        if (failed.length) {
-          for (const r of failed) console.error(`satellite ${r.satelliteId} failed: ${r.error}`);
-          console.error(`campaign ${id} is incomplete; after fixing the satellite run: referral-manager generate --resume ${id}`);
-          process.exitCode = 1;
+          const bars = opts.progress && !opts.json && process.stderr.isTTY ? progressBars(campaign.perUser) : undefined;
+          const reports = await runCampaign(
+            {
+              engine: new TokenEngine(store),
+              campaigns,
+              campaign,
+              existed: existing !== undefined,
+              dryRun: opts.dryRun === true,
+              pageSize,
+              deliverBatch,
+              timeoutMs: config.satelliteTimeoutMs,
+              attempts: config.satelliteAttempts,
+              onProgress: bars?.update,
+            },
+            satellites,
+          );
+          bars?.stop();
+          print(id, reports, opts);
+          const failed = reports.filter((r) => r.status === 'failed');
+          if (failed.length) {
+            for (const r of failed) console.error(`satellite ${r.satelliteId} failed: ${r.error}`);
+            console.error(`campaign ${id} is incomplete; after fixing the satellite run: referral-manager generate --resume ${id}`);
+            process.exitCode = 1;
+          }
+        } finally {
+          await run?.release();
         }
       } finally {
         redis.disconnect();

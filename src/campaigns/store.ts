@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import type { RedisClient } from '../store/redis.js';
 import { DomainError } from '../errors.js';
 
@@ -35,6 +36,7 @@ export type Counter = (typeof COUNTERS)[number];
  *   <p>:{camp:<id>}:made:<sat>  hash  userId -> the user's tokens, comma-joined
  *   <p>:{camp:<id>}:dlv:<sat>   set   users whose tokens the satellite accepted
  *   <p>:{camp:<id>}:prog:<sat>  hash  SatelliteProgress counters, status, lastError
+ *   <p>:{camp:<id>}:run         string  the running generate's holder id, with a TTL it keeps renewing
  *   <p>:{campaigns}             zset  campaign id -> createdAt (listing)
  */
 export function campaignNotFound(id: string): never {
@@ -65,6 +67,25 @@ export class CampaignStore {
     await this.redis.hset(this.key(meta.id, 'meta'), fields);
     await this.redis.zadd(this.indexKey(), meta.createdAt, meta.id);
     return { campaign: meta, created };
+  }
+
+  /**
+   * One run of a campaign at a time: two concurrent runs would both find a user unserved and make
+   * two sets. The claim expires `ttlMs` after its holder stops renewing it (a killed CLI), so
+   * --resume is never blocked for long. Undefined when another run holds it.
+   */
+  async claim(id: string, ttlMs = 30_000): Promise<{ release(): Promise<void> } | undefined> {
+    const key = this.key(id, 'run');
+    const holder = `${process.pid}-${randomUUID()}`;
+    if ((await this.redis.set(key, holder, 'PX', ttlMs, 'NX')) !== 'OK') return undefined;
+    const renew = setInterval(() => void this.redis.pexpire(key, ttlMs).catch(() => undefined), ttlMs / 3);
+    renew.unref();
+    return {
+      release: async () => {
+        clearInterval(renew);
+        if ((await this.redis.get(key)) === holder) await this.redis.del(key);
+      },
+    };
   }
 
   async meta(id: string): Promise<CampaignMeta | undefined> {
