@@ -4,7 +4,8 @@
     (one hash tag {shard}: the caller groups owners by shard, one call per shard)
   ARGV[1] campaign id  ARGV[2] expiresAt ms or ''  ARGV[3] owner count, then per owner:
     bucket KEYS index, owner ref hint, satellite id, user id, token count n,
-    the n token suffixes (hex digits 5..32), then the same n tokens as the caller sees them (dashed)
+    the n tokens as 32 hex digits each, joined, then the same n tokens dashed (36 characters each), joined
+    (two arguments an owner, not two a token: each argument costs the caller more than a string.sub costs here)
   Reply: { created, collided token hex... } (a collision is astronomically unlikely, never silent).
   Each redis.call and each new Lua string costs more than the work around it, so per owner: one HMGET
   (its first ref slot and every new suffix), one HSET (the owner record when new and every record), and
@@ -17,12 +18,13 @@ local call, unpack = redis.call, unpack
 -- unpack() is bounded by Lua's C stack (8,000 values) and one owner may get 10,000 tokens
 local SLICE = 4000
 
--- HMGET of `field` and ARGV[first .. first + n - 1]
-local function hmget(bucket, field, first, n)
-  if n < SLICE then return call('HMGET', bucket, field, unpack(ARGV, first, first + n - 1)) end
+-- HMGET of `field` and every name in `names`
+local function hmget(bucket, field, names)
+  local n = #names
+  if n < SLICE then return call('HMGET', bucket, field, unpack(names)) end
   local out = call('HMGET', bucket, field)
-  for from = first, first + n - 1, SLICE do
-    local got = call('HMGET', bucket, unpack(ARGV, from, math.min(from + SLICE - 1, first + n - 1)))
+  for from = 1, n, SLICE do
+    local got = call('HMGET', bucket, unpack(names, from, math.min(from + SLICE - 1, n)))
     for k = 1, #got do out[#out + 1] = got[k] end
   end
   return out
@@ -37,11 +39,11 @@ local function hset(bucket, pairs_)
   return added
 end
 
--- positions j in 1..n whose suffix ARGV[first + j - 1] already came earlier in the run
-local function repeats(first, n)
+-- positions j whose suffix already came earlier in the run
+local function repeats(suffixes)
   local seen, out = {}, {}
-  for j = 1, n do
-    local suffix = ARGV[first + j - 1]
+  for j = 1, #suffixes do
+    local suffix = suffixes[j]
     if seen[suffix] then out[j] = true end
     seen[suffix] = true
   end
@@ -63,11 +65,17 @@ local collided = {}
 local i = 4
 for _ = 1, owners do
   local bucket, hint, sat, user, n = KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
-  local first = i + 5 -- suffixes at first .. first + n - 1, the dashed tokens n further on
-  i = first + 2 * n
+  local hex, dashed = ARGV[i + 5], ARGV[i + 6]
+  i = i + 7
+  -- the bucket's field is the suffix after the 4 hex digits the bucket's name already holds
+  local suffixes = {}
+  for j = 1, n do
+    local o = j * 32
+    suffixes[j] = string.sub(hex, o - 27, o)
+  end
   sats[sat] = sats[sat] or intern(dict, 's', sat)
   local owner = sats[sat] .. ':' .. user
-  local got = hmget(bucket, '#' .. hint, first, n)
+  local got = hmget(bucket, '#' .. hint, suffixes)
   local ref = hint
   local writes = {}
   if not got[1] then
@@ -78,21 +86,20 @@ for _ = 1, owners do
   local rec = 'u' .. ref .. recTail
   for j = 1, n do
     if not got[j + 1] then
-      writes[#writes + 1] = ARGV[first + j - 1]
+      writes[#writes + 1] = suffixes[j]
       writes[#writes + 1] = rec
     end
   end
   -- none of these fields existed, so fewer new ones means a suffix came twice in this batch
   local dup
-  if #writes > 0 and hset(bucket, writes) < #writes / 2 then dup = repeats(first, n) end
+  if #writes > 0 and hset(bucket, writes) < #writes / 2 then dup = repeats(suffixes) end
   local tail = '\tunredeemed\t' .. sat .. '\t' .. user .. rowTail
   local fresh = 0
   for j = 1, n do
-    local token = ARGV[first + n + j - 1]
     if got[j + 1] or (dup and dup[j]) then
-      collided[#collided + 1] = string.lower((string.gsub(token, '-', '')))
+      collided[#collided + 1] = string.sub(hex, j * 32 - 31, j * 32)
     else
-      call('XADD', ev, '*', 'type', 'generated', 'at', at, 'row', token .. tail)
+      call('XADD', ev, '*', 'type', 'generated', 'at', at, 'row', string.sub(dashed, j * 36 - 35, j * 36) .. tail)
       fresh = fresh + 1
     end
   end

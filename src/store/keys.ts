@@ -16,6 +16,8 @@ export interface Place {
   bucket: number;
   /** first 4 hex digits of every token in this bucket */
   prefix: string;
+  /** the same 16 bits as a number */
+  value: number;
 }
 
 export interface OwnerPlace extends Place {
@@ -39,7 +41,7 @@ export function placeOfToken(hex: string): Place {
 }
 
 function placeOf(v: number): Place {
-  return { shard: v >>> BUCKET_BITS, bucket: v & (BUCKETS_PER_SHARD - 1), prefix: v.toString(16).padStart(4, '0') };
+  return { shard: v >>> BUCKET_BITS, bucket: v & (BUCKETS_PER_SHARD - 1), prefix: v.toString(16).padStart(4, '0'), value: v };
 }
 
 export class Keys {

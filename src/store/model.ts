@@ -47,3 +47,12 @@ export interface Stats {
   satellites: Record<string, { generated: number; unredeemed: number; reserved: number; redeemed: number; revoked: number }>;
   redemptions: { ownerSatelliteId: string; redeemerSatelliteId: string; count: number }[];
 }
+
+/** Tokens of one owner as the generate script takes them: two strings for the whole set, not two a token. */
+export interface TokenSet {
+  count: number;
+  /** the tokens as 32 hex digits each, joined */
+  hex: string;
+  /** the same tokens in canonical dashed form (36 characters each), joined */
+  dashed: string;
+}

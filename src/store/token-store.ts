@@ -2,13 +2,13 @@ import type { RedisClient } from './redis.js';
 import { defineScripts, preloadScripts, type ScriptFn } from './scripts.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken, type OwnerPlace } from './keys.js';
 import { dashed, decodeResult } from './codec.js';
-import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, UnredeemedToken } from './model.js';
+import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, TokenSet, UnredeemedToken } from './model.js';
 
 export interface OwnerBatch {
   ownerSatelliteId: string;
   ownerUserId: string;
-  /** tokens as callers see them (dashed), already placed in the owner's bucket */
-  tokens: string[];
+  /** the new tokens, already placed in the owner's bucket (their first 16 bits are the place's) */
+  minted: TokenSet;
   /** placeOfOwner(ownerSatelliteId, ownerUserId), when the caller has it already */
   place?: OwnerPlace;
 }
@@ -53,10 +53,7 @@ export class TokenStore {
         g.bucketIndex.set(place.bucket, idx);
       }
       const args = g.args;
-      args.push(idx, place.refHint, b.ownerSatelliteId, b.ownerUserId, b.tokens.length);
-      // the script stores each token's suffix (hex digits 5..32) and puts the dashed token in its event
-      for (const t of b.tokens) args.push(t.slice(4, 8) + t.slice(9, 13) + t.slice(14, 18) + t.slice(19, 23) + t.slice(24));
-      for (const t of b.tokens) args.push(t);
+      args.push(idx, place.refHint, b.ownerSatelliteId, b.ownerUserId, b.minted.count, b.minted.hex, b.minted.dashed);
       g.owners++;
     }
     const replies = await Promise.all(

@@ -3,6 +3,7 @@ import { DomainError } from '../errors.js';
 import { placeOfOwner } from '../store/keys.js';
 import type { OwnerBatch, TokenStore } from '../store/token-store.js';
 import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, Token, UnredeemedToken } from '../store/model.js';
+import { mint, tokenAt } from './mint.js';
 import { checkId, checkToken } from './validate.js';
 
 export const MAX_TOKENS_PER_CALL = 10_000;
@@ -50,13 +51,9 @@ export class TokenEngine {
       const ownerSatelliteId = checkId(`owners[${i}].ownerSatelliteId`, o.ownerSatelliteId);
       const ownerUserId = checkId(`owners[${i}].ownerUserId`, o.ownerUserId);
       const place = placeOfOwner(ownerSatelliteId, ownerUserId);
-      const owned: string[] = [];
-      for (let n = 0; n < req.perUser; n++) {
-        const token = place.prefix + randomUUID().slice(4);
-        owned.push(token);
-        tokens.push({ ownerSatelliteId, ownerUserId, token });
-      }
-      return { ownerSatelliteId, ownerUserId, tokens: owned, place };
+      const minted = mint(place.value, req.perUser);
+      for (let n = 0; n < req.perUser; n++) tokens.push({ ownerSatelliteId, ownerUserId, token: tokenAt(minted, n) });
+      return { ownerSatelliteId, ownerUserId, minted, place };
     });
     const created = await this.store.generate(batches, campaignId, req.expiresAt);
     if (created !== total) throw new Error(`generated ${created} of ${total} tokens`);

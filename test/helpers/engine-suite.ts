@@ -4,10 +4,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DomainError } from '../../src/errors.js';
 import { decodeRow } from '../../src/store/codec.js';
 import { SHARDS, placeOfOwner, placeOfToken } from '../../src/store/keys.js';
-import type { Stats, Token, TokenState } from '../../src/store/model.js';
+import type { Stats, Token, TokenSet, TokenState } from '../../src/store/model.js';
 import type { TokenStore } from '../../src/store/token-store.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../../src/tokens/engine.js';
 import type { EngineFixture } from './redis.js';
+
+/** Tokens as the generate script takes them, from dashed tokens the test chose. */
+function tokenSet(tokens: string[]): TokenSet {
+  return { count: tokens.length, hex: tokens.map((t) => t.replace(/-/g, '')).join(''), dashed: tokens.join('') };
+}
 
 export const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
@@ -310,6 +315,28 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(new Set(m.tokens).size).toBe(MAX_TOKENS_PER_CALL);
         expect((await listed(m.sat, m.user)).length).toBe(MAX_TOKENS_PER_CALL);
         expect(await counts(m.sat)).toEqual({ ...NO_COUNTS, generated: MAX_TOKENS_PER_CALL, unredeemed: MAX_TOKENS_PER_CALL });
+      });
+
+      it('reports a token that exists already, or comes twice in one call, as a collision and stores it once', async () => {
+        const sat = uniq('sat');
+        const user = uniq('user');
+        const place = placeOfOwner(sat, user);
+        // 106 random bits make a real collision unthinkable: the test hands the store tokens it chose
+        const [existing, fresh, twice] = [0, 1, 2].map(() => `${place.prefix}${randomUUID().slice(4)}`) as [string, string, string];
+        const made = (tokens: string[], campaign: string) =>
+          f.store.generate([{ ownerSatelliteId: sat, ownerUserId: user, place, minted: tokenSet(tokens) }], campaign);
+        expect(await made([existing], 'first')).toBe(1);
+        const before = await engine.lookup(existing);
+        const m = await mark();
+        const err = await made([fresh, twice, twice, existing], 'second').catch((e: Error) => e);
+        expect(String(err)).toMatch(/token collision on/);
+        expect(String(err)).toContain(twice.replace(/-/g, ''));
+        expect(String(err)).toContain(existing.replace(/-/g, ''));
+        expect(await engine.lookup(existing)).toEqual(before);
+        expect(before).toMatchObject({ campaignId: 'first', state: 'unredeemed' });
+        expect((await listed(sat, user)).sort()).toEqual([existing, fresh, twice].sort());
+        expect((await changes(m)).sort()).toEqual([['generated', fresh, 'unredeemed'], ['generated', twice, 'unredeemed']].sort());
+        expect(await counts(sat)).toEqual({ ...NO_COUNTS, generated: 3, unredeemed: 3 });
       });
 
       it(`refuses more than ${MAX_TOKENS_PER_CALL} tokens per call and writes nothing`, async () => {
