@@ -42,9 +42,13 @@ function unpackRow(packed: string): string[] {
   return Array.from(row, (v) => v ?? '');
 }
 
-/** Compares stream ids "ms-seq" numerically. */
+/** Compares stream ids "ms-seq" numerically (both parts are decimal without leading zeros). */
 export function compareIds(a: string, b: string): number {
-  const [am, as] = a.split('-').map(BigInt) as [bigint, bigint];
-  const [bm, bs] = b.split('-').map(BigInt) as [bigint, bigint];
-  return am === bm ? (as === bs ? 0 : as < bs ? -1 : 1) : am < bm ? -1 : 1;
+  const da = a.indexOf('-');
+  const db = b.indexOf('-');
+  return compareDecimal(a.slice(0, da), b.slice(0, db)) || compareDecimal(a.slice(da + 1), b.slice(db + 1));
+}
+
+function compareDecimal(x: string, y: string): number {
+  return x.length - y.length || (x < y ? -1 : x > y ? 1 : 0);
 }

@@ -27,6 +27,12 @@ export interface SnapshotWriter {
 
 type XReadReply = [string, [string, string[] | null][]][] | null;
 
+function pushTo<K, V>(map: Map<K, V[]>, key: K, value: V): void {
+  const list = map.get(key);
+  if (list) list.push(value);
+  else map.set(key, [value]);
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const BACKOFF_MAX_MS = 5000;
 const LANES = 4;
@@ -107,7 +113,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       for (const [id, fields] of entries) {
         const e = parseEntry(s, id, fields);
         if (e) events.push(e);
-        else empty.set(s, [...(empty.get(s) ?? []), id]);
+        else pushTo(empty, s, id);
       }
     });
     return { events, empty, drained };
@@ -135,7 +141,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
 
   async function ackAndTrim(batch: StreamEvent[]): Promise<void> {
     const byShard = new Map<number, string[]>();
-    for (const e of batch) byShard.set(e.shard, [...(byShard.get(e.shard) ?? []), e.id]);
+    for (const e of batch) pushTo(byShard, e.shard, e.id);
     await Promise.all(
       [...byShard].map(async ([s, ids]) => {
         await redis.xack(keys.events(s), GROUP, ...ids);

@@ -1,0 +1,21 @@
+import { describe, expect, it } from 'vitest';
+import { compareIds, parseEntry } from '../src/snapshot/events.js';
+
+describe('stream entries', () => {
+  it('compares stream ids as numbers, not as text', () => {
+    const sorted = ['0-0', '0-1', '9-0', '9-10', '10-0', '10-2', '10-10', '1732540000000-0', '1732540000000-99', '1732540000001-0', '99999999999999-0'];
+    for (let i = 0; i < sorted.length; i++) {
+      for (let j = 0; j < sorted.length; j++) expect(Math.sign(compareIds(sorted[i]!, sorted[j]!))).toBe(Math.sign(i - j));
+    }
+    expect([...sorted].reverse().sort(compareIds)).toEqual(sorted);
+  });
+
+  it('parses an entry into its id parts, type, time and 13 row values; a trimmed entry is undefined', () => {
+    const e = parseEntry(7, '1732540000000-3', ['type', 'redeemed', 'at', '1732540000123', 'row', 'tok\tredeemed\ts\tu\tc\t1\t\t\t\t\trs\tru\t1732540000123']);
+    expect(e).toEqual({
+      shard: 7, id: '1732540000000-3', ms: '1732540000000', seq: '3', type: 'redeemed', at: '1732540000123',
+      row: ['tok', 'redeemed', 's', 'u', 'c', '1', '', '', '', '', 'rs', 'ru', '1732540000123'],
+    });
+    expect(parseEntry(7, '1-1', null)).toBeUndefined();
+  });
+});
