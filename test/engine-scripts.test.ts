@@ -1,0 +1,50 @@
+import { createHash } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRedis, type RedisClient } from '../src/store/redis.js';
+import { SCRIPT_NAMES, readScript } from '../src/store/scripts.js';
+import { TokenStore } from '../src/store/token-store.js';
+import { TokenEngine } from '../src/tokens/engine.js';
+import { privateRedis } from './helpers/http.js';
+
+// A private redis-server: SCRIPT FLUSH and restarts would disturb anyone else's scripts on a shared one.
+describe('Lua scripts are reloaded when Redis has lost them (NOSCRIPT)', () => {
+  let server: Awaited<ReturnType<typeof privateRedis>>;
+  let redis: RedisClient;
+  let engine: TokenEngine;
+
+  beforeAll(async () => {
+    server = await privateRedis();
+    await server.start();
+    redis = createRedis({ redisUrl: server.url, redisClusterNodes: [] });
+    engine = new TokenEngine(new TokenStore(redis, 'scripts'));
+    await engine.store.preload();
+  });
+  afterAll(async () => {
+    redis?.disconnect();
+    await server?.stop();
+  });
+
+  const owners = (user: string) => [{ ownerSatelliteId: 'sat', ownerUserId: user }];
+  const shas = SCRIPT_NAMES.map((name) => createHash('sha1').update(readScript(name)).digest('hex'));
+  const loaded = async () => (await redis.call('SCRIPT', 'EXISTS', ...shas)) as number[];
+
+  it('after SCRIPT FLUSH every operation still works and loads its script again', async () => {
+    const { tokens } = await engine.generate({ owners: owners('a'), perUser: 3 });
+    expect((await loaded()).every((x) => x === 1)).toBe(true);
+    await redis.call('SCRIPT', 'FLUSH');
+    expect((await loaded()).some((x) => x === 1)).toBe(false);
+    expect((await engine.redeem(tokens[0]!.token, 'other', 'new-user')).code).toBe('ok');
+    expect((await engine.reserve(tokens[1]!.token, 'other', 60_000)).code).toBe('ok');
+    expect((await engine.listUnredeemed('sat', 'a')).map((t) => t.token)).toEqual([tokens[2]!.token]);
+    expect((await engine.generate({ owners: owners('b'), perUser: 2 })).tokens).toHaveLength(2);
+    expect((await engine.lookup(tokens[0]!.token))?.state).toBe('redeemed');
+  });
+
+  it('after a Redis restart (data kept by AOF, scripts gone) the same client goes on', async () => {
+    const { tokens } = await engine.generate({ owners: owners('c'), perUser: 2 });
+    await server.stop();
+    await server.start();
+    expect((await engine.redeem(tokens[0]!.token, 'other', 'after-restart')).code).toBe('ok');
+    expect((await engine.lookup(tokens[1]!.token))?.state).toBe('unredeemed');
+  });
+});
