@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { Lease } from '../store/lease.js';
 import type { RedisClient } from '../store/redis.js';
 import { DomainError } from '../errors.js';
 
@@ -75,15 +75,14 @@ export class CampaignStore {
    * --resume is never blocked for long. Undefined when another run holds it.
    */
   async claim(id: string, ttlMs = 30_000): Promise<{ release(): Promise<void> } | undefined> {
-    const key = this.key(id, 'run');
-    const holder = `${process.pid}-${randomUUID()}`;
-    if ((await this.redis.set(key, holder, 'PX', ttlMs, 'NX')) !== 'OK') return undefined;
-    const renew = setInterval(() => void this.redis.pexpire(key, ttlMs).catch(() => undefined), ttlMs / 3);
+    const lease = new Lease(this.redis, this.key(id, 'run'), ttlMs);
+    if (!(await lease.acquire())) return undefined;
+    const renew = setInterval(() => void lease.renew().catch(() => undefined), ttlMs / 3);
     renew.unref();
     return {
       release: async () => {
         clearInterval(renew);
-        if ((await this.redis.get(key)) === holder) await this.redis.del(key);
+        await lease.release();
       },
     };
   }

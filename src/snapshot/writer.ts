@@ -5,7 +5,7 @@ import { Keys, SHARDS } from '../store/keys.js';
 import { applyEvents } from './apply.js';
 import { compareIds, parseEntry, type StreamEvent } from './events.js';
 import { GROUP, sampleLag } from './lag.js';
-import { Lease } from './lease.js';
+import { Lease } from '../store/lease.js';
 import { snapshotMetrics as m } from './metrics.js';
 import { openPostgres } from './schema.js';
 import { leaseKey, writeSnapshotStatus, type SnapshotStatus } from './status.js';

@@ -1,13 +1,14 @@
 import { randomUUID } from 'node:crypto';
-import type { RedisClient } from '../store/redis.js';
+import type { RedisClient } from './redis.js';
 
 const RENEW = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0`;
 const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`;
 
 /**
- * The single-writer lease: SET NX PX, renewed by check-and-extend. Whoever holds the key writes;
- * a holder that fails to renew in time stops writing before another can take over (the renew
- * interval is a third of the lease).
+ * A lease on one key: SET NX PX, renewed and released only by its holder (check-and-extend,
+ * check-and-delete in one script each), so a holder that stalled past its lease can neither extend
+ * nor delete the next holder's. Used by the snapshot writer (one writer at a time) and by generate
+ * (one run of a campaign at a time); both renew every third of the lease.
  */
 export class Lease {
   readonly id = randomUUID();

@@ -1,0 +1,52 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CampaignStore } from '../src/campaigns/store.js';
+import { Lease } from '../src/store/lease.js';
+import { engineFixture, type EngineFixture } from './helpers/redis.js';
+
+describe('leases (snapshot writer, campaign runs) on real Redis', () => {
+  let f: EngineFixture;
+  beforeAll(async () => {
+    f = await engineFixture({ label: 'lease' });
+  });
+  afterAll(async () => {
+    await f?.close();
+  });
+
+  it('a holder whose lease lapsed can neither renew nor release the next holder\'s', async () => {
+    const key = `${f.prefix}:lease-a`;
+    const first = new Lease(f.redis, key, 100);
+    const second = new Lease(f.redis, key, 60_000);
+    expect(await first.acquire()).toBe(true);
+    expect(await second.acquire()).toBe(false);
+    await sleep(150);
+    expect(await second.acquire()).toBe(true);
+    expect(await first.renew()).toBe(false);
+    await first.release();
+    expect(await f.redis.get(key)).toBe(second.id);
+    expect(await f.redis.pttl(key)).toBeGreaterThan(50_000);
+    expect(await second.renew()).toBe(true);
+    await second.release();
+    expect(await f.redis.exists(key)).toBe(0);
+  });
+
+  it('a campaign run claimed after an earlier run\'s claim lapsed is not released by the earlier run', async () => {
+    const campaigns = new CampaignStore(f.redis, f.prefix);
+    const stalled = await campaigns.claim('autumn', 100);
+    expect(stalled).toBeDefined();
+    expect(await campaigns.claim('autumn')).toBeUndefined();
+    // the first run's claim lapses (a run stalled past its lease; its renew timer keeps firing) ...
+    await f.redis.del(`${f.prefix}:{camp:autumn}:run`);
+    const next = await campaigns.claim('autumn');
+    expect(next).toBeDefined();
+    await sleep(80);
+    expect(await f.redis.pttl(`${f.prefix}:{camp:autumn}:run`)).toBeGreaterThan(10_000); // not cut to the stalled run's 100 ms
+    // ... and when it comes back, its release leaves the second run's claim alone
+    await stalled!.release();
+    expect(await campaigns.claim('autumn')).toBeUndefined();
+    await next!.release();
+    const again = await campaigns.claim('autumn');
+    expect(again).toBeDefined();
+    await again!.release();
+  });
+});
