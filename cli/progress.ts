@@ -1,12 +1,12 @@
 import cliProgress from 'cli-progress';
-import type { Counter } from '../src/campaigns/store.js';
+import type { ProgressEvent } from '../src/campaigns/flow.js';
 
 /**
- * Three bars on stderr for generate: users fetched, tokens made (of users fetched × perUser) and
- * tokens delivered (of tokens made). Totals grow as pages arrive, so each bar shows how far the
- * later stage trails the earlier one.
+ * Three bars on stderr for generate: users fetched, tokens made (of those the pages so far need:
+ * users already served by an earlier run need none) and tokens delivered (of those due, including
+ * what an earlier run made but did not deliver). Totals grow as pages arrive.
  */
-export function progressBars(perUser: number): { update: (satelliteId: string, counter: Counter, n: number) => void; stop: () => void } {
+export function progressBars(): { update: (satelliteId: string, event: ProgressEvent, n: number) => void; stop: () => void } {
   const multi = new cliProgress.MultiBar(
     { format: ' {label} |{bar}| {value}/{total}', hideCursor: true, clearOnComplete: false, etaBuffer: 50 },
     cliProgress.Presets.shades_classic,
@@ -14,18 +14,20 @@ export function progressBars(perUser: number): { update: (satelliteId: string, c
   const users = multi.create(0, 0, { label: 'users fetched   ' });
   const made = multi.create(0, 0, { label: 'tokens made     ' });
   const delivered = multi.create(0, 0, { label: 'tokens delivered' });
-  const n = { users: 0, made: 0, delivered: 0 };
+  const n = { users: 0, toMake: 0, made: 0, toDeliver: 0, delivered: 0 };
   return {
-    update(_satelliteId, counter, k) {
-      if (counter === 'usersListed') n.users += k;
-      else if (counter === 'tokensMade') n.made += k;
-      else if (counter === 'tokensDelivered') n.delivered += k;
+    update(_satelliteId, event, k) {
+      if (event === 'usersListed') n.users += k;
+      else if (event === 'tokensToMake') n.toMake += k;
+      else if (event === 'tokensMade') n.made += k;
+      else if (event === 'tokensToDeliver') n.toDeliver += k;
+      else if (event === 'tokensDelivered') n.delivered += k;
       else return;
       users.setTotal(n.users);
       users.update(n.users);
-      made.setTotal(n.users * perUser);
+      made.setTotal(n.toMake);
       made.update(n.made);
-      delivered.setTotal(n.made);
+      delivered.setTotal(n.toDeliver);
       delivered.update(n.delivered);
     },
     stop: () => multi.stop(),

@@ -114,7 +114,7 @@ export function register(program: Command): void {
             await campaigns.addSatellites(campaign, satIds);
           }
 
-          const bars = opts.progress && !opts.json && process.stderr.isTTY ? progressBars(campaign.perUser) : undefined;
+          const bars = opts.progress && !opts.json && process.stderr.isTTY ? progressBars() : undefined;
           const reports = await runCampaign(
             {
               engine: new TokenEngine(store),

@@ -24,8 +24,11 @@ export interface FlowOptions {
   timeoutMs: number;
   attempts: number;
   backoffMs?: number;
-  onProgress?: (satelliteId: string, counter: Counter, n: number) => void;
+  onProgress?: (satelliteId: string, event: ProgressEvent, n: number) => void;
 }
+
+/** The run's counters as they grow, and what each page is about to make and deliver (the bars' totals). */
+export type ProgressEvent = Counter | 'tokensToMake' | 'tokensToDeliver';
 
 export interface SatelliteReport {
   satelliteId: string;
@@ -40,6 +43,8 @@ export interface SatelliteReport {
 }
 
 type Delivery = [userId: string, tokens: string[]];
+
+const tokenCount = (deliveries: Delivery[]): number => deliveries.reduce((n, [, tokens]) => n + tokens.length, 0);
 
 /**
  * The seed's generation flow for one campaign over many satellites, in parallel: page through each
@@ -99,7 +104,9 @@ class SatelliteRun {
   private async deliverPending(): Promise<void> {
     for await (const page of this.o.campaigns.allMade(this.id, this.sat)) {
       const done = await this.o.campaigns.delivered(this.id, this.sat, page.map(([u]) => u));
-      await this.deliver(page.filter((_, i) => !done[i]));
+      const due = page.filter((_, i) => !done[i]);
+      this.plan('tokensToDeliver', tokenCount(due));
+      await this.deliver(due);
     }
   }
 
@@ -121,6 +128,7 @@ class SatelliteRun {
       else if (!done[i]) pending.push([u, tokens]);
     });
     if (this.o.dryRun) {
+      this.plan('tokensToMake', fresh.length * this.o.campaign.perUser);
       await this.count('usersServed', fresh.length);
       await this.count('tokensMade', fresh.length * this.o.campaign.perUser);
       return;
@@ -131,6 +139,8 @@ class SatelliteRun {
       const taken = new Set(adopted.map(([u]) => u));
       fresh = fresh.filter((u) => !taken.has(u));
     }
+    this.plan('tokensToMake', fresh.length * this.o.campaign.perUser);
+    this.plan('tokensToDeliver', tokenCount(pending) + fresh.length * this.o.campaign.perUser);
     await this.deliver(pending);
     const perChunk = Math.max(1, Math.floor(MAX_TOKENS_PER_CALL / this.o.campaign.perUser));
     for (let i = 0; i < fresh.length; i += perChunk) await this.deliver(await this.make(fresh.slice(i, i + perChunk)));
@@ -188,6 +198,10 @@ class SatelliteRun {
       size += d[1].length;
     }
     await flush();
+  }
+
+  private plan(event: 'tokensToMake' | 'tokensToDeliver', n: number): void {
+    if (n > 0) this.o.onProgress?.(this.sat, event, n);
   }
 
   /** Counts for this run's report, the campaign's totals and the progress bar. */
