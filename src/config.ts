@@ -84,7 +84,7 @@ export const settings = {
   rateLimitWindowMs: { env: 'RATE_LIMIT_WINDOW_MS', default: 60_000, parse: int(100), doc: 'Window of the failure rate limit.' },
   satelliteTimeoutMs: { env: 'SATELLITE_TIMEOUT_MS', default: 10_000, parse: int(50, 600_000), doc: 'generate: deadline of one call to a satellite (users-without-tokens, tokens).' },
   satelliteAttempts: { env: 'SATELLITE_ATTEMPTS', default: 5, parse: int(1, 100), doc: 'generate: attempts per call to a satellite (network errors, 429 and 5xx retried with exponential backoff from 200 ms); then the satellite is reported failed and the others go on.' },
-  snapshot: { env: 'SNAPSHOT', default: true, parse: bool, doc: 'Run the Postgres snapshot writer inside serve.' },
+  snapshot: { env: 'SNAPSHOT', default: true, parse: bool, doc: 'Run the Postgres snapshot writer inside serve. With false, run `referral-manager snapshot` elsewhere: until one runs, events wait in Redis (serve warns at start).' },
   snapshotBatch: { env: 'SNAPSHOT_BATCH', default: 5000, parse: int(1, 100_000), doc: 'Most events the snapshot writer applies in one transaction.' },
   snapshotFlushMs: { env: 'SNAPSHOT_FLUSH_MS', default: 50, parse: int(1, 60_000), doc: 'Longest the snapshot writer waits to fill a batch.' },
   snapshotTestCrashAfterCommit: { env: 'SNAPSHOT_TEST_CRASH_AFTER_COMMIT', default: 0, parse: int(0), doc: 'Test hook for fault tests: the snapshot writer SIGKILLs itself right after its Nth COMMIT, before XACK. 0 (default): off.' },

@@ -24,6 +24,9 @@ export function register(program: Command): void {
       if (config.snapshot) {
         const writer = await startSnapshotWriter(config);
         stops.push(() => writer.stop());
+      } else {
+        // nothing trims the event streams but a writer: say so once, where the operator looks first
+        console.error('[snapshot] warn: SNAPSHOT=false: this process writes nothing to Postgres; every state change waits in the Redis event streams (~220 B each) until a `referral-manager snapshot` runs against this Redis');
       }
       let stopping = false;
       const shutdown = async () => {
