@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net';
 import { Redis, Cluster } from 'ioredis';
 import type { Config } from '../config.js';
 
@@ -19,7 +20,7 @@ export function createRedis(config: Pick<Config, 'redisUrl' | 'redisClusterNodes
     retryStrategy: (times: number) => Math.min(50 * times, 2000),
   };
   if (config.redisClusterNodes.length > 0) {
-    return new Cluster(
+    const cluster = new Cluster(
       config.redisClusterNodes.map((n) => {
         const [host, port] = n.split(':');
         return { host: host!, port: Number(port) };
@@ -31,8 +32,35 @@ export function createRedis(config: Pick<Config, 'redisUrl' | 'redisClusterNodes
         scaleReads: 'master',
       },
     );
+    cluster.on('+node', (node: Redis) => coalesceWrites(node));
+    return cluster;
   }
-  return new Redis(config.redisUrl, common);
+  return coalesceWrites(new Redis(config.redisUrl, common));
+}
+
+/**
+ * Commands sent during one turn of the event loop leave in one write: the first command of a turn corks
+ * the socket and the check phase (setImmediate, after every I/O callback of the turn) uncorks it. A
+ * loopback `write` costs the HTTP worker about as much as the rest of a redeem, and 100 connections'
+ * requests arrive in the same turn. Unlike ioredis auto-pipelining (measured: no gain, more GC) nothing
+ * per command is allocated. Commands still go out in the turn that made them.
+ */
+function coalesceWrites(redis: Redis): Redis {
+  const send = redis.sendCommand.bind(redis);
+  let corked: Socket | undefined;
+  const uncork = () => {
+    corked?.uncork();
+    corked = undefined;
+  };
+  redis.sendCommand = (command, stream) => {
+    if (!corked && !stream && redis.status === 'ready' && redis.stream) {
+      corked = redis.stream;
+      corked.cork();
+      setImmediate(uncork);
+    }
+    return send(command, stream);
+  };
+  return redis;
 }
 
 /** The masters to talk to for node-wide commands (SCAN, SCRIPT LOAD, INFO). */

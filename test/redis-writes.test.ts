@@ -1,0 +1,45 @@
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRedis, type RedisClient } from '../src/store/redis.js';
+import { privateRedis } from './helpers/http.js';
+
+// A private redis-server, so its read counter counts this test's connection alone.
+describe('commands sent in one event-loop turn leave in one write', () => {
+  let server: Awaited<ReturnType<typeof privateRedis>>;
+  let redis: RedisClient;
+  let probe: Redis;
+
+  beforeAll(async () => {
+    server = await privateRedis();
+    await server.start();
+    redis = createRedis({ redisUrl: server.url, redisClusterNodes: [] });
+    probe = new Redis(server.url);
+    await redis.ping();
+  });
+  afterAll(async () => {
+    redis?.disconnect();
+    probe?.disconnect();
+    await server?.stop();
+  });
+
+  const reads = async () => Number(/total_reads_processed:(\d+)/.exec(await probe.info('stats'))?.[1]);
+
+  it('200 commands issued together reach Redis in a handful of reads, answered in order', async () => {
+    const before = await reads();
+    const replies = await Promise.all(Array.from({ length: 200 }, () => redis.incr('n')));
+    const used = (await reads()) - before - 1; // the probe's own INFO is one read
+    expect(replies).toEqual(Array.from({ length: 200 }, (_, i) => i + 1));
+    expect(used).toBeLessThanOrEqual(5);
+  });
+
+  it('commands of separate turns are not held back', async () => {
+    for (let i = 0; i < 3; i++) {
+      await new Promise((r) => setImmediate(r));
+      expect(await redis.get('n')).toBe('200');
+    }
+    const before = await reads();
+    await redis.set('a', '1');
+    await redis.set('b', '2');
+    expect((await reads()) - before - 1).toBe(2);
+  });
+});
