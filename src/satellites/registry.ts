@@ -1,5 +1,6 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { RedisClient } from '../store/redis.js';
+import { hexDigest } from '../digest.js';
 import { DomainError } from '../errors.js';
 import { checkId } from '../tokens/validate.js';
 
@@ -19,7 +20,7 @@ export function newApiKey(): string {
 }
 
 export function hashKey(key: string): string {
-  return createHash('sha256').update(key).digest('hex');
+  return hexDigest('sha256', key);
 }
 
 /** Constant-time comparison of two key hashes (or keys) of any length. */

@@ -1,4 +1,4 @@
-import * as crypto from 'node:crypto';
+import { hexDigest } from '../digest.js';
 
 /**
  * Virtual shards and buckets. A token's first 16 bits name its virtual shard (6 bits, 64 shards)
@@ -25,13 +25,8 @@ export interface OwnerPlace extends Place {
   refHint: number;
 }
 
-// the one-shot crypto.hash (Node >= 20.12) costs a fraction of createHash().update().digest(), and a hex
-// digest is cheaper to make than a Buffer; generate hashes every owner of every call
-const sha1Hex: (s: string) => string =
-  typeof crypto.hash === 'function' ? (s) => crypto.hash('sha1', s) : (s) => crypto.createHash('sha1').update(s).digest('hex');
-
 export function placeOfOwner(satelliteId: string, userId: string): OwnerPlace {
-  const h = sha1Hex(`${satelliteId}\n${userId}`);
+  const h = hexDigest('sha1', `${satelliteId}\n${userId}`);
   return { ...placeOf(parseInt(h.slice(0, 4), 16)), refHint: parseInt(h.slice(4, 8), 16) & 0x3fff };
 }
 
