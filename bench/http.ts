@@ -1,6 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { createServer } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import autocannon from 'autocannon';
@@ -11,6 +10,7 @@ import { createRedis, dropPrefix, type RedisClient } from '../src/store/redis.js
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { sampleLag } from '../src/snapshot/index.js';
+import { freePort } from './redis-server.js';
 import { watchLag } from './snapshot.js';
 
 /**
@@ -60,16 +60,6 @@ export interface BenchResult {
 // run from dist/bench: the baselines sit next to this file, the CLI in dist/cli
 const here = path.dirname(fileURLToPath(import.meta.url));
 const packr = new Packr({ useRecords: false });
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer().once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 function start(args: string[], env: Record<string, string> = {}): Promise<ChildProcess> {
   const proc = spawn(process.execPath, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });

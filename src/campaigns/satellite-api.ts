@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool } from 'undici';
-import { MSGPACK, decodeBody, packr } from '../msgpack.js';
+import { msgpackRequest } from '../msgpack.js';
 
 /** The satellite's side of the generation flow (README "Satellite contract"). */
 export interface UsersPage {
@@ -81,33 +81,17 @@ export class SatelliteApi {
 
   private async once<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
     const url = new URL(path, this.base);
-    const headers: Record<string, string> = { accept: MSGPACK };
-    if (this.opts.key) headers.authorization = `Bearer ${this.opts.key}`;
-    if (body !== undefined) headers['content-type'] = MSGPACK;
+    const headers: Record<string, string> = this.opts.key ? { authorization: `Bearer ${this.opts.key}` } : {};
     let res;
     try {
-      res = await this.pool.request({
-        method,
-        path: url.pathname + url.search,
-        headers,
-        body: body === undefined ? undefined : packr.pack(body),
-        signal: AbortSignal.timeout(this.opts.timeoutMs),
-      });
+      res = await msgpackRequest(this.pool, { method, path: url.pathname + url.search, headers, body, timeoutMs: this.opts.timeoutMs });
     } catch (err) {
       throw new SatelliteCallError(`${method} ${url.pathname}: ${(err as Error).message}`, 0, true);
     }
-    const raw = Buffer.from(await res.body.arrayBuffer());
-    const type = String(res.headers['content-type'] ?? '');
-    let data: unknown;
-    try {
-      data = decodeBody(raw, type);
-    } catch {
-      data = undefined;
-    }
-    if (res.statusCode >= 200 && res.statusCode < 300) return data as T;
-    const detail = (data as { error?: string; message?: string } | undefined) ?? {};
-    const retryable = res.statusCode === 429 || res.statusCode >= 500;
-    const why = [detail.error, detail.message].filter(Boolean).join(': ') || raw.toString('utf8').slice(0, 200);
-    throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.statusCode} ${why}`, res.statusCode, retryable);
+    if (res.status >= 200 && res.status < 300) return res.data as T;
+    const detail = (res.data as { error?: string; message?: string } | undefined) ?? {};
+    const retryable = res.status === 429 || res.status >= 500;
+    const why = [detail.error, detail.message].filter(Boolean).join(': ') || res.raw.toString('utf8').slice(0, 200);
+    throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} ${why}`, res.status, retryable);
   }
 }

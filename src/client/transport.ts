@@ -1,6 +1,6 @@
 import { Pool } from 'undici';
 import { ReferralError } from './error.js';
-import { MSGPACK, decodeBody, packr } from '../msgpack.js';
+import { msgpackRequest } from '../msgpack.js';
 
 export interface TransportOptions {
   /** base URL of the manager, e.g. http://127.0.0.1:7480 */
@@ -26,32 +26,17 @@ export class Transport {
   }
 
   async call<T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> {
-    const headers: Record<string, string> = { authorization: this.auth, accept: MSGPACK };
-    if (body !== undefined) headers['content-type'] = MSGPACK;
     let res;
     try {
-      res = await this.pool.request({
-        method,
-        path,
-        headers,
-        body: body === undefined ? undefined : packr.pack(body),
-        signal: AbortSignal.timeout(this.timeoutMs),
-      });
+      res = await msgpackRequest(this.pool, { method, path, headers: { authorization: this.auth }, body, timeoutMs: this.timeoutMs });
     } catch (err) {
       throw new ReferralError('unavailable', 0, `request failed: ${(err as Error).message}`);
     }
-    const raw = Buffer.from(await res.body.arrayBuffer());
-    const type = String(res.headers['content-type'] ?? '');
-    let data: unknown;
-    try {
-      data = decodeBody(raw, type);
-    } catch {
-      throw new ReferralError('internal', res.statusCode, `undecodable ${type} reply (status ${res.statusCode})`);
-    }
-    if (res.statusCode >= 200 && res.statusCode < 300) return data as T;
-    const e = (data ?? {}) as { error?: string; message?: string };
+    if (res.undecodable) throw new ReferralError('internal', res.status, `undecodable ${res.contentType} reply (status ${res.status})`);
+    if (res.status >= 200 && res.status < 300) return res.data as T;
+    const e = (res.data ?? {}) as { error?: string; message?: string };
     const retry = Number(res.headers['retry-after']);
-    throw new ReferralError(e.error ?? 'internal', res.statusCode, e.message ?? `HTTP ${res.statusCode}`, Number.isFinite(retry) ? retry : undefined);
+    throw new ReferralError(e.error ?? 'internal', res.status, e.message ?? `HTTP ${res.status}`, Number.isFinite(retry) ? retry : undefined);
   }
 
   close(): Promise<void> {
