@@ -21,11 +21,11 @@ function randomBytesFromPool(n: number): Buffer {
   return pool.subarray(used - n, used);
 }
 
-
 /**
  * `count` random UUIDv4 from the CSPRNG whose first 16 bits are `prefix` (the owner's shard and bucket,
- * src/store/keys.ts): 106 random bits stay. Made in one randomFillSync and two strings for the whole set,
- * not a randomUUID plus a handful of slices per token: generation is bound by Node's allocations.
+ * src/store/keys.ts): 106 random bits stay. Made from one slice of the pool, as two strings for the whole
+ * set, not a randomUUID plus a handful of slices per token: Node's side of generation was bound by its
+ * allocations.
  */
 export function mint(prefix: number, count: number): TokenSet {
   const raw = randomBytesFromPool(count * 16);
