@@ -41,6 +41,18 @@ const clusterFixture = () => engineFixture({ redis: () => createRedis({ redisUrl
       }
     });
 
+    it('sends the commands of one event-loop turn to each master in a handful of writes', async () => {
+      const nodes = masters(f.redis);
+      const reads = () => Promise.all(nodes.map(async (n) => Number(/total_reads_processed:(\d+)/.exec(await n.info('stats'))?.[1])));
+      const before = await reads();
+      // 30 hash tags spread over the 3 masters, 300 commands in one turn
+      const replies = await Promise.all(Array.from({ length: 300 }, (_, i) => f.redis.incr(`${f.prefix}:{n${i % 30}}:c`)));
+      const after = await reads();
+      expect(replies.filter((r) => r === 10)).toHaveLength(30);
+      // per master: its ~100 commands, plus the second INFO; one write per command would be ~100 reads
+      for (let i = 0; i < nodes.length; i++) expect(after[i]! - before[i]!, `master ${i}`).toBeLessThanOrEqual(6);
+    });
+
     it('spreads one call\'s tokens over every master, each token with its shard\'s keys on one master', async () => {
       const owners = Array.from({ length: 300 }, (_, i) => ({ ownerSatelliteId: 'sat-x', ownerUserId: `spread-${i}` }));
       const { tokens, campaignId } = await f.engine.generate({ owners, perUser: 2 });
