@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { randomBytes, randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -45,6 +46,9 @@ export interface Measured {
   p99: number;
   non2xx: number;
   errors: number;
+  /** CPU per answered request during the measured run: the server's processes (all workers), and Redis */
+  serverCpuUs?: number;
+  redisCpuUs?: number;
 }
 
 export interface BenchResult {
@@ -77,11 +81,45 @@ function stop(proc: ChildProcess): Promise<void> {
   });
 }
 
-/** A warm-up on the first tenth of the bodies (JIT, connections, Redis), then the measured run on the rest. */
-async function load(url: string, key: string, bodies: Buffer[], contentType: string, connections: number): Promise<Measured> {
+/** CPU seconds (user + system) of a process and all its descendants, from /proc (Linux; clock ticks of 1/100 s). */
+function treeCpuSeconds(root: number): number {
+  const stats = readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .map((d) => {
+      try {
+        // fields after the command name: state ppid ... utime (14th field) stime (15th)
+        const f = readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1]!.split(' ');
+        return { pid: Number(d), ppid: Number(f[1]), cpu: (Number(f[11]) + Number(f[12])) / 100 };
+      } catch {
+        return undefined;
+      }
+    })
+    .filter((x) => x !== undefined);
+  const inTree = new Set([root]);
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const p of stats) if (!inTree.has(p.pid) && inTree.has(p.ppid)) grew = inTree.add(p.pid) !== undefined;
+  }
+  return stats.filter((p) => inTree.has(p.pid)).reduce((sum, p) => sum + p.cpu, 0);
+}
+
+async function redisCpuSeconds(redis: RedisClient): Promise<number> {
+  const info = await redis.info('cpu');
+  return Number(/used_cpu_user:([\d.]+)/.exec(info)?.[1]) + Number(/used_cpu_sys:([\d.]+)/.exec(info)?.[1]);
+}
+
+/**
+ * A warm-up on the first tenth of the bodies (JIT, connections, Redis), then the measured run on the rest,
+ * with the CPU the server and Redis spent on it: steadier than req/s on a shared machine.
+ */
+async function load(url: string, key: string, bodies: Buffer[], contentType: string, connections: number, pid: number, redis: RedisClient): Promise<Measured> {
   const warm = Math.min(20_000, Math.floor(bodies.length / 10));
   await once(url, key, bodies.slice(0, warm), contentType, connections);
-  return once(url, key, bodies.slice(warm), contentType, connections);
+  const [server0, redis0] = [treeCpuSeconds(pid), await redisCpuSeconds(redis)];
+  const m = await once(url, key, bodies.slice(warm), contentType, connections);
+  const [server1, redis1] = [treeCpuSeconds(pid), await redisCpuSeconds(redis)];
+  const answered = bodies.length - warm;
+  return { ...m, serverCpuUs: Math.round(((server1 - server0) / answered) * 1e6), redisCpuUs: Math.round(((redis1 - redis0) / answered) * 1e6) };
 }
 
 async function once(url: string, key: string, bodies: Buffer[], contentType: string, connections: number): Promise<Measured> {
@@ -158,9 +196,10 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
 
     const measure = async (args: string[], env: Record<string, string>, bodies: Buffer[], type: string, ready?: () => Promise<void>) => {
       const port = await freePort();
-      procs.push(await start([...args.map((a) => (a === 'PORT' ? String(port) : a))], env));
+      const proc = await start([...args.map((a) => (a === 'PORT' ? String(port) : a))], env);
+      procs.push(proc);
       await ready?.();
-      const m = await load(`http://127.0.0.1:${port}`, apiKey, bodies, type, connections);
+      const m = await load(`http://127.0.0.1:${port}`, apiKey, bodies, type, connections, proc.pid!, redis);
       await stop(procs.pop()!);
       return m;
     };
@@ -196,10 +235,10 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
     if (result.ours && result.fastify) result.oursOverFastify = +(result.ours.reqPerSec / result.fastify.reqPerSec).toFixed(2);
 
     log(`\nredeem, ${n} distinct first-time redeems per target (first tenth, at most 20,000, warm-up), ${connections} connections`);
-    log('target                       req/s     p50 ms   p99 ms   non-2xx  errors');
+    log('target                       req/s     p50 ms   p99 ms   non-2xx  errors   server µs/req  redis µs/req');
     const rows = [['uWS ceiling', result.ceiling], [`ours (${workers}w)`, result.ours], ['Fastify+JSON+ioredis', result.fastify], [`ours (${workers}w) + snapshot`, result.snapshot]] as const;
     for (const [name, m] of rows) {
-      if (m) log(`${name.padEnd(26)} ${String(m.reqPerSec).padStart(8)} ${String(m.p50).padStart(9)} ${String(m.p99).padStart(8)} ${String(m.non2xx).padStart(9)} ${String(m.errors).padStart(7)}`);
+      if (m) log(`${name.padEnd(26)} ${String(m.reqPerSec).padStart(8)} ${String(m.p50).padStart(9)} ${String(m.p99).padStart(8)} ${String(m.non2xx).padStart(9)} ${String(m.errors).padStart(7)} ${String(m.serverCpuUs ?? '-').padStart(15)} ${String(m.redisCpuUs ?? '-').padStart(13)}`);
     }
     if (result.snapshot) log(`snapshot writer lag during that run: worst ${result.snapshot.maxLagSeconds.toFixed(3)} s, ${result.snapshot.maxLagEvents} events (target < 1 s)`);
     log(`ours / ceiling = ${result.oursOverCeiling ?? '-'} (target >= 0.7)   ours / Fastify = ${result.oursOverFastify ?? '-'} (target >= 2.0)   ours p99 = ${result.ours?.p99 ?? '-'} ms (target <= 10)`);
