@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import os from 'node:os';
 import { randomBytes, randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -21,7 +22,7 @@ import { watchLag } from './snapshot.js';
  * setupRequest walks the token list and `amount` stops at its end), so all answers should be 200; the
  * first tenth (at most 20,000) warms up and is not measured.
  * Each server runs in its own process; autocannon runs here, 100 connections, Buffer bodies.
- *   node dist/bench/http.js [--tokens N] [--workers W] [--connections C] [--only ceiling,ours,fastify]
+ *   node dist/bench/http.js [--tokens N] [--workers W] [--connections C] [--only ceiling,ours,fastify,ours-cores]
  */
 
 export interface BenchOptions {
@@ -38,7 +39,7 @@ export interface BenchOptions {
   log?: (line: string) => void;
 }
 
-export type Target = 'ceiling' | 'ours' | 'fastify' | 'snapshot';
+export type Target = 'ceiling' | 'ours' | 'fastify' | 'snapshot' | 'ours-cores';
 
 export interface Measured {
   reqPerSec: number;
@@ -55,6 +56,8 @@ export interface BenchResult {
   ours?: Measured;
   ceiling?: Measured;
   fastify?: Measured;
+  /** ours as `npm start` runs it, one worker per core (measured when that differs from `workers`) */
+  oursAllCores?: Measured & { workers: number };
   /** ours again with the Postgres snapshot writer running in serve, and the worst writer lag sampled meanwhile */
   snapshot?: Measured & { maxLagSeconds: number; maxLagEvents: number };
   oursOverCeiling?: number;
@@ -191,7 +194,9 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
     const ours = (await ourTokens(new TokenEngine(store), n)).map((token, i) => packr.pack({ token, userId: `r${i}` }));
     const plain = (await plainTokens(redis, prefix, n)).map((token, i) => Buffer.from(JSON.stringify({ token, userId: `r${i}` })));
 
-    const want = (t: Target) => (opts.only ? opts.only.includes(t) : t !== 'snapshot' || opts.snapshotDatabaseUrl !== undefined);
+    const cores = os.cpus().length;
+    const want = (t: Target) =>
+      opts.only ? opts.only.includes(t) : t === 'snapshot' ? opts.snapshotDatabaseUrl !== undefined : t !== 'ours-cores' || cores !== workers;
     const withWriter = want('snapshot') ? (await ourTokens(new TokenEngine(store), n)).map((token, i) => packr.pack({ token, userId: `s${i}` })) : [];
 
     const measure = async (args: string[], env: Record<string, string>, bodies: Buffer[], type: string, ready?: () => Promise<void>) => {
@@ -203,7 +208,7 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
       await stop(procs.pop()!);
       return m;
     };
-    const serveArgs = [path.join(here, '..', 'cli', 'main.js'), 'serve', '--host', '127.0.0.1', '--port', 'PORT', '--workers', String(workers)];
+    const serveArgs = (w: number) => [path.join(here, '..', 'cli', 'main.js'), 'serve', '--host', '127.0.0.1', '--port', 'PORT', '--workers', String(w)];
     const serveEnv = { KEY_PREFIX: prefix, REDIS_URL: config.redisUrl, SNAPSHOT: 'false', RATE_LIMIT_FAILURES: String(1e9) };
     const result: BenchResult = {};
     if (want('ceiling')) {
@@ -212,7 +217,12 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
     }
     if (want('ours')) {
       log(`ours (${workers} worker${workers > 1 ? 's' : ''}) ...`);
-      result.ours = await measure(serveArgs, serveEnv, ours, 'application/msgpack');
+      result.ours = await measure(serveArgs(workers), serveEnv, ours, 'application/msgpack');
+    }
+    if (want('ours-cores')) {
+      log(`ours (${cores} workers, one per core: npm start's default) ...`);
+      const bodies = (await ourTokens(new TokenEngine(store), n)).map((token, i) => packr.pack({ token, userId: `c${i}` }));
+      result.oursAllCores = { ...(await measure(serveArgs(cores), serveEnv, bodies, 'application/msgpack')), workers: cores };
     }
     if (want('snapshot')) {
       if (!opts.snapshotDatabaseUrl) throw new Error('the snapshot target needs snapshotDatabaseUrl');
@@ -223,7 +233,7 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
         while ((await sampleLag(redis, prefix)).events > 0) await new Promise((r) => setTimeout(r, 100));
         lag = watchLag(redis, prefix);
       };
-      const m = await measure(serveArgs, { ...serveEnv, SNAPSHOT: 'true', DATABASE_URL: opts.snapshotDatabaseUrl }, withWriter, 'application/msgpack', caughtUp);
+      const m = await measure(serveArgs(workers), { ...serveEnv, SNAPSHOT: 'true', DATABASE_URL: opts.snapshotDatabaseUrl }, withWriter, 'application/msgpack', caughtUp);
       const worst = await lag!.stop();
       result.snapshot = { ...m, maxLagSeconds: worst.seconds, maxLagEvents: worst.events };
     }
@@ -236,7 +246,10 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
 
     log(`\nredeem, ${n} distinct first-time redeems per target (first tenth, at most 20,000, warm-up), ${connections} connections`);
     log('target                       req/s     p50 ms   p99 ms   non-2xx  errors   server µs/req  redis µs/req');
-    const rows = [['uWS ceiling', result.ceiling], [`ours (${workers}w)`, result.ours], ['Fastify+JSON+ioredis', result.fastify], [`ours (${workers}w) + snapshot`, result.snapshot]] as const;
+    const rows = [
+      ['uWS ceiling', result.ceiling], [`ours (${workers}w)`, result.ours], ['Fastify+JSON+ioredis', result.fastify],
+      [`ours (${result.oursAllCores?.workers}w, one per core)`, result.oursAllCores], [`ours (${workers}w) + snapshot`, result.snapshot],
+    ] as const;
     for (const [name, m] of rows) {
       if (m) log(`${name.padEnd(26)} ${String(m.reqPerSec).padStart(8)} ${String(m.p50).padStart(9)} ${String(m.p99).padStart(8)} ${String(m.non2xx).padStart(9)} ${String(m.errors).padStart(7)} ${String(m.serverCpuUs ?? '-').padStart(15)} ${String(m.redisCpuUs ?? '-').padStart(13)}`);
     }

@@ -64,6 +64,11 @@ console.log(`redeem vs uWS ceiling   ${o.oursOverCeiling} (>= 0.7: ${mark((o.our
 console.log(`redeem vs Fastify       ${o.oursOverFastify} (>= 2.0: ${mark((o.oursOverFastify ?? 0) >= 2)})`);
 console.log(`redeem p99              ${o.ours?.p99} ms (<= 10: ${mark((o.ours?.p99 ?? 99) <= 10)})`);
 const cpu = (m?: { serverCpuUs?: number; redisCpuUs?: number }) => (m ? `${m.serverCpuUs} + ${m.redisCpuUs} µs` : '-');
+if (o.oursAllCores) {
+  const c = o.oursAllCores;
+  const of = (m?: { reqPerSec: number }) => (m ? (c.reqPerSec / m.reqPerSec).toFixed(2) : '-');
+  console.log(`ours with ${c.workers} workers (npm start's default, one per core): ${c.reqPerSec} req/s, p99 ${c.p99} ms = ${of(o.ceiling)} of the ceiling, ${of(o.fastify)} x Fastify (the targets above use 1 worker, like the baselines)`);
+}
 console.log(`CPU per redeem (server + Redis): ours ${cpu(o.ours)}, Fastify ${cpu(o.fastify)}, uWS ceiling ${cpu(o.ceiling)}`);
 console.log(`snapshot catch-up       ${Math.round(snapResult.eventsPerSec)} events/s (>= 100k: ${mark(snapResult.eventsPerSec >= 100_000)})`);
 console.log(`snapshot lag under HTTP redeem load  ${o.snapshot?.maxLagSeconds.toFixed(3)} s (< 1 s: ${mark((o.snapshot?.maxLagSeconds ?? 9) < 1)})`);
