@@ -1,5 +1,5 @@
 import type { RedisClient } from './redis.js';
-import { masters } from './redis.js';
+import { scanKeys } from './redis.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS } from './keys.js';
 import { dashed } from './codec.js';
 import type { TokenState } from './model.js';
@@ -99,60 +99,53 @@ export async function* scanTokens(redis: RedisClient, prefix: string, filter: Ex
   };
   const stateLetter = filter.state === undefined ? undefined : STATE_LETTER[filter.state];
 
-  // a Cluster client learns its masters when it connects: without this a fresh one lists none
-  await redis.ping();
-  for (const node of masters(redis)) {
-    let cursor = '0';
-    do {
-      const [next, found] = await node.scan(cursor, 'MATCH', `${prefix}:{*}:b:*`, 'COUNT', count);
-      cursor = next;
-      const places: { key: string; shard: number; prefixHex: string }[] = [];
-      for (const key of found) {
-        const m = bucketKey.exec(key);
-        if (!m) continue;
-        const shard = Number(m[1]);
-        const bucket = Number(m[2]);
-        if (shard >= SHARDS || bucket >= BUCKETS_PER_SHARD) continue;
-        const place = shard * BUCKETS_PER_SHARD + bucket;
-        if (seen[place]) continue;
-        seen[place] = 1;
-        places.push({ key, shard, prefixHex: place.toString(16).padStart(4, '0') });
-      }
-      if (places.length === 0) continue;
-      const hashes = await Promise.all(places.map((p) => redis.hgetall(p.key)));
-      const page: { shard: number; t: BucketToken }[] = [];
-      places.forEach((p, i) => {
-        for (const t of decodeBucket(p.prefixHex, hashes[i]!, stateLetter)) page.push({ shard: p.shard, t });
-      });
-      if (page.length === 0) continue;
+  for await (const { keys: found } of scanKeys(redis, `${prefix}:{*}:b:*`, count)) {
+    const places: { key: string; shard: number; prefixHex: string }[] = [];
+    for (const key of found) {
+      const m = bucketKey.exec(key);
+      if (!m) continue;
+      const shard = Number(m[1]);
+      const bucket = Number(m[2]);
+      if (shard >= SHARDS || bucket >= BUCKETS_PER_SHARD) continue;
+      const place = shard * BUCKETS_PER_SHARD + bucket;
+      if (seen[place]) continue;
+      seen[place] = 1;
+      places.push({ key, shard, prefixHex: place.toString(16).padStart(4, '0') });
+    }
+    if (places.length === 0) continue;
+    const hashes = await Promise.all(places.map((p) => redis.hgetall(p.key)));
+    const page: { shard: number; t: BucketToken }[] = [];
+    places.forEach((p, i) => {
+      for (const t of decodeBucket(p.prefixHex, hashes[i]!, stateLetter)) page.push({ shard: p.shard, t });
+    });
+    if (page.length === 0) continue;
 
-      // the dictionary only grows: a number it lacks means our copy predates a generate, so refetch once
-      const shards = [...new Set(page.map((e) => e.shard))];
-      await loadDicts(shards.filter((s) => !dicts.has(s)));
-      const stale = new Set(page.filter((e) => !nameRow(e.t, dicts.get(e.shard)!)).map((e) => e.shard));
-      if (stale.size) {
-        await loadDicts([...stale]);
-        for (const e of page) if (stale.has(e.shard)) nameRow(e.t, dicts.get(e.shard)!);
-      }
-      const kept = filter.campaignId === undefined ? page : page.filter((e) => e.t.row[4] === filter.campaignId);
+    // the dictionary only grows: a number it lacks means our copy predates a generate, so refetch once
+    const shards = [...new Set(page.map((e) => e.shard))];
+    await loadDicts(shards.filter((s) => !dicts.has(s)));
+    const stale = new Set(page.filter((e) => !nameRow(e.t, dicts.get(e.shard)!)).map((e) => e.shard));
+    if (stale.size) {
+      await loadDicts([...stale]);
+      for (const e of page) if (stale.has(e.shard)) nameRow(e.t, dicts.get(e.shard)!);
+    }
+    const kept = filter.campaignId === undefined ? page : page.filter((e) => e.t.row[4] === filter.campaignId);
 
-      const side = new Map<string, { shard: number; kind: 'rs' | 'rd'; entries: BucketToken[] }>();
-      for (const e of kept) {
-        if (e.t.state !== 's' && e.t.state !== 'r') continue;
-        const kind = e.t.state === 's' ? 'rs' : 'rd';
-        const k = `${e.shard}${kind}`;
-        let g = side.get(k);
-        if (!g) side.set(k, (g = { shard: e.shard, kind, entries: [] }));
-        g.entries.push(e.t);
-      }
-      await Promise.all(
-        [...side.values()].map(async (g) => {
-          const key = g.kind === 'rs' ? keys.reservations(g.shard) : keys.redeemed(g.shard);
-          const values = await redis.hmget(key, ...g.entries.map((t) => t.suffix));
-          g.entries.forEach((t, i) => (g.kind === 'rs' ? fillReservation : fillRedemption)(t.row, values[i] ?? null));
-        }),
-      );
-      if (kept.length) yield kept.map((e) => e.t.row);
-    } while (cursor !== '0');
+    const side = new Map<string, { shard: number; kind: 'rs' | 'rd'; entries: BucketToken[] }>();
+    for (const e of kept) {
+      if (e.t.state !== 's' && e.t.state !== 'r') continue;
+      const kind = e.t.state === 's' ? 'rs' : 'rd';
+      const k = `${e.shard}${kind}`;
+      let g = side.get(k);
+      if (!g) side.set(k, (g = { shard: e.shard, kind, entries: [] }));
+      g.entries.push(e.t);
+    }
+    await Promise.all(
+      [...side.values()].map(async (g) => {
+        const key = g.kind === 'rs' ? keys.reservations(g.shard) : keys.redeemed(g.shard);
+        const values = await redis.hmget(key, ...g.entries.map((t) => t.suffix));
+        g.entries.forEach((t, i) => (g.kind === 'rs' ? fillReservation : fillRedemption)(t.row, values[i] ?? null));
+      }),
+    );
+    if (kept.length) yield kept.map((e) => e.t.row);
   }
 }

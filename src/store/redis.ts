@@ -68,9 +68,20 @@ export function masters(client: RedisClient): Redis[] {
   return client instanceof Cluster ? client.nodes('master') : [client];
 }
 
+/** `masters`, once a Cluster client has read the slot map (before that it knows none). */
+export async function readyMasters(client: RedisClient): Promise<Redis[]> {
+  if (client instanceof Cluster && client.status !== 'ready') {
+    await new Promise<void>((resolve, reject) => {
+      client.once('ready', resolve);
+      client.once('end', () => reject(new Error('Redis Cluster connection ended before it was ready')));
+    });
+  }
+  return masters(client);
+}
+
 /** Keys matching `pattern` on every master, one SCAN page at a time (never KEYS), with the node that holds them. */
 export async function* scanKeys(client: RedisClient, pattern: string, count = 1000): AsyncGenerator<{ node: Redis; keys: string[] }> {
-  for (const node of masters(client)) {
+  for (const node of await readyMasters(client)) {
     let cursor = '0';
     do {
       const [next, keys] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', count);

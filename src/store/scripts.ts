@@ -1,9 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { Cluster } from 'ioredis';
 import type { RedisClient } from './redis.js';
-import { masters } from './redis.js';
+import { readyMasters } from './redis.js';
 
 /** lua/ sits at the package root, both from src/ (tests) and from dist/src/ (built). */
 function luaDir(): string {
@@ -56,11 +55,6 @@ export function defineScripts(client: RedisClient, extra: readonly string[] = []
 }
 
 export async function preloadScripts(client: RedisClient, names: readonly string[] = SCRIPT_NAMES): Promise<void> {
-  // a Cluster client knows its masters only once it has read the slot map
-  if (client instanceof Cluster && client.status !== 'ready') await new Promise<void>((resolve, reject) => {
-    client.once('ready', resolve);
-    client.once('end', () => reject(new Error('Redis Cluster connection ended before it was ready')));
-  });
   const sources = names.map((n) => readScript(n));
-  await Promise.all(masters(client).map((m) => Promise.all(sources.map((s) => m.script('LOAD', s)))));
+  await Promise.all((await readyMasters(client)).map((m) => Promise.all(sources.map((s) => m.script('LOAD', s)))));
 }
