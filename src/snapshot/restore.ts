@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
-import { Keys, SHARDS, placeOfOwner } from '../store/keys.js';
+import { Keys, SHARDS, placeOfOwner, placeOfToken } from '../store/keys.js';
+import { hexOf } from '../store/codec.js';
 import { defineScripts, preloadScripts } from '../store/scripts.js';
 import { scanKeys } from '../store/redis.js';
 import { GROUP } from './lag.js';
@@ -43,8 +44,8 @@ export async function restoreFromPostgres(redis: RedisClient, pool: pg.Pool, pre
         const args: (string | number)[] = [0];
         let count = 0;
         for (const r of page.slice(i, i + CHUNK)) {
-          const hex = r[0]!.replace(/-/g, '');
-          const bucket = parseInt(hex.slice(0, 4), 16) & 1023;
+          const hex = hexOf(r[0]!);
+          const { bucket } = placeOfToken(hex);
           let idx = bucketIndex.get(bucket);
           if (idx === undefined) {
             callKeys.push(keys.bucket(shard, bucket));

@@ -32,6 +32,9 @@ export function decodeResult<C extends string>(reply: unknown): Result<C> {
   return out;
 }
 
+/** The token's 32 hex digits, as the scripts and the bucket prefixes take them. */
+export const hexOf = (token: string): string => token.replace(/-/g, '');
+
 export function dashed(hex: string): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }

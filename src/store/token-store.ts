@@ -1,7 +1,7 @@
 import type { RedisClient } from './redis.js';
 import { defineScripts, preloadScripts, type ScriptFn } from './scripts.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken, type OwnerPlace } from './keys.js';
-import { dashed, decodeResult } from './codec.js';
+import { dashed, decodeResult, hexOf } from './codec.js';
 import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, TokenSet, UnredeemedToken } from './model.js';
 
 export interface OwnerBatch {
@@ -9,11 +9,9 @@ export interface OwnerBatch {
   ownerUserId: string;
   /** the new tokens, already placed in the owner's bucket (their first 16 bits are the place's) */
   minted: TokenSet;
-  /** placeOfOwner(ownerSatelliteId, ownerUserId), when the caller has it already */
-  place?: OwnerPlace;
+  /** placeOfOwner(ownerSatelliteId, ownerUserId): the caller made the tokens for it */
+  place: OwnerPlace;
 }
-
-const hexOf = (token: string): string => token.replace(/-/g, '');
 
 const STATES = ['generated', 'unredeemed', 'reserved', 'redeemed', 'revoked'] as const;
 
@@ -39,7 +37,7 @@ export class TokenStore {
   async generate(batches: OwnerBatch[], campaignId: string, expiresAt?: number): Promise<number> {
     const byShard = new Map<number, { keys: string[]; args: (string | number)[]; owners: number; bucketIndex: Map<number, number> }>();
     for (const b of batches) {
-      const place = b.place ?? placeOfOwner(b.ownerSatelliteId, b.ownerUserId);
+      const { place } = b;
       let g = byShard.get(place.shard);
       if (!g) {
         const k = this.keys;
@@ -52,8 +50,7 @@ export class TokenStore {
         idx = g.keys.push(this.keys.bucket(place.shard, place.bucket));
         g.bucketIndex.set(place.bucket, idx);
       }
-      const args = g.args;
-      args.push(idx, place.refHint, b.ownerSatelliteId, b.ownerUserId, b.minted.count, b.minted.hex, b.minted.dashed);
+      g.args.push(idx, place.refHint, b.ownerSatelliteId, b.ownerUserId, b.minted.count, b.minted.hex, b.minted.dashed);
       g.owners++;
     }
     const replies = await Promise.all(
