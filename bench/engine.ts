@@ -4,7 +4,7 @@ import { Redis } from 'ioredis';
 import { SHARDS } from '../src/store/keys.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine, type GenerateRequest } from '../src/tokens/engine.js';
-import { startRedis } from './redis-server.js';
+import { info, redisCpuSeconds, startRedis } from './redis-server.js';
 
 /**
  * Token engine: generation throughput and Redis memory per token (issue 2: >= 300k tokens/s over 1M
@@ -79,23 +79,9 @@ function requests(tokens: number, perUser: number): GenerateRequest[] {
   return out;
 }
 
-async function info(redis: Redis, section: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  for (const line of (await redis.info(section)).split('\r\n')) {
-    const i = line.indexOf(':');
-    if (i > 0) out[line.slice(0, i)] = line.slice(i + 1);
-  }
-  return out;
-}
-
 async function memory(redis: Redis): Promise<{ used: number; dataset: number }> {
   const m = await info(redis, 'memory');
   return { used: Number(m.used_memory), dataset: Number(m.used_memory_dataset) };
-}
-
-async function redisCpu(redis: Redis): Promise<number> {
-  const c = await info(redis, 'cpu');
-  return Number(c.used_cpu_user) + Number(c.used_cpu_sys);
 }
 
 async function encodings(redis: Redis): Promise<{ buckets: number; hashtable: number }> {
@@ -118,7 +104,7 @@ async function once(redis: Redis, engine: TokenEngine, reqs: GenerateRequest[], 
   await engine.store.preload();
   await redis.config('RESETSTAT');
   const before = await memory(redis);
-  const cpu0 = await redisCpu(redis);
+  const cpu0 = await redisCpuSeconds(redis);
   const node0 = process.cpuUsage();
   let tokens = 0;
   let sync = 0;
@@ -137,7 +123,7 @@ async function once(redis: Redis, engine: TokenEngine, reqs: GenerateRequest[], 
   );
   const seconds = (performance.now() - t0) / 1000;
   const node = process.cpuUsage(node0);
-  const redisCpuSeconds = (await redisCpu(redis)) - cpu0;
+  const redisCpu = (await redisCpuSeconds(redis)) - cpu0;
   const evalsha = /calls=(\d+),usec=(\d+),usec_per_call=([\d.]+)/.exec((await info(redis, 'commandstats')).cmdstat_evalsha ?? '');
   const withStreams = await memory(redis);
   const enc = await encodings(redis);
@@ -157,7 +143,7 @@ async function once(redis: Redis, engine: TokenEngine, reqs: GenerateRequest[], 
     buckets: enc.buckets,
     nodeCpuSeconds: +((node.user + node.system) / 1e6).toFixed(3),
     nodeSyncSeconds: +(sync / 1000).toFixed(3),
-    redisCpuSeconds: +redisCpuSeconds.toFixed(3),
+    redisCpuSeconds: +redisCpu.toFixed(3),
     evalshaCalls: Number(evalsha?.[1] ?? 0),
     evalshaUsecPerCall: Number(evalsha?.[3] ?? 0),
     evalshaSeconds: +(Number(evalsha?.[2] ?? 0) / 1e6).toFixed(3),

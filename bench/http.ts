@@ -5,14 +5,14 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import autocannon from 'autocannon';
-import { Packr } from 'msgpackr';
 import { loadConfig } from '../src/config.js';
+import { packr } from '../src/msgpack.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { createRedis, dropPrefix, type RedisClient } from '../src/store/redis.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { sampleLag } from '../src/snapshot/index.js';
-import { freePort } from './redis-server.js';
+import { freePort, redisCpuSeconds } from './redis-server.js';
 import { watchLag } from './snapshot.js';
 
 /**
@@ -66,7 +66,6 @@ export interface BenchResult {
 
 // run from dist/bench: the baselines sit next to this file, the CLI in dist/cli
 const here = path.dirname(fileURLToPath(import.meta.url));
-const packr = new Packr({ useRecords: false });
 
 function start(args: string[], env: Record<string, string> = {}): Promise<ChildProcess> {
   const proc = spawn(process.execPath, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
@@ -104,11 +103,6 @@ function treeCpuSeconds(root: number): number {
     for (const p of stats) if (!inTree.has(p.pid) && inTree.has(p.ppid)) grew = inTree.add(p.pid) !== undefined;
   }
   return stats.filter((p) => inTree.has(p.pid)).reduce((sum, p) => sum + p.cpu, 0);
-}
-
-async function redisCpuSeconds(redis: RedisClient): Promise<number> {
-  const info = await redis.info('cpu');
-  return Number(/used_cpu_user:([\d.]+)/.exec(info)?.[1]) + Number(/used_cpu_sys:([\d.]+)/.exec(info)?.[1]);
 }
 
 /**

@@ -71,3 +71,19 @@ function ready(proc: ChildProcess, ms = 20_000): Promise<void> {
     });
   });
 }
+
+/** One INFO section as name -> value. */
+export async function info(redis: { info(section: string): Promise<string> }, section: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const line of (await redis.info(section)).split('\r\n')) {
+    const i = line.indexOf(':');
+    if (i > 0) out[line.slice(0, i)] = line.slice(i + 1);
+  }
+  return out;
+}
+
+/** CPU seconds (user + system) the Redis server has used since it started. */
+export async function redisCpuSeconds(redis: { info(section: string): Promise<string> }): Promise<number> {
+  const c = await info(redis, 'cpu');
+  return Number(c.used_cpu_user) + Number(c.used_cpu_sys);
+}
