@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { CampaignStore, type CampaignMeta } from '../../src/campaigns/store.js';
+import { CLAIM_TTL_MS, CampaignStore, type CampaignMeta } from '../../src/campaigns/store.js';
 import { runCampaign, type FlowSatellite, type SatelliteReport } from '../../src/campaigns/flow.js';
 import { SatelliteRegistry } from '../../src/satellites/registry.js';
 import { createRedis } from '../../src/store/redis.js';
@@ -91,7 +91,7 @@ export function register(program: Command): void {
 
         const id = opts.resume ?? opts.campaign ?? newCampaignId();
         const run = opts.dryRun ? undefined : await campaigns.claim(id);
-        if (!opts.dryRun && !run) throw new Error(`campaign "${id}" is being run by another generate; wait for it (or, if it was killed, up to 30 s)`);
+        if (!opts.dryRun && !run) throw new Error(`campaign "${id}" is being run by another generate; wait for it (or, if it was killed, up to ${CLAIM_TTL_MS / 1000} s)`);
         try {
           const existing = opts.resume !== undefined ? await campaigns.require(id) : await campaigns.meta(id);
           if (existing && perUser !== undefined && existing.perUser !== perUser) {

@@ -39,6 +39,9 @@ export type Counter = (typeof COUNTERS)[number];
  *   <p>:{camp:<id>}:run         string  the running generate's holder id, with a TTL it keeps renewing
  *   <p>:{campaigns}             zset  campaign id -> createdAt (listing)
  */
+/** How long a run's claim outlives a run that stopped renewing it (a killed CLI). */
+export const CLAIM_TTL_MS = 30_000;
+
 export function campaignNotFound(id: string): never {
   throw new DomainError('campaign_not_found', `campaign "${id}" does not exist`);
 }
@@ -74,7 +77,7 @@ export class CampaignStore {
    * two sets. The claim expires `ttlMs` after its holder stops renewing it (a killed CLI), so
    * --resume is never blocked for long. Undefined when another run holds it.
    */
-  async claim(id: string, ttlMs = 30_000): Promise<{ release(): Promise<void> } | undefined> {
+  async claim(id: string, ttlMs = CLAIM_TTL_MS): Promise<{ release(): Promise<void> } | undefined> {
     const lease = new Lease(this.redis, this.key(id, 'run'), ttlMs);
     if (!(await lease.acquire())) return undefined;
     const renew = setInterval(() => void lease.renew().catch(() => undefined), ttlMs / 3);
