@@ -1,37 +1,32 @@
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createRedis, type RedisClient } from '../src/store/redis.js';
 import { SCRIPT_NAMES, readScript } from '../src/store/scripts.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
-import { privateRedis } from './helpers/http.js';
+import { privateRedisClient } from './helpers/redis.js';
 
 // A private redis-server: SCRIPT FLUSH and restarts would disturb anyone else's scripts on a shared one.
 describe('Lua scripts are reloaded when Redis has lost them (NOSCRIPT)', () => {
-  let server: Awaited<ReturnType<typeof privateRedis>>;
-  let redis: RedisClient;
+  let p: Awaited<ReturnType<typeof privateRedisClient>>;
   let engine: TokenEngine;
 
   beforeAll(async () => {
-    server = await privateRedis();
-    await server.start();
-    redis = createRedis({ redisUrl: server.url, redisClusterNodes: [] });
-    engine = new TokenEngine(new TokenStore(redis, 'scripts'));
+    p = await privateRedisClient();
+    engine = new TokenEngine(new TokenStore(p.redis, 'scripts'));
     await engine.store.preload();
   });
   afterAll(async () => {
-    redis?.disconnect();
-    await server?.stop();
+    await p?.close();
   });
 
   const owners = (user: string) => [{ ownerSatelliteId: 'sat', ownerUserId: user }];
   const shas = SCRIPT_NAMES.map((name) => createHash('sha1').update(readScript(name)).digest('hex'));
-  const loaded = async () => (await redis.call('SCRIPT', 'EXISTS', ...shas)) as number[];
+  const loaded = async () => (await p.redis.call('SCRIPT', 'EXISTS', ...shas)) as number[];
 
   it('after SCRIPT FLUSH every operation still works and loads its script again', async () => {
     const { tokens } = await engine.generate({ owners: owners('a'), perUser: 3 });
     expect((await loaded()).every((x) => x === 1)).toBe(true);
-    await redis.call('SCRIPT', 'FLUSH');
+    await p.redis.call('SCRIPT', 'FLUSH');
     expect((await loaded()).some((x) => x === 1)).toBe(false);
     expect((await engine.redeem(tokens[0]!.token, 'other', 'new-user')).code).toBe('ok');
     expect((await engine.reserve(tokens[1]!.token, 'other', 60_000)).code).toBe('ok');
@@ -42,8 +37,8 @@ describe('Lua scripts are reloaded when Redis has lost them (NOSCRIPT)', () => {
 
   it('after a Redis restart (data kept by AOF, scripts gone) the same client goes on', async () => {
     const { tokens } = await engine.generate({ owners: owners('c'), perUser: 2 });
-    await server.stop();
-    await server.start();
+    await p.server.stop();
+    await p.server.start();
     expect((await engine.redeem(tokens[0]!.token, 'other', 'after-restart')).code).toBe('ok');
     expect((await engine.lookup(tokens[1]!.token))?.state).toBe('unredeemed');
   });

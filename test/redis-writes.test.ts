@@ -1,25 +1,23 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createRedis, type RedisClient } from '../src/store/redis.js';
-import { privateRedis } from './helpers/http.js';
+import type { RedisClient } from '../src/store/redis.js';
+import { privateRedisClient } from './helpers/redis.js';
 
 // A private redis-server, so its read counter counts this test's connection alone.
 describe('commands sent in one event-loop turn leave in one write', () => {
-  let server: Awaited<ReturnType<typeof privateRedis>>;
+  let p: Awaited<ReturnType<typeof privateRedisClient>>;
   let redis: RedisClient;
   let probe: Redis;
 
   beforeAll(async () => {
-    server = await privateRedis();
-    await server.start();
-    redis = createRedis({ redisUrl: server.url, redisClusterNodes: [] });
-    probe = new Redis(server.url);
+    p = await privateRedisClient();
+    redis = p.redis;
+    probe = new Redis(p.server.url);
     await redis.ping();
   });
   afterAll(async () => {
-    redis?.disconnect();
     probe?.disconnect();
-    await server?.stop();
+    await p?.close();
   });
 
   const reads = async () => Number(/total_reads_processed:(\d+)/.exec(await probe.info('stats'))?.[1]);

@@ -3,6 +3,7 @@ import { Redis } from 'ioredis';
 import { createRedis, dropPrefix, type RedisClient } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
+import { privateRedis } from './http.js';
 
 export const SHARED_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 
@@ -32,6 +33,21 @@ export async function engineFixture(opts: { redis?: () => RedisClient; label?: s
     async close() {
       await dropPrefix(redis, prefix);
       redis.disconnect();
+    },
+  };
+}
+
+/** A redis-server of the test's own (free port, AOF on) and a client on it, for what would disturb a shared one. */
+export async function privateRedisClient(): Promise<{ server: Awaited<ReturnType<typeof privateRedis>>; redis: RedisClient; close(): Promise<void> }> {
+  const server = await privateRedis();
+  await server.start();
+  const redis = createRedis({ redisUrl: server.url, redisClusterNodes: [] });
+  return {
+    server,
+    redis,
+    async close() {
+      redis.disconnect();
+      await server.stop();
     },
   };
 }
