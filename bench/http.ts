@@ -1,5 +1,4 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import { randomBytes, randomUUID } from 'node:crypto';
 import path from 'node:path';
@@ -12,6 +11,7 @@ import { createRedis, dropPrefix, type RedisClient } from '../src/store/redis.js
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { sampleLag } from '../src/snapshot/index.js';
+import { treeCpuSeconds } from './proc.js';
 import { freePort, redisCpuSeconds } from './redis-server.js';
 import { watchLag } from './snapshot.js';
 
@@ -81,28 +81,6 @@ function stop(proc: ChildProcess): Promise<void> {
     proc.once('exit', () => resolve());
     proc.kill('SIGTERM');
   });
-}
-
-/** CPU seconds (user + system) of a process and all its descendants, from /proc (Linux; clock ticks of 1/100 s). */
-function treeCpuSeconds(root: number): number {
-  const stats = readdirSync('/proc')
-    .filter((d) => /^\d+$/.test(d))
-    .map((d) => {
-      try {
-        // fields after the command name: state ppid ... utime (14th field) stime (15th)
-        const f = readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1]!.split(' ');
-        return { pid: Number(d), ppid: Number(f[1]), cpu: (Number(f[11]) + Number(f[12])) / 100 };
-      } catch {
-        return undefined;
-      }
-    })
-    .filter((x) => x !== undefined);
-  const inTree = new Set([root]);
-  for (let grew = true; grew; ) {
-    grew = false;
-    for (const p of stats) if (!inTree.has(p.pid) && inTree.has(p.ppid)) grew = inTree.add(p.pid) !== undefined;
-  }
-  return stats.filter((p) => inTree.has(p.pid)).reduce((sum, p) => sum + p.cpu, 0);
 }
 
 /**

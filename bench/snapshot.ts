@@ -6,6 +6,8 @@ import { openPostgres, sampleLag, startSnapshotWriter, type Lag } from '../src/s
 import { createRedis, dropPrefix, type RedisClient } from '../src/store/redis.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
+import { cpuSecondsOf } from './proc.js';
+import { redisCpuSeconds } from './redis-server.js';
 
 /**
  * Snapshot writer speed against the local Postgres, in a throw-away database and key prefix:
@@ -31,6 +33,21 @@ export interface SnapshotBenchResult {
   redeemsPerSec: number;
   maxLagSeconds: number;
   maxLagEvents: number;
+  /** CPU per event during the catch-up: Postgres backends of the bench's database, the writer (this process), Redis */
+  cpuMicrosPerEvent: { postgres: number; writer: number; redis: number };
+}
+
+/** Backends serving `db` (the writer's, the bench's, autovacuum's), when Postgres runs on this machine. */
+async function backendPids(pool: pg.Pool, db: string): Promise<number[]> {
+  const r = await pool.query<{ pid: number }>('SELECT pid FROM pg_stat_activity WHERE datname = $1', [db]);
+  return r.rows.map((x) => x.pid);
+}
+
+/** CPU seconds the backends of `db` spent since `before` (a backend started meanwhile counts whole). */
+async function backendCpuSince(pool: pg.Pool, db: string, before: Map<number, number>): Promise<number> {
+  let sum = 0;
+  for (const [pid, cpu] of cpuSecondsOf(await backendPids(pool, db))) sum += cpu - (before.get(pid) ?? 0);
+  return sum;
 }
 
 /** Samples the writer's lag every `intervalMs` until stopped; for combining with the HTTP redeem bench. */
@@ -66,10 +83,16 @@ async function generate(engine: TokenEngine, total: number): Promise<string[]> {
   return out;
 }
 
+/**
+ * Lag 0 means every entry is acknowledged, and the writer acknowledges only after its commit. The row
+ * count is read once lag is 0 (a count every poll would compete with the writer for Postgres' CPU).
+ */
 async function waitCaughtUp(redis: RedisClient, prefix: string, pool: pg.Pool, events: number): Promise<void> {
   for (;;) {
-    const n = Number((await pool.query('SELECT count(*) AS n FROM token_events')).rows[0].n);
-    if (n >= events && (await sampleLag(redis, prefix)).events === 0) return;
+    if ((await sampleLag(redis, prefix)).events === 0) {
+      const n = Number((await pool.query('SELECT count(*) AS n FROM token_events')).rows[0].n);
+      if (n >= events) return;
+    }
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -92,11 +115,22 @@ export async function run(opts: SnapshotBenchOptions = {}): Promise<SnapshotBenc
     log(`generating ${events} tokens (= ${events} events) with no writer running...`);
     const tokens = await generate(engine, events);
 
+    const pg0 = cpuSecondsOf(await backendPids(pool, dbName));
+    const node0 = process.cpuUsage();
+    const redis0 = await redisCpuSeconds(redis);
     const t0 = performance.now();
     const writer = await startSnapshotWriter(config, { log: () => {} });
     await waitCaughtUp(redis, prefix, pool, events);
     const catchUpSeconds = (performance.now() - t0) / 1000;
-    log(`catch-up: ${events} events in ${catchUpSeconds.toFixed(2)} s = ${Math.round(events / catchUpSeconds)} events/s`);
+    const node = process.cpuUsage(node0);
+    const perEvent = (seconds: number) => Math.round((seconds * 1e6) / events * 10) / 10;
+    const cpuMicrosPerEvent = {
+      postgres: perEvent(await backendCpuSince(pool, dbName, pg0)),
+      writer: perEvent((node.user + node.system) / 1e6),
+      redis: perEvent((await redisCpuSeconds(redis)) - redis0),
+    };
+    log(`catch-up: ${events} events in ${catchUpSeconds.toFixed(2)} s = ${Math.round(events / catchUpSeconds)} events/s; ` +
+      `CPU per event: Postgres ${cpuMicrosPerEvent.postgres} us, writer ${cpuMicrosPerEvent.writer} us, Redis ${cpuMicrosPerEvent.redis} us`);
 
     const lag = watchLag(redis, prefix);
     const r0 = performance.now();
@@ -119,6 +153,7 @@ export async function run(opts: SnapshotBenchOptions = {}): Promise<SnapshotBenc
       redeemsPerSec: redeems / redeemSeconds,
       maxLagSeconds: worst.seconds,
       maxLagEvents: worst.events,
+      cpuMicrosPerEvent,
     };
   } finally {
     await pool.end();
