@@ -10,12 +10,11 @@ describe('stream entries', () => {
     expect([...sorted].reverse().sort(compareIds)).toEqual(sorted);
   });
 
-  it('parses an entry into its id parts, type, time and 13 row values; a trimmed entry is undefined', () => {
-    const e = parseEntry(7, '1732540000000-3', ['type', 'redeemed', 'at', '1732540000123', 'row', 'tok\tredeemed\ts\tu\tc\t1\t\t\t\t\trs\tru\t1732540000123']);
-    expect(e).toEqual({
-      shard: 7, id: '1732540000000-3', ms: '1732540000000', seq: '3', type: 'redeemed', at: '1732540000123',
-      row: ['tok', 'redeemed', 's', 'u', 'c', '1', '', '', '', '', 'rs', 'ru', '1732540000123'],
-    });
+  it('parses an entry into its id parts, type, time and packed row, in any field order; a trimmed entry is undefined', () => {
+    const row = 'tok\tredeemed\ts\tu\tc\t1\t\t\t\t\trs\tru\t1732540000123';
+    const want = { shard: 7, id: '1732540000000-3', ms: '1732540000000', seq: '3', type: 'redeemed', at: '1732540000123', row };
+    expect(parseEntry(7, '1732540000000-3', ['type', 'redeemed', 'at', '1732540000123', 'row', row])).toEqual(want);
+    expect(parseEntry(7, '1732540000000-3', ['row', row, 'type', 'redeemed', 'at', '1732540000123'])).toEqual(want);
     expect(parseEntry(7, '1-1', null)).toBeUndefined();
   });
 });

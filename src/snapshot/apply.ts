@@ -2,17 +2,21 @@ import type pg from 'pg';
 import type { StreamEvent } from './events.js';
 
 /**
- * One batch, one transaction, one statement per table: the events travel as 19 parallel arrays
- * (unnest), token_events takes every entry (a replayed entry hits its key and is skipped), tokens
- * takes the newest entry per token and only moves forward: an upsert whose stream position is not
- * greater than the stored one changes nothing. So re-applying any batch, in any order, is harmless.
+ * One batch, one transaction, one statement per table. The events travel as six parallel arrays
+ * (unnest), the row still packed as the stream carries it, split here once per event: Postgres does that
+ * for less than the writer spends turning 13 arrays into array literals. token_events takes every entry
+ * (a replayed entry hits its key and is skipped); tokens takes the newest entry per token and only moves
+ * forward: an upsert whose stream position is not greater than the stored one changes nothing. So
+ * re-applying any batch, in any order, is harmless.
  */
 const APPLY_SQL = `
 WITH b AS (
-  SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::uuid[], $7::text[],
-    $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::bigint[],
-    $16::text[], $17::text[], $18::bigint[])
-    AS b(shard, ms, seq, type, at, token, state, osat, ouser, camp, created, expires, resid, resby, lease, rsat, ruser, rat)
+  SELECT u.shard, u.ms, u.seq, u.type, u.at, f.r[1]::uuid AS token, f.r[2] AS state, f.r[3] AS osat, f.r[4] AS ouser,
+    f.r[5] AS camp, f.r[6]::bigint AS created, nullif(f.r[7], '')::bigint AS expires, nullif(f.r[8], '') AS resid,
+    nullif(f.r[9], '') AS resby, nullif(f.r[10], '')::bigint AS lease, nullif(f.r[11], '') AS rsat,
+    nullif(f.r[12], '') AS ruser, nullif(f.r[13], '')::bigint AS rat
+  FROM unnest($1::smallint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::text[]) AS u(shard, ms, seq, type, at, row),
+    string_to_array(u.row, E'\\t') AS f(r)
 ), ev AS (
   INSERT INTO token_events (ev_shard, ev_ms, ev_seq, token, type, at)
   SELECT shard, ms, seq, token, type, at FROM b
@@ -30,16 +34,18 @@ ON CONFLICT (token) DO UPDATE SET state = excluded.state, owner_satellite_id = e
   ev_shard = excluded.ev_shard, ev_ms = excluded.ev_ms, ev_seq = excluded.ev_seq
 WHERE (excluded.ev_ms, excluded.ev_seq) > (t.ev_ms, t.ev_seq)`;
 
-const orNull = (s: string): string | null => (s === '' ? null : s);
-
 /** Sends `events` as one statement; the caller owns the transaction. */
 export async function applyEvents(client: pg.ClientBase, events: StreamEvent[]): Promise<void> {
-  const cols: (string | number | null)[][] = Array.from({ length: 18 }, () => new Array(events.length));
-  events.forEach((e, i) => {
-    const r = e.row;
-    const v = [e.shard, e.ms, e.seq, e.type, e.at, r[0]!, r[1]!, r[2]!, r[3]!, r[4]!, r[5]!, orNull(r[6]!), orNull(r[7]!),
-      orNull(r[8]!), orNull(r[9]!), orNull(r[10]!), orNull(r[11]!), orNull(r[12]!)];
-    for (let c = 0; c < 18; c++) cols[c]![i] = v[c]!;
-  });
-  await client.query(APPLY_SQL, cols);
+  const n = events.length;
+  const cols = [new Array<number>(n), new Array<string>(n), new Array<string>(n), new Array<string>(n), new Array<string>(n), new Array<string>(n)] as const;
+  for (let i = 0; i < n; i++) {
+    const e = events[i]!;
+    cols[0][i] = e.shard;
+    cols[1][i] = e.ms;
+    cols[2][i] = e.seq;
+    cols[3][i] = e.type;
+    cols[4][i] = e.at;
+    cols[5][i] = e.row;
+  }
+  await client.query(APPLY_SQL, cols as unknown as unknown[]);
 }

@@ -15,31 +15,31 @@ export interface StreamEvent {
   id: string;
   type: string;
   at: string;
-  /** the 13 row values in ROW_FIELDS order */
-  row: string[];
+  /** the 13 row values in ROW_FIELDS order, joined by tabs, as the stream carries them */
+  row: string;
 }
 
-/** Parses one XREADGROUP entry; undefined for an entry that was trimmed while pending (fields nil). */
+/**
+ * Parses one XREADGROUP entry; undefined for an entry that was trimmed while pending (fields nil).
+ * The scripts write the fields in this order; an entry written otherwise is looked up by name.
+ */
 export function parseEntry(shard: number, id: string, fields: string[] | null): StreamEvent | undefined {
   if (!fields || fields.length < 4) return undefined;
   const dash = id.indexOf('-');
-  const values = new Map<string, string>();
-  for (let i = 0; i < fields.length; i += 2) values.set(fields[i]!, fields[i + 1] ?? '');
+  const inOrder = fields[0] === 'type' && fields[2] === 'at' && fields[4] === 'row';
+  const field = (name: string) => {
+    const i = fields.indexOf(name);
+    return i >= 0 && i % 2 === 0 ? fields[i + 1] : undefined;
+  };
   return {
     shard,
     id,
     ms: id.slice(0, dash),
     seq: id.slice(dash + 1),
-    type: values.get('type') ?? '',
-    at: values.get('at') ?? '0',
-    row: unpackRow(values.get('row') ?? ''),
+    type: (inOrder ? fields[1] : field('type')) ?? '',
+    at: (inOrder ? fields[3] : field('at')) ?? '0',
+    row: (inOrder ? fields[5] : field('row')) ?? '',
   };
-}
-
-function unpackRow(packed: string): string[] {
-  const row = packed.split('\t');
-  row.length = ROW_FIELDS.length;
-  return Array.from(row, (v) => v ?? '');
 }
 
 /** Compares stream ids "ms-seq" numerically (both parts are decimal without leading zeros). */
