@@ -14,13 +14,17 @@ import { info, redisCpuSeconds, startRedis } from './redis-server.js';
  * streams (the snapshot writer trims them in production) and once after deleting them (the state cost).
  * Where the time goes: Node CPU, Redis CPU, EVALSHA usec_per_call, and the synchronous part of each
  * generate call (UUIDs, validation, grouping by shard, RESP encoding).
- *   node dist/bench/engine.js [--tokens N] [--per-user 3,10] [--concurrency 1,2,4,8]
+ *   node dist/bench/engine.js [--tokens N] [--per-user 3,10] [--concurrency 1,2,4,8] [--user-bytes N] [--listpack-value N]
  */
 export interface EngineBenchOptions {
   tokens?: number;
   perUser?: number[];
   /** calls in flight; with several values each is a full run and the fastest is reported */
   concurrency?: number[];
+  /** user ids padded to this many bytes (default: a bare UUID, 36), to see what long ids cost */
+  userIdBytes?: number;
+  /** the private redis-server's hash-max-listpack-value (Redis' default: 64) */
+  listpackValue?: number;
   log?: (line: string) => void;
 }
 
@@ -67,13 +71,14 @@ const PER_CALL = 10_000;
 // Storj-shaped ids: satellites are node ids, users are UUIDs; each call is for one satellite's users
 const SATELLITES = ['12EayRS2V1kEsWESU9QMRseFhdxYxKicsiFmxrsLZHeLUtdps3S', '12L9ZFwhzVpuEKMUNUqkaTLGzwY9G24tbiigLiXpmZWKwmcNDDs', '121RTSDpyNZVcEU84Ticf2L1ntiuUimbWgfATz21tuvgk3vzoA6'];
 
-function requests(tokens: number, perUser: number): GenerateRequest[] {
+function requests(tokens: number, perUser: number, userIdBytes = 36): GenerateRequest[] {
+  const pad = userIdBytes > 36 ? `-${'x'.repeat(userIdBytes - 37)}` : '';
   const users = Math.ceil(tokens / perUser);
   const perCall = Math.floor(PER_CALL / perUser);
   const out: GenerateRequest[] = [];
   for (let u = 0, n = 0; u < users; u += perCall, n++) {
     const sat = SATELLITES[n % SATELLITES.length]!;
-    const owners = Array.from({ length: Math.min(perCall, users - u) }, () => ({ ownerSatelliteId: sat, ownerUserId: randomUUID() }));
+    const owners = Array.from({ length: Math.min(perCall, users - u) }, () => ({ ownerSatelliteId: sat, ownerUserId: randomUUID() + pad }));
     out.push({ owners, perUser, campaignId: 'bench-campaign-2025' });
   }
   return out;
@@ -192,7 +197,7 @@ export function printEngine(r: EngineBenchResult, log: (line: string) => void = 
 export async function runEngineBench(opts: EngineBenchOptions = {}): Promise<EngineBenchResult> {
   const log = opts.log ?? console.log;
   const total = opts.tokens ?? 1_000_000;
-  const server = await startRedis();
+  const server = await startRedis(opts.listpackValue ? ['--hash-max-listpack-value', String(opts.listpackValue)] : []);
   const redis = new Redis(server.url);
   try {
     const engine = new TokenEngine(new TokenStore(redis, 'bench-engine'));
@@ -200,7 +205,7 @@ export async function runEngineBench(opts: EngineBenchOptions = {}): Promise<Eng
     const uuidsPerSec = uuidRate();
     const scenarios: EngineScenario[] = [];
     for (const perUser of opts.perUser ?? [3, 10]) {
-      const reqs = requests(total, perUser);
+      const reqs = requests(total, perUser, opts.userIdBytes);
       const runs: EngineRun[] = [];
       for (const c of opts.concurrency ?? [4]) {
         const r = await once(redis, engine, reqs, c);
@@ -222,6 +227,12 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     const i = process.argv.indexOf(`--${name}`);
     return i > 0 ? process.argv[i + 1]!.split(',').map(Number) : undefined;
   };
-  const result = await runEngineBench({ tokens: arg('tokens')?.[0], perUser: arg('per-user'), concurrency: arg('concurrency') });
+  const result = await runEngineBench({
+    tokens: arg('tokens')?.[0],
+    perUser: arg('per-user'),
+    concurrency: arg('concurrency'),
+    userIdBytes: arg('user-bytes')?.[0],
+    listpackValue: arg('listpack-value')?.[0],
+  });
   printEngine(result);
 }
