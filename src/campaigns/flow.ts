@@ -1,3 +1,4 @@
+import { pushTo } from '../collections.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import { checkId } from '../tokens/validate.js';
 import type { CampaignMeta, CampaignStore, Counter } from './store.js';
@@ -151,11 +152,7 @@ class SatelliteRun {
     const req = { owners: users.map((ownerUserId) => ({ ownerSatelliteId: this.sat, ownerUserId })), perUser: campaign.perUser, campaignId: campaign.id };
     const made = await this.o.engine.generate(campaign.expiresAt === undefined ? req : { ...req, expiresAt: campaign.expiresAt });
     const byUser = new Map<string, string[]>();
-    for (const t of made.tokens) {
-      const list = byUser.get(t.ownerUserId);
-      if (list) list.push(t.token);
-      else byUser.set(t.ownerUserId, [t.token]);
-    }
+    for (const t of made.tokens) pushTo(byUser, t.ownerUserId, t.token);
     await this.o.campaigns.recordMade(this.id, this.sat, byUser);
     await this.count('usersServed', byUser.size);
     await this.count('tokensMade', made.tokens.length);

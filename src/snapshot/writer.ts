@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { pushTo } from '../collections.js';
 import type { Config } from '../config.js';
 import { createRedis, type RedisClient } from '../store/redis.js';
 import { Keys, SHARDS } from '../store/keys.js';
@@ -26,12 +27,6 @@ export interface SnapshotWriter {
 }
 
 type XReadReply = [string, [string, string[] | null][]][] | null;
-
-function pushTo<K, V>(map: Map<K, V[]>, key: K, value: V): void {
-  const list = map.get(key);
-  if (list) list.push(value);
-  else map.set(key, [value]);
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const BACKOFF_MAX_MS = 5000;
