@@ -1,5 +1,5 @@
 import type { RedisClient } from '../store/redis.js';
-import { BUCKETS_PER_SHARD, Keys } from '../store/keys.js';
+import { BUCKETS_PER_SHARD, Keys, placeOfBucket } from '../store/keys.js';
 import { decodeBucket, fillRedemption, fillReservation, nameRow } from '../store/export.js';
 
 /**
@@ -10,8 +10,8 @@ export type Row = string[];
 
 /** The uuid range of one virtual shard (its tokens' first 6 bits). */
 export function shardRange(shard: number): [string, string] {
-  const lo = (shard << 10).toString(16).padStart(4, '0');
-  const hi = ((shard << 10) | 1023).toString(16).padStart(4, '0');
+  const lo = placeOfBucket(shard, 0).prefix;
+  const hi = placeOfBucket(shard, BUCKETS_PER_SHARD - 1).prefix;
   return [`${lo}0000-0000-0000-0000-000000000000`, `${hi}ffff-ffff-ffff-ffff-ffffffffffff`];
 }
 
@@ -29,8 +29,7 @@ export async function readShardRows(redis: RedisClient, keys: Keys, shard: numbe
       Array.from({ length: Math.min(CHUNK, BUCKETS_PER_SHARD - b0) }, (_, i) => redis.hgetall(keys.bucket(shard, b0 + i))),
     );
     buckets.forEach((h, i) => {
-      const prefix = ((shard << 10) | (b0 + i)).toString(16).padStart(4, '0');
-      for (const t of decodeBucket(prefix, h)) {
+      for (const t of decodeBucket(placeOfBucket(shard, b0 + i).prefix, h)) {
         nameRow(t, dict);
         if (t.state === 's') fillReservation(t.row, rs[t.suffix] ?? null);
         else if (t.state === 'r') fillRedemption(t.row, rd[t.suffix] ?? null);

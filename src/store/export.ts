@@ -1,6 +1,6 @@
 import type { RedisClient } from './redis.js';
 import { scanKeys } from './redis.js';
-import { BUCKETS_PER_SHARD, Keys, SHARDS } from './keys.js';
+import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfBucket } from './keys.js';
 import { dashed } from './codec.js';
 import type { TokenState } from './model.js';
 
@@ -107,10 +107,10 @@ export async function* scanTokens(redis: RedisClient, prefix: string, filter: Ex
       const shard = Number(m[1]);
       const bucket = Number(m[2]);
       if (shard >= SHARDS || bucket >= BUCKETS_PER_SHARD) continue;
-      const place = shard * BUCKETS_PER_SHARD + bucket;
-      if (seen[place]) continue;
-      seen[place] = 1;
-      places.push({ key, shard, prefixHex: place.toString(16).padStart(4, '0') });
+      const place = placeOfBucket(shard, bucket);
+      if (seen[place.value]) continue;
+      seen[place.value] = 1;
+      places.push({ key, shard, prefixHex: place.prefix });
     }
     if (places.length === 0) continue;
     const hashes = await Promise.all(places.map((p) => redis.hgetall(p.key)));

@@ -35,6 +35,11 @@ export function placeOfToken(hex: string): Place {
   return placeOf(parseInt(hex.slice(0, 4), 16));
 }
 
+/** A bucket of a shard by its numbers (a key walk, a shard's range). */
+export function placeOfBucket(shard: number, bucket: number): Place {
+  return placeOf((shard << BUCKET_BITS) | bucket);
+}
+
 function placeOf(v: number): Place {
   return { shard: v >>> BUCKET_BITS, bucket: v & (BUCKETS_PER_SHARD - 1), prefix: v.toString(16).padStart(4, '0'), value: v };
 }
