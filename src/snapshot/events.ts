@@ -1,12 +1,8 @@
 /**
- * Stream entries as the writer sees them (lua/includes/codec.lua `emit`): fields type, at and row,
- * where row is the 13 ROW_FIELDS values joined by tabs ('' when absent; ids never hold tabs).
+ * Stream entries as the writer sees them (lua/includes/codec.lua `transition`): fields type, at and row,
+ * where row is the 13 values of a token row (EXPORT_FIELDS order, src/store/export.ts) joined by tabs
+ * ('' when absent; ids never hold tabs).
  */
-export const ROW_FIELDS = [
-  'token', 'state', 'ownerSatelliteId', 'ownerUserId', 'campaignId', 'createdAt', 'expiresAt',
-  'reservationId', 'reservedBy', 'leaseExpiresAt', 'redeemerSatelliteId', 'redeemerUserId', 'redeemedAt',
-] as const;
-
 export interface StreamEvent {
   shard: number;
   /** stream id parts; ms and seq are kept as strings (bigint in Postgres) */
@@ -15,7 +11,7 @@ export interface StreamEvent {
   id: string;
   type: string;
   at: string;
-  /** the 13 row values in ROW_FIELDS order, joined by tabs, as the stream carries them */
+  /** the 13 row values in EXPORT_FIELDS order, joined by tabs, as the stream carries them */
   row: string;
 }
 

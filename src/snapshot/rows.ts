@@ -3,7 +3,7 @@ import { BUCKETS_PER_SHARD, Keys, placeOfBucket } from '../store/keys.js';
 import { decodeBucket, fillRedemption, fillReservation, nameRow } from '../store/export.js';
 
 /**
- * A token row as both sides compare it: the 13 engine fields in ROW_FIELDS order, '' when absent,
+ * A token row as both sides compare it: the 13 engine fields in EXPORT_FIELDS order, '' when absent,
  * with the state as stored (a lapsed reservation stays "reserved": lapsing emits no event).
  */
 export type Row = string[];

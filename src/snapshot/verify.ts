@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
 import { Keys, SHARDS } from '../store/keys.js';
-import { ROW_FIELDS } from './events.js';
+import { EXPORT_FIELDS } from '../store/export.js';
 import { pgShardRows } from './pg-rows.js';
 import { readShardRows } from './rows.js';
 
@@ -41,7 +41,7 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
           continue;
         }
         inRedis.delete(p[0]!);
-        const fields = ROW_FIELDS.flatMap((field, i) => (r[i] === p[i] ? [] : [{ field, redis: r[i]!, postgres: p[i]! }]));
+        const fields = EXPORT_FIELDS.flatMap((field, i) => (r[i] === p[i] ? [] : [{ field, redis: r[i]!, postgres: p[i]! }]));
         if (fields.length) note({ token: p[0]!, kind: 'differs', fields });
       }
     }

@@ -1,6 +1,6 @@
 import type { Result, Token, TokenState } from './model.js';
 
-/** Decodes the scripts' `{ code, row... }` replies; the row order is ROW_FIELDS in lua/includes/codec.lua. */
+/** Decodes the scripts' `{ code, row... }` replies; the row order is the one lua/includes/codec.lua documents (EXPORT_FIELDS in export.ts). */
 const num = (s: string | undefined): number | undefined => (s ? Number(s) : undefined);
 
 export function decodeRow(r: string[], at = 0): Token {
