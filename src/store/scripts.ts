@@ -39,13 +39,13 @@ export type ScriptName = (typeof SCRIPT_NAMES)[number];
 export type ScriptFn = (keys: string[], args: (string | number)[]) => Promise<unknown>;
 
 /**
- * Registers every script with ioredis `defineCommand` (EVALSHA, falling back to EVAL and so
- * reloading on NOSCRIPT) and returns typed callers. `preload` pushes them with SCRIPT LOAD to every
- * master so /readyz can say "scripts loaded".
+ * Registers scripts (the engine's by default) with ioredis `defineCommand` (EVALSHA, falling back to
+ * EVAL and so reloading on NOSCRIPT) and returns typed callers. `preload` pushes them with SCRIPT LOAD
+ * to every master so /readyz can say "scripts loaded".
  */
-export function defineScripts(client: RedisClient, extra: readonly string[] = []): Record<string, ScriptFn> {
+export function defineScripts(client: RedisClient, names: readonly string[] = SCRIPT_NAMES): Record<string, ScriptFn> {
   const out: Record<string, ScriptFn> = {};
-  for (const name of [...SCRIPT_NAMES, ...extra]) {
+  for (const name of names) {
     const cmd = `rm_${name}`;
     const c = client as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
     if (typeof c[cmd] !== 'function') client.defineCommand(cmd, { lua: readScript(name) });
