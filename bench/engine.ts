@@ -2,19 +2,22 @@ import { randomUUID } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 import { Redis } from 'ioredis';
 import { SHARDS } from '../src/store/keys.js';
+import { createRedis, masters, type RedisClient } from '../src/store/redis.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine, type GenerateRequest } from '../src/tokens/engine.js';
-import { info, redisCpuSeconds, startRedis } from './redis-server.js';
+import { info, redisCpuSeconds, startCluster, startRedis } from './redis-server.js';
 
 /**
  * Token engine: generation throughput and Redis memory per token (issue 2: >= 300k tokens/s over 1M
- * tokens, <= 80 B per unredeemed token), on a private redis-server so memory and CPU are ours alone.
- * Per scenario (tokens per user) and per concurrency: FLUSHALL, TokenEngine.generate in calls of at most
- * 10,000 tokens with `concurrency` calls in flight, then INFO memory before/after, once with the event
- * streams (the snapshot writer trims them in production) and once after deleting them (the state cost).
- * Where the time goes: Node CPU, Redis CPU, EVALSHA usec_per_call, and the synchronous part of each
- * generate call (UUIDs, validation, grouping by shard, RESP encoding).
- *   node dist/bench/engine.js [--tokens N] [--per-user 3,10] [--concurrency 1,2,4,8] [--user-bytes N] [--listpack-value N]
+ * tokens, <= 80 B per unredeemed token), on a private redis-server, or a private Redis Cluster of N
+ * masters, so memory and CPU are ours alone. The client is the product's (createRedis).
+ * Per deployment, scenario (tokens per user) and concurrency: FLUSHALL, TokenEngine.generate in calls of
+ * at most 10,000 tokens with `concurrency` calls in flight, then INFO memory before/after (summed over the
+ * masters), once with the event streams (the snapshot writer trims them in production) and once after
+ * deleting them (the state cost). Where the time goes: Node CPU, Redis CPU (all masters), EVALSHA
+ * usec_per_call, and the synchronous part of each generate call (UUIDs, validation, grouping by shard,
+ * RESP encoding).
+ *   node dist/bench/engine.js [--tokens N] [--per-user 3,10] [--concurrency 1,2,4,8] [--masters 1,3] [--user-bytes N] [--listpack-value N]
  */
 export interface EngineBenchOptions {
   tokens?: number;
@@ -25,6 +28,8 @@ export interface EngineBenchOptions {
   userIdBytes?: number;
   /** the private redis-server's hash-max-listpack-value (Redis' default: 64) */
   listpackValue?: number;
+  /** deployments: 1 = one redis-server, N >= 3 = a Redis Cluster of N masters (default: 1) */
+  masters?: number[];
   log?: (line: string) => void;
 }
 
@@ -53,6 +58,8 @@ export interface EngineRun {
 }
 
 export interface EngineScenario {
+  /** 1: one redis-server; more: Redis Cluster masters, all on this machine */
+  masters: number;
   perUser: number;
   best: EngineRun;
   runs: EngineRun[];
@@ -84,19 +91,21 @@ function requests(tokens: number, perUser: number, userIdBytes = 36): GenerateRe
   return out;
 }
 
-async function memory(redis: Redis): Promise<{ used: number; dataset: number }> {
-  const m = await info(redis, 'memory');
-  return { used: Number(m.used_memory), dataset: Number(m.used_memory_dataset) };
+const sum = async (nodes: Redis[], f: (node: Redis) => Promise<number>) => (await Promise.all(nodes.map(f))).reduce((a, b) => a + b, 0);
+
+async function memory(nodes: Redis[]): Promise<{ used: number; dataset: number }> {
+  const ms = await Promise.all(nodes.map((n) => info(n, 'memory')));
+  return { used: ms.reduce((a, m) => a + Number(m.used_memory), 0), dataset: ms.reduce((a, m) => a + Number(m.used_memory_dataset), 0) };
 }
 
-async function encodings(redis: Redis): Promise<{ buckets: number; hashtable: number }> {
+async function encodings(node: Redis): Promise<{ buckets: number; hashtable: number }> {
   let cursor = '0';
   let buckets = 0;
   let hashtable = 0;
   do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', '*:b:*', 'COUNT', 5000);
+    const [next, keys] = await node.scan(cursor, 'MATCH', '*:b:*', 'COUNT', 5000);
     cursor = next;
-    const p = redis.pipeline();
+    const p = node.pipeline();
     for (const k of keys) p.object('ENCODING', k);
     for (const [, enc] of (await p.exec()) ?? []) if (enc !== 'listpack') hashtable++;
     buckets += keys.length;
@@ -104,12 +113,13 @@ async function encodings(redis: Redis): Promise<{ buckets: number; hashtable: nu
   return { buckets, hashtable };
 }
 
-async function once(redis: Redis, engine: TokenEngine, reqs: GenerateRequest[], concurrency: number): Promise<EngineRun> {
-  await redis.flushall('SYNC');
+async function once(client: RedisClient, engine: TokenEngine, reqs: GenerateRequest[], concurrency: number): Promise<EngineRun> {
+  const nodes = masters(client);
+  await Promise.all(nodes.map((n) => n.flushall('SYNC')));
   await engine.store.preload();
-  await redis.config('RESETSTAT');
-  const before = await memory(redis);
-  const cpu0 = await redisCpuSeconds(redis);
+  await Promise.all(nodes.map((n) => n.config('RESETSTAT')));
+  const before = await memory(nodes);
+  const cpu0 = await sum(nodes, redisCpuSeconds);
   const node0 = process.cpuUsage();
   let tokens = 0;
   let sync = 0;
@@ -128,12 +138,16 @@ async function once(redis: Redis, engine: TokenEngine, reqs: GenerateRequest[], 
   );
   const seconds = (performance.now() - t0) / 1000;
   const node = process.cpuUsage(node0);
-  const redisCpu = (await redisCpuSeconds(redis)) - cpu0;
-  const evalsha = /calls=(\d+),usec=(\d+),usec_per_call=([\d.]+)/.exec((await info(redis, 'commandstats')).cmdstat_evalsha ?? '');
-  const withStreams = await memory(redis);
-  const enc = await encodings(redis);
-  await redis.del(...Array.from({ length: SHARDS }, (_, s) => engine.store.keys.events(s)));
-  const noStreams = await memory(redis);
+  const redisCpu = (await sum(nodes, redisCpuSeconds)) - cpu0;
+  const evalsha = await Promise.all(
+    nodes.map(async (n) => /calls=(\d+),usec=(\d+)/.exec((await info(n, 'commandstats')).cmdstat_evalsha ?? '')?.slice(1).map(Number) ?? [0, 0]),
+  );
+  const [calls, usec] = evalsha.reduce((a, [c, u]) => [a[0]! + c!, a[1]! + u!], [0, 0]) as [number, number];
+  const withStreams = await memory(nodes);
+  const enc = (await Promise.all(nodes.map(encodings))).reduce((a, e) => ({ buckets: a.buckets + e.buckets, hashtable: a.hashtable + e.hashtable }));
+  // one DEL per stream: on a Cluster they sit in different slots
+  await Promise.all(Array.from({ length: SHARDS }, (_, s) => client.del(engine.store.keys.events(s))));
+  const noStreams = await memory(nodes);
   const per = (after: number, base: number) => +((after - base) / tokens).toFixed(1);
   return {
     concurrency,
@@ -149,9 +163,9 @@ async function once(redis: Redis, engine: TokenEngine, reqs: GenerateRequest[], 
     nodeCpuSeconds: +((node.user + node.system) / 1e6).toFixed(3),
     nodeSyncSeconds: +(sync / 1000).toFixed(3),
     redisCpuSeconds: +redisCpu.toFixed(3),
-    evalshaCalls: Number(evalsha?.[1] ?? 0),
-    evalshaUsecPerCall: Number(evalsha?.[3] ?? 0),
-    evalshaSeconds: +(Number(evalsha?.[2] ?? 0) / 1e6).toFixed(3),
+    evalshaCalls: calls,
+    evalshaUsecPerCall: calls ? +(usec / calls).toFixed(2) : 0,
+    evalshaSeconds: +(usec / 1e6).toFixed(3),
   };
 }
 
@@ -164,15 +178,18 @@ function uuidRate(n = 1_000_000): number {
   return Math.round(n / ((performance.now() - t0) / 1000));
 }
 
+/** '1 server' or 'cluster of N masters' */
+export const where = (masters: number) => (masters === 1 ? 'one redis-server' : `Redis Cluster, ${masters} masters`);
+
 export function printEngine(r: EngineBenchResult, log: (line: string) => void = console.log): void {
   const mark = (ok: boolean) => (ok ? 'met' : 'NOT met');
   log(`\ncrypto.randomUUID alone: ${r.uuidsPerSec.toLocaleString('en')} /s; redis-server ${r.redisVersion}, private, no persistence`);
-  log('per user  in flight     tokens   seconds   tokens/s   B/token +streams  B/token state  dataset +streams/state   node cpu s (in calls)  redis cpu s  evalsha calls  usec/call  lua s');
+  log('deployment                        per user  in flight     tokens   seconds   tokens/s   B/token +streams  B/token state  dataset +streams/state   node cpu s (in calls)  redis cpu s  evalsha calls  usec/call  lua s');
   for (const s of r.scenarios) {
     for (const x of s.runs) {
       const best = x === s.best ? '*' : ' ';
       log(
-        `${String(s.perUser).padStart(8)} ${best}${String(x.concurrency).padStart(8)} ${String(x.tokens).padStart(10)} ${x.seconds.toFixed(2).padStart(9)} ${String(x.tokensPerSec).padStart(10)}` +
+        `${where(s.masters).padEnd(32)} ${String(s.perUser).padStart(8)} ${best}${String(x.concurrency).padStart(8)} ${String(x.tokens).padStart(10)} ${x.seconds.toFixed(2).padStart(9)} ${String(x.tokensPerSec).padStart(10)}` +
           ` ${x.bytesPerToken.toFixed(1).padStart(17)} ${x.bytesPerTokenNoStreams.toFixed(1).padStart(14)} ${`${x.datasetBytesPerToken.toFixed(1)} / ${x.datasetBytesPerTokenNoStreams.toFixed(1)}`.padStart(23)}` +
           ` ${`${x.nodeCpuSeconds.toFixed(2)} (${x.nodeSyncSeconds.toFixed(2)})`.padStart(22)} ${x.redisCpuSeconds.toFixed(2).padStart(12)} ${String(x.evalshaCalls).padStart(14)} ${x.evalshaUsecPerCall.toFixed(0).padStart(10)} ${x.evalshaSeconds.toFixed(2).padStart(6)}`,
       );
@@ -180,46 +197,62 @@ export function printEngine(r: EngineBenchResult, log: (line: string) => void = 
   }
   for (const s of r.scenarios) {
     const b = s.best;
-    if (b.hashtableBuckets) log(`${s.perUser}/user: ${b.hashtableBuckets} of ${b.buckets} buckets left listpack encoding`);
+    const name = `${where(s.masters)}, ${s.perUser}/user`;
+    if (b.hashtableBuckets) log(`${name}: ${b.hashtableBuckets} of ${b.buckets} buckets left listpack encoding`);
     const us = (seconds: number) => ((seconds / b.tokens) * 1e6).toFixed(1);
     const pct = (seconds: number) => `${Math.round((seconds / b.seconds) * 100)}%`;
     log(
-      `${s.perUser}/user where the time goes, per token: wall ${us(b.seconds)} us, Redis CPU ${us(b.redisCpuSeconds)} us (Lua in EVALSHA ${us(b.evalshaSeconds)} us), ` +
-        `Node CPU ${us(b.nodeCpuSeconds)} us (${us(b.nodeSyncSeconds)} us inside the generate calls); busy: Redis ${pct(b.redisCpuSeconds)}, Node ${pct(b.nodeCpuSeconds)} of the wall time`,
+      `${name}, where the time goes, per token: wall ${us(b.seconds)} us, Redis CPU ${us(b.redisCpuSeconds)} us, all masters (Lua in EVALSHA ${us(b.evalshaSeconds)} us), ` +
+        `Node CPU ${us(b.nodeCpuSeconds)} us (${us(b.nodeSyncSeconds)} us inside the generate calls); busy: Redis ${pct(b.redisCpuSeconds)} (summed over masters), Node ${pct(b.nodeCpuSeconds)} of the wall time`,
     );
     log(
-      `${s.perUser}/user targets: ${b.tokensPerSec.toLocaleString('en')} tokens/s (>= ${TARGET_TOKENS_PER_SEC.toLocaleString('en')}: ${mark(b.tokensPerSec >= TARGET_TOKENS_PER_SEC)}), ` +
+      `${name}, targets: ${b.tokensPerSec.toLocaleString('en')} tokens/s (>= ${TARGET_TOKENS_PER_SEC.toLocaleString('en')}: ${mark(b.tokensPerSec >= TARGET_TOKENS_PER_SEC)}), ` +
         `${b.bytesPerTokenNoStreams} B/token state (<= ${TARGET_BYTES_PER_TOKEN}: ${mark(b.bytesPerTokenNoStreams <= TARGET_BYTES_PER_TOKEN)}), ${b.bytesPerToken} B/token with untrimmed streams`,
     );
   }
 }
 
+/** A private redis-server (masters = 1) or Redis Cluster, and the product's client for it. */
+async function deploy(masterCount: number, extraArgs: string[]): Promise<{ client: RedisClient; stop(): Promise<void> }> {
+  if (masterCount === 1) {
+    const server = await startRedis(extraArgs);
+    const client = createRedis({ redisUrl: server.url, redisClusterNodes: [] });
+    return { client, stop: async () => (client.disconnect(), await server.stop()) };
+  }
+  const cluster = await startCluster(masterCount, extraArgs);
+  const client = createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes });
+  await new Promise((resolve) => client.once('ready', resolve));
+  return { client, stop: async () => (client.disconnect(), await cluster.stop()) };
+}
+
 export async function runEngineBench(opts: EngineBenchOptions = {}): Promise<EngineBenchResult> {
   const log = opts.log ?? console.log;
   const total = opts.tokens ?? 1_000_000;
-  const server = await startRedis(opts.listpackValue ? ['--hash-max-listpack-value', String(opts.listpackValue)] : []);
-  const redis = new Redis(server.url);
-  try {
-    const engine = new TokenEngine(new TokenStore(redis, 'bench-engine'));
-    const redisVersion = (await info(redis, 'server')).redis_version ?? '?';
-    const uuidsPerSec = uuidRate();
-    const scenarios: EngineScenario[] = [];
-    for (const perUser of opts.perUser ?? [3, 10]) {
-      const reqs = requests(total, perUser, opts.userIdBytes);
-      const runs: EngineRun[] = [];
-      for (const c of opts.concurrency ?? [4]) {
-        const r = await once(redis, engine, reqs, c);
-        log(`${perUser}/user, ${c} in flight: ${r.tokensPerSec} tokens/s, ${r.bytesPerTokenNoStreams} B/token state, ${r.bytesPerToken} B/token with streams`);
-        runs.push(r);
+  const extraArgs = opts.listpackValue ? ['--hash-max-listpack-value', String(opts.listpackValue)] : [];
+  const uuidsPerSec = uuidRate();
+  const scenarios: EngineScenario[] = [];
+  let redisVersion = '?';
+  for (const m of opts.masters ?? [1]) {
+    const target = await deploy(m, extraArgs);
+    try {
+      const engine = new TokenEngine(new TokenStore(target.client, 'bench-engine'));
+      redisVersion = (await info(masters(target.client)[0]!, 'server')).redis_version ?? '?';
+      for (const perUser of opts.perUser ?? [3, 10]) {
+        const reqs = requests(total, perUser, opts.userIdBytes);
+        const runs: EngineRun[] = [];
+        for (const c of opts.concurrency ?? [4]) {
+          const r = await once(target.client, engine, reqs, c);
+          log(`${where(m)}, ${perUser}/user, ${c} in flight: ${r.tokensPerSec} tokens/s, ${r.bytesPerTokenNoStreams} B/token state, ${r.bytesPerToken} B/token with streams`);
+          runs.push(r);
+        }
+        const best = runs.reduce((a, b) => (b.tokensPerSec > a.tokensPerSec ? b : a));
+        scenarios.push({ masters: m, perUser, best, runs });
       }
-      const best = runs.reduce((a, b) => (b.tokensPerSec > a.tokensPerSec ? b : a));
-      scenarios.push({ perUser, best, runs });
+    } finally {
+      await target.stop();
     }
-    return { redisVersion, uuidsPerSec, scenarios };
-  } finally {
-    redis.disconnect();
-    await server.stop();
   }
+  return { redisVersion, uuidsPerSec, scenarios };
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
@@ -233,6 +266,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     concurrency: arg('concurrency'),
     userIdBytes: arg('user-bytes')?.[0],
     listpackValue: arg('listpack-value')?.[0],
+    masters: arg('masters'),
   });
   printEngine(result);
 }

@@ -67,8 +67,11 @@ export interface BenchResult {
 // run from dist/bench: the baselines sit next to this file, the CLI in dist/cli
 const here = path.dirname(fileURLToPath(import.meta.url));
 
+// BENCH_NODE_FLAGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") go to every server under test, and serve's workers
+const nodeFlags = process.env.BENCH_NODE_FLAGS?.split(' ').filter(Boolean) ?? [];
+
 function start(args: string[], env: Record<string, string> = {}): Promise<ChildProcess> {
-  const proc = spawn(process.execPath, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const proc = spawn(process.execPath, [...nodeFlags, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
   return new Promise((resolve, reject) => {
     proc.stdout!.on('data', (d: Buffer) => /listening/.test(d.toString()) && resolve(proc));
     proc.once('exit', (code) => reject(new Error(`${args.join(' ')} exited with ${code}`)));

@@ -1,18 +1,27 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Redis } from 'ioredis';
 
 /**
- * A throw-away redis-server for benches that measure Redis itself (memory, CPU, commandstats): the
- * shared 6379 carries other people's keys and load, and may not be flushed. No persistence, so
- * neither RDB forks nor AOF writes land in the numbers.
+ * Throw-away redis-servers on free ports, for benches that measure Redis itself (memory, CPU,
+ * commandstats) and for tests that kill Redis or need a Cluster: the shared 6379 carries other people's
+ * keys and load, and may not be flushed or stopped. No persistence, so neither RDB forks nor AOF writes
+ * land in the numbers.
  */
 export interface PrivateRedis {
   url: string;
   port: number;
   pid: number;
+  stop(): Promise<void>;
+}
+
+export interface RedisClusterHandle {
+  /** host:port of every master */
+  nodes: string[];
   stop(): Promise<void>;
 }
 
@@ -26,50 +35,134 @@ export function freePort(): Promise<number> {
   });
 }
 
+/** True when `redis-server --version` runs: private servers and clusters need a local Redis binary. */
+export function hasRedisServer(): boolean {
+  const r = spawnSync('redis-server', ['--version'], { encoding: 'utf8' });
+  return r.status === 0 && /Redis server v=/.test(r.stdout);
+}
+
+const serverArgs = (port: number, dir: string) => ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'];
+
+function kill(proc: ChildProcess, signal: NodeJS.Signals): Promise<void> {
+  return new Promise((resolve) => {
+    if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
+    proc.once('exit', () => resolve());
+    proc.kill(signal);
+  });
+}
+
 export async function startRedis(extraArgs: string[] = []): Promise<PrivateRedis> {
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), 'rm-bench-redis-'));
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no', ...extraArgs];
-  const proc = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  await ready(proc);
+  const proc = spawn('redis-server', [...serverArgs(port, dir), ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+  try {
+    await ready(proc, `redis-server :${port}`);
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
   return {
     url: `redis://127.0.0.1:${port}`,
     port,
     pid: proc.pid!,
     async stop() {
-      if (proc.exitCode === null) {
-        await new Promise<void>((resolve) => {
-          proc.once('exit', () => resolve());
-          proc.kill('SIGTERM');
-        });
-      }
+      await kill(proc, 'SIGTERM');
       rmSync(dir, { recursive: true, force: true });
     },
   };
 }
 
-function ready(proc: ChildProcess, ms = 20_000): Promise<void> {
+/**
+ * `masters` (at least 3, what `redis-cli --cluster create` accepts) cluster-enabled redis-servers joined
+ * into a Cluster without replicas. Bus ports are picked free too, since port + 10000 may be taken or past
+ * 65535.
+ */
+export async function startCluster(masters = 3, extraArgs: string[] = []): Promise<RedisClusterHandle> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'rm-cluster-'));
+  const procs: ChildProcess[] = [];
+  const stop = async () => {
+    await Promise.all(procs.map((p) => kill(p, 'SIGKILL')));
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    const ports: number[] = [];
+    while (ports.length < 2 * masters) {
+      const p = await freePort();
+      if (!ports.includes(p)) ports.push(p);
+    }
+    const clientPorts = ports.slice(0, masters);
+    for (const [i, port] of clientPorts.entries()) {
+      const bus = ['--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${port}.conf`), '--cluster-port', String(ports[masters + i])];
+      const proc = spawn('redis-server', [...serverArgs(port, dir), ...bus, ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+      procs.push(proc);
+      await ready(proc, `redis-server :${port}`);
+    }
+    const nodes = clientPorts.map((port) => `127.0.0.1:${port}`);
+    await run('redis-cli', ['--cluster', 'create', ...nodes, '--cluster-replicas', '0', '--cluster-yes']);
+    await untilClusterOk(clientPorts);
+    return { nodes, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+function ready(proc: ChildProcess, what: string, ms = 20_000): Promise<void> {
   return new Promise((resolve, reject) => {
     let out = '';
-    const timer = setTimeout(() => reject(new Error(`redis-server not ready within ${ms} ms:\n${out}`)), ms);
+    const done = (err?: Error) => {
+      clearTimeout(timer);
+      proc.stdout!.off('data', onData);
+      proc.stderr!.off('data', onData);
+      proc.off('error', done);
+      proc.off('exit', onExit);
+      if (err) reject(err);
+      else resolve();
+    };
+    const timer = setTimeout(() => done(new Error(`${what}: not ready within ${ms} ms:\n${out}`)), ms);
     const onData = (d: Buffer) => {
       out += d.toString();
-      if (/Ready to accept connections/.test(out)) {
-        clearTimeout(timer);
-        resolve();
-      }
+      if (/Ready to accept connections/.test(out)) done();
     };
+    const onExit = (code: number | null) => done(new Error(`${what} exited with ${code}:\n${out}`));
     proc.stdout!.on('data', onData);
     proc.stderr!.on('data', onData);
-    proc.once('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
+    proc.once('error', done);
+    proc.once('exit', onExit);
+  });
+}
+
+function run(cmd: string, args: string[], ms = 60_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    proc.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const timer = setTimeout(() => proc.kill('SIGKILL'), ms);
+    proc.once('error', reject);
     proc.once('exit', (code) => {
       clearTimeout(timer);
-      reject(new Error(`redis-server exited with ${code}:\n${out}`));
+      if (code === 0) resolve(out);
+      else reject(new Error(`${cmd} ${args.join(' ')} exited with ${code}:\n${out}`));
     });
   });
+}
+
+async function untilClusterOk(ports: number[], ms = 30_000): Promise<void> {
+  const clients = ports.map((port) => new Redis({ host: '127.0.0.1', port, lazyConnect: true, maxRetriesPerRequest: 1 }));
+  try {
+    const deadline = Date.now() + ms;
+    let last = '';
+    while (Date.now() < deadline) {
+      const infos = await Promise.all(clients.map((c) => c.cluster('INFO') as Promise<string>));
+      last = infos.join('\n---\n');
+      if (infos.every((i) => /cluster_state:ok/.test(i) && new RegExp(`cluster_known_nodes:${ports.length}\\b`).test(i))) return;
+      await sleep(100);
+    }
+    throw new Error(`Redis Cluster not ok within ${ms} ms:\n${last}`);
+  } finally {
+    for (const c of clients) c.disconnect();
+  }
 }
 
 /** One INFO section as name -> value. */

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import pg from 'pg';
-import { printEngine, runEngineBench, TARGET_BYTES_PER_TOKEN, TARGET_TOKENS_PER_SEC } from './engine.js';
+import { printEngine, runEngineBench, TARGET_BYTES_PER_TOKEN, TARGET_TOKENS_PER_SEC, where } from './engine.js';
 import * as http from './http.js';
 import * as snapshot from './snapshot.js';
 
@@ -10,7 +10,7 @@ import * as snapshot from './snapshot.js';
  * `npm run bench`: every benchmark in one run, one after another so they do not share the CPU,
  * then a summary against the targets, also written to bench/results.json.
  * Sizes: BENCH_ENGINE_TOKENS (default 1,000,000 per tokens-per-user case), BENCH_ENGINE_CONCURRENCY (generate
- * calls in flight, 4), BENCH_HTTP_TOKENS (300,000 redeems per target), BENCH_SNAPSHOT_EVENTS (500,000).
+ * calls in flight, 4), BENCH_ENGINE_MASTERS (deployments: 1 = one redis-server, N = a Cluster of N masters; "1,3"), BENCH_HTTP_TOKENS (300,000 redeems per target), BENCH_SNAPSHOT_EVENTS (500,000).
  */
 const env = (name: string, dflt: number) => Number(process.env[name] ?? dflt);
 const server = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -32,8 +32,12 @@ async function withDatabase<T>(fn: (url: string) => Promise<T>): Promise<T> {
 const started = new Date().toISOString();
 console.log(`# referral-manager benchmarks, ${started}, ${os.cpus().length} cores, node ${process.version}\n`);
 
-console.log('## Token engine: generation and memory per token (private redis-server)');
-const engineResult = await runEngineBench({ tokens: env('BENCH_ENGINE_TOKENS', 1_000_000), concurrency: [env('BENCH_ENGINE_CONCURRENCY', 4)] });
+console.log('## Token engine: generation and memory per token (private redis-server, then a private 3-master Redis Cluster)');
+const engineResult = await runEngineBench({
+  tokens: env('BENCH_ENGINE_TOKENS', 1_000_000),
+  concurrency: [env('BENCH_ENGINE_CONCURRENCY', 4)],
+  masters: (process.env.BENCH_ENGINE_MASTERS ?? '1,3').split(',').map(Number),
+});
 printEngine(engineResult);
 
 console.log('\n## HTTP redeem (autocannon from code, 100 connections, MessagePack bodies)');
@@ -56,9 +60,9 @@ writeFileSync(new URL('../../bench/results.json', import.meta.url), `${JSON.stri
 const mark = (ok: boolean) => (ok ? 'met' : 'NOT met');
 const o = httpResult;
 console.log('\n## Targets');
-for (const { perUser, best: e } of engineResult.scenarios) {
-  console.log(`${`generate, ${perUser}/user`.padEnd(24)}${e.tokensPerSec} tokens/s (>= ${TARGET_TOKENS_PER_SEC / 1000}k: ${mark(e.tokensPerSec >= TARGET_TOKENS_PER_SEC)})`);
-  console.log(`${`memory, ${perUser}/user`.padEnd(24)}${e.bytesPerTokenNoStreams} B/token, streams trimmed (<= ${TARGET_BYTES_PER_TOKEN}: ${mark(e.bytesPerTokenNoStreams <= TARGET_BYTES_PER_TOKEN)}); ${e.bytesPerToken} with untrimmed streams`);
+for (const { masters, perUser, best: e } of engineResult.scenarios) {
+  console.log(`${`generate, ${perUser}/user, ${where(masters)}`.padEnd(48)}${e.tokensPerSec} tokens/s (>= ${TARGET_TOKENS_PER_SEC / 1000}k: ${mark(e.tokensPerSec >= TARGET_TOKENS_PER_SEC)})`);
+  console.log(`${`memory, ${perUser}/user, ${where(masters)}`.padEnd(48)}${e.bytesPerTokenNoStreams} B/token, streams trimmed (<= ${TARGET_BYTES_PER_TOKEN}: ${mark(e.bytesPerTokenNoStreams <= TARGET_BYTES_PER_TOKEN)}); ${e.bytesPerToken} with untrimmed streams`);
 }
 console.log(`redeem vs uWS ceiling   ${o.oursOverCeiling} (>= 0.7: ${mark((o.oursOverCeiling ?? 0) >= 0.7)})`);
 console.log(`redeem vs Fastify       ${o.oursOverFastify} (>= 2.0: ${mark((o.oursOverFastify ?? 0) >= 2)})`);

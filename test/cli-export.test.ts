@@ -4,7 +4,7 @@ import { EXPORT_FIELDS } from '../src/store/export.js';
 import type { Token } from '../src/store/model.js';
 import { createRedis } from '../src/store/redis.js';
 import { MAIN, runCli } from './helpers/cli.js';
-import { hasRedisServer, startCluster, type RedisClusterHandle } from './helpers/cluster.js';
+import { hasRedisServer, startCluster, type RedisClusterHandle } from '../bench/redis-server.js';
 import { engineFixture, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
 import { each } from './helpers/snapshot.js';
 

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { SCRIPT_NAMES, readScript } from '../src/store/scripts.js';
 import { placeOfToken } from '../src/store/keys.js';
 import { createRedis, masters } from '../src/store/redis.js';
-import { hasRedisServer, startCluster, type RedisClusterHandle } from './helpers/cluster.js';
+import { hasRedisServer, startCluster, type RedisClusterHandle } from '../bench/redis-server.js';
 import { engineSuite } from './helpers/engine-suite.js';
 import { engineFixture, type EngineFixture } from './helpers/redis.js';
 

@@ -5,7 +5,7 @@ import { openPostgres, restoreFromPostgres, startSnapshotWriter, verify, type Sn
 import { createRedis, masters, type RedisClient } from '../src/store/redis.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
-import { hasRedisServer, startCluster, type RedisClusterHandle } from './helpers/cluster.js';
+import { hasRedisServer, startCluster, type RedisClusterHandle } from '../bench/redis-server.js';
 import { testDatabase } from './helpers/pg.js';
 import { dropPrefix, engineFixture, testPrefix, type EngineFixture } from './helpers/redis.js';
 import { caughtUp, each, generateTokens } from './helpers/snapshot.js';
