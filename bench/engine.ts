@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 import { Redis } from 'ioredis';
 import { SHARDS } from '../src/store/keys.js';
-import { createRedis, masters, type RedisClient } from '../src/store/redis.js';
+import { createRedis, masters, readyMasters, type RedisClient } from '../src/store/redis.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine, type GenerateRequest } from '../src/tokens/engine.js';
 import { info, redisCpuSeconds, startCluster, startRedis } from './redis-server.js';
@@ -221,7 +221,7 @@ async function deploy(masterCount: number, extraArgs: string[]): Promise<{ clien
   }
   const cluster = await startCluster(masterCount, extraArgs);
   const client = createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes });
-  await new Promise((resolve) => client.once('ready', resolve));
+  await readyMasters(client);
   return { client, stop: async () => (client.disconnect(), await cluster.stop()) };
 }
 

@@ -2,7 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
 import { SCRIPT_NAMES, readScript } from '../src/store/scripts.js';
 import { placeOfToken } from '../src/store/keys.js';
-import { createRedis, masters } from '../src/store/redis.js';
+import type { Cluster } from 'ioredis';
+import { createRedis, masters, readyMasters } from '../src/store/redis.js';
 import { hasRedisServer, startCluster, type RedisClusterHandle } from '../bench/redis-server.js';
 import { engineSuite } from './helpers/engine-suite.js';
 import { engineFixture, type EngineFixture } from './helpers/redis.js';
@@ -38,6 +39,19 @@ const clusterFixture = () => engineFixture({ redis: () => createRedis({ redisUrl
         const sha = createHash('sha1').update(readScript(name)).digest('hex');
         const loaded = await Promise.all(masters(f.redis).map((m) => m.script('EXISTS', sha) as Promise<number[]>));
         expect(loaded.map((r) => r[0]), name).toEqual([1, 1, 1]);
+      }
+    });
+
+    it('readyMasters on a connecting client waits for the slot map and leaves no listener behind', async () => {
+      const client = createRedis({ redisUrl: '', redisClusterNodes: cluster!.nodes }) as Cluster;
+      try {
+        const base = { ready: client.listenerCount('ready'), end: client.listenerCount('end') };
+        expect(client.status).not.toBe('ready');
+        const got = await Promise.all(Array.from({ length: 20 }, () => readyMasters(client)));
+        expect(got.map((m) => m.length)).toEqual(new Array(20).fill(3));
+        expect({ ready: client.listenerCount('ready'), end: client.listenerCount('end') }).toEqual(base);
+      } finally {
+        client.disconnect();
       }
     });
 

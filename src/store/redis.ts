@@ -72,8 +72,17 @@ export function masters(client: RedisClient): Redis[] {
 export async function readyMasters(client: RedisClient): Promise<Redis[]> {
   if (client instanceof Cluster && client.status !== 'ready') {
     await new Promise<void>((resolve, reject) => {
-      client.once('ready', resolve);
-      client.once('end', () => reject(new Error('Redis Cluster connection ended before it was ready')));
+      // whichever comes first removes the other listener: callers wait here again on every reconnect
+      const onReady = () => {
+        client.off('end', onEnd);
+        resolve();
+      };
+      const onEnd = () => {
+        client.off('ready', onReady);
+        reject(new Error('Redis Cluster connection ended before it was ready'));
+      };
+      client.once('ready', onReady);
+      client.once('end', onEnd);
     });
   }
   return masters(client);
