@@ -139,10 +139,13 @@ async function once(client: RedisClient, engine: TokenEngine, reqs: GenerateRequ
   const seconds = (performance.now() - t0) / 1000;
   const node = process.cpuUsage(node0);
   const redisCpu = (await sum(nodes, redisCpuSeconds)) - cpu0;
-  const evalsha = await Promise.all(
-    nodes.map(async (n) => /calls=(\d+),usec=(\d+)/.exec((await info(n, 'commandstats')).cmdstat_evalsha ?? '')?.slice(1).map(Number) ?? [0, 0]),
-  );
-  const [calls, usec] = evalsha.reduce((a, [c, u]) => [a[0]! + c!, a[1]! + u!], [0, 0]) as [number, number];
+  let calls = 0;
+  let usec = 0;
+  for (const n of nodes) {
+    const m = /calls=(\d+),usec=(\d+)/.exec((await info(n, 'commandstats')).cmdstat_evalsha ?? '');
+    calls += Number(m?.[1] ?? 0);
+    usec += Number(m?.[2] ?? 0);
+  }
   const withStreams = await memory(nodes);
   const enc = (await Promise.all(nodes.map(encodings))).reduce((a, e) => ({ buckets: a.buckets + e.buckets, hashtable: a.hashtable + e.hashtable }));
   // one DEL per stream: on a Cluster they sit in different slots
@@ -178,7 +181,7 @@ function uuidRate(n = 1_000_000): number {
   return Math.round(n / ((performance.now() - t0) / 1000));
 }
 
-/** '1 server' or 'cluster of N masters' */
+/** a deployment's name in the output */
 export const where = (masters: number) => (masters === 1 ? 'one redis-server' : `Redis Cluster, ${masters} masters`);
 
 export function printEngine(r: EngineBenchResult, log: (line: string) => void = console.log): void {
