@@ -120,6 +120,33 @@ describe('serve processes', () => {
     }
   });
 
+  it('with SNAPSHOT=false and no writer anywhere, /metrics still reports the events waiting in the streams', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('nowriter') }, 2);
+    const { pool } = await setup(server);
+    try {
+      const users = Array.from({ length: 50 }, (_, i) => `waiting-${i}`);
+      const r = await call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: users, perUser: 3 } });
+      expect(r.status).toBe(200);
+      // one event per token; read every second by the primary, summed with the workers' (unset) gauges
+      const lag = async () => {
+        const text = (await call(pool, 'GET', '/metrics')).body as string;
+        return { events: Number(/^rm_snapshot_lag_events (\S+)$/m.exec(text)?.[1]), seconds: Number(/^rm_snapshot_lag_seconds (\S+)$/m.exec(text)?.[1]) };
+      };
+      let seen = await lag();
+      for (let i = 0; i < 50 && seen.events !== 150; i++) {
+        await new Promise((s) => setTimeout(s, 100));
+        seen = await lag();
+      }
+      expect(seen.events).toBe(150);
+      expect((await call(pool, 'GET', '/readyz')).body.snapshot).toEqual({ state: 'off' });
+      await new Promise((s) => setTimeout(s, 1500));
+      expect((await lag()).seconds).toBeGreaterThan(0.5);
+    } finally {
+      await pool.close();
+      expect(await server.stop()).toBe(0);
+    }
+  });
+
   it('runs 2 workers on one port, aggregates /metrics over them, and SIGTERM drains in-flight requests then exits 0', async () => {
     const server = await serve({ KEY_PREFIX: fresh('proc') }, 2);
     const { pool } = await setup(server);

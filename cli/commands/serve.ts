@@ -1,7 +1,8 @@
 import cluster from 'node:cluster';
 import type { Command } from 'commander';
 import { runPrimary, runWorker } from '../../src/http/cluster.js';
-import { startSnapshotWriter } from '../../src/snapshot/index.js';
+import { reportLag, startSnapshotWriter } from '../../src/snapshot/index.js';
+import { createRedis } from '../../src/store/redis.js';
 import { configFrom } from '../context.js';
 
 /** `referral-manager serve`: the HTTP API in N worker processes on one port; SIGTERM drains and exits 0. */
@@ -27,6 +28,14 @@ export function register(program: Command): void {
       } else {
         // nothing trims the event streams but a writer: say so once, where the operator looks first
         console.error('[snapshot] warn: SNAPSHOT=false: this process writes nothing to Postgres; every state change waits in the Redis event streams (~220 B each) until a `referral-manager snapshot` runs against this Redis');
+        // and keep rm_snapshot_lag_* true here, so a lag alert fires if no writer runs anywhere
+        const redis = createRedis(config, { connectionName: 'referral-manager-lag' });
+        redis.on('error', () => {}); // reconnects by itself; a failed reading counts in rm_snapshot_errors_total
+        const lag = reportLag(redis, config.keyPrefix);
+        stops.push(async () => {
+          await lag.stop();
+          redis.disconnect();
+        });
       }
       let stopping = false;
       const shutdown = async () => {

@@ -1,6 +1,6 @@
 export { startSnapshotWriter, type SnapshotWriter, type WriterOptions } from './writer.js';
 export { readSnapshotStatus, type SnapshotStatus } from './status.js';
-export { sampleLag, type Lag } from './lag.js';
+export { reportLag, sampleLag, type Lag } from './lag.js';
 export { openPostgres, ensureDatabase, migrate } from './schema.js';
 export { restoreFromPostgres, anyKey, engineKeys } from './restore.js';
 export { verify, type VerifyReport, type Difference } from './verify.js';

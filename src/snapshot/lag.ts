@@ -1,5 +1,6 @@
 import type { RedisClient } from '../store/redis.js';
 import { Keys, SHARDS } from '../store/keys.js';
+import { snapshotMetrics as m } from './metrics.js';
 
 export const GROUP = 'snapshot';
 
@@ -55,6 +56,38 @@ export async function sampleLag(redis: RedisClient, prefix: string): Promise<Lag
     }),
   );
   return { events, seconds: oldest === Infinity ? 0 : Math.max(0, now - oldest) / 1000 };
+}
+
+/**
+ * Keeps rm_snapshot_lag_events / _seconds current, read from Redis every `ms`, and hands each reading to
+ * `onSample`. Any process may run it, writer or not: the lag belongs to the streams, so it must read true
+ * when no writer runs anywhere (SNAPSHOT=false and no `referral-manager snapshot`), the case an alert on
+ * it exists for. The next reading starts only after the last one ended, so a slow Redis is not piled on.
+ */
+export function reportLag(redis: RedisClient, prefix: string, ms = 1000, onSample?: (lag: Lag) => Promise<unknown> | void): { stop(): Promise<void> } {
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  let inFlight: Promise<void> = Promise.resolve();
+  const tick = async () => {
+    try {
+      const lag = await sampleLag(redis, prefix);
+      m.lagEvents.set(lag.events);
+      m.lagSeconds.set(lag.seconds);
+      if (!stopped) await onSample?.(lag);
+    } catch {
+      m.errors.inc({ where: 'lag' });
+    }
+    if (!stopped) timer = setTimeout(() => (inFlight = tick()), ms);
+  };
+  timer = setTimeout(() => (inFlight = tick()), ms);
+  return {
+    /** no reading starts after this, and the one under way (if any) has ended when it resolves */
+    async stop() {
+      stopped = true;
+      clearTimeout(timer);
+      await inFlight;
+    },
+  };
 }
 
 function toObj(arr: unknown[]): Record<string, unknown> {

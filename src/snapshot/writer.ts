@@ -5,7 +5,7 @@ import { createRedis, type RedisClient } from '../store/redis.js';
 import { Keys, SHARDS } from '../store/keys.js';
 import { applyEvents } from './apply.js';
 import { compareIds, parseEntry, type StreamEvent } from './events.js';
-import { GROUP, sampleLag } from './lag.js';
+import { GROUP, reportLag } from './lag.js';
 import { Lease } from '../store/lease.js';
 import { snapshotMetrics as m } from './metrics.js';
 import { openPostgres } from './schema.js';
@@ -250,24 +250,18 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   }, lease.ms / 3);
 
   const status = (): SnapshotStatus => ({ state: pgState, lagEvents: lag.events, lagSeconds: lag.seconds, at: Date.now() });
-  const statusTimer = setInterval(() => {
-    if (!leader) return;
-    sampleLag(redis, config.keyPrefix)
-      .then((l) => {
-        lag = l;
-        m.lagEvents.set(l.events);
-        m.lagSeconds.set(l.seconds);
-        return writeSnapshotStatus(redis, config.keyPrefix, status());
-      })
-      .catch(() => m.errors.inc({ where: 'status' }));
-  }, 1000);
+  // every writer reports the lag (a standby too: it is the streams'); only the leader publishes the status
+  const lagReport = reportLag(redis, config.keyPrefix, 1000, (l) => {
+    lag = l;
+    if (leader) return writeSnapshotStatus(redis, config.keyPrefix, status()).catch(() => m.errors.inc({ where: 'status' }));
+  });
 
   return {
     status: () => ({ ...status(), leader }),
     async stop() {
       running = false;
       clearInterval(renewTimer);
-      clearInterval(statusTimer);
+      await lagReport.stop();
       await loop;
       await Promise.all(lanes.map((l) => l.prefetch?.catch(() => {})));
       if (leader) await lease.release().catch(() => {});
