@@ -72,7 +72,7 @@ export function masters(client: RedisClient): Redis[] {
 export async function readyMasters(client: RedisClient): Promise<Redis[]> {
   if (client instanceof Cluster && client.status !== 'ready') {
     await new Promise<void>((resolve, reject) => {
-      // whichever comes first removes the other listener: callers wait here again on every reconnect
+      // whichever comes first removes the other, so waits on a client that is not ready leave nothing behind
       const onReady = () => {
         client.off('end', onEnd);
         resolve();
