@@ -107,30 +107,33 @@ export async function startCluster(masters = 3, extraArgs: string[] = []): Promi
   }
 }
 
-function ready(proc: ChildProcess, what: string, ms = 20_000): Promise<void> {
+/** Resolves once `proc` has printed `pattern` (stdout or stderr); rejects when it exits or `ms` passes first. */
+export function waitForOutput(proc: ChildProcess, pattern: RegExp, what: string, ms = 20_000): Promise<void> {
   return new Promise((resolve, reject) => {
     let out = '';
     const done = (err?: Error) => {
       clearTimeout(timer);
-      proc.stdout!.off('data', onData);
-      proc.stderr!.off('data', onData);
+      proc.stdout?.off('data', onData);
+      proc.stderr?.off('data', onData);
       proc.off('error', done);
       proc.off('exit', onExit);
       if (err) reject(err);
       else resolve();
     };
-    const timer = setTimeout(() => done(new Error(`${what}: not ready within ${ms} ms:\n${out}`)), ms);
+    const timer = setTimeout(() => done(new Error(`${what}: no "${pattern}" within ${ms} ms; output:\n${out}`)), ms);
     const onData = (d: Buffer) => {
       out += d.toString();
-      if (/Ready to accept connections/.test(out)) done();
+      if (pattern.test(out)) done();
     };
-    const onExit = (code: number | null) => done(new Error(`${what} exited with ${code}:\n${out}`));
-    proc.stdout!.on('data', onData);
-    proc.stderr!.on('data', onData);
+    const onExit = (code: number | null) => done(new Error(`${what} exited with ${code}; output:\n${out}`));
+    proc.stdout?.on('data', onData);
+    proc.stderr?.on('data', onData);
     proc.once('error', done);
     proc.once('exit', onExit);
   });
 }
+
+const ready = (proc: ChildProcess, what: string) => waitForOutput(proc, /Ready to accept connections/, what);
 
 function run(cmd: string, args: string[], ms = 60_000): Promise<string> {
   return new Promise((resolve, reject) => {

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { AdminClient, ReferralError, SatelliteClient } from '../src/index.js';
 import { createRedis } from '../src/store/redis.js';
-import { ADMIN_KEY, freePort, serve, type Served } from './helpers/http.js';
+import { freePort } from '../bench/redis-server.js';
+import { ADMIN_KEY, serve, type Served } from './helpers/http.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 
 const prefix = testPrefix('client');

@@ -13,6 +13,7 @@ import { openPostgres, readSnapshotStatus, sampleLag, startSnapshotWriter, verif
 import { leaseKey } from '../src/snapshot/status.js';
 import { createRedis } from '../src/store/redis.js';
 import { loadConfig } from '../src/config.js';
+import { freePort } from '../bench/redis-server.js';
 
 const MAIN = path.resolve('dist/cli/main.js');
 
@@ -22,14 +23,6 @@ function spawnWriter(env: Record<string, string>): ChildProcess {
 const exited = (c: ChildProcess) =>
   new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => c.once('exit', (code, signal) => r({ code, signal })));
 const count = async (pool: pg.Pool, table: string) => Number((await pool.query(`SELECT count(*) AS n FROM ${table}`)).rows[0].n);
-
-async function freePort(): Promise<number> {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await new Promise((r) => s.once('listening', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 describe('snapshot writer under faults (real processes)', () => {
   let fx: EngineFixture;

@@ -1,45 +1,14 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Packr } from 'msgpackr';
 import { Pool } from 'undici';
+import { freePort, waitForOutput } from '../../bench/redis-server.js';
 
 const MAIN = path.resolve('dist/cli/main.js');
 export const ADMIN_KEY = 'test-admin-key-0123456789abcdefghijklmnop';
 const packr = new Packr({ useRecords: false });
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-function waitFor(proc: ChildProcess, pattern: RegExp, what: string, ms = 20_000): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`${what}: no "${pattern}" within ${ms} ms; output:\n${out}`)), ms);
-    const onData = (d: Buffer) => {
-      out += d.toString();
-      if (pattern.test(out)) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    proc.stdout?.on('data', onData);
-    proc.stderr?.on('data', onData);
-    proc.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`${what} exited with ${code}; output:\n${out}`));
-    });
-  });
-}
 
 export interface Served {
   url: string;
@@ -57,7 +26,7 @@ export async function serve(env: Record<string, string>, workers = 1): Promise<S
     env: { ...process.env, ADMIN_KEY, SNAPSHOT: 'false', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  await waitFor(proc, /listening on/, 'serve');
+  await waitForOutput(proc, /listening on/, 'serve');
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   return {
     url: `http://127.0.0.1:${port}`,
@@ -109,7 +78,7 @@ export async function privateRedis(): Promise<{ url: string; port: number; start
     port,
     async start() {
       proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--save', ''], { stdio: ['ignore', 'pipe', 'pipe'] });
-      await waitFor(proc, /Ready to accept connections/, 'redis-server');
+      await waitForOutput(proc, /Ready to accept connections/, 'redis-server');
     },
     /** SIGSTOP / SIGCONT: a Redis that hangs without closing its connections */
     signal(sig) {
