@@ -12,7 +12,7 @@ import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { sampleLag } from '../src/snapshot/index.js';
 import { treeCpuSeconds } from './proc.js';
-import { freePort, redisCpuSeconds } from './redis-server.js';
+import { freePort, redisCpuSeconds, waitForOutput } from './redis-server.js';
 import { watchLag } from './snapshot.js';
 
 /**
@@ -70,12 +70,10 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 // BENCH_NODE_FLAGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") go to every server under test, and serve's workers
 const nodeFlags = process.env.BENCH_NODE_FLAGS?.split(' ').filter(Boolean) ?? [];
 
-function start(args: string[], env: Record<string, string> = {}): Promise<ChildProcess> {
+async function start(args: string[], env: Record<string, string> = {}): Promise<ChildProcess> {
   const proc = spawn(process.execPath, [...nodeFlags, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
-  return new Promise((resolve, reject) => {
-    proc.stdout!.on('data', (d: Buffer) => /listening/.test(d.toString()) && resolve(proc));
-    proc.once('exit', (code) => reject(new Error(`${args.join(' ')} exited with ${code}`)));
-  });
+  await waitForOutput(proc, /listening/, args.join(' '), 60_000);
+  return proc;
 }
 
 function stop(proc: ChildProcess): Promise<void> {
