@@ -87,6 +87,7 @@ export const settings = {
   snapshot: { env: 'SNAPSHOT', default: true, parse: bool, doc: 'Run the Postgres snapshot writer inside serve. With false, run `referral-manager snapshot` elsewhere: until one runs, events wait in Redis (serve warns at start).' },
   snapshotBatch: { env: 'SNAPSHOT_BATCH', default: 5000, parse: int(1, 100_000), doc: 'Most events the snapshot writer applies in one transaction.' },
   snapshotFlushMs: { env: 'SNAPSHOT_FLUSH_MS', default: 50, parse: int(1, 60_000), doc: 'Longest the snapshot writer waits to fill a batch.' },
+  snapshotMetricsPort: { env: 'SNAPSHOT_METRICS_PORT', default: 7481, parse: int(0, 65535), doc: '`referral-manager snapshot` serves /healthz, /readyz and /metrics on HOST at this port (0: any free port, printed at start).' },
   snapshotTestCrashAfterCommit: { env: 'SNAPSHOT_TEST_CRASH_AFTER_COMMIT', default: 0, parse: int(0), doc: 'Test hook for fault tests: the snapshot writer SIGKILLs itself right after its Nth COMMIT, before XACK. 0 (default): off.' },
 } satisfies Record<string, Setting<unknown>>;
 

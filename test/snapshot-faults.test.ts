@@ -17,8 +17,8 @@ import { freePort } from '../bench/redis-server.js';
 
 const MAIN = path.resolve('dist/cli/main.js');
 
-function spawnWriter(env: Record<string, string>): ChildProcess {
-  return spawn(process.execPath, [MAIN, 'snapshot'], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+function spawnWriter(env: Record<string, string>, args: string[] = []): ChildProcess {
+  return spawn(process.execPath, [MAIN, 'snapshot', ...args], { env: { ...process.env, SNAPSHOT_METRICS_PORT: '0', ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
 }
 const exited = (c: ChildProcess) =>
   new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => c.once('exit', (code, signal) => r({ code, signal })));
@@ -85,6 +85,71 @@ describe('snapshot writer under faults (real processes)', () => {
     expect(report.listed).toEqual([]);
     expect(report.differences).toBe(0);
   }, 90_000);
+
+  it('referral-manager snapshot serves /healthz, /readyz and /metrics: a leader without Postgres is unready, a writing leader and a standby are ready', async () => {
+    // its own prefix and database: the other tests compare fx.prefix with db
+    const own = await engineFixture({ label: 'snapops' });
+    const ownDb = await testDatabase();
+    const writers: ChildProcess[] = [];
+    const get = async (port: number, p: string) => {
+      for (let i = 0; ; i++) {
+        try {
+          const r = await fetch(`http://127.0.0.1:${port}${p}`);
+          return { status: r.status, text: await r.text() };
+        } catch (err) {
+          if (i === 200) throw err;
+          await sleep(50); // not listening yet
+        }
+      }
+    };
+    const until = async (port: number, p: string, ok: (r: { status: number; text: string }) => boolean) => {
+      for (let i = 0; i < 200; i++) {
+        const r = await get(port, p);
+        if (ok(r)) return r;
+        await sleep(50);
+      }
+      throw new Error(`${p} on ${port}: never as expected; last: ${JSON.stringify(await get(port, p))}`);
+    };
+    const stop = async (w: ChildProcess) => {
+      const done = exited(w);
+      w.kill('SIGTERM');
+      expect(await done).toMatchObject({ code: 0 });
+    };
+    try {
+      await generateTokens(own.engine, 500, 'sat-ops');
+      const env = { KEY_PREFIX: own.prefix, REDIS_URL: 'redis://127.0.0.1:6379' };
+
+      // the lease holder cannot reach Postgres: unready, and the metrics say why and how far behind
+      const [noPg, a, b, c] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+      writers.push(spawnWriter({ ...env, DATABASE_URL: `postgres://postgres@127.0.0.1:${noPg}/none`, SNAPSHOT_METRICS_PORT: String(a) }));
+      expect((await get(a, '/healthz')).status).toBe(200);
+      const down = await until(a, '/readyz', (r) => r.text.includes('"postgres":"down"'));
+      expect(down.status).toBe(503);
+      expect(JSON.parse(down.text)).toMatchObject({ ready: false, redis: 'up', leader: true });
+      const lagging = await until(a, '/metrics', (r) => /^rm_snapshot_lag_events 500$/m.test(r.text));
+      expect(lagging.text).toMatch(/^rm_snapshot_postgres_up 0$/m);
+      expect(lagging.text).toMatch(/^rm_snapshot_leader 1$/m);
+      expect(lagging.text).toMatch(/^rm_snapshot_errors_total\{where="postgres"\} [1-9]/m);
+      await stop(writers.shift()!); // releases the lease
+
+      // a leader that writes: ready, its events counted; a second writer (port from the flag) stands by, ready
+      writers.push(spawnWriter({ ...env, DATABASE_URL: ownDb.url, SNAPSHOT_METRICS_PORT: String(b) }));
+      const written = await until(b, '/metrics', (r) => /^rm_snapshot_events_total 500$/m.test(r.text));
+      expect(written.text).toMatch(/^rm_snapshot_postgres_up 1$/m);
+      expect(written.text).toMatch(/^rm_snapshot_batch_events_count [1-9]/m);
+      const up = await until(b, '/readyz', (r) => r.status === 200);
+      expect(JSON.parse(up.text)).toMatchObject({ ready: true, leader: true, postgres: 'up' });
+      writers.push(spawnWriter({ ...env, DATABASE_URL: ownDb.url }, ['--metrics-port', String(c)]));
+      const standby = await until(c, '/readyz', (r) => r.status === 200);
+      expect(JSON.parse(standby.text)).toMatchObject({ ready: true, leader: false, postgres: 'standby' });
+      expect((await get(c, '/metrics')).text).toMatch(/^rm_snapshot_leader 0$/m);
+      expect((await get(c, '/nope')).status).toBe(404);
+    } finally {
+      await Promise.all(writers.map(stop));
+      await own.close();
+      await ownDb.drop();
+    }
+  }, 60_000);
 
   it('several writers: exactly one holds the lease and writes; when it stops, another takes over', async () => {
     const config = loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url });

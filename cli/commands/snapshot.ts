@@ -1,22 +1,42 @@
 import type { Command } from 'commander';
 import { createRedis } from '../../src/store/redis.js';
-import { anyKey, engineKeys, openPostgres, restoreFromPostgres, startSnapshotWriter, verify } from '../../src/snapshot/index.js';
+import { startOpsServer } from '../../src/http/ops.js';
+import { anyKey, engineKeys, openPostgres, restoreFromPostgres, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
 import { configFrom } from '../context.js';
+
+/**
+ * Ready: the writer reaches Redis and, while it holds the lease, Postgres. A standby is ready: it is
+ * there to take over. A leader retrying a Postgres outage is not, so the outage shows on /readyz too.
+ */
+function writerReadiness(writer: SnapshotWriter | undefined): { ready: boolean; details: Record<string, unknown> } {
+  if (!writer) return { ready: false, details: { state: 'starting' } };
+  const s = writer.status();
+  const ready = s.redis === 'up' && (!s.leader || s.state === 'up');
+  return { ready, details: { redis: s.redis, leader: s.leader, postgres: s.leader ? s.state : 'standby', lagEvents: s.lagEvents, lagSeconds: s.lagSeconds } };
+}
 
 /** `snapshot` (the writer alone), `restore --from-postgres [--force]` and `verify`. */
 export function register(program: Command): void {
   program
     .command('snapshot')
     .description('run the Postgres snapshot writer alone (one active writer per deployment: a Redis lease)')
-    .addHelpText('after', '\nExamples:\n  referral-manager snapshot\n  DATABASE_URL=postgres://postgres@db:5432/rm referral-manager snapshot --key-prefix rm')
-    .action(async function (this: Command) {
-      const config = configFrom(this);
-      const writer = await startSnapshotWriter(config);
+    .option('--metrics-port <port>', 'port of /healthz, /readyz and /metrics on HOST (env SNAPSHOT_METRICS_PORT, default 7481; 0: any free port)')
+    .addHelpText('after', '\nExamples:\n  referral-manager snapshot\n  DATABASE_URL=postgres://postgres@db:5432/rm referral-manager snapshot --key-prefix rm --metrics-port 9481')
+    .action(async function (this: Command, opts: { metricsPort?: string }) {
+      const config = configFrom(this, { snapshotMetricsPort: opts.metricsPort });
+      let writer: SnapshotWriter | undefined;
+      // listen first: a taken port fails the start before the lease is taken
+      const ops = await startOpsServer(config.host, config.snapshotMetricsPort, async () => writerReadiness(writer));
+      writer = await startSnapshotWriter(config);
+      console.error(`[snapshot] info: /healthz, /readyz and /metrics on ${config.host}:${ops.port}`);
       await new Promise<void>((resolve) => {
         process.once('SIGTERM', resolve);
         process.once('SIGINT', resolve);
       });
+      ops.close();
       await writer.stop();
+      // a scraper's idle keep-alive connection would hold the process open (this uWS has no app.close)
+      process.exit(0);
     });
 
   program

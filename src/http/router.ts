@@ -57,7 +57,8 @@ function describe(err: ErrorObject | undefined): string {
 }
 
 export interface RouterDeps {
-  auth: Authenticator;
+  /** absent on a server with only keyless routes (the snapshot writer's ops server) */
+  auth?: Authenticator;
   /** true when an error means the store is unreachable (answered 503) */
   storeDown(err: unknown): boolean;
   /** requests in flight, for draining on shutdown */
@@ -206,9 +207,9 @@ async function call(route: Route, head: Head, caller: Promise<string>, body: unk
   return route.handler({ body, params, satelliteId, ip: head.ip });
 }
 
-async function authorize(kind: AuthKind, key: string | undefined, auth: Authenticator): Promise<string> {
+async function authorize(kind: AuthKind, key: string | undefined, auth: Authenticator | undefined): Promise<string> {
   if (kind === 'none') return '';
-  if (key === undefined) throw new DomainError('unauthorized', 'missing Authorization: Bearer <key>');
+  if (key === undefined || !auth) throw new DomainError('unauthorized', 'missing Authorization: Bearer <key>');
   if (auth.isAdmin(key)) {
     if (kind === 'admin') return '';
     throw new DomainError('forbidden', 'the admin key may not call satellite routes');

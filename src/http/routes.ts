@@ -6,6 +6,7 @@ import type { Result, Token } from '../store/model.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import type { Authenticator } from './auth.js';
 import type { FailureLimiter } from './rate-limit.js';
+import { opsRoutes, type OpsDeps } from './ops.js';
 import { HttpError, type Call, type Outcome, type Route } from './router.js';
 
 export interface RouteDeps {
@@ -14,8 +15,8 @@ export interface RouteDeps {
   registry: SatelliteRegistry;
   auth: Authenticator;
   limiter: FailureLimiter;
-  ready(): Promise<{ ready: boolean; details: Record<string, unknown> }>;
-  metrics(): Promise<string>;
+  ready: OpsDeps['ready'];
+  metrics: OpsDeps['metrics'];
 }
 
 const id = { type: 'string', minLength: 1, maxLength: 128 };
@@ -189,17 +190,6 @@ export function routes(d: RouteDeps): Route[] {
       },
     },
 
-    { method: 'get', pattern: '/healthz', auth: 'none', handler: async () => ok({ status: 'ok', pid: process.pid }) },
-    {
-      method: 'get', pattern: '/readyz', auth: 'none',
-      async handler() {
-        const r = await d.ready();
-        return ok({ ready: r.ready, ...r.details }, r.ready ? 200 : 503);
-      },
-    },
-    {
-      method: 'get', pattern: '/metrics', auth: 'none',
-      handler: async () => ({ raw: await d.metrics(), contentType: 'text/plain; version=0.0.4; charset=utf-8' }),
-    },
+    ...opsRoutes(d),
   ];
 }

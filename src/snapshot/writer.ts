@@ -1,3 +1,4 @@
+import { setTimeout as sleepFor } from 'node:timers/promises';
 import type pg from 'pg';
 import { pushTo } from '../collections.js';
 import type { Config } from '../config.js';
@@ -23,12 +24,12 @@ export interface WriterOptions {
 
 export interface SnapshotWriter {
   stop(): Promise<void>;
-  status(): SnapshotStatus & { leader: boolean };
+  /** redis: whether the writer's own connection is up (it reconnects by itself) */
+  status(): SnapshotStatus & { leader: boolean; redis: 'up' | 'down' };
 }
 
 type XReadReply = [string, [string, string[] | null][]][] | null;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const BACKOFF_MAX_MS = 5000;
 const LANES = 4;
 
@@ -48,6 +49,9 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const perShard = Math.max(1, Math.ceil(config.snapshotBatch / 8));
 
   let running = true;
+  // stop() cuts a backoff or standby wait short, so SIGTERM never waits seconds for it
+  const stopping = new AbortController();
+  const sleep = (ms: number) => sleepFor(ms, undefined, { signal: stopping.signal }).catch(() => undefined);
   let leader = false;
   let pool: pg.Pool | undefined;
   let pgState: 'up' | 'down' = 'down';
@@ -257,9 +261,10 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   });
 
   return {
-    status: () => ({ ...status(), leader }),
+    status: () => ({ ...status(), leader, redis: redis.status === 'ready' ? 'up' : 'down' }),
     async stop() {
       running = false;
+      stopping.abort();
       clearInterval(renewTimer);
       await lagReport.stop();
       await loop;

@@ -1,0 +1,47 @@
+import uws from 'uWebSockets.js';
+import { collectProcessMetrics, registry } from '../metrics.js';
+import { mount, type Outcome, type Route } from './router.js';
+
+export interface OpsDeps {
+  ready(): Promise<{ ready: boolean; details: Record<string, unknown> }>;
+  metrics(): Promise<string>;
+}
+
+const ok = (value: unknown, status?: number): Outcome => ({ status, value });
+
+/** `/healthz`, `/readyz`, `/metrics`: no key, the same on the API and on the standalone snapshot writer. */
+export function opsRoutes(d: OpsDeps): Route[] {
+  return [
+    { method: 'get', pattern: '/healthz', auth: 'none', handler: async () => ok({ status: 'ok', pid: process.pid }) },
+    {
+      method: 'get', pattern: '/readyz', auth: 'none',
+      async handler() {
+        const r = await d.ready();
+        return ok({ ready: r.ready, ...r.details }, r.ready ? 200 : 503);
+      },
+    },
+    {
+      method: 'get', pattern: '/metrics', auth: 'none',
+      handler: async () => ({ raw: await d.metrics(), contentType: 'text/plain; version=0.0.4; charset=utf-8' }),
+    },
+  ];
+}
+
+export interface OpsServer {
+  port: number;
+  close(): void;
+}
+
+/** The ops routes alone on host:port (0: any free port), for processes that serve no API. */
+export async function startOpsServer(host: string, port: number, ready: OpsDeps['ready']): Promise<OpsServer> {
+  collectProcessMetrics();
+  const app = uws.App();
+  mount(app, opsRoutes({ ready, metrics: () => registry.metrics() }), { inflight: { n: 0 }, timeoutMs: 5000, storeDown: () => false });
+  const socket = await new Promise<uws.us_listen_socket>((resolve, reject) => {
+    app.listen(host, port, (s) => (s ? resolve(s) : reject(new Error(`cannot listen on ${host}:${port}`))));
+  });
+  return {
+    port: uws.us_socket_local_port(socket as unknown as uws.us_socket),
+    close: () => uws.us_listen_socket_close(socket),
+  };
+}
