@@ -94,7 +94,7 @@ describe('serve processes', () => {
       expect(await server.stop()).toBe(0);
     } finally {
       await server.stop();
-      await redis.stop();
+      await redis.dispose();
     }
   });
 
@@ -116,7 +116,7 @@ describe('serve processes', () => {
     } finally {
       redis.signal('SIGCONT');
       expect(await server.stop()).toBe(0);
-      await redis.stop();
+      await redis.dispose();
     }
   });
 

@@ -1,12 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { Redis } from 'ioredis';
 import { engineFixture, type EngineFixture } from './helpers/redis.js';
+import { privateRedis } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
 import { caughtUp, each, generateTokens, sleep } from './helpers/snapshot.js';
 import { openPostgres, readSnapshotStatus, sampleLag, startSnapshotWriter, verify } from '../src/snapshot/index.js';
@@ -230,25 +228,9 @@ describe('snapshot writer under faults (real processes)', () => {
   }, 60_000);
 
   it('Redis killed and restarted with AOF (private redis-server): the writer resumes and catches up', async () => {
-    const port = await freePort();
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'rm-aof-'));
-    const start = async () => {
-      const p = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--appendonly', 'yes', '--appendfsync', 'always', '--save', '', '--dir', dir], { stdio: 'ignore' });
-      const probe = new Redis({ port, lazyConnect: true, retryStrategy: () => 50 });
-      probe.on('error', () => {});
-      for (let i = 0; i < 100; i++) {
-        try {
-          await probe.connect().catch(() => {});
-          if ((await probe.ping()) === 'PONG') break;
-        } catch {
-          await sleep(50);
-        }
-      }
-      probe.disconnect();
-      return p;
-    };
-    let server = await start();
-    const redisUrl = `redis://127.0.0.1:${port}`;
+    const server = await privateRedis(['--appendfsync', 'always']);
+    await server.start();
+    const redisUrl = server.url;
     const own = await engineFixture({ label: 'aof', redis: () => {
       const r = createRedis({ redisUrl, redisClusterNodes: [] });
       r.on('error', () => {}); // the restart below refuses connections for a moment
@@ -263,11 +245,9 @@ describe('snapshot writer under faults (real processes)', () => {
       // lines written with no writer reading them yet must survive the restart in the AOF
       await each(tokens.slice(0, 300), 16, async (t, i) => expect((await own.engine.redeem(t, 'sat-b', `a${i}`)).code).toBe('ok'));
       // a crash, not a clean shutdown: with appendfsync always every acknowledged write is in the AOF
-      const stopped = new Promise((r) => server.once('exit', r));
-      server.kill('SIGKILL');
-      await stopped;
+      await server.stop('SIGKILL');
       await sleep(500);
-      server = await start();
+      await server.start();
       await each(tokens.slice(300, 600), 16, async (t, i) => expect((await own.engine.redeem(t, 'sat-b', `b${i}`)).code).toBe('ok'));
       await caughtUp(own.redis, own.prefix, ownPool, 3600, 30_000);
       expect((await verify(own.redis, ownPool, own.prefix)).differences).toBe(0);
@@ -276,8 +256,7 @@ describe('snapshot writer under faults (real processes)', () => {
       await ownPool.end();
       await own.close();
       await ownDb.drop();
-      server.kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
+      await server.dispose();
     }
   }, 60_000);
 });

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Packr } from 'msgpackr';
@@ -68,29 +68,45 @@ export async function call(pool: Pool, method: string, urlPath: string, opts: { 
   return { status: res.statusCode, headers: res.headers, body: decoded };
 }
 
-/** A redis-server of its own on a free port (AOF in a temp dir, so data survives a restart). */
-export async function privateRedis(): Promise<{ url: string; port: number; start(): Promise<void>; stop(): Promise<void>; signal(sig: NodeJS.Signals): void }> {
+export interface PrivateRedis {
+  url: string;
+  port: number;
+  start(): Promise<void>;
+  /** SIGTERM (a clean shutdown) or SIGKILL (a crash: only what the AOF holds survives), then wait for the exit */
+  stop(sig?: 'SIGTERM' | 'SIGKILL'): Promise<void>;
+  /** SIGSTOP / SIGCONT: a Redis that hangs without closing its connections */
+  signal(sig: NodeJS.Signals): void;
+  /** stop and delete its AOF directory */
+  dispose(): Promise<void>;
+}
+
+/** A redis-server of its own on a free port (AOF in a temp dir, so data survives a restart); `args` add to its command line. */
+export async function privateRedis(args: string[] = []): Promise<PrivateRedis> {
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), 'rm-redis-'));
   let proc: ChildProcess | undefined;
+  const stop = async (sig: 'SIGTERM' | 'SIGKILL' = 'SIGTERM') => {
+    const p = proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    await new Promise<void>((resolve) => {
+      p.once('exit', () => resolve());
+      p.kill(sig);
+    });
+  };
   return {
     url: `redis://127.0.0.1:${port}`,
     port,
     async start() {
-      proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--save', ''], { stdio: ['ignore', 'pipe', 'pipe'] });
+      proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--save', '', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
       await waitForOutput(proc, /Ready to accept connections/, 'redis-server');
     },
-    /** SIGSTOP / SIGCONT: a Redis that hangs without closing its connections */
+    stop,
     signal(sig) {
       proc?.kill(sig);
     },
-    async stop() {
-      const p = proc;
-      if (!p || p.exitCode !== null) return;
-      await new Promise<void>((resolve) => {
-        p.once('exit', () => resolve());
-        p.kill('SIGTERM');
-      });
+    async dispose() {
+      await stop();
+      rmSync(dir, { recursive: true, force: true });
     },
   };
 }

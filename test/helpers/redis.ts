@@ -47,7 +47,7 @@ export async function privateRedisClient(): Promise<{ server: Awaited<ReturnType
     redis,
     async close() {
       redis.disconnect();
-      await server.stop();
+      await server.dispose();
     },
   };
 }
