@@ -21,8 +21,9 @@ for i = 1, #all, 2 do
     if r == ref and (state == 'u' or state == 's') and not (expires and expires <= now) then
       local free = state == 'u'
       if not free then
-        local res = split_tab(redis.call('HGET', KEYS[3], field) or '\t\t0')
-        free = tonumber(res[3]) <= now
+        -- only the lease, the third tab-separated field of the reservation
+        local lease = string.match(redis.call('HGET', KEYS[3], field) or '\t\t0', '^[^\t]*\t[^\t]*\t([^\t]*)')
+        free = tonumber(lease) <= now
       end
       if free then
         camps[camp] = camps[camp] or (redis.call('HGET', KEYS[2], 'C' .. camp) or '')
