@@ -86,6 +86,20 @@ describe('satellite contract', () => {
     expect(s.satellite.tokensStored).toBe(3);
   });
 
+  it('answers an undecodable or empty body 400 invalid_request and an unknown content type 415, in the format asked for', async () => {
+    const { pool } = await sim({ users: 1 });
+    const garbled = await call(pool, 'POST', '/referrals/v1/tokens', { raw: Buffer.from([0xc1, 0xff, 0x00]), contentType: 'application/msgpack' });
+    expect([garbled.status, garbled.body.error]).toEqual([400, 'invalid_request']);
+    expect(garbled.body.message).toMatch(/^body: not valid MessagePack/);
+    const json = await call(pool, 'POST', '/referrals/v1/tokens', { raw: '{"tokens":', contentType: 'application/json', accept: 'application/json' });
+    expect([json.status, json.body.error]).toEqual([400, 'invalid_request']);
+    expect(json.body.message).toMatch(/^body: not valid JSON/);
+    const empty = await call(pool, 'POST', '/referrals/v1/tokens', { raw: '', contentType: 'application/json' });
+    expect([empty.status, empty.body.message]).toEqual([400, 'body: empty']);
+    const text = await call(pool, 'POST', '/referrals/v1/tokens', { raw: 'tokens', contentType: 'text/plain', accept: 'application/msgpack' });
+    expect([text.status, text.body.error]).toEqual([415, 'unsupported_media_type']);
+  });
+
   it('refuses a batch naming an unknown user, storing none of it', async () => {
     const { pool } = await sim({ users: 3 });
     const r = await deliver(pool, [

@@ -1,16 +1,14 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { packr } from '../msgpack.js';
-import { errorCatalogue, type ErrorCode } from '../errors.js';
+import { DomainError, errorCatalogue, type ErrorCode } from '../errors.js';
+import { CONTENT_TYPE, decode, encode, formatOf, type Format } from '../http/wire.js';
 import { sameKey } from '../satellites/registry.js';
 import { isToken } from '../tokens/validate.js';
 import type { SimSatellite } from './satellite.js';
 import type { SignupSummary } from './signups.js';
 
-type Format = 'msgpack' | 'json';
 /** the manager's codes, plus the one a satellite that is down answers */
 type SimCode = ErrorCode | 'unavailable';
 
-const CONTENT_TYPE: Record<Format, string> = { msgpack: 'application/msgpack', json: 'application/json' };
 export const DEFAULT_BODY_LIMIT = 8 * 1024 * 1024;
 const DEFAULT_PAGE = 1000;
 const MAX_PAGE = 10_000;
@@ -21,15 +19,6 @@ class SimError extends Error {
     super(message ?? (code === 'unavailable' ? 'the satellite is unavailable' : errorCatalogue[code].message));
     this.status = code === 'unavailable' ? 503 : errorCatalogue[code].status;
   }
-}
-
-function formatOf(header: string | undefined): Format | undefined {
-  for (const part of (header ?? '').split(',')) {
-    const type = part.split(';')[0]!.trim().toLowerCase();
-    if (type === 'application/msgpack' || type === 'application/x-msgpack') return 'msgpack';
-    if (type === 'application/json') return 'json';
-  }
-  return undefined;
 }
 
 export interface SimServerOptions {
@@ -135,7 +124,7 @@ export function createSimServer(opts: SimServerOptions): Server {
 
   const send = (res: ServerResponse, status: number, format: Format, value: unknown) => {
     if (res.headersSent || res.destroyed) return;
-    const body = format === 'json' ? Buffer.from(JSON.stringify(value)) : packr.pack(value);
+    const body = encode(format, value);
     res.writeHead(status, { 'content-type': CONTENT_TYPE[format], 'content-length': body.length });
     res.end(body);
   };
@@ -148,23 +137,19 @@ export function createSimServer(opts: SimServerOptions): Server {
     if (!handler) throw new SimError('method_not_allowed', `use ${Object.keys(route).join(', ')}`);
     let body: unknown;
     if (req.method === 'POST') {
-      const type = formatOf(req.headers['content-type']);
+      const type = formatOf(req.headers['content-type'] ?? '');
       if (!type) throw new SimError('unsupported_media_type');
-      if (raw.length === 0) throw new SimError('invalid_request', 'body: empty');
-      try {
-        body = type === 'json' ? JSON.parse(raw.toString('utf8')) : packr.unpack(raw);
-      } catch (err) {
-        throw new SimError('invalid_request', `body: not valid ${type === 'json' ? 'JSON' : 'MessagePack'} (${String((err as Error)?.message ?? err).slice(0, 100)})`);
-      }
+      body = decode(type, raw);
     }
     send(res, 200, format, await handler({ method: req.method!, path: url.pathname, query: url.searchParams, headers: req.headers, body }));
   };
 
   return createServer((req, res) => {
     // reply in what the client accepts, else in what it sent, else JSON
-    const format = formatOf(req.headers.accept) ?? formatOf(req.headers['content-type']) ?? 'json';
+    const format = formatOf(req.headers.accept ?? '') ?? formatOf(req.headers['content-type'] ?? '') ?? 'json';
     const fail = (err: unknown) => {
-      const e = err instanceof SimError ? err : new SimError('internal', (err as Error)?.message);
+      // DomainError: the manager's own body decoder refused it (400 invalid_request)
+      const e = err instanceof SimError || err instanceof DomainError ? err : new SimError('internal', (err as Error)?.message);
       send(res, e.status, format, { error: e.code, message: e.message });
     };
     const chunks: Buffer[] = [];
