@@ -23,11 +23,12 @@ local function clock()
   return tonumber(s), s
 end
 
--- a time as tostring writes it ('' for none); %d agrees with tostring's %.14g on whole numbers below 1e14
--- and costs a third of it
+-- a time as decimal text ('' for none). Whole numbers up to 2^53 (every safe JS integer) are written exactly
+-- by %d; tostring's %.14g would round 1e14 and above (year 5138 in ms) to an exponent form nothing parses
+-- back, and costs three times as much
 local function dec(n)
   if n == nil then return '' end
-  if n % 1 == 0 and n < 1e14 and n > -1e14 then return string.format('%d', n) end
+  if n % 1 == 0 and n <= 9007199254740991 and n >= -9007199254740991 then return string.format('%d', n) end
   return tostring(n)
 end
 

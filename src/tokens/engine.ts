@@ -7,6 +7,8 @@ import { mint, tokenAt } from './mint.js';
 import { checkId, checkToken } from './validate.js';
 
 export const MAX_TOKENS_PER_CALL = 10_000;
+/** 9999-12-31T23:59:59.999Z: a later expiresAt is a unit mistake (microseconds), not a date */
+export const MAX_EXPIRES_AT = 253_402_300_799_999;
 
 export interface GenerateRequest {
   owners: { ownerSatelliteId: string; ownerUserId: string }[];
@@ -42,8 +44,8 @@ export class TokenEngine {
     if (total > MAX_TOKENS_PER_CALL) {
       throw new DomainError('invalid_request', `at most ${MAX_TOKENS_PER_CALL} tokens per call, asked for ${total}`);
     }
-    if (req.expiresAt !== undefined && (!Number.isSafeInteger(req.expiresAt) || req.expiresAt <= Date.now())) {
-      throw new DomainError('invalid_request', 'expiresAt: must be a future time in epoch milliseconds');
+    if (req.expiresAt !== undefined && (!Number.isSafeInteger(req.expiresAt) || req.expiresAt <= Date.now() || req.expiresAt > MAX_EXPIRES_AT)) {
+      throw new DomainError('invalid_request', 'expiresAt: must be a future time in epoch milliseconds, before year 10000');
     }
     const campaignId = req.campaignId === undefined ? newCampaignId() : checkId('campaignId', req.campaignId);
     const tokens: GeneratedToken[] = [];

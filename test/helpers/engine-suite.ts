@@ -6,7 +6,7 @@ import { decodeRow } from '../../src/store/codec.js';
 import { SHARDS, placeOfOwner, placeOfToken } from '../../src/store/keys.js';
 import type { Stats, Token, TokenSet, TokenState } from '../../src/store/model.js';
 import type { TokenStore } from '../../src/store/token-store.js';
-import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../../src/tokens/engine.js';
+import { MAX_EXPIRES_AT, MAX_TOKENS_PER_CALL, type TokenEngine } from '../../src/tokens/engine.js';
 import type { EngineFixture } from './redis.js';
 
 /** Tokens as the generate script takes them, from dashed tokens the test chose. */
@@ -356,10 +356,24 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         for (const perUser of [0, -1, 1.5, Number.NaN, Infinity, '3' as unknown as number, undefined as unknown as number]) {
           await expectInvalid(() => engine.generate({ owners, perUser }));
         }
-        for (const expiresAt of [Date.now() - 1, Date.now() - 86_400_000, 0, -5, Date.now() + 1000.5, Number.NaN, null as unknown as number, String(Date.now() + 60_000) as unknown as number]) {
+        // past the last ms of year 9999: e.g. microseconds sent for milliseconds
+        const tooFar = [MAX_EXPIRES_AT + 1, Date.now() * 1000, Number.MAX_SAFE_INTEGER];
+        for (const expiresAt of [Date.now() - 1, Date.now() - 86_400_000, 0, -5, Date.now() + 1000.5, Number.NaN, null as unknown as number, String(Date.now() + 60_000) as unknown as number, ...tooFar]) {
           await expectInvalid(() => engine.generate({ owners, perUser: 1, expiresAt }));
         }
         expect((await engine.stats()).satellites[owners[0]!.ownerSatelliteId]).toBeUndefined();
+      });
+
+      it('keeps the latest expiresAt (year 9999) exact in lookup, list and every later event', async () => {
+        const m = await mint(2, { expiresAt: MAX_EXPIRES_AT });
+        const [t] = m.tokens as [string, string];
+        const ev = await mark();
+        const r = await engine.reserve(t, uniq('holder'), 60_000);
+        expect((await engine.release(t, r.token!.reservationId!)).code).toBe('ok');
+        expect((await engine.lookup(t))?.expiresAt).toBe(MAX_EXPIRES_AT);
+        expect((await engine.listUnredeemed(m.sat, m.user)).map((x) => x.expiresAt)).toEqual([MAX_EXPIRES_AT, MAX_EXPIRES_AT]);
+        const events = await since(ev);
+        expect(events.map((e) => [e.type, e.columns[6]])).toEqual([['reserved', String(MAX_EXPIRES_AT)], ['released', String(MAX_EXPIRES_AT)]]);
       });
 
       it('refuses ids that are empty, over 128 bytes (counting UTF-8 bytes), not strings, or hold control characters', async () => {
