@@ -149,6 +149,39 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   }, 60_000);
 
+  it('entries a paused ex-holder read (left pending in the group, never committed) are not trimmed and reach Postgres', async () => {
+    const own = await engineFixture({ label: 'stolen' });
+    const ownDb = await testDatabase();
+    const ownPool = await openPostgres(ownDb.url);
+    const writer = spawnWriter({ KEY_PREFIX: own.prefix, DATABASE_URL: ownDb.url, REDIS_URL: 'redis://127.0.0.1:6379' });
+    const writerExit = exited(writer);
+    try {
+      await generateTokens(own.engine, 1000, 'sat-a');
+      await caughtUp(own.redis, own.prefix, ownPool, 1000);
+      writer.kill('SIGSTOP'); // caught up: from here it reads only new entries
+      await generateTokens(own.engine, 500, 'sat-b');
+      // the read of a writer waking after its lease lapsed, landing after the new holder's own reads:
+      // the entries go to the group's consumer and stay pending, and that writer never commits them
+      const stolen = await Promise.all(
+        Array.from({ length: 64 }, (_, s) => own.redis.xreadgroup('GROUP', 'snapshot', 'writer', 'COUNT', 1000, 'STREAMS', own.store.keys.events(s), '>')),
+      );
+      expect(stolen.reduce((sum, r) => sum + ((r as [string, unknown[]][] | null)?.[0]?.[1].length ?? 0), 0)).toBe(500);
+      // newer entries, over 100 a shard: committed, and whole stream nodes below them trimmed (XTRIM MINID ~)
+      await generateTokens(own.engine, 10_000, 'sat-c');
+      writer.kill('SIGCONT');
+      await caughtUp(own.redis, own.prefix, ownPool, 11_500, 30_000);
+      expect(await count(ownPool, 'token_events')).toBe(11_500);
+      expect((await verify(own.redis, ownPool, own.prefix)).differences).toBe(0);
+    } finally {
+      writer.kill('SIGCONT');
+      writer.kill('SIGTERM');
+      expect(await writerExit).toMatchObject({ code: 0 });
+      await ownPool.end();
+      await own.close();
+      await ownDb.drop();
+    }
+  }, 60_000);
+
   it('several writers: exactly one holds the lease and writes; when it stops, another takes over', async () => {
     const config = loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url });
     const writers = await Promise.all([1, 2, 3].map(() => startSnapshotWriter(config, { log: () => {}, leaseMs: 1500 })));

@@ -144,10 +144,25 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     await Promise.all(
       [...byShard].map(async ([s, ids]) => {
         await redis.xack(keys.events(s), GROUP, ...ids);
-        // everything below the newest committed id of this shard is committed (entries are read in order)
-        if (!pendingMode[s]) await redis.xtrim(keys.events(s), 'MINID', '~', ids.reduce((a, b) => (compareIds(a, b) >= 0 ? a : b)));
+        if (pendingMode[s]) return;
+        // everything below the newest committed id of this shard is committed (entries are read in order),
+        // except entries still pending: delivered to a writer that has not committed them (our own next
+        // round, or a paused ex-holder's read); they stay until the pending sweep writes them
+        let below = ids.reduce((a, b) => (compareIds(a, b) >= 0 ? a : b));
+        const [waiting, oldest] = (await redis.xpending(keys.events(s), GROUP)) as [number, string | null];
+        if (waiting > 0 && oldest && compareIds(oldest, below) < 0) below = oldest;
+        await redis.xtrim(keys.events(s), 'MINID', '~', below);
       }),
     );
+  }
+
+  /** Pending ids whose entries are gone (trimmed by something else): acked, but never silently. */
+  async function ackLost(empty: Map<number, string[]>): Promise<void> {
+    if (empty.size === 0) return;
+    const n = [...empty.values()].reduce((sum, ids) => sum + ids.length, 0);
+    m.errors.inc({ where: 'lost' }, n);
+    log('error', `${n} pending stream entries were trimmed before they reached Postgres; run \`referral-manager verify\``);
+    await Promise.all([...empty].map(([s, ids]) => redis.xack(keys.events(s), GROUP, ...ids)));
   }
 
   // Lanes: shards split into groups, each applying its own batches on its own connection, so Postgres
@@ -164,7 +179,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     lane.prefetch = undefined;
     for (const s of got.drained) pendingMode[s] = false;
     const { events, empty } = got;
-    await Promise.all([...empty].map(([s, ids]) => redis.xack(keys.events(s), GROUP, ...ids)));
+    await ackLost(empty);
     if (events.length >= perShard && !lane.shards.some((s) => pendingMode[s])) lane.prefetch = read(lane.shards);
     try {
       for (let i = 0; i < events.length && running && leader; i += config.snapshotBatch) {
@@ -187,19 +202,37 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     return events.length;
   }
 
+  /** Drops what the lanes prefetched (it stays pending in Redis) and re-reads every shard's pending entries. */
+  async function rereadPending(): Promise<void> {
+    await Promise.all(lanes.map((l) => l.prefetch?.catch(() => {})));
+    for (const l of lanes) l.prefetch = undefined;
+    pendingMode.fill(true);
+  }
+
   const loop = (async () => {
     let backoff = 100;
+    let sweepAt = 0;
     while (running) {
       try {
+        // confirmed before every round, not only by the timer: a process paused past its lease must not
+        // read new entries (they would sit in the group's pending list, unseen by the new holder)
+        const was = leader;
+        leader = (await lease.renew()) || (await lease.acquire());
+        m.leader.set(leader ? 1 : 0);
         if (!leader) {
-          leader = (await lease.renew()) || (await lease.acquire());
-          m.leader.set(leader ? 1 : 0);
-          if (!leader) {
-            await sleep(lease.ms / 3);
-            continue;
-          }
+          if (was) log('warn', 'lost the snapshot lease; another writer took over');
+          await sleep(lease.ms / 3);
+          continue;
+        }
+        if (!was) {
           log('info', 'holding the snapshot lease; writing to Postgres');
-          pendingMode.fill(true);
+          await rereadPending();
+        }
+        // the safety net for a read that slipped through anyway (a pause between the renew and the read):
+        // its entries are never trimmed (ackAndTrim) and are written by the next sweep
+        if (Date.now() >= sweepAt) {
+          if (sweepAt > 0) await rereadPending();
+          sweepAt = Date.now() + lease.ms;
         }
         if (!pool) {
           try {
