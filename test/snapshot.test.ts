@@ -142,7 +142,7 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
 });
 
 describe('snapshot of ids that need quoting (real Redis, real Postgres)', () => {
-  it('quotes, backslashes, commas, braces, spaces, "NULL" and non-ASCII ids reach Postgres and come back byte for byte', async () => {
+  it('quotes, backslashes, commas, braces, spaces, "NULL", line/paragraph separators and non-ASCII ids reach Postgres and come back byte for byte', async () => {
     const fx = await engineFixture({ label: 'snap-odd' });
     const db = await testDatabase();
     const pool = await openPostgres(db.url);
@@ -150,12 +150,13 @@ describe('snapshot of ids that need quoting (real Redis, real Postgres)', () => 
     const config = loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url });
     const writer = await startSnapshotWriter(config, { log: () => {} });
     try {
-      const odd = ['a"b', 'back\\slash\\', 'com,ma', '{brace}', 'NULL', ' spaced ', 'ünï©ødé', "it's", 'x'.repeat(128)];
+      const odd = ['a"b', 'back\\slash\\', 'com,ma', '{brace}', 'NULL', ' spaced ', 'ünï©ødé', "it's", 'x'.repeat(128), 'line\u2028sep', '\u2029para', '😀'.repeat(32)];
       const r = await fx.engine.generate({ owners: odd.map((u) => ({ ownerSatelliteId: 'sat "q",{1}', ownerUserId: u })), perUser: 1, campaignId: 'camp\\,{"x"}' });
       expect((await fx.engine.redeem(r.tokens[0]!.token, 'sat\\b', 'NULL')).code).toBe('ok');
       expect((await fx.engine.reserve(r.tokens[1]!.token, '{r,"s"}', 60_000)).code).toBe('ok');
       await caughtUp(fx.redis, fx.prefix, pool, odd.length + 2);
-      const rows = (await pool.query('SELECT owner_satellite_id AS sat, owner_user_id AS user, campaign_id AS camp FROM tokens ORDER BY owner_user_id')).rows;
+      const rows = (await pool.query<{ user: string }>('SELECT owner_satellite_id AS sat, owner_user_id AS user, campaign_id AS camp FROM tokens')).rows
+        .sort((a, b) => (a.user < b.user ? -1 : 1));
       expect(rows).toEqual([...odd].sort().map((user) => ({ sat: 'sat "q",{1}', user, camp: 'camp\\,{"x"}' })));
       const first = (await pool.query('SELECT redeemer_satellite_id, redeemer_user_id FROM tokens WHERE token = $1', [r.tokens[0]!.token])).rows[0];
       expect(first).toEqual({ redeemer_satellite_id: 'sat\\b', redeemer_user_id: 'NULL' });

@@ -16,7 +16,8 @@ const STATE_NAME: Record<string, TokenState> = { u: 'unredeemed', s: 'reserved',
 export const STATE_LETTER: Record<TokenState, string> = { unredeemed: 'u', reserved: 's', redeemed: 'r', revoked: 'x' };
 
 const RECORD = /^(.)(\d+),(\d+),(\w+),(\w*)$/;
-const OWNER = /^(\d*):(.*)$/;
+// s: a user id may hold U+2028/U+2029, which `.` alone does not match
+const OWNER = /^(\d*):(.*)$/s;
 const unb36 = (s: string | undefined): string => (s ? String(parseInt(s, 36)) : '');
 
 /** A decoded bucket entry; `dict` names are resolved by the caller so a stale dictionary can be refetched. */
