@@ -22,6 +22,45 @@ const exited = (c: ChildProcess) =>
   new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => c.once('exit', (code, signal) => r({ code, signal })));
 const count = async (pool: pg.Pool, table: string) => Number((await pool.query(`SELECT count(*) AS n FROM ${table}`)).rows[0].n);
 
+/**
+ * A TCP proxy in front of the Postgres of `dbUrl`: close() resets every connection and refuses new ones
+ * until open(); blackhole(true) keeps connections open but drops every byte (a network that went away
+ * without a reset). Bytes dropped leave those connections useless: the client must replace them.
+ */
+async function pgProxy(dbUrl: string) {
+  const target = new URL(dbUrl);
+  const port = await freePort();
+  const sockets = new Set<net.Socket>();
+  let dropping = false;
+  let server: net.Server | undefined;
+  const open = () => {
+    server = net.createServer((c) => {
+      const up = net.connect(Number(target.port || 5432), target.hostname);
+      for (const [from, to] of [[c, up], [up, c]] as const) {
+        sockets.add(from);
+        from.on('error', () => {});
+        from.on('close', () => (sockets.delete(from), to.destroy()));
+        from.on('data', (d) => dropping || to.write(d));
+      }
+    }).listen(port, '127.0.0.1');
+  };
+  open();
+  const url = new URL(dbUrl);
+  url.port = String(port);
+  return {
+    url: url.toString(),
+    open,
+    blackhole(on: boolean) {
+      dropping = on;
+    },
+    async close() {
+      await new Promise((r) => (server ? server.close(r) : r(undefined)));
+      server = undefined;
+      for (const s of sockets) s.destroy();
+    },
+  };
+}
+
 describe('snapshot writer under faults (real processes)', () => {
   let fx: EngineFixture;
   let db: Awaited<ReturnType<typeof testDatabase>>;
@@ -32,6 +71,14 @@ describe('snapshot writer under faults (real processes)', () => {
     db = await testDatabase();
     pool = await openPostgres(db.url);
   });
+  const statusUntil = async (ok: (s: Awaited<ReturnType<typeof readSnapshotStatus>>) => boolean) => {
+    let status = await readSnapshotStatus(fx.redis, fx.prefix);
+    for (let i = 0; i < 100 && !ok(status); i++) {
+      await sleep(100);
+      status = await readSnapshotStatus(fx.redis, fx.prefix);
+    }
+    return status;
+  };
   afterAll(async () => {
     await pool?.end();
     await fx?.close();
@@ -206,39 +253,19 @@ describe('snapshot writer under faults (real processes)', () => {
   }, 60_000);
 
   it('Postgres unreachable (a TCP proxy we close): serve-side writer reports down, lag grows, catches up when it returns', async () => {
-    const port = await freePort();
-    const target = new URL(db.url);
-    const sockets = new Set<net.Socket>();
-    const proxy = () =>
-      net.createServer((c) => {
-        const up = net.connect(Number(target.port || 5432), target.hostname);
-        for (const s of [c, up]) {
-          sockets.add(s);
-          s.on('error', () => {});
-          s.on('close', () => sockets.delete(s));
-        }
-        c.pipe(up).pipe(c);
-      });
-    let server = proxy().listen(port, '127.0.0.1');
-    const via = new URL(db.url);
-    via.port = String(port);
+    const proxy = await pgProxy(db.url);
     const before = await count(pool, 'token_events');
     const warnings: string[] = [];
-    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: via.toString() }), {
+    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: proxy.url }), {
       log: (level, msg) => level === 'warn' && warnings.push(msg),
     });
     try {
       const tokens = await generateTokens(fx.engine, 2000, 'sat-p');
       await caughtUp(fx.redis, fx.prefix, pool, before + 2000);
 
-      await new Promise((r) => server.close(r));
-      for (const s of sockets) s.destroy();
+      await proxy.close();
       await each(tokens.slice(0, 500), 16, async (t, i) => expect((await fx.engine.redeem(t, 'sat-b', `p${i}`)).code).toBe('ok'));
-      let status = await readSnapshotStatus(fx.redis, fx.prefix);
-      for (let i = 0; i < 100 && !(status.state === 'down' && (status.lagEvents ?? 0) >= 500); i++) {
-        await sleep(100);
-        status = await readSnapshotStatus(fx.redis, fx.prefix);
-      }
+      const status = await statusUntil((s) => s.state === 'down' && (s.lagEvents ?? 0) >= 500);
       expect(status).toMatchObject({ state: 'down' });
       expect(status.lagEvents).toBeGreaterThanOrEqual(500);
       const lag1 = await sampleLag(fx.redis, fx.prefix);
@@ -248,15 +275,34 @@ describe('snapshot writer under faults (real processes)', () => {
       expect(warnings.filter((w) => /Postgres unreachable/.test(w))).toHaveLength(1);
       expect(await count(pool, 'token_events')).toBe(before + 2000);
 
-      server = proxy().listen(port, '127.0.0.1');
+      proxy.open();
       await caughtUp(fx.redis, fx.prefix, pool, before + 2500);
       expect((await verify(fx.redis, pool, fx.prefix)).differences).toBe(0);
       await sleep(1100);
       expect(await readSnapshotStatus(fx.redis, fx.prefix)).toMatchObject({ state: 'up', lagEvents: 0 });
     } finally {
       await writer.stop();
-      server.close();
-      for (const s of sockets) s.destroy();
+      await proxy.close();
+    }
+  }, 60_000);
+
+  it('Postgres behind a black hole (connections open, no bytes through): the hung batch times out, the writer reports down, then catches up', async () => {
+    const proxy = await pgProxy(db.url);
+    const before = await count(pool, 'token_events');
+    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: proxy.url }), { log: () => {}, queryTimeoutMs: 1000 });
+    try {
+      await generateTokens(fx.engine, 1000, 'sat-bh');
+      await caughtUp(fx.redis, fx.prefix, pool, before + 1000);
+      proxy.blackhole(true);
+      await generateTokens(fx.engine, 1000, 'sat-bh2'); // its batches hang mid-transaction
+      expect(await statusUntil((s) => s.state === 'down')).toMatchObject({ state: 'down' });
+      expect(await count(pool, 'token_events')).toBe(before + 1000);
+      proxy.blackhole(false);
+      await caughtUp(fx.redis, fx.prefix, pool, before + 2000);
+      expect((await verify(fx.redis, pool, fx.prefix)).differences).toBe(0);
+    } finally {
+      await writer.stop();
+      await proxy.close();
     }
   }, 60_000);
 

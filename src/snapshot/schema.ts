@@ -99,10 +99,14 @@ export async function migrate(client: pg.ClientBase): Promise<number[]> {
   }
 }
 
-/** A pool on `url` with the database created and migrated; pool errors on idle clients are not fatal. */
-export async function openPostgres(url: string, max = 2): Promise<pg.Pool> {
+/**
+ * A pool on `url` with the database created and migrated; pool errors on idle clients are not fatal.
+ * TCP keepalive finds a dead peer on idle connections; `queryTimeoutMs` bounds a query on a connection
+ * that went half-open mid-query (no reply, no reset), which would otherwise wait forever.
+ */
+export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number): Promise<pg.Pool> {
   await ensureDatabase(url);
-  const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 3000 });
+  const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 3000, keepAlive: true, query_timeout: queryTimeoutMs });
   pool.on('error', () => {});
   const c = await pool.connect();
   try {

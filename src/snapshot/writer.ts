@@ -20,6 +20,8 @@ export interface WriterOptions {
   leaseMs?: number;
   /** consumer name in the group; one fixed name, so a restarted writer re-reads its own pending entries */
   consumer?: string;
+  /** a statement Postgres has not answered by then fails, and its connection is dropped (default 30 s) */
+  queryTimeoutMs?: number;
 }
 
 export interface SnapshotWriter {
@@ -125,11 +127,12 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       await client.query('BEGIN');
       await applyEvents(client, batch);
       await client.query('COMMIT');
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => {});
-      throw err;
-    } finally {
       client.release();
+    } catch (err) {
+      // dropped, not rolled back: after a timeout the connection may be dead, and Postgres rolls back an
+      // open transaction when its connection closes
+      client.release(err as Error);
+      throw err;
     }
     m.writeSeconds.observe((performance.now() - t0) / 1000);
     m.batchSize.observe(batch.length);
@@ -236,7 +239,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         }
         if (!pool) {
           try {
-            pool = await openPostgres(config.databaseUrl, LANES);
+            pool = await openPostgres(config.databaseUrl, LANES, opts.queryTimeoutMs ?? 30_000);
           } catch (err) {
             setDown(err, 'postgres');
             throw err;
