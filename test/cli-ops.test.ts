@@ -102,6 +102,19 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
         expect(bad.stdout).toBe('');
       }
     });
+
+    it('rotations at once leave no key behind: after remove, none of them authenticates', async () => {
+      const { apiKey: first } = await registry.add({ id: 'sat-race' });
+      const rotated = await Promise.all(Array.from({ length: 8 }, () => registry.rotateKey('sat-race', 60_000)));
+      const keys = [first, ...rotated.map((r) => r.apiKey)];
+      // the last rotation's key, and the one it replaced (within its grace), work; no other does
+      expect((await Promise.all(keys.map((k) => registry.authenticate(k)))).filter(Boolean)).toEqual(['sat-race', 'sat-race']);
+      // an entry an older, non-atomic rotation could have left in the index
+      await fx.redis.hset(`${fx.prefix}:{sat}:keys`, hashKey('rmk_orphan'), 'sat-race\t');
+      await registry.remove('sat-race');
+      expect(await Promise.all([...keys, 'rmk_orphan'].map((k) => registry.authenticate(k)))).toEqual(Array(10).fill(undefined));
+      expect(Object.values(await fx.redis.hgetall(`${fx.prefix}:{sat}:keys`)).filter((v) => v.startsWith('sat-race\t'))).toEqual([]);
+    });
   });
 
   describe('tokens', () => {

@@ -1,5 +1,6 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { RedisClient } from '../store/redis.js';
+import { defineScripts, type ScriptFn } from '../store/scripts.js';
 import { hexDigest } from '../digest.js';
 import { DomainError } from '../errors.js';
 import { checkId } from '../tokens/validate.js';
@@ -32,12 +33,15 @@ export function sameKey(a: string, b: string): boolean {
 
 /**
  * Registered satellites and their API keys, in Redis under one hash tag ({sat}) so the
- * multi-key updates below stay in one cluster slot and run in MULTI.
+ * multi-key updates below stay in one cluster slot and run in MULTI or one script.
  *   <p>:{sat}:s:<id>   hash   the Satellite fields
  *   <p>:{sat}:keys     hash   sha256(key) -> "<satelliteId>\t<validUntil ms or empty>"
  */
 export class SatelliteRegistry {
-  constructor(private readonly redis: RedisClient, private readonly prefix: string) {}
+  private readonly s: Record<string, ScriptFn>;
+  constructor(private readonly redis: RedisClient, private readonly prefix: string) {
+    this.s = defineScripts(redis, ['satellite_rotate', 'satellite_remove']);
+  }
 
   private satKey(id: string): string {
     return `${this.prefix}:{sat}:s:${id}`;
@@ -86,25 +90,15 @@ export class SatelliteRegistry {
   }
 
   async remove(id: string): Promise<void> {
-    const h = await this.redis.hgetall(this.satKey(id));
-    if (!h.id) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
-    const m = this.redis.multi().del(this.satKey(id)).srem(this.indexKey(), id).hdel(this.keysKey(), h.keyHash!);
-    if (h.prevKeyHash) m.hdel(this.keysKey(), h.prevKeyHash);
-    await m.exec();
+    const removed = await this.s.satellite_remove!([this.satKey(id), this.keysKey(), this.indexKey()], [id]);
+    if (Number(removed) !== 1) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
   }
 
   /** New key now; the old one keeps working for `graceMs`, then not. */
   async rotateKey(id: string, graceMs: number): Promise<{ apiKey: string }> {
-    const h = await this.redis.hgetall(this.satKey(id));
-    if (!h.id) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
     const apiKey = newApiKey();
-    const newHash = hashKey(apiKey);
-    const m = this.redis.multi();
-    if (h.prevKeyHash) m.hdel(this.keysKey(), h.prevKeyHash);
-    if (graceMs > 0) m.hset(this.keysKey(), h.keyHash!, `${id}\t${Date.now() + graceMs}`);
-    else m.hdel(this.keysKey(), h.keyHash!);
-    m.hset(this.keysKey(), newHash, `${id}\t`).hset(this.satKey(id), { keyHash: newHash, prevKeyHash: graceMs > 0 ? h.keyHash! : '' });
-    await m.exec();
+    const rotated = await this.s.satellite_rotate!([this.satKey(id), this.keysKey()], [id, hashKey(apiKey), graceMs > 0 ? Date.now() + graceMs : '']);
+    if (Number(rotated) !== 1) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
     return { apiKey };
   }
 

@@ -1,0 +1,18 @@
+--[[
+  satellite_remove: a satellite and every API key of it (src/satellites/registry.ts).
+  KEYS[1] the satellite's hash <p>:{sat}:s:<id>  KEYS[2] the key index <p>:{sat}:keys  KEYS[3] the id set <p>:{sat}:ids
+  (one hash tag {sat})
+  ARGV[1] satellite id
+  Reply: 1, or 0 when the satellite is not registered.
+  Every index entry naming the satellite goes, not only its current and previous key: the index holds a
+  few entries per satellite, and a key left by an older, non-atomic rotation must not outlive it.
+]]
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local owner = ARGV[1] .. '\t'
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  if string.sub(all[i + 1], 1, #owner) == owner then redis.call('HDEL', KEYS[2], all[i]) end
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+return 1
