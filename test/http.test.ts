@@ -240,6 +240,33 @@ describe('auth', () => {
     }
   });
 
+  it('HEAD is GET without a body: same status and Content-Length, and the keep-alive connection stays usable', async () => {
+    const one = new Pool(server.url, { connections: 1 });
+    try {
+      const get = await one.request({ method: 'GET', path: '/healthz' });
+      const length = (await get.body.arrayBuffer()).byteLength;
+      for (const [path, status] of [['/healthz', 200], ['/readyz', 200], ['/nope', 404], ['/v1/tokens/redeem', 405]] as const) {
+        const r = await one.request({ method: 'HEAD', path });
+        expect(r.statusCode).toBe(status);
+        expect((await r.body.arrayBuffer()).byteLength).toBe(0);
+        if (path === '/healthz') expect(Number(r.headers['content-length'])).toBe(length);
+        if (status === 405) expect(r.headers.allow).toBe('POST');
+      }
+      expect((await call(one, 'GET', '/healthz')).body).toMatchObject({ status: 'ok' });
+      expect((await call(one, 'OPTIONS', '/healthz')).headers.allow).toBe('GET, HEAD');
+    } finally {
+      await one.close();
+    }
+  });
+
+  it('a body without Content-Type is 415 before any key is looked at, like a wrong type', async () => {
+    for (const key of [undefined, ADMIN_KEY]) {
+      const r = await pool.request({ method: 'POST', path: '/v1/tokens/redeem', headers: key ? { authorization: `Bearer ${key}` } : {}, body: '{}' });
+      expect(r.statusCode).toBe(415);
+      expect(JSON.parse(await r.body.text())).toMatchObject({ error: 'unsupported_media_type', message: expect.stringMatching(/content-type missing/) });
+    }
+  });
+
   it('ops routes need no key', async () => {
     expect((await call(pool, 'GET', '/healthz')).body).toMatchObject({ status: 'ok' });
     const ready = await call(pool, 'GET', '/readyz');

@@ -83,10 +83,11 @@ export function mount(app: TemplatedApp, routes: Route[], deps: RouterDeps): voi
   }
   for (const [pattern, methods] of byPattern) {
     const nParams = pattern.split('/').filter((s) => s.startsWith(':')).length;
-    const allow = [...methods.keys()].map((m) => m.toUpperCase()).join(', ');
+    const allow = [...methods.keys(), ...(methods.has('get') ? ['head'] : [])].map((m) => m.toUpperCase()).join(', ');
     app.any(pattern, (res, req) => {
       const method = req.getMethod();
-      const entry = methods.get(method);
+      // HEAD is GET without the body (load balancers probe /healthz with it)
+      const entry = methods.get(method) ?? (method === 'head' ? methods.get('get') : undefined);
       const ex = start(res, req, deps, pattern, method);
       if (!entry) return replyError(ex, 'method_not_allowed', `${method.toUpperCase()} not allowed; use ${allow}`, [['allow', allow]]);
       const params: string[] = [];
@@ -116,7 +117,7 @@ function start(res: HttpResponse, req: HttpRequest, deps: RouterDeps, pattern: s
     deps.inflight.n--;
     if (status > 0) observeRequest(pattern, method, status, Number(process.hrtime.bigint() - t0) / 1e9);
   };
-  const ex: Exchange = { res, aborted: false, done: false, format, finish: end };
+  const ex: Exchange = { res, aborted: false, done: false, format, head: method === 'head', finish: end };
   res.onAborted(() => {
     ex.aborted = true;
     end(0);
@@ -143,6 +144,8 @@ function handle(ex: Exchange, route: Route, validate: ValidateFunction | undefin
   const limit = route.auth === 'admin' ? ADMIN_BODY_LIMIT : SATELLITE_BODY_LIMIT;
   const format = head.contentType ? formatOf(head.contentType) : undefined;
   if (head.contentType && !format) return replyError(ex, 'unsupported_media_type', `content-type "${head.contentType.slice(0, 100)}" not supported; use application/msgpack or application/json`);
+  // a body of known length and no type is refused as early as a wrong type: before auth, like it
+  if (!head.contentType && Number(head.length) > 0) return replyError(ex, 'unsupported_media_type', 'content-type missing; use application/msgpack or application/json');
   if (Number(head.length) > limit) return replyError(ex, 'body_too_large', `body over ${limit} bytes`);
   const chunks: Buffer[] = [];
   let size = 0;

@@ -45,6 +45,8 @@ export interface Exchange {
   aborted: boolean;
   done: boolean;
   format: Format;
+  /** a HEAD request: the reply carries the headers (Content-Length too) and no body */
+  head: boolean;
   /** set by the router: called once the reply is fully written or the client went away */
   finish(status: number): void;
 }
@@ -65,6 +67,10 @@ export function reply(ex: Exchange, status: number, body: Buffer, contentType: s
     res.writeStatus(`${status} ${REASONS[status] ?? ''}`);
     res.writeHeader('content-type', contentType);
     for (const [k, v] of headers) res.writeHeader(k, v);
+    if (ex.head) {
+      res.endWithoutBody(body.length);
+      return ex.finish(status);
+    }
     const start = res.getWriteOffset();
     const [ok, responded] = res.tryEnd(body, body.length);
     if (responded) return ex.finish(status);
