@@ -108,9 +108,10 @@ export async function startCluster(masters = 3, extraArgs: string[] = []): Promi
 }
 
 /** Resolves once `proc` has printed `pattern` (stdout or stderr); rejects when it exits or `ms` passes first. */
-export function waitForOutput(proc: ChildProcess, pattern: RegExp, what: string, ms = 20_000): Promise<void> {
+export function waitForOutput(proc: ChildProcess, pattern: RegExp, what: string, ms = 20_000): Promise<RegExpExecArray> {
   return new Promise((resolve, reject) => {
     let out = '';
+    let match: RegExpExecArray | null = null;
     const done = (err?: Error) => {
       clearTimeout(timer);
       proc.stdout?.off('data', onData);
@@ -118,12 +119,13 @@ export function waitForOutput(proc: ChildProcess, pattern: RegExp, what: string,
       proc.off('error', done);
       proc.off('exit', onExit);
       if (err) reject(err);
-      else resolve();
+      else resolve(match!);
     };
     const timer = setTimeout(() => done(new Error(`${what}: no "${pattern}" within ${ms} ms; output:\n${out}`)), ms);
     const onData = (d: Buffer) => {
       out += d.toString();
-      if (pattern.test(out)) done();
+      match = pattern.exec(out);
+      if (match) done();
     };
     const onExit = (code: number | null) => done(new Error(`${what} exited with ${code}; output:\n${out}`));
     proc.stdout?.on('data', onData);

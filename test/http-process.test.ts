@@ -147,8 +147,8 @@ describe('serve processes', () => {
     }
   });
 
-  it('runs 2 workers on one port, aggregates /metrics over them, and SIGTERM drains in-flight requests then exits 0', async () => {
-    const server = await serve({ KEY_PREFIX: fresh('proc') }, 2);
+  it('runs 2 workers on one port (--port 0: one the primary picks), aggregates /metrics over them, and SIGTERM drains in-flight requests then exits 0', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('proc') }, 2, 0);
     const { pool } = await setup(server);
     const pids = new Set<number>();
     for (let i = 0; i < 200 && pids.size < 2; i++) pids.add(JSON.parse((await freshGet(`${server.url}/healthz`)).body).pid);

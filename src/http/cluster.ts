@@ -1,4 +1,5 @@
 import cluster, { type Worker } from 'node:cluster';
+import net from 'node:net';
 import { AggregatorRegistry } from 'prom-client';
 import type { Config } from '../config.js';
 import { collectProcessMetrics, registry } from '../metrics.js';
@@ -7,7 +8,7 @@ import { startServer } from './server.js';
 /**
  * `serve` as processes: a primary that forks N uWS workers sharing one port (SO_REUSEPORT) and
  * answers their /metrics with the sum over every process (workers and primary), gathered over
- * node:cluster IPC. The first worker picks the port when it is 0; the others are told to reuse it.
+ * node:cluster IPC. Port 0: a free port is chosen here (or by the one worker), and every worker listens on it.
  */
 
 type Msg =
@@ -28,9 +29,22 @@ export interface Primary {
   stop(): Promise<void>;
 }
 
+/** A port free on `host` now: asked of the kernel, then let go. */
+function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer();
+    probe.once('error', reject);
+    probe.listen(0, host, () => {
+      const { port } = probe.address() as net.AddressInfo;
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
 export async function runPrimary(config: Config, log: (line: string) => void = console.log): Promise<Primary> {
   collectProcessMetrics();
-  let port = config.port;
+  // uSockets sets SO_REUSEPORT only on a given port: a worker listening on 0 could not be joined
+  let port = config.port === 0 && config.workers > 1 ? await freePort(config.host) : config.port;
   let stopping = false;
   let seq = 0;
   const pending = new Map<number, { json: metric[][]; left: number; done: () => void }>();

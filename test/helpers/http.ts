@@ -18,15 +18,14 @@ export interface Served {
   stop(): Promise<number | null>;
 }
 
-/** Runs `referral-manager serve` from dist/ (npm test builds first) as a child process. */
-export async function serve(env: Record<string, string>, workers = 1): Promise<Served> {
+/** Runs `referral-manager serve` from dist/ (npm test builds first) as a child process; `port` 0: the one it prints. */
+export async function serve(env: Record<string, string>, workers = 1, askPort?: number): Promise<Served> {
   if (!existsSync(MAIN)) throw new Error('dist/cli/main.js missing: run `npx tsc -p tsconfig.json` (npm test does)');
-  const port = await freePort();
-  const proc = spawn(process.execPath, [MAIN, 'serve', '--host', '127.0.0.1', '--port', String(port), '--workers', String(workers)], {
+  const proc = spawn(process.execPath, [MAIN, 'serve', '--host', '127.0.0.1', '--port', String(askPort ?? (await freePort())), '--workers', String(workers)], {
     env: { ...process.env, ADMIN_KEY, SNAPSHOT: 'false', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  await waitForOutput(proc, /listening on/, 'serve');
+  const port = Number((await waitForOutput(proc, /listening on [^\s]+:(\d+) /, 'serve'))[1]);
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   return {
     url: `http://127.0.0.1:${port}`,
