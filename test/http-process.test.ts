@@ -120,6 +120,22 @@ describe('serve processes', () => {
     }
   });
 
+  it('SIGTERM exits 0 within seconds while Redis hangs (SIGSTOP), also with SNAPSHOT=false reading the lag', async () => {
+    const redis = await privateRedis();
+    await redis.start();
+    const server = await serve({ REDIS_URL: redis.url, KEY_PREFIX: 'rm-test', SNAPSHOT: 'false' });
+    try {
+      redis.signal('SIGSTOP');
+      await new Promise((s) => setTimeout(s, 1500)); // the primary's lag reading (every second) is now waiting
+      const exit = await Promise.race([server.stop(), new Promise((s) => setTimeout(() => s('still running after 8 s'), 8000))]);
+      expect(exit).toBe(0);
+    } finally {
+      redis.signal('SIGCONT');
+      await server.stop();
+      await redis.dispose();
+    }
+  });
+
   it('with SNAPSHOT=false and no writer anywhere, /metrics still reports the events waiting in the streams', async () => {
     const server = await serve({ KEY_PREFIX: fresh('nowriter') }, 2);
     const { pool } = await setup(server);

@@ -29,8 +29,8 @@ export function register(program: Command): void {
         // nothing trims the event streams but a writer: say so once, where the operator looks first
         console.error('[snapshot] warn: SNAPSHOT=false: this process writes nothing to Postgres; every state change waits in the Redis event streams (~220 B each) until a `referral-manager snapshot` runs against this Redis');
         // and keep rm_snapshot_lag_* true here, so a lag alert fires if no writer runs anywhere
-        // fail fast: a reading during a Redis outage errors at once instead of holding up shutdown
-        const redis = createRedis(config, { connectionName: 'referral-manager-lag', failFast: true });
+        // a reading fails at once while Redis is down, and after 2 s while it hangs: neither holds up shutdown
+        const redis = createRedis(config, { connectionName: 'referral-manager-lag', failFast: true, commandTimeoutMs: 2000 });
         redis.on('error', () => {}); // reconnects by itself; a failed reading counts in rm_snapshot_errors_total
         const lag = reportLag(redis, config.keyPrefix);
         stops.push(async () => {

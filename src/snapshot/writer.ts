@@ -44,7 +44,8 @@ const LANES = 4;
 export async function startSnapshotWriter(config: WriterConfig, opts: WriterOptions = {}): Promise<SnapshotWriter> {
   const log = opts.log ?? ((level, msg) => console.error(`[snapshot] ${level}: ${msg}`));
   const consumer = opts.consumer ?? 'writer';
-  const redis: RedisClient = createRedis(config, { connectionName: 'referral-manager-snapshot' });
+  // commands time out (the longest is one XREADGROUP of a few thousand entries): a hung Redis must not hang stop()
+  const redis: RedisClient = createRedis(config, { connectionName: 'referral-manager-snapshot', commandTimeoutMs: 10_000 });
   redis.on('error', () => {}); // reconnects by itself; failures surface as command errors below
   const keys = new Keys(config.keyPrefix);
   const lease = new Lease(redis, leaseKey(config.keyPrefix), opts.leaseMs ?? 10_000);

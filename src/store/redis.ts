@@ -8,6 +8,8 @@ export interface RedisOptions {
   /** Fail fast while Redis is down (the HTTP layer answers 503) instead of queueing without bound. */
   failFast?: boolean;
   connectionName?: string;
+  /** a command unanswered by then fails: for background loops, so a Redis that hangs cannot hang their stop */
+  commandTimeoutMs?: number;
 }
 
 /** One factory for standalone and cluster connections, from the shared config. */
@@ -18,6 +20,7 @@ export function createRedis(config: Pick<Config, 'redisUrl' | 'redisClusterNodes
     maxRetriesPerRequest: opts.failFast ? 1 : 20,
     // reconnect forever with capped backoff: a Redis restart must heal without restarting us
     retryStrategy: (times: number) => Math.min(50 * times, 2000),
+    commandTimeout: opts.commandTimeoutMs,
   };
   if (config.redisClusterNodes.length > 0) {
     const cluster = new Cluster(
