@@ -120,6 +120,28 @@ describe('serve processes', () => {
     }
   });
 
+  it('answers 503 with Retry-After, not 500, while Redis refuses writes (OOM at maxmemory), and 200 once it takes them', async () => {
+    const redis = await privateRedis();
+    await redis.start();
+    const direct = createRedis({ redisUrl: redis.url, redisClusterNodes: [] });
+    const server = await serve({ REDIS_URL: redis.url, KEY_PREFIX: 'rm-test' });
+    try {
+      const { pool, key } = await setup(server);
+      const gen = await call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: ['a'], perUser: 1 } });
+      const t = gen.body.tokens[0].token;
+      await direct.config('SET', 'maxmemory', '1');
+      const full = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t, userId: 'b' } });
+      expect([full.status, full.body.error, full.headers['retry-after']]).toEqual([503, 'store_unavailable', '1']);
+      await direct.config('SET', 'maxmemory', '0');
+      expect((await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t, userId: 'b' } })).status).toBe(200);
+      await pool.close();
+    } finally {
+      direct.disconnect();
+      await server.stop();
+      await redis.dispose();
+    }
+  });
+
   it('SIGTERM exits 0 within seconds while Redis hangs (SIGSTOP), also with SNAPSHOT=false reading the lag', async () => {
     const redis = await privateRedis();
     await redis.start();

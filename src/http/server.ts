@@ -27,11 +27,15 @@ export interface ServerOptions {
 
 const SHAS = SCRIPT_NAMES.map((n) => createHash('sha1').update(readScript(n)).digest('hex'));
 
-/** True for failures that mean "Redis is not reachable right now" rather than a bug. */
+/**
+ * True for failures that mean "Redis cannot take this right now" rather than a bug: unreachable, loading,
+ * a failover under way (READONLY, MASTERDOWN, TRYAGAIN), full (OOM) or busy with a script. All are worth
+ * a retry, so they answer 503 with Retry-After, not 500.
+ */
 function storeDown(redis: RedisClient, err: unknown): boolean {
   if (redis.status !== 'ready') return true;
   const e = err as { name?: string; message?: string; code?: string };
-  return e?.name === 'MaxRetriesPerRequestError' || /Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|LOADING|CLUSTERDOWN/.test(e?.message ?? '');
+  return e?.name === 'MaxRetriesPerRequestError' || /Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|^(LOADING|CLUSTERDOWN|READONLY|MASTERDOWN|TRYAGAIN|OOM|BUSY) /.test(e?.message ?? '');
 }
 
 /**
