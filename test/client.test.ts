@@ -1,3 +1,5 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { AdminClient, ReferralError, SatelliteClient } from '../src/index.js';
 import { createRedis } from '../src/store/redis.js';
@@ -56,7 +58,10 @@ it('satellite client: listTokens, lookup, redeem across satellites, typed refusa
 });
 
 it('admin client: satellites, rotate, revoke, stats; a wrong key is unauthorized', async () => {
-  expect((await admin.listSatellites()).map((s) => s.id)).toEqual(['eu1', 'us1']);
+  expect(await admin.listSatellites()).toEqual([
+    { id: 'eu1', name: 'Europe', createdAt: expect.any(Number), hasOutboundKey: false },
+    { id: 'us1', createdAt: expect.any(Number), hasOutboundKey: false },
+  ]);
   const { apiKey } = await admin.rotateKey('us1');
   expect(apiKey).toMatch(/^rmk_/);
   const { campaignId } = await admin.generate({ satelliteId: 'us1', userIds: ['u1', 'u2'], perUser: 2 });
@@ -73,4 +78,25 @@ it('transport failures are ReferralError code unavailable', async () => {
   const err = await refusal(dead.redeem('ffff0000-0000-4000-8000-000000000000', 'u'));
   expect([err.code, err.status]).toEqual(['unavailable', 0]);
   await dead.close();
+});
+
+it('a reply that is not the manager\'s (a proxy\'s error page) is unavailable on 502/503/504, else internal, keeping Retry-After', async () => {
+  let status = 0;
+  const proxy = http.createServer((_req, res) => {
+    res.writeHead(status, { 'content-type': 'text/html', 'retry-after': '7' }).end('<html><body>Bad Gateway</body></html>');
+  });
+  const port = await new Promise<number>((r) => proxy.listen(0, '127.0.0.1', () => r((proxy.address() as AddressInfo).port)));
+  const client = new AdminClient({ url: `http://127.0.0.1:${port}`, apiKey: ADMIN_KEY });
+  const at = (answer: number) => {
+    status = answer;
+    return refusal(client.stats());
+  };
+  try {
+    for (const s of [502, 503, 504]) expect(await at(s)).toMatchObject({ code: 'unavailable', status: s, retryAfter: 7 });
+    expect(await at(500)).toMatchObject({ code: 'internal', status: 500 });
+    expect(await at(200)).toMatchObject({ code: 'internal', status: 200 });
+  } finally {
+    await client.close();
+    proxy.close();
+  }
 });

@@ -2,6 +2,9 @@ import type { Satellite } from '../satellites/registry.js';
 import type { Stats } from '../store/model.js';
 import { Transport, type TransportOptions } from './transport.js';
 
+/** A satellite as listed: its outbound key is never sent, only whether one is set. */
+export type ListedSatellite = Omit<Satellite, 'outboundKey'> & { hasOutboundKey: boolean };
+
 export type RevokeSelector = { tokens: string[] } | { satelliteId: string; userId: string } | { campaignId: string };
 
 const seg = encodeURIComponent;
@@ -18,8 +21,8 @@ export class AdminClient {
     return this.t.call('POST', '/v1/admin/satellites', input);
   }
 
-  async listSatellites(): Promise<Satellite[]> {
-    return (await this.t.call<{ satellites: Satellite[] }>('GET', '/v1/admin/satellites')).satellites;
+  async listSatellites(): Promise<ListedSatellite[]> {
+    return (await this.t.call<{ satellites: ListedSatellite[] }>('GET', '/v1/admin/satellites')).satellites;
   }
 
   async removeSatellite(id: string): Promise<void> {

@@ -1,7 +1,7 @@
 /**
  * A refusal from the Referral Manager, carrying the wire code (`token_already_redeemed`, `rate_limited`, ...).
  * Transport failures (timeouts, refused connections) use code `unavailable` and status 0, so callers
- * switch on one field.
+ * switch on one field; so does a 502/503/504 that is not the manager's own reply (a proxy's error page).
  */
 export class ReferralError extends Error {
   constructor(

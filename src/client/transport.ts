@@ -20,7 +20,9 @@ export class Transport {
 
   constructor(opts: TransportOptions) {
     const timeoutMs = opts.timeoutMs ?? 5000;
-    this.pool = new Pool(opts.url, { connections: opts.connections ?? 16, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, keepAliveTimeout: 30_000 });
+    // idle connections are let go before the server's 10 s idle timeout closes them, so a request is
+    // never sent on a connection the server is closing at that moment
+    this.pool = new Pool(opts.url, { connections: opts.connections ?? 16, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, keepAliveTimeout: 5000 });
     this.auth = `Bearer ${opts.apiKey}`;
     this.timeoutMs = timeoutMs;
   }
@@ -32,11 +34,17 @@ export class Transport {
     } catch (err) {
       throw new ReferralError('unavailable', 0, `request failed: ${(err as Error).message}`);
     }
-    if (res.undecodable) throw new ReferralError('internal', res.status, `undecodable ${res.contentType} reply (status ${res.status})`);
-    if (res.status >= 200 && res.status < 300) return res.data as T;
-    const e = (res.data ?? {}) as { error?: string; message?: string };
-    const retry = Number(res.headers['retry-after']);
-    throw new ReferralError(e.error ?? 'internal', res.status, e.message ?? `HTTP ${res.status}`, Number.isFinite(retry) ? retry : undefined);
+    const ok = res.status >= 200 && res.status < 300;
+    if (ok && !res.undecodable) return res.data as T;
+    const retrySeconds = Number(res.headers['retry-after']);
+    const retry = Number.isFinite(retrySeconds) ? retrySeconds : undefined;
+    const e = res.data as { error?: unknown; message?: unknown } | undefined;
+    if (!ok && !res.undecodable && typeof e?.error === 'string') {
+      throw new ReferralError(e.error, res.status, typeof e.message === 'string' ? e.message : `HTTP ${res.status}`, retry);
+    }
+    // not a reply of the manager: e.g. a proxy's error page in front of it; a gateway error is worth a retry
+    const code = res.status === 502 || res.status === 503 || res.status === 504 ? 'unavailable' : 'internal';
+    throw new ReferralError(code, res.status, `${res.undecodable ? 'undecodable' : 'unexpected'} ${res.contentType || 'untyped'} reply (status ${res.status})`, retry);
   }
 
   close(): Promise<void> {
