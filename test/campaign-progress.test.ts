@@ -38,6 +38,29 @@ describe('generation progress (real Redis, a reference satellite)', () => {
     return { report: report!, seen };
   }
 
+  it('a run that lost its claim to another run makes no more tokens and leaves the status alone', async () => {
+    const other: CampaignMeta = { id: 'stalled', perUser: 1, satellites: ['sat-p'], createdAt: Date.now() };
+    await campaigns.open(other);
+    await campaigns.addSatellites(other, other.satellites);
+    const mine = (await campaigns.claim(other.id, 60_000))!;
+    // it stalled past its claim, and another run took the campaign
+    await fx.redis.del(`${fx.prefix}:{camp:stalled}:run`);
+    const theirs = (await campaigns.claim(other.id, 60_000))!;
+    await campaigns.setStatus(other.id, 'sat-p', 'running');
+    try {
+      const [report] = await runCampaign(
+        { engine: fx.engine, campaigns, campaign: other, existed: false, dryRun: false, pageSize: 100, deliverBatch: 150, timeoutMs: 2000, attempts: 1, claim: mine },
+        [{ id: 'sat-p', url: sim.url }],
+      );
+      expect(report).toMatchObject({ status: 'failed', tokensMade: 0, error: expect.stringMatching(/now run by another generate/) });
+      expect((await fx.engine.stats()).satellites['sat-p']?.generated ?? 0).toBe(0);
+      expect((await campaigns.progress(other.id, 'sat-p')).status).toBe('running');
+    } finally {
+      await mine.release();
+      await theirs.release();
+    }
+  });
+
   it('a resumed run and a later run of the same campaign plan only what they make and deliver', async () => {
     const first = await run(false);
     expect(first.report.status).toBe('failed');

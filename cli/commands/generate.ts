@@ -126,6 +126,7 @@ export function register(program: Command): void {
               deliverBatch,
               timeoutMs: config.satelliteTimeoutMs,
               attempts: config.satelliteAttempts,
+              ...(run ? { claim: run } : {}),
               onProgress: bars?.update,
             },
             satellites,

@@ -1,7 +1,7 @@
 import { pushTo } from '../collections.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import { checkId } from '../tokens/validate.js';
-import type { CampaignMeta, CampaignStore, Counter } from './store.js';
+import { ClaimLost, type CampaignMeta, type CampaignStore, type Claim, type Counter } from './store.js';
 import { SatelliteApi } from './satellite-api.js';
 
 export interface FlowSatellite {
@@ -25,6 +25,8 @@ export interface FlowOptions {
   timeoutMs: number;
   attempts: number;
   backoffMs?: number;
+  /** the run's claim on the campaign, confirmed before each batch it makes (absent in a dry run) */
+  claim?: Pick<Claim, 'confirm'>;
   onProgress?: (satelliteId: string, event: ProgressEvent, n: number) => void;
 }
 
@@ -94,7 +96,8 @@ class SatelliteRun {
     } catch (err) {
       this.report.status = 'failed';
       this.report.error = (err as Error).message;
-      if (!this.o.dryRun) await this.o.campaigns.setStatus(this.id, this.sat, 'failed', this.report.error).catch(() => undefined);
+      // a run that lost its claim leaves the status to the run holding it now
+      if (!this.o.dryRun && !(err instanceof ClaimLost)) await this.o.campaigns.setStatus(this.id, this.sat, 'failed', this.report.error).catch(() => undefined);
     } finally {
       await this.api.close();
     }
@@ -149,6 +152,7 @@ class SatelliteRun {
 
   private async make(users: string[]): Promise<Delivery[]> {
     const { campaign } = this.o;
+    await this.o.claim?.confirm();
     const req = { owners: users.map((ownerUserId) => ({ ownerSatelliteId: this.sat, ownerUserId })), perUser: campaign.perUser, campaignId: campaign.id };
     const made = await this.o.engine.generate(campaign.expiresAt === undefined ? req : { ...req, expiresAt: campaign.expiresAt });
     const byUser = new Map<string, string[]>();

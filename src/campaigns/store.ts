@@ -39,6 +39,15 @@ export type Counter = (typeof COUNTERS)[number];
  *   <p>:{camp:<id>}:run         string  the running generate's holder id, with a TTL it keeps renewing
  *   <p>:{campaigns}             zset  campaign id -> createdAt (listing)
  */
+/** A run's hold on its campaign (CampaignStore.claim). */
+export interface Claim {
+  /** throws ClaimLost when another run holds the campaign now */
+  confirm(): Promise<void>;
+  release(): Promise<void>;
+}
+
+export class ClaimLost extends Error {}
+
 /** How long a run's claim outlives a run that stopped renewing it (a killed CLI). */
 export const CLAIM_TTL_MS = 30_000;
 
@@ -75,14 +84,18 @@ export class CampaignStore {
   /**
    * One run of a campaign at a time: two concurrent runs would both find a user unserved and make
    * two sets. The claim expires `ttlMs` after its holder stops renewing it (a killed CLI), so
-   * --resume is never blocked for long. Undefined when another run holds it.
+   * --resume is never blocked for long. Undefined when another run holds it. A run confirms it before
+   * each batch it makes: one that stalled past the claim (another run took over) stops there.
    */
-  async claim(id: string, ttlMs = CLAIM_TTL_MS): Promise<{ release(): Promise<void> } | undefined> {
+  async claim(id: string, ttlMs = CLAIM_TTL_MS): Promise<Claim | undefined> {
     const lease = new Lease(this.redis, this.key(id, 'run'), ttlMs);
     if (!(await lease.acquire())) return undefined;
     const renew = setInterval(() => void lease.renew().catch(() => undefined), ttlMs / 3);
     renew.unref();
     return {
+      confirm: async () => {
+        if (!(await lease.renew())) throw new ClaimLost(`campaign "${id}" is now run by another generate (this one stalled past its ${ttlMs / 1000} s claim): stopped before making more tokens`);
+      },
       release: async () => {
         clearInterval(renew);
         await lease.release();
