@@ -2,7 +2,7 @@ import http from 'node:http';
 import { Pool } from 'undici';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createRedis } from '../src/store/redis.js';
-import { ADMIN_KEY, call, privateRedis, serve, type Served } from './helpers/http.js';
+import { ADMIN_KEY, call, privateRedis, serve, type PrivateRedis, type Served } from './helpers/http.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 
 const prefixes: string[] = [];
@@ -23,6 +23,26 @@ async function setup(server: Served): Promise<{ pool: Pool; key: string }> {
   const r = await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat' } });
   expect(r.status).toBe(201);
   return { pool, key: r.body.apiKey };
+}
+
+/** A serve on a redis-server of its own (stopped, hung or filled by `body`), both gone afterwards. */
+async function onPrivateRedis(env: Record<string, string>, body: (redis: PrivateRedis, server: Served) => Promise<void>): Promise<void> {
+  const redis = await privateRedis();
+  await redis.start();
+  const server = await serve({ REDIS_URL: redis.url, KEY_PREFIX: 'rm-test', ...env });
+  try {
+    await body(redis, server);
+  } finally {
+    redis.signal('SIGCONT');
+    await server.stop();
+    await redis.dispose();
+  }
+}
+
+/** `n` tokens of user a on satellite sat, made through the admin route. */
+async function tokens(pool: Pool, n: number): Promise<string[]> {
+  const gen = await call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: ['a'], perUser: n } });
+  return gen.body.tokens.map((t: { token: string }) => t.token);
 }
 
 /** GET on a new TCP connection each time, so SO_REUSEPORT may pick another worker. */
@@ -61,13 +81,9 @@ describe('serve processes', () => {
   });
 
   it('answers 503 store_unavailable while its Redis is stopped and recovers after restart, no restart of ours', async () => {
-    const redis = await privateRedis();
-    await redis.start();
-    const server = await serve({ REDIS_URL: redis.url, KEY_PREFIX: 'rm-test' });
-    try {
+    await onPrivateRedis({}, async (redis, server) => {
       const { pool, key } = await setup(server);
-      const gen = await call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: ['a'], perUser: 2 } });
-      const [t1, t2] = gen.body.tokens.map((t: { token: string }) => t.token);
+      const [t1, t2] = await tokens(pool, 2);
       expect((await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t1, userId: 'b' } })).status).toBe(200);
 
       await redis.stop();
@@ -92,19 +108,13 @@ describe('serve processes', () => {
       expect(metrics.body).toMatch(/rm_redis_errors_total\{kind="unavailable"\} [1-9]/);
       await pool.close();
       expect(await server.stop()).toBe(0);
-    } finally {
-      await server.stop();
-      await redis.dispose();
-    }
+    });
   });
 
   it('answers 503 when Redis hangs (SIGSTOP) past REQUEST_TIMEOUT_MS and recovers on SIGCONT', async () => {
-    const redis = await privateRedis();
-    await redis.start();
-    const server = await serve({ REDIS_URL: redis.url, KEY_PREFIX: 'rm-test', REQUEST_TIMEOUT_MS: '300' });
-    try {
+    await onPrivateRedis({ REQUEST_TIMEOUT_MS: '300' }, async (redis, server) => {
       const { pool, key } = await setup(server);
-      const [t] = (await call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: ['a'], perUser: 1 } })).body.tokens.map((x: { token: string }) => x.token);
+      const [t] = await tokens(pool, 1);
       redis.signal('SIGSTOP');
       const hung = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t, userId: 'b' } });
       expect([hung.status, hung.body.error, hung.headers['retry-after']]).toEqual([503, 'store_unavailable', '1']);
@@ -113,49 +123,33 @@ describe('serve processes', () => {
       const retry = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t, userId: 'b' } });
       expect(retry.status).toBe(200);
       await pool.close();
-    } finally {
       redis.signal('SIGCONT');
       expect(await server.stop()).toBe(0);
-      await redis.dispose();
-    }
+    });
   });
 
   it('answers 503 with Retry-After, not 500, while Redis refuses writes (OOM at maxmemory), and 200 once it takes them', async () => {
-    const redis = await privateRedis();
-    await redis.start();
-    const direct = createRedis({ redisUrl: redis.url, redisClusterNodes: [] });
-    const server = await serve({ REDIS_URL: redis.url, KEY_PREFIX: 'rm-test' });
-    try {
+    await onPrivateRedis({}, async (redis, server) => {
+      const direct = createRedis({ redisUrl: redis.url, redisClusterNodes: [] });
       const { pool, key } = await setup(server);
-      const gen = await call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: ['a'], perUser: 1 } });
-      const t = gen.body.tokens[0].token;
+      const [t] = await tokens(pool, 1);
       await direct.config('SET', 'maxmemory', '1');
       const full = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t, userId: 'b' } });
       expect([full.status, full.body.error, full.headers['retry-after']]).toEqual([503, 'store_unavailable', '1']);
       await direct.config('SET', 'maxmemory', '0');
       expect((await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t, userId: 'b' } })).status).toBe(200);
       await pool.close();
-    } finally {
       direct.disconnect();
-      await server.stop();
-      await redis.dispose();
-    }
+    });
   });
 
   it('SIGTERM exits 0 within seconds while Redis hangs (SIGSTOP), also with SNAPSHOT=false reading the lag', async () => {
-    const redis = await privateRedis();
-    await redis.start();
-    const server = await serve({ REDIS_URL: redis.url, KEY_PREFIX: 'rm-test', SNAPSHOT: 'false' });
-    try {
+    await onPrivateRedis({ SNAPSHOT: 'false' }, async (redis, server) => {
       redis.signal('SIGSTOP');
       await new Promise((s) => setTimeout(s, 1500)); // the primary's lag reading (every second) is now waiting
       const exit = await Promise.race([server.stop(), new Promise((s) => setTimeout(() => s('still running after 8 s'), 8000))]);
       expect(exit).toBe(0);
-    } finally {
-      redis.signal('SIGCONT');
-      await server.stop();
-      await redis.dispose();
-    }
+    });
   });
 
   it('with SNAPSHOT=false and no writer anywhere, /metrics still reports the events waiting in the streams', async () => {
