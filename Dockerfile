@@ -23,8 +23,9 @@ COPY --from=build /app/lua ./lua
 # fail the build if uWebSockets.js would fall back to its slow JS shim
 RUN node -e "const u=require('uWebSockets.js'); if (!String(u.App).includes('[native code]')) process.exit(1)"
 USER node
-EXPOSE 7480
+# 7480: the API (serve); 7481: the ops port of a standalone `snapshot` writer
+EXPOSE 7480 7481
 HEALTHCHECK --interval=10s --timeout=2s --retries=3 \
-  CMD node -e "fetch('http://127.0.0.1:'+(process.env.PORT||7480)+'/healthz').then(r=>process.exit(r.ok?0:1)).catch(()=>process.exit(1))"
+  CMD node -e "const h=(p)=>fetch('http://127.0.0.1:'+p+'/healthz').then(r=>r.ok);h(process.env.PORT||7480).catch(()=>h(process.env.SNAPSHOT_METRICS_PORT||7481)).then(ok=>process.exit(ok?0:1),()=>process.exit(1))"
 ENTRYPOINT ["node", "dist/cli/main.js"]
 CMD ["serve"]
