@@ -1,10 +1,10 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
+import { freePort } from '../src/free-port.js';
 
 /**
  * Throw-away redis-servers on free ports, for benches that measure Redis itself (memory, CPU,
@@ -25,15 +25,7 @@ export interface RedisClusterHandle {
   stop(): Promise<void>;
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer().once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
+export { freePort };
 
 /** True when `redis-server --version` runs: private servers and clusters need a local Redis binary. */
 export function hasRedisServer(): boolean {
@@ -43,7 +35,8 @@ export function hasRedisServer(): boolean {
 
 const serverArgs = (port: number, dir: string) => ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'];
 
-function kill(proc: ChildProcess, signal: NodeJS.Signals): Promise<void> {
+/** Signals a child process and waits for its exit (at once if it has exited already). */
+export function kill(proc: ChildProcess, signal: NodeJS.Signals): Promise<void> {
   return new Promise((resolve) => {
     if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
     proc.once('exit', () => resolve());

@@ -2,7 +2,7 @@ import http from 'node:http';
 import { Pool } from 'undici';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createRedis } from '../src/store/redis.js';
-import { ADMIN_KEY, call, privateRedis, serve, type PrivateRedis, type Served } from './helpers/http.js';
+import { ADMIN_KEY, call, privateRedis, serve, type RestartableRedis, type Served } from './helpers/http.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 
 const prefixes: string[] = [];
@@ -26,7 +26,7 @@ async function setup(server: Served): Promise<{ pool: Pool; key: string }> {
 }
 
 /** A serve on a redis-server of its own (stopped, hung or filled by `body`), both gone afterwards. */
-async function onPrivateRedis(env: Record<string, string>, body: (redis: PrivateRedis, server: Served) => Promise<void>): Promise<void> {
+async function onPrivateRedis(env: Record<string, string>, body: (redis: RestartableRedis, server: Served) => Promise<void>): Promise<void> {
   const redis = await privateRedis();
   await redis.start();
   const server = await serve({ REDIS_URL: redis.url, KEY_PREFIX: 'rm-test', ...env });

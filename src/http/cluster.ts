@@ -1,7 +1,7 @@
 import cluster, { type Worker } from 'node:cluster';
-import net from 'node:net';
 import { AggregatorRegistry } from 'prom-client';
 import type { Config } from '../config.js';
+import { freePort } from '../free-port.js';
 import { collectProcessMetrics, registry } from '../metrics.js';
 import { startServer } from './server.js';
 
@@ -27,18 +27,6 @@ export interface Primary {
   port: number;
   /** SIGTERM every worker, wait for them to drain and exit */
   stop(): Promise<void>;
-}
-
-/** A port free on `host` now: asked of the kernel, then let go. */
-function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = net.createServer();
-    probe.once('error', reject);
-    probe.listen(0, host, () => {
-      const { port } = probe.address() as net.AddressInfo;
-      probe.close(() => resolve(port));
-    });
-  });
 }
 
 export async function runPrimary(config: Config, log: (line: string) => void = console.log): Promise<Primary> {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Packr } from 'msgpackr';
 import { Pool } from 'undici';
-import { freePort, waitForOutput } from '../../bench/redis-server.js';
+import { freePort, kill, waitForOutput } from '../../bench/redis-server.js';
 
 const MAIN = path.resolve('dist/cli/main.js');
 export const ADMIN_KEY = 'test-admin-key-0123456789abcdefghijklmnop';
@@ -67,7 +67,7 @@ export async function call(pool: Pool, method: string, urlPath: string, opts: { 
   return { status: res.statusCode, headers: res.headers, body: decoded };
 }
 
-export interface PrivateRedis {
+export interface RestartableRedis {
   url: string;
   port: number;
   start(): Promise<void>;
@@ -80,17 +80,12 @@ export interface PrivateRedis {
 }
 
 /** A redis-server of its own on a free port (AOF in a temp dir, so data survives a restart); `args` add to its command line. */
-export async function privateRedis(args: string[] = []): Promise<PrivateRedis> {
+export async function privateRedis(args: string[] = []): Promise<RestartableRedis> {
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), 'rm-redis-'));
   let proc: ChildProcess | undefined;
   const stop = async (sig: 'SIGTERM' | 'SIGKILL' = 'SIGTERM') => {
-    const p = proc;
-    if (!p || p.exitCode !== null || p.signalCode !== null) return;
-    await new Promise<void>((resolve) => {
-      p.once('exit', () => resolve());
-      p.kill(sig);
-    });
+    if (proc) await kill(proc, sig);
   };
   return {
     url: `redis://127.0.0.1:${port}`,
