@@ -1,13 +1,11 @@
 import uws from 'uWebSockets.js';
 import { collectProcessMetrics, registry } from '../metrics.js';
-import { mount, type Outcome, type Route } from './router.js';
+import { listen, mount, ok, type Route } from './router.js';
 
 export interface OpsDeps {
   ready(): Promise<{ ready: boolean; details: Record<string, unknown> }>;
   metrics(): Promise<string>;
 }
-
-const ok = (value: unknown, status?: number): Outcome => ({ status, value });
 
 /** `/healthz`, `/readyz`, `/metrics`: no key, the same on the API and on the standalone snapshot writer. */
 export function opsRoutes(d: OpsDeps): Route[] {
@@ -37,11 +35,6 @@ export async function startOpsServer(host: string, port: number, ready: OpsDeps[
   collectProcessMetrics();
   const app = uws.App();
   mount(app, opsRoutes({ ready, metrics: () => registry.metrics() }), { inflight: { n: 0 }, timeoutMs: 5000, storeDown: () => false });
-  const socket = await new Promise<uws.us_listen_socket>((resolve, reject) => {
-    app.listen(host, port, (s) => (s ? resolve(s) : reject(new Error(`cannot listen on ${host}:${port}`))));
-  });
-  return {
-    port: uws.us_socket_local_port(socket as unknown as uws.us_socket),
-    close: () => uws.us_listen_socket_close(socket),
-  };
+  const { socket, port: bound } = await listen(app, host, port);
+  return { port: bound, close: () => uws.us_listen_socket_close(socket) };
 }

@@ -1,5 +1,5 @@
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
-import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js';
+import uws, { type HttpRequest, type HttpResponse, type TemplatedApp } from 'uWebSockets.js';
 import { DomainError, type ErrorCode } from '../errors.js';
 import { observeRequest, redisErrors } from '../metrics.js';
 import { Authenticator } from './auth.js';
@@ -24,6 +24,9 @@ export interface Call<B> {
 }
 
 export type Outcome = { status?: number; value: unknown } | { status?: number; raw: Buffer | string; contentType: string };
+
+/** A value to encode in the format the client asked for (200 unless `status`). */
+export const ok = (value: unknown, status?: number): Outcome => ({ status, value });
 
 export interface Route<B = any> {
   method: 'get' | 'post' | 'delete';
@@ -103,6 +106,14 @@ export function mount(app: TemplatedApp, routes: Route[], deps: RouterDeps): voi
     const ex = start(res, req, deps, 'unmatched', req.getMethod());
     replyError(ex, 'not_found', `no route ${req.getMethod().toUpperCase()} ${req.getUrl()}`);
   });
+}
+
+/** Listens on host:port; the listen socket (to close) and the port it got (port 0: a free one). */
+export async function listen(app: TemplatedApp, host: string, port: number): Promise<{ socket: uws.us_listen_socket; port: number }> {
+  const socket = await new Promise<uws.us_listen_socket>((resolve, reject) => {
+    app.listen(host, port, (s) => (s ? resolve(s) : reject(new Error(`cannot listen on ${host}:${port}`))));
+  });
+  return { socket, port: uws.us_socket_local_port(socket as unknown as uws.us_socket) };
 }
 
 function start(res: HttpResponse, req: HttpRequest, deps: RouterDeps, pattern: string, method: string): Exchange {

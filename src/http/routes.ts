@@ -7,7 +7,7 @@ import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import type { Authenticator } from './auth.js';
 import type { FailureLimiter } from './rate-limit.js';
 import { opsRoutes, type OpsDeps } from './ops.js';
-import { HttpError, type Call, type Outcome, type Route } from './router.js';
+import { HttpError, ok, type Call, type Route } from './router.js';
 
 export interface RouteDeps {
   config: Config;
@@ -28,8 +28,6 @@ function defined<T extends object>(o: T): T {
   for (const k of Object.keys(o) as (keyof T)[]) if (o[k] === undefined) delete o[k];
   return o;
 }
-
-const ok = (value: unknown, status?: number): Outcome => ({ status, value });
 
 export function routes(d: RouteDeps): Route[] {
   const limited = (c: Call<unknown>) => {

@@ -10,7 +10,7 @@ import { TokenStore } from '../store/token-store.js';
 import { TokenEngine } from '../tokens/engine.js';
 import { Authenticator } from './auth.js';
 import { FailureLimiter } from './rate-limit.js';
-import { mount } from './router.js';
+import { listen, mount } from './router.js';
 import { routes } from './routes.js';
 
 export interface HttpServer {
@@ -103,10 +103,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
     }),
     { auth, inflight, timeoutMs: config.requestTimeoutMs, storeDown: (err) => storeDown(redis, err) },
   );
-  const socket = await new Promise<uws.us_listen_socket>((resolve, reject) => {
-    app.listen(config.host, config.port, (s) => (s ? resolve(s) : reject(new Error(`cannot listen on ${config.host}:${config.port}`))));
-  });
-  const port = uws.us_socket_local_port(socket as unknown as uws.us_socket);
+  const { socket, port } = await listen(app, config.host, config.port);
   let closed: Promise<void> | undefined;
   return {
     port,
