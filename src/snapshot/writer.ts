@@ -215,7 +215,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
 
   const loop = (async () => {
     let backoff = 100;
-    let sweepAt = 0;
+    let sweepAt = 0; // the next re-read of every pending entry
     while (running) {
       try {
         // confirmed before every round, not only by the timer: a process paused past its lease must not
@@ -228,14 +228,12 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           await sleep(lease.ms / 3);
           continue;
         }
-        if (!was) {
-          log('info', 'holding the snapshot lease; writing to Postgres');
+        if (!was) log('info', 'holding the snapshot lease; writing to Postgres');
+        // every pending entry is re-read on taking the lease and once a lease period after: the safety net
+        // for a read that slipped through anyway (a pause between the renew and the read), whose entries
+        // ackAndTrim never trims
+        if (!was || Date.now() >= sweepAt) {
           await rereadPending();
-        }
-        // the safety net for a read that slipped through anyway (a pause between the renew and the read):
-        // its entries are never trimmed (ackAndTrim) and are written by the next sweep
-        if (Date.now() >= sweepAt) {
-          if (sweepAt > 0) await rereadPending();
           sweepAt = Date.now() + lease.ms;
         }
         if (!pool) {
