@@ -70,7 +70,7 @@ export const settings = {
   redisUrl: { env: 'REDIS_URL', default: 'redis://127.0.0.1:6379', parse: url('redis:', 'rediss:'), doc: 'Redis to keep tokens in (standalone).' },
   redisClusterNodes: { env: 'REDIS_CLUSTER_NODES', default: [] as string[], parse: hostList, doc: 'Comma-separated host:port seeds; when set, Redis Cluster is used instead of REDIS_URL.' },
   keyPrefix: { env: 'KEY_PREFIX', default: 'rm', parse: keyPrefix, doc: 'Prefix of every Redis key, so several deployments (or test runs) can share one Redis.' },
-  databaseUrl: { env: 'DATABASE_URL', default: 'postgres://postgres@127.0.0.1:5432/referral_manager', parse: url('postgres:', 'postgresql:'), doc: 'Postgres for the durable snapshot (database created if missing).' },
+  databaseUrl: { env: 'DATABASE_URL', default: 'postgres://postgres@127.0.0.1:5432/referral_manager', parse: url('postgres:', 'postgresql:'), doc: 'Postgres for the durable snapshot (the writer creates the database if missing; restore and verify need it to exist).' },
   host: { env: 'HOST', default: '0.0.0.0', parse: str, doc: 'Address the HTTP API listens on.' },
   port: { env: 'PORT', default: 7480, parse: int(0, 65535), doc: 'Port the HTTP API listens on.' },
   workers: { env: 'WORKERS', default: Math.max(1, os.availableParallelism()), parse: int(1, 256), doc: 'HTTP worker processes sharing the port (default: one per core).' },

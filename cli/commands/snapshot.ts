@@ -15,6 +15,12 @@ function writerReadiness(writer: SnapshotWriter | undefined): { ready: boolean; 
   return { ready, details: { redis: s.redis, leader: s.leader, postgres: s.leader ? s.state : 'standby', lagEvents: s.lagEvents, lagSeconds: s.lagSeconds } };
 }
 
+/**
+ * The snapshot as restore and verify read it: an existing database only. Made on the spot from a
+ * mistyped DATABASE_URL, it would restore 0 tokens (after --force removed every one) or list every token.
+ */
+const openSnapshot = (url: string) => openPostgres(url, 2, undefined, false);
+
 /** `snapshot` (the writer alone), `restore --from-postgres [--force]` and `verify`. */
 export function register(program: Command): void {
   program
@@ -49,7 +55,7 @@ export function register(program: Command): void {
       if (!opts.fromPostgres) this.error('restore needs --from-postgres', { exitCode: 2 });
       const config = configFrom(this);
       const redis = createRedis(config);
-      const pool = await openPostgres(config.databaseUrl);
+      const pool = await openSnapshot(config.databaseUrl);
       try {
         if (await anyKey(redis, config.keyPrefix)) {
           if (!opts.force) throw new Error(`Redis has keys under "${config.keyPrefix}:"; refusing to restore over them (use --force)`);
@@ -73,7 +79,7 @@ export function register(program: Command): void {
     .action(async function (this: Command, opts: { max: string; json?: boolean }) {
       const config = configFrom(this);
       const redis = createRedis(config);
-      const pool = await openPostgres(config.databaseUrl);
+      const pool = await openSnapshot(config.databaseUrl);
       try {
         const report = await verify(redis, pool, config.keyPrefix, Number(opts.max));
         if (opts.json) console.log(JSON.stringify(report, null, 2));

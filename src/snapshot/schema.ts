@@ -105,10 +105,12 @@ export async function migrate(client: pg.ClientBase): Promise<number[]> {
 /**
  * A pool on `url` with the database created and migrated; pool errors on idle clients are not fatal.
  * TCP keepalive finds a dead peer on idle connections; `queryTimeoutMs` bounds a query on a connection
- * that went half-open mid-query (no reply, no reset), which would otherwise wait forever.
+ * that went half-open mid-query (no reply, no reset), which would otherwise wait forever. With `create`
+ * false a missing database is an error: what only reads the snapshot (restore, verify) must not make
+ * an empty one from a mistyped URL and take it for the snapshot.
  */
-export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number): Promise<pg.Pool> {
-  await ensureDatabase(url);
+export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number, create = true): Promise<pg.Pool> {
+  if (create) await ensureDatabase(url);
   const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 3000, keepAlive: true, query_timeout: queryTimeoutMs });
   pool.on('error', () => {});
   const c = await pool.connect();
