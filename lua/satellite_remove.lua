@@ -1,11 +1,13 @@
 --[[
   satellite_remove: a satellite and every API key of it (src/satellites/registry.ts).
   KEYS[1] the satellite's hash <p>:{sat}:s:<id>  KEYS[2] the key index <p>:{sat}:keys  KEYS[3] the id set <p>:{sat}:ids
-  (one hash tag {sat})
+  KEYS[4] the removed-id set <p>:{sat}:removed   (one hash tag {sat})
   ARGV[1] satellite id
   Reply: 1, or 0 when the satellite is not registered.
   Every index entry naming the satellite goes, not only its current and previous key: the index holds a
   few entries per satellite, and a key left by an older, non-atomic rotation must not outlive it.
+  The id is remembered as removed so the snapshot writer deletes it from Postgres too; a missing
+  record alone cannot tell a removal from a Redis that lost its data.
 ]]
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local owner = ARGV[1] .. '\t'
@@ -15,4 +17,5 @@ for i = 1, #all, 2 do
 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
 return 1

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { ensureDatabase, openPostgres } from '../src/snapshot/index.js';
+import { MIGRATIONS } from '../src/snapshot/schema.js';
 import { PG_BASE_URL } from './helpers/pg.js';
 import { runCli } from './helpers/cli.js';
 import { engineFixture } from './helpers/redis.js';
@@ -30,9 +31,32 @@ describe('snapshot schema: database creation and migrations (real Postgres)', ()
       const created = await Promise.allSettled(Array.from({ length: 4 }, () => ensureDatabase(db.url)));
       expect(created.filter((r) => r.status === 'rejected')).toEqual([]);
       const pools = await Promise.all(Array.from({ length: 4 }, () => openPostgres(db.url)));
-      const versions = (await pools[0]!.query<{ version: number }>('SELECT version FROM schema_migrations')).rows;
-      expect(versions).toEqual([{ version: 1 }]);
+      const versions = (await pools[0]!.query<{ version: number }>('SELECT version FROM schema_migrations ORDER BY version')).rows;
+      expect(versions).toEqual(MIGRATIONS.map((m) => ({ version: m.version })));
       await Promise.all(pools.map((p) => p.end()));
+    } finally {
+      await db.drop();
+    }
+  });
+
+  it('a database migrated by an older release gets the later migrations at start, and only those', async () => {
+    const db = freshName();
+    try {
+      await ensureDatabase(db.url);
+      const c = new pg.Client({ connectionString: db.url });
+      await c.connect();
+      // what release 1 left: its tables and version 1 recorded
+      await c.query('CREATE TABLE schema_migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
+      await c.query(MIGRATIONS[0]!.sql);
+      await c.query("INSERT INTO schema_migrations (version, name) VALUES (1, 'tokens and token_events')");
+      await c.query(`INSERT INTO tokens VALUES ('00000000-0000-4000-8000-000000000000', 'unredeemed', 's', 'u', 'c', 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 1, 0)`);
+      await c.end();
+      const pool = await openPostgres(db.url);
+      const versions = (await pool.query<{ version: number }>('SELECT version FROM schema_migrations ORDER BY version')).rows;
+      expect(versions).toEqual(MIGRATIONS.map((m) => ({ version: m.version })));
+      expect((await pool.query('SELECT count(*)::int AS n FROM tokens')).rows[0].n).toBe(1);
+      expect((await pool.query('SELECT count(*)::int AS n FROM satellites')).rows[0].n).toBe(0);
+      await pool.end();
     } finally {
       await db.drop();
     }

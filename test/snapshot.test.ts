@@ -9,6 +9,7 @@ import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { testPrefix, dropPrefix } from './helpers/redis.js';
 import { loadConfig } from '../src/config.js';
+import { hashKey, SatelliteRegistry } from '../src/satellites/registry.js';
 
 const TOTAL = 100_000;
 
@@ -134,11 +135,18 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
     expect(bad.status).toBe(1);
     expect(bad.stdout).toContain(`${t} differs ownerUserId: redis=`);
     await pool.query(`UPDATE tokens SET owner_user_id = $2 WHERE token = $1`, [t, (await fx.engine.lookup(t))!.ownerUserId]);
+    // a satellite in the snapshot comes back with its key
+    const key = 'rmk_restored-key';
+    await pool.query('INSERT INTO satellites (id, fields, api_keys) VALUES ($1, $2, $3)', [
+      'sat-x', { id: 'sat-x', createdAt: '1', keyHash: hashKey(key) }, { [hashKey(key)]: 'sat-x\t' }]);
     const forced = cli('restore', '--from-postgres', '--force');
     expect(forced.status).toBe(0);
     expect(forced.stdout).toContain(`restored ${TOTAL} tokens`);
+    expect(forced.stdout).toContain('restored 1 satellites with their API keys');
+    expect(await new SatelliteRegistry(fx.redis, restoredPrefix).authenticate(key)).toBe('sat-x');
     const good = cli('verify');
     expect(good.stdout).toContain(`${TOTAL} tokens in Redis, 0 differences`);
+    expect(good.stdout).toContain('1 satellites in Redis');
     expect(good.status).toBe(0);
   }, 120_000);
 });

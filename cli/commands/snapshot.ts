@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { createRedis } from '../../src/store/redis.js';
 import { startOpsServer } from '../../src/http/ops.js';
-import { anyKey, engineKeys, openPostgres, restoreFromPostgres, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
+import { anyKey, engineKeys, openPostgres, restoreFromPostgres, restoreSatellites, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
 import { configFrom } from '../context.js';
 
 /**
@@ -63,7 +63,9 @@ export function register(program: Command): void {
           for (let i = 0; i < stale.length; i += 500) await Promise.all(stale.slice(i, i + 500).map((k) => redis.unlink(k)));
         }
         const n = await restoreFromPostgres(redis, pool, config.keyPrefix);
+        const sats = await restoreSatellites(redis, pool, config.keyPrefix);
         console.log(`restored ${n} tokens into prefix "${config.keyPrefix}"`);
+        console.log(`restored ${sats.restored} satellites with their API keys${sats.kept ? `; ${sats.kept} already registered, kept as they are` : ''}`);
       } finally {
         await pool.end();
         redis.disconnect();
@@ -89,6 +91,7 @@ export function register(program: Command): void {
             console.log(`${d.token} ${d.kind}${detail ? ` ${detail}` : ''}`);
           }
           console.log(`${report.tokens} tokens in Redis, ${report.differences} differences`);
+          console.log(`${report.satellites} satellites in Redis`);
         }
         if (report.differences > 0) process.exitCode = 1;
       } finally {

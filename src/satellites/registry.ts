@@ -1,6 +1,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { RedisClient } from '../store/redis.js';
 import { defineScripts, type ScriptFn } from '../store/scripts.js';
+import { insertSatellite, SatelliteKeys } from '../store/satellites.js';
 import { hexDigest } from '../digest.js';
 import { DomainError } from '../errors.js';
 import { checkId } from '../tokens/validate.js';
@@ -32,25 +33,15 @@ export function sameKey(a: string, b: string): boolean {
 }
 
 /**
- * Registered satellites and their API keys, in Redis under one hash tag ({sat}) so the
- * multi-key updates below stay in one cluster slot and run in MULTI or one script.
- *   <p>:{sat}:s:<id>   hash   the Satellite fields
- *   <p>:{sat}:keys     hash   sha256(key) -> "<satelliteId>\t<validUntil ms or empty>"
+ * Registered satellites and their API keys, in Redis (layout: src/store/satellites.ts); the
+ * multi-key updates run in MULTI or one script.
  */
 export class SatelliteRegistry {
   private readonly s: Record<string, ScriptFn>;
-  constructor(private readonly redis: RedisClient, private readonly prefix: string) {
+  private readonly keys: SatelliteKeys;
+  constructor(private readonly redis: RedisClient, prefix: string) {
     this.s = defineScripts(redis, ['satellite_rotate', 'satellite_remove']);
-  }
-
-  private satKey(id: string): string {
-    return `${this.prefix}:{sat}:s:${id}`;
-  }
-  private keysKey(): string {
-    return `${this.prefix}:{sat}:keys`;
-  }
-  private indexKey(): string {
-    return `${this.prefix}:{sat}:ids`;
+    this.keys = new SatelliteKeys(prefix);
   }
 
   async add(input: { id: string; name?: string; url?: string; outboundKey?: string }): Promise<{ id: string; apiKey: string }> {
@@ -61,14 +52,13 @@ export class SatelliteRegistry {
     if (input.name !== undefined) fields.name = String(input.name);
     if (input.url !== undefined) fields.url = input.url;
     if (input.outboundKey !== undefined) fields.outboundKey = String(input.outboundKey);
-    const created = await this.redis.sadd(this.indexKey(), id);
-    if (created === 0) throw new DomainError('satellite_exists', `satellite "${id}" is already registered`);
-    await this.redis.multi().hset(this.satKey(id), fields).hset(this.keysKey(), fields.keyHash!, `${id}\t`).exec();
+    const created = await insertSatellite(this.redis, this.keys, { id, fields, apiKeys: { [fields.keyHash!]: `${id}\t` } });
+    if (!created) throw new DomainError('satellite_exists', `satellite "${id}" is already registered`);
     return { id, apiKey };
   }
 
   async get(id: string): Promise<Satellite | undefined> {
-    const h = await this.redis.hgetall(this.satKey(id));
+    const h = await this.redis.hgetall(this.keys.satellite(id));
     if (!h.id) return undefined;
     const s: Satellite = { id: h.id, createdAt: Number(h.createdAt) };
     if (h.name) s.name = h.name;
@@ -84,27 +74,27 @@ export class SatelliteRegistry {
   }
 
   async list(): Promise<Satellite[]> {
-    const ids = (await this.redis.smembers(this.indexKey())).sort();
+    const ids = (await this.redis.smembers(this.keys.ids())).sort();
     const all = await Promise.all(ids.map((id) => this.get(id)));
     return all.filter((s): s is Satellite => s !== undefined);
   }
 
   async remove(id: string): Promise<void> {
-    const removed = await this.s.satellite_remove!([this.satKey(id), this.keysKey(), this.indexKey()], [id]);
+    const removed = await this.s.satellite_remove!([this.keys.satellite(id), this.keys.index(), this.keys.ids(), this.keys.removed()], [id]);
     if (Number(removed) !== 1) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
   }
 
   /** New key now; the old one keeps working for `graceMs`, then not. */
   async rotateKey(id: string, graceMs: number): Promise<{ apiKey: string }> {
     const apiKey = newApiKey();
-    const rotated = await this.s.satellite_rotate!([this.satKey(id), this.keysKey()], [id, hashKey(apiKey), graceMs > 0 ? Date.now() + graceMs : '']);
+    const rotated = await this.s.satellite_rotate!([this.keys.satellite(id), this.keys.index()], [id, hashKey(apiKey), graceMs > 0 ? Date.now() + graceMs : '']);
     if (Number(rotated) !== 1) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
     return { apiKey };
   }
 
   /** The satellite a key belongs to, or undefined. Looked up by hash, so the key never leaves this process. */
   async authenticate(apiKey: string): Promise<string | undefined> {
-    const entry = await this.redis.hget(this.keysKey(), hashKey(apiKey));
+    const entry = await this.redis.hget(this.keys.index(), hashKey(apiKey));
     if (!entry) return undefined;
     const [id, until] = entry.split('\t');
     if (until && Number(until) <= Date.now()) return undefined;

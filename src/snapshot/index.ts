@@ -4,3 +4,4 @@ export { reportLag, sampleLag, type Lag } from './lag.js';
 export { openPostgres, ensureDatabase, migrate } from './schema.js';
 export { restoreFromPostgres, anyKey, engineKeys } from './restore.js';
 export { verify, type VerifyReport, type Difference } from './verify.js';
+export { restoreSatellites } from './satellites.js';

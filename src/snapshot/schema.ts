@@ -44,6 +44,19 @@ export const MIGRATIONS: { version: number; name: string; sql: string }[] = [
       CREATE INDEX token_events_token ON token_events (token);
     `,
   },
+  {
+    version: 2,
+    name: 'satellites',
+    sql: `
+      -- the registry as Redis holds it (src/store/satellites.ts): the satellite's hash and its key index
+      -- entries (sha256 of each API key, never a key), so restore can bring back working keys
+      CREATE TABLE satellites (
+        id text PRIMARY KEY,
+        fields jsonb NOT NULL,
+        api_keys jsonb NOT NULL
+      );
+    `,
+  },
 ];
 
 const LOCK_ID = 74_820_501;

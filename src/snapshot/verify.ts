@@ -2,11 +2,13 @@ import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
 import { Keys, SHARDS } from '../store/keys.js';
 import { EXPORT_FIELDS } from '../store/export.js';
+import { readRegistry, SatelliteKeys } from '../store/satellites.js';
 import { pgShardRows } from './pg-rows.js';
 import { readShardRows, type Row } from './rows.js';
+import { pgSatellites } from './satellites.js';
 
 export interface Difference {
-  /** the token; for `stats`, the shard's counters key */
+  /** the token; for `stats`, the shard's counters key; for a satellite, its registry key (`<p>:{sat}:s:<id>`) */
   token: string;
   /** only_redis | only_postgres | field names that differ | counters that differ from the shard's rows */
   kind: 'only_redis' | 'only_postgres' | 'differs' | 'stats';
@@ -15,6 +17,7 @@ export interface Difference {
 
 export interface VerifyReport {
   tokens: number;
+  satellites: number;
   differences: number;
   /** the first `maxListed` differences */
   listed: Difference[];
@@ -36,7 +39,7 @@ function count(counters: Map<string, number>, p: Row): void {
  */
 export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, maxListed = 100): Promise<VerifyReport> {
   const keys = new Keys(prefix);
-  const report: VerifyReport = { tokens: 0, differences: 0, listed: [] };
+  const report: VerifyReport = { tokens: 0, satellites: 0, differences: 0, listed: [] };
   const note = (d: Difference) => {
     report.differences++;
     if (report.listed.length < maxListed) report.listed.push(d);
@@ -68,5 +71,32 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
     });
     if (fields.length) note({ token: keys.stats(shard), kind: 'stats', fields });
   }
+  report.satellites = await compareSatellites(redis, pool, prefix, note);
   return report;
+}
+
+/** Registered satellites against Postgres' copy; an `outboundKey` (a secret) shows only as set or not. */
+async function compareSatellites(redis: RedisClient, pool: pg.Pool, prefix: string, note: (d: Difference) => void): Promise<number> {
+  const keys = new SatelliteKeys(prefix);
+  const inRedis = new Map((await readRegistry(redis, keys)).satellites.map((r) => [r.id, r]));
+  const count = inRedis.size;
+  const shown = (field: string, v: string | undefined) => (v === undefined ? '' : field === 'outboundKey' ? '(set)' : v);
+  for (const p of await pgSatellites(pool)) {
+    const r = inRedis.get(p.id);
+    inRedis.delete(p.id);
+    if (!r) {
+      note({ token: keys.satellite(p.id), kind: 'only_postgres' });
+      continue;
+    }
+    const names = [...new Set([...Object.keys(r.fields), ...Object.keys(p.fields)])].sort();
+    const fields = names.flatMap((field) => {
+      const [a, b] = [r.fields[field], p.fields[field]];
+      return a === b ? [] : [{ field, redis: shown(field, a), postgres: shown(field, b) }];
+    });
+    const apiKeys = (k: Record<string, string>) => JSON.stringify(Object.entries(k).sort(([x], [y]) => (x < y ? -1 : 1)));
+    if (apiKeys(r.apiKeys) !== apiKeys(p.apiKeys)) fields.push({ field: 'apiKeys', redis: apiKeys(r.apiKeys), postgres: apiKeys(p.apiKeys) });
+    if (fields.length) note({ token: keys.satellite(p.id), kind: 'differs', fields });
+  }
+  for (const id of inRedis.keys()) note({ token: keys.satellite(id), kind: 'only_redis' });
+  return count;
 }

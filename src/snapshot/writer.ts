@@ -9,6 +9,7 @@ import { compareIds, parseEntry, type StreamEvent } from './events.js';
 import { GROUP, reportLag } from './lag.js';
 import { Lease } from '../store/lease.js';
 import { snapshotMetrics as m } from './metrics.js';
+import { SatelliteCopy } from './satellites.js';
 import { openPostgres } from './schema.js';
 import { leaseKey, writeSnapshotStatus, type SnapshotStatus } from './status.js';
 
@@ -50,6 +51,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const keys = new Keys(config.keyPrefix);
   const lease = new Lease(redis, leaseKey(config.keyPrefix), opts.leaseMs ?? 10_000);
   const perShard = Math.max(1, Math.ceil(config.snapshotBatch / 8));
+  const satellites = new SatelliteCopy(redis, config.keyPrefix);
 
   let running = true;
   // stop() cuts a backoff or standby wait short, so SIGTERM never waits seconds for it
@@ -257,6 +259,14 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           m.postgresUp.set(1);
         }
         await ensureGroups();
+        if (await satellites.due()) {
+          try {
+            await satellites.write(pool);
+          } catch (err) {
+            setDown(err, 'postgres');
+            throw err;
+          }
+        }
         const rounds = await Promise.allSettled(lanes.map((lane) => round(lane)));
         const failed = rounds.find((r): r is PromiseRejectedResult => r.status === 'rejected');
         if (failed) throw failed.reason;

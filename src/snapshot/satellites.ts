@@ -1,0 +1,81 @@
+import type pg from 'pg';
+import type { RedisClient } from '../store/redis.js';
+import { insertSatellite, readRegistry, SatelliteKeys, type SatelliteRecord } from '../store/satellites.js';
+
+const READ_EVERY_MS = 1000;
+const REWRITE_EVERY_MS = 60_000;
+
+// One statement, so a copy lands whole. Registered and removed ids are disjoint (readRegistry).
+const UPSERT = `
+  WITH gone AS (DELETE FROM satellites WHERE id = ANY($2::text[]))
+  INSERT INTO satellites (id, fields, api_keys)
+  SELECT r->>'id', r->'fields', r->'apiKeys' FROM jsonb_array_elements($1::jsonb) r
+  ON CONFLICT (id) DO UPDATE SET fields = EXCLUDED.fields, api_keys = EXCLUDED.api_keys`;
+
+/**
+ * Copies the satellite registry to Postgres for the snapshot writer. Satellites change rarely and are
+ * few, so it reads the whole registry at most once a second and writes it when it changed; once a
+ * minute it writes anyway, which mends a copy an overlapping ex-holder of the lease wrote late.
+ * Registered satellites are upserted and removed ones deleted; a satellite merely missing from Redis is
+ * kept, so a writer started on an emptied Redis does not wipe what restore needs.
+ */
+export class SatelliteCopy {
+  private readonly keys: SatelliteKeys;
+  private copied = '';
+  private readAt = 0;
+  private writtenAt = 0;
+  private pending: { satellites: SatelliteRecord[]; removed: string[]; text: string } | undefined;
+
+  constructor(private readonly redis: RedisClient, prefix: string) {
+    this.keys = new SatelliteKeys(prefix);
+  }
+
+  /** Reads the registry (at most once a second): true when it is to be written. */
+  async due(): Promise<boolean> {
+    const now = Date.now();
+    if (now < this.readAt) return false;
+    this.readAt = now + READ_EVERY_MS;
+    const { satellites, removed } = await readRegistry(this.redis, this.keys);
+    const text = JSON.stringify([satellites, removed]);
+    if (text === this.copied && now < this.writtenAt + REWRITE_EVERY_MS) return false;
+    this.pending = { satellites, removed, text };
+    return true;
+  }
+
+  /** Writes what `due` read; after a failure the next `due` reads again. */
+  async write(pool: pg.Pool): Promise<void> {
+    const p = this.pending;
+    this.pending = undefined;
+    if (!p) return;
+    try {
+      await pool.query(UPSERT, [JSON.stringify(p.satellites), p.removed]);
+    } catch (err) {
+      this.readAt = 0;
+      throw err;
+    }
+    this.copied = p.text;
+    this.writtenAt = Date.now();
+  }
+}
+
+/** The satellites Postgres holds, sorted by id. */
+export async function pgSatellites(pool: pg.Pool): Promise<SatelliteRecord[]> {
+  const res = await pool.query<SatelliteRecord>('SELECT id, fields, api_keys AS "apiKeys" FROM satellites ORDER BY id');
+  return res.rows;
+}
+
+/**
+ * Registers every satellite of the snapshot that Redis does not have, with its API keys (their hashes):
+ * satellites keep working after Redis is rebuilt. One already registered is newer than the snapshot and
+ * is kept as it is.
+ */
+export async function restoreSatellites(redis: RedisClient, pool: pg.Pool, prefix: string): Promise<{ restored: number; kept: number }> {
+  const keys = new SatelliteKeys(prefix);
+  let restored = 0;
+  let kept = 0;
+  for (const r of await pgSatellites(pool)) {
+    if (await insertSatellite(redis, keys, r)) restored++;
+    else kept++;
+  }
+  return { restored, kept };
+}

@@ -1,0 +1,106 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type pg from 'pg';
+import { loadConfig } from '../src/config.js';
+import { SatelliteRegistry } from '../src/satellites/registry.js';
+import { openPostgres, restoreFromPostgres, restoreSatellites, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
+import { testDatabase } from './helpers/pg.js';
+import { dropPrefix, engineFixture, testPrefix, type EngineFixture } from './helpers/redis.js';
+import { caughtUp, sleep } from './helpers/snapshot.js';
+
+type SatRow = { id: string; fields: Record<string, string>; api_keys: Record<string, string> };
+
+describe('satellites reach Postgres and come back with restore (real Redis, real Postgres)', () => {
+  let fx: EngineFixture;
+  let db: Awaited<ReturnType<typeof testDatabase>>;
+  let pool: pg.Pool;
+  const writers: SnapshotWriter[] = [];
+  const restored = testPrefix('satr');
+  const emptied = testPrefix('sate');
+
+  const rows = async () => (await pool.query<SatRow>('SELECT id, fields, api_keys FROM satellites ORDER BY id')).rows;
+  async function rowsUntil(ok: (r: SatRow[]) => boolean): Promise<SatRow[]> {
+    const end = Date.now() + 15_000;
+    for (;;) {
+      const r = await rows();
+      if (ok(r)) return r;
+      if (Date.now() > end) throw new Error(`satellites in Postgres: ${JSON.stringify(r)}`);
+      await sleep(100);
+    }
+  }
+  const writer = async (prefix: string) => {
+    const w = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url }), { log: () => {} });
+    writers.push(w);
+    return w;
+  };
+
+  beforeAll(async () => {
+    fx = await engineFixture({ label: 'sats' });
+    db = await testDatabase();
+    pool = await openPostgres(db.url);
+  });
+
+  afterAll(async () => {
+    for (const w of writers) await w.stop();
+    await pool?.end();
+    await dropPrefix(fx.redis, restored);
+    await dropPrefix(fx.redis, emptied);
+    await fx?.close();
+    await db?.drop();
+  });
+
+  it('added, rotated and removed satellites are copied; restore brings back working keys; verify compares them', async () => {
+    const reg = new SatelliteRegistry(fx.redis, fx.prefix);
+    const w = await writer(fx.prefix);
+    const a = await reg.add({ id: 'sat-a', name: 'US1', url: 'https://us1.example', outboundKey: 'secret-out' });
+    const b = await reg.add({ id: 'sat-b' });
+    const a2 = await reg.rotateKey('sat-a', 3_600_000);
+    await reg.remove('sat-b');
+    const made = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'alice' }], perUser: 2, campaignId: 'c' });
+    await caughtUp(fx.redis, fx.prefix, pool, 2);
+
+    const copied = await rowsUntil((r) => r.length === 1 && Object.keys(r[0]!.api_keys).length === 2);
+    expect(copied[0]).toMatchObject({ id: 'sat-a', fields: { name: 'US1', url: 'https://us1.example', outboundKey: 'secret-out' } });
+    expect(await verify(fx.redis, pool, fx.prefix)).toMatchObject({ tokens: 2, satellites: 1, differences: 0 });
+    await w.stop();
+
+    // Redis lost: rebuilt from Postgres alone, both of sat-a's keys work (the old one in its grace), sat-b's does not
+    expect(await restoreFromPostgres(fx.redis, pool, restored)).toBe(2);
+    expect(await restoreSatellites(fx.redis, pool, restored)).toEqual({ restored: 1, kept: 0 });
+    const back = new SatelliteRegistry(fx.redis, restored);
+    expect(await back.authenticate(a2.apiKey)).toBe('sat-a');
+    expect(await back.authenticate(a.apiKey)).toBe('sat-a');
+    expect(await back.authenticate(b.apiKey)).toBeUndefined();
+    expect(await back.get('sat-a')).toEqual(await reg.get('sat-a'));
+    expect(await verify(fx.redis, pool, restored)).toMatchObject({ tokens: 2, satellites: 1, differences: 0 });
+    // a satellite registered since the snapshot is newer than it: kept
+    expect(await restoreSatellites(fx.redis, pool, restored)).toEqual({ restored: 0, kept: 1 });
+
+    // verify sees a satellite that differs, and does not print the outbound key
+    await reg.rotateKey('sat-a', 0);
+    const report = await verify(fx.redis, pool, fx.prefix);
+    expect(report.listed).toEqual([expect.objectContaining({ token: `${fx.prefix}:{sat}:s:sat-a`, kind: 'differs' })]);
+    expect(report.listed[0]!.fields!.map((f) => f.field).sort()).toEqual(['apiKeys', 'keyHash', 'prevKeyHash']);
+    expect(JSON.stringify(report)).not.toContain('secret-out');
+    expect(made.tokens).toHaveLength(2);
+  });
+
+  it('a writer on an emptied Redis keeps the satellites in Postgres; a removed one is deleted, one added again is copied', async () => {
+    const before = await rows();
+    expect(before.map((r) => r.id)).toEqual(['sat-a']);
+    const w = await writer(emptied);
+    await sleep(2500); // past two reads of the (empty) registry
+    expect(await rows()).toEqual(before);
+    const listed = (await verify(fx.redis, pool, emptied)).listed.filter((d) => d.token.includes('{sat}'));
+    expect(listed).toEqual([{ token: `${emptied}:{sat}:s:sat-a`, kind: 'only_postgres' }]);
+
+    const reg = new SatelliteRegistry(fx.redis, emptied);
+    await reg.add({ id: 'sat-a', name: 'US1 again' });
+    await rowsUntil((r) => r[0]?.fields.name === 'US1 again');
+    await reg.remove('sat-a');
+    await rowsUntil((r) => r.length === 0);
+    await reg.add({ id: 'sat-a' });
+    const r = await rowsUntil((x) => x.length === 1);
+    expect(r[0]!.fields.name).toBeUndefined();
+    await w.stop();
+  });
+});
