@@ -1,6 +1,8 @@
+import { spawnSync } from 'node:child_process';
 import http from 'node:http';
 import { Pool } from 'undici';
 import { afterAll, describe, expect, it } from 'vitest';
+import { startCluster } from '../bench/redis-server.js';
 import { createRedis } from '../src/store/redis.js';
 import { ADMIN_KEY, call, privateRedis, serve, type RestartableRedis, type Served } from './helpers/http.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
@@ -141,6 +143,32 @@ describe('serve processes', () => {
       await pool.close();
       direct.disconnect();
     });
+  });
+
+  it('answers 503 store_unavailable, not 500, while a Redis Cluster is down (a master lost, CLUSTERDOWN)', async () => {
+    const cluster = await startCluster(3, ['--cluster-node-timeout', '500']);
+    const server = await serve({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'rm-test' });
+    const pool = new Pool(server.url, { connections: 8 });
+    try {
+      const key = (await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat' } })).body.apiKey;
+      const gen = await call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: Array.from({ length: 64 }, (_, i) => `u${i}`), perUser: 1 } });
+      const all: string[] = gen.body.tokens.map((t: { token: string }) => t.token);
+      // the {sat} slot (the satellite's key) lives on the first master: stop the last one
+      const [host, port] = cluster.nodes[2]!.split(':');
+      spawnSync('redis-cli', ['-h', host!, '-p', port!, 'SHUTDOWN', 'NOSAVE']);
+      const survivor = cluster.nodes[0]!.split(':');
+      for (let i = 0; i < 100; i++) {
+        if (/cluster_state:fail/.test(spawnSync('redis-cli', ['-h', survivor[0]!, '-p', survivor[1]!, 'CLUSTER', 'INFO'], { encoding: 'utf8' }).stdout)) break;
+        await new Promise((s) => setTimeout(s, 100));
+      }
+      // tokens of shards on every master: the lost one's and the survivors' (which answer CLUSTERDOWN)
+      const replies = await Promise.all(all.slice(0, 16).map((t) => call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t, userId: 'b' } })));
+      expect(new Set(replies.map((r) => `${r.status} ${r.body.error} ${r.headers['retry-after']}`))).toEqual(new Set(['503 store_unavailable 1']));
+    } finally {
+      await pool.close();
+      await server.stop();
+      await cluster.stop();
+    }
   });
 
   it('SIGTERM exits 0 within seconds while Redis hangs (SIGSTOP), also with SNAPSHOT=false reading the lag', async () => {

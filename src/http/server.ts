@@ -30,12 +30,14 @@ const SHAS = SCRIPT_NAMES.map((n) => createHash('sha1').update(readScript(n)).di
 /**
  * True for failures that mean "Redis cannot take this right now" rather than a bug: unreachable, loading,
  * a failover under way (READONLY, MASTERDOWN, TRYAGAIN), full (OOM) or busy with a script. All are worth
- * a retry, so they answer 503 with Retry-After, not 500.
+ * a retry, so they answer 503 with Retry-After, not 500. A Cluster client retries MOVED, ASK, TRYAGAIN,
+ * CLUSTERDOWN and lost connections itself and, once out of tries, fails with "Too many Cluster
+ * redirections. Last error: ...": a cluster that is down or resharding, so 503 too.
  */
 function storeDown(redis: RedisClient, err: unknown): boolean {
   if (redis.status !== 'ready') return true;
   const e = err as { name?: string; message?: string; code?: string };
-  return e?.name === 'MaxRetriesPerRequestError' || /Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|^(LOADING|CLUSTERDOWN|READONLY|MASTERDOWN|TRYAGAIN|OOM|BUSY) /.test(e?.message ?? '');
+  return e?.name === 'MaxRetriesPerRequestError' || /Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|^Too many Cluster redirections|^(LOADING|CLUSTERDOWN|READONLY|MASTERDOWN|TRYAGAIN|OOM|BUSY) /.test(e?.message ?? '');
 }
 
 /**
