@@ -80,7 +80,7 @@ export const settings = {
   keyGraceMs: { env: 'KEY_GRACE_MS', default: 24 * 3600_000, parse: int(0), doc: 'How long a rotated satellite key keeps working.' },
   authCacheMs: { env: 'AUTH_CACHE_MS', default: 5000, parse: int(0, 600_000), doc: 'How long an HTTP worker trusts a satellite key it has checked; a removed satellite or expired old key stops within this time. 0: check Redis on every request.' },
   requestTimeoutMs: { env: 'REQUEST_TIMEOUT_MS', default: 5000, parse: int(50, 600_000), doc: 'An HTTP request whose store call has not finished by then is answered 503 store_unavailable (Redis hanging); a retried redeem by the same satellite and user is answered ok.' },
-  rateLimitFailures: { env: 'RATE_LIMIT_FAILURES', default: 100, parse: int(1), doc: 'Failed redeem/reserve/lookup answers (404/410) allowed per satellite and per IP in one window before 429.' },
+  rateLimitFailures: { env: 'RATE_LIMIT_FAILURES', default: 100, parse: int(1), doc: 'Failed redeem/reserve/complete/release/lookup answers (404/410) allowed per satellite and per IP in one window before 429.' },
   rateLimitWindowMs: { env: 'RATE_LIMIT_WINDOW_MS', default: 60_000, parse: int(100), doc: 'Window of the failure rate limit.' },
   satelliteTimeoutMs: { env: 'SATELLITE_TIMEOUT_MS', default: 10_000, parse: int(50, 600_000), doc: 'generate: deadline of one call to a satellite (users-without-tokens, tokens).' },
   satelliteAttempts: { env: 'SATELLITE_ATTEMPTS', default: 5, parse: int(1, 100), doc: 'generate: attempts per call to a satellite (network errors, 429 and 5xx retried with exponential backoff from 200 ms); then the satellite is reported failed and the others go on.' },

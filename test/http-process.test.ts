@@ -82,6 +82,27 @@ describe('serve processes', () => {
     expect(await server.stop()).toBe(0);
   });
 
+  it('counts failed complete and release too, so they cannot probe for tokens past the limit', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('rl-complete'), RATE_LIMIT_FAILURES: '3', RATE_LIMIT_WINDOW_MS: '60000' });
+    const { pool, key } = await setup(server);
+    try {
+      const [real] = await tokens(pool, 1);
+      const unknown = (i: number) => `ffff0000-0000-4000-8000-${String(i).padStart(12, '0')}`;
+      const misses: number[] = [];
+      for (let i = 0; i < 2; i++) misses.push((await call(pool, 'POST', '/v1/tokens/complete', { key, body: { token: unknown(i), reservationId: 'r', userId: 'g' } })).status);
+      misses.push((await call(pool, 'POST', '/v1/tokens/release', { key, body: { token: unknown(2), reservationId: 'r' } })).status);
+      expect(misses).toEqual([404, 404, 404]);
+      const crossing = await call(pool, 'POST', '/v1/tokens/release', { key, body: { token: unknown(3), reservationId: 'r' } });
+      expect([crossing.status, crossing.body.error]).toEqual([429, 'rate_limited']);
+      // blocked: an existing token is not told apart (409 reservation_mismatch) from a missing one
+      const probe = await call(pool, 'POST', '/v1/tokens/complete', { key, body: { token: real, reservationId: 'r', userId: 'g' } });
+      expect([probe.status, probe.body.error]).toEqual([429, 'rate_limited']);
+    } finally {
+      await pool.close();
+      expect(await server.stop()).toBe(0);
+    }
+  });
+
   it('answers 503 store_unavailable while its Redis is stopped and recovers after restart, no restart of ours', async () => {
     await onPrivateRedis({}, async (redis, server) => {
       const { pool, key } = await setup(server);

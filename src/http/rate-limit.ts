@@ -3,7 +3,7 @@ import type { RedisClient } from '../store/redis.js';
 const MAX_BLOCKED = 100_000;
 
 /**
- * Limits failed redeem/reserve/lookup answers (404/410) per satellite and per client IP, across all
+ * Limits failed redeem/reserve/complete/release/lookup answers (404/410) per satellite and per client IP, across all
  * worker processes: each failure INCRs a Redis counter per fixed window (`<prefix>:rl:<kind>:<who>:<window>`),
  * so at most `limit` failures per window get a real answer cluster-wide; the one that crosses the limit is
  * answered 429 instead. A worker that sees the limit crossed remembers the block in process until the window

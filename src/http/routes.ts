@@ -77,22 +77,25 @@ export function routes(d: RouteDeps): Route[] {
       },
     },
     {
-      method: 'post', pattern: '/v1/tokens/complete', auth: 'satellite',
+      // limited like redeem: a miss (404) against a mismatch (409) would tell a guessed token apart
+      method: 'post', pattern: '/v1/tokens/complete', auth: 'satellite', needsIp: true,
       schema: obj(['token', 'reservationId', 'userId'], { token, reservationId: id, userId: id }),
       async handler(c: Call<{ token: string; reservationId: string; userId: string }>) {
+        limited(c);
         const r = await d.engine.complete(c.body.token, c.body.reservationId, c.body.userId);
         count('complete', r);
-        if (r.code !== 'ok') throw new DomainError(resultErrors[r.code]);
+        if (r.code !== 'ok') return refuse(c, r.code);
         return ok({ token: c.body.token, state: 'redeemed', ...owner(r.token) });
       },
     },
     {
-      method: 'post', pattern: '/v1/tokens/release', auth: 'satellite',
+      method: 'post', pattern: '/v1/tokens/release', auth: 'satellite', needsIp: true,
       schema: obj(['token', 'reservationId'], { token, reservationId: id }),
       async handler(c: Call<{ token: string; reservationId: string }>) {
+        limited(c);
         const r = await d.engine.release(c.body.token, c.body.reservationId);
         count('release', r);
-        if (r.code !== 'ok') throw new DomainError(resultErrors[r.code]);
+        if (r.code !== 'ok') return refuse(c, r.code);
         return ok({ token: c.body.token, state: 'unredeemed' });
       },
     },
