@@ -179,6 +179,13 @@ describe('admin routes', () => {
     expect((await list(fresh)).status).toBe(200);
   });
 
+  it('revokes nothing when one token of a {tokens} list is malformed (400 names it)', async () => {
+    const [good] = await tokensFor('sat-a', 'partial-revoke', 1);
+    const bad = await admin('POST', '/v1/admin/tokens/revoke', { tokens: [good, good!.toUpperCase()] });
+    expect([bad.status, bad.body.error, bad.body.message]).toEqual([400, 'invalid_request', 'tokens[1]: must be a lowercase UUIDv4']);
+    expect((await call(pool, 'GET', `/v1/tokens/${good}`, { key: keyB })).body.state).toBe('unredeemed');
+  });
+
   it('generates up to 10,000 tokens in one call, revokes by owner and campaign, reports stats', async () => {
     const users = Array.from({ length: 5000 }, (_, i) => `bulk-${i}`);
     const gen = await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-b', userIds: users, perUser: 2, campaignId: 'camp-bulk' }, 'msgpack');

@@ -4,6 +4,7 @@ import { rateLimited, tokenResults } from '../metrics.js';
 import type { SatelliteRegistry } from '../satellites/registry.js';
 import type { Result, Token } from '../store/model.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
+import { checkToken } from '../tokens/validate.js';
 import type { Authenticator } from './auth.js';
 import type { FailureLimiter } from './rate-limit.js';
 import { opsRoutes, type OpsDeps } from './ops.js';
@@ -176,6 +177,8 @@ export function routes(d: RouteDeps): Route[] {
       async handler(c: Call<{ tokens?: string[]; satelliteId?: string; userId?: string; campaignId?: string }>) {
         const b = c.body;
         if (b.tokens) {
+          // every token checked before any is revoked: a 400 must leave nothing half done
+          b.tokens.forEach((t, i) => checkToken(t, `tokens[${i}]`));
           const rs = await Promise.all(b.tokens.map((t) => d.engine.revokeToken(t)));
           return ok({ revoked: rs.filter((r) => r.code === 'ok').length });
         }
