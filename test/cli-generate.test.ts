@@ -225,3 +225,29 @@ describe('dry run and usage', () => {
     expect(camp.stderr).toMatch(/campaign "nope" does not exist/);
   });
 });
+
+describe('dry run of a campaign with tokens made but not delivered', () => {
+  let w: Awaited<ReturnType<typeof world>>;
+  beforeAll(async () => {
+    w = await world(['sat-f'], { failAfter: (USERS * PER_USER) / 2 });
+  });
+  afterAll(() => w.close());
+
+  it('--resume --dry-run and --campaign --dry-run deliver nothing and record nothing', async () => {
+    const first = await w.gen(['--all', '--per-user', String(PER_USER), '--campaign', 'winter', '--batch-size', '1500']);
+    expect(first.code).toBe(1);
+    await control(w.sims['sat-f']!, 'POST', '/sim/fail', { after: null });
+    const store = new CampaignStore(w.fx.redis, w.fx.prefix);
+    const before = { held: await holdings(w.sims['sat-f']!), dlv: await w.fx.redis.scard(`${w.fx.prefix}:{camp:winter}:dlv:sat-f`) };
+    for (const args of [['--resume', 'winter'], ['--all', '--per-user', String(PER_USER), '--campaign', 'winter']]) {
+      const dry = await w.gen([...args, '--dry-run']);
+      expect(dry.code, dry.stderr).toBe(0);
+      expect(await holdings(w.sims['sat-f']!)).toEqual(before.held);
+      expect(await w.fx.redis.scard(`${w.fx.prefix}:{camp:winter}:dlv:sat-f`)).toBe(before.dlv);
+    }
+    expect((await store.progress('winter', 'sat-f')).status).toBe('failed');
+    const resumed = await w.gen(['--resume', 'winter']);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    await expectServed(w.fx, 'sat-f', w.sims['sat-f']!, PER_USER, 'winter');
+  });
+});

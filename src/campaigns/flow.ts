@@ -83,7 +83,8 @@ class SatelliteRun {
   async run(): Promise<SatelliteReport> {
     try {
       if (!this.o.dryRun) await this.o.campaigns.setStatus(this.id, this.sat, 'running');
-      if (this.o.existed) await this.deliverPending();
+      // a dry run delivers nothing, not even what an earlier run left undelivered
+      if (this.o.existed && !this.o.dryRun) await this.deliverPending();
       let cursor: string | null = null;
       do {
         const page = await this.api.usersWithoutTokens(cursor, this.o.pageSize);
