@@ -4,7 +4,7 @@ import { runCampaign, type FlowSatellite, type SatelliteReport } from '../../src
 import { SatelliteRegistry } from '../../src/satellites/registry.js';
 import { createRedis } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
-import { TokenEngine, MAX_TOKENS_PER_CALL, newCampaignId } from '../../src/tokens/engine.js';
+import { TokenEngine, MAX_EXPIRES_AT, MAX_TOKENS_PER_CALL, newCampaignId } from '../../src/tokens/engine.js';
 import { checkId } from '../../src/tokens/validate.js';
 import { configFrom } from '../context.js';
 import { table } from '../format.js';
@@ -72,7 +72,12 @@ export function register(program: Command): void {
       }
       const perUser = opts.perUser === undefined ? undefined : (positive(opts.perUser, MAX_TOKENS_PER_CALL) ?? usage(`--per-user must be an integer 1..${MAX_TOKENS_PER_CALL}`));
       let expiresAt: number | undefined;
-      if (opts.expires !== undefined) expiresAt = Date.now() + (parseDuration(opts.expires) ?? usage('--expires must look like 30d, 12h, 90m, 45s'));
+      if (opts.expires !== undefined) {
+        const ms = parseDuration(opts.expires) ?? usage('--expires must look like 30d, 12h, 90m, 45s');
+        expiresAt = Date.now() + ms;
+        // the engine refuses these at the first batch, after the campaign is recorded with them: it could never finish
+        if (ms === 0 || !Number.isSafeInteger(expiresAt) || expiresAt > MAX_EXPIRES_AT) usage('--expires must be longer than 0 and end before the year 10000');
+      }
       if (opts.campaign !== undefined) {
         try {
           checkId('--campaign', opts.campaign);
