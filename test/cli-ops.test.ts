@@ -295,3 +295,21 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
     }
   });
 });
+
+describe('referral-manager config', () => {
+  it('redacts the password of REDIS_URL and DATABASE_URL, also one without a user name', async () => {
+    const cases = [
+      { REDIS_URL: 'redis://:s3cret-r@127.0.0.1:6379', DATABASE_URL: 'postgres://:s3cret-p@127.0.0.1:5432/db' },
+      { REDIS_URL: 'rediss://default:s3cret-r@127.0.0.1:6379/2', DATABASE_URL: 'postgresql://app:s3cret-p@db.example:5432/rm' },
+    ];
+    for (const env of cases) {
+      for (const json of [false, true]) {
+        const run = await runCli(json ? ['config', '--json'] : ['config'], env);
+        expect(run.code, run.stderr).toBe(0);
+        expect(run.stdout).not.toContain('s3cret');
+        expect(run.stdout).toContain(env.REDIS_URL.replace('s3cret-r', '***'));
+        expect(run.stdout).toContain(env.DATABASE_URL.replace('s3cret-p', '***'));
+      }
+    }
+  });
+});

@@ -2,6 +2,14 @@ import type { Command } from 'commander';
 import { settings } from '../../src/config.js';
 import { configFrom } from '../context.js';
 
+/** The URL with its password as ***, also a password without a user (redis://:secret@host, Redis's usual form). */
+function redactPassword(raw: string): string {
+  const u = new URL(raw);
+  if (u.password === '') return raw;
+  u.password = '***';
+  return u.href;
+}
+
 /** `referral-manager config`: the effective settings (secrets redacted) and where each comes from. */
 export function register(program: Command): void {
   program
@@ -14,7 +22,7 @@ export function register(program: Command): void {
       const rows = Object.entries(settings).map(([name, s]) => {
         let value = config[name];
         if (name === 'adminKey') value = value ? '(set)' : '(empty: admin routes disabled)';
-        if (name === 'databaseUrl' || name === 'redisUrl') value = String(value).replace(/\/\/([^:@/]+):[^@/]+@/, '//$1:***@');
+        if (name === 'databaseUrl' || name === 'redisUrl') value = redactPassword(String(value));
         return { env: s.env, value, fromEnv: process.env[s.env] !== undefined, doc: s.doc };
       });
       if (opts.json) console.log(JSON.stringify(rows, null, 2));
