@@ -1,5 +1,9 @@
 import type { Command } from 'commander';
 import { loadConfig, type Config } from '../src/config.js';
+import { createRedis, type RedisClient } from '../src/store/redis.js';
+
+/** How long a command waits for Redis before it gives up with one error line. */
+const CONNECT_WAIT_MS = 10_000;
 
 /** Global flags shared by every command; each overrides its env setting. */
 export function addGlobalOptions(program: Command): Command {
@@ -20,4 +24,31 @@ export function configFrom(cmd: Command, extra: Partial<Record<keyof Config, unk
   if (g.databaseUrl !== undefined) overrides.databaseUrl = g.databaseUrl;
   for (const k of Object.keys(overrides) as (keyof Config)[]) if (overrides[k] === undefined) delete overrides[k];
   return loadConfig(overrides);
+}
+
+/**
+ * The command's Redis connection, once it answers. Without this, Redis down printed ioredis's
+ * "Unhandled error event" stack trace on every reconnect, and a Cluster client queued the command
+ * forever (it reconnects without limit): now one `error: cannot reach Redis` line within 10 s.
+ */
+export async function connectRedis(config: Config): Promise<RedisClient> {
+  const redis = createRedis(config);
+  let last: Error | undefined;
+  // reconnects by itself; a failure mid-command surfaces as that command's error
+  redis.on('error', (err: Error) => (last = err));
+  if (redis.status === 'ready') return redis;
+  const ready = await new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => {
+      redis.off('ready', onReady);
+      resolve(false);
+    }, CONNECT_WAIT_MS);
+    const onReady = () => {
+      clearTimeout(timer);
+      resolve(true);
+    };
+    redis.once('ready', onReady);
+  });
+  if (ready) return redis;
+  redis.disconnect();
+  throw new Error(`cannot reach Redis (${config.redisClusterNodes.length > 0 ? `cluster ${config.redisClusterNodes.join(',')}` : 'REDIS_URL'}) within ${CONNECT_WAIT_MS / 1000} s: ${last?.message ?? 'no answer'}`);
 }

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../src/free-port.js';
 import { hashKey, SatelliteRegistry } from '../src/satellites/registry.js';
 import { runCli } from './helpers/cli.js';
 import { engineFixture, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
@@ -312,4 +313,16 @@ describe('referral-manager config', () => {
       }
     }
   });
+});
+
+describe('Redis unreachable', () => {
+  it('a command exits 1 with one error line, no stack trace, also with Cluster seeds (which waited forever)', async () => {
+    const port = await freePort();
+    const envs: Record<string, string>[] = [{ REDIS_URL: `redis://127.0.0.1:${port}` }, { REDIS_CLUSTER_NODES: `127.0.0.1:${port}` }];
+    const runs = await Promise.all(envs.flatMap((env) => [['stats'], ['campaigns', 'list']].map((args) => runCli(args, env, { timeoutMs: 30_000 }))));
+    for (const r of runs) {
+      expect(r.code, r.stderr).toBe(1);
+      expect(r.stderr.trim().split('\n'), r.stderr).toEqual([expect.stringMatching(/^error: cannot reach Redis .*within 10 s/)]);
+    }
+  }, 40_000);
 });

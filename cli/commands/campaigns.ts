@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
 import { CampaignStore, campaignNotFound, type Campaign } from '../../src/campaigns/store.js';
-import { createRedis } from '../../src/store/redis.js';
-import { configFrom } from '../context.js';
+import { configFrom, connectRedis } from '../context.js';
 import { table } from '../format.js';
 
 const total = (c: Campaign, k: 'usersServed' | 'tokensMade' | 'tokensDelivered' | 'failures'): number =>
@@ -28,7 +27,7 @@ export function register(program: Command): void {
     .addHelpText('after', '\nExamples:\n  referral-manager campaigns list\n  referral-manager campaigns list --json | jq \'.[].id\'')
     .action(async function (this: Command, opts: { json?: boolean }) {
       const config = configFrom(this);
-      const redis = createRedis(config);
+      const redis = await connectRedis(config);
       try {
         const all = await new CampaignStore(redis, config.keyPrefix).list();
         if (opts.json) return console.log(JSON.stringify(all, null, 2));
@@ -51,7 +50,7 @@ export function register(program: Command): void {
     .addHelpText('after', '\nExamples:\n  referral-manager campaigns show spring-2026')
     .action(async function (this: Command, id: string, opts: { json?: boolean }) {
       const config = configFrom(this);
-      const redis = createRedis(config);
+      const redis = await connectRedis(config);
       try {
         const c = await new CampaignStore(redis, config.keyPrefix).get(id);
         if (!c) campaignNotFound(id);

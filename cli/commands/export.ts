@@ -1,8 +1,7 @@
 import { Option, type Command } from 'commander';
 import { EXPORT_FIELDS, STATE_NAMES, scanTokens, type ExportRow } from '../../src/store/export.js';
 import type { TokenState } from '../../src/store/model.js';
-import { createRedis } from '../../src/store/redis.js';
-import { configFrom } from '../context.js';
+import { configFrom, connectRedis } from '../context.js';
 
 const NUMERIC = new Set<string>(['createdAt', 'expiresAt', 'leaseExpiresAt', 'redeemedAt']);
 
@@ -70,7 +69,7 @@ export function register(program: Command): void {
     const config = configFrom(this);
     const write = stdoutWriter();
     const line = opts.format === 'csv' ? csvLine : jsonLine;
-    const redis = createRedis(config);
+    const redis = await connectRedis(config);
     try {
       if (opts.format === 'csv' && !(await write(csvLine([...EXPORT_FIELDS])))) return;
       for await (const rows of scanTokens(redis, config.keyPrefix, { campaignId: opts.campaign, state: opts.state })) {

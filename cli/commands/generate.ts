@@ -2,11 +2,10 @@ import { Command, Option } from 'commander';
 import { CLAIM_TTL_MS, CampaignStore, type CampaignMeta } from '../../src/campaigns/store.js';
 import { runCampaign, type FlowSatellite, type SatelliteReport } from '../../src/campaigns/flow.js';
 import { SatelliteRegistry } from '../../src/satellites/registry.js';
-import { createRedis } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine, MAX_EXPIRES_AT, MAX_TOKENS_PER_CALL, newCampaignId } from '../../src/tokens/engine.js';
 import { checkId } from '../../src/tokens/validate.js';
-import { configFrom } from '../context.js';
+import { configFrom, connectRedis } from '../context.js';
 import { table } from '../format.js';
 import { progressBars } from '../progress.js';
 
@@ -87,7 +86,7 @@ export function register(program: Command): void {
       }
 
       const config = configFrom(this);
-      const redis = createRedis(config);
+      const redis = await connectRedis(config);
       try {
         const registry = new SatelliteRegistry(redis, config.keyPrefix);
         const campaigns = new CampaignStore(redis, config.keyPrefix);

@@ -1,13 +1,12 @@
 import type { Command } from 'commander';
 import type { Config } from '../../src/config.js';
-import { createRedis } from '../../src/store/redis.js';
 import { SatelliteRegistry } from '../../src/satellites/registry.js';
-import { configFrom } from '../context.js';
+import { configFrom, connectRedis } from '../context.js';
 import { invalidIsUsage, table } from '../format.js';
 
 /** Opens the registry, runs `fn`, and always disconnects so the process can exit. */
 async function withRegistry<T>(config: Config, fn: (r: SatelliteRegistry) => Promise<T>): Promise<T> {
-  const redis = createRedis(config);
+  const redis = await connectRedis(config);
   try {
     return await fn(new SatelliteRegistry(redis, config.keyPrefix));
   } finally {

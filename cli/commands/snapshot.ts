@@ -1,8 +1,7 @@
 import type { Command } from 'commander';
-import { createRedis } from '../../src/store/redis.js';
 import { startOpsServer } from '../../src/http/ops.js';
 import { anyKey, engineKeys, openPostgres, restoreFromPostgres, restoreSatellites, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
-import { configFrom } from '../context.js';
+import { configFrom, connectRedis } from '../context.js';
 
 /**
  * Ready: the writer reaches Redis and, while it holds the lease, Postgres. A standby is ready: it is
@@ -54,7 +53,7 @@ export function register(program: Command): void {
     .action(async function (this: Command, opts: { fromPostgres?: boolean; force?: boolean }) {
       if (!opts.fromPostgres) this.error('restore needs --from-postgres', { exitCode: 2 });
       const config = configFrom(this);
-      const redis = createRedis(config);
+      const redis = await connectRedis(config);
       const pool = await openSnapshot(config.databaseUrl);
       try {
         if (await anyKey(redis, config.keyPrefix)) {
@@ -80,7 +79,7 @@ export function register(program: Command): void {
     .addHelpText('after', '\nExamples:\n  referral-manager verify\n  referral-manager verify --json --max 10')
     .action(async function (this: Command, opts: { max: string; json?: boolean }) {
       const config = configFrom(this);
-      const redis = createRedis(config);
+      const redis = await connectRedis(config);
       const pool = await openSnapshot(config.databaseUrl);
       try {
         const report = await verify(redis, pool, config.keyPrefix, Number(opts.max));

@@ -1,9 +1,8 @@
 import type { Command } from 'commander';
 import type { Stats } from '../../src/store/model.js';
-import { createRedis } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
-import { configFrom } from '../context.js';
+import { configFrom, connectRedis } from '../context.js';
 import { table } from '../format.js';
 
 const STATES = ['generated', 'unredeemed', 'reserved', 'redeemed', 'revoked'] as const;
@@ -38,7 +37,7 @@ export function register(program: Command): void {
     );
   stats.action(async function (this: Command, opts: { json?: boolean }) {
     const config = configFrom(this);
-    const redis = createRedis(config);
+    const redis = await connectRedis(config);
     let s: Stats;
     try {
       s = await new TokenEngine(new TokenStore(redis, config.keyPrefix)).stats();

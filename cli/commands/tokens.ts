@@ -2,16 +2,15 @@ import type { Command } from 'commander';
 import type { Config } from '../../src/config.js';
 import { DomainError } from '../../src/errors.js';
 import type { Token } from '../../src/store/model.js';
-import { createRedis } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { isToken } from '../../src/tokens/validate.js';
-import { configFrom } from '../context.js';
+import { configFrom, connectRedis } from '../context.js';
 import { invalidIsUsage, table, when } from '../format.js';
 
 /** Opens an engine (scripts run by EVALSHA with an EVAL fallback, so nothing to preload), always disconnects. */
 async function withEngine<T>(config: Config, fn: (e: TokenEngine) => Promise<T>): Promise<T> {
-  const redis = createRedis(config);
+  const redis = await connectRedis(config);
   try {
     return await fn(new TokenEngine(new TokenStore(redis, config.keyPrefix)));
   } finally {
