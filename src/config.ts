@@ -66,6 +66,9 @@ const adminKey: Parser<string> = (raw) => {
   return raw;
 };
 
+/** Ten years: a longer grace is a typo, and past ~285,000 years the old key's end is no date at all. */
+export const MAX_KEY_GRACE_MS = 10 * 365 * 24 * 3600_000;
+
 export const settings = {
   redisUrl: { env: 'REDIS_URL', default: 'redis://127.0.0.1:6379', parse: url('redis:', 'rediss:'), doc: 'Redis to keep tokens in (standalone).' },
   redisClusterNodes: { env: 'REDIS_CLUSTER_NODES', default: [] as string[], parse: hostList, doc: 'Comma-separated host:port seeds; when set, Redis Cluster is used instead of REDIS_URL.' },
@@ -77,7 +80,7 @@ export const settings = {
   adminKey: { env: 'ADMIN_KEY', default: '', parse: adminKey, doc: 'Bearer key of the admin routes (>= 32 chars). Empty: admin routes answer 401.' },
   defaultLeaseMs: { env: 'DEFAULT_LEASE_MS', default: 10 * 60_000, parse: int(1, 24 * 3600_000), doc: 'Reservation lease when a reserve call gives no leaseMs.' },
   maxLeaseMs: { env: 'MAX_LEASE_MS', default: 60 * 60_000, parse: int(1, 7 * 24 * 3600_000), doc: 'Longest reservation lease a satellite may ask for.' },
-  keyGraceMs: { env: 'KEY_GRACE_MS', default: 24 * 3600_000, parse: int(0), doc: 'How long a rotated satellite key keeps working.' },
+  keyGraceMs: { env: 'KEY_GRACE_MS', default: 24 * 3600_000, parse: int(0, MAX_KEY_GRACE_MS), doc: 'How long a rotated satellite key keeps working.' },
   authCacheMs: { env: 'AUTH_CACHE_MS', default: 5000, parse: int(0, 600_000), doc: 'How long an HTTP worker trusts a satellite key it has checked; a removed satellite or expired old key stops within this time. 0: check Redis on every request.' },
   requestTimeoutMs: { env: 'REQUEST_TIMEOUT_MS', default: 5000, parse: int(50, 600_000), doc: 'An HTTP request whose store call has not finished by then is answered 503 store_unavailable (Redis hanging); a retried redeem by the same satellite and user is answered ok.' },
   rateLimitFailures: { env: 'RATE_LIMIT_FAILURES', default: 100, parse: int(1), doc: 'Failed redeem/reserve/complete/release/lookup answers (404/410) allowed per satellite and per IP in one window before 429.' },

@@ -90,6 +90,24 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect(await registry.authenticate((JSON.parse(r.stdout) as { apiKey: string }).apiKey)).toBe('sat-b');
     });
 
+    it('rotate-key with a grace past any date (--grace or KEY_GRACE_MS) is a usage error and rotates nothing', async () => {
+      const { apiKey: current } = await registry.add({ id: 'sat-grace' });
+      const runs = [
+        await cli('satellites', 'rotate-key', 'sat-grace', '--grace', '999999999999999999999'),
+        await runCli(['satellites', 'rotate-key', 'sat-grace'], { ...env, KEY_GRACE_MS: '9007199254740991' }),
+      ];
+      for (const r of runs) {
+        expect(r.code, r.stderr).toBe(2);
+        expect(r.stdout).not.toMatch(/rmk_/);
+      }
+      expect(runs[0]!.stderr).toMatch(/--grace must be a whole number of milliseconds up to/);
+      expect(runs[1]!.stderr).toMatch(/KEY_GRACE_MS: expected 0\.\./);
+      // still the only key, with no end
+      expect(await fx.redis.hget(`${fx.prefix}:{sat}:keys`, hashKey(current))).toBe('sat-grace\t');
+      expect(await registry.authenticate(current)).toBe('sat-grace');
+      await registry.remove('sat-grace');
+    });
+
     it('remove: the satellite and its key are gone; unknown satellites exit 1 with a clear message', async () => {
       const { apiKey } = await registry.add({ id: 'sat-gone' });
       const r = await cli('satellites', 'remove', 'sat-gone');
