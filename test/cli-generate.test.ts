@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startSatelliteSim, type SatelliteSim } from '../src/sim/index.js';
+import type { AddressInfo } from 'node:net';
+import { createSimServer, SimSatellite, startSatelliteSim, type SatelliteSim } from '../src/sim/index.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { CampaignStore } from '../src/campaigns/store.js';
 import { runCli } from './helpers/cli.js';
@@ -251,5 +252,27 @@ describe('dry run of a campaign with tokens made but not delivered', () => {
     const resumed = await w.gen(['--resume', 'winter']);
     expect(resumed.code, resumed.stderr).toBe(0);
     await expectServed(w.fx, 'sat-f', w.sims['sat-f']!, PER_USER, 'winter');
+  });
+});
+
+describe('--batch-size smaller than --per-user', () => {
+  it('no request to the satellite carries more than --batch-size tokens: a user\'s set is split', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    // a satellite whose body limit takes 5 tokens per request, not 10
+    const satellite = new SimSatellite('sat-g', 40);
+    const server = createSimServer({ satellite, bodyLimit: 500 });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-g', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
+      const run = await runCli(['generate', '--all', '--per-user', '10', '--batch-size', '5', '--campaign', 'split', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 40, tokensMade: 400, tokensDelivered: 400, failures: 0, status: 'done' });
+      expect(Object.values(satellite.holdings()).every((held) => held.length === 10)).toBe(true);
+      expect(await new CampaignStore(fx.redis, fx.prefix).delivered('split', 'sat-g', Object.keys(satellite.holdings()))).not.toContain(false);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+      await fx.close();
+    }
   });
 });

@@ -182,22 +182,29 @@ class SatelliteRun {
     return out;
   }
 
+  /**
+   * Pushes in requests of at most deliverBatch tokens, a user's set in one request when it fits. A set
+   * larger than a batch is split; the user counts as delivered once its last token is accepted.
+   */
   private async deliver(deliveries: Delivery[]): Promise<void> {
-    let batch: Delivery[] = [];
-    let size = 0;
+    const max = this.o.deliverBatch;
+    let pairs: { userId: string; token: string }[] = [];
+    let whole: string[] = [];
     const flush = async () => {
-      if (!batch.length) return;
-      const tokens = batch.flatMap(([userId, list]) => list.map((token) => ({ userId, token })));
-      await this.api.pushTokens(tokens);
-      await this.o.campaigns.recordDelivered(this.id, this.sat, batch.map(([u]) => u));
-      await this.count('tokensDelivered', tokens.length);
-      batch = [];
-      size = 0;
+      if (!pairs.length) return;
+      await this.api.pushTokens(pairs);
+      await this.o.campaigns.recordDelivered(this.id, this.sat, whole);
+      await this.count('tokensDelivered', pairs.length);
+      pairs = [];
+      whole = [];
     };
-    for (const d of deliveries) {
-      if (size + d[1].length > this.o.deliverBatch) await flush();
-      batch.push(d);
-      size += d[1].length;
+    for (const [userId, tokens] of deliveries) {
+      if (pairs.length + tokens.length > max) await flush();
+      for (const token of tokens) {
+        if (pairs.length === max) await flush();
+        pairs.push({ userId, token });
+      }
+      whole.push(userId);
     }
     await flush();
   }
