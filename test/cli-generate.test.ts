@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { packr } from '../src/msgpack.js';
 import { createSimServer, SimSatellite, startSatelliteSim, type SatelliteSim } from '../src/sim/index.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { CampaignStore } from '../src/campaigns/store.js';
@@ -269,6 +271,42 @@ describe('--batch-size smaller than --per-user', () => {
       expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 40, tokensMade: 400, tokensDelivered: 400, failures: 0, status: 'done' });
       expect(Object.values(satellite.holdings()).every((held) => held.length === 10)).toBe(true);
       expect(await new CampaignStore(fx.redis, fx.prefix).delivered('split', 'sat-g', Object.keys(satellite.holdings()))).not.toContain(false);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+      await fx.close();
+    }
+  });
+});
+
+describe('a satellite ending its listing with nextCursor ""', () => {
+  it('is taken as the last page (a Go satellite\'s zero-value string), not as a cursor listing everything again', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const held = new Map<string, number>();
+    let listings = 0;
+    // users u0..u2 without tokens, then none: every page says nextCursor "" (no more pages)
+    const server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        res.setHeader('content-type', 'application/json');
+        if (req.url!.startsWith('/referrals/v1/users-without-tokens')) {
+          listings++;
+          return res.end(JSON.stringify({ userIds: ['u0', 'u1', 'u2'].filter((u) => !held.has(u)), nextCursor: '' }));
+        }
+        const { tokens } = packr.unpack(Buffer.concat(chunks)) as { tokens: { userId: string }[] };
+        for (const t of tokens) held.set(t.userId, (held.get(t.userId) ?? 0) + 1);
+        res.end(JSON.stringify({ accepted: tokens.length }));
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-go', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
+      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'go', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 3, tokensDelivered: 6, status: 'done' });
+      expect(listings).toBe(1);
+      expect([...held.values()]).toEqual([2, 2, 2]);
     } finally {
       server.closeAllConnections();
       await new Promise((resolve) => server.close(resolve));

@@ -86,9 +86,12 @@ class SatelliteRun {
       // a dry run delivers nothing, not even what an earlier run left undelivered
       if (this.o.existed && !this.o.dryRun) await this.deliverPending();
       let cursor: string | null = null;
+      const seen = new Set<string>();
       do {
         const page = await this.api.usersWithoutTokens(cursor, this.o.pageSize);
-        if (page.nextCursor !== null && page.nextCursor === cursor) throw new Error(`satellite repeated cursor "${cursor}"`);
+        // a cursor given twice would list the same pages for ever
+        if (page.nextCursor !== null && seen.has(page.nextCursor)) throw new Error(`satellite repeated cursor "${page.nextCursor}"`);
+        if (page.nextCursor !== null) seen.add(page.nextCursor);
         await this.count('usersListed', page.userIds.length);
         await this.servePage(page.userIds);
         cursor = page.nextCursor;

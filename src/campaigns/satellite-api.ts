@@ -52,7 +52,9 @@ export class SatelliteApi {
     if (next !== null && next !== undefined && typeof next !== 'string') {
       throw new SatelliteCallError('users-without-tokens: nextCursor must be a string or null', 200, false);
     }
-    return { userIds: page.userIds, nextCursor: next ?? null };
+    // '' ends the listing too: it is what a Go satellite's zero-value string sends, and as a request
+    // cursor it means the first page, so taking it as a cursor would list everything again
+    return { userIds: page.userIds, nextCursor: next === undefined || next === '' ? null : next };
   }
 
   async pushTokens(tokens: { userId: string; token: string }[]): Promise<number> {
