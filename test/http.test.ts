@@ -169,6 +169,9 @@ describe('admin routes', () => {
 
   it('rotate-key: the old key works during the grace period, then not', async () => {
     const { apiKey: old } = (await admin('POST', '/v1/admin/satellites', { id: 'sat-rot' })).body;
+    // a grace past any date is refused before anything rotates (the CLI's --grace has the same cap)
+    const endless = await admin('POST', '/v1/admin/satellites/sat-rot/rotate-key', { graceMs: 1e20 });
+    expect([endless.status, endless.body.error]).toEqual([400, 'invalid_request']);
     const fresh = (await admin('POST', '/v1/admin/satellites/sat-rot/rotate-key', { graceMs: 700 })).body.apiKey;
     const list = (key: string) => call(pool, 'GET', '/v1/users/u/tokens', { key });
     expect((await list(old)).status).toBe(200);

@@ -1,4 +1,4 @@
-import type { Config } from '../config.js';
+import { MAX_KEY_GRACE_MS, type Config } from '../config.js';
 import { DomainError, resultErrors } from '../errors.js';
 import { rateLimited, tokenResults } from '../metrics.js';
 import type { SatelliteRegistry } from '../satellites/registry.js';
@@ -143,7 +143,7 @@ export function routes(d: RouteDeps): Route[] {
     },
     {
       method: 'post', pattern: '/v1/admin/satellites/:id/rotate-key', auth: 'admin', optionalBody: true,
-      schema: obj([], { graceMs: { type: 'integer', minimum: 0 } }),
+      schema: obj([], { graceMs: { type: 'integer', minimum: 0, maximum: MAX_KEY_GRACE_MS } }),
       async handler(c: Call<{ graceMs?: number }>) {
         const r = await d.registry.rotateKey(c.params[0]!, c.body.graceMs ?? d.config.keyGraceMs);
         d.auth.forget(c.params[0]!);
