@@ -42,7 +42,7 @@ export const redisErrors = new client.Counter({
 
 export const rateLimited = new client.Counter({
   name: 'rm_rate_limited_total',
-  help: 'Requests refused with 429, by what hit the limit (satellite or ip)',
+  help: 'Requests refused with 429: by="crossed" the failure that crossed the limit, by="check" a caller already blocked',
   labelNames: ['by'] as const,
 });
 

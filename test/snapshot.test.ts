@@ -129,6 +129,7 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
     expect(refused.status).toBe(1);
     expect(refused.stderr).toMatch(/refusing to restore.*--force/);
     expect(cli('restore').status).toBe(2);
+    expect(cli('verify', '--max', 'abc').status).toBe(2);
     const t = tokens[TOTAL - 3]!;
     await pool.query(`UPDATE tokens SET owner_user_id = 'someone-else' WHERE token = $1`, [t]);
     const bad = cli('verify');

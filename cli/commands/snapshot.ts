@@ -78,6 +78,8 @@ export function register(program: Command): void {
     .option('--json', 'print the report as JSON')
     .addHelpText('after', '\nExamples:\n  referral-manager verify\n  referral-manager verify --json --max 10')
     .action(async function (this: Command, opts: { max: string; json?: boolean }) {
+      // NaN would list nothing and still exit 1 on differences, which reads like a broken verify
+      if (!/^\d+$/.test(opts.max)) this.error(`error: --max must be a whole number, got "${opts.max}"`, { exitCode: 2 });
       const config = configFrom(this);
       const redis = await connectRedis(config);
       const pool = await openSnapshot(config.databaseUrl);
