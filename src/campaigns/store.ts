@@ -1,5 +1,6 @@
 import { Lease } from '../store/lease.js';
 import type { RedisClient } from '../store/redis.js';
+import { defineScripts, type ScriptFn } from '../store/scripts.js';
 import { DomainError } from '../errors.js';
 
 export interface CampaignMeta {
@@ -56,7 +57,10 @@ export function campaignNotFound(id: string): never {
 }
 
 export class CampaignStore {
-  constructor(private readonly redis: RedisClient, private readonly prefix: string) {}
+  private readonly openScript: ScriptFn;
+  constructor(private readonly redis: RedisClient, private readonly prefix: string) {
+    this.openScript = defineScripts(redis, ['campaign_open']).campaign_open!;
+  }
 
   private key(id: string, part: string): string {
     return `${this.prefix}:{camp:${id}}:${part}`;
@@ -74,11 +78,11 @@ export class CampaignStore {
       createdAt: String(meta.createdAt),
     };
     if (meta.expiresAt !== undefined) fields.expiresAt = String(meta.expiresAt);
-    const created = (await this.redis.hsetnx(this.key(meta.id, 'meta'), 'id', meta.id)) === 1;
-    if (!created) return { campaign: (await this.meta(meta.id))!, created };
-    await this.redis.hset(this.key(meta.id, 'meta'), fields);
-    await this.redis.zadd(this.indexKey(), meta.createdAt, meta.id);
-    return { campaign: meta, created };
+    const created = Number(await this.openScript([this.key(meta.id, 'meta')], Object.entries(fields).flat())) === 1;
+    const campaign = created ? meta : await this.require(meta.id);
+    // also when it existed: a run killed between the two steps left it out of the listing
+    await this.redis.zadd(this.indexKey(), 'NX', campaign.createdAt, meta.id);
+    return { campaign, created };
   }
 
   /**

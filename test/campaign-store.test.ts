@@ -1,0 +1,32 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CampaignStore } from '../src/campaigns/store.js';
+import { engineFixture, type EngineFixture } from './helpers/redis.js';
+
+describe('campaign records (real Redis)', () => {
+  let fx: EngineFixture;
+  beforeAll(async () => {
+    fx = await engineFixture({ label: 'camp' });
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it('runs opening one campaign at once: one creates it, every one gets the whole record', async () => {
+    // separate connections, as separate generate processes have
+    const clients = Array.from({ length: 8 }, () => fx.redis.duplicate());
+    try {
+      for (let round = 0; round < 20; round++) {
+        const id = `spring-${round}`;
+        const opened = await Promise.all(
+          clients.map((c, i) => new CampaignStore(c, fx.prefix).open({ id, perUser: 3 + i, satellites: ['s1'], createdAt: 1000 + i, expiresAt: 9e12 })),
+        );
+        expect(opened.filter((o) => o.created)).toHaveLength(1);
+        const winner = opened.find((o) => o.created)!.campaign;
+        for (const o of opened) expect(o.campaign).toEqual(winner);
+      }
+      expect(await new CampaignStore(fx.redis, fx.prefix).list()).toHaveLength(20);
+    } finally {
+      for (const c of clients) c.disconnect();
+    }
+  });
+});
