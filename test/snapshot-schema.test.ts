@@ -1,31 +1,14 @@
-import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { ensureDatabase, openPostgres } from '../src/snapshot/index.js';
 import { MIGRATIONS } from '../src/snapshot/schema.js';
-import { PG_BASE_URL } from './helpers/pg.js';
+import { PG_BASE_URL, unusedDatabase } from './helpers/pg.js';
 import { runCli } from './helpers/cli.js';
 import { engineFixture } from './helpers/redis.js';
 
-/** A database name no run uses, its URL, and a drop that also forces out leftover connections. */
-function freshName(): { url: string; drop(): Promise<void> } {
-  const name = `test_rm_${randomBytes(4).toString('hex')}`;
-  const u = new URL(PG_BASE_URL);
-  u.pathname = `/${name}`;
-  return {
-    url: u.toString(),
-    async drop() {
-      const c = new pg.Client({ connectionString: PG_BASE_URL });
-      await c.connect();
-      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      await c.end();
-    },
-  };
-}
-
 describe('snapshot schema: database creation and migrations (real Postgres)', () => {
   it('processes starting at once on a missing database all get it created and migrated', async () => {
-    const db = freshName();
+    const db = unusedDatabase();
     try {
       // CREATE DATABASE racing another one fails on the catalog's unique index (23505), not with 42P04
       const created = await Promise.allSettled(Array.from({ length: 4 }, () => ensureDatabase(db.url)));
@@ -40,7 +23,7 @@ describe('snapshot schema: database creation and migrations (real Postgres)', ()
   });
 
   it('a database migrated by an older release gets the later migrations at start, and only those', async () => {
-    const db = freshName();
+    const db = unusedDatabase();
     try {
       await ensureDatabase(db.url);
       const c = new pg.Client({ connectionString: db.url });
@@ -64,7 +47,7 @@ describe('snapshot schema: database creation and migrations (real Postgres)', ()
 
   it('restore --force and verify refuse a DATABASE_URL naming no database instead of creating an empty one', async () => {
     const fx = await engineFixture({ label: 'nodb' });
-    const db = freshName();
+    const db = unusedDatabase();
     try {
       const made = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'alice' }], perUser: 3, campaignId: 'c' });
       const env = { KEY_PREFIX: fx.prefix, DATABASE_URL: db.url, REDIS_URL: 'redis://127.0.0.1:6379' };

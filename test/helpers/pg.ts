@@ -3,13 +3,9 @@ import pg from 'pg';
 
 export const PG_BASE_URL = process.env.TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 
-/** A fresh database for one test file; `drop()` removes it (forcing out leftover connections). */
-export async function testDatabase(): Promise<{ url: string; name: string; drop(): Promise<void> }> {
+/** A database name no run uses, not created yet: its URL, and a `drop()` that forces out leftover connections. */
+export function unusedDatabase(): { url: string; name: string; drop(): Promise<void> } {
   const name = `test_rm_${randomBytes(4).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: PG_BASE_URL });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.end();
   const u = new URL(PG_BASE_URL);
   u.pathname = `/${name}`;
   return {
@@ -22,4 +18,14 @@ export async function testDatabase(): Promise<{ url: string; name: string; drop(
       await c.end();
     },
   };
+}
+
+/** A fresh database for one test file; `drop()` removes it. */
+export async function testDatabase(): Promise<{ url: string; name: string; drop(): Promise<void> }> {
+  const db = unusedDatabase();
+  const admin = new pg.Client({ connectionString: PG_BASE_URL });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${db.name}`);
+  await admin.end();
+  return db;
 }
