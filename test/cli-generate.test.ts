@@ -171,6 +171,8 @@ describe('a satellite that fails half-way, then --resume', () => {
     await expectServed(w.fx, 'sat-c', w.sims['sat-c']!, PER_USER, 'autumn');
     await expectServed(w.fx, 'sat-d', w.sims['sat-d']!, PER_USER, 'autumn');
     expect((await holdings(w.sims['sat-d']!))[orphan]!.sort()).toEqual(orphanTokens.map((t) => t.token).sort());
+    // the adopted set counts as made, so `campaigns show` adds up: every user served once, made = delivered
+    expect(await store.progress('autumn', 'sat-d')).toMatchObject({ usersServed: USERS, tokensMade: USERS * PER_USER, status: 'done' });
   });
 });
 

@@ -181,7 +181,12 @@ class SatelliteRun {
         if (mine.length) out.push([users[i + j]!, mine]);
       });
     }
-    if (out.length) await this.o.campaigns.recordMade(this.id, this.sat, new Map(out));
+    if (out.length) {
+      await this.o.campaigns.recordMade(this.id, this.sat, new Map(out));
+      // the run that made them stopped before counting them
+      await this.count('usersServed', out.length);
+      await this.count('tokensMade', tokenCount(out));
+    }
     return out;
   }
 
