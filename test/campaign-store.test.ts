@@ -29,4 +29,15 @@ describe('campaign records (real Redis)', () => {
       for (const c of clients) c.disconnect();
     }
   });
+
+  it('a satellite left running by a run that no longer holds the campaign (killed) shows as interrupted', async () => {
+    const store = new CampaignStore(fx.redis, fx.prefix);
+    await store.open({ id: 'killed', perUser: 1, satellites: ['s1'], createdAt: 1 });
+    const claim = (await store.claim('killed'))!;
+    await store.setStatus('killed', 's1', 'running');
+    expect((await store.get('killed'))!.progress.s1!.status).toBe('running');
+    // what a kill -9 leaves once the claim's TTL has passed
+    await claim.release();
+    expect((await store.get('killed'))!.progress.s1!.status).toBe('interrupted');
+  });
 });

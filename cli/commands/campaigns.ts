@@ -8,7 +8,8 @@ const total = (c: Campaign, k: 'usersServed' | 'tokensMade' | 'tokensDelivered' 
 
 const status = (c: Campaign): string => {
   const all = Object.values(c.progress).map((p) => p.status);
-  return all.includes('failed') ? 'failed' : all.includes('running') ? 'running' : all.every((s) => s === 'done') ? 'done' : 'pending';
+  for (const s of ['failed', 'interrupted', 'running'] as const) if (all.includes(s)) return s;
+  return all.every((s) => s === 'done') ? 'done' : 'pending';
 };
 
 const when = (ms: number | undefined): string => (ms === undefined ? 'never' : new Date(ms).toISOString());

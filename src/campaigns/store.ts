@@ -18,7 +18,8 @@ export interface SatelliteProgress {
   tokensMade: number;
   tokensDelivered: number;
   failures: number;
-  status: 'pending' | 'running' | 'done' | 'failed';
+  /** interrupted: recorded running, but no run holds the campaign (it was killed): `generate --resume` */
+  status: 'pending' | 'running' | 'interrupted' | 'done' | 'failed';
   lastError?: string;
 }
 
@@ -130,7 +131,12 @@ export class CampaignStore {
     const m = await this.meta(id);
     if (!m) return undefined;
     const progress: Record<string, SatelliteProgress> = {};
-    for (const sat of m.satellites) progress[sat] = await this.progress(id, sat);
+    const held = (await this.redis.exists(this.key(id, 'run'))) === 1;
+    for (const sat of m.satellites) {
+      const p = await this.progress(id, sat);
+      if (p.status === 'running' && !held) p.status = 'interrupted';
+      progress[sat] = p;
+    }
     return { ...m, progress };
   }
 
