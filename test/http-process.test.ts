@@ -251,4 +251,33 @@ describe('serve processes', () => {
     await expect(freshGet(`${server.url}/healthz`)).rejects.toThrow();
     await pool.close();
   });
+
+  it('replaces a killed worker, waiting longer each time workers keep dying (no fork loop)', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('proc') }, 2, 0);
+    let out = '';
+    server.proc.stdout!.on('data', (d: Buffer) => (out += d));
+    const dead = new Set<number>();
+    /** pids answering /healthz until `n` live ones (not killed) are seen */
+    const live = async (n: number) => {
+      const seen = new Set<number>();
+      for (let i = 0; i < 2000 && seen.size < n; i++) {
+        const pid = await freshGet(`${server.url}/healthz`).then((r) => JSON.parse(r.body).pid as number, () => undefined);
+        if (pid !== undefined && !dead.has(pid)) seen.add(pid);
+        else await new Promise((r) => setTimeout(r, 10));
+      }
+      return [...seen];
+    };
+    try {
+      for (const pause of [100, 200, 400]) {
+        const [pid] = await live(1);
+        dead.add(pid!);
+        process.kill(pid!, 'SIGKILL');
+        await expect.poll(() => out, { timeout: 5000 }).toMatch(new RegExp(`exited \\(SIGKILL\\); starting another in ${pause} ms`));
+      }
+      // the pool is whole again: two live workers, none of the killed ones
+      expect(await live(2)).toHaveLength(2);
+    } finally {
+      expect(await server.stop()).toBe(0);
+    }
+  });
 });

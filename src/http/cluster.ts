@@ -38,6 +38,22 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
   const pending = new Map<number, { json: metric[][]; left: number; done: () => void }>();
 
   // A worker that dies after it listened is replaced; one that dies before (port taken, bad config) fails the start.
+  // Replacements wait a pause that doubles (100 ms .. 10 s) while workers keep dying within a minute of the
+  // last death, so a crash loop does not fork as fast as it can; a replacement that dies before it listens
+  // is retried the same way rather than leaving the pool one short.
+  let pause = 0;
+  let lastDeath = 0;
+  let restart: NodeJS.Timeout | undefined;
+  const replace = (why: string) => {
+    if (stopping) return;
+    const now = Date.now();
+    pause = now - lastDeath > 60_000 ? 100 : Math.min(pause * 2, 10_000);
+    lastDeath = now;
+    log(`${why}; starting another in ${pause} ms`);
+    restart = setTimeout(() => {
+      if (!stopping) fork().catch((err: Error) => replace(err.message));
+    }, pause);
+  };
   const fork = (): Promise<Worker> =>
     new Promise((resolve, reject) => {
       const w = cluster.fork();
@@ -52,9 +68,7 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
       });
       w.once('exit', (code, signal) => {
         if (!listening) return reject(new Error(`worker ${w.id} exited (${code ?? signal}) before listening`));
-        if (stopping) return;
-        log(`worker ${w.id} exited (${code ?? signal}); starting another`);
-        fork().catch((err: Error) => log(err.message));
+        replace(`worker ${w.id} exited (${code ?? signal})`);
       });
     });
 
@@ -98,6 +112,7 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
     port,
     async stop() {
       stopping = true;
+      clearTimeout(restart);
       const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => !!w);
       await Promise.all(workers.map((w) => new Promise<void>((done) => {
         if (w.isDead()) return done();
