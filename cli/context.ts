@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { loadConfig, type Config } from '../src/config.js';
-import { createRedis, type RedisClient } from '../src/store/redis.js';
+import { createRedis, whenReady, type RedisClient } from '../src/store/redis.js';
 
 /** How long a command waits for Redis before it gives up with one error line. */
 const CONNECT_WAIT_MS = 10_000;
@@ -36,19 +36,11 @@ export async function connectRedis(config: Config): Promise<RedisClient> {
   let last: Error | undefined;
   // reconnects by itself; a failure mid-command surfaces as that command's error
   redis.on('error', (err: Error) => (last = err));
-  if (redis.status === 'ready') return redis;
-  const ready = await new Promise<boolean>((resolve) => {
-    const timer = setTimeout(() => {
-      redis.off('ready', onReady);
-      resolve(false);
-    }, CONNECT_WAIT_MS);
-    const onReady = () => {
-      clearTimeout(timer);
-      resolve(true);
-    };
-    redis.once('ready', onReady);
-  });
-  if (ready) return redis;
-  redis.disconnect();
-  throw new Error(`cannot reach Redis (${config.redisClusterNodes.length > 0 ? `cluster ${config.redisClusterNodes.join(',')}` : 'REDIS_URL'}) within ${CONNECT_WAIT_MS / 1000} s: ${last?.message ?? 'no answer'}`);
+  try {
+    await whenReady(redis, CONNECT_WAIT_MS);
+  } catch {
+    redis.disconnect();
+    throw new Error(`cannot reach Redis (${config.redisClusterNodes.length > 0 ? `cluster ${config.redisClusterNodes.join(',')}` : 'REDIS_URL'}) within ${CONNECT_WAIT_MS / 1000} s: ${last?.message ?? 'no answer'}`);
+  }
+  return redis;
 }

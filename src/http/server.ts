@@ -3,7 +3,7 @@ import uws from 'uWebSockets.js';
 import type { Config } from '../config.js';
 import { collectProcessMetrics, registry as metricsRegistry } from '../metrics.js';
 import { SatelliteRegistry } from '../satellites/registry.js';
-import { createRedis, masters, type RedisClient } from '../store/redis.js';
+import { createRedis, masters, whenReady, type RedisClient } from '../store/redis.js';
 import { readScript, SCRIPT_NAMES } from '../store/scripts.js';
 import { readSnapshotStatus } from '../snapshot/status.js';
 import { TokenStore } from '../store/token-store.js';
@@ -67,15 +67,6 @@ async function readiness(redis: RedisClient, prefix: string): Promise<{ ready: b
   }
 }
 
-function ready(redis: RedisClient, ms: number): Promise<void> {
-  if (redis.status === 'ready') return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => (redis.off('ready', onReady), reject(new Error(`no connection within ${ms} ms`))), ms);
-    const onReady = () => (clearTimeout(timer), resolve());
-    redis.once('ready', onReady);
-  });
-}
-
 /** Starts one HTTP worker on config.host:config.port (SO_REUSEPORT, so several processes can share it). */
 export async function startServer(config: Config, opts: ServerOptions = {}): Promise<HttpServer> {
   collectProcessMetrics();
@@ -85,7 +76,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
   const store = new TokenStore(redis, config.keyPrefix);
   try {
     // fail-fast commands are refused until the first connect: wait for it, a little
-    await ready(redis, 5000);
+    await whenReady(redis, 5000);
     await store.preload();
   } catch (err) {
     console.error(`redis not ready at start (${(err as Error).message}); serving 503 until it is`);

@@ -71,6 +71,16 @@ export function masters(client: RedisClient): Redis[] {
   return client instanceof Cluster ? client.nodes('master') : [client];
 }
 
+/** Resolves once the client is connected (ready), rejects after `ms` without that. */
+export function whenReady(redis: RedisClient, ms: number): Promise<void> {
+  if (redis.status === 'ready') return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => (redis.off('ready', onReady), reject(new Error(`no connection within ${ms} ms`))), ms);
+    const onReady = () => (clearTimeout(timer), resolve());
+    redis.once('ready', onReady);
+  });
+}
+
 /** `masters`, once a Cluster client has read the slot map (before that it knows none). */
 export async function readyMasters(client: RedisClient): Promise<Redis[]> {
   if (client instanceof Cluster && client.status !== 'ready') {
