@@ -80,6 +80,16 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     pendingMode.fill(true);
   };
 
+  /** Runs a Postgres step; its failure marks Postgres down (metrics, one warning) before it propagates. */
+  async function onPostgres<T>(step: () => Promise<T>): Promise<T> {
+    try {
+      return await step();
+    } catch (err) {
+      setDown(err, 'postgres');
+      throw err;
+    }
+  }
+
   async function ensureGroups(): Promise<void> {
     if (groupsReady) return;
     await Promise.all(
@@ -190,12 +200,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     try {
       for (let i = 0; i < events.length && running && leader; i += config.snapshotBatch) {
         const batch = events.slice(i, i + config.snapshotBatch);
-        try {
-          await commit(batch);
-        } catch (err) {
-          setDown(err, 'postgres');
-          throw err;
-        }
+        await onPostgres(() => commit(batch));
         await ackAndTrim(batch);
       }
     } catch (err) {
@@ -238,35 +243,17 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           await rereadPending();
           sweepAt = Date.now() + lease.ms;
         }
-        if (!pool) {
-          try {
-            pool = await openPostgres(config.databaseUrl, LANES, opts.queryTimeoutMs ?? 30_000);
-          } catch (err) {
-            setDown(err, 'postgres');
-            throw err;
-          }
-        }
+        pool ??= await onPostgres(() => openPostgres(config.databaseUrl, LANES, opts.queryTimeoutMs ?? 30_000));
+        const db = pool;
         if (pgState === 'down') {
-          try {
-            await pool.query('SELECT 1');
-          } catch (err) {
-            setDown(err, 'postgres');
-            throw err;
-          }
+          await onPostgres(() => db.query('SELECT 1'));
           if (warned) log('info', 'Postgres reachable again; catching up');
           pgState = 'up';
           warned = false;
           m.postgresUp.set(1);
         }
         await ensureGroups();
-        if (await satellites.due()) {
-          try {
-            await satellites.write(pool);
-          } catch (err) {
-            setDown(err, 'postgres');
-            throw err;
-          }
-        }
+        if (await satellites.due()) await onPostgres(() => satellites.write(db));
         const rounds = await Promise.allSettled(lanes.map((lane) => round(lane)));
         const failed = rounds.find((r): r is PromiseRejectedResult => r.status === 'rejected');
         if (failed) throw failed.reason;
