@@ -12,7 +12,13 @@ export interface Difference {
   token: string;
   /** only_redis | only_postgres | field names that differ | counters that differ from the shard's rows */
   kind: 'only_redis' | 'only_postgres' | 'differs' | 'stats';
-  fields?: { field: string; redis: string; postgres: string }[];
+  fields?: FieldDifference[];
+}
+
+export interface FieldDifference {
+  field: string;
+  redis: string;
+  postgres: string;
 }
 
 export interface VerifyReport {
@@ -62,13 +68,10 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
       }
     }
     for (const token of inRedis.keys()) note({ token, kind: 'only_redis' });
-    const stats = await redis.hgetall(keys.stats(shard));
-    const names = [...new Set([...Object.keys(stats), ...counters.keys()])].sort();
-    const fields = names.flatMap((field) => {
-      const r = Number(stats[field] ?? 0);
-      const p = counters.get(field) ?? 0;
-      return r === p ? [] : [{ field, redis: String(r), postgres: String(p) }];
-    });
+    // a counter at 0 is the same as an absent one
+    const stats = Object.entries(await redis.hgetall(keys.stats(shard))).filter(([, v]) => Number(v) !== 0);
+    const rows = [...counters].map(([field, n]) => [field, String(n)]);
+    const fields = differing(Object.fromEntries(stats), Object.fromEntries(rows), (_, v) => v ?? '0');
     if (fields.length) note({ token: keys.stats(shard), kind: 'stats', fields });
   }
   report.satellites = await compareSatellites(redis, pool, prefix, note);
@@ -79,7 +82,7 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
 async function compareSatellites(redis: RedisClient, pool: pg.Pool, prefix: string, note: (d: Difference) => void): Promise<number> {
   const keys = new SatelliteKeys(prefix);
   const inRedis = new Map((await readRegistry(redis, keys)).satellites.map((r) => [r.id, r]));
-  const count = inRedis.size;
+  const registered = inRedis.size;
   const shown = (field: string, v: string | undefined) => (v === undefined ? '' : field === 'outboundKey' ? '(set)' : v);
   for (const p of await pgSatellites(pool)) {
     const r = inRedis.get(p.id);
@@ -88,15 +91,20 @@ async function compareSatellites(redis: RedisClient, pool: pg.Pool, prefix: stri
       note({ token: keys.satellite(p.id), kind: 'only_postgres' });
       continue;
     }
-    const names = [...new Set([...Object.keys(r.fields), ...Object.keys(p.fields)])].sort();
-    const fields = names.flatMap((field) => {
-      const [a, b] = [r.fields[field], p.fields[field]];
-      return a === b ? [] : [{ field, redis: shown(field, a), postgres: shown(field, b) }];
-    });
+    const fields = differing(r.fields, p.fields, shown);
     const apiKeys = (k: Record<string, string>) => JSON.stringify(Object.entries(k).sort(([x], [y]) => (x < y ? -1 : 1)));
     if (apiKeys(r.apiKeys) !== apiKeys(p.apiKeys)) fields.push({ field: 'apiKeys', redis: apiKeys(r.apiKeys), postgres: apiKeys(p.apiKeys) });
     if (fields.length) note({ token: keys.satellite(p.id), kind: 'differs', fields });
   }
   for (const id of inRedis.keys()) note({ token: keys.satellite(id), kind: 'only_redis' });
-  return count;
+  return registered;
+}
+
+/** The fields named on either side whose values differ, sorted by name; `show` renders a value (undefined: absent). */
+function differing(redis: Record<string, string>, postgres: Record<string, string>, show: (field: string, v: string | undefined) => string): FieldDifference[] {
+  const names = [...new Set([...Object.keys(redis), ...Object.keys(postgres)])].sort();
+  return names.flatMap((field) => {
+    const [a, b] = [redis[field], postgres[field]];
+    return a === b ? [] : [{ field, redis: show(field, a), postgres: show(field, b) }];
+  });
 }
