@@ -1,7 +1,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { RedisClient } from '../store/redis.js';
 import { defineScripts, type ScriptFn } from '../store/scripts.js';
-import { insertSatellite, SatelliteKeys } from '../store/satellites.js';
+import { insertSatellite, readRegistry, SatelliteKeys } from '../store/satellites.js';
 import { hexDigest } from '../digest.js';
 import { DomainError } from '../errors.js';
 import { checkId } from '../tokens/validate.js';
@@ -59,12 +59,7 @@ export class SatelliteRegistry {
 
   async get(id: string): Promise<Satellite | undefined> {
     const h = await this.redis.hgetall(this.keys.satellite(id));
-    if (!h.id) return undefined;
-    const s: Satellite = { id: h.id, createdAt: Number(h.createdAt) };
-    if (h.name) s.name = h.name;
-    if (h.url) s.url = h.url;
-    if (h.outboundKey) s.outboundKey = h.outboundKey;
-    return s;
+    return h.id ? toSatellite(h) : undefined;
   }
 
   async require(id: string): Promise<Satellite> {
@@ -74,9 +69,7 @@ export class SatelliteRegistry {
   }
 
   async list(): Promise<Satellite[]> {
-    const ids = (await this.redis.smembers(this.keys.ids())).sort();
-    const all = await Promise.all(ids.map((id) => this.get(id)));
-    return all.filter((s): s is Satellite => s !== undefined);
+    return (await readRegistry(this.redis, this.keys)).satellites.map((r) => toSatellite(r.fields));
   }
 
   async remove(id: string): Promise<void> {
@@ -100,6 +93,15 @@ export class SatelliteRegistry {
     if (until && Number(until) <= Date.now()) return undefined;
     return id;
   }
+}
+
+/** A satellite's stored hash as the API shows it (key hashes stay inside). */
+function toSatellite(h: Record<string, string>): Satellite {
+  const s: Satellite = { id: h.id!, createdAt: Number(h.createdAt) };
+  if (h.name) s.name = h.name;
+  if (h.url) s.url = h.url;
+  if (h.outboundKey) s.outboundKey = h.outboundKey;
+  return s;
 }
 
 function checkUrl(url: string): void {
