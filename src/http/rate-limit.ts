@@ -1,6 +1,17 @@
 import type { RedisClient } from '../store/redis.js';
 
 const MAX_BLOCKED = 100_000;
+const MAPPED_V4 = '0000:0000:0000:0000:0000:ffff:';
+
+/**
+ * The address block one client controls: an IPv6 host usually gets a whole /64, and picking a new address
+ * in it for every guess would otherwise escape the per-IP limit. uWS writes IPv6 as eight 4-digit groups
+ * (IPv4 on an IPv6 socket as ::ffff:a.b.c.d in that form) and IPv4 on an IPv4 socket dotted.
+ */
+export function addressBlock(ip: string): string {
+  if (ip.length !== 39 || ip.startsWith(MAPPED_V4)) return ip;
+  return `${ip.slice(0, 19)}::/64`;
+}
 
 /**
  * Limits failed redeem/reserve/complete/release/lookup answers (404/410) per satellite and per client IP, across all
@@ -8,7 +19,7 @@ const MAX_BLOCKED = 100_000;
  * so at most `limit` failures per window get a real answer cluster-wide; the one that crosses the limit is
  * answered 429 instead. A worker that sees the limit crossed remembers the block in process until the window
  * ends, so successful requests never pay a Redis call for the limiter; another worker learns of the block at
- * its next failure for that caller.
+ * its next failure for that caller. IPv6 callers are counted per /64 (addressBlock).
  */
 export class FailureLimiter {
   private readonly blocked = new Map<string, number>();
@@ -22,7 +33,7 @@ export class FailureLimiter {
 
   /** Seconds to wait if the satellite or the IP is blocked in this process, else undefined. */
   check(satelliteId: string, ip: string, now = Date.now()): number | undefined {
-    return this.blockedFor(`s:${satelliteId}`, now) ?? this.blockedFor(`i:${ip}`, now);
+    return this.blockedFor(`s:${satelliteId}`, now) ?? this.blockedFor(`i:${addressBlock(ip)}`, now);
   }
 
   /** Counts one failure; returns seconds to wait if this failure crossed a limit. */
@@ -30,7 +41,7 @@ export class FailureLimiter {
     const now = Date.now();
     const window = Math.floor(now / this.windowMs);
     const end = (window + 1) * this.windowMs;
-    const whos = [`s:${satelliteId}`, `i:${ip}`];
+    const whos = [`s:${satelliteId}`, `i:${addressBlock(ip)}`];
     const counts = await Promise.all(whos.map((w) => this.count(`${this.prefix}:rl:${w}:${window}`)));
     let retry: number | undefined;
     counts.forEach((n, i) => {

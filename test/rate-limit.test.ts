@@ -1,0 +1,34 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { addressBlock, FailureLimiter } from '../src/http/rate-limit.js';
+import { createRedis } from '../src/store/redis.js';
+import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+
+const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
+const prefix = testPrefix('rl');
+afterAll(async () => {
+  await dropPrefix(redis, prefix);
+  redis.disconnect();
+});
+
+/** uWS's text form of an IPv6 address: eight groups of four hex digits. */
+const v6 = (...groups: number[]) => groups.map((g) => g.toString(16).padStart(4, '0')).join(':');
+
+describe('FailureLimiter per address', () => {
+  it('counts IPv6 callers per /64, so a new address in the same block for every guess does not escape', async () => {
+    const limiter = new FailureLimiter(redis, prefix, 3, 60_000);
+    const waits = [];
+    for (let i = 1; i <= 4; i++) waits.push(await limiter.fail(`sat-${i}`, v6(0x2001, 0xdb8, 7, 1, 0, 0, 0, i)));
+    expect(waits.slice(0, 3)).toEqual([undefined, undefined, undefined]);
+    expect(waits[3]).toBeGreaterThan(0);
+    expect(limiter.check('sat-9', v6(0x2001, 0xdb8, 7, 1, 0xabcd, 1, 2, 3))).toBeGreaterThan(0);
+    // the next /64 and IPv4 callers are their own
+    expect(limiter.check('sat-9', v6(0x2001, 0xdb8, 7, 2, 0, 0, 0, 1))).toBeUndefined();
+    expect(limiter.check('sat-9', '0000:0000:0000:0000:0000:ffff:0a00:0001')).toBeUndefined();
+  });
+
+  it('keeps IPv4 addresses whole, dotted or mapped into IPv6', () => {
+    expect(addressBlock('10.0.0.1')).toBe('10.0.0.1');
+    expect(addressBlock('0000:0000:0000:0000:0000:ffff:0a00:0001')).not.toBe(addressBlock('0000:0000:0000:0000:0000:ffff:0a00:0002'));
+    expect(addressBlock(v6(0x2001, 0xdb8, 0, 1, 5, 6, 7, 8))).toBe('2001:0db8:0000:0001::/64');
+  });
+});
