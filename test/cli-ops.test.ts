@@ -331,6 +331,18 @@ describe('referral-manager config', () => {
       }
     }
   });
+
+  it('says where each value comes from: a global flag, the env, or the default', async () => {
+    const run = await runCli(['--key-prefix', 'from-flag', 'config'], { KEY_PREFIX: 'from-env', PORT: '7490', REDIS_URL: '' });
+    expect(run.code, run.stderr).toBe(0);
+    const line = (env: string) => run.stdout.split('\n').find((l) => l.startsWith(`${env} `));
+    expect(line('KEY_PREFIX')).toMatch(/"from-flag"  \(flag\)$/);
+    expect(line('PORT')).toMatch(/7490$/);
+    expect(line('REDIS_URL')).toMatch(/\(default\)$/);
+    const json = await runCli(['--key-prefix', 'from-flag', 'config', '--json'], { KEY_PREFIX: 'from-env' });
+    const rows = JSON.parse(json.stdout) as { env: string; value: unknown; source: string }[];
+    expect(rows.find((r) => r.env === 'KEY_PREFIX')).toMatchObject({ value: 'from-flag', source: 'flag' });
+  });
 });
 
 describe('Redis unreachable', () => {

@@ -19,13 +19,17 @@ export function register(program: Command): void {
     .addHelpText('after', '\nExamples:\n  referral-manager config\n  KEY_PREFIX=staging referral-manager config --json')
     .action(function (this: Command, opts: { json?: boolean }) {
       const config = configFrom(this) as Record<string, unknown>;
+      const flags = this.optsWithGlobals() as Record<string, unknown>;
       const rows = Object.entries(settings).map(([name, s]) => {
         let value = config[name];
         if (name === 'adminKey') value = value ? '(set)' : '(empty: admin routes disabled)';
         if (name === 'databaseUrl' || name === 'redisUrl') value = redactPassword(String(value));
-        return { env: s.env, value, fromEnv: process.env[s.env] !== undefined, doc: s.doc };
+        const fromEnv = process.env[s.env] !== undefined;
+        // a global flag overrides the env (configFrom); an empty env value, except ADMIN_KEY's, means the default
+        const source = flags[name] !== undefined ? 'flag' : fromEnv && (process.env[s.env] !== '' || name === 'adminKey') ? 'env' : 'default';
+        return { env: s.env, value, fromEnv, source, doc: s.doc };
       });
       if (opts.json) console.log(JSON.stringify(rows, null, 2));
-      else for (const r of rows) console.log(`${r.env.padEnd(22)} ${JSON.stringify(r.value)}${r.fromEnv ? '' : '  (default)'}`);
+      else for (const r of rows) console.log(`${r.env.padEnd(22)} ${JSON.stringify(r.value)}${r.source === 'env' ? '' : `  (${r.source})`}`);
     });
 }
