@@ -85,3 +85,32 @@ describe('generation progress (real Redis, a reference satellite)', () => {
     expect(later.seen.tokensToDeliver ?? 0).toBe(later.seen.tokensDelivered ?? 0);
   });
 });
+
+describe('a user\'s set split over several deliveries', () => {
+  it('counts its tokens delivered once, when the last part is accepted, also across a stop and a resume', async () => {
+    const fx = await engineFixture({ label: 'split' });
+    // 4 users x 10 tokens in parts of 5; the satellite fails once it holds 15: user 0 whole, half of user 1
+    const sim = await startSatelliteSim({ id: 'sat-s', users: 4, failAfter: 15 });
+    const campaigns = new CampaignStore(fx.redis, fx.prefix);
+    const campaign: CampaignMeta = { id: 'split', perUser: 10, satellites: ['sat-s'], createdAt: Date.now() };
+    await campaigns.open(campaign);
+    await campaigns.addSatellites(campaign, campaign.satellites);
+    const run = async (existed: boolean) =>
+      (await runCampaign(
+        { engine: fx.engine, campaigns, campaign, existed, dryRun: false, pageSize: 100, deliverBatch: 5, timeoutMs: 2000, attempts: 1, backoffMs: 1 },
+        [{ id: 'sat-s', url: sim.url }],
+      ))[0]!;
+    try {
+      const first = await run(false);
+      expect(first).toMatchObject({ status: 'failed', tokensMade: 40, tokensDelivered: 10 });
+      sim.satellite.setFailAfter(null);
+      const resumed = await run(true);
+      expect(resumed).toMatchObject({ status: 'done', tokensMade: 0, tokensDelivered: 30 });
+      expect(Object.values(sim.satellite.holdings()).map((t) => t.length)).toEqual([10, 10, 10, 10]);
+      expect(await campaigns.progress('split', 'sat-s')).toMatchObject({ tokensMade: 40, tokensDelivered: 40 });
+    } finally {
+      await sim.close();
+      await fx.close();
+    }
+  });
+});

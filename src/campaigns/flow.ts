@@ -192,19 +192,23 @@ class SatelliteRun {
 
   /**
    * Pushes in requests of at most deliverBatch tokens, a user's set in one request when it fits. A set
-   * larger than a batch is split; the user counts as delivered once its last token is accepted.
+   * larger than a batch is split; the user and its tokens count as delivered once its last token is
+   * accepted: a run stopped part-way through a set pushes the whole set again on resume, and counting
+   * the parts would count those tokens twice.
    */
   private async deliver(deliveries: Delivery[]): Promise<void> {
     const max = this.o.deliverBatch;
     let pairs: { userId: string; token: string }[] = [];
     let whole: string[] = [];
+    let wholeTokens = 0;
     const flush = async () => {
       if (!pairs.length) return;
       await this.api.pushTokens(pairs);
       await this.o.campaigns.recordDelivered(this.id, this.sat, whole);
-      await this.count('tokensDelivered', pairs.length);
+      await this.count('tokensDelivered', wholeTokens);
       pairs = [];
       whole = [];
+      wholeTokens = 0;
     };
     for (const [userId, tokens] of deliveries) {
       if (pairs.length + tokens.length > max) await flush();
@@ -213,6 +217,7 @@ class SatelliteRun {
         pairs.push({ userId, token });
       }
       whole.push(userId);
+      wholeTokens += tokens.length;
     }
     await flush();
   }
