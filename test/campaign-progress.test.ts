@@ -61,6 +61,31 @@ describe('generation progress (real Redis, a reference satellite)', () => {
     }
   });
 
+  it('a second campaign on a satellite another campaign is serving stops before making anything, and can be resumed', async () => {
+    const other: CampaignMeta = { id: 'meanwhile', perUser: 1, satellites: ['sat-p'], createdAt: Date.now() };
+    await campaigns.open(other);
+    await campaigns.addSatellites(other, other.satellites);
+    const serving = await campaigns.claimSatellite('sat-p', 'progress');
+    if ('heldBy' in serving) throw new Error(`sat-p already held by ${serving.heldBy}`);
+    const runOther = async () =>
+      (await runCampaign(
+        { engine: fx.engine, campaigns, campaign: other, existed: true, dryRun: false, pageSize: 100, deliverBatch: 150, timeoutMs: 2000, attempts: 1 },
+        [{ id: 'sat-p', url: sim.url }],
+      ))[0]!;
+    try {
+      const report = await runOther();
+      expect(report).toMatchObject({ status: 'failed', usersListed: 0, tokensMade: 0, error: expect.stringMatching(/being served by campaign "progress"/) });
+      expect((await fx.engine.stats()).satellites['sat-p']?.generated ?? 0).toBe(0);
+      expect((await campaigns.progress(other.id, 'sat-p')).status).toBe('failed');
+    } finally {
+      await serving.release();
+    }
+    // the satellite is free again: the refused run did not keep a claim of its own
+    const again = await campaigns.claimSatellite('sat-p', 'progress');
+    expect('heldBy' in again).toBe(false);
+    if (!('heldBy' in again)) await again.release();
+  });
+
   it('a resumed run and a later run of the same campaign plan only what they make and deliver', async () => {
     const first = await run(false);
     expect(first.report.status).toBe('failed');

@@ -65,6 +65,8 @@ class SatelliteRun {
   private readonly id: string;
   private readonly sat: string;
   private readonly api: SatelliteApi;
+  /** this run's hold on the satellite (CampaignStore.claimSatellite), confirmed before each batch it makes */
+  private satClaim?: Claim;
 
   constructor(private readonly o: FlowOptions, s: FlowSatellite) {
     this.id = o.campaign.id;
@@ -82,7 +84,12 @@ class SatelliteRun {
 
   async run(): Promise<SatelliteReport> {
     try {
-      if (!this.o.dryRun) await this.o.campaigns.setStatus(this.id, this.sat, 'running');
+      if (!this.o.dryRun) {
+        const held = await this.o.campaigns.claimSatellite(this.sat, this.id);
+        if ('heldBy' in held) throw new Error(`satellite "${this.sat}" is being served by campaign "${held.heldBy}"; run this one again with --resume when that one ends`);
+        this.satClaim = held;
+        await this.o.campaigns.setStatus(this.id, this.sat, 'running');
+      }
       // a dry run delivers nothing, not even what an earlier run left undelivered
       if (this.o.existed && !this.o.dryRun) await this.deliverPending();
       let cursor: string | null = null;
@@ -104,6 +111,7 @@ class SatelliteRun {
       if (!this.o.dryRun && !(err instanceof ClaimLost)) await this.o.campaigns.setStatus(this.id, this.sat, 'failed', this.report.error).catch(() => undefined);
     } finally {
       await this.api.close();
+      await this.satClaim?.release().catch(() => undefined);
     }
     return this.report;
   }
@@ -157,6 +165,7 @@ class SatelliteRun {
   private async make(users: string[]): Promise<Delivery[]> {
     const { campaign } = this.o;
     await this.o.claim?.confirm();
+    await this.satClaim?.confirm();
     const req = { owners: users.map((ownerUserId) => ({ ownerSatelliteId: this.sat, ownerUserId })), perUser: campaign.perUser, campaignId: campaign.id };
     const made = await this.o.engine.generate(campaign.expiresAt === undefined ? req : { ...req, expiresAt: campaign.expiresAt });
     const byUser = new Map<string, string[]>();

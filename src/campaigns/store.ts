@@ -40,6 +40,7 @@ export type Counter = (typeof COUNTERS)[number];
  *   <p>:{camp:<id>}:prog:<sat>  hash  SatelliteProgress counters, status, lastError
  *   <p>:{camp:<id>}:run         string  the running generate's holder id, with a TTL it keeps renewing
  *   <p>:{campaigns}             zset  campaign id -> createdAt (listing)
+ *   <p>:{gen:<sat>}:run         string  "<campaign id> <uuid>" of the run serving the satellite, with a TTL
  */
 /** A run's hold on its campaign (CampaignStore.claim). */
 export interface Claim {
@@ -93,13 +94,28 @@ export class CampaignStore {
    * each batch it makes: one that stalled past the claim (another run took over) stops there.
    */
   async claim(id: string, ttlMs = CLAIM_TTL_MS): Promise<Claim | undefined> {
-    const lease = new Lease(this.redis, this.key(id, 'run'), ttlMs);
+    const lease = new Lease(this.redis, this.key(id, 'run'), ttlMs, id);
+    return this.hold(lease, `campaign "${id}" is now run by another generate`);
+  }
+
+  /**
+   * One campaign on a satellite at a time: two campaigns listing the same satellite at once both find a
+   * user without tokens (neither set delivered yet) and each makes that user a set. Returns the campaign
+   * holding the satellite instead when another run serves it.
+   */
+  async claimSatellite(sat: string, campaignId: string, ttlMs = CLAIM_TTL_MS): Promise<Claim | { heldBy: string }> {
+    const lease = new Lease(this.redis, `${this.prefix}:{gen:${sat}}:run`, ttlMs, campaignId);
+    const claim = await this.hold(lease, `satellite "${sat}" is now served by another generate`);
+    return claim ?? { heldBy: (await lease.holder()) ?? '' };
+  }
+
+  private async hold(lease: Lease, lost: string): Promise<Claim | undefined> {
     if (!(await lease.acquire())) return undefined;
-    const renew = setInterval(() => void lease.renew().catch(() => undefined), ttlMs / 3);
+    const renew = setInterval(() => void lease.renew().catch(() => undefined), lease.ms / 3);
     renew.unref();
     return {
       confirm: async () => {
-        if (!(await lease.renew())) throw new ClaimLost(`campaign "${id}" is now run by another generate (this one stalled past its ${ttlMs / 1000} s claim): stopped before making more tokens`);
+        if (!(await lease.renew())) throw new ClaimLost(`${lost} (this one stalled past its ${lease.ms / 1000} s claim): stopped before making more tokens`);
       },
       release: async () => {
         clearInterval(renew);

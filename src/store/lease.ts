@@ -6,13 +6,21 @@ import { defineScripts, type ScriptFn } from './scripts.js';
  * A lease on one key: SET NX PX, renewed and released only by its holder (check-and-extend and
  * check-and-delete scripts, lua/lease_renew.lua and lua/lease_release.lua), so a holder that stalled
  * past its lease can neither extend nor delete the next holder's. Used by the snapshot writer (one writer at a time) and by generate
- * (one run of a campaign at a time); both renew every third of the lease.
+ * (one run of a campaign at a time, one campaign on a satellite at a time); all renew every third of the lease.
  */
 export class Lease {
-  readonly id = randomUUID();
+  /** `<owner> <uuid>`: the owner names the holder to whoever finds the lease taken (holder()) */
+  readonly id: string;
   private readonly s: Record<string, ScriptFn>;
-  constructor(private readonly redis: RedisClient, readonly key: string, readonly ms = 10_000) {
+  constructor(private readonly redis: RedisClient, readonly key: string, readonly ms = 10_000, owner = '') {
+    this.id = `${owner} ${randomUUID()}`;
     this.s = defineScripts(redis, ['lease_renew', 'lease_release']);
+  }
+
+  /** The owner named by whoever holds the lease now, undefined when nobody does. */
+  async holder(): Promise<string | undefined> {
+    const v = await this.redis.get(this.key);
+    return v === null ? undefined : v.slice(0, v.lastIndexOf(' '));
   }
 
   async acquire(): Promise<boolean> {
