@@ -34,7 +34,7 @@ export interface OpsServer {
 export async function startOpsServer(host: string, port: number, ready: OpsDeps['ready']): Promise<OpsServer> {
   collectProcessMetrics();
   const app = uws.App();
-  mount(app, opsRoutes({ ready, metrics: () => registry.metrics() }), { inflight: { n: 0 }, timeoutMs: 5000, storeDown: () => false });
+  mount(app, opsRoutes({ ready, metrics: () => registry.metrics() }), { traffic: { n: 0, draining: false }, timeoutMs: 5000, storeDown: () => false });
   const { socket, port: bound } = await listen(app, host, port);
   return { port: bound, close: () => uws.us_listen_socket_close(socket) };
 }

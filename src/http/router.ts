@@ -3,7 +3,7 @@ import uws, { type HttpRequest, type HttpResponse, type TemplatedApp } from 'uWe
 import { DomainError, type ErrorCode } from '../errors.js';
 import { observeRequest, redisErrors } from '../metrics.js';
 import { Authenticator } from './auth.js';
-import { decode, formatOf, reply, replyError, replyValue, type Exchange, type Format } from './wire.js';
+import { decode, formatOf, reply, replyError, replyValue, type Exchange, type Format, type Traffic } from './wire.js';
 
 export type AuthKind = 'satellite' | 'admin' | 'none';
 
@@ -65,7 +65,7 @@ export interface RouterDeps {
   /** true when an error means the store is unreachable (answered 503) */
   storeDown(err: unknown): boolean;
   /** requests in flight, for draining on shutdown */
-  inflight: { n: number };
+  traffic: Traffic;
   /** answer 503 when a handler has not finished by then (a hanging Redis must not hang connections) */
   timeoutMs: number;
 }
@@ -120,15 +120,15 @@ function start(res: HttpResponse, req: HttpRequest, deps: RouterDeps, pattern: s
   const t0 = process.hrtime.bigint();
   const accept = formatOf(req.getHeader('accept'));
   const format: Format = accept ?? formatOf(req.getHeader('content-type')) ?? 'json';
-  deps.inflight.n++;
+  deps.traffic.n++;
   let ended = false;
   const end = (status: number) => {
     if (ended) return;
     ended = true;
-    deps.inflight.n--;
+    deps.traffic.n--;
     if (status > 0) observeRequest(pattern, method, status, Number(process.hrtime.bigint() - t0) / 1e9);
   };
-  const ex: Exchange = { res, aborted: false, done: false, format, head: method === 'head', finish: end };
+  const ex: Exchange = { res, traffic: deps.traffic, aborted: false, done: false, format, head: method === 'head', finish: end };
   res.onAborted(() => {
     ex.aborted = true;
     end(0);

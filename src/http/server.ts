@@ -12,6 +12,7 @@ import { Authenticator } from './auth.js';
 import { FailureLimiter } from './rate-limit.js';
 import { listen, mount } from './router.js';
 import { routes } from './routes.js';
+import type { Traffic } from './wire.js';
 
 export interface HttpServer {
   port: number;
@@ -85,7 +86,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
   const satellites = new SatelliteRegistry(redis, config.keyPrefix);
   const auth = new Authenticator(satellites, config.adminKey, config.authCacheMs);
   const limiter = new FailureLimiter(redis, config.keyPrefix, config.rateLimitFailures, config.rateLimitWindowMs);
-  const inflight = { n: 0 };
+  const traffic: Traffic = { n: 0, draining: false };
   const app = uws.App();
   mount(
     app,
@@ -94,7 +95,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
       ready: () => readiness(redis, config.keyPrefix),
       metrics: opts.metrics ?? (() => metricsRegistry.metrics()),
     }),
-    { auth, inflight, timeoutMs: config.requestTimeoutMs, storeDown: (err) => storeDown(redis, err) },
+    { auth, traffic, timeoutMs: config.requestTimeoutMs, storeDown: (err) => storeDown(redis, err) },
   );
   const { socket, port } = await listen(app, config.host, config.port);
   let closed: Promise<void> | undefined;
@@ -103,9 +104,12 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
     redis,
     close(graceMs = 10_000) {
       closed ??= (async () => {
+        traffic.draining = true;
         uws.us_listen_socket_close(socket);
         const deadline = Date.now() + graceMs;
-        while (inflight.n > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+        while (traffic.n > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+        // idle keep-alive connections: a client would otherwise send its next request into a closing process
+        (app as uws.TemplatedApp & { close(): void }).close(); // the native App has it (closes every socket); the typings of this build lack it
         redis.disconnect();
       })();
       return closed;

@@ -40,8 +40,16 @@ const REASONS: Record<number, string> = {
 };
 
 /** One in-flight request: what was read from uWS synchronously, and whether the reply may still be written. */
+/** A server's requests in flight, and whether it is draining for shutdown. */
+export interface Traffic {
+  n: number;
+  /** replies then say Connection: close, so keep-alive clients move to another server */
+  draining: boolean;
+}
+
 export interface Exchange {
   res: HttpResponse;
+  traffic: Traffic;
   aborted: boolean;
   done: boolean;
   format: Format;
@@ -67,6 +75,7 @@ export function reply(ex: Exchange, status: number, body: Buffer, contentType: s
     res.writeStatus(`${status} ${REASONS[status] ?? ''}`);
     res.writeHeader('content-type', contentType);
     for (const [k, v] of headers) res.writeHeader(k, v);
+    if (ex.traffic.draining) res.writeHeader('connection', 'close');
     if (ex.head) {
       res.endWithoutBody(body.length);
       return ex.finish(status);
