@@ -67,7 +67,11 @@ export class TokenEngine {
   }
 
   async reserve(token: string, satelliteId: string, leaseMs: number): Promise<Result<RedeemCode>> {
-    if (!Number.isInteger(leaseMs) || leaseMs < 1) throw new DomainError('invalid_request', 'leaseMs: must be a positive integer');
+    // the script writes the lease end with %d only up to 2^53; past that it becomes "9.0e+15" text, which
+    // neither the snapshot (bigint) nor a reader takes back exactly. The HTTP route caps it far lower.
+    if (!Number.isSafeInteger(leaseMs) || leaseMs < 1 || Date.now() + leaseMs > MAX_EXPIRES_AT) {
+      throw new DomainError('invalid_request', 'leaseMs: must be a positive integer, ending before year 10000');
+    }
     return this.store.reserve(checkToken(token), checkId('satelliteId', satelliteId), leaseMs, randomUUID());
   }
 

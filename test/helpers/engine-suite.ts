@@ -490,6 +490,24 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await state(t)).toBe('unredeemed');
         expect(await counts(m.sat)).toEqual({ ...NO_COUNTS, generated: 1, unredeemed: 1 });
       });
+
+      // Lua writes a lease end past 2^53 as "9.00899508863e+15": the row the snapshot casts to bigint, and an
+      // end nothing reads back exactly. A lease must end by the last ms of year 9999, like expiresAt.
+      it('refuses a lease that would end after year 9999, and reserves one that ends just before it', async () => {
+        const m = await mint(2);
+        const [t, u] = m.tokens as [string, string];
+        const ev = await mark();
+        for (const lease of [Number.MAX_SAFE_INTEGER, 1e16, 1e300, Infinity, MAX_EXPIRES_AT]) await expectInvalid(() => engine.reserve(t, 'sat', lease));
+        expect(await since(ev)).toEqual([]);
+        expect(await state(t)).toBe('unredeemed');
+        const longest = MAX_EXPIRES_AT - Date.now() - 60_000;
+        const r = await engine.reserve(u, 'sat', longest);
+        expect(r.code).toBe('ok');
+        const events = await since(ev);
+        expect(events.map((e) => e.columns[9])).toEqual([String(r.token!.leaseExpiresAt)]);
+        expect(r.token!.leaseExpiresAt).toBeLessThanOrEqual(MAX_EXPIRES_AT);
+        expect(Number.isSafeInteger(r.token!.leaseExpiresAt)).toBe(true);
+      });
     });
 
     describe('redeem', () => {
