@@ -134,7 +134,9 @@ export class TokenStore {
   /** Sums the per-shard counters the scripts keep. */
   async stats(): Promise<Stats> {
     const all = await Promise.all(Array.from({ length: SHARDS }, (_, s) => this.redis.hgetall(this.keys.stats(s))));
-    const out: Stats = { satellites: {}, redemptions: [] };
+    // satellite ids are opaque: in a plain object "__proto__" would reach Object.prototype and "constructor"
+    // an inherited function, so the counts are gathered in a Map and made own properties at the end
+    const sats = new Map<string, Stats['satellites'][string]>();
     const matrix = new Map<string, number>();
     for (const h of all) {
       for (const [field, value] of Object.entries(h)) {
@@ -143,12 +145,14 @@ export class TokenStore {
           const k = `${parts[1]}\t${parts[2]}`;
           matrix.set(k, (matrix.get(k) ?? 0) + Number(value));
         } else if (parts.length === 2) {
-          const sat = (out.satellites[parts[0]!] ??= { generated: 0, unredeemed: 0, reserved: 0, redeemed: 0, revoked: 0 });
+          let sat = sats.get(parts[0]!);
+          if (!sat) sats.set(parts[0]!, (sat = { generated: 0, unredeemed: 0, reserved: 0, redeemed: 0, revoked: 0 }));
           const state = parts[1] as (typeof STATES)[number];
           if (STATES.includes(state)) sat[state] += Number(value);
         }
       }
     }
+    const out: Stats = { satellites: Object.fromEntries(sats), redemptions: [] };
     for (const [k, count] of matrix) {
       const [ownerSatelliteId, redeemerSatelliteId] = k.split('\t') as [string, string];
       out.redemptions.push({ ownerSatelliteId, redeemerSatelliteId, count });

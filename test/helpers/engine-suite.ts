@@ -1119,6 +1119,20 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         }
       });
 
+      // ids are opaque strings: a satellite may be called like an Object.prototype member
+      it('counts satellites named __proto__, constructor and toString, and leaves Object.prototype alone', async () => {
+        const names = ['__proto__', 'constructor', 'toString', 'hasOwnProperty'];
+        const gen = await engine.generate({ owners: names.map((s) => ({ ownerSatelliteId: s, ownerUserId: 'u' })), perUser: 2 });
+        const byProto = gen.tokens.find((t) => t.ownerSatelliteId === '__proto__')!.token;
+        expect((await engine.redeem(byProto, 'constructor', 'new')).code).toBe('ok');
+        const stats = await engine.stats();
+        expect(({} as Record<string, unknown>).generated).toBeUndefined();
+        expect(Object.keys(stats.satellites).filter((s) => names.includes(s)).sort()).toEqual([...names].sort());
+        for (const s of names) expect(Object.getOwnPropertyDescriptor(stats.satellites, s)?.value, s).toEqual({ ...NO_COUNTS, generated: 2, unredeemed: s === '__proto__' ? 1 : 2, redeemed: s === '__proto__' ? 1 : 0 });
+        expect(redemptionsOf(stats, '__proto__')).toEqual({ constructor: 1 });
+        expect(JSON.parse(JSON.stringify(stats)).satellites.__proto__).toMatchObject({ generated: 2 });
+      });
+
       it('the event log replays to the tokens\' current rows', async () => {
         const m = await mint(4);
         const start = await mark();
