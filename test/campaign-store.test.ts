@@ -40,4 +40,17 @@ describe('campaign records (real Redis)', () => {
     await claim.release();
     expect((await store.get('killed'))!.progress.s1!.status).toBe('interrupted');
   });
+
+  // satellite ids are opaque: progress["__proto__"] = p set the record's prototype instead of a field
+  it('shows the progress of a satellite named __proto__ or constructor like any other', async () => {
+    const store = new CampaignStore(fx.redis, fx.prefix);
+    const sats = ['__proto__', 'constructor', 's1'];
+    await store.open({ id: 'odd-sats', perUser: 1, satellites: sats, createdAt: 1 });
+    for (const sat of sats) await store.count('odd-sats', sat, 'usersListed', 5);
+    await store.setStatus('odd-sats', '__proto__', 'done');
+    const c = (await store.get('odd-sats'))!;
+    expect(Object.keys(c.progress)).toEqual(sats);
+    for (const sat of sats) expect(Object.getOwnPropertyDescriptor(c.progress, sat)?.value, sat).toMatchObject({ usersListed: 5 });
+    expect(JSON.parse(JSON.stringify(c)).progress.__proto__).toMatchObject({ usersListed: 5, status: 'done' });
+  });
 });

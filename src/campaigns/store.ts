@@ -146,14 +146,15 @@ export class CampaignStore {
   async get(id: string): Promise<Campaign | undefined> {
     const m = await this.meta(id);
     if (!m) return undefined;
-    const progress: Record<string, SatelliteProgress> = {};
+    const entries: [string, SatelliteProgress][] = [];
     const held = (await this.redis.exists(this.key(id, 'run'))) === 1;
     for (const sat of m.satellites) {
       const p = await this.progress(id, sat);
       if (p.status === 'running' && !held) p.status = 'interrupted';
-      progress[sat] = p;
+      entries.push([sat, p]);
     }
-    return { ...m, progress };
+    // own properties whatever the id: progress["__proto__"] = p would set the prototype, not a field
+    return { ...m, progress: Object.fromEntries(entries) };
   }
 
   async list(): Promise<Campaign[]> {
