@@ -215,6 +215,7 @@ describe('dry run and usage', () => {
     [['--all', '--per-user', '3', '--expires', '0d'], /--expires must be longer than 0/],
     [['--all', '--per-user', '3', '--expires', '3000000d', '--dry-run'], /end before the year 10000/],
     [['--resume', 'x', '--all'], /--resume takes the campaign's own settings/],
+    [['--all', '--per-user', '3', '--campaign', 'c}:made:x'], /--campaign: must not contain \{ or \}/],
     [['--all', '--per-user', '3', '--no-such-flag'], /unknown option/],
   ])('bad flags %j → exit 2 with the usage line', async (args, message) => {
     const run = await w.gen(args as string[]);

@@ -80,6 +80,9 @@ export function register(program: Command): void {
       if (opts.campaign !== undefined) {
         try {
           checkId('--campaign', opts.campaign);
+          // the id sits inside its keys' hash tag ({camp:<id>}): a brace would end the tag early, and two
+          // campaigns could then share keys (campaign "c" with satellite "x}:meta" and campaign "c}:made:x")
+          if (/[{}]/.test(opts.campaign)) throw new Error('--campaign: must not contain { or }');
         } catch (err) {
           usage((err as Error).message);
         }
