@@ -317,3 +317,45 @@ describe('a satellite ending its listing with nextCursor ""', () => {
     }
   });
 });
+
+describe('a satellite accepting fewer tokens than it was sent', () => {
+  it('is not recorded as delivered: the run fails, and --resume sends the batch again', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const held = new Map<string, Set<string>>();
+    let short = true;
+    // users u0..u2; while `short`, a delivery stores all but its last token and says so in `accepted`
+    const server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        res.setHeader('content-type', 'application/json');
+        if (req.url!.startsWith('/referrals/v1/users-without-tokens')) {
+          return res.end(JSON.stringify({ userIds: ['u0', 'u1', 'u2'].filter((u) => !held.has(u)), nextCursor: null }));
+        }
+        const { tokens } = packr.unpack(Buffer.concat(chunks)) as { tokens: { userId: string; token: string }[] };
+        const kept = short ? tokens.slice(0, -1) : tokens;
+        for (const t of kept) held.set(t.userId, (held.get(t.userId) ?? new Set()).add(t.token));
+        res.end(JSON.stringify({ accepted: kept.length }));
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-s', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'short', '--json'], env);
+      expect(run.code, run.stdout).toBe(1);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensMade: 6, tokensDelivered: 0, status: 'failed' });
+      expect(run.stderr).toContain('accepted 5 of 6');
+      expect(await new CampaignStore(fx.redis, fx.prefix).delivered('short', 'sat-s', ['u0', 'u1', 'u2'])).toEqual([false, false, false]);
+
+      short = false;
+      const resumed = await runCli(['generate', '--resume', 'short', '--json'], env);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect([...held.values()].map((s) => s.size)).toEqual([2, 2, 2]);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+      await fx.close();
+    }
+  });
+});

@@ -57,21 +57,31 @@ export class SatelliteApi {
     return { userIds: page.userIds, nextCursor: next === undefined || next === '' ? null : next };
   }
 
+  /**
+   * `accepted` is the satellite's acknowledgement: fewer than sent means some tokens were not stored, and
+   * recording the batch delivered would lose them. Such a reply is retried like a 5xx (a batch is
+   * idempotent), then fails the satellite, so --resume sends the batch again.
+   */
   async pushTokens(tokens: { userId: string; token: string }[]): Promise<number> {
-    const reply = await this.call<{ accepted?: unknown }>('POST', 'referrals/v1/tokens', { tokens });
-    if (typeof reply?.accepted !== 'number') throw new SatelliteCallError('tokens: reply has no numeric accepted', 200, false);
-    return reply.accepted;
+    const reply = await this.call<{ accepted?: unknown }>('POST', 'referrals/v1/tokens', { tokens }, (r) => {
+      if (typeof r?.accepted !== 'number') throw new SatelliteCallError('tokens: reply has no numeric accepted', 200, false);
+      if (r.accepted < tokens.length) throw new SatelliteCallError(`tokens: the satellite accepted ${r.accepted} of ${tokens.length}`, 200, true);
+    });
+    return reply.accepted as number;
   }
 
   close(): Promise<void> {
     return this.pool.close();
   }
 
-  private async call<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+  /** `check` refuses a 2xx reply that breaks the contract (throwing a SatelliteCallError), counted and retried like any failure. */
+  private async call<T>(method: 'GET' | 'POST', path: string, body?: unknown, check?: (reply: T) => void): Promise<T> {
     const backoff = this.opts.backoffMs ?? 200;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.once<T>(method, path, body);
+        const reply = await this.once<T>(method, path, body);
+        check?.(reply);
+        return reply;
       } catch (err) {
         const e = err instanceof SatelliteCallError ? err : new SatelliteCallError((err as Error).message, 0, true);
         this.opts.onRetry?.(e, attempt);
