@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { loadConfig, type Config } from '../src/config.js';
+import { ConfigError, loadConfig, type Config } from '../src/config.js';
 import { createRedis, whenReady, type RedisClient } from '../src/store/redis.js';
 
 /** How long a command waits for Redis before it gives up with one error line. */
@@ -23,7 +23,14 @@ export function configFrom(cmd: Command, extra: Partial<Record<keyof Config, unk
   if (g.keyPrefix !== undefined) overrides.keyPrefix = g.keyPrefix;
   if (g.databaseUrl !== undefined) overrides.databaseUrl = g.databaseUrl;
   for (const k of Object.keys(overrides) as (keyof Config)[]) if (overrides[k] === undefined) delete overrides[k];
-  return loadConfig(overrides);
+  try {
+    return loadConfig(overrides);
+  } catch (err) {
+    // a refused flag value (serve --port abc) is a usage error: exit 2 with the usage line, like commander's
+    // own; a bad env value alone stays a configuration error (main.ts: the message, exit 2)
+    if (err instanceof ConfigError && err.failed.some((k) => k in overrides)) cmd.error(err.message, { exitCode: 2 });
+    throw err;
+  }
 }
 
 /**

@@ -8,7 +8,8 @@ import os from 'node:os';
  */
 
 export class ConfigError extends Error {
-  constructor(readonly problems: string[]) {
+  /** `failed`: the settings whose values were refused (the CLI tells a bad flag from a bad env value) */
+  constructor(readonly problems: string[], readonly failed: string[] = []) {
     super(`invalid configuration:\n  - ${problems.join('\n  - ')}`);
     this.name = 'ConfigError';
   }
@@ -100,6 +101,7 @@ export type Config = { [K in keyof Settings]: Settings[K]['default'] };
 /** Reads every setting from `env`, then applies `overrides` (already-typed values or raw strings from flags). */
 export function loadConfig(overrides: Partial<Record<keyof Config, unknown>> = {}, env: NodeJS.ProcessEnv = process.env): Config {
   const problems: string[] = [];
+  const failed: string[] = [];
   const out: Record<string, unknown> = {};
   for (const [name, s] of Object.entries(settings) as [keyof Config, Setting<unknown>][]) {
     const override = overrides[name];
@@ -112,8 +114,9 @@ export function loadConfig(overrides: Partial<Record<keyof Config, unknown>> = {
       out[name] = typeof raw === 'string' ? s.parse(raw) : raw;
     } catch (err) {
       problems.push(`${s.env}: ${(err as Error).message}`);
+      failed.push(name);
     }
   }
-  if (problems.length) throw new ConfigError(problems);
+  if (problems.length) throw new ConfigError(problems, failed);
   return out as Config;
 }

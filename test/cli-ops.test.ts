@@ -345,6 +345,31 @@ describe('referral-manager config', () => {
   });
 });
 
+describe('a bad value of a flag that overrides a setting', () => {
+  it('is a usage error: exit 2, the problem and the command\'s usage line, before anything runs', async () => {
+    const cases: [string[], string, string][] = [
+      [['serve', '--port', 'abc'], 'PORT: expected an integer, got "abc"', 'Usage: referral-manager serve [options]'],
+      [['serve', '--workers', '0'], 'WORKERS: expected 1..256, got 0', 'Usage: referral-manager serve [options]'],
+      [['stats', '--redis-url', 'nope'], 'REDIS_URL: not a URL: "nope"', 'Usage: referral-manager stats [options]'],
+      [['snapshot', '--metrics-port', 'x'], 'SNAPSHOT_METRICS_PORT: expected an integer, got "x"', 'Usage: referral-manager snapshot [options]'],
+    ];
+    const runs = await Promise.all(cases.map(([args]) => runCli(args, {}, { timeoutMs: 20_000 })));
+    runs.forEach((r, i) => {
+      const [args, problem, usage] = cases[i]!;
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr, args.join(' ')).toContain(problem);
+      expect(r.stderr.split('\n'), args.join(' ')).toContain(usage);
+    });
+  });
+
+  it('a bad env value stays a configuration error (exit 2) without a usage line: no flag was wrong', async () => {
+    const r = await runCli(['stats'], { REDIS_URL: 'nope' });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('REDIS_URL: not a URL: "nope"');
+    expect(r.stderr).not.toContain('Usage:');
+  });
+});
+
 describe('Redis unreachable', () => {
   it('a command exits 1 with one error line, no stack trace, also with Cluster seeds (which waited forever)', async () => {
     const port = await freePort();
