@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import http from 'node:http';
 import { Pool } from 'undici';
 import { afterAll, describe, expect, it } from 'vitest';
-import { startCluster } from '../bench/redis-server.js';
+import { freePort, startCluster } from '../bench/redis-server.js';
 import { createRedis } from '../src/store/redis.js';
 import { ADMIN_KEY, call, privateRedis, serve, type RestartableRedis, type Served } from './helpers/http.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
@@ -222,6 +222,31 @@ describe('serve processes', () => {
       expect((await call(pool, 'GET', '/readyz')).body.snapshot).toEqual({ state: 'off' });
       await new Promise((s) => setTimeout(s, 1500));
       expect((await lag()).seconds).toBeGreaterThan(0.5);
+    } finally {
+      await pool.close();
+      expect(await server.stop()).toBe(0);
+    }
+  });
+
+  it('with SNAPSHOT on and Postgres unreachable: serves, warns once, /readyz and /metrics say the snapshot is down', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('nopg'), SNAPSHOT: 'true', DATABASE_URL: `postgres://postgres@127.0.0.1:${await freePort()}/rm_nopg` });
+    const { pool, key } = await setup(server);
+    try {
+      const [t] = await tokens(pool, 1);
+      const redeemed = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t, userId: 'b' } });
+      expect(redeemed.status).toBe(200);
+      let ready = await call(pool, 'GET', '/readyz');
+      for (let i = 0; i < 50 && ready.body.snapshot?.state !== 'down'; i++) {
+        await new Promise((s) => setTimeout(s, 100));
+        ready = await call(pool, 'GET', '/readyz');
+      }
+      expect(ready.status).toBe(200);
+      expect(ready.body).toMatchObject({ ready: true, redis: 'up', snapshot: { state: 'down' } });
+      expect(ready.body.snapshot.lagEvents).toBeGreaterThanOrEqual(2); // the generated and the redeemed event wait in Redis
+      const metrics = (await call(pool, 'GET', '/metrics')).body as string;
+      expect(metrics).toMatch(/^rm_snapshot_postgres_up 0$/m);
+      await new Promise((s) => setTimeout(s, 1500)); // a few retries later, still one warning
+      expect(server.output().match(/Postgres unreachable/g)).toHaveLength(1);
     } finally {
       await pool.close();
       expect(await server.stop()).toBe(0);

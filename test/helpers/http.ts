@@ -14,6 +14,8 @@ export interface Served {
   url: string;
   port: number;
   proc: ChildProcess;
+  /** everything it printed so far, stdout and stderr */
+  output(): string;
   /** SIGTERM and the exit code */
   stop(): Promise<number | null>;
 }
@@ -25,12 +27,17 @@ export async function serve(env: Record<string, string>, workers = 1, askPort?: 
     env: { ...process.env, ADMIN_KEY, SNAPSHOT: 'false', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  let output = '';
+  const collect = (d: Buffer) => (output += d.toString());
+  proc.stdout!.on('data', collect);
+  proc.stderr!.on('data', collect);
   const port = Number((await waitForOutput(proc, /listening on [^\s]+:(\d+) /, 'serve'))[1]);
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   return {
     url: `http://127.0.0.1:${port}`,
     port,
     proc,
+    output: () => output,
     async stop() {
       if (proc.exitCode === null) proc.kill('SIGTERM');
       return exited;
