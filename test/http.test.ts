@@ -103,6 +103,14 @@ describe.each<Format>(['json', 'msgpack'])('satellite routes in %s', (format) =>
     expectError(await as(keyB, 'POST', '/v1/tokens/redeem', { token: ex, userId: 'u' }), 410, 'token_expired');
   });
 
+  it('lookup always carries expiresAt: epoch ms, or null for a token that never expires', async () => {
+    const [never] = await tokensFor('sat-a', `never-${format}`, 1);
+    const at = Date.now() + 3_600_000;
+    const [dated] = await tokensFor('sat-a', `dated-${format}`, 1, { expiresAt: at });
+    expect((await as(keyB, 'GET', `/v1/tokens/${never}`)).body).toEqual({ token: never, state: 'unredeemed', ownerSatelliteId: 'sat-a', expiresAt: null });
+    expect((await as(keyB, 'GET', `/v1/tokens/${dated}`)).body).toEqual({ token: dated, state: 'unredeemed', ownerSatelliteId: 'sat-a', expiresAt: at });
+  });
+
   it('lists the unredeemed tokens of a user on the calling satellite only', async () => {
     const user = `lister-${format}`;
     const made = await tokensFor('sat-a', user, 3);

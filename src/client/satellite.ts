@@ -26,7 +26,8 @@ export interface LookedUp {
   token: string;
   state: TokenState;
   ownerSatelliteId: string;
-  expiresAt?: number;
+  /** epoch ms; null: the token never expires */
+  expiresAt: number | null;
 }
 
 export interface ListedToken {

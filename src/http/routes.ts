@@ -106,7 +106,8 @@ export function routes(d: RouteDeps): Route[] {
         limited(c);
         const t = await d.engine.lookup(c.params[0]!);
         if (!t) return refuse(c, 'not_found');
-        return ok(defined({ token: t.token, state: t.state, ownerSatelliteId: t.ownerSatelliteId, expiresAt: t.expiresAt }));
+        // expiresAt is a field of this reply (issue 3), so it is always there: null when the token never expires
+        return ok({ token: t.token, state: t.state, ownerSatelliteId: t.ownerSatelliteId, expiresAt: t.expiresAt ?? null });
       },
     },
     {
