@@ -282,10 +282,14 @@ describe('serve processes', () => {
     let out = '';
     server.proc.stdout!.on('data', (d: Buffer) => (out += d));
     const dead = new Set<number>();
-    /** pids answering /healthz until `n` live ones (not killed) are seen */
+    /**
+     * pids answering /healthz until `n` live ones (not killed) are seen, for up to 15 s: a count of tries
+     * ran out in ~3 s while one worker answered every try at once and its replacement was still starting
+     */
     const live = async (n: number) => {
       const seen = new Set<number>();
-      for (let i = 0; i < 2000 && seen.size < n; i++) {
+      const until = Date.now() + 15_000;
+      while (Date.now() < until && seen.size < n) {
         const pid = await freshGet(`${server.url}/healthz`).then((r) => JSON.parse(r.body).pid as number, () => undefined);
         if (pid !== undefined && !dead.has(pid)) seen.add(pid);
         else await new Promise((r) => setTimeout(r, 10));
