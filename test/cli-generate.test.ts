@@ -224,6 +224,17 @@ describe('dry run and usage', () => {
     expect(run.stderr).toMatch(/Usage: referral-manager generate \[options\]/);
   });
 
+  it('rerunning a campaign with another --expires keeps the campaign\'s expiry and says so', async () => {
+    const first = await w.gen(['--all', '--per-user', '1', '--campaign', 'spring', '--expires', '10d']);
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stderr).not.toMatch(/note:/);
+    const expiresAt = (await new CampaignStore(w.fx.redis, w.fx.prefix).meta('spring'))!.expiresAt!;
+    const again = await w.gen(['--all', '--per-user', '1', '--campaign', 'spring', '--expires', '20d']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr).toContain(`note: campaign "spring" keeps its expiry ${new Date(expiresAt).toISOString()}; --expires applies to new campaigns only`);
+    expect((await new CampaignStore(w.fx.redis, w.fx.prefix).meta('spring'))!.expiresAt).toBe(expiresAt);
+  });
+
   it('unknown satellite or campaign → exit 1 and a clear message', async () => {
     const sat = await w.gen(['--satellite', 'nope', '--per-user', '3']);
     expect(sat.code).toBe(1);

@@ -104,6 +104,12 @@ export function register(program: Command): void {
           if (existing && perUser !== undefined && existing.perUser !== perUser) {
             throw new Error(`campaign "${id}" makes ${existing.perUser} tokens per user, not ${perUser}: choose another --campaign`);
           }
+          // --expires is relative, so rerunning the same command line gives another date: keep the campaign's
+          // (its tokens should expire together), but say so rather than drop the flag silently
+          if (existing && expiresAt !== undefined) {
+            const kept = existing.expiresAt === undefined ? 'no expiry' : `expiry ${new Date(existing.expiresAt).toISOString()}`;
+            console.error(`note: campaign "${id}" keeps its ${kept}; --expires applies to new campaigns only`);
+          }
           const satIds = opts.resume !== undefined ? existing!.satellites : opts.all ? (await registry.list()).map((s) => s.id) : [...new Set(opts.satellite)];
           if (satIds.length === 0) throw new Error('no satellites registered (referral-manager satellites add --id <id> --url <url>)');
           const satellites: FlowSatellite[] = [];
