@@ -8,6 +8,33 @@ import { CampaignStore } from '../src/campaigns/store.js';
 import { runCli } from './helpers/cli.js';
 import { engineFixture, type EngineFixture } from './helpers/redis.js';
 
+type Pushed = { userId: string; token: string }[];
+
+/**
+ * A satellite written by hand for one contract corner: `list` answers the users-without-tokens listing,
+ * `push` a delivery (its reply's `accepted`). Registered as `id` in the fixture's registry.
+ */
+async function handWrittenSatellite(fx: EngineFixture, id: string, list: () => unknown, push: (tokens: Pushed) => number) {
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      res.setHeader('content-type', 'application/json');
+      if (req.url!.startsWith('/referrals/v1/users-without-tokens')) return res.end(JSON.stringify(list()));
+      const { tokens } = packr.unpack(Buffer.concat(chunks)) as { tokens: Pushed };
+      res.end(JSON.stringify({ accepted: push(tokens) }));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  await new SatelliteRegistry(fx.redis, fx.prefix).add({ id, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
+  return {
+    async close() {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
 /**
  * The generation flow end to end: the built CLI as a child process, real Redis, reference
  * satellites serving the satellite contract over HTTP.
@@ -299,31 +326,23 @@ describe('a satellite ending its listing with nextCursor ""', () => {
     const held = new Map<string, number>();
     let listings = 0;
     // users u0..u2 without tokens, then none: every page says nextCursor "" (no more pages)
-    const server = createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        res.setHeader('content-type', 'application/json');
-        if (req.url!.startsWith('/referrals/v1/users-without-tokens')) {
-          listings++;
-          return res.end(JSON.stringify({ userIds: ['u0', 'u1', 'u2'].filter((u) => !held.has(u)), nextCursor: '' }));
-        }
-        const { tokens } = packr.unpack(Buffer.concat(chunks)) as { tokens: { userId: string }[] };
+    const satellite = await handWrittenSatellite(
+      fx,
+      'sat-go',
+      () => (listings++, { userIds: ['u0', 'u1', 'u2'].filter((u) => !held.has(u)), nextCursor: '' }),
+      (tokens) => {
         for (const t of tokens) held.set(t.userId, (held.get(t.userId) ?? 0) + 1);
-        res.end(JSON.stringify({ accepted: tokens.length }));
-      });
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+        return tokens.length;
+      },
+    );
     try {
-      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-go', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
       const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'go', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
       expect(run.code, run.stderr).toBe(0);
       expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 3, tokensDelivered: 6, status: 'done' });
       expect(listings).toBe(1);
       expect([...held.values()]).toEqual([2, 2, 2]);
     } finally {
-      server.closeAllConnections();
-      await new Promise((resolve) => server.close(resolve));
+      await satellite.close();
       await fx.close();
     }
   });
@@ -335,23 +354,17 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     const held = new Map<string, Set<string>>();
     let short = true;
     // users u0..u2; while `short`, a delivery stores all but its last token and says so in `accepted`
-    const server = createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        res.setHeader('content-type', 'application/json');
-        if (req.url!.startsWith('/referrals/v1/users-without-tokens')) {
-          return res.end(JSON.stringify({ userIds: ['u0', 'u1', 'u2'].filter((u) => !held.has(u)), nextCursor: null }));
-        }
-        const { tokens } = packr.unpack(Buffer.concat(chunks)) as { tokens: { userId: string; token: string }[] };
+    const satellite = await handWrittenSatellite(
+      fx,
+      'sat-s',
+      () => ({ userIds: ['u0', 'u1', 'u2'].filter((u) => !held.has(u)), nextCursor: null }),
+      (tokens) => {
         const kept = short ? tokens.slice(0, -1) : tokens;
         for (const t of kept) held.set(t.userId, (held.get(t.userId) ?? new Set()).add(t.token));
-        res.end(JSON.stringify({ accepted: kept.length }));
-      });
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+        return kept.length;
+      },
+    );
     try {
-      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-s', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
       const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
       const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'short', '--json'], env);
       expect(run.code, run.stdout).toBe(1);
@@ -364,8 +377,7 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
       expect(resumed.code, resumed.stderr).toBe(0);
       expect([...held.values()].map((s) => s.size)).toEqual([2, 2, 2]);
     } finally {
-      server.closeAllConnections();
-      await new Promise((resolve) => server.close(resolve));
+      await satellite.close();
       await fx.close();
     }
   });
