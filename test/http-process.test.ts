@@ -253,29 +253,52 @@ describe('serve processes', () => {
     }
   });
 
-  it('runs 2 workers on one port (--port 0: one the primary picks), aggregates /metrics over them, and SIGTERM drains in-flight requests then exits 0', async () => {
+  it('runs 2 workers on one port (--port 0: one the primary picks) and aggregates /metrics over them', async () => {
     const server = await serve({ KEY_PREFIX: fresh('proc') }, 2, 0);
     const { pool } = await setup(server);
-    const pids = new Set<number>();
-    let sent = 0;
-    for (; sent < 200 && pids.size < 2; sent++) pids.add(JSON.parse((await freshGet(`${server.url}/healthz`)).body).pid);
-    expect(pids.size).toBe(2);
+    try {
+      const pids = new Set<number>();
+      let sent = 0;
+      for (; sent < 200 && pids.size < 2; sent++) pids.add(JSON.parse((await freshGet(`${server.url}/healthz`)).body).pid);
+      expect(pids.size).toBe(2);
 
-    const metrics = (await call(pool, 'GET', '/metrics')).body as string;
-    const healthz = [...metrics.matchAll(/rm_http_requests_total\{route="\/healthz",method="get",status="200"\} (\d+)/g)];
-    expect(healthz).toHaveLength(1);
-    // every /healthz answered, by both workers, summed into one series: one worker's share alone is fewer
-    expect(Number(healthz[0]![1])).toBe(sent);
+      const metrics = (await call(pool, 'GET', '/metrics')).body as string;
+      const healthz = [...metrics.matchAll(/rm_http_requests_total\{route="\/healthz",method="get",status="200"\} (\d+)/g)];
+      expect(healthz).toHaveLength(1);
+      // every /healthz answered, by both workers, summed into one series: one worker's share alone is fewer
+      expect(Number(healthz[0]![1])).toBe(sent);
+    } finally {
+      await pool.close();
+      expect(await server.stop()).toBe(0);
+    }
+  });
 
-    const users = Array.from({ length: 5000 }, (_, i) => `drain-${i}`);
-    const inflight = Array.from({ length: 4 }, () => call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: users, perUser: 2 }, format: 'msgpack' }));
-    await new Promise((s) => setTimeout(s, 30));
-    const code = server.stop();
-    const replies = await Promise.all(inflight);
-    expect(replies.map((r) => [r.status, r.body.tokens?.length])).toEqual(Array(4).fill([200, 10_000]));
-    expect(await code).toBe(0);
-    await expect(freshGet(`${server.url}/healthz`)).rejects.toThrow();
-    await pool.close();
+  it('SIGTERM with requests in flight on 2 workers: each is answered 200, then exit 0 and the port is closed', async () => {
+    // Redis paused (SIGSTOP): the requests cannot finish before the SIGTERM, however slow the machine is
+    const redis = await privateRedis();
+    await redis.start();
+    const server = await serve({ REDIS_URL: redis.url, KEY_PREFIX: 'rm-test', REQUEST_TIMEOUT_MS: '60000' }, 2, 0);
+    const pool = new Pool(server.url, { connections: 4 });
+    try {
+      expect((await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat' } })).status).toBe(201);
+      const users = Array.from({ length: 5000 }, (_, i) => `drain-${i}`);
+      redis.signal('SIGSTOP');
+      const inflight = Array.from({ length: 4 }, () => call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: users, perUser: 2 }, format: 'msgpack' }));
+      // time for the workers to read the requests; none can be answered while Redis is paused
+      await new Promise((s) => setTimeout(s, 1500));
+      const code = server.stop();
+      await new Promise((s) => setTimeout(s, 300)); // the workers are draining now
+      redis.signal('SIGCONT');
+      const replies = await Promise.allSettled(inflight);
+      expect(replies.map((r) => (r.status === 'fulfilled' ? [r.value.status, r.value.body.tokens?.length] : String(r.reason)))).toEqual(Array(4).fill([200, 10_000]));
+      expect(await code).toBe(0);
+      await expect(freshGet(`${server.url}/healthz`)).rejects.toThrow();
+    } finally {
+      redis.signal('SIGCONT');
+      await pool.close();
+      await server.stop();
+      await redis.dispose();
+    }
   });
 
   it('replaces a killed worker, waiting longer each time workers keep dying (no fork loop)', async () => {
