@@ -1,0 +1,86 @@
+import type pg from 'pg';
+import { Pool } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openPostgres, readSnapshotStatus, verify } from '../src/snapshot/index.js';
+import { createRedis, type RedisClient } from '../src/store/redis.js';
+import { ADMIN_KEY, call, serve, type Served } from './helpers/http.js';
+import { testDatabase } from './helpers/pg.js';
+import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+
+/** Polls `probe` until `ok` holds (generous deadline: the machine may be busy); returns the last value. */
+async function until<T>(probe: () => Promise<T>, ok: (v: T) => boolean, what: string, ms = 30_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await probe();
+    if (ok(v)) return v;
+    if (Date.now() > end) throw new Error(`${what}: not reached within ${ms} ms; last: ${JSON.stringify(v)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
+ * The default deployment: `serve` with SNAPSHOT on runs the Postgres writer in its primary. Every other
+ * serve test turns it off, so this is the one that shows HTTP changes reaching Postgres from serve itself.
+ */
+describe('serve with the snapshot writer on (SNAPSHOT=true, the default; real Redis, Postgres, HTTP)', () => {
+  const prefix = testPrefix('servesnap');
+  let db: Awaited<ReturnType<typeof testDatabase>>;
+  let pgPool: pg.Pool;
+  let redis: RedisClient;
+  let server: Served | undefined;
+  let http: Pool | undefined;
+
+  beforeAll(async () => {
+    db = await testDatabase();
+    pgPool = await openPostgres(db.url);
+    redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
+  });
+  afterAll(async () => {
+    await http?.close();
+    await server?.stop();
+    await pgPool?.end();
+    if (redis) {
+      await dropPrefix(redis, prefix);
+      redis.disconnect();
+    }
+    await db?.drop();
+  });
+
+  it('tokens and satellites changed through the API reach Postgres, /readyz reports the writer up, SIGTERM stops it and exits 0', async () => {
+    server = await serve({ KEY_PREFIX: prefix, SNAPSHOT: 'true', DATABASE_URL: db.url, REDIS_URL: SHARED_REDIS_URL });
+    http = new Pool(server.url, { connections: 2 });
+    const added = await call(http, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-s', name: 'Snap' } });
+    expect(added.status).toBe(201);
+    const key = added.body.apiKey as string;
+    const gen = await call(http, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat-s', userIds: ['alice'], perUser: 3, campaignId: 'snap-camp' } });
+    expect(gen.status).toBe(200);
+    const [t0, t1, t2] = gen.body.tokens.map((t: { token: string }) => t.token) as [string, string, string];
+    expect((await call(http, 'POST', '/v1/tokens/redeem', { key, body: { token: t0, userId: 'bob' } })).status).toBe(200);
+    expect((await call(http, 'POST', '/v1/tokens/reserve', { key, body: { token: t1, leaseMs: 600_000 } })).status).toBe(200);
+
+    // 3 generated + 1 redeemed + 1 reserved
+    await until(async () => Number((await pgPool.query('SELECT count(*) AS n FROM token_events')).rows[0].n), (n) => n === 5, 'events in Postgres');
+    const rows = (await pgPool.query('SELECT token, state, owner_satellite_id, owner_user_id, campaign_id, redeemer_user_id FROM tokens ORDER BY token')).rows;
+    expect(rows).toEqual(
+      [
+        { token: t0, state: 'redeemed', redeemer_user_id: 'bob' },
+        { token: t1, state: 'reserved', redeemer_user_id: null },
+        { token: t2, state: 'unredeemed', redeemer_user_id: null },
+      ]
+        .map((r) => ({ ...r, owner_satellite_id: 'sat-s', owner_user_id: 'alice', campaign_id: 'snap-camp' }))
+        .sort((a, b) => (a.token < b.token ? -1 : 1)),
+    );
+    await until(async () => (await pgPool.query('SELECT id FROM satellites')).rows, (r) => r.length === 1 && r[0].id === 'sat-s', 'satellite in Postgres');
+    expect(await verify(redis, pgPool, prefix)).toMatchObject({ tokens: 3, satellites: 1, differences: 0 });
+
+    const ready = await until(() => call(http!, 'GET', '/readyz'), (r) => r.body.snapshot?.state === 'up' && r.body.snapshot?.lagEvents === 0, '/readyz snapshot up');
+    expect(ready.status).toBe(200);
+
+    await http.close();
+    http = undefined;
+    expect(await server.stop()).toBe(0);
+    server = undefined;
+    // the writer stopped with the primary, and said so
+    expect(await readSnapshotStatus(redis, prefix)).toMatchObject({ state: 'off' });
+  });
+});
