@@ -1,6 +1,7 @@
 import { Packr } from 'msgpackr';
 import { Pool } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { createRedis } from '../src/store/redis.js';
 import { ADMIN_KEY, call, serve, type Format, type Served } from './helpers/http.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
@@ -188,6 +189,28 @@ describe('admin routes', () => {
     await new Promise((s) => setTimeout(s, 1100));
     expect((await list(old)).status).toBe(401);
     expect((await list(fresh)).status).toBe(200);
+  });
+
+  it('a removed satellite\'s key is refused: at once after DELETE on this worker, within AUTH_CACHE_MS after a remove elsewhere', async () => {
+    const list = (key: string) => call(pool, 'GET', '/v1/users/u/tokens', { key });
+    // removed through the API: the worker that removed it drops its cached key at once
+    const { apiKey: viaApi } = (await admin('POST', '/v1/admin/satellites', { id: 'sat-del-api' })).body;
+    expect((await list(viaApi)).status).toBe(200); // now cached (AUTH_CACHE_MS=200)
+    expect((await admin('DELETE', '/v1/admin/satellites/sat-del-api')).status).toBe(200);
+    expect((await list(viaApi)).status).toBe(401);
+    // removed by another process (`referral-manager satellites remove`): the cached key ends with the cache
+    const { apiKey: viaCli } = (await admin('POST', '/v1/admin/satellites', { id: 'sat-del-cli' })).body;
+    expect((await list(viaCli)).status).toBe(200);
+    const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
+    try {
+      await new SatelliteRegistry(redis, prefix).remove('sat-del-cli');
+    } finally {
+      redis.disconnect();
+    }
+    const deadline = Date.now() + 10_000;
+    let status = 0;
+    while ((status = (await list(viaCli)).status) === 200 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(status).toBe(401);
   });
 
   it('revokes nothing when one token of a {tokens} list is malformed (400 names it)', async () => {
