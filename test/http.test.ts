@@ -99,8 +99,10 @@ describe.each<Format>(['json', 'msgpack'])('satellite routes in %s', (format) =>
     const [rv] = await tokensFor('sat-a', 'rv-owner', 1);
     expect((await admin('POST', '/v1/admin/tokens/revoke', { tokens: [rv] }, format)).body).toEqual({ revoked: 1 });
     expectError(await as(keyB, 'POST', '/v1/tokens/redeem', { token: rv, userId: 'u' }), 410, 'token_revoked');
-    const [ex] = await tokensFor('sat-a', 'ex-owner', 1, { expiresAt: Date.now() + 300 });
-    await new Promise((s) => setTimeout(s, 400));
+    // long enough for the generate call on a busy machine (a past expiresAt is refused), then wait it out
+    const expiresAt = Date.now() + 1500;
+    const [ex] = await tokensFor('sat-a', 'ex-owner', 1, { expiresAt });
+    await new Promise((s) => setTimeout(s, expiresAt + 50 - Date.now()));
     expectError(await as(keyB, 'POST', '/v1/tokens/redeem', { token: ex, userId: 'u' }), 410, 'token_expired');
   });
 
@@ -181,12 +183,15 @@ describe('admin routes', () => {
     // a grace past any date is refused before anything rotates (the CLI's --grace has the same cap)
     const endless = await admin('POST', '/v1/admin/satellites/sat-rot/rotate-key', { graceMs: 1e20 });
     expect([endless.status, endless.body.error]).toEqual([400, 'invalid_request']);
-    const fresh = (await admin('POST', '/v1/admin/satellites/sat-rot/rotate-key', { graceMs: 700 })).body.apiKey;
+    // a grace long enough for the two requests below on a busy machine
+    const graceMs = 3000;
+    const fresh = (await admin('POST', '/v1/admin/satellites/sat-rot/rotate-key', { graceMs })).body.apiKey;
+    const rotatedBy = Date.now(); // the grace ends graceMs after a moment before this
     const list = (key: string) => call(pool, 'GET', '/v1/users/u/tokens', { key });
     expect((await list(old)).status).toBe(200);
     expect((await list(fresh)).status).toBe(200);
-    // grace (700 ms) + the in-process key cache (AUTH_CACHE_MS=200)
-    await new Promise((s) => setTimeout(s, 1100));
+    // grace + the in-process key cache (AUTH_CACHE_MS=200)
+    await new Promise((s) => setTimeout(s, rotatedBy + graceMs + 200 + 50 - Date.now()));
     expect((await list(old)).status).toBe(401);
     expect((await list(fresh)).status).toBe(200);
   });

@@ -612,7 +612,8 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
       it('expired: past expiresAt a token can be neither redeemed nor reserved, and is no longer listed', async () => {
         const sat = uniq('sat');
         const user = uniq('user');
-        const expiresAt = Date.now() + 300;
+        // long enough for both mints on a busy machine: a past expiresAt is refused
+        const expiresAt = Date.now() + 1500;
         const soon = await mint(1, { sat, user, expiresAt });
         const later = await mint(1, { sat, user, expiresAt: Date.now() + 3_600_000 });
         const t = soon.tokens[0]!;
@@ -734,7 +735,8 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
       });
 
       it('a token that expired while reserved is refused once the lease lapses', async () => {
-        const expiresAt = Date.now() + 400;
+        // long enough for the mint and the reserve on a busy machine: both must come before it
+        const expiresAt = Date.now() + 1500;
         const m = await mint(1, { expiresAt });
         const t = m.tokens[0]!;
         const r = await engine.reserve(t, 'holder', 50);
