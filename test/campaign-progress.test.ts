@@ -30,7 +30,7 @@ describe('generation progress (real Redis, a reference satellite)', () => {
     const seen: Partial<Record<ProgressEvent, number>> = {};
     const [report] = await runCampaign(
       {
-        engine: fx.engine, campaigns, campaign, existed, dryRun: false, pageSize: 100, deliverBatch: 150, timeoutMs: 2000, attempts: 1, backoffMs: 1,
+        engine: fx.engine, campaigns, campaign, existed, dryRun: false, pageSize: 100, deliverBatch: 150, timeoutMs: 30_000, attempts: 1, backoffMs: 1,
         onProgress: (_sat, event, n) => void (seen[event] = (seen[event] ?? 0) + n),
       },
       [{ id: 'sat-p', url: sim.url }],
@@ -49,7 +49,7 @@ describe('generation progress (real Redis, a reference satellite)', () => {
     await campaigns.setStatus(other.id, 'sat-p', 'running');
     try {
       const [report] = await runCampaign(
-        { engine: fx.engine, campaigns, campaign: other, existed: false, dryRun: false, pageSize: 100, deliverBatch: 150, timeoutMs: 2000, attempts: 1, claim: mine },
+        { engine: fx.engine, campaigns, campaign: other, existed: false, dryRun: false, pageSize: 100, deliverBatch: 150, timeoutMs: 30_000, attempts: 1, claim: mine },
         [{ id: 'sat-p', url: sim.url }],
       );
       expect(report).toMatchObject({ status: 'failed', tokensMade: 0, error: expect.stringMatching(/now run by another generate/) });

@@ -71,9 +71,11 @@ describe('snapshot writer under faults (real processes)', () => {
     db = await testDatabase();
     pool = await openPostgres(db.url);
   });
+  /** the status once `ok` holds, or the last one read after 30 s (the writer reports once a second; the machine may be busy) */
   const statusUntil = async (ok: (s: Awaited<ReturnType<typeof readSnapshotStatus>>) => boolean) => {
+    const end = Date.now() + 30_000;
     let status = await readSnapshotStatus(fx.redis, fx.prefix);
-    for (let i = 0; i < 100 && !ok(status); i++) {
+    while (!ok(status) && Date.now() < end) {
       await sleep(100);
       status = await readSnapshotStatus(fx.redis, fx.prefix);
     }
@@ -137,18 +139,19 @@ describe('snapshot writer under faults (real processes)', () => {
     const ownDb = await testDatabase();
     const writers: ChildProcess[] = [];
     const get = async (port: number, p: string) => {
-      for (let i = 0; ; i++) {
+      const end = Date.now() + 30_000;
+      for (;;) {
         try {
           const r = await fetch(`http://127.0.0.1:${port}${p}`);
           return { status: r.status, text: await r.text() };
         } catch (err) {
-          if (i === 200) throw err;
+          if (Date.now() > end) throw err;
           await sleep(50); // not listening yet
         }
       }
     };
     const until = async (port: number, p: string, ok: (r: { status: number; text: string }) => boolean) => {
-      for (let i = 0; i < 200; i++) {
+      for (const end = Date.now() + 30_000; Date.now() < end; ) {
         const r = await get(port, p);
         if (ok(r)) return r;
         await sleep(50);
@@ -233,8 +236,13 @@ describe('snapshot writer under faults (real processes)', () => {
     const config = loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url });
     const writers = await Promise.all([1, 2, 3].map(() => startSnapshotWriter(config, { log: () => {}, leaseMs: 1500 })));
     try {
-      await sleep(800);
       const leaders = () => writers.filter((w) => w.status().leader);
+      const leaderWithin = async (ms: number) => {
+        for (const end = Date.now() + ms; leaders().length === 0 && Date.now() < end; ) await sleep(100);
+      };
+      await leaderWithin(30_000);
+      // every writer has tried the lease by now; they keep trying every 500 ms: still one
+      await sleep(800);
       expect(leaders()).toHaveLength(1);
       const first = leaders()[0]!;
       const before = await count(pool, 'token_events');
@@ -242,7 +250,7 @@ describe('snapshot writer under faults (real processes)', () => {
       await caughtUp(fx.redis, fx.prefix, pool, before + 1000);
       await first.stop();
       writers.splice(writers.indexOf(first), 1);
-      for (let i = 0; i < 50 && leaders().length === 0; i++) await sleep(100);
+      await leaderWithin(30_000);
       expect(leaders()).toHaveLength(1);
       await generateTokens(fx.engine, 1000, 'sat-lease2');
       await caughtUp(fx.redis, fx.prefix, pool, before + 2000);
@@ -278,8 +286,7 @@ describe('snapshot writer under faults (real processes)', () => {
       proxy.open();
       await caughtUp(fx.redis, fx.prefix, pool, before + 2500);
       expect((await verify(fx.redis, pool, fx.prefix)).differences).toBe(0);
-      await sleep(1100);
-      expect(await readSnapshotStatus(fx.redis, fx.prefix)).toMatchObject({ state: 'up', lagEvents: 0 });
+      expect(await statusUntil((s) => s.state === 'up' && s.lagEvents === 0)).toMatchObject({ state: 'up', lagEvents: 0 });
     } finally {
       await writer.stop();
       await proxy.close();
