@@ -15,12 +15,18 @@ describe('leases (snapshot writer, campaign runs) on real Redis', () => {
 
   it('a holder whose lease lapsed can neither renew nor release the next holder\'s', async () => {
     const key = `${f.prefix}:lease-a`;
-    const first = new Lease(f.redis, key, 100);
+    // 1 s: the second holder's first try has to come within it, also on a busy machine
+    const first = new Lease(f.redis, key, 1000);
     const second = new Lease(f.redis, key, 60_000);
     expect(await first.acquire()).toBe(true);
     expect(await second.acquire()).toBe(false);
-    await sleep(150);
-    expect(await second.acquire()).toBe(true);
+    // the first holder never renews: its lease lapses and the second gets it
+    let got = false;
+    for (const end = Date.now() + 30_000; !got && Date.now() < end; ) {
+      await sleep(100);
+      got = await second.acquire();
+    }
+    expect(got).toBe(true);
     expect(await first.renew()).toBe(false);
     await first.release();
     expect(await f.redis.get(key)).toBe(second.id);
@@ -32,15 +38,16 @@ describe('leases (snapshot writer, campaign runs) on real Redis', () => {
 
   it('a campaign run claimed after an earlier run\'s claim lapsed is not released by the earlier run', async () => {
     const campaigns = new CampaignStore(f.redis, f.prefix);
-    const stalled = await campaigns.claim('autumn', 100);
+    // 300 ms, renewed every 100 ms: held while it renews, also on a busy machine
+    const stalled = await campaigns.claim('autumn', 300);
     expect(stalled).toBeDefined();
     expect(await campaigns.claim('autumn')).toBeUndefined();
     // the first run's claim lapses (a run stalled past its lease; its renew timer keeps firing) ...
     await f.redis.del(`${f.prefix}:{camp:autumn}:run`);
     const next = await campaigns.claim('autumn');
     expect(next).toBeDefined();
-    await sleep(80);
-    expect(await f.redis.pttl(`${f.prefix}:{camp:autumn}:run`)).toBeGreaterThan(10_000); // not cut to the stalled run's 100 ms
+    await sleep(250); // two of the stalled run's renew ticks (sent before the PTTL below, on the same connection)
+    expect(await f.redis.pttl(`${f.prefix}:{camp:autumn}:run`)).toBeGreaterThan(10_000); // not cut to the stalled run's 300 ms
     // ... and when it comes back, its release leaves the second run's claim alone
     await stalled!.release();
     expect(await campaigns.claim('autumn')).toBeUndefined();
