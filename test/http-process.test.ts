@@ -62,24 +62,27 @@ describe('serve processes', () => {
   it('rate-limits failed redeem/reserve/lookup per satellite and per IP with 429 rate_limited and Retry-After', async () => {
     const server = await serve({ KEY_PREFIX: fresh('rl'), RATE_LIMIT_FAILURES: '3', RATE_LIMIT_WINDOW_MS: '60000' });
     const { pool, key } = await setup(server);
-    const unknown = (i: number) => `ffff0000-0000-4000-8000-${String(i).padStart(12, '0')}`;
-    const statuses: number[] = [];
-    for (let i = 0; i < 3; i++) statuses.push((await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: unknown(i), userId: 'g' } })).status);
-    expect(statuses).toEqual([404, 404, 404]);
-    const crossing = await call(pool, 'POST', '/v1/tokens/reserve', { key, body: { token: unknown(9) }, format: 'msgpack' });
-    expect(crossing.status).toBe(429);
-    expect(crossing.body.error).toBe('rate_limited');
-    expect(Number(crossing.headers['retry-after'])).toBeGreaterThanOrEqual(1);
-    const after = await call(pool, 'GET', `/v1/tokens/${unknown(10)}`, { key });
-    expect([after.status, after.body.error]).toEqual([429, 'rate_limited']);
-    // successes are not counted and other routes are not limited
-    expect((await call(pool, 'GET', '/v1/users/u/tokens', { key })).status).toBe(200);
-    // the limit is per IP too: another satellite from the same address is refused at its first guess
-    const other = (await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-2' } })).body.apiKey;
-    const byIp = await call(pool, 'POST', '/v1/tokens/redeem', { key: other, body: { token: unknown(20), userId: 'g' } });
-    expect([byIp.status, byIp.body.error]).toEqual([429, 'rate_limited']);
-    await pool.close();
-    expect(await server.stop()).toBe(0);
+    try {
+      const unknown = (i: number) => `ffff0000-0000-4000-8000-${String(i).padStart(12, '0')}`;
+      const statuses: number[] = [];
+      for (let i = 0; i < 3; i++) statuses.push((await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: unknown(i), userId: 'g' } })).status);
+      expect(statuses).toEqual([404, 404, 404]);
+      const crossing = await call(pool, 'POST', '/v1/tokens/reserve', { key, body: { token: unknown(9) }, format: 'msgpack' });
+      expect(crossing.status).toBe(429);
+      expect(crossing.body.error).toBe('rate_limited');
+      expect(Number(crossing.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+      const after = await call(pool, 'GET', `/v1/tokens/${unknown(10)}`, { key });
+      expect([after.status, after.body.error]).toEqual([429, 'rate_limited']);
+      // successes are not counted and other routes are not limited
+      expect((await call(pool, 'GET', '/v1/users/u/tokens', { key })).status).toBe(200);
+      // the limit is per IP too: another satellite from the same address is refused at its first guess
+      const other = (await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-2' } })).body.apiKey;
+      const byIp = await call(pool, 'POST', '/v1/tokens/redeem', { key: other, body: { token: unknown(20), userId: 'g' } });
+      expect([byIp.status, byIp.body.error]).toEqual([429, 'rate_limited']);
+    } finally {
+      await pool.close();
+      expect(await server.stop()).toBe(0);
+    }
   });
 
   it('counts failed complete and release too, so they cannot probe for tokens past the limit', async () => {

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { engineFixture, type EngineFixture } from './helpers/redis.js';
 import { privateRedis } from './helpers/http.js';
@@ -15,9 +15,17 @@ import { freePort } from '../bench/redis-server.js';
 
 const MAIN = path.resolve('dist/cli/main.js');
 
+/** Writer processes started by the running test: any still running after it (a failed assertion) are killed. */
+const running = new Set<ChildProcess>();
 function spawnWriter(env: Record<string, string>, args: string[] = []): ChildProcess {
-  return spawn(process.execPath, [MAIN, 'snapshot', ...args], { env: { ...process.env, SNAPSHOT_METRICS_PORT: '0', ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+  const c = spawn(process.execPath, [MAIN, 'snapshot', ...args], { env: { ...process.env, SNAPSHOT_METRICS_PORT: '0', ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+  running.add(c);
+  c.once('exit', () => running.delete(c));
+  return c;
 }
+afterEach(async () => {
+  await Promise.all([...running].map((c) => new Promise((r) => (c.once('exit', r), c.kill('SIGCONT'), c.kill('SIGKILL')))));
+});
 const exited = (c: ChildProcess) =>
   new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => c.once('exit', (code, signal) => r({ code, signal })));
 const count = async (pool: pg.Pool, table: string) => Number((await pool.query(`SELECT count(*) AS n FROM ${table}`)).rows[0].n);
