@@ -85,6 +85,32 @@ describe('serve processes', () => {
     }
   });
 
+  it('the per-satellite limit holds across client addresses: guesses spread over IPs are still stopped', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('rl-sat'), RATE_LIMIT_FAILURES: '3', RATE_LIMIT_WINDOW_MS: '60000' });
+    const { pool, key } = await setup(server);
+    // the same satellite from several loopback addresses: no address alone reaches the limit
+    const from = ['127.0.0.2', '127.0.0.3', '127.0.0.4'].map((localAddress) => new Pool(server.url, { connections: 1, localAddress }));
+    try {
+      const unknown = (i: number) => `ffff0000-0000-4000-8000-${String(i).padStart(12, '0')}`;
+      const guess = (p: Pool, k: string, i: number) => call(p, 'POST', '/v1/tokens/redeem', { key: k, body: { token: unknown(i), userId: 'g' } });
+      const statuses = [];
+      for (let i = 0; i < 3; i++) statuses.push((await guess(from[i % 2]!, key, i)).status);
+      expect(statuses).toEqual([404, 404, 404]);
+      // the satellite's 4th failure crosses its limit (its addresses have 2 and 1)
+      const crossing = await guess(from[1]!, key, 3);
+      expect([crossing.status, crossing.body.error]).toEqual([429, 'rate_limited']);
+      // blocked from an address it never used, too
+      expect((await guess(from[2]!, key, 4)).status).toBe(429);
+      // and the block is the satellite's, not the addresses': another satellite there gets real answers
+      const other = (await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-other' } })).body.apiKey;
+      expect((await guess(from[1]!, other, 5)).status).toBe(404);
+    } finally {
+      await Promise.all(from.map((p) => p.close()));
+      await pool.close();
+      expect(await server.stop()).toBe(0);
+    }
+  });
+
   it('counts failed complete and release too, so they cannot probe for tokens past the limit', async () => {
     const server = await serve({ KEY_PREFIX: fresh('rl-complete'), RATE_LIMIT_FAILURES: '3', RATE_LIMIT_WINDOW_MS: '60000' });
     const { pool, key } = await setup(server);
