@@ -382,3 +382,35 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 });
+
+describe('--expires', () => {
+  it('every token of the campaign expires when it says, also the ones a --resume makes', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    // refuses deliveries after 10 tokens: the first run stops part-way, --resume makes the rest
+    const sim = await startSatelliteSim({ id: 'sat-x', users: 20, failAfter: 10 });
+    try {
+      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-x', url: sim.url });
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      const before = Date.now();
+      const first = await runCli(['generate', '--all', '--per-user', '2', '--expires', '30d', '--campaign', 'exp', '--batch-size', '4'], env);
+      const after = Date.now();
+      expect(first.code, first.stderr).toBe(1);
+      sim.satellite.setFailAfter(null);
+      const resumed = await runCli(['generate', '--resume', 'exp', '--json'], env);
+      expect(resumed.code, resumed.stderr).toBe(0);
+
+      const tokens = Object.values(sim.satellite.holdings()).flat();
+      expect(tokens).toHaveLength(40);
+      const expiries = new Set((await Promise.all(tokens.map((t) => fx.engine.lookup(t)))).map((t) => t?.expiresAt));
+      // one expiry for the whole campaign, 30 days after the first run started
+      expect(expiries.size).toBe(1);
+      const [expiresAt] = [...expiries] as [number];
+      expect(expiresAt).toBeGreaterThanOrEqual(before + 30 * 86_400_000);
+      expect(expiresAt).toBeLessThanOrEqual(after + 30 * 86_400_000);
+      expect(await new CampaignStore(fx.redis, fx.prefix).meta('exp')).toMatchObject({ expiresAt });
+    } finally {
+      await sim.close();
+      await fx.close();
+    }
+  });
+});
