@@ -1,6 +1,7 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
+import { afterEach } from 'vitest';
 
 export const MAIN = path.resolve('dist/cli/main.js');
 
@@ -10,11 +11,19 @@ export interface CliRun {
   stderr: string;
 }
 
+/** CLI children still running: a test that timed out (vitest's limit is shorter than runCli's) must not leave them behind. */
+const live = new Set<ChildProcess>();
+afterEach(() => {
+  for (const proc of live) proc.kill('SIGKILL');
+  live.clear();
+});
+
 /** Runs the built `referral-manager` binary as a child process (npm test builds dist/ first). */
 export function runCli(args: string[], env: Record<string, string> = {}, opts: { input?: string; timeoutMs?: number } = {}): Promise<CliRun> {
   if (!existsSync(MAIN)) throw new Error('dist/cli/main.js missing: run `npx tsc -p tsconfig.json` (npm test does)');
   return new Promise((resolve, reject) => {
     const proc = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    live.add(proc);
     let stdout = '';
     let stderr = '';
     proc.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -25,6 +34,7 @@ export function runCli(args: string[], env: Record<string, string> = {}, opts: {
     }, opts.timeoutMs ?? 120_000);
     proc.once('error', reject);
     proc.once('exit', (code) => {
+      live.delete(proc);
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
     });
