@@ -4,9 +4,21 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Packr } from 'msgpackr';
 import { Pool } from 'undici';
+import { afterAll } from 'vitest';
 import { freePort, kill, waitForOutput } from '../../bench/redis-server.js';
 
 const MAIN = path.resolve('dist/cli/main.js');
+
+/**
+ * Servers this test file started and has not stopped. Tests stop them in finally / afterAll, but a
+ * test that times out never reaches its finally: this root-level afterAll (it runs after the file's
+ * own) stops what is left, so no serve or redis-server outlives the file.
+ */
+const leftovers = new Set<() => Promise<unknown>>();
+afterAll(async () => {
+  await Promise.all([...leftovers].map((stop) => stop().catch(() => undefined)));
+  leftovers.clear();
+});
 export const ADMIN_KEY = 'test-admin-key-0123456789abcdefghijklmnop';
 const packr = new Packr({ useRecords: false });
 
@@ -31,8 +43,14 @@ export async function serve(env: Record<string, string>, workers = 1, askPort?: 
   const collect = (d: Buffer) => (output += d.toString());
   proc.stdout!.on('data', collect);
   proc.stderr!.on('data', collect);
-  const port = Number((await waitForOutput(proc, /listening on [^\s]+:(\d+) /, 'serve'))[1]);
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const killNow = async () => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL'); // its workers follow (disconnect)
+    return exited;
+  };
+  leftovers.add(killNow);
+  void exited.then(() => leftovers.delete(killNow));
+  const port = Number((await waitForOutput(proc, /listening on [^\s]+:(\d+) /, 'serve'))[1]);
   return {
     url: `http://127.0.0.1:${port}`,
     port,
@@ -94,6 +112,13 @@ export async function privateRedis(args: string[] = []): Promise<RestartableRedi
   const stop = async (sig: 'SIGTERM' | 'SIGKILL' = 'SIGTERM') => {
     if (proc) await kill(proc, sig);
   };
+  const dispose = async () => {
+    leftovers.delete(dispose);
+    proc?.kill('SIGCONT'); // a paused (SIGSTOP) server does not act on SIGTERM
+    await stop();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  leftovers.add(dispose);
   return {
     url: `redis://127.0.0.1:${port}`,
     port,
@@ -105,10 +130,7 @@ export async function privateRedis(args: string[] = []): Promise<RestartableRedi
     signal(sig) {
       proc?.kill(sig);
     },
-    async dispose() {
-      await stop();
-      rmSync(dir, { recursive: true, force: true });
-    },
+    dispose,
   };
 }
 
