@@ -1,0 +1,135 @@
+import type { RedisClient } from './redis.js';
+
+/**
+ * Redis layout of generation campaigns (src/campaigns/store.ts). Kept here, below the campaigns, because
+ * the snapshot copies the records to Postgres and back. One hash tag per campaign ({camp:<id>}) keeps its
+ * keys in one Redis Cluster slot:
+ *   <p>:{camp:<id>}:meta        hash  id, perUser, expiresAt, satellites (JSON), createdAt
+ *   <p>:{camp:<id>}:made:<sat>  hash  userId -> the user's tokens, comma-joined
+ *   <p>:{camp:<id>}:dlv:<sat>   set   users whose tokens the satellite accepted
+ *   <p>:{camp:<id>}:prog:<sat>  hash  SatelliteProgress counters, status, lastError
+ *   <p>:{camp:<id>}:run         string  the running generate's holder id, with a TTL it keeps renewing
+ *   <p>:{campaigns}             zset  campaign id -> createdAt (listing)
+ *   <p>:{gen:<sat>}:run         string  "<campaign id> <uuid>" of the run serving the satellite, with a TTL
+ */
+export class CampaignKeys {
+  constructor(readonly prefix: string) {}
+  private key(id: string, part: string): string {
+    return `${this.prefix}:{camp:${id}}:${part}`;
+  }
+  meta(id: string): string {
+    return this.key(id, 'meta');
+  }
+  made(id: string, sat: string): string {
+    return this.key(id, `made:${sat}`);
+  }
+  delivered(id: string, sat: string): string {
+    return this.key(id, `dlv:${sat}`);
+  }
+  progress(id: string, sat: string): string {
+    return this.key(id, `prog:${sat}`);
+  }
+  run(id: string): string {
+    return this.key(id, 'run');
+  }
+  index(): string {
+    return `${this.prefix}:{campaigns}`;
+  }
+  satelliteRun(sat: string): string {
+    return `${this.prefix}:{gen:${sat}}:run`;
+  }
+}
+
+export interface CampaignMeta {
+  id: string;
+  perUser: number;
+  expiresAt?: number;
+  satellites: string[];
+  createdAt: number;
+}
+
+/** Per satellite, summed over every run of the campaign. */
+export interface SatelliteProgress {
+  usersListed: number;
+  usersServed: number;
+  tokensMade: number;
+  tokensDelivered: number;
+  failures: number;
+  /** interrupted: recorded running, but no run holds the campaign (it was killed): `generate --resume`; never stored */
+  status: 'pending' | 'running' | 'interrupted' | 'done' | 'failed';
+  lastError?: string;
+}
+
+/** A campaign's record as stored, without what it made and delivered per user (that can be millions of users). */
+export interface CampaignRecord extends CampaignMeta {
+  progress: Record<string, SatelliteProgress>;
+}
+
+export const COUNTERS = ['usersListed', 'usersServed', 'tokensMade', 'tokensDelivered', 'failures'] as const;
+export type Counter = (typeof COUNTERS)[number];
+
+/** The meta hash's fields. */
+export function metaFields(meta: CampaignMeta): Record<string, string> {
+  const fields: Record<string, string> = { id: meta.id, perUser: String(meta.perUser), satellites: JSON.stringify(meta.satellites), createdAt: String(meta.createdAt) };
+  if (meta.expiresAt !== undefined) fields.expiresAt = String(meta.expiresAt);
+  return fields;
+}
+
+/** A meta hash; undefined when the campaign does not exist. */
+export function parseMeta(h: Record<string, string>): CampaignMeta | undefined {
+  if (!h.id || !h.perUser) return undefined;
+  const m: CampaignMeta = { id: h.id, perUser: Number(h.perUser), satellites: JSON.parse(h.satellites ?? '[]') as string[], createdAt: Number(h.createdAt) };
+  if (h.expiresAt) m.expiresAt = Number(h.expiresAt);
+  return m;
+}
+
+/** A progress hash; an absent one is a satellite no run has started: pending, all zero. */
+export function parseProgress(h: Record<string, string>): SatelliteProgress {
+  const p: SatelliteProgress = { usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, failures: 0, status: (h.status as SatelliteProgress['status']) ?? 'pending' };
+  for (const c of COUNTERS) p[c] = Number(h[c] ?? 0);
+  if (h.lastError) p.lastError = h.lastError;
+  return p;
+}
+
+/**
+ * The records of these campaigns (absent ones left out), in two round trips whatever their number: every
+ * meta hash, then every progress hash (the commands of one turn go out together, src/store/redis.ts).
+ */
+export async function readCampaigns(redis: RedisClient, keys: CampaignKeys, ids: string[]): Promise<CampaignRecord[]> {
+  const metas = (await Promise.all(ids.map((id) => redis.hgetall(keys.meta(id))))).map(parseMeta).filter((m): m is CampaignMeta => m !== undefined);
+  const progress = await Promise.all(metas.map((m) => Promise.all(m.satellites.map((sat) => redis.hgetall(keys.progress(m.id, sat))))));
+  // own properties whatever the satellite id: progress["__proto__"] = p would set the prototype, not a field
+  return metas.map((m, i) => ({ ...m, progress: Object.fromEntries(m.satellites.map((sat, j) => [sat, parseProgress(progress[i]![j]!)])) }));
+}
+
+/** Every listed campaign's record, in creation order. */
+export async function readAllCampaigns(redis: RedisClient, keys: CampaignKeys): Promise<CampaignRecord[]> {
+  return readCampaigns(redis, keys, await redis.zrange(keys.index(), 0, -1));
+}
+
+/** Adds made users (tokens comma-joined) of one satellite; `delivered` records them as accepted by it too. */
+export async function addMade(redis: RedisClient, keys: CampaignKeys, id: string, sat: string, made: [user: string, tokens: string][], delivered: boolean): Promise<void> {
+  if (made.length === 0) return;
+  const tx = redis.multi().hset(keys.made(id, sat), ...made.flat());
+  if (delivered) tx.sadd(keys.delivered(id, sat), ...made.map(([u]) => u));
+  await tx.exec();
+}
+
+export async function campaignExists(redis: RedisClient, keys: CampaignKeys, id: string): Promise<boolean> {
+  return (await redis.exists(keys.meta(id))) === 1;
+}
+
+/**
+ * Writes a campaign's record: the progress and the meta hash in one MULTI (one slot), then the listing.
+ * The meta hash is what makes a campaign exist (campaignExists, CampaignStore.require).
+ */
+export async function writeCampaign(redis: RedisClient, keys: CampaignKeys, c: CampaignRecord): Promise<void> {
+  const tx = redis.multi();
+  for (const [sat, p] of Object.entries(c.progress)) {
+    const fields: Record<string, string> = { status: p.status, lastError: p.lastError ?? '' };
+    for (const counter of COUNTERS) fields[counter] = String(p[counter]);
+    tx.hset(keys.progress(c.id, sat), fields);
+  }
+  await tx.hset(keys.meta(c.id), metaFields(c)).exec();
+  await redis.zadd(keys.index(), 'NX', c.createdAt, c.id);
+}
