@@ -57,6 +57,19 @@ export const MIGRATIONS: { version: number; name: string; sql: string }[] = [
       );
     `,
   },
+  {
+    version: 3,
+    name: 'campaigns',
+    sql: `
+      -- generate's campaign records (src/store/campaigns.ts) without the per-user made/delivered lists
+      -- (millions of users): restore rebuilds those from tokens.campaign_id
+      CREATE TABLE campaigns (
+        id text PRIMARY KEY,
+        meta jsonb NOT NULL,      -- perUser, expiresAt, satellites, createdAt
+        progress jsonb NOT NULL   -- per satellite: the counters, status, lastError
+      );
+    `,
+  },
 ];
 
 const LOCK_ID = 74_820_501;
