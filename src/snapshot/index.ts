@@ -5,3 +5,4 @@ export { openPostgres, ensureDatabase, migrate } from './schema.js';
 export { restoreFromPostgres, anyKey, engineKeys } from './restore.js';
 export { verify, type VerifyReport, type Difference } from './verify.js';
 export { restoreSatellites } from './satellites.js';
+export { restoreCampaigns } from './campaigns.js';
