@@ -95,6 +95,7 @@ export function register(program: Command): void {
           }
           console.log(`${report.tokens} tokens in Redis, ${report.differences} differences`);
           console.log(`${report.satellites} satellites in Redis`);
+          console.log(`${report.campaigns} campaigns in Redis`);
         }
         if (report.differences > 0) process.exitCode = 1;
       } finally {

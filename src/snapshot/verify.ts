@@ -3,12 +3,17 @@ import type { RedisClient } from '../store/redis.js';
 import { Keys, SHARDS } from '../store/keys.js';
 import { EXPORT_FIELDS } from '../store/export.js';
 import { readRegistry, SatelliteKeys } from '../store/satellites.js';
+import { CampaignKeys, COUNTERS, readAllCampaigns, type CampaignRecord } from '../store/campaigns.js';
+import { pgCampaigns } from './campaigns.js';
 import { pgShardRows } from './pg-rows.js';
 import { readShardRows, type Row } from './rows.js';
 import { pgSatellites } from './satellites.js';
 
 export interface Difference {
-  /** the token; for `stats`, the shard's counters key; for a satellite, its registry key (`<p>:{sat}:s:<id>`) */
+  /**
+   * the token; for `stats`, the shard's counters key; for a satellite, its registry key (`<p>:{sat}:s:<id>`);
+   * for a campaign, its record's key (`<p>:{camp:<id>}:meta`)
+   */
   token: string;
   /** only_redis | only_postgres | field names that differ | counters that differ from the shard's rows */
   kind: 'only_redis' | 'only_postgres' | 'differs' | 'stats';
@@ -24,6 +29,7 @@ export interface FieldDifference {
 export interface VerifyReport {
   tokens: number;
   satellites: number;
+  campaigns: number;
   differences: number;
   /** the first `maxListed` differences */
   listed: Difference[];
@@ -45,7 +51,7 @@ function count(counters: Map<string, number>, p: Row): void {
  */
 export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, maxListed = 100): Promise<VerifyReport> {
   const keys = new Keys(prefix);
-  const report: VerifyReport = { tokens: 0, satellites: 0, differences: 0, listed: [] };
+  const report: VerifyReport = { tokens: 0, satellites: 0, campaigns: 0, differences: 0, listed: [] };
   const note = (d: Difference) => {
     report.differences++;
     if (report.listed.length < maxListed) report.listed.push(d);
@@ -75,6 +81,7 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
     if (fields.length) note({ token: keys.stats(shard), kind: 'stats', fields });
   }
   report.satellites = await compareSatellites(redis, pool, prefix, note);
+  report.campaigns = await compareCampaigns(redis, pool, prefix, note);
   return report;
 }
 
@@ -98,6 +105,40 @@ async function compareSatellites(redis: RedisClient, pool: pg.Pool, prefix: stri
   }
   for (const id of inRedis.keys()) note({ token: keys.satellite(id), kind: 'only_redis' });
   return registered;
+}
+
+/**
+ * Listed campaigns against Postgres' copy: settings and, per satellite, the counters, status and last
+ * error, as fields `prog:<satellite>.<name>` (the progress hash they come from). The per-user lists are
+ * not in the copy; the tokens they name are compared above.
+ */
+async function compareCampaigns(redis: RedisClient, pool: pg.Pool, prefix: string, note: (d: Difference) => void): Promise<number> {
+  const keys = new CampaignKeys(prefix);
+  const inRedis = new Map((await readAllCampaigns(redis, keys)).map((c) => [c.id, c]));
+  const listed = inRedis.size;
+  for (const p of await pgCampaigns(pool)) {
+    const r = inRedis.get(p.id);
+    inRedis.delete(p.id);
+    if (!r) {
+      note({ token: keys.meta(p.id), kind: 'only_postgres' });
+      continue;
+    }
+    const fields = differing(campaignFields(r), campaignFields(p), (_, v) => v ?? '');
+    if (fields.length) note({ token: keys.meta(p.id), kind: 'differs', fields });
+  }
+  for (const id of inRedis.keys()) note({ token: keys.meta(id), kind: 'only_redis' });
+  return listed;
+}
+
+function campaignFields(c: CampaignRecord): Record<string, string> {
+  const out = new Map<string, string>([['perUser', String(c.perUser)], ['satellites', JSON.stringify(c.satellites)], ['createdAt', String(c.createdAt)]]);
+  if (c.expiresAt !== undefined) out.set('expiresAt', String(c.expiresAt));
+  for (const [sat, p] of Object.entries(c.progress)) {
+    for (const counter of COUNTERS) out.set(`prog:${sat}.${counter}`, String(p[counter]));
+    out.set(`prog:${sat}.status`, p.status);
+    if (p.lastError) out.set(`prog:${sat}.lastError`, p.lastError);
+  }
+  return Object.fromEntries(out);
 }
 
 /** The fields named on either side whose values differ, sorted by name; `show` renders a value (undefined: absent). */
