@@ -1,0 +1,167 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type pg from 'pg';
+import { CampaignStore } from '../src/campaigns/store.js';
+import { loadConfig } from '../src/config.js';
+import { SatelliteRegistry } from '../src/satellites/registry.js';
+import { startSatelliteSim, type SatelliteSim } from '../src/sim/index.js';
+import { openPostgres, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
+import { runCli } from './helpers/cli.js';
+import { testDatabase } from './helpers/pg.js';
+import { dropPrefix, engineFixture, testPrefix, type EngineFixture } from './helpers/redis.js';
+import { caughtUp, sleep } from './helpers/snapshot.js';
+
+type CampRow = { id: string; meta: Record<string, unknown>; progress: Record<string, Record<string, unknown>> };
+
+/**
+ * generate's campaigns survive a Redis loss: the writer copies them to Postgres, restore brings them back
+ * (made users from the tokens table), and `generate --resume` goes on without a second set for anyone.
+ */
+describe('campaigns reach Postgres and come back with restore (real Redis, real Postgres, reference satellites)', () => {
+  let fx: EngineFixture;
+  let db: Awaited<ReturnType<typeof testDatabase>>;
+  let pool: pg.Pool;
+  const sims: SatelliteSim[] = [];
+  const writers: SnapshotWriter[] = [];
+  const emptied = testPrefix('campe');
+  let env: Record<string, string>;
+
+  const rows = async () => (await pool.query<CampRow>('SELECT id, meta, progress FROM campaigns ORDER BY id')).rows;
+  async function rowUntil(id: string, ok: (r: CampRow) => boolean): Promise<CampRow> {
+    const end = Date.now() + 15_000;
+    for (;;) {
+      const r = (await rows()).find((x) => x.id === id);
+      if (r && ok(r)) return r;
+      if (Date.now() > end) throw new Error(`campaign ${id} in Postgres: ${JSON.stringify(r)}`);
+      await sleep(100);
+    }
+  }
+  const writer = async (prefix: string) => {
+    const w = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url }), { log: () => {} });
+    writers.push(w);
+    return w;
+  };
+  /** A reference satellite registered with its URL and outbound key (the writer copies the registry too). */
+  const satellite = async (id: string, users: number) => {
+    const outboundKey = `outbound-${id}-0123456789abcdef0123456789abcdef`;
+    const sim = await startSatelliteSim({ id, users, outboundKey });
+    sims.push(sim);
+    await new SatelliteRegistry(fx.redis, fx.prefix).add({ id, url: sim.url, outboundKey });
+    return sim;
+  };
+  const cli = async (args: string[]) => {
+    const r = await runCli(args, env);
+    expect(r.code, `${args.join(' ')}\n${r.stdout}\n${r.stderr}`).toBe(0);
+    return r.stdout;
+  };
+  /** Redis lost: the writer stopped, every key of the prefix gone, then rebuilt from Postgres. */
+  const loseAndRestore = async (w: SnapshotWriter) => {
+    await caughtUp(fx.redis, fx.prefix, pool, 0);
+    await w.stop();
+    await dropPrefix(fx.redis, fx.prefix);
+    return cli(['restore', '--from-postgres']);
+  };
+
+  beforeAll(async () => {
+    fx = await engineFixture({ label: 'camps' });
+    db = await testDatabase();
+    pool = await openPostgres(db.url);
+    env = { KEY_PREFIX: fx.prefix, DATABASE_URL: db.url, SATELLITE_ATTEMPTS: '1' };
+  });
+
+  afterAll(async () => {
+    for (const w of writers) await w.stop();
+    for (const s of sims) await s.close();
+    await pool?.end();
+    await dropPrefix(fx.redis, emptied);
+    await fx?.close();
+    await db?.drop();
+  });
+
+  it('a finished campaign is listed again with its counters, verify agrees, and --resume serves only new users', async () => {
+    const sim = await satellite('sat-c', 200);
+    const w = await writer(fx.prefix);
+    await cli(['generate', '--satellite', 'sat-c', '--per-user', '2', '--campaign', 'spring']);
+    const row = await rowUntil('spring', (r) => r.progress['sat-c']?.status === 'done' && r.progress['sat-c']?.tokensDelivered === 400);
+    expect(row.meta).toEqual({ perUser: 2, satellites: ['sat-c'], createdAt: expect.any(Number) });
+    expect(row.progress['sat-c']).toEqual({ usersListed: 200, usersServed: 200, tokensMade: 400, tokensDelivered: 400, failures: 0, status: 'done' });
+
+    // verify compares the campaign: one counter off is listed under the campaign's key
+    await fx.redis.hincrby(`${fx.prefix}:{camp:spring}:prog:sat-c`, 'failures', 1);
+    expect((await verify(fx.redis, pool, fx.prefix)).listed).toEqual([
+      { token: `${fx.prefix}:{camp:spring}:meta`, kind: 'differs', fields: [{ field: 'prog:sat-c.failures', redis: '1', postgres: '0' }] },
+    ]);
+    await fx.redis.hincrby(`${fx.prefix}:{camp:spring}:prog:sat-c`, 'failures', -1);
+
+    expect(await loseAndRestore(w)).toContain('restored 1 campaigns');
+    const [listed] = JSON.parse(await cli(['campaigns', 'list', '--json']));
+    expect(listed).toEqual({ id: 'spring', perUser: 2, satellites: ['sat-c'], createdAt: row.meta.createdAt, progress: { 'sat-c': row.progress['sat-c'] } });
+    expect(await cli(['campaigns', 'show', 'spring'])).toMatch(/sat-c +200 +200 +400 +400 +0 +done/);
+    const verified = await cli(['verify']);
+    expect(verified).toContain('400 tokens in Redis, 0 differences');
+    expect(verified).toContain('1 campaigns in Redis');
+    expect(await fx.redis.hlen(`${fx.prefix}:{camp:spring}:made:sat-c`)).toBe(200);
+    expect(await fx.redis.scard(`${fx.prefix}:{camp:spring}:dlv:sat-c`)).toBe(200);
+
+    // every served user used both tokens (redeemed: nothing left to adopt), and 5 users joined
+    for (let t = sim.satellite.takeToken(), i = 0; t; t = sim.satellite.takeToken(), i++) {
+      expect((await fx.engine.redeem(t.token, 'sat-c', `new-${i}`)).code).toBe('ok');
+    }
+    for (let i = 0; i < 5; i++) sim.satellite.join(`sat-c-z${i}`);
+    const [report] = JSON.parse(await cli(['generate', '--resume', 'spring', '--json'])).satellites;
+    expect(report).toMatchObject({ status: 'done', usersListed: 205, usersServed: 5, tokensMade: 10, tokensDelivered: 10 });
+    expect((await fx.engine.stats()).satellites['sat-c']?.generated).toBe(410);
+  });
+
+  it('a campaign copied while running comes back failed; --resume sends what it made again and makes the rest once', async () => {
+    const sim = await satellite('sat-k', 30);
+    const w = await writer(fx.prefix);
+    // what a generate killed part-way leaves: 10 of 30 users served, 5 of them delivered, the satellite running
+    const store = new CampaignStore(fx.redis, fx.prefix);
+    await store.open({ id: 'killed', perUser: 2, satellites: ['sat-k'], createdAt: Date.now() });
+    await store.setStatus('killed', 'sat-k', 'running');
+    const users = Array.from({ length: 10 }, (_, i) => `sat-k-u${String(i + 1).padStart(7, '0')}`);
+    const made = await fx.engine.generate({ owners: users.map((ownerUserId) => ({ ownerSatelliteId: 'sat-k', ownerUserId })), perUser: 2, campaignId: 'killed' });
+    const byUser = new Map(users.map((u) => [u, made.tokens.filter((t) => t.ownerUserId === u).map((t) => t.token)]));
+    await store.recordMade('killed', 'sat-k', byUser);
+    await store.count('killed', 'sat-k', 'usersListed', 30);
+    await store.count('killed', 'sat-k', 'usersServed', 10);
+    await store.count('killed', 'sat-k', 'tokensMade', 20);
+    const sent = users.slice(0, 5);
+    expect(sim.satellite.deliver(sent.flatMap((userId) => byUser.get(userId)!.map((token) => ({ userId, token }))))).toMatchObject({ ok: true });
+    await store.recordDelivered('killed', 'sat-k', sent);
+    await store.count('killed', 'sat-k', 'tokensDelivered', 10);
+    await rowUntil('killed', (r) => r.progress['sat-k']?.status === 'running' && r.progress['sat-k']?.tokensDelivered === 10);
+
+    expect(await loseAndRestore(w)).toContain('restored 2 campaigns');
+    const shown = JSON.parse(await cli(['campaigns', 'show', 'killed', '--json']));
+    expect(shown.progress['sat-k']).toEqual({
+      usersListed: 30, usersServed: 10, tokensMade: 20, tokensDelivered: 0, failures: 0, status: 'failed', lastError: expect.stringMatching(/restored .*generate --resume/),
+    });
+    expect(await cli(['campaigns', 'list'])).toMatch(/killed .* failed/);
+    expect(await fx.redis.hlen(`${fx.prefix}:{camp:killed}:made:sat-k`)).toBe(10);
+    expect(await fx.redis.scard(`${fx.prefix}:{camp:killed}:dlv:sat-k`)).toBe(0);
+    expect(await cli(['verify'])).toContain(' 0 differences');
+
+    const [report] = JSON.parse(await cli(['generate', '--resume', 'killed', '--json'])).satellites;
+    expect(report).toMatchObject({ status: 'done', usersServed: 20, tokensMade: 40, tokensDelivered: 60 });
+    const held = sim.satellite.holdings();
+    expect(Object.values(held).map((t) => t.length)).toEqual(Array(30).fill(2));
+    for (const u of users) expect(held[u]!.sort()).toEqual(byUser.get(u)!.sort());
+    expect((await fx.engine.stats()).satellites['sat-k']?.generated).toBe(60);
+    expect((await store.get('killed'))!.progress['sat-k']).toMatchObject({ usersServed: 30, tokensMade: 60, tokensDelivered: 60, status: 'done' });
+  });
+
+  it('a writer on an emptied Redis keeps the campaigns in Postgres', async () => {
+    const before = await rows();
+    expect(before.map((r) => r.id)).toEqual(['killed', 'spring']);
+    const w = await writer(emptied);
+    await sleep(2500); // past two reads of the (empty) campaign listing
+    expect(await rows()).toEqual(before);
+    const listed = (await verify(fx.redis, pool, emptied, 10_000)).listed.filter((d) => d.token.includes('{camp:'));
+    expect(listed).toEqual([
+      { token: `${emptied}:{camp:killed}:meta`, kind: 'only_postgres' },
+      { token: `${emptied}:{camp:spring}:meta`, kind: 'only_postgres' },
+    ]);
+    await w.stop();
+  });
+});
