@@ -2,8 +2,8 @@ import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
 import { addMade, campaignExists, CampaignKeys, readAllCampaigns, writeCampaign, type CampaignMeta, type CampaignRecord, type SatelliteProgress } from '../store/campaigns.js';
 
-const READ_EVERY_MS = 2000;
-const REWRITE_EVERY_MS = 60_000;
+import { PeriodicCopy } from './copy.js';
+
 const MADE_PAGE = 5000;
 
 /** A satellite restored from `running`: its run is gone with the old Redis. */
@@ -30,45 +30,28 @@ const rowOf = ({ id, progress, ...meta }: CampaignRecord): CampaignRow => ({ id,
  * wrote late. Nothing is ever deleted: a campaign missing from Redis (a writer started on an emptied
  * Redis) is kept for restore.
  */
-export class CampaignCopy {
+export class CampaignCopy extends PeriodicCopy<{ rows: Map<string, string>; all: boolean }> {
   private readonly keys: CampaignKeys;
   /** campaign id -> its row as last written */
   private readonly copied = new Map<string, string>();
-  private readAt = 0;
-  private writtenAt = 0;
-  private pending: { rows: Map<string, string>; all: boolean } | undefined;
 
   constructor(private readonly redis: RedisClient, prefix: string) {
+    super(2000);
     this.keys = new CampaignKeys(prefix);
   }
 
-  /** Reads the records (at most every 2 s): true when some are to be written. */
-  async due(): Promise<boolean> {
-    const now = Date.now();
-    if (now < this.readAt) return false;
-    this.readAt = now + READ_EVERY_MS;
-    const all = now >= this.writtenAt + REWRITE_EVERY_MS;
+  protected async read(all: boolean) {
     const rows = new Map<string, string>();
     for (const c of await readAllCampaigns(this.redis, this.keys)) {
       const text = JSON.stringify(rowOf(c));
       if (all || this.copied.get(c.id) !== text) rows.set(c.id, text);
     }
-    if (rows.size === 0) return false;
-    this.pending = { rows, all };
-    return true;
+    return rows.size === 0 ? undefined : { rows, all };
   }
 
-  /** Writes what `due` read, in one statement; after a failure the next `due` reads again. */
-  async write(pool: pg.Pool): Promise<void> {
-    const p = this.pending;
-    this.pending = undefined;
-    if (!p) return;
-    try {
-      await pool.query(UPSERT, [`[${[...p.rows.values()].join(',')}]`]);
-    } catch (err) {
-      this.readAt = 0;
-      throw err;
-    }
+  /** One statement for every changed campaign. */
+  protected async store(pool: pg.Pool, p: { rows: Map<string, string>; all: boolean }): Promise<void> {
+    await pool.query(UPSERT, [`[${[...p.rows.values()].join(',')}]`]);
     for (const [id, text] of p.rows) this.copied.set(id, text);
     if (p.all) this.writtenAt = Date.now();
   }

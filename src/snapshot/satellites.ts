@@ -2,8 +2,7 @@ import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
 import { insertSatellite, readRegistry, SatelliteKeys, type SatelliteRecord } from '../store/satellites.js';
 
-const READ_EVERY_MS = 1000;
-const REWRITE_EVERY_MS = 60_000;
+import { PeriodicCopy } from './copy.js';
 
 // One statement, so a copy lands whole. Registered and removed ids are disjoint (readRegistry).
 const UPSERT = `
@@ -19,40 +18,23 @@ const UPSERT = `
  * Registered satellites are upserted and removed ones deleted; a satellite merely missing from Redis is
  * kept, so a writer started on an emptied Redis does not wipe what restore needs.
  */
-export class SatelliteCopy {
+export class SatelliteCopy extends PeriodicCopy<{ satellites: SatelliteRecord[]; removed: string[]; text: string }> {
   private readonly keys: SatelliteKeys;
   private copied = '';
-  private readAt = 0;
-  private writtenAt = 0;
-  private pending: { satellites: SatelliteRecord[]; removed: string[]; text: string } | undefined;
 
   constructor(private readonly redis: RedisClient, prefix: string) {
+    super(1000);
     this.keys = new SatelliteKeys(prefix);
   }
 
-  /** Reads the registry (at most once a second): true when it is to be written. */
-  async due(): Promise<boolean> {
-    const now = Date.now();
-    if (now < this.readAt) return false;
-    this.readAt = now + READ_EVERY_MS;
+  protected async read(rewrite: boolean) {
     const { satellites, removed } = await readRegistry(this.redis, this.keys);
     const text = JSON.stringify([satellites, removed]);
-    if (text === this.copied && now < this.writtenAt + REWRITE_EVERY_MS) return false;
-    this.pending = { satellites, removed, text };
-    return true;
+    return text === this.copied && !rewrite ? undefined : { satellites, removed, text };
   }
 
-  /** Writes what `due` read; after a failure the next `due` reads again. */
-  async write(pool: pg.Pool): Promise<void> {
-    const p = this.pending;
-    this.pending = undefined;
-    if (!p) return;
-    try {
-      await pool.query(UPSERT, [JSON.stringify(p.satellites), p.removed]);
-    } catch (err) {
-      this.readAt = 0;
-      throw err;
-    }
+  protected async store(pool: pg.Pool, p: { satellites: SatelliteRecord[]; removed: string[]; text: string }): Promise<void> {
+    await pool.query(UPSERT, [JSON.stringify(p.satellites), p.removed]);
     this.copied = p.text;
     this.writtenAt = Date.now();
   }
