@@ -88,23 +88,13 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
 /** Registered satellites against Postgres' copy; an `outboundKey` (a secret) shows only as set or not. */
 async function compareSatellites(redis: RedisClient, pool: pg.Pool, prefix: string, note: (d: Difference) => void): Promise<number> {
   const keys = new SatelliteKeys(prefix);
-  const inRedis = new Map((await readRegistry(redis, keys)).satellites.map((r) => [r.id, r]));
-  const registered = inRedis.size;
   const shown = (field: string, v: string | undefined) => (v === undefined ? '' : field === 'outboundKey' ? '(set)' : v);
-  for (const p of await pgSatellites(pool)) {
-    const r = inRedis.get(p.id);
-    inRedis.delete(p.id);
-    if (!r) {
-      note({ token: keys.satellite(p.id), kind: 'only_postgres' });
-      continue;
-    }
+  const apiKeys = (k: Record<string, string>) => JSON.stringify(Object.entries(k).sort(([x], [y]) => (x < y ? -1 : 1)));
+  return compareRecords((await readRegistry(redis, keys)).satellites, await pgSatellites(pool), (id) => keys.satellite(id), note, (r, p) => {
     const fields = differing(r.fields, p.fields, shown);
-    const apiKeys = (k: Record<string, string>) => JSON.stringify(Object.entries(k).sort(([x], [y]) => (x < y ? -1 : 1)));
     if (apiKeys(r.apiKeys) !== apiKeys(p.apiKeys)) fields.push({ field: 'apiKeys', redis: apiKeys(r.apiKeys), postgres: apiKeys(p.apiKeys) });
-    if (fields.length) note({ token: keys.satellite(p.id), kind: 'differs', fields });
-  }
-  for (const id of inRedis.keys()) note({ token: keys.satellite(id), kind: 'only_redis' });
-  return registered;
+    return fields;
+  });
 }
 
 /**
@@ -114,20 +104,35 @@ async function compareSatellites(redis: RedisClient, pool: pg.Pool, prefix: stri
  */
 async function compareCampaigns(redis: RedisClient, pool: pg.Pool, prefix: string, note: (d: Difference) => void): Promise<number> {
   const keys = new CampaignKeys(prefix);
-  const inRedis = new Map((await readAllCampaigns(redis, keys)).map((c) => [c.id, c]));
-  const listed = inRedis.size;
-  for (const p of await pgCampaigns(pool)) {
+  return compareRecords(await readAllCampaigns(redis, keys), await pgCampaigns(pool), (id) => keys.meta(id), note, (r, p) =>
+    differing(campaignFields(r), campaignFields(p), (_, v) => v ?? ''),
+  );
+}
+
+/**
+ * Records held whole on both sides (satellites, campaigns), matched by id: each one only in Redis, only in
+ * Postgres, or with `fields` that differ is noted under its Redis key. Returns how many Redis holds.
+ */
+function compareRecords<T extends { id: string }>(
+  redis: T[],
+  postgres: T[],
+  keyOf: (id: string) => string,
+  note: (d: Difference) => void,
+  fields: (r: T, p: T) => FieldDifference[],
+): number {
+  const inRedis = new Map(redis.map((r) => [r.id, r]));
+  for (const p of postgres) {
     const r = inRedis.get(p.id);
     inRedis.delete(p.id);
     if (!r) {
-      note({ token: keys.meta(p.id), kind: 'only_postgres' });
+      note({ token: keyOf(p.id), kind: 'only_postgres' });
       continue;
     }
-    const fields = differing(campaignFields(r), campaignFields(p), (_, v) => v ?? '');
-    if (fields.length) note({ token: keys.meta(p.id), kind: 'differs', fields });
+    const differ = fields(r, p);
+    if (differ.length) note({ token: keyOf(p.id), kind: 'differs', fields: differ });
   }
-  for (const id of inRedis.keys()) note({ token: keys.meta(id), kind: 'only_redis' });
-  return listed;
+  for (const id of inRedis.keys()) note({ token: keyOf(id), kind: 'only_redis' });
+  return redis.length;
 }
 
 function campaignFields(c: CampaignRecord): Record<string, string> {
