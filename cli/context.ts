@@ -14,8 +14,8 @@ export function addGlobalOptions(program: Command): Command {
     .option('--database-url <url>', 'Postgres URL (env DATABASE_URL)');
 }
 
-/** The validated config: env first, then the global flags and any command flags given in `extra`. */
-export function configFrom(cmd: Command, extra: Partial<Record<keyof Config, unknown>> = {}): Config {
+/** The settings given as flags: the global ones, then any command flags given in `extra` (undefined: not given). */
+export function flagOverrides(cmd: Command, extra: Partial<Record<keyof Config, unknown>> = {}): Partial<Record<keyof Config, unknown>> {
   const g = cmd.optsWithGlobals() as Record<string, string | undefined>;
   const overrides: Partial<Record<keyof Config, unknown>> = { ...extra };
   if (g.redisUrl !== undefined) overrides.redisUrl = g.redisUrl;
@@ -23,6 +23,12 @@ export function configFrom(cmd: Command, extra: Partial<Record<keyof Config, unk
   if (g.keyPrefix !== undefined) overrides.keyPrefix = g.keyPrefix;
   if (g.databaseUrl !== undefined) overrides.databaseUrl = g.databaseUrl;
   for (const k of Object.keys(overrides) as (keyof Config)[]) if (overrides[k] === undefined) delete overrides[k];
+  return overrides;
+}
+
+/** The validated config: env first, then the flags (flagOverrides). */
+export function configFrom(cmd: Command, extra: Partial<Record<keyof Config, unknown>> = {}): Config {
+  const overrides = flagOverrides(cmd, extra);
   try {
     return loadConfig(overrides);
   } catch (err) {

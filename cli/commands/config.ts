@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { settings } from '../../src/config.js';
-import { configFrom } from '../context.js';
+import { configFrom, flagOverrides } from '../context.js';
 
 /** The URL with its password as ***, also a password without a user (redis://:secret@host, Redis's usual form). */
 function redactPassword(raw: string): string {
@@ -19,14 +19,14 @@ export function register(program: Command): void {
     .addHelpText('after', '\nExamples:\n  referral-manager config\n  KEY_PREFIX=staging referral-manager config --json')
     .action(function (this: Command, opts: { json?: boolean }) {
       const config = configFrom(this) as Record<string, unknown>;
-      const flags = this.optsWithGlobals() as Record<string, unknown>;
+      const flags = flagOverrides(this);
       const rows = Object.entries(settings).map(([name, s]) => {
         let value = config[name];
         if (name === 'adminKey') value = value ? '(set)' : '(empty: admin routes disabled)';
         if (name === 'databaseUrl' || name === 'redisUrl') value = redactPassword(String(value));
         const fromEnv = process.env[s.env] !== undefined;
         // a global flag overrides the env (configFrom); an empty env value, except ADMIN_KEY's, means the default
-        const source = flags[name] !== undefined ? 'flag' : fromEnv && (process.env[s.env] !== '' || name === 'adminKey') ? 'env' : 'default';
+        const source = name in flags ? 'flag' : fromEnv && (process.env[s.env] !== '' || name === 'adminKey') ? 'env' : 'default';
         return { env: s.env, value, fromEnv, source, doc: s.doc };
       });
       if (opts.json) console.log(JSON.stringify(rows, null, 2));
