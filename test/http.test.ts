@@ -1,3 +1,4 @@
+import net from 'node:net';
 import { Packr } from 'msgpackr';
 import { Pool } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -154,7 +155,34 @@ describe.each<Format>(['json', 'msgpack'])('satellite routes in %s', (format) =>
   });
 });
 
+/** Sends a request head announcing `length` body bytes and only the first KiB of them; resolves with the reply's status line. */
+async function partialBody(path: string, auth: string, length: number): Promise<string> {
+  const socket = net.connect(Number(new URL(server.url).port), '127.0.0.1');
+  socket.on('error', () => undefined);
+  try {
+    let got = '';
+    const status = new Promise<string>((resolve) => {
+      socket.on('data', (d: Buffer) => {
+        got += d.toString('latin1');
+        if (got.includes('\r\n')) resolve(got.slice(0, got.indexOf('\r\n')));
+      });
+      setTimeout(() => resolve('no reply within 10 s'), 10_000);
+    });
+    socket.write(`POST ${path} HTTP/1.1\r\nHost: t\r\n${auth}Content-Type: application/json\r\nContent-Length: ${length}\r\n\r\n{"tokens":["${'a'.repeat(1000)}`);
+    return await status;
+  } finally {
+    socket.destroy();
+  }
+}
+
 describe('admin routes', () => {
+  it('refuses a missing or satellite key before receiving the body (up to 8 MiB is not read for a 401/403)', async () => {
+    const length = 4 * 1024 * 1024;
+    expect(await partialBody('/v1/admin/tokens/revoke', '', length)).toMatch(/^HTTP\/1.1 401/);
+    expect(await partialBody('/v1/admin/tokens/revoke', 'Authorization: Bearer wrong-key\r\n', length)).toMatch(/^HTTP\/1.1 401/);
+    expect(await partialBody('/v1/admin/tokens/revoke', `Authorization: Bearer ${keyA}\r\n`, length)).toMatch(/^HTTP\/1.1 403/);
+  });
+
   it('adds, lists, rotates and removes satellites', async () => {
     const added = await admin('POST', '/v1/admin/satellites', { id: 'sat-c', outboundKey: 'secret' }, 'msgpack');
     expect(added.status).toBe(201);

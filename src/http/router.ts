@@ -158,6 +158,11 @@ function handle(ex: Exchange, route: Route, validate: ValidateFunction | undefin
   // a body of known length and no type is refused as early as a wrong type: before auth, like it
   if (!head.contentType && Number(head.length) > 0) return replyError(ex, 'unsupported_media_type', 'content-type missing; use application/msgpack or application/json');
   if (Number(head.length) > limit) return replyError(ex, 'body_too_large', `body over ${limit} bytes`);
+  // anyone but the admin is refused (401/403) without first receiving up to 8 MiB of admin body
+  if (route.auth === 'admin' && !(head.key !== undefined && deps.auth?.isAdmin(head.key))) {
+    void run(ex, route, deps, head, caller, undefined);
+    return;
+  }
   const chunks: Buffer[] = [];
   let size = 0;
   ex.res.onData((chunk, isLast) => {

@@ -39,7 +39,6 @@ const REASONS: Record<number, string> = {
   429: 'Too Many Requests', 500: 'Internal Server Error', 503: 'Service Unavailable',
 };
 
-/** One in-flight request: what was read from uWS synchronously, and whether the reply may still be written. */
 /** A server's requests in flight, and whether it is draining for shutdown. */
 export interface Traffic {
   n: number;
@@ -47,6 +46,7 @@ export interface Traffic {
   draining: boolean;
 }
 
+/** One in-flight request: what was read from uWS synchronously, and whether the reply may still be written. */
 export interface Exchange {
   res: HttpResponse;
   traffic: Traffic;
