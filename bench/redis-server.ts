@@ -22,6 +22,10 @@ export interface PrivateRedis {
 export interface RedisClusterHandle {
   /** host:port of every master */
   nodes: string[];
+  /** signals master `i`: SIGKILL (a crash; waits for the exit), SIGSTOP / SIGCONT (a master that hangs) */
+  signal(i: number, sig: NodeJS.Signals): Promise<void>;
+  /** starts a killed master `i` again on its ports and nodes.conf: it rejoins with its slots, empty (no persistence) */
+  restart(i: number): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -74,26 +78,37 @@ export async function startCluster(masters = 3, extraArgs: string[] = []): Promi
   const dir = mkdtempSync(path.join(tmpdir(), 'rm-cluster-'));
   const procs: ChildProcess[] = [];
   const stop = async () => {
+    for (const p of procs) p.kill('SIGCONT'); // a paused (SIGSTOP) server does not act on signals
     await Promise.all(procs.map((p) => kill(p, 'SIGKILL')));
     rmSync(dir, { recursive: true, force: true });
   };
+  const ports: number[] = [];
+  const start = async (i: number) => {
+    const port = ports[i]!;
+    const bus = ['--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${port}.conf`), '--cluster-port', String(ports[masters + i])];
+    const proc = spawn('redis-server', [...serverArgs(port, dir), ...bus, ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+    procs[i] = proc;
+    await ready(proc, `redis-server :${port}`);
+  };
   try {
-    const ports: number[] = [];
     while (ports.length < 2 * masters) {
       const p = await freePort();
       if (!ports.includes(p)) ports.push(p);
     }
     const clientPorts = ports.slice(0, masters);
-    for (const [i, port] of clientPorts.entries()) {
-      const bus = ['--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${port}.conf`), '--cluster-port', String(ports[masters + i])];
-      const proc = spawn('redis-server', [...serverArgs(port, dir), ...bus, ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
-      procs.push(proc);
-      await ready(proc, `redis-server :${port}`);
-    }
+    for (let i = 0; i < masters; i++) await start(i);
     const nodes = clientPorts.map((port) => `127.0.0.1:${port}`);
     await run('redis-cli', ['--cluster', 'create', ...nodes, '--cluster-replicas', '0', '--cluster-yes']);
     await untilClusterOk(clientPorts);
-    return { nodes, stop };
+    return {
+      nodes,
+      stop,
+      async signal(i, sig) {
+        if (sig === 'SIGKILL') await kill(procs[i]!, sig);
+        else procs[i]!.kill(sig);
+      },
+      restart: start,
+    };
   } catch (err) {
     await stop();
     throw err;

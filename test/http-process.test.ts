@@ -4,7 +4,7 @@ import { Pool } from 'undici';
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort, startCluster } from '../bench/redis-server.js';
 import { createRedis } from '../src/store/redis.js';
-import { ADMIN_KEY, call, privateRedis, serve, type RestartableRedis, type Served } from './helpers/http.js';
+import { ADMIN_KEY, call, privateRedis, serve, type Reply, type RestartableRedis, type Served } from './helpers/http.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 
 const prefixes: string[] = [];
@@ -214,6 +214,37 @@ describe('serve processes', () => {
       // tokens of shards on every master: the lost one's and the survivors' (which answer CLUSTERDOWN)
       const replies = await Promise.all(all.slice(0, 16).map((t) => call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t, userId: 'b' } })));
       expect(new Set(replies.map((r) => `${r.status} ${r.body.error} ${r.headers['retry-after']}`))).toEqual(new Set(['503 store_unavailable 1']));
+    } finally {
+      await pool.close();
+      await server.stop();
+      await cluster.stop();
+    }
+  });
+
+  it('/readyz on a Redis Cluster: 503 naming the master while one is killed or hangs (the others still answer), 200 once it is back', async () => {
+    const cluster = await startCluster(3, ['--cluster-node-timeout', '1000']);
+    const server = await serve({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'rm-test' });
+    const pool = new Pool(server.url, { connections: 2 });
+    const readyz = async (what: string, done: (r: Reply) => boolean) => {
+      let r = await call(pool, 'GET', '/readyz');
+      for (const end = Date.now() + 30_000; !done(r) && Date.now() < end; r = await call(pool, 'GET', '/readyz')) await new Promise((s) => setTimeout(s, 100));
+      expect(r.body, what).toSatisfy(() => done(r));
+      return r;
+    };
+    const allOk = Object.fromEntries(cluster.nodes.map((n) => [n, 'ok']));
+    try {
+      expect((await readyz('ready at start', (r) => r.status === 200)).body).toMatchObject({ ready: true, redis: 'up', masters: allOk, scripts: 'loaded' });
+      for (const [i, hang] of [[2, false], [1, true]] as const) {
+        const lost = cluster.nodes[i]!;
+        await cluster.signal(i, hang ? 'SIGSTOP' : 'SIGKILL');
+        const down = await readyz(`${lost} lost`, (r) => r.status === 503 && String(r.body.error).includes(`master ${lost}:`));
+        expect(down.body).toMatchObject({ ready: false, redis: 'down' });
+        expect(down.body.masters[lost]).not.toBe('ok');
+        if (hang) await cluster.signal(i, 'SIGCONT');
+        else await cluster.restart(i);
+        // a restarted master is empty: the probe loads the scripts again, then answers ready
+        expect((await readyz(`${lost} back`, (r) => r.status === 200)).body).toMatchObject({ ready: true, masters: allOk, scripts: 'loaded' });
+      }
     } finally {
       await pool.close();
       await server.stop();

@@ -3,7 +3,7 @@ import uws from 'uWebSockets.js';
 import type { Config } from '../config.js';
 import { collectProcessMetrics, registry as metricsRegistry } from '../metrics.js';
 import { SatelliteRegistry } from '../satellites/registry.js';
-import { createRedis, masters, whenReady, type RedisClient } from '../store/redis.js';
+import { clusterMasters, createRedis, masters, whenReady, type RedisClient } from '../store/redis.js';
 import { readScript, SCRIPT_NAMES } from '../store/scripts.js';
 import { readSnapshotStatus } from '../snapshot/status.js';
 import { TokenStore } from '../store/token-store.js';
@@ -41,13 +41,27 @@ function storeDown(redis: RedisClient, err: unknown): boolean {
   return e?.name === 'MaxRetriesPerRequestError' || /Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|^Too many Cluster redirections|^(LOADING|CLUSTERDOWN|READONLY|MASTERDOWN|TRYAGAIN|OOM|BUSY) /.test(e?.message ?? '');
 }
 
+/** how long /readyz waits for each Cluster master: a hung one must not hold the probe */
+const MASTER_PROBE_MS = 1000;
+
 /**
- * Ready = Redis answers and the scripts are loaded. The snapshot writer's state is reported but does not
- * make a worker unready: sign-ups must keep working while Postgres is away (the events wait in Redis).
+ * Ready = Redis can serve every token and the scripts are loaded. On a Cluster that takes every master of
+ * the slot map answering with cluster_state:ok: a PING reaches just one node, and one lost master leaves
+ * its third of the tokens unservable while the others answer. The snapshot writer's state is reported but
+ * does not make a worker unready: sign-ups must keep working while Postgres is away (the events wait in Redis).
  */
 async function readiness(redis: RedisClient, prefix: string): Promise<{ ready: boolean; details: Record<string, unknown> }> {
+  let cluster: Record<string, unknown> = {};
   try {
-    await redis.ping();
+    const probe = await clusterMasters(redis, MASTER_PROBE_MS);
+    if (probe) {
+      cluster = { masters: probe.masters };
+      const failing = Object.entries(probe.masters).filter(([, state]) => state !== 'ok').map(([node, state]) => `master ${node}: ${state}`);
+      if (probe.slotsWithoutMaster > 0) failing.push(`${probe.slotsWithoutMaster} slots without a master`);
+      if (failing.length) return { ready: false, details: { redis: 'down', ...cluster, error: failing.join('; ') } };
+    } else {
+      await redis.ping();
+    }
   } catch (err) {
     return { ready: false, details: { redis: 'down', error: (err as Error).message } };
   }
@@ -60,11 +74,11 @@ async function readiness(redis: RedisClient, prefix: string): Promise<{ ready: b
     if (!loaded) {
       // a Redis restarted without persistence lost them: load again, report this probe as not ready
       await new TokenStore(redis, '').preload();
-      return { ready: false, details: { redis: 'up', scripts: 'reloading' } };
+      return { ready: false, details: { redis: 'up', ...cluster, scripts: 'reloading' } };
     }
-    return { ready: true, details: { redis: 'up', scripts: 'loaded', snapshot: await readSnapshotStatus(redis, prefix) } };
+    return { ready: true, details: { redis: 'up', ...cluster, scripts: 'loaded', snapshot: await readSnapshotStatus(redis, prefix) } };
   } catch (err) {
-    return { ready: false, details: { redis: 'up', scripts: 'unknown', error: (err as Error).message } };
+    return { ready: false, details: { redis: 'up', ...cluster, scripts: 'unknown', error: (err as Error).message } };
   }
 }
 

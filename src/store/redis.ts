@@ -71,6 +71,57 @@ export function masters(client: RedisClient): Redis[] {
   return client instanceof Cluster ? client.nodes('master') : [client];
 }
 
+const SLOTS = 16384;
+/** per node, the CLUSTER INFO still unanswered: a hung master gets one, not one per probe */
+const asking = new WeakMap<Redis, Promise<string>>();
+
+function clusterInfo(node: Redis, ms: number): Promise<string> {
+  let reply = asking.get(node);
+  if (!reply) {
+    reply = (node.cluster('INFO') as Promise<string>).finally(() => asking.delete(node));
+    asking.set(node, reply);
+  }
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)));
+  return Promise.race([reply, late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Whether every master of a Cluster can serve its slots: each master of the client's slot map (a slot's
+ * first node) as `ok` or why not (no connection, no CLUSTER INFO answer within `ms`, an error, or a
+ * cluster_state other than ok: it refuses keyed commands), and how many slots have no master at all.
+ * One command per master, so cheap enough to poll. A master whose connection ended has left the client's
+ * pool (ioredis does not reconnect cluster nodes, it re-reads the slot map): the map is re-read then, so
+ * the master is connected again once it is back. Undefined for a single Redis.
+ */
+export async function clusterMasters(cluster: RedisClient, ms: number): Promise<{ masters: Record<string, string>; slotsWithoutMaster: number } | undefined> {
+  if (!(cluster instanceof Cluster)) return undefined;
+  const keys = new Set<string>();
+  let slotsWithoutMaster = 0;
+  for (let slot = 0; slot < SLOTS; slot++) {
+    const key = cluster.slots[slot]?.[0];
+    if (key) keys.add(key);
+    else slotsWithoutMaster++;
+  }
+  const pool = new Map(cluster.nodes('master').map((n) => [`${n.options.host}:${n.options.port}`, n]));
+  const states = await Promise.all(
+    [...keys].map(async (key) => {
+      const node = pool.get(key);
+      if (!node) {
+        cluster.refreshSlotsCache();
+        return [key, 'not connected'];
+      }
+      try {
+        const state = /cluster_state:(\w+)/.exec(await clusterInfo(node, ms))?.[1];
+        return [key, state === 'ok' ? 'ok' : `cluster_state:${state}`];
+      } catch (err) {
+        return [key, (err as Error).message];
+      }
+    }),
+  );
+  return { masters: Object.fromEntries(states), slotsWithoutMaster };
+}
+
 /** Resolves once the client is connected (ready), rejects after `ms` without that. */
 export function whenReady(redis: RedisClient, ms: number): Promise<void> {
   if (redis.status === 'ready') return Promise.resolve();
