@@ -1,6 +1,9 @@
+import { isDeepStrictEqual } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { loadConfig } from '../src/config.js';
+import { SatelliteRegistry } from '../src/satellites/registry.js';
+import { startSatelliteSim, type SatelliteSim } from '../src/sim/index.js';
 import { openPostgres, restoreFromPostgres, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { createRedis, masters, type RedisClient } from '../src/store/redis.js';
 import { TokenStore } from '../src/store/token-store.js';
@@ -8,7 +11,8 @@ import { TokenEngine } from '../src/tokens/engine.js';
 import { hasRedisServer, startCluster, type RedisClusterHandle } from '../bench/redis-server.js';
 import { testDatabase } from './helpers/pg.js';
 import { dropPrefix, engineFixture, testPrefix, type EngineFixture } from './helpers/redis.js';
-import { caughtUp, each, generateTokens } from './helpers/snapshot.js';
+import { runCli } from './helpers/cli.js';
+import { caughtUp, each, generateTokens, sleep } from './helpers/snapshot.js';
 
 const TOTAL = 20_000;
 const haveRedis = hasRedisServer();
@@ -66,5 +70,108 @@ describe.skipIf(!haveRedis)('snapshot on Redis Cluster (3 masters)', () => {
     const owner = await engine.listUnredeemed('sat-a', `u${TOTAL - 10}`);
     expect(owner).toHaveLength(10);
     expect((await engine.redeem(owner[0]!.token, 'sat-c', 'after-restore')).code).toBe('ok');
+  }, 120_000);
+});
+
+/**
+ * generate's campaigns on a Cluster: the CLI generates against reference satellites (one stops taking
+ * tokens part-way), the writer copies it all, `restore --from-postgres` rebuilds it in a second, empty
+ * Cluster, verify agrees, and `--resume` there finishes the failed satellite and serves the users who
+ * joined since: nobody gets a second set.
+ */
+describe.skipIf(!haveRedis)('campaigns on Redis Cluster: generate, snapshot, restore into an empty Cluster, --resume', () => {
+  let source: RedisClusterHandle;
+  let target: RedisClusterHandle;
+  let fx: EngineFixture;
+  let restoredRedis: RedisClient | undefined;
+  let db: Awaited<ReturnType<typeof testDatabase>>;
+  let pool: pg.Pool;
+  const writers: SnapshotWriter[] = [];
+  const sims: SatelliteSim[] = [];
+
+  beforeAll(async () => {
+    [source, target] = await Promise.all([startCluster(), startCluster()]);
+    fx = await engineFixture({ label: 'campc', redis: () => createRedis({ redisUrl: 'redis://127.0.0.1:6379', redisClusterNodes: source.nodes }) });
+    db = await testDatabase();
+    pool = await openPostgres(db.url);
+  });
+
+  afterAll(async () => {
+    for (const w of writers) await w.stop();
+    for (const s of sims) await s.close();
+    await pool?.end();
+    await db?.drop();
+    restoredRedis?.disconnect();
+    await fx?.close();
+    await Promise.all([source?.stop(), target?.stop()]);
+  });
+
+  it('restore rebuilds the campaign in an empty Cluster; verify: 0 differences; --resume makes tokens only for users without', async () => {
+    const users = { 'sat-c': 150, 'sat-d': 90 };
+    for (const [id, n] of Object.entries(users)) {
+      const outboundKey = `outbound-${id}-0123456789abcdef0123456789abcdef`;
+      // sat-d refuses deliveries once it holds 60 tokens: it ends failed with users made but not delivered
+      const sim = await startSatelliteSim({ id, users: n, outboundKey, failAfter: id === 'sat-d' ? 60 : null });
+      sims.push(sim);
+      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id, url: sim.url, outboundKey });
+    }
+    const cli = async (c: RedisClusterHandle, args: string[], code = 0) => {
+      const r = await runCli(args, { REDIS_CLUSTER_NODES: c.nodes.join(','), KEY_PREFIX: fx.prefix, DATABASE_URL: db.url, SATELLITE_ATTEMPTS: '1' });
+      expect(r.code, `${args.join(' ')}\n${r.stdout}\n${r.stderr}`).toBe(code);
+      return r.stdout;
+    };
+    const writer = async (c: RedisClusterHandle) => {
+      writers.push(await startSnapshotWriter(loadConfig({ redisClusterNodes: c.nodes.join(','), keyPrefix: fx.prefix, databaseUrl: db.url }), { log: () => {} }));
+    };
+    await writer(source);
+    const made = JSON.parse(await cli(source, ['generate', '--satellite', 'sat-c', 'sat-d', '--per-user', '2', '--page-size', '40', '--campaign', 'spring', '--json'], 1));
+    expect(made.satellites.map((s: { status: string }) => s.status)).toEqual(['done', 'failed']);
+    const before = JSON.parse(await cli(source, ['campaigns', 'show', 'spring', '--json']));
+    const madeForD = Number(before.progress['sat-d'].tokensMade);
+    expect(madeForD).toBeGreaterThan(60);
+
+    // the writer has every event, both satellites and the campaign as it ended
+    await caughtUp(fx.redis, fx.prefix, pool, 300 + madeForD);
+    for (const end = Date.now() + 15_000; ; await sleep(100)) {
+      const rows = await pool.query('SELECT (SELECT count(*) FROM satellites) AS sats, (SELECT progress FROM campaigns WHERE id = $1) AS progress', ['spring']);
+      if (Number(rows.rows[0].sats) === 2 && isDeepStrictEqual(rows.rows[0].progress, before.progress)) break;
+      if (Date.now() > end) throw new Error(`snapshot not caught up: ${JSON.stringify(rows.rows[0])}`);
+    }
+    await writers.pop()!.stop();
+
+    const restored = await cli(target, ['restore', '--from-postgres']);
+    expect(restored).toContain(`restored ${300 + madeForD} tokens`);
+    expect(restored).toContain('restored 2 satellites');
+    expect(restored).toContain('restored 1 campaigns');
+    const verified = await cli(target, ['verify']);
+    expect(verified).toContain(`${300 + madeForD} tokens in Redis, 0 differences`);
+    expect(verified).toContain('1 campaigns in Redis');
+    // a failed satellite comes back with nothing recorded delivered: --resume sends its made users again
+    expect(JSON.parse(await cli(target, ['campaigns', 'show', 'spring', '--json']))).toEqual({
+      ...before, progress: { ...before.progress, 'sat-d': { ...before.progress['sat-d'], tokensDelivered: 0 } },
+    });
+
+    // on the restored Cluster: its own writer, sat-d takes tokens again, 3 users join each satellite
+    await writer(target);
+    sims[1]!.satellite.setFailAfter(null);
+    for (const sim of sims) for (let i = 0; i < 3; i++) sim.satellite.join(`${sim.satellite.id}-z${i}`);
+    const resumed = JSON.parse(await cli(target, ['generate', '--resume', 'spring', '--json']));
+    expect(resumed.satellites.map((s: { status: string }) => s.status)).toEqual(['done', 'done']);
+    expect(resumed.satellites[0]).toMatchObject({ usersServed: 3, tokensMade: 6, tokensDelivered: 6 });
+    // every user holds one set, of 2: nobody got a second set (sat-d's made users got theirs again)
+    for (const sim of sims) {
+      const held = Object.values(sim.satellite.holdings()).map((t) => t.length);
+      expect(held, sim.satellite.id).toEqual(Array(users[sim.satellite.id as keyof typeof users] + 3).fill(2));
+    }
+    restoredRedis = createRedis({ redisUrl: '', redisClusterNodes: target.nodes });
+    const stats = await new TokenEngine(new TokenStore(restoredRedis, fx.prefix)).stats();
+    expect([stats.satellites['sat-c']?.generated, stats.satellites['sat-d']?.generated]).toEqual([2 * 153, 2 * 93]);
+
+    // the restored Cluster's new events and campaign progress reach the same snapshot
+    await caughtUp(restoredRedis, fx.prefix, pool, 0);
+    let report = await verify(restoredRedis, pool, fx.prefix);
+    for (const end = Date.now() + 15_000; report.differences > 0 && Date.now() < end; await sleep(200)) report = await verify(restoredRedis, pool, fx.prefix);
+    expect(report.listed).toEqual([]);
+    expect(report).toMatchObject({ tokens: 2 * 246, differences: 0 });
   }, 120_000);
 });
