@@ -222,7 +222,9 @@ describe('serve processes', () => {
   });
 
   it('/readyz on a Redis Cluster: 503 naming the master while one is killed or hangs (the others still answer), 200 once it is back', async () => {
-    const cluster = await startCluster(3, ['--cluster-node-timeout', '1000']);
+    // the others do not mark a lost master failed within the test (they would answer CLUSTERDOWN): the
+    // case where every other master answers and says cluster_state:ok, and only its slots are lost
+    const cluster = await startCluster(3, ['--cluster-node-timeout', '600000']);
     const server = await serve({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'rm-test' });
     const pool = new Pool(server.url, { connections: 2 });
     const readyz = async (what: string, done: (r: Reply) => boolean) => {
@@ -238,8 +240,7 @@ describe('serve processes', () => {
         const lost = cluster.nodes[i]!;
         await cluster.signal(i, hang ? 'SIGSTOP' : 'SIGKILL');
         const down = await readyz(`${lost} lost`, (r) => r.status === 503 && String(r.body.error).includes(`master ${lost}:`));
-        expect(down.body).toMatchObject({ ready: false, redis: 'down' });
-        expect(down.body.masters[lost]).not.toBe('ok');
+        expect(down.body).toMatchObject({ ready: false, redis: 'down', masters: { ...allOk, [lost]: hang ? 'no answer within 1000 ms' : expect.not.stringMatching(/^ok$/) } });
         if (hang) await cluster.signal(i, 'SIGCONT');
         else await cluster.restart(i);
         // a restarted master is empty: the probe loads the scripts again, then answers ready
