@@ -94,21 +94,21 @@ function clusterInfo(node: Redis, ms: number): Promise<string> {
  * pool (ioredis does not reconnect cluster nodes, it re-reads the slot map): the map is re-read then, so
  * the master is connected again once it is back. Undefined for a single Redis.
  */
-export async function clusterMasters(cluster: RedisClient, ms: number): Promise<{ masters: Record<string, string>; slotsWithoutMaster: number } | undefined> {
-  if (!(cluster instanceof Cluster)) return undefined;
+export async function clusterMasters(client: RedisClient, ms: number): Promise<{ masters: Record<string, string>; slotsWithoutMaster: number } | undefined> {
+  if (!(client instanceof Cluster)) return undefined;
   const keys = new Set<string>();
   let slotsWithoutMaster = 0;
   for (let slot = 0; slot < SLOTS; slot++) {
-    const key = cluster.slots[slot]?.[0];
+    const key = client.slots[slot]?.[0];
     if (key) keys.add(key);
     else slotsWithoutMaster++;
   }
-  const pool = new Map(cluster.nodes('master').map((n) => [`${n.options.host}:${n.options.port}`, n]));
+  const pool = new Map(client.nodes('master').map((n) => [`${n.options.host}:${n.options.port}`, n]));
   const states = await Promise.all(
     [...keys].map(async (key) => {
       const node = pool.get(key);
       if (!node) {
-        cluster.refreshSlotsCache();
+        client.refreshSlotsCache();
         return [key, 'not connected'];
       }
       try {
