@@ -253,6 +253,22 @@ describe('admin routes', () => {
     expect((await call(pool, 'GET', `/v1/tokens/${good}`, { key: keyB })).body.state).toBe('unredeemed');
   });
 
+  it('refuses a revoke body that mixes forms (400) and revokes nothing: it used to serve one form and drop the other', async () => {
+    const [t] = await tokensFor('sat-a', 'mixed-revoke', 1, { campaignId: 'camp-mixed' });
+    const mixed = [
+      { tokens: [t], campaignId: 'camp-mixed' },
+      { satelliteId: 'sat-a', campaignId: 'camp-mixed' }, // "the campaign on sat-a" was the whole campaign
+      { userId: 'mixed-revoke', campaignId: 'camp-mixed' },
+      { tokens: [t], satelliteId: 'sat-a', userId: 'mixed-revoke' },
+      { satelliteId: 'sat-a' },
+    ];
+    for (const body of mixed) {
+      const r = await admin('POST', '/v1/admin/tokens/revoke', body);
+      expect([r.status, r.body.error, r.body.message], JSON.stringify(body)).toEqual([400, 'invalid_request', 'body: give exactly one of: tokens, or satelliteId and userId, or campaignId']);
+    }
+    expect((await call(pool, 'GET', `/v1/tokens/${t}`, { key: keyB })).body.state).toBe('unredeemed');
+  });
+
   it('generates up to 10,000 tokens in one call, revokes by owner and campaign, reports stats', async () => {
     const users = Array.from({ length: 5000 }, (_, i) => `bulk-${i}`);
     const gen = await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-b', userIds: users, perUser: 2, campaignId: 'camp-bulk' }, 'msgpack');

@@ -177,6 +177,12 @@ export function routes(d: RouteDeps): Route[] {
       schema: { type: 'object', properties: { tokens: { type: 'array', minItems: 1, maxItems: MAX_TOKENS_PER_CALL, items: token }, satelliteId: id, userId: id, campaignId: id } },
       async handler(c: Call<{ tokens?: string[]; satelliteId?: string; userId?: string; campaignId?: string }>) {
         const b = c.body;
+        // exactly one form: a revoke cannot be undone, so a body naming two (or half of the owner form, next
+        // to a campaign) is refused rather than served by whichever form is checked first
+        const forms = [b.tokens, b.satelliteId ?? b.userId, b.campaignId].filter((f) => f !== undefined).length;
+        if (forms !== 1 || (b.satelliteId === undefined) !== (b.userId === undefined)) {
+          throw new DomainError('invalid_request', 'body: give exactly one of: tokens, or satelliteId and userId, or campaignId');
+        }
         if (b.tokens) {
           // every token checked before any is revoked: a 400 must leave nothing half done
           b.tokens.forEach((t, i) => checkToken(t, `tokens[${i}]`));
@@ -184,8 +190,7 @@ export function routes(d: RouteDeps): Route[] {
           return ok({ revoked: rs.filter((r) => r.code === 'ok').length });
         }
         if (b.satelliteId !== undefined && b.userId !== undefined) return ok({ revoked: await d.engine.revokeOwner(b.satelliteId, b.userId) });
-        if (b.campaignId !== undefined) return ok({ revoked: await d.engine.revokeCampaign(b.campaignId) });
-        throw new DomainError('invalid_request', 'body: give tokens, or satelliteId and userId, or campaignId');
+        return ok({ revoked: await d.engine.revokeCampaign(b.campaignId!) });
       },
     },
     {
