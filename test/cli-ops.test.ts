@@ -339,6 +339,9 @@ describe('referral-manager config', () => {
     expect(line('KEY_PREFIX')).toMatch(/"from-flag"  \(flag\)$/);
     expect(line('PORT')).toMatch(/7490$/);
     expect(line('REDIS_URL')).toMatch(/\(default\)$/);
+    // one value column, also after the longest name (SNAPSHOT_TEST_CRASH_AFTER_COMMIT ran into its value)
+    const lines = run.stdout.trim().split('\n');
+    expect(new Set(lines.map((l) => /^\S+ +/.exec(l)![0].length)).size, run.stdout).toBe(1);
     const json = await runCli(['--key-prefix', 'from-flag', 'config', '--json'], { KEY_PREFIX: 'from-env' });
     const rows = JSON.parse(json.stdout) as { env: string; value: unknown; source: string }[];
     expect(rows.find((r) => r.env === 'KEY_PREFIX')).toMatchObject({ value: 'from-flag', source: 'flag' });

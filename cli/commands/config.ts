@@ -29,7 +29,12 @@ export function register(program: Command): void {
         const source = name in flags ? 'flag' : fromEnv && (process.env[s.env] !== '' || name === 'adminKey') ? 'env' : 'default';
         return { env: s.env, value, fromEnv, source, doc: s.doc };
       });
-      if (opts.json) console.log(JSON.stringify(rows, null, 2));
-      else for (const r of rows) console.log(`${r.env.padEnd(22)} ${JSON.stringify(r.value)}${r.source === 'env' ? '' : `  (${r.source})`}`);
+      if (opts.json) {
+        console.log(JSON.stringify(rows, null, 2));
+        return;
+      }
+      // the value column starts after the longest env name (SNAPSHOT_TEST_CRASH_AFTER_COMMIT has 32 letters)
+      const width = Math.max(...rows.map((r) => r.env.length));
+      for (const r of rows) console.log(`${r.env.padEnd(width)} ${JSON.stringify(r.value)}${r.source === 'env' ? '' : `  (${r.source})`}`);
     });
 }
