@@ -14,12 +14,13 @@ export function addressBlock(ip: string): string {
 }
 
 /**
- * Limits failed redeem/reserve/complete/release/lookup answers (404/410) per satellite and per client IP, across all
- * worker processes: each failure INCRs a Redis counter per fixed window (`<prefix>:rl:<kind>:<who>:<window>`),
- * so at most `limit` failures per window get a real answer cluster-wide; the one that crosses the limit is
- * answered 429 instead. A worker that sees the limit crossed remembers the block in process until the window
- * ends, so successful requests never pay a Redis call for the limiter; another worker learns of the block at
- * its next failure for that caller. IPv6 callers are counted per /64 (addressBlock).
+ * Limits failed redeem/reserve/complete/release/lookup answers (404 token_not_found, 410 token_revoked /
+ * token_expired: the answers a guess gets) per satellite and per client IP, across all worker processes:
+ * each failure INCRs a Redis counter per fixed window (`<prefix>:rl:<kind>:<who>:<window>`), so at most
+ * `limit` failures per window get a real answer cluster-wide; the one that crosses the limit is answered
+ * 429 instead. A worker that sees the limit crossed remembers the block in process until the window ends,
+ * so successful requests never pay a Redis call for the limiter; another worker learns of the block at its
+ * next failure for that caller. IPv6 callers are counted per /64 (addressBlock).
  */
 export class FailureLimiter {
   private readonly blocked = new Map<string, number>();

@@ -38,7 +38,7 @@ export function routes(d: RouteDeps): Route[] {
       throw new HttpError('rate_limited', undefined, [['retry-after', String(wait)]]);
     }
   };
-  /** 404/410 count towards the failure limit; the one crossing it is answered 429 */
+  /** token_not_found / token_revoked / token_expired (guesses) count towards the failure limit; the one crossing it is answered 429 */
   const refuse = async (c: Call<unknown>, code: keyof typeof resultErrors): Promise<never> => {
     const wire = resultErrors[code];
     if (wire === 'token_not_found' || wire === 'token_revoked' || wire === 'token_expired') {
