@@ -27,7 +27,9 @@ interface Setting<T> {
 const int = (min: number, max = Number.MAX_SAFE_INTEGER): Parser<number> => (raw) => {
   if (!/^-?\d+$/.test(raw.trim())) throw new Error(`expected an integer, got "${raw}"`);
   const n = Number(raw);
-  if (n < min || n > max) throw new Error(`expected ${min}..${max}, got ${n}`);
+  // no bound an operator would type: "expected 1..9007199254740991" read like a bug
+  const range = max === Number.MAX_SAFE_INTEGER ? `an integer >= ${min}` : `${min}..${max}`;
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new Error(`expected ${range}, got ${n}`);
   return n;
 };
 

@@ -1,0 +1,28 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../src/config.js';
+
+/** The one config module's validation: what an operator reads when a setting is refused. */
+describe('loadConfig', () => {
+  const problems = (env: Record<string, string>): string[] => {
+    try {
+      loadConfig({}, env);
+    } catch (err) {
+      if (err instanceof ConfigError) return err.problems;
+      throw err;
+    }
+    return [];
+  };
+
+  it('names an open-ended integer range by its lower bound, not by Number.MAX_SAFE_INTEGER', () => {
+    expect(problems({ RATE_LIMIT_FAILURES: '0', RATE_LIMIT_WINDOW_MS: '5', SNAPSHOT_TEST_CRASH_AFTER_COMMIT: '-1' })).toEqual([
+      'RATE_LIMIT_FAILURES: expected an integer >= 1, got 0',
+      'RATE_LIMIT_WINDOW_MS: expected an integer >= 100, got 5',
+      'SNAPSHOT_TEST_CRASH_AFTER_COMMIT: expected an integer >= 0, got -1',
+    ]);
+    expect(problems({ RATE_LIMIT_FAILURES: '99999999999999999999' })).toEqual(['RATE_LIMIT_FAILURES: expected an integer >= 1, got 100000000000000000000']);
+  });
+
+  it('keeps closed ranges as min..max', () => {
+    expect(problems({ PORT: '99999', WORKERS: '0' })).toEqual(['PORT: expected 0..65535, got 99999', 'WORKERS: expected 1..256, got 0']);
+  });
+});
