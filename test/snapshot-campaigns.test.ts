@@ -53,10 +53,13 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     expect(r.code, `${args.join(' ')}\n${r.stdout}\n${r.stderr}`).toBe(0);
     return r.stdout;
   };
-  /** Redis lost: the writer stopped, every key of the prefix gone, then rebuilt from Postgres. */
-  const loseAndRestore = async (w: SnapshotWriter) => {
+  /** The writer stopped once Postgres holds every event (nothing copies Redis to Postgres any more). */
+  const stopCaughtUp = async (w: SnapshotWriter) => {
     await caughtUp(fx.redis, fx.prefix, pool, 0);
     await w.stop();
+  };
+  /** Redis lost: every key of the prefix gone, then rebuilt from Postgres. */
+  const loseAndRestore = async () => {
     await dropPrefix(fx.redis, fx.prefix);
     return cli(['restore', '--from-postgres']);
   };
@@ -85,14 +88,16 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     expect(row.meta).toEqual({ perUser: 2, satellites: ['sat-c'], createdAt: expect.any(Number) });
     expect(row.progress['sat-c']).toEqual({ usersListed: 200, usersServed: 200, tokensMade: 400, tokensDelivered: 400, failures: 0, status: 'done' });
 
-    // verify compares the campaign: one counter off is listed under the campaign's key
+    // verify compares the campaign: one counter off is listed under the campaign's key (the writer is
+    // stopped first, or its campaign copy could carry the change to Postgres before verify reads it)
+    await stopCaughtUp(w);
     await fx.redis.hincrby(`${fx.prefix}:{camp:spring}:prog:sat-c`, 'failures', 1);
     expect((await verify(fx.redis, pool, fx.prefix)).listed).toEqual([
       { token: `${fx.prefix}:{camp:spring}:meta`, kind: 'differs', fields: [{ field: 'prog:sat-c.failures', redis: '1', postgres: '0' }] },
     ]);
     await fx.redis.hincrby(`${fx.prefix}:{camp:spring}:prog:sat-c`, 'failures', -1);
 
-    expect(await loseAndRestore(w)).toContain('restored 1 campaigns');
+    expect(await loseAndRestore()).toContain('restored 1 campaigns');
     const [listed] = JSON.parse(await cli(['campaigns', 'list', '--json']));
     expect(listed).toEqual({ id: 'spring', perUser: 2, satellites: ['sat-c'], createdAt: row.meta.createdAt, progress: { 'sat-c': row.progress['sat-c'] } });
     expect(await cli(['campaigns', 'show', 'spring'])).toMatch(/sat-c +200 +200 +400 +400 +0 +done/);
@@ -132,7 +137,8 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     await store.count('killed', 'sat-k', 'tokensDelivered', 10);
     await rowUntil('killed', (r) => r.progress['sat-k']?.status === 'running' && r.progress['sat-k']?.tokensDelivered === 10);
 
-    expect(await loseAndRestore(w)).toContain('restored 2 campaigns');
+    await stopCaughtUp(w);
+    expect(await loseAndRestore()).toContain('restored 2 campaigns');
     const shown = JSON.parse(await cli(['campaigns', 'show', 'killed', '--json']));
     expect(shown.progress['sat-k']).toEqual({
       usersListed: 30, usersServed: 10, tokensMade: 20, tokensDelivered: 0, failures: 0, status: 'failed', lastError: expect.stringMatching(/restored .*generate --resume/),
