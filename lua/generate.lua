@@ -63,55 +63,60 @@ local made = {}
 local created = 0
 local collided = {}
 local i = 4
-for _ = 1, owners do
-  local bucket, hint, sat, user, n = KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
-  local hex, dashed = ARGV[i + 5], ARGV[i + 6]
-  i = i + 7
-  -- the bucket's field is the suffix after the 4 hex digits the bucket's name already holds
-  local suffixes = {}
-  for j = 1, n do
-    local o = j * 32
-    suffixes[j] = string.sub(hex, o - 27, o)
-  end
-  sats[sat] = sats[sat] or intern(dict, 's', sat)
-  local owner = sats[sat] .. ':' .. user
-  local got = hmget(bucket, '#' .. hint, suffixes)
-  local ref = hint
-  local writes = {}
-  if not got[1] then
-    writes[1], writes[2] = '#' .. hint, owner
-  elseif got[1] ~= owner then
-    ref = find_owner(bucket, owner, hint, true)
-  end
-  local rec = 'u' .. ref .. recTail
-  for j = 1, n do
-    if not got[j + 1] then
-      writes[#writes + 1] = suffixes[j]
-      writes[#writes + 1] = rec
+-- a failing redis.call (a key of the wrong type) stops the script, but what it wrote stays (no rollback):
+-- the loop runs under pcall so the counters of the owners already written are kept before the error goes on
+local ok, err = pcall(function()
+  for _ = 1, owners do
+    local bucket, hint, sat, user, n = KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+    local hex, dashed = ARGV[i + 5], ARGV[i + 6]
+    i = i + 7
+    -- the bucket's field is the suffix after the 4 hex digits the bucket's name already holds
+    local suffixes = {}
+    for j = 1, n do
+      local o = j * 32
+      suffixes[j] = string.sub(hex, o - 27, o)
+    end
+    sats[sat] = sats[sat] or intern(dict, 's', sat)
+    local owner = sats[sat] .. ':' .. user
+    local got = hmget(bucket, '#' .. hint, suffixes)
+    local ref = hint
+    local writes = {}
+    if not got[1] then
+      writes[1], writes[2] = '#' .. hint, owner
+    elseif got[1] ~= owner then
+      ref = find_owner(bucket, owner, hint, true)
+    end
+    local rec = 'u' .. ref .. recTail
+    for j = 1, n do
+      if not got[j + 1] then
+        writes[#writes + 1] = suffixes[j]
+        writes[#writes + 1] = rec
+      end
+    end
+    -- none of these fields existed, so fewer new ones means a suffix came twice in this batch
+    local dup
+    if #writes > 0 and hset(bucket, writes) < #writes / 2 then dup = repeats(suffixes) end
+    local tail = '\tunredeemed\t' .. sat .. '\t' .. user .. rowTail
+    local fresh = 0
+    for j = 1, n do
+      if got[j + 1] or (dup and dup[j]) then
+        collided[#collided + 1] = string.sub(hex, j * 32 - 31, j * 32)
+      else
+        call('XADD', ev, '*', 'type', 'generated', 'at', at, 'row', string.sub(dashed, j * 36 - 35, j * 36) .. tail)
+        fresh = fresh + 1
+      end
+    end
+    if fresh > 0 then
+      created = created + fresh
+      made[sat] = (made[sat] or 0) + fresh
     end
   end
-  -- none of these fields existed, so fewer new ones means a suffix came twice in this batch
-  local dup
-  if #writes > 0 and hset(bucket, writes) < #writes / 2 then dup = repeats(suffixes) end
-  local tail = '\tunredeemed\t' .. sat .. '\t' .. user .. rowTail
-  local fresh = 0
-  for j = 1, n do
-    if got[j + 1] or (dup and dup[j]) then
-      collided[#collided + 1] = string.sub(hex, j * 32 - 31, j * 32)
-    else
-      call('XADD', ev, '*', 'type', 'generated', 'at', at, 'row', string.sub(dashed, j * 36 - 35, j * 36) .. tail)
-      fresh = fresh + 1
-    end
-  end
-  if fresh > 0 then
-    created = created + fresh
-    made[sat] = (made[sat] or 0) + fresh
-  end
-end
+end)
 for sat, n in pairs(made) do
   redis.call('HINCRBY', stats, sat .. '\tgenerated', n)
   redis.call('HINCRBY', stats, sat .. '\tunredeemed', n)
 end
+if not ok then error(err) end
 local out = { created }
 for k = 1, #collided do out[#out + 1] = collided[k] end
 return out

@@ -1,7 +1,8 @@
 --[[
   revoke: one token, or every unredeemed/reserved token of one owner.
   KEYS[1] bucket  KEYS[2] dict  KEYS[3] rs  KEYS[4] rd  KEYS[5] stats  KEYS[6] ev   (one hash tag {shard})
-  ARGV[1] 'token': ARGV[2] token hex
+  ARGV[1] 'token': ARGV[2] token hex  ARGV[3] campaign id or absent: only a token of that campaign (the undo of
+            a failed generate must not revoke a token its new one collided with), else not_found
           'owner': ARGV[2] owner satellite id  ARGV[3] owner user id  ARGV[4] owner ref hint  ARGV[5] bucket hex prefix
   Reply: token mode { code, row... } with code ok | not_found | already_redeemed | revoked;
          owner mode { 'ok', count }.
@@ -12,7 +13,7 @@ local keys = { rs = KEYS[3], rd = KEYS[4], stats = KEYS[5], ev = KEYS[6] }
 local now, at = clock()
 if ARGV[1] == 'token' then
   local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], now)
-  if not t then return { 'not_found' } end
+  if not t or (ARGV[3] and t.campaign ~= ARGV[3]) then return { 'not_found' } end
   if t.state == 'r' then return reply('already_redeemed', t) end
   if t.state == 'x' then return reply('revoked', t) end
   return transition(keys, t, 'x', 'revoked', at)

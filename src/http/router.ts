@@ -21,6 +21,8 @@ export interface Call<B> {
   /** the calling satellite (satellite routes) */
   satelliteId: string;
   ip: string;
+  /** aborted when the request was answered 503 on its deadline while the handler still runs */
+  signal: AbortSignal;
 }
 
 export type Outcome = { status?: number; value: unknown } | { status?: number; raw: Buffer | string; contentType: string };
@@ -196,11 +198,15 @@ function handle(ex: Exchange, route: Route, validate: ValidateFunction | undefin
 
 async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, caller: Promise<string>, body: unknown): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
+  const gone = new AbortController();
   try {
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new StoreTimeout(`no answer from the store within ${deps.timeoutMs} ms`)), deps.timeoutMs);
+      timer = setTimeout(() => {
+        gone.abort();
+        reject(new StoreTimeout(`no answer from the store within ${deps.timeoutMs} ms`));
+      }, deps.timeoutMs);
     });
-    const out = await Promise.race([call(route, head, caller, body), deadline]);
+    const out = await Promise.race([call(route, head, caller, body, gone.signal), deadline]);
     if ('raw' in out) {
       reply(ex, out.status ?? 200, Buffer.isBuffer(out.raw) ? out.raw : Buffer.from(out.raw), out.contentType);
     } else {
@@ -213,7 +219,7 @@ async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, cal
   }
 }
 
-async function call(route: Route, head: Head, caller: Promise<string>, body: unknown): Promise<Outcome> {
+async function call(route: Route, head: Head, caller: Promise<string>, body: unknown, signal: AbortSignal): Promise<Outcome> {
   const satelliteId = await caller;
   if (body instanceof Error) throw body;
   const params = head.params.map((p, i) => {
@@ -223,7 +229,7 @@ async function call(route: Route, head: Head, caller: Promise<string>, body: unk
       throw new DomainError('invalid_request', `path parameter ${i + 1}: bad percent-encoding`);
     }
   });
-  return route.handler({ body, params, satelliteId, ip: head.ip });
+  return route.handler({ body, params, satelliteId, ip: head.ip, signal });
 }
 
 async function authorize(kind: AuthKind, key: string | undefined, auth: Authenticator | undefined): Promise<string> {

@@ -168,6 +168,7 @@ export function routes(d: RouteDeps): Route[] {
           perUser: b.perUser,
           expiresAt: b.expiresAt,
           campaignId: b.campaignId,
+          signal: c.signal,
         }));
         return ok({ campaignId: out.campaignId, tokens: out.tokens.map((t) => ({ userId: t.ownerUserId, token: t.token })) });
       },

@@ -53,14 +53,18 @@ export class TokenStore {
       g.args.push(idx, place.refHint, b.ownerSatelliteId, b.ownerUserId, b.minted.count, b.minted.hex, b.minted.dashed);
       g.owners++;
     }
-    const replies = await Promise.all(
+    // every call settles before an error is thrown: the caller then revokes what was made (TokenEngine.generate),
+    // and a call still running would make tokens after that
+    const settled = await Promise.allSettled(
       [...byShard.values()].map((g) => {
         g.args[2] = g.owners;
         return this.s.generate!(g.keys, g.args);
       }),
     );
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
     let created = 0;
-    for (const r of replies as (number | string)[][]) {
+    for (const r of settled.map((x) => (x as PromiseFulfilledResult<unknown>).value) as (number | string)[][]) {
       if (r.length > 1) throw new Error(`token collision on ${r.slice(1).join(', ')}`);
       created += Number(r[0]);
     }
@@ -98,6 +102,21 @@ export class TokenStore {
   revokeToken(token: string): Promise<Result<RevokeCode>> {
     const hex = hexOf(token);
     return this.s.revoke!(this.keys.tokenKeys(placeOfToken(hex)), ['token', hex]).then((r) => decodeResult(r));
+  }
+
+  /**
+   * Revokes tokens a failed generate of `campaignId` may have made; a token that is absent or of another
+   * campaign (one it collided with) is left alone. Every call settles; returns how many were revoked and
+   * the first error of those that failed.
+   */
+  async revokeMade(tokens: string[], campaignId: string): Promise<{ revoked: number; failed: number; error?: unknown }> {
+    const rs = await Promise.allSettled(tokens.map((t) => {
+      const hex = hexOf(t);
+      return this.s.revoke!(this.keys.tokenKeys(placeOfToken(hex)), ['token', hex, campaignId]) as Promise<string[]>;
+    }));
+    const failed = rs.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+    const revoked = rs.filter((r) => r.status === 'fulfilled' && r.value[0] === 'ok').length;
+    return { revoked, failed: failed.length, error: failed[0]?.reason };
   }
 
   async revokeOwner(ownerSatelliteId: string, ownerUserId: string): Promise<number> {

@@ -15,6 +15,8 @@ export interface GenerateRequest {
   perUser: number;
   campaignId?: string;
   expiresAt?: number;
+  /** aborted when the caller stopped waiting (an HTTP request answered 503 on its deadline): what was made is revoked */
+  signal?: AbortSignal;
 }
 
 export interface GeneratedToken {
@@ -57,9 +59,27 @@ export class TokenEngine {
       for (let n = 0; n < req.perUser; n++) tokens.push({ ownerSatelliteId, ownerUserId, token: tokenAt(minted, n) });
       return { ownerSatelliteId, ownerUserId, minted, place };
     });
-    const created = await this.store.generate(batches, campaignId, req.expiresAt);
-    if (created !== total) throw new Error(`generated ${created} of ${total} tokens`);
+    try {
+      const created = await this.store.generate(batches, campaignId, req.expiresAt);
+      if (created !== total) throw new Error(`generated ${created} of ${total} tokens`);
+      if (req.signal?.aborted) throw new Error('generate: the caller stopped waiting before the tokens were made');
+    } catch (err) {
+      await this.undo(tokens, campaignId);
+      throw err;
+    }
     return { campaignId, tokens };
+  }
+
+  /**
+   * A generate runs as one script per virtual shard: when one fails (a Redis error, a master down) others
+   * may have made their tokens, and the caller, told of the error, never learns them. Those are revoked
+   * (an event each, so the snapshot follows), so an error means no usable token was made and a retry
+   * is safe. When Redis fails this too, the tokens stay: `revoke {campaignId}` clears them.
+   */
+  private async undo(tokens: GeneratedToken[], campaignId: string): Promise<void> {
+    const r = await this.store.revokeMade(tokens.map((t) => t.token), campaignId);
+    // a token whose script fails here was most likely never made (its shard is what failed)
+    if (r.failed) console.error(`generate of campaign "${campaignId}" failed; ${r.failed} of its tokens could not be checked and revoked:`, (r.error as Error)?.message ?? r.error);
   }
 
   async redeem(token: string, redeemerSatelliteId: string, redeemerUserId: string): Promise<Result<RedeemCode>> {
