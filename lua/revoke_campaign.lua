@@ -4,13 +4,16 @@
     (one hash tag {shard}; the caller runs this once per shard)
   ARGV[1] campaign id  ARGV[2] shard number  ARGV[3] buckets per shard
   Reply: { 'ok', count }.
+  It first marks the campaign revoked in the shard's dict (kept, also when the shard has none of its tokens
+  yet): generate refuses a marked campaign, so no token of it can be made on this shard after the sweep.
 ]]
 --- @include "codec"
 
 local keys = { rs = KEYS[2], rd = KEYS[3], stats = KEYS[4], ev = KEYS[5] }
+local now, at = clock()
+redis.call('HSETNX', KEYS[1], 'x\t' .. ARGV[1], at)
 local camp = redis.call('HGET', KEYS[1], 'c\t' .. ARGV[1])
 if not camp then return { 'ok', 0 } end
-local now, at = clock()
 local shard, perShard = tonumber(ARGV[2]), tonumber(ARGV[3])
 local count = 0
 for k = 6, #KEYS do

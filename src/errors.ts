@@ -16,6 +16,7 @@ export const errorCatalogue = {
   reservation_mismatch: { status: 409, message: 'the reservation id does not hold this token' },
   satellite_exists: { status: 409, message: 'a satellite with this id is already registered' },
   token_revoked: { status: 410, message: 'the token was revoked' },
+  campaign_revoked: { status: 410, message: 'the campaign was revoked: no more tokens are made for it' },
   token_expired: { status: 410, message: 'the token has expired' },
   reservation_expired: { status: 410, message: 'the reservation lease has expired' },
   body_too_large: { status: 413, message: 'request body too large' },

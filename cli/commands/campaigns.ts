@@ -7,6 +7,8 @@ const total = (c: Campaign, k: 'usersServed' | 'tokensMade' | 'tokensDelivered' 
   Object.values(c.progress).reduce((s, p) => s + p[k], 0);
 
 const status = (c: Campaign): string => {
+  // revoked outranks the satellites' statuses: none of them will change any more
+  if (c.revokedAt !== undefined) return 'revoked';
   const all = Object.values(c.progress).map((p) => p.status);
   for (const s of ['failed', 'interrupted', 'running'] as const) if (all.includes(s)) return s;
   return all.every((s) => s === 'done') ? 'done' : 'pending';
@@ -56,7 +58,8 @@ export function register(program: Command): void {
         const c = await new CampaignStore(redis, config.keyPrefix).get(id);
         if (!c) campaignNotFound(id);
         if (opts.json) return console.log(JSON.stringify(c, null, 2));
-        console.log(`campaign ${c.id}: ${c.perUser} per user, created ${when(c.createdAt)}, expires ${when(c.expiresAt)}, ${status(c)}`);
+        const revoked = c.revokedAt === undefined ? '' : ` at ${when(c.revokedAt)}`;
+        console.log(`campaign ${c.id}: ${c.perUser} per user, created ${when(c.createdAt)}, expires ${when(c.expiresAt)}, ${status(c)}${revoked}`);
         console.log(
           table(
             ['satellite', 'users listed', 'users served', 'made', 'delivered', 'failures', 'status', 'last error'],

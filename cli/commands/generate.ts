@@ -101,6 +101,10 @@ export function register(program: Command): void {
         if (!opts.dryRun && !run) throw new Error(`campaign "${id}" is being run by another generate; wait for it (or, if it was killed, up to ${CLAIM_TTL_MS / 1000} s)`);
         try {
           const existing = opts.resume !== undefined ? await campaigns.require(id) : await campaigns.meta(id);
+          // a dry run may still say what it would have made
+          if (existing?.revokedAt !== undefined && !opts.dryRun) {
+            throw new Error(`campaign "${id}" was revoked at ${new Date(existing.revokedAt).toISOString()}: it makes and delivers no more tokens; start a new --campaign`);
+          }
           if (existing && perUser !== undefined && existing.perUser !== perUser) {
             throw new Error(`campaign "${id}" makes ${existing.perUser} tokens per user, not ${perUser}: choose another --campaign`);
           }
@@ -147,11 +151,12 @@ export function register(program: Command): void {
           bars?.stop();
           print(id, reports, opts);
           const failed = reports.filter((r) => r.status === 'failed');
-          if (failed.length) {
-            for (const r of failed) console.error(`satellite ${r.satelliteId} failed: ${r.error}`);
-            console.error(`campaign ${id} is incomplete; after fixing the satellite run: referral-manager generate --resume ${id}`);
-            process.exitCode = 1;
-          }
+          const revoked = reports.filter((r) => r.status === 'revoked');
+          for (const r of revoked) console.error(`satellite ${r.satelliteId} stopped: ${r.error}`);
+          for (const r of failed) console.error(`satellite ${r.satelliteId} failed: ${r.error}`);
+          // a revoked campaign cannot be resumed
+          if (failed.length && !revoked.length) console.error(`campaign ${id} is incomplete; after fixing the satellite run: referral-manager generate --resume ${id}`);
+          if (failed.length || revoked.length) process.exitCode = 1;
         } finally {
           await run?.release();
         }

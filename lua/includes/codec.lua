@@ -5,7 +5,8 @@
   touching one shard stays in one Redis Cluster slot):
     <p>:{s}:b:<bucket>  hash  token suffix (28 hex) -> record "<state><ref>,<camp>,<created36>,<expires36>"
                               "#<ref>"              -> owner "<satNum>:<userId>"
-    <p>:{s}:dict        hash  "s\t<satId>"->n, "S<n>"->satId, "c\t<campaign>"->n, "C<n>"->campaign, "ns","nc"
+    <p>:{s}:dict        hash  "s\t<satId>"->n, "S<n>"->satId, "c\t<campaign>"->n, "C<n>"->campaign, "ns","nc",
+                              "x\t<campaign>"->revokedAt ms: a revoked campaign, which generate refuses
     <p>:{s}:rs          hash  token suffix -> "<reservationId>\t<reservedBy>\t<leaseExpiresAt>"
     <p>:{s}:rd          hash  token suffix -> "<redeemerSat>\t<redeemerUser>\t<redeemedAt>\t<reservationId>"
     <p>:{s}:stats       hash  "<satId>\t<state>" -> count, "x\t<ownerSat>\t<redeemerSat>" -> count

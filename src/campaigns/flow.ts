@@ -1,4 +1,5 @@
 import { pushTo } from '../collections.js';
+import { DomainError } from '../errors.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import { checkId } from '../tokens/validate.js';
 import { ClaimLost, type CampaignMeta, type CampaignStore, type Claim, type Counter } from './store.js';
@@ -41,7 +42,8 @@ export interface SatelliteReport {
   tokensDelivered: number;
   /** failed calls to the satellite (retried or not) and user ids it sent that are not valid ids */
   failures: number;
-  status: 'done' | 'failed' | 'dry-run';
+  /** revoked: the campaign was revoked while this run served the satellite; it stopped making tokens */
+  status: 'done' | 'failed' | 'revoked' | 'dry-run';
   error?: string;
 }
 
@@ -105,10 +107,12 @@ class SatelliteRun {
       } while (cursor !== null);
       if (!this.o.dryRun) await this.o.campaigns.setStatus(this.id, this.sat, 'done');
     } catch (err) {
-      this.report.status = 'failed';
+      // the engine refuses every batch of a revoked campaign (lua/generate.lua), so this is where a run stops
+      const status = err instanceof DomainError && err.code === 'campaign_revoked' ? 'revoked' : 'failed';
+      this.report.status = status;
       this.report.error = (err as Error).message;
       // a run that lost its claim leaves the status to the run holding it now
-      if (!this.o.dryRun && !(err instanceof ClaimLost)) await this.o.campaigns.setStatus(this.id, this.sat, 'failed', this.report.error).catch(() => undefined);
+      if (!this.o.dryRun && !(err instanceof ClaimLost)) await this.o.campaigns.setStatus(this.id, this.sat, status, this.report.error).catch(() => undefined);
     } finally {
       await this.api.close();
       await this.satClaim?.release().catch(() => undefined);

@@ -1,10 +1,11 @@
+import { Keys, SHARDS } from './keys.js';
 import type { RedisClient } from './redis.js';
 
 /**
  * Redis layout of generation campaigns (src/campaigns/store.ts). Kept here, below the campaigns, because
  * the snapshot copies the records to Postgres and back. One hash tag per campaign ({camp:<id>}) keeps its
  * keys in one Redis Cluster slot:
- *   <p>:{camp:<id>}:meta        hash  id, perUser, expiresAt, satellites (JSON), createdAt
+ *   <p>:{camp:<id>}:meta        hash  id, perUser, expiresAt, satellites (JSON), createdAt, revokedAt
  *   <p>:{camp:<id>}:made:<sat>  hash  userId -> the user's tokens, comma-joined
  *   <p>:{camp:<id>}:dlv:<sat>   set   users whose tokens the satellite accepted
  *   <p>:{camp:<id>}:prog:<sat>  hash  SatelliteProgress counters, status, lastError
@@ -46,6 +47,8 @@ export interface CampaignMeta {
   expiresAt?: number;
   satellites: string[];
   createdAt: number;
+  /** when `revoke {campaignId}` revoked it: no run makes tokens for it any more */
+  revokedAt?: number;
 }
 
 /** Per satellite, summed over every run of the campaign. */
@@ -56,7 +59,8 @@ export interface SatelliteProgress {
   tokensDelivered: number;
   failures: number;
   /** interrupted: recorded running, but no run holds the campaign (it was killed): `generate --resume`; never stored */
-  status: 'pending' | 'running' | 'interrupted' | 'done' | 'failed';
+  /** revoked: the campaign was revoked while this satellite was served, and its run stopped there */
+  status: 'pending' | 'running' | 'interrupted' | 'done' | 'failed' | 'revoked';
   lastError?: string;
 }
 
@@ -72,6 +76,7 @@ export type Counter = (typeof COUNTERS)[number];
 export function metaFields(meta: CampaignMeta): Record<string, string> {
   const fields: Record<string, string> = { id: meta.id, perUser: String(meta.perUser), satellites: JSON.stringify(meta.satellites), createdAt: String(meta.createdAt) };
   if (meta.expiresAt !== undefined) fields.expiresAt = String(meta.expiresAt);
+  if (meta.revokedAt !== undefined) fields.revokedAt = String(meta.revokedAt);
   return fields;
 }
 
@@ -80,6 +85,7 @@ export function parseMeta(h: Record<string, string>): CampaignMeta | undefined {
   if (!h.id || !h.perUser) return undefined;
   const m: CampaignMeta = { id: h.id, perUser: Number(h.perUser), satellites: JSON.parse(h.satellites ?? '[]') as string[], createdAt: Number(h.createdAt) };
   if (h.expiresAt) m.expiresAt = Number(h.expiresAt);
+  if (h.revokedAt) m.revokedAt = Number(h.revokedAt);
   return m;
 }
 
@@ -132,4 +138,13 @@ export async function writeCampaign(redis: RedisClient, keys: CampaignKeys, c: C
   }
   await tx.hset(keys.meta(c.id), metaFields(c)).exec();
   await redis.zadd(keys.index(), 'NX', c.createdAt, c.id);
+}
+
+/**
+ * Marks a campaign revoked in every virtual shard's dictionary, as lua/revoke_campaign.lua does when it
+ * sweeps a shard, so generate.lua refuses it: for a restore, whose dictionaries are rebuilt from tokens.
+ */
+export async function markRevokedInShards(redis: RedisClient, prefix: string, id: string, revokedAt: number): Promise<void> {
+  const keys = new Keys(prefix);
+  await Promise.all(Array.from({ length: SHARDS }, (_, s) => redis.hsetnx(keys.dict(s), `x\t${id}`, String(revokedAt))));
 }

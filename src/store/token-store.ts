@@ -1,4 +1,6 @@
+import { DomainError } from '../errors.js';
 import type { RedisClient } from './redis.js';
+import { CampaignKeys } from './campaigns.js';
 import { defineScripts, preloadScripts, type ScriptFn } from './scripts.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken, type OwnerPlace } from './keys.js';
 import { dashed, decodeResult, hexOf } from './codec.js';
@@ -63,8 +65,10 @@ export class TokenStore {
     );
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
+    const replies = settled.map((x) => (x as PromiseFulfilledResult<unknown>).value) as (number | string)[][];
+    if (replies.some((r) => r[0] === 'campaign_revoked')) throw new DomainError('campaign_revoked', `campaign "${campaignId}" was revoked: no more tokens are made for it`);
     let created = 0;
-    for (const r of settled.map((x) => (x as PromiseFulfilledResult<unknown>).value) as (number | string)[][]) {
+    for (const r of replies) {
       if (r.length > 1) throw new Error(`token collision on ${r.slice(1).join(', ')}`);
       created += Number(r[0]);
     }
@@ -125,7 +129,13 @@ export class TokenStore {
     return Number(r[1]);
   }
 
+  /**
+   * Records the revocation on the campaign's record first (generate's CLI refuses a revoked campaign, and
+   * the snapshot carries it), then sweeps every shard; each shard's sweep also marks it, atomically, so a
+   * generate still running for the campaign makes nothing there afterwards (lua/generate.lua).
+   */
   async revokeCampaign(campaignId: string): Promise<number> {
+    await this.s.campaign_revoke!([new CampaignKeys(this.keys.prefix).meta(campaignId)], []);
     const counts = await Promise.all(
       Array.from({ length: SHARDS }, (_, shard) => {
         const k = this.keys;

@@ -1,0 +1,136 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type pg from 'pg';
+import { runCampaign } from '../src/campaigns/flow.js';
+import { CampaignStore } from '../src/campaigns/store.js';
+import { loadConfig } from '../src/config.js';
+import { packr } from '../src/msgpack.js';
+import { openPostgres, restoreCampaigns, restoreFromPostgres, startSnapshotWriter, verify } from '../src/snapshot/index.js';
+import { runCli } from './helpers/cli.js';
+import { testDatabase } from './helpers/pg.js';
+import { dropPrefix, engineFixture, type EngineFixture } from './helpers/redis.js';
+import { caughtUp, sleep } from './helpers/snapshot.js';
+
+const owners = (sat: string, users: string[]) => users.map((ownerUserId) => ({ ownerSatelliteId: sat, ownerUserId }));
+const usersOf = (page: number) => Array.from({ length: 10 }, (_, i) => `u${page * 10 + i}`);
+
+describe('a revoked campaign stays revoked', () => {
+  let fx: EngineFixture;
+
+  beforeAll(async () => {
+    fx = await engineFixture({ label: 'crev' });
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it('the engine makes no token of a revoked campaign, also on shards that had none of it', async () => {
+    await fx.engine.generate({ owners: owners('s1', ['a', 'b']), perUser: 2, campaignId: 'gone' });
+    expect(await fx.engine.revokeCampaign('gone')).toBe(4);
+    await expect(fx.engine.generate({ owners: owners('s1', usersOf(0)), perUser: 2, campaignId: 'gone' })).rejects.toMatchObject({ code: 'campaign_revoked' });
+    // revoked before it made anything
+    await fx.engine.revokeCampaign('never');
+    await expect(fx.engine.generate({ owners: owners('s1', ['a']), perUser: 1, campaignId: 'never' })).rejects.toMatchObject({ code: 'campaign_revoked' });
+    expect((await fx.engine.stats()).satellites.s1).toMatchObject({ generated: 4, unredeemed: 0, revoked: 4 });
+  });
+
+  it('a run revoked between two batches stops, with status revoked, and leaves no token of the campaign unredeemed', async () => {
+    const campaigns = new CampaignStore(fx.redis, fx.prefix);
+    const campaign = (await campaigns.open({ id: 'race', perUser: 3, satellites: ['sat-r'], createdAt: Date.now() })).campaign;
+    const pushed: string[] = [];
+    // three pages of 10 users; the satellite is asked for page 2 after page 1 was made and delivered, and
+    // the campaign is revoked right then (what an operator's `tokens revoke --campaign` does mid-run)
+    const server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', async () => {
+        res.setHeader('content-type', 'application/json');
+        const url = new URL(req.url!, 'http://x');
+        if (url.pathname === '/referrals/v1/users-without-tokens') {
+          const page = Number(url.searchParams.get('cursor') || '0');
+          if (page === 1) await fx.engine.revokeCampaign('race');
+          return res.end(JSON.stringify({ userIds: usersOf(page), nextCursor: page < 2 ? String(page + 1) : null }));
+        }
+        const { tokens } = packr.unpack(Buffer.concat(chunks)) as { tokens: { token: string }[] };
+        pushed.push(...tokens.map((t) => t.token));
+        res.end(JSON.stringify({ accepted: tokens.length }));
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      const [report] = await runCampaign(
+        { engine: fx.engine, campaigns, campaign, existed: false, dryRun: false, pageSize: 10, deliverBatch: 100, timeoutMs: 5000, attempts: 1 },
+        [{ id: 'sat-r', url }],
+      );
+      expect(report).toMatchObject({ status: 'revoked', usersServed: 10, tokensMade: 30, tokensDelivered: 30, error: expect.stringMatching(/campaign "race" was revoked/) });
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
+    // nothing of the campaign can be redeemed: the first page's tokens were swept, the later pages never made
+    expect(pushed).toHaveLength(30);
+    for (const t of pushed) expect((await fx.engine.lookup(t))?.state).toBe('revoked');
+    for (const page of [0, 1, 2]) for (const u of usersOf(page)) expect(await fx.engine.listUnredeemed('sat-r', u)).toEqual([]);
+    expect((await fx.engine.stats()).satellites['sat-r']).toMatchObject({ generated: 30, unredeemed: 0, revoked: 30 });
+    const c = (await campaigns.get('race'))!;
+    expect(c.revokedAt).toEqual(expect.any(Number));
+    expect(c.progress['sat-r']).toMatchObject({ status: 'revoked', lastError: expect.stringMatching(/revoked/) });
+  });
+
+  it('the CLI shows the campaign revoked and refuses to resume it', async () => {
+    const env = { KEY_PREFIX: fx.prefix };
+    const resumed = await runCli(['generate', '--resume', 'race'], env);
+    expect(resumed.code).toBe(1);
+    expect(resumed.stderr).toMatch(/campaign "race" was revoked at .*: it makes and delivers no more tokens/);
+    const shown = await runCli(['campaigns', 'show', 'race'], env);
+    expect(shown.stdout).toMatch(/campaign race: .*, revoked at \d{4}-/);
+    expect(shown.stdout).toMatch(/sat-r .* revoked /);
+  });
+});
+
+describe('the revocation survives a restore from Postgres', () => {
+  let fx: EngineFixture;
+  let db: Awaited<ReturnType<typeof testDatabase>>;
+  let pool: pg.Pool;
+
+  beforeAll(async () => {
+    fx = await engineFixture({ label: 'crevpg' });
+    db = await testDatabase();
+    pool = await openPostgres(db.url);
+  });
+  afterAll(async () => {
+    await pool?.end();
+    await fx?.close();
+    await db?.drop();
+  });
+
+  it('restore brings back the campaign as revoked and the engine still refuses it', async () => {
+    const campaigns = new CampaignStore(fx.redis, fx.prefix);
+    await campaigns.open({ id: 'old', perUser: 2, satellites: ['s2'], createdAt: Date.now() });
+    await fx.engine.generate({ owners: owners('s2', usersOf(0)), perUser: 2, campaignId: 'old' });
+    await fx.engine.revokeCampaign('old');
+    const revokedAt = (await campaigns.meta('old'))!.revokedAt!;
+    expect(revokedAt).toEqual(expect.any(Number));
+
+    const w = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url }), { log: () => {} });
+    try {
+      await caughtUp(fx.redis, fx.prefix, pool, 40);
+      for (const end = Date.now() + 15_000; ; await sleep(100)) {
+        const r = await pool.query<{ meta: { revokedAt?: number } }>("SELECT meta FROM campaigns WHERE id = 'old'");
+        if (r.rows[0]?.meta.revokedAt === revokedAt) break;
+        if (Date.now() > end) throw new Error(`campaign row: ${JSON.stringify(r.rows)}`);
+      }
+    } finally {
+      await w.stop();
+    }
+
+    await dropPrefix(fx.redis, fx.prefix);
+    await restoreFromPostgres(fx.redis, pool, fx.prefix);
+    await restoreCampaigns(fx.redis, pool, fx.prefix);
+    expect((await campaigns.meta('old'))?.revokedAt).toBe(revokedAt);
+    await expect(fx.engine.generate({ owners: owners('s2', usersOf(1)), perUser: 2, campaignId: 'old' })).rejects.toMatchObject({ code: 'campaign_revoked' });
+    expect((await verify(fx.redis, pool, fx.prefix)).listed).toEqual([]);
+  });
+});
