@@ -1,5 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Cluster } from 'ioredis';
+import { hasRedisServer, startCluster, type RedisClusterHandle } from '../bench/redis-server.js';
 import { SHARDS, placeOfOwner } from '../src/store/keys.js';
+import { createRedis } from '../src/store/redis.js';
 import { engineFixture, type EngineFixture } from './helpers/redis.js';
 
 /** Users of satellite `sat`: two in one shard (different buckets), one in another shard. */
@@ -61,5 +64,45 @@ describe('generate: a shard whose script fails leaves no usable token anywhere',
     stop.abort();
     await expect(made).rejects.toThrow(/stopped waiting/);
     expect((await fx.engine.stats()).satellites.sat2).toMatchObject({ generated: 4, unredeemed: 0, revoked: 4 });
+  });
+});
+
+const available = hasRedisServer();
+(available ? describe : describe.skip)('generate on a Redis Cluster with one master down', () => {
+  let cluster: RedisClusterHandle | undefined;
+  let fx: EngineFixture;
+
+  beforeAll(async () => {
+    // the other masters keep serving their slots while one is down, however long the test takes
+    cluster = await startCluster(3, ['--cluster-require-full-coverage', 'no']);
+    fx = await engineFixture({ redis: () => createRedis({ redisUrl: '', redisClusterNodes: cluster!.nodes }, { failFast: true }), label: 'genmaster' });
+  });
+  afterAll(async () => {
+    fx?.redis.disconnect();
+    await cluster?.stop();
+  });
+
+  it('the tokens made on the masters still up are revoked before the error is answered', async () => {
+    const users = Array.from({ length: 60 }, (_, i) => `m${i}`);
+    // a real fault: the master holding the first user's shard stops (SHUTDOWN, its process exits)
+    const cluster = fx.redis as Cluster;
+    const slot = Number(await cluster.call('CLUSTER', 'KEYSLOT', fx.store.keys.dict(placeOfOwner('sat', users[0]!).shard)));
+    const down = cluster.nodes('master').find((m) => `${m.options.host}:${m.options.port}` === cluster.slots[slot]![0]);
+    expect(down).toBeDefined();
+    await down!.call('SHUTDOWN', 'NOSAVE').catch(() => undefined);
+    await expect(fx.engine.generate({ owners: users.map((u) => ({ ownerSatelliteId: 'sat', ownerUserId: u })), perUser: 2, campaignId: 'm' })).rejects.toThrow();
+
+    const lists = await Promise.all(users.map((u) => fx.engine.listUnredeemed('sat', u).catch(() => 'down' as const)));
+    const up = lists.filter((l) => l !== 'down');
+    // owners on both the stopped master and the others
+    expect(up.length).toBeGreaterThan(0);
+    expect(up.length).toBeLessThan(users.length);
+    expect(up.flat()).toEqual([]);
+    // each token made on a master that is up has its generated and its revoked event
+    const shards = [...new Set(users.filter((_, i) => lists[i] !== 'down').map((u) => placeOfOwner('sat', u).shard))];
+    const entries = (await Promise.all(shards.map((s) => fx.redis.xrange(fx.store.keys.events(s), '-', '+')))).flat();
+    const types = entries.map(([, f]) => f[1]);
+    expect(types.filter((t) => t === 'generated')).toHaveLength(up.length * 2);
+    expect(types.filter((t) => t === 'revoked')).toHaveLength(up.length * 2);
   });
 });
