@@ -280,6 +280,9 @@ describe('admin routes', () => {
     expect((await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'nope', userIds: ['u'], perUser: 1 })).body.error).toBe('satellite_not_found');
     expect((await admin('POST', '/v1/admin/tokens/revoke', { satelliteId: 'sat-b', userId: 'bulk-0' })).body).toEqual({ revoked: 2 });
     expect((await admin('POST', '/v1/admin/tokens/revoke', { campaignId: 'camp-bulk' })).body).toEqual({ revoked: 9998 });
+    // the campaign stays revoked: generating for it again makes nothing
+    const again = await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-b', userIds: ['bulk-0'], perUser: 1, campaignId: 'camp-bulk' });
+    expect([again.status, again.body.error]).toEqual([410, 'campaign_revoked']);
     expect((await admin('POST', '/v1/admin/tokens/revoke', {})).body.error).toBe('invalid_request');
     const stats = await admin('GET', '/v1/admin/stats');
     expect(stats.status).toBe(200);
