@@ -12,6 +12,36 @@ import { testDatabase } from './helpers/pg.js';
 import { dropPrefix, engineFixture, type EngineFixture } from './helpers/redis.js';
 import { caughtUp, sleep } from './helpers/snapshot.js';
 
+/**
+ * A hand-written satellite: `list(page)` answers users-without-tokens (the cursor is the page number) and
+ * may act first; `onPush` runs before a push is accepted. Every token pushed is kept in `pushed`.
+ */
+async function satellite(list: (page: number) => Promise<{ userIds: string[]; nextCursor: string | null }>, onPush: () => Promise<void> = async () => {}) {
+  const pushed: string[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', async () => {
+      res.setHeader('content-type', 'application/json');
+      const url = new URL(req.url!, 'http://x');
+      if (url.pathname === '/referrals/v1/users-without-tokens') return res.end(JSON.stringify(await list(Number(url.searchParams.get('cursor') || '0'))));
+      await onPush();
+      const { tokens } = packr.unpack(Buffer.concat(chunks)) as { tokens: { token: string }[] };
+      pushed.push(...tokens.map((t) => t.token));
+      res.end(JSON.stringify({ accepted: tokens.length }));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    pushed,
+    async close() {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
 const owners = (sat: string, users: string[]) => users.map((ownerUserId) => ({ ownerSatelliteId: sat, ownerUserId }));
 const usersOf = (page: number) => Array.from({ length: 10 }, (_, i) => `u${page * 10 + i}`);
 
@@ -38,37 +68,22 @@ describe('a revoked campaign stays revoked', () => {
   it('a run revoked between two batches stops, with status revoked, and leaves no token of the campaign unredeemed', async () => {
     const campaigns = new CampaignStore(fx.redis, fx.prefix);
     const campaign = (await campaigns.open({ id: 'race', perUser: 3, satellites: ['sat-r'], createdAt: Date.now() })).campaign;
-    const pushed: string[] = [];
     // three pages of 10 users; the satellite is asked for page 2 after page 1 was made and delivered, and
     // the campaign is revoked right then (what an operator's `tokens revoke --campaign` does mid-run)
-    const server = createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', async () => {
-        res.setHeader('content-type', 'application/json');
-        const url = new URL(req.url!, 'http://x');
-        if (url.pathname === '/referrals/v1/users-without-tokens') {
-          const page = Number(url.searchParams.get('cursor') || '0');
-          if (page === 1) await fx.engine.revokeCampaign('race');
-          return res.end(JSON.stringify({ userIds: usersOf(page), nextCursor: page < 2 ? String(page + 1) : null }));
-        }
-        const { tokens } = packr.unpack(Buffer.concat(chunks)) as { tokens: { token: string }[] };
-        pushed.push(...tokens.map((t) => t.token));
-        res.end(JSON.stringify({ accepted: tokens.length }));
-      });
+    const sat = await satellite(async (page) => {
+      if (page === 1) await fx.engine.revokeCampaign('race');
+      return { userIds: usersOf(page), nextCursor: page < 2 ? String(page + 1) : null };
     });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     try {
-      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
       const [report] = await runCampaign(
         { engine: fx.engine, campaigns, campaign, existed: false, dryRun: false, pageSize: 10, deliverBatch: 100, timeoutMs: 5000, attempts: 1 },
-        [{ id: 'sat-r', url }],
+        [{ id: 'sat-r', url: sat.url }],
       );
       expect(report).toMatchObject({ status: 'revoked', usersServed: 10, tokensMade: 30, tokensDelivered: 30, error: expect.stringMatching(/campaign "race" was revoked/) });
     } finally {
-      server.closeAllConnections();
-      await new Promise((resolve) => server.close(resolve));
+      await sat.close();
     }
+    const { pushed } = sat;
     // nothing of the campaign can be redeemed: the first page's tokens were swept, the later pages never made
     expect(pushed).toHaveLength(30);
     for (const t of pushed) expect((await fx.engine.lookup(t))?.state).toBe('revoked');
@@ -77,6 +92,35 @@ describe('a revoked campaign stays revoked', () => {
     const c = (await campaigns.get('race'))!;
     expect(c.revokedAt).toEqual(expect.any(Number));
     expect(c.progress['sat-r']).toMatchObject({ status: 'revoked', lastError: expect.stringMatching(/revoked/) });
+  });
+
+  it('a run revoked between making a batch and pushing it pushes none of the revoked tokens', async () => {
+    const campaigns = new CampaignStore(fx.redis, fx.prefix);
+    const campaign = (await campaigns.open({ id: 'late', perUser: 3, satellites: ['sat-l'], createdAt: Date.now() })).campaign;
+    // one page of 10 users makes 30 tokens in one batch, pushed 9 at a time (whole sets of 3 in a batch of
+    // 10); the campaign is revoked while the first push is accepted, so the other 21 are revoked before
+    // their push: before the check they reached the satellite all the same
+    let revoked = false;
+    const sat = await satellite(
+      async () => ({ userIds: usersOf(0), nextCursor: null }),
+      async () => {
+        if (!revoked) await fx.engine.revokeCampaign('late');
+        revoked = true;
+      },
+    );
+    let report;
+    try {
+      [report] = await runCampaign(
+        { engine: fx.engine, campaigns, campaign, existed: false, dryRun: false, pageSize: 10, deliverBatch: 10, timeoutMs: 5000, attempts: 1 },
+        [{ id: 'sat-l', url: sat.url }],
+      );
+    } finally {
+      await sat.close();
+    }
+    expect(sat.pushed).toHaveLength(9);
+    expect(report).toMatchObject({ status: 'revoked', usersServed: 10, tokensMade: 30, tokensDelivered: 9, error: expect.stringMatching(/campaign "late" was revoked at .*: its undelivered tokens are not pushed/) });
+    expect((await fx.engine.stats()).satellites['sat-l']).toMatchObject({ generated: 30, unredeemed: 0, revoked: 30 });
+    expect((await campaigns.get('late'))!.progress['sat-l']).toMatchObject({ status: 'revoked', tokensDelivered: 9 });
   });
 
   it('the CLI shows the campaign revoked and refuses to resume it', async () => {

@@ -42,7 +42,7 @@ export interface SatelliteReport {
   tokensDelivered: number;
   /** failed calls to the satellite (retried or not) and user ids it sent that are not valid ids */
   failures: number;
-  /** revoked: the campaign was revoked while this run served the satellite; it stopped making tokens */
+  /** revoked: the campaign was revoked while this run served the satellite; it stopped making and pushing tokens */
   status: 'done' | 'failed' | 'revoked' | 'dry-run';
   error?: string;
 }
@@ -107,7 +107,8 @@ class SatelliteRun {
       } while (cursor !== null);
       if (!this.o.dryRun) await this.o.campaigns.setStatus(this.id, this.sat, 'done');
     } catch (err) {
-      // the engine refuses every batch of a revoked campaign (lua/generate.lua), so this is where a run stops
+      // the engine refuses every batch of a revoked campaign (lua/generate.lua) and refuseRevoked every
+      // push of one, so this is where a run stops
       const status = err instanceof DomainError && err.code === 'campaign_revoked' ? 'revoked' : 'failed';
       this.report.status = status;
       this.report.error = (err as Error).message;
@@ -216,6 +217,7 @@ class SatelliteRun {
     let wholeTokens = 0;
     const flush = async () => {
       if (!pairs.length) return;
+      await this.refuseRevoked();
       await this.api.pushTokens(pairs);
       await this.o.campaigns.recordDelivered(this.id, this.sat, whole);
       await this.count('tokensDelivered', wholeTokens);
@@ -233,6 +235,18 @@ class SatelliteRun {
       wholeTokens += tokens.length;
     }
     await flush();
+  }
+
+  /**
+   * Tokens made before a revocation are swept by it; pushed afterwards, users would see tokens that cannot
+   * be redeemed. So each push first reads the campaign's revokedAt (set before the sweep starts) and stops
+   * the run as the engine's refusal does. A revoke landing between this read and the push still lets that
+   * one batch through; that window is accepted: its tokens are swept like every other of the campaign (none
+   * can be redeemed), and closing it would need revoke to wait for every run delivering the campaign.
+   */
+  private async refuseRevoked(): Promise<void> {
+    const at = await this.o.campaigns.revokedAt(this.id);
+    if (at !== undefined) throw new DomainError('campaign_revoked', `campaign "${this.id}" was revoked at ${new Date(at).toISOString()}: its undelivered tokens are not pushed`);
   }
 
   private plan(event: 'tokensToMake' | 'tokensToDeliver', n: number): void {

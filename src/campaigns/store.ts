@@ -86,6 +86,12 @@ export class CampaignStore {
     return parseMeta(await this.redis.hgetall(this.keys.meta(id)));
   }
 
+  /** When the campaign was revoked (`revoke {campaignId}`), undefined while it is not: one HGET. */
+  async revokedAt(id: string): Promise<number | undefined> {
+    const at = await this.redis.hget(this.keys.meta(id), 'revokedAt');
+    return at ? Number(at) : undefined;
+  }
+
   async require(id: string): Promise<CampaignMeta> {
     const m = await this.meta(id);
     return m ?? campaignNotFound(id);
