@@ -2,7 +2,8 @@
   revoke_campaign: revoke every unredeemed/reserved token of one campaign within one virtual shard.
   KEYS[1] dict  KEYS[2] rs  KEYS[3] rd  KEYS[4] stats  KEYS[5] ev  KEYS[6..] every bucket of the shard
     (one hash tag {shard}; the caller runs this once per shard)
-  ARGV[1] campaign id  ARGV[2] shard number  ARGV[3] buckets per shard
+  ARGV[1] campaign id  ARGV[2] shard number  ARGV[3] buckets per shard  ARGV[4] the revocation time (ms)
+    revocation_record returned
   Reply: { 'ok', count }.
   It first marks the campaign revoked in the shard's dict (kept, also when the shard has none of its tokens
   yet): generate refuses a marked campaign, so no token of it can be made on this shard after the sweep.
@@ -11,7 +12,7 @@
 
 local keys = { rs = KEYS[2], rd = KEYS[3], stats = KEYS[4], ev = KEYS[5] }
 local now, at = clock()
-redis.call('HSETNX', KEYS[1], 'x\t' .. ARGV[1], at)
+redis.call('HSETNX', KEYS[1], 'x\t' .. ARGV[1], ARGV[4])
 local camp = redis.call('HGET', KEYS[1], 'c\t' .. ARGV[1])
 if not camp then return { 'ok', 0 } end
 local shard, perShard = tonumber(ARGV[2]), tonumber(ARGV[3])

@@ -2,12 +2,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type pg from 'pg';
+import { Pool } from 'undici';
 import { runCampaign } from '../src/campaigns/flow.js';
 import { CampaignStore } from '../src/campaigns/store.js';
 import { loadConfig } from '../src/config.js';
 import { packr } from '../src/msgpack.js';
-import { openPostgres, restoreCampaigns, restoreFromPostgres, startSnapshotWriter, verify } from '../src/snapshot/index.js';
+import { openPostgres, restoreCampaigns, restoreFromPostgres, restoreRevoked, startSnapshotWriter, verify } from '../src/snapshot/index.js';
+import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { runCli } from './helpers/cli.js';
+import { ADMIN_KEY, call, serve } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
 import { dropPrefix, engineFixture, type EngineFixture } from './helpers/redis.js';
 import { caughtUp, sleep } from './helpers/snapshot.js';
@@ -172,9 +175,51 @@ describe('the revocation survives a restore from Postgres', () => {
 
     await dropPrefix(fx.redis, fx.prefix);
     await restoreFromPostgres(fx.redis, pool, fx.prefix);
+    await restoreRevoked(fx.redis, pool, fx.prefix);
     await restoreCampaigns(fx.redis, pool, fx.prefix);
     expect((await campaigns.meta('old'))?.revokedAt).toBe(revokedAt);
     await expect(fx.engine.generate({ owners: owners('s2', usersOf(1)), perUser: 2, campaignId: 'old' })).rejects.toMatchObject({ code: 'campaign_revoked' });
     expect((await verify(fx.redis, pool, fx.prefix)).listed).toEqual([]);
+  });
+
+  it('a campaign id only the admin route used stays revoked after Redis is rebuilt from Postgres', async () => {
+    await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 's3' });
+    const server = await serve({ KEY_PREFIX: fx.prefix });
+    const http = new Pool(server.url, { connections: 2 });
+    const admin = (path: string, body: unknown) => call(http, 'POST', path, { key: ADMIN_KEY, body });
+    const users = Array.from({ length: 40 }, (_, i) => `adm-${i}`);
+    try {
+      const made = await admin('/v1/admin/tokens/generate', { satelliteId: 's3', userIds: users.slice(0, 20), perUser: 2, campaignId: 'adm' });
+      expect(made.status).toBe(200);
+      expect((await admin('/v1/admin/tokens/revoke', { campaignId: 'adm' })).body).toEqual({ revoked: 40 });
+      // no campaign record: the revocation lives in the engine alone
+      expect(await new CampaignStore(fx.redis, fx.prefix).meta('adm')).toBeUndefined();
+
+      // the writer has caught up once Postgres agrees with Redis
+      const w = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url }), { log: () => {} });
+      try {
+        for (const end = Date.now() + 30_000; ; await sleep(200)) {
+          const r = await verify(fx.redis, pool, fx.prefix, 5);
+          if (r.differences === 0 && r.tokens > 0) break;
+          if (Date.now() > end) throw new Error(`writer not caught up: ${JSON.stringify(r.listed)}`);
+        }
+      } finally {
+        await w.stop();
+      }
+
+      await dropPrefix(fx.redis, fx.prefix);
+      const env = { KEY_PREFIX: fx.prefix, DATABASE_URL: db.url };
+      const restored = await runCli(['restore', '--from-postgres'], env);
+      expect(restored.code, restored.stderr).toBe(0);
+      // 20 users over many shards, most of which have no token of the campaign: each refuses it
+      const again = await admin('/v1/admin/tokens/generate', { satelliteId: 's3', userIds: users.slice(20), perUser: 2, campaignId: 'adm' });
+      expect([again.status, again.body.error]).toEqual([410, 'campaign_revoked']);
+      const verified = await runCli(['verify'], env);
+      expect(verified.code, verified.stdout).toBe(0);
+      expect(verified.stdout).toMatch(/ 0 differences/);
+    } finally {
+      await http.close();
+      await server.stop();
+    }
   });
 });

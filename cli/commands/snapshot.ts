@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { startOpsServer } from '../../src/http/ops.js';
-import { anyKey, engineKeys, openPostgres, restoreCampaigns, restoreFromPostgres, restoreSatellites, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
+import { anyKey, engineKeys, openPostgres, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
 import { configFrom, connectRedis } from '../context.js';
 
 /**
@@ -63,10 +63,12 @@ export function register(program: Command): void {
         }
         const n = await restoreFromPostgres(redis, pool, config.keyPrefix);
         const sats = await restoreSatellites(redis, pool, config.keyPrefix);
+        const revoked = await restoreRevoked(redis, pool, config.keyPrefix);
         const camps = await restoreCampaigns(redis, pool, config.keyPrefix);
         console.log(`restored ${n} tokens into prefix "${config.keyPrefix}"`);
         console.log(`restored ${sats.restored} satellites with their API keys${sats.kept ? `; ${sats.kept} already registered, kept as they are` : ''}`);
         console.log(`restored ${camps.restored} campaigns${camps.kept ? `; ${camps.kept} already in Redis, kept as they are` : ''}`);
+        console.log(`restored ${revoked.restored} campaign revocations${revoked.kept ? `; ${revoked.kept} already in Redis, kept as they are` : ''}`);
       } finally {
         await pool.end();
         redis.disconnect();
@@ -96,6 +98,7 @@ export function register(program: Command): void {
           console.log(`${report.tokens} tokens in Redis, ${report.differences} differences`);
           console.log(`${report.satellites} satellites in Redis`);
           console.log(`${report.campaigns} campaigns in Redis`);
+          console.log(`${report.revokedCampaigns} revoked campaigns in Redis`);
         }
         if (report.differences > 0) process.exitCode = 1;
       } finally {

@@ -70,6 +70,18 @@ export const MIGRATIONS: { version: number; name: string; sql: string }[] = [
       );
     `,
   },
+  {
+    version: 4,
+    name: 'revoked_campaigns',
+    sql: `
+      -- every revoked campaign id (src/store/keys.ts revokedCampaigns), also one only the admin route used,
+      -- which has no campaigns row: restore marks the shards again so generate still refuses it
+      CREATE TABLE revoked_campaigns (
+        id text PRIMARY KEY,
+        revoked_at bigint NOT NULL
+      );
+    `,
+  },
 ];
 
 const LOCK_ID = 74_820_501;

@@ -7,12 +7,14 @@ import { CampaignKeys, COUNTERS, readAllCampaigns, type CampaignRecord } from '.
 import { pgCampaigns } from './campaigns.js';
 import { pgShardRows } from './pg-rows.js';
 import { readShardRows, type Row } from './rows.js';
+import { pgRevoked, readRevoked } from './revoked.js';
 import { pgSatellites } from './satellites.js';
 
 export interface Difference {
   /**
    * the token; for `stats`, the shard's counters key; for a satellite, its registry key (`<p>:{sat}:s:<id>`);
-   * for a campaign, its record's key (`<p>:{camp:<id>}:meta`)
+   * for a campaign, its record's key (`<p>:{camp:<id>}:meta`); for a revoked campaign, the registry's key
+   * and the campaign id (`<p>:{revoked}:campaigns/<id>`)
    */
   token: string;
   /** only_redis | only_postgres | field names that differ | counters that differ from the shard's rows */
@@ -30,6 +32,8 @@ export interface VerifyReport {
   tokens: number;
   satellites: number;
   campaigns: number;
+  /** campaign ids in Redis' registry of revoked campaigns */
+  revokedCampaigns: number;
   differences: number;
   /** the first `maxListed` differences */
   listed: Difference[];
@@ -51,7 +55,7 @@ function count(counters: Map<string, number>, p: Row): void {
  */
 export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, maxListed = 100): Promise<VerifyReport> {
   const keys = new Keys(prefix);
-  const report: VerifyReport = { tokens: 0, satellites: 0, campaigns: 0, differences: 0, listed: [] };
+  const report: VerifyReport = { tokens: 0, satellites: 0, campaigns: 0, revokedCampaigns: 0, differences: 0, listed: [] };
   const note = (d: Difference) => {
     report.differences++;
     if (report.listed.length < maxListed) report.listed.push(d);
@@ -82,7 +86,17 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
   }
   report.satellites = await compareSatellites(redis, pool, prefix, note);
   report.campaigns = await compareCampaigns(redis, pool, prefix, note);
+  report.revokedCampaigns = await compareRevoked(redis, pool, prefix, note);
   return report;
+}
+
+/** The registry of revoked campaigns against Postgres' copy: each id and its revokedAt. */
+async function compareRevoked(redis: RedisClient, pool: pg.Pool, prefix: string, note: (d: Difference) => void): Promise<number> {
+  const key = new Keys(prefix).revokedCampaigns();
+  const records = (m: Map<string, number>) => [...m].map(([id, at]) => ({ id, revokedAt: String(at) }));
+  return compareRecords(records(await readRevoked(redis, prefix)), records(await pgRevoked(pool)), (id) => `${key}/${id}`, note, (r, p) =>
+    r.revokedAt === p.revokedAt ? [] : [{ field: 'revokedAt', redis: r.revokedAt, postgres: p.revokedAt }],
+  );
 }
 
 /** Registered satellites against Postgres' copy; an `outboundKey` (a secret) shows only as set or not. */

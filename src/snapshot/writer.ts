@@ -10,6 +10,7 @@ import { GROUP, reportLag } from './lag.js';
 import { Lease } from '../store/lease.js';
 import { snapshotMetrics as m } from './metrics.js';
 import { CampaignCopy } from './campaigns.js';
+import { RevocationCopy } from './revoked.js';
 import { SatelliteCopy } from './satellites.js';
 import { openPostgres } from './schema.js';
 import { leaseKey, writeSnapshotStatus, type SnapshotStatus } from './status.js';
@@ -54,6 +55,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const perShard = Math.max(1, Math.ceil(config.snapshotBatch / 8));
   const satellites = new SatelliteCopy(redis, config.keyPrefix);
   const campaigns = new CampaignCopy(redis, config.keyPrefix);
+  const revoked = new RevocationCopy(redis, config.keyPrefix);
 
   let running = true;
   // stop() cuts a backoff or standby wait short, so SIGTERM never waits seconds for it
@@ -257,6 +259,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         await ensureGroups();
         if (await satellites.due()) await onPostgres(() => satellites.write(db));
         if (await campaigns.due()) await onPostgres(() => campaigns.write(db));
+        if (await revoked.due()) await onPostgres(() => revoked.write(db));
         const rounds = await Promise.allSettled(lanes.map((lane) => round(lane)));
         const failed = rounds.find((r): r is PromiseRejectedResult => r.status === 'rejected');
         if (failed) throw failed.reason;

@@ -68,6 +68,13 @@ export class Keys {
   events(shard: number): string {
     return `${this.tag(shard)}:ev`;
   }
+  /**
+   * Every revoked campaign id -> revokedAt ms (lua/revocation_record.lua): the durable form of the shards'
+   * marks, which the snapshot copies to Postgres, as many campaign ids have no campaign record.
+   */
+  revokedCampaigns(): string {
+    return `${this.prefix}:{revoked}:campaigns`;
+  }
   /** KEYS of the single-token scripts, in their header order */
   tokenKeys(p: Place): string[] {
     const s = p.shard;

@@ -130,18 +130,21 @@ export class TokenStore {
   }
 
   /**
-   * Records the revocation on the campaign's record first (generate's CLI refuses a revoked campaign, and
-   * the snapshot carries it), then sweeps every shard; each shard's sweep also marks it, atomically, so a
-   * generate still running for the campaign makes nothing there afterwards (lua/generate.lua).
+   * Records the revocation first in the registry of revoked campaigns (which the snapshot carries, for every
+   * campaign id), then on the campaign's record if it has one (generate's CLI refuses a revoked campaign),
+   * then sweeps every shard; each shard's sweep also marks it, atomically, so a generate still running for
+   * the campaign makes nothing there afterwards (lua/generate.lua). All three hold the registry's time.
+   * Three steps, three slots: a revoke that fails part-way is sent again (each step keeps the first time).
    */
   async revokeCampaign(campaignId: string): Promise<number> {
-    await this.s.campaign_revoke!([new CampaignKeys(this.keys.prefix).meta(campaignId)], []);
+    const at = Number(await this.s.revocation_record!([this.keys.revokedCampaigns()], [campaignId]));
+    await this.s.campaign_revoke!([new CampaignKeys(this.keys.prefix).meta(campaignId)], [at]);
     const counts = await Promise.all(
       Array.from({ length: SHARDS }, (_, shard) => {
         const k = this.keys;
         const keys = [k.dict(shard), k.reservations(shard), k.redeemed(shard), k.stats(shard), k.events(shard)];
         for (let b = 0; b < BUCKETS_PER_SHARD; b++) keys.push(k.bucket(shard, b));
-        return this.s.revoke_campaign!(keys, [campaignId, shard, BUCKETS_PER_SHARD]) as Promise<[string, number]>;
+        return this.s.revoke_campaign!(keys, [campaignId, shard, BUCKETS_PER_SHARD, at]) as Promise<[string, number]>;
       }),
     );
     return counts.reduce((sum, r) => sum + Number(r[1]), 0);

@@ -1,0 +1,66 @@
+import type pg from 'pg';
+import type { RedisClient } from '../store/redis.js';
+import { markRevokedInShards } from '../store/campaigns.js';
+import { Keys } from '../store/keys.js';
+import { PeriodicCopy } from './copy.js';
+
+const UPSERT = `
+  INSERT INTO revoked_campaigns (id, revoked_at)
+  SELECT r->>0, (r->>1)::bigint FROM jsonb_array_elements($1::jsonb) r
+  ON CONFLICT (id) DO UPDATE SET revoked_at = EXCLUDED.revoked_at`;
+
+/** Redis' registry of revoked campaigns: id -> revokedAt ms. */
+export async function readRevoked(redis: RedisClient, prefix: string): Promise<Map<string, number>> {
+  const h = await redis.hgetall(new Keys(prefix).revokedCampaigns());
+  return new Map(Object.entries(h).map(([id, at]) => [id, Number(at)]));
+}
+
+/**
+ * Copies the registry of revoked campaigns to Postgres for the snapshot writer. Revocations are rare and
+ * never undone, so it reads the whole registry (one HGETALL) at most every 2 s and writes the entries that
+ * changed; once a minute all of them. Nothing is deleted: an entry missing from Redis (a writer started on
+ * an emptied Redis) is kept for restore.
+ */
+export class RevocationCopy extends PeriodicCopy<{ rows: [string, number][]; all: boolean }> {
+  /** campaign id -> revokedAt as last written */
+  private readonly copied = new Map<string, number>();
+
+  constructor(private readonly redis: RedisClient, private readonly prefix: string) {
+    super(2000);
+  }
+
+  protected async read(all: boolean) {
+    const rows = [...(await readRevoked(this.redis, this.prefix))].filter(([id, at]) => all || this.copied.get(id) !== at);
+    return rows.length === 0 ? undefined : { rows, all };
+  }
+
+  protected async store(pool: pg.Pool, p: { rows: [string, number][]; all: boolean }): Promise<void> {
+    await pool.query(UPSERT, [JSON.stringify(p.rows)]);
+    for (const [id, at] of p.rows) this.copied.set(id, at);
+    if (p.all) this.writtenAt = Date.now();
+  }
+}
+
+/** The revoked campaigns Postgres holds. */
+export async function pgRevoked(pool: pg.Pool): Promise<Map<string, number>> {
+  const res = await pool.query<{ id: string; at: string }>('SELECT id, revoked_at::text AS at FROM revoked_campaigns ORDER BY id');
+  return new Map(res.rows.map((r) => [r.id, Number(r.at)]));
+}
+
+/**
+ * Brings back every revocation of the snapshot: into the registry (one Redis has is newer and kept) and as
+ * the mark in every shard's dictionary, which the restored dictionaries (rebuilt from tokens) lack, so
+ * generate still refuses the campaign, also one that never had a campaign record.
+ */
+export async function restoreRevoked(redis: RedisClient, pool: pg.Pool, prefix: string): Promise<{ restored: number; kept: number }> {
+  const key = new Keys(prefix).revokedCampaigns();
+  let restored = 0;
+  let kept = 0;
+  for (const [id, at] of await pgRevoked(pool)) {
+    const fresh = (await redis.hsetnx(key, id, String(at))) === 1;
+    if (fresh) restored++;
+    else kept++;
+    await markRevokedInShards(redis, prefix, id, fresh ? at : Number(await redis.hget(key, id)));
+  }
+  return { restored, kept };
+}
