@@ -11,7 +11,7 @@ import { openPostgres, readSnapshotStatus, sampleLag, startSnapshotWriter, verif
 import { leaseKey } from '../src/snapshot/status.js';
 import { createRedis } from '../src/store/redis.js';
 import { loadConfig } from '../src/config.js';
-import { freePort } from '../bench/redis-server.js';
+import { freePort, startCluster } from '../bench/redis-server.js';
 
 const MAIN = path.resolve('dist/cli/main.js');
 
@@ -67,6 +67,29 @@ async function pgProxy(dbUrl: string) {
       for (const s of sockets) s.destroy();
     },
   };
+}
+
+/** GET on a writer's ops port, waiting up to 30 s for it to listen. */
+async function get(port: number, p: string): Promise<{ status: number; text: string }> {
+  const end = Date.now() + 30_000;
+  for (;;) {
+    try {
+      const r = await fetch(`http://127.0.0.1:${port}${p}`);
+      return { status: r.status, text: await r.text() };
+    } catch (err) {
+      if (Date.now() > end) throw err;
+      await sleep(50); // not listening yet
+    }
+  }
+}
+/** Polls until `ok` holds (30 s at most). */
+async function until(port: number, p: string, ok: (r: { status: number; text: string }) => boolean): Promise<{ status: number; text: string }> {
+  for (const end = Date.now() + 30_000; Date.now() < end; ) {
+    const r = await get(port, p);
+    if (ok(r)) return r;
+    await sleep(50);
+  }
+  throw new Error(`${p} on ${port}: never as expected; last: ${JSON.stringify(await get(port, p))}`);
 }
 
 describe('snapshot writer under faults (real processes)', () => {
@@ -146,26 +169,6 @@ describe('snapshot writer under faults (real processes)', () => {
     const own = await engineFixture({ label: 'snapops' });
     const ownDb = await testDatabase();
     const writers: ChildProcess[] = [];
-    const get = async (port: number, p: string) => {
-      const end = Date.now() + 30_000;
-      for (;;) {
-        try {
-          const r = await fetch(`http://127.0.0.1:${port}${p}`);
-          return { status: r.status, text: await r.text() };
-        } catch (err) {
-          if (Date.now() > end) throw err;
-          await sleep(50); // not listening yet
-        }
-      }
-    };
-    const until = async (port: number, p: string, ok: (r: { status: number; text: string }) => boolean) => {
-      for (const end = Date.now() + 30_000; Date.now() < end; ) {
-        const r = await get(port, p);
-        if (ok(r)) return r;
-        await sleep(50);
-      }
-      throw new Error(`${p} on ${port}: never as expected; last: ${JSON.stringify(await get(port, p))}`);
-    };
     const stop = async (w: ChildProcess) => {
       const done = exited(w);
       w.kill('SIGTERM');
@@ -206,6 +209,31 @@ describe('snapshot writer under faults (real processes)', () => {
       await ownDb.drop();
     }
   }, 60_000);
+
+  it('referral-manager snapshot on a Redis Cluster: /readyz is 503 naming a killed master (the others still answer), 200 once it is back', async () => {
+    // the others never mark the lost master failed within the test: every other master says cluster_state:ok
+    const cluster = await startCluster(3, ['--cluster-node-timeout', '600000']);
+    const ownDb = await testDatabase();
+    const port = await freePort();
+    const w = spawnWriter({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'rm-test', DATABASE_URL: ownDb.url, SNAPSHOT_METRICS_PORT: String(port) });
+    const allOk = Object.fromEntries(cluster.nodes.map((n) => [n, 'ok']));
+    const body = (r: { text: string }) => JSON.parse(r.text) as Record<string, unknown>;
+    try {
+      expect(body(await until(port, '/readyz', (r) => r.status === 200))).toMatchObject({ ready: true, redis: 'up', masters: allOk, leader: true });
+      const lost = cluster.nodes[2]!;
+      await cluster.signal(2, 'SIGKILL');
+      const down = await until(port, '/readyz', (r) => r.status === 503 && String(body(r).error).includes(`master ${lost}:`));
+      expect(body(down)).toMatchObject({ ready: false, redis: 'down', masters: { ...allOk, [lost]: expect.not.stringMatching(/^ok$/) } });
+      await cluster.restart(2);
+      expect(body(await until(port, '/readyz', (r) => r.status === 200))).toMatchObject({ ready: true, redis: 'up', masters: allOk });
+    } finally {
+      const done = exited(w);
+      w.kill('SIGKILL');
+      await done;
+      await cluster.stop();
+      await ownDb.drop();
+    }
+  });
 
   it('entries a paused ex-holder read (left pending in the group, never committed) are not trimmed and reach Postgres', async () => {
     const own = await engineFixture({ label: 'stolen' });

@@ -1,17 +1,24 @@
 import type { Command } from 'commander';
 import { startOpsServer } from '../../src/http/ops.js';
 import { anyKey, engineKeys, openPostgres, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
+import { clusterFailures } from '../../src/store/redis.js';
 import { configFrom, connectRedis } from '../context.js';
 
 /**
- * Ready: the writer reaches Redis and, while it holds the lease, Postgres. A standby is ready: it is
- * there to take over. A leader retrying a Postgres outage is not, so the outage shows on /readyz too.
+ * Ready: the writer reaches Redis (on a Cluster every master: a lost one holds event streams it cannot
+ * read) and, while it holds the lease, Postgres. A standby is ready: it is there to take over. A leader
+ * retrying a Postgres outage is not, so the outage shows on /readyz too.
  */
-function writerReadiness(writer: SnapshotWriter | undefined): { ready: boolean; details: Record<string, unknown> } {
+async function writerReadiness(writer: SnapshotWriter | undefined): Promise<{ ready: boolean; details: Record<string, unknown> }> {
   if (!writer) return { ready: false, details: { state: 'starting' } };
   const s = writer.status();
-  const ready = s.redis === 'up' && (!s.leader || s.state === 'up');
-  return { ready, details: { redis: s.redis, leader: s.leader, postgres: s.leader ? s.state : 'standby', lagEvents: s.lagEvents, lagSeconds: s.lagSeconds } };
+  const probe = s.redis === 'up' ? await writer.clusterMasters() : undefined;
+  const failing = probe ? clusterFailures(probe) : [];
+  const redis = failing.length ? 'down' : s.redis;
+  const ready = redis === 'up' && (!s.leader || s.state === 'up');
+  const details: Record<string, unknown> = { redis, ...(probe && { masters: probe.masters }), leader: s.leader, postgres: s.leader ? s.state : 'standby', lagEvents: s.lagEvents, lagSeconds: s.lagSeconds };
+  if (failing.length) details.error = failing.join('; ');
+  return { ready, details };
 }
 
 /**
@@ -31,7 +38,7 @@ export function register(program: Command): void {
       const config = configFrom(this, { snapshotMetricsPort: opts.metricsPort });
       let writer: SnapshotWriter | undefined;
       // listen first: a taken port fails the start before the lease is taken
-      const ops = await startOpsServer(config.host, config.snapshotMetricsPort, async () => writerReadiness(writer));
+      const ops = await startOpsServer(config.host, config.snapshotMetricsPort, () => writerReadiness(writer));
       writer = await startSnapshotWriter(config);
       console.error(`[snapshot] info: /healthz, /readyz and /metrics on ${config.host}:${ops.port}`);
       await new Promise<void>((resolve) => {

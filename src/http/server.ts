@@ -3,7 +3,7 @@ import uws from 'uWebSockets.js';
 import type { Config } from '../config.js';
 import { collectProcessMetrics, registry as metricsRegistry } from '../metrics.js';
 import { SatelliteRegistry } from '../satellites/registry.js';
-import { clusterMasters, createRedis, masters, whenReady, type RedisClient } from '../store/redis.js';
+import { clusterFailures, clusterMasters, createRedis, masters, whenReady, type RedisClient } from '../store/redis.js';
 import { readScript, SCRIPT_NAMES } from '../store/scripts.js';
 import { readSnapshotStatus } from '../snapshot/status.js';
 import { TokenStore } from '../store/token-store.js';
@@ -41,9 +41,6 @@ function storeDown(redis: RedisClient, err: unknown): boolean {
   return e?.name === 'MaxRetriesPerRequestError' || /Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|^Too many Cluster redirections|^(LOADING|CLUSTERDOWN|READONLY|MASTERDOWN|TRYAGAIN|OOM|BUSY) /.test(e?.message ?? '');
 }
 
-/** how long /readyz waits for each Cluster master: a hung one must not hold the probe */
-const MASTER_PROBE_MS = 1000;
-
 /**
  * Ready = Redis can serve every token and the scripts are loaded. On a Cluster that takes every master of
  * the slot map answering with cluster_state:ok: a PING reaches just one node, and one lost master leaves
@@ -53,11 +50,10 @@ const MASTER_PROBE_MS = 1000;
 async function readiness(redis: RedisClient, prefix: string): Promise<{ ready: boolean; details: Record<string, unknown> }> {
   let cluster: Record<string, unknown> = {};
   try {
-    const probe = await clusterMasters(redis, MASTER_PROBE_MS);
+    const probe = await clusterMasters(redis);
     if (probe) {
       cluster = { masters: probe.masters };
-      const failing = Object.entries(probe.masters).filter(([, state]) => state !== 'ok').map(([node, state]) => `master ${node}: ${state}`);
-      if (probe.slotsWithoutMaster > 0) failing.push(`${probe.slotsWithoutMaster} slots without a master`);
+      const failing = clusterFailures(probe);
       if (failing.length) return { ready: false, details: { redis: 'down', ...cluster, error: failing.join('; ') } };
     } else {
       await redis.ping();

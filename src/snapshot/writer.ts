@@ -2,7 +2,7 @@ import { setTimeout as sleepFor } from 'node:timers/promises';
 import type pg from 'pg';
 import { pushTo } from '../collections.js';
 import type { Config } from '../config.js';
-import { createRedis, type RedisClient } from '../store/redis.js';
+import { clusterMasters, createRedis, type RedisClient } from '../store/redis.js';
 import { Keys, SHARDS } from '../store/keys.js';
 import { applyEvents } from './apply.js';
 import { compareIds, parseEntry, type StreamEvent } from './events.js';
@@ -31,6 +31,8 @@ export interface SnapshotWriter {
   stop(): Promise<void>;
   /** redis: whether the writer's own connection is up (it reconnects by itself) */
   status(): SnapshotStatus & { leader: boolean; redis: 'up' | 'down' };
+  /** on a Redis Cluster, each master's state (`clusterMasters`): a lost one holds event streams the writer cannot read */
+  clusterMasters(): ReturnType<typeof clusterMasters>;
 }
 
 type XReadReply = [string, [string, string[] | null][]][] | null;
@@ -300,6 +302,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
 
   return {
     status: () => ({ ...status(), leader, redis: redis.status === 'ready' ? 'up' : 'down' }),
+    clusterMasters: () => clusterMasters(redis),
     async stop() {
       running = false;
       stopping.abort();

@@ -72,6 +72,8 @@ export function masters(client: RedisClient): Redis[] {
 }
 
 const SLOTS = 16384;
+/** how long a readiness probe waits for each Cluster master: a hung one must not hold the probe */
+const MASTER_PROBE_MS = 1000;
 /** per node, the CLUSTER INFO still unanswered: a hung master gets one, not one per probe */
 const asking = new WeakMap<Redis, Promise<string>>();
 
@@ -94,7 +96,7 @@ function clusterInfo(node: Redis, ms: number): Promise<string> {
  * pool (ioredis does not reconnect cluster nodes, it re-reads the slot map): the map is re-read then, so
  * the master is connected again once it is back. Undefined for a single Redis.
  */
-export async function clusterMasters(client: RedisClient, ms: number): Promise<{ masters: Record<string, string>; slotsWithoutMaster: number } | undefined> {
+export async function clusterMasters(client: RedisClient, ms = MASTER_PROBE_MS): Promise<{ masters: Record<string, string>; slotsWithoutMaster: number } | undefined> {
   if (!(client instanceof Cluster)) return undefined;
   const keys = new Set<string>();
   let slotsWithoutMaster = 0;
@@ -120,6 +122,13 @@ export async function clusterMasters(client: RedisClient, ms: number): Promise<{
     }),
   );
   return { masters: Object.fromEntries(states), slotsWithoutMaster };
+}
+
+/** What keeps a Cluster from serving every slot, one line each, from a `clusterMasters` probe: empty when nothing does. */
+export function clusterFailures(probe: { masters: Record<string, string>; slotsWithoutMaster: number }): string[] {
+  const failing = Object.entries(probe.masters).filter(([, state]) => state !== 'ok').map(([node, state]) => `master ${node}: ${state}`);
+  if (probe.slotsWithoutMaster > 0) failing.push(`${probe.slotsWithoutMaster} slots without a master`);
+  return failing;
 }
 
 /** Resolves once the client is connected (ready), rejects after `ms` without that. */
