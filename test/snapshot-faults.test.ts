@@ -219,7 +219,8 @@ describe('snapshot writer under faults (real processes)', () => {
     const allOk = Object.fromEntries(cluster.nodes.map((n) => [n, 'ok']));
     const body = (r: { text: string }) => JSON.parse(r.text) as Record<string, unknown>;
     try {
-      expect(body(await until(port, '/readyz', (r) => r.status === 200))).toMatchObject({ ready: true, redis: 'up', masters: allOk, leader: true });
+      // ready as a standby first, until it has taken the lease
+      expect(body(await until(port, '/readyz', (r) => r.status === 200 && body(r).leader === true))).toMatchObject({ ready: true, redis: 'up', masters: allOk });
       const lost = cluster.nodes[2]!;
       await cluster.signal(2, 'SIGKILL');
       const down = await until(port, '/readyz', (r) => r.status === 503 && String(body(r).error).includes(`master ${lost}:`));
