@@ -298,6 +298,70 @@ describe('dry run of a campaign with tokens made but not delivered', () => {
   });
 });
 
+describe('--all with a satellite registered without a url (it only redeems)', () => {
+  let w: Awaited<ReturnType<typeof world>>;
+  beforeAll(async () => {
+    w = await world(['sat-h']);
+    await new SatelliteRegistry(w.fx.redis, w.fx.prefix).add({ id: 'redeem-only' });
+  });
+  afterAll(() => w.close());
+
+  it('serves the others, reports it skipped (exit 0), keeps it out of the campaign, and serves it on the same run once it has a url', async () => {
+    const dry = await w.gen(['--all', '--per-user', '2', '--campaign', 'mixed', '--dry-run']);
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(dry.stdout).toMatch(/redeem-only\s+0\s+0\s+0\s+0\s+skipped/);
+
+    const run = await w.gen(['--all', '--per-user', '2', '--campaign', 'mixed', '--json']);
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites).toEqual([
+      expect.objectContaining({ satelliteId: 'sat-h', status: 'done', usersServed: USERS }),
+      { satelliteId: 'redeem-only', usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, failures: 0, status: 'skipped', error: 'no url registered' },
+    ]);
+    expect(run.stderr).toMatch(/satellite redeem-only skipped: no url registered; once it has one, referral-manager generate --all --per-user 2 --campaign mixed serves it/);
+    await expectServed(w.fx, 'sat-h', w.sims['sat-h']!, 2, 'mixed');
+    // not pending for ever: the campaign never took it, so it is done
+    const store = new CampaignStore(w.fx.redis, w.fx.prefix);
+    expect((await store.meta('mixed'))!.satellites).toEqual(['sat-h']);
+    const show = await runCli(['campaigns', 'show', 'mixed'], w.env);
+    expect(show.stdout).toMatch(/^campaign mixed: .*, done$/m);
+    expect(show.stdout).not.toContain('redeem-only');
+
+    // named explicitly, it is still an error
+    const named = await w.gen(['--satellite', 'redeem-only', '--per-user', '2', '--campaign', 'mixed']);
+    expect(named.code).toBe(1);
+    expect(named.stderr).toMatch(/satellite "redeem-only" has no url/);
+
+    // registered again with a url: the same command line serves it, and nobody of sat-h gets a second set
+    const sim = await startSatelliteSim({ id: 'redeem-only', users: USERS, failAfter: null });
+    try {
+      const registry = new SatelliteRegistry(w.fx.redis, w.fx.prefix);
+      await registry.remove('redeem-only');
+      await registry.add({ id: 'redeem-only', url: sim.url });
+      const again = await w.gen(['--all', '--per-user', '2', '--campaign', 'mixed']);
+      expect(again.code, again.stderr).toBe(0);
+      expect(again.stderr).not.toMatch(/skipped/);
+      await expectServed(w.fx, 'redeem-only', sim, 2, 'mixed');
+      await expectServed(w.fx, 'sat-h', w.sims['sat-h']!, 2, 'mixed');
+      expect((await store.meta('mixed'))!.satellites).toEqual(['sat-h', 'redeem-only']);
+    } finally {
+      await sim.close();
+    }
+  });
+
+  it('--all when no satellite has a url → exit 1, nothing recorded', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    try {
+      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'redeem-only' });
+      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'none'], { KEY_PREFIX: fx.prefix });
+      expect(run.code).toBe(1);
+      expect(run.stderr).toMatch(/no registered satellite has a url: nothing to serve \(redeem-only no url registered\)/);
+      expect(await new CampaignStore(fx.redis, fx.prefix).meta('none')).toBeUndefined();
+    } finally {
+      await fx.close();
+    }
+  });
+});
+
 describe('--batch-size smaller than --per-user', () => {
   it('no request to the satellite carries more than --batch-size tokens: a user\'s set is split', async () => {
     const fx = await engineFixture({ label: 'gen' });

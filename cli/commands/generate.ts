@@ -39,14 +39,21 @@ Examples:
 
 A campaign records every token it made and what each satellite accepted: rerunning it (same
 --campaign, or --resume) serves only users it has not served and delivers only what is missing.
+--all skips a satellite registered without a url (one that only redeems): it is reported with status
+"skipped" and left out of the campaign, and is no failure (exit 0 when every other one succeeded);
+the same --all --campaign serves it once it has a url. A --satellite without a url is an error, and
+so is --all when no satellite has one.
 Exit 1 when a satellite failed (the others still ran); the summary says how to resume.`;
+
+/** why --all skips a satellite */
+const NO_URL = 'no url registered';
 
 export function register(program: Command): void {
   program
     .command('generate')
     .description('make N tokens for every user with none left on the chosen satellites, and deliver them')
     .option('--satellite <id...>', 'satellite(s) to serve (repeatable)')
-    .option('--all', 'serve every registered satellite')
+    .option('--all', 'serve every registered satellite with a url (one without is reported skipped)')
     .option('--per-user <n>', `tokens per user (1..${MAX_TOKENS_PER_CALL})`)
     .option('--expires <duration>', 'tokens expire after this long, e.g. 30d, 12h (default: never)')
     .option('--campaign <name>', 'campaign id (default: c-<date>-<random>); an existing campaign is continued')
@@ -114,14 +121,21 @@ export function register(program: Command): void {
             const kept = existing.expiresAt === undefined ? 'no expiry' : `expiry ${new Date(existing.expiresAt).toISOString()}`;
             console.error(`note: campaign "${id}" keeps its ${kept}; --expires applies to new campaigns only`);
           }
-          const satIds = opts.resume !== undefined ? existing!.satellites : opts.all ? (await registry.list()).map((s) => s.id) : [...new Set(opts.satellite)];
-          if (satIds.length === 0) throw new Error('no satellites registered (referral-manager satellites add --id <id> --url <url>)');
+          const chosen = opts.resume !== undefined ? existing!.satellites : opts.all ? (await registry.list()).map((s) => s.id) : [...new Set(opts.satellite)];
+          if (chosen.length === 0) throw new Error('no satellites registered (referral-manager satellites add --id <id> --url <url>)');
           const satellites: FlowSatellite[] = [];
-          for (const satId of satIds) {
+          const skipped: SatelliteReport[] = [];
+          for (const satId of chosen) {
             const s = await registry.require(satId);
-            if (!s.url) throw new Error(`satellite "${satId}" has no url: re-register it with --url`);
-            satellites.push(s.outboundKey ? { id: s.id, url: s.url, outboundKey: s.outboundKey } : { id: s.id, url: s.url });
+            if (s.url) satellites.push(s.outboundKey ? { id: s.id, url: s.url, outboundKey: s.outboundKey } : { id: s.id, url: s.url });
+            // --all means every satellite that can be served; a named one (or a campaign's own) must be
+            else if (opts.all) skipped.push({ satelliteId: satId, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, failures: 0, status: 'skipped', error: NO_URL });
+            else throw new Error(`satellite "${satId}" has no url: re-register it with --url`);
           }
+          if (satellites.length === 0) throw new Error(`no registered satellite has a url: nothing to serve (${skipped.map((r) => r.satelliteId).join(', ')} ${NO_URL})`);
+          // a skipped satellite stays out of the campaign's record: it is not pending there, and running the
+          // same --all --campaign again once it has a url adds and serves it
+          const satIds = satellites.map((s) => s.id);
 
           const planned: CampaignMeta = { id, perUser: perUser ?? existing!.perUser, satellites: satIds, createdAt: Date.now() };
           if (expiresAt !== undefined) planned.expiresAt = expiresAt;
@@ -149,7 +163,8 @@ export function register(program: Command): void {
             satellites,
           );
           bars?.stop();
-          print(id, reports, opts);
+          print(id, [...reports, ...skipped], opts);
+          for (const r of skipped) console.error(`satellite ${r.satelliteId} skipped: ${NO_URL}; once it has one, referral-manager generate --all --per-user ${campaign.perUser} --campaign ${id} serves it`);
           const failed = reports.filter((r) => r.status === 'failed');
           const revoked = reports.filter((r) => r.status === 'revoked');
           for (const r of revoked) console.error(`satellite ${r.satelliteId} stopped: ${r.error}`);

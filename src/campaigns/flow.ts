@@ -42,8 +42,11 @@ export interface SatelliteReport {
   tokensDelivered: number;
   /** failed calls to the satellite (retried or not) and user ids it sent that are not valid ids */
   failures: number;
-  /** revoked: the campaign was revoked while this run served the satellite; it stopped making and pushing tokens */
-  status: 'done' | 'failed' | 'revoked' | 'dry-run';
+  /**
+   * revoked: the campaign was revoked while this run served the satellite; it stopped making and pushing tokens.
+   * skipped: never run (generate --all leaves out a satellite registered without a url: it only redeems)
+   */
+  status: 'done' | 'failed' | 'revoked' | 'dry-run' | 'skipped';
   error?: string;
 }
 
