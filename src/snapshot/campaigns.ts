@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
-import { addMade, campaignExists, CampaignKeys, markRevokedInShards, readAllCampaigns, writeCampaign, type CampaignMeta, type CampaignRecord, type SatelliteProgress } from '../store/campaigns.js';
+import { addMade, campaignExists, CampaignKeys, readAllCampaigns, writeCampaign, type CampaignMeta, type CampaignRecord, type SatelliteProgress } from '../store/campaigns.js';
 
 import { PeriodicCopy } from './copy.js';
 
@@ -97,16 +97,14 @@ function restoredProgress(p: SatelliteProgress): SatelliteProgress {
  * tokens table, the users of `done` satellites recorded delivered, then its record (last, as it is what
  * makes the campaign exist: a restore stopped part-way leaves no record and its rerun does the campaign
  * again). The progress as restored is written back to Postgres too, so verify agrees at once. A campaign
- * Redis has is newer than the snapshot and is kept. A revoked one, kept or not, is marked revoked in every
- * shard again, so generate still refuses it.
+ * Redis has is newer than the snapshot and is kept. The shards' revocation marks are restoreRevoked's:
+ * every revocation is in its registry, which the writer copies before the campaign records.
  */
 export async function restoreCampaigns(redis: RedisClient, pool: pg.Pool, prefix: string): Promise<{ restored: number; kept: number }> {
   const keys = new CampaignKeys(prefix);
   let restored = 0;
   let kept = 0;
   for (const c of await pgCampaigns(pool)) {
-    // the shards' dictionaries were rebuilt from tokens without the revocation mark generate.lua checks
-    if (c.revokedAt !== undefined) await markRevokedInShards(redis, prefix, c.id, c.revokedAt);
     if (await campaignExists(redis, keys, c.id)) {
       kept++;
       continue;
