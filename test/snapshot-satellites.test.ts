@@ -50,18 +50,20 @@ describe('satellites reach Postgres and come back with restore (real Redis, real
     await db?.drop();
   });
 
-  it('added, rotated and removed satellites are copied; restore brings back working keys; verify compares them', async () => {
+  it('added, rotated, updated and removed satellites are copied; restore brings back working keys; verify compares them', async () => {
     const reg = new SatelliteRegistry(fx.redis, fx.prefix);
     const w = await writer(fx.prefix);
     const a = await reg.add({ id: 'sat-a', name: 'US1', url: 'https://us1.example', outboundKey: 'secret-out' });
     const b = await reg.add({ id: 'sat-b' });
     const a2 = await reg.rotateKey('sat-a', 3_600_000);
     await reg.remove('sat-b');
+    await reg.update('sat-a', { url: 'https://us1-new.example', name: null });
     const made = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'alice' }], perUser: 2, campaignId: 'c' });
     await caughtUp(fx.redis, fx.prefix, pool, 2);
 
     const copied = await rowsUntil((r) => r.length === 1 && Object.keys(r[0]!.api_keys).length === 2);
-    expect(copied[0]).toMatchObject({ id: 'sat-a', fields: { name: 'US1', url: 'https://us1.example', outboundKey: 'secret-out' } });
+    expect(copied[0]).toMatchObject({ id: 'sat-a', fields: { url: 'https://us1-new.example', outboundKey: 'secret-out' } });
+    expect(copied[0]!.fields.name).toBeUndefined(); // cleared by the update
     expect(await verify(fx.redis, pool, fx.prefix)).toMatchObject({ tokens: 2, satellites: 1, differences: 0 });
     await w.stop();
 

@@ -16,6 +16,13 @@ export interface Satellite {
   createdAt: number;
 }
 
+/** The fields an operator may set on a satellite; in an update, null clears one and a missing one is kept. */
+export interface SatelliteFields {
+  name?: string | null;
+  url?: string | null;
+  outboundKey?: string | null;
+}
+
 /** 256 random bits, URL-safe; the manager stores only its SHA-256. */
 export function newApiKey(): string {
   return `rmk_${randomBytes(32).toString('base64url')}`;
@@ -40,18 +47,15 @@ export class SatelliteRegistry {
   private readonly s: Record<string, ScriptFn>;
   private readonly keys: SatelliteKeys;
   constructor(private readonly redis: RedisClient, prefix: string) {
-    this.s = defineScripts(redis, ['satellite_rotate', 'satellite_remove']);
+    this.s = defineScripts(redis, ['satellite_rotate', 'satellite_remove', 'satellite_update']);
     this.keys = new SatelliteKeys(prefix);
   }
 
   async add(input: { id: string; name?: string; url?: string; outboundKey?: string }): Promise<{ id: string; apiKey: string }> {
     const id = checkId('id', input.id);
-    if (input.url !== undefined) checkUrl(input.url);
     const apiKey = newApiKey();
     const fields: Record<string, string> = { id, createdAt: String(Date.now()), keyHash: hashKey(apiKey) };
-    if (input.name !== undefined) fields.name = String(input.name);
-    if (input.url !== undefined) fields.url = input.url;
-    if (input.outboundKey !== undefined) fields.outboundKey = String(input.outboundKey);
+    for (const [f, v] of checkFields(input)) if (v !== '') fields[f] = v;
     const created = await insertSatellite(this.redis, this.keys, { id, fields, apiKeys: { [fields.keyHash!]: `${id}\t` } });
     if (!created) throw new DomainError('satellite_exists', `satellite "${id}" is already registered`);
     return { id, apiKey };
@@ -75,6 +79,15 @@ export class SatelliteRegistry {
   async remove(id: string): Promise<void> {
     const removed = await this.s.satellite_remove!([this.keys.satellite(id), this.keys.index(), this.keys.ids(), this.keys.removed()], [id]);
     if (Number(removed) !== 1) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
+  }
+
+  /** Sets or (null) clears the given fields; the satellite's id and keys stay. */
+  async update(id: string, change: SatelliteFields): Promise<Satellite> {
+    const pairs = checkFields(change);
+    if (pairs.length === 0) throw new DomainError('invalid_request', 'nothing to change: give name, url or outboundKey');
+    const updated = await this.s.satellite_update!([this.keys.satellite(id)], pairs.flat());
+    if (Number(updated) !== 1) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
+    return this.require(id);
   }
 
   /** New key now; the old one keeps working for `graceMs`, then not. */
@@ -102,6 +115,28 @@ function toSatellite(h: Record<string, string>): Satellite {
   if (h.url) s.url = h.url;
   if (h.outboundKey) s.outboundKey = h.outboundKey;
   return s;
+}
+
+const LIMITS = { name: 256, url: 2048, outboundKey: 4096 } as const;
+
+/**
+ * The given fields as [field, value] pairs, value '' for a null (cleared) one. Shared by add and update so
+ * a value one accepts the other does too; an empty string is refused because it would read as unset.
+ */
+function checkFields(input: SatelliteFields): [keyof typeof LIMITS, string][] {
+  const out: [keyof typeof LIMITS, string][] = [];
+  for (const f of Object.keys(LIMITS) as (keyof typeof LIMITS)[]) {
+    const v = input[f];
+    if (v === undefined) continue;
+    if (v === null) {
+      out.push([f, '']);
+      continue;
+    }
+    if (typeof v !== 'string' || v.length === 0 || v.length > LIMITS[f]) throw new DomainError('invalid_request', `${f}: must be a string of 1..${LIMITS[f]} characters`);
+    if (f === 'url') checkUrl(v);
+    out.push([f, v]);
+  }
+  return out;
 }
 
 function checkUrl(url: string): void {

@@ -1,0 +1,59 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SatelliteRegistry } from '../src/satellites/registry.js';
+import { createRedis, type RedisClient } from '../src/store/redis.js';
+import { SatelliteKeys } from '../src/store/satellites.js';
+import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+
+const prefix = testPrefix('satreg');
+let redis: RedisClient;
+let registry: SatelliteRegistry;
+
+beforeAll(() => {
+  redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
+  registry = new SatelliteRegistry(redis, prefix);
+});
+
+afterAll(async () => {
+  await dropPrefix(redis, prefix);
+  redis.disconnect();
+});
+
+describe('satellite registry update', () => {
+  it('sets the given fields, clears the null ones and keeps the rest, id, createdAt and key', async () => {
+    const { apiKey } = await registry.add({ id: 'u1', name: 'One', outboundKey: 'secret' });
+    const before = await registry.require('u1');
+    expect(await registry.update('u1', { url: 'https://u1.example', name: null })).toEqual({
+      id: 'u1',
+      url: 'https://u1.example',
+      outboundKey: 'secret',
+      createdAt: before.createdAt,
+    });
+    expect(await registry.authenticate(apiKey)).toBe('u1');
+    expect(await registry.update('u1', { outboundKey: null, url: null })).toEqual({ id: 'u1', createdAt: before.createdAt });
+  });
+
+  it('refuses an update with nothing to change, an empty or invalid value, and an unknown satellite', async () => {
+    await registry.add({ id: 'u2' });
+    await expect(registry.update('u2', {})).rejects.toMatchObject({ code: 'invalid_request' });
+    await expect(registry.update('u2', { name: '' })).rejects.toMatchObject({ code: 'invalid_request' });
+    await expect(registry.update('u2', { url: 'mailto:x@example.net' })).rejects.toMatchObject({ code: 'invalid_request' });
+    await expect(registry.update('u2', { outboundKey: 'k'.repeat(4097) })).rejects.toMatchObject({ code: 'invalid_request' });
+    await expect(registry.update('nobody', { name: 'x' })).rejects.toMatchObject({ code: 'satellite_not_found' });
+    // add takes the same rules
+    await expect(registry.add({ id: 'u3', name: '' })).rejects.toMatchObject({ code: 'invalid_request' });
+    expect(await registry.get('u3')).toBeUndefined();
+  });
+
+  it('an update racing a remove never brings back a partial record', async () => {
+    const keys = new SatelliteKeys(prefix);
+    for (let i = 0; i < 50; i++) {
+      const id = `race-${i}`;
+      await registry.add({ id });
+      const [updated] = await Promise.allSettled([registry.update(id, { url: 'https://race.example' }), registry.remove(id)]);
+      if (updated.status === 'rejected') expect(updated.reason).toMatchObject({ code: 'satellite_not_found' });
+      expect(await redis.exists(keys.satellite(id))).toBe(0);
+      await expect(registry.update(id, { name: 'late' })).rejects.toMatchObject({ code: 'satellite_not_found' });
+      expect(await redis.exists(keys.satellite(id))).toBe(0);
+    }
+  });
+});
