@@ -28,7 +28,7 @@ export interface MsgpackReply {
  */
 export async function msgpackRequest(
   dispatcher: Dispatcher,
-  req: { method: 'GET' | 'POST' | 'DELETE'; path: string; headers: Record<string, string>; body?: unknown; timeoutMs: number },
+  req: { method: 'GET' | 'POST' | 'PATCH' | 'DELETE'; path: string; headers: Record<string, string>; body?: unknown; timeoutMs: number },
 ): Promise<MsgpackReply> {
   const headers: Record<string, string> = { accept: MSGPACK, ...req.headers };
   if (req.body !== undefined) headers['content-type'] = MSGPACK;

@@ -71,6 +71,10 @@ it('admin client: satellites, rotate, revoke, stats; a wrong key is unauthorized
   expect((await refusal(bad.listTokens('u'))).code).toBe('unauthorized');
   await bad.close();
   expect((await refusal(admin.removeSatellite('ghost'))).code).toBe('satellite_not_found');
+  expect(await admin.updateSatellite('eu1', { url: 'https://eu1.example', name: null })).toEqual({
+    id: 'eu1', url: 'https://eu1.example', createdAt: expect.any(Number), hasOutboundKey: false,
+  });
+  expect((await refusal(admin.updateSatellite('ghost', { name: 'x' }))).code).toBe('satellite_not_found');
 });
 
 it('transport failures are ReferralError code unavailable', async () => {

@@ -206,6 +206,36 @@ describe('admin routes', () => {
     expect((await admin('POST', '/v1/admin/satellites/sat-c/rotate-key', {})).body.error).toBe('satellite_not_found');
   });
 
+  it('PATCH /v1/admin/satellites/:id sets and clears fields; the key keeps working', async () => {
+    const { apiKey } = (await admin('POST', '/v1/admin/satellites', { id: 'sat-upd', name: 'Old' })).body;
+    for (const format of ['json', 'msgpack'] as const) {
+      const r = await admin('PATCH', '/v1/admin/satellites/sat-upd', { url: `https://${format}.example`, outboundKey: 'k1' }, format);
+      expect([r.status, String(r.headers['content-type'])]).toEqual([200, `application/${format}`]);
+      expect(r.body).toEqual({ id: 'sat-upd', name: 'Old', url: `https://${format}.example`, hasOutboundKey: true, createdAt: expect.any(Number) });
+    }
+    // null clears; a field not sent is kept
+    const cleared = await admin('PATCH', '/v1/admin/satellites/sat-upd', { name: null, outboundKey: null }, 'msgpack');
+    expect(cleared.body).toEqual({ id: 'sat-upd', url: 'https://msgpack.example', hasOutboundKey: false, createdAt: expect.any(Number) });
+    const listedNow = (await admin('GET', '/v1/admin/satellites')).body.satellites.find((s: { id: string }) => s.id === 'sat-upd');
+    expect(listedNow).toEqual(cleared.body);
+    expect((await call(pool, 'GET', '/v1/users/u/tokens', { key: apiKey })).status).toBe(200);
+
+    for (const [body, status, code] of [
+      [{}, 400, 'invalid_request'],
+      [{ url: 'ftp://x.example' }, 400, 'invalid_request'],
+      [{ url: '' }, 400, 'invalid_request'],
+      [{ name: 7 }, 400, 'invalid_request'],
+      [undefined, 400, 'invalid_request'],
+    ] as const) {
+      const r = await admin('PATCH', '/v1/admin/satellites/sat-upd', body);
+      expect([r.status, r.body.error]).toEqual([status, code]);
+    }
+    const missing = await admin('PATCH', '/v1/admin/satellites/sat-nope', { name: 'x' });
+    expect([missing.status, missing.body.error]).toEqual([404, 'satellite_not_found']);
+    // a satellite key may not change the registry
+    expect((await call(pool, 'PATCH', '/v1/admin/satellites/sat-upd', { key: apiKey, body: { name: 'x' } })).status).toBe(403);
+  });
+
   it('rotate-key: the old key works during the grace period, then not', async () => {
     const { apiKey: old } = (await admin('POST', '/v1/admin/satellites', { id: 'sat-rot' })).body;
     // a grace past any date is refused before anything rotates (the CLI's --grace has the same cap)

@@ -1,4 +1,4 @@
-import type { Satellite } from '../satellites/registry.js';
+import type { Satellite, SatelliteFields } from '../satellites/registry.js';
 import type { Stats } from '../store/model.js';
 import { Transport, type TransportOptions } from './transport.js';
 
@@ -23,6 +23,11 @@ export class AdminClient {
 
   async listSatellites(): Promise<ListedSatellite[]> {
     return (await this.t.call<{ satellites: ListedSatellite[] }>('GET', '/v1/admin/satellites')).satellites;
+  }
+
+  /** Sets the given fields; null clears one. Answers the satellite as listed. */
+  updateSatellite(id: string, change: SatelliteFields): Promise<ListedSatellite> {
+    return this.t.call('PATCH', `/v1/admin/satellites/${seg(id)}`, change);
   }
 
   async removeSatellite(id: string): Promise<void> {

@@ -27,7 +27,7 @@ export class Transport {
     this.timeoutMs = timeoutMs;
   }
 
-  async call<T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> {
+  async call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown): Promise<T> {
     let res;
     try {
       res = await msgpackRequest(this.pool, { method, path, headers: { authorization: this.auth }, body, timeoutMs: this.timeoutMs });

@@ -31,7 +31,7 @@ export type Outcome = { status?: number; value: unknown } | { status?: number; r
 export const ok = (value: unknown, status?: number): Outcome => ({ status, value });
 
 export interface Route<B = any> {
-  method: 'get' | 'post' | 'delete';
+  method: 'get' | 'post' | 'patch' | 'delete';
   /** uWS pattern; `:name` segments become `params` */
   pattern: string;
   auth: AuthKind;

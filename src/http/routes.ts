@@ -1,7 +1,7 @@
 import { MAX_KEY_GRACE_MS, type Config } from '../config.js';
 import { DomainError, resultErrors } from '../errors.js';
 import { rateLimited, tokenResults } from '../metrics.js';
-import type { SatelliteRegistry } from '../satellites/registry.js';
+import type { Satellite, SatelliteFields, SatelliteRegistry } from '../satellites/registry.js';
 import type { Result, Token } from '../store/model.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import { checkToken } from '../tokens/validate.js';
@@ -22,7 +22,11 @@ export interface RouteDeps {
 
 const id = { type: 'string', minLength: 1, maxLength: 128 };
 const token = { type: 'string', minLength: 36, maxLength: 36 };
+const nullable = (maxLength: number) => ({ type: 'string', nullable: true, minLength: 1, maxLength });
 const obj = (required: string[], properties: Record<string, object>) => ({ type: 'object', required, properties });
+
+/** outboundKey is a secret the manager presents: a listed satellite says only whether one is set. */
+const listed = ({ outboundKey, ...s }: Satellite) => ({ ...s, hasOutboundKey: outboundKey !== undefined });
 
 /** Drops undefined fields, which MessagePack would otherwise carry as nil. */
 function defined<T extends object>(o: T): T {
@@ -129,9 +133,15 @@ export function routes(d: RouteDeps): Route[] {
     {
       method: 'get', pattern: '/v1/admin/satellites', auth: 'admin',
       async handler() {
-        // outboundKey is a secret the manager presents; listing says only whether one is set
-        const all = await d.registry.list();
-        return ok({ satellites: all.map(({ outboundKey, ...s }) => ({ ...s, hasOutboundKey: outboundKey !== undefined })) });
+        return ok({ satellites: (await d.registry.list()).map(listed) });
+      },
+    },
+    {
+      method: 'patch', pattern: '/v1/admin/satellites/:id', auth: 'admin',
+      schema: obj([], { name: nullable(256), url: nullable(2048), outboundKey: nullable(4096) }),
+      async handler(c: Call<SatelliteFields>) {
+        const { name, url, outboundKey } = c.body;
+        return ok(listed(await d.registry.update(c.params[0]!, defined({ name, url, outboundKey }))));
       },
     },
     {
