@@ -317,7 +317,7 @@ describe('--all with a satellite registered without a url (it only redeems)', ()
       expect.objectContaining({ satelliteId: 'sat-h', status: 'done', usersServed: USERS }),
       { satelliteId: 'redeem-only', usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, failures: 0, status: 'skipped', error: 'no url registered' },
     ]);
-    expect(run.stderr).toMatch(/satellite redeem-only skipped: no url registered; once it has one, referral-manager generate --all --per-user 2 --campaign mixed serves it/);
+    expect(run.stderr).toMatch(/satellite redeem-only skipped: no url registered; after referral-manager satellites update redeem-only --url <url>, referral-manager generate --all --per-user 2 --campaign mixed serves it/);
     await expectServed(w.fx, 'sat-h', w.sims['sat-h']!, 2, 'mixed');
     // not pending for ever: the campaign never took it, so it is done
     const store = new CampaignStore(w.fx.redis, w.fx.prefix);
@@ -329,14 +329,13 @@ describe('--all with a satellite registered without a url (it only redeems)', ()
     // named explicitly, it is still an error
     const named = await w.gen(['--satellite', 'redeem-only', '--per-user', '2', '--campaign', 'mixed']);
     expect(named.code).toBe(1);
-    expect(named.stderr).toMatch(/satellite "redeem-only" has no url/);
+    expect(named.stderr).toMatch(/satellite "redeem-only" has no url: referral-manager satellites update redeem-only --url <url>/);
 
-    // registered again with a url: the same command line serves it, and nobody of sat-h gets a second set
+    // given a url: the same command line serves it, and nobody of sat-h gets a second set
     const sim = await startSatelliteSim({ id: 'redeem-only', users: USERS, failAfter: null });
     try {
-      const registry = new SatelliteRegistry(w.fx.redis, w.fx.prefix);
-      await registry.remove('redeem-only');
-      await registry.add({ id: 'redeem-only', url: sim.url });
+      const updated = await runCli(['satellites', 'update', 'redeem-only', '--url', sim.url], w.env);
+      expect(updated.code, updated.stderr).toBe(0);
       const again = await w.gen(['--all', '--per-user', '2', '--campaign', 'mixed']);
       expect(again.code, again.stderr).toBe(0);
       expect(again.stderr).not.toMatch(/skipped/);
@@ -354,7 +353,7 @@ describe('--all with a satellite registered without a url (it only redeems)', ()
       await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'redeem-only' });
       const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'none'], { KEY_PREFIX: fx.prefix });
       expect(run.code).toBe(1);
-      expect(run.stderr).toMatch(/no registered satellite has a url: nothing to serve \(redeem-only no url registered\)/);
+      expect(run.stderr).toMatch(/no registered satellite has a url: nothing to serve \(redeem-only no url registered; referral-manager satellites update <id> --url <url> gives one\)/);
       expect(await new CampaignStore(fx.redis, fx.prefix).meta('none')).toBeUndefined();
     } finally {
       await fx.close();

@@ -41,12 +41,39 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect(dup.stderr).toMatch(/satellite "sat-a" is already registered/);
     });
 
+    it('update sets and clears a url, name and outbound key; the API key keeps working; bad use is exit 2', async () => {
+      const { apiKey } = await registry.add({ id: 'sat-u', name: 'Old', outboundKey: 'out-u' });
+      const set = await cli('satellites', 'update', 'sat-u', '--url', 'https://u.example', '--clear-name', '--json');
+      expect(set.code, set.stderr).toBe(0);
+      expect(JSON.parse(set.stdout)).toEqual({ id: 'sat-u', name: null, url: 'https://u.example', hasOutboundKey: true, createdAt: expect.any(Number) });
+      expect(set.stdout).not.toContain('out-u');
+      const text = await cli('satellites', 'update', 'sat-u', '--clear-outbound-key', '--name', 'New');
+      expect(text.code, text.stderr).toBe(0);
+      expect(text.stdout).toMatch(/satellite "sat-u" updated: url https:\/\/u\.example, name New, outbound key not set/);
+      expect(await registry.get('sat-u')).toEqual({ id: 'sat-u', name: 'New', url: 'https://u.example', createdAt: expect.any(Number) });
+      expect(await registry.authenticate(apiKey)).toBe('sat-u');
+
+      for (const [args, message] of [
+        [[], /nothing to change/],
+        [['--url', 'https://x.example', '--clear-url'], /--url and --clear-url contradict/],
+        [['--url', 'not a url'], /url: not a URL/],
+      ] as const) {
+        const bad = await cli('satellites', 'update', 'sat-u', ...args);
+        expect(bad.code, bad.stderr).toBe(2);
+        expect(bad.stderr).toMatch(message);
+      }
+      const missing = await cli('satellites', 'update', 'ghost', '--name', 'x');
+      expect(missing.code).toBe(1);
+      expect(missing.stderr).toMatch(/satellite "ghost" is not registered/);
+      await registry.remove('sat-u');
+    });
+
     it('list shows whether an outbound key is set, never a key', async () => {
       const json = await cli('satellites', 'list', '--json');
       expect(json.code, json.stderr).toBe(0);
       expect(JSON.parse(json.stdout)).toEqual([
-        { id: 'sat-a', name: 'A', url: 'http://127.0.0.1:9/', outboundKeySet: true, createdAt: expect.any(Number) },
-        { id: 'sat-b', name: null, url: null, outboundKeySet: false, createdAt: expect.any(Number) },
+        { id: 'sat-a', name: 'A', url: 'http://127.0.0.1:9/', hasOutboundKey: true, outboundKeySet: true, createdAt: expect.any(Number) },
+        { id: 'sat-b', name: null, url: null, hasOutboundKey: false, outboundKeySet: false, createdAt: expect.any(Number) },
       ]);
       const text = await cli('satellites', 'list');
       expect(text.code, text.stderr).toBe(0);

@@ -41,7 +41,7 @@ A campaign records every token it made and what each satellite accepted: rerunni
 --campaign, or --resume) serves only users it has not served and delivers only what is missing.
 --all skips a satellite registered without a url (one that only redeems): it is reported with status
 "skipped" and left out of the campaign, and is no failure (exit 0 when every other one succeeded);
-the same --all --campaign serves it once it has a url. A --satellite without a url is an error, and
+the same --all --campaign serves it once it has a url (satellites update <id> --url). A --satellite without a url is an error, and
 so is --all when no satellite has one.
 Exit 1 when a satellite failed (the others still ran); the summary says how to resume.`;
 
@@ -130,9 +130,9 @@ export function register(program: Command): void {
             if (s.url) satellites.push(s.outboundKey ? { id: s.id, url: s.url, outboundKey: s.outboundKey } : { id: s.id, url: s.url });
             // --all means every satellite that can be served; a named one (or a campaign's own) must be
             else if (opts.all) skipped.push({ satelliteId: satId, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, failures: 0, status: 'skipped', error: NO_URL });
-            else throw new Error(`satellite "${satId}" has no url: re-register it with --url`);
+            else throw new Error(`satellite "${satId}" has no url: referral-manager satellites update ${satId} --url <url>`);
           }
-          if (satellites.length === 0) throw new Error(`no registered satellite has a url: nothing to serve (${skipped.map((r) => r.satelliteId).join(', ')} ${NO_URL})`);
+          if (satellites.length === 0) throw new Error(`no registered satellite has a url: nothing to serve (${skipped.map((r) => r.satelliteId).join(', ')} ${NO_URL}; referral-manager satellites update <id> --url <url> gives one)`);
           // a skipped satellite stays out of the campaign's record: it is not pending there, and running the
           // same --all --campaign again once it has a url adds and serves it
           const satIds = satellites.map((s) => s.id);
@@ -164,7 +164,7 @@ export function register(program: Command): void {
           );
           bars?.stop();
           print(id, [...reports, ...skipped], opts);
-          for (const r of skipped) console.error(`satellite ${r.satelliteId} skipped: ${NO_URL}; once it has one, referral-manager generate --all --per-user ${campaign.perUser} --campaign ${id} serves it`);
+          for (const r of skipped) console.error(`satellite ${r.satelliteId} skipped: ${NO_URL}; after referral-manager satellites update ${r.satelliteId} --url <url>, referral-manager generate --all --per-user ${campaign.perUser} --campaign ${id} serves it`);
           const failed = reports.filter((r) => r.status === 'failed');
           const revoked = reports.filter((r) => r.status === 'revoked');
           for (const r of revoked) console.error(`satellite ${r.satelliteId} stopped: ${r.error}`);

@@ -1,8 +1,18 @@
 import type { Command } from 'commander';
 import { MAX_KEY_GRACE_MS, type Config } from '../../src/config.js';
-import { SatelliteRegistry } from '../../src/satellites/registry.js';
+import { SatelliteRegistry, type SatelliteFields } from '../../src/satellites/registry.js';
 import { configFrom, connectRedis } from '../context.js';
 import { invalidIsUsage, table } from '../format.js';
+
+interface UpdateOptions {
+  url?: string;
+  name?: string;
+  outboundKey?: string;
+  clearUrl?: boolean;
+  clearName?: boolean;
+  clearOutboundKey?: boolean;
+  json?: boolean;
+}
 
 /** Opens the registry, runs `fn`, and always disconnects so the process can exit. */
 async function withRegistry<T>(config: Config, fn: (r: SatelliteRegistry) => Promise<T>): Promise<T> {
@@ -14,14 +24,14 @@ async function withRegistry<T>(config: Config, fn: (r: SatelliteRegistry) => Pro
   }
 }
 
-/** `satellites add|list|remove|rotate-key`: the satellites allowed to call the API, and their keys. */
+/** `satellites add|list|update|remove|rotate-key`: the satellites allowed to call the API, and their keys. */
 export function register(program: Command): void {
   const sats = program
     .command('satellites')
     .description('register satellites and manage their API keys')
     .addHelpText(
       'after',
-      '\nExamples:\n  referral-manager satellites add --id us1 --url https://us1.example.net --outbound-key "$US1_KEY"\n  referral-manager satellites list --json\n  referral-manager satellites rotate-key us1 --grace 3600000',
+      '\nExamples:\n  referral-manager satellites add --id us1 --url https://us1.example.net --outbound-key "$US1_KEY"\n  referral-manager satellites list --json\n  referral-manager satellites update us1 --url https://us1.example.net\n  referral-manager satellites rotate-key us1 --grace 3600000',
     );
 
   const add = sats
@@ -56,13 +66,46 @@ export function register(program: Command): void {
   list.action(async function (this: Command, opts: { json?: boolean }) {
     const all = await withRegistry(configFrom(this), (r) => r.list());
     if (opts.json) {
-      const out = all.map((s) => ({ id: s.id, name: s.name ?? null, url: s.url ?? null, outboundKeySet: s.outboundKey !== undefined, createdAt: s.createdAt }));
+      // hasOutboundKey as the HTTP API names it; outboundKeySet kept for scripts written against it
+      const out = all.map((s) => {
+        const set = s.outboundKey !== undefined;
+        return { id: s.id, name: s.name ?? null, url: s.url ?? null, hasOutboundKey: set, outboundKeySet: set, createdAt: s.createdAt };
+      });
       console.log(JSON.stringify(out, null, 2));
     } else if (all.length === 0) console.log('no satellites registered');
     else {
       const rows = all.map((s) => [s.id, s.name ?? '-', s.url ?? '-', s.outboundKey !== undefined ? 'set' : 'not set', new Date(s.createdAt).toISOString()]);
       console.log(table(['id', 'name', 'url', 'outbound key', 'registered'], rows));
     }
+  });
+
+  const update = sats
+    .command('update')
+    .description("change a satellite's url, name or outbound key; its API key stays")
+    .argument('<id>', 'satellite id')
+    .option('--url <url>', "base URL of the satellite's referral endpoints (needed by generate)")
+    .option('--name <name>', 'display name')
+    .option('--outbound-key <key>', 'key the manager presents to the satellite (Authorization: Bearer)')
+    .option('--clear-url', 'remove the url (generate then skips the satellite)')
+    .option('--clear-name', 'remove the display name')
+    .option('--clear-outbound-key', 'remove the outbound key')
+    .option('--json', 'print the satellite as `list --json` does')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  referral-manager satellites update us1 --url https://us1.example.net\n  referral-manager satellites update us1 --outbound-key "$US1_KEY" --clear-name',
+    );
+  update.action(async function (this: Command, id: string, opts: UpdateOptions) {
+    const change: SatelliteFields = {};
+    const fields = [['url', 'url', opts.clearUrl], ['name', 'name', opts.clearName], ['outboundKey', 'outbound-key', opts.clearOutboundKey]] as const;
+    for (const [field, flag, clear] of fields) {
+      if (opts[field] !== undefined && clear) this.error(`error: --${flag} and --clear-${flag} contradict each other`, { exitCode: 2 });
+      if (opts[field] !== undefined) change[field] = opts[field];
+      else if (clear) change[field] = null;
+    }
+    if (Object.keys(change).length === 0) this.error('error: nothing to change: give --url, --name, --outbound-key or a --clear-* option', { exitCode: 2 });
+    const s = await invalidIsUsage(this, () => withRegistry(configFrom(this), (r) => r.update(id, change)));
+    if (opts.json) console.log(JSON.stringify({ id: s.id, name: s.name ?? null, url: s.url ?? null, hasOutboundKey: s.outboundKey !== undefined, createdAt: s.createdAt }));
+    else console.log(`satellite "${id}" updated: url ${s.url ?? '-'}, name ${s.name ?? '-'}, outbound key ${s.outboundKey !== undefined ? 'set' : 'not set'}`);
   });
 
   const remove = sats
