@@ -206,6 +206,18 @@ describe('admin routes', () => {
     expect((await admin('POST', '/v1/admin/satellites/sat-c/rotate-key', {})).body.error).toBe('satellite_not_found');
   });
 
+  it('generate refuses a campaignId with braces, as the CLI does; revoke still takes one', async () => {
+    for (const campaignId of ['a{b', 'c}', '{x}']) {
+      for (const format of ['json', 'msgpack'] as const) {
+        const r = await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-a', userIds: ['brace-user'], perUser: 1, campaignId }, format);
+        expect([r.status, r.body.error, r.body.message]).toEqual([400, 'invalid_request', 'campaignId: must not contain { or }']);
+      }
+      const revoked = await admin('POST', '/v1/admin/tokens/revoke', { campaignId });
+      expect([revoked.status, revoked.body]).toEqual([200, { revoked: 0 }]);
+    }
+    expect((await call(pool, 'GET', '/v1/users/brace-user/tokens', { key: keyA })).body.tokens).toEqual([]);
+  });
+
   it('PATCH /v1/admin/satellites/:id sets and clears fields; the key keeps working', async () => {
     const { apiKey } = (await admin('POST', '/v1/admin/satellites', { id: 'sat-upd', name: 'Old' })).body;
     for (const format of ['json', 'msgpack'] as const) {

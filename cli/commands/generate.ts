@@ -4,7 +4,7 @@ import { runCampaign, type FlowSatellite, type SatelliteReport } from '../../src
 import { SatelliteRegistry } from '../../src/satellites/registry.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine, MAX_EXPIRES_AT, MAX_TOKENS_PER_CALL, newCampaignId } from '../../src/tokens/engine.js';
-import { checkId } from '../../src/tokens/validate.js';
+import { checkCampaignId } from '../../src/tokens/validate.js';
 import { configFrom, connectRedis } from '../context.js';
 import { table } from '../format.js';
 import { progressBars } from '../progress.js';
@@ -86,10 +86,7 @@ export function register(program: Command): void {
       }
       if (opts.campaign !== undefined) {
         try {
-          checkId('--campaign', opts.campaign);
-          // the id sits inside its keys' hash tag ({camp:<id>}): a brace would end the tag early, and two
-          // campaigns could then share keys (campaign "c" with satellite "x}:meta" and campaign "c}:made:x")
-          if (/[{}]/.test(opts.campaign)) throw new Error('--campaign: must not contain { or }');
+          checkCampaignId('--campaign', opts.campaign);
         } catch (err) {
           usage((err as Error).message);
         }

@@ -4,7 +4,7 @@ import { placeOfOwner } from '../store/keys.js';
 import type { OwnerBatch, TokenStore } from '../store/token-store.js';
 import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, Token, UnredeemedToken } from '../store/model.js';
 import { mint, tokenAt } from './mint.js';
-import { checkId, checkToken } from './validate.js';
+import { checkCampaignId, checkId, checkToken } from './validate.js';
 
 export const MAX_TOKENS_PER_CALL = 10_000;
 /** 9999-12-31T23:59:59.999Z: a later expiresAt is a unit mistake (microseconds), not a date */
@@ -49,7 +49,7 @@ export class TokenEngine {
     if (req.expiresAt !== undefined && (!Number.isSafeInteger(req.expiresAt) || req.expiresAt <= Date.now() || req.expiresAt > MAX_EXPIRES_AT)) {
       throw new DomainError('invalid_request', 'expiresAt: must be a future time in epoch milliseconds, before year 10000');
     }
-    const campaignId = req.campaignId === undefined ? newCampaignId() : checkId('campaignId', req.campaignId);
+    const campaignId = req.campaignId === undefined ? newCampaignId() : checkCampaignId('campaignId', req.campaignId);
     const tokens: GeneratedToken[] = [];
     const batches: OwnerBatch[] = req.owners.map((o, i) => {
       const ownerSatelliteId = checkId(`owners[${i}].ownerSatelliteId`, o.ownerSatelliteId);

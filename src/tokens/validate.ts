@@ -15,6 +15,19 @@ export function checkId(field: string, value: unknown): string {
   return value;
 }
 
+/**
+ * A new campaign's id: an id without braces. The CLI keeps a campaign's records under the hash tag
+ * {camp:<id>}, where a brace would end the tag early and let two campaigns share keys (campaign "c" with
+ * satellite "x}:meta" and campaign "c}:made:x"); the admin route takes the same rule so every campaign
+ * can be followed with `campaigns` and `generate --campaign`. Revoking still takes any id, so a campaign
+ * named before this rule can be revoked.
+ */
+export function checkCampaignId(field: string, value: unknown): string {
+  const id = checkId(field, value);
+  if (/[{}]/.test(id)) throw new DomainError('invalid_request', `${field}: must not contain { or }`);
+  return id;
+}
+
 export function isToken(value: unknown): value is string {
   return typeof value === 'string' && UUID_V4.test(value);
 }
