@@ -26,11 +26,16 @@ export function flagOverrides(cmd: Command, extra: Partial<Record<keyof Config, 
   return overrides;
 }
 
-/** The validated config: env first, then the flags (flagOverrides). */
-export function configFrom(cmd: Command, extra: Partial<Record<keyof Config, unknown>> = {}): Config {
+/**
+ * The validated config: env first, then the flags (flagOverrides). A refused flag is named as typed:
+ * `--<kebab-case setting>` unless `flagNames` says otherwise (snapshot's `--metrics-port`).
+ */
+export function configFrom(cmd: Command, extra: Partial<Record<keyof Config, unknown>> = {}, flagNames: Partial<Record<keyof Config, string>> = {}): Config {
   const overrides = flagOverrides(cmd, extra);
+  const given: Partial<Record<keyof Config, string>> = {};
+  for (const k of Object.keys(overrides) as (keyof Config)[]) given[k] = flagNames[k] ?? `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
   try {
-    return loadConfig(overrides);
+    return loadConfig(overrides, process.env, given);
   } catch (err) {
     // a refused flag value (serve --port abc) is a usage error: exit 2 with the usage line, like commander's
     // own; a bad env value alone stays a configuration error (main.ts: the message, exit 2)

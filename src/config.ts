@@ -100,8 +100,15 @@ export const settings = {
 type Settings = typeof settings;
 export type Config = { [K in keyof Settings]: Settings[K]['default'] };
 
-/** Reads every setting from `env`, then applies `overrides` (already-typed values or raw strings from flags). */
-export function loadConfig(overrides: Partial<Record<keyof Config, unknown>> = {}, env: NodeJS.ProcessEnv = process.env): Config {
+/**
+ * Reads every setting from `env`, then applies `overrides` (already-typed values or raw strings from flags).
+ * A refused override is reported under its name in `given` (the flag, e.g. `--port`), else the env name.
+ */
+export function loadConfig(
+  overrides: Partial<Record<keyof Config, unknown>> = {},
+  env: NodeJS.ProcessEnv = process.env,
+  given: Partial<Record<keyof Config, string>> = {},
+): Config {
   const problems: string[] = [];
   const failed: string[] = [];
   const out: Record<string, unknown> = {};
@@ -115,7 +122,7 @@ export function loadConfig(overrides: Partial<Record<keyof Config, unknown>> = {
     try {
       out[name] = typeof raw === 'string' ? s.parse(raw) : raw;
     } catch (err) {
-      problems.push(`${s.env}: ${(err as Error).message}`);
+      problems.push(`${(override !== undefined && given[name]) || s.env}: ${(err as Error).message}`);
       failed.push(name);
     }
   }

@@ -378,10 +378,10 @@ describe('referral-manager config', () => {
 describe('a bad value of a flag that overrides a setting', () => {
   it('is a usage error: exit 2, the problem and the command\'s usage line, before anything runs', async () => {
     const cases: [string[], string, string][] = [
-      [['serve', '--port', 'abc'], 'PORT: expected an integer, got "abc"', 'Usage: referral-manager serve [options]'],
-      [['serve', '--workers', '0'], 'WORKERS: expected 1..256, got 0', 'Usage: referral-manager serve [options]'],
-      [['stats', '--redis-url', 'nope'], 'REDIS_URL: not a URL: "nope"', 'Usage: referral-manager stats [options]'],
-      [['snapshot', '--metrics-port', 'x'], 'SNAPSHOT_METRICS_PORT: expected an integer, got "x"', 'Usage: referral-manager snapshot [options]'],
+      [['serve', '--port', 'abc'], '--port: expected an integer, got "abc"', 'Usage: referral-manager serve [options]'],
+      [['serve', '--workers', '0'], '--workers: expected 1..256, got 0', 'Usage: referral-manager serve [options]'],
+      [['stats', '--redis-url', 'nope'], '--redis-url: not a URL: "nope"', 'Usage: referral-manager stats [options]'],
+      [['snapshot', '--metrics-port', 'x'], '--metrics-port: expected an integer, got "x"', 'Usage: referral-manager snapshot [options]'],
     ];
     const runs = await Promise.all(cases.map(([args]) => runCli(args, {}, { timeoutMs: 20_000 })));
     runs.forEach((r, i) => {
@@ -390,6 +390,14 @@ describe('a bad value of a flag that overrides a setting', () => {
       expect(r.stderr, args.join(' ')).toContain(problem);
       expect(r.stderr.split('\n'), args.join(' ')).toContain(usage);
     });
+  });
+
+  it('names a bad flag as typed and a bad env value by its env name in the same report', async () => {
+    const r = await runCli(['serve', '--port', 'abc'], { WORKERS: '0' }, { timeoutMs: 20_000 });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('--port: expected an integer, got "abc"');
+    expect(r.stderr).toContain('WORKERS: expected 1..256, got 0');
+    expect(r.stderr).not.toContain('PORT: expected');
   });
 
   it('a bad env value stays a configuration error (exit 2) without a usage line: no flag was wrong', async () => {

@@ -35,7 +35,7 @@ export function register(program: Command): void {
     .option('--metrics-port <port>', 'port of /healthz, /readyz and /metrics on HOST (env SNAPSHOT_METRICS_PORT, default 7481; 0: any free port)')
     .addHelpText('after', '\nExamples:\n  referral-manager snapshot\n  DATABASE_URL=postgres://postgres@db:5432/rm referral-manager snapshot --key-prefix rm --metrics-port 9481')
     .action(async function (this: Command, opts: { metricsPort?: string }) {
-      const config = configFrom(this, { snapshotMetricsPort: opts.metricsPort });
+      const config = configFrom(this, { snapshotMetricsPort: opts.metricsPort }, { snapshotMetricsPort: '--metrics-port' });
       let writer: SnapshotWriter | undefined;
       // listen first: a taken port fails the start before the lease is taken
       const ops = await startOpsServer(config.host, config.snapshotMetricsPort, () => writerReadiness(writer));
