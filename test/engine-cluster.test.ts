@@ -42,12 +42,15 @@ const clusterFixture = () => engineFixture({ redis: () => createRedis({ redisUrl
       }
     });
 
-    it('readyMasters on a connecting client waits for the slot map and leaves no listener behind', async () => {
+    it('readyMasters on a connecting client waits for the slot map, with one listener pair for any number of callers, and leaves none behind', async () => {
       const client = createRedis({ redisUrl: '', redisClusterNodes: cluster!.nodes }) as Cluster;
       try {
         const base = { ready: client.listenerCount('ready'), end: client.listenerCount('end') };
         expect(client.status).not.toBe('ready');
-        const got = await Promise.all(Array.from({ length: 20 }, () => readyMasters(client)));
+        const waits = Array.from({ length: 20 }, () => readyMasters(client));
+        // one shared wait, not a listener pair per caller (20 of them set off MaxListenersExceededWarning)
+        expect({ ready: client.listenerCount('ready'), end: client.listenerCount('end') }).toEqual({ ready: base.ready + 1, end: base.end + 1 });
+        const got = await Promise.all(waits);
         expect(got.map((m) => m.length)).toEqual(new Array(20).fill(3));
         expect({ ready: client.listenerCount('ready'), end: client.listenerCount('end') }).toEqual(base);
       } finally {

@@ -143,22 +143,34 @@ export function whenReady(redis: RedisClient, ms: number): Promise<void> {
 
 /** `masters`, once a Cluster client has read the slot map (before that it knows none). */
 export async function readyMasters(client: RedisClient): Promise<Redis[]> {
-  if (client instanceof Cluster && client.status !== 'ready') {
-    await new Promise<void>((resolve, reject) => {
-      // whichever comes first removes the other, so waits on a client that is not ready leave nothing behind
-      const onReady = () => {
-        client.off('end', onEnd);
-        resolve();
-      };
-      const onEnd = () => {
-        client.off('ready', onReady);
-        reject(new Error('Redis Cluster connection ended before it was ready'));
-      };
-      client.once('ready', onReady);
-      client.once('end', onEnd);
-    });
-  }
+  if (client instanceof Cluster && client.status !== 'ready') await clusterReady(client);
   return masters(client);
+}
+
+// one wait per connecting client, shared by every caller: a listener pair per caller passed Node's
+// 10-listener warning when a server's workers all asked at once
+const readyWaits = new WeakMap<Cluster, Promise<void>>();
+
+function clusterReady(client: Cluster): Promise<void> {
+  let wait = readyWaits.get(client);
+  if (wait) return wait;
+  wait = new Promise<void>((resolve, reject) => {
+    // whichever comes first removes the other, so a wait leaves nothing behind on the client
+    const onReady = () => {
+      client.off('end', onEnd);
+      resolve();
+    };
+    const onEnd = () => {
+      client.off('ready', onReady);
+      reject(new Error('Redis Cluster connection ended before it was ready'));
+    };
+    client.once('ready', onReady);
+    client.once('end', onEnd);
+  });
+  readyWaits.set(client, wait);
+  const forget = () => readyWaits.delete(client);
+  wait.then(forget, forget);
+  return wait;
 }
 
 /** Keys matching `pattern` on every master, one SCAN page at a time (never KEYS), with the node that holds them. */
