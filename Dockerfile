@@ -25,7 +25,9 @@ RUN node -e "const u=require('uWebSockets.js'); if (!String(u.App).includes('[na
 USER node
 # 7480: the API (serve); 7481: the ops port of a standalone `snapshot` writer
 EXPOSE 7480 7481
-HEALTHCHECK --interval=10s --timeout=2s --retries=3 \
-  CMD node -e "const h=(p)=>fetch('http://127.0.0.1:'+p+'/healthz').then(r=>r.ok);h(process.env.PORT||7480).catch(()=>h(process.env.SNAPSHOT_METRICS_PORT||7481)).then(ok=>process.exit(ok?0:1),()=>process.exit(1))"
+# /healthz on the port the running command was given (--port / --metrics-port, else PORT /
+# SNAPSHOT_METRICS_PORT, else 7480 / 7481), read from PID 1's command line (docker-init's too, with --init)
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
+  CMD ["node", "/app/dist/cli/healthcheck.js"]
 ENTRYPOINT ["node", "dist/cli/main.js"]
 CMD ["serve"]

@@ -1,0 +1,56 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * The image's HEALTHCHECK: GET /healthz of the process the container runs (PID 1, or the pid given), on
+ * the port that process was told to listen on. The port is read from that process's own command line
+ * (/proc/<pid>/cmdline), so `docker run ... serve --port 9000` and a `snapshot --metrics-port` writer stay
+ * healthy; probing PORT alone marked them unhealthy while they served.
+ */
+
+const LOOPBACK = new Set(['', '0.0.0.0', '::', '[::]']);
+
+/** A flag's value in `--name v` or `--name=v` form (the last one given wins, as in commander). */
+function flag(argv: string[], name: string): string | undefined {
+  let value: string | undefined;
+  argv.forEach((a, i) => {
+    if (a === name) value = argv[i + 1];
+    else if (a.startsWith(`${name}=`)) value = a.slice(name.length + 1);
+  });
+  return value;
+}
+
+/** Where `serve` or `snapshot` run with `argv` and `env` answers /healthz; undefined for any other command. */
+export function healthUrl(argv: string[], env: NodeJS.ProcessEnv): string | undefined {
+  const command = argv.find((a) => a === 'serve' || a === 'snapshot');
+  if (!command) return undefined;
+  const port = command === 'serve' ? (flag(argv, '--port') ?? env.PORT ?? '7480') : (flag(argv, '--metrics-port') ?? env.SNAPSHOT_METRICS_PORT ?? '7481');
+  const host = flag(argv, '--host') ?? env.HOST ?? '';
+  const name = LOOPBACK.has(host) ? '127.0.0.1' : host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
+  return `http://${name}:${port}/healthz`;
+}
+
+async function main(): Promise<number> {
+  const pid = process.argv[2] ?? '1';
+  const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  const url = healthUrl(argv, process.env);
+  if (!url) {
+    console.error(`healthcheck: process ${pid} runs neither serve nor snapshot: ${argv.join(' ')}`);
+    return 1;
+  }
+  const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
+  if (!res.ok) console.error(`healthcheck: ${url} answered ${res.status}`);
+  return res.ok ? 0 : 1;
+}
+
+// run as a script (the HEALTHCHECK); imported, it only lends healthUrl to the tests
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  main().then(
+    (code) => process.exit(code),
+    (err: Error) => {
+      console.error(`healthcheck: ${err.message}`);
+      process.exit(1);
+    },
+  );
+}

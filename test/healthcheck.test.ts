@@ -1,0 +1,55 @@
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { healthUrl } from '../cli/healthcheck.js';
+import { createRedis } from '../src/store/redis.js';
+import { serve } from './helpers/http.js';
+import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+
+const HEALTHCHECK = path.resolve('dist/cli/healthcheck.js');
+const prefix = testPrefix('hc');
+
+/** The image's HEALTHCHECK command against process `pid`: its exit code and stderr. */
+function healthcheck(pid: number, env: Record<string, string> = {}): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const proc = spawn(process.execPath, [HEALTHCHECK, String(pid)], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    proc.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    proc.once('exit', (code) => resolve({ code, stderr }));
+  });
+}
+
+afterAll(async () => {
+  const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
+  await dropPrefix(redis, prefix);
+  redis.disconnect();
+});
+
+describe('Docker HEALTHCHECK (dist/cli/healthcheck.js)', () => {
+  it('probes the port the process was started with: its flag over the env over the default', () => {
+    const main = ['node', 'dist/cli/main.js'];
+    expect(healthUrl([...main, 'serve'], {})).toBe('http://127.0.0.1:7480/healthz');
+    expect(healthUrl([...main, 'serve'], { PORT: '8000' })).toBe('http://127.0.0.1:8000/healthz');
+    expect(healthUrl([...main, 'serve', '--port', '9000'], { PORT: '8000' })).toBe('http://127.0.0.1:9000/healthz');
+    expect(healthUrl([...main, '--key-prefix', 'x', 'serve', '--port=9001', '--host', '0.0.0.0'], {})).toBe('http://127.0.0.1:9001/healthz');
+    expect(healthUrl([...main, 'serve', '--host', '10.1.2.3'], {})).toBe('http://10.1.2.3:7480/healthz');
+    expect(healthUrl([...main, 'serve'], { HOST: 'fd00::5' })).toBe('http://[fd00::5]:7480/healthz');
+    // a standalone writer: its ops port, not the API's
+    expect(healthUrl([...main, 'snapshot'], { PORT: '8000' })).toBe('http://127.0.0.1:7481/healthz');
+    expect(healthUrl([...main, 'snapshot', '--metrics-port', '9481'], { SNAPSHOT_METRICS_PORT: '7000' })).toBe('http://127.0.0.1:9481/healthz');
+    expect(healthUrl([...main, 'stats'], {})).toBeUndefined();
+  });
+
+  it('is healthy for serve started with --port while PORT says otherwise, unhealthy once it stops', async () => {
+    const served = await serve({ KEY_PREFIX: prefix, PORT: '1' });
+    const pid = served.proc.pid!;
+    try {
+      expect(await healthcheck(pid, { PORT: '1' })).toEqual({ code: 0, stderr: '' });
+    } finally {
+      expect(await served.stop()).toBe(0);
+    }
+    const gone = await healthcheck(pid, { PORT: '1' });
+    expect(gone.code).toBe(1);
+    expect(gone.stderr).toMatch(/^healthcheck: /);
+  });
+});
