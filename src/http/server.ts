@@ -3,7 +3,7 @@ import uws from 'uWebSockets.js';
 import type { Config } from '../config.js';
 import { collectProcessMetrics, registry as metricsRegistry } from '../metrics.js';
 import { SatelliteRegistry } from '../satellites/registry.js';
-import { clusterFailures, clusterMasters, createRedis, masters, whenReady, type RedisClient } from '../store/redis.js';
+import { clusterFailures, clusterMasters, createRedis, MASTER_PROBE_MS, masters, whenReady, type RedisClient } from '../store/redis.js';
 import { readScript, SCRIPT_NAMES } from '../store/scripts.js';
 import { readSnapshotStatus } from '../snapshot/status.js';
 import { TokenStore } from '../store/token-store.js';
@@ -47,10 +47,10 @@ function storeDown(redis: RedisClient, err: unknown): boolean {
  * its third of the tokens unservable while the others answer. The snapshot writer's state is reported but
  * does not make a worker unready: sign-ups must keep working while Postgres is away (the events wait in Redis).
  */
-async function readiness(redis: RedisClient, prefix: string): Promise<{ ready: boolean; details: Record<string, unknown> }> {
+async function readiness(redis: RedisClient, prefix: string, probeMs: number): Promise<{ ready: boolean; details: Record<string, unknown> }> {
   let cluster: Record<string, unknown> = {};
   try {
-    const probe = await clusterMasters(redis);
+    const probe = await clusterMasters(redis, probeMs);
     if (probe) {
       cluster = { masters: probe.masters };
       const failing = clusterFailures(probe);
@@ -102,7 +102,8 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
     app,
     routes({
       config, engine, registry: satellites, auth, limiter,
-      ready: () => readiness(redis, config.keyPrefix),
+      // a hung master is named only if its probe gives up before the request deadline answers a bare 503
+      ready: () => readiness(redis, config.keyPrefix, Math.min(MASTER_PROBE_MS, Math.floor(config.requestTimeoutMs / 2))),
       metrics: opts.metrics ?? (() => metricsRegistry.metrics()),
     }),
     { auth, traffic, timeoutMs: config.requestTimeoutMs, storeDown: (err) => storeDown(redis, err) },

@@ -73,7 +73,7 @@ export function masters(client: RedisClient): Redis[] {
 
 const SLOTS = 16384;
 /** how long a readiness probe waits for each Cluster master: a hung one must not hold the probe */
-const MASTER_PROBE_MS = 1000;
+export const MASTER_PROBE_MS = 1000;
 /** per node, the CLUSTER INFO still unanswered: a hung master gets one, not one per probe */
 const asking = new WeakMap<Redis, Promise<string>>();
 
