@@ -167,13 +167,13 @@ describe('snapshot of ids that need quoting (real Redis, real Postgres)', () => 
     const writer = await startSnapshotWriter(config, { log: () => {} });
     try {
       const odd = ['a"b', 'back\\slash\\', 'com,ma', '{brace}', 'NULL', ' spaced ', 'ünï©ødé', "it's", 'x'.repeat(128), 'line\u2028sep', '\u2029para', '😀'.repeat(32)];
-      const r = await fx.engine.generate({ owners: odd.map((u) => ({ ownerSatelliteId: 'sat "q",{1}', ownerUserId: u })), perUser: 1, campaignId: 'camp\\,{"x"}' });
+      const r = await fx.engine.generate({ owners: odd.map((u) => ({ ownerSatelliteId: 'sat "q",{1}', ownerUserId: u })), perUser: 1, campaignId: 'camp\\,"x" y' }); // a campaign id takes no braces (checkCampaignId)
       expect((await fx.engine.redeem(r.tokens[0]!.token, 'sat\\b', 'NULL')).code).toBe('ok');
       expect((await fx.engine.reserve(r.tokens[1]!.token, '{r,"s"}', 60_000)).code).toBe('ok');
       await caughtUp(fx.redis, fx.prefix, pool, odd.length + 2);
       const rows = (await pool.query<{ user: string }>('SELECT owner_satellite_id AS sat, owner_user_id AS user, campaign_id AS camp FROM tokens')).rows
         .sort((a, b) => (a.user < b.user ? -1 : 1));
-      expect(rows).toEqual([...odd].sort().map((user) => ({ sat: 'sat "q",{1}', user, camp: 'camp\\,{"x"}' })));
+      expect(rows).toEqual([...odd].sort().map((user) => ({ sat: 'sat "q",{1}', user, camp: 'camp\\,"x" y' })));
       const first = (await pool.query('SELECT redeemer_satellite_id, redeemer_user_id FROM tokens WHERE token = $1', [r.tokens[0]!.token])).rows[0];
       expect(first).toEqual({ redeemer_satellite_id: 'sat\\b', redeemer_user_id: 'NULL' });
       expect(await verify(fx.redis, pool, fx.prefix)).toMatchObject({ tokens: odd.length, differences: 0 });
