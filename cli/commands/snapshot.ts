@@ -1,7 +1,9 @@
 import type { Command } from 'commander';
 import { startOpsServer } from '../../src/http/ops.js';
-import { anyKey, engineKeys, openPostgres, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
-import { clusterFailures } from '../../src/store/redis.js';
+import { anyKey, engineKeys, openPostgres, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, revocationGaps, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
+import { clusterFailures, type RedisClient } from '../../src/store/redis.js';
+import { TokenStore } from '../../src/store/token-store.js';
+import { TokenEngine } from '../../src/tokens/engine.js';
 import { configFrom, connectRedis } from '../context.js';
 
 /**
@@ -26,6 +28,25 @@ async function writerReadiness(writer: SnapshotWriter | undefined): Promise<{ re
  * mistyped DATABASE_URL, it would restore 0 tokens (after --force removed every one) or list every token.
  */
 const openSnapshot = (url: string) => openPostgres(url, 2, undefined, false);
+
+const REVOCATION_HINT: Record<string, string> = {
+  unmarked: 'generate still makes tokens of this revoked campaign there',
+  unregistered: 'revoked only in these shards; a restore would lose the revocation',
+};
+
+/**
+ * Mends the gaps `verify` reports between the registry of revoked campaigns and the shards' marks by
+ * revoking each such campaign again through the engine: the registry keeps (or, from the marks, gets) its
+ * time, every shard is marked and swept with events, so the snapshot follows.
+ */
+async function repairRevocations(redis: RedisClient, prefix: string): Promise<{ campaigns: string[]; tokensRevoked: number }> {
+  const gaps = await revocationGaps(redis, prefix);
+  const engine = new TokenEngine(new TokenStore(redis, prefix));
+  let tokensRevoked = 0;
+  for (const id of gaps.unmarked.keys()) tokensRevoked += await engine.revokeCampaign(id);
+  for (const [id, m] of gaps.unregistered) tokensRevoked += await engine.revokeCampaign(id, m.revokedAt);
+  return { campaigns: [...gaps.unmarked.keys(), ...gaps.unregistered.keys()], tokensRevoked };
+}
 
 /** `snapshot` (the writer alone), `restore --from-postgres [--force]` and `verify`. */
 export function register(program: Command): void {
@@ -87,25 +108,29 @@ export function register(program: Command): void {
     .description('compare Redis with the Postgres snapshot and list differences (exit 1 if any)')
     .option('--max <n>', 'differences to list', '100')
     .option('--json', 'print the report as JSON')
-    .addHelpText('after', '\nExamples:\n  referral-manager verify\n  referral-manager verify --json --max 10')
-    .action(async function (this: Command, opts: { max: string; json?: boolean }) {
+    .option('--repair-revocations', 'first mend revoked campaigns inside Redis: re-mark and sweep the shards a revoke missed, register revocations only the shards remember')
+    .addHelpText('after', '\nExamples:\n  referral-manager verify\n  referral-manager verify --json --max 10\n  referral-manager verify --repair-revocations')
+    .action(async function (this: Command, opts: { max: string; json?: boolean; repairRevocations?: boolean }) {
       // NaN would list nothing and still exit 1 on differences, which reads like a broken verify
       if (!/^\d+$/.test(opts.max)) this.error(`error: --max must be a whole number, got "${opts.max}"`, { exitCode: 2 });
       const config = configFrom(this);
       const redis = await connectRedis(config);
       const pool = await openSnapshot(config.databaseUrl);
       try {
+        const repaired = opts.repairRevocations ? await repairRevocations(redis, config.keyPrefix) : undefined;
         const report = await verify(redis, pool, config.keyPrefix, Number(opts.max));
-        if (opts.json) console.log(JSON.stringify(report, null, 2));
+        if (opts.json) console.log(JSON.stringify(repaired ? { ...report, repaired } : report, null, 2));
         else {
+          if (repaired) console.log(`repaired ${repaired.campaigns.length} revoked campaigns${repaired.campaigns.length ? ` (${repaired.campaigns.join(', ')})` : ''}, ${repaired.tokensRevoked} tokens swept`);
           for (const d of report.listed) {
             const detail = d.fields?.map((f) => `${f.field}: redis=${JSON.stringify(f.redis)} postgres=${JSON.stringify(f.postgres)}`).join('; ');
-            console.log(`${d.token} ${d.kind}${detail ? ` ${detail}` : ''}`);
+            console.log(`${d.token} ${d.kind}${detail ? ` ${detail}` : ''}${d.shards ? ` shards ${d.shards.join(',')}: ${REVOCATION_HINT[d.kind]}` : ''}`);
           }
           console.log(`${report.tokens} tokens in Redis, ${report.differences} differences`);
           console.log(`${report.satellites} satellites in Redis`);
           console.log(`${report.campaigns} campaigns in Redis`);
           console.log(`${report.revokedCampaigns} revoked campaigns in Redis`);
+          if (report.listed.some((d) => d.shards)) console.error('mend the revoked campaigns listed above with: referral-manager verify --repair-revocations');
         }
         if (report.differences > 0) process.exitCode = 1;
       } finally {

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
 import { markRevokedInShards } from '../store/campaigns.js';
-import { Keys } from '../store/keys.js';
+import { Keys, SHARDS } from '../store/keys.js';
 import { PeriodicCopy } from './copy.js';
 
 const UPSERT = `
@@ -63,4 +63,38 @@ export async function restoreRevoked(redis: RedisClient, pool: pg.Pool, prefix: 
     await markRevokedInShards(redis, prefix, id, fresh ? at : Number(await redis.hget(key, id)));
   }
   return { restored, kept };
+}
+
+/** Where Redis' registry of revoked campaigns and the shards' marks (`x\t<id>` in each dict) disagree. */
+export interface RevocationGaps {
+  /** registered id -> the shards without its mark: a revoke that stopped part-way; generate still works there */
+  unmarked: Map<string, number[]>;
+  /** marked id the registry lacks -> the shards with its mark and the earliest mark's time: restore would lose it */
+  unregistered: Map<string, { shards: number[]; revokedAt: number }>;
+}
+
+/** Reads the registry and every shard's marks (the dicts hold ids of satellites and campaigns only: small). */
+export async function revocationGaps(redis: RedisClient, prefix: string): Promise<RevocationGaps> {
+  const keys = new Keys(prefix);
+  const registry = await readRevoked(redis, prefix);
+  const marks = await Promise.all(Array.from({ length: SHARDS }, (_, s) => redis.hgetall(keys.dict(s))));
+  const marked = new Map<string, { shards: number[]; revokedAt: number }>();
+  marks.forEach((dict, shard) => {
+    for (const [field, at] of Object.entries(dict)) {
+      if (!field.startsWith('x\t')) continue;
+      const id = field.slice(2);
+      const m = marked.get(id) ?? { shards: [], revokedAt: Number(at) };
+      m.shards.push(shard);
+      m.revokedAt = Math.min(m.revokedAt, Number(at));
+      marked.set(id, m);
+    }
+  });
+  const gaps: RevocationGaps = { unmarked: new Map(), unregistered: new Map() };
+  for (const id of registry.keys()) {
+    const have = new Set(marked.get(id)?.shards);
+    const missing = Array.from({ length: SHARDS }, (_, s) => s).filter((s) => !have.has(s));
+    if (missing.length) gaps.unmarked.set(id, missing);
+  }
+  for (const [id, m] of marked) if (!registry.has(id)) gaps.unregistered.set(id, m);
+  return gaps;
 }

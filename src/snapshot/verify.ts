@@ -7,7 +7,7 @@ import { CampaignKeys, COUNTERS, readAllCampaigns, type CampaignRecord } from '.
 import { pgCampaigns } from './campaigns.js';
 import { pgShardRows } from './pg-rows.js';
 import { readShardRows, type Row } from './rows.js';
-import { pgRevoked, readRevoked } from './revoked.js';
+import { pgRevoked, readRevoked, revocationGaps } from './revoked.js';
 import { pgSatellites } from './satellites.js';
 
 export interface Difference {
@@ -17,9 +17,15 @@ export interface Difference {
    * and the campaign id (`<p>:{revoked}:campaigns/<id>`)
    */
   token: string;
-  /** only_redis | only_postgres | field names that differ | counters that differ from the shard's rows */
-  kind: 'only_redis' | 'only_postgres' | 'differs' | 'stats';
+  /**
+   * only_redis | only_postgres | field names that differ | counters that differ from the shard's rows;
+   * inside Redis, for a revoked campaign: `unmarked` (registered, but `shards` lack its mark, so generate
+   * still makes its tokens there) or `unregistered` (marked on `shards`, missing from the registry, so a
+   * restore would lose the revocation). `verify --repair-revocations` mends both.
+   */
+  kind: 'only_redis' | 'only_postgres' | 'differs' | 'stats' | 'unmarked' | 'unregistered';
   fields?: FieldDifference[];
+  shards?: number[];
 }
 
 export interface FieldDifference {
@@ -87,6 +93,10 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
   report.satellites = await compareSatellites(redis, pool, prefix, note);
   report.campaigns = await compareCampaigns(redis, pool, prefix, note);
   report.revokedCampaigns = await compareRevoked(redis, pool, prefix, note);
+  const gaps = await revocationGaps(redis, prefix);
+  const at = (id: string) => `${keys.revokedCampaigns()}/${id}`;
+  for (const [id, shards] of gaps.unmarked) note({ token: at(id), kind: 'unmarked', shards });
+  for (const [id, m] of gaps.unregistered) note({ token: at(id), kind: 'unregistered', shards: m.shards });
   return report;
 }
 

@@ -136,8 +136,9 @@ export class TokenStore {
    * the campaign makes nothing there afterwards (lua/generate.lua). All three hold the registry's time.
    * Three steps, three slots: a revoke that fails part-way is sent again (each step keeps the first time).
    */
-  async revokeCampaign(campaignId: string): Promise<number> {
-    const at = Number(await this.s.revocation_record!([this.keys.revokedCampaigns()], [campaignId]));
+  /** `revokedAt`: the time to record if the campaign is not yet registered revoked (default: now). */
+  async revokeCampaign(campaignId: string, revokedAt?: number): Promise<number> {
+    const at = Number(await this.s.revocation_record!([this.keys.revokedCampaigns()], revokedAt === undefined ? [campaignId] : [campaignId, revokedAt]));
     await this.s.campaign_revoke!([new CampaignKeys(this.keys.prefix).meta(campaignId)], [at]);
     const counts = await Promise.all(
       Array.from({ length: SHARDS }, (_, shard) => {

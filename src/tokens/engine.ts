@@ -115,8 +115,9 @@ export class TokenEngine {
     return this.store.revokeOwner(checkId('satelliteId', ownerSatelliteId), checkId('userId', ownerUserId));
   }
 
-  async revokeCampaign(campaignId: string): Promise<number> {
-    return this.store.revokeCampaign(checkId('campaignId', campaignId));
+  /** `revokedAt`: recorded when the campaign was not yet registered revoked (a repair keeps an older time). */
+  async revokeCampaign(campaignId: string, revokedAt?: number): Promise<number> {
+    return this.store.revokeCampaign(checkId('campaignId', campaignId), revokedAt);
   }
 
   async listUnredeemed(ownerSatelliteId: string, ownerUserId: string): Promise<UnredeemedToken[]> {

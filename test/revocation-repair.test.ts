@@ -1,0 +1,78 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type pg from 'pg';
+import { openPostgres, verify } from '../src/snapshot/index.js';
+import { Keys, placeOfOwner, SHARDS } from '../src/store/keys.js';
+import { runCli } from './helpers/cli.js';
+import { testDatabase } from './helpers/pg.js';
+import { engineFixture, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
+
+/** A user of sat-a whose tokens land on `shard`. */
+function userOnShard(shard: number): string {
+  for (let i = 0; ; i++) if (placeOfOwner('sat-a', `u${i}`).shard === shard) return `u${i}`;
+}
+
+describe('verify finds revoked campaigns the registry and the shards disagree on; --repair-revocations mends them (real Redis, real Postgres)', () => {
+  let fx: EngineFixture;
+  let db: Awaited<ReturnType<typeof testDatabase>>;
+  let pool: pg.Pool;
+  let keys: Keys;
+
+  beforeAll(async () => {
+    fx = await engineFixture({ label: 'rvkfix' });
+    db = await testDatabase();
+    pool = await openPostgres(db.url);
+    keys = new Keys(fx.prefix);
+  });
+  afterAll(async () => {
+    await pool?.end();
+    await fx?.close();
+    await db?.drop();
+  });
+
+  it('reports a revoke that missed shards and a revocation only the shards remember; the repair re-marks, sweeps and registers them', async () => {
+    const on3 = userOnShard(3);
+    const gen = (campaignId: string, userId: string) => fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: userId }], perUser: 1, campaignId });
+    await gen('half', on3);
+    await gen('old', on3);
+    // no writer runs: Postgres stays empty, and only the differences inside Redis matter here
+    const gapsIn = async () => (await verify(fx.redis, pool, fx.prefix)).listed.filter((d) => d.kind === 'unmarked' || d.kind === 'unregistered');
+    await fx.engine.revokeCampaign('whole');
+    expect(await gapsIn()).toEqual([]);
+
+    // a revoke that stopped part-way: registered, but shards 3 and 7 never marked (nor swept)
+    await fx.engine.revokeCampaign('half');
+    await fx.redis.hdel(keys.dict(3), 'x\thalf');
+    await fx.redis.hdel(keys.dict(7), 'x\thalf');
+    // an admin-route revocation from before the registry: only the shards' marks remember it
+    await fx.engine.revokeCampaign('old');
+    const oldAt = Number(await fx.redis.hget(keys.revokedCampaigns(), 'old'));
+    await fx.redis.hdel(keys.revokedCampaigns(), 'old');
+
+    // the gap is real: generate still makes tokens of the revoked campaign on shard 3
+    const leaked = (await gen('half', on3)).tokens[0]!.token;
+    await expect(gen('half', userOnShard(4))).rejects.toMatchObject({ code: 'campaign_revoked' });
+
+    expect(await gapsIn()).toEqual([
+      { token: `${keys.revokedCampaigns()}/half`, kind: 'unmarked', shards: [3, 7] },
+      { token: `${keys.revokedCampaigns()}/old`, kind: 'unregistered', shards: Array.from({ length: SHARDS }, (_, s) => s) },
+    ]);
+
+    const env = { KEY_PREFIX: fx.prefix, REDIS_URL: SHARED_REDIS_URL, DATABASE_URL: db.url };
+    const text = await runCli(['verify'], env);
+    expect(text.code).toBe(1);
+    expect(text.stdout).toContain(`${keys.revokedCampaigns()}/half unmarked shards 3,7: generate still makes tokens of this revoked campaign there`);
+    expect(text.stderr).toContain('referral-manager verify --repair-revocations');
+
+    const repaired = await runCli(['verify', '--repair-revocations', '--json'], env);
+    expect(JSON.parse(repaired.stdout).repaired).toEqual({ campaigns: ['half', 'old'], tokensRevoked: 1 });
+    expect(await gapsIn()).toEqual([]);
+    // the leaked token is swept, shard 3 refuses the campaign now, and the old revocation keeps its time
+    expect((await fx.engine.lookup(leaked))?.state).toBe('revoked');
+    await expect(gen('half', on3)).rejects.toMatchObject({ code: 'campaign_revoked' });
+    expect(Number(await fx.redis.hget(keys.revokedCampaigns(), 'old'))).toBe(oldAt);
+
+    // nothing left to mend: a second repair does nothing
+    const again = await runCli(['verify', '--repair-revocations'], env);
+    expect(again.stdout).toContain('repaired 0 revoked campaigns, 0 tokens swept');
+  });
+});
