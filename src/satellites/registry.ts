@@ -85,9 +85,12 @@ export class SatelliteRegistry {
   async update(id: string, change: SatelliteFields): Promise<Satellite> {
     const pairs = checkFields(change);
     if (pairs.length === 0) throw new DomainError('invalid_request', 'nothing to change: give name, url or outboundKey');
-    const updated = await this.s.satellite_update!([this.keys.satellite(id)], pairs.flat());
-    if (Number(updated) !== 1) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
-    return this.require(id);
+    const flat = (await this.s.satellite_update!([this.keys.satellite(id)], pairs.flat())) as string[];
+    if (flat.length === 0) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
+    // the record as the script left it: a read after it could already see a later change or a remove
+    const h: Record<string, string> = {};
+    for (let i = 0; i < flat.length; i += 2) h[flat[i]!] = flat[i + 1]!;
+    return toSatellite(h);
   }
 
   /** New key now; the old one keeps working for `graceMs`, then not. */
