@@ -57,10 +57,12 @@ export async function restoreRevoked(redis: RedisClient, pool: pg.Pool, prefix: 
   let restored = 0;
   let kept = 0;
   for (const [id, at] of await pgRevoked(pool)) {
-    const fresh = (await redis.hsetnx(key, id, String(at))) === 1;
-    if (fresh) restored++;
+    // one round trip: whether the snapshot's time was taken, and the time the registry now holds
+    const replies = (await redis.multi().hsetnx(key, id, String(at)).hget(key, id).exec()) ?? [];
+    for (const [err] of replies) if (err) throw err;
+    if (replies[0]![1] === 1) restored++;
     else kept++;
-    await markRevokedInShards(redis, prefix, id, fresh ? at : Number(await redis.hget(key, id)));
+    await markRevokedInShards(redis, prefix, id, Number(replies[1]![1]));
   }
   return { restored, kept };
 }
