@@ -45,7 +45,8 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       const { apiKey } = await registry.add({ id: 'sat-u', name: 'Old', outboundKey: 'out-u' });
       const set = await cli('satellites', 'update', 'sat-u', '--url', 'https://u.example', '--clear-name', '--json');
       expect(set.code, set.stderr).toBe(0);
-      expect(JSON.parse(set.stdout)).toEqual({ id: 'sat-u', name: null, url: 'https://u.example', hasOutboundKey: true, createdAt: expect.any(Number) });
+      // the same fields as an item of list --json, which scripts may already read
+      expect(JSON.parse(set.stdout)).toEqual({ id: 'sat-u', name: null, url: 'https://u.example', hasOutboundKey: true, outboundKeySet: true, createdAt: expect.any(Number) });
       expect(set.stdout).not.toContain('out-u');
       const text = await cli('satellites', 'update', 'sat-u', '--clear-outbound-key', '--name', 'New');
       expect(text.code, text.stderr).toBe(0);

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { MAX_KEY_GRACE_MS, type Config } from '../../src/config.js';
-import { SatelliteRegistry, type SatelliteFields } from '../../src/satellites/registry.js';
+import { SatelliteRegistry, type Satellite, type SatelliteFields } from '../../src/satellites/registry.js';
 import { configFrom, connectRedis } from '../context.js';
 import { invalidIsUsage, table } from '../format.js';
 
@@ -12,6 +12,12 @@ interface UpdateOptions {
   clearName?: boolean;
   clearOutboundKey?: boolean;
   json?: boolean;
+}
+
+/** A satellite in `list --json` and `update --json`: hasOutboundKey as the HTTP API names it, outboundKeySet kept for scripts written against it. */
+function jsonView(s: Satellite) {
+  const set = s.outboundKey !== undefined;
+  return { id: s.id, name: s.name ?? null, url: s.url ?? null, hasOutboundKey: set, outboundKeySet: set, createdAt: s.createdAt };
 }
 
 /** Opens the registry, runs `fn`, and always disconnects so the process can exit. */
@@ -65,14 +71,8 @@ export function register(program: Command): void {
     .addHelpText('after', '\nExamples:\n  referral-manager satellites list\n  referral-manager satellites list --json');
   list.action(async function (this: Command, opts: { json?: boolean }) {
     const all = await withRegistry(configFrom(this), (r) => r.list());
-    if (opts.json) {
-      // hasOutboundKey as the HTTP API names it; outboundKeySet kept for scripts written against it
-      const out = all.map((s) => {
-        const set = s.outboundKey !== undefined;
-        return { id: s.id, name: s.name ?? null, url: s.url ?? null, hasOutboundKey: set, outboundKeySet: set, createdAt: s.createdAt };
-      });
-      console.log(JSON.stringify(out, null, 2));
-    } else if (all.length === 0) console.log('no satellites registered');
+    if (opts.json) console.log(JSON.stringify(all.map(jsonView), null, 2));
+    else if (all.length === 0) console.log('no satellites registered');
     else {
       const rows = all.map((s) => [s.id, s.name ?? '-', s.url ?? '-', s.outboundKey !== undefined ? 'set' : 'not set', new Date(s.createdAt).toISOString()]);
       console.log(table(['id', 'name', 'url', 'outbound key', 'registered'], rows));
@@ -104,7 +104,7 @@ export function register(program: Command): void {
     }
     if (Object.keys(change).length === 0) this.error('error: nothing to change: give --url, --name, --outbound-key or a --clear-* option', { exitCode: 2 });
     const s = await invalidIsUsage(this, () => withRegistry(configFrom(this), (r) => r.update(id, change)));
-    if (opts.json) console.log(JSON.stringify({ id: s.id, name: s.name ?? null, url: s.url ?? null, hasOutboundKey: s.outboundKey !== undefined, createdAt: s.createdAt }));
+    if (opts.json) console.log(JSON.stringify(jsonView(s)));
     else console.log(`satellite "${id}" updated: url ${s.url ?? '-'}, name ${s.name ?? '-'}, outbound key ${s.outboundKey !== undefined ? 'set' : 'not set'}`);
   });
 
