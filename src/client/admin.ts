@@ -7,6 +7,9 @@ export type ListedSatellite = Omit<Satellite, 'outboundKey'> & { hasOutboundKey:
 
 export type RevokeSelector = { tokens: string[] } | { satelliteId: string; userId: string } | { campaignId: string };
 
+/** What updateSatellite changes: null clears a field, one left out is kept. */
+export type { SatelliteFields };
+
 const seg = encodeURIComponent;
 
 /** The admin routes (ADMIN_KEY), for the CLI and ops tooling. */

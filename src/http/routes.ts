@@ -1,7 +1,7 @@
 import { MAX_KEY_GRACE_MS, type Config } from '../config.js';
 import { DomainError, resultErrors } from '../errors.js';
 import { rateLimited, tokenResults } from '../metrics.js';
-import type { Satellite, SatelliteFields, SatelliteRegistry } from '../satellites/registry.js';
+import { SATELLITE_FIELD_MAX as MAX, type Satellite, type SatelliteFields, type SatelliteRegistry } from '../satellites/registry.js';
 import type { Result, Token } from '../store/model.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import { checkToken } from '../tokens/validate.js';
@@ -124,7 +124,7 @@ export function routes(d: RouteDeps): Route[] {
 
     {
       method: 'post', pattern: '/v1/admin/satellites', auth: 'admin',
-      schema: obj(['id'], { id, name: { type: 'string', maxLength: 256 }, url: { type: 'string', maxLength: 2048 }, outboundKey: { type: 'string', maxLength: 4096 } }),
+      schema: obj(['id'], { id, name: { type: 'string', maxLength: MAX.name }, url: { type: 'string', maxLength: MAX.url }, outboundKey: { type: 'string', maxLength: MAX.outboundKey } }),
       async handler(c: Call<{ id: string; name?: string; url?: string; outboundKey?: string }>) {
         const { id: sid, name, url, outboundKey } = c.body;
         return ok(await d.registry.add(defined({ id: sid, name, url, outboundKey })), 201);
@@ -138,7 +138,7 @@ export function routes(d: RouteDeps): Route[] {
     },
     {
       method: 'patch', pattern: '/v1/admin/satellites/:id', auth: 'admin',
-      schema: obj([], { name: nullable(256), url: nullable(2048), outboundKey: nullable(4096) }),
+      schema: obj([], { name: nullable(MAX.name), url: nullable(MAX.url), outboundKey: nullable(MAX.outboundKey) }),
       async handler(c: Call<SatelliteFields>) {
         const { name, url, outboundKey } = c.body;
         return ok(listed(await d.registry.update(c.params[0]!, defined({ name, url, outboundKey }))));

@@ -120,22 +120,24 @@ function toSatellite(h: Record<string, string>): Satellite {
   return s;
 }
 
-const LIMITS = { name: 256, url: 2048, outboundKey: 4096 } as const;
+/** Longest value of each field, in characters; the HTTP schemas take theirs from here. */
+export const SATELLITE_FIELD_MAX = { name: 256, url: 2048, outboundKey: 4096 } as const;
+type Field = keyof typeof SATELLITE_FIELD_MAX;
 
 /**
  * The given fields as [field, value] pairs, value '' for a null (cleared) one. Shared by add and update so
  * a value one accepts the other does too; an empty string is refused because it would read as unset.
  */
-function checkFields(input: SatelliteFields): [keyof typeof LIMITS, string][] {
-  const out: [keyof typeof LIMITS, string][] = [];
-  for (const f of Object.keys(LIMITS) as (keyof typeof LIMITS)[]) {
+function checkFields(input: SatelliteFields): [Field, string][] {
+  const out: [Field, string][] = [];
+  for (const f of Object.keys(SATELLITE_FIELD_MAX) as Field[]) {
     const v = input[f];
     if (v === undefined) continue;
     if (v === null) {
       out.push([f, '']);
       continue;
     }
-    if (typeof v !== 'string' || v.length === 0 || v.length > LIMITS[f]) throw new DomainError('invalid_request', `${f}: must be a string of 1..${LIMITS[f]} characters`);
+    if (typeof v !== 'string' || v.length === 0 || v.length > SATELLITE_FIELD_MAX[f]) throw new DomainError('invalid_request', `${f}: must be a string of 1..${SATELLITE_FIELD_MAX[f]} characters`);
     if (f === 'url') checkUrl(v);
     out.push([f, v]);
   }
