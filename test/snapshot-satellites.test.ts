@@ -18,6 +18,8 @@ describe('satellites reach Postgres and come back with restore (real Redis, real
   const writers: SnapshotWriter[] = [];
   const restored = testPrefix('satr');
   const emptied = testPrefix('sate');
+  const updated = testPrefix('satu');
+  const rebuilt = testPrefix('satb');
 
   const rows = async () => (await pool.query<SatRow>('SELECT id, fields, api_keys FROM satellites ORDER BY id')).rows;
   async function rowsUntil(ok: (r: SatRow[]) => boolean): Promise<SatRow[]> {
@@ -46,6 +48,8 @@ describe('satellites reach Postgres and come back with restore (real Redis, real
     await pool?.end();
     await dropPrefix(fx.redis, restored);
     await dropPrefix(fx.redis, emptied);
+    await dropPrefix(fx.redis, updated);
+    await dropPrefix(fx.redis, rebuilt);
     await fx?.close();
     await db?.drop();
   });
@@ -114,5 +118,24 @@ describe('satellites reach Postgres and come back with restore (real Redis, real
     const r = await rowsUntil((x) => x.length === 1);
     expect(r[0]!.fields.name).toBeUndefined();
     await w.stop();
+  });
+
+  it('an update made after the satellite reached Postgres is copied too, and restore brings the new fields back', async () => {
+    const reg = new SatelliteRegistry(fx.redis, updated);
+    const w = await writer(updated);
+    const { apiKey } = await reg.add({ id: 'sat-u', name: 'Before', url: 'https://before.example' });
+    await rowsUntil((r) => r.some((x) => x.id === 'sat-u' && x.fields.url === 'https://before.example'));
+    // the copy must see a change of fields alone: no key, id or removal changed
+    await reg.update('sat-u', { url: 'https://after.example', name: null, outboundKey: 'out-u' });
+    const r = await rowsUntil((x) => x.some((y) => y.id === 'sat-u' && y.fields.url === 'https://after.example'));
+    const row = r.find((x) => x.id === 'sat-u')!;
+    expect(row.fields.name).toBeUndefined();
+    expect(row.fields.outboundKey).toBe('out-u');
+    await w.stop();
+
+    expect(await restoreSatellites(fx.redis, pool, rebuilt)).toMatchObject({ kept: 0 });
+    const back = new SatelliteRegistry(fx.redis, rebuilt);
+    expect(await back.get('sat-u')).toEqual({ id: 'sat-u', url: 'https://after.example', outboundKey: 'out-u', createdAt: (await reg.get('sat-u'))!.createdAt });
+    expect(await back.authenticate(apiKey)).toBe('sat-u');
   });
 });
