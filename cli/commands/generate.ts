@@ -105,9 +105,10 @@ export function register(program: Command): void {
         if (!opts.dryRun && !run) throw new Error(`campaign "${id}" is being run by another generate; wait for it (or, if it was killed, up to ${CLAIM_TTL_MS / 1000} s)`);
         try {
           const existing = opts.resume !== undefined ? await campaigns.require(id) : await campaigns.meta(id);
-          // a dry run may still say what it would have made
-          if (existing?.revokedAt !== undefined && !opts.dryRun) {
-            throw new Error(`campaign "${id}" was revoked at ${new Date(existing.revokedAt).toISOString()}: it makes and delivers no more tokens; start a new --campaign`);
+          // a dry run may still say what it would have made; the registry also holds an id the admin route revoked
+          const revokedAt = opts.dryRun ? undefined : await campaigns.revokedAt(id);
+          if (revokedAt !== undefined) {
+            throw new Error(`campaign "${id}" was revoked at ${new Date(revokedAt).toISOString()}: it makes and delivers no more tokens; start a new --campaign`);
           }
           if (existing && perUser !== undefined && existing.perUser !== perUser) {
             throw new Error(`campaign "${id}" makes ${existing.perUser} tokens per user, not ${perUser}: choose another --campaign`);

@@ -242,8 +242,8 @@ class SatelliteRun {
 
   /**
    * Tokens made before a revocation are swept by it; pushed afterwards, users would see tokens that cannot
-   * be redeemed. So each push first reads the campaign's revokedAt (set before the sweep starts) and stops
-   * the run as the engine's refusal does. A revoke landing between this read and the push still lets that
+   * be redeemed. So each push first reads the campaign's entry in the registry of revoked campaigns
+   * (written before the sweep starts) and stops the run as the engine's refusal does. A revoke landing between this read and the push still lets that
    * one batch through; that window is accepted: its tokens are swept like every other of the campaign (none
    * can be redeemed), and closing it would need revoke to wait for every run delivering the campaign.
    */

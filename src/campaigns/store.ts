@@ -1,3 +1,4 @@
+import { Keys } from '../store/keys.js';
 import { Lease } from '../store/lease.js';
 import type { RedisClient } from '../store/redis.js';
 import { defineScripts, type ScriptFn } from '../store/scripts.js';
@@ -5,8 +6,11 @@ import { DomainError } from '../errors.js';
 import { CampaignKeys, metaFields, parseMeta, parseProgress, readAllCampaigns, readCampaigns, type CampaignMeta, type CampaignRecord, type Counter, type SatelliteProgress } from '../store/campaigns.js';
 
 export type { CampaignMeta, SatelliteProgress, Counter } from '../store/campaigns.js';
-/** A campaign's record; a satellite's status may read `interrupted` (CampaignStore.get). */
-export type Campaign = CampaignRecord;
+/**
+ * A campaign's record; a satellite's status may read `interrupted` (CampaignStore.get). `revokedAt`: when
+ * `revoke {campaignId}` revoked it, from the registry of revoked campaigns (the record does not repeat it).
+ */
+export type Campaign = CampaignRecord & { revokedAt?: number };
 
 /** A run's hold on its campaign (CampaignStore.claim). */
 export interface Claim {
@@ -31,9 +35,11 @@ export function campaignNotFound(id: string): never {
 export class CampaignStore {
   private readonly openScript: ScriptFn;
   private readonly keys: CampaignKeys;
+  private readonly revokedKey: string;
   constructor(private readonly redis: RedisClient, prefix: string) {
     this.openScript = defineScripts(redis, ['campaign_open']).campaign_open!;
     this.keys = new CampaignKeys(prefix);
+    this.revokedKey = new Keys(prefix).revokedCampaigns();
   }
 
   /** Creates the campaign, or returns the existing one (created = false). */
@@ -86,9 +92,12 @@ export class CampaignStore {
     return parseMeta(await this.redis.hgetall(this.keys.meta(id)));
   }
 
-  /** When the campaign was revoked (`revoke {campaignId}`), undefined while it is not: one HGET. */
+  /**
+   * When the campaign was revoked (`revoke {campaignId}`), undefined while it is not: one HGET of the
+   * registry of revoked campaigns, which the revoke writes before it sweeps any shard.
+   */
   async revokedAt(id: string): Promise<number | undefined> {
-    const at = await this.redis.hget(this.keys.meta(id), 'revokedAt');
+    const at = await this.redis.hget(this.revokedKey, id);
     return at ? Number(at) : undefined;
   }
 
@@ -105,21 +114,25 @@ export class CampaignStore {
 
   async get(id: string): Promise<Campaign | undefined> {
     const [c] = await readCampaigns(this.redis, this.keys, [id]);
-    return c && (await this.withInterrupted([c]))[0];
+    return c && (await this.view([c]))[0];
   }
 
   async list(): Promise<Campaign[]> {
-    return this.withInterrupted(await readAllCampaigns(this.redis, this.keys));
+    return this.view(await readAllCampaigns(this.redis, this.keys));
   }
 
-  /** A satellite recorded running in a campaign no run holds was left so by a killed run: interrupted. */
-  private async withInterrupted(all: CampaignRecord[]): Promise<Campaign[]> {
-    const held = await Promise.all(all.map((c) => this.redis.exists(this.keys.run(c.id))));
-    all.forEach((c, i) => {
-      if (held[i] === 1) return;
-      for (const p of Object.values(c.progress)) if (p.status === 'running') p.status = 'interrupted';
+  /**
+   * A satellite recorded running in a campaign no run holds was left so by a killed run: interrupted.
+   * Each campaign's revokedAt comes from the registry (one HMGET for all).
+   */
+  private async view(all: CampaignRecord[]): Promise<Campaign[]> {
+    if (all.length === 0) return [];
+    const [held, revoked] = await Promise.all([Promise.all(all.map((c) => this.redis.exists(this.keys.run(c.id)))), this.redis.hmget(this.revokedKey, ...all.map((c) => c.id))]);
+    return all.map((c, i) => {
+      if (held[i] !== 1) for (const p of Object.values(c.progress)) if (p.status === 'running') p.status = 'interrupted';
+      const at = revoked[i];
+      return at ? { ...c, revokedAt: Number(at) } : c;
     });
-    return all;
   }
 
   async progress(id: string, sat: string): Promise<SatelliteProgress> {

@@ -16,7 +16,8 @@ const UPSERT = `
 
 interface CampaignRow {
   id: string;
-  meta: Omit<CampaignMeta, 'id'>;
+  /** `revokedAt`: only in rows an older writer copied, when the record repeated the registry (restoreRevoked) */
+  meta: Omit<CampaignMeta, 'id'> & { revokedAt?: number };
   progress: Record<string, SatelliteProgress>;
 }
 
@@ -60,7 +61,7 @@ export class CampaignCopy extends PeriodicCopy<{ rows: Map<string, string>; all:
 /** The campaigns Postgres holds, sorted by id. */
 export async function pgCampaigns(pool: pg.Pool): Promise<CampaignRecord[]> {
   const res = await pool.query<CampaignRow>('SELECT id, meta, progress FROM campaigns ORDER BY id');
-  return res.rows.map((r) => ({ id: r.id, ...r.meta, progress: r.progress }));
+  return res.rows.map(({ id, meta: { revokedAt: _, ...meta }, progress }) => ({ id, ...meta, progress }));
 }
 
 /** One satellite's made users of a campaign from the tokens table (every state), a page at a time. */
@@ -97,8 +98,7 @@ function restoredProgress(p: SatelliteProgress): SatelliteProgress {
  * tokens table, the users of `done` satellites recorded delivered, then its record (last, as it is what
  * makes the campaign exist: a restore stopped part-way leaves no record and its rerun does the campaign
  * again). The progress as restored is written back to Postgres too, so verify agrees at once. A campaign
- * Redis has is newer than the snapshot and is kept. The shards' revocation marks are restoreRevoked's:
- * every revocation is in its registry, which the writer copies before the campaign records.
+ * Redis has is newer than the snapshot and is kept. Its revocation is restoreRevoked's.
  */
 export async function restoreCampaigns(redis: RedisClient, pool: pg.Pool, prefix: string): Promise<{ restored: number; kept: number }> {
   const keys = new CampaignKeys(prefix);

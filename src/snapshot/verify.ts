@@ -162,7 +162,6 @@ function compareRecords<T extends { id: string }>(
 function campaignFields(c: CampaignRecord): Record<string, string> {
   const out = new Map<string, string>([['perUser', String(c.perUser)], ['satellites', JSON.stringify(c.satellites)], ['createdAt', String(c.createdAt)]]);
   if (c.expiresAt !== undefined) out.set('expiresAt', String(c.expiresAt));
-  if (c.revokedAt !== undefined) out.set('revokedAt', String(c.revokedAt));
   for (const [sat, p] of Object.entries(c.progress)) {
     for (const counter of COUNTERS) out.set(`prog:${sat}.${counter}`, String(p[counter]));
     out.set(`prog:${sat}.status`, p.status);

@@ -260,8 +260,6 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         }
         await ensureGroups();
         if (await satellites.due()) await onPostgres(() => satellites.write(db));
-        // revocations before campaign records: a record's revokedAt never reaches Postgres ahead of the
-        // registry entry restoreRevoked marks the shards from
         if (await revoked.due()) await onPostgres(() => revoked.write(db));
         if (await campaigns.due()) await onPostgres(() => campaigns.write(db));
         const rounds = await Promise.allSettled(lanes.map((lane) => round(lane)));

@@ -5,7 +5,7 @@ import type { RedisClient } from './redis.js';
  * Redis layout of generation campaigns (src/campaigns/store.ts). Kept here, below the campaigns, because
  * the snapshot copies the records to Postgres and back. One hash tag per campaign ({camp:<id>}) keeps its
  * keys in one Redis Cluster slot:
- *   <p>:{camp:<id>}:meta        hash  id, perUser, expiresAt, satellites (JSON), createdAt, revokedAt
+ *   <p>:{camp:<id>}:meta        hash  id, perUser, expiresAt, satellites (JSON), createdAt
  *   <p>:{camp:<id>}:made:<sat>  hash  userId -> the user's tokens, comma-joined
  *   <p>:{camp:<id>}:dlv:<sat>   set   users whose tokens the satellite accepted
  *   <p>:{camp:<id>}:prog:<sat>  hash  SatelliteProgress counters, status, lastError
@@ -47,8 +47,6 @@ export interface CampaignMeta {
   expiresAt?: number;
   satellites: string[];
   createdAt: number;
-  /** when `revoke {campaignId}` revoked it: no run makes tokens for it any more */
-  revokedAt?: number;
 }
 
 /** Per satellite, summed over every run of the campaign. */
@@ -76,7 +74,6 @@ export type Counter = (typeof COUNTERS)[number];
 export function metaFields(meta: CampaignMeta): Record<string, string> {
   const fields: Record<string, string> = { id: meta.id, perUser: String(meta.perUser), satellites: JSON.stringify(meta.satellites), createdAt: String(meta.createdAt) };
   if (meta.expiresAt !== undefined) fields.expiresAt = String(meta.expiresAt);
-  if (meta.revokedAt !== undefined) fields.revokedAt = String(meta.revokedAt);
   return fields;
 }
 
@@ -85,7 +82,6 @@ export function parseMeta(h: Record<string, string>): CampaignMeta | undefined {
   if (!h.id || !h.perUser) return undefined;
   const m: CampaignMeta = { id: h.id, perUser: Number(h.perUser), satellites: JSON.parse(h.satellites ?? '[]') as string[], createdAt: Number(h.createdAt) };
   if (h.expiresAt) m.expiresAt = Number(h.expiresAt);
-  if (h.revokedAt) m.revokedAt = Number(h.revokedAt);
   return m;
 }
 

@@ -1,6 +1,5 @@
 import { DomainError } from '../errors.js';
 import type { RedisClient } from './redis.js';
-import { CampaignKeys } from './campaigns.js';
 import { defineScripts, preloadScripts, type ScriptFn } from './scripts.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken, type OwnerPlace } from './keys.js';
 import { dashed, decodeResult, hexOf } from './codec.js';
@@ -131,15 +130,14 @@ export class TokenStore {
 
   /**
    * Records the revocation first in the registry of revoked campaigns (which the snapshot carries, for every
-   * campaign id), then on the campaign's record if it has one (generate's CLI refuses a revoked campaign),
-   * then sweeps every shard; each shard's sweep also marks it, atomically, so a generate still running for
-   * the campaign makes nothing there afterwards (lua/generate.lua). All three hold the registry's time.
-   * Three steps, three slots: a revoke that fails part-way is sent again (each step keeps the first time).
+   * campaign id, and which generate's CLI reads), then sweeps every shard; each shard's sweep also marks it,
+   * atomically, so a generate still running for the campaign makes nothing there afterwards (lua/generate.lua).
+   * The marks hold the registry's time. Many slots: a revoke that fails part-way is sent again (each step
+   * keeps the first time), or mended by `verify --repair-revocations`.
+   * `revokedAt`: the time to record if the campaign is not yet registered revoked (default: now).
    */
-  /** `revokedAt`: the time to record if the campaign is not yet registered revoked (default: now). */
   async revokeCampaign(campaignId: string, revokedAt?: number): Promise<number> {
     const at = Number(await this.s.revocation_record!([this.keys.revokedCampaigns()], revokedAt === undefined ? [campaignId] : [campaignId, revokedAt]));
-    await this.s.campaign_revoke!([new CampaignKeys(this.keys.prefix).meta(campaignId)], [at]);
     const counts = await Promise.all(
       Array.from({ length: SHARDS }, (_, shard) => {
         const k = this.keys;
