@@ -75,4 +75,29 @@ describe('verify finds revoked campaigns the registry and the shards disagree on
     const again = await runCli(['verify', '--repair-revocations'], env);
     expect(again.stdout).toContain('repaired 0 revoked campaigns, 0 tokens swept');
   });
+  it('restore --force keeps every revocation Redis knew about: one the snapshot lacks, and one only the old shards marked', async () => {
+    const user = userOnShard(5);
+    const gen = (campaignId: string) => fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: user }], perUser: 1, campaignId });
+    const before = (await gen('kept')).tokens[0]!.token;
+    // no writer runs, so Postgres has neither revocation: 'recent' is only in the registry and the marks,
+    // 'marked' (an admin-route revocation from before the registry) only in the marks
+    await fx.engine.revokeCampaign('recent');
+    await fx.engine.revokeCampaign('marked');
+    const markedAt = Number(await fx.redis.hget(keys.revokedCampaigns(), 'marked'));
+    await fx.redis.hdel(keys.revokedCampaigns(), 'marked');
+
+    const env = { KEY_PREFIX: fx.prefix, REDIS_URL: SHARED_REDIS_URL, DATABASE_URL: db.url };
+    const restored = await runCli(['restore', '--from-postgres', '--force'], env);
+    expect(restored.code).toBe(0);
+    expect(restored.stdout).toContain('registered 1 campaign revocations only the old shards held');
+    // these two, and the first test's three
+    expect(restored.stdout).toContain('restored 0 campaign revocations; 5 already in Redis, kept as they are');
+
+    // the old shards are gone (the snapshot has no tokens), yet generate still refuses both campaigns
+    expect(await fx.engine.lookup(before)).toBeUndefined();
+    await expect(gen('recent')).rejects.toMatchObject({ code: 'campaign_revoked' });
+    await expect(gen('marked')).rejects.toMatchObject({ code: 'campaign_revoked' });
+    expect(Number(await fx.redis.hget(keys.revokedCampaigns(), 'marked'))).toBe(markedAt);
+    expect((await gen('kept')).tokens).toHaveLength(1);
+  });
 });

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { startOpsServer } from '../../src/http/ops.js';
-import { anyKey, engineKeys, openPostgres, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, revocationGaps, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
+import { anyKey, engineKeys, openPostgres, registerMarkedRevocations, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, revocationGaps, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
 import { clusterFailures, type RedisClient } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
@@ -86,6 +86,8 @@ export function register(program: Command): void {
       try {
         if (await anyKey(redis, config.keyPrefix)) {
           if (!opts.force) throw new Error(`Redis has keys under "${config.keyPrefix}:"; refusing to restore over them (use --force)`);
+          const marksOnly = await registerMarkedRevocations(redis, config.keyPrefix);
+          if (marksOnly) console.log(`registered ${marksOnly} campaign revocations only the old shards held, so the restore keeps them`);
           const stale = await engineKeys(redis, config.keyPrefix);
           for (let i = 0; i < stale.length; i += 500) await Promise.all(stale.slice(i, i + 500).map((k) => redis.unlink(k)));
         }

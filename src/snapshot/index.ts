@@ -6,4 +6,4 @@ export { restoreFromPostgres, anyKey, engineKeys } from './restore.js';
 export { verify, type VerifyReport, type Difference } from './verify.js';
 export { restoreSatellites } from './satellites.js';
 export { restoreCampaigns } from './campaigns.js';
-export { restoreRevoked, revocationGaps, type RevocationGaps } from './revoked.js';
+export { registerMarkedRevocations, restoreRevoked, revocationGaps, type RevocationGaps } from './revoked.js';

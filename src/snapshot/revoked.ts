@@ -75,7 +75,26 @@ export async function restoreRevoked(redis: RedisClient, pool: pg.Pool, prefix: 
     else kept++;
     await markRevokedInShards(redis, prefix, id, Number(replies[1]![1]));
   }
+  // revoked after the writer last copied the registry (or with no writer running): the snapshot lacks
+  // them, the registry survived `restore --force`, the rebuilt shards did not keep the marks
+  for (const [id, at] of await readRevoked(redis, prefix)) {
+    if (all.has(id)) continue;
+    kept++;
+    await markRevokedInShards(redis, prefix, id, at);
+  }
   return { restored, kept };
+}
+
+/**
+ * Before `restore --force` deletes the shards: registers the revocations only their marks remember
+ * (admin-route revocations from before the registry), at the earliest mark's time, so restoreRevoked
+ * marks the rebuilt shards again instead of losing them with the old ones. Returns how many.
+ */
+export async function registerMarkedRevocations(redis: RedisClient, prefix: string): Promise<number> {
+  const { unregistered } = await revocationGaps(redis, prefix);
+  const key = new Keys(prefix).revokedCampaigns();
+  for (const [id, m] of unregistered) await redis.hsetnx(key, id, String(m.revokedAt));
+  return unregistered.size;
 }
 
 /** Where Redis' registry of revoked campaigns and the shards' marks (`x\t<id>` in each dict) disagree. */
