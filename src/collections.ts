@@ -4,3 +4,8 @@ export function pushTo<K, V>(map: Map<K, V[]>, key: K, value: V): void {
   if (list) list.push(value);
   else map.set(key, [value]);
 }
+
+/** A record with `f` applied to each value, keys kept (own properties, whatever the key: also `__proto__`). */
+export function mapValues<V>(o: Record<string, V>, f: (v: V) => V): Record<string, V> {
+  return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, f(v)]));
+}

@@ -203,6 +203,49 @@ describe('a satellite that fails half-way, then --resume', () => {
   });
 });
 
+describe('a satellite refusing some users (accounts closed after the listing)', () => {
+  let w: Awaited<ReturnType<typeof world>>;
+  beforeAll(async () => {
+    w = await world(['sat-r'], { failAfter: (USERS * PER_USER) / 2 });
+  });
+  afterAll(() => w.close());
+
+  it('--resume delivers to every other user, revokes the refused users\' tokens, and does not push them again', async () => {
+    const first = await w.gen(['--all', '--per-user', String(PER_USER), '--campaign', 'closed', '--batch-size', '1500', '--json']);
+    expect(first.code).toBe(1);
+    const store = new CampaignStore(w.fx.redis, w.fx.prefix);
+    const held = await holdings(w.sims['sat-r']!);
+    const empty = Object.keys(held).filter((u) => held[u]!.length === 0);
+    const made = await store.made('closed', 'sat-r', empty);
+    // three users with tokens made but not delivered close their accounts, spread over the pending batch
+    const pending = empty.filter((_, i) => made[i] !== undefined);
+    expect(pending.length).toBeGreaterThan(100);
+    const gone = [pending[3]!, pending[50]!, pending[pending.length - 1]!];
+    const goneTokens = gone.flatMap((u) => made[empty.indexOf(u)]!);
+    expect(await control(w.sims['sat-r']!, 'POST', '/sim/leave', { userIds: gone })).toEqual({ left: 3 });
+    await control(w.sims['sat-r']!, 'POST', '/sim/fail', { after: null });
+
+    // before, the satellite's 400 for the batch holding them failed every --resume, and nobody else in it was served
+    const resumed = await w.gen(['--resume', 'closed', '--json']);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    const report = JSON.parse(resumed.stdout).satellites[0];
+    expect(report).toMatchObject({ status: 'done', usersRefused: 3 });
+    expect(report.refusal).toMatch(/HTTP 400 invalid_request: unknown userId/);
+    expect(resumed.stderr).toMatch(/satellite sat-r refused the tokens of 3 users/);
+
+    const now = await holdings(w.sims['sat-r']!);
+    expect(Object.keys(now)).toHaveLength(USERS - 3);
+    expect(Object.values(now).filter((t) => t.length !== PER_USER)).toEqual([]);
+    for (const t of goneTokens) expect((await w.fx.engine.lookup(t))?.state, t).toBe('revoked');
+    expect(await store.progress('closed', 'sat-r')).toMatchObject({ usersRefused: 3, tokensDelivered: (USERS - 3) * PER_USER, status: 'done' });
+
+    // settled: a second --resume pushes nothing, refuses nobody again, and fails no call
+    const again = await w.gen(['--resume', 'closed', '--json']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(JSON.parse(again.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 0, failures: 0, status: 'done' });
+  });
+});
+
 describe('dry run and usage', () => {
   let w: Awaited<ReturnType<typeof world>>;
   beforeAll(async () => {
@@ -226,7 +269,7 @@ describe('dry run and usage', () => {
     const run = await w.gen(['--satellite', 'sat-e', '--per-user', '2', '--campaign', 'dry', '--dry-run']);
     expect(run.code, run.stderr).toBe(0);
     expect(run.stdout).toMatch(/dry run \(nothing changed\) of campaign dry/);
-    expect(run.stdout).toMatch(new RegExp(`sat-e\\s+${USERS}\\s+${USERS * 2}\\s+0\\s+0\\s+dry-run`));
+    expect(run.stdout).toMatch(new RegExp(`sat-e\\s+${USERS}\\s+${USERS * 2}\\s+0\\s+0\\s+0\\s+dry-run`));
     expect(await keyCount()).toBe(before.keys);
     expect(await holdings(w.sims['sat-e']!)).toEqual(before.held);
     expect(await new CampaignStore(w.fx.redis, w.fx.prefix).meta('dry')).toBeUndefined();
@@ -309,13 +352,13 @@ describe('--all with a satellite registered without a url (it only redeems)', ()
   it('serves the others, reports it skipped (exit 0), keeps it out of the campaign, and serves it on the same run once it has a url', async () => {
     const dry = await w.gen(['--all', '--per-user', '2', '--campaign', 'mixed', '--dry-run']);
     expect(dry.code, dry.stderr).toBe(0);
-    expect(dry.stdout).toMatch(/redeem-only\s+0\s+0\s+0\s+0\s+skipped/);
+    expect(dry.stdout).toMatch(/redeem-only\s+0\s+0\s+0\s+0\s+0\s+skipped/);
 
     const run = await w.gen(['--all', '--per-user', '2', '--campaign', 'mixed', '--json']);
     expect(run.code, run.stderr).toBe(0);
     expect(JSON.parse(run.stdout).satellites).toEqual([
       expect.objectContaining({ satelliteId: 'sat-h', status: 'done', usersServed: USERS }),
-      { satelliteId: 'redeem-only', usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, failures: 0, status: 'skipped', error: 'no url registered' },
+      { satelliteId: 'redeem-only', usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, status: 'skipped', error: 'no url registered' },
     ]);
     expect(run.stderr).toMatch(/satellite redeem-only skipped: no url registered; after referral-manager satellites update redeem-only --url <url>, referral-manager generate --all --per-user 2 --campaign mixed serves it/);
     await expectServed(w.fx, 'sat-h', w.sims['sat-h']!, 2, 'mixed');
@@ -434,6 +477,9 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
       expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensMade: 6, tokensDelivered: 0, status: 'failed' });
       expect(run.stderr).toContain('accepted 5 of 6');
       expect(await new CampaignStore(fx.redis, fx.prefix).delivered('short', 'sat-s', ['u0', 'u1', 'u2'])).toEqual([false, false, false]);
+      // it accepted no user alone either: the satellite is at fault, not its users, so none is refused or revoked
+      expect(JSON.parse(run.stdout).satellites[0].usersRefused).toBe(0);
+      expect((await fx.engine.stats()).satellites['sat-s']).toMatchObject({ unredeemed: 6, revoked: 0 });
 
       short = false;
       const resumed = await runCli(['generate', '--resume', 'short', '--json'], env);

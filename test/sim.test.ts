@@ -113,6 +113,19 @@ describe('satellite contract', () => {
     expect((await allPages(pool, 10)).ids).toEqual(userIds('us1', 3));
   });
 
+  it('forgets users who close their accounts (/sim/leave): not listed, deliveries to them refused, their tokens no longer handed out', async () => {
+    const { pool } = await sim({ users: 4 });
+    const token = randomUUID();
+    await deliver(pool, [{ userId: 'us1-u0000002', token }]);
+    const left = await call(pool, 'POST', '/sim/leave', { body: { userIds: ['us1-u0000002', 'us1-u0000003', 'nobody'] } });
+    expect(left.body).toEqual({ left: 2 });
+    expect((await allPages(pool, 1)).ids).toEqual(['us1-u0000001', 'us1-u0000004']);
+    expect(Object.keys((await call(pool, 'GET', '/sim/users')).body.users)).toEqual(['us1-u0000001', 'us1-u0000004']);
+    expect((await deliver(pool, [{ userId: 'us1-u0000003', token: randomUUID() }])).status).toBe(400);
+    expect((await call(pool, 'GET', '/sim/take-token')).status).toBe(404);
+    expect((await call(pool, 'POST', '/sim/leave', { body: { userIds: 'us1-u0000001' } })).status).toBe(400);
+  });
+
   it('requires the outbound key on the /referrals routes only', async () => {
     const { pool } = await sim({ users: 2, outboundKey: 'out-key-1' });
     const list = '/referrals/v1/users-without-tokens';

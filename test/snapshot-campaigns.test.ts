@@ -4,7 +4,7 @@ import { CampaignStore } from '../src/campaigns/store.js';
 import { loadConfig } from '../src/config.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { startSatelliteSim, type SatelliteSim } from '../src/sim/index.js';
-import { openPostgres, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
+import { openPostgres, restoreCampaigns, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { runCli } from './helpers/cli.js';
 import { testDatabase } from './helpers/pg.js';
 import { dropPrefix, engineFixture, testPrefix, type EngineFixture } from './helpers/redis.js';
@@ -86,7 +86,7 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     await cli(['generate', '--satellite', 'sat-c', '--per-user', '2', '--campaign', 'spring']);
     const row = await rowUntil('spring', (r) => r.progress['sat-c']?.status === 'done' && r.progress['sat-c']?.tokensDelivered === 400);
     expect(row.meta).toEqual({ perUser: 2, satellites: ['sat-c'], createdAt: expect.any(Number) });
-    expect(row.progress['sat-c']).toEqual({ usersListed: 200, usersServed: 200, tokensMade: 400, tokensDelivered: 400, failures: 0, status: 'done' });
+    expect(row.progress['sat-c']).toEqual({ usersListed: 200, usersServed: 200, tokensMade: 400, tokensDelivered: 400, usersRefused: 0, failures: 0, status: 'done' });
 
     // verify compares the campaign: one counter off is listed under the campaign's key (the writer is
     // stopped first, or its campaign copy could carry the change to Postgres before verify reads it)
@@ -100,7 +100,7 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     expect(await loseAndRestore()).toContain('restored 1 campaigns');
     const [listed] = JSON.parse(await cli(['campaigns', 'list', '--json']));
     expect(listed).toEqual({ id: 'spring', perUser: 2, satellites: ['sat-c'], createdAt: row.meta.createdAt, progress: { 'sat-c': row.progress['sat-c'] } });
-    expect(await cli(['campaigns', 'show', 'spring'])).toMatch(/sat-c +200 +200 +400 +400 +0 +done/);
+    expect(await cli(['campaigns', 'show', 'spring'])).toMatch(/sat-c +200 +200 +400 +400 +0 +0 +done/);
     const verified = await cli(['verify']);
     expect(verified).toContain('400 tokens in Redis, 0 differences');
     expect(verified).toContain('1 campaigns in Redis');
@@ -141,7 +141,7 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     expect(await loseAndRestore()).toContain('restored 2 campaigns');
     const shown = JSON.parse(await cli(['campaigns', 'show', 'killed', '--json']));
     expect(shown.progress['sat-k']).toEqual({
-      usersListed: 30, usersServed: 10, tokensMade: 20, tokensDelivered: 0, failures: 0, status: 'failed', lastError: expect.stringMatching(/restored .*generate --resume/),
+      usersListed: 30, usersServed: 10, tokensMade: 20, tokensDelivered: 0, usersRefused: 0, failures: 0, status: 'failed', lastError: expect.stringMatching(/restored .*generate --resume/),
     });
     expect(await cli(['campaigns', 'list'])).toMatch(/killed .* failed/);
     expect(await fx.redis.hlen(`${fx.prefix}:{camp:killed}:made:sat-k`)).toBe(10);
@@ -169,5 +169,13 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
       { token: `${emptied}:{camp:spring}:meta`, kind: 'only_postgres' },
     ]);
     await w.stop();
+  });
+
+  it('a row copied before a counter existed (usersRefused) restores it as 0, and verify agrees', async () => {
+    const progress = { 'sat-o': { usersListed: 3, usersServed: 3, tokensMade: 3, tokensDelivered: 3, failures: 0, status: 'done' } };
+    await pool.query('INSERT INTO campaigns (id, meta, progress) VALUES ($1, $2, $3)', ['older', JSON.stringify({ perUser: 1, satellites: ['sat-o'], createdAt: 1 }), JSON.stringify(progress)]);
+    expect(await restoreCampaigns(fx.redis, pool, fx.prefix)).toMatchObject({ restored: 1 });
+    expect((await new CampaignStore(fx.redis, fx.prefix).get('older'))?.progress['sat-o']).toEqual({ ...progress['sat-o'], usersRefused: 0 });
+    expect((await verify(fx.redis, pool, fx.prefix)).listed.filter((d) => d.token.includes('{camp:older}'))).toEqual([]);
   });
 });

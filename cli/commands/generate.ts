@@ -127,7 +127,7 @@ export function register(program: Command): void {
             const s = await registry.require(satId);
             if (s.url) satellites.push(s.outboundKey ? { id: s.id, url: s.url, outboundKey: s.outboundKey } : { id: s.id, url: s.url });
             // --all means every satellite that can be served; a named one (or a campaign's own) must be
-            else if (opts.all) skipped.push({ satelliteId: satId, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, failures: 0, status: 'skipped', error: NO_URL });
+            else if (opts.all) skipped.push({ satelliteId: satId, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, status: 'skipped', error: NO_URL });
             else throw new Error(`satellite "${satId}" has no url: referral-manager satellites update ${satId} --url <url>`);
           }
           if (satellites.length === 0) throw new Error(`no registered satellite has a url: nothing to serve (${skipped.map((r) => r.satelliteId).join(', ')} ${NO_URL}; referral-manager satellites update <id> --url <url> gives one)`);
@@ -165,6 +165,9 @@ export function register(program: Command): void {
           for (const r of skipped) console.error(`satellite ${r.satelliteId} skipped: ${NO_URL}; after referral-manager satellites update ${r.satelliteId} --url <url>, referral-manager generate --all --per-user ${campaign.perUser} --campaign ${id} serves it`);
           const failed = reports.filter((r) => r.status === 'failed');
           const revoked = reports.filter((r) => r.status === 'revoked');
+          for (const r of reports.filter((r) => r.usersRefused > 0)) {
+            console.error(`satellite ${r.satelliteId} refused the tokens of ${r.usersRefused} users (first ${r.refusal}); those tokens are revoked, the other users were served`);
+          }
           for (const r of revoked) console.error(`satellite ${r.satelliteId} stopped: ${r.error}`);
           for (const r of failed) console.error(`satellite ${r.satelliteId} failed: ${r.error}`);
           // a revoked campaign cannot be resumed
@@ -194,8 +197,8 @@ function print(id: string, reports: SatelliteReport[], opts: Opts): void {
   console.log(`${opts.dryRun ? 'dry run (nothing changed) of' : ''} campaign ${id}`.trim());
   console.log(
     table(
-      ['satellite', 'users', made, 'delivered', 'failures', 'status'],
-      reports.map((r) => [r.satelliteId, r.usersServed, r.tokensMade, r.tokensDelivered, r.failures, r.status]),
+      ['satellite', 'users', made, 'delivered', 'refused', 'failures', 'status'],
+      reports.map((r) => [r.satelliteId, r.usersServed, r.tokensMade, r.tokensDelivered, r.usersRefused, r.failures, r.status]),
     ),
   );
 }

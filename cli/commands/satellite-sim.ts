@@ -28,7 +28,7 @@ Examples:
     --manager http://127.0.0.1:7480 --key rmk_... --signups 200 --cross-share 0.5 --peer http://127.0.0.1:7602
 
 Routes: GET /referrals/v1/users-without-tokens?cursor=&limit=, POST /referrals/v1/tokens (Bearer outbound key);
-control (no auth): GET /sim/users, GET /sim/take-token, POST /sim/fail {after}, POST /sim/signups {count, crossShare?}.
+control (no auth): GET /sim/users, GET /sim/take-token, POST /sim/fail {after}, POST /sim/leave {userIds}, POST /sim/signups {count, crossShare?}.
 Runs until SIGTERM or SIGINT.`;
 
 /** `referral-manager satellite-sim`: the in-memory reference satellite (tests, bench, demo). */

@@ -3,7 +3,7 @@ import { DomainError } from '../errors.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import { checkId } from '../tokens/validate.js';
 import { ClaimLost, type CampaignMeta, type CampaignStore, type Claim, type Counter } from './store.js';
-import { SatelliteApi } from './satellite-api.js';
+import { SatelliteApi, SatelliteCallError } from './satellite-api.js';
 
 export interface FlowSatellite {
   id: string;
@@ -40,6 +40,10 @@ export interface SatelliteReport {
   usersServed: number;
   tokensMade: number;
   tokensDelivered: number;
+  /** users whose tokens the satellite refused even alone in a push (deliver); their tokens are revoked */
+  usersRefused: number;
+  /** the first such refusal, with its user, to show the operator why */
+  refusal?: string;
   /** failed calls to the satellite (retried or not) and user ids it sent that are not valid ids */
   failures: number;
   /**
@@ -51,6 +55,9 @@ export interface SatelliteReport {
 }
 
 type Delivery = [userId: string, tokens: string[]];
+type Pair = { userId: string; token: string };
+
+const isRefusal = (err: unknown): err is SatelliteCallError => err instanceof SatelliteCallError && err.refused;
 
 const tokenCount = (deliveries: Delivery[]): number => deliveries.reduce((n, [, tokens]) => n + tokens.length, 0);
 
@@ -72,6 +79,8 @@ class SatelliteRun {
   private readonly api: SatelliteApi;
   /** this run's hold on the satellite (CampaignStore.claimSatellite), confirmed before each batch it makes */
   private satClaim?: Claim;
+  /** users refused in this run: later parts of a set larger than a batch are not pushed */
+  private readonly refused = new Set<string>();
 
   constructor(private readonly o: FlowOptions, s: FlowSatellite) {
     this.id = o.campaign.id;
@@ -84,7 +93,7 @@ class SatelliteRun {
       backoffMs: o.backoffMs,
       onRetry: () => void this.count('failures', 1).catch(() => undefined),
     });
-    this.report = { satelliteId: s.id, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, failures: 0, status: o.dryRun ? 'dry-run' : 'done' };
+    this.report = { satelliteId: s.id, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, status: o.dryRun ? 'dry-run' : 'done' };
   }
 
   async run(): Promise<SatelliteReport> {
@@ -127,7 +136,7 @@ class SatelliteRun {
   /** Tokens recorded by an earlier run whose delivery did not finish. */
   private async deliverPending(): Promise<void> {
     for await (const page of this.o.campaigns.allMade(this.id, this.sat)) {
-      const done = await this.o.campaigns.delivered(this.id, this.sat, page.map(([u]) => u));
+      const done = await this.o.campaigns.settled(this.id, this.sat, page.map(([u]) => u));
       const due = page.filter((_, i) => !done[i]);
       this.plan('tokensToDeliver', tokenCount(due));
       await this.deliver(due);
@@ -143,7 +152,7 @@ class SatelliteRun {
         await this.count('failures', 1);
       }
     }
-    const [made, done] = await Promise.all([this.o.campaigns.made(this.id, this.sat, userIds), this.o.campaigns.delivered(this.id, this.sat, userIds)]);
+    const [made, done] = await Promise.all([this.o.campaigns.made(this.id, this.sat, userIds), this.o.campaigns.settled(this.id, this.sat, userIds)]);
     const pending: Delivery[] = [];
     let fresh: string[] = [];
     userIds.forEach((u, i) => {
@@ -215,18 +224,17 @@ class SatelliteRun {
    */
   private async deliver(deliveries: Delivery[]): Promise<void> {
     const max = this.o.deliverBatch;
-    let pairs: { userId: string; token: string }[] = [];
-    let whole: string[] = [];
-    let wholeTokens = 0;
+    let pairs: Pair[] = [];
+    /** users whose set ends in this batch -> the set's size */
+    let whole = new Map<string, number>();
     const flush = async () => {
-      if (!pairs.length) return;
-      await this.refuseRevoked();
-      await this.api.pushTokens(pairs);
-      await this.o.campaigns.recordDelivered(this.id, this.sat, whole);
-      await this.count('tokensDelivered', wholeTokens);
+      pairs = pairs.filter((p) => !this.refused.has(p.userId));
+      if (pairs.length) {
+        await this.refuseRevoked();
+        await this.pushOrSplit(pairs, whole);
+      }
       pairs = [];
-      whole = [];
-      wholeTokens = 0;
+      whole = new Map();
     };
     for (const [userId, tokens] of deliveries) {
       if (pairs.length + tokens.length > max) await flush();
@@ -234,10 +242,69 @@ class SatelliteRun {
         if (pairs.length === max) await flush();
         pairs.push({ userId, token });
       }
-      whole.push(userId);
-      wholeTokens += tokens.length;
+      whole.set(userId, tokens.length);
     }
     await flush();
+  }
+
+  /**
+   * A satellite refusing a batch's content (a user it no longer has: 400, 409, 413, 422, or fewer tokens
+   * accepted than sent) refuses it again on every --resume, and every other user of the batch would wait
+   * for ever. So a refused batch is split in halves down to single users: the halves it accepts are
+   * delivered, and each user it refuses alone is recorded refused, with the campaign's tokens of that user
+   * revoked (nobody holds them; a later campaign serves the user if the satellite lists it again). When it
+   * accepts no user of a batch of several, the fault is the satellite's, not the users': the run fails as
+   * before, nothing is refused, and --resume pushes the batch again.
+   */
+  private async pushOrSplit(pairs: Pair[], whole: Map<string, number>): Promise<void> {
+    let first: SatelliteCallError;
+    try {
+      return await this.push(pairs, whole);
+    } catch (err) {
+      if (!isRefusal(err)) throw err;
+      first = err;
+    }
+    const refused = new Map<string, string>();
+    let accepted = 0;
+    const split = async (part: Pair[], err: SatelliteCallError): Promise<void> => {
+      const users = [...new Set(part.map((p) => p.userId))];
+      if (users.length === 1) {
+        refused.set(users[0]!, err.message);
+        return;
+      }
+      const left = new Set(users.slice(0, users.length >> 1));
+      for (const half of [part.filter((p) => left.has(p.userId)), part.filter((p) => !left.has(p.userId))]) {
+        try {
+          await this.push(half, whole);
+          accepted++;
+        } catch (e) {
+          if (!isRefusal(e)) throw e;
+          await split(half, e);
+        }
+      }
+    };
+    await split(pairs, first);
+    if (accepted === 0 && refused.size > 1) throw first;
+    await this.refuse(refused);
+  }
+
+  private async push(pairs: Pair[], whole: Map<string, number>): Promise<void> {
+    await this.api.pushTokens(pairs);
+    const done = [...new Set(pairs.map((p) => p.userId))].filter((u) => whole.has(u));
+    await this.o.campaigns.recordDelivered(this.id, this.sat, done);
+    await this.count('tokensDelivered', done.reduce((n, u) => n + whole.get(u)!, 0));
+  }
+
+  /** Revokes the campaign's tokens of each refused user (user id -> why), then records the user refused. */
+  private async refuse(refused: Map<string, string>): Promise<void> {
+    if (refused.size === 0) return;
+    const users = [...refused.keys()];
+    const made = await this.o.campaigns.made(this.id, this.sat, users);
+    await Promise.all(made.flatMap((tokens) => (tokens ?? []).map((t) => this.o.engine.revokeToken(t))));
+    const fresh = await this.o.campaigns.recordRefused(this.id, this.sat, users);
+    for (const u of users) this.refused.add(u);
+    this.report.refusal ??= `user "${users[0]}": ${refused.get(users[0]!)}`;
+    await this.count('usersRefused', fresh);
   }
 
   /**

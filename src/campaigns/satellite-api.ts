@@ -21,8 +21,15 @@ export interface SatelliteApiOptions {
   onRetry?: (err: SatelliteCallError, attempt: number) => void;
 }
 
+/** HTTP answers that refuse what was sent (a user the satellite no longer has, a body too large) rather than fail the satellite. */
+const REFUSALS = new Set([400, 409, 413, 422]);
+
 export class SatelliteCallError extends Error {
-  constructor(message: string, readonly status: number, readonly retryable: boolean) {
+  /**
+   * `refused`: the satellite answered and refused what was sent (REFUSALS, or fewer tokens accepted than
+   * sent), so the same request fails the same way however often it is retried, and a smaller one may not
+   */
+  constructor(message: string, readonly status: number, readonly retryable: boolean, readonly refused = false) {
     super(message);
     this.name = 'SatelliteCallError';
   }
@@ -60,12 +67,12 @@ export class SatelliteApi {
   /**
    * `accepted` is the satellite's acknowledgement: fewer than sent means some tokens were not stored, and
    * recording the batch delivered would lose them. Such a reply is retried like a 5xx (a batch is
-   * idempotent), then fails the satellite, so --resume sends the batch again.
+   * idempotent), then thrown as a refusal (the flow splits the batch to find the users it refuses).
    */
   async pushTokens(tokens: { userId: string; token: string }[]): Promise<number> {
     const reply = await this.call<{ accepted?: unknown }>('POST', 'referrals/v1/tokens', { tokens }, (r) => {
       if (typeof r?.accepted !== 'number') throw new SatelliteCallError('tokens: reply has no numeric accepted', 200, false);
-      if (r.accepted < tokens.length) throw new SatelliteCallError(`tokens: the satellite accepted ${r.accepted} of ${tokens.length}`, 200, true);
+      if (r.accepted < tokens.length) throw new SatelliteCallError(`tokens: the satellite accepted ${r.accepted} of ${tokens.length}`, 200, true, true);
     });
     return reply.accepted as number;
   }
@@ -104,6 +111,6 @@ export class SatelliteApi {
     const detail = (res.data as { error?: string; message?: string } | undefined) ?? {};
     const retryable = res.status === 429 || res.status >= 500;
     const why = [detail.error, detail.message].filter(Boolean).join(': ') || res.raw.toString('utf8').slice(0, 200);
-    throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} ${why}`, res.status, retryable);
+    throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} ${why}`, res.status, retryable, REFUSALS.has(res.status));
   }
 }

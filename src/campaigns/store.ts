@@ -171,6 +171,18 @@ export class CampaignStore {
     if (userIds.length > 0) await this.redis.sadd(this.keys.delivered(id, sat), ...userIds);
   }
 
+  /** Users the campaign is done with on this satellite: their tokens were accepted, or refused (recordRefused). */
+  async settled(id: string, sat: string, userIds: string[]): Promise<boolean[]> {
+    if (userIds.length === 0) return [];
+    const [dlv, rej] = await Promise.all([this.redis.smismember(this.keys.delivered(id, sat), ...userIds), this.redis.smismember(this.keys.refused(id, sat), ...userIds)]);
+    return dlv.map((v, i) => v === 1 || rej[i] === 1);
+  }
+
+  /** Returns how many of them were not recorded refused before. */
+  async recordRefused(id: string, sat: string, userIds: string[]): Promise<number> {
+    return userIds.length > 0 ? this.redis.sadd(this.keys.refused(id, sat), ...userIds) : 0;
+  }
+
   /** Every (user, tokens) made for a satellite, in pages of HSCAN, so memory stays bounded. */
   async *allMade(id: string, sat: string): AsyncGenerator<[string, string[]][]> {
     let cursor = '0';

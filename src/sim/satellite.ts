@@ -85,6 +85,19 @@ export class SimSatellite {
     if (!this.users.has(userId)) this.addUser(userId);
   }
 
+  /** Users closing their accounts: tokens delivered to them from now on are refused as for an unknown user. */
+  leave(userIds: string[]): number {
+    let left = 0;
+    for (const userId of userIds) {
+      if (!this.users.has(userId)) continue;
+      if (this.givingAt.has(userId)) this.stopGiving(userId);
+      this.users.delete(userId);
+      this.ids.splice(this.after(userId) - 1, 1);
+      left++;
+    }
+    return left;
+  }
+
   /**
    * Users with no token left, strictly after `cursor`, in id order. nextCursor is the last id of the page,
    * or null when no such user follows it (the scan looks one match ahead so the last page says so).

@@ -108,6 +108,14 @@ export function createSimServer(opts: SimServerOptions): Server {
         return { after: sat.failAfter, stored: sat.tokensStored };
       },
     },
+    '/sim/leave': {
+      POST(r) {
+        if (!isObject(r.body) || !Array.isArray(r.body.userIds) || !r.body.userIds.every((u) => typeof u === 'string')) {
+          throw new SimError('invalid_request', 'body: want {userIds: [string]}');
+        }
+        return { left: sat.leave(r.body.userIds as string[]) };
+      },
+    },
     '/sim/signups': {
       async POST(r) {
         if (!isObject(r.body)) throw new SimError('invalid_request', 'body: want {count, crossShare?}');

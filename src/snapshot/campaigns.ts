@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
-import { addMade, campaignExists, CampaignKeys, readAllCampaigns, writeCampaign, type CampaignMeta, type CampaignRecord, type SatelliteProgress } from '../store/campaigns.js';
-
+import { mapValues } from '../collections.js';
+import { addMade, campaignExists, CampaignKeys, COUNTERS, readAllCampaigns, writeCampaign, type CampaignMeta, type CampaignRecord, type SatelliteProgress } from '../store/campaigns.js';
 import { PeriodicCopy } from './copy.js';
 
 const MADE_PAGE = 5000;
@@ -61,7 +61,14 @@ export class CampaignCopy extends PeriodicCopy<{ rows: Map<string, string>; all:
 /** The campaigns Postgres holds, sorted by id. */
 export async function pgCampaigns(pool: pg.Pool): Promise<CampaignRecord[]> {
   const res = await pool.query<CampaignRow>('SELECT id, meta, progress FROM campaigns ORDER BY id');
-  return res.rows.map(({ id, meta: { revokedAt: _, ...meta }, progress }) => ({ id, ...meta, progress }));
+  return res.rows.map(({ id, meta: { revokedAt: _, ...meta }, progress }) => ({ id, ...meta, progress: mapValues(progress, withEveryCounter) }));
+}
+
+/** A row copied before a counter existed lacks it: 0, as parseProgress reads a progress hash without it. */
+function withEveryCounter(p: SatelliteProgress): SatelliteProgress {
+  const q = { ...p };
+  for (const c of COUNTERS) q[c] ??= 0;
+  return q;
 }
 
 /** One satellite's made users of a campaign from the tokens table (every state), a page at a time. */
@@ -109,7 +116,7 @@ export async function restoreCampaigns(redis: RedisClient, pool: pg.Pool, prefix
       kept++;
       continue;
     }
-    const progress = Object.fromEntries(Object.entries(c.progress).map(([sat, p]) => [sat, restoredProgress(p)]));
+    const progress = mapValues(c.progress, restoredProgress);
     for (const sat of c.satellites) {
       const done = c.progress[sat]?.status === 'done';
       for await (const page of madeByUser(pool, c.id, sat)) await addMade(redis, keys, c.id, sat, page, done);

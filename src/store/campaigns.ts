@@ -8,6 +8,7 @@ import type { RedisClient } from './redis.js';
  *   <p>:{camp:<id>}:meta        hash  id, perUser, expiresAt, satellites (JSON), createdAt
  *   <p>:{camp:<id>}:made:<sat>  hash  userId -> the user's tokens, comma-joined
  *   <p>:{camp:<id>}:dlv:<sat>   set   users whose tokens the satellite accepted
+ *   <p>:{camp:<id>}:rej:<sat>   set   users whose tokens the satellite refused (src/campaigns/flow.ts; tokens revoked)
  *   <p>:{camp:<id>}:prog:<sat>  hash  SatelliteProgress counters, status, lastError
  *   <p>:{camp:<id>}:run         string  the running generate's holder id, with a TTL it keeps renewing
  *   <p>:{campaigns}             zset  campaign id -> createdAt (listing)
@@ -26,6 +27,9 @@ export class CampaignKeys {
   }
   delivered(id: string, sat: string): string {
     return this.key(id, `dlv:${sat}`);
+  }
+  refused(id: string, sat: string): string {
+    return this.key(id, `rej:${sat}`);
   }
   progress(id: string, sat: string): string {
     return this.key(id, `prog:${sat}`);
@@ -55,6 +59,8 @@ export interface SatelliteProgress {
   usersServed: number;
   tokensMade: number;
   tokensDelivered: number;
+  /** users whose tokens the satellite refused even alone in a push; their tokens are revoked */
+  usersRefused: number;
   failures: number;
   /** interrupted: recorded running, but no run holds the campaign (it was killed): `generate --resume`; never stored */
   /** revoked: the campaign was revoked while this satellite was served, and its run stopped there */
@@ -67,7 +73,7 @@ export interface CampaignRecord extends CampaignMeta {
   progress: Record<string, SatelliteProgress>;
 }
 
-export const COUNTERS = ['usersListed', 'usersServed', 'tokensMade', 'tokensDelivered', 'failures'] as const;
+export const COUNTERS = ['usersListed', 'usersServed', 'tokensMade', 'tokensDelivered', 'usersRefused', 'failures'] as const;
 export type Counter = (typeof COUNTERS)[number];
 
 /** The meta hash's fields. */
@@ -87,7 +93,7 @@ export function parseMeta(h: Record<string, string>): CampaignMeta | undefined {
 
 /** A progress hash; an absent one is a satellite no run has started: pending, all zero. */
 export function parseProgress(h: Record<string, string>): SatelliteProgress {
-  const p: SatelliteProgress = { usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, failures: 0, status: (h.status as SatelliteProgress['status']) ?? 'pending' };
+  const p: SatelliteProgress = { usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, status: (h.status as SatelliteProgress['status']) ?? 'pending' };
   for (const c of COUNTERS) p[c] = Number(h[c] ?? 0);
   if (h.lastError) p.lastError = h.lastError;
   return p;
