@@ -459,11 +459,11 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     const fx = await engineFixture({ label: 'gen' });
     const held = new Map<string, Set<string>>();
     let short = true;
-    // users u0..u2; while `short`, a delivery stores all but its last token and says so in `accepted`
+    // users u0..u3; while `short`, a delivery stores all but its last token and says so in `accepted`
     const satellite = await handWrittenSatellite(
       fx,
       'sat-s',
-      () => ({ userIds: ['u0', 'u1', 'u2'].filter((u) => !held.has(u)), nextCursor: null }),
+      () => ({ userIds: ['u0', 'u1', 'u2', 'u3'].filter((u) => !held.has(u)), nextCursor: null }),
       (tokens) => {
         const kept = short ? tokens.slice(0, -1) : tokens;
         for (const t of kept) held.set(t.userId, (held.get(t.userId) ?? new Set()).add(t.token));
@@ -474,17 +474,43 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
       const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
       const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'short', '--json'], env);
       expect(run.code, run.stdout).toBe(1);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensMade: 6, tokensDelivered: 0, status: 'failed' });
-      expect(run.stderr).toContain('accepted 5 of 6');
-      expect(await new CampaignStore(fx.redis, fx.prefix).delivered('short', 'sat-s', ['u0', 'u1', 'u2'])).toEqual([false, false, false]);
-      // it accepted no user alone either: the satellite is at fault, not its users, so none is refused or revoked
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensMade: 8, tokensDelivered: 0, status: 'failed' });
+      expect(run.stderr).toContain('accepted 7 of 8');
+      expect(await new CampaignStore(fx.redis, fx.prefix).delivered('short', 'sat-s', ['u0', 'u1', 'u2', 'u3'])).toEqual([false, false, false, false]);
+      // it accepted none of the 4 users alone either: the satellite is at fault, not its users, so none is refused or revoked
       expect(JSON.parse(run.stdout).satellites[0].usersRefused).toBe(0);
-      expect((await fx.engine.stats()).satellites['sat-s']).toMatchObject({ unredeemed: 6, revoked: 0 });
+      expect((await fx.engine.stats()).satellites['sat-s']).toMatchObject({ unredeemed: 8, revoked: 0 });
 
       short = false;
       const resumed = await runCli(['generate', '--resume', 'short', '--json'], env);
       expect(resumed.code, resumed.stderr).toBe(0);
-      expect([...held.values()].map((s) => s.size)).toEqual([2, 2, 2]);
+      expect([...held.values()].map((s) => s.size)).toEqual([2, 2, 2, 2]);
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+  it('that drops a few users silently: the others are delivered in the same run, the dropped ones refused and revoked', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const held = new Map<string, string[]>();
+    const users = ['u0', 'u1', 'u2', 'u3', 'u4'];
+    // u1 and u3 are gone: their tokens are left out of what it stores and of `accepted`
+    const satellite = await handWrittenSatellite(
+      fx,
+      'sat-q',
+      () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }),
+      (tokens) => {
+        const kept = tokens.filter((t) => t.userId !== 'u1' && t.userId !== 'u3');
+        for (const t of kept) held.set(t.userId, [...(held.get(t.userId) ?? []), t.token]);
+        return kept.length;
+      },
+    );
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'quiet', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensMade: 10, tokensDelivered: 6, usersRefused: 2, status: 'done' });
+      expect([...held.keys()].sort()).toEqual(['u0', 'u2', 'u4']);
+      expect((await fx.engine.stats()).satellites['sat-q']).toMatchObject({ unredeemed: 6, revoked: 4 });
     } finally {
       await satellite.close();
       await fx.close();

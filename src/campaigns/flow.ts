@@ -57,6 +57,12 @@ export interface SatelliteReport {
 type Delivery = [userId: string, tokens: string[]];
 type Pair = { userId: string; token: string };
 
+/**
+ * A batch of at least this many users none of which the satellite accepts alone fails the run (pushOrSplit).
+ * Fewer are refused: the last few users a --resume has left to push would otherwise fail it every time.
+ */
+const ALL_REFUSED_FAILS = 4;
+
 const isRefusal = (err: unknown): err is SatelliteCallError => err instanceof SatelliteCallError && err.refused;
 
 const tokenCount = (deliveries: Delivery[]): number => deliveries.reduce((n, [, tokens]) => n + tokens.length, 0);
@@ -253,8 +259,8 @@ class SatelliteRun {
    * for ever. So a refused batch is split in halves down to single users: the halves it accepts are
    * delivered, and each user it refuses alone is recorded refused, with the campaign's tokens of that user
    * revoked (nobody holds them; a later campaign serves the user if the satellite lists it again). When it
-   * accepts no user of a batch of several, the fault is the satellite's, not the users': the run fails as
-   * before, nothing is refused, and --resume pushes the batch again.
+   * accepts no user of a batch of ALL_REFUSED_FAILS or more, the fault is the satellite's, not the users':
+   * the run fails as before, nothing is refused, and --resume pushes the batch again.
    */
   private async pushOrSplit(pairs: Pair[], whole: Map<string, number>): Promise<void> {
     let first: SatelliteCallError;
@@ -284,7 +290,7 @@ class SatelliteRun {
       }
     };
     await split(pairs, first);
-    if (accepted === 0 && refused.size > 1) throw first;
+    if (accepted === 0 && refused.size >= ALL_REFUSED_FAILS) throw first;
     await this.refuse(refused);
   }
 
