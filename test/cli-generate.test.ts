@@ -511,6 +511,12 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
       expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensMade: 10, tokensDelivered: 6, usersRefused: 2, status: 'done' });
       expect([...held.keys()].sort()).toEqual(['u0', 'u2', 'u4']);
       expect((await fx.engine.stats()).satellites['sat-q']).toMatchObject({ unredeemed: 6, revoked: 4 });
+
+      // a later campaign finds only the two gone users listed: one batch of 2, neither accepted alone, is
+      // still refused user by user (below 4 users), not a failed run that every --resume would repeat
+      const later = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'quiet-2', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(later.code, later.stderr).toBe(0);
+      expect(JSON.parse(later.stdout).satellites[0]).toMatchObject({ usersServed: 2, tokensDelivered: 0, usersRefused: 2, status: 'done' });
     } finally {
       await satellite.close();
       await fx.close();
