@@ -4,6 +4,7 @@ import { Pool } from 'undici';
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort, startCluster } from '../bench/redis-server.js';
 import { createRedis } from '../src/store/redis.js';
+import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, privateRedis, serve, type Reply, type RestartableRedis, type Served } from './helpers/http.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 
@@ -317,6 +318,13 @@ describe('serve processes', () => {
       await pool.close();
       expect(await server.stop()).toBe(0);
     }
+  });
+
+  it('refuses to serve on the uWebSockets.js JavaScript fallback (exit 1, says why) instead of serving several times slower', async () => {
+    // UWS_USE_FALLBACK is the package's own switch; a Node it has no binary for takes the same path silently
+    const run = await runCli(['serve', '--port', '0', '--workers', '1'], { UWS_USE_FALLBACK: '1', KEY_PREFIX: fresh('fallback'), SNAPSHOT: 'false' }, { timeoutMs: 20_000 });
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/uWebSockets\.js runs its JavaScript fallback, not its native binary \(Node v\d+.*module ABI \d+, UWS_USE_FALLBACK=1\)/);
   });
 
   it('runs 2 workers on one port (--port 0: one the primary picks) and aggregates /metrics over them', async () => {

@@ -1,6 +1,7 @@
 import cluster from 'node:cluster';
 import type { Command } from 'commander';
 import { runPrimary, runWorker } from '../../src/http/cluster.js';
+import { uwsNotNative } from '../../src/http/server.js';
 import { reportLag, startSnapshotWriter } from '../../src/snapshot/index.js';
 import { createRedis } from '../../src/store/redis.js';
 import { configFrom } from '../context.js';
@@ -17,6 +18,8 @@ export function register(program: Command): void {
     .action(async function (this: Command, opts: { port?: string; host?: string; workers?: string }) {
       const config = configFrom(this, { port: opts.port, host: opts.host, workers: opts.workers });
       if (!cluster.isPrimary) return runWorker(config);
+      const fallback = uwsNotNative();
+      if (fallback) throw new Error(fallback);
 
       const primary = await runPrimary(config);
       // Services of the primary (one per deployment, not per worker) start here and join `stops`:

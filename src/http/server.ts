@@ -26,6 +26,16 @@ export interface ServerOptions {
   metrics?: () => Promise<string>;
 }
 
+/**
+ * Null when uWebSockets.js runs its native binary; else why not. The package takes its JavaScript fallback
+ * silently (with UWS_USE_FALLBACK, or on a Node it has no binary for: this build has them for Node 16, 18
+ * and 20 only), which serves the same routes several times slower and lacks parts of the native API.
+ */
+export function uwsNotNative(): string | null {
+  if (String(uws.App).includes('[native code]')) return null;
+  return `uWebSockets.js runs its JavaScript fallback, not its native binary (Node ${process.version}, module ABI ${process.versions.modules}${process.env.UWS_USE_FALLBACK ? `, UWS_USE_FALLBACK=${process.env.UWS_USE_FALLBACK}` : ''}): run serve on Node 20, whose binary this build ships`;
+}
+
 const SHAS = SCRIPT_NAMES.map((n) => createHash('sha1').update(readScript(n)).digest('hex'));
 
 /**
