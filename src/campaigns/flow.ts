@@ -307,6 +307,8 @@ class SatelliteRun {
     const users = [...refused.keys()];
     const made = await this.o.campaigns.made(this.id, this.sat, users);
     await Promise.all(made.flatMap((tokens) => (tokens ?? []).map((t) => this.o.engine.revokeToken(t))));
+    // they were planned for delivery: the delivered bar's total shrinks by them
+    this.o.onProgress?.(this.sat, 'tokensToDeliver', -made.reduce((n, tokens) => n + (tokens?.length ?? 0), 0));
     const fresh = await this.o.campaigns.recordRefused(this.id, this.sat, users);
     for (const u of users) this.refused.add(u);
     this.report.refusal ??= `user "${users[0]}": ${refused.get(users[0]!)}`;
