@@ -238,6 +238,14 @@ describe('a satellite refusing some users (accounts closed after the listing)', 
     expect(Object.values(now).filter((t) => t.length !== PER_USER)).toEqual([]);
     for (const t of goneTokens) expect((await w.fx.engine.lookup(t))?.state, t).toBe('revoked');
     expect(await store.progress('closed', 'sat-r')).toMatchObject({ usersRefused: 3, tokensDelivered: (USERS - 3) * PER_USER, status: 'done' });
+    // who they were, for the satellite's team
+    const listed = await runCli(['campaigns', 'refused', 'closed'], w.env);
+    expect(listed.code, listed.stderr).toBe(0);
+    expect(listed.stdout).toBe([...gone].sort().map((u) => `sat-r\t${u}\n`).join(''));
+    const json = await runCli(['campaigns', 'refused', 'closed', '--satellite', 'sat-r', '--json'], w.env);
+    expect(JSON.parse(json.stdout)).toEqual({ 'sat-r': [...gone].sort() });
+    const other = await runCli(['campaigns', 'refused', 'closed', '--satellite', 'sat-x'], w.env);
+    expect([other.code, other.stderr]).toEqual([1, expect.stringContaining('campaign "closed" has no satellite "sat-x"')]);
 
     // settled: a second --resume pushes nothing, refuses nobody again, and fails no call
     const again = await w.gen(['--resume', 'closed', '--json']);

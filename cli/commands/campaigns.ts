@@ -16,7 +16,7 @@ const status = (c: Campaign): string => {
 
 const when = (ms: number | undefined): string => (ms === undefined ? 'never' : new Date(ms).toISOString());
 
-/** `campaigns list` and `campaigns show <id>`: what generate made and what each satellite accepted. */
+/** `campaigns list`, `campaigns show <id>` and `campaigns refused <id>`: what generate made and what each satellite accepted or refused. */
 export function register(program: Command): void {
   const campaigns = program
     .command('campaigns')
@@ -66,6 +66,34 @@ export function register(program: Command): void {
             Object.entries(c.progress).map(([sat, p]) => [sat, p.usersListed, p.usersServed, p.tokensMade, p.tokensDelivered, p.usersRefused, p.failures, p.status, p.lastError ?? '']),
           ),
         );
+      } finally {
+        redis.disconnect();
+      }
+    });
+
+  campaigns
+    .command('refused <id>')
+    .description('the users each satellite refused in a campaign (their tokens were revoked): one "satellite user" line each')
+    .option('--satellite <id>', 'only this satellite')
+    .option('--json', 'print {satellite: [user ids]}')
+    .addHelpText('after', '\nExamples:\n  referral-manager campaigns refused spring-2026\n  referral-manager campaigns refused spring-2026 --satellite us1 --json')
+    .action(async function (this: Command, id: string, opts: { satellite?: string; json?: boolean }) {
+      const config = configFrom(this);
+      const redis = await connectRedis(config);
+      try {
+        const store = new CampaignStore(redis, config.keyPrefix);
+        const c = (await store.meta(id)) ?? campaignNotFound(id);
+        if (opts.satellite !== undefined && !c.satellites.includes(opts.satellite)) throw new Error(`campaign "${id}" has no satellite "${opts.satellite}" (it has ${c.satellites.join(', ')})`);
+        const out: [string, string[]][] = [];
+        for (const sat of opts.satellite === undefined ? c.satellites : [opts.satellite]) {
+          const users: string[] = [];
+          for await (const page of store.refusedUsers(id, sat)) users.push(...page);
+          users.sort();
+          out.push([sat, users]);
+          if (!opts.json) for (const u of users) console.log(`${sat}\t${u}`);
+        }
+        // fromEntries: a satellite named __proto__ stays a field
+        if (opts.json) console.log(JSON.stringify(Object.fromEntries(out), null, 2));
       } finally {
         redis.disconnect();
       }

@@ -183,6 +183,16 @@ export class CampaignStore {
     return userIds.length > 0 ? this.redis.sadd(this.keys.refused(id, sat), ...userIds) : 0;
   }
 
+  /** The users a satellite refused in this campaign (recordRefused), in pages of SSCAN, unordered. */
+  async *refusedUsers(id: string, sat: string): AsyncGenerator<string[]> {
+    let cursor = '0';
+    do {
+      const [next, users] = await this.redis.sscan(this.keys.refused(id, sat), cursor, 'COUNT', 1000);
+      cursor = next;
+      if (users.length) yield users;
+    } while (cursor !== '0');
+  }
+
   /** Every (user, tokens) made for a satellite, in pages of HSCAN, so memory stays bounded. */
   async *allMade(id: string, sat: string): AsyncGenerator<[string, string[]][]> {
     let cursor = '0';
