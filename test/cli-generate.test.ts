@@ -562,4 +562,27 @@ describe('--expires', () => {
       await fx.close();
     }
   });
+
+  it('--resume of a campaign past its expiry exits 1 and pushes none of its expired tokens', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const sim = await startSatelliteSim({ id: 'sat-y', users: 3 });
+    try {
+      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-y', url: sim.url });
+      // what a run that failed before delivering leaves: a user's tokens made and recorded, not delivered
+      const expiresAt = Date.now() + 1500;
+      const store = new CampaignStore(fx.redis, fx.prefix);
+      await store.open({ id: 'short-lived', perUser: 2, expiresAt, satellites: ['sat-y'], createdAt: Date.now() });
+      const made = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-y', ownerUserId: 'sat-y-u0000001' }], perUser: 2, campaignId: 'short-lived', expiresAt });
+      await store.recordMade('short-lived', 'sat-y', new Map([['sat-y-u0000001', made.tokens.map((t) => t.token)]]));
+      await new Promise((resolve) => setTimeout(resolve, expiresAt - Date.now() + 50));
+
+      const resumed = await runCli(['generate', '--resume', 'short-lived'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(resumed.code).toBe(1);
+      expect(resumed.stderr).toContain(`campaign "short-lived" expired at ${new Date(expiresAt).toISOString()}`);
+      expect(Object.values(sim.satellite.holdings()).flat()).toEqual([]);
+    } finally {
+      await sim.close();
+      await fx.close();
+    }
+  });
 });

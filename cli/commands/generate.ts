@@ -110,6 +110,10 @@ export function register(program: Command): void {
           if (revokedAt !== undefined) {
             throw new Error(`campaign "${id}" was revoked at ${new Date(revokedAt).toISOString()}: it makes and delivers no more tokens; start a new --campaign`);
           }
+          // its undelivered tokens can no longer be redeemed, and the engine makes none that expire in the past
+          if (!opts.dryRun && existing?.expiresAt !== undefined && existing.expiresAt <= Date.now()) {
+            throw new Error(`campaign "${id}" expired at ${new Date(existing.expiresAt).toISOString()}: its tokens can no longer be redeemed, so it makes and delivers no more; start a new --campaign`);
+          }
           if (existing && perUser !== undefined && existing.perUser !== perUser) {
             throw new Error(`campaign "${id}" makes ${existing.perUser} tokens per user, not ${perUser}: choose another --campaign`);
           }
