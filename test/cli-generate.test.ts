@@ -585,4 +585,32 @@ describe('--expires', () => {
       await fx.close();
     }
   });
+
+  it('--resume pushes no token revoked since the failed run made it', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    // 20 users, 2 tokens each, 4 a push: deliveries fail once 10 tokens are stored
+    const sim = await startSatelliteSim({ id: 'sat-v', users: 20, failAfter: 10 });
+    try {
+      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-v', url: sim.url });
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      expect((await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'rv', '--batch-size', '4'], env)).code).toBe(1);
+      const held = sim.satellite.holdings();
+      const empty = Object.keys(held).filter((u) => held[u]!.length === 0);
+      const made = await new CampaignStore(fx.redis, fx.prefix).made('rv', 'sat-v', empty);
+      const user = empty.find((_, i) => made[i] !== undefined)!;
+      expect(user, 'a user whose tokens were made, not delivered').toBeDefined();
+      const revoked = await runCli(['tokens', 'revoke', '--satellite', 'sat-v', '--user', user], env);
+      expect(revoked.code, revoked.stderr).toBe(0);
+
+      sim.satellite.setFailAfter(null);
+      const resumed = await runCli(['generate', '--resume', 'rv', '--json'], env);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      const now = sim.satellite.holdings();
+      expect(now[user]).toEqual([]);
+      expect(Object.entries(now).filter(([u, t]) => u !== user && t.length !== 2)).toEqual([]);
+    } finally {
+      await sim.close();
+      await fx.close();
+    }
+  });
 });

@@ -143,7 +143,7 @@ class SatelliteRun {
   private async deliverPending(): Promise<void> {
     for await (const page of this.o.campaigns.allMade(this.id, this.sat)) {
       const done = await this.o.campaigns.settled(this.id, this.sat, page.map(([u]) => u));
-      const due = page.filter((_, i) => !done[i]);
+      const due = await this.notRevoked(page.filter((_, i) => !done[i]));
       this.plan('tokensToDeliver', tokenCount(due));
       await this.deliver(due);
     }
@@ -159,12 +159,12 @@ class SatelliteRun {
       }
     }
     const [made, done] = await Promise.all([this.o.campaigns.made(this.id, this.sat, userIds), this.o.campaigns.settled(this.id, this.sat, userIds)]);
-    const pending: Delivery[] = [];
+    const undelivered: Delivery[] = [];
     let fresh: string[] = [];
     userIds.forEach((u, i) => {
       const tokens = made[i];
       if (!tokens) fresh.push(u);
-      else if (!done[i]) pending.push([u, tokens]);
+      else if (!done[i]) undelivered.push([u, tokens]);
     });
     if (this.o.dryRun) {
       this.plan('tokensToMake', fresh.length * this.o.campaign.perUser);
@@ -172,6 +172,7 @@ class SatelliteRun {
       await this.count('tokensMade', fresh.length * this.o.campaign.perUser);
       return;
     }
+    const pending = undelivered.length ? await this.notRevoked(undelivered) : [];
     if (this.o.existed && fresh.length) {
       const adopted = await this.adopt(fresh);
       pending.push(...adopted);
@@ -197,6 +198,24 @@ class SatelliteRun {
     await this.count('usersServed', byUser.size);
     await this.count('tokensMade', made.tokens.length);
     return [...byUser];
+  }
+
+  /**
+   * Of the tokens an earlier run made but did not deliver, those revoked since (`tokens revoke`, or a user
+   * the satellite refused before a restore, which does not keep the refusals) are not pushed: the satellite
+   * would show them to users who cannot use them. A user left with none is not pushed either, and is looked
+   * at again by the next run. Redeemed or reserved ones are kept: the satellite had them already.
+   */
+  private async notRevoked(deliveries: Delivery[]): Promise<Delivery[]> {
+    const LOOKUPS = 1000;
+    const tokens = deliveries.flatMap(([, t]) => t);
+    const keep = new Set<string>();
+    for (let i = 0; i < tokens.length; i += LOOKUPS) {
+      for (const t of await Promise.all(tokens.slice(i, i + LOOKUPS).map((token) => this.o.engine.lookup(token)))) {
+        if (t && t.state !== 'revoked') keep.add(t.token);
+      }
+    }
+    return deliveries.map(([u, t]): Delivery => [u, t.filter((token) => keep.has(token))]).filter(([, t]) => t.length > 0);
   }
 
   /**
