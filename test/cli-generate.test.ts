@@ -12,9 +12,9 @@ type Pushed = { userId: string; token: string }[];
 
 /**
  * A satellite written by hand for one contract corner: `list` answers the users-without-tokens listing,
- * `push` a delivery (its reply's `accepted`). Registered as `id` in the fixture's registry.
+ * `push` a delivery (its reply's `accepted`, or an error status). Registered as `id` in the fixture's registry.
  */
-async function handWrittenSatellite(fx: EngineFixture, id: string, list: () => unknown, push: (tokens: Pushed) => number) {
+async function handWrittenSatellite(fx: EngineFixture, id: string, list: () => unknown, push: (tokens: Pushed) => number | { status: number }) {
   const server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -22,7 +22,10 @@ async function handWrittenSatellite(fx: EngineFixture, id: string, list: () => u
       res.setHeader('content-type', 'application/json');
       if (req.url!.startsWith('/referrals/v1/users-without-tokens')) return res.end(JSON.stringify(list()));
       const { tokens } = packr.unpack(Buffer.concat(chunks)) as { tokens: Pushed };
-      res.end(JSON.stringify({ accepted: push(tokens) }));
+      const reply = push(tokens);
+      if (typeof reply === 'number') return res.end(JSON.stringify({ accepted: reply }));
+      res.statusCode = reply.status;
+      res.end(JSON.stringify({ error: 'refused', message: `HTTP ${reply.status} from the hand-written satellite` }));
     });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -525,6 +528,40 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
       const later = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'quiet-2', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
       expect(later.code, later.stderr).toBe(0);
       expect(JSON.parse(later.stdout).satellites[0]).toMatchObject({ usersServed: 2, tokensDelivered: 0, usersRefused: 2, status: 'done' });
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
+  it('answering 410 Gone or 404 for a user: the same as a short reply; a 404 for every user of 4 or more fails it', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const held = new Map<string, string[]>();
+    let gone = new Map<string, number>([['u1', 410], ['u2', 404]]);
+    const satellite = await handWrittenSatellite(
+      fx,
+      'sat-g',
+      () => ({ userIds: ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'].filter((u) => !held.has(u)), nextCursor: null }),
+      (tokens) => {
+        const refused = tokens.map((t) => gone.get(t.userId)).find((s) => s !== undefined);
+        if (refused) return { status: refused };
+        for (const t of tokens) held.set(t.userId, [...(held.get(t.userId) ?? []), t.token]);
+        return tokens.length;
+      },
+    );
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'gone', '--json'], env);
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 4, usersRefused: 2, status: 'done' });
+      expect([...held.keys()].sort()).toEqual(['u0', 'u3', 'u4', 'u5']);
+
+      // a satellite answering 404 to every push (no such route): 4 users, none accepted alone, fail the run
+      held.clear();
+      gone = new Map(['u0', 'u1', 'u2', 'u3', 'u4', 'u5'].map((u) => [u, 404]));
+      const lost = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'no-route', '--json'], env);
+      expect(lost.code).toBe(1);
+      expect(JSON.parse(lost.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 0, status: 'failed' });
     } finally {
       await satellite.close();
       await fx.close();

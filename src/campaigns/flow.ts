@@ -273,8 +273,8 @@ class SatelliteRun {
   }
 
   /**
-   * A satellite refusing a batch's content (a user it no longer has: 400, 409, 413, 422, or fewer tokens
-   * accepted than sent) refuses it again on every --resume, and every other user of the batch would wait
+   * A satellite refusing a batch's content (a user it no longer has: 400, 404, 409, 410, 413, 422, or fewer
+   * tokens accepted than sent) refuses it again on every --resume, and every other user of the batch would wait
    * for ever. So a refused batch is split in halves down to single users: the halves it accepts are
    * delivered, and each user it refuses alone is recorded refused, with the campaign's tokens of that user
    * revoked (nobody holds them; a later campaign serves the user if the satellite lists it again). When it
