@@ -3,7 +3,8 @@ import { DomainError } from '../errors.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import { checkId } from '../tokens/validate.js';
 import { ClaimLost, type CampaignMeta, type CampaignStore, type Claim, type Counter } from './store.js';
-import { SatelliteApi, SatelliteCallError } from './satellite-api.js';
+import { SatelliteApi } from './satellite-api.js';
+import { Delivery, tokenCount, type UserTokens } from './delivery.js';
 
 export interface FlowSatellite {
   id: string;
@@ -40,7 +41,7 @@ export interface SatelliteReport {
   usersServed: number;
   tokensMade: number;
   tokensDelivered: number;
-  /** users whose tokens the satellite refused even alone in a push (deliver); their tokens are revoked */
+  /** users whose tokens the satellite refused even alone in a push (src/campaigns/delivery.ts); their tokens are revoked */
   usersRefused: number;
   /** the first such refusal, with its user, to show the operator why */
   refusal?: string;
@@ -53,19 +54,6 @@ export interface SatelliteReport {
   status: 'done' | 'failed' | 'revoked' | 'dry-run' | 'skipped';
   error?: string;
 }
-
-type Delivery = [userId: string, tokens: string[]];
-type Pair = { userId: string; token: string };
-
-/**
- * A batch of at least this many users none of which the satellite accepts alone fails the run (pushOrSplit).
- * Fewer are refused: the last few users a --resume has left to push would otherwise fail it every time.
- */
-const ALL_REFUSED_FAILS = 4;
-
-const isRefusal = (err: unknown): err is SatelliteCallError => err instanceof SatelliteCallError && err.refused;
-
-const tokenCount = (deliveries: Delivery[]): number => deliveries.reduce((n, [, tokens]) => n + tokens.length, 0);
 
 /**
  * The seed's generation flow for one campaign over many satellites, in parallel: page through each
@@ -83,10 +71,9 @@ class SatelliteRun {
   private readonly id: string;
   private readonly sat: string;
   private readonly api: SatelliteApi;
+  private readonly delivery: Delivery;
   /** this run's hold on the satellite (CampaignStore.claimSatellite), confirmed before each batch it makes */
   private satClaim?: Claim;
-  /** users refused in this run: later parts of a set larger than a batch are not pushed */
-  private readonly refused = new Set<string>();
 
   constructor(private readonly o: FlowOptions, s: FlowSatellite) {
     this.id = o.campaign.id;
@@ -98,6 +85,17 @@ class SatelliteRun {
       attempts: o.attempts,
       backoffMs: o.backoffMs,
       onRetry: () => void this.count('failures', 1).catch(() => undefined),
+    });
+    this.delivery = new Delivery({
+      campaignId: this.id,
+      satelliteId: this.sat,
+      api: this.api,
+      campaigns: o.campaigns,
+      engine: o.engine,
+      batch: o.deliverBatch,
+      beforePush: () => this.refuseRevoked(),
+      count: (counter, n) => this.count(counter, n),
+      onProgress: (event, n) => o.onProgress?.(this.sat, event, n),
     });
     this.report = { satelliteId: s.id, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, status: o.dryRun ? 'dry-run' : 'done' };
   }
@@ -133,6 +131,7 @@ class SatelliteRun {
       // a run that lost its claim leaves the status to the run holding it now
       if (!this.o.dryRun && !(err instanceof ClaimLost)) await this.o.campaigns.setStatus(this.id, this.sat, status, this.report.error).catch(() => undefined);
     } finally {
+      if (this.delivery.refusal) this.report.refusal = this.delivery.refusal;
       await this.api.close();
       await this.satClaim?.release().catch(() => undefined);
     }
@@ -143,9 +142,9 @@ class SatelliteRun {
   private async deliverPending(): Promise<void> {
     for await (const page of this.o.campaigns.allMade(this.id, this.sat)) {
       const done = await this.o.campaigns.settled(this.id, this.sat, page.map(([u]) => u));
-      const due = await this.notRevoked(page.filter((_, i) => !done[i]));
+      const due = await this.delivery.notRevoked(page.filter((_, i) => !done[i]));
       this.plan('tokensToDeliver', tokenCount(due));
-      await this.deliver(due);
+      await this.delivery.deliver(due);
     }
   }
 
@@ -159,7 +158,7 @@ class SatelliteRun {
       }
     }
     const [made, done] = await Promise.all([this.o.campaigns.made(this.id, this.sat, userIds), this.o.campaigns.settled(this.id, this.sat, userIds)]);
-    const undelivered: Delivery[] = [];
+    const undelivered: UserTokens[] = [];
     let fresh: string[] = [];
     userIds.forEach((u, i) => {
       const tokens = made[i];
@@ -172,7 +171,7 @@ class SatelliteRun {
       await this.count('tokensMade', fresh.length * this.o.campaign.perUser);
       return;
     }
-    const pending = undelivered.length ? await this.notRevoked(undelivered) : [];
+    const pending = undelivered.length ? await this.delivery.notRevoked(undelivered) : [];
     if (this.o.existed && fresh.length) {
       const adopted = await this.adopt(fresh);
       pending.push(...adopted);
@@ -181,12 +180,12 @@ class SatelliteRun {
     }
     this.plan('tokensToMake', fresh.length * this.o.campaign.perUser);
     this.plan('tokensToDeliver', tokenCount(pending) + fresh.length * this.o.campaign.perUser);
-    await this.deliver(pending);
+    await this.delivery.deliver(pending);
     const perChunk = Math.max(1, Math.floor(MAX_TOKENS_PER_CALL / this.o.campaign.perUser));
-    for (let i = 0; i < fresh.length; i += perChunk) await this.deliver(await this.make(fresh.slice(i, i + perChunk)));
+    for (let i = 0; i < fresh.length; i += perChunk) await this.delivery.deliver(await this.make(fresh.slice(i, i + perChunk)));
   }
 
-  private async make(users: string[]): Promise<Delivery[]> {
+  private async make(users: string[]): Promise<UserTokens[]> {
     const { campaign } = this.o;
     await this.o.claim?.confirm();
     await this.satClaim?.confirm();
@@ -201,29 +200,11 @@ class SatelliteRun {
   }
 
   /**
-   * Of the tokens an earlier run made but did not deliver, those revoked since (`tokens revoke`, or a user
-   * the satellite refused before a restore, which does not keep the refusals) are not pushed: the satellite
-   * would show them to users who cannot use them. A user left with none is not pushed either, and is looked
-   * at again by the next run. Redeemed or reserved ones are kept: the satellite had them already.
-   */
-  private async notRevoked(deliveries: Delivery[]): Promise<Delivery[]> {
-    const LOOKUPS = 1000;
-    const tokens = deliveries.flatMap(([, t]) => t);
-    const keep = new Set<string>();
-    for (let i = 0; i < tokens.length; i += LOOKUPS) {
-      for (const t of await Promise.all(tokens.slice(i, i + LOOKUPS).map((token) => this.o.engine.lookup(token)))) {
-        if (t && t.state !== 'revoked') keep.add(t.token);
-      }
-    }
-    return deliveries.map(([u, t]): Delivery => [u, t.filter((token) => keep.has(token))]).filter(([, t]) => t.length > 0);
-  }
-
-  /**
    * Users this campaign has no record of may still hold its tokens when an earlier run stopped
    * between making and recording them: adopt those instead of making a second set.
    */
-  private async adopt(users: string[]): Promise<Delivery[]> {
-    const out: Delivery[] = [];
+  private async adopt(users: string[]): Promise<UserTokens[]> {
+    const out: UserTokens[] = [];
     const PARALLEL = 32;
     for (let i = 0; i < users.length; i += PARALLEL) {
       const lists = await Promise.all(users.slice(i, i + PARALLEL).map((u) => this.o.engine.listUnredeemed(this.sat, u)));
@@ -239,99 +220,6 @@ class SatelliteRun {
       await this.count('tokensMade', tokenCount(out));
     }
     return out;
-  }
-
-  /**
-   * Pushes in requests of at most deliverBatch tokens, a user's set in one request when it fits. A set
-   * larger than a batch is split; the user and its tokens count as delivered once its last token is
-   * accepted: a run stopped part-way through a set pushes the whole set again on resume, and counting
-   * the parts would count those tokens twice.
-   */
-  private async deliver(deliveries: Delivery[]): Promise<void> {
-    const max = this.o.deliverBatch;
-    let pairs: Pair[] = [];
-    /** users whose set ends in this batch -> the set's size */
-    let whole = new Map<string, number>();
-    const flush = async () => {
-      pairs = pairs.filter((p) => !this.refused.has(p.userId));
-      if (pairs.length) {
-        await this.refuseRevoked();
-        await this.pushOrSplit(pairs, whole);
-      }
-      pairs = [];
-      whole = new Map();
-    };
-    for (const [userId, tokens] of deliveries) {
-      if (pairs.length + tokens.length > max) await flush();
-      for (const token of tokens) {
-        if (pairs.length === max) await flush();
-        pairs.push({ userId, token });
-      }
-      whole.set(userId, tokens.length);
-    }
-    await flush();
-  }
-
-  /**
-   * A satellite refusing a batch's content (a user it no longer has: 400, 404, 409, 410, 413, 422, or fewer
-   * tokens accepted than sent) refuses it again on every --resume, and every other user of the batch would wait
-   * for ever. So a refused batch is split in halves down to single users: the halves it accepts are
-   * delivered, and each user it refuses alone is recorded refused, with the campaign's tokens of that user
-   * revoked (nobody holds them; a later campaign serves the user if the satellite lists it again). When it
-   * accepts no user of a batch of ALL_REFUSED_FAILS or more, the fault is the satellite's, not the users':
-   * the run fails as before, nothing is refused, and --resume pushes the batch again.
-   */
-  private async pushOrSplit(pairs: Pair[], whole: Map<string, number>): Promise<void> {
-    let first: SatelliteCallError;
-    try {
-      return await this.push(pairs, whole);
-    } catch (err) {
-      if (!isRefusal(err)) throw err;
-      first = err;
-    }
-    const refused = new Map<string, string>();
-    let accepted = 0;
-    const split = async (part: Pair[], err: SatelliteCallError): Promise<void> => {
-      const users = [...new Set(part.map((p) => p.userId))];
-      if (users.length === 1) {
-        refused.set(users[0]!, err.message);
-        return;
-      }
-      const left = new Set(users.slice(0, users.length >> 1));
-      for (const half of [part.filter((p) => left.has(p.userId)), part.filter((p) => !left.has(p.userId))]) {
-        try {
-          await this.push(half, whole);
-          accepted++;
-        } catch (e) {
-          if (!isRefusal(e)) throw e;
-          await split(half, e);
-        }
-      }
-    };
-    await split(pairs, first);
-    if (accepted === 0 && refused.size >= ALL_REFUSED_FAILS) throw first;
-    await this.refuse(refused);
-  }
-
-  private async push(pairs: Pair[], whole: Map<string, number>): Promise<void> {
-    await this.api.pushTokens(pairs);
-    const done = [...new Set(pairs.map((p) => p.userId))].filter((u) => whole.has(u));
-    await this.o.campaigns.recordDelivered(this.id, this.sat, done);
-    await this.count('tokensDelivered', done.reduce((n, u) => n + whole.get(u)!, 0));
-  }
-
-  /** Revokes the campaign's tokens of each refused user (user id -> why), then records the user refused. */
-  private async refuse(refused: Map<string, string>): Promise<void> {
-    if (refused.size === 0) return;
-    const users = [...refused.keys()];
-    const made = await this.o.campaigns.made(this.id, this.sat, users);
-    await Promise.all(made.flatMap((tokens) => (tokens ?? []).map((t) => this.o.engine.revokeToken(t))));
-    // they were planned for delivery: the delivered bar's total shrinks by them
-    this.o.onProgress?.(this.sat, 'tokensToDeliver', -made.reduce((n, tokens) => n + (tokens?.length ?? 0), 0));
-    const fresh = await this.o.campaigns.recordRefused(this.id, this.sat, users);
-    for (const u of users) this.refused.add(u);
-    this.report.refusal ??= `user "${users[0]}": ${refused.get(users[0]!)}`;
-    await this.count('usersRefused', fresh);
   }
 
   /**

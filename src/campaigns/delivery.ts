@@ -1,0 +1,156 @@
+import type { TokenEngine } from '../tokens/engine.js';
+import type { CampaignStore, Counter } from './store.js';
+import { SatelliteCallError, type SatelliteApi } from './satellite-api.js';
+
+/** A user and the campaign's tokens for it. */
+export type UserTokens = [userId: string, tokens: string[]];
+type Pair = { userId: string; token: string };
+
+export const tokenCount = (deliveries: UserTokens[]): number => deliveries.reduce((n, [, tokens]) => n + tokens.length, 0);
+
+/**
+ * A batch of at least this many users none of which the satellite accepts alone fails the run (pushOrSplit).
+ * Fewer are refused: the last few users a --resume has left to push would otherwise fail it every time.
+ */
+const ALL_REFUSED_FAILS = 4;
+
+const isRefusal = (err: unknown): err is SatelliteCallError => err instanceof SatelliteCallError && err.refused;
+
+export interface DeliveryDeps {
+  campaignId: string;
+  satelliteId: string;
+  api: SatelliteApi;
+  campaigns: CampaignStore;
+  engine: TokenEngine;
+  /** most tokens per push */
+  batch: number;
+  /** before each push; throws to stop the run (the campaign was revoked) */
+  beforePush(): Promise<void>;
+  /** into the run's report and the campaign's progress */
+  count(counter: Counter, n: number): Promise<void>;
+  onProgress?(event: 'tokensToDeliver', n: number): void;
+}
+
+/**
+ * Pushes a campaign's tokens to one satellite and records what it accepted or refused
+ * (src/campaigns/flow.ts runs it).
+ */
+export class Delivery {
+  /** the first refusal, with its user, to show the operator why */
+  refusal?: string;
+  /** users refused in this run: later parts of a set larger than a batch are not pushed */
+  private readonly refused = new Set<string>();
+
+  constructor(private readonly d: DeliveryDeps) {}
+
+  /**
+   * Of the tokens an earlier run made but did not deliver, those revoked since (`tokens revoke`, or a user
+   * the satellite refused before a restore, which does not keep the refusals) are not pushed: the satellite
+   * would show them to users who cannot use them. A user left with none is not pushed either, and is looked
+   * at again by the next run. Redeemed or reserved ones are kept: the satellite had them already.
+   */
+  async notRevoked(deliveries: UserTokens[]): Promise<UserTokens[]> {
+    const LOOKUPS = 1000;
+    const tokens = deliveries.flatMap(([, t]) => t);
+    const keep = new Set<string>();
+    for (let i = 0; i < tokens.length; i += LOOKUPS) {
+      for (const t of await Promise.all(tokens.slice(i, i + LOOKUPS).map((token) => this.d.engine.lookup(token)))) {
+        if (t && t.state !== 'revoked') keep.add(t.token);
+      }
+    }
+    return deliveries.map(([u, t]): UserTokens => [u, t.filter((token) => keep.has(token))]).filter(([, t]) => t.length > 0);
+  }
+
+  /**
+   * Pushes in requests of at most `batch` tokens, a user's set in one request when it fits. A set
+   * larger than a batch is split; the user and its tokens count as delivered once its last token is
+   * accepted: a run stopped part-way through a set pushes the whole set again on resume, and counting
+   * the parts would count those tokens twice.
+   */
+  async deliver(deliveries: UserTokens[]): Promise<void> {
+    const max = this.d.batch;
+    let pairs: Pair[] = [];
+    /** users whose set ends in this batch -> the set's size */
+    let whole = new Map<string, number>();
+    const flush = async () => {
+      pairs = pairs.filter((p) => !this.refused.has(p.userId));
+      if (pairs.length) {
+        await this.d.beforePush();
+        await this.pushOrSplit(pairs, whole);
+      }
+      pairs = [];
+      whole = new Map();
+    };
+    for (const [userId, tokens] of deliveries) {
+      if (pairs.length + tokens.length > max) await flush();
+      for (const token of tokens) {
+        if (pairs.length === max) await flush();
+        pairs.push({ userId, token });
+      }
+      whole.set(userId, tokens.length);
+    }
+    await flush();
+  }
+
+  /**
+   * A satellite refusing a batch's content (a user it no longer has: 400, 404, 409, 410, 413, 422, or fewer
+   * tokens accepted than sent) refuses it again on every --resume, and every other user of the batch would wait
+   * for ever. So a refused batch is split in halves down to single users: the halves it accepts are
+   * delivered, and each user it refuses alone is recorded refused, with the campaign's tokens of that user
+   * revoked (nobody holds them; a later campaign serves the user if the satellite lists it again). When it
+   * accepts no user of a batch of ALL_REFUSED_FAILS or more, the fault is the satellite's, not the users':
+   * the run fails as before, nothing is refused, and --resume pushes the batch again.
+   */
+  private async pushOrSplit(pairs: Pair[], whole: Map<string, number>): Promise<void> {
+    let first: SatelliteCallError;
+    try {
+      return await this.push(pairs, whole);
+    } catch (err) {
+      if (!isRefusal(err)) throw err;
+      first = err;
+    }
+    const refused = new Map<string, string>();
+    let accepted = 0;
+    const split = async (part: Pair[], err: SatelliteCallError): Promise<void> => {
+      const users = [...new Set(part.map((p) => p.userId))];
+      if (users.length === 1) {
+        refused.set(users[0]!, err.message);
+        return;
+      }
+      const left = new Set(users.slice(0, users.length >> 1));
+      for (const half of [part.filter((p) => left.has(p.userId)), part.filter((p) => !left.has(p.userId))]) {
+        try {
+          await this.push(half, whole);
+          accepted++;
+        } catch (e) {
+          if (!isRefusal(e)) throw e;
+          await split(half, e);
+        }
+      }
+    };
+    await split(pairs, first);
+    if (accepted === 0 && refused.size >= ALL_REFUSED_FAILS) throw first;
+    await this.refuse(refused);
+  }
+
+  private async push(pairs: Pair[], whole: Map<string, number>): Promise<void> {
+    await this.d.api.pushTokens(pairs);
+    const done = [...new Set(pairs.map((p) => p.userId))].filter((u) => whole.has(u));
+    await this.d.campaigns.recordDelivered(this.d.campaignId, this.d.satelliteId, done);
+    await this.d.count('tokensDelivered', done.reduce((n, u) => n + whole.get(u)!, 0));
+  }
+
+  /** Revokes the campaign's tokens of each refused user (user id -> why), then records the user refused. */
+  private async refuse(refused: Map<string, string>): Promise<void> {
+    if (refused.size === 0) return;
+    const users = [...refused.keys()];
+    const made = await this.d.campaigns.made(this.d.campaignId, this.d.satelliteId, users);
+    await Promise.all(made.flatMap((tokens) => (tokens ?? []).map((t) => this.d.engine.revokeToken(t))));
+    // they were planned for delivery: the delivered bar's total shrinks by them
+    this.d.onProgress?.('tokensToDeliver', -made.reduce((n, tokens) => n + (tokens?.length ?? 0), 0));
+    const fresh = await this.d.campaigns.recordRefused(this.d.campaignId, this.d.satelliteId, users);
+    for (const u of users) this.refused.add(u);
+    this.refusal ??= `user "${users[0]}": ${refused.get(users[0]!)}`;
+    await this.d.count('usersRefused', fresh);
+  }
+}
