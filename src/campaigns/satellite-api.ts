@@ -24,7 +24,7 @@ export interface SatelliteApiOptions {
 /**
  * HTTP answers that refuse what was sent (a user the satellite no longer has, a body too large) rather than
  * fail the satellite. 404 is one too (user not found); a satellite without the route answers it for every
- * user, which fails the run anyway (src/campaigns/flow.ts, pushOrSplit).
+ * user, which fails the run anyway (src/campaigns/delivery.ts, pushOrSplit).
  */
 const REFUSALS = new Set([400, 404, 409, 410, 413, 422]);
 

@@ -8,7 +8,7 @@ import type { RedisClient } from './redis.js';
  *   <p>:{camp:<id>}:meta        hash  id, perUser, expiresAt, satellites (JSON), createdAt
  *   <p>:{camp:<id>}:made:<sat>  hash  userId -> the user's tokens, comma-joined
  *   <p>:{camp:<id>}:dlv:<sat>   set   users whose tokens the satellite accepted
- *   <p>:{camp:<id>}:rej:<sat>   set   users whose tokens the satellite refused (src/campaigns/flow.ts; tokens revoked)
+ *   <p>:{camp:<id>}:rej:<sat>   set   users whose tokens the satellite refused (src/campaigns/delivery.ts; tokens revoked)
  *   <p>:{camp:<id>}:prog:<sat>  hash  SatelliteProgress counters, status, lastError
  *   <p>:{camp:<id>}:run         string  the running generate's holder id, with a TTL it keeps renewing
  *   <p>:{campaigns}             zset  campaign id -> createdAt (listing)
