@@ -567,6 +567,36 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
       await fx.close();
     }
   });
+
+  it('answering 413 to pushes over its body limit: every token is delivered, and later pushes are made small enough', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const users = Array.from({ length: 30 }, (_, i) => `u${String(i).padStart(2, '0')}`);
+    const held = new Map<string, string[]>();
+    const sizes: number[] = [];
+    // it takes at most 4 tokens a request
+    const satellite = await handWrittenSatellite(
+      fx,
+      'sat-l',
+      () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }),
+      (tokens) => {
+        sizes.push(tokens.length);
+        if (tokens.length > 4) return { status: 413 };
+        for (const t of tokens) held.set(t.userId, [...(held.get(t.userId) ?? []), t.token]);
+        return tokens.length;
+      },
+    );
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'small', '--batch-size', '12', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 30, usersRefused: 0, status: 'done' });
+      expect(held.size).toBe(30);
+      // the first batch of 12 is split (12 -> 6 -> 3); after that no push is refused for its size
+      expect(sizes.filter((n) => n > 4)).toEqual([12, 6, 6]);
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
 });
 
 describe('--expires', () => {

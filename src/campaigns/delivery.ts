@@ -40,8 +40,12 @@ export class Delivery {
   refusal?: string;
   /** users refused in this run: later parts of a set larger than a batch are not pushed */
   private readonly refused = new Set<string>();
+  /** most tokens per push: `batch`, halved below each push the satellite answered 413 (its body limit) */
+  private max: number;
 
-  constructor(private readonly d: DeliveryDeps) {}
+  constructor(private readonly d: DeliveryDeps) {
+    this.max = d.batch;
+  }
 
   /**
    * Of the tokens an earlier run made but did not deliver, those revoked since (`tokens revoke`, or a user
@@ -68,7 +72,6 @@ export class Delivery {
    * the parts would count those tokens twice.
    */
   async deliver(deliveries: UserTokens[]): Promise<void> {
-    const max = this.d.batch;
     let pairs: Pair[] = [];
     /** users whose set ends in this batch -> the set's size */
     let whole = new Map<string, number>();
@@ -82,9 +85,9 @@ export class Delivery {
       whole = new Map();
     };
     for (const [userId, tokens] of deliveries) {
-      if (pairs.length + tokens.length > max) await flush();
+      if (pairs.length + tokens.length > this.max) await flush();
       for (const token of tokens) {
-        if (pairs.length === max) await flush();
+        if (pairs.length >= this.max) await flush();
         pairs.push({ userId, token });
       }
       whole.set(userId, tokens.length);
@@ -108,6 +111,7 @@ export class Delivery {
     } catch (err) {
       if (!isRefusal(err)) throw err;
       first = err;
+      this.fit(pairs, err);
     }
     const refused = new Map<string, string>();
     let accepted = 0;
@@ -124,6 +128,7 @@ export class Delivery {
           accepted++;
         } catch (e) {
           if (!isRefusal(e)) throw e;
+          this.fit(half, e);
           await split(half, e);
         }
       }
@@ -131,6 +136,11 @@ export class Delivery {
     await split(pairs, first);
     if (accepted === 0 && refused.size >= ALL_REFUSED_FAILS) throw first;
     await this.refuse(refused);
+  }
+
+  /** A body too large for the satellite: later pushes carry at most half of this one, so they are not split again. */
+  private fit(pairs: Pair[], err: SatelliteCallError): void {
+    if (err.status === 413) this.max = Math.max(1, Math.min(this.max, Math.floor(pairs.length / 2)));
   }
 
   private async push(pairs: Pair[], whole: Map<string, number>): Promise<void> {
