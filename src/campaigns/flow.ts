@@ -171,7 +171,7 @@ class SatelliteRun {
       await this.count('tokensMade', fresh.length * this.o.campaign.perUser);
       return;
     }
-    const pending = undelivered.length ? await this.delivery.notRevoked(undelivered) : [];
+    const pending = await this.delivery.notRevoked(undelivered);
     if (this.o.existed && fresh.length) {
       const adopted = await this.adopt(fresh);
       pending.push(...adopted);

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
 import { mapValues } from '../collections.js';
-import { addMade, campaignExists, CampaignKeys, COUNTERS, readAllCampaigns, writeCampaign, type CampaignMeta, type CampaignRecord, type SatelliteProgress } from '../store/campaigns.js';
+import { addMade, campaignExists, CampaignKeys, parseProgress, readAllCampaigns, writeCampaign, type CampaignMeta, type CampaignRecord, type SatelliteProgress } from '../store/campaigns.js';
 import { PeriodicCopy } from './copy.js';
 
 const MADE_PAGE = 5000;
@@ -61,14 +61,7 @@ export class CampaignCopy extends PeriodicCopy<{ rows: Map<string, string>; all:
 /** The campaigns Postgres holds, sorted by id. */
 export async function pgCampaigns(pool: pg.Pool): Promise<CampaignRecord[]> {
   const res = await pool.query<CampaignRow>('SELECT id, meta, progress FROM campaigns ORDER BY id');
-  return res.rows.map(({ id, meta: { revokedAt: _, ...meta }, progress }) => ({ id, ...meta, progress: mapValues(progress, withEveryCounter) }));
-}
-
-/** A row copied before a counter existed lacks it: 0, as parseProgress reads a progress hash without it. */
-function withEveryCounter(p: SatelliteProgress): SatelliteProgress {
-  const q = { ...p };
-  for (const c of COUNTERS) q[c] ??= 0;
-  return q;
+  return res.rows.map(({ id, meta: { revokedAt: _, ...meta }, progress }) => ({ id, ...meta, progress: mapValues(progress, parseProgress) }));
 }
 
 /** One satellite's made users of a campaign from the tokens table (every state), a page at a time. */

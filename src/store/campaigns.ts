@@ -91,11 +91,14 @@ export function parseMeta(h: Record<string, string>): CampaignMeta | undefined {
   return m;
 }
 
-/** A progress hash; an absent one is a satellite no run has started: pending, all zero. */
-export function parseProgress(h: Record<string, string>): SatelliteProgress {
+/**
+ * A progress hash (strings), or a progress row Postgres holds (numbers); an absent one is a satellite no run
+ * has started: pending, all zero. A counter missing (a row copied before that counter existed) reads 0.
+ */
+export function parseProgress(h: Partial<Record<keyof SatelliteProgress, string | number>>): SatelliteProgress {
   const p: SatelliteProgress = { usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, status: (h.status as SatelliteProgress['status']) ?? 'pending' };
   for (const c of COUNTERS) p[c] = Number(h[c] ?? 0);
-  if (h.lastError) p.lastError = h.lastError;
+  if (h.lastError) p.lastError = String(h.lastError);
   return p;
 }
 
