@@ -59,6 +59,13 @@ async function holdings(sim: SatelliteSim): Promise<Record<string, string[]>> {
   return (await control(sim, 'GET', '/sim/users')).users;
 }
 
+/** The satellite's users holding no token, each with the campaign's tokens made for it (undefined: none made). */
+async function waitingUsers(fx: EngineFixture, held: Record<string, string[]>, campaignId: string, satId: string): Promise<Map<string, string[] | undefined>> {
+  const empty = Object.keys(held).filter((u) => held[u]!.length === 0);
+  const made = await new CampaignStore(fx.redis, fx.prefix).made(campaignId, satId, empty);
+  return new Map(empty.map((u, i) => [u, made[i]]));
+}
+
 /** A world of its own: key prefix, engine, satellites registered with their URL and outbound key. */
 async function world(ids: string[], opts: { failAfter?: number } = {}) {
   const fx = await engineFixture({ label: 'gen' });
@@ -185,12 +192,10 @@ describe('a satellite that fails half-way, then --resume', () => {
     expect(byId['sat-d'].failures).toBeGreaterThan(0);
 
     // an earlier run stopped between making a user's tokens and recording them: resume adopts them
-    const held = await holdings(w.sims['sat-d']!);
     const store = new CampaignStore(w.fx.redis, w.fx.prefix);
-    const empty = Object.keys(held).filter((u) => held[u]!.length === 0);
-    const made = await store.made('autumn', 'sat-d', empty);
-    expect(made.some((m) => m !== undefined), 'some tokens made but not delivered').toBe(true);
-    const orphan = empty.find((_, i) => made[i] === undefined)!;
+    const waiting = [...(await waitingUsers(w.fx, await holdings(w.sims['sat-d']!), 'autumn', 'sat-d'))];
+    expect(waiting.some(([, m]) => m !== undefined), 'some tokens made but not delivered').toBe(true);
+    const orphan = waiting.find(([, m]) => m === undefined)?.[0]!;
     expect(orphan, 'a user the failed run never reached').toBeDefined();
     const orphanTokens = (await w.fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-d', ownerUserId: orphan }], perUser: PER_USER, campaignId: 'autumn' })).tokens;
     // ...which the satellite does not have: the previous run never recorded them
@@ -217,14 +222,12 @@ describe('a satellite refusing some users (accounts closed after the listing)', 
     const first = await w.gen(['--all', '--per-user', String(PER_USER), '--campaign', 'closed', '--batch-size', '1500', '--json']);
     expect(first.code).toBe(1);
     const store = new CampaignStore(w.fx.redis, w.fx.prefix);
-    const held = await holdings(w.sims['sat-r']!);
-    const empty = Object.keys(held).filter((u) => held[u]!.length === 0);
-    const made = await store.made('closed', 'sat-r', empty);
+    const waiting = await waitingUsers(w.fx, await holdings(w.sims['sat-r']!), 'closed', 'sat-r');
     // three users with tokens made but not delivered close their accounts, spread over the pending batch
-    const pending = empty.filter((_, i) => made[i] !== undefined);
+    const pending = [...waiting].filter(([, m]) => m !== undefined).map(([u]) => u);
     expect(pending.length).toBeGreaterThan(100);
     const gone = [pending[3]!, pending[50]!, pending[pending.length - 1]!];
-    const goneTokens = gone.flatMap((u) => made[empty.indexOf(u)]!);
+    const goneTokens = gone.flatMap((u) => waiting.get(u)!);
     expect(await control(w.sims['sat-r']!, 'POST', '/sim/leave', { userIds: gone })).toEqual({ left: 3 });
     await control(w.sims['sat-r']!, 'POST', '/sim/fail', { after: null });
 
@@ -661,10 +664,8 @@ describe('--expires', () => {
       await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-v', url: sim.url });
       const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
       expect((await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'rv', '--batch-size', '4'], env)).code).toBe(1);
-      const held = sim.satellite.holdings();
-      const empty = Object.keys(held).filter((u) => held[u]!.length === 0);
-      const made = await new CampaignStore(fx.redis, fx.prefix).made('rv', 'sat-v', empty);
-      const user = empty.find((_, i) => made[i] !== undefined)!;
+      const waiting = await waitingUsers(fx, sim.satellite.holdings(), 'rv', 'sat-v');
+      const user = [...waiting].find(([, m]) => m !== undefined)?.[0]!;
       expect(user, 'a user whose tokens were made, not delivered').toBeDefined();
       const revoked = await runCli(['tokens', 'revoke', '--satellite', 'sat-v', '--user', user], env);
       expect(revoked.code, revoked.stderr).toBe(0);
