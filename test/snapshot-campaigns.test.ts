@@ -178,4 +178,37 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     expect((await new CampaignStore(fx.redis, fx.prefix).get('older'))?.progress['sat-o']).toEqual({ ...progress['sat-o'], usersRefused: 0 });
     expect((await verify(fx.redis, pool, fx.prefix)).listed.filter((d) => d.token.includes('{camp:older}'))).toEqual([]);
   });
+
+  it('the users a satellite refused reach Postgres and come back with restore, not as delivered', async () => {
+    const sim = await satellite('sat-g', 40);
+    const w = await writer(fx.prefix);
+    // the first run stops half way; two users it made tokens for but did not deliver close their accounts
+    sim.satellite.setFailAfter(20);
+    expect((await runCli(['generate', '--satellite', 'sat-g', '--per-user', '1', '--campaign', 'gone', '--batch-size', '10'], env)).code).toBe(1);
+    const held = sim.satellite.holdings();
+    const waiting: string[] = [];
+    for await (const page of new CampaignStore(fx.redis, fx.prefix).allMade('gone', 'sat-g')) waiting.push(...page.map(([u]) => u).filter((u) => !held[u]?.length));
+    const gone = waiting.sort().slice(0, 2);
+    expect(gone).toHaveLength(2);
+    expect(sim.satellite.leave(gone)).toBe(2);
+    sim.satellite.setFailAfter(null);
+    const [report] = JSON.parse(await cli(['generate', '--resume', 'gone', '--json'])).satellites;
+    expect(report).toMatchObject({ status: 'done', usersRefused: 2 });
+
+    const refusedRows = async () => (await pool.query<{ user_id: string }>("SELECT user_id FROM campaign_refusals WHERE campaign_id = 'gone' AND satellite_id = 'sat-g' ORDER BY user_id")).rows.map((r) => r.user_id);
+    await rowUntil('gone', (r) => r.progress['sat-g']?.status === 'done');
+    for (let end = Date.now() + 15_000; (await refusedRows()).length < 2 && Date.now() < end; ) await sleep(100);
+    expect(await refusedRows()).toEqual(gone);
+
+    // verify compares each refusal set with its copy
+    await stopCaughtUp(w);
+    const rej = `${fx.prefix}:{camp:gone}:rej:sat-g`;
+    await fx.redis.srem(rej, gone[0]!);
+    expect((await verify(fx.redis, pool, fx.prefix)).listed).toEqual([{ token: rej, kind: 'differs', fields: [{ field: 'users', redis: '1', postgres: '2' }] }]);
+
+    await loseAndRestore();
+    expect(await cli(['campaigns', 'refused', 'gone'])).toBe(gone.map((u) => `sat-g\t${u}\n`).join(''));
+    expect(await fx.redis.scard(`${fx.prefix}:{camp:gone}:dlv:sat-g`)).toBe(38);
+    expect(await cli(['verify'])).toContain(' 0 differences');
+  });
 });

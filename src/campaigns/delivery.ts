@@ -49,9 +49,9 @@ export class Delivery {
 
   /**
    * Of the tokens an earlier run made but did not deliver, those revoked since (`tokens revoke`, or a user
-   * the satellite refused before a restore, which does not keep the refusals) are not pushed: the satellite
-   * would show them to users who cannot use them. A user left with none is not pushed either, and is looked
-   * at again by the next run. Redeemed or reserved ones are kept: the satellite had them already.
+   * the satellite refused whose refusal had not reached the snapshot a restore came from) are not pushed:
+   * the satellite would show them to users who cannot use them. A user left with none is not pushed
+   * either, and is looked at again by the next run. Redeemed or reserved ones are kept: the satellite had them already.
    */
   async notRevoked(deliveries: UserTokens[]): Promise<UserTokens[]> {
     const LOOKUPS = 1000;

@@ -3,7 +3,7 @@ import { Lease } from '../store/lease.js';
 import type { RedisClient } from '../store/redis.js';
 import { defineScripts, type ScriptFn } from '../store/scripts.js';
 import { DomainError } from '../errors.js';
-import { CampaignKeys, metaFields, parseMeta, parseProgress, readAllCampaigns, readCampaigns, type CampaignMeta, type CampaignRecord, type Counter, type SatelliteProgress } from '../store/campaigns.js';
+import { CampaignKeys, metaFields, parseMeta, parseProgress, readAllCampaigns, readCampaigns, readRefused, type CampaignMeta, type CampaignRecord, type Counter, type SatelliteProgress } from '../store/campaigns.js';
 
 export type { CampaignMeta, SatelliteProgress, Counter } from '../store/campaigns.js';
 /**
@@ -184,13 +184,8 @@ export class CampaignStore {
   }
 
   /** The users a satellite refused in this campaign (recordRefused), in pages of SSCAN, unordered. */
-  async *refusedUsers(id: string, sat: string): AsyncGenerator<string[]> {
-    let cursor = '0';
-    do {
-      const [next, users] = await this.redis.sscan(this.keys.refused(id, sat), cursor, 'COUNT', 1000);
-      cursor = next;
-      if (users.length) yield users;
-    } while (cursor !== '0');
+  refusedUsers(id: string, sat: string): AsyncGenerator<string[]> {
+    return readRefused(this.redis, this.keys, id, sat);
   }
 
   /** Every (user, tokens) made for a satellite, in pages of HSCAN, so memory stays bounded. */

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
 import { mapValues } from '../collections.js';
-import { addMade, campaignExists, CampaignKeys, parseProgress, readAllCampaigns, writeCampaign, type CampaignMeta, type CampaignRecord, type SatelliteProgress } from '../store/campaigns.js';
+import { addMade, addRefused, campaignExists, CampaignKeys, parseProgress, readAllCampaigns, readRefused, writeCampaign, type CampaignMeta, type CampaignRecord, type SatelliteProgress } from '../store/campaigns.js';
 import { PeriodicCopy } from './copy.js';
 
 const MADE_PAGE = 5000;
@@ -23,37 +23,71 @@ interface CampaignRow {
 
 const rowOf = ({ id, progress, ...meta }: CampaignRecord): CampaignRow => ({ id, meta, progress });
 
+/** A satellite's refused users of a campaign, read whole, and the usersRefused counter read before them. */
+interface Refusals {
+  id: string;
+  sat: string;
+  users: string[];
+  counted: number;
+}
+
+interface Changes {
+  rows: Map<string, string>;
+  all: boolean;
+  refusals: Refusals[];
+}
+
+const ADD_REFUSALS = `
+  INSERT INTO campaign_refusals (campaign_id, satellite_id, user_id) SELECT $1, $2, unnest($3::text[])
+  ON CONFLICT DO NOTHING`;
+
 /**
- * Copies generate's campaign records (settings and per-satellite progress, not the per-user lists) to
- * Postgres for the snapshot writer. A running campaign changes its counters with every page, so the
- * records are read at most every 2 s (three round trips for all of them) and only the campaigns that
+ * Copies generate's campaign records (settings and per-satellite progress, not the per-user made and
+ * delivered lists) to Postgres for the snapshot writer, with the users each satellite refused (few, and
+ * not rebuildable from the tokens table). A running campaign changes its counters with every page, so
+ * the records are read at most every 2 s (three round trips for all of them) and only the campaigns that
  * changed are written; once a minute all are, which mends a copy an overlapping ex-holder of the lease
- * wrote late. Nothing is ever deleted: a campaign missing from Redis (a writer started on an emptied
- * Redis) is kept for restore.
+ * wrote late. A refusal set is read again when its satellite's usersRefused counter moved (the set is
+ * added to before the counter); its rows are only ever added, so a late copy cannot undo a newer one.
+ * Nothing is ever deleted: a campaign missing from Redis (a writer started on an emptied Redis) is kept
+ * for restore.
  */
-export class CampaignCopy extends PeriodicCopy<{ rows: Map<string, string>; all: boolean }> {
+export class CampaignCopy extends PeriodicCopy<Changes> {
   private readonly keys: CampaignKeys;
   /** campaign id -> its row as last written */
   private readonly copied = new Map<string, string>();
+  /** [campaign id, satellite] as JSON -> the usersRefused counter its refusals were last copied at */
+  private readonly refusalsCopied = new Map<string, number>();
 
   constructor(private readonly redis: RedisClient, prefix: string) {
     super(2000);
     this.keys = new CampaignKeys(prefix);
   }
 
-  protected async read(all: boolean) {
+  protected async read(all: boolean): Promise<Changes | undefined> {
     const rows = new Map<string, string>();
+    const refusals: Refusals[] = [];
     for (const c of await readAllCampaigns(this.redis, this.keys)) {
       const text = JSON.stringify(rowOf(c));
       if (all || this.copied.get(c.id) !== text) rows.set(c.id, text);
+      for (const [sat, p] of Object.entries(c.progress)) {
+        if (p.usersRefused === 0 || this.refusalsCopied.get(JSON.stringify([c.id, sat])) === p.usersRefused) continue;
+        const users: string[] = [];
+        for await (const page of readRefused(this.redis, this.keys, c.id, sat)) users.push(...page);
+        refusals.push({ id: c.id, sat, users, counted: p.usersRefused });
+      }
     }
-    return rows.size === 0 ? undefined : { rows, all };
+    return rows.size === 0 && refusals.length === 0 ? undefined : { rows, all, refusals };
   }
 
-  /** One statement for every changed campaign. */
-  protected async store(pool: pg.Pool, p: { rows: Map<string, string>; all: boolean }): Promise<void> {
-    await pool.query(UPSERT, [`[${[...p.rows.values()].join(',')}]`]);
+  /** One statement for every changed campaign, one per page of each changed refusal set. */
+  protected async store(pool: pg.Pool, p: Changes): Promise<void> {
+    if (p.rows.size) await pool.query(UPSERT, [`[${[...p.rows.values()].join(',')}]`]);
     for (const [id, text] of p.rows) this.copied.set(id, text);
+    for (const r of p.refusals) {
+      for (let i = 0; i < r.users.length; i += MADE_PAGE) await pool.query(ADD_REFUSALS, [r.id, r.sat, r.users.slice(i, i + MADE_PAGE)]);
+      this.refusalsCopied.set(JSON.stringify([r.id, r.sat]), r.counted);
+    }
     if (p.all) this.writtenAt = Date.now();
   }
 }
@@ -81,11 +115,27 @@ async function* madeByUser(pool: pg.Pool, id: string, sat: string): AsyncGenerat
   }
 }
 
+/** One satellite's refused users of a campaign, a page at a time. */
+async function* refusedUsers(pool: pg.Pool, id: string, sat: string): AsyncGenerator<string[]> {
+  let after = '';
+  for (;;) {
+    const res = await pool.query<{ user_id: string }>(
+      `SELECT user_id FROM campaign_refusals WHERE campaign_id = $1 AND satellite_id = $2 AND user_id > $3 ORDER BY user_id LIMIT ${MADE_PAGE}`,
+      [id, sat, after],
+    );
+    const users = res.rows.map((r) => r.user_id);
+    if (users.length) yield users;
+    if (users.length < MADE_PAGE) return;
+    after = users[users.length - 1]!;
+  }
+}
+
 /**
- * What Redis gets for a satellite: a `done` one delivered every user it made, so they are all recorded
- * delivered. Any other has no delivery recorded (the snapshot does not hold the list), so `--resume`
- * sends every made user again (satellites store a batch idempotently) and counts those tokens then:
- * its delivered counter starts at 0, or it would count them twice. A `running` one lost its run.
+ * What Redis gets for a satellite: a `done` one delivered every user it made but those it refused, so
+ * they are recorded delivered. Any other has no delivery recorded (the snapshot does not hold the list),
+ * so `--resume` sends every made user but the refused ones again (satellites store a batch idempotently)
+ * and counts those tokens then: its delivered counter starts at 0, or it would count them twice. A
+ * `running` one lost its run.
  */
 function restoredProgress(p: SatelliteProgress): SatelliteProgress {
   if (p.status === 'done') return p;
@@ -95,9 +145,9 @@ function restoredProgress(p: SatelliteProgress): SatelliteProgress {
 
 /**
  * Brings back every campaign of the snapshot that Redis does not have: its made users rebuilt from the
- * tokens table, the users of `done` satellites recorded delivered, then its record (last, as it is what
- * makes the campaign exist: a restore stopped part-way leaves no record and its rerun does the campaign
- * again). The progress as restored is written back to Postgres too, so verify agrees at once. A campaign
+ * tokens table, the users of `done` satellites recorded delivered, the users each satellite refused, then
+ * its record (last, as it is what makes the campaign exist: a restore stopped part-way leaves no record
+ * and its rerun does the campaign again). The progress as restored is written back to Postgres too, so verify agrees at once. A campaign
  * Redis has is newer than the snapshot and is kept. Its revocation is restoreRevoked's.
  */
 export async function restoreCampaigns(redis: RedisClient, pool: pg.Pool, prefix: string): Promise<{ restored: number; kept: number }> {
@@ -111,8 +161,13 @@ export async function restoreCampaigns(redis: RedisClient, pool: pg.Pool, prefix
     }
     const progress = mapValues(c.progress, restoredProgress);
     for (const sat of c.satellites) {
+      const refused = new Set<string>();
+      for await (const users of refusedUsers(pool, c.id, sat)) {
+        await addRefused(redis, keys, c.id, sat, users);
+        for (const u of users) refused.add(u);
+      }
       const done = c.progress[sat]?.status === 'done';
-      for await (const page of madeByUser(pool, c.id, sat)) await addMade(redis, keys, c.id, sat, page, done);
+      for await (const page of madeByUser(pool, c.id, sat)) await addMade(redis, keys, c.id, sat, page, (u) => done && !refused.has(u));
     }
     await writeCampaign(redis, keys, { ...c, progress });
     if (JSON.stringify(progress) !== JSON.stringify(c.progress)) await pool.query('UPDATE campaigns SET progress = $2 WHERE id = $1', [c.id, JSON.stringify(progress)]);

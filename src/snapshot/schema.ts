@@ -82,6 +82,20 @@ export const MIGRATIONS: { version: number; name: string; sql: string }[] = [
       );
     `,
   },
+  {
+    version: 5,
+    name: 'campaign_refusals',
+    sql: `
+      -- the users a satellite refused in a campaign (src/store/campaigns.ts rej:<sat>; their tokens are revoked):
+      -- restore brings them back, so --resume does not push them again and \`campaigns refused\` still lists them
+      CREATE TABLE campaign_refusals (
+        campaign_id text NOT NULL,
+        satellite_id text NOT NULL,
+        user_id text NOT NULL,
+        PRIMARY KEY (campaign_id, satellite_id, user_id)
+      );
+    `,
+  },
 ];
 
 const LOCK_ID = 74_820_501;

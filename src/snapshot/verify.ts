@@ -13,7 +13,8 @@ import { pgSatellites } from './satellites.js';
 export interface Difference {
   /**
    * the token; for `stats`, the shard's counters key; for a satellite, its registry key (`<p>:{sat}:s:<id>`);
-   * for a campaign, its record's key (`<p>:{camp:<id>}:meta`); for a revoked campaign, the registry's key
+   * for a campaign, its record's key (`<p>:{camp:<id>}:meta`); for the users a satellite refused in a
+   * campaign, their set's key (`<p>:{camp:<id>}:rej:<sat>`); for a revoked campaign, the registry's key
    * and the campaign id (`<p>:{revoked}:campaigns/<id>`)
    */
   token: string;
@@ -128,9 +129,26 @@ async function compareSatellites(redis: RedisClient, pool: pg.Pool, prefix: stri
  */
 async function compareCampaigns(redis: RedisClient, pool: pg.Pool, prefix: string, note: (d: Difference) => void): Promise<number> {
   const keys = new CampaignKeys(prefix);
-  return compareRecords(await readAllCampaigns(redis, keys), await pgCampaigns(pool), (id) => keys.meta(id), note, (r, p) =>
+  const campaigns = await readAllCampaigns(redis, keys);
+  await compareRefusals(redis, pool, keys, campaigns, note);
+  return compareRecords(campaigns, await pgCampaigns(pool), (id) => keys.meta(id), note, (r, p) =>
     differing(campaignFields(r), campaignFields(p), (_, v) => v ?? ''),
   );
+}
+
+/**
+ * The users each satellite of a listed campaign refused against Postgres' copy, by count (the sets only
+ * grow and are copied whole), as field `users` under the set's key.
+ */
+async function compareRefusals(redis: RedisClient, pool: pg.Pool, keys: CampaignKeys, campaigns: CampaignRecord[], note: (d: Difference) => void): Promise<void> {
+  const res = await pool.query<{ id: string; sat: string; n: string }>('SELECT campaign_id AS id, satellite_id AS sat, count(*) AS n FROM campaign_refusals GROUP BY 1, 2');
+  const copied = new Map(res.rows.map((r) => [JSON.stringify([r.id, r.sat]), r.n]));
+  const sets = campaigns.flatMap((c) => c.satellites.map((sat) => ({ id: c.id, sat, key: keys.refused(c.id, sat) })));
+  const sizes = await Promise.all(sets.map((s) => redis.scard(s.key)));
+  sets.forEach((s, i) => {
+    const [r, p] = [String(sizes[i]), copied.get(JSON.stringify([s.id, s.sat])) ?? '0'];
+    if (r !== p) note({ token: s.key, kind: 'differs', fields: [{ field: 'users', redis: r, postgres: p }] });
+  });
 }
 
 /**

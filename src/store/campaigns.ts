@@ -118,12 +118,28 @@ export async function readAllCampaigns(redis: RedisClient, keys: CampaignKeys): 
   return readCampaigns(redis, keys, await redis.zrange(keys.index(), 0, -1));
 }
 
-/** Adds made users (tokens comma-joined) of one satellite; `delivered` records them as accepted by it too. */
-export async function addMade(redis: RedisClient, keys: CampaignKeys, id: string, sat: string, made: [user: string, tokens: string][], delivered: boolean): Promise<void> {
+/** Adds made users (tokens comma-joined) of one satellite, and records those `delivered` picks as accepted by it. */
+export async function addMade(redis: RedisClient, keys: CampaignKeys, id: string, sat: string, made: [user: string, tokens: string][], delivered: (user: string) => boolean): Promise<void> {
   if (made.length === 0) return;
   const tx = redis.multi().hset(keys.made(id, sat), ...made.flat());
-  if (delivered) tx.sadd(keys.delivered(id, sat), ...made.map(([u]) => u));
+  const accepted = made.map(([u]) => u).filter(delivered);
+  if (accepted.length) tx.sadd(keys.delivered(id, sat), ...accepted);
   await tx.exec();
+}
+
+/** The users a satellite refused in a campaign, in pages of SSCAN (so memory stays bounded), unordered. */
+export async function* readRefused(redis: RedisClient, keys: CampaignKeys, id: string, sat: string): AsyncGenerator<string[]> {
+  let cursor = '0';
+  do {
+    const [next, users] = await redis.sscan(keys.refused(id, sat), cursor, 'COUNT', 1000);
+    cursor = next;
+    if (users.length) yield users;
+  } while (cursor !== '0');
+}
+
+/** Records users refused by a satellite (restore: the refusals the snapshot holds). */
+export async function addRefused(redis: RedisClient, keys: CampaignKeys, id: string, sat: string, users: string[]): Promise<void> {
+  if (users.length) await redis.sadd(keys.refused(id, sat), ...users);
 }
 
 export async function campaignExists(redis: RedisClient, keys: CampaignKeys, id: string): Promise<boolean> {
