@@ -155,7 +155,7 @@ export class Delivery {
     if (refused.size === 0) return;
     const users = [...refused.keys()];
     const made = await this.d.campaigns.made(this.d.campaignId, this.d.satelliteId, users);
-    await Promise.all(made.flatMap((tokens) => (tokens ?? []).map((t) => this.d.engine.revokeToken(t))));
+    await this.d.engine.revokeOfCampaign(made.flatMap((tokens) => tokens ?? []), this.d.campaignId);
     // they were planned for delivery: the delivered bar's total shrinks by them
     this.d.onProgress?.('tokensToDeliver', -made.reduce((n, tokens) => n + (tokens?.length ?? 0), 0));
     const fresh = await this.d.campaigns.recordRefused(this.d.campaignId, this.d.satelliteId, users);

@@ -111,6 +111,16 @@ export class TokenEngine {
     return this.store.revokeToken(checkToken(token));
   }
 
+  /**
+   * Revokes these tokens of `campaignId` (one of another campaign, or absent, is left alone); throws the
+   * first error when any could not be revoked. Returns how many were.
+   */
+  async revokeOfCampaign(tokens: string[], campaignId: string): Promise<number> {
+    const r = await this.store.revokeMade(tokens.map((t) => checkToken(t)), campaignId);
+    if (r.failed) throw r.error;
+    return r.revoked;
+  }
+
   async revokeOwner(ownerSatelliteId: string, ownerUserId: string): Promise<number> {
     return this.store.revokeOwner(checkId('satelliteId', ownerSatelliteId), checkId('userId', ownerUserId));
   }
