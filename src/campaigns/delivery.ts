@@ -49,18 +49,19 @@ export class Delivery {
 
   /**
    * Of the tokens an earlier run made but did not deliver, those revoked since (`tokens revoke`, or a user
-   * the satellite refused whose refusal had not reached the snapshot a restore came from) are not pushed:
-   * the satellite would show them to users who cannot use them. A user left with none is not pushed
-   * either, and is looked at again by the next run. Redeemed or reserved ones are kept: the satellite had them already.
+   * the satellite refused whose refusal had not reached the snapshot a restore came from) or absent (lost
+   * with a Redis the snapshot had not caught up with) are not pushed: the satellite would show them to
+   * users who cannot use them. A user left with none is not pushed either, and is looked at again by the
+   * next run. Redeemed or reserved ones are kept: the satellite had them already.
    */
   async notRevoked(deliveries: UserTokens[]): Promise<UserTokens[]> {
-    const LOOKUPS = 1000;
+    // bounds the commands in flight: a page of a resume after a restore can name millions of tokens
+    const CHUNK = 20_000;
     const tokens = deliveries.flatMap(([, t]) => t);
     const keep = new Set<string>();
-    for (let i = 0; i < tokens.length; i += LOOKUPS) {
-      for (const t of await Promise.all(tokens.slice(i, i + LOOKUPS).map((token) => this.d.engine.lookup(token)))) {
-        if (t && t.state !== 'revoked') keep.add(t.token);
-      }
+    for (let i = 0; i < tokens.length; i += CHUNK) {
+      const chunk = tokens.slice(i, i + CHUNK);
+      (await this.d.engine.storedStates(chunk)).forEach((s, j) => s && s !== 'revoked' && keep.add(chunk[j]!));
     }
     return deliveries.map(([u, t]): UserTokens => [u, t.filter((token) => keep.has(token))]).filter(([, t]) => t.length > 0);
   }

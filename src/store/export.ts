@@ -12,7 +12,7 @@ export const EXPORT_FIELDS = ['token', 'state', 'ownerSatelliteId', 'ownerUserId
 export type ExportRow = string[];
 
 export const STATE_NAMES: readonly TokenState[] = ['unredeemed', 'reserved', 'redeemed', 'revoked'];
-const STATE_NAME: Record<string, TokenState> = { u: 'unredeemed', s: 'reserved', r: 'redeemed', x: 'revoked' };
+export const STATE_NAME: Record<string, TokenState> = { u: 'unredeemed', s: 'reserved', r: 'redeemed', x: 'revoked' };
 export const STATE_LETTER: Record<TokenState, string> = { unredeemed: 'u', reserved: 's', redeemed: 'r', revoked: 'x' };
 
 const RECORD = /^(.)(\d+),(\d+),(\w+),(\w*)$/;

@@ -1,9 +1,11 @@
 import { DomainError } from '../errors.js';
+import { pushTo } from '../collections.js';
 import type { RedisClient } from './redis.js';
 import { defineScripts, preloadScripts, type ScriptFn } from './scripts.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken, type OwnerPlace } from './keys.js';
 import { dashed, decodeResult, hexOf } from './codec.js';
-import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, TokenSet, UnredeemedToken } from './model.js';
+import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, TokenSet, TokenState, UnredeemedToken } from './model.js';
+import { STATE_NAME } from './export.js';
 
 export interface OwnerBatch {
   ownerSatelliteId: string;
@@ -120,6 +122,27 @@ export class TokenStore {
     const failed = rs.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
     const revoked = rs.filter((r) => r.status === 'fulfilled' && r.value[0] === 'ok').length;
     return { revoked, failed: failed.length, error: failed[0]?.reason };
+  }
+
+  /**
+   * The stored state of each of these tokens (undefined: absent), without a script: one HMGET per bucket
+   * they fall in, as the state is the first letter of a token's record (lua/includes/codec.lua). A lapsed
+   * lease still reads `reserved`; `revoked` and `redeemed` are final.
+   */
+  async storedStates(tokens: string[]): Promise<(TokenState | undefined)[]> {
+    const byBucket = new Map<string, number[]>();
+    tokens.forEach((t, i) => {
+      const p = placeOfToken(hexOf(t));
+      pushTo(byBucket, this.keys.bucket(p.shard, p.bucket), i);
+    });
+    const states = new Array<TokenState | undefined>(tokens.length);
+    await Promise.all(
+      [...byBucket].map(async ([bucket, at]) => {
+        const records = await this.redis.hmget(bucket, ...at.map((i) => hexOf(tokens[i]!).slice(4)));
+        records.forEach((r, j) => (states[at[j]!] = r ? STATE_NAME[r[0]!] : undefined));
+      }),
+    );
+    return states;
   }
 
   async revokeOwner(ownerSatelliteId: string, ownerUserId: string): Promise<number> {

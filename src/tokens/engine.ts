@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { DomainError } from '../errors.js';
 import { placeOfOwner } from '../store/keys.js';
 import type { OwnerBatch, TokenStore } from '../store/token-store.js';
-import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, Token, UnredeemedToken } from '../store/model.js';
+import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, Token, TokenState, UnredeemedToken } from '../store/model.js';
 import { mint, tokenAt } from './mint.js';
 import { checkCampaignId, checkId, checkToken } from './validate.js';
 
@@ -105,6 +105,11 @@ export class TokenEngine {
 
   async lookup(token: string): Promise<Token | undefined> {
     return (await this.store.lookup(checkToken(token))).token;
+  }
+
+  /** Each token's state as stored, undefined where absent: many at once, for a check before a push. */
+  async storedStates(tokens: string[]): Promise<(TokenState | undefined)[]> {
+    return this.store.storedStates(tokens.map((t) => checkToken(t)));
   }
 
   async revokeToken(token: string): Promise<Result<RevokeCode>> {

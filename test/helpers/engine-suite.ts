@@ -1003,6 +1003,23 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await engine.stats()).toEqual(stats);
         expect(await engine.listUnredeemed(m.sat, m.user)).toEqual(list);
       });
+
+      it('storedStates: each token\'s state as stored, in order, across buckets; a lapsed lease still reads reserved; absent is undefined', async () => {
+        const m = await mint(5);
+        const [, held, used, gone, lapsing] = m.tokens as [string, string, string, string, string];
+        await engine.reserve(held, 'holder', 60_000);
+        await engine.redeem(used, 'r', 'u');
+        await engine.revokeToken(gone);
+        const lapse = await engine.reserve(lapsing, 'holder', 50);
+        await sleepUntil(lapse.token!.leaseExpiresAt! + 30);
+        const others = (await engine.generate({ owners: Array.from({ length: 50 }, (_, i) => ({ ownerSatelliteId: uniq('sat'), ownerUserId: `o-${i}` })), perUser: 1 })).tokens.map((t) => t.token);
+        await engine.revokeToken(others[7]!);
+        const absent = randomUUID();
+        const asked = [absent, ...m.tokens, ...others, m.tokens[3]!];
+        const want = [undefined, 'unredeemed', 'reserved', 'redeemed', 'revoked', 'reserved', ...others.map((_, i) => (i === 7 ? 'revoked' : 'unredeemed')), 'revoked'];
+        expect(await engine.storedStates(asked)).toEqual(want);
+        await expect(engine.storedStates(['not-a-token'])).rejects.toMatchObject({ code: 'invalid_request' });
+      });
     });
 
     describe('stats and events over a whole life', () => {
