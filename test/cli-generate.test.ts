@@ -600,6 +600,36 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
       await fx.close();
     }
   });
+
+  it('with a body limit below one user\'s set: each set is pushed in parts, nobody is refused', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const users = ['u0', 'u1', 'u2', 'u3', 'u4'];
+    const held = new Map<string, string[]>();
+    const satellite = await handWrittenSatellite(
+      fx,
+      'sat-s',
+      () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }),
+      (tokens) => {
+        if (tokens.length > 4) return { status: 413 };
+        for (const t of tokens) held.set(t.userId, [...(held.get(t.userId) ?? []), t.token]);
+        return tokens.length;
+      },
+    );
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      const run = await runCli(['generate', '--all', '--per-user', '6', '--campaign', 'sets', '--batch-size', '12', '--json'], env);
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 5, tokensDelivered: 30, usersRefused: 0, status: 'done' });
+      expect([...held.values()].map((t) => new Set(t).size)).toEqual([6, 6, 6, 6, 6]);
+      for (const [u, tokens] of held) for (const t of tokens) expect((await fx.engine.lookup(t))).toMatchObject({ ownerUserId: u, state: 'unredeemed' });
+      // every user recorded delivered: a rerun pushes nothing
+      const again = await runCli(['generate', '--resume', 'sets', '--json'], env);
+      expect(JSON.parse(again.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 0, failures: 0, status: 'done' });
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
 });
 
 describe('--expires', () => {

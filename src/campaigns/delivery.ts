@@ -99,11 +99,12 @@ export class Delivery {
   /**
    * A satellite refusing a batch's content (a user it no longer has: 400, 404, 409, 410, 413, 422, or fewer
    * tokens accepted than sent) refuses it again on every --resume, and every other user of the batch would wait
-   * for ever. So a refused batch is split in halves down to single users: the halves it accepts are
-   * delivered, and each user it refuses alone is recorded refused, with the campaign's tokens of that user
-   * revoked (nobody holds them; a later campaign serves the user if the satellite lists it again). When it
-   * accepts no user of a batch of ALL_REFUSED_FAILS or more, the fault is the satellite's, not the users':
-   * the run fails as before, nothing is refused, and --resume pushes the batch again.
+   * for ever. So a refused batch is split in halves down to single users, and a user's tokens refused as too
+   * large (413) in halves down to one token: the halves it accepts are delivered, and each user it refuses
+   * alone is recorded refused, with the campaign's tokens of that user revoked (nobody holds them; a later
+   * campaign serves the user if the satellite lists it again). When it accepts no user of a batch of
+   * ALL_REFUSED_FAILS or more, the fault is the satellite's, not the users': the run fails as before,
+   * nothing is refused, and --resume pushes the batch again.
    */
   private async pushOrSplit(pairs: Pair[], whole: Map<string, number>): Promise<void> {
     let first: SatelliteCallError;
@@ -116,25 +117,32 @@ export class Delivery {
     }
     const refused = new Map<string, string>();
     let accepted = 0;
-    const split = async (part: Pair[], err: SatelliteCallError): Promise<void> => {
+    /** `ends`: the users whose set ends in `part` (push) */
+    const split = async (part: Pair[], err: SatelliteCallError, ends: Map<string, number>): Promise<void> => {
       const users = [...new Set(part.map((p) => p.userId))];
-      if (users.length === 1) {
+      let halves: [Pair[], Map<string, number>][];
+      if (users.length > 1) {
+        const left = new Set(users.slice(0, users.length >> 1));
+        halves = [[part.filter((p) => left.has(p.userId)), ends], [part.filter((p) => !left.has(p.userId)), ends]];
+      } else if (err.status === 413 && part.length > 1) {
+        // one user's tokens too large for the satellite's body limit: in two pushes, the set ending in the second
+        halves = [[part.slice(0, part.length >> 1), new Map()], [part.slice(part.length >> 1), ends]];
+      } else {
         refused.set(users[0]!, err.message);
         return;
       }
-      const left = new Set(users.slice(0, users.length >> 1));
-      for (const half of [part.filter((p) => left.has(p.userId)), part.filter((p) => !left.has(p.userId))]) {
+      for (const [half, halfEnds] of halves) {
         try {
-          await this.push(half, whole);
+          await this.push(half, halfEnds);
           accepted++;
         } catch (e) {
           if (!isRefusal(e)) throw e;
           this.fit(half, e);
-          await split(half, e);
+          await split(half, e, halfEnds);
         }
       }
     };
-    await split(pairs, first);
+    await split(pairs, first, whole);
     if (accepted === 0 && refused.size >= ALL_REFUSED_FAILS) throw first;
     await this.refuse(refused);
   }
