@@ -75,4 +75,6 @@ if (o.oursAllCores) {
 }
 console.log(`CPU per redeem (server + Redis): ours ${cpu(o.ours)}, Fastify ${cpu(o.fastify)}, uWS ceiling ${cpu(o.ceiling)}`);
 console.log(`snapshot catch-up       ${Math.round(snapResult.eventsPerSec)} events/s (>= 100k: ${mark(snapResult.eventsPerSec >= 100_000)})`);
+const { restore, verify } = snapResult;
+console.log(`restore from Postgres   ${restore.tokensPerSec} tokens/s (${restore.tokens} in ${restore.seconds.toFixed(1)} s); verify ${verify.tokensPerSec} tokens/s, ${verify.differences} differences (no targets)`);
 console.log(`snapshot lag under HTTP redeem load  ${o.snapshot?.maxLagSeconds.toFixed(3)} s (< 1 s: ${mark((o.snapshot?.maxLagSeconds ?? 9) < 1)})`);

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { loadConfig } from '../src/config.js';
-import { openPostgres, sampleLag, startSnapshotWriter, type Lag } from '../src/snapshot/index.js';
+import { openPostgres, RESTORE_LANES, restoreFromPostgres, sampleLag, startSnapshotWriter, verify, type Lag } from '../src/snapshot/index.js';
 import { createRedis, dropPrefix, type RedisClient } from '../src/store/redis.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
@@ -12,7 +12,9 @@ import { redisCpuSeconds } from './redis-server.js';
 /**
  * Snapshot writer speed against the local Postgres, in a throw-away database and key prefix:
  *  - catch-up: `events` generated events wait in the streams, then the writer starts; events/s until lag is 0;
- *  - lag under load: `redeems` redeems at `concurrency` while the writer runs; the worst lag sampled.
+ *  - lag under load: `redeems` redeems at `concurrency` while the writer runs; the worst lag sampled;
+ *  - restore and verify: every token rebuilt from Postgres under a second prefix (what `restore --from-postgres`
+ *    does for tokens, the bulk of any restore), then compared with Postgres (what `verify` does), each timed.
  *   node dist/bench/snapshot.js [--events N] [--redeems N] [--concurrency C]
  */
 export interface SnapshotBenchOptions {
@@ -35,6 +37,15 @@ export interface SnapshotBenchResult {
   maxLagEvents: number;
   /** CPU per event during the catch-up: Postgres backends of the bench's database, the writer (this process), Redis */
   cpuMicrosPerEvent: { postgres: number; writer: number; redis: number };
+  restore: { tokens: number; seconds: number; tokensPerSec: number };
+  verify: { tokens: number; seconds: number; tokensPerSec: number; differences: number };
+}
+
+/** Seconds `fn` took, with its result. */
+async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
+  const t0 = performance.now();
+  const r = await fn();
+  return [r, (performance.now() - t0) / 1000];
 }
 
 /** Backends serving `db` (the writer's, the bench's, autovacuum's), when Postgres runs on this machine. */
@@ -103,6 +114,7 @@ export async function run(opts: SnapshotBenchOptions = {}): Promise<SnapshotBenc
   const redeems = Math.min(opts.redeems ?? 50_000, events);
   const concurrency = opts.concurrency ?? 100;
   const prefix = `bench-snap-${randomBytes(3).toString('hex')}`;
+  const restoredPrefix = `${prefix}-restored`;
   const server = new URL(opts.databaseUrl ?? 'postgres://postgres@127.0.0.1:5432/postgres');
   const dbName = `bench_rm_${randomBytes(3).toString('hex')}`;
   const dbUrl = new URL(server.toString());
@@ -110,7 +122,7 @@ export async function run(opts: SnapshotBenchOptions = {}): Promise<SnapshotBenc
   const config = loadConfig({ redisUrl: opts.redisUrl ?? 'redis://127.0.0.1:6379', keyPrefix: prefix, databaseUrl: dbUrl.toString() });
   const redis = createRedis(config);
   const engine = new TokenEngine(new TokenStore(redis, prefix));
-  const pool = await openPostgres(config.databaseUrl);
+  const pool = await openPostgres(config.databaseUrl, RESTORE_LANES);
   try {
     log(`generating ${events} tokens (= ${events} events) with no writer running...`);
     const tokens = await generate(engine, events);
@@ -145,6 +157,11 @@ export async function run(opts: SnapshotBenchOptions = {}): Promise<SnapshotBenc
     const worst = await lag.stop();
     log(`redeem load: ${redeems} redeems at ${Math.round(redeems / redeemSeconds)}/s; worst lag ${worst.seconds.toFixed(3)} s, ${worst.events} events`);
     await writer.stop();
+
+    const [restored, restoreSeconds] = await timed(() => restoreFromPostgres(redis, pool, restoredPrefix));
+    const [report, verifySeconds] = await timed(() => verify(redis, pool, restoredPrefix, 10));
+    log(`restore: ${restored} tokens from Postgres in ${restoreSeconds.toFixed(2)} s = ${Math.round(restored / restoreSeconds)} tokens/s; ` +
+      `verify: ${report.tokens} tokens in ${verifySeconds.toFixed(2)} s = ${Math.round(report.tokens / verifySeconds)} tokens/s, ${report.differences} differences`);
     return {
       events,
       catchUpSeconds,
@@ -154,10 +171,13 @@ export async function run(opts: SnapshotBenchOptions = {}): Promise<SnapshotBenc
       maxLagSeconds: worst.seconds,
       maxLagEvents: worst.events,
       cpuMicrosPerEvent,
+      restore: { tokens: restored, seconds: restoreSeconds, tokensPerSec: Math.round(restored / restoreSeconds) },
+      verify: { tokens: report.tokens, seconds: verifySeconds, tokensPerSec: Math.round(report.tokens / verifySeconds), differences: report.differences },
     };
   } finally {
     await pool.end();
     await dropPrefix(redis, prefix);
+    await dropPrefix(redis, restoredPrefix);
     redis.disconnect();
     const admin = new pg.Client({ connectionString: server.toString() });
     await admin.connect();

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { startOpsServer } from '../../src/http/ops.js';
-import { anyKey, engineKeys, openPostgres, registerMarkedRevocations, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, revocationGaps, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
+import { anyKey, engineKeys, openPostgres, registerMarkedRevocations, RESTORE_LANES, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, revocationGaps, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
 import { clusterFailures, type RedisClient } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
@@ -27,7 +27,7 @@ async function writerReadiness(writer: SnapshotWriter | undefined): Promise<{ re
  * The snapshot as restore and verify read it: an existing database only. Made on the spot from a
  * mistyped DATABASE_URL, it would restore 0 tokens (after --force removed every one) or list every token.
  */
-const openSnapshot = (url: string) => openPostgres(url, 2, undefined, false);
+const openSnapshot = (url: string, connections = 2) => openPostgres(url, connections, undefined, false);
 
 const REVOCATION_HINT: Record<string, string> = {
   unmarked: 'generate still makes tokens of this revoked campaign there',
@@ -82,7 +82,7 @@ export function register(program: Command): void {
       if (!opts.fromPostgres) this.error('restore needs --from-postgres', { exitCode: 2 });
       const config = configFrom(this);
       const redis = await connectRedis(config);
-      const pool = await openSnapshot(config.databaseUrl);
+      const pool = await openSnapshot(config.databaseUrl, RESTORE_LANES);
       try {
         if (await anyKey(redis, config.keyPrefix)) {
           if (!opts.force) throw new Error(`Redis has keys under "${config.keyPrefix}:"; refusing to restore over them (use --force)`);

@@ -2,7 +2,7 @@ import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
 import { Keys, SHARDS, placeOfOwner, placeOfToken } from '../store/keys.js';
 import { hexOf } from '../store/codec.js';
-import { defineScripts, preloadScripts } from '../store/scripts.js';
+import { defineScripts, preloadScripts, type ScriptFn } from '../store/scripts.js';
 import { scanKeys } from '../store/redis.js';
 import { GROUP } from './lag.js';
 import { pgShardRows } from './pg-rows.js';
@@ -24,52 +24,61 @@ export async function anyKey(redis: RedisClient, prefix: string): Promise<boolea
 }
 
 const CHUNK = 2000;
+/** Shards restored at once: one lane's Postgres read overlaps another's Redis writes (the pool should have as many connections). */
+export const RESTORE_LANES = 4;
 
 /**
- * Rebuilds the engine's keys from Postgres, shard by shard. Writes no events (the rows are history
- * already); each shard's stream is created empty with the snapshot group, and its last id is set to
- * the newest position Postgres holds, so new events always sort after the restored rows.
+ * Rebuilds the engine's keys from Postgres, RESTORE_LANES shards at a time. Writes no events (the rows are
+ * history already); each shard's stream is created empty with the snapshot group, and its last id is set
+ * to the newest position Postgres holds, so new events always sort after the restored rows.
  */
-export async function restoreFromPostgres(redis: RedisClient, pool: pg.Pool, prefix: string, onShard?: (shard: number, tokens: number) => void): Promise<number> {
+export async function restoreFromPostgres(redis: RedisClient, pool: pg.Pool, prefix: string): Promise<number> {
   const keys = new Keys(prefix);
   await preloadScripts(redis, ['restore']);
   const restore = defineScripts(redis, ['restore']).restore!;
   let total = 0;
-  for (let shard = 0; shard < SHARDS; shard++) {
-    let n = 0;
-    for await (const page of pgShardRows(pool, shard)) {
-      for (let i = 0; i < page.length; i += CHUNK) {
-        const callKeys = [keys.dict(shard), keys.stats(shard), keys.reservations(shard), keys.redeemed(shard)];
-        const bucketIndex = new Map<number, number>();
-        const args: (string | number)[] = [0];
-        let count = 0;
-        for (const r of page.slice(i, i + CHUNK)) {
-          const hex = hexOf(r[0]!);
-          const { bucket } = placeOfToken(hex);
-          let idx = bucketIndex.get(bucket);
-          if (idx === undefined) {
-            callKeys.push(keys.bucket(shard, bucket));
-            idx = callKeys.length;
-            bucketIndex.set(bucket, idx);
-          }
-          const owner = placeOfOwner(r[2]!, r[3]!);
-          args.push(idx, owner.refHint, r[2]!, r[3]!, hex, STATE_LETTER[r[1] as TokenState] ?? 'u', r[4]!, r[5]!, r[6]!, r[7]!, r[8]!, r[9]!, r[10]!, r[11]!, r[12]!);
-          count++;
-        }
-        args[0] = count;
-        n += Number(await restore(callKeys, args));
-      }
+  let next = 0;
+  const lane = async () => {
+    for (let shard = next++; shard < SHARDS; shard = next++) {
+      // not `total += await ...`: that reads total before the await, and the lanes would overwrite each other
+      const n = await restoreShard(redis, pool, keys, restore, shard);
+      total += n;
     }
-    const top = await pool.query<{ ms: string; seq: string }>(
-      'SELECT ev_ms::text AS ms, ev_seq::text AS seq FROM token_events WHERE ev_shard = $1 ORDER BY ev_ms DESC, ev_seq DESC LIMIT 1',
-      [shard],
-    );
-    const ev = keys.events(shard);
-    await redis.del(ev);
-    await redis.xgroup('CREATE', ev, GROUP, '0', 'MKSTREAM');
-    if (top.rows[0]) await redis.xsetid(ev, `${top.rows[0].ms}-${top.rows[0].seq}`);
-    total += n;
-    onShard?.(shard, n);
-  }
+  };
+  await Promise.all(Array.from({ length: RESTORE_LANES }, lane));
   return total;
+}
+
+async function restoreShard(redis: RedisClient, pool: pg.Pool, keys: Keys, restore: ScriptFn, shard: number): Promise<number> {
+  let n = 0;
+  for await (const page of pgShardRows(pool, shard)) {
+    for (let i = 0; i < page.length; i += CHUNK) {
+      const callKeys = [keys.dict(shard), keys.stats(shard), keys.reservations(shard), keys.redeemed(shard)];
+      const bucketIndex = new Map<number, number>();
+      const args: string[] = [];
+      for (const r of page.slice(i, i + CHUNK)) {
+        const hex = hexOf(r[0]!);
+        const { bucket } = placeOfToken(hex);
+        let idx = bucketIndex.get(bucket);
+        if (idx === undefined) {
+          callKeys.push(keys.bucket(shard, bucket));
+          idx = callKeys.length;
+          bucketIndex.set(bucket, idx);
+        }
+        const owner = placeOfOwner(r[2]!, r[3]!);
+        // one tab-joined argument a token (lua/restore.lua)
+        args.push(`${idx}\t${owner.refHint}\t${r[2]}\t${r[3]}\t${hex}\t${STATE_LETTER[r[1] as TokenState] ?? 'u'}\t${r.slice(4).join('\t')}`);
+      }
+      n += Number(await restore(callKeys, args));
+    }
+  }
+  const top = await pool.query<{ ms: string; seq: string }>(
+    'SELECT ev_ms::text AS ms, ev_seq::text AS seq FROM token_events WHERE ev_shard = $1 ORDER BY ev_ms DESC, ev_seq DESC LIMIT 1',
+    [shard],
+  );
+  const ev = keys.events(shard);
+  await redis.del(ev);
+  await redis.xgroup('CREATE', ev, GROUP, '0', 'MKSTREAM');
+  if (top.rows[0]) await redis.xsetid(ev, `${top.rows[0].ms}-${top.rows[0].seq}`);
+  return n;
 }
