@@ -4,7 +4,8 @@ import { mapValues } from '../collections.js';
 import { addMade, addRefused, campaignExists, CampaignKeys, parseProgress, readAllCampaigns, readRefused, writeCampaign, type CampaignMeta, type CampaignRecord, type SatelliteProgress } from '../store/campaigns.js';
 import { PeriodicCopy } from './copy.js';
 
-const MADE_PAGE = 5000;
+/** users a page, reading a campaign's made users or refusals from Postgres and writing refusals to it */
+const PAGE = 5000;
 
 /** A satellite restored from `running`: its run is gone with the old Redis. */
 export const RESTORED_RUNNING = 'restored from the Postgres snapshot while running: run generate --resume';
@@ -85,7 +86,7 @@ export class CampaignCopy extends PeriodicCopy<Changes> {
     if (p.rows.size) await pool.query(UPSERT, [`[${[...p.rows.values()].join(',')}]`]);
     for (const [id, text] of p.rows) this.copied.set(id, text);
     for (const r of p.refusals) {
-      for (let i = 0; i < r.users.length; i += MADE_PAGE) await pool.query(ADD_REFUSALS, [r.id, r.sat, r.users.slice(i, i + MADE_PAGE)]);
+      for (let i = 0; i < r.users.length; i += PAGE) await pool.query(ADD_REFUSALS, [r.id, r.sat, r.users.slice(i, i + PAGE)]);
       this.refusalsCopied.set(JSON.stringify([r.id, r.sat]), r.counted);
     }
     if (p.all) this.writtenAt = Date.now();
@@ -105,12 +106,12 @@ async function* madeByUser(pool: pg.Pool, id: string, sat: string): AsyncGenerat
     const res = await pool.query<[string, string]>({
       text: `SELECT owner_user_id, string_agg(token::text, ',' ORDER BY created_at, token) FROM tokens
              WHERE campaign_id = $1 AND owner_satellite_id = $2 AND owner_user_id > $3
-             GROUP BY owner_user_id ORDER BY owner_user_id LIMIT ${MADE_PAGE}`,
+             GROUP BY owner_user_id ORDER BY owner_user_id LIMIT ${PAGE}`,
       values: [id, sat, after],
       rowMode: 'array',
     });
     if (res.rows.length) yield res.rows;
-    if (res.rows.length < MADE_PAGE) return;
+    if (res.rows.length < PAGE) return;
     after = res.rows[res.rows.length - 1]![0];
   }
 }
@@ -120,12 +121,12 @@ async function* refusedUsers(pool: pg.Pool, id: string, sat: string): AsyncGener
   let after = '';
   for (;;) {
     const res = await pool.query<{ user_id: string }>(
-      `SELECT user_id FROM campaign_refusals WHERE campaign_id = $1 AND satellite_id = $2 AND user_id > $3 ORDER BY user_id LIMIT ${MADE_PAGE}`,
+      `SELECT user_id FROM campaign_refusals WHERE campaign_id = $1 AND satellite_id = $2 AND user_id > $3 ORDER BY user_id LIMIT ${PAGE}`,
       [id, sat, after],
     );
     const users = res.rows.map((r) => r.user_id);
     if (users.length) yield users;
-    if (users.length < MADE_PAGE) return;
+    if (users.length < PAGE) return;
     after = users[users.length - 1]!;
   }
 }
@@ -147,8 +148,9 @@ function restoredProgress(p: SatelliteProgress): SatelliteProgress {
  * Brings back every campaign of the snapshot that Redis does not have: its made users rebuilt from the
  * tokens table, the users of `done` satellites recorded delivered, the users each satellite refused, then
  * its record (last, as it is what makes the campaign exist: a restore stopped part-way leaves no record
- * and its rerun does the campaign again). The progress as restored is written back to Postgres too, so verify agrees at once. A campaign
- * Redis has is newer than the snapshot and is kept. Its revocation is restoreRevoked's.
+ * and its rerun does the campaign again). The progress as restored is written back to Postgres too, so
+ * verify agrees at once. A campaign Redis has is newer than the snapshot and is kept. Its revocation is
+ * restoreRevoked's.
  */
 export async function restoreCampaigns(redis: RedisClient, pool: pg.Pool, prefix: string): Promise<{ restored: number; kept: number }> {
   const keys = new CampaignKeys(prefix);
