@@ -212,6 +212,18 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect(text.stdout).not.toContain(u1[0]!);
     });
 
+    it("redeemed: the user's redeemed tokens, with who redeemed them and when", async () => {
+      const json = await cli('tokens', 'redeemed', '--satellite', 'sat-a', '--user', 'u1', '--json');
+      expect(json.code, json.stderr).toBe(0);
+      const t = (await fx.engine.lookup(u1[0]!))!;
+      expect(JSON.parse(json.stdout)).toEqual([{ token: u1[0], campaignId: 'camp-ops', redeemerSatelliteId: 'sat-b', redeemerUserId: 'new-user', redeemedAt: t.redeemedAt }]);
+      const text = await cli('tokens', 'redeemed', '--satellite', 'sat-a', '--user', 'u1');
+      expect(text.code, text.stderr).toBe(0);
+      expect(text.stdout).toMatch(new RegExp(`^${u1[0]} +camp-ops +sat-b +new-user +${new Date(t.redeemedAt!).toISOString()}$`, 'm'));
+      const none = await cli('tokens', 'redeemed', '--satellite', 'sat-a', '--user', 'u2');
+      expect(none.stdout).toBe('no redeemed tokens for user "u2" of satellite "sat-a"\n');
+    });
+
     it('revoke <token>...: a result code per token, exit 1 when one was not revoked', async () => {
       const unknown = '0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d';
       const r = await cli('tokens', 'revoke', u1[1]!, u1[0]!, unknown);
@@ -330,7 +342,7 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
 
   it('--help of every command exits 0 and shows examples', async () => {
     const commands = [['satellites'], ['satellites', 'add'], ['satellites', 'list'], ['satellites', 'remove'], ['satellites', 'rotate-key'],
-      ['tokens'], ['tokens', 'show'], ['tokens', 'list'], ['tokens', 'revoke'], ['stats'], ['export']];
+      ['tokens'], ['tokens', 'show'], ['tokens', 'list'], ['tokens', 'redeemed'], ['tokens', 'revoke'], ['stats'], ['export']];
     for (let i = 0; i < commands.length; i += 4) {
       const runs = await Promise.all(commands.slice(i, i + 4).map((c) => cli(...c, '--help')));
       runs.forEach((r, j) => {

@@ -55,6 +55,11 @@ it('satellite client: listTokens, lookup, redeem across satellites, typed refusa
   const missing = await refusal(b.lookup('ffff0000-0000-4000-8000-000000000000'));
   expect([missing.code, missing.status]).toEqual(['token_not_found', 404]);
   expect((await refusal(b.redeem('nope', 'x'))).code).toBe('invalid_request');
+
+  // alice's referrals, as eu1 sees them: two new users on us1, not named to eu1
+  const referred = { campaignId: expect.any(String), redeemerSatelliteId: 'us1', redeemedAt: expect.any(Number) };
+  expect(await a.listRedemptions('alice')).toEqual([{ token: t1, ...referred }, { token: t2, ...referred }]);
+  expect(await b.listRedemptions('alice')).toEqual([]);
 });
 
 it('admin client: satellites, rotate, revoke, stats; a wrong key is unauthorized', async () => {

@@ -127,6 +127,30 @@ describe.each<Format>(['json', 'msgpack'])('satellite routes in %s', (format) =>
     expect(theirs.body.tokens).toEqual([]);
   });
 
+  it('lists the redeemed tokens of a user on the calling satellite, naming the redeemer user only when it is the caller\'s', async () => {
+    const user = `referrer-${format}`;
+    const [toB, toA, held, unused] = await tokensFor('sat-a', user, 4);
+    expect((await as(keyA, 'GET', `/v1/users/${user}/redemptions`)).body).toEqual({ redemptions: [] });
+    expect((await as(keyB, 'POST', '/v1/tokens/redeem', { token: toB, userId: 'bob' })).status).toBe(200);
+    const r = await as(keyA, 'POST', '/v1/tokens/reserve', { token: toA });
+    expect((await as(keyA, 'POST', '/v1/tokens/complete', { token: toA, reservationId: r.body.reservationId, userId: 'carol' })).status).toBe(200);
+    expect((await as(keyB, 'POST', '/v1/tokens/reserve', { token: held })).status).toBe(200);
+    const mine = await as(keyA, 'GET', `/v1/users/${user}/redemptions`);
+    expect(mine.status).toBe(200);
+    expect(String(mine.headers['content-type'])).toContain(format);
+    const at = { campaignId: expect.any(String), redeemedAt: expect.any(Number) };
+    // bob is sat-b's user: sat-a learns that its user brought someone to sat-b, not who
+    expect(mine.body.redemptions).toEqual([
+      { token: toB, redeemerSatelliteId: 'sat-b', ...at },
+      { token: toA, redeemerSatelliteId: 'sat-a', redeemerUserId: 'carol', ...at },
+    ]);
+    expect(mine.body.redemptions[0].redeemedAt).toBeLessThanOrEqual(mine.body.redemptions[1].redeemedAt);
+    // the reserved and the unused token are still the user's to share
+    expect((await as(keyA, 'GET', `/v1/users/${user}/tokens`)).body.tokens.map((t: { token: string }) => t.token)).toEqual([unused]);
+    // sat-b has no user of that id with tokens: nothing
+    expect((await as(keyB, 'GET', `/v1/users/${user}/redemptions`)).body).toEqual({ redemptions: [] });
+  });
+
   it('refuses invalid bodies with 400 invalid_request naming the field', async () => {
     let r = await as(keyA, 'POST', '/v1/tokens/redeem', { token: 12, userId: 'u' });
     expectError(r, 400, 'invalid_request');
@@ -342,6 +366,7 @@ describe('auth', () => {
     ['POST', '/v1/tokens/release', { token, reservationId: 'r' }],
     ['GET', `/v1/tokens/${token}`],
     ['GET', '/v1/users/u/tokens'],
+    ['GET', '/v1/users/u/redemptions'],
   ];
   const adminRoutes: [string, string, unknown?][] = [
     ['POST', '/v1/admin/satellites', { id: 'never' }],

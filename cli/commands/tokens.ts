@@ -71,6 +71,23 @@ export function register(program: Command): void {
     }
   });
 
+  const redeemed = tokens
+    .command('redeemed')
+    .description("one user's tokens that were redeemed: who joined through the user's invitations, and when")
+    .requiredOption('--satellite <id>', 'owner satellite id')
+    .requiredOption('--user <id>', 'owner user id')
+    .option('--json', 'machine-readable output')
+    .addHelpText('after', '\nExamples:\n  referral-manager tokens redeemed --satellite us1 --user u42\n  referral-manager tokens redeemed --satellite us1 --user u42 --json');
+  redeemed.action(async function (this: Command, opts: { satellite: string; user: string; json?: boolean }) {
+    const used = await invalidIsUsage(this, () => withEngine(configFrom(this), (e) => e.listRedeemed(opts.satellite, opts.user)));
+    if (opts.json) console.log(JSON.stringify(used, null, 2));
+    else if (used.length === 0) console.log(`no redeemed tokens for user "${opts.user}" of satellite "${opts.satellite}"`);
+    else {
+      const rows = used.map((t) => [t.token, t.campaignId, t.redeemerSatelliteId, t.redeemerUserId, new Date(t.redeemedAt).toISOString()]);
+      console.log(table(['token', 'campaign', 'redeemer satellite', 'redeemer user', 'redeemed'], rows));
+    }
+  });
+
   const revoke = tokens
     .command('revoke')
     .description('revoke tokens so they can no longer be redeemed: listed tokens, all open tokens of one user, or a whole campaign')

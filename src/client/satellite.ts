@@ -37,6 +37,15 @@ export interface ListedToken {
   expiresAt?: number;
 }
 
+/** A token of the user that someone redeemed; `redeemerUserId` only when the redeemer is one of the caller's users. */
+export interface Redemption {
+  token: string;
+  campaignId: string;
+  redeemerSatelliteId: string;
+  redeemerUserId?: string;
+  redeemedAt: number;
+}
+
 const seg = encodeURIComponent;
 
 /**
@@ -73,6 +82,11 @@ export class SatelliteClient {
   /** Unredeemed tokens of `userId` on the calling satellite. */
   async listTokens(userId: string): Promise<ListedToken[]> {
     return (await this.t.call<{ tokens: ListedToken[] }>('GET', `/v1/users/${seg(userId)}/tokens`)).tokens;
+  }
+
+  /** Tokens of `userId` on the calling satellite that were redeemed (on any satellite), oldest first: referrals to reward. */
+  async listRedemptions(userId: string): Promise<Redemption[]> {
+    return (await this.t.call<{ redemptions: Redemption[] }>('GET', `/v1/users/${seg(userId)}/redemptions`)).redemptions;
   }
 
   close(): Promise<void> {

@@ -121,6 +121,15 @@ export function routes(d: RouteDeps): Route[] {
         return ok({ tokens: tokens.map((t) => defined({ ...t })) });
       },
     },
+    {
+      method: 'get', pattern: '/v1/users/:userId/redemptions', auth: 'satellite',
+      async handler(c) {
+        const redeemed = await d.engine.listRedeemed(c.satelliteId, c.params[0]!);
+        // a redeemer's user id is another satellite's business: only the caller's own users are named
+        const redemptions = redeemed.map(({ redeemerUserId, ...r }) => (r.redeemerSatelliteId === c.satelliteId ? { ...r, redeemerUserId } : r));
+        return ok({ redemptions });
+      },
+    },
 
     {
       method: 'post', pattern: '/v1/admin/satellites', auth: 'admin',

@@ -36,6 +36,15 @@ export interface UnredeemedToken {
   expiresAt?: number;
 }
 
+/** A redeemed token of an owner, with who redeemed it (TokenStore.listRedeemed). */
+export interface RedeemedToken {
+  token: string;
+  campaignId: string;
+  redeemerSatelliteId: string;
+  redeemerUserId: string;
+  redeemedAt: number;
+}
+
 export interface OwnerTokens {
   ownerSatelliteId: string;
   ownerUserId: string;

@@ -4,7 +4,7 @@ import type { RedisClient } from './redis.js';
 import { defineScripts, preloadScripts, type ScriptFn } from './scripts.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken, type OwnerPlace } from './keys.js';
 import { dashed, decodeResult, hexOf } from './codec.js';
-import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, TokenSet, TokenState, UnredeemedToken } from './model.js';
+import type { CompleteCode, RedeemCode, ReleaseCode, RedeemedToken, Result, RevokeCode, Stats, TokenSet, TokenState, UnredeemedToken } from './model.js';
 import { STATE_NAME } from './export.js';
 
 export interface OwnerBatch {
@@ -170,6 +170,18 @@ export class TokenStore {
       }),
     );
     return counts.reduce((sum, r) => sum + Number(r[1]), 0);
+  }
+
+  /** An owner's redeemed tokens, oldest redemption first. */
+  async listRedeemed(ownerSatelliteId: string, ownerUserId: string): Promise<RedeemedToken[]> {
+    const p = placeOfOwner(ownerSatelliteId, ownerUserId);
+    const [bucket, dict, , rd] = this.keys.tokenKeys(p);
+    const r = (await this.s.list_redeemed!([bucket!, dict!, rd!], [ownerSatelliteId, ownerUserId, p.refHint, p.prefix])) as string[];
+    const out: RedeemedToken[] = [];
+    for (let i = 0; i < r.length; i += 5) {
+      out.push({ token: dashed(r[i]!), campaignId: r[i + 1]!, redeemerSatelliteId: r[i + 2]!, redeemerUserId: r[i + 3]!, redeemedAt: Number(r[i + 4]) });
+    }
+    return out.sort((a, b) => a.redeemedAt - b.redeemedAt || a.token.localeCompare(b.token));
   }
 
   async listUnredeemed(ownerSatelliteId: string, ownerUserId: string): Promise<UnredeemedToken[]> {

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { DomainError } from '../errors.js';
 import { placeOfOwner } from '../store/keys.js';
 import type { OwnerBatch, TokenStore } from '../store/token-store.js';
-import type { CompleteCode, RedeemCode, ReleaseCode, Result, RevokeCode, Stats, Token, TokenState, UnredeemedToken } from '../store/model.js';
+import type { CompleteCode, RedeemCode, RedeemedToken, ReleaseCode, Result, RevokeCode, Stats, Token, TokenState, UnredeemedToken } from '../store/model.js';
 import { mint, tokenAt } from './mint.js';
 import { checkCampaignId, checkId, checkToken } from './validate.js';
 
@@ -137,6 +137,11 @@ export class TokenEngine {
 
   async listUnredeemed(ownerSatelliteId: string, ownerUserId: string): Promise<UnredeemedToken[]> {
     return this.store.listUnredeemed(checkId('satelliteId', ownerSatelliteId), checkId('userId', ownerUserId));
+  }
+
+  /** The owner's tokens someone redeemed, with who and when (a referral to reward), oldest first. */
+  async listRedeemed(ownerSatelliteId: string, ownerUserId: string): Promise<RedeemedToken[]> {
+    return this.store.listRedeemed(checkId('satelliteId', ownerSatelliteId), checkId('userId', ownerUserId));
   }
 
   stats(): Promise<Stats> {

@@ -1004,6 +1004,31 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await engine.listUnredeemed(m.sat, m.user)).toEqual(list);
       });
 
+      it('listRedeemed: only the owner\'s redeemed tokens, with redeemer and time, oldest first; changes nothing', async () => {
+        const m = await mint(6, { campaignId: uniq('camp') });
+        const [first, viaReserve, held, gone, , second] = m.tokens as [string, string, string, string, string, string];
+        expect(await engine.listRedeemed(m.sat, m.user)).toEqual([]);
+        expect((await engine.redeem(first, 'sat-x', 'new-1')).code).toBe('ok');
+        const r = await engine.reserve(viaReserve, 'sat-y', 60_000);
+        expect((await engine.complete(viaReserve, r.token!.reservationId!, 'new-2')).code).toBe('ok');
+        await engine.reserve(held, 'sat-y', 60_000);
+        await engine.revokeToken(gone);
+        await sleepUntil(Date.now() + 5);
+        expect((await engine.redeem(second, 'sat-x', 'new-3')).code).toBe('ok');
+        // another owner's redeemed token, also one a user of the same id on another satellite holds
+        const other = await mint(1, { user: m.user });
+        await engine.redeem(other.tokens[0]!, 'sat-x', 'new-4');
+        const ev = await mark();
+        const listed = await engine.listRedeemed(m.sat, m.user);
+        const looked = await Promise.all([first, viaReserve, second].map((t) => engine.lookup(t)));
+        expect(listed).toEqual(looked.map((t) => ({ token: t!.token, campaignId: m.campaignId, redeemerSatelliteId: t!.redeemerSatelliteId, redeemerUserId: t!.redeemerUserId, redeemedAt: t!.redeemedAt })));
+        expect(listed.map((t) => [t.redeemerSatelliteId, t.redeemerUserId])).toEqual([['sat-x', 'new-1'], ['sat-y', 'new-2'], ['sat-x', 'new-3']]);
+        expect(await engine.listRedeemed(other.sat, m.user)).toHaveLength(1);
+        expect(await engine.listRedeemed(uniq('sat'), m.user)).toEqual([]);
+        expect(await since(ev)).toEqual([]);
+        await expect(engine.listRedeemed(m.sat, '')).rejects.toMatchObject({ code: 'invalid_request' });
+      });
+
       it('storedStates: each token\'s state as stored, in order, across buckets; a lapsed lease still reads reserved; absent is undefined', async () => {
         const m = await mint(5);
         const [, held, used, gone, lapsing] = m.tokens as [string, string, string, string, string];
