@@ -60,6 +60,9 @@ it('satellite client: listTokens, lookup, redeem across satellites, typed refusa
   const referred = { campaignId: expect.any(String), redeemerSatelliteId: 'us1', redeemedAt: expect.any(Number) };
   expect(await a.listRedemptions('alice')).toEqual([{ token: t1, ...referred }, { token: t2, ...referred }]);
   expect(await b.listRedemptions('alice')).toEqual([]);
+  // alice closes her account: her last open token stops working
+  expect(await a.revokeTokens('alice')).toBe(1);
+  expect((await refusal(b.redeem(t3, 'erin'))).code).toBe('token_revoked');
 });
 
 it('admin client: satellites, rotate, revoke, stats; a wrong key is unauthorized', async () => {

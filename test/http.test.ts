@@ -127,6 +127,26 @@ describe.each<Format>(['json', 'msgpack'])('satellite routes in %s', (format) =>
     expect(theirs.body.tokens).toEqual([]);
   });
 
+  it('revokes the open tokens of a user who closed the account, on the calling satellite only', async () => {
+    const user = `closing-${format}`;
+    const [used, held, open1, open2] = await tokensFor('sat-a', user, 4);
+    // a user of the same id on another satellite
+    const other = `sat-close-${format}`;
+    const keyOther = (await admin('POST', '/v1/admin/satellites', { id: other })).body.apiKey;
+    const [onOther] = await tokensFor(other, user, 1);
+    expect((await as(keyB, 'POST', '/v1/tokens/redeem', { token: used, userId: 'friend' })).status).toBe(200);
+    expect((await as(keyB, 'POST', '/v1/tokens/reserve', { token: held })).status).toBe(200);
+    const r = await as(keyA, 'DELETE', `/v1/users/${user}/tokens`);
+    expect(r.status).toBe(200);
+    expect(String(r.headers['content-type'])).toContain(format);
+    expect(r.body).toEqual({ revoked: 3 });
+    for (const t of [held, open1, open2]) expectError(await as(keyB, 'POST', '/v1/tokens/redeem', { token: t, userId: 'late' }), 410, 'token_revoked');
+    // the redeemed one stays a referral; the other satellite's user of the same id keeps its token
+    expect((await as(keyA, 'GET', `/v1/users/${user}/redemptions`)).body.redemptions.map((t: { token: string }) => t.token)).toEqual([used]);
+    expect((await as(keyOther, 'GET', `/v1/users/${user}/tokens`)).body.tokens.map((t: { token: string }) => t.token)).toEqual([onOther]);
+    expect((await as(keyA, 'DELETE', `/v1/users/${user}/tokens`)).body).toEqual({ revoked: 0 });
+  });
+
   it('lists the redeemed tokens of a user on the calling satellite, naming the redeemer user only when it is the caller\'s', async () => {
     const user = `referrer-${format}`;
     const [toB, toA, held, unused] = await tokensFor('sat-a', user, 4);
@@ -367,6 +387,7 @@ describe('auth', () => {
     ['GET', `/v1/tokens/${token}`],
     ['GET', '/v1/users/u/tokens'],
     ['GET', '/v1/users/u/redemptions'],
+    ['DELETE', '/v1/users/u/tokens'],
   ];
   const adminRoutes: [string, string, unknown?][] = [
     ['POST', '/v1/admin/satellites', { id: 'never' }],

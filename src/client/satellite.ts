@@ -84,6 +84,11 @@ export class SatelliteClient {
     return (await this.t.call<{ tokens: ListedToken[] }>('GET', `/v1/users/${seg(userId)}/tokens`)).tokens;
   }
 
+  /** Revokes every unredeemed or reserved token of `userId` on the calling satellite (the account was closed); returns how many. */
+  async revokeTokens(userId: string): Promise<number> {
+    return (await this.t.call<{ revoked: number }>('DELETE', `/v1/users/${seg(userId)}/tokens`)).revoked;
+  }
+
   /** Tokens of `userId` on the calling satellite that were redeemed (on any satellite), oldest first: referrals to reward. */
   async listRedemptions(userId: string): Promise<Redemption[]> {
     return (await this.t.call<{ redemptions: Redemption[] }>('GET', `/v1/users/${seg(userId)}/redemptions`)).redemptions;

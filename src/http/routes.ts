@@ -122,6 +122,13 @@ export function routes(d: RouteDeps): Route[] {
       },
     },
     {
+      // a user who closed the account: the invitations they hold must stop working
+      method: 'delete', pattern: '/v1/users/:userId/tokens', auth: 'satellite',
+      async handler(c) {
+        return ok({ revoked: await d.engine.revokeOwner(c.satelliteId, c.params[0]!) });
+      },
+    },
+    {
       method: 'get', pattern: '/v1/users/:userId/redemptions', auth: 'satellite',
       async handler(c) {
         const redeemed = await d.engine.listRedeemed(c.satelliteId, c.params[0]!);
