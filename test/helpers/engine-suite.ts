@@ -1010,6 +1010,8 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await engine.listRedeemed(m.sat, m.user)).toEqual([]);
         expect((await engine.redeem(first, 'sat-x', 'new-1')).code).toBe('ok');
         const r = await engine.reserve(viaReserve, 'sat-y', 60_000);
+        // redemptions in distinct milliseconds, so their order is the time's, not the tie-break's
+        await sleepUntil(Date.now() + 5);
         expect((await engine.complete(viaReserve, r.token!.reservationId!, 'new-2')).code).toBe('ok');
         await engine.reserve(held, 'sat-y', 60_000);
         await engine.revokeToken(gone);
