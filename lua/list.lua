@@ -5,33 +5,26 @@
   Reply: flat list of { token hex, campaignId, createdAt, expiresAt } per token.
 ]]
 --- @include "codec"
+--- @include "owner"
 
-local satNum = redis.call('HGET', KEYS[2], 's\t' .. ARGV[1])
-if not satNum then return {} end
-local ref = find_owner(KEYS[1], satNum .. ':' .. ARGV[2], ARGV[3], false)
-if not ref then return {} end
 local now = clock()
-local all = redis.call('HGETALL', KEYS[1])
 local out = {}
 local camps = {}
-for i = 1, #all, 2 do
-  local field, rec = all[i], all[i + 1]
-  if string.sub(field, 1, 1) ~= '#' then
-    local state, r, camp, created, expires = parse_rec(rec)
-    if r == ref and (state == 'u' or state == 's') and not (expires and expires <= now) then
-      local free = state == 'u'
-      if not free then
-        -- only the lease, the third tab-separated field of the reservation
-        local lease = string.match(redis.call('HGET', KEYS[3], field) or '\t\t0', '^[^\t]*\t[^\t]*\t([^\t]*)')
-        free = tonumber(lease) <= now
-      end
-      if free then
-        camps[camp] = camps[camp] or (redis.call('HGET', KEYS[2], 'C' .. camp) or '')
-        out[#out + 1] = ARGV[4] .. field
-        out[#out + 1] = camps[camp]
-        out[#out + 1] = dec(created)
-        out[#out + 1] = dec(expires)
-      end
+for _, t in ipairs(owner_tokens(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])) do
+  local field, state, camp, created, expires = t[1], t[2], t[3], t[4], t[5]
+  if (state == 'u' or state == 's') and not (expires and expires <= now) then
+    local free = state == 'u'
+    if not free then
+      -- only the lease, the third tab-separated field of the reservation
+      local lease = string.match(redis.call('HGET', KEYS[3], field) or '\t\t0', '^[^\t]*\t[^\t]*\t([^\t]*)')
+      free = tonumber(lease) <= now
+    end
+    if free then
+      camps[camp] = camps[camp] or (redis.call('HGET', KEYS[2], 'C' .. camp) or '')
+      out[#out + 1] = ARGV[4] .. field
+      out[#out + 1] = camps[camp]
+      out[#out + 1] = dec(created)
+      out[#out + 1] = dec(expires)
     end
   end
 end

@@ -6,28 +6,21 @@
   Reply: flat list of { token hex, campaignId, redeemerSatelliteId, redeemerUserId, redeemedAt } per token.
 ]]
 --- @include "codec"
+--- @include "owner"
 
-local satNum = redis.call('HGET', KEYS[2], 's\t' .. ARGV[1])
-if not satNum then return {} end
-local ref = find_owner(KEYS[1], satNum .. ':' .. ARGV[2], ARGV[3], false)
-if not ref then return {} end
-local all = redis.call('HGETALL', KEYS[1])
 local out = {}
 local camps = {}
-for i = 1, #all, 2 do
-  local field, rec = all[i], all[i + 1]
-  if string.sub(field, 1, 1) ~= '#' then
-    local state, r, camp = parse_rec(rec)
-    if r == ref and state == 'r' then
-      -- the redemption details: redeemer satellite, redeemer user, redeemedAt, reservationId
-      local sat, user, at = string.match(redis.call('HGET', KEYS[3], field) or '\t\t', '^([^\t]*)\t([^\t]*)\t([^\t]*)')
-      camps[camp] = camps[camp] or (redis.call('HGET', KEYS[2], 'C' .. camp) or '')
-      out[#out + 1] = ARGV[4] .. field
-      out[#out + 1] = camps[camp]
-      out[#out + 1] = sat
-      out[#out + 1] = user
-      out[#out + 1] = at
-    end
+for _, t in ipairs(owner_tokens(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])) do
+  local field, state, camp = t[1], t[2], t[3]
+  if state == 'r' then
+    -- the redemption details: redeemer satellite, redeemer user, redeemedAt, reservationId
+    local sat, user, at = string.match(redis.call('HGET', KEYS[3], field) or '\t\t', '^([^\t]*)\t([^\t]*)\t([^\t]*)')
+    camps[camp] = camps[camp] or (redis.call('HGET', KEYS[2], 'C' .. camp) or '')
+    out[#out + 1] = ARGV[4] .. field
+    out[#out + 1] = camps[camp]
+    out[#out + 1] = sat
+    out[#out + 1] = user
+    out[#out + 1] = at
   end
 end
 return out

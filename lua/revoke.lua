@@ -8,6 +8,7 @@
          owner mode { 'ok', count }.
 ]]
 --- @include "codec"
+--- @include "owner"
 
 local keys = { rs = KEYS[3], rd = KEYS[4], stats = KEYS[5], ev = KEYS[6] }
 local now, at = clock()
@@ -19,21 +20,11 @@ if ARGV[1] == 'token' then
   return transition(keys, t, 'x', 'revoked', at)
 end
 
-local satNum = redis.call('HGET', KEYS[2], 's\t' .. ARGV[2])
-if not satNum then return { 'ok', 0 } end
-local ref = find_owner(KEYS[1], satNum .. ':' .. ARGV[3], ARGV[4], false)
-if not ref then return { 'ok', 0 } end
-local all = redis.call('HGETALL', KEYS[1])
 local count = 0
-for i = 1, #all, 2 do
-  local field, rec = all[i], all[i + 1]
-  if string.sub(field, 1, 1) ~= '#' then
-    local state, r = parse_rec(rec)
-    if r == ref and (state == 'u' or state == 's') then
-      local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[5] .. field, now)
-      transition(keys, t, 'x', 'revoked', at)
-      count = count + 1
-    end
+for _, t in ipairs(owner_tokens(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4])) do
+  if t[2] == 'u' or t[2] == 's' then
+    transition(keys, load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[5] .. t[1], now), 'x', 'revoked', at)
+    count = count + 1
   end
 end
 return { 'ok', count }
