@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, type Config } from '../src/config.js';
 import { createRedis, whenReady, type RedisClient } from '../src/store/redis.js';
+import { openPostgres } from '../src/snapshot/index.js';
 
 /** How long a command waits for Redis before it gives up with one error line. */
 const CONNECT_WAIT_MS = 10_000;
@@ -62,3 +63,10 @@ export async function connectRedis(config: Config): Promise<RedisClient> {
   }
   return redis;
 }
+
+/**
+ * The snapshot as the commands that read it open it (restore, verify, campaigns results): an existing
+ * database only. Made on the spot from a mistyped DATABASE_URL, it would restore 0 tokens (after --force
+ * removed every one) or list every token.
+ */
+export const openSnapshot = (url: string, connections = 2) => openPostgres(url, connections, undefined, false);

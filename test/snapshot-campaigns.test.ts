@@ -179,6 +179,38 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     expect((await verify(fx.redis, pool, fx.prefix)).listed.filter((d) => d.token.includes('{camp:older}'))).toEqual([]);
   });
 
+  it('campaigns results: what became of the tokens, per owner satellite, from the snapshot', async () => {
+    const sim = await satellite('sat-r', 10);
+    const w = await writer(fx.prefix);
+    await cli(['generate', '--satellite', 'sat-r', '--per-user', '2', '--campaign', 'results']);
+    const shared = Array.from({ length: 8 }, () => sim.satellite.takeToken()!.token);
+    for (const t of shared.slice(0, 3)) expect((await fx.engine.redeem(t, 'sat-r', `new-${t}`)).code).toBe('ok');
+    for (const t of shared.slice(3, 5)) {
+      const r = await fx.engine.reserve(t, 'sat-q', 60_000);
+      expect((await fx.engine.complete(t, r.token!.reservationId!, `new-${t}`)).code).toBe('ok');
+    }
+    await fx.engine.reserve(shared[5]!, 'sat-q', 60_000);
+    // a lease that lapses: unredeemed again
+    await fx.engine.reserve(shared[6]!, 'sat-q', 50);
+    await fx.engine.revokeToken(shared[7]!);
+    // two more of the campaign that expire (made through the engine: generate's --expires counts in days)
+    const expiresAt = Date.now() + 1500;
+    await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-r', ownerUserId: 'late' }], perUser: 2, campaignId: 'results', expiresAt });
+    await sleep(expiresAt + 50 - Date.now());
+    await caughtUp(fx.redis, fx.prefix, pool, 0);
+
+    const r = JSON.parse(await cli(['campaigns', 'results', 'results', '--json']));
+    expect(r).toEqual({
+      campaignId: 'results',
+      satellites: { 'sat-r': { generated: 22, redeemed: 5, reserved: 1, unredeemed: 13, expired: 2, revoked: 1, redeemedOn: { 'sat-q': 2, 'sat-r': 3 } } },
+      snapshotLag: { events: 0, seconds: 0 },
+    });
+    expect(await cli(['campaigns', 'results', 'results'])).toMatch(/^sat-r +22 +5 +22\.7% +13 +1 +2 +1 +sat-q 2, sat-r 3$/m);
+    const none = await runCli(['campaigns', 'results', 'no-such-campaign'], env);
+    expect([none.code, none.stderr]).toEqual([1, expect.stringContaining('no token of campaign "no-such-campaign" in the Postgres snapshot')]);
+    await w.stop();
+  });
+
   it('the users a satellite refused reach Postgres and come back with restore, not as delivered', async () => {
     const sim = await satellite('sat-g', 40);
     const w = await writer(fx.prefix);

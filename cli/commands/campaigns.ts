@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
 import { CampaignStore, campaignNotFound, type Campaign } from '../../src/campaigns/store.js';
-import { configFrom, connectRedis } from '../context.js';
+import { configFrom, connectRedis, openSnapshot } from '../context.js';
 import { table } from '../format.js';
+import { campaignResults, sampleLag } from '../../src/snapshot/index.js';
 
 const total = (c: Campaign, k: 'usersServed' | 'tokensMade' | 'tokensDelivered' | 'failures'): number =>
   Object.values(c.progress).reduce((s, p) => s + p[k], 0);
@@ -16,11 +17,14 @@ const status = (c: Campaign): string => {
 
 const when = (ms: number | undefined): string => (ms === undefined ? 'never' : new Date(ms).toISOString());
 
-/** `campaigns list`, `campaigns show <id>` and `campaigns refused <id>`: what generate made and what each satellite accepted or refused. */
+/**
+ * `campaigns list`, `campaigns show <id>`, `campaigns refused <id>`: what generate made and what each satellite
+ * accepted or refused; `campaigns results <id>`: what became of the tokens.
+ */
 export function register(program: Command): void {
   const campaigns = program
     .command('campaigns')
-    .description('list generation campaigns, or show one per satellite')
+    .description('list generation campaigns, show one per satellite, the users a satellite refused, or what became of the tokens')
     .addHelpText('after', '\nExamples:\n  referral-manager campaigns list\n  referral-manager campaigns show spring-2026 --json');
 
   campaigns
@@ -67,6 +71,36 @@ export function register(program: Command): void {
           ),
         );
       } finally {
+        redis.disconnect();
+      }
+    });
+
+  campaigns
+    .command('results <id>')
+    .description('what became of a campaign\'s tokens, per owner satellite: redeemed (and on which satellite), unredeemed, expired, revoked; from the Postgres snapshot')
+    .option('--json', 'print JSON')
+    .addHelpText('after', '\nExamples:\n  referral-manager campaigns results spring-2026\n  referral-manager campaigns results spring-2026 --json')
+    .action(async function (this: Command, id: string, opts: { json?: boolean }) {
+      const config = configFrom(this);
+      const redis = await connectRedis(config);
+      const pool = await openSnapshot(config.databaseUrl, 1);
+      try {
+        // the snapshot is behind Redis by the writer's lag: say by how much, so the numbers are read right
+        const lag = await sampleLag(redis, config.keyPrefix);
+        const r = await campaignResults(pool, id);
+        if (!r) throw new Error(`no token of campaign "${id}" in the Postgres snapshot`);
+        if (opts.json) return console.log(JSON.stringify({ ...r, snapshotLag: lag }, null, 2));
+        console.log(`campaign ${id}, from the Postgres snapshot (${lag.events} changes, ${lag.seconds.toFixed(1)} s behind Redis)`);
+        const pct = (n: number, of: number) => (of === 0 ? '-' : `${((100 * n) / of).toFixed(1)}%`);
+        const sats = Object.entries(r.satellites);
+        console.log(
+          table(
+            ['owner satellite', 'made', 'redeemed', 'redeemed %', 'unredeemed', 'reserved', 'expired', 'revoked', 'redeemed on'],
+            sats.map(([sat, s]) => [sat, s.generated, s.redeemed, pct(s.redeemed, s.generated), s.unredeemed, s.reserved, s.expired, s.revoked, Object.entries(s.redeemedOn).map(([on, n]) => `${on} ${n}`).join(', ')]),
+          ),
+        );
+      } finally {
+        await pool.end();
         redis.disconnect();
       }
     });

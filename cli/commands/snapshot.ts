@@ -1,10 +1,10 @@
 import type { Command } from 'commander';
 import { startOpsServer } from '../../src/http/ops.js';
-import { anyKey, engineKeys, openPostgres, registerMarkedRevocations, RESTORE_LANES, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, revocationGaps, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
+import { anyKey, engineKeys, registerMarkedRevocations, RESTORE_LANES, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, revocationGaps, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
 import { clusterFailures, type RedisClient } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
-import { configFrom, connectRedis } from '../context.js';
+import { configFrom, connectRedis, openSnapshot } from '../context.js';
 
 /**
  * Ready: the writer reaches Redis (on a Cluster every master: a lost one holds event streams it cannot
@@ -22,12 +22,6 @@ async function writerReadiness(writer: SnapshotWriter | undefined): Promise<{ re
   if (failing.length) details.error = failing.join('; ');
   return { ready, details };
 }
-
-/**
- * The snapshot as restore and verify read it: an existing database only. Made on the spot from a
- * mistyped DATABASE_URL, it would restore 0 tokens (after --force removed every one) or list every token.
- */
-const openSnapshot = (url: string, connections = 2) => openPostgres(url, connections, undefined, false);
 
 const REVOCATION_HINT: Record<string, string> = {
   unmarked: 'generate still makes tokens of this revoked campaign there',

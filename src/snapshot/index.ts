@@ -7,3 +7,4 @@ export { verify, type VerifyReport, type Difference } from './verify.js';
 export { restoreSatellites } from './satellites.js';
 export { restoreCampaigns } from './campaigns.js';
 export { registerMarkedRevocations, restoreRevoked, revocationGaps, type RevocationGaps } from './revoked.js';
+export { campaignResults, type CampaignResults } from './results.js';

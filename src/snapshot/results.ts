@@ -1,0 +1,55 @@
+import type pg from 'pg';
+
+/** What became of one owner satellite's tokens of a campaign. */
+export interface SatelliteResults {
+  generated: number;
+  unredeemed: number;
+  /** unredeemed (or reserved with a lapsed lease) past expiresAt */
+  expired: number;
+  reserved: number;
+  redeemed: number;
+  revoked: number;
+  /** redeemed tokens by the satellite the new user signed up on */
+  redeemedOn: Record<string, number>;
+}
+
+export interface CampaignResults {
+  campaignId: string;
+  /** by owner satellite */
+  satellites: Record<string, SatelliteResults>;
+}
+
+/**
+ * A token's state as the engine would report it at `$2` (lua/includes/codec.lua): a lapsed lease is
+ * unredeemed again, and an unredeemed token past expiresAt is expired (a held lease outlives expiresAt).
+ */
+const STATE_AT = `CASE
+    WHEN state = 'reserved' AND lease_expires_at > $2 THEN 'reserved'
+    WHEN state IN ('unredeemed', 'reserved') AND expires_at <= $2 THEN 'expired'
+    WHEN state = 'reserved' THEN 'unredeemed'
+    ELSE state END`;
+
+/**
+ * A campaign's outcome from the Postgres snapshot (the campaign_id index; Redis would need every bucket
+ * read): per owner satellite, its tokens by state, and where the redeemed ones brought new users.
+ * Undefined when the snapshot holds no token of the campaign.
+ */
+export async function campaignResults(pool: pg.Pool, campaignId: string, now = Date.now()): Promise<CampaignResults | undefined> {
+  const res = await pool.query<{ sat: string; state: keyof Omit<SatelliteResults, 'redeemedOn' | 'generated'>; redeemer: string | null; n: number }>(
+    `SELECT owner_satellite_id AS sat, ${STATE_AT} AS state, redeemer_satellite_id AS redeemer, count(*)::int AS n
+     FROM tokens WHERE campaign_id = $1 GROUP BY 1, 2, 3 ORDER BY 1, 3`,
+    [campaignId, now],
+  );
+  if (res.rows.length === 0) return undefined;
+  const satellites = new Map<string, [SatelliteResults, [string, number][]]>();
+  for (const r of res.rows) {
+    let s = satellites.get(r.sat);
+    if (!s) satellites.set(r.sat, (s = [{ generated: 0, unredeemed: 0, expired: 0, reserved: 0, redeemed: 0, revoked: 0, redeemedOn: {} }, []]));
+    s[0].generated += r.n;
+    s[0][r.state] += r.n;
+    if (r.redeemer !== null) s[1].push([r.redeemer, r.n]);
+  }
+  // fromEntries: a satellite named __proto__ stays a field
+  for (const [counts, on] of satellites.values()) counts.redeemedOn = Object.fromEntries(on);
+  return { campaignId, satellites: Object.fromEntries([...satellites].map(([sat, [counts]]) => [sat, counts])) };
+}
