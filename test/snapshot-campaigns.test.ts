@@ -193,7 +193,7 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     // a lease that lapses: unredeemed again
     await fx.engine.reserve(shared[6]!, 'sat-q', 50);
     await fx.engine.revokeToken(shared[7]!);
-    // two more of the campaign that expire (made through the engine: generate's --expires counts in days)
+    // two more of the campaign that expire (through the engine: a campaign keeps the expiry it was made with)
     const expiresAt = Date.now() + 1500;
     await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-r', ownerUserId: 'late' }], perUser: 2, campaignId: 'results', expiresAt });
     await sleep(expiresAt + 50 - Date.now());

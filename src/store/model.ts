@@ -45,12 +45,6 @@ export interface RedeemedToken {
   redeemedAt: number;
 }
 
-export interface OwnerTokens {
-  ownerSatelliteId: string;
-  ownerUserId: string;
-  tokens: string[];
-}
-
 /** Counters kept by the scripts: per owner satellite and state, and redemptions owner -> redeemer satellite. */
 export interface Stats {
   satellites: Record<string, { generated: number; unredeemed: number; reserved: number; redeemed: number; revoked: number }>;
