@@ -74,6 +74,20 @@ describe('verify finds revoked campaigns the registry and the shards disagree on
     // nothing left to mend: a second repair does nothing
     const again = await runCli(['verify', '--repair-revocations'], env);
     expect(again.stdout).toContain('repaired 0 revoked campaigns, 0 tokens swept');
+
+    // the repair needs Redis only: with the snapshot out of reach it still mends, then verify fails
+    await fx.redis.hdel(keys.dict(9), 'x\thalf');
+    const noSnapshot = { ...env, DATABASE_URL: `${db.url}_missing` };
+    const blind = await runCli(['verify', '--repair-revocations'], noSnapshot);
+    expect(blind.code).toBe(1);
+    expect(blind.stdout).toContain('repaired 1 revoked campaigns (half), 0 tokens swept');
+    expect(blind.stderr).toMatch(/error: .*does not exist/);
+    expect(await gapsIn()).toEqual([]);
+    await fx.redis.hdel(keys.dict(9), 'x\thalf');
+    const blindJson = await runCli(['verify', '--repair-revocations', '--json'], noSnapshot);
+    expect(blindJson.code).toBe(1);
+    expect(JSON.parse(blindJson.stdout)).toEqual({ repaired: { campaigns: ['half'], tokensRevoked: 0 } });
+    expect(await gapsIn()).toEqual([]);
   });
   it('restore --force keeps every revocation Redis knew about: one the snapshot lacks, and one only the old shards marked', async () => {
     const user = userOnShard(5);

@@ -111,13 +111,19 @@ export function register(program: Command): void {
       if (!/^\d+$/.test(opts.max)) this.error(`error: --max must be a whole number, got "${opts.max}"`, { exitCode: 2 });
       const config = configFrom(this);
       const redis = await connectRedis(config);
-      const pool = await openSnapshot(config.databaseUrl);
+      let pool: Awaited<ReturnType<typeof openSnapshot>> | undefined;
       try {
+        // the repair needs Redis only: it is done, and said, before the snapshot is opened, so an unreachable
+        // Postgres fails the comparison but not the repair
         const repaired = opts.repairRevocations ? await repairRevocations(redis, config.keyPrefix) : undefined;
+        if (repaired && !opts.json) console.log(`repaired ${repaired.campaigns.length} revoked campaigns${repaired.campaigns.length ? ` (${repaired.campaigns.join(', ')})` : ''}, ${repaired.tokensRevoked} tokens swept`);
+        pool = await openSnapshot(config.databaseUrl).catch((err: unknown) => {
+          if (repaired && opts.json) console.log(JSON.stringify({ repaired }, null, 2));
+          throw err;
+        });
         const report = await verify(redis, pool, config.keyPrefix, Number(opts.max));
         if (opts.json) console.log(JSON.stringify(repaired ? { ...report, repaired } : report, null, 2));
         else {
-          if (repaired) console.log(`repaired ${repaired.campaigns.length} revoked campaigns${repaired.campaigns.length ? ` (${repaired.campaigns.join(', ')})` : ''}, ${repaired.tokensRevoked} tokens swept`);
           for (const d of report.listed) {
             const detail = d.fields?.map((f) => `${f.field}: redis=${JSON.stringify(f.redis)} postgres=${JSON.stringify(f.postgres)}`).join('; ');
             console.log(`${d.token} ${d.kind}${detail ? ` ${detail}` : ''}${d.shards ? ` shards ${d.shards.join(',')}: ${REVOCATION_HINT[d.kind]}` : ''}`);
@@ -130,7 +136,7 @@ export function register(program: Command): void {
         }
         if (report.differences > 0) process.exitCode = 1;
       } finally {
-        await pool.end();
+        await pool?.end();
         redis.disconnect();
       }
     });
