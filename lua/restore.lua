@@ -19,22 +19,14 @@ local counts = {}
 local function count(field)
   counts[field] = (counts[field] or 0) + 1
 end
-local v = {}
-local find, sub = string.find, string.sub
 for a = 1, #ARGV do
-  local line, pos = ARGV[a], 1
-  for f = 1, 14 do
-    local tab = find(line, '\t', pos, true)
-    v[f] = sub(line, pos, tab - 1)
-    pos = tab + 1
-  end
-  v[15] = sub(line, pos)
+  local v = split_tab(ARGV[a])
   local bucket, hint, sat, user, hex, state = KEYS[tonumber(v[1])], v[2], v[3], v[4], v[5], v[6]
   local campaign = v[7]
   sats[sat] = sats[sat] or intern(dict, 's', sat)
   camps[campaign] = camps[campaign] or intern(dict, 'c', campaign)
   local ref = find_owner(bucket, sats[sat] .. ':' .. user, hint, true)
-  local suffix = sub(hex, 5)
+  local suffix = string.sub(hex, 5)
   redis.call('HSET', bucket, suffix, fmt_rec(state, ref, camps[campaign], v[8], v[9]))
   if state == 's' then
     redis.call('HSET', rs, suffix, v[10] .. '\t' .. v[11] .. '\t' .. v[12])
