@@ -41,15 +41,15 @@ export async function campaignResults(pool: pg.Pool, campaignId: string, now = D
     [campaignId, now],
   );
   if (res.rows.length === 0) return undefined;
-  const satellites = new Map<string, [SatelliteResults, [string, number][]]>();
+  // the redeemer satellites are gathered as entries: `redeemedOn[id] = n` would set the prototype for "__proto__"
+  const satellites = new Map<string, { counts: SatelliteResults; on: [string, number][] }>();
   for (const r of res.rows) {
     let s = satellites.get(r.sat);
-    if (!s) satellites.set(r.sat, (s = [{ generated: 0, unredeemed: 0, expired: 0, reserved: 0, redeemed: 0, revoked: 0, redeemedOn: {} }, []]));
-    s[0].generated += r.n;
-    s[0][r.state] += r.n;
-    if (r.redeemer !== null) s[1].push([r.redeemer, r.n]);
+    if (!s) satellites.set(r.sat, (s = { counts: { generated: 0, unredeemed: 0, expired: 0, reserved: 0, redeemed: 0, revoked: 0, redeemedOn: {} }, on: [] }));
+    s.counts.generated += r.n;
+    s.counts[r.state] += r.n;
+    if (r.redeemer !== null) s.on.push([r.redeemer, r.n]);
   }
-  // fromEntries: a satellite named __proto__ stays a field
-  for (const [counts, on] of satellites.values()) counts.redeemedOn = Object.fromEntries(on);
-  return { campaignId, satellites: Object.fromEntries([...satellites].map(([sat, [counts]]) => [sat, counts])) };
+  const bySatellite = [...satellites].map(([sat, { counts, on }]): [string, SatelliteResults] => [sat, { ...counts, redeemedOn: Object.fromEntries(on) }]);
+  return { campaignId, satellites: Object.fromEntries(bySatellite) };
 }
