@@ -7,7 +7,7 @@
     the n tokens as 32 hex digits each, joined, then the same n tokens dashed (36 characters each), joined
     (two arguments an owner, not two a token: each argument costs the caller more than a string.sub costs here)
   Reply: { created, collided token hex... } (a collision is astronomically unlikely, never silent), or
-  { 'campaign_revoked' } with nothing written when the campaign was revoked (revoke_campaign's mark).
+  { 'campaign_revoked' } with nothing written when the campaign was revoked (revoke_sweep's campaign mark).
   Each redis.call and each new Lua string costs more than the work around it, so per owner: one HMGET
   (its first ref slot and every new suffix), one HSET (the owner record when new and every record), and
   per token only its event, whose row is the one string built here (the token arrives dashed).
@@ -54,7 +54,7 @@ end
 local dict, stats, ev = KEYS[1], KEYS[2], KEYS[3]
 local now, at = clock()
 local campaign, expiresAt = ARGV[1], ARGV[2]
--- a revoked campaign stays revoked: revoke_campaign marks the shard in the script that sweeps it, so a
+-- a revoked campaign stays revoked: revoke_sweep marks the shard in the script that sweeps it, so a
 -- generate here either ran before the sweep (its tokens were swept) or sees the mark
 if call('HEXISTS', dict, 'x\t' .. campaign) == 1 then return { 'campaign_revoked' } end
 local camp = intern(dict, 'c', campaign)

@@ -256,6 +256,20 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect((await fx.engine.lookup(u1[2]!))!.state).toBe('unredeemed');
     });
 
+    it("revoke --satellite --all-users revokes every open token of every user of that satellite, and only those", async () => {
+      const owners = ['r1', 'r2', 'r3'].map((u) => ({ ownerSatelliteId: 'sat-retired', ownerUserId: u }));
+      const made = (await fx.engine.generate({ owners, perUser: 2, campaignId: 'camp-retired' })).tokens.map((t) => t.token);
+      expect((await fx.engine.redeem(made[0]!, 'sat-a', 'newcomer')).code).toBe('ok');
+      const r = await cli('tokens', 'revoke', '--satellite', 'sat-retired', '--all-users');
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toBe('revoked 5 tokens of the users of satellite "sat-retired"\n');
+      for (const t of made.slice(1)) expect((await fx.engine.lookup(t))!.state).toBe('revoked');
+      expect((await fx.engine.lookup(made[0]!))!.state).toBe('redeemed');
+      expect((await fx.engine.lookup(u1[2]!))!.state).toBe('unredeemed');
+      const again = await cli('tokens', 'revoke', '--satellite', 'sat-retired', '--all-users', '--json');
+      expect(JSON.parse(again.stdout)).toEqual({ revoked: 0 });
+    });
+
     it('revoke needs exactly one form (exit 2, usage line)', async () => {
       const cases = [
         [],
@@ -263,6 +277,10 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
         ['--satellite', 'sat-a'],
         ['--user', 'u1'],
         ['--satellite', 'sat-a', '--user', 'u1', '--campaign', 'camp-ops'],
+        ['--all-users'],
+        ['--user', 'u1', '--all-users'],
+        ['--satellite', 'sat-a', '--user', 'u1', '--all-users'],
+        ['--satellite', 'sat-a', '--all-users', '--campaign', 'camp-ops'],
         ['not-a-token'],
       ];
       const runs = await Promise.all(cases.map((c) => cli('tokens', 'revoke', ...c)));

@@ -348,13 +348,35 @@ describe('admin routes', () => {
       { satelliteId: 'sat-a', campaignId: 'camp-mixed' }, // "the campaign on sat-a" was the whole campaign
       { userId: 'mixed-revoke', campaignId: 'camp-mixed' },
       { tokens: [t], satelliteId: 'sat-a', userId: 'mixed-revoke' },
-      { satelliteId: 'sat-a' },
+      { satelliteId: 'sat-a' }, // a forgotten userId must not widen to every user of sat-a
+      { userId: 'mixed-revoke', allUsers: true },
+      { allUsers: true },
+      { satelliteId: 'sat-a', userId: 'mixed-revoke', allUsers: true },
+      { satelliteId: 'sat-a', allUsers: true, campaignId: 'camp-mixed' },
     ];
     for (const body of mixed) {
       const r = await admin('POST', '/v1/admin/tokens/revoke', body);
-      expect([r.status, r.body.error, r.body.message], JSON.stringify(body)).toEqual([400, 'invalid_request', 'body: give exactly one of: tokens, or satelliteId and userId, or campaignId']);
+      expect([r.status, r.body.error, r.body.message], JSON.stringify(body)).toEqual([400, 'invalid_request', 'body: give exactly one of: tokens, or satelliteId and userId, or satelliteId and allUsers: true, or campaignId']);
     }
+    const falsy = await admin('POST', '/v1/admin/tokens/revoke', { satelliteId: 'sat-a', allUsers: false });
+    expect([falsy.status, falsy.body.error]).toEqual([400, 'invalid_request']);
     expect((await call(pool, 'GET', `/v1/tokens/${t}`, { key: keyB })).body.state).toBe('unredeemed');
+  });
+
+  it('revokes every open token of a satellite\'s users with {satelliteId, allUsers: true}, and no other satellite\'s', async () => {
+    expect((await admin('POST', '/v1/admin/satellites', { id: 'sat-retired' })).status).toBe(201);
+    const gen = await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-retired', userIds: ['r1', 'r2', 'r3'], perUser: 2 }, 'msgpack');
+    const tokens: string[] = gen.body.tokens.map((t: { token: string }) => t.token);
+    const [kept] = await tokensFor('sat-a', 'r1', 1);
+    expect((await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, body: { token: tokens[0], userId: 'newcomer' } })).status).toBe(200);
+    for (const format of ['json', 'msgpack'] as const) {
+      const r = await admin('POST', '/v1/admin/tokens/revoke', { satelliteId: 'sat-retired', allUsers: true }, format);
+      expect([r.status, r.body]).toEqual([200, { revoked: format === 'json' ? 5 : 0 }]);
+    }
+    const redeem = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, body: { token: tokens[1], userId: 'late' } });
+    expect([redeem.status, redeem.body.error]).toEqual([410, 'token_revoked']);
+    expect((await call(pool, 'GET', `/v1/tokens/${tokens[0]}`, { key: keyB })).body.state).toBe('redeemed');
+    expect((await call(pool, 'GET', `/v1/tokens/${kept}`, { key: keyB })).body.state).toBe('unredeemed');
   });
 
   it('generates up to 10,000 tokens in one call, revokes by owner and campaign, reports stats', async () => {

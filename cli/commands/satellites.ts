@@ -110,7 +110,7 @@ export function register(program: Command): void {
 
   const remove = sats
     .command('remove')
-    .description('unregister a satellite; its API keys stop working (its tokens stay)')
+    .description('unregister a satellite; its API keys stop working (its tokens stay: tokens revoke --satellite <id> --all-users revokes them)')
     .argument('<id>', 'satellite id')
     .addHelpText('after', '\nExamples:\n  referral-manager satellites remove us1');
   remove.action(async function (this: Command, id: string) {

@@ -90,24 +90,32 @@ export function register(program: Command): void {
 
   const revoke = tokens
     .command('revoke')
-    .description('revoke tokens so they can no longer be redeemed: listed tokens, all open tokens of one user, or a whole campaign')
+    .description("revoke tokens so they can no longer be redeemed: listed tokens, all open tokens of one user or of a satellite's users, or a whole campaign")
     .argument('[token...]', 'tokens to revoke')
     .option('--satellite <id>', "with --user: every unredeemed or reserved token of that user")
     .option('--user <id>', 'with --satellite')
+    .option('--all-users', "with --satellite: every unredeemed or reserved token of every user of that satellite")
     .option('--campaign <id>', 'every unredeemed or reserved token of the campaign')
     .option('--json', 'print {"revoked", "results"?} (results: per listed token, its result code)')
     .addHelpText(
       'after',
-      '\nExactly one form: <token>..., --satellite S --user U, or --campaign C. Redeemed tokens are never revoked.\n' +
+      '\nExactly one form: <token>..., --satellite S --user U, --satellite S --all-users, or --campaign C.\n' +
+        'Redeemed tokens are never revoked. --all-users takes the tokens the satellite\'s users hold now\n' +
+        '(e.g. when the satellite is retired: `satellites remove` keeps its tokens); tokens made later are not touched.\n' +
         'Listed tokens: prints each result (ok, not_found, already_redeemed, revoked = was already revoked);\n' +
         'exits 1 if any was not found or already redeemed.\n' +
         '\nExamples:\n  referral-manager tokens revoke 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d 0a1b9f00-1111-4222-8333-444455556666\n' +
-        '  referral-manager tokens revoke --satellite us1 --user u42\n  referral-manager tokens revoke --campaign spring-2026 --json',
+        '  referral-manager tokens revoke --satellite us1 --user u42\n  referral-manager tokens revoke --satellite us1 --all-users\n' +
+        '  referral-manager tokens revoke --campaign spring-2026 --json',
     );
-  revoke.action(async function (this: Command, listed: string[], opts: { satellite?: string; user?: string; campaign?: string; json?: boolean }) {
-    const forms = Number(listed.length > 0) + Number(opts.satellite !== undefined || opts.user !== undefined) + Number(opts.campaign !== undefined);
-    if (forms !== 1) this.error('error: give exactly one of: <token>..., --satellite S --user U, --campaign C', { exitCode: 2 });
-    if ((opts.satellite === undefined) !== (opts.user === undefined)) this.error('error: --satellite and --user go together', { exitCode: 2 });
+  revoke.action(async function (this: Command, listed: string[], opts: { satellite?: string; user?: string; allUsers?: boolean; campaign?: string; json?: boolean }) {
+    const owners = opts.satellite !== undefined || opts.user !== undefined || opts.allUsers === true;
+    const forms = Number(listed.length > 0) + Number(owners) + Number(opts.campaign !== undefined);
+    if (forms !== 1) this.error('error: give exactly one of: <token>..., --satellite S --user U, --satellite S --all-users, --campaign C', { exitCode: 2 });
+    // a forgotten --user must not widen to the whole satellite: that takes --all-users, said outright
+    if (owners && (opts.satellite === undefined || (opts.user === undefined) !== (opts.allUsers === true))) {
+      this.error('error: --satellite goes with exactly one of --user U or --all-users', { exitCode: 2 });
+    }
     // check every token before revoking any, so a typo does not leave the list half done
     const bad = listed.filter((t) => !isToken(t));
     if (bad.length) this.error(`error: not a token (lowercase UUIDv4): ${bad.join(', ')}`, { exitCode: 2 });
@@ -129,10 +137,13 @@ export function register(program: Command): void {
       return;
     }
     const revoked = await invalidIsUsage(this, () =>
-      withEngine(config, (e) => (opts.campaign !== undefined ? e.revokeCampaign(opts.campaign) : e.revokeOwner(opts.satellite!, opts.user!))),
+      withEngine(config, (e) =>
+        opts.campaign !== undefined ? e.revokeCampaign(opts.campaign) : opts.allUsers ? e.revokeSatellite(opts.satellite!) : e.revokeOwner(opts.satellite!, opts.user!),
+      ),
     );
     if (opts.json) console.log(JSON.stringify({ revoked }));
     else if (opts.campaign !== undefined) console.log(`revoked ${revoked} tokens of campaign "${opts.campaign}"`);
+    else if (opts.allUsers) console.log(`revoked ${revoked} tokens of the users of satellite "${opts.satellite}"`);
     else console.log(`revoked ${revoked} tokens of user "${opts.user}" of satellite "${opts.satellite}"`);
   });
 }

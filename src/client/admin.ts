@@ -5,7 +5,7 @@ import { Transport, type TransportOptions } from './transport.js';
 /** A satellite as listed: its outbound key is never sent, only whether one is set. */
 export type ListedSatellite = Omit<Satellite, 'outboundKey'> & { hasOutboundKey: boolean };
 
-export type RevokeSelector = { tokens: string[] } | { satelliteId: string; userId: string } | { campaignId: string };
+export type RevokeSelector = { tokens: string[] } | { satelliteId: string; userId: string } | { satelliteId: string; allUsers: true } | { campaignId: string };
 
 /** What updateSatellite changes: null clears a field, one left out is kept. */
 export type { SatelliteFields };

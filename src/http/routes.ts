@@ -201,14 +201,20 @@ export function routes(d: RouteDeps): Route[] {
     },
     {
       method: 'post', pattern: '/v1/admin/tokens/revoke', auth: 'admin',
-      schema: { type: 'object', properties: { tokens: { type: 'array', minItems: 1, maxItems: MAX_TOKENS_PER_CALL, items: token }, satelliteId: id, userId: id, campaignId: id } },
-      async handler(c: Call<{ tokens?: string[]; satelliteId?: string; userId?: string; campaignId?: string }>) {
+      schema: {
+        type: 'object',
+        properties: { tokens: { type: 'array', minItems: 1, maxItems: MAX_TOKENS_PER_CALL, items: token }, satelliteId: id, userId: id, allUsers: { const: true }, campaignId: id },
+      },
+      async handler(c: Call<{ tokens?: string[]; satelliteId?: string; userId?: string; allUsers?: true; campaignId?: string }>) {
         const b = c.body;
         // exactly one form: a revoke cannot be undone, so a body naming two (or half of the owner form, next
-        // to a campaign) is refused rather than served by whichever form is checked first
-        const forms = [b.tokens, b.satelliteId ?? b.userId, b.campaignId].filter((f) => f !== undefined).length;
-        if (forms !== 1 || (b.satelliteId === undefined) !== (b.userId === undefined)) {
-          throw new DomainError('invalid_request', 'body: give exactly one of: tokens, or satelliteId and userId, or campaignId');
+        // to a campaign) is refused rather than served by whichever form is checked first; a whole satellite
+        // takes allUsers: true, so a userId left out by mistake is refused, not widened to every user
+        const owners = b.satelliteId ?? b.userId ?? b.allUsers;
+        const ownersValid = owners !== undefined && b.satelliteId !== undefined && (b.userId === undefined) === (b.allUsers === true);
+        const forms = [b.tokens, owners, b.campaignId].filter((f) => f !== undefined).length;
+        if (forms !== 1 || (owners !== undefined && !ownersValid)) {
+          throw new DomainError('invalid_request', 'body: give exactly one of: tokens, or satelliteId and userId, or satelliteId and allUsers: true, or campaignId');
         }
         if (b.tokens) {
           // every token checked before any is revoked: a 400 must leave nothing half done
@@ -216,7 +222,8 @@ export function routes(d: RouteDeps): Route[] {
           const rs = await Promise.all(b.tokens.map((t) => d.engine.revokeToken(t)));
           return ok({ revoked: rs.filter((r) => r.code === 'ok').length });
         }
-        if (b.satelliteId !== undefined && b.userId !== undefined) return ok({ revoked: await d.engine.revokeOwner(b.satelliteId, b.userId) });
+        if (b.allUsers) return ok({ revoked: await d.engine.revokeSatellite(b.satelliteId!) });
+        if (b.userId !== undefined) return ok({ revoked: await d.engine.revokeOwner(b.satelliteId!, b.userId) });
         return ok({ revoked: await d.engine.revokeCampaign(b.campaignId!) });
       },
     },

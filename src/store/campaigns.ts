@@ -162,7 +162,7 @@ export async function writeCampaign(redis: RedisClient, keys: CampaignKeys, c: C
 }
 
 /**
- * Marks a campaign revoked in every virtual shard's dictionary, as lua/revoke_campaign.lua does when it
+ * Marks a campaign revoked in every virtual shard's dictionary, as lua/revoke_sweep.lua does when it
  * sweeps a shard, so generate.lua refuses it: for a restore, whose dictionaries are rebuilt from tokens.
  */
 export async function markRevokedInShards(redis: RedisClient, prefix: string, id: string, revokedAt: number): Promise<void> {

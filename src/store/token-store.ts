@@ -161,12 +161,25 @@ export class TokenStore {
    */
   async revokeCampaign(campaignId: string, revokedAt?: number): Promise<number> {
     const at = Number(await this.s.revocation_record!([this.keys.revokedCampaigns()], revokedAt === undefined ? [campaignId] : [campaignId, revokedAt]));
+    return this.sweep(['campaign', campaignId], [at]);
+  }
+
+  /**
+   * Revokes every unredeemed or reserved token of every user of one satellite (a satellite retired or whose
+   * users' invitations must stop). It marks nothing: tokens made afterwards are not touched.
+   */
+  revokeSatellite(ownerSatelliteId: string): Promise<number> {
+    return this.sweep(['satellite', ownerSatelliteId], []);
+  }
+
+  /** lua/revoke_sweep.lua on every shard at once; the total revoked. */
+  private async sweep(what: [mode: string, id: string], more: (string | number)[]): Promise<number> {
     const counts = await Promise.all(
       Array.from({ length: SHARDS }, (_, shard) => {
         const k = this.keys;
         const keys = [k.dict(shard), k.reservations(shard), k.redeemed(shard), k.stats(shard), k.events(shard)];
         for (let b = 0; b < BUCKETS_PER_SHARD; b++) keys.push(k.bucket(shard, b));
-        return this.s.revoke_campaign!(keys, [campaignId, shard, BUCKETS_PER_SHARD, at]) as Promise<[string, number]>;
+        return this.s.revoke_sweep!(keys, [...what, shard, BUCKETS_PER_SHARD, ...more]) as Promise<[string, number]>;
       }),
     );
     return counts.reduce((sum, r) => sum + Number(r[1]), 0);

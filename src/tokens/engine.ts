@@ -135,6 +135,11 @@ export class TokenEngine {
     return this.store.revokeCampaign(checkId('campaignId', campaignId), revokedAt);
   }
 
+  /** Every unredeemed or reserved token of every user of the satellite; how many were revoked. */
+  async revokeSatellite(ownerSatelliteId: string): Promise<number> {
+    return this.store.revokeSatellite(checkId('satelliteId', ownerSatelliteId));
+  }
+
   async listUnredeemed(ownerSatelliteId: string, ownerUserId: string): Promise<UnredeemedToken[]> {
     return this.store.listUnredeemed(checkId('satelliteId', ownerSatelliteId), checkId('userId', ownerUserId));
   }

@@ -981,6 +981,48 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await engine.revokeCampaign(uniq('no-such-campaign'))).toBe(0);
         expect(await since(ev2)).toEqual([]);
       });
+
+      it('revokeSatellite: every user of that satellite, across shards and campaigns, only unredeemed and reserved', async () => {
+        const sat = uniq('satA');
+        const other = uniq('satB');
+        // the same user ids on both satellites: the sweep tells owners apart by satellite, not by user
+        const users = Array.from({ length: 150 }, (_, i) => `s-${i}`);
+        const mine = (await engine.generate({ owners: users.map((u) => ({ ownerSatelliteId: sat, ownerUserId: u })), perUser: 2, campaignId: uniq('camp') })).tokens.map((t) => t.token);
+        const later = (await engine.generate({ owners: users.slice(0, 20).map((u) => ({ ownerSatelliteId: sat, ownerUserId: u })), perUser: 1, campaignId: uniq('camp') })).tokens.map((t) => t.token);
+        const theirs = (await engine.generate({ owners: users.map((u) => ({ ownerSatelliteId: other, ownerUserId: u })), perUser: 1 })).tokens.map((t) => t.token);
+        expect((await engine.lookup(theirs.at(-1)!))?.ownerUserId).toBe('s-149');
+        expect(new Set(mine.map((t) => placeOfToken(t.replace(/-/g, '')).shard)).size).toBeGreaterThan(32);
+        const [used, held, lapsed, gone] = mine as [string, string, string, string];
+        await engine.redeem(used, other, 'newcomer');
+        await engine.reserve(held, other, 60_000);
+        const lapse = await engine.reserve(lapsed, other, 50);
+        await engine.revokeToken(gone);
+        await engine.redeem(theirs[0]!, sat, 'newcomer');
+        await sleepUntil(lapse.token!.leaseExpiresAt! + 30);
+        const ev = await mark();
+        const n = await engine.revokeSatellite(sat);
+        expect(n).toBe(mine.length + later.length - 2);
+        const events = await since(ev);
+        expect(events).toHaveLength(n);
+        expect(new Set(events.map((e) => e.row.token))).toEqual(new Set([...mine, ...later].filter((t) => t !== used && t !== gone)));
+        for (const e of events) expect([e.type, e.row.state, e.row.ownerSatelliteId]).toEqual(['revoked', 'revoked', sat]);
+        expect(await state(used)).toBe('redeemed');
+        for (const t of theirs.slice(1)) expect(await state(t)).toBe('unredeemed');
+        expect(await state(theirs[0]!)).toBe('redeemed');
+        expect(await listed(sat, 's-149')).toEqual([]);
+        // the other satellite's s-149 keeps its token (its s-0 is the one whose token was redeemed)
+        expect(await listed(other, 's-149')).toEqual(theirs.slice(-1));
+        const stats = await engine.stats();
+        expect(countsOf(stats, sat)).toEqual({ generated: 320, unredeemed: 0, reserved: 0, redeemed: 1, revoked: 319 });
+        expect(countsOf(stats, other)).toEqual({ ...NO_COUNTS, generated: 150, unredeemed: 149, redeemed: 1 });
+        const ev2 = await mark();
+        expect(await engine.revokeSatellite(sat)).toBe(0);
+        expect(await engine.revokeSatellite(uniq('no-such-sat'))).toBe(0);
+        expect(await since(ev2)).toEqual([]);
+        // a sweep marks nothing: the satellite's users can be given tokens again
+        const again = await mint(1, { sat, user: 's-0' });
+        expect(await listed(sat, 's-0')).toEqual(again.tokens);
+      });
     });
 
     describe('lookup', () => {
