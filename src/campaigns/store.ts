@@ -161,12 +161,6 @@ export class CampaignStore {
     await this.redis.hset(this.keys.made(id, sat), ...fields);
   }
 
-  async delivered(id: string, sat: string, userIds: string[]): Promise<boolean[]> {
-    if (userIds.length === 0) return [];
-    const got = await this.redis.smismember(this.keys.delivered(id, sat), ...userIds);
-    return got.map((v) => v === 1);
-  }
-
   async recordDelivered(id: string, sat: string, userIds: string[]): Promise<void> {
     if (userIds.length > 0) await this.redis.sadd(this.keys.delivered(id, sat), ...userIds);
   }
