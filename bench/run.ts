@@ -5,12 +5,13 @@ import pg from 'pg';
 import { printEngine, runEngineBench, TARGET_BYTES_PER_TOKEN, TARGET_TOKENS_PER_SEC, where } from './engine.js';
 import * as http from './http.js';
 import * as snapshot from './snapshot.js';
+import * as sweep from './sweep.js';
 
 /**
  * `npm run bench`: every benchmark in one run, one after another so they do not share the CPU,
  * then a summary against the targets, also written to bench/results.json.
  * Sizes: BENCH_ENGINE_TOKENS (default 1,000,000 per tokens-per-user case), BENCH_ENGINE_CONCURRENCY (generate
- * calls in flight, 4), BENCH_ENGINE_MASTERS (deployments: 1 = one redis-server, N = a Cluster of N masters; "1,3"), BENCH_HTTP_TOKENS (300,000 redeems per target), BENCH_SNAPSHOT_EVENTS (500,000).
+ * calls in flight, 4), BENCH_ENGINE_MASTERS (deployments: 1 = one redis-server, N = a Cluster of N masters; "1,3"), BENCH_HTTP_TOKENS (300,000 redeems per target), BENCH_SNAPSHOT_EVENTS (500,000), BENCH_SWEEP_TOKENS (1,000,000).
  */
 const env = (name: string, dflt: number) => Number(process.env[name] ?? dflt);
 const server = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -40,6 +41,9 @@ const engineResult = await runEngineBench({
 });
 printEngine(engineResult);
 
+console.log('\n## Revoke sweeps while a satellite redeems (private redis-server)');
+const sweepResult = await sweep.run({ tokens: env('BENCH_SWEEP_TOKENS', 1_000_000) });
+
 console.log('\n## HTTP redeem (autocannon from code, 100 connections, MessagePack bodies)');
 const httpResult = await withDatabase((url) =>
   http.run({ tokens: env('BENCH_HTTP_TOKENS', 300_000), workers: env('BENCH_WORKERS', 1), snapshotDatabaseUrl: url }),
@@ -54,6 +58,7 @@ const summary = {
   engine: engineResult,
   http: httpResult,
   snapshot: snapResult,
+  sweep: sweepResult,
 };
 writeFileSync(new URL('../../bench/results.json', import.meta.url), `${JSON.stringify(summary, null, 2)}\n`);
 
@@ -77,4 +82,7 @@ console.log(`CPU per redeem (server + Redis): ours ${cpu(o.ours)}, Fastify ${cpu
 console.log(`snapshot catch-up       ${Math.round(snapResult.eventsPerSec)} events/s (>= 100k: ${mark(snapResult.eventsPerSec >= 100_000)})`);
 const { restore, verify } = snapResult;
 console.log(`restore from Postgres   ${restore.tokensPerSec} tokens/s (${restore.tokens} in ${restore.seconds.toFixed(1)} s); verify ${verify.tokensPerSec} tokens/s, ${verify.differences} differences (no targets)`);
+for (const [what, r] of [['campaign revoke', sweepResult.campaign], ['satellite revoke', sweepResult.satellite]] as const) {
+  console.log(`${what.padEnd(24)}${r.revoked} revoked in ${r.seconds.toFixed(1)} s; longest script ${r.longestScriptMs} ms; redeems meanwhile p99 ${r.redeemP99Ms} ms (no targets)`);
+}
 console.log(`snapshot lag under HTTP redeem load  ${o.snapshot?.maxLagSeconds.toFixed(3)} s (< 1 s: ${mark((o.snapshot?.maxLagSeconds ?? 9) < 1)})`);

@@ -1023,6 +1023,30 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         const again = await mint(1, { sat, user: 's-0' });
         expect(await listed(sat, 's-0')).toEqual(again.tokens);
       });
+
+      it('a sweep goes on past a bucket that used up a call\'s budget: the shard\'s later buckets are swept too', async () => {
+        const sat = uniq('sat');
+        // two users of one shard, the first in an earlier bucket with enough tokens to end a revoke_sweep call
+        const seen = new Map<number, { user: string; bucket: number }>();
+        let pair: [string, string] | undefined;
+        for (let i = 0; !pair; i++) {
+          const user = `heavy-${i}`;
+          const p = placeOfOwner(sat, user);
+          const other = seen.get(p.shard);
+          if (other && other.bucket !== p.bucket) pair = other.bucket < p.bucket ? [other.user, user] : [user, other.user];
+          else seen.set(p.shard, { user, bucket: p.bucket });
+        }
+        const campaignId = uniq('camp');
+        await mint(200, { sat, user: pair[0], campaignId });
+        const light = await mint(1, { sat, user: pair[1], campaignId });
+        expect(await engine.revokeCampaign(campaignId)).toBe(201);
+        expect(await state(light.tokens[0]!)).toBe('revoked');
+        const again = await mint(200, { sat, user: pair[0] });
+        await mint(1, { sat, user: pair[1] });
+        expect(await engine.revokeSatellite(sat)).toBe(201);
+        expect(await listed(sat, pair[1])).toEqual([]);
+        expect(await state(again.tokens[199]!)).toBe('revoked');
+      });
     });
 
     describe('lookup', () => {
