@@ -37,6 +37,9 @@ export async function msgpackRequest(
     path: req.path,
     headers,
     body: req.body === undefined ? undefined : packr.pack(req.body),
+    // also the undici timeouts: a pool's own (set for its usual calls) would cut a longer call short
+    headersTimeout: req.timeoutMs,
+    bodyTimeout: req.timeoutMs,
     signal: AbortSignal.timeout(req.timeoutMs),
   });
   const raw = Buffer.from(await res.body.arrayBuffer());

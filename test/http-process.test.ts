@@ -6,7 +6,8 @@ import { freePort, startCluster } from '../bench/redis-server.js';
 import { createRedis } from '../src/store/redis.js';
 import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, privateRedis, serve, type Reply, type RestartableRedis, type Served } from './helpers/http.js';
-import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+import { dropPrefix, engineFixture, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+import { AdminClient } from '../src/client/admin.js';
 
 const prefixes: string[] = [];
 const fresh = (label: string) => {
@@ -179,6 +180,31 @@ describe('serve processes', () => {
       redis.signal('SIGCONT');
       expect(await server.stop()).toBe(0);
     });
+  });
+
+  it('lets a campaign\'s or a satellite\'s revoke run past REQUEST_TIMEOUT_MS (200 with the count, not a 503 mid-sweep), also through AdminClient', async () => {
+    const fx = await engineFixture({ label: 'sweep-deadline' });
+    const server = await serve({ KEY_PREFIX: fx.prefix, REQUEST_TIMEOUT_MS: '50' });
+    const pool = new Pool(server.url, { connections: 2 });
+    const admin = new AdminClient({ url: server.url, apiKey: ADMIN_KEY, timeoutMs: 50 });
+    try {
+      for (const [sat, campaignId] of [['sat-one', 'camp-one'], ['sat-two', 'camp-two']]) {
+        const owners = Array.from({ length: 5000 }, (_, i) => ({ ownerSatelliteId: sat!, ownerUserId: `u${i}` }));
+        await fx.engine.generate({ owners, perUser: 2, campaignId });
+        await fx.engine.generate({ owners, perUser: 2, campaignId });
+      }
+      const t0 = performance.now();
+      const r = await call(pool, 'POST', '/v1/admin/tokens/revoke', { key: ADMIN_KEY, body: { campaignId: 'camp-one' } });
+      expect([r.status, r.body]).toEqual([200, { revoked: 20_000 }]);
+      // the sweep took longer than REQUEST_TIMEOUT_MS, so the route's own deadline was what let it finish
+      expect(performance.now() - t0).toBeGreaterThan(100);
+      expect(await admin.revoke({ satelliteId: 'sat-two', allUsers: true })).toEqual({ revoked: 20_000 });
+    } finally {
+      await admin.close();
+      await pool.close();
+      expect(await server.stop()).toBe(0);
+      await fx.close();
+    }
   });
 
   it('answers 503 with Retry-After, not 500, while Redis refuses writes (OOM at maxmemory), and 200 once it takes them', async () => {

@@ -12,6 +12,9 @@ export type { SatelliteFields };
 
 const seg = encodeURIComponent;
 
+/** How long the server lets a campaign's or a satellite's revoke run (SWEEP_TIMEOUT_MS in src/http/routes.ts). */
+const SWEEP_WAIT_MS = 10 * 60_000;
+
 /** The admin routes (ADMIN_KEY), for the CLI and ops tooling. */
 export class AdminClient {
   private readonly t: Transport;
@@ -45,8 +48,9 @@ export class AdminClient {
     return this.t.call('POST', '/v1/admin/tokens/generate', req);
   }
 
+  /** A campaign's or a whole satellite's revoke sweeps every shard: it may take minutes at scale, so it may wait that long. */
   revoke(selector: RevokeSelector): Promise<{ revoked: number }> {
-    return this.t.call('POST', '/v1/admin/tokens/revoke', selector);
+    return this.t.call('POST', '/v1/admin/tokens/revoke', selector, 'campaignId' in selector || 'allUsers' in selector ? SWEEP_WAIT_MS : undefined);
   }
 
   stats(): Promise<Stats> {

@@ -27,10 +27,11 @@ export class Transport {
     this.timeoutMs = timeoutMs;
   }
 
-  async call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown): Promise<T> {
+  /** `timeoutMs`: this call's deadline, instead of the client's */
+  async call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown, timeoutMs = this.timeoutMs): Promise<T> {
     let res;
     try {
-      res = await msgpackRequest(this.pool, { method, path, headers: { authorization: this.auth }, body, timeoutMs: this.timeoutMs });
+      res = await msgpackRequest(this.pool, { method, path, headers: { authorization: this.auth }, body, timeoutMs });
     } catch (err) {
       throw new ReferralError('unavailable', 0, `request failed: ${(err as Error).message}`);
     }

@@ -41,6 +41,8 @@ export interface Route<B = any> {
   optionalBody?: boolean;
   /** read the client IP (rate-limited routes) */
   needsIp?: boolean;
+  /** bulk work that grows with the data (a sweep of every shard): its deadline, when longer than REQUEST_TIMEOUT_MS */
+  timeoutMs?: number;
   handler(call: Call<B>): Promise<Outcome>;
 }
 
@@ -200,11 +202,12 @@ async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, cal
   let timer: NodeJS.Timeout | undefined;
   const gone = new AbortController();
   try {
+    const ms = Math.max(deps.timeoutMs, route.timeoutMs ?? 0);
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         gone.abort();
-        reject(new StoreTimeout(`no answer from the store within ${deps.timeoutMs} ms`));
-      }, deps.timeoutMs);
+        reject(new StoreTimeout(`no answer from the store within ${ms} ms`));
+      }, ms);
     });
     const out = await Promise.race([call(route, head, caller, body, gone.signal), deadline]);
     if ('raw' in out) {
