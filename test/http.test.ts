@@ -264,6 +264,50 @@ describe('admin routes', () => {
     expect((await call(pool, 'GET', '/v1/users/brace-user/tokens', { key: keyA })).body.tokens).toEqual([]);
   });
 
+  it('writes an audit line for each admin call that may change something, refused ones too, and never a key', async () => {
+    const added = await admin('POST', '/v1/admin/satellites', { id: 'sat-audit', outboundKey: 'outbound-secret-audit' });
+    const rotated = await admin('POST', '/v1/admin/satellites/sat-audit/rotate-key');
+    await admin('PATCH', '/v1/admin/satellites/sat-audit', { name: 'Audited', outboundKey: null });
+    const [t] = await tokensFor('sat-audit', 'audit-user', 1);
+    await admin('POST', '/v1/admin/tokens/revoke', { tokens: [t] });
+    expect((await call(pool, 'POST', '/v1/admin/tokens/revoke', { key: keyA, body: { campaignId: 'audit-camp' } })).status).toBe(403);
+    expect((await call(pool, 'DELETE', '/v1/admin/satellites/sat-audit', { key: 'not-the-admin-key' })).status).toBe(401);
+    expect((await admin('POST', '/v1/admin/tokens/revoke', { satelliteId: 'sat-audit' })).status).toBe(400);
+    await admin('GET', '/v1/admin/satellites');
+    await admin('DELETE', '/v1/admin/satellites/sat-audit');
+    // the server writes its lines in order: this test's start at the line of its first call
+    let lines: any[] = [];
+    for (const deadline = Date.now() + 5000; lines.length < 9 && Date.now() < deadline; await new Promise((r) => setTimeout(r, 20))) {
+      const all = server.output().split('\n').filter((l) => l.startsWith('{"audit"')).map((l) => JSON.parse(l));
+      lines = all.slice(all.findIndex((l) => l.body?.id === 'sat-audit'));
+    }
+    const brief = lines.map((l) => [l.method, l.path, l.status, l.error]);
+    expect(brief).toEqual([
+      ['POST', '/v1/admin/satellites', 201, undefined],
+      ['POST', '/v1/admin/satellites/sat-audit/rotate-key', 200, undefined],
+      ['PATCH', '/v1/admin/satellites/sat-audit', 200, undefined],
+      ['POST', '/v1/admin/tokens/generate', 200, undefined],
+      ['POST', '/v1/admin/tokens/revoke', 200, undefined],
+      ['POST', '/v1/admin/tokens/revoke', 403, 'forbidden'],
+      ['DELETE', '/v1/admin/satellites/sat-audit', 401, 'unauthorized'],
+      ['POST', '/v1/admin/tokens/revoke', 400, 'invalid_request'],
+      ['DELETE', '/v1/admin/satellites/sat-audit', 200, undefined],
+    ]);
+    for (const l of lines) {
+      expect(l).toMatchObject({ audit: 'admin', ip: expect.stringMatching(/127\.0\.0\.1/), ms: expect.any(Number) });
+      expect(Date.now() - Date.parse(l.at)).toBeLessThan(60_000);
+    }
+    expect(lines[0].body).toEqual({ id: 'sat-audit', outboundKey: '<redacted>' });
+    expect(lines[0].result).toMatchObject({ id: 'sat-audit', apiKey: '<redacted>' });
+    expect(lines[2].body).toEqual({ name: 'Audited', outboundKey: null });
+    expect(lines[3].body).toMatchObject({ satelliteId: 'sat-audit', userIds: '[1 items]', perUser: 1 });
+    expect(lines[3].result).toMatchObject({ tokens: '[1 items]' });
+    expect([lines[4].body, lines[4].result]).toEqual([{ tokens: '[1 items]' }, { revoked: 1 }]);
+    expect(lines[5].body).toBeUndefined();
+    const written = server.output();
+    for (const secret of [added.body.apiKey, rotated.body.apiKey, 'outbound-secret-audit', t]) expect(written).not.toContain(secret);
+  });
+
   it('PATCH /v1/admin/satellites/:id sets and clears fields; the key keeps working', async () => {
     const { apiKey } = (await admin('POST', '/v1/admin/satellites', { id: 'sat-upd', name: 'Old' })).body;
     for (const format of ['json', 'msgpack'] as const) {

@@ -1,7 +1,8 @@
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import uws, { type HttpRequest, type HttpResponse, type TemplatedApp } from 'uWebSockets.js';
-import { DomainError, type ErrorCode } from '../errors.js';
+import { DomainError, errorCatalogue, type ErrorCode } from '../errors.js';
 import { observeRequest, redisErrors } from '../metrics.js';
+import { audit } from './audit.js';
 import { Authenticator } from './auth.js';
 import { decode, formatOf, reply, replyError, replyValue, type Exchange, type Format, type Traffic } from './wire.js';
 
@@ -99,11 +100,13 @@ export function mount(app: TemplatedApp, routes: Route[], deps: RouterDeps): voi
       if (!entry) return replyError(ex, 'method_not_allowed', `${method.toUpperCase()} not allowed; use ${allow}`, [['allow', allow]]);
       const params: string[] = [];
       for (let i = 0; i < nParams; i++) params.push(req.getParameter(i) ?? '');
-      const ip = entry.route.needsIp ? Buffer.from(res.getRemoteAddressAsText()).toString() : '';
+      const audited = entry.route.auth === 'admin' && entry.route.method !== 'get';
+      const ip = entry.route.needsIp || audited ? Buffer.from(res.getRemoteAddressAsText()).toString() : '';
       const key = Authenticator.bearer(req.getHeader('authorization'));
       const contentType = req.getHeader('content-type');
       const length = req.getHeader('content-length');
-      handle(ex, entry.route, entry.validate, deps, { params, ip, key, contentType, length });
+      const path = audited ? req.getUrl() : undefined;
+      handle(ex, entry.route, entry.validate, deps, { params, ip, key, contentType, length, path });
     });
   }
   app.any('/*', (res, req) => {
@@ -146,6 +149,8 @@ interface Head {
   key: string | undefined;
   contentType: string;
   length: string;
+  /** the URL path, read for the audit trail only (admin routes that change something) */
+  path: string | undefined;
 }
 
 function handle(ex: Exchange, route: Route, validate: ValidateFunction | undefined, deps: RouterDeps, head: Head): void {
@@ -199,6 +204,7 @@ function handle(ex: Exchange, route: Route, validate: ValidateFunction | undefin
 }
 
 async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, caller: Promise<string>, body: unknown): Promise<void> {
+  const t0 = performance.now();
   let timer: NodeJS.Timeout | undefined;
   const gone = new AbortController();
   try {
@@ -214,9 +220,14 @@ async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, cal
       reply(ex, out.status ?? 200, Buffer.isBuffer(out.raw) ? out.raw : Buffer.from(out.raw), out.contentType);
     } else {
       replyValue(ex, out.status ?? 200, out.value);
+      if (head.path !== undefined) audit({ method: route.method.toUpperCase(), path: head.path, ip: head.ip, status: out.status ?? 200, ms: performance.now() - t0, body, result: out.value });
     }
   } catch (err) {
-    fail(ex, err, deps);
+    const code = fail(ex, err, deps);
+    if (head.path !== undefined) {
+      // a refused body is not written: it is whatever the caller sent, and may be the reason it was refused
+      audit({ method: route.method.toUpperCase(), path: head.path, ip: head.ip, status: errorCatalogue[code].status, error: code, ms: performance.now() - t0 });
+    }
   } finally {
     clearTimeout(timer);
   }
@@ -248,19 +259,24 @@ async function authorize(kind: AuthKind, key: string | undefined, auth: Authenti
   return id;
 }
 
-function fail(ex: Exchange, err: unknown, deps: RouterDeps): void {
+/** Answers `err` as its wire error; returns the code it answered with. */
+function fail(ex: Exchange, err: unknown, deps: RouterDeps): ErrorCode {
+  let code: ErrorCode = 'internal';
   try {
     if (err instanceof DomainError) {
-      return replyError(ex, err.code, err.message, err instanceof HttpError ? err.headers : undefined);
-    }
-    if (err instanceof StoreTimeout || deps.storeDown(err)) {
+      code = err.code;
+      replyError(ex, code, err.message, err instanceof HttpError ? err.headers : undefined);
+    } else if (err instanceof StoreTimeout || deps.storeDown(err)) {
       redisErrors.labels('unavailable').inc();
-      return replyError(ex, 'store_unavailable', undefined, [['retry-after', '1']]);
+      code = 'store_unavailable';
+      replyError(ex, code, undefined, [['retry-after', '1']]);
+    } else {
+      if ((err as Error)?.name === 'ReplyError') redisErrors.labels('error').inc();
+      console.error('internal error:', err);
+      replyError(ex, code);
     }
-    if ((err as Error)?.name === 'ReplyError') redisErrors.labels('error').inc();
-    console.error('internal error:', err);
-    replyError(ex, 'internal');
   } catch (again) {
     console.error('could not reply:', again);
   }
+  return code;
 }

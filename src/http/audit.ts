@@ -1,0 +1,41 @@
+/**
+ * The audit trail of the admin routes: one JSON line on stdout per admin call that may change something
+ * (every method but GET), refused ones included (a wrong key, a bad body), so an on-call engineer can
+ * tell who revoked a campaign or rotated a key, from where and when. Keys are never written: a field
+ * named like one shows whether it was set; lists show their length (a revoke may name 10,000 tokens).
+ */
+export interface AuditEntry {
+  method: string;
+  path: string;
+  ip: string;
+  status: number;
+  /** the wire error code of a refused call */
+  error?: string;
+  ms: number;
+  body?: unknown;
+  result?: unknown;
+}
+
+const SECRET = /key/i;
+const LONGEST = 200;
+
+function summarize(v: unknown, depth = 0): unknown {
+  if (Array.isArray(v)) return `[${v.length} items]`;
+  if (typeof v === 'string') return v.length > LONGEST ? `${v.slice(0, LONGEST)}…` : v;
+  if (v === null || typeof v !== 'object') return v;
+  if (depth >= 3) return '{…}';
+  const out: Record<string, unknown> = {};
+  for (const [k, x] of Object.entries(v)) {
+    out[k] = SECRET.test(k) && typeof x === 'string' ? '<redacted>' : summarize(x, depth + 1);
+  }
+  return out;
+}
+
+export function audit(e: AuditEntry, write: (line: string) => void = console.log): void {
+  const line: Record<string, unknown> = { audit: 'admin', at: new Date().toISOString(), method: e.method, path: e.path, ip: e.ip, status: e.status };
+  if (e.error !== undefined) line.error = e.error;
+  line.ms = Math.round(e.ms);
+  if (e.body !== undefined) line.body = summarize(e.body);
+  if (e.result !== undefined) line.result = summarize(e.result);
+  write(JSON.stringify(line));
+}
