@@ -11,6 +11,14 @@ export function table(header: string[], rows: (string | number)[][]): string {
     .join('\n');
 }
 
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
+
+/** "30d", "12h", "90m" -> milliseconds */
+export function parseDuration(raw: string): number | undefined {
+  const m = /^(\d+)(ms|s|m|h|d|w)$/.exec(raw.trim());
+  return m ? Number(m[1]) * UNITS[m[2]!]! : undefined;
+}
+
 /** Epoch ms as "ms (ISO time)" for people; '-' when absent. */
 export function when(ms: number | undefined): string {
   return ms === undefined ? '-' : `${ms} (${new Date(ms).toISOString()})`;

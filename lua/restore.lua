@@ -4,11 +4,12 @@
   rows are history already, not new changes.
   KEYS[1] dict  KEYS[2] stats  KEYS[3] rs  KEYS[4] rd  KEYS[5..] buckets   (one hash tag {shard})
   ARGV one per token, 15 values joined by tabs (no id holds a control character, src/tokens/validate.ts):
-    bucket KEYS index, owner ref hint, owner satellite, owner user, token hex, state letter (u s r x),
+    bucket KEYS index, owner ref hint, owner satellite, owner user, token hex, state letter (u s r x, or p:
+    purged, lua/purge.lua: only counted, as generated and purged, not written),
     campaign, createdAt, expiresAt, reservationId, reservedBy, leaseExpiresAt,
     redeemerSatelliteId, redeemerUserId, redeemedAt
     (one argument a token, not 15: the client's cost is per argument, and it was most of a restore's CPU)
-  Reply: number of tokens written.
+  Reply: number of tokens written (purged ones not included).
 ]]
 --- @include "codec"
 
@@ -19,23 +20,29 @@ local counts = {}
 local function count(field)
   counts[field] = (counts[field] or 0) + 1
 end
+local written = 0
 for a = 1, #ARGV do
   local v = split_tab(ARGV[a])
   local bucket, hint, sat, user, hex, state = KEYS[tonumber(v[1])], v[2], v[3], v[4], v[5], v[6]
   local campaign = v[7]
-  sats[sat] = sats[sat] or intern(dict, 's', sat)
-  camps[campaign] = camps[campaign] or intern(dict, 'c', campaign)
-  local ref = find_owner(bucket, sats[sat] .. ':' .. user, hint, true)
-  local suffix = string.sub(hex, 5)
-  redis.call('HSET', bucket, suffix, fmt_rec(state, ref, camps[campaign], v[8], v[9]))
-  if state == 's' then
-    redis.call('HSET', rs, suffix, v[10] .. '\t' .. v[11] .. '\t' .. v[12])
-  elseif state == 'r' then
-    redis.call('HSET', rd, suffix, v[13] .. '\t' .. v[14] .. '\t' .. v[15] .. '\t' .. v[10])
-    count('x\t' .. sat .. '\t' .. v[13])
-  end
   count(sat .. '\tgenerated')
-  count(sat .. '\t' .. STATE_NAME[state])
+  if state == 'p' then
+    count(sat .. '\tpurged')
+  else
+    sats[sat] = sats[sat] or intern(dict, 's', sat)
+    camps[campaign] = camps[campaign] or intern(dict, 'c', campaign)
+    local ref = find_owner(bucket, sats[sat] .. ':' .. user, hint, true)
+    local suffix = string.sub(hex, 5)
+    redis.call('HSET', bucket, suffix, fmt_rec(state, ref, camps[campaign], v[8], v[9]))
+    if state == 's' then
+      redis.call('HSET', rs, suffix, v[10] .. '\t' .. v[11] .. '\t' .. v[12])
+    elseif state == 'r' then
+      redis.call('HSET', rd, suffix, v[13] .. '\t' .. v[14] .. '\t' .. v[15] .. '\t' .. v[10])
+      count('x\t' .. sat .. '\t' .. v[13])
+    end
+    count(sat .. '\t' .. STATE_NAME[state])
+    written = written + 1
+  end
 end
 for field, n in pairs(counts) do redis.call('HINCRBY', stats, field, n) end
-return #ARGV
+return written

@@ -322,17 +322,17 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       const stats = JSON.parse(json.stdout);
       expect(stats).toEqual(await sfx.engine.stats());
       expect(stats.satellites).toEqual({
-        'sat-a': { generated: 20, unredeemed: 15, reserved: 1, redeemed: 3, revoked: 1 },
-        'sat-b': { generated: 5, unredeemed: 4, reserved: 0, redeemed: 1, revoked: 0 },
+        'sat-a': { generated: 20, unredeemed: 15, reserved: 1, redeemed: 3, revoked: 1, purged: 0 },
+        'sat-b': { generated: 5, unredeemed: 4, reserved: 0, redeemed: 1, revoked: 0, purged: 0 },
       });
 
       const text = await runCli(['stats'], senv);
       expect(text.code, text.stderr).toBe(0);
       const lines = text.stdout.split('\n');
-      expect(lines).toContain('satellite  generated  unredeemed  reserved  redeemed  revoked');
-      expect(lines).toContain('sat-a             20          15         1         3        1');
-      expect(lines).toContain('sat-b              5           4         0         1        0');
-      expect(lines).toContain('total             25          19         1         4        1');
+      expect(lines).toContain('satellite  generated  unredeemed  reserved  redeemed  revoked  purged');
+      expect(lines).toContain('sat-a             20          15         1         3        1       0');
+      expect(lines).toContain('sat-b              5           4         0         1        0       0');
+      expect(lines).toContain('total             25          19         1         4        1       0');
       // rows: owner, columns: redeemer
       expect(lines).toContain('owner \\ redeemer  sat-a  sat-b');
       expect(lines).toContain('sat-a                 1      2');
@@ -349,6 +349,9 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       [['satellites', 'remove'], 'Usage: referral-manager satellites remove [options] <id>'],
       [['tokens', 'list', '--satellite', 'sat-a'], 'Usage: referral-manager tokens list [options]'],
       [['stats', '--verbose'], 'Usage: referral-manager stats [options]'],
+      [['tokens', 'purge'], 'Usage: referral-manager tokens purge [options]'],
+      [['tokens', 'purge', '--older-than', 'soon'], 'Usage: referral-manager tokens purge [options]'],
+      [['tokens', 'purge', '--older-than', '1d', '--campaign', ''], 'Usage: referral-manager tokens purge [options]'],
     ];
     const runs = await Promise.all(cases.map(([args]) => cli(...args)));
     runs.forEach((r, i) => {
@@ -360,7 +363,7 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
 
   it('--help of every command exits 0 and shows examples', async () => {
     const commands = [['satellites'], ['satellites', 'add'], ['satellites', 'list'], ['satellites', 'remove'], ['satellites', 'rotate-key'],
-      ['tokens'], ['tokens', 'show'], ['tokens', 'list'], ['tokens', 'redeemed'], ['tokens', 'revoke'], ['stats'], ['export']];
+      ['tokens'], ['tokens', 'show'], ['tokens', 'list'], ['tokens', 'redeemed'], ['tokens', 'revoke'], ['tokens', 'purge'], ['stats'], ['export']];
     for (let i = 0; i < commands.length; i += 4) {
       const runs = await Promise.all(commands.slice(i, i + 4).map((c) => cli(...c, '--help')));
       runs.forEach((r, j) => {

@@ -115,7 +115,7 @@ const clusterFixture = () => engineFixture({ redis: () => createRedis({ redisUrl
       }
       expect(await f.engine.revokeCampaign(campaignId)).toBe(tokens.length - byMaster.size);
       const stats = await f.engine.stats();
-      expect(stats.satellites['sat-x']).toEqual({ generated: 600, unredeemed: 0, reserved: 0, redeemed: 3, revoked: 597 });
+      expect(stats.satellites['sat-x']).toEqual({ generated: 600, unredeemed: 0, reserved: 0, redeemed: 3, revoked: 597, purged: 0 });
     });
   });
 });

@@ -6,7 +6,7 @@ import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine, MAX_EXPIRES_AT, MAX_TOKENS_PER_CALL, newCampaignId } from '../../src/tokens/engine.js';
 import { checkCampaignId } from '../../src/tokens/validate.js';
 import { configFrom, connectRedis } from '../context.js';
-import { table } from '../format.js';
+import { parseDuration, table } from '../format.js';
 import { progressBars } from '../progress.js';
 
 interface Opts {
@@ -21,14 +21,6 @@ interface Opts {
   pageSize: string;
   batchSize: string;
   progress: boolean;
-}
-
-const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
-
-/** "30d", "12h", "90m" -> milliseconds */
-export function parseDuration(raw: string): number | undefined {
-  const m = /^(\d+)(ms|s|m|h|d|w)$/.exec(raw.trim());
-  return m ? Number(m[1]) * UNITS[m[2]!]! : undefined;
 }
 
 const EXAMPLES = `

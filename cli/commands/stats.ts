@@ -5,7 +5,7 @@ import { TokenEngine } from '../../src/tokens/engine.js';
 import { configFrom, connectRedis } from '../context.js';
 import { table } from '../format.js';
 
-const STATES = ['generated', 'unredeemed', 'reserved', 'redeemed', 'revoked'] as const;
+const STATES = ['generated', 'unredeemed', 'reserved', 'redeemed', 'revoked', 'purged'] as const;
 
 /** Per owner satellite: its counters by state, and a total row when there is more than one. */
 function satelliteTable(stats: Stats): string {

@@ -6,7 +6,7 @@ import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { isToken } from '../../src/tokens/validate.js';
 import { configFrom, connectRedis } from '../context.js';
-import { invalidIsUsage, table, when } from '../format.js';
+import { invalidIsUsage, parseDuration, table, when } from '../format.js';
 
 /** Opens an engine (scripts run by EVALSHA with an EVAL fallback, so nothing to preload), always disconnects. */
 async function withEngine<T>(config: Config, fn: (e: TokenEngine) => Promise<T>): Promise<T> {
@@ -145,5 +145,30 @@ export function register(program: Command): void {
     else if (opts.campaign !== undefined) console.log(`revoked ${revoked} tokens of campaign "${opts.campaign}"`);
     else if (opts.allUsers) console.log(`revoked ${revoked} tokens of the users of satellite "${opts.satellite}"`);
     else console.log(`revoked ${revoked} tokens of user "${opts.user}" of satellite "${opts.satellite}"`);
+  });
+
+  const purge = tokens
+    .command('purge')
+    .description('delete revoked and expired tokens made long ago from Redis, to free its memory; Postgres keeps them')
+    .requiredOption('--older-than <duration>', 'only tokens made more than this long ago, e.g. 90d, 12w')
+    .option('--campaign <id>', 'only tokens of this campaign')
+    .option('--json', 'print {"purged"}')
+    .addHelpText(
+      'after',
+      '\nPurged: revoked tokens, and unredeemed ones past their expiresAt. Redeemed and reserved tokens stay\n' +
+        "(a user's redemptions are read from Redis). A purged token is gone from Redis: a redeem or lookup of it\n" +
+        'answers not found (404), no longer revoked/expired (410), and `export` and `tokens show` no longer have it.\n' +
+        'Each leaves a "purged" event, so the snapshot keeps its last row, marked purged; restore and verify\n' +
+        'leave it out of Redis. Without a snapshot (no writer ever running) a purged token is gone for good.\n' +
+        'Counters: `stats` moves it from its state to "purged".\n' +
+        '\nExamples:\n  referral-manager tokens purge --older-than 180d\n  referral-manager tokens purge --older-than 30d --campaign spring-2026 --json',
+    );
+  purge.action(async function (this: Command, opts: { olderThan: string; campaign?: string; json?: boolean }) {
+    const age = parseDuration(opts.olderThan);
+    if (age === undefined) this.error('error: --older-than must look like 180d, 12w, 36h', { exitCode: 2 });
+    const madeBefore = Date.now() - age;
+    const purged = await invalidIsUsage(this, () => withEngine(configFrom(this), (e) => e.purge(madeBefore, opts.campaign)));
+    if (opts.json) console.log(JSON.stringify({ purged }));
+    else console.log(`purged ${purged} revoked or expired tokens made before ${new Date(madeBefore).toISOString()}${opts.campaign === undefined ? '' : ` of campaign "${opts.campaign}"`}`);
   });
 }

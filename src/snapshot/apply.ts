@@ -7,14 +7,16 @@ import type { StreamEvent } from './events.js';
  * for less than the writer spends turning 13 arrays into array literals. token_events takes every entry
  * (a replayed entry hits its key and is skipped); tokens takes the newest entry per token and only moves
  * forward: an upsert whose stream position is not greater than the stored one changes nothing. So
- * re-applying any batch, in any order, is harmless.
+ * re-applying any batch, in any order, is harmless. A 'purged' event (lua/purge.lua) carries the token's last
+ * row and sets purged_at: the token left Redis, its row stays.
  */
 const APPLY_SQL = `
 WITH b AS (
   SELECT u.shard, u.ms, u.seq, u.type, u.at, f.r[1]::uuid AS token, f.r[2] AS state, f.r[3] AS osat, f.r[4] AS ouser,
     f.r[5] AS camp, f.r[6]::bigint AS created, nullif(f.r[7], '')::bigint AS expires, nullif(f.r[8], '') AS resid,
     nullif(f.r[9], '') AS resby, nullif(f.r[10], '')::bigint AS lease, nullif(f.r[11], '') AS rsat,
-    nullif(f.r[12], '') AS ruser, nullif(f.r[13], '')::bigint AS rat
+    nullif(f.r[12], '') AS ruser, nullif(f.r[13], '')::bigint AS rat,
+    CASE WHEN u.type = 'purged' THEN u.at END AS purged
   FROM unnest($1::smallint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::text[]) AS u(shard, ms, seq, type, at, row),
     string_to_array(u.row, E'\\t') AS f(r)
 ), ev AS (
@@ -23,15 +25,15 @@ WITH b AS (
   ON CONFLICT DO NOTHING
 )
 INSERT INTO tokens AS t (token, state, owner_satellite_id, owner_user_id, campaign_id, created_at, expires_at,
-  reservation_id, reserved_by, lease_expires_at, redeemer_satellite_id, redeemer_user_id, redeemed_at, ev_shard, ev_ms, ev_seq)
-SELECT DISTINCT ON (token) token, state, osat, ouser, camp, created, expires, resid, resby, lease, rsat, ruser, rat, shard, ms, seq
+  reservation_id, reserved_by, lease_expires_at, redeemer_satellite_id, redeemer_user_id, redeemed_at, ev_shard, ev_ms, ev_seq, purged_at)
+SELECT DISTINCT ON (token) token, state, osat, ouser, camp, created, expires, resid, resby, lease, rsat, ruser, rat, shard, ms, seq, purged
 FROM b ORDER BY token, ms DESC, seq DESC
 ON CONFLICT (token) DO UPDATE SET state = excluded.state, owner_satellite_id = excluded.owner_satellite_id,
   owner_user_id = excluded.owner_user_id, campaign_id = excluded.campaign_id, created_at = excluded.created_at,
   expires_at = excluded.expires_at, reservation_id = excluded.reservation_id, reserved_by = excluded.reserved_by,
   lease_expires_at = excluded.lease_expires_at, redeemer_satellite_id = excluded.redeemer_satellite_id,
   redeemer_user_id = excluded.redeemer_user_id, redeemed_at = excluded.redeemed_at,
-  ev_shard = excluded.ev_shard, ev_ms = excluded.ev_ms, ev_seq = excluded.ev_seq
+  ev_shard = excluded.ev_shard, ev_ms = excluded.ev_ms, ev_seq = excluded.ev_seq, purged_at = excluded.purged_at
 WHERE (excluded.ev_ms, excluded.ev_seq) > (t.ev_ms, t.ev_seq)`;
 
 const NEEDS_ESCAPE = /["\\]/;

@@ -67,7 +67,8 @@ async function restoreShard(redis: RedisClient, pool: pg.Pool, keys: Keys, resto
         }
         const owner = placeOfOwner(r[2]!, r[3]!);
         // one tab-joined argument a token (lua/restore.lua)
-        args.push(`${idx}\t${owner.refHint}\t${r[2]}\t${r[3]}\t${hex}\t${STATE_LETTER[r[1] as TokenState] ?? 'u'}\t${r.slice(4).join('\t')}`);
+        const state = r[13] === 'purged' ? 'p' : (STATE_LETTER[r[1] as TokenState] ?? 'u');
+        args.push(`${idx}\t${owner.refHint}\t${r[2]}\t${r[3]}\t${hex}\t${state}\t${r.slice(4, 13).join('\t')}`);
       }
       n += Number(await restore(callKeys, args));
     }

@@ -50,7 +50,8 @@ export interface VerifyReport {
 function count(counters: Map<string, number>, p: Row): void {
   const add = (field: string) => counters.set(field, (counters.get(field) ?? 0) + 1);
   add(`${p[2]}\tgenerated`);
-  add(`${p[2]}\t${p[1]}`);
+  // a purged token (pgShardRows' 14th value) left Redis and its state's count (lua/purge.lua)
+  add(`${p[2]}\t${p[13] === 'purged' ? 'purged' : p[1]}`);
   if (p[1] === 'redeemed') add(`x\t${p[2]}\t${p[10]}`);
 }
 
@@ -75,6 +76,11 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
       for (const p of page) {
         count(counters, p);
         const r = inRedis.get(p[0]!);
+        if (p[13] === 'purged') {
+          if (r) note({ token: p[0]!, kind: 'differs', fields: [{ field: 'purged', redis: 'no', postgres: 'yes' }] });
+          inRedis.delete(p[0]!);
+          continue;
+        }
         if (!r) {
           note({ token: p[0]!, kind: 'only_postgres' });
           continue;

@@ -47,7 +47,8 @@ export interface RedeemedToken {
 
 /** Counters kept by the scripts: per owner satellite and state, and redemptions owner -> redeemer satellite. */
 export interface Stats {
-  satellites: Record<string, { generated: number; unredeemed: number; reserved: number; redeemed: number; revoked: number }>;
+  /** `purged`: deleted from Redis by a purge (kept in Postgres); no longer counted in their state */
+  satellites: Record<string, { generated: number; unredeemed: number; reserved: number; redeemed: number; revoked: number; purged: number }>;
   redemptions: { ownerSatelliteId: string; redeemerSatelliteId: string; count: number }[];
 }
 

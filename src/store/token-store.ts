@@ -24,7 +24,7 @@ const SWEEP_BUDGET = 1_000;
 const SWEEP_WINDOW = 128;
 const SWEEP_LANES = 2;
 
-const STATES = ['generated', 'unredeemed', 'reserved', 'redeemed', 'revoked'] as const;
+const STATES = ['generated', 'unredeemed', 'reserved', 'redeemed', 'revoked', 'purged'] as const;
 
 /**
  * Redis side of the token engine: one method per Lua script, inputs already validated.
@@ -169,7 +169,7 @@ export class TokenStore {
    */
   async revokeCampaign(campaignId: string, revokedAt?: number): Promise<number> {
     const at = Number(await this.s.revocation_record!([this.keys.revokedCampaigns()], revokedAt === undefined ? [campaignId] : [campaignId, revokedAt]));
-    return this.sweep(['campaign', campaignId], [at]);
+    return this.sweep('revoke_sweep', ['campaign', campaignId], [at]);
   }
 
   /**
@@ -177,15 +177,23 @@ export class TokenStore {
    * users' invitations must stop). It marks nothing: tokens made afterwards are not touched.
    */
   revokeSatellite(ownerSatelliteId: string): Promise<number> {
-    return this.sweep(['satellite', ownerSatelliteId], []);
+    return this.sweep('revoke_sweep', ['satellite', ownerSatelliteId], []);
   }
 
   /**
-   * lua/revoke_sweep.lua over every shard, SWEEP_LANES shards at a time, each in calls of a bounded amount of
+   * Deletes revoked tokens, and unredeemed ones past their expiresAt, made before `madeBefore` (of one
+   * campaign if given), from Redis; Postgres keeps them, marked purged (lua/purge.lua). How many.
+   */
+  purge(madeBefore: number, campaignId?: string): Promise<number> {
+    return this.sweep('purge', [madeBefore, campaignId ?? ''], []);
+  }
+
+  /**
+   * lua/revoke_sweep.lua or lua/purge.lua over every shard, SWEEP_LANES shards at a time, each in calls of a bounded amount of
    * work (SWEEP_BUDGET): Redis runs a client's calls back to back, so one call per shard, all sent at once,
    * held other clients' redeems up to 260 ms at 1M tokens (bench/sweep.ts). The total revoked.
    */
-  private async sweep(what: [mode: string, id: string], more: (string | number)[]): Promise<number> {
+  private async sweep(script: 'revoke_sweep' | 'purge', what: (string | number)[], more: (string | number)[]): Promise<number> {
     const k = this.keys;
     let nextShard = 0;
     let revoked = 0;
@@ -196,7 +204,7 @@ export class TokenStore {
         for (let from = 0; from >= 0; ) {
           const keys = [...head];
           for (let b = from; b < Math.min(from + SWEEP_WINDOW, BUCKETS_PER_SHARD); b++) keys.push(k.bucket(shard, b));
-          const r = (await this.s.revoke_sweep!(keys, [...what, shard, BUCKETS_PER_SHARD, from, SWEEP_BUDGET, ...more])) as [string, number, number];
+          const r = (await this.s[script]!(keys, [...what, shard, BUCKETS_PER_SHARD, from, SWEEP_BUDGET, ...more])) as [string, number, number];
           revoked += Number(r[1]);
           from = Number(r[2]);
         }
@@ -246,7 +254,7 @@ export class TokenStore {
           matrix.set(k, (matrix.get(k) ?? 0) + Number(value));
         } else if (parts.length === 2) {
           let sat = sats.get(parts[0]!);
-          if (!sat) sats.set(parts[0]!, (sat = { generated: 0, unredeemed: 0, reserved: 0, redeemed: 0, revoked: 0 }));
+          if (!sat) sats.set(parts[0]!, (sat = { generated: 0, unredeemed: 0, reserved: 0, redeemed: 0, revoked: 0, purged: 0 }));
           const state = parts[1] as (typeof STATES)[number];
           if (STATES.includes(state)) sat[state] += Number(value);
         }

@@ -140,6 +140,15 @@ export class TokenEngine {
     return this.store.revokeSatellite(checkId('satelliteId', ownerSatelliteId));
   }
 
+  /**
+   * Deletes from Redis the revoked tokens, and the unredeemed ones past their expiresAt, made before
+   * `madeBefore` (ms), of one campaign if given; Postgres keeps them. How many.
+   */
+  async purge(madeBefore: number, campaignId?: string): Promise<number> {
+    if (!Number.isSafeInteger(madeBefore) || madeBefore < 0) throw new DomainError('invalid_request', 'madeBefore: must be a time in ms');
+    return this.store.purge(madeBefore, campaignId === undefined ? undefined : checkId('campaignId', campaignId));
+  }
+
   async listUnredeemed(ownerSatelliteId: string, ownerUserId: string): Promise<UnredeemedToken[]> {
     return this.store.listUnredeemed(checkId('satelliteId', ownerSatelliteId), checkId('userId', ownerUserId));
   }

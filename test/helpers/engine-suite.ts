@@ -68,7 +68,7 @@ export async function readEvents(store: TokenStore, since?: EventMark): Promise<
 
 // ---------------------------------------------------------------- stats
 
-export const NO_COUNTS = { generated: 0, unredeemed: 0, reserved: 0, redeemed: 0, revoked: 0 };
+export const NO_COUNTS = { generated: 0, unredeemed: 0, reserved: 0, redeemed: 0, revoked: 0, purged: 0 };
 export type Counts = typeof NO_COUNTS;
 
 export function countsOf(stats: Stats, sat: string): Counts {
@@ -249,8 +249,8 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await engine.revokeOwner(satB, alice)).toBe(2);
         expect((await listed(satA, bob)).sort()).toEqual(of(satA, bob));
         const stats = await engine.stats();
-        expect(countsOf(stats, satA)).toEqual({ generated: 4, unredeemed: 2, reserved: 0, redeemed: 2, revoked: 0 });
-        expect(countsOf(stats, satB)).toEqual({ generated: 2, unredeemed: 0, reserved: 0, redeemed: 0, revoked: 2 });
+        expect(countsOf(stats, satA)).toEqual({ generated: 4, unredeemed: 2, reserved: 0, redeemed: 2, revoked: 0, purged: 0 });
+        expect(countsOf(stats, satB)).toEqual({ generated: 2, unredeemed: 0, reserved: 0, redeemed: 0, revoked: 2, purged: 0 });
       });
 
       it('keeps two owners that share one bucket apart (list and revokeOwner)', async () => {
@@ -974,7 +974,7 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await listed(satB, 'c-0')).toEqual([]);
         // the four tokens touched first all belong to satA (owners c-0 and c-1)
         const stats = await engine.stats();
-        expect(countsOf(stats, satA)).toEqual({ generated: 270, unredeemed: 30, reserved: 0, redeemed: 1, revoked: 239 });
+        expect(countsOf(stats, satA)).toEqual({ generated: 270, unredeemed: 30, reserved: 0, redeemed: 1, revoked: 239, purged: 0 });
         expect(countsOf(stats, satB)).toEqual({ ...NO_COUNTS, generated: 160, revoked: 160 });
         const ev2 = await mark();
         expect(await engine.revokeCampaign(campaign)).toBe(0);
@@ -1013,7 +1013,7 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         // the other satellite's s-149 keeps its token (its s-0 is the one whose token was redeemed)
         expect(await listed(other, 's-149')).toEqual(theirs.slice(-1));
         const stats = await engine.stats();
-        expect(countsOf(stats, sat)).toEqual({ generated: 320, unredeemed: 0, reserved: 0, redeemed: 1, revoked: 319 });
+        expect(countsOf(stats, sat)).toEqual({ generated: 320, unredeemed: 0, reserved: 0, redeemed: 1, revoked: 319, purged: 0 });
         expect(countsOf(stats, other)).toEqual({ ...NO_COUNTS, generated: 150, unredeemed: 149, redeemed: 1 });
         const ev2 = await mark();
         expect(await engine.revokeSatellite(sat)).toBe(0);
@@ -1046,6 +1046,59 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await engine.revokeSatellite(sat)).toBe(201);
         expect(await listed(sat, pair[1])).toEqual([]);
         expect(await state(again.tokens[199]!)).toBe('revoked');
+      });
+    });
+
+    describe('purge', () => {
+      it('deletes revoked and expired tokens made before the cutoff, keeps the rest, counts them purged, one event each', async () => {
+        const sat = uniq('sat');
+        const campaignId = uniq('camp');
+        const soon = Date.now() + 300;
+        const a = await mint(6, { sat, user: uniq('user'), campaignId, expiresAt: soon });
+        const b = await mint(3, { sat, user: uniq('user') });
+        const [revoked, expired, used, held, lapsedHeld] = a.tokens as [string, string, string, string, string];
+        const [openB, revokedB, revokedLater] = b.tokens as [string, string, string];
+        await engine.revokeToken(revoked);
+        await engine.revokeToken(revokedB);
+        await engine.redeem(used, 'r', 'newcomer');
+        await engine.reserve(held, 'holder', 60_000);
+        await engine.reserve(lapsedHeld, 'holder', 50);
+        await sleepUntil(soon + 30);
+        const cutoff = Date.now();
+        await sleep(5);
+        // made after the cutoff: not purged
+        const late = await mint(1, { sat, user: uniq('user'), campaignId: b.campaignId });
+        await engine.revokeToken(late.tokens[0]!);
+        await engine.revokeToken(revokedLater);
+        const before = await counts(sat);
+        const ev = await mark();
+        // another campaign's tokens are left alone when one is named
+        expect(await engine.purge(cutoff, campaignId)).toBe(3);
+        const events = await since(ev);
+        // one event each, carrying the token's last row (what the snapshot keeps); a lapsed reservation is
+        // still stored reserved, so it stays
+        expect(new Map(events.map((e) => [e.row.token, [e.type, e.row.state]]))).toEqual(
+          new Map([[revoked, ['purged', 'revoked']], [expired, ['purged', 'unredeemed']], [a.tokens[5]!, ['purged', 'unredeemed']]]),
+        );
+        for (const t of [revoked, expired]) expect(await engine.lookup(t)).toBeUndefined();
+        expect((await engine.redeem(expired, 'r', 'late')).code).toBe('not_found');
+        expect(await state(used)).toBe('redeemed');
+        expect(await state(held)).toBe('reserved');
+        expect(await state(revokedB)).toBe('revoked');
+        expect(await counts(sat)).toEqual({ ...before, unredeemed: before.unredeemed - 2, revoked: before.revoked - 1, purged: 3 });
+        expect((await engine.listRedeemed(sat, a.user)).map((t) => t.token)).toEqual([used]);
+        // then b's campaign: its revoked tokens made before the cutoff, not the one made after, not the open one
+        // (a purge of every campaign would take other tests' tokens here: test/snapshot-purge.test.ts has one)
+        expect(await engine.purge(cutoff, b.campaignId)).toBe(2);
+        expect(await engine.lookup(revokedB)).toBeUndefined();
+        expect(await engine.lookup(revokedLater)).toBeUndefined();
+        expect(await state(late.tokens[0]!)).toBe('revoked');
+        expect(await state(openB)).toBe('unredeemed');
+        expect(await listed(sat, b.user)).toEqual([openB]);
+        expect(await engine.purge(cutoff, b.campaignId)).toBe(0);
+        // generated keeps counting every token made
+        expect(await counts(sat)).toEqual({ ...NO_COUNTS, generated: 10, unredeemed: 1, reserved: 2, redeemed: 1, revoked: 1, purged: 5 });
+        await expect(engine.purge(-1)).rejects.toThrow(DomainError);
       });
     });
 
@@ -1213,8 +1266,8 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await engine.revokeCampaign(gen.campaignId)).toBe(3);
         expect((await changes(ev2)).map((c) => c[0])).toEqual(['revoked', 'revoked', 'revoked']);
         await step(async () => ({ code: 'ok' }), 'ok');
-        expect(expected[satA]).toEqual({ generated: 8, unredeemed: 0, reserved: 0, redeemed: 3, revoked: 5 });
-        expect(expected[satB]).toEqual({ generated: 4, unredeemed: 0, reserved: 0, redeemed: 2, revoked: 2 });
+        expect(expected[satA]).toEqual({ generated: 8, unredeemed: 0, reserved: 0, redeemed: 3, revoked: 5, purged: 0 });
+        expect(expected[satB]).toEqual({ generated: 4, unredeemed: 0, reserved: 0, redeemed: 2, revoked: 2, purged: 0 });
         // and the final state of every token agrees with the counters
         for (const sat of [satA, satB]) {
           const mine = gen.tokens.filter((t) => t.ownerSatelliteId === sat);

@@ -1,0 +1,46 @@
+--[[
+  purge: delete from Redis the tokens of one virtual shard that can no longer change and that no satellite
+  call needs: revoked ones, and unredeemed ones past their expiresAt, made before a given time (and of one
+  campaign, if given). Postgres keeps them: each leaves a 'purged' event carrying its last row, and the
+  snapshot marks its row purged. Redeemed tokens stay (the owner's redemptions list and an idempotent retry
+  read them), so do reserved ones. A run of buckets a call (lua/includes/sweep.lua: budget, reply, and why).
+  KEYS[1] dict  KEYS[2] rs  KEYS[3] rd  KEYS[4] stats  KEYS[5] ev  KEYS[6..] consecutive buckets of the shard,
+    starting at the one to sweep first (one hash tag {shard})
+  ARGV[1] made before (ms)  ARGV[2] campaign id or ''  ARGV[3] shard number  ARGV[4] buckets per shard
+  ARGV[5] the bucket number of KEYS[6]  ARGV[6] budget
+  Reply: { 'ok', count, next }.
+  Counters: the token's state count goes down and "<sat>\tpurged" up ("generated" keeps counting it).
+  Owner records stay, also one left with no token: owners are found by probing from a hint, and a gap
+  would hide the owners placed after it.
+]]
+--- @include "codec"
+--- @include "sweep"
+
+local now, at = clock()
+local before = tonumber(ARGV[1])
+local camp
+if ARGV[2] ~= '' then
+  camp = redis.call('HGET', KEYS[1], 'c\t' .. ARGV[2])
+  if not camp then return { 'ok', 0, -1 } end
+end
+
+return sweep_buckets(function(bucket, prefix, all)
+  local count = 0
+  for i = 1, #all, 2 do
+    local field = all[i]
+    if string.sub(field, 1, 1) ~= '#' then
+      local state, _, c, created, expires = parse_rec(all[i + 1])
+      local final = state == 'x' or (state == 'u' and expires and expires <= now)
+      if final and created < before and (not camp or c == camp) then
+        local t = load_token(bucket, KEYS[1], KEYS[2], KEYS[3], prefix .. field, now)
+        local row = reply('ok', t)
+        redis.call('HDEL', bucket, field)
+        redis.call('HINCRBY', KEYS[4], t.sat .. '\t' .. row[3], '-1')
+        redis.call('HINCRBY', KEYS[4], t.sat .. '\tpurged', '1')
+        redis.call('XADD', KEYS[5], '*', 'type', 'purged', 'at', at, 'row', table.concat(row, '\t', 2, 14))
+        count = count + 1
+      end
+    end
+  end
+  return count
+end)

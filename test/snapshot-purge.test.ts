@@ -1,0 +1,77 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { engineFixture, testPrefix, dropPrefix, type EngineFixture } from './helpers/redis.js';
+import { testDatabase } from './helpers/pg.js';
+import { caughtUp, each, sleep } from './helpers/snapshot.js';
+import { runCli } from './helpers/cli.js';
+import { openPostgres, restoreFromPostgres, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
+import { TokenStore } from '../src/store/token-store.js';
+import { TokenEngine } from '../src/tokens/engine.js';
+import { loadConfig } from '../src/config.js';
+
+describe('purge and the snapshot (real Redis, real Postgres)', () => {
+  let fx: EngineFixture;
+  let db: Awaited<ReturnType<typeof testDatabase>>;
+  let pool: pg.Pool;
+  let writer: SnapshotWriter | undefined;
+  const restoredPrefix = testPrefix('purge-restored');
+
+  beforeAll(async () => {
+    fx = await engineFixture({ label: 'purge' });
+    db = await testDatabase();
+    pool = await openPostgres(db.url);
+  });
+
+  afterAll(async () => {
+    await writer?.stop();
+    await pool?.end();
+    await dropPrefix(fx.redis, restoredPrefix);
+    await fx?.close();
+    await db?.drop();
+  });
+
+  it('purged tokens keep their last row in Postgres, marked purged; verify agrees; restore leaves them out and keeps the counters', async () => {
+    writer = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url }), { log: () => {} });
+    const soon = Date.now() + 300;
+    const owners = (sat: string) => Array.from({ length: 100 }, (_, i) => ({ ownerSatelliteId: sat, ownerUserId: `u${i}` }));
+    const a = (await fx.engine.generate({ owners: owners('sat-a'), perUser: 3, campaignId: 'old' })).tokens.map((t) => t.token);
+    const b = (await fx.engine.generate({ owners: owners('sat-b'), perUser: 2, campaignId: 'short', expiresAt: soon })).tokens.map((t) => t.token);
+    await each(a.slice(0, 120), 8, (t) => fx.engine.revokeToken(t));
+    await each(a.slice(120, 180), 8, (t, i) => fx.engine.redeem(t, 'sat-b', `new${i}`));
+    await each(b.slice(0, 50), 8, (t, i) => fx.engine.redeem(t, 'sat-a', `joined${i}`));
+    await sleep(Math.max(0, soon + 30 - Date.now()));
+
+    const run = await runCli(['tokens', 'purge', '--older-than', '0s', '--json'], { KEY_PREFIX: fx.prefix });
+    expect(run.code, run.stderr).toBe(0);
+    // a's 120 revoked tokens, and b's 150 that expired unredeemed
+    expect(JSON.parse(run.stdout)).toEqual({ purged: 270 });
+    await caughtUp(fx.redis, fx.prefix, pool, 300 + 200 + 120 + 60 + 50 + 270);
+
+    const rows = (await pool.query<{ campaign_id: string; state: string; purged: boolean; n: number }>(
+      'SELECT campaign_id, state, purged_at IS NOT NULL AS purged, count(*)::int AS n FROM tokens GROUP BY 1, 2, 3 ORDER BY 1, 2, 3',
+    )).rows;
+    expect(rows).toEqual([
+      { campaign_id: 'old', state: 'redeemed', purged: false, n: 60 },
+      { campaign_id: 'old', state: 'revoked', purged: true, n: 120 },
+      { campaign_id: 'old', state: 'unredeemed', purged: false, n: 120 },
+      { campaign_id: 'short', state: 'redeemed', purged: false, n: 50 },
+      { campaign_id: 'short', state: 'unredeemed', purged: true, n: 150 },
+    ]);
+    const stats = await fx.engine.stats();
+    expect(stats.satellites).toEqual({
+      'sat-a': { generated: 300, unredeemed: 120, reserved: 0, redeemed: 60, revoked: 0, purged: 120 },
+      'sat-b': { generated: 200, unredeemed: 0, reserved: 0, redeemed: 50, revoked: 0, purged: 150 },
+    });
+    const report = await verify(fx.redis, pool, fx.prefix);
+    expect(report.listed).toEqual([]);
+    expect(report).toMatchObject({ tokens: 230, differences: 0 });
+
+    expect(await restoreFromPostgres(fx.redis, pool, restoredPrefix)).toBe(230);
+    const restored = new TokenEngine(new TokenStore(fx.redis, restoredPrefix));
+    expect(await restored.stats()).toEqual(stats);
+    expect(await restored.lookup(a[0]!)).toBeUndefined();
+    expect(await restored.lookup(b[199]!)).toBeUndefined();
+    expect(await restored.lookup(a[299]!)).toEqual(await fx.engine.lookup(a[299]!));
+    expect((await verify(fx.redis, pool, restoredPrefix)).differences).toBe(0);
+  }, 120_000);
+});
