@@ -17,8 +17,9 @@ export interface OwnerBatch {
 }
 
 /**
- * A revoke_sweep call stops once its work passes SWEEP_BUDGET (about µs of Redis time: a record read costs 1,
- * a token revoked 16) or it has read SWEEP_WINDOW buckets; SWEEP_LANES shards are swept at once.
+ * A sweep call (lua/includes/sweep.lua) stops once its work passes SWEEP_BUDGET (about µs of Redis time: a
+ * record read costs 1, a token changed 16) or it has read SWEEP_WINDOW buckets; SWEEP_LANES shards are swept
+ * at once.
  */
 const SWEEP_BUDGET = 1_000;
 const SWEEP_WINDOW = 128;
@@ -189,14 +190,15 @@ export class TokenStore {
   }
 
   /**
-   * lua/revoke_sweep.lua or lua/purge.lua over every shard, SWEEP_LANES shards at a time, each in calls of a bounded amount of
-   * work (SWEEP_BUDGET): Redis runs a client's calls back to back, so one call per shard, all sent at once,
-   * held other clients' redeems up to 260 ms at 1M tokens (bench/sweep.ts). The total revoked.
+   * lua/revoke_sweep.lua or lua/purge.lua over every shard, SWEEP_LANES shards at a time, each in calls of
+   * bounded work (SWEEP_BUDGET): Redis runs a client's queued calls back to back, so one call per shard, all
+   * sent at once, held other clients' redeems up to 260 ms at 1M tokens (bench/sweep.ts). How many tokens
+   * the calls changed.
    */
   private async sweep(script: 'revoke_sweep' | 'purge', what: (string | number)[], more: (string | number)[]): Promise<number> {
     const k = this.keys;
     let nextShard = 0;
-    let revoked = 0;
+    let changed = 0;
     const lane = async () => {
       while (nextShard < SHARDS) {
         const shard = nextShard++;
@@ -205,13 +207,13 @@ export class TokenStore {
           const keys = [...head];
           for (let b = from; b < Math.min(from + SWEEP_WINDOW, BUCKETS_PER_SHARD); b++) keys.push(k.bucket(shard, b));
           const r = (await this.s[script]!(keys, [...what, shard, BUCKETS_PER_SHARD, from, SWEEP_BUDGET, ...more])) as [string, number, number];
-          revoked += Number(r[1]);
+          changed += Number(r[1]);
           from = Number(r[2]);
         }
       }
     };
     await Promise.all(Array.from({ length: SWEEP_LANES }, lane));
-    return revoked;
+    return changed;
   }
 
   /** An owner's redeemed tokens, oldest redemption first. */
