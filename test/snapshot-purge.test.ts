@@ -73,5 +73,13 @@ describe('purge and the snapshot (real Redis, real Postgres)', () => {
     expect(await restored.lookup(b[199]!)).toBeUndefined();
     expect(await restored.lookup(a[299]!)).toEqual(await fx.engine.lookup(a[299]!));
     expect((await verify(fx.redis, pool, restoredPrefix)).differences).toBe(0);
+
+    // a row marked purged whose token Redis still holds is a difference, and so are the counters it moves
+    await pool.query('UPDATE tokens SET purged_at = 1 WHERE token = $1', [a[299]]);
+    const marked = await verify(fx.redis, pool, restoredPrefix);
+    expect(marked.listed).toEqual([
+      { token: a[299], kind: 'differs', fields: [{ field: 'purged', redis: 'no', postgres: 'yes' }] },
+      { token: expect.stringMatching(/:stats$/), kind: 'stats', fields: expect.arrayContaining([expect.objectContaining({ field: 'sat-a\tpurged' })]) },
+    ]);
   }, 120_000);
 });
