@@ -9,8 +9,9 @@
                               "x\t<campaign>"->revokedAt ms: a revoked campaign, which generate refuses
     <p>:{s}:rs          hash  token suffix -> "<reservationId>\t<reservedBy>\t<leaseExpiresAt>"
     <p>:{s}:rd          hash  token suffix -> "<redeemerSat>\t<redeemerUser>\t<redeemedAt>\t<reservationId>"
-    <p>:{s}:stats       hash  "<satId>\t<state>" -> count, "x\t<ownerSat>\t<redeemerSat>" -> count
-    <p>:{s}:ev          stream one entry per state change: type, at, row (the row below, joined by tabs)
+    <p>:{s}:stats       hash  "<satId>\t<state>" -> count (also "generated", and "purged": deleted by lua/purge.lua),
+                              "x\t<ownerSat>\t<redeemerSat>" -> count
+    <p>:{s}:ev          stream one entry per state change and per purged token: type, at, row (the row below, joined by tabs)
   States: u unredeemed, s reserved, r redeemed, x revoked.
 ]]
 
