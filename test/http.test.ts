@@ -2,6 +2,7 @@ import net from 'node:net';
 import { Packr } from 'msgpackr';
 import { Pool } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AdminClient } from '../src/client/admin.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { createRedis } from '../src/store/redis.js';
 import { ADMIN_KEY, call, serve, type Format, type Served } from './helpers/http.js';
@@ -421,6 +422,28 @@ describe('admin routes', () => {
     expect([redeem.status, redeem.body.error]).toEqual([410, 'token_revoked']);
     expect((await call(pool, 'GET', `/v1/tokens/${tokens[0]}`, { key: keyB })).body.state).toBe('redeemed');
     expect((await call(pool, 'GET', `/v1/tokens/${kept}`, { key: keyB })).body.state).toBe('unredeemed');
+  });
+
+  it('POST /v1/admin/tokens/purge deletes a campaign\'s revoked tokens made before madeBefore; AdminClient.purge too', async () => {
+    const [gone, kept, alsoGone] = await tokensFor('sat-a', 'purge-user', 3, { campaignId: 'camp-purge' });
+    await admin('POST', '/v1/admin/tokens/revoke', { tokens: [gone, alsoGone] });
+    const before = (await admin('GET', '/v1/admin/stats')).body.satellites['sat-a'];
+    const r = await admin('POST', '/v1/admin/tokens/purge', { madeBefore: Date.now() + 60_000, campaignId: 'camp-purge' }, 'msgpack');
+    expect([r.status, r.body]).toEqual([200, { purged: 2 }]);
+    expect((await call(pool, 'GET', `/v1/tokens/${gone}`, { key: keyB })).status).toBe(404);
+    expect((await call(pool, 'GET', `/v1/tokens/${kept}`, { key: keyB })).body.state).toBe('unredeemed');
+    const after = (await admin('GET', '/v1/admin/stats')).body.satellites['sat-a'];
+    expect(after).toEqual({ ...before, revoked: before.revoked - 2, purged: before.purged + 2 });
+    for (const body of [{}, { madeBefore: -1 }, { madeBefore: 'soon' }, { madeBefore: 1.5 }, { madeBefore: 1, campaignId: '' }]) {
+      const bad = await admin('POST', '/v1/admin/tokens/purge', body);
+      expect([bad.status, bad.body.error], JSON.stringify(body)).toEqual([400, 'invalid_request']);
+    }
+    const client = new AdminClient({ url: server.url, apiKey: ADMIN_KEY });
+    try {
+      expect(await client.purge(Date.now() + 60_000, 'camp-purge')).toEqual({ purged: 0 });
+    } finally {
+      await client.close();
+    }
   });
 
   it('generates up to 10,000 tokens in one call, revokes by owner and campaign, reports stats', async () => {

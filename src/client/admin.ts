@@ -12,7 +12,7 @@ export type { SatelliteFields };
 
 const seg = encodeURIComponent;
 
-/** How long the server lets a campaign's or a satellite's revoke run (SWEEP_TIMEOUT_MS in src/http/routes.ts). */
+/** How long the server lets a campaign's or a satellite's revoke, or a purge, run (SWEEP_TIMEOUT_MS in src/http/routes.ts). */
 const SWEEP_WAIT_MS = 10 * 60_000;
 
 /** The admin routes (ADMIN_KEY), for the CLI and ops tooling. */
@@ -51,6 +51,11 @@ export class AdminClient {
   /** A campaign's or a whole satellite's revoke sweeps every shard: it may take minutes at scale, so it may wait that long. */
   revoke(selector: RevokeSelector): Promise<{ revoked: number }> {
     return this.t.call('POST', '/v1/admin/tokens/revoke', selector, 'campaignId' in selector || 'allUsers' in selector ? SWEEP_WAIT_MS : undefined);
+  }
+
+  /** Deletes revoked and expired tokens made before `madeBefore` (ms) from Redis (`tokens purge`); a sweep, so it may take minutes. */
+  purge(madeBefore: number, campaignId?: string): Promise<{ purged: number }> {
+    return this.t.call('POST', '/v1/admin/tokens/purge', campaignId === undefined ? { madeBefore } : { madeBefore, campaignId }, SWEEP_WAIT_MS);
   }
 
   stats(): Promise<Stats> {

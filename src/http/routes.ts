@@ -27,7 +27,7 @@ const obj = (required: string[], properties: Record<string, object>) => ({ type:
 
 /** outboundKey is a secret the manager presents: a listed satellite says only whether one is set. */
 /**
- * A campaign's or a satellite's revoke reads every bucket and revokes ~54k tokens a second (bench/sweep.ts): at
+ * A campaign's or a satellite's revoke, and a purge, read every bucket and revokes ~54k tokens a second (bench/sweep.ts): at
  * scale it takes longer than REQUEST_TIMEOUT_MS, and a 503 mid-sweep would say "retry" about work that goes on.
  */
 export const SWEEP_TIMEOUT_MS = 10 * 60_000;
@@ -231,6 +231,14 @@ export function routes(d: RouteDeps): Route[] {
         if (b.allUsers) return ok({ revoked: await d.engine.revokeSatellite(b.satelliteId!) });
         if (b.userId !== undefined) return ok({ revoked: await d.engine.revokeOwner(b.satelliteId!, b.userId) });
         return ok({ revoked: await d.engine.revokeCampaign(b.campaignId!) });
+      },
+    },
+    {
+      // tokens purge of the CLI: revoked tokens and expired unredeemed ones made before madeBefore leave Redis
+      method: 'post', pattern: '/v1/admin/tokens/purge', auth: 'admin', timeoutMs: SWEEP_TIMEOUT_MS,
+      schema: obj(['madeBefore'], { madeBefore: { type: 'integer', minimum: 0 }, campaignId: id }),
+      async handler(c: Call<{ madeBefore: number; campaignId?: string }>) {
+        return ok({ purged: await d.engine.purge(c.body.madeBefore, c.body.campaignId) });
       },
     },
     {
