@@ -21,7 +21,7 @@ const bytes = (n: number) => Buffer.from(Array.from({ length: n }, () => Math.fl
 const TOKEN = 'ffff0000-0000-4000-8000-000000000000';
 const weird: unknown[] = [null, true, 0, -1, 1.5, 2 ** 53, '', 'x'.repeat(200), [], [1, 2], {}, { a: { b: [] } }, '\u0000', '🙂'.repeat(40), Buffer.from('ab')];
 const routes = ['/v1/tokens/redeem', '/v1/tokens/reserve', '/v1/tokens/complete', '/v1/tokens/release', '/v1/admin/tokens/generate', '/v1/admin/tokens/revoke', '/v1/admin/satellites'];
-const fields = ['token', 'userId', 'reservationId', 'leaseMs', 'satelliteId', 'userIds', 'perUser', 'tokens', 'campaignId', 'id', '__proto__', 'constructor'];
+const fields = ['token', 'userId', 'reservationId', 'leaseMs', 'satelliteId', 'userIds', 'perUser', 'tokens', 'campaignId', 'id', 'allUsers', 'madeBefore', '__proto__', 'constructor'];
 
 interface Case {
   kind: string;
