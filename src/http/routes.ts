@@ -25,13 +25,14 @@ const token = { type: 'string', minLength: 36, maxLength: 36 };
 const nullable = (maxLength: number) => ({ type: 'string', nullable: true, minLength: 1, maxLength });
 const obj = (required: string[], properties: Record<string, object>) => ({ type: 'object', required, properties });
 
-/** outboundKey is a secret the manager presents: a listed satellite says only whether one is set. */
 /**
- * A campaign's or a satellite's revoke, and a purge, read every bucket and revokes ~54k tokens a second (bench/sweep.ts): at
- * scale it takes longer than REQUEST_TIMEOUT_MS, and a 503 mid-sweep would say "retry" about work that goes on.
+ * A campaign's or a satellite's revoke, and a purge, read every bucket and change ~54k tokens a second
+ * (bench/sweep.ts): at scale that takes longer than REQUEST_TIMEOUT_MS, and a 503 mid-sweep would say "retry"
+ * about work that goes on.
  */
 export const SWEEP_TIMEOUT_MS = 10 * 60_000;
 
+/** outboundKey is a secret the manager presents: a listed satellite says only whether one is set. */
 const listed = ({ outboundKey, ...s }: Satellite) => ({ ...s, hasOutboundKey: outboundKey !== undefined });
 
 /** Drops undefined fields, which MessagePack would otherwise carry as nil. */
