@@ -7,7 +7,7 @@
   KEYS[1] dict  KEYS[2] rs  KEYS[3] rd  KEYS[4] stats  KEYS[5] ev  KEYS[6..] consecutive buckets of the shard,
     starting at the one to sweep first (one hash tag {shard})
   ARGV[1] made before (ms)  ARGV[2] campaign id or ''  ARGV[3] shard number  ARGV[4] buckets per shard
-  ARGV[5] the bucket number of KEYS[6]  ARGV[6] budget
+  ARGV[5] the bucket number of KEYS[6]  ARGV[6] budget  ARGV[7] 'dry': count them, change nothing
   Reply: { 'ok', count, next }.
   Counters: the token's state count goes down and "<sat>\tpurged" up ("generated" keeps counting it).
   Owner records stay, also one left with no token: owners are found by probing from a hint, and a gap
@@ -18,6 +18,7 @@
 
 local now, at = clock()
 local before = tonumber(ARGV[1])
+local dry = ARGV[7] == 'dry'
 local camp
 if ARGV[2] ~= '' then
   camp = redis.call('HGET', KEYS[1], 'c\t' .. ARGV[2])
@@ -31,7 +32,9 @@ return sweep_buckets(function(bucket, prefix, all)
     if string.sub(field, 1, 1) ~= '#' then
       local state, _, c, created, expires = parse_rec(all[i + 1])
       local final = state == 'x' or (state == 'u' and expires and expires <= now)
-      if final and created < before and (not camp or c == camp) then
+      if final and created < before and (not camp or c == camp) and dry then
+        count = count + 1
+      elseif final and created < before and (not camp or c == camp) then
         local t = load_token(bucket, KEYS[1], KEYS[2], KEYS[3], prefix .. field, now)
         local row = reply('ok', t)
         redis.call('HDEL', bucket, field)

@@ -428,18 +428,22 @@ describe('admin routes', () => {
     const [gone, kept, alsoGone] = await tokensFor('sat-a', 'purge-user', 3, { campaignId: 'camp-purge' });
     await admin('POST', '/v1/admin/tokens/revoke', { tokens: [gone, alsoGone] });
     const before = (await admin('GET', '/v1/admin/stats')).body.satellites['sat-a'];
+    const dry = await admin('POST', '/v1/admin/tokens/purge', { madeBefore: Date.now() + 60_000, campaignId: 'camp-purge', dryRun: true });
+    expect([dry.status, dry.body]).toEqual([200, { wouldPurge: 2 }]);
+    expect((await call(pool, 'GET', `/v1/tokens/${gone}`, { key: keyB })).body.state).toBe('revoked');
     const r = await admin('POST', '/v1/admin/tokens/purge', { madeBefore: Date.now() + 60_000, campaignId: 'camp-purge' }, 'msgpack');
     expect([r.status, r.body]).toEqual([200, { purged: 2 }]);
     expect((await call(pool, 'GET', `/v1/tokens/${gone}`, { key: keyB })).status).toBe(404);
     expect((await call(pool, 'GET', `/v1/tokens/${kept}`, { key: keyB })).body.state).toBe('unredeemed');
     const after = (await admin('GET', '/v1/admin/stats')).body.satellites['sat-a'];
     expect(after).toEqual({ ...before, revoked: before.revoked - 2, purged: before.purged + 2 });
-    for (const body of [{}, { madeBefore: -1 }, { madeBefore: 'soon' }, { madeBefore: 1.5 }, { madeBefore: 1, campaignId: '' }]) {
+    for (const body of [{}, { madeBefore: -1 }, { madeBefore: 'soon' }, { madeBefore: 1.5 }, { madeBefore: 1, campaignId: '' }, { madeBefore: 1, dryRun: 'yes' }]) {
       const bad = await admin('POST', '/v1/admin/tokens/purge', body);
       expect([bad.status, bad.body.error], JSON.stringify(body)).toEqual([400, 'invalid_request']);
     }
     const client = new AdminClient({ url: server.url, apiKey: ADMIN_KEY });
     try {
+      expect(await client.purgeDryRun(Date.now() + 60_000, 'camp-purge')).toEqual({ wouldPurge: 0 });
       expect(await client.purge(Date.now() + 60_000, 'camp-purge')).toEqual({ purged: 0 });
     } finally {
       await client.close();

@@ -41,6 +41,12 @@ describe('purge and the snapshot (real Redis, real Postgres)', () => {
     await each(b.slice(0, 50), 8, (t, i) => fx.engine.redeem(t, 'sat-a', `joined${i}`));
     await sleep(Math.max(0, soon + 30 - Date.now()));
 
+    const counted = await fx.engine.stats();
+    const dry = await runCli(['tokens', 'purge', '--older-than', '0s', '--dry-run'], { KEY_PREFIX: fx.prefix });
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(dry.stdout).toMatch(/^would purge 270 revoked or expired tokens made before \S+ \(dry run: nothing changed\)\n$/);
+    expect(await fx.engine.stats()).toEqual(counted);
+    expect(await fx.engine.lookup(a[0]!)).toMatchObject({ state: 'revoked' });
     const run = await runCli(['tokens', 'purge', '--older-than', '0s', '--json'], { KEY_PREFIX: fx.prefix });
     expect(run.code, run.stderr).toBe(0);
     // a's 120 revoked tokens, and b's 150 that expired unredeemed

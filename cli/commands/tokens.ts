@@ -152,7 +152,8 @@ export function register(program: Command): void {
     .description('delete revoked and expired tokens made long ago from Redis, to free its memory; Postgres keeps them')
     .requiredOption('--older-than <duration>', 'only tokens made more than this long ago, e.g. 90d, 12w')
     .option('--campaign <id>', 'only tokens of this campaign')
-    .option('--json', 'print {"purged"}')
+    .option('--dry-run', 'count them and change nothing')
+    .option('--json', 'print {"purged"} (with --dry-run: {"wouldPurge"})')
     .addHelpText(
       'after',
       '\nPurged: revoked tokens, and unredeemed ones past their expiresAt. Redeemed and reserved tokens stay\n' +
@@ -161,14 +162,19 @@ export function register(program: Command): void {
         'Each leaves a "purged" event, so the snapshot keeps its last row, marked purged; restore and verify\n' +
         'leave it out of Redis. Without a snapshot (no writer ever running) a purged token is gone for good.\n' +
         'Counters: `stats` moves it from its state to "purged".\n' +
-        '\nExamples:\n  referral-manager tokens purge --older-than 180d\n  referral-manager tokens purge --older-than 30d --campaign spring-2026 --json',
+        '\nExamples:\n  referral-manager tokens purge --older-than 180d --dry-run\n  referral-manager tokens purge --older-than 180d\n' +
+        '  referral-manager tokens purge --older-than 30d --campaign spring-2026 --json',
     );
-  purge.action(async function (this: Command, opts: { olderThan: string; campaign?: string; json?: boolean }) {
+  purge.action(async function (this: Command, opts: { olderThan: string; campaign?: string; dryRun?: boolean; json?: boolean }) {
     const age = parseDuration(opts.olderThan);
     if (age === undefined) this.error('error: --older-than must look like 180d, 12w, 36h', { exitCode: 2 });
     const madeBefore = Date.now() - age;
-    const purged = await invalidIsUsage(this, () => withEngine(configFrom(this), (e) => e.purge(madeBefore, opts.campaign)));
-    if (opts.json) console.log(JSON.stringify({ purged }));
-    else console.log(`purged ${purged} revoked or expired tokens made before ${new Date(madeBefore).toISOString()}${opts.campaign === undefined ? '' : ` of campaign "${opts.campaign}"`}`);
+    const dry = opts.dryRun === true;
+    const n = await invalidIsUsage(this, () => withEngine(configFrom(this), (e) => e.purge(madeBefore, opts.campaign, dry)));
+    if (opts.json) console.log(JSON.stringify(dry ? { wouldPurge: n } : { purged: n }));
+    else {
+      const what = `revoked or expired tokens made before ${new Date(madeBefore).toISOString()}${opts.campaign === undefined ? '' : ` of campaign "${opts.campaign}"`}`;
+      console.log(dry ? `would purge ${n} ${what} (dry run: nothing changed)` : `purged ${n} ${what}`);
+    }
   });
 }

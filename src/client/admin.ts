@@ -58,6 +58,12 @@ export class AdminClient {
     return this.t.call('POST', '/v1/admin/tokens/purge', campaignId === undefined ? { madeBefore } : { madeBefore, campaignId }, SWEEP_WAIT_MS);
   }
 
+  /** How many tokens `purge` would delete, changing nothing. */
+  purgeDryRun(madeBefore: number, campaignId?: string): Promise<{ wouldPurge: number }> {
+    const body = { madeBefore, dryRun: true, ...(campaignId === undefined ? {} : { campaignId }) };
+    return this.t.call('POST', '/v1/admin/tokens/purge', body, SWEEP_WAIT_MS);
+  }
+
   stats(): Promise<Stats> {
     return this.t.call('GET', '/v1/admin/stats');
   }

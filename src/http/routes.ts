@@ -237,9 +237,10 @@ export function routes(d: RouteDeps): Route[] {
     {
       // tokens purge of the CLI: revoked tokens and expired unredeemed ones made before madeBefore leave Redis
       method: 'post', pattern: '/v1/admin/tokens/purge', auth: 'admin', timeoutMs: SWEEP_TIMEOUT_MS,
-      schema: obj(['madeBefore'], { madeBefore: { type: 'integer', minimum: 0 }, campaignId: id }),
-      async handler(c: Call<{ madeBefore: number; campaignId?: string }>) {
-        return ok({ purged: await d.engine.purge(c.body.madeBefore, c.body.campaignId) });
+      schema: obj(['madeBefore'], { madeBefore: { type: 'integer', minimum: 0 }, campaignId: id, dryRun: { type: 'boolean' } }),
+      async handler(c: Call<{ madeBefore: number; campaignId?: string; dryRun?: boolean }>) {
+        const n = await d.engine.purge(c.body.madeBefore, c.body.campaignId, c.body.dryRun === true);
+        return ok(c.body.dryRun === true ? { wouldPurge: n } : { purged: n });
       },
     },
     {

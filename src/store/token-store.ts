@@ -183,10 +183,11 @@ export class TokenStore {
 
   /**
    * Deletes revoked tokens, and unredeemed ones past their expiresAt, made before `madeBefore` (of one
-   * campaign if given), from Redis; Postgres keeps them, marked purged (lua/purge.lua). How many.
+   * campaign if given), from Redis; Postgres keeps them, marked purged (lua/purge.lua). How many (`dryRun`:
+   * how many would be, with nothing changed).
    */
-  purge(madeBefore: number, campaignId?: string): Promise<number> {
-    return this.sweep('purge', [madeBefore, campaignId ?? ''], []);
+  purge(madeBefore: number, campaignId?: string, dryRun = false): Promise<number> {
+    return this.sweep('purge', [madeBefore, campaignId ?? ''], dryRun ? ['dry'] : []);
   }
 
   /**

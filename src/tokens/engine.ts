@@ -142,11 +142,11 @@ export class TokenEngine {
 
   /**
    * Deletes from Redis the revoked tokens, and the unredeemed ones past their expiresAt, made before
-   * `madeBefore` (ms), of one campaign if given; Postgres keeps them. How many.
+   * `madeBefore` (ms), of one campaign if given; Postgres keeps them. How many (`dryRun`: how many would be).
    */
-  async purge(madeBefore: number, campaignId?: string): Promise<number> {
+  async purge(madeBefore: number, campaignId?: string, dryRun = false): Promise<number> {
     if (!Number.isSafeInteger(madeBefore) || madeBefore < 0) throw new DomainError('invalid_request', 'madeBefore: must be a time in ms');
-    return this.store.purge(madeBefore, campaignId === undefined ? undefined : checkId('campaignId', campaignId));
+    return this.store.purge(madeBefore, campaignId === undefined ? undefined : checkId('campaignId', campaignId), dryRun);
   }
 
   async listUnredeemed(ownerSatelliteId: string, ownerUserId: string): Promise<UnredeemedToken[]> {
