@@ -25,25 +25,16 @@ if ARGV[2] ~= '' then
   if not camp then return { 'ok', 0, -1 } end
 end
 
-return sweep_buckets(function(bucket, prefix, all)
-  local count = 0
-  for i = 1, #all, 2 do
-    local field = all[i]
-    if string.sub(field, 1, 1) ~= '#' then
-      local state, _, c, created, expires = parse_rec(all[i + 1])
-      local final = state == 'x' or (state == 'u' and expires and expires <= now)
-      if final and created < before and (not camp or c == camp) then
-        if not dry then
-          local t = load_token(bucket, KEYS[1], KEYS[2], KEYS[3], prefix .. field, now)
-          local row = reply('ok', t)
-          redis.call('HDEL', bucket, field)
-          redis.call('HINCRBY', KEYS[4], t.sat .. '\t' .. row[3], '-1')
-          redis.call('HINCRBY', KEYS[4], t.sat .. '\tpurged', '1')
-          redis.call('XADD', KEYS[5], '*', 'type', 'purged', 'at', at, 'row', table.concat(row, '\t', 2, 14))
-        end
-        count = count + 1
-      end
-    end
+return sweep_records(function(bucket, prefix, field, state, _, c, created, expires)
+  local final = state == 'x' or (state == 'u' and expires and expires <= now)
+  if not (final and created < before and (not camp or c == camp)) then return false end
+  if not dry then
+    local t = load_token(bucket, KEYS[1], KEYS[2], KEYS[3], prefix .. field, now)
+    local row = reply('ok', t)
+    redis.call('HDEL', bucket, field)
+    redis.call('HINCRBY', KEYS[4], t.sat .. '\t' .. row[3], '-1')
+    redis.call('HINCRBY', KEYS[4], t.sat .. '\tpurged', '1')
+    redis.call('XADD', KEYS[5], '*', 'type', 'purged', 'at', at, 'row', table.concat(row, '\t', 2, 14))
   end
-  return count
+  return true
 end)

@@ -30,27 +30,10 @@ end
 if not wanted then return { 'ok', 0, -1 } end
 local ownerPrefix = wanted .. ':'
 
-return sweep_buckets(function(bucket, prefix, all)
-  -- satellite mode: the refs of this bucket's owners on that satellite ("#<ref>" -> "<satNum>:<userId>")
-  local refs = {}
-  if not campaign then
-    for i = 1, #all, 2 do
-      if string.sub(all[i], 1, 1) == '#' and string.sub(all[i + 1], 1, #ownerPrefix) == ownerPrefix then
-        refs[string.sub(all[i], 2)] = true
-      end
-    end
-  end
-  local count = 0
-  for i = 1, #all, 2 do
-    local field, rec = all[i], all[i + 1]
-    if string.sub(field, 1, 1) ~= '#' then
-      local state, ref, c = parse_rec(rec)
-      if (state == 'u' or state == 's') and (campaign and c == wanted or not campaign and refs[ref]) then
-        local t = load_token(bucket, KEYS[1], KEYS[2], KEYS[3], prefix .. field, now)
-        transition(keys, t, 'x', 'revoked', at)
-        count = count + 1
-      end
-    end
-  end
-  return count
-end)
+return sweep_records(function(bucket, prefix, field, state, ref, camp, _, _, owners)
+  if state ~= 'u' and state ~= 's' then return false end
+  -- satellite mode: the record's owner ("<satNum>:<userId>") is one of that satellite's users
+  if campaign and camp ~= wanted or not campaign and string.sub(owners[ref] or '', 1, #ownerPrefix) ~= ownerPrefix then return false end
+  transition(keys, load_token(bucket, KEYS[1], KEYS[2], KEYS[3], prefix .. field, now), 'x', 'revoked', at)
+  return true
+end, not campaign)
