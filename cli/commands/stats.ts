@@ -1,18 +1,16 @@
 import type { Command } from 'commander';
-import type { Stats } from '../../src/store/model.js';
+import { SATELLITE_COUNTERS, type Stats } from '../../src/store/model.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { configFrom, connectRedis } from '../context.js';
 import { table } from '../format.js';
 
-const STATES = ['generated', 'unredeemed', 'reserved', 'redeemed', 'revoked', 'purged'] as const;
-
 /** Per owner satellite: its counters by state, and a total row when there is more than one. */
 function satelliteTable(stats: Stats): string {
   const ids = Object.keys(stats.satellites).sort();
-  const rows: (string | number)[][] = ids.map((id) => [id, ...STATES.map((s) => stats.satellites[id]![s])]);
-  if (ids.length > 1) rows.push(['total', ...STATES.map((s) => ids.reduce((sum, id) => sum + stats.satellites[id]![s], 0))]);
-  return table(['satellite', ...STATES], rows);
+  const rows: (string | number)[][] = ids.map((id) => [id, ...SATELLITE_COUNTERS.map((s) => stats.satellites[id]![s])]);
+  if (ids.length > 1) rows.push(['total', ...SATELLITE_COUNTERS.map((s) => ids.reduce((sum, id) => sum + stats.satellites[id]![s], 0))]);
+  return table(['satellite', ...SATELLITE_COUNTERS], rows);
 }
 
 /** Redemptions with owner satellites as rows and redeemer satellites as columns. */

@@ -45,10 +45,15 @@ export interface RedeemedToken {
   redeemedAt: number;
 }
 
+/**
+ * The counters kept per owner satellite, in the order `stats` shows them. `purged`: deleted from Redis by a
+ * purge (kept in Postgres); no longer counted in their state.
+ */
+export const SATELLITE_COUNTERS = ['generated', 'unredeemed', 'reserved', 'redeemed', 'revoked', 'purged'] as const;
+
 /** Counters kept by the scripts: per owner satellite and state, and redemptions owner -> redeemer satellite. */
 export interface Stats {
-  /** `purged`: deleted from Redis by a purge (kept in Postgres); no longer counted in their state */
-  satellites: Record<string, { generated: number; unredeemed: number; reserved: number; redeemed: number; revoked: number; purged: number }>;
+  satellites: Record<string, Record<(typeof SATELLITE_COUNTERS)[number], number>>;
   redemptions: { ownerSatelliteId: string; redeemerSatelliteId: string; count: number }[];
 }
 

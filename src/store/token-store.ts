@@ -4,7 +4,7 @@ import type { RedisClient } from './redis.js';
 import { defineScripts, preloadScripts, type ScriptFn } from './scripts.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken, type OwnerPlace } from './keys.js';
 import { dashed, decodeResult, hexOf } from './codec.js';
-import type { CompleteCode, RedeemCode, ReleaseCode, RedeemedToken, Result, RevokeCode, Stats, TokenSet, TokenState, UnredeemedToken } from './model.js';
+import { SATELLITE_COUNTERS, type CompleteCode, type RedeemCode, type ReleaseCode, type RedeemedToken, type Result, type RevokeCode, type Stats, type TokenSet, type TokenState, type UnredeemedToken } from './model.js';
 import { STATE_NAME } from './export.js';
 
 export interface OwnerBatch {
@@ -24,8 +24,6 @@ export interface OwnerBatch {
 const SWEEP_BUDGET = 1_000;
 const SWEEP_WINDOW = 128;
 const SWEEP_LANES = 2;
-
-const STATES = ['generated', 'unredeemed', 'reserved', 'redeemed', 'revoked', 'purged'] as const;
 
 /**
  * Redis side of the token engine: one method per Lua script, inputs already validated.
@@ -257,9 +255,9 @@ export class TokenStore {
           matrix.set(k, (matrix.get(k) ?? 0) + Number(value));
         } else if (parts.length === 2) {
           let sat = sats.get(parts[0]!);
-          if (!sat) sats.set(parts[0]!, (sat = { generated: 0, unredeemed: 0, reserved: 0, redeemed: 0, revoked: 0, purged: 0 }));
-          const state = parts[1] as (typeof STATES)[number];
-          if (STATES.includes(state)) sat[state] += Number(value);
+          if (!sat) sats.set(parts[0]!, (sat = Object.fromEntries(SATELLITE_COUNTERS.map((c) => [c, 0])) as Stats['satellites'][string]));
+          const counter = parts[1] as (typeof SATELLITE_COUNTERS)[number];
+          if (SATELLITE_COUNTERS.includes(counter)) sat[counter] += Number(value);
         }
       }
     }
