@@ -4,6 +4,7 @@ import { Keys, SHARDS, placeOfOwner, placeOfToken } from '../store/keys.js';
 import { hexOf } from '../store/codec.js';
 import { defineScripts, preloadScripts, type ScriptFn } from '../store/scripts.js';
 import { scanKeys } from '../store/redis.js';
+import { inLanes } from '../collections.js';
 import { GROUP } from './lag.js';
 import { pgShardRows } from './pg-rows.js';
 import { STATE_LETTER } from '../store/export.js';
@@ -37,15 +38,11 @@ export async function restoreFromPostgres(redis: RedisClient, pool: pg.Pool, pre
   await preloadScripts(redis, ['restore']);
   const restore = defineScripts(redis, ['restore']).restore!;
   let total = 0;
-  let next = 0;
-  const lane = async () => {
-    for (let shard = next++; shard < SHARDS; shard = next++) {
-      // not `total += await ...`: that reads total before the await, and the lanes would overwrite each other
-      const n = await restoreShard(redis, pool, keys, restore, shard);
-      total += n;
-    }
-  };
-  await Promise.all(Array.from({ length: RESTORE_LANES }, lane));
+  await inLanes(SHARDS, RESTORE_LANES, async (shard) => {
+    // not `total += await ...`: that reads total before the await, and the lanes would overwrite each other
+    const n = await restoreShard(redis, pool, keys, restore, shard);
+    total += n;
+  });
   return total;
 }
 

@@ -1,5 +1,5 @@
 import { DomainError } from '../errors.js';
-import { pushTo } from '../collections.js';
+import { inLanes, pushTo } from '../collections.js';
 import type { RedisClient } from './redis.js';
 import { defineScripts, preloadScripts, type ScriptFn } from './scripts.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken, type OwnerPlace } from './keys.js';
@@ -196,22 +196,17 @@ export class TokenStore {
    */
   private async sweep(script: 'revoke_sweep' | 'purge', what: (string | number)[], more: (string | number)[]): Promise<number> {
     const k = this.keys;
-    let nextShard = 0;
     let changed = 0;
-    const lane = async () => {
-      while (nextShard < SHARDS) {
-        const shard = nextShard++;
-        const head = [k.dict(shard), k.reservations(shard), k.redeemed(shard), k.stats(shard), k.events(shard)];
-        for (let from = 0; from >= 0; ) {
-          const keys = [...head];
-          for (let b = from; b < Math.min(from + SWEEP_WINDOW, BUCKETS_PER_SHARD); b++) keys.push(k.bucket(shard, b));
-          const r = (await this.s[script]!(keys, [...what, shard, BUCKETS_PER_SHARD, from, SWEEP_BUDGET, ...more])) as [string, number, number];
-          changed += Number(r[1]);
-          from = Number(r[2]);
-        }
+    await inLanes(SHARDS, SWEEP_LANES, async (shard) => {
+      const head = [k.dict(shard), k.reservations(shard), k.redeemed(shard), k.stats(shard), k.events(shard)];
+      for (let from = 0; from >= 0; ) {
+        const keys = [...head];
+        for (let b = from; b < Math.min(from + SWEEP_WINDOW, BUCKETS_PER_SHARD); b++) keys.push(k.bucket(shard, b));
+        const r = (await this.s[script]!(keys, [...what, shard, BUCKETS_PER_SHARD, from, SWEEP_BUDGET, ...more])) as [string, number, number];
+        changed += Number(r[1]);
+        from = Number(r[2]);
       }
-    };
-    await Promise.all(Array.from({ length: SWEEP_LANES }, lane));
+    });
     return changed;
   }
 
