@@ -321,6 +321,69 @@ describe('serve processes', () => {
     }
   });
 
+  it('/metrics reports the token counters per satellite and state and the owner -> redeemer matrix, read by the primary', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('counts'), TOKEN_COUNTS_MS: '100' }, 2);
+    const { pool } = await setup(server);
+    try {
+      const eu = (await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'eu' } })).body.apiKey;
+      const gen = await call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: ['a', 'b'], perUser: 3 } });
+      const [t1, t2, t3] = gen.body.tokens.map((t: { token: string }) => t.token);
+      expect((await call(pool, 'POST', '/v1/tokens/redeem', { key: eu, body: { token: t1, userId: 'new-eu-user' } })).status).toBe(200);
+      expect((await call(pool, 'POST', '/v1/tokens/reserve', { key: eu, body: { token: t2 } })).status).toBe(200);
+      expect((await call(pool, 'POST', '/v1/admin/tokens/revoke', { key: ADMIN_KEY, body: { tokens: [t3] } })).body).toEqual({ revoked: 1 });
+      const want = [
+        'rm_tokens{satellite="sat",state="unredeemed"} 3',
+        'rm_tokens{satellite="sat",state="reserved"} 1',
+        'rm_tokens{satellite="sat",state="redeemed"} 1',
+        'rm_tokens{satellite="sat",state="revoked"} 1',
+        'rm_tokens{satellite="sat",state="purged"} 0',
+        'rm_tokens_generated_total{satellite="sat"} 6',
+        'rm_redemptions_total{owner="sat",redeemer="eu"} 1',
+      ];
+      let text = '';
+      for (const end = Date.now() + 30_000; Date.now() < end; await new Promise((s) => setTimeout(s, 100))) {
+        text = (await call(pool, 'GET', '/metrics')).body as string;
+        if (want.every((line) => text.split('\n').includes(line))) break;
+      }
+      for (const line of want) expect(text.split('\n')).toContain(line);
+      // one series each: the workers report none, so nothing is summed twice; eu owns no tokens
+      expect(text.match(/^rm_tokens\{/gm)).toHaveLength(5);
+      expect(text).not.toMatch(/satellite="eu"/);
+      const readAt = Number(/^rm_token_counts_read_seconds (\S+)$/m.exec(text)?.[1]);
+      expect(Math.abs(Date.now() / 1000 - readAt)).toBeLessThan(30);
+    } finally {
+      await pool.close();
+      expect(await server.stop()).toBe(0);
+    }
+  });
+
+  it('/metrics still answers while Redis is stopped: the token counts keep their last reading and the failed readings are counted', async () => {
+    await onPrivateRedis({ SNAPSHOT: 'false', TOKEN_COUNTS_MS: '100' }, async (redis, server) => {
+      const { pool } = await setup(server);
+      try {
+        await tokens(pool, 2);
+        const metrics = async () => (await call(pool, 'GET', '/metrics')) as Reply;
+        const until = async (re: RegExp) => {
+          let r = await metrics();
+          for (const end = Date.now() + 30_000; !re.test(r.body) && Date.now() < end; await new Promise((s) => setTimeout(s, 100))) r = await metrics();
+          return r;
+        };
+        expect((await until(/^rm_tokens\{satellite="sat",state="unredeemed"\} 2$/m)).body).toMatch(/^rm_token_counts_errors_total 0$/m);
+        await redis.stop();
+        const down = await until(/^rm_token_counts_errors_total [1-9]/m);
+        expect(down.status).toBe(200);
+        expect(down.body).toMatch(/^rm_token_counts_errors_total [1-9]/m);
+        expect(down.body).toMatch(/^rm_tokens\{satellite="sat",state="unredeemed"\} 2$/m);
+        await redis.start(); // with its AOF: the counters come back
+        const more = { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: ['c'], perUser: 1 } };
+        for (let i = 0; i < 100 && (await call(pool, 'POST', '/v1/admin/tokens/generate', more)).status !== 200; i++) await new Promise((s) => setTimeout(s, 100));
+        expect((await until(/^rm_tokens\{satellite="sat",state="unredeemed"\} 3$/m)).body).toMatch(/^rm_tokens\{satellite="sat",state="unredeemed"\} 3$/m);
+      } finally {
+        await pool.close();
+      }
+    });
+  });
+
   it('with SNAPSHOT on and Postgres unreachable: serves, warns once, /readyz and /metrics say the snapshot is down', async () => {
     const server = await serve({ KEY_PREFIX: fresh('nopg'), SNAPSHOT: 'true', DATABASE_URL: `postgres://postgres@127.0.0.1:${await freePort()}/rm_nopg` });
     const { pool, key } = await setup(server);

@@ -4,6 +4,9 @@ import { runPrimary, runWorker } from '../../src/http/cluster.js';
 import { uwsNotNative } from '../../src/http/server.js';
 import { reportLag, startSnapshotWriter } from '../../src/snapshot/index.js';
 import { createRedis } from '../../src/store/redis.js';
+import { TokenStore } from '../../src/store/token-store.js';
+import { TokenEngine } from '../../src/tokens/engine.js';
+import { reportTokenCounts } from '../../src/tokens/metrics.js';
 import { configFrom } from '../context.js';
 
 /** `referral-manager serve`: the HTTP API in N worker processes on one port; SIGTERM drains and exits 0. */
@@ -22,9 +25,17 @@ export function register(program: Command): void {
       if (fallback) throw new Error(fallback);
 
       const primary = await runPrimary(config);
-      // Services of the primary (one per deployment, not per worker) start here and join `stops`:
-      // the snapshot writer belongs here when config.snapshot is on.
+      // Services of the primary (one per deployment, not per worker) start here and join `stops`, run in
+      // order at shutdown: the snapshot writer (config.snapshot), the lag and token-count readings.
       const stops: (() => Promise<void>)[] = [];
+      // for the readings: one fails at once while Redis is down, and after 2 s while it hangs, so
+      // neither holds up shutdown
+      const redis = createRedis(config, { connectionName: 'referral-manager-primary', failFast: true, commandTimeoutMs: 2000 });
+      redis.on('error', () => {}); // reconnects by itself; failed readings are counted in the metrics
+      if (config.tokenCountsMs > 0) {
+        const counts = reportTokenCounts(new TokenEngine(new TokenStore(redis, config.keyPrefix)), config.tokenCountsMs);
+        stops.push(() => counts.stop());
+      }
       if (config.snapshot) {
         const writer = await startSnapshotWriter(config);
         stops.push(() => writer.stop());
@@ -32,15 +43,10 @@ export function register(program: Command): void {
         // nothing trims the event streams but a writer: say so once, where the operator looks first
         console.error('[snapshot] warn: SNAPSHOT=false: this process writes nothing to Postgres; every state change waits in the Redis event streams (~220 B each) until a `referral-manager snapshot` runs against this Redis');
         // and keep rm_snapshot_lag_* true here, so a lag alert fires if no writer runs anywhere
-        // a reading fails at once while Redis is down, and after 2 s while it hangs: neither holds up shutdown
-        const redis = createRedis(config, { connectionName: 'referral-manager-lag', failFast: true, commandTimeoutMs: 2000 });
-        redis.on('error', () => {}); // reconnects by itself; a failed reading counts in rm_snapshot_errors_total
         const lag = reportLag(redis, config.keyPrefix);
-        stops.push(async () => {
-          await lag.stop();
-          redis.disconnect();
-        });
+        stops.push(() => lag.stop());
       }
+      stops.push(async () => redis.disconnect());
       let stopping = false;
       const shutdown = async () => {
         if (stopping) return;

@@ -1,4 +1,5 @@
 import type { RedisClient } from '../store/redis.js';
+import { every } from '../every.js';
 import { Keys, SHARDS } from '../store/keys.js';
 import { snapshotMetrics as m } from './metrics.js';
 
@@ -62,13 +63,11 @@ export async function sampleLag(redis: RedisClient, prefix: string): Promise<Lag
  * Keeps rm_snapshot_lag_events / _seconds current, read from Redis every `ms`, and hands each reading to
  * `onSample`. Any process may run it, writer or not: the lag belongs to the streams, so it must read true
  * when no writer runs anywhere (SNAPSHOT=false and no `referral-manager snapshot`), the case an alert on
- * it exists for. The next reading starts only after the last one ended, so a slow Redis is not piled on.
+ * it exists for.
  */
 export function reportLag(redis: RedisClient, prefix: string, ms = 1000, onSample?: (lag: Lag) => Promise<unknown> | void): { stop(): Promise<void> } {
-  let timer: NodeJS.Timeout | undefined;
   let stopped = false;
-  let inFlight: Promise<void> = Promise.resolve();
-  const tick = async () => {
+  const loop = every(ms, async () => {
     try {
       const lag = await sampleLag(redis, prefix);
       m.lagEvents.set(lag.events);
@@ -77,15 +76,12 @@ export function reportLag(redis: RedisClient, prefix: string, ms = 1000, onSampl
     } catch {
       m.errors.inc({ where: 'lag' });
     }
-    if (!stopped) timer = setTimeout(() => (inFlight = tick()), ms);
-  };
-  timer = setTimeout(() => (inFlight = tick()), ms);
+  });
   return {
     /** no reading starts after this, and the one under way (if any) has ended when it resolves */
     async stop() {
       stopped = true;
-      clearTimeout(timer);
-      await inFlight;
+      await loop.stop();
     },
   };
 }
