@@ -1,59 +1,38 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import pg from 'pg';
-import { engineFixture, testPrefix, dropPrefix, type EngineFixture } from './helpers/redis.js';
-import { testDatabase } from './helpers/pg.js';
-import { caughtUp, each, sleep } from './helpers/snapshot.js';
+import { describe, expect, it } from 'vitest';
+import { caughtUp, each, sleep, snapshotFixture } from './helpers/snapshot.js';
 import { runCli } from './helpers/cli.js';
-import { openPostgres, restoreFromPostgres, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
+import { restoreFromPostgres, startSnapshotWriter, verify } from '../src/snapshot/index.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { loadConfig } from '../src/config.js';
 
 describe('purge and the snapshot (real Redis, real Postgres)', () => {
-  let fx: EngineFixture;
-  let db: Awaited<ReturnType<typeof testDatabase>>;
-  let pool: pg.Pool;
-  let writer: SnapshotWriter | undefined;
-  const restoredPrefix = testPrefix('purge-restored');
-
-  beforeAll(async () => {
-    fx = await engineFixture({ label: 'purge' });
-    db = await testDatabase();
-    pool = await openPostgres(db.url);
-  });
-
-  afterAll(async () => {
-    await writer?.stop();
-    await pool?.end();
-    await dropPrefix(fx.redis, restoredPrefix);
-    await fx?.close();
-    await db?.drop();
-  });
+  const snap = snapshotFixture('purge');
 
   it('purged tokens keep their last row in Postgres, marked purged; verify agrees; restore leaves them out and keeps the counters', async () => {
-    writer = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url }), { log: () => {} });
+    snap.writer = await startSnapshotWriter(loadConfig({ keyPrefix: snap.fx.prefix, databaseUrl: snap.db.url }), { log: () => {} });
     const soon = Date.now() + 300;
     const owners = (sat: string) => Array.from({ length: 100 }, (_, i) => ({ ownerSatelliteId: sat, ownerUserId: `u${i}` }));
-    const a = (await fx.engine.generate({ owners: owners('sat-a'), perUser: 3, campaignId: 'old' })).tokens.map((t) => t.token);
-    const b = (await fx.engine.generate({ owners: owners('sat-b'), perUser: 2, campaignId: 'short', expiresAt: soon })).tokens.map((t) => t.token);
-    await each(a.slice(0, 120), 8, (t) => fx.engine.revokeToken(t));
-    await each(a.slice(120, 180), 8, (t, i) => fx.engine.redeem(t, 'sat-b', `new${i}`));
-    await each(b.slice(0, 50), 8, (t, i) => fx.engine.redeem(t, 'sat-a', `joined${i}`));
+    const a = (await snap.fx.engine.generate({ owners: owners('sat-a'), perUser: 3, campaignId: 'old' })).tokens.map((t) => t.token);
+    const b = (await snap.fx.engine.generate({ owners: owners('sat-b'), perUser: 2, campaignId: 'short', expiresAt: soon })).tokens.map((t) => t.token);
+    await each(a.slice(0, 120), 8, (t) => snap.fx.engine.revokeToken(t));
+    await each(a.slice(120, 180), 8, (t, i) => snap.fx.engine.redeem(t, 'sat-b', `new${i}`));
+    await each(b.slice(0, 50), 8, (t, i) => snap.fx.engine.redeem(t, 'sat-a', `joined${i}`));
     await sleep(Math.max(0, soon + 30 - Date.now()));
 
-    const counted = await fx.engine.stats();
-    const dry = await runCli(['tokens', 'purge', '--older-than', '0s', '--dry-run'], { KEY_PREFIX: fx.prefix });
+    const counted = await snap.fx.engine.stats();
+    const dry = await runCli(['tokens', 'purge', '--older-than', '0s', '--dry-run'], { KEY_PREFIX: snap.fx.prefix });
     expect(dry.code, dry.stderr).toBe(0);
     expect(dry.stdout).toMatch(/^would purge 270 revoked or expired tokens made before \S+ \(dry run: nothing changed\)\n$/);
-    expect(await fx.engine.stats()).toEqual(counted);
-    expect(await fx.engine.lookup(a[0]!)).toMatchObject({ state: 'revoked' });
-    const run = await runCli(['tokens', 'purge', '--older-than', '0s', '--json'], { KEY_PREFIX: fx.prefix });
+    expect(await snap.fx.engine.stats()).toEqual(counted);
+    expect(await snap.fx.engine.lookup(a[0]!)).toMatchObject({ state: 'revoked' });
+    const run = await runCli(['tokens', 'purge', '--older-than', '0s', '--json'], { KEY_PREFIX: snap.fx.prefix });
     expect(run.code, run.stderr).toBe(0);
     // a's 120 revoked tokens, and b's 150 that expired unredeemed
     expect(JSON.parse(run.stdout)).toEqual({ purged: 270 });
-    await caughtUp(fx.redis, fx.prefix, pool, 300 + 200 + 120 + 60 + 50 + 270);
+    await caughtUp(snap.fx.redis, snap.fx.prefix, snap.pool, 300 + 200 + 120 + 60 + 50 + 270);
 
-    const rows = (await pool.query<{ campaign_id: string; state: string; purged: boolean; n: number }>(
+    const rows = (await snap.pool.query<{ campaign_id: string; state: string; purged: boolean; n: number }>(
       'SELECT campaign_id, state, purged_at IS NOT NULL AS purged, count(*)::int AS n FROM tokens GROUP BY 1, 2, 3 ORDER BY 1, 2, 3',
     )).rows;
     expect(rows).toEqual([
@@ -63,26 +42,26 @@ describe('purge and the snapshot (real Redis, real Postgres)', () => {
       { campaign_id: 'short', state: 'redeemed', purged: false, n: 50 },
       { campaign_id: 'short', state: 'unredeemed', purged: true, n: 150 },
     ]);
-    const stats = await fx.engine.stats();
+    const stats = await snap.fx.engine.stats();
     expect(stats.satellites).toEqual({
       'sat-a': { generated: 300, unredeemed: 120, reserved: 0, redeemed: 60, revoked: 0, purged: 120 },
       'sat-b': { generated: 200, unredeemed: 0, reserved: 0, redeemed: 50, revoked: 0, purged: 150 },
     });
-    const report = await verify(fx.redis, pool, fx.prefix);
+    const report = await verify(snap.fx.redis, snap.pool, snap.fx.prefix);
     expect(report.listed).toEqual([]);
     expect(report).toMatchObject({ tokens: 230, differences: 0 });
 
-    expect(await restoreFromPostgres(fx.redis, pool, restoredPrefix)).toBe(230);
-    const restored = new TokenEngine(new TokenStore(fx.redis, restoredPrefix));
+    expect(await restoreFromPostgres(snap.fx.redis, snap.pool, snap.other)).toBe(230);
+    const restored = new TokenEngine(new TokenStore(snap.fx.redis, snap.other));
     expect(await restored.stats()).toEqual(stats);
     expect(await restored.lookup(a[0]!)).toBeUndefined();
     expect(await restored.lookup(b[199]!)).toBeUndefined();
-    expect(await restored.lookup(a[299]!)).toEqual(await fx.engine.lookup(a[299]!));
-    expect((await verify(fx.redis, pool, restoredPrefix)).differences).toBe(0);
+    expect(await restored.lookup(a[299]!)).toEqual(await snap.fx.engine.lookup(a[299]!));
+    expect((await verify(snap.fx.redis, snap.pool, snap.other)).differences).toBe(0);
 
     // a row marked purged whose token Redis still holds is a difference, and so are the counters it moves
-    await pool.query('UPDATE tokens SET purged_at = 1 WHERE token = $1', [a[299]]);
-    const marked = await verify(fx.redis, pool, restoredPrefix);
+    await snap.pool.query('UPDATE tokens SET purged_at = 1 WHERE token = $1', [a[299]]);
+    const marked = await verify(snap.fx.redis, snap.pool, snap.other);
     expect(marked.listed).toEqual([
       { token: a[299], kind: 'differs', fields: [{ field: 'purged', redis: 'no', postgres: 'yes' }] },
       { token: expect.stringMatching(/:stats$/), kind: 'stats', fields: expect.arrayContaining([expect.objectContaining({ field: 'sat-a\tpurged' })]) },

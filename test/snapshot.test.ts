@@ -1,100 +1,78 @@
 import { spawnSync } from 'node:child_process';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import pg from 'pg';
-import { engineFixture, type EngineFixture } from './helpers/redis.js';
-import { testDatabase } from './helpers/pg.js';
-import { caughtUp, each, generateTokens } from './helpers/snapshot.js';
-import { openPostgres, restoreFromPostgres, startSnapshotWriter, verify, readSnapshotStatus, type SnapshotWriter } from '../src/snapshot/index.js';
+import { describe, expect, it } from 'vitest';
+import { caughtUp, each, generateTokens, snapshotFixture } from './helpers/snapshot.js';
+import { restoreFromPostgres, startSnapshotWriter, verify, readSnapshotStatus } from '../src/snapshot/index.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
-import { testPrefix, dropPrefix } from './helpers/redis.js';
 import { loadConfig } from '../src/config.js';
 import { hashKey, SatelliteRegistry } from '../src/satellites/registry.js';
 
 const TOTAL = 100_000;
 
 describe('snapshot writer, restore and verify (real Redis, real Postgres)', () => {
-  let fx: EngineFixture;
-  let db: Awaited<ReturnType<typeof testDatabase>>;
-  let pool: pg.Pool;
-  let writer: SnapshotWriter | undefined;
+  const snap = snapshotFixture('snap');
   let tokens: string[] = [];
   let events = 0;
-  const restoredPrefix = testPrefix('restored');
-
-  beforeAll(async () => {
-    fx = await engineFixture({ label: 'snap' });
-    db = await testDatabase();
-    pool = await openPostgres(db.url);
-  });
-
-  afterAll(async () => {
-    await writer?.stop();
-    await pool?.end();
-    await dropPrefix(fx.redis, restoredPrefix);
-    await fx?.close();
-    await db?.drop();
-  });
 
   it('100k tokens generated and half redeemed (plus reserve/complete/release/revoke) -> Postgres equals Redis', async () => {
-    const config = loadConfig({ redisUrl: 'redis://127.0.0.1:6379', keyPrefix: fx.prefix, databaseUrl: db.url, snapshotBatch: 5000 });
-    writer = await startSnapshotWriter(config, { log: () => {} });
-    tokens = await generateTokens(fx.engine, TOTAL);
+    const config = loadConfig({ redisUrl: 'redis://127.0.0.1:6379', keyPrefix: snap.fx.prefix, databaseUrl: snap.db.url, snapshotBatch: 5000 });
+    snap.writer = await startSnapshotWriter(config, { log: () => {} });
+    tokens = await generateTokens(snap.fx.engine, TOTAL);
     events += TOTAL;
     await each(tokens.slice(0, TOTAL / 2), 64, async (t, i) => {
-      expect((await fx.engine.redeem(t, 'sat-b', `r${i}`)).code).toBe('ok');
+      expect((await snap.fx.engine.redeem(t, 'sat-b', `r${i}`)).code).toBe('ok');
     });
     events += TOTAL / 2;
     // other transitions on a few hundred of the rest: reserve (kept), reserve+complete, reserve+release, revoke
     const rest = tokens.slice(TOTAL / 2);
     await each(rest.slice(0, 200), 16, async (t) => {
-      expect((await fx.engine.reserve(t, 'sat-c', 60_000)).code).toBe('ok');
+      expect((await snap.fx.engine.reserve(t, 'sat-c', 60_000)).code).toBe('ok');
     });
     await each(rest.slice(200, 400), 16, async (t, i) => {
-      const r = await fx.engine.reserve(t, 'sat-c', 60_000);
-      expect((await fx.engine.complete(t, r.token!.reservationId!, `c${i}`)).code).toBe('ok');
+      const r = await snap.fx.engine.reserve(t, 'sat-c', 60_000);
+      expect((await snap.fx.engine.complete(t, r.token!.reservationId!, `c${i}`)).code).toBe('ok');
     });
     await each(rest.slice(400, 600), 16, async (t) => {
-      const r = await fx.engine.reserve(t, 'sat-c', 60_000);
-      expect((await fx.engine.release(t, r.token!.reservationId!)).code).toBe('ok');
+      const r = await snap.fx.engine.reserve(t, 'sat-c', 60_000);
+      expect((await snap.fx.engine.release(t, r.token!.reservationId!)).code).toBe('ok');
     });
     await each(rest.slice(600, 800), 16, async (t) => {
-      expect((await fx.engine.revokeToken(t)).code).toBe('ok');
+      expect((await snap.fx.engine.revokeToken(t)).code).toBe('ok');
     });
     events += 200 + 400 + 400 + 200;
 
-    await caughtUp(fx.redis, fx.prefix, pool, events);
-    const counts = (await pool.query('SELECT state, count(*)::int AS n FROM tokens GROUP BY state ORDER BY state')).rows;
+    await caughtUp(snap.fx.redis, snap.fx.prefix, snap.pool, events);
+    const counts = (await snap.pool.query('SELECT state, count(*)::int AS n FROM tokens GROUP BY state ORDER BY state')).rows;
     expect(counts).toEqual([
       { state: 'redeemed', n: TOTAL / 2 + 200 },
       { state: 'reserved', n: 200 },
       { state: 'revoked', n: 200 },
       { state: 'unredeemed', n: TOTAL / 2 - 600 },
     ]);
-    expect(Number((await pool.query('SELECT count(*) FROM token_events')).rows[0].count)).toBe(events);
-    const report = await verify(fx.redis, pool, fx.prefix);
+    expect(Number((await snap.pool.query('SELECT count(*) FROM token_events')).rows[0].count)).toBe(events);
+    const report = await verify(snap.fx.redis, snap.pool, snap.fx.prefix);
     expect(report.listed).toEqual([]);
     expect(report).toMatchObject({ tokens: TOTAL, differences: 0 });
     // the streams are trimmed below what Postgres holds
-    const left = await Promise.all(Array.from({ length: 64 }, (_, s) => fx.redis.xlen(fx.store.keys.events(s))));
+    const left = await Promise.all(Array.from({ length: 64 }, (_, s) => snap.fx.redis.xlen(snap.fx.store.keys.events(s))));
     expect(left.reduce((a, b) => a + b, 0)).toBeLessThan(events);
     // the writer reports once a second: poll, the machine may be busy
-    let status = await readSnapshotStatus(fx.redis, fx.prefix);
+    let status = await readSnapshotStatus(snap.fx.redis, snap.fx.prefix);
     for (const end = Date.now() + 30_000; !(status.state === 'up' && status.lagEvents === 0) && Date.now() < end; ) {
       await new Promise((r) => setTimeout(r, 100));
-      status = await readSnapshotStatus(fx.redis, fx.prefix);
+      status = await readSnapshotStatus(snap.fx.redis, snap.fx.prefix);
     }
     expect(status).toMatchObject({ state: 'up', lagEvents: 0 });
   }, 180_000);
 
   it('verify lists a difference when Redis and Postgres disagree', async () => {
-    await writer!.stop();
-    writer = undefined;
-    expect(await readSnapshotStatus(fx.redis, fx.prefix)).toMatchObject({ state: 'off' });
+    await snap.writer!.stop();
+    snap.writer = undefined;
+    expect(await readSnapshotStatus(snap.fx.redis, snap.fx.prefix)).toMatchObject({ state: 'off' });
     const t = tokens[TOTAL - 1]!;
-    await pool.query(`UPDATE tokens SET state = 'revoked' WHERE token = $1`, [t]);
-    const report = await verify(fx.redis, pool, fx.prefix);
-    await pool.query(`UPDATE tokens SET state = 'unredeemed' WHERE token = $1`, [t]);
+    await snap.pool.query(`UPDATE tokens SET state = 'revoked' WHERE token = $1`, [t]);
+    const report = await verify(snap.fx.redis, snap.pool, snap.fx.prefix);
+    await snap.pool.query(`UPDATE tokens SET state = 'unredeemed' WHERE token = $1`, [t]);
     // the token, and its shard's counters, which no longer match the shard's rows
     expect(report.differences).toBe(2);
     expect(report.listed[0]).toMatchObject({ token: t, kind: 'differs', fields: [{ field: 'state', redis: 'unredeemed', postgres: 'revoked' }] });
@@ -102,32 +80,32 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
   });
 
   it('restore into an empty prefix rebuilds tokens, owners, dictionaries and stats; verify finds 0 differences', async () => {
-    const restored = await restoreFromPostgres(fx.redis, pool, restoredPrefix);
+    const restored = await restoreFromPostgres(snap.fx.redis, snap.pool, snap.other);
     expect(restored).toBe(TOTAL);
-    const report = await verify(fx.redis, pool, restoredPrefix);
+    const report = await verify(snap.fx.redis, snap.pool, snap.other);
     expect(report).toMatchObject({ tokens: TOTAL, differences: 0 });
-    const engine = new TokenEngine(new TokenStore(fx.redis, restoredPrefix));
-    expect(await engine.stats()).toEqual(await fx.engine.stats());
+    const engine = new TokenEngine(new TokenStore(snap.fx.redis, snap.other));
+    expect(await engine.stats()).toEqual(await snap.fx.engine.stats());
     // owner records are found by the same hint/probing: the owner's list matches the original
     const owner = { sat: 'sat-a', user: `u${TOTAL - 10}` };
-    expect(await engine.listUnredeemed(owner.sat, owner.user)).toEqual(await fx.engine.listUnredeemed(owner.sat, owner.user));
-    expect(await engine.lookup(tokens[0]!)).toEqual(await fx.engine.lookup(tokens[0]!));
+    expect(await engine.listUnredeemed(owner.sat, owner.user)).toEqual(await snap.fx.engine.listUnredeemed(owner.sat, owner.user));
+    expect(await engine.lookup(tokens[0]!)).toEqual(await snap.fx.engine.lookup(tokens[0]!));
     // the restored engine keeps working, and its new events sort after everything Postgres holds
     const t = tokens[TOTAL - 2]!;
     expect((await engine.redeem(t, 'sat-b', 'after-restore')).code).toBe('ok');
-    const config = loadConfig({ keyPrefix: restoredPrefix, databaseUrl: db.url });
-    writer = await startSnapshotWriter(config, { log: () => {} });
-    await caughtUp(fx.redis, restoredPrefix, pool, events + 1);
-    expect((await pool.query('SELECT redeemer_user_id FROM tokens WHERE token = $1', [t])).rows[0].redeemer_user_id).toBe('after-restore');
-    expect((await verify(fx.redis, pool, restoredPrefix)).differences).toBe(0);
+    const config = loadConfig({ keyPrefix: snap.other, databaseUrl: snap.db.url });
+    snap.writer = await startSnapshotWriter(config, { log: () => {} });
+    await caughtUp(snap.fx.redis, snap.other, snap.pool, events + 1);
+    expect((await snap.pool.query('SELECT redeemer_user_id FROM tokens WHERE token = $1', [t])).rows[0].redeemer_user_id).toBe('after-restore');
+    expect((await verify(snap.fx.redis, snap.pool, snap.other)).differences).toBe(0);
   }, 120_000);
 
   it('CLI: restore refuses a non-empty prefix (exit 1), restores with --force, verify exits 0 / 1 on a difference', async () => {
-    await writer?.stop();
-    writer = undefined;
+    await snap.writer?.stop();
+    snap.writer = undefined;
     const cli = (...args: string[]) =>
       spawnSync(process.execPath, ['dist/cli/main.js', ...args], {
-        env: { ...process.env, KEY_PREFIX: restoredPrefix, DATABASE_URL: db.url, REDIS_URL: 'redis://127.0.0.1:6379' },
+        env: { ...process.env, KEY_PREFIX: snap.other, DATABASE_URL: snap.db.url, REDIS_URL: 'redis://127.0.0.1:6379' },
         encoding: 'utf8',
       });
     const refused = cli('restore', '--from-postgres');
@@ -136,20 +114,20 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
     expect(cli('restore').status).toBe(2);
     expect(cli('verify', '--max', 'abc').status).toBe(2);
     const t = tokens[TOTAL - 3]!;
-    await pool.query(`UPDATE tokens SET owner_user_id = 'someone-else' WHERE token = $1`, [t]);
+    await snap.pool.query(`UPDATE tokens SET owner_user_id = 'someone-else' WHERE token = $1`, [t]);
     const bad = cli('verify');
     expect(bad.status).toBe(1);
     expect(bad.stdout).toContain(`${t} differs ownerUserId: redis=`);
-    await pool.query(`UPDATE tokens SET owner_user_id = $2 WHERE token = $1`, [t, (await fx.engine.lookup(t))!.ownerUserId]);
+    await snap.pool.query(`UPDATE tokens SET owner_user_id = $2 WHERE token = $1`, [t, (await snap.fx.engine.lookup(t))!.ownerUserId]);
     // a satellite in the snapshot comes back with its key
     const key = 'rmk_restored-key';
-    await pool.query('INSERT INTO satellites (id, fields, api_keys) VALUES ($1, $2, $3)', [
+    await snap.pool.query('INSERT INTO satellites (id, fields, api_keys) VALUES ($1, $2, $3)', [
       'sat-x', { id: 'sat-x', createdAt: '1', keyHash: hashKey(key) }, { [hashKey(key)]: 'sat-x\t' }]);
     const forced = cli('restore', '--from-postgres', '--force');
     expect(forced.status).toBe(0);
     expect(forced.stdout).toContain(`restored ${TOTAL} tokens`);
     expect(forced.stdout).toContain('restored 1 satellites with their API keys');
-    expect(await new SatelliteRegistry(fx.redis, restoredPrefix).authenticate(key)).toBe('sat-x');
+    expect(await new SatelliteRegistry(snap.fx.redis, snap.other).authenticate(key)).toBe('sat-x');
     const good = cli('verify');
     expect(good.stdout).toContain(`${TOTAL} tokens in Redis, 0 differences`);
     expect(good.stdout).toContain('1 satellites in Redis');
@@ -158,33 +136,22 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
 });
 
 describe('snapshot of ids that need quoting (real Redis, real Postgres)', () => {
+  const snap = snapshotFixture('snap-odd');
+
   it('quotes, backslashes, commas, braces, spaces, "NULL", line/paragraph separators and non-ASCII ids reach Postgres and come back byte for byte', async () => {
-    const fx = await engineFixture({ label: 'snap-odd' });
-    const db = await testDatabase();
-    const pool = await openPostgres(db.url);
-    const restoredPrefix = testPrefix('odd-restored');
-    const config = loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url });
-    const writer = await startSnapshotWriter(config, { log: () => {} });
-    try {
-      const odd = ['a"b', 'back\\slash\\', 'com,ma', '{brace}', 'NULL', ' spaced ', 'ünï©ødé', "it's", 'x'.repeat(128), 'line\u2028sep', '\u2029para', '😀'.repeat(32)];
-      const r = await fx.engine.generate({ owners: odd.map((u) => ({ ownerSatelliteId: 'sat "q",{1}', ownerUserId: u })), perUser: 1, campaignId: 'camp\\,"x" y' }); // a campaign id takes no braces (checkCampaignId)
-      expect((await fx.engine.redeem(r.tokens[0]!.token, 'sat\\b', 'NULL')).code).toBe('ok');
-      expect((await fx.engine.reserve(r.tokens[1]!.token, '{r,"s"}', 60_000)).code).toBe('ok');
-      await caughtUp(fx.redis, fx.prefix, pool, odd.length + 2);
-      const rows = (await pool.query<{ user: string }>('SELECT owner_satellite_id AS sat, owner_user_id AS user, campaign_id AS camp FROM tokens')).rows
-        .sort((a, b) => (a.user < b.user ? -1 : 1));
-      expect(rows).toEqual([...odd].sort().map((user) => ({ sat: 'sat "q",{1}', user, camp: 'camp\\,"x" y' })));
-      const first = (await pool.query('SELECT redeemer_satellite_id, redeemer_user_id FROM tokens WHERE token = $1', [r.tokens[0]!.token])).rows[0];
-      expect(first).toEqual({ redeemer_satellite_id: 'sat\\b', redeemer_user_id: 'NULL' });
-      expect(await verify(fx.redis, pool, fx.prefix)).toMatchObject({ tokens: odd.length, differences: 0 });
-      expect(await restoreFromPostgres(fx.redis, pool, restoredPrefix)).toBe(odd.length);
-      expect(await verify(fx.redis, pool, restoredPrefix)).toMatchObject({ tokens: odd.length, differences: 0 });
-    } finally {
-      await writer.stop();
-      await pool.end();
-      await dropPrefix(fx.redis, restoredPrefix);
-      await fx.close();
-      await db.drop();
-    }
+    snap.writer = await startSnapshotWriter(loadConfig({ keyPrefix: snap.fx.prefix, databaseUrl: snap.db.url }), { log: () => {} });
+    const odd = ['a"b', 'back\\slash\\', 'com,ma', '{brace}', 'NULL', ' spaced ', 'ünï©ødé', "it's", 'x'.repeat(128), 'line\u2028sep', '\u2029para', '😀'.repeat(32)];
+    const r = await snap.fx.engine.generate({ owners: odd.map((u) => ({ ownerSatelliteId: 'sat "q",{1}', ownerUserId: u })), perUser: 1, campaignId: 'camp\\,"x" y' }); // a campaign id takes no braces (checkCampaignId)
+    expect((await snap.fx.engine.redeem(r.tokens[0]!.token, 'sat\\b', 'NULL')).code).toBe('ok');
+    expect((await snap.fx.engine.reserve(r.tokens[1]!.token, '{r,"s"}', 60_000)).code).toBe('ok');
+    await caughtUp(snap.fx.redis, snap.fx.prefix, snap.pool, odd.length + 2);
+    const rows = (await snap.pool.query<{ user: string }>('SELECT owner_satellite_id AS sat, owner_user_id AS user, campaign_id AS camp FROM tokens')).rows
+      .sort((a, b) => (a.user < b.user ? -1 : 1));
+    expect(rows).toEqual([...odd].sort().map((user) => ({ sat: 'sat "q",{1}', user, camp: 'camp\\,"x" y' })));
+    const first = (await snap.pool.query('SELECT redeemer_satellite_id, redeemer_user_id FROM tokens WHERE token = $1', [r.tokens[0]!.token])).rows[0];
+    expect(first).toEqual({ redeemer_satellite_id: 'sat\\b', redeemer_user_id: 'NULL' });
+    expect(await verify(snap.fx.redis, snap.pool, snap.fx.prefix)).toMatchObject({ tokens: odd.length, differences: 0 });
+    expect(await restoreFromPostgres(snap.fx.redis, snap.pool, snap.other)).toBe(odd.length);
+    expect(await verify(snap.fx.redis, snap.pool, snap.other)).toMatchObject({ tokens: odd.length, differences: 0 });
   }, 60_000);
 });

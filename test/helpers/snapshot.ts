@@ -1,7 +1,11 @@
 import type pg from 'pg';
+import { afterAll, beforeAll } from 'vitest';
+import { openPostgres, type SnapshotWriter } from '../../src/snapshot/index.js';
 import type { RedisClient } from '../../src/store/redis.js';
 import { sampleLag } from '../../src/snapshot/lag.js';
 import type { TokenEngine } from '../../src/tokens/engine.js';
+import { testDatabase } from './pg.js';
+import { dropPrefix, engineFixture, testPrefix, type EngineFixture } from './redis.js';
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -40,4 +44,35 @@ export async function caughtUp(redis: RedisClient, prefix: string, pool: pg.Pool
     if (Date.now() > end) throw new Error(`not caught up: lag ${lag.events}, ${n}/${events} events in Postgres`);
     await sleep(100);
   }
+}
+
+export interface SnapshotFixture {
+  fx: EngineFixture;
+  db: Awaited<ReturnType<typeof testDatabase>>;
+  pool: pg.Pool;
+  /** a second key prefix (a restore target), dropped afterwards */
+  other: string;
+  /** a writer the tests started: stopped afterwards */
+  writer?: SnapshotWriter;
+}
+
+/**
+ * A snapshot test file's engine (key prefix `label`), fresh database and pool, made before its tests and
+ * all removed after them; call it inside the file's describe. The fields are set once beforeAll ran.
+ */
+export function snapshotFixture(label: string): SnapshotFixture {
+  const s = { other: testPrefix(`${label}-other`) } as SnapshotFixture;
+  beforeAll(async () => {
+    s.fx = await engineFixture({ label });
+    s.db = await testDatabase();
+    s.pool = await openPostgres(s.db.url);
+  });
+  afterAll(async () => {
+    await s.writer?.stop();
+    await s.pool?.end();
+    if (s.fx) await dropPrefix(s.fx.redis, s.other);
+    await s.fx?.close();
+    await s.db?.drop();
+  });
+  return s;
 }
