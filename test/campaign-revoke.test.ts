@@ -1,19 +1,17 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type pg from 'pg';
 import { Pool } from 'undici';
 import { runCampaign } from '../src/campaigns/flow.js';
 import { CampaignStore } from '../src/campaigns/store.js';
 import { loadConfig } from '../src/config.js';
 import { packr } from '../src/msgpack.js';
-import { openPostgres, restoreCampaigns, restoreFromPostgres, restoreRevoked, revocationGaps, startSnapshotWriter, verify } from '../src/snapshot/index.js';
+import { restoreCampaigns, restoreFromPostgres, restoreRevoked, revocationGaps, startSnapshotWriter, verify } from '../src/snapshot/index.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, serve } from './helpers/http.js';
-import { testDatabase } from './helpers/pg.js';
 import { dropPrefix, engineFixture, type EngineFixture } from './helpers/redis.js';
-import { caughtUp, sleep } from './helpers/snapshot.js';
+import { caughtUp, sleep, snapshotFixture } from './helpers/snapshot.js';
 
 /**
  * A hand-written satellite: `list(page)` answers users-without-tokens (the cursor is the page number) and
@@ -138,36 +136,23 @@ describe('a revoked campaign stays revoked', () => {
 });
 
 describe('the revocation survives a restore from Postgres', () => {
-  let fx: EngineFixture;
-  let db: Awaited<ReturnType<typeof testDatabase>>;
-  let pool: pg.Pool;
-
-  beforeAll(async () => {
-    fx = await engineFixture({ label: 'crevpg' });
-    db = await testDatabase();
-    pool = await openPostgres(db.url);
-  });
-  afterAll(async () => {
-    await pool?.end();
-    await fx?.close();
-    await db?.drop();
-  });
+  const snap = snapshotFixture('crevpg');
 
   it('restore brings back the campaign as revoked and the engine still refuses it', async () => {
-    const campaigns = new CampaignStore(fx.redis, fx.prefix);
+    const campaigns = new CampaignStore(snap.fx.redis, snap.fx.prefix);
     await campaigns.open({ id: 'old', perUser: 2, satellites: ['s2'], createdAt: Date.now() });
-    await fx.engine.generate({ owners: owners('s2', usersOf(0)), perUser: 2, campaignId: 'old' });
-    await fx.engine.revokeCampaign('old');
+    await snap.fx.engine.generate({ owners: owners('s2', usersOf(0)), perUser: 2, campaignId: 'old' });
+    await snap.fx.engine.revokeCampaign('old');
     const revokedAt = (await campaigns.revokedAt('old'))!;
     expect(revokedAt).toEqual(expect.any(Number));
     // the registry alone holds the time: the record does not repeat it
-    expect(await fx.redis.hget(`${fx.prefix}:{camp:old}:meta`, 'revokedAt')).toBeNull();
+    expect(await snap.fx.redis.hget(`${snap.fx.prefix}:{camp:old}:meta`, 'revokedAt')).toBeNull();
 
-    const w = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url }), { log: () => {} });
+    const w = await startSnapshotWriter(loadConfig({ keyPrefix: snap.fx.prefix, databaseUrl: snap.db.url }), { log: () => {} });
     try {
-      await caughtUp(fx.redis, fx.prefix, pool, 40);
+      await caughtUp(snap.fx.redis, snap.fx.prefix, snap.pool, 40);
       for (const end = Date.now() + 15_000; ; await sleep(100)) {
-        const r = await pool.query("SELECT (SELECT revoked_at FROM revoked_campaigns WHERE id = 'old') AS at, (SELECT count(*) FROM campaigns WHERE id = 'old') AS n");
+        const r = await snap.pool.query("SELECT (SELECT revoked_at FROM revoked_campaigns WHERE id = 'old') AS at, (SELECT count(*) FROM campaigns WHERE id = 'old') AS n");
         if (Number(r.rows[0].at) === revokedAt && Number(r.rows[0].n) === 1) break;
         if (Date.now() > end) throw new Error(`rows: ${JSON.stringify(r.rows)}`);
       }
@@ -175,18 +160,18 @@ describe('the revocation survives a restore from Postgres', () => {
       await w.stop();
     }
 
-    await dropPrefix(fx.redis, fx.prefix);
-    await restoreFromPostgres(fx.redis, pool, fx.prefix);
-    await restoreRevoked(fx.redis, pool, fx.prefix);
-    await restoreCampaigns(fx.redis, pool, fx.prefix);
+    await dropPrefix(snap.fx.redis, snap.fx.prefix);
+    await restoreFromPostgres(snap.fx.redis, snap.pool, snap.fx.prefix);
+    await restoreRevoked(snap.fx.redis, snap.pool, snap.fx.prefix);
+    await restoreCampaigns(snap.fx.redis, snap.pool, snap.fx.prefix);
     expect((await campaigns.get('old'))?.revokedAt).toBe(revokedAt);
-    await expect(fx.engine.generate({ owners: owners('s2', usersOf(1)), perUser: 2, campaignId: 'old' })).rejects.toMatchObject({ code: 'campaign_revoked' });
-    expect((await verify(fx.redis, pool, fx.prefix)).listed).toEqual([]);
+    await expect(snap.fx.engine.generate({ owners: owners('s2', usersOf(1)), perUser: 2, campaignId: 'old' })).rejects.toMatchObject({ code: 'campaign_revoked' });
+    expect((await verify(snap.fx.redis, snap.pool, snap.fx.prefix)).listed).toEqual([]);
   });
 
   it('a campaign id only the admin route used stays revoked after Redis is rebuilt from Postgres', async () => {
-    await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 's3' });
-    const server = await serve({ KEY_PREFIX: fx.prefix });
+    await new SatelliteRegistry(snap.fx.redis, snap.fx.prefix).add({ id: 's3' });
+    const server = await serve({ KEY_PREFIX: snap.fx.prefix });
     const http = new Pool(server.url, { connections: 2 });
     const admin = (path: string, body: unknown) => call(http, 'POST', path, { key: ADMIN_KEY, body });
     const users = Array.from({ length: 40 }, (_, i) => `adm-${i}`);
@@ -195,13 +180,13 @@ describe('the revocation survives a restore from Postgres', () => {
       expect(made.status).toBe(200);
       expect((await admin('/v1/admin/tokens/revoke', { campaignId: 'adm' })).body).toEqual({ revoked: 40 });
       // no campaign record: the revocation lives in the engine alone
-      expect(await new CampaignStore(fx.redis, fx.prefix).meta('adm')).toBeUndefined();
+      expect(await new CampaignStore(snap.fx.redis, snap.fx.prefix).meta('adm')).toBeUndefined();
 
       // the writer has caught up once Postgres agrees with Redis
-      const w = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url }), { log: () => {} });
+      const w = await startSnapshotWriter(loadConfig({ keyPrefix: snap.fx.prefix, databaseUrl: snap.db.url }), { log: () => {} });
       try {
         for (const end = Date.now() + 30_000; ; await sleep(200)) {
-          const r = await verify(fx.redis, pool, fx.prefix, 5);
+          const r = await verify(snap.fx.redis, snap.pool, snap.fx.prefix, 5);
           if (r.differences === 0 && r.tokens > 0) break;
           if (Date.now() > end) throw new Error(`writer not caught up: ${JSON.stringify(r.listed)}`);
         }
@@ -209,8 +194,8 @@ describe('the revocation survives a restore from Postgres', () => {
         await w.stop();
       }
 
-      await dropPrefix(fx.redis, fx.prefix);
-      const env = { KEY_PREFIX: fx.prefix, DATABASE_URL: db.url };
+      await dropPrefix(snap.fx.redis, snap.fx.prefix);
+      const env = { KEY_PREFIX: snap.fx.prefix, DATABASE_URL: snap.db.url };
       const restored = await runCli(['restore', '--from-postgres'], env);
       expect(restored.code, restored.stderr).toBe(0);
       // 20 users over many shards, most of which have no token of the campaign: each refuses it
@@ -226,19 +211,19 @@ describe('the revocation survives a restore from Postgres', () => {
   });
 
   it('a snapshot whose revocation is only in the campaign row (written when the record repeated the registry) restores it revoked', async () => {
-    const campaigns = new CampaignStore(fx.redis, fx.prefix);
+    const campaigns = new CampaignStore(snap.fx.redis, snap.fx.prefix);
     // the last test here, as it restores into an emptied prefix. What an older writer left: the campaign
     // row's meta carries revokedAt and revoked_campaigns has no row
-    await pool.query(
+    await snap.pool.query(
       `INSERT INTO campaigns (id, meta, progress) VALUES ('older', $1, '{}')`,
       [JSON.stringify({ perUser: 1, satellites: ['s4'], createdAt: 1_700_000_000_000, revokedAt: 1_700_000_000_500 })],
     );
-    await dropPrefix(fx.redis, fx.prefix);
-    await restoreRevoked(fx.redis, pool, fx.prefix);
-    await restoreCampaigns(fx.redis, pool, fx.prefix);
+    await dropPrefix(snap.fx.redis, snap.fx.prefix);
+    await restoreRevoked(snap.fx.redis, snap.pool, snap.fx.prefix);
+    await restoreCampaigns(snap.fx.redis, snap.pool, snap.fx.prefix);
     expect((await campaigns.get('older'))?.revokedAt).toBe(1_700_000_000_500);
-    expect(await fx.redis.hget(`${fx.prefix}:{camp:older}:meta`, 'revokedAt')).toBeNull();
-    await expect(fx.engine.generate({ owners: owners('s4', usersOf(1)), perUser: 1, campaignId: 'older' })).rejects.toMatchObject({ code: 'campaign_revoked' });
-    expect(await revocationGaps(fx.redis, fx.prefix)).toEqual({ unmarked: new Map(), unregistered: new Map() });
+    expect(await snap.fx.redis.hget(`${snap.fx.prefix}:{camp:older}:meta`, 'revokedAt')).toBeNull();
+    await expect(snap.fx.engine.generate({ owners: owners('s4', usersOf(1)), perUser: 1, campaignId: 'older' })).rejects.toMatchObject({ code: 'campaign_revoked' });
+    expect(await revocationGaps(snap.fx.redis, snap.fx.prefix)).toEqual({ unmarked: new Map(), unregistered: new Map() });
   });
 });

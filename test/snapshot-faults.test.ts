@@ -1,12 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { engineFixture, type EngineFixture } from './helpers/redis.js';
+import { engineFixture } from './helpers/redis.js';
 import { privateRedis } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
-import { caughtUp, each, generateTokens, sleep } from './helpers/snapshot.js';
+import { caughtUp, each, generateTokens, sleep, snapshotFixture } from './helpers/snapshot.js';
 import { openPostgres, readSnapshotStatus, sampleLag, startSnapshotWriter, verify } from '../src/snapshot/index.js';
 import { leaseKey } from '../src/snapshot/status.js';
 import { createRedis } from '../src/store/redis.js';
@@ -93,79 +93,66 @@ async function until(port: number, p: string, ok: (r: { status: number; text: st
 }
 
 describe('snapshot writer under faults (real processes)', () => {
-  let fx: EngineFixture;
-  let db: Awaited<ReturnType<typeof testDatabase>>;
-  let pool: pg.Pool;
-
-  beforeAll(async () => {
-    fx = await engineFixture({ label: 'snapfault' });
-    db = await testDatabase();
-    pool = await openPostgres(db.url);
-  });
+  const snap = snapshotFixture('snapfault');
   /** the status once `ok` holds, or the last one read after 30 s (the writer reports once a second; the machine may be busy) */
   const statusUntil = async (ok: (s: Awaited<ReturnType<typeof readSnapshotStatus>>) => boolean) => {
     const end = Date.now() + 30_000;
-    let status = await readSnapshotStatus(fx.redis, fx.prefix);
+    let status = await readSnapshotStatus(snap.fx.redis, snap.fx.prefix);
     while (!ok(status) && Date.now() < end) {
       await sleep(100);
-      status = await readSnapshotStatus(fx.redis, fx.prefix);
+      status = await readSnapshotStatus(snap.fx.redis, snap.fx.prefix);
     }
     return status;
   };
-  afterAll(async () => {
-    await pool?.end();
-    await fx?.close();
-    await db?.drop();
-  });
 
   it('kill -9 between COMMIT and XACK, then mid-batch: after restarts Postgres equals Redis, each event applied once', async () => {
-    const env = { KEY_PREFIX: fx.prefix, DATABASE_URL: db.url, REDIS_URL: 'redis://127.0.0.1:6379', SNAPSHOT_BATCH: '1000' };
-    const tokens = await generateTokens(fx.engine, 20_000);
+    const env = { KEY_PREFIX: snap.fx.prefix, DATABASE_URL: snap.db.url, REDIS_URL: 'redis://127.0.0.1:6379', SNAPSHOT_BATCH: '1000' };
+    const tokens = await generateTokens(snap.fx.engine, 20_000);
     let events = 20_000;
 
     // 1. the writer dies right after its 2nd COMMIT: that batch is in Postgres but still pending in Redis
     const crashing = spawnWriter({ ...env, SNAPSHOT_TEST_CRASH_AFTER_COMMIT: '2' });
     expect(await exited(crashing)).toMatchObject({ signal: 'SIGKILL' });
-    const committed = await count(pool, 'token_events'); // 2 commits, maybe one more from a parallel lane
+    const committed = await count(snap.pool, 'token_events'); // 2 commits, maybe one more from a parallel lane
     expect(committed).toBeGreaterThan(0);
     expect(committed).toBeLessThan(20_000);
-    const pending = (await Promise.all(Array.from({ length: 64 }, (_, s) => fx.redis.xpending(fx.store.keys.events(s), 'snapshot'))))
+    const pending = (await Promise.all(Array.from({ length: 64 }, (_, s) => snap.fx.redis.xpending(snap.fx.store.keys.events(s), 'snapshot'))))
       .reduce((sum, p) => sum + Number((p as [number])[0]), 0);
     expect(pending).toBeGreaterThan(0); // the last committed batch was never acknowledged
 
     // state changes keep coming while no writer runs
-    await each(tokens.slice(0, 5000), 32, async (t, i) => expect((await fx.engine.redeem(t, 'sat-b', `r${i}`)).code).toBe('ok'));
+    await each(tokens.slice(0, 5000), 32, async (t, i) => expect((await snap.fx.engine.redeem(t, 'sat-b', `r${i}`)).code).toBe('ok'));
     events += 5000;
 
     // 2. a writer killed with SIGKILL at an arbitrary point while it catches up (mid-batch).
     //    It must first wait for the dead writer's lease to lapse (10 s): the single-writer rule at work.
     const second = spawnWriter(env);
     const secondExit = exited(second);
-    while ((await count(pool, 'token_events')) <= committed) await sleep(10);
+    while ((await count(snap.pool, 'token_events')) <= committed) await sleep(10);
     await sleep(Math.floor(Math.random() * 30));
     second.kill('SIGKILL');
     expect(await secondExit).toMatchObject({ signal: 'SIGKILL' });
-    const partial = await count(pool, 'token_events');
-    await fx.redis.del(leaseKey(fx.prefix)); // the lease would lapse in 10 s; the previous step already proved that wait
+    const partial = await count(snap.pool, 'token_events');
+    await snap.fx.redis.del(leaseKey(snap.fx.prefix)); // the lease would lapse in 10 s; the previous step already proved that wait
 
-    await each(tokens.slice(5000, 6000), 32, async (t, i) => expect((await fx.engine.redeem(t, 'sat-c', `s${i}`)).code).toBe('ok'));
+    await each(tokens.slice(5000, 6000), 32, async (t, i) => expect((await snap.fx.engine.redeem(t, 'sat-c', `s${i}`)).code).toBe('ok'));
     events += 1000;
 
     const third = spawnWriter(env);
     const thirdExit = exited(third);
-    await caughtUp(fx.redis, fx.prefix, pool, events);
+    await caughtUp(snap.fx.redis, snap.fx.prefix, snap.pool, events);
     third.kill('SIGTERM');
     expect(await thirdExit).toMatchObject({ code: 0 });
     expect(partial).toBeLessThan(events); // it really died part-way
-    expect(await count(pool, 'token_events')).toBe(events);
-    expect(await count(pool, 'tokens')).toBe(20_000);
-    const report = await verify(fx.redis, pool, fx.prefix);
+    expect(await count(snap.pool, 'token_events')).toBe(events);
+    expect(await count(snap.pool, 'tokens')).toBe(20_000);
+    const report = await verify(snap.fx.redis, snap.pool, snap.fx.prefix);
     expect(report.listed).toEqual([]);
     expect(report.differences).toBe(0);
   }, 90_000);
 
   it('referral-manager snapshot serves /healthz, /readyz and /metrics: a leader without Postgres is unready, a writing leader and a standby are ready', async () => {
-    // its own prefix and database: the other tests compare fx.prefix with db
+    // its own prefix and database: the other tests compare snap.fx.prefix with db
     const own = await engineFixture({ label: 'snapops' });
     const ownDb = await testDatabase();
     const writers: ChildProcess[] = [];
@@ -270,7 +257,7 @@ describe('snapshot writer under faults (real processes)', () => {
   }, 60_000);
 
   it('several writers: exactly one holds the lease and writes; when it stops, another takes over', async () => {
-    const config = loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url });
+    const config = loadConfig({ keyPrefix: snap.fx.prefix, databaseUrl: snap.db.url });
     const writers = await Promise.all([1, 2, 3].map(() => startSnapshotWriter(config, { log: () => {}, leaseMs: 1500 })));
     try {
       const leaders = () => writers.filter((w) => w.status().leader);
@@ -282,47 +269,47 @@ describe('snapshot writer under faults (real processes)', () => {
       await sleep(800);
       expect(leaders()).toHaveLength(1);
       const first = leaders()[0]!;
-      const before = await count(pool, 'token_events');
-      await generateTokens(fx.engine, 1000, 'sat-lease');
-      await caughtUp(fx.redis, fx.prefix, pool, before + 1000);
+      const before = await count(snap.pool, 'token_events');
+      await generateTokens(snap.fx.engine, 1000, 'sat-lease');
+      await caughtUp(snap.fx.redis, snap.fx.prefix, snap.pool, before + 1000);
       await first.stop();
       writers.splice(writers.indexOf(first), 1);
       await leaderWithin(30_000);
       expect(leaders()).toHaveLength(1);
-      await generateTokens(fx.engine, 1000, 'sat-lease2');
-      await caughtUp(fx.redis, fx.prefix, pool, before + 2000);
-      expect(await count(pool, 'token_events')).toBe(before + 2000);
+      await generateTokens(snap.fx.engine, 1000, 'sat-lease2');
+      await caughtUp(snap.fx.redis, snap.fx.prefix, snap.pool, before + 2000);
+      expect(await count(snap.pool, 'token_events')).toBe(before + 2000);
     } finally {
       await Promise.all(writers.map((w) => w.stop()));
     }
   }, 60_000);
 
   it('Postgres unreachable (a TCP proxy we close): serve-side writer reports down, lag grows, catches up when it returns', async () => {
-    const proxy = await pgProxy(db.url);
-    const before = await count(pool, 'token_events');
+    const proxy = await pgProxy(snap.db.url);
+    const before = await count(snap.pool, 'token_events');
     const warnings: string[] = [];
-    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: proxy.url }), {
+    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: snap.fx.prefix, databaseUrl: proxy.url }), {
       log: (level, msg) => level === 'warn' && warnings.push(msg),
     });
     try {
-      const tokens = await generateTokens(fx.engine, 2000, 'sat-p');
-      await caughtUp(fx.redis, fx.prefix, pool, before + 2000);
+      const tokens = await generateTokens(snap.fx.engine, 2000, 'sat-p');
+      await caughtUp(snap.fx.redis, snap.fx.prefix, snap.pool, before + 2000);
 
       await proxy.close();
-      await each(tokens.slice(0, 500), 16, async (t, i) => expect((await fx.engine.redeem(t, 'sat-b', `p${i}`)).code).toBe('ok'));
+      await each(tokens.slice(0, 500), 16, async (t, i) => expect((await snap.fx.engine.redeem(t, 'sat-b', `p${i}`)).code).toBe('ok'));
       const status = await statusUntil((s) => s.state === 'down' && (s.lagEvents ?? 0) >= 500);
       expect(status).toMatchObject({ state: 'down' });
       expect(status.lagEvents).toBeGreaterThanOrEqual(500);
-      const lag1 = await sampleLag(fx.redis, fx.prefix);
+      const lag1 = await sampleLag(snap.fx.redis, snap.fx.prefix);
       await sleep(1500);
-      const lag2 = await sampleLag(fx.redis, fx.prefix);
+      const lag2 = await sampleLag(snap.fx.redis, snap.fx.prefix);
       expect(lag2.seconds).toBeGreaterThan(lag1.seconds);
       expect(warnings.filter((w) => /Postgres unreachable/.test(w))).toHaveLength(1);
-      expect(await count(pool, 'token_events')).toBe(before + 2000);
+      expect(await count(snap.pool, 'token_events')).toBe(before + 2000);
 
       proxy.open();
-      await caughtUp(fx.redis, fx.prefix, pool, before + 2500);
-      expect((await verify(fx.redis, pool, fx.prefix)).differences).toBe(0);
+      await caughtUp(snap.fx.redis, snap.fx.prefix, snap.pool, before + 2500);
+      expect((await verify(snap.fx.redis, snap.pool, snap.fx.prefix)).differences).toBe(0);
       expect(await statusUntil((s) => s.state === 'up' && s.lagEvents === 0)).toMatchObject({ state: 'up', lagEvents: 0 });
     } finally {
       await writer.stop();
@@ -331,19 +318,19 @@ describe('snapshot writer under faults (real processes)', () => {
   }, 60_000);
 
   it('Postgres behind a black hole (connections open, no bytes through): the hung batch times out, the writer reports down, then catches up', async () => {
-    const proxy = await pgProxy(db.url);
-    const before = await count(pool, 'token_events');
-    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: proxy.url }), { log: () => {}, queryTimeoutMs: 1000 });
+    const proxy = await pgProxy(snap.db.url);
+    const before = await count(snap.pool, 'token_events');
+    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: snap.fx.prefix, databaseUrl: proxy.url }), { log: () => {}, queryTimeoutMs: 1000 });
     try {
-      await generateTokens(fx.engine, 1000, 'sat-bh');
-      await caughtUp(fx.redis, fx.prefix, pool, before + 1000);
+      await generateTokens(snap.fx.engine, 1000, 'sat-bh');
+      await caughtUp(snap.fx.redis, snap.fx.prefix, snap.pool, before + 1000);
       proxy.blackhole(true);
-      await generateTokens(fx.engine, 1000, 'sat-bh2'); // its batches hang mid-transaction
+      await generateTokens(snap.fx.engine, 1000, 'sat-bh2'); // its batches hang mid-transaction
       expect(await statusUntil((s) => s.state === 'down')).toMatchObject({ state: 'down' });
-      expect(await count(pool, 'token_events')).toBe(before + 1000);
+      expect(await count(snap.pool, 'token_events')).toBe(before + 1000);
       proxy.blackhole(false);
-      await caughtUp(fx.redis, fx.prefix, pool, before + 2000);
-      expect((await verify(fx.redis, pool, fx.prefix)).differences).toBe(0);
+      await caughtUp(snap.fx.redis, snap.fx.prefix, snap.pool, before + 2000);
+      expect((await verify(snap.fx.redis, snap.pool, snap.fx.prefix)).differences).toBe(0);
     } finally {
       await writer.stop();
       await proxy.close();
