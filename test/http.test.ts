@@ -268,17 +268,20 @@ describe('admin routes', () => {
   it('writes an audit line for each admin call that may change something, refused ones too, and never a key', async () => {
     const added = await admin('POST', '/v1/admin/satellites', { id: 'sat-audit', outboundKey: 'outbound-secret-audit' });
     const rotated = await admin('POST', '/v1/admin/satellites/sat-audit/rotate-key');
-    await admin('PATCH', '/v1/admin/satellites/sat-audit', { name: 'Audited', outboundKey: null });
+    await admin('PATCH', '/v1/admin/satellites/sat-audit', { name: 'Audited', outboundKey: null, url: 'https://audit:url-secret@sat.example/x' });
     const [t] = await tokensFor('sat-audit', 'audit-user', 1);
     await admin('POST', '/v1/admin/tokens/revoke', { tokens: [t] });
     expect((await call(pool, 'POST', '/v1/admin/tokens/revoke', { key: keyA, body: { campaignId: 'audit-camp' } })).status).toBe(403);
     expect((await call(pool, 'DELETE', '/v1/admin/satellites/sat-audit', { key: 'not-the-admin-key' })).status).toBe(401);
     expect((await admin('POST', '/v1/admin/tokens/revoke', { satelliteId: 'sat-audit' })).status).toBe(400);
+    // refused from the headers alone, before the body is read
+    expect((await call(pool, 'POST', '/v1/admin/tokens/revoke', { key: ADMIN_KEY, raw: 'x', contentType: 'text/plain' })).status).toBe(415);
+    expect((await call(pool, 'POST', '/v1/admin/tokens/revoke', { key: ADMIN_KEY, raw: Buffer.alloc(8 * 1024 * 1024 + 1, 0x20), contentType: 'application/json' })).status).toBe(413);
     await admin('GET', '/v1/admin/satellites');
     await admin('DELETE', '/v1/admin/satellites/sat-audit');
     // the server writes its lines in order: this test's start at the line of its first call
     let lines: any[] = [];
-    for (const deadline = Date.now() + 5000; lines.length < 9 && Date.now() < deadline; await new Promise((r) => setTimeout(r, 20))) {
+    for (const deadline = Date.now() + 5000; lines.length < 11 && Date.now() < deadline; await new Promise((r) => setTimeout(r, 20))) {
       const all = server.output().split('\n').filter((l) => l.startsWith('{"audit"')).map((l) => JSON.parse(l));
       lines = all.slice(all.findIndex((l) => l.body?.id === 'sat-audit'));
     }
@@ -292,6 +295,8 @@ describe('admin routes', () => {
       ['POST', '/v1/admin/tokens/revoke', 403, 'forbidden'],
       ['DELETE', '/v1/admin/satellites/sat-audit', 401, 'unauthorized'],
       ['POST', '/v1/admin/tokens/revoke', 400, 'invalid_request'],
+      ['POST', '/v1/admin/tokens/revoke', 415, 'unsupported_media_type'],
+      ['POST', '/v1/admin/tokens/revoke', 413, 'body_too_large'],
       ['DELETE', '/v1/admin/satellites/sat-audit', 200, undefined],
     ]);
     for (const l of lines) {
@@ -300,13 +305,39 @@ describe('admin routes', () => {
     }
     expect(lines[0].body).toEqual({ id: 'sat-audit', outboundKey: '<redacted>' });
     expect(lines[0].result).toMatchObject({ id: 'sat-audit', apiKey: '<redacted>' });
-    expect(lines[2].body).toEqual({ name: 'Audited', outboundKey: null });
+    expect(lines[2].body).toEqual({ name: 'Audited', outboundKey: null, url: 'https://<redacted>@sat.example/x' });
     expect(lines[3].body).toMatchObject({ satelliteId: 'sat-audit', userIds: '[1 items]', perUser: 1 });
     expect(lines[3].result).toMatchObject({ tokens: '[1 items]' });
     expect([lines[4].body, lines[4].result]).toEqual([{ tokens: '[1 items]' }, { revoked: 1 }]);
     expect(lines[5].body).toBeUndefined();
     const written = server.output();
-    for (const secret of [added.body.apiKey, rotated.body.apiKey, 'outbound-secret-audit', t]) expect(written).not.toContain(secret);
+    for (const secret of [added.body.apiKey, rotated.body.apiKey, 'outbound-secret-audit', 'url-secret', t]) expect(written).not.toContain(secret);
+  });
+
+  it('answers 400 to MessagePack extension types (an Error, a Set, a Date), not 500 or a 503 that blames Redis', async () => {
+    const packr = new Packr({ useRecords: false });
+    // msgpackr decodes its own extensions into live objects: an Error with a name and message the sender chose
+    const error = (name: string) => Buffer.concat([Buffer.from('d46500', 'hex'), packr.pack([name, 'sender text', null])]);
+    const set = Buffer.concat([Buffer.from('d47300', 'hex'), packr.pack(['a'])]);
+    const unavailable = async () => Number(/^rm_redis_errors_total\{kind="unavailable"\} (\d+)$/m.exec((await call(pool, 'GET', '/metrics')).body)?.[1] ?? 0);
+    const before = await unavailable();
+    const asMap = (field: string, value: Buffer) => Buffer.concat([Buffer.from([0x81, 0xa0 + field.length]), Buffer.from(field), value]);
+    for (const [path, method, key, raw] of [
+      ['/v1/admin/satellites/sat-a/rotate-key', 'POST', ADMIN_KEY, error('MaxRetriesPerRequestError')],
+      ['/v1/admin/tokens/revoke', 'POST', ADMIN_KEY, error('Error')],
+      ['/v1/admin/satellites/sat-a', 'PATCH', ADMIN_KEY, error('TypeError')],
+      ['/v1/admin/satellites/sat-a', 'PATCH', ADMIN_KEY, asMap('name', error('Error'))],
+      ['/v1/admin/tokens/revoke', 'POST', ADMIN_KEY, set],
+      ['/v1/admin/tokens/revoke', 'POST', ADMIN_KEY, asMap('tokens', Buffer.from('d6ff00000000', 'hex'))],
+      ['/v1/tokens/release', 'POST', keyA, asMap('token', error('Error'))],
+    ] as const) {
+      const r = await call(pool, method, path, { key, raw, contentType: 'application/msgpack', accept: 'application/json' });
+      expect([path, r.status, r.body.error]).toEqual([path, 400, 'invalid_request']);
+    }
+    expect(await unavailable()).toBe(before);
+    expect(server.output()).not.toContain('sender text');
+    // the key still works: nothing was rotated
+    expect((await call(pool, 'GET', '/v1/users/u/tokens', { key: keyA })).status).toBe(200);
   });
 
   it('PATCH /v1/admin/satellites/:id sets and clears fields; the key keeps working', async () => {

@@ -2,7 +2,8 @@
  * The audit trail of the admin routes: one JSON line on stdout per admin call that may change something
  * (every method but GET), refused ones included (a wrong key, a bad body), so an on-call engineer can
  * tell who revoked a campaign or rotated a key, from where and when. Keys are never written: a field
- * named like one shows whether it was set; lists show their length (a revoke may name 10,000 tokens).
+ * named like one shows whether it was set, and a URL's user and password are hidden; lists show their length
+ * (a revoke may name 10,000 tokens).
  */
 export interface AuditEntry {
   method: string;
@@ -17,11 +18,16 @@ export interface AuditEntry {
 }
 
 const SECRET = /key/i;
+/** user:password in a URL (a satellite's url may carry basic auth) */
+const CREDENTIALS = /^([a-z][a-z0-9+.-]*:\/\/)[^/?#@\s]*@/i;
 const LONGEST = 200;
 
 function summarize(v: unknown, depth = 0): unknown {
   if (Array.isArray(v)) return `[${v.length} items]`;
-  if (typeof v === 'string') return v.length > LONGEST ? `${v.slice(0, LONGEST)}…` : v;
+  if (typeof v === 'string') {
+    const shown = v.replace(CREDENTIALS, '$1<redacted>@');
+    return shown.length > LONGEST ? `${shown.slice(0, LONGEST)}…` : shown;
+  }
   if (v === null || typeof v !== 'object') return v;
   if (depth >= 3) return '{…}';
   const out: Record<string, unknown> = {};

@@ -163,10 +163,10 @@ function handle(ex: Exchange, route: Route, validate: ValidateFunction | undefin
   }
   const limit = route.auth === 'admin' ? ADMIN_BODY_LIMIT : SATELLITE_BODY_LIMIT;
   const format = head.contentType ? formatOf(head.contentType) : undefined;
-  if (head.contentType && !format) return replyError(ex, 'unsupported_media_type', `content-type "${head.contentType.slice(0, 100)}" not supported; use application/msgpack or application/json`);
+  if (head.contentType && !format) return refuse(ex, route, head, 'unsupported_media_type', `content-type "${head.contentType.slice(0, 100)}" not supported; use application/msgpack or application/json`);
   // a body of known length and no type is refused as early as a wrong type: before auth, like it
-  if (!head.contentType && Number(head.length) > 0) return replyError(ex, 'unsupported_media_type', 'content-type missing; use application/msgpack or application/json');
-  if (Number(head.length) > limit) return replyError(ex, 'body_too_large', `body over ${limit} bytes`);
+  if (!head.contentType && Number(head.length) > 0) return refuse(ex, route, head, 'unsupported_media_type', 'content-type missing; use application/msgpack or application/json');
+  if (Number(head.length) > limit) return refuse(ex, route, head, 'body_too_large', `body over ${limit} bytes`);
   // anyone but the admin is refused (401/403) without first receiving up to 8 MiB of admin body
   if (route.auth === 'admin' && !(head.key !== undefined && deps.auth?.isAdmin(head.key))) {
     void run(ex, route, deps, head, caller, undefined);
@@ -178,32 +178,40 @@ function handle(ex: Exchange, route: Route, validate: ValidateFunction | undefin
     try {
       if (ex.done || ex.aborted) return;
       size += chunk.byteLength;
-      if (size > limit) return replyError(ex, 'body_too_large', `body over ${limit} bytes`);
+      if (size > limit) return refuse(ex, route, head, 'body_too_large', `body over ${limit} bytes`);
       chunks.push(Buffer.from(chunk.slice(0)));
       if (!isLast) return;
       const raw = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
       let body: unknown;
+      // answered once the caller is authorized: a bad body from an unknown key is a 401, not a 400
+      let refusal: DomainError | undefined;
       if (raw.length === 0) {
-        if (!route.optionalBody) body = new DomainError('invalid_request', 'body: empty');
+        if (!route.optionalBody) refusal = new DomainError('invalid_request', 'body: empty');
         else body = {};
       } else if (!format) {
-        body = new DomainError('unsupported_media_type', 'content-type missing; use application/msgpack or application/json');
+        refusal = new DomainError('unsupported_media_type', 'content-type missing; use application/msgpack or application/json');
       } else {
         try {
           body = decode(format, raw);
-          if (validate && !validate(body)) body = new DomainError('invalid_request', describe(validate.errors?.[0]));
+          if (validate && !validate(body)) refusal = new DomainError('invalid_request', describe(validate.errors?.[0]));
         } catch (err) {
-          body = err;
+          refusal = err instanceof DomainError ? err : new DomainError('invalid_request', 'body: undecodable');
         }
       }
-      void run(ex, route, deps, head, caller, body);
+      void run(ex, route, deps, head, caller, body, refusal);
     } catch (err) {
       fail(ex, err, deps);
     }
   });
 }
 
-async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, caller: Promise<string>, body: unknown): Promise<void> {
+/** A refusal answered before the body is read (its type or size): audited like any other refused admin change. */
+function refuse(ex: Exchange, route: Route, head: Head, code: ErrorCode, message: string): void {
+  replyError(ex, code, message);
+  if (head.path !== undefined) audit({ method: route.method.toUpperCase(), path: head.path, ip: head.ip, status: errorCatalogue[code].status, error: code, ms: 0 });
+}
+
+async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, caller: Promise<string>, body: unknown, refusal?: DomainError): Promise<void> {
   const t0 = performance.now();
   let timer: NodeJS.Timeout | undefined;
   const gone = new AbortController();
@@ -215,7 +223,7 @@ async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, cal
         reject(new StoreTimeout(`no answer from the store within ${ms} ms`));
       }, ms);
     });
-    const out = await Promise.race([call(route, head, caller, body, gone.signal), deadline]);
+    const out = await Promise.race([call(route, head, caller, body, refusal, gone.signal), deadline]);
     if ('raw' in out) {
       reply(ex, out.status ?? 200, Buffer.isBuffer(out.raw) ? out.raw : Buffer.from(out.raw), out.contentType);
     } else {
@@ -233,9 +241,9 @@ async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, cal
   }
 }
 
-async function call(route: Route, head: Head, caller: Promise<string>, body: unknown, signal: AbortSignal): Promise<Outcome> {
+async function call(route: Route, head: Head, caller: Promise<string>, body: unknown, refusal: DomainError | undefined, signal: AbortSignal): Promise<Outcome> {
   const satelliteId = await caller;
-  if (body instanceof Error) throw body;
+  if (refusal) throw refusal;
   const params = head.params.map((p, i) => {
     try {
       return decodeURIComponent(p);
@@ -272,7 +280,8 @@ function fail(ex: Exchange, err: unknown, deps: RouterDeps): ErrorCode {
       replyError(ex, code, undefined, [['retry-after', '1']]);
     } else {
       if ((err as Error)?.name === 'ReplyError') redisErrors.labels('error').inc();
-      console.error('internal error:', err);
+      // the stack, not the whole object: an ioredis ReplyError carries the command's arguments (a satellite's outbound key)
+      console.error('internal error:', err instanceof Error ? err.stack : err);
       replyError(ex, code);
     }
   } catch (again) {

@@ -21,10 +21,35 @@ export function formatOf(header: string): Format | undefined {
 /** Body bytes -> value; any decoder failure is a 400 naming the reason. */
 export function decode(format: Format, body: Buffer): unknown {
   if (body.length === 0) throw new DomainError('invalid_request', 'body: empty');
+  let value: unknown;
   try {
-    return format === 'json' ? JSON.parse(body.toString('utf8')) : unpackr.unpack(body);
+    value = format === 'json' ? JSON.parse(body.toString('utf8')) : unpackr.unpack(body);
   } catch (err) {
     throw new DomainError('invalid_request', `body: not valid ${format === 'json' ? 'JSON' : 'MessagePack'} (${String((err as Error)?.message ?? err).slice(0, 100)})`);
+  }
+  if (format === 'msgpack') plainData(value);
+  return value;
+}
+
+/**
+ * msgpackr turns its extension types into live objects (an Error whose name and message the sender chose,
+ * a Set, a RegExp, a Date): the schemas take any object for a map, so only maps, arrays, strings, numbers,
+ * booleans, nil and bin go further. A loop, not recursion: nesting can be thousands deep.
+ */
+function plainData(value: unknown): void {
+  const stack = [value];
+  while (stack.length) {
+    const v = stack.pop();
+    if (v === null || typeof v !== 'object' || v instanceof Uint8Array) continue;
+    if (Array.isArray(v)) {
+      for (const x of v) stack.push(x);
+      continue;
+    }
+    const proto = Object.getPrototypeOf(v);
+    if (proto !== Object.prototype && proto !== null) {
+      throw new DomainError('invalid_request', `body: MessagePack extension type not accepted (${String(proto?.constructor?.name ?? 'unknown').slice(0, 40)}); send plain maps and arrays`);
+    }
+    for (const x of Object.values(v)) stack.push(x);
   }
 }
 
