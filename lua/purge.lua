@@ -1,9 +1,10 @@
 --[[
   purge: delete from Redis the tokens of one virtual shard that can no longer change and that no satellite
-  call needs: revoked ones, and unredeemed ones past their expiresAt, made before a given time (and of one
-  campaign, if given). Postgres keeps them: each leaves a 'purged' event carrying its last row, and the
-  snapshot marks its row purged. Redeemed tokens stay (the owner's redemptions list and an idempotent retry
-  read them), so do reserved ones. A run of buckets a call (lua/includes/sweep.lua: budget, reply, and why).
+  call needs: revoked ones, and unredeemed ones past their expiresAt (also those still stored as reserved
+  whose lease lapsed: a sign-up abandoned), made before a given time (and of one campaign, if given).
+  Postgres keeps them: each leaves a 'purged' event carrying its last row, and the snapshot marks its row
+  purged. Redeemed tokens stay (the owner's redemptions list and an idempotent retry read them), so do
+  reserved ones whose lease holds. A run of buckets a call (lua/includes/sweep.lua: budget, reply, and why).
   KEYS[1] dict  KEYS[2] rs  KEYS[3] rd  KEYS[4] stats  KEYS[5] ev  KEYS[6..] consecutive buckets of the shard,
     starting at the one to sweep first (one hash tag {shard})
   ARGV[1] made before (ms)  ARGV[2] campaign id or ''  ARGV[3] shard number  ARGV[4] buckets per shard
@@ -25,14 +26,23 @@ if ARGV[2] ~= '' then
   if not camp then return { 'ok', 0, -1 } end
 end
 
+-- a reservation whose lease lapsed on an expired token: nothing can redeem, reserve or complete it any more
+local function lapsed(field)
+  local lease = string.match(redis.call('HGET', KEYS[2], field) or '', '^[^\t]*\t[^\t]*\t([^\t]*)')
+  return not lease or tonumber(lease) <= now
+end
+
 return sweep_records(function(bucket, prefix, field, state, _, c, created, expires)
-  local final = state == 'x' or (state == 'u' and expires and expires <= now)
-  if not (final and created < before and (not camp or c == camp)) then return false end
+  if not (created < before and (not camp or c == camp)) then return false end
+  local expired = expires and expires <= now
+  if not (state == 'x' or (state == 'u' and expired) or (state == 's' and expired and lapsed(field))) then return false end
   if not dry then
     local t = load_token(bucket, KEYS[1], KEYS[2], KEYS[3], prefix .. field, now)
     local row = reply('ok', t)
     redis.call('HDEL', bucket, field)
-    redis.call('HINCRBY', KEYS[4], t.sat .. '\t' .. row[3], '-1')
+    if state == 's' then redis.call('HDEL', KEYS[2], field) end
+    -- the stored state's count: the row reports a lapsed reservation as unredeemed
+    redis.call('HINCRBY', KEYS[4], t.sat .. '\t' .. STATE_NAME[state], '-1')
     redis.call('HINCRBY', KEYS[4], t.sat .. '\tpurged', '1')
     redis.call('XADD', KEYS[5], '*', 'type', 'purged', 'at', at, 'row', table.concat(row, '\t', 2, 14))
   end

@@ -156,8 +156,8 @@ export function register(program: Command): void {
     .option('--json', 'print {"purged"} (with --dry-run: {"wouldPurge"})')
     .addHelpText(
       'after',
-      '\nPurged: revoked tokens, and unredeemed ones past their expiresAt. Redeemed and reserved tokens stay\n' +
-        "(a user's redemptions are read from Redis). A purged token is gone from Redis: a redeem or lookup of it\n" +
+      '\nPurged: revoked tokens, and unredeemed ones past their expiresAt (also one whose reservation lapsed).\n' +
+        "Redeemed tokens stay (a user's redemptions are read from Redis), and so do reserved ones whose lease holds. A purged token is gone from Redis: a redeem or lookup of it\n" +
         'answers not found (404), no longer revoked/expired (410), and `export` and `tokens show` no longer have it.\n' +
         'Each leaves a "purged" event, so the snapshot keeps its last row, marked purged; restore and verify\n' +
         'leave it out of Redis. Without a snapshot (no writer ever running) a purged token is gone for good.\n' +

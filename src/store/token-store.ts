@@ -180,7 +180,7 @@ export class TokenStore {
   }
 
   /**
-   * Deletes revoked tokens, and unredeemed ones past their expiresAt, made before `madeBefore` (of one
+   * Deletes revoked tokens, and unredeemed ones past their expiresAt (a lapsed reservation too), made before `madeBefore` (of one
    * campaign if given), from Redis; Postgres keeps them, marked purged (lua/purge.lua). How many (`dryRun`:
    * how many would be, with nothing changed).
    */

@@ -141,7 +141,7 @@ export class TokenEngine {
   }
 
   /**
-   * Deletes from Redis the revoked tokens, and the unredeemed ones past their expiresAt, made before
+   * Deletes from Redis the revoked tokens, and the unredeemed ones past their expiresAt (a lapsed reservation too), made before
    * `madeBefore` (ms), of one campaign if given; Postgres keeps them. How many (`dryRun`: how many would be).
    */
   async purge(madeBefore: number, campaignId?: string, dryRun = false): Promise<number> {
