@@ -53,4 +53,20 @@ describe('campaign records (real Redis)', () => {
     for (const sat of sats) expect(Object.getOwnPropertyDescriptor(c.progress, sat)?.value, sat).toMatchObject({ usersListed: 5 });
     expect(JSON.parse(JSON.stringify(c)).progress.__proto__).toMatchObject({ usersListed: 5, status: 'done' });
   });
+
+  // the snapshot copies a refusal set only when this counter moves: a count apart from its record, lost
+  // to a crash between the two, left the refusal out of Postgres for good
+  it('records refused users and counts the new ones in the same step, in slices past Lua unpack limit', async () => {
+    const store = new CampaignStore(fx.redis, fx.prefix);
+    await store.open({ id: 'refusing', perUser: 1, satellites: ['s1'], createdAt: 1 });
+    expect(await store.recordRefused('refusing', 's1', ['u1', 'u2'])).toBe(2);
+    expect((await store.progress('refusing', 's1')).usersRefused).toBe(2);
+    expect(await store.recordRefused('refusing', 's1', ['u2', 'u3'])).toBe(1);
+    const many = Array.from({ length: 12_000 }, (_, i) => `m${i}`);
+    expect(await store.recordRefused('refusing', 's1', many)).toBe(12_000);
+    expect((await store.progress('refusing', 's1')).usersRefused).toBe(12_003);
+    let listed = 0;
+    for await (const page of store.refusedUsers('refusing', 's1')) listed += page.length;
+    expect(listed).toBe(12_003);
+  });
 });

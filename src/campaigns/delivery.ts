@@ -26,8 +26,8 @@ export interface DeliveryDeps {
   batch: number;
   /** before each push; throws to stop the run (the campaign was revoked) */
   beforePush(): Promise<void>;
-  /** into the run's report and the campaign's progress */
-  count(counter: Counter, n: number): Promise<void>;
+  /** into the run's report and, unless `stored` (the store counted it with its record), the campaign's progress */
+  count(counter: Counter, n: number, stored?: boolean): Promise<void>;
   onProgress?(event: 'tokensToDeliver', n: number): void;
 }
 
@@ -159,7 +159,7 @@ export class Delivery {
     await this.d.count('tokensDelivered', done.reduce((n, u) => n + whole.get(u)!, 0));
   }
 
-  /** Revokes the campaign's tokens of each refused user (user id -> why), then records the user refused. */
+  /** Revokes the campaign's tokens of each refused user (user id -> why), then records and counts the user refused. */
   private async refuse(refused: Map<string, string>): Promise<void> {
     if (refused.size === 0) return;
     const users = [...refused.keys()];
@@ -170,6 +170,6 @@ export class Delivery {
     const fresh = await this.d.campaigns.recordRefused(this.d.campaignId, this.d.satelliteId, users);
     for (const u of users) this.refused.add(u);
     this.refusal ??= `user "${users[0]}": ${refused.get(users[0]!)}`;
-    await this.d.count('usersRefused', fresh);
+    await this.d.count('usersRefused', fresh, true);
   }
 }

@@ -94,7 +94,7 @@ class SatelliteRun {
       engine: o.engine,
       batch: o.deliverBatch,
       beforePush: () => this.refuseRevoked(),
-      count: (counter, n) => this.count(counter, n),
+      count: (counter, n, stored) => this.count(counter, n, stored),
       onProgress: (event, n) => o.onProgress?.(this.sat, event, n),
     });
     this.report = { satelliteId: s.id, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, status: o.dryRun ? 'dry-run' : 'done' };
@@ -238,11 +238,11 @@ class SatelliteRun {
     if (n > 0) this.o.onProgress?.(this.sat, event, n);
   }
 
-  /** Counts for this run's report, the campaign's totals and the progress bar. */
-  private async count(counter: Counter, n: number): Promise<void> {
+  /** Counts for this run's report, the campaign's totals (unless `stored` counted them already) and the progress bar. */
+  private async count(counter: Counter, n: number, stored = false): Promise<void> {
     if (n === 0) return;
     this.report[counter] += n;
     this.o.onProgress?.(this.sat, counter, n);
-    if (!this.o.dryRun) await this.o.campaigns.count(this.id, this.sat, counter, n);
+    if (!this.o.dryRun && !stored) await this.o.campaigns.count(this.id, this.sat, counter, n);
   }
 }

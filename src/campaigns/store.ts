@@ -34,10 +34,13 @@ export function campaignNotFound(id: string): never {
  */
 export class CampaignStore {
   private readonly openScript: ScriptFn;
+  private readonly refuseScript: ScriptFn;
   private readonly keys: CampaignKeys;
   private readonly revokedKey: string;
   constructor(private readonly redis: RedisClient, prefix: string) {
-    this.openScript = defineScripts(redis, ['campaign_open']).campaign_open!;
+    const scripts = defineScripts(redis, ['campaign_open', 'campaign_refuse']);
+    this.openScript = scripts.campaign_open!;
+    this.refuseScript = scripts.campaign_refuse!;
     this.keys = new CampaignKeys(prefix);
     this.revokedKey = new Keys(prefix).revokedCampaigns();
   }
@@ -172,9 +175,18 @@ export class CampaignStore {
     return dlv.map((v, i) => v === 1 || rej[i] === 1);
   }
 
-  /** Returns how many of them were not recorded refused before. */
+  /**
+   * Records the users refused and adds those not recorded before to the usersRefused counter, in one step
+   * per slice (lua/campaign_refuse.lua says why). Returns how many were new.
+   */
   async recordRefused(id: string, sat: string, userIds: string[]): Promise<number> {
-    return userIds.length > 0 ? this.redis.sadd(this.keys.refused(id, sat), ...userIds) : 0;
+    // Lua's unpack() takes at most ~8,000 values
+    const SLICE = 5000;
+    let fresh = 0;
+    for (let i = 0; i < userIds.length; i += SLICE) {
+      fresh += Number(await this.refuseScript([this.keys.refused(id, sat), this.keys.progress(id, sat)], userIds.slice(i, i + SLICE)));
+    }
+    return fresh;
   }
 
   /** The users a satellite refused in this campaign (recordRefused), in pages of SSCAN, unordered. */

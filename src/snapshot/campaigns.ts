@@ -48,10 +48,10 @@ const ADD_REFUSALS = `
  * not rebuildable from the tokens table). A running campaign changes its counters with every page, so
  * the records are read at most every 2 s (three round trips for all of them) and only the campaigns that
  * changed are written; once a minute all are, which mends a copy an overlapping ex-holder of the lease
- * wrote late. A refusal set is read again when its satellite's usersRefused counter moved (the set is
- * added to before the counter); its rows are only ever added, so a late copy cannot undo a newer one.
- * Nothing is ever deleted: a campaign missing from Redis (a writer started on an emptied Redis) is kept
- * for restore.
+ * wrote late. A refusal set is read again when its satellite's usersRefused counter moved (the set and
+ * the counter change in one step, lua/campaign_refuse.lua); its rows are only ever added, so a late copy
+ * cannot undo a newer one. Nothing is ever deleted: a campaign missing from Redis (a writer started on
+ * an emptied Redis) is kept for restore.
  */
 export class CampaignCopy extends PeriodicCopy<Changes> {
   private readonly keys: CampaignKeys;
