@@ -179,6 +179,15 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     expect((await verify(fx.redis, pool, fx.prefix)).listed.filter((d) => d.token.includes('{camp:older}'))).toEqual([]);
   });
 
+  // a revoked campaign is never resumed: zeroing its delivered count (as for a resumable satellite) lost it for good
+  it('a satellite whose run the campaign revoke stopped keeps its counters through a restore', async () => {
+    const progress = { 'sat-v': { usersListed: 9, usersServed: 6, tokensMade: 12, tokensDelivered: 8, usersRefused: 1, failures: 0, status: 'revoked', lastError: 'campaign "stopped" was revoked' } };
+    await pool.query('INSERT INTO campaigns (id, meta, progress) VALUES ($1, $2, $3)', ['stopped', JSON.stringify({ perUser: 2, satellites: ['sat-v'], createdAt: 1 }), JSON.stringify(progress)]);
+    expect(await restoreCampaigns(fx.redis, pool, fx.prefix)).toMatchObject({ restored: 1 });
+    expect((await new CampaignStore(fx.redis, fx.prefix).get('stopped'))?.progress['sat-v']).toEqual(progress['sat-v']);
+    expect((await pool.query('SELECT progress FROM campaigns WHERE id = $1', ['stopped'])).rows[0].progress).toEqual(progress);
+  });
+
   it('campaigns results: what became of the tokens, per owner satellite, from the snapshot', async () => {
     const sim = await satellite('sat-r', 10);
     const w = await writer(fx.prefix);

@@ -133,13 +133,14 @@ async function* refusedUsers(pool: pg.Pool, id: string, sat: string): AsyncGener
 
 /**
  * What Redis gets for a satellite: a `done` one delivered every user it made but those it refused, so
- * they are recorded delivered. Any other has no delivery recorded (the snapshot does not hold the list),
- * so `--resume` sends every made user but the refused ones again (satellites store a batch idempotently)
- * and counts those tokens then: its delivered counter starts at 0, or it would count them twice. A
- * `running` one lost its run.
+ * they are recorded delivered. A `revoked` one is never resumed (the campaign's revocation comes back
+ * too), so its counters are history and stay. Any other has no delivery recorded (the snapshot does not
+ * hold the list), so `--resume` sends every made user but the refused ones again (satellites store a
+ * batch idempotently) and counts those tokens then: its delivered counter starts at 0, or it would count
+ * them twice. A `running` one lost its run.
  */
 function restoredProgress(p: SatelliteProgress): SatelliteProgress {
-  if (p.status === 'done') return p;
+  if (p.status === 'done' || p.status === 'revoked') return p;
   const q = { ...p, tokensDelivered: 0 };
   return p.status === 'running' ? { ...q, status: 'failed', lastError: RESTORED_RUNNING } : q;
 }
