@@ -2,10 +2,10 @@ import { spawnSync } from 'node:child_process';
 import http from 'node:http';
 import { Pool } from 'undici';
 import { afterAll, describe, expect, it } from 'vitest';
-import { freePort, startCluster } from '../bench/redis-server.js';
+import { freePort } from '../bench/redis-server.js';
 import { createRedis } from '../src/store/redis.js';
 import { runCli } from './helpers/cli.js';
-import { ADMIN_KEY, call, privateRedis, serve, type Reply, type RestartableRedis, type Served } from './helpers/http.js';
+import { ADMIN_KEY, call, privateRedis, serve, testCluster, type Reply, type RestartableRedis, type Served } from './helpers/http.js';
 import { dropPrefix, engineFixture, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 import { AdminClient } from '../src/client/admin.js';
 
@@ -223,7 +223,7 @@ describe('serve processes', () => {
   });
 
   it('answers 503 store_unavailable, not 500, while a Redis Cluster is down (a master lost, CLUSTERDOWN)', async () => {
-    const cluster = await startCluster(3, ['--cluster-node-timeout', '500']);
+    const cluster = await testCluster(3, ['--cluster-node-timeout', '500']);
     const server = await serve({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'rm-test' });
     const pool = new Pool(server.url, { connections: 8 });
     try {
@@ -251,7 +251,7 @@ describe('serve processes', () => {
   it('/readyz on a Redis Cluster: 503 naming the master while one is killed or hangs (the others still answer), 200 once it is back', async () => {
     // the others do not mark a lost master failed within the test (they would answer CLUSTERDOWN): the
     // case where every other master answers and says cluster_state:ok, and only its slots are lost
-    const cluster = await startCluster(3, ['--cluster-node-timeout', '600000']);
+    const cluster = await testCluster(3, ['--cluster-node-timeout', '600000']);
     // under 1 s, so the hung master is named only if its probe (half of this) gives up before the deadline
     const server = await serve({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'rm-test', REQUEST_TIMEOUT_MS: '900' });
     const pool = new Pool(server.url, { connections: 2 });

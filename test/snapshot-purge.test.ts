@@ -11,13 +11,14 @@ describe('purge and the snapshot (real Redis, real Postgres)', () => {
 
   it('purged tokens keep their last row in Postgres, marked purged; verify agrees; restore leaves them out and keeps the counters', async () => {
     snap.writer = await startSnapshotWriter(loadConfig({ keyPrefix: snap.fx.prefix, databaseUrl: snap.db.url }), { log: () => {} });
-    const soon = Date.now() + 300;
+    // long enough for the changes below to land before it on a loaded machine
+    const soon = Date.now() + 2000;
     const owners = (sat: string) => Array.from({ length: 100 }, (_, i) => ({ ownerSatelliteId: sat, ownerUserId: `u${i}` }));
     const a = (await snap.fx.engine.generate({ owners: owners('sat-a'), perUser: 3, campaignId: 'old' })).tokens.map((t) => t.token);
     const b = (await snap.fx.engine.generate({ owners: owners('sat-b'), perUser: 2, campaignId: 'short', expiresAt: soon })).tokens.map((t) => t.token);
-    await each(a.slice(0, 120), 8, (t) => snap.fx.engine.revokeToken(t));
-    await each(a.slice(120, 180), 8, (t, i) => snap.fx.engine.redeem(t, 'sat-b', `new${i}`));
-    await each(b.slice(0, 50), 8, (t, i) => snap.fx.engine.redeem(t, 'sat-a', `joined${i}`));
+    await each(a.slice(0, 120), 8, async (t) => expect((await snap.fx.engine.revokeToken(t)).code).toBe('ok'));
+    await each(a.slice(120, 180), 8, async (t, i) => expect((await snap.fx.engine.redeem(t, 'sat-b', `new${i}`)).code).toBe('ok'));
+    await each(b.slice(0, 50), 8, async (t, i) => expect((await snap.fx.engine.redeem(t, 'sat-a', `joined${i}`)).code).toBe('ok'));
     await sleep(Math.max(0, soon + 30 - Date.now()));
 
     const counted = await snap.fx.engine.stats();

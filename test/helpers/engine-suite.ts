@@ -1053,16 +1053,17 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
       it('deletes revoked and expired tokens made before the cutoff, keeps the rest, counts them purged, one event each', async () => {
         const sat = uniq('sat');
         const campaignId = uniq('camp');
-        const soon = Date.now() + 300;
+        // long enough for the calls below to land before it, on a loaded machine and on Cluster
+        const soon = Date.now() + 1500;
         const a = await mint(6, { sat, user: uniq('user'), campaignId, expiresAt: soon });
         const b = await mint(3, { sat, user: uniq('user') });
         const [revoked, expired, used, held, lapsedHeld] = a.tokens as [string, string, string, string, string];
         const [openB, revokedB, revokedLater] = b.tokens as [string, string, string];
         await engine.revokeToken(revoked);
         await engine.revokeToken(revokedB);
-        await engine.redeem(used, 'r', 'newcomer');
-        await engine.reserve(held, 'holder', 60_000);
-        await engine.reserve(lapsedHeld, 'holder', 50);
+        expect((await engine.redeem(used, 'r', 'newcomer')).code).toBe('ok');
+        expect((await engine.reserve(held, 'holder', 60_000)).code).toBe('ok');
+        expect((await engine.reserve(lapsedHeld, 'holder', 50)).code).toBe('ok');
         await sleepUntil(soon + 30);
         const cutoff = Date.now();
         await sleep(5);

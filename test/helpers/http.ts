@@ -5,7 +5,7 @@ import path from 'node:path';
 import { Packr } from 'msgpackr';
 import { Pool } from 'undici';
 import { afterAll } from 'vitest';
-import { freePort, kill, waitForOutput } from '../../bench/redis-server.js';
+import { freePort, kill, startCluster, waitForOutput, type RedisClusterHandle } from '../../bench/redis-server.js';
 
 const MAIN = path.resolve('dist/cli/main.js');
 
@@ -19,6 +19,17 @@ afterAll(async () => {
   await Promise.all([...leftovers].map((stop) => stop().catch(() => undefined)));
   leftovers.clear();
 });
+/** A Redis Cluster (bench/redis-server.ts) that the leftovers stop too, when a test fails before its own finally. */
+export async function testCluster(masters: number, args: string[]): Promise<RedisClusterHandle> {
+  const cluster = await startCluster(masters, args);
+  const stop = async () => {
+    leftovers.delete(stop);
+    await cluster.stop();
+  };
+  leftovers.add(stop);
+  return { ...cluster, stop };
+}
+
 export const ADMIN_KEY = 'test-admin-key-0123456789abcdefghijklmnop';
 const packr = new Packr({ useRecords: false });
 
