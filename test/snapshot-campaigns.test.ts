@@ -8,7 +8,7 @@ import { openPostgres, restoreCampaigns, startSnapshotWriter, verify, type Snaps
 import { runCli } from './helpers/cli.js';
 import { testDatabase } from './helpers/pg.js';
 import { dropPrefix, engineFixture, testPrefix, type EngineFixture } from './helpers/redis.js';
-import { caughtUp, sleep } from './helpers/snapshot.js';
+import { caughtUp, firstRoundDone, sleep } from './helpers/snapshot.js';
 
 type CampRow = { id: string; meta: Record<string, unknown>; progress: Record<string, Record<string, unknown>> };
 
@@ -161,7 +161,7 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     const before = await rows();
     expect(before.map((r) => r.id)).toEqual(['killed', 'spring']);
     const w = await writer(emptied);
-    await sleep(2500); // past two reads of the (empty) campaign listing
+    await firstRoundDone(fx.redis, emptied);
     expect(await rows()).toEqual(before);
     const listed = (await verify(fx.redis, pool, emptied, 10_000)).listed.filter((d) => d.token.includes('{camp:'));
     expect(listed).toEqual([

@@ -2,12 +2,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { loadConfig } from '../src/config.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
-import { GROUP } from '../src/snapshot/lag.js';
-import { Keys } from '../src/store/keys.js';
 import { openPostgres, restoreFromPostgres, restoreSatellites, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { testDatabase } from './helpers/pg.js';
 import { dropPrefix, engineFixture, testPrefix, type EngineFixture } from './helpers/redis.js';
-import { caughtUp, sleep } from './helpers/snapshot.js';
+import { caughtUp, firstRoundDone, sleep } from './helpers/snapshot.js';
 
 type SatRow = { id: string; fields: Record<string, string>; api_keys: Record<string, string> };
 
@@ -96,15 +94,7 @@ describe('satellites reach Postgres and come back with restore (real Redis, real
     const before = await rows();
     expect(before.map((r) => r.id)).toEqual(['sat-a']);
     const w = await writer(emptied);
-    // not a sleep, which a slow first round outlasts: a writer reads the streams (XREADGROUP, which
-    // makes its consumer in the group) only after copying the registry in the same round, so once the
-    // consumer shows, the empty registry has been read and copied
-    const events0 = new Keys(emptied).events(0);
-    const consumers = () => (fx.redis.xinfo('CONSUMERS', events0, GROUP) as Promise<unknown[]>).catch(() => []);
-    for (const end = Date.now() + 30_000; (await consumers()).length === 0; ) {
-      if (Date.now() > end) throw new Error('the writer on the emptied prefix never read its streams');
-      await sleep(50);
-    }
+    await firstRoundDone(fx.redis, emptied);
     expect(await rows()).toEqual(before);
     const listed = (await verify(fx.redis, pool, emptied)).listed.filter((d) => d.token.includes('{sat}'));
     expect(listed).toEqual([{ token: `${emptied}:{sat}:s:sat-a`, kind: 'only_postgres' }]);

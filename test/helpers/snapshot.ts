@@ -2,7 +2,8 @@ import type pg from 'pg';
 import { afterAll, beforeAll } from 'vitest';
 import { openPostgres, type SnapshotWriter } from '../../src/snapshot/index.js';
 import type { RedisClient } from '../../src/store/redis.js';
-import { sampleLag } from '../../src/snapshot/lag.js';
+import { GROUP, sampleLag } from '../../src/snapshot/lag.js';
+import { Keys } from '../../src/store/keys.js';
 import type { TokenEngine } from '../../src/tokens/engine.js';
 import { testDatabase } from './pg.js';
 import { dropPrefix, engineFixture, testPrefix, type EngineFixture } from './redis.js';
@@ -43,6 +44,20 @@ export async function caughtUp(redis: RedisClient, prefix: string, pool: pg.Pool
     if (lag.events === 0 && n >= events) return;
     if (Date.now() > end) throw new Error(`not caught up: lag ${lag.events}, ${n}/${events} events in Postgres`);
     await sleep(100);
+  }
+}
+
+/**
+ * Waits until a writer just started on `prefix` has done its first round. Not a sleep, which a slow first
+ * round outlasts: a writer reads the streams (XREADGROUP, which makes its consumer in the group) only
+ * after copying the registry, the revocations and the campaigns in the same round, so once the consumer
+ * shows, those have been read and copied.
+ */
+export async function firstRoundDone(redis: RedisClient, prefix: string, timeoutMs = 30_000): Promise<void> {
+  const events0 = new Keys(prefix).events(0);
+  const consumers = () => (redis.xinfo('CONSUMERS', events0, GROUP) as Promise<unknown[]>).catch(() => []);
+  for (const end = Date.now() + timeoutMs; (await consumers()).length === 0; await sleep(50)) {
+    if (Date.now() > end) throw new Error(`the writer on ${prefix} never read its streams`);
   }
 }
 
