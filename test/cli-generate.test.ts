@@ -217,6 +217,31 @@ describe('a satellite that fails half-way, then --resume', () => {
   });
 });
 
+describe('--resume after one of the campaign\'s satellites was removed', () => {
+  let w: Awaited<ReturnType<typeof world>>;
+  beforeAll(async () => {
+    // the last one fails half-way
+    w = await world(['sat-gone', 'sat-left'], { failAfter: (USERS * PER_USER) / 2 });
+  });
+  afterAll(() => w?.close());
+
+  it('serves the others and reports the removed one skipped (exit 0), instead of failing the whole resume', async () => {
+    const first = await w.gen(['--all', '--per-user', String(PER_USER), '--campaign', 'orphaned', '--json']);
+    expect(first.code).toBe(1);
+    const removed = await runCli(['satellites', 'remove', 'sat-gone'], w.env);
+    expect(removed.code, removed.stderr).toBe(0);
+    await control(w.sims['sat-left']!, 'POST', '/sim/fail', { after: null });
+
+    const resumed = await w.gen(['--resume', 'orphaned', '--json']);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    const byId = Object.fromEntries(JSON.parse(resumed.stdout).satellites.map((r: { satelliteId: string }) => [r.satelliteId, r]));
+    expect(byId['sat-gone']).toMatchObject({ status: 'skipped', error: expect.stringMatching(/no longer registered/), tokensMade: 0 });
+    expect(byId['sat-left']).toMatchObject({ status: 'done' });
+    expect(resumed.stderr).toMatch(/satellite sat-gone skipped: no longer registered/);
+    await expectServed(w.fx, 'sat-left', w.sims['sat-left']!, PER_USER, 'orphaned');
+  });
+});
+
 describe('a satellite refusing some users (accounts closed after the listing)', () => {
   let w: Awaited<ReturnType<typeof world>>;
   beforeAll(async () => {

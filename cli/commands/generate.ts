@@ -1,4 +1,5 @@
 import { Command, Option } from 'commander';
+import { quote } from 'shell-quote';
 import { CLAIM_TTL_MS, CampaignStore, type CampaignMeta } from '../../src/campaigns/store.js';
 import { runCampaign, type FlowSatellite, type SatelliteReport } from '../../src/campaigns/flow.js';
 import { SatelliteRegistry } from '../../src/satellites/registry.js';
@@ -39,6 +40,14 @@ Exit 1 when a satellite failed (the others still ran); the summary says how to r
 
 /** why --all skips a satellite */
 const NO_URL = 'no url registered';
+const REMOVED = 'no longer registered (satellites remove)';
+
+/** An id as a shell word, so a suggested command can be pasted whatever the id holds. */
+const sh = (id: string): string => quote([id]);
+
+const skippedReport = (satelliteId: string, error: string): SatelliteReport => ({
+  satelliteId, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, status: 'skipped', error,
+});
 
 export function register(program: Command): void {
   program
@@ -120,13 +129,18 @@ export function register(program: Command): void {
           const satellites: FlowSatellite[] = [];
           const skipped: SatelliteReport[] = [];
           for (const satId of chosen) {
-            const s = await registry.require(satId);
-            if (s.url) satellites.push(s.outboundKey ? { id: s.id, url: s.url, outboundKey: s.outboundKey } : { id: s.id, url: s.url });
+            // a campaign's satellite removed since: the others are still served (nothing adds it back to a campaign)
+            const s = opts.resume !== undefined ? await registry.get(satId) : await registry.require(satId);
+            if (!s) skipped.push(skippedReport(satId, REMOVED));
+            else if (s.url) satellites.push(s.outboundKey ? { id: s.id, url: s.url, outboundKey: s.outboundKey } : { id: s.id, url: s.url });
             // --all means every satellite that can be served; a named one (or a campaign's own) must be
-            else if (opts.all) skipped.push({ satelliteId: satId, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, status: 'skipped', error: NO_URL });
-            else throw new Error(`satellite "${satId}" has no url: referral-manager satellites update ${satId} --url <url>`);
+            else if (opts.all) skipped.push(skippedReport(satId, NO_URL));
+            else throw new Error(`satellite "${satId}" has no url: referral-manager satellites update ${sh(satId)} --url <url>`);
           }
-          if (satellites.length === 0) throw new Error(`no registered satellite has a url: nothing to serve (${skipped.map((r) => r.satelliteId).join(', ')} ${NO_URL}; referral-manager satellites update <id> --url <url> gives one)`);
+          if (satellites.length === 0) {
+            if (opts.resume !== undefined) throw new Error(`campaign "${id}" has no satellite left to serve: ${skipped.map((r) => r.satelliteId).join(', ')} ${REMOVED}`);
+            throw new Error(`no registered satellite has a url: nothing to serve (${skipped.map((r) => r.satelliteId).join(', ')} ${NO_URL}; referral-manager satellites update <id> --url <url> gives one)`);
+          }
           // a skipped satellite stays out of the campaign's record: it is not pending there, and running the
           // same --all --campaign again once it has a url adds and serves it
           const satIds = satellites.map((s) => s.id);
@@ -158,7 +172,10 @@ export function register(program: Command): void {
           );
           bars?.stop();
           print(id, [...reports, ...skipped], opts);
-          for (const r of skipped) console.error(`satellite ${r.satelliteId} skipped: ${NO_URL}; after referral-manager satellites update ${r.satelliteId} --url <url>, referral-manager generate --all --per-user ${campaign.perUser} --campaign ${id} serves it`);
+          for (const r of skipped) {
+            if (r.error === REMOVED) console.error(`satellite ${r.satelliteId} skipped: ${REMOVED}; the campaign serves its other satellites`);
+            else console.error(`satellite ${r.satelliteId} skipped: ${NO_URL}; after referral-manager satellites update ${sh(r.satelliteId)} --url <url>, referral-manager generate --all --per-user ${campaign.perUser} --campaign ${sh(id)} serves it`);
+          }
           const failed = reports.filter((r) => r.status === 'failed');
           const revoked = reports.filter((r) => r.status === 'revoked');
           for (const r of reports.filter((r) => r.usersRefused > 0)) {
@@ -166,8 +183,10 @@ export function register(program: Command): void {
           }
           for (const r of revoked) console.error(`satellite ${r.satelliteId} stopped: ${r.error}`);
           for (const r of failed) console.error(`satellite ${r.satelliteId} failed: ${r.error}`);
-          // a revoked campaign cannot be resumed
-          if (failed.length && !revoked.length) console.error(`campaign ${id} is incomplete; after fixing the satellite run: referral-manager generate --resume ${id}`);
+          // a revoked campaign cannot be resumed, and a dry run recorded no campaign to resume
+          if (failed.length && !revoked.length) {
+            console.error(opts.dryRun ? `campaign ${id}: a satellite failed in the dry run; after fixing it run the dry run again` : `campaign ${id} is incomplete; after fixing the satellite run: referral-manager generate --resume ${sh(id)}`);
+          }
           if (failed.length || revoked.length) process.exitCode = 1;
         } finally {
           await run?.release();
