@@ -254,6 +254,15 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       for (const t of other.slice(1)) expect((await fx.engine.lookup(t))!.state).toBe('revoked');
       // u1's last open token is untouched by both
       expect((await fx.engine.lookup(u1[2]!))!.state).toBe('unredeemed');
+      expect(camp.stderr).toBe('');
+      // a mistyped campaign id revokes nothing, and says so
+      const typo = await cli('tokens', 'revoke', '--campaign', 'camp-othr', '--json');
+      expect([typo.code, JSON.parse(typo.stdout), typo.stderr]).toEqual([0, { revoked: 0 }, expect.stringMatching(/^note: generate has no campaign "camp-othr" and no open token of it was found: check the id/)]);
+    });
+
+    it('purge --older-than longer than the epoch purges nothing (it was a confusing madeBefore usage error)', async () => {
+      const r = await cli('tokens', 'purge', '--older-than', '200000d', '--dry-run', '--json');
+      expect([r.code, r.stderr, JSON.parse(r.stdout || 'null')]).toEqual([0, '', { wouldPurge: 0 }]);
     });
 
     it("revoke --satellite --all-users revokes every open token of every user of that satellite, and only those", async () => {

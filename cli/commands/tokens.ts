@@ -1,7 +1,9 @@
 import type { Command } from 'commander';
+import { CampaignStore } from '../../src/campaigns/store.js';
 import type { Config } from '../../src/config.js';
 import { DomainError } from '../../src/errors.js';
 import type { Token } from '../../src/store/model.js';
+import type { RedisClient } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { isToken } from '../../src/tokens/validate.js';
@@ -9,10 +11,10 @@ import { configFrom, connectRedis } from '../context.js';
 import { invalidIsUsage, parseDuration, table, when } from '../format.js';
 
 /** Opens an engine (scripts run by EVALSHA with an EVAL fallback, so nothing to preload), always disconnects. */
-async function withEngine<T>(config: Config, fn: (e: TokenEngine) => Promise<T>): Promise<T> {
+async function withEngine<T>(config: Config, fn: (e: TokenEngine, redis: RedisClient) => Promise<T>): Promise<T> {
   const redis = await connectRedis(config);
   try {
-    return await fn(new TokenEngine(new TokenStore(redis, config.keyPrefix)));
+    return await fn(new TokenEngine(new TokenStore(redis, config.keyPrefix)), redis);
   } finally {
     redis.disconnect();
   }
@@ -137,9 +139,16 @@ export function register(program: Command): void {
       return;
     }
     const revoked = await invalidIsUsage(this, () =>
-      withEngine(config, (e) =>
-        opts.campaign !== undefined ? e.revokeCampaign(opts.campaign) : opts.allUsers ? e.revokeSatellite(opts.satellite!) : e.revokeOwner(opts.satellite!, opts.user!),
-      ),
+      withEngine(config, async (e, redis) => {
+        if (opts.campaign === undefined) return opts.allUsers ? e.revokeSatellite(opts.satellite!) : e.revokeOwner(opts.satellite!, opts.user!);
+        const n = await e.revokeCampaign(opts.campaign);
+        // the id is registered revoked whatever it names (an id only the admin route used has no record):
+        // a mistyped one would otherwise pass unnoticed, its real campaign untouched
+        if (n === 0 && !(await new CampaignStore(redis, config.keyPrefix).meta(opts.campaign))) {
+          console.error(`note: generate has no campaign "${opts.campaign}" and no open token of it was found: check the id. It is registered revoked all the same (no generate will make tokens for it)`);
+        }
+        return n;
+      }),
     );
     if (opts.json) console.log(JSON.stringify({ revoked }));
     else if (opts.campaign !== undefined) console.log(`revoked ${revoked} tokens of campaign "${opts.campaign}"`);
@@ -168,7 +177,8 @@ export function register(program: Command): void {
   purge.action(async function (this: Command, opts: { olderThan: string; campaign?: string; dryRun?: boolean; json?: boolean }) {
     const age = parseDuration(opts.olderThan);
     if (age === undefined) this.error('error: --older-than must look like 180d, 12w, 36h', { exitCode: 2 });
-    const madeBefore = Date.now() - age;
+    // older than the epoch: nothing is that old (the engine takes no negative time)
+    const madeBefore = Math.max(0, Date.now() - age);
     const dry = opts.dryRun === true;
     const n = await invalidIsUsage(this, () => withEngine(configFrom(this), (e) => e.purge(madeBefore, opts.campaign, dry)));
     if (opts.json) console.log(JSON.stringify(dry ? { wouldPurge: n } : { purged: n }));
