@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, type Config } from '../src/config.js';
+import { Redis } from 'ioredis';
 import { createRedis, whenReady, type RedisClient } from '../src/store/redis.js';
 import { openPostgres } from '../src/snapshot/index.js';
 
@@ -52,6 +53,7 @@ export function configFrom(cmd: Command, extra: Partial<Record<keyof Config, unk
  */
 export async function connectRedis(config: Config): Promise<RedisClient> {
   const redis = createRedis(config);
+  const where = config.redisClusterNodes.length > 0 ? `cluster ${config.redisClusterNodes.join(',')}` : 'REDIS_URL';
   let last: Error | undefined;
   // reconnects by itself; a failure mid-command surfaces as that command's error
   redis.on('error', (err: Error) => (last = err));
@@ -59,9 +61,33 @@ export async function connectRedis(config: Config): Promise<RedisClient> {
     await whenReady(redis, CONNECT_WAIT_MS);
   } catch {
     redis.disconnect();
-    throw new Error(`cannot reach Redis (${config.redisClusterNodes.length > 0 ? `cluster ${config.redisClusterNodes.join(',')}` : 'REDIS_URL'}) within ${CONNECT_WAIT_MS / 1000} s: ${last?.message ?? 'no answer'}`);
+    throw new Error(`cannot reach Redis (${where}) within ${CONNECT_WAIT_MS / 1000} s: ${last?.message ?? 'no answer'}`);
   }
+  // a Cluster client keeps queueing while every master is gone, as before
+  if (redis instanceof Redis) giveUpWhenLost(redis, where, () => last);
   return redis;
+}
+
+/**
+ * Lost for 10 s once connected (a restart takes less), a command gives up: what waits fails at the next
+ * reconnect attempt (within 2 s) and what follows fails at once. Before, each command retried for tens
+ * of seconds, and a failed generate's clean-up (undo, status, releasing its claims) took minutes to end.
+ * The client still reconnects; ioredis reads both options at each use.
+ */
+function giveUpWhenLost(redis: Redis, where: string, last: () => Error | undefined): void {
+  let lost: NodeJS.Timeout | undefined;
+  // 'reconnecting', not 'close': the command's own disconnect at its end closes too
+  redis.on('reconnecting', () => {
+    lost ??= setTimeout(() => {
+      console.error(`error: lost Redis (${where}) for ${CONNECT_WAIT_MS / 1000} s: ${last()?.message ?? 'no answer'}; giving up`);
+      redis.options.enableOfflineQueue = false;
+      redis.options.maxRetriesPerRequest = 0;
+    }, CONNECT_WAIT_MS).unref();
+  });
+  redis.on('ready', () => {
+    clearTimeout(lost);
+    lost = undefined;
+  });
 }
 
 /**
