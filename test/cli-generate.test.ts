@@ -121,7 +121,7 @@ describe('generate over two satellites', () => {
   beforeAll(async () => {
     w = await world(['sat-a', 'sat-b']);
   });
-  afterAll(() => w.close());
+  afterAll(() => w?.close());
 
   it('gives every user of both satellites exactly 3 tokens, all in Redis, all owned right', async () => {
     const run = await w.gen(['--satellite', 'sat-a', '--satellite', 'sat-b', '--per-user', String(PER_USER), '--campaign', 'spring', '--json']);
@@ -184,7 +184,7 @@ describe('a satellite that fails half-way, then --resume', () => {
     // sat-d refuses deliveries once it has accepted half of its tokens
     w = await world(['sat-c', 'sat-d'], { failAfter: (USERS * PER_USER) / 2 });
   });
-  afterAll(() => w.close());
+  afterAll(() => w?.close());
 
   it('reports the failing satellite, serves the other, and resume delivers the rest: nothing lost, nothing doubled', async () => {
     const first = await w.gen(['--all', '--per-user', String(PER_USER), '--campaign', 'autumn', '--batch-size', '1500', '--json']);
@@ -247,7 +247,7 @@ describe('a satellite refusing some users (accounts closed after the listing)', 
   beforeAll(async () => {
     w = await world(['sat-r'], { failAfter: (USERS * PER_USER) / 2 });
   });
-  afterAll(() => w.close());
+  afterAll(() => w?.close());
 
   it('--resume delivers to every other user, revokes the refused users\' tokens, and does not push them again', async () => {
     const first = await w.gen(['--all', '--per-user', String(PER_USER), '--campaign', 'closed', '--batch-size', '1500', '--json']);
@@ -296,7 +296,7 @@ describe('dry run and usage', () => {
   beforeAll(async () => {
     w = await world(['sat-e']);
   });
-  afterAll(() => w.close());
+  afterAll(() => w?.close());
 
   async function keyCount(): Promise<number> {
     let n = 0;
@@ -365,7 +365,7 @@ describe('dry run of a campaign with tokens made but not delivered', () => {
   beforeAll(async () => {
     w = await world(['sat-f'], { failAfter: (USERS * PER_USER) / 2 });
   });
-  afterAll(() => w.close());
+  afterAll(() => w?.close());
 
   it('--resume --dry-run and --campaign --dry-run deliver nothing and record nothing', async () => {
     const first = await w.gen(['--all', '--per-user', String(PER_USER), '--campaign', 'winter', '--batch-size', '1500']);
@@ -392,7 +392,7 @@ describe('--all with a satellite registered without a url (it only redeems)', ()
     w = await world(['sat-h']);
     await new SatelliteRegistry(w.fx.redis, w.fx.prefix).add({ id: 'redeem-only' });
   });
-  afterAll(() => w.close());
+  afterAll(() => w?.close());
 
   it('serves the others, reports it skipped (exit 0), keeps it out of the campaign, and serves it on the same run once it has a url', async () => {
     const dry = await w.gen(['--all', '--per-user', '2', '--campaign', 'mixed', '--dry-run']);

@@ -75,7 +75,7 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     for (const w of writers) await w.stop();
     for (const s of sims) await s.close();
     await pool?.end();
-    await dropPrefix(fx.redis, emptied);
+    if (fx) await dropPrefix(fx.redis, emptied);
     await fx?.close();
     await db?.drop();
   });

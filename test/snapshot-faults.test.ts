@@ -3,7 +3,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { engineFixture } from './helpers/redis.js';
+import { engineFixture, SHARED_REDIS_URL } from './helpers/redis.js';
 import { privateRedis, testCluster } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
 import { caughtUp, each, generateTokens, sleep, snapshotFixture } from './helpers/snapshot.js';
@@ -106,7 +106,7 @@ describe('snapshot writer under faults (real processes)', () => {
   };
 
   it('kill -9 between COMMIT and XACK, then mid-batch: after restarts Postgres equals Redis, each event applied once', async () => {
-    const env = { KEY_PREFIX: snap.fx.prefix, DATABASE_URL: snap.db.url, REDIS_URL: 'redis://127.0.0.1:6379', SNAPSHOT_BATCH: '1000' };
+    const env = { KEY_PREFIX: snap.fx.prefix, DATABASE_URL: snap.db.url, REDIS_URL: SHARED_REDIS_URL, SNAPSHOT_BATCH: '1000' };
     const tokens = await generateTokens(snap.fx.engine, 20_000);
     let events = 20_000;
 
@@ -165,7 +165,7 @@ describe('snapshot writer under faults (real processes)', () => {
     };
     try {
       await generateTokens(own.engine, 500, 'sat-ops');
-      const env = { KEY_PREFIX: own.prefix, REDIS_URL: 'redis://127.0.0.1:6379' };
+      const env = { KEY_PREFIX: own.prefix, REDIS_URL: SHARED_REDIS_URL };
 
       // the lease holder cannot reach Postgres: unready, and the metrics say why and how far behind
       const [noPg, a, b, c] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
@@ -229,7 +229,7 @@ describe('snapshot writer under faults (real processes)', () => {
     const own = await engineFixture({ label: 'stolen' });
     const ownDb = await testDatabase();
     const ownPool = await openPostgres(ownDb.url);
-    const writer = spawnWriter({ KEY_PREFIX: own.prefix, DATABASE_URL: ownDb.url, REDIS_URL: 'redis://127.0.0.1:6379' });
+    const writer = spawnWriter({ KEY_PREFIX: own.prefix, DATABASE_URL: ownDb.url, REDIS_URL: SHARED_REDIS_URL });
     const writerExit = exited(writer);
     try {
       await generateTokens(own.engine, 1000, 'sat-a');

@@ -44,10 +44,7 @@ describe('satellites reach Postgres and come back with restore (real Redis, real
   afterAll(async () => {
     for (const w of writers) await w.stop();
     await pool?.end();
-    await dropPrefix(fx.redis, restored);
-    await dropPrefix(fx.redis, emptied);
-    await dropPrefix(fx.redis, updated);
-    await dropPrefix(fx.redis, rebuilt);
+    if (fx) for (const p of [restored, emptied, updated, rebuilt]) await dropPrefix(fx.redis, p);
     await fx?.close();
     await db?.drop();
   });

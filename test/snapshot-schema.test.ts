@@ -4,7 +4,7 @@ import { ensureDatabase, openPostgres } from '../src/snapshot/index.js';
 import { MIGRATIONS } from '../src/snapshot/schema.js';
 import { PG_BASE_URL, unusedDatabase } from './helpers/pg.js';
 import { runCli } from './helpers/cli.js';
-import { engineFixture } from './helpers/redis.js';
+import { engineFixture, SHARED_REDIS_URL } from './helpers/redis.js';
 
 describe('snapshot schema: database creation and migrations (real Postgres)', () => {
   it('processes starting at once on a missing database all get it created and migrated', async () => {
@@ -50,7 +50,7 @@ describe('snapshot schema: database creation and migrations (real Postgres)', ()
     const db = unusedDatabase();
     try {
       const made = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'alice' }], perUser: 3, campaignId: 'c' });
-      const env = { KEY_PREFIX: fx.prefix, DATABASE_URL: db.url, REDIS_URL: 'redis://127.0.0.1:6379' };
+      const env = { KEY_PREFIX: fx.prefix, DATABASE_URL: db.url, REDIS_URL: SHARED_REDIS_URL };
       // a typo in DATABASE_URL used to "restore" 0 tokens from a database made on the spot, after --force had removed them all
       const restore = await runCli(['restore', '--from-postgres', '--force'], env);
       expect(restore.code).toBe(1);

@@ -6,6 +6,7 @@ import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { loadConfig } from '../src/config.js';
 import { hashKey, SatelliteRegistry } from '../src/satellites/registry.js';
+import { SHARED_REDIS_URL } from './helpers/redis.js';
 
 const TOTAL = 100_000;
 
@@ -15,7 +16,7 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
   let events = 0;
 
   it('100k tokens generated and half redeemed (plus reserve/complete/release/revoke) -> Postgres equals Redis', async () => {
-    const config = loadConfig({ redisUrl: 'redis://127.0.0.1:6379', keyPrefix: snap.fx.prefix, databaseUrl: snap.db.url, snapshotBatch: 5000 });
+    const config = loadConfig({ redisUrl: SHARED_REDIS_URL, keyPrefix: snap.fx.prefix, databaseUrl: snap.db.url, snapshotBatch: 5000 });
     snap.writer = await startSnapshotWriter(config, { log: () => {} });
     tokens = await generateTokens(snap.fx.engine, TOTAL);
     events += TOTAL;
@@ -105,7 +106,7 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
     snap.writer = undefined;
     const cli = (...args: string[]) =>
       spawnSync(process.execPath, ['dist/cli/main.js', ...args], {
-        env: { ...process.env, KEY_PREFIX: snap.other, DATABASE_URL: snap.db.url, REDIS_URL: 'redis://127.0.0.1:6379' },
+        env: { ...process.env, KEY_PREFIX: snap.other, DATABASE_URL: snap.db.url, REDIS_URL: SHARED_REDIS_URL },
         encoding: 'utf8',
       });
     const refused = cli('restore', '--from-postgres');
