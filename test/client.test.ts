@@ -97,8 +97,11 @@ it('transport failures are ReferralError code unavailable', async () => {
 
 it('a reply that is not the manager\'s (a proxy\'s error page) is unavailable on 502/503/504, else internal, keeping Retry-After', async () => {
   let status = 0;
+  let json = false;
   const proxy = http.createServer((_req, res) => {
-    res.writeHead(status, { 'content-type': 'text/html', 'retry-after': '7' }).end('<html><body>Bad Gateway</body></html>');
+    // a gateway's JSON error names no code of the manager's (Spring Cloud Gateway's shape)
+    if (json) res.writeHead(status, { 'content-type': 'application/json', 'retry-after': '7' }).end(JSON.stringify({ status, error: 'Bad Gateway', path: '/' }));
+    else res.writeHead(status, { 'content-type': 'text/html', 'retry-after': '7' }).end('<html><body>Bad Gateway</body></html>');
   });
   const port = await new Promise<number>((r) => proxy.listen(0, '127.0.0.1', () => r((proxy.address() as AddressInfo).port)));
   const client = new AdminClient({ url: `http://127.0.0.1:${port}`, apiKey: ADMIN_KEY });
@@ -110,6 +113,9 @@ it('a reply that is not the manager\'s (a proxy\'s error page) is unavailable on
     for (const s of [502, 503, 504]) expect(await at(s)).toMatchObject({ code: 'unavailable', status: s, retryAfter: 7 });
     expect(await at(500)).toMatchObject({ code: 'internal', status: 500 });
     expect(await at(200)).toMatchObject({ code: 'internal', status: 200 });
+    json = true;
+    for (const s of [502, 503, 504]) expect(await at(s)).toMatchObject({ code: 'unavailable', status: s, retryAfter: 7 });
+    expect(await at(500)).toMatchObject({ code: 'internal', status: 500 });
   } finally {
     await client.close();
     proxy.close();

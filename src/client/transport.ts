@@ -1,6 +1,7 @@
 import { Pool } from 'undici';
 import { ReferralError } from './error.js';
 import { msgpackRequest } from '../msgpack.js';
+import { errorCatalogue } from '../errors.js';
 
 export interface TransportOptions {
   /** base URL of the manager, e.g. http://127.0.0.1:7480 */
@@ -40,7 +41,8 @@ export class Transport {
     const retrySeconds = Number(res.headers['retry-after']);
     const retry = Number.isFinite(retrySeconds) ? retrySeconds : undefined;
     const e = res.data as { error?: unknown; message?: unknown } | undefined;
-    if (!ok && !res.undecodable && typeof e?.error === 'string') {
+    // only the manager's own codes: a gateway's JSON error ({error: "Bad Gateway"}) is mapped by its status below
+    if (!ok && !res.undecodable && typeof e?.error === 'string' && Object.hasOwn(errorCatalogue, e.error)) {
       throw new ReferralError(e.error, res.status, typeof e.message === 'string' ? e.message : `HTTP ${res.status}`, retry);
     }
     // not a reply of the manager: e.g. a proxy's error page in front of it; a gateway error is worth a retry

@@ -135,9 +135,11 @@ function start(res: HttpResponse, req: HttpRequest, deps: RouterDeps, pattern: s
     deps.traffic.n--;
     if (status > 0) observeRequest(pattern, method, status, Number(process.hrtime.bigint() - t0) / 1e9);
   };
-  const ex: Exchange = { res, traffic: deps.traffic, aborted: false, done: false, format, head: method === 'head', finish: end };
+  const ex: Exchange = { res, traffic: deps.traffic, aborted: false, done: false, format, head: method === 'head', finish: end, gone: new AbortController() };
   res.onAborted(() => {
     ex.aborted = true;
+    // a caller that hung up (its own timeout) may send the same generate again: what this one makes is revoked
+    ex.gone.abort();
     end(0);
   });
   return ex;
@@ -214,7 +216,7 @@ function refuse(ex: Exchange, route: Route, head: Head, code: ErrorCode, message
 async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, caller: Promise<string>, body: unknown, refusal?: DomainError): Promise<void> {
   const t0 = performance.now();
   let timer: NodeJS.Timeout | undefined;
-  const gone = new AbortController();
+  const { gone } = ex;
   try {
     const ms = Math.max(deps.timeoutMs, route.timeoutMs ?? 0);
     const deadline = new Promise<never>((_, reject) => {
@@ -231,6 +233,11 @@ async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, cal
       if (head.path !== undefined) audit({ method: route.method.toUpperCase(), path: head.path, ip: head.ip, status: out.status ?? 200, ms: performance.now() - t0, body, result: out.value });
     }
   } catch (err) {
+    // the caller went away: no reply to write, and its abort is no server fault (a generate revoked what it made)
+    if (ex.aborted) {
+      if (head.path !== undefined) audit({ method: route.method.toUpperCase(), path: head.path, ip: head.ip, status: 0, ms: performance.now() - t0 });
+      return;
+    }
     const code = fail(ex, err, deps);
     if (head.path !== undefined) {
       // a refused body is not written: it is whatever the caller sent, and may be the reason it was refused

@@ -82,6 +82,8 @@ export interface Exchange {
   head: boolean;
   /** set by the router: called once the reply is fully written or the client went away */
   finish(status: number): void;
+  /** the store call's signal, aborted at its deadline or when the client goes away (a generate then revokes what it made) */
+  gone: AbortController;
 }
 
 function errorBody(code: ErrorCode, message?: string): { error: ErrorCode; message: string } {
