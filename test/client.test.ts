@@ -98,7 +98,10 @@ it('transport failures are ReferralError code unavailable', async () => {
 it('a reply that is not the manager\'s (a proxy\'s error page) is unavailable on 502/503/504, else internal, keeping Retry-After', async () => {
   let status = 0;
   let json = false;
+  let plain: string | undefined;
   const proxy = http.createServer((_req, res) => {
+    // a body msgpack decodes (a "1" is the number 49), or an empty one, that is no reply of the manager
+    if (plain !== undefined) return void res.writeHead(status, { 'content-type': 'text/plain', 'retry-after': '' }).end(plain);
     // a gateway's JSON error names no code of the manager's (Spring Cloud Gateway's shape)
     if (json) res.writeHead(status, { 'content-type': 'application/json', 'retry-after': '7' }).end(JSON.stringify({ status, error: 'Bad Gateway', path: '/' }));
     else res.writeHead(status, { 'content-type': 'text/html', 'retry-after': '7' }).end('<html><body>Bad Gateway</body></html>');
@@ -113,6 +116,11 @@ it('a reply that is not the manager\'s (a proxy\'s error page) is unavailable on
     for (const s of [502, 503, 504]) expect(await at(s)).toMatchObject({ code: 'unavailable', status: s, retryAfter: 7 });
     expect(await at(500)).toMatchObject({ code: 'internal', status: 500 });
     expect(await at(200)).toMatchObject({ code: 'internal', status: 200 });
+    plain = '1';
+    expect(await at(200)).toMatchObject({ code: 'internal', status: 200, retryAfter: undefined });
+    plain = '';
+    expect(await at(200)).toMatchObject({ code: 'internal', status: 200 });
+    plain = undefined;
     json = true;
     for (const s of [502, 503, 504]) expect(await at(s)).toMatchObject({ code: 'unavailable', status: s, retryAfter: 7 });
     expect(await at(500)).toMatchObject({ code: 'internal', status: 500 });

@@ -37,9 +37,11 @@ export class Transport {
       throw new ReferralError('unavailable', 0, `request failed: ${(err as Error).message}`);
     }
     const ok = res.status >= 200 && res.status < 300;
-    if (ok && !res.undecodable) return res.data as T;
-    const retrySeconds = Number(res.headers['retry-after']);
-    const retry = Number.isFinite(retrySeconds) ? retrySeconds : undefined;
+    // every reply of the manager is a map in msgpack or JSON: anything else came from something in front of it
+    const managers = /msgpack|json/.test(res.contentType) && typeof res.data === 'object' && res.data !== null && !Array.isArray(res.data);
+    if (ok && managers) return res.data as T;
+    const retryHeader = String(res.headers['retry-after'] ?? '').trim();
+    const retry = retryHeader !== '' && Number.isFinite(Number(retryHeader)) ? Number(retryHeader) : undefined;
     const e = res.data as { error?: unknown; message?: unknown } | undefined;
     // only the manager's own codes: a gateway's JSON error ({error: "Bad Gateway"}) is mapped by its status below
     if (!ok && !res.undecodable && typeof e?.error === 'string' && Object.hasOwn(errorCatalogue, e.error)) {
