@@ -1,9 +1,11 @@
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
-import { startServer } from '../src/http/server.js';
+import { startServer, type HttpServer } from '../src/http/server.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
-import { ADMIN_KEY, privateRedis } from './helpers/http.js';
+import { TokenStore } from '../src/store/token-store.js';
+import { TokenEngine } from '../src/tokens/engine.js';
+import { ADMIN_KEY, privateRedis, type RestartableRedis } from './helpers/http.js';
 
 /** One keep-alive HTTP/1.1 connection; `ask` sends a request and resolves with the raw reply head. */
 async function connection(port: number) {
@@ -29,36 +31,72 @@ async function connection(port: number) {
   return { socket, closed, ask };
 }
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** An admin generate of 10,000 tokens for `satelliteId`, as raw HTTP/1.1. */
+function generateRequest(satelliteId: string): string {
+  const body = JSON.stringify({ satelliteId, userIds: Array.from({ length: 5000 }, (_, i) => `u${i}`), perUser: 2 });
+  return `POST /v1/admin/tokens/generate HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
+}
+
+/**
+ * A server in process on a private Redis with one satellite registered. The tests pause that Redis
+ * (SIGSTOP) while a request is in flight: it cannot be answered before what the test does next, however
+ * slow the machine.
+ */
+async function withPausableServer(prefix: string, satelliteId: string, fn: (server: HttpServer, redis: RestartableRedis) => Promise<void>): Promise<void> {
+  const redis = await privateRedis();
+  await redis.start();
+  const server = await startServer(loadConfig({ host: '127.0.0.1', port: 0, keyPrefix: prefix, adminKey: ADMIN_KEY }, { REDIS_URL: redis.url }));
+  try {
+    await new SatelliteRegistry(server.redis, prefix).add({ id: satelliteId });
+    await fn(server, redis);
+  } finally {
+    redis.signal('SIGCONT');
+    await server.close();
+    await redis.dispose();
+  }
+}
+
 describe('close (SIGTERM drain), in process', () => {
   it('answers in-flight requests with Connection: close and then closes idle keep-alive connections', async () => {
-    // a private Redis, paused (SIGSTOP) while the request is in flight: it cannot be answered before the
-    // close, however slow the machine
-    const redisServer = await privateRedis();
-    await redisServer.start();
-    const config = loadConfig({ host: '127.0.0.1', port: 0, keyPrefix: 'rm-drain', adminKey: ADMIN_KEY }, { REDIS_URL: redisServer.url });
-    const server = await startServer(config);
-    try {
+    await withPausableServer('rm-drain', 'sat-d', async (server, redis) => {
       const idle = await connection(server.port);
       expect(await idle.ask('GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n')).toMatch(/^http\/1.1 200/);
-      await new SatelliteRegistry(server.redis, 'rm-drain').add({ id: 'sat-d' });
       const busy = await connection(server.port);
-      const body = JSON.stringify({ satelliteId: 'sat-d', userIds: Array.from({ length: 5000 }, (_, i) => `u${i}`), perUser: 2 });
-      redisServer.signal('SIGSTOP');
-      const slow = busy.ask(`POST /v1/admin/tokens/generate HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
-      await new Promise((r) => setTimeout(r, 500)); // time for the server to read the request
+      redis.signal('SIGSTOP');
+      const slow = busy.ask(generateRequest('sat-d'));
+      await sleep(500); // time for the server to read the request
       const closing = server.close();
-      await new Promise((r) => setTimeout(r, 100)); // draining now
-      redisServer.signal('SIGCONT');
+      await sleep(100); // draining now
+      redis.signal('SIGCONT');
       const head = await slow;
       expect(head).toMatch(/^http\/1.1 200/);
       expect(head).toContain('\r\nconnection: close');
       await closing;
       // both connections are closed by the server once it has drained, not left for the next request to hit
       await expect(Promise.race([Promise.all([idle.closed, busy.closed]).then(() => 'closed'), new Promise((r) => setTimeout(() => r('still open'), 5000))])).resolves.toBe('closed');
-    } finally {
-      redisServer.signal('SIGCONT');
-      await server.close();
-      await redisServer.dispose();
-    }
+    });
+  });
+});
+
+describe('a caller that hangs up mid-request, in process', () => {
+  // the typed client's deadline is the server's and starts first: before, a generate it gave up on left
+  // every token it made usable, and the documented retry made a second set
+  it('a generate whose caller went away leaves no usable token: what it made is revoked', async () => {
+    await withPausableServer('rm-abort', 'sat-h', async (server, redis) => {
+      const caller = await connection(server.port);
+      // the request is read and waits on its scripts when the caller hangs up
+      redis.signal('SIGSTOP');
+      caller.socket.write(generateRequest('sat-h'));
+      await sleep(500);
+      caller.socket.destroy();
+      await sleep(200);
+      redis.signal('SIGCONT');
+      const engine = new TokenEngine(new TokenStore(server.redis, 'rm-abort'));
+      let sat = (await engine.stats()).satellites['sat-h'];
+      for (const end = Date.now() + 30_000; !(sat?.generated === 10_000 && sat.revoked === 10_000) && Date.now() < end; sat = (await engine.stats()).satellites['sat-h']) await sleep(100);
+      expect(sat).toMatchObject({ generated: 10_000, unredeemed: 0, revoked: 10_000 });
+    });
   });
 });
