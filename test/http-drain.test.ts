@@ -6,6 +6,7 @@ import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { ADMIN_KEY, privateRedis, type RestartableRedis } from './helpers/http.js';
+import { sleep } from './helpers/snapshot.js';
 
 /** One keep-alive HTTP/1.1 connection; `ask` sends a request and resolves with the raw reply head. */
 async function connection(port: number) {
@@ -30,8 +31,6 @@ async function connection(port: number) {
   };
   return { socket, closed, ask };
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** An admin generate of 10,000 tokens for `satelliteId`, as raw HTTP/1.1. */
 function generateRequest(satelliteId: string): string {
