@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { ConfigError, loadConfig, type Config } from '../src/config.js';
-import { Redis } from 'ioredis';
+import type { Command as RedisCommand } from 'ioredis';
 import { createRedis, whenReady, type RedisClient } from '../src/store/redis.js';
 import { openPostgres } from '../src/snapshot/index.js';
 
@@ -63,26 +63,42 @@ export async function connectRedis(config: Config): Promise<RedisClient> {
     redis.disconnect();
     throw new Error(`cannot reach Redis (${where}) within ${CONNECT_WAIT_MS / 1000} s: ${last?.message ?? 'no answer'}`);
   }
-  // a Cluster client keeps queueing while every master is gone, as before
-  if (redis instanceof Redis) giveUpWhenLost(redis, where, () => last);
+  giveUpWhenStuck(redis, where, () => last);
   return redis;
 }
 
 /**
- * Lost for 10 s once connected (a restart takes less), a command gives up: what waits fails at the next
- * reconnect attempt (within 2 s) and what follows fails at once. Before, each command retried for tens
- * of seconds, and a failed generate's clean-up (undo, status, releasing its claims) took minutes to end.
- * The client still reconnects; ioredis reads both options at each use.
+ * Once Redis has been lost for 10 s (a restart takes less), or left a command unanswered for 10 s (a
+ * hung server, SIGSTOP: the connection stays open), a command gives up: one error line, what waits
+ * fails within its own 10 s and what follows fails at once. Before, a failed generate's clean-up (undo,
+ * status, releasing its claims) retried each command for tens of seconds, and on a hung Redis, or a
+ * Cluster with every master gone (its commands wait in the client's offline queue), it never ended.
+ * The wait is armed on each command where the client takes it, so it counts wherever the command
+ * waits: offline queue, a node's queue, or a socket no one reads.
  */
-function giveUpWhenLost(redis: Redis, where: string, last: () => Error | undefined): void {
+function giveUpWhenStuck(redis: RedisClient, where: string, last: () => Error | undefined): void {
+  let gaveUp: Error | undefined;
+  const giveUp = (why: string) => {
+    if (gaveUp) return;
+    gaveUp = new Error(`${why}; gave up`);
+    console.error(`error: ${why}; giving up`);
+  };
+  const send = redis.sendCommand.bind(redis) as (command: RedisCommand, ...rest: unknown[]) => unknown;
+  redis.sendCommand = (command: RedisCommand, ...rest: unknown[]) => {
+    if (gaveUp) {
+      command.reject(gaveUp);
+      return command.promise;
+    }
+    command.setTimeout(CONNECT_WAIT_MS);
+    command.promise.catch((err: Error) => {
+      if (err.message === 'Command timed out') giveUp(`Redis (${where}) did not answer within ${CONNECT_WAIT_MS / 1000} s`);
+    });
+    return send(command, ...rest);
+  };
   let lost: NodeJS.Timeout | undefined;
   // 'reconnecting', not 'close': the command's own disconnect at its end closes too
   redis.on('reconnecting', () => {
-    lost ??= setTimeout(() => {
-      console.error(`error: lost Redis (${where}) for ${CONNECT_WAIT_MS / 1000} s: ${last()?.message ?? 'no answer'}; giving up`);
-      redis.options.enableOfflineQueue = false;
-      redis.options.maxRetriesPerRequest = 0;
-    }, CONNECT_WAIT_MS).unref();
+    lost ??= setTimeout(() => giveUp(`lost Redis (${where}) for ${CONNECT_WAIT_MS / 1000} s: ${last()?.message ?? 'no answer'}`), CONNECT_WAIT_MS).unref();
   });
   redis.on('ready', () => {
     clearTimeout(lost);

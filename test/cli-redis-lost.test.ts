@@ -4,43 +4,85 @@ import { describe, expect, it } from 'vitest';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { createRedis } from '../src/store/redis.js';
 import { runCli } from './helpers/cli.js';
-import { privateRedis } from './helpers/http.js';
+import { privateRedis, testCluster } from './helpers/http.js';
 
-describe('a CLI command that loses Redis part-way (child process, private redis-server)', () => {
+/**
+ * Runs a generate whose satellite answers its listing only after `fault` has struck Redis, so the
+ * generate's Redis work (and its clean-up) meets the fault, and returns how it ended.
+ */
+async function generateMeeting(env: Record<string, string>, fault: () => Promise<void>) {
+  let listed!: () => void;
+  const asked = new Promise<void>((resolve) => (listed = resolve));
+  let answer!: () => void;
+  const answered = new Promise<void>((resolve) => (answer = resolve));
+  const satellite = createServer((req, res) => {
+    listed();
+    void answered.then(() => {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ userIds: Array.from({ length: 200 }, (_, i) => `u${i}`), nextCursor: '' }));
+    });
+  });
+  await new Promise<void>((resolve) => satellite.listen(0, '127.0.0.1', resolve));
+  try {
+    const client = createRedis({ redisUrl: env.REDIS_URL ?? '', redisClusterNodes: env.REDIS_CLUSTER_NODES?.split(',') ?? [] });
+    await new SatelliteRegistry(client, 'rm-lost').add({ id: 'sat-slow', url: `http://127.0.0.1:${(satellite.address() as AddressInfo).port}` });
+    client.disconnect();
+    const run = runCli(['generate', '--satellite', 'sat-slow', '--per-user', '1', '--campaign', 'lost'], { ...env, KEY_PREFIX: 'rm-lost', SATELLITE_ATTEMPTS: '1' }, { timeoutMs: 60_000 });
+    await asked;
+    await fault();
+    answer();
+    return await run;
+  } finally {
+    answer();
+    satellite.closeAllConnections();
+    await new Promise((resolve) => satellite.close(resolve));
+  }
+}
+
+describe('a CLI command that loses Redis part-way (child process, private redis-server / Cluster)', () => {
   // before, every command of a failed generate's clean-up retried for tens of seconds: about 3 minutes
   // to exit, ending on ioredis's "Reached the max retries per request limit"
   it('generate gives up 10 s after Redis went away, says so, and exits 1', async () => {
     const redis = await privateRedis();
     await redis.start();
-    let listed!: () => void;
-    const asked = new Promise<void>((resolve) => (listed = resolve));
-    let answer!: () => void;
-    const answered = new Promise<void>((resolve) => (answer = resolve));
-    // a satellite whose listing is answered only once Redis is gone
-    const satellite = createServer((req, res) => {
-      listed();
-      void answered.then(() => {
-        res.setHeader('content-type', 'application/json');
-        res.end(JSON.stringify({ userIds: ['u0', 'u1'], nextCursor: '' }));
-      });
-    });
-    await new Promise<void>((resolve) => satellite.listen(0, '127.0.0.1', resolve));
     try {
-      const client = createRedis({ redisUrl: redis.url, redisClusterNodes: [] });
-      await new SatelliteRegistry(client, 'rm-lost').add({ id: 'sat-slow', url: `http://127.0.0.1:${(satellite.address() as AddressInfo).port}` });
-      client.disconnect();
-      const run = runCli(['generate', '--satellite', 'sat-slow', '--per-user', '1', '--campaign', 'lost'], { REDIS_URL: redis.url, KEY_PREFIX: 'rm-lost', SATELLITE_ATTEMPTS: '1' }, { timeoutMs: 60_000 });
-      await asked;
-      await redis.stop('SIGKILL');
-      answer();
-      const r = await run;
+      const r = await generateMeeting({ REDIS_URL: redis.url }, () => redis.stop('SIGKILL'));
       expect(r.code, `${r.code} ${r.stdout} ${r.stderr}`).toBe(1);
       expect(r.stderr).toMatch(/error: lost Redis \(REDIS_URL\) for 10 s: .*giving up/);
     } finally {
-      answer();
-      satellite.closeAllConnections();
-      await new Promise((resolve) => satellite.close(resolve));
       await redis.dispose();
     }
   }, 90_000);
+
+  // the cases below waited without end before (killed by the 60 s limit here): a hung server keeps its
+  // connections open, and a Cluster client queues commands while every master is gone
+  it('generate gives up once a hung Redis (SIGSTOP) leaves a command unanswered for 10 s, and exits 1', async () => {
+    const redis = await privateRedis();
+    await redis.start();
+    try {
+      const r = await generateMeeting({ REDIS_URL: redis.url }, async () => redis.signal('SIGSTOP'));
+      expect(r.code, `${r.code} ${r.stdout} ${r.stderr}`).toBe(1);
+      expect(r.stderr).toMatch(/error: Redis \(REDIS_URL\) did not answer within 10 s; giving up/);
+    } finally {
+      await redis.dispose();
+    }
+  }, 90_000);
+
+  for (const [what, fault] of [
+    ['every master killed', async (c: Awaited<ReturnType<typeof testCluster>>) => { for (const i of [0, 1, 2]) await c.signal(i, 'SIGKILL'); }],
+    ['one master hung (SIGSTOP)', (c: Awaited<ReturnType<typeof testCluster>>) => c.signal(2, 'SIGSTOP')],
+  ] as const) {
+    it(`generate on a Redis Cluster with ${what} gives up after 10 s, and exits 1`, async () => {
+      const cluster = await testCluster(3, ['--cluster-node-timeout', '600000']);
+      try {
+        const r = await generateMeeting({ REDIS_CLUSTER_NODES: cluster.nodes.join(',') }, () => fault(cluster));
+        expect(r.code, `${r.code} ${r.stdout} ${r.stderr}`).toBe(1);
+        expect(r.stderr).toMatch(/error: (lost Redis|Redis) \(cluster [^)]+\) (for 10 s: .*|did not answer within 10 s); giving up/);
+        expect(r.stderr).toMatch(/campaign lost is incomplete/);
+      } finally {
+        for (const i of [0, 1, 2]) await cluster.signal(i, 'SIGCONT').catch(() => undefined);
+        await cluster.stop();
+      }
+    }, 90_000);
+  }
 });
