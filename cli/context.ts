@@ -78,8 +78,10 @@ export async function connectRedis(config: Config): Promise<RedisClient> {
  */
 function giveUpWhenStuck(redis: RedisClient, where: string, last: () => Error | undefined): void {
   let gaveUp: Error | undefined;
-  const giveUp = (why: string) => {
+  // whichever comes first, the lost timer or a command's wait: a hung server stays 'ready'
+  const giveUp = () => {
     if (gaveUp) return;
+    const why = redis.status === 'ready' ? `Redis (${where}) did not answer within ${CONNECT_WAIT_MS / 1000} s` : `lost Redis (${where}) for ${CONNECT_WAIT_MS / 1000} s: ${last()?.message ?? 'no answer'}`;
     gaveUp = new Error(`${why}; gave up`);
     console.error(`error: ${why}; giving up`);
   };
@@ -91,14 +93,14 @@ function giveUpWhenStuck(redis: RedisClient, where: string, last: () => Error | 
     }
     command.setTimeout(CONNECT_WAIT_MS);
     command.promise.catch((err: Error) => {
-      if (err.message === 'Command timed out') giveUp(`Redis (${where}) did not answer within ${CONNECT_WAIT_MS / 1000} s`);
+      if (err.message === 'Command timed out') giveUp();
     });
     return send(command, ...rest);
   };
   let lost: NodeJS.Timeout | undefined;
   // 'reconnecting', not 'close': the command's own disconnect at its end closes too
   redis.on('reconnecting', () => {
-    lost ??= setTimeout(() => giveUp(`lost Redis (${where}) for ${CONNECT_WAIT_MS / 1000} s: ${last()?.message ?? 'no answer'}`), CONNECT_WAIT_MS).unref();
+    lost ??= setTimeout(giveUp, CONNECT_WAIT_MS).unref();
   });
   redis.on('ready', () => {
     clearTimeout(lost);
