@@ -88,6 +88,14 @@ it('admin client: satellites, rotate, revoke, stats; a wrong key is unauthorized
   expect((await refusal(admin.updateSatellite('ghost', { name: 'x' }))).code).toBe('satellite_not_found');
 });
 
+it('an id in a path that is not well-formed text (a lone surrogate) is a rejected call, invalid_request, not a URIError thrown at once', async () => {
+  const lone = 'u\ud800';
+  for (const call of [() => a.lookup(lone), () => a.listTokens(lone), () => a.revokeTokens(lone), () => a.listRedemptions(lone), () => admin.updateSatellite(lone, { name: 'x' }), () => admin.removeSatellite(lone), () => admin.rotateKey(lone)]) {
+    const err = await refusal(call());
+    expect([err.code, err.status, err.message]).toEqual(['invalid_request', 0, expect.stringMatching(/lone surrogate/)]);
+  }
+});
+
 it('transport failures are ReferralError code unavailable', async () => {
   const dead = new SatelliteClient({ url: `http://127.0.0.1:${await freePort()}`, apiKey: 'k', timeoutMs: 500 });
   const err = await refusal(dead.redeem('ffff0000-0000-4000-8000-000000000000', 'u'));

@@ -1,6 +1,6 @@
 import type { Satellite, SatelliteFields } from '../satellites/registry.js';
 import type { Stats } from '../store/model.js';
-import { Transport, type TransportOptions } from './transport.js';
+import { segment, Transport, type TransportOptions } from './transport.js';
 
 /** A satellite as listed: its outbound key is never sent, only whether one is set. */
 export type ListedSatellite = Omit<Satellite, 'outboundKey'> & { hasOutboundKey: boolean };
@@ -9,8 +9,6 @@ export type RevokeSelector = { tokens: string[] } | { satelliteId: string; userI
 
 /** What updateSatellite changes: null clears a field, one left out is kept. */
 export type { SatelliteFields };
-
-const seg = encodeURIComponent;
 
 /** How long the server lets a campaign's or a satellite's revoke, or a purge, run (SWEEP_TIMEOUT_MS in src/http/routes.ts). */
 const SWEEP_WAIT_MS = 10 * 60_000;
@@ -32,16 +30,16 @@ export class AdminClient {
   }
 
   /** Sets the given fields; null clears one. Answers the satellite as listed. */
-  updateSatellite(id: string, change: SatelliteFields): Promise<ListedSatellite> {
-    return this.t.call('PATCH', `/v1/admin/satellites/${seg(id)}`, change);
+  async updateSatellite(id: string, change: SatelliteFields): Promise<ListedSatellite> {
+    return this.t.call('PATCH', `/v1/admin/satellites/${segment('id', id)}`, change);
   }
 
   async removeSatellite(id: string): Promise<void> {
-    await this.t.call('DELETE', `/v1/admin/satellites/${seg(id)}`);
+    await this.t.call('DELETE', `/v1/admin/satellites/${segment('id', id)}`);
   }
 
-  rotateKey(id: string): Promise<{ apiKey: string }> {
-    return this.t.call('POST', `/v1/admin/satellites/${seg(id)}/rotate-key`, {});
+  async rotateKey(id: string): Promise<{ apiKey: string }> {
+    return this.t.call('POST', `/v1/admin/satellites/${segment('id', id)}/rotate-key`, {});
   }
 
   generate(req: { satelliteId: string; userIds: string[]; perUser: number; expiresAt?: number; campaignId?: string }): Promise<{ campaignId: string; tokens: { userId: string; token: string }[] }> {

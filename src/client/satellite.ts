@@ -1,5 +1,5 @@
 import type { TokenState } from '../store/model.js';
-import { Transport, type TransportOptions } from './transport.js';
+import { segment, Transport, type TransportOptions } from './transport.js';
 
 export interface Redeemed {
   token: string;
@@ -46,8 +46,6 @@ export interface Redemption {
   redeemedAt: number;
 }
 
-const seg = encodeURIComponent;
-
 /**
  * What a satellite calls on sign-up. The key names the calling satellite; every refusal throws
  * ReferralError with the wire code (e.g. `token_already_redeemed`).
@@ -75,23 +73,23 @@ export class SatelliteClient {
     return this.t.call('POST', '/v1/tokens/release', { token, reservationId });
   }
 
-  lookup(token: string): Promise<LookedUp> {
-    return this.t.call('GET', `/v1/tokens/${seg(token)}`);
+  async lookup(token: string): Promise<LookedUp> {
+    return this.t.call('GET', `/v1/tokens/${segment('token', token)}`);
   }
 
   /** Unredeemed tokens of `userId` on the calling satellite. */
   async listTokens(userId: string): Promise<ListedToken[]> {
-    return (await this.t.call<{ tokens: ListedToken[] }>('GET', `/v1/users/${seg(userId)}/tokens`)).tokens;
+    return (await this.t.call<{ tokens: ListedToken[] }>('GET', `/v1/users/${segment('userId', userId)}/tokens`)).tokens;
   }
 
   /** Revokes every unredeemed or reserved token of `userId` on the calling satellite (the account was closed); returns how many. */
   async revokeTokens(userId: string): Promise<number> {
-    return (await this.t.call<{ revoked: number }>('DELETE', `/v1/users/${seg(userId)}/tokens`)).revoked;
+    return (await this.t.call<{ revoked: number }>('DELETE', `/v1/users/${segment('userId', userId)}/tokens`)).revoked;
   }
 
   /** Tokens of `userId` on the calling satellite that were redeemed (on any satellite), oldest first: referrals to reward. */
   async listRedemptions(userId: string): Promise<Redemption[]> {
-    return (await this.t.call<{ redemptions: Redemption[] }>('GET', `/v1/users/${seg(userId)}/redemptions`)).redemptions;
+    return (await this.t.call<{ redemptions: Redemption[] }>('GET', `/v1/users/${segment('userId', userId)}/redemptions`)).redemptions;
   }
 
   close(): Promise<void> {

@@ -13,6 +13,18 @@ export interface TransportOptions {
   connections?: number;
 }
 
+/**
+ * An id as one path segment. An id that is not well-formed text (a lone surrogate) cannot be sent:
+ * refused here as the server would refuse it, as a rejected call rather than a URIError thrown at once.
+ */
+export function segment(what: string, id: string): string {
+  try {
+    return encodeURIComponent(id);
+  } catch {
+    throw new ReferralError('invalid_request', 0, `${what}: not well-formed text (a lone surrogate), cannot be sent`);
+  }
+}
+
 /** One keep-alive pool speaking MessagePack; non-2xx replies become ReferralError. */
 export class Transport {
   private readonly pool: Pool;
