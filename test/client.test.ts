@@ -75,6 +75,12 @@ it('admin client: satellites, rotate, revoke, stats; a wrong key is unauthorized
   ]);
   const { apiKey } = await admin.rotateKey('us1');
   expect(apiKey).toMatch(/^rmk_/);
+  // the old key keeps working for the server's grace period; graceMs 0 ends the one before at once
+  expect(await b.listTokens('u')).toEqual([]);
+  const rotated = new SatelliteClient({ url: server.url, apiKey });
+  expect((await admin.rotateKey('us1', 0)).apiKey).toMatch(/^rmk_/);
+  expect((await refusal(rotated.listTokens('u'))).code).toBe('unauthorized');
+  await rotated.close();
   const { campaignId } = await admin.generate({ satelliteId: 'us1', userIds: ['u1', 'u2'], perUser: 2 });
   expect(await admin.revoke({ campaignId })).toEqual({ revoked: 4 });
   expect((await admin.stats()).satellites.us1).toMatchObject({ generated: 4, revoked: 4 });

@@ -38,8 +38,9 @@ export class AdminClient {
     await this.t.call('DELETE', `/v1/admin/satellites/${segment('id', id)}`);
   }
 
-  async rotateKey(id: string): Promise<{ apiKey: string }> {
-    return this.t.call('POST', `/v1/admin/satellites/${segment('id', id)}/rotate-key`, {});
+  /** A new key; the old one keeps working for `graceMs` (default: the server's KEY_GRACE_MS; 0 ends it now). */
+  async rotateKey(id: string, graceMs?: number): Promise<{ apiKey: string }> {
+    return this.t.call('POST', `/v1/admin/satellites/${segment('id', id)}/rotate-key`, graceMs === undefined ? {} : { graceMs });
   }
 
   generate(req: { satelliteId: string; userIds: string[]; perUser: number; expiresAt?: number; campaignId?: string }): Promise<{ campaignId: string; tokens: { userId: string; token: string }[] }> {
