@@ -154,9 +154,9 @@ export class Delivery {
 
   private async push(pairs: Pair[], whole: Map<string, number>): Promise<void> {
     await this.d.api.pushTokens(pairs);
-    const done = [...new Set(pairs.map((p) => p.userId))].filter((u) => whole.has(u));
-    await this.d.campaigns.recordDelivered(this.d.campaignId, this.d.satelliteId, done);
-    await this.d.count('tokensDelivered', done.reduce((n, u) => n + whole.get(u)!, 0));
+    const done = new Map<string, number>();
+    for (const { userId } of pairs) if (whole.has(userId)) done.set(userId, whole.get(userId)!);
+    await this.d.count('tokensDelivered', await this.d.campaigns.recordDelivered(this.d.campaignId, this.d.satelliteId, done), true);
   }
 
   /** Revokes the campaign's tokens of each refused user (user id -> why), then records and counts the user refused. */

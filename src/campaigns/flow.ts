@@ -193,9 +193,9 @@ class SatelliteRun {
     const made = await this.o.engine.generate(campaign.expiresAt === undefined ? req : { ...req, expiresAt: campaign.expiresAt });
     const byUser = new Map<string, string[]>();
     for (const t of made.tokens) pushTo(byUser, t.ownerUserId, t.token);
-    await this.o.campaigns.recordMade(this.id, this.sat, byUser);
-    await this.count('usersServed', byUser.size);
-    await this.count('tokensMade', made.tokens.length);
+    const fresh = await this.o.campaigns.recordMade(this.id, this.sat, byUser);
+    await this.count('usersServed', fresh.users, true);
+    await this.count('tokensMade', fresh.tokens, true);
     return [...byUser];
   }
 
@@ -213,12 +213,10 @@ class SatelliteRun {
         if (mine.length) out.push([users[i + j]!, mine]);
       });
     }
-    if (out.length) {
-      await this.o.campaigns.recordMade(this.id, this.sat, new Map(out));
-      // the run that made them stopped before counting them
-      await this.count('usersServed', out.length);
-      await this.count('tokensMade', tokenCount(out));
-    }
+    // the run that made them stopped before recording (and counting) them
+    const fresh = await this.o.campaigns.recordMade(this.id, this.sat, new Map(out));
+    await this.count('usersServed', fresh.users, true);
+    await this.count('tokensMade', fresh.tokens, true);
     return out;
   }
 
