@@ -717,7 +717,9 @@ describe('--expires', () => {
     }
   });
 
-  it('--resume pushes no token revoked since the failed run made it', async () => {
+  // a revoke since is also what a refusal killed between its revoke and its record leaves: before, such a
+  // user was never served nor recorded by any later run, and the campaign's counts did not add up
+  it('--resume pushes no token revoked since the failed run made it, and records that user refused', async () => {
     const fx = await engineFixture({ label: 'gen' });
     // 20 users, 2 tokens each, 4 a push: deliveries fail once 10 tokens are stored
     const sim = await startSatelliteSim({ id: 'sat-v', users: 20, failAfter: 10 });
@@ -737,6 +739,44 @@ describe('--expires', () => {
       const now = sim.satellite.holdings();
       expect(now[user]).toEqual([]);
       expect(Object.entries(now).filter(([u, t]) => u !== user && t.length !== 2)).toEqual([]);
+      const refused = await runCli(['campaigns', 'refused', 'rv'], env);
+      expect(refused.stdout.trim().split('\n')).toEqual([`sat-v\t${user}`]);
+      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ usersRefused: 1, refusal: `user "${user}": its tokens were revoked or lost before delivery` });
+      expect(await new CampaignStore(fx.redis, fx.prefix).progress('rv', 'sat-v')).toMatchObject({ usersServed: 20, usersRefused: 1, tokensDelivered: 38, status: 'done' });
+    } finally {
+      await sim.close();
+      await fx.close();
+    }
+  });
+});
+
+describe('a campaign stopped part-way, another campaign run meanwhile, then --resume of the first', () => {
+  // the satellite listed the first campaign's undelivered users to the second, which served them; the
+  // resume then pushed the first campaign's sets too: those users held 4 tokens instead of 2
+  it('gives nobody a second set: users the other campaign served are recorded refused and the first set revoked', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const sim = await startSatelliteSim({ id: 'sat-w', users: 20, failAfter: 10 });
+    try {
+      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-w', url: sim.url });
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      expect((await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'first', '--batch-size', '4'], env)).code).toBe(1);
+      const waiting = [...(await waitingUsers(fx, sim.satellite.holdings(), 'first', 'sat-w'))].filter(([, m]) => m !== undefined).map(([u]) => u);
+      expect(waiting.length, 'users whose tokens were made, not delivered').toBeGreaterThan(0);
+      sim.satellite.setFailAfter(null);
+      const second = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'second'], env);
+      expect(second.code, second.stderr).toBe(0);
+
+      const resumed = await runCli(['generate', '--resume', 'first', '--json'], env);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      const now = sim.satellite.holdings();
+      expect(Object.entries(now).filter(([, t]) => t.length !== 2)).toEqual([]);
+      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ usersRefused: waiting.length, refusal: expect.stringMatching(/served by campaign "second"/) });
+      // the first campaign's sets of those users are revoked: nobody holds them
+      for (const u of waiting) {
+        const held = await fx.engine.listUnredeemed('sat-w', u);
+        expect(held.map((t) => t.campaignId), u).toEqual(['second', 'second']);
+      }
+      expect((await fx.engine.stats()).satellites['sat-w']).toMatchObject({ unredeemed: 40, revoked: waiting.length * 2 });
     } finally {
       await sim.close();
       await fx.close();

@@ -48,22 +48,56 @@ export class Delivery {
   }
 
   /**
-   * Of the tokens an earlier run made but did not deliver, those revoked since (`tokens revoke`, or a user
-   * the satellite refused whose refusal had not reached the snapshot a restore came from) or absent (lost
-   * with a Redis the snapshot had not caught up with) are not pushed: the satellite would show them to
-   * users who cannot use them. A user left with none is not pushed either, and is looked at again by the
-   * next run. Redeemed or reserved ones are kept: the satellite had them already.
+   * Of the sets this campaign made but did not deliver, what is still to push. Tokens revoked since
+   * (`tokens revoke`, or a refusal whose record a kill -9 or a restore lost) or absent (lost with a Redis
+   * the snapshot had not caught up with) are not pushed: the satellite would show them to users who
+   * cannot use them; redeemed or reserved ones are kept: the satellite had them already. A user left
+   * with none is recorded refused: it gets nothing from this campaign, and a later one serves it when
+   * the satellite lists it again. Before, it was left unsettled: never served, never counted, by any run.
+   * `leftOver`: sets of an earlier run, pushed without the satellite listing their users now. A user of
+   * one that holds tokens of another campaign, delivered since (or made by the admin API, which hands
+   * them over itself), was served meanwhile: it is recorded refused too and this set revoked, instead of
+   * getting a second set.
    */
-  async notRevoked(deliveries: UserTokens[]): Promise<UserTokens[]> {
+  async due(sets: UserTokens[], leftOver: boolean): Promise<UserTokens[]> {
     // bounds the commands in flight: a page of a resume after a restore can name millions of tokens
     const CHUNK = 20_000;
-    const tokens = deliveries.flatMap(([, t]) => t);
+    const tokens = sets.flatMap(([, t]) => t);
     const keep = new Set<string>();
     for (let i = 0; i < tokens.length; i += CHUNK) {
       const chunk = tokens.slice(i, i + CHUNK);
       (await this.d.engine.storedStates(chunk)).forEach((s, j) => s && s !== 'revoked' && keep.add(chunk[j]!));
     }
-    return deliveries.map(([u, t]): UserTokens => [u, t.filter((token) => keep.has(token))]).filter(([, t]) => t.length > 0);
+    const dropped = new Map<string, string>();
+    const due: UserTokens[] = [];
+    for (const [u, t] of sets) {
+      const left = t.filter((token) => keep.has(token));
+      if (left.length) due.push([u, left]);
+      else dropped.set(u, 'its tokens were revoked or lost before delivery');
+    }
+    const served = leftOver ? await this.servedElsewhere(due.map(([u]) => u)) : new Map<string, string>();
+    for (const [u, why] of served) dropped.set(u, why);
+    await this.refuse(dropped, false);
+    return due.filter(([u]) => !served.has(u));
+  }
+
+  /** Of these users, those holding unredeemed tokens of another campaign that reached the satellite (user -> why). */
+  private async servedElsewhere(users: string[]): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
+    const PARALLEL = 32;
+    for (let i = 0; i < users.length; i += PARALLEL) {
+      await Promise.all(
+        users.slice(i, i + PARALLEL).map(async (u) => {
+          const others = new Set((await this.d.engine.listUnredeemed(this.d.satelliteId, u)).map((t) => t.campaignId).filter((c) => c !== this.d.campaignId));
+          for (const c of others) {
+            const [[made], [settled]] = await Promise.all([this.d.campaigns.made(c, this.d.satelliteId, [u]), this.d.campaigns.settled(c, this.d.satelliteId, [u])]);
+            // a set of another campaign that is itself waiting for delivery does not count
+            if (!made || settled) return void out.set(u, `served by campaign "${c}" since this campaign made its tokens`);
+          }
+        }),
+      );
+    }
+    return out;
   }
 
   /**
@@ -159,14 +193,16 @@ export class Delivery {
     await this.d.count('tokensDelivered', await this.d.campaigns.recordDelivered(this.d.campaignId, this.d.satelliteId, done), true);
   }
 
-  /** Revokes the campaign's tokens of each refused user (user id -> why), then records and counts the user refused. */
-  private async refuse(refused: Map<string, string>): Promise<void> {
+  /**
+   * Revokes the campaign's tokens of each refused user (user id -> why), then records and counts the user
+   * refused. `planned`: their tokens were counted in the delivered bar's total, which shrinks by them.
+   */
+  private async refuse(refused: Map<string, string>, planned = true): Promise<void> {
     if (refused.size === 0) return;
     const users = [...refused.keys()];
     const made = await this.d.campaigns.made(this.d.campaignId, this.d.satelliteId, users);
     await this.d.engine.revokeOfCampaign(made.flatMap((tokens) => tokens ?? []), this.d.campaignId);
-    // they were planned for delivery: the delivered bar's total shrinks by them
-    this.d.onProgress?.('tokensToDeliver', -made.reduce((n, tokens) => n + (tokens?.length ?? 0), 0));
+    if (planned) this.d.onProgress?.('tokensToDeliver', -made.reduce((n, tokens) => n + (tokens?.length ?? 0), 0));
     const fresh = await this.d.campaigns.recordRefused(this.d.campaignId, this.d.satelliteId, users);
     for (const u of users) this.refused.add(u);
     this.refusal ??= `user "${users[0]}": ${refused.get(users[0]!)}`;

@@ -142,7 +142,7 @@ class SatelliteRun {
   private async deliverPending(): Promise<void> {
     for await (const page of this.o.campaigns.allMade(this.id, this.sat)) {
       const done = await this.o.campaigns.settled(this.id, this.sat, page.map(([u]) => u));
-      const due = await this.delivery.notRevoked(page.filter((_, i) => !done[i]));
+      const due = await this.delivery.due(page.filter((_, i) => !done[i]), true);
       this.plan('tokensToDeliver', tokenCount(due));
       await this.delivery.deliver(due);
     }
@@ -171,7 +171,8 @@ class SatelliteRun {
       await this.count('tokensMade', fresh.length * this.o.campaign.perUser);
       return;
     }
-    const pending = await this.delivery.notRevoked(undelivered);
+    // listed now: the satellite says they hold no tokens, whatever other campaigns made
+    const pending = await this.delivery.due(undelivered, false);
     if (this.o.existed && fresh.length) {
       const adopted = await this.adopt(fresh);
       pending.push(...adopted);
