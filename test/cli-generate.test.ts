@@ -499,6 +499,25 @@ describe('a satellite ending its listing with nextCursor ""', () => {
   });
 });
 
+describe('a satellite whose listing breaks the contract (a 200 that is not a page)', () => {
+  // the checks ran outside the call's retry loop, so the failure was not counted: 'failures 0  failed'
+  it('fails the satellite with the reason, counts the failure, and does not retry it', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    let listings = 0;
+    const satellite = await handWrittenSatellite(fx, 'sat-odd', () => (listings++, { users: ['u0'] }), (tokens) => tokens.length);
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'odd', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '3' });
+      expect(run.code).toBe(1);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'failed', failures: 1, usersServed: 0, error: 'users-without-tokens: reply has no userIds array of strings' });
+      expect(listings).toBe(1);
+      expect(await new CampaignStore(fx.redis, fx.prefix).progress('odd', 'sat-odd')).toMatchObject({ failures: 1, status: 'failed' });
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+});
+
 describe('a satellite accepting fewer tokens than it was sent', () => {
   it('is not recorded as delivered: the run fails, and --resume sends the batch again', async () => {
     const fx = await engineFixture({ label: 'gen' });

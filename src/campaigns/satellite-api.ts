@@ -55,14 +55,15 @@ export class SatelliteApi {
 
   async usersWithoutTokens(cursor: string | null, limit: number): Promise<UsersPage> {
     const q = new URLSearchParams({ cursor: cursor ?? '', limit: String(limit) });
-    const page = await this.call<UsersPage>('GET', `referrals/v1/users-without-tokens?${q}`);
-    if (!page || !Array.isArray(page.userIds) || !page.userIds.every((u) => typeof u === 'string')) {
-      throw new SatelliteCallError('users-without-tokens: reply has no userIds array of strings', 200, false);
-    }
+    const page = await this.call<UsersPage>('GET', `referrals/v1/users-without-tokens?${q}`, undefined, (p) => {
+      if (!p || !Array.isArray(p.userIds) || !p.userIds.every((u) => typeof u === 'string')) {
+        throw new SatelliteCallError('users-without-tokens: reply has no userIds array of strings', 200, false);
+      }
+      if (p.nextCursor !== null && p.nextCursor !== undefined && typeof p.nextCursor !== 'string') {
+        throw new SatelliteCallError('users-without-tokens: nextCursor must be a string or null', 200, false);
+      }
+    });
     const next = page.nextCursor;
-    if (next !== null && next !== undefined && typeof next !== 'string') {
-      throw new SatelliteCallError('users-without-tokens: nextCursor must be a string or null', 200, false);
-    }
     // '' ends the listing too: it is what a Go satellite's zero-value string sends, and as a request
     // cursor it means the first page, so taking it as a cursor would list everything again
     return { userIds: page.userIds, nextCursor: next === undefined || next === '' ? null : next };
