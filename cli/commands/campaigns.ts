@@ -107,7 +107,7 @@ export function register(program: Command): void {
 
   campaigns
     .command('refused <id>')
-    .description('the users each satellite refused in a campaign, and those a resume did not push (tokens revoked or lost, or served by another campaign meanwhile); their tokens were revoked. One "satellite user" line each')
+    .description('the users each satellite refused in a campaign (their tokens were revoked), and those a resume did not push (tokens revoked or lost, or served by another campaign meanwhile). One "satellite user" line each')
     .option('--satellite <id>', 'only this satellite')
     .option('--json', 'print {satellite: [user ids]}')
     .addHelpText('after', '\nExamples:\n  referral-manager campaigns refused spring-2026\n  referral-manager campaigns refused spring-2026 --satellite us1 --json')

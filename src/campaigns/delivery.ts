@@ -56,8 +56,10 @@ export class Delivery {
    * the satellite lists it again. Before, it was left unsettled: never served, never counted, by any run.
    * `leftOver`: sets of an earlier run, pushed without the satellite listing their users now. A user of
    * one that holds tokens of another campaign, delivered since (or made by the admin API, which hands
-   * them over itself), was served meanwhile: it is recorded refused too and this set revoked, instead of
-   * getting a second set.
+   * them over itself), was served meanwhile: it is recorded refused too instead of getting a second set,
+   * but this set is not revoked: a push may have reached the satellite unrecorded (a kill before the
+   * record, or a restore, which keeps no delivered users of an unfinished satellite), and the user may
+   * have handed those tokens out already.
    */
   async due(sets: UserTokens[], leftOver: boolean): Promise<UserTokens[]> {
     // bounds the commands in flight: a page of a resume after a restore can name millions of tokens
@@ -75,9 +77,10 @@ export class Delivery {
       if (left.length) due.push([u, left]);
       else dropped.set(u, 'its tokens were revoked or lost before delivery');
     }
-    const served = leftOver ? await this.servedElsewhere(due.map(([u]) => u)) : new Map<string, string>();
-    for (const [u, why] of served) dropped.set(u, why);
-    await this.refuse(dropped, false);
+    await this.refuse(dropped, { planned: false });
+    if (!leftOver) return due;
+    const served = await this.servedElsewhere(due.map(([u]) => u));
+    await this.refuse(served, { planned: false, revoke: false });
     return due.filter(([u]) => !served.has(u));
   }
 
@@ -194,14 +197,15 @@ export class Delivery {
   }
 
   /**
-   * Revokes the campaign's tokens of each refused user (user id -> why), then records and counts the user
-   * refused. `planned`: their tokens were counted in the delivered bar's total, which shrinks by them.
+   * Revokes the campaign's tokens of each refused user (user id -> why; not when `revoke` is false), then
+   * records and counts the user refused. `planned`: their tokens were counted in the delivered bar's
+   * total, which shrinks by them.
    */
-  private async refuse(refused: Map<string, string>, planned = true): Promise<void> {
+  private async refuse(refused: Map<string, string>, { planned = true, revoke = true } = {}): Promise<void> {
     if (refused.size === 0) return;
     const users = [...refused.keys()];
     const made = await this.d.campaigns.made(this.d.campaignId, this.d.satelliteId, users);
-    await this.d.engine.revokeOfCampaign(made.flatMap((tokens) => tokens ?? []), this.d.campaignId);
+    if (revoke) await this.d.engine.revokeOfCampaign(made.flatMap((tokens) => tokens ?? []), this.d.campaignId);
     if (planned) this.d.onProgress?.('tokensToDeliver', -made.reduce((n, tokens) => n + (tokens?.length ?? 0), 0));
     const fresh = await this.d.campaigns.recordRefused(this.d.campaignId, this.d.satelliteId, users);
     for (const u of users) this.refused.add(u);
