@@ -8,6 +8,7 @@ import { privateRedis, testCluster } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
 import { caughtUp, each, generateTokens, sleep, snapshotFixture } from './helpers/snapshot.js';
 import { openPostgres, readSnapshotStatus, sampleLag, startSnapshotWriter, verify } from '../src/snapshot/index.js';
+import { checkout } from '../src/snapshot/schema.js';
 import { leaseKey } from '../src/snapshot/status.js';
 import { createRedis } from '../src/store/redis.js';
 import { loadConfig } from '../src/config.js';
@@ -62,9 +63,11 @@ async function pgProxy(dbUrl: string) {
       dropping = on;
     },
     async close() {
-      await new Promise((r) => (server ? server.close(r) : r(undefined)));
+      // server.close waits for every connection to end: reset them first (a lent-out client never would)
+      const closed = new Promise((r) => (server ? server.close(r) : r(undefined)));
       server = undefined;
       for (const s of sockets) s.destroy();
+      await closed;
     },
   };
 }
@@ -318,6 +321,28 @@ describe('snapshot writer under faults (real processes)', () => {
       await proxy.close();
     }
   }, 60_000);
+
+  // pg-pool takes its 'error' listener off a client it lends out: a connection dropped between two queries
+  // of the writer's transaction raised an unhandled 'error' that ended the process (serve with its API;
+  // a review helper's proxy kills took it down on the 3rd try)
+  it('a connection dropped while the writer holds a client between two queries fails its next query, not the process', async () => {
+    const proxy = await pgProxy(snap.db.url);
+    const pool = await openPostgres(proxy.url, 1);
+    try {
+      const client = await checkout(pool);
+      await client.query('BEGIN');
+      await proxy.close();
+      await sleep(300); // the client learns of the close while idle: this is where it emitted 'error'
+      const failed = await client.query('SELECT 1').then(() => undefined, (e: Error) => e);
+      expect(failed).toBeInstanceOf(Error);
+      client.release(failed);
+      proxy.open();
+      expect((await pool.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+    } finally {
+      await pool.end();
+      await proxy.close();
+    }
+  });
 
   it('Postgres behind a black hole (connections open, no bytes through): the hung batch times out, the writer reports down, then catches up', async () => {
     const proxy = await pgProxy(snap.db.url);

@@ -174,11 +174,29 @@ export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number
   if (create) await ensureDatabase(url);
   const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 3000, keepAlive: true, query_timeout: queryTimeoutMs });
   pool.on('error', () => {});
-  const c = await pool.connect();
+  const c = await checkout(pool);
   try {
     await migrate(c);
   } finally {
     c.release();
   }
   return pool;
+}
+
+const guarded = new WeakSet<pg.PoolClient>();
+const ignore = () => {};
+/**
+ * A client of the pool for several queries (a transaction). pg-pool takes its own 'error' listener off a
+ * client it lends out, so a connection dropped between two queries (a reset, a Postgres host lost) emitted
+ * an 'error' no one handled, which ended the process: `serve` and its API with the writer. Each client
+ * gets a listener of its own once; the query in flight, or the next one, fails instead, and the caller
+ * releases the client with that error.
+ */
+export async function checkout(pool: pg.Pool): Promise<pg.PoolClient> {
+  const client = await pool.connect();
+  if (!guarded.has(client)) {
+    client.on('error', ignore);
+    guarded.add(client);
+  }
+  return client;
 }

@@ -12,7 +12,7 @@ import { snapshotMetrics as m } from './metrics.js';
 import { CampaignCopy } from './campaigns.js';
 import { RevocationCopy } from './revoked.js';
 import { SatelliteCopy } from './satellites.js';
-import { openPostgres } from './schema.js';
+import { checkout, openPostgres } from './schema.js';
 import { leaseKey, writeSnapshotStatus, type SnapshotStatus } from './status.js';
 
 export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
@@ -140,7 +140,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   }
 
   async function commit(batch: StreamEvent[]): Promise<void> {
-    const client = await pool!.connect();
+    const client = await checkout(pool!);
     const t0 = performance.now();
     try {
       await client.query('BEGIN');
