@@ -6,7 +6,7 @@ import { runCampaign } from '../src/campaigns/flow.js';
 import { CampaignStore } from '../src/campaigns/store.js';
 import { loadConfig } from '../src/config.js';
 import { packr } from '../src/msgpack.js';
-import { restoreCampaigns, restoreFromPostgres, restoreRevoked, revocationGaps, startSnapshotWriter, verify } from '../src/snapshot/index.js';
+import { openPostgres, restoreCampaigns, restoreFromPostgres, restoreRevoked, revocationGaps, startSnapshotWriter, verify } from '../src/snapshot/index.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, serve } from './helpers/http.js';
@@ -210,14 +210,20 @@ describe('the revocation survives a restore from Postgres', () => {
     }
   });
 
-  it('a snapshot whose revocation is only in the campaign row (written when the record repeated the registry) restores it revoked', async () => {
+  // a newer writer's first copy of that campaign rewrote the row's meta without revokedAt, and restore then
+  // made the campaign usable again (a review helper upgraded a schema-3 snapshot)
+  it('a snapshot whose revocation is only in the campaign row (written when the record repeated the registry) keeps it through the upgrade and a newer writer\'s copy, and restores it revoked', async () => {
     const campaigns = new CampaignStore(snap.fx.redis, snap.fx.prefix);
     // the last test here, as it restores into an emptied prefix. What an older writer left: the campaign
-    // row's meta carries revokedAt and revoked_campaigns has no row
+    // row's meta carries revokedAt, revoked_campaigns has no row, and later migrations have not run
     await snap.pool.query(
       `INSERT INTO campaigns (id, meta, progress) VALUES ('older', $1, '{}')`,
       [JSON.stringify({ perUser: 1, satellites: ['s4'], createdAt: 1_700_000_000_000, revokedAt: 1_700_000_000_500 })],
     );
+    await snap.pool.query('DELETE FROM schema_migrations WHERE version >= 7');
+    // the upgrade: a newer process opens the snapshot, then its writer copies the campaign's record
+    await (await openPostgres(snap.db.url)).end();
+    await snap.pool.query(`UPDATE campaigns SET meta = meta - 'revokedAt' WHERE id = 'older'`);
     await dropPrefix(snap.fx.redis, snap.fx.prefix);
     await restoreRevoked(snap.fx.redis, snap.pool, snap.fx.prefix);
     await restoreCampaigns(snap.fx.redis, snap.pool, snap.fx.prefix);

@@ -48,25 +48,16 @@ export async function pgRevoked(pool: pg.Pool): Promise<Map<string, number>> {
 }
 
 /**
- * Revocations an older writer copied only inside a campaign row's meta (`revokedAt`, when the record
- * repeated the registry), for snapshots made before `revoked_campaigns` held every one.
- */
-async function pgRecordRevocations(pool: pg.Pool): Promise<Map<string, number>> {
-  const res = await pool.query<{ id: string; at: string }>("SELECT id, meta->>'revokedAt' AS at FROM campaigns WHERE meta ? 'revokedAt'");
-  return new Map(res.rows.map((r) => [r.id, Number(r.at)]));
-}
-
-/**
- * Brings back every revocation of the snapshot (`revoked_campaigns`, and a campaign row's meta in an older
- * snapshot): into the registry (one Redis has is newer and kept) and as the mark in every shard's
- * dictionary, which the restored dictionaries (rebuilt from tokens) lack, so generate still refuses the
- * campaign, also one that never had a campaign record.
+ * Brings back every revocation of the snapshot (`revoked_campaigns`; migration 7 moved there those an
+ * older writer kept only in a campaign row's meta): into the registry (one Redis has is newer and kept)
+ * and as the mark in every shard's dictionary, which the restored dictionaries (rebuilt from tokens)
+ * lack, so generate still refuses the campaign, also one that never had a campaign record.
  */
 export async function restoreRevoked(redis: RedisClient, pool: pg.Pool, prefix: string): Promise<{ restored: number; kept: number }> {
   const key = new Keys(prefix).revokedCampaigns();
   let restored = 0;
   let kept = 0;
-  const all = new Map([...(await pgRecordRevocations(pool)), ...(await pgRevoked(pool))]);
+  const all = await pgRevoked(pool);
   for (const [id, at] of all) {
     // one round trip: whether the snapshot's time was taken, and the time the registry now holds
     const replies = (await redis.multi().hsetnx(key, id, String(at)).hget(key, id).exec()) ?? [];

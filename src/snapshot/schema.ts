@@ -105,6 +105,17 @@ export const MIGRATIONS: { version: number; name: string; sql: string }[] = [
       ALTER TABLE tokens ADD COLUMN purged_at bigint;
     `,
   },
+  {
+    version: 7,
+    name: 'revocations_from_campaign_rows',
+    sql: `
+      -- a writer from before revoked_campaigns kept a revocation only as revokedAt in the campaign row's meta,
+      -- which the first copy of a newer writer overwrites: moved here before any writer runs (a row wins)
+      INSERT INTO revoked_campaigns (id, revoked_at)
+      SELECT id, (meta->>'revokedAt')::bigint FROM campaigns WHERE meta ? 'revokedAt'
+      ON CONFLICT (id) DO NOTHING;
+    `,
+  },
 ];
 
 const LOCK_ID = 74_820_501;
