@@ -197,12 +197,19 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   }));
 
   async function round(lane: (typeof lanes)[number]): Promise<number> {
-    const got = await (lane.prefetch ?? read(lane.shards));
+    // taken before the await: a failed prefetch must not be awaited again by every later round
+    const prefetched = lane.prefetch;
     lane.prefetch = undefined;
+    const got = await (prefetched ?? read(lane.shards));
     for (const s of got.drained) pendingMode[s] = false;
     const { events, empty } = got;
     await ackLost(empty);
-    if (events.length >= perShard && !lane.shards.some((s) => pendingMode[s])) lane.prefetch = read(lane.shards);
+    if (events.length >= perShard && !lane.shards.some((s) => pendingMode[s])) {
+      lane.prefetch = read(lane.shards);
+      // it may fail (Redis restarted empty: NOGROUP) while the batch is being written, before anything
+      // awaits it; unhandled, that rejection would end the process (serve with it). It is awaited later.
+      lane.prefetch.catch(() => {});
+    }
     try {
       for (let i = 0; i < events.length && running && leader; i += config.snapshotBatch) {
         const batch = events.slice(i, i + config.snapshotBatch);
