@@ -1,3 +1,4 @@
+import { inLanes } from '../collections.js';
 import type { TokenEngine } from '../tokens/engine.js';
 import type { CampaignStore, Counter } from './store.js';
 import { SatelliteCallError, type SatelliteApi } from './satellite-api.js';
@@ -87,19 +88,15 @@ export class Delivery {
   /** Of these users, those holding unredeemed tokens of another campaign that reached the satellite (user -> why). */
   private async servedElsewhere(users: string[]): Promise<Map<string, string>> {
     const out = new Map<string, string>();
-    const PARALLEL = 32;
-    for (let i = 0; i < users.length; i += PARALLEL) {
-      await Promise.all(
-        users.slice(i, i + PARALLEL).map(async (u) => {
-          const others = new Set((await this.d.engine.listUnredeemed(this.d.satelliteId, u)).map((t) => t.campaignId).filter((c) => c !== this.d.campaignId));
-          for (const c of others) {
-            const [[made], [settled]] = await Promise.all([this.d.campaigns.made(c, this.d.satelliteId, [u]), this.d.campaigns.settled(c, this.d.satelliteId, [u])]);
-            // a set of another campaign that is itself waiting for delivery does not count
-            if (!made || settled) return void out.set(u, `served by campaign "${c}" since this campaign made its tokens`);
-          }
-        }),
-      );
-    }
+    await inLanes(users.length, 32, async (i) => {
+      const u = users[i]!;
+      const others = new Set((await this.d.engine.listUnredeemed(this.d.satelliteId, u)).map((t) => t.campaignId).filter((c) => c !== this.d.campaignId));
+      for (const c of others) {
+        const [[made], [settled]] = await Promise.all([this.d.campaigns.made(c, this.d.satelliteId, [u]), this.d.campaigns.settled(c, this.d.satelliteId, [u])]);
+        // a set of another campaign that is itself waiting for delivery does not count
+        if (!made || settled) return void out.set(u, `served by campaign "${c}" since this campaign made its tokens`);
+      }
+    });
     return out;
   }
 

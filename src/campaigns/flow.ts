@@ -1,4 +1,4 @@
-import { pushTo } from '../collections.js';
+import { inLanes, pushTo } from '../collections.js';
 import { DomainError } from '../errors.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import { checkId } from '../tokens/validate.js';
@@ -206,14 +206,10 @@ class SatelliteRun {
    */
   private async adopt(users: string[]): Promise<UserTokens[]> {
     const out: UserTokens[] = [];
-    const PARALLEL = 32;
-    for (let i = 0; i < users.length; i += PARALLEL) {
-      const lists = await Promise.all(users.slice(i, i + PARALLEL).map((u) => this.o.engine.listUnredeemed(this.sat, u)));
-      lists.forEach((list, j) => {
-        const mine = list.filter((t) => t.campaignId === this.id).map((t) => t.token);
-        if (mine.length) out.push([users[i + j]!, mine]);
-      });
-    }
+    await inLanes(users.length, 32, async (i) => {
+      const mine = (await this.o.engine.listUnredeemed(this.sat, users[i]!)).filter((t) => t.campaignId === this.id).map((t) => t.token);
+      if (mine.length) out.push([users[i]!, mine]);
+    });
     // the run that made them stopped before recording (and counting) them
     const fresh = await this.o.campaigns.recordMade(this.id, this.sat, new Map(out));
     await this.count('usersServed', fresh.users, true);
