@@ -330,10 +330,17 @@ describe('admin routes', () => {
       ['/v1/admin/tokens/revoke', 'POST', ADMIN_KEY, set],
       ['/v1/admin/tokens/revoke', 'POST', ADMIN_KEY, asMap('tokens', Buffer.from('d6ff00000000', 'hex'))],
       ['/v1/tokens/release', 'POST', keyA, asMap('token', error('Error'))],
+      // msgpackr's structured-clone extensions: {x: a = [a]}, a cycle that kept a worker busy for good, before auth
+      ['/v1/tokens/redeem', 'POST', keyA, Buffer.from('81a178d6690000000191d67000000001', 'hex')],
+      // a BigInt extension in an unknown field: the satellite was added, and its audit line said 500
+      ['/v1/admin/satellites', 'POST', ADMIN_KEY, new Packr({ useRecords: false, useBigIntExtension: true }).pack({ id: 'sat-big', note: 2n ** 70n })],
     ] as const) {
       const r = await call(pool, method, path, { key, raw, contentType: 'application/msgpack', accept: 'application/json' });
       expect([path, r.status, r.body.error]).toEqual([path, 400, 'invalid_request']);
     }
+    // without a key the cycle was decoded before auth too: now refused at once
+    const keyless = await call(pool, 'POST', '/v1/tokens/redeem', { raw: Buffer.from('81a178d6690000000191d67000000001', 'hex'), contentType: 'application/msgpack', accept: 'application/json' });
+    expect([keyless.status, keyless.body.error]).toEqual([401, 'unauthorized']);
     expect(await unavailable()).toBe(before);
     expect(server.output()).not.toContain('sender text');
     // the key still works: nothing was rotated
