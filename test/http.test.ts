@@ -367,10 +367,15 @@ describe('admin routes', () => {
       [{ url: '' }, 400, 'invalid_request'],
       [{ name: 7 }, 400, 'invalid_request'],
       [undefined, 400, 'invalid_request'],
+      // Postgres refuses a NUL in the registry's jsonb: accepted, it stopped every snapshot write
+      [{ name: 'EU\u00001' }, 400, 'invalid_request'],
+      [{ outboundKey: 'k\u0000' }, 400, 'invalid_request'],
+      [{ url: 'https://x.example/\u0000' }, 400, 'invalid_request'],
     ] as const) {
       const r = await admin('PATCH', '/v1/admin/satellites/sat-upd', body);
       expect([r.status, r.body.error]).toEqual([status, code]);
     }
+    expect((await admin('POST', '/v1/admin/satellites', { id: 'sat-nul', name: 'a\u0000b' })).status).toBe(400);
     const missing = await admin('PATCH', '/v1/admin/satellites/sat-nope', { name: 'x' });
     expect([missing.status, missing.body.error]).toEqual([404, 'satellite_not_found']);
     // a satellite key may not change the registry

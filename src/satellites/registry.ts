@@ -4,7 +4,7 @@ import { defineScripts, type ScriptFn } from '../store/scripts.js';
 import { insertSatellite, readRegistry, SatelliteKeys } from '../store/satellites.js';
 import { hexDigest } from '../digest.js';
 import { DomainError } from '../errors.js';
-import { checkId } from '../tokens/validate.js';
+import { checkId, checkText } from '../tokens/validate.js';
 
 export interface Satellite {
   id: string;
@@ -138,6 +138,8 @@ function checkFields(input: SatelliteFields): [Field, string][] {
       continue;
     }
     if (typeof v !== 'string' || v.length === 0 || v.length > SATELLITE_FIELD_MAX[f]) throw new DomainError('invalid_request', `${f}: must be a string of 1..${SATELLITE_FIELD_MAX[f]} characters`);
+    // a NUL stopped the snapshot: Postgres refuses it in the registry's jsonb, and the writer retried for ever
+    checkText(f, v);
     if (f === 'url') checkUrl(v);
     out.push([f, v]);
   }

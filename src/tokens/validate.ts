@@ -9,8 +9,16 @@ export function checkId(field: string, value: unknown): string {
   if (typeof value !== 'string') throw new DomainError('invalid_request', `${field}: must be a string`);
   const bytes = Buffer.byteLength(value);
   if (bytes < 1 || bytes > 128) throw new DomainError('invalid_request', `${field}: must be 1..128 bytes, got ${bytes}`);
+  return checkText(field, value);
+}
+
+/**
+ * Text stored and copied to the snapshot: no control characters (a NUL is refused by Postgres' jsonb and
+ * text, which stopped every snapshot write) and well-formed (a lone surrogate has no UTF-8 form: Redis
+ * would store U+FFFD and the value would not round-trip).
+ */
+export function checkText(field: string, value: string): string {
   if (CONTROL.test(value)) throw new DomainError('invalid_request', `${field}: must not contain control characters`);
-  // a lone surrogate has no UTF-8 form: Redis would store U+FFFD and the id would not round-trip
   if (!value.isWellFormed()) throw new DomainError('invalid_request', `${field}: must be valid UTF-8 (lone surrogate)`);
   return value;
 }
