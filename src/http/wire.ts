@@ -43,7 +43,7 @@ function plainData(value: unknown): void {
   while (stack.length) {
     const v = stack.pop();
     // a bigint (msgpackr's BigInt extension) passed the schemas in an unknown field, then broke the audit line's JSON
-    if (typeof v === 'bigint') throw new DomainError('invalid_request', 'body: MessagePack extension type not accepted (BigInt); send plain maps and arrays');
+    if (typeof v === 'bigint') throw notPlain('BigInt');
     if (v === null || typeof v !== 'object' || v instanceof Uint8Array) continue;
     if (Array.isArray(v)) {
       for (const x of v) stack.push(x);
@@ -51,11 +51,13 @@ function plainData(value: unknown): void {
     }
     const proto = Object.getPrototypeOf(v);
     if (proto !== Object.prototype && proto !== null) {
-      throw new DomainError('invalid_request', `body: MessagePack extension type not accepted (${String(proto?.constructor?.name ?? 'unknown').slice(0, 40)}); send plain maps and arrays`);
+      throw notPlain(String(proto?.constructor?.name ?? 'unknown').slice(0, 40));
     }
     for (const x of Object.values(v)) stack.push(x);
   }
 }
+
+const notPlain = (type: string) => new DomainError('invalid_request', `body: MessagePack extension type not accepted (${type}); send plain maps and arrays`);
 
 export function encode(format: Format, value: unknown): Buffer {
   return format === 'json' ? Buffer.from(JSON.stringify(value)) : packr.pack(value);
