@@ -67,6 +67,30 @@ async function waitingUsers(fx: EngineFixture, held: Record<string, string[]>, c
   return new Map(empty.map((u, i) => [u, made[i]]));
 }
 
+/**
+ * A satellite of 20 users that refuses deliveries once it holds 10 tokens, and a generate of `campaign`
+ * (2 tokens a user, 4 a push) that failed there. `waiting`: the users whose tokens were made, not delivered.
+ */
+async function stoppedPartWay(satId: string, campaign: string) {
+  const fx = await engineFixture({ label: 'gen' });
+  const sim = await startSatelliteSim({ id: satId, users: 20, failAfter: 10 });
+  const close = async () => {
+    await sim.close();
+    await fx.close();
+  };
+  try {
+    await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: satId, url: sim.url });
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    expect((await runCli(['generate', '--all', '--per-user', '2', '--campaign', campaign, '--batch-size', '4'], env)).code).toBe(1);
+    const waiting = [...(await waitingUsers(fx, sim.satellite.holdings(), campaign, satId))].filter(([, m]) => m !== undefined).map(([u]) => u);
+    expect(waiting.length, 'users whose tokens were made, not delivered').toBeGreaterThan(0);
+    return { fx, sim, env, waiting, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
+
 /** A world of its own: key prefix, engine, satellites registered with their URL and outbound key. */
 /** 1 for each user whose tokens the satellite accepted in the campaign, else 0 */
 function delivered(fx: EngineFixture, campaignId: string, satId: string, userIds: string[]): Promise<number[]> {
@@ -739,16 +763,9 @@ describe('--expires', () => {
   // a revoke since is also what a refusal killed between its revoke and its record leaves: before, such a
   // user was never served nor recorded by any later run, and the campaign's counts did not add up
   it('--resume pushes no token revoked since the failed run made it, and records that user refused', async () => {
-    const fx = await engineFixture({ label: 'gen' });
-    // 20 users, 2 tokens each, 4 a push: deliveries fail once 10 tokens are stored
-    const sim = await startSatelliteSim({ id: 'sat-v', users: 20, failAfter: 10 });
+    const { fx, sim, env, waiting, close } = await stoppedPartWay('sat-v', 'rv');
     try {
-      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-v', url: sim.url });
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      expect((await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'rv', '--batch-size', '4'], env)).code).toBe(1);
-      const waiting = await waitingUsers(fx, sim.satellite.holdings(), 'rv', 'sat-v');
-      const user = [...waiting].find(([, m]) => m !== undefined)?.[0]!;
-      expect(user, 'a user whose tokens were made, not delivered').toBeDefined();
+      const user = waiting[0]!;
       const revoked = await runCli(['tokens', 'revoke', '--satellite', 'sat-v', '--user', user], env);
       expect(revoked.code, revoked.stderr).toBe(0);
 
@@ -763,8 +780,7 @@ describe('--expires', () => {
       expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ usersRefused: 1, refusal: `user "${user}": its tokens were revoked or lost before delivery` });
       expect(await new CampaignStore(fx.redis, fx.prefix).progress('rv', 'sat-v')).toMatchObject({ usersServed: 20, usersRefused: 1, tokensDelivered: 38, status: 'done' });
     } finally {
-      await sim.close();
-      await fx.close();
+      await close();
     }
   });
 });
@@ -773,15 +789,9 @@ describe('a campaign stopped part-way, another campaign run meanwhile, then --re
   // the satellite listed the first campaign's undelivered users to the second, which served them; the
   // resume then pushed the first campaign's sets too: those users held 4 tokens instead of 2
   it('gives nobody a second set, and revokes no set the satellite may hold (its push unrecorded, its tokens handed out)', async () => {
-    const fx = await engineFixture({ label: 'gen' });
-    const sim = await startSatelliteSim({ id: 'sat-w', users: 20, failAfter: 10 });
+    const { fx, sim, env, waiting, close } = await stoppedPartWay('sat-w', 'first');
     try {
-      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-w', url: sim.url });
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      expect((await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'first', '--batch-size', '4'], env)).code).toBe(1);
       const before = sim.satellite.holdings();
-      const waiting = [...(await waitingUsers(fx, before, 'first', 'sat-w'))].filter(([, m]) => m !== undefined).map(([u]) => u);
-      expect(waiting.length, 'users whose tokens were made, not delivered').toBeGreaterThan(0);
       // the delivered users hand their tokens out (so the satellite lists them again), and their delivery
       // goes unrecorded: what a restore of an unfinished satellite, or a kill before the record, leaves
       const handedOut = Object.keys(before).filter((u) => before[u]!.length === 2);
@@ -802,8 +812,7 @@ describe('a campaign stopped part-way, another campaign run meanwhile, then --re
       for (const u of handedOut) for (const t of before[u]!) expect((await fx.engine.lookup(t))?.state, t).toBe('unredeemed');
       expect((await fx.engine.stats()).satellites['sat-w']).toMatchObject({ generated: 80, revoked: 0 });
     } finally {
-      await sim.close();
-      await fx.close();
+      await close();
     }
   });
 });
