@@ -523,6 +523,35 @@ describe('a satellite ending its listing with nextCursor ""', () => {
   });
 });
 
+describe('a satellite whose listing never ends (an empty page with a new cursor every time)', () => {
+  // a repeated cursor was caught, an ever-new one was not: generate listed ~3,000 pages a second for ever
+  it('fails that satellite after --max-pages pages, with the reason; the others are served', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    let listings = 0;
+    const endless = await handWrittenSatellite(fx, 'sat-endless', () => ({ userIds: [], nextCursor: `c${++listings}` }), (tokens) => tokens.length);
+    const fine = await handWrittenSatellite(fx, 'sat-fine', () => ({ userIds: ['u0', 'u1'], nextCursor: null }), (tokens) => tokens.length);
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--max-pages', '50', '--campaign', 'endless', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code).toBe(1);
+      const bySatellite = Object.fromEntries((JSON.parse(run.stdout).satellites as { satelliteId: string }[]).map((r) => [r.satelliteId, r]));
+      expect(bySatellite['sat-endless']).toMatchObject({ status: 'failed', error: 'satellite listing did not end after 50 pages; raise --max-pages if it has that many users' });
+      expect(bySatellite['sat-fine']).toMatchObject({ status: 'done', tokensDelivered: 2 });
+      expect(listings).toBe(50);
+      expect(run.stderr).toContain('--resume endless');
+    } finally {
+      await endless.close();
+      await fine.close();
+      await fx.close();
+    }
+  });
+
+  it('refuses a --max-pages that is not a positive integer (usage error)', async () => {
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--max-pages', '0']);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain('--max-pages must be an integer');
+  });
+});
+
 describe('a satellite whose listing breaks the contract (a 200 that is not a page)', () => {
   // the checks ran outside the call's retry loop, so the failure was not counted: 'failures 0  failed'
   it('fails the satellite with the reason, counts the failure, and does not retry it', async () => {

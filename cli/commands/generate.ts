@@ -20,6 +20,7 @@ interface Opts {
   dryRun?: boolean;
   json?: boolean;
   pageSize: string;
+  maxPages: string;
   batchSize: string;
   progress: boolean;
 }
@@ -62,12 +63,14 @@ export function register(program: Command): void {
     .option('--dry-run', 'change nothing; say what would happen')
     .option('--json', 'print the summary as JSON')
     .addOption(new Option('--page-size <n>', 'users asked per page').default('1000'))
+    .addOption(new Option('--max-pages <n>', 'most pages listed per satellite; a listing still going then fails that satellite').default('100000'))
     .addOption(new Option('--batch-size <n>', 'most tokens pushed per request to a satellite').default('5000'))
     .option('--no-progress', 'no progress bars (they only show on a TTY anyway)')
     .addHelpText('after', EXAMPLES)
     .action(async function (this: Command, opts: Opts) {
       const usage = (msg: string): never => this.error(`error: ${msg}`, { exitCode: 2 });
       const pageSize = positive(opts.pageSize, 10_000) ?? usage('--page-size must be an integer 1..10000');
+      const maxPages = positive(opts.maxPages, 100_000_000) ?? usage('--max-pages must be an integer 1..100000000');
       const deliverBatch = positive(opts.batchSize, 100_000) ?? usage('--batch-size must be an integer 1..100000');
       if (opts.resume !== undefined) {
         if (opts.satellite || opts.all || opts.perUser || opts.expires || opts.campaign) {
@@ -162,6 +165,7 @@ export function register(program: Command): void {
               existed: existing !== undefined,
               dryRun: opts.dryRun === true,
               pageSize,
+              maxPages,
               deliverBatch,
               timeoutMs: config.satelliteTimeoutMs,
               attempts: config.satelliteAttempts,

@@ -21,6 +21,8 @@ export interface FlowOptions {
   dryRun: boolean;
   /** users asked for per page */
   pageSize: number;
+  /** most pages listed per satellite in one run (default: no limit): a listing that never ends, a new cursor every page, fails here */
+  maxPages?: number;
   /** most tokens pushed to a satellite per request */
   deliverBatch: number;
   /** per call to a satellite, and attempts per call (retried with backoff) */
@@ -113,6 +115,7 @@ class SatelliteRun {
       let cursor: string | null = null;
       const seen = new Set<string>();
       do {
+        if (seen.size >= (this.o.maxPages ?? Infinity)) throw new Error(`satellite listing did not end after ${this.o.maxPages} pages; raise --max-pages if it has that many users`);
         const page = await this.api.usersWithoutTokens(cursor, this.o.pageSize);
         // a cursor given twice would list the same pages for ever
         if (page.nextCursor !== null && seen.has(page.nextCursor)) throw new Error(`satellite repeated cursor "${page.nextCursor}"`);
