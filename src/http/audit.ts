@@ -41,7 +41,17 @@ export function audit(e: AuditEntry, write: (line: string) => void = console.log
   const line: Record<string, unknown> = { audit: 'admin', at: new Date().toISOString(), method: e.method, path: e.path, ip: e.ip, status: e.status };
   if (e.error !== undefined) line.error = e.error;
   line.ms = Math.round(e.ms);
-  if (e.body !== undefined) line.body = summarize(e.body);
-  if (e.result !== undefined) line.result = summarize(e.result);
-  write(JSON.stringify(line));
+  let shown: string;
+  try {
+    if (e.body !== undefined) line.body = summarize(e.body);
+    if (e.result !== undefined) line.result = summarize(e.result);
+    shown = JSON.stringify(line);
+  } catch (err) {
+    // the call was answered already: a body that cannot be written (a BigInt) must not turn it into a 500
+    delete line.body;
+    delete line.result;
+    line.unwritable = (err as Error).message;
+    shown = JSON.stringify(line);
+  }
+  write(shown);
 }
