@@ -102,6 +102,38 @@ it('an id in a path that is not well-formed text (a lone surrogate) is a rejecte
   }
 });
 
+it('a base URL with a path (a gateway routing by path) puts that path before every route', async () => {
+  // a gateway that serves the manager under /referrals and answers 404 to anything else
+  const target = new URL(server.url);
+  const seen: string[] = [];
+  const gateway = http.createServer((req, res) => {
+    seen.push(req.url!);
+    if (!req.url!.startsWith('/referrals/')) return void res.writeHead(404, { 'content-type': 'text/plain' }).end('no such route');
+    const upstream = http.request({ host: target.hostname, port: target.port, method: req.method, path: req.url!.slice('/referrals'.length), headers: req.headers }, (up) => {
+      res.writeHead(up.statusCode!, up.headers);
+      up.pipe(res);
+    });
+    req.pipe(upstream);
+  });
+  const port = await new Promise<number>((r) => gateway.listen(0, '127.0.0.1', () => r((gateway.address() as AddressInfo).port)));
+  const viaAdmin = new AdminClient({ url: `http://127.0.0.1:${port}/referrals/`, apiKey: ADMIN_KEY });
+  try {
+    const { apiKey } = await viaAdmin.addSatellite({ id: 'gw1' });
+    const via = new SatelliteClient({ url: `http://127.0.0.1:${port}/referrals`, apiKey });
+    try {
+      const { tokens } = await viaAdmin.generate({ satelliteId: 'gw1', userIds: ['gina'], perUser: 1 });
+      expect(await via.listTokens('gina')).toEqual([expect.objectContaining({ token: tokens[0]!.token })]);
+      expect(await via.redeem(tokens[0]!.token, 'hal')).toMatchObject({ state: 'redeemed', ownerSatelliteId: 'gw1' });
+    } finally {
+      await via.close();
+    }
+    expect(seen).toEqual(['/referrals/v1/admin/satellites', '/referrals/v1/admin/tokens/generate', '/referrals/v1/users/gina/tokens', '/referrals/v1/tokens/redeem']);
+  } finally {
+    await viaAdmin.close();
+    gateway.close();
+  }
+});
+
 it('transport failures are ReferralError code unavailable', async () => {
   const dead = new SatelliteClient({ url: `http://127.0.0.1:${await freePort()}`, apiKey: 'k', timeoutMs: 500 });
   const err = await refusal(dead.redeem('ffff0000-0000-4000-8000-000000000000', 'u'));

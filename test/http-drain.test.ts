@@ -1,5 +1,6 @@
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
+import { ReferralError, SatelliteClient } from '../src/client/index.js';
 import { loadConfig } from '../src/config.js';
 import { startServer, type HttpServer } from '../src/http/server.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
@@ -43,13 +44,13 @@ function generateRequest(satelliteId: string): string {
  * (SIGSTOP) while a request is in flight: it cannot be answered before what the test does next, however
  * slow the machine.
  */
-async function withPausableServer(prefix: string, satelliteId: string, fn: (server: HttpServer, redis: RestartableRedis) => Promise<void>): Promise<void> {
+async function withPausableServer(prefix: string, satelliteId: string, fn: (server: HttpServer, redis: RestartableRedis, apiKey: string) => Promise<void>): Promise<void> {
   const redis = await privateRedis();
   await redis.start();
   const server = await startServer(loadConfig({ host: '127.0.0.1', port: 0, keyPrefix: prefix, adminKey: ADMIN_KEY }, { REDIS_URL: redis.url }));
   try {
-    await new SatelliteRegistry(server.redis, prefix).add({ id: satelliteId });
-    await fn(server, redis);
+    const { apiKey } = await new SatelliteRegistry(server.redis, prefix).add({ id: satelliteId });
+    await fn(server, redis, apiKey);
   } finally {
     redis.signal('SIGCONT');
     await server.close();
@@ -80,7 +81,7 @@ describe('close (SIGTERM drain), in process', () => {
 });
 
 describe('a caller that hangs up mid-request, in process', () => {
-  // the typed client's deadline is the server's and starts first: before, a generate it gave up on left
+  // a caller's own deadline may end before the server's: before, a generate it gave up on left
   // every token it made usable, and the documented retry made a second set
   it('a generate whose caller went away leaves no usable token: what it made is revoked', async () => {
     await withPausableServer('rm-abort', 'sat-h', async (server, redis) => {
@@ -98,4 +99,22 @@ describe('a caller that hangs up mid-request, in process', () => {
       expect(sat).toMatchObject({ generated: 10_000, unredeemed: 0, revoked: 10_000 });
     });
   });
+});
+
+describe('the typed client on a hung Redis, both at their default deadlines', () => {
+  // the client's deadline was the server's and started first: it gave up (unavailable, status 0, no
+  // Retry-After) an instant before the server's 503 store_unavailable with Retry-After could reach it
+  it('receives the server\'s 503 store_unavailable with its Retry-After', async () => {
+    await withPausableServer('rm-deadline', 'sat-t', async (server, redis, apiKey) => {
+      const client = new SatelliteClient({ url: `http://127.0.0.1:${server.port}`, apiKey });
+      try {
+        redis.signal('SIGSTOP');
+        const err = await client.redeem('ffff0000-0000-4000-8000-000000000000', 'u1').then(() => undefined, (e: unknown) => e);
+        expect(err).toBeInstanceOf(ReferralError);
+        expect(err).toMatchObject({ code: 'store_unavailable', status: 503, retryAfter: 1 });
+      } finally {
+        await client.close();
+      }
+    });
+  }, 15_000);
 });

@@ -4,10 +4,10 @@ import { msgpackRequest } from '../msgpack.js';
 import { errorCatalogue } from '../errors.js';
 
 export interface TransportOptions {
-  /** base URL of the manager, e.g. http://127.0.0.1:7480 */
+  /** base URL of the manager, e.g. http://127.0.0.1:7480, or https://gw.example/referrals behind a gateway that routes by path */
   url: string;
   apiKey: string;
-  /** per-request deadline (headers and body), default 5000 ms */
+  /** per-request deadline (headers and body), default 6000 ms: longer than the server's own (REQUEST_TIMEOUT_MS, 5 s), so its 503 with Retry-After arrives first */
   timeoutMs?: number;
   /** keep-alive connections in the pool, default 16 */
   connections?: number;
@@ -30,12 +30,16 @@ export class Transport {
   private readonly pool: Pool;
   private readonly auth: string;
   private readonly timeoutMs: number;
+  /** the base URL's path, put before every route (a pool only takes an origin) */
+  private readonly base: string;
 
   constructor(opts: TransportOptions) {
-    const timeoutMs = opts.timeoutMs ?? 5000;
+    const timeoutMs = opts.timeoutMs ?? 6000;
     // idle connections are let go before the server's 10 s idle timeout closes them, so a request is
     // never sent on a connection the server is closing at that moment
-    this.pool = new Pool(opts.url, { connections: opts.connections ?? 16, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, keepAliveTimeout: 5000 });
+    const url = new URL(opts.url);
+    this.base = url.pathname.replace(/\/+$/, '');
+    this.pool = new Pool(url.origin, { connections: opts.connections ?? 16, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, keepAliveTimeout: 5000 });
     this.auth = `Bearer ${opts.apiKey}`;
     this.timeoutMs = timeoutMs;
   }
@@ -44,7 +48,7 @@ export class Transport {
   async call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown, timeoutMs = this.timeoutMs): Promise<T> {
     let res;
     try {
-      res = await msgpackRequest(this.pool, { method, path, headers: { authorization: this.auth }, body, timeoutMs });
+      res = await msgpackRequest(this.pool, { method, path: this.base + path, headers: { authorization: this.auth }, body, timeoutMs });
     } catch (err) {
       throw new ReferralError('unavailable', 0, `request failed: ${(err as Error).message}`);
     }
