@@ -1,14 +1,17 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { CampaignStore } from '../src/campaigns/store.js';
 import { loadConfig } from '../src/config.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
+import { SatelliteKeys } from '../src/store/satellites.js';
 import { startSatelliteSim, type SatelliteSim } from '../src/sim/index.js';
 import { openPostgres, restoreCampaigns, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { runCli } from './helpers/cli.js';
 import { testDatabase } from './helpers/pg.js';
 import { dropPrefix, engineFixture, testPrefix, type EngineFixture } from './helpers/redis.js';
-import { caughtUp, firstRoundDone, sleep } from './helpers/snapshot.js';
+import { caughtUp, firstRoundDone, generateTokens, sleep } from './helpers/snapshot.js';
 
 type CampRow = { id: string; meta: Record<string, unknown>; progress: Record<string, Record<string, unknown>> };
 
@@ -215,6 +218,32 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     const none = await runCli(['campaigns', 'results', 'no-such-campaign'], env);
     expect([none.code, none.stderr]).toEqual([1, expect.stringContaining('no token of campaign "no-such-campaign" in the Postgres snapshot')]);
     await w.stop();
+  });
+
+  // Postgres refuses a NUL and a lone surrogate in jsonb: the copy failed, and the writer retried the same
+  // round for ever, so no token event reached Postgres either (any satellite could send such an error)
+  it('text Postgres cannot store (a NUL, a lone surrogate) in a satellite\'s error or a registered field does not stop the writer', async () => {
+    const broken = createServer((_req, res) => void res.writeHead(500, { 'content-type': 'application/json' }).end('{"error":"broken\\u0000\\u001b[31m","message":"half \\ud800 done"}'));
+    const port = await new Promise<number>((r) => broken.listen(0, '127.0.0.1', () => r((broken.address() as AddressInfo).port)));
+    try {
+      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-nul', url: `http://127.0.0.1:${port}` });
+      expect((await runCli(['generate', '--satellite', 'sat-nul', '--per-user', '1', '--campaign', 'nul'], env)).code).toBe(1);
+    } finally {
+      broken.close();
+    }
+    // a name stored before names were checked (checkText)
+    await fx.redis.hset(new SatelliteKeys(fx.prefix).satellite('sat-nul'), 'name', 'old\u0000name');
+    const w = await writer(fx.prefix);
+    await generateTokens(fx.engine, 50, 'sat-nul');
+    await caughtUp(fx.redis, fx.prefix, pool, 0, 15_000);
+    const row = await rowUntil('nul', (r) => r.progress['sat-nul']?.status === 'failed');
+    expect(row.progress['sat-nul']?.lastError).toBe('GET /referrals/v1/users-without-tokens: HTTP 500 broken\ufffd\ufffd[31m: half \ufffd done');
+    const named = await pool.query("SELECT fields->>'name' AS name FROM satellites WHERE id = 'sat-nul'");
+    expect(named.rows).toEqual([{ name: 'old\ufffdname' }]);
+    await stopCaughtUp(w);
+    // what Postgres could not hold is named, so the operator mends it (satellites update)
+    expect((await verify(fx.redis, pool, fx.prefix)).listed).toEqual([{ token: new SatelliteKeys(fx.prefix).satellite('sat-nul'), kind: 'differs', fields: [{ field: 'name', redis: 'old\u0000name', postgres: 'old\ufffdname' }] }]);
+    await fx.redis.hset(new SatelliteKeys(fx.prefix).satellite('sat-nul'), 'name', 'mended');
   });
 
   it('the users a satellite refused reach Postgres and come back with restore, not as delivered', async () => {

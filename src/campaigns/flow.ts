@@ -1,7 +1,7 @@
 import { inLanes, pushTo } from '../collections.js';
 import { DomainError } from '../errors.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
-import { checkId } from '../tokens/validate.js';
+import { checkId, printable } from '../tokens/validate.js';
 import { ClaimLost, type CampaignMeta, type CampaignStore, type Claim, type Counter } from './store.js';
 import { SatelliteApi } from './satellite-api.js';
 import { Delivery, tokenCount, type UserTokens } from './delivery.js';
@@ -118,7 +118,7 @@ class SatelliteRun {
         if (seen.size >= (this.o.maxPages ?? Infinity)) throw new Error(`satellite listing did not end after ${this.o.maxPages} pages; raise --max-pages if it has that many users`);
         const page = await this.api.usersWithoutTokens(cursor, this.o.pageSize);
         // a cursor given twice would list the same pages for ever
-        if (page.nextCursor !== null && seen.has(page.nextCursor)) throw new Error(`satellite repeated cursor "${page.nextCursor}"`);
+        if (page.nextCursor !== null && seen.has(page.nextCursor)) throw new Error(`satellite repeated cursor "${printable(page.nextCursor)}"`);
         if (page.nextCursor !== null) seen.add(page.nextCursor);
         await this.count('usersListed', page.userIds.length);
         await this.servePage(page.userIds);

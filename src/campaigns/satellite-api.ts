@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool } from 'undici';
 import { msgpackRequest } from '../msgpack.js';
+import { printable } from '../tokens/validate.js';
 
 /** The satellite's side of the generation flow (README "Satellite contract"). */
 export interface UsersPage {
@@ -116,6 +117,6 @@ export class SatelliteApi {
     const detail = (res.data as { error?: string; message?: string } | undefined) ?? {};
     const retryable = res.status === 429 || res.status >= 500;
     const why = [detail.error, detail.message].filter(Boolean).join(': ') || res.raw.toString('utf8').slice(0, 200);
-    throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} ${why}`, res.status, retryable, REFUSALS.has(res.status));
+    throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} ${printable(why)}`, res.status, retryable, REFUSALS.has(res.status));
   }
 }

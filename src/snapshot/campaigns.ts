@@ -2,7 +2,7 @@ import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
 import { mapValues } from '../collections.js';
 import { addMade, addRefused, campaignExists, CampaignKeys, parseProgress, readAllCampaigns, readRefused, writeCampaign, type CampaignMeta, type CampaignRecord, type SatelliteProgress } from '../store/campaigns.js';
-import { PeriodicCopy } from './copy.js';
+import { jsonb, PeriodicCopy } from './copy.js';
 
 /** users a page, reading a campaign's made users or refusals from Postgres and writing refusals to it */
 const PAGE = 5000;
@@ -69,7 +69,7 @@ export class CampaignCopy extends PeriodicCopy<Changes> {
     const rows = new Map<string, string>();
     const refusals: Refusals[] = [];
     for (const c of await readAllCampaigns(this.redis, this.keys)) {
-      const text = JSON.stringify(rowOf(c));
+      const text = jsonb(rowOf(c));
       if (all || this.copied.get(c.id) !== text) rows.set(c.id, text);
       for (const [sat, p] of Object.entries(c.progress)) {
         if (p.usersRefused === 0 || this.refusalsCopied.get(JSON.stringify([c.id, sat])) === p.usersRefused) continue;
@@ -173,7 +173,7 @@ export async function restoreCampaigns(redis: RedisClient, pool: pg.Pool, prefix
       for await (const page of madeByUser(pool, c.id, sat)) await addMade(redis, keys, c.id, sat, page, (u) => done && !refused.has(u));
     }
     await writeCampaign(redis, keys, { ...c, progress });
-    if (JSON.stringify(progress) !== JSON.stringify(c.progress)) await pool.query('UPDATE campaigns SET progress = $2 WHERE id = $1', [c.id, JSON.stringify(progress)]);
+    if (JSON.stringify(progress) !== JSON.stringify(c.progress)) await pool.query('UPDATE campaigns SET progress = $2 WHERE id = $1', [c.id, jsonb(progress)]);
     restored++;
   }
   return { restored, kept };

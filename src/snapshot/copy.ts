@@ -1,5 +1,12 @@
 import type pg from 'pg';
 
+/**
+ * JSON for a jsonb parameter. Postgres refuses a NUL in jsonb, and one such value (a satellite name stored
+ * before names were checked) failed the whole copy and so every round of the writer, token events
+ * included: it is written as U+FFFD instead, and verify names the field that differs.
+ */
+export const jsonb = (v: unknown): string => JSON.stringify(v, (_k, x: unknown) => (typeof x === 'string' && x.includes('\0') ? x.replaceAll('\0', '\ufffd') : x));
+
 /** How often a copy writes even when nothing seems changed: mends a copy an overlapping ex-holder of the lease wrote late. */
 export const REWRITE_EVERY_MS = 60_000;
 

@@ -2,7 +2,7 @@ import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
 import { markRevokedInShards } from '../store/campaigns.js';
 import { Keys, SHARDS } from '../store/keys.js';
-import { PeriodicCopy } from './copy.js';
+import { jsonb, PeriodicCopy } from './copy.js';
 
 const UPSERT = `
   INSERT INTO revoked_campaigns (id, revoked_at)
@@ -35,7 +35,7 @@ export class RevocationCopy extends PeriodicCopy<{ rows: [string, number][]; all
   }
 
   protected async store(pool: pg.Pool, p: { rows: [string, number][]; all: boolean }): Promise<void> {
-    await pool.query(UPSERT, [JSON.stringify(p.rows)]);
+    await pool.query(UPSERT, [jsonb(p.rows)]);
     for (const [id, at] of p.rows) this.copied.set(id, at);
     if (p.all) this.writtenAt = Date.now();
   }

@@ -2,7 +2,7 @@ import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
 import { insertSatellite, readRegistry, SatelliteKeys, type SatelliteRecord } from '../store/satellites.js';
 
-import { PeriodicCopy } from './copy.js';
+import { jsonb, PeriodicCopy } from './copy.js';
 
 // One statement, so a copy lands whole. Registered and removed ids are disjoint (readRegistry).
 const UPSERT = `
@@ -34,7 +34,7 @@ export class SatelliteCopy extends PeriodicCopy<{ satellites: SatelliteRecord[];
   }
 
   protected async store(pool: pg.Pool, p: { satellites: SatelliteRecord[]; removed: string[]; text: string }): Promise<void> {
-    await pool.query(UPSERT, [JSON.stringify(p.satellites), p.removed]);
+    await pool.query(UPSERT, [jsonb(p.satellites), p.removed]);
     this.copied = p.text;
     this.writtenAt = Date.now();
   }

@@ -24,6 +24,15 @@ export function checkText(field: string, value: string): string {
 }
 
 /**
+ * Text from outside, shown to an operator and stored (a satellite's error message): a control character
+ * (a NUL, a terminal escape) or a lone surrogate becomes U+FFFD, so it can neither drive the terminal
+ * nor be refused by Postgres.
+ */
+export function printable(text: string): string {
+  return text.toWellFormed().replace(/[\u0000-\u001f\u007f]/g, '\ufffd');
+}
+
+/**
  * A new campaign's id: an id without braces. The CLI keeps a campaign's records under the hash tag
  * {camp:<id>}, where a brace would end the tag early and let two campaigns share keys (campaign "c" with
  * satellite "x}:meta" and campaign "c}:made:x"); the admin route takes the same rule so every campaign
