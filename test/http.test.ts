@@ -494,6 +494,7 @@ describe('admin routes', () => {
   });
 
   it('generates up to 10,000 tokens in one call, revokes by owner and campaign, reports stats', async () => {
+    const before = (await admin('GET', '/v1/admin/stats')).body.satellites['sat-b'] ?? { generated: 0, revoked: 0 };
     const users = Array.from({ length: 5000 }, (_, i) => `bulk-${i}`);
     const gen = await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-b', userIds: users, perUser: 2, campaignId: 'camp-bulk' }, 'msgpack');
     expect(gen.status).toBe(200);
@@ -502,16 +503,19 @@ describe('admin routes', () => {
     expect(gen.body.tokens[0]).toEqual({ userId: 'bulk-0', token: expect.stringMatching(/^[0-9a-f-]{36}$/) });
     expect((await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-b', userIds: users, perUser: 3 })).body.error).toBe('invalid_request');
     expect((await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'nope', userIds: ['u'], perUser: 1 })).body.error).toBe('satellite_not_found');
+    // a new user of sat-a joins through one of them: the redemptions matrix shows sat-b -> sat-a
+    const joined = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, body: { token: gen.body.tokens[2].token, userId: 'bulk-joiner' } });
+    expect(joined.body).toMatchObject({ state: 'redeemed', ownerSatelliteId: 'sat-b', ownerUserId: 'bulk-1' });
     expect((await admin('POST', '/v1/admin/tokens/revoke', { satelliteId: 'sat-b', userId: 'bulk-0' })).body).toEqual({ revoked: 2 });
-    expect((await admin('POST', '/v1/admin/tokens/revoke', { campaignId: 'camp-bulk' })).body).toEqual({ revoked: 9998 });
+    expect((await admin('POST', '/v1/admin/tokens/revoke', { campaignId: 'camp-bulk' })).body).toEqual({ revoked: 9997 });
     // the campaign stays revoked: generating for it again makes nothing
     const again = await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-b', userIds: ['bulk-0'], perUser: 1, campaignId: 'camp-bulk' });
     expect([again.status, again.body.error]).toEqual([410, 'campaign_revoked']);
     expect((await admin('POST', '/v1/admin/tokens/revoke', {})).body.error).toBe('invalid_request');
     const stats = await admin('GET', '/v1/admin/stats');
     expect(stats.status).toBe(200);
-    expect(stats.body.satellites['sat-b']).toMatchObject({ generated: 10_000, revoked: 10_000 });
-    expect(stats.body.redemptions).toEqual(expect.arrayContaining([expect.objectContaining({ ownerSatelliteId: 'sat-a', redeemerSatelliteId: 'sat-b' })]));
+    expect(stats.body.satellites['sat-b']).toMatchObject({ generated: before.generated + 10_000, revoked: before.revoked + 9999 });
+    expect(stats.body.redemptions).toEqual(expect.arrayContaining([expect.objectContaining({ ownerSatelliteId: 'sat-b', redeemerSatelliteId: 'sat-a' })]));
   });
 });
 
