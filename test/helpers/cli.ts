@@ -11,10 +11,21 @@ export interface CliRun {
   stderr: string;
 }
 
-/** CLI children still running: a test that timed out (vitest's limit is shorter than runCli's) must not leave them behind. */
+/**
+ * CLI children still running: a test that timed out (vitest's limit is shorter than runCli's) must not
+ * leave them behind, nor what they started (demo's service and satellites): each child leads its own
+ * process group, and the whole group is killed.
+ */
 const live = new Set<ChildProcess>();
+const killGroup = (proc: ChildProcess) => {
+  try {
+    process.kill(-proc.pid!, 'SIGKILL');
+  } catch {
+    // the group is gone already
+  }
+};
 afterEach(() => {
-  for (const proc of live) proc.kill('SIGKILL');
+  for (const proc of live) killGroup(proc);
   live.clear();
 });
 
@@ -22,14 +33,14 @@ afterEach(() => {
 export function runCli(args: string[], env: Record<string, string> = {}, opts: { input?: string; timeoutMs?: number } = {}): Promise<CliRun> {
   if (!existsSync(MAIN)) throw new Error('dist/cli/main.js missing: run `npx tsc -p tsconfig.json` (npm test does)');
   return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const proc = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     live.add(proc);
     let stdout = '';
     let stderr = '';
     proc.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     proc.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const timer = setTimeout(() => {
-      proc.kill('SIGKILL');
+      killGroup(proc);
       reject(new Error(`referral-manager ${args.join(' ')}: no exit within ${opts.timeoutMs ?? 120_000} ms\nstdout:\n${stdout}\nstderr:\n${stderr}`));
     }, opts.timeoutMs ?? 120_000);
     proc.once('error', reject);
