@@ -3,8 +3,41 @@ import type { Dispatcher } from 'undici';
 
 export const MSGPACK = 'application/msgpack';
 
-/** Plain maps and arrays on the wire (no msgpackr records), so any MessagePack peer can read them. */
-export const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+/**
+ * Plain maps and arrays on the wire (no msgpackr records), so any MessagePack peer can read them; a 64-bit
+ * integer read as a number (msgpackr's default is a BigInt).
+ */
+export const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' });
+
+const INT32_MIN = -0x80000000;
+const UINT32_MAX = 0xffffffff;
+
+/**
+ * `v` with every integer beyond 32 bits as a BigInt, which msgpackr writes as an int64 where it would
+ * write a number as a float64: Go's MessagePack decoders (Storj satellites) refuse a float64 for an
+ * integer field, and every time on the wire (expiresAt, leaseExpiresAt, redeemedAt) is one. Copies only
+ * what it changes.
+ */
+export function int64s(v: unknown): unknown {
+  if (typeof v === 'number') return Number.isSafeInteger(v) && (v > UINT32_MAX || v < INT32_MIN) ? BigInt(v) : v;
+  if (v === null || typeof v !== 'object' || v instanceof Uint8Array) return v;
+  if (Array.isArray(v)) {
+    let out: unknown[] | undefined;
+    for (let i = 0; i < v.length; i++) {
+      const x = int64s(v[i]);
+      if (x !== v[i]) (out ??= v.slice())[i] = x;
+    }
+    return out ?? v;
+  }
+  let out: Record<string, unknown> | undefined;
+  const o = v as Record<string, unknown>;
+  // for-in, not Object.entries: this runs on every MessagePack reply, and the values are plain objects
+  for (const k in o) {
+    const y = int64s(o[k]);
+    if (y !== o[k]) (out ??= { ...o })[k] = y;
+  }
+  return out ?? v;
+}
 
 /** An HTTP body by its content type: JSON when it says json, else MessagePack; empty is undefined. Throws when undecodable. */
 export function decodeBody(raw: Buffer, contentType: string): unknown {
@@ -36,7 +69,7 @@ export async function msgpackRequest(
     method: req.method,
     path: req.path,
     headers,
-    body: req.body === undefined ? undefined : packr.pack(req.body),
+    body: req.body === undefined ? undefined : packr.pack(int64s(req.body)),
     // also the undici timeouts: a pool's own (set for its usual calls) would cut a longer call short
     headersTimeout: req.timeoutMs,
     bodyTimeout: req.timeoutMs,

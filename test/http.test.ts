@@ -222,6 +222,28 @@ async function partialBody(path: string, auth: string, length: number): Promise<
   }
 }
 
+describe('MessagePack integers, as a Go satellite reads them', () => {
+  // msgpackr wrote a ms time as a float64 (0xcb), which Go's decoders refuse for an int64 field
+  it('every time in a reply is an int64, not a float64; small numbers stay small', async () => {
+    const strict = new Packr({ useRecords: false }); // 64-bit integers as BigInt, floats as numbers: tells them apart
+    const raw = async (method: string, path: string, key: string, body?: unknown) => {
+      const res = await pool.request({ method: method as 'GET', path, headers: { authorization: `Bearer ${key}`, accept: 'application/msgpack', ...(body ? { 'content-type': 'application/msgpack' } : {}) }, body: body ? strict.pack(body) : undefined });
+      return strict.unpack(Buffer.from(await res.body.arrayBuffer()));
+    };
+    const at = Date.now() + 3_600_000;
+    const [t1, t2] = await tokensFor('sat-a', 'go-owner', 2, { expiresAt: at });
+    expect(await raw('GET', `/v1/tokens/${t1}`, keyB)).toMatchObject({ expiresAt: BigInt(at) });
+    const reserved = await raw('POST', '/v1/tokens/reserve', keyB, { token: t1, leaseMs: 60_000 });
+    expect(typeof reserved.leaseExpiresAt).toBe('bigint');
+    const [listed] = (await raw('GET', '/v1/users/go-owner/tokens', keyA)).tokens;
+    expect(listed).toMatchObject({ token: t2, createdAt: expect.any(BigInt), expiresAt: BigInt(at) });
+    await raw('POST', '/v1/tokens/redeem', keyB, { token: t2, userId: 'go-joiner' });
+    const [redeemed] = (await raw('GET', '/v1/users/go-owner/redemptions', keyA)).redemptions;
+    expect(typeof redeemed.redeemedAt).toBe('bigint');
+    expect(await raw('POST', '/v1/admin/tokens/revoke', ADMIN_KEY, { tokens: [t1] })).toEqual({ revoked: 1 });
+  });
+});
+
 describe('admin routes', () => {
   it('refuses a missing or satellite key before receiving the body (up to 8 MiB is not read for a 401/403)', async () => {
     const length = 4 * 1024 * 1024;

@@ -1,6 +1,7 @@
 import { Packr, Unpackr } from 'msgpackr';
 import type { HttpResponse } from 'uWebSockets.js';
 import { DomainError, errorCatalogue, type ErrorCode } from '../errors.js';
+import { int64s } from '../msgpack.js';
 
 export type Format = 'msgpack' | 'json';
 
@@ -60,7 +61,7 @@ function plainData(value: unknown): void {
 const notPlain = (type: string) => new DomainError('invalid_request', `body: MessagePack extension type not accepted (${type}); send plain maps and arrays`);
 
 export function encode(format: Format, value: unknown): Buffer {
-  return format === 'json' ? Buffer.from(JSON.stringify(value)) : packr.pack(value);
+  return format === 'json' ? Buffer.from(JSON.stringify(value)) : packr.pack(int64s(value));
 }
 
 export const CONTENT_TYPE: Record<Format, string> = { msgpack: 'application/msgpack', json: 'application/json' };

@@ -31,7 +31,7 @@ export async function testCluster(masters: number, args: string[]): Promise<Redi
 }
 
 export const ADMIN_KEY = 'test-admin-key-0123456789abcdefghijklmnop';
-const packr = new Packr({ useRecords: false });
+const packr = new Packr({ useRecords: false, int64AsType: 'number' });
 
 export interface Served {
   url: string;
