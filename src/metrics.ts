@@ -28,6 +28,11 @@ export const httpDuration = new client.Histogram({
   buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5],
 });
 
+export const httpInFlight = new client.Gauge({
+  name: 'rm_http_requests_in_flight',
+  help: 'HTTP requests read and not yet answered (they pile up when Redis hangs, until REQUEST_TIMEOUT_MS answers them 503)',
+});
+
 export const tokenResults = new client.Counter({
   name: 'rm_token_results_total',
   help: 'Token operation results (redeem, reserve, complete, release) by engine result code',

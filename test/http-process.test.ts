@@ -445,10 +445,15 @@ describe('serve processes', () => {
     try {
       expect((await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat' } })).status).toBe(201);
       const users = Array.from({ length: 5000 }, (_, i) => `drain-${i}`);
+      // on a connection of its own (the pool's are all busy below); the /metrics request counts itself
+      const inFlight = async () => Number(/^rm_http_requests_in_flight (\d+)$/m.exec((await freshGet(`${server.url}/metrics`)).body)?.[1]);
+      const idle = await inFlight();
       redis.signal('SIGSTOP');
       const inflight = Array.from({ length: 4 }, () => call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: users, perUser: 2 }, format: 'msgpack' }));
-      // time for the workers to read the requests; none can be answered while Redis is paused
-      await new Promise((s) => setTimeout(s, 1500));
+      // the workers have read the requests (none can be answered while Redis is paused)
+      for (const end = Date.now() + 10_000; (await inFlight()) < idle + 4; await new Promise((s) => setTimeout(s, 50))) {
+        if (Date.now() > end) throw new Error('the 4 requests never reached the workers');
+      }
       const code = server.stop();
       await new Promise((s) => setTimeout(s, 300)); // the workers are draining now
       redis.signal('SIGCONT');

@@ -1,7 +1,7 @@
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import uws, { type HttpRequest, type HttpResponse, type TemplatedApp } from 'uWebSockets.js';
 import { DomainError, errorCatalogue, type ErrorCode } from '../errors.js';
-import { observeRequest, redisErrors } from '../metrics.js';
+import { httpInFlight, observeRequest, redisErrors } from '../metrics.js';
 import { audit } from './audit.js';
 import { Authenticator } from './auth.js';
 import { decode, formatOf, reply, replyError, replyValue, type Exchange, type Format, type Traffic } from './wire.js';
@@ -128,11 +128,13 @@ function start(res: HttpResponse, req: HttpRequest, deps: RouterDeps, pattern: s
   const accept = formatOf(req.getHeader('accept'));
   const format: Format = accept ?? formatOf(req.getHeader('content-type')) ?? 'json';
   deps.traffic.n++;
+  httpInFlight.inc();
   let ended = false;
   const end = (status: number) => {
     if (ended) return;
     ended = true;
     deps.traffic.n--;
+    httpInFlight.dec();
     if (status > 0) observeRequest(pattern, method, status, Number(process.hrtime.bigint() - t0) / 1e9);
   };
   const ex: Exchange = { res, traffic: deps.traffic, aborted: false, done: false, format, head: method === 'head', finish: end, gone: new AbortController() };
