@@ -422,6 +422,20 @@ describe('admin routes', () => {
     expect((await list(fresh)).status).toBe(200);
   });
 
+  // a rotation retried because its reply was lost dropped every older key: the one the satellite still used died at once
+  it('rotate-key twice within the grace: every retired key works until its grace ends; a rotation without grace retires them all', async () => {
+    const { apiKey: k0 } = (await admin('POST', '/v1/admin/satellites', { id: 'sat-rot2' })).body;
+    const list = (key: string) => call(pool, 'GET', '/v1/users/u/tokens', { key });
+    const rotate = async (graceMs: number) => (await admin('POST', '/v1/admin/satellites/sat-rot2/rotate-key', { graceMs })).body.apiKey as string;
+    const k1 = await rotate(600_000);
+    const k2 = await rotate(600_000);
+    await new Promise((s) => setTimeout(s, 250)); // past the in-process key cache (AUTH_CACHE_MS=200)
+    for (const k of [k0, k1, k2]) expect((await list(k)).status).toBe(200);
+    const k3 = await rotate(0);
+    await new Promise((s) => setTimeout(s, 250));
+    expect(await Promise.all([k0, k1, k2, k3].map(async (k) => (await list(k)).status))).toEqual([401, 401, 401, 200]);
+  });
+
   it('a removed satellite\'s key is refused: at once after DELETE on this worker, within AUTH_CACHE_MS after a remove elsewhere', async () => {
     const list = (key: string) => call(pool, 'GET', '/v1/users/u/tokens', { key });
     // removed through the API: the worker that removed it drops its cached key at once
