@@ -89,6 +89,19 @@ describe.each<Format>(['json', 'msgpack'])('satellite routes in %s', (format) =>
     expect((await as(keyB, 'POST', '/v1/tokens/redeem', { token: t, userId: 'z' })).status).toBe(200);
   });
 
+  // complete credited the redemption to the reserving satellite whoever called, with the caller's user id
+  it('only the satellite that reserved may complete or release: another holding the reservation id gets 409 reservation_mismatch', async () => {
+    const [t] = await tokensFor('sat-a', 'held-owner', 1);
+    const r = await as(keyB, 'POST', '/v1/tokens/reserve', { token: t });
+    const mine = { token: t, reservationId: r.body.reservationId };
+    expectError(await as(keyA, 'POST', '/v1/tokens/release', mine), 409, 'reservation_mismatch');
+    expectError(await as(keyA, 'POST', '/v1/tokens/complete', { ...mine, userId: 'a-user' }), 409, 'reservation_mismatch');
+    expect((await as(keyB, 'POST', '/v1/tokens/complete', { ...mine, userId: 'b-user' })).status).toBe(200);
+    // the retry of a completed call: ok for the satellite that made it, not for another
+    expect((await as(keyB, 'POST', '/v1/tokens/complete', { ...mine, userId: 'b-user' })).status).toBe(200);
+    expectError(await as(keyA, 'POST', '/v1/tokens/complete', { ...mine, userId: 'b-user' }), 409, 'reservation_mismatch');
+  });
+
   it('an expired lease is 410 reservation_expired on complete', async () => {
     const [t] = await tokensFor('sat-a', 'lease-owner', 1);
     const r = await as(keyB, 'POST', '/v1/tokens/reserve', { token: t, leaseMs: 1 });

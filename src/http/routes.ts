@@ -94,7 +94,7 @@ export function routes(d: RouteDeps): Route[] {
       schema: obj(['token', 'reservationId', 'userId'], { token, reservationId: id, userId: id }),
       async handler(c: Call<{ token: string; reservationId: string; userId: string }>) {
         limited(c);
-        const r = await d.engine.complete(c.body.token, c.body.reservationId, c.body.userId);
+        const r = await d.engine.complete(c.body.token, c.body.reservationId, c.body.userId, c.satelliteId);
         count('complete', r);
         if (r.code !== 'ok') return refuse(c, r.code);
         return ok({ token: c.body.token, state: 'redeemed', ...owner(r.token) });
@@ -105,7 +105,7 @@ export function routes(d: RouteDeps): Route[] {
       schema: obj(['token', 'reservationId'], { token, reservationId: id }),
       async handler(c: Call<{ token: string; reservationId: string }>) {
         limited(c);
-        const r = await d.engine.release(c.body.token, c.body.reservationId);
+        const r = await d.engine.release(c.body.token, c.body.reservationId, c.satelliteId);
         count('release', r);
         if (r.code !== 'ok') return refuse(c, r.code);
         return ok({ token: c.body.token, state: 'unredeemed' });

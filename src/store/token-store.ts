@@ -97,12 +97,13 @@ export class TokenStore {
     return this.single('reserve', token, [satelliteId, leaseMs, reservationId]);
   }
 
-  complete(token: string, reservationId: string, redeemerUserId: string): Promise<Result<CompleteCode>> {
-    return this.single('complete', token, [reservationId, redeemerUserId]);
+  /** `satelliteId`: the caller, which must be the satellite that reserved ('': any) */
+  complete(token: string, reservationId: string, redeemerUserId: string, satelliteId: string): Promise<Result<CompleteCode>> {
+    return this.single('complete', token, [reservationId, redeemerUserId, satelliteId]);
   }
 
-  release(token: string, reservationId: string): Promise<Result<ReleaseCode>> {
-    return this.single('release', token, [reservationId]);
+  release(token: string, reservationId: string, satelliteId: string): Promise<Result<ReleaseCode>> {
+    return this.single('release', token, [reservationId, satelliteId]);
   }
 
   lookup(token: string): Promise<Result<'ok' | 'not_found'>> {

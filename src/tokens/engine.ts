@@ -95,12 +95,16 @@ export class TokenEngine {
     return this.store.reserve(checkToken(token), checkId('satelliteId', satelliteId), leaseMs, randomUUID());
   }
 
-  async complete(token: string, reservationId: string, redeemerUserId: string): Promise<Result<CompleteCode>> {
-    return this.store.complete(checkToken(token), checkId('reservationId', reservationId), checkId('userId', redeemerUserId));
+  /**
+   * `satelliteId`: the calling satellite; another than the one that reserved gets reservation_mismatch
+   * (the redemption is credited to the reserving one). Absent: any (admin tools).
+   */
+  async complete(token: string, reservationId: string, redeemerUserId: string, satelliteId?: string): Promise<Result<CompleteCode>> {
+    return this.store.complete(checkToken(token), checkId('reservationId', reservationId), checkId('userId', redeemerUserId), satelliteId === undefined ? '' : checkId('satelliteId', satelliteId));
   }
 
-  async release(token: string, reservationId: string): Promise<Result<ReleaseCode>> {
-    return this.store.release(checkToken(token), checkId('reservationId', reservationId));
+  async release(token: string, reservationId: string, satelliteId?: string): Promise<Result<ReleaseCode>> {
+    return this.store.release(checkToken(token), checkId('reservationId', reservationId), satelliteId === undefined ? '' : checkId('satelliteId', satelliteId));
   }
 
   async lookup(token: string): Promise<Token | undefined> {
