@@ -629,11 +629,35 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
       expect([...held.keys()].sort()).toEqual(['u0', 'u2', 'u4']);
       expect((await fx.engine.stats()).satellites['sat-q']).toMatchObject({ unredeemed: 6, revoked: 4 });
 
-      // a later campaign finds only the two gone users listed: one batch of 2, neither accepted alone, is
-      // still refused user by user (below 4 users), not a failed run that every --resume would repeat
+      // a later campaign finds only the two gone users listed, and the satellite accepts nothing in that run:
+      // as a satellite whose token route is broken does, so the run fails and revokes nothing...
       const later = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'quiet-2', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(later.code, later.stderr).toBe(0);
-      expect(JSON.parse(later.stdout).satellites[0]).toMatchObject({ usersServed: 2, tokensDelivered: 0, usersRefused: 2, status: 'done' });
+      expect(later.code).toBe(1);
+      expect(JSON.parse(later.stdout).satellites[0]).toMatchObject({ usersServed: 2, tokensDelivered: 0, usersRefused: 0, status: 'failed' });
+      expect((await fx.engine.stats()).satellites['sat-q']).toMatchObject({ unredeemed: 10, revoked: 4 });
+      // ...and its --resume pushes them as left over, refused user by user (below 4 users): not a failure every resume repeats
+      const resumed = await runCli(['generate', '--resume', 'quiet-2', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 2, status: 'done' });
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
+  // a daily run with a few new users refused them all (below 4 a batch) and revoked their tokens: done, exit 0
+  it('whose token route is broken (404 for every push): a run of 3 users fails, revokes nothing, and says so', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    let pushes = 0;
+    const satellite = await handWrittenSatellite(fx, 'sat-404', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), () => (pushes++, { status: 404 }));
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'daily', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code).toBe(1);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 3, tokensDelivered: 0, usersRefused: 0, status: 'failed', error: expect.stringContaining('HTTP 404') });
+      expect(run.stderr).not.toContain('the other users were served');
+      expect(run.stderr).toContain('--resume daily');
+      expect(pushes).toBeGreaterThan(1); // split down to single users first: one gone user must not fail a run
+      expect((await fx.engine.stats()).satellites['sat-404']).toMatchObject({ unredeemed: 6, revoked: 0 });
     } finally {
       await satellite.close();
       await fx.close();

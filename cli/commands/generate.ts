@@ -183,7 +183,8 @@ export function register(program: Command): void {
           const failed = reports.filter((r) => r.status === 'failed');
           const revoked = reports.filter((r) => r.status === 'revoked');
           for (const r of reports.filter((r) => r.usersRefused > 0)) {
-            console.error(`satellite ${r.satelliteId} refused the tokens of ${r.usersRefused} users (first ${r.refusal}); those tokens are revoked, the other users were served`);
+            const rest = r.tokensDelivered > 0 ? ', the other users were served' : '';
+            console.error(`satellite ${r.satelliteId} refused the tokens of ${r.usersRefused} users (first ${r.refusal}); those tokens are revoked${rest}`);
           }
           for (const r of revoked) console.error(`satellite ${r.satelliteId} stopped: ${r.error}`);
           for (const r of failed) console.error(`satellite ${r.satelliteId} failed: ${r.error}`);

@@ -43,6 +43,8 @@ export class Delivery {
   private readonly refused = new Set<string>();
   /** most tokens per push: `batch`, halved below each push the satellite answered 413 (its body limit) */
   private max: number;
+  /** pushes the satellite accepted in this run */
+  private accepted = 0;
 
   constructor(private readonly d: DeliveryDeps) {
     this.max = d.batch;
@@ -106,7 +108,7 @@ export class Delivery {
    * accepted: a run stopped part-way through a set pushes the whole set again on resume, and counting
    * the parts would count those tokens twice.
    */
-  async deliver(deliveries: UserTokens[]): Promise<void> {
+  async deliver(deliveries: UserTokens[], listed = true): Promise<void> {
     let pairs: Pair[] = [];
     /** users whose set ends in this batch -> the set's size */
     let whole = new Map<string, number>();
@@ -114,7 +116,7 @@ export class Delivery {
       pairs = pairs.filter((p) => !this.refused.has(p.userId));
       if (pairs.length) {
         await this.d.beforePush();
-        await this.pushOrSplit(pairs, whole);
+        await this.pushOrSplit(pairs, whole, listed);
       }
       pairs = [];
       whole = new Map();
@@ -138,9 +140,12 @@ export class Delivery {
    * alone is recorded refused, with the campaign's tokens of that user revoked (nobody holds them; a later
    * campaign serves the user if the satellite lists it again). When it accepts no user of a batch of
    * ALL_REFUSED_FAILS or more, the fault is the satellite's, not the users': the run fails as before,
-   * nothing is refused, and --resume pushes the batch again.
+   * nothing is refused, and --resume pushes the batch again. So it does when a satellite that has accepted
+   * nothing in this run refuses every user of a batch it has just `listed` (a token route missing or
+   * broken): a daily run with a few new users refused them all and revoked their tokens, exit 0. Sets
+   * left over from an earlier run are exempt: their users may have gone since.
    */
-  private async pushOrSplit(pairs: Pair[], whole: Map<string, number>): Promise<void> {
+  private async pushOrSplit(pairs: Pair[], whole: Map<string, number>, listed: boolean): Promise<void> {
     let first: SatelliteCallError;
     try {
       return await this.push(pairs, whole);
@@ -177,7 +182,7 @@ export class Delivery {
       }
     };
     await split(pairs, first, whole);
-    if (accepted === 0 && refused.size >= ALL_REFUSED_FAILS) throw first;
+    if (accepted === 0 && (refused.size >= ALL_REFUSED_FAILS || (listed && this.accepted === 0))) throw first;
     await this.refuse(refused);
   }
 
@@ -188,6 +193,7 @@ export class Delivery {
 
   private async push(pairs: Pair[], whole: Map<string, number>): Promise<void> {
     await this.d.api.pushTokens(pairs);
+    this.accepted++;
     const done = new Map<string, number>();
     for (const { userId } of pairs) if (whole.has(userId)) done.set(userId, whole.get(userId)!);
     await this.d.count('tokensDelivered', await this.d.campaigns.recordDelivered(this.d.campaignId, this.d.satelliteId, done), true);

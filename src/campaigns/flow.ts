@@ -147,7 +147,7 @@ class SatelliteRun {
       const done = await this.o.campaigns.settled(this.id, this.sat, page.map(([u]) => u));
       const due = await this.delivery.due(page.filter((_, i) => !done[i]), true);
       this.plan('tokensToDeliver', tokenCount(due));
-      await this.delivery.deliver(due);
+      await this.delivery.deliver(due, false);
     }
   }
 
