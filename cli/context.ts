@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { quote } from 'shell-quote';
 import { ConfigError, loadConfig, type Config } from '../src/config.js';
 import type { Command as RedisCommand } from 'ioredis';
 import { createRedis, whenReady, type RedisClient } from '../src/store/redis.js';
@@ -14,6 +15,16 @@ export function addGlobalOptions(program: Command): Command {
     .option('--redis-cluster-nodes <list>', 'Redis Cluster seeds host:port,... (env REDIS_CLUSTER_NODES)')
     .option('--key-prefix <prefix>', 'Redis key prefix (env KEY_PREFIX)')
     .option('--database-url <url>', 'Postgres URL (env DATABASE_URL)');
+}
+
+/**
+ * The global flags given, as shell words to put in a command the CLI suggests (`generate --resume ...`):
+ * run as printed, it must reach the same Redis and prefix, not the default deployment's.
+ */
+export function globalFlags(cmd: Command): string {
+  const g = cmd.optsWithGlobals() as Record<string, string | undefined>;
+  const given: [string, string | undefined][] = [['--redis-url', g.redisUrl], ['--redis-cluster-nodes', g.redisClusterNodes], ['--key-prefix', g.keyPrefix], ['--database-url', g.databaseUrl]];
+  return given.filter(([, v]) => v !== undefined).map(([flag, v]) => ` ${flag} ${quote([v!])}`).join('');
 }
 
 /** The settings given as flags: the global ones, then any command flags given in `extra` (undefined: not given). */

@@ -61,7 +61,7 @@ export interface MsgpackReply {
  */
 export async function msgpackRequest(
   dispatcher: Dispatcher,
-  req: { method: 'GET' | 'POST' | 'PATCH' | 'DELETE'; path: string; headers: Record<string, string>; body?: unknown; timeoutMs: number },
+  req: { method: 'GET' | 'POST' | 'PATCH' | 'DELETE'; path: string; headers: Record<string, string>; body?: unknown; timeoutMs: number; signal?: AbortSignal },
 ): Promise<MsgpackReply> {
   const headers: Record<string, string> = { accept: MSGPACK, ...req.headers };
   if (req.body !== undefined) headers['content-type'] = MSGPACK;
@@ -73,7 +73,7 @@ export async function msgpackRequest(
     // also the undici timeouts: a pool's own (set for its usual calls) would cut a longer call short
     headersTimeout: req.timeoutMs,
     bodyTimeout: req.timeoutMs,
-    signal: AbortSignal.timeout(req.timeoutMs),
+    signal: req.signal ? AbortSignal.any([AbortSignal.timeout(req.timeoutMs), req.signal]) : AbortSignal.timeout(req.timeoutMs),
   });
   const raw = Buffer.from(await res.body.arrayBuffer());
   const contentType = String(res.headers['content-type'] ?? '');

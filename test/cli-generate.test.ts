@@ -523,6 +523,54 @@ describe('a satellite ending its listing with nextCursor ""', () => {
   });
 });
 
+describe('generate interrupted (Ctrl-C, or a cron timeout\'s SIGTERM)', () => {
+  // before: the process died mid-step, no hint, and --resume was refused until the claims lapsed (30 s)
+  it('stops at once, records the satellite failed, releases its claims and prints the resume hint with the flags given; --resume then finishes', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    let hang = true;
+    let pushed!: () => void;
+    const pushing = new Promise<void>((r) => (pushed = r));
+    const held = new Map<string, number>();
+    const server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        res.setHeader('content-type', 'application/json');
+        if (req.url!.startsWith('/referrals/v1/users-without-tokens')) return res.end(JSON.stringify({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }));
+        // the first push never answers (a satellite hanging): generate waits on it when the signal comes
+        if (hang) return pushed();
+        const { tokens } = packr.unpack(Buffer.concat(chunks)) as { tokens: Pushed };
+        for (const t of tokens) held.set(t.userId, (held.get(t.userId) ?? 0) + 1);
+        res.end(JSON.stringify({ accepted: tokens.length }));
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-int', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
+    try {
+      const env = { SATELLITE_TIMEOUT_MS: '60000', SATELLITE_ATTEMPTS: '1' };
+      const t0 = Date.now();
+      const run = await runCli(['--key-prefix', fx.prefix, 'generate', '--all', '--per-user', '2', '--campaign', 'cut short', '--json'], env, {
+        whenStarted: (proc) => void pushing.then(() => proc.kill('SIGINT')),
+      });
+      expect(run.code, run.stderr).toBe(130);
+      expect(Date.now() - t0).toBeLessThan(20_000); // not the 60 s the hanging push would take
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'failed', error: 'interrupted by SIGINT', tokensMade: 6, tokensDelivered: 0 });
+      expect(run.stderr).toContain(`referral-manager --key-prefix ${fx.prefix} generate --resume 'cut short'`);
+      expect(await new CampaignStore(fx.redis, fx.prefix).progress('cut short', 'sat-int')).toMatchObject({ status: 'failed', lastError: 'interrupted by SIGINT' });
+
+      hang = false;
+      const resumed = await runCli(['--key-prefix', fx.prefix, 'generate', '--resume', 'cut short', '--json'], env);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ status: 'done', tokensDelivered: 6 });
+      expect([...held.values()]).toEqual([2, 2, 2]);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+      await fx.close();
+    }
+  });
+});
+
 describe('a satellite whose listing never ends (an empty page with a new cursor every time)', () => {
   // a repeated cursor was caught, an ever-new one was not: generate listed ~3,000 pages a second for ever
   it('fails that satellite after --max-pages pages, with the reason; the others are served', async () => {

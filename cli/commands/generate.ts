@@ -6,7 +6,7 @@ import { SatelliteRegistry } from '../../src/satellites/registry.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine, MAX_EXPIRES_AT, MAX_TOKENS_PER_CALL, newCampaignId } from '../../src/tokens/engine.js';
 import { checkCampaignId } from '../../src/tokens/validate.js';
-import { configFrom, connectRedis } from '../context.js';
+import { configFrom, connectRedis, globalFlags } from '../context.js';
 import { parseDuration, table } from '../format.js';
 import { progressBars } from '../progress.js';
 
@@ -49,6 +49,9 @@ const sh = (id: string): string => quote([id]);
 const skippedReport = (satelliteId: string, error: string): SatelliteReport => ({
   satelliteId, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, status: 'skipped', error,
 });
+
+/** The shell's exit status for a process a signal stopped. */
+const EXIT_ON = { SIGINT: 130, SIGTERM: 143 } as const;
 
 export function register(program: Command): void {
   program
@@ -157,6 +160,21 @@ export function register(program: Command): void {
           }
 
           const bars = opts.progress && !opts.json && process.stderr.isTTY ? progressBars() : undefined;
+          // Ctrl-C or a cron `timeout` (SIGTERM): stop at the next step, record where, release the claims
+          // and say how to go on; a second signal stops at once. Before, the process died mid-step: no hint,
+          // the bars' hidden cursor left hidden, and --resume refused until the claims lapsed (30 s).
+          const stop = new AbortController();
+          let signalled: keyof typeof EXIT_ON | undefined;
+          const onSignal = (sig: keyof typeof EXIT_ON) => {
+            if (signalled) {
+              bars?.stop();
+              process.exit(EXIT_ON[sig]);
+            }
+            signalled = sig;
+            console.error(`${sig}: stopping after the calls in flight (${sig} again stops at once)`);
+            stop.abort(new Error(`interrupted by ${sig}`));
+          };
+          process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
           const reports = await runCampaign(
             {
               engine: new TokenEngine(store),
@@ -171,14 +189,16 @@ export function register(program: Command): void {
               attempts: config.satelliteAttempts,
               ...(run ? { claim: run } : {}),
               onProgress: bars?.update,
+              stop: stop.signal,
             },
             satellites,
-          );
+          ).finally(() => process.off('SIGINT', onSignal).off('SIGTERM', onSignal));
           bars?.stop();
           print(id, [...reports, ...skipped], opts);
+          const flags = globalFlags(this);
           for (const r of skipped) {
             if (r.error === REMOVED) console.error(`satellite ${r.satelliteId} skipped: ${REMOVED}; the campaign serves its other satellites`);
-            else console.error(`satellite ${r.satelliteId} skipped: ${NO_URL}; after referral-manager satellites update ${sh(r.satelliteId)} --url <url>, referral-manager generate --all --per-user ${campaign.perUser} --campaign ${sh(id)} serves it`);
+            else console.error(`satellite ${r.satelliteId} skipped: ${NO_URL}; after referral-manager${flags} satellites update ${sh(r.satelliteId)} --url <url>, referral-manager${flags} generate --all --per-user ${campaign.perUser} --campaign ${sh(id)} serves it`);
           }
           const failed = reports.filter((r) => r.status === 'failed');
           const revoked = reports.filter((r) => r.status === 'revoked');
@@ -190,9 +210,11 @@ export function register(program: Command): void {
           for (const r of failed) console.error(`satellite ${r.satelliteId} failed: ${r.error}`);
           // a revoked campaign cannot be resumed, and a dry run recorded no campaign to resume
           if (failed.length && !revoked.length) {
-            console.error(opts.dryRun ? `campaign ${id}: a satellite failed in the dry run; after fixing it run the dry run again` : `campaign ${id} is incomplete; after fixing the satellite run: referral-manager generate --resume ${sh(id)}`);
+            const then = signalled ? 'to go on, run' : 'after fixing the satellite run';
+            console.error(opts.dryRun ? `campaign ${id}: a satellite failed in the dry run; after fixing it run the dry run again` : `campaign ${id} is incomplete; ${then}: referral-manager${flags} generate --resume ${sh(id)}`);
           }
           if (failed.length || revoked.length) process.exitCode = 1;
+          if (signalled) process.exitCode = EXIT_ON[signalled];
         } finally {
           await run?.release();
         }

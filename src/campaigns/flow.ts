@@ -29,6 +29,11 @@ export interface FlowOptions {
   timeoutMs: number;
   attempts: number;
   backoffMs?: number;
+  /**
+   * aborted on generate's SIGINT/SIGTERM: each satellite stops before its next page, batch or push (a call
+   * in flight is cut), recorded failed with the abort's reason, so --resume goes on from there
+   */
+  stop?: AbortSignal;
   /** the run's claim on the campaign, confirmed before each batch it makes (absent in a dry run) */
   claim?: Pick<Claim, 'confirm'>;
   onProgress?: (satelliteId: string, event: ProgressEvent, n: number) => void;
@@ -87,6 +92,7 @@ class SatelliteRun {
       attempts: o.attempts,
       backoffMs: o.backoffMs,
       onRetry: () => void this.count('failures', 1).catch(() => undefined),
+      signal: o.stop,
     });
     this.delivery = new Delivery({
       campaignId: this.id,
@@ -95,7 +101,10 @@ class SatelliteRun {
       campaigns: o.campaigns,
       engine: o.engine,
       batch: o.deliverBatch,
-      beforePush: () => this.refuseRevoked(),
+      beforePush: () => {
+        o.stop?.throwIfAborted();
+        return this.refuseRevoked();
+      },
       count: (counter, n, stored) => this.count(counter, n, stored),
       onProgress: (event, n) => o.onProgress?.(this.sat, event, n),
     });
@@ -115,6 +124,7 @@ class SatelliteRun {
       let cursor: string | null = null;
       const seen = new Set<string>();
       do {
+        this.o.stop?.throwIfAborted();
         if (seen.size >= (this.o.maxPages ?? Infinity)) throw new Error(`satellite listing did not end after ${this.o.maxPages} pages; raise --max-pages if it has that many users`);
         const page = await this.api.usersWithoutTokens(cursor, this.o.pageSize);
         // a cursor given twice would list the same pages for ever
@@ -191,6 +201,7 @@ class SatelliteRun {
 
   private async make(users: string[]): Promise<UserTokens[]> {
     const { campaign } = this.o;
+    this.o.stop?.throwIfAborted();
     await this.o.claim?.confirm();
     await this.satClaim?.confirm();
     const req = { owners: users.map((ownerUserId) => ({ ownerSatelliteId: this.sat, ownerUserId })), perUser: campaign.perUser, campaignId: campaign.id };

@@ -20,6 +20,8 @@ export interface SatelliteApiOptions {
   backoffMs?: number;
   /** told about every failed attempt, so the CLI can count failures */
   onRetry?: (err: SatelliteCallError, attempt: number) => void;
+  /** aborts the call in flight and its retries (generate's SIGINT/SIGTERM); the call then throws the reason */
+  signal?: AbortSignal;
 }
 
 /**
@@ -96,10 +98,12 @@ export class SatelliteApi {
         check?.(reply);
         return reply;
       } catch (err) {
+        this.opts.signal?.throwIfAborted();
         const e = err instanceof SatelliteCallError ? err : new SatelliteCallError((err as Error).message, 0, true);
         this.opts.onRetry?.(e, attempt);
         if (!e.retryable || attempt >= this.opts.attempts) throw e;
-        await sleep(backoff * 2 ** (attempt - 1) * (0.5 + Math.random()));
+        await sleep(backoff * 2 ** (attempt - 1) * (0.5 + Math.random()), undefined, this.opts.signal ? { signal: this.opts.signal } : undefined).catch(() => undefined);
+        this.opts.signal?.throwIfAborted();
       }
     }
   }
@@ -109,7 +113,7 @@ export class SatelliteApi {
     const headers: Record<string, string> = this.opts.key ? { authorization: `Bearer ${this.opts.key}` } : {};
     let res;
     try {
-      res = await msgpackRequest(this.pool, { method, path: url.pathname + url.search, headers, body, timeoutMs: this.opts.timeoutMs });
+      res = await msgpackRequest(this.pool, { method, path: url.pathname + url.search, headers, body, timeoutMs: this.opts.timeoutMs, signal: this.opts.signal });
     } catch (err) {
       throw new SatelliteCallError(`${method} ${url.pathname}: ${(err as Error).message}`, 0, true);
     }

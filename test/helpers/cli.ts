@@ -30,11 +30,13 @@ afterEach(() => {
 });
 
 /** Runs the built `referral-manager` binary as a child process (npm test builds dist/ first). */
-export function runCli(args: string[], env: Record<string, string> = {}, opts: { input?: string; timeoutMs?: number } = {}): Promise<CliRun> {
+/** `whenStarted`: called with the child once spawned (to signal it mid-run) */
+export function runCli(args: string[], env: Record<string, string> = {}, opts: { input?: string; timeoutMs?: number; whenStarted?: (proc: ChildProcess) => void } = {}): Promise<CliRun> {
   if (!existsSync(MAIN)) throw new Error('dist/cli/main.js missing: run `npx tsc -p tsconfig.json` (npm test does)');
   return new Promise((resolve, reject) => {
     const proc = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     live.add(proc);
+    opts.whenStarted?.(proc);
     let stdout = '';
     let stderr = '';
     proc.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
