@@ -600,6 +600,35 @@ describe('a satellite whose listing never ends (an empty page with a new cursor 
   });
 });
 
+describe('a satellite answering 429 with Retry-After', () => {
+  // the backoff (~0.2 s, then doubling) ignored it: a satellite allowing one call per 5 s was reported failed
+  it('is asked again no sooner than it said', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const listedAt: number[] = [];
+    const server = createServer((req, res) => {
+      if (req.url!.startsWith('/referrals/v1/users-without-tokens')) {
+        listedAt.push(Date.now());
+        if (listedAt.length === 1) return void res.writeHead(429, { 'retry-after': '2', 'content-type': 'application/json' }).end('{"error":"slow down"}');
+        return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ userIds: [], nextCursor: null }));
+      }
+      res.writeHead(404).end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-429', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'patient', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '2' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'done', failures: 1 });
+      expect(listedAt).toHaveLength(2);
+      expect(listedAt[1]! - listedAt[0]!).toBeGreaterThanOrEqual(1950);
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+      await fx.close();
+    }
+  });
+});
+
 describe('a satellite whose listing breaks the contract (a 200 that is not a page)', () => {
   // the checks ran outside the call's retry loop, so the failure was not counted: 'failures 0  failed'
   it('fails the satellite with the reason, counts the failure, and does not retry it', async () => {
@@ -620,6 +649,28 @@ describe('a satellite whose listing breaks the contract (a 200 that is not a pag
 });
 
 describe('a satellite accepting fewer tokens than it was sent', () => {
+  // each short reply was retried SATELLITE_ATTEMPTS times at every level of the split: hours to fail a satellite
+  it('that stores at most 2 tokens a push: a short reply is retried once, then the batch is split', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const held = new Set<string>();
+    let pushes = 0;
+    const satellite = await handWrittenSatellite(fx, 'sat-two', () => ({ userIds: ['u0', 'u1', 'u2', 'u3'], nextCursor: null }), (tokens) => {
+      pushes++;
+      for (const t of tokens.slice(0, 2)) held.add(t.token);
+      return Math.min(2, tokens.length);
+    });
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'two', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '3' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 4, usersRefused: 0, status: 'done' });
+      expect(held.size).toBe(4);
+      expect(pushes).toBe(4); // the batch of 4 twice, then its two halves
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
   it('is not recorded as delivered: the run fails, and --resume sends the batch again', async () => {
     const fx = await engineFixture({ label: 'gen' });
     const held = new Map<string, Set<string>>();

@@ -36,16 +36,27 @@ export class SatelliteCallError extends Error {
    * `refused`: the satellite answered and refused what was sent (REFUSALS, or fewer tokens accepted than
    * sent), so the same request fails the same way however often it is retried, and a smaller one may not
    */
-  constructor(message: string, readonly status: number, readonly retryable: boolean, readonly refused = false) {
+  constructor(message: string, readonly status: number, readonly retryable: boolean, readonly refused = false, readonly retryAfterMs = 0) {
     super(message);
     this.name = 'SatelliteCallError';
   }
 }
 
+/** Most a satellite's Retry-After (429, 503) holds a retry back: one call must not stall a run for hours. */
+const RETRY_AFTER_MAX_MS = 60_000;
+
+/** A Retry-After header in ms (seconds or an HTTP date), capped; 0 when absent or unreadable. */
+function retryAfter(header: string | string[] | undefined): number {
+  const v = String(header ?? '').trim();
+  if (v === '') return 0;
+  const ms = /^\d+$/.test(v) ? Number(v) * 1000 : Date.parse(v) - Date.now();
+  return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), RETRY_AFTER_MAX_MS) : 0;
+}
+
 /**
  * What the manager calls on a satellite: page through users with no tokens left, push tokens.
- * Network errors, timeouts, 429 and 5xx are retried with exponential backoff; other 4xx are not
- * (retrying a refused request cannot help).
+ * Network errors, timeouts, 429 and 5xx are retried with exponential backoff, waiting at least the
+ * satellite's Retry-After (up to a minute); other 4xx are not (retrying a refused request cannot help).
  */
 export class SatelliteApi {
   private readonly pool: Pool;
@@ -101,8 +112,12 @@ export class SatelliteApi {
         this.opts.signal?.throwIfAborted();
         const e = err instanceof SatelliteCallError ? err : new SatelliteCallError((err as Error).message, 0, true);
         this.opts.onRetry?.(e, attempt);
-        if (!e.retryable || attempt >= this.opts.attempts) throw e;
-        await sleep(backoff * 2 ** (attempt - 1) * (0.5 + Math.random()), undefined, this.opts.signal ? { signal: this.opts.signal } : undefined).catch(() => undefined);
+        // a short accept is retried once: the batch is then split, and each part retried as often would take
+        // hours to fail a satellite that stores only part of every push (a review helper measured 3 h)
+        const attempts = e.retryable && e.refused ? Math.min(2, this.opts.attempts) : this.opts.attempts;
+        if (!e.retryable || attempt >= attempts) throw e;
+        const wait = Math.max(backoff * 2 ** (attempt - 1) * (0.5 + Math.random()), e.retryAfterMs);
+        await sleep(wait, undefined, this.opts.signal ? { signal: this.opts.signal } : undefined).catch(() => undefined);
         this.opts.signal?.throwIfAborted();
       }
     }
@@ -121,6 +136,6 @@ export class SatelliteApi {
     const detail = (res.data as { error?: string; message?: string } | undefined) ?? {};
     const retryable = res.status === 429 || res.status >= 500;
     const why = [detail.error, detail.message].filter(Boolean).join(': ') || res.raw.toString('utf8').slice(0, 200);
-    throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} ${printable(why)}`, res.status, retryable, REFUSALS.has(res.status));
+    throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} ${printable(why)}`, res.status, retryable, REFUSALS.has(res.status), retryAfter(res.headers['retry-after']));
   }
 }
