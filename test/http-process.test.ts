@@ -160,8 +160,12 @@ describe('serve processes', () => {
       expect(back.status).toBe(200);
       const metrics = await call(pool, 'GET', '/metrics');
       expect(metrics.body).toMatch(/rm_redis_errors_total\{kind="unavailable"\} [1-9]/);
+      // the outage is in the log too, once, not only in the 503s; so is the stop, told from a crash
+      expect(server.output().match(/\[http \d+\]: Redis unreachable/g)).toHaveLength(1);
+      expect(server.output()).toMatch(/\[http \d+\]: Redis reachable again/);
       await pool.close();
       expect(await server.stop()).toBe(0);
+      expect(server.output()).toMatch(/SIGTERM: draining[^]*stopped in \d+ ms/);
     });
   });
 

@@ -48,14 +48,18 @@ export function register(program: Command): void {
       }
       stops.push(async () => redis.disconnect());
       let stopping = false;
-      const shutdown = async () => {
+      const shutdown = async (sig: NodeJS.Signals) => {
         if (stopping) return;
         stopping = true;
+        // a stop must be told from a crash in the log
+        const t0 = Date.now();
+        console.error(`${sig}: draining (requests in flight are answered, up to 10 s), then stopping`);
         await primary.stop();
         for (const stop of stops) await stop();
+        console.error(`stopped in ${Date.now() - t0} ms`);
         process.exit(0);
       };
-      process.on('SIGTERM', () => void shutdown());
-      process.on('SIGINT', () => void shutdown());
+      process.on('SIGTERM', () => void shutdown('SIGTERM'));
+      process.on('SIGINT', () => void shutdown('SIGINT'));
     });
 }

@@ -56,12 +56,16 @@ export function register(program: Command): void {
       const ops = await startOpsServer(config.host, config.snapshotMetricsPort, () => writerReadiness(writer));
       writer = await startSnapshotWriter(config);
       console.error(`[snapshot] info: /healthz, /readyz and /metrics on ${config.host}:${ops.port}`);
-      await new Promise<void>((resolve) => {
+      const sig = await new Promise<NodeJS.Signals>((resolve) => {
         process.once('SIGTERM', resolve);
         process.once('SIGINT', resolve);
       });
+      // a stop must be told from a crash in the log
+      const t0 = Date.now();
+      console.error(`[snapshot] info: ${sig}: stopping (the batch in hand is committed or left pending)`);
       ops.close();
       await writer.stop();
+      console.error(`[snapshot] info: stopped in ${Date.now() - t0} ms`);
       // a scraper's idle keep-alive connection would hold the process open (this uWS has no app.close)
       process.exit(0);
     });

@@ -3,7 +3,7 @@ import uws from 'uWebSockets.js';
 import type { Config } from '../config.js';
 import { collectProcessMetrics, registry as metricsRegistry } from '../metrics.js';
 import { SatelliteRegistry } from '../satellites/registry.js';
-import { clusterFailures, clusterMasters, createRedis, MASTER_PROBE_MS, masters, whenReady, type RedisClient } from '../store/redis.js';
+import { clusterFailures, clusterMasters, createRedis, logOutages, MASTER_PROBE_MS, masters, whenReady, type RedisClient } from '../store/redis.js';
 import { readScript, SCRIPT_NAMES } from '../store/scripts.js';
 import { readSnapshotStatus } from '../snapshot/status.js';
 import { TokenStore } from '../store/token-store.js';
@@ -92,8 +92,7 @@ async function readiness(redis: RedisClient, prefix: string, probeMs: number): P
 export async function startServer(config: Config, opts: ServerOptions = {}): Promise<HttpServer> {
   collectProcessMetrics();
   const redis = createRedis(config, { failFast: true, connectionName: 'referral-manager-http' });
-  // logged once per outage by ioredis' reconnect loop; requests meanwhile answer 503
-  redis.on('error', () => undefined);
+  logOutages(redis, `[http ${process.pid}]`);
   const store = new TokenStore(redis, config.keyPrefix);
   try {
     // fail-fast commands are refused until the first connect: wait for it, a little

@@ -131,6 +131,27 @@ export function clusterFailures(probe: { masters: Record<string, string>; slotsW
   return failing;
 }
 
+/**
+ * One line when the client loses Redis and one when it has it back, however many reconnect attempts fail
+ * in between (ioredis emits an error for each): an outage shows in the log, not only as 503s.
+ */
+export function logOutages(redis: RedisClient, who: string, log: (line: string) => void = console.error): void {
+  let down = false;
+  const lost = (why: string) => {
+    if (down) return;
+    down = true;
+    log(`${who}: Redis unreachable (${why}); retrying, requests meanwhile answer 503`);
+  };
+  redis.on('error', (err: Error) => lost(err.message));
+  // a restart quicker than the first retry raises no error, yet requests were answered 503 meanwhile
+  redis.on('reconnecting', () => lost('connection lost'));
+  redis.on('ready', () => {
+    if (!down) return;
+    down = false;
+    log(`${who}: Redis reachable again`);
+  });
+}
+
 /** Resolves once the client is connected (ready), rejects after `ms` without that. */
 export function whenReady(redis: RedisClient, ms: number): Promise<void> {
   if (redis.status === 'ready') return Promise.resolve();
