@@ -505,4 +505,33 @@ describe('serve processes', () => {
       expect(await server.stop()).toBe(0);
     }
   });
+
+  // a replaced worker took its share of every counter with it: Prometheus reads the drop as a reset
+  it('/metrics counters do not go down when a worker is killed and replaced', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('proc') }, 2, 0);
+    const healthz = async () => Number(/rm_http_requests_total\{route="\/healthz",method="get",status="200"\} (\d+)/.exec((await freshGet(`${server.url}/metrics`)).body)?.[1] ?? 0);
+    try {
+      const byPid = new Map<number, number>();
+      for (let i = 0; i < 200 && (byPid.size < 2 || i < 40); i++) {
+        const pid = JSON.parse((await freshGet(`${server.url}/healthz`)).body).pid as number;
+        byPid.set(pid, (byPid.get(pid) ?? 0) + 1);
+      }
+      expect(byPid.size).toBe(2);
+      const before = await healthz();
+      expect(before).toBe([...byPid.values()].reduce((a, b) => a + b, 0));
+      const [victim] = byPid.keys();
+      process.kill(victim!, 'SIGKILL');
+      // until a replacement answers (a pid not seen before); each answer is counted by the worker that gave it
+      let answered = 0;
+      for (let end = Date.now() + 10_000, fresh = false; !fresh && Date.now() < end; await new Promise((r) => setTimeout(r, 20))) {
+        const pid = await freshGet(`${server.url}/healthz`).then((r) => JSON.parse(r.body).pid as number, () => undefined);
+        if (pid === undefined) continue;
+        answered++;
+        fresh = !byPid.has(pid);
+      }
+      expect(await healthz()).toBe(before + answered);
+    } finally {
+      expect(await server.stop()).toBe(0);
+    }
+  });
 });

@@ -36,6 +36,15 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
   let stopping = false;
   let seq = 0;
   const pending = new Map<number, { json: metric[][]; left: number; done: () => void }>();
+  /** each live worker's counters and histograms as last collected */
+  const lastSeen = new Map<number, metric[]>();
+  /**
+   * Those of the workers that died, summed: kept in every later /metrics, so a replaced worker does not
+   * take its share of a counter with it (Prometheus would read the drop as a reset: rate() jumps, and an
+   * alert on 5xx or 503 rates could fire). What it counted after its last collection is lost.
+   */
+  let retired: metric[] = [];
+  let retiring = Promise.resolve();
 
   // A worker that dies after it listened is replaced; one that dies before (port taken, bad config) fails the start.
   // Replacements wait a pause that doubles (100 ms .. 10 s) while workers keep dying within a minute of the
@@ -67,6 +76,10 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
         }
       });
       w.once('exit', (code, signal) => {
+        const seen = lastSeen.get(w.id);
+        lastSeen.delete(w.id);
+        // in turn: two deaths at once must not each add to the sum the other has not yet written
+        if (seen) retiring = retiring.then(async () => void (retired = await AggregatorRegistry.aggregate([retired, seen]).getMetricsAsJSON()));
         if (!listening) return reject(new Error(`worker ${w.id} exited (${code ?? signal}) before listening`));
         replace(`worker ${w.id} exited (${code ?? signal})`);
       });
@@ -80,6 +93,8 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
       const p = pending.get(m.id);
       if (!p) return;
       p.json.push(m.json);
+      // (the typings give the type as an enum; prom-client sets the name)
+      lastSeen.set(w.id, m.json.filter((x) => ['counter', 'histogram'].includes(String(x.type))));
       if (--p.left === 0) p.done();
     }
   };
@@ -95,7 +110,8 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
       for (const w of workers) w.send({ rm: 'collect', id } satisfies Msg);
     });
     pending.delete(id);
-    return AggregatorRegistry.aggregate(json).metrics();
+    await retiring;
+    return AggregatorRegistry.aggregate([...json, retired]).metrics();
   };
 
   try {
