@@ -124,8 +124,12 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
     const key = 'rmk_restored-key';
     await snap.pool.query('INSERT INTO satellites (id, fields, api_keys) VALUES ($1, $2, $3)', [
       'sat-x', { id: 'sat-x', createdAt: '1', keyHash: hashKey(key) }, { [hashKey(key)]: 'sat-x\t' }]);
+    // a failure window counted while Redis was empty (every token a 404) must not keep a satellite refused
+    await snap.fx.redis.set(`${snap.other}:rl:s:sat-x:123`, '500', 'PX', 60_000);
     const forced = cli('restore', '--from-postgres', '--force');
     expect(forced.status).toBe(0);
+    expect(forced.stdout).toContain('cleared 1 rate-limit windows');
+    expect(await snap.fx.redis.exists(`${snap.other}:rl:s:sat-x:123`)).toBe(0);
     expect(forced.stdout).toContain(`restored ${TOTAL} tokens`);
     expect(forced.stdout).toContain('restored 1 satellites with their API keys');
     expect(await new SatelliteRegistry(snap.fx.redis, snap.other).authenticate(key)).toBe('sat-x');

@@ -1,10 +1,11 @@
 import type { Command } from 'commander';
 import { startOpsServer } from '../../src/http/ops.js';
 import { anyKey, engineKeys, registerMarkedRevocations, RESTORE_LANES, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, revocationGaps, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
-import { clusterFailures, type RedisClient } from '../../src/store/redis.js';
+import { clusterFailures, dropKeys, type RedisClient } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { configFrom, connectRedis, openSnapshot } from '../context.js';
+import { leaseKey } from '../../src/snapshot/status.js';
 
 /**
  * Ready: the writer reaches Redis (on a Cluster every master: a lost one holds event streams it cannot
@@ -88,6 +89,13 @@ export function register(program: Command): void {
           if (marksOnly) console.log(`registered ${marksOnly} campaign revocations only the old shards held, so the restore keeps them`);
           const stale = await engineKeys(redis, config.keyPrefix);
           for (let i = 0; i < stale.length; i += 500) await Promise.all(stale.slice(i, i + 500).map((k) => redis.unlink(k)));
+          // failures counted against the emptied Redis (every token a 404) were no guesses: a satellite
+          // that crossed the limit then stayed refused (429) for the rest of the window after the restore
+          const windows = await dropKeys(redis, `${config.keyPrefix}:rl:*`);
+          if (windows) console.log(`cleared ${windows} rate-limit windows`);
+          if (await redis.exists(leaseKey(config.keyPrefix))) {
+            console.error('note: a snapshot writer holds its lease (serve or snapshot is running against this Redis): what changes during the restore reaches Postgres as usual, but stopping them first is safer (docs/snapshot.md#restore)');
+          }
         }
         const n = await restoreFromPostgres(redis, pool, config.keyPrefix);
         const sats = await restoreSatellites(redis, pool, config.keyPrefix);

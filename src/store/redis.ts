@@ -206,11 +206,19 @@ export async function* scanKeys(client: RedisClient, pattern: string, count = 10
   }
 }
 
-/** Deletes every key under `prefix:` (one UNLINK per key, pipelined: a Cluster node refuses cross-slot UNLINK). */
-export async function dropPrefix(client: RedisClient, prefix: string): Promise<void> {
-  for await (const { node, keys } of scanKeys(client, `${prefix}:*`)) {
+/** Deletes every key matching `pattern` (one UNLINK per key, pipelined: a Cluster node refuses cross-slot UNLINK); how many. */
+export async function dropKeys(client: RedisClient, pattern: string): Promise<number> {
+  let n = 0;
+  for await (const { node, keys } of scanKeys(client, pattern)) {
     const p = node.pipeline();
     for (const k of keys) p.unlink(k);
     await p.exec();
+    n += keys.length;
   }
+  return n;
+}
+
+/** Deletes every key under `prefix:`. */
+export async function dropPrefix(client: RedisClient, prefix: string): Promise<void> {
+  await dropKeys(client, `${prefix}:*`);
 }
