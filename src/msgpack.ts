@@ -86,3 +86,14 @@ export async function msgpackRequest(
   }
   return { status: res.statusCode, headers: res.headers, raw, contentType, data, undecodable };
 }
+
+/**
+ * A Retry-After header in ms, from seconds or an HTTP date, at most `capMs`; undefined when absent or
+ * unreadable (a date in the past is 0).
+ */
+export function retryAfterMs(header: string | string[] | undefined, capMs = Infinity): number | undefined {
+  const v = String(header ?? '').trim();
+  if (v === '') return undefined;
+  const ms = /^\d+$/.test(v) ? Number(v) * 1000 : Date.parse(v) - Date.now();
+  return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), capMs) : undefined;
+}

@@ -141,11 +141,13 @@ it('transport failures are ReferralError code unavailable', async () => {
   await dead.close();
 });
 
-it('a reply that is not the manager\'s (a proxy\'s error page) is unavailable on 502/503/504, else internal, keeping Retry-After', async () => {
+it('a reply that is not the manager\'s (a proxy\'s error page) is unavailable on 502/503/504, rate_limited on 429, else internal, keeping Retry-After (seconds or a date)', async () => {
   let status = 0;
   let json = false;
   let plain: string | undefined;
+  let dated: string | undefined;
   const proxy = http.createServer((_req, res) => {
+    if (dated !== undefined) return void res.writeHead(status, { 'content-type': 'text/html', 'retry-after': dated }).end('<html>busy</html>');
     // a body msgpack decodes (a "1" is the number 49), or an empty one, that is no reply of the manager
     if (plain !== undefined) return void res.writeHead(status, { 'content-type': 'text/plain', 'retry-after': '' }).end(plain);
     // a gateway's JSON error names no code of the manager's (Spring Cloud Gateway's shape)
@@ -160,8 +162,14 @@ it('a reply that is not the manager\'s (a proxy\'s error page) is unavailable on
   };
   try {
     for (const s of [502, 503, 504]) expect(await at(s)).toMatchObject({ code: 'unavailable', status: s, retryAfter: 7 });
+    // a gateway's own throttling is a rate limit (it was 'internal', which the docs say not to retry)
+    expect(await at(429)).toMatchObject({ code: 'rate_limited', status: 429, retryAfter: 7 });
     expect(await at(500)).toMatchObject({ code: 'internal', status: 500 });
     expect(await at(200)).toMatchObject({ code: 'internal', status: 200 });
+    // Retry-After as an HTTP date (RFC 9110 allows both): seconds from now, rounded up
+    dated = new Date(Date.now() + 30_000).toUTCString();
+    expect((await at(503)).retryAfter).toBeOneOf([29, 30, 31]);
+    dated = undefined;
     plain = '1';
     expect(await at(200)).toMatchObject({ code: 'internal', status: 200, retryAfter: undefined });
     plain = '';

@@ -235,6 +235,14 @@ async function partialBody(path: string, auth: string, length: number): Promise<
   }
 }
 
+describe('Accept with q-values', () => {
+  it('a type given q=0 is not answered in: Accept "application/msgpack;q=0, application/json" gets JSON', async () => {
+    const r = await call(pool, 'GET', '/v1/users/nobody/tokens', { key: keyA, accept: 'application/msgpack;q=0, application/json' });
+    expect([r.status, r.headers['content-type']]).toEqual([200, 'application/json']);
+    expect(r.body).toEqual({ tokens: [] });
+  });
+});
+
 describe('MessagePack integers, as a Go satellite reads them', () => {
   // msgpackr wrote a ms time as a float64 (0xcb), which Go's decoders refuse for an int64 field
   it('every time in a reply is an int64, not a float64; small numbers stay small', async () => {

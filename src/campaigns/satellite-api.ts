@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool } from 'undici';
-import { msgpackRequest } from '../msgpack.js';
+import { msgpackRequest, retryAfterMs } from '../msgpack.js';
 import { printable } from '../tokens/validate.js';
 
 /** The satellite's side of the generation flow (README "Satellite contract"). */
@@ -44,14 +44,6 @@ export class SatelliteCallError extends Error {
 
 /** Most a satellite's Retry-After (429, 503) holds a retry back: one call must not stall a run for hours. */
 const RETRY_AFTER_MAX_MS = 60_000;
-
-/** A Retry-After header in ms (seconds or an HTTP date), capped; 0 when absent or unreadable. */
-function retryAfter(header: string | string[] | undefined): number {
-  const v = String(header ?? '').trim();
-  if (v === '') return 0;
-  const ms = /^\d+$/.test(v) ? Number(v) * 1000 : Date.parse(v) - Date.now();
-  return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), RETRY_AFTER_MAX_MS) : 0;
-}
 
 /**
  * What the manager calls on a satellite: page through users with no tokens left, push tokens.
@@ -136,6 +128,6 @@ export class SatelliteApi {
     const detail = (res.data as { error?: string; message?: string } | undefined) ?? {};
     const retryable = res.status === 429 || res.status >= 500;
     const why = [detail.error, detail.message].filter(Boolean).join(': ') || res.raw.toString('utf8').slice(0, 200);
-    throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} ${printable(why)}`, res.status, retryable, REFUSALS.has(res.status), retryAfter(res.headers['retry-after']));
+    throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} ${printable(why)}`, res.status, retryable, REFUSALS.has(res.status), retryAfterMs(res.headers['retry-after'], RETRY_AFTER_MAX_MS) ?? 0);
   }
 }

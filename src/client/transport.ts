@@ -1,6 +1,6 @@
 import { Pool } from 'undici';
 import { ReferralError } from './error.js';
-import { msgpackRequest } from '../msgpack.js';
+import { msgpackRequest, retryAfterMs } from '../msgpack.js';
 import { errorCatalogue } from '../errors.js';
 
 export interface TransportOptions {
@@ -56,15 +56,16 @@ export class Transport {
     // every reply of the manager is a map in msgpack or JSON: anything else came from something in front of it
     const managers = /msgpack|json/.test(res.contentType) && typeof res.data === 'object' && res.data !== null && !Array.isArray(res.data);
     if (ok && managers) return res.data as T;
-    const retryHeader = String(res.headers['retry-after'] ?? '').trim();
-    const retry = retryHeader !== '' && Number.isFinite(Number(retryHeader)) ? Number(retryHeader) : undefined;
+    const retryMs = retryAfterMs(res.headers['retry-after']);
+    const retry = retryMs === undefined ? undefined : Math.ceil(retryMs / 1000);
     const e = res.data as { error?: unknown; message?: unknown } | undefined;
     // only the manager's own codes: a gateway's JSON error ({error: "Bad Gateway"}) is mapped by its status below
     if (!ok && !res.undecodable && typeof e?.error === 'string' && Object.hasOwn(errorCatalogue, e.error)) {
       throw new ReferralError(e.error, res.status, typeof e.message === 'string' ? e.message : `HTTP ${res.status}`, retry);
     }
-    // not a reply of the manager: e.g. a proxy's error page in front of it; a gateway error is worth a retry
-    const code = res.status === 502 || res.status === 503 || res.status === 504 ? 'unavailable' : 'internal';
+    // not a reply of the manager: e.g. a proxy's error page in front of it; a gateway error is worth a retry,
+    // and a gateway's own throttling (429) is a rate limit like the manager's
+    const code = res.status === 429 ? 'rate_limited' : res.status === 502 || res.status === 503 || res.status === 504 ? 'unavailable' : 'internal';
     throw new ReferralError(code, res.status, `${res.undecodable ? 'undecodable' : 'unexpected'} ${res.contentType || 'untyped'} reply (status ${res.status})`, retry);
   }
 

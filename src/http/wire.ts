@@ -14,6 +14,8 @@ const packr = new Packr({ useRecords: false });
 /** Media type of a Content-Type or Accept value, or undefined if it is none we speak. */
 export function formatOf(header: string): Format | undefined {
   for (const part of header.split(',')) {
+    // `;q=0` says "not this one" (Accept: application/msgpack;q=0, application/json)
+    if (/;\s*q\s*=\s*0(\.0*)?\s*(;|$)/i.test(part)) continue;
     const type = part.split(';')[0]!.trim().toLowerCase();
     if (type === 'application/msgpack' || type === 'application/x-msgpack') return 'msgpack';
     if (type === 'application/json') return 'json';
