@@ -397,9 +397,18 @@ describe('dry run of a campaign with tokens made but not delivered', () => {
     await control(w.sims['sat-f']!, 'POST', '/sim/fail', { after: null });
     const store = new CampaignStore(w.fx.redis, w.fx.prefix);
     const before = { held: await holdings(w.sims['sat-f']!), dlv: await w.fx.redis.scard(`${w.fx.prefix}:{camp:winter}:dlv:sat-f`) };
+    // what the failed run made and did not deliver, which the resume pushes
+    let undelivered = 0;
+    for await (const page of store.allMade('winter', 'sat-f')) {
+      const done = await store.settled('winter', 'sat-f', page.map(([u]) => u));
+      undelivered += page.filter((_, i) => !done[i]).reduce((n, [, t]) => n + t.length, 0);
+    }
+    expect(undelivered).toBeGreaterThan(0);
     for (const args of [['--resume', 'winter'], ['--all', '--per-user', String(PER_USER), '--campaign', 'winter']]) {
-      const dry = await w.gen([...args, '--dry-run']);
+      const dry = await w.gen([...args, '--dry-run', '--json']);
       expect(dry.code, dry.stderr).toBe(0);
+      // it said 0 to deliver, and the real resume then delivered them
+      expect(JSON.parse(dry.stdout).satellites.find((r: { satelliteId: string }) => r.satelliteId === 'sat-f')).toMatchObject({ tokensDelivered: undelivered, status: 'dry-run' });
       expect(await holdings(w.sims['sat-f']!)).toEqual(before.held);
       expect(await w.fx.redis.scard(`${w.fx.prefix}:{camp:winter}:dlv:sat-f`)).toBe(before.dlv);
     }
@@ -902,9 +911,12 @@ describe('--expires', () => {
       await store.recordMade('short-lived', 'sat-y', new Map([['sat-y-u0000001', made.tokens.map((t) => t.token)]]));
       await new Promise((resolve) => setTimeout(resolve, expiresAt - Date.now() + 50));
 
-      const resumed = await runCli(['generate', '--resume', 'short-lived'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(resumed.code).toBe(1);
-      expect(resumed.stderr).toContain(`campaign "short-lived" expired at ${new Date(expiresAt).toISOString()}`);
+      // a dry run says what the real run would do (it said it would make tokens the real run refuses to)
+      for (const dry of [['--dry-run'], []]) {
+        const resumed = await runCli(['generate', '--resume', 'short-lived', ...dry], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+        expect(resumed.code).toBe(1);
+        expect(resumed.stderr).toContain(`campaign "short-lived" expired at ${new Date(expiresAt).toISOString()}`);
+      }
       expect(Object.values(sim.satellite.holdings()).flat()).toEqual([]);
     } finally {
       await sim.close();

@@ -112,13 +112,14 @@ export function register(program: Command): void {
         if (!opts.dryRun && !run) throw new Error(`campaign "${id}" is being run by another generate; wait for it (or, if it was killed, up to ${CLAIM_TTL_MS / 1000} s)`);
         try {
           const existing = opts.resume !== undefined ? await campaigns.require(id) : await campaigns.meta(id);
-          // a dry run may still say what it would have made; the registry also holds an id the admin route revoked
-          const revokedAt = opts.dryRun ? undefined : await campaigns.revokedAt(id);
+          // a dry run fails as the real run would: it said it would make tokens the real run then refused to
+          // (the registry also holds an id the admin route revoked)
+          const revokedAt = await campaigns.revokedAt(id);
           if (revokedAt !== undefined) {
             throw new Error(`campaign "${id}" was revoked at ${new Date(revokedAt).toISOString()}: it makes and delivers no more tokens; start a new --campaign`);
           }
           // its undelivered tokens can no longer be redeemed, and the engine makes none that expire in the past
-          if (!opts.dryRun && existing?.expiresAt !== undefined && existing.expiresAt <= Date.now()) {
+          if (existing?.expiresAt !== undefined && existing.expiresAt <= Date.now()) {
             throw new Error(`campaign "${id}" expired at ${new Date(existing.expiresAt).toISOString()}: its tokens can no longer be redeemed, so it makes and delivers no more; start a new --campaign`);
           }
           if (existing && perUser !== undefined && existing.perUser !== perUser) {
@@ -235,11 +236,11 @@ function print(id: string, reports: SatelliteReport[], opts: Opts): void {
     console.log(JSON.stringify({ campaignId: id, dryRun: opts.dryRun === true, satellites: reports }, null, 2));
     return;
   }
-  const made = opts.dryRun ? 'tokens to make' : 'tokens made';
+  const [made, delivered] = opts.dryRun ? ['tokens to make', 'to deliver'] : ['tokens made', 'delivered'];
   console.log(`${opts.dryRun ? 'dry run (nothing changed) of' : ''} campaign ${id}`.trim());
   console.log(
     table(
-      ['satellite', 'users', made, 'delivered', 'refused', 'failures', 'status'],
+      ['satellite', 'users', made, delivered, 'refused', 'failures', 'status'],
       reports.map((r) => [r.satelliteId, r.usersServed, r.tokensMade, r.tokensDelivered, r.usersRefused, r.failures, r.status]),
     ),
   );

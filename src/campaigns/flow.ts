@@ -119,8 +119,8 @@ class SatelliteRun {
         this.satClaim = held;
         await this.o.campaigns.setStatus(this.id, this.sat, 'running');
       }
-      // a dry run delivers nothing, not even what an earlier run left undelivered
-      if (this.o.existed && !this.o.dryRun) await this.deliverPending();
+      // a dry run delivers nothing, but counts what an earlier run left undelivered (a resume pushes it)
+      if (this.o.existed) await (this.o.dryRun ? this.countPending() : this.deliverPending());
       let cursor: string | null = null;
       const seen = new Set<string>();
       do {
@@ -158,6 +158,14 @@ class SatelliteRun {
       const due = await this.delivery.due(page.filter((_, i) => !done[i]), true);
       this.plan('tokensToDeliver', tokenCount(due));
       await this.delivery.deliver(due, false);
+    }
+  }
+
+  /** The dry run's deliverPending: the tokens a resume would push (before its checks for revoked ones), as delivered. */
+  private async countPending(): Promise<void> {
+    for await (const page of this.o.campaigns.allMade(this.id, this.sat)) {
+      const done = await this.o.campaigns.settled(this.id, this.sat, page.map(([u]) => u));
+      await this.count('tokensDelivered', tokenCount(page.filter((_, i) => !done[i])));
     }
   }
 
