@@ -8,6 +8,7 @@ import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, privateRedis, serve, testCluster, type Reply, type RestartableRedis, type Served } from './helpers/http.js';
 import { dropPrefix, engineFixture, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 import { AdminClient } from '../src/client/admin.js';
+import { ReferralError, SatelliteClient } from '../src/client/index.js';
 
 const prefixes: string[] = [];
 const fresh = (label: string) => {
@@ -87,8 +88,39 @@ describe('serve processes', () => {
     }
   });
 
+  // every failure counted against the satellite's own address: one person typing made-up tokens into its
+  // sign-up form stopped every sign-up of the satellite for the rest of the window
+  it('with X-End-User-IP the per-IP limit stops that person, not the satellite, until the larger satellite limit', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('rl-user'), RATE_LIMIT_FAILURES: '3', RATE_LIMIT_SATELLITE_FAILURES: '5', RATE_LIMIT_WINDOW_MS: '60000' });
+    const { pool, key } = await setup(server);
+    const client = new SatelliteClient({ url: server.url, apiKey: key });
+    const unknown = (i: number) => `ffff0000-0000-4000-8000-${String(i).padStart(12, '0')}`;
+    const code = (p: Promise<unknown>) => p.then(() => 'ok', (e: ReferralError) => e.code);
+    try {
+      const guesser = { endUserIp: '203.0.113.7' };
+      const other = { endUserIp: '2001:db8:1:2::99' };
+      const seen: string[] = [];
+      for (let i = 0; i < 4; i++) seen.push(await code(client.redeem(unknown(i), 'g', guesser)));
+      expect(seen).toEqual(['token_not_found', 'token_not_found', 'token_not_found', 'rate_limited']);
+      // another person signing up on the same satellite, from the same satellite server, gets real answers
+      expect(await code(client.lookup(unknown(10), other))).toBe('token_not_found');
+      const [real] = await tokens(pool, 1);
+      expect(await code(client.redeem(real!, 'new-user', other))).toBe('ok');
+      // the satellite's own limit (5 failures: the guesser's 4 and one more) still holds for everyone
+      expect(await code(client.lookup(unknown(11), other))).toBe('rate_limited');
+      expect(await code(client.lookup(unknown(12), { endUserIp: '198.51.100.1' }))).toBe('rate_limited');
+      // a header that is no IP address is refused
+      const refused = await client.lookup(unknown(13), { endUserIp: 'not-an-ip' }).then(() => undefined, (e: ReferralError) => e);
+      expect(refused).toMatchObject({ code: 'invalid_request', status: 400, message: 'X-End-User-IP: not an IP address' });
+    } finally {
+      await client.close();
+      await pool.close();
+      expect(await server.stop()).toBe(0);
+    }
+  });
+
   it('the per-satellite limit holds across client addresses: guesses spread over IPs are still stopped', async () => {
-    const server = await serve({ KEY_PREFIX: fresh('rl-sat'), RATE_LIMIT_FAILURES: '3', RATE_LIMIT_WINDOW_MS: '60000' });
+    const server = await serve({ KEY_PREFIX: fresh('rl-sat'), RATE_LIMIT_FAILURES: '3', RATE_LIMIT_SATELLITE_FAILURES: '3', RATE_LIMIT_WINDOW_MS: '60000' });
     const { pool, key } = await setup(server);
     // the same satellite from several loopback addresses: no address alone reaches the limit
     const from = ['127.0.0.2', '127.0.0.3', '127.0.0.4'].map((localAddress) => new Pool(server.url, { connections: 1, localAddress }));

@@ -15,7 +15,7 @@ const v6 = (...groups: number[]) => groups.map((g) => g.toString(16).padStart(4,
 
 describe('FailureLimiter per address', () => {
   it('counts IPv6 callers per /64, so a new address in the same block for every guess does not escape', async () => {
-    const limiter = new FailureLimiter(redis, prefix, 3, 60_000);
+    const limiter = new FailureLimiter(redis, prefix, { ip: 3, satellite: 3 }, 60_000);
     const waits = [];
     for (let i = 1; i <= 4; i++) waits.push(await limiter.fail(`sat-${i}`, v6(0x2001, 0xdb8, 7, 1, 0, 0, 0, i)));
     expect(waits.slice(0, 3)).toEqual([undefined, undefined, undefined]);

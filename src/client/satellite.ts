@@ -47,6 +47,18 @@ export interface Redemption {
 }
 
 /**
+ * `endUserIp`: the IP of the person signing up, sent as X-End-User-IP. The failure limits then count
+ * that person's failed guesses apart from the satellite's (RATE_LIMIT_FAILURES per IP, a larger
+ * RATE_LIMIT_SATELLITE_FAILURES per satellite), so one person typing made-up tokens is stopped without
+ * stopping every sign-up of the satellite.
+ */
+export interface EndUser {
+  endUserIp?: string;
+}
+
+const endUser = (o: EndUser | undefined): Record<string, string> => (o?.endUserIp ? { 'x-end-user-ip': o.endUserIp } : {});
+
+/**
  * What a satellite calls on sign-up. The key names the calling satellite; every refusal throws
  * ReferralError with the wire code (e.g. `token_already_redeemed`).
  */
@@ -57,24 +69,24 @@ export class SatelliteClient {
     this.t = new Transport(opts);
   }
 
-  redeem(token: string, userId: string): Promise<Redeemed> {
-    return this.t.call('POST', '/v1/tokens/redeem', { token, userId });
+  redeem(token: string, userId: string, opts?: EndUser): Promise<Redeemed> {
+    return this.t.call('POST', '/v1/tokens/redeem', { token, userId }, undefined, endUser(opts));
   }
 
-  reserve(token: string, leaseMs?: number): Promise<Reserved> {
-    return this.t.call('POST', '/v1/tokens/reserve', leaseMs === undefined ? { token } : { token, leaseMs });
+  reserve(token: string, leaseMs?: number, opts?: EndUser): Promise<Reserved> {
+    return this.t.call('POST', '/v1/tokens/reserve', leaseMs === undefined ? { token } : { token, leaseMs }, undefined, endUser(opts));
   }
 
-  complete(token: string, reservationId: string, userId: string): Promise<Redeemed> {
-    return this.t.call('POST', '/v1/tokens/complete', { token, reservationId, userId });
+  complete(token: string, reservationId: string, userId: string, opts?: EndUser): Promise<Redeemed> {
+    return this.t.call('POST', '/v1/tokens/complete', { token, reservationId, userId }, undefined, endUser(opts));
   }
 
-  release(token: string, reservationId: string): Promise<Released> {
-    return this.t.call('POST', '/v1/tokens/release', { token, reservationId });
+  release(token: string, reservationId: string, opts?: EndUser): Promise<Released> {
+    return this.t.call('POST', '/v1/tokens/release', { token, reservationId }, undefined, endUser(opts));
   }
 
-  async lookup(token: string): Promise<LookedUp> {
-    return this.t.call('GET', `/v1/tokens/${segment('token', token)}`);
+  async lookup(token: string, opts?: EndUser): Promise<LookedUp> {
+    return this.t.call('GET', `/v1/tokens/${segment('token', token)}`, undefined, undefined, endUser(opts));
   }
 
   /** Unredeemed tokens of `userId` on the calling satellite. */

@@ -44,11 +44,11 @@ export class Transport {
     this.timeoutMs = timeoutMs;
   }
 
-  /** `timeoutMs`: this call's deadline, instead of the client's */
-  async call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown, timeoutMs = this.timeoutMs): Promise<T> {
+  /** `timeoutMs`: this call's deadline, instead of the client's; `headers`: added to the request's */
+  async call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown, timeoutMs = this.timeoutMs, headers: Record<string, string> = {}): Promise<T> {
     let res;
     try {
-      res = await msgpackRequest(this.pool, { method, path: this.base + path, headers: { authorization: this.auth }, body, timeoutMs });
+      res = await msgpackRequest(this.pool, { method, path: this.base + path, headers: { ...headers, authorization: this.auth }, body, timeoutMs });
     } catch (err) {
       throw new ReferralError('unavailable', 0, `request failed: ${(err as Error).message}`);
     }

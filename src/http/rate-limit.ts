@@ -1,7 +1,27 @@
+import { isIP } from 'node:net';
 import type { RedisClient } from '../store/redis.js';
 
 const MAX_BLOCKED = 100_000;
 const MAPPED_V4 = '0000:0000:0000:0000:0000:ffff:';
+
+/**
+ * An IP address a satellite names in X-End-User-IP, in the form uWS gives a peer's (IPv4 dotted, IPv6 as
+ * eight 4-digit groups), so addressBlock counts it the same way; undefined when it is no IP address.
+ */
+export function endUserIp(text: string): string | undefined {
+  const a = text.trim().toLowerCase().replace(/%.*$/, ''); // a zone (fe80::1%eth0) names no other host
+  const family = isIP(a);
+  if (family === 4) return a;
+  if (family !== 6) return undefined;
+  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(a);
+  const hex = v4 ? `${a.slice(0, v4.index)}${((+v4[1]! << 8) | +v4[2]!).toString(16)}:${((+v4[3]! << 8) | +v4[4]!).toString(16)}` : a;
+  const [head, tail] = hex.split('::') as [string, string | undefined];
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
+  const full = groups.map((g) => g.padStart(4, '0')).join(':');
+  return full.startsWith(MAPPED_V4) && v4 ? v4.slice(1).join('.') : full;
+}
 
 /**
  * The address block one client controls: an IPv6 host usually gets a whole /64, and picking a new address
@@ -15,7 +35,9 @@ export function addressBlock(ip: string): string {
 
 /**
  * Limits failed redeem/reserve/complete/release/lookup answers (404 token_not_found, 410 token_revoked /
- * token_expired: the answers a guess gets) per satellite and per client IP, across all worker processes:
+ * token_expired: the answers a guess gets) per satellite and per client IP (the end user's, when the
+ * satellite names it in X-End-User-IP: one user guessing through a satellite's sign-up form is stopped
+ * long before the satellite as a whole is), across all worker processes:
  * each failure INCRs a Redis counter per fixed window (`<prefix>:rl:<kind>:<who>:<window>`), so at most
  * `limit` failures per window get a real answer cluster-wide; the one that crosses the limit is answered
  * 429 instead. A worker that sees the limit crossed remembers the block in process until the window ends,
@@ -25,10 +47,11 @@ export function addressBlock(ip: string): string {
 export class FailureLimiter {
   private readonly blocked = new Map<string, number>();
 
+  /** `limits`: failures per window allowed per IP (address block) and per satellite */
   constructor(
     private readonly redis: RedisClient,
     private readonly prefix: string,
-    private readonly limit: number,
+    private readonly limits: { ip: number; satellite: number },
     private readonly windowMs: number,
   ) {}
 
@@ -43,10 +66,11 @@ export class FailureLimiter {
     const window = Math.floor(now / this.windowMs);
     const end = (window + 1) * this.windowMs;
     const whos = [`s:${satelliteId}`, `i:${addressBlock(ip)}`];
+    const limits = [this.limits.satellite, this.limits.ip];
     const counts = await Promise.all(whos.map((w) => this.count(`${this.prefix}:rl:${w}:${window}`)));
     let retry: number | undefined;
     counts.forEach((n, i) => {
-      if (n > this.limit) {
+      if (n > limits[i]!) {
         if (this.blocked.size >= MAX_BLOCKED) this.prune(now);
         this.blocked.set(whos[i]!, end);
         retry = Math.max(1, Math.ceil((end - now) / 1000));

@@ -4,6 +4,7 @@ import { DomainError, errorCatalogue, type ErrorCode } from '../errors.js';
 import { httpInFlight, observeRequest, redisErrors } from '../metrics.js';
 import { audit } from './audit.js';
 import { Authenticator } from './auth.js';
+import { endUserIp } from './rate-limit.js';
 import { decode, formatOf, reply, replyError, replyValue, type Exchange, type Format, type Traffic } from './wire.js';
 
 export type AuthKind = 'satellite' | 'admin' | 'none';
@@ -102,11 +103,12 @@ export function mount(app: TemplatedApp, routes: Route[], deps: RouterDeps): voi
       for (let i = 0; i < nParams; i++) params.push(req.getParameter(i) ?? '');
       const audited = entry.route.auth === 'admin' && entry.route.method !== 'get';
       const ip = entry.route.needsIp || audited ? Buffer.from(res.getRemoteAddressAsText()).toString() : '';
+      const endUser = entry.route.needsIp && entry.route.auth === 'satellite' ? req.getHeader('x-end-user-ip') : '';
       const key = Authenticator.bearer(req.getHeader('authorization'));
       const contentType = req.getHeader('content-type');
       const length = req.getHeader('content-length');
       const path = audited ? req.getUrl() : undefined;
-      handle(ex, entry.route, entry.validate, deps, { params, ip, key, contentType, length, path });
+      handle(ex, entry.route, entry.validate, deps, { params, ip, endUser, key, contentType, length, path });
     });
   }
   app.any('/*', (res, req) => {
@@ -150,6 +152,8 @@ function start(res: HttpResponse, req: HttpRequest, deps: RouterDeps, pattern: s
 interface Head {
   params: string[];
   ip: string;
+  /** X-End-User-IP as sent (satellite routes that read the IP): the client IP the limits count instead */
+  endUser: string;
   key: string | undefined;
   contentType: string;
   length: string;
@@ -260,7 +264,12 @@ async function call(route: Route, head: Head, caller: Promise<string>, body: unk
       throw new DomainError('invalid_request', `path parameter ${i + 1}: bad percent-encoding`);
     }
   });
-  return route.handler({ body, params, satelliteId, ip: head.ip, signal });
+  let ip = head.ip;
+  if (head.endUser) {
+    ip = endUserIp(head.endUser) ?? '';
+    if (!ip) throw new DomainError('invalid_request', 'X-End-User-IP: not an IP address');
+  }
+  return route.handler({ body, params, satelliteId, ip, signal });
 }
 
 async function authorize(kind: AuthKind, key: string | undefined, auth: Authenticator | undefined): Promise<string> {

@@ -104,7 +104,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
   const engine = new TokenEngine(store);
   const satellites = new SatelliteRegistry(redis, config.keyPrefix);
   const auth = new Authenticator(satellites, config.adminKey, config.authCacheMs);
-  const limiter = new FailureLimiter(redis, config.keyPrefix, config.rateLimitFailures, config.rateLimitWindowMs);
+  const limiter = new FailureLimiter(redis, config.keyPrefix, { ip: config.rateLimitFailures, satellite: config.rateLimitSatelliteFailures }, config.rateLimitWindowMs);
   const traffic: Traffic = { n: 0, draining: false };
   const app = uws.App();
   mount(
