@@ -638,6 +638,23 @@ describe('a satellite answering 429 with Retry-After', () => {
   });
 });
 
+describe('a satellite listing user ids that are not valid ids', () => {
+  // they were counted as failures and nothing said which or why: 'failures 2', status done, stderr silent
+  it('skips them, counts them apart (usersInvalid) and names the first on stderr; the others are served', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const satellite = await handWrittenSatellite(fx, 'sat-ids', () => ({ userIds: ['u0', '', 'x'.repeat(200)], nextCursor: null }), (tokens) => tokens.length);
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'ids', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 1, tokensDelivered: 1, failures: 2, usersInvalid: 2, invalidUser: '"": userId: must be 1..128 bytes, got 0', status: 'done' });
+      expect(run.stderr).toContain('satellite sat-ids listed 2 user ids that are not valid ids, skipped (first "": userId: must be 1..128 bytes, got 0)');
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+});
+
 describe('a satellite whose listing breaks the contract (a 200 that is not a page)', () => {
   // the checks ran outside the call's retry loop, so the failure was not counted: 'failures 0  failed'
   it('fails the satellite with the reason, counts the failure, and does not retry it', async () => {

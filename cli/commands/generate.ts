@@ -47,7 +47,7 @@ const REMOVED = 'no longer registered (satellites remove)';
 const sh = (id: string): string => quote([id]);
 
 const skippedReport = (satelliteId: string, error: string): SatelliteReport => ({
-  satelliteId, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, status: 'skipped', error,
+  satelliteId, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, usersInvalid: 0, status: 'skipped', error,
 });
 
 /** The shell's exit status for a process a signal stopped. */
@@ -206,6 +206,9 @@ export function register(program: Command): void {
           for (const r of reports.filter((r) => r.usersRefused > 0)) {
             const rest = r.tokensDelivered > 0 ? ', the other users were served' : '';
             console.error(`satellite ${r.satelliteId} refused the tokens of ${r.usersRefused} users (first ${r.refusal}); those tokens are revoked${rest}`);
+          }
+          for (const r of reports.filter((r) => r.usersInvalid > 0)) {
+            console.error(`satellite ${r.satelliteId} listed ${r.usersInvalid} user ids that are not valid ids, skipped (first ${r.invalidUser})`);
           }
           for (const r of revoked) console.error(`satellite ${r.satelliteId} stopped: ${r.error}`);
           for (const r of failed) console.error(`satellite ${r.satelliteId} failed: ${r.error}`);

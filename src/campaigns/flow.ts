@@ -54,6 +54,9 @@ export interface SatelliteReport {
   refusal?: string;
   /** failed calls to the satellite (retried or not) and user ids it sent that are not valid ids */
   failures: number;
+  /** user ids it listed that are not valid ids (skipped; counted in failures too), and the first of them, why */
+  usersInvalid: number;
+  invalidUser?: string;
   /**
    * revoked: the campaign was revoked while this run served the satellite; it stopped making and pushing tokens.
    * skipped: never run (generate --all leaves out a satellite registered without a url: it only redeems)
@@ -108,7 +111,7 @@ class SatelliteRun {
       count: (counter, n, stored) => this.count(counter, n, stored),
       onProgress: (event, n) => o.onProgress?.(this.sat, event, n),
     });
-    this.report = { satelliteId: s.id, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, status: o.dryRun ? 'dry-run' : 'done' };
+    this.report = { satelliteId: s.id, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, usersInvalid: 0, status: o.dryRun ? 'dry-run' : 'done' };
   }
 
   async run(): Promise<SatelliteReport> {
@@ -174,7 +177,9 @@ class SatelliteRun {
     for (const u of new Set(listed)) {
       try {
         userIds.push(checkId('userId', u));
-      } catch {
+      } catch (err) {
+        this.report.usersInvalid++;
+        this.report.invalidUser ??= `${JSON.stringify(printable(String(u)).slice(0, 100))}: ${(err as Error).message}`;
         await this.count('failures', 1);
       }
     }
