@@ -211,10 +211,14 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     const r = JSON.parse(await cli(['campaigns', 'results', 'results', '--json']));
     expect(r).toEqual({
       campaignId: 'results',
-      satellites: { 'sat-r': { generated: 22, redeemed: 5, reserved: 1, unredeemed: 13, expired: 2, revoked: 1, redeemedOn: { 'sat-q': 2, 'sat-r': 3 } } },
+      satellites: { 'sat-r': { generated: 22, redeemed: 5, reserved: 1, unredeemed: 13, expired: 2, revoked: 1, purged: 0, redeemedOn: { 'sat-q': 2, 'sat-r': 3 } } },
       snapshotLag: { events: 0, seconds: 0 },
     });
-    expect(await cli(['campaigns', 'results', 'results'])).toMatch(/^sat-r +22 +5 +22\.7% +13 +1 +2 +1 +sat-q 2, sat-r 3$/m);
+    expect(await cli(['campaigns', 'results', 'results'])).toMatch(/^sat-r +22 +5 +22\.7% +13 +1 +2 +1 +0 +sat-q 2, sat-r 3$/m);
+    // purged tokens (the revoked one and the two expired) are counted apart, as stats does, not as revoked
+    await cli(['tokens', 'purge', '--older-than', '0s', '--campaign', 'results']);
+    await caughtUp(fx.redis, fx.prefix, pool, 0);
+    expect(JSON.parse(await cli(['campaigns', 'results', 'results', '--json'])).satellites['sat-r']).toMatchObject({ generated: 22, expired: 0, revoked: 0, purged: 3 });
     const none = await runCli(['campaigns', 'results', 'no-such-campaign'], env);
     expect([none.code, none.stderr]).toEqual([1, expect.stringContaining('no token of campaign "no-such-campaign" in the Postgres snapshot')]);
     await w.stop();

@@ -77,7 +77,7 @@ export function register(program: Command): void {
 
   campaigns
     .command('results <id>')
-    .description('what became of a campaign\'s tokens, per owner satellite: redeemed (and on which satellite), unredeemed, expired, revoked; from the Postgres snapshot')
+    .description('what became of a campaign\'s tokens, per owner satellite: redeemed (and on which satellite), unredeemed, expired, revoked, purged; from the Postgres snapshot')
     .option('--json', 'print JSON')
     .addHelpText('after', '\nExamples:\n  referral-manager campaigns results spring-2026\n  referral-manager campaigns results spring-2026 --json')
     .action(async function (this: Command, id: string, opts: { json?: boolean }) {
@@ -95,8 +95,8 @@ export function register(program: Command): void {
         const sats = Object.entries(r.satellites);
         console.log(
           table(
-            ['owner satellite', 'made', 'redeemed', 'redeemed %', 'unredeemed', 'reserved', 'expired', 'revoked', 'redeemed on'],
-            sats.map(([sat, s]) => [sat, s.generated, s.redeemed, pct(s.redeemed, s.generated), s.unredeemed, s.reserved, s.expired, s.revoked, Object.entries(s.redeemedOn).map(([on, n]) => `${on} ${n}`).join(', ')]),
+            ['owner satellite', 'made', 'redeemed', 'redeemed %', 'unredeemed', 'reserved', 'expired', 'revoked', 'purged', 'redeemed on'],
+            sats.map(([sat, s]) => [sat, s.generated, s.redeemed, pct(s.redeemed, s.generated), s.unredeemed, s.reserved, s.expired, s.revoked, s.purged, Object.entries(s.redeemedOn).map(([on, n]) => `${on} ${n}`).join(', ')]),
           ),
         );
       } finally {

@@ -9,6 +9,8 @@ export interface SatelliteResults {
   reserved: number;
   redeemed: number;
   revoked: number;
+  /** deleted from Redis by `tokens purge` (revoked or expired, before): counted apart, as `stats` does */
+  purged: number;
   /** redeemed tokens by the satellite the new user signed up on */
   redeemedOn: Record<string, number>;
 }
@@ -21,9 +23,11 @@ export interface CampaignResults {
 
 /**
  * A token's state as the engine would report it at `$2` (lua/includes/codec.lua): a lapsed lease is
- * unredeemed again, and an unredeemed token past expiresAt is expired (a held lease outlives expiresAt).
+ * unredeemed again, and an unredeemed token past expiresAt is expired (a held lease outlives expiresAt);
+ * one purged from Redis is `purged` whatever its state was.
  */
 const STATE_AT = `CASE
+    WHEN purged_at IS NOT NULL THEN 'purged'
     WHEN state = 'reserved' AND lease_expires_at > $2 THEN 'reserved'
     WHEN state IN ('unredeemed', 'reserved') AND expires_at <= $2 THEN 'expired'
     WHEN state = 'reserved' THEN 'unredeemed'
@@ -45,7 +49,7 @@ export async function campaignResults(pool: pg.Pool, campaignId: string, now = D
   const satellites = new Map<string, { counts: SatelliteResults; on: [string, number][] }>();
   for (const r of res.rows) {
     let s = satellites.get(r.sat);
-    if (!s) satellites.set(r.sat, (s = { counts: { generated: 0, unredeemed: 0, expired: 0, reserved: 0, redeemed: 0, revoked: 0, redeemedOn: {} }, on: [] }));
+    if (!s) satellites.set(r.sat, (s = { counts: { generated: 0, unredeemed: 0, expired: 0, reserved: 0, redeemed: 0, revoked: 0, purged: 0, redeemedOn: {} }, on: [] }));
     s.counts.generated += r.n;
     s.counts[r.state] += r.n;
     if (r.redeemer !== null) s.on.push([r.redeemer, r.n]);
