@@ -3,15 +3,15 @@ import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { engineFixture, SHARED_REDIS_URL } from './helpers/redis.js';
-import { privateRedis, testCluster } from './helpers/http.js';
+import { engineFixture, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
+import { privateRedis, testCluster, type RestartableRedis } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
 import { caughtUp, each, generateTokens, sleep, snapshotFixture } from './helpers/snapshot.js';
-import { openPostgres, readSnapshotStatus, sampleLag, startSnapshotWriter, verify } from '../src/snapshot/index.js';
+import { openPostgres, readSnapshotStatus, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { checkout } from '../src/snapshot/schema.js';
 import { leaseKey } from '../src/snapshot/status.js';
 import { createRedis } from '../src/store/redis.js';
-import { loadConfig } from '../src/config.js';
+import { loadConfig, type Config } from '../src/config.js';
 import { freePort } from '../bench/redis-server.js';
 
 const MAIN = path.resolve('dist/cli/main.js');
@@ -364,25 +364,41 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   }, 60_000);
 
-  // Redis 7.0 replays XREADGROUP without the group's entries-read: its lag is nil after a restart, and nil
-  // was counted 0, so a backlog waiting with no writer running read as none
-  it('the lag stays true across a Redis restart from AOF: a backlog left with no writer running is counted', async () => {
+  /**
+   * A private redis-server with AOF (appendfsync always: a kill -9 keeps every acknowledged write), an engine
+   * on it, a fresh database, and a snapshot writer `fn` may stop and start again (`writer.now` is the running one).
+   */
+  async function onAofRedis(label: string, fn: (w: { server: RestartableRedis; own: EngineFixture; pool: pg.Pool; config: Config; writer: { now: SnapshotWriter } }) => Promise<void>): Promise<void> {
     const server = await privateRedis(['--appendfsync', 'always']);
     await server.start();
     const redisUrl = server.url;
-    const own = await engineFixture({ label: 'aoflag', redis: () => {
+    const own = await engineFixture({ label, redis: () => {
       const r = createRedis({ redisUrl, redisClusterNodes: [] });
-      r.on('error', () => {});
+      r.on('error', () => {}); // a restart refuses connections for a moment
       return r;
     } });
     const ownDb = await testDatabase();
-    const ownPool = await openPostgres(ownDb.url);
+    const pool = await openPostgres(ownDb.url);
     const config = loadConfig({ redisUrl, keyPrefix: own.prefix, databaseUrl: ownDb.url });
-    let writer = await startSnapshotWriter(config, { log: () => {} });
+    const writer = { now: await startSnapshotWriter(config, { log: () => {} }) };
     try {
+      await fn({ server, own, pool, config, writer });
+    } finally {
+      await writer.now.stop();
+      await pool.end();
+      await own.close();
+      await ownDb.drop();
+      await server.dispose();
+    }
+  }
+
+  // Redis 7.0 replays XREADGROUP without the group's entries-read: its lag is nil after a restart, and nil
+  // was counted 0, so a backlog waiting with no writer running read as none
+  it('the lag stays true across a Redis restart from AOF: a backlog left with no writer running is counted', async () => {
+    await onAofRedis('aoflag', async ({ server, own, pool, config, writer }) => {
       const tokens = await generateTokens(own.engine, 1000);
-      await caughtUp(own.redis, own.prefix, ownPool, 1000);
-      await writer.stop();
+      await caughtUp(own.redis, own.prefix, pool, 1000);
+      await writer.now.stop();
       await each(tokens.slice(0, 300), 16, async (t, i) => expect((await own.engine.redeem(t, 'sat-b', `a${i}`)).code).toBe('ok'));
       expect((await sampleLag(own.redis, own.prefix)).events).toBe(300);
       await server.stop('SIGKILL');
@@ -391,34 +407,17 @@ describe('snapshot writer under faults (real processes)', () => {
       const lag = await sampleLag(own.redis, own.prefix);
       expect(lag.events).toBe(300);
       expect(lag.seconds).toBeGreaterThan(0);
-      writer = await startSnapshotWriter(config, { log: () => {} });
-      await caughtUp(own.redis, own.prefix, ownPool, 1300, 30_000);
+      writer.now = await startSnapshotWriter(config, { log: () => {} });
+      await caughtUp(own.redis, own.prefix, pool, 1300, 30_000);
       expect((await sampleLag(own.redis, own.prefix)).events).toBe(0);
-      expect((await verify(own.redis, ownPool, own.prefix)).differences).toBe(0);
-    } finally {
-      await writer.stop();
-      await ownPool.end();
-      await own.close();
-      await ownDb.drop();
-      await server.dispose();
-    }
+      expect((await verify(own.redis, pool, own.prefix)).differences).toBe(0);
+    });
   }, 60_000);
 
   it('Redis killed and restarted with AOF (private redis-server): the writer resumes and catches up', async () => {
-    const server = await privateRedis(['--appendfsync', 'always']);
-    await server.start();
-    const redisUrl = server.url;
-    const own = await engineFixture({ label: 'aof', redis: () => {
-      const r = createRedis({ redisUrl, redisClusterNodes: [] });
-      r.on('error', () => {}); // the restart below refuses connections for a moment
-      return r;
-    } });
-    const ownDb = await testDatabase();
-    const ownPool = await openPostgres(ownDb.url);
-    const writer = await startSnapshotWriter(loadConfig({ redisUrl, keyPrefix: own.prefix, databaseUrl: ownDb.url }), { log: () => {} });
-    try {
+    await onAofRedis('aof', async ({ server, own, pool }) => {
       const tokens = await generateTokens(own.engine, 3000);
-      await caughtUp(own.redis, own.prefix, ownPool, 3000);
+      await caughtUp(own.redis, own.prefix, pool, 3000);
       // lines written with no writer reading them yet must survive the restart in the AOF
       await each(tokens.slice(0, 300), 16, async (t, i) => expect((await own.engine.redeem(t, 'sat-b', `a${i}`)).code).toBe('ok'));
       // a crash, not a clean shutdown: with appendfsync always every acknowledged write is in the AOF
@@ -426,14 +425,8 @@ describe('snapshot writer under faults (real processes)', () => {
       await sleep(500);
       await server.start();
       await each(tokens.slice(300, 600), 16, async (t, i) => expect((await own.engine.redeem(t, 'sat-b', `b${i}`)).code).toBe('ok'));
-      await caughtUp(own.redis, own.prefix, ownPool, 3600, 30_000);
-      expect((await verify(own.redis, ownPool, own.prefix)).differences).toBe(0);
-    } finally {
-      await writer.stop();
-      await ownPool.end();
-      await own.close();
-      await ownDb.drop();
-      await server.dispose();
-    }
+      await caughtUp(own.redis, own.prefix, pool, 3600, 30_000);
+      expect((await verify(own.redis, pool, own.prefix)).differences).toBe(0);
+    });
   }, 60_000);
 });
