@@ -436,7 +436,7 @@ describe('--all with a satellite registered without a url (it only redeems)', ()
     expect(run.code, run.stderr).toBe(0);
     expect(JSON.parse(run.stdout).satellites).toEqual([
       expect.objectContaining({ satelliteId: 'sat-h', status: 'done', usersServed: USERS }),
-      { satelliteId: 'redeem-only', usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, status: 'skipped', error: 'no url registered' },
+      { satelliteId: 'redeem-only', usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, usersInvalid: 0, status: 'skipped', error: 'no url registered' },
     ]);
     expect(run.stderr).toMatch(/satellite redeem-only skipped: no url registered; after referral-manager satellites update redeem-only --url <url>, referral-manager generate --all --per-user 2 --campaign mixed serves it/);
     await expectServed(w.fx, 'sat-h', w.sims['sat-h']!, 2, 'mixed');
@@ -754,16 +754,12 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
       expect([...held.keys()].sort()).toEqual(['u0', 'u2', 'u4']);
       expect((await fx.engine.stats()).satellites['sat-q']).toMatchObject({ unredeemed: 6, revoked: 4 });
 
-      // a later campaign finds only the two gone users listed, and the satellite accepts nothing in that run:
-      // as a satellite whose token route is broken does, so the run fails and revokes nothing...
+      // a later campaign finds only the two gone users listed: the satellite accepts no part of the batch,
+      // but takes an empty push (its route works), so they are refused user by user, not a failed run
       const later = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'quiet-2', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(later.code).toBe(1);
-      expect(JSON.parse(later.stdout).satellites[0]).toMatchObject({ usersServed: 2, tokensDelivered: 0, usersRefused: 0, status: 'failed' });
-      expect((await fx.engine.stats()).satellites['sat-q']).toMatchObject({ unredeemed: 10, revoked: 4 });
-      // ...and its --resume pushes them as left over, refused user by user (below 4 users): not a failure every resume repeats
-      const resumed = await runCli(['generate', '--resume', 'quiet-2', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(resumed.code, resumed.stderr).toBe(0);
-      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 2, status: 'done' });
+      expect(later.code, later.stderr).toBe(0);
+      expect(JSON.parse(later.stdout).satellites[0]).toMatchObject({ usersServed: 2, tokensDelivered: 0, usersRefused: 2, status: 'done' });
+      expect(later.stderr).not.toContain('the other users were served');
     } finally {
       await satellite.close();
       await fx.close();
@@ -817,6 +813,31 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
       const lost = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'no-route', '--json'], env);
       expect(lost.code).toBe(1);
       expect(JSON.parse(lost.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 0, status: 'failed' });
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
+  // 4 or more refused users in a batch failed the run for left-over sets too: a resume whose users had all
+  // closed their accounts since failed every time, and the campaign could never be finished
+  it('a resume whose left-over users have all gone since refuses them and finishes', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const users = ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'];
+    let phase: 'down' | 'gone' = 'down';
+    const satellite = await handWrittenSatellite(
+      fx,
+      'sat-left',
+      () => ({ userIds: phase === 'down' ? users : [], nextCursor: null }),
+      (tokens) => (phase === 'down' ? { status: 503 } : tokens.length ? { status: 410 } : 0),
+    );
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'left', '--json'], env)).code).toBe(1);
+      phase = 'gone';
+      const resumed = await runCli(['generate', '--resume', 'left', '--json'], env);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 6, status: 'done' });
     } finally {
       await satellite.close();
       await fx.close();

@@ -10,8 +10,8 @@ type Pair = { userId: string; token: string };
 export const tokenCount = (deliveries: UserTokens[]): number => deliveries.reduce((n, [, tokens]) => n + tokens.length, 0);
 
 /**
- * A batch of at least this many users none of which the satellite accepts alone fails the run (pushOrSplit).
- * Fewer are refused: the last few users a --resume has left to push would otherwise fail it every time.
+ * A batch of at least this many users the satellite has just listed, none of which it accepts alone, fails
+ * the run (pushOrSplit): a satellite that refuses part of every push looks like that, and it takes empty pushes.
  */
 const ALL_REFUSED_FAILS = 4;
 
@@ -43,8 +43,6 @@ export class Delivery {
   private readonly refused = new Set<string>();
   /** most tokens per push: `batch`, halved below each push the satellite answered 413 (its body limit) */
   private max: number;
-  /** pushes the satellite accepted in this run */
-  private accepted = 0;
 
   constructor(private readonly d: DeliveryDeps) {
     this.max = d.batch;
@@ -108,6 +106,7 @@ export class Delivery {
    * accepted: a run stopped part-way through a set pushes the whole set again on resume, and counting
    * the parts would count those tokens twice.
    */
+  /** `listed`: the users are in the satellite's listing now (not sets left over from an earlier run) */
   async deliver(deliveries: UserTokens[], listed = true): Promise<void> {
     let pairs: Pair[] = [];
     /** users whose set ends in this batch -> the set's size */
@@ -138,12 +137,13 @@ export class Delivery {
    * for ever. So a refused batch is split in halves down to single users, and a user's tokens refused as too
    * large (413) in halves down to one token: the halves it accepts are delivered, and each user it refuses
    * alone is recorded refused, with the campaign's tokens of that user revoked (nobody holds them; a later
-   * campaign serves the user if the satellite lists it again). When it accepts no user of a batch of
-   * ALL_REFUSED_FAILS or more, the fault is the satellite's, not the users': the run fails as before,
-   * nothing is refused, and --resume pushes the batch again. So it does when a satellite that has accepted
-   * nothing in this run refuses every user of a batch it has just `listed` (a token route missing or
-   * broken): a daily run with a few new users refused them all and revoked their tokens, exit 0. Sets
-   * left over from an earlier run are exempt: their users may have gone since.
+   * campaign serves the user if the satellite lists it again). When it accepts no part of the batch, the
+   * fault is the satellite's, not the users', if it refuses an empty push too (takesPushes: a token route
+   * missing or broken), or if the batch holds ALL_REFUSED_FAILS or more users it has just `listed`: the run
+   * fails, nothing is refused, and --resume pushes the batch again. The count alone let a daily run with
+   * 3 new users and a broken route refuse them all and revoke their tokens, exit 0; and since it applied
+   * to sets left over from an earlier run too, a resume whose 5 left-over users had all closed their
+   * accounts failed every time.
    */
   private async pushOrSplit(pairs: Pair[], whole: Map<string, number>, listed: boolean): Promise<void> {
     let first: SatelliteCallError;
@@ -182,8 +182,19 @@ export class Delivery {
       }
     };
     await split(pairs, first, whole);
-    if (accepted === 0 && (refused.size >= ALL_REFUSED_FAILS || (listed && this.accepted === 0))) throw first;
+    if (accepted === 0 && ((listed && refused.size >= ALL_REFUSED_FAILS) || !(await this.takesPushes()))) throw first;
     await this.refuse(refused);
+  }
+
+  /** Whether the satellite answers an empty push with {accepted: 0}, as the contract says it must. */
+  private async takesPushes(): Promise<boolean> {
+    try {
+      await this.d.api.pushTokens([]);
+      return true;
+    } catch (err) {
+      if (err instanceof SatelliteCallError) return false;
+      throw err;
+    }
   }
 
   /** A body too large for the satellite: later pushes carry at most half of this one, so they are not split again. */
@@ -193,7 +204,6 @@ export class Delivery {
 
   private async push(pairs: Pair[], whole: Map<string, number>): Promise<void> {
     await this.d.api.pushTokens(pairs);
-    this.accepted++;
     const done = new Map<string, number>();
     for (const { userId } of pairs) if (whole.has(userId)) done.set(userId, whole.get(userId)!);
     await this.d.count('tokensDelivered', await this.d.campaigns.recordDelivered(this.d.campaignId, this.d.satelliteId, done), true);
