@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import http from 'node:http';
-import { Pool } from 'undici';
+import { Client, Pool } from 'undici';
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort } from '../bench/redis-server.js';
 import { createRedis } from '../src/store/redis.js';
@@ -534,6 +534,45 @@ describe('serve processes', () => {
       // the pool is whole again: two live workers, none of the killed ones
       expect(await live(2)).toHaveLength(2);
     } finally {
+      expect(await server.stop()).toBe(0);
+    }
+  });
+
+  // a worker that answered a collection and died before the slowest one answered was counted twice in that
+  // scrape (its reply and the retired sum), and the worker too slow to answer not at all: up, then down
+  it('/metrics counts each worker once in a scrape during which one dies and another is too slow to answer', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('proc') }, 3, 0);
+    let answered = 0;
+    const pidOf = async (c: Client) => {
+      const r = await c.request({ method: 'GET', path: '/healthz' });
+      answered++;
+      return JSON.parse(await r.body.text()).pid as number;
+    };
+    const to = new Map<number, Client>(); // a keep-alive connection to each worker
+    try {
+      for (let i = 0; i < 300 && to.size < 3; i++) {
+        const c = new Client(server.url);
+        const pid = await pidOf(c);
+        if (to.has(pid)) await c.close();
+        else to.set(pid, c);
+      }
+      expect(to.size).toBe(3);
+      // x scrapes; y (which answered more than z, so the two errors do not cancel) dies during that scrape, z is paused past its 2 s wait
+      const [x, y, z] = [...to.keys()] as [number, number, number];
+      const via = to.get(x)!;
+      for (let i = 0; i < 20; i++) await pidOf(to.get(y)!);
+      const healthz = async () => Number(/rm_http_requests_total\{route="\/healthz",method="get",status="200"\} (\d+)/.exec(await (await via.request({ method: 'GET', path: '/metrics' })).body.text())?.[1] ?? 0);
+      expect(await healthz()).toBe(answered); // every worker collected once
+      process.kill(z, 'SIGSTOP');
+      const during = healthz();
+      await new Promise((r) => setTimeout(r, 400));
+      process.kill(y, 'SIGKILL');
+      await new Promise((r) => setTimeout(r, 2500));
+      process.kill(z, 'SIGCONT');
+      expect(await during).toBe(answered);
+      expect(await healthz()).toBe(answered);
+    } finally {
+      await Promise.all([...to.values()].map((c) => c.destroy()));
       expect(await server.stop()).toBe(0);
     }
   });

@@ -35,7 +35,7 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
   let port = config.port === 0 && config.workers > 1 ? await freePort(config.host) : config.port;
   let stopping = false;
   let seq = 0;
-  const pending = new Map<number, { json: metric[][]; left: number; done: () => void }>();
+  const pending = new Map<number, { replies: Map<number, metric[]>; left: number; done: () => void }>();
   /** each live worker's counters and histograms as last collected */
   const lastSeen = new Map<number, metric[]>();
   /**
@@ -91,8 +91,9 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
     if (m.rm === 'metrics?') void aggregate().then((text) => w.isConnected() && w.send({ rm: 'metrics', id: m.id, text } satisfies Msg));
     if (m.rm === 'collected') {
       const p = pending.get(m.id);
-      if (!p) return;
-      p.json.push(m.json);
+      // a worker that died is in the retired sum already
+      if (!p || w.isDead()) return;
+      p.replies.set(w.id, m.json);
       // (the typings give the type as an enum; prom-client sets the name)
       lastSeen.set(w.id, m.json.filter((x) => ['counter', 'histogram'].includes(String(x.type))));
       if (--p.left === 0) p.done();
@@ -102,16 +103,28 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
   const aggregate = async (): Promise<string> => {
     const id = ++seq;
     const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => !!w && w.isConnected());
-    const json: metric[][] = [await registry.getMetricsAsJSON()];
+    const own = await registry.getMetricsAsJSON();
+    const replies = new Map<number, metric[]>();
     await new Promise<void>((done) => {
       const timer = setTimeout(done, COLLECT_TIMEOUT_MS);
-      pending.set(id, { json, left: workers.length, done: () => (clearTimeout(timer), done()) });
+      pending.set(id, { replies, left: workers.length, done: () => (clearTimeout(timer), done()) });
       if (workers.length === 0) done();
       for (const w of workers) w.send({ rm: 'collect', id } satisfies Msg);
     });
     pending.delete(id);
-    await retiring;
-    return AggregatorRegistry.aggregate([...json, retired]).metrics();
+    // until no death is still being added to the retired sum (one may come while waiting for another)
+    for (let r = retiring; ; r = retiring) {
+      await r;
+      if (r === retiring) break;
+    }
+    // each worker once: one that answered and died since is in the retired sum (its reply would count it
+    // twice), and one too slow to answer counts its counters as last collected (leaving it out lowers them)
+    const parts = [own, retired];
+    for (const w of workers) {
+      const seen = lastSeen.get(w.id);
+      if (seen) parts.push(replies.get(w.id) ?? seen);
+    }
+    return AggregatorRegistry.aggregate(parts).metrics();
   };
 
   try {
