@@ -87,6 +87,8 @@ export async function msgpackRequest(
   return { status: res.statusCode, headers: res.headers, raw, contentType, data, undecodable };
 }
 
+const HTTP_DATE = /^[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT$/;
+
 /**
  * A Retry-After header in ms, from seconds or an HTTP date, at most `capMs`; undefined when absent or
  * unreadable (a date in the past is 0).
@@ -94,6 +96,7 @@ export async function msgpackRequest(
 export function retryAfterMs(header: string | string[] | undefined, capMs = Infinity): number | undefined {
   const v = String(header ?? '').trim();
   if (v === '') return undefined;
-  const ms = /^\d+$/.test(v) ? Number(v) * 1000 : Date.parse(v) - Date.now();
+  // an HTTP date only (Sun, 06 Nov 1994 08:49:37 GMT): V8's loose Date.parse reads "5,5" as a date long past
+  const ms = /^\d+$/.test(v) ? Number(v) * 1000 : HTTP_DATE.test(v) ? Date.parse(v) - Date.now() : NaN;
   return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), capMs) : undefined;
 }

@@ -9,6 +9,8 @@ import { testDatabase } from './helpers/pg.js';
 import { caughtUp, each, generateTokens, sleep, snapshotFixture } from './helpers/snapshot.js';
 import { openPostgres, readSnapshotStatus, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { checkout } from '../src/snapshot/schema.js';
+import { GROUP } from '../src/snapshot/lag.js';
+import { Keys } from '../src/store/keys.js';
 import { leaseKey } from '../src/snapshot/status.js';
 import { createRedis } from '../src/store/redis.js';
 import { loadConfig, type Config } from '../src/config.js';
@@ -363,6 +365,23 @@ describe('snapshot writer under faults (real processes)', () => {
       await proxy.close();
     }
   }, 60_000);
+
+  // pending entries trimmed from under the group (a lost batch): the entries not pending were capped at 0
+  it('the lag counts new entries when pending ones were trimmed away (pending > stream length)', async () => {
+    const fx = await engineFixture({ label: 'lagtrim' });
+    try {
+      const key = new Keys(fx.prefix).events(0);
+      await fx.redis.xgroup('CREATE', key, GROUP, '0', 'MKSTREAM');
+      for (let i = 0; i < 300; i++) await fx.redis.xadd(key, '*', 'f', String(i));
+      await fx.redis.xreadgroup('GROUP', GROUP, 'w', 'COUNT', 100, 'STREAMS', key, '>');
+      await fx.redis.xtrim(key, 'MAXLEN', 0);
+      for (let i = 0; i < 50; i++) await fx.redis.xadd(key, '*', 'f', `new${i}`);
+      // 100 delivered and not acknowledged, 50 in the stream and never delivered
+      expect((await sampleLag(fx.redis, fx.prefix)).events).toBe(150);
+    } finally {
+      await fx.close();
+    }
+  });
 
   /**
    * A private redis-server with AOF (appendfsync always: a kill -9 keeps every acknowledged write), an engine

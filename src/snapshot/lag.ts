@@ -16,7 +16,7 @@ export interface Lag {
 const msOf = (id: string): number => Number(id.slice(0, id.indexOf('-')));
 
 /** Entries counted one by one past the group's position when Redis cannot say how many there are. */
-const COUNTED = 200;
+const COUNTED = 100;
 
 /**
  * Lag of the snapshot consumer group over every shard stream. One command per shard key, so it works
@@ -56,11 +56,13 @@ export async function sampleLag(redis: RedisClient, prefix: string): Promise<Lag
       // as XCLAIM without it): lag is nil, or a stale count that outlives a full drain. Counted as 0, nil
       // hid a backlog from the alert this metric exists for (a review helper saw 981 of 25,100 reported).
       if (compareIds(delivered, String(stream['last-generated-id'])) >= 0) undelivered = 0;
-      else if (typeof g.lag === 'number') undelivered = Math.max(0, Math.min(g.lag, length - pending));
+      // capped by the stream's length only: pending entries may have been trimmed from it (a lost batch)
+      else if (typeof g.lag === 'number') undelivered = Math.min(g.lag, length);
       else {
         const after = await redis.xrange(key, `(${delivered}`, '+', 'COUNT', COUNTED);
-        // past that, the entries in the stream not pending (committed ones the writer has yet to trim count too)
-        undelivered = after.length < COUNTED ? after.length : Math.max(0, length - pending);
+        // past that, the entries in the stream not pending: an estimate on the high side (committed entries
+        // the writer has yet to trim count too), which an alert would rather have than one on the low side
+        undelivered = after.length < COUNTED ? after.length : Math.max(COUNTED, length - pending);
       }
       events += pending + undelivered;
       if (pending > 0) {

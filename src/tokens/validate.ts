@@ -29,7 +29,8 @@ export function checkText(field: string, value: string): string {
  * nor be refused by Postgres.
  */
 export function printable(text: string): string {
-  return text.toWellFormed().replace(/[\u0000-\u001f\u007f]/g, '\ufffd');
+  // C1 too: U+009B is an escape some terminals still act on
+  return text.toWellFormed().replace(/[\u0000-\u001f\u007f-\u009f]/g, '\ufffd');
 }
 
 /**

@@ -13,13 +13,16 @@ export interface CliRun {
 
 /**
  * CLI children still running: a test that timed out (vitest's limit is shorter than runCli's) must not
- * leave them behind, nor what they started (demo's service and satellites): each child leads its own
- * process group, and the whole group is killed.
+ * leave them behind, nor what they started. `demo` starts a service and satellites of its own, so it leads
+ * its own process group and the whole group is killed; the others stay in vitest's group, so a Ctrl-C of
+ * the test run still reaches them (a child in a group of its own would outlive an interrupted run).
  */
 const live = new Set<ChildProcess>();
+const leaders = new WeakSet<ChildProcess>();
 const killGroup = (proc: ChildProcess) => {
   try {
-    process.kill(-proc.pid!, 'SIGKILL');
+    if (leaders.has(proc)) process.kill(-proc.pid!, 'SIGKILL');
+    else proc.kill('SIGKILL');
   } catch {
     // the group is gone already
   }
@@ -34,7 +37,8 @@ afterEach(() => {
 export function runCli(args: string[], env: Record<string, string> = {}, opts: { input?: string; timeoutMs?: number; whenStarted?: (proc: ChildProcess) => void } = {}): Promise<CliRun> {
   if (!existsSync(MAIN)) throw new Error('dist/cli/main.js missing: run `npx tsc -p tsconfig.json` (npm test does)');
   return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+    const proc = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'], detached: args[0] === 'demo' });
+    if (args[0] === 'demo') leaders.add(proc);
     live.add(proc);
     opts.whenStarted?.(proc);
     let stdout = '';
