@@ -215,7 +215,8 @@ export function register(program: Command): void {
           // a revoked campaign cannot be resumed, and a dry run recorded no campaign to resume
           if (failed.length && !revoked.length) {
             const then = signalled ? 'to go on, run' : 'after fixing the satellite run';
-            console.error(opts.dryRun ? `campaign ${id}: a satellite failed in the dry run; after fixing it run the dry run again` : `campaign ${id} is incomplete; ${then}: referral-manager${flags} generate --resume ${sh(id)}`);
+            const dry = signalled ? `campaign ${id}: the dry run was interrupted` : `campaign ${id}: a satellite failed in the dry run; after fixing it run the dry run again`;
+            console.error(opts.dryRun ? dry : `campaign ${id} is incomplete; ${then}: referral-manager${flags} generate --resume ${sh(id)}`);
           }
           if (failed.length || revoked.length) process.exitCode = 1;
           if (signalled) process.exitCode = EXIT_ON[signalled];
