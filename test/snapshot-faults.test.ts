@@ -366,6 +366,31 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   }, 60_000);
 
+  // stop() waited for the hung batch's 30 s query timeout: past a container's 10 s stop grace
+  it('stop() with a batch hung on Postgres (black hole) returns within seconds; the batch is written by the next writer', async () => {
+    const proxy = await pgProxy(snap.db.url);
+    const before = await count(snap.pool, 'token_events');
+    const first = await startSnapshotWriter(loadConfig({ keyPrefix: snap.fx.prefix, databaseUrl: proxy.url }), { log: () => {} });
+    let second: Awaited<ReturnType<typeof startSnapshotWriter>> | undefined;
+    try {
+      await generateTokens(snap.fx.engine, 100, 'sat-stop');
+      await caughtUp(snap.fx.redis, snap.fx.prefix, snap.pool, before + 100);
+      proxy.blackhole(true);
+      await generateTokens(snap.fx.engine, 100, 'sat-stop2');
+      await sleep(1500); // read and in hand, its transaction hung
+      const t0 = Date.now();
+      await first.stop();
+      expect(Date.now() - t0).toBeLessThan(9000);
+      proxy.blackhole(false);
+      second = await startSnapshotWriter(loadConfig({ keyPrefix: snap.fx.prefix, databaseUrl: snap.db.url }), { log: () => {} });
+      await caughtUp(snap.fx.redis, snap.fx.prefix, snap.pool, before + 200);
+      expect((await verify(snap.fx.redis, snap.pool, snap.fx.prefix)).differences).toBe(0);
+    } finally {
+      await second?.stop();
+      await proxy.close();
+    }
+  }, 60_000);
+
   // pending entries trimmed from under the group (a lost batch): the entries not pending were capped at 0
   it('the lag counts new entries when pending ones were trimmed away (pending > stream length)', async () => {
     const fx = await engineFixture({ label: 'lagtrim' });

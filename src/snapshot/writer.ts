@@ -38,6 +38,12 @@ export interface SnapshotWriter {
 type XReadReply = [string, [string, string[] | null][]][] | null;
 
 const BACKOFF_MAX_MS = 5000;
+/**
+ * Most stop() waits for the batches in hand before it drops their connections: a hung Postgres would hold
+ * it for the query timeout (30 s), past a container's stop grace (10 s), and a SIGKILL then leaves the
+ * lease to lapse. Postgres rolls a dropped transaction back; its entries stay pending for the next writer.
+ */
+const STOP_WAIT_MS = 5000;
 const LANES = 4;
 
 /**
@@ -139,9 +145,13 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     return { events, empty, drained };
   }
 
+  /** the connections of the batches being written, which stop() may have to drop */
+  const writing = new Set<pg.PoolClient>();
+
   async function commit(batch: StreamEvent[]): Promise<void> {
     const client = await checkout(pool!);
     const t0 = performance.now();
+    writing.add(client);
     try {
       await client.query('BEGIN');
       await applyEvents(client, batch);
@@ -152,6 +162,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       // open transaction when its connection closes
       client.release(err as Error);
       throw err;
+    } finally {
+      writing.delete(client);
     }
     m.writeSeconds.observe((performance.now() - t0) / 1000);
     m.batchSize.observe(batch.length);
@@ -315,7 +327,13 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       stopping.abort();
       clearInterval(renewTimer);
       await lagReport.stop();
-      await loop;
+      const ended = await Promise.race([loop.then(() => true), sleepFor(STOP_WAIT_MS, false)]);
+      if (!ended) {
+        log('warn', `stopping: a batch still waits on Postgres after ${STOP_WAIT_MS} ms; dropping its connection (its events stay pending)`);
+        // pg has no public way to cut a query short: end the socket under it, so the query fails at once
+        for (const c of writing) (c as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+        await loop;
+      }
       await Promise.all(lanes.map((l) => l.prefetch?.catch(() => {})));
       if (leader) await lease.release().catch(() => {});
       await writeSnapshotStatus(redis, config.keyPrefix, { state: 'off', at: Date.now() }).catch(() => {});
