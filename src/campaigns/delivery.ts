@@ -104,9 +104,9 @@ export class Delivery {
    * Pushes in requests of at most `batch` tokens, a user's set in one request when it fits. A set
    * larger than a batch is split; the user and its tokens count as delivered once its last token is
    * accepted: a run stopped part-way through a set pushes the whole set again on resume, and counting
-   * the parts would count those tokens twice.
+   * the parts would count those tokens twice. `listed`: the users are in the satellite's listing now (not
+   * sets left over from an earlier run).
    */
-  /** `listed`: the users are in the satellite's listing now (not sets left over from an earlier run) */
   async deliver(deliveries: UserTokens[], listed = true): Promise<void> {
     let pairs: Pair[] = [];
     /** users whose set ends in this batch -> the set's size */
