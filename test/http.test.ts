@@ -235,6 +235,23 @@ async function partialBody(path: string, auth: string, length: number): Promise<
   }
 }
 
+describe('strings that are not valid UTF-8', () => {
+  // decoded to U+FFFD: the user ids 61 ff and 61 fe were the same user, both redeeming one token
+  it('are refused, 400, in MessagePack and in JSON; a real U+FFFD is kept', async () => {
+    const [t1, t2] = await tokensFor('sat-a', 'utf8-owner', 2);
+    const str = (b: Buffer) => Buffer.concat([Buffer.from([0xa0 + b.length]), b]);
+    const redeemBody = (token: string, userId: Buffer) => Buffer.concat([Buffer.from([0x82]), str(Buffer.from('token')), Buffer.from([0xd9, 36]), Buffer.from(token), str(Buffer.from('userId')), str(userId)]);
+    const msgpack = (raw: Buffer) => call(pool, 'POST', '/v1/tokens/redeem', { key: keyB, raw, contentType: 'application/msgpack', accept: 'application/json' });
+    const bad = await msgpack(redeemBody(t1!, Buffer.from([0x61, 0xff])));
+    expect([bad.status, bad.body]).toEqual([400, { error: 'invalid_request', message: 'body: a string is not valid UTF-8' }]);
+    const json = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyB, raw: Buffer.concat([Buffer.from(`{"token":"${t1}","userId":"a`), Buffer.from([0xfe]), Buffer.from('"}')]), contentType: 'application/json' });
+    expect([json.status, json.body.message]).toEqual([400, 'body: not valid UTF-8']);
+    // U+FFFD itself is a character like any other, sent as UTF-8 or as a JSON escape
+    expect((await msgpack(redeemBody(t1!, Buffer.from('a\ufffd')))).status).toBe(200);
+    expect((await call(pool, 'POST', '/v1/tokens/redeem', { key: keyB, raw: `{"token":"${t2}","userId":"b\\ufffd"}`, contentType: 'application/json' })).status).toBe(200);
+  });
+});
+
 describe('Accept with q-values', () => {
   it('a type given q=0 is not answered in: Accept "application/msgpack;q=0, application/json" gets JSON', async () => {
     const r = await call(pool, 'GET', '/v1/users/nobody/tokens', { key: keyA, accept: 'application/msgpack;q=0, application/json' });

@@ -26,25 +26,55 @@ export function formatOf(header: string): Format | undefined {
 /** Body bytes -> value; any decoder failure is a 400 naming the reason. */
 export function decode(format: Format, body: Buffer): unknown {
   if (body.length === 0) throw new DomainError('invalid_request', 'body: empty');
+  // Both decoders would turn invalid UTF-8 into U+FFFD, so two different byte strings would be one id:
+  // JSON text is decoded strictly, and in MessagePack every U+FFFD of a string must be in the body as such.
+  let text: string | undefined;
+  if (format === 'json') {
+    try {
+      text = strictUtf8.decode(body);
+    } catch {
+      throw new DomainError('invalid_request', 'body: not valid UTF-8');
+    }
+  }
   let value: unknown;
   try {
-    value = format === 'json' ? JSON.parse(body.toString('utf8')) : unpackr.unpack(body);
+    value = text !== undefined ? JSON.parse(text) : unpackr.unpack(body);
   } catch (err) {
     throw new DomainError('invalid_request', `body: not valid ${format === 'json' ? 'JSON' : 'MessagePack'} (${String((err as Error)?.message ?? err).slice(0, 100)})`);
   }
-  if (format === 'msgpack') plainData(value);
+  if (format === 'msgpack') {
+    const replaced = plainData(value);
+    if (replaced > 0 && replaced > count(body, REPLACEMENT)) throw new DomainError('invalid_request', 'body: a string is not valid UTF-8');
+  }
   return value;
+}
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** U+FFFD as UTF-8: a decoded string holds one for each of these in the body, and one per invalid sequence. */
+const REPLACEMENT = Buffer.from('\ufffd');
+
+function count(haystack: Buffer, needle: Buffer): number {
+  let n = 0;
+  for (let i = haystack.indexOf(needle); i >= 0; i = haystack.indexOf(needle, i + needle.length)) n++;
+  return n;
 }
 
 /**
  * msgpackr turns its extension types into live objects (an Error whose name and message the sender chose,
  * a Set, a RegExp, a Date): the schemas take any object for a map, so only maps, arrays, strings, numbers,
- * booleans, nil and bin go further. A loop, not recursion: nesting can be thousands deep.
+ * booleans, nil and bin go further. A loop, not recursion: nesting can be thousands deep. Returns how many
+ * U+FFFD the string values hold (decode compares it with the body).
  */
-function plainData(value: unknown): void {
+function plainData(value: unknown): number {
   const stack = [value];
+  let replaced = 0;
   while (stack.length) {
     const v = stack.pop();
+    if (typeof v === 'string') {
+      for (let i = v.indexOf('\ufffd'); i >= 0; i = v.indexOf('\ufffd', i + 1)) replaced++;
+      continue;
+    }
     // a bigint (msgpackr's BigInt extension) passed the schemas in an unknown field, then broke the audit line's JSON
     if (typeof v === 'bigint') throw notPlain('BigInt');
     if (v === null || typeof v !== 'object' || v instanceof Uint8Array) continue;
@@ -58,6 +88,7 @@ function plainData(value: unknown): void {
     }
     for (const x of Object.values(v)) stack.push(x);
   }
+  return replaced;
 }
 
 const notPlain = (type: string) => new DomainError('invalid_request', `body: MessagePack extension type not accepted (${type}); send plain maps and arrays`);
