@@ -766,6 +766,20 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 
+  // an empty list refused as invalid tells nothing about the route: its gone users are refused, not a failed run
+  it('that refuses an empty push with 400 and every listed user with 410 (all gone): they are refused, the run is done', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const satellite = await handWrittenSatellite(fx, 'sat-strict', () => ({ userIds: ['x1', 'x2'], nextCursor: null }), (tokens) => ({ status: tokens.length === 0 ? 400 : 410 }));
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'strict', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersRefused: 2, tokensDelivered: 0, status: 'done' });
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
   // a daily run with a few new users refused them all (below 4 a batch) and revoked their tokens: done, exit 0
   it('whose token route is broken (404 for every push): a run of 3 users fails, revokes nothing, and says so', async () => {
     const fx = await engineFixture({ label: 'gen' });
@@ -778,6 +792,7 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
       expect(run.stderr).not.toContain('the other users were served');
       expect(run.stderr).toContain('--resume daily');
       expect(pushes).toBeGreaterThan(1); // split down to single users first: one gone user must not fail a run
+      expect(JSON.parse(run.stdout).satellites[0].error).toContain('an empty push too: POST /referrals/v1/tokens: HTTP 404');
       expect((await fx.engine.stats()).satellites['sat-404']).toMatchObject({ unredeemed: 6, revoked: 0 });
     } finally {
       await satellite.close();

@@ -43,6 +43,8 @@ export class Delivery {
   private readonly refused = new Set<string>();
   /** most tokens per push: `batch`, halved below each push the satellite answered 413 (its body limit) */
   private max: number;
+  /** an empty push was answered as the contract says, or told nothing (brokenRoute) */
+  private routeWorks = false;
 
   constructor(private readonly d: DeliveryDeps) {
     this.max = d.batch;
@@ -138,8 +140,8 @@ export class Delivery {
    * large (413) in halves down to one token: the halves it accepts are delivered, and each user it refuses
    * alone is recorded refused, with the campaign's tokens of that user revoked (nobody holds them; a later
    * campaign serves the user if the satellite lists it again). When it accepts no part of the batch, the
-   * fault is the satellite's, not the users', if it refuses an empty push too (takesPushes: a token route
-   * missing or broken), or if the batch holds ALL_REFUSED_FAILS or more users it has just `listed`: the run
+   * fault is the satellite's, not the users', if an empty push says its token route is missing or broken
+   * (brokenRoute), or if the batch holds ALL_REFUSED_FAILS or more users it has just `listed`: the run
    * fails, nothing is refused, and --resume pushes the batch again. The count alone let a daily run with
    * 3 new users and a broken route refuse them all and revoke their tokens, exit 0; and since it applied
    * to sets left over from an earlier run too, a resume whose 5 left-over users had all closed their
@@ -182,19 +184,30 @@ export class Delivery {
       }
     };
     await split(pairs, first, whole);
-    if (accepted === 0 && ((listed && refused.size >= ALL_REFUSED_FAILS) || !(await this.takesPushes()))) throw first;
+    if (accepted === 0) {
+      if (listed && refused.size >= ALL_REFUSED_FAILS) throw first;
+      const broken = await this.brokenRoute();
+      if (broken) throw new SatelliteCallError(`${first.message}; an empty push too: ${broken.message}`, broken.status, false);
+    }
     await this.refuse(refused);
   }
 
-  /** Whether the satellite answers an empty push with {accepted: 0}, as the contract says it must. */
-  private async takesPushes(): Promise<boolean> {
+  /**
+   * The error an empty push gets when it says the token route is missing or broken (404, 405, 401/403,
+   * 5xx, no answer), else undefined. The contract answers it {accepted: 0}; a 400, 409, 410, 413 or 422
+   * may only mean the satellite refuses empty lists, so it tells nothing and the users are refused as
+   * before. Asked once a run: a route that took it works.
+   */
+  private async brokenRoute(): Promise<SatelliteCallError | undefined> {
+    if (this.routeWorks) return undefined;
     try {
       await this.d.api.pushTokens([]);
-      return true;
     } catch (err) {
-      if (err instanceof SatelliteCallError) return false;
-      throw err;
+      if (!(err instanceof SatelliteCallError)) throw err;
+      if (!(err.refused && err.status !== 404)) return err;
     }
+    this.routeWorks = true;
+    return undefined;
   }
 
   /** A body too large for the satellite: later pushes carry at most half of this one, so they are not split again. */
