@@ -35,7 +35,7 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
   let port = config.port === 0 && config.workers > 1 ? await freePort(config.host) : config.port;
   let stopping = false;
   let seq = 0;
-  const pending = new Map<number, { replies: Map<number, metric[]>; left: number; done: () => void }>();
+  const pending = new Map<number, { replies: Map<number, metric[]>; asked: Set<number>; left: number; done: () => void }>();
   /** each live worker's counters and histograms as last collected */
   const lastSeen = new Map<number, metric[]>();
   /**
@@ -66,6 +66,9 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
   const fork = (): Promise<Worker> =>
     new Promise((resolve, reject) => {
       const w = cluster.fork();
+      // a send to a worker that died between the isConnected() check and the write emits EPIPE here:
+      // unheard, it ended the primary, and every worker with it (a review helper saw it under scrapes and kills)
+      w.on('error', () => undefined);
       let listening = false;
       w.on('message', (m: Msg) => {
         onMessage(w, m);
@@ -78,6 +81,8 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
       w.once('exit', (code, signal) => {
         const seen = lastSeen.get(w.id);
         lastSeen.delete(w.id);
+        // a scrape waiting for its answer need not wait out the 2 s
+        for (const p of pending.values()) if (p.asked.has(w.id) && !p.replies.has(w.id) && --p.left === 0) p.done();
         // in turn: two deaths at once must not each add to the sum the other has not yet written
         if (seen) retiring = retiring.then(async () => void (retired = await AggregatorRegistry.aggregate([retired, seen]).getMetricsAsJSON()));
         if (!listening) return reject(new Error(`worker ${w.id} exited (${code ?? signal}) before listening`));
@@ -107,7 +112,7 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
     const replies = new Map<number, metric[]>();
     await new Promise<void>((done) => {
       const timer = setTimeout(done, COLLECT_TIMEOUT_MS);
-      pending.set(id, { replies, left: workers.length, done: () => (clearTimeout(timer), done()) });
+      pending.set(id, { replies, asked: new Set(workers.map((w) => w.id)), left: workers.length, done: () => (clearTimeout(timer), done()) });
       if (workers.length === 0) done();
       for (const w of workers) w.send({ rm: 'collect', id } satisfies Msg);
     });
