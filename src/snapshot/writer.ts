@@ -145,13 +145,9 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     return { events, empty, drained };
   }
 
-  /** the connections of the batches being written, which stop() may have to drop */
-  const writing = new Set<pg.PoolClient>();
-
   async function commit(batch: StreamEvent[]): Promise<void> {
     const client = await checkout(pool!);
     const t0 = performance.now();
-    writing.add(client);
     try {
       await client.query('BEGIN');
       await applyEvents(client, batch);
@@ -162,8 +158,6 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       // open transaction when its connection closes
       client.release(err as Error);
       throw err;
-    } finally {
-      writing.delete(client);
     }
     m.writeSeconds.observe((performance.now() - t0) / 1000);
     m.batchSize.observe(batch.length);
@@ -327,11 +321,15 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       stopping.abort();
       clearInterval(renewTimer);
       await lagReport.stop();
-      const ended = await Promise.race([loop.then(() => true), sleepFor(STOP_WAIT_MS, false)]);
+      const waited = new AbortController();
+      const ended = await Promise.race([loop.then(() => true), sleepFor(STOP_WAIT_MS, false, { signal: waited.signal }).catch(() => false)]);
+      waited.abort(); // the timer must not keep a process that is done alive
       if (!ended) {
-        log('warn', `stopping: a batch still waits on Postgres after ${STOP_WAIT_MS} ms; dropping its connection (its events stay pending)`);
-        // pg has no public way to cut a query short: end the socket under it, so the query fails at once
-        for (const c of writing) (c as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+        log('warn', `stopping: still waiting on Postgres after ${STOP_WAIT_MS} ms; dropping its connections (what was being written stays pending)`);
+        // a batch, a copy or the reachability check: pg has no public way to cut a query short, so the
+        // sockets under every client of the pool are ended (its client list is pg-pool's own) and the queries fail at once
+        const clients = (pool as unknown as { _clients?: unknown[] } | undefined)?._clients ?? [];
+        for (const c of clients) (c as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
         await loop;
       }
       await Promise.all(lanes.map((l) => l.prefetch?.catch(() => {})));
