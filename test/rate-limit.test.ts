@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { addressBlock, FailureLimiter } from '../src/http/rate-limit.js';
+import { addressBlock, endUserIp, FailureLimiter } from '../src/http/rate-limit.js';
 import { createRedis } from '../src/store/redis.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 
@@ -30,5 +30,16 @@ describe('FailureLimiter per address', () => {
     expect(addressBlock('10.0.0.1')).toBe('10.0.0.1');
     expect(addressBlock('0000:0000:0000:0000:0000:ffff:0a00:0001')).not.toBe(addressBlock('0000:0000:0000:0000:0000:ffff:0a00:0002'));
     expect(addressBlock(v6(0x2001, 0xdb8, 0, 1, 5, 6, 7, 8))).toBe('2001:0db8:0000:0001::/64');
+  });
+});
+
+describe('endUserIp (X-End-User-IP)', () => {
+  it('gives an address in the form a peer has, IPv4 inside IPv6 as that IPv4 host; anything else is no address', () => {
+    expect(endUserIp(' 1.2.3.4 ')).toBe('1.2.3.4');
+    expect(endUserIp('2001:DB8::1')).toBe('2001:0db8:0000:0000:0000:0000:0000:0001');
+    expect(endUserIp('fe80::1%eth0')).toBe('fe80:0000:0000:0000:0000:0000:0000:0001');
+    // mapped (dotted or hex) and NAT64 forms were each one /64 shared by every IPv4 host
+    for (const a of ['::ffff:1.2.3.4', '::FFFF:102:304', '64:ff9b::1.2.3.4', '0:0:0:0:0:ffff:1.2.3.4']) expect(endUserIp(a), a).toBe('1.2.3.4');
+    for (const a of ['1.2.3.4%x', 'nope', '1.2.3', '[::1]', '']) expect(endUserIp(a), a).toBeUndefined();
   });
 });

@@ -9,19 +9,26 @@ const MAPPED_V4 = '0000:0000:0000:0000:0000:ffff:';
  * eight 4-digit groups), so addressBlock counts it the same way; undefined when it is no IP address.
  */
 export function endUserIp(text: string): string | undefined {
-  const a = text.trim().toLowerCase().replace(/%.*$/, ''); // a zone (fe80::1%eth0) names no other host
-  const family = isIP(a);
-  if (family === 4) return a;
-  if (family !== 6) return undefined;
-  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(a);
-  const hex = v4 ? `${a.slice(0, v4.index)}${((+v4[1]! << 8) | +v4[2]!).toString(16)}:${((+v4[3]! << 8) | +v4[4]!).toString(16)}` : a;
+  const given = text.trim().toLowerCase();
+  if (isIP(given) === 4) return given;
+  const a = given.replace(/%.*$/, ''); // an IPv6 zone (fe80::1%eth0) names no other host
+  if (isIP(a) !== 6) return undefined;
+  const dotted = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(a);
+  const hex = dotted ? `${a.slice(0, dotted.index)}${((+dotted[1]! << 8) | +dotted[2]!).toString(16)}:${((+dotted[3]! << 8) | +dotted[4]!).toString(16)}` : a;
   const [head, tail] = hex.split('::') as [string, string | undefined];
   const h = head ? head.split(':') : [];
   const t = tail ? tail.split(':') : [];
   const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
   const full = groups.map((g) => g.padStart(4, '0')).join(':');
-  return full.startsWith(MAPPED_V4) && v4 ? v4.slice(1).join('.') : full;
+  // IPv4 inside IPv6 (mapped, or NAT64's 64:ff9b::/96) is that IPv4 host, not one /64 shared by all of them
+  if (full.startsWith(MAPPED_V4) || full.startsWith(NAT64)) {
+    const n = parseInt(full.slice(30).replace(':', ''), 16);
+    return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+  }
+  return full;
 }
+
+const NAT64 = '0064:ff9b:0000:0000:0000:0000:';
 
 /**
  * The address block one client controls: an IPv6 host usually gets a whole /64, and picking a new address
