@@ -192,6 +192,7 @@ describe('generate over two satellites', () => {
     const show = await runCli(['campaigns', 'show', 'spring', '--json'], w.env);
     expect(show.code, show.stderr).toBe(0);
     const c = JSON.parse(show.stdout);
+    expect(c.status).toBe('done');
     expect(c.progress['sat-a']).toMatchObject({ usersServed: USERS, tokensMade: USERS * PER_USER, tokensDelivered: USERS * PER_USER, status: 'done' });
     const list = await runCli(['campaigns', 'list'], w.env);
     expect(list.code).toBe(0);

@@ -102,7 +102,7 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
 
     expect(await loseAndRestore()).toContain('restored 1 campaigns');
     const [listed] = JSON.parse(await cli(['campaigns', 'list', '--json']));
-    expect(listed).toEqual({ id: 'spring', perUser: 2, satellites: ['sat-c'], createdAt: row.meta.createdAt, progress: { 'sat-c': row.progress['sat-c'] } });
+    expect(listed).toEqual({ id: 'spring', perUser: 2, satellites: ['sat-c'], createdAt: row.meta.createdAt, progress: { 'sat-c': row.progress['sat-c'] }, status: 'done' });
     expect(await cli(['campaigns', 'show', 'spring'])).toMatch(/sat-c +200 +200 +400 +400 +0 +0 +done/);
     const verified = await cli(['verify']);
     expect(verified).toContain('400 tokens in Redis, 0 differences');
@@ -140,6 +140,7 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     await stopCaughtUp(w);
     expect(await loseAndRestore()).toContain('restored 2 campaigns');
     const shown = JSON.parse(await cli(['campaigns', 'show', 'killed', '--json']));
+    expect(shown.status).toBe('failed'); // the overall status, as the table shows it
     expect(shown.progress['sat-k']).toEqual({
       usersListed: 30, usersServed: 10, tokensMade: 20, tokensDelivered: 0, usersRefused: 0, failures: 0, status: 'failed', lastError: expect.stringMatching(/restored .*generate --resume/),
     });

@@ -37,7 +37,8 @@ export function register(program: Command): void {
       const redis = await connectRedis(config);
       try {
         const all = await new CampaignStore(redis, config.keyPrefix).list();
-        if (opts.json) return console.log(JSON.stringify(all, null, 2));
+        // the overall status the table shows, so a script need not work it out again
+        if (opts.json) return console.log(JSON.stringify(all.map((c) => ({ ...c, status: status(c) })), null, 2));
         if (all.length === 0) return console.log('no campaigns yet (referral-manager generate --help)');
         console.log(
           table(
@@ -61,7 +62,7 @@ export function register(program: Command): void {
       try {
         const c = await new CampaignStore(redis, config.keyPrefix).get(id);
         if (!c) campaignNotFound(id);
-        if (opts.json) return console.log(JSON.stringify(c, null, 2));
+        if (opts.json) return console.log(JSON.stringify({ ...c, status: status(c) }, null, 2));
         const revoked = c.revokedAt === undefined ? '' : ` at ${when(c.revokedAt)}`;
         console.log(`campaign ${c.id}: ${c.perUser} per user, created ${when(c.createdAt)}, expires ${when(c.expiresAt)}, ${status(c)}${revoked}`);
         console.log(
