@@ -639,6 +639,24 @@ describe('a satellite answering 429 with Retry-After', () => {
   });
 });
 
+describe('one satellite registered twice (two ids, one url)', () => {
+  // each user it lists got a set from each id, half of them owned by an id the satellite does not know
+  it('is named on stderr before anything is made', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const satellite = await handWrittenSatellite(fx, 'sat-twice', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => tokens.length);
+    try {
+      const registry = new SatelliteRegistry(fx.redis, fx.prefix);
+      await registry.add({ id: 'sat-twice-b', url: `${(await registry.get('sat-twice'))!.url!.toUpperCase()}/` });
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'twice', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(run.stderr).toMatch(/note: satellites sat-twice, sat-twice-b have the same url http:\/\/127\.0\.0\.1:\d+: a user it lists gets a set from each/);
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+});
+
 describe('a satellite listing user ids that are not valid ids', () => {
   // they were counted as failures and nothing said which or why: 'failures 2', status done, stderr silent
   it('skips them, counts them apart (usersInvalid) and names the first on stderr; the others are served', async () => {

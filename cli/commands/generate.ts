@@ -1,5 +1,6 @@
 import { Command, Option } from 'commander';
 import { quote } from 'shell-quote';
+import { pushTo } from '../../src/collections.js';
 import { CLAIM_TTL_MS, CampaignStore, type CampaignMeta } from '../../src/campaigns/store.js';
 import { runCampaign, type FlowSatellite, type SatelliteReport } from '../../src/campaigns/flow.js';
 import { SatelliteRegistry } from '../../src/satellites/registry.js';
@@ -49,6 +50,16 @@ const sh = (id: string): string => quote([id]);
 const skippedReport = (satelliteId: string, error: string): SatelliteReport => ({
   satelliteId, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, usersInvalid: 0, status: 'skipped', error,
 });
+
+/** A satellite url as the same satellite would be reached: no trailing slash, default port and case left out. */
+function sameUrl(raw: string): string {
+  try {
+    const u = new URL(raw);
+    return `${u.origin}${u.pathname.replace(/\/+$/, '')}`;
+  } catch {
+    return raw;
+  }
+}
 
 /** The shell's exit status for a process a signal stopped. */
 const EXIT_ON = { SIGINT: 130, SIGTERM: 143 } as const;
@@ -147,6 +158,12 @@ export function register(program: Command): void {
           if (satellites.length === 0) {
             if (opts.resume !== undefined) throw new Error(`campaign "${id}" has no satellite left to serve: ${skipped.map((r) => r.satelliteId).join(', ')} ${REMOVED}`);
             throw new Error(`no registered satellite has a url: nothing to serve (${skipped.map((r) => r.satelliteId).join(', ')} ${NO_URL}; referral-manager satellites update <id> --url <url> gives one)`);
+          }
+          // one satellite registered twice (two ids, one url) lists the same users to both: each gets two sets
+          const byUrl = new Map<string, string[]>();
+          for (const s of satellites) pushTo(byUrl, sameUrl(s.url), s.id);
+          for (const [url, ids] of byUrl) {
+            if (ids.length > 1) console.error(`note: satellites ${ids.join(', ')} have the same url ${url}: a user it lists gets a set from each`);
           }
           // a skipped satellite stays out of the campaign's record: it is not pending there, and running the
           // same --all --campaign again once it has a url adds and serves it
