@@ -277,6 +277,8 @@ describe('serve processes', () => {
       // tokens of shards on every master: the lost one's and the survivors' (which answer CLUSTERDOWN)
       const replies = await Promise.all(all.slice(0, 16).map((t) => call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t, userId: 'b' } })));
       expect(new Set(replies.map((r) => `${r.status} ${r.body.error} ${r.headers['retry-after']}`))).toEqual(new Set(['503 store_unavailable 1']));
+      // the lost master is named in the log (the client as a whole stays ready, so only its node errs)
+      await expect.poll(() => server.output(), { timeout: 5000 }).toContain(`: Redis node ${cluster.nodes[2]} unreachable`);
     } finally {
       await pool.close();
       await server.stop();
