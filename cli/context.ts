@@ -19,12 +19,25 @@ export function addGlobalOptions(program: Command): Command {
 
 /**
  * The global flags given, as shell words to put in a command the CLI suggests (`generate --resume ...`):
- * run as printed, it must reach the same Redis and prefix, not the default deployment's.
+ * run as printed, it must reach the same Redis and prefix, not the default deployment's. A password in
+ * a URL is shown as `<password>`: the hint lands in cron logs.
  */
 export function globalFlags(cmd: Command): string {
   const g = cmd.optsWithGlobals() as Record<string, string | undefined>;
-  const given: [string, string | undefined][] = [['--redis-url', g.redisUrl], ['--redis-cluster-nodes', g.redisClusterNodes], ['--key-prefix', g.keyPrefix], ['--database-url', g.databaseUrl]];
+  const given: [string, string | undefined][] = [['--redis-url', hidePassword(g.redisUrl)], ['--redis-cluster-nodes', g.redisClusterNodes], ['--key-prefix', g.keyPrefix], ['--database-url', hidePassword(g.databaseUrl)]];
   return given.filter(([, v]) => v !== undefined).map(([flag, v]) => ` ${flag} ${quote([v!])}`).join('');
+}
+
+function hidePassword(url: string | undefined): string | undefined {
+  if (url === undefined) return undefined;
+  try {
+    const u = new URL(url);
+    if (!u.password) return url;
+    u.password = 'PASSWORD';
+    return u.toString().replace(':PASSWORD@', ':<password>@');
+  } catch {
+    return url;
+  }
 }
 
 /** The settings given as flags: the global ones, then any command flags given in `extra` (undefined: not given). */

@@ -1,0 +1,22 @@
+import { Command } from 'commander';
+import { describe, expect, it } from 'vitest';
+import { addGlobalOptions, globalFlags } from '../cli/context.js';
+
+describe('the global flags a suggested command repeats', () => {
+  const given = (...args: string[]) => {
+    const program = addGlobalOptions(new Command('referral-manager')).exitOverride();
+    let flags = '';
+    program.command('generate').action(function (this: Command) {
+      flags = globalFlags(this);
+    });
+    program.parse(['node', 'referral-manager', ...args, 'generate']);
+    return flags;
+  };
+
+  it('are repeated as shell words, a URL password hidden (the hint lands in cron logs)', () => {
+    expect(given()).toBe('');
+    // (shell-quote escapes with backslashes: the words a shell reads back are the values given)
+    expect(given('--key-prefix', 'p q', '--redis-url', 'redis://app:s3cret@redis:6379/0')).toBe(` --redis-url redis\\://app:\\<password\\>\\@redis\\:6379/0 --key-prefix 'p q'`);
+    expect(given('--database-url', 'postgres://postgres@db:5432/rm')).toBe(' --database-url postgres\\://postgres\\@db\\:5432/rm');
+  });
+});
