@@ -123,12 +123,10 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
       if (r === retiring) break;
     }
     // each worker once: one that answered and died since is in the retired sum (its reply would count it
-    // twice), and one too slow to answer counts its counters as last collected (leaving it out lowers them)
+    // twice); one too slow to answer, or whose channel closed before its exit was seen, counts its counters
+    // as last collected (leaving it out lowers them)
     const parts = [own, retired];
-    for (const w of workers) {
-      const seen = lastSeen.get(w.id);
-      if (seen) parts.push(replies.get(w.id) ?? seen);
-    }
+    for (const [wid, seen] of lastSeen) parts.push(replies.get(wid) ?? seen);
     return AggregatorRegistry.aggregate(parts).metrics();
   };
 
