@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createServer } from 'node:http';
+import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { packr } from '../src/msgpack.js';
 import { createSimServer, SimSatellite, startSatelliteSim, type SatelliteSim } from '../src/sim/index.js';
@@ -11,22 +11,30 @@ import { engineFixture, type EngineFixture } from './helpers/redis.js';
 
 type Pushed = { userId: string; token: string }[];
 
+/** An error reply of a hand-written satellite: its status and headers. */
+type Refused = { status: number; headers?: Record<string, string> };
+
 /**
- * A satellite written by hand for one contract corner: `list` answers the users-without-tokens listing,
- * `push` a delivery (its reply's `accepted`, or an error status). Registered as `id` in the fixture's registry.
+ * A satellite written by hand for one contract corner: `list` answers the users-without-tokens listing
+ * (a page, or a Refused), `push` a delivery (its reply's `accepted`, or a Refused; a promise that never
+ * settles leaves it unanswered). Registered as `id` in the fixture's registry.
  */
-async function handWrittenSatellite(fx: EngineFixture, id: string, list: () => unknown, push: (tokens: Pushed) => number | { status: number }) {
+async function handWrittenSatellite(fx: EngineFixture, id: string, list: () => unknown, push: (tokens: Pushed) => number | Refused | Promise<number | Refused>) {
+  const refuse = (res: ServerResponse, reply: Refused) =>
+    res.writeHead(reply.status, reply.headers).end(JSON.stringify({ error: 'refused', message: `HTTP ${reply.status} from the hand-written satellite` }));
   const server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
+    req.on('end', async () => {
       res.setHeader('content-type', 'application/json');
-      if (req.url!.startsWith('/referrals/v1/users-without-tokens')) return res.end(JSON.stringify(list()));
+      if (req.url!.startsWith('/referrals/v1/users-without-tokens')) {
+        const page = list();
+        return typeof (page as Refused | undefined)?.status === 'number' ? refuse(res, page as Refused) : res.end(JSON.stringify(page));
+      }
       const { tokens } = packr.unpack(Buffer.concat(chunks)) as { tokens: Pushed };
-      const reply = push(tokens);
+      const reply = await push(tokens);
       if (typeof reply === 'number') return res.end(JSON.stringify({ accepted: reply }));
-      res.statusCode = reply.status;
-      res.end(JSON.stringify({ error: 'refused', message: `HTTP ${reply.status} from the hand-written satellite` }));
+      refuse(res, reply);
     });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -541,21 +549,12 @@ describe('generate interrupted (Ctrl-C, or a cron timeout\'s SIGTERM)', () => {
     let pushed!: () => void;
     const pushing = new Promise<void>((r) => (pushed = r));
     const held = new Map<string, number>();
-    const server = createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        res.setHeader('content-type', 'application/json');
-        if (req.url!.startsWith('/referrals/v1/users-without-tokens')) return res.end(JSON.stringify({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }));
-        // the first push never answers (a satellite hanging): generate waits on it when the signal comes
-        if (hang) return pushed();
-        const { tokens } = packr.unpack(Buffer.concat(chunks)) as { tokens: Pushed };
-        for (const t of tokens) held.set(t.userId, (held.get(t.userId) ?? 0) + 1);
-        res.end(JSON.stringify({ accepted: tokens.length }));
-      });
+    const satellite = await handWrittenSatellite(fx, 'sat-int', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), (tokens) => {
+      // the first push never answers (a satellite hanging): generate waits on it when the signal comes
+      if (hang) return (pushed(), new Promise<never>(() => {}));
+      for (const t of tokens) held.set(t.userId, (held.get(t.userId) ?? 0) + 1);
+      return tokens.length;
     });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-int', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
     try {
       const env = { SATELLITE_TIMEOUT_MS: '60000', SATELLITE_ATTEMPTS: '1' };
       const t0 = Date.now();
@@ -574,8 +573,7 @@ describe('generate interrupted (Ctrl-C, or a cron timeout\'s SIGTERM)', () => {
       expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ status: 'done', tokensDelivered: 6 });
       expect([...held.values()]).toEqual([2, 2, 2]);
     } finally {
-      server.closeAllConnections();
-      await new Promise((resolve) => server.close(resolve));
+      await satellite.close();
       await fx.close();
     }
   });
@@ -615,16 +613,12 @@ describe('a satellite answering 429 with Retry-After', () => {
   it('is asked again no sooner than it said', async () => {
     const fx = await engineFixture({ label: 'gen' });
     const listedAt: number[] = [];
-    const server = createServer((req, res) => {
-      if (req.url!.startsWith('/referrals/v1/users-without-tokens')) {
-        listedAt.push(Date.now());
-        if (listedAt.length === 1) return void res.writeHead(429, { 'retry-after': '2', 'content-type': 'application/json' }).end('{"error":"slow down"}');
-        return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ userIds: [], nextCursor: null }));
-      }
-      res.writeHead(404).end();
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-429', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
+    const satellite = await handWrittenSatellite(
+      fx,
+      'sat-429',
+      () => (listedAt.push(Date.now()) === 1 ? { status: 429, headers: { 'retry-after': '2' } } : { userIds: [], nextCursor: null }),
+      () => ({ status: 404 }),
+    );
     try {
       const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'patient', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '2' });
       expect(run.code, run.stderr).toBe(0);
@@ -632,8 +626,7 @@ describe('a satellite answering 429 with Retry-After', () => {
       expect(listedAt).toHaveLength(2);
       expect(listedAt[1]! - listedAt[0]!).toBeGreaterThanOrEqual(1950);
     } finally {
-      server.closeAllConnections();
-      await new Promise((resolve) => server.close(resolve));
+      await satellite.close();
       await fx.close();
     }
   });
