@@ -154,11 +154,18 @@ class SatelliteRun {
     return this.report;
   }
 
-  /** Tokens recorded by an earlier run whose delivery did not finish. */
-  private async deliverPending(): Promise<void> {
+  /** The sets an earlier run made whose delivery did not finish, a page at a time. */
+  private async *unsettled(): AsyncGenerator<UserTokens[]> {
     for await (const page of this.o.campaigns.allMade(this.id, this.sat)) {
       const done = await this.o.campaigns.settled(this.id, this.sat, page.map(([u]) => u));
-      const due = await this.delivery.due(page.filter((_, i) => !done[i]), true);
+      yield page.filter((_, i) => !done[i]);
+    }
+  }
+
+  /** Tokens recorded by an earlier run whose delivery did not finish. */
+  private async deliverPending(): Promise<void> {
+    for await (const sets of this.unsettled()) {
+      const due = await this.delivery.due(sets, true);
       this.plan('tokensToDeliver', tokenCount(due));
       await this.delivery.deliver(due, false);
     }
@@ -166,10 +173,7 @@ class SatelliteRun {
 
   /** The dry run's deliverPending: the tokens a resume would push (before its checks for revoked ones), as delivered. */
   private async countPending(): Promise<void> {
-    for await (const page of this.o.campaigns.allMade(this.id, this.sat)) {
-      const done = await this.o.campaigns.settled(this.id, this.sat, page.map(([u]) => u));
-      await this.count('tokensDelivered', tokenCount(page.filter((_, i) => !done[i])));
-    }
+    for await (const sets of this.unsettled()) await this.count('tokensDelivered', tokenCount(sets));
   }
 
   private async servePage(listed: string[]): Promise<void> {
@@ -221,10 +225,15 @@ class SatelliteRun {
     const made = await this.o.engine.generate(campaign.expiresAt === undefined ? req : { ...req, expiresAt: campaign.expiresAt });
     const byUser = new Map<string, string[]>();
     for (const t of made.tokens) pushTo(byUser, t.ownerUserId, t.token);
+    await this.recordMade(byUser);
+    return [...byUser];
+  }
+
+  /** Records the sets made and counts the users and tokens the record did not hold yet (the store counted them in the same step). */
+  private async recordMade(byUser: Map<string, string[]>): Promise<void> {
     const fresh = await this.o.campaigns.recordMade(this.id, this.sat, byUser);
     await this.count('usersServed', fresh.users, true);
     await this.count('tokensMade', fresh.tokens, true);
-    return [...byUser];
   }
 
   /**
@@ -238,9 +247,7 @@ class SatelliteRun {
       if (mine.length) out.push([users[i]!, mine]);
     });
     // the run that made them stopped before recording (and counting) them
-    const fresh = await this.o.campaigns.recordMade(this.id, this.sat, new Map(out));
-    await this.count('usersServed', fresh.users, true);
-    await this.count('tokensMade', fresh.tokens, true);
+    await this.recordMade(new Map(out));
     return out;
   }
 
