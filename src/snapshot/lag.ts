@@ -49,33 +49,38 @@ export async function sampleLag(redis: RedisClient, prefix: string): Promise<Lag
       }
       const pending = Number(g.pending ?? 0);
       const delivered = String(g['last-delivered-id']);
-      const stream = toObj((await redis.xinfo('STREAM', key)) as unknown[]);
-      const length = Number(stream.length ?? 0);
-      let undelivered: number;
-      // After an AOF replay Redis 7.0 no longer knows the group's entries-read (its XREADGROUP is replayed
-      // as XCLAIM without it): lag is nil, or a stale count that outlives a full drain. Counted as 0, nil
-      // hid a backlog from the alert this metric exists for (a review helper saw 981 of 25,100 reported).
-      if (compareIds(delivered, String(stream['last-generated-id'])) >= 0) undelivered = 0;
-      // capped by the stream's length only: pending entries may have been trimmed from it (a lost batch)
-      else if (typeof g.lag === 'number') undelivered = Math.min(g.lag, length);
-      else {
-        const after = await redis.xrange(key, `(${delivered}`, '+', 'COUNT', COUNTED);
-        // past that, the entries in the stream not pending: an estimate on the high side (committed entries
-        // the writer has yet to trim count too), which an alert would rather have than one on the low side
-        undelivered = after.length < COUNTED ? after.length : Math.max(COUNTED, length - pending);
-      }
+      const undelivered = await undeliveredIn(redis, key, g.lag, delivered, pending);
       events += pending + undelivered;
       if (pending > 0) {
         const p = (await redis.xpending(key, GROUP)) as [number, string | null, string | null, unknown];
         if (p[1]) oldest = Math.min(oldest, msOf(p[1]));
       }
       if (undelivered > 0) {
-        const next = (await redis.xrange(key, `(${String(g['last-delivered-id'])}`, '+', 'COUNT', 1))[0];
+        const next = (await redis.xrange(key, `(${delivered}`, '+', 'COUNT', 1))[0];
         if (next) oldest = Math.min(oldest, msOf(next[0]));
       }
     }),
   );
   return { events, seconds: oldest === Infinity ? 0 : Math.max(0, now - oldest) / 1000 };
+}
+
+/**
+ * Entries of a shard's stream the group has not read yet. After an AOF replay Redis 7.0 no longer knows
+ * the group's entries-read (its XREADGROUP is replayed as XCLAIM without it): `lag` is nil, or a stale
+ * count that outlives a full drain. Counted as 0, nil hid a backlog from the alert this metric exists for
+ * (a review helper saw 981 of 25,100 reported). A lag of 0, the usual reading, is exact and costs nothing more.
+ */
+async function undeliveredIn(redis: RedisClient, key: string, lag: unknown, delivered: string, pending: number): Promise<number> {
+  if (lag === 0) return 0;
+  const stream = toObj((await redis.xinfo('STREAM', key)) as unknown[]);
+  const length = Number(stream.length ?? 0);
+  if (compareIds(delivered, String(stream['last-generated-id'])) >= 0) return 0;
+  // capped by the stream's length only: pending entries may have been trimmed from it (a lost batch)
+  if (typeof lag === 'number') return Math.min(lag, length);
+  const after = await redis.xrange(key, `(${delivered}`, '+', 'COUNT', COUNTED);
+  // past that, the entries in the stream not pending: an estimate on the high side (committed entries the
+  // writer has yet to trim count too), which an alert would rather have than one on the low side
+  return after.length < COUNTED ? after.length : Math.max(COUNTED, length - pending);
 }
 
 /**
