@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { loadConfig } from '../src/config.js';
 
 /**
  * The image's HEALTHCHECK: GET /healthz of the process the container runs (PID 1, or the pid given), on
@@ -9,7 +10,7 @@ import { fileURLToPath } from 'node:url';
  * healthy; probing PORT alone marked them unhealthy while they served.
  */
 
-const LOOPBACK = new Set(['', '0.0.0.0', '::', '[::]']);
+const LOOPBACK = new Set(['0.0.0.0', '::', '[::]']);
 
 /** A flag's value in `--name v` or `--name=v` form (the last one given wins, as in commander). */
 function flag(argv: string[], name: string): string | undefined {
@@ -25,8 +26,11 @@ function flag(argv: string[], name: string): string | undefined {
 export function healthUrl(argv: string[], env: NodeJS.ProcessEnv): string | undefined {
   const command = argv.find((a) => a === 'serve' || a === 'snapshot');
   if (!command) return undefined;
-  const port = command === 'serve' ? (flag(argv, '--port') ?? env.PORT ?? '7480') : (flag(argv, '--metrics-port') ?? env.SNAPSHOT_METRICS_PORT ?? '7481');
-  const host = flag(argv, '--host') ?? env.HOST ?? '';
+  // the process read its flags and env through the same config module: its defaults and rules (an empty
+  // value is the default) are the ones it listens by
+  const config = loadConfig({ port: flag(argv, '--port'), snapshotMetricsPort: flag(argv, '--metrics-port'), host: flag(argv, '--host') }, env);
+  const port = command === 'serve' ? config.port : config.snapshotMetricsPort;
+  const host = config.host;
   const name = LOOPBACK.has(host) ? '127.0.0.1' : host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
   return `http://${name}:${port}/healthz`;
 }

@@ -38,6 +38,9 @@ describe('Docker HEALTHCHECK (dist/cli/healthcheck.js)', () => {
     expect(healthUrl([...main, 'snapshot'], { PORT: '8000' })).toBe('http://127.0.0.1:7481/healthz');
     expect(healthUrl([...main, 'snapshot', '--metrics-port', '9481'], { SNAPSHOT_METRICS_PORT: '7000' })).toBe('http://127.0.0.1:9481/healthz');
     expect(healthUrl([...main, 'stats'], {})).toBeUndefined();
+    // an empty value means the default, as the process itself reads it
+    expect(healthUrl([...main, 'serve'], { PORT: '', HOST: '' })).toBe('http://127.0.0.1:7480/healthz');
+    expect(healthUrl([...main, 'snapshot'], { SNAPSHOT_METRICS_PORT: '' })).toBe('http://127.0.0.1:7481/healthz');
   });
 
   it('is healthy for serve started with --port while PORT says otherwise, unhealthy once it stops', async () => {
