@@ -47,8 +47,8 @@ export const redisErrors = new client.Counter({
 
 export const rateLimited = new client.Counter({
   name: 'rm_rate_limited_total',
-  help: 'Requests refused with 429: by="crossed" the failure that crossed the limit, by="check" a caller already blocked',
-  labelNames: ['by'] as const,
+  help: 'Requests refused with 429: by="crossed" the failure that crossed the limit, by="check" a caller already blocked; limit="satellite" or "ip" (the address block, or X-End-User-IP) the caller is over',
+  labelNames: ['by', 'limit'] as const,
 });
 
 const children = new Map<string, { count: { inc(): void }; time: { observe(v: number): void } }>();

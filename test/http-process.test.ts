@@ -112,6 +112,10 @@ describe('serve processes', () => {
       // a header that is no IP address is refused
       const refused = await client.lookup(unknown(13), { endUserIp: 'not-an-ip' }).then(() => undefined, (e: ReferralError) => e);
       expect(refused).toMatchObject({ code: 'invalid_request', status: 400, message: 'X-End-User-IP: not an IP address' });
+      // on-call tells one person guessing from a satellite guessing
+      const text = (await call(pool, 'GET', '/metrics')).body as string;
+      const limited = (by: string, limit: string) => new RegExp(`^rm_rate_limited_total\\{by="${by}",limit="${limit}"\\} (\\d+)`, 'm').exec(text)?.[1];
+      expect([limited('crossed', 'ip'), limited('crossed', 'satellite'), limited('check', 'satellite'), limited('check', 'ip')]).toEqual(['1', '1', '1', undefined]);
     } finally {
       await client.close();
       await pool.close();

@@ -40,6 +40,12 @@ export function addressBlock(ip: string): string {
   return `${ip.slice(0, 19)}::/64`;
 }
 
+/** A refusal: the seconds to wait (Retry-After) and which limit the caller is over, for the metric. */
+export interface Block {
+  seconds: number;
+  limit: 'satellite' | 'ip';
+}
+
 /**
  * Limits failed redeem/reserve/complete/release/lookup answers (404 token_not_found, 410 token_revoked /
  * token_expired: the answers a guess gets) per satellite and per client IP (the end user's, when the
@@ -62,28 +68,28 @@ export class FailureLimiter {
     private readonly windowMs: number,
   ) {}
 
-  /** Seconds to wait if the satellite or the IP is blocked in this process, else undefined. */
-  check(satelliteId: string, ip: string, now = Date.now()): number | undefined {
-    return this.blockedFor(`s:${satelliteId}`, now) ?? this.blockedFor(`i:${addressBlock(ip)}`, now);
+  /** The wait if the satellite or the IP is blocked in this process, else undefined. */
+  check(satelliteId: string, ip: string, now = Date.now()): Block | undefined {
+    return this.blockedFor('satellite', `s:${satelliteId}`, now) ?? this.blockedFor('ip', `i:${addressBlock(ip)}`, now);
   }
 
-  /** Counts one failure; returns seconds to wait if this failure crossed a limit. */
-  async fail(satelliteId: string, ip: string): Promise<number | undefined> {
+  /** Counts one failure; the wait if this failure crossed a limit (the satellite's when it crossed both). */
+  async fail(satelliteId: string, ip: string): Promise<Block | undefined> {
     const now = Date.now();
     const window = Math.floor(now / this.windowMs);
     const end = (window + 1) * this.windowMs;
     const whos = [`s:${satelliteId}`, `i:${addressBlock(ip)}`];
     const limits = [this.limits.satellite, this.limits.ip];
     const counts = await Promise.all(whos.map((w) => this.count(`${this.prefix}:rl:${w}:${window}`)));
-    let retry: number | undefined;
+    let block: Block | undefined;
     counts.forEach((n, i) => {
       if (n > limits[i]!) {
         if (this.blocked.size >= MAX_BLOCKED) this.prune(now);
         this.blocked.set(whos[i]!, end);
-        retry = Math.max(1, Math.ceil((end - now) / 1000));
+        block ??= { seconds: Math.max(1, Math.ceil((end - now) / 1000)), limit: i === 0 ? 'satellite' : 'ip' };
       }
     });
-    return retry;
+    return block;
   }
 
   private async count(key: string): Promise<number> {
@@ -93,14 +99,14 @@ export class FailureLimiter {
     return Number(n);
   }
 
-  private blockedFor(who: string, now: number): number | undefined {
+  private blockedFor(limit: Block['limit'], who: string, now: number): Block | undefined {
     const until = this.blocked.get(who);
     if (until === undefined) return undefined;
     if (until <= now) {
       this.blocked.delete(who);
       return undefined;
     }
-    return Math.max(1, Math.ceil((until - now) / 1000));
+    return { seconds: Math.max(1, Math.ceil((until - now) / 1000)), limit };
   }
 
   private prune(now: number): void {

@@ -43,20 +43,20 @@ function defined<T extends object>(o: T): T {
 
 export function routes(d: RouteDeps): Route[] {
   const limited = (c: Call<unknown>) => {
-    const wait = d.limiter.check(c.satelliteId, c.ip);
-    if (wait !== undefined) {
-      rateLimited.labels('check').inc();
-      throw new HttpError('rate_limited', undefined, [['retry-after', String(wait)]]);
+    const block = d.limiter.check(c.satelliteId, c.ip);
+    if (block) {
+      rateLimited.labels('check', block.limit).inc();
+      throw new HttpError('rate_limited', undefined, [['retry-after', String(block.seconds)]]);
     }
   };
   /** token_not_found / token_revoked / token_expired (guesses) count towards the failure limit; the one crossing it is answered 429 */
   const refuse = async (c: Call<unknown>, code: keyof typeof resultErrors): Promise<never> => {
     const wire = resultErrors[code];
     if (wire === 'token_not_found' || wire === 'token_revoked' || wire === 'token_expired') {
-      const wait = await d.limiter.fail(c.satelliteId, c.ip);
-      if (wait !== undefined) {
-        rateLimited.labels('crossed').inc();
-        throw new HttpError('rate_limited', undefined, [['retry-after', String(wait)]]);
+      const block = await d.limiter.fail(c.satelliteId, c.ip);
+      if (block) {
+        rateLimited.labels('crossed', block.limit).inc();
+        throw new HttpError('rate_limited', undefined, [['retry-after', String(block.seconds)]]);
       }
     }
     throw new DomainError(wire);
