@@ -46,10 +46,10 @@ export class CampaignStore {
   private readonly revokedKey: string;
   constructor(private readonly redis: RedisClient, prefix: string) {
     const scripts = defineScripts(redis, ['campaign_open', 'campaign_refuse', 'campaign_made', 'campaign_delivered']);
-    this.openScript = scripts.campaign_open!;
-    this.refuseScript = scripts.campaign_refuse!;
-    this.madeScript = scripts.campaign_made!;
-    this.deliveredScript = scripts.campaign_delivered!;
+    this.openScript = scripts.campaign_open;
+    this.refuseScript = scripts.campaign_refuse;
+    this.madeScript = scripts.campaign_made;
+    this.deliveredScript = scripts.campaign_delivered;
     this.keys = new CampaignKeys(prefix);
     this.revokedKey = new Keys(prefix).revokedCampaigns();
   }

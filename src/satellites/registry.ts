@@ -44,7 +44,7 @@ export function sameKey(a: string, b: string): boolean {
  * multi-key updates run in MULTI or one script.
  */
 export class SatelliteRegistry {
-  private readonly s: Record<string, ScriptFn>;
+  private readonly s: Record<'satellite_rotate' | 'satellite_remove' | 'satellite_update', ScriptFn>;
   private readonly keys: SatelliteKeys;
   constructor(private readonly redis: RedisClient, prefix: string) {
     this.s = defineScripts(redis, ['satellite_rotate', 'satellite_remove', 'satellite_update']);
@@ -77,7 +77,7 @@ export class SatelliteRegistry {
   }
 
   async remove(id: string): Promise<void> {
-    const removed = await this.s.satellite_remove!([this.keys.satellite(id), this.keys.index(), this.keys.ids(), this.keys.removed()], [id]);
+    const removed = await this.s.satellite_remove([this.keys.satellite(id), this.keys.index(), this.keys.ids(), this.keys.removed()], [id]);
     if (Number(removed) !== 1) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
   }
 
@@ -85,7 +85,7 @@ export class SatelliteRegistry {
   async update(id: string, change: SatelliteFields): Promise<Satellite> {
     const pairs = checkFields(change);
     if (pairs.length === 0) throw new DomainError('invalid_request', 'nothing to change: give name, url or outboundKey');
-    const flat = (await this.s.satellite_update!([this.keys.satellite(id)], pairs.flat())) as string[];
+    const flat = (await this.s.satellite_update([this.keys.satellite(id)], pairs.flat())) as string[];
     if (flat.length === 0) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
     // the record as the script left it: a read after it could already see a later change or a remove
     const h: Record<string, string> = {};
@@ -96,7 +96,7 @@ export class SatelliteRegistry {
   /** New key now; the old one keeps working for `graceMs`, then not. */
   async rotateKey(id: string, graceMs: number): Promise<{ apiKey: string }> {
     const apiKey = newApiKey();
-    const rotated = await this.s.satellite_rotate!([this.keys.satellite(id), this.keys.index()], [id, hashKey(apiKey), graceMs > 0 ? Date.now() + graceMs : '']);
+    const rotated = await this.s.satellite_rotate([this.keys.satellite(id), this.keys.index()], [id, hashKey(apiKey), graceMs > 0 ? Date.now() + graceMs : '']);
     if (Number(rotated) !== 1) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
     return { apiKey };
   }

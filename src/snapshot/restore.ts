@@ -36,7 +36,7 @@ export const RESTORE_LANES = 4;
 export async function restoreFromPostgres(redis: RedisClient, pool: pg.Pool, prefix: string): Promise<number> {
   const keys = new Keys(prefix);
   await preloadScripts(redis, ['restore']);
-  const restore = defineScripts(redis, ['restore']).restore!;
+  const restore = defineScripts(redis, ['restore']).restore;
   let total = 0;
   await inLanes(SHARDS, RESTORE_LANES, async (shard) => {
     // not `total += await ...`: that reads total before the await, and the lanes would overwrite each other

@@ -80,8 +80,4 @@ export class Keys {
     const s = p.shard;
     return [this.bucket(s, p.bucket), this.dict(s), this.reservations(s), this.redeemed(s), this.stats(s), this.events(s)];
   }
-  /** Every key the engine owns matches one of these SCAN patterns. */
-  patterns(): string[] {
-    return [`${this.prefix}:{*}:*`];
-  }
 }

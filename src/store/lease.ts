@@ -11,7 +11,7 @@ import { defineScripts, type ScriptFn } from './scripts.js';
 export class Lease {
   /** `<owner> <uuid>`: the owner names the holder to whoever finds the lease taken (holder()) */
   readonly id: string;
-  private readonly s: Record<string, ScriptFn>;
+  private readonly s: Record<'lease_renew' | 'lease_release', ScriptFn>;
   constructor(private readonly redis: RedisClient, readonly key: string, readonly ms = 10_000, owner = '') {
     this.id = `${owner} ${randomUUID()}`;
     this.s = defineScripts(redis, ['lease_renew', 'lease_release']);
@@ -27,9 +27,9 @@ export class Lease {
     return (await this.redis.set(this.key, this.id, 'PX', this.ms, 'NX')) === 'OK';
   }
   async renew(): Promise<boolean> {
-    return Number(await this.s.lease_renew!([this.key], [this.id, this.ms])) === 1;
+    return Number(await this.s.lease_renew([this.key], [this.id, this.ms])) === 1;
   }
   async release(): Promise<void> {
-    await this.s.lease_release!([this.key], [this.id]);
+    await this.s.lease_release([this.key], [this.id]);
   }
 }

@@ -34,17 +34,18 @@ export function readScript(name: string): string {
 }
 
 export const SCRIPT_NAMES = ['generate', 'redeem', 'reserve', 'complete', 'release', 'revoke', 'revoke_sweep', 'purge', 'revocation_record', 'lookup', 'list', 'list_redeemed'] as const;
+/** The engine's scripts (the others belong to the satellite registry, campaigns, the lease and restore) */
 export type ScriptName = (typeof SCRIPT_NAMES)[number];
 
 export type ScriptFn = (keys: string[], args: (string | number)[]) => Promise<unknown>;
 
 /**
  * Registers scripts (the engine's by default) with ioredis `defineCommand` (EVALSHA, falling back to
- * EVAL and so reloading on NOSCRIPT) and returns typed callers. `preload` pushes them with SCRIPT LOAD
+ * EVAL and so reloading on NOSCRIPT) and returns a caller per name (a name not asked for does not type-check). `preload` pushes them with SCRIPT LOAD
  * to every master so /readyz can say "scripts loaded".
  */
-export function defineScripts(client: RedisClient, names: readonly string[] = SCRIPT_NAMES): Record<string, ScriptFn> {
-  const out: Record<string, ScriptFn> = {};
+export function defineScripts<N extends string = ScriptName>(client: RedisClient, names: readonly N[] = SCRIPT_NAMES as readonly string[] as readonly N[]): Record<N, ScriptFn> {
+  const out = {} as Record<N, ScriptFn>;
   for (const name of names) {
     const cmd = `rm_${name}`;
     const c = client as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;

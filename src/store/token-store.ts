@@ -1,7 +1,7 @@
 import { DomainError } from '../errors.js';
 import { inLanes, pushTo } from '../collections.js';
 import type { RedisClient } from './redis.js';
-import { defineScripts, preloadScripts, type ScriptFn } from './scripts.js';
+import { defineScripts, preloadScripts, type ScriptFn, type ScriptName } from './scripts.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken, type OwnerPlace } from './keys.js';
 import { dashed, decodeResult, hexOf } from './codec.js';
 import { SATELLITE_COUNTERS, type CompleteCode, type RedeemCode, type ReleaseCode, type RedeemedToken, type Result, type RevokeCode, type Stats, type TokenSet, type TokenState, type UnredeemedToken } from './model.js';
@@ -32,7 +32,7 @@ const SWEEP_LANES = 2;
  */
 export class TokenStore {
   readonly keys: Keys;
-  private readonly s: Record<string, ScriptFn>;
+  private readonly s: Record<ScriptName, ScriptFn>;
 
   constructor(readonly redis: RedisClient, prefix: string) {
     this.keys = new Keys(prefix);
@@ -68,7 +68,7 @@ export class TokenStore {
     const settled = await Promise.allSettled(
       [...byShard.values()].map((g) => {
         g.args[2] = g.owners;
-        return this.s.generate!(g.keys, g.args);
+        return this.s.generate(g.keys, g.args);
       }),
     );
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -84,9 +84,9 @@ export class TokenStore {
   }
 
   // the scripts also get the token dashed, for their reply and event row: cheaper passed on than made in Lua
-  private single<C extends string>(script: string, token: string, args: (string | number)[]): Promise<Result<C>> {
+  private single<C extends string>(script: 'redeem' | 'reserve' | 'complete' | 'release', token: string, args: (string | number)[]): Promise<Result<C>> {
     const hex = hexOf(token);
-    return this.s[script]!(this.keys.tokenKeys(placeOfToken(hex)), [hex, ...args, token]).then((r) => decodeResult<C>(r));
+    return this.s[script](this.keys.tokenKeys(placeOfToken(hex)), [hex, ...args, token]).then((r) => decodeResult<C>(r));
   }
 
   redeem(token: string, redeemerSatelliteId: string, redeemerUserId: string): Promise<Result<RedeemCode>> {
@@ -109,12 +109,12 @@ export class TokenStore {
   lookup(token: string): Promise<Result<'ok' | 'not_found'>> {
     const hex = hexOf(token);
     const keys = this.keys.tokenKeys(placeOfToken(hex)).slice(0, 4);
-    return this.s.lookup!(keys, [hex, token]).then((r) => decodeResult(r));
+    return this.s.lookup(keys, [hex, token]).then((r) => decodeResult(r));
   }
 
   revokeToken(token: string): Promise<Result<RevokeCode>> {
     const hex = hexOf(token);
-    return this.s.revoke!(this.keys.tokenKeys(placeOfToken(hex)), ['token', hex]).then((r) => decodeResult(r));
+    return this.s.revoke(this.keys.tokenKeys(placeOfToken(hex)), ['token', hex]).then((r) => decodeResult(r));
   }
 
   /**
@@ -125,7 +125,7 @@ export class TokenStore {
   async revokeMade(tokens: string[], campaignId: string): Promise<{ revoked: number; failed: number; error?: unknown }> {
     const rs = await Promise.allSettled(tokens.map((t) => {
       const hex = hexOf(t);
-      return this.s.revoke!(this.keys.tokenKeys(placeOfToken(hex)), ['token', hex, campaignId]) as Promise<string[]>;
+      return this.s.revoke(this.keys.tokenKeys(placeOfToken(hex)), ['token', hex, campaignId]) as Promise<string[]>;
     }));
     const failed = rs.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
     const revoked = rs.filter((r) => r.status === 'fulfilled' && r.value[0] === 'ok').length;
@@ -155,7 +155,7 @@ export class TokenStore {
 
   async revokeOwner(ownerSatelliteId: string, ownerUserId: string): Promise<number> {
     const p = placeOfOwner(ownerSatelliteId, ownerUserId);
-    const r = (await this.s.revoke!(this.keys.tokenKeys(p), ['owner', ownerSatelliteId, ownerUserId, p.refHint, p.prefix])) as [string, number];
+    const r = (await this.s.revoke(this.keys.tokenKeys(p), ['owner', ownerSatelliteId, ownerUserId, p.refHint, p.prefix])) as [string, number];
     return Number(r[1]);
   }
 
@@ -168,7 +168,7 @@ export class TokenStore {
    * `revokedAt`: the time to record if the campaign is not yet registered revoked (default: now).
    */
   async revokeCampaign(campaignId: string, revokedAt?: number): Promise<number> {
-    const at = Number(await this.s.revocation_record!([this.keys.revokedCampaigns()], revokedAt === undefined ? [campaignId] : [campaignId, revokedAt]));
+    const at = Number(await this.s.revocation_record([this.keys.revokedCampaigns()], revokedAt === undefined ? [campaignId] : [campaignId, revokedAt]));
     return this.sweep('revoke_sweep', ['campaign', campaignId], [at]);
   }
 
@@ -203,7 +203,7 @@ export class TokenStore {
       for (let from = 0; from >= 0; ) {
         const keys = [...head];
         for (let b = from; b < Math.min(from + SWEEP_WINDOW, BUCKETS_PER_SHARD); b++) keys.push(k.bucket(shard, b));
-        const r = (await this.s[script]!(keys, [...what, shard, BUCKETS_PER_SHARD, from, SWEEP_BUDGET, ...more])) as [string, number, number];
+        const r = (await this.s[script](keys, [...what, shard, BUCKETS_PER_SHARD, from, SWEEP_BUDGET, ...more])) as [string, number, number];
         changed += Number(r[1]);
         from = Number(r[2]);
       }
@@ -215,7 +215,7 @@ export class TokenStore {
   async listRedeemed(ownerSatelliteId: string, ownerUserId: string): Promise<RedeemedToken[]> {
     const p = placeOfOwner(ownerSatelliteId, ownerUserId);
     const [bucket, dict, , rd] = this.keys.tokenKeys(p);
-    const r = (await this.s.list_redeemed!([bucket!, dict!, rd!], [ownerSatelliteId, ownerUserId, p.refHint, p.prefix])) as string[];
+    const r = (await this.s.list_redeemed([bucket!, dict!, rd!], [ownerSatelliteId, ownerUserId, p.refHint, p.prefix])) as string[];
     const out: RedeemedToken[] = [];
     for (let i = 0; i < r.length; i += 5) {
       out.push({ token: dashed(r[i]!), campaignId: r[i + 1]!, redeemerSatelliteId: r[i + 2]!, redeemerUserId: r[i + 3]!, redeemedAt: Number(r[i + 4]) });
@@ -226,7 +226,7 @@ export class TokenStore {
   async listUnredeemed(ownerSatelliteId: string, ownerUserId: string): Promise<UnredeemedToken[]> {
     const p = placeOfOwner(ownerSatelliteId, ownerUserId);
     const keys = this.keys.tokenKeys(p).slice(0, 3);
-    const r = (await this.s.list!(keys, [ownerSatelliteId, ownerUserId, p.refHint, p.prefix])) as string[];
+    const r = (await this.s.list(keys, [ownerSatelliteId, ownerUserId, p.refHint, p.prefix])) as string[];
     const out: UnredeemedToken[] = [];
     for (let i = 0; i < r.length; i += 4) {
       const t: UnredeemedToken = { token: dashed(r[i]!), campaignId: r[i + 1]!, createdAt: Number(r[i + 2]) };
