@@ -1,3 +1,8 @@
+import type { ErrorCode } from '../errors.js';
+
+/** The manager's wire codes, and `unavailable`: the client's own, for a manager it could not reach. */
+export type ClientErrorCode = ErrorCode | 'unavailable';
+
 /**
  * A refusal from the Referral Manager, carrying the wire code (`token_already_redeemed`, `rate_limited`, ...).
  * Transport failures (timeouts, refused connections) use code `unavailable` and status 0, so callers
@@ -5,7 +10,7 @@
  */
 export class ReferralError extends Error {
   constructor(
-    readonly code: string,
+    readonly code: ClientErrorCode,
     readonly status: number,
     message: string,
     /** seconds, from Retry-After on 429/503 */

@@ -1,7 +1,7 @@
 import { Pool } from 'undici';
 import { ReferralError } from './error.js';
 import { msgpackRequest, retryAfterMs } from '../msgpack.js';
-import { errorCatalogue } from '../errors.js';
+import { errorCatalogue, type ErrorCode } from '../errors.js';
 
 export interface TransportOptions {
   /** base URL of the manager, e.g. http://127.0.0.1:7480, or https://gw.example/referrals behind a gateway that routes by path */
@@ -61,7 +61,7 @@ export class Transport {
     const e = res.data as { error?: unknown; message?: unknown } | undefined;
     // only the manager's own codes: a gateway's JSON error ({error: "Bad Gateway"}) is mapped by its status below
     if (!ok && !res.undecodable && typeof e?.error === 'string' && Object.hasOwn(errorCatalogue, e.error)) {
-      throw new ReferralError(e.error, res.status, typeof e.message === 'string' ? e.message : `HTTP ${res.status}`, retry);
+      throw new ReferralError(e.error as ErrorCode, res.status, typeof e.message === 'string' ? e.message : `HTTP ${res.status}`, retry);
     }
     // not a reply of the manager: e.g. a proxy's error page in front of it; a gateway error is worth a retry,
     // and a gateway's own throttling (429) is a rate limit like the manager's
