@@ -29,7 +29,7 @@ const int = (min: number, max = Number.MAX_SAFE_INTEGER): Parser<number> => (raw
   const n = Number(raw);
   // no bound an operator would type: "expected 1..9007199254740991" read like a bug
   const range = max === Number.MAX_SAFE_INTEGER ? `an integer >= ${min}` : `${min}..${max}`;
-  if (!Number.isSafeInteger(n) || n < min || n > max) throw new Error(`expected ${range}, got ${n}`);
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new Error(`expected ${range}, got ${raw.trim()}`);
   return n;
 };
 
