@@ -8,6 +8,7 @@ import { privateRedis, testCluster, type RestartableRedis } from './helpers/http
 import { testDatabase } from './helpers/pg.js';
 import { caughtUp, each, generateTokens, sleep, snapshotFixture } from './helpers/snapshot.js';
 import { openPostgres, readSnapshotStatus, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
+import { snapshotMetrics } from '../src/snapshot/metrics.js';
 import { checkout } from '../src/snapshot/schema.js';
 import { GROUP } from '../src/snapshot/lag.js';
 import { Keys } from '../src/store/keys.js';
@@ -32,6 +33,7 @@ afterEach(async () => {
 });
 const exited = (c: ChildProcess) =>
   new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => c.once('exit', (code, signal) => r({ code, signal })));
+const redisErrors = async () => (await snapshotMetrics.errors.get()).values.find((v) => v.labels.where === 'redis')?.value ?? 0;
 const count = async (pool: pg.Pool, table: string) => Number((await pool.query(`SELECT count(*) AS n FROM ${table}`)).rows[0].n);
 
 /**
@@ -328,6 +330,31 @@ describe('snapshot writer under faults (real processes)', () => {
   // pg-pool takes its 'error' listener off a client it lends out: a connection dropped between two queries
   // of the writer's transaction raised an unhandled 'error' that ended the process (serve with its API;
   // a review helper's proxy kills took it down on the 3rd try)
+  // the writer counted and logged a failure outside Postgres only while Postgres was up, so a writer that
+  // never reached Redis (nor, before it, Postgres) sat in backoff with no log line and no error counted
+  it('Redis unreachable from the start: the writer logs it and counts rm_snapshot_errors_total{where="redis"}', async () => {
+    const lines: string[] = [];
+    const before = await redisErrors();
+    const w = await startSnapshotWriter(loadConfig({ redisUrl: `redis://127.0.0.1:${await freePort()}`, keyPrefix: 'never', databaseUrl: 'postgres://postgres@127.0.0.1:1/never' }), {
+      log: (level, msg) => lines.push(`${level}: ${msg}`),
+    });
+    let stopped = false;
+    try {
+      // the first command fails at the writer's 10 s command timeout
+      for (const end = Date.now() + 20_000; Date.now() < end && !lines.length; ) await sleep(50);
+      expect(lines[0]).toMatch(/^warn: redis: /);
+      expect(await redisErrors()).toBeGreaterThan(before);
+      // and a stop does not wait out the timeouts of the lease and status writes (it took 12.5 s, past
+      // Docker's 10 s stop grace): the writer is mid-command again by now
+      const t0 = performance.now();
+      await w.stop();
+      stopped = true;
+      expect(performance.now() - t0).toBeLessThan(9000);
+    } finally {
+      if (!stopped) await w.stop();
+    }
+  });
+
   it('a connection dropped while the writer holds a client between two queries fails its next query, not the process', async () => {
     const proxy = await pgProxy(snap.db.url);
     const pool = await openPostgres(proxy.url, 1);

@@ -92,12 +92,15 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     pendingMode.fill(true);
   };
 
+  // the failures onPostgres counted already; any other failure of a round is Redis' (or a bug) and counted once
+  const counted = new WeakSet<object>();
   /** Runs a Postgres step; its failure marks Postgres down (metrics, one warning) before it propagates. */
   async function onPostgres<T>(step: () => Promise<T>): Promise<T> {
     try {
       return await step();
     } catch (err) {
       setDown(err, 'postgres');
+      if (err instanceof Object) counted.add(err);
       throw err;
     }
   }
@@ -282,7 +285,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         backoff = 100;
         if (n < perShard) await sleep(config.snapshotFlushMs);
       } catch (err) {
-        if (pgState === 'up') setDown(err, 'redis');
+        // counted whatever Postgres' state: while it was down (or not yet reached) a Redis failure went unseen
+        if (!(err instanceof Object && counted.has(err))) setDown(err, 'redis');
         if (/NOGROUP/.test((err as Error).message)) groupsReady = false;
         await sleep(backoff);
         backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
@@ -325,16 +329,21 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       const ended = await Promise.race([loop.then(() => true), sleepFor(STOP_WAIT_MS, false, { signal: waited.signal }).catch(() => false)]);
       waited.abort(); // the timer must not keep a process that is done alive
       if (!ended) {
-        log('warn', `stopping: still waiting on Postgres after ${STOP_WAIT_MS} ms; dropping its connections (what was being written stays pending)`);
+        log('warn', `stopping: the round in hand still runs after ${STOP_WAIT_MS} ms; dropping its connections (what it was reading or writing stays pending)`);
         // a batch, a copy or the reachability check: pg has no public way to cut a query short, so the
         // sockets under every client of the pool are ended (its client list is pg-pool's own) and the queries fail at once
         const clients = (pool as unknown as { _clients?: unknown[] } | undefined)?._clients ?? [];
         for (const c of clients) (c as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+        // still running: a Redis command waits on a Redis that is down or hung (up to its 10 s timeout)
+        if (!(await Promise.race([loop.then(() => true), sleepFor(1000, false)]))) redis.disconnect();
         await loop;
       }
       await Promise.all(lanes.map((l) => l.prefetch?.catch(() => {})));
-      if (leader) await lease.release().catch(() => {});
-      await writeSnapshotStatus(redis, config.keyPrefix, { state: 'off', at: Date.now() }).catch(() => {});
+      // a Redis that is down would hold each of these for the command timeout; the lease lapses by itself
+      if (redis.status === 'ready') {
+        if (leader) await lease.release().catch(() => {});
+        await writeSnapshotStatus(redis, config.keyPrefix, { state: 'off', at: Date.now() }).catch(() => {});
+      }
       await pool?.end().catch(() => {});
       redis.disconnect();
     },
