@@ -11,9 +11,28 @@ import * as sweep from './sweep.js';
  * `npm run bench`: every benchmark in one run, one after another so they do not share the CPU,
  * then a summary against the targets, also written to bench/results.json.
  * Sizes: BENCH_ENGINE_TOKENS (default 1,000,000 per tokens-per-user case), BENCH_ENGINE_CONCURRENCY (generate
- * calls in flight, 4), BENCH_ENGINE_MASTERS (deployments: 1 = one redis-server, N = a Cluster of N masters; "1,3"), BENCH_HTTP_TOKENS (300,000 redeems per target), BENCH_SNAPSHOT_EVENTS (500,000), BENCH_SWEEP_TOKENS (1,000,000).
+ * calls in flight, 4), BENCH_ENGINE_MASTERS (deployments: 1 = one redis-server, N = a Cluster of N masters; "1,3"), BENCH_HTTP_TOKENS (300,000 redeems per target), BENCH_WORKERS (workers of ours, 1), BENCH_SNAPSHOT_EVENTS (500,000),
+ * BENCH_SWEEP_TOKENS (1,000,000); BENCH_DATABASE_URL the Postgres server the bench makes its databases on.
  */
-const env = (name: string, dflt: number) => Number(process.env[name] ?? dflt);
+/** A positive whole number from the environment: a typo stops the run before ~8 minutes of work, not as NaN in the middle */
+const env = (name: string, dflt: number): number => {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return dflt;
+  if (!/^\d+$/.test(raw.trim()) || Number(raw) < 1) {
+    console.error(`${name}: expected a whole number >= 1, got "${raw}"`);
+    process.exit(2);
+  }
+  return Number(raw);
+};
+// read before anything runs
+const sizes = {
+  engineTokens: env('BENCH_ENGINE_TOKENS', 1_000_000),
+  engineConcurrency: env('BENCH_ENGINE_CONCURRENCY', 4),
+  sweepTokens: env('BENCH_SWEEP_TOKENS', 1_000_000),
+  httpTokens: env('BENCH_HTTP_TOKENS', 300_000),
+  workers: env('BENCH_WORKERS', 1),
+  snapshotEvents: env('BENCH_SNAPSHOT_EVENTS', 500_000),
+};
 const server = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 
 async function withDatabase<T>(fn: (url: string) => Promise<T>): Promise<T> {
@@ -35,22 +54,22 @@ console.log(`# referral-manager benchmarks, ${started}, ${os.cpus().length} core
 
 console.log('## Token engine: generation and memory per token (private redis-server, then a private 3-master Redis Cluster)');
 const engineResult = await runEngineBench({
-  tokens: env('BENCH_ENGINE_TOKENS', 1_000_000),
-  concurrency: [env('BENCH_ENGINE_CONCURRENCY', 4)],
+  tokens: sizes.engineTokens,
+  concurrency: [sizes.engineConcurrency],
   masters: (process.env.BENCH_ENGINE_MASTERS ?? '1,3').split(',').map(Number),
 });
 printEngine(engineResult);
 
 console.log('\n## Revoke sweeps while a satellite redeems (private redis-server)');
-const sweepResult = await sweep.run({ tokens: env('BENCH_SWEEP_TOKENS', 1_000_000) });
+const sweepResult = await sweep.run({ tokens: sizes.sweepTokens });
 
 console.log('\n## HTTP redeem (autocannon from code, 100 connections, MessagePack bodies)');
 const httpResult = await withDatabase((url) =>
-  http.run({ tokens: env('BENCH_HTTP_TOKENS', 300_000), workers: env('BENCH_WORKERS', 1), snapshotDatabaseUrl: url }),
+  http.run({ tokens: sizes.httpTokens, workers: sizes.workers, snapshotDatabaseUrl: url }),
 );
 
 console.log('\n## Snapshot writer catch-up into Postgres');
-const snapResult = await snapshot.run({ events: env('BENCH_SNAPSHOT_EVENTS', 500_000), databaseUrl: server });
+const snapResult = await snapshot.run({ events: sizes.snapshotEvents, databaseUrl: server });
 
 const summary = {
   started,
