@@ -12,7 +12,7 @@ import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { sampleLag } from '../src/snapshot/index.js';
 import { treeCpuSeconds } from './proc.js';
-import { freePort, redisCpuSeconds, waitForOutput } from './redis-server.js';
+import { freePort, reaped, redisCpuSeconds, waitForOutput } from './redis-server.js';
 import { watchLag } from './snapshot.js';
 
 /**
@@ -71,7 +71,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const nodeFlags = process.env.BENCH_NODE_FLAGS?.split(' ').filter(Boolean) ?? [];
 
 async function start(args: string[], env: Record<string, string> = {}): Promise<ChildProcess> {
-  const proc = spawn(process.execPath, [...nodeFlags, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const proc = reaped(spawn(process.execPath, [...nodeFlags, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] }));
   await waitForOutput(proc, /listening/, args.join(' '), 60_000);
   return proc;
 }

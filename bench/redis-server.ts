@@ -39,6 +39,38 @@ export function hasRedisServer(): boolean {
 
 const serverArgs = (port: number, dir: string) => ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'];
 
+const children = new Set<ChildProcess>();
+
+/**
+ * `proc` dies with this process, also on Ctrl-C or SIGTERM: an interrupted `npm run bench` left its private
+ * redis-servers running, holding gigabytes, and its servers under test on their ports.
+ */
+export function reaped(proc: ChildProcess): ChildProcess {
+  if (children.size === 0) hookExit();
+  children.add(proc);
+  proc.once('exit', () => children.delete(proc));
+  return proc;
+}
+
+let hooked = false;
+function hookExit(): void {
+  if (hooked) return;
+  hooked = true;
+  const killAll = () => {
+    for (const c of children) {
+      c.kill('SIGCONT'); // a paused (SIGSTOP) server does not act on signals
+      c.kill('SIGKILL');
+    }
+  };
+  process.on('exit', killAll);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(sig, () => {
+      killAll();
+      process.kill(process.pid, sig); // then as if unhandled: the default action, or another listener's
+    });
+  }
+}
+
 /** Signals a child process and waits for its exit (at once if it has exited already). */
 export function kill(proc: ChildProcess, signal: NodeJS.Signals): Promise<void> {
   return new Promise((resolve) => {
@@ -51,7 +83,7 @@ export function kill(proc: ChildProcess, signal: NodeJS.Signals): Promise<void> 
 export async function startRedis(extraArgs: string[] = []): Promise<PrivateRedis> {
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), 'rm-bench-redis-'));
-  const proc = spawn('redis-server', [...serverArgs(port, dir), ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = reaped(spawn('redis-server', [...serverArgs(port, dir), ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] }));
   try {
     await ready(proc, `redis-server :${port}`);
   } catch (err) {
@@ -86,7 +118,7 @@ export async function startCluster(masters = 3, extraArgs: string[] = []): Promi
   const start = async (i: number) => {
     const port = ports[i]!;
     const bus = ['--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${port}.conf`), '--cluster-port', String(ports[masters + i])];
-    const proc = spawn('redis-server', [...serverArgs(port, dir), ...bus, ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = reaped(spawn('redis-server', [...serverArgs(port, dir), ...bus, ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] }));
     procs[i] = proc;
     await ready(proc, `redis-server :${port}`);
   };
