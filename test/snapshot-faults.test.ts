@@ -12,7 +12,6 @@ import { snapshotMetrics } from '../src/snapshot/metrics.js';
 import { checkout } from '../src/snapshot/schema.js';
 import { GROUP } from '../src/snapshot/lag.js';
 import { Keys } from '../src/store/keys.js';
-import { leaseKey } from '../src/snapshot/status.js';
 import { createRedis } from '../src/store/redis.js';
 import { loadConfig, type Config } from '../src/config.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
@@ -144,7 +143,7 @@ describe('snapshot writer under faults (real processes)', () => {
     expect(await secondExit).toMatchObject({ signal: 'SIGKILL' });
     const partial = await count(snap.pool, 'token_events');
     expect(partial).toBeLessThan(events); // it really died part-way
-    await snap.fx.redis.del(leaseKey(snap.fx.prefix)); // the lease would lapse in 10 s; the previous step already proved that wait
+    await snap.fx.redis.del(new Keys(snap.fx.prefix).snapshotLease()); // the lease would lapse in 10 s; the previous step already proved that wait
 
     await each(tokens.slice(5000, 6000), 32, async (t, i) => expect((await snap.fx.engine.redeem(t, 'sat-c', `s${i}`)).code).toBe('ok'));
     events += 1000;

@@ -2,10 +2,10 @@ import type { Command } from 'commander';
 import { startOpsServer } from '../../src/http/ops.js';
 import { anyKey, engineKeys, registerMarkedRevocations, RESTORE_LANES, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, revocationGaps, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
 import { clusterFailures, dropKeys, type RedisClient } from '../../src/store/redis.js';
+import { Keys } from '../../src/store/keys.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { configFrom, connectRedis, openSnapshot } from '../context.js';
-import { leaseKey } from '../../src/snapshot/status.js';
 
 /**
  * Ready: the writer reaches Redis (on a Cluster every master: a lost one holds event streams it cannot
@@ -91,9 +91,9 @@ export function register(program: Command): void {
           for (let i = 0; i < stale.length; i += 500) await Promise.all(stale.slice(i, i + 500).map((k) => redis.unlink(k)));
           // failures counted against the emptied Redis (every token a 404) were no guesses: a satellite
           // that crossed the limit then stayed refused (429) for the rest of the window after the restore
-          const windows = await dropKeys(redis, `${config.keyPrefix}:rl:*`);
+          const windows = await dropKeys(redis, new Keys(config.keyPrefix).failurePattern());
           if (windows) console.log(`cleared ${windows} rate-limit windows`);
-          if (await redis.exists(leaseKey(config.keyPrefix))) {
+          if (await redis.exists(new Keys(config.keyPrefix).snapshotLease())) {
             console.error('note: a snapshot writer holds its lease (serve or snapshot is running against this Redis): what changes during the restore reaches Postgres as usual, but stopping them first is safer (docs/snapshot.md#restore)');
           }
         }

@@ -1,4 +1,5 @@
 import { isIP } from 'node:net';
+import { Keys } from '../store/keys.js';
 import type { RedisClient } from '../store/redis.js';
 
 const MAX_BLOCKED = 100_000;
@@ -51,7 +52,7 @@ export interface Block {
  * token_expired: the answers a guess gets) per satellite and per client IP (the end user's, when the
  * satellite names it in X-End-User-IP: one user guessing through a satellite's sign-up form is stopped
  * long before the satellite as a whole is), across all worker processes:
- * each failure INCRs a Redis counter per fixed window (`<prefix>:rl:<kind>:<who>:<window>`), so at most
+ * each failure INCRs a Redis counter per fixed window (Keys.failures), so at most
  * `limit` failures per window get a real answer cluster-wide; the one that crosses the limit is answered
  * 429 instead. A worker that sees the limit crossed remembers the block in process until the window ends,
  * so successful requests never pay a Redis call for the limiter; another worker learns of the block at its
@@ -59,14 +60,17 @@ export interface Block {
  */
 export class FailureLimiter {
   private readonly blocked = new Map<string, number>();
+  private readonly keys: Keys;
 
   /** `limits`: failures per window allowed per IP (address block) and per satellite */
   constructor(
     private readonly redis: RedisClient,
-    private readonly prefix: string,
+    prefix: string,
     private readonly limits: { ip: number; satellite: number },
     private readonly windowMs: number,
-  ) {}
+  ) {
+    this.keys = new Keys(prefix);
+  }
 
   /** The wait if the satellite or the IP is blocked in this process, else undefined. */
   check(satelliteId: string, ip: string, now = Date.now()): Block | undefined {
@@ -80,7 +84,7 @@ export class FailureLimiter {
     const end = (window + 1) * this.windowMs;
     const whos = [`s:${satelliteId}`, `i:${addressBlock(ip)}`];
     const limits = [this.limits.satellite, this.limits.ip];
-    const counts = await Promise.all(whos.map((w) => this.count(`${this.prefix}:rl:${w}:${window}`)));
+    const counts = await Promise.all(whos.map((w) => this.count(this.keys.failures(w, window))));
     let block: Block | undefined;
     counts.forEach((n, i) => {
       if (n > limits[i]!) {

@@ -1,3 +1,4 @@
+import { Keys } from '../store/keys.js';
 import type { RedisClient } from '../store/redis.js';
 
 /** What any process (e.g. an HTTP worker's /readyz) can learn about the snapshot writer. */
@@ -10,17 +11,15 @@ export interface SnapshotStatus {
   at?: number;
 }
 
-export const statusKey = (prefix: string): string => `${prefix}:{snap}:status`;
-export const leaseKey = (prefix: string): string => `${prefix}:{snap}:lease`;
 /** the writer refreshes the status every second; a writer gone for this long reads as off */
 export const STATUS_TTL_MS = 5000;
 
 export async function writeSnapshotStatus(redis: RedisClient, prefix: string, s: SnapshotStatus): Promise<void> {
-  await redis.set(statusKey(prefix), JSON.stringify(s), 'PX', STATUS_TTL_MS);
+  await redis.set(new Keys(prefix).snapshotStatus(), JSON.stringify(s), 'PX', STATUS_TTL_MS);
 }
 
 export async function readSnapshotStatus(redis: RedisClient, prefix: string): Promise<SnapshotStatus> {
-  const raw = await redis.get(statusKey(prefix));
+  const raw = await redis.get(new Keys(prefix).snapshotStatus());
   if (!raw) return { state: 'off' };
   try {
     return JSON.parse(raw) as SnapshotStatus;

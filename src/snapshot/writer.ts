@@ -13,7 +13,7 @@ import { CampaignCopy } from './campaigns.js';
 import { RevocationCopy } from './revoked.js';
 import { SatelliteCopy } from './satellites.js';
 import { checkout, openPostgres } from './schema.js';
-import { leaseKey, writeSnapshotStatus, type SnapshotStatus } from './status.js';
+import { writeSnapshotStatus, type SnapshotStatus } from './status.js';
 
 export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
 
@@ -59,7 +59,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const redis: RedisClient = createRedis(config, { connectionName: 'referral-manager-snapshot', commandTimeoutMs: 10_000 });
   redis.on('error', () => {}); // reconnects by itself; failures surface as command errors below
   const keys = new Keys(config.keyPrefix);
-  const lease = new Lease(redis, leaseKey(config.keyPrefix), opts.leaseMs ?? 10_000);
+  const lease = new Lease(redis, keys.snapshotLease(), opts.leaseMs ?? 10_000);
   const perShard = Math.max(1, Math.ceil(config.snapshotBatch / 8));
   const satellites = new SatelliteCopy(redis, config.keyPrefix);
   const campaigns = new CampaignCopy(redis, config.keyPrefix);

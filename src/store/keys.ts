@@ -44,6 +44,7 @@ function placeOf(v: number): Place {
   return { shard: v >>> BUCKET_BITS, bucket: v & (BUCKETS_PER_SHARD - 1), prefix: v.toString(16).padStart(4, '0'), value: v };
 }
 
+/** Every key under a prefix but the satellite registry's (SatelliteKeys, store/satellites.ts) and campaigns' (CampaignKeys, store/campaigns.ts). */
 export class Keys {
   constructor(readonly prefix: string) {}
 
@@ -74,6 +75,23 @@ export class Keys {
    */
   revokedCampaigns(): string {
     return `${this.prefix}:{revoked}:campaigns`;
+  }
+  /**
+   * A failure counter of the HTTP rate limiter (src/http/rate-limit.ts) for one window: `who` is `s:<satellite>`
+   * or `i:<address block>`. A single-key INCR, so no hash tag; restore --force clears them (failurePattern).
+   */
+  failures(who: string, window: number): string {
+    return `${this.prefix}:rl:${who}:${window}`;
+  }
+  failurePattern(): string {
+    return `${this.prefix}:rl:*`;
+  }
+  /** The snapshot writer's status (read by every /readyz) and its single-writer lease: single-key commands. */
+  snapshotStatus(): string {
+    return `${this.prefix}:{snap}:status`;
+  }
+  snapshotLease(): string {
+    return `${this.prefix}:{snap}:lease`;
   }
   /** KEYS of the single-token scripts, in their header order */
   tokenKeys(p: Place): string[] {
