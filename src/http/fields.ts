@@ -1,0 +1,12 @@
+/** JSON-schema pieces and reply helpers the satellite and admin routes share. */
+
+export const id = { type: 'string', minLength: 1, maxLength: 128 };
+export const token = { type: 'string', minLength: 36, maxLength: 36 };
+export const nullable = (maxLength: number) => ({ type: 'string', nullable: true, minLength: 1, maxLength });
+export const obj = (required: string[], properties: Record<string, object>) => ({ type: 'object', required, properties });
+
+/** Drops undefined fields, which MessagePack would otherwise carry as nil. */
+export function defined<T extends object>(o: T): T {
+  for (const k of Object.keys(o) as (keyof T)[]) if (o[k] === undefined) delete o[k];
+  return o;
+}
