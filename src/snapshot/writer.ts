@@ -1,12 +1,11 @@
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import type pg from 'pg';
-import { pushTo } from '../collections.js';
 import type { Config } from '../config.js';
 import { clusterMasters, createRedis, type RedisClient } from '../store/redis.js';
 import { Keys, SHARDS } from '../store/keys.js';
 import { applyEvents } from './apply.js';
-import { compareIds, parseEntry, type StreamEvent } from './events.js';
-import { GROUP, reportLag } from './lag.js';
+import type { StreamEvent } from './events.js';
+import { reportLag } from './lag.js';
 import { Lease } from '../store/lease.js';
 import { snapshotMetrics as m } from './metrics.js';
 import { CampaignCopy } from './campaigns.js';
@@ -14,6 +13,7 @@ import { RevocationCopy } from './revoked.js';
 import { SatelliteCopy } from './satellites.js';
 import { checkout, openPostgres } from './schema.js';
 import { writeSnapshotStatus, type SnapshotStatus } from './status.js';
+import { ShardStreams, type ReadResult } from './streams.js';
 
 export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
 
@@ -34,8 +34,6 @@ export interface SnapshotWriter {
   /** on a Redis Cluster, each master's state (`clusterMasters`): a lost one holds event streams the writer cannot read */
   clusterMasters(): ReturnType<typeof clusterMasters>;
 }
-
-type XReadReply = [string, [string, string[] | null][]][] | null;
 
 const BACKOFF_MAX_MS = 5000;
 /**
@@ -60,7 +58,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   redis.on('error', () => {}); // reconnects by itself; failures surface as command errors below
   const keys = new Keys(config.keyPrefix);
   const lease = new Lease(redis, keys.snapshotLease(), opts.leaseMs ?? 10_000);
-  const perShard = Math.max(1, Math.ceil(config.snapshotBatch / 8));
+  const streams = new ShardStreams(redis, keys, consumer, Math.max(1, Math.ceil(config.snapshotBatch / 8)));
   const satellites = new SatelliteCopy(redis, config.keyPrefix);
   const campaigns = new CampaignCopy(redis, config.keyPrefix);
   const revoked = new RevocationCopy(redis, config.keyPrefix);
@@ -74,10 +72,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   let pgState: 'up' | 'down' = 'down';
   let warned = false;
   let commits = 0;
-  let groupsReady = false;
   let lag = { events: 0, seconds: 0 };
-  // a shard re-reads its pending entries (id 0) after a start or a failure, then new ones ('>')
-  const pendingMode = new Array<boolean>(SHARDS).fill(true);
 
   const setDown = (err: unknown, where: string) => {
     m.errors.inc({ where });
@@ -89,7 +84,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     } else {
       log('warn', `${where}: ${(err as Error).message}`);
     }
-    pendingMode.fill(true);
+    streams.rereadAll();
   };
 
   // the failures onPostgres counted already; any other failure of a round is Redis' (or a bug) and counted once
@@ -103,49 +98,6 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       if (err instanceof Object) counted.add(err);
       throw err;
     }
-  }
-
-  async function ensureGroups(): Promise<void> {
-    if (groupsReady) return;
-    await Promise.all(
-      Array.from({ length: SHARDS }, (_, s) =>
-        redis.xgroup('CREATE', keys.events(s), GROUP, '0', 'MKSTREAM').catch((err: Error) => {
-          if (!/BUSYGROUP/.test(err.message)) throw err;
-        }),
-      ),
-    );
-    groupsReady = true;
-  }
-
-  interface ReadResult {
-    events: StreamEvent[];
-    /** pending ids whose entries were trimmed: ack only */
-    empty: Map<number, string[]>;
-    /** shards whose pending entries are all re-read: they switch to new entries once this result is used */
-    drained: number[];
-  }
-
-  async function read(shards: number[]): Promise<ReadResult> {
-    const events: StreamEvent[] = [];
-    const empty = new Map<number, string[]>();
-    const drained: number[] = [];
-    const modes = shards.map((s) => pendingMode[s]);
-    const replies = await Promise.all(
-      shards.map(
-        (s, i) => redis.xreadgroup('GROUP', GROUP, consumer, 'COUNT', perShard, 'STREAMS', keys.events(s), modes[i] ? '0' : '>') as Promise<XReadReply>,
-      ),
-    );
-    replies.forEach((reply, i) => {
-      const s = shards[i]!;
-      const entries = reply?.[0]?.[1] ?? [];
-      if (modes[i] && entries.length === 0) drained.push(s);
-      for (const [id, fields] of entries) {
-        const e = parseEntry(s, id, fields);
-        if (e) events.push(e);
-        else pushTo(empty, s, id);
-      }
-    });
-    return { events, empty, drained };
   }
 
   async function commit(batch: StreamEvent[]): Promise<void> {
@@ -169,31 +121,12 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     if (config.snapshotTestCrashAfterCommit > 0 && commits >= config.snapshotTestCrashAfterCommit) process.kill(process.pid, 'SIGKILL');
   }
 
-  async function ackAndTrim(batch: StreamEvent[]): Promise<void> {
-    const byShard = new Map<number, string[]>();
-    for (const e of batch) pushTo(byShard, e.shard, e.id);
-    await Promise.all(
-      [...byShard].map(async ([s, ids]) => {
-        await redis.xack(keys.events(s), GROUP, ...ids);
-        if (pendingMode[s]) return;
-        // everything below the newest committed id of this shard is committed (entries are read in order),
-        // except entries still pending: delivered to a writer that has not committed them (our own next
-        // round, or a paused ex-holder's read); they stay until the pending sweep writes them
-        let below = ids.reduce((a, b) => (compareIds(a, b) >= 0 ? a : b));
-        const [waiting, oldest] = (await redis.xpending(keys.events(s), GROUP)) as [number, string | null];
-        if (waiting > 0 && oldest && compareIds(oldest, below) < 0) below = oldest;
-        await redis.xtrim(keys.events(s), 'MINID', '~', below);
-      }),
-    );
-  }
-
   /** Pending ids whose entries are gone (trimmed by something else): acked, but never silently. */
   async function ackLost(empty: Map<number, string[]>): Promise<void> {
-    if (empty.size === 0) return;
-    const n = [...empty.values()].reduce((sum, ids) => sum + ids.length, 0);
+    const n = await streams.ackLost(empty);
+    if (n === 0) return;
     m.errors.inc({ where: 'lost' }, n);
     log('error', `${n} pending stream entries were trimmed before they reached Postgres; run \`referral-manager verify\``);
-    await Promise.all([...empty].map(([s, ids]) => redis.xack(keys.events(s), GROUP, ...ids)));
   }
 
   // Lanes: shards split into groups, each applying its own batches on its own connection, so Postgres
@@ -209,12 +142,12 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     // taken before the await: a failed prefetch must not be awaited again by every later round
     const prefetched = lane.prefetch;
     lane.prefetch = undefined;
-    const got = await (prefetched ?? read(lane.shards));
-    for (const s of got.drained) pendingMode[s] = false;
+    const got = await (prefetched ?? streams.read(lane.shards));
+    streams.used(got);
     const { events, empty } = got;
     await ackLost(empty);
-    if (events.length >= perShard && !lane.shards.some((s) => pendingMode[s])) {
-      lane.prefetch = read(lane.shards);
+    if (events.length >= streams.perShard && !streams.rereading(lane.shards)) {
+      lane.prefetch = streams.read(lane.shards);
       // it may fail (Redis restarted empty: NOGROUP) while the batch is being written, before anything
       // awaits it; unhandled, that rejection would end the process (serve with it). It is awaited later.
       lane.prefetch.catch(() => {});
@@ -223,13 +156,13 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       for (let i = 0; i < events.length && running && leader; i += config.snapshotBatch) {
         const batch = events.slice(i, i + config.snapshotBatch);
         await onPostgres(() => commit(batch));
-        await ackAndTrim(batch);
+        await streams.ackAndTrim(batch);
       }
     } catch (err) {
       // what was prefetched stays pending in Redis and is re-read with the rest
       await lane.prefetch?.catch(() => {});
       lane.prefetch = undefined;
-      pendingMode.fill(true);
+      streams.rereadAll();
       throw err;
     }
     return events.length;
@@ -239,7 +172,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   async function rereadPending(): Promise<void> {
     await Promise.all(lanes.map((l) => l.prefetch?.catch(() => {})));
     for (const l of lanes) l.prefetch = undefined;
-    pendingMode.fill(true);
+    streams.rereadAll();
   }
 
   const loop = (async () => {
@@ -274,7 +207,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           warned = false;
           m.postgresUp.set(1);
         }
-        await ensureGroups();
+        await streams.ensureGroups();
         if (await satellites.due()) await onPostgres(() => satellites.write(db));
         if (await revoked.due()) await onPostgres(() => revoked.write(db));
         if (await campaigns.due()) await onPostgres(() => campaigns.write(db));
@@ -283,11 +216,11 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         if (failed) throw failed.reason;
         const n = rounds.reduce((sum, r) => sum + (r as PromiseFulfilledResult<number>).value, 0);
         backoff = 100;
-        if (n < perShard) await sleep(config.snapshotFlushMs);
+        if (n < streams.perShard) await sleep(config.snapshotFlushMs);
       } catch (err) {
         // counted whatever Postgres' state: while it was down (or not yet reached) a Redis failure went unseen
         if (!(err instanceof Object && counted.has(err))) setDown(err, 'redis');
-        if (/NOGROUP/.test((err as Error).message)) groupsReady = false;
+        if (/NOGROUP/.test((err as Error).message)) streams.lostGroups();
         await sleep(backoff);
         backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
       }

@@ -1,0 +1,115 @@
+import { pushTo } from '../collections.js';
+import type { Keys } from '../store/keys.js';
+import { SHARDS } from '../store/keys.js';
+import type { RedisClient } from '../store/redis.js';
+import { compareIds, parseEntry, type StreamEvent } from './events.js';
+import { GROUP } from './lag.js';
+
+type XReadReply = [string, [string, string[] | null][]][] | null;
+
+export interface ReadResult {
+  events: StreamEvent[];
+  /** pending ids whose entries were trimmed: ack only */
+  empty: Map<number, string[]>;
+  /** shards whose pending entries are all re-read: they switch to new entries once this result is used */
+  drained: number[];
+}
+
+/**
+ * The writer's side of the shards' event streams: the consumer group, reads, acks and trims. A shard
+ * re-reads its pending entries (id 0) after a start or a failure (`rereadAll`), then reads new ones ('>').
+ */
+export class ShardStreams {
+  private readonly pendingMode = new Array<boolean>(SHARDS).fill(true);
+  private groupsReady = false;
+
+  constructor(
+    private readonly redis: RedisClient,
+    private readonly keys: Keys,
+    private readonly consumer: string,
+    /** entries read per shard and call */
+    readonly perShard: number,
+  ) {}
+
+  /** Creates every shard's stream and group once, and again after `lostGroups` (a Redis that lost its data). */
+  async ensureGroups(): Promise<void> {
+    if (this.groupsReady) return;
+    await Promise.all(
+      Array.from({ length: SHARDS }, (_, s) =>
+        this.redis.xgroup('CREATE', this.keys.events(s), GROUP, '0', 'MKSTREAM').catch((err: Error) => {
+          if (!/BUSYGROUP/.test(err.message)) throw err;
+        }),
+      ),
+    );
+    this.groupsReady = true;
+  }
+
+  lostGroups(): void {
+    this.groupsReady = false;
+  }
+
+  /** Every shard re-reads its pending entries next: after a failure, or on taking the lease. */
+  rereadAll(): void {
+    this.pendingMode.fill(true);
+  }
+
+  /** Whether any of `shards` still re-reads its pending entries. */
+  rereading(shards: number[]): boolean {
+    return shards.some((s) => this.pendingMode[s]);
+  }
+
+  async read(shards: number[]): Promise<ReadResult> {
+    const events: StreamEvent[] = [];
+    const empty = new Map<number, string[]>();
+    const drained: number[] = [];
+    const modes = shards.map((s) => this.pendingMode[s]);
+    const replies = await Promise.all(
+      shards.map(
+        (s, i) => this.redis.xreadgroup('GROUP', GROUP, this.consumer, 'COUNT', this.perShard, 'STREAMS', this.keys.events(s), modes[i] ? '0' : '>') as Promise<XReadReply>,
+      ),
+    );
+    replies.forEach((reply, i) => {
+      const s = shards[i]!;
+      const entries = reply?.[0]?.[1] ?? [];
+      if (modes[i] && entries.length === 0) drained.push(s);
+      for (const [id, fields] of entries) {
+        const e = parseEntry(s, id, fields);
+        if (e) events.push(e);
+        else pushTo(empty, s, id);
+      }
+    });
+    return { events, empty, drained };
+  }
+
+  /** A read result is being used: its drained shards read new entries from now on. */
+  used(got: ReadResult): void {
+    for (const s of got.drained) this.pendingMode[s] = false;
+  }
+
+  /** Acks a committed batch and trims each shard below what is committed. */
+  async ackAndTrim(batch: StreamEvent[]): Promise<void> {
+    const byShard = new Map<number, string[]>();
+    for (const e of batch) pushTo(byShard, e.shard, e.id);
+    await Promise.all(
+      [...byShard].map(async ([s, ids]) => {
+        const stream = this.keys.events(s);
+        await this.redis.xack(stream, GROUP, ...ids);
+        if (this.pendingMode[s]) return;
+        // everything below the newest committed id of this shard is committed (entries are read in order),
+        // except entries still pending: delivered to a writer that has not committed them (our own next
+        // round, or a paused ex-holder's read); they stay until the pending sweep writes them
+        let below = ids.reduce((a, b) => (compareIds(a, b) >= 0 ? a : b));
+        const [waiting, oldest] = (await this.redis.xpending(stream, GROUP)) as [number, string | null];
+        if (waiting > 0 && oldest && compareIds(oldest, below) < 0) below = oldest;
+        await this.redis.xtrim(stream, 'MINID', '~', below);
+      }),
+    );
+  }
+
+  /** Acks pending ids whose entries are gone (trimmed by something else); how many. */
+  async ackLost(empty: Map<number, string[]>): Promise<number> {
+    if (empty.size === 0) return 0;
+    await Promise.all([...empty].map(([s, ids]) => this.redis.xack(this.keys.events(s), GROUP, ...ids)));
+    return [...empty.values()].reduce((sum, ids) => sum + ids.length, 0);
+  }
+}
