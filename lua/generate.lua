@@ -6,7 +6,9 @@
     bucket KEYS index, owner ref hint, satellite id, user id, token count n,
     the n tokens as 32 hex digits each, joined, then the same n tokens dashed (36 characters each), joined
     (two arguments an owner, not two a token: each argument costs the caller more than a string.sub costs here)
-  Reply: { created, collided token hex... } (a collision is astronomically unlikely, never silent), or
+  Reply: { created, collided token hex... } (a collision is astronomically unlikely, never silent): the
+  collided tokens existed before this call and are left as they were, so the caller, undoing its call, must
+  not revoke them; a token repeated inside the call is stored and counted once, so created falls short, or
   { 'campaign_revoked' } with nothing written when the campaign was revoked (revoke_sweep's campaign mark).
   Each redis.call and each new Lua string costs more than the work around it, so per owner: one HMGET
   (its first ref slot and every new suffix), one HSET (the owner record when new and every record), and
@@ -103,9 +105,9 @@ local ok, err = pcall(function()
     local tail = '\tunredeemed\t' .. sat .. '\t' .. user .. rowTail
     local fresh = 0
     for j = 1, n do
-      if got[j + 1] or (dup and dup[j]) then
+      if got[j + 1] then
         collided[#collided + 1] = string.sub(hex, j * 32 - 31, j * 32)
-      else
+      elseif not (dup and dup[j]) then
         call('XADD', ev, '*', 'type', 'generated', 'at', at, 'row', string.sub(dashed, j * 36 - 35, j * 36) .. tail)
         fresh = fresh + 1
       end

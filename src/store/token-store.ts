@@ -7,6 +7,13 @@ import { dashed, decodeResult, hexOf } from './codec.js';
 import { SATELLITE_COUNTERS, type CompleteCode, type RedeemCode, type ReleaseCode, type RedeemedToken, type Result, type RevokeCode, type Stats, type TokenSet, type TokenState, type UnredeemedToken } from './model.js';
 import { STATE_NAME } from './export.js';
 
+/** New tokens equal to tokens that existed before (hex): those were left untouched, and must stay so. */
+export class TokenCollision extends Error {
+  constructor(readonly hexes: string[]) {
+    super(`token collision on ${hexes.join(', ')}`);
+  }
+}
+
 export interface OwnerBatch {
   ownerSatelliteId: string;
   ownerUserId: string;
@@ -75,12 +82,9 @@ export class TokenStore {
     if (failed) throw failed.reason;
     const replies = settled.map((x) => (x as PromiseFulfilledResult<unknown>).value) as (number | string)[][];
     if (replies.some((r) => r[0] === 'campaign_revoked')) throw new DomainError('campaign_revoked', `campaign "${campaignId}" was revoked: no more tokens are made for it`);
-    let created = 0;
-    for (const r of replies) {
-      if (r.length > 1) throw new Error(`token collision on ${r.slice(1).join(', ')}`);
-      created += Number(r[0]);
-    }
-    return created;
+    const collided = replies.flatMap((r) => r.slice(1).map(String));
+    if (collided.length) throw new TokenCollision(collided);
+    return replies.reduce((sum, r) => sum + Number(r[0]), 0);
   }
 
   // the scripts also get the token dashed, for their reply and event row: cheaper passed on than made in Lua

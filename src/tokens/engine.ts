@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { DomainError } from '../errors.js';
 import { placeOfOwner } from '../store/keys.js';
-import type { OwnerBatch, TokenStore } from '../store/token-store.js';
+import { TokenCollision, type OwnerBatch, type TokenStore } from '../store/token-store.js';
 import type { CompleteCode, RedeemCode, RedeemedToken, ReleaseCode, Result, RevokeCode, Stats, Token, TokenState, UnredeemedToken } from '../store/model.js';
 import { mint, tokenAt } from './mint.js';
 import { checkCampaignId, checkId, checkToken } from './validate.js';
@@ -64,7 +64,9 @@ export class TokenEngine {
       if (created !== total) throw new Error(`generated ${created} of ${total} tokens`);
       if (req.signal?.aborted) throw new Error('generate: the caller stopped waiting before the tokens were made');
     } catch (err) {
-      await this.undo(tokens, campaignId);
+      // a token this call collided with is someone's already (of this campaign too, from an earlier call)
+      const theirs = err instanceof TokenCollision ? new Set(err.hexes) : undefined;
+      await this.undo(theirs ? tokens.filter((t) => !theirs.has(t.token.replaceAll('-', ''))) : tokens, campaignId);
       throw err;
     }
     return { campaignId, tokens };

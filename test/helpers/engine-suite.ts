@@ -5,8 +5,8 @@ import { DomainError } from '../../src/errors.js';
 import { decodeRow } from '../../src/store/codec.js';
 import { SHARDS, placeOfOwner, placeOfToken } from '../../src/store/keys.js';
 import type { Stats, Token, TokenSet, TokenState } from '../../src/store/model.js';
-import type { TokenStore } from '../../src/store/token-store.js';
-import { MAX_EXPIRES_AT, MAX_TOKENS_PER_CALL, type TokenEngine } from '../../src/tokens/engine.js';
+import { TokenCollision, type TokenStore } from '../../src/store/token-store.js';
+import { MAX_EXPIRES_AT, MAX_TOKENS_PER_CALL, TokenEngine } from '../../src/tokens/engine.js';
 import type { EngineFixture } from './redis.js';
 
 /** Tokens as the generate script takes them, from dashed tokens the test chose. */
@@ -329,14 +329,37 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         const before = await engine.lookup(existing);
         const m = await mark();
         const err = await made([fresh, twice, twice, existing], 'second').catch((e: Error) => e);
-        expect(String(err)).toMatch(/token collision on/);
-        expect(String(err)).toContain(twice.replace(/-/g, ''));
-        expect(String(err)).toContain(existing.replace(/-/g, ''));
+        // only the token that existed before is a collision: the caller must leave it alone
+        expect(err).toBeInstanceOf(TokenCollision);
+        expect((err as TokenCollision).hexes).toEqual([existing.replace(/-/g, '')]);
         expect(await engine.lookup(existing)).toEqual(before);
         expect(before).toMatchObject({ campaignId: 'first', state: 'unredeemed' });
         expect((await listed(sat, user)).sort()).toEqual([existing, fresh, twice].sort());
         expect((await changes(m)).sort()).toEqual([['generated', fresh, 'unredeemed'], ['generated', twice, 'unredeemed']].sort());
         expect(await counts(sat)).toEqual({ ...NO_COUNTS, generated: 3, unredeemed: 3 });
+        // a token repeated in one call is stored once, so the count falls short (the engine then undoes the call)
+        const again = `${place.prefix}${randomUUID().slice(4)}`;
+        expect(await made([again, again], 'third')).toBe(1);
+      });
+
+      // the undo revoked every token of the failed call's campaign it was handed, the one it collided with
+      // too when an earlier call of the same campaign had made it (and handed it out)
+      it('undoing a generate that collided leaves the token it collided with, also one of the same campaign', async () => {
+        const sat = uniq('sat');
+        const user = uniq('user');
+        let earlier: string | undefined;
+        const store = Object.create(f.store) as TokenStore;
+        store.generate = async (batches, campaignId, expiresAt) => {
+          const b = batches[0]!;
+          earlier = b.minted.dashed.slice(0, 36);
+          await f.store.generate([{ ...b, minted: tokenSet([earlier]) }], campaignId, expiresAt);
+          return f.store.generate(batches, campaignId, expiresAt);
+        };
+        const err = await new TokenEngine(store).generate({ owners: [{ ownerSatelliteId: sat, ownerUserId: user }], perUser: 3, campaignId: 'same' }).catch((e: Error) => e);
+        expect(err).toBeInstanceOf(TokenCollision);
+        expect(await engine.lookup(earlier!)).toMatchObject({ state: 'unredeemed', campaignId: 'same' });
+        // the failed call's own tokens are revoked: its caller was told of none of them
+        expect(await listed(sat, user)).toEqual([earlier]);
       });
 
       it(`refuses more than ${MAX_TOKENS_PER_CALL} tokens per call and writes nothing`, async () => {
