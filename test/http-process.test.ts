@@ -106,18 +106,49 @@ describe('serve processes', () => {
       expect(await code(client.lookup(unknown(10), other))).toBe('token_not_found');
       const [real] = await tokens(pool, 1);
       expect(await code(client.redeem(real!, 'new-user', other))).toBe('ok');
-      // the satellite's own limit (5 failures: the guesser's 4 and one more) still holds for everyone
+      // the satellite's own limit (5 failures: the guesser's 4 and one more) still holds for everyone's guesses
       expect(await code(client.lookup(unknown(11), other))).toBe('rate_limited');
       expect(await code(client.lookup(unknown(12), { endUserIp: '198.51.100.1' }))).toBe('rate_limited');
+      // and for every other refusal (a 409 would tell a real token from a missing one)
+      expect(await code(client.redeem(real!, 'someone-else', other))).toBe('rate_limited');
+      // but a real token is still served: a few addresses guessing must not stop every sign-up of the satellite
+      const [second] = await tokens(pool, 1);
+      expect(await code(client.redeem(second!, 'third-user', { endUserIp: '198.51.100.2' }))).toBe('ok');
       // a header that is no IP address is refused
       const refused = await client.lookup(unknown(13), { endUserIp: 'not-an-ip' }).then(() => undefined, (e: ReferralError) => e);
       expect(refused).toMatchObject({ code: 'invalid_request', status: 400, message: 'X-End-User-IP: not an IP address' });
       // on-call tells one person guessing from a satellite guessing
       const text = (await call(pool, 'GET', '/metrics')).body as string;
       const limited = (by: string, limit: string) => new RegExp(`^rm_rate_limited_total\\{by="${by}",limit="${limit}"\\} (\\d+)`, 'm').exec(text)?.[1];
-      expect([limited('crossed', 'ip'), limited('crossed', 'satellite'), limited('check', 'satellite'), limited('check', 'ip')]).toEqual(['1', '1', '1', undefined]);
+      expect([limited('crossed', 'ip'), limited('crossed', 'satellite'), limited('check', 'satellite'), limited('check', 'ip')]).toEqual(['1', '2', '1', undefined]);
     } finally {
       await client.close();
+      await pool.close();
+      expect(await server.stop()).toBe(0);
+    }
+  });
+
+  // the per-IP counter was one for every satellite: a satellite naming another's server address (or any
+  // person's) in X-End-User-IP used up its failures, and the other satellite's real redeems got 429
+  it('an address one satellite names counts for that satellite only: it cannot lock another out', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('rl-named'), RATE_LIMIT_FAILURES: '3', RATE_LIMIT_WINDOW_MS: '60000' });
+    const { pool, key } = await setup(server);
+    const b = (await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-b' } })).body.apiKey as string;
+    const clientB = new SatelliteClient({ url: server.url, apiKey: b });
+    const clientA = new SatelliteClient({ url: server.url, apiKey: key });
+    const unknown = (i: number) => `ffff0000-0000-4000-8000-${String(i).padStart(12, '0')}`;
+    const code = (p: Promise<unknown>) => p.then(() => 'ok', (e: ReferralError) => e.code);
+    try {
+      const seen: string[] = [];
+      for (let i = 0; i < 4; i++) seen.push(await code(clientB.lookup(unknown(i), { endUserIp: '127.0.0.1' })));
+      expect(seen).toEqual(['token_not_found', 'token_not_found', 'token_not_found', 'rate_limited']);
+      // A calls from 127.0.0.1 itself, and names it too: neither is B's to use up
+      const [t1, t2] = await tokens(pool, 2);
+      expect(await code(clientA.redeem(t1!, 'u1'))).toBe('ok');
+      expect(await code(clientA.redeem(t2!, 'u2', { endUserIp: '127.0.0.1' }))).toBe('ok');
+    } finally {
+      await clientA.close();
+      await clientB.close();
       await pool.close();
       expect(await server.stop()).toBe(0);
     }
@@ -142,6 +173,9 @@ describe('serve processes', () => {
       // and the block is the satellite's, not the addresses': another satellite there gets real answers
       const other = (await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-other' } })).body.apiKey;
       expect((await guess(from[1]!, other, 5)).status).toBe(404);
+      // a real token of the blocked satellite is still redeemed: only its refusals are 429
+      const [real] = await tokens(pool, 1);
+      expect((await call(from[2]!, 'POST', '/v1/tokens/redeem', { key, body: { token: real, userId: 'new-user' } })).status).toBe(200);
     } finally {
       await Promise.all(from.map((p) => p.close()));
       await pool.close();

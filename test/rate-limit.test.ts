@@ -17,14 +17,29 @@ describe('FailureLimiter per address', () => {
   it('counts IPv6 callers per /64, so a new address in the same block for every guess does not escape', async () => {
     const limiter = new FailureLimiter(redis, prefix, { ip: 3, satellite: 3 }, 60_000);
     const waits = [];
-    for (let i = 1; i <= 4; i++) waits.push(await limiter.fail(`sat-${i}`, v6(0x2001, 0xdb8, 7, 1, 0, 0, 0, i)));
+    for (let i = 1; i <= 4; i++) waits.push(await limiter.fail(`sat-${i}`, v6(0x2001, 0xdb8, 7, 1, 0, 0, 0, i), false));
     expect(waits.slice(0, 3)).toEqual([undefined, undefined, undefined]);
     expect(waits[3]).toMatchObject({ limit: 'ip', seconds: expect.any(Number) });
     expect(waits[3]!.seconds).toBeGreaterThan(0);
-    expect(limiter.check('sat-9', v6(0x2001, 0xdb8, 7, 1, 0xabcd, 1, 2, 3))).toMatchObject({ limit: 'ip' });
+    expect(limiter.check('sat-9', v6(0x2001, 0xdb8, 7, 1, 0xabcd, 1, 2, 3), false)).toMatchObject({ limit: 'ip' });
     // the next /64 and IPv4 callers are their own
-    expect(limiter.check('sat-9', v6(0x2001, 0xdb8, 7, 2, 0, 0, 0, 1))).toBeUndefined();
-    expect(limiter.check('sat-9', '0000:0000:0000:0000:0000:ffff:0a00:0001')).toBeUndefined();
+    expect(limiter.check('sat-9', v6(0x2001, 0xdb8, 7, 2, 0, 0, 0, 1), false)).toBeUndefined();
+    expect(limiter.check('sat-9', '0000:0000:0000:0000:0000:ffff:0a00:0001', false)).toBeUndefined();
+  });
+
+  // a satellite naming another's server address (or any person's) in X-End-User-IP used up that address's
+  // failures for every satellite: its own guesses locked the other satellite out
+  it('counts an address a satellite names for that satellite only; the TCP peer for all', async () => {
+    const limiter = new FailureLimiter(redis, prefix, { ip: 2, satellite: 100 }, 60_000);
+    for (let i = 0; i < 3; i++) await limiter.fail('sat-b', '10.9.9.9', true);
+    expect(limiter.check('sat-b', '10.9.9.9', true)).toMatchObject({ limit: 'ip' });
+    expect(limiter.check('sat-a', '10.9.9.9', false)).toBeUndefined();
+    expect(limiter.check('sat-a', '10.9.9.9', true)).toBeUndefined();
+    expect(await limiter.fail('sat-a', '10.9.9.9', false)).toBeUndefined();
+    // peers are shared: two satellites calling from one host are one address
+    await limiter.fail('sat-c', '10.9.9.9', false);
+    expect(await limiter.fail('sat-a', '10.9.9.9', false)).toMatchObject({ limit: 'ip' });
+    expect(limiter.check('sat-c', '10.9.9.9', false)).toMatchObject({ limit: 'ip' });
   });
 
   it('keeps IPv4 addresses whole, dotted or mapped into IPv6', () => {

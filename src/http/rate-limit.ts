@@ -49,14 +49,17 @@ export interface Block {
 
 /**
  * Limits failed redeem/reserve/complete/release/lookup answers (404 token_not_found, 410 token_revoked /
- * token_expired: the answers a guess gets) per satellite and per client IP (the end user's, when the
- * satellite names it in X-End-User-IP: one user guessing through a satellite's sign-up form is stopped
- * long before the satellite as a whole is), across all worker processes:
- * each failure INCRs a Redis counter per fixed window (Keys.failures), so at most
- * `limit` failures per window get a real answer cluster-wide; the one that crosses the limit is answered
- * 429 instead. A worker that sees the limit crossed remembers the block in process until the window ends,
- * so successful requests never pay a Redis call for the limiter; another worker learns of the block at its
- * next failure for that caller. IPv6 callers are counted per /64 (addressBlock).
+ * token_expired: the answers a guess gets) per client address and per satellite, across all worker
+ * processes: each failure INCRs a Redis counter per fixed window (Keys.failures), so at most `limit`
+ * failures per window get a real answer cluster-wide; the failures past it are answered 429.
+ * - An address over its limit is refused before the engine until the window ends (`check`): that person, or
+ *   a satellite that names no end users (its own server is then the address). The end user's address, when
+ *   the satellite names it in X-End-User-IP, is counted for that satellite only.
+ * - A satellite over its limit has its refusals answered 429 (`satelliteBlock`), but a real token is still
+ *   served: a few addresses guessing through its sign-up form must not stop every sign-up it has.
+ * A worker that sees a limit crossed remembers it in process until the window ends, so successful requests
+ * never pay a Redis call for the limiter; another worker learns of it at its next failure for that caller.
+ * IPv6 callers are counted per /64 (addressBlock).
  */
 export class FailureLimiter {
   private readonly blocked = new Map<string, number>();
@@ -72,28 +75,41 @@ export class FailureLimiter {
     this.keys = new Keys(prefix);
   }
 
-  /** The wait if the satellite or the IP is blocked in this process, else undefined. */
-  check(satelliteId: string, ip: string, now = Date.now()): Block | undefined {
-    return this.blockedFor('satellite', `s:${satelliteId}`, now) ?? this.blockedFor('ip', `i:${addressBlock(ip)}`, now);
+  /** The wait if the caller's address is blocked in this process (refused before the engine), else undefined. */
+  check(satelliteId: string, ip: string, named: boolean, now = Date.now()): Block | undefined {
+    return this.blockedFor('ip', this.address(satelliteId, ip, named), now);
   }
 
-  /** Counts one failure; the wait if this failure crossed a limit (the satellite's when it crossed both). */
-  async fail(satelliteId: string, ip: string): Promise<Block | undefined> {
+  /** The wait if the satellite is over its limit in this process: its refusals are answered 429, its successes not. */
+  satelliteBlock(satelliteId: string, now = Date.now()): Block | undefined {
+    return this.blockedFor('satellite', `s:${satelliteId}`, now);
+  }
+
+  /** Counts one failure; the wait if the address or the satellite is over its limit now (the address's when both are). */
+  async fail(satelliteId: string, ip: string, named: boolean): Promise<Block | undefined> {
     const now = Date.now();
     const window = Math.floor(now / this.windowMs);
     const end = (window + 1) * this.windowMs;
-    const whos = [`s:${satelliteId}`, `i:${addressBlock(ip)}`];
-    const limits = [this.limits.satellite, this.limits.ip];
+    const whos = [this.address(satelliteId, ip, named), `s:${satelliteId}`];
+    const limits = [this.limits.ip, this.limits.satellite];
     const counts = await Promise.all(whos.map((w) => this.count(this.keys.failures(w, window))));
     let block: Block | undefined;
     counts.forEach((n, i) => {
       if (n > limits[i]!) {
         if (this.blocked.size >= MAX_BLOCKED) this.prune(now);
         this.blocked.set(whos[i]!, end);
-        block ??= { seconds: Math.max(1, Math.ceil((end - now) / 1000)), limit: i === 0 ? 'satellite' : 'ip' };
+        block ??= { seconds: Math.max(1, Math.ceil((end - now) / 1000)), limit: i === 0 ? 'ip' : 'satellite' };
       }
     });
     return block;
+  }
+
+  /**
+   * The counter of an address: the TCP peer's is shared by every satellite calling from it, an address a
+   * satellite names (X-End-User-IP) is that satellite's own, so no satellite can use up another's addresses.
+   */
+  private address(satelliteId: string, ip: string, named: boolean): string {
+    return named ? `n:${satelliteId}\t${addressBlock(ip)}` : `i:${addressBlock(ip)}`;
   }
 
   private async count(key: string): Promise<number> {

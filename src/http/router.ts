@@ -23,6 +23,8 @@ export interface Call<B> {
   /** the calling satellite (satellite routes) */
   satelliteId: string;
   ip: string;
+  /** the IP is one the satellite named (X-End-User-IP), not the TCP peer */
+  ipNamed: boolean;
   /** aborted when the request was answered 503 on its deadline while the handler still runs */
   signal: AbortSignal;
 }
@@ -269,7 +271,7 @@ async function call(route: Route, head: Head, caller: Promise<string>, body: unk
     ip = endUserIp(head.endUser) ?? '';
     if (!ip) throw new DomainError('invalid_request', 'X-End-User-IP: not an IP address');
   }
-  return route.handler({ body, params, satelliteId, ip, signal });
+  return route.handler({ body, params, satelliteId, ip, ipNamed: head.endUser !== '', signal });
 }
 
 async function authorize(kind: AuthKind, key: string | undefined, auth: Authenticator | undefined): Promise<string> {

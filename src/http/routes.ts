@@ -7,7 +7,7 @@ import type { TokenEngine } from '../tokens/engine.js';
 import { adminRoutes } from './admin-routes.js';
 import type { Authenticator } from './auth.js';
 import { defined, id, obj, token } from './fields.js';
-import type { FailureLimiter } from './rate-limit.js';
+import type { Block, FailureLimiter } from './rate-limit.js';
 import { opsRoutes, type OpsDeps } from './ops.js';
 import { HttpError, ok, type Call, type Route } from './router.js';
 
@@ -27,22 +27,28 @@ export function routes(d: RouteDeps): Route[] {
 
 /** The routes a satellite calls with its own key: the satellite is the key's, never a body field. */
 function satelliteRoutes(d: RouteDeps): Route[] {
-  const limited = (c: Call<unknown>) => {
-    const block = d.limiter.check(c.satelliteId, c.ip);
-    if (block) {
-      rateLimited.labels('check', block.limit).inc();
-      throw new HttpError('rate_limited', undefined, [['retry-after', String(block.seconds)]]);
-    }
+  const tooMany = (by: 'check' | 'crossed', block: Block): never => {
+    rateLimited.labels(by, block.limit).inc();
+    throw new HttpError('rate_limited', undefined, [['retry-after', String(block.seconds)]]);
   };
-  /** token_not_found / token_revoked / token_expired (guesses) count towards the failure limit; the one crossing it is answered 429 */
+  /** an address over its limit is refused before the engine */
+  const limited = (c: Call<unknown>) => {
+    const block = d.limiter.check(c.satelliteId, c.ip, c.ipNamed);
+    if (block) tooMany('check', block);
+  };
+  /**
+   * token_not_found / token_revoked / token_expired (guesses) count towards the failure limits; one over a
+   * limit is answered 429, and while the satellite is over its limit so is any other refusal (a 409 would
+   * tell an existing token from a missing one)
+   */
   const refuse = async (c: Call<unknown>, code: keyof typeof resultErrors): Promise<never> => {
     const wire = resultErrors[code];
     if (wire === 'token_not_found' || wire === 'token_revoked' || wire === 'token_expired') {
-      const block = await d.limiter.fail(c.satelliteId, c.ip);
-      if (block) {
-        rateLimited.labels('crossed', block.limit).inc();
-        throw new HttpError('rate_limited', undefined, [['retry-after', String(block.seconds)]]);
-      }
+      const block = await d.limiter.fail(c.satelliteId, c.ip, c.ipNamed);
+      if (block) tooMany('crossed', block);
+    } else {
+      const block = d.limiter.satelliteBlock(c.satelliteId);
+      if (block) tooMany('check', block);
     }
     throw new DomainError(wire);
   };
