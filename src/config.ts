@@ -47,7 +47,8 @@ const url = (...protocols: string[]): Parser<string> => (raw) => {
   try {
     u = new URL(raw);
   } catch {
-    throw new Error(`not a URL: "${raw}"`);
+    // the value may carry a password (postgres://user:secret@...): not echoed into a log
+    throw new Error(`not a URL: "${raw.replace(/\/\/[^/?#\s]*@/, '//<credentials>@')}"`);
   }
   if (!protocols.includes(u.protocol)) throw new Error(`expected ${protocols.join(' or ')} URL, got "${u.protocol}"`);
   return raw;

@@ -12,4 +12,14 @@ describe('the admin audit line', () => {
     expect(line).not.toHaveProperty('body');
     expect(line).not.toHaveProperty('result');
   });
+
+  // a leading blank (new URL trims it), a password holding an @ and a query token each showed a secret
+  it('hides every part of a url that may be a secret', () => {
+    const lines: string[] = [];
+    const urls = [' https://user:hunter3@sat.example/x', 'https://user:hunter2@pw@sat.example/x', 'https://sat.example/push?api_token=abc#top'];
+    audit({ method: 'PATCH', path: '/v1/admin/satellites/s', ip: '127.0.0.1', status: 200, ms: 1, body: { a: { url: urls[0] }, b: { url: urls[1] }, c: { url: urls[2] } } }, (l) => lines.push(l));
+    const body = JSON.parse(lines[0]!).body as Record<string, { url: string }>;
+    expect([body.a!.url, body.b!.url, body.c!.url]).toEqual([' https://<redacted>@sat.example/x', 'https://<redacted>@sat.example/x', 'https://sat.example/push?<redacted>#top']);
+    expect(lines.join('\n')).not.toMatch(/hunter|pw@|abc/);
+  });
 });

@@ -19,6 +19,8 @@ describe('loadConfig', () => {
       'RATE_LIMIT_WINDOW_MS: expected an integer >= 100, got 5',
       'SNAPSHOT_TEST_CRASH_AFTER_COMMIT: expected an integer >= 0, got -1',
     ]);
+    // a password in a URL that does not parse is not echoed into the log
+    expect(problems({ DATABASE_URL: 'postgres://u:s3cr3t@[bad/db' })).toEqual(['DATABASE_URL: not a URL: "postgres://<credentials>@[bad/db"']);
     expect(problems({ RATE_LIMIT_FAILURES: '99999999999999999999' })).toEqual(['RATE_LIMIT_FAILURES: expected an integer >= 1, got 99999999999999999999']);
   });
 
