@@ -326,9 +326,6 @@ describe('serve processes', () => {
       expect(new Set(replies.map((r) => `${r.status} ${r.body.error} ${r.headers['retry-after']}`))).toEqual(new Set(['503 store_unavailable 1']));
       // the lost master is named in the log (the client as a whole stays ready, so only its node errs)
       await expect.poll(() => server.output(), { timeout: 5000 }).toContain(`: Redis node ${cluster.nodes[2]} unreachable`);
-      // and when it is back, so the log says when the outage ended
-      await cluster.restart(2);
-      await expect.poll(() => server.output(), { timeout: 20_000 }).toContain(`: Redis node ${cluster.nodes[2]} reachable again`);
     } finally {
       await pool.close();
       await server.stop();

@@ -145,18 +145,13 @@ export function logOutages(redis: RedisClient, who: string, log: (line: string) 
   redis.on('error', (err: Error) => lost(err.message));
   // a restart quicker than the first retry raises no error, yet requests were answered 503 meanwhile
   redis.on('reconnecting', () => lost('connection lost'));
-  // a Cluster reports one master's failure only as 'node error' (the client stays ready): once a minute a node,
-  // and once when the node is back in the client's pool (the slot map names it again: it restarted)
+  // a Cluster reports one master's failure only as 'node error' (the client stays ready): once a minute a node
   const nodeSaid = new Map<string, number>();
   redis.on('node error', (err: Error, node: string) => {
     const now = Date.now();
     if ((nodeSaid.get(node) ?? 0) > now - 60_000) return;
     nodeSaid.set(node, now);
     log(`${who}: Redis node ${node} unreachable (${err.message}); requests for its keys answer 503 until it or a replica answers`);
-  });
-  redis.on('+node', (node: Redis) => {
-    const key = `${node.options.host}:${node.options.port}`;
-    if (nodeSaid.delete(key)) log(`${who}: Redis node ${key} reachable again`);
   });
   redis.on('ready', () => {
     if (!down) return;
