@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { loadConfig } from '../src/config.js';
+import { loadSetting } from '../src/config.js';
 
 /**
  * The image's HEALTHCHECK: GET /healthz of the process the container runs (PID 1, or the pid given), on
@@ -27,10 +27,10 @@ export function healthUrl(argv: string[], env: NodeJS.ProcessEnv): string | unde
   const command = argv.find((a) => a === 'serve' || a === 'snapshot');
   if (!command) return undefined;
   // the process read its flags and env through the same config module: its defaults and rules (an empty
-  // value is the default) are the ones it listens by
-  const config = loadConfig({ port: flag(argv, '--port'), snapshotMetricsPort: flag(argv, '--metrics-port'), host: flag(argv, '--host') }, env);
-  const port = command === 'serve' ? config.port : config.snapshotMetricsPort;
-  const host = config.host;
+  // value is the default) are the ones it listens by. Only these: a setting it took from a flag may be
+  // invalid in the env
+  const port = command === 'serve' ? loadSetting('port', flag(argv, '--port'), env) : loadSetting('snapshotMetricsPort', flag(argv, '--metrics-port'), env);
+  const host = loadSetting('host', flag(argv, '--host'), env);
   const name = LOOPBACK.has(host) ? '127.0.0.1' : host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
   return `http://${name}:${port}/healthz`;
 }

@@ -115,20 +115,26 @@ export function loadConfig(
   const problems: string[] = [];
   const failed: string[] = [];
   const out: Record<string, unknown> = {};
-  for (const [name, s] of Object.entries(settings) as [keyof Config, Setting<unknown>][]) {
-    const override = overrides[name];
-    const raw = override !== undefined ? override : env[s.env];
-    if (raw === undefined || (typeof raw === 'string' && raw === '' && name !== 'adminKey')) {
-      out[name] = s.default;
-      continue;
-    }
+  for (const name of Object.keys(settings) as (keyof Config)[]) {
     try {
-      out[name] = typeof raw === 'string' ? s.parse(raw) : raw;
+      out[name] = loadSetting(name, overrides[name], env);
     } catch (err) {
-      problems.push(`${(override !== undefined && given[name]) || s.env}: ${(err as Error).message}`);
+      problems.push(`${(overrides[name] !== undefined && given[name]) || settings[name].env}: ${(err as Error).message}`);
       failed.push(name);
     }
   }
   if (problems.length) throw new ConfigError(problems, failed);
   return out as Config;
+}
+
+/**
+ * One setting, by the rules loadConfig reads each by (the override, else the env; an empty value is the
+ * default), without reading the others: for a reader of a few settings of another process (the healthcheck),
+ * which must not fail on one that process took from a flag. Throws the parser's error.
+ */
+export function loadSetting<K extends keyof Config>(name: K, override: unknown, env: NodeJS.ProcessEnv = process.env): Config[K] {
+  const s = settings[name] as Setting<unknown>;
+  const raw = override !== undefined ? override : env[s.env];
+  if (raw === undefined || (typeof raw === 'string' && raw === '' && name !== 'adminKey')) return s.default as Config[K];
+  return (typeof raw === 'string' ? s.parse(raw) : raw) as Config[K];
 }

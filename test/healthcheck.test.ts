@@ -41,6 +41,8 @@ describe('Docker HEALTHCHECK (dist/cli/healthcheck.js)', () => {
     // an empty value means the default, as the process itself reads it
     expect(healthUrl([...main, 'serve'], { PORT: '', HOST: '' })).toBe('http://127.0.0.1:7480/healthz');
     expect(healthUrl([...main, 'snapshot'], { SNAPSHOT_METRICS_PORT: '' })).toBe('http://127.0.0.1:7481/healthz');
+    // a setting serve took from a flag may be invalid in the env: not the healthcheck's business
+    expect(healthUrl([...main, '--redis-url', 'redis://r:6379', 'serve', '--workers', '2'], { WORKERS: 'abc', REDIS_URL: 'nope' })).toBe('http://127.0.0.1:7480/healthz');
   });
 
   it('is healthy for serve started with --port while PORT says otherwise, unhealthy once it stops', async () => {
