@@ -7,10 +7,13 @@ import { dashed, decodeResult, hexOf } from './codec.js';
 import { SATELLITE_COUNTERS, type CompleteCode, type RedeemCode, type ReleaseCode, type RedeemedToken, type Result, type RevokeCode, type Stats, type TokenSet, type TokenState, type UnredeemedToken } from './model.js';
 import { STATE_NAME } from './export.js';
 
-/** New tokens equal to tokens that existed before (hex): those were left untouched, and must stay so. */
+/**
+ * New tokens equal to tokens that existed before (hex): those were left untouched, and must stay so. `cause`:
+ * a shard's script that failed in the same call (collisions in that shard cannot be known).
+ */
 export class TokenCollision extends Error {
-  constructor(readonly hexes: string[]) {
-    super(`token collision on ${hexes.join(', ')}`);
+  constructor(readonly hexes: string[], cause?: unknown) {
+    super(`token collision on ${hexes.join(', ')}${cause === undefined ? '' : `; and ${(cause as Error).message ?? cause}`}`, { cause });
   }
 }
 
@@ -78,11 +81,12 @@ export class TokenStore {
         return this.s.generate(g.keys, g.args);
       }),
     );
-    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
-    const replies = settled.map((x) => (x as PromiseFulfilledResult<unknown>).value) as (number | string)[][];
-    if (replies.some((r) => r[0] === 'campaign_revoked')) throw new DomainError('campaign_revoked', `campaign "${campaignId}" was revoked: no more tokens are made for it`);
+    const replies = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value as (number | string)[]] : []));
+    // read before a failure is thrown: the caller undoes the call, and must spare what the others collided with
     const collided = replies.flatMap((r) => r.slice(1).map(String));
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw collided.length ? new TokenCollision(collided, failed.reason) : failed.reason;
+    if (replies.some((r) => r[0] === 'campaign_revoked')) throw new DomainError('campaign_revoked', `campaign "${campaignId}" was revoked: no more tokens are made for it`);
     if (collided.length) throw new TokenCollision(collided);
     return replies.reduce((sum, r) => sum + Number(r[0]), 0);
   }

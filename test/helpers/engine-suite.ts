@@ -362,6 +362,37 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await listed(sat, user)).toEqual([earlier]);
       });
 
+      // the store threw a failed shard's error before it read the other shards' replies, so the undo
+      // revoked the earlier token those had collided with after all
+      it('undoing a generate that collided leaves the token it collided with also when another shard of the call failed', async () => {
+        const sat = uniq('sat');
+        const user = uniq('user');
+        const shard = placeOfOwner(sat, user).shard;
+        const other = Array.from({ length: 200 }, (_, i) => `${user}-${i}`).find((u) => placeOfOwner(sat, u).shard !== shard)!;
+        const broken = placeOfOwner(sat, other);
+        const bucket = f.store.keys.bucket(broken.shard, broken.bucket);
+        let earlier: string | undefined;
+        const store = Object.create(f.store) as TokenStore;
+        store.generate = async (batches, campaignId, expiresAt) => {
+          const b = batches.find((x) => x.ownerUserId === user)!;
+          earlier = b.minted.dashed.slice(0, 36);
+          await f.store.generate([{ ...b, minted: tokenSet([earlier]) }], campaignId, expiresAt);
+          // a key of the wrong type under the other owner's bucket: that shard's script fails
+          await f.redis.set(bucket, 'not a hash');
+          return f.store.generate(batches, campaignId, expiresAt);
+        };
+        try {
+          const owners = [user, other].map((ownerUserId) => ({ ownerSatelliteId: sat, ownerUserId }));
+          const err = await new TokenEngine(store).generate({ owners, perUser: 2, campaignId: 'same-failed' }).catch((e: Error) => e);
+          expect(err).toBeInstanceOf(TokenCollision);
+          expect(String((err as TokenCollision).cause)).toMatch(/WRONGTYPE/);
+          expect(await engine.lookup(earlier!)).toMatchObject({ state: 'unredeemed', campaignId: 'same-failed' });
+          expect(await listed(sat, user)).toEqual([earlier]);
+        } finally {
+          await f.redis.del(bucket);
+        }
+      });
+
       it(`refuses more than ${MAX_TOKENS_PER_CALL} tokens per call and writes nothing`, async () => {
         const sat = uniq('sat');
         const owner = (i: number) => ({ ownerSatelliteId: sat, ownerUserId: `u${i}` });
