@@ -1,6 +1,5 @@
 import { pushTo } from '../collections.js';
-import type { Keys } from '../store/keys.js';
-import { SHARDS } from '../store/keys.js';
+import { SHARDS, type Keys } from '../store/keys.js';
 import type { RedisClient } from '../store/redis.js';
 import { compareIds, parseEntry, type StreamEvent } from './events.js';
 import { GROUP } from './lag.js';
@@ -106,10 +105,18 @@ export class ShardStreams {
     );
   }
 
-  /** Acks pending ids whose entries are gone (trimmed by something else); how many. */
-  async ackLost(empty: Map<number, string[]>): Promise<number> {
-    if (empty.size === 0) return 0;
-    await Promise.all([...empty].map(([s, ids]) => this.redis.xack(this.keys.events(s), GROUP, ...ids)));
-    return [...empty.values()].reduce((sum, ids) => sum + ids.length, 0);
+  /**
+   * Acks pending ids whose entries are gone (trimmed by something else), shard by shard: how many were acked,
+   * and the first failure. Every shard acked is counted, also when another failed: those ids are gone for good.
+   */
+  async ackLost(empty: Map<number, string[]>): Promise<{ acked: number; error?: unknown }> {
+    const acks = await Promise.allSettled([...empty].map(async ([s, ids]) => (await this.redis.xack(this.keys.events(s), GROUP, ...ids), ids.length)));
+    let acked = 0;
+    let error: unknown;
+    for (const a of acks) {
+      if (a.status === 'fulfilled') acked += a.value;
+      else error ??= a.reason;
+    }
+    return { acked, error };
   }
 }

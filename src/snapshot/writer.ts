@@ -123,10 +123,12 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
 
   /** Pending ids whose entries are gone (trimmed by something else): acked, but never silently. */
   async function ackLost(empty: Map<number, string[]>): Promise<void> {
-    const n = await streams.ackLost(empty);
-    if (n === 0) return;
-    m.errors.inc({ where: 'lost' }, n);
-    log('error', `${n} pending stream entries were trimmed before they reached Postgres; run \`referral-manager verify\``);
+    const { acked, error } = await streams.ackLost(empty);
+    if (acked > 0) {
+      m.errors.inc({ where: 'lost' }, acked);
+      log('error', `${acked} pending stream entries were trimmed before they reached Postgres; run \`referral-manager verify\``);
+    }
+    if (error !== undefined) throw error;
   }
 
   // Lanes: shards split into groups, each applying its own batches on its own connection, so Postgres
