@@ -42,13 +42,20 @@ const bool: Parser<boolean> = (raw) => {
   throw new Error(`expected true/false, got "${raw}"`);
 };
 
+/**
+ * user:password in a URL, up to its last @ (a password may hold one), wherever the URL starts in the text (a
+ * value quoted by mistake, after blanks new URL trims): what a log line must not show (a refused setting
+ * here, the admin audit line). Replace it with `//<mark>@`.
+ */
+export const URL_CREDENTIALS = /\/\/[^/?#\s]*@/;
+
 const url = (...protocols: string[]): Parser<string> => (raw) => {
   let u: URL;
   try {
     u = new URL(raw);
   } catch {
     // the value may carry a password (postgres://user:secret@...): not echoed into a log
-    throw new Error(`not a URL: "${raw.replace(/\/\/[^/?#\s]*@/, '//<credentials>@')}"`);
+    throw new Error(`not a URL: "${raw.replace(URL_CREDENTIALS, '//<credentials>@')}"`);
   }
   if (!protocols.includes(u.protocol)) throw new Error(`expected ${protocols.join(' or ')} URL, got "${u.protocol}"`);
   return raw;

@@ -1,3 +1,5 @@
+import { URL_CREDENTIALS } from '../config.js';
+
 /**
  * The audit trail of the admin routes: one JSON line on stdout per admin call that may change something
  * (every method but GET), refused ones included (a wrong key, a bad body), so an on-call engineer can
@@ -18,18 +20,14 @@ export interface AuditEntry {
 }
 
 const SECRET = /key/i;
-/**
- * user:password in a URL (a satellite's url may carry basic auth), to its last @ (a password may hold one),
- * after leading blanks (new URL trims them, so such a url is accepted); and a query, which may carry a token
- */
-const CREDENTIALS = /^(\s*[a-z][a-z0-9+.-]*:\/\/)[^/?#\s]*@/i;
+/** a URL's query, which may carry a token (its user:password is URL_CREDENTIALS: a satellite's url may carry basic auth) */
 const QUERY = /^(\s*[a-z][a-z0-9+.-]*:\/\/[^?#\s]*\?)[^#]*/i;
 const LONGEST = 200;
 
 function summarize(v: unknown, depth = 0): unknown {
   if (Array.isArray(v)) return `[${v.length} items]`;
   if (typeof v === 'string') {
-    const shown = v.replace(CREDENTIALS, '$1<redacted>@').replace(QUERY, '$1<redacted>');
+    const shown = v.replace(URL_CREDENTIALS, '//<redacted>@').replace(QUERY, '$1<redacted>');
     return shown.length > LONGEST ? `${shown.slice(0, LONGEST)}…` : shown;
   }
   if (v === null || typeof v !== 'object') return v;
