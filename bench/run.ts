@@ -15,14 +15,16 @@ import * as sweep from './sweep.js';
  * BENCH_SWEEP_TOKENS (1,000,000); BENCH_DATABASE_URL the Postgres server the bench makes its databases on.
  */
 /** A positive whole number from the environment: a typo stops the run before ~8 minutes of work, not as NaN in the middle */
-const env = (name: string, dflt: number): number => {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return dflt;
+const wholeNumber = (name: string, raw: string): number => {
   if (!/^\d+$/.test(raw.trim()) || Number(raw) < 1) {
     console.error(`${name}: expected a whole number >= 1, got "${raw}"`);
     process.exit(2);
   }
   return Number(raw);
+};
+const env = (name: string, dflt: number): number => {
+  const raw = process.env[name];
+  return raw === undefined || raw === '' ? dflt : wholeNumber(name, raw);
 };
 // read before anything runs
 const sizes = {
@@ -32,6 +34,7 @@ const sizes = {
   httpTokens: env('BENCH_HTTP_TOKENS', 300_000),
   workers: env('BENCH_WORKERS', 1),
   snapshotEvents: env('BENCH_SNAPSHOT_EVENTS', 500_000),
+  engineMasters: (process.env.BENCH_ENGINE_MASTERS || '1,3').split(',').map((n, i) => wholeNumber(`BENCH_ENGINE_MASTERS item ${i + 1}`, n)),
 };
 const server = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 
@@ -56,7 +59,7 @@ console.log('## Token engine: generation and memory per token (private redis-ser
 const engineResult = await runEngineBench({
   tokens: sizes.engineTokens,
   concurrency: [sizes.engineConcurrency],
-  masters: (process.env.BENCH_ENGINE_MASTERS ?? '1,3').split(',').map(Number),
+  masters: sizes.engineMasters,
 });
 printEngine(engineResult);
 
