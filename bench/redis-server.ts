@@ -46,7 +46,7 @@ const children = new Set<ChildProcess>();
  * redis-servers running, holding gigabytes, and its servers under test on their ports.
  */
 export function reaped(proc: ChildProcess): ChildProcess {
-  if (children.size === 0) hookExit();
+  hookExit();
   children.add(proc);
   proc.once('exit', () => children.delete(proc));
   return proc;

@@ -10,7 +10,7 @@ export type RevokeSelector = { tokens: string[] } | { satelliteId: string; userI
 /** What updateSatellite changes: null clears a field, one left out is kept. */
 export type { SatelliteFields };
 
-/** How long the server lets a campaign's or a satellite's revoke, or a purge, run (SWEEP_TIMEOUT_MS in src/http/routes.ts). */
+/** How long the server lets a campaign's or a satellite's revoke, or a purge, run (SWEEP_TIMEOUT_MS in src/http/admin-routes.ts). */
 const SWEEP_WAIT_MS = 10 * 60_000;
 
 /** The admin routes (ADMIN_KEY), for the CLI and ops tooling. */

@@ -317,7 +317,7 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await counts(m.sat)).toEqual({ ...NO_COUNTS, generated: MAX_TOKENS_PER_CALL, unredeemed: MAX_TOKENS_PER_CALL });
       });
 
-      it('reports a token that exists already, or comes twice in one call, as a collision and stores it once', async () => {
+      it('reports a token that exists already as a collision and leaves it; one that comes twice in one call is stored once', async () => {
         const sat = uniq('sat');
         const user = uniq('user');
         const place = placeOfOwner(sat, user);
