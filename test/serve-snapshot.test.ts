@@ -3,7 +3,7 @@ import { Pool } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openPostgres, readSnapshotStatus, verify } from '../src/snapshot/index.js';
 import { createRedis, type RedisClient } from '../src/store/redis.js';
-import { ADMIN_KEY, call, serve, type Served } from './helpers/http.js';
+import { ADMIN_KEY, call, privateRedis, serve, type Served } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 
@@ -83,4 +83,29 @@ describe('serve with the snapshot writer on (SNAPSHOT=true, the default; real Re
     // the writer stopped with the primary, and said so
     expect(await readSnapshotStatus(redis, prefix)).toMatchObject({ state: 'off' });
   });
+
+  // the drain (up to the 5 s request timeout on a hung Redis), then the writer's stop (its lag reading, its
+  // round, its lease release and status write, each waiting out a 10 s command timeout): 25 s in turn
+  it('SIGTERM with Redis hung (SIGSTOP) and a request in flight: exits 0 within a container\'s 10 s stop grace', async () => {
+    const own = await privateRedis();
+    await own.start();
+    const hung = await serve({ KEY_PREFIX: prefix, SNAPSHOT: 'true', DATABASE_URL: db.url, REDIS_URL: own.url });
+    const client = new Pool(hung.url, { connections: 1 });
+    try {
+      const added = await call(client, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-h' } });
+      await until(() => call(client, 'GET', '/readyz'), (r) => r.body.snapshot?.state === 'up', '/readyz snapshot up');
+      own.signal('SIGSTOP');
+      const inFlight = call(client, 'POST', '/v1/tokens/redeem', { key: added.body.apiKey as string, body: { token: 'ffff0000-0000-4000-8000-000000000000', userId: 'u' } });
+      await new Promise((r) => setTimeout(r, 1000)); // the writer's round and its lag reading wait on Redis too by now
+      const t0 = Date.now();
+      expect(await hung.stop()).toBe(0);
+      expect(Date.now() - t0).toBeLessThan(10_000);
+      expect((await inFlight).status).toBe(503);
+    } finally {
+      own.signal('SIGCONT');
+      await hung.stop();
+      await client.close();
+      await own.dispose();
+    }
+  }, 60_000);
 });

@@ -6,7 +6,7 @@ import pg from 'pg';
 import { engineFixture, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
 import { privateRedis, testCluster, type RestartableRedis } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
-import { caughtUp, each, generateTokens, sleep, snapshotFixture } from './helpers/snapshot.js';
+import { caughtUp, each, firstRoundDone, generateTokens, sleep, snapshotFixture } from './helpers/snapshot.js';
 import { openPostgres, readSnapshotStatus, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { snapshotMetrics } from '../src/snapshot/metrics.js';
 import { checkout } from '../src/snapshot/schema.js';
@@ -353,6 +353,30 @@ describe('snapshot writer under faults (real processes)', () => {
       if (!stopped) await w.stop();
     }
   });
+
+  // a paused Redis still reads `ready` and its commands wait for the 10 s command timeout: the lag reading,
+  // the round in hand, then the lease release and the status write each waited it out in turn (10-28 s)
+  it('stop() with Redis hung (SIGSTOP) mid-run returns within Docker\'s 10 s stop grace', async () => {
+    const own = await privateRedis();
+    await own.start();
+    const w = await startSnapshotWriter(loadConfig({ redisUrl: own.url, keyPrefix: 'hung', databaseUrl: snap.db.url }), { log: () => {}, leaseMs: 3000 });
+    let stopped = false;
+    try {
+      const r = createRedis({ redisUrl: own.url, redisClusterNodes: [] });
+      await firstRoundDone(r, 'hung');
+      r.disconnect();
+      own.signal('SIGSTOP');
+      await sleep(1500); // the lag reading, the round and the renew timer each wait on it by now
+      const t0 = performance.now();
+      await w.stop();
+      stopped = true;
+      expect(performance.now() - t0).toBeLessThan(9000);
+    } finally {
+      own.signal('SIGCONT');
+      if (!stopped) await w.stop();
+      await own.dispose();
+    }
+  }, 60_000);
 
   it('a connection dropped while the writer holds a client between two queries fails its next query, not the process', async () => {
     const proxy = await pgProxy(snap.db.url);

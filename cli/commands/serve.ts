@@ -25,8 +25,9 @@ export function register(program: Command): void {
       if (fallback) throw new Error(fallback);
 
       const primary = await runPrimary(config);
-      // Services of the primary (one per deployment, not per worker) start here and join `stops`, run in
-      // order at shutdown: the snapshot writer (config.snapshot), the lag and token-count readings.
+      // Services of the primary (one per deployment, not per worker) start here and join `stops`, run at
+      // shutdown alongside the workers' drain (each is bounded; in turn they could outlast a container's
+      // 10 s stop grace): the snapshot writer (config.snapshot), the lag and token-count readings.
       const stops: (() => Promise<void>)[] = [];
       // for the readings: one fails at once while Redis is down, and after 2 s while it hangs, so
       // neither holds up shutdown
@@ -46,7 +47,6 @@ export function register(program: Command): void {
         const lag = reportLag(redis, config.keyPrefix);
         stops.push(() => lag.stop());
       }
-      stops.push(async () => redis.disconnect());
       let stopping = false;
       const shutdown = async (sig: NodeJS.Signals) => {
         if (stopping) return;
@@ -54,8 +54,8 @@ export function register(program: Command): void {
         // a stop must be told from a crash in the log
         const t0 = Date.now();
         console.error(`${sig}: draining (requests in flight are answered, up to 10 s), then stopping`);
-        await primary.stop();
-        for (const stop of stops) await stop();
+        await Promise.all([primary.stop(), ...stops.map((stop) => stop())]);
+        redis.disconnect();
         console.error(`stopped in ${Date.now() - t0} ms`);
         process.exit(0);
       };

@@ -42,6 +42,10 @@ const BACKOFF_MAX_MS = 5000;
  * lease to lapse. Postgres rolls a dropped transaction back; its entries stay pending for the next writer.
  */
 const STOP_WAIT_MS = 5000;
+/** All of stop(), whatever hangs: under a container's 10 s stop grace, with room for the rest of a shutdown. */
+const STOP_GRACE_MS = 8000;
+/** Each of the lease release and the `off` status: a Redis that answered the round answers these at once. */
+const FAREWELL_MS = 500;
 const LANES = 4;
 
 /**
@@ -256,30 +260,39 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     status: () => ({ ...status(), leader, redis: redis.status === 'ready' ? 'up' : 'down' }),
     clusterMasters: () => clusterMasters(redis),
     async stop() {
+      const until = Date.now() + STOP_GRACE_MS;
+      /** Whether `p` settled within `ms` (at most what is left of the grace); the timer never holds the process. */
+      const within = async (p: Promise<unknown>, ms = until - Date.now()): Promise<boolean> => {
+        const timer = new AbortController();
+        const settled = await Promise.race([p.then(() => true, () => true), sleepFor(Math.max(0, Math.min(ms, until - Date.now())), false, { signal: timer.signal }).catch(() => false)]);
+        timer.abort();
+        return settled;
+      };
       running = false;
       stopping.abort();
       clearInterval(renewTimer);
-      await lagReport.stop();
-      const waited = new AbortController();
-      const ended = await Promise.race([loop.then(() => true), sleepFor(STOP_WAIT_MS, false, { signal: waited.signal }).catch(() => false)]);
-      waited.abort(); // the timer must not keep a process that is done alive
-      if (!ended) {
+      const quiet = Promise.all([loop, lagReport.stop(), ...lanes.map((l) => l.prefetch?.catch(() => {}))]);
+      // disconnect() ends the socket gracefully: to a hung Redis it stays open, and the status `ready`
+      let cut = false;
+      if (!(await within(loop, STOP_WAIT_MS))) {
         log('warn', `stopping: the round in hand still runs after ${STOP_WAIT_MS} ms; dropping its connections (what it was reading or writing stays pending)`);
         // a batch, a copy or the reachability check: pg has no public way to cut a query short, so the
         // sockets under every client of the pool are ended (its client list is pg-pool's own) and the queries fail at once
         const clients = (pool as unknown as { _clients?: unknown[] } | undefined)?._clients ?? [];
         for (const c of clients) (c as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
         // still running: a Redis command waits on a Redis that is down or hung (up to its 10 s timeout)
-        if (!(await Promise.race([loop.then(() => true), sleepFor(1000, false)]))) redis.disconnect();
-        await loop;
+        if (!(await within(loop, 1000))) {
+          redis.disconnect();
+          cut = true;
+        }
       }
-      await Promise.all(lanes.map((l) => l.prefetch?.catch(() => {})));
-      // a Redis that is down would hold each of these for the command timeout; the lease lapses by itself
-      if (redis.status === 'ready') {
-        if (leader) await lease.release().catch(() => {});
-        await writeSnapshotStatus(redis, config.keyPrefix, { state: 'off', at: Date.now() }).catch(() => {});
+      // a hung Redis (SIGSTOP) still reads `ready` and answers nothing: a reading or a round waiting on it is
+      // left to its command timeout, and the lease, unreleased, lapses by itself
+      if (!cut && (await within(quiet)) && redis.status === 'ready') {
+        if (leader) await within(lease.release(), FAREWELL_MS);
+        await within(writeSnapshotStatus(redis, config.keyPrefix, { state: 'off', at: Date.now() }), FAREWELL_MS);
       }
-      await pool?.end().catch(() => {});
+      await within(pool?.end() ?? Promise.resolve());
       redis.disconnect();
     },
   };
