@@ -42,6 +42,11 @@ describe('satellite registry update', () => {
     // add takes the same rules
     await expect(registry.add({ id: 'u3', name: '' })).rejects.toMatchObject({ code: 'invalid_request' });
     expect(await registry.get('u3')).toBeUndefined();
+    // an id shown in the CLI and the audit log: no C1 escape, no bidi override
+    for (const id of ['u4\u009b2J', 'u5\u202e']) {
+      await expect(registry.add({ id })).rejects.toMatchObject({ code: 'invalid_request' });
+      expect(await registry.get(id)).toBeUndefined();
+    }
   });
 
   it('an update racing a remove never brings back a partial record', async () => {

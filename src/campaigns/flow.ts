@@ -1,7 +1,7 @@
 import { inLanes, pushTo } from '../collections.js';
 import { DomainError } from '../errors.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
-import { checkId, printable } from '../tokens/validate.js';
+import { checkNewId, printable } from '../tokens/validate.js';
 import { ClaimLost, type CampaignMeta, type CampaignStore, type Claim, type Counter } from './store.js';
 import { SatelliteApi } from './satellite-api.js';
 import { Delivery, tokenCount, type UserTokens } from './delivery.js';
@@ -180,7 +180,7 @@ class SatelliteRun {
     const userIds: string[] = [];
     for (const u of new Set(listed)) {
       try {
-        userIds.push(checkId('userId', u));
+        userIds.push(checkNewId('userId', u));
       } catch (err) {
         this.report.usersInvalid++;
         this.report.invalidUser ??= `${JSON.stringify(printable(String(u)).slice(0, 100))}: ${(err as Error).message}`;

@@ -4,7 +4,7 @@ import { defineScripts, type ScriptFn } from '../store/scripts.js';
 import { insertSatellite, readRegistry, SatelliteKeys } from '../store/satellites.js';
 import { hexDigest } from '../digest.js';
 import { DomainError } from '../errors.js';
-import { checkId, checkText } from '../tokens/validate.js';
+import { checkNewId, checkText } from '../tokens/validate.js';
 
 export interface Satellite {
   id: string;
@@ -52,7 +52,7 @@ export class SatelliteRegistry {
   }
 
   async add(input: { id: string; name?: string; url?: string; outboundKey?: string }): Promise<{ id: string; apiKey: string }> {
-    const id = checkId('id', input.id);
+    const id = checkNewId('id', input.id);
     const apiKey = newApiKey();
     const fields: Record<string, string> = { id, createdAt: String(Date.now()), keyHash: hashKey(apiKey) };
     for (const [f, v] of checkFields(input)) if (v !== '') fields[f] = v;

@@ -4,7 +4,7 @@ import { placeOfOwner } from '../store/keys.js';
 import { TokenCollision, type OwnerBatch, type TokenStore } from '../store/token-store.js';
 import type { CompleteCode, RedeemCode, RedeemedToken, ReleaseCode, Result, RevokeCode, Stats, Token, TokenState, UnredeemedToken } from '../store/model.js';
 import { mint, tokenAt } from './mint.js';
-import { checkCampaignId, checkId, checkToken } from './validate.js';
+import { checkCampaignId, checkId, checkNewId, checkToken } from './validate.js';
 
 export const MAX_TOKENS_PER_CALL = 10_000;
 /** 9999-12-31T23:59:59.999Z: a later expiresAt is a unit mistake (microseconds), not a date */
@@ -52,8 +52,8 @@ export class TokenEngine {
     const campaignId = req.campaignId === undefined ? newCampaignId() : checkCampaignId('campaignId', req.campaignId);
     const tokens: GeneratedToken[] = [];
     const batches: OwnerBatch[] = req.owners.map((o, i) => {
-      const ownerSatelliteId = checkId(`owners[${i}].ownerSatelliteId`, o.ownerSatelliteId);
-      const ownerUserId = checkId(`owners[${i}].ownerUserId`, o.ownerUserId);
+      const ownerSatelliteId = checkNewId(`owners[${i}].ownerSatelliteId`, o.ownerSatelliteId);
+      const ownerUserId = checkNewId(`owners[${i}].ownerUserId`, o.ownerUserId);
       const place = placeOfOwner(ownerSatelliteId, ownerUserId);
       const minted = mint(place.value, req.perUser);
       for (let n = 0; n < req.perUser; n++) tokens.push({ ownerSatelliteId, ownerUserId, token: tokenAt(minted, n) });
@@ -85,7 +85,7 @@ export class TokenEngine {
   }
 
   async redeem(token: string, redeemerSatelliteId: string, redeemerUserId: string): Promise<Result<RedeemCode>> {
-    return this.store.redeem(checkToken(token), checkId('redeemerSatelliteId', redeemerSatelliteId), checkId('userId', redeemerUserId));
+    return this.store.redeem(checkToken(token), checkId('redeemerSatelliteId', redeemerSatelliteId), checkNewId('userId', redeemerUserId));
   }
 
   async reserve(token: string, satelliteId: string, leaseMs: number): Promise<Result<RedeemCode>> {
@@ -102,7 +102,7 @@ export class TokenEngine {
    * (the redemption is credited to the reserving one). Absent: any (admin tools).
    */
   async complete(token: string, reservationId: string, redeemerUserId: string, satelliteId?: string): Promise<Result<CompleteCode>> {
-    return this.store.complete(checkToken(token), checkId('reservationId', reservationId), checkId('userId', redeemerUserId), satelliteId === undefined ? '' : checkId('satelliteId', satelliteId));
+    return this.store.complete(checkToken(token), checkId('reservationId', reservationId), checkNewId('userId', redeemerUserId), satelliteId === undefined ? '' : checkId('satelliteId', satelliteId));
   }
 
   async release(token: string, reservationId: string, satelliteId?: string): Promise<Result<ReleaseCode>> {

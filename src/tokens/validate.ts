@@ -12,6 +12,22 @@ export function checkId(field: string, value: unknown): string {
   return checkText(field, value);
 }
 
+// C1 controls (U+009B is an escape some terminals still act on) and the bidirectional formatting
+// characters, which reorder how the text around them reads ("Trojan Source"): both reach an operator's
+// terminal and spreadsheet through the CLI, the audit log and the export
+const DISPLAY_HAZARD = /[\u0080-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+
+/**
+ * An id a call brings into the store (a token's owner, a redeemer, a satellite, a campaign): an id, and
+ * no C1 control or bidirectional formatting character either. Ids that only find what is stored (list,
+ * revoke, purge) keep the rule of checkId, so an id stored before this one can still be reached.
+ */
+export function checkNewId(field: string, value: unknown): string {
+  const id = checkId(field, value);
+  if (DISPLAY_HAZARD.test(id)) throw new DomainError('invalid_request', `${field}: must not contain C1 control or bidirectional formatting characters`);
+  return id;
+}
+
 /**
  * Text stored and copied to the snapshot: no control characters (a NUL is refused by Postgres' jsonb and
  * text, which stopped every snapshot write) and well-formed (a lone surrogate has no UTF-8 form: Redis
@@ -41,7 +57,7 @@ export function printable(text: string): string {
  * named before this rule can be revoked.
  */
 export function checkCampaignId(field: string, value: unknown): string {
-  const id = checkId(field, value);
+  const id = checkNewId(field, value);
   if (/[{}]/.test(id)) throw new DomainError('invalid_request', `${field}: must not contain { or }`);
   return id;
 }

@@ -7,6 +7,7 @@ import { SHARDS, placeOfOwner, placeOfToken } from '../../src/store/keys.js';
 import type { Stats, Token, TokenSet, TokenState } from '../../src/store/model.js';
 import { TokenCollision, type TokenStore } from '../../src/store/token-store.js';
 import { MAX_EXPIRES_AT, MAX_TOKENS_PER_CALL, TokenEngine } from '../../src/tokens/engine.js';
+import { mint as mintSet } from '../../src/tokens/mint.js';
 import type { EngineFixture } from './redis.js';
 
 /** Tokens as the generate script takes them, from dashed tokens the test chose. */
@@ -445,6 +446,9 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
           'tab\there',
           'new\nline',
           'nul\u0000',
+          'csi\u009b31m', // C1: an escape some terminals act on
+          'evil\u202egpj.exe', // a right-to-left override
+          'iso\u2066late\u2069',
         ];
         const sat = uniq('sat');
         const m = await mark();
@@ -460,6 +464,28 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await since(m)).toEqual([]);
         expect((await engine.stats()).satellites[sat]).toBeUndefined();
         expect(await listed(sat, 'good')).toEqual([]);
+      });
+
+      it('refuses C1 and bidi characters in a redeemer id too', async () => {
+        const { tokens: [t] } = await mint(1);
+        for (const id of ['csi\u009b31m', 'evil\u202egpj']) {
+          await expectInvalid(() => engine.redeem(t!, uniq('sat'), id));
+          const r = await engine.reserve(t!, 'sat-r', 60_000);
+          await expectInvalid(() => engine.complete(t!, r.token!.reservationId!, id));
+          expect((await engine.release(t!, r.token!.reservationId!)).code).toBe('ok');
+        }
+        expect(await state(t!)).toBe('unredeemed');
+      });
+
+      // the rule for C1 and bidi came after ids were stored: an owner stored before it must stay reachable
+      it('lists and revokes the tokens of an owner id stored before C1 and bidi were refused', async () => {
+        const sat = uniq('sat');
+        const user = 'old\u202eid';
+        const place = placeOfOwner(sat, user);
+        const minted = mintSet(place.value, 2);
+        expect(await f.store.generate([{ ownerSatelliteId: sat, ownerUserId: user, minted, place }], uniq('camp'))).toBe(2);
+        expect(await engine.listUnredeemed(sat, user)).toHaveLength(2);
+        expect(await engine.revokeOwner(sat, user)).toBe(2);
       });
 
       it('accepts ids of exactly 128 bytes, multi-byte ones included, and keeps them byte for byte', async () => {
