@@ -374,6 +374,18 @@ describe('admin routes', () => {
     for (const secret of [added.body.apiKey, rotated.body.apiKey, 'outbound-secret-audit', 'url-secret', t]) expect(written).not.toContain(secret);
   });
 
+  // anyone may call an admin route, key or no key: each such call wrote its whole path, up to uWS' 16 KiB head
+  it('clips a long path in the audit line', async () => {
+    const id = `long-${'x'.repeat(12_000)}`;
+    expect((await call(pool, 'DELETE', `/v1/admin/satellites/${id}`, { key: 'not-the-admin-key' })).status).toBe(401);
+    let line: any;
+    for (const deadline = Date.now() + 5000; !line && Date.now() < deadline; await new Promise((r) => setTimeout(r, 20))) {
+      line = server.output().split('\n').filter((l) => l.startsWith('{"audit"')).map((l) => JSON.parse(l)).find((l) => l.path.startsWith('/v1/admin/satellites/long-'));
+    }
+    expect(line).toMatchObject({ method: 'DELETE', status: 401, error: 'unauthorized' });
+    expect(line.path).toBe(`/v1/admin/satellites/${id}`.slice(0, 512) + '…');
+  });
+
   it('answers 400 to MessagePack extension types (an Error, a Set, a Date), not 500 or a 503 that blames Redis', async () => {
     const packr = new Packr({ useRecords: false });
     // msgpackr decodes its own extensions into live objects: an Error with a name and message the sender chose

@@ -23,6 +23,8 @@ const SECRET = /key/i;
 /** a URL's query, which may carry a token (its user:password is URL_CREDENTIALS: a satellite's url may carry basic auth) */
 const QUERY = /^(\s*[a-z][a-z0-9+.-]*:\/\/[^?#\s]*\?)[^#]*/i;
 const LONGEST = 200;
+/** a path names at most a 128-byte id, percent-encoded; anyone may send a 16 KiB one, key or no key */
+const LONGEST_PATH = 512;
 
 function summarize(v: unknown, depth = 0): unknown {
   if (Array.isArray(v)) return `[${v.length} items]`;
@@ -40,7 +42,8 @@ function summarize(v: unknown, depth = 0): unknown {
 }
 
 export function audit(e: AuditEntry, write: (line: string) => void = console.log): void {
-  const line: Record<string, unknown> = { audit: 'admin', at: new Date().toISOString(), method: e.method, path: e.path, ip: e.ip, status: e.status };
+  const path = e.path.length > LONGEST_PATH ? `${e.path.slice(0, LONGEST_PATH)}…` : e.path;
+  const line: Record<string, unknown> = { audit: 'admin', at: new Date().toISOString(), method: e.method, path, ip: e.ip, status: e.status };
   if (e.error !== undefined) line.error = e.error;
   line.ms = Math.round(e.ms);
   let shown: string;
