@@ -66,7 +66,9 @@ function hookExit(): void {
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.once(sig, () => {
       killAll();
-      process.kill(process.pid, sig); // then as if unhandled: the default action, or another listener's
+      // then as if unhandled: the default action. Another listener has run already on this signal; raising it
+      // again would run it twice
+      if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
     });
   }
 }

@@ -1,0 +1,59 @@
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+const HELPER = path.resolve('dist/bench/redis-server.js');
+
+/**
+ * A node process that starts `sleep 60` through reaped() and, when `listen`, has a SIGTERM listener of its
+ * own (as a bench or test runner does); the test sends it SIGTERM once the child runs.
+ */
+async function run(listen: boolean) {
+  const script = `
+    const { spawn } = require('node:child_process');
+    import(${JSON.stringify(HELPER)}).then(({ reaped }) => {
+      ${listen ? "process.on('SIGTERM', () => { console.log('handled'); setTimeout(() => process.exit(0), 300); });" : ''}
+      const child = reaped(spawn('sleep', ['60'], { stdio: 'ignore' }));
+      console.log('child ' + child.pid);
+      setInterval(() => {}, 1000);
+    });`;
+  const proc = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  for (const end = Date.now() + 10_000; !/child \d+/.test(out); await new Promise((r) => setTimeout(r, 20))) {
+    if (Date.now() > end) throw new Error(`no child started: ${out}`);
+  }
+  const child = Number(/child (\d+)/.exec(out)![1]);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => proc.once('exit', (code, signal) => r({ code, signal })));
+  proc.kill('SIGTERM');
+  const how = await exited;
+  // killed, it may linger a moment as a zombie until its new parent reaps it
+  const alive = () => {
+    try {
+      return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${child}/stat`, 'utf8'));
+    } catch {
+      return false; // gone
+    }
+  };
+  for (const end = Date.now() + 2000; alive() && Date.now() < end; ) await new Promise((r) => setTimeout(r, 20));
+  const survived = alive();
+  if (survived) process.kill(child, 'SIGKILL');
+  return { how, out, alive: survived };
+}
+
+// the bench's redis-servers (about 1 GB) outlived a Ctrl-C of the bench
+describe('bench reaped(): children die with the process on a signal', () => {
+  it('with no other listener: the child is killed and the process dies of the signal', async () => {
+    const r = await run(false);
+    expect(r.alive).toBe(false);
+    expect(r.how).toEqual({ code: null, signal: 'SIGTERM' });
+  });
+
+  it('with a listener of its own: the child is killed and that listener runs once, not again on a re-raised signal', async () => {
+    const r = await run(true);
+    expect(r.alive).toBe(false);
+    expect(r.how).toEqual({ code: 0, signal: null });
+    expect(r.out.match(/handled/g)).toEqual(['handled']);
+  });
+});
