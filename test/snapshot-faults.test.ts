@@ -1,9 +1,10 @@
+import { randomUUID } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { engineFixture, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
+import { dropPrefix, engineFixture, SHARED_REDIS_URL, testPrefix, type EngineFixture } from './helpers/redis.js';
 import { privateRedis, testCluster, type RestartableRedis } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
 import { caughtUp, each, firstRoundDone, generateTokens, sleep, snapshotFixture } from './helpers/snapshot.js';
@@ -290,6 +291,33 @@ describe('snapshot writer under faults (real processes)', () => {
       expect(await count(snap.pool, 'token_events')).toBe(before + 2000);
     } finally {
       await Promise.all(writers.map((w) => w.stop()));
+    }
+  }, 60_000);
+
+  // every lost renewal was logged as "another writer took over", also when none had: a lease that lapsed
+  it('a writer that loses its lease names the writer that holds it; one whose lease lapsed says so and takes it again', async () => {
+    const prefix = testPrefix('leaselog');
+    const lines: string[] = [];
+    const w = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: snap.db.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`), leaseMs: 1500 });
+    const key = new Keys(prefix).snapshotLease();
+    const logged = async (re: RegExp) => {
+      for (const end = Date.now() + 10_000; !lines.some((l) => re.test(l)) && Date.now() < end; ) await sleep(50);
+      return lines.find((l) => re.test(l));
+    };
+    try {
+      await firstRoundDone(snap.fx.redis, prefix);
+      expect(await snap.fx.redis.get(key)).toMatch(new RegExp(`^\\S+ pid ${process.pid} [0-9a-f-]{36}$`));
+      await snap.fx.redis.del(key);
+      expect(await logged(/lapsed/)).toMatch(/^warn: the snapshot lease lapsed with no other writer .*; taking it again$/);
+      for (const end = Date.now() + 10_000; !w.status().leader && Date.now() < end; ) await sleep(50);
+      expect(w.status().leader).toBe(true);
+      expect(lines.join('\n')).not.toMatch(/lost the snapshot lease/);
+      await snap.fx.redis.set(key, `other-host pid 42 ${randomUUID()}`, 'PX', 5000);
+      expect(await logged(/lost the snapshot lease/)).toBe('warn: lost the snapshot lease to the writer of other-host pid 42; it writes to Postgres now');
+      expect(w.status().leader).toBe(false);
+    } finally {
+      await w.stop();
+      await dropPrefix(snap.fx.redis, prefix);
     }
   }, 60_000);
 

@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import type pg from 'pg';
 import type { Config } from '../config.js';
@@ -47,6 +48,7 @@ const STOP_GRACE_MS = 8000;
 /** Each of the lease release and the `off` status: a Redis that answered the round answers these at once. */
 const FAREWELL_MS = 500;
 const LANES = 4;
+const LAPSED = 'the snapshot lease lapsed with no other writer (this process or Redis stalled past it, or Redis lost it); taking it again';
 
 /**
  * The asynchronous Postgres writer. Reads every shard stream with the `snapshot` consumer group,
@@ -61,7 +63,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const redis: RedisClient = createRedis(config, { connectionName: 'referral-manager-snapshot', commandTimeoutMs: 10_000 });
   redis.on('error', () => {}); // reconnects by itself; failures surface as command errors below
   const keys = new Keys(config.keyPrefix);
-  const lease = new Lease(redis, keys.snapshotLease(), opts.leaseMs ?? 10_000);
+  // named by host and pid, so a writer that lost the lease can say to whom
+  const lease = new Lease(redis, keys.snapshotLease(), opts.leaseMs ?? 10_000, `${hostname()} pid ${process.pid}`);
   const streams = new ShardStreams(redis, keys, consumer, Math.max(1, Math.ceil(config.snapshotBatch / 8)));
   const satellites = new SatelliteCopy(redis, config.keyPrefix);
   const campaigns = new CampaignCopy(redis, config.keyPrefix);
@@ -90,6 +93,16 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     }
     streams.rereadAll();
   };
+
+  /**
+   * Says why the lease is gone: a lease that lapsed with no other writer (this process or Redis stalled past
+   * it, or Redis lost its data) is taken again at the next round; one another writer holds is that writer's.
+   */
+  async function sayLost(): Promise<void> {
+    const by = await lease.holder().catch(() => null);
+    if (by === undefined) log('warn', LAPSED);
+    else log('warn', by === null ? 'lost the snapshot lease; not writing until it is taken again' : `lost the snapshot lease to the writer of ${by}; it writes to Postgres now`);
+  }
 
   // the failures onPostgres counted already; any other failure of a round is Redis' (or a bug) and counted once
   const counted = new WeakSet<object>();
@@ -189,10 +202,12 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         // confirmed before every round, not only by the timer: a process paused past its lease must not
         // read new entries (they would sit in the group's pending list, unseen by the new holder)
         const was = leader;
-        leader = (await lease.renew()) || (await lease.acquire());
+        const renewed = await lease.renew();
+        leader = renewed || (await lease.acquire());
         m.leader.set(leader ? 1 : 0);
+        if (was && !renewed && leader) log('warn', LAPSED);
         if (!leader) {
-          if (was) log('warn', 'lost the snapshot lease; another writer took over');
+          if (was) await sayLost();
           await sleep(lease.ms / 3);
           continue;
         }
@@ -237,7 +252,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     if (!leader) return;
     lease.renew().then(
       (ok) => {
-        if (!ok) log('warn', 'lost the snapshot lease; another writer took over');
+        if (!ok) void sayLost();
         leader = ok;
         m.leader.set(ok ? 1 : 0);
       },
