@@ -157,6 +157,20 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
   const prefix = `bench-http-${randomBytes(3).toString('hex')}`;
   const redis = createRedis(config);
   const procs: ChildProcess[] = [];
+  // Ctrl-C or SIGTERM mid-run: the keys this run put on that Redis (two sets of tokens) go with it. A
+  // listener, not once(): reaped() raises the signal again only when no other listener has it. A second
+  // signal stops at once.
+  let interrupted = false;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (interrupted) process.exit(128 + os.constants.signals[sig]);
+    interrupted = true;
+    log(`${sig}: removing the keys under ${prefix} (${sig} again stops at once)`);
+    void Promise.all(procs.map(stop))
+      .then(() => dropPrefix(redis, prefix))
+      .finally(() => process.exit(128 + os.constants.signals[sig]));
+  };
+  process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
+  log(`keys under ${prefix} on ${config.redisUrl}`);
   try {
     const store = new TokenStore(redis, prefix);
     await store.preload();
@@ -229,7 +243,12 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
     if (result.snapshot) log(`snapshot writer lag during that run: worst ${result.snapshot.maxLagSeconds.toFixed(3)} s, ${result.snapshot.maxLagEvents} events (target < 1 s)`);
     log(`ours / ceiling = ${result.oursOverCeiling ?? '-'} (target >= 0.7)   ours / Fastify = ${result.oursOverFastify ?? '-'} (target >= 2.0)   ours p99 = ${result.ours?.p99 ?? '-'} ms (target <= 10)`);
     return result;
+  } catch (err) {
+    // a run the signal cut short (its server killed mid-start): the handler removes the keys and exits
+    if (interrupted) await new Promise(() => {});
+    throw err;
   } finally {
+    process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
     await Promise.all(procs.map(stop));
     await dropPrefix(redis, prefix);
     redis.disconnect();

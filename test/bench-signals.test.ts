@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { createRedis } from '../src/store/redis.js';
 
 const HELPER = path.resolve('dist/bench/redis-server.js');
 
@@ -56,4 +57,28 @@ describe('bench reaped(): children die with the process on a signal', () => {
     expect(r.how).toEqual({ code: 0, signal: null });
     expect(r.out.match(/handled/g)).toEqual(['handled']);
   });
+});
+
+// an interrupted HTTP bench left its tokens (two sets, ~2 keys each) on the shared Redis for good
+describe('bench/http.js interrupted', () => {
+  it('on SIGINT stops its server, removes the keys it made and exits 130', async () => {
+    const proc = spawn(process.execPath, [path.resolve('dist/bench/http.js'), '--tokens', '2000', '--only', 'ours'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+    for (const end = Date.now() + 60_000; !/^ours \(/m.test(out); await new Promise((r) => setTimeout(r, 50))) {
+      if (Date.now() > end || proc.exitCode !== null) throw new Error(`the bench never reached its run: ${out}`);
+    }
+    const prefix = /keys under (bench-http-[0-9a-f]+) on (\S+)/.exec(out)!;
+    const redis = createRedis({ redisUrl: prefix[2]!, redisClusterNodes: [] });
+    try {
+      expect(await redis.keys(`${prefix[1]}:*`)).not.toHaveLength(0);
+      proc.kill('SIGINT');
+      expect(await exited, out).toBe(130);
+      expect(await redis.keys(`${prefix[1]}:*`)).toEqual([]);
+    } finally {
+      redis.disconnect();
+    }
+  }, 90_000);
 });
