@@ -286,7 +286,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       running = false;
       stopping.abort();
       clearInterval(renewTimer);
-      const quiet = Promise.all([loop, lagReport.stop(), ...lanes.map((l) => l.prefetch?.catch(() => {}))]);
+      // a round may start a prefetch until the loop ends: read the lanes then
+      const quiet = Promise.all([loop.then(() => Promise.all(lanes.map((l) => l.prefetch?.catch(() => {})))), lagReport.stop()]);
       // disconnect() ends the socket gracefully: to a hung Redis it stays open, and the status `ready`
       let cut = false;
       if (!(await within(loop, STOP_WAIT_MS))) {
