@@ -354,10 +354,13 @@ describe('serve processes', () => {
         await cluster.signal(i, hang ? 'SIGSTOP' : 'SIGKILL');
         const down = await readyz(`${lost} lost`, (r) => r.status === 503 && String(r.body.error).includes(`master ${lost}:`));
         expect(down.body).toMatchObject({ ready: false, redis: 'down', masters: { ...allOk, [lost]: hang ? 'no answer within 450 ms' : expect.not.stringMatching(/^ok$/) } });
+        // the primary's Cluster watch (every 5 s) logs it, a hung one too, which raises no client error
+        await expect.poll(() => server.output(), { timeout: 15_000 }).toContain(`[redis cluster] master ${lost}: `);
         if (hang) await cluster.signal(i, 'SIGCONT');
         else await cluster.restart(i);
         // a restarted master is empty: the probe loads the scripts again, then answers ready
         expect((await readyz(`${lost} back`, (r) => r.status === 200)).body).toMatchObject({ ready: true, masters: allOk, scripts: 'loaded' });
+        await expect.poll(() => server.output(), { timeout: 15_000 }).toContain(`[redis cluster] master ${lost}: ok again`);
       }
     } finally {
       await pool.close();

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { runPrimary, runWorker } from '../../src/http/cluster.js';
 import { uwsNotNative } from '../../src/http/server.js';
 import { reportLag, startSnapshotWriter } from '../../src/snapshot/index.js';
+import { watchCluster } from '../../src/store/cluster-watch.js';
 import { createRedis } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
@@ -27,12 +28,15 @@ export function register(program: Command): void {
       const primary = await runPrimary(config);
       // Services of the primary (one per deployment, not per worker) start here and join `stops`, run at
       // shutdown alongside the workers' drain (each is bounded; in turn they could outlast a container's
-      // 10 s stop grace): the snapshot writer (config.snapshot), the lag and token-count readings.
+      // 10 s stop grace): the snapshot writer (config.snapshot), the lag and token-count readings, the Cluster watch.
       const stops: (() => Promise<void>)[] = [];
       // for the readings: one fails at once while Redis is down, and after 2 s while it hangs, so
       // neither holds up shutdown
       const redis = createRedis(config, { connectionName: 'referral-manager-primary', failFast: true, commandTimeoutMs: 2000 });
       redis.on('error', () => {}); // reconnects by itself; failed readings are counted in the metrics
+      // a Redis Cluster's masters and migrating slots, in the log and the metrics (undefined for one Redis)
+      const watch = watchCluster(redis, (line) => console.error(line));
+      if (watch) stops.push(() => watch.stop());
       if (config.tokenCountsMs > 0) {
         const counts = reportTokenCounts(new TokenEngine(new TokenStore(redis, config.keyPrefix)), config.tokenCountsMs);
         stops.push(() => counts.stop());

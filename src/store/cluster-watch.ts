@@ -1,0 +1,87 @@
+import client from 'prom-client';
+import { Cluster, type Redis } from 'ioredis';
+import { every } from '../every.js';
+import { clusterMasters, MASTER_PROBE_MS, type RedisClient } from './redis.js';
+
+const metrics = {
+  masterUp: new client.Gauge({
+    name: 'rm_redis_cluster_master_up',
+    help: 'Redis Cluster: 1 for each master of the slot map that answers with cluster_state:ok, 0 for one that does not (the tokens of its slots answer 503)',
+    labelNames: ['node'] as const,
+  }),
+  slotsWithoutMaster: new client.Gauge({ name: 'rm_redis_cluster_slots_without_master', help: 'Redis Cluster: slots no master serves' }),
+  slotsMigrating: new client.Gauge({
+    name: 'rm_redis_cluster_slots_migrating',
+    help: 'Redis Cluster: slots a master marks migrating (a reshard under way, or one left unfinished: scripts on their keys may fail with TRYAGAIN)',
+  }),
+};
+
+/** `[slot->-target]` on a node's own line of CLUSTER NODES: a slot it is handing over. */
+const MIGRATING = /\[(\d+)->-([0-9a-f]+)\]/g;
+
+async function migratingSlots(node: Redis, ms: number): Promise<{ slot: number; from: string; to: string }[]> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('no answer')), ms)));
+  const text = await Promise.race([node.cluster('NODES') as Promise<string>, late]).finally(() => clearTimeout(timer));
+  const lines = text.split('\n');
+  const self = lines.find((l) => l.split(' ')[2]?.includes('myself'));
+  if (!self) return [];
+  const address = (id: string) => lines.find((l) => l.startsWith(`${id} `))?.split(' ')[1]?.split('@')[0] ?? id;
+  return [...self.matchAll(MIGRATING)].map((m) => ({ slot: Number(m[1]), from: address(self.split(' ')[0]!), to: address(m[2]!) }));
+}
+
+export interface ClusterWatchOptions {
+  /** probe period */
+  ms?: number;
+  /** a slot migrating this long is called out as a reshard left unfinished */
+  stuckMs?: number;
+}
+
+/**
+ * Watches a Redis Cluster from one process per host (the serve primary), so the log and the metrics say
+ * what the HTTP workers only show as 503s: a master that stopped answering (down, or hung: a hung one
+ * raises no client error at all) and when it answers again, judged by the probe /readyz uses (CLUSTER
+ * INFO within 1 s) rather than by ioredis' node pool, which holds a dead master again after every slot-map
+ * refresh; and slots left migrating by an interrupted reshard, which /readyz does not fail on (most tokens
+ * still work) but which make scripts on their keys fail. Undefined for a single Redis.
+ */
+export function watchCluster(redis: RedisClient, log: (line: string) => void, opts: ClusterWatchOptions = {}): { stop(): Promise<void> } | undefined {
+  if (!(redis instanceof Cluster)) return undefined;
+  const stuckMs = opts.stuckMs ?? 60_000;
+  // ok or not per master: only a change of that is logged. The reason may change every probe (a killed
+  // master leaves the pool, a slot-map refresh puts it back, its connection fails again)
+  let up = new Map<string, boolean>();
+  let migrating = new Map<number, { since: number; said: boolean }>();
+  return every(opts.ms ?? 5000, async () => {
+    const probe = await clusterMasters(redis).catch(() => undefined);
+    if (!probe) return;
+    metrics.masterUp.reset();
+    const next = new Map<string, boolean>();
+    for (const [node, state] of Object.entries(probe.masters)) {
+      const ok = state === 'ok';
+      next.set(node, ok);
+      metrics.masterUp.set({ node }, ok ? 1 : 0);
+      const was = up.get(node);
+      if (!ok && was !== false) log(`[redis cluster] master ${node}: ${state}; the tokens of its slots answer 503 until it or a replica answers`);
+      if (ok && was === false) log(`[redis cluster] master ${node}: ok again`);
+    }
+    up = next;
+    metrics.slotsWithoutMaster.set(probe.slotsWithoutMaster);
+
+    const now = Date.now();
+    const found = (await Promise.all(redis.nodes('master').map((n) => migratingSlots(n, MASTER_PROBE_MS).catch(() => [])))).flat();
+    metrics.slotsMigrating.set(found.length);
+    const seen = new Map<number, { since: number; said: boolean }>();
+    for (const m of found) {
+      const had = migrating.get(m.slot) ?? { since: now, said: false };
+      if (!had.said && now - had.since >= stuckMs) {
+        log(`[redis cluster] slot ${m.slot} has been migrating from ${m.from} to ${m.to} for ${Math.round((now - had.since) / 1000)} s: a reshard left unfinished? scripts on its keys may fail with TRYAGAIN; \`redis-cli --cluster fix ${m.from}\` finishes it`);
+        had.said = true;
+      }
+      seen.set(m.slot, had);
+    }
+    if (migrating.size === 0 && seen.size > 0) log(`[redis cluster] ${seen.size} slot(s) migrating (a reshard under way), e.g. slot ${found[0]!.slot} from ${found[0]!.from} to ${found[0]!.to}`);
+    if (migrating.size > 0 && seen.size === 0) log('[redis cluster] no slot migrating any more');
+    migrating = seen;
+  });
+}

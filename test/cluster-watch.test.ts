@@ -1,0 +1,70 @@
+import { describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
+import client from 'prom-client';
+import { watchCluster } from '../src/store/cluster-watch.js';
+import { createRedis } from '../src/store/redis.js';
+import { testCluster } from './helpers/http.js';
+import { sleep } from './helpers/snapshot.js';
+
+const gauge = async (name: string, labels: Record<string, string> = {}) =>
+  (await client.register.getSingleMetric(name)!.get()).values.find((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x))?.value;
+
+// a hung master raised no client error, so nothing was logged while its third of the tokens answered 503;
+// nor was its return, and a slot left migrating by an interrupted reshard showed nowhere
+describe('watchCluster (the serve primary): a real 3-master Redis Cluster', () => {
+  it('logs a master that stops answering and its return, and a slot left migrating; the gauges follow', async () => {
+    const cluster = await testCluster(3, ['--cluster-node-timeout', '600000']);
+    const redis = createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes }, { failFast: true, commandTimeoutMs: 2000 });
+    redis.on('error', () => {});
+    const lines: string[] = [];
+    const watch = watchCluster(redis, (l) => lines.push(l), { ms: 200, stuckMs: 1500 })!;
+    const until = async (re: RegExp) => {
+      for (const end = Date.now() + 15_000; !lines.some((l) => re.test(l)) && Date.now() < end; ) await sleep(50);
+      return lines.find((l) => re.test(l));
+    };
+    const hung = cluster.nodes[2]!;
+    try {
+      for (const end = Date.now() + 10_000; (await gauge('rm_redis_cluster_master_up', { node: hung })) !== 1 && Date.now() < end; ) await sleep(50);
+      expect(await gauge('rm_redis_cluster_master_up', { node: hung })).toBe(1);
+      expect(lines).toEqual([]);
+
+      await cluster.signal(2, 'SIGSTOP');
+      expect(await until(/master .* no answer/)).toBe(`[redis cluster] master ${hung}: no answer within 1000 ms; the tokens of its slots answer 503 until it or a replica answers`);
+      expect(await gauge('rm_redis_cluster_master_up', { node: hung })).toBe(0);
+      await cluster.signal(2, 'SIGCONT');
+      expect(await until(/ok again/)).toBe(`[redis cluster] master ${hung}: ok again`);
+      expect(lines.filter((l) => l.includes(hung))).toHaveLength(2); // one line each way, not one a probe
+
+      // killed: the client drops it from its pool and a slot-map refresh puts it back, so the reason changes
+      // from probe to probe; still one line each way
+      await cluster.signal(2, 'SIGKILL');
+      await until(new RegExp(`master ${hung}: (?!no answer)`));
+      await sleep(2000); // ten probes
+      await cluster.restart(2);
+      for (const end = Date.now() + 15_000; lines.filter((l) => l.includes(hung)).length < 4 && Date.now() < end; ) await sleep(50);
+      expect(lines.filter((l) => l.includes(hung)).slice(2)).toEqual([expect.stringMatching(new RegExp(`^\\[redis cluster\\] master ${hung}: .*; the tokens of its slots answer 503`)), `[redis cluster] master ${hung}: ok again`]);
+
+      // what an interrupted `redis-cli --cluster reshard` leaves: the slot marked migrating on its owner
+      const [host, port] = cluster.nodes[0]!.split(':');
+      const owner = new Redis({ host: host!, port: Number(port) });
+      const target = new Redis({ host: cluster.nodes[1]!.split(':')[0]!, port: Number(cluster.nodes[1]!.split(':')[1]) });
+      try {
+        const targetId = (await target.cluster('MYID')) as string;
+        await owner.cluster('SETSLOT', 0, 'MIGRATING', targetId);
+        expect(await until(/migrating \(a reshard under way\)/)).toBe(`[redis cluster] 1 slot(s) migrating (a reshard under way), e.g. slot 0 from ${cluster.nodes[0]} to ${cluster.nodes[1]}`);
+        expect(await gauge('rm_redis_cluster_slots_migrating')).toBe(1);
+        expect(await until(/left unfinished/)).toMatch(new RegExp(`^\\[redis cluster\\] slot 0 has been migrating from ${cluster.nodes[0]} to ${cluster.nodes[1]} for \\d+ s: a reshard left unfinished\\?`));
+        await owner.cluster('SETSLOT', 0, 'STABLE');
+        expect(await until(/no slot migrating/)).toBe('[redis cluster] no slot migrating any more');
+        expect(await gauge('rm_redis_cluster_slots_migrating')).toBe(0);
+      } finally {
+        owner.disconnect();
+        target.disconnect();
+      }
+    } finally {
+      await watch.stop();
+      redis.disconnect();
+      await cluster.stop();
+    }
+  }, 90_000);
+});
