@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../src/free-port.js';
 import { hashKey, SatelliteRegistry } from '../src/satellites/registry.js';
@@ -67,6 +70,34 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect(missing.code).toBe(1);
       expect(missing.stderr).toMatch(/satellite "ghost" is not registered/);
       await registry.remove('sat-u');
+    });
+
+    // --outbound-key shows the key in `ps` and the shell history of whoever registers a satellite
+    it('--outbound-key-file reads the key from a file or stdin (one trailing newline dropped); with --outbound-key too, or unreadable, is exit 2', async () => {
+      const dir = mkdtempSync(path.join(tmpdir(), 'rm-key-'));
+      try {
+        const file = path.join(dir, 'key');
+        writeFileSync(file, 'file-secret\n');
+        const added = await cli('satellites', 'add', '--id', 'sat-kf', '--outbound-key-file', file);
+        expect(added.code, added.stderr).toBe(0);
+        expect((await registry.get('sat-kf'))?.outboundKey).toBe('file-secret');
+        const piped = await runCli(['satellites', 'update', 'sat-kf', '--outbound-key-file', '-'], env, { input: 'stdin-secret\r\n' });
+        expect(piped.code, piped.stderr).toBe(0);
+        expect((await registry.get('sat-kf'))?.outboundKey).toBe('stdin-secret');
+        for (const [args, message] of [
+          [['--outbound-key', 'x', '--outbound-key-file', file], /give the outbound key once/],
+          [['--outbound-key-file', path.join(dir, 'missing')], /--outbound-key-file: ENOENT/],
+          [['--outbound-key-file', file, '--clear-outbound-key'], /--outbound-key and --clear-outbound-key contradict/],
+        ] as const) {
+          const bad = await cli('satellites', 'update', 'sat-kf', ...args);
+          expect(bad.code, bad.stderr).toBe(2);
+          expect(bad.stderr).toMatch(message);
+        }
+        expect((await registry.get('sat-kf'))?.outboundKey).toBe('stdin-secret');
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+        await registry.remove('sat-kf');
+      }
     });
 
     it('list shows whether an outbound key is set, never a key', async () => {

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import type { Config } from '../../src/config.js';
 import { SatelliteRegistry, type Satellite, type SatelliteFields } from '../../src/satellites/registry.js';
@@ -8,6 +9,7 @@ interface UpdateOptions {
   url?: string;
   name?: string;
   outboundKey?: string;
+  outboundKeyFile?: string;
   clearUrl?: boolean;
   clearName?: boolean;
   clearOutboundKey?: boolean;
@@ -18,6 +20,22 @@ interface UpdateOptions {
 function jsonView(s: Satellite) {
   const set = s.outboundKey !== undefined;
   return { id: s.id, name: s.name ?? null, url: s.url ?? null, hasOutboundKey: set, outboundKeySet: set, createdAt: s.createdAt };
+}
+
+const KEY_FILE_HELP = 'read the outbound key from this file (- : stdin), so it shows in no process list or shell history; one trailing newline is dropped';
+
+/**
+ * The outbound key of --outbound-key or --outbound-key-file (which keeps it out of `ps` and the shell
+ * history); both given, or an unreadable file, is a usage error.
+ */
+function outboundKeyOf(cmd: Command, opts: { outboundKey?: string; outboundKeyFile?: string }): string | undefined {
+  if (opts.outboundKeyFile === undefined) return opts.outboundKey;
+  if (opts.outboundKey !== undefined) cmd.error('error: give the outbound key once: --outbound-key or --outbound-key-file', { exitCode: 2 });
+  try {
+    return readFileSync(opts.outboundKeyFile === '-' ? 0 : opts.outboundKeyFile, 'utf8').replace(/\r?\n$/, '');
+  } catch (err) {
+    return cmd.error(`error: --outbound-key-file: ${(err as Error).message}`, { exitCode: 2 });
+  }
 }
 
 /** Opens the registry, runs `fn`, and always disconnects so the process can exit. */
@@ -37,7 +55,7 @@ export function register(program: Command): void {
     .description('register satellites and manage their API keys')
     .addHelpText(
       'after',
-      '\nExamples:\n  referral-manager satellites add --id us1 --url https://us1.example.net --outbound-key "$US1_KEY"\n  referral-manager satellites list --json\n  referral-manager satellites update us1 --url https://us1.example.net\n  referral-manager satellites rotate-key us1 --grace 3600000',
+      '\nExamples:\n  referral-manager satellites add --id us1 --url https://us1.example.net --outbound-key-file /run/secrets/us1_key\n  referral-manager satellites list --json\n  referral-manager satellites update us1 --url https://us1.example.net\n  referral-manager satellites rotate-key us1 --grace 3600000',
     );
 
   const add = sats
@@ -47,15 +65,15 @@ export function register(program: Command): void {
     .option('--url <url>', "base URL of the satellite's referral endpoints (needed by generate)")
     .option('--name <name>', 'display name')
     .option('--outbound-key <key>', 'key the manager presents to the satellite (Authorization: Bearer)')
+    .option('--outbound-key-file <path>', KEY_FILE_HELP)
     .option('--json', 'print {"id", "apiKey"}')
     .addHelpText(
       'after',
-      '\nExamples:\n  referral-manager satellites add --id us1 --url https://us1.example.net --name "US1" --outbound-key "$US1_KEY"\n  referral-manager satellites add --id eu1 --json | jq -r .apiKey',
+      '\nExamples:\n  referral-manager satellites add --id us1 --url https://us1.example.net --name "US1" --outbound-key-file /run/secrets/us1_key\n  referral-manager satellites add --id eu1 --json | jq -r .apiKey',
     );
-  add.action(async function (this: Command, opts: { id: string; url?: string; name?: string; outboundKey?: string; json?: boolean }) {
-    const { id, apiKey } = await invalidIsUsage(this, () =>
-      withRegistry(configFrom(this), (r) => r.add({ id: opts.id, url: opts.url, name: opts.name, outboundKey: opts.outboundKey })),
-    );
+  add.action(async function (this: Command, opts: { id: string; url?: string; name?: string; outboundKey?: string; outboundKeyFile?: string; json?: boolean }) {
+    const outboundKey = outboundKeyOf(this, opts);
+    const { id, apiKey } = await invalidIsUsage(this, () => withRegistry(configFrom(this), (r) => r.add({ id: opts.id, url: opts.url, name: opts.name, outboundKey })));
     if (opts.json) console.log(JSON.stringify({ id, apiKey }));
     else {
       console.log(`satellite "${id}" registered`);
@@ -86,15 +104,17 @@ export function register(program: Command): void {
     .option('--url <url>', "base URL of the satellite's referral endpoints (needed by generate)")
     .option('--name <name>', 'display name')
     .option('--outbound-key <key>', 'key the manager presents to the satellite (Authorization: Bearer)')
+    .option('--outbound-key-file <path>', KEY_FILE_HELP)
     .option('--clear-url', 'remove the url (generate then skips the satellite)')
     .option('--clear-name', 'remove the display name')
     .option('--clear-outbound-key', 'remove the outbound key')
     .option('--json', 'print the satellite as `list --json` does')
     .addHelpText(
       'after',
-      '\nExamples:\n  referral-manager satellites update us1 --url https://us1.example.net\n  referral-manager satellites update us1 --outbound-key "$US1_KEY" --clear-name',
+      '\nExamples:\n  referral-manager satellites update us1 --url https://us1.example.net\n  referral-manager satellites update us1 --outbound-key-file /run/secrets/us1_key --clear-name',
     );
   update.action(async function (this: Command, id: string, opts: UpdateOptions) {
+    opts.outboundKey = outboundKeyOf(this, opts);
     const change: SatelliteFields = {};
     const fields = [['url', 'url', opts.clearUrl], ['name', 'name', opts.clearName], ['outboundKey', 'outbound-key', opts.clearOutboundKey]] as const;
     for (const [field, flag, clear] of fields) {
