@@ -1,7 +1,7 @@
 import client from 'prom-client';
 import { Cluster, type Redis } from 'ioredis';
 import { every } from '../every.js';
-import { clusterMasters, MASTER_PROBE_MS, type RedisClient } from './redis.js';
+import { answerWithin, clusterMasters, MASTER_PROBE_MS, type RedisClient } from './redis.js';
 
 const metrics = {
   masterUp: new client.Gauge({
@@ -20,9 +20,7 @@ const metrics = {
 const MIGRATING = /\[(\d+)->-([0-9a-f]+)\]/g;
 
 async function migratingSlots(node: Redis, ms: number): Promise<{ slot: number; from: string; to: string }[]> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('no answer')), ms)));
-  const text = await Promise.race([node.cluster('NODES') as Promise<string>, late]).finally(() => clearTimeout(timer));
+  const text = await answerWithin(node.cluster('NODES') as Promise<string>, ms);
   const lines = text.split('\n');
   const self = lines.find((l) => l.split(' ')[2]?.includes('myself'));
   if (!self) return [];

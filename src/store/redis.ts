@@ -86,6 +86,11 @@ function clusterInfo(node: Redis, ms: number): Promise<string> {
     reply = (node.cluster('INFO') as Promise<string>).finally(() => asking.delete(node));
     asking.set(node, reply);
   }
+  return answerWithin(reply, ms);
+}
+
+/** `reply`, or a rejection "no answer within `ms` ms" once that has passed: a hung node must not hold a probe. */
+export function answerWithin<T>(reply: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)));
   return Promise.race([reply, late]).finally(() => clearTimeout(timer));
