@@ -27,4 +27,12 @@ describe('loadConfig', () => {
   it('keeps closed ranges as min..max', () => {
     expect(problems({ PORT: '99999', WORKERS: '0' })).toEqual(['PORT: expected 0..65535, got 99999', 'WORKERS: expected 1..256, got 0']);
   });
+
+  // what the README promises a script that passes "$PORT" with PORT unset
+  it('takes a variable or flag set to the empty string as not set: its default applies', () => {
+    const defaults = loadConfig({}, {});
+    const empty = loadConfig({ port: '', workers: '', keyPrefix: '' }, { REDIS_URL: '', DATABASE_URL: '', KEY_GRACE_MS: '', ADMIN_KEY: '', PORT: '9' });
+    expect(empty).toEqual(defaults);
+    expect(empty.adminKey).toBe('');
+  });
 });
