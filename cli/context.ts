@@ -24,12 +24,11 @@ export function addGlobalOptions(program: Command): Command {
  */
 export function globalFlags(cmd: Command): string {
   const g = cmd.optsWithGlobals() as Record<string, string | undefined>;
-  const given: [string, string | undefined][] = [['--redis-url', hidePassword(g.redisUrl)], ['--redis-cluster-nodes', g.redisClusterNodes], ['--key-prefix', g.keyPrefix], ['--database-url', hidePassword(g.databaseUrl)]];
+  const given: [string, string | undefined][] = [['--redis-url', g.redisUrl && hidePassword(g.redisUrl)], ['--redis-cluster-nodes', g.redisClusterNodes], ['--key-prefix', g.keyPrefix], ['--database-url', g.databaseUrl && hidePassword(g.databaseUrl)]];
   return given.filter(([, v]) => v !== undefined).map(([flag, v]) => ` ${flag} ${quote([v!])}`).join('');
 }
 
-function hidePassword(url: string | undefined): string | undefined {
-  if (url === undefined) return undefined;
+function hidePassword(url: string): string {
   try {
     const u = new URL(url);
     if (!u.password) return url;
@@ -40,7 +39,7 @@ function hidePassword(url: string | undefined): string | undefined {
   }
 }
 
-/** The settings given as flags: the global ones, then any command flags given in `extra` (undefined: not given). */
+/** The settings given as flags: the global ones, then any command flags given in `extra` (undefined or empty: not given). */
 export function flagOverrides(cmd: Command, extra: Partial<Record<keyof Config, unknown>> = {}): Partial<Record<keyof Config, unknown>> {
   const g = cmd.optsWithGlobals() as Record<string, string | undefined>;
   const overrides: Partial<Record<keyof Config, unknown>> = { ...extra };
@@ -48,7 +47,7 @@ export function flagOverrides(cmd: Command, extra: Partial<Record<keyof Config, 
   if (g.redisClusterNodes !== undefined) overrides.redisClusterNodes = g.redisClusterNodes;
   if (g.keyPrefix !== undefined) overrides.keyPrefix = g.keyPrefix;
   if (g.databaseUrl !== undefined) overrides.databaseUrl = g.databaseUrl;
-  for (const k of Object.keys(overrides) as (keyof Config)[]) if (overrides[k] === undefined) delete overrides[k];
+  for (const k of Object.keys(overrides) as (keyof Config)[]) if (overrides[k] === undefined || overrides[k] === '') delete overrides[k];
   return overrides;
 }
 
@@ -77,7 +76,7 @@ export function configFrom(cmd: Command, extra: Partial<Record<keyof Config, unk
  */
 export async function connectRedis(config: Config): Promise<RedisClient> {
   const redis = createRedis(config);
-  const where = config.redisClusterNodes.length > 0 ? `cluster ${config.redisClusterNodes.join(',')}` : 'REDIS_URL';
+  const where = config.redisClusterNodes.length > 0 ? `cluster ${config.redisClusterNodes.join(',')}` : hidePassword(config.redisUrl);
   let last: Error | undefined;
   // reconnects by itself; a failure mid-command surfaces as that command's error
   redis.on('error', (err: Error) => (last = err));

@@ -126,7 +126,7 @@ export function loadConfig(
     try {
       out[name] = loadSetting(name, overrides[name], env);
     } catch (err) {
-      problems.push(`${(overrides[name] !== undefined && given[name]) || settings[name].env}: ${(err as Error).message}`);
+      problems.push(`${(isGiven(overrides[name]) && given[name]) || settings[name].env}: ${(err as Error).message}`);
       failed.push(name);
     }
   }
@@ -134,14 +134,17 @@ export function loadConfig(
   return out as Config;
 }
 
+/** An override counts when it has a value: an empty flag (`--port "$PORT"` with PORT unset) leaves the env in charge. */
+const isGiven = (override: unknown): boolean => override !== undefined && override !== '';
+
 /**
- * One setting, by the rules loadConfig reads each by (the override, else the env; an empty value is the
- * default), without reading the others: for a reader of a few settings of another process (the healthcheck),
+ * One setting, by the rules loadConfig reads each by (the override, else the env; an empty value is not
+ * set, so an empty flag falls back to the env and an empty env to the default), without reading the others: for a reader of a few settings of another process (the healthcheck),
  * which must not fail on one that process took from a flag. Throws the parser's error.
  */
 export function loadSetting<K extends keyof Config>(name: K, override: unknown, env: NodeJS.ProcessEnv = process.env): Config[K] {
   const s = settings[name] as Setting<unknown>;
-  const raw = override !== undefined ? override : env[s.env];
+  const raw = isGiven(override) ? override : env[s.env];
   if (raw === undefined || (typeof raw === 'string' && raw === '' && name !== 'adminKey')) return s.default as Config[K];
   return (typeof raw === 'string' ? s.parse(raw) : raw) as Config[K];
 }

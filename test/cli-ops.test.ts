@@ -449,6 +449,10 @@ describe('referral-manager config', () => {
     const json = await runCli(['--key-prefix', 'from-flag', 'config', '--json'], { KEY_PREFIX: 'from-env' });
     const rows = JSON.parse(json.stdout) as { env: string; value: unknown; source: string }[];
     expect(rows.find((r) => r.env === 'KEY_PREFIX')).toMatchObject({ value: 'from-flag', source: 'flag' });
+    // an empty flag is not given: the env's value, labelled as the env's (it showed "rm" (flag))
+    const empty = await runCli(['--key-prefix', '', 'config', '--json'], { KEY_PREFIX: 'from-env' });
+    const emptyRows = JSON.parse(empty.stdout) as { env: string; value: unknown; source: string }[];
+    expect(emptyRows.find((r) => r.env === 'KEY_PREFIX')).toMatchObject({ value: 'from-env', source: 'env' });
   });
 });
 
@@ -494,5 +498,13 @@ describe('Redis unreachable', () => {
       expect(r.code, r.stderr).toBe(1);
       expect(r.stderr.trim().split('\n'), r.stderr).toEqual([expect.stringMatching(/^error: cannot reach Redis .*within 10 s/)]);
     }
+  }, 40_000);
+
+  it('names the Redis it tried, also one given as --redis-url, its password hidden (it said REDIS_URL)', async () => {
+    const port = await freePort();
+    const r = await runCli(['--redis-url', `redis://:s3cret@127.0.0.1:${port}`, 'stats'], { REDIS_URL: 'redis://127.0.0.1:6379' }, { timeoutMs: 30_000 });
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toContain(`cannot reach Redis (redis://:<password>@127.0.0.1:${port})`);
+    expect(r.stderr).not.toContain('s3cret');
   }, 40_000);
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig } from '../src/config.js';
+import { ConfigError, loadConfig, loadSetting } from '../src/config.js';
 
 /** The one config module's validation: what an operator reads when a setting is refused. */
 describe('loadConfig', () => {
@@ -29,10 +29,18 @@ describe('loadConfig', () => {
   });
 
   // what the README promises a script that passes "$PORT" with PORT unset
-  it('takes a variable or flag set to the empty string as not set: its default applies', () => {
+  it('takes a variable set to the empty string as not set: its default applies', () => {
     const defaults = loadConfig({}, {});
-    const empty = loadConfig({ port: '', workers: '', keyPrefix: '' }, { REDIS_URL: '', DATABASE_URL: '', KEY_GRACE_MS: '', ADMIN_KEY: '', PORT: '9' });
+    const empty = loadConfig({}, { REDIS_URL: '', DATABASE_URL: '', KEY_GRACE_MS: '', ADMIN_KEY: '', PORT: '', KEY_PREFIX: '' });
     expect(empty).toEqual(defaults);
     expect(empty.adminKey).toBe('');
+  });
+
+  // `--key-prefix "$PREFIX"` with PREFIX unset under KEY_PREFIX=staging took the default prefix "rm": another deployment's keys
+  it('takes a flag set to the empty string as not given: the env applies, else the default', () => {
+    const c = loadConfig({ port: '', workers: '', keyPrefix: '', host: '' }, { PORT: '9', KEY_PREFIX: 'staging', HOST: '127.0.0.1' });
+    expect(c).toMatchObject({ port: 9, keyPrefix: 'staging', host: '127.0.0.1', workers: loadConfig({}, {}).workers });
+    expect(loadSetting('port', '', { PORT: '9' })).toBe(9);
+    expect(() => loadConfig({ port: '' }, { PORT: 'x' }, { port: '--port' })).toThrow(/PORT: expected an integer/);
   });
 });
