@@ -369,6 +369,25 @@ describe('serve processes', () => {
     }
   });
 
+  it('without ADMIN_KEY warns at start and its admin routes say why they answer 401', async () => {
+    const server = await serve({ ADMIN_KEY: '', KEY_PREFIX: fresh('noadmin') });
+    const pool = new Pool(server.url, { connections: 2 });
+    try {
+      expect(server.output()).toContain('warn: ADMIN_KEY is not set');
+      for (const key of [undefined, ADMIN_KEY, 'x'.repeat(40)]) {
+        const r = await call(pool, 'GET', '/v1/admin/satellites', { key });
+        expect(r.status).toBe(401);
+        expect(r.body).toEqual({ error: 'unauthorized', message: 'admin routes are disabled: this server was started without ADMIN_KEY' });
+      }
+      // satellite routes keep their own message
+      const sat = await call(pool, 'GET', '/v1/users/u/tokens', { key: ADMIN_KEY });
+      expect(sat.body).toEqual({ error: 'unauthorized', message: 'unknown API key' });
+    } finally {
+      await pool.close();
+      expect(await server.stop()).toBe(0);
+    }
+  });
+
   it('SIGTERM exits 0 within seconds while Redis hangs (SIGSTOP), also with SNAPSHOT=false reading the lag', async () => {
     await onPrivateRedis({ SNAPSHOT: 'false' }, async (redis, server) => {
       redis.signal('SIGSTOP');

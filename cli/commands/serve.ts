@@ -25,6 +25,9 @@ export function register(program: Command): void {
       const fallback = uwsNotNative();
       if (fallback) throw new Error(fallback);
 
+      if (config.adminKey === '') {
+        console.error('warn: ADMIN_KEY is not set: the admin routes (/v1/admin/...) answer 401 to every key; the CLI, which talks to Redis, still works');
+      }
       const primary = await runPrimary(config);
       // Services of the primary (one per deployment, not per worker) start here and join `stops`, run at
       // shutdown alongside the workers' drain (each is bounded; in turn they could outlast a container's

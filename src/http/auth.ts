@@ -22,6 +22,11 @@ export class Authenticator {
     return m?.[1];
   }
 
+  /** False when the server was started without ADMIN_KEY: then no key opens the admin routes. */
+  get adminEnabled(): boolean {
+    return this.adminKey !== '';
+  }
+
   isAdmin(key: string): boolean {
     return this.adminKey !== '' && sameKey(key, this.adminKey);
   }

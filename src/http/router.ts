@@ -276,13 +276,16 @@ async function call(route: Route, head: Head, caller: Promise<string>, body: unk
 
 async function authorize(kind: AuthKind, key: string | undefined, auth: Authenticator | undefined): Promise<string> {
   if (kind === 'none') return '';
-  if (key === undefined || !auth) throw new DomainError('unauthorized', 'missing Authorization: Bearer <key>');
+  // an operator whose admin call fails must learn the server has no admin key, not hunt for a typo in theirs
+  const disabled = kind === 'admin' && auth !== undefined && !auth.adminEnabled;
+  const noAdmin = 'admin routes are disabled: this server was started without ADMIN_KEY';
+  if (key === undefined || !auth) throw new DomainError('unauthorized', disabled ? noAdmin : 'missing Authorization: Bearer <key>');
   if (auth.isAdmin(key)) {
     if (kind === 'admin') return '';
     throw new DomainError('forbidden', 'the admin key may not call satellite routes');
   }
   const id = await auth.satellite(key);
-  if (id === undefined) throw new DomainError('unauthorized', 'unknown API key');
+  if (id === undefined) throw new DomainError('unauthorized', disabled ? noAdmin : 'unknown API key');
   if (kind === 'admin') throw new DomainError('forbidden', 'a satellite key may not call admin routes');
   return id;
 }
