@@ -21,3 +21,18 @@ describe('referral-manager --help', () => {
     }
   }, 120_000);
 });
+
+// commander's own usage errors begin "error:"; restore's did not, so it read like a line of output
+describe('usage errors', () => {
+  it.each([
+    [['restore'], 'error: restore needs --from-postgres', 'restore'],
+    [['verify', '--max', 'x'], 'error: --max must be a whole number, got "x"', 'verify'],
+    [['tokens', 'purge', '--older-than', 'old'], 'error: --older-than must look like', 'tokens purge'],
+    [['generate', '--all', '--per-user', '1', '--expires', 'soon'], 'error: --expires must look like 2w, 30d, 12h, 90m, 45s', 'generate'],
+  ])('%j: exit 2, the first line starts "error:", then the usage line', async (args, first, command) => {
+    const r = await runCli(args as string[], { REDIS_URL: 'redis://127.0.0.1:1' });
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr.split('\n')[0]!.startsWith(first as string), r.stderr).toBe(true);
+    expect(r.stderr).toContain(`Usage: referral-manager ${command as string} [options]`);
+  });
+});

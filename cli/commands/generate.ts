@@ -97,7 +97,7 @@ export function register(program: Command): void {
       const perUser = opts.perUser === undefined ? undefined : (positive(opts.perUser, MAX_TOKENS_PER_CALL) ?? usage(`--per-user must be an integer 1..${MAX_TOKENS_PER_CALL}`));
       let expiresAt: number | undefined;
       if (opts.expires !== undefined) {
-        const ms = parseDuration(opts.expires) ?? usage('--expires must look like 30d, 12h, 90m, 45s');
+        const ms = parseDuration(opts.expires) ?? usage('--expires must look like 2w, 30d, 12h, 90m, 45s');
         expiresAt = Date.now() + ms;
         // the engine refuses these at the first batch, after the campaign is recorded with them: it could never finish
         if (ms === 0 || !Number.isSafeInteger(expiresAt) || expiresAt > MAX_EXPIRES_AT) usage('--expires must be longer than 0 and end before the year 10000');

@@ -78,7 +78,7 @@ export function register(program: Command): void {
     .option('--force', 'restore even when keys exist under the prefix (the engine keys are replaced)')
     .addHelpText('after', '\nExamples:\n  referral-manager restore --from-postgres\n  referral-manager restore --from-postgres --force --key-prefix rm')
     .action(async function (this: Command, opts: { fromPostgres?: boolean; force?: boolean }) {
-      if (!opts.fromPostgres) this.error('restore needs --from-postgres', { exitCode: 2 });
+      if (!opts.fromPostgres) this.error('error: restore needs --from-postgres', { exitCode: 2 });
       const config = configFrom(this);
       const redis = await connectRedis(config);
       const pool = await openSnapshot(config.databaseUrl, RESTORE_LANES);
