@@ -28,12 +28,14 @@ export function globalFlags(cmd: Command): string {
   return given.filter(([, v]) => v !== undefined).map(([flag, v]) => ` ${flag} ${quote([v!])}`).join('');
 }
 
-function hidePassword(url: string): string {
+/** The URL with its password shown as `shown`, also a password without a user (redis://:secret@host, Redis's usual form). */
+export function hidePassword(url: string, shown = '<password>'): string {
   try {
     const u = new URL(url);
     if (!u.password) return url;
+    // set as a placeholder: URL would percent-encode the < and > of the default
     u.password = 'PASSWORD';
-    return u.toString().replace(':PASSWORD@', ':<password>@');
+    return u.toString().replace(':PASSWORD@', `:${shown}@`);
   } catch {
     return url;
   }

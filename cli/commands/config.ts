@@ -1,14 +1,6 @@
 import type { Command } from 'commander';
 import { settings } from '../../src/config.js';
-import { configFrom, flagOverrides } from '../context.js';
-
-/** The URL with its password as ***, also a password without a user (redis://:secret@host, Redis's usual form). */
-function redactPassword(raw: string): string {
-  const u = new URL(raw);
-  if (u.password === '') return raw;
-  u.password = '***';
-  return u.href;
-}
+import { configFrom, flagOverrides, hidePassword } from '../context.js';
 
 /** `referral-manager config`: the effective settings (secrets redacted) and where each comes from. */
 export function register(program: Command): void {
@@ -23,7 +15,7 @@ export function register(program: Command): void {
       const rows = Object.entries(settings).map(([name, s]) => {
         let value = config[name];
         if (name === 'adminKey') value = value ? '(set)' : '(empty: admin routes disabled)';
-        if (name === 'databaseUrl' || name === 'redisUrl') value = redactPassword(String(value));
+        if (name === 'databaseUrl' || name === 'redisUrl') value = hidePassword(String(value), '***');
         const fromEnv = process.env[s.env] !== undefined;
         // a global flag overrides the env (configFrom); an empty env value, except ADMIN_KEY's, means the default
         const source = name in flags ? 'flag' : fromEnv && (process.env[s.env] !== '' || name === 'adminKey') ? 'env' : 'default';
