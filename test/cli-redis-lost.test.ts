@@ -48,7 +48,8 @@ describe('a CLI command that loses Redis part-way (child process, private redis-
     try {
       const r = await generateMeeting({ REDIS_URL: redis.url }, () => redis.stop('SIGKILL'));
       expect(r.code, `${r.code} ${r.stdout} ${r.stderr}`).toBe(1);
-      expect(r.stderr).toMatch(/error: lost Redis \(REDIS_URL\) for 10 s: .*giving up/);
+      expect(r.stderr).toContain(`error: lost Redis (${redis.url}) for 10 s: `);
+      expect(r.stderr).toMatch(/for 10 s: .*giving up/);
     } finally {
       await redis.dispose();
     }
@@ -62,7 +63,7 @@ describe('a CLI command that loses Redis part-way (child process, private redis-
     try {
       const r = await generateMeeting({ REDIS_URL: redis.url }, async () => redis.signal('SIGSTOP'));
       expect(r.code, `${r.code} ${r.stdout} ${r.stderr}`).toBe(1);
-      expect(r.stderr).toMatch(/error: Redis \(REDIS_URL\) did not answer within 10 s; giving up/);
+      expect(r.stderr).toContain(`error: Redis (${redis.url}) did not answer within 10 s; giving up`);
     } finally {
       await redis.dispose();
     }
