@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import type { Config } from '../../src/config.js';
-import { SatelliteRegistry, type Satellite, type SatelliteFields } from '../../src/satellites/registry.js';
+import type { Satellite, SatelliteFields } from '../../src/satellites/model.js';
+import { SatelliteRegistry } from '../../src/satellites/registry.js';
 import { configFrom, connectRedis } from '../context.js';
 import { invalidIsUsage, table } from '../format.js';
 

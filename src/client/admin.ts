@@ -1,4 +1,4 @@
-import type { Satellite, SatelliteFields } from '../satellites/registry.js';
+import type { Satellite, SatelliteFields } from '../satellites/model.js';
 import type { Stats } from '../store/model.js';
 import { segment, Transport, type TransportOptions } from './transport.js';
 

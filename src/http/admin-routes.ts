@@ -1,6 +1,7 @@
 import { MAX_KEY_GRACE_MS } from '../config.js';
 import { DomainError } from '../errors.js';
-import { SATELLITE_FIELD_MAX as MAX, type Satellite, type SatelliteFields } from '../satellites/registry.js';
+import type { Satellite, SatelliteFields } from '../satellites/model.js';
+import { SATELLITE_FIELD_MAX as MAX } from '../satellites/registry.js';
 import { MAX_TOKENS_PER_CALL } from '../tokens/engine.js';
 import { checkToken } from '../tokens/validate.js';
 import { defined, id, nullable, obj, token } from './fields.js';

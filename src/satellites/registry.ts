@@ -5,23 +5,7 @@ import { insertSatellite, readRegistry, SatelliteKeys } from '../store/satellite
 import { hexDigest } from '../digest.js';
 import { DomainError } from '../errors.js';
 import { checkNewId, checkText } from '../tokens/validate.js';
-
-export interface Satellite {
-  id: string;
-  name?: string;
-  /** where the manager reaches the satellite's referral endpoints (generation flow) */
-  url?: string;
-  /** key the manager presents to the satellite; stored as given because the manager must send it */
-  outboundKey?: string;
-  createdAt: number;
-}
-
-/** The fields an operator may set on a satellite; in an update, null clears one and a missing one is kept. */
-export interface SatelliteFields {
-  name?: string | null;
-  url?: string | null;
-  outboundKey?: string | null;
-}
+import type { Satellite, SatelliteFields } from './model.js';
 
 /** 256 random bits, URL-safe; the manager stores only its SHA-256. */
 export function newApiKey(): string {
