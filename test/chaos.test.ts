@@ -1,0 +1,218 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { freePort } from '../bench/redis-server.js';
+import { AdminClient } from '../src/client/admin.js';
+import { ReferralError, SatelliteClient } from '../src/client/index.js';
+import { sampleLag } from '../src/snapshot/lag.js';
+import { createRedis, type RedisClient } from '../src/store/redis.js';
+import { TokenStore } from '../src/store/token-store.js';
+import { TokenEngine } from '../src/tokens/engine.js';
+import { runCli } from './helpers/cli.js';
+import { ADMIN_KEY, privateRedis, serve, type RestartableRedis, type Served } from './helpers/http.js';
+import { testDatabase } from './helpers/pg.js';
+import { sleep } from './helpers/snapshot.js';
+
+/** How long faults are injected under load; CHAOS_MS=600000 for a soak. */
+const CHAOS_MS = Number(process.env.CHAOS_MS ?? 40_000);
+const PREFIX = 'chaos';
+/** answers a satellite may get while the manager is being broken: anything else is a bug */
+const EXPECTED = new Set(['token_already_redeemed', 'token_reserved', 'reservation_mismatch', 'reservation_expired', 'unavailable', 'store_unavailable']);
+
+type Fault = 'kill -9 a worker' | 'kill -9 serve, start it' | 'SIGTERM serve, start it' | 'kill -9 Redis (AOF), start it' | 'SIGSTOP Redis 2.5 s';
+const FAULTS: Fault[] = ['kill -9 a worker', 'kill -9 serve, start it', 'SIGTERM serve, start it', 'kill -9 Redis (AOF), start it', 'SIGSTOP Redis 2.5 s'];
+
+const cleanup: (() => Promise<unknown>)[] = [];
+afterAll(async () => {
+  for (const f of cleanup.reverse()) await f().catch(() => {});
+});
+
+/**
+ * The whole product at once, with real processes: serve (2 workers and the snapshot writer) on a Redis of its
+ * own with an AOF fsynced on every write, satellites redeeming and reserving over HTTP from both sides, while
+ * its workers, serve itself and Redis are killed, stopped and paused in turn. The fault tests elsewhere break
+ * one part at a time; this one looks for what only shows when they break together.
+ */
+describe('chaos: serve under load while workers, serve and Redis are killed', () => {
+  it('loses no acknowledged redemption, redeems no token twice, answers only expected codes, and Postgres equals Redis after', async () => {
+    const redis = await privateRedis(['--appendfsync', 'always']);
+    await redis.start();
+    cleanup.push(() => redis.dispose());
+    const db = await testDatabase();
+    cleanup.push(() => db.drop());
+    const env = { REDIS_URL: redis.url, DATABASE_URL: db.url, KEY_PREFIX: PREFIX, SNAPSHOT: 'true', REQUEST_TIMEOUT_MS: '1000', AUTH_CACHE_MS: '1000' };
+    const port = await freePort();
+    let server: Served = await serve(env, 2, port);
+    cleanup.push(() => server.stop());
+
+    const admin = new AdminClient({ url: server.url, apiKey: ADMIN_KEY });
+    const sats = ['sat-a', 'sat-b'];
+    const clients: SatelliteClient[] = [];
+    const tokens: string[] = [];
+    for (const id of sats) {
+      const { apiKey } = await admin.addSatellite({ id });
+      clients.push(new SatelliteClient({ url: server.url, apiKey, timeoutMs: 3000, connections: 8 }));
+      for (const part of [0, 1]) {
+        const users = Array.from({ length: 2000 }, (_, i) => `${id}-owner-${part}-${i}`);
+        tokens.push(...(await admin.generate({ satelliteId: id, userIds: users, perUser: 5 })).tokens.map((t) => t.token));
+      }
+    }
+
+    /** token -> the redeemers it was acknowledged to (more than one: a token redeemed twice) */
+    const acked = new Map<string, Set<string>>();
+    /** token -> every redeemer that tried it (a redeem whose answer was lost may still have landed) */
+    const tried = new Map<string, Set<string>>();
+    const surprises: string[] = [];
+    const counts = new Map<string, number>();
+    const note = (what: string) => counts.set(what, (counts.get(what) ?? 0) + 1);
+    let user = 0;
+    let running = true;
+    /** tokens not yet seen redeemed: most attempts go to these, so the load keeps making redemptions */
+    const open = [...tokens];
+    const closed = (token: string) => {
+      const i = open.indexOf(token);
+      if (i >= 0) open.splice(i, 1);
+    };
+
+    const attempt = async () => {
+      const pool = open.length > 0 && Math.random() < 0.9 ? open : tokens;
+      const token = pool[Math.floor(Math.random() * pool.length)]!;
+      const side = Math.floor(Math.random() * 2);
+      const client = clients[side]!;
+      const redeemer = `${sats[side]}\t${`new-${user++}`}`;
+      const userId = redeemer.split('\t')[1]!;
+      if (!tried.has(token)) tried.set(token, new Set());
+      tried.get(token)!.add(redeemer);
+      const ok = () => {
+        if (!acked.has(token)) acked.set(token, new Set());
+        acked.get(token)!.add(redeemer);
+        closed(token);
+        note('ok');
+      };
+      const r = Math.random();
+      try {
+        if (r < 0.6) {
+          await client.redeem(token, userId);
+          ok();
+        } else {
+          const held = await client.reserve(token, 1500);
+          if (r < 0.85) {
+            await client.complete(token, held.reservationId, userId);
+            ok();
+          } else {
+            await client.release(token, held.reservationId);
+            note('released');
+          }
+        }
+      } catch (err) {
+        const code = err instanceof ReferralError ? err.code : `not a ReferralError: ${String(err)}`;
+        note(code);
+        const expected = EXPECTED.has(code);
+        if (!expected && surprises.length < 20) surprises.push(`${code} (${err instanceof Error ? err.message : ''}) on ${token}`);
+        if (code === 'token_already_redeemed') closed(token);
+        // as a satellite would: not in a tight loop while the manager is down
+        if (!expected || code === 'unavailable' || code === 'store_unavailable') await sleep(50);
+      }
+    };
+    const load = Array.from({ length: 8 }, async () => {
+      while (running) await attempt();
+    });
+
+    const faults: string[] = [];
+    const restart = async (how: 'SIGKILL' | 'SIGTERM') => {
+      if (how === 'SIGKILL') {
+        server.proc.kill('SIGKILL');
+        await server.stop();
+      } else {
+        const code = await server.stop();
+        if (code !== 0) surprises.push(`serve exited ${code} on SIGTERM`);
+      }
+      server = await serve(env, 2, port);
+    };
+    /** the pid of a worker, as /healthz tells it */
+    const aWorker = async () => ((await (await fetch(`${server.url}/healthz`)).json()) as { pid: number }).pid;
+    const end = Date.now() + CHAOS_MS;
+    for (let i = 0; Date.now() < end; i++) {
+      await sleep(2000 + Math.random() * 3000);
+      const fault = FAULTS[i % FAULTS.length]!;
+      faults.push(fault);
+      if (fault === 'kill -9 a worker') {
+        const pid = await aWorker().catch(() => undefined); // none while a replacement starts: then nothing breaks this round
+        if (pid) process.kill(pid, 'SIGKILL');
+      }
+      else if (fault === 'kill -9 serve, start it') await restart('SIGKILL');
+      else if (fault === 'SIGTERM serve, start it') await restart('SIGTERM');
+      else if (fault === 'kill -9 Redis (AOF), start it') await killRedis(redis);
+      else {
+        redis.signal('SIGSTOP');
+        await sleep(2500);
+        redis.signal('SIGCONT');
+      }
+    }
+    running = false;
+    await Promise.all(load);
+    const summary = `faults: ${faults.join(', ')}; answers: ${JSON.stringify(Object.fromEntries(counts))}`;
+    expect(surprises, summary).toEqual([]);
+    expect(faults.length, summary).toBeGreaterThanOrEqual(FAULTS.length);
+
+    // everything recovers by itself, no restart of ours: a token made now is redeemed within seconds
+    const fresh = (await soon(() => admin.generate({ satelliteId: 'sat-a', userIds: ['after'], perUser: 1 }))).tokens[0]!.token;
+    tokens.push(fresh);
+    tried.set(fresh, new Set(['sat-b\tafter-faults']));
+    await soon(() => clients[1]!.redeem(fresh, 'after-faults'));
+    acked.set(fresh, new Set(['sat-b\tafter-faults']));
+    await admin.close();
+    await Promise.all(clients.map((c) => c.close()));
+
+    const direct = createRedis({ redisUrl: redis.url, redisClusterNodes: [] });
+    cleanup.push(async () => direct.disconnect());
+    await caughtUp(direct);
+    expect(await server.stop(), 'serve exits 0 on SIGTERM').toBe(0);
+
+    // every acknowledged redemption is in Redis, by the redeemer it was acknowledged to, and only one
+    const engine = new TokenEngine(new TokenStore(direct, PREFIX));
+    for (const [token, who] of acked) {
+      expect([...who], `${token} acknowledged to several redeemers`).toHaveLength(1);
+      const t = await engine.lookup(token);
+      expect(t && `${t.state} ${t.redeemerSatelliteId}\t${t.redeemerUserId}`, token).toBe(`redeemed ${[...who][0]}`);
+    }
+    // and a token redeemed without an acknowledgement (its answer lost to a fault) went to one who tried it
+    let redeemed = 0;
+    for (const token of tokens) {
+      const t = (await engine.lookup(token))!;
+      expect(t, token).toBeDefined();
+      if (t.state !== 'redeemed') continue;
+      redeemed++;
+      expect(tried.get(token)?.has(`${t.redeemerSatelliteId}\t${t.redeemerUserId}`), token).toBe(true);
+    }
+    // the counters the scripts keep agree with the tokens (a script cut short by a kill would leave them apart)
+    const stats = await engine.stats();
+    expect(Object.values(stats.satellites).reduce((n, s) => n + s.redeemed, 0), summary).toBe(redeemed);
+
+    const verified = await runCli(['verify'], { REDIS_URL: redis.url, DATABASE_URL: db.url, KEY_PREFIX: PREFIX }, { timeoutMs: 60_000 });
+    expect(verified.code, `${verified.stdout}${verified.stderr}`).toBe(0);
+  }, CHAOS_MS + 150_000);
+});
+
+/** `call`'s answer, retried for up to 10 s while it fails. */
+async function soon<T>(call: () => Promise<T>): Promise<T> {
+  for (const end = Date.now() + 10_000; ; await sleep(200)) {
+    try {
+      return await call();
+    } catch (err) {
+      if (Date.now() > end) throw err;
+    }
+  }
+}
+
+async function killRedis(redis: RestartableRedis): Promise<void> {
+  await redis.stop('SIGKILL');
+  await redis.start();
+}
+
+/** Until the writer has copied every event (serve's writer, which itself may have just started again). */
+async function caughtUp(redis: RedisClient): Promise<void> {
+  for (const end = Date.now() + 60_000; ; await sleep(200)) {
+    const lag = await sampleLag(redis, PREFIX).catch(() => undefined);
+    if (lag?.events === 0) return;
+    if (Date.now() > end) throw new Error(`the snapshot writer did not catch up: ${lag?.events} events waiting`);
+  }
+}
