@@ -8,7 +8,7 @@ import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, privateRedis, serve, type RestartableRedis, type Served } from './helpers/http.js';
-import { testDatabase } from './helpers/pg.js';
+import { pgProxy, testDatabase } from './helpers/pg.js';
 import { sleep } from './helpers/snapshot.js';
 
 /** How long faults are injected under load; CHAOS_MS=600000 for a soak. */
@@ -17,8 +17,7 @@ const PREFIX = 'chaos';
 /** answers a satellite may get while the manager is being broken: anything else is a bug */
 const EXPECTED = new Set(['token_already_redeemed', 'token_reserved', 'reservation_mismatch', 'reservation_expired', 'unavailable', 'store_unavailable']);
 
-type Fault = 'kill -9 a worker' | 'kill -9 serve, start it' | 'SIGTERM serve, start it' | 'kill -9 Redis (AOF), start it' | 'SIGSTOP Redis 2.5 s';
-const FAULTS: Fault[] = ['kill -9 a worker', 'kill -9 serve, start it', 'SIGTERM serve, start it', 'kill -9 Redis (AOF), start it', 'SIGSTOP Redis 2.5 s'];
+const FAULTS = ['kill -9 a worker', 'kill -9 serve, start it', 'Postgres unreachable 4 s', 'SIGTERM serve, start it', 'kill -9 Redis (AOF), start it', 'SIGSTOP Redis 2.5 s'] as const;
 
 const cleanup: (() => Promise<unknown>)[] = [];
 afterAll(async () => {
@@ -27,18 +26,22 @@ afterAll(async () => {
 
 /**
  * The whole product at once, with real processes: serve (2 workers and the snapshot writer) on a Redis of its
- * own with an AOF fsynced on every write, satellites redeeming and reserving over HTTP from both sides, while
- * its workers, serve itself and Redis are killed, stopped and paused in turn. The fault tests elsewhere break
- * one part at a time; this one looks for what only shows when they break together.
+ * own with an AOF, satellites redeeming and reserving over HTTP from both sides, while in turn a worker is
+ * killed, serve is killed or stopped and started again, Redis is killed and restarted or paused, and Postgres
+ * is cut off. The fault tests elsewhere break one part at a time; this one looks for what only shows when
+ * they break together.
  */
-describe('chaos: serve under load while workers, serve and Redis are killed', () => {
+describe('chaos: serve under load while its workers, serve, Redis and its way to Postgres are broken', () => {
   it('loses no acknowledged redemption, redeems no token twice, answers only expected codes, and Postgres equals Redis after', async () => {
     const redis = await privateRedis(['--appendfsync', 'always']);
     await redis.start();
     cleanup.push(() => redis.dispose());
     const db = await testDatabase();
     cleanup.push(() => db.drop());
-    const env = { REDIS_URL: redis.url, DATABASE_URL: db.url, KEY_PREFIX: PREFIX, SNAPSHOT: 'true', REQUEST_TIMEOUT_MS: '1000', AUTH_CACHE_MS: '1000' };
+    // the writer reaches Postgres through a proxy the test can cut
+    const proxy = await pgProxy(db.url);
+    cleanup.push(() => proxy.close());
+    const env = { REDIS_URL: redis.url, DATABASE_URL: proxy.url, KEY_PREFIX: PREFIX, SNAPSHOT: 'true', REQUEST_TIMEOUT_MS: '1000', AUTH_CACHE_MS: '1000' };
     const port = await freePort();
     let server: Served = await serve(env, 2, port);
     cleanup.push(() => server.stop());
@@ -141,6 +144,11 @@ describe('chaos: serve under load while workers, serve and Redis are killed', ()
       else if (fault === 'kill -9 serve, start it') await restart('SIGKILL');
       else if (fault === 'SIGTERM serve, start it') await restart('SIGTERM');
       else if (fault === 'kill -9 Redis (AOF), start it') await killRedis(redis);
+      else if (fault === 'Postgres unreachable 4 s') {
+        await proxy.close();
+        await sleep(4000);
+        proxy.open();
+      }
       else {
         redis.signal('SIGSTOP');
         await sleep(2500);

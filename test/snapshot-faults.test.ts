@@ -1,12 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
-import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { dropPrefix, engineFixture, SHARED_REDIS_URL, testPrefix, type EngineFixture } from './helpers/redis.js';
 import { privateRedis, testCluster, type RestartableRedis } from './helpers/http.js';
-import { testDatabase } from './helpers/pg.js';
+import { pgProxy, testDatabase } from './helpers/pg.js';
 import { caughtUp, each, firstRoundDone, generateTokens, sleep, snapshotFixture } from './helpers/snapshot.js';
 import { openPostgres, readSnapshotStatus, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { snapshotMetrics } from '../src/snapshot/metrics.js';
@@ -35,47 +34,6 @@ const exited = (c: ChildProcess) =>
   new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => c.once('exit', (code, signal) => r({ code, signal })));
 const redisErrors = async () => (await snapshotMetrics.errors.get()).values.find((v) => v.labels.where === 'redis')?.value ?? 0;
 const count = async (pool: pg.Pool, table: string) => Number((await pool.query(`SELECT count(*) AS n FROM ${table}`)).rows[0].n);
-
-/**
- * A TCP proxy in front of the Postgres of `dbUrl`: close() resets every connection and refuses new ones
- * until open(); blackhole(true) keeps connections open but drops every byte (a network that went away
- * without a reset). Bytes dropped leave those connections useless: the client must replace them.
- */
-async function pgProxy(dbUrl: string) {
-  const target = new URL(dbUrl);
-  const port = await freePort();
-  const sockets = new Set<net.Socket>();
-  let dropping = false;
-  let server: net.Server | undefined;
-  const open = () => {
-    server = net.createServer((c) => {
-      const up = net.connect(Number(target.port || 5432), target.hostname);
-      for (const [from, to] of [[c, up], [up, c]] as const) {
-        sockets.add(from);
-        from.on('error', () => {});
-        from.on('close', () => (sockets.delete(from), to.destroy()));
-        from.on('data', (d) => dropping || to.write(d));
-      }
-    }).listen(port, '127.0.0.1');
-  };
-  open();
-  const url = new URL(dbUrl);
-  url.port = String(port);
-  return {
-    url: url.toString(),
-    open,
-    blackhole(on: boolean) {
-      dropping = on;
-    },
-    async close() {
-      // server.close waits for every connection to end: reset them first (a lent-out client never would)
-      const closed = new Promise((r) => (server ? server.close(r) : r(undefined)));
-      server = undefined;
-      for (const s of sockets) s.destroy();
-      await closed;
-    },
-  };
-}
 
 /** GET on a writer's ops port, waiting up to 30 s for it to listen. */
 async function get(port: number, p: string): Promise<{ status: number; text: string }> {

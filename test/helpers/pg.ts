@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import net from 'node:net';
 import pg from 'pg';
+import { freePort } from '../../bench/redis-server.js';
 
 export const PG_BASE_URL = process.env.TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 
@@ -28,4 +30,45 @@ export async function testDatabase(): Promise<{ url: string; name: string; drop(
   await admin.query(`CREATE DATABASE ${db.name}`);
   await admin.end();
   return db;
+}
+
+/**
+ * A TCP proxy in front of the Postgres of `dbUrl`: close() resets every connection and refuses new ones
+ * until open(); blackhole(true) keeps connections open but drops every byte (a network that went away
+ * without a reset). Bytes dropped leave those connections useless: the client must replace them.
+ */
+export async function pgProxy(dbUrl: string) {
+  const target = new URL(dbUrl);
+  const port = await freePort();
+  const sockets = new Set<net.Socket>();
+  let dropping = false;
+  let server: net.Server | undefined;
+  const open = () => {
+    server = net.createServer((c) => {
+      const up = net.connect(Number(target.port || 5432), target.hostname);
+      for (const [from, to] of [[c, up], [up, c]] as const) {
+        sockets.add(from);
+        from.on('error', () => {});
+        from.on('close', () => (sockets.delete(from), to.destroy()));
+        from.on('data', (d) => dropping || to.write(d));
+      }
+    }).listen(port, '127.0.0.1');
+  };
+  open();
+  const url = new URL(dbUrl);
+  url.port = String(port);
+  return {
+    url: url.toString(),
+    open,
+    blackhole(on: boolean) {
+      dropping = on;
+    },
+    async close() {
+      // server.close waits for every connection to end: reset them first (a lent-out client never would)
+      const closed = new Promise((r) => (server ? server.close(r) : r(undefined)));
+      server = undefined;
+      for (const s of sockets) s.destroy();
+      await closed;
+    },
+  };
 }
