@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import client from 'prom-client';
 import { describe, expect, it } from 'vitest';
+import { errorCatalogue } from '../src/errors.js';
 // every module that registers a metric of ours
 import '../src/metrics.js';
 import '../src/snapshot/metrics.js';
@@ -31,5 +32,23 @@ describe('the README metrics table', () => {
     const docs = new Map([...documented()].map(([name, labels]) => [name, labels.slice().sort()]));
     expect(registered.size).toBeGreaterThan(10);
     expect(Object.fromEntries(docs)).toEqual(Object.fromEntries(registered));
+  });
+});
+
+/** Codes only the CLI meets (it reads campaigns in Redis itself): no route answers them. */
+const CLI_ONLY = new Set(['campaign_not_found']);
+
+// satellites code against docs/http.md's table: a code answered on the wire and missing there is a surprise
+describe('the docs/http.md error table', () => {
+  it('lists every wire error code with the status the catalogue gives it', () => {
+    const http = readFileSync(new URL('../docs/http.md', import.meta.url), 'utf8');
+    const table = http.slice(http.indexOf('## Errors'), http.indexOf('## Faults and abuse'));
+    const listed = new Map<string, number>();
+    for (const row of table.split('\n').filter((l) => /^\| \d{3} \|/.test(l))) {
+      const [, status, codes] = row.split('|').map((c) => c.trim());
+      for (const m of codes!.matchAll(/`(\w+)`/g)) listed.set(m[1]!, Number(status));
+    }
+    const wire = Object.entries(errorCatalogue).filter(([code]) => !CLI_ONLY.has(code));
+    expect(Object.fromEntries(listed)).toEqual(Object.fromEntries(wire.map(([code, e]) => [code, e.status])));
   });
 });
