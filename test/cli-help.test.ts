@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.js';
 
@@ -19,6 +20,35 @@ describe('referral-manager --help', () => {
         expect(sub.stdout, `${c} ${s}`).toMatch(/Examples:/);
       }
     }
+  }, 120_000);
+});
+
+/** The lines of a `--help` block (`Commands:`, `Options:`) up to the blank line after it. */
+const block = (help: string, heading: string) => (help.split(`${heading}:\n`)[1] ?? '').split('\n\n')[0]!;
+
+// the README's CLI table is where a marketer or operator looks first: a command or flag added without a
+// row there exists only for those who read --help
+describe('the README CLI table', () => {
+  it('names every command, subcommand and command flag of --help', async () => {
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    const cells = readme.slice(readme.indexOf('## CLI'), readme.indexOf('### The generation flow')).split('\n').filter((l) => l.startsWith('| `')).map((l) => l.split(' | ')[0]!);
+    const help = async (args: string[]) => (await runCli([...args, '--help'])).stdout;
+    const subs = (text: string) => [...block(text, 'Commands').matchAll(/^ {2}([a-z][\w-]*)/gm)].map((m) => m[1]!).filter((s) => s !== 'help');
+    const flags = (text: string) => [...new Set([...block(text, 'Options').matchAll(/^ {2}(?:-\w, )?--([a-z][\w-]*)/gm)].map((m) => m[1]!))].filter((o) => o !== 'help');
+    const top = await help([]);
+    const global = flags(top);
+    const missing: string[] = [];
+    for (const c of subs(top)) {
+      const own = cells.filter((cell) => cell.startsWith(`| \`${c}`) || cell.includes(` \`${c} `)).join(' ');
+      if (!own) missing.push(c);
+      const text = await help([c]);
+      const leaves = subs(text).length ? await Promise.all(subs(text).map(async (s) => [`${c} ${s}`, s, await help([c, s])] as const)) : [[c, '', text] as const];
+      for (const [name, sub, leaf] of leaves) {
+        if (sub && !new RegExp(`\\b${sub}\\b`).test(own)) missing.push(name);
+        for (const f of flags(leaf)) if (!global.includes(f) && !own.includes(`--${f}`)) missing.push(`${name} --${f}`);
+      }
+    }
+    expect(missing).toEqual([]);
   }, 120_000);
 });
 
