@@ -139,8 +139,9 @@ const isGiven = (override: unknown): boolean => override !== undefined && overri
 
 /**
  * One setting, by the rules loadConfig reads each by (the override, else the env; an empty value is not
- * set, so an empty flag falls back to the env and an empty env to the default), without reading the others: for a reader of a few settings of another process (the healthcheck),
- * which must not fail on one that process took from a flag. Throws the parser's error.
+ * set, so an empty flag falls back to the env and an empty env to the default), without reading the
+ * others: for a reader of a few settings of another process (the healthcheck), which must not fail on
+ * one that process took from a flag. Throws the parser's error.
  */
 export function loadSetting<K extends keyof Config>(name: K, override: unknown, env: NodeJS.ProcessEnv = process.env): Config[K] {
   const s = settings[name] as Setting<unknown>;
