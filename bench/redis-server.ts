@@ -20,11 +20,11 @@ export interface PrivateRedis {
 }
 
 export interface RedisClusterHandle {
-  /** host:port of every master */
+  /** host:port of every server (without replicas: every master) */
   nodes: string[];
-  /** signals master `i`: SIGKILL (a crash; waits for the exit), SIGSTOP / SIGCONT (a master that hangs) */
+  /** signals server `i`: SIGKILL (a crash; waits for the exit), SIGSTOP / SIGCONT (a master that hangs) */
   signal(i: number, sig: NodeJS.Signals): Promise<void>;
-  /** starts a killed master `i` again on its ports and nodes.conf: it rejoins with its slots, empty (no persistence) */
+  /** starts a killed server `i` again on its ports and nodes.conf: it rejoins with its slots, empty (no persistence) */
   restart(i: number): Promise<void>;
   stop(): Promise<void>;
 }
@@ -105,10 +105,11 @@ export async function startRedis(extraArgs: string[] = []): Promise<PrivateRedis
 
 /**
  * `masters` (at least 3, what `redis-cli --cluster create` accepts) cluster-enabled redis-servers joined
- * into a Cluster without replicas. Bus ports are picked free too, since port + 10000 may be taken or past
- * 65535.
+ * into a Cluster, each master with `replicas` replicas (which node becomes which is redis-cli's choice:
+ * ask CLUSTER NODES). Bus ports are picked free too, since port + 10000 may be taken or past 65535.
  */
-export async function startCluster(masters = 3, extraArgs: string[] = []): Promise<RedisClusterHandle> {
+export async function startCluster(masters = 3, extraArgs: string[] = [], replicas = 0): Promise<RedisClusterHandle> {
+  const servers = masters * (1 + replicas);
   const dir = mkdtempSync(path.join(tmpdir(), 'rm-cluster-'));
   const procs: ChildProcess[] = [];
   const stop = async () => {
@@ -119,20 +120,20 @@ export async function startCluster(masters = 3, extraArgs: string[] = []): Promi
   const ports: number[] = [];
   const start = async (i: number) => {
     const port = ports[i]!;
-    const bus = ['--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${port}.conf`), '--cluster-port', String(ports[masters + i])];
+    const bus = ['--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${port}.conf`), '--cluster-port', String(ports[servers + i])];
     const proc = reaped(spawn('redis-server', [...serverArgs(port, dir), ...bus, ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] }));
     procs[i] = proc;
     await ready(proc, `redis-server :${port}`);
   };
   try {
-    while (ports.length < 2 * masters) {
+    while (ports.length < 2 * servers) {
       const p = await freePort();
       if (!ports.includes(p)) ports.push(p);
     }
-    const clientPorts = ports.slice(0, masters);
-    for (let i = 0; i < masters; i++) await start(i);
+    const clientPorts = ports.slice(0, servers);
+    for (let i = 0; i < servers; i++) await start(i);
     const nodes = clientPorts.map((port) => `127.0.0.1:${port}`);
-    await run('redis-cli', ['--cluster', 'create', ...nodes, '--cluster-replicas', '0', '--cluster-yes']);
+    await run('redis-cli', ['--cluster', 'create', ...nodes, '--cluster-replicas', String(replicas), '--cluster-yes']);
     await untilClusterOk(clientPorts);
     return {
       nodes,
@@ -203,7 +204,11 @@ async function untilClusterOk(ports: number[], ms = 30_000): Promise<void> {
     while (Date.now() < deadline) {
       const infos = await Promise.all(clients.map((c) => c.cluster('INFO') as Promise<string>));
       last = infos.join('\n---\n');
-      if (infos.every((i) => /cluster_state:ok/.test(i) && new RegExp(`cluster_known_nodes:${ports.length}\\b`).test(i))) return;
+      // a replica whose first sync has not finished cannot take over: wait for every replica's link too
+      const links = await Promise.all(clients.map((c) => c.info('replication')));
+      last += `\n---\n${links.join('\n---\n')}`;
+      const synced = links.every((i) => !/role:slave/.test(i) || /master_link_status:up/.test(i));
+      if (synced && infos.every((i) => /cluster_state:ok/.test(i) && new RegExp(`cluster_known_nodes:${ports.length}\\b`).test(i))) return;
       await sleep(100);
     }
     throw new Error(`Redis Cluster not ok within ${ms} ms:\n${last}`);

@@ -20,8 +20,8 @@ afterAll(async () => {
   leftovers.clear();
 });
 /** A Redis Cluster (bench/redis-server.ts) that the leftovers stop too, when a test fails before its own finally. */
-export async function testCluster(masters: number, args: string[]): Promise<RedisClusterHandle> {
-  const cluster = await startCluster(masters, args);
+export async function testCluster(masters: number, args: string[], replicas = 0): Promise<RedisClusterHandle> {
+  const cluster = await startCluster(masters, args, replicas);
   const stop = async () => {
     leftovers.delete(stop);
     await cluster.stop();
