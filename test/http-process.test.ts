@@ -369,6 +369,15 @@ describe('serve processes', () => {
     }
   });
 
+  // the handlers were set after the workers listened and the primary's services started: a SIGTERM in
+  // between (a deploy that stops what it just started) killed serve undrained, exit by signal
+  it('a SIGTERM as soon as serve says it listens still drains and exits 0', async () => {
+    for (let i = 0; i < 5; i++) {
+      const server = await serve({ KEY_PREFIX: fresh('early') });
+      expect(await server.stop(), `run ${i}`).toBe(0);
+    }
+  });
+
   it('without ADMIN_KEY warns at start and its admin routes say why they answer 401', async () => {
     const server = await serve({ ADMIN_KEY: '', KEY_PREFIX: fresh('noadmin') });
     const pool = new Pool(server.url, { connections: 2 });

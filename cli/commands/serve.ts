@@ -25,6 +25,13 @@ export function register(program: Command): void {
       const fallback = uwsNotNative();
       if (fallback) throw new Error(fallback);
 
+      // handlers first: a SIGTERM while the workers or the writer start (Postgres slow to answer) would
+      // otherwise kill the process by default, undrained; it is acted on once everything is up
+      let shutdown: ((sig: NodeJS.Signals) => Promise<void>) | undefined;
+      let early: NodeJS.Signals | undefined;
+      const onSignal = (sig: NodeJS.Signals) => (shutdown ? void shutdown(sig) : (early ??= sig));
+      process.on('SIGTERM', onSignal);
+      process.on('SIGINT', onSignal);
       if (config.adminKey === '') {
         console.error('warn: ADMIN_KEY is not set: the admin routes (/v1/admin/...) answer 401 to every key; the CLI, which talks to Redis, still works');
       }
@@ -55,7 +62,7 @@ export function register(program: Command): void {
         stops.push(() => lag.stop());
       }
       let stopping = false;
-      const shutdown = async (sig: NodeJS.Signals) => {
+      shutdown = async (sig: NodeJS.Signals) => {
         if (stopping) return;
         stopping = true;
         // a stop must be told from a crash in the log
@@ -66,7 +73,6 @@ export function register(program: Command): void {
         console.error(`stopped in ${Date.now() - t0} ms`);
         process.exit(0);
       };
-      process.on('SIGTERM', () => void shutdown('SIGTERM'));
-      process.on('SIGINT', () => void shutdown('SIGINT'));
+      if (early) void shutdown(early);
     });
 }
