@@ -25,17 +25,22 @@ export function addGlobalOptions(program: Command): Command {
 export function globalFlags(cmd: Command): string {
   const g = cmd.optsWithGlobals() as Record<string, string | undefined>;
   const given: [string, string | undefined][] = [['--redis-url', g.redisUrl && hidePassword(g.redisUrl)], ['--redis-cluster-nodes', g.redisClusterNodes], ['--key-prefix', g.keyPrefix], ['--database-url', g.databaseUrl && hidePassword(g.databaseUrl)]];
-  return given.filter(([, v]) => v !== undefined).map(([flag, v]) => ` ${flag} ${quote([v!])}`).join('');
+  // an empty flag is not given (flagOverrides): the hint leaves it out
+  return given.filter(([, v]) => v !== undefined && v !== '').map(([flag, v]) => ` ${flag} ${quote([v!])}`).join('');
 }
 
-/** The URL with its password shown as `shown`, also a password without a user (redis://:secret@host, Redis's usual form). */
+/**
+ * The URL with its password shown as `shown`: the user-info one, also without a user (redis://:secret@host,
+ * Redis's usual form), and a `password` query parameter, which ioredis reads as well.
+ */
 export function hidePassword(url: string, shown = '<password>'): string {
   try {
     const u = new URL(url);
-    if (!u.password) return url;
-    // set as a placeholder: URL would percent-encode the < and > of the default
-    u.password = 'PASSWORD';
-    return u.toString().replace(':PASSWORD@', `:${shown}@`);
+    if (!u.password && !u.searchParams.has('password')) return url;
+    // placeholders: URL would percent-encode the < and > of the default
+    if (u.password) u.password = 'PASSWORD';
+    if (u.searchParams.has('password')) u.searchParams.set('password', 'PASSWORD');
+    return u.toString().replace(':PASSWORD@', `:${shown}@`).replace('password=PASSWORD', `password=${shown}`);
   } catch {
     return url;
   }

@@ -18,5 +18,9 @@ describe('the global flags a suggested command repeats', () => {
     // (shell-quote escapes with backslashes: the words a shell reads back are the values given)
     expect(given('--key-prefix', 'p q', '--redis-url', 'redis://app:s3cret@redis:6379/0')).toBe(` --redis-url redis\\://app:\\<password\\>\\@redis\\:6379/0 --key-prefix 'p q'`);
     expect(given('--database-url', 'postgres://postgres@db:5432/rm')).toBe(' --database-url postgres\\://postgres\\@db\\:5432/rm');
+    // ioredis takes a password from the query too
+    expect(given('--redis-url', 'redis://redis:6379/0?password=s3cret')).not.toContain('s3cret');
+    // an empty flag is not given: the hint leaves it out
+    expect(given('--key-prefix', '', '--redis-url', '')).toBe('');
   });
 });
