@@ -378,6 +378,27 @@ describe('serve processes', () => {
     }
   });
 
+  // with Redis down each worker waits ~5 s for it before it listens: a signal meanwhile was held until
+  // startup ended (13 s, past a container's stop grace); a Ctrl-C killed the starting worker and exited 1
+  it('a SIGTERM or Ctrl-C while the workers are still starting stops serve at once, exit 0', async () => {
+    const redisDown = `redis://127.0.0.1:${await freePort()}`;
+    for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+      const t0 = Date.now();
+      let stopped = 0;
+      const run = await runCli(['serve', '--host', '127.0.0.1', '--port', '0', '--workers', '2'], { REDIS_URL: redisDown, SNAPSHOT: 'false' }, {
+        timeoutMs: 30_000,
+        whenStarted: (p) => setTimeout(() => {
+          stopped = Date.now();
+          p.kill(sig);
+        }, 1500),
+      });
+      expect(run.code, `${sig}: ${run.stderr}`).toBe(0);
+      expect(Date.now() - stopped, sig).toBeLessThan(3000);
+      expect(run.stderr, sig).toContain(`${sig} while starting: stopping`);
+      expect(Date.now() - t0).toBeLessThan(10_000);
+    }
+  });
+
   it('without ADMIN_KEY warns at start and its admin routes say why they answer 401', async () => {
     const server = await serve({ ADMIN_KEY: '', KEY_PREFIX: fresh('noadmin') });
     const pool = new Pool(server.url, { connections: 2 });

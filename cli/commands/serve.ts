@@ -25,17 +25,26 @@ export function register(program: Command): void {
       const fallback = uwsNotNative();
       if (fallback) throw new Error(fallback);
 
-      // handlers first: a SIGTERM while the workers or the writer start (Postgres slow to answer) would
-      // otherwise kill the process by default, undrained; it is acted on once everything is up
+      // handlers first: without them a SIGTERM right after the workers listen killed serve undrained. While
+      // the workers start (~10 s when Redis is down) a signal stops at once, as nothing is served yet; once
+      // they listen it waits the moment until the primary's services are up, then drains
       let shutdown: ((sig: NodeJS.Signals) => Promise<void>) | undefined;
       let early: NodeJS.Signals | undefined;
-      const onSignal = (sig: NodeJS.Signals) => (shutdown ? void shutdown(sig) : (early ??= sig));
+      let starting = true;
+      const onSignal = (sig: NodeJS.Signals) => {
+        if (shutdown) return void shutdown(sig);
+        if (!starting) return void (early ??= sig);
+        console.error(`${sig} while starting: stopping`);
+        for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
+        process.exit(0);
+      };
       process.on('SIGTERM', onSignal);
       process.on('SIGINT', onSignal);
       if (config.adminKey === '') {
-        console.error('warn: ADMIN_KEY is not set: the admin routes (/v1/admin/...) answer 401 to every key; the CLI, which talks to Redis, still works');
+        console.error('warn: ADMIN_KEY is not set: the admin routes (/v1/admin/...) answer 401 to any key but a satellite\'s (403); the CLI, which talks to Redis, still works');
       }
       const primary = await runPrimary(config);
+      starting = false;
       // Services of the primary (one per deployment, not per worker) start here and join `stops`, run at
       // shutdown alongside the workers' drain (each is bounded; in turn they could outlast a container's
       // 10 s stop grace): the snapshot writer (config.snapshot), the lag and token-count readings, the Cluster watch.

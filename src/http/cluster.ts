@@ -157,6 +157,11 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
 
 /** A worker: waits for its port from the primary, serves, drains on SIGTERM and exits 0. */
 export async function runWorker(config: Config): Promise<void> {
+  // before it listens there is nothing to drain (Ctrl-C reaches the whole process group: dying by the
+  // signal, it read as a worker that failed to start)
+  const early = () => process.exit(0);
+  process.on('SIGTERM', early);
+  process.on('SIGINT', early);
   const port = await new Promise<number>((resolve) => {
     const onStart = (m: Msg) => {
       if (m.rm !== 'start') return;
@@ -182,6 +187,8 @@ export async function runWorker(config: Config): Promise<void> {
   const server = await startServer({ ...config, port }, { metrics });
   // idempotent: Ctrl-C signals the whole process group and the primary then sends SIGTERM too
   const shutdown = () => void server.close().then(() => process.exit(0));
+  process.off('SIGTERM', early);
+  process.off('SIGINT', early);
   process.on('SIGTERM', shutdown);
   process.on('SIGINT', shutdown);
   // the primary is gone (killed): do not linger as an orphan holding the port
