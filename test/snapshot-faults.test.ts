@@ -279,6 +279,29 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   }, 60_000);
 
+  // the renew timer read the holder after the loop had taken the lease again, and named this very process
+  // as the writer it lost to; its refused renewal also undid the loop's new lease
+  it('a lease lapsing again and again is never said to be lost to this writer itself, and it ends holding it', async () => {
+    const prefix = testPrefix('leaseflap');
+    const lines: string[] = [];
+    const w = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: snap.db.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`), leaseMs: 150 });
+    const key = new Keys(prefix).snapshotLease();
+    try {
+      await firstRoundDone(snap.fx.redis, prefix);
+      for (let i = 0; i < 400; i++) {
+        await snap.fx.redis.del(key);
+        await sleep(7 + Math.random() * 12);
+      }
+      for (const end = Date.now() + 5000; !w.status().leader && Date.now() < end; ) await sleep(20);
+      expect(w.status().leader).toBe(true);
+      expect(lines.filter((l) => l.includes(`pid ${process.pid} `) || l.includes(`pid ${process.pid};`))).toEqual([]);
+      expect(lines.some((l) => /lapsed/.test(l))).toBe(true);
+    } finally {
+      await w.stop();
+      await dropPrefix(snap.fx.redis, prefix);
+    }
+  }, 60_000);
+
   it('Postgres unreachable (a TCP proxy we close): serve-side writer reports down, lag grows, catches up when it returns', async () => {
     const proxy = await pgProxy(snap.db.url);
     const before = await count(snap.pool, 'token_events');

@@ -75,6 +75,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const stopping = new AbortController();
   const sleep = (ms: number) => sleepFor(ms, undefined, { signal: stopping.signal }).catch(() => undefined);
   let leader = false;
+  /** bumped each time the loop takes the lease anew (not a renewal) */
+  let term = 0;
   let pool: pg.Pool | undefined;
   let pgState: 'up' | 'down' = 'down';
   let warned = false;
@@ -99,9 +101,11 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
    * it, or Redis lost its data) is taken again at the next round; one another writer holds is that writer's.
    */
   async function sayLost(): Promise<void> {
-    const by = await lease.holder().catch(() => null);
-    if (by === undefined) log('warn', LAPSED);
-    else log('warn', by === null ? 'lost the snapshot lease; not writing until it is taken again' : `lost the snapshot lease to the writer of ${by}; it writes to Postgres now`);
+    const now = await lease.state().catch(() => null);
+    // the loop took it again meanwhile (and said LAPSED): naming this process as the taker would be false
+    if (now?.mine) return;
+    if (now === undefined) log('warn', LAPSED);
+    else log('warn', now === null ? 'lost the snapshot lease; not writing until it is taken again' : `lost the snapshot lease to the writer of ${now.owner}; it writes to Postgres now`);
   }
 
   // the failures onPostgres counted already; any other failure of a round is Redis' (or a bug) and counted once
@@ -204,6 +208,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         const was = leader;
         const renewed = await lease.renew();
         leader = renewed || (await lease.acquire());
+        if (leader && !renewed) term++;
         m.leader.set(leader ? 1 : 0);
         if (was && !renewed && leader) log('warn', LAPSED);
         if (!leader) {
@@ -250,17 +255,20 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
 
   const renewTimer = setInterval(() => {
     if (!leader) return;
+    // only the loop grants the lease; a renewal refused for a term the loop has since taken again says nothing
+    const asked = term;
+    const drop = () => {
+      if (asked !== term) return false;
+      leader = false;
+      m.leader.set(0);
+      return true;
+    };
     lease.renew().then(
       (ok) => {
-        if (!ok) void sayLost();
-        leader = ok;
-        m.leader.set(ok ? 1 : 0);
+        if (!ok && drop()) void sayLost();
       },
-      () => {
-        // cannot confirm the lease: stop writing until it is confirmed again
-        leader = false;
-        m.leader.set(0);
-      },
+      // cannot confirm the lease: stop writing until it is confirmed again
+      () => drop(),
     );
   }, lease.ms / 3);
 

@@ -19,8 +19,13 @@ export class Lease {
 
   /** The owner named by whoever holds the lease now, undefined when nobody does. */
   async holder(): Promise<string | undefined> {
+    return (await this.state())?.owner;
+  }
+
+  /** Who holds the lease now, in one read: nobody (undefined), or an owner and whether it is this very lease. */
+  async state(): Promise<{ owner: string; mine: boolean } | undefined> {
     const v = await this.redis.get(this.key);
-    return v === null ? undefined : v.slice(0, v.lastIndexOf(' '));
+    return v === null ? undefined : { owner: v.slice(0, v.lastIndexOf(' ')), mine: v === this.id };
   }
 
   async acquire(): Promise<boolean> {
