@@ -54,6 +54,13 @@ describe('watchCluster (the serve primary): a real 3-master Redis Cluster', () =
         expect(await until(/migrating \(a reshard under way\)/)).toBe(`[redis cluster] 1 slot(s) migrating (a reshard under way), e.g. slot 0 from ${cluster.nodes[0]} to ${cluster.nodes[1]}`);
         expect(await gauge('rm_redis_cluster_slots_migrating')).toBe(1);
         expect(await until(/left unfinished/)).toMatch(new RegExp(`^\\[redis cluster\\] slot 0 has been migrating from ${cluster.nodes[0]} to ${cluster.nodes[1]} for \\d+ s: a reshard left unfinished\\?`));
+        // its owner not answering is no news about the slot: it was read as "no slot migrating any more"
+        await cluster.signal(0, 'SIGSTOP');
+        await until(new RegExp(`master ${cluster.nodes[0]}: no answer`));
+        await sleep(1500);
+        await cluster.signal(0, 'SIGCONT');
+        expect(lines.filter((l) => /no slot migrating/.test(l))).toEqual([]);
+        expect(await gauge('rm_redis_cluster_slots_migrating')).toBe(1);
         await owner.cluster('SETSLOT', 0, 'STABLE');
         expect(await until(/no slot migrating/)).toBe('[redis cluster] no slot migrating any more');
         expect(await gauge('rm_redis_cluster_slots_migrating')).toBe(0);

@@ -50,6 +50,8 @@ export function watchCluster(redis: RedisClient, log: (line: string) => void, op
   // master leaves the pool, a slot-map refresh puts it back, its connection fails again)
   let up = new Map<string, boolean>();
   let migrating = new Map<number, { since: number; said: boolean }>();
+  /** each master's migrating slots as last read: one that does not answer keeps them (silence is no news) */
+  let reported = new Map<string, { slot: number; from: string; to: string }[]>();
   return every(opts.ms ?? 5000, async () => {
     const probe = await clusterMasters(redis).catch(() => undefined);
     if (!probe) return;
@@ -67,7 +69,14 @@ export function watchCluster(redis: RedisClient, log: (line: string) => void, op
     metrics.slotsWithoutMaster.set(probe.slotsWithoutMaster);
 
     const now = Date.now();
-    const found = (await Promise.all(redis.nodes('master').map((n) => migratingSlots(n, MASTER_PROBE_MS).catch(() => [])))).flat();
+    const masters = redis.nodes('master');
+    const read = await Promise.all(masters.map((n) => migratingSlots(n, MASTER_PROBE_MS).catch(() => undefined)));
+    const heard = new Map(masters.map((n, i) => {
+      const at = `${n.options.host}:${n.options.port}`;
+      return [at, read[i] ?? reported.get(at) ?? []] as const;
+    }));
+    reported = heard;
+    const found = [...heard.values()].flat();
     metrics.slotsMigrating.set(found.length);
     const seen = new Map<number, { since: number; said: boolean }>();
     for (const m of found) {
