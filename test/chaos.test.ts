@@ -355,6 +355,11 @@ describe('chaos: a Redis Cluster master killed under load, its replica taking ov
       if (r.status !== 200) throw new Error(`/readyz ${r.status}: ${await r.text()}`);
     }, 20_000);
     await Promise.all([admin.close(), client.close()]);
+    // the log says the master went, and that its outage ended when the replica took over
+    await soon(async () => {
+      if (!server.output().includes(`master ${victim}: replaced`)) throw new Error(`no recovery line:\n${server.output()}`);
+    });
+    expect(server.output()).toMatch(new RegExp(`master ${victim}: .*the tokens of its slots answer 503`));
 
     const engine = new TokenEngine(new TokenStore(seed, 'chaos-failover'));
     const lost: string[] = [];

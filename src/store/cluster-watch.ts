@@ -65,6 +65,13 @@ export function watchCluster(redis: RedisClient, log: (line: string) => void, op
       if (!ok && was !== false) log(`[redis cluster] master ${node}: ${state}; the tokens of its slots answer 503 until it or a replica answers`);
       if (ok && was === false) log(`[redis cluster] master ${node}: ok again`);
     }
+    // a master that failed and left the slot map was replaced (a replica took over): its outage is over
+    // once every slot has a master again, and only then; the new master, never down, has no line of its own
+    for (const [node, ok] of up) {
+      if (ok || next.has(node)) continue;
+      if (probe.slotsWithoutMaster === 0) log(`[redis cluster] master ${node}: replaced (a replica took over its slots); every slot has a master again`);
+      else next.set(node, false);
+    }
     up = next;
     metrics.slotsWithoutMaster.set(probe.slotsWithoutMaster);
 
