@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { quote } from 'shell-quote';
-import { ConfigError, loadConfig, type Config } from '../src/config.js';
+import { ConfigError, isGiven, loadConfig, type Config } from '../src/config.js';
 import type { Command as RedisCommand } from 'ioredis';
 import { createRedis, whenReady, type RedisClient } from '../src/store/redis.js';
 import { openPostgres } from '../src/snapshot/index.js';
@@ -26,7 +26,7 @@ export function globalFlags(cmd: Command): string {
   const g = cmd.optsWithGlobals() as Record<string, string | undefined>;
   const given: [string, string | undefined][] = [['--redis-url', g.redisUrl && hidePassword(g.redisUrl)], ['--redis-cluster-nodes', g.redisClusterNodes], ['--key-prefix', g.keyPrefix], ['--database-url', g.databaseUrl && hidePassword(g.databaseUrl)]];
   // an empty flag is not given (flagOverrides): the hint leaves it out
-  return given.filter(([, v]) => v !== undefined && v !== '').map(([flag, v]) => ` ${flag} ${quote([v!])}`).join('');
+  return given.filter(([, v]) => isGiven(v)).map(([flag, v]) => ` ${flag} ${quote([v!])}`).join('');
 }
 
 /**
@@ -54,7 +54,7 @@ export function flagOverrides(cmd: Command, extra: Partial<Record<keyof Config, 
   if (g.redisClusterNodes !== undefined) overrides.redisClusterNodes = g.redisClusterNodes;
   if (g.keyPrefix !== undefined) overrides.keyPrefix = g.keyPrefix;
   if (g.databaseUrl !== undefined) overrides.databaseUrl = g.databaseUrl;
-  for (const k of Object.keys(overrides) as (keyof Config)[]) if (overrides[k] === undefined || overrides[k] === '') delete overrides[k];
+  for (const k of Object.keys(overrides) as (keyof Config)[]) if (!isGiven(overrides[k])) delete overrides[k];
   return overrides;
 }
 

@@ -135,7 +135,7 @@ export function loadConfig(
 }
 
 /** An override counts when it has a value: an empty flag (`--port "$PORT"` with PORT unset) leaves the env in charge. */
-const isGiven = (override: unknown): boolean => override !== undefined && override !== '';
+export const isGiven = (override: unknown): boolean => override !== undefined && override !== '';
 
 /**
  * One setting, by the rules loadConfig reads each by (the override, else the env; an empty value is not

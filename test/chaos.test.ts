@@ -5,16 +5,15 @@ import { CampaignStore } from '../src/campaigns/store.js';
 import { ReferralError, SatelliteClient } from '../src/client/index.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { startSatelliteSim, type SatelliteSim } from '../src/sim/index.js';
-import { sampleLag } from '../src/snapshot/lag.js';
 import { CampaignKeys } from '../src/store/campaigns.js';
-import { createRedis, type RedisClient } from '../src/store/redis.js';
+import { createRedis } from '../src/store/redis.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, privateRedis, serve, testCluster, type RestartableRedis, type Served } from './helpers/http.js';
 import { pgProxy, testDatabase } from './helpers/pg.js';
 import { engineFixture, SHARED_REDIS_URL } from './helpers/redis.js';
-import { sleep } from './helpers/snapshot.js';
+import { caughtUp, sleep } from './helpers/snapshot.js';
 
 /** How long faults are injected under load; CHAOS_MS=600000 for a soak. */
 const CHAOS_MS = Number(process.env.CHAOS_MS ?? 40_000);
@@ -177,7 +176,7 @@ describe('chaos: serve under load while its workers, serve, Redis and its way to
 
     const direct = createRedis({ redisUrl: redis.url, redisClusterNodes: [] });
     cleanup.push(async () => direct.disconnect());
-    await caughtUp(direct);
+    await caughtUp(direct, PREFIX);
     expect(await server.stop(), 'serve exits 0 on SIGTERM').toBe(0);
 
     // every acknowledged redemption is in Redis, by the redeemer it was acknowledged to, and only one
@@ -219,15 +218,6 @@ async function soon<T>(call: () => Promise<T>, ms = 10_000): Promise<T> {
 async function killRedis(redis: RestartableRedis): Promise<void> {
   await redis.stop('SIGKILL');
   await redis.start();
-}
-
-/** Until the writer has copied every event (serve's writer, which itself may have just started again). */
-async function caughtUp(redis: RedisClient): Promise<void> {
-  for (const end = Date.now() + 60_000; ; await sleep(200)) {
-    const lag = await sampleLag(redis, PREFIX).catch(() => undefined);
-    if (lag?.events === 0) return;
-    if (Date.now() > end) throw new Error(`the snapshot writer did not catch up: ${lag?.events} events waiting`);
-  }
 }
 
 /**

@@ -2,19 +2,23 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.js';
 
+/** The lines of a `--help` block (`Commands:`, `Options:`) up to the blank line after it. */
+const block = (help: string, heading: string) => (help.split(`${heading}:\n`)[1] ?? '').split('\n\n')[0]!;
+/** The (sub)commands a `--help` lists. */
+const subs = (help: string) => [...block(help, 'Commands').matchAll(/^ {2}([a-z][\w-]*)/gm)].map((m) => m[1]!).filter((s) => s !== 'help');
+
 /** Every command, including ones added later: read from the top-level help, then each command's own. */
 describe('referral-manager --help', () => {
   it('lists every command, and every command (and subcommand) has help with examples, exit 0', async () => {
     const top = await runCli(['--help']);
     expect(top.code).toBe(0);
-    const commands = [...top.stdout.split('Commands:')[1]!.matchAll(/^ {2}([a-z][\w-]*)/gm)].map((m) => m[1]!).filter((c) => c !== 'help');
+    const commands = subs(top.stdout);
     expect(commands).toEqual(expect.arrayContaining(['serve', 'generate', 'campaigns', 'satellites', 'tokens', 'stats', 'export', 'satellite-sim', 'snapshot', 'restore', 'verify', 'demo']));
     for (const c of commands) {
       const help = await runCli([c, '--help']);
       expect(help.code, c).toBe(0);
       expect(help.stdout, c).toMatch(/Examples:/);
-      const subs = help.stdout.includes('Commands:') ? [...help.stdout.split('Commands:')[1]!.matchAll(/^ {2}([a-z][\w-]*)/gm)].map((m) => m[1]!).filter((s) => s !== 'help') : [];
-      for (const s of subs) {
+      for (const s of subs(help.stdout)) {
         const sub = await runCli([c, s, '--help']);
         expect(sub.code, `${c} ${s}`).toBe(0);
         expect(sub.stdout, `${c} ${s}`).toMatch(/Examples:/);
@@ -23,9 +27,6 @@ describe('referral-manager --help', () => {
   }, 120_000);
 });
 
-/** The lines of a `--help` block (`Commands:`, `Options:`) up to the blank line after it. */
-const block = (help: string, heading: string) => (help.split(`${heading}:\n`)[1] ?? '').split('\n\n')[0]!;
-
 // the README's CLI table is where a marketer or operator looks first: a command or flag added without a
 // row there exists only for those who read --help
 describe('the README CLI table', () => {
@@ -33,7 +34,6 @@ describe('the README CLI table', () => {
     const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
     const cells = readme.slice(readme.indexOf('## CLI'), readme.indexOf('### The generation flow')).split('\n').filter((l) => l.startsWith('| `')).map((l) => l.split(' | ')[0]!);
     const help = async (args: string[]) => (await runCli([...args, '--help'])).stdout;
-    const subs = (text: string) => [...block(text, 'Commands').matchAll(/^ {2}([a-z][\w-]*)/gm)].map((m) => m[1]!).filter((s) => s !== 'help');
     const flags = (text: string) => [...new Set([...block(text, 'Options').matchAll(/^ {2}(?:-\w, )?--([a-z][\w-]*)/gm)].map((m) => m[1]!))].filter((o) => o !== 'help');
     const top = await help([]);
     const global = flags(top);

@@ -1,7 +1,7 @@
 import client from 'prom-client';
 import { Cluster, type Redis } from 'ioredis';
 import { every } from '../every.js';
-import { answerWithin, clusterMasters, MASTER_PROBE_MS, type RedisClient } from './redis.js';
+import { answerWithin, clusterMasters, MASTER_PROBE_MS, nodeAddress, type RedisClient } from './redis.js';
 
 const metrics = {
   masterUp: new client.Gauge({
@@ -78,10 +78,7 @@ export function watchCluster(redis: RedisClient, log: (line: string) => void, op
     const now = Date.now();
     const masters = redis.nodes('master');
     const read = await Promise.all(masters.map((n) => migratingSlots(n, MASTER_PROBE_MS).catch(() => undefined)));
-    const heard = new Map(masters.map((n, i) => {
-      const at = `${n.options.host}:${n.options.port}`;
-      return [at, read[i] ?? reported.get(at) ?? []] as const;
-    }));
+    const heard = new Map(masters.map((n, i) => [nodeAddress(n), read[i] ?? reported.get(nodeAddress(n)) ?? []] as const));
     reported = heard;
     const found = [...heard.values()].flat();
     metrics.slotsMigrating.set(found.length);

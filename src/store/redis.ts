@@ -96,6 +96,11 @@ export function answerWithin<T>(reply: Promise<T>, ms: number): Promise<T> {
   return Promise.race([reply, late]).finally(() => clearTimeout(timer));
 }
 
+/** `host:port` of a Cluster node, as the slot map names it. */
+export function nodeAddress(node: Redis): string {
+  return `${node.options.host}:${node.options.port}`;
+}
+
 /**
  * Whether every master of a Cluster can serve its slots: each master of the client's slot map (a slot's
  * first node) as `ok` or why not (no connection, no CLUSTER INFO answer within `ms`, an error, or a
@@ -113,7 +118,7 @@ export async function clusterMasters(client: RedisClient, ms = MASTER_PROBE_MS):
     if (key) keys.add(key);
     else slotsWithoutMaster++;
   }
-  const pool = new Map(client.nodes('master').map((n) => [`${n.options.host}:${n.options.port}`, n]));
+  const pool = new Map(client.nodes('master').map((n) => [nodeAddress(n), n]));
   const states = await Promise.all(
     [...keys].map(async (key) => {
       const node = pool.get(key);
