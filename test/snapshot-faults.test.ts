@@ -387,6 +387,48 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   }, 60_000);
 
+  // a stop() while the writer was still opening Postgres (here: migrating behind another process' lock) took
+  // the silent loop for a hung Redis: it cut a healthy Redis, left the lease to lapse (10 s with no writer),
+  // and the pool that opened later stayed connected
+  it('stop() while the writer waits on a migration another process holds: releases the lease at once, then ends its pool and writes nothing (a failed open ends its pool too)', async () => {
+    const fx = await engineFixture({ label: 'opening' });
+    const db = await testDatabase();
+    const locker = new pg.Client({ connectionString: db.url });
+    await locker.connect();
+    const others = async () =>
+      Number((await locker.query('SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()', [db.name])).rows[0].n);
+    let w: SnapshotWriter | undefined;
+    try {
+      await locker.query('SELECT pg_advisory_lock(74820501)'); // the migrations' lock (src/snapshot/schema.ts)
+      await generateTokens(fx.engine, 100, 'sat-opening');
+      // a failed open (its migration timed out) ends its pool too: each retry of a writer left one
+      expect(await openPostgres(db.url, 1, 300).then(() => 'opened', (e: Error) => e.message)).toMatch(/timeout/i);
+      const lines: string[] = [];
+      w = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`) });
+      const lease = new Keys(fx.prefix).snapshotLease();
+      for (const end = Date.now() + 20_000; Date.now() < end && !(await fx.redis.exists(lease) && (await others()) > 0); ) await sleep(50);
+      expect(await fx.redis.exists(lease)).toBe(1);
+      const t0 = performance.now();
+      await w.stop();
+      w = undefined;
+      expect(performance.now() - t0).toBeLessThan(2000);
+      expect(await fx.redis.exists(lease)).toBe(0);
+      expect((await readSnapshotStatus(fx.redis, fx.prefix)).state).toBe('off');
+      const said = lines.length;
+
+      await locker.query('SELECT pg_advisory_unlock(74820501)'); // the migration runs now
+      for (const end = Date.now() + 5000; Date.now() < end && (await others()) > 0; ) await sleep(50);
+      expect(await others()).toBe(0);
+      expect(await locker.query('SELECT count(*)::int AS n FROM token_events')).toMatchObject({ rows: [{ n: 0 }] });
+      expect(lines.slice(said)).toEqual([]); // the loop went on after its stop: a failed round logged
+    } finally {
+      await w?.stop();
+      await locker.end();
+      await db.drop();
+      await fx.close();
+    }
+  }, 60_000);
+
   it('a connection dropped while the writer holds a client between two queries fails its next query, not the process', async () => {
     const proxy = await pgProxy(snap.db.url);
     const pool = await openPostgres(proxy.url, 1);

@@ -185,11 +185,17 @@ export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number
   if (create) await ensureDatabase(url);
   const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 3000, keepAlive: true, query_timeout: queryTimeoutMs });
   pool.on('error', () => {});
-  const c = await checkout(pool);
   try {
-    await migrate(c);
-  } finally {
-    c.release();
+    const c = await checkout(pool);
+    try {
+      await migrate(c);
+    } finally {
+      c.release();
+    }
+  } catch (err) {
+    // a writer retries this with backoff: each failed try would leave a pool behind
+    await pool.end().catch(() => {});
+    throw err;
   }
   return pool;
 }

@@ -78,6 +78,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   /** bumped each time the loop takes the lease anew (not a renewal) */
   let term = 0;
   let pool: pg.Pool | undefined;
+  /** the loop waits on openPostgres (connecting, or migrating behind another process' lock): nothing in hand */
+  let opening = false;
   let pgState: 'up' | 'down' = 'down';
   let warned = false;
   let commits = 0;
@@ -224,7 +226,16 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           await rereadPending();
           sweepAt = Date.now() + lease.ms;
         }
-        pool ??= await onPostgres(() => openPostgres(config.databaseUrl, LANES, opts.queryTimeoutMs ?? 30_000));
+        if (!pool) {
+          opening = true;
+          try {
+            pool = await onPostgres(() => openPostgres(config.databaseUrl, LANES, opts.queryTimeoutMs ?? 30_000));
+          } finally {
+            opening = false;
+          }
+          // stop() may have given up on this wait and released the lease: write nothing under it
+          if (!running) break;
+        }
         const db = pool;
         if (pgState === 'down') {
           await onPostgres(() => db.query('SELECT 1'));
@@ -251,6 +262,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
       }
     }
+    // here, not in stop(): a pool that opened after stop() gave up on the loop is ended too
+    await pool?.end().catch(() => {});
   })();
 
   const renewTimer = setInterval(() => {
@@ -294,29 +307,37 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       running = false;
       stopping.abort();
       clearInterval(renewTimer);
-      // a round may start a prefetch until the loop ends: read the lanes then
-      const quiet = Promise.all([loop.then(() => Promise.all(lanes.map((l) => l.prefetch?.catch(() => {})))), lagReport.stop()]);
+      // a round may start a prefetch until the loop ends: read the lanes then. A loop still opening Postgres
+      // writes nothing more (it checks `running` once open) and has no prefetch
+      const done = loop.then(() => Promise.all(lanes.map((l) => l.prefetch?.catch(() => {}))));
+      const reading = lagReport.stop();
       // disconnect() ends the socket gracefully: to a hung Redis it stays open, and the status `ready`
       let cut = false;
-      if (!(await within(loop, STOP_WAIT_MS))) {
+      if (!opening && !(await within(loop, STOP_WAIT_MS))) {
         log('warn', `stopping: the round in hand still runs after ${STOP_WAIT_MS} ms; dropping its connections (what it was reading or writing stays pending)`);
         // a batch, a copy or the reachability check: pg has no public way to cut a query short, so the
         // sockets under every client of the pool are ended (its client list is pg-pool's own) and the queries fail at once
         const clients = (pool as unknown as { _clients?: unknown[] } | undefined)?._clients ?? [];
         for (const c of clients) (c as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
-        // still running: a Redis command waits on a Redis that is down or hung (up to its 10 s timeout)
+        // still running and Redis silent: a Redis command waits on a Redis that is down or hung (up to its
+        // 10 s timeout). A Redis that answers is left connected for the farewell below
         if (!(await within(loop, 1000))) {
-          redis.disconnect();
-          cut = true;
+          let pong = false;
+          await within(redis.ping().then(() => (pong = true)), FAREWELL_MS);
+          if (!pong) {
+            redis.disconnect();
+            cut = true;
+          }
         }
       }
       // a hung Redis (SIGSTOP) still reads `ready` and answers nothing: a reading or a round waiting on it is
       // left to its command timeout, and the lease, unreleased, lapses by itself
-      if (!cut && (await within(quiet)) && redis.status === 'ready') {
+      if (!cut && (await within(Promise.all([opening || done, reading]))) && redis.status === 'ready') {
         if (leader) await within(lease.release(), FAREWELL_MS);
         await within(writeSnapshotStatus(redis, config.keyPrefix, { state: 'off', at: Date.now() }), FAREWELL_MS);
       }
-      await within(pool?.end() ?? Promise.resolve());
+      // the loop ends the pool: wait for that while the grace lasts, not for a Postgres that is still opening
+      await within(opening ? Promise.resolve() : loop);
       redis.disconnect();
     },
   };
