@@ -42,8 +42,8 @@ describe('satellite registry update', () => {
     // add takes the same rules
     await expect(registry.add({ id: 'u3', name: '' })).rejects.toMatchObject({ code: 'invalid_request' });
     expect(await registry.get('u3')).toBeUndefined();
-    // an id shown in the CLI and the audit log: no C1 escape, no bidi override
-    for (const id of ['u4\u009b2J', 'u5\u202e']) {
+    // an id shown in the CLI and the audit log: no C1 escape, no bidi override, nothing invisible
+    for (const id of ['u4\u009b2J', 'u5\u202e', 'u6\u200b']) {
       await expect(registry.add({ id })).rejects.toMatchObject({ code: 'invalid_request' });
       expect(await registry.get(id)).toBeUndefined();
     }

@@ -12,19 +12,21 @@ export function checkId(field: string, value: unknown): string {
   return checkText(field, value);
 }
 
-// C1 controls (U+009B is an escape some terminals still act on) and the bidirectional formatting
-// characters, which reorder how the text around them reads ("Trojan Source"): both reach an operator's
-// terminal and spreadsheet through the CLI, the audit log and the export
-const DISPLAY_HAZARD = /[\u0080-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+// C1 controls (U+009B is an escape some terminals still act on), the bidirectional formatting
+// characters, which reorder how the text around them reads ("Trojan Source"), the invisible ones (zero
+// width, word joiner, BOM: "alice" and "alice\u200b" look the same) and the line and paragraph separators
+// (a line break to JavaScript and some viewers): all reach an operator's terminal and spreadsheet through
+// the CLI, the audit log and the export
+const DISPLAY_HAZARD = /[\u0080-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/;
 
 /**
  * An id a call brings into the store (a token's owner, a redeemer, a satellite, a campaign): an id, and
- * no C1 control or bidirectional formatting character either. Ids that only find what is stored (list,
+ * no C1 control, bidirectional formatting, invisible or line separator character either. Ids that only find what is stored (list,
  * revoke, purge) keep the rule of checkId, so an id stored before this one can still be reached.
  */
 export function checkNewId(field: string, value: unknown): string {
   const id = checkId(field, value);
-  if (DISPLAY_HAZARD.test(id)) throw new DomainError('invalid_request', `${field}: must not contain C1 control or bidirectional formatting characters`);
+  if (DISPLAY_HAZARD.test(id)) throw new DomainError('invalid_request', `${field}: must not contain C1 control, bidirectional formatting, invisible or line separator characters`);
   return id;
 }
 

@@ -449,6 +449,11 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
           'csi\u009b31m', // C1: an escape some terminals act on
           'evil\u202egpj.exe', // a right-to-left override
           'iso\u2066late\u2069',
+          'alice\u200b', // invisible: looks like "alice"
+          'word\u2060joiner',
+          '\ufeffbom',
+          'line\u2028sep',
+          'para\u2029sep',
         ];
         const sat = uniq('sat');
         const m = await mark();
@@ -466,9 +471,9 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await listed(sat, 'good')).toEqual([]);
       });
 
-      it('refuses C1 and bidi characters in a redeemer id too', async () => {
+      it('refuses C1, bidi and invisible characters in a redeemer id too', async () => {
         const { tokens: [t] } = await mint(1);
-        for (const id of ['csi\u009b31m', 'evil\u202egpj']) {
+        for (const id of ['csi\u009b31m', 'evil\u202egpj', 'bob\u200b']) {
           await expectInvalid(() => engine.redeem(t!, uniq('sat'), id));
           const r = await engine.reserve(t!, 'sat-r', 60_000);
           await expectInvalid(() => engine.complete(t!, r.token!.reservationId!, id));
