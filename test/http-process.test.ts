@@ -418,6 +418,21 @@ describe('serve processes', () => {
     }
   });
 
+  it('without ADMIN_KEY and with Redis down, an admin call still learns the routes are disabled (not 503)', async () => {
+    await onPrivateRedis({ ADMIN_KEY: '' }, async (redis, server) => {
+      const pool = new Pool(server.url, { connections: 1 });
+      try {
+        await redis.stop();
+        const r = await call(pool, 'GET', '/v1/admin/satellites', { key: 'x'.repeat(40) });
+        expect(r).toMatchObject({ status: 401, body: { error: 'unauthorized', message: 'admin routes are disabled: this server was started without ADMIN_KEY' } });
+        // a satellite route still cannot tell a key from an unknown one
+        expect((await call(pool, 'GET', '/v1/users/u/tokens', { key: 'x'.repeat(40) })).status).toBe(503);
+      } finally {
+        await pool.close();
+      }
+    });
+  });
+
   it('SIGTERM exits 0 within seconds while Redis hangs (SIGSTOP), also with SNAPSHOT=false reading the lag', async () => {
     await onPrivateRedis({ SNAPSHOT: 'false' }, async (redis, server) => {
       redis.signal('SIGSTOP');
