@@ -40,6 +40,10 @@ describe('FailureLimiter per address', () => {
     await limiter.fail('sat-c', '10.9.9.9', false);
     expect(await limiter.fail('sat-a', '10.9.9.9', false)).toMatchObject({ limit: 'ip' });
     expect(limiter.check('sat-c', '10.9.9.9', false)).toMatchObject({ limit: 'ip' });
+    // keys an operator's shell can handle: no whitespace (a tab split them under xargs)
+    const keys = await redis.keys(`${prefix}:rl:*`);
+    expect(keys.some((k) => k.includes('sat-b@10.9.9.9'))).toBe(true);
+    expect(keys.filter((k) => /\s/.test(k))).toEqual([]);
   });
 
   it('keeps IPv4 addresses whole, dotted or mapped into IPv6', () => {

@@ -109,7 +109,9 @@ export class FailureLimiter {
    * satellite names (X-End-User-IP) is that satellite's own, so no satellite can use up another's addresses.
    */
   private address(satelliteId: string, ip: string, named: boolean): string {
-    return named ? `n:${satelliteId}\t${addressBlock(ip)}` : `i:${addressBlock(ip)}`;
+    // the block never holds an '@', so the last one ends the satellite's id (which may); a tab did too, and
+    // made the key one that `redis-cli --scan | xargs redis-cli del` split in two and missed
+    return named ? `n:${satelliteId}@${addressBlock(ip)}` : `i:${addressBlock(ip)}`;
   }
 
   private async count(key: string): Promise<number> {
