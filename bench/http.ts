@@ -122,19 +122,22 @@ async function once(url: string, key: string, bodies: Buffer[], contentType: str
   return { reqPerSec: Math.round(answered / ((last - t0) / 1000)), p50: r.latency.p50, p99: r.latency.p99, non2xx: r.non2xx, errors: r.errors };
 }
 
+/** Runs one write of token generation; `step` refuses to start one once the run is interrupted. */
+type Step = <T>(write: () => Promise<T>) => Promise<T>;
+
 /** N tokens of our engine (owner satellite bench-owner), 10,000 per generate call. */
-async function ourTokens(engine: TokenEngine, n: number): Promise<string[]> {
+async function ourTokens(engine: TokenEngine, n: number, step: Step): Promise<string[]> {
   const out: string[] = [];
   for (let done = 0; done < n; done += 10_000) {
     const users = Math.min(10_000, n - done) / 10;
     const owners = Array.from({ length: Math.ceil(users) }, (_, u) => ({ ownerSatelliteId: 'bench-owner', ownerUserId: `u${done + u}` }));
-    const r = await engine.generate({ owners, perUser: 10 });
+    const r = await step(() => engine.generate({ owners, perUser: 10 }));
     for (const t of r.tokens) out.push(t.token);
   }
   return out.slice(0, n);
 }
 
-async function plainTokens(redis: RedisClient, prefix: string, n: number): Promise<string[]> {
+async function plainTokens(redis: RedisClient, prefix: string, n: number, step: Step): Promise<string[]> {
   const out: string[] = [];
   for (let done = 0; done < n; done += 10_000) {
     const p = redis.pipeline();
@@ -143,7 +146,7 @@ async function plainTokens(redis: RedisClient, prefix: string, n: number): Promi
       out.push(t);
       p.hset(`${prefix}:t:${t}`, { state: 'unredeemed', owner: 'bench-owner', ownerUser: `u${done + j}` });
     }
-    await p.exec();
+    await step(() => p.exec());
   }
   return out;
 }
@@ -161,11 +164,19 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
   // listener, not once(): reaped() raises the signal again only when no other listener has it. A second
   // signal stops at once.
   let interrupted = false;
+  // the write in flight: the keys are dropped after it, or it would add some behind the drop's SCAN
+  let writing: Promise<unknown> = Promise.resolve();
+  const step: Step = (write) => {
+    if (interrupted) return Promise.reject(new Error('interrupted'));
+    const w = write();
+    writing = w.catch(() => {});
+    return w;
+  };
   const onSignal = (sig: NodeJS.Signals) => {
     if (interrupted) process.exit(128 + os.constants.signals[sig]);
     interrupted = true;
     log(`${sig}: removing the keys under ${prefix} (${sig} again stops at once)`);
-    void Promise.all(procs.map(stop))
+    void Promise.all([...procs.map(stop), writing])
       .then(() => dropPrefix(redis, prefix))
       .finally(() => process.exit(128 + os.constants.signals[sig]));
   };
@@ -175,16 +186,16 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
     const store = new TokenStore(redis, prefix);
     await store.preload();
     const registry = new SatelliteRegistry(redis, prefix);
-    await registry.add({ id: 'bench-owner' });
-    const { apiKey } = await registry.add({ id: 'bench-redeemer' });
+    await step(() => registry.add({ id: 'bench-owner' }));
+    const { apiKey } = await step(() => registry.add({ id: 'bench-redeemer' }));
     log(`generating ${n} tokens for ours and ${n} for Fastify ...`);
-    const ours = (await ourTokens(new TokenEngine(store), n)).map((token, i) => packr.pack({ token, userId: `r${i}` }));
-    const plain = (await plainTokens(redis, prefix, n)).map((token, i) => Buffer.from(JSON.stringify({ token, userId: `r${i}` })));
+    const ours = (await ourTokens(new TokenEngine(store), n, step)).map((token, i) => packr.pack({ token, userId: `r${i}` }));
+    const plain = (await plainTokens(redis, prefix, n, step)).map((token, i) => Buffer.from(JSON.stringify({ token, userId: `r${i}` })));
 
     const cores = os.cpus().length;
     const want = (t: Target) =>
       opts.only ? opts.only.includes(t) : t === 'snapshot' ? opts.snapshotDatabaseUrl !== undefined : t !== 'ours-cores' || cores !== workers;
-    const withWriter = want('snapshot') ? (await ourTokens(new TokenEngine(store), n)).map((token, i) => packr.pack({ token, userId: `s${i}` })) : [];
+    const withWriter = want('snapshot') ? (await ourTokens(new TokenEngine(store), n, step)).map((token, i) => packr.pack({ token, userId: `s${i}` })) : [];
 
     const measure = async (args: string[], env: Record<string, string>, bodies: Buffer[], type: string, ready?: () => Promise<void>) => {
       const port = await freePort();
@@ -208,7 +219,7 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
     }
     if (want('ours-cores')) {
       log(`ours (${cores} workers, one per core: npm start's default) ...`);
-      const bodies = (await ourTokens(new TokenEngine(store), n)).map((token, i) => packr.pack({ token, userId: `c${i}` }));
+      const bodies = (await ourTokens(new TokenEngine(store), n, step)).map((token, i) => packr.pack({ token, userId: `c${i}` }));
       result.oursAllCores = { ...(await measure(serveArgs(cores), serveEnv, bodies, 'application/msgpack')), workers: cores };
     }
     if (want('snapshot')) {
