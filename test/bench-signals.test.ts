@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { createRedis, dropPrefix as dropPrefixOf } from '../src/store/redis.js';
+import { createRedis, dropPrefix } from '../src/store/redis.js';
 
 const HELPER = path.resolve('dist/bench/redis-server.js');
 
@@ -61,22 +61,29 @@ describe('bench reaped(): children die with the process on a signal', () => {
 
 // an interrupted HTTP bench left its tokens (two sets, ~2 keys each) on the shared Redis for good
 describe('bench/http.js interrupted', () => {
-  it('on SIGINT stops its server, removes the keys it made and exits 130', async () => {
-    const proc = spawn(process.execPath, [path.resolve('dist/bench/http.js'), '--tokens', '2000', '--only', 'ours'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  /** The bench with `tokens` tokens on the shared Redis, once its output matches `reached`; its prefix and a client there. */
+  async function benchUntil(tokens: number, reached: RegExp) {
+    const proc = spawn(process.execPath, [path.resolve('dist/bench/http.js'), '--tokens', String(tokens), '--only', 'ours'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const run = { proc, out: '' };
+    proc.stdout!.on('data', (d: Buffer) => (run.out += d.toString()));
+    proc.stderr!.on('data', (d: Buffer) => (run.out += d.toString()));
     const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
-    for (const end = Date.now() + 60_000; !/^ours \(/m.test(out); await new Promise((r) => setTimeout(r, 50))) {
-      if (Date.now() > end || proc.exitCode !== null) throw new Error(`the bench never reached its run: ${out}`);
+    for (const end = Date.now() + 60_000; !reached.test(run.out); await new Promise((r) => setTimeout(r, 20))) {
+      if (Date.now() > end || proc.exitCode !== null) throw new Error(`the bench never reached ${reached}: ${run.out}`);
     }
-    const prefix = /keys under (bench-http-[0-9a-f]+) on (\S+)/.exec(out)!;
-    const redis = createRedis({ redisUrl: prefix[2]!, redisClusterNodes: [] });
+    const [, prefix, url] = /keys under (bench-http-[0-9a-f]+) on (\S+)/.exec(run.out)!;
+    const redis = createRedis({ redisUrl: url!, redisClusterNodes: [] });
+    const keys = () => redis.keys(`${prefix}:*`);
+    return { run, exited, keys, prefix: prefix!, redis };
+  }
+
+  it('on SIGINT stops its server, removes the keys it made and exits 130', async () => {
+    const { run, exited, keys, redis } = await benchUntil(2000, /^ours \(/m);
     try {
-      expect(await redis.keys(`${prefix[1]}:*`)).not.toHaveLength(0);
-      proc.kill('SIGINT');
-      expect(await exited, out).toBe(130);
-      expect(await redis.keys(`${prefix[1]}:*`)).toEqual([]);
+      expect(await keys()).not.toHaveLength(0);
+      run.proc.kill('SIGINT');
+      expect(await exited, run.out).toBe(130);
+      expect(await keys()).toEqual([]);
     } finally {
       redis.disconnect();
     }
@@ -84,27 +91,18 @@ describe('bench/http.js interrupted', () => {
 
   // the drop ran while generation went on: calls after the signal, or the one in flight, left keys behind
   it('on SIGINT while it generates tokens, removes every key it made', async () => {
-    const proc = spawn(process.execPath, [path.resolve('dist/bench/http.js'), '--tokens', '300000', '--only', 'ours'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-    const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
-    for (const end = Date.now() + 60_000; !/^generating /m.test(out); await new Promise((r) => setTimeout(r, 20))) {
-      if (Date.now() > end || proc.exitCode !== null) throw new Error(`the bench never generated: ${out}`);
-    }
-    const prefix = /keys under (bench-http-[0-9a-f]+) on (\S+)/.exec(out)!;
-    const redis = createRedis({ redisUrl: prefix[2]!, redisClusterNodes: [] });
+    const { run, exited, keys, prefix, redis } = await benchUntil(300_000, /^generating /m);
     try {
-      for (const end = Date.now() + 30_000; (await redis.keys(`${prefix[1]}:*`)).length < 100; await new Promise((r) => setTimeout(r, 20))) {
+      for (const end = Date.now() + 30_000; (await keys()).length < 100; await new Promise((r) => setTimeout(r, 20))) {
         if (Date.now() > end) throw new Error('no tokens appeared');
       }
-      proc.kill('SIGINT');
-      expect(await exited, out).toBe(130);
-      expect(out).not.toMatch(/^ours \(/m); // cut short in generation, as meant
+      run.proc.kill('SIGINT');
+      expect(await exited, run.out).toBe(130);
+      expect(run.out).not.toMatch(/^ours \(/m); // cut short in generation, as meant
       await new Promise((r) => setTimeout(r, 300)); // a write the process sent just before it exited
-      expect(await redis.keys(`${prefix[1]}:*`)).toEqual([]);
+      expect(await keys()).toEqual([]);
     } finally {
-      await dropPrefixOf(redis, prefix[1]!);
+      await dropPrefix(redis, prefix);
       redis.disconnect();
     }
   }, 90_000);
