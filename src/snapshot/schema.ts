@@ -1,3 +1,4 @@
+import net from 'node:net';
 import pg from 'pg';
 
 /**
@@ -174,6 +175,17 @@ export async function migrate(client: pg.ClientBase): Promise<number[]> {
   }
 }
 
+const socketsOf = new WeakMap<pg.Pool, Set<net.Socket>>();
+
+/**
+ * Ends the socket under every connection of a pool openPostgres made, so the queries on them fail at once:
+ * pg has no way to cut a query short, and one waiting on a hung Postgres would hold a writer's stop() for
+ * its query timeout.
+ */
+export function cutConnections(pool: pg.Pool): void {
+  for (const s of socketsOf.get(pool) ?? []) s.destroy();
+}
+
 /**
  * A pool on `url` with the database created and migrated; pool errors on idle clients are not fatal.
  * TCP keepalive finds a dead peer on idle connections; `queryTimeoutMs` bounds a query on a connection
@@ -183,7 +195,16 @@ export async function migrate(client: pg.ClientBase): Promise<number[]> {
  */
 export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number, create = true): Promise<pg.Pool> {
   if (create) await ensureDatabase(url);
-  const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 3000, keepAlive: true, query_timeout: queryTimeoutMs });
+  const sockets = new Set<net.Socket>();
+  // the socket pg would make itself (TLS, when asked for, wraps it), made here so cutConnections can reach it
+  const stream = () => {
+    const s = new net.Socket();
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+    return s;
+  };
+  const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 3000, keepAlive: true, query_timeout: queryTimeoutMs, stream });
+  socketsOf.set(pool, sockets);
   pool.on('error', () => {});
   try {
     const c = await checkout(pool);

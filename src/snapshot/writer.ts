@@ -12,7 +12,7 @@ import { snapshotMetrics as m } from './metrics.js';
 import { CampaignCopy } from './campaigns.js';
 import { RevocationCopy } from './revoked.js';
 import { SatelliteCopy } from './satellites.js';
-import { checkout, openPostgres } from './schema.js';
+import { checkout, cutConnections, openPostgres } from './schema.js';
 import { writeSnapshotStatus, type SnapshotStatus } from './status.js';
 import { ShardStreams, type ReadResult } from './streams.js';
 
@@ -315,10 +315,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       let cut = false;
       if (!opening && !(await within(loop, STOP_WAIT_MS))) {
         log('warn', `stopping: the round in hand still runs after ${STOP_WAIT_MS} ms; dropping its connections (what it was reading or writing stays pending)`);
-        // a batch, a copy or the reachability check: pg has no public way to cut a query short, so the
-        // sockets under every client of the pool are ended (its client list is pg-pool's own) and the queries fail at once
-        const clients = (pool as unknown as { _clients?: unknown[] } | undefined)?._clients ?? [];
-        for (const c of clients) (c as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+        // a batch, a copy or the reachability check
+        if (pool) cutConnections(pool);
         // still running and Redis silent: a Redis command waits on a Redis that is down or hung (up to its
         // 10 s timeout). A Redis that answers is left connected for the farewell below
         if (!(await within(loop, 1000))) {
