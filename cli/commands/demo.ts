@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
 import type { Command } from 'commander';
+import { freePort } from '../../src/free-port.js';
 import { createRedis, dropPrefix } from '../../src/store/redis.js';
 import { configFrom } from '../context.js';
 
@@ -10,16 +10,6 @@ const MAIN = process.argv[1]!;
 interface Child {
   proc: ChildProcess;
   stop(): Promise<void>;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer().once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 /** This binary again, as a child; resolves once its output matches `ready`. */

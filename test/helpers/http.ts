@@ -46,7 +46,7 @@ export interface Served {
 /** Runs `referral-manager serve` from dist/ (npm test builds first) as a child process; `port` 0: the one it prints. */
 export async function serve(env: Record<string, string>, workers = 1, askPort?: number): Promise<Served> {
   if (!existsSync(MAIN)) throw new Error('dist/cli/main.js missing: run `npx tsc -p tsconfig.json` (npm test does)');
-  const proc = spawn(process.execPath, [MAIN, 'serve', '--host', '127.0.0.1', '--port', String(askPort ?? (await freePort())), '--workers', String(workers)], {
+  const proc = spawn(process.execPath, [MAIN, 'serve', '--host', '127.0.0.1', '--port', String(askPort ?? 0), '--workers', String(workers)], {
     env: { ...process.env, ADMIN_KEY, SNAPSHOT: 'false', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
