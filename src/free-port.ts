@@ -1,12 +1,41 @@
+import { readFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 
-/** A port free on `host` now: asked of the kernel, then let go (someone else may take it before it is used). */
-export function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer().once('error', reject);
-    probe.listen(0, host, () => {
-      const { port } = probe.address() as AddressInfo;
-      probe.close(() => resolve(port));
+/**
+ * Below the kernel's ephemeral range, where outgoing connections take their local ports: a port let go of
+ * in that range is often taken by one (a Redis or Postgres client) before it is listened on again.
+ */
+function belowEphemeral(): number {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    if (low > 11_000) return low;
+  } catch {
+    // not Linux: the IANA dynamic range starts at 49152
+  }
+  return 49_152;
+}
+
+function probe(host: string, port: number): Promise<number | undefined> {
+  return new Promise((resolve) => {
+    const server = createServer().once('error', () => resolve(undefined));
+    server.listen(port, host, () => {
+      const { port: bound } = server.address() as AddressInfo;
+      server.close(() => resolve(bound));
     });
   });
+}
+
+/**
+ * A port free on `host` now, then let go (someone else may still take it before it is used): one picked at
+ * random between 10000 and the ephemeral range, else one the kernel picks.
+ */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  const top = belowEphemeral();
+  for (let i = 0; i < 20; i++) {
+    const port = await probe(host, 10_000 + Math.floor(Math.random() * (top - 10_000)));
+    if (port !== undefined) return port;
+  }
+  const port = await probe(host, 0);
+  if (port === undefined) throw new Error(`no free port on ${host}`);
+  return port;
 }
