@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { healthUrl } from '../cli/healthcheck.js';
+import { freePort } from '../src/free-port.js';
 import { createRedis } from '../src/store/redis.js';
 import { serve } from './helpers/http.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
@@ -46,7 +47,8 @@ describe('Docker HEALTHCHECK (dist/cli/healthcheck.js)', () => {
   });
 
   it('is healthy for serve started with --port while PORT says otherwise, unhealthy once it stops', async () => {
-    const served = await serve({ KEY_PREFIX: prefix, PORT: '1' });
+    // a port on the command line, where the healthcheck reads it (serve's default here, --port 0, names none)
+    const served = await serve({ KEY_PREFIX: prefix, PORT: '1' }, 1, await freePort());
     const pid = served.proc.pid!;
     try {
       expect(await healthcheck(pid, { PORT: '1' })).toEqual({ code: 0, stderr: '' });
