@@ -429,6 +429,23 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   }, 60_000);
 
+  // the writer met Postgres only with a batch: one with nothing to write reported a lost Postgres as up for as
+  // long as no event came (helper-69's walkthrough: 20 s and counting on /readyz)
+  it('a writer with nothing to write still finds Postgres gone, and back', async () => {
+    const proxy = await pgProxy(snap.db.url);
+    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: snap.fx.prefix, databaseUrl: proxy.url }), { log: () => {} });
+    try {
+      expect(await statusUntil((s) => s.state === 'up')).toMatchObject({ state: 'up' });
+      await proxy.close();
+      expect(await statusUntil((s) => s.state === 'down')).toMatchObject({ state: 'down' });
+      proxy.open();
+      expect(await statusUntil((s) => s.state === 'up')).toMatchObject({ state: 'up' });
+    } finally {
+      await writer.stop();
+      await proxy.close();
+    }
+  }, 90_000);
+
   it('a connection dropped while the writer holds a client between two queries fails its next query, not the process', async () => {
     const proxy = await pgProxy(snap.db.url);
     const pool = await openPostgres(proxy.url, 1);

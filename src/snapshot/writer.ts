@@ -48,6 +48,8 @@ const STOP_GRACE_MS = 8000;
 /** Each of the lease release and the `off` status: a Redis that answered the round answers these at once. */
 const FAREWELL_MS = 500;
 const LANES = 4;
+/** How often a writer that is up checks Postgres when no batch did: how soon /readyz shows an idle writer's loss. */
+const PG_PROBE_MS = 5000;
 const LAPSED = 'the snapshot lease lapsed with no other writer (this process or Redis stalled past it, or Redis lost it); taking it again';
 
 /**
@@ -203,6 +205,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const loop = (async () => {
     let backoff = 100;
     let sweepAt = 0; // the next re-read of every pending entry
+    let probeAt = 0; // the next reachability check of Postgres
     while (running) {
       try {
         // confirmed before every round, not only by the timer: a process paused past its lease must not
@@ -237,9 +240,11 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           if (!running) break;
         }
         const db = pool;
-        if (pgState === 'down') {
+        // also every PG_PROBE_MS while up: a writer with nothing to write would report a lost Postgres as up
+        if (pgState === 'down' || Date.now() >= probeAt) {
           await onPostgres(() => db.query('SELECT 1'));
-          if (warned) log('info', 'Postgres reachable again; catching up');
+          probeAt = Date.now() + PG_PROBE_MS;
+          if (pgState === 'down' && warned) log('info', 'Postgres reachable again; catching up');
           pgState = 'up';
           warned = false;
           m.postgresUp.set(1);
