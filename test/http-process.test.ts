@@ -246,6 +246,9 @@ describe('serve processes', () => {
       redis.signal('SIGSTOP');
       const hung = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t, userId: 'b' } });
       expect([hung.status, hung.body.error, hung.headers['retry-after']]).toEqual([503, 'store_unavailable', '1']);
+      // /readyz says why (its PING was left to the request timeout: the generic 503 body, no reason)
+      const ready = await call(pool, 'GET', '/readyz');
+      expect([ready.status, ready.body.ready, ready.body.redis, ready.body.error]).toEqual([503, false, 'down', expect.stringMatching(/^no answer within \d+ ms$/)]);
       redis.signal('SIGCONT');
       // the redeem may have landed after the 503: the satellite's retry (same user) is answered ok either way
       const retry = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t, userId: 'b' } });

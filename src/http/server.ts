@@ -3,7 +3,7 @@ import uws from 'uWebSockets.js';
 import type { Config } from '../config.js';
 import { collectProcessMetrics, registry as metricsRegistry } from '../metrics.js';
 import { SatelliteRegistry } from '../satellites/registry.js';
-import { clusterFailures, clusterMasters, createRedis, logOutages, MASTER_PROBE_MS, masters, whenReady, type RedisClient } from '../store/redis.js';
+import { answerWithin, clusterFailures, clusterMasters, createRedis, logOutages, MASTER_PROBE_MS, masters, whenReady, type RedisClient } from '../store/redis.js';
 import { readScript, SCRIPT_NAMES } from '../store/scripts.js';
 import { readSnapshotStatus } from '../snapshot/status.js';
 import { TokenStore } from '../store/token-store.js';
@@ -66,7 +66,9 @@ async function readiness(redis: RedisClient, prefix: string, probeMs: number): P
       const failing = clusterFailures(probe);
       if (failing.length) return { ready: false, details: { redis: 'down', ...cluster, error: failing.join('; ') } };
     } else {
-      await redis.ping();
+      // bounded like a master's probe: a hung Redis answered nothing until the request timeout, then the
+      // generic 503, so a probe with a shorter timeout saw no reason at all
+      await answerWithin(redis.ping(), probeMs);
     }
   } catch (err) {
     return { ready: false, details: { redis: 'down', error: (err as Error).message } };
