@@ -512,6 +512,24 @@ describe('serve processes', () => {
     }
   });
 
+  it('/metrics has the token counters right after a start, not only after the first interval', async () => {
+    const fx = await engineFixture({ label: 'counts-start' });
+    await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat', ownerUserId: 'a' }], perUser: 2 });
+    const server = await serve({ KEY_PREFIX: fx.prefix, TOKEN_COUNTS_MS: '3600000' });
+    const pool = new Pool(server.url, { connections: 1 });
+    try {
+      let text = '';
+      for (const end = Date.now() + 10_000; Date.now() < end && !text.includes('rm_tokens{'); await new Promise((s) => setTimeout(s, 100))) {
+        text = (await call(pool, 'GET', '/metrics')).body as string;
+      }
+      expect(text.split('\n')).toContain('rm_tokens{satellite="sat",state="unredeemed"} 2');
+    } finally {
+      await pool.close();
+      expect(await server.stop()).toBe(0);
+      await fx.close();
+    }
+  });
+
   it('/metrics still answers while Redis is stopped: the token counts keep their last reading and the failed readings are counted', async () => {
     await onPrivateRedis({ SNAPSHOT: 'false', TOKEN_COUNTS_MS: '100' }, async (redis, server) => {
       const { pool } = await setup(server);

@@ -34,11 +34,15 @@ const failures = new client.Counter({ name: 'rm_token_counts_errors_total', help
 const STATES = SATELLITE_COUNTERS.filter((c) => c !== 'generated');
 
 /**
- * Keeps the rm_tokens* metrics current, read every `ms` with `engine.stats()` (one small hash per shard),
- * the first after `ms` too: the client has no offline queue, so a reading at start would fail.
+ * Keeps the rm_tokens* metrics current, read every `ms` with `engine.stats()` (one small hash per shard).
+ * The first reading is tried at once and then every second until one succeeds (the client has no offline
+ * queue, so the first tries fail until it connects): a scrape after a restart showed no token series for a
+ * whole interval. Those early tries are counted as failures only once `ms` has passed, as before.
  * A failed reading keeps the last values, which rm_token_counts_read_seconds then shows as old.
  */
 export function reportTokenCounts(engine: TokenEngine, ms: number): { stop(): Promise<void> } {
+  const start = Date.now();
+  let read = false;
   return every(ms, async () => {
     try {
       const s = await engine.stats();
@@ -52,8 +56,11 @@ export function reportTokenCounts(engine: TokenEngine, ms: number): { stop(): Pr
       }
       for (const r of s.redemptions) redemptions.inc({ owner: r.ownerSatelliteId, redeemer: r.redeemerSatelliteId }, r.count);
       readAt.set(Date.now() / 1000);
+      read = true;
     } catch {
-      failures.inc();
+      const early = !read && Date.now() - start < ms;
+      if (!early) failures.inc();
+      if (!read) return Math.min(ms, 1000);
     }
-  });
+  }, 0);
 }
