@@ -6,6 +6,7 @@ import { freePort } from '../src/free-port.js';
 import { hashKey, SatelliteRegistry } from '../src/satellites/registry.js';
 import { runCli } from './helpers/cli.js';
 import { engineFixture, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
+import { Keys } from '../src/store/keys.js';
 
 /** The ops commands, run as the built binary against real Redis under a private prefix. */
 describe('referral-manager satellites | tokens | stats (child process, real Redis)', () => {
@@ -349,6 +350,8 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       const empty = await runCli(['stats'], senv);
       expect(empty.code, empty.stderr).toBe(0);
       expect(empty.stdout).toMatch(/no tokens yet/);
+      // the snapshot writer as Redis sees it, for on-call (there was no CLI view of it)
+      expect(empty.stdout).toMatch(/^snapshot: Postgres off, no writer holds the lease; 0 events not yet in Postgres \(oldest 0\.0 s\)$/m);
 
       const owners = (sat: string, n: number) => Array.from({ length: n }, (_, i) => ({ ownerSatelliteId: sat, ownerUserId: `${sat}-u${i}` }));
       const a = (await sfx.engine.generate({ owners: owners('sat-a', 10), perUser: 2 })).tokens.map((t) => t.token);
@@ -380,6 +383,10 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect(lines).toContain('owner \\ redeemer  sat-a  sat-b');
       expect(lines).toContain('sat-a                 1      2');
       expect(lines).toContain('sat-b                 1      0');
+      // 25 generated + 4 redeemed + 1 reserved + 1 revoked, none written yet; a writer elsewhere named by its lease
+      expect(text.stdout).toMatch(/^snapshot: Postgres off, no writer holds the lease; 31 events not yet in Postgres/m);
+      await sfx.redis.set(new Keys(sfx.prefix).snapshotLease(), 'host-7 pid 42 0b7e', 'PX', 60_000);
+      expect((await runCli(['stats'], senv)).stdout).toMatch(/^snapshot: Postgres off, writer: host-7 pid 42; 31 events/m);
     });
   });
 

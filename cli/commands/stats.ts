@@ -1,6 +1,10 @@
 import type { Command } from 'commander';
 import { SATELLITE_COUNTERS, type Stats } from '../../src/store/model.js';
+import { Keys } from '../../src/store/keys.js';
+import { Lease } from '../../src/store/lease.js';
+import type { RedisClient } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
+import { readSnapshotStatus, sampleLag } from '../../src/snapshot/index.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { configFrom, connectRedis } from '../context.js';
 import { table } from '../format.js';
@@ -22,6 +26,17 @@ function matrixTable(stats: Stats): string {
   return table(['owner \\ redeemer', ...redeemers], rows);
 }
 
+/** The snapshot writer as Redis sees it, for on-call: its state, who holds the lease, the lag. */
+async function snapshotLine(redis: RedisClient, prefix: string): Promise<string> {
+  const [status, holder, lag] = await Promise.all([
+    readSnapshotStatus(redis, prefix),
+    new Lease(redis, new Keys(prefix).snapshotLease()).holder(),
+    sampleLag(redis, prefix),
+  ]);
+  const writer = holder === undefined ? 'no writer holds the lease' : `writer: ${holder}`;
+  return `snapshot: Postgres ${status.state}, ${writer}; ${lag.events} events not yet in Postgres (oldest ${lag.seconds.toFixed(1)} s)`;
+}
+
 /** `stats`: the counters the scripts keep, per satellite and owner -> redeemer. */
 export function register(program: Command): void {
   const stats = program
@@ -37,8 +52,10 @@ export function register(program: Command): void {
     const config = configFrom(this);
     const redis = await connectRedis(config);
     let s: Stats;
+    let snapshot: string;
     try {
       s = await new TokenEngine(new TokenStore(redis, config.keyPrefix)).stats();
+      snapshot = await snapshotLine(redis, config.keyPrefix);
     } finally {
       redis.disconnect();
     }
@@ -46,11 +63,11 @@ export function register(program: Command): void {
       console.log(JSON.stringify(s, null, 2));
       return;
     }
-    if (Object.keys(s.satellites).length === 0) {
-      console.log('no tokens yet');
-      return;
+    if (Object.keys(s.satellites).length === 0) console.log('no tokens yet');
+    else {
+      console.log(`tokens by owner satellite\n\n${satelliteTable(s)}\n`);
+      console.log(s.redemptions.length === 0 ? 'no redemptions yet' : `redemptions (rows: owner satellite, columns: redeemer satellite)\n\n${matrixTable(s)}`);
     }
-    console.log(`tokens by owner satellite\n\n${satelliteTable(s)}\n`);
-    console.log(s.redemptions.length === 0 ? 'no redemptions yet' : `redemptions (rows: owner satellite, columns: redeemer satellite)\n\n${matrixTable(s)}`);
+    console.log(`\n${snapshot}`);
   });
 }
