@@ -22,10 +22,29 @@ function flag(argv: string[], name: string): string | undefined {
   return value;
 }
 
+/** The global options that take a value (cli/context.ts): their value is no command. */
+const GLOBAL_VALUES = new Set(['--redis-url', '--redis-cluster-nodes', '--key-prefix', '--database-url']);
+
+/**
+ * The command of a `main.js` (or `referral-manager`) command line: its first argument that is no option
+ * or option value. Any `serve` or `snapshot` word counted before, so `satellites add --id serve` was
+ * probed as a serve on 7480.
+ */
+function commandOf(argv: string[]): string | undefined {
+  const script = argv.findIndex((a) => /(^|\/)(main\.js|referral-manager)$/.test(a));
+  if (script < 0) return undefined;
+  for (let i = script + 1; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (!a.startsWith('-')) return a;
+    if (GLOBAL_VALUES.has(a)) i++;
+  }
+  return undefined;
+}
+
 /** Where `serve` or `snapshot` run with `argv` and `env` answers /healthz; undefined for any other command. */
 export function healthUrl(argv: string[], env: NodeJS.ProcessEnv): string | undefined {
-  const command = argv.find((a) => a === 'serve' || a === 'snapshot');
-  if (!command) return undefined;
+  const command = commandOf(argv);
+  if (command !== 'serve' && command !== 'snapshot') return undefined;
   // the process read its flags and env through the same config module: its defaults and rules (an empty
   // value is the default) are the ones it listens by. Only these: a setting it took from a flag may be
   // invalid in the env

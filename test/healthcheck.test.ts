@@ -33,6 +33,10 @@ describe('Docker HEALTHCHECK (dist/cli/healthcheck.js)', () => {
     expect(healthUrl([...main, 'serve'], { PORT: '8000' })).toBe('http://127.0.0.1:8000/healthz');
     expect(healthUrl([...main, 'serve', '--port', '9000'], { PORT: '8000' })).toBe('http://127.0.0.1:9000/healthz');
     expect(healthUrl([...main, '--key-prefix', 'x', 'serve', '--port=9001', '--host', '0.0.0.0'], {})).toBe('http://127.0.0.1:9001/healthz');
+    // the command is the first word that is no option or option value, not any word "serve"
+    expect(healthUrl([...main, 'satellites', 'add', '--id', 'serve'], {})).toBeUndefined();
+    expect(healthUrl([...main, '--key-prefix', 'serve', 'snapshot'], {})).toBe('http://127.0.0.1:7481/healthz');
+    expect(healthUrl(['/usr/bin/tini', '--', 'node', '/usr/local/bin/referral-manager', '--redis-url=redis://r', 'serve'], {})).toBe('http://127.0.0.1:7480/healthz');
     expect(healthUrl([...main, 'serve', '--host', '10.1.2.3'], {})).toBe('http://10.1.2.3:7480/healthz');
     expect(healthUrl([...main, 'serve'], { HOST: 'fd00::5' })).toBe('http://[fd00::5]:7480/healthz');
     // a standalone writer: its ops port, not the API's
