@@ -50,6 +50,16 @@ async function tokens(pool: Pool, n: number): Promise<string[]> {
   return gen.body.tokens.map((t: { token: string }) => t.token);
 }
 
+/** /metrics polled until `ok` holds of its text, or `ms` passed (the machine may be busy); the last text read. */
+async function metricsUntil(pool: Pool, ok: (text: string) => boolean, ms = 30_000): Promise<string> {
+  let text = (await call(pool, 'GET', '/metrics')).body as string;
+  for (const end = Date.now() + ms; !ok(text) && Date.now() < end; ) {
+    await new Promise((s) => setTimeout(s, 100));
+    text = (await call(pool, 'GET', '/metrics')).body as string;
+  }
+  return text;
+}
+
 /** GET on a new TCP connection each time, so SO_REUSEPORT may pick another worker. */
 function freshGet(url: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -453,19 +463,8 @@ describe('serve processes', () => {
       const r = await call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: users, perUser: 3 } });
       expect(r.status).toBe(200);
       // one event per token; read every second by the primary, summed with the workers' (unset) gauges
-      const lag = async () => {
-        const text = (await call(pool, 'GET', '/metrics')).body as string;
-        return { events: Number(/^rm_snapshot_lag_events (\S+)$/m.exec(text)?.[1]), seconds: Number(/^rm_snapshot_lag_seconds (\S+)$/m.exec(text)?.[1]) };
-      };
-      // polled with a generous deadline: the machine may be busy
-      const lagUntil = async (ok: (l: Awaited<ReturnType<typeof lag>>) => boolean) => {
-        let seen = await lag();
-        for (const end = Date.now() + 30_000; !ok(seen) && Date.now() < end; ) {
-          await new Promise((s) => setTimeout(s, 100));
-          seen = await lag();
-        }
-        return seen;
-      };
+      const lag = (text: string) => ({ events: Number(/^rm_snapshot_lag_events (\S+)$/m.exec(text)?.[1]), seconds: Number(/^rm_snapshot_lag_seconds (\S+)$/m.exec(text)?.[1]) });
+      const lagUntil = async (ok: (l: ReturnType<typeof lag>) => boolean) => lag(await metricsUntil(pool, (t) => ok(lag(t))));
       expect((await lagUntil((l) => l.events === 150)).events).toBe(150);
       expect((await call(pool, 'GET', '/readyz')).body.snapshot).toEqual({ state: 'off' });
       // the oldest waiting event ages
@@ -495,11 +494,7 @@ describe('serve processes', () => {
         'rm_tokens_generated_total{satellite="sat"} 6',
         'rm_redemptions_total{owner="sat",redeemer="eu"} 1',
       ];
-      let text = '';
-      for (const end = Date.now() + 30_000; Date.now() < end; await new Promise((s) => setTimeout(s, 100))) {
-        text = (await call(pool, 'GET', '/metrics')).body as string;
-        if (want.every((line) => text.split('\n').includes(line))) break;
-      }
+      const text = await metricsUntil(pool, (t) => want.every((line) => t.split('\n').includes(line)));
       for (const line of want) expect(text.split('\n')).toContain(line);
       // one series each: the workers report none, so nothing is summed twice; eu owns no tokens
       expect(text.match(/^rm_tokens\{/gm)).toHaveLength(5);
@@ -518,10 +513,7 @@ describe('serve processes', () => {
     const server = await serve({ KEY_PREFIX: fx.prefix, TOKEN_COUNTS_MS: '3600000' });
     const pool = new Pool(server.url, { connections: 1 });
     try {
-      let text = '';
-      for (const end = Date.now() + 10_000; Date.now() < end && !text.includes('rm_tokens{'); await new Promise((s) => setTimeout(s, 100))) {
-        text = (await call(pool, 'GET', '/metrics')).body as string;
-      }
+      const text = await metricsUntil(pool, (t) => t.includes('rm_tokens{'), 10_000);
       expect(text.split('\n')).toContain('rm_tokens{satellite="sat",state="unredeemed"} 2');
     } finally {
       await pool.close();
