@@ -244,7 +244,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         if (pgState === 'down' || Date.now() >= probeAt) {
           await onPostgres(() => db.query('SELECT 1'));
           probeAt = Date.now() + PG_PROBE_MS;
-          if (pgState === 'down' && warned) log('info', 'Postgres reachable again; catching up');
+          if (warned) log('info', 'Postgres reachable again; catching up');
           pgState = 'up';
           warned = false;
           m.postgresUp.set(1);
