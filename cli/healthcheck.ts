@@ -22,8 +22,8 @@ function flag(argv: string[], name: string): string | undefined {
   return value;
 }
 
-/** The global options that take a value (cli/context.ts): their value is no command. */
-const GLOBAL_VALUES = new Set(['--redis-url', '--redis-cluster-nodes', '--key-prefix', '--database-url']);
+/** The global options that take a value (cli/context.ts; a test holds the two together): their value is no command. */
+export const GLOBAL_VALUES = new Set(['--redis-url', '--redis-cluster-nodes', '--key-prefix', '--database-url']);
 
 /**
  * The command of a `main.js` (or `referral-manager`) command line: its first argument that is no option

@@ -1,7 +1,8 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { healthUrl } from '../cli/healthcheck.js';
+import { GLOBAL_VALUES, healthUrl } from '../cli/healthcheck.js';
+import { runCli } from './helpers/cli.js';
 import { freePort } from '../src/free-port.js';
 import { createRedis } from '../src/store/redis.js';
 import { serve } from './helpers/http.js';
@@ -48,6 +49,13 @@ describe('Docker HEALTHCHECK (dist/cli/healthcheck.js)', () => {
     expect(healthUrl([...main, 'snapshot'], { SNAPSHOT_METRICS_PORT: '' })).toBe('http://127.0.0.1:7481/healthz');
     // a setting serve took from a flag may be invalid in the env: not the healthcheck's business
     expect(healthUrl([...main, '--redis-url', 'redis://r:6379', 'serve', '--workers', '2'], { WORKERS: 'abc', REDIS_URL: 'nope' })).toBe('http://127.0.0.1:7480/healthz');
+  });
+
+  // its own copy of the list (importing cli/context.ts would load ioredis for a probe run every 10 s)
+  it('skips the value of every global option that takes one, as --help lists them', async () => {
+    const help = (await runCli(['--help'])).stdout;
+    const options = help.slice(help.indexOf('Options:'), help.indexOf('Commands:'));
+    expect(new Set([...options.matchAll(/^ {2}(--[a-z-]+) </gm)].map((m) => m[1]))).toEqual(GLOBAL_VALUES);
   });
 
   it('is healthy for serve started with --port while PORT says otherwise, unhealthy once it stops', async () => {
