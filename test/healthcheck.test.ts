@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { GLOBAL_VALUES, healthUrl } from '../cli/healthcheck.js';
@@ -38,6 +39,7 @@ describe('Docker HEALTHCHECK (dist/cli/healthcheck.js)', () => {
     expect(healthUrl([...main, 'satellites', 'add', '--id', 'serve'], {})).toBeUndefined();
     expect(healthUrl([...main, '--key-prefix', 'serve', 'snapshot'], {})).toBe('http://127.0.0.1:7481/healthz');
     expect(healthUrl(['/usr/bin/tini', '--', 'node', '/usr/local/bin/referral-manager', '--redis-url=redis://r', 'serve'], {})).toBe('http://127.0.0.1:7480/healthz');
+    expect(healthUrl(['node', '/app/dist/cli/main.js', 'snapshot'], {})).toBe('http://127.0.0.1:7481/healthz');
     expect(healthUrl([...main, 'serve', '--host', '10.1.2.3'], {})).toBe('http://10.1.2.3:7480/healthz');
     expect(healthUrl([...main, 'serve'], { HOST: 'fd00::5' })).toBe('http://[fd00::5]:7480/healthz');
     // a standalone writer: its ops port, not the API's
@@ -70,5 +72,16 @@ describe('Docker HEALTHCHECK (dist/cli/healthcheck.js)', () => {
     const gone = await healthcheck(pid, { PORT: '1' });
     expect(gone.code).toBe(1);
     expect(gone.stderr).toMatch(/^healthcheck: /);
+  });
+
+  it('is healthy for a one-shot command, which listens nowhere, for as long as it runs', async () => {
+    // a process whose command line reads like the image's `generate`: node ignores the words after -e's script
+    const proc = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 30000)', '/app/dist/cli/main.js', 'generate', '--satellite', 'us1'], { stdio: 'ignore' });
+    await once(proc, 'spawn');
+    try {
+      expect(await healthcheck(proc.pid!, { PORT: '1' })).toEqual({ code: 0, stderr: '' });
+    } finally {
+      proc.kill();
+    }
   });
 });
