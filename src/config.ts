@@ -77,6 +77,16 @@ const adminKey: Parser<string> = (raw) => {
   return raw;
 };
 
+/** 32-byte AES keys as 64 hex digits, comma-separated: the first seals, all open (src/satellites/seal.ts). */
+const secretList: Parser<string[]> = (raw) => {
+  const secrets = raw.split(',').map((x) => x.trim()).filter(Boolean);
+  // the value itself is a secret: never echoed into the error
+  secrets.forEach((x, i) => {
+    if (!/^[0-9a-fA-F]{64}$/.test(x)) throw new Error(`secret ${i + 1} of ${secrets.length}: expected 64 hex digits (32 bytes: openssl rand -hex 32), got ${x.length} characters`);
+  });
+  return secrets.map((x) => x.toLowerCase());
+};
+
 /** Ten years: a longer grace is a typo, and past ~285,000 years the old key's end is no date at all. */
 export const MAX_KEY_GRACE_MS = 10 * 365 * 24 * 3600_000;
 
@@ -89,6 +99,7 @@ export const settings = {
   port: { env: 'PORT', default: 7480, parse: int(0, 65535), doc: 'Port the HTTP API listens on.' },
   workers: { env: 'WORKERS', default: Math.max(1, os.availableParallelism()), parse: int(1, 256), doc: 'HTTP worker processes sharing the port (default: one per core).' },
   adminKey: { env: 'ADMIN_KEY', default: '', parse: adminKey, doc: 'Bearer key of the admin routes (>= 32 chars). Empty: admin routes answer 401.' },
+  outboundKeySecrets: { env: 'OUTBOUND_KEY_SECRET', default: [] as string[], parse: secretList, doc: 'Seals satellites\' outbound keys at rest (AES-256-GCM): 64 hex digits (`openssl rand -hex 32`); a comma-separated list while rotating, the first sealing and all opening. Set it alike wherever serve and the CLI run. Empty: outbound keys are stored as given. `satellites seal-keys` seals the ones stored before.' },
   defaultLeaseMs: { env: 'DEFAULT_LEASE_MS', default: 10 * 60_000, parse: int(1, 24 * 3600_000), doc: 'Reservation lease when a reserve call gives no leaseMs.' },
   maxLeaseMs: { env: 'MAX_LEASE_MS', default: 60 * 60_000, parse: int(1, 7 * 24 * 3600_000), doc: 'Longest reservation lease a satellite may ask for.' },
   keyGraceMs: { env: 'KEY_GRACE_MS', default: 24 * 3600_000, parse: int(0, MAX_KEY_GRACE_MS), doc: 'How long a rotated satellite key keeps working.' },

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -486,6 +487,47 @@ describe('--all with a satellite registered without a url (it only redeems)', ()
       expect(run.stderr).toMatch(/no registered satellite has a url: nothing to serve \(redeem-only no url registered; referral-manager satellites update <id> --url <url> gives one\)/);
       expect(await new CampaignStore(fx.redis, fx.prefix).meta('none')).toBeUndefined();
     } finally {
+      await fx.close();
+    }
+  });
+});
+
+describe('outbound keys sealed with OUTBOUND_KEY_SECRET', () => {
+  it('a key added through the CLI is stored sealed; generate opens it with the secret, and without it stops before calling', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const outboundKey = 'outbound-sealed-0123456789abcdef0123456789abcdef';
+    const sim = await startSatelliteSim({ id: 'sat-s', users: 40, outboundKey });
+    const sealed = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1', OUTBOUND_KEY_SECRET: randomBytes(32).toString('hex') };
+    try {
+      const add = await runCli(['satellites', 'add', '--id', 'sat-s', '--url', sim.url, '--outbound-key', outboundKey], sealed);
+      expect(add.code, add.stderr).toBe(0);
+      const stored = await fx.redis.hget(`${fx.prefix}:{sat}:s:sat-s`, 'outboundKey');
+      expect(stored).toMatch(/^sealed:v1:/);
+      expect(stored).not.toContain(outboundKey);
+
+      const without = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'nosecret'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(without.code).toBe(1);
+      expect(without.stderr).toMatch(/the outbound key of satellite "sat-s" is sealed, and OUTBOUND_KEY_SECRET is not set here/);
+      expect(Object.values(await holdings(sim)).flat()).toEqual([]);
+
+      // the satellite refuses any key but its own (401), so a delivery proves the key went out opened
+      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'withsecret', '--json'], sealed);
+      expect(run.code, run.stderr).toBe(0);
+      const held = await holdings(sim);
+      expect(Object.keys(held)).toHaveLength(40);
+      expect(Object.values(held).every((t) => t.length === 2)).toBe(true);
+
+      const noSecret = await runCli(['satellites', 'seal-keys'], { KEY_PREFIX: fx.prefix });
+      expect(noSecret.code).toBe(1);
+      expect(noSecret.stderr).toMatch(/OUTBOUND_KEY_SECRET is not set: nothing to seal/);
+      const seal = await runCli(['satellites', 'seal-keys', '--json'], sealed);
+      expect(seal.code, seal.stderr).toBe(0);
+      expect(JSON.parse(seal.stdout)).toEqual({ sealed: [], current: 1, unreadable: [] });
+      const other = await runCli(['satellites', 'seal-keys'], { ...sealed, OUTBOUND_KEY_SECRET: randomBytes(32).toString('hex') });
+      expect(other.code).toBe(1);
+      expect(other.stderr).toMatch(/opens the outbound key of: sat-s/);
+    } finally {
+      await sim.close();
       await fx.close();
     }
   });

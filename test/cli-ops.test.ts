@@ -443,6 +443,14 @@ describe('referral-manager config', () => {
     }
   });
 
+  it('shows how many OUTBOUND_KEY_SECRETs are set, never one', async () => {
+    const secrets = ['ab'.repeat(32), 'cd'.repeat(32)];
+    const run = await runCli(['config'], { OUTBOUND_KEY_SECRET: secrets.join(',') });
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout).toMatch(/^OUTBOUND_KEY_SECRET +"\(2 set\)"$/m);
+    for (const x of secrets) expect(run.stdout).not.toContain(x);
+  });
+
   it('says where each value comes from: a global flag, the env, or the default', async () => {
     const run = await runCli(['--key-prefix', 'from-flag', 'config'], { KEY_PREFIX: 'from-env', PORT: '7490', REDIS_URL: '' });
     expect(run.code, run.stderr).toBe(0);

@@ -25,6 +25,15 @@ describe('loadConfig', () => {
     expect(problems({ RATE_LIMIT_FAILURES: '99999999999999999999' })).toEqual(['RATE_LIMIT_FAILURES: expected an integer >= 1, got 99999999999999999999']);
   });
 
+  it('takes OUTBOUND_KEY_SECRET as 64 hex digits, a list while rotating, and never echoes a refused one', () => {
+    const [a, b] = ['AB'.repeat(32), 'cd'.repeat(32)];
+    expect(loadConfig({}, { OUTBOUND_KEY_SECRET: ` ${a}, ${b} ` }).outboundKeySecrets).toEqual([a.toLowerCase(), b]);
+    expect(loadConfig({}, {}).outboundKeySecrets).toEqual([]);
+    expect(problems({ OUTBOUND_KEY_SECRET: `${a},not-hex-s3cret` })).toEqual([
+      'OUTBOUND_KEY_SECRET: secret 2 of 2: expected 64 hex digits (32 bytes: openssl rand -hex 32), got 14 characters',
+    ]);
+  });
+
   it('keeps closed ranges as min..max', () => {
     expect(problems({ PORT: '99999', WORKERS: '0' })).toEqual(['PORT: expected 0..65535, got 99999', 'WORKERS: expected 1..256, got 0']);
   });

@@ -113,7 +113,7 @@ export function register(program: Command): void {
       const config = configFrom(this);
       const redis = await connectRedis(config);
       try {
-        const registry = new SatelliteRegistry(redis, config.keyPrefix);
+        const registry = new SatelliteRegistry(redis, config.keyPrefix, config.outboundKeySecrets);
         const campaigns = new CampaignStore(redis, config.keyPrefix);
         const store = new TokenStore(redis, config.keyPrefix);
         await store.preload();
@@ -150,7 +150,11 @@ export function register(program: Command): void {
             // a campaign's satellite removed since: the others are still served (nothing adds it back to a campaign)
             const s = opts.resume !== undefined ? await registry.get(satId) : await registry.require(satId);
             if (!s) skipped.push(skippedReport(satId, REMOVED));
-            else if (s.url) satellites.push(s.outboundKey ? { id: s.id, url: s.url, outboundKey: s.outboundKey } : { id: s.id, url: s.url });
+            else if (s.url) {
+              // opened before any satellite is called: a key this run cannot open stops it with the reason
+              const outboundKey = registry.outboundKey(s);
+              satellites.push(outboundKey ? { id: s.id, url: s.url, outboundKey } : { id: s.id, url: s.url });
+            }
             // --all means every satellite that can be served; a named one (or a campaign's own) must be
             else if (opts.all) skipped.push(skippedReport(satId, NO_URL));
             else throw new Error(`satellite "${satId}" has no url: referral-manager satellites update ${sh(satId)} --url <url>`);

@@ -43,13 +43,13 @@ function outboundKeyOf(cmd: Command, opts: { outboundKey?: string; outboundKeyFi
 async function withRegistry<T>(config: Config, fn: (r: SatelliteRegistry) => Promise<T>): Promise<T> {
   const redis = await connectRedis(config);
   try {
-    return await fn(new SatelliteRegistry(redis, config.keyPrefix));
+    return await fn(new SatelliteRegistry(redis, config.keyPrefix, config.outboundKeySecrets));
   } finally {
     redis.disconnect();
   }
 }
 
-/** `satellites add|list|update|remove|rotate-key`: the satellites allowed to call the API, and their keys. */
+/** `satellites add|list|update|remove|rotate-key|seal-keys`: the satellites allowed to call the API, and their keys. */
 export function register(program: Command): void {
   const sats = program
     .command('satellites')
@@ -160,5 +160,25 @@ export function register(program: Command): void {
       console.log(apiKey);
       console.log(graceMs > 0 ? `the old key works until ${new Date(Date.now() + graceMs).toISOString()}` : 'the old key no longer works');
     }
+  });
+
+  const seal = sats
+    .command('seal-keys')
+    .description('seal every outbound key not yet sealed with the first OUTBOUND_KEY_SECRET: stored before it was set, or under a secret being rotated out')
+    .option('--json', 'print {"sealed": [ids], "current": n, "unreadable": [ids]}')
+    .addHelpText(
+      'after',
+      '\nExit 1 when a key cannot be opened with any secret given (it is left as it is).\n\nExamples:\n  OUTBOUND_KEY_SECRET=$(cat /run/secrets/rm_seal) referral-manager satellites seal-keys\n  OUTBOUND_KEY_SECRET=<new>,<old> referral-manager satellites seal-keys --json',
+    );
+  seal.action(async function (this: Command, opts: { json?: boolean }) {
+    const config = configFrom(this);
+    if (config.outboundKeySecrets.length === 0) throw new Error('OUTBOUND_KEY_SECRET is not set: nothing to seal the outbound keys with (openssl rand -hex 32 makes one)');
+    const r = await withRegistry(config, (reg) => reg.sealKeys());
+    if (opts.json) console.log(JSON.stringify(r));
+    else {
+      console.log(`sealed ${r.sealed.length} outbound key(s)${r.sealed.length ? `: ${r.sealed.join(', ')}` : ''}; ${r.current} already sealed with the first secret`);
+      if (r.unreadable.length) console.error(`error: no secret in OUTBOUND_KEY_SECRET opens the outbound key of: ${r.unreadable.join(', ')} (left as they are; set them again with satellites update <id> --outbound-key-file)`);
+    }
+    if (r.unreadable.length) process.exitCode = 1;
   });
 }

@@ -104,7 +104,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
     console.error(`redis not ready at start (${(err as Error).message}); serving 503 until it is`);
   }
   const engine = new TokenEngine(store);
-  const satellites = new SatelliteRegistry(redis, config.keyPrefix);
+  const satellites = new SatelliteRegistry(redis, config.keyPrefix, config.outboundKeySecrets);
   const auth = new Authenticator(satellites, config.adminKey, config.authCacheMs);
   const limiter = new FailureLimiter(redis, config.keyPrefix, { ip: config.rateLimitFailures, satellite: config.rateLimitSatelliteFailures }, config.rateLimitWindowMs);
   const traffic: Traffic = { n: 0, draining: false };

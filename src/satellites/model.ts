@@ -5,7 +5,7 @@ export interface Satellite {
   name?: string;
   /** where the manager reaches the satellite's referral endpoints (generation flow) */
   url?: string;
-  /** key the manager presents to the satellite; stored as given because the manager must send it */
+  /** key the manager presents to the satellite, as stored: sealed (`sealed:v1:...`) when OUTBOUND_KEY_SECRET is set; SatelliteRegistry.outboundKey opens it */
   outboundKey?: string;
   createdAt: number;
 }

@@ -6,6 +6,7 @@ import { hexDigest } from '../digest.js';
 import { DomainError } from '../errors.js';
 import { checkNewId, checkText } from '../tokens/validate.js';
 import type { Satellite, SatelliteFields } from './model.js';
+import { OutboundKeySeal, SEALED } from './seal.js';
 
 /** 256 random bits, URL-safe; the manager stores only its SHA-256. */
 export function newApiKey(): string {
@@ -28,18 +29,21 @@ export function sameKey(a: string, b: string): boolean {
  * multi-key updates run in MULTI or one script.
  */
 export class SatelliteRegistry {
-  private readonly s: Record<'satellite_rotate' | 'satellite_remove' | 'satellite_update', ScriptFn>;
+  private readonly s: Record<'satellite_rotate' | 'satellite_remove' | 'satellite_update' | 'satellite_reseal', ScriptFn>;
   private readonly keys: SatelliteKeys;
-  constructor(private readonly redis: RedisClient, prefix: string) {
-    this.s = defineScripts(redis, ['satellite_rotate', 'satellite_remove', 'satellite_update']);
+  private readonly seal: OutboundKeySeal;
+  /** `outboundKeySecrets`: OUTBOUND_KEY_SECRET (src/satellites/seal.ts); none: outbound keys are stored as given */
+  constructor(private readonly redis: RedisClient, prefix: string, outboundKeySecrets: readonly string[] = []) {
+    this.s = defineScripts(redis, ['satellite_rotate', 'satellite_remove', 'satellite_update', 'satellite_reseal']);
     this.keys = new SatelliteKeys(prefix);
+    this.seal = new OutboundKeySeal(outboundKeySecrets);
   }
 
   async add(input: { id: string; name?: string; url?: string; outboundKey?: string }): Promise<{ id: string; apiKey: string }> {
     const id = checkNewId('id', input.id);
     const apiKey = newApiKey();
     const fields: Record<string, string> = { id, createdAt: String(Date.now()), keyHash: hashKey(apiKey) };
-    for (const [f, v] of checkFields(input)) if (v !== '') fields[f] = v;
+    for (const [f, v] of this.sealed(id, checkFields(input))) if (v !== '') fields[f] = v;
     const created = await insertSatellite(this.redis, this.keys, { id, fields, apiKeys: { [fields.keyHash!]: `${id}\t` } });
     if (!created) throw new DomainError('satellite_exists', `satellite "${id}" is already registered`);
     return { id, apiKey };
@@ -69,12 +73,48 @@ export class SatelliteRegistry {
   async update(id: string, change: SatelliteFields): Promise<Satellite> {
     const pairs = checkFields(change);
     if (pairs.length === 0) throw new DomainError('invalid_request', 'nothing to change: give name, url or outboundKey');
-    const flat = (await this.s.satellite_update([this.keys.satellite(id)], pairs.flat())) as string[];
+    const flat = (await this.s.satellite_update([this.keys.satellite(id)], this.sealed(id, pairs).flat())) as string[];
     if (flat.length === 0) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
     // the record as the script left it: a read after it could already see a later change or a remove
     const h: Record<string, string> = {};
     for (let i = 0; i < flat.length; i += 2) h[flat[i]!] = flat[i + 1]!;
     return toSatellite(h);
+  }
+
+  /** The key to present to satellite `s`, opened when it is stored sealed; throws when it cannot be opened here. */
+  outboundKey(s: Satellite): string | undefined {
+    return s.outboundKey === undefined ? undefined : this.seal.open(s.id, s.outboundKey);
+  }
+
+  /**
+   * Seals every outbound key not yet sealed with the first OUTBOUND_KEY_SECRET: stored before a secret was set,
+   * or under a secret being rotated out. `unreadable`: keys no secret given opens (left as they are).
+   */
+  async sealKeys(): Promise<{ sealed: string[]; current: number; unreadable: string[] }> {
+    if (!this.seal.sealing) throw new DomainError('invalid_request', 'OUTBOUND_KEY_SECRET is not set: nothing to seal the outbound keys with');
+    const out = { sealed: [] as string[], current: 0, unreadable: [] as string[] };
+    for (const s of await this.list()) {
+      if (s.outboundKey === undefined) continue;
+      if (this.seal.isCurrent(s.id, s.outboundKey)) {
+        out.current++;
+        continue;
+      }
+      let key: string;
+      try {
+        key = this.seal.open(s.id, s.outboundKey);
+      } catch {
+        out.unreadable.push(s.id);
+        continue;
+      }
+      // an update or remove since the list wins: it wrote a key sealed the current way, or none
+      if (Number(await this.s.satellite_reseal([this.keys.satellite(s.id)], [s.outboundKey, this.seal.seal(s.id, key)])) === 1) out.sealed.push(s.id);
+    }
+    return out;
+  }
+
+  /** `pairs` with the outbound key's value sealed (a cleared one, '', stays '') */
+  private sealed(id: string, pairs: [Field, string][]): [Field, string][] {
+    return pairs.map(([f, v]) => [f, f === 'outboundKey' && v !== '' ? this.seal.seal(id, v) : v]);
   }
 
   /** New key now; the old one keeps working for `graceMs`, then not. */
@@ -125,6 +165,8 @@ function checkFields(input: SatelliteFields): [Field, string][] {
     // a NUL stopped the snapshot: Postgres refuses it in the registry's jsonb, and the writer retried for ever
     checkText(f, v);
     if (f === 'url') checkUrl(v);
+    // stored as given without a secret, it would then read as sealed
+    if (f === 'outboundKey' && v.startsWith(SEALED)) throw new DomainError('invalid_request', `outboundKey: must not start with "${SEALED}"`);
     out.push([f, v]);
   }
   return out;
