@@ -225,6 +225,43 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     await w.stop();
   });
 
+  it('tokens history: a token and every change of it in order, from the snapshot, also once purged from Redis', async () => {
+    const w = await writer(fx.prefix);
+    const owners = [{ ownerSatelliteId: 'sat-h', ownerUserId: 'inviter' }];
+    const [t, gone] = (await fx.engine.generate({ owners, perUser: 2, campaignId: 'hist' })).tokens.map((x) => x.token);
+    const first = await fx.engine.reserve(t!, 'sat-q', 60_000);
+    expect((await fx.engine.release(t!, first.token!.reservationId!)).code).toBe('ok');
+    const second = await fx.engine.reserve(t!, 'sat-q', 60_000);
+    expect((await fx.engine.complete(t!, second.token!.reservationId!, 'joiner')).code).toBe('ok');
+    await fx.engine.revokeToken(gone!);
+    expect(await fx.engine.purge(Date.now() + 1000, 'hist')).toBe(1);
+    await caughtUp(fx.redis, fx.prefix, pool, 0);
+
+    const h = JSON.parse(await cli(['tokens', 'history', t!, '--json']));
+    expect(h.token).toMatchObject({ token: t, state: 'redeemed', ownerSatelliteId: 'sat-h', ownerUserId: 'inviter', campaignId: 'hist', redeemerSatelliteId: 'sat-q', redeemerUserId: 'joiner' });
+    expect(h.events.map((e: { type: string }) => e.type)).toEqual(['generated', 'reserved', 'released', 'reserved', 'redeemed']);
+    const at = h.events.map((e: { at: number }) => e.at);
+    expect(at).toEqual([...at].sort((x: number, y: number) => x - y));
+    expect(h.token.redeemedAt).toBe(at[4]);
+    expect(h.snapshotLag).toEqual({ events: 0, seconds: 0 });
+    const text = await cli(['tokens', 'history', t!]);
+    expect(text).toMatch(/^redeemerUserId +joiner$/m);
+    expect(text).toMatch(new RegExp(`^  ${new Date(at[2]).toISOString()}  released$`, 'm'));
+
+    // purged: Redis no longer knows it, the snapshot still tells its story
+    expect((await runCli(['tokens', 'show', gone!], env)).code).toBe(1);
+    const purged = JSON.parse(await cli(['tokens', 'history', gone!, '--json']));
+    expect(purged.token.state).toBe('revoked');
+    expect(purged.purgedAt).toBeGreaterThan(0);
+    expect(purged.events.map((e: { type: string }) => e.type)).toEqual(['generated', 'revoked', 'purged']);
+
+    const unknown = await runCli(['tokens', 'history', '0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d'], env);
+    expect([unknown.code, unknown.stderr]).toEqual([1, expect.stringContaining('is not in the Postgres snapshot (0 changes, 0.0 s behind Redis)')]);
+    const malformed = await runCli(['tokens', 'history', 'not-a-token'], env);
+    expect([malformed.code, malformed.stderr]).toEqual([2, expect.stringContaining('expected a lowercase UUIDv4')]);
+    await w.stop();
+  });
+
   // Postgres refuses a NUL and a lone surrogate in jsonb: the copy failed, and the writer retried the same
   // round for ever, so no token event reached Postgres either (any satellite could send such an error)
   it('text Postgres cannot store (a NUL, a lone surrogate) in a satellite\'s error or a registered field does not stop the writer', async () => {

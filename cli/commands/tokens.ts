@@ -4,10 +4,11 @@ import type { Config } from '../../src/config.js';
 import { DomainError } from '../../src/errors.js';
 import type { Token } from '../../src/store/model.js';
 import type { RedisClient } from '../../src/store/redis.js';
+import { sampleLag, tokenHistory } from '../../src/snapshot/index.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { isToken } from '../../src/tokens/validate.js';
-import { configFrom, connectRedis } from '../context.js';
+import { configFrom, connectRedis, openSnapshot } from '../context.js';
 import { invalidIsUsage, parseDuration, table, when } from '../format.js';
 
 /** Opens an engine (scripts run by EVALSHA with an EVAL fallback, so nothing to preload), always disconnects. */
@@ -27,7 +28,7 @@ const TIMES = new Set<keyof Token>(['createdAt', 'expiresAt', 'leaseExpiresAt', 
 /** Revoke results that leave the token usable or unknown; any of them makes the command fail. */
 const NOT_REVOKED = new Set(['not_found', 'already_redeemed']);
 
-/** `tokens show|list|revoke`: one token, one user's open tokens, and revocation. */
+/** `tokens show|history|list|revoke`: one token, one user's open tokens, and revocation. */
 export function register(program: Command): void {
   const tokens = program
     .command('tokens')
@@ -53,6 +54,38 @@ export function register(program: Command): void {
         const v = t[f];
         console.log(`${f.padEnd(width)}  ${TIMES.has(f) ? when(v as number | undefined) : v === undefined || v === '' ? '-' : v}`);
       }
+    }
+  });
+
+  const history = tokens
+    .command('history')
+    .description('one token and every change of it (generated, reserved, released, redeemed, revoked, purged) with its time, from the Postgres snapshot: also for a token purged from Redis')
+    .argument('<token>', 'the token (lowercase UUIDv4)')
+    .option('--json', 'machine-readable output')
+    .addHelpText('after', '\nExamples:\n  referral-manager tokens history 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n  referral-manager tokens history 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d --json');
+  history.action(async function (this: Command, token: string, opts: { json?: boolean }) {
+    // Postgres would refuse the malformed uuid with its own words
+    if (!isToken(token)) this.error(`error: token: expected a lowercase UUIDv4, got "${token}"`, { exitCode: 2 });
+    const config = configFrom(this);
+    const redis = await connectRedis(config);
+    const pool = await openSnapshot(config.databaseUrl, 1);
+    try {
+      // the snapshot is behind Redis by the writer's lag: the last changes may not be in it yet
+      const lag = await sampleLag(redis, config.keyPrefix);
+      const h = await tokenHistory(pool, token);
+      const behind = `${lag.events} changes, ${lag.seconds.toFixed(1)} s behind Redis`;
+      if (!h) throw new DomainError('token_not_found', `token "${token}" is not in the Postgres snapshot (${behind})`);
+      if (opts.json) return console.log(JSON.stringify({ ...h, snapshotLag: lag }, null, 2));
+      console.log(`from the Postgres snapshot (${behind})`);
+      const rows: [string, string][] = FIELDS.map((f) => [f, TIMES.has(f) ? when(h.token[f] as number | undefined) : String(h.token[f] ?? '-')]);
+      if (h.purgedAt !== undefined) rows.push(['purgedAt', when(h.purgedAt)]);
+      const width = Math.max(...rows.map(([f]) => f.length));
+      for (const [f, v] of rows) console.log(`${f.padEnd(width)}  ${v}`);
+      console.log(`\nchanges, in order (${h.events.length}):`);
+      for (const e of h.events) console.log(`  ${new Date(e.at).toISOString()}  ${e.type}`);
+    } finally {
+      await pool.end();
+      redis.disconnect();
     }
   });
 

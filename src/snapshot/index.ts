@@ -8,3 +8,4 @@ export { restoreSatellites } from './satellites.js';
 export { restoreCampaigns } from './campaigns.js';
 export { registerMarkedRevocations, restoreRevoked, revocationGaps, type RevocationGaps } from './revoked.js';
 export { campaignResults, type CampaignResults } from './results.js';
+export { tokenHistory, type TokenHistory } from './history.js';
