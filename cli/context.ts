@@ -3,7 +3,8 @@ import { quote } from 'shell-quote';
 import { ConfigError, isGiven, loadConfig, type Config } from '../src/config.js';
 import type { Command as RedisCommand } from 'ioredis';
 import { createRedis, whenReady, type RedisClient } from '../src/store/redis.js';
-import { openPostgres } from '../src/snapshot/index.js';
+import type pg from 'pg';
+import { openPostgres, sampleLag, type Lag } from '../src/snapshot/index.js';
 
 /** How long a command waits for Redis before it gives up with one error line. */
 const CONNECT_WAIT_MS = 10_000;
@@ -144,3 +145,21 @@ function giveUpWhenStuck(redis: RedisClient, where: string, last: () => Error | 
  * removed every one) or list every token.
  */
 export const openSnapshot = (url: string, connections = 2) => openPostgres(url, connections, undefined, false);
+
+/**
+ * For a command answering from the snapshot (campaigns results, tokens history): `fn` gets the pool and how
+ * far the snapshot is behind Redis, which the command says so its numbers are read right. Closes both.
+ */
+export async function fromSnapshot<T>(config: Config, fn: (pool: pg.Pool, lag: Lag) => Promise<T>): Promise<T> {
+  const redis = await connectRedis(config);
+  try {
+    const pool = await openSnapshot(config.databaseUrl, 1);
+    try {
+      return await fn(pool, await sampleLag(redis, config.keyPrefix));
+    } finally {
+      await pool.end();
+    }
+  } finally {
+    redis.disconnect();
+  }
+}

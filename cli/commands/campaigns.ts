@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
 import { CampaignStore, campaignNotFound, type Campaign } from '../../src/campaigns/store.js';
-import { configFrom, connectRedis, openSnapshot } from '../context.js';
+import { configFrom, connectRedis, fromSnapshot } from '../context.js';
 import { table } from '../format.js';
-import { campaignResults, sampleLag } from '../../src/snapshot/index.js';
+import { campaignResults } from '../../src/snapshot/index.js';
 
 const total = (c: Campaign, k: 'usersServed' | 'tokensMade' | 'tokensDelivered' | 'failures'): number =>
   Object.values(c.progress).reduce((s, p) => s + p[k], 0);
@@ -82,12 +82,7 @@ export function register(program: Command): void {
     .option('--json', 'print JSON')
     .addHelpText('after', '\nExamples:\n  referral-manager campaigns results spring-2026\n  referral-manager campaigns results spring-2026 --json')
     .action(async function (this: Command, id: string, opts: { json?: boolean }) {
-      const config = configFrom(this);
-      const redis = await connectRedis(config);
-      const pool = await openSnapshot(config.databaseUrl, 1);
-      try {
-        // the snapshot is behind Redis by the writer's lag: say by how much, so the numbers are read right
-        const lag = await sampleLag(redis, config.keyPrefix);
+      await fromSnapshot(configFrom(this), async (pool, lag) => {
         const r = await campaignResults(pool, id);
         if (!r) throw new Error(`no token of campaign "${id}" in the Postgres snapshot`);
         if (opts.json) return console.log(JSON.stringify({ ...r, snapshotLag: lag }, null, 2));
@@ -100,10 +95,7 @@ export function register(program: Command): void {
             sats.map(([sat, s]) => [sat, s.generated, s.redeemed, pct(s.redeemed, s.generated), s.unredeemed, s.reserved, s.expired, s.revoked, s.purged, Object.entries(s.redeemedOn).map(([on, n]) => `${on} ${n}`).join(', ')]),
           ),
         );
-      } finally {
-        await pool.end();
-        redis.disconnect();
-      }
+      });
     });
 
   campaigns

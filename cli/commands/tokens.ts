@@ -4,11 +4,11 @@ import type { Config } from '../../src/config.js';
 import { DomainError } from '../../src/errors.js';
 import type { Token } from '../../src/store/model.js';
 import type { RedisClient } from '../../src/store/redis.js';
-import { sampleLag, tokenHistory } from '../../src/snapshot/index.js';
+import { tokenHistory } from '../../src/snapshot/index.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { isToken } from '../../src/tokens/validate.js';
-import { configFrom, connectRedis, openSnapshot } from '../context.js';
+import { configFrom, connectRedis, fromSnapshot } from '../context.js';
 import { invalidIsUsage, parseDuration, table, when } from '../format.js';
 
 /** Opens an engine (scripts run by EVALSHA with an EVAL fallback, so nothing to preload), always disconnects. */
@@ -66,12 +66,7 @@ export function register(program: Command): void {
   history.action(async function (this: Command, token: string, opts: { json?: boolean }) {
     // Postgres would refuse the malformed uuid with its own words
     if (!isToken(token)) this.error(`error: token: expected a lowercase UUIDv4, got "${token}"`, { exitCode: 2 });
-    const config = configFrom(this);
-    const redis = await connectRedis(config);
-    const pool = await openSnapshot(config.databaseUrl, 1);
-    try {
-      // the snapshot is behind Redis by the writer's lag: the last changes may not be in it yet
-      const lag = await sampleLag(redis, config.keyPrefix);
+    await fromSnapshot(configFrom(this), async (pool, lag) => {
       const h = await tokenHistory(pool, token);
       const behind = `${lag.events} changes, ${lag.seconds.toFixed(1)} s behind Redis`;
       if (!h) throw new DomainError('token_not_found', `token "${token}" is not in the Postgres snapshot (${behind})`);
@@ -83,10 +78,7 @@ export function register(program: Command): void {
       for (const [f, v] of rows) console.log(`${f.padEnd(width)}  ${v}`);
       console.log(`\nchanges, in order (${h.events.length}):`);
       for (const e of h.events) console.log(`  ${new Date(e.at).toISOString()}  ${e.type}`);
-    } finally {
-      await pool.end();
-      redis.disconnect();
-    }
+    });
   });
 
   const list = tokens
