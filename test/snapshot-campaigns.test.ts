@@ -249,7 +249,8 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     expect(text).toMatch(new RegExp(`^  ${new Date(at[2]).toISOString()}  released$`, 'm'));
 
     // purged: Redis no longer knows it, the snapshot still tells its story
-    expect((await runCli(['tokens', 'show', gone!], env)).code).toBe(1);
+    const shown = await runCli(['tokens', 'show', gone!], env);
+    expect([shown.code, shown.stderr]).toEqual([1, expect.stringContaining(`not found in Redis; the Postgres snapshot keeps purged tokens: referral-manager tokens history ${gone}`)]);
     const purged = JSON.parse(await cli(['tokens', 'history', gone!, '--json']));
     expect(purged.token.state).toBe('revoked');
     expect(purged.purgedAt).toBeGreaterThan(0);

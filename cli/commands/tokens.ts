@@ -46,7 +46,8 @@ export function register(program: Command): void {
     .addHelpText('after', '\nExamples:\n  referral-manager tokens show 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n  referral-manager tokens show 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d --json');
   show.action(async function (this: Command, token: string, opts: { json?: boolean }) {
     const t = await invalidIsUsage(this, () => withEngine(configFrom(this), (e) => e.lookup(token)));
-    if (!t) throw new DomainError('token_not_found', `token "${token}" not found`);
+    // purged tokens (and any not yet restored after a loss) are still in the snapshot
+    if (!t) throw new DomainError('token_not_found', `token "${token}" not found in Redis; the Postgres snapshot keeps purged tokens: referral-manager tokens history ${token}`);
     if (opts.json) console.log(JSON.stringify(t, null, 2));
     else {
       const width = Math.max(...FIELDS.map((f) => f.length));
