@@ -93,6 +93,8 @@ export const MAX_KEY_GRACE_MS = 10 * 365 * 24 * 3600_000;
 export const settings = {
   redisUrl: { env: 'REDIS_URL', default: 'redis://127.0.0.1:6379', parse: url('redis:', 'rediss:'), doc: 'Redis to keep tokens in (standalone).' },
   redisClusterNodes: { env: 'REDIS_CLUSTER_NODES', default: [] as string[], parse: hostList, doc: 'Comma-separated host:port seeds; when set, Redis Cluster is used instead of REDIS_URL.' },
+  redisWaitReplicas: { env: 'REDIS_WAIT_REPLICAS', default: 0, parse: int(0, 16), doc: 'Answer a state change (generate, redeem, reserve, complete, release, revoke) only once this many replicas of its Redis master have it (WAIT), so a failover cannot lose a change a caller was told about; one that does not arrive within REDIS_WAIT_MS is answered 503 (it may stand: a retry is answered as a retry). 0: off (Redis replicates asynchronously).' },
+  redisWaitMs: { env: 'REDIS_WAIT_MS', default: 500, parse: int(1, 60_000), doc: 'How long a state change waits for REDIS_WAIT_REPLICAS replicas.' },
   keyPrefix: { env: 'KEY_PREFIX', default: 'rm', parse: keyPrefix, doc: 'Prefix of every Redis key, so several deployments (or test runs) can share one Redis.' },
   databaseUrl: { env: 'DATABASE_URL', default: 'postgres://postgres@127.0.0.1:5432/referral_manager', parse: url('postgres:', 'postgresql:'), doc: 'Postgres for the durable snapshot (the writer creates the database if missing; restore and verify need it to exist).' },
   host: { env: 'HOST', default: '0.0.0.0', parse: str, doc: 'Address the HTTP API listens on.' },

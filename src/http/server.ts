@@ -40,15 +40,17 @@ const SHAS = SCRIPT_NAMES.map((n) => createHash('sha1').update(readScript(n)).di
 
 /**
  * True for failures that mean "Redis cannot take this right now" rather than a bug: unreachable, loading,
- * a failover under way (READONLY, MASTERDOWN, TRYAGAIN), full (OOM) or busy with a script. All are worth
- * a retry, so they answer 503 with Retry-After, not 500. A Cluster client retries MOVED, ASK, TRYAGAIN,
- * CLUSTERDOWN and lost connections itself and, once out of tries, fails with "Too many Cluster
- * redirections. Last error: ...": a cluster that is down or resharding, so 503 too.
+ * a failover under way (READONLY, MASTERDOWN, TRYAGAIN), full (OOM), busy with a script, or short of
+ * replicas (NOREPLICAS: a master with `min-replicas-to-write` refusing writes, or a change REDIS_WAIT_REPLICAS
+ * replicas did not confirm in time, src/store/replicas.ts). All are worth a retry, so they answer 503 with
+ * Retry-After, not 500. A Cluster client retries MOVED, ASK, TRYAGAIN, CLUSTERDOWN and lost connections
+ * itself and, once out of tries, fails with "Too many Cluster redirections. Last error: ...": a cluster
+ * that is down or resharding, so 503 too.
  */
 function storeDown(redis: RedisClient, err: unknown): boolean {
   if (redis.status !== 'ready') return true;
   const e = err as { name?: string; message?: string; code?: string };
-  return e?.name === 'MaxRetriesPerRequestError' || /Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|^Too many Cluster redirections|^(LOADING|CLUSTERDOWN|READONLY|MASTERDOWN|TRYAGAIN|OOM|BUSY) /.test(e?.message ?? '');
+  return e?.name === 'MaxRetriesPerRequestError' || /Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|^Too many Cluster redirections|^(LOADING|CLUSTERDOWN|READONLY|MASTERDOWN|TRYAGAIN|OOM|BUSY|NOREPLICAS) /.test(e?.message ?? '');
 }
 
 /**
@@ -95,7 +97,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
   collectProcessMetrics();
   const redis = createRedis(config, { failFast: true, connectionName: 'referral-manager-http' });
   logOutages(redis, `[http ${process.pid}]`);
-  const store = new TokenStore(redis, config.keyPrefix);
+  const store = new TokenStore(redis, config.keyPrefix, { replicas: config.redisWaitReplicas, ms: config.redisWaitMs });
   try {
     // fail-fast commands are refused until the first connect: wait for it, a little
     await whenReady(redis, 5000);

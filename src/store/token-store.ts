@@ -1,6 +1,7 @@
 import { DomainError } from '../errors.js';
 import { inLanes, pushTo } from '../collections.js';
 import type { RedisClient } from './redis.js';
+import { ReplicaAck } from './replicas.js';
 import { defineScripts, preloadScripts, type ScriptFn, type ScriptName } from './scripts.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken, type OwnerPlace } from './keys.js';
 import { dashed, decodeResult, hexOf } from './codec.js';
@@ -43,10 +44,13 @@ const SWEEP_LANES = 2;
 export class TokenStore {
   readonly keys: Keys;
   private readonly s: Record<ScriptName, ScriptFn>;
+  private readonly ack: ReplicaAck;
 
-  constructor(readonly redis: RedisClient, prefix: string) {
+  /** `wait`: REDIS_WAIT_REPLICAS and REDIS_WAIT_MS; a change is answered once that many replicas have it (src/store/replicas.ts) */
+  constructor(readonly redis: RedisClient, prefix: string, wait: { replicas: number; ms: number } = { replicas: 0, ms: 0 }) {
     this.keys = new Keys(prefix);
     this.s = defineScripts(redis);
+    this.ack = new ReplicaAck(redis, wait.replicas, wait.ms);
   }
 
   preload(): Promise<void> {
@@ -88,13 +92,21 @@ export class TokenStore {
     if (failed) throw collided.length ? new TokenCollision(collided, failed.reason) : failed.reason;
     if (replies.some((r) => r[0] === 'campaign_revoked')) throw new DomainError('campaign_revoked', `campaign "${campaignId}" was revoked: no more tokens are made for it`);
     if (collided.length) throw new TokenCollision(collided);
+    await this.ack.after(...[...byShard.values()].map((g) => g.keys[0]!));
     return replies.reduce((sum, r) => sum + Number(r[0]), 0);
   }
 
   // the scripts also get the token dashed, for their reply and event row: cheaper passed on than made in Lua
   private single<C extends string>(script: 'redeem' | 'reserve' | 'complete' | 'release', token: string, args: (string | number)[]): Promise<Result<C>> {
     const hex = hexOf(token);
-    return this.s[script](this.keys.tokenKeys(placeOfToken(hex)), [hex, ...args, token]).then((r) => decodeResult<C>(r));
+    return this.changed(this.keys.tokenKeys(placeOfToken(hex)), (keys) => this.s[script](keys, [hex, ...args, token]).then((r) => decodeResult<C>(r)));
+  }
+
+  /** Runs a one-shard script; an 'ok' (a change, or the replay of one) is answered once the replicas asked for have it. */
+  private async changed<R extends { code: string }>(keys: string[], run: (keys: string[]) => Promise<R>): Promise<R> {
+    const r = await run(keys);
+    if (r.code === 'ok') await this.ack.after(keys[0]!);
+    return r;
   }
 
   redeem(token: string, redeemerSatelliteId: string, redeemerUserId: string): Promise<Result<RedeemCode>> {
@@ -122,7 +134,7 @@ export class TokenStore {
 
   revokeToken(token: string): Promise<Result<RevokeCode>> {
     const hex = hexOf(token);
-    return this.s.revoke(this.keys.tokenKeys(placeOfToken(hex)), ['token', hex]).then((r) => decodeResult(r));
+    return this.changed(this.keys.tokenKeys(placeOfToken(hex)), (keys) => this.s.revoke(keys, ['token', hex]).then((r) => decodeResult<RevokeCode>(r)));
   }
 
   /**
@@ -163,7 +175,9 @@ export class TokenStore {
 
   async revokeOwner(ownerSatelliteId: string, ownerUserId: string): Promise<number> {
     const p = placeOfOwner(ownerSatelliteId, ownerUserId);
-    const r = (await this.s.revoke(this.keys.tokenKeys(p), ['owner', ownerSatelliteId, ownerUserId, p.refHint, p.prefix])) as [string, number];
+    const keys = this.keys.tokenKeys(p);
+    const r = (await this.s.revoke(keys, ['owner', ownerSatelliteId, ownerUserId, p.refHint, p.prefix])) as [string, number];
+    await this.ack.after(keys[0]!);
     return Number(r[1]);
   }
 
@@ -177,15 +191,19 @@ export class TokenStore {
    */
   async revokeCampaign(campaignId: string, revokedAt?: number): Promise<number> {
     const at = Number(await this.s.revocation_record([this.keys.revokedCampaigns()], revokedAt === undefined ? [campaignId] : [campaignId, revokedAt]));
-    return this.sweep('revoke_sweep', ['campaign', campaignId], [at]);
+    const n = await this.sweep('revoke_sweep', ['campaign', campaignId], [at]);
+    await this.ack.afterAll();
+    return n;
   }
 
   /**
    * Revokes every unredeemed or reserved token of every user of one satellite (a satellite retired or whose
    * users' invitations must stop). It marks nothing: tokens made afterwards are not touched.
    */
-  revokeSatellite(ownerSatelliteId: string): Promise<number> {
-    return this.sweep('revoke_sweep', ['satellite', ownerSatelliteId], []);
+  async revokeSatellite(ownerSatelliteId: string): Promise<number> {
+    const n = await this.sweep('revoke_sweep', ['satellite', ownerSatelliteId], []);
+    await this.ack.afterAll();
+    return n;
   }
 
   /**

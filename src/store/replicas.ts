@@ -1,0 +1,65 @@
+import { Cluster, type Redis } from 'ioredis';
+import calculateSlot from 'cluster-key-slot';
+import { masters, nodeAddress, type RedisClient } from './redis.js';
+
+/**
+ * A state change a replica may not have: its master might lose it in a failover. The message starts like
+ * the refusal of a master with `min-replicas-to-write`, and both answer 503 (src/http/server.ts storeDown):
+ * the change may stand, and a retry is answered as a retry (the same redeemer gets ok again).
+ */
+export class NotReplicated extends Error {
+  constructor(detail: string) {
+    super(`NOREPLICAS ${detail}`);
+    this.name = 'NotReplicated';
+  }
+}
+
+/**
+ * REDIS_WAIT_REPLICAS: after a state change, WAIT until that many replicas of the master that took it have
+ * it too, so a replica promoted by a failover (Sentinel, Cluster) holds every change a caller was told
+ * about. Redis replicates asynchronously: without this an acknowledged redemption can vanish with its
+ * master, and the token be redeemed again. WAIT counts the writes of the connection it is sent on, so it
+ * goes to the very connection the script went to: on a Cluster, the client's connection to the master of
+ * the key's slot. It blocks that connection until the replicas answer (they are asked at once), which
+ * commands pipelined behind it wait for: the price of the guarantee, paid only when it is asked for.
+ */
+export class ReplicaAck {
+  constructor(
+    private readonly redis: RedisClient,
+    private readonly replicas: number,
+    private readonly timeoutMs: number,
+  ) {}
+
+  get on(): boolean {
+    return this.replicas > 0;
+  }
+
+  /** Resolves once the changes sent to the masters of `keys` reached enough replicas; throws NotReplicated when they did not within the timeout. */
+  async after(...keys: string[]): Promise<void> {
+    if (!this.on) return;
+    await Promise.all([...new Set(keys.map((k) => this.masterOf(k)))].map((node) => this.wait(node)));
+  }
+
+  /** The same for every master: after a sweep over all shards. */
+  async afterAll(): Promise<void> {
+    if (!this.on) return;
+    await Promise.all(masters(this.redis).map((node) => this.wait(node)));
+  }
+
+  private masterOf(key: string): Redis {
+    if (!(this.redis instanceof Cluster)) return this.redis;
+    const slot = calculateSlot(key);
+    const address = this.redis.slots[slot]?.[0];
+    const node = address === undefined ? undefined : this.redis.nodes('master').find((n) => nodeAddress(n) === address);
+    // the slot map is moving (a failover): which connection wrote cannot be told, so neither can the copies
+    if (!node) throw new NotReplicated(`cannot tell whether the change reached a replica: no connection to the master of slot ${slot}`);
+    return node;
+  }
+
+  private async wait(node: Redis): Promise<void> {
+    const acked = Number(await node.wait(this.replicas, this.timeoutMs));
+    if (acked < this.replicas) {
+      throw new NotReplicated(`${acked} of ${this.replicas} replicas of ${nodeAddress(node)} acknowledged the change within ${this.timeoutMs} ms`);
+    }
+  }
+}

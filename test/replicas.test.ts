@@ -1,0 +1,115 @@
+import calculateSlot from 'cluster-key-slot';
+import { describe, expect, it } from 'vitest';
+import { AdminClient } from '../src/client/admin.js';
+import { ReferralError, SatelliteClient } from '../src/client/index.js';
+import { hexOf } from '../src/store/codec.js';
+import { Keys, placeOfToken } from '../src/store/keys.js';
+import { createRedis } from '../src/store/redis.js';
+import { ADMIN_KEY, privateRedis, serve, testCluster } from './helpers/http.js';
+import { sleep } from './helpers/snapshot.js';
+
+const WAIT = { REDIS_WAIT_REPLICAS: '1', REDIS_WAIT_MS: '300' };
+
+/** The error of `call`, or undefined when it succeeded. */
+async function failure(call: Promise<unknown>): Promise<ReferralError | undefined> {
+  try {
+    await call;
+    return undefined;
+  } catch (err) {
+    return err as ReferralError;
+  }
+}
+
+/** Waits until the redis-server at `url` reports a replica linked and in sync. */
+async function replicaLinked(url: string): Promise<void> {
+  const r = createRedis({ redisUrl: url, redisClusterNodes: [] });
+  try {
+    for (const end = Date.now() + 20_000; !/slave0:.*state=online/.test(await r.info('replication')); await sleep(50)) {
+      if (Date.now() > end) throw new Error(`no replica in sync with ${url}`);
+    }
+  } finally {
+    r.disconnect();
+  }
+}
+
+/** A satellite and its tokens, made through the admin API of `url`. */
+async function world(url: string, users: number) {
+  const admin = new AdminClient({ url, apiKey: ADMIN_KEY });
+  const { apiKey } = await admin.addSatellite({ id: 'sat-w' });
+  const tokens = (await admin.generate({ satelliteId: 'sat-w', userIds: Array.from({ length: users }, (_, i) => `u${i}`), perUser: 2 })).tokens.map((t) => t.token);
+  return { admin, sat: new SatelliteClient({ url, apiKey, timeoutMs: 3000 }), tokens };
+}
+
+describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () => {
+  it('one redis-server and its replica: 503 while the replica hangs (the change stands, its retry is answered ok), reads unaffected', async () => {
+    const master = await privateRedis();
+    await master.start();
+    const replica = await privateRedis(['--replicaof', '127.0.0.1', String(master.port)]);
+    await replica.start();
+    const served = await serve({ REDIS_URL: master.url, KEY_PREFIX: 'wait', ...WAIT });
+    try {
+      await replicaLinked(master.url);
+      const { admin, sat, tokens } = await world(served.url, 10);
+      expect((await sat.redeem(tokens[0]!, 'new-0')).state).toBe('redeemed');
+
+      replica.signal('SIGSTOP');
+      const t0 = Date.now();
+      const lost = await failure(sat.redeem(tokens[1]!, 'new-1'));
+      expect([lost?.code, lost?.status]).toEqual(['store_unavailable', 503]);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(290);
+      // the master took it: what the 503 says ("may have been carried out")
+      expect((await sat.lookup(tokens[1]!)).state).toBe('redeemed');
+      // a read waits for nothing; a refusal changed nothing, so it is not held either
+      expect((await sat.listTokens('u5')).length).toBe(2);
+      expect((await failure(sat.redeem(tokens[0]!, 'someone-else')))?.code).toBe('token_already_redeemed');
+      // generation too: its tokens are undone (revoked) and the call fails
+      expect((await failure(admin.generate({ satelliteId: 'sat-w', userIds: ['late'], perUser: 1 })))?.code).toBe('store_unavailable');
+
+      replica.signal('SIGCONT');
+      await replicaLinked(master.url);
+      expect((await sat.redeem(tokens[1]!, 'new-1')).state).toBe('redeemed');
+    } finally {
+      replica.signal('SIGCONT');
+      await served.stop();
+      await replica.dispose();
+      await master.dispose();
+    }
+  });
+
+  it('a Cluster: the WAIT goes to the master of the token\'s slot, so only its replica hanging fails the change', async () => {
+    const cluster = await testCluster(3, [], 1);
+    const served = await serve({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'waitc', ...WAIT });
+    const probe = createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes });
+    try {
+      const { sat, tokens } = await world(served.url, 60);
+      // which server replicates which master, and which master holds each token's slot
+      const lines = String(await probe.cluster('NODES')).trim().split('\n').map((l) => l.split(' '));
+      const address = (l: string[]) => l[1]!.split('@')[0]!;
+      const masters = lines.filter((l) => l[2]!.includes('master'));
+      const masterOf = (token: string) => {
+        const slot = calculateSlot(new Keys('waitc').tokenKeys(placeOfToken(hexOf(token)))[0]!);
+        return masters.find((m) => m.slice(8).some((r) => { const [a, b = a] = r.split('-').map(Number); return slot >= a! && slot <= b!; }))!;
+      };
+      const victim = masters[0]!;
+      const replicaOf = lines.find((l) => l[3] === victim[0])!;
+      const onVictim = tokens.filter((t) => masterOf(t) === victim);
+      const elsewhere = tokens.filter((t) => masterOf(t) !== victim);
+      expect(onVictim.length).toBeGreaterThan(0);
+      expect(elsewhere.length).toBeGreaterThan(0);
+
+      await cluster.signal(cluster.nodes.indexOf(address(replicaOf)), 'SIGSTOP');
+      expect((await failure(sat.redeem(onVictim[0]!, 'n-victim')))?.code).toBe('store_unavailable');
+      expect((await sat.redeem(elsewhere[0]!, 'n-elsewhere')).state).toBe('redeemed');
+      await cluster.signal(cluster.nodes.indexOf(address(replicaOf)), 'SIGCONT');
+      for (const end = Date.now() + 20_000; ; await sleep(100)) {
+        const again = await failure(sat.redeem(onVictim[0]!, 'n-victim'));
+        if (!again) break;
+        if (Date.now() > end) throw again;
+      }
+    } finally {
+      probe.disconnect();
+      await served.stop();
+      await cluster.stop();
+    }
+  });
+});
