@@ -76,6 +76,25 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
     }
   });
 
+  it('a master refusing writes for want of replicas (min-replicas-to-write) answers 503, not 500', async () => {
+    const master = await privateRedis();
+    await master.start();
+    const served = await serve({ REDIS_URL: master.url, KEY_PREFIX: 'minrep' });
+    const direct = createRedis({ redisUrl: master.url, redisClusterNodes: [] });
+    try {
+      const { sat, tokens } = await world(served.url, 2);
+      await direct.config('SET', 'min-replicas-to-write', '1');
+      const refused = await failure(sat.redeem(tokens[0]!, 'n-0'));
+      expect([refused?.code, refused?.status, refused?.retryAfter]).toEqual(['store_unavailable', 503, 1]);
+      await direct.config('SET', 'min-replicas-to-write', '0');
+      expect((await sat.redeem(tokens[0]!, 'n-0')).state).toBe('redeemed');
+    } finally {
+      direct.disconnect();
+      await served.stop();
+      await master.dispose();
+    }
+  });
+
   it('a Cluster: the WAIT goes to the master of the token\'s slot, so only its replica hanging fails the change', async () => {
     const cluster = await testCluster(3, [], 1);
     const served = await serve({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'waitc', ...WAIT });
