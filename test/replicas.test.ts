@@ -102,15 +102,22 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
     try {
       const { sat, tokens } = await world(served.url, 60);
       // which server replicates which master, and which master holds each token's slot
-      const lines = String(await probe.cluster('NODES')).trim().split('\n').map((l) => l.split(' '));
+      // as soon as this node's view names a replica for every master (it learns the roles by gossip)
+      let lines: string[][] = [];
+      for (const end = Date.now() + 20_000; ; await sleep(100)) {
+        lines = String(await probe.cluster('NODES')).trim().split('\n').map((l) => l.split(' '));
+        const ids = lines.filter((l) => l[2]!.includes('master') && l.length > 8).map((l) => l[0]);
+        if (ids.length === 3 && ids.every((id) => lines.some((l) => l[2]!.includes('slave') && l[3] === id))) break;
+        if (Date.now() > end) throw new Error(`replicas not known: ${lines.map((l) => l.slice(0, 4).join(' ')).join('; ')}`);
+      }
       const address = (l: string[]) => l[1]!.split('@')[0]!;
-      const masters = lines.filter((l) => l[2]!.includes('master'));
+      const masters = lines.filter((l) => l[2]!.includes('master') && l.length > 8);
       const masterOf = (token: string) => {
         const slot = calculateSlot(new Keys('waitc').tokenKeys(placeOfToken(hexOf(token)))[0]!);
         return masters.find((m) => m.slice(8).some((r) => { const [a, b = a] = r.split('-').map(Number); return slot >= a! && slot <= b!; }))!;
       };
       const victim = masters[0]!;
-      const replicaOf = lines.find((l) => l[3] === victim[0])!;
+      const replicaOf = lines.find((l) => l[2]!.includes('slave') && l[3] === victim[0])!;
       const onVictim = tokens.filter((t) => masterOf(t) === victim);
       const elsewhere = tokens.filter((t) => masterOf(t) !== victim);
       expect(onVictim.length).toBeGreaterThan(0);
