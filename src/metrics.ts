@@ -41,7 +41,7 @@ export const tokenResults = new client.Counter({
 
 export const redisErrors = new client.Counter({
   name: 'rm_redis_errors_total',
-  help: 'Redis failures seen by the HTTP layer: unavailable (answered 503) or error (answered 500)',
+  help: 'Redis failures seen by the HTTP layer: unavailable (answered 503), replicas (answered 503: a change no replica confirmed in time, or a master refusing writes for want of replicas) or error (answered 500)',
   labelNames: ['kind'] as const,
 });
 

@@ -58,6 +58,8 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       const lost = await failure(sat.redeem(tokens[1]!, 'new-1'));
       expect([lost?.code, lost?.status]).toEqual(['store_unavailable', 503]);
       expect(Date.now() - t0).toBeGreaterThanOrEqual(1990);
+      // counted apart from a Redis that is down, for the alert that tells the two apart
+      expect(await (await fetch(`${served.url}/metrics`)).text()).toMatch(/^rm_redis_errors_total\{kind="replicas"\} 1$/m);
       // the master took it: what the 503 says ("may have been carried out")
       expect((await sat.lookup(tokens[1]!)).state).toBe('redeemed');
       // a read waits for nothing; a refusal changed nothing, so it is not held either

@@ -302,7 +302,8 @@ function fail(ex: Exchange, err: unknown, deps: RouterDeps): ErrorCode {
       code = err.code;
       replyError(ex, code, err.message, err instanceof HttpError ? err.headers : undefined);
     } else if (err instanceof StoreTimeout || deps.storeDown(err)) {
-      redisErrors.labels('unavailable').inc();
+      // short of replicas (REDIS_WAIT_REPLICAS, or a master's min-replicas-to-write): Redis answers, its copies lag
+      redisErrors.labels(/^NOREPLICAS /.test((err as Error)?.message ?? '') ? 'replicas' : 'unavailable').inc();
       code = 'store_unavailable';
       replyError(ex, code, undefined, [['retry-after', '1']]);
     } else {
