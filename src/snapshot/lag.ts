@@ -98,6 +98,9 @@ export function reportLag(redis: RedisClient, prefix: string, ms = 1000, onSampl
       m.lagSeconds.set(lag.seconds);
       if (!stopped) await onSample?.(lag);
     } catch {
+      // unknown, not the last reading: a lag of 0 kept from before Redis went away read as "all copied"
+      m.lagEvents.set(NaN);
+      m.lagSeconds.set(NaN);
       m.errors.inc({ where: 'lag' });
     }
   });
