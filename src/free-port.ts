@@ -39,3 +39,14 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   if (port === undefined) throw new Error(`no free port on ${host}`);
   return port;
 }
+
+/**
+ * Waits up to `ms` for `port` on `host` to be free (a serve killed just before may leave workers that are
+ * still exiting); false when it stays taken.
+ */
+export async function portFreeWithin(host: string, port: number, ms: number): Promise<boolean> {
+  for (const end = Date.now() + ms; ; await new Promise((r) => setTimeout(r, 100))) {
+    if ((await probe(host, port)) !== undefined) return true;
+    if (Date.now() >= end) return false;
+  }
+}
