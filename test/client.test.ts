@@ -102,6 +102,27 @@ it('an id in a path that is not well-formed text (a lone surrogate) is a rejecte
   }
 });
 
+it('an endUserIp that cannot be a header value (a line break) is invalid_request without a request, not unavailable (which callers retry)', async () => {
+  const err = await refusal(a.redeem('ffff0000-0000-4000-8000-000000000000', 'u', { endUserIp: '1.2.3.4\r\nx-evil: 1' }));
+  expect([err.code, err.status, err.message]).toEqual(['invalid_request', 0, expect.stringMatching(/^cannot be sent: /)]);
+});
+
+it('no reply within timeoutMs: unavailable saying it may have been carried out, also for a call that waited for a connection', async () => {
+  // a server that reads requests and never answers
+  const silent = http.createServer(() => {});
+  const port = await new Promise<number>((r) => silent.listen(0, '127.0.0.1', () => r((silent.address() as AddressInfo).port)));
+  const client = new SatelliteClient({ url: `http://127.0.0.1:${port}`, apiKey: 'k', timeoutMs: 400, connections: 1 });
+  try {
+    // the second waits behind the first for the one connection, and its deadline runs meanwhile
+    const errs = await Promise.all([0, 1].map((i) => refusal(client.redeem('ffff0000-0000-4000-8000-000000000000', `u${i}`))));
+    for (const err of errs) expect([err.code, err.status, err.message]).toEqual(['unavailable', 0, 'no reply within 400 ms (waiting for a free connection counts): the call may have been carried out; retry it as after a 503']);
+  } finally {
+    await client.close().catch(() => {});
+    silent.closeAllConnections();
+    silent.close();
+  }
+});
+
 it('a base URL with a path (a gateway routing by path) puts that path before every route', async () => {
   // a gateway that serves the manager under /referrals and answers 404 to anything else
   const target = new URL(server.url);

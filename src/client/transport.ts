@@ -25,6 +25,23 @@ export function segment(what: string, id: string): string {
   }
 }
 
+/** Undici's timeouts, and AbortSignal.timeout's */
+const TIMEOUTS = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT']);
+
+/**
+ * What a call that got no reply becomes. A request undici refuses to send (a header value with a line break,
+ * from `endUserIp`) is the caller's mistake: `unavailable`, which callers retry, retried it for ever. A
+ * timeout says that it may have been carried out: the deadline counts the wait for a free connection, so
+ * calls queued behind a hung Redis end here rather than as the server's 503.
+ */
+function transportError(err: Error & { code?: string }, timeoutMs: number): ReferralError {
+  if (err.code === 'UND_ERR_INVALID_ARG') return new ReferralError('invalid_request', 0, `cannot be sent: ${err.message}`);
+  if (err.name === 'TimeoutError' || TIMEOUTS.has(err.code ?? '')) {
+    return new ReferralError('unavailable', 0, `no reply within ${timeoutMs} ms (waiting for a free connection counts): the call may have been carried out; retry it as after a 503`);
+  }
+  return new ReferralError('unavailable', 0, `request failed: ${err.message}`);
+}
+
 /** One keep-alive pool speaking MessagePack; non-2xx replies become ReferralError. */
 export class Transport {
   private readonly pool: Pool;
@@ -50,7 +67,7 @@ export class Transport {
     try {
       res = await msgpackRequest(this.pool, { method, path: this.base + path, headers: { ...headers, authorization: this.auth }, body, timeoutMs });
     } catch (err) {
-      throw new ReferralError('unavailable', 0, `request failed: ${(err as Error).message}`);
+      throw transportError(err as Error & { code?: string }, timeoutMs);
     }
     const ok = res.status >= 200 && res.status < 300;
     // every reply of the manager is a map in msgpack or JSON: anything else came from something in front of it
