@@ -6,7 +6,7 @@ import { hexOf } from '../src/store/codec.js';
 import { Keys, placeOfToken } from '../src/store/keys.js';
 import { createRedis } from '../src/store/redis.js';
 import { ADMIN_KEY, privateRedis, serve, testCluster } from './helpers/http.js';
-import { sleep } from './helpers/snapshot.js';
+import { until } from './helpers/snapshot.js';
 
 // long enough for a replica on a machine busy with the rest of the suite (a loaded CI run missed 300 ms)
 const WAIT = { REDIS_WAIT_REPLICAS: '1', REDIS_WAIT_MS: '2000' };
@@ -25,9 +25,7 @@ async function failure(call: Promise<unknown>): Promise<ReferralError | undefine
 async function replicaLinked(url: string): Promise<void> {
   const r = createRedis({ redisUrl: url, redisClusterNodes: [] });
   try {
-    for (const end = Date.now() + 20_000; !/slave0:.*state=online/.test(await r.info('replication')); await sleep(50)) {
-      if (Date.now() > end) throw new Error(`no replica in sync with ${url}`);
-    }
+    await until(() => r.info('replication'), (i) => /slave0:.*state=online/.test(i), `a replica in sync with ${url}`, 20_000);
   } finally {
     r.disconnect();
   }
@@ -106,13 +104,15 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       const { sat, tokens } = await world(served.url, 60);
       // which server replicates which master, and which master holds each token's slot
       // as soon as this node's view names a replica for every master (it learns the roles by gossip)
-      let lines: string[][] = [];
-      for (const end = Date.now() + 20_000; ; await sleep(100)) {
-        lines = String(await probe.cluster('NODES')).trim().split('\n').map((l) => l.split(' '));
-        const ids = lines.filter((l) => l[2]!.includes('master') && l.length > 8).map((l) => l[0]);
-        if (ids.length === 3 && ids.every((id) => lines.some((l) => l[2]!.includes('slave') && l[3] === id))) break;
-        if (Date.now() > end) throw new Error(`replicas not known: ${lines.map((l) => l.slice(0, 4).join(' ')).join('; ')}`);
-      }
+      const lines = await until(
+        async () => String(await probe.cluster('NODES')).trim().split('\n').map((l) => l.split(' ')),
+        (ls) => {
+          const ids = ls.filter((l) => l[2]!.includes('master') && l.length > 8).map((l) => l[0]);
+          return ids.length === 3 && ids.every((id) => ls.some((l) => l[2]!.includes('slave') && l[3] === id));
+        },
+        'a replica known for every master',
+        20_000,
+      );
       const address = (l: string[]) => l[1]!.split('@')[0]!;
       const masters = lines.filter((l) => l[2]!.includes('master') && l.length > 8);
       const masterOf = (token: string) => {
@@ -130,11 +130,7 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       expect((await failure(sat.redeem(onVictim[0]!, 'n-victim')))?.code).toBe('store_unavailable');
       expect((await sat.redeem(elsewhere[0]!, 'n-elsewhere')).state).toBe('redeemed');
       await cluster.signal(cluster.nodes.indexOf(address(replicaOf)), 'SIGCONT');
-      for (const end = Date.now() + 20_000; ; await sleep(100)) {
-        const again = await failure(sat.redeem(onVictim[0]!, 'n-victim'));
-        if (!again) break;
-        if (Date.now() > end) throw again;
-      }
+      await until(() => failure(sat.redeem(onVictim[0]!, 'n-victim')), (e) => e === undefined, 'the retry confirmed once the replica is back', 20_000);
     } finally {
       probe.disconnect();
       await served.stop();

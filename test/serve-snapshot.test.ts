@@ -6,17 +6,7 @@ import { createRedis, type RedisClient } from '../src/store/redis.js';
 import { ADMIN_KEY, call, privateRedis, serve, type Served } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
-
-/** Polls `probe` until `ok` holds (generous deadline: the machine may be busy); returns the last value. */
-async function until<T>(probe: () => Promise<T>, ok: (v: T) => boolean, what: string, ms = 30_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await probe();
-    if (ok(v)) return v;
-    if (Date.now() > end) throw new Error(`${what}: not reached within ${ms} ms; last: ${JSON.stringify(v)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+import { until } from './helpers/snapshot.js';
 
 /**
  * The default deployment: `serve` with SNAPSHOT on runs the Postgres writer in its primary. Every other

@@ -4,17 +4,11 @@ import { reportLag } from '../src/snapshot/lag.js';
 import { Keys } from '../src/store/keys.js';
 import { createRedis, whenReady } from '../src/store/redis.js';
 import { privateRedis } from './helpers/http.js';
-import { sleep } from './helpers/snapshot.js';
+import { until } from './helpers/snapshot.js';
 
 /** The value rm_snapshot_lag_events shows, as a scrape reads it. */
 async function lagEvents(): Promise<string | undefined> {
   return /^rm_snapshot_lag_events (\S+)$/m.exec(await registry.getSingleMetricAsString('rm_snapshot_lag_events'))?.[1];
-}
-
-async function until(what: () => Promise<unknown>, want: unknown, ms = 15_000): Promise<void> {
-  for (const end = Date.now() + ms; (await what()) !== want; await sleep(50)) {
-    if (Date.now() > end) throw new Error(`still ${String(await what())}, not ${String(want)}`);
-  }
 }
 
 describe('rm_snapshot_lag_* while Redis cannot be read', () => {
@@ -27,13 +21,13 @@ describe('rm_snapshot_lag_* while Redis cannot be read', () => {
     try {
       await whenReady(client, 5000);
       await client.xadd(new Keys('lagm').events(0), '*', 'type', 'generated');
-      await until(lagEvents, '1');
+      await until(lagEvents, (v) => v === '1', 'the entry counted');
       await redis.stop('SIGKILL');
       // prom-client writes NaN as "Nan", which Prometheus reads as NaN (case-insensitive)
-      await until(async () => (await lagEvents())?.toLowerCase(), 'nan');
+      await until(lagEvents, (v) => v?.toLowerCase() === 'nan', 'NaN while Redis is down');
       await redis.start();
       // AOF on: the entry is still there
-      await until(lagEvents, '1');
+      await until(lagEvents, (v) => v === '1', 'counted again once Redis is back');
     } finally {
       await lag.stop();
       client.disconnect();

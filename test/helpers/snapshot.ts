@@ -10,6 +10,17 @@ import { dropPrefix, engineFixture, testPrefix, type EngineFixture } from './red
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Polls `probe` until `ok` holds (generous deadline: the machine may be busy); returns the last value. */
+export async function until<T>(probe: () => Promise<T>, ok: (v: T) => boolean, what: string, ms = 30_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await probe();
+    if (ok(v)) return v;
+    if (Date.now() > end) throw new Error(`${what}: not reached within ${ms} ms; last: ${JSON.stringify(v)}`);
+    await sleep(100);
+  }
+}
+
 /** Generates `total` tokens (10 per owner) in engine-sized calls; returns them. */
 export async function generateTokens(engine: TokenEngine, total: number, sat = 'sat-a'): Promise<string[]> {
   const out: string[] = [];
