@@ -99,16 +99,16 @@ export class TokenStore {
   // the scripts also get the token dashed, for their reply and event row: cheaper passed on than made in Lua
   private single<C extends string>(script: 'redeem' | 'reserve' | 'complete' | 'release', token: string, args: (string | number)[]): Promise<Result<C>> {
     const hex = hexOf(token);
-    return this.changed(this.keys.tokenKeys(placeOfToken(hex)), (keys) => this.s[script](keys, [hex, ...args, token]).then((r) => decodeResult<C>(r)));
+    const keys = this.keys.tokenKeys(placeOfToken(hex));
+    return this.changed(keys[0]!, this.s[script](keys, [hex, ...args, token]).then((r) => decodeResult<C>(r)));
   }
 
-  /** Runs a one-shard script; an 'ok' (a change, or the replay of one) is answered once the replicas asked for have it. */
-  private changed<R extends { code: string }>(keys: string[], run: (keys: string[]) => Promise<R>): Promise<R> {
-    const reply = run(keys);
+  /** The reply of a script on `key`'s shard; an 'ok' (a change, or the replay of one) once the replicas asked for have it. */
+  private changed<R extends { code: string }>(key: string, reply: Promise<R>): Promise<R> {
     // off (the default), the hot path keeps its one promise
     if (!this.ack.on) return reply;
     return reply.then(async (r) => {
-      if (r.code === 'ok') await this.ack.after(keys[0]!);
+      if (r.code === 'ok') await this.ack.after(key);
       return r;
     });
   }
@@ -138,7 +138,8 @@ export class TokenStore {
 
   revokeToken(token: string): Promise<Result<RevokeCode>> {
     const hex = hexOf(token);
-    return this.changed(this.keys.tokenKeys(placeOfToken(hex)), (keys) => this.s.revoke(keys, ['token', hex]).then((r) => decodeResult<RevokeCode>(r)));
+    const keys = this.keys.tokenKeys(placeOfToken(hex));
+    return this.changed(keys[0]!, this.s.revoke(keys, ['token', hex]).then((r) => decodeResult<RevokeCode>(r)));
   }
 
   /**
