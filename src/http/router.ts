@@ -132,6 +132,7 @@ function start(res: HttpResponse, req: HttpRequest, deps: RouterDeps, pattern: s
   const accept = formatOf(req.getHeader('accept'));
   const format: Format = accept ?? formatOf(req.getHeader('content-type')) ?? 'json';
   deps.traffic.n++;
+  if (deps.traffic.draining) deps.traffic.lastAt = Date.now();
   httpInFlight.inc();
   let ended = false;
   const end = (status: number) => {

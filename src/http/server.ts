@@ -38,6 +38,9 @@ export function uwsNotNative(): string | null {
 
 const SHAS = SCRIPT_NAMES.map((n) => createHash('sha1').update(readScript(n)).digest('hex'));
 
+/** how long a drain waits with no request before it closes the remaining (idle) connections */
+const DRAIN_QUIET_MS = 250;
+
 /**
  * True for failures that mean "Redis cannot take this right now" rather than a bug: unreachable, loading,
  * a failover under way (READONLY, MASTERDOWN, TRYAGAIN), full (OOM), busy with a script, or short of
@@ -129,9 +132,14 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
     close(graceMs = 10_000) {
       closed ??= (async () => {
         traffic.draining = true;
+        traffic.lastAt = Date.now();
         uws.us_listen_socket_close(socket);
         const deadline = Date.now() + graceMs;
-        while (traffic.n > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+        // in flight, or a request within DRAIN_QUIET_MS: a keep-alive connection whose last reply went out before
+        // the drain (no Connection: close) may have its next request on the way; closing as soon as nothing was
+        // in flight cut such requests off unanswered. Each is answered with Connection: close instead, and its
+        // client moves on, so under load the connections leave one by one and the drain ends once they have
+        while ((traffic.n > 0 || Date.now() - traffic.lastAt < DRAIN_QUIET_MS) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
         // idle keep-alive connections: a client would otherwise send its next request into a closing process
         (app as uws.TemplatedApp & { close(): void }).close(); // the native App has it (closes every socket); the typings of this build lack it
         redis.disconnect();

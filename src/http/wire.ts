@@ -109,6 +109,8 @@ export interface Traffic {
   n: number;
   /** replies then say Connection: close, so keep-alive clients move to another server */
   draining: boolean;
+  /** while draining: when the last request arrived (Date.now()); the drain closes the connections once quiet */
+  lastAt?: number;
 }
 
 /** One in-flight request: what was read from uWS synchronously, and whether the reply may still be written. */
