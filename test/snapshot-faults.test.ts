@@ -252,6 +252,26 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   }, 60_000);
 
+  // a standby tried the lease a third of the lease apart: after a holder's kill -9 it took over up to 13.3 s
+  // later (helper-71 measured 10.7-10.8 s), past the 10 s the docs promise
+  it('a standby takes over as soon as a dead holder\'s lease lapses, not up to a third of a lease later', async () => {
+    const prefix = testPrefix('leasegap');
+    const key = new Keys(prefix).snapshotLease();
+    // a holder killed with -9 just after it renewed: the lease runs out in 2 s and nobody renews it
+    await snap.fx.redis.set(key, 'gone-host pid 1 x', 'PX', 2000);
+    const t0 = Date.now();
+    const w = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: snap.db.url }), { log: () => {}, leaseMs: 9000 });
+    try {
+      for (const end = Date.now() + 10_000; !w.status().leader && Date.now() < end; ) await sleep(20);
+      expect(w.status().leader).toBe(true);
+      // the lease lapses at 2 s; a retry a third of the 9 s lease apart came at 3 s
+      expect(Date.now() - t0).toBeLessThan(2700);
+    } finally {
+      await w.stop();
+      await dropPrefix(snap.fx.redis, prefix);
+    }
+  });
+
   // every lost renewal was logged as "another writer took over", also when none had: a lease that lapsed
   it('a writer that loses its lease names the writer that holds it; one whose lease lapsed says so and takes it again', async () => {
     const prefix = testPrefix('leaselog');

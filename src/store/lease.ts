@@ -28,6 +28,13 @@ export class Lease {
     return v === null ? undefined : { owner: v.slice(0, v.lastIndexOf(' ')), mine: v === this.id };
   }
 
+  /** How long until the lease held now lapses (0: nobody holds it), so a standby can try again just then. */
+  async remainingMs(): Promise<number> {
+    const ms = Number(await this.redis.pttl(this.key));
+    // -2: gone, so now; -1: a key without expiry, which no Lease sets: as a full lease
+    return ms === -1 ? this.ms : Math.max(0, ms);
+  }
+
   async acquire(): Promise<boolean> {
     return (await this.redis.set(this.key, this.id, 'PX', this.ms, 'NX')) === 'OK';
   }
