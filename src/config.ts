@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import os from 'node:os';
 
 /**
@@ -33,7 +34,6 @@ const int = (min: number, max = Number.MAX_SAFE_INTEGER): Parser<number> => (raw
   return n;
 };
 
-const str: Parser<string> = (raw) => raw;
 
 const bool: Parser<boolean> = (raw) => {
   const v = raw.trim().toLowerCase();
@@ -58,6 +58,14 @@ const url = (...protocols: string[]): Parser<string> => (raw) => {
     throw new Error(`not a URL: "${raw.replace(URL_CREDENTIALS, '//<credentials>@')}"`);
   }
   if (!protocols.includes(u.protocol)) throw new Error(`expected ${protocols.join(' or ')} URL, got "${u.protocol}"`);
+  return raw;
+};
+
+/** An IP address or a host name: a typo surfaced only when serve failed to listen, after the config was taken. */
+const hostName: Parser<string> = (raw) => {
+  if (isIP(raw.replace(/^\[(.*)\]$/, '$1')) === 0 && !/^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/.test(raw)) {
+    throw new Error(`expected an IP address or a host name, got "${raw}"`);
+  }
   return raw;
 };
 
@@ -97,12 +105,12 @@ export const settings = {
   redisWaitMs: { env: 'REDIS_WAIT_MS', default: 500, parse: int(1, 60_000), doc: 'How long a state change waits for REDIS_WAIT_REPLICAS replicas.' },
   keyPrefix: { env: 'KEY_PREFIX', default: 'rm', parse: keyPrefix, doc: 'Prefix of every Redis key, so several deployments (or test runs) can share one Redis.' },
   databaseUrl: { env: 'DATABASE_URL', default: 'postgres://postgres@127.0.0.1:5432/referral_manager', parse: url('postgres:', 'postgresql:'), doc: 'Postgres for the durable snapshot (the writer creates the database if missing; restore and verify need it to exist).' },
-  host: { env: 'HOST', default: '0.0.0.0', parse: str, doc: 'Address the HTTP API listens on.' },
+  host: { env: 'HOST', default: '0.0.0.0', parse: hostName, doc: 'Address the HTTP API listens on (an IP address or a host name).' },
   port: { env: 'PORT', default: 7480, parse: int(0, 65535), doc: 'Port the HTTP API listens on.' },
   workers: { env: 'WORKERS', default: Math.max(1, os.availableParallelism()), parse: int(1, 256), doc: 'HTTP worker processes sharing the port (default: one per core).' },
   adminKey: { env: 'ADMIN_KEY', default: '', parse: adminKey, doc: 'Bearer key of the admin routes (>= 32 chars). Empty: admin routes answer 401.' },
   outboundKeySecrets: { env: 'OUTBOUND_KEY_SECRET', default: [] as string[], parse: secretList, doc: 'Seals satellites\' outbound keys at rest (AES-256-GCM): 64 hex digits (`openssl rand -hex 32`); a comma-separated list while rotating, the first sealing and all opening. Set it alike wherever serve and the CLI run. Empty: outbound keys are stored as given. `satellites seal-keys` seals the ones stored before.' },
-  defaultLeaseMs: { env: 'DEFAULT_LEASE_MS', default: 10 * 60_000, parse: int(1, 24 * 3600_000), doc: 'Reservation lease when a reserve call gives no leaseMs.' },
+  defaultLeaseMs: { env: 'DEFAULT_LEASE_MS', default: 10 * 60_000, parse: int(1, 24 * 3600_000), doc: 'Reservation lease when a reserve call gives no leaseMs (at most MAX_LEASE_MS).' },
   maxLeaseMs: { env: 'MAX_LEASE_MS', default: 60 * 60_000, parse: int(1, 7 * 24 * 3600_000), doc: 'Longest reservation lease a satellite may ask for.' },
   keyGraceMs: { env: 'KEY_GRACE_MS', default: 24 * 3600_000, parse: int(0, MAX_KEY_GRACE_MS), doc: 'How long a rotated satellite key keeps working.' },
   authCacheMs: { env: 'AUTH_CACHE_MS', default: 5000, parse: int(0, 600_000), doc: 'How long an HTTP worker trusts a satellite key it has checked; a removed satellite or expired old key stops within this time. 0: check Redis on every request.' },
@@ -142,6 +150,12 @@ export function loadConfig(
       problems.push(`${(isGiven(overrides[name]) && given[name]) || settings[name].env}: ${(err as Error).message}`);
       failed.push(name);
     }
+  }
+  // settings that are each valid but contradict each other (only when both were read)
+  const c = out as Partial<Config>;
+  if (c.defaultLeaseMs !== undefined && c.maxLeaseMs !== undefined && c.defaultLeaseMs > c.maxLeaseMs) {
+    problems.push(`${(isGiven(overrides.defaultLeaseMs) && given.defaultLeaseMs) || settings.defaultLeaseMs.env}: ${c.defaultLeaseMs} is longer than MAX_LEASE_MS (${c.maxLeaseMs}): a reserve without leaseMs would be held past the longest lease`);
+    failed.push('defaultLeaseMs');
   }
   if (problems.length) throw new ConfigError(problems, failed);
   return out as Config;

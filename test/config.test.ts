@@ -34,6 +34,15 @@ describe('loadConfig', () => {
     ]);
   });
 
+  it('refuses a default lease longer than the longest, and a HOST that is neither an address nor a host name', () => {
+    expect(problems({ DEFAULT_LEASE_MS: '7200000', MAX_LEASE_MS: '60000', HOST: 'no such host!' })).toEqual([
+      'HOST: expected an IP address or a host name, got "no such host!"',
+      'DEFAULT_LEASE_MS: 7200000 is longer than MAX_LEASE_MS (60000): a reserve without leaseMs would be held past the longest lease',
+    ]);
+    for (const host of ['0.0.0.0', '::', '[::]', 'fd00::5', 'localhost', 'rm-1.internal.example.net']) expect(loadConfig({}, { HOST: host }).host).toBe(host);
+    expect(loadConfig({}, { DEFAULT_LEASE_MS: '60000', MAX_LEASE_MS: '60000' }).defaultLeaseMs).toBe(60000);
+  });
+
   it('keeps closed ranges as min..max', () => {
     expect(problems({ PORT: '99999', WORKERS: '0' })).toEqual(['PORT: expected 0..65535, got 99999', 'WORKERS: expected 1..256, got 0']);
   });
