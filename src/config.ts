@@ -34,7 +34,6 @@ const int = (min: number, max = Number.MAX_SAFE_INTEGER): Parser<number> => (raw
   return n;
 };
 
-
 const bool: Parser<boolean> = (raw) => {
   const v = raw.trim().toLowerCase();
   if (['1', 'true', 'yes', 'on'].includes(v)) return true;
