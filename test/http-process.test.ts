@@ -227,6 +227,8 @@ describe('serve processes', () => {
       const notReady = await call(pool, 'GET', '/readyz');
       expect(notReady.status).toBe(503);
       expect(notReady.body).toMatchObject({ ready: false, redis: 'down' });
+      // what it means first, ioredis' own words ("Stream isn't writeable and enableOfflineQueue ...") after
+      expect(notReady.body.error).toMatch(/^(no connection to Redis|the connection to Redis closed) \(reconnecting\): /);
       expect((await call(pool, 'GET', '/healthz')).status).toBe(200);
 
       await redis.start();

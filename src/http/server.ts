@@ -3,7 +3,7 @@ import uws from 'uWebSockets.js';
 import type { Config } from '../config.js';
 import { collectProcessMetrics, registry as metricsRegistry } from '../metrics.js';
 import { SatelliteRegistry } from '../satellites/registry.js';
-import { answerWithin, clusterFailures, clusterMasters, createRedis, logOutages, MASTER_PROBE_MS, masters, whenReady, type RedisClient } from '../store/redis.js';
+import { answerWithin, clusterFailures, clusterMasters, createRedis, logOutages, MASTER_PROBE_MS, masters, redisErrorText, whenReady, type RedisClient } from '../store/redis.js';
 import { readScript, SCRIPT_NAMES } from '../store/scripts.js';
 import { readSnapshotStatus } from '../snapshot/status.js';
 import { TokenStore } from '../store/token-store.js';
@@ -76,7 +76,7 @@ async function readiness(redis: RedisClient, prefix: string, probeMs: number): P
       await answerWithin(redis.ping(), probeMs);
     }
   } catch (err) {
-    return { ready: false, details: { redis: 'down', error: (err as Error).message } };
+    return { ready: false, details: { redis: 'down', error: redisErrorText(err) } };
   }
   try {
     let loaded = true;

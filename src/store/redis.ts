@@ -89,6 +89,20 @@ function clusterInfo(node: Redis, ms: number): Promise<string> {
   return answerWithin(reply, ms);
 }
 
+/** ioredis' wording for a connection it lost, and what it means to whoever reads /readyz */
+const PLAIN: [RegExp, string][] = [
+  [/^Stream isn't writeable/, 'no connection to Redis (reconnecting)'],
+  [/^Connection is closed/, 'the connection to Redis closed (reconnecting)'],
+  [/^Reached the max retries per request limit/, 'Redis did not answer (the connection kept failing)'],
+];
+
+/** A Redis failure as an on-call engineer should read it: ioredis' own words after what they mean. */
+export function redisErrorText(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  const plain = PLAIN.find(([re]) => re.test(message))?.[1];
+  return plain ? `${plain}: ${message}` : message;
+}
+
 /** `reply`, or a rejection "no answer within `ms` ms" once that has passed: a hung node must not hold a probe. */
 export function answerWithin<T>(reply: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
