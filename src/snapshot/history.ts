@@ -1,9 +1,8 @@
 import type pg from 'pg';
+import { decodeRow } from '../store/codec.js';
 import { EXPORT_FIELDS } from '../store/export.js';
 import type { Token } from '../store/model.js';
 import { ROW_COLUMNS } from './rows.js';
-
-const TIMES = new Set<string>(['createdAt', 'expiresAt', 'leaseExpiresAt', 'redeemedAt']);
 
 export interface TokenHistory {
   /** the token's row as the snapshot holds it: the state as stored (a lapsed lease stays "reserved"; lapsing emits no event) */
@@ -24,14 +23,10 @@ export async function tokenHistory(pool: pg.Pool, token: string): Promise<TokenH
   const values = row.rows[0];
   if (!values) return undefined;
   const events = await pool.query<{ at: string; type: string }>('SELECT at::text, type FROM token_events WHERE token = $1 ORDER BY ev_ms, ev_seq', [token]);
-  const named: Record<string, string | number> = {};
-  EXPORT_FIELDS.forEach((f, i) => {
-    const v = values[i]!;
-    if (v !== '') named[f] = TIMES.has(f) ? Number(v) : v;
-  });
+  // ROW_COLUMNS is the scripts' row (EXPORT_FIELDS order, '' when absent), which decodeRow reads; purged_at follows
   const purged = values[EXPORT_FIELDS.length]!;
   return {
-    token: named as unknown as Token,
+    token: decodeRow(values),
     ...(purged ? { purgedAt: Number(purged) } : {}),
     events: events.rows.map((e) => ({ at: Number(e.at), type: e.type })),
   };
