@@ -115,7 +115,7 @@ export function register(program: Command): void {
       try {
         const registry = new SatelliteRegistry(redis, config.keyPrefix, config.outboundKeySecrets);
         const campaigns = new CampaignStore(redis, config.keyPrefix);
-        const store = new TokenStore(redis, config.keyPrefix, { replicas: config.redisWaitReplicas, ms: config.redisWaitMs });
+        const store = new TokenStore(redis, config.keyPrefix, config);
         await store.preload();
 
         const id = opts.resume ?? opts.campaign ?? newCampaignId();

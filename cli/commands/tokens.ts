@@ -15,7 +15,7 @@ import { invalidIsUsage, parseDuration, table, when } from '../format.js';
 async function withEngine<T>(config: Config, fn: (e: TokenEngine, redis: RedisClient) => Promise<T>): Promise<T> {
   const redis = await connectRedis(config);
   try {
-    return await fn(new TokenEngine(new TokenStore(redis, config.keyPrefix, { replicas: config.redisWaitReplicas, ms: config.redisWaitMs })), redis);
+    return await fn(new TokenEngine(new TokenStore(redis, config.keyPrefix, config)), redis);
   } finally {
     redis.disconnect();
   }

@@ -100,7 +100,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
   collectProcessMetrics();
   const redis = createRedis(config, { failFast: true, connectionName: 'referral-manager-http' });
   logOutages(redis, `[http ${process.pid}]`);
-  const store = new TokenStore(redis, config.keyPrefix, { replicas: config.redisWaitReplicas, ms: config.redisWaitMs });
+  const store = new TokenStore(redis, config.keyPrefix, config);
   try {
     // fail-fast commands are refused until the first connect: wait for it, a little
     await whenReady(redis, 5000);

@@ -1,3 +1,4 @@
+import type { Config } from '../config.js';
 import { DomainError } from '../errors.js';
 import { inLanes, pushTo } from '../collections.js';
 import type { RedisClient } from './redis.js';
@@ -47,10 +48,10 @@ export class TokenStore {
   private readonly ack: ReplicaAck;
 
   /** `wait`: REDIS_WAIT_REPLICAS and REDIS_WAIT_MS; a change is answered once that many replicas have it (src/store/replicas.ts) */
-  constructor(readonly redis: RedisClient, prefix: string, wait: { replicas: number; ms: number } = { replicas: 0, ms: 0 }) {
+  constructor(readonly redis: RedisClient, prefix: string, wait: Pick<Config, 'redisWaitReplicas' | 'redisWaitMs'> = { redisWaitReplicas: 0, redisWaitMs: 0 }) {
     this.keys = new Keys(prefix);
     this.s = defineScripts(redis);
-    this.ack = new ReplicaAck(redis, wait.replicas, wait.ms);
+    this.ack = new ReplicaAck(redis, wait.redisWaitReplicas, wait.redisWaitMs);
   }
 
   preload(): Promise<void> {
