@@ -141,20 +141,22 @@ export function loadConfig(
 ): Config {
   const problems: string[] = [];
   const failed: string[] = [];
+  const refuse = (name: keyof Config, why: string) => {
+    problems.push(`${(isGiven(overrides[name]) && given[name]) || settings[name].env}: ${why}`);
+    failed.push(name);
+  };
   const out: Record<string, unknown> = {};
   for (const name of Object.keys(settings) as (keyof Config)[]) {
     try {
       out[name] = loadSetting(name, overrides[name], env);
     } catch (err) {
-      problems.push(`${(isGiven(overrides[name]) && given[name]) || settings[name].env}: ${(err as Error).message}`);
-      failed.push(name);
+      refuse(name, (err as Error).message);
     }
   }
   // settings that are each valid but contradict each other (only when both were read)
   const c = out as Partial<Config>;
   if (c.defaultLeaseMs !== undefined && c.maxLeaseMs !== undefined && c.defaultLeaseMs > c.maxLeaseMs) {
-    problems.push(`${(isGiven(overrides.defaultLeaseMs) && given.defaultLeaseMs) || settings.defaultLeaseMs.env}: ${c.defaultLeaseMs} is longer than MAX_LEASE_MS (${c.maxLeaseMs}): a reserve without leaseMs would be held past the longest lease`);
-    failed.push('defaultLeaseMs');
+    refuse('defaultLeaseMs', `${c.defaultLeaseMs} is longer than MAX_LEASE_MS (${c.maxLeaseMs}): a reserve without leaseMs would be held past the longest lease`);
   }
   if (problems.length) throw new ConfigError(problems, failed);
   return out as Config;
