@@ -171,9 +171,7 @@ export function register(program: Command): void {
       '\nExit 1 when a key cannot be opened with any secret given (it is left as it is).\n\nExamples:\n  OUTBOUND_KEY_SECRET=$(cat /run/secrets/rm_seal) referral-manager satellites seal-keys\n  OUTBOUND_KEY_SECRET=<new>,<old> referral-manager satellites seal-keys --json',
     );
   seal.action(async function (this: Command, opts: { json?: boolean }) {
-    const config = configFrom(this);
-    if (config.outboundKeySecrets.length === 0) throw new Error('OUTBOUND_KEY_SECRET is not set: nothing to seal the outbound keys with (openssl rand -hex 32 makes one)');
-    const r = await withRegistry(config, (reg) => reg.sealKeys());
+    const r = await withRegistry(configFrom(this), (reg) => reg.sealKeys());
     if (opts.json) console.log(JSON.stringify(r));
     else {
       console.log(`sealed ${r.sealed.length} outbound key(s)${r.sealed.length ? `: ${r.sealed.join(', ')}` : ''}; ${r.current} already sealed with the first secret`);

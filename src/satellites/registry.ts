@@ -91,7 +91,7 @@ export class SatelliteRegistry {
    * or under a secret being rotated out. `unreadable`: keys no secret given opens (left as they are).
    */
   async sealKeys(): Promise<{ sealed: string[]; current: number; unreadable: string[] }> {
-    if (!this.seal.sealing) throw new DomainError('invalid_request', 'OUTBOUND_KEY_SECRET is not set: nothing to seal the outbound keys with');
+    if (!this.seal.sealing) throw new DomainError('invalid_request', 'OUTBOUND_KEY_SECRET is not set: nothing to seal the outbound keys with (openssl rand -hex 32 makes one)');
     const out = { sealed: [] as string[], current: 0, unreadable: [] as string[] };
     for (const s of await this.list()) {
       if (s.outboundKey === undefined) continue;
