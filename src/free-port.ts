@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 /**
  * Below the kernel's ephemeral range, where outgoing connections take their local ports: a port let go of
@@ -45,7 +46,7 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
  * still exiting); false when it stays taken.
  */
 export async function portFreeWithin(host: string, port: number, ms: number): Promise<boolean> {
-  for (const end = Date.now() + ms; ; await new Promise((r) => setTimeout(r, 100))) {
+  for (const end = Date.now() + ms; ; await sleep(100)) {
     if ((await probe(host, port)) !== undefined) return true;
     if (Date.now() >= end) return false;
   }
