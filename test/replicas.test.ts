@@ -63,12 +63,16 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       // a read waits for nothing; a refusal changed nothing, so it is not held either
       expect((await sat.listTokens('u5')).length).toBe(2);
       expect((await failure(sat.redeem(tokens[0]!, 'someone-else')))?.code).toBe('token_already_redeemed');
+      // a reserve too, and it is undone: the satellite never learned the reservation id, so a held token would refuse its retry for the whole lease
+      expect((await failure(sat.reserve(tokens[2]!)))?.code).toBe('store_unavailable');
+      expect((await sat.lookup(tokens[2]!)).state).toBe('unredeemed');
       // generation too: its tokens are undone (revoked) and the call fails
       expect((await failure(admin.generate({ satelliteId: 'sat-w', userIds: ['late'], perUser: 1 })))?.code).toBe('store_unavailable');
 
       replica.signal('SIGCONT');
       await replicaLinked(master.url);
       expect((await sat.redeem(tokens[1]!, 'new-1')).state).toBe('redeemed');
+      expect((await sat.reserve(tokens[2]!)).state).toBe('reserved');
     } finally {
       replica.signal('SIGCONT');
       await served.stop();

@@ -2,7 +2,7 @@ import type { Config } from '../config.js';
 import { DomainError } from '../errors.js';
 import { inLanes, pushTo } from '../collections.js';
 import type { RedisClient } from './redis.js';
-import { ReplicaAck } from './replicas.js';
+import { NotReplicated, ReplicaAck } from './replicas.js';
 import { defineScripts, preloadScripts, type ScriptFn, type ScriptName } from './scripts.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken, type OwnerPlace } from './keys.js';
 import { dashed, decodeResult, hexOf } from './codec.js';
@@ -119,7 +119,13 @@ export class TokenStore {
   }
 
   reserve(token: string, satelliteId: string, leaseMs: number, reservationId: string): Promise<Result<RedeemCode>> {
-    return this.single('reserve', token, [satelliteId, leaseMs, reservationId]);
+    return this.single<RedeemCode>('reserve', token, [satelliteId, leaseMs, reservationId]).catch(async (err: unknown) => {
+      // A reserve the replicas did not confirm is answered 503, so the satellite never learns its reservation id
+      // and its retry would meet token_reserved for the whole lease: give the token back (best effort, unconfirmed
+      // too). A redeem or complete needs no undo: its retry by the same user is answered ok.
+      if (err instanceof NotReplicated) await this.s.release(this.keys.tokenKeys(placeOfToken(hexOf(token))), [hexOf(token), reservationId, satelliteId, token]).catch(() => undefined);
+      throw err;
+    });
   }
 
   /** `satelliteId`: the caller, which must be the satellite that reserved ('': any) */
