@@ -2,15 +2,18 @@
   list: the unredeemed, unexpired tokens of one owner (Storj's GetTokens). Changes nothing.
   KEYS[1] bucket  KEYS[2] dict  KEYS[3] rs   (one hash tag {shard}: the owner's shard)
   ARGV[1] owner satellite id  ARGV[2] owner user id  ARGV[3] owner ref hint  ARGV[4] bucket hex prefix
-  Reply: flat list of { token hex, campaignId, createdAt, expiresAt } per token.
+  ARGV[5] HSCAN cursor ('0' to start)  ARGV[6] fields to scan (about)
+  Reply: the cursor to go on from ('0': done), then a flat list of { token hex, campaignId, createdAt, expiresAt }
+  per token of this page (lua/includes/owner.lua).
 ]]
 --- @include "codec"
 --- @include "owner"
 
 local now = clock()
-local out = {}
+local tokens, cursor = owner_tokens(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6])
+local out = { cursor }
 local camps = {}
-for _, t in ipairs(owner_tokens(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])) do
+for _, t in ipairs(tokens) do
   local field, state, camp, created, expires = t[1], t[2], t[3], t[4], t[5]
   if (state == 'u' or state == 's') and not (expires and expires <= now) then
     local free = state == 'u'

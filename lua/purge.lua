@@ -8,8 +8,9 @@
   KEYS[1] dict  KEYS[2] rs  KEYS[3] rd  KEYS[4] stats  KEYS[5] ev  KEYS[6..] consecutive buckets of the shard,
     starting at the one to sweep first (one hash tag {shard})
   ARGV[1] made before (ms)  ARGV[2] campaign id or ''  ARGV[3] shard number  ARGV[4] buckets per shard
-  ARGV[5] the bucket number of KEYS[6]  ARGV[6] budget  ARGV[7] 'dry': count them, change nothing
-  Reply: { 'ok', count, next }.
+  ARGV[5] the bucket number of KEYS[6]  ARGV[6] budget  ARGV[7] HSCAN cursor in KEYS[6]
+  ARGV[8] 'dry': count them, change nothing
+  Reply: { 'ok', count, next, cursor }.
   Counters: the token's state count goes down and "<sat>\tpurged" up ("generated" keeps counting it).
   Owner records stay, also one left with no token: owners are found by probing from a hint, and a gap
   would hide the owners placed after it.
@@ -19,11 +20,11 @@
 
 local now, at = clock()
 local before = tonumber(ARGV[1])
-local dry = ARGV[7] == 'dry'
+local dry = ARGV[8] == 'dry'
 local camp
 if ARGV[2] ~= '' then
   camp = redis.call('HGET', KEYS[1], 'c\t' .. ARGV[2])
-  if not camp then return { 'ok', 0, -1 } end
+  if not camp then return { 'ok', 0, -1, '0' } end
 end
 
 -- a reservation whose lease lapsed on an expired token: nothing can redeem, reserve or complete it any more

@@ -4,8 +4,9 @@
   ARGV[1] 'token': ARGV[2] token hex  ARGV[3] campaign id or absent: only a token of that campaign (the undo of
             a failed generate must not revoke a token its new one collided with), else not_found
           'owner': ARGV[2] owner satellite id  ARGV[3] owner user id  ARGV[4] owner ref hint  ARGV[5] bucket hex prefix
+            ARGV[6] HSCAN cursor ('0' to start)  ARGV[7] fields to scan (about): one page (lua/includes/owner.lua)
   Reply: token mode { code, row... } with code ok | not_found | already_redeemed | revoked;
-         owner mode { 'ok', count }.
+         owner mode { cursor to go on from ('0': done), count revoked in this page }.
 ]]
 --- @include "codec"
 --- @include "owner"
@@ -20,11 +21,13 @@ if ARGV[1] == 'token' then
   return transition(keys, t, 'x', 'revoked', at)
 end
 
+local tokens, cursor = owner_tokens(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[6], ARGV[7])
 local count = 0
-for _, t in ipairs(owner_tokens(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4])) do
+for _, t in ipairs(tokens) do
+  -- a token a resize showed twice is revoked already the second time
   if t[2] == 'u' or t[2] == 's' then
     transition(keys, load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[5] .. t[1], now), 'x', 'revoked', at)
     count = count + 1
   end
 end
-return { 'ok', count }
+return { cursor, count }
