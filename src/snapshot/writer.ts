@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import type pg from 'pg';
 import type { Config } from '../config.js';
-import { clusterMasters, createRedis, type RedisClient } from '../store/redis.js';
+import { clusterMasters, createRedis, redisErrorText, type RedisClient } from '../store/redis.js';
 import { Keys, SHARDS } from '../store/keys.js';
 import { applyEvents } from './apply.js';
 import type { StreamEvent } from './events.js';
@@ -95,7 +95,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       if (!warned) log('warn', `Postgres unreachable (${(err as Error).message}); retrying with backoff, events wait in Redis`);
       warned = true;
     } else {
-      log('warn', `${where}: ${(err as Error).message}`);
+      log('warn', `${where}: ${redisErrorText(err)}`);
     }
     streams.rereadAll();
   };

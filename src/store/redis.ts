@@ -89,11 +89,12 @@ function clusterInfo(node: Redis, ms: number): Promise<string> {
   return answerWithin(reply, ms);
 }
 
-/** ioredis' wording for a connection it lost, and what it means to whoever reads /readyz */
+/** ioredis' wording for a connection it lost, and what it means to whoever reads /readyz or the snapshot writer's log */
 const PLAIN: [RegExp, string][] = [
   [/^Stream isn't writeable/, 'no connection to Redis (reconnecting)'],
   [/^Connection is closed/, 'the connection to Redis closed (reconnecting)'],
   [/^Reached the max retries per request limit/, 'Redis did not answer (the connection kept failing)'],
+  [/^Command timed out/, 'Redis did not answer in time (down, unreachable or hung)'],
 ];
 
 /** A Redis failure as an on-call engineer should read it: ioredis' own words after what they mean. */
