@@ -225,7 +225,7 @@ describe('serve processes', () => {
       expect([down.status, down.body.error]).toEqual([503, 'store_unavailable']);
       expect(down.headers['retry-after']).toBe('1');
       const notReady = await call(pool, 'GET', '/readyz');
-      expect(notReady.status).toBe(503);
+      expect([notReady.status, notReady.headers['retry-after']]).toEqual([503, '1']);
       expect(notReady.body).toMatchObject({ ready: false, redis: 'down' });
       // what it means first, ioredis' own words ("Stream isn't writeable and enableOfflineQueue ...") after
       expect(notReady.body.error).toMatch(/^(no connection to Redis|the connection to Redis closed) \(reconnecting\): /);

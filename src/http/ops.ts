@@ -15,7 +15,8 @@ export function opsRoutes(d: OpsDeps): Route[] {
       method: 'get', pattern: '/readyz', auth: 'none',
       async handler() {
         const r = await d.ready();
-        return ok({ ready: r.ready, ...r.details }, r.ready ? 200 : 503);
+        // a 503 like every other: a load balancer or script polling it learns when to ask again
+        return r.ready ? ok({ ready: true, ...r.details }) : { status: 503, value: { ready: false, ...r.details }, headers: [['Retry-After', '1']] };
       },
     },
     {

@@ -29,7 +29,8 @@ export interface Call<B> {
   signal: AbortSignal;
 }
 
-export type Outcome = { status?: number; value: unknown } | { status?: number; raw: Buffer | string; contentType: string };
+/** `headers`: extra reply headers (Retry-After) */
+export type Outcome = ({ value: unknown } | { raw: Buffer | string; contentType: string }) & { status?: number; headers?: [string, string][] };
 
 /** A value to encode in the format the client asked for (200 unless `status`). */
 export const ok = (value: unknown, status?: number): Outcome => ({ status, value });
@@ -236,9 +237,9 @@ async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, cal
     });
     const out = await Promise.race([call(route, head, caller, body, refusal, gone.signal), deadline]);
     if ('raw' in out) {
-      reply(ex, out.status ?? 200, Buffer.isBuffer(out.raw) ? out.raw : Buffer.from(out.raw), out.contentType);
+      reply(ex, out.status ?? 200, Buffer.isBuffer(out.raw) ? out.raw : Buffer.from(out.raw), out.contentType, out.headers);
     } else {
-      replyValue(ex, out.status ?? 200, out.value);
+      replyValue(ex, out.status ?? 200, out.value, out.headers);
       if (head.path !== undefined) audit({ method: route.method.toUpperCase(), path: head.path, ip: head.ip, status: out.status ?? 200, ms: performance.now() - t0, body, result: out.value });
     }
   } catch (err) {

@@ -163,9 +163,9 @@ export function reply(ex: Exchange, status: number, body: Buffer, contentType: s
   });
 }
 
-export function replyValue(ex: Exchange, status: number, value: unknown): void {
+export function replyValue(ex: Exchange, status: number, value: unknown, headers?: [string, string][]): void {
   if (ex.aborted || ex.done) return;
-  reply(ex, status, encode(ex.format, value), CONTENT_TYPE[ex.format]);
+  reply(ex, status, encode(ex.format, value), CONTENT_TYPE[ex.format], headers);
 }
 
 export function replyError(ex: Exchange, code: ErrorCode, message?: string, headers?: [string, string][]): void {
