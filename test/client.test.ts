@@ -50,7 +50,10 @@ it('satellite client: listTokens, lookup, redeem across satellites, typed refusa
   expect((await refusal(b.complete(t2, 'wrong', 'dave'))).code).toBe('reservation_mismatch');
   expect(await b.complete(t2, res.reservationId, 'dave')).toMatchObject({ state: 'redeemed', ownerUserId: 'alice' });
 
-  const res3 = await b.reserve(t3);
+  // a reservation id of the caller's own makes a retried reserve answer the same reservation
+  const res3 = await b.reserve(t3, undefined, { reservationId: 'signup-42' });
+  expect(await b.reserve(t3, undefined, { reservationId: 'signup-42' })).toEqual(res3);
+  expect(res3.reservationId).toBe('signup-42');
   expect(await b.release(t3, res3.reservationId)).toEqual({ token: t3, state: 'unredeemed' });
   const missing = await refusal(b.lookup('ffff0000-0000-4000-8000-000000000000'));
   expect([missing.code, missing.status]).toEqual(['token_not_found', 404]);

@@ -79,6 +79,18 @@ describe.each<Format>(['json', 'msgpack'])('satellite routes in %s', (format) =>
     expect(done.body).toEqual({ token: t, state: 'redeemed', ownerSatelliteId: 'sat-a', ownerUserId: 'res-owner' });
   });
 
+  it('reserve with a reservationId of the satellite\'s own: its retry answers the same reservation, not 409', async () => {
+    const [t] = await tokensFor('sat-a', 'own-id-owner', 1);
+    const reservationId = `signup-${t}`;
+    const first = await as(keyB, 'POST', '/v1/tokens/reserve', { token: t, leaseMs: 60_000, reservationId });
+    expect([first.status, first.body.reservationId]).toEqual([200, reservationId]);
+    const retry = await as(keyB, 'POST', '/v1/tokens/reserve', { token: t, leaseMs: 60_000, reservationId });
+    expect([retry.status, retry.body]).toEqual([200, first.body]);
+    expectError(await as(keyA, 'POST', '/v1/tokens/reserve', { token: t, reservationId }), 409, 'token_reserved');
+    expectError(await as(keyB, 'POST', '/v1/tokens/reserve', { token: t, reservationId: 5 }), 400, 'invalid_request');
+    expect((await as(keyB, 'POST', '/v1/tokens/complete', { token: t, reservationId, userId: 'own-id-new' })).status).toBe(200);
+  });
+
   it('release gives the token back; a wrong reservation is 409 reservation_mismatch', async () => {
     const [t] = await tokensFor('sat-a', 'rel-owner', 1);
     const r = await as(keyB, 'POST', '/v1/tokens/reserve', { token: t });

@@ -73,8 +73,15 @@ export class SatelliteClient {
     return this.t.call('POST', '/v1/tokens/redeem', { token, userId }, undefined, endUser(opts));
   }
 
-  reserve(token: string, leaseMs?: number, opts?: EndUser): Promise<Reserved> {
-    return this.t.call('POST', '/v1/tokens/reserve', leaseMs === undefined ? { token } : { token, leaseMs }, undefined, endUser(opts));
+  /**
+   * `opts.reservationId`: one of your own for this sign-up (e.g. crypto.randomUUID()); a reserve retried with
+   * it after a timeout or `unavailable` answers the same reservation instead of 409 token_reserved.
+   */
+  reserve(token: string, leaseMs?: number, opts?: EndUser & { reservationId?: string }): Promise<Reserved> {
+    const body: Record<string, unknown> = { token };
+    if (leaseMs !== undefined) body.leaseMs = leaseMs;
+    if (opts?.reservationId !== undefined) body.reservationId = opts.reservationId;
+    return this.t.call('POST', '/v1/tokens/reserve', body, undefined, endUser(opts));
   }
 
   complete(token: string, reservationId: string, userId: string, opts?: EndUser): Promise<Redeemed> {

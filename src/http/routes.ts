@@ -69,10 +69,10 @@ function satelliteRoutes(d: RouteDeps): Route[] {
     },
     {
       method: 'post', pattern: '/v1/tokens/reserve', auth: 'satellite', needsIp: true,
-      schema: obj(['token'], { token, leaseMs: { type: 'integer', minimum: 1, maximum: d.config.maxLeaseMs } }),
-      async handler(c: Call<{ token: string; leaseMs?: number }>) {
+      schema: obj(['token'], { token, leaseMs: { type: 'integer', minimum: 1, maximum: d.config.maxLeaseMs }, reservationId: id }),
+      async handler(c: Call<{ token: string; leaseMs?: number; reservationId?: string }>) {
         limited(c);
-        const r = await d.engine.reserve(c.body.token, c.satelliteId, c.body.leaseMs ?? d.config.defaultLeaseMs);
+        const r = await d.engine.reserve(c.body.token, c.satelliteId, c.body.leaseMs ?? d.config.defaultLeaseMs, c.body.reservationId);
         count('reserve', r);
         if (r.code !== 'ok') return refuse(c, r.code);
         const t = r.token!;

@@ -88,13 +88,18 @@ export class TokenEngine {
     return this.store.redeem(checkToken(token), checkId('redeemerSatelliteId', redeemerSatelliteId), checkNewId('userId', redeemerUserId));
   }
 
-  async reserve(token: string, satelliteId: string, leaseMs: number): Promise<Result<RedeemCode>> {
+  /**
+   * `reservationId`: the caller's own (one per sign-up): repeating it while the token holds that reservation
+   * answers ok again with the same lease. Without it, a new random one.
+   */
+  async reserve(token: string, satelliteId: string, leaseMs: number, reservationId?: string): Promise<Result<RedeemCode>> {
     // the script writes the lease end with %d only up to 2^53; past that it becomes "9.0e+15" text, which
     // neither the snapshot (bigint) nor a reader takes back exactly. The HTTP route caps it far lower.
     if (!Number.isSafeInteger(leaseMs) || leaseMs < 1 || Date.now() + leaseMs > MAX_EXPIRES_AT) {
       throw new DomainError('invalid_request', 'leaseMs: must be a positive integer, ending before year 10000');
     }
-    return this.store.reserve(checkToken(token), checkId('satelliteId', satelliteId), leaseMs, randomUUID());
+    const id = reservationId === undefined ? randomUUID() : checkNewId('reservationId', reservationId);
+    return this.store.reserve(checkToken(token), checkId('satelliteId', satelliteId), leaseMs, id);
   }
 
   /**

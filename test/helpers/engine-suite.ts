@@ -755,6 +755,33 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(a.token!.reservationId).not.toBe(b.token!.reservationId);
       });
 
+      it('a reservation id of the caller\'s own: repeated by the same satellite it answers ok with the same lease and appends nothing; anyone else is refused', async () => {
+        const m = await mint(2);
+        const [t, other] = m.tokens as [string, string];
+        const mine = `signup-${randomUUID()}`;
+        const first = await engine.reserve(t, 'h', 60_000, mine);
+        expect([first.code, first.token!.reservationId]).toEqual(['ok', mine]);
+        const ev = await mark();
+        const again = await engine.reserve(t, 'h', 60_000, mine);
+        expect(again).toEqual(first);
+        expect(await since(ev)).toEqual([]);
+        expect((await counts(m.sat)).reserved).toBe(1);
+        // another satellite naming the same id, or the same satellite another id, meets the hold
+        expect((await engine.reserve(t, 'other', 60_000, mine)).code).toBe('reserved');
+        expect((await engine.reserve(t, 'h', 60_000, `signup-${randomUUID()}`)).code).toBe('reserved');
+        expect((await engine.reserve(t, 'h', 60_000)).code).toBe('reserved');
+        // completed, the id is spent: its retry is refused as for anyone
+        expect((await engine.complete(t, mine, 'new-user', 'h')).code).toBe('ok');
+        expect((await engine.reserve(t, 'h', 60_000, mine)).code).toBe('already_redeemed');
+        // a lapsed lease with that id counts as unredeemed: reserved anew, with a new lease
+        const short = await engine.reserve(other, 'h', 50, mine);
+        await sleepUntil(short.token!.leaseExpiresAt! + 30);
+        const renewed = await engine.reserve(other, 'h', 60_000, mine);
+        expect(renewed.code).toBe('ok');
+        expect(renewed.token!.leaseExpiresAt!).toBeGreaterThan(short.token!.leaseExpiresAt!);
+        await expect(engine.reserve(other, 'h', 60_000, 'bad\tid')).rejects.toMatchObject({ code: 'invalid_request' });
+      });
+
       it('reserved / already_redeemed / revoked / not_found refuse and append nothing', async () => {
         const m = await mint(3);
         const [held, used, gone] = m.tokens as [string, string, string];
