@@ -1,7 +1,13 @@
 import { spawnSync } from 'node:child_process';
+import calculateSlot from 'cluster-key-slot';
+import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
+import { AdminClient } from '../src/client/admin.js';
+import { SatelliteClient } from '../src/client/index.js';
+import { hexOf } from '../src/store/codec.js';
+import { Keys, placeOfToken } from '../src/store/keys.js';
 import { createRedis } from '../src/store/redis.js';
-import { testCluster } from './helpers/http.js';
+import { ADMIN_KEY, serve, testCluster } from './helpers/http.js';
 
 describe('the CLI and writer Redis client on a Cluster', () => {
   // a command for a lost master failed after ioredis' 16 redirections x 100 ms: a generate or a revoke
@@ -20,6 +26,69 @@ describe('the CLI and writer Redis client on a Cluster', () => {
       await expect(reply).resolves.toBe('OK');
     } finally {
       redis.disconnect();
+      await cluster.stop();
+    }
+  });
+
+  // ioredis sends ASKING before a command an ASK redirect sends on, and drops that call's promise: with the
+  // importing master gone it rejected with nobody to catch it, and Node ended the process. A reshard
+  // interrupted by the target's death took every serve down (primary and workers), and each restart died
+  // again within seconds; verify and export died with a raw stack. The serve worker here (its client fails
+  // fast) is checked to live on and serve the other masters; the queueing client of the CLI and the primary
+  // is the one that met the stray rejections.
+  it('an ASK redirect to a master that is gone fails that request; the process stays up', async () => {
+    const cluster = await testCluster(3, ['--cluster-node-timeout', '600000']);
+    const served = await serve({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'ask' });
+    const direct = cluster.nodes.map((n) => new Redis(Number(n.split(':')[1]), n.split(':')[0]!).on('error', () => undefined));
+    try {
+      const admin = new AdminClient({ url: served.url, apiKey: ADMIN_KEY });
+      const { apiKey } = await admin.addSatellite({ id: 'sat-ask' });
+      const tokens = (await admin.generate({ satelliteId: 'sat-ask', userIds: Array.from({ length: 30 }, (_, i) => `u${i}`), perUser: 1 })).tokens.map((t) => t.token);
+      const sat = new SatelliteClient({ url: served.url, apiKey, timeoutMs: 8000 });
+      const pid = async () => ((await (await fetch(`${served.url}/healthz`)).json()) as { pid: number }).pid;
+      const worker = await pid();
+
+      // the first token's bucket moved half-way: its slot MIGRATING on its master, IMPORTING on another
+      const keyOf = (t: string) => new Keys('ask').tokenKeys(placeOfToken(hexOf(t)))[0]!;
+      const slot = calculateSlot(keyOf(tokens[0]!));
+      const ids = await Promise.all(direct.map((r) => r.cluster('MYID') as Promise<string>));
+      const owners = await Promise.all(direct.map(async (r) => Number(await r.cluster('COUNTKEYSINSLOT', slot))));
+      const source = owners.findIndex((n) => n > 0);
+      // not the master of the satellite registry ({sat}), which every request reads once its key cache lapses
+      const registry = (await Promise.all(direct.map(async (r) => Number(await r.cluster('COUNTKEYSINSLOT', calculateSlot('ask:{sat}:keys')))))).findIndex((n) => n > 0);
+      const target = [0, 1, 2].find((i) => i !== source && i !== registry)!;
+      await direct[target]!.cluster('SETSLOT', slot, 'IMPORTING', ids[source]!);
+      await direct[source]!.cluster('SETSLOT', slot, 'MIGRATING', ids[target]!);
+      const [, targetPort] = cluster.nodes[target]!.split(':');
+      await direct[source]!.migrate('127.0.0.1', targetPort!, '', 0, 5000, 'KEYS', keyOf(tokens[0]!));
+      direct[target]!.disconnect();
+      await cluster.signal(target, 'SIGKILL');
+
+      await expect(sat.redeem(tokens[0]!, 'new-0')).rejects.toMatchObject({ code: expect.stringMatching(/^(store_unavailable|unavailable)$/) });
+      // a token of the third master is served by the same worker, which lived through it
+      const third = 3 - source - target;
+      let elsewhere: string | undefined;
+      for (const t of tokens) if (!elsewhere && Number(await direct[third]!.cluster('COUNTKEYSINSLOT', calculateSlot(keyOf(t)))) > 0) elsewhere = t;
+      expect((await sat.redeem(elsewhere!, 'new-elsewhere')).state).toBe('redeemed');
+      expect(await pid()).toBe(worker);
+      expect(served.output()).not.toMatch(/worker \d+ exited/);
+
+      // the client the CLI and the primary use (commands queue while a node reconnects) met it at once
+      const stray: unknown[] = [];
+      const onStray = (reason: unknown) => stray.push(reason);
+      process.on('unhandledRejection', onStray);
+      const cli = createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes }, { commandTimeoutMs: 3000 });
+      try {
+        await expect(cli.hgetall(keyOf(tokens[0]!))).rejects.toThrow();
+        await new Promise((s) => setTimeout(s, 200));
+        expect(stray).toEqual([]);
+      } finally {
+        cli.disconnect();
+        process.off('unhandledRejection', onStray);
+      }
+    } finally {
+      for (const r of direct) r.disconnect();
+      await served.stop();
       await cluster.stop();
     }
   });

@@ -38,7 +38,7 @@ export function createRedis(config: Pick<Config, 'redisUrl' | 'redisClusterNodes
         ...(opts.failFast ? {} : { maxRedirections: 100, retryDelayOnFailover: 100, retryDelayOnClusterDown: 100, retryDelayOnTryAgain: 100 }),
       },
     );
-    cluster.on('+node', (node: Redis) => coalesceWrites(node));
+    cluster.on('+node', (node: Redis) => catchAsking(coalesceWrites(node)));
     return cluster;
   }
   return coalesceWrites(new Redis(config.redisUrl, common));
@@ -67,6 +67,22 @@ function coalesceWrites(redis: Redis): Redis {
     return send(command, stream);
   };
   return redis;
+}
+
+/**
+ * ioredis sends ASKING before a command an ASK redirect (a slot being migrated) sends to the importing
+ * master, and drops that call's promise (ioredis #883): with that master unreachable it rejected with nobody
+ * to catch it, and Node ended the process, every serve worker at once and again after each restart. The
+ * command after it fails on its own, and is answered as any Redis failure.
+ */
+function catchAsking(node: Redis): Redis {
+  const asking = node.asking.bind(node);
+  node.asking = ((...args: Parameters<Redis['asking']>) => {
+    const reply = asking(...args);
+    reply.catch(() => undefined);
+    return reply;
+  }) as Redis['asking'];
+  return node;
 }
 
 /** The masters to talk to for node-wide commands (SCAN, SCRIPT LOAD, INFO). */
