@@ -10,6 +10,11 @@ import { addGlobalOptions } from './context.js';
  * referral-manager: one binary for the server, the marketing flow and ops.
  * Exit codes: 0 success, 1 failure, 2 usage error.
  */
+// A log reader that goes away (a closed pipe: tee, a log shipper restarting) must not end the process: the
+// EPIPE it raises on stdout or stderr, with no listener, was thrown, and one refused admin call's audit line
+// took serve, primary and workers, down. What is written after that is lost; the work goes on.
+for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
+
 const program = addGlobalOptions(new Command('referral-manager'))
   .description('Cross-satellite referral tokens for Storj satellites')
   .version('0.1.0')

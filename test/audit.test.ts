@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { audit } from '../src/http/audit.js';
+import { ADMIN_KEY, serve } from './helpers/http.js';
 
 describe('the admin audit line', () => {
   // written after the reply, inside the request's try: a throw here was logged as a 500 of a call that succeeded
@@ -21,5 +22,26 @@ describe('the admin audit line', () => {
     const body = JSON.parse(lines[0]!).body as Record<string, { url: string }>;
     expect([body.a!.url, body.b!.url, body.c!.url]).toEqual([' https://<redacted>@sat.example/x', 'https://<redacted>@sat.example/x', 'https://sat.example/push?<redacted>#top']);
     expect(lines.join('\n')).not.toMatch(/hunter|pw@|abc/);
+  });
+
+  // every admin call that may change something writes a line, refused ones too: anyone could trigger the
+  // write that, with the log reader gone, threw EPIPE and ended the process
+  it('a serve whose stdout and stderr readers went away keeps serving', async () => {
+    const served = await serve({ KEY_PREFIX: 'audit-epipe' }, 1);
+    try {
+      served.proc.stdout!.destroy();
+      served.proc.stderr!.destroy();
+      const pid = async () => ((await (await fetch(`${served.url}/healthz`)).json()) as { pid: number }).pid;
+      const worker = await pid();
+      for (let i = 0; i < 5; i++) {
+        expect((await fetch(`${served.url}/v1/admin/satellites/x`, { method: 'DELETE' })).status).toBe(401);
+        expect((await fetch(`${served.url}/v1/admin/satellites/x`, { method: 'DELETE', headers: { authorization: `Bearer ${ADMIN_KEY}` } })).status).toBe(404);
+        await new Promise((s) => setTimeout(s, 100));
+      }
+      expect(await pid()).toBe(worker);
+      expect(served.proc.exitCode).toBeNull();
+    } finally {
+      await served.stop();
+    }
   });
 });
