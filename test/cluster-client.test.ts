@@ -3,11 +3,12 @@ import calculateSlot from 'cluster-key-slot';
 import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { AdminClient } from '../src/client/admin.js';
-import { SatelliteClient } from '../src/client/index.js';
+import { ReferralError, SatelliteClient } from '../src/client/index.js';
 import { hexOf } from '../src/store/codec.js';
 import { Keys, placeOfToken } from '../src/store/keys.js';
 import { createRedis } from '../src/store/redis.js';
 import { ADMIN_KEY, serve, testCluster } from './helpers/http.js';
+import { until } from './helpers/snapshot.js';
 
 describe('the CLI and writer Redis client on a Cluster', () => {
   // a command for a lost master failed after ioredis' 16 redirections x 100 ms: a generate or a revoke
@@ -85,6 +86,43 @@ describe('the CLI and writer Redis client on a Cluster', () => {
       } finally {
         cli.disconnect();
         process.off('unhandledRejection', onStray);
+      }
+    } finally {
+      for (const r of direct) r.disconnect();
+      await served.stop();
+      await cluster.stop();
+    }
+  });
+
+  // ioredis re-reads the slot map only on a MOVED or a lost connection: a hung master gives neither, so after
+  // its replica took over, its tokens were answered 503 for as long as it hung (67 s, until SIGCONT)
+  it('a master that hangs: once its replica has taken over, its tokens are served again while it still hangs', async () => {
+    const cluster = await testCluster(3, ['--cluster-node-timeout', '1000'], 1);
+    const served = await serve({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'hang', AUTH_CACHE_MS: '600000', REQUEST_TIMEOUT_MS: '1000' });
+    const direct = cluster.nodes.map((n) => new Redis(Number(n.split(':')[1]), n.split(':')[0]!).on('error', () => undefined));
+    try {
+      const admin = new AdminClient({ url: served.url, apiKey: ADMIN_KEY });
+      const { apiKey } = await admin.addSatellite({ id: 'sat-hang' });
+      const tokens = (await admin.generate({ satelliteId: 'sat-hang', userIds: Array.from({ length: 40 }, (_, i) => `u${i}`), perUser: 1 })).tokens.map((t) => t.token);
+      const sat = new SatelliteClient({ url: served.url, apiKey, timeoutMs: 3000 });
+      expect((await sat.lookup(tokens[0]!)).state).toBe('unredeemed');
+      // the master of the first token's slot, and its replica
+      const slot = calculateSlot(new Keys('hang').tokenKeys(placeOfToken(hexOf(tokens[0]!)))[0]!);
+      const roles = await Promise.all(direct.map(async (r) => String(await r.role().then((x) => (x as string[])[0]))));
+      const counts = await Promise.all(direct.map(async (r, i) => (roles[i] === 'master' ? Number(await r.cluster('COUNTKEYSINSLOT', slot)) : 0)));
+      const victim = counts.findIndex((n) => n > 0);
+      const victimId = String(await direct[victim]!.cluster('MYID'));
+      const replica = (await Promise.all(direct.map(async (r, i) => (roles[i] === 'slave' && String(await r.cluster('MYID')) !== victimId && (await r.info('replication')).includes(`master_port:${cluster.nodes[victim]!.split(':')[1]}`) ? i : -1)))).find((i) => i >= 0)!;
+      direct[victim]!.disconnect();
+      await cluster.signal(victim, 'SIGSTOP');
+      try {
+        await until(async () => String(await direct[replica]!.role().then((x) => (x as string[])[0])), (r) => r === 'master', 'the replica promoted', 30_000);
+        // served again, the hung master still hung: a few 503s first, while requests wait on its socket
+        const back = await until(() => sat.lookup(tokens[0]!).then((t) => t.state, (e: ReferralError) => e.code), (s) => s === 'unredeemed', 'the token served by the new master', 20_000);
+        expect(back).toBe('unredeemed');
+        expect((await sat.redeem(tokens[0]!, 'new-0')).state).toBe('redeemed');
+      } finally {
+        await cluster.signal(victim, 'SIGCONT');
       }
     } finally {
       for (const r of direct) r.disconnect();

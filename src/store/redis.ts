@@ -33,6 +33,10 @@ export function createRedis(config: Pick<Config, 'redisUrl' | 'redisClusterNodes
         enableOfflineQueue: common.enableOfflineQueue,
         clusterRetryStrategy: common.retryStrategy,
         scaleReads: 'master',
+        // ioredis re-reads the slot map only on a MOVED or a lost connection. A master that hangs gives
+        // neither, so its replica's takeover went unseen (503 for its slots until it woke), and a master
+        // removed from the cluster (del-node) stayed named for the slots nobody asked for
+        slotsRefreshInterval: SLOTS_REFRESH_MS,
         // a command for a lost master is retried as a redirection: ioredis' 16 x 100 ms gave a CLI run 1.6 s,
         // less than any failover; ~10 s rides out what the CLI promises (the HTTP layer answers 503 first)
         ...(opts.failFast ? {} : { maxRedirections: 100, retryDelayOnFailover: 100, retryDelayOnClusterDown: 100, retryDelayOnTryAgain: 100 }),
@@ -91,6 +95,8 @@ export function masters(client: RedisClient): Redis[] {
 }
 
 const SLOTS = 16384;
+/** how often a Cluster client re-reads the slot map (one CLUSTER SLOTS) whatever happens */
+export const SLOTS_REFRESH_MS = 5000;
 /** how long a readiness probe waits for each Cluster master: a hung one must not hold the probe */
 export const MASTER_PROBE_MS = 1000;
 /** per node, the CLUSTER INFO still unanswered: a hung master gets one, not one per probe */
@@ -137,8 +143,9 @@ export function nodeAddress(node: Redis): string {
  * first node) as `ok` or why not (no connection, no CLUSTER INFO answer within `ms`, an error, or a
  * cluster_state other than ok: it refuses keyed commands), and how many slots have no master at all.
  * One command per master, so cheap enough to poll. A master whose connection ended has left the client's
- * pool (ioredis does not reconnect cluster nodes, it re-reads the slot map): the map is re-read then, so
- * the master is connected again once it is back. Undefined for a single Redis.
+ * pool (ioredis does not reconnect cluster nodes, it re-reads the slot map); one that hangs or has left the
+ * cluster may have been replaced: the map is re-read whenever a master is not ok, so a master back, or its
+ * replica promoted, is connected at once. Undefined for a single Redis.
  */
 export async function clusterMasters(client: RedisClient, ms = MASTER_PROBE_MS): Promise<{ masters: Record<string, string>; slotsWithoutMaster: number } | undefined> {
   if (!(client instanceof Cluster)) return undefined;
@@ -157,12 +164,16 @@ export async function clusterMasters(client: RedisClient, ms = MASTER_PROBE_MS):
         client.refreshSlotsCache();
         return [key, 'not connected'];
       }
+      let state: string;
       try {
-        const state = /cluster_state:(\w+)/.exec(await clusterInfo(node, ms))?.[1];
-        return [key, state === 'ok' ? 'ok' : `cluster_state:${state}`];
+        const s = /cluster_state:(\w+)/.exec(await clusterInfo(node, ms))?.[1];
+        state = s === 'ok' ? 'ok' : `cluster_state:${s}`;
       } catch (err) {
-        return [key, (err as Error).message];
+        state = (err as Error).message;
       }
+      // a master that hangs or has left the cluster may have been replaced: read the map now, not at the next refresh
+      if (state !== 'ok') client.refreshSlotsCache();
+      return [key, state];
     }),
   );
   return { masters: Object.fromEntries(states), slotsWithoutMaster };
