@@ -56,8 +56,23 @@ export interface MsgpackReply {
 }
 
 /**
+ * The largest reply body read: far above any the manager or a satellite sends (100,000 tokens of one user
+ * listed are ~10 MB), while a broken gateway streaming without end grew a client by 679 MB in 2 s.
+ */
+export const REPLY_LIMIT_BYTES = 128 * 1024 * 1024;
+
+/** A reply body past REPLY_LIMIT_BYTES: the reading stopped there. */
+export class ReplyTooLarge extends Error {
+  constructor() {
+    super(`reply larger than ${REPLY_LIMIT_BYTES} bytes: not read`);
+    this.name = 'ReplyTooLarge';
+  }
+}
+
+/**
  * One request with an optional MessagePack body and `accept: MessagePack`, over a keep-alive undici
- * dispatcher, with a deadline. Network failures throw as they are; any status comes back as a reply.
+ * dispatcher, with a deadline. Network failures throw as they are (a body past REPLY_LIMIT_BYTES as
+ * ReplyTooLarge); any status comes back as a reply.
  */
 export async function msgpackRequest(
   dispatcher: Dispatcher,
@@ -75,7 +90,17 @@ export async function msgpackRequest(
     bodyTimeout: req.timeoutMs,
     signal: req.signal ? AbortSignal.any([AbortSignal.timeout(req.timeoutMs), req.signal]) : AbortSignal.timeout(req.timeoutMs),
   });
-  const raw = Buffer.from(await res.body.arrayBuffer());
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of res.body as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > REPLY_LIMIT_BYTES) {
+      res.body.destroy();
+      throw new ReplyTooLarge();
+    }
+    chunks.push(chunk);
+  }
+  const raw = Buffer.concat(chunks, size);
   const contentType = String(res.headers['content-type'] ?? '');
   let data: unknown;
   let undecodable = false;

@@ -165,6 +165,35 @@ it('transport failures are ReferralError code unavailable', async () => {
   await dead.close();
 });
 
+// a broken gateway streaming without end grew the client by 679 MB in 2 s before the deadline
+it('a reply body past 128 MiB is not read: internal, status 0, and the connection is let go', async () => {
+  const chunk = Buffer.alloc(1024 * 1024, 0x61);
+  let sent = 0;
+  const endless = http.createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    const more = () => {
+      while (!res.destroyed && sent < 1024 * chunk.length) {
+        sent += chunk.length;
+        if (!res.write(chunk)) return void res.once('drain', more);
+      }
+      res.end();
+    };
+    more();
+  });
+  const port = await new Promise<number>((r) => endless.listen(0, '127.0.0.1', () => r((endless.address() as AddressInfo).port)));
+  const client = new SatelliteClient({ url: `http://127.0.0.1:${port}`, apiKey: 'k', timeoutMs: 30_000 });
+  try {
+    const err = await refusal(client.listTokens('whale'));
+    expect([err.code, err.status, err.message]).toEqual(['internal', 0, expect.stringMatching(/larger than 134217728 bytes/)]);
+    // it stopped reading there: the server was not drained to its end (1 GiB)
+    expect(sent).toBeLessThan(512 * chunk.length);
+  } finally {
+    await client.close();
+    endless.closeAllConnections();
+    endless.close();
+  }
+});
+
 it('a reply that is not the manager\'s (a proxy\'s error page) is unavailable on 502/503/504, rate_limited on 429, else internal, keeping Retry-After (seconds or a date)', async () => {
   let status = 0;
   let json = false;
@@ -193,6 +222,9 @@ it('a reply that is not the manager\'s (a proxy\'s error page) is unavailable on
     // Retry-After as an HTTP date (RFC 9110 allows both): seconds from now, rounded up
     dated = new Date(Date.now() + 30_000).toUTCString();
     expect((await at(503)).retryAfter).toBeOneOf([29, 30, 31]);
+    // a date decades ahead is capped at an hour
+    dated = 'Wed, 21 Oct 2099 07:28:00 GMT';
+    expect((await at(429)).retryAfter).toBe(3600);
     dated = undefined;
     plain = '1';
     expect(await at(200)).toMatchObject({ code: 'internal', status: 200, retryAfter: undefined });

@@ -1,6 +1,6 @@
 import { Pool } from 'undici';
 import { ReferralError } from './error.js';
-import { msgpackRequest, retryAfterMs } from '../msgpack.js';
+import { msgpackRequest, ReplyTooLarge, retryAfterMs } from '../msgpack.js';
 import { errorCatalogue, type ErrorCode } from '../errors.js';
 
 export interface TransportOptions {
@@ -25,6 +25,9 @@ export function segment(what: string, id: string): string {
   }
 }
 
+/** The longest Retry-After taken as given: the manager's own never exceeds its rate-limit window (60 s by default). */
+const RETRY_AFTER_MAX_MS = 3_600_000;
+
 /** Undici's timeouts, and AbortSignal.timeout's */
 const TIMEOUTS = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT']);
 
@@ -36,6 +39,8 @@ const TIMEOUTS = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UN
  */
 function transportError(err: Error & { code?: string }, timeoutMs: number): ReferralError {
   if (err.code === 'UND_ERR_INVALID_ARG') return new ReferralError('invalid_request', 0, `cannot be sent: ${err.message}`);
+  // no reply of the manager is that large: something in front of it is streaming, and a retry would not help
+  if (err instanceof ReplyTooLarge) return new ReferralError('internal', 0, err.message);
   if (err.name === 'TimeoutError' || TIMEOUTS.has(err.code ?? '')) {
     return new ReferralError('unavailable', 0, `no reply within ${timeoutMs} ms (waiting for a free connection counts): the call may have been carried out; retry it as after a 503`);
   }
@@ -73,7 +78,8 @@ export class Transport {
     // every reply of the manager is a map in msgpack or JSON: anything else came from something in front of it
     const managers = /msgpack|json/.test(res.contentType) && typeof res.data === 'object' && res.data !== null && !Array.isArray(res.data);
     if (ok && managers) return res.data as T;
-    const retryMs = retryAfterMs(res.headers['retry-after']);
+    // a proxy's date far ahead (2099) must not tell a satellite to stop for decades
+    const retryMs = retryAfterMs(res.headers['retry-after'], RETRY_AFTER_MAX_MS);
     const retry = retryMs === undefined ? undefined : Math.ceil(retryMs / 1000);
     const e = res.data as { error?: unknown; message?: unknown } | undefined;
     // only the manager's own codes: a gateway's JSON error ({error: "Bad Gateway"}) is mapped by its status below
