@@ -79,8 +79,9 @@ const keyPrefix: Parser<string> = (raw) => {
   return raw;
 };
 
-const adminKey: Parser<string> = (raw) => {
-  if (raw !== '' && raw.length < 32) throw new Error('must be at least 32 characters (or empty to disable admin routes)');
+/** A bearer key of at least 32 characters, or '' for `empty` */
+const bearerKey = (empty: string): Parser<string> => (raw) => {
+  if (raw !== '' && raw.length < 32) throw new Error(`must be at least 32 characters (or empty ${empty})`);
   return raw;
 };
 
@@ -107,7 +108,8 @@ export const settings = {
   host: { env: 'HOST', default: '0.0.0.0', parse: hostName, doc: 'Address the HTTP API listens on (an IP address or a host name).' },
   port: { env: 'PORT', default: 7480, parse: int(0, 65535), doc: 'Port the HTTP API listens on.' },
   workers: { env: 'WORKERS', default: Math.max(1, os.availableParallelism()), parse: int(1, 256), doc: 'HTTP worker processes sharing the port (default: one per core).' },
-  adminKey: { env: 'ADMIN_KEY', default: '', parse: adminKey, doc: 'Bearer key of the admin routes (>= 32 chars). Empty: admin routes answer 401.' },
+  adminKey: { env: 'ADMIN_KEY', default: '', parse: bearerKey('to disable admin routes'), doc: 'Bearer key of the admin routes (>= 32 chars). Empty: admin routes answer 401.' },
+  metricsKey: { env: 'METRICS_KEY', default: '', parse: bearerKey('to leave /metrics open'), doc: 'Bearer key /metrics asks for (>= 32 chars; Prometheus: `authorization: {credentials: ...}` in the scrape config), on serve and on the standalone snapshot writer: the metrics carry every satellite\'s token counts and who redeems whose, which satellites, sharing the port, should not read. Empty: /metrics is open.' },
   outboundKeySecrets: { env: 'OUTBOUND_KEY_SECRET', default: [] as string[], parse: secretList, doc: 'Seals satellites\' outbound keys at rest (AES-256-GCM): 64 hex digits (`openssl rand -hex 32`); a comma-separated list while rotating, the first sealing and all opening. Set it alike wherever serve and the CLI run. Empty: outbound keys are stored as given. `satellites seal-keys` seals the ones stored before.' },
   defaultLeaseMs: { env: 'DEFAULT_LEASE_MS', default: 10 * 60_000, parse: int(1, 24 * 3600_000), doc: 'Reservation lease when a reserve call gives no leaseMs (at most MAX_LEASE_MS).' },
   maxLeaseMs: { env: 'MAX_LEASE_MS', default: 60 * 60_000, parse: int(1, 7 * 24 * 3600_000), doc: 'Longest reservation lease a satellite may ask for.' },

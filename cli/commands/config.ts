@@ -15,6 +15,7 @@ export function register(program: Command): void {
       const rows = Object.entries(settings).map(([name, s]) => {
         let value = config[name];
         if (name === 'adminKey') value = value ? '(set)' : '(empty: admin routes disabled)';
+        if (name === 'metricsKey') value = value ? '(set)' : '(empty: /metrics open)';
         if (name === 'outboundKeySecrets') value = (value as string[]).length ? `(${(value as string[]).length} set)` : '(empty: outbound keys stored as given)';
         if (name === 'databaseUrl' || name === 'redisUrl') value = hidePassword(String(value), '***');
         const fromEnv = process.env[s.env] !== undefined;

@@ -54,7 +54,7 @@ export function register(program: Command): void {
       const config = configFrom(this, { snapshotMetricsPort: opts.metricsPort }, { snapshotMetricsPort: '--metrics-port' });
       let writer: SnapshotWriter | undefined;
       // listen first: a taken port fails the start before the lease is taken
-      const ops = await startOpsServer(config.host, config.snapshotMetricsPort, () => writerReadiness(writer));
+      const ops = await startOpsServer(config.host, config.snapshotMetricsPort, () => writerReadiness(writer), config.metricsKey);
       writer = await startSnapshotWriter(config);
       console.error(`[snapshot] info: /healthz, /readyz and /metrics on ${config.host}:${ops.port}`);
       const sig = await new Promise<NodeJS.Signals>((resolve) => {

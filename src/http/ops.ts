@@ -20,7 +20,7 @@ export function opsRoutes(d: OpsDeps): Route[] {
       },
     },
     {
-      method: 'get', pattern: '/metrics', auth: 'none',
+      method: 'get', pattern: '/metrics', auth: 'metrics',
       handler: async () => ({ raw: await d.metrics(), contentType: 'text/plain; version=0.0.4; charset=utf-8' }),
     },
   ];
@@ -31,11 +31,11 @@ export interface OpsServer {
   close(): void;
 }
 
-/** The ops routes alone on host:port (0: any free port), for processes that serve no API. */
-export async function startOpsServer(host: string, port: number, ready: OpsDeps['ready']): Promise<OpsServer> {
+/** The ops routes alone on host:port (0: any free port), for processes that serve no API; `metricsKey`: METRICS_KEY. */
+export async function startOpsServer(host: string, port: number, ready: OpsDeps['ready'], metricsKey = ''): Promise<OpsServer> {
   collectProcessMetrics();
   const app = uws.App();
-  mount(app, opsRoutes({ ready, metrics: () => registry.metrics() }), { traffic: { n: 0, draining: false }, timeoutMs: 5000, storeDown: () => false });
+  mount(app, opsRoutes({ ready, metrics: () => registry.metrics() }), { traffic: { n: 0, draining: false }, timeoutMs: 5000, storeDown: () => false, metricsKey });
   const { socket, port: bound } = await listen(app, host, port);
   return { port: bound, close: () => uws.us_listen_socket_close(socket) };
 }

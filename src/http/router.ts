@@ -3,11 +3,13 @@ import uws, { type HttpRequest, type HttpResponse, type TemplatedApp } from 'uWe
 import { DomainError, errorCatalogue, type ErrorCode } from '../errors.js';
 import { httpInFlight, observeRequest, redisErrors } from '../metrics.js';
 import { audit } from './audit.js';
+import { sameKey } from '../satellites/registry.js';
 import { Authenticator } from './auth.js';
 import { endUserIp } from './rate-limit.js';
 import { decode, formatOf, reply, replyError, replyValue, type Exchange, type Format, type Traffic } from './wire.js';
 
-export type AuthKind = 'satellite' | 'admin' | 'none';
+/** `metrics`: METRICS_KEY when one is set (RouterDeps.metricsKey), else open */
+export type AuthKind = 'satellite' | 'admin' | 'metrics' | 'none';
 
 /** A refusal with extra reply headers (Retry-After). */
 export class HttpError extends DomainError {
@@ -77,6 +79,8 @@ export interface RouterDeps {
   traffic: Traffic;
   /** answer 503 when a handler has not finished by then (a hanging Redis must not hang connections) */
   timeoutMs: number;
+  /** METRICS_KEY, asked of 'metrics' routes; '' or absent: they are open */
+  metricsKey?: string;
 }
 
 class StoreTimeout extends Error {}
@@ -166,7 +170,7 @@ interface Head {
 }
 
 function handle(ex: Exchange, route: Route, validate: ValidateFunction | undefined, deps: RouterDeps, head: Head): void {
-  const caller = authorize(route.auth, head.key, deps.auth);
+  const caller = authorize(route.auth, head.key, deps);
   // an auth rejection must not go unobserved while the body is still arriving
   caller.catch(() => undefined);
   if (!route.schema) {
@@ -276,8 +280,12 @@ async function call(route: Route, head: Head, caller: Promise<string>, body: unk
   return route.handler({ body, params, satelliteId, ip, ipNamed: head.endUser !== '', signal });
 }
 
-async function authorize(kind: AuthKind, key: string | undefined, auth: Authenticator | undefined): Promise<string> {
+async function authorize(kind: AuthKind, key: string | undefined, { auth, metricsKey }: RouterDeps): Promise<string> {
   if (kind === 'none') return '';
+  if (kind === 'metrics') {
+    if (!metricsKey || (key !== undefined && sameKey(key, metricsKey))) return '';
+    throw new DomainError('unauthorized', key === undefined ? 'missing Authorization: Bearer <METRICS_KEY>' : 'wrong key: /metrics takes METRICS_KEY');
+  }
   // an operator whose admin call fails must learn the server has no admin key, not hunt for a typo in theirs
   const disabled = kind === 'admin' && auth !== undefined && !auth.adminEnabled;
   const noAdmin = 'admin routes are disabled: this server was started without ADMIN_KEY';

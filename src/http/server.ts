@@ -122,7 +122,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
       ready: () => readiness(redis, config.keyPrefix, Math.min(MASTER_PROBE_MS, Math.floor(config.requestTimeoutMs / 2))),
       metrics: opts.metrics ?? (() => metricsRegistry.metrics()),
     }),
-    { auth, traffic, timeoutMs: config.requestTimeoutMs, storeDown: (err) => storeDown(redis, err) },
+    { auth, traffic, timeoutMs: config.requestTimeoutMs, storeDown: (err) => storeDown(redis, err), metricsKey: config.metricsKey },
   );
   const { socket, port } = await listen(app, config.host, config.port);
   let closed: Promise<void> | undefined;
