@@ -265,6 +265,13 @@ describe('strings that are not valid UTF-8', () => {
 });
 
 describe('Accept with q-values', () => {
+  it('Accept q-values choose the reply format: the highest q, not the first listed', async () => {
+    const r = await call(pool, 'GET', '/v1/users/nobody/tokens', { key: keyA, accept: 'application/json;q=0.1, application/msgpack;q=0.9' });
+    expect([r.status, r.headers['content-type']]).toEqual([200, 'application/msgpack']);
+    const j = await call(pool, 'GET', '/v1/users/nobody/tokens', { key: keyA, accept: 'application/msgpack;q=0.5, application/json' });
+    expect([j.status, j.headers['content-type']]).toEqual([200, 'application/json']);
+  });
+
   it('a type given q=0 is not answered in: Accept "application/msgpack;q=0, application/json" gets JSON', async () => {
     const r = await call(pool, 'GET', '/v1/users/nobody/tokens', { key: keyA, accept: 'application/msgpack;q=0, application/json' });
     expect([r.status, r.headers['content-type']]).toEqual([200, 'application/json']);

@@ -11,16 +11,22 @@ export type Format = 'msgpack' | 'json';
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', structuredClone: false });
 const packr = new Packr({ useRecords: false });
 
-/** Media type of a Content-Type or Accept value, or undefined if it is none we speak. */
+/**
+ * Media type of a Content-Type or Accept value, or undefined if it is none we speak. Of several, the one with
+ * the highest `q` (1 when not given; the first listed on a tie); `q=0` says "not this one".
+ */
 export function formatOf(header: string): Format | undefined {
+  let best: Format | undefined;
+  let bestQ = 0;
   for (const part of header.split(',')) {
-    // `;q=0` says "not this one" (Accept: application/msgpack;q=0, application/json)
-    if (/;\s*q\s*=\s*0(\.0*)?\s*(;|$)/i.test(part)) continue;
-    const type = part.split(';')[0]!.trim().toLowerCase();
-    if (type === 'application/msgpack' || type === 'application/x-msgpack') return 'msgpack';
-    if (type === 'application/json') return 'json';
+    const [type = '', ...params] = part.split(';');
+    const given = params.map((p) => /^\s*q\s*=\s*([\d.]+)\s*$/i.exec(p)?.[1]).find((q) => q !== undefined);
+    const q = given === undefined || Number.isNaN(Number(given)) ? 1 : Number(given);
+    const t = type.trim().toLowerCase();
+    const format = t === 'application/msgpack' || t === 'application/x-msgpack' ? 'msgpack' : t === 'application/json' ? 'json' : undefined;
+    if (format && q > bestQ) [best, bestQ] = [format, q];
   }
-  return undefined;
+  return best;
 }
 
 /** Body bytes -> value; any decoder failure is a 400 naming the reason. */
