@@ -251,6 +251,25 @@ describe('serve processes', () => {
     });
   });
 
+  // a replica just promoted, or a Redis restarted without persistence, lacks the scripts: the probe loaded
+  // them and still answered 503 "reloading", so every instance's readiness flapped at each failover
+  it('/readyz on a Redis that lost the scripts loads them and is ready at once', async () => {
+    await onPrivateRedis({}, async (redis, server) => {
+      const pool = new Pool(server.url, { connections: 2 });
+      const direct = createRedis({ redisUrl: redis.url, redisClusterNodes: [] });
+      try {
+        expect((await call(pool, 'GET', '/readyz')).body).toMatchObject({ ready: true, scripts: 'loaded' });
+        await direct.call('SCRIPT', 'FLUSH');
+        const r = await call(pool, 'GET', '/readyz');
+        expect([r.status, r.body.scripts]).toEqual([200, 'reloaded']);
+        expect((await call(pool, 'GET', '/readyz')).body).toMatchObject({ ready: true, scripts: 'loaded' });
+      } finally {
+        direct.disconnect();
+        await pool.close();
+      }
+    });
+  });
+
   it('answers 503 when Redis hangs (SIGSTOP) past REQUEST_TIMEOUT_MS and recovers on SIGCONT', async () => {
     await onPrivateRedis({ REQUEST_TIMEOUT_MS: '300' }, async (redis, server) => {
       const { pool, key } = await setup(server);

@@ -84,12 +84,10 @@ async function readiness(redis: RedisClient, prefix: string, probeMs: number): P
       const have = (await m.script('EXISTS', ...SHAS)) as number[];
       if (have.some((x) => x !== 1)) loaded = false;
     }
-    if (!loaded) {
-      // a Redis restarted without persistence lost them: load again, report this probe as not ready
-      await new TokenStore(redis, '').preload();
-      return { ready: false, details: { redis: 'up', ...cluster, scripts: 'reloading' } };
-    }
-    return { ready: true, details: { redis: 'up', ...cluster, scripts: 'loaded', snapshot: await readSnapshotStatus(redis, prefix) } };
+    // a Redis restarted without persistence, or a replica just promoted, lacks them: loaded again here, and
+    // ready once that succeeded (reported not ready, every instance's probe flapped at each failover)
+    if (!loaded) await new TokenStore(redis, '').preload();
+    return { ready: true, details: { redis: 'up', ...cluster, scripts: loaded ? 'loaded' : 'reloaded', snapshot: await readSnapshotStatus(redis, prefix) } };
   } catch (err) {
     return { ready: false, details: { redis: 'up', ...cluster, scripts: 'unknown', error: (err as Error).message } };
   }
