@@ -96,7 +96,7 @@ export function masters(client: RedisClient): Redis[] {
 
 const SLOTS = 16384;
 /** how often a Cluster client re-reads the slot map (one CLUSTER SLOTS) whatever happens */
-export const SLOTS_REFRESH_MS = 5000;
+const SLOTS_REFRESH_MS = 5000;
 /** how long a readiness probe waits for each Cluster master: a hung one must not hold the probe */
 export const MASTER_PROBE_MS = 1000;
 /** per node, the CLUSTER INFO still unanswered: a hung master gets one, not one per probe */
@@ -160,18 +160,16 @@ export async function clusterMasters(client: RedisClient, ms = MASTER_PROBE_MS):
   const states = await Promise.all(
     [...keys].map(async (key) => {
       const node = pool.get(key);
-      if (!node) {
-        client.refreshSlotsCache();
-        return [key, 'not connected'];
+      let state = 'not connected';
+      if (node) {
+        try {
+          const s = /cluster_state:(\w+)/.exec(await clusterInfo(node, ms))?.[1];
+          state = s === 'ok' ? 'ok' : `cluster_state:${s}`;
+        } catch (err) {
+          state = (err as Error).message;
+        }
       }
-      let state: string;
-      try {
-        const s = /cluster_state:(\w+)/.exec(await clusterInfo(node, ms))?.[1];
-        state = s === 'ok' ? 'ok' : `cluster_state:${s}`;
-      } catch (err) {
-        state = (err as Error).message;
-      }
-      // a master that hangs or has left the cluster may have been replaced: read the map now, not at the next refresh
+      // a master gone, hung or left the cluster may have been replaced: read the map now, not at the next refresh
       if (state !== 'ok') client.refreshSlotsCache();
       return [key, state];
     }),
