@@ -165,6 +165,22 @@ it('transport failures are ReferralError code unavailable', async () => {
   await dead.close();
 });
 
+// a gateway routing elsewhere answered 200 {"hello":1}, and redeem() resolved: the satellite would credit a referral
+it('a 2xx map without what the route always answers is internal, not a success', async () => {
+  const elsewhere = http.createServer((_req, res) => void res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok","state":"active"}'));
+  const port = await new Promise<number>((r) => elsewhere.listen(0, '127.0.0.1', () => r((elsewhere.address() as AddressInfo).port)));
+  const client = new SatelliteClient({ url: `http://127.0.0.1:${port}`, apiKey: 'k' });
+  const t = 'ffff0000-0000-4000-8000-000000000000';
+  try {
+    for (const call of [client.redeem(t, 'u'), client.reserve(t), client.complete(t, 'r', 'u'), client.release(t, 'r'), client.lookup(t), client.listTokens('u'), client.revokeTokens('u'), client.listRedemptions('u')]) {
+      expect(await refusal(call)).toMatchObject({ code: 'internal', status: 0, message: expect.stringMatching(/not the manager's/) });
+    }
+  } finally {
+    await client.close();
+    elsewhere.close();
+  }
+});
+
 // a broken gateway streaming without end grew the client by 679 MB in 2 s before the deadline
 it('a reply body past 128 MiB is not read: internal, status 0, and the connection is let go', async () => {
   const chunk = Buffer.alloc(1024 * 1024, 0x61);

@@ -1,4 +1,5 @@
 import type { TokenState } from '../store/model.js';
+import { ReferralError } from './error.js';
 import { segment, Transport, type TransportOptions } from './transport.js';
 
 export interface Redeemed {
@@ -58,6 +59,21 @@ export interface EndUser {
 
 const endUser = (o: EndUser | undefined): Record<string, string> => (o?.endUserIp ? { 'x-end-user-ip': o.endUserIp } : {});
 
+const STATES: readonly TokenState[] = ['unredeemed', 'reserved', 'redeemed', 'revoked'];
+
+/**
+ * `reply` when it holds `field` as every reply of that route does (one of `values`, when given), else
+ * `internal`: a 2xx map from something in front of the manager (a gateway routing elsewhere answering
+ * `{"status":"ok"}`) read as a redemption.
+ */
+async function holding<T>(reply: Promise<T>, field: string, values?: readonly string[]): Promise<T> {
+  const r = (await reply) as Record<string, unknown>;
+  if (r[field] === undefined || (values !== undefined && !values.includes(r[field] as string))) {
+    throw new ReferralError('internal', 0, `a 2xx reply without ${values === undefined ? field : `${field} ${values.join(' | ')}`}: not the manager's (is the url right?)`);
+  }
+  return r as T;
+}
+
 /**
  * What a satellite calls on sign-up. The key names the calling satellite; every refusal throws
  * ReferralError with the wire code (e.g. `token_already_redeemed`).
@@ -70,7 +86,7 @@ export class SatelliteClient {
   }
 
   redeem(token: string, userId: string, opts?: EndUser): Promise<Redeemed> {
-    return this.t.call('POST', '/v1/tokens/redeem', { token, userId }, undefined, endUser(opts));
+    return holding(this.t.call('POST', '/v1/tokens/redeem', { token, userId }, undefined, endUser(opts)), 'state', ['redeemed']);
   }
 
   /**
@@ -81,34 +97,34 @@ export class SatelliteClient {
     const body: Record<string, unknown> = { token };
     if (leaseMs !== undefined) body.leaseMs = leaseMs;
     if (opts?.reservationId !== undefined) body.reservationId = opts.reservationId;
-    return this.t.call('POST', '/v1/tokens/reserve', body, undefined, endUser(opts));
+    return holding(this.t.call('POST', '/v1/tokens/reserve', body, undefined, endUser(opts)), 'state', ['reserved']);
   }
 
   complete(token: string, reservationId: string, userId: string, opts?: EndUser): Promise<Redeemed> {
-    return this.t.call('POST', '/v1/tokens/complete', { token, reservationId, userId }, undefined, endUser(opts));
+    return holding(this.t.call('POST', '/v1/tokens/complete', { token, reservationId, userId }, undefined, endUser(opts)), 'state', ['redeemed']);
   }
 
   release(token: string, reservationId: string, opts?: EndUser): Promise<Released> {
-    return this.t.call('POST', '/v1/tokens/release', { token, reservationId }, undefined, endUser(opts));
+    return holding(this.t.call('POST', '/v1/tokens/release', { token, reservationId }, undefined, endUser(opts)), 'state', ['unredeemed']);
   }
 
   async lookup(token: string, opts?: EndUser): Promise<LookedUp> {
-    return this.t.call('GET', `/v1/tokens/${segment('token', token)}`, undefined, undefined, endUser(opts));
+    return holding(this.t.call('GET', `/v1/tokens/${segment('token', token)}`, undefined, undefined, endUser(opts)), 'state', STATES);
   }
 
   /** Unredeemed tokens of `userId` on the calling satellite. */
   async listTokens(userId: string): Promise<ListedToken[]> {
-    return (await this.t.call<{ tokens: ListedToken[] }>('GET', `/v1/users/${segment('userId', userId)}/tokens`)).tokens;
+    return (await holding(this.t.call<{ tokens: ListedToken[] }>('GET', `/v1/users/${segment('userId', userId)}/tokens`), 'tokens')).tokens;
   }
 
   /** Revokes every unredeemed or reserved token of `userId` on the calling satellite (the account was closed); returns how many. */
   async revokeTokens(userId: string): Promise<number> {
-    return (await this.t.call<{ revoked: number }>('DELETE', `/v1/users/${segment('userId', userId)}/tokens`)).revoked;
+    return (await holding(this.t.call<{ revoked: number }>('DELETE', `/v1/users/${segment('userId', userId)}/tokens`), 'revoked')).revoked;
   }
 
   /** Tokens of `userId` on the calling satellite that were redeemed (on any satellite), oldest first: referrals to reward. */
   async listRedemptions(userId: string): Promise<Redemption[]> {
-    return (await this.t.call<{ redemptions: Redemption[] }>('GET', `/v1/users/${segment('userId', userId)}/redemptions`)).redemptions;
+    return (await holding(this.t.call<{ redemptions: Redemption[] }>('GET', `/v1/users/${segment('userId', userId)}/redemptions`), 'redemptions')).redemptions;
   }
 
   close(): Promise<void> {
