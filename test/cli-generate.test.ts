@@ -913,6 +913,73 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 
+  // the rule above let a satellite that refuses every push (a 422 for a token format it rejects) have a resume
+  // refuse all its users and revoke their tokens, exit 0, though it listed them again in the same run; then no
+  // later run served them
+  it('a resume whose left-over users the satellite lists again but refuses as a whole fails, refusing nobody; fixed, it delivers', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const users = ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'];
+    const held = new Map<string, string[]>();
+    let broken = true;
+    const satellite = await handWrittenSatellite(
+      fx,
+      'sat-422',
+      () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }),
+      (tokens) => {
+        if (tokens.length === 0) return 0;
+        if (broken) return { status: 422 };
+        for (const t of tokens) held.set(t.userId, [...(held.get(t.userId) ?? []), t.token]);
+        return tokens.length;
+      },
+    );
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      expect((await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'fmt', '--json'], env)).code).toBe(1);
+      const again = await runCli(['generate', '--resume', 'fmt', '--json'], env);
+      expect(again.code).toBe(1);
+      expect(JSON.parse(again.stdout).satellites[0]).toMatchObject({ usersRefused: 0, status: 'failed' });
+      expect((await fx.engine.stats()).satellites['sat-422']).toMatchObject({ unredeemed: 12, revoked: 0 });
+      broken = false;
+      const fixed = await runCli(['generate', '--resume', 'fmt', '--json'], env);
+      expect(fixed.code, fixed.stderr).toBe(0);
+      expect(JSON.parse(fixed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 12, usersRefused: 0, status: 'done' });
+      expect([...held.values()].map((t) => t.length)).toEqual([2, 2, 2, 2, 2, 2]);
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
+  // a satellite answering {accepted: n} short said it holds part of the set: revoking the set put revoked
+  // tokens in its users' hands
+  it('a user whose set the satellite accepts only part of is refused without revoking what it holds', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const held = new Map<string, string[]>();
+    const satellite = await handWrittenSatellite(
+      fx,
+      'sat-half',
+      () => ({ userIds: ['u0', 'u1'].filter((u) => !held.has(u)), nextCursor: null }),
+      (tokens) => {
+        // u1: keeps the first of its tokens, says so
+        if (tokens.some((t) => t.userId === 'u1')) {
+          held.set('u1', [tokens.find((t) => t.userId === 'u1')!.token]);
+          return tokens.length - 1;
+        }
+        for (const t of tokens) held.set(t.userId, [...(held.get(t.userId) ?? []), t.token]);
+        return tokens.length;
+      },
+    );
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'half', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 2, usersRefused: 1, status: 'done' });
+      expect((await fx.engine.lookup(held.get('u1')![0]!))?.state).toBe('unredeemed');
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
   it('answering 413 to pushes over its body limit: every token is delivered, and later pushes are made small enough', async () => {
     const fx = await engineFixture({ label: 'gen' });
     const users = Array.from({ length: 30 }, (_, i) => `u${String(i).padStart(2, '0')}`);

@@ -17,6 +17,9 @@ const ALL_REFUSED_FAILS = 4;
 
 const isRefusal = (err: unknown): err is SatelliteCallError => err instanceof SatelliteCallError && err.refused;
 
+/** Why a user was refused; `kept`: the satellite said it holds part of the set (it accepted fewer than sent), so its tokens are not revoked */
+type Refusal = { why: string; kept: boolean };
+
 export interface DeliveryDeps {
   campaignId: string;
   satelliteId: string;
@@ -45,6 +48,12 @@ export class Delivery {
   private max: number;
   /** an empty push was answered as the contract says, or told nothing (brokenRoute) */
   private routeWorks = false;
+  /**
+   * Users of sets left over from an earlier run whose whole batch the satellite refused (user -> why): held
+   * until the listing has run (settleDeferred). A satellite refusing every push refused them all the same, and
+   * a resume recorded them refused and revoked their tokens, exit 0, though it listed them again.
+   */
+  private readonly deferred = new Map<string, Refusal>();
 
   constructor(private readonly d: DeliveryDeps) {
     this.max = d.batch;
@@ -145,7 +154,7 @@ export class Delivery {
    * fails, nothing is refused, and --resume pushes the batch again. The count alone let a daily run with
    * 3 new users and a broken route refuse them all and revoke their tokens, exit 0; and since it applied
    * to sets left over from an earlier run too, a resume whose 5 left-over users had all closed their
-   * accounts failed every time.
+   * accounts failed every time. Such a left-over batch is deferred to after the listing (settleDeferred).
    */
   private async pushOrSplit(pairs: Pair[], whole: Map<string, number>, listed: boolean): Promise<void> {
     let first: SatelliteCallError;
@@ -156,7 +165,7 @@ export class Delivery {
       first = err;
       this.fit(pairs, err);
     }
-    const refused = new Map<string, string>();
+    const refused = new Map<string, Refusal>();
     let accepted = 0;
     /** `ends`: the users whose set ends in `part` (push) */
     const split = async (part: Pair[], err: SatelliteCallError, ends: Map<string, number>): Promise<void> => {
@@ -169,7 +178,7 @@ export class Delivery {
         // one user's tokens too large for the satellite's body limit: in two pushes, the set ending in the second
         halves = [[part.slice(0, part.length >> 1), new Map()], [part.slice(part.length >> 1), ends]];
       } else {
-        refused.set(users[0]!, err.message);
+        refused.set(users[0]!, { why: err.message, kept: err.status === 200 });
         return;
       }
       for (const [half, halfEnds] of halves) {
@@ -188,8 +197,30 @@ export class Delivery {
       if (listed && refused.size >= ALL_REFUSED_FAILS) throw first;
       const broken = await this.brokenRoute();
       if (broken) throw new SatelliteCallError(`${first.message}; an empty push too: ${broken.message}`, broken.status, false);
+      if (!listed && refused.size >= ALL_REFUSED_FAILS) {
+        for (const [u, r] of refused) this.deferred.set(u, r);
+        return;
+      }
     }
-    await this.refuse(refused);
+    await this.refuses(refused);
+  }
+
+  /**
+   * After the listing: the deferred users it did not list (and so did not deliver or refuse since) are refused
+   * now, as users the satellite no longer has. One it listed again had its set pushed as listed, where a
+   * satellite refusing a whole batch fails the run.
+   */
+  async settleDeferred(): Promise<void> {
+    const users = [...this.deferred.keys()];
+    const done = await this.d.campaigns.settled(this.d.campaignId, this.d.satelliteId, users);
+    await this.refuses(new Map(users.filter((_, i) => !done[i]).map((u) => [u, this.deferred.get(u)!])));
+    this.deferred.clear();
+  }
+
+  private async refuses(refused: Map<string, Refusal>): Promise<void> {
+    const split = (kept: boolean) => new Map([...refused].filter(([, r]) => r.kept === kept).map(([u, r]) => [u, r.why]));
+    await this.refuse(split(false));
+    await this.refuse(split(true), { revoke: false });
   }
 
   /**

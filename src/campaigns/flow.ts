@@ -137,7 +137,10 @@ class SatelliteRun {
         await this.servePage(page.userIds);
         cursor = page.nextCursor;
       } while (cursor !== null);
-      if (!this.o.dryRun) await this.o.campaigns.setStatus(this.id, this.sat, 'done');
+      if (!this.o.dryRun) {
+        await this.delivery.settleDeferred();
+        await this.o.campaigns.setStatus(this.id, this.sat, 'done');
+      }
     } catch (err) {
       // the engine refuses every batch of a revoked campaign (lua/generate.lua) and refuseRevoked every
       // push of one, so this is where a run stops
