@@ -87,4 +87,18 @@ describe('campaign records (real Redis)', () => {
     expect(await store.settled('counting', 's1', ['m0', 'n1', 'nobody'])).toEqual([true, true, false]);
     expect(await store.progress('counting', 's1')).toMatchObject({ usersServed: 6001, tokensMade: 12_003, tokensDelivered: 12_003 });
   });
+
+  // a satellite ignoring the page limit listed 130,000 ids: one HMGET / SMISMEMBER spread over them all threw
+  // "Maximum call stack size exceeded", on every resume too
+  it('made and settled take a page of 200,000 users', async () => {
+    const store = new CampaignStore(fx.redis, fx.prefix);
+    await store.open({ id: 'huge-page', perUser: 1, satellites: ['s1'], createdAt: 1 });
+    const users = Array.from({ length: 200_000 }, (_, i) => `u${i}`);
+    await store.recordMade('huge-page', 's1', new Map([['u7', ['t7']], ['u199999', ['t9']]]));
+    await store.recordDelivered('huge-page', 's1', new Map([['u7', 1]]));
+    const made = await store.made('huge-page', 's1', users);
+    expect([made.length, made[7], made[199_999], made.filter(Boolean).length]).toEqual([200_000, ['t7'], ['t9'], 2]);
+    const settled = await store.settled('huge-page', 's1', users);
+    expect([settled.length, settled[7], settled.filter(Boolean).length]).toEqual([200_000, true, 1]);
+  });
 });

@@ -159,11 +159,14 @@ export class CampaignStore {
     await this.redis.hset(this.keys.progress(id, sat), { status, lastError });
   }
 
-  /** Tokens already made for these users (undefined where none): one HMGET. */
+  /**
+   * Tokens already made for these users (undefined where none): one HMGET a slice. A satellite ignoring the
+   * page limit listed 130,000 ids, and one call spread over them all overflowed the stack, on every resume too.
+   */
   async made(id: string, sat: string, userIds: string[]): Promise<(string[] | undefined)[]> {
-    if (userIds.length === 0) return [];
-    const got = await this.redis.hmget(this.keys.made(id, sat), ...userIds);
-    return got.map((v) => (v ? v.split(',') : undefined));
+    const out: (string[] | undefined)[] = [];
+    for (const slice of slices(userIds)) for (const v of await this.redis.hmget(this.keys.made(id, sat), ...slice)) out.push(v ? v.split(',') : undefined);
+    return out;
   }
 
   /**
@@ -196,11 +199,14 @@ export class CampaignStore {
     return tokens;
   }
 
-  /** Users the campaign is done with on this satellite: their tokens were accepted, or refused (recordRefused). */
+  /** Users the campaign is done with on this satellite: their tokens were accepted, or refused (recordRefused); a slice at a time, as made. */
   async settled(id: string, sat: string, userIds: string[]): Promise<boolean[]> {
-    if (userIds.length === 0) return [];
-    const [dlv, rej] = await Promise.all([this.redis.smismember(this.keys.delivered(id, sat), ...userIds), this.redis.smismember(this.keys.refused(id, sat), ...userIds)]);
-    return dlv.map((v, i) => v === 1 || rej[i] === 1);
+    const out: boolean[] = [];
+    for (const slice of slices(userIds)) {
+      const [dlv, rej] = await Promise.all([this.redis.smismember(this.keys.delivered(id, sat), ...slice), this.redis.smismember(this.keys.refused(id, sat), ...slice)]);
+      for (let i = 0; i < slice.length; i++) out.push(dlv[i] === 1 || rej[i] === 1);
+    }
+    return out;
   }
 
   /**
