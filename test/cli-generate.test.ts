@@ -972,8 +972,10 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     try {
       const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'half', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
       expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 2, usersRefused: 1, status: 'done' });
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 2, usersRefused: 1, usersRefusedKept: 1, status: 'done' });
       expect((await fx.engine.lookup(held.get('u1')![0]!))?.state).toBe('unredeemed');
+      // it said "those tokens are revoked" of tokens it kept
+      expect(run.stderr).toContain('refused the tokens of 1 users (first user "u1": tokens: the satellite accepted 1 of 2); their tokens are kept');
     } finally {
       await satellite.close();
       await fx.close();

@@ -226,7 +226,9 @@ export function register(program: Command): void {
           const revoked = reports.filter((r) => r.status === 'revoked');
           for (const r of reports.filter((r) => r.usersRefused > 0)) {
             const rest = r.tokensDelivered > 0 ? ', the other users were served' : '';
-            console.error(`satellite ${r.satelliteId} refused the tokens of ${r.usersRefused} users (first ${r.refusal}); those tokens are revoked${rest}`);
+            const kept = r.usersRefusedKept ?? 0;
+            const fate = kept === 0 ? 'those tokens are revoked' : kept === r.usersRefused ? 'their tokens are kept (served by another campaign meanwhile, or taken in part by the satellite)' : `their tokens are revoked, but for ${kept} users served by another campaign meanwhile or whose set the satellite took in part`;
+            console.error(`satellite ${r.satelliteId} refused the tokens of ${r.usersRefused} users (first ${r.refusal}); ${fate}${rest}`);
           }
           for (const r of reports.filter((r) => r.usersInvalid > 0)) {
             console.error(`satellite ${r.satelliteId} listed ${r.usersInvalid} user ids that are not valid ids, skipped (first ${r.invalidUser})`);

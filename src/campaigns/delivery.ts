@@ -42,6 +42,8 @@ export interface DeliveryDeps {
 export class Delivery {
   /** the first refusal, with its user, to show the operator why */
   refusal?: string;
+  /** users refused in this run whose tokens were not revoked (refuse with `revoke` false) */
+  refusedKept = 0;
   /** users refused in this run: later parts of a set larger than a batch are not pushed */
   private readonly refused = new Set<string>();
   /** most tokens per push: `batch`, halved below each push the satellite answered 413 (its body limit) */
@@ -178,7 +180,7 @@ export class Delivery {
         // one user's tokens too large for the satellite's body limit: in two pushes, the set ending in the second
         halves = [[part.slice(0, part.length >> 1), new Map()], [part.slice(part.length >> 1), ends]];
       } else {
-        refused.set(users[0]!, { why: err.message, kept: err.status === 200 });
+        refused.set(users[0]!, { why: err.message, kept: err.accepted > 0 });
         return;
       }
       for (const [half, halfEnds] of halves) {
@@ -265,6 +267,7 @@ export class Delivery {
     if (revoke) await this.d.engine.revokeOfCampaign(made.flatMap((tokens) => tokens ?? []), this.d.campaignId);
     if (planned) this.d.onProgress?.('tokensToDeliver', -made.reduce((n, tokens) => n + (tokens?.length ?? 0), 0));
     const fresh = await this.d.campaigns.recordRefused(this.d.campaignId, this.d.satelliteId, users);
+    if (!revoke) this.refusedKept += fresh;
     for (const u of users) this.refused.add(u);
     this.refusal ??= `user "${users[0]}": ${refused.get(users[0]!)}`;
     await this.d.count('usersRefused', fresh, true);

@@ -48,8 +48,14 @@ export interface SatelliteReport {
   usersServed: number;
   tokensMade: number;
   tokensDelivered: number;
-  /** users whose tokens the satellite refused even alone in a push (src/campaigns/delivery.ts); their tokens are revoked */
+  /**
+   * users whose tokens the satellite refused even alone in a push, or whose set a resume found revoked, lost
+   * or superseded by another campaign's (src/campaigns/delivery.ts); their tokens are revoked but for
+   * `usersRefusedKept` of them
+   */
   usersRefused: number;
+  /** of those, users whose tokens were kept: another campaign served them meanwhile, or the satellite took part of the set */
+  usersRefusedKept?: number;
   /** the first such refusal, with its user, to show the operator why */
   refusal?: string;
   /** failed calls to the satellite (retried or not) and user ids it sent that are not valid ids */
@@ -151,6 +157,7 @@ class SatelliteRun {
       if (!this.o.dryRun && !(err instanceof ClaimLost)) await this.o.campaigns.setStatus(this.id, this.sat, status, this.report.error).catch(() => undefined);
     } finally {
       if (this.delivery.refusal) this.report.refusal = this.delivery.refusal;
+      if (this.delivery.refusedKept) this.report.usersRefusedKept = this.delivery.refusedKept;
       await this.api.close();
       await this.satClaim?.release().catch(() => undefined);
     }

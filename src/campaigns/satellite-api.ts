@@ -36,7 +36,8 @@ export class SatelliteCallError extends Error {
    * `refused`: the satellite answered and refused what was sent (REFUSALS, or fewer tokens accepted than
    * sent), so the same request fails the same way however often it is retried, and a smaller one may not
    */
-  constructor(message: string, readonly status: number, readonly retryable: boolean, readonly refused = false, readonly retryAfterMs = 0) {
+  /** `accepted`: of a push answered short, how many tokens the satellite said it took (it holds some of them) */
+  constructor(message: string, readonly status: number, readonly retryable: boolean, readonly refused = false, readonly retryAfterMs = 0, readonly accepted = 0) {
     super(message);
     this.name = 'SatelliteCallError';
   }
@@ -83,7 +84,7 @@ export class SatelliteApi {
   async pushTokens(tokens: { userId: string; token: string }[]): Promise<number> {
     const reply = await this.call<{ accepted?: unknown }>('POST', 'referrals/v1/tokens', { tokens }, (r) => {
       if (typeof r?.accepted !== 'number') throw new SatelliteCallError('tokens: reply has no numeric accepted', 200, false);
-      if (r.accepted < tokens.length) throw new SatelliteCallError(`tokens: the satellite accepted ${r.accepted} of ${tokens.length}`, 200, true, true);
+      if (r.accepted < tokens.length) throw new SatelliteCallError(`tokens: the satellite accepted ${r.accepted} of ${tokens.length}`, 200, true, true, 0, Math.max(0, r.accepted));
     });
     return reply.accepted as number;
   }
