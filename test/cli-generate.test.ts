@@ -982,6 +982,43 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 
+  // a run longer than the campaign's life failed at the engine's refusal ("expiresAt: must be a future time"),
+  // blaming the satellite, hinted a --resume that could only refuse, and pushed tokens already expired
+  it('a campaign that expires during the run stops as expired: nothing pushed after, no resume hinted', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const users = Array.from({ length: 8 }, (_, i) => `u${i}`);
+    const pushedAt: number[] = [];
+    const held = new Set<string>();
+    const satellite = await handWrittenSatellite(
+      fx,
+      'sat-slow',
+      () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }),
+      async (tokens) => {
+        pushedAt.push(Date.now());
+        await new Promise((r) => setTimeout(r, 800));
+        for (const t of tokens) held.add(t.userId);
+        return tokens.length;
+      },
+    );
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'brief', '--expires', '2s', '--batch-size', '1', '--json'], env);
+      expect(run.code).toBe(1);
+      const report = JSON.parse(run.stdout).satellites[0];
+      expect(report).toMatchObject({ status: 'expired', error: expect.stringMatching(/campaign "brief" expired at .*no more are made or pushed/) });
+      expect(report.tokensDelivered).toBeLessThan(8);
+      expect(run.stderr).toContain('satellite sat-slow stopped: campaign "brief" expired');
+      expect(run.stderr).not.toContain('--resume');
+      const expiresAt = (await new CampaignStore(fx.redis, fx.prefix).get('brief'))!.expiresAt!;
+      expect(pushedAt.every((t) => t < expiresAt)).toBe(true);
+      expect((await new CampaignStore(fx.redis, fx.prefix).get('brief'))!.progress['sat-slow']!.status).toBe('expired');
+      expect((await runCli(['campaigns', 'list'], env)).stdout).toMatch(/brief .*expired/);
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
   it('answering 413 to pushes over its body limit: every token is delivered, and later pushes are made small enough', async () => {
     const fx = await engineFixture({ label: 'gen' });
     const users = Array.from({ length: 30 }, (_, i) => `u${String(i).padStart(2, '0')}`);

@@ -11,7 +11,8 @@ const status = (c: Campaign): string => {
   // revoked outranks the satellites' statuses: none of them will change any more
   if (c.revokedAt !== undefined) return 'revoked';
   const all = Object.values(c.progress).map((p) => p.status);
-  for (const s of ['failed', 'interrupted', 'running'] as const) if (all.includes(s)) return s;
+  // so does an expiry: a resume refuses to run
+  for (const s of ['expired', 'failed', 'interrupted', 'running'] as const) if (all.includes(s)) return s;
   return all.every((s) => s === 'done') ? 'done' : 'pending';
 };
 

@@ -223,7 +223,7 @@ export function register(program: Command): void {
             else console.error(`satellite ${r.satelliteId} skipped: ${NO_URL}; after referral-manager${flags} satellites update ${sh(r.satelliteId)} --url <url>, referral-manager${flags} generate --all --per-user ${campaign.perUser} --campaign ${sh(id)} serves it`);
           }
           const failed = reports.filter((r) => r.status === 'failed');
-          const revoked = reports.filter((r) => r.status === 'revoked');
+          const revoked = reports.filter((r) => r.status === 'revoked' || r.status === 'expired');
           for (const r of reports.filter((r) => r.usersRefused > 0)) {
             const rest = r.tokensDelivered > 0 ? ', the other users were served' : '';
             const kept = r.usersRefusedKept ?? 0;
@@ -235,7 +235,7 @@ export function register(program: Command): void {
           }
           for (const r of revoked) console.error(`satellite ${r.satelliteId} stopped: ${r.error}`);
           for (const r of failed) console.error(`satellite ${r.satelliteId} failed: ${r.error}`);
-          // a revoked campaign cannot be resumed, and a dry run recorded no campaign to resume
+          // a revoked or expired campaign cannot be resumed, and a dry run recorded no campaign to resume
           if (failed.length && !revoked.length) {
             const then = signalled ? 'to go on, run' : 'after fixing the satellite run';
             const dry = signalled ? `campaign ${id}: the dry run was interrupted` : `campaign ${id}: a satellite failed in the dry run; after fixing it run the dry run again`;

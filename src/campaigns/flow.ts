@@ -66,8 +66,10 @@ export interface SatelliteReport {
   /**
    * revoked: the campaign was revoked while this run served the satellite; it stopped making and pushing tokens.
    * skipped: never run (generate --all leaves out a satellite registered without a url: it only redeems)
+   * expired: the campaign's expiresAt passed while this run served the satellite; it stopped making and pushing
+   * tokens (they could not be redeemed), and a resume cannot go on
    */
-  status: 'done' | 'failed' | 'revoked' | 'dry-run' | 'skipped';
+  status: 'done' | 'failed' | 'revoked' | 'expired' | 'dry-run' | 'skipped';
   error?: string;
 }
 
@@ -81,6 +83,9 @@ export interface SatelliteReport {
 export async function runCampaign(opts: FlowOptions, satellites: FlowSatellite[]): Promise<SatelliteReport[]> {
   return Promise.all(satellites.map((s) => new SatelliteRun(opts, s).run()));
 }
+
+/** The campaign's expiresAt passed during the run: nothing more is made (the engine refuses a past expiry) or pushed. */
+class CampaignExpired extends Error {}
 
 class SatelliteRun {
   private readonly report: SatelliteReport;
@@ -112,6 +117,7 @@ class SatelliteRun {
       batch: o.deliverBatch,
       beforePush: () => {
         o.stop?.throwIfAborted();
+        this.refuseExpired();
         return this.refuseRevoked();
       },
       count: (counter, n, stored) => this.count(counter, n, stored),
@@ -150,7 +156,7 @@ class SatelliteRun {
     } catch (err) {
       // the engine refuses every batch of a revoked campaign (lua/generate.lua) and refuseRevoked every
       // push of one, so this is where a run stops
-      const status = err instanceof DomainError && err.code === 'campaign_revoked' ? 'revoked' : 'failed';
+      const status = err instanceof DomainError && err.code === 'campaign_revoked' ? 'revoked' : err instanceof CampaignExpired ? 'expired' : 'failed';
       this.report.status = status;
       this.report.error = (err as Error).message;
       // a run that lost its claim leaves the status to the run holding it now
@@ -229,6 +235,7 @@ class SatelliteRun {
   private async make(users: string[]): Promise<UserTokens[]> {
     const { campaign } = this.o;
     this.o.stop?.throwIfAborted();
+    this.refuseExpired();
     await this.o.claim?.confirm();
     await this.satClaim?.confirm();
     const req = { owners: users.map((ownerUserId) => ({ ownerSatelliteId: this.sat, ownerUserId })), perUser: campaign.perUser, campaignId: campaign.id };
@@ -271,6 +278,17 @@ class SatelliteRun {
   private async refuseRevoked(): Promise<void> {
     const at = await this.o.campaigns.revokedAt(this.id);
     if (at !== undefined) throw new DomainError('campaign_revoked', `campaign "${this.id}" was revoked at ${new Date(at).toISOString()}: its undelivered tokens are not pushed`);
+  }
+
+  /**
+   * A run longer than the campaign's remaining life failed at the engine's refusal of a past expiry, blaming
+   * the satellite and hinting a resume that could only refuse, and pushed tokens already expired.
+   */
+  private refuseExpired(): void {
+    const at = this.o.campaign.expiresAt;
+    if (at !== undefined && at <= Date.now()) {
+      throw new CampaignExpired(`campaign "${this.id}" expired at ${new Date(at).toISOString()}: its tokens can no longer be redeemed, so no more are made or pushed; start a new --campaign for the users it did not serve`);
+    }
   }
 
   private plan(event: 'tokensToMake' | 'tokensToDeliver', n: number): void {

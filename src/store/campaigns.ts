@@ -64,7 +64,8 @@ export interface SatelliteProgress {
   failures: number;
   /** interrupted: recorded running, but no run holds the campaign (it was killed): `generate --resume`; never stored */
   /** revoked: the campaign was revoked while this satellite was served, and its run stopped there */
-  status: 'pending' | 'running' | 'interrupted' | 'done' | 'failed' | 'revoked';
+  /** expired: the campaign's expiresAt passed while this satellite was served, and its run stopped there */
+  status: 'pending' | 'running' | 'interrupted' | 'done' | 'failed' | 'revoked' | 'expired';
   lastError?: string;
 }
 
