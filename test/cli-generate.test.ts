@@ -709,6 +709,40 @@ describe('a satellite listing user ids that are not valid ids', () => {
   });
 });
 
+describe('a satellite listing ids that are not strings, or the same id twice', () => {
+  // one number among the ids failed the whole satellite ("reply has no userIds array of strings"), and a page
+  // naming a user twice counted it listed twice
+  it('skips a non-string id as an invalid one and counts a repeated id once', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const satellite = await handWrittenSatellite(fx, 'sat-mixed', () => ({ userIds: ['u0', 5, 'u1', 'u1'], nextCursor: null }), (tokens) => tokens.length);
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'mixed', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersListed: 3, usersServed: 2, tokensDelivered: 2, usersInvalid: 1, invalidUser: '"5": userId: must be a string', status: 'done' });
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
+  // read as MessagePack, a JSON body without its Content-Type failed as "no userIds array of strings"
+  it('a JSON reply sent without a JSON Content-Type fails naming the Content-Type', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const server = createServer((_req, res) => void res.writeHead(200, { 'content-type': 'text/plain' }).end(JSON.stringify({ userIds: ['u0'], nextCursor: null })));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-plain', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'plain', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code).toBe(1);
+      expect(JSON.parse(run.stdout).satellites[0].error).toContain('HTTP 200 body not decodable as MessagePack (Content-Type "text/plain"; a JSON reply needs application/json)');
+    } finally {
+      server.closeAllConnections();
+      server.close();
+      await fx.close();
+    }
+  });
+});
+
 describe('a satellite whose listing breaks the contract (a 200 that is not a page)', () => {
   // the checks ran outside the call's retry loop, so the failure was not counted: 'failures 0  failed'
   it('fails the satellite with the reason, counts the failure, and does not retry it', async () => {
@@ -718,7 +752,7 @@ describe('a satellite whose listing breaks the contract (a 200 that is not a pag
     try {
       const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'odd', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '3' });
       expect(run.code).toBe(1);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'failed', failures: 1, usersServed: 0, error: 'users-without-tokens: reply has no userIds array of strings' });
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'failed', failures: 1, usersServed: 0, error: 'users-without-tokens: reply has no userIds array' });
       expect(listings).toBe(1);
       expect(await new CampaignStore(fx.redis, fx.prefix).progress('odd', 'sat-odd')).toMatchObject({ failures: 1, status: 'failed' });
     } finally {

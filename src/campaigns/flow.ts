@@ -145,7 +145,8 @@ class SatelliteRun {
         // a cursor given twice would list the same pages for ever
         if (page.nextCursor !== null && seen.has(page.nextCursor)) throw new Error(`satellite repeated cursor "${printable(page.nextCursor)}"`);
         if (page.nextCursor !== null) seen.add(page.nextCursor);
-        await this.count('usersListed', page.userIds.length);
+        // a user listed twice in a page is one user listed
+        await this.count('usersListed', new Set(page.userIds).size);
         await this.servePage(page.userIds);
         cursor = page.nextCursor;
       } while (cursor !== null);
@@ -192,7 +193,7 @@ class SatelliteRun {
     for await (const sets of this.unsettled()) await this.count('tokensDelivered', tokenCount(sets));
   }
 
-  private async servePage(listed: string[]): Promise<void> {
+  private async servePage(listed: unknown[]): Promise<void> {
     const userIds: string[] = [];
     for (const u of new Set(listed)) {
       try {

@@ -5,7 +5,8 @@ import { printable } from '../tokens/validate.js';
 
 /** The satellite's side of the generation flow (README "Satellite contract"). */
 export interface UsersPage {
-  userIds: string[];
+  /** as listed: one that is not a valid id (not even a string) is the flow's to skip and report */
+  userIds: unknown[];
   nextCursor: string | null;
 }
 
@@ -63,9 +64,8 @@ export class SatelliteApi {
   async usersWithoutTokens(cursor: string | null, limit: number): Promise<UsersPage> {
     const q = new URLSearchParams({ cursor: cursor ?? '', limit: String(limit) });
     const page = await this.call<UsersPage>('GET', `referrals/v1/users-without-tokens?${q}`, undefined, (p) => {
-      if (!p || !Array.isArray(p.userIds) || !p.userIds.every((u) => typeof u === 'string')) {
-        throw new SatelliteCallError('users-without-tokens: reply has no userIds array of strings', 200, false);
-      }
+      // one id that is not a string failed the whole satellite; it is skipped and reported like any invalid id
+      if (!p || !Array.isArray(p.userIds)) throw new SatelliteCallError('users-without-tokens: reply has no userIds array', 200, false);
       if (p.nextCursor !== null && p.nextCursor !== undefined && typeof p.nextCursor !== 'string') {
         throw new SatelliteCallError('users-without-tokens: nextCursor must be a string or null', 200, false);
       }
@@ -124,6 +124,10 @@ export class SatelliteApi {
       res = await msgpackRequest(this.pool, { method, path: url.pathname + url.search, headers, body, timeoutMs: this.opts.timeoutMs, signal: this.opts.signal });
     } catch (err) {
       throw new SatelliteCallError(`${method} ${url.pathname}: ${(err as Error).message}`, 0, true);
+    }
+    // a JSON body sent without a json Content-Type is read as MessagePack: say so, not "no userIds array"
+    if (res.status >= 200 && res.status < 300 && res.undecodable) {
+      throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} body not decodable as ${res.contentType.includes('json') ? 'JSON' : `MessagePack (Content-Type "${printable(res.contentType)}"; a JSON reply needs application/json)`}`, res.status, false);
     }
     if (res.status >= 200 && res.status < 300) return res.data as T;
     const detail = (res.data as { error?: string; message?: string } | undefined) ?? {};
