@@ -1053,6 +1053,27 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 
+  // a killed run's satellite claim outliving its campaign claim by a few ms made the resume name its own
+  // campaign as the one to wait for
+  it('a resume meeting its own campaign\'s stale satellite claim says so, not "served by campaign <itself>"', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const satellite = await handWrittenSatellite(fx, 'sat-stale', () => ({ userIds: ['u0'], nextCursor: null }), () => ({ status: 503 }));
+    const store = new CampaignStore(fx.redis, fx.prefix);
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'stale', '--json'], env)).code).toBe(1);
+      const left = await store.claimSatellite('sat-stale', 'stale');
+      expect('heldBy' in left).toBe(false);
+      const resumed = await runCli(['generate', '--resume', 'stale', '--json'], env);
+      expect(resumed.code).toBe(1);
+      expect(JSON.parse(resumed.stdout).satellites[0].error).toMatch(/still claimed by an earlier run of this campaign \(killed\?\); the claim lapses within 30 s/);
+      await (left as { release(): Promise<void> }).release();
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
   it('answering 413 to pushes over its body limit: every token is delivered, and later pushes are made small enough', async () => {
     const fx = await engineFixture({ label: 'gen' });
     const users = Array.from({ length: 30 }, (_, i) => `u${String(i).padStart(2, '0')}`);

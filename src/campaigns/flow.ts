@@ -2,7 +2,7 @@ import { inLanes, pushTo } from '../collections.js';
 import { DomainError } from '../errors.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import { checkNewId, printable } from '../tokens/validate.js';
-import { ClaimLost, type CampaignMeta, type CampaignStore, type Claim, type Counter } from './store.js';
+import { CLAIM_TTL_MS, ClaimLost, type CampaignMeta, type CampaignStore, type Claim, type Counter } from './store.js';
 import { SatelliteApi } from './satellite-api.js';
 import { Delivery, tokenCount, type UserTokens } from './delivery.js';
 
@@ -130,7 +130,11 @@ class SatelliteRun {
     try {
       if (!this.o.dryRun) {
         const held = await this.o.campaigns.claimSatellite(this.sat, this.id);
-        if ('heldBy' in held) throw new Error(`satellite "${this.sat}" is being served by campaign "${held.heldBy}"; run this one again with --resume when that one ends`);
+        if ('heldBy' in held) {
+          // this run holds the campaign, so a claim in its name is a killed run's, lapsing within its TTL
+          if (held.heldBy === this.id) throw new Error(`satellite "${this.sat}" is still claimed by an earlier run of this campaign (killed?); the claim lapses within ${CLAIM_TTL_MS / 1000} s: run --resume again then`);
+          throw new Error(`satellite "${this.sat}" is being served by campaign "${held.heldBy}"; run this one again with --resume when that one ends`);
+        }
         this.satClaim = held;
         await this.o.campaigns.setStatus(this.id, this.sat, 'running');
       }
