@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CampaignStore } from '../src/campaigns/store.js';
+import { runCli } from './helpers/cli.js';
 import { engineFixture, type EngineFixture } from './helpers/redis.js';
 
 describe('campaign records (real Redis)', () => {
@@ -100,5 +101,20 @@ describe('campaign records (real Redis)', () => {
     expect([made.length, made[7], made[199_999], made.filter(Boolean).length]).toEqual([200_000, ['t7'], ['t9'], 2]);
     const settled = await store.settled('huge-page', 's1', users);
     expect([settled.length, settled[7], settled.filter(Boolean).length]).toEqual([200_000, true, 1]);
+  });
+
+  // failed outranked running: a campaign read "failed" while another of its satellites was still being served
+  it('campaigns list: running while one satellite still runs, whatever another ended as', async () => {
+    const store = new CampaignStore(fx.redis, fx.prefix);
+    await store.open({ id: 'mixed-run', perUser: 1, satellites: ['s1', 's2'], createdAt: 1 });
+    const claim = (await store.claim('mixed-run'))!;
+    try {
+      await store.setStatus('mixed-run', 's1', 'failed', 'boom');
+      await store.setStatus('mixed-run', 's2', 'running');
+      const listed = JSON.parse((await runCli(['campaigns', 'list', '--json'], { KEY_PREFIX: fx.prefix })).stdout) as { id: string; status: string }[];
+      expect(listed.find((c) => c.id === 'mixed-run')?.status).toBe('running');
+    } finally {
+      await claim.release();
+    }
   });
 });

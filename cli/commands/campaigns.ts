@@ -11,8 +11,9 @@ const status = (c: Campaign): string => {
   // revoked outranks the satellites' statuses: none of them will change any more
   if (c.revokedAt !== undefined) return 'revoked';
   const all = Object.values(c.progress).map((p) => p.status);
-  // so does an expiry: a resume refuses to run
-  for (const s of ['expired', 'failed', 'interrupted', 'running'] as const) if (all.includes(s)) return s;
+  // so does an expiry (a resume refuses to run); a run still going is what the campaign is doing, whatever
+  // another satellite's run ended as (it said failed while one still ran)
+  for (const s of ['expired', 'running', 'failed', 'interrupted'] as const) if (all.includes(s)) return s;
   return all.every((s) => s === 'done') ? 'done' : 'pending';
 };
 
