@@ -10,6 +10,17 @@ import { createRedis, scanKeys } from '../src/store/redis.js';
 import { ADMIN_KEY, serve, testCluster } from './helpers/http.js';
 import { until } from './helpers/snapshot.js';
 
+/** A plain connection to each node, to set slots and read roles by hand (a killed node's reconnects stay quiet). */
+const directClients = (nodes: string[]) => nodes.map((n) => new Redis(Number(n.split(':')[1]), n.split(':')[0]!).on('error', () => undefined));
+
+/** A satellite registered through serve's admin API, one token for each of `users` users, and its client. */
+async function satelliteWithTokens(url: string, id: string, users: number, timeoutMs: number) {
+  const admin = new AdminClient({ url, apiKey: ADMIN_KEY });
+  const { apiKey } = await admin.addSatellite({ id });
+  const tokens = (await admin.generate({ satelliteId: id, userIds: Array.from({ length: users }, (_, i) => `u${i}`), perUser: 1 })).tokens.map((t) => t.token);
+  return { sat: new SatelliteClient({ url, apiKey, timeoutMs }), tokens };
+}
+
 describe('the CLI and writer Redis client on a Cluster', () => {
   // a command for a lost master failed after ioredis' 16 redirections x 100 ms: a generate or a revoke
   // sweep died 2 s into a failover that takes 4 s or more, though the README says a short outage is ridden out
@@ -40,12 +51,9 @@ describe('the CLI and writer Redis client on a Cluster', () => {
   it('an ASK redirect to a master that is gone fails that request; the process stays up', async () => {
     const cluster = await testCluster(3, ['--cluster-node-timeout', '600000']);
     const served = await serve({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'ask' });
-    const direct = cluster.nodes.map((n) => new Redis(Number(n.split(':')[1]), n.split(':')[0]!).on('error', () => undefined));
+    const direct = directClients(cluster.nodes);
     try {
-      const admin = new AdminClient({ url: served.url, apiKey: ADMIN_KEY });
-      const { apiKey } = await admin.addSatellite({ id: 'sat-ask' });
-      const tokens = (await admin.generate({ satelliteId: 'sat-ask', userIds: Array.from({ length: 30 }, (_, i) => `u${i}`), perUser: 1 })).tokens.map((t) => t.token);
-      const sat = new SatelliteClient({ url: served.url, apiKey, timeoutMs: 8000 });
+      const { sat, tokens } = await satelliteWithTokens(served.url, 'sat-ask', 30, 8000);
       const pid = async () => ((await (await fetch(`${served.url}/healthz`)).json()) as { pid: number }).pid;
       const worker = await pid();
 
@@ -99,12 +107,9 @@ describe('the CLI and writer Redis client on a Cluster', () => {
   it('a master that hangs: once its replica has taken over, its tokens are served again while it still hangs', async () => {
     const cluster = await testCluster(3, ['--cluster-node-timeout', '1000'], 1);
     const served = await serve({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'hang', AUTH_CACHE_MS: '600000', REQUEST_TIMEOUT_MS: '1000' });
-    const direct = cluster.nodes.map((n) => new Redis(Number(n.split(':')[1]), n.split(':')[0]!).on('error', () => undefined));
+    const direct = directClients(cluster.nodes);
     try {
-      const admin = new AdminClient({ url: served.url, apiKey: ADMIN_KEY });
-      const { apiKey } = await admin.addSatellite({ id: 'sat-hang' });
-      const tokens = (await admin.generate({ satelliteId: 'sat-hang', userIds: Array.from({ length: 40 }, (_, i) => `u${i}`), perUser: 1 })).tokens.map((t) => t.token);
-      const sat = new SatelliteClient({ url: served.url, apiKey, timeoutMs: 3000 });
+      const { sat, tokens } = await satelliteWithTokens(served.url, 'sat-hang', 40, 3000);
       expect((await sat.lookup(tokens[0]!)).state).toBe('unredeemed');
       // the master of the first token's slot, and its replica
       const slot = calculateSlot(new Keys('hang').tokenKeys(placeOfToken(hexOf(tokens[0]!)))[0]!);
@@ -136,7 +141,7 @@ describe('the CLI and writer Redis client on a Cluster', () => {
   it('a key listing (export, restore) refuses a slot migrating, and a slot map that changed while it ran', async () => {
     const cluster = await testCluster(3, []);
     const redis = createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes });
-    const direct = cluster.nodes.map((n) => new Redis(Number(n.split(':')[1]), n.split(':')[0]!));
+    const direct = directClients(cluster.nodes);
     const list = async () => {
       const keys: string[] = [];
       for await (const page of scanKeys(redis, 'scan:*', 10)) keys.push(...page.keys);
