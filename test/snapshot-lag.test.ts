@@ -1,6 +1,6 @@
-import { describe, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { registry } from '../src/metrics.js';
-import { reportLag } from '../src/snapshot/lag.js';
+import { reportLag, sampleLag } from '../src/snapshot/lag.js';
 import { Keys } from '../src/store/keys.js';
 import { createRedis, whenReady } from '../src/store/redis.js';
 import { privateRedis } from './helpers/http.js';
@@ -30,6 +30,25 @@ describe('rm_snapshot_lag_* while Redis cannot be read', () => {
       await until(lagEvents, (v) => v === '1', 'counted again once Redis is back');
     } finally {
       await lag.stop();
+      client.disconnect();
+      await redis.dispose();
+    }
+  });
+
+  // any XINFO failure counted as "no stream yet": a Cluster master down (or CLUSTERDOWN) had its shards'
+  // backlog read as 0, and the lag showed 326 or 710 where 950 waited, hiding it from the alert
+  it('a shard stream that cannot be read fails the reading; only a missing stream counts 0', async () => {
+    const redis = await privateRedis();
+    await redis.start();
+    const client = createRedis({ redisUrl: redis.url, redisClusterNodes: [] });
+    try {
+      const keys = new Keys('lagr');
+      await client.xadd(keys.events(1), '*', 'type', 'generated');
+      expect((await sampleLag(client, 'lagr')).events).toBe(1);
+      // a key XINFO refuses, as a down master's shards are refused: no number rather than a low one
+      await client.set(keys.events(2), 'not a stream');
+      await expect(sampleLag(client, 'lagr')).rejects.toThrow(/WRONGTYPE/);
+    } finally {
       client.disconnect();
       await redis.dispose();
     }

@@ -34,8 +34,11 @@ export async function sampleLag(redis: RedisClient, prefix: string): Promise<Lag
       let groups: unknown[][];
       try {
         groups = (await redis.xinfo('GROUPS', key)) as unknown[][];
-      } catch {
-        return; // no stream yet
+      } catch (err) {
+        // no stream yet; anything else (a Cluster master down, CLUSTERDOWN) fails the whole reading: counted
+        // as 0, a lost master's backlog read as caught up, hiding it from the "snapshot behind" alert
+        if (/no such key/i.test((err as Error).message)) return;
+        throw err;
       }
       const g = groups.map((arr) => toObj(arr)).find((x) => x.name === GROUP);
       if (!g) {
