@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { caughtUp, each, generateTokens, snapshotFixture } from './helpers/snapshot.js';
+import { caughtUp, each, generateTokens, snapshotFixture, until } from './helpers/snapshot.js';
 import { restoreFromPostgres, startSnapshotWriter, verify, readSnapshotStatus } from '../src/snapshot/index.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
@@ -128,6 +128,18 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
       'sat-x', { id: 'sat-x', createdAt: '1', keyHash: hashKey(key) }, { [hashKey(key)]: 'sat-x\t' }]);
     // a failure window counted while Redis was empty (every token a 404) must not keep a satellite refused
     await snap.fx.redis.set(`${snap.other}:rl:s:sat-x:123`, '500', 'PX', 60_000);
+    // a writer running against the prefix: refused before anything is touched, --force or not (the writer
+    // recreated the streams restore had deleted; restore died on BUSYGROUP halfway, and changes were lost)
+    const running = await startSnapshotWriter(loadConfig({ redisUrl: SHARED_REDIS_URL, keyPrefix: snap.other, databaseUrl: snap.db.url }), { log: () => {} });
+    try {
+      await until(() => snap.fx.redis.exists(`${snap.other}:{snap}:lease`), (n) => n === 1, 'the writer holding its lease', 10_000);
+      const raced = cli('restore', '--from-postgres', '--force');
+      expect([raced.status, raced.stderr]).toEqual([1, expect.stringContaining('a snapshot writer holds its lease')]);
+      expect((await snap.fx.engine.lookup(t))?.token).toBe(t);
+      expect(await new TokenEngine(new TokenStore(snap.fx.redis, snap.other)).lookup(t)).toBeDefined();
+    } finally {
+      await running.stop();
+    }
     const forced = cli('restore', '--from-postgres', '--force');
     expect(forced.status).toBe(0);
     expect(forced.stdout).toContain('cleared 1 rate-limit windows');

@@ -83,6 +83,12 @@ export function register(program: Command): void {
       const redis = await connectRedis(config);
       const pool = await openSnapshot(config.databaseUrl, RESTORE_LANES);
       try {
+        // a running writer recreates the streams and groups restore has just deleted: the restore then died on
+        // BUSYGROUP halfway (Redis part empty), and changes made meanwhile went into streams it deleted, lost
+        // from Redis and Postgres alike. Checked before anything is touched, --force or not.
+        if (await redis.exists(new Keys(config.keyPrefix).snapshotLease())) {
+          throw new Error(`a snapshot writer holds its lease under "${config.keyPrefix}:" (a serve or \`referral-manager snapshot\` runs against this Redis, or one stopped less than its lease, 10 s, ago): stop every serve and snapshot of this prefix, then restore`);
+        }
         if (await anyKey(redis, config.keyPrefix)) {
           if (!opts.force) throw new Error(`Redis has keys under "${config.keyPrefix}:"; refusing to restore over them (use --force)`);
           const marksOnly = await registerMarkedRevocations(redis, config.keyPrefix);
@@ -93,9 +99,6 @@ export function register(program: Command): void {
           // that crossed the limit then stayed refused (429) for the rest of the window after the restore
           const windows = await dropKeys(redis, new Keys(config.keyPrefix).failurePattern());
           if (windows) console.log(`cleared ${windows} rate-limit windows`);
-          if (await redis.exists(new Keys(config.keyPrefix).snapshotLease())) {
-            console.error('note: a snapshot writer holds its lease (serve or snapshot is running against this Redis): what changes during the restore reaches Postgres as usual, but stopping them first is safer (docs/snapshot.md#restore)');
-          }
         }
         const n = await restoreFromPostgres(redis, pool, config.keyPrefix);
         const sats = await restoreSatellites(redis, pool, config.keyPrefix);
