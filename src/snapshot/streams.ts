@@ -16,7 +16,7 @@ export interface ReadResult {
 
 /**
  * The writer's side of the shards' event streams: the consumer group, reads, acks and trims. A shard
- * re-reads its pending entries (id 0) after a start or a failure (`rereadAll`), then reads new ones ('>').
+ * re-reads its pending entries (id 0) after a start (`rereadAll`) or its lane's failure (`reread`), then reads new ones ('>').
  */
 export class ShardStreams {
   private readonly pendingMode = new Array<boolean>(SHARDS).fill(true);
@@ -47,9 +47,14 @@ export class ShardStreams {
     this.groupsReady = false;
   }
 
-  /** Every shard re-reads its pending entries next: after a failure, or on taking the lease. */
+  /** Every shard re-reads its pending entries next: on taking the lease, and once a lease period after. */
   rereadAll(): void {
     this.pendingMode.fill(true);
+  }
+
+  /** These shards re-read their pending entries next: after their lane failed. */
+  reread(shards: number[]): void {
+    for (const s of shards) this.pendingMode[s] = true;
   }
 
   /** Whether any of `shards` still re-reads its pending entries. */

@@ -97,7 +97,6 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     } else {
       log('warn', `${where}: ${redisErrorText(err)}`);
     }
-    streams.rereadAll();
   };
 
   /**
@@ -165,7 +164,24 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     prefetch: undefined as Promise<ReadResult> | undefined,
   }));
 
+  /**
+   * One lane's read, write and ack. A failure re-reads that lane's pending entries next, and only that lane's:
+   * when every failure re-read every shard, one entry Postgres refuses (a hand-made row) kept the healthy
+   * lanes re-reading their empty pending lists round after round, and no shard was copied at all.
+   */
   async function round(lane: (typeof lanes)[number]): Promise<number> {
+    try {
+      return await roundOf(lane);
+    } catch (err) {
+      // what was prefetched stays pending in Redis and is re-read with the rest
+      await lane.prefetch?.catch(() => {});
+      lane.prefetch = undefined;
+      streams.reread(lane.shards);
+      throw err;
+    }
+  }
+
+  async function roundOf(lane: (typeof lanes)[number]): Promise<number> {
     // taken before the await: a failed prefetch must not be awaited again by every later round
     const prefetched = lane.prefetch;
     lane.prefetch = undefined;
@@ -179,18 +195,10 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       // awaits it; unhandled, that rejection would end the process (serve with it). It is awaited later.
       lane.prefetch.catch(() => {});
     }
-    try {
-      for (let i = 0; i < events.length && running && leader; i += config.snapshotBatch) {
-        const batch = events.slice(i, i + config.snapshotBatch);
-        await onPostgres(() => commit(batch));
-        await streams.ackAndTrim(batch);
-      }
-    } catch (err) {
-      // what was prefetched stays pending in Redis and is re-read with the rest
-      await lane.prefetch?.catch(() => {});
-      lane.prefetch = undefined;
-      streams.rereadAll();
-      throw err;
+    for (let i = 0; i < events.length && running && leader; i += config.snapshotBatch) {
+      const batch = events.slice(i, i + config.snapshotBatch);
+      await onPostgres(() => commit(batch));
+      await streams.ackAndTrim(batch);
     }
     return events.length;
   }
