@@ -223,7 +223,8 @@ export function register(program: Command): void {
             else console.error(`satellite ${r.satelliteId} skipped: ${NO_URL}; after referral-manager${flags} satellites update ${sh(r.satelliteId)} --url <url>, referral-manager${flags} generate --all --per-user ${campaign.perUser} --campaign ${sh(id)} serves it`);
           }
           const failed = reports.filter((r) => r.status === 'failed');
-          const revoked = reports.filter((r) => r.status === 'revoked' || r.status === 'expired');
+          // revoked or expired: a campaign a resume cannot go on with
+          const stopped = reports.filter((r) => r.status === 'revoked' || r.status === 'expired');
           for (const r of reports.filter((r) => r.usersRefused > 0)) {
             const rest = r.tokensDelivered > 0 ? ', the other users were served' : '';
             const kept = r.usersRefusedKept ?? 0;
@@ -233,15 +234,15 @@ export function register(program: Command): void {
           for (const r of reports.filter((r) => r.usersInvalid > 0)) {
             console.error(`satellite ${r.satelliteId} listed ${r.usersInvalid} user ids that are not valid ids, skipped (first ${r.invalidUser})`);
           }
-          for (const r of revoked) console.error(`satellite ${r.satelliteId} stopped: ${r.error}`);
+          for (const r of stopped) console.error(`satellite ${r.satelliteId} stopped: ${r.error}`);
           for (const r of failed) console.error(`satellite ${r.satelliteId} failed: ${r.error}`);
           // a revoked or expired campaign cannot be resumed, and a dry run recorded no campaign to resume
-          if (failed.length && !revoked.length) {
+          if (failed.length && !stopped.length) {
             const then = signalled ? 'to go on, run' : 'after fixing the satellite run';
             const dry = signalled ? `campaign ${id}: the dry run was interrupted` : `campaign ${id}: a satellite failed in the dry run; after fixing it run the dry run again`;
             console.error(opts.dryRun ? dry : `campaign ${id} is incomplete; ${then}: referral-manager${flags} generate --resume ${sh(id)}`);
           }
-          if (failed.length || revoked.length) process.exitCode = 1;
+          if (failed.length || stopped.length) process.exitCode = 1;
           if (signalled) process.exitCode = EXIT_ON[signalled];
         } finally {
           await run?.release();
