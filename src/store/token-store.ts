@@ -124,11 +124,17 @@ export class TokenStore {
   }
 
   reserve(token: string, satelliteId: string, leaseMs: number, reservationId: string): Promise<Result<RedeemCode>> {
-    return this.single<RedeemCode>('reserve', token, [satelliteId, leaseMs, reservationId]).catch(async (err: unknown) => {
+    const reply = this.single<RedeemCode>('reserve', token, [satelliteId, leaseMs, reservationId]);
+    // off (the default), the hot path keeps its one promise
+    if (!this.ack.on) return reply;
+    return reply.catch(async (err: unknown) => {
       // A reserve the replicas did not confirm is answered 503, so the satellite never learns its reservation id
       // and its retry would meet token_reserved for the whole lease: give the token back (best effort, unconfirmed
       // too). A redeem or complete needs no undo: its retry by the same user is answered ok.
-      if (err instanceof NotReplicated) await this.s.release(this.keys.tokenKeys(placeOfToken(hexOf(token))), [hexOf(token), reservationId, satelliteId, token]).catch(() => undefined);
+      if (err instanceof NotReplicated) {
+        const hex = hexOf(token);
+        await this.s.release(this.keys.tokenKeys(placeOfToken(hex)), [hex, reservationId, satelliteId, token]).catch(() => undefined);
+      }
       throw err;
     });
   }
