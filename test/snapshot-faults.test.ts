@@ -265,7 +265,8 @@ describe('snapshot writer under faults (real processes)', () => {
     const pool = await openPostgres(db.url);
     // shard 5 is lane 1's (shards s with s % 4 == 1)
     await snap.fx.redis.xadd(new Keys(prefix).events(5), '*', 'type', 'redeemed', 'at', '1', 'row', ['not-a-uuid', 'redeemed', 'sat-p', 'x', 'c', '1', '', '', '', '', '', '', ''].join('\t'));
-    const w = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url }), { log: () => {} });
+    const lines: string[] = [];
+    const w = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`) });
     try {
       // the writer has met the entry (and failed on it) before these changes are made
       for (const end = Date.now() + 10_000; Number(await snapshotMetrics.errors.get().then((g) => g.values.reduce((n, v) => n + v.value, 0))) === 0 && Date.now() < end; ) await sleep(100);
@@ -281,6 +282,11 @@ describe('snapshot writer under faults (real processes)', () => {
         n = await copied();
       }
       expect(n).toBe(healthy.length);
+      // said as what it is, once: it read "Postgres unreachable", and rm_snapshot_postgres_up flapped 0/1
+      const refused = lines.filter((l) => l.includes('Postgres refused a write (SQLSTATE 22P02'));
+      expect(refused).toHaveLength(1);
+      expect(lines.filter((l) => l.includes('unreachable'))).toEqual([]);
+      expect((await snapshotMetrics.postgresUp.get()).values[0]?.value).toBe(1);
     } finally {
       await w.stop();
       await pool.end();

@@ -87,9 +87,17 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   let commits = 0;
   let lag = { events: 0, seconds: 0 };
 
+  let refusal = '';
   const setDown = (err: unknown, where: string) => {
     m.errors.inc({ where });
-    if (where === 'postgres') {
+    if (where === 'postgres' && refusedBy(err)) {
+      // Postgres answered and refused (a column missing, a statement timeout, a full disk, a row it rejects):
+      // logged as "unreachable", with rm_snapshot_postgres_up flapping 0/1 as each probe succeeded, an alert
+      // holding for a while never fired. Said once per reason; the lag tells the rest.
+      const why = `SQLSTATE ${(err as { code: string }).code}: ${(err as Error).message}`;
+      if (why !== refusal) log('warn', `Postgres refused a write (${why}); retrying with backoff, events wait in Redis`);
+      refusal = why;
+    } else if (where === 'postgres') {
       pgState = 'down';
       m.postgresUp.set(0);
       if (!warned) log('warn', `Postgres unreachable (${(err as Error).message}); retrying with backoff, events wait in Redis`);
@@ -109,6 +117,16 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     if (now?.mine) return;
     if (now === undefined) log('warn', LAPSED);
     else log('warn', now === null ? 'lost the snapshot lease; not writing until it is taken again' : `lost the snapshot lease to the writer of ${now.owner}; it writes to Postgres now`);
+  }
+
+  /**
+   * Postgres answered with an error of the statement (a SQLSTATE), not one of reaching it: a connection error
+   * (class 08), a shutdown or start-up (57P), too many connections (53300), a missing database (3D000) or a
+   * refused login (class 28) mean it cannot be reached.
+   */
+  function refusedBy(err: unknown): boolean {
+    const code = (err as { code?: unknown }).code;
+    return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && !/^(08|57P|53300|3D000|28)/.test(code);
   }
 
   // the failures onPostgres counted already; any other failure of a round is Redis' (or a bug) and counted once
@@ -266,6 +284,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         const rounds = await Promise.allSettled(lanes.map((lane) => round(lane)));
         const failed = rounds.find((r): r is PromiseRejectedResult => r.status === 'rejected');
         if (failed) throw failed.reason;
+        if (refusal) log('info', 'Postgres takes the writes again; catching up');
+        refusal = '';
         const n = rounds.reduce((sum, r) => sum + (r as PromiseFulfilledResult<number>).value, 0);
         backoff = 100;
         if (n < streams.perShard) await sleep(config.snapshotFlushMs);
