@@ -53,6 +53,16 @@ const PG_PROBE_MS = 5000;
 const LAPSED = 'the snapshot lease lapsed with no other writer (this process or Redis stalled past it, or Redis lost it); taking it again';
 
 /**
+ * Postgres answered with an error of the statement (a SQLSTATE), not one of reaching it: a connection error
+ * (class 08), a shutdown or start-up (57P), too many connections (53300), a missing database (3D000) or a
+ * refused login (class 28) mean it cannot be reached.
+ */
+function refusedBy(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && !/^(08|57P|53300|3D000|28)/.test(code);
+}
+
+/**
  * The asynchronous Postgres writer. Reads every shard stream with the `snapshot` consumer group,
  * applies each batch in one transaction, commits, then XACKs and trims below what is committed.
  * At-least-once delivery + order-safe idempotent upserts = each change lands exactly once.
@@ -117,16 +127,6 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     if (now?.mine) return;
     if (now === undefined) log('warn', LAPSED);
     else log('warn', now === null ? 'lost the snapshot lease; not writing until it is taken again' : `lost the snapshot lease to the writer of ${now.owner}; it writes to Postgres now`);
-  }
-
-  /**
-   * Postgres answered with an error of the statement (a SQLSTATE), not one of reaching it: a connection error
-   * (class 08), a shutdown or start-up (57P), too many connections (53300), a missing database (3D000) or a
-   * refused login (class 28) mean it cannot be reached.
-   */
-  function refusedBy(err: unknown): boolean {
-    const code = (err as { code?: unknown }).code;
-    return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && !/^(08|57P|53300|3D000|28)/.test(code);
   }
 
   // the failures onPostgres counted already; any other failure of a round is Redis' (or a bug) and counted once
