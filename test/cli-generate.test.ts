@@ -1076,7 +1076,7 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
 
   it('answering 413 to pushes over its body limit: every token is delivered, and later pushes are made small enough', async () => {
     const fx = await engineFixture({ label: 'gen' });
-    const users = Array.from({ length: 30 }, (_, i) => `u${String(i).padStart(2, '0')}`);
+    const users = Array.from({ length: 80 }, (_, i) => `u${String(i).padStart(2, '0')}`);
     const held = new Map<string, string[]>();
     const sizes: number[] = [];
     // it takes at most 4 tokens a request
@@ -1092,12 +1092,13 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
       },
     );
     try {
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'small', '--batch-size', '12', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'small', '--batch-size', '64', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
       expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 30, usersRefused: 0, status: 'done' });
-      expect(held.size).toBe(30);
-      // the first batch of 12 is split (12 -> 6 -> 3); after that no push is refused for its size
-      expect(sizes.filter((n) => n > 4)).toEqual([12, 6, 6]);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 80, usersRefused: 0, status: 'done' });
+      expect(held.size).toBe(80);
+      // one push refused for its size at each halving (64 -> 32 -> 16 -> 8 -> 4); after that the rest of that batch
+      // and the next are cut to the size learned (halves of every refused half made 15 refused pushes)
+      expect(sizes.filter((n) => n > 4)).toEqual([64, 32, 16, 8]);
     } finally {
       await satellite.close();
       await fx.close();

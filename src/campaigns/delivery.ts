@@ -17,6 +17,35 @@ const ALL_REFUSED_FAILS = 4;
 
 const isRefusal = (err: unknown): err is SatelliteCallError => err instanceof SatelliteCallError && err.refused;
 
+/**
+ * `pairs` (a user's tokens next to each other) in pieces of at most `max()` tokens, read before each piece,
+ * a user's set in one piece when it fits; `ends` (user -> set size, the users whose set ends in `pairs`)
+ * goes with the piece holding the user's last token.
+ */
+function* pack(pairs: Pair[], max: () => number, ends: Map<string, number>): Generator<[Pair[], Map<string, number>]> {
+  let piece: Pair[] = [];
+  let pieceEnds = new Map<string, number>();
+  const take = () => {
+    const out: [Pair[], Map<string, number>] = [piece, pieceEnds];
+    piece = [];
+    pieceEnds = new Map();
+    return out;
+  };
+  for (let i = 0; i < pairs.length; ) {
+    const userId = pairs[i]!.userId;
+    let end = i;
+    while (end < pairs.length && pairs[end]!.userId === userId) end++;
+    if (piece.length && piece.length + end - i > max()) yield take();
+    for (; i < end; i++) {
+      if (piece.length >= max()) yield take();
+      piece.push(pairs[i]!);
+    }
+    const size = ends.get(userId);
+    if (size !== undefined) pieceEnds.set(userId, size);
+  }
+  if (piece.length) yield take();
+}
+
 /** Why a user was refused; `kept`: the satellite said it holds part of the set (it accepted fewer than sent), so its tokens are not revoked */
 type Refusal = { why: string; kept: boolean };
 
@@ -121,34 +150,21 @@ export class Delivery {
    * sets left over from an earlier run).
    */
   async deliver(deliveries: UserTokens[], listed = true): Promise<void> {
-    let pairs: Pair[] = [];
-    /** users whose set ends in this batch -> the set's size */
-    let whole = new Map<string, number>();
-    const flush = async () => {
-      pairs = pairs.filter((p) => !this.refused.has(p.userId));
-      if (pairs.length) {
-        await this.d.beforePush();
-        await this.pushOrSplit(pairs, whole, listed);
-      }
-      pairs = [];
-      whole = new Map();
-    };
-    for (const [userId, tokens] of deliveries) {
-      if (pairs.length + tokens.length > this.max) await flush();
-      for (const token of tokens) {
-        if (pairs.length >= this.max) await flush();
-        pairs.push({ userId, token });
-      }
-      whole.set(userId, tokens.length);
+    const pairs = deliveries.flatMap(([userId, tokens]) => tokens.map((token) => ({ userId, token })));
+    for (const [piece, whole] of pack(pairs, () => this.max, new Map(deliveries.map(([u, t]) => [u, t.length])))) {
+      const due = piece.filter((p) => !this.refused.has(p.userId));
+      if (!due.length) continue;
+      await this.d.beforePush();
+      await this.pushOrSplit(due, whole, listed);
     }
-    await flush();
   }
 
   /**
    * A satellite refusing a batch's content (a user it no longer has: 400, 404, 409, 410, 413, 422, or fewer
    * tokens accepted than sent) refuses it again on every --resume, and every other user of the batch would wait
    * for ever. So a refused batch is split in halves down to single users, and a user's tokens refused as too
-   * large (413) in halves down to one token: the halves it accepts are delivered, and each user it refuses
+   * large (413) in halves down to one token (a part larger than a 413 has since shown too large is cut to that
+   * size without pushing it first): the halves it accepts are delivered, and each user it refuses
    * alone is recorded refused, with the campaign's tokens of that user revoked (nobody holds them; a later
    * campaign serves the user if the satellite lists it again). When it accepts no part of the batch, the
    * fault is the satellite's, not the users', if an empty push says its token route is missing or broken
@@ -173,7 +189,10 @@ export class Delivery {
     const split = async (part: Pair[], err: SatelliteCallError, ends: Map<string, number>): Promise<void> => {
       const users = [...new Set(part.map((p) => p.userId))];
       let halves: [Pair[], Map<string, number>][];
-      if (users.length > 1) {
+      if (part.length > this.max) {
+        // a 413 since taught a smaller limit: pieces that fit it, not halves that would be refused again
+        halves = [...pack(part, () => this.max, ends)];
+      } else if (users.length > 1) {
         const left = new Set(users.slice(0, users.length >> 1));
         halves = [[part.filter((p) => left.has(p.userId)), ends], [part.filter((p) => !left.has(p.userId)), ends]];
       } else if (err.status === 413 && part.length > 1) {
@@ -184,6 +203,10 @@ export class Delivery {
         return;
       }
       for (const [half, halfEnds] of halves) {
+        if (half.length > this.max) {
+          await split(half, err, halfEnds);
+          continue;
+        }
         try {
           await this.push(half, halfEnds);
           accepted++;
