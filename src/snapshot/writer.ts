@@ -180,6 +180,10 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const lanes = Array.from({ length: LANES }, (_, l) => ({
     shards: Array.from({ length: SHARDS / LANES }, (_, i) => i * LANES + l),
     prefetch: undefined as Promise<ReadResult> | undefined,
+    /** most events of its next transaction: halved after each batch Postgres refuses, doubled back after each commit */
+    size: config.snapshotBatch,
+    /** the last entry Postgres refused alone, said once */
+    refusedAlone: '',
   }));
 
   /**
@@ -213,12 +217,34 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       // awaits it; unhandled, that rejection would end the process (serve with it). It is awaited later.
       lane.prefetch.catch(() => {});
     }
-    for (let i = 0; i < events.length && running && leader; i += config.snapshotBatch) {
-      const batch = events.slice(i, i + config.snapshotBatch);
-      await onPostgres(() => commit(batch));
+    for (let i = 0; i < events.length && running && leader; ) {
+      const batch = events.slice(i, i + lane.size);
+      try {
+        await onPostgres(() => commit(batch));
+      } catch (err) {
+        if (!refusedBy(err)) throw err;
+        // Postgres refused the batch (a row it rejects, a statement timeout): tried again at once in halves, so
+        // the entries before the one it refuses reach it, and a batch too big for the timeout gets through.
+        // Before, one such entry held its lane's whole batch (thousands) and no log line named it.
+        if (batch.length === 1) throw refusedAlone(lane, batch[0]!, err);
+        lane.size = Math.ceil(batch.length / 2);
+        continue;
+      }
       await streams.ackAndTrim(batch);
+      i += batch.length;
+      lane.size = Math.min(config.snapshotBatch, lane.size * 2);
     }
     return events.length;
+  }
+
+  /** Names the entry Postgres refuses alone, once; the lane retries it with backoff. */
+  function refusedAlone(lane: (typeof lanes)[number], e: StreamEvent, err: unknown): unknown {
+    const entry = `${keys.events(e.shard)} ${e.id}`;
+    if (entry !== lane.refusedAlone) {
+      log('error', `Postgres refuses stream entry ${entry} (${e.type}) even alone (${(err as Error).message}); shards ${lane.shards.join(',')} wait behind it until the cause is mended or the entry is removed (docs/snapshot.md)`);
+    }
+    lane.refusedAlone = entry;
+    return err;
   }
 
   /** Drops what the lanes prefetched (it stays pending in Redis) and re-reads every shard's pending entries. */
