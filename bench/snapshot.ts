@@ -159,7 +159,7 @@ export async function run(opts: SnapshotBenchOptions = {}): Promise<SnapshotBenc
     await writer.stop();
 
     const [restored, restoreSeconds] = await timed(() => restoreFromPostgres(redis, pool, restoredPrefix));
-    const [report, verifySeconds] = await timed(() => verify(redis, pool, restoredPrefix, 10));
+    const [report, verifySeconds] = await timed(() => verify(redis, pool, restoredPrefix, { maxListed: 10 }));
     log(`restore: ${restored} tokens from Postgres in ${restoreSeconds.toFixed(2)} s = ${Math.round(restored / restoreSeconds)} tokens/s; ` +
       `verify: ${report.tokens} tokens in ${verifySeconds.toFixed(2)} s = ${Math.round(report.tokens / verifySeconds)} tokens/s, ${report.differences} differences`);
     return {

@@ -189,7 +189,7 @@ describe('the revocation survives a restore from Postgres', () => {
       const w = await startSnapshotWriter(loadConfig({ keyPrefix: snap.fx.prefix, databaseUrl: snap.db.url }), { log: () => {} });
       try {
         for (const end = Date.now() + 30_000; ; await sleep(200)) {
-          const r = await verify(snap.fx.redis, snap.pool, snap.fx.prefix, 5);
+          const r = await verify(snap.fx.redis, snap.pool, snap.fx.prefix, { maxListed: 5 });
           if (r.differences === 0 && r.tokens > 0) break;
           if (Date.now() > end) throw new Error(`writer not caught up: ${JSON.stringify(r.listed)}`);
         }

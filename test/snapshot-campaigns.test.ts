@@ -164,7 +164,7 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     const w = await writer(emptied);
     await firstRoundDone(fx.redis, emptied);
     expect(await rows()).toEqual(before);
-    const listed = (await verify(fx.redis, pool, emptied, 10_000)).listed.filter((d) => d.token.includes('{camp:'));
+    const listed = (await verify(fx.redis, pool, emptied, { maxListed: 10_000 })).listed.filter((d) => d.token.includes('{camp:'));
     expect(listed).toEqual([
       { token: `${emptied}:{camp:killed}:meta`, kind: 'only_postgres' },
       { token: `${emptied}:{camp:spring}:meta`, kind: 'only_postgres' },

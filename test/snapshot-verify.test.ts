@@ -1,9 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { restoreFromPostgres, startSnapshotWriter, verify } from '../src/snapshot/index.js';
-import { placeOfToken } from '../src/store/keys.js';
+import { openPostgres } from '../src/snapshot/schema.js';
+import { Keys, placeOfToken, SHARDS } from '../src/store/keys.js';
 import { hexOf } from '../src/store/codec.js';
 import { caughtUp, snapshotFixture } from './helpers/snapshot.js';
+import { testDatabase } from './helpers/pg.js';
+import { dropPrefix, engineFixture, SHARED_REDIS_URL } from './helpers/redis.js';
+import { runCli } from './helpers/cli.js';
 
 describe('verify compares the stats counters too (real Redis, real Postgres)', () => {
   const snap = snapshotFixture('verc');
@@ -41,4 +45,60 @@ describe('verify compares the stats counters too (real Redis, real Postgres)', (
       },
     ]);
   }, 60_000);
+});
+
+describe('verify --repair-tokens (real Redis, real Postgres)', () => {
+  // entries removed from a stream before the writer read them (an XDEL of an entry Postgres refused, an XTRIM
+  // by hand) left Postgres without those changes for good: verify listed them, nothing could copy them again
+  it('copies again the tokens Postgres lacks a change of, and leaves every difference Redis could have caused', async () => {
+    const fx = await engineFixture({ label: 'resync' });
+    const db = await testDatabase();
+    const pool = await openPostgres(db.url);
+    const config = loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url });
+    const keys = new Keys(fx.prefix);
+    let writer = await startSnapshotWriter(config, { log: () => {} });
+    try {
+      const made = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'alice' }], perUser: 5 });
+      const [redeemed, revoked, reserved, ahead, untouched] = made.tokens.map((t) => t.token) as [string, string, string, string, string];
+      await caughtUp(fx.redis, fx.prefix, pool, 5);
+      await writer.stop();
+      // changes whose entries go before any writer reads them
+      expect((await fx.engine.redeem(redeemed, 'sat-b', 'bob')).code).toBe('ok');
+      expect((await fx.engine.revokeToken(revoked)).code).toBe('ok');
+      expect((await fx.engine.reserve(reserved, 'sat-b', 60_000)).code).toBe('ok');
+      const late = (await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'carol' }], perUser: 1 })).tokens[0]!.token;
+      for (let s = 0; s < SHARDS; s++) await fx.redis.xtrim(keys.events(s), 'MAXLEN', 0);
+      // Postgres ahead of Redis, as after a failover that lost a redeem: a copy from Redis would erase it
+      await pool.query(`UPDATE tokens SET state = 'redeemed', redeemer_satellite_id = 'sat-c', redeemer_user_id = 'dan', redeemed_at = 1 WHERE token = $1`, [ahead]);
+
+      const cli = await runCli(['verify', '--repair-tokens', '--json'], { KEY_PREFIX: fx.prefix, REDIS_URL: SHARED_REDIS_URL, DATABASE_URL: db.url });
+      // the report is of what it found: the differences are there until the writer has copied the tokens
+      expect(cli.code).toBe(1);
+      const first = JSON.parse(cli.stdout) as Awaited<ReturnType<typeof verify>>;
+      expect(first.resynced).toBe(3);
+      const listed = (r: typeof first) => new Map(r.listed.filter((d) => d.kind !== 'stats').map((d) => [d.token, d.kind]));
+      expect(listed(first)).toEqual(new Map([[redeemed, 'differs'], [revoked, 'differs'], [reserved, 'differs'], [ahead, 'differs'], [late, 'only_redis']]));
+
+      writer = await startSnapshotWriter(config, { log: () => {} });
+      await caughtUp(fx.redis, fx.prefix, pool);
+      const second = await verify(fx.redis, pool, fx.prefix);
+      expect(second.resynced).toBeUndefined();
+      // nothing it may copy is left: a second repair queues none
+      expect((await runCli(['verify', '--repair-tokens'], { KEY_PREFIX: fx.prefix, REDIS_URL: SHARED_REDIS_URL, DATABASE_URL: db.url })).stdout).toContain('queued 0 tokens to be copied to Postgres again');
+      expect(listed(second)).toEqual(new Map([[reserved, 'differs'], [ahead, 'differs']]));
+      const row = (t: string) => pool.query('SELECT state, redeemer_user_id FROM tokens WHERE token = $1', [t]).then((r) => r.rows[0]);
+      expect(await row(redeemed)).toEqual({ state: 'redeemed', redeemer_user_id: 'bob' });
+      expect(await row(ahead)).toEqual({ state: 'redeemed', redeemer_user_id: 'dan' });
+      expect(await row(untouched)).toEqual({ state: 'unredeemed', redeemer_user_id: null });
+      // the history says what happened
+      const history = await pool.query('SELECT type FROM token_events WHERE token = $1 ORDER BY ev_ms, ev_seq', [redeemed]);
+      expect(history.rows.map((r) => r.type)).toEqual(['generated', 'resync']);
+    } finally {
+      await writer.stop();
+      await pool.end();
+      await db.drop();
+      await dropPrefix(fx.redis, fx.prefix);
+      await fx.close();
+    }
+  }, 90_000);
 });

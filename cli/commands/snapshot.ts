@@ -120,8 +120,12 @@ export function register(program: Command): void {
     .option('--max <n>', 'differences to list', '100')
     .option('--json', 'print the report as JSON')
     .option('--repair-revocations', 'first mend revoked campaigns inside Redis: re-mark and sweep the shards a revoke missed, register revocations only the shards remember')
-    .addHelpText('after', '\nExamples:\n  referral-manager verify\n  referral-manager verify --json --max 10\n  referral-manager verify --repair-revocations')
-    .action(async function (this: Command, opts: { max: string; json?: boolean; repairRevocations?: boolean }) {
+    .option(
+      '--repair-tokens',
+      'queue a copy from Redis to Postgres of the tokens whose changes Postgres lacks: those it has no row of, and those Redis holds redeemed or revoked where Postgres still has them open (every other difference is only listed)',
+    )
+    .addHelpText('after', '\nExamples:\n  referral-manager verify\n  referral-manager verify --json --max 10\n  referral-manager verify --repair-revocations\n  referral-manager verify --repair-tokens')
+    .action(async function (this: Command, opts: { max: string; json?: boolean; repairRevocations?: boolean; repairTokens?: boolean }) {
       // NaN would list nothing and still exit 1 on differences, which reads like a broken verify
       if (!/^\d+$/.test(opts.max)) this.error(`error: --max must be a whole number, got "${opts.max}"`, { exitCode: 2 });
       const config = configFrom(this);
@@ -136,7 +140,7 @@ export function register(program: Command): void {
           if (repaired && opts.json) console.log(JSON.stringify({ repaired }, null, 2));
           throw err;
         });
-        const report = await verify(redis, pool, config.keyPrefix, Number(opts.max));
+        const report = await verify(redis, pool, config.keyPrefix, { maxListed: Number(opts.max), repairTokens: opts.repairTokens });
         if (opts.json) console.log(JSON.stringify(repaired ? { ...report, repaired } : report, null, 2));
         else {
           for (const d of report.listed) {
@@ -148,6 +152,7 @@ export function register(program: Command): void {
           console.log(`${report.campaigns} campaigns in Redis`);
           console.log(`${report.revokedCampaigns} revoked campaigns in Redis`);
           if (report.listed.some((d) => d.shards)) console.error('mend the revoked campaigns listed above with: referral-manager verify --repair-revocations');
+          if (report.resynced !== undefined) console.log(`queued ${report.resynced} tokens to be copied to Postgres again; run verify again once the snapshot has caught up (rm_snapshot_lag_events 0)`);
         }
         if (report.differences > 0) process.exitCode = 1;
       } finally {

@@ -9,6 +9,7 @@ import { pgShardRows } from './pg-rows.js';
 import { readShardRows, type Row } from './rows.js';
 import { pgRevoked, readRevoked, revocationGaps } from './revoked.js';
 import { pgSatellites } from './satellites.js';
+import { resyncTokens } from './resync.js';
 
 export interface Difference {
   /**
@@ -44,7 +45,24 @@ export interface VerifyReport {
   differences: number;
   /** the first `maxListed` differences */
   listed: Difference[];
+  /** with `repairTokens`: tokens of those differences queued to be copied to Postgres again (`resyncTokens`) */
+  resynced?: number;
 }
+
+export interface VerifyOptions {
+  /** differences listed (default 100) */
+  maxListed?: number;
+  /**
+   * Queue a copy from Redis of each token Postgres lacks a change of, where only that can be: a token Postgres
+   * has no row of, or one Redis holds redeemed or revoked (states a token never leaves) where Postgres
+   * still has it unredeemed or reserved. Any other difference could as well be a change Redis lost (a
+   * failover, a restart from an older file), which a copy would erase from the durable record: left to an operator.
+   */
+  repairTokens?: boolean;
+}
+
+const FINAL = new Set(['redeemed', 'revoked']);
+const OPEN = new Set(['unredeemed', 'reserved']);
 
 /** Adds one Postgres row to the counters the scripts keep in `<p>:{s}:stats` (lua/includes/codec.lua). */
 function count(counters: Map<string, number>, p: Row): void {
@@ -61,9 +79,10 @@ function count(counters: Map<string, number>, p: Row): void {
  * counters with the counts of its Postgres rows (a counter at 0 and an absent one are the same), as
  * `stats` and every other reader of the counters would be wrong with every token right.
  */
-export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, maxListed = 100): Promise<VerifyReport> {
+export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, { maxListed = 100, repairTokens = false }: VerifyOptions = {}): Promise<VerifyReport> {
   const keys = new Keys(prefix);
   const report: VerifyReport = { tokens: 0, satellites: 0, campaigns: 0, revokedCampaigns: 0, differences: 0, listed: [] };
+  if (repairTokens) report.resynced = 0;
   const note = (d: Difference) => {
     report.differences++;
     if (report.listed.length < maxListed) report.listed.push(d);
@@ -72,6 +91,7 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
     const inRedis = await readShardRows(redis, keys, shard);
     report.tokens += inRedis.size;
     const counters = new Map<string, number>();
+    const behind: string[] = [];
     for await (const page of pgShardRows(pool, shard)) {
       for (const p of page) {
         count(counters, p);
@@ -88,9 +108,11 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
         inRedis.delete(p[0]!);
         const fields = EXPORT_FIELDS.flatMap((field, i) => (r[i] === p[i] ? [] : [{ field, redis: r[i]!, postgres: p[i]! }]));
         if (fields.length) note({ token: p[0]!, kind: 'differs', fields });
+        if (fields.length && FINAL.has(r[1]!) && OPEN.has(p[1]!)) behind.push(p[0]!);
       }
     }
     for (const token of inRedis.keys()) note({ token, kind: 'only_redis' });
+    if (repairTokens) report.resynced! += await resyncTokens(redis, prefix, shard, [...behind, ...inRedis.keys()]);
     // a counter at 0 is the same as an absent one
     const stats = Object.entries(await redis.hgetall(keys.stats(shard))).filter(([, v]) => Number(v) !== 0);
     const rows = [...counters].map(([field, n]) => [field, String(n)]);
