@@ -81,6 +81,30 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
     }
   });
 
+  // every change was answered 503 (WAIT could not be met) while /readyz said ready: a load balancer kept
+  // sending sign-ups to instances that could redeem nothing
+  it('/readyz is 503 while the master has fewer replicas online than REDIS_WAIT_REPLICAS, naming it, and ready once one links', async () => {
+    const master = await privateRedis();
+    await master.start();
+    const served = await serve({ REDIS_URL: master.url, KEY_PREFIX: 'waitready', ...WAIT });
+    let replica: Awaited<ReturnType<typeof privateRedis>> | undefined;
+    try {
+      const short = await fetch(`${served.url}/readyz`);
+      expect(short.status).toBe(503);
+      expect(short.headers.get('retry-after')).toBe('1');
+      expect(await short.json()).toMatchObject({ ready: false, redis: 'up', replicas: 'short', error: `127.0.0.1:${master.port} has 0 of the 1 replicas REDIS_WAIT_REPLICAS asks for online: every state change is answered 503` });
+      replica = await privateRedis(['--replicaof', '127.0.0.1', String(master.port)]);
+      await replica.start();
+      await replicaLinked(master.url);
+      const ready = await fetch(`${served.url}/readyz`);
+      expect([ready.status, ((await ready.json()) as { ready: boolean }).ready]).toEqual([200, true]);
+    } finally {
+      await served.stop();
+      await replica?.dispose();
+      await master.dispose();
+    }
+  });
+
   it('a master refusing writes for want of replicas (min-replicas-to-write) answers 503, not 500', async () => {
     const master = await privateRedis();
     await master.start();

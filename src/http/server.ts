@@ -7,6 +7,7 @@ import { answerWithin, clusterFailures, clusterMasters, createRedis, logOutages,
 import { readScript, SCRIPT_NAMES } from '../store/scripts.js';
 import { readSnapshotStatus } from '../snapshot/status.js';
 import { TokenStore } from '../store/token-store.js';
+import { replicaShortfall } from '../store/replicas.js';
 import { TokenEngine } from '../tokens/engine.js';
 import { Authenticator } from './auth.js';
 import { FailureLimiter } from './rate-limit.js';
@@ -62,7 +63,7 @@ function storeDown(redis: RedisClient, err: unknown): boolean {
  * its third of the tokens unservable while the others answer. The snapshot writer's state is reported but
  * does not make a worker unready: sign-ups must keep working while Postgres is away (the events wait in Redis).
  */
-async function readiness(redis: RedisClient, prefix: string, probeMs: number): Promise<{ ready: boolean; details: Record<string, unknown> }> {
+async function readiness(redis: RedisClient, prefix: string, probeMs: number, waitReplicas: number): Promise<{ ready: boolean; details: Record<string, unknown> }> {
   let cluster: Record<string, unknown> = {};
   try {
     const probe = await clusterMasters(redis, probeMs);
@@ -75,6 +76,10 @@ async function readiness(redis: RedisClient, prefix: string, probeMs: number): P
       // generic 503, so a probe with a shorter timeout saw no reason at all
       await answerWithin(redis.ping(), probeMs);
     }
+    // REDIS_WAIT_REPLICAS without the replicas: every change answered 503 while the probe said ready, so a
+    // load balancer kept sending sign-ups to instances that could redeem nothing
+    const short = await replicaShortfall(redis, waitReplicas, probeMs);
+    if (short.length) return { ready: false, details: { redis: 'up', ...cluster, replicas: 'short', error: `${short.join('; ')}: every state change is answered 503` } };
   } catch (err) {
     return { ready: false, details: { redis: 'down', error: redisErrorText(err) } };
   }
@@ -117,7 +122,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
     routes({
       config, engine, registry: satellites, auth, limiter,
       // a hung master is named only if its probe gives up before the request deadline answers a bare 503
-      ready: () => readiness(redis, config.keyPrefix, Math.min(MASTER_PROBE_MS, Math.floor(config.requestTimeoutMs / 2))),
+      ready: () => readiness(redis, config.keyPrefix, Math.min(MASTER_PROBE_MS, Math.floor(config.requestTimeoutMs / 2)), config.redisWaitReplicas),
       metrics: opts.metrics ?? (() => metricsRegistry.metrics()),
     }),
     { auth, traffic, timeoutMs: config.requestTimeoutMs, storeDown: (err) => storeDown(redis, err), metricsKey: config.metricsKey },

@@ -1,6 +1,6 @@
 import { Cluster, type Redis } from 'ioredis';
 import calculateSlot from 'cluster-key-slot';
-import { masters, nodeAddress, type RedisClient } from './redis.js';
+import { answerWithin, masters, nodeAddress, type RedisClient } from './redis.js';
 
 /**
  * A state change a replica may not have: its master might lose it in a failover. The message starts like
@@ -62,4 +62,22 @@ export class ReplicaAck {
       throw new NotReplicated(`${acked} of ${this.replicas} replicas of ${nodeAddress(node)} acknowledged the change within ${this.timeoutMs} ms`);
     }
   }
+}
+
+/**
+ * The masters with fewer replicas online than REDIS_WAIT_REPLICAS asks for, as "host:port has n of m
+ * replicas online": every change they take is answered 503 after REDIS_WAIT_MS (WAIT cannot be met), while
+ * lookups still work. Empty when the wait is off.
+ */
+export async function replicaShortfall(redis: RedisClient, wanted: number, probeMs: number): Promise<string[]> {
+  if (wanted <= 0) return [];
+  const short: string[] = [];
+  await Promise.all(
+    masters(redis).map(async (m) => {
+      const info = await answerWithin(m.info('replication'), probeMs);
+      const online = info.split('\n').filter((l) => /^slave\d+:.*state=online/.test(l)).length;
+      if (online < wanted) short.push(`${nodeAddress(m)} has ${online} of the ${wanted} replicas REDIS_WAIT_REPLICAS asks for online`);
+    }),
+  );
+  return short.sort();
 }
