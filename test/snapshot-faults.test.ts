@@ -154,6 +154,8 @@ describe('snapshot writer under faults (real processes)', () => {
       const written = await until(b, '/metrics', (r) => /^rm_snapshot_events_total 500$/m.test(r.text));
       expect(written.text).toMatch(/^rm_snapshot_postgres_up 1$/m);
       expect(written.text).toMatch(/^rm_snapshot_batch_events_count [1-9]/m);
+      // present at 0 before any loss: Prometheus' increase() over a series born at 1 reads 0, so the first loss never alerted
+      expect(written.text).toMatch(/^rm_snapshot_errors_total\{where="lost"\} 0$/m);
       const up = await until(b, '/readyz', (r) => r.status === 200);
       expect(JSON.parse(up.text)).toMatchObject({ ready: true, leader: true, postgres: 'up' });
       writers.push(spawnWriter({ ...env, DATABASE_URL: ownDb.url }, ['--metrics-port', String(c)]));

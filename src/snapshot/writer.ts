@@ -70,6 +70,9 @@ function refusedBy(err: unknown): boolean {
  */
 export async function startSnapshotWriter(config: WriterConfig, opts: WriterOptions = {}): Promise<SnapshotWriter> {
   const log = opts.log ?? ((level, msg) => console.error(`[snapshot] ${level}: ${msg}`));
+  // each series present from the start at 0: increase() over one that first appears at 1 reads 0, so an
+  // alert on the first lost entry never fired
+  for (const where of ['postgres', 'redis', 'lost']) m.errors.inc({ where }, 0);
   const consumer = opts.consumer ?? 'writer';
   // commands time out (the longest is one XREADGROUP of a few thousand entries): a hung Redis must not hang stop()
   const redis: RedisClient = createRedis(config, { connectionName: 'referral-manager-snapshot', commandTimeoutMs: 10_000 });
