@@ -35,6 +35,30 @@ describe('rm_snapshot_lag_* while Redis cannot be read', () => {
     }
   });
 
+  // a hung Redis answers nothing until the client's command timeout (10 s on the writer's): the last reading,
+  // a lag of 0 say, stood all that time
+  it('reads NaN while a reading goes unanswered (Redis hung), long before the command times out', async () => {
+    const redis = await privateRedis();
+    await redis.start();
+    const client = createRedis({ redisUrl: redis.url, redisClusterNodes: [] }, { commandTimeoutMs: 60_000 });
+    const lag = reportLag(client, 'lagh', 100);
+    try {
+      await client.xadd(new Keys('lagh').events(0), '*', 'type', 'generated');
+      await until(lagEvents, (v) => v === '1', 'the entry counted');
+      redis.signal('SIGSTOP');
+      const t0 = Date.now();
+      await until(lagEvents, (v) => v?.toLowerCase() === 'nan', 'NaN while Redis hangs', 10_000);
+      expect(Date.now() - t0).toBeLessThan(5000);
+      redis.signal('SIGCONT');
+      await until(lagEvents, (v) => v === '1', 'counted again once Redis answers');
+    } finally {
+      redis.signal('SIGCONT');
+      await lag.stop();
+      client.disconnect();
+      await redis.dispose();
+    }
+  });
+
   // any XINFO failure counted as "no stream yet": a Cluster master down (or CLUSTERDOWN) had its shards'
   // backlog read as 0, and the lag showed 326 or 710 where 950 waited, hiding it from the alert
   it('a shard stream that cannot be read fails the reading; only a missing stream counts 0', async () => {

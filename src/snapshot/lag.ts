@@ -15,6 +15,9 @@ export interface Lag {
 
 const msOf = (id: string): number => Number(id.slice(0, id.indexOf('-')));
 
+/** Readings (intervals) a sample may take before the lag reads unknown (NaN) until it answers. */
+const STALE_AFTER = 3;
+
 /** Entries counted one by one past the group's position when Redis cannot say how many there are. */
 const COUNTED = 100;
 
@@ -94,17 +97,24 @@ async function undeliveredIn(redis: RedisClient, key: string, lag: unknown, deli
  */
 export function reportLag(redis: RedisClient, prefix: string, ms = 1000, onSample?: (lag: Lag) => Promise<unknown> | void): { stop(): Promise<void> } {
   let stopped = false;
+  // unknown, not the last reading: a lag of 0 kept from before Redis went away read as "all copied"
+  const unknown = () => {
+    m.lagEvents.set(NaN);
+    m.lagSeconds.set(NaN);
+  };
   const loop = every(ms, async () => {
+    // a hung Redis answers nothing until the command timeout (10 s on the writer's client): unknown sooner
+    const stale = setTimeout(unknown, STALE_AFTER * ms);
     try {
       const lag = await sampleLag(redis, prefix);
       m.lagEvents.set(lag.events);
       m.lagSeconds.set(lag.seconds);
       if (!stopped) await onSample?.(lag);
     } catch {
-      // unknown, not the last reading: a lag of 0 kept from before Redis went away read as "all copied"
-      m.lagEvents.set(NaN);
-      m.lagSeconds.set(NaN);
+      unknown();
       m.errors.inc({ where: 'lag' });
+    } finally {
+      clearTimeout(stale);
     }
   });
   return {
