@@ -62,7 +62,8 @@ export function observeRequest(route: string, rawMethod: string, status: number,
   let c = children.get(key);
   if (!c) {
     const s = String(status);
-    c = { count: httpRequests.labels(route, method, s), time: httpDuration.labels(route, s) };
+    // upper case as HTTP writes it (uWS gives lower case): a query for method="POST" matched nothing
+    c = { count: httpRequests.labels(route, method === 'other' ? method : method.toUpperCase(), s), time: httpDuration.labels(route, s) };
     children.set(key, c);
   }
   c.count.inc();

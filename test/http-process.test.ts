@@ -628,7 +628,7 @@ describe('serve processes', () => {
       expect(pids.size).toBe(2);
 
       const metrics = (await call(pool, 'GET', '/metrics')).body as string;
-      const healthz = [...metrics.matchAll(/rm_http_requests_total\{route="\/healthz",method="get",status="200"\} (\d+)/g)];
+      const healthz = [...metrics.matchAll(/rm_http_requests_total\{route="\/healthz",method="GET",status="200"\} (\d+)/g)];
       expect(healthz).toHaveLength(1);
       // every /healthz answered, by both workers, summed into one series: one worker's share alone is fewer
       expect(Number(healthz[0]![1])).toBe(sent);
@@ -727,7 +727,7 @@ describe('serve processes', () => {
       const [x, y, z] = [...to.keys()] as [number, number, number];
       const via = to.get(x)!;
       for (let i = 0; i < 20; i++) await pidOf(to.get(y)!);
-      const healthz = async () => Number(/rm_http_requests_total\{route="\/healthz",method="get",status="200"\} (\d+)/.exec(await (await via.request({ method: 'GET', path: '/metrics' })).body.text())?.[1] ?? 0);
+      const healthz = async () => Number(/rm_http_requests_total\{route="\/healthz",method="GET",status="200"\} (\d+)/.exec(await (await via.request({ method: 'GET', path: '/metrics' })).body.text())?.[1] ?? 0);
       expect(await healthz()).toBe(answered); // every worker collected once
       process.kill(z, 'SIGSTOP');
       const during = healthz();
@@ -746,7 +746,7 @@ describe('serve processes', () => {
   // a replaced worker took its share of every counter with it: Prometheus reads the drop as a reset
   it('/metrics counters do not go down when a worker is killed and replaced', async () => {
     const server = await serve({ KEY_PREFIX: fresh('proc') }, 2, 0);
-    const healthz = async () => Number(/rm_http_requests_total\{route="\/healthz",method="get",status="200"\} (\d+)/.exec((await freshGet(`${server.url}/metrics`)).body)?.[1] ?? 0);
+    const healthz = async () => Number(/rm_http_requests_total\{route="\/healthz",method="GET",status="200"\} (\d+)/.exec((await freshGet(`${server.url}/metrics`)).body)?.[1] ?? 0);
     try {
       const byPid = new Map<number, number>();
       for (let i = 0; i < 200 && (byPid.size < 2 || i < 40); i++) {
