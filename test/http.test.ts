@@ -608,6 +608,9 @@ describe('admin routes', () => {
     expect(gen.body.tokens[0]).toEqual({ userId: 'bulk-0', token: expect.stringMatching(/^[0-9a-f-]{36}$/) });
     expect((await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-b', userIds: users, perUser: 3 })).body.error).toBe('invalid_request');
     expect((await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'nope', userIds: ['u'], perUser: 1 })).body.error).toBe('satellite_not_found');
+    // a bad user id is named as the body names it (it read owners[1].ownerUserId, and userIds.0 from the schema)
+    expect((await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-b', userIds: ['ok', 'ali\u200bce'], perUser: 1 })).body.message).toMatch(/^userIds\[1\]: must not contain /);
+    expect((await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-b', userIds: ['x'.repeat(129)], perUser: 1 })).body.message).toBe('userIds[0]: must NOT have more than 128 characters');
     // a new user of sat-a joins through one of them: the redemptions matrix shows sat-b -> sat-a
     const joined = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, body: { token: gen.body.tokens[2].token, userId: 'bulk-joiner' } });
     expect(joined.body).toMatchObject({ state: 'redeemed', ownerSatelliteId: 'sat-b', ownerUserId: 'bulk-1' });

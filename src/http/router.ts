@@ -60,14 +60,16 @@ const ADMIN_BODY_LIMIT = 8 * 1024 * 1024;
 // Unknown properties are allowed and ignored, so clients can be newer than the server.
 const ajv = new Ajv({ allErrors: false, strict: true, strictTypes: true, coerceTypes: false, useDefaults: false });
 
+/** A JSON pointer as the messages name fields: `/userIds/0` -> `userIds[0]`, as the engine's own checks do. */
+const fieldOf = (pointer: string): string => pointer.slice(1).split('/').reduce((out, part) => (/^\d+$/.test(part) ? `${out}[${part}]` : out ? `${out}.${part}` : part), '');
+
 function describe(err: ErrorObject | undefined): string {
   if (!err) return 'body: invalid';
   if (err.keyword === 'required') {
-    const base = err.instancePath.slice(1).replace(/\//g, '.');
+    const base = fieldOf(err.instancePath);
     return `${base ? `${base}.` : ''}${(err.params as { missingProperty: string }).missingProperty}: is required`;
   }
-  const field = err.instancePath.slice(1).replace(/\//g, '.') || 'body';
-  return `${field}: ${err.message ?? 'invalid'}`;
+  return `${fieldOf(err.instancePath) || 'body'}: ${err.message ?? 'invalid'}`;
 }
 
 export interface RouterDeps {
