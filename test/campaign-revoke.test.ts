@@ -136,6 +136,21 @@ describe('a revoked campaign stays revoked', () => {
     expect(shown.stdout).toMatch(/campaign race: .*, revoked at \d{4}-/);
     expect(shown.stdout).toMatch(/sat-r .* revoked /);
   });
+
+  // a campaign id only the admin route used has no record: list and show knew nothing of its revocation
+  it('campaigns revoked lists every revoked id, also one generate never ran, which show names as such', async () => {
+    const env = { KEY_PREFIX: fx.prefix };
+    await fx.engine.revokeCampaign('adm-only');
+    const listed = await runCli(['campaigns', 'revoked', '--json'], env);
+    expect(listed.code, listed.stderr).toBe(0);
+    const rows = JSON.parse(listed.stdout) as { id: string; revokedAt: number; ranByGenerate: boolean }[];
+    expect(rows.find((r) => r.id === 'adm-only')).toEqual({ id: 'adm-only', revokedAt: expect.any(Number), ranByGenerate: false });
+    expect(rows.find((r) => r.id === 'race')).toMatchObject({ ranByGenerate: true });
+    expect((await runCli(['campaigns', 'revoked'], env)).stdout).toMatch(/^adm-only +\d{4}-\S+ +no \(admin route\)$/m);
+    const shown = await runCli(['campaigns', 'show', 'adm-only'], env);
+    expect(shown.code).toBe(1);
+    expect(shown.stderr).toMatch(/campaign "adm-only" was never run by generate .*; revoked at \d{4}-/);
+  });
 });
 
 describe('the revocation survives a restore from Postgres', () => {

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { CampaignStore, campaignNotFound, type Campaign } from '../../src/campaigns/store.js';
+import { DomainError } from '../../src/errors.js';
 import { configFrom, connectRedis, fromSnapshot } from '../context.js';
 import { table } from '../format.js';
 import { campaignResults } from '../../src/snapshot/index.js';
@@ -62,8 +63,14 @@ export function register(program: Command): void {
       const config = configFrom(this);
       const redis = await connectRedis(config);
       try {
-        const c = await new CampaignStore(redis, config.keyPrefix).get(id);
-        if (!c) campaignNotFound(id);
+        const store = new CampaignStore(redis, config.keyPrefix);
+        const c = await store.get(id);
+        if (!c) {
+          const at = await store.revokedAt(id);
+          // an id only the admin route used has no record, but its revocation is real
+          if (at !== undefined) throw new DomainError('campaign_not_found', `campaign "${id}" was never run by generate (its tokens, if any, came from the admin route); revoked at ${when(at)}`);
+          campaignNotFound(id);
+        }
         if (opts.json) return console.log(JSON.stringify({ ...c, status: status(c) }, null, 2));
         const revoked = c.revokedAt === undefined ? '' : ` at ${when(c.revokedAt)}`;
         console.log(`campaign ${c.id}: ${c.perUser} per user, created ${when(c.createdAt)}, expires ${when(c.expiresAt)}, ${status(c)}${revoked}`);
@@ -98,6 +105,24 @@ export function register(program: Command): void {
           ),
         );
       });
+    });
+
+  campaigns
+    .command('revoked')
+    .description('every revoked campaign id and when, also ids only the admin route used (generate never ran them, so list and show do not know them)')
+    .option('--json', 'print [{id, revokedAt, ranByGenerate}]')
+    .addHelpText('after', '\nExamples:\n  referral-manager campaigns revoked\n  referral-manager campaigns revoked --json')
+    .action(async function (this: Command, opts: { json?: boolean }) {
+      const config = configFrom(this);
+      const redis = await connectRedis(config);
+      try {
+        const all = await new CampaignStore(redis, config.keyPrefix).revoked();
+        if (opts.json) return console.log(JSON.stringify(all, null, 2));
+        if (all.length === 0) return console.log('no campaign revoked');
+        console.log(table(['campaign', 'revoked', 'run by generate'], all.map((r) => [r.id, when(r.revokedAt), r.ranByGenerate ? 'yes' : 'no (admin route)'])));
+      } finally {
+        redis.disconnect();
+      }
     });
 
   campaigns

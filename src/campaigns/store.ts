@@ -113,6 +113,16 @@ export class CampaignStore {
     return at ? Number(at) : undefined;
   }
 
+  /**
+   * Every revoked campaign id with its revokedAt, oldest first: also ids only the admin route used, which have
+   * no record here (campaigns list shows only what generate ran).
+   */
+  async revoked(): Promise<{ id: string; revokedAt: number; ranByGenerate: boolean }[]> {
+    const all = Object.entries(await this.redis.hgetall(this.revokedKey)).map(([id, at]) => ({ id, revokedAt: Number(at) }));
+    const ran = await Promise.all(all.map((r) => this.redis.exists(this.keys.meta(r.id))));
+    return all.map((r, i) => ({ ...r, ranByGenerate: ran[i] === 1 })).sort((a, b) => a.revokedAt - b.revokedAt || (a.id < b.id ? -1 : 1));
+  }
+
   async require(id: string): Promise<CampaignMeta> {
     const m = await this.meta(id);
     return m ?? campaignNotFound(id);
