@@ -101,7 +101,11 @@ describe('verify finds revoked campaigns the registry and the shards disagree on
     await fx.redis.hdel(keys.revokedCampaigns(), 'marked');
 
     const env = { KEY_PREFIX: fx.prefix, REDIS_URL: SHARED_REDIS_URL, DATABASE_URL: db.url };
-    const restored = await runCli(['restore', '--from-postgres', '--force'], env);
+    // the generate and the revokes are in the streams only (no writer ran): refused unless they may go
+    const refused = await runCli(['restore', '--from-postgres', '--force'], env);
+    expect([refused.code, refused.stderr]).toEqual([1, expect.stringMatching(/error: \d+ changes in the event streams of .* have not reached Postgres .*--discard-pending/)]);
+    expect((await fx.engine.lookup(before))?.token).toBe(before);
+    const restored = await runCli(['restore', '--from-postgres', '--force', '--discard-pending'], env);
     expect(restored.code).toBe(0);
     expect(restored.stdout).toContain('registered 1 campaign revocations only the old shards held');
     // these two, and the first test's three

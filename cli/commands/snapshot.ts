@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { startOpsServer } from '../../src/http/ops.js';
-import { anyKey, engineKeys, registerMarkedRevocations, RESTORE_LANES, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, revocationGaps, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
+import { anyKey, engineKeys, registerMarkedRevocations, RESTORE_LANES, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, revocationGaps, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
 import { clusterFailures, dropKeys, type RedisClient } from '../../src/store/redis.js';
 import { Keys } from '../../src/store/keys.js';
 import { TokenStore } from '../../src/store/token-store.js';
@@ -76,8 +76,9 @@ export function register(program: Command): void {
     .description('rebuild an empty Redis from the Postgres snapshot (writes no events)')
     .option('--from-postgres', 'read tokens from DATABASE_URL (the only source for now)')
     .option('--force', 'restore even when keys exist under the prefix (the engine keys are replaced)')
+    .option('--discard-pending', 'with --force: restore even though changes in the event streams have not reached Postgres (they are lost)')
     .addHelpText('after', '\nExamples:\n  referral-manager restore --from-postgres\n  referral-manager restore --from-postgres --force --key-prefix rm')
-    .action(async function (this: Command, opts: { fromPostgres?: boolean; force?: boolean }) {
+    .action(async function (this: Command, opts: { fromPostgres?: boolean; force?: boolean; discardPending?: boolean }) {
       if (!opts.fromPostgres) this.error('error: restore needs --from-postgres', { exitCode: 2 });
       const config = configFrom(this);
       const redis = await connectRedis(config);
@@ -91,6 +92,12 @@ export function register(program: Command): void {
         }
         if (await anyKey(redis, config.keyPrefix)) {
           if (!opts.force) throw new Error(`Redis has keys under "${config.keyPrefix}:"; refusing to restore over them (use --force)`);
+          // the streams hold changes Postgres lacks: a restore deletes them, so an acknowledged redeem was undone
+          // (the token open to a second referral) and verify, comparing the result, found nothing
+          const lag = await sampleLag(redis, config.keyPrefix);
+          if (lag.events > 0 && !opts.discardPending) {
+            throw new Error(`${lag.events} changes in the event streams of "${config.keyPrefix}:" have not reached Postgres (the oldest ${lag.seconds.toFixed(0)} s ago); a restore would lose them (a redeem undone, a token gone): run \`referral-manager snapshot\` until rm_snapshot_lag_events is 0 and stop it, or pass --discard-pending to lose them`);
+          }
           const marksOnly = await registerMarkedRevocations(redis, config.keyPrefix);
           if (marksOnly) console.log(`registered ${marksOnly} campaign revocations only the old shards held, so the restore keeps them`);
           const stale = await engineKeys(redis, config.keyPrefix);
