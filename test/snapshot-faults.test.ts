@@ -284,6 +284,19 @@ describe('snapshot writer under faults (real processes)', () => {
         n = await copied();
       }
       expect(n).toBe(healthy.length);
+
+      // once its retries are 5 s apart, the other lanes still copy within a round: the whole loop backed off,
+      // so a change waited up to 5 s (one round per backoff), about a tenth of the speed for a backlog
+      // (a backoff doubling from 100 ms reaches 5 s 6.3 s after the first failure)
+      await sleep(6500);
+      for (const batch of [1, 2]) {
+        const more = (await engine.generate({ owners: Array.from({ length: 200 }, (_, i) => ({ ownerSatelliteId: 'sat-p', ownerUserId: `b${batch}-${i}` })), perUser: 1 })).tokens.map((t) => t.token);
+        const fine = more.filter((t) => placeOfToken(hexOf(t)).shard % 4 !== 1);
+        const t0 = Date.now();
+        for (const end = t0 + 20_000; Number((await pool.query('SELECT count(*) AS n FROM tokens WHERE token = ANY($1)', [fine])).rows[0].n) < fine.length && Date.now() < end; ) await sleep(20);
+        expect(Date.now() - t0).toBeLessThan(2500);
+      }
+
       // said as what it is, once: it read "Postgres unreachable", and rm_snapshot_postgres_up flapped 0/1
       const refused = lines.filter((l) => l.includes('Postgres refused a write (SQLSTATE 22P02'));
       expect(refused).toHaveLength(1);

@@ -187,6 +187,9 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     size: config.snapshotBatch,
     /** the last entry Postgres refused alone, said once */
     refusedAlone: '',
+    /** after a batch Postgres refused: the lane's own backoff, and when it tries again */
+    backoff: 0,
+    retryAt: 0,
   }));
 
   /**
@@ -310,12 +313,27 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         if (await satellites.due()) await onPostgres(() => satellites.write(db));
         if (await revoked.due()) await onPostgres(() => revoked.write(db));
         if (await campaigns.due()) await onPostgres(() => campaigns.write(db));
-        const rounds = await Promise.allSettled(lanes.map((lane) => round(lane)));
-        const failed = rounds.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-        if (failed) throw failed.reason;
-        if (refusal) log('info', 'Postgres takes the writes again; catching up');
-        refusal = '';
-        const n = rounds.reduce((sum, r) => sum + (r as PromiseFulfilledResult<number>).value, 0);
+        const due = lanes.filter((l) => l.retryAt <= Date.now());
+        const rounds = await Promise.allSettled(due.map((lane) => round(lane)));
+        let n = 0;
+        for (const [i, r] of rounds.entries()) {
+          const lane = due[i]!;
+          if (r.status === 'fulfilled') {
+            n += r.value;
+            lane.backoff = 0;
+            continue;
+          }
+          // anything but a refusal (Postgres or Redis out of reach) is every lane's: the loop backs off
+          if (!refusedBy(r.reason)) throw r.reason;
+          // a lane whose batch Postgres refuses waits on its own: when the whole loop backed off, one bad
+          // entry slowed the other three lanes about tenfold (one round per 5 s)
+          lane.backoff = Math.min(Math.max(100, lane.backoff * 2), BACKOFF_MAX_MS);
+          lane.retryAt = Date.now() + lane.backoff;
+        }
+        if (refusal && lanes.every((l) => l.backoff === 0)) {
+          log('info', 'Postgres takes the writes again; catching up');
+          refusal = '';
+        }
         backoff = 100;
         if (n < streams.perShard) await sleep(config.snapshotFlushMs);
       } catch (err) {
