@@ -16,11 +16,12 @@ export interface StreamEvent {
 }
 
 /**
- * Parses one XREADGROUP entry; undefined for an entry that was trimmed while pending (fields nil).
+ * Parses one XREADGROUP entry; undefined for an entry that was trimmed while pending (fields nil). One
+ * written with fields missing (by hand) is an event all the same: Postgres refuses it, and the writer names it.
  * The scripts write the fields in this order; an entry written otherwise is looked up by name.
  */
 export function parseEntry(shard: number, id: string, fields: string[] | null): StreamEvent | undefined {
-  if (!fields || fields.length < 4) return undefined;
+  if (!fields) return undefined;
   const dash = id.indexOf('-');
   const inOrder = fields[0] === 'type' && fields[2] === 'at' && fields[4] === 'row';
   const field = (name: string) => {
