@@ -343,6 +343,33 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   }, 90_000);
 
+  // every retry re-read the same pending entries into the same 5,000-event batch: behind a statement timeout
+  // (or the writer's own query timeout) that a batch of that size exceeds, nothing was ever copied again
+  for (const limit of ['statement_timeout', 'queryTimeoutMs'] as const) {
+    it(`a backlog whose batches exceed ${limit} is copied in smaller batches`, async () => {
+      const prefix = testPrefix('slowpg');
+      const engine = new TokenEngine(new TokenStore(snap.fx.redis, prefix));
+      const db = await testDatabase();
+      const pool = await openPostgres(db.url);
+      // every history row costs 0.5 ms: a batch of 2,000 takes a second, one of 250 an eighth
+      await pool.query(`CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.0005); RETURN NEW; END $$;
+        CREATE TRIGGER slow BEFORE INSERT ON token_events FOR EACH ROW EXECUTE FUNCTION slow()`);
+      if (limit === 'statement_timeout') await pool.query(`ALTER DATABASE "${db.name}" SET statement_timeout = '400ms'`);
+      await engine.generate({ owners: Array.from({ length: 8000 }, (_, i) => ({ ownerSatelliteId: 'sat-s', ownerUserId: `u${i}` })), perUser: 1 });
+      const w = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url }), { log: () => {}, ...(limit === 'queryTimeoutMs' ? { queryTimeoutMs: 400 } : {}) });
+      try {
+        const copied = async () => Number((await pool.query('SELECT count(*) AS n FROM tokens')).rows[0].n);
+        for (const end = Date.now() + 60_000; (await copied()) < 8000 && Date.now() < end; ) await sleep(200);
+        expect(await copied()).toBe(8000);
+      } finally {
+        await w.stop();
+        await pool.end();
+        await db.drop();
+        await dropPrefix(snap.fx.redis, prefix);
+      }
+    }, 90_000);
+  }
+
   // a standby tried the lease a third of the lease apart: after a holder's kill -9 it took over up to 13.3 s
   // later (helper-71 measured 10.7-10.8 s), past the 10 s the docs promise
   it('a standby takes over as soon as a dead holder\'s lease lapses, not up to a third of a lease later', async () => {

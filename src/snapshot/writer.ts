@@ -50,6 +50,11 @@ const FAREWELL_MS = 500;
 const LANES = 4;
 /** How often a writer that is up checks Postgres when no batch did: how soon /readyz shows an idle writer's loss. */
 const PG_PROBE_MS = 5000;
+/** How long a lane's batches stay at most half the size of one that timed out. */
+const SLOW_CAP_MS = 60_000;
+
+/** A statement timeout (57014, query_canceled) or pg's own query_timeout: the batch was too slow (or Postgres hangs). */
+const timedOut = (err: unknown): boolean => (err as { code?: unknown }).code === '57014' || (err as Error).message === 'Query read timeout';
 const LAPSED = 'the snapshot lease lapsed with no other writer (this process or Redis stalled past it, or Redis lost it); taking it again';
 
 /**
@@ -187,6 +192,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     size: config.snapshotBatch,
     /** the last entry Postgres refused alone, said once */
     refusedAlone: '',
+    /** the most `size` grows back to for a while after a batch timed out */
+    cap: { size: config.snapshotBatch, until: 0 },
     /** after a batch Postgres refused: the lane's own backoff, and when it tries again */
     backoff: 0,
     retryAt: 0,
@@ -228,17 +235,21 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       try {
         await onPostgres(() => commit(batch));
       } catch (err) {
+        const slow = timedOut(err);
+        if (slow || refusedBy(err)) lane.size = Math.ceil(batch.length / 2);
+        // too slow for a statement timeout or the writer's query timeout: a minute at no more than half of it, or
+        // doubling back after each commit it meets the timeout again, each time a backoff
+        if (slow) lane.cap = { size: lane.size, until: Date.now() + SLOW_CAP_MS };
         if (!refusedBy(err)) throw err;
         // Postgres refused the batch (a row it rejects, a statement timeout): tried again at once in halves, so
         // the entries before the one it refuses reach it, and a batch too big for the timeout gets through.
         // Before, one such entry held its lane's whole batch (thousands) and no log line named it.
         if (batch.length === 1) throw refusedAlone(lane, batch[0]!, err);
-        lane.size = Math.ceil(batch.length / 2);
         continue;
       }
       await streams.ackAndTrim(batch);
       i += batch.length;
-      lane.size = Math.min(config.snapshotBatch, lane.size * 2);
+      lane.size = Math.min(config.snapshotBatch, lane.size * 2, Date.now() < lane.cap.until ? lane.cap.size : Infinity);
     }
     return events.length;
   }
