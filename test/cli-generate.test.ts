@@ -441,6 +441,9 @@ describe('--all with a satellite registered without a url (it only redeems)', ()
     const dry = await w.gen(['--all', '--per-user', '2', '--campaign', 'mixed', '--dry-run']);
     expect(dry.code, dry.stderr).toBe(0);
     expect(dry.stdout).toMatch(/redeem-only\s+0\s+0\s+0\s+0\s+0\s+skipped/);
+    // a dry run without --campaign made no campaign: its hint names none (it named the id it drew)
+    const unnamed = await w.gen(['--all', '--per-user', '2', '--dry-run']);
+    expect(unnamed.stderr).toMatch(/, referral-manager generate --all --per-user 2 serves it$/m);
 
     const run = await w.gen(['--all', '--per-user', '2', '--campaign', 'mixed', '--json']);
     expect(run.code, run.stderr).toBe(0);

@@ -220,7 +220,8 @@ export function register(program: Command): void {
           const flags = globalFlags(this);
           for (const r of skipped) {
             if (r.error === REMOVED) console.error(`satellite ${r.satelliteId} skipped: ${REMOVED}; the campaign serves its other satellites`);
-            else console.error(`satellite ${r.satelliteId} skipped: ${NO_URL}; after referral-manager${flags} satellites update ${sh(r.satelliteId)} --url <url>, referral-manager${flags} generate --all --per-user ${campaign.perUser} --campaign ${sh(id)} serves it`);
+            // a dry run made no campaign: the id it drew names nothing
+            else console.error(`satellite ${r.satelliteId} skipped: ${NO_URL}; after referral-manager${flags} satellites update ${sh(r.satelliteId)} --url <url>, referral-manager${flags} generate --all --per-user ${campaign.perUser}${opts.dryRun && existing === undefined && opts.campaign === undefined ? '' : ` --campaign ${sh(id)}`} serves it`);
           }
           const failed = reports.filter((r) => r.status === 'failed');
           // revoked or expired: a campaign a resume cannot go on with
