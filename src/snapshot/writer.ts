@@ -350,7 +350,13 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       } catch (err) {
         // counted whatever Postgres' state: while it was down (or not yet reached) a Redis failure went unseen
         if (!(err instanceof Object && counted.has(err))) setDown(err, 'redis');
-        if (/NOGROUP/.test((err as Error).message)) streams.lostGroups();
+        if (/NOGROUP/.test((err as Error).message)) {
+          // the group was made at start: a stream deleted or evicted, or Redis lost its data. What it held
+          // unread is gone without a trace in Postgres; counted as lost, so the alert on losses fires
+          m.errors.inc({ where: 'lost' });
+          log('error', `an event stream or its consumer group is gone (${(err as Error).message}); recreating them. Changes it held that had not reached Postgres are lost: run \`referral-manager verify\`, then \`verify --repair-tokens\``);
+          streams.lostGroups();
+        }
         await sleep(backoff);
         backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
       }
