@@ -50,6 +50,7 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       await replicaLinked(master.url);
       const { admin, sat, tokens } = await world(served.url, 10);
       expect((await sat.redeem(tokens[0]!, 'new-0')).state).toBe('redeemed');
+      expect((await sat.reserve(tokens[3]!, 60_000, { reservationId: 'signup-3' })).state).toBe('reserved');
 
       replica.signal('SIGSTOP');
       const t0 = Date.now();
@@ -69,8 +70,14 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       // generation too: its tokens are undone (revoked) and the call fails
       expect((await failure(admin.generate({ satelliteId: 'sat-w', userIds: ['late'], perUser: 1 })))?.code).toBe('store_unavailable');
 
+      // a retry of a reservation answered before (its answer lost): not confirmed now, but not undone either, or
+      // another sign-up could take the token before this one completes
+      expect((await failure(sat.reserve(tokens[3]!, 60_000, { reservationId: 'signup-3' })))?.code).toBe('store_unavailable');
+      expect((await sat.lookup(tokens[3]!)).state).toBe('reserved');
+
       replica.signal('SIGCONT');
       await replicaLinked(master.url);
+      expect((await sat.complete(tokens[3]!, 'signup-3', 'new-3')).state).toBe('redeemed');
       expect((await sat.redeem(tokens[1]!, 'new-1')).state).toBe('redeemed');
       expect((await sat.reserve(tokens[2]!)).state).toBe('reserved');
     } finally {

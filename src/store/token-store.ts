@@ -103,7 +103,7 @@ export class TokenStore {
   }
 
   // the scripts also get the token dashed, for their reply and event row: cheaper passed on than made in Lua
-  private single<C extends string>(script: 'redeem' | 'reserve' | 'complete' | 'release', token: string, args: (string | number)[]): Promise<Result<C>> {
+  private single<C extends string>(script: 'redeem' | 'complete' | 'release', token: string, args: (string | number)[]): Promise<Result<C>> {
     const hex = hexOf(token);
     const keys = this.keys.tokenKeys(placeOfToken(hex));
     return this.changed(keys[0]!, this.s[script](keys, [hex, ...args, token]).then((r) => decodeResult<C>(r)));
@@ -124,18 +124,26 @@ export class TokenStore {
   }
 
   reserve(token: string, satelliteId: string, leaseMs: number, reservationId: string): Promise<Result<RedeemCode>> {
-    const reply = this.single<RedeemCode>('reserve', token, [satelliteId, leaseMs, reservationId]);
+    const hex = hexOf(token);
+    const keys = this.keys.tokenKeys(placeOfToken(hex));
+    const reply = this.s.reserve(keys, [hex, satelliteId, leaseMs, reservationId, token]) as Promise<string[]>;
     // off (the default), the hot path keeps its one promise
-    if (!this.ack.on) return reply;
-    return reply.catch(async (err: unknown) => {
-      // A reserve the replicas did not confirm is answered 503, so the satellite never learns its reservation id
-      // and its retry would meet token_reserved for the whole lease: give the token back (best effort, unconfirmed
-      // too). A redeem or complete needs no undo: its retry by the same user is answered ok.
-      if (err instanceof NotReplicated) {
-        const hex = hexOf(token);
-        await this.s.release(this.keys.tokenKeys(placeOfToken(hex)), [hex, reservationId, satelliteId, token]).catch(() => undefined);
+    if (!this.ack.on) return reply.then((r) => decodeResult<RedeemCode>(r));
+    return reply.then(async (r) => {
+      const out = decodeResult<RedeemCode>(r);
+      if (out.code !== 'ok') return out;
+      try {
+        await this.ack.after(keys[0]!);
+      } catch (err) {
+        // A reserve the replicas did not confirm is answered 503, so the satellite never learns its reservation id
+        // and its retry would meet token_reserved for the whole lease: give the token back (best effort, unconfirmed
+        // too). Not a repeat's (lua/reserve.lua): that reservation is an earlier call's, which may have been
+        // answered ok, and undoing it let another sign-up take the token before the satellite completed.
+        // A redeem or complete needs no undo: its retry by the same user is answered ok.
+        if (err instanceof NotReplicated && r[14] !== 'repeat') await this.s.release(keys, [hex, reservationId, satelliteId, token]).catch(() => undefined);
+        throw err;
       }
-      throw err;
+      return out;
     });
   }
 
