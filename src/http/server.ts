@@ -8,6 +8,7 @@ import { readScript, SCRIPT_NAMES } from '../store/scripts.js';
 import { readSnapshotStatus } from '../snapshot/status.js';
 import { TokenStore } from '../store/token-store.js';
 import { replicaShortfall } from '../store/replicas.js';
+import { evictingMasters } from '../store/eviction.js';
 import { TokenEngine } from '../tokens/engine.js';
 import { Authenticator } from './auth.js';
 import { FailureLimiter } from './rate-limit.js';
@@ -80,6 +81,9 @@ async function readiness(redis: RedisClient, prefix: string, probeMs: number, wa
     // load balancer kept sending sign-ups to instances that could redeem nothing
     const short = await replicaShortfall(redis, waitReplicas, probeMs);
     if (short.length) return { ready: false, details: { redis: 'up', ...cluster, replicas: 'short', error: `${short.join('; ')}: every state change is answered 503` } };
+    // Redis would delete tokens once full, silently: refused before it happens, while it can still be set right
+    const evicting = await evictingMasters(redis, probeMs);
+    if (evicting.length) return { ready: false, details: { redis: 'up', ...cluster, eviction: 'allkeys', error: `${evicting.join('; ')}: it would delete tokens once full; set maxmemory-policy noeviction` } };
   } catch (err) {
     return { ready: false, details: { redis: 'down', error: redisErrorText(err) } };
   }
