@@ -8,6 +8,7 @@ import { privateRedis, testCluster, type RestartableRedis } from './helpers/http
 import { pgProxy, testDatabase } from './helpers/pg.js';
 import { caughtUp, each, firstRoundDone, generateTokens, sleep, snapshotFixture } from './helpers/snapshot.js';
 import { openPostgres, readSnapshotStatus, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
+import type { WriterOptions } from '../src/snapshot/writer.js';
 import { snapshotMetrics } from '../src/snapshot/metrics.js';
 import { checkout } from '../src/snapshot/schema.js';
 import { GROUP } from '../src/snapshot/lag.js';
@@ -259,87 +260,90 @@ describe('snapshot writer under faults (real processes)', () => {
 
   // every lane's failure made every shard re-read its pending entries, so one entry Postgres refuses (written by
   // hand) kept the healthy lanes re-reading their empty pending lists: nothing was copied, from any shard
-  it('an entry Postgres refuses stops only its own lane: the other shards are still copied', async () => {
-    const prefix = testPrefix('poison');
-    const engine = new TokenEngine(new TokenStore(snap.fx.redis, prefix));
-    // a database of its own: verify in the other tests compares the whole of theirs
+  /**
+   * A key prefix, engine and database of a test's own (verify in the other tests compares the whole of theirs),
+   * a writer on them started by `start`, its log lines, and `close` for all of it.
+   */
+  async function ownWorld(label: string) {
+    const prefix = testPrefix(label);
     const db = await testDatabase();
     const pool = await openPostgres(db.url);
-    // shard 5 is lane 1's (shards s with s % 4 == 1)
-    await snap.fx.redis.xadd(new Keys(prefix).events(5), '*', 'type', 'redeemed', 'at', '1', 'row', ['not-a-uuid', 'redeemed', 'sat-p', 'x', 'c', '1', '', '', '', '', '', '', ''].join('\t'));
     const lines: string[] = [];
-    const w = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`) });
+    let writer: SnapshotWriter | undefined;
+    return {
+      prefix, db, pool, lines,
+      engine: new TokenEngine(new TokenStore(snap.fx.redis, prefix)),
+      /** tokens among `tokens` that have a row in Postgres */
+      copied: async (tokens: string[]) => Number((await pool.query('SELECT count(*) AS n FROM tokens WHERE token = ANY($1)', [tokens])).rows[0].n),
+      poison: (shard: number) => snap.fx.redis.xadd(new Keys(prefix).events(shard), '*', 'type', 'redeemed', 'at', '1', 'row', ['not-a-uuid', 'redeemed', 'sat-p', 'x', 'c', '1', '', '', '', '', '', '', ''].join('\t')),
+      start: async (opts: WriterOptions = {}) => (writer = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`), ...opts })),
+      async close() {
+        await writer?.stop();
+        await pool.end();
+        await db.drop();
+        await dropPrefix(snap.fx.redis, prefix);
+      },
+    };
+  }
+  const users = (n: number, tag: string) => Array.from({ length: n }, (_, i) => ({ ownerSatelliteId: 'sat-p', ownerUserId: `${tag}${i}` }));
+  const made = async (engine: TokenEngine, owners: ReturnType<typeof users>) => (await engine.generate({ owners, perUser: 1 })).tokens.map((t) => t.token);
+  const laneOf = (token: string) => placeOfToken(hexOf(token)).shard % 4;
+
+  // every lane's failure made every shard re-read its pending entries, so one entry Postgres refuses (written by
+  // hand) kept the healthy lanes re-reading their empty pending lists: nothing was copied, from any shard
+  it('an entry Postgres refuses stops only its own lane: the other shards are still copied', async () => {
+    const o = await ownWorld('poison');
+    // shard 5 is lane 1's (shards s with s % 4 == 1)
+    await o.poison(5);
+    await o.start();
     try {
       // the writer has met the entry (and failed on it) before these changes are made
-      for (const end = Date.now() + 10_000; Number(await snapshotMetrics.errors.get().then((g) => g.values.reduce((n, v) => n + v.value, 0))) === 0 && Date.now() < end; ) await sleep(100);
-      await sleep(1000);
-      const made = (await engine.generate({ owners: Array.from({ length: 200 }, (_, i) => ({ ownerSatelliteId: 'sat-p', ownerUserId: `u${i}` })), perUser: 1 })).tokens.map((t) => t.token);
-      const healthy = made.filter((t) => placeOfToken(hexOf(t)).shard % 4 !== 1);
+      for (const end = Date.now() + 10_000; !o.lines.some((l) => l.includes('Postgres refused a write')) && Date.now() < end; ) await sleep(100);
+      const healthy = (await made(o.engine, users(200, 'u'))).filter((t) => laneOf(t) !== 1);
       expect(healthy.length).toBeGreaterThan(100);
-      const copied = async () => Number((await pool.query('SELECT count(*) AS n FROM tokens WHERE token = ANY($1)', [healthy])).rows[0].n);
-      const end = Date.now() + 20_000;
-      let n = await copied();
-      while (n < healthy.length && Date.now() < end) {
-        await sleep(200);
-        n = await copied();
-      }
-      expect(n).toBe(healthy.length);
+      for (const end = Date.now() + 20_000; (await o.copied(healthy)) < healthy.length && Date.now() < end; ) await sleep(200);
+      expect(await o.copied(healthy)).toBe(healthy.length);
 
       // once its retries are 5 s apart, the other lanes still copy within a round: the whole loop backed off,
       // so a change waited up to 5 s (one round per backoff), about a tenth of the speed for a backlog
       // (a backoff doubling from 100 ms reaches 5 s 6.3 s after the first failure)
       await sleep(6500);
       for (const batch of [1, 2]) {
-        const more = (await engine.generate({ owners: Array.from({ length: 200 }, (_, i) => ({ ownerSatelliteId: 'sat-p', ownerUserId: `b${batch}-${i}` })), perUser: 1 })).tokens.map((t) => t.token);
-        const fine = more.filter((t) => placeOfToken(hexOf(t)).shard % 4 !== 1);
+        const fine = (await made(o.engine, users(200, `b${batch}-`))).filter((t) => laneOf(t) !== 1);
         const t0 = Date.now();
-        for (const end = t0 + 20_000; Number((await pool.query('SELECT count(*) AS n FROM tokens WHERE token = ANY($1)', [fine])).rows[0].n) < fine.length && Date.now() < end; ) await sleep(20);
+        for (const end = t0 + 20_000; (await o.copied(fine)) < fine.length && Date.now() < end; ) await sleep(20);
         expect(Date.now() - t0).toBeLessThan(2500);
       }
 
       // said as what it is, once: it read "Postgres unreachable", and rm_snapshot_postgres_up flapped 0/1
-      const refused = lines.filter((l) => l.includes('Postgres refused a write (SQLSTATE 22P02'));
-      expect(refused).toHaveLength(1);
-      expect(lines.filter((l) => l.includes('unreachable'))).toEqual([]);
+      expect(o.lines.filter((l) => l.includes('Postgres refused a write (SQLSTATE 22P02'))).toHaveLength(1);
+      expect(o.lines.filter((l) => l.includes('unreachable'))).toEqual([]);
       expect((await snapshotMetrics.postgresUp.get()).values[0]?.value).toBe(1);
     } finally {
-      await w.stop();
-      await pool.end();
-      await db.drop();
-      await dropPrefix(snap.fx.redis, prefix);
+      await o.close();
     }
   });
 
   // the whole batch of the lane was refused again and again: the entries read before the bad one (thousands, a
   // batch is up to SNAPSHOT_BATCH) never reached Postgres either, and no log line said which entry it was
   it('a refused batch is retried in halves: the entries before the one Postgres refuses are copied, and the log names that entry', async () => {
-    const prefix = testPrefix('halves');
-    const engine = new TokenEngine(new TokenStore(snap.fx.redis, prefix));
-    const db = await testDatabase();
-    const pool = await openPostgres(db.url);
-    const owners = (from: number) => Array.from({ length: 2000 }, (_, i) => ({ ownerSatelliteId: 'sat-h', ownerUserId: `u${from + i}` }));
+    const o = await ownWorld('halves');
     // lane 1 reads shard 1 first, then shard 5's entries up to the bad one, then shards 9, 13, ...
-    const shard1or5 = (tokens: string[]) => tokens.filter((t) => [1, 5].includes(placeOfToken(hexOf(t)).shard));
-    const before = shard1or5((await engine.generate({ owners: owners(0), perUser: 1 })).tokens.map((t) => t.token));
-    const poison = await snap.fx.redis.xadd(new Keys(prefix).events(5), '*', 'type', 'redeemed', 'at', '1', 'row', ['not-a-uuid', 'redeemed', 'sat-h', 'x', 'c', '1', '', '', '', '', '', '', ''].join('\t'));
-    await engine.generate({ owners: owners(2000), perUser: 1 });
+    const before = (await made(o.engine, users(2000, 'u'))).filter((t) => [1, 5].includes(placeOfToken(hexOf(t)).shard));
+    const poison = (await o.poison(5))!;
+    await made(o.engine, users(2000, 'v'));
     expect(before.length).toBeGreaterThan(20);
-    const lines: string[] = [];
-    const w = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`) });
+    await o.start();
     try {
-      const copied = async () => Number((await pool.query('SELECT count(*) AS n FROM tokens WHERE token = ANY($1)', [before])).rows[0].n);
-      for (const end = Date.now() + 30_000; (await copied()) < before.length && Date.now() < end; ) await sleep(200);
-      expect(await copied()).toBe(before.length);
-      const named = lines.filter((l) => l.includes(`stream entry ${new Keys(prefix).events(5)} ${poison}`));
-      for (const end = Date.now() + 30_000; !named.length && Date.now() < end; await sleep(200)) named.push(...lines.filter((l) => l.includes(poison!)));
-      expect(named[0]).toMatch(/^error: Postgres refuses stream entry .* \(redeemed\) even alone \(.*invalid input syntax for type uuid.*\); shards 1,5,9,.* wait behind it/);
+      for (const end = Date.now() + 30_000; (await o.copied(before)) < before.length && Date.now() < end; ) await sleep(200);
+      expect(await o.copied(before)).toBe(before.length);
+      const named = () => o.lines.filter((l) => l.includes(`stream entry ${new Keys(o.prefix).events(5)} ${poison}`));
+      for (const end = Date.now() + 30_000; !named().length && Date.now() < end; ) await sleep(200);
+      expect(named()[0]).toMatch(/^error: Postgres refuses stream entry .* \(redeemed\) even alone \(.*invalid input syntax for type uuid.*\); shards 1,5,9,.* wait behind it/);
       await sleep(1500);
-      expect(lines.filter((l) => l.includes(poison!))).toHaveLength(1);
+      expect(o.lines.filter((l) => l.includes(poison))).toHaveLength(1);
     } finally {
-      await w.stop();
-      await pool.end();
-      await db.drop();
-      await dropPrefix(snap.fx.redis, prefix);
+      await o.close();
     }
   }, 90_000);
 
@@ -347,54 +351,40 @@ describe('snapshot writer under faults (real processes)', () => {
   // (or the writer's own query timeout) that a batch of that size exceeds, nothing was ever copied again
   for (const limit of ['statement_timeout', 'queryTimeoutMs'] as const) {
     it(`a backlog whose batches exceed ${limit} is copied in smaller batches`, async () => {
-      const prefix = testPrefix('slowpg');
-      const engine = new TokenEngine(new TokenStore(snap.fx.redis, prefix));
-      const db = await testDatabase();
-      const pool = await openPostgres(db.url);
+      const o = await ownWorld('slowpg');
       // every history row costs 0.5 ms: a batch of 2,000 takes a second, one of 250 an eighth
-      await pool.query(`CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.0005); RETURN NEW; END $$;
+      await o.pool.query(`CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.0005); RETURN NEW; END $$;
         CREATE TRIGGER slow BEFORE INSERT ON token_events FOR EACH ROW EXECUTE FUNCTION slow()`);
-      if (limit === 'statement_timeout') await pool.query(`ALTER DATABASE "${db.name}" SET statement_timeout = '400ms'`);
-      await engine.generate({ owners: Array.from({ length: 8000 }, (_, i) => ({ ownerSatelliteId: 'sat-s', ownerUserId: `u${i}` })), perUser: 1 });
-      const w = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url }), { log: () => {}, ...(limit === 'queryTimeoutMs' ? { queryTimeoutMs: 400 } : {}) });
+      if (limit === 'statement_timeout') await o.pool.query(`ALTER DATABASE "${o.db.name}" SET statement_timeout = '400ms'`);
+      const tokens = await made(o.engine, users(8000, 'u'));
+      await o.start(limit === 'queryTimeoutMs' ? { queryTimeoutMs: 400 } : {});
       try {
-        const copied = async () => Number((await pool.query('SELECT count(*) AS n FROM tokens')).rows[0].n);
-        for (const end = Date.now() + 60_000; (await copied()) < 8000 && Date.now() < end; ) await sleep(200);
-        expect(await copied()).toBe(8000);
+        for (const end = Date.now() + 60_000; (await o.copied(tokens)) < 8000 && Date.now() < end; ) await sleep(200);
+        expect(await o.copied(tokens)).toBe(8000);
       } finally {
-        await w.stop();
-        await pool.end();
-        await db.drop();
-        await dropPrefix(snap.fx.redis, prefix);
+        await o.close();
       }
     }, 90_000);
   }
 
   // a deleted (or evicted) stream showed as one "redis: NOGROUP" warning: its unread changes were lost unsaid
   it('a shard stream deleted under the writer is said to be lost and counted, then recreated, and later changes are copied', async () => {
-    const prefix = testPrefix('nogroup');
-    const engine = new TokenEngine(new TokenStore(snap.fx.redis, prefix));
-    const db = await testDatabase();
-    const pool = await openPostgres(db.url);
-    const lines: string[] = [];
+    const o = await ownWorld('nogroup');
     const lost = async () => (await snapshotMetrics.errors.get()).values.find((v) => v.labels.where === 'lost')?.value ?? 0;
-    const w = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`) });
+    await o.start();
     try {
-      await firstRoundDone(snap.fx.redis, prefix);
+      await firstRoundDone(snap.fx.redis, o.prefix);
       const before = await lost();
-      await snap.fx.redis.del(new Keys(prefix).events(7));
-      for (const end = Date.now() + 10_000; !lines.some((l) => l.includes('is gone')) && Date.now() < end; ) await sleep(50);
-      expect(lines.find((l) => l.includes('is gone'))).toMatch(/^error: an event stream or its consumer group is gone \(NOGROUP .*\{7\}:ev.*\); recreating them\. .*verify --repair-tokens/);
+      await snap.fx.redis.del(new Keys(o.prefix).events(7));
+      for (const end = Date.now() + 10_000; !o.lines.some((l) => l.includes('is gone')) && Date.now() < end; ) await sleep(50);
+      expect(o.lines.find((l) => l.includes('is gone'))).toMatch(/^error: an event stream or its consumer group is gone \(NOGROUP .*\{7\}:ev.*\); recreating them\. .*verify --repair-tokens/);
       expect(await lost()).toBe(before + 1);
-      const made = (await engine.generate({ owners: Array.from({ length: 300 }, (_, i) => ({ ownerSatelliteId: 'sat-n', ownerUserId: `u${i}` })), perUser: 1 })).tokens;
-      expect(made.some((t) => placeOfToken(hexOf(t.token)).shard === 7)).toBe(true);
-      await caughtUp(snap.fx.redis, prefix);
-      expect(Number((await pool.query('SELECT count(*) AS n FROM tokens')).rows[0].n)).toBe(300);
+      const tokens = await made(o.engine, users(300, 'u'));
+      expect(tokens.some((t) => placeOfToken(hexOf(t)).shard === 7)).toBe(true);
+      await caughtUp(snap.fx.redis, o.prefix);
+      expect(await o.copied(tokens)).toBe(300);
     } finally {
-      await w.stop();
-      await pool.end();
-      await db.drop();
-      await dropPrefix(snap.fx.redis, prefix);
+      await o.close();
     }
   });
 
