@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { caughtUp, each, generateTokens, snapshotFixture, until } from './helpers/snapshot.js';
 import { restoreFromPostgres, startSnapshotWriter, verify, readSnapshotStatus } from '../src/snapshot/index.js';
@@ -140,7 +140,23 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
     } finally {
       await running.stop();
     }
-    const forced = cli('restore', '--from-postgres', '--force');
+    // the restore holds the lease while it runs: a writer started meanwhile (a serve its supervisor restarted)
+    // stands by instead of recreating the streams under it
+    const restoring = spawn(process.execPath, ['dist/cli/main.js', 'restore', '--from-postgres', '--force'], {
+      env: { ...process.env, KEY_PREFIX: snap.other, DATABASE_URL: snap.db.url, REDIS_URL: SHARED_REDIS_URL },
+    });
+    let out = '';
+    restoring.stdout.on('data', (d: Buffer) => (out += d));
+    const exited = new Promise<number | null>((r) => restoring.once('exit', r));
+    await until(() => snap.fx.redis.get(`${snap.other}:{snap}:lease`), (v) => v?.startsWith('restore on ') ?? false, 'the restore holding the lease', 20_000);
+    const standby = await startSnapshotWriter(loadConfig({ redisUrl: SHARED_REDIS_URL, keyPrefix: snap.other, databaseUrl: snap.db.url }), { log: () => {} });
+    let led = false;
+    const watch = setInterval(() => (led ||= standby.status().leader), 5);
+    const code = await exited;
+    clearInterval(watch);
+    await standby.stop();
+    expect(led).toBe(false);
+    const forced = { status: code, stdout: out };
     expect(forced.status).toBe(0);
     expect(forced.stdout).toContain('cleared 1 rate-limit windows');
     expect(await snap.fx.redis.exists(`${snap.other}:rl:s:sat-x:123`)).toBe(0);

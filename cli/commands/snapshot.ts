@@ -1,8 +1,10 @@
+import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { startOpsServer } from '../../src/http/ops.js';
 import { anyKey, engineKeys, registerMarkedRevocations, RESTORE_LANES, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, revocationGaps, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
 import { clusterFailures, dropKeys, type RedisClient } from '../../src/store/redis.js';
 import { Keys } from '../../src/store/keys.js';
+import { Lease } from '../../src/store/lease.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { configFrom, connectRedis, openSnapshot } from '../context.js';
@@ -83,14 +85,21 @@ export function register(program: Command): void {
       const config = configFrom(this);
       const redis = await connectRedis(config);
       const pool = await openSnapshot(config.databaseUrl, RESTORE_LANES);
+      let lease: Lease | undefined;
+      let renewal: NodeJS.Timeout | undefined;
       try {
         // a running writer recreates the streams and groups restore has just deleted: the restore then died on
         // BUSYGROUP halfway (Redis part empty), and changes made meanwhile went into streams it deleted, lost
         // from Redis and Postgres alike. Checked before anything is touched, --force or not.
-        if (await redis.exists(new Keys(config.keyPrefix).snapshotLease())) {
-          throw new Error(`a snapshot writer holds its lease under "${config.keyPrefix}:" (a serve or \`referral-manager snapshot\` runs against this Redis, or one stopped less than its lease, 10 s, ago): stop every serve and snapshot of this prefix, then restore`);
-        }
-        if (await anyKey(redis, config.keyPrefix)) {
+        const busy = `a snapshot writer holds its lease under "${config.keyPrefix}:" (a serve or \`referral-manager snapshot\` runs against this Redis, or one stopped less than its lease, 10 s, ago): stop every serve and snapshot of this prefix, then restore`;
+        if (await redis.exists(new Keys(config.keyPrefix).snapshotLease())) throw new Error(busy);
+        const filled = await anyKey(redis, config.keyPrefix);
+        // held for the whole restore: a writer started meanwhile (a serve restarted by its supervisor) stands by
+        // instead of recreating the streams under it
+        lease = new Lease(redis, new Keys(config.keyPrefix).snapshotLease(), 10_000, `restore on ${hostname()} pid ${process.pid}`);
+        if (!(await lease.acquire())) throw new Error(busy);
+        renewal = setInterval(() => void lease?.renew().catch(() => false), lease.ms / 3);
+        if (filled) {
           if (!opts.force) throw new Error(`Redis has keys under "${config.keyPrefix}:"; refusing to restore over them (use --force)`);
           // the streams hold changes Postgres lacks: a restore deletes them, so an acknowledged redeem was undone
           // (the token open to a second referral) and verify, comparing the result, found nothing
@@ -116,6 +125,8 @@ export function register(program: Command): void {
         console.log(`restored ${camps.restored} campaigns${camps.kept ? `; ${camps.kept} already in Redis, kept as they are` : ''}`);
         console.log(`restored ${revoked.restored} campaign revocations${revoked.kept ? `; ${revoked.kept} already in Redis, kept as they are` : ''}`);
       } finally {
+        clearInterval(renewal);
+        await lease?.release().catch(() => false);
         await pool.end();
         redis.disconnect();
       }
