@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -1058,19 +1058,22 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
 
   // a killed run's satellite claim outliving its campaign claim by a few ms made the resume name its own
   // campaign as the one to wait for
-  it('a resume meeting its own campaign\'s stale satellite claim says so, not "served by campaign <itself>"', async () => {
+  // and then it failed, to be run again once the claim lapsed: now it waits for that
+  it('a resume meeting its own campaign\'s stale satellite claim (a killed run\'s) waits for it to lapse and serves the satellite', async () => {
     const fx = await engineFixture({ label: 'gen' });
-    const satellite = await handWrittenSatellite(fx, 'sat-stale', () => ({ userIds: ['u0'], nextCursor: null }), () => ({ status: 503 }));
-    const store = new CampaignStore(fx.redis, fx.prefix);
+    let accept = false;
+    const satellite = await handWrittenSatellite(fx, 'sat-stale', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => (accept ? tokens.length : { status: 503 }));
     try {
       const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
       expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'stale', '--json'], env)).code).toBe(1);
-      const left = await store.claimSatellite('sat-stale', 'stale');
-      expect('heldBy' in left).toBe(false);
+      // a killed run's claim, 2 s from lapsing, nobody renewing it
+      await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-stale'), `stale ${randomUUID()}`, 'PX', 2000);
+      accept = true;
+      const t0 = Date.now();
       const resumed = await runCli(['generate', '--resume', 'stale', '--json'], env);
-      expect(resumed.code).toBe(1);
-      expect(JSON.parse(resumed.stdout).satellites[0].error).toMatch(/still claimed by an earlier run of this campaign \(killed\?\); the claim lapses within 30 s/);
-      await (left as { release(): Promise<void> }).release();
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ status: 'done', tokensDelivered: 1 });
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(1500);
     } finally {
       await satellite.close();
       await fx.close();

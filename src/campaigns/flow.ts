@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { inLanes, pushTo } from '../collections.js';
 import { DomainError } from '../errors.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
@@ -129,10 +130,15 @@ class SatelliteRun {
   async run(): Promise<SatelliteReport> {
     try {
       if (!this.o.dryRun) {
-        const held = await this.o.campaigns.claimSatellite(this.sat, this.id);
+        let held = await this.o.campaigns.claimSatellite(this.sat, this.id);
+        // this run holds the campaign, so a claim in its name is a killed run's, lapsing within its TTL: waited
+        // for (a resume right after a kill failed, and had to be run again half a minute later)
+        for (const end = Date.now() + CLAIM_TTL_MS + 1000; 'heldBy' in held && held.heldBy === this.id && Date.now() < end; ) {
+          await sleep(250, undefined, { signal: this.o.stop }).catch(() => this.o.stop?.throwIfAborted());
+          held = await this.o.campaigns.claimSatellite(this.sat, this.id);
+        }
         if ('heldBy' in held) {
-          // this run holds the campaign, so a claim in its name is a killed run's, lapsing within its TTL
-          if (held.heldBy === this.id) throw new Error(`satellite "${this.sat}" is still claimed by an earlier run of this campaign (killed?); the claim lapses within ${CLAIM_TTL_MS / 1000} s: run --resume again then`);
+          if (held.heldBy === this.id) throw new Error(`satellite "${this.sat}" is still claimed by another run of this campaign after ${CLAIM_TTL_MS / 1000} s`);
           throw new Error(`satellite "${this.sat}" is being served by campaign "${held.heldBy}"; run this one again with --resume when that one ends`);
         }
         this.satClaim = held;
