@@ -36,7 +36,7 @@ async function world(url: string, users: number) {
   const admin = new AdminClient({ url, apiKey: ADMIN_KEY });
   const { apiKey } = await admin.addSatellite({ id: 'sat-w' });
   const tokens = (await admin.generate({ satelliteId: 'sat-w', userIds: Array.from({ length: users }, (_, i) => `u${i}`), perUser: 2 })).tokens.map((t) => t.token);
-  return { admin, sat: new SatelliteClient({ url, apiKey, timeoutMs: 3000 }), tokens };
+  return { admin, apiKey, sat: new SatelliteClient({ url, apiKey, timeoutMs: 3000 }), tokens };
 }
 
 describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () => {
@@ -82,6 +82,40 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       expect((await sat.reserve(tokens[2]!)).state).toBe('reserved');
     } finally {
       replica.signal('SIGCONT');
+      await served.stop();
+      await replica.dispose();
+      await master.dispose();
+    }
+  });
+
+  // one WAIT per change, each blocking the master's connection for the whole timeout: with the replica gone, 20
+  // changes at once took 20 timeouts in a row, a lookup queued behind them, and the request deadline answered
+  // most of them as "Redis unavailable" (the wrong alert)
+  it('changes made at once while the replica is gone share their WAITs: each answered 503 within two timeouts, reads not held behind them', async () => {
+    const master = await privateRedis();
+    await master.start();
+    const replica = await privateRedis(['--replicaof', '127.0.0.1', String(master.port)]);
+    await replica.start();
+    const served = await serve({ REDIS_URL: master.url, KEY_PREFIX: 'waitburst', ...WAIT });
+    try {
+      await replicaLinked(master.url);
+      const { apiKey, tokens } = await world(served.url, 20);
+      // clients that wait past two timeouts; the burst's calls fill one's connections, so the read has its own
+      const sat = new SatelliteClient({ url: served.url, apiKey, timeoutMs: 10_000, connections: 32 });
+      const reader = new SatelliteClient({ url: served.url, apiKey, timeoutMs: 10_000 });
+      await replica.stop('SIGKILL');
+      const t0 = Date.now();
+      const burst = tokens.slice(0, 20).map((t, i) => failure(sat.redeem(t, `burst-${i}`)));
+      await new Promise((r) => setTimeout(r, 100));
+      expect((await reader.lookup(tokens[30]!)).state).toBe('unredeemed');
+      expect(Date.now() - t0).toBeLessThan(4500);
+      const failed = await Promise.all(burst);
+      expect(Date.now() - t0).toBeLessThan(4500 + 2000);
+      expect(failed.map((f) => f?.code)).toEqual(Array(20).fill('store_unavailable'));
+      const metrics = await (await fetch(`${served.url}/metrics`)).text();
+      expect(metrics).toMatch(/^rm_redis_errors_total\{kind="replicas"\} 20$/m);
+      expect(metrics).not.toMatch(/^rm_redis_errors_total\{kind="unavailable"\} [1-9]/m);
+    } finally {
       await served.stop();
       await replica.dispose();
       await master.dispose();

@@ -14,6 +14,8 @@ export class NotReplicated extends Error {
   }
 }
 
+const ignore = () => undefined;
+
 /**
  * REDIS_WAIT_REPLICAS: after a state change, WAIT until that many replicas of the master that took it have
  * it too, so a replica promoted by a failover (Sentinel, Cluster) holds every change a caller was told
@@ -30,8 +32,34 @@ export class ReplicaAck {
     private readonly timeoutMs: number,
   ) {}
 
+  /** per master, the WAIT in flight on its connection and the one that follows it */
+  private readonly waits = new Map<Redis, { current: Promise<number>; next?: Promise<number> }>();
+
   get on(): boolean {
     return this.replicas > 0;
+  }
+
+  /**
+   * Replicas that have this connection's writes so far. A WAIT blocks the connection it is sent on, so WAITs
+   * sent one per change ran one after another: with a replica gone, 40 changes at once took 40 timeouts, the
+   * reads queued behind them too, and most were answered as "Redis unavailable" by the request deadline. A
+   * change made while a WAIT is in flight (which may have been sent before it) shares the next one, sent when
+   * that ends: it covers every write made before it. So at most two WAITs per master, whatever the load.
+   */
+  private acked(node: Redis): Promise<number> {
+    const w = this.waits.get(node);
+    if (!w) return this.send(node);
+    w.next ??= w.current.then(ignore, ignore).then(() => this.send(node));
+    return w.next;
+  }
+
+  private send(node: Redis): Promise<number> {
+    const current = node.wait(this.replicas, this.timeoutMs).then(Number);
+    const entry = { current };
+    this.waits.set(node, entry);
+    const done = () => void (this.waits.get(node) === entry && this.waits.delete(node));
+    current.then(done, done);
+    return current;
   }
 
   /** Resolves once the changes sent to the masters of `keys` reached enough replicas; throws NotReplicated when they did not within the timeout. */
@@ -57,7 +85,7 @@ export class ReplicaAck {
   }
 
   private async wait(node: Redis): Promise<void> {
-    const acked = Number(await node.wait(this.replicas, this.timeoutMs));
+    const acked = await this.acked(node);
     if (acked < this.replicas) {
       throw new NotReplicated(`${acked} of ${this.replicas} replicas of ${nodeAddress(node)} acknowledged the change within ${this.timeoutMs} ms`);
     }
