@@ -367,6 +367,48 @@ describe('snapshot writer under faults (real processes)', () => {
     }, 90_000);
   }
 
+  // a statement timeout was retried at once in halves like a refused entry: behind a lock every half timed out
+  // too, each lane copied one event per transaction for the next minute, and each was logged "refused alone"
+  it('batches that time out behind a lock are retried after a backoff, not narrowed to single entries blamed for it', async () => {
+    const o = await ownWorld('locked');
+    await o.pool.query(`ALTER DATABASE "${o.db.name}" SET statement_timeout = '300ms'`);
+    await o.start();
+    const locker = new pg.Client({ connectionString: o.db.url });
+    await locker.connect();
+    const commits = async () => (await snapshotMetrics.batchSize.get()).values.find((v) => v.metricName === 'rm_snapshot_batch_events_count')?.value ?? 0;
+    try {
+      await firstRoundDone(snap.fx.redis, o.prefix);
+      await locker.query('SET statement_timeout = 0; BEGIN; LOCK TABLE tokens IN SHARE MODE');
+      const tokens = await made(o.engine, users(4000, 'u'));
+      const before = await commits();
+      await sleep(2000);
+      await locker.query('COMMIT');
+      for (const end = Date.now() + 30_000; (await o.copied(tokens)) < tokens.length && Date.now() < end; ) await sleep(100);
+      expect(await o.copied(tokens)).toBe(4000);
+      // a few dozen transactions, not one per event
+      expect((await commits()) - before).toBeLessThan(400);
+      expect(o.lines.filter((l) => l.includes('even alone'))).toEqual([]);
+    } finally {
+      await locker.end();
+      await o.close();
+    }
+  });
+
+  // each lane overwrote the one reason said, so two lanes refused for two reasons said both on every backoff
+  it('two lanes refused for two reasons: each reason is said once', async () => {
+    const o = await ownWorld('tworeasons');
+    await o.poison(5); // lane 1: not a uuid (22P02)
+    await snap.fx.redis.xadd(new Keys(o.prefix).events(6), '*', 'type', 'generated'); // lane 2: no row (23502)
+    await o.start();
+    try {
+      await sleep(6000);
+      const said = (code: string) => o.lines.filter((l) => l.includes(`Postgres refused a write (SQLSTATE ${code}`));
+      expect([said('22P02').length, said('23502').length]).toEqual([1, 1]);
+    } finally {
+      await o.close();
+    }
+  });
+
   // a deleted (or evicted) stream showed as one "redis: NOGROUP" warning: its unread changes were lost unsaid
   it('a shard stream deleted under the writer is said to be lost and counted, then recreated, and later changes are copied', async () => {
     const o = await ownWorld('nogroup');

@@ -19,3 +19,7 @@ export const snapshotMetrics = {
   postgresUp: new client.Gauge({ name: 'rm_snapshot_postgres_up', help: '1 while the writer reaches Postgres, 0 while it retries' }),
   leader: new client.Gauge({ name: 'rm_snapshot_leader', help: '1 while this process holds the single-writer lease' }),
 };
+
+// each series present from the start at 0: increase() over one that first appears at 1 reads 0, so an alert on
+// the first lost entry never fired
+for (const where of ['postgres', 'redis', 'lost', 'lag', 'status']) snapshotMetrics.errors.inc({ where }, 0);

@@ -50,8 +50,13 @@ const FAREWELL_MS = 500;
 const LANES = 4;
 /** How often a writer that is up checks Postgres when no batch did: how soon /readyz shows an idle writer's loss. */
 const PG_PROBE_MS = 5000;
-/** How long a lane's batches stay at most half the size of one that timed out. */
+/** How long a lane's batches stay at most half the size of one that timed out... */
 const SLOW_CAP_MS = 60_000;
+/**
+ * ...but never capped below this: a small batch that timed out was not too big but stalled (a lock), and
+ * capping it at its half held the lane at a few events per transaction for the minute.
+ */
+const SLOW_CAP_FLOOR = 250;
 
 /** A statement timeout (57014, query_canceled) or pg's own query_timeout: the batch was too slow (or Postgres hangs). */
 const timedOut = (err: unknown): boolean => (err as { code?: unknown }).code === '57014' || (err as Error).message === 'Query read timeout';
@@ -75,9 +80,6 @@ function refusedBy(err: unknown): boolean {
  */
 export async function startSnapshotWriter(config: WriterConfig, opts: WriterOptions = {}): Promise<SnapshotWriter> {
   const log = opts.log ?? ((level, msg) => console.error(`[snapshot] ${level}: ${msg}`));
-  // each series present from the start at 0: increase() over one that first appears at 1 reads 0, so an
-  // alert on the first lost entry never fired
-  for (const where of ['postgres', 'redis', 'lost']) m.errors.inc({ where }, 0);
   const consumer = opts.consumer ?? 'writer';
   // commands time out (the longest is one XREADGROUP of a few thousand entries): a hung Redis must not hang stop()
   const redis: RedisClient = createRedis(config, { connectionName: 'referral-manager-snapshot', commandTimeoutMs: 10_000 });
@@ -105,7 +107,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   let commits = 0;
   let lag = { events: 0, seconds: 0 };
 
-  let refusal = '';
+  /** the refusals said since Postgres last took every lane's writes: each said once, also when lanes alternate */
+  const refusals = new Set<string>();
   const setDown = (err: unknown, where: string) => {
     m.errors.inc({ where });
     if (where === 'postgres' && refusedBy(err)) {
@@ -113,8 +116,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       // logged as "unreachable", with rm_snapshot_postgres_up flapping 0/1 as each probe succeeded, an alert
       // holding for a while never fired. Said once per reason; the lag tells the rest.
       const why = `SQLSTATE ${(err as { code: string }).code}: ${(err as Error).message}`;
-      if (why !== refusal) log('warn', `Postgres refused a write (${why}); retrying with backoff, events wait in Redis`);
-      refusal = why;
+      if (!refusals.has(why)) log('warn', `Postgres refused a write (${why}); retrying with backoff, events wait in Redis`);
+      refusals.add(why);
     } else if (where === 'postgres') {
       pgState = 'down';
       m.postgresUp.set(0);
@@ -235,16 +238,21 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       try {
         await onPostgres(() => commit(batch));
       } catch (err) {
-        const slow = timedOut(err);
-        if (slow || refusedBy(err)) lane.size = Math.ceil(batch.length / 2);
-        // too slow for a statement timeout or the writer's query timeout: a minute at no more than half of it, or
-        // doubling back after each commit it meets the timeout again, each time a backoff
-        if (slow) lane.cap = { size: lane.size, until: Date.now() + SLOW_CAP_MS };
+        if (timedOut(err)) {
+          // too slow for a statement timeout or the writer's query timeout: a batch too big, or Postgres stalled
+          // (a lock). Half as big after the lane's backoff, and for a minute no bigger, or doubling back after each
+          // commit it meets the timeout again. Not at once: behind a lock every half timed out too, down to
+          // batches of one for the minute, each "refused alone" though nothing was wrong with it
+          lane.size = Math.ceil(batch.length / 2);
+          lane.cap = { size: Math.max(lane.size, SLOW_CAP_FLOOR), until: Date.now() + SLOW_CAP_MS };
+          throw err;
+        }
         if (!refusedBy(err)) throw err;
         // Postgres refused the batch (a row it rejects, a statement timeout): tried again at once in halves, so
         // the entries before the one it refuses reach it, and a batch too big for the timeout gets through.
         // Before, one such entry held its lane's whole batch (thousands) and no log line named it.
         if (batch.length === 1) throw refusedAlone(lane, batch[0]!, err);
+        lane.size = Math.ceil(batch.length / 2);
         continue;
       }
       await streams.ackAndTrim(batch);
@@ -341,9 +349,9 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           lane.backoff = Math.min(Math.max(100, lane.backoff * 2), BACKOFF_MAX_MS);
           lane.retryAt = Date.now() + lane.backoff;
         }
-        if (refusal && lanes.every((l) => l.backoff === 0)) {
+        if (refusals.size && leader && lanes.every((l) => l.backoff === 0)) {
           log('info', 'Postgres takes the writes again; catching up');
-          refusal = '';
+          refusals.clear();
         }
         backoff = 100;
         if (n < streams.perShard) await sleep(config.snapshotFlushMs);
@@ -354,7 +362,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           // the group was made at start: a stream deleted or evicted, or Redis lost its data. What it held
           // unread is gone without a trace in Postgres; counted as lost, so the alert on losses fires
           m.errors.inc({ where: 'lost' });
-          log('error', `an event stream or its consumer group is gone (${(err as Error).message}); recreating them. Changes it held that had not reached Postgres are lost: run \`referral-manager verify\`, then \`verify --repair-tokens\``);
+          log('error', `an event stream or its consumer group is gone (${(err as Error).message}); recreating them. Changes it held that had not reached Postgres, if any, are lost: run \`referral-manager verify\`; \`verify --repair-tokens\` copies the tokens Redis still has (if Redis lost its data, tokens answer 404 and satellites 401: follow the runbook "Redis lost its data")`);
           streams.lostGroups();
         }
         await sleep(backoff);
