@@ -1115,22 +1115,27 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     const fx = await engineFixture({ label: 'gen' });
     const users = ['u0', 'u1', 'u2', 'u3', 'u4'];
     const held = new Map<string, string[]>();
+    const accepted: number[] = [];
     const satellite = await handWrittenSatellite(
       fx,
       'sat-s',
       () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }),
       (tokens) => {
         if (tokens.length > 4) return { status: 413 };
+        accepted.push(tokens.length);
         for (const t of tokens) held.set(t.userId, [...(held.get(t.userId) ?? []), t.token]);
         return tokens.length;
       },
     );
     try {
       const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      const run = await runCli(['generate', '--all', '--per-user', '6', '--campaign', 'sets', '--batch-size', '12', '--json'], env);
+      const run = await runCli(['generate', '--all', '--per-user', '5', '--campaign', 'sets', '--batch-size', '10', '--json'], env);
       expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 5, tokensDelivered: 30, usersRefused: 0, status: 'done' });
-      expect([...held.values()].map((t) => new Set(t).size)).toEqual([6, 6, 6, 6, 6]);
+      // 10 refused (413) -> at most 5 a push, 5 refused -> at most 2: the two users of that batch in 2, 2, 1 each,
+      // then a set larger than a push fills the one under way (each user's remainder of 1 went alone: 15 pushes)
+      expect(accepted).toEqual([2, 2, 1, 2, 2, 1, 2, 2, 2, 2, 2, 2, 2, 1]);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 5, tokensDelivered: 25, usersRefused: 0, status: 'done' });
+      expect([...held.values()].map((t) => new Set(t).size)).toEqual([5, 5, 5, 5, 5]);
       for (const [u, tokens] of held) for (const t of tokens) expect((await fx.engine.lookup(t))).toMatchObject({ ownerUserId: u, state: 'unredeemed' });
       // every user recorded delivered: a rerun pushes nothing
       const again = await runCli(['generate', '--resume', 'sets', '--json'], env);

@@ -19,7 +19,7 @@ const isRefusal = (err: unknown): err is SatelliteCallError => err instanceof Sa
 
 /**
  * `pairs` (a user's tokens next to each other) in pieces of at most `max()` tokens, read before each piece,
- * a user's set in one piece when it fits; `ends` (user -> set size, the users whose set ends in `pairs`)
+ * a user's set in one piece when it fits in one; `ends` (user -> set size, the users whose set ends in `pairs`)
  * goes with the piece holding the user's last token.
  */
 function* pack(pairs: Pair[], max: () => number, ends: Map<string, number>): Generator<[Pair[], Map<string, number>]> {
@@ -35,7 +35,8 @@ function* pack(pairs: Pair[], max: () => number, ends: Map<string, number>): Gen
     const userId = pairs[i]!.userId;
     let end = i;
     while (end < pairs.length && pairs[end]!.userId === userId) end++;
-    if (piece.length && piece.length + end - i > max()) yield take();
+    // a set that fits no piece whole fills this one first: a new piece for it left a remainder alone in each
+    if (piece.length && piece.length + end - i > max() && end - i <= max()) yield take();
     for (; i < end; i++) {
       if (piece.length >= max()) yield take();
       piece.push(pairs[i]!);
