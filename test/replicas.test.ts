@@ -133,7 +133,7 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       const short = await fetch(`${served.url}/readyz`);
       expect(short.status).toBe(503);
       expect(short.headers.get('retry-after')).toBe('1');
-      expect(await short.json()).toMatchObject({ ready: false, redis: 'up', replicas: 'short', error: `127.0.0.1:${master.port} has 0 of the 1 replicas REDIS_WAIT_REPLICAS asks for online: every state change is answered 503` });
+      expect(await short.json()).toMatchObject({ ready: false, redis: 'up', replicas: 'short', error: `127.0.0.1:${master.port} has 0 of the 1 replicas REDIS_WAIT_REPLICAS asks for online: every state change on its slots is answered 503` });
       replica = await privateRedis(['--replicaof', '127.0.0.1', String(master.port)]);
       await replica.start();
       await replicaLinked(master.url);

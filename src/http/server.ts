@@ -80,7 +80,7 @@ async function readiness(redis: RedisClient, prefix: string, probeMs: number, wa
     // REDIS_WAIT_REPLICAS without the replicas: every change answered 503 while the probe said ready, so a
     // load balancer kept sending sign-ups to instances that could redeem nothing
     const short = await replicaShortfall(redis, waitReplicas, probeMs);
-    if (short.length) return { ready: false, details: { redis: 'up', ...cluster, replicas: 'short', error: `${short.join('; ')}: every state change is answered 503` } };
+    if (short.length) return { ready: false, details: { redis: 'up', ...cluster, replicas: 'short', error: `${short.join('; ')}: every state change on its slots is answered 503` } };
     // Redis would delete tokens once full, silently: refused before it happens, while it can still be set right
     const evicting = await evictingMasters(redis, probeMs);
     if (evicting.length) return { ready: false, details: { redis: 'up', ...cluster, eviction: 'allkeys', error: `${evicting.join('; ')}: it would delete tokens once full; set maxmemory-policy noeviction` } };
