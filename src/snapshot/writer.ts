@@ -191,7 +191,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const lanes = Array.from({ length: LANES }, (_, l) => ({
     shards: Array.from({ length: SHARDS / LANES }, (_, i) => i * LANES + l),
     prefetch: undefined as Promise<ReadResult> | undefined,
-    /** most events of its next transaction: halved after each batch Postgres refuses, doubled back after each commit */
+    /** most events of its next transaction: halved after each batch Postgres refuses or that times out, doubled back after each commit (shrink) */
     size: config.snapshotBatch,
     /** the last entry Postgres refused alone, said once */
     refusedAlone: '',
@@ -238,21 +238,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       try {
         await onPostgres(() => commit(batch));
       } catch (err) {
-        if (timedOut(err)) {
-          // too slow for a statement timeout or the writer's query timeout: a batch too big, or Postgres stalled
-          // (a lock). Half as big after the lane's backoff, and for a minute no bigger, or doubling back after each
-          // commit it meets the timeout again. Not at once: behind a lock every half timed out too, down to
-          // batches of one for the minute, each "refused alone" though nothing was wrong with it
-          lane.size = Math.ceil(batch.length / 2);
-          lane.cap = { size: Math.max(lane.size, SLOW_CAP_FLOOR), until: Date.now() + SLOW_CAP_MS };
-          throw err;
-        }
-        if (!refusedBy(err)) throw err;
-        // Postgres refused the batch (a row it rejects, a statement timeout): tried again at once in halves, so
-        // the entries before the one it refuses reach it, and a batch too big for the timeout gets through.
-        // Before, one such entry held its lane's whole batch (thousands) and no log line named it.
-        if (batch.length === 1) throw refusedAlone(lane, batch[0]!, err);
-        lane.size = Math.ceil(batch.length / 2);
+        if (!shrink(lane, batch, err)) throw err;
         continue;
       }
       await streams.ackAndTrim(batch);
@@ -262,14 +248,32 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     return events.length;
   }
 
-  /** Names the entry Postgres refuses alone, once; the lane retries it with backoff. */
-  function refusedAlone(lane: (typeof lanes)[number], e: StreamEvent, err: unknown): unknown {
-    const entry = `${keys.events(e.shard)} ${e.id}`;
+  /**
+   * After a batch failed: whether to try again at once, half as big. So when Postgres refuses it (a row it
+   * rejects), the entries before that one reach it, and the one refused alone is named (once). Before, one
+   * such entry held its lane's whole batch (thousands) and no log line named it. A batch too slow for a
+   * statement timeout or the writer's query timeout (too big, or Postgres stalled by a lock) is halved too,
+   * but tried after the lane's backoff, and for a minute no bigger, or doubling back after each commit it
+   * met the timeout again. Not at once: behind a lock every half timed out too, down to batches of one for
+   * the minute, each "refused alone" though nothing was wrong with it.
+   */
+  function shrink(lane: (typeof lanes)[number], batch: StreamEvent[], err: unknown): boolean {
+    if (timedOut(err)) {
+      lane.size = Math.ceil(batch.length / 2);
+      lane.cap = { size: Math.max(lane.size, SLOW_CAP_FLOOR), until: Date.now() + SLOW_CAP_MS };
+      return false;
+    }
+    if (!refusedBy(err)) return false;
+    if (batch.length > 1) {
+      lane.size = Math.ceil(batch.length / 2);
+      return true;
+    }
+    const entry = `${keys.events(batch[0]!.shard)} ${batch[0]!.id}`;
     if (entry !== lane.refusedAlone) {
-      log('error', `Postgres refuses stream entry ${entry} (${e.type}) even alone (${(err as Error).message}); shards ${lane.shards.join(',')} wait behind it until the cause is mended or the entry is removed (docs/snapshot.md)`);
+      log('error', `Postgres refuses stream entry ${entry} (${batch[0]!.type}) even alone (${(err as Error).message}); shards ${lane.shards.join(',')} wait behind it until the cause is mended or the entry is removed (docs/snapshot.md)`);
     }
     lane.refusedAlone = entry;
-    return err;
+    return false;
   }
 
   /** Drops what the lanes prefetched (it stays pending in Redis) and re-reads every shard's pending entries. */
