@@ -7,8 +7,6 @@
   A lapsed lease counts as unredeemed: decided here from Redis TIME, so no sweeper is needed.
   The same satellite repeating a reservation id the token holds gets ok again with that reservation, its
   lease unchanged: a satellite that chose the id (one per sign-up) can retry a reserve whose answer it lost.
-  Such a repeat's reply carries a 15th element, 'repeat': the reservation is an earlier call's, so a caller
-  that could not confirm this one with the replicas must not undo it.
 ]]
 --- @include "codec"
 
@@ -16,11 +14,7 @@ local keys = { rs = KEYS[3], rd = KEYS[4], stats = KEYS[5], ev = KEYS[6] }
 local now, at = clock()
 local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], now, ARGV[5])
 if not t then return { 'not_found' } end
-if t.state == 's' and not t.lapsed and t.reservationId == ARGV[4] and t.reservedBy == ARGV[2] then
-  local out = reply('ok', t)
-  out[15] = 'repeat'
-  return out
-end
+if t.state == 's' and not t.lapsed and t.reservationId == ARGV[4] and t.reservedBy == ARGV[2] then return reply('ok', t) end
 local bad = unusable(t, now)
 if bad then return reply(bad, t) end
 t.reservationId, t.reservedBy, t.leaseExpiresAt = ARGV[4], ARGV[2], dec(now + tonumber(ARGV[3]))

@@ -102,7 +102,7 @@ export const settings = {
   redisUrl: { env: 'REDIS_URL', default: 'redis://127.0.0.1:6379', parse: url('redis:', 'rediss:'), doc: 'Redis to keep tokens in (standalone).' },
   redisClusterNodes: { env: 'REDIS_CLUSTER_NODES', default: [] as string[], parse: hostList, doc: 'Comma-separated host:port seeds; when set, Redis Cluster is used instead of REDIS_URL.' },
   redisWaitReplicas: { env: 'REDIS_WAIT_REPLICAS', default: 0, parse: int(0, 16), doc: 'Answer a state change (generate, redeem, reserve, complete, release, revoke) only once this many replicas of its Redis master have it (WAIT), so a failover cannot lose a change a caller was told about; one that does not arrive within REDIS_WAIT_MS is answered 503 (it may stand: a retry is answered as a retry), and /readyz is 503 while a master has fewer replicas online. 0: off (Redis replicates asynchronously).' },
-  redisWaitMs: { env: 'REDIS_WAIT_MS', default: 500, parse: int(1, 60_000), doc: 'How long a state change waits for REDIS_WAIT_REPLICAS replicas.' },
+  redisWaitMs: { env: 'REDIS_WAIT_MS', default: 500, parse: int(1, 60_000), doc: 'How long a WAIT for REDIS_WAIT_REPLICAS replicas lasts; a change made while one is in flight shares the next, so it may wait three: keep it under a third of REQUEST_TIMEOUT_MS (refused otherwise).' },
   keyPrefix: { env: 'KEY_PREFIX', default: 'rm', parse: keyPrefix, doc: 'Prefix of every Redis key, so several deployments (or test runs) can share one Redis.' },
   databaseUrl: { env: 'DATABASE_URL', default: 'postgres://postgres@127.0.0.1:5432/referral_manager', parse: url('postgres:', 'postgresql:'), doc: 'Postgres for the durable snapshot (the writer creates the database if missing; restore and verify need it to exist).' },
   host: { env: 'HOST', default: '0.0.0.0', parse: hostName, doc: 'Address the HTTP API listens on (an IP address or a host name).' },
@@ -159,6 +159,11 @@ export function loadConfig(
   const c = out as Partial<Config>;
   if (c.defaultLeaseMs !== undefined && c.maxLeaseMs !== undefined && c.defaultLeaseMs > c.maxLeaseMs) {
     refuse('defaultLeaseMs', `${c.defaultLeaseMs} is longer than MAX_LEASE_MS (${c.maxLeaseMs}): a reserve without leaseMs would be held past the longest lease`);
+  }
+  // a change can wait three WAITs (src/store/replicas.ts): the one its script was queued behind, the one in
+  // flight when it was answered, and the next, which it shares
+  if (c.redisWaitReplicas && c.redisWaitMs !== undefined && c.requestTimeoutMs !== undefined && 3 * c.redisWaitMs >= c.requestTimeoutMs) {
+    refuse('redisWaitMs', `${c.redisWaitMs} is a third of REQUEST_TIMEOUT_MS (${c.requestTimeoutMs}) or more: a change can wait three REDIS_WAIT_MS, and the request deadline would answer it as "Redis unavailable"`);
   }
   if (problems.length) throw new ConfigError(problems, failed);
   return out as Config;

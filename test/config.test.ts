@@ -43,6 +43,17 @@ describe('loadConfig', () => {
     expect(loadConfig({}, { DEFAULT_LEASE_MS: '60000', MAX_LEASE_MS: '60000' }).defaultLeaseMs).toBe(60000);
   });
 
+  // a change can wait three REDIS_WAIT_MS (queued behind one WAIT, then the one in flight, then the next, which
+  // it shares): past the request deadline it was answered "Redis unavailable"
+  it('refuses a REDIS_WAIT_MS of a third of the request deadline or more while the replica wait is on', () => {
+    expect(problems({ REDIS_WAIT_REPLICAS: '1', REDIS_WAIT_MS: '2000' })).toEqual([
+      'REDIS_WAIT_MS: 2000 is a third of REQUEST_TIMEOUT_MS (5000) or more: a change can wait three REDIS_WAIT_MS, and the request deadline would answer it as "Redis unavailable"',
+    ]);
+    expect(loadConfig({}, { REDIS_WAIT_REPLICAS: '1', REDIS_WAIT_MS: '1600' }).redisWaitMs).toBe(1600);
+    expect(loadConfig({}, { REDIS_WAIT_REPLICAS: '1', REDIS_WAIT_MS: '2000', REQUEST_TIMEOUT_MS: '6001' }).redisWaitMs).toBe(2000);
+    expect(loadConfig({}, { REDIS_WAIT_MS: '3000' }).redisWaitMs).toBe(3000);
+  });
+
   it('keeps closed ranges as min..max', () => {
     expect(problems({ PORT: '99999', WORKERS: '0' })).toEqual(['PORT: expected 0..65535, got 99999', 'WORKERS: expected 1..256, got 0']);
   });

@@ -9,7 +9,7 @@ import { ADMIN_KEY, privateRedis, serve, testCluster } from './helpers/http.js';
 import { until } from './helpers/snapshot.js';
 
 // long enough for a replica on a machine busy with the rest of the suite (a loaded CI run missed 300 ms)
-const WAIT = { REDIS_WAIT_REPLICAS: '1', REDIS_WAIT_MS: '2000' };
+const WAIT = { REDIS_WAIT_REPLICAS: '1', REDIS_WAIT_MS: '2000', REQUEST_TIMEOUT_MS: '8000' };
 
 /** The error of `call`, or undefined when it succeeded. */
 async function failure(call: Promise<unknown>): Promise<ReferralError | undefined> {
@@ -50,7 +50,6 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       await replicaLinked(master.url);
       const { admin, sat, tokens } = await world(served.url, 10);
       expect((await sat.redeem(tokens[0]!, 'new-0')).state).toBe('redeemed');
-      expect((await sat.reserve(tokens[3]!, 60_000, { reservationId: 'signup-3' })).state).toBe('reserved');
 
       replica.signal('SIGSTOP');
       const t0 = Date.now();
@@ -70,8 +69,9 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       // generation too: its tokens are undone (revoked) and the call fails
       expect((await failure(admin.generate({ satelliteId: 'sat-w', userIds: ['late'], perUser: 1 })))?.code).toBe('store_unavailable');
 
-      // a retry of a reservation answered before (its answer lost): not confirmed now, but not undone either, or
-      // another sign-up could take the token before this one completes
+      // with the satellite's own reservation id it is kept: the retry with that id is answered ok, and undoing it
+      // could undo such a retry answered 200 meanwhile (a repeat of a reservation answered before, its reply lost)
+      expect((await failure(sat.reserve(tokens[3]!, 60_000, { reservationId: 'signup-3' })))?.code).toBe('store_unavailable');
       expect((await failure(sat.reserve(tokens[3]!, 60_000, { reservationId: 'signup-3' })))?.code).toBe('store_unavailable');
       expect((await sat.lookup(tokens[3]!)).state).toBe('reserved');
 
@@ -110,11 +110,11 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       expect((await reader.lookup(tokens[30]!)).state).toBe('unredeemed');
       expect(Date.now() - t0).toBeLessThan(4500);
       const failed = await Promise.all(burst);
-      expect(Date.now() - t0).toBeLessThan(4500 + 2000);
+      // at most three WAITs: one a script was queued behind, the one in flight at its answer, and the next
+      expect(Date.now() - t0).toBeLessThan(3 * 2000 + 1000);
       expect(failed.map((f) => f?.code)).toEqual(Array(20).fill('store_unavailable'));
       const metrics = await (await fetch(`${served.url}/metrics`)).text();
-      expect(metrics).toMatch(/^rm_redis_errors_total\{kind="replicas"\} 20$/m);
-      expect(metrics).not.toMatch(/^rm_redis_errors_total\{kind="unavailable"\} [1-9]/m);
+      expect(metrics.split('\n').filter((l) => l.startsWith('rm_redis_errors_total'))).toEqual(['rm_redis_errors_total{kind="replicas"} 20']);
     } finally {
       await served.stop();
       await replica.dispose();

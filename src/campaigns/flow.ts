@@ -133,7 +133,8 @@ class SatelliteRun {
         let held = await this.o.campaigns.claimSatellite(this.sat, this.id);
         // this run holds the campaign, so a claim in its name is a killed run's, lapsing within its TTL: waited
         // for (a resume right after a kill failed, and had to be run again half a minute later)
-        for (const end = Date.now() + CLAIM_TTL_MS + 1000; 'heldBy' in held && held.heldBy === this.id && Date.now() < end; ) {
+        // (no holder: it lapsed between the refused SET NX and the read of its holder, so try again)
+        for (const end = Date.now() + CLAIM_TTL_MS + 1000; 'heldBy' in held && (held.heldBy === this.id || held.heldBy === '') && Date.now() < end; ) {
           await sleep(250, undefined, { signal: this.o.stop }).catch(() => this.o.stop?.throwIfAborted());
           held = await this.o.campaigns.claimSatellite(this.sat, this.id);
         }

@@ -103,7 +103,7 @@ export class TokenStore {
   }
 
   // the scripts also get the token dashed, for their reply and event row: cheaper passed on than made in Lua
-  private single<C extends string>(script: 'redeem' | 'complete' | 'release', token: string, args: (string | number)[]): Promise<Result<C>> {
+  private single<C extends string>(script: 'redeem' | 'reserve' | 'complete' | 'release', token: string, args: (string | number)[]): Promise<Result<C>> {
     const hex = hexOf(token);
     const keys = this.keys.tokenKeys(placeOfToken(hex));
     return this.changed(keys[0]!, this.s[script](keys, [hex, ...args, token]).then((r) => decodeResult<C>(r)));
@@ -123,27 +123,22 @@ export class TokenStore {
     return this.single('redeem', token, [redeemerSatelliteId, redeemerUserId]);
   }
 
-  reserve(token: string, satelliteId: string, leaseMs: number, reservationId: string): Promise<Result<RedeemCode>> {
-    const hex = hexOf(token);
-    const keys = this.keys.tokenKeys(placeOfToken(hex));
-    const reply = this.s.reserve(keys, [hex, satelliteId, leaseMs, reservationId, token]) as Promise<string[]>;
+  /** `own`: the satellite chose `reservationId` (its repeat is answered ok, lua/reserve.lua) */
+  reserve(token: string, satelliteId: string, leaseMs: number, reservationId: string, own: boolean): Promise<Result<RedeemCode>> {
+    const reply = this.single<RedeemCode>('reserve', token, [satelliteId, leaseMs, reservationId]);
     // off (the default), the hot path keeps its one promise
-    if (!this.ack.on) return reply.then((r) => decodeResult<RedeemCode>(r));
-    return reply.then(async (r) => {
-      const out = decodeResult<RedeemCode>(r);
-      if (out.code !== 'ok') return out;
-      try {
-        await this.ack.after(keys[0]!);
-      } catch (err) {
-        // A reserve the replicas did not confirm is answered 503, so the satellite never learns its reservation id
-        // and its retry would meet token_reserved for the whole lease: give the token back (best effort, unconfirmed
-        // too). Not a repeat's (lua/reserve.lua): that reservation is an earlier call's, which may have been
-        // answered ok, and undoing it let another sign-up take the token before the satellite completed.
-        // A redeem or complete needs no undo: its retry by the same user is answered ok.
-        if (err instanceof NotReplicated && r[14] !== 'repeat') await this.s.release(keys, [hex, reservationId, satelliteId, token]).catch(() => undefined);
-        throw err;
+    if (!this.ack.on || own) return reply;
+    return reply.catch(async (err: unknown) => {
+      // A reserve the replicas did not confirm is answered 503, and the satellite never learns an id of ours: its
+      // retry would meet token_reserved for the whole lease, so the token is given back (best effort, unconfirmed
+      // too). One with the satellite's own id is kept: its retry with that id is answered ok, and a release here
+      // undid such a retry answered 200 meanwhile (another sign-up then took the token). A redeem or complete
+      // needs no undo: its retry by the same user is answered ok.
+      if (err instanceof NotReplicated) {
+        const hex = hexOf(token);
+        await this.s.release(this.keys.tokenKeys(placeOfToken(hex)), [hex, reservationId, satelliteId, token]).catch(() => undefined);
       }
-      return out;
+      throw err;
     });
   }
 

@@ -99,7 +99,7 @@ export class TokenEngine {
       throw new DomainError('invalid_request', 'leaseMs: must be a positive integer, ending before year 10000');
     }
     const id = reservationId === undefined ? randomUUID() : checkNewId('reservationId', reservationId);
-    return this.store.reserve(checkToken(token), checkId('satelliteId', satelliteId), leaseMs, id);
+    return this.store.reserve(checkToken(token), checkId('satelliteId', satelliteId), leaseMs, id, reservationId !== undefined);
   }
 
   /**
