@@ -255,7 +255,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
    * statement timeout or the writer's query timeout (too big, or Postgres stalled by a lock) is halved too,
    * but tried after the lane's backoff, and for a minute no bigger, or doubling back after each commit it
    * met the timeout again. Not at once: behind a lock every half timed out too, down to batches of one for
-   * the minute, each "refused alone" though nothing was wrong with it.
+   * the minute, each "refused alone" though nothing was wrong with it. A transaction Postgres rolled back
+   * for a conflict (class 40) is tried again as it was, after the backoff: no entry is to blame.
    */
   function shrink(lane: (typeof lanes)[number], batch: StreamEvent[], err: unknown): boolean {
     if (timedOut(err)) {
@@ -263,7 +264,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       lane.cap = { size: Math.max(lane.size, SLOW_CAP_FLOOR), until: Date.now() + SLOW_CAP_MS };
       return false;
     }
-    if (!refusedBy(err)) return false;
+    // a serialization failure or a deadlock (class 40) says nothing of the batch: the same, after the backoff
+    if (!refusedBy(err) || (err as { code: string }).code.startsWith('40')) return false;
     if (batch.length > 1) {
       lane.size = Math.ceil(batch.length / 2);
       return true;
