@@ -1,4 +1,4 @@
-import { answerWithin, masters, nodeAddress, type RedisClient } from './redis.js';
+import { judgeMasters, type RedisClient } from './redis.js';
 
 /**
  * The masters that may evict token keys, as "host:port evicts any key at its maxmemory (maxmemory-policy X)":
@@ -6,15 +6,10 @@ import { answerWithin, masters, nodeAddress, type RedisClient } from './redis.js
  * `volatile-*` policies (and noeviction, the default) never touch them; an `allkeys-*` one deletes them
  * silently once Redis is full: tokens gone, events gone, and nothing in Postgres for the changes not yet copied.
  */
-export async function evictingMasters(redis: RedisClient, probeMs: number): Promise<string[]> {
-  const out: string[] = [];
-  await Promise.all(
-    masters(redis).map(async (m) => {
-      const info = await answerWithin(m.info('memory'), probeMs);
-      const max = Number(/^maxmemory:(\d+)/m.exec(info)?.[1] ?? 0);
-      const policy = /^maxmemory_policy:(\S+)/m.exec(info)?.[1] ?? 'noeviction';
-      if (max > 0 && policy.startsWith('allkeys')) out.push(`${nodeAddress(m)} evicts any key at its maxmemory (maxmemory-policy ${policy})`);
-    }),
-  );
-  return out.sort();
+export function evictingMasters(redis: RedisClient, probeMs: number): Promise<string[]> {
+  return judgeMasters(redis, 'memory', probeMs, (info) => {
+    const max = Number(/^maxmemory:(\d+)/m.exec(info)?.[1] ?? 0);
+    const policy = /^maxmemory_policy:(\S+)/m.exec(info)?.[1] ?? 'noeviction';
+    return max > 0 && policy.startsWith('allkeys') ? `evicts any key at its maxmemory (maxmemory-policy ${policy})` : undefined;
+  });
 }

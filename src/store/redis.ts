@@ -133,6 +133,15 @@ export function answerWithin<T>(reply: Promise<T>, ms: number): Promise<T> {
   return Promise.race([reply, late]).finally(() => clearTimeout(timer));
 }
 
+/**
+ * What `judge` finds wrong in each master's INFO `section` (each answering within `ms`), sorted: one line
+ * per master it names, with its address in front.
+ */
+export async function judgeMasters(client: RedisClient, section: string, ms: number, judge: (info: string) => string | undefined): Promise<string[]> {
+  const found = await Promise.all(masters(client).map(async (m) => [nodeAddress(m), judge(await answerWithin(m.info(section), ms))] as const));
+  return found.flatMap(([address, wrong]) => (wrong === undefined ? [] : [`${address} ${wrong}`])).sort();
+}
+
 /** `host:port` of a Cluster node, as the slot map names it. */
 export function nodeAddress(node: Redis): string {
   return `${node.options.host}:${node.options.port}`;

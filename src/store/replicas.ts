@@ -1,6 +1,6 @@
 import { Cluster, type Redis } from 'ioredis';
 import calculateSlot from 'cluster-key-slot';
-import { answerWithin, masters, nodeAddress, type RedisClient } from './redis.js';
+import { judgeMasters, masters, nodeAddress, type RedisClient } from './redis.js';
 
 /**
  * A state change a replica may not have: its master might lose it in a failover. The message starts like
@@ -99,13 +99,8 @@ export class ReplicaAck {
  */
 export async function replicaShortfall(redis: RedisClient, wanted: number, probeMs: number): Promise<string[]> {
   if (wanted <= 0) return [];
-  const short: string[] = [];
-  await Promise.all(
-    masters(redis).map(async (m) => {
-      const info = await answerWithin(m.info('replication'), probeMs);
-      const online = info.split('\n').filter((l) => /^slave\d+:.*state=online/.test(l)).length;
-      if (online < wanted) short.push(`${nodeAddress(m)} has ${online} of the ${wanted} replicas REDIS_WAIT_REPLICAS asks for online`);
-    }),
-  );
-  return short.sort();
+  return judgeMasters(redis, 'replication', probeMs, (info) => {
+    const online = info.split('\n').filter((l) => /^slave\d+:.*state=online/.test(l)).length;
+    return online < wanted ? `has ${online} of the ${wanted} replicas REDIS_WAIT_REPLICAS asks for online` : undefined;
+  });
 }
