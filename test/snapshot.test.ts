@@ -142,21 +142,27 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
     }
     // the restore holds the lease while it runs: a writer started meanwhile (a serve its supervisor restarted)
     // stands by instead of recreating the streams under it
-    const restoring = spawn(process.execPath, ['dist/cli/main.js', 'restore', '--from-postgres', '--force'], {
-      env: { ...process.env, KEY_PREFIX: snap.other, DATABASE_URL: snap.db.url, REDIS_URL: SHARED_REDIS_URL },
-    });
-    let out = '';
-    restoring.stdout.on('data', (d: Buffer) => (out += d));
-    const exited = new Promise<number | null>((r) => restoring.once('exit', r));
-    await until(() => snap.fx.redis.get(`${snap.other}:{snap}:lease`), (v) => v?.startsWith('restore on ') ?? false, 'the restore holding the lease', 20_000);
+    const lease = `${snap.other}:{snap}:lease`;
+    /** `restore --from-postgres --force` started, once it holds the lease */
+    const restoreRunning = async () => {
+      const c = spawn(process.execPath, ['dist/cli/main.js', 'restore', '--from-postgres', '--force'], {
+        env: { ...process.env, KEY_PREFIX: snap.other, DATABASE_URL: snap.db.url, REDIS_URL: SHARED_REDIS_URL },
+      });
+      const run = { out: '', err: '', exited: new Promise<number | null>((r) => c.once('exit', r)) };
+      c.stdout.on('data', (d: Buffer) => (run.out += d));
+      c.stderr.on('data', (d: Buffer) => (run.err += d));
+      await until(() => snap.fx.redis.get(lease), (v) => v?.startsWith('restore on ') ?? false, 'the restore holding the lease', 20_000);
+      return run;
+    };
+    const restoring = await restoreRunning();
     const standby = await startSnapshotWriter(loadConfig({ redisUrl: SHARED_REDIS_URL, keyPrefix: snap.other, databaseUrl: snap.db.url }), { log: () => {} });
     let led = false;
     const watch = setInterval(() => (led ||= standby.status().leader), 5);
-    const code = await exited;
+    const code = await restoring.exited;
     clearInterval(watch);
     await standby.stop();
     expect(led).toBe(false);
-    const forced = { status: code, stdout: out };
+    const forced = { status: code, stdout: restoring.out };
     expect(forced.status).toBe(0);
     expect(forced.stdout).toContain('cleared 1 rate-limit windows');
     expect(await snap.fx.redis.exists(`${snap.other}:rl:s:sat-x:123`)).toBe(0);
@@ -167,6 +173,11 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
     expect(good.stdout).toContain(`${TOTAL} tokens in Redis, 0 differences`);
     expect(good.stdout).toContain('1 satellites in Redis');
     expect(good.status).toBe(0);
+
+    // a lease lost under it (Redis restarted, a stall) let a writer in unseen: said, exit 1
+    const cut = await restoreRunning();
+    await snap.fx.redis.del(lease);
+    expect([await cut.exited, cut.err]).toEqual([1, expect.stringContaining('the snapshot lease was lost during the restore')]);
   }, 120_000);
 });
 

@@ -98,7 +98,8 @@ export function register(program: Command): void {
         // instead of recreating the streams under it
         lease = new Lease(redis, new Keys(config.keyPrefix).snapshotLease(), 10_000, `restore on ${hostname()} pid ${process.pid}`);
         if (!(await lease.acquire())) throw new Error(busy);
-        renewal = setInterval(() => void lease?.renew().catch(() => false), lease.ms / 3);
+        let lost = false;
+        renewal = setInterval(() => void lease?.renew().then((held) => (lost ||= !held), () => undefined), lease.ms / 3);
         if (filled) {
           if (!opts.force) throw new Error(`Redis has keys under "${config.keyPrefix}:"; refusing to restore over them (use --force)`);
           // the streams hold changes Postgres lacks: a restore deletes them, so an acknowledged redeem was undone
@@ -120,6 +121,10 @@ export function register(program: Command): void {
         const sats = await restoreSatellites(redis, pool, config.keyPrefix);
         const revoked = await restoreRevoked(redis, pool, config.keyPrefix);
         const camps = await restoreCampaigns(redis, pool, config.keyPrefix);
+        // a lease lost meanwhile (Redis restarted, or this process stalled past it) let a writer in under the restore
+        if (lost || !(await lease.renew())) {
+          throw new Error(`the snapshot lease was lost during the restore (Redis restarted or lost it, or this process stalled past ${lease.ms / 1000} s): a writer may have started under it; stop every serve and snapshot of this prefix and restore again`);
+        }
         console.log(`restored ${n} tokens into prefix "${config.keyPrefix}"`);
         console.log(`restored ${sats.restored} satellites with their API keys${sats.kept ? `; ${sats.kept} already registered, kept as they are` : ''}`);
         console.log(`restored ${camps.restored} campaigns${camps.kept ? `; ${camps.kept} already in Redis, kept as they are` : ''}`);
