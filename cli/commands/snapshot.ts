@@ -85,8 +85,7 @@ export function register(program: Command): void {
       const config = configFrom(this);
       const redis = await connectRedis(config);
       const pool = await openSnapshot(config.databaseUrl, RESTORE_LANES);
-      let lease: Lease | undefined;
-      let renewal: NodeJS.Timeout | undefined;
+      let held: Awaited<ReturnType<Lease['hold']>>;
       try {
         // a running writer recreates the streams and groups restore has just deleted: the restore then died on
         // BUSYGROUP halfway (Redis part empty), and changes made meanwhile went into streams it deleted, lost
@@ -96,10 +95,8 @@ export function register(program: Command): void {
         const filled = await anyKey(redis, config.keyPrefix);
         // held for the whole restore: a writer started meanwhile (a serve restarted by its supervisor) stands by
         // instead of recreating the streams under it
-        lease = new Lease(redis, new Keys(config.keyPrefix).snapshotLease(), 10_000, `restore on ${hostname()} pid ${process.pid}`);
-        if (!(await lease.acquire())) throw new Error(busy);
-        let lost = false;
-        renewal = setInterval(() => void lease?.renew().then((held) => (lost ||= !held), () => undefined), lease.ms / 3);
+        held = await new Lease(redis, new Keys(config.keyPrefix).snapshotLease(), 10_000, `restore on ${hostname()} pid ${process.pid}`).hold();
+        if (!held) throw new Error(busy);
         if (filled) {
           if (!opts.force) throw new Error(`Redis has keys under "${config.keyPrefix}:"; refusing to restore over them (use --force)`);
           // the streams hold changes Postgres lacks: a restore deletes them, so an acknowledged redeem was undone
@@ -122,16 +119,15 @@ export function register(program: Command): void {
         const revoked = await restoreRevoked(redis, pool, config.keyPrefix);
         const camps = await restoreCampaigns(redis, pool, config.keyPrefix);
         // a lease lost meanwhile (Redis restarted, or this process stalled past it) let a writer in under the restore
-        if (lost || !(await lease.renew())) {
-          throw new Error(`the snapshot lease was lost during the restore (Redis restarted or lost it, or this process stalled past ${lease.ms / 1000} s): a writer may have started under it; stop every serve and snapshot of this prefix and restore again`);
+        if (!(await held.confirm())) {
+          throw new Error('the snapshot lease was lost during the restore (Redis restarted or lost it, or this process stalled past 10 s): a writer may have started under it; stop every serve and snapshot of this prefix and restore again');
         }
         console.log(`restored ${n} tokens into prefix "${config.keyPrefix}"`);
         console.log(`restored ${sats.restored} satellites with their API keys${sats.kept ? `; ${sats.kept} already registered, kept as they are` : ''}`);
         console.log(`restored ${camps.restored} campaigns${camps.kept ? `; ${camps.kept} already in Redis, kept as they are` : ''}`);
         console.log(`restored ${revoked.restored} campaign revocations${revoked.kept ? `; ${revoked.kept} already in Redis, kept as they are` : ''}`);
       } finally {
-        clearInterval(renewal);
-        await lease?.release().catch(() => false);
+        await held?.release().catch(() => undefined);
         await pool.end();
         redis.disconnect();
       }

@@ -86,19 +86,16 @@ export class CampaignStore {
   }
 
   private async hold(lease: Lease, lost: string): Promise<Claim | undefined> {
-    if (!(await lease.acquire())) return undefined;
-    const renew = setInterval(() => void lease.renew().catch(() => undefined), lease.ms / 3);
-    renew.unref();
+    const held = await lease.hold();
+    if (!held) return undefined;
     return {
       confirm: async () => {
-        if (!(await lease.renew())) throw new ClaimLost(`${lost} (this one stalled past its ${lease.ms / 1000} s claim): stopped before making more tokens`);
+        if (!(await held.confirm())) throw new ClaimLost(`${lost} (this one stalled past its ${lease.ms / 1000} s claim): stopped before making more tokens`);
       },
-      release: async () => {
-        clearInterval(renew);
-        await lease.release();
-      },
+      release: held.release,
     };
   }
+
 
   async meta(id: string): Promise<CampaignMeta | undefined> {
     return parseMeta(await this.redis.hgetall(this.keys.meta(id)));

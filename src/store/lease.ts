@@ -44,4 +44,21 @@ export class Lease {
   async release(): Promise<void> {
     await this.s.lease_release([this.key], [this.id]);
   }
+
+  /**
+   * Takes the lease and keeps it, renewed every third of it, until `release`; undefined when another holds it.
+   * `confirm` renews it now: false once it was lost at any point (a renewal only extends this very lease).
+   */
+  async hold(): Promise<{ confirm(): Promise<boolean>; release(): Promise<void> } | undefined> {
+    if (!(await this.acquire())) return undefined;
+    const timer = setInterval(() => void this.renew().catch(() => false), this.ms / 3);
+    timer.unref();
+    return {
+      confirm: () => this.renew(),
+      release: async () => {
+        clearInterval(timer);
+        await this.release();
+      },
+    };
+  }
 }
