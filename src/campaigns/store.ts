@@ -96,7 +96,6 @@ export class CampaignStore {
     };
   }
 
-
   async meta(id: string): Promise<CampaignMeta | undefined> {
     return parseMeta(await this.redis.hgetall(this.keys.meta(id)));
   }
