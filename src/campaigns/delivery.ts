@@ -163,9 +163,10 @@ export class Delivery {
   /**
    * A satellite refusing a batch's content (a user it no longer has: 400, 404, 409, 410, 413, 422, or fewer
    * tokens accepted than sent) refuses it again on every --resume, and every other user of the batch would wait
-   * for ever. So a refused batch is split in halves down to single users, and a user's tokens refused as too
-   * large (413) in halves down to one token (a part larger than a 413 has since shown too large is cut to that
-   * size without pushing it first): the halves it accepts are delivered, and each user it refuses
+   * for ever. So a refused batch is split in halves down to single users, and a part refused as too large
+   * (413), one user's tokens too, is cut into pieces of at most half its size (down to one token; a part larger
+   * than a 413 has since shown too large is cut without pushing it first): the parts it accepts are delivered,
+   * and each user it refuses
    * alone is recorded refused, with the campaign's tokens of that user revoked (nobody holds them; a later
    * campaign serves the user if the satellite lists it again). When it accepts no part of the batch, the
    * fault is the satellite's, not the users', if an empty push says its token route is missing or broken
@@ -189,32 +190,30 @@ export class Delivery {
     /** `ends`: the users whose set ends in `part` (push) */
     const split = async (part: Pair[], err: SatelliteCallError, ends: Map<string, number>): Promise<void> => {
       const users = [...new Set(part.map((p) => p.userId))];
-      let halves: [Pair[], Map<string, number>][];
+      let parts: [Pair[], Map<string, number>][];
       if (part.length > this.max) {
-        // a 413 since taught a smaller limit: pieces that fit it, not halves that would be refused again
-        halves = [...pack(part, () => this.max, ends)];
+        // too large for the limit a 413 taught (fit: at most half of the part it refused): pieces that fit it,
+        // one user's tokens too, its set ending in the last piece
+        parts = [...pack(part, () => this.max, ends)];
       } else if (users.length > 1) {
         const left = new Set(users.slice(0, users.length >> 1));
-        halves = [[part.filter((p) => left.has(p.userId)), ends], [part.filter((p) => !left.has(p.userId)), ends]];
-      } else if (err.status === 413 && part.length > 1) {
-        // one user's tokens too large for the satellite's body limit: in two pushes, the set ending in the second
-        halves = [[part.slice(0, part.length >> 1), new Map()], [part.slice(part.length >> 1), ends]];
+        parts = [[part.filter((p) => left.has(p.userId)), ends], [part.filter((p) => !left.has(p.userId)), ends]];
       } else {
         refused.set(users[0]!, { why: err.message, kept: err.accepted > 0 });
         return;
       }
-      for (const [half, halfEnds] of halves) {
-        if (half.length > this.max) {
-          await split(half, err, halfEnds);
+      for (const [piece, pieceEnds] of parts) {
+        if (piece.length > this.max) {
+          await split(piece, err, pieceEnds);
           continue;
         }
         try {
-          await this.push(half, halfEnds);
+          await this.push(piece, pieceEnds);
           accepted++;
         } catch (e) {
           if (!isRefusal(e)) throw e;
-          this.fit(half, e);
-          await split(half, e, halfEnds);
+          this.fit(piece, e);
+          await split(piece, e, pieceEnds);
         }
       }
     };
