@@ -394,6 +394,34 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   });
 
+  // the writer gave up on a query at its own timeout, but Postgres kept running it: behind a long lock each retry
+  // left one more backend waiting, per lane, until the lock went
+  it('a batch the writer gives up on behind a lock is cancelled in Postgres, not left waiting beside its retry', async () => {
+    const o = await ownWorld('abandoned');
+    await o.start({ queryTimeoutMs: 1000 });
+    const locker = new pg.Client({ connectionString: o.db.url });
+    await locker.connect();
+    const lockerPid = (await locker.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+    const waiting = async () =>
+      Number((await o.pool.query("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock' AND pid <> $2", [o.db.name, lockerPid])).rows[0].n);
+    try {
+      await firstRoundDone(snap.fx.redis, o.prefix);
+      await locker.query('SET statement_timeout = 0; BEGIN; LOCK TABLE tokens IN SHARE MODE');
+      const tokens = await made(o.engine, users(4000, 'u'));
+      let most = 0;
+      for (const end = Date.now() + 6000; Date.now() < end; await sleep(100)) most = Math.max(most, await waiting());
+      await locker.query('COMMIT');
+      // one waiting query per lane at most
+      expect(most).toBeGreaterThan(0);
+      expect(most).toBeLessThanOrEqual(4);
+      for (const end = Date.now() + 30_000; (await o.copied(tokens)) < tokens.length && Date.now() < end; ) await sleep(100);
+      expect(await o.copied(tokens)).toBe(4000);
+    } finally {
+      await locker.end();
+      await o.close();
+    }
+  });
+
   // a deadlock or serialization failure of a one-event batch named that entry as the one Postgres refuses, and
   // the docs tell an operator to remove such an entry
   it('a transaction rolled back for a conflict (class 40) is tried again as it was, blaming no entry', async () => {

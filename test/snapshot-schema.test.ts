@@ -45,6 +45,28 @@ describe('snapshot schema: database creation and migrations (real Postgres)', ()
     }
   });
 
+  it('a pool with a query timeout has Postgres time statements out under it, unless the database asks for less', async () => {
+    const db = unusedDatabase();
+    try {
+      const timeoutOf = async (queryTimeoutMs?: number) => {
+        const pool = await openPostgres(db.url, 1, queryTimeoutMs);
+        try {
+          return (await pool.query<{ statement_timeout: string }>('SHOW statement_timeout')).rows[0]!.statement_timeout;
+        } finally {
+          await pool.end();
+        }
+      };
+      expect(await timeoutOf(10_000)).toBe('8s');
+      expect(await timeoutOf()).toBe('0');
+      const admin = await openPostgres(db.url, 1);
+      await admin.query(`ALTER DATABASE "${db.name}" SET statement_timeout = '300ms'`);
+      await admin.end();
+      expect(await timeoutOf(10_000)).toBe('300ms');
+    } finally {
+      await db.drop();
+    }
+  });
+
   it('restore --force and verify refuse a DATABASE_URL naming no database instead of creating an empty one', async () => {
     const fx = await engineFixture({ label: 'nodb' });
     const db = unusedDatabase();

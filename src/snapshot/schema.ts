@@ -176,6 +176,8 @@ export async function migrate(client: pg.ClientBase): Promise<number[]> {
 }
 
 const socketsOf = new WeakMap<pg.Pool, Set<net.Socket>>();
+const LOWER_STATEMENT_TIMEOUT = `SELECT set_config('statement_timeout', $1::text, false)
+  WHERE current_setting('statement_timeout')::interval = interval '0' OR current_setting('statement_timeout')::interval > ($1::text || ' ms')::interval`;
 
 /**
  * Ends the socket under every connection of a pool openPostgres made, so the queries on them fail at once:
@@ -189,7 +191,8 @@ export function cutConnections(pool: pg.Pool): void {
 /**
  * A pool on `url` with the database created and migrated; pool errors on idle clients are not fatal.
  * TCP keepalive finds a dead peer on idle connections; `queryTimeoutMs` bounds a query on a connection
- * that went half-open mid-query (no reply, no reset), which would otherwise wait forever. With `create`
+ * that went half-open mid-query (no reply, no reset), which would otherwise wait forever, and sets Postgres'
+ * statement timeout under it. With `create`
  * false a missing database is an error: what only reads the snapshot (restore, verify) must not make
  * an empty one from a mistyped URL and take it for the snapshot.
  */
@@ -206,6 +209,10 @@ export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number
   const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 3000, keepAlive: true, query_timeout: queryTimeoutMs, stream });
   socketsOf.set(pool, sockets);
   pool.on('error', () => {});
+  // pg's query timeout only stops waiting: Postgres ran on a query given up on, so behind a long lock each
+  // retry left one more backend waiting. A statement timeout a little under it has Postgres cancel the query
+  // first (57014); a lower one the database sets for itself stays.
+  if (queryTimeoutMs !== undefined) pool.on('connect', (c) => void c.query(LOWER_STATEMENT_TIMEOUT, [Math.floor(queryTimeoutMs * 0.8)]).catch(() => {}));
   try {
     const c = await checkout(pool);
     try {
