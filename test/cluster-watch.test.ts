@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import client from 'prom-client';
 import { watchCluster } from '../src/store/cluster-watch.js';
 import { createRedis } from '../src/store/redis.js';
@@ -27,12 +27,19 @@ describe('watchCluster (the serve primary): a real 3-master Redis Cluster', () =
       for (const end = Date.now() + 10_000; (await gauge('rm_redis_cluster_master_up', { node: hung })) !== 1 && Date.now() < end; ) await sleep(50);
       expect(await gauge('rm_redis_cluster_master_up', { node: hung })).toBe(1);
       expect(lines).toEqual([]);
+      expect(await gauge('rm_redis_cluster_slots_unserved')).toBe(0);
+      const itsSlots = redis instanceof Cluster ? redis.slots.filter((s) => s[0] === hung).length : 0;
+      expect(itsSlots).toBeGreaterThan(5000);
 
       await cluster.signal(2, 'SIGSTOP');
       expect(await until(/master .* no answer/)).toBe(`[redis cluster] master ${hung}: no answer within 1000 ms; the tokens of its slots answer 503 until it or a replica answers`);
       expect(await gauge('rm_redis_cluster_master_up', { node: hung })).toBe(0);
+      // it still owns its slots in the map: none is "without a master", all are unserved
+      expect(await gauge('rm_redis_cluster_slots_without_master')).toBe(0);
+      expect(await gauge('rm_redis_cluster_slots_unserved')).toBe(itsSlots);
       await cluster.signal(2, 'SIGCONT');
       expect(await until(/ok again/)).toBe(`[redis cluster] master ${hung}: ok again`);
+      expect(await gauge('rm_redis_cluster_slots_unserved')).toBe(0);
       expect(lines.filter((l) => l.includes(hung))).toHaveLength(2); // one line each way, not one a probe
 
       // killed: the client drops it from its pool and a slot-map refresh puts it back, so the reason changes

@@ -9,7 +9,12 @@ const metrics = {
     help: 'Redis Cluster: 1 for each master of the slot map that answers with cluster_state:ok, 0 for one that does not (the tokens of its slots answer 503)',
     labelNames: ['node'] as const,
   }),
-  slotsWithoutMaster: new client.Gauge({ name: 'rm_redis_cluster_slots_without_master', help: 'Redis Cluster: slots no master serves' }),
+  slotsWithoutMaster: new client.Gauge({ name: 'rm_redis_cluster_slots_without_master', help: 'Redis Cluster: slots the slot map gives no master' }),
+  // a failed master and its failed replicas stay in the map as the slots' owner: slots_without_master read 0
+  slotsUnserved: new client.Gauge({
+    name: 'rm_redis_cluster_slots_unserved',
+    help: 'Redis Cluster: slots with no master, or whose master does not answer with cluster_state:ok (their tokens answer 503); of 16384',
+  }),
   slotsMigrating: new client.Gauge({
     name: 'rm_redis_cluster_slots_migrating',
     help: 'Redis Cluster: slots a master marks migrating (a reshard under way, or one left unfinished: scripts on their keys may fail with TRYAGAIN)',
@@ -74,6 +79,7 @@ export function watchCluster(redis: RedisClient, log: (line: string) => void, op
     }
     up = next;
     metrics.slotsWithoutMaster.set(probe.slotsWithoutMaster);
+    metrics.slotsUnserved.set(probe.slotsUnserved);
 
     const now = Date.now();
     const masters = redis.nodes('master');

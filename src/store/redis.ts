@@ -147,6 +147,15 @@ export function nodeAddress(node: Redis): string {
   return `${node.options.host}:${node.options.port}`;
 }
 
+export interface ClusterProbe {
+  /** each master of the slot map: `ok` or why not */
+  masters: Record<string, string>;
+  /** slots the map gives no master */
+  slotsWithoutMaster: number;
+  /** those and the slots of every master not `ok`: the slots whose tokens answer 503 */
+  slotsUnserved: number;
+}
+
 /**
  * Whether every master of a Cluster can serve its slots: each master of the client's slot map (a slot's
  * first node) as `ok` or why not (no connection, no CLUSTER INFO answer within `ms`, an error, or a
@@ -156,18 +165,19 @@ export function nodeAddress(node: Redis): string {
  * cluster may have been replaced: the map is re-read whenever a master is not ok, so a master back, or its
  * replica promoted, is connected at once. Undefined for a single Redis.
  */
-export async function clusterMasters(client: RedisClient, ms = MASTER_PROBE_MS): Promise<{ masters: Record<string, string>; slotsWithoutMaster: number } | undefined> {
+export async function clusterMasters(client: RedisClient, ms = MASTER_PROBE_MS): Promise<ClusterProbe | undefined> {
   if (!(client instanceof Cluster)) return undefined;
-  const keys = new Set<string>();
+  /** slots per master of the map */
+  const slotsOf = new Map<string, number>();
   let slotsWithoutMaster = 0;
   for (let slot = 0; slot < SLOTS; slot++) {
     const key = client.slots[slot]?.[0];
-    if (key) keys.add(key);
+    if (key) slotsOf.set(key, (slotsOf.get(key) ?? 0) + 1);
     else slotsWithoutMaster++;
   }
   const pool = new Map(client.nodes('master').map((n) => [nodeAddress(n), n]));
   const states = await Promise.all(
-    [...keys].map(async (key) => {
+    [...slotsOf.keys()].map(async (key) => {
       const node = pool.get(key);
       let state = 'not connected';
       if (node) {
@@ -180,14 +190,15 @@ export async function clusterMasters(client: RedisClient, ms = MASTER_PROBE_MS):
       }
       // a master gone, hung or left the cluster may have been replaced: read the map now, not at the next refresh
       if (state !== 'ok') client.refreshSlotsCache();
-      return [key, state];
+      return [key, state] as const;
     }),
   );
-  return { masters: Object.fromEntries(states), slotsWithoutMaster };
+  const slotsUnserved = states.reduce((n, [key, state]) => (state === 'ok' ? n : n + slotsOf.get(key)!), slotsWithoutMaster);
+  return { masters: Object.fromEntries(states), slotsWithoutMaster, slotsUnserved };
 }
 
 /** What keeps a Cluster from serving every slot, one line each, from a `clusterMasters` probe: empty when nothing does. */
-export function clusterFailures(probe: { masters: Record<string, string>; slotsWithoutMaster: number }): string[] {
+export function clusterFailures(probe: ClusterProbe): string[] {
   const failing = Object.entries(probe.masters).filter(([, state]) => state !== 'ok').map(([node, state]) => `master ${node}: ${state}`);
   if (probe.slotsWithoutMaster > 0) failing.push(`${probe.slotsWithoutMaster} slots without a master`);
   return failing;
