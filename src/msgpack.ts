@@ -1,13 +1,74 @@
-import { Packr } from 'msgpackr';
+import { Packr, Unpackr } from 'msgpackr';
 import type { Dispatcher } from 'undici';
 
 export const MSGPACK = 'application/msgpack';
 
+/** Plain maps and arrays on the wire (no msgpackr records: an extension other peers need not speak). */
+export const packr = new Packr({ useRecords: false });
 /**
- * Plain maps and arrays on the wire (no msgpackr records), so any MessagePack peer can read them; a 64-bit
- * integer read as a number (msgpackr's default is a BigInt).
+ * The one reader of MessagePack, for the API's requests, satellites' replies and the client's: maps as
+ * objects, a 64-bit integer as a number (msgpackr's default is a BigInt). structuredClone false: its
+ * extensions build cyclic values ({x: a = [a]}), on which a walk of the value never ended (16 bytes, no key
+ * needed, kept a worker at 100 % CPU for good).
  */
-export const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' });
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', structuredClone: false });
+
+/** A MessagePack body that decodes, but not to plain data; the message says why. */
+export class NotPlain extends Error {}
+
+/**
+ * MessagePack bytes as plain data: throws msgpackr's error when they do not decode, NotPlain when they hold
+ * an extension type or a string that is not valid UTF-8. msgpackr would turn invalid UTF-8 into U+FFFD, so
+ * two different byte strings would be one id: every U+FFFD of a string must be in the body as such.
+ */
+export function unpackPlain(body: Buffer): unknown {
+  const value = unpackr.unpack(body);
+  const replaced = plainData(value);
+  if (replaced > 0 && replaced > count(body, REPLACEMENT)) throw new NotPlain('a string is not valid UTF-8');
+  return value;
+}
+
+/** U+FFFD as UTF-8: a decoded string holds one for each of these in the body, and one per invalid sequence. */
+const REPLACEMENT = Buffer.from('\ufffd');
+
+function count(haystack: Buffer, needle: Buffer): number {
+  let n = 0;
+  for (let i = haystack.indexOf(needle); i >= 0; i = haystack.indexOf(needle, i + needle.length)) n++;
+  return n;
+}
+
+/**
+ * msgpackr turns its extension types into live objects (an Error whose name and message the sender chose,
+ * a Set, a RegExp, a Date): the schemas take any object for a map, so only maps, arrays, strings, numbers,
+ * booleans, nil and bin go further. A loop, not recursion: nesting can be thousands deep. Returns how many
+ * U+FFFD the string values hold.
+ */
+function plainData(value: unknown): number {
+  const stack = [value];
+  let replaced = 0;
+  while (stack.length) {
+    const v = stack.pop();
+    if (typeof v === 'string') {
+      for (let i = v.indexOf('\ufffd'); i >= 0; i = v.indexOf('\ufffd', i + 1)) replaced++;
+      continue;
+    }
+    // a bigint (msgpackr's BigInt extension) passed the schemas in an unknown field, then broke the audit line's JSON
+    if (typeof v === 'bigint') throw notPlain('BigInt');
+    if (v === null || typeof v !== 'object' || v instanceof Uint8Array) continue;
+    if (Array.isArray(v)) {
+      for (const x of v) stack.push(x);
+      continue;
+    }
+    const proto = Object.getPrototypeOf(v);
+    if (proto !== Object.prototype && proto !== null) {
+      throw notPlain(String(proto?.constructor?.name ?? 'unknown').slice(0, 40));
+    }
+    for (const x of Object.values(v)) stack.push(x);
+  }
+  return replaced;
+}
+
+const notPlain = (type: string) => new NotPlain(`MessagePack extension type not accepted (${type}); send plain maps and arrays`);
 
 const INT32_MIN = -0x80000000;
 const UINT32_MAX = 0xffffffff;
@@ -42,7 +103,7 @@ export function int64s(v: unknown): unknown {
 /** An HTTP body by its content type: JSON when it says json, else MessagePack; empty is undefined. Throws when undecodable. */
 export function decodeBody(raw: Buffer, contentType: string): unknown {
   if (raw.length === 0) return undefined;
-  return contentType.includes('json') ? JSON.parse(raw.toString('utf8')) : packr.unpack(raw);
+  return contentType.includes('json') ? JSON.parse(raw.toString('utf8')) : unpackPlain(raw);
 }
 
 export interface MsgpackReply {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { retryAfterMs } from '../src/msgpack.js';
+import { Packr } from 'msgpackr';
+import { decodeBody, retryAfterMs } from '../src/msgpack.js';
 import { printable } from '../src/tokens/validate.js';
 
 describe('Retry-After', () => {
@@ -20,5 +21,19 @@ describe('text from a satellite, made printable', () => {
   it('replaces C0 and C1 controls and lone surrogates, keeps the rest', () => {
     expect(printable('ok \u00e9 🙂')).toBe('ok \u00e9 🙂');
     expect(printable('a\u0000b\u001b[31mc\u009bd\ud800e\u007f')).toBe('a\ufffdb\ufffd[31mc\ufffdd\ufffde\ufffd');
+  });
+});
+
+// satellites' replies (generate) and the client's were read by a second, looser decoder than the API's:
+// msgpackr's structured clone built cyclic values, and its extensions live objects
+describe('MessagePack from a satellite', () => {
+  it('is read as plain data only, as the API reads requests', () => {
+    const cyclic: unknown[] = ['u1'];
+    cyclic.push(cyclic);
+    const mp = 'application/msgpack';
+    expect(() => decodeBody(new Packr({ structuredClone: true }).pack({ userIds: cyclic }), mp)).toThrow();
+    expect(() => decodeBody(new Packr({ moreTypes: true }).pack({ userIds: [new Error('boom')] }), mp)).toThrow(/extension type not accepted \(Error\)/);
+    expect(() => decodeBody(Buffer.concat([Buffer.from([0x81, 0xa1, 0x75, 0xa2]), Buffer.from([0xc3, 0x28])]), mp)).toThrow(/not valid UTF-8/);
+    expect(decodeBody(new Packr().pack({ userIds: ['u1', 'u\ufffd'], next: 2 ** 40 }), mp)).toEqual({ userIds: ['u1', 'u\ufffd'], next: 2 ** 40 });
   });
 });

@@ -1,15 +1,8 @@
-import { Packr, Unpackr } from 'msgpackr';
 import type { HttpResponse } from 'uWebSockets.js';
 import { DomainError, errorCatalogue, type ErrorCode } from '../errors.js';
-import { int64s } from '../msgpack.js';
+import { int64s, NotPlain, packr, unpackPlain } from '../msgpack.js';
 
 export type Format = 'msgpack' | 'json';
-
-// Plain maps in and out: records/structures are a msgpackr extension satellites need not speak.
-// structuredClone false: its extensions build cyclic values ({x: a = [a]}), on which plainData's walk
-// never ended: 16 bytes, no key needed, kept a worker at 100% CPU for good
-const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', structuredClone: false });
-const packr = new Packr({ useRecords: false });
 
 /**
  * Media type of a Content-Type or Accept value, or undefined if it is none we speak. Of several, the one with
@@ -32,8 +25,8 @@ export function formatOf(header: string): Format | undefined {
 /** Body bytes -> value; any decoder failure is a 400 naming the reason. */
 export function decode(format: Format, body: Buffer): unknown {
   if (body.length === 0) throw new DomainError('invalid_request', 'body: empty');
-  // Both decoders would turn invalid UTF-8 into U+FFFD, so two different byte strings would be one id:
-  // JSON text is decoded strictly, and in MessagePack every U+FFFD of a string must be in the body as such.
+  // JSON.parse of text decoded loosely would turn invalid UTF-8 into U+FFFD, so two different byte strings
+  // would be one id (unpackPlain refuses that in MessagePack)
   let text: string | undefined;
   if (format === 'json') {
     try {
@@ -42,62 +35,15 @@ export function decode(format: Format, body: Buffer): unknown {
       throw new DomainError('invalid_request', 'body: not valid UTF-8');
     }
   }
-  let value: unknown;
   try {
-    value = text !== undefined ? JSON.parse(text) : unpackr.unpack(body);
+    return text !== undefined ? JSON.parse(text) : unpackPlain(body);
   } catch (err) {
+    if (err instanceof NotPlain) throw new DomainError('invalid_request', `body: ${err.message}`);
     throw new DomainError('invalid_request', `body: not valid ${format === 'json' ? 'JSON' : 'MessagePack'} (${String((err as Error)?.message ?? err).slice(0, 100)})`);
   }
-  if (format === 'msgpack') {
-    const replaced = plainData(value);
-    if (replaced > 0 && replaced > count(body, REPLACEMENT)) throw new DomainError('invalid_request', 'body: a string is not valid UTF-8');
-  }
-  return value;
 }
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
-
-/** U+FFFD as UTF-8: a decoded string holds one for each of these in the body, and one per invalid sequence. */
-const REPLACEMENT = Buffer.from('\ufffd');
-
-function count(haystack: Buffer, needle: Buffer): number {
-  let n = 0;
-  for (let i = haystack.indexOf(needle); i >= 0; i = haystack.indexOf(needle, i + needle.length)) n++;
-  return n;
-}
-
-/**
- * msgpackr turns its extension types into live objects (an Error whose name and message the sender chose,
- * a Set, a RegExp, a Date): the schemas take any object for a map, so only maps, arrays, strings, numbers,
- * booleans, nil and bin go further. A loop, not recursion: nesting can be thousands deep. Returns how many
- * U+FFFD the string values hold (decode compares it with the body).
- */
-function plainData(value: unknown): number {
-  const stack = [value];
-  let replaced = 0;
-  while (stack.length) {
-    const v = stack.pop();
-    if (typeof v === 'string') {
-      for (let i = v.indexOf('\ufffd'); i >= 0; i = v.indexOf('\ufffd', i + 1)) replaced++;
-      continue;
-    }
-    // a bigint (msgpackr's BigInt extension) passed the schemas in an unknown field, then broke the audit line's JSON
-    if (typeof v === 'bigint') throw notPlain('BigInt');
-    if (v === null || typeof v !== 'object' || v instanceof Uint8Array) continue;
-    if (Array.isArray(v)) {
-      for (const x of v) stack.push(x);
-      continue;
-    }
-    const proto = Object.getPrototypeOf(v);
-    if (proto !== Object.prototype && proto !== null) {
-      throw notPlain(String(proto?.constructor?.name ?? 'unknown').slice(0, 40));
-    }
-    for (const x of Object.values(v)) stack.push(x);
-  }
-  return replaced;
-}
-
-const notPlain = (type: string) => new DomainError('invalid_request', `body: MessagePack extension type not accepted (${type}); send plain maps and arrays`);
 
 export function encode(format: Format, value: unknown): Buffer {
   return format === 'json' ? Buffer.from(JSON.stringify(value)) : packr.pack(int64s(value));
