@@ -181,6 +181,6 @@ export const isGiven = (override: unknown): boolean => override !== undefined &&
 export function loadSetting<K extends keyof Config>(name: K, override: unknown, env: NodeJS.ProcessEnv = process.env): Config[K] {
   const s = settings[name] as Setting<unknown>;
   const raw = isGiven(override) ? override : env[s.env];
-  if (raw === undefined || (typeof raw === 'string' && raw === '' && name !== 'adminKey')) return s.default as Config[K];
+  if (raw === undefined || raw === '') return s.default as Config[K];
   return (typeof raw === 'string' ? s.parse(raw) : raw) as Config[K];
 }

@@ -19,8 +19,8 @@ export function register(program: Command): void {
         if (name === 'outboundKeySecrets') value = (value as string[]).length ? `(${(value as string[]).length} set)` : '(empty: outbound keys stored as given)';
         if (name === 'databaseUrl' || name === 'redisUrl') value = hidePassword(String(value), '***');
         const fromEnv = process.env[s.env] !== undefined;
-        // a global flag overrides the env (configFrom); an empty env value, except ADMIN_KEY's, means the default
-        const source = name in flags ? 'flag' : fromEnv && (process.env[s.env] !== '' || name === 'adminKey') ? 'env' : 'default';
+        // a global flag overrides the env (configFrom); an empty env value means the default
+        const source = name in flags ? 'flag' : fromEnv && process.env[s.env] !== '' ? 'env' : 'default';
         return { env: s.env, value, fromEnv, source, doc: s.doc };
       });
       if (opts.json) {
