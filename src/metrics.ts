@@ -38,6 +38,8 @@ export const tokenResults = new client.Counter({
   help: 'Token operation results (redeem, reserve, complete, release) by engine result code',
   labelNames: ['op', 'code'] as const,
 });
+// born at 0: increase() over a series that appears at 1 reads 0, so the "referrals stopped" alert missed a first redemption
+for (const op of ['redeem', 'reserve', 'complete', 'release']) tokenResults.inc({ op, code: 'ok' }, 0);
 
 export const redisErrors = new client.Counter({
   name: 'rm_redis_errors_total',

@@ -24,6 +24,8 @@ describe('METRICS_KEY', () => {
       expect((await get(guarded.url, '/healthz'))[0]).toBe(200);
       expect((await get(guarded.url, '/readyz'))[0]).toBe(200);
       expect(await get(open.url, '/metrics')).toEqual([200, undefined]);
+      // the series alerts take increase() of are there before the first count
+      expect(await (await fetch(`${open.url}/metrics`)).text()).toMatch(/^rm_token_results_total\{op="complete",code="ok"\} 0$/m);
     } finally {
       await guarded.stop();
       await open.stop();
