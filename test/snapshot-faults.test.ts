@@ -163,6 +163,8 @@ describe('snapshot writer under faults (real processes)', () => {
       const standby = await until(c, '/readyz', (r) => r.status === 200);
       expect(JSON.parse(standby.text)).toMatchObject({ ready: true, leader: false, postgres: 'standby' });
       expect((await get(c, '/metrics')).text).toMatch(/^rm_snapshot_leader 0$/m);
+      // it does not check Postgres: unknown, not "down"
+      expect((await get(c, '/metrics')).text).toMatch(/^rm_snapshot_postgres_up Nan$/m);
       expect((await get(c, '/nope')).status).toBe(404);
     } finally {
       await Promise.all(writers.map(stop));

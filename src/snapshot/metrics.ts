@@ -16,10 +16,14 @@ export const snapshotMetrics = {
   }),
   applied: new client.Counter({ name: 'rm_snapshot_events_total', help: 'Events committed to Postgres' }),
   errors: new client.Counter({ name: 'rm_snapshot_errors_total', help: 'Snapshot writer failures, by where', labelNames: ['where'] as const }),
-  postgresUp: new client.Gauge({ name: 'rm_snapshot_postgres_up', help: '1 while the writer reaches Postgres, 0 while it retries' }),
+  postgresUp: new client.Gauge({
+    name: 'rm_snapshot_postgres_up',
+    help: '1 while the writer holding the lease reaches Postgres, 0 while it retries; NaN in a process not holding the lease (it does not check)',
+  }),
   leader: new client.Gauge({ name: 'rm_snapshot_leader', help: '1 while this process holds the single-writer lease' }),
 };
 
 // each series present from the start at 0: increase() over one that first appears at 1 reads 0, so an alert on
 // the first lost entry never fired
 for (const where of ['postgres', 'redis', 'lost', 'lag', 'status']) snapshotMetrics.errors.inc({ where }, 0);
+snapshotMetrics.postgresUp.set(NaN);

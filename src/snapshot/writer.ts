@@ -97,6 +97,13 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const stopping = new AbortController();
   const sleep = (ms: number) => sleepFor(ms, undefined, { signal: stopping.signal }).catch(() => undefined);
   let leader = false;
+  // a process not holding the lease does not check Postgres: its postgres_up is unknown (NaN), not 0, which
+  // read as "Postgres down" on every standby and every serve with SNAPSHOT=false
+  const lead = (v: boolean) => {
+    leader = v;
+    m.leader.set(v ? 1 : 0);
+    if (!v) m.postgresUp.set(NaN);
+  };
   /** bumped each time the loop takes the lease anew (not a renewal) */
   let term = 0;
   let pool: pg.Pool | undefined;
@@ -295,9 +302,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         // read new entries (they would sit in the group's pending list, unseen by the new holder)
         const was = leader;
         const renewed = await lease.renew();
-        leader = renewed || (await lease.acquire());
+        lead(renewed || (await lease.acquire()));
         if (leader && !renewed) term++;
-        m.leader.set(leader ? 1 : 0);
         if (was && !renewed && leader) log('warn', LAPSED);
         if (!leader) {
           if (was) await sayLost();
@@ -306,7 +312,10 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           await sleep(Math.min(lease.ms / 3, (await lease.remainingMs()) + 20));
           continue;
         }
-        if (!was) log('info', 'holding the snapshot lease; writing to Postgres');
+        if (!was) {
+          log('info', 'holding the snapshot lease; writing to Postgres');
+          probeAt = 0;
+        }
         // every pending entry is re-read on taking the lease and once a lease period after: the safety net
         // for a read that slipped through anyway (a pause between the renew and the read), whose entries
         // ackAndTrim never trims
@@ -385,8 +394,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     const asked = term;
     const drop = () => {
       if (asked !== term) return false;
-      leader = false;
-      m.leader.set(0);
+      lead(false);
       return true;
     };
     lease.renew().then(
