@@ -15,13 +15,13 @@ export function collectProcessMetrics(): void {
   client.collectDefaultMetrics({ eventLoopMonitoringPrecision: 10 });
 }
 
-export const httpRequests = new client.Counter({
+const httpRequests = new client.Counter({
   name: 'rm_http_requests_total',
   help: 'HTTP requests answered, by route pattern, method and status',
   labelNames: ['route', 'method', 'status'] as const,
 });
 
-export const httpDuration = new client.Histogram({
+const httpDuration = new client.Histogram({
   name: 'rm_http_request_duration_seconds',
   help: 'Time from request to reply, by route pattern and status',
   labelNames: ['route', 'status'] as const,

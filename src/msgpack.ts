@@ -1,7 +1,7 @@
 import { Packr, Unpackr } from 'msgpackr';
 import type { Dispatcher } from 'undici';
 
-export const MSGPACK = 'application/msgpack';
+const MSGPACK = 'application/msgpack';
 
 /** Plain maps and arrays on the wire (no msgpackr records: an extension other peers need not speak). */
 export const packr = new Packr({ useRecords: false });
@@ -120,7 +120,7 @@ export interface MsgpackReply {
  * The largest reply body read: far above any the manager or a satellite sends (100,000 tokens of one user
  * listed are ~10 MB), while a broken gateway streaming without end grew a client by 679 MB in 2 s.
  */
-export const REPLY_LIMIT_BYTES = 128 * 1024 * 1024;
+const REPLY_LIMIT_BYTES = 128 * 1024 * 1024;
 
 /** A reply body past REPLY_LIMIT_BYTES: the reading stopped there. */
 export class ReplyTooLarge extends Error {

@@ -9,7 +9,7 @@ import type { Satellite, SatelliteFields } from './model.js';
 import { OutboundKeySeal, SEALED } from './seal.js';
 
 /** 256 random bits, URL-safe; the manager stores only its SHA-256. */
-export function newApiKey(): string {
+function newApiKey(): string {
   return `rmk_${randomBytes(32).toString('base64url')}`;
 }
 

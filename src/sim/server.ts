@@ -9,7 +9,7 @@ import type { SignupSummary } from './signups.js';
 /** the manager's codes, plus the one a satellite that is down answers */
 type SimCode = ErrorCode | 'unavailable';
 
-export const DEFAULT_BODY_LIMIT = 8 * 1024 * 1024;
+const DEFAULT_BODY_LIMIT = 8 * 1024 * 1024;
 const DEFAULT_PAGE = 1000;
 const MAX_PAGE = 10_000;
 

@@ -8,7 +8,7 @@ import { jsonb, PeriodicCopy } from './copy.js';
 const PAGE = 5000;
 
 /** A satellite restored from `running`: its run is gone with the old Redis. */
-export const RESTORED_RUNNING = 'restored from the Postgres snapshot while running: run generate --resume';
+const RESTORED_RUNNING = 'restored from the Postgres snapshot while running: run generate --resume';
 
 const UPSERT = `
   INSERT INTO campaigns (id, meta, progress)

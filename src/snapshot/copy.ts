@@ -8,7 +8,7 @@ import type pg from 'pg';
 export const jsonb = (v: unknown): string => JSON.stringify(v, (_k, x: unknown) => (typeof x === 'string' && x.includes('\0') ? x.replaceAll('\0', '\ufffd') : x));
 
 /** How often a copy writes even when nothing seems changed: mends a copy an overlapping ex-holder of the lease wrote late. */
-export const REWRITE_EVERY_MS = 60_000;
+const REWRITE_EVERY_MS = 60_000;
 
 /**
  * A few Redis records the snapshot writer copies to Postgres beside the token events (satellites,

@@ -12,7 +12,7 @@ export interface SnapshotStatus {
 }
 
 /** the writer refreshes the status every second; a writer gone for this long reads as off */
-export const STATUS_TTL_MS = 5000;
+const STATUS_TTL_MS = 5000;
 
 export async function writeSnapshotStatus(redis: RedisClient, prefix: string, s: SnapshotStatus): Promise<void> {
   await redis.set(new Keys(prefix).snapshotStatus(), JSON.stringify(s), 'PX', STATUS_TTL_MS);

@@ -6,8 +6,8 @@ import { hexDigest } from '../digest.js';
  * token, its owner's record and its shard's event stream share one hash tag `{shard}` and every
  * script touches one Redis Cluster slot. 106 of the UUID's 122 random bits stay random.
  */
-export const SHARD_BITS = 6;
-export const BUCKET_BITS = 10;
+const SHARD_BITS = 6;
+const BUCKET_BITS = 10;
 export const SHARDS = 1 << SHARD_BITS;
 export const BUCKETS_PER_SHARD = 1 << BUCKET_BITS;
 
