@@ -35,9 +35,9 @@ const REFUSALS = new Set([400, 404, 409, 410, 413, 422]);
 export class SatelliteCallError extends Error {
   /**
    * `refused`: the satellite answered and refused what was sent (REFUSALS, or fewer tokens accepted than
-   * sent), so the same request fails the same way however often it is retried, and a smaller one may not
+   * sent), so the same request fails the same way however often it is retried, and a smaller one may not.
+   * `accepted`: of a push answered short, how many tokens the satellite said it took (it holds some of them).
    */
-  /** `accepted`: of a push answered short, how many tokens the satellite said it took (it holds some of them) */
   constructor(message: string, readonly status: number, readonly retryable: boolean, readonly refused = false, readonly retryAfterMs = 0, readonly accepted = 0) {
     super(message);
     this.name = 'SatelliteCallError';

@@ -1,4 +1,4 @@
-import type { TokenState } from '../store/model.js';
+import { TOKEN_STATES, type TokenState } from '../store/model.js';
 import { ReferralError } from './error.js';
 import { segment, Transport, type TransportOptions } from './transport.js';
 
@@ -59,8 +59,6 @@ export interface EndUser {
 
 const endUser = (o: EndUser | undefined): Record<string, string> => (o?.endUserIp ? { 'x-end-user-ip': o.endUserIp } : {});
 
-const STATES: readonly TokenState[] = ['unredeemed', 'reserved', 'redeemed', 'revoked'];
-
 /**
  * `reply` when it holds `field` as every reply of that route does (one of `values`, when given), else
  * `internal`: a 2xx map from something in front of the manager (a gateway routing elsewhere answering
@@ -109,7 +107,7 @@ export class SatelliteClient {
   }
 
   async lookup(token: string, opts?: EndUser): Promise<LookedUp> {
-    return holding(this.t.call('GET', `/v1/tokens/${segment('token', token)}`, undefined, undefined, endUser(opts)), 'state', STATES);
+    return holding(this.t.call('GET', `/v1/tokens/${segment('token', token)}`, undefined, undefined, endUser(opts)), 'state', TOKEN_STATES);
   }
 
   /** Unredeemed tokens of `userId` on the calling satellite. */

@@ -62,9 +62,11 @@ export interface SatelliteProgress {
   /** users whose tokens the satellite refused even alone in a push; their tokens are revoked */
   usersRefused: number;
   failures: number;
-  /** interrupted: recorded running, but no run holds the campaign (it was killed): `generate --resume`; never stored */
-  /** revoked: the campaign was revoked while this satellite was served, and its run stopped there */
-  /** expired: the campaign's expiresAt passed while this satellite was served, and its run stopped there */
+  /**
+   * interrupted: recorded running, but no run holds the campaign (it was killed): `generate --resume`; never stored.
+   * revoked: the campaign was revoked while this satellite was served, and its run stopped there.
+   * expired: the campaign's expiresAt passed while this satellite was served, and its run stopped there.
+   */
   status: 'pending' | 'running' | 'interrupted' | 'done' | 'failed' | 'revoked' | 'expired';
   lastError?: string;
 }

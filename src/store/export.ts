@@ -11,7 +11,6 @@ export const EXPORT_FIELDS = ['token', 'state', 'ownerSatelliteId', 'ownerUserId
 /** One token: the EXPORT_FIELDS values, '' when absent, the state as stored (a lapsed lease stays "reserved"). */
 export type ExportRow = string[];
 
-export const STATE_NAMES: readonly TokenState[] = ['unredeemed', 'reserved', 'redeemed', 'revoked'];
 export const STATE_NAME: Record<string, TokenState> = { u: 'unredeemed', s: 'reserved', r: 'redeemed', x: 'revoked' };
 export const STATE_LETTER: Record<TokenState, string> = { unredeemed: 'u', reserved: 's', redeemed: 'r', revoked: 'x' };
 

@@ -1,5 +1,6 @@
 /** The token as every layer above the store sees it. Times are epoch milliseconds. */
 export type TokenState = 'unredeemed' | 'reserved' | 'redeemed' | 'revoked';
+export const TOKEN_STATES: readonly TokenState[] = ['unredeemed', 'reserved', 'redeemed', 'revoked'];
 
 export interface Token {
   token: string;
