@@ -6,6 +6,7 @@ import { clusterMasters, createRedis, redisErrorText, type RedisClient } from '.
 import { Keys, SHARDS } from '../store/keys.js';
 import { applyEvents } from './apply.js';
 import type { StreamEvent } from './events.js';
+import { BACKOFF_MAX_MS, Lane, refusedBy } from './lane.js';
 import { reportLag } from './lag.js';
 import { Lease } from '../store/lease.js';
 import { snapshotMetrics as m } from './metrics.js';
@@ -14,7 +15,7 @@ import { RevocationCopy } from './revoked.js';
 import { SatelliteCopy } from './satellites.js';
 import { checkout, cutConnections, openPostgres } from './schema.js';
 import { writeSnapshotStatus, type SnapshotStatus } from './status.js';
-import { ShardStreams, type ReadResult } from './streams.js';
+import { ShardStreams } from './streams.js';
 
 export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
 
@@ -36,7 +37,6 @@ export interface SnapshotWriter {
   clusterMasters(): ReturnType<typeof clusterMasters>;
 }
 
-const BACKOFF_MAX_MS = 5000;
 /**
  * Most stop() waits for the batches in hand before it drops their connections: a hung Postgres would hold
  * it for the query timeout (30 s), past a container's stop grace (10 s), and a SIGKILL then leaves the
@@ -50,27 +50,7 @@ const FAREWELL_MS = 500;
 const LANES = 4;
 /** How often a writer that is up checks Postgres when no batch did: how soon /readyz shows an idle writer's loss. */
 const PG_PROBE_MS = 5000;
-/** How long a lane's batches stay at most half the size of one that timed out... */
-const SLOW_CAP_MS = 60_000;
-/**
- * ...but never capped below this: a small batch that timed out was not too big but stalled (a lock), and
- * capping it at its half held the lane at a few events per transaction for the minute.
- */
-const SLOW_CAP_FLOOR = 250;
-
-/** A statement timeout (57014, query_canceled) or pg's own query_timeout: the batch was too slow (or Postgres hangs). */
-const timedOut = (err: unknown): boolean => (err as { code?: unknown }).code === '57014' || (err as Error).message === 'Query read timeout';
 const LAPSED = 'the snapshot lease lapsed with no other writer (this process or Redis stalled past it, or Redis lost it); taking it again';
-
-/**
- * Postgres answered with an error of the statement (a SQLSTATE), not one of reaching it: a connection error
- * (class 08), a shutdown or start-up (57P), too many connections (53300), a missing database (3D000) or a
- * refused login (class 28) mean it cannot be reached.
- */
-function refusedBy(err: unknown): boolean {
-  const code = (err as { code?: unknown }).code;
-  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && !/^(08|57P|53300|3D000|28)/.test(code);
-}
 
 /**
  * The asynchronous Postgres writer. Reads every shard stream with the `snapshot` consumer group,
@@ -191,104 +171,19 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     if (error !== undefined) throw error;
   }
 
-  // Lanes: shards split into groups, each applying its own batches on its own connection, so Postgres
-  // works on several transactions at once. A token lives in one shard, so lanes never touch one row.
-  // While a lane writes a full round to Postgres it reads its next one from Redis (only new entries:
-  // a re-read of pending entries could return the ones being committed).
-  const lanes = Array.from({ length: LANES }, (_, l) => ({
-    shards: Array.from({ length: SHARDS / LANES }, (_, i) => i * LANES + l),
-    prefetch: undefined as Promise<ReadResult> | undefined,
-    /** most events of its next transaction: halved after each batch Postgres refuses or that times out, doubled back after each commit (shrink) */
-    size: config.snapshotBatch,
-    /** the last entry Postgres refused alone, said once */
-    refusedAlone: '',
-    /** the most `size` grows back to for a while after a batch timed out */
-    cap: { size: config.snapshotBatch, until: 0 },
-    /** after a batch Postgres refused: the lane's own backoff, and when it tries again */
-    backoff: 0,
-    retryAt: 0,
+  const lanes = Array.from({ length: LANES }, (_, l) => new Lane(Array.from({ length: SHARDS / LANES }, (_, i) => i * LANES + l), {
+    streams,
+    keys,
+    batchMax: config.snapshotBatch,
+    commit: (batch) => onPostgres(() => commit(batch)),
+    ackLost,
+    writing: () => running && leader,
+    log,
   }));
-
-  /**
-   * One lane's read, write and ack. A failure re-reads that lane's pending entries next, and only that lane's:
-   * when every failure re-read every shard, one entry Postgres refuses (a hand-made row) kept the healthy
-   * lanes re-reading their empty pending lists round after round, and no shard was copied at all.
-   */
-  async function round(lane: (typeof lanes)[number]): Promise<number> {
-    try {
-      return await roundOf(lane);
-    } catch (err) {
-      // what was prefetched stays pending in Redis and is re-read with the rest
-      await lane.prefetch?.catch(() => {});
-      lane.prefetch = undefined;
-      streams.reread(lane.shards);
-      throw err;
-    }
-  }
-
-  async function roundOf(lane: (typeof lanes)[number]): Promise<number> {
-    // taken before the await: a failed prefetch must not be awaited again by every later round
-    const prefetched = lane.prefetch;
-    lane.prefetch = undefined;
-    const got = await (prefetched ?? streams.read(lane.shards));
-    streams.used(got);
-    const { events, empty } = got;
-    await ackLost(empty);
-    if (events.length >= streams.perShard && !streams.rereading(lane.shards)) {
-      lane.prefetch = streams.read(lane.shards);
-      // it may fail (Redis restarted empty: NOGROUP) while the batch is being written, before anything
-      // awaits it; unhandled, that rejection would end the process (serve with it). It is awaited later.
-      lane.prefetch.catch(() => {});
-    }
-    for (let i = 0; i < events.length && running && leader; ) {
-      const batch = events.slice(i, i + lane.size);
-      try {
-        await onPostgres(() => commit(batch));
-      } catch (err) {
-        if (!shrink(lane, batch, err)) throw err;
-        continue;
-      }
-      await streams.ackAndTrim(batch);
-      i += batch.length;
-      lane.size = Math.min(config.snapshotBatch, lane.size * 2, Date.now() < lane.cap.until ? lane.cap.size : Infinity);
-    }
-    return events.length;
-  }
-
-  /**
-   * After a batch failed: whether to try again at once, half as big. So when Postgres refuses it (a row it
-   * rejects), the entries before that one reach it, and the one refused alone is named (once). Before, one
-   * such entry held its lane's whole batch (thousands) and no log line named it. A batch too slow for a
-   * statement timeout or the writer's query timeout (too big, or Postgres stalled by a lock) is halved too,
-   * but tried after the lane's backoff, and for a minute no bigger, or doubling back after each commit it
-   * met the timeout again. Not at once: behind a lock every half timed out too, down to batches of one for
-   * the minute, each "refused alone" though nothing was wrong with it. A transaction Postgres rolled back
-   * for a conflict (class 40) is tried again as it was, after the backoff: no entry is to blame.
-   */
-  function shrink(lane: (typeof lanes)[number], batch: StreamEvent[], err: unknown): boolean {
-    if (timedOut(err)) {
-      lane.size = Math.ceil(batch.length / 2);
-      lane.cap = { size: Math.max(lane.size, SLOW_CAP_FLOOR), until: Date.now() + SLOW_CAP_MS };
-      return false;
-    }
-    // a serialization failure or a deadlock (class 40) says nothing of the batch: the same, after the backoff
-    if (!refusedBy(err) || (err as { code: string }).code.startsWith('40')) return false;
-    if (batch.length > 1) {
-      lane.size = Math.ceil(batch.length / 2);
-      return true;
-    }
-    const entry = `${keys.events(batch[0]!.shard)} ${batch[0]!.id}`;
-    if (entry !== lane.refusedAlone) {
-      log('error', `Postgres refuses stream entry ${entry} (${batch[0]!.type}) even alone (${(err as Error).message}); shards ${lane.shards.join(',')} wait behind it until the cause is mended or the entry is removed (docs/snapshot.md)`);
-    }
-    lane.refusedAlone = entry;
-    return false;
-  }
 
   /** Drops what the lanes prefetched (it stays pending in Redis) and re-reads every shard's pending entries. */
   async function rereadPending(): Promise<void> {
-    await Promise.all(lanes.map((l) => l.prefetch?.catch(() => {})));
-    for (const l of lanes) l.prefetch = undefined;
+    await Promise.all(lanes.map((l) => l.dropPrefetch()));
     streams.rereadAll();
   }
 
@@ -348,21 +243,12 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         if (await revoked.due()) await onPostgres(() => revoked.write(db));
         if (await campaigns.due()) await onPostgres(() => campaigns.write(db));
         const due = lanes.filter((l) => l.retryAt <= Date.now());
-        const rounds = await Promise.allSettled(due.map((lane) => round(lane)));
+        const rounds = await Promise.allSettled(due.map((lane) => lane.round()));
         let n = 0;
         for (const [i, r] of rounds.entries()) {
-          const lane = due[i]!;
-          if (r.status === 'fulfilled') {
-            n += r.value;
-            lane.backoff = 0;
-            continue;
-          }
           // anything but a refusal (Postgres or Redis out of reach) is every lane's: the loop backs off
-          if (!refusedBy(r.reason)) throw r.reason;
-          // a lane whose batch Postgres refuses waits on its own: when the whole loop backed off, one bad
-          // entry slowed the other three lanes about tenfold (one round per 5 s)
-          lane.backoff = Math.min(Math.max(100, lane.backoff * 2), BACKOFF_MAX_MS);
-          lane.retryAt = Date.now() + lane.backoff;
+          if (!due[i]!.settle(r)) throw (r as PromiseRejectedResult).reason;
+          if (r.status === 'fulfilled') n += r.value;
         }
         if (refusals.size && leader && lanes.every((l) => l.backoff === 0)) {
           log('info', 'Postgres takes the writes again; catching up');

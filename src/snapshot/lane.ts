@@ -1,0 +1,163 @@
+import type { Keys } from '../store/keys.js';
+import type { StreamEvent } from './events.js';
+import type { ReadResult, ShardStreams } from './streams.js';
+
+/** the longest wait between tries, of a lane and of the whole loop */
+export const BACKOFF_MAX_MS = 5000;
+/** How long a lane's batches stay at most half the size of one that timed out... */
+const SLOW_CAP_MS = 60_000;
+/**
+ * ...but never capped below this: a small batch that timed out was not too big but stalled (a lock), and
+ * capping it at its half held the lane at a few events per transaction for the minute.
+ */
+const SLOW_CAP_FLOOR = 250;
+
+/** A statement timeout (57014, query_canceled) or pg's own query_timeout: the batch was too slow (or Postgres hangs). */
+const timedOut = (err: unknown): boolean => (err as { code?: unknown }).code === '57014' || (err as Error).message === 'Query read timeout';
+
+/**
+ * Postgres answered with an error of the statement (a SQLSTATE), not one of reaching it: a connection error
+ * (class 08), a shutdown or start-up (57P), too many connections (53300), a missing database (3D000) or a
+ * refused login (class 28) mean it cannot be reached.
+ */
+export function refusedBy(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && !/^(08|57P|53300|3D000|28)/.test(code);
+}
+
+/** What a lane needs of the writer that runs it. */
+export interface LaneDeps {
+  streams: ShardStreams;
+  keys: Keys;
+  /** SNAPSHOT_BATCH: the most events of one transaction */
+  batchMax: number;
+  /** applies one batch in one transaction */
+  commit(batch: StreamEvent[]): Promise<void>;
+  /** acks pending ids whose entries are gone, and says so */
+  ackLost(empty: Map<number, string[]>): Promise<void>;
+  /** whether the writer still runs and holds the lease */
+  writing(): boolean;
+  log(level: 'error', msg: string): void;
+}
+
+/**
+ * A group of shards whose batches go to Postgres on a connection of their own, so Postgres works on several
+ * transactions at once. A token lives in one shard, so lanes never touch one row. While a lane writes a full
+ * round it reads its next one from Redis (only new entries: a re-read of pending entries could return the
+ * ones being committed).
+ */
+export class Lane {
+  prefetch: Promise<ReadResult> | undefined;
+  /** most events of its next transaction: halved after each batch Postgres refuses or that times out, doubled back after each commit (shrink) */
+  private size: number;
+  /** the most `size` grows back to for a while after a batch timed out */
+  private cap: { size: number; until: number };
+  /** the last entry Postgres refused alone, said once */
+  private refusedAlone = '';
+  /** after a batch Postgres refused: the lane's own backoff, and when it tries again */
+  backoff = 0;
+  retryAt = 0;
+
+  constructor(readonly shards: number[], private readonly d: LaneDeps) {
+    this.size = d.batchMax;
+    this.cap = { size: d.batchMax, until: 0 };
+  }
+
+  /**
+   * One read, write and ack. A failure re-reads this lane's pending entries next, and only this lane's: when
+   * every failure re-read every shard, one entry Postgres refuses (a hand-made row) kept the healthy lanes
+   * re-reading their empty pending lists round after round, and no shard was copied at all.
+   */
+  async round(): Promise<number> {
+    try {
+      return await this.roundOf();
+    } catch (err) {
+      // what was prefetched stays pending in Redis and is re-read with the rest
+      await this.dropPrefetch();
+      this.d.streams.reread(this.shards);
+      throw err;
+    }
+  }
+
+  /**
+   * After a round: a failure Postgres answered (a refusal) makes this lane wait on its own, true; any other
+   * (Postgres or Redis out of reach) is every lane's, false. When the whole loop backed off for one bad
+   * entry, the other three lanes slowed about tenfold (one round per 5 s).
+   */
+  settle(result: PromiseSettledResult<number>): boolean {
+    if (result.status === 'fulfilled') {
+      this.backoff = 0;
+      return true;
+    }
+    if (!refusedBy(result.reason)) return false;
+    this.backoff = Math.min(Math.max(100, this.backoff * 2), BACKOFF_MAX_MS);
+    this.retryAt = Date.now() + this.backoff;
+    return true;
+  }
+
+  /** Drops what was prefetched (it stays pending in Redis). */
+  async dropPrefetch(): Promise<void> {
+    await this.prefetch?.catch(() => {});
+    this.prefetch = undefined;
+  }
+
+  private async roundOf(): Promise<number> {
+    const { streams } = this.d;
+    // taken before the await: a failed prefetch must not be awaited again by every later round
+    const prefetched = this.prefetch;
+    this.prefetch = undefined;
+    const got = await (prefetched ?? streams.read(this.shards));
+    streams.used(got);
+    const { events, empty } = got;
+    await this.d.ackLost(empty);
+    if (events.length >= streams.perShard && !streams.rereading(this.shards)) {
+      this.prefetch = streams.read(this.shards);
+      // it may fail (Redis restarted empty: NOGROUP) while the batch is being written, before anything
+      // awaits it; unhandled, that rejection would end the process (serve with it). It is awaited later.
+      this.prefetch.catch(() => {});
+    }
+    for (let i = 0; i < events.length && this.d.writing(); ) {
+      const batch = events.slice(i, i + this.size);
+      try {
+        await this.d.commit(batch);
+      } catch (err) {
+        if (!this.shrink(batch, err)) throw err;
+        continue;
+      }
+      await streams.ackAndTrim(batch);
+      i += batch.length;
+      this.size = Math.min(this.d.batchMax, this.size * 2, Date.now() < this.cap.until ? this.cap.size : Infinity);
+    }
+    return events.length;
+  }
+
+  /**
+   * After a batch failed: whether to try again at once, half as big. So when Postgres refuses it (a row it
+   * rejects), the entries before that one reach it, and the one refused alone is named (once). Before, one
+   * such entry held its lane's whole batch (thousands) and no log line named it. A batch too slow for a
+   * statement timeout or the writer's query timeout (too big, or Postgres stalled by a lock) is halved too,
+   * but tried after the lane's backoff, and for a minute no bigger, or doubling back after each commit it
+   * met the timeout again. Not at once: behind a lock every half timed out too, down to batches of one for
+   * the minute, each "refused alone" though nothing was wrong with it. A transaction Postgres rolled back
+   * for a conflict (class 40) is tried again as it was, after the backoff: no entry is to blame.
+   */
+  private shrink(batch: StreamEvent[], err: unknown): boolean {
+    if (timedOut(err)) {
+      this.size = Math.ceil(batch.length / 2);
+      this.cap = { size: Math.max(this.size, SLOW_CAP_FLOOR), until: Date.now() + SLOW_CAP_MS };
+      return false;
+    }
+    // a serialization failure or a deadlock (class 40) says nothing of the batch: the same, after the backoff
+    if (!refusedBy(err) || (err as { code: string }).code.startsWith('40')) return false;
+    if (batch.length > 1) {
+      this.size = Math.ceil(batch.length / 2);
+      return true;
+    }
+    const entry = `${this.d.keys.events(batch[0]!.shard)} ${batch[0]!.id}`;
+    if (entry !== this.refusedAlone) {
+      this.d.log('error', `Postgres refuses stream entry ${entry} (${batch[0]!.type}) even alone (${(err as Error).message}); shards ${this.shards.join(',')} wait behind it until the cause is mended or the entry is removed (docs/snapshot.md)`);
+    }
+    this.refusedAlone = entry;
+    return false;
+  }
+}
