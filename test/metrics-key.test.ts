@@ -25,7 +25,10 @@ describe('METRICS_KEY', () => {
       expect((await get(guarded.url, '/readyz'))[0]).toBe(200);
       expect(await get(open.url, '/metrics')).toEqual([200, undefined]);
       // the series alerts take increase() of are there before the first count
-      expect(await (await fetch(`${open.url}/metrics`)).text()).toMatch(/^rm_token_results_total\{op="complete",code="ok"\} 0$/m);
+      const scraped = await (await fetch(`${open.url}/metrics`)).text();
+      expect(scraped).toMatch(/^rm_token_results_total\{op="complete",code="ok"\} 0$/m);
+      // nothing in flight but the scrape, which is not counted
+      expect(scraped).toMatch(/^rm_http_requests_in_flight 0$/m);
     } finally {
       await guarded.stop();
       await open.stop();

@@ -140,13 +140,15 @@ function start(res: HttpResponse, req: HttpRequest, deps: RouterDeps, pattern: s
   const format: Format = accept ?? formatOf(req.getHeader('content-type')) ?? 'json';
   deps.traffic.n++;
   if (deps.traffic.draining) deps.traffic.lastAt = Date.now();
-  httpInFlight.inc();
+  // the scrape reading the gauge is no request of the API's: counted, an idle server read 1
+  const inFlight = pattern === '/metrics' ? 0 : 1;
+  httpInFlight.inc(inFlight);
   let ended = false;
   const end = (status: number) => {
     if (ended) return;
     ended = true;
     deps.traffic.n--;
-    httpInFlight.dec();
+    httpInFlight.dec(inFlight);
     if (status > 0) observeRequest(pattern, method, status, Number(process.hrtime.bigint() - t0) / 1e9);
   };
   const ex: Exchange = { res, traffic: deps.traffic, aborted: false, done: false, format, head: method === 'head', finish: end, gone: new AbortController() };
