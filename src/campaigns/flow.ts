@@ -3,7 +3,7 @@ import { inLanes, pushTo } from '../collections.js';
 import { DomainError } from '../errors.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import { checkNewId, printable } from '../tokens/validate.js';
-import { CLAIM_TTL_MS, ClaimLost, type CampaignMeta, type CampaignStore, type Claim, type Counter } from './store.js';
+import { CLAIM_TTL_MS, ClaimLost, type CampaignMeta, type CampaignStore, type Claim, type Counter, type SatelliteProgress } from './store.js';
 import { SatelliteApi } from './satellite-api.js';
 import { Delivery, tokenCount, type UserTokens } from './delivery.js';
 
@@ -43,12 +43,9 @@ export interface FlowOptions {
 /** The run's counters as they grow, and what each page is about to make and deliver (the bars' totals). */
 export type ProgressEvent = Counter | 'tokensToMake' | 'tokensToDeliver';
 
-export interface SatelliteReport {
+/** One run's counters for a satellite (its stored progress sums them over every run) and what became of it. */
+export interface SatelliteReport extends Pick<SatelliteProgress, 'usersListed' | 'usersServed' | 'tokensMade' | 'tokensDelivered'> {
   satelliteId: string;
-  usersListed: number;
-  usersServed: number;
-  tokensMade: number;
-  tokensDelivered: number;
   /**
    * users whose tokens the satellite refused even alone in a push, or whose set a resume found revoked, lost
    * or superseded by another campaign's (src/campaigns/delivery.ts); their tokens are revoked but for
