@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
+import { Authenticator } from '../src/http/auth.js';
 import { createRedis, type RedisClient } from '../src/store/redis.js';
 import { SatelliteKeys } from '../src/store/satellites.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
@@ -60,5 +61,30 @@ describe('satellite registry update', () => {
       await expect(registry.update(id, { name: 'late' })).rejects.toMatchObject({ code: 'satellite_not_found' });
       expect(await redis.exists(keys.satellite(id))).toBe(0);
     }
+  });
+});
+
+// a key check waiting on Redis when this worker served the remove put the key back in its cache, so the
+// worker that should forget at once kept the removed satellite working for the cache time
+describe('the worker\'s key cache', () => {
+  it('does not keep a key a check read before the remove this worker served', async () => {
+    const { apiKey } = await registry.add({ id: 'u-cache' });
+    const read = registry.authenticate.bind(registry);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const slow = Object.create(registry) as SatelliteRegistry;
+    slow.authenticate = async (key: string) => {
+      const id = await read(key);
+      await gate;
+      return id;
+    };
+    const auth = new Authenticator(slow, '', 60_000);
+    const before = auth.satellite(apiKey);
+    await new Promise((r) => setTimeout(r, 50)); // the check has read Redis and waits at the gate
+    await registry.remove('u-cache');
+    auth.forget('u-cache');
+    release();
+    expect(await before).toBe('u-cache'); // read before the remove: that request is served
+    expect(await auth.satellite(apiKey)).toBeUndefined();
   });
 });

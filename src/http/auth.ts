@@ -10,6 +10,8 @@ const MAX_CACHED = 10_000;
  */
 export class Authenticator {
   private readonly cache = new Map<string, { id: string; until: number }>();
+  /** bumped by forget(): a check that began before it must not cache what it read */
+  private forgets = 0;
 
   constructor(
     private readonly registry: SatelliteRegistry,
@@ -36,11 +38,15 @@ export class Authenticator {
     const now = Date.now();
     const hit = this.cache.get(h);
     if (hit && hit.until > now) return hit.id;
+    const asked = this.forgets;
     const id = await this.registry.authenticate(key);
     if (id === undefined) {
       this.cache.delete(h);
       return undefined;
     }
+    // read before a remove or rotation this worker served: it answers this request, but cached it would
+    // outlive the forget() meant to end it at once
+    if (asked !== this.forgets) return id;
     if (this.cache.size >= MAX_CACHED) this.cache.clear();
     this.cache.set(h, { id, until: now + this.ttlMs });
     return id;
@@ -48,6 +54,7 @@ export class Authenticator {
 
   /** Drops this process's cached keys of a satellite (after remove/rotate here; other workers wait out the TTL). */
   forget(satelliteId: string): void {
+    this.forgets++;
     for (const [h, e] of this.cache) if (e.id === satelliteId) this.cache.delete(h);
   }
 }
