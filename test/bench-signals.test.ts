@@ -2,7 +2,8 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { createRedis, dropPrefix } from '../src/store/redis.js';
+import { createRedis } from '../src/store/redis.js';
+import { dropPrefix } from '../src/store/key-walk.js';
 
 const HELPER = path.resolve('dist/bench/redis-server.js');
 

@@ -6,7 +6,8 @@ import { AdminClient } from '../src/client/admin.js';
 import { ReferralError, SatelliteClient } from '../src/client/index.js';
 import { hexOf } from '../src/store/codec.js';
 import { Keys, placeOfToken } from '../src/store/keys.js';
-import { createRedis, scanKeys } from '../src/store/redis.js';
+import { createRedis } from '../src/store/redis.js';
+import { scanKeys } from '../src/store/key-walk.js';
 import { ADMIN_KEY, serve, testCluster } from './helpers/http.js';
 import { until } from './helpers/snapshot.js';
 

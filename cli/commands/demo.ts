@@ -2,7 +2,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import type { Command } from 'commander';
 import { freePort } from '../../src/free-port.js';
-import { createRedis, dropPrefix } from '../../src/store/redis.js';
+import { createRedis } from '../../src/store/redis.js';
+import { dropPrefix } from '../../src/store/key-walk.js';
 import { configFrom } from '../context.js';
 
 const MAIN = process.argv[1]!;

@@ -3,7 +3,7 @@ import type { RedisClient } from '../store/redis.js';
 import { Keys, SHARDS, placeOfOwner, placeOfToken } from '../store/keys.js';
 import { hexOf } from '../store/codec.js';
 import { defineScripts, preloadScripts, type ScriptFn } from '../store/scripts.js';
-import { scanKeys } from '../store/redis.js';
+import { scanKeys } from '../store/key-walk.js';
 import { inLanes } from '../collections.js';
 import { GROUP } from './lag.js';
 import { pgShardRows } from './pg-rows.js';

@@ -1,7 +1,8 @@
 import client from 'prom-client';
 import { Cluster, type Redis } from 'ioredis';
 import { every } from '../every.js';
-import { answerWithin, clusterMasters, MASTER_PROBE_MS, nodeAddress, type RedisClient } from './redis.js';
+import { answerWithin, nodeAddress, type RedisClient } from './redis.js';
+import { clusterMasters, MASTER_PROBE_MS } from './cluster-probe.js';
 
 const metrics = {
   masterUp: new client.Gauge({

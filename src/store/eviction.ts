@@ -1,4 +1,5 @@
-import { judgeMasters, type RedisClient } from './redis.js';
+import { type RedisClient } from './redis.js';
+import { judgeMasters } from './cluster-probe.js';
 
 /**
  * The masters that may evict token keys, as "host:port evicts any key at its maxmemory (maxmemory-policy X)":

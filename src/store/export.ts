@@ -1,5 +1,5 @@
 import type { RedisClient } from './redis.js';
-import { scanKeys } from './redis.js';
+import { scanKeys } from './key-walk.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfBucket } from './keys.js';
 import { dashed } from './codec.js';
 import type { TokenState } from './model.js';

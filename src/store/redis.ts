@@ -94,22 +94,8 @@ export function masters(client: RedisClient): Redis[] {
   return client instanceof Cluster ? client.nodes('master') : [client];
 }
 
-const SLOTS = 16384;
 /** how often a Cluster client re-reads the slot map (one CLUSTER SLOTS) whatever happens */
 const SLOTS_REFRESH_MS = 5000;
-/** how long a readiness probe waits for each Cluster master: a hung one must not hold the probe */
-export const MASTER_PROBE_MS = 1000;
-/** per node, the CLUSTER INFO still unanswered: a hung master gets one, not one per probe */
-const asking = new WeakMap<Redis, Promise<string>>();
-
-function clusterInfo(node: Redis, ms: number): Promise<string> {
-  let reply = asking.get(node);
-  if (!reply) {
-    reply = (node.cluster('INFO') as Promise<string>).finally(() => asking.delete(node));
-    asking.set(node, reply);
-  }
-  return answerWithin(reply, ms);
-}
 
 /** ioredis' wording for a connection it lost, and what it means to whoever reads /readyz or the snapshot writer's log */
 const PLAIN: [RegExp, string][] = [
@@ -133,75 +119,9 @@ export function answerWithin<T>(reply: Promise<T>, ms: number): Promise<T> {
   return Promise.race([reply, late]).finally(() => clearTimeout(timer));
 }
 
-/**
- * What `judge` finds wrong in each master's INFO `section` (each answering within `ms`), sorted: one line
- * per master it names, with its address in front.
- */
-export async function judgeMasters(client: RedisClient, section: string, ms: number, judge: (info: string) => string | undefined): Promise<string[]> {
-  const found = await Promise.all(masters(client).map(async (m) => [nodeAddress(m), judge(await answerWithin(m.info(section), ms))] as const));
-  return found.flatMap(([address, wrong]) => (wrong === undefined ? [] : [`${address} ${wrong}`])).sort();
-}
-
 /** `host:port` of a Cluster node, as the slot map names it. */
 export function nodeAddress(node: Redis): string {
   return `${node.options.host}:${node.options.port}`;
-}
-
-export interface ClusterProbe {
-  /** each master of the slot map: `ok` or why not */
-  masters: Record<string, string>;
-  /** slots the map gives no master */
-  slotsWithoutMaster: number;
-  /** those and the slots of every master not `ok`: the slots whose tokens answer 503 */
-  slotsUnserved: number;
-}
-
-/**
- * Whether every master of a Cluster can serve its slots: each master of the client's slot map (a slot's
- * first node) as `ok` or why not (no connection, no CLUSTER INFO answer within `ms`, an error, or a
- * cluster_state other than ok: it refuses keyed commands), and how many slots have no master at all.
- * One command per master, so cheap enough to poll. A master whose connection ended has left the client's
- * pool (ioredis does not reconnect cluster nodes, it re-reads the slot map); one that hangs or has left the
- * cluster may have been replaced: the map is re-read whenever a master is not ok, so a master back, or its
- * replica promoted, is connected at once. Undefined for a single Redis.
- */
-export async function clusterMasters(client: RedisClient, ms = MASTER_PROBE_MS): Promise<ClusterProbe | undefined> {
-  if (!(client instanceof Cluster)) return undefined;
-  /** slots per master of the map */
-  const slotsOf = new Map<string, number>();
-  let slotsWithoutMaster = 0;
-  for (let slot = 0; slot < SLOTS; slot++) {
-    const key = client.slots[slot]?.[0];
-    if (key) slotsOf.set(key, (slotsOf.get(key) ?? 0) + 1);
-    else slotsWithoutMaster++;
-  }
-  const pool = new Map(client.nodes('master').map((n) => [nodeAddress(n), n]));
-  const states = await Promise.all(
-    [...slotsOf.keys()].map(async (key) => {
-      const node = pool.get(key);
-      let state = 'not connected';
-      if (node) {
-        try {
-          const s = /cluster_state:(\w+)/.exec(await clusterInfo(node, ms))?.[1];
-          state = s === 'ok' ? 'ok' : `cluster_state:${s}`;
-        } catch (err) {
-          state = (err as Error).message;
-        }
-      }
-      // a master gone, hung or left the cluster may have been replaced: read the map now, not at the next refresh
-      if (state !== 'ok') client.refreshSlotsCache();
-      return [key, state] as const;
-    }),
-  );
-  const slotsUnserved = states.reduce((n, [key, state]) => (state === 'ok' ? n : n + slotsOf.get(key)!), slotsWithoutMaster);
-  return { masters: Object.fromEntries(states), slotsWithoutMaster, slotsUnserved };
-}
-
-/** What keeps a Cluster from serving every slot, one line each, from a `clusterMasters` probe: empty when nothing does. */
-export function clusterFailures(probe: ClusterProbe): string[] {
-  const failing = Object.entries(probe.masters).filter(([, state]) => state !== 'ok').map(([node, state]) => `master ${node}: ${state}`);
-  if (probe.slotsWithoutMaster > 0) failing.push(`${probe.slotsWithoutMaster} slots without a master`);
-  return failing;
 }
 
 /**
@@ -275,51 +195,3 @@ function clusterReady(client: Cluster): Promise<void> {
   return wait;
 }
 
-/**
- * Keys matching `pattern` on every master, one SCAN page at a time (never KEYS), with the node that holds them.
- * On a Cluster the masters are scanned one after another, so a key moved by a reshard from one not yet
- * scanned to one already scanned is seen by neither: an export came out short, exit 0. So the scan refuses a
- * slot migrating when it starts or ends, and a slot map that changed in between (a move or a failover).
- */
-export async function* scanKeys(client: RedisClient, pattern: string, count = 1000): AsyncGenerator<{ node: Redis; keys: string[] }> {
-  const before = client instanceof Cluster ? await slotLayout(client) : '';
-  for (const node of await readyMasters(client)) {
-    let cursor = '0';
-    do {
-      const [next, keys] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', count);
-      cursor = next;
-      if (keys.length) yield { node, keys };
-    } while (cursor !== '0');
-  }
-  if (client instanceof Cluster && (await slotLayout(client)) !== before) {
-    throw new Error('the Cluster\'s slots moved while its keys were listed (a reshard or a failover): some may have been missed; run it again once that is done');
-  }
-}
-
-/**
- * Which master serves each slot range (CLUSTER SLOTS), and whether a master hands a slot over or takes one
- * (CLUSTER NODES): throws while a slot is migrating (`redis-cli --cluster fix` ends one left unfinished).
- */
-async function slotLayout(client: Cluster): Promise<string> {
-  const ranges = await client.cluster('SLOTS');
-  const moving = (await Promise.all((await readyMasters(client)).map((n) => n.cluster('NODES') as Promise<string>))).some((t) => /\[\d+-[<>]-/.test(t));
-  if (moving) throw new Error('a Cluster slot is being migrated (a reshard under way, or one left unfinished: `redis-cli --cluster fix` ends it): its keys could be missed; run it again once that is done');
-  return ranges.map(([from, to, master]) => `${from}-${to}@${master?.[0]}:${master?.[1]}`).sort().join(' ');
-}
-
-/** Deletes every key matching `pattern` (one UNLINK per key, pipelined: a Cluster node refuses cross-slot UNLINK); how many. */
-export async function dropKeys(client: RedisClient, pattern: string): Promise<number> {
-  let n = 0;
-  for await (const { node, keys } of scanKeys(client, pattern)) {
-    const p = node.pipeline();
-    for (const k of keys) p.unlink(k);
-    await p.exec();
-    n += keys.length;
-  }
-  return n;
-}
-
-/** Deletes every key under `prefix:`. */
-export async function dropPrefix(client: RedisClient, prefix: string): Promise<void> {
-  await dropKeys(client, `${prefix}:*`);
-}

@@ -1,6 +1,7 @@
 import { Cluster, type Redis } from 'ioredis';
 import calculateSlot from 'cluster-key-slot';
-import { judgeMasters, masters, nodeAddress, type RedisClient } from './redis.js';
+import { masters, nodeAddress, type RedisClient } from './redis.js';
+import { judgeMasters } from './cluster-probe.js';
 
 /**
  * A state change a replica may not have: its master might lose it in a failover. The message starts like

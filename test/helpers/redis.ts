@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { createRedis, dropPrefix, type RedisClient } from '../../src/store/redis.js';
+import { createRedis, type RedisClient } from '../../src/store/redis.js';
+import { dropPrefix } from '../../src/store/key-walk.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { privateRedis } from './http.js';
