@@ -6,6 +6,7 @@ import { createRedis, masters, readyMasters, type RedisClient } from '../src/sto
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine, type GenerateRequest } from '../src/tokens/engine.js';
 import { info, redisCpuSeconds, startCluster, startRedis } from './redis-server.js';
+import { numberFlag, numbersFlag } from './flags.js';
 
 /**
  * Token engine: generation throughput and Redis memory per token (issue 2: >= 300k tokens/s over 1M
@@ -259,17 +260,13 @@ export async function runEngineBench(opts: EngineBenchOptions = {}): Promise<Eng
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  const arg = (name: string) => {
-    const i = process.argv.indexOf(`--${name}`);
-    return i > 0 ? process.argv[i + 1]!.split(',').map(Number) : undefined;
-  };
   const result = await runEngineBench({
-    tokens: arg('tokens')?.[0],
-    perUser: arg('per-user'),
-    concurrency: arg('concurrency'),
-    userIdBytes: arg('user-bytes')?.[0],
-    listpackValue: arg('listpack-value')?.[0],
-    masters: arg('masters'),
+    tokens: numberFlag('tokens'),
+    perUser: numbersFlag('per-user'),
+    concurrency: numbersFlag('concurrency'),
+    userIdBytes: numberFlag('user-bytes'),
+    listpackValue: numberFlag('listpack-value'),
+    masters: numbersFlag('masters'),
   });
   printEngine(result);
 }

@@ -13,6 +13,7 @@ import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { sampleLag } from '../src/snapshot/index.js';
 import { treeCpuSeconds } from './proc.js';
+import { numberFlag } from './flags.js';
 import { freePort, reaped, redisCpuSeconds, waitForOutput } from './redis-server.js';
 import { watchLag } from './snapshot.js';
 
@@ -268,11 +269,7 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  const arg = (name: string) => {
-    const i = process.argv.indexOf(`--${name}`);
-    return i > 0 ? Number(process.argv[i + 1]) : undefined;
-  };
   const i = process.argv.indexOf('--only');
   const only = i > 0 ? (process.argv[i + 1]!.split(',') as Target[]) : undefined;
-  await run({ tokens: arg('tokens'), workers: arg('workers'), connections: arg('connections'), only });
+  await run({ tokens: numberFlag('tokens'), workers: numberFlag('workers'), connections: numberFlag('connections'), only });
 }

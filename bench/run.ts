@@ -3,6 +3,7 @@ import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import pg from 'pg';
 import { printEngine, runEngineBench, TARGET_BYTES_PER_TOKEN, TARGET_TOKENS_PER_SEC, where } from './engine.js';
+import { wholeNumber } from './flags.js';
 import * as http from './http.js';
 import * as snapshot from './snapshot.js';
 import * as sweep from './sweep.js';
@@ -14,14 +15,6 @@ import * as sweep from './sweep.js';
  * calls in flight, 4), BENCH_ENGINE_MASTERS (deployments: 1 = one redis-server, N = a Cluster of N masters; "1,3"), BENCH_HTTP_TOKENS (300,000 redeems per target), BENCH_WORKERS (workers of ours, 1), BENCH_SNAPSHOT_EVENTS (500,000),
  * BENCH_SWEEP_TOKENS (1,000,000); BENCH_DATABASE_URL the Postgres server the bench makes its databases on.
  */
-/** A positive whole number from the environment: a typo stops the run before ~8 minutes of work, not as NaN in the middle */
-const wholeNumber = (name: string, raw: string): number => {
-  if (!/^\d+$/.test(raw.trim()) || Number(raw) < 1) {
-    console.error(`${name}: expected a whole number >= 1, got "${raw}"`);
-    process.exit(2);
-  }
-  return Number(raw);
-};
 const env = (name: string, dflt: number): number => {
   const raw = process.env[name];
   return raw === undefined || raw === '' ? dflt : wholeNumber(name, raw);

@@ -8,6 +8,7 @@ import { dropPrefix } from '../src/store/key-walk.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { cpuSecondsOf } from './proc.js';
+import { numberFlag } from './flags.js';
 import { redisCpuSeconds } from './redis-server.js';
 
 /**
@@ -188,10 +189,6 @@ export async function run(opts: SnapshotBenchOptions = {}): Promise<SnapshotBenc
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  const arg = (name: string) => {
-    const i = process.argv.indexOf(`--${name}`);
-    return i > 0 ? Number(process.argv[i + 1]) : undefined;
-  };
-  const result = await run({ events: arg('events'), redeems: arg('redeems'), concurrency: arg('concurrency') });
+  const result = await run({ events: numberFlag('events'), redeems: numberFlag('redeems'), concurrency: numberFlag('concurrency') });
   console.log(JSON.stringify(result, null, 2));
 }

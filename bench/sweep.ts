@@ -3,6 +3,7 @@ import { createRedis } from '../src/store/redis.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { startRedis } from './redis-server.js';
+import { numberFlag } from './flags.js';
 
 /**
  * Revoke sweeps (lua/revoke_sweep.lua) on a private redis-server holding `tokens` tokens of one satellite:
@@ -93,7 +94,6 @@ export async function run(opts: { tokens?: number; log?: (line: string) => void 
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  const i = process.argv.indexOf('--tokens');
-  const result = await run({ tokens: i > 0 ? Number(process.argv[i + 1]) : undefined });
+  const result = await run({ tokens: numberFlag('tokens') });
   console.log(JSON.stringify(result, null, 2));
 }
