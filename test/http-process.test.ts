@@ -743,17 +743,28 @@ describe('serve processes', () => {
     }
   });
 
-  // a worker was heard from only at scrapes: killed, it took with it everything it counted since the last one
-  it('/metrics keeps what a killed worker counted after the last scrape (it reports every second)', async () => {
+  /** serve with two workers, each having answered /healthz (at least 40 in all), and the /healthz count it scrapes */
+  async function twoWorkersAnswered() {
     const server = await serve({ KEY_PREFIX: fresh('proc') }, 2, 0);
     const healthz = async () => Number(/rm_http_requests_total\{route="\/healthz",method="GET",status="200"\} (\d+)/.exec((await freshGet(`${server.url}/metrics`)).body)?.[1] ?? 0);
+    const byPid = new Map<number, number>();
     try {
-      const byPid = new Map<number, number>();
       for (let i = 0; i < 200 && (byPid.size < 2 || i < 40); i++) {
         const pid = JSON.parse((await freshGet(`${server.url}/healthz`)).body).pid as number;
         byPid.set(pid, (byPid.get(pid) ?? 0) + 1);
       }
       expect(byPid.size).toBe(2);
+    } catch (err) {
+      await server.stop();
+      throw err;
+    }
+    return { server, healthz, byPid };
+  }
+
+  // a worker was heard from only at scrapes: killed, it took with it everything it counted since the last one
+  it('/metrics keeps what a killed worker counted after the last scrape (it reports every second)', async () => {
+    const { server, healthz, byPid } = await twoWorkersAnswered();
+    try {
       await new Promise((r) => setTimeout(r, 1500));
       const [victim, other] = byPid.keys();
       process.kill(victim!, 'SIGKILL');
@@ -767,15 +778,8 @@ describe('serve processes', () => {
 
   // a replaced worker took its share of every counter with it: Prometheus reads the drop as a reset
   it('/metrics counters do not go down when a worker is killed and replaced', async () => {
-    const server = await serve({ KEY_PREFIX: fresh('proc') }, 2, 0);
-    const healthz = async () => Number(/rm_http_requests_total\{route="\/healthz",method="GET",status="200"\} (\d+)/.exec((await freshGet(`${server.url}/metrics`)).body)?.[1] ?? 0);
+    const { server, healthz, byPid } = await twoWorkersAnswered();
     try {
-      const byPid = new Map<number, number>();
-      for (let i = 0; i < 200 && (byPid.size < 2 || i < 40); i++) {
-        const pid = JSON.parse((await freshGet(`${server.url}/healthz`)).body).pid as number;
-        byPid.set(pid, (byPid.get(pid) ?? 0) + 1);
-      }
-      expect(byPid.size).toBe(2);
       const before = await healthz();
       expect(before).toBe([...byPid.values()].reduce((a, b) => a + b, 0));
       const [victim] = byPid.keys();
