@@ -327,8 +327,11 @@ export class TokenStore {
         }
       }
     }
-    const out: Stats = { satellites: Object.fromEntries(sats), redemptions: [] };
-    for (const [k, count] of matrix) {
+    // sorted by id: in the order Redis returned the fields, a restored Redis (which writes them in another
+    // order) listed the same counts differently
+    const byId = <T>([a]: [string, T], [b]: [string, T]) => (a < b ? -1 : a > b ? 1 : 0);
+    const out: Stats = { satellites: Object.fromEntries([...sats].sort(byId)), redemptions: [] };
+    for (const [k, count] of [...matrix].sort(byId)) {
       const [ownerSatelliteId, redeemerSatelliteId] = k.split('\t') as [string, string];
       out.redemptions.push({ ownerSatelliteId, redeemerSatelliteId, count });
     }

@@ -289,6 +289,19 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(ev.map((e) => e.row.token).sort()).toEqual(r.tokens.map((t) => t.token).sort());
       });
 
+      // listed in the order Redis returned the counters' fields: a restored Redis listed the same counts differently
+      it('stats lists the satellites and the owner -> redeemer pairs sorted by id', async () => {
+        const sats = ['zz', 'aa', 'mm'].map((x) => uniq(`sort-${x}`));
+        const made = await engine.generate({ owners: sats.flatMap((s) => [1, 2, 3].map((i) => ({ ownerSatelliteId: s, ownerUserId: `u${i}` }))), perUser: 1 });
+        for (const [i, t] of made.tokens.entries()) expect((await engine.redeem(t.token, sats[(i + 1) % 3]!, `r${i}`)).code).toBe('ok');
+        const stats = await engine.stats();
+        const ids = Object.keys(stats.satellites);
+        expect(ids).toEqual([...ids].sort());
+        const pairs = stats.redemptions.map((r) => `${r.ownerSatelliteId}\t${r.redeemerSatelliteId}`);
+        expect(pairs).toEqual([...pairs].sort());
+        expect(pairs.filter((p) => p.startsWith('sort-')).length).toBeGreaterThan(1);
+      });
+
       it(`accepts exactly ${MAX_TOKENS_PER_CALL} tokens in one call, spread over every shard`, async () => {
         const sat = uniq('sat');
         const owners = Array.from({ length: 2500 }, (_, i) => ({ ownerSatelliteId: sat, ownerUserId: `many-${i}` }));
