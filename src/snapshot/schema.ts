@@ -206,13 +206,14 @@ export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number
     s.once('close', () => sockets.delete(s));
     return s;
   };
-  const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 3000, keepAlive: true, query_timeout: queryTimeoutMs, stream });
-  socketsOf.set(pool, sockets);
-  pool.on('error', () => {});
   // pg's query timeout only stops waiting: Postgres ran on a query given up on, so behind a long lock each
   // retry left one more backend waiting. A statement timeout a little under it has Postgres cancel the query
-  // first (57014); a lower one the database sets for itself stays.
-  if (queryTimeoutMs !== undefined) pool.on('connect', (c) => void c.query(LOWER_STATEMENT_TIMEOUT, [Math.floor(queryTimeoutMs * 0.8)]).catch(() => {}));
+  // first (57014); a lower one the database sets for itself stays. Set before the pool lends the connection
+  // (a query sent meanwhile would queue behind it, which pg warns is deprecated).
+  const onConnect = queryTimeoutMs === undefined ? undefined : async (c: pg.ClientBase) => void (await c.query(LOWER_STATEMENT_TIMEOUT, [Math.floor(queryTimeoutMs * 0.8)]));
+  const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 3000, keepAlive: true, query_timeout: queryTimeoutMs, stream, onConnect });
+  socketsOf.set(pool, sockets);
+  pool.on('error', () => {});
   try {
     const c = await checkout(pool);
     try {
