@@ -9,7 +9,7 @@ export const packr = new Packr({ useRecords: false });
  * The one reader of MessagePack, for the API's requests, satellites' replies and the client's: maps as
  * objects, a 64-bit integer as a number (msgpackr's default is a BigInt). structuredClone false: its
  * extensions build cyclic values ({x: a = [a]}), on which a walk of the value never ended (16 bytes, no key
- * needed, kept a worker at 100 % CPU for good).
+ * needed, kept a worker at 100 % CPU for good); a second, looser reader read satellites' replies with them.
  */
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', structuredClone: false });
 
@@ -103,7 +103,9 @@ export function int64s(v: unknown): unknown {
 /** An HTTP body by its content type: JSON when it says json, else MessagePack; empty is undefined. Throws when undecodable. */
 export function decodeBody(raw: Buffer, contentType: string): unknown {
   if (raw.length === 0) return undefined;
-  return contentType.includes('json') ? JSON.parse(raw.toString('utf8')) : unpackPlain(raw);
+  // not unpackPlain: a satellite's extension value (Go writes a time.Time as a timestamp) or one id with invalid
+  // UTF-8 is the flow's to skip as an invalid field, not a reason to refuse the whole reply and fail the run
+  return contentType.includes('json') ? JSON.parse(raw.toString('utf8')) : unpackr.unpack(raw);
 }
 
 export interface MsgpackReply {

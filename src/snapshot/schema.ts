@@ -210,7 +210,7 @@ export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number
   // retry left one more backend waiting. A statement timeout a little under it has Postgres cancel the query
   // first (57014); a lower one the database sets for itself stays. Set before the pool lends the connection
   // (a query sent meanwhile would queue behind it, which pg warns is deprecated).
-  const onConnect = queryTimeoutMs === undefined ? undefined : async (c: pg.ClientBase) => void (await c.query(LOWER_STATEMENT_TIMEOUT, [Math.floor(queryTimeoutMs * 0.8)]));
+  const onConnect = queryTimeoutMs === undefined ? undefined : async (c: pg.ClientBase) => void (await c.query(LOWER_STATEMENT_TIMEOUT, [Math.max(1, Math.floor(queryTimeoutMs * 0.8))]));
   const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 3000, keepAlive: true, query_timeout: queryTimeoutMs, stream, onConnect });
   socketsOf.set(pool, sockets);
   pool.on('error', () => {});
