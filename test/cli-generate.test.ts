@@ -717,11 +717,12 @@ describe('a satellite listing ids that are not strings, or the same id twice', (
   // naming a user twice counted it listed twice
   it('skips a non-string id as an invalid one and counts a repeated id once', async () => {
     const fx = await engineFixture({ label: 'gen' });
-    const satellite = await handWrittenSatellite(fx, 'sat-mixed', () => ({ userIds: ['u0', 5, 'u1', 'u1'], nextCursor: null }), (tokens) => tokens.length);
+    // a map whose toString is a string made String() throw, failing the run
+    const satellite = await handWrittenSatellite(fx, 'sat-mixed', () => ({ userIds: ['u0', { toString: 'x' }, 5, 'u1', 'u1'], nextCursor: null }), (tokens) => tokens.length);
     try {
       const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'mixed', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
       expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersListed: 3, usersServed: 2, tokensDelivered: 2, usersInvalid: 1, invalidUser: '"5": userId: must be a string', status: 'done' });
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersListed: 4, usersServed: 2, tokensDelivered: 2, usersInvalid: 2, invalidUser: '"{\\"toString\\":\\"x\\"}": userId: must be a string', status: 'done' });
     } finally {
       await satellite.close();
       await fx.close();

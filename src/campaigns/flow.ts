@@ -208,7 +208,8 @@ class SatelliteRun {
         userIds.push(checkNewId('userId', u));
       } catch (err) {
         this.report.usersInvalid++;
-        this.report.invalidUser ??= `${JSON.stringify(printable(String(u)).slice(0, 100))}: ${(err as Error).message}`;
+        // not String(u): a satellite's map with a toString field made it throw, failing the whole run
+        this.report.invalidUser ??= `${JSON.stringify(printable(typeof u === 'string' ? u : (JSON.stringify(u) ?? typeof u)).slice(0, 100))}: ${(err as Error).message}`;
         await this.count('failures', 1);
       }
     }
