@@ -776,6 +776,28 @@ describe('serve processes', () => {
     }
   });
 
+  it('/metrics keeps what a worker stopped with SIGTERM counted: it reports as it exits', async () => {
+    const { server, healthz, byPid } = await twoWorkersAnswered();
+    try {
+      const [victim, other] = byPid.keys();
+      const gone = new Promise<void>((r) => {
+        const check = setInterval(() => {
+          try {
+            process.kill(victim!, 0);
+          } catch {
+            clearInterval(check);
+            r();
+          }
+        }, 20);
+      });
+      process.kill(victim!, 'SIGTERM'); // at once: what it counted since its last periodic report rides on the one it sends as it exits
+      await gone;
+      expect(await healthz()).toBe(byPid.get(victim!)! + byPid.get(other!)!);
+    } finally {
+      expect(await server.stop()).toBe(0);
+    }
+  });
+
   // a replaced worker took its share of every counter with it: Prometheus reads the drop as a reset
   it('/metrics counters do not go down when a worker is killed and replaced', async () => {
     const { server, healthz, byPid } = await twoWorkersAnswered();

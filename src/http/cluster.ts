@@ -204,7 +204,8 @@ export async function runWorker(config: Config): Promise<void> {
     );
   setInterval(report, PUSH_MS).unref();
   // idempotent: Ctrl-C signals the whole process group and the primary then sends SIGTERM too
-  const shutdown = () => void server.close().then(() => report(() => process.exit(0)));
+  // the last report as it exits, unless the primary does not take it within a second (stopped, or gone)
+  const shutdown = () => void server.close().then(() => (setTimeout(() => process.exit(0), 1000).unref(), report(() => process.exit(0))));
   process.off('SIGTERM', early);
   process.off('SIGINT', early);
   process.on('SIGTERM', shutdown);

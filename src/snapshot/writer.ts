@@ -108,7 +108,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       refusals.add(why);
     } else if (where === 'postgres') {
       pgState = 'down';
-      m.postgresUp.set(0);
+      // a batch failing after the renew timer dropped the lease: no longer this process' to report
+      if (leader) m.postgresUp.set(0);
       if (!warned) log('warn', `Postgres unreachable (${(err as Error).message}); retrying with backoff, events wait in Redis`);
       warned = true;
     } else {

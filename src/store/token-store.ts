@@ -327,8 +327,8 @@ export class TokenStore {
         }
       }
     }
-    // sorted by id: in the order Redis returned the fields, a restored Redis (which writes them in another
-    // order) listed the same counts differently
+    // sorted by id (but JavaScript puts number-like keys of an object first, in numeric order): in the order
+    // Redis returned the fields, a restored Redis (which writes them in another order) listed the same counts differently
     const byId = <T>([a]: [string, T], [b]: [string, T]) => (a < b ? -1 : a > b ? 1 : 0);
     const out: Stats = { satellites: Object.fromEntries([...sats].sort(byId)), redemptions: [] };
     for (const [k, count] of [...matrix].sort(byId)) {
