@@ -192,9 +192,8 @@ export function cutConnections(pool: pg.Pool): void {
  * A pool on `url` with the database created and migrated; pool errors on idle clients are not fatal.
  * TCP keepalive finds a dead peer on idle connections; `queryTimeoutMs` bounds a query on a connection
  * that went half-open mid-query (no reply, no reset), which would otherwise wait forever, and sets Postgres'
- * statement timeout under it. With `create`
- * false a missing database is an error: what only reads the snapshot (restore, verify) must not make
- * an empty one from a mistyped URL and take it for the snapshot.
+ * statement timeout under it. With `create` false a missing database is an error: what only reads the
+ * snapshot (restore, verify) must not make an empty one from a mistyped URL and take it for the snapshot.
  */
 export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number, create = true): Promise<pg.Pool> {
   if (create) await ensureDatabase(url);
