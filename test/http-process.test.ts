@@ -798,6 +798,43 @@ describe('serve processes', () => {
     }
   });
 
+  // the dead worker's keep-alive clients reconnected while its replacement started, all to the survivor (the
+  // port's only listener then), and stayed there: the replacement sat idle while one worker carried the load
+  it('a replacement worker gets a share of the keep-alive clients that reconnected while it started', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('proc') }, 2, 0);
+    const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const clients = Array.from({ length: 12 }, () => new Client(server.url));
+    const servedBy: (number | undefined)[] = [];
+    let running = true;
+    const loops = clients.map(async (c, i) => {
+      while (running) {
+        servedBy[i] = await c.request({ method: 'GET', path: '/healthz' }).then(async (r) => JSON.parse(await r.body.text()).pid as number, () => undefined);
+        await pause(5);
+      }
+    });
+    try {
+      await pause(500);
+      const before = new Set(servedBy);
+      const victim = servedBy.find((p) => p !== undefined)!;
+      process.kill(victim, 'SIGKILL');
+      let replacement: number | undefined;
+      for (const end = Date.now() + 10_000; replacement === undefined && Date.now() < end; await pause(50)) {
+        const pid = await freshGet(`${server.url}/healthz`).then((r) => JSON.parse(r.body).pid as number, () => undefined);
+        if (pid !== undefined && !before.has(pid)) replacement = pid;
+      }
+      expect(replacement).toBeDefined();
+      await pause(1500); // past the rebalance
+      const after = new Set<number | undefined>();
+      for (let k = 0; k < 20; k++, await pause(20)) for (const p of servedBy) after.add(p);
+      expect(after.has(replacement)).toBe(true);
+    } finally {
+      running = false;
+      await Promise.all(loops);
+      await Promise.all(clients.map((c) => c.destroy()));
+      expect(await server.stop()).toBe(0);
+    }
+  });
+
   // a replaced worker took its share of every counter with it: Prometheus reads the drop as a reset
   it('/metrics counters do not go down when a worker is killed and replaced', async () => {
     const { server, healthz, byPid } = await twoWorkersAnswered();

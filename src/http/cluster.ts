@@ -18,6 +18,7 @@ type Msg =
   | { rm: 'metrics?'; id: number }
   | { rm: 'metrics'; id: number; text: string }
   | { rm: 'collect'; id: number }
+  | { rm: 'rebalance' }
   /** the answer to a `collect`, or (id 0) a worker's own report: every PUSH_MS, and its last as it exits */
   | { rm: 'collected'; id: number; json: metric[] };
 
@@ -28,6 +29,13 @@ const COLLECT_TIMEOUT_MS = 2000;
  * requests (98 of 200 in a review helper's run), and a worker that died before its first scrape all of them.
  */
 const PUSH_MS = 1000;
+/**
+ * After a replacement listens, how long the other workers close every keep-alive connection they answer. Its
+ * clients had reconnected while it started, all to the others (the shared port had no other listener), and
+ * nothing moved them back: the replacement sat idle while one worker carried the load (a review helper's soak).
+ * Connecting anew, they are spread over every worker again.
+ */
+const REBALANCE_MS = 1000;
 type metric = Awaited<ReturnType<typeof registry.getMetricsAsJSON>>[number];
 
 export interface Primary {
@@ -72,7 +80,13 @@ export async function runPrimary(config: Config, log: (line: string) => void = c
     lastDeath = now;
     log(`${why}; starting another in ${pause} ms`);
     restart = setTimeout(() => {
-      if (!stopping) fork().catch((err: Error) => replace(err.message));
+      if (stopping) return;
+      fork().then(
+        (w) => {
+          for (const o of Object.values(cluster.workers ?? {})) if (o && o !== w && o.isConnected()) o.send({ rm: 'rebalance' } satisfies Msg);
+        },
+        (err: Error) => replace(err.message),
+      );
     }, pause);
   };
   const fork = (): Promise<Worker> =>
@@ -197,6 +211,7 @@ export async function runWorker(config: Config): Promise<void> {
       process.send?.({ rm: 'metrics?', id } satisfies Msg);
     });
   const server = await startServer({ ...config, port }, { metrics });
+  process.on('message', (m: Msg) => m.rm === 'rebalance' && server.rebalance(REBALANCE_MS));
   const report = (then: () => void = () => {}) =>
     void registry.getMetricsAsJSON().then(
       (json) => (process.connected ? process.send!({ rm: 'collected', id: 0, json } satisfies Msg, undefined, {}, () => then()) : then()),

@@ -22,6 +22,8 @@ export interface HttpServer {
   redis: RedisClient;
   /** stop accepting, wait for in-flight requests (up to `graceMs`), close Redis */
   close(graceMs?: number): Promise<void>;
+  /** for `ms`, every reply says Connection: close: its clients connect again, and the shared port spreads them */
+  rebalance(ms: number): void;
 }
 
 export interface ServerOptions {
@@ -137,6 +139,9 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
   return {
     port,
     redis,
+    rebalance(ms) {
+      traffic.closeUntil = Date.now() + ms;
+    },
     close(graceMs = 10_000) {
       closed ??= (async () => {
         traffic.draining = true;

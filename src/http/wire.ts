@@ -63,6 +63,8 @@ export interface Traffic {
   draining: boolean;
   /** while draining: when the last request arrived (Date.now()); the drain closes the connections once quiet */
   lastAt?: number;
+  /** until then (Date.now()) replies say Connection: close too, so keep-alive clients connect anew (rebalance) */
+  closeUntil?: number;
 }
 
 /** One in-flight request: what was read from uWS synchronously, and whether the reply may still be written. */
@@ -96,7 +98,7 @@ export function reply(ex: Exchange, status: number, body: Buffer, contentType: s
     res.writeStatus(`${status} ${REASONS[status] ?? ''}`);
     res.writeHeader('content-type', contentType);
     for (const [k, v] of headers) res.writeHeader(k, v);
-    if (ex.traffic.draining) res.writeHeader('connection', 'close');
+    if (ex.traffic.draining || (ex.traffic.closeUntil !== undefined && Date.now() < ex.traffic.closeUntil)) res.writeHeader('connection', 'close');
     if (ex.head) {
       res.endWithoutBody(body.length);
       return ex.finish(status);
