@@ -31,6 +31,23 @@ async function replicaLinked(url: string): Promise<void> {
   }
 }
 
+/** A private redis-server, a replica of it, and serve on the master with REDIS_WAIT_REPLICAS 1; `close` ends all three. */
+async function replicated(prefix: string) {
+  const master = await privateRedis();
+  await master.start();
+  const replica = await privateRedis(['--replicaof', '127.0.0.1', String(master.port)]);
+  await replica.start();
+  const served = await serve({ REDIS_URL: master.url, KEY_PREFIX: prefix, ...WAIT });
+  return {
+    master, replica, served,
+    async close() {
+      await served.stop();
+      await replica.dispose();
+      await master.dispose();
+    },
+  };
+}
+
 /** A satellite and its tokens, made through the admin API of `url`. */
 async function world(url: string, users: number) {
   const admin = new AdminClient({ url, apiKey: ADMIN_KEY });
@@ -41,11 +58,7 @@ async function world(url: string, users: number) {
 
 describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () => {
   it('one redis-server and its replica: 503 while the replica hangs (the change stands, its retry is answered ok), reads unaffected', async () => {
-    const master = await privateRedis();
-    await master.start();
-    const replica = await privateRedis(['--replicaof', '127.0.0.1', String(master.port)]);
-    await replica.start();
-    const served = await serve({ REDIS_URL: master.url, KEY_PREFIX: 'wait', ...WAIT });
+    const { master, replica, served, close } = await replicated('wait');
     try {
       await replicaLinked(master.url);
       const { admin, sat, tokens } = await world(served.url, 10);
@@ -82,9 +95,7 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       expect((await sat.reserve(tokens[2]!)).state).toBe('reserved');
     } finally {
       replica.signal('SIGCONT');
-      await served.stop();
-      await replica.dispose();
-      await master.dispose();
+      await close();
     }
   });
 
@@ -92,11 +103,7 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
   // changes at once took 20 timeouts in a row, a lookup queued behind them, and the request deadline answered
   // most of them as "Redis unavailable" (the wrong alert)
   it('changes made at once while the replica is gone share their WAITs: each answered 503 within three timeouts, reads not held behind them', async () => {
-    const master = await privateRedis();
-    await master.start();
-    const replica = await privateRedis(['--replicaof', '127.0.0.1', String(master.port)]);
-    await replica.start();
-    const served = await serve({ REDIS_URL: master.url, KEY_PREFIX: 'waitburst', ...WAIT });
+    const { master, replica, served, close } = await replicated('waitburst');
     try {
       await replicaLinked(master.url);
       const { apiKey, tokens } = await world(served.url, 20);
@@ -116,9 +123,7 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       const metrics = await (await fetch(`${served.url}/metrics`)).text();
       expect(metrics.split('\n').filter((l) => l.startsWith('rm_redis_errors_total'))).toEqual(['rm_redis_errors_total{kind="replicas"} 20']);
     } finally {
-      await served.stop();
-      await replica.dispose();
-      await master.dispose();
+      await close();
     }
   });
 
