@@ -197,10 +197,16 @@ export async function runWorker(config: Config): Promise<void> {
     process.on('message', onStart);
     process.send?.({ rm: 'hello' } satisfies Msg);
   });
+  /** Sends this worker's registry: the answer to collection `id`, or (0) a report of its own; then `then`. */
+  const report = (id = 0, then: () => void = () => {}) =>
+    void registry.getMetricsAsJSON().then(
+      (json) => (process.connected ? process.send!({ rm: 'collected', id, json } satisfies Msg, undefined, {}, () => then()) : then()),
+      () => then(),
+    );
   let seq = 0;
   const waiting = new Map<number, (text: string) => void>();
   process.on('message', (m: Msg) => {
-    if (m.rm === 'collect') void registry.getMetricsAsJSON().then((json) => process.send?.({ rm: 'collected', id: m.id, json } satisfies Msg));
+    if (m.rm === 'collect') report(m.id);
     if (m.rm === 'metrics') waiting.get(m.id)?.(m.text);
   });
   const metrics = () =>
@@ -212,15 +218,10 @@ export async function runWorker(config: Config): Promise<void> {
     });
   const server = await startServer({ ...config, port }, { metrics });
   process.on('message', (m: Msg) => m.rm === 'rebalance' && server.rebalance(REBALANCE_MS));
-  const report = (then: () => void = () => {}) =>
-    void registry.getMetricsAsJSON().then(
-      (json) => (process.connected ? process.send!({ rm: 'collected', id: 0, json } satisfies Msg, undefined, {}, () => then()) : then()),
-      () => then(),
-    );
-  setInterval(report, PUSH_MS).unref();
-  // idempotent: Ctrl-C signals the whole process group and the primary then sends SIGTERM too
-  // the last report as it exits, unless the primary does not take it within a second (stopped, or gone)
-  const shutdown = () => void server.close().then(() => (setTimeout(() => process.exit(0), 1000).unref(), report(() => process.exit(0))));
+  setInterval(() => report(), PUSH_MS).unref();
+  // idempotent: Ctrl-C signals the whole process group and the primary then sends SIGTERM too. The last
+  // report goes as it exits, unless the primary does not take it within a second (stopped, or gone)
+  const shutdown = () => void server.close().then(() => (setTimeout(() => process.exit(0), 1000).unref(), report(0, () => process.exit(0))));
   process.off('SIGTERM', early);
   process.off('SIGINT', early);
   process.on('SIGTERM', shutdown);
