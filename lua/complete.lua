@@ -1,6 +1,6 @@
 --[[
   complete: reserved -> redeemed, recording the new user (seed, redemption step 3).
-  KEYS[1] bucket  KEYS[2] dict  KEYS[3] rs  KEYS[4] rd  KEYS[5] stats  KEYS[6] ev   (one hash tag {shard})
+  KEYS[1] bucket  KEYS[2] dict  KEYS[3] rs  KEYS[4] rd  KEYS[5] stats  KEYS[6] ev  KEYS[7] leases   (one hash tag {shard})
   ARGV[1] token hex  ARGV[2] reservation id  ARGV[3] redeemer user id
   ARGV[4] the calling satellite, which must be the one that reserved ('': any, for admin tools)  ARGV[5] the token dashed
   Reply: { code, row... }; code ok | not_found | reservation_mismatch | reservation_expired | revoked.
@@ -10,7 +10,7 @@
 ]]
 --- @include "codec"
 
-local keys = { rs = KEYS[3], rd = KEYS[4], stats = KEYS[5], ev = KEYS[6] }
+local keys = { rs = KEYS[3], rd = KEYS[4], stats = KEYS[5], ev = KEYS[6], leases = KEYS[7] }
 local now, at = clock()
 local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], now, ARGV[5])
 if not t then return { 'not_found' } end

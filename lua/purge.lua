@@ -5,10 +5,10 @@
   Postgres keeps them: each leaves a 'purged' event carrying its last row, and the snapshot marks its row
   purged. Redeemed tokens stay (the owner's redemptions list and an idempotent retry read them), so do
   reserved ones whose lease holds. A run of buckets a call (lua/includes/sweep.lua: budget, reply, and why).
-  KEYS[1] dict  KEYS[2] rs  KEYS[3] rd  KEYS[4] stats  KEYS[5] ev  KEYS[6..] consecutive buckets of the shard,
+  KEYS[1] dict  KEYS[2] rs  KEYS[3] rd  KEYS[4] stats  KEYS[5] ev  KEYS[6] leases  KEYS[7..] consecutive buckets of the shard,
     starting at the one to sweep first (one hash tag {shard})
   ARGV[1] made before (ms)  ARGV[2] campaign id or ''  ARGV[3] shard number  ARGV[4] buckets per shard
-  ARGV[5] the bucket number of KEYS[6]  ARGV[6] budget  ARGV[7] HSCAN cursor in KEYS[6]
+  ARGV[5] the bucket number of KEYS[7]  ARGV[6] budget  ARGV[7] HSCAN cursor in KEYS[7]
   ARGV[8] 'dry': count them, change nothing
   Reply: { 'ok', count, next, cursor }.
   Counters: the token's state count goes down and "<sat>\tpurged" up ("generated" keeps counting it).
@@ -41,7 +41,10 @@ return sweep_records(function(bucket, prefix, field, state, _, c, created, expir
     local t = load_token(bucket, KEYS[1], KEYS[2], KEYS[3], prefix .. field, now)
     local row = reply('ok', t)
     redis.call('HDEL', bucket, field)
-    if state == 's' then redis.call('HDEL', KEYS[2], field) end
+    if state == 's' then
+      redis.call('HDEL', KEYS[2], field)
+      redis.call('ZREM', KEYS[6], prefix .. field)
+    end
     -- the stored state's count: the row reports a lapsed reservation as unredeemed
     redis.call('HINCRBY', KEYS[4], t.sat .. '\t' .. STATE_NAME[state], '-1')
     redis.call('HINCRBY', KEYS[4], t.sat .. '\tpurged', '1')

@@ -2,7 +2,7 @@
   restore: write tokens read back from Postgres into one virtual shard, in the layout generate and the
   state changes leave (owner records placed with the same hint and probing). Emits no events: these
   rows are history already, not new changes.
-  KEYS[1] dict  KEYS[2] stats  KEYS[3] rs  KEYS[4] rd  KEYS[5..] buckets   (one hash tag {shard})
+  KEYS[1] dict  KEYS[2] stats  KEYS[3] rs  KEYS[4] rd  KEYS[5] leases  KEYS[6..] buckets   (one hash tag {shard})
   ARGV one per token, 15 values joined by tabs (no id holds a control character, src/tokens/validate.ts):
     bucket KEYS index, owner ref hint, owner satellite, owner user, token hex, state letter (u s r x, or p:
     purged, lua/purge.lua: only counted, as generated and purged, not written),
@@ -13,7 +13,7 @@
 ]]
 --- @include "codec"
 
-local dict, stats, rs, rd = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local dict, stats, rs, rd, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local sats, camps = {}, {}
 -- the stats counters, summed here and written once each at the end
 local counts = {}
@@ -36,6 +36,7 @@ for a = 1, #ARGV do
     redis.call('HSET', bucket, suffix, fmt_rec(state, ref, camps[campaign], v[8], v[9]))
     if state == 's' then
       redis.call('HSET', rs, suffix, v[10] .. '\t' .. v[11] .. '\t' .. v[12])
+      redis.call('ZADD', leases, v[12] ~= '' and v[12] or '0', hex)
     elseif state == 'r' then
       redis.call('HSET', rd, suffix, v[13] .. '\t' .. v[14] .. '\t' .. v[15] .. '\t' .. v[10])
       count('x\t' .. sat .. '\t' .. v[13])

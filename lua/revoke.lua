@@ -1,6 +1,6 @@
 --[[
   revoke: one token, or every unredeemed/reserved token of one owner.
-  KEYS[1] bucket  KEYS[2] dict  KEYS[3] rs  KEYS[4] rd  KEYS[5] stats  KEYS[6] ev   (one hash tag {shard})
+  KEYS[1] bucket  KEYS[2] dict  KEYS[3] rs  KEYS[4] rd  KEYS[5] stats  KEYS[6] ev  KEYS[7] leases   (one hash tag {shard})
   ARGV[1] 'token': ARGV[2] token hex  ARGV[3] campaign id or absent: only a token of that campaign (the undo of
             a failed generate must not revoke a token its new one collided with), else not_found
           'owner': ARGV[2] owner satellite id  ARGV[3] owner user id  ARGV[4] owner ref hint  ARGV[5] bucket hex prefix
@@ -11,7 +11,7 @@
 --- @include "codec"
 --- @include "owner"
 
-local keys = { rs = KEYS[3], rd = KEYS[4], stats = KEYS[5], ev = KEYS[6] }
+local keys = { rs = KEYS[3], rd = KEYS[4], stats = KEYS[5], ev = KEYS[6], leases = KEYS[7] }
 local now, at = clock()
 if ARGV[1] == 'token' then
   local t = load_token(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], now)

@@ -1,10 +1,10 @@
 --[[
   revoke_sweep: revoke every unredeemed/reserved token of one campaign, or of one satellite's users, in one
   virtual shard, a run of buckets a call (lua/includes/sweep.lua: budget, reply, and why).
-  KEYS[1] dict  KEYS[2] rs  KEYS[3] rd  KEYS[4] stats  KEYS[5] ev  KEYS[6..] consecutive buckets of the shard,
+  KEYS[1] dict  KEYS[2] rs  KEYS[3] rd  KEYS[4] stats  KEYS[5] ev  KEYS[6] leases  KEYS[7..] consecutive buckets of the shard,
     starting at the one to sweep first (one hash tag {shard})
   ARGV[1] 'campaign' | 'satellite'  ARGV[2] campaign id | owner satellite id  ARGV[3] shard number
-  ARGV[4] buckets per shard  ARGV[5] the bucket number of KEYS[6]  ARGV[6] budget  ARGV[7] HSCAN cursor in KEYS[6]
+  ARGV[4] buckets per shard  ARGV[5] the bucket number of KEYS[7]  ARGV[6] budget  ARGV[7] HSCAN cursor in KEYS[7]
   ARGV[8] campaign mode: the revocation time (ms) revocation_record returned
   Reply: { 'ok', count, next, cursor }: next is the bucket number to call again from, -1 when the shard is done.
   Campaign mode first marks the campaign revoked in the shard's dict (kept, also when the shard has none of its
@@ -16,7 +16,7 @@
 --- @include "codec"
 --- @include "sweep"
 
-local keys = { rs = KEYS[2], rd = KEYS[3], stats = KEYS[4], ev = KEYS[5] }
+local keys = { rs = KEYS[2], rd = KEYS[3], stats = KEYS[4], ev = KEYS[5], leases = KEYS[6] }
 local now, at = clock()
 local campaign = ARGV[1] == 'campaign'
 local wanted

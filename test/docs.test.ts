@@ -7,6 +7,7 @@ import '../src/metrics.js';
 import '../src/snapshot/metrics.js';
 import '../src/store/cluster-watch.js';
 import '../src/tokens/metrics.js';
+import '../src/tokens/lapse.js';
 
 /** `rm_name{label,...}` -> its labels, from the README's metrics table (the rows before the alerts). */
 function documented(): Map<string, string[]> {

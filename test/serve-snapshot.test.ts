@@ -74,6 +74,39 @@ describe('serve with the snapshot writer on (SNAPSHOT=true, the default; real Re
     expect(await readSnapshotStatus(redis, prefix)).toMatchObject({ state: 'off' });
   });
 
+  it('an abandoned reservation is given back by the primary\'s sweep: unredeemed in Redis, in Postgres and in the metrics; a late complete is a mismatch', async () => {
+    server = await serve({ KEY_PREFIX: prefix, SNAPSHOT: 'true', DATABASE_URL: db.url, REDIS_URL: SHARED_REDIS_URL, LEASE_SWEEP_MS: '100', LEASE_SWEEP_GRACE_MS: '0', TOKEN_COUNTS_MS: '100' });
+    http = new Pool(server.url, { connections: 2 });
+    const added = await call(http, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-l' } });
+    const key = added.body.apiKey as string;
+    const gen = await call(http, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat-l', userIds: ['lea'], perUser: 2 } });
+    const [abandoned, held] = gen.body.tokens.map((t: { token: string }) => t.token) as [string, string];
+    const short = await call(http, 'POST', '/v1/tokens/reserve', { key, body: { token: abandoned, leaseMs: 300 } });
+    expect(short.status).toBe(200);
+    expect((await call(http, 'POST', '/v1/tokens/reserve', { key, body: { token: held, leaseMs: 600_000 } })).status).toBe(200);
+
+    const history = (token: string) => pgPool.query('SELECT type FROM token_events WHERE token = $1 ORDER BY ev_ms, ev_seq', [token]).then((r) => r.rows.map((x) => x.type));
+    await until(() => history(abandoned), (types) => types.length === 3, 'the lapsed event in Postgres');
+    expect(await history(abandoned)).toEqual(['generated', 'reserved', 'lapsed']);
+    const rows = (await pgPool.query('SELECT token, state, reservation_id FROM tokens WHERE token = ANY($1) ORDER BY token', [[abandoned, held]])).rows;
+    expect(new Map(rows.map((r) => [r.token, [r.state, r.reservation_id === null]]))).toEqual(new Map([[abandoned, ['unredeemed', true]], [held, ['reserved', false]]]));
+    const metrics = await until(
+      async () => (await call(http!, 'GET', '/metrics')).body as string,
+      (text) => /rm_tokens\{satellite="sat-l",state="reserved"\} 1\n/.test(text) && /rm_tokens\{satellite="sat-l",state="unredeemed"\} 1\n/.test(text),
+      'the counts in /metrics',
+    );
+    expect(metrics).toMatch(/^rm_reservations_lapsed_total 1$/m);
+    expect(metrics).toMatch(/^rm_lease_sweep_errors_total 0$/m);
+    const late = await call(http, 'POST', '/v1/tokens/complete', { key, body: { token: abandoned, reservationId: short.body.reservationId, userId: 'late' } });
+    expect([late.status, late.body.error]).toEqual([409, 'reservation_mismatch']);
+    expect(await verify(redis, pgPool, prefix)).toMatchObject({ differences: 0 });
+
+    await http.close();
+    http = undefined;
+    expect(await server.stop()).toBe(0);
+    server = undefined;
+  });
+
   // the drain (up to the 5 s request timeout on a hung Redis), then the writer's stop (its lag reading, its
   // round, its lease release and status write, each waiting out a 10 s command timeout): 25 s in turn
   it('SIGTERM with Redis hung (SIGSTOP) and a request in flight: exits 0 within a container\'s 10 s stop grace', async () => {

@@ -7,7 +7,7 @@ import { TokenEngine } from '../src/tokens/engine.js';
 import { loadConfig } from '../src/config.js';
 import { hashKey, SatelliteRegistry } from '../src/satellites/registry.js';
 import { SHARED_REDIS_URL } from './helpers/redis.js';
-import { placeOfOwner } from '../src/store/keys.js';
+import { Keys, placeOfOwner } from '../src/store/keys.js';
 import { mint } from '../src/tokens/mint.js';
 
 const TOTAL = 100_000;
@@ -93,6 +93,14 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
     const owner = { sat: 'sat-a', user: `u${TOTAL - 10}` };
     expect(await engine.listUnredeemed(owner.sat, owner.user)).toEqual(await snap.fx.engine.listUnredeemed(owner.sat, owner.user));
     expect(await engine.lookup(tokens[0]!)).toEqual(await snap.fx.engine.lookup(tokens[0]!));
+    // the 200 reservations are back in the lease index too, with their ends, for the lapse sweep
+    const leases = async (prefix: string) => {
+      const all = await Promise.all(Array.from({ length: 64 }, (_, s) => snap.fx.redis.zrange(new Keys(prefix).leases(s), 0, -1, 'WITHSCORES')));
+      return all.flatMap((r) => r.flatMap((v, i) => (i % 2 ? [] : [`${v} ${r[i + 1]}`]))).sort();
+    };
+    const restoredLeases = await leases(snap.other);
+    expect(restoredLeases).toHaveLength(200);
+    expect(restoredLeases).toEqual(await leases(snap.fx.prefix));
     // the restored engine keeps working, and its new events sort after everything Postgres holds
     const t = tokens[TOTAL - 2]!;
     expect((await engine.redeem(t, 'sat-b', 'after-restore')).code).toBe('ok');

@@ -8,6 +8,7 @@ import { createRedis } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { reportTokenCounts } from '../../src/tokens/metrics.js';
+import { sweepLapsed } from '../../src/tokens/lapse.js';
 import { configFrom } from '../context.js';
 
 /** `referral-manager serve`: the HTTP API in N worker processes on one port; SIGTERM drains and exits 0. */
@@ -47,7 +48,7 @@ export function register(program: Command): void {
       starting = false;
       // Services of the primary (one per deployment, not per worker) start here and join `stops`, run at
       // shutdown alongside the workers' drain (each is bounded; in turn they could outlast a container's
-      // 10 s stop grace): the snapshot writer (config.snapshot), the lag and token-count readings, the Cluster watch.
+      // 10 s stop grace): the snapshot writer (config.snapshot), the lag and token-count readings, the lapsed-lease sweep, the Cluster watch.
       const stops: (() => Promise<void>)[] = [];
       // for the readings: one fails at once while Redis is down, and after 2 s while it hangs, so
       // neither holds up shutdown
@@ -56,9 +57,14 @@ export function register(program: Command): void {
       // a Redis Cluster's masters and migrating slots, in the log and the metrics (undefined for one Redis)
       const watch = watchCluster(redis, (line) => console.error(line));
       if (watch) stops.push(() => watch.stop());
+      const engine = new TokenEngine(new TokenStore(redis, config.keyPrefix));
       if (config.tokenCountsMs > 0) {
-        const counts = reportTokenCounts(new TokenEngine(new TokenStore(redis, config.keyPrefix)), config.tokenCountsMs);
+        const counts = reportTokenCounts(engine, config.tokenCountsMs);
         stops.push(() => counts.stop());
+      }
+      if (config.leaseSweepMs > 0) {
+        const sweep = sweepLapsed(engine, config.leaseSweepMs, config.leaseSweepGraceMs);
+        stops.push(() => sweep.stop());
       }
       if (config.snapshot) {
         const writer = await startSnapshotWriter(config);

@@ -60,7 +60,7 @@ export function register(program: Command): void {
 
   const history = tokens
     .command('history')
-    .description('one token and every change of it (generated, reserved, released, redeemed, revoked, purged) with its time, from the Postgres snapshot: also for a token purged from Redis')
+    .description('one token and every change of it (generated, reserved, released, lapsed, redeemed, revoked, purged) with its time, from the Postgres snapshot: also for a token purged from Redis')
     .argument('<token>', 'the token (lowercase UUIDv4)')
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExamples:\n  referral-manager tokens history 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n  referral-manager tokens history 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d --json');

@@ -8,6 +8,8 @@
     <p>:{s}:dict        hash  "s\t<satId>"->n, "S<n>"->satId, "c\t<campaign>"->n, "C<n>"->campaign, "ns","nc",
                               "x\t<campaign>"->revokedAt ms: a revoked campaign, which generate refuses
     <p>:{s}:rs          hash  token suffix -> "<reservationId>\t<reservedBy>\t<leaseExpiresAt>"
+    <p>:{s}:leases      zset  token hex (32 digits: names the bucket) scored by leaseExpiresAt, for every reserved
+                              token: lua/lapse.lua finds the lapsed ones there, without reading the buckets
     <p>:{s}:rd          hash  token suffix -> "<redeemerSat>\t<redeemerUser>\t<redeemedAt>\t<reservationId>"
     <p>:{s}:stats       hash  "<satId>\t<state>" -> count (also "generated", and "purged": deleted by lua/purge.lua),
                               "x\t<ownerSat>\t<redeemerSat>" -> count
@@ -109,7 +111,7 @@ local function load_token(bucket, dict, rs, rd, hex, now, token)
   -- a reserve adds without the table growing
   token = token or string.sub(hex, 1, 8) .. '-' .. string.sub(hex, 9, 12) .. '-' .. string.sub(hex, 13, 16) .. '-' ..
     string.sub(hex, 17, 20) .. '-' .. string.sub(hex, 21, 32)
-  local t = { token = token, suffix = suffix, bucket = bucket, rec = rec, state = state, createdAt = created,
+  local t = { token = token, hex = hex, suffix = suffix, bucket = bucket, rec = rec, state = state, createdAt = created,
     expiresAt = expires, sat = n[1] or '', user = user or '', campaign = n[2] or '' }
   if state == 's' then
     -- the first three tab-separated fields, as split_tab would give them, without its table and iterator
@@ -146,9 +148,13 @@ local function transition(keys, t, to, kind, at)
   local from = t.state
   -- only the state letter changes: the rest of the record is kept as stored
   redis.call('HSET', t.bucket, t.suffix, to .. string.sub(t.rec, 2))
-  if from == 's' and to ~= 's' then redis.call('HDEL', keys.rs, t.suffix) end
+  if from == 's' and to ~= 's' then
+    redis.call('HDEL', keys.rs, t.suffix)
+    redis.call('ZREM', keys.leases, t.hex)
+  end
   if to == 's' then
     redis.call('HSET', keys.rs, t.suffix, t.reservationId .. '\t' .. t.reservedBy .. '\t' .. t.leaseExpiresAt)
+    redis.call('ZADD', keys.leases, t.leaseExpiresAt, t.hex)
   elseif to == 'r' then
     redis.call('HSET', keys.rd, t.suffix,
       t.redeemerSat .. '\t' .. t.redeemerUser .. '\t' .. t.redeemedAt .. '\t' .. (t.reservationId or ''))

@@ -1,8 +1,9 @@
 --[[ Walking the token records of a run of one shard's buckets with a work budget, for the scripts that
   sweep every bucket (revoke_sweep, purge); included after codec. Their calls share this shape:
-    KEYS[6..] consecutive buckets of the shard, from the one to sweep first
-    ARGV[3] shard number  ARGV[4] buckets per shard  ARGV[5] the bucket number of KEYS[6]  ARGV[6] budget
-    ARGV[7] the HSCAN cursor to go on from in KEYS[6] ('0': its start)
+    KEYS[7..] consecutive buckets of the shard, from the one to sweep first (KEYS[1..6]: dict, rs, rd, stats,
+    ev, leases)
+    ARGV[3] shard number  ARGV[4] buckets per shard  ARGV[5] the bucket number of KEYS[7]  ARGV[6] budget
+    ARGV[7] the HSCAN cursor to go on from in KEYS[7] ('0': its start)
   and reply { 'ok', count, next, cursor }: next is the bucket number to call again from, -1 when the shard is
   done, and cursor where to go on inside it.
   A call stops after the bucket in which its work (1 a record read, 16 a token changed: their cost in µs of
@@ -15,14 +16,15 @@
 -- while a bucket one owner's many thousands of tokens made a hashtable is swept over several calls, each
 -- going on from the cursor where the last stopped (read whole, 100k fields held Redis for over a second).
 local SCAN_COUNT = 64
+local FIRST = 7
 local function sweep_records(take)
   local perShard, from, budget = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
   local cursor = ARGV[7]
   local first = tonumber(ARGV[3]) * perShard + from
   local count, work = 0, 0
-  for k = 6, #KEYS do
+  for k = FIRST, #KEYS do
     local bucket = KEYS[k]
-    local prefix = string.format('%04x', first + k - 6)
+    local prefix = string.format('%04x', first + k - FIRST)
     local names = {}
     local function owner(ref)
       if names[ref] == nil then names[ref] = redis.call('HGET', bucket, '#' .. ref) or false end
@@ -42,11 +44,11 @@ local function sweep_records(take)
       end
       count = count + changed
       work = work + #all / 2 + 16 * changed
-      if cursor ~= '0' and work >= budget then return { 'ok', count, from + k - 6, cursor } end
+      if cursor ~= '0' and work >= budget then return { 'ok', count, from + k - FIRST, cursor } end
     until cursor == '0'
-    local next = from + k - 5
+    local next = from + k - FIRST + 1
     if next >= perShard then return { 'ok', count, -1, '0' } end
     if work >= budget then return { 'ok', count, next, '0' } end
   end
-  return { 'ok', count, from + #KEYS - 5, '0' }
+  return { 'ok', count, from + #KEYS - FIRST + 1, '0' }
 end

@@ -50,7 +50,7 @@ async function restoreShard(redis: RedisClient, pool: pg.Pool, keys: Keys, resto
   let n = 0;
   for await (const page of pgShardRows(pool, shard)) {
     for (let i = 0; i < page.length; i += CHUNK) {
-      const callKeys = [keys.dict(shard), keys.stats(shard), keys.reservations(shard), keys.redeemed(shard)];
+      const callKeys = [keys.dict(shard), keys.stats(shard), keys.reservations(shard), keys.redeemed(shard), keys.leases(shard)];
       const bucketIndex = new Map<number, number>();
       const args: string[] = [];
       for (const r of page.slice(i, i + CHUNK)) {

@@ -60,6 +60,10 @@ export class Keys {
   reservations(shard: number): string {
     return `${this.tag(shard)}:rs`;
   }
+  /** reserved tokens by lease end (ZSET, score leaseExpiresAt, member the 32 hex digits): what the lapse sweep reads */
+  leases(shard: number): string {
+    return `${this.tag(shard)}:leases`;
+  }
   redeemed(shard: number): string {
     return `${this.tag(shard)}:rd`;
   }
@@ -96,6 +100,6 @@ export class Keys {
   /** KEYS of the single-token scripts, in their header order */
   tokenKeys(p: Place): string[] {
     const s = p.shard;
-    return [this.bucket(s, p.bucket), this.dict(s), this.reservations(s), this.redeemed(s), this.stats(s), this.events(s)];
+    return [this.bucket(s, p.bucket), this.dict(s), this.reservations(s), this.redeemed(s), this.stats(s), this.events(s), this.leases(s)];
   }
 }

@@ -33,7 +33,7 @@ export function readScript(name: string): string {
   return src;
 }
 
-export const SCRIPT_NAMES = ['generate', 'redeem', 'reserve', 'complete', 'release', 'revoke', 'revoke_sweep', 'purge', 'revocation_record', 'lookup', 'list', 'list_redeemed'] as const;
+export const SCRIPT_NAMES = ['generate', 'redeem', 'reserve', 'complete', 'release', 'revoke', 'revoke_sweep', 'purge', 'lapse', 'revocation_record', 'lookup', 'list', 'list_redeemed'] as const;
 /** The engine's scripts (the others belong to the satellite registry, campaigns, the lease and restore) */
 export type ScriptName = (typeof SCRIPT_NAMES)[number];
 

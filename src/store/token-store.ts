@@ -36,6 +36,8 @@ export interface OwnerBatch {
 const SWEEP_BUDGET = 1_000;
 const SWEEP_WINDOW = 128;
 const SWEEP_LANES = 2;
+/** Lapsed reservations one lapse call gives back at most (lua/lapse.lua: ~20 µs of Redis each). */
+const LAPSE_PAGE = 100;
 /**
  * Fields of an owner's bucket one call of list, list_redeemed or an owner revoke scans (HSCAN COUNT;
  * lua/includes/owner.lua): about 1 ms of Redis for a list, 3 for a revoke, at 100k tokens of one owner.
@@ -265,7 +267,7 @@ export class TokenStore {
     const k = this.keys;
     let changed = 0;
     await inLanes(SHARDS, SWEEP_LANES, async (shard) => {
-      const head = [k.dict(shard), k.reservations(shard), k.redeemed(shard), k.stats(shard), k.events(shard)];
+      const head = [k.dict(shard), k.reservations(shard), k.redeemed(shard), k.stats(shard), k.events(shard), k.leases(shard)];
       for (let from = 0, cursor = '0'; from >= 0; ) {
         const keys = [...head];
         for (let b = from; b < Math.min(from + SWEEP_WINDOW, BUCKETS_PER_SHARD); b++) keys.push(k.bucket(shard, b));
@@ -276,6 +278,30 @@ export class TokenStore {
       }
     });
     return changed;
+  }
+
+  /**
+   * Gives back every reservation whose lease ended over `graceMs` ago (lua/lapse.lua): a sign-up that neither
+   * completed nor released. One read of each shard's lease index (nearly always empty), then calls of at most
+   * LAPSE_PAGE tokens, SWEEP_LANES shards at a time. How many were given back.
+   */
+  async lapse(graceMs: number): Promise<number> {
+    const k = this.keys;
+    // Redis' clock decides in the script; this one only picks what to send
+    const before = Date.now() - graceMs;
+    const read = (shard: number) => this.redis.zrangebyscore(k.leases(shard), '-inf', before, 'LIMIT', 0, LAPSE_PAGE);
+    const due = await Promise.all(Array.from({ length: SHARDS }, (_, s) => read(s)));
+    let given = 0;
+    await inLanes(SHARDS, SWEEP_LANES, async (shard) => {
+      const head = [k.dict(shard), k.reservations(shard), k.redeemed(shard), k.stats(shard), k.events(shard), k.leases(shard)];
+      for (let page = due[shard]!; page.length; page = await read(shard)) {
+        const [n, removed] = (await this.s.lapse([...head, ...page.map((hex) => k.bucket(shard, placeOfToken(hex).bucket))], [graceMs, ...page])) as [number, number];
+        given += n;
+        // the last page, or one holding leases Redis' clock says hold yet (read again, they would come back)
+        if (page.length < LAPSE_PAGE || n + removed < page.length) return;
+      }
+    });
+    return given;
   }
 
   /** An owner's redeemed tokens, oldest redemption first. */

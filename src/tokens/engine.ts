@@ -172,4 +172,9 @@ export class TokenEngine {
   stats(): Promise<Stats> {
     return this.store.stats();
   }
+
+  /** Gives back the reservations whose lease ended over `graceMs` ago (src/tokens/lapse.ts runs it); how many. */
+  lapse(graceMs: number): Promise<number> {
+    return this.store.lapse(graceMs);
+  }
 }

@@ -1003,6 +1003,76 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
       });
     });
 
+    describe('lapse (the sweep of abandoned reservations)', () => {
+      const hexOf = (token: string) => token.replace(/-/g, '');
+      const leaseOf = async (token: string) => {
+        const score = await f.redis.zscore(f.store.keys.leases(placeOfToken(hexOf(token)).shard), hexOf(token));
+        return score === null ? undefined : Number(score);
+      };
+      const held = (token: string) => f.redis.hexists(f.store.keys.reservations(placeOfToken(hexOf(token)).shard), hexOf(token).slice(4));
+
+      it('gives back a reservation whose lease ended over the grace ago: unredeemed, one lapsed event, counted, listed, its records gone', async () => {
+        const m = await mint(4);
+        const [gone, kept, released, renewed] = m.tokens as [string, string, string, string];
+        const mine = async (ev: EventMark) => (await changes(ev)).filter((c) => m.tokens.includes(c[1]!));
+        const abandoned = await engine.reserve(gone, 'h', 50);
+        expect((await engine.reserve(kept, 'h', 60_000)).code).toBe('ok');
+        const undone = await engine.reserve(released, 'h', 50);
+        expect((await engine.release(released, undone.token!.reservationId!)).code).toBe('ok');
+        const first = await engine.reserve(renewed, 'h', 50);
+        await sleepUntil(Math.max(abandoned.token!.leaseExpiresAt!, first.token!.leaseExpiresAt!) + 30);
+        // a lapsed lease reserved anew moves in the index to its new end
+        const again = await engine.reserve(renewed, 'h', 60_000);
+        expect([await leaseOf(gone), await leaseOf(kept) !== undefined, await leaseOf(released), await leaseOf(renewed)]).toEqual([
+          abandoned.token!.leaseExpiresAt,
+          true,
+          undefined,
+          again.token!.leaseExpiresAt,
+        ]);
+        expect(await counts(m.sat)).toEqual({ ...NO_COUNTS, generated: 4, unredeemed: 1, reserved: 3 });
+
+        // within the grace nothing is given back, and a late complete is still told its reservation expired
+        const ev0 = await mark();
+        await engine.lapse(60_000);
+        expect(await mine(ev0)).toEqual([]);
+        expect((await engine.complete(gone, abandoned.token!.reservationId!, 'late', 'h')).code).toBe('reservation_expired');
+
+        const ev = await mark();
+        expect(await engine.lapse(0)).toBeGreaterThanOrEqual(1);
+        expect(await mine(ev)).toEqual([['lapsed', gone, 'unredeemed']]);
+        const row = (await since(ev)).find((e) => e.row.token === gone)!.row;
+        expect(row).toEqual({ token: gone, state: 'unredeemed', ownerSatelliteId: m.sat, ownerUserId: m.user, campaignId: m.campaignId, createdAt: row.createdAt });
+        expect(await counts(m.sat)).toEqual({ ...NO_COUNTS, generated: 4, unredeemed: 2, reserved: 2 });
+        expect([await leaseOf(gone), await held(gone)]).toEqual([undefined, 0]);
+        expect(await state(gone)).toBe('unredeemed');
+        expect((await listed(m.sat, m.user)).sort()).toEqual([gone, released].sort());
+        // given back, it holds no reservation: late calls are refused as after a release, and anyone may take it
+        expect((await engine.complete(gone, abandoned.token!.reservationId!, 'late', 'h')).code).toBe('reservation_mismatch');
+        expect((await engine.release(gone, abandoned.token!.reservationId!)).code).toBe('reservation_mismatch');
+        expect((await engine.redeem(gone, 'r', 'newcomer')).code).toBe('ok');
+        // the reservations that hold are untouched, and a second sweep finds nothing of these
+        const ev2 = await mark();
+        await engine.lapse(0);
+        expect(await mine(ev2)).toEqual([]);
+        expect([await state(kept), await state(renewed)]).toEqual(['reserved', 'reserved']);
+      });
+
+      it('removes a lease entry no reservation stands behind, and reads past a page of them', async () => {
+        const m = await mint(1);
+        const [t] = m.tokens as [string];
+        const hex = hexOf(t);
+        const leases = f.store.keys.leases(placeOfToken(hex).shard);
+        // entries left behind (a write cut short): an unreserved token's and an absent token's, more than a page
+        const ghosts = Array.from({ length: 150 }, () => `${hex.slice(0, 4)}${randomUUID().replace(/-/g, '').slice(4)}`);
+        await f.redis.zadd(leases, 1, hex, ...ghosts.flatMap((g) => [1, g]));
+        const ev = await mark();
+        await engine.lapse(0);
+        expect(await f.redis.zrangebyscore(leases, 0, 1)).toEqual([]);
+        expect((await changes(ev)).filter((c) => c[1] === t)).toEqual([]);
+        expect(await state(t)).toBe('unredeemed');
+      });
+    });
+
     describe('revoke', () => {
       it('revokeToken: ok from unredeemed and from reserved; already_redeemed, revoked, not_found refuse', async () => {
         const m = await mint(3);
@@ -1210,6 +1280,7 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect((await engine.release(lapsedHeld, 'any')).code).toBe('not_found');
         const hex = lapsedHeld.replace(/-/g, '');
         expect(await f.redis.hexists(f.store.keys.reservations(placeOfToken(hex).shard), hex.slice(4))).toBe(0);
+        expect(await f.redis.zscore(f.store.keys.leases(placeOfToken(hex).shard), hex)).toBeNull();
         expect((await engine.redeem(expired, 'r', 'late')).code).toBe('not_found');
         expect(await state(used)).toBe('redeemed');
         expect(await state(held)).toBe('reserved');
@@ -1411,6 +1482,7 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
           const hex = token.replace(/-/g, '');
           const held = await f.redis.hexists(f.store.keys.reservations(placeOfToken(hex).shard), hex.slice(4));
           expect(held, token).toBe(0);
+          expect(await f.redis.zscore(f.store.keys.leases(placeOfToken(hex).shard), hex), token).toBeNull();
         }
       });
 
