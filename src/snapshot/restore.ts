@@ -1,13 +1,12 @@
 import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
 import { Keys, SHARDS, placeOfOwner, placeOfToken } from '../store/keys.js';
-import { hexOf } from '../store/codec.js';
+import { STATE_LETTER, hexOf } from '../store/codec.js';
 import { defineScripts, preloadScripts, type ScriptFn } from '../store/scripts.js';
 import { scanKeys } from '../store/key-walk.js';
 import { inLanes } from '../collections.js';
 import { GROUP } from './lag.js';
 import { pgShardRows } from './pg-rows.js';
-import { STATE_LETTER } from '../store/export.js';
 import type { TokenState } from '../store/model.js';
 
 /** Keys of the engine's virtual shards under `prefix` (numeric hash tags), across every master. */

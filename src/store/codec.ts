@@ -1,5 +1,9 @@
 import type { Result, Token, TokenState } from './model.js';
 
+/** A token record's first letter in its bucket (lua/includes/codec.lua) and the state it stores. */
+export const STATE_NAME: Record<string, TokenState> = { u: 'unredeemed', s: 'reserved', r: 'redeemed', x: 'revoked' };
+export const STATE_LETTER: Record<TokenState, string> = { unredeemed: 'u', reserved: 's', redeemed: 'r', revoked: 'x' };
+
 /** Decodes the scripts' `{ code, row... }` replies; the row order is the one lua/includes/codec.lua documents (EXPORT_FIELDS in export.ts). */
 const num = (s: string | undefined): number | undefined => (s ? Number(s) : undefined);
 

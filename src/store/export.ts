@@ -1,7 +1,7 @@
 import type { RedisClient } from './redis.js';
 import { scanKeys } from './key-walk.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfBucket } from './keys.js';
-import { dashed } from './codec.js';
+import { STATE_LETTER, STATE_NAME, dashed } from './codec.js';
 import type { TokenState } from './model.js';
 
 /** The 13 row fields, in the order of the row in lua/includes/codec.lua. */
@@ -10,9 +10,6 @@ export const EXPORT_FIELDS = ['token', 'state', 'ownerSatelliteId', 'ownerUserId
 
 /** One token: the EXPORT_FIELDS values, '' when absent, the state as stored (a lapsed lease stays "reserved"). */
 export type ExportRow = string[];
-
-export const STATE_NAME: Record<string, TokenState> = { u: 'unredeemed', s: 'reserved', r: 'redeemed', x: 'revoked' };
-export const STATE_LETTER: Record<TokenState, string> = { unredeemed: 'u', reserved: 's', redeemed: 'r', revoked: 'x' };
 
 const RECORD = /^(.)(\d+),(\d+),(\w+),(\w*)$/;
 // s: a user id may hold U+2028/U+2029, which `.` alone does not match

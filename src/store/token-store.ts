@@ -5,9 +5,8 @@ import type { RedisClient } from './redis.js';
 import { NotReplicated, ReplicaAck } from './replicas.js';
 import { defineScripts, preloadScripts, type ScriptFn, type ScriptName } from './scripts.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken, type OwnerPlace } from './keys.js';
-import { dashed, decodeResult, hexOf } from './codec.js';
+import { STATE_NAME, dashed, decodeResult, hexOf } from './codec.js';
 import { SATELLITE_COUNTERS, type CompleteCode, type RedeemCode, type ReleaseCode, type RedeemedToken, type Result, type RevokeCode, type Stats, type TokenSet, type TokenState, type UnredeemedToken } from './model.js';
-import { STATE_NAME } from './export.js';
 
 /**
  * New tokens equal to tokens that existed before (hex): those were left untouched, and must stay so. `cause`:
