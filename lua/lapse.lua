@@ -8,18 +8,20 @@
   reservation_mismatch, as after a release.
   KEYS[1] dict  KEYS[2] rs  KEYS[3] rd  KEYS[4] stats  KEYS[5] ev  KEYS[6] leases  KEYS[7..] the tokens'
     buckets   (one hash tag {shard})
-  ARGV[1] grace ms  ARGV[1 + i] token hex as read from KEYS[6] by the caller; its bucket is KEYS[6 + i]
-  Reply: { tokens given back, lease entries removed }. A token no longer reserved when this runs has its
-  lease entry removed (none should be left: every change out of `reserved` removes it, but one left behind
-  would be read again by every sweep); one reserved again meanwhile, or within its grace by Redis' clock,
-  is left alone.
+  ARGV[1] grace ms  ARGV[1 + i] token hex (as read from KEYS[6] by the sweep); its bucket is KEYS[6 + i]
+  Reply: { tokens given back, entries removed, entries written }. A token no longer reserved when this runs
+  has its lease entry removed, and one still reserved within its grace by Redis' clock has it written at its
+  stored lease: none should need either (every change into or out of `reserved` writes the entry), but an
+  entry out of step (a reservation by a version before the index, during a rolling upgrade) would otherwise
+  be read first by every sweep and hold up the rest of its shard. With an endless grace this only writes
+  the entries: `verify --repair-leases` sends it the reserved tokens the index lacks.
 ]]
 --- @include "codec"
 
 local keys = { rs = KEYS[2], rd = KEYS[3], stats = KEYS[4], ev = KEYS[5], leases = KEYS[6] }
 local now, at = clock()
 local before = now - tonumber(ARGV[1])
-local n, removed = 0, 0
+local n, removed, written = 0, 0, 0
 for i = 1, #ARGV - 1 do
   local hex = ARGV[1 + i]
   local t = load_token(KEYS[6 + i], KEYS[1], KEYS[2], KEYS[3], hex, now)
@@ -29,6 +31,8 @@ for i = 1, #ARGV - 1 do
   elseif tonumber(t.leaseExpiresAt) <= before then
     transition(keys, t, 'u', 'lapsed', at)
     n = n + 1
+  elseif redis.call('ZADD', KEYS[6], 'CH', t.leaseExpiresAt, hex) == 1 then
+    written = written + 1
   end
 end
-return { n, removed }
+return { n, removed, written }

@@ -4,7 +4,8 @@
   ARGV[1] token hex  ARGV[2] reservation id
   ARGV[3] the calling satellite, which must be the one that reserved ('': any, for admin tools)  ARGV[4] the token dashed
   Reply: { code, row... }; code ok | not_found | reservation_mismatch.
-  Releasing a lapsed reservation that nobody has taken since is still ok.
+  Releasing a lapsed reservation that nobody has taken since is still ok, until the lapse sweep gives the
+  token back (lua/lapse.lua, LEASE_SWEEP_GRACE_MS after the lease ended): then it holds no reservation.
 ]]
 --- @include "codec"
 

@@ -4,7 +4,8 @@
   ARGV[1] token hex  ARGV[2] reserving satellite id  ARGV[3] lease ms  ARGV[4] new reservation id
   ARGV[5] the token dashed
   Reply: { code, row... }; code ok | not_found | already_redeemed | reserved | revoked | expired.
-  A lapsed lease counts as unredeemed: decided here from Redis TIME, so no sweeper is needed.
+  A lapsed lease counts as unredeemed: decided here from Redis TIME, so no sweeper is needed for
+  correctness (lua/lapse.lua gives abandoned reservations back, for the counters).
   The same satellite repeating a reservation id the token holds gets ok again with that reservation, its
   lease unchanged: a satellite that chose the id (one per sign-up) can retry a reserve whose answer it lost.
 ]]

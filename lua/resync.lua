@@ -14,7 +14,8 @@ local n = 0
 for i = 1, #ARGV / 2 do
   local t = load_token(KEYS[4 + i], KEYS[1], KEYS[2], KEYS[3], ARGV[2 * i - 1], now, ARGV[2 * i])
   if t then
-    -- the state as stored, as verify compares it: a lapsed lease emits no event, so Postgres keeps it reserved
+    -- the state as stored, as verify compares it: a lease lapsing emits no event (only its give-back does,
+    -- lua/lapse.lua), so Postgres keeps it reserved until then
     t.lapsed = false
     redis.call('XADD', KEYS[4], '*', 'type', 'resync', 'at', at, 'row', table.concat(reply('ok', t), '\t', 2, 14))
     n = n + 1

@@ -63,7 +63,7 @@ export function register(program: Command): void {
     .description('stream every token to stdout as CSV or JSON lines, in constant memory (SCAN, one bucket page at a time)')
     .addOption(new Option('--format <format>', 'output format').choices(['csv', 'jsonl']).makeOptionMandatory())
     .option('--campaign <id>', 'only tokens of this campaign')
-    .addOption(new Option('--state <state>', 'only tokens in this stored state (a lapsed reservation is still "reserved")').choices(TOKEN_STATES))
+    .addOption(new Option('--state <state>', 'only tokens in this stored state (a lapsed reservation is "reserved" until serve gives it back)').choices(TOKEN_STATES))
     .option('--raw', "CSV: values exactly as stored, without the ' put before one starting with = + - @")
     .addHelpText(
       'after',

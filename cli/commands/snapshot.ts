@@ -145,8 +145,12 @@ export function register(program: Command): void {
       '--repair-tokens',
       'queue a copy from Redis to Postgres of the tokens whose changes Postgres lacks: those it has no row of, and those Redis holds redeemed or revoked where Postgres still has them open (every other difference is only listed)',
     )
-    .addHelpText('after', '\nExamples:\n  referral-manager verify\n  referral-manager verify --json --max 10\n  referral-manager verify --repair-revocations\n  referral-manager verify --repair-tokens')
-    .action(async function (this: Command, opts: { max: string; json?: boolean; repairRevocations?: boolean; repairTokens?: boolean }) {
+    .option(
+      '--repair-leases',
+      'mend the lease index inside Redis (differences of kind lease_index): index the reserved tokens it lacks, at their lease, and drop entries of tokens not reserved, so the lapse sweep finds every abandoned reservation; once after upgrading from a version without the index',
+    )
+    .addHelpText('after', '\nExamples:\n  referral-manager verify\n  referral-manager verify --json --max 10\n  referral-manager verify --repair-revocations\n  referral-manager verify --repair-tokens\n  referral-manager verify --repair-leases')
+    .action(async function (this: Command, opts: { max: string; json?: boolean; repairRevocations?: boolean; repairTokens?: boolean; repairLeases?: boolean }) {
       // NaN would list nothing and still exit 1 on differences, which reads like a broken verify
       if (!/^\d+$/.test(opts.max)) this.error(`error: --max must be a whole number, got "${opts.max}"`, { exitCode: 2 });
       const config = configFrom(this);
@@ -161,7 +165,7 @@ export function register(program: Command): void {
           if (repaired && opts.json) console.log(JSON.stringify({ repaired }, null, 2));
           throw err;
         });
-        const report = await verify(redis, pool, config.keyPrefix, { maxListed: Number(opts.max), repairTokens: opts.repairTokens });
+        const report = await verify(redis, pool, config.keyPrefix, { maxListed: Number(opts.max), repairTokens: opts.repairTokens, repairLeases: opts.repairLeases });
         if (opts.json) console.log(JSON.stringify(repaired ? { ...report, repaired } : report, null, 2));
         else {
           for (const d of report.listed) {
@@ -173,6 +177,8 @@ export function register(program: Command): void {
           console.log(`${report.campaigns} campaigns in Redis`);
           console.log(`${report.revokedCampaigns} revoked campaigns in Redis`);
           if (report.listed.some((d) => d.shards)) console.error('mend the revoked campaigns listed above with: referral-manager verify --repair-revocations');
+          if (report.leasesRepaired !== undefined) console.log(`wrote or removed ${report.leasesRepaired} lease index entries`);
+          else if (report.listed.some((d) => d.kind === 'lease_index')) console.error('mend the lease index entries listed above with: referral-manager verify --repair-leases');
           if (report.resynced !== undefined) console.log(`queued ${report.resynced} tokens to be copied to Postgres again; run verify again once the snapshot has caught up (rm_snapshot_lag_events 0)`);
         }
         if (report.differences > 0) process.exitCode = 1;

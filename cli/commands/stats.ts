@@ -45,7 +45,7 @@ export function register(program: Command): void {
     .option('--json', 'print the engine Stats object: {satellites: {<id>: {generated, ...}}, redemptions: [{ownerSatelliteId, redeemerSatelliteId, count}]}')
     .addHelpText(
       'after',
-      '\nCounters follow the stored state: a reservation whose lease lapsed counts as reserved until the token is touched again.\n' +
+      '\nCounters follow the stored state: a reservation whose lease lapsed counts as reserved until serve gives the token back (LEASE_SWEEP_GRACE_MS after the lease ended) or it is touched again.\n' +
         '\nExamples:\n  referral-manager stats\n  referral-manager stats --json --key-prefix staging',
     );
   stats.action(async function (this: Command, opts: { json?: boolean }) {

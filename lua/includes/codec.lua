@@ -94,7 +94,7 @@ end
 --[[ The row: the token as the outside world sees it, in this fixed order (src/store/codec.ts):
   token, state, ownerSatelliteId, ownerUserId, campaignId, createdAt, expiresAt,
   reservationId, reservedBy, leaseExpiresAt, redeemerSatelliteId, redeemerUserId, redeemedAt
-  A reservation whose lease has lapsed is reported as unredeemed (no sweeper needed).
+  A reservation whose lease has lapsed is reported as unredeemed (no sweeper needed for that).
   leaseExpiresAt and redeemedAt are kept as the text the row and the side records carry. ]]
 -- loads everything about one token; nil when the bucket has no such suffix. `token` is the dashed form of
 -- `hex` when the caller sends it (cheaper than five string.sub here), else it is made here.
@@ -116,7 +116,8 @@ local function load_token(bucket, dict, rs, rd, hex, now, token)
   if state == 's' then
     -- the first three tab-separated fields, as split_tab would give them, without its table and iterator
     local id, by, lease = string.match(redis.call('HGET', rs, suffix) or '\t\t0', '^([^\t]*)\t([^\t]*)\t([^\t]*)')
-    lease = tonumber(lease)
+    -- an unreadable lease (a row restored without one) counts as lapsed, rather than failing every script on the token
+    lease = tonumber(lease) or 0
     t.reservationId, t.reservedBy, t.leaseExpiresAt, t.lapsed = id, by, dec(lease), lease <= now
   elseif state == 'r' then
     local r = split_tab(redis.call('HGET', rd, suffix) or '\t\t\t')
@@ -144,7 +145,8 @@ end
 -- whole row after the change, packed into one tab-separated field: ids cannot hold tabs, and one field
 -- costs a third of one field per column in XADD); returns the 'ok' reply. `at` is the time as text.
 local function transition(keys, t, to, kind, at)
-  -- counters follow the stored state: a lapsed lease is still counted as reserved until it is touched
+  -- counters follow the stored state: a lapsed lease is still counted as reserved until it is touched or given
+  -- back (lua/lapse.lua)
   local from = t.state
   -- only the state letter changes: the rest of the record is kept as stored
   redis.call('HSET', t.bucket, t.suffix, to .. string.sub(t.rec, 2))

@@ -5,7 +5,7 @@ import type { Token } from '../store/model.js';
 import { ROW_COLUMNS } from './rows.js';
 
 export interface TokenHistory {
-  /** the token's row as the snapshot holds it: the state as stored (a lapsed lease stays "reserved"; lapsing emits no event) */
+  /** the token's row as the snapshot holds it: the state as stored (a lapsed lease stays "reserved" until the lapse sweep's 'lapsed' event) */
   token: Token;
   /** when `tokens purge` deleted it from Redis; the row keeps its last state */
   purgedAt?: number;

@@ -4,7 +4,8 @@ import { decodeBucket, fillRedemption, fillReservation, nameRow } from '../store
 
 /**
  * A token row as both sides compare it: the 13 engine fields in EXPORT_FIELDS order, '' when absent,
- * with the state as stored (a lapsed reservation stays "reserved": lapsing emits no event).
+ * with the state as stored (a lapsed reservation stays "reserved" until the lapse sweep gives it back with a
+ * 'lapsed' event, LEASE_SWEEP_GRACE_MS after its lease ended).
  */
 export type Row = string[];
 

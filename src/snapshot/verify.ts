@@ -1,6 +1,8 @@
 import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
 import { Keys, SHARDS } from '../store/keys.js';
+import { dashed, hexOf } from '../store/codec.js';
+import { TokenStore } from '../store/token-store.js';
 import { EXPORT_FIELDS } from '../store/export.js';
 import { readRegistry, SatelliteKeys } from '../store/satellites.js';
 import { CampaignKeys, COUNTERS, readAllCampaigns, type CampaignRecord } from '../store/campaigns.js';
@@ -23,9 +25,12 @@ export interface Difference {
    * only_redis | only_postgres | field names that differ | counters that differ from the shard's rows;
    * inside Redis, for a revoked campaign: `unmarked` (registered, but `shards` lack its mark, so generate
    * still makes its tokens there) or `unregistered` (marked on `shards`, missing from the registry, so a
-   * restore would lose the revocation). `verify --repair-revocations` mends both.
+   * restore would lose the revocation). `verify --repair-revocations` mends both. Also inside Redis,
+   * `lease_index`: a reserved token missing from its shard's lease index or at another lease there (the lapse
+   * sweep, which reads only the index, never gives it back), or an entry left for a token not reserved;
+   * `verify --repair-leases` mends it.
    */
-  kind: 'only_redis' | 'only_postgres' | 'differs' | 'stats' | 'unmarked' | 'unregistered';
+  kind: 'only_redis' | 'only_postgres' | 'differs' | 'stats' | 'unmarked' | 'unregistered' | 'lease_index';
   fields?: FieldDifference[];
   shards?: number[];
 }
@@ -47,6 +52,8 @@ export interface VerifyReport {
   listed: Difference[];
   /** with `repairTokens`: tokens of those differences queued to be copied to Postgres again (`resyncTokens`) */
   resynced?: number;
+  /** with `repairLeases`: lease index entries written or removed */
+  leasesRepaired?: number;
 }
 
 export interface VerifyOptions {
@@ -59,6 +66,12 @@ export interface VerifyOptions {
    * failover, a restart from an older file), which a copy would erase from the durable record: left to an operator.
    */
   repairTokens?: boolean;
+  /**
+   * Mend the `lease_index` differences inside Redis: each token's entry is written at its stored lease if it is
+   * reserved, else removed, by a script that reads the token's state as it runs (lua/lapse.lua), so a change
+   * made since the comparison is not undone. Reservations made by a version before the index need it once.
+   */
+  repairLeases?: boolean;
 }
 
 const FINAL = new Set(['redeemed', 'revoked']);
@@ -79,10 +92,12 @@ function count(counters: Map<string, number>, p: Row): void {
  * counters with the counts of its Postgres rows (a counter at 0 and an absent one are the same), as
  * `stats` and every other reader of the counters would be wrong with every token right.
  */
-export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, { maxListed = 100, repairTokens = false }: VerifyOptions = {}): Promise<VerifyReport> {
+export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, { maxListed = 100, repairTokens = false, repairLeases = false }: VerifyOptions = {}): Promise<VerifyReport> {
   const keys = new Keys(prefix);
   const report: VerifyReport = { tokens: 0, satellites: 0, campaigns: 0, revokedCampaigns: 0, differences: 0, listed: [] };
   if (repairTokens) report.resynced = 0;
+  const store = repairLeases ? new TokenStore(redis, prefix) : undefined;
+  if (store) report.leasesRepaired = 0;
   const note = (d: Difference) => {
     report.differences++;
     if (report.listed.length < maxListed) report.listed.push(d);
@@ -90,6 +105,9 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
   for (let shard = 0; shard < SHARDS; shard++) {
     const inRedis = await readShardRows(redis, keys, shard);
     report.tokens += inRedis.size;
+    const unindexed = await leaseIndexGaps(redis, keys, shard, inRedis);
+    for (const token of unindexed) note({ token, kind: 'lease_index' });
+    if (store && unindexed.length) report.leasesRepaired! += await store.reindexLeases(unindexed.map(hexOf));
     const counters = new Map<string, number>();
     const behind: string[] = [];
     for await (const page of pgShardRows(pool, shard)) {
@@ -127,6 +145,23 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
   for (const [id, shards] of gaps.unmarked) note({ token: at(id), kind: 'unmarked', shards });
   for (const [id, m] of gaps.unregistered) note({ token: at(id), kind: 'unregistered', shards: m.shards });
   return report;
+}
+
+/**
+ * Tokens whose entry in the shard's lease index disagrees with their record (`rows`, read just before): reserved
+ * and missing there or at another lease, or indexed and not reserved.
+ */
+async function leaseIndexGaps(redis: RedisClient, keys: Keys, shard: number, rows: Map<string, Row>): Promise<string[]> {
+  const flat = await redis.zrange(keys.leases(shard), 0, -1, 'WITHSCORES');
+  const indexed = new Map<string, string>();
+  for (let i = 0; i < flat.length; i += 2) indexed.set(dashed(flat[i]!), flat[i + 1]!);
+  const out: string[] = [];
+  for (const [token, r] of rows) {
+    if (r[1] !== 'reserved') continue;
+    if (indexed.get(token) !== r[9]) out.push(token);
+    indexed.delete(token);
+  }
+  return [...out, ...indexed.keys()];
 }
 
 /** The registry of revoked campaigns against Postgres' copy: each id and its revokedAt. */

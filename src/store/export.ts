@@ -8,7 +8,7 @@ import type { TokenState } from './model.js';
 export const EXPORT_FIELDS = ['token', 'state', 'ownerSatelliteId', 'ownerUserId', 'campaignId', 'createdAt', 'expiresAt',
   'reservationId', 'reservedBy', 'leaseExpiresAt', 'redeemerSatelliteId', 'redeemerUserId', 'redeemedAt'] as const;
 
-/** One token: the EXPORT_FIELDS values, '' when absent, the state as stored (a lapsed lease stays "reserved"). */
+/** One token: the EXPORT_FIELDS values, '' when absent, the state as stored (a lapsed lease stays "reserved" until the lapse sweep gives it back). */
 export type ExportRow = string[];
 
 const RECORD = /^(.)(\d+),(\d+),(\w+),(\w*)$/;

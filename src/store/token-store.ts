@@ -266,7 +266,7 @@ export class TokenStore {
     const k = this.keys;
     let changed = 0;
     await inLanes(SHARDS, SWEEP_LANES, async (shard) => {
-      const head = [k.dict(shard), k.reservations(shard), k.redeemed(shard), k.stats(shard), k.events(shard), k.leases(shard)];
+      const head = k.shardKeys(shard);
       for (let from = 0, cursor = '0'; from >= 0; ) {
         const keys = [...head];
         for (let b = from; b < Math.min(from + SWEEP_WINDOW, BUCKETS_PER_SHARD); b++) keys.push(k.bucket(shard, b));
@@ -282,25 +282,53 @@ export class TokenStore {
   /**
    * Gives back every reservation whose lease ended over `graceMs` ago (lua/lapse.lua): a sign-up that neither
    * completed nor released. One read of each shard's lease index (nearly always empty), then calls of at most
-   * LAPSE_PAGE tokens, SWEEP_LANES shards at a time. How many were given back.
+   * LAPSE_PAGE tokens, SWEEP_LANES shards at a time. How many were given back, and the shards that failed
+   * (the others are swept all the same).
    */
-  async lapse(graceMs: number): Promise<number> {
+  async lapse(graceMs: number): Promise<{ given: number; failed: { shard: number; error: unknown }[] }> {
     const k = this.keys;
     // Redis' clock decides in the script; this one only picks what to send
     const before = Date.now() - graceMs;
     const read = (shard: number) => this.redis.zrangebyscore(k.leases(shard), '-inf', before, 'LIMIT', 0, LAPSE_PAGE);
-    const due = await Promise.all(Array.from({ length: SHARDS }, (_, s) => read(s)));
     let given = 0;
+    const failed: { shard: number; error: unknown }[] = [];
+    const due = await Promise.all(Array.from({ length: SHARDS }, (_, shard) => read(shard).catch((error: unknown) => (failed.push({ shard, error }), []))));
     await inLanes(SHARDS, SWEEP_LANES, async (shard) => {
-      const head = [k.dict(shard), k.reservations(shard), k.redeemed(shard), k.stats(shard), k.events(shard), k.leases(shard)];
-      for (let page = due[shard]!; page.length; page = await read(shard)) {
-        const [n, removed] = (await this.s.lapse([...head, ...page.map((hex) => k.bucket(shard, placeOfToken(hex).bucket))], [graceMs, ...page])) as [number, number];
-        given += n;
-        // the last page, or one holding leases Redis' clock says hold yet (read again, they would come back)
-        if (page.length < LAPSE_PAGE || n + removed < page.length) return;
+      try {
+        for (let page = due[shard]!; page.length; page = await read(shard)) {
+          const [n, removed, written] = await this.lapseCall(shard, page, graceMs);
+          given += n;
+          // the last page, or one holding entries Redis' clock says are not due yet: read again, they would come back
+          if (page.length < LAPSE_PAGE || n + removed + written < page.length) return;
+        }
+      } catch (error) {
+        failed.push({ shard, error });
       }
     });
-    return given;
+    return { given, failed };
+  }
+
+  /**
+   * Writes the lease index entry of each of these tokens (hex) that is reserved, at its stored lease, and removes
+   * the entry of each that is not (lua/lapse.lua with an endless grace): `verify --repair-leases`. How many entries changed.
+   */
+  async reindexLeases(hexes: string[]): Promise<number> {
+    const byShard = new Map<number, string[]>();
+    for (const hex of hexes) pushTo(byShard, placeOfToken(hex).shard, hex);
+    let changed = 0;
+    for (const [shard, all] of byShard) {
+      for (let i = 0; i < all.length; i += LAPSE_PAGE) {
+        const [, removed, written] = await this.lapseCall(shard, all.slice(i, i + LAPSE_PAGE), Number.MAX_SAFE_INTEGER);
+        changed += removed + written;
+      }
+    }
+    return changed;
+  }
+
+  private async lapseCall(shard: number, hexes: string[], graceMs: number): Promise<[number, number, number]> {
+    const k = this.keys;
+    const buckets = hexes.map((hex) => k.bucket(shard, placeOfToken(hex).bucket));
+    return (await this.s.lapse([...k.shardKeys(shard), ...buckets], [graceMs, ...hexes])) as [number, number, number];
   }
 
   /** An owner's redeemed tokens, oldest redemption first. */

@@ -173,8 +173,8 @@ export class TokenEngine {
     return this.store.stats();
   }
 
-  /** Gives back the reservations whose lease ended over `graceMs` ago (src/tokens/lapse.ts runs it); how many. */
-  lapse(graceMs: number): Promise<number> {
+  /** Gives back the reservations whose lease ended over `graceMs` ago (src/tokens/lapse.ts runs it): how many, and the shards that failed. */
+  lapse(graceMs: number): ReturnType<TokenStore['lapse']> {
     return this.store.lapse(graceMs);
   }
 }

@@ -6,18 +6,30 @@ const lapsed = new client.Counter({
   name: 'rm_reservations_lapsed_total',
   help: 'Reservations given back because their lease lapsed with neither complete nor release (abandoned sign-ups)',
 });
-const failures = new client.Counter({ name: 'rm_lease_sweep_errors_total', help: 'Failed sweeps of lapsed reservations (retried at the next one)' });
+const failures = new client.Counter({ name: 'rm_lease_sweep_errors_total', help: 'Shards whose sweep of lapsed reservations failed (retried at the next sweep)' });
+
+/** A failure the log already told stays quiet this long, so a Redis down for hours is not one line a sweep. */
+const RETELL_MS = 10 * 60_000;
 
 /**
- * Gives back every `ms` the reservations whose lease ended over `graceMs` ago (TokenEngine.lapse). Every serve primary runs it: two sweeping at
- * once give back each token once, as the script decides from the token's state inside Redis.
+ * Gives back every `ms` the reservations whose lease ended over `graceMs` ago (TokenEngine.lapse). Every serve
+ * primary runs it: two sweeping at once give back each token once, as the script decides from the token's
+ * state inside Redis.
  */
-export function sweepLapsed(engine: TokenEngine, ms: number, graceMs: number): { stop(): Promise<void> } {
+export function sweepLapsed(engine: TokenEngine, ms: number, graceMs: number, log: (line: string) => void = console.error): { stop(): Promise<void> } {
+  let told: { text: string; at: number } | undefined;
   return every(ms, async () => {
-    try {
-      lapsed.inc(await engine.lapse(graceMs));
-    } catch {
-      failures.inc();
+    const { given, failed } = await engine.lapse(graceMs);
+    lapsed.inc(given);
+    failures.inc(failed.length);
+    if (!failed.length) {
+      if (told) log('[lapse] sweeping lapsed reservations works again');
+      told = undefined;
+      return;
     }
+    const text = `[lapse] error: the sweep of lapsed reservations failed on ${failed.length} shard(s) (${failed.map((f) => f.shard).join(',')}): ${(failed[0]!.error as Error)?.message ?? failed[0]!.error}; retried every ${ms} ms`;
+    if (told?.text === text && Date.now() - told.at < RETELL_MS) return;
+    log(text);
+    told = { text, at: Date.now() };
   });
 }

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DomainError } from '../../src/errors.js';
-import { decodeRow } from '../../src/store/codec.js';
+import { decodeRow, hexOf } from '../../src/store/codec.js';
 import { SHARDS, placeOfOwner, placeOfToken } from '../../src/store/keys.js';
 import type { Stats, Token, TokenSet, TokenState } from '../../src/store/model.js';
 import { TokenCollision, type TokenStore } from '../../src/store/token-store.js';
@@ -1004,7 +1004,6 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
     });
 
     describe('lapse (the sweep of abandoned reservations)', () => {
-      const hexOf = (token: string) => token.replace(/-/g, '');
       const leaseOf = async (token: string) => {
         const score = await f.redis.zscore(f.store.keys.leases(placeOfToken(hexOf(token)).shard), hexOf(token));
         return score === null ? undefined : Number(score);
@@ -1038,7 +1037,7 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect((await engine.complete(gone, abandoned.token!.reservationId!, 'late', 'h')).code).toBe('reservation_expired');
 
         const ev = await mark();
-        expect(await engine.lapse(0)).toBeGreaterThanOrEqual(1);
+        expect((await engine.lapse(0)).given).toBeGreaterThanOrEqual(1);
         expect(await mine(ev)).toEqual([['lapsed', gone, 'unredeemed']]);
         const row = (await since(ev)).find((e) => e.row.token === gone)!.row;
         expect(row).toEqual({ token: gone, state: 'unredeemed', ownerSatelliteId: m.sat, ownerUserId: m.user, campaignId: m.campaignId, createdAt: row.createdAt });
@@ -1055,6 +1054,59 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         await engine.lapse(0);
         expect(await mine(ev2)).toEqual([]);
         expect([await state(kept), await state(renewed)]).toEqual(['reserved', 'reserved']);
+      });
+
+      it('Redis\' clock decides the grace, and an entry out of step with its reservation is set right without holding up the shard', async () => {
+        // one owner: every token in one shard. 101 live reservations whose entries say "due long ago" (reserved by a
+        // version before the index, then the index written by hand), more than a page, ahead of one abandoned
+        const m = await mint(102);
+        const live = m.tokens.slice(0, 101);
+        const abandoned = m.tokens[101]!;
+        const leases = f.store.keys.leases(placeOfToken(hexOf(abandoned)).shard);
+        const ends = await Promise.all(live.map(async (t) => (await engine.reserve(t, 'h', 60_000)).token!.leaseExpiresAt!));
+        await f.redis.zadd(leases, ...live.flatMap((t) => [1, hexOf(t)]));
+        const gone = await engine.reserve(abandoned, 'h', 50);
+        await sleepUntil(gone.token!.leaseExpiresAt! + 30);
+        // within the grace by Redis' clock: not given back, though the entry says so
+        const ev = await mark();
+        await engine.lapse(60_000);
+        expect((await changes(ev)).filter((c) => m.tokens.includes(c[1]!))).toEqual([]);
+        expect(await state(live[0]!)).toBe('reserved');
+        expect((await counts(m.sat)).reserved).toBe(102);
+        // each live entry now carries its lease's end; the abandoned one, past the grace, is given back
+        expect(await Promise.all(live.map(leaseOf))).toEqual(ends);
+        expect((await engine.lapse(0)).given).toBeGreaterThanOrEqual(1);
+        expect((await changes(ev)).filter((c) => m.tokens.includes(c[1]!))).toEqual([['lapsed', abandoned, 'unredeemed']]);
+        expect((await counts(m.sat)).reserved).toBe(101);
+      });
+
+      it('gives back a reservation whose lease cannot be read, and sweeps every other shard when one fails', async () => {
+        const a = await mint(1);
+        const b = await mint(1, { user: `${uniq('user')}-b` });
+        const [ta, tb] = [a.tokens[0]!, b.tokens[0]!];
+        // not in one shard: a wrong-typed key breaks one shard only
+        expect(placeOfToken(hexOf(ta)).shard).not.toBe(placeOfToken(hexOf(tb)).shard);
+        const r = await engine.reserve(ta, 'h', 60_000);
+        const [sa, sb] = [placeOfToken(hexOf(ta)).shard, placeOfToken(hexOf(tb)).shard];
+        // a reservation record without its lease (a row restored with none)
+        await f.redis.hset(f.store.keys.reservations(sa), hexOf(ta).slice(4), `${r.token!.reservationId}\th\t`);
+        const held = await engine.reserve(tb, 'h', 50);
+        await sleepUntil(held.token!.leaseExpiresAt! + 30);
+        const broken = f.store.keys.leases(sb);
+        const saved = await f.redis.zrange(broken, 0, -1, 'WITHSCORES');
+        await f.redis.del(broken);
+        await f.redis.set(broken, 'not a sorted set');
+        try {
+          const out = await engine.lapse(0);
+          expect(out.failed.map((x) => x.shard)).toEqual([sb]);
+          expect(String(out.failed[0]!.error)).toMatch(/WRONGTYPE/);
+          expect(await state(ta)).toBe('unredeemed');
+        } finally {
+          await f.redis.del(broken);
+          if (saved.length) await f.redis.zadd(broken, ...saved.flatMap((v, i) => (i % 2 ? [] : [saved[i + 1]!, v])));
+        }
+        expect((await engine.lapse(0)).failed).toEqual([]);
+        expect(await state(tb)).toBe('unredeemed');
       });
 
       it('removes a lease entry no reservation stands behind, and reads past a page of them', async () => {
