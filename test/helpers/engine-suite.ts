@@ -136,6 +136,12 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
     const counts = async (sat: string) => countsOf(await engine.stats(), sat);
     const state = async (token: string) => (await engine.lookup(token))?.state;
     const listed = async (sat: string, user: string) => (await engine.listUnredeemed(sat, user)).map((t) => t.token);
+    /** the token's entry in its shard's lease index (lua/includes/codec.lua); whether it has a reservation record (1 or 0) */
+    const leaseOf = async (token: string) => {
+      const score = await f.redis.zscore(f.store.keys.leases(placeOfToken(hexOf(token)).shard), hexOf(token));
+      return score === null ? undefined : Number(score);
+    };
+    const recorded = (token: string) => f.redis.hexists(f.store.keys.reservations(placeOfToken(hexOf(token)).shard), hexOf(token).slice(4));
 
     /** `n` tokens for one fresh owner (satellite and user unique to the caller unless given). */
     async function mint(n = 1, o: { sat?: string; user?: string; campaignId?: string; expiresAt?: number } = {}) {
@@ -1004,11 +1010,6 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
     });
 
     describe('lapse (the sweep of abandoned reservations)', () => {
-      const leaseOf = async (token: string) => {
-        const score = await f.redis.zscore(f.store.keys.leases(placeOfToken(hexOf(token)).shard), hexOf(token));
-        return score === null ? undefined : Number(score);
-      };
-      const held = (token: string) => f.redis.hexists(f.store.keys.reservations(placeOfToken(hexOf(token)).shard), hexOf(token).slice(4));
 
       it('gives back a reservation whose lease ended over the grace ago: unredeemed, one lapsed event, counted, listed, its records gone', async () => {
         const m = await mint(4);
@@ -1042,7 +1043,7 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         const row = (await since(ev)).find((e) => e.row.token === gone)!.row;
         expect(row).toEqual({ token: gone, state: 'unredeemed', ownerSatelliteId: m.sat, ownerUserId: m.user, campaignId: m.campaignId, createdAt: row.createdAt });
         expect(await counts(m.sat)).toEqual({ ...NO_COUNTS, generated: 4, unredeemed: 2, reserved: 2 });
-        expect([await leaseOf(gone), await held(gone)]).toEqual([undefined, 0]);
+        expect([await leaseOf(gone), await recorded(gone)]).toEqual([undefined, 0]);
         expect(await state(gone)).toBe('unredeemed');
         expect((await listed(m.sat, m.user)).sort()).toEqual([gone, released].sort());
         // given back, it holds no reservation: late calls are refused as after a release, and anyone may take it
@@ -1330,9 +1331,7 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         );
         for (const t of [revoked, expired, lapsedHeld]) expect(await engine.lookup(t)).toBeUndefined();
         expect((await engine.release(lapsedHeld, 'any')).code).toBe('not_found');
-        const hex = lapsedHeld.replace(/-/g, '');
-        expect(await f.redis.hexists(f.store.keys.reservations(placeOfToken(hex).shard), hex.slice(4))).toBe(0);
-        expect(await f.redis.zscore(f.store.keys.leases(placeOfToken(hex).shard), hex)).toBeNull();
+        expect([await recorded(lapsedHeld), await leaseOf(lapsedHeld)]).toEqual([0, undefined]);
         expect((await engine.redeem(expired, 'r', 'late')).code).toBe('not_found');
         expect(await state(used)).toBe('redeemed');
         expect(await state(held)).toBe('reserved');
@@ -1531,10 +1530,7 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         }
         // no reservation record outlives its reservation (lua/includes/codec.lua: `:rs` holds live ones only)
         for (const { token } of gen.tokens) {
-          const hex = token.replace(/-/g, '');
-          const held = await f.redis.hexists(f.store.keys.reservations(placeOfToken(hex).shard), hex.slice(4));
-          expect(held, token).toBe(0);
-          expect(await f.redis.zscore(f.store.keys.leases(placeOfToken(hex).shard), hex), token).toBeNull();
+          expect([await recorded(token), await leaseOf(token)], token).toEqual([0, undefined]);
         }
       });
 
