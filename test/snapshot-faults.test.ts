@@ -7,7 +7,8 @@ import { dropPrefix, engineFixture, SHARED_REDIS_URL, testPrefix, type EngineFix
 import { privateRedis, testCluster, type RestartableRedis } from './helpers/http.js';
 import { pgProxy, testDatabase } from './helpers/pg.js';
 import { caughtUp, each, firstRoundDone, generateTokens, sleep, snapshotFixture } from './helpers/snapshot.js';
-import { openPostgres, readSnapshotStatus, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
+import { engineKeys, openPostgres, readLostShards, readSnapshotStatus, restoreFromPostgres, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
+import { startServer } from '../src/http/server.js';
 import type { WriterOptions } from '../src/snapshot/writer.js';
 import { snapshotMetrics } from '../src/snapshot/metrics.js';
 import { checkout } from '../src/snapshot/schema.js';
@@ -279,6 +280,10 @@ describe('snapshot writer under faults (real processes)', () => {
       copied: async (tokens: string[]) => Number((await pool.query('SELECT count(*) AS n FROM tokens WHERE token = ANY($1)', [tokens])).rows[0].n),
       poison: (shard: number) => snap.fx.redis.xadd(new Keys(prefix).events(shard), '*', 'type', 'redeemed', 'at', '1', 'row', ['not-a-uuid', 'redeemed', 'sat-p', 'x', 'c', '1', '', '', '', '', '', '', ''].join('\t')),
       start: async (opts: WriterOptions = {}) => (writer = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`), ...opts })),
+      async stopWriter() {
+        await writer?.stop();
+        writer = undefined;
+      },
       async close() {
         await writer?.stop();
         await pool.end();
@@ -475,6 +480,63 @@ describe('snapshot writer under faults (real processes)', () => {
       await caughtUp(snap.fx.redis, o.prefix);
       expect(await o.copied(tokens)).toBe(300);
     } finally {
+      await o.close();
+    }
+  });
+
+  // Redis emptied under a running deployment (a restart without persistence): /readyz said ready while every
+  // token answered 404 and the writer only logged a NOGROUP "if any" loss
+  it('Redis losing the tokens Postgres holds is found: the shards are recorded lost, logged, /readyz 503 naming them, until a restore', async () => {
+    const o = await ownWorld('lostdata');
+    const keys = new Keys(o.prefix);
+    const server = await startServer(loadConfig({ host: '127.0.0.1', port: 0, keyPrefix: o.prefix }, { REDIS_URL: SHARED_REDIS_URL }));
+    const readyz = async () => {
+      const r = await fetch(`http://127.0.0.1:${server.port}/readyz`);
+      return { status: r.status, body: (await r.json()) as { lostShards?: number[]; error?: string } };
+    };
+    try {
+      await o.start();
+      const tokens = await made(o.engine, users(40, 'u'));
+      await caughtUp(snap.fx.redis, o.prefix, o.pool, 40);
+      expect((await readyz()).status).toBe(200);
+      // a stream deleted by hand loses no token: no shard is lost
+      const stream = keys.events(placeOfToken(hexOf(tokens[0]!)).shard);
+      await snap.fx.redis.del(stream);
+      for (const end = Date.now() + 10_000; !o.lines.some((l) => l.includes('is gone')) && Date.now() < end; ) await sleep(50);
+      // recreated, then looked at in the same round
+      for (const end = Date.now() + 10_000; !(await snap.fx.redis.exists(stream)) && Date.now() < end; ) await sleep(50);
+      await sleep(300);
+      expect(await readLostShards(snap.fx.redis, o.prefix)).toEqual([]);
+
+      // every key of the prefix gone, as after a restart without persistence
+      const shards = [...new Set(tokens.map((t) => placeOfToken(hexOf(t)).shard))].sort((a, b) => a - b);
+      await dropPrefix(snap.fx.redis, o.prefix);
+      for (const end = Date.now() + 15_000; !o.lines.some((l) => l.includes('Redis lost the tokens')) && Date.now() < end; ) await sleep(50);
+      expect(o.lines.filter((l) => l.includes('Redis lost the tokens'))).toEqual([
+        `error: Redis lost the tokens of ${shards.length} shard(s) that Postgres holds (${shards.join(',')}): they answer 404, and /readyz answers 503 until they are restored (runbook "Redis lost its data": referral-manager restore --from-postgres --force)`,
+      ]);
+      expect((await snapshotMetrics.lostShards.get()).values[0]!.value).toBe(shards.length);
+      const down = await readyz();
+      expect([down.status, down.body.lostShards]).toEqual([503, shards]);
+      expect(down.body.error).toMatch(/Redis lost the tokens of shards .* restore them/);
+      // a token made meanwhile in a lost shard does not make it whole again
+      await made(o.engine, users(40, 'v'));
+      await sleep(200);
+      expect((await readyz()).status).toBe(503);
+
+      // the restore: writer stopped, every engine key replaced from Postgres
+      await o.stopWriter();
+      for (const k of await engineKeys(snap.fx.redis, o.prefix)) await snap.fx.redis.del(k);
+      await restoreFromPostgres(snap.fx.redis, o.pool, o.prefix);
+      expect((await readyz()).status).toBe(200);
+      expect((await o.engine.lookup(tokens[0]!))?.state).toBe('unredeemed');
+      await o.start();
+      const gauge = async () => (await snapshotMetrics.lostShards.get()).values[0]!.value;
+      for (const end = Date.now() + 10_000; (await gauge()) !== 0 && Date.now() < end; ) await sleep(50);
+      expect(await gauge()).toBe(0);
+      expect(await readLostShards(snap.fx.redis, o.prefix)).toEqual([]);
+    } finally {
+      await server.close();
       await o.close();
     }
   });

@@ -7,6 +7,7 @@ import { answerWithin, createRedis, logOutages, masters, redisErrorText, whenRea
 import { clusterFailures, clusterMasters, MASTER_PROBE_MS } from '../store/cluster-probe.js';
 import { readScript, SCRIPT_NAMES } from '../store/scripts.js';
 import { readSnapshotStatus } from '../snapshot/status.js';
+import { readLostShards } from '../snapshot/lost.js';
 import { TokenStore } from '../store/token-store.js';
 import { replicaShortfall } from '../store/replicas.js';
 import { evictingMasters } from '../store/eviction.js';
@@ -99,6 +100,11 @@ async function readiness(redis: RedisClient, prefix: string, probeMs: number, wa
     // a Redis restarted without persistence, or a replica just promoted, lacks them: loaded again here, and
     // ready once that succeeded (reported not ready, every instance's probe flapped at each failover)
     if (!loaded) await new TokenStore(redis, '').preload();
+    // Redis answers but lost tokens Postgres holds (src/snapshot/lost.ts): they would be answered 404, for good
+    const lost = await readLostShards(redis, prefix);
+    if (lost.length) {
+      return { ready: false, details: { redis: 'up', ...cluster, lostShards: lost, error: `Redis lost the tokens of shards ${lost.join(',')} that the Postgres snapshot holds (they answer 404): restore them (runbook "Redis lost its data")` } };
+    }
     return { ready: true, details: { redis: 'up', ...cluster, scripts: loaded ? 'loaded' : 'reloaded', snapshot: await readSnapshotStatus(redis, prefix) } };
   } catch (err) {
     return { ready: false, details: { redis: 'up', ...cluster, scripts: 'unknown', error: (err as Error).message } };

@@ -1,5 +1,6 @@
 export { startSnapshotWriter, type SnapshotWriter, type WriterOptions } from './writer.js';
 export { readSnapshotStatus, type SnapshotStatus } from './status.js';
+export { readLostShards } from './lost.js';
 export { reportLag, sampleLag, type Lag } from './lag.js';
 export { openPostgres, ensureDatabase, migrate } from './schema.js';
 export { restoreFromPostgres, RESTORE_LANES, anyKey, engineKeys } from './restore.js';

@@ -21,9 +21,14 @@ export const snapshotMetrics = {
     help: '1 while the writer holding the lease reaches Postgres, 0 while it retries; NaN in a process not holding the lease (it does not check)',
   }),
   leader: new client.Gauge({ name: 'rm_snapshot_leader', help: '1 while this process holds the single-writer lease' }),
+  lostShards: new client.Gauge({
+    name: 'rm_snapshot_redis_lost_shards',
+    help: 'Virtual shards (of 64) whose tokens Redis lost while Postgres holds them, as the lease holder last found (restore them from Postgres); NaN in a process not holding the lease',
+  }),
 };
 
 // each series present from the start at 0: increase() over one that first appears at 1 reads 0, so an alert on
 // the first lost entry never fired
 for (const where of ['postgres', 'redis', 'lost', 'lag', 'status']) snapshotMetrics.errors.inc({ where }, 0);
 snapshotMetrics.postgresUp.set(NaN);
+snapshotMetrics.lostShards.set(NaN);

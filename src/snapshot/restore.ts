@@ -42,6 +42,8 @@ export async function restoreFromPostgres(redis: RedisClient, pool: pg.Pool, pre
     const n = await restoreShard(redis, pool, keys, restore, shard);
     total += n;
   });
+  // every shard is whole again (src/snapshot/lost.ts)
+  await redis.del(keys.lostShards());
   return total;
 }
 

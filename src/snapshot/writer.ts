@@ -17,6 +17,7 @@ import { SatelliteCopy } from './satellites.js';
 import { checkout, cutConnections, openPostgres } from './schema.js';
 import { writeSnapshotStatus, type SnapshotStatus } from './status.js';
 import { ShardStreams } from './streams.js';
+import { findLostShards, readLostShards } from './lost.js';
 
 export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
 
@@ -79,11 +80,14 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const sleep = (ms: number) => sleepFor(ms, undefined, { signal: stopping.signal }).catch(() => undefined);
   let leader = false;
   // a process not holding the lease does not check Postgres: its postgres_up is unknown (NaN), not 0, which
-  // read as "Postgres down" on every standby and every serve with SNAPSHOT=false
+  // read as "Postgres down" on every standby and every serve with SNAPSHOT=false; so are the lost shards
   const lead = (v: boolean) => {
     leader = v;
     m.leader.set(v ? 1 : 0);
-    if (!v) m.postgresUp.set(NaN);
+    if (!v) {
+      m.postgresUp.set(NaN);
+      m.lostShards.set(NaN);
+    }
   };
   /** bumped each time the loop takes the lease anew (not a renewal) */
   let term = 0;
@@ -94,6 +98,10 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   let warned = false;
   let commits = 0;
   let lag = { events: 0, seconds: 0 };
+  /** shards whose data Redis may have lost are looked for (findLostShards): on taking the lease, and after a NOGROUP */
+  let lookForLoss = true;
+  /** the lost shards last said, so a loss is logged once, not at every lease taken */
+  let saidLost = 0;
 
   /** the refusals said since Postgres last took every lane's writes: each said once, also when lanes alternate */
   const refusals = new Set<string>();
@@ -212,6 +220,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         if (!was) {
           log('info', 'holding the snapshot lease; writing to Postgres');
           probeAt = 0;
+          lookForLoss = true;
         }
         // every pending entry is re-read on taking the lease and once a lease period after: the safety net
         // for a read that slipped through anyway (a pause between the renew and the read), whose entries
@@ -241,6 +250,13 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           m.postgresUp.set(1);
         }
         await streams.ensureGroups();
+        if (lookForLoss) {
+          const lost = await findLostShards(redis, db, config.keyPrefix, onPostgres);
+          m.lostShards.set(lost);
+          if (lost > saidLost) log('error', `Redis lost the tokens of ${lost} shard(s) that Postgres holds (${(await readLostShards(redis, config.keyPrefix)).join(',')}): they answer 404, and /readyz answers 503 until they are restored (runbook "Redis lost its data": referral-manager restore --from-postgres --force)`);
+          saidLost = lost;
+          lookForLoss = false;
+        }
         if (await satellites.due()) await onPostgres(() => satellites.write(db));
         if (await revoked.due()) await onPostgres(() => revoked.write(db));
         if (await campaigns.due()) await onPostgres(() => campaigns.write(db));
@@ -267,6 +283,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           m.errors.inc({ where: 'lost' });
           log('error', `an event stream or its consumer group is gone (${(err as Error).message}); recreating them. Changes it held that had not reached Postgres, if any, are lost: run \`referral-manager verify\`; \`verify --repair-tokens\` copies the tokens Redis still has (if Redis lost its data, tokens answer 404 and satellites 401: follow the runbook "Redis lost its data")`);
           streams.lostGroups();
+          lookForLoss = true;
         }
         await sleep(backoff);
         backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);

@@ -97,6 +97,10 @@ export class Keys {
   snapshotLease(): string {
     return `${this.prefix}:{snap}:lease`;
   }
+  /** Shards whose tokens Redis lost while Postgres holds them (src/snapshot/lost.ts): a set, until a restore. */
+  lostShards(): string {
+    return `${this.prefix}:{snap}:lost`;
+  }
   /** The first KEYS of the scripts that sweep a shard (revoke_sweep, purge, lapse), in their header order */
   shardKeys(shard: number): string[] {
     return [this.dict(shard), this.reservations(shard), this.redeemed(shard), this.stats(shard), this.events(shard), this.leases(shard)];
