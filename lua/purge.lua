@@ -28,9 +28,10 @@ if ARGV[2] ~= '' then
 end
 
 -- a reservation whose lease lapsed on an expired token: nothing can redeem, reserve or complete it any more
+-- (an unreadable lease counts as lapsed, as in load_token)
 local function lapsed(field)
-  local lease = string.match(redis.call('HGET', KEYS[2], field) or '', '^[^\t]*\t[^\t]*\t([^\t]*)')
-  return not lease or tonumber(lease) <= now
+  local lease = tonumber(string.match(redis.call('HGET', KEYS[2], field) or '', '^[^\t]*\t[^\t]*\t([^\t]*)') or '')
+  return not lease or lease <= now
 end
 
 return sweep_records(function(bucket, prefix, field, state, _, c, created, expires)

@@ -1354,6 +1354,22 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
       });
     });
 
+    describe('purge, a reservation whose lease cannot be read', () => {
+      it('counts it as lapsed, as every script does, instead of failing the shard\'s purge', async () => {
+        const campaignId = uniq('camp');
+        const soon = Date.now() + 1000;
+        const m = await mint(1, { campaignId, expiresAt: soon });
+        const [t] = m.tokens as [string];
+        const r = await engine.reserve(t, 'h', 60_000);
+        // a reservation record without its lease (a row restored with none)
+        await f.redis.hset(f.store.keys.reservations(placeOfToken(hexOf(t)).shard), hexOf(t).slice(4), `${r.token!.reservationId}\th\t`);
+        await sleepUntil(soon + 30);
+        expect(await engine.purge(Date.now(), campaignId)).toBe(1);
+        expect(await engine.lookup(t)).toBeUndefined();
+        expect([await recorded(t), await leaseOf(t)]).toEqual([0, undefined]);
+      });
+    });
+
     describe('lookup', () => {
       it('changes nothing, whatever the state', async () => {
         const m = await mint(5);
