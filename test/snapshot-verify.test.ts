@@ -1,12 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { loadConfig } from '../src/config.js';
-import { restoreFromPostgres, startSnapshotWriter, verify } from '../src/snapshot/index.js';
+import type pg from 'pg';
+import { loadConfig, type Config } from '../src/config.js';
+import { restoreFromPostgres, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { openPostgres } from '../src/snapshot/schema.js';
 import { Keys, placeOfToken, SHARDS } from '../src/store/keys.js';
 import { hexOf } from '../src/store/codec.js';
 import { caughtUp, snapshotFixture } from './helpers/snapshot.js';
 import { testDatabase } from './helpers/pg.js';
-import { dropPrefix, engineFixture, SHARED_REDIS_URL } from './helpers/redis.js';
+import { dropPrefix, engineFixture, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
 import { runCli } from './helpers/cli.js';
 
 describe('verify compares the stats counters too (real Redis, real Postgres)', () => {
@@ -47,21 +48,34 @@ describe('verify compares the stats counters too (real Redis, real Postgres)', (
   }, 60_000);
 });
 
+/** A prefix, a database and a writer of the test's own (`writer.now`: the one running), removed after `fn`. */
+async function ownSnapshot(label: string, fn: (w: { fx: EngineFixture; db: { url: string }; pool: pg.Pool; config: Config; writer: { now: SnapshotWriter } }) => Promise<void>): Promise<void> {
+  const fx = await engineFixture({ label });
+  const db = await testDatabase();
+  const pool = await openPostgres(db.url);
+  const config = loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url });
+  const writer = { now: await startSnapshotWriter(config, { log: () => {} }) };
+  try {
+    await fn({ fx, db, pool, config, writer });
+  } finally {
+    await writer.now.stop();
+    await pool.end();
+    await db.drop();
+    await dropPrefix(fx.redis, fx.prefix);
+    await fx.close();
+  }
+}
+
 describe('verify --repair-tokens (real Redis, real Postgres)', () => {
   // entries removed from a stream before the writer read them (an XDEL of an entry Postgres refused, an XTRIM
   // by hand) left Postgres without those changes for good: verify listed them, nothing could copy them again
   it('copies again the tokens Postgres lacks a change of, and leaves every difference Redis could have caused', async () => {
-    const fx = await engineFixture({ label: 'resync' });
-    const db = await testDatabase();
-    const pool = await openPostgres(db.url);
-    const config = loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url });
-    const keys = new Keys(fx.prefix);
-    let writer = await startSnapshotWriter(config, { log: () => {} });
-    try {
+    await ownSnapshot('resync', async ({ fx, db, pool, config, writer }) => {
+      const keys = new Keys(fx.prefix);
       const made = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'alice' }], perUser: 5 });
       const [redeemed, revoked, reserved, ahead, untouched] = made.tokens.map((t) => t.token) as [string, string, string, string, string];
       await caughtUp(fx.redis, fx.prefix, pool, 5);
-      await writer.stop();
+      await writer.now.stop();
       // changes whose entries go before any writer reads them
       expect((await fx.engine.redeem(redeemed, 'sat-b', 'bob')).code).toBe('ok');
       expect((await fx.engine.revokeToken(revoked)).code).toBe('ok');
@@ -79,7 +93,7 @@ describe('verify --repair-tokens (real Redis, real Postgres)', () => {
       const listed = (r: typeof first) => new Map(r.listed.filter((d) => d.kind !== 'stats').map((d) => [d.token, d.kind]));
       expect(listed(first)).toEqual(new Map([[redeemed, 'differs'], [revoked, 'differs'], [reserved, 'differs'], [ahead, 'differs'], [late, 'only_redis']]));
 
-      writer = await startSnapshotWriter(config, { log: () => {} });
+      writer.now = await startSnapshotWriter(config, { log: () => {} });
       await caughtUp(fx.redis, fx.prefix, pool);
       const second = await verify(fx.redis, pool, fx.prefix);
       expect(second.resynced).toBeUndefined();
@@ -93,13 +107,7 @@ describe('verify --repair-tokens (real Redis, real Postgres)', () => {
       // the history says what happened
       const history = await pool.query('SELECT type FROM token_events WHERE token = $1 ORDER BY ev_ms, ev_seq', [redeemed]);
       expect(history.rows.map((r) => r.type)).toEqual(['generated', 'resync']);
-    } finally {
-      await writer.stop();
-      await pool.end();
-      await db.drop();
-      await dropPrefix(fx.redis, fx.prefix);
-      await fx.close();
-    }
+    });
   }, 90_000);
 });
 
@@ -107,12 +115,8 @@ describe('verify --repair-leases (real Redis, real Postgres)', () => {
   // reservations made by a version before the lease index (or during a rolling upgrade) are not in it, and the
   // lapse sweep, which reads only the index, never gave them back; nothing reported them
   it('lists lease index entries out of step with the tokens, mends them, and the sweep then finds every abandoned reservation', async () => {
-    const fx = await engineFixture({ label: 'leases' });
-    const db = await testDatabase();
-    const pool = await openPostgres(db.url);
-    const keys = new Keys(fx.prefix);
-    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url }), { log: () => {} });
-    try {
+    await ownSnapshot('leases', async ({ fx, db, pool }) => {
+      const keys = new Keys(fx.prefix);
       const made = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'alice' }], perUser: 4 });
       const [unindexed, misplaced, stray, fine] = made.tokens.map((t) => t.token) as [string, string, string, string];
       const abandoned = await fx.engine.reserve(unindexed, 'sat-b', 50);
@@ -140,12 +144,6 @@ describe('verify --repair-leases (real Redis, real Postgres)', () => {
       // indexed, the abandoned one is given back; the ones whose lease holds stay
       expect((await fx.engine.lapse(0)).given).toBe(1);
       expect((await fx.engine.storedStates([unindexed, misplaced, stray, fine]))).toEqual(['unredeemed', 'reserved', 'unredeemed', 'reserved']);
-    } finally {
-      await writer.stop();
-      await pool.end();
-      await db.drop();
-      await dropPrefix(fx.redis, fx.prefix);
-      await fx.close();
-    }
+    });
   }, 90_000);
 });
