@@ -13,6 +13,8 @@
     <p>:{s}:rd          hash  token suffix -> "<redeemerSat>\t<redeemerUser>\t<redeemedAt>\t<reservationId>"
     <p>:{s}:stats       hash  "<satId>\t<state>" -> count (also "generated", and "purged": deleted by lua/purge.lua),
                               "x\t<ownerSat>\t<redeemerSat>" -> count
+    <p>:{s}:intact      string written by the snapshot writer and restore only: the shard's data is whole
+                              (src/snapshot/lost.ts); no script touches it
     <p>:{s}:ev          stream one entry per state change and per purged token: type, at, row (the row below, joined by tabs)
   States: u unredeemed, s reserved, r redeemed, x revoked.
 ]]

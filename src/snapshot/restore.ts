@@ -7,6 +7,7 @@ import { scanKeys } from '../store/key-walk.js';
 import { inLanes } from '../collections.js';
 import { GROUP } from './lag.js';
 import { pgShardRows } from './pg-rows.js';
+import { markRestored } from './lost.js';
 import type { TokenState } from '../store/model.js';
 
 /** Keys of the engine's virtual shards under `prefix` (numeric hash tags), across every master. */
@@ -42,8 +43,7 @@ export async function restoreFromPostgres(redis: RedisClient, pool: pg.Pool, pre
     const n = await restoreShard(redis, pool, keys, restore, shard);
     total += n;
   });
-  // every shard is whole again (src/snapshot/lost.ts)
-  await redis.del(keys.lostShards());
+  await markRestored(redis, prefix);
   return total;
 }
 

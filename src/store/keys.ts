@@ -101,6 +101,14 @@ export class Keys {
   lostShards(): string {
     return `${this.prefix}:{snap}:lost`;
   }
+  /** Shards whose stream or consumer group the snapshot writer had to create, not yet looked at (src/snapshot/lost.ts). */
+  suspectShards(): string {
+    return `${this.prefix}:{snap}:suspect`;
+  }
+  /** A shard's mark that its data is whole, written only by the lost-data check and restore (src/snapshot/lost.ts). */
+  intact(shard: number): string {
+    return `${this.tag(shard)}:intact`;
+  }
   /** The first KEYS of the scripts that sweep a shard (revoke_sweep, purge, lapse), in their header order */
   shardKeys(shard: number): string[] {
     return [this.dict(shard), this.reservations(shard), this.redeemed(shard), this.stats(shard), this.events(shard), this.leases(shard)];
