@@ -6,38 +6,48 @@ import { shardRange } from './rows.js';
 /**
  * Finds the shards whose tokens Redis lost (a restart without persistence, a master lost with its replicas)
  * while Postgres holds them: those tokens would answer 404 for good. Each shard carries a mark `<p>:{s}:intact`
- * that only this check and restore write, in the shard's slot, so it goes with the shard's data (a generate or
- * a campaign revoke recreates a dictionary, not the mark). A shard whose stream or consumer group the writer had
- * to create is a suspect (`<p>:{snap}:suspect`, added by the writer): without its mark and with tokens in Postgres
- * not purged, it is lost, and goes into `<p>:{snap}:lost`, which stays until a restore; otherwise it is
- * marked. A shard without a mark that is no suspect had its group all along: a deployment from before the
- * marks, marked now. Run by the writer holding the lease, on taking it and after creating groups. How many
- * shards the lost set holds.
+ * that only this check and restore write, in the shard's slot, so it goes with the shard's data (a generate or a
+ * campaign revoke recreates a dictionary, not the mark). An unmarked shard with tokens in Postgres not purged is
+ * lost and goes into `<p>:{snap}:lost`, which stays until a restore; an unmarked one without is marked. Postgres
+ * records (`shard_marks`) that the prefix's shards were marked once: before that, on the first run of a
+ * deployment from before the marks, an unmarked shard whose dictionary is in Redis is taken as whole and marked.
+ * Run by the writer holding the lease, on taking it and after a NOGROUP. How many shards the lost set holds.
  */
 export async function findLostShards(redis: RedisClient, pool: pg.Pool, prefix: string, onPostgres: <T>(step: () => Promise<T>) => Promise<T>): Promise<number> {
   const keys = new Keys(prefix);
-  const suspects = (await redis.smembers(keys.suspectShards())).map(Number);
   const marked = await Promise.all(Array.from({ length: SHARDS }, (_, s) => redis.exists(keys.intact(s))));
-  const mark = (s: number) => redis.set(keys.intact(s), String(Date.now()));
-  await Promise.all(marked.flatMap((m, s) => (m || suspects.includes(s) ? [] : [mark(s)])));
+  const unmarked = marked.flatMap((m, s) => (m ? [] : [s]));
+  if (!unmarked.length) return redis.scard(keys.lostShards());
+  const installed = (await onPostgres(() => pool.query('SELECT 1 FROM shard_marks WHERE prefix = $1', [prefix]))).rowCount! > 0;
   const lost: number[] = [];
-  for (const s of suspects) {
-    if (marked[s]) continue;
+  for (const s of unmarked) {
+    if (!installed && (await redis.exists(keys.dict(s)))) {
+      await markShards(redis, prefix, [s]);
+      continue;
+    }
     const r = await onPostgres(() => pool.query<{ held: boolean }>('SELECT EXISTS (SELECT 1 FROM tokens WHERE token BETWEEN $1 AND $2 AND purged_at IS NULL) AS held', shardRange(s)));
     if (r.rows[0]!.held) lost.push(s);
-    else await mark(s);
+    else await markShards(redis, prefix, [s]);
   }
   if (lost.length) await redis.sadd(keys.lostShards(), ...lost);
-  if (suspects.length) await redis.srem(keys.suspectShards(), ...suspects);
+  if (!installed) await onPostgres(() => recordMarks(pool, prefix));
   return redis.scard(keys.lostShards());
 }
 
-/** After a restore rebuilt every shard: all marked, none lost or suspect. */
-export async function markRestored(redis: RedisClient, prefix: string): Promise<void> {
+function markShards(redis: RedisClient, prefix: string, shards: number[]): Promise<unknown> {
   const keys = new Keys(prefix);
-  await Promise.all(Array.from({ length: SHARDS }, (_, s) => redis.set(keys.intact(s), String(Date.now()))));
-  await redis.del(keys.lostShards());
-  await redis.del(keys.suspectShards());
+  return Promise.all(shards.map((s) => redis.set(keys.intact(s), String(Date.now()))));
+}
+
+function recordMarks(pool: pg.Pool, prefix: string): Promise<unknown> {
+  return pool.query('INSERT INTO shard_marks (prefix, since) VALUES ($1, $2) ON CONFLICT (prefix) DO NOTHING', [prefix, Date.now()]);
+}
+
+/** After a restore rebuilt every shard: all marked, none lost. */
+export async function markRestored(redis: RedisClient, pool: pg.Pool, prefix: string): Promise<void> {
+  await markShards(redis, prefix, Array.from({ length: SHARDS }, (_, s) => s));
+  await redis.del(new Keys(prefix).lostShards());
+  await recordMarks(pool, prefix);
 }
 
 /** The shards `findLostShards` recorded, in order; none once a restore rebuilt them. */

@@ -43,7 +43,7 @@ export async function restoreFromPostgres(redis: RedisClient, pool: pg.Pool, pre
     const n = await restoreShard(redis, pool, keys, restore, shard);
     total += n;
   });
-  await markRestored(redis, prefix);
+  await markRestored(redis, pool, prefix);
   return total;
 }
 

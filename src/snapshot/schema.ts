@@ -117,6 +117,15 @@ export const MIGRATIONS: { version: number; name: string; sql: string }[] = [
       ON CONFLICT (id) DO NOTHING;
     `,
   },
+  {
+    version: 8,
+    name: 'shard_marks',
+    sql: `
+      -- the key prefixes whose shards carry their intact marks in Redis (src/snapshot/lost.ts): from then on a
+      -- shard without its mark lost its data; before, the first check marks the shards it finds in place
+      CREATE TABLE IF NOT EXISTS shard_marks (prefix text PRIMARY KEY, since bigint NOT NULL);
+    `,
+  },
 ];
 
 const LOCK_ID = 74_820_501;

@@ -21,8 +21,6 @@ export interface ReadResult {
 export class ShardStreams {
   private readonly pendingMode = new Array<boolean>(SHARDS).fill(true);
   private groupsReady = false;
-  /** shards whose group this writer created, not yet added to the suspects */
-  private unrecorded: number[] = [];
 
   constructor(
     private readonly redis: RedisClient,
@@ -32,32 +30,17 @@ export class ShardStreams {
     readonly perShard: number,
   ) {}
 
-  /**
-   * Creates every shard's stream and group once, and again after `lostGroups` (a Redis that lost its data). The
-   * shards whose group had to be created (none existed: a new deployment, or one that lost the shard) are added
-   * to the suspects of src/snapshot/lost.ts first; whether any was created.
-   */
-  async ensureGroups(): Promise<boolean> {
-    if (!this.groupsReady) {
-      const created = await Promise.all(
-        Array.from({ length: SHARDS }, (_, s) =>
-          this.redis.xgroup('CREATE', this.keys.events(s), GROUP, '0', 'MKSTREAM').then(
-            () => [s],
-            (err: Error) => {
-              if (!/BUSYGROUP/.test(err.message)) throw err;
-              return [];
-            },
-          ),
-        ),
-      );
-      // kept until recorded: a failed SADD is tried again next round, when the groups exist (BUSYGROUP)
-      this.unrecorded.push(...created.flat());
-      this.groupsReady = true;
-    }
-    if (!this.unrecorded.length) return false;
-    await this.redis.sadd(this.keys.suspectShards(), ...this.unrecorded);
-    this.unrecorded = [];
-    return true;
+  /** Creates every shard's stream and group once, and again after `lostGroups` (a Redis that lost its data). */
+  async ensureGroups(): Promise<void> {
+    if (this.groupsReady) return;
+    await Promise.all(
+      Array.from({ length: SHARDS }, (_, s) =>
+        this.redis.xgroup('CREATE', this.keys.events(s), GROUP, '0', 'MKSTREAM').catch((err: Error) => {
+          if (!/BUSYGROUP/.test(err.message)) throw err;
+        }),
+      ),
+    );
+    this.groupsReady = true;
   }
 
   lostGroups(): void {

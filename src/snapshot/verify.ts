@@ -158,7 +158,8 @@ async function leaseIndexGaps(redis: RedisClient, keys: Keys, shard: number, row
   const out: string[] = [];
   for (const [token, r] of rows) {
     if (r[1] !== 'reserved') continue;
-    if (indexed.get(token) !== r[9]) out.push(token);
+    // a lease that cannot be read is indexed at 0 (lua/restore.lua), as the scripts read it
+    if (indexed.get(token) !== (r[9] || '0')) out.push(token);
     indexed.delete(token);
   }
   return [...out, ...indexed.keys()];

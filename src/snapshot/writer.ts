@@ -98,7 +98,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   let warned = false;
   let commits = 0;
   let lag = { events: 0, seconds: 0 };
-  /** shards whose data Redis may have lost are looked for (findLostShards): on taking the lease, and after creating groups */
+  /** shards whose data Redis may have lost are looked for (findLostShards): on taking the lease, and after a NOGROUP */
   let lookForLoss = true;
   /** the lost shards last said, so a loss is logged once, not at every lease taken */
   let saidLost = 0;
@@ -249,7 +249,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           warned = false;
           m.postgresUp.set(1);
         }
-        if (await streams.ensureGroups()) lookForLoss = true;
+        await streams.ensureGroups();
         if (lookForLoss) {
           const lost = await findLostShards(redis, db, config.keyPrefix, onPostgres);
           m.lostShards.set(lost);
@@ -283,6 +283,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           m.errors.inc({ where: 'lost' });
           log('error', `an event stream or its consumer group is gone (${(err as Error).message}); recreating them. Changes it held that had not reached Postgres, if any, are lost: run \`referral-manager verify\`; \`verify --repair-tokens\` copies the tokens Redis still has (if Redis lost its data, tokens answer 404 and satellites 401: follow the runbook "Redis lost its data")`);
           streams.lostGroups();
+          lookForLoss = true;
         }
         await sleep(backoff);
         backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);

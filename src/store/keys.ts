@@ -101,10 +101,6 @@ export class Keys {
   lostShards(): string {
     return `${this.prefix}:{snap}:lost`;
   }
-  /** Shards whose stream or consumer group the snapshot writer had to create, not yet looked at (src/snapshot/lost.ts). */
-  suspectShards(): string {
-    return `${this.prefix}:{snap}:suspect`;
-  }
   /** A shard's mark that its data is whole, written only by the lost-data check and restore (src/snapshot/lost.ts). */
   intact(shard: number): string {
     return `${this.tag(shard)}:intact`;
