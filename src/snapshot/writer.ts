@@ -98,7 +98,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   let warned = false;
   let commits = 0;
   let lag = { events: 0, seconds: 0 };
-  /** shards whose data Redis may have lost are looked for (findLostShards): on taking the lease, and after a NOGROUP */
+  /** shards whose data Redis may have lost are looked for (findLostShards): on taking the lease (anew or again), and after a NOGROUP */
   let lookForLoss = true;
   /** the lost shards last said, so a loss is logged once, not at every lease taken */
   let saidLost = 0;
@@ -208,7 +208,11 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         const was = leader;
         const renewed = await lease.renew();
         lead(renewed || (await lease.acquire()));
-        if (leader && !renewed) term++;
+        if (leader && !renewed) {
+          term++;
+          // also a lease that lapsed and was taken again: its key went with whatever else Redis lost
+          lookForLoss = true;
+        }
         if (was && !renewed && leader) log('warn', LAPSED);
         if (!leader) {
           if (was) await sayLost();
@@ -220,7 +224,6 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         if (!was) {
           log('info', 'holding the snapshot lease; writing to Postgres');
           probeAt = 0;
-          lookForLoss = true;
         }
         // every pending entry is re-read on taking the lease and once a lease period after: the safety net
         // for a read that slipped through anyway (a pause between the renew and the read), whose entries
