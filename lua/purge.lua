@@ -27,19 +27,16 @@ if ARGV[2] ~= '' then
   if not camp then return { 'ok', 0, -1, '0' } end
 end
 
--- a reservation whose lease lapsed on an expired token: nothing can redeem, reserve or complete it any more
--- (an unreadable lease counts as lapsed, as in load_token)
-local function lapsed(field)
-  local lease = tonumber(string.match(redis.call('HGET', KEYS[2], field) or '', '^[^\t]*\t[^\t]*\t([^\t]*)') or '')
-  return not lease or lease <= now
-end
-
 return sweep_records(function(bucket, prefix, field, state, _, c, created, expires)
   if not (created < before and (not camp or c == camp)) then return false end
   local expired = expires and expires <= now
-  if not (state == 'x' or (state == 'u' and expired) or (state == 's' and expired and lapsed(field))) then return false end
+  if not (state == 'x' or ((state == 'u' or state == 's') and expired)) then return false end
+  -- a reservation whose lease lapsed on an expired token: nothing can redeem, reserve or complete it any more;
+  -- whether it lapsed is load_token's to say (an unreadable lease counts as lapsed there)
+  local t = state == 's' and load_token(bucket, KEYS[1], KEYS[2], KEYS[3], prefix .. field, now)
+  if t and not t.lapsed then return false end
   if not dry then
-    local t = load_token(bucket, KEYS[1], KEYS[2], KEYS[3], prefix .. field, now)
+    t = t or load_token(bucket, KEYS[1], KEYS[2], KEYS[3], prefix .. field, now)
     local row = reply('ok', t)
     redis.call('HDEL', bucket, field)
     if state == 's' then
