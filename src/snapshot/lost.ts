@@ -11,13 +11,13 @@ import { shardRange } from './rows.js';
  * lost and goes into `<p>:{snap}:lost`, which stays until a restore; an unmarked one without is marked. Postgres
  * records (`shard_marks`) that the prefix's shards were marked once: before that, on the first run of a
  * deployment from before the marks, an unmarked shard whose dictionary is in Redis is taken as whole and marked.
- * Run by the writer holding the lease, on taking it and after a NOGROUP. How many shards the lost set holds.
+ * Run by the writer holding the lease, on taking it and after a NOGROUP. The shards the lost set holds, in order.
  */
-export async function findLostShards(redis: RedisClient, pool: pg.Pool, prefix: string, onPostgres: <T>(step: () => Promise<T>) => Promise<T>): Promise<number> {
+export async function findLostShards(redis: RedisClient, pool: pg.Pool, prefix: string, onPostgres: <T>(step: () => Promise<T>) => Promise<T>): Promise<number[]> {
   const keys = new Keys(prefix);
   const marked = await Promise.all(Array.from({ length: SHARDS }, (_, s) => redis.exists(keys.intact(s))));
   const unmarked = marked.flatMap((m, s) => (m ? [] : [s]));
-  if (!unmarked.length) return redis.scard(keys.lostShards());
+  if (!unmarked.length) return readLostShards(redis, prefix);
   const installed = (await onPostgres(() => pool.query('SELECT 1 FROM shard_marks WHERE prefix = $1', [prefix]))).rowCount! > 0;
   const lost: number[] = [];
   for (const s of unmarked) {
@@ -31,7 +31,7 @@ export async function findLostShards(redis: RedisClient, pool: pg.Pool, prefix: 
   }
   if (lost.length) await redis.sadd(keys.lostShards(), ...lost);
   if (!installed) await onPostgres(() => recordMarks(pool, prefix));
-  return redis.scard(keys.lostShards());
+  return readLostShards(redis, prefix);
 }
 
 function markShards(redis: RedisClient, prefix: string, shards: number[]): Promise<unknown> {

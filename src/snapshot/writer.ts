@@ -17,7 +17,7 @@ import { SatelliteCopy } from './satellites.js';
 import { checkout, cutConnections, openPostgres } from './schema.js';
 import { writeSnapshotStatus, type SnapshotStatus } from './status.js';
 import { ShardStreams } from './streams.js';
-import { findLostShards, readLostShards } from './lost.js';
+import { findLostShards } from './lost.js';
 
 export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
 
@@ -255,9 +255,9 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         await streams.ensureGroups();
         if (lookForLoss) {
           const lost = await findLostShards(redis, db, config.keyPrefix, onPostgres);
-          m.lostShards.set(lost);
-          if (lost > saidLost) log('error', `Redis lost the tokens of ${lost} shard(s) that Postgres holds (${(await readLostShards(redis, config.keyPrefix)).join(',')}): they answer 404, and /readyz answers 503 until they are restored (runbook "Redis lost its data": referral-manager restore --from-postgres --force)`);
-          saidLost = lost;
+          m.lostShards.set(lost.length);
+          if (lost.length > saidLost) log('error', `Redis lost the tokens of ${lost.length} shard(s) that Postgres holds (${lost.join(',')}): they answer 404, and /readyz answers 503 until they are restored (runbook "Redis lost its data": referral-manager restore --from-postgres --force)`);
+          saidLost = lost.length;
           lookForLoss = false;
         }
         if (await satellites.due()) await onPostgres(() => satellites.write(db));
