@@ -25,6 +25,14 @@ export const snapshotMetrics = {
     name: 'rm_snapshot_redis_lost_shards',
     help: 'Virtual shards (of 64) whose tokens Redis lost while Postgres holds them, as the lease holder last found (restore them from Postgres); NaN in a process not holding the lease',
   }),
+  wentBack: new client.Counter({
+    name: 'rm_snapshot_redis_went_back_total',
+    help: 'Times a shard\'s event stream was found behind what the writer had read: Redis went back to an older copy of itself (an older RDB or AOF file, a lagging replica promoted)',
+  }),
+  changesLost: new client.Counter({
+    name: 'rm_snapshot_redis_lost_changes_total',
+    help: 'Changes Postgres holds that Redis lost when it went back in time: those tokens are back in their earlier state in Redis',
+  }),
 };
 
 // each series present from the start at 0: increase() over one that first appears at 1 reads 0, so an alert on

@@ -8,6 +8,7 @@ import { inLanes } from '../collections.js';
 import { GROUP } from './lag.js';
 import { pgShardRows } from './pg-rows.js';
 import { markRestored } from './lost.js';
+import { newestCommitted } from './positions.js';
 import type { TokenState } from '../store/model.js';
 
 /** Keys of the engine's virtual shards under `prefix` (numeric hash tags), across every master. */
@@ -71,13 +72,10 @@ async function restoreShard(redis: RedisClient, pool: pg.Pool, keys: Keys, resto
       n += Number(await restore(callKeys, args));
     }
   }
-  const top = await pool.query<{ ms: string; seq: string }>(
-    'SELECT ev_ms::text AS ms, ev_seq::text AS seq FROM token_events WHERE ev_shard = $1 ORDER BY ev_ms DESC, ev_seq DESC LIMIT 1',
-    [shard],
-  );
+  const top = (await newestCommitted(pool, [shard])).get(shard);
   const ev = keys.events(shard);
   await redis.del(ev);
   await redis.xgroup('CREATE', ev, GROUP, '0', 'MKSTREAM');
-  if (top.rows[0]) await redis.xsetid(ev, `${top.rows[0].ms}-${top.rows[0].seq}`);
+  if (top) await redis.xsetid(ev, top);
   return n;
 }

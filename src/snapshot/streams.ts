@@ -2,7 +2,7 @@ import { pushTo } from '../collections.js';
 import { SHARDS, type Keys } from '../store/keys.js';
 import type { RedisClient } from '../store/redis.js';
 import { compareIds, parseEntry, type StreamEvent } from './events.js';
-import { GROUP } from './lag.js';
+import { GROUP, snapshotGroup } from './lag.js';
 
 type XReadReply = [string, [string, string[] | null][]][] | null;
 
@@ -15,12 +15,34 @@ export interface ReadResult {
 }
 
 /**
+ * A shard whose group had delivered `read` (to this process, or per Postgres) but now stands at `group`: Redis
+ * went back to an older copy of itself (restarted from an older RDB or AOF file, or a replica that lagged was
+ * promoted). `kept` is the newest entry up to `read` it still holds: the changes after it, up to `read`, are
+ * gone from Redis (Postgres holds those it committed).
+ */
+export interface WentBack {
+  shard: number;
+  group: string;
+  kept: string;
+  read: string;
+}
+
+const newer = (a: string, b: string) => (!a || (b && compareIds(b, a) > 0) ? b : a);
+
+/**
  * The writer's side of the shards' event streams: the consumer group, reads, acks and trims. A shard
  * re-reads its pending entries (id 0) after a start (`rereadAll`) or its lane's failure (`reread`), then reads new ones ('>').
  */
 export class ShardStreams {
   private readonly pendingMode = new Array<boolean>(SHARDS).fill(true);
   private groupsReady = false;
+  /**
+   * Per shard, the newest entry its group is known to have delivered ('' unknown): by this process' reads,
+   * by the group itself, or by what Postgres holds (every committed entry was delivered first). Only reads
+   * move a group forward, so a group found behind it went back with Redis; the writer's own next read
+   * would move it forward again and hide that, so every read of new entries asks the group first.
+   */
+  private readonly delivered = new Array<string>(SHARDS).fill('');
 
   constructor(
     private readonly redis: RedisClient,
@@ -28,6 +50,8 @@ export class ShardStreams {
     private readonly consumer: string,
     /** entries read per shard and call */
     readonly perShard: number,
+    /** told at once (a read whose result is dropped, a prefetch, must not take it along) */
+    private readonly onWentBack: (w: WentBack) => void,
   ) {}
 
   /** Creates every shard's stream and group once, and again after `lostGroups` (a Redis that lost its data). */
@@ -62,17 +86,27 @@ export class ShardStreams {
     return shards.some((s) => this.pendingMode[s]);
   }
 
+  /** Ids of the newest events Postgres holds per shard: delivered by the group before they were committed. */
+  knowCommitted(newest: Map<number, string>): void {
+    for (const [s, id] of newest) this.delivered[s] = newer(this.delivered[s]!, id);
+  }
+
   async read(shards: number[]): Promise<ReadResult> {
     const events: StreamEvent[] = [];
     const empty = new Map<number, string[]>();
     const drained: number[] = [];
     const modes = shards.map((s) => this.pendingMode[s]);
     const replies = await Promise.all(
-      shards.map(
-        (s, i) => this.redis.xreadgroup('GROUP', GROUP, this.consumer, 'COUNT', this.perShard, 'STREAMS', this.keys.events(s), modes[i] ? '0' : '>') as Promise<XReadReply>,
-      ),
+      shards.map(async (s, i) => {
+        const key = this.keys.events(s);
+        // sent first on the same connection: the group as it stood before this read moves it
+        const group = modes[i] ? undefined : (this.redis.xinfo('GROUPS', key) as Promise<unknown[][]>);
+        group?.catch(() => {}); // a stream gone fails the read too (NOGROUP), which is what is reported
+        const reply = (await this.redis.xreadgroup('GROUP', GROUP, this.consumer, 'COUNT', this.perShard, 'STREAMS', key, modes[i] ? '0' : '>')) as XReadReply;
+        return { reply, at: group && String(snapshotGroup(await group)?.['last-delivered-id'] ?? '') };
+      }),
     );
-    replies.forEach((reply, i) => {
+    for (const [i, { reply, at }] of replies.entries()) {
       const s = shards[i]!;
       const entries = reply?.[0]?.[1] ?? [];
       if (modes[i] && entries.length === 0) drained.push(s);
@@ -81,8 +115,24 @@ export class ShardStreams {
         if (e) events.push(e);
         else pushTo(empty, s, id);
       }
-    });
+      if (at === undefined) continue;
+      const known = this.delivered[s]!;
+      // a group at 0-0 never delivered anything: one made anew (a stream lost, a restore), not one gone back
+      if (known && at && at !== '0-0' && compareIds(at, known) < 0) {
+        // not failing the read over it: its entries are delivered now, and the group moved past the evidence
+        const kept = await this.newestUpTo(s, known, at).catch(() => at);
+        this.delivered[s] = '';
+        this.onWentBack({ shard: s, group: at, kept, read: known });
+      }
+      this.delivered[s] = newer(newer(this.delivered[s]!, at), entries.at(-1)?.[0] ?? '');
+    }
     return { events, empty, drained };
+  }
+
+  /** The newest entry of shard `s`'s stream up to `upTo`, or `floor` when none is newer than it. */
+  private async newestUpTo(s: number, upTo: string, floor: string): Promise<string> {
+    const [last] = (await this.redis.xrevrange(this.keys.events(s), upTo, `(${floor}`, 'COUNT', 1)) as [string, string[]][];
+    return last?.[0] ?? floor;
   }
 
   /** A read result is being used: its drained shards read new entries from now on. */

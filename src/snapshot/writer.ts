@@ -16,7 +16,8 @@ import { RevocationCopy } from './revoked.js';
 import { SatelliteCopy } from './satellites.js';
 import { checkout, cutConnections, openPostgres } from './schema.js';
 import { writeSnapshotStatus, type SnapshotStatus } from './status.js';
-import { ShardStreams } from './streams.js';
+import { ShardStreams, type WentBack } from './streams.js';
+import { committedBetween, newestCommitted } from './positions.js';
 import { findLostShards } from './lost.js';
 
 export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
@@ -69,7 +70,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const keys = new Keys(config.keyPrefix);
   // named by host and pid, so a writer that lost the lease can say to whom
   const lease = new Lease(redis, keys.snapshotLease(), opts.leaseMs ?? 10_000, `${hostname()} pid ${process.pid}`);
-  const streams = new ShardStreams(redis, keys, consumer, Math.max(1, Math.ceil(config.snapshotBatch / 8)));
+  const streams = new ShardStreams(redis, keys, consumer, Math.max(1, Math.ceil(config.snapshotBatch / 8)), (w) => void sayWentBack(w));
   const satellites = new SatelliteCopy(redis, config.keyPrefix);
   const campaigns = new CampaignCopy(redis, config.keyPrefix);
   const revoked = new RevocationCopy(redis, config.keyPrefix);
@@ -135,6 +136,26 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     if (now?.mine) return;
     if (now === undefined) log('warn', LAPSED);
     else log('warn', now === null ? 'lost the snapshot lease; not writing until it is taken again' : `lost the snapshot lease to the writer of ${now.owner}; it writes to Postgres now`);
+  }
+
+  /**
+   * A shard found gone back (ShardStreams): said once, with what Postgres holds of the changes Redis lost. No
+   * /readyz 503: the other tokens still work, and a failover losing the last milliseconds would otherwise take
+   * every instance out until someone acts. Not fixed here either: a lost redemption may have been redeemed
+   * again since by another user, which only the satellites can settle.
+   */
+  async function sayWentBack(w: WentBack): Promise<void> {
+    m.wentBack.inc();
+    const where = `Redis went back in time on shard ${w.shard} (restarted from an older RDB or AOF file, or a replica that lagged was promoted): its event stream's group stood at ${w.group}, the writer had read up to ${w.read}`;
+    // the group went back, but not the stream: a replica that had every change, not yet every read of them
+    if (w.kept === w.read) return log('warn', `${where}; Redis still holds every change the writer read, so none is lost`);
+    let lost = 'Postgres did not say how many of the changes after it Redis lost';
+    if (pool) {
+      const c = await committedBetween(pool, w.shard, w.kept, w.read).catch(() => undefined);
+      if (c) m.changesLost.inc(c.events);
+      if (c) lost = `Postgres holds ${c.events} change(s) of ${c.tokens} token(s) after ${w.kept} that Redis lost`;
+    }
+    log('error', `${where}; ${lost}. Those tokens are in their earlier state in Redis (a lost redemption can be redeemed again): run \`referral-manager verify\` and see the runbook "Redis went back in time"`);
   }
 
   // the failures onPostgres counted already; any other failure of a round is Redis' (or a bug) and counted once
@@ -254,6 +275,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         }
         await streams.ensureGroups();
         if (lookForLoss) {
+          // before any new entry is read in this term: a Redis that went back before this process started is found too
+          streams.knowCommitted(await onPostgres(() => newestCommitted(db, Array.from({ length: SHARDS }, (_, s) => s))));
           const lost = await findLostShards(redis, db, config.keyPrefix, onPostgres);
           m.lostShards.set(lost.length);
           if (lost.length > saidLost) log('error', `Redis lost the tokens of ${lost.length} shard(s) that Postgres holds (${lost.join(',')}): they answer 404, and /readyz answers 503 until they are restored (runbook "Redis lost its data": referral-manager restore --from-postgres --force)`);
