@@ -100,10 +100,12 @@ export class ShardStreams {
       shards.map(async (s, i) => {
         const key = this.keys.events(s);
         // sent first on the same connection: the group as it stood before this read moves it
-        const group = modes[i] ? undefined : (this.redis.xinfo('GROUPS', key) as Promise<unknown[][]>);
-        group?.catch(() => {}); // a stream gone fails the read too (NOGROUP), which is what is reported
+        // ('' when it cannot say: a stream gone fails the read itself, NOGROUP, which is what is reported)
+        const group = modes[i]
+          ? undefined
+          : (this.redis.xinfo('GROUPS', key) as Promise<unknown[][]>).then((g) => String(snapshotGroup(g)?.['last-delivered-id'] ?? ''), () => '');
         const reply = (await this.redis.xreadgroup('GROUP', GROUP, this.consumer, 'COUNT', this.perShard, 'STREAMS', key, modes[i] ? '0' : '>')) as XReadReply;
-        return { reply, at: group && String(snapshotGroup(await group)?.['last-delivered-id'] ?? '') };
+        return { reply, at: await group };
       }),
     );
     for (const [i, { reply, at }] of replies.entries()) {
