@@ -9,7 +9,9 @@
     campaign, createdAt, expiresAt, reservationId, reservedBy, leaseExpiresAt,
     redeemerSatelliteId, redeemerUserId, redeemedAt
     (one argument a token, not 15: the client's cost is per argument, and it was most of a restore's CPU)
-  Reply: number of tokens written (purged ones not included).
+  A token already in the bucket is left as it is (verify --repair-redis brings back tokens a live Redis lost,
+  while satellites may change others).
+  Reply: number of tokens written (purged ones and those already there not included).
 ]]
 --- @include "codec"
 
@@ -25,14 +27,15 @@ for a = 1, #ARGV do
   local v = split_tab(ARGV[a])
   local bucket, hint, sat, user, hex, state = KEYS[tonumber(v[1])], v[2], v[3], v[4], v[5], v[6]
   local campaign = v[7]
-  count(sat .. '\tgenerated')
+  local suffix = string.sub(hex, 5)
   if state == 'p' then
+    count(sat .. '\tgenerated')
     count(sat .. '\tpurged')
-  else
+  elseif redis.call('HEXISTS', bucket, suffix) == 0 then
+    count(sat .. '\tgenerated')
     sats[sat] = sats[sat] or intern(dict, 's', sat)
     camps[campaign] = camps[campaign] or intern(dict, 'c', campaign)
     local ref = find_owner(bucket, sats[sat] .. ':' .. user, hint, true)
-    local suffix = string.sub(hex, 5)
     redis.call('HSET', bucket, suffix, fmt_rec(state, ref, camps[campaign], v[8], v[9]))
     if state == 's' then
       redis.call('HSET', rs, suffix, v[10] .. '\t' .. v[11] .. '\t' .. v[12])

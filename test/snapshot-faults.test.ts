@@ -1029,6 +1029,38 @@ describe('snapshot writer under faults (real processes)', () => {
       }, RDB);
     }, 90_000);
 
+    it('verify --repair-redis gives Redis back the redemptions and tokens it lost; a redemption made again since stands', async () => {
+      await onAofRedis('rdbfix', async (w) => {
+        const tokens = await saveThenRedeem(w);
+        const late = await generateTokens(w.own.engine, 50, 'sat-late');
+        await caughtUp(w.own.redis, w.own.prefix, w.pool, 1250);
+        await w.server.stop('SIGKILL');
+        await w.server.start();
+        expect(await w.own.engine.lookup(late[0]!)).toBeUndefined();
+        expect((await w.own.engine.redeem(tokens[0]!, 'sat-c', 'second')).code).toBe('ok');
+        await caughtUp(w.own.redis, w.own.prefix, w.pool, 1251);
+        const env = { ...process.env, REDIS_URL: w.server.url, KEY_PREFIX: w.own.prefix, DATABASE_URL: w.config.databaseUrl };
+        const run = await new Promise<{ code: number | null; out: string }>((resolve) => {
+          const c = spawn(process.execPath, [MAIN, 'verify', '--repair-redis', '--max', '0'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+          let out = '';
+          c.stdout.on('data', (d: Buffer) => (out += d));
+          c.stderr.on('data', (d: Buffer) => (out += d));
+          c.once('exit', (code) => resolve({ code, out }));
+        });
+        // 199 redemptions (the 200th was made again, and Postgres holds that one now) and 50 tokens
+        expect(run.out).toMatch(/gave 249 tokens in Redis back what Postgres holds of them/);
+        expect(run.code).toBe(1); // the differences it found before mending them
+        const again = await w.own.engine.redeem(tokens[1]!, 'sat-c', 'third');
+        expect(again.code).toBe('already_redeemed');
+        expect(again.token).toMatchObject({ redeemerSatelliteId: 'sat-b', redeemerUserId: 'first1' });
+        expect((await w.own.engine.redeem(tokens[0]!, 'sat-c', 'second')).code).toBe('ok');
+        expect((await w.own.engine.redeem(late[0]!, 'sat-c', 'fourth')).code).toBe('ok');
+        await caughtUp(w.own.redis, w.own.prefix, w.pool, 1251 + 199 + 1);
+        expect((await verify(w.own.redis, w.pool, w.own.prefix)).differences).toBe(0);
+        expect(Number((await w.pool.query("SELECT count(*) AS n FROM token_events WHERE type = 'reapplied'")).rows[0].n)).toBe(199);
+      }, RDB);
+    }, 90_000);
+
     it('found by a writer started after the restart, though new changes moved the streams past what Postgres holds', async () => {
       await onAofRedis('rdbboot', async (w) => {
         const tokens = await saveThenRedeem(w);

@@ -50,32 +50,40 @@ export async function restoreFromPostgres(redis: RedisClient, pool: pg.Pool, pre
 
 async function restoreShard(redis: RedisClient, pool: pg.Pool, keys: Keys, restore: ScriptFn, shard: number): Promise<number> {
   let n = 0;
-  for await (const page of pgShardRows(pool, shard)) {
-    for (let i = 0; i < page.length; i += CHUNK) {
-      const callKeys = [keys.dict(shard), keys.stats(shard), keys.reservations(shard), keys.redeemed(shard), keys.leases(shard)];
-      const bucketIndex = new Map<number, number>();
-      const args: string[] = [];
-      for (const r of page.slice(i, i + CHUNK)) {
-        const hex = hexOf(r[0]!);
-        const { bucket } = placeOfToken(hex);
-        let idx = bucketIndex.get(bucket);
-        if (idx === undefined) {
-          callKeys.push(keys.bucket(shard, bucket));
-          idx = callKeys.length;
-          bucketIndex.set(bucket, idx);
-        }
-        const owner = placeOfOwner(r[2]!, r[3]!);
-        // one tab-joined argument a token (lua/restore.lua)
-        const state = r[13] === 'purged' ? 'p' : (STATE_LETTER[r[1] as TokenState] ?? 'u');
-        args.push(`${idx}\t${owner.refHint}\t${r[2]}\t${r[3]}\t${hex}\t${state}\t${r.slice(4, 13).join('\t')}`);
-      }
-      n += Number(await restore(callKeys, args));
-    }
-  }
+  for await (const page of pgShardRows(pool, shard)) n += await restoreRows(keys, restore, shard, page);
   const top = (await newestCommitted(pool, [shard])).get(shard);
   const ev = keys.events(shard);
   await redis.del(ev);
   await redis.xgroup('CREATE', ev, GROUP, '0', 'MKSTREAM');
   if (top) await redis.xsetid(ev, top);
+  return n;
+}
+
+/**
+ * Writes Postgres rows (pgShardRows) of one shard into Redis (lua/restore.lua), CHUNK a call; a token already
+ * there is left as it is. How many were written.
+ */
+export async function restoreRows(keys: Keys, restore: ScriptFn, shard: number, rows: string[][]): Promise<number> {
+  let n = 0;
+  for (let i = 0; i < rows.length; i += CHUNK) {
+    const callKeys = [keys.dict(shard), keys.stats(shard), keys.reservations(shard), keys.redeemed(shard), keys.leases(shard)];
+    const bucketIndex = new Map<number, number>();
+    const args: string[] = [];
+    for (const r of rows.slice(i, i + CHUNK)) {
+      const hex = hexOf(r[0]!);
+      const { bucket } = placeOfToken(hex);
+      let idx = bucketIndex.get(bucket);
+      if (idx === undefined) {
+        callKeys.push(keys.bucket(shard, bucket));
+        idx = callKeys.length;
+        bucketIndex.set(bucket, idx);
+      }
+      const owner = placeOfOwner(r[2]!, r[3]!);
+      // one tab-joined argument a token (lua/restore.lua)
+      const state = r[13] === 'purged' ? 'p' : (STATE_LETTER[r[1] as TokenState] ?? 'u');
+      args.push(`${idx}\t${owner.refHint}\t${r[2]}\t${r[3]}\t${hex}\t${state}\t${r.slice(4, 13).join('\t')}`);
+    }
+    n += Number(await restore(callKeys, args));
+  }
   return n;
 }

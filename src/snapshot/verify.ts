@@ -12,6 +12,7 @@ import { readShardRows, type Row } from './rows.js';
 import { pgRevoked, readRevoked, revocationGaps } from './revoked.js';
 import { pgSatellites } from './satellites.js';
 import { resyncTokens } from './resync.js';
+import { reapplyRows } from './reapply.js';
 
 export interface Difference {
   /**
@@ -54,6 +55,8 @@ export interface VerifyReport {
   resynced?: number;
   /** with `repairLeases`: lease index entries written or removed */
   leasesRepaired?: number;
+  /** with `repairRedis`: tokens given back in Redis the state or the row Postgres holds (`reapplyRows`) */
+  reapplied?: number;
 }
 
 export interface VerifyOptions {
@@ -72,6 +75,13 @@ export interface VerifyOptions {
    * made since the comparison is not undone. Reservations made by a version before the index need it once.
    */
   repairLeases?: boolean;
+  /**
+   * Give Redis back the changes only a Redis that went back in time explains (runbook "Redis went back in
+   * time"): a token Postgres holds redeemed or revoked (states a token never leaves) where Redis holds it open
+   * gets Postgres' state, and a token Postgres holds (not purged) that Redis lacks is written back; each only
+   * if Redis still holds it so as its script runs. Every other difference is only listed.
+   */
+  repairRedis?: boolean;
 }
 
 const FINAL = new Set(['redeemed', 'revoked']);
@@ -92,12 +102,13 @@ function count(counters: Map<string, number>, p: Row): void {
  * counters with the counts of its Postgres rows (a counter at 0 and an absent one are the same), as
  * `stats` and every other reader of the counters would be wrong with every token right.
  */
-export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, { maxListed = 100, repairTokens = false, repairLeases = false }: VerifyOptions = {}): Promise<VerifyReport> {
+export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, { maxListed = 100, repairTokens = false, repairLeases = false, repairRedis = false }: VerifyOptions = {}): Promise<VerifyReport> {
   const keys = new Keys(prefix);
   const report: VerifyReport = { tokens: 0, satellites: 0, campaigns: 0, revokedCampaigns: 0, differences: 0, listed: [] };
   if (repairTokens) report.resynced = 0;
   const store = repairLeases ? new TokenStore(redis, prefix) : undefined;
   if (store) report.leasesRepaired = 0;
+  if (repairRedis) report.reapplied = 0;
   const note = (d: Difference) => {
     report.differences++;
     if (report.listed.length < maxListed) report.listed.push(d);
@@ -110,6 +121,8 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
     if (store && unindexed.length) report.leasesRepaired! += await store.reindexLeases(unindexed.map(hexOf));
     const counters = new Map<string, number>();
     const behind: string[] = [];
+    const lostFinal: Row[] = [];
+    const lostRows: Row[] = [];
     for await (const page of pgShardRows(pool, shard)) {
       for (const p of page) {
         count(counters, p);
@@ -121,16 +134,19 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
         }
         if (!r) {
           note({ token: p[0]!, kind: 'only_postgres' });
+          lostRows.push(p);
           continue;
         }
         inRedis.delete(p[0]!);
         const fields = EXPORT_FIELDS.flatMap((field, i) => (r[i] === p[i] ? [] : [{ field, redis: r[i]!, postgres: p[i]! }]));
         if (fields.length) note({ token: p[0]!, kind: 'differs', fields });
         if (fields.length && FINAL.has(r[1]!) && OPEN.has(p[1]!)) behind.push(p[0]!);
+        if (fields.length && OPEN.has(r[1]!) && FINAL.has(p[1]!)) lostFinal.push(p);
       }
     }
     for (const token of inRedis.keys()) note({ token, kind: 'only_redis' });
     if (repairTokens) report.resynced! += await resyncTokens(redis, prefix, shard, [...behind, ...inRedis.keys()]);
+    if (repairRedis) report.reapplied! += await reapplyRows(redis, prefix, shard, lostFinal, lostRows);
     // a counter at 0 is the same as an absent one
     const stats = Object.entries(await redis.hgetall(keys.stats(shard))).filter(([, v]) => Number(v) !== 0);
     const rows = [...counters].map(([field, n]) => [field, String(n)]);

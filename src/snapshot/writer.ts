@@ -155,7 +155,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       if (c) m.changesLost.inc(c.events);
       if (c) lost = `Postgres holds ${c.events} change(s) of ${c.tokens} token(s) after ${w.kept} that Redis lost`;
     }
-    log('error', `${where}; ${lost}. Those tokens are in their earlier state in Redis (a lost redemption can be redeemed again): run \`referral-manager verify\` and see the runbook "Redis went back in time"`);
+    log('error', `${where}; ${lost}. Those tokens are in their earlier state in Redis (a lost redemption can be redeemed again): once the snapshot has caught up, \`referral-manager verify --repair-redis\` gives them back what Postgres holds (runbook "Redis went back in time")`);
   }
 
   // the failures onPostgres counted already; any other failure of a round is Redis' (or a bug) and counted once
