@@ -43,7 +43,7 @@ export async function sampleLag(redis: RedisClient, prefix: string): Promise<Lag
         if (/no such key/i.test((err as Error).message)) return;
         throw err;
       }
-      const g = snapshotGroup(groups);
+      const g = groups.map((arr) => toObj(arr)).find((x) => x.name === GROUP);
       if (!g) {
         const len = await redis.xlen(key);
         if (len > 0) {
@@ -124,11 +124,6 @@ export function reportLag(redis: RedisClient, prefix: string, ms = 1000, onSampl
       await loop.stop();
     },
   };
-}
-
-/** The snapshot group's record in an XINFO GROUPS reply. */
-export function snapshotGroup(groups: unknown[][]): Record<string, unknown> | undefined {
-  return groups.map((arr) => toObj(arr)).find((x) => x.name === GROUP);
 }
 
 function toObj(arr: unknown[]): Record<string, unknown> {

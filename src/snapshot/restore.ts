@@ -31,8 +31,9 @@ export const RESTORE_LANES = 4;
 
 /**
  * Rebuilds the engine's keys from Postgres, RESTORE_LANES shards at a time. Writes no events (the rows are
- * history already); each shard's stream is created empty with the snapshot group, and its last id is set
- * to the newest position Postgres holds, so new events always sort after the restored rows.
+ * history already); each shard's stream is created empty with the snapshot group, and its last id and the
+ * group's position are set to the newest position Postgres holds, so new events always sort after the
+ * restored rows.
  */
 export async function restoreFromPostgres(redis: RedisClient, pool: pg.Pool, prefix: string): Promise<number> {
   const keys = new Keys(prefix);
@@ -55,7 +56,12 @@ async function restoreShard(redis: RedisClient, pool: pg.Pool, keys: Keys, resto
   const ev = keys.events(shard);
   await redis.del(ev);
   await redis.xgroup('CREATE', ev, GROUP, '0', 'MKSTREAM');
-  if (top) await redis.xsetid(ev, top);
+  if (top) {
+    await redis.xsetid(ev, top);
+    // the group stands where Postgres does, not at 0-0 (the writer does not judge a group that never read):
+    // a Redis that goes back to a copy made after this restore is found like any other
+    await redis.xgroup('SETID', ev, GROUP, top, 'ENTRIESREAD', 0);
+  }
   return n;
 }
 

@@ -2,9 +2,12 @@ import { pushTo } from '../collections.js';
 import { SHARDS, type Keys } from '../store/keys.js';
 import type { RedisClient } from '../store/redis.js';
 import { compareIds, parseEntry, type StreamEvent } from './events.js';
-import { GROUP, snapshotGroup } from './lag.js';
+import { defineScripts, type ScriptFn } from '../store/scripts.js';
+import { GROUP } from './lag.js';
 
-type XReadReply = [string, [string, string[] | null][]][] | null;
+/** a stream entry as XREADGROUP gives it: fields null when it was trimmed while pending */
+type Entry = [string, string[] | null];
+type XReadReply = [string, Entry[]][] | null;
 
 export interface ReadResult {
   events: StreamEvent[];
@@ -43,6 +46,8 @@ export class ShardStreams {
    * would move it forward again and hide that, so every read of new entries asks the group first.
    */
   private readonly delivered = new Array<string>(SHARDS).fill('');
+  /** lua/read_new.lua */
+  private readonly readNew: ScriptFn;
 
   constructor(
     private readonly redis: RedisClient,
@@ -52,7 +57,9 @@ export class ShardStreams {
     readonly perShard: number,
     /** told at once (a read whose result is dropped, a prefetch, must not take it along) */
     private readonly onWentBack: (w: WentBack) => void,
-  ) {}
+  ) {
+    this.readNew = defineScripts(redis, ['read_new']).read_new;
+  }
 
   /** Creates every shard's stream and group once, and again after `lostGroups` (a Redis that lost its data). */
   async ensureGroups(): Promise<void> {
@@ -99,18 +106,16 @@ export class ShardStreams {
     const replies = await Promise.all(
       shards.map(async (s, i) => {
         const key = this.keys.events(s);
-        // sent first on the same connection: the group as it stood before this read moves it
-        // ('' when it cannot say: a stream gone fails the read itself, NOGROUP, which is what is reported)
-        const group = modes[i]
-          ? undefined
-          : (this.redis.xinfo('GROUPS', key) as Promise<unknown[][]>).then((g) => String(snapshotGroup(g)?.['last-delivered-id'] ?? ''), () => '');
-        const reply = (await this.redis.xreadgroup('GROUP', GROUP, this.consumer, 'COUNT', this.perShard, 'STREAMS', key, modes[i] ? '0' : '>')) as XReadReply;
-        return { reply, at: await group };
+        if (modes[i]) {
+          const reply = (await this.redis.xreadgroup('GROUP', GROUP, this.consumer, 'COUNT', this.perShard, 'STREAMS', key, '0')) as XReadReply;
+          return { entries: reply?.[0]?.[1] ?? [], at: undefined };
+        }
+        const [at, entries] = (await this.readNew([key], [GROUP, this.consumer, this.perShard])) as [string, Entry[]];
+        return { entries, at };
       }),
     );
-    for (const [i, { reply, at }] of replies.entries()) {
+    for (const [i, { entries, at }] of replies.entries()) {
       const s = shards[i]!;
-      const entries = reply?.[0]?.[1] ?? [];
       if (modes[i] && entries.length === 0) drained.push(s);
       for (const [id, fields] of entries) {
         const e = parseEntry(s, id, fields);

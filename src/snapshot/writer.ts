@@ -70,7 +70,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const keys = new Keys(config.keyPrefix);
   // named by host and pid, so a writer that lost the lease can say to whom
   const lease = new Lease(redis, keys.snapshotLease(), opts.leaseMs ?? 10_000, `${hostname()} pid ${process.pid}`);
-  const streams = new ShardStreams(redis, keys, consumer, Math.max(1, Math.ceil(config.snapshotBatch / 8)), (w) => void sayWentBack(w));
+  const streams = new ShardStreams(redis, keys, consumer, Math.max(1, Math.ceil(config.snapshotBatch / 8)), sayWentBack);
   const satellites = new SatelliteCopy(redis, config.keyPrefix);
   const campaigns = new CampaignCopy(redis, config.keyPrefix);
   const revoked = new RevocationCopy(redis, config.keyPrefix);
@@ -138,24 +138,39 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     else log('warn', now === null ? 'lost the snapshot lease; not writing until it is taken again' : `lost the snapshot lease to the writer of ${now.owner}; it writes to Postgres now`);
   }
 
+  /** Shards found gone back whose lost changes Postgres could not count yet: counted once it answers. */
+  const uncounted: WentBack[] = [];
+  const wentBackAt = (w: WentBack) =>
+    `Redis went back in time on shard ${w.shard} (restarted from an older RDB or AOF file, or a replica that lagged was promoted): its event stream's group stood at ${w.group}, the writer had read up to ${w.read}`;
+
   /**
    * A shard found gone back (ShardStreams): said once, with what Postgres holds of the changes Redis lost. No
    * /readyz 503: the other tokens still work, and a failover losing the last milliseconds would otherwise take
-   * every instance out until someone acts. Not fixed here either: a lost redemption may have been redeemed
-   * again since by another user, which only the satellites can settle.
+   * every instance out until someone acts. Not fixed here: `verify --repair-redis` is the operator's step.
    */
-  async function sayWentBack(w: WentBack): Promise<void> {
+  function sayWentBack(w: WentBack): void {
     m.wentBack.inc();
-    const where = `Redis went back in time on shard ${w.shard} (restarted from an older RDB or AOF file, or a replica that lagged was promoted): its event stream's group stood at ${w.group}, the writer had read up to ${w.read}`;
     // the group went back, but not the stream: a replica that had every change, not yet every read of them
-    if (w.kept === w.read) return log('warn', `${where}; Redis still holds every change the writer read, so none is lost`);
-    let lost = 'Postgres did not say how many of the changes after it Redis lost';
-    if (pool) {
-      const c = await committedBetween(pool, w.shard, w.kept, w.read).catch(() => undefined);
-      if (c) m.changesLost.inc(c.events);
-      if (c) lost = `Postgres holds ${c.events} change(s) of ${c.tokens} token(s) after ${w.kept} that Redis lost`;
+    if (w.kept === w.read) return log('warn', `${wentBackAt(w)}; Redis still holds every change the writer read, so none is lost`);
+    uncounted.push(w);
+    void countLost();
+  }
+
+  /**
+   * Counts and says what Postgres holds of each uncounted shard's lost changes (rm_snapshot_redis_lost_changes_total,
+   * which the alert watches); those it cannot count now stay for the next round: a crash that took Postgres down
+   * too must not leave the alert silent.
+   */
+  async function countLost(): Promise<void> {
+    for (const w of uncounted.splice(0)) {
+      const c = pool && (await committedBetween(pool, w.shard, w.kept, w.read).catch(() => undefined));
+      if (!c) {
+        uncounted.push(w);
+        continue;
+      }
+      m.changesLost.inc(c.events);
+      log('error', `${wentBackAt(w)}; Postgres holds ${c.events} change(s) of ${c.tokens} token(s) after ${w.kept} that Redis lost. Those tokens are in their earlier state in Redis (a lost redemption can be redeemed again): once the snapshot has caught up, \`referral-manager verify --repair-redis\` gives them back what Postgres holds (runbook "Redis went back in time")`);
     }
-    log('error', `${where}; ${lost}. Those tokens are in their earlier state in Redis (a lost redemption can be redeemed again): once the snapshot has caught up, \`referral-manager verify --repair-redis\` gives them back what Postgres holds (runbook "Redis went back in time")`);
   }
 
   // the failures onPostgres counted already; any other failure of a round is Redis' (or a bug) and counted once
@@ -273,6 +288,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           warned = false;
           m.postgresUp.set(1);
         }
+        if (uncounted.length) void countLost();
         await streams.ensureGroups();
         if (lookForLoss) {
           // before any new entry is read in this term: a Redis that went back before this process started is found too
