@@ -276,6 +276,26 @@ describe('--resume after one of the campaign\'s satellites was removed', () => {
   });
 });
 
+// a removed satellite that had failed stayed `failed` in the record: the campaign could never end `done` (h94)
+describe('--resume after a satellite that failed half-way was removed', () => {
+  let w: Awaited<ReturnType<typeof world>>;
+  beforeAll(async () => {
+    w = await world(['sat-kept', 'sat-dropped'], { failAfter: (USERS * PER_USER) / 2 });
+  });
+  afterAll(() => w?.close());
+
+  it('records it removed, and the campaign ends done', async () => {
+    expect((await w.gen(['--all', '--per-user', String(PER_USER), '--campaign', 'dropped', '--json'])).code).toBe(1);
+    expect((await runCli(['satellites', 'remove', 'sat-dropped'], w.env)).code).toBe(0);
+    const resumed = await w.gen(['--resume', 'dropped', '--json']);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    const shown = JSON.parse((await runCli(['campaigns', 'show', 'dropped', '--json'], w.env)).stdout);
+    expect(shown.status).toBe('done');
+    expect(shown.progress['sat-dropped']).toMatchObject({ status: 'removed', lastError: expect.stringMatching(/no longer registered/) });
+    expect(shown.progress['sat-kept']).toMatchObject({ status: 'done' });
+  });
+});
+
 describe('a satellite refusing some users (accounts closed after the listing)', () => {
   let w: Awaited<ReturnType<typeof world>>;
   beforeAll(async () => {

@@ -15,7 +15,8 @@ const status = (c: Campaign): string => {
   // so does an expiry (a resume refuses to run); a run still going is what the campaign is doing, whatever
   // another satellite's run ended as (it said failed while one still ran)
   for (const s of ['expired', 'running', 'failed', 'interrupted'] as const) if (all.includes(s)) return s;
-  return all.every((s) => s === 'done') ? 'done' : 'pending';
+  // a satellite removed before it was served leaves nothing to do
+  return all.every((s) => s === 'done' || s === 'removed') ? 'done' : 'pending';
 };
 
 const when = (ms: number | undefined): string => (ms === undefined ? 'never' : new Date(ms).toISOString());

@@ -179,6 +179,11 @@ export function register(program: Command): void {
           if (!opts.dryRun) {
             campaign = (await campaigns.open(planned)).campaign;
             await campaigns.addSatellites(campaign, satIds);
+            // a removed satellite not served in full can never be: said so in the record, so the campaign
+            // can end `done` (it stayed `failed` for good)
+            for (const r of skipped) {
+              if (r.error === REMOVED && (await campaigns.progress(id, r.satelliteId)).status !== 'done') await campaigns.setStatus(id, r.satelliteId, 'removed', REMOVED);
+            }
           }
 
           const bars = opts.progress && !opts.json && process.stderr.isTTY ? progressBars() : undefined;
@@ -193,7 +198,7 @@ export function register(program: Command): void {
               process.exit(EXIT_ON[sig]);
             }
             signalled = sig;
-            console.error(`${sig}: stopping after the calls in flight (${sig} again stops at once)`);
+            console.error(`${sig}: stopping at the next step, cutting calls to satellites in flight (${sig} again exits at once)`);
             stop.abort(new Error(`interrupted by ${sig}`));
           };
           process.on('SIGINT', onSignal).on('SIGTERM', onSignal);

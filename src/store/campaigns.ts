@@ -66,8 +66,9 @@ export interface SatelliteProgress {
    * interrupted: recorded running, but no run holds the campaign (it was killed): `generate --resume`; never stored.
    * revoked: the campaign was revoked while this satellite was served, and its run stopped there.
    * expired: the campaign's expiresAt passed while this satellite was served, and its run stopped there.
+   * removed: the satellite was removed (`satellites remove`) before it was served in full; a resume skips it.
    */
-  status: 'pending' | 'running' | 'interrupted' | 'done' | 'failed' | 'revoked' | 'expired';
+  status: 'pending' | 'running' | 'interrupted' | 'done' | 'failed' | 'revoked' | 'expired' | 'removed';
   lastError?: string;
 }
 
