@@ -92,7 +92,7 @@ describe.skipIf(!haveRedis)('snapshot on Redis Cluster (3 masters)', () => {
       const expected = new Map<number, number>();
       for (const t of tokens.slice(0, 300)) expected.set(placeOfToken(hexOf(t)).shard, (expected.get(placeOfToken(hexOf(t)).shard) ?? 0) + 1);
       const said = () => new Map(lines.flatMap((l) => {
-        const m = /^error: Redis went back in time on shard (\d+) .*Postgres holds (\d+) change\(s\)/.exec(l);
+        const m = /^error: shard (\d+): Postgres holds (\d+) change\(s\)/.exec(l);
         return m ? [[Number(m[1]), Number(m[2])] as const] : [];
       }));
       for (const end = Date.now() + 30_000; said().size < expected.size && Date.now() < end; ) await sleep(100);

@@ -22,7 +22,7 @@ export interface StreamEvent {
  */
 export function parseEntry(shard: number, id: string, fields: string[] | null): StreamEvent | undefined {
   if (!fields) return undefined;
-  const dash = id.indexOf('-');
+  const [ms, seq] = idParts(id);
   const inOrder = fields[0] === 'type' && fields[2] === 'at' && fields[4] === 'row';
   const field = (name: string) => {
     const i = fields.indexOf(name);
@@ -31,12 +31,18 @@ export function parseEntry(shard: number, id: string, fields: string[] | null): 
   return {
     shard,
     id,
-    ms: id.slice(0, dash),
-    seq: id.slice(dash + 1),
+    ms,
+    seq,
     type: (inOrder ? fields[1] : field('type')) ?? '',
     at: (inOrder ? fields[3] : field('at')) ?? '0',
     row: (inOrder ? fields[5] : field('row')) ?? '',
   };
+}
+
+/** A stream id's two parts, "ms-seq" (decimal text, as Postgres' bigint columns take them). */
+export function idParts(id: string): [string, string] {
+  const dash = id.indexOf('-');
+  return [id.slice(0, dash), id.slice(dash + 1)];
 }
 
 /** Compares stream ids "ms-seq" numerically (both parts are decimal without leading zeros). */

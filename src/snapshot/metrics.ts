@@ -27,7 +27,7 @@ export const snapshotMetrics = {
   }),
   wentBack: new client.Counter({
     name: 'rm_snapshot_redis_went_back_total',
-    help: 'Times a shard\'s event stream was found behind what the writer had read: Redis went back to an older copy of itself (an older RDB or AOF file, a lagging replica promoted)',
+    help: 'Shards found to have lost changes the writer had read: Redis went back to an older copy of itself (an older RDB or AOF file, a lagging replica promoted)',
   }),
   changesLost: new client.Counter({
     name: 'rm_snapshot_redis_lost_changes_total',

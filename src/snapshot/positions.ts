@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { idParts } from './events.js';
 
 const idOf = (r: { ms: string; seq: string }) => `${r.ms}-${r.seq}`;
 
@@ -17,7 +18,7 @@ export async function newestCommitted(pool: pg.Pool, shards: number[]): Promise<
 
 /** The events Postgres holds of `shard` after stream id `after` up to `upTo`, and the tokens they changed. */
 export async function committedBetween(pool: pg.Pool, shard: number, after: string, upTo: string): Promise<{ events: number; tokens: number }> {
-  const [a, b] = [after.split('-'), upTo.split('-')];
+  const [a, b] = [idParts(after), idParts(upTo)];
   const r = await pool.query<{ events: string; tokens: string }>(
     `SELECT count(*) AS events, count(DISTINCT token) AS tokens FROM token_events
      WHERE ev_shard = $1 AND (ev_ms, ev_seq) > ($2::bigint, $3::bigint) AND (ev_ms, ev_seq) <= ($4::bigint, $5::bigint)`,

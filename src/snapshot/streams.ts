@@ -127,6 +127,7 @@ export class ShardStreams {
       // a group at 0-0 never delivered anything: one made anew (a stream lost, a restore), not one gone back
       if (known && at && at !== '0-0' && compareIds(at, known) < 0) {
         // not failing the read over it: its entries are delivered now, and the group moved past the evidence
+        // (unanswered, the group's position stands in: the count then takes what Redis kept after it as lost too)
         const kept = await this.newestUpTo(s, known, at).catch(() => at);
         this.delivered[s] = '';
         this.onWentBack({ shard: s, group: at, kept, read: known });

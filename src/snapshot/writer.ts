@@ -138,38 +138,46 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     else log('warn', now === null ? 'lost the snapshot lease; not writing until it is taken again' : `lost the snapshot lease to the writer of ${now.owner}; it writes to Postgres now`);
   }
 
-  /** Shards found gone back whose lost changes Postgres could not count yet: counted once it answers. */
+  /** Shards found gone back whose lost changes Postgres has not counted yet (countLost). */
   const uncounted: WentBack[] = [];
-  const wentBackAt = (w: WentBack) =>
-    `Redis went back in time on shard ${w.shard} (restarted from an older RDB or AOF file, or a replica that lagged was promoted): its event stream's group stood at ${w.group}, the writer had read up to ${w.read}`;
+  let counting = false;
 
   /**
-   * A shard found gone back (ShardStreams): said once, with what Postgres holds of the changes Redis lost. No
-   * /readyz 503: the other tokens still work, and a failover losing the last milliseconds would otherwise take
-   * every instance out until someone acts. Not fixed here: `verify --repair-redis` is the operator's step.
+   * A shard found gone back (ShardStreams): said at once, so a writer stopped before the count still leaves
+   * the loss in its log and in rm_snapshot_redis_went_back_total (the read that found it moved the group: no
+   * later writer sees it again). No /readyz 503: the other tokens still work, and a failover losing the last
+   * milliseconds would otherwise take every instance out until someone acts. `verify --repair-redis` mends.
    */
   function sayWentBack(w: WentBack): void {
-    m.wentBack.inc();
+    const at = `Redis went back in time on shard ${w.shard} (restarted from an older RDB or AOF file, or a replica that lagged was promoted): its event stream's group stood at ${w.group}, the writer had read up to ${w.read}`;
     // the group went back, but not the stream: a replica that had every change, not yet every read of them
-    if (w.kept === w.read) return log('warn', `${wentBackAt(w)}; Redis still holds every change the writer read, so none is lost`);
+    if (w.kept === w.read) return log('warn', `${at}; Redis still holds every change the writer read, so none is lost`);
+    m.wentBack.inc();
+    log('error', `${at}; Redis lost the changes after ${w.kept}: how many of them Postgres holds follows`);
     uncounted.push(w);
-    void countLost();
   }
 
   /**
-   * Counts and says what Postgres holds of each uncounted shard's lost changes (rm_snapshot_redis_lost_changes_total,
-   * which the alert watches); those it cannot count now stay for the next round: a crash that took Postgres down
-   * too must not leave the alert silent.
+   * Counts what Postgres holds of each uncounted shard's lost changes (rm_snapshot_redis_lost_changes_total)
+   * and says it. Run by the loop between rounds, not on finding: a loss found by a prefetch while the batch read
+   * before it was still being committed counted that batch short. One not counted now (Postgres down too, a
+   * crash of the whole host) waits for the next round.
    */
   async function countLost(): Promise<void> {
-    for (const w of uncounted.splice(0)) {
-      const c = pool && (await committedBetween(pool, w.shard, w.kept, w.read).catch(() => undefined));
-      if (!c) {
-        uncounted.push(w);
-        continue;
+    if (counting || !pool) return;
+    counting = true;
+    try {
+      for (const w of uncounted.splice(0)) {
+        const c = await committedBetween(pool, w.shard, w.kept, w.read).catch(() => undefined);
+        if (!c) {
+          uncounted.push(w);
+          continue;
+        }
+        m.changesLost.inc(c.events);
+        log('error', `shard ${w.shard}: Postgres holds ${c.events} change(s) of ${c.tokens} token(s) after ${w.kept} that Redis lost when it went back in time. Those tokens are in their earlier state in Redis (a lost redemption can be redeemed again): once the snapshot has caught up, \`referral-manager verify --repair-redis\` gives them back what Postgres holds (runbook "Redis went back in time")`);
       }
-      m.changesLost.inc(c.events);
-      log('error', `${wentBackAt(w)}; Postgres holds ${c.events} change(s) of ${c.tokens} token(s) after ${w.kept} that Redis lost. Those tokens are in their earlier state in Redis (a lost redemption can be redeemed again): once the snapshot has caught up, \`referral-manager verify --repair-redis\` gives them back what Postgres holds (runbook "Redis went back in time")`);
+    } finally {
+      counting = false;
     }
   }
 
