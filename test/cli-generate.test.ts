@@ -296,6 +296,25 @@ describe('--resume after a satellite that failed half-way was removed', () => {
   });
 });
 
+describe('--resume after the only satellite, which failed half-way, was removed', () => {
+  let w: Awaited<ReturnType<typeof world>>;
+  beforeAll(async () => {
+    w = await world(['sat-only'], { failAfter: (USERS * PER_USER) / 2 });
+  });
+  afterAll(() => w?.close());
+
+  it('exits 1 with nothing left to serve, and records it removed: the campaign is done', async () => {
+    expect((await w.gen(['--all', '--per-user', String(PER_USER), '--campaign', 'alone', '--json'])).code).toBe(1);
+    expect((await runCli(['satellites', 'remove', 'sat-only'], w.env)).code).toBe(0);
+    const resumed = await w.gen(['--resume', 'alone', '--json']);
+    expect(resumed.code).toBe(1);
+    expect(resumed.stderr).toMatch(/has no satellite left to serve/);
+    const shown = JSON.parse((await runCli(['campaigns', 'show', 'alone', '--json'], w.env)).stdout);
+    expect(shown.status).toBe('done');
+    expect(shown.progress['sat-only']).toMatchObject({ status: 'removed' });
+  });
+});
+
 describe('a satellite refusing some users (accounts closed after the listing)', () => {
   let w: Awaited<ReturnType<typeof world>>;
   beforeAll(async () => {

@@ -146,11 +146,14 @@ export function register(program: Command): void {
           if (chosen.length === 0) throw new Error('no satellites registered (referral-manager satellites add --id <id> --url <url>)');
           const satellites: FlowSatellite[] = [];
           const skipped: SatelliteReport[] = [];
+          const removed: string[] = [];
           for (const satId of chosen) {
             // a campaign's satellite removed since: the others are still served (nothing adds it back to a campaign)
             const s = opts.resume !== undefined ? await registry.get(satId) : await registry.require(satId);
-            if (!s) skipped.push(skippedReport(satId, REMOVED));
-            else if (s.url) {
+            if (!s) {
+              skipped.push(skippedReport(satId, REMOVED));
+              removed.push(satId);
+            } else if (s.url) {
               // opened before any satellite is called: a key this run cannot open stops it with the reason
               const outboundKey = registry.outboundKey(s);
               satellites.push(outboundKey ? { id: s.id, url: s.url, outboundKey } : { id: s.id, url: s.url });
@@ -158,6 +161,11 @@ export function register(program: Command): void {
             // --all means every satellite that can be served; a named one (or a campaign's own) must be
             else if (opts.all) skipped.push(skippedReport(satId, NO_URL));
             else throw new Error(`satellite "${satId}" has no url: referral-manager satellites update ${sh(satId)} --url <url>`);
+          }
+          // one not served in full can never be: said so in the record, so the campaign can end `done` (it
+          // stayed `failed` for good), also when none is left
+          if (!opts.dryRun) {
+            for (const satId of removed) if ((await campaigns.progress(id, satId)).status !== 'done') await campaigns.setStatus(id, satId, 'removed', REMOVED);
           }
           if (satellites.length === 0) {
             if (opts.resume !== undefined) throw new Error(`campaign "${id}" has no satellite left to serve: ${skipped.map((r) => r.satelliteId).join(', ')} ${REMOVED}`);
@@ -179,11 +187,6 @@ export function register(program: Command): void {
           if (!opts.dryRun) {
             campaign = (await campaigns.open(planned)).campaign;
             await campaigns.addSatellites(campaign, satIds);
-            // a removed satellite not served in full can never be: said so in the record, so the campaign
-            // can end `done` (it stayed `failed` for good)
-            for (const r of skipped) {
-              if (r.error === REMOVED && (await campaigns.progress(id, r.satelliteId)).status !== 'done') await campaigns.setStatus(id, r.satelliteId, 'removed', REMOVED);
-            }
           }
 
           const bars = opts.progress && !opts.json && process.stderr.isTTY ? progressBars() : undefined;

@@ -134,7 +134,8 @@ async function* refusedUsers(pool: pg.Pool, id: string, sat: string): AsyncGener
 /**
  * What Redis gets for a satellite: a `done` one delivered every user it made but those it refused, so
  * they are recorded delivered. A `revoked` one is never resumed (the campaign's revocation comes back
- * too), so its counters are history and stay. Any other has no delivery recorded (the snapshot does not
+ * too), so its counters are history and stay. Any other (a `removed` one too: added again, a resume serves
+ * it) has no delivery recorded (the snapshot does not
  * hold the list), so `--resume` sends every made user but the refused ones again (satellites store a
  * batch idempotently) and counts those tokens then: its delivered counter starts at 0, or it would count
  * them twice. A `running` one lost its run.
