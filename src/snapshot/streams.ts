@@ -43,7 +43,8 @@ export class ShardStreams {
    * Per shard, the newest entry its group is known to have delivered ('' unknown): by this process' reads,
    * by the group itself, or by what Postgres holds (every committed entry was delivered first). Only reads
    * move a group forward, so a group found behind it went back with Redis; the writer's own next read
-   * would move it forward again and hide that, so every read of new entries asks the group first.
+   * would move it forward again and hide that, so every read of new entries asks the group first, in the
+   * same script (lua/read_new.lua).
    */
   private readonly delivered = new Array<string>(SHARDS).fill('');
   /** lua/read_new.lua */
@@ -124,7 +125,7 @@ export class ShardStreams {
       }
       if (at === undefined) continue;
       const known = this.delivered[s]!;
-      // a group at 0-0 never delivered anything: one made anew (a stream lost, a restore), not one gone back
+      // a group at 0-0 never delivered anything: one made anew (its stream was lost), not one gone back
       if (known && at && at !== '0-0' && compareIds(at, known) < 0) {
         // not failing the read over it: its entries are delivered now, and the group moved past the evidence
         // (unanswered, the group's position stands in: the count then takes what Redis kept after it as lost too)
