@@ -134,14 +134,14 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
         }
         if (!r) {
           note({ token: p[0]!, kind: 'only_postgres' });
-          lostRows.push(p);
+          if (repairRedis) lostRows.push(p);
           continue;
         }
         inRedis.delete(p[0]!);
         const fields = EXPORT_FIELDS.flatMap((field, i) => (r[i] === p[i] ? [] : [{ field, redis: r[i]!, postgres: p[i]! }]));
         if (fields.length) note({ token: p[0]!, kind: 'differs', fields });
         if (fields.length && FINAL.has(r[1]!) && OPEN.has(p[1]!)) behind.push(p[0]!);
-        if (fields.length && OPEN.has(r[1]!) && FINAL.has(p[1]!)) lostFinal.push(p);
+        if (repairRedis && fields.length && OPEN.has(r[1]!) && FINAL.has(p[1]!)) lostFinal.push(p);
       }
     }
     for (const token of inRedis.keys()) note({ token, kind: 'only_redis' });
