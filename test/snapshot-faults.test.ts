@@ -651,6 +651,15 @@ describe('snapshot writer under faults (real processes)', () => {
       await snap.fx.redis.set(key, `other-host pid 42 ${randomUUID()}`, 'PX', 5000);
       expect(await logged(/lost the snapshot lease/)).toBe('warn: lost the snapshot lease to the writer of other-host pid 42; it writes to Postgres now');
       expect(w.status().leader).toBe(false);
+      // a pause past the lease (SIGSTOP, a long GC) while another writer takes it: the loop and the renew
+      // timer both find it as the process wakes, and it was said twice (helper-93)
+      await snap.fx.redis.del(key);
+      for (const end = Date.now() + 10_000; !w.status().leader && Date.now() < end; ) await sleep(50);
+      lines.length = 0;
+      for (const end = Date.now() + 2000; Date.now() < end; ); // this process (and its writer) paused
+      await snap.fx.redis.set(key, `other-host pid 43 ${randomUUID()}`, 'PX', 5000);
+      await sleep(1500);
+      expect(lines.filter((l) => /lost the snapshot lease/.test(l))).toEqual(['warn: lost the snapshot lease to the writer of other-host pid 43; it writes to Postgres now']);
     } finally {
       await w.stop();
       await dropPrefix(snap.fx.redis, prefix);

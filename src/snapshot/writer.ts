@@ -92,6 +92,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   };
   /** bumped each time the loop takes the lease anew (not a renewal) */
   let term = 0;
+  /** the term whose loss sayLost said */
+  let saidLostIn = -1;
   let pool: pg.Pool | undefined;
   /** the loop waits on openPostgres (connecting, or migrating behind another process' lock): nothing in hand */
   let opening = false;
@@ -131,6 +133,9 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
    * it, or Redis lost its data) is taken again at the next round; one another writer holds is that writer's.
    */
   async function sayLost(): Promise<void> {
+    // the loop and the renew timer may both find the same loss (h93: twice on every SIGCONT): said once a term
+    if (saidLostIn === term) return;
+    saidLostIn = term;
     const now = await lease.state().catch(() => null);
     // the loop took it again meanwhile (and said LAPSED): naming this process as the taker would be false
     if (now?.mine) return;
