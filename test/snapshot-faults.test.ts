@@ -1041,16 +1041,24 @@ describe('snapshot writer under faults (real processes)', () => {
       }, RDB);
     }, 90_000);
 
-    it('verify --repair-redis gives Redis back the redemptions and tokens it lost; a redemption made again since stands', async () => {
+    it('verify --repair-redis gives Redis back the redemptions, tokens, revocations and campaign revocations it lost; a redemption made again since stands', async () => {
       await onAofRedis('rdbfix', async (w) => {
         const tokens = await saveThenRedeem(w);
         const late = await generateTokens(w.own.engine, 50, 'sat-late');
-        await caughtUp(w.own.redis, w.own.prefix, w.pool, 1250);
+        // a revoke and the purge that deleted the token (helper-96: the token came back open, and stayed so)
+        expect((await w.own.engine.revokeToken(tokens[300]!)).code).toBe('ok');
+        expect(await w.own.engine.purge(Date.now() + 1)).toBe(1);
+        // a campaign revoked: its registry entry and shard marks are lost with the rest (helper-96)
+        const owners = Array.from({ length: 20 }, (_, i) => ({ ownerSatelliteId: 'sat-c', ownerUserId: `c${i}` }));
+        await w.own.engine.generate({ owners, perUser: 1, campaignId: 'c-lost' });
+        expect(await w.own.engine.revokeCampaign('c-lost')).toBe(20);
+        await caughtUp(w.own.redis, w.own.prefix, w.pool, 1292);
+        await eventually(async () => (await w.pool.query("SELECT 1 FROM revoked_campaigns WHERE id = 'c-lost'")).rowCount, (n) => n === 1, 'revocation copied');
         await w.server.stop('SIGKILL');
         await w.server.start();
         expect(await w.own.engine.lookup(late[0]!)).toBeUndefined();
         expect((await w.own.engine.redeem(tokens[0]!, 'sat-c', 'second')).code).toBe('ok');
-        await caughtUp(w.own.redis, w.own.prefix, w.pool, 1251);
+        await caughtUp(w.own.redis, w.own.prefix, w.pool, 1293);
         const env = { ...process.env, REDIS_URL: w.server.url, KEY_PREFIX: w.own.prefix, DATABASE_URL: w.config.databaseUrl };
         const run = await new Promise<{ code: number | null; out: string }>((resolve) => {
           const c = spawn(process.execPath, [MAIN, 'verify', '--repair-redis', '--max', '0'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -1059,17 +1067,21 @@ describe('snapshot writer under faults (real processes)', () => {
           c.stderr.on('data', (d: Buffer) => (out += d));
           c.once('exit', (code) => resolve({ code, out }));
         });
-        // 199 redemptions (the 200th was made again, and Postgres holds that one now) and 50 tokens
-        expect(run.out).toMatch(/gave 249 tokens in Redis back what Postgres holds of them/);
+        // 199 redemptions (the 200th was made again, and Postgres holds that one now), 50 + 20 tokens, 1 revocation
+        expect(run.out).toMatch(/gave 270 tokens in Redis back what Postgres holds of them, and registered 1 campaign revocations again/);
         expect(run.code).toBe(1); // the differences it found before mending them
         const again = await w.own.engine.redeem(tokens[1]!, 'sat-c', 'third');
         expect(again.code).toBe('already_redeemed');
         expect(again.token).toMatchObject({ redeemerSatelliteId: 'sat-b', redeemerUserId: 'first1' });
         expect((await w.own.engine.redeem(tokens[0]!, 'sat-c', 'second')).code).toBe('ok');
         expect((await w.own.engine.redeem(late[0]!, 'sat-c', 'fourth')).code).toBe('ok');
-        await caughtUp(w.own.redis, w.own.prefix, w.pool, 1251 + 199 + 1);
-        expect((await verify(w.own.redis, w.pool, w.own.prefix)).differences).toBe(0);
-        expect(Number((await w.pool.query("SELECT count(*) AS n FROM token_events WHERE type = 'reapplied'")).rows[0].n)).toBe(199);
+        expect((await w.own.engine.redeem(tokens[300]!, 'sat-c', 'fifth')).code).toBe('revoked');
+        await expect(w.own.engine.generate({ owners, perUser: 1, campaignId: 'c-lost' })).rejects.toMatchObject({ code: 'campaign_revoked' });
+        await caughtUp(w.own.redis, w.own.prefix, w.pool, 1293 + 200 + 1);
+        const report = await verify(w.own.redis, w.pool, w.own.prefix);
+        expect(report.listed).toEqual([]);
+        expect(report.differences).toBe(0);
+        expect(Number((await w.pool.query("SELECT count(*) AS n FROM token_events WHERE type = 'reapplied'")).rows[0].n)).toBe(200);
       }, RDB);
     }, 90_000);
 

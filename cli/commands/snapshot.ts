@@ -151,7 +151,7 @@ export function register(program: Command): void {
     )
     .option(
       '--repair-redis',
-      'give Redis back the changes it lost when it went back in time (an older RDB or AOF file, a lagging replica promoted): tokens Postgres holds redeemed or revoked where Redis holds them open get that state, and tokens Postgres holds that Redis lacks are written back (every other difference is only listed)',
+      'give Redis back the changes it lost when it went back in time (an older RDB or AOF file, a lagging replica promoted): tokens Postgres holds redeemed or revoked where Redis holds them open get that state, tokens Postgres holds that Redis lacks are written back, and campaign revocations Postgres holds are registered again (every other difference is only listed)',
     )
     .addHelpText('after', '\nExamples:\n  referral-manager verify\n  referral-manager verify --json --max 10\n  referral-manager verify --repair-revocations\n  referral-manager verify --repair-tokens\n  referral-manager verify --repair-leases\n  referral-manager verify --repair-redis')
     .action(async function (this: Command, opts: { max: string; json?: boolean; repairRevocations?: boolean; repairTokens?: boolean; repairLeases?: boolean; repairRedis?: boolean }) {
@@ -183,7 +183,7 @@ export function register(program: Command): void {
           if (report.listed.some((d) => d.shards)) console.error('mend the revoked campaigns listed above with: referral-manager verify --repair-revocations');
           if (report.leasesRepaired !== undefined) console.log(`wrote or removed ${report.leasesRepaired} lease index entries`);
           else if (report.listed.some((d) => d.kind === 'lease_index')) console.error('mend the lease index entries listed above with: referral-manager verify --repair-leases');
-          if (report.reapplied !== undefined) console.log(`gave ${report.reapplied} tokens in Redis back what Postgres holds of them; run verify again to see what is left`);
+          if (report.reapplied !== undefined) console.log(`gave ${report.reapplied} tokens in Redis back what Postgres holds of them, and registered ${report.revocationsRestored} campaign revocations again; run verify again to see what is left`);
           if (report.resynced !== undefined) console.log(`queued ${report.resynced} tokens to be copied to Postgres again; run verify again once the snapshot has caught up (rm_snapshot_lag_events 0)`);
         }
         if (report.differences > 0) process.exitCode = 1;

@@ -9,7 +9,7 @@ import { CampaignKeys, COUNTERS, readAllCampaigns, type CampaignRecord } from '.
 import { pgCampaigns } from './campaigns.js';
 import { pgShardRows } from './pg-rows.js';
 import { readShardRows, type Row } from './rows.js';
-import { pgRevoked, readRevoked, revocationGaps } from './revoked.js';
+import { pgRevoked, readRevoked, restoreRevoked, revocationGaps } from './revoked.js';
 import { pgSatellites } from './satellites.js';
 import { resyncTokens } from './resync.js';
 import { reapplyRows } from './reapply.js';
@@ -57,6 +57,8 @@ export interface VerifyReport {
   leasesRepaired?: number;
   /** with `repairRedis`: tokens given back in Redis the state or the row Postgres holds (`reapplyRows`) */
   reapplied?: number;
+  /** with `repairRedis`: campaign revocations Postgres holds that Redis' registry lacked, registered and marked again */
+  revocationsRestored?: number;
 }
 
 export interface VerifyOptions {
@@ -78,8 +80,10 @@ export interface VerifyOptions {
   /**
    * Give Redis back the changes only a Redis that went back in time explains (runbook "Redis went back in
    * time"): a token Postgres holds redeemed or revoked (states a token never leaves) where Redis holds it open
-   * gets Postgres' state, and a token Postgres holds (not purged) that Redis lacks is written back; each only
-   * if Redis still holds it so as its script runs. Every other difference is only listed.
+   * gets Postgres' state (also one Postgres holds purged: its revocation and purge were both lost), and a
+   * token Postgres holds (not purged) that Redis lacks is written back; each only if Redis still holds it so
+   * as its script runs. First, revocations of campaigns Postgres holds and Redis lacks are registered and
+   * marked again. Every other difference is only listed.
    */
   repairRedis?: boolean;
 }
@@ -108,7 +112,11 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
   if (repairTokens) report.resynced = 0;
   const store = repairLeases ? new TokenStore(redis, prefix) : undefined;
   if (store) report.leasesRepaired = 0;
-  if (repairRedis) report.reapplied = 0;
+  if (repairRedis) {
+    report.reapplied = 0;
+    // revocations Redis lost (registry and shard marks): back from Postgres first, so generate refuses them again
+    report.revocationsRestored = (await restoreRevoked(redis, pool, prefix)).restored;
+  }
   const note = (d: Difference) => {
     report.differences++;
     if (report.listed.length < maxListed) report.listed.push(d);
@@ -129,6 +137,9 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
         const r = inRedis.get(p[0]!);
         if (p[13] === 'purged') {
           if (r) note({ token: p[0]!, kind: 'differs', fields: [{ field: 'purged', redis: 'no', postgres: 'yes' }] });
+          // a revoke and the purge after it both lost (helper-96): the token is open again in Redis. It gets its
+          // revocation back; the next `tokens purge` deletes it again
+          if (r && repairRedis && OPEN.has(r[1]!) && FINAL.has(p[1]!)) lostFinal.push(p);
           inRedis.delete(p[0]!);
           continue;
         }
