@@ -1013,8 +1013,8 @@ describe('snapshot writer under faults (real processes)', () => {
       const said = wentBack(lines);
       const expected = new Map<number, number>();
       for (const t of tokens) expected.set(shardOf(t), (expected.get(shardOf(t)) ?? 0) + 1);
-      expect([...said.keys()].sort((a, b) => a - b)).toEqual([...expected.keys()].sort((a, b) => a - b));
-      for (const [s, n] of expected) expect(said.get(s)).toEqual({ changes: n, tokens: n });
+      expect([...said.keys()].sort((a, b) => a - b), lines.join('\n')).toEqual([...expected.keys()].sort((a, b) => a - b));
+      for (const [s, n] of expected) expect(said.get(s), lines.join('\n')).toEqual({ changes: n, tokens: n });
     };
 
     it('under a running writer: each shard that went back is said once, with the changes Postgres holds that Redis lost', async () => {
@@ -1027,17 +1027,18 @@ describe('snapshot writer under faults (real processes)', () => {
         await caughtUp(w.own.redis, w.own.prefix, w.pool, 1210);
         expect(w.lines.filter((l) => l.includes('went back'))).toEqual([]);
         const before = await lostChanges();
+        const said = () => w.lines.join('\n');
         await w.server.stop('SIGKILL');
         await w.server.start();
         // the lost redemptions are redeemable again: the harm this finding exists to report
         expect((await w.own.engine.redeem(tokens[0]!, 'sat-c', 'second')).code).toBe('ok');
         await eventually(async () => wentBack(w.lines).size, (n) => n >= new Set(tokens.slice(0, 200).concat(tokens.slice(900, 910)).map(shardOf)).size, 'every shard said');
         expectLost(w.lines, [...tokens.slice(0, 200), ...tokens.slice(900, 910)]);
-        expect(await lostChanges()).toBe(before + 210);
+        expect(await lostChanges(), said()).toBe(before + 210);
         await sleep(1000);
         const found = w.lines.filter((l) => /^error: Redis went back in time on shard \d+ .*Redis lost the changes after/.test(l));
-        expect(found.length).toBe(wentBack(w.lines).size);
-        expect(w.lines.filter((l) => /^error: shard \d+: Postgres holds/.test(l)).length).toBe(wentBack(w.lines).size);
+        expect(found.length, said()).toBe(wentBack(w.lines).size);
+        expect(w.lines.filter((l) => /^error: shard \d+: Postgres holds/.test(l)).length, said()).toBe(wentBack(w.lines).size);
       }, RDB);
     }, 90_000);
 

@@ -16,8 +16,9 @@ import { RevocationCopy } from './revoked.js';
 import { SatelliteCopy } from './satellites.js';
 import { checkout, cutConnections, openPostgres } from './schema.js';
 import { writeSnapshotStatus, type SnapshotStatus } from './status.js';
-import { ShardStreams, type WentBack } from './streams.js';
-import { committedBetween, newestCommitted } from './positions.js';
+import { ShardStreams } from './streams.js';
+import { newestCommitted } from './positions.js';
+import { WentBackReport } from './went-back.js';
 import { findLostShards } from './lost.js';
 
 export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
@@ -70,7 +71,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const keys = new Keys(config.keyPrefix);
   // named by host and pid, so a writer that lost the lease can say to whom
   const lease = new Lease(redis, keys.snapshotLease(), opts.leaseMs ?? 10_000, `${hostname()} pid ${process.pid}`);
-  const streams = new ShardStreams(redis, keys, consumer, Math.max(1, Math.ceil(config.snapshotBatch / 8)), sayWentBack);
+  const wentBack = new WentBackReport(log);
+  const streams = new ShardStreams(redis, keys, consumer, Math.max(1, Math.ceil(config.snapshotBatch / 8)), (w) => wentBack.found(w));
   const satellites = new SatelliteCopy(redis, config.keyPrefix);
   const campaigns = new CampaignCopy(redis, config.keyPrefix);
   const revoked = new RevocationCopy(redis, config.keyPrefix);
@@ -141,49 +143,6 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     if (now?.mine) return;
     if (now === undefined) log('warn', LAPSED);
     else log('warn', now === null ? 'lost the snapshot lease; not writing until it is taken again' : `lost the snapshot lease to the writer of ${now.owner}; it writes to Postgres now`);
-  }
-
-  /** Shards found gone back whose lost changes Postgres has not counted yet (countLost). */
-  const uncounted: WentBack[] = [];
-  let counting = false;
-
-  /**
-   * A shard found gone back (ShardStreams): said at once, so a writer stopped before the count still leaves
-   * the loss in its log and in rm_snapshot_redis_went_back_total (the read that found it moved the group: no
-   * later writer sees it again). No /readyz 503: the other tokens still work, and a failover losing the last
-   * milliseconds would otherwise take every instance out until someone acts. `verify --repair-redis` mends.
-   */
-  function sayWentBack(w: WentBack): void {
-    const at = `Redis went back in time on shard ${w.shard} (restarted from an older RDB or AOF file, or a replica that lagged was promoted): its event stream's group stood at ${w.group}, the writer had read up to ${w.read}`;
-    // the group went back, but not the stream: a replica that had every change, not yet every read of them
-    if (w.kept === w.read) return log('warn', `${at}; Redis still holds every change the writer read, so none is lost`);
-    m.wentBack.inc();
-    log('error', `${at}; Redis lost the changes after ${w.kept}: how many of them Postgres holds follows`);
-    uncounted.push(w);
-  }
-
-  /**
-   * Counts what Postgres holds of each uncounted shard's lost changes (rm_snapshot_redis_lost_changes_total)
-   * and says it. Run by the loop between rounds, not on finding: a loss found by a prefetch while the batch read
-   * before it was still being committed counted that batch short. One not counted now (Postgres down too, a
-   * crash of the whole host) waits for the next round.
-   */
-  async function countLost(): Promise<void> {
-    if (counting || !pool) return;
-    counting = true;
-    try {
-      for (const w of uncounted.splice(0)) {
-        const c = await committedBetween(pool, w.shard, w.kept, w.read).catch(() => undefined);
-        if (!c) {
-          uncounted.push(w);
-          continue;
-        }
-        m.changesLost.inc(c.events);
-        log('error', `shard ${w.shard}: Postgres holds ${c.events} change(s) of ${c.tokens} token(s) after ${w.kept} that Redis lost when it went back in time. Those tokens are in their earlier state in Redis (a lost redemption can be redeemed again): once the snapshot has caught up, \`referral-manager verify --repair-redis\` gives them back what Postgres holds (runbook "Redis went back in time")`);
-      }
-    } finally {
-      counting = false;
-    }
   }
 
   // the failures onPostgres counted already; any other failure of a round is Redis' (or a bug) and counted once
@@ -301,7 +260,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           warned = false;
           m.postgresUp.set(1);
         }
-        if (uncounted.length) void countLost();
+        void wentBack.count(db);
         await streams.ensureGroups();
         if (lookForLoss) {
           // before any new entry is read in this term: a Redis that went back before this process started is found too
