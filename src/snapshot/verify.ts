@@ -90,6 +90,8 @@ export interface VerifyOptions {
 
 const FINAL = new Set(['redeemed', 'revoked']);
 const OPEN = new Set(['unredeemed', 'reserved']);
+/** Redis holds open a token Postgres holds in a state a token never leaves: only a change Redis lost explains it. */
+const lostInRedis = (r: Row, p: Row): boolean => OPEN.has(r[1]!) && FINAL.has(p[1]!);
 
 /** Adds one Postgres row to the counters the scripts keep in `<p>:{s}:stats` (lua/includes/codec.lua). */
 function count(counters: Map<string, number>, p: Row): void {
@@ -139,7 +141,7 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
           if (r) note({ token: p[0]!, kind: 'differs', fields: [{ field: 'purged', redis: 'no', postgres: 'yes' }] });
           // a revoke and the purge after it both lost (helper-96): the token is open again in Redis. It gets its
           // revocation back; the next `tokens purge` deletes it again
-          if (r && repairRedis && OPEN.has(r[1]!) && FINAL.has(p[1]!)) lostFinal.push(p);
+          if (r && repairRedis && lostInRedis(r, p)) lostFinal.push(p);
           inRedis.delete(p[0]!);
           continue;
         }
@@ -152,7 +154,7 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
         const fields = EXPORT_FIELDS.flatMap((field, i) => (r[i] === p[i] ? [] : [{ field, redis: r[i]!, postgres: p[i]! }]));
         if (fields.length) note({ token: p[0]!, kind: 'differs', fields });
         if (fields.length && FINAL.has(r[1]!) && OPEN.has(p[1]!)) behind.push(p[0]!);
-        if (repairRedis && fields.length && OPEN.has(r[1]!) && FINAL.has(p[1]!)) lostFinal.push(p);
+        if (repairRedis && lostInRedis(r, p)) lostFinal.push(p);
       }
     }
     for (const token of inRedis.keys()) note({ token, kind: 'only_redis' });
