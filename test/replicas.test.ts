@@ -170,7 +170,7 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
     }
   });
 
-  it('a Cluster: the WAIT goes to the master of the token\'s slot, so only its replica hanging fails the change', async () => {
+  it('a Cluster: the WAIT goes to the master of the token\'s slot, so only its replica hanging fails the change, and /readyz stays 200 (degraded) when one is lost', async () => {
     const cluster = await testCluster(3, [], 1);
     const served = await serve({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'waitc', ...WAIT });
     const probe = createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes });
@@ -205,6 +205,15 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       expect((await sat.redeem(elsewhere[0]!, 'n-elsewhere')).state).toBe('redeemed');
       await cluster.signal(cluster.nodes.indexOf(address(replicaOf)), 'SIGCONT');
       await until(() => failure(sat.redeem(onVictim[0]!, 'n-victim')), (e) => e === undefined, 'the retry confirmed once the replica is back', 20_000);
+      // the replica lost: only its master's changes fail, so the instance stays in rotation, degraded, naming it
+      await cluster.signal(cluster.nodes.indexOf(address(replicaOf)), 'SIGKILL');
+      const readyz = await until(
+        async () => { const r = await fetch(`${served.url}/readyz`); return { status: r.status, body: (await r.json()) as Record<string, unknown> }; },
+        (r) => r.body.redis !== 'up',
+        '/readyz once the master lost its replica',
+        20_000,
+      );
+      expect(readyz).toMatchObject({ status: 200, body: { ready: true, redis: 'degraded', degraded: `${address(victim)} has 0 of the 1 replicas REDIS_WAIT_REPLICAS asks for online: every state change on its slots is answered 503` } });
     } finally {
       probe.disconnect();
       await served.stop();

@@ -1,16 +1,11 @@
-import { createHash } from 'node:crypto';
 import uws from 'uWebSockets.js';
 import type { Config } from '../config.js';
 import { collectProcessMetrics, registry as metricsRegistry } from '../metrics.js';
 import { SatelliteRegistry } from '../satellites/registry.js';
-import { answerWithin, createRedis, logOutages, masters, redisErrorText, whenReady, type RedisClient } from '../store/redis.js';
-import { clusterFailures, clusterMasters, MASTER_PROBE_MS } from '../store/cluster-probe.js';
-import { readScript, SCRIPT_NAMES } from '../store/scripts.js';
-import { readSnapshotStatus } from '../snapshot/status.js';
-import { readLostShards } from '../snapshot/lost.js';
+import { createRedis, logOutages, whenReady, type RedisClient } from '../store/redis.js';
+import { MASTER_PROBE_MS } from '../store/cluster-probe.js';
+import { readiness } from './readiness.js';
 import { TokenStore } from '../store/token-store.js';
-import { replicaShortfall } from '../store/replicas.js';
-import { evictingMasters } from '../store/eviction.js';
 import { TokenEngine } from '../tokens/engine.js';
 import { Authenticator } from './auth.js';
 import { FailureLimiter } from './rate-limit.js';
@@ -42,8 +37,6 @@ export function uwsNotNative(): string | null {
   return `uWebSockets.js runs its JavaScript fallback, not its native binary (Node ${process.version}, module ABI ${process.versions.modules}${process.env.UWS_USE_FALLBACK ? `, UWS_USE_FALLBACK=${process.env.UWS_USE_FALLBACK}` : ''}): run serve on Node 20, whose binary this build ships`;
 }
 
-const SHAS = SCRIPT_NAMES.map((n) => createHash('sha1').update(readScript(n)).digest('hex'));
-
 /** how long a drain waits with no request before it closes the remaining (idle) connections */
 const DRAIN_QUIET_MS = 250;
 
@@ -60,55 +53,6 @@ function storeDown(redis: RedisClient, err: unknown): boolean {
   if (redis.status !== 'ready') return true;
   const e = err as { name?: string; message?: string; code?: string };
   return e?.name === 'MaxRetriesPerRequestError' || /Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|^Too many Cluster redirections|^(LOADING|CLUSTERDOWN|READONLY|MASTERDOWN|TRYAGAIN|OOM|BUSY|NOREPLICAS) /.test(e?.message ?? '');
-}
-
-/**
- * Ready = Redis can serve every token and the scripts are loaded. On a Cluster that takes every master of
- * the slot map answering with cluster_state:ok: a PING reaches just one node, and one lost master leaves
- * its third of the tokens unservable while the others answer. The snapshot writer's state is reported but
- * does not make a worker unready: sign-ups must keep working while Postgres is away (the events wait in Redis).
- */
-async function readiness(redis: RedisClient, prefix: string, probeMs: number, waitReplicas: number): Promise<{ ready: boolean; details: Record<string, unknown> }> {
-  let cluster: Record<string, unknown> = {};
-  try {
-    const probe = await clusterMasters(redis, probeMs);
-    if (probe) {
-      cluster = { masters: probe.masters };
-      const failing = clusterFailures(probe);
-      if (failing.length) return { ready: false, details: { redis: 'down', ...cluster, error: failing.join('; ') } };
-    } else {
-      // bounded like a master's probe: a hung Redis answered nothing until the request timeout, then the
-      // generic 503, so a probe with a shorter timeout saw no reason at all
-      await answerWithin(redis.ping(), probeMs);
-    }
-    // REDIS_WAIT_REPLICAS without the replicas: every change answered 503 while the probe said ready, so a
-    // load balancer kept sending sign-ups to instances that could redeem nothing
-    const short = await replicaShortfall(redis, waitReplicas, probeMs);
-    if (short.length) return { ready: false, details: { redis: 'up', ...cluster, replicas: 'short', error: `${short.join('; ')}: every state change on its slots is answered 503` } };
-    // Redis would delete tokens once full, silently: refused before it happens, while it can still be set right
-    const evicting = await evictingMasters(redis, probeMs);
-    if (evicting.length) return { ready: false, details: { redis: 'up', ...cluster, eviction: 'allkeys', error: `${evicting.join('; ')}: it would delete tokens once full; set maxmemory-policy noeviction` } };
-  } catch (err) {
-    return { ready: false, details: { redis: 'down', error: redisErrorText(err) } };
-  }
-  try {
-    let loaded = true;
-    for (const m of masters(redis)) {
-      const have = (await m.script('EXISTS', ...SHAS)) as number[];
-      if (have.some((x) => x !== 1)) loaded = false;
-    }
-    // a Redis restarted without persistence, or a replica just promoted, lacks them: loaded again here, and
-    // ready once that succeeded (reported not ready, every instance's probe flapped at each failover)
-    if (!loaded) await new TokenStore(redis, '').preload();
-    // Redis answers but lost tokens Postgres holds (src/snapshot/lost.ts): they would be answered 404, for good
-    const lost = await readLostShards(redis, prefix);
-    if (lost.length) {
-      return { ready: false, details: { redis: 'up', ...cluster, lostShards: lost, error: `Redis lost the tokens of shards ${lost.join(',')} that the Postgres snapshot holds (they answer 404): restore them (runbook "Redis lost its data")` } };
-    }
-    return { ready: true, details: { redis: 'up', ...cluster, scripts: loaded ? 'loaded' : 'reloaded', snapshot: await readSnapshotStatus(redis, prefix) } };
-  } catch (err) {
-    return { ready: false, details: { redis: 'up', ...cluster, scripts: 'unknown', error: (err as Error).message } };
-  }
 }
 
 /** Starts one HTTP worker on config.host:config.port (SO_REUSEPORT, so several processes can share it). */

@@ -1,10 +1,11 @@
 import { Cluster, type Redis } from 'ioredis';
-import { answerWithin, masters, nodeAddress, type RedisClient } from './redis.js';
+import calculateSlot from 'cluster-key-slot';
+import { answerWithin, nodeAddress, type RedisClient } from './redis.js';
 
 // Whether a Redis Cluster's masters can serve their slots: what /readyz, the serve primary's cluster watch
 // and the standalone snapshot writer judge it by.
 
-const SLOTS = 16384;
+export const SLOTS = 16384;
 /** how long a readiness probe waits for each Cluster master: a hung one must not hold the probe */
 export const MASTER_PROBE_MS = 1000;
 /** per node, the CLUSTER INFO still unanswered: a hung master gets one, not one per probe */
@@ -23,8 +24,8 @@ function clusterInfo(node: Redis, ms: number): Promise<string> {
  * What `judge` finds wrong in each master's INFO `section` (each answering within `ms`), sorted: one line
  * per master it names, with its address in front.
  */
-export async function judgeMasters(client: RedisClient, section: string, ms: number, judge: (info: string) => string | undefined): Promise<string[]> {
-  const found = await Promise.all(masters(client).map(async (m) => [nodeAddress(m), judge(await answerWithin(m.info(section), ms))] as const));
+export async function judgeMasters(nodes: Redis[], section: string, ms: number, judge: (info: string) => string | undefined): Promise<string[]> {
+  const found = await Promise.all(nodes.map(async (m) => [nodeAddress(m), judge(await answerWithin(m.info(section), ms))] as const));
   return found.flatMap(([address, wrong]) => (wrong === undefined ? [] : [`${address} ${wrong}`])).sort();
 }
 
@@ -85,3 +86,10 @@ export function clusterFailures(probe: ClusterProbe): string[] {
   return failing;
 }
 
+
+/** Whether the master of `key`'s slot was found serving by `probe` (always, on a single Redis: no probe). */
+export function servesKey(client: RedisClient, probe: ClusterProbe | undefined, key: string): boolean {
+  if (!probe || !(client instanceof Cluster)) return true;
+  const master = client.slots[calculateSlot(key)]?.[0];
+  return master !== undefined && probe.masters[master] === 'ok';
+}

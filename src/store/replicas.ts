@@ -98,9 +98,9 @@ export class ReplicaAck {
  * replicas online": every change they take is answered 503 after REDIS_WAIT_MS (WAIT cannot be met), while
  * lookups still work. Empty when the wait is off.
  */
-export async function replicaShortfall(redis: RedisClient, wanted: number, probeMs: number): Promise<string[]> {
+export async function replicaShortfall(nodes: Redis[], wanted: number, probeMs: number): Promise<string[]> {
   if (wanted <= 0) return [];
-  return judgeMasters(redis, 'replication', probeMs, (info) => {
+  return judgeMasters(nodes, 'replication', probeMs, (info) => {
     const online = info.split('\n').filter((l) => /^slave\d+:.*state=online/.test(l)).length;
     return online < wanted ? `has ${online} of the ${wanted} replicas REDIS_WAIT_REPLICAS asks for online` : undefined;
   });

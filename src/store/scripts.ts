@@ -1,6 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import { createHash } from 'node:crypto';
+import type { Redis } from 'ioredis';
 import type { RedisClient } from './redis.js';
 import { readyMasters } from './redis.js';
 
@@ -58,4 +60,18 @@ export function defineScripts<N extends string = ScriptName>(client: RedisClient
 export async function preloadScripts(client: RedisClient, names: readonly string[] = SCRIPT_NAMES): Promise<void> {
   const sources = names.map((n) => readScript(n));
   await Promise.all((await readyMasters(client)).map((m) => Promise.all(sources.map((s) => m.script('LOAD', s)))));
+}
+
+let engineScripts: { source: string; sha: string }[] | undefined;
+
+/**
+ * Loads the engine's scripts on each of `nodes` that lacks any (a Redis restarted without persistence, a
+ * replica just promoted): `loaded` when every node had them all, else `reloaded`.
+ */
+export async function ensureScripts(nodes: Redis[]): Promise<'loaded' | 'reloaded'> {
+  engineScripts ??= SCRIPT_NAMES.map((n) => readScript(n)).map((source) => ({ source, sha: createHash('sha1').update(source).digest('hex') }));
+  const scripts = engineScripts;
+  const lacking = await Promise.all(nodes.map(async (node) => ((await node.script('EXISTS', ...scripts.map((s) => s.sha))) as number[]).some((x) => x !== 1)));
+  await Promise.all(nodes.filter((_, i) => lacking[i]).map((node) => Promise.all(scripts.map((s) => node.script('LOAD', s.source)))));
+  return lacking.includes(true) ? 'reloaded' : 'loaded';
 }

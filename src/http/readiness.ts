@@ -1,0 +1,85 @@
+import type { Redis } from 'ioredis';
+import { answerWithin, masters, nodeAddress, redisErrorText, type RedisClient } from '../store/redis.js';
+import { clusterFailures, clusterMasters, servesKey, SLOTS, type ClusterProbe } from '../store/cluster-probe.js';
+import { Keys } from '../store/keys.js';
+import { ensureScripts } from '../store/scripts.js';
+import { replicaShortfall } from '../store/replicas.js';
+import { evictingMasters } from '../store/eviction.js';
+import { readSnapshotStatus } from '../snapshot/status.js';
+import { readLostShards } from '../snapshot/lost.js';
+
+export interface Readiness {
+  ready: boolean;
+  details: Record<string, unknown>;
+}
+
+/**
+ * Ready = Redis can serve tokens and the scripts are loaded. On a Cluster every master of the slot map is
+ * probed with CLUSTER INFO (a PING reaches just one node), each named in the reply.
+ *
+ * A part of the Cluster down (a master killed or hung while the others still serve, or one short of the
+ * replicas REDIS_WAIT_REPLICAS asks for) is `redis: "degraded"`, still 200: every instance sees the same
+ * Cluster, so a 503 took them all out of rotation at once and turned the lost master's share of sign-ups
+ * answering 503 into every sign-up failing (a Kubernetes Service with no ready endpoint refuses connections).
+ * 503 is kept for what no instance can serve around: no master serving, Redis down, a master that would
+ * evict tokens, tokens lost that the snapshot holds (they would be answered 404, a wrong answer, not a retry).
+ *
+ * The snapshot writer's state is reported but does not make a worker unready: sign-ups must keep working
+ * while Postgres is away (the events wait in Redis).
+ */
+export async function readiness(redis: RedisClient, prefix: string, probeMs: number, waitReplicas: number): Promise<Readiness> {
+  let cluster: Record<string, unknown> = {};
+  const degraded: string[] = [];
+  let serving: Redis[];
+  let probe: ClusterProbe | undefined;
+  try {
+    probe = await clusterMasters(redis, probeMs);
+    if (probe) {
+      cluster = { masters: probe.masters };
+      const failing = clusterFailures(probe);
+      if (failing.length && probe.slotsUnserved >= SLOTS) return { ready: false, details: { redis: 'down', ...cluster, error: failing.join('; ') } };
+      if (failing.length) {
+        degraded.push(...failing);
+        cluster.slotsUnserved = probe.slotsUnserved;
+      }
+      const { masters: states } = probe;
+      serving = masters(redis).filter((m) => states[nodeAddress(m)] === 'ok');
+    } else {
+      // bounded like a master's probe: a hung Redis answered nothing until the request timeout, then the
+      // generic 503, so a probe with a shorter timeout saw no reason at all
+      await answerWithin(redis.ping(), probeMs);
+      serving = masters(redis);
+    }
+    // REDIS_WAIT_REPLICAS without the replicas: every change answered 503 while the probe said ready, so a
+    // load balancer kept sending sign-ups to instances that could redeem nothing
+    const short = await replicaShortfall(serving, waitReplicas, probeMs);
+    if (short.length && short.length === serving.length) {
+      return { ready: false, details: { redis: 'up', ...cluster, replicas: 'short', error: `${short.join('; ')}: every state change on its slots is answered 503` } };
+    }
+    degraded.push(...short.map((s) => `${s}: every state change on its slots is answered 503`));
+    // Redis would delete tokens once full, silently: refused before it happens, while it can still be set right
+    const evicting = await evictingMasters(serving, probeMs);
+    if (evicting.length) return { ready: false, details: { redis: 'up', ...cluster, eviction: 'allkeys', error: `${evicting.join('; ')}: it would delete tokens once full; set maxmemory-policy noeviction` } };
+  } catch (err) {
+    return { ready: false, details: { redis: 'down', ...cluster, error: redisErrorText(err) } };
+  }
+  const redisState = degraded.length ? { redis: 'degraded', ...cluster, degraded: degraded.join('; ') } : { redis: 'up', ...cluster };
+  // what lives in one slot (the lost set, the writer's status) may sit on a master that does not serve: unknown
+  // then, not asked (a hung one would hold the probe past the request deadline)
+  const keys = new Keys(prefix);
+  const inSlot = <T, U>(key: string, read: () => Promise<T>, unknown: U): Promise<T | U> => (servesKey(redis, probe, key) ? read() : Promise.resolve(unknown));
+  try {
+    // a Redis restarted without persistence, or a replica just promoted, lacks them: loaded again here, and
+    // ready once that succeeded (reported not ready, every instance's probe flapped at each failover)
+    const scripts = await ensureScripts(serving);
+    // Redis answers but lost tokens Postgres holds (src/snapshot/lost.ts): they would be answered 404, for good
+    const lost = await inSlot(keys.lostShards(), () => readLostShards(redis, prefix), 'unknown' as const);
+    if (lost !== 'unknown' && lost.length) {
+      return { ready: false, details: { ...redisState, lostShards: lost, error: `Redis lost the tokens of shards ${lost.join(',')} that the Postgres snapshot holds (they answer 404): restore them (runbook "Redis lost its data")` } };
+    }
+    const snapshot = await inSlot(keys.snapshotStatus(), () => readSnapshotStatus(redis, prefix), { state: 'unknown' as const });
+    return { ready: true, details: { ...redisState, scripts, ...(lost === 'unknown' ? { lostShards: lost } : {}), snapshot } };
+  } catch (err) {
+    return { ready: false, details: { ...redisState, scripts: 'unknown', error: (err as Error).message } };
+  }
+}
