@@ -1,7 +1,7 @@
 import { inLanes } from '../collections.js';
 import type { TokenEngine } from '../tokens/engine.js';
 import type { CampaignStore, Counter } from './store.js';
-import { SatelliteCallError, type SatelliteApi } from './satellite-api.js';
+import { BODY_TOO_LARGE, NOT_FOUND, SatelliteCallError, type SatelliteApi } from './satellite-api.js';
 
 /** A user and the campaign's tokens for it. */
 export type UserTokens = [userId: string, tokens: string[]];
@@ -260,7 +260,7 @@ export class Delivery {
       await this.d.api.pushTokens([]);
     } catch (err) {
       if (!(err instanceof SatelliteCallError)) throw err;
-      if (!(err.refused && err.status !== 404)) return err;
+      if (!(err.refused && err.status !== NOT_FOUND)) return err;
     }
     this.routeWorks = true;
     return undefined;
@@ -268,7 +268,7 @@ export class Delivery {
 
   /** A body too large for the satellite: later pushes carry at most half of this one, so they are not split again. */
   private fit(pairs: Pair[], err: SatelliteCallError): void {
-    if (err.status === 413) this.max = Math.max(1, Math.min(this.max, Math.floor(pairs.length / 2)));
+    if (err.status === BODY_TOO_LARGE) this.max = Math.max(1, Math.min(this.max, Math.floor(pairs.length / 2)));
   }
 
   private async push(pairs: Pair[], whole: Map<string, number>): Promise<void> {

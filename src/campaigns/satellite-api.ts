@@ -26,11 +26,19 @@ export interface SatelliteApiOptions {
 }
 
 /**
+ * To a push, a user the satellite does not have (a refusal); to an empty push, which the contract answers
+ * {accepted: 0}, a token route the satellite does not have (src/campaigns/delivery.ts, brokenRoute).
+ */
+export const NOT_FOUND = 404;
+/** The push exceeded the satellite's body limit: a push of fewer tokens may pass. */
+export const BODY_TOO_LARGE = 413;
+
+/**
  * HTTP answers that refuse what was sent (a user the satellite no longer has, a body too large) rather than
- * fail the satellite. 404 is one too (user not found); a satellite without the route answers it for every
+ * fail the satellite. NOT_FOUND is one too (user not found); a satellite without the route answers it for every
  * user, which fails the run anyway (src/campaigns/delivery.ts, pushOrSplit).
  */
-const REFUSALS = new Set([400, 404, 409, 410, 413, 422]);
+const REFUSALS = new Set([400, NOT_FOUND, 409, 410, BODY_TOO_LARGE, 422]);
 
 export class SatelliteCallError extends Error {
   /**
