@@ -1,7 +1,8 @@
 import client from 'prom-client';
 import { Cluster, type Redis } from 'ioredis';
 import { every } from '../every.js';
-import { answerWithin, nodeAddress, type RedisClient } from './redis.js';
+import { nodeAddress, type RedisClient } from './redis.js';
+import { slotMoves } from './cluster-nodes.js';
 import { clusterMasters, MASTER_PROBE_MS } from './cluster-probe.js';
 
 const metrics = {
@@ -22,16 +23,8 @@ const metrics = {
   }),
 };
 
-/** `[slot->-target]` on a node's own line of CLUSTER NODES: a slot it is handing over. */
-const MIGRATING = /\[(\d+)->-([0-9a-f]+)\]/g;
-
 async function migratingSlots(node: Redis, ms: number): Promise<{ slot: number; from: string; to: string }[]> {
-  const text = await answerWithin(node.cluster('NODES') as Promise<string>, ms);
-  const lines = text.split('\n');
-  const self = lines.find((l) => l.split(' ')[2]?.includes('myself'));
-  if (!self) return [];
-  const address = (id: string) => lines.find((l) => l.startsWith(`${id} `))?.split(' ')[1]?.split('@')[0] ?? id;
-  return [...self.matchAll(MIGRATING)].map((m) => ({ slot: Number(m[1]), from: address(self.split(' ')[0]!), to: address(m[2]!) }));
+  return (await slotMoves(node, ms)).filter((m) => !m.importing).map((m) => ({ slot: m.slot, from: m.self, to: m.peer }));
 }
 
 export interface ClusterWatchOptions {

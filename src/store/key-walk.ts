@@ -1,5 +1,6 @@
 import { Cluster, type Redis } from 'ioredis';
 import { readyMasters, type RedisClient } from './redis.js';
+import { slotMoves } from './cluster-nodes.js';
 
 // Listing and deleting keys by pattern on every master (export, restore and its --force, the tests).
 
@@ -30,7 +31,7 @@ export async function* scanKeys(client: RedisClient, pattern: string, count = 10
  */
 async function slotLayout(client: Cluster): Promise<string> {
   const ranges = await client.cluster('SLOTS');
-  const moving = (await Promise.all((await readyMasters(client)).map((n) => n.cluster('NODES') as Promise<string>))).some((t) => /\[\d+-[<>]-/.test(t));
+  const moving = (await Promise.all((await readyMasters(client)).map((n) => slotMoves(n)))).some((moves) => moves.length > 0);
   if (moving) throw new Error('a Cluster slot is being migrated (a reshard under way, or one left unfinished: `redis-cli --cluster fix` ends it): its keys could be missed; run it again once that is done');
   return ranges.map(([from, to, master]) => `${from}-${to}@${master?.[0]}:${master?.[1]}`).sort().join(' ');
 }
