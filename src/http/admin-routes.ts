@@ -3,7 +3,7 @@ import { DomainError } from '../errors.js';
 import type { Satellite, SatelliteFields } from '../satellites/model.js';
 import { SATELLITE_FIELD_MAX as MAX } from '../satellites/registry.js';
 import { MAX_TOKENS_PER_CALL } from '../tokens/engine.js';
-import { checkNewId, checkToken } from '../tokens/validate.js';
+import { checkToken } from '../tokens/validate.js';
 import { defined, id, nullable, obj, token } from './fields.js';
 import { ok, type Call, type Route } from './router.js';
 import type { RouteDeps } from './routes.js';
@@ -71,8 +71,6 @@ export function adminRoutes(d: RouteDeps): Route[] {
       }),
       async handler(c: Call<{ satelliteId: string; userIds: string[]; perUser: number; expiresAt?: number; campaignId?: string }>) {
         const b = c.body;
-        // named as this body names them: the engine's own check would say owners[i].ownerUserId
-        b.userIds.forEach((u, i) => checkNewId(`userIds[${i}]`, u));
         await d.registry.require(b.satelliteId);
         const out = await d.engine.generate(defined({
           owners: b.userIds.map((u) => ({ ownerSatelliteId: b.satelliteId, ownerUserId: u })),
@@ -80,6 +78,8 @@ export function adminRoutes(d: RouteDeps): Route[] {
           expiresAt: b.expiresAt,
           campaignId: b.campaignId,
           signal: c.signal,
+          // a bad id named as this body names it
+          ownerField: (i, field) => (field === 'ownerUserId' ? `userIds[${i}]` : 'satelliteId'),
         }));
         return ok({ campaignId: out.campaignId, tokens: out.tokens.map((t) => ({ userId: t.ownerUserId, token: t.token })) });
       },

@@ -17,6 +17,8 @@ export interface GenerateRequest {
   expiresAt?: number;
   /** aborted when the caller stopped waiting (an HTTP request answered 503 on its deadline): what was made is revoked */
   signal?: AbortSignal;
+  /** how the caller's request names owner `i`'s field in an error (the admin route's body: userIds[i]); owners[i].<field> if not given */
+  ownerField?: (i: number, field: 'ownerSatelliteId' | 'ownerUserId') => string;
 }
 
 export interface GeneratedToken {
@@ -51,9 +53,10 @@ export class TokenEngine {
     }
     const campaignId = req.campaignId === undefined ? newCampaignId() : checkCampaignId('campaignId', req.campaignId);
     const tokens: GeneratedToken[] = [];
+    const name = req.ownerField ?? ((i, field) => `owners[${i}].${field}`);
     const batches: OwnerBatch[] = req.owners.map((o, i) => {
-      const ownerSatelliteId = checkNewId(`owners[${i}].ownerSatelliteId`, o.ownerSatelliteId);
-      const ownerUserId = checkNewId(`owners[${i}].ownerUserId`, o.ownerUserId);
+      const ownerSatelliteId = checkNewId(name(i, 'ownerSatelliteId'), o.ownerSatelliteId);
+      const ownerUserId = checkNewId(name(i, 'ownerUserId'), o.ownerUserId);
       const place = placeOfOwner(ownerSatelliteId, ownerUserId);
       const minted = mint(place.value, req.perUser);
       for (let n = 0; n < req.perUser; n++) tokens.push({ ownerSatelliteId, ownerUserId, token: tokenAt(minted, n) });
