@@ -1,7 +1,10 @@
 import type pg from 'pg';
 import { Pool } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/config.js';
+import { startServer } from '../src/http/server.js';
 import { openPostgres, readSnapshotStatus, verify } from '../src/snapshot/index.js';
+import { writeSnapshotStatus } from '../src/snapshot/status.js';
 import { createRedis, type RedisClient } from '../src/store/redis.js';
 import { ADMIN_KEY, call, privateRedis, serve, type Served } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
@@ -39,6 +42,8 @@ describe('serve with the snapshot writer on (SNAPSHOT=true, the default; real Re
   it('tokens and satellites changed through the API reach Postgres, /readyz reports the writer up, SIGTERM stops it and exits 0', async () => {
     server = await serve({ KEY_PREFIX: prefix, SNAPSHOT: 'true', DATABASE_URL: db.url, REDIS_URL: SHARED_REDIS_URL });
     http = new Pool(server.url, { connections: 2 });
+    // its writer reports a second after the workers listen: until then /readyz said off, no writer at all
+    expect(['starting', 'up', 'down']).toContain((await call(http, 'GET', '/readyz')).body.snapshot.state);
     const added = await call(http, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-s', name: 'Snap' } });
     expect(added.status).toBe(201);
     const key = added.body.apiKey as string;
@@ -105,6 +110,31 @@ describe('serve with the snapshot writer on (SNAPSHOT=true, the default; real Re
     http = undefined;
     expect(await server.stop()).toBe(0);
     server = undefined;
+  });
+
+  it('a worker of a serve with the writer on says it is starting until a writer reports after the worker started', async () => {
+    const own = testPrefix('starting');
+    const worker = await startServer(loadConfig({ host: '127.0.0.1', port: 0, keyPrefix: own }, { REDIS_URL: SHARED_REDIS_URL }));
+    const off = await startServer(loadConfig({ host: '127.0.0.1', port: 0, keyPrefix: own }, { REDIS_URL: SHARED_REDIS_URL, SNAPSHOT: 'false' }));
+    const snapshot = async (port = worker.port) => ((await (await fetch(`http://127.0.0.1:${port}/readyz`)).json()) as { snapshot: unknown }).snapshot;
+    try {
+      expect(await snapshot()).toEqual({ state: 'starting' });
+      // a serve without a writer cannot tell one is coming
+      expect(await snapshot(off.port)).toEqual({ state: 'off' });
+      // the farewell of the writer before this serve's (a restart)
+      await writeSnapshotStatus(redis, own, { state: 'off', at: Date.now() - 60_000 });
+      expect(await snapshot()).toEqual({ state: 'starting' });
+      const up = { state: 'up', lagEvents: 0, lagSeconds: 0, at: Date.now() } as const;
+      await writeSnapshotStatus(redis, own, up);
+      expect(await snapshot()).toEqual(up);
+      // its own writer stopping
+      const farewell = { state: 'off', at: Date.now() } as const;
+      await writeSnapshotStatus(redis, own, farewell);
+      expect(await snapshot()).toEqual(farewell);
+    } finally {
+      await Promise.all([worker.close(0), off.close(0)]);
+      await dropPrefix(redis, own);
+    }
   });
 
   // the drain (up to the 5 s request timeout on a hung Redis), then the writer's stop (its lag reading, its

@@ -27,7 +27,8 @@ export interface Readiness {
  * The snapshot writer's state is reported but does not make a worker unready: sign-ups must keep working
  * while Postgres is away (the events wait in Redis).
  */
-export async function readiness(redis: RedisClient, prefix: string, probeMs: number, waitReplicas: number): Promise<Readiness> {
+/** `ownWriterSince`: when this worker started, if its serve runs a snapshot writer (readSnapshotStatus) */
+export async function readiness(redis: RedisClient, prefix: string, probeMs: number, waitReplicas: number, ownWriterSince?: number): Promise<Readiness> {
   let cluster: Record<string, unknown> = {};
   const degraded: string[] = [];
   let serving: Redis[];
@@ -77,7 +78,7 @@ export async function readiness(redis: RedisClient, prefix: string, probeMs: num
     if (lost !== 'unknown' && lost.length) {
       return { ready: false, details: { ...redisState, lostShards: lost, error: `Redis lost the tokens of shards ${lost.join(',')} that the Postgres snapshot holds (they answer 404): restore them (runbook "Redis lost its data")` } };
     }
-    const snapshot = await inSlot(keys.snapshotStatus(), () => readSnapshotStatus(redis, prefix), { state: 'unknown' as const });
+    const snapshot = await inSlot(keys.snapshotStatus(), () => readSnapshotStatus(redis, prefix, ownWriterSince), { state: 'unknown' as const });
     return { ready: true, details: { ...redisState, scripts, ...(lost === 'unknown' ? { lostShards: lost } : {}), snapshot } };
   } catch (err) {
     return { ready: false, details: { ...redisState, scripts: 'unknown', error: (err as Error).message } };

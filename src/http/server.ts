@@ -73,13 +73,15 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
   const auth = new Authenticator(satellites, config.adminKey, config.authCacheMs);
   const limiter = new FailureLimiter(redis, config.keyPrefix, { ip: config.rateLimitFailures, satellite: config.rateLimitSatelliteFailures }, config.rateLimitWindowMs);
   const traffic: Traffic = { n: 0, draining: false };
+  // a worker of serve, whose primary starts the writer once the workers listen (SNAPSHOT on)
+  const ownWriterSince = config.snapshot ? Date.now() : undefined;
   const app = uws.App();
   mount(
     app,
     routes({
       config, engine, registry: satellites, auth, limiter,
       // a hung master is named only if its probe gives up before the request deadline answers a bare 503
-      ready: () => readiness(redis, config.keyPrefix, Math.min(MASTER_PROBE_MS, Math.floor(config.requestTimeoutMs / 2)), config.redisWaitReplicas),
+      ready: () => readiness(redis, config.keyPrefix, Math.min(MASTER_PROBE_MS, Math.floor(config.requestTimeoutMs / 2)), config.redisWaitReplicas, ownWriterSince),
       metrics: opts.metrics ?? (() => metricsRegistry.metrics()),
     }),
     { auth, traffic, timeoutMs: config.requestTimeoutMs, storeDown: (err) => storeDown(redis, err), metricsKey: config.metricsKey },
