@@ -1,4 +1,5 @@
 import client from 'prom-client';
+import { onFirstUse } from './on-first-use.js';
 
 /**
  * Metrics of the HTTP API, in prom-client's default global registry so other parts of the
@@ -33,24 +34,27 @@ export const httpInFlight = new client.Gauge({
   help: 'HTTP requests read and not yet answered (they pile up when Redis hangs, until REQUEST_TIMEOUT_MS answers them 503)',
 });
 
-export const tokenResults = new client.Counter({
-  name: 'rm_token_results_total',
-  help: 'Token operation results (redeem, reserve, complete, release) by engine result code',
-  labelNames: ['op', 'code'] as const,
+/** The satellite routes' metrics (src/http/routes.ts), made with those routes. */
+export const apiMetrics = onFirstUse(() => {
+  const tokenResults = new client.Counter({
+    name: 'rm_token_results_total',
+    help: 'Token operation results (redeem, reserve, complete, release) by engine result code',
+    labelNames: ['op', 'code'] as const,
+  });
+  // born at 0: increase() over a series that appears at 1 reads 0, so the "referrals stopped" alert missed a first redemption
+  for (const op of ['redeem', 'reserve', 'complete', 'release']) tokenResults.inc({ op, code: 'ok' }, 0);
+  const rateLimited = new client.Counter({
+    name: 'rm_rate_limited_total',
+    help: 'Requests refused with 429: by="crossed" the failure that crossed the limit, by="check" a caller already blocked; limit="satellite" or "ip" (the address block, or X-End-User-IP) the caller is over',
+    labelNames: ['by', 'limit'] as const,
+  });
+  return { tokenResults, rateLimited };
 });
-// born at 0: increase() over a series that appears at 1 reads 0, so the "referrals stopped" alert missed a first redemption
-for (const op of ['redeem', 'reserve', 'complete', 'release']) tokenResults.inc({ op, code: 'ok' }, 0);
 
 export const redisErrors = new client.Counter({
   name: 'rm_redis_errors_total',
   help: 'Redis failures seen by the HTTP layer: unavailable (answered 503), replicas (answered 503: a change no replica confirmed in time, or a master refusing writes for want of replicas) or error (answered 500)',
   labelNames: ['kind'] as const,
-});
-
-export const rateLimited = new client.Counter({
-  name: 'rm_rate_limited_total',
-  help: 'Requests refused with 429: by="crossed" the failure that crossed the limit, by="check" a caller already blocked; limit="satellite" or "ip" (the address block, or X-End-User-IP) the caller is over',
-  labelNames: ['by', 'limit'] as const,
 });
 
 const children = new Map<string, { count: { inc(): void }; time: { observe(v: number): void } }>();

@@ -1,6 +1,6 @@
 import type { Config } from '../config.js';
 import { DomainError, resultErrors } from '../errors.js';
-import { rateLimited, tokenResults } from '../metrics.js';
+import { apiMetrics } from '../metrics.js';
 import type { SatelliteRegistry } from '../satellites/registry.js';
 import type { Result, Token } from '../store/model.js';
 import type { TokenEngine } from '../tokens/engine.js';
@@ -27,6 +27,7 @@ export function routes(d: RouteDeps): Route[] {
 
 /** The routes a satellite calls with its own key: the satellite is the key's, never a body field. */
 function satelliteRoutes(d: RouteDeps): Route[] {
+  const { rateLimited, tokenResults } = apiMetrics();
   const tooMany = (by: 'check' | 'crossed', block: Block): never => {
     rateLimited.labels(by, block.limit).inc();
     throw new HttpError('rate_limited', undefined, [['retry-after', String(block.seconds)]]);

@@ -1,11 +1,13 @@
 import client from 'prom-client';
 import { Cluster, type Redis } from 'ioredis';
 import { every } from '../every.js';
+import { onFirstUse } from '../on-first-use.js';
 import { nodeAddress, type RedisClient } from './redis.js';
 import { slotMoves } from './cluster-nodes.js';
 import { clusterMasters, MASTER_PROBE_MS } from './cluster-probe.js';
 
-const metrics = {
+/** made by watchCluster */
+export const clusterWatchMetrics = onFirstUse(() => ({
   masterUp: new client.Gauge({
     name: 'rm_redis_cluster_master_up',
     help: 'Redis Cluster: 1 for each master of the slot map that answers with cluster_state:ok, 0 for one that does not (the tokens of its slots answer 503)',
@@ -21,7 +23,7 @@ const metrics = {
     name: 'rm_redis_cluster_slots_migrating',
     help: 'Redis Cluster: slots a master marks migrating (a reshard under way, or one left unfinished: scripts on their keys may fail with TRYAGAIN)',
   }),
-};
+}));
 
 async function migratingSlots(node: Redis, ms: number): Promise<{ slot: number; from: string; to: string }[]> {
   return (await slotMoves(node, ms)).filter((m) => !m.importing).map((m) => ({ slot: m.slot, from: m.self, to: m.peer }));
@@ -43,6 +45,8 @@ export interface ClusterWatchOptions {
  * still work) but which make scripts on their keys fail. Undefined for a single Redis.
  */
 export function watchCluster(redis: RedisClient, log: (line: string) => void, opts: ClusterWatchOptions = {}): { stop(): Promise<void> } | undefined {
+  // made on a single Redis too, where the counts read 0 (README)
+  const m = clusterWatchMetrics();
   if (!(redis instanceof Cluster)) return undefined;
   const stuckMs = opts.stuckMs ?? 60_000;
   // ok or not per master: only a change of that is logged. The reason may change every probe (a killed
@@ -54,12 +58,12 @@ export function watchCluster(redis: RedisClient, log: (line: string) => void, op
   return every(opts.ms ?? 5000, async () => {
     const probe = await clusterMasters(redis).catch(() => undefined);
     if (!probe) return;
-    metrics.masterUp.reset();
+    m.masterUp.reset();
     const next = new Map<string, boolean>();
     for (const [node, state] of Object.entries(probe.masters)) {
       const ok = state === 'ok';
       next.set(node, ok);
-      metrics.masterUp.set({ node }, ok ? 1 : 0);
+      m.masterUp.set({ node }, ok ? 1 : 0);
       const was = up.get(node);
       if (!ok && was !== false) log(`[redis cluster] master ${node}: ${state}; the tokens of its slots answer 503 until it or a replica answers`);
       if (ok && was === false) log(`[redis cluster] master ${node}: ok again`);
@@ -72,8 +76,8 @@ export function watchCluster(redis: RedisClient, log: (line: string) => void, op
       else next.set(node, false);
     }
     up = next;
-    metrics.slotsWithoutMaster.set(probe.slotsWithoutMaster);
-    metrics.slotsUnserved.set(probe.slotsUnserved);
+    m.slotsWithoutMaster.set(probe.slotsWithoutMaster);
+    m.slotsUnserved.set(probe.slotsUnserved);
 
     const now = Date.now();
     const masters = redis.nodes('master');
@@ -81,7 +85,7 @@ export function watchCluster(redis: RedisClient, log: (line: string) => void, op
     const heard = new Map(masters.map((n, i) => [nodeAddress(n), read[i] ?? reported.get(nodeAddress(n)) ?? []] as const));
     reported = heard;
     const found = [...heard.values()].flat();
-    metrics.slotsMigrating.set(found.length);
+    m.slotsMigrating.set(found.length);
     const seen = new Map<number, { since: number; said: boolean }>();
     for (const m of found) {
       const had = migrating.get(m.slot) ?? { since: now, said: false };

@@ -1,12 +1,16 @@
 import client from 'prom-client';
 import { every } from '../every.js';
+import { onFirstUse } from '../on-first-use.js';
 import type { TokenEngine } from './engine.js';
 
-const lapsed = new client.Counter({
-  name: 'rm_reservations_lapsed_total',
-  help: 'Reservations given back because their lease lapsed with neither complete nor release (abandoned sign-ups)',
-});
-const failures = new client.Counter({ name: 'rm_lease_sweep_errors_total', help: 'Shards whose sweep of lapsed reservations failed (retried at the next sweep)' });
+/** made by sweepLapsed */
+export const lapseMetrics = onFirstUse(() => ({
+  lapsed: new client.Counter({
+    name: 'rm_reservations_lapsed_total',
+    help: 'Reservations given back because their lease lapsed with neither complete nor release (abandoned sign-ups)',
+  }),
+  failures: new client.Counter({ name: 'rm_lease_sweep_errors_total', help: 'Shards whose sweep of lapsed reservations failed (retried at the next sweep)' }),
+}));
 
 /** A failure the log already told stays quiet this long, so a Redis down for hours is not one line a sweep. */
 const RETELL_MS = 10 * 60_000;
@@ -17,6 +21,7 @@ const RETELL_MS = 10 * 60_000;
  * state inside Redis.
  */
 export function sweepLapsed(engine: TokenEngine, ms: number, graceMs: number, log: (line: string) => void = console.error): { stop(): Promise<void> } {
+  const { lapsed, failures } = lapseMetrics();
   let told: { text: string; at: number } | undefined;
   return every(ms, async () => {
     const { given, failed } = await engine.lapse(graceMs);

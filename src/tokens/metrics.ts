@@ -1,35 +1,41 @@
 import client from 'prom-client';
 import { every } from '../every.js';
+import { onFirstUse } from '../on-first-use.js';
 import { SATELLITE_COUNTERS } from '../store/model.js';
 import type { TokenEngine } from './engine.js';
 
-// Read from Redis by the serve primary only; the workers' registries hold none of these, so 'max' (not
-// the aggregator's default sum) keeps one reading even if a worker ever reported one too.
-const tokens = new client.Gauge({
-  name: 'rm_tokens',
-  help: "Tokens of each owner satellite's users by state, from the engine's counters (purged: deleted from Redis by tokens purge)",
-  labelNames: ['satellite', 'state'] as const,
-  aggregator: 'max',
+/**
+ * Made by reportTokenCounts: read from Redis by the serve primary only; the workers' registries hold none of
+ * these, so 'max' (not the aggregator's default sum) keeps one reading even if a worker ever reported one too.
+ */
+export const tokenCountMetrics = onFirstUse(() => {
+  const tokens = new client.Gauge({
+    name: 'rm_tokens',
+    help: "Tokens of each owner satellite's users by state, from the engine's counters (purged: deleted from Redis by tokens purge)",
+    labelNames: ['satellite', 'state'] as const,
+    aggregator: 'max',
+  });
+  // counters kept by the scripts, copied here whole: reset, then one inc by the value read
+  const generated = new client.Counter({
+    name: 'rm_tokens_generated_total',
+    help: "Tokens ever made for each owner satellite's users",
+    labelNames: ['satellite'] as const,
+    aggregator: 'max',
+  });
+  const redemptions = new client.Counter({
+    name: 'rm_redemptions_total',
+    help: 'Redeemed tokens by owner satellite and redeemer satellite: the cross-satellite matrix',
+    labelNames: ['owner', 'redeemer'] as const,
+    aggregator: 'max',
+  });
+  const readAt = new client.Gauge({
+    name: 'rm_token_counts_read_seconds',
+    help: 'Unix time of the last successful reading of the token counters (stale while Redis is unreachable)',
+    aggregator: 'max',
+  });
+  const failures = new client.Counter({ name: 'rm_token_counts_errors_total', help: 'Failed readings of the token counters', aggregator: 'max' });
+  return { tokens, generated, redemptions, readAt, failures };
 });
-// counters kept by the scripts, copied here whole: reset, then one inc by the value read
-const generated = new client.Counter({
-  name: 'rm_tokens_generated_total',
-  help: "Tokens ever made for each owner satellite's users",
-  labelNames: ['satellite'] as const,
-  aggregator: 'max',
-});
-const redemptions = new client.Counter({
-  name: 'rm_redemptions_total',
-  help: 'Redeemed tokens by owner satellite and redeemer satellite: the cross-satellite matrix',
-  labelNames: ['owner', 'redeemer'] as const,
-  aggregator: 'max',
-});
-const readAt = new client.Gauge({
-  name: 'rm_token_counts_read_seconds',
-  help: 'Unix time of the last successful reading of the token counters (stale while Redis is unreachable)',
-  aggregator: 'max',
-});
-const failures = new client.Counter({ name: 'rm_token_counts_errors_total', help: 'Failed readings of the token counters', aggregator: 'max' });
 
 const STATES = SATELLITE_COUNTERS.filter((c) => c !== 'generated');
 
@@ -41,6 +47,7 @@ const STATES = SATELLITE_COUNTERS.filter((c) => c !== 'generated');
  * A failed reading keeps the last values, which rm_token_counts_read_seconds then shows as old.
  */
 export function reportTokenCounts(engine: TokenEngine, ms: number): { stop(): Promise<void> } {
+  const { tokens, generated, redemptions, readAt, failures } = tokenCountMetrics();
   const start = Date.now();
   let read = false;
   return every(ms, async () => {
