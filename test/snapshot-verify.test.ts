@@ -5,6 +5,7 @@ import { restoreFromPostgres, startSnapshotWriter, verify, type SnapshotWriter }
 import { openPostgres } from '../src/snapshot/schema.js';
 import { Keys, placeOfToken, SHARDS } from '../src/store/keys.js';
 import { hexOf } from '../src/store/codec.js';
+import { EXPORT_FIELDS, scanTokens } from '../src/store/export.js';
 import { caughtUp, snapshotFixture } from './helpers/snapshot.js';
 import { testDatabase } from './helpers/pg.js';
 import { dropPrefix, engineFixture, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
@@ -67,6 +68,31 @@ async function ownSnapshot(label: string, fn: (w: { fx: EngineFixture; db: { url
     await fx.close();
   }
 }
+
+// exported with its reservationId and without reservedBy, in Postgres too: half a reservation
+describe('a token redeemed through reserve + complete (real Redis, real Postgres)', () => {
+  it('the engine, the export, the Postgres copy and verify agree: its reservation id and the satellite that reserved (the redeemer)', async () => {
+    await ownSnapshot('rescomp', async ({ fx, pool }) => {
+      const made = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'alice' }], perUser: 2, campaignId: 'c' });
+      const [t, direct] = made.tokens.map((x) => x.token) as [string, string];
+      const reservationId = (await fx.engine.reserve(t, 'sat-b', 60_000)).token!.reservationId!;
+      expect((await fx.engine.complete(t, reservationId, 'bob')).token).toMatchObject({ reservationId, reservedBy: 'sat-b', redeemerSatelliteId: 'sat-b' });
+      expect((await fx.engine.redeem(direct, 'sat-c', 'carol')).code).toBe('ok');
+      await caughtUp(fx.redis, fx.prefix, pool, 5);
+
+      const exported = new Map<string, Record<string, string>>();
+      for await (const page of scanTokens(fx.redis, fx.prefix)) for (const row of page) exported.set(row[0]!, Object.fromEntries(EXPORT_FIELDS.map((f, i) => [f, row[i]!])));
+      const reservation = (r: Record<string, unknown> | undefined) => [r?.reservationId, r?.reservedBy, r?.redeemerSatelliteId];
+      expect(reservation(exported.get(t))).toEqual([reservationId, 'sat-b', 'sat-b']);
+      expect(reservation(exported.get(direct))).toEqual(['', '', 'sat-c']);
+      const rows = (await pool.query('SELECT token::text, reservation_id AS "reservationId", reserved_by AS "reservedBy", redeemer_satellite_id AS "redeemerSatelliteId" FROM tokens')).rows;
+      const copied = new Map(rows.map((r) => [r.token as string, r]));
+      expect(reservation(copied.get(t))).toEqual([reservationId, 'sat-b', 'sat-b']);
+      expect(reservation(copied.get(direct))).toEqual([null, null, 'sat-c']);
+      expect(await verify(fx.redis, pool, fx.prefix)).toMatchObject({ tokens: 2, differences: 0 });
+    });
+  });
+});
 
 describe('verify --repair-tokens (real Redis, real Postgres)', () => {
   // entries removed from a stream before the writer read them (an XDEL of an entry Postgres refused, an XTRIM

@@ -96,6 +96,7 @@ end
 --[[ The row: the token as the outside world sees it, in this fixed order (src/store/codec.ts):
   token, state, ownerSatelliteId, ownerUserId, campaignId, createdAt, expiresAt,
   reservationId, reservedBy, leaseExpiresAt, redeemerSatelliteId, redeemerUserId, redeemedAt
+  A token redeemed through reserve + complete keeps reservationId, and reservedBy is its redeemer satellite.
   A reservation whose lease has lapsed is reported as unredeemed (no sweeper needed for that).
   leaseExpiresAt and redeemedAt are kept as the text the row and the side records carry. ]]
 -- loads everything about one token; nil when the bucket has no such suffix. `token` is the dashed form of
@@ -139,7 +140,10 @@ local function reply(code, t)
   local redeemed = st == 'r'
   return { code, t.token, STATE_NAME[st], t.sat, t.user, t.campaign, dec(t.createdAt), dec(t.expiresAt),
     (reserved or redeemed) and t.reservationId or '',
-    reserved and t.reservedBy or '', reserved and t.leaseExpiresAt or '',
+    -- a redemption through a reservation keeps its id (a repeated complete answers ok) and was credited to
+    -- the satellite that reserved (complete.lua): the row names it too, not the id alone
+    reserved and t.reservedBy or (redeemed and (t.reservationId or '') ~= '' and t.redeemerSat) or '',
+    reserved and t.leaseExpiresAt or '',
     redeemed and t.redeemerSat or '', redeemed and t.redeemerUser or '', redeemed and t.redeemedAt or '' }
 end
 

@@ -61,10 +61,14 @@ export function fillReservation(row: ExportRow, value: string | null): void {
   row[9] = lease ?? '';
 }
 
-/** `<p>:{s}:rd` value: redeemer satellite, redeemer user, redeemedAt, reservationId. */
+/**
+ * `<p>:{s}:rd` value: redeemer satellite, redeemer user, redeemedAt, reservationId. Through a reservation, the
+ * satellite that reserved is the redeemer (the row of lua/includes/codec.lua names it as reservedBy).
+ */
 export function fillRedemption(row: ExportRow, value: string | null): void {
   const [sat, user, at, id] = (value ?? '\t\t\t').split('\t');
   row[7] = id ?? '';
+  row[8] = id ? (sat ?? '') : '';
   row[10] = sat ?? '';
   row[11] = user ?? '';
   row[12] = at ?? '';

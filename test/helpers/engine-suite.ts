@@ -896,6 +896,8 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
           campaignId: m.campaignId,
           createdAt: res.token!.createdAt,
           reservationId: res.token!.reservationId,
+          // the reservation's id, kept for a repeated complete, and who held it: the redeemer
+          reservedBy: holder,
           redeemerSatelliteId: holder,
           redeemerUserId: 'new-user',
           redeemedAt: r.token!.redeemedAt,
