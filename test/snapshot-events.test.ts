@@ -1,5 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { compareIds, parseEntry } from '../src/snapshot/events.js';
+import { compareIds, parseEntry, type StreamEvent } from '../src/snapshot/events.js';
+import { applyEvents } from '../src/snapshot/apply.js';
+import { openPostgres } from '../src/snapshot/index.js';
+import { unusedDatabase } from './helpers/pg.js';
 
 describe('stream entries', () => {
   it('compares stream ids as numbers, not as text', () => {
@@ -23,5 +26,39 @@ describe('stream entries', () => {
   it('an entry with too few fields is an event with what it has, not a trimmed one', () => {
     expect(parseEntry(3, '5-0', ['type', 'generated'])).toEqual({ shard: 3, id: '5-0', ms: '5', seq: '0', type: 'generated', at: '0', row: '' });
     expect(parseEntry(3, '5-1', [])).toMatchObject({ type: '', row: '' });
+  });
+});
+
+describe('applying events to Postgres (real Postgres)', () => {
+  const token = '00000000-0000-4000-8000-0000000000aa';
+  const ev = (ms: number, type: string, state: string, redeemer = ''): StreamEvent => ({
+    shard: 0, id: `${ms}-0`, ms: String(ms), seq: '0', type, at: String(ms),
+    row: [token, state, 'sat', 'owner', 'camp', '1', '', '', '', '', redeemer, redeemer && 'new-user', redeemer && String(ms)].join('\t'),
+  });
+
+  // the writer's lanes, a replayed batch after a kill, a prefetch: an older event may arrive after a newer one
+  it('an event older than the one a row holds never moves it back, in a later batch or in the same one', async () => {
+    const db = unusedDatabase();
+    const pool = await openPostgres(db.url);
+    const client = await pool.connect();
+    try {
+      const row = async () => (await client.query('SELECT state, redeemer_satellite_id, ev_ms FROM tokens WHERE token = $1', [token])).rows[0];
+      await applyEvents(client, [ev(1000, 'generated', 'unredeemed')]);
+      await applyEvents(client, [ev(3000, 'redeemed', 'redeemed', 'sat-b')]);
+      await applyEvents(client, [ev(2000, 'released', 'unredeemed')]);
+      expect(await row()).toEqual({ state: 'redeemed', redeemer_satellite_id: 'sat-b', ev_ms: '3000' });
+      // the same batch again (a replay): nothing changes, no history row twice
+      await applyEvents(client, [ev(3000, 'redeemed', 'redeemed', 'sat-b'), ev(1000, 'generated', 'unredeemed')]);
+      expect(await row()).toEqual({ state: 'redeemed', redeemer_satellite_id: 'sat-b', ev_ms: '3000' });
+      // newest of one batch wins whatever its place in it
+      await applyEvents(client, [ev(5000, 'revoked', 'revoked'), ev(4000, 'released', 'unredeemed')]);
+      expect(await row()).toMatchObject({ state: 'revoked', ev_ms: '5000' });
+      expect((await client.query('SELECT ev_ms, type FROM token_events WHERE token = $1 ORDER BY ev_ms', [token])).rows.map((r) => `${r.ev_ms} ${r.type}`))
+        .toEqual(['1000 generated', '2000 released', '3000 redeemed', '4000 released', '5000 revoked']);
+    } finally {
+      client.release();
+      await pool.end();
+      await db.drop();
+    }
   });
 });
