@@ -8,7 +8,8 @@ import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { ADMIN_KEY, privateRedis, type RestartableRedis } from './helpers/http.js';
-import { sleep } from './helpers/snapshot.js';
+import { sleep, until } from './helpers/snapshot.js';
+import { httpInFlight } from '../src/metrics.js';
 
 /** One keep-alive HTTP/1.1 connection; `ask` sends a request and resolves with the raw reply head. */
 async function connection(port: number) {
@@ -66,8 +67,11 @@ describe('close (SIGTERM drain), in process', () => {
       expect(await idle.ask('GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n')).toMatch(/^http\/1.1 200/);
       const busy = await connection(server.port);
       redis.signal('SIGSTOP');
+      const inFlight = async () => (await httpInFlight.get()).values[0]?.value ?? 0;
+      const before = await inFlight();
       const slow = busy.ask(generateRequest('sat-d'));
-      await sleep(500); // time for the server to read the request
+      // the server has read the request (it waits on the paused Redis)
+      await until(inFlight, (n) => n > before, 'the request read', 5000);
       const closing = server.close();
       await sleep(100); // draining now
       redis.signal('SIGCONT');

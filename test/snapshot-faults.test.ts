@@ -622,12 +622,13 @@ describe('snapshot writer under faults (real processes)', () => {
     // a holder killed with -9 just after it renewed: the lease runs out in 2 s and nobody renews it
     await snap.fx.redis.set(key, 'gone-host pid 1 x', 'PX', 2000);
     const t0 = Date.now();
-    const w = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: snap.db.url }), { log: () => {}, leaseMs: 9000 });
+    const w = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: snap.db.url }), { log: () => {}, leaseMs: 30_000 });
     try {
-      for (const end = Date.now() + 10_000; !w.status().leader && Date.now() < end; ) await sleep(20);
+      for (const end = Date.now() + 15_000; !w.status().leader && Date.now() < end; ) await sleep(20);
       expect(w.status().leader).toBe(true);
-      // the lease lapses at 2 s; a retry a third of the 9 s lease apart came at 3 s
-      expect(Date.now() - t0).toBeLessThan(2700);
+      // the lease lapses at 2 s; a retry a third of the 30 s lease apart came at 10 s (a wide gap, so a
+      // loaded machine starting the writer slowly does not fail it)
+      expect(Date.now() - t0).toBeLessThan(6000);
     } finally {
       await w.stop();
       await dropPrefix(snap.fx.redis, prefix);
@@ -803,7 +804,8 @@ describe('snapshot writer under faults (real processes)', () => {
       const t0 = performance.now();
       await w.stop();
       w = undefined;
-      expect(performance.now() - t0).toBeLessThan(2000);
+      // not the lease's lapse (10 s) nor the command timeout a Redis thought hung would take; wide for a loaded machine
+      expect(performance.now() - t0).toBeLessThan(5000);
       expect(await fx.redis.exists(lease)).toBe(0);
       expect((await readSnapshotStatus(fx.redis, fx.prefix)).state).toBe('off');
       const said = lines.length;
