@@ -276,6 +276,21 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         for (const t of a.tokens) expect(await state(t)).toBe('unredeemed');
       });
 
+      // lua/generate.lua: a new owner's `#<refHint>` slot already holding another owner is probed past, never taken
+      it('probes past its ref hint slot when another owner holds it (lookup and list name the right owner)', async () => {
+        const sat = uniq('sat');
+        const user = uniq('user');
+        const place = placeOfOwner(sat, user);
+        const bucket = f.store.keys.bucket(place.shard, place.bucket);
+        // another owner's record on this owner's first slot (satellite number 999 is no satellite of this prefix)
+        await f.redis.hset(bucket, `#${place.refHint}`, '999:x');
+        const m = await mint(2, { sat, user });
+        for (const t of m.tokens) expect(await engine.lookup(t)).toMatchObject({ ownerSatelliteId: sat, ownerUserId: user });
+        expect((await listed(sat, user)).sort()).toEqual([...m.tokens].sort());
+        expect(await f.redis.hget(bucket, `#${place.refHint}`)).toBe('999:x');
+        expect(await engine.revokeOwner(sat, user)).toBe(2);
+      });
+
       it('counts generated tokens per satellite and appends one "generated" event per token', async () => {
         const sat = uniq('sat');
         const users = [uniq('u'), uniq('u')];
@@ -1195,6 +1210,19 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         const l = await lapsedReservation();
         expect(await engine.revokeOwner(l.sat, l.user)).toBe(1);
         expect(await counts(l.sat)).toEqual({ ...NO_COUNTS, generated: 1, revoked: 1 });
+      });
+
+      // lua/revoke.lua's campaign filter: the undo of a failed generate spares a token it collided with
+      it('revokeOfCampaign revokes only tokens of that campaign; another campaign\'s is left unredeemed', async () => {
+        const a = await mint(1, { campaignId: uniq('campA') });
+        const t = a.tokens[0]!;
+        const ev = await mark();
+        expect(await engine.revokeOfCampaign([t], uniq('campB'))).toBe(0);
+        expect(await state(t)).toBe('unredeemed');
+        expect(await since(ev)).toEqual([]);
+        expect(await counts(a.sat)).toEqual({ ...NO_COUNTS, generated: 1, unredeemed: 1 });
+        expect(await engine.revokeOfCampaign([t, randomUUID()], a.campaignId)).toBe(1);
+        expect(await state(t)).toBe('revoked');
       });
 
       it('revokeCampaign: counts across shards and owners, only that campaign, only unredeemed and reserved', async () => {
