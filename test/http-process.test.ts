@@ -214,6 +214,32 @@ describe('serve processes', () => {
     }
   });
 
+  // routes.ts: a guess that hits an expired or revoked token is a failed guess like a missing one
+  it('counts token_expired and token_revoked answers toward the limit, not only token_not_found', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('rl-gone'), RATE_LIMIT_FAILURES: '3', RATE_LIMIT_WINDOW_MS: '60000' });
+    const { pool, key } = await setup(server);
+    try {
+      const expiresAt = Date.now() + 500;
+      const gen = await call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: ['a'], perUser: 2, expiresAt } });
+      const [old1, old2] = gen.body.tokens.map((t: { token: string }) => t.token) as string[];
+      const [gone] = await tokens(pool, 1);
+      expect((await call(pool, 'POST', '/v1/admin/tokens/revoke', { key: ADMIN_KEY, body: { tokens: [gone] } })).body).toEqual({ revoked: 1 });
+      await new Promise((s) => setTimeout(s, Math.max(0, expiresAt + 50 - Date.now())));
+      const answers: unknown[] = [];
+      for (const t of [old1, gone, old2]) {
+        const r = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t, userId: 'g' } });
+        answers.push([r.status, r.body.error]);
+      }
+      expect(answers).toEqual([[410, 'token_expired'], [410, 'token_revoked'], [410, 'token_expired']]);
+      const crossing = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: 'ffff0000-0000-4000-8000-000000000000', userId: 'g' } });
+      expect([crossing.status, crossing.body.error]).toEqual([429, 'rate_limited']);
+      expect(Number(crossing.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    } finally {
+      await pool.close();
+      expect(await server.stop()).toBe(0);
+    }
+  });
+
   it('answers 503 store_unavailable while its Redis is stopped and recovers after restart, no restart of ours', async () => {
     await onPrivateRedis({}, async (redis, server) => {
       const { pool, key } = await setup(server);
