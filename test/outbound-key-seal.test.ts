@@ -55,9 +55,10 @@ describe('satellite registry with OUTBOUND_KEY_SECRET', () => {
     await registry.update('a1', { outboundKey: 'key-a1-new' });
     expect(await stored('a1')).not.toContain('key-a1-new');
     expect(registry.outboundKey(await registry.require('a1'))).toBe('key-a1-new');
-    expect((await registry.list()).find((x) => x.id === 'a1')?.outboundKey).toBeDefined();
-    // without the secret (a CLI run without it) the key is refused with the reason, never sent sealed
+    // listed as stored: sealed, never opened
     const sealedA1 = (await stored('a1'))!;
+    expect((await registry.list()).find((x) => x.id === 'a1')?.outboundKey).toBe(sealedA1);
+    // without the secret (a CLI run without it) the key is refused with the reason, never sent sealed
     expect(() => new SatelliteRegistry(redis, prefix).outboundKey({ id: 'a1', createdAt: 0, outboundKey: sealedA1 })).toThrow(/is sealed, and OUTBOUND_KEY_SECRET is not set/);
     await expect(registry.add({ id: 'a2', outboundKey: `${SEALED}x` })).rejects.toMatchObject({ code: 'invalid_request' });
   });
