@@ -317,6 +317,19 @@ describe('Accept with q-values', () => {
     expect([r.status, r.headers['content-type']]).toEqual([200, 'application/json']);
     expect(r.body).toEqual({ tokens: [] });
   });
+
+  // wire.ts formatOf: a tie in q goes to the first listed (RFC 9110 gives no order; the code picks one, stably)
+  it('two types at equal q: the first listed is answered in', async () => {
+    for (const [accept, type] of [
+      ['application/msgpack, application/json', 'application/msgpack'],
+      ['application/json, application/msgpack', 'application/json'],
+      ['application/msgpack;q=0.5, application/json;q=0.5', 'application/msgpack'],
+      ['application/json;q=0.5, application/msgpack;q=0.5', 'application/json'],
+    ]) {
+      const r = await call(pool, 'GET', '/v1/users/nobody/tokens', { key: keyA, accept });
+      expect([accept, r.status, r.headers['content-type']]).toEqual([accept, 200, type]);
+    }
+  });
 });
 
 describe('MessagePack integers, as a Go satellite reads them', () => {
