@@ -3,6 +3,7 @@ import type pg from 'pg';
 import { loadConfig, type Config } from '../src/config.js';
 import { restoreFromPostgres, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { openPostgres } from '../src/snapshot/schema.js';
+import { tokenHistory } from '../src/snapshot/history.js';
 import { Keys, placeOfToken, SHARDS } from '../src/store/keys.js';
 import { hexOf } from '../src/store/codec.js';
 import { EXPORT_FIELDS, scanTokens } from '../src/store/export.js';
@@ -90,6 +91,11 @@ describe('a token redeemed through reserve + complete (real Redis, real Postgres
       expect(reservation(copied.get(t))).toEqual([reservationId, 'sat-b', 'sat-b']);
       expect(reservation(copied.get(direct))).toEqual([null, null, 'sat-c']);
       expect(await verify(fx.redis, pool, fx.prefix)).toMatchObject({ tokens: 2, differences: 0 });
+      // copied from an engine before it named the reserving satellite (an older serve during a rolling
+      // upgrade): the id alone, read as the same row
+      await pool.query('UPDATE tokens SET reserved_by = NULL WHERE token = $1', [t]);
+      expect(await verify(fx.redis, pool, fx.prefix)).toMatchObject({ tokens: 2, differences: 0 });
+      expect((await tokenHistory(pool, t))?.token).toMatchObject({ reservationId, reservedBy: 'sat-b' });
     });
   });
 });

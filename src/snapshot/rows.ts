@@ -41,6 +41,13 @@ export async function readShardRows(redis: RedisClient, keys: Keys, shard: numbe
   return out;
 }
 
+/**
+ * The Postgres side of a Row. A token redeemed through reserve + complete is reserved by its redeemer (as the
+ * engine's row says): a row copied from an engine before that (an older serve during a rolling upgrade, or
+ * before the upgrade) holds the reservation id alone, and reads the same.
+ */
 export const ROW_COLUMNS = `token::text, state, owner_satellite_id, owner_user_id, campaign_id, created_at::text, coalesce(expires_at::text, ''),
-  coalesce(reservation_id, ''), coalesce(reserved_by, ''), coalesce(lease_expires_at::text, ''),
+  coalesce(reservation_id, ''),
+  coalesce(reserved_by, CASE WHEN state = 'redeemed' AND reservation_id IS NOT NULL THEN redeemer_satellite_id END, ''),
+  coalesce(lease_expires_at::text, ''),
   coalesce(redeemer_satellite_id, ''), coalesce(redeemer_user_id, ''), coalesce(redeemed_at::text, '')`;

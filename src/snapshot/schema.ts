@@ -126,16 +126,6 @@ export const MIGRATIONS: { version: number; name: string; sql: string }[] = [
       CREATE TABLE IF NOT EXISTS shard_marks (prefix text PRIMARY KEY, since bigint NOT NULL);
     `,
   },
-  {
-    version: 9,
-    name: 'reserved_by_of_completed',
-    sql: `
-      -- a token redeemed through reserve + complete names the satellite that reserved (its redeemer) beside
-      -- the reservation id; rows copied before had the id alone, which verify would call different
-      UPDATE tokens SET reserved_by = redeemer_satellite_id
-      WHERE state = 'redeemed' AND reservation_id IS NOT NULL AND reserved_by IS NULL;
-    `,
-  },
 ];
 
 const LOCK_ID = 74_820_501;
