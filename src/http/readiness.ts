@@ -25,9 +25,9 @@ export interface Readiness {
  * evict tokens, tokens lost that the snapshot holds (they would be answered 404, a wrong answer, not a retry).
  *
  * The snapshot writer's state is reported but does not make a worker unready: sign-ups must keep working
- * while Postgres is away (the events wait in Redis).
+ * while Postgres is away (the events wait in Redis). `ownWriterSince`: when this worker started, if its serve
+ * runs a snapshot writer (readSnapshotStatus).
  */
-/** `ownWriterSince`: when this worker started, if its serve runs a snapshot writer (readSnapshotStatus) */
 export async function readiness(redis: RedisClient, prefix: string, probeMs: number, waitReplicas: number, ownWriterSince?: number): Promise<Readiness> {
   let cluster: Record<string, unknown> = {};
   const degraded: string[] = [];

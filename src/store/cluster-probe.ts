@@ -86,7 +86,6 @@ export function clusterFailures(probe: ClusterProbe): string[] {
   return failing;
 }
 
-
 /** Whether the master of `key`'s slot was found serving by `probe` (always, on a single Redis: no probe). */
 export function servesKey(client: RedisClient, probe: ClusterProbe | undefined, key: string): boolean {
   if (!probe || !(client instanceof Cluster)) return true;
