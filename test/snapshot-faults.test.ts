@@ -488,6 +488,52 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   });
 
+  // an on-call engineer trimming the streams to save a full Redis while Postgres was down (XTRIM MAXLEN) removed
+  // changes no writer had read: the group's next read went past the gap, and nothing said so
+  it('entries trimmed by hand before the writer read them are said and counted per shard, exactly; its own trims never are', async () => {
+    const o = await ownWorld('trimmed');
+    const lost = async () => (await snapshotMetrics.errors.get()).values.find((v) => v.labels.where === 'lost')?.value ?? 0;
+    const keys = new Keys(o.prefix);
+    const said = () => o.lines.filter((l) => l.includes('before the writer read them'));
+    await o.start();
+    try {
+      // copied and trimmed by the writer itself (a stream trims in nodes of 100 entries: one owner's 600 in one shard)
+      const copied = (await o.engine.generate({ owners: users(1, 'a'), perUser: 600 })).tokens.map((t) => t.token);
+      const own = keys.events(placeOfToken(hexOf(copied[0]!)).shard);
+      await caughtUp(snap.fx.redis, o.prefix);
+      expect(await o.copied(copied)).toBe(600);
+      await eventually(() => snap.fx.redis.xlen(own), (n) => n <= 100, 'the writer trimming what it copied', 10_000);
+      await o.stopWriter();
+      expect(said()).toEqual([]);
+      const before = await lost();
+      // no writer reads these; then every shard's stream is cut to its newest 2 entries
+      const unread = await made(o.engine, users(400, 'b'));
+      const perShard = new Map<number, number>();
+      for (const t of unread) perShard.set(placeOfToken(hexOf(t)).shard, (perShard.get(placeOfToken(hexOf(t)).shard) ?? 0) + 1);
+      const removed = new Map([...perShard].filter(([, n]) => n > 2).map(([sh, n]) => [sh, n - 2]));
+      expect(removed.size).toBeGreaterThan(10);
+      for (const sh of perShard.keys()) await snap.fx.redis.xtrim(keys.events(sh), 'MAXLEN', 2);
+      await o.start();
+      await caughtUp(snap.fx.redis, o.prefix);
+      await eventually(async () => said().length, (n) => n >= removed.size, 'every cut shard said', 10_000);
+      const counted = new Map(said().map((l) => {
+        const m = /^error: shard (\d+): (\d+) event\(s\) after \S+ were removed from its stream before the writer read them \(trimmed or deleted by hand: XTRIM, XDEL\); those changes never reached Postgres\. .*verify --repair-tokens/.exec(l);
+        expect(m, l).not.toBeNull();
+        return [Number(m![1]), Number(m![2])] as const;
+      }));
+      expect(counted).toEqual(removed);
+      expect(await lost()).toBe(before + [...removed.values()].reduce((a, b) => a + b, 0));
+      // the kept ones are copied; the writer's next trims and reads say nothing more
+      expect(await o.copied(unread)).toBe(unread.length - (await lost()) + before);
+      const later = await made(o.engine, users(300, 'c'));
+      await caughtUp(snap.fx.redis, o.prefix);
+      expect(await o.copied(later)).toBe(300);
+      expect(said()).toHaveLength(removed.size);
+    } finally {
+      await o.close();
+    }
+  });
+
   // Redis emptied under a running deployment (a restart without persistence): /readyz said ready while every
   // token answered 404 and the writer only logged a NOGROUP "if any" loss
   it('Redis losing the tokens Postgres holds is found: the shards are recorded lost, logged, /readyz 503 naming them, until a restore', async () => {

@@ -30,6 +30,13 @@ export interface WentBack {
   read: string;
 }
 
+/** What a read of new entries finds that no later read could: told at once (a read whose result is dropped, a prefetch, must not take it along). */
+export interface StreamNews {
+  wentBack(w: WentBack): void;
+  /** `n` entries of shard `shard`'s stream after `group` (the group's position) were removed before they were read */
+  removedUnread(shard: number, n: number, group: string): void;
+}
+
 const newer = (a: string, b: string) => (!a || (b && compareIds(b, a) > 0) ? b : a);
 
 /**
@@ -56,21 +63,29 @@ export class ShardStreams {
     private readonly consumer: string,
     /** entries read per shard and call */
     readonly perShard: number,
-    /** told at once (a read whose result is dropped, a prefetch, must not take it along) */
-    private readonly onWentBack: (w: WentBack) => void,
+    private readonly news: StreamNews,
   ) {
     this.readNew = defineScripts(redis, ['read_new']).read_new;
   }
 
-  /** Creates every shard's stream and group once, and again after `lostGroups` (a Redis that lost its data). */
+  /**
+   * Creates every shard's stream and group once, and again after `lostGroups` (a Redis that lost its data). A
+   * group made with a new stream has read 0 of its entries, and is told so: Redis' count of what a group read
+   * is otherwise unknown until its first read, which takes everything before the first entry still there as read
+   * (read_new.lua could not see entries trimmed unread before it). Not for a stream that was there already:
+   * what it lacks may have been read by a group since lost.
+   */
   async ensureGroups(): Promise<void> {
     if (this.groupsReady) return;
     await Promise.all(
-      Array.from({ length: SHARDS }, (_, s) =>
-        this.redis.xgroup('CREATE', this.keys.events(s), GROUP, '0', 'MKSTREAM').catch((err: Error) => {
+      Array.from({ length: SHARDS }, async (_, s) => {
+        const key = this.keys.events(s);
+        // a generate making the stream in between leaves it untrimmed: 0 read is still exact
+        const fresh = (await this.redis.exists(key)) === 0;
+        await (fresh ? this.redis.xgroup('CREATE', key, GROUP, '0', 'MKSTREAM', 'ENTRIESREAD', 0) : this.redis.xgroup('CREATE', key, GROUP, '0', 'MKSTREAM')).catch((err: Error) => {
           if (!/BUSYGROUP/.test(err.message)) throw err;
-        }),
-      ),
+        });
+      }),
     );
     this.groupsReady = true;
   }
@@ -109,14 +124,15 @@ export class ShardStreams {
         const key = this.keys.events(s);
         if (modes[i]) {
           const reply = (await this.redis.xreadgroup('GROUP', GROUP, this.consumer, 'COUNT', this.perShard, 'STREAMS', key, '0')) as XReadReply;
-          return { entries: reply?.[0]?.[1] ?? [], at: undefined };
+          return { entries: reply?.[0]?.[1] ?? [], at: undefined, unread: 0 };
         }
-        const [at, entries] = (await this.readNew([key], [GROUP, this.consumer, this.perShard])) as [string, Entry[]];
-        return { entries, at };
+        const [at, entries, unread] = (await this.readNew([key], [GROUP, this.consumer, this.perShard])) as [string, Entry[], number];
+        return { entries, at, unread };
       }),
     );
-    for (const [i, { entries, at }] of replies.entries()) {
+    for (const [i, { entries, at, unread }] of replies.entries()) {
       const s = shards[i]!;
+      if (unread > 0) this.news.removedUnread(s, unread, at!);
       if (modes[i] && entries.length === 0) drained.push(s);
       for (const [id, fields] of entries) {
         const e = parseEntry(s, id, fields);
@@ -131,7 +147,7 @@ export class ShardStreams {
         // (unanswered, the group's position stands in: the count then takes what Redis kept after it as lost too)
         const kept = await this.newestUpTo(s, known, at).catch(() => at);
         this.delivered[s] = '';
-        this.onWentBack({ shard: s, group: at, kept, read: known });
+        this.news.wentBack({ shard: s, group: at, kept, read: known });
       }
       this.delivered[s] = newer(newer(this.delivered[s]!, at), entries.at(-1)?.[0] ?? '');
     }

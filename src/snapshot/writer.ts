@@ -72,7 +72,13 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   // named by host and pid, so a writer that lost the lease can say to whom
   const lease = new Lease(redis, keys.snapshotLease(), opts.leaseMs ?? 10_000, `${hostname()} pid ${process.pid}`);
   const wentBack = new WentBackReport(log);
-  const streams = new ShardStreams(redis, keys, consumer, Math.max(1, Math.ceil(config.snapshotBatch / 8)), (w) => wentBack.found(w));
+  const streams = new ShardStreams(redis, keys, consumer, Math.max(1, Math.ceil(config.snapshotBatch / 8)), {
+    wentBack: (w) => wentBack.found(w),
+    removedUnread(shard, n, group) {
+      m.errors.inc({ where: 'lost' }, n);
+      log('error', `shard ${shard}: ${n} event(s) after ${group} were removed from its stream before the writer read them (trimmed or deleted by hand: XTRIM, XDEL); those changes never reached Postgres. \`referral-manager verify\` lists their tokens, \`verify --repair-tokens\` copies them from Redis`);
+    },
+  });
   const satellites = new SatelliteCopy(redis, config.keyPrefix);
   const campaigns = new CampaignCopy(redis, config.keyPrefix);
   const revoked = new RevocationCopy(redis, config.keyPrefix);
