@@ -46,7 +46,7 @@ export interface ClusterWatchOptions {
  */
 export function watchCluster(redis: RedisClient, log: (line: string) => void, opts: ClusterWatchOptions = {}): { stop(): Promise<void> } | undefined {
   // made on a single Redis too, where the counts read 0 (README)
-  const m = clusterWatchMetrics();
+  const gauges = clusterWatchMetrics();
   if (!(redis instanceof Cluster)) return undefined;
   const stuckMs = opts.stuckMs ?? 60_000;
   // ok or not per master: only a change of that is logged. The reason may change every probe (a killed
@@ -58,12 +58,12 @@ export function watchCluster(redis: RedisClient, log: (line: string) => void, op
   return every(opts.ms ?? 5000, async () => {
     const probe = await clusterMasters(redis).catch(() => undefined);
     if (!probe) return;
-    m.masterUp.reset();
+    gauges.masterUp.reset();
     const next = new Map<string, boolean>();
     for (const [node, state] of Object.entries(probe.masters)) {
       const ok = state === 'ok';
       next.set(node, ok);
-      m.masterUp.set({ node }, ok ? 1 : 0);
+      gauges.masterUp.set({ node }, ok ? 1 : 0);
       const was = up.get(node);
       if (!ok && was !== false) log(`[redis cluster] master ${node}: ${state}; the tokens of its slots answer 503 until it or a replica answers`);
       if (ok && was === false) log(`[redis cluster] master ${node}: ok again`);
@@ -76,8 +76,8 @@ export function watchCluster(redis: RedisClient, log: (line: string) => void, op
       else next.set(node, false);
     }
     up = next;
-    m.slotsWithoutMaster.set(probe.slotsWithoutMaster);
-    m.slotsUnserved.set(probe.slotsUnserved);
+    gauges.slotsWithoutMaster.set(probe.slotsWithoutMaster);
+    gauges.slotsUnserved.set(probe.slotsUnserved);
 
     const now = Date.now();
     const masters = redis.nodes('master');
@@ -85,7 +85,7 @@ export function watchCluster(redis: RedisClient, log: (line: string) => void, op
     const heard = new Map(masters.map((n, i) => [nodeAddress(n), read[i] ?? reported.get(nodeAddress(n)) ?? []] as const));
     reported = heard;
     const found = [...heard.values()].flat();
-    m.slotsMigrating.set(found.length);
+    gauges.slotsMigrating.set(found.length);
     const seen = new Map<number, { since: number; said: boolean }>();
     for (const m of found) {
       const had = migrating.get(m.slot) ?? { since: now, said: false };
