@@ -12,6 +12,8 @@ import { mint } from '../src/tokens/mint.js';
 
 const TOTAL = 100_000;
 
+// one story in steps, each building on what the one before left (100k tokens are made once): run the file,
+// not one step alone (-t on a later step fails for want of its world)
 describe('snapshot writer, restore and verify (real Redis, real Postgres)', () => {
   const snap = snapshotFixture('snap');
   let tokens: string[] = [];
