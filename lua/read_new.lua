@@ -9,40 +9,34 @@
   gives them ({} when none), how many entries after that id were removed unread (0 when none or unknown) }.
   A stream or group gone fails with XREADGROUP's NOGROUP, which the writer acts on.
   Removed unread: the group's lag (entries added minus entries read, which Redis 7 counts past any trim) minus
-  the entries still there after its position, when the stream's head is past that position. The writer trims
-  only below what it committed, so its own trims never count; a trim or delete by hand of entries not yet
-  read left no trace before (the read below moves the group past the gap). Redis gives no lag (older than 7,
-  a group set without its count, an XDEL inside the stream): not judged.
+  the entries still there after its position, when the stream's head is past that position. The writer's own
+  trims stay below the group's position (trim_below.lua), so they never count; a trim or delete by hand of
+  entries not yet read left no trace before (the read below moves the group past the gap). Once counted, the
+  group's count of entries read is set to include them: a read counts only what it delivers, so the lag kept
+  the gap, and every later trim past the group (or every poll of an emptied stream) said it again. Redis gives
+  no lag or no count (older than 7, a group made on a stream already there and not read yet, an XDEL inside
+  the stream): not judged.
 ]]
 
--- stream ids compared as numbers: 'ms-seq'
-local function after(a, b)
-  local am, as = a:match('^(%d+)-(%d+)$')
-  local bm, bs = b:match('^(%d+)-(%d+)$')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am > bm or (am == bm and as > bs)
-end
+--- @include "stream_ids"
 
-local at, lag = '', nil
-local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
-if ok then
-  for _, g in ipairs(groups) do
-    local fields = {}
-    for i = 1, #g, 2 do fields[g[i]] = g[i + 1] end
-    if fields['name'] == ARGV[1] then
-      at = fields['last-delivered-id']
-      lag = tonumber(fields['lag'])
-    end
-  end
-end
+local group = group_info(KEYS[1], ARGV[1])
+local at = group and group['last-delivered-id'] or ''
+local lag = group and tonumber(group['lag'])
+local read = group and tonumber(group['entries-read'])
 local unread = 0
-if at ~= '' and lag and lag > 0 then
+if at ~= '' and lag and read and lag > 0 then
   local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
   if not head then
     unread = lag
-  elseif after(head[1], at) then
+  elseif id_after(head[1], at) then
     unread = lag - redis.call('XLEN', KEYS[1])
   end
+end
+if unread > 0 then
+  -- said once: a read past the gap counts only what it delivers, so the lag would keep the gap (and an empty
+  -- stream, which a read does not move, would say it at every poll); the group's count is set to what it is
+  redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], at, 'ENTRIESREAD', read + unread)
 end
 local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
 return { at, got and got[1][2] or {}, unread }

@@ -54,8 +54,9 @@ export class ShardStreams {
    * same script (lua/read_new.lua).
    */
   private readonly delivered = new Array<string>(SHARDS).fill('');
-  /** lua/read_new.lua */
+  /** lua/read_new.lua, lua/trim_below.lua */
   private readonly readNew: ScriptFn;
+  private readonly trimBelow: ScriptFn;
 
   constructor(
     private readonly redis: RedisClient,
@@ -65,7 +66,7 @@ export class ShardStreams {
     readonly perShard: number,
     private readonly news: StreamNews,
   ) {
-    this.readNew = defineScripts(redis, ['read_new']).read_new;
+    ({ read_new: this.readNew, trim_below: this.trimBelow } = defineScripts(redis, ['read_new', 'trim_below']));
   }
 
   /**
@@ -174,13 +175,9 @@ export class ShardStreams {
         const stream = this.keys.events(s);
         await this.redis.xack(stream, GROUP, ...ids);
         if (this.pendingMode[s]) return;
-        // everything below the newest committed id of this shard is committed (entries are read in order),
-        // except entries still pending: delivered to a writer that has not committed them (our own next
-        // round, or a paused ex-holder's read); they stay until the pending sweep writes them
-        let below = ids.reduce((a, b) => (compareIds(a, b) >= 0 ? a : b));
-        const [waiting, oldest] = (await this.redis.xpending(stream, GROUP)) as [number, string | null];
-        if (waiting > 0 && oldest && compareIds(oldest, below) < 0) below = oldest;
-        await this.redis.xtrim(stream, 'MINID', '~', below);
+        // entries are read in order: everything below the newest committed id is committed, but for entries
+        // still pending or not delivered, which lua/trim_below.lua keeps
+        await this.trimBelow([stream], [GROUP, ids.reduce((a, b) => (compareIds(a, b) >= 0 ? a : b))]);
       }),
     );
   }
