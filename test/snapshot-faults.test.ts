@@ -554,6 +554,31 @@ describe('snapshot writer under faults (real processes)', () => {
       expect(new Map(again)).toEqual(emptied);
       expect(again).toHaveLength(emptied.size);
       expect(await lost()).toBe(lostBefore + 100);
+
+    } finally {
+      await o.close();
+    }
+  });
+
+  it('after a restore, entries trimmed unread are counted also in a shard Postgres held no event of (its group made with the new stream)', async () => {
+    const o = await ownWorld('restoretrim');
+    const lost = async () => (await snapshotMetrics.errors.get()).values.find((v) => v.labels.where === 'lost')?.value ?? 0;
+    const keys = new Keys(o.prefix);
+    await o.start();
+    try {
+      // one owner: Postgres holds events of one shard only
+      const first = (await o.engine.generate({ owners: users(1, 'a'), perUser: 5 })).tokens.map((t) => t.token);
+      await caughtUp(snap.fx.redis, o.prefix, o.pool, 5);
+      await o.stopWriter();
+      for (const k of await engineKeys(snap.fx.redis, o.prefix)) await snap.fx.redis.del(k);
+      await restoreFromPostgres(snap.fx.redis, o.pool, o.prefix);
+      const held = placeOfToken(hexOf(first[0]!)).shard;
+      const fresh = (await made(o.engine, users(200, 'e'))).filter((t) => placeOfToken(hexOf(t)).shard !== held);
+      expect(fresh.length).toBeGreaterThan(150);
+      for (let sh = 0; sh < 64; sh++) await snap.fx.redis.xtrim(keys.events(sh), 'MAXLEN', 0);
+      const before = await lost();
+      await o.start();
+      await eventually(lost, (n) => n === before + 200, 'every change removed unread counted', 10_000);
     } finally {
       await o.close();
     }

@@ -55,7 +55,8 @@ async function restoreShard(redis: RedisClient, pool: pg.Pool, keys: Keys, resto
   const top = (await newestCommitted(pool, [shard])).get(shard);
   const ev = keys.events(shard);
   await redis.del(ev);
-  await redis.xgroup('CREATE', ev, GROUP, '0', 'MKSTREAM');
+  // a new stream: its group has read none of it, and says so (read_new.lua counts entries removed unread from that)
+  await redis.xgroup('CREATE', ev, GROUP, '0', 'MKSTREAM', 'ENTRIESREAD', 0);
   if (top) {
     await redis.xsetid(ev, top);
     // the group stands where Postgres does, not at 0-0 (the writer does not judge a group that never read):
