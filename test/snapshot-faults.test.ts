@@ -39,7 +39,10 @@ afterEach(async () => {
 });
 const exited = (c: ChildProcess) =>
   new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => c.once('exit', (code, signal) => r({ code, signal })));
-const redisErrors = async () => (await snapshotMetrics.errors.get()).values.find((v) => v.labels.where === 'redis')?.value ?? 0;
+const errorsWhere = (where: string) => async () => (await snapshotMetrics.errors.get()).values.find((v) => v.labels.where === where)?.value ?? 0;
+const redisErrors = errorsWhere('redis');
+/** changes the writer counted lost (rm_snapshot_errors_total{where="lost"}) */
+const lost = errorsWhere('lost');
 const count = async (pool: pg.Pool, table: string) => Number((await pool.query(`SELECT count(*) AS n FROM ${table}`)).rows[0].n);
 
 /** GET on a writer's ops port, waiting up to 30 s for it to listen. */
@@ -472,7 +475,6 @@ describe('snapshot writer under faults (real processes)', () => {
   // a deleted (or evicted) stream showed as one "redis: NOGROUP" warning: its unread changes were lost unsaid
   it('a shard stream deleted under the writer is said to be lost and counted, then recreated, and later changes are copied', async () => {
     const o = await ownWorld('nogroup');
-    const lost = async () => (await snapshotMetrics.errors.get()).values.find((v) => v.labels.where === 'lost')?.value ?? 0;
     await o.start();
     try {
       await firstRoundDone(snap.fx.redis, o.prefix);
@@ -494,7 +496,6 @@ describe('snapshot writer under faults (real processes)', () => {
   // changes no writer had read: the group's next read went past the gap, and nothing said so
   it('entries trimmed by hand before the writer read them are said and counted per shard, exactly; its own trims never are', async () => {
     const o = await ownWorld('trimmed');
-    const lost = async () => (await snapshotMetrics.errors.get()).values.find((v) => v.labels.where === 'lost')?.value ?? 0;
     const keys = new Keys(o.prefix);
     const said = () => o.lines.filter((l) => l.includes('before the writer read them'));
     await o.start();
@@ -562,7 +563,6 @@ describe('snapshot writer under faults (real processes)', () => {
 
   it('after a restore, entries trimmed unread are counted also in a shard Postgres held no event of (its group made with the new stream)', async () => {
     const o = await ownWorld('restoretrim');
-    const lost = async () => (await snapshotMetrics.errors.get()).values.find((v) => v.labels.where === 'lost')?.value ?? 0;
     const keys = new Keys(o.prefix);
     await o.start();
     try {
