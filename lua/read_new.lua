@@ -39,11 +39,6 @@ if unread > 0 then
   redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], at, 'ENTRIESREAD', read + unread)
 end
 local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
-if got then
-  -- Redis before 7.2.4 sends a read to replicas and the AOF (XCLAIM ... LASTID) without the group's count of
-  -- entries read: a promoted replica or an AOF replay kept an old count (or none), and its lag took everything
-  -- read since for unread. Written here, the count goes with the read (redis/redis#12898)
-  local g = group_info(KEYS[1], ARGV[1])
-  if g and g['entries-read'] then redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], g['last-delivered-id'], 'ENTRIESREAD', g['entries-read']) end
-end
+-- the count goes with the read to replicas and the AOF
+if got then write_read_count(KEYS[1], ARGV[1]) end
 return { at, got and got[1][2] or {}, unread }

@@ -17,3 +17,11 @@ local function group_info(stream, name)
   end
   return nil
 end
+
+-- Writes the group's count of entries read as it stands (XGROUP SETID ... ENTRIESREAD). Redis before 7.2.4
+-- sends a read to replicas and the AOF (XCLAIM ... LASTID) without it: a promoted replica or an AOF replay kept
+-- an old count (or none), and its lag took everything read since for unread (redis/redis#12898).
+local function write_read_count(stream, name)
+  local g = group_info(stream, name)
+  if g and g['entries-read'] then redis.call('XGROUP', 'SETID', stream, name, g['last-delivered-id'], 'ENTRIESREAD', g['entries-read']) end
+end

@@ -54,9 +54,10 @@ export class ShardStreams {
    * same script (lua/read_new.lua).
    */
   private readonly delivered = new Array<string>(SHARDS).fill('');
-  /** lua/read_new.lua, lua/trim_below.lua */
+  /** lua/read_new.lua, lua/trim_below.lua, lua/sync_read_count.lua */
   private readonly readNew: ScriptFn;
   private readonly trimBelow: ScriptFn;
+  private readonly syncReadCount: ScriptFn;
 
   constructor(
     private readonly redis: RedisClient,
@@ -66,7 +67,7 @@ export class ShardStreams {
     readonly perShard: number,
     private readonly news: StreamNews,
   ) {
-    ({ read_new: this.readNew, trim_below: this.trimBelow } = defineScripts(redis, ['read_new', 'trim_below']));
+    ({ read_new: this.readNew, trim_below: this.trimBelow, sync_read_count: this.syncReadCount } = defineScripts(redis, ['read_new', 'trim_below', 'sync_read_count']));
   }
 
   /**
@@ -86,6 +87,8 @@ export class ShardStreams {
         await (fresh ? this.redis.xgroup('CREATE', key, GROUP, '0', 'MKSTREAM', 'ENTRIESREAD', 0) : this.redis.xgroup('CREATE', key, GROUP, '0', 'MKSTREAM')).catch((err: Error) => {
           if (!/BUSYGROUP/.test(err.message)) throw err;
         });
+        // a group last read by a version that did not write its count after each read: its replicas and AOF have an old one
+        await this.syncReadCount([key], [GROUP]);
       }),
     );
     this.groupsReady = true;
