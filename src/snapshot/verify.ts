@@ -90,8 +90,11 @@ export interface VerifyOptions {
 
 const FINAL = new Set(['redeemed', 'revoked']);
 const OPEN = new Set(['unredeemed', 'reserved']);
-/** Redis holds open a token Postgres holds in a state a token never leaves: only a change Redis lost explains it. */
-const lostInRedis = (r: Row, p: Row): boolean => OPEN.has(r[1]!) && FINAL.has(p[1]!);
+/**
+ * One side holds open a token the other holds in a state a token never leaves: only a change the first side
+ * lacks explains it (Postgres behind: the writer missed it; Redis behind: Redis went back in time).
+ */
+const behind = (open: Row, final: Row): boolean => OPEN.has(open[1]!) && FINAL.has(final[1]!);
 
 /** Adds one Postgres row to the counters the scripts keep in `<p>:{s}:stats` (lua/includes/codec.lua). */
 function count(counters: Map<string, number>, p: Row): void {
@@ -130,7 +133,7 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
     for (const token of unindexed) note({ token, kind: 'lease_index' });
     if (store && unindexed.length) report.leasesRepaired! += await store.reindexLeases(unindexed.map(hexOf));
     const counters = new Map<string, number>();
-    const behind: string[] = [];
+    const postgresBehind: string[] = [];
     const lostFinal: Row[] = [];
     const lostRows: Row[] = [];
     for await (const page of pgShardRows(pool, shard)) {
@@ -141,7 +144,7 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
           if (r) note({ token: p[0]!, kind: 'differs', fields: [{ field: 'purged', redis: 'no', postgres: 'yes' }] });
           // a revoke and the purge after it both lost (helper-96): the token is open again in Redis. It gets its
           // revocation back; the next `tokens purge` deletes it again
-          if (r && repairRedis && lostInRedis(r, p)) lostFinal.push(p);
+          if (r && repairRedis && behind(r, p)) lostFinal.push(p);
           inRedis.delete(p[0]!);
           continue;
         }
@@ -153,12 +156,12 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
         inRedis.delete(p[0]!);
         const fields = EXPORT_FIELDS.flatMap((field, i) => (r[i] === p[i] ? [] : [{ field, redis: r[i]!, postgres: p[i]! }]));
         if (fields.length) note({ token: p[0]!, kind: 'differs', fields });
-        if (fields.length && FINAL.has(r[1]!) && OPEN.has(p[1]!)) behind.push(p[0]!);
-        if (repairRedis && lostInRedis(r, p)) lostFinal.push(p);
+        if (behind(p, r)) postgresBehind.push(p[0]!);
+        if (repairRedis && behind(r, p)) lostFinal.push(p);
       }
     }
     for (const token of inRedis.keys()) note({ token, kind: 'only_redis' });
-    if (repairTokens) report.resynced! += await resyncTokens(redis, prefix, shard, [...behind, ...inRedis.keys()]);
+    if (repairTokens) report.resynced! += await resyncTokens(redis, prefix, shard, [...postgresBehind, ...inRedis.keys()]);
     if (repairRedis) report.reapplied! += await reapplyRows(redis, prefix, shard, lostFinal, lostRows);
     // a counter at 0 is the same as an absent one
     const stats = Object.entries(await redis.hgetall(keys.stats(shard))).filter(([, v]) => Number(v) !== 0);
