@@ -9,6 +9,7 @@ import { GROUP } from './lag.js';
 import { pgShardRows } from './pg-rows.js';
 import { markRestored } from './lost.js';
 import { newestCommitted } from './positions.js';
+import { ensureGroup } from './streams.js';
 import type { TokenState } from '../store/model.js';
 
 /** Keys of the engine's virtual shards under `prefix` (numeric hash tags), across every master. */
@@ -55,8 +56,7 @@ async function restoreShard(redis: RedisClient, pool: pg.Pool, keys: Keys, resto
   const top = (await newestCommitted(pool, [shard])).get(shard);
   const ev = keys.events(shard);
   await redis.del(ev);
-  // a new stream: its group has read none of it, and says so (read_new.lua counts entries removed unread from that)
-  await redis.xgroup('CREATE', ev, GROUP, '0', 'MKSTREAM', 'ENTRIESREAD', 0);
+  await ensureGroup(redis, ev);
   if (top) {
     await redis.xsetid(ev, top);
     // the group stands where Postgres does, not at 0-0 (the writer does not judge a group that never read):

@@ -37,6 +37,14 @@ export interface StreamNews {
   removedUnread(shard: number, n: number, group: string): void;
 }
 
+/**
+ * A shard's event stream and the writer's consumer group on it, made if missing (a new stream's group told it
+ * read none of it), and the group's count of entries read written as it stands (lua/ensure_group.lua).
+ */
+export function ensureGroup(redis: RedisClient, stream: string): Promise<unknown> {
+  return defineScripts(redis, ['ensure_group']).ensure_group([stream], [GROUP]);
+}
+
 const newer = (a: string, b: string) => (!a || (b && compareIds(b, a) > 0) ? b : a);
 
 /**
@@ -54,10 +62,9 @@ export class ShardStreams {
    * same script (lua/read_new.lua).
    */
   private readonly delivered = new Array<string>(SHARDS).fill('');
-  /** lua/read_new.lua, lua/trim_below.lua, lua/sync_read_count.lua */
+  /** lua/read_new.lua, lua/trim_below.lua */
   private readonly readNew: ScriptFn;
   private readonly trimBelow: ScriptFn;
-  private readonly syncReadCount: ScriptFn;
 
   constructor(
     private readonly redis: RedisClient,
@@ -67,30 +74,13 @@ export class ShardStreams {
     readonly perShard: number,
     private readonly news: StreamNews,
   ) {
-    ({ read_new: this.readNew, trim_below: this.trimBelow, sync_read_count: this.syncReadCount } = defineScripts(redis, ['read_new', 'trim_below', 'sync_read_count']));
+    ({ read_new: this.readNew, trim_below: this.trimBelow } = defineScripts(redis, ['read_new', 'trim_below']));
   }
 
-  /**
-   * Creates every shard's stream and group once, and again after `lostGroups` (a Redis that lost its data). A
-   * group made with a new stream has read 0 of its entries, and is told so: Redis' count of what a group read
-   * is otherwise unknown until its first read, which takes everything before the first entry still there as read
-   * (read_new.lua could not see entries trimmed unread before it). Not for a stream that was there already:
-   * what it lacks may have been read by a group since lost.
-   */
+  /** Makes every shard's stream and group (ensureGroup) once, and again after `lostGroups` (a Redis that lost its data). */
   async ensureGroups(): Promise<void> {
     if (this.groupsReady) return;
-    await Promise.all(
-      Array.from({ length: SHARDS }, async (_, s) => {
-        const key = this.keys.events(s);
-        // a generate making the stream in between leaves it untrimmed: 0 read is still exact
-        const fresh = (await this.redis.exists(key)) === 0;
-        await (fresh ? this.redis.xgroup('CREATE', key, GROUP, '0', 'MKSTREAM', 'ENTRIESREAD', 0) : this.redis.xgroup('CREATE', key, GROUP, '0', 'MKSTREAM')).catch((err: Error) => {
-          if (!/BUSYGROUP/.test(err.message)) throw err;
-        });
-        // a group last read by a version that did not write its count after each read: its replicas and AOF have an old one
-        await this.syncReadCount([key], [GROUP]);
-      }),
-    );
+    await Promise.all(Array.from({ length: SHARDS }, (_, s) => ensureGroup(this.redis, this.keys.events(s))));
     this.groupsReady = true;
   }
 
