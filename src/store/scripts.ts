@@ -57,20 +57,29 @@ export function defineScripts<N extends string = ScriptName>(client: RedisClient
   return out;
 }
 
+/** Loads `names` (the engine's scripts by default) on every master that lacks any, so /readyz can say "scripts loaded". */
 export async function preloadScripts(client: RedisClient, names: readonly string[] = SCRIPT_NAMES): Promise<void> {
-  const sources = names.map((n) => readScript(n));
-  await Promise.all((await readyMasters(client)).map((m) => Promise.all(sources.map((s) => m.script('LOAD', s)))));
+  await ensureScripts(await readyMasters(client), names);
 }
 
-let engineScripts: { source: string; sha: string }[] | undefined;
+/** each script's text (includes in place) and SHA1, read once */
+const sources = new Map<string, { source: string; sha: string }>();
+function sourceOf(name: string): { source: string; sha: string } {
+  let s = sources.get(name);
+  if (!s) {
+    const source = readScript(name);
+    s = { source, sha: createHash('sha1').update(source).digest('hex') };
+    sources.set(name, s);
+  }
+  return s;
+}
 
 /**
- * Loads the engine's scripts on each of `nodes` that lacks any (a Redis restarted without persistence, a
- * replica just promoted): `loaded` when every node had them all, else `reloaded`.
+ * Loads `names` on each of `nodes` that lacks any (a Redis restarted without persistence, a replica just
+ * promoted): `loaded` when every node had them all, else `reloaded`.
  */
-export async function ensureScripts(nodes: Redis[]): Promise<'loaded' | 'reloaded'> {
-  engineScripts ??= SCRIPT_NAMES.map((n) => readScript(n)).map((source) => ({ source, sha: createHash('sha1').update(source).digest('hex') }));
-  const scripts = engineScripts;
+export async function ensureScripts(nodes: Redis[], names: readonly string[] = SCRIPT_NAMES): Promise<'loaded' | 'reloaded'> {
+  const scripts = names.map(sourceOf);
   const lacking = await Promise.all(nodes.map(async (node) => ((await node.script('EXISTS', ...scripts.map((s) => s.sha))) as number[]).some((x) => x !== 1)));
   await Promise.all(nodes.filter((_, i) => lacking[i]).map((node) => Promise.all(scripts.map((s) => node.script('LOAD', s.source)))));
   return lacking.includes(true) ? 'reloaded' : 'loaded';
