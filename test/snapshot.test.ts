@@ -5,7 +5,8 @@ import { restoreFromPostgres, startSnapshotWriter, verify, readSnapshotStatus } 
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { loadConfig } from '../src/config.js';
-import { hashKey, SatelliteRegistry } from '../src/satellites/registry.js';
+import { hashKey } from '../src/digest.js';
+import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { SHARED_REDIS_URL } from './helpers/redis.js';
 import { Keys, placeOfOwner } from '../src/store/keys.js';
 import { mint } from '../src/tokens/mint.js';

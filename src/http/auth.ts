@@ -1,4 +1,5 @@
-import { hashKey, sameKey, type SatelliteRegistry } from '../satellites/registry.js';
+import { hashKey, sameKey } from '../digest.js';
+import type { SatelliteRegistry } from '../satellites/registry.js';
 
 const MAX_CACHED = 10_000;
 

@@ -3,7 +3,7 @@ import uws, { type HttpRequest, type HttpResponse, type TemplatedApp } from 'uWe
 import { DomainError, errorCatalogue, type ErrorCode } from '../errors.js';
 import { httpInFlight, observeRequest, redisErrors } from '../metrics.js';
 import { audit } from './audit.js';
-import { sameKey } from '../satellites/registry.js';
+import { sameKey } from '../digest.js';
 import { Authenticator } from './auth.js';
 import { endUserIp } from './rate-limit.js';
 import { decode, formatOf, reply, replyError, replyValue, type Exchange, type Format, type Traffic } from './wire.js';

@@ -1,8 +1,8 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { RedisClient } from '../store/redis.js';
 import { defineScripts, type ScriptFn } from '../store/scripts.js';
 import { insertSatellite, readRegistry, SatelliteKeys } from '../store/satellites.js';
-import { hexDigest } from '../digest.js';
+import { hashKey } from '../digest.js';
 import { DomainError } from '../errors.js';
 import { checkNewId, checkText } from '../tokens/validate.js';
 import type { Satellite, SatelliteFields } from './model.js';
@@ -11,17 +11,6 @@ import { OutboundKeySeal, SEALED } from './seal.js';
 /** 256 random bits, URL-safe; the manager stores only its SHA-256. */
 function newApiKey(): string {
   return `rmk_${randomBytes(32).toString('base64url')}`;
-}
-
-export function hashKey(key: string): string {
-  return hexDigest('sha256', key);
-}
-
-/** Constant-time comparison of two key hashes (or keys) of any length. */
-export function sameKey(a: string, b: string): boolean {
-  const x = createHash('sha256').update(a).digest();
-  const y = createHash('sha256').update(b).digest();
-  return timingSafeEqual(x, y) && a.length === b.length;
 }
 
 /**

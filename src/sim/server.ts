@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { DomainError, errorCatalogue, type ErrorCode } from '../errors.js';
 import { CONTENT_TYPE, decode, encode, formatOf, type Format } from '../http/wire.js';
-import { sameKey } from '../satellites/registry.js';
+import { sameKey } from '../digest.js';
 import { isToken } from '../tokens/validate.js';
 import type { SimSatellite } from './satellite.js';
 import type { SignupSummary } from './signups.js';
