@@ -7,6 +7,7 @@ import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine, type GenerateRequest } from '../src/tokens/engine.js';
 import { info, redisCpuSeconds, startCluster, startRedis } from './redis-server.js';
 import { numberFlag, numbersFlag } from './flags.js';
+import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
 /**
  * Token engine: generation throughput and Redis memory per token (issue 2: >= 300k tokens/s over 1M
@@ -239,7 +240,7 @@ export async function runEngineBench(opts: EngineBenchOptions = {}): Promise<Eng
   for (const m of opts.masters ?? [1]) {
     const target = await deploy(m, extraArgs);
     try {
-      const engine = new TokenEngine(new TokenStore(target.client, 'bench-engine'));
+      const engine = new TokenEngine(new TokenStore(target.client, 'bench-engine', NO_REPLICA_WAIT));
       redisVersion = (await info(masters(target.client)[0]!, 'server')).redis_version ?? '?';
       for (const perUser of opts.perUser ?? [3, 10]) {
         const reqs = requests(total, perUser, opts.userIdBytes);

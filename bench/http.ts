@@ -16,6 +16,7 @@ import { treeCpuSeconds } from './proc.js';
 import { numberFlag } from './flags.js';
 import { freePort, reaped, redisCpuSeconds, waitForOutput } from './redis-server.js';
 import { watchLag } from './snapshot.js';
+import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
 /**
  * Redeem throughput: our API (uWS + MessagePack + Lua) vs (a) a uWS ceiling that only reads the body and
@@ -185,7 +186,7 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
   process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
   log(`keys under ${prefix} on ${config.redisUrl}`);
   try {
-    const store = new TokenStore(redis, prefix);
+    const store = new TokenStore(redis, prefix, NO_REPLICA_WAIT);
     await store.preload();
     const registry = new SatelliteRegistry(redis, prefix);
     await step(() => registry.add({ id: 'bench-owner' }));

@@ -10,6 +10,7 @@ import { TokenEngine } from '../src/tokens/engine.js';
 import { cpuSecondsOf } from './proc.js';
 import { numberFlag } from './flags.js';
 import { redisCpuSeconds } from './redis-server.js';
+import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
 /**
  * Snapshot writer speed against the local Postgres, in a throw-away database and key prefix:
@@ -123,7 +124,7 @@ export async function run(opts: SnapshotBenchOptions = {}): Promise<SnapshotBenc
   dbUrl.pathname = `/${dbName}`;
   const config = loadConfig({ redisUrl: opts.redisUrl ?? 'redis://127.0.0.1:6379', keyPrefix: prefix, databaseUrl: dbUrl.toString() });
   const redis = createRedis(config);
-  const engine = new TokenEngine(new TokenStore(redis, prefix));
+  const engine = new TokenEngine(new TokenStore(redis, prefix, NO_REPLICA_WAIT));
   const pool = await openPostgres(config.databaseUrl, RESTORE_LANES);
   try {
     log(`generating ${events} tokens (= ${events} events) with no writer running...`);

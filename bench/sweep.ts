@@ -4,6 +4,7 @@ import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { startRedis } from './redis-server.js';
 import { numberFlag } from './flags.js';
+import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
 /**
  * Revoke sweeps (lua/revoke_sweep.lua) on a private redis-server holding `tokens` tokens of one satellite:
@@ -39,8 +40,8 @@ export async function run(opts: { tokens?: number; log?: (line: string) => void 
   const redis = createRedis({ redisUrl: server.url, redisClusterNodes: [] });
   const probe = createRedis({ redisUrl: server.url, redisClusterNodes: [] });
   try {
-    const engine = new TokenEngine(new TokenStore(redis, 'sweep'));
-    const prober = new TokenEngine(new TokenStore(probe, 'sweep'));
+    const engine = new TokenEngine(new TokenStore(redis, 'sweep', NO_REPLICA_WAIT));
+    const prober = new TokenEngine(new TokenStore(probe, 'sweep', NO_REPLICA_WAIT));
     for (let made = 0; made < tokens; made += 10_000) {
       const owners = Array.from({ length: 10_000 / PER_USER }, (_, i) => ({ ownerSatelliteId: 'sat-big', ownerUserId: `u${made + i}` }));
       await engine.generate({ owners, perUser: PER_USER, campaignId: 'big' });

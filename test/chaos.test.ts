@@ -14,6 +14,7 @@ import { ADMIN_KEY, privateRedis, serve, testCluster, type RestartableRedis, typ
 import { pgProxy, testDatabase } from './helpers/pg.js';
 import { engineFixture, SHARED_REDIS_URL } from './helpers/redis.js';
 import { caughtUp, sleep } from './helpers/snapshot.js';
+import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
 /** How long faults are injected under load; CHAOS_MS=600000 for a soak. */
 const CHAOS_MS = Number(process.env.CHAOS_MS ?? 40_000);
@@ -180,7 +181,7 @@ describe('chaos: serve under load while its workers, serve, Redis and its way to
     expect(await server.stop(), 'serve exits 0 on SIGTERM').toBe(0);
 
     // every acknowledged redemption is in Redis, by the redeemer it was acknowledged to, and only one
-    const engine = new TokenEngine(new TokenStore(direct, PREFIX));
+    const engine = new TokenEngine(new TokenStore(direct, PREFIX, NO_REPLICA_WAIT));
     for (const [token, who] of acked) {
       expect([...who], `${token} acknowledged to several redeemers`).toHaveLength(1);
       const t = await engine.lookup(token);
@@ -351,7 +352,7 @@ describe('chaos: a Redis Cluster master killed under load, its replica taking ov
     });
     expect(server.output()).toMatch(new RegExp(`master ${victim}: .*the tokens of its slots answer 503`));
 
-    const engine = new TokenEngine(new TokenStore(seed, 'chaos-failover'));
+    const engine = new TokenEngine(new TokenStore(seed, 'chaos-failover', NO_REPLICA_WAIT));
     const lost: string[] = [];
     for (const [token, userId] of acked) {
       const t = await engine.lookup(token);

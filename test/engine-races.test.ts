@@ -4,6 +4,7 @@ import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { countsOf, eventMark, expectBalanced, NO_COUNTS, readEvents, redemptionsOf } from './helpers/engine-suite.js';
 import { engineFixture, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
+import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
 const CONNECTIONS = 20;
 const ATTEMPTS = 10_000;
@@ -17,7 +18,7 @@ beforeAll(async () => {
   engines = await Promise.all(
     Array.from({ length: CONNECTIONS }, async (_, i) => {
       const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] }, { connectionName: `engine-race-${i}` });
-      const store = new TokenStore(redis, f.prefix);
+      const store = new TokenStore(redis, f.prefix, NO_REPLICA_WAIT);
       await store.preload();
       return new TokenEngine(store);
     }),

@@ -4,6 +4,7 @@ import { SCRIPT_NAMES, readScript } from '../src/store/scripts.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { privateRedisClient } from './helpers/redis.js';
+import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
 // A private redis-server: SCRIPT FLUSH and restarts would disturb anyone else's scripts on a shared one.
 describe('Lua scripts are reloaded when Redis has lost them (NOSCRIPT)', () => {
@@ -12,7 +13,7 @@ describe('Lua scripts are reloaded when Redis has lost them (NOSCRIPT)', () => {
 
   beforeAll(async () => {
     p = await privateRedisClient();
-    engine = new TokenEngine(new TokenStore(p.redis, 'scripts'));
+    engine = new TokenEngine(new TokenStore(p.redis, 'scripts', NO_REPLICA_WAIT));
     await engine.store.preload();
   });
   afterAll(async () => {

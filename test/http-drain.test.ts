@@ -10,6 +10,7 @@ import { TokenEngine } from '../src/tokens/engine.js';
 import { ADMIN_KEY, privateRedis, type RestartableRedis } from './helpers/http.js';
 import { sleep, until } from './helpers/snapshot.js';
 import { httpInFlight } from '../src/metrics.js';
+import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
 /** One keep-alive HTTP/1.1 connection; `ask` sends a request and resolves with the raw reply head. */
 async function connection(port: number) {
@@ -140,7 +141,7 @@ describe('a caller that hangs up mid-request, in process', () => {
       caller.socket.destroy();
       await sleep(200);
       redis.signal('SIGCONT');
-      const engine = new TokenEngine(new TokenStore(server.redis, 'rm-abort'));
+      const engine = new TokenEngine(new TokenStore(server.redis, 'rm-abort', NO_REPLICA_WAIT));
       let sat = (await engine.stats()).satellites['sat-h'];
       for (const end = Date.now() + 30_000; !(sat?.generated === 10_000 && sat.revoked === 10_000) && Date.now() < end; sat = (await engine.stats()).satellites['sat-h']) await sleep(100);
       expect(sat).toMatchObject({ generated: 10_000, unredeemed: 0, revoked: 10_000 });

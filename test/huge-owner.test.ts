@@ -3,6 +3,7 @@ import { placeOfOwner } from '../src/store/keys.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { privateRedisClient } from './helpers/redis.js';
+import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
 // One owner with thousands of tokens makes its bucket a hashtable of thousands of fields. Every script that
 // reads an owner or sweeps buckets must take it a page at a time: one call reading it whole holds every other
@@ -16,7 +17,7 @@ describe('an owner with thousands of tokens: read and swept a page per call', ()
 
   beforeAll(async () => {
     p = await privateRedisClient();
-    engine = new TokenEngine(new TokenStore(p.redis, 'huge'));
+    engine = new TokenEngine(new TokenStore(p.redis, 'huge', NO_REPLICA_WAIT));
     await engine.store.preload();
   });
   afterAll(async () => {

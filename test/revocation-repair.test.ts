@@ -75,6 +75,12 @@ describe('verify finds revoked campaigns the registry and the shards disagree on
     const again = await runCli(['verify', '--repair-revocations'], env);
     expect(again.stdout).toContain('repaired 0 revoked campaigns, 0 tokens swept');
 
+    // the repair's revokes wait for replicas as every revoke does (REDIS_WAIT_REPLICAS): the shared Redis has none
+    await fx.redis.hdel(keys.dict(9), 'x\thalf');
+    const unreplicated = await runCli(['verify', '--repair-revocations'], { ...env, REDIS_WAIT_REPLICAS: '1', REDIS_WAIT_MS: '100' });
+    expect(unreplicated.code).toBe(1);
+    expect(unreplicated.stderr).toContain('NOREPLICAS');
+
     // the repair needs Redis only: with the snapshot out of reach it still mends, then verify fails
     await fx.redis.hdel(keys.dict(9), 'x\thalf');
     const noSnapshot = { ...env, DATABASE_URL: `${db.url}_missing` };

@@ -16,6 +16,7 @@ import { testDatabase } from './helpers/pg.js';
 import { dropPrefix, engineFixture, testPrefix, type EngineFixture } from './helpers/redis.js';
 import { runCli } from './helpers/cli.js';
 import { caughtUp, each, generateTokens, sleep } from './helpers/snapshot.js';
+import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
 const TOTAL = 20_000;
 const haveRedis = hasRedisServer();
@@ -110,7 +111,7 @@ describe.skipIf(!haveRedis)('snapshot on Redis Cluster (3 masters)', () => {
     writer = undefined;
     expect(await restoreFromPostgres(fx.redis, pool, restoredPrefix)).toBe(TOTAL);
     expect(await verify(fx.redis, pool, restoredPrefix)).toMatchObject({ tokens: TOTAL, differences: 0 });
-    const engine = new TokenEngine(new TokenStore(fx.redis, restoredPrefix));
+    const engine = new TokenEngine(new TokenStore(fx.redis, restoredPrefix, NO_REPLICA_WAIT));
     expect(await engine.stats()).toEqual(await fx.engine.stats());
     const owner = await engine.listUnredeemed('sat-a', `u${TOTAL - 10}`);
     expect(owner).toHaveLength(10);
@@ -209,7 +210,7 @@ describe.skipIf(!haveRedis)('campaigns on Redis Cluster: generate, snapshot, res
       expect(held, sim.satellite.id).toEqual(Array(users[sim.satellite.id as keyof typeof users] + 3).fill(2));
     }
     restoredRedis = createRedis({ redisUrl: '', redisClusterNodes: target.nodes });
-    const stats = await new TokenEngine(new TokenStore(restoredRedis, fx.prefix)).stats();
+    const stats = await new TokenEngine(new TokenStore(restoredRedis, fx.prefix, NO_REPLICA_WAIT)).stats();
     expect([stats.satellites['sat-c']?.generated, stats.satellites['sat-d']?.generated]).toEqual([2 * 153, 2 * 93]);
 
     // the restored Cluster's new events and campaign progress reach the same snapshot

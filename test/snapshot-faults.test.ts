@@ -23,6 +23,7 @@ import { createRedis } from '../src/store/redis.js';
 import { loadConfig, type Config } from '../src/config.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { freePort } from '../bench/redis-server.js';
+import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
 const MAIN = path.resolve('dist/cli/main.js');
 
@@ -284,7 +285,7 @@ describe('snapshot writer under faults (real processes)', () => {
     let writer: SnapshotWriter | undefined;
     return {
       prefix, db, pool, lines,
-      engine: new TokenEngine(new TokenStore(snap.fx.redis, prefix)),
+      engine: new TokenEngine(new TokenStore(snap.fx.redis, prefix, NO_REPLICA_WAIT)),
       /** tokens among `tokens` that have a row in Postgres */
       copied: async (tokens: string[]) => Number((await pool.query('SELECT count(*) AS n FROM tokens WHERE token = ANY($1)', [tokens])).rows[0].n),
       poison: (shard: number) => snap.fx.redis.xadd(new Keys(prefix).events(shard), '*', 'type', 'redeemed', 'at', '1', 'row', ['not-a-uuid', 'redeemed', 'sat-p', 'x', 'c', '1', '', '', '', '', '', '', ''].join('\t')),

@@ -5,6 +5,7 @@ import { restoreFromPostgres, startSnapshotWriter, verify } from '../src/snapsho
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { loadConfig } from '../src/config.js';
+import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
 describe('purge and the snapshot (real Redis, real Postgres)', () => {
   const snap = snapshotFixture('purge');
@@ -53,7 +54,7 @@ describe('purge and the snapshot (real Redis, real Postgres)', () => {
     expect(report).toMatchObject({ tokens: 230, differences: 0 });
 
     expect(await restoreFromPostgres(snap.fx.redis, snap.pool, snap.other)).toBe(230);
-    const restored = new TokenEngine(new TokenStore(snap.fx.redis, snap.other));
+    const restored = new TokenEngine(new TokenStore(snap.fx.redis, snap.other, NO_REPLICA_WAIT));
     expect(await restored.stats()).toEqual(stats);
     expect(await restored.lookup(a[0]!)).toBeUndefined();
     expect(await restored.lookup(b[199]!)).toBeUndefined();

@@ -10,6 +10,7 @@ import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { SHARED_REDIS_URL } from './helpers/redis.js';
 import { Keys, placeOfOwner } from '../src/store/keys.js';
 import { mint } from '../src/tokens/mint.js';
+import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
 const TOTAL = 100_000;
 
@@ -90,7 +91,7 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
     expect(restored).toBe(TOTAL);
     const report = await verify(snap.fx.redis, snap.pool, snap.other);
     expect(report).toMatchObject({ tokens: TOTAL, differences: 0 });
-    const engine = new TokenEngine(new TokenStore(snap.fx.redis, snap.other));
+    const engine = new TokenEngine(new TokenStore(snap.fx.redis, snap.other, NO_REPLICA_WAIT));
     expect(await engine.stats()).toEqual(await snap.fx.engine.stats());
     // owner records are found by the same hint/probing: the owner's list matches the original
     const owner = { sat: 'sat-a', user: `u${TOTAL - 10}` };
@@ -147,7 +148,7 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
       const raced = cli('restore', '--from-postgres', '--force');
       expect([raced.status, raced.stderr]).toEqual([1, expect.stringContaining('a snapshot writer holds its lease')]);
       expect((await snap.fx.engine.lookup(t))?.token).toBe(t);
-      expect(await new TokenEngine(new TokenStore(snap.fx.redis, snap.other)).lookup(t)).toBeDefined();
+      expect(await new TokenEngine(new TokenStore(snap.fx.redis, snap.other, NO_REPLICA_WAIT)).lookup(t)).toBeDefined();
     } finally {
       await running.stop();
     }

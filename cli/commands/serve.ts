@@ -10,6 +10,7 @@ import { TokenEngine } from '../../src/tokens/engine.js';
 import { reportTokenCounts } from '../../src/tokens/metrics.js';
 import { sweepLapsed } from '../../src/tokens/lapse.js';
 import { configFrom } from '../context.js';
+import { NO_REPLICA_WAIT } from '../../src/store/replicas.js';
 
 /** `referral-manager serve`: the HTTP API in N worker processes on one port; SIGTERM drains and exits 0. */
 export function register(program: Command): void {
@@ -57,7 +58,7 @@ export function register(program: Command): void {
       // a Redis Cluster's masters and migrating slots, in the log and the metrics (undefined for one Redis)
       const watch = watchCluster(redis, (line) => console.error(line));
       if (watch) stops.push(() => watch.stop());
-      const engine = new TokenEngine(new TokenStore(redis, config.keyPrefix));
+      const engine = new TokenEngine(new TokenStore(redis, config.keyPrefix, NO_REPLICA_WAIT));
       if (config.tokenCountsMs > 0) {
         const counts = reportTokenCounts(engine, config.tokenCountsMs);
         stops.push(() => counts.stop());

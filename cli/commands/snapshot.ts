@@ -10,6 +10,7 @@ import { Lease } from '../../src/store/lease.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { configFrom, connectRedis, openSnapshot } from '../context.js';
+import type { Config } from '../../src/config.js';
 
 /**
  * Ready: the writer reaches Redis (on a Cluster every master: a lost one holds event streams it cannot
@@ -38,9 +39,9 @@ const REVOCATION_HINT: Record<string, string> = {
  * revoking each such campaign again through the engine: the registry keeps (or, from the marks, gets) its
  * time, every shard is marked and swept with events, so the snapshot follows.
  */
-async function repairRevocations(redis: RedisClient, prefix: string): Promise<{ campaigns: string[]; tokensRevoked: number }> {
-  const gaps = await revocationGaps(redis, prefix);
-  const engine = new TokenEngine(new TokenStore(redis, prefix));
+async function repairRevocations(redis: RedisClient, config: Config): Promise<{ campaigns: string[]; tokensRevoked: number }> {
+  const gaps = await revocationGaps(redis, config.keyPrefix);
+  const engine = new TokenEngine(new TokenStore(redis, config.keyPrefix, config));
   let tokensRevoked = 0;
   for (const id of gaps.unmarked.keys()) tokensRevoked += await engine.revokeCampaign(id);
   for (const [id, m] of gaps.unregistered) tokensRevoked += await engine.revokeCampaign(id, m.revokedAt);
@@ -163,7 +164,7 @@ export function register(program: Command): void {
       try {
         // the repair needs Redis only: it is done, and said, before the snapshot is opened, so an unreachable
         // Postgres fails the comparison but not the repair
-        const repaired = opts.repairRevocations ? await repairRevocations(redis, config.keyPrefix) : undefined;
+        const repaired = opts.repairRevocations ? await repairRevocations(redis, config) : undefined;
         if (repaired && !opts.json) console.log(`repaired ${repaired.campaigns.length} revoked campaigns${repaired.campaigns.length ? ` (${repaired.campaigns.join(', ')})` : ''}, ${repaired.tokensRevoked} tokens swept`);
         pool = await openSnapshot(config.databaseUrl).catch((err: unknown) => {
           if (repaired && opts.json) console.log(JSON.stringify({ repaired }, null, 2));

@@ -8,6 +8,7 @@ import { readSnapshotStatus, sampleLag } from '../../src/snapshot/index.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { configFrom, connectRedis } from '../context.js';
 import { table } from '../format.js';
+import { NO_REPLICA_WAIT } from '../../src/store/replicas.js';
 
 /** Per owner satellite: its counters by state, and a total row when there is more than one. */
 function satelliteTable(stats: Stats): string {
@@ -54,7 +55,7 @@ export function register(program: Command): void {
     let s: Stats;
     let snapshot: string;
     try {
-      s = await new TokenEngine(new TokenStore(redis, config.keyPrefix)).stats();
+      s = await new TokenEngine(new TokenStore(redis, config.keyPrefix, NO_REPLICA_WAIT)).stats();
       snapshot = await snapshotLine(redis, config.keyPrefix);
     } finally {
       redis.disconnect();

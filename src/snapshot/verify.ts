@@ -13,6 +13,7 @@ import { pgRevoked, readRevoked, restoreRevoked, revocationGaps } from './revoke
 import { pgSatellites } from './satellites.js';
 import { resyncTokens } from './resync.js';
 import { reapplyRows } from './reapply.js';
+import { NO_REPLICA_WAIT } from '../store/replicas.js';
 
 export interface Difference {
   /**
@@ -115,7 +116,7 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
   const keys = new Keys(prefix);
   const report: VerifyReport = { tokens: 0, satellites: 0, campaigns: 0, revokedCampaigns: 0, differences: 0, listed: [] };
   if (repairTokens) report.resynced = 0;
-  const store = repairLeases ? new TokenStore(redis, prefix) : undefined;
+  const store = repairLeases ? new TokenStore(redis, prefix, NO_REPLICA_WAIT) : undefined;
   if (store) report.leasesRepaired = 0;
   if (repairRedis) {
     report.reapplied = 0;

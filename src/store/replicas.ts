@@ -2,6 +2,7 @@ import { Cluster, type Redis } from 'ioredis';
 import calculateSlot from 'cluster-key-slot';
 import { masters, nodeAddress, type RedisClient } from './redis.js';
 import { judgeMasters } from './cluster-probe.js';
+import type { Config } from '../config.js';
 
 /**
  * A state change a replica may not have: its master might lose it in a failover. The message starts like
@@ -16,6 +17,12 @@ export class NotReplicated extends Error {
 }
 
 const ignore = () => undefined;
+
+/** REDIS_WAIT_REPLICAS and REDIS_WAIT_MS, as a store takes them */
+export type ReplicaWait = Pick<Config, 'redisWaitReplicas' | 'redisWaitMs'>;
+
+/** for stores that only read (or a bench, a test): nothing to wait for */
+export const NO_REPLICA_WAIT: ReplicaWait = { redisWaitReplicas: 0, redisWaitMs: 0 };
 
 /**
  * REDIS_WAIT_REPLICAS: after a state change, WAIT until that many replicas of the master that took it have

@@ -1,8 +1,7 @@
-import type { Config } from '../config.js';
 import { DomainError } from '../errors.js';
 import { inLanes, pushTo } from '../collections.js';
 import type { RedisClient } from './redis.js';
-import { NotReplicated, ReplicaAck } from './replicas.js';
+import { NotReplicated, ReplicaAck, type ReplicaWait } from './replicas.js';
 import { defineScripts, preloadScripts, type ScriptFn, type ScriptName } from './scripts.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken, type OwnerPlace } from './keys.js';
 import { STATE_NAME, dashed, decodeResult, hexOf } from './codec.js';
@@ -53,8 +52,12 @@ export class TokenStore {
   private readonly s: Record<ScriptName, ScriptFn>;
   private readonly ack: ReplicaAck;
 
-  /** `wait`: REDIS_WAIT_REPLICAS and REDIS_WAIT_MS; a change is answered once that many replicas have it (src/store/replicas.ts) */
-  constructor(readonly redis: RedisClient, prefix: string, wait: Pick<Config, 'redisWaitReplicas' | 'redisWaitMs'> = { redisWaitReplicas: 0, redisWaitMs: 0 }) {
+  /**
+   * `wait`: REDIS_WAIT_REPLICAS and REDIS_WAIT_MS; a change is answered once that many replicas have it
+   * (src/store/replicas.ts). Required, so no caller that changes tokens drops the setting unawares; a
+   * reader, a bench or a test passes NO_REPLICA_WAIT.
+   */
+  constructor(readonly redis: RedisClient, prefix: string, wait: ReplicaWait) {
     this.keys = new Keys(prefix);
     this.s = defineScripts(redis);
     this.ack = new ReplicaAck(redis, wait.redisWaitReplicas, wait.redisWaitMs);

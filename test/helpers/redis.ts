@@ -5,6 +5,7 @@ import { dropPrefix } from '../../src/store/key-walk.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { privateRedis } from './http.js';
+import { NO_REPLICA_WAIT } from '../../src/store/replicas.js';
 
 export const SHARED_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 
@@ -24,7 +25,7 @@ export interface EngineFixture {
 export async function engineFixture(opts: { redis?: () => RedisClient; label?: string } = {}): Promise<EngineFixture> {
   const redis = opts.redis ? opts.redis() : createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
   const prefix = testPrefix(opts.label);
-  const store = new TokenStore(redis, prefix);
+  const store = new TokenStore(redis, prefix, NO_REPLICA_WAIT);
   await store.preload();
   return {
     redis,
