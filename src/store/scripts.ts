@@ -1,13 +1,14 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { RedisClient } from './redis.js';
 import { readyMasters } from './redis.js';
+import { hexDigest } from '../digest.js';
+import { onFirstUse } from '../on-first-use.js';
 
 /** lua/ sits at the package root, both from src/ (tests) and from dist/src/ (built). */
-function luaDir(): string {
+const luaDir = onFirstUse(() => {
   let dir = path.dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 4; i++) {
     const candidate = path.join(dir, 'lua');
@@ -19,7 +20,7 @@ function luaDir(): string {
     }
   }
   throw new Error('lua/ directory not found next to the package');
-}
+});
 
 const INCLUDE = /^--- @include "([\w-]+)"$/m;
 
@@ -36,22 +37,22 @@ export function readScript(name: string): string {
 }
 
 export const SCRIPT_NAMES = ['generate', 'redeem', 'reserve', 'complete', 'release', 'revoke', 'revoke_sweep', 'purge', 'lapse', 'revocation_record', 'lookup', 'list', 'list_redeemed'] as const;
-/** The engine's scripts (the others belong to the satellite registry, campaigns, the lease and restore) */
+/** The engine's scripts (the others are named by their callers: the satellite registry, campaigns, the lease, the snapshot writer, restore and the repairs) */
 export type ScriptName = (typeof SCRIPT_NAMES)[number];
 
 export type ScriptFn = (keys: string[], args: (string | number)[]) => Promise<unknown>;
 
 /**
  * Registers scripts (the engine's by default) with ioredis `defineCommand` (EVALSHA, falling back to
- * EVAL and so reloading on NOSCRIPT) and returns a caller per name (a name not asked for does not type-check). `preload` pushes them with SCRIPT LOAD
- * to every master so /readyz can say "scripts loaded".
+ * EVAL and so reloading on NOSCRIPT) and returns a caller per name (a name not asked for does not
+ * type-check). preloadScripts / ensureScripts push them to the masters so /readyz can say "scripts loaded".
  */
 export function defineScripts<N extends string = ScriptName>(client: RedisClient, names: readonly N[] = SCRIPT_NAMES as readonly string[] as readonly N[]): Record<N, ScriptFn> {
   const out = {} as Record<N, ScriptFn>;
   for (const name of names) {
     const cmd = `rm_${name}`;
     const c = client as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
-    if (typeof c[cmd] !== 'function') client.defineCommand(cmd, { lua: readScript(name) });
+    if (typeof c[cmd] !== 'function') client.defineCommand(cmd, { lua: sourceOf(name).source });
     out[name] = (keys, args) => c[cmd]!(keys.length, ...keys, ...args);
   }
   return out;
@@ -68,7 +69,7 @@ function sourceOf(name: string): { source: string; sha: string } {
   let s = sources.get(name);
   if (!s) {
     const source = readScript(name);
-    s = { source, sha: createHash('sha1').update(source).digest('hex') };
+    s = { source, sha: hexDigest('sha1', source) };
     sources.set(name, s);
   }
   return s;
