@@ -1,3 +1,4 @@
+import { readdirSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { startOpsServer } from '../src/http/ops.js';
 import { serve } from './helpers/http.js';
@@ -49,5 +50,15 @@ describe('METRICS_KEY', () => {
 
   it('is refused at start when shorter than 32 characters', async () => {
     await expect(serve({ KEY_PREFIX: 'metrics-key', METRICS_KEY: 'short' })).rejects.toThrow(/METRICS_KEY: must be at least 32 characters/);
+  });
+});
+
+describe('what a process exports', () => {
+  it('the CLI\'s modules, which every process imports (a serve worker too), register none of the snapshot writer\'s series: a worker exported them at 0 or NaN beside the writer\'s', async () => {
+    const { registry } = await import('../src/metrics.js');
+    for (const file of readdirSync(new URL('../cli/commands/', import.meta.url))) await import(`../cli/commands/${file}`);
+    const names = (await registry.getMetricsAsJSON()).map((m) => m.name);
+    expect(names).toContain('rm_http_requests_in_flight');
+    expect(names.filter((n) => n.startsWith('rm_snapshot_'))).toEqual([]);
   });
 });

@@ -40,7 +40,7 @@ afterEach(async () => {
 });
 const exited = (c: ChildProcess) =>
   new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => c.once('exit', (code, signal) => r({ code, signal })));
-const errorsWhere = (where: string) => async () => (await snapshotMetrics.errors.get()).values.find((v) => v.labels.where === where)?.value ?? 0;
+const errorsWhere = (where: string) => async () => (await snapshotMetrics().errors.get()).values.find((v) => v.labels.where === where)?.value ?? 0;
 const redisErrors = errorsWhere('redis');
 /** changes the writer counted lost (rm_snapshot_errors_total{where="lost"}) */
 const lost = errorsWhere('lost');
@@ -335,7 +335,7 @@ describe('snapshot writer under faults (real processes)', () => {
       // said as what it is, once: it read "Postgres unreachable", and rm_snapshot_postgres_up flapped 0/1
       expect(o.lines.filter((l) => l.includes('Postgres refused a write (SQLSTATE 22P02'))).toHaveLength(1);
       expect(o.lines.filter((l) => l.includes('unreachable'))).toEqual([]);
-      expect((await snapshotMetrics.postgresUp.get()).values[0]?.value).toBe(1);
+      expect((await snapshotMetrics().postgresUp.get()).values[0]?.value).toBe(1);
     } finally {
       await o.close();
     }
@@ -392,7 +392,7 @@ describe('snapshot writer under faults (real processes)', () => {
     await o.start();
     const locker = new pg.Client({ connectionString: o.db.url });
     await locker.connect();
-    const commits = async () => (await snapshotMetrics.batchSize.get()).values.find((v) => v.metricName === 'rm_snapshot_batch_events_count')?.value ?? 0;
+    const commits = async () => (await snapshotMetrics().batchSize.get()).values.find((v) => v.metricName === 'rm_snapshot_batch_events_count')?.value ?? 0;
     try {
       await firstRoundDone(snap.fx.redis, o.prefix);
       await locker.query('SET statement_timeout = 0; BEGIN; LOCK TABLE tokens IN SHARE MODE');
@@ -642,7 +642,7 @@ describe('snapshot writer under faults (real processes)', () => {
       expect(o.lines.filter((l) => l.includes('Redis lost the tokens'))).toEqual([
         `error: Redis lost the tokens of ${shards.length} shard(s) that Postgres holds (${shards.join(',')}): they answer 404, and /readyz answers 503 until they are restored (runbook "Redis lost its data": referral-manager restore --from-postgres --force)`,
       ]);
-      expect((await snapshotMetrics.lostShards.get()).values[0]!.value).toBe(shards.length);
+      expect((await snapshotMetrics().lostShards.get()).values[0]!.value).toBe(shards.length);
       const down = await readyz();
       expect([down.status, down.body.lostShards]).toEqual([503, shards]);
       expect(down.body.error).toMatch(/Redis lost the tokens of shards .* restore them/);
@@ -662,7 +662,7 @@ describe('snapshot writer under faults (real processes)', () => {
       expect((await readyz()).status).toBe(200);
       expect((await o.engine.lookup(tokens[0]!))?.state).toBe('unredeemed');
       await o.start();
-      const gauge = async () => (await snapshotMetrics.lostShards.get()).values[0]!.value;
+      const gauge = async () => (await snapshotMetrics().lostShards.get()).values[0]!.value;
       for (const end = Date.now() + 10_000; (await gauge()) !== 0 && Date.now() < end; ) await sleep(50);
       expect(await gauge()).toBe(0);
       expect(await readLostShards(snap.fx.redis, o.prefix)).toEqual([]);
@@ -1188,8 +1188,8 @@ describe('snapshot writer under faults (real processes)', () => {
         const m = /^error: shard (\d+): Postgres holds (\d+) change\(s\) of (\d+) token\(s\) after [\d-]+ that Redis lost/.exec(l);
         return m ? [[Number(m[1]), { changes: Number(m[2]), tokens: Number(m[3]) }] as const] : [];
       }));
-    const lostChanges = async () => (await snapshotMetrics.changesLost.get()).values[0]?.value ?? 0;
-    const found = async () => (await snapshotMetrics.wentBack.get()).values[0]?.value ?? 0;
+    const lostChanges = async () => (await snapshotMetrics().changesLost.get()).values[0]?.value ?? 0;
+    const found = async () => (await snapshotMetrics().wentBack.get()).values[0]?.value ?? 0;
     /** 1000 tokens copied, an RDB saved, then 200 of them redeemed and copied: what the crash will lose */
     async function saveThenRedeem({ own, pool }: PrivateWorld): Promise<string[]> {
       const tokens = await generateTokens(own.engine, 1000);

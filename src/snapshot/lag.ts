@@ -2,7 +2,7 @@ import type { RedisClient } from '../store/redis.js';
 import { every } from '../every.js';
 import { Keys, SHARDS } from '../store/keys.js';
 import { compareIds } from './events.js';
-import { snapshotMetrics as m } from './metrics.js';
+import { snapshotMetrics } from './metrics.js';
 
 export const GROUP = 'snapshot';
 
@@ -96,6 +96,7 @@ async function undeliveredIn(redis: RedisClient, key: string, lag: unknown, deli
  * it exists for.
  */
 export function reportLag(redis: RedisClient, prefix: string, ms = 1000, onSample?: (lag: Lag) => Promise<unknown> | void): { stop(): Promise<void> } {
+  const m = snapshotMetrics();
   let stopped = false;
   // unknown, not the last reading: a lag of 0 kept from before Redis went away read as "all copied"
   const unknown = () => {

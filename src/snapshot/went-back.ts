@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { snapshotMetrics as m } from './metrics.js';
+import { snapshotMetrics } from './metrics.js';
 import { committedBetween } from './positions.js';
 import type { WentBack } from './streams.js';
 
@@ -14,6 +14,7 @@ export class WentBackReport {
   /** found, not yet counted */
   private readonly uncounted: WentBack[] = [];
   private counting = false;
+  private readonly m = snapshotMetrics();
 
   constructor(private readonly log: (level: 'warn' | 'error', msg: string) => void) {}
 
@@ -21,7 +22,7 @@ export class WentBackReport {
     const at = `Redis went back in time on shard ${w.shard} (restarted from an older RDB or AOF file, or a replica that lagged was promoted): its event stream's group stood at ${w.group}, the writer had read up to ${w.read}`;
     // the group went back, but not the stream: a replica that had every change, not yet every read of them
     if (w.kept === w.read) return this.log('warn', `${at}; Redis still holds every change the writer read, so none is lost`);
-    m.wentBack.inc();
+    this.m.wentBack.inc();
     this.log('error', `${at}; Redis lost the changes after ${w.kept}: how many of them Postgres holds follows`);
     this.uncounted.push(w);
   }
@@ -42,7 +43,7 @@ export class WentBackReport {
           this.uncounted.push(w);
           continue;
         }
-        m.changesLost.inc(c.events);
+        this.m.changesLost.inc(c.events);
         this.log('error', `shard ${w.shard}: Postgres holds ${c.events} change(s) of ${c.tokens} token(s) after ${w.kept} that Redis lost when it went back in time. Those tokens are in their earlier state in Redis (a lost redemption can be redeemed again): once the snapshot has caught up, \`referral-manager verify --repair-redis\` gives them back what Postgres holds (runbook "Redis went back in time")`);
       }
     } finally {

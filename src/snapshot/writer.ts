@@ -10,7 +10,7 @@ import type { StreamEvent } from './events.js';
 import { BACKOFF_MAX_MS, Lane, refusedBy } from './lane.js';
 import { reportLag } from './lag.js';
 import { Lease } from '../store/lease.js';
-import { snapshotMetrics as m } from './metrics.js';
+import { snapshotMetrics } from './metrics.js';
 import { CampaignCopy } from './campaigns.js';
 import { RevocationCopy } from './revoked.js';
 import { SatelliteCopy } from './satellites.js';
@@ -63,6 +63,7 @@ const LAPSED = 'the snapshot lease lapsed with no other writer (this process or 
  * Only the holder of the Redis lease writes; the others wait to take over.
  */
 export async function startSnapshotWriter(config: WriterConfig, opts: WriterOptions = {}): Promise<SnapshotWriter> {
+  const m = snapshotMetrics();
   const log = opts.log ?? ((level, msg) => console.error(`[snapshot] ${level}: ${msg}`));
   const consumer = opts.consumer ?? 'writer';
   // commands time out (the longest is one XREADGROUP of a few thousand entries): a hung Redis must not hang stop()
