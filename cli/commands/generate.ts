@@ -1,8 +1,7 @@
 import { Command, Option } from 'commander';
-import { quote } from 'shell-quote';
-import { pushTo } from '../../src/collections.js';
-import { CLAIM_TTL_MS, CampaignStore, type CampaignMeta } from '../../src/campaigns/store.js';
-import { runCampaign, type FlowSatellite, type SatelliteReport } from '../../src/campaigns/flow.js';
+import { CLAIM_TTL_MS, CampaignStore } from '../../src/campaigns/store.js';
+import { runCampaign, type SatelliteReport } from '../../src/campaigns/flow.js';
+import { NO_URL, planRun, REMOVED, sh } from '../../src/campaigns/plan.js';
 import { SatelliteRegistry } from '../../src/satellites/registry.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine, MAX_EXPIRES_AT, MAX_TOKENS_PER_CALL, newCampaignId } from '../../src/tokens/engine.js';
@@ -39,27 +38,6 @@ A campaign records every token it made and what each satellite accepted: rerunni
 the same --all --campaign serves it once it has a url (satellites update <id> --url). A --satellite without a url is an error, and
 so is --all when no satellite has one.
 Exit 1 when a satellite failed (the others still ran); the summary says how to resume.`;
-
-/** why --all skips a satellite */
-const NO_URL = 'no url registered';
-const REMOVED = 'no longer registered (satellites remove)';
-
-/** An id as a shell word, so a suggested command can be pasted whatever the id holds. */
-const sh = (id: string): string => quote([id]);
-
-const skippedReport = (satelliteId: string, error: string): SatelliteReport => ({
-  satelliteId, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, usersInvalid: 0, status: 'skipped', error,
-});
-
-/** A satellite url as the same satellite would be reached: no trailing slash, default port and case left out. */
-function sameUrl(raw: string): string {
-  try {
-    const u = new URL(raw);
-    return `${u.origin}${u.pathname.replace(/\/+$/, '')}`;
-  } catch {
-    return raw;
-  }
-}
 
 /** The shell's exit status for a process a signal stopped. */
 const EXIT_ON = { SIGINT: 130, SIGTERM: 143 } as const;
@@ -122,72 +100,12 @@ export function register(program: Command): void {
         const run = opts.dryRun ? undefined : await campaigns.claim(id);
         if (!opts.dryRun && !run) throw new Error(`campaign "${id}" is being run by another generate; wait for it (or, if it was killed, up to ${CLAIM_TTL_MS / 1000} s)`);
         try {
-          const existing = opts.resume !== undefined ? await campaigns.require(id) : await campaigns.meta(id);
-          // a dry run fails as the real run would: it said it would make tokens the real run then refused to
-          // (the registry also holds an id the admin route revoked)
-          const revokedAt = await campaigns.revokedAt(id);
-          if (revokedAt !== undefined) {
-            throw new Error(`campaign "${id}" was revoked at ${new Date(revokedAt).toISOString()}: it makes and delivers no more tokens; start a new --campaign`);
-          }
-          // its undelivered tokens can no longer be redeemed, and the engine makes none that expire in the past
-          if (existing?.expiresAt !== undefined && existing.expiresAt <= Date.now()) {
-            throw new Error(`campaign "${id}" expired at ${new Date(existing.expiresAt).toISOString()}: its tokens can no longer be redeemed, so it makes and delivers no more; start a new --campaign`);
-          }
-          if (existing && perUser !== undefined && existing.perUser !== perUser) {
-            throw new Error(`campaign "${id}" makes ${existing.perUser} tokens per user, not ${perUser}: choose another --campaign`);
-          }
-          // --expires is relative, so rerunning the same command line gives another date: keep the campaign's
-          // (its tokens should expire together), but say so rather than drop the flag silently
-          if (existing && expiresAt !== undefined) {
-            const kept = existing.expiresAt === undefined ? 'no expiry' : `expiry ${new Date(existing.expiresAt).toISOString()}`;
-            console.error(`note: campaign "${id}" keeps its ${kept}; --expires applies to new campaigns only`);
-          }
-          const chosen = opts.resume !== undefined ? existing!.satellites : opts.all ? (await registry.list()).map((s) => s.id) : [...new Set(opts.satellite)];
-          if (chosen.length === 0) throw new Error('no satellites registered (referral-manager satellites add --id <id> --url <url>)');
-          const satellites: FlowSatellite[] = [];
-          const skipped: SatelliteReport[] = [];
-          const removed: string[] = [];
-          for (const satId of chosen) {
-            // a campaign's satellite removed since: the others are still served (nothing adds it back to a campaign)
-            const s = opts.resume !== undefined ? await registry.get(satId) : await registry.require(satId);
-            if (!s) {
-              skipped.push(skippedReport(satId, REMOVED));
-              removed.push(satId);
-            } else if (s.url) {
-              // opened before any satellite is called: a key this run cannot open stops it with the reason
-              const outboundKey = registry.outboundKey(s);
-              satellites.push(outboundKey ? { id: s.id, url: s.url, outboundKey } : { id: s.id, url: s.url });
-            }
-            // --all means every satellite that can be served; a named one (or a campaign's own) must be
-            else if (opts.all) skipped.push(skippedReport(satId, NO_URL));
-            else throw new Error(`satellite "${satId}" has no url: referral-manager satellites update ${sh(satId)} --url <url>`);
-          }
-          // one not served in full can never be: said so in the record, so the campaign can end `done` (it
-          // stayed `failed` for good), also when none is left
-          if (!opts.dryRun) {
-            for (const satId of removed) if ((await campaigns.progress(id, satId)).status !== 'done') await campaigns.setStatus(id, satId, 'removed', REMOVED);
-          }
-          if (satellites.length === 0) {
-            if (opts.resume !== undefined) throw new Error(`campaign "${id}" has no satellite left to serve: ${skipped.map((r) => r.satelliteId).join(', ')} ${REMOVED}`);
-            throw new Error(`no registered satellite has a url: nothing to serve (${skipped.map((r) => r.satelliteId).join(', ')} ${NO_URL}; referral-manager satellites update <id> --url <url> gives one)`);
-          }
-          // one satellite registered twice (two ids, one url) lists the same users to both: each gets two sets
-          const byUrl = new Map<string, string[]>();
-          for (const s of satellites) pushTo(byUrl, sameUrl(s.url), s.id);
-          for (const [url, ids] of byUrl) {
-            if (ids.length > 1) console.error(`note: satellites ${ids.join(', ')} have the same url ${url}: a user it lists gets a set from each`);
-          }
-          // a skipped satellite stays out of the campaign's record: it is not pending there, and running the
-          // same --all --campaign again once it has a url adds and serves it
-          const satIds = satellites.map((s) => s.id);
-
-          const planned: CampaignMeta = { id, perUser: perUser ?? existing!.perUser, satellites: satIds, createdAt: Date.now() };
-          if (expiresAt !== undefined) planned.expiresAt = expiresAt;
-          let campaign = existing ?? planned;
-          if (!opts.dryRun) {
-            campaign = (await campaigns.open(planned)).campaign;
-            await campaigns.addSatellites(campaign, satIds);
-          }
+          const { campaign, existed, satellites, skipped } = await planRun(
+            registry,
+            campaigns,
+            { id, resume: opts.resume !== undefined, all: opts.all === true, satellites: opts.satellite ?? [], perUser, expiresAt, dryRun: opts.dryRun === true },
+            (line) => console.error(line),
+          );
 
           const bars = opts.progress && !opts.json && process.stderr.isTTY ? progressBars() : undefined;
           // Ctrl-C or a cron `timeout` (SIGTERM): stop at the next step, record where, release the claims
@@ -210,7 +128,7 @@ export function register(program: Command): void {
               engine: new TokenEngine(store),
               campaigns,
               campaign,
-              existed: existing !== undefined,
+              existed,
               dryRun: opts.dryRun === true,
               pageSize,
               maxPages,
@@ -229,7 +147,7 @@ export function register(program: Command): void {
           for (const r of skipped) {
             if (r.error === REMOVED) console.error(`satellite ${r.satelliteId} skipped: ${REMOVED}; the campaign serves its other satellites`);
             // a dry run made no campaign: the id it drew names nothing
-            else console.error(`satellite ${r.satelliteId} skipped: ${NO_URL}; after referral-manager${flags} satellites update ${sh(r.satelliteId)} --url <url>, referral-manager${flags} generate --all --per-user ${campaign.perUser}${opts.dryRun && existing === undefined && opts.campaign === undefined ? '' : ` --campaign ${sh(id)}`} serves it`);
+            else console.error(`satellite ${r.satelliteId} skipped: ${NO_URL}; after referral-manager${flags} satellites update ${sh(r.satelliteId)} --url <url>, referral-manager${flags} generate --all --per-user ${campaign.perUser}${opts.dryRun && !existed && opts.campaign === undefined ? '' : ` --campaign ${sh(id)}`} serves it`);
           }
           const failed = reports.filter((r) => r.status === 'failed');
           // revoked or expired: a campaign a resume cannot go on with
