@@ -7,7 +7,7 @@ import { dropPrefix, engineFixture, SHARED_REDIS_URL, testPrefix, type EngineFix
 import { privateRedis, testCluster, type RestartableRedis } from './helpers/http.js';
 import { pgProxy, testDatabase } from './helpers/pg.js';
 import { caughtUp, each, firstRoundDone, generateTokens, sleep, snapshotFixture, until as eventually } from './helpers/snapshot.js';
-import { engineKeys, openPostgres, readLostShards, readSnapshotStatus, restoreFromPostgres, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
+import { dropEngineKeys, openPostgres, readLostShards, readSnapshotStatus, restoreFromPostgres, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { startServer } from '../src/http/server.js';
 import type { WriterOptions } from '../src/snapshot/writer.js';
 import { snapshotMetrics } from '../src/snapshot/metrics.js';
@@ -571,7 +571,7 @@ describe('snapshot writer under faults (real processes)', () => {
       const first = (await o.engine.generate({ owners: users(1, 'a'), perUser: 5 })).tokens.map((t) => t.token);
       await caughtUp(snap.fx.redis, o.prefix, o.pool, 5);
       await o.stopWriter();
-      for (const k of await engineKeys(snap.fx.redis, o.prefix)) await snap.fx.redis.del(k);
+      await dropEngineKeys(snap.fx.redis, o.prefix);
       await restoreFromPostgres(snap.fx.redis, o.pool, o.prefix);
       const held = placeOfToken(hexOf(first[0]!)).shard;
       const fresh = (await made(o.engine, users(200, 'e'))).filter((t) => placeOfToken(hexOf(t)).shard !== held);
@@ -657,7 +657,7 @@ describe('snapshot writer under faults (real processes)', () => {
 
       // the restore: writer stopped, every engine key replaced from Postgres
       await o.stopWriter();
-      for (const k of await engineKeys(snap.fx.redis, o.prefix)) await snap.fx.redis.del(k);
+      await dropEngineKeys(snap.fx.redis, o.prefix);
       await restoreFromPostgres(snap.fx.redis, o.pool, o.prefix);
       expect((await readyz()).status).toBe(200);
       expect((await o.engine.lookup(tokens[0]!))?.state).toBe('unredeemed');
@@ -1283,7 +1283,7 @@ describe('snapshot writer under faults (real processes)', () => {
         const tokens = await generateTokens(w.own.engine, 1000);
         await caughtUp(w.own.redis, w.own.prefix, w.pool, 1000);
         await w.writer.now.stop();
-        await w.own.redis.del(...(await engineKeys(w.own.redis, w.own.prefix)));
+        await dropEngineKeys(w.own.redis, w.own.prefix);
         await restoreFromPostgres(w.own.redis, w.pool, w.own.prefix);
         w.writer.now = await startSnapshotWriter(w.config, { log: (level, msg) => w.lines.push(`${level}: ${msg}`) });
         await w.own.redis.save();

@@ -1,12 +1,9 @@
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { startOpsServer } from '../../src/http/ops.js';
-import { anyKey, engineKeys, registerMarkedRevocations, RESTORE_LANES, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, revocationGaps, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
+import { rebuildRedis, RESTORE_LANES, revocationGaps, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
 import { type RedisClient } from '../../src/store/redis.js';
 import { clusterFailures } from '../../src/store/cluster-probe.js';
-import { dropKeys } from '../../src/store/key-walk.js';
-import { Keys } from '../../src/store/keys.js';
-import { Lease } from '../../src/store/lease.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { configFrom, connectRedis, openSnapshot } from '../context.js';
@@ -88,49 +85,15 @@ export function register(program: Command): void {
       const config = configFrom(this);
       const redis = await connectRedis(config);
       const pool = await openSnapshot(config.databaseUrl, RESTORE_LANES);
-      let held: Awaited<ReturnType<Lease['hold']>>;
       try {
-        // a running writer recreates the streams and groups restore has just deleted: the restore then died on
-        // BUSYGROUP halfway (Redis part empty), and changes made meanwhile went into streams it deleted, lost
-        // from Redis and Postgres alike. Checked before anything is touched, --force or not.
-        const busy = `a snapshot writer holds its lease under "${config.keyPrefix}:" (a serve or \`referral-manager snapshot\` runs against this Redis, or one stopped less than its lease, 10 s, ago): stop every serve and snapshot of this prefix, then restore`;
-        if (await redis.exists(new Keys(config.keyPrefix).snapshotLease())) throw new Error(busy);
-        const filled = await anyKey(redis, config.keyPrefix);
-        // held for the whole restore: a writer started meanwhile (a serve restarted by its supervisor) stands by
-        // instead of recreating the streams under it
-        held = await new Lease(redis, new Keys(config.keyPrefix).snapshotLease(), 10_000, `restore on ${hostname()} pid ${process.pid}`).hold();
-        if (!held) throw new Error(busy);
-        if (filled) {
-          if (!opts.force) throw new Error(`Redis has keys under "${config.keyPrefix}:"; refusing to restore over them (use --force)`);
-          // the streams hold changes Postgres lacks: a restore deletes them, so an acknowledged redeem was undone
-          // (the token open to a second referral) and verify, comparing the result, found nothing
-          const lag = await sampleLag(redis, config.keyPrefix);
-          if (lag.events > 0 && !opts.discardPending) {
-            throw new Error(`${lag.events} changes in the event streams of "${config.keyPrefix}:" have not reached Postgres (the oldest ${lag.seconds.toFixed(0)} s ago); a restore would lose them (a redeem undone, a token gone): run \`referral-manager snapshot\` until rm_snapshot_lag_events is 0 and stop it, or pass --discard-pending to lose them`);
-          }
-          const marksOnly = await registerMarkedRevocations(redis, config.keyPrefix);
-          if (marksOnly) console.log(`registered ${marksOnly} campaign revocations only the old shards held, so the restore keeps them`);
-          const stale = await engineKeys(redis, config.keyPrefix);
-          for (let i = 0; i < stale.length; i += 500) await Promise.all(stale.slice(i, i + 500).map((k) => redis.unlink(k)));
-          // failures counted against the emptied Redis (every token a 404) were no guesses: a satellite
-          // that crossed the limit then stayed refused (429) for the rest of the window after the restore
-          const windows = await dropKeys(redis, new Keys(config.keyPrefix).failurePattern());
-          if (windows) console.log(`cleared ${windows} rate-limit windows`);
-        }
-        const n = await restoreFromPostgres(redis, pool, config.keyPrefix);
-        const sats = await restoreSatellites(redis, pool, config.keyPrefix);
-        const revoked = await restoreRevoked(redis, pool, config.keyPrefix);
-        const camps = await restoreCampaigns(redis, pool, config.keyPrefix);
-        // a lease lost meanwhile (Redis restarted, or this process stalled past it) let a writer in under the restore
-        if (!(await held.confirm())) {
-          throw new Error('the snapshot lease was lost during the restore (Redis restarted or lost it, or this process stalled past 10 s): a writer may have started under it; stop every serve and snapshot of this prefix and restore again');
-        }
-        console.log(`restored ${n} tokens into prefix "${config.keyPrefix}"`);
-        console.log(`restored ${sats.restored} satellites with their API keys${sats.kept ? `; ${sats.kept} already registered, kept as they are` : ''}`);
-        console.log(`restored ${camps.restored} campaigns${camps.kept ? `; ${camps.kept} already in Redis, kept as they are` : ''}`);
-        console.log(`restored ${revoked.restored} campaign revocations${revoked.kept ? `; ${revoked.kept} already in Redis, kept as they are` : ''}`);
+        const r = await rebuildRedis(redis, pool, config.keyPrefix, { force: opts.force, discardPending: opts.discardPending, holder: `restore on ${hostname()} pid ${process.pid}` });
+        if (r.marksOnly) console.log(`registered ${r.marksOnly} campaign revocations only the old shards held, so the restore keeps them`);
+        if (r.windows) console.log(`cleared ${r.windows} rate-limit windows`);
+        console.log(`restored ${r.tokens} tokens into prefix "${config.keyPrefix}"`);
+        console.log(`restored ${r.satellites.restored} satellites with their API keys${r.satellites.kept ? `; ${r.satellites.kept} already registered, kept as they are` : ''}`);
+        console.log(`restored ${r.campaigns.restored} campaigns${r.campaigns.kept ? `; ${r.campaigns.kept} already in Redis, kept as they are` : ''}`);
+        console.log(`restored ${r.revocations.restored} campaign revocations${r.revocations.kept ? `; ${r.revocations.kept} already in Redis, kept as they are` : ''}`);
       } finally {
-        await held?.release().catch(() => undefined);
         await pool.end();
         redis.disconnect();
       }

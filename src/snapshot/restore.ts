@@ -3,7 +3,7 @@ import type { RedisClient } from '../store/redis.js';
 import { Keys, SHARDS, placeOfOwner, placeOfToken } from '../store/keys.js';
 import { STATE_LETTER, hexOf } from '../store/codec.js';
 import { defineScripts, preloadScripts, type ScriptFn } from '../store/scripts.js';
-import { scanKeys } from '../store/key-walk.js';
+import { dropKeys, scanKeys } from '../store/key-walk.js';
 import { inLanes } from '../collections.js';
 import { GROUP } from './lag.js';
 import { pgShardRows } from './pg-rows.js';
@@ -12,12 +12,10 @@ import { newestCommitted } from './positions.js';
 import { ensureGroup } from './streams.js';
 import type { TokenState } from '../store/model.js';
 
-/** Keys of the engine's virtual shards under `prefix` (numeric hash tags), across every master. */
-export async function engineKeys(redis: RedisClient, prefix: string): Promise<string[]> {
-  const out: string[] = [];
+/** Deletes the keys of the engine's virtual shards under `prefix` (numeric hash tags) on every master; how many. */
+export function dropEngineKeys(redis: RedisClient, prefix: string): Promise<number> {
   const own = new RegExp(`^${prefix.replace(/[.]/g, '\\.')}:\\{\\d+\\}:`);
-  for await (const { keys } of scanKeys(redis, `${prefix}:*`)) for (const k of keys) if (own.test(k)) out.push(k);
-  return out;
+  return dropKeys(redis, `${prefix}:*`, (k) => own.test(k));
 }
 
 /** Any key at all under `prefix` (engine, satellites, snapshot status...). */

@@ -36,14 +36,18 @@ async function slotLayout(client: Cluster): Promise<string> {
   return ranges.map(([from, to, master]) => `${from}-${to}@${master?.[0]}:${master?.[1]}`).sort().join(' ');
 }
 
-/** Deletes every key matching `pattern` (one UNLINK per key, pipelined: a Cluster node refuses cross-slot UNLINK); how many. */
-export async function dropKeys(client: RedisClient, pattern: string): Promise<number> {
+/**
+ * Deletes every key matching `pattern` and `keep` (a test a glob cannot say), one UNLINK per key, pipelined
+ * (a Cluster node refuses cross-slot UNLINK); how many.
+ */
+export async function dropKeys(client: RedisClient, pattern: string, keep: (key: string) => boolean = () => true): Promise<number> {
   let n = 0;
   for await (const { node, keys } of scanKeys(client, pattern)) {
+    const mine = keys.filter(keep);
     const p = node.pipeline();
-    for (const k of keys) p.unlink(k);
+    for (const k of mine) p.unlink(k);
     await p.exec();
-    n += keys.length;
+    n += mine.length;
   }
   return n;
 }
