@@ -18,7 +18,9 @@ async function writerReadiness(writer: SnapshotWriter | undefined): Promise<{ re
   if (!writer) return { ready: false, details: { state: 'starting' } };
   const s = writer.status();
   const probe = s.redis === 'up' ? await writer.clusterMasters() : undefined;
-  const failing = probe ? clusterFailures(probe) : [];
+  // one Redis: its connection stays up while the server hangs (SIGSTOP, a long script), so ask it, as serve's /readyz does
+  const hung = s.redis === 'up' && !probe ? await writer.redisProbe() : undefined;
+  const failing = probe ? clusterFailures(probe) : hung ? [hung] : [];
   const redis = failing.length ? 'down' : s.redis;
   const ready = redis === 'up' && (!s.leader || s.state === 'up');
   const details: Record<string, unknown> = { redis, ...(probe && { masters: probe.masters }), leader: s.leader, postgres: s.leader ? s.state : 'standby', lagEvents: s.lagEvents, lagSeconds: s.lagSeconds };

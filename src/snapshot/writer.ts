@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import type pg from 'pg';
 import type { Config } from '../config.js';
-import { createRedis, redisErrorText, type RedisClient } from '../store/redis.js';
+import { answerWithin, createRedis, redisErrorText, type RedisClient } from '../store/redis.js';
 import { clusterMasters } from '../store/cluster-probe.js';
 import { Keys, SHARDS } from '../store/keys.js';
 import { applyEvents } from './apply.js';
@@ -39,6 +39,8 @@ export interface SnapshotWriter {
   status(): SnapshotStatus & { leader: boolean; redis: 'up' | 'down' };
   /** on a Redis Cluster, each master's state (`clusterMasters`): a lost one holds event streams the writer cannot read */
   clusterMasters(): ReturnType<typeof clusterMasters>;
+  /** undefined when the writer's Redis answers a PING within `ms`, else why not: a hung Redis keeps its connection up */
+  redisProbe(ms?: number): Promise<string | undefined>;
 }
 
 /**
@@ -342,6 +344,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   return {
     status: () => ({ ...status(), leader, redis: redis.status === 'ready' ? 'up' : 'down' }),
     clusterMasters: () => clusterMasters(redis),
+    redisProbe: (ms = 1000) => answerWithin(redis.ping(), ms).then(() => undefined, (err: unknown) => redisErrorText(err)),
     async stop() {
       const until = Date.now() + STOP_GRACE_MS;
       /** Whether `p` settled within `ms` (at most what is left of the grace); the timer never holds the process. */

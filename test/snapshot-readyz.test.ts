@@ -1,0 +1,59 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { privateRedis } from './helpers/http.js';
+import { testDatabase } from './helpers/pg.js';
+import { sleep } from './helpers/snapshot.js';
+import { freePort } from '../bench/redis-server.js';
+
+const MAIN = path.resolve('dist/cli/main.js');
+const running = new Set<ChildProcess>();
+afterEach(async () => {
+  await Promise.all([...running].map((c) => new Promise((r) => (c.once('exit', r), c.kill('SIGKILL')))));
+});
+
+/** GET `p` on the writer's ops port until `ok` holds (30 s at most), the last answer either way. */
+async function until(port: number, p: string, ok: (r: { status: number; body: Record<string, unknown> }) => boolean) {
+  const end = Date.now() + 30_000;
+  let last = { status: 0, body: {} as Record<string, unknown> };
+  for (;;) {
+    try {
+      const r = await fetch(`http://127.0.0.1:${port}${p}`);
+      last = { status: r.status, body: (await r.json()) as Record<string, unknown> };
+      if (ok(last)) return last;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > end) return last;
+    await sleep(100);
+  }
+}
+
+describe('referral-manager snapshot /readyz', () => {
+  // The writer's Redis connection stays "ready" while the server hangs (SIGSTOP, a long script): its /readyz
+  // said ready, redis "up" and the last lag for minutes while its metrics said NaN and it had lost the lease.
+  it('is 503 redis "down" while its Redis hangs, 200 again once it answers', async () => {
+    const redis = await privateRedis();
+    await redis.start();
+    const db = await testDatabase();
+    const port = await freePort();
+    try {
+      const c = spawn(process.execPath, [MAIN, 'snapshot'], {
+        env: { ...process.env, REDIS_URL: redis.url, KEY_PREFIX: 'readyz', DATABASE_URL: db.url, SNAPSHOT_METRICS_PORT: String(port) },
+        stdio: ['ignore', 'ignore', 'ignore'],
+      });
+      running.add(c);
+      c.once('exit', () => running.delete(c));
+      expect(await until(port, '/readyz', (r) => r.status === 200 && r.body.leader === true)).toMatchObject({ status: 200, body: { ready: true, redis: 'up' } });
+      redis.signal('SIGSTOP');
+      const hung = await until(port, '/readyz', (r) => r.status === 503);
+      expect(hung).toMatchObject({ status: 503, body: { ready: false, redis: 'down' } });
+      redis.signal('SIGCONT');
+      expect((await until(port, '/readyz', (r) => r.status === 200)).status).toBe(200);
+    } finally {
+      redis.signal('SIGCONT');
+      await redis.dispose();
+      await db.drop();
+    }
+  }, 60_000);
+});
