@@ -18,7 +18,18 @@ for (const stream of [process.stdout, process.stderr]) stream.on('error', () => 
 const program = addGlobalOptions(new Command('referral-manager'))
   .description('Cross-satellite referral tokens for Storj satellites')
   .version('0.1.0')
-  .exitOverride();
+  .exitOverride()
+  .addHelpText(
+    'after',
+    '\nExamples:\n' +
+      '  referral-manager satellites add --id us1 --url https://us1.example.net --outbound-key-file /run/secrets/us1_key\n' +
+      '  referral-manager generate --all --per-user 3 --expires 30d --campaign spring-2026\n' +
+      '  referral-manager generate --resume spring-2026      # deliver what a failed run did not\n' +
+      '  referral-manager campaigns show spring-2026\n' +
+      '  referral-manager stats\n' +
+      '  referral-manager serve --port 7480\n' +
+      '  referral-manager <command> --help                   # each command\'s flags and examples',
+  );
 
 // Commands are discovered, so adding one is adding a file: cli/commands/<name>.ts exporting register(program).
 const commandsDir = fileURLToPath(new URL('./commands/', import.meta.url));

@@ -12,6 +12,8 @@ describe('referral-manager --help', () => {
   it('lists every command, and every command (and subcommand) has help with examples, exit 0', async () => {
     const top = await runCli(['--help']);
     expect(top.code).toBe(0);
+    // the top-level help too: it is the first a newcomer reads (issue 4: `--help` on every command with examples)
+    expect(top.stdout, 'referral-manager').toMatch(/Examples:/);
     const commands = subs(top.stdout);
     expect(commands).toEqual(expect.arrayContaining(['serve', 'generate', 'campaigns', 'satellites', 'tokens', 'stats', 'export', 'satellite-sim', 'snapshot', 'restore', 'verify', 'demo']));
     for (const c of commands) {
