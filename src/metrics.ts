@@ -48,6 +48,7 @@ export const apiMetrics = onFirstUse(() => {
     help: 'Requests refused with 429: by="crossed" the failure that crossed the limit, by="check" a caller already blocked; limit="satellite" or "ip" (the address block, or X-End-User-IP) the caller is over',
     labelNames: ['by', 'limit'] as const,
   });
+  for (const by of ['crossed', 'check']) for (const limit of ['satellite', 'ip']) rateLimited.inc({ by, limit }, 0);
   return { tokenResults, rateLimited };
 });
 
@@ -56,6 +57,8 @@ export const redisErrors = new client.Counter({
   help: 'Redis failures seen by the HTTP layer: unavailable (answered 503), replicas (answered 503: a change no replica confirmed in time, or a master refusing writes for want of replicas) or error (answered 500)',
   labelNames: ['kind'] as const,
 });
+// born at 0 like the others alerts take rate() of: a series appearing at 1 hides its first count
+for (const kind of ['unavailable', 'replicas', 'error']) redisErrors.inc({ kind }, 0);
 
 const children = new Map<string, { count: { inc(): void }; time: { observe(v: number): void } }>();
 const METHODS = new Set(['get', 'post', 'delete', 'put', 'patch', 'head', 'options']);

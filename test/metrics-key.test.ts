@@ -28,6 +28,8 @@ describe('METRICS_KEY', () => {
       // the series alerts take increase() of are there before the first count
       const scraped = await (await fetch(`${open.url}/metrics`)).text();
       expect(scraped).toMatch(/^rm_token_results_total\{op="complete",code="ok"\} 0$/m);
+      expect(scraped).toMatch(/^rm_redis_errors_total\{kind="unavailable"\} 0$/m);
+      expect(scraped).toMatch(/^rm_rate_limited_total\{by="crossed",limit="ip"\} 0$/m);
       // nothing in flight but the scrape, which is not counted
       expect(scraped).toMatch(/^rm_http_requests_in_flight 0$/m);
     } finally {
