@@ -60,6 +60,10 @@ describe('endUserIp (X-End-User-IP)', () => {
     expect(endUserIp('fe80::1%eth0')).toBe('fe80:0000:0000:0000:0000:0000:0000:0001');
     // mapped (dotted or hex) and NAT64 forms were each one /64 shared by every IPv4 host
     for (const a of ['::ffff:1.2.3.4', '::FFFF:102:304', '64:ff9b::1.2.3.4', '0:0:0:0:0:ffff:1.2.3.4']) expect(endUserIp(a), a).toBe('1.2.3.4');
-    for (const a of ['1.2.3.4%x', 'nope', '1.2.3', '[::1]', '']) expect(endUserIp(a), a).toBeUndefined();
+    // with a port, as Go's Request.RemoteAddr gives a peer: the port is dropped
+    expect(endUserIp('203.0.113.7:51234')).toBe('203.0.113.7');
+    expect(endUserIp('[2001:db8::1]:51234')).toBe('2001:0db8:0000:0000:0000:0000:0000:0001');
+    expect(endUserIp('[::ffff:1.2.3.4]')).toBe('1.2.3.4');
+    for (const a of ['1.2.3.4%x', 'nope', '1.2.3', '1.2.3:80', '1.2.3.4:', '1.2.3.4:123456', '[nope]:80', '2001:db8::1:80:1:2:3:4', '1.2.3.4, 5.6.7.8', '']) expect(endUserIp(a), a).toBeUndefined();
   });
 });

@@ -5,12 +5,18 @@ import type { RedisClient } from '../store/redis.js';
 const MAX_BLOCKED = 100_000;
 const MAPPED_V4 = '0000:0000:0000:0000:0000:ffff:';
 
+/** an address with a port, as Go's http.Request.RemoteAddr gives it ("1.2.3.4:5678", "[2001:db8::1]:5678") */
+const WITH_PORT = /^\[([^\]]+)\](?::\d{1,5})?$|^([\d.]+):\d{1,5}$/;
+
 /**
  * An IP address a satellite names in X-End-User-IP, in the form uWS gives a peer's (IPv4 dotted, IPv6 as
- * eight 4-digit groups), so addressBlock counts it the same way; undefined when it is no IP address.
+ * eight 4-digit groups), so addressBlock counts it the same way; undefined when it is no IP address. A port
+ * is dropped: a satellite passing on its peer's address as its HTTP server gives it had every sign-up refused 400.
  */
 export function endUserIp(text: string): string | undefined {
-  const given = text.trim().toLowerCase();
+  const raw = text.trim().toLowerCase();
+  const hostPort = WITH_PORT.exec(raw);
+  const given = hostPort ? (hostPort[1] ?? hostPort[2]!) : raw;
   if (isIP(given) === 4) return given;
   const a = given.replace(/%.*$/, ''); // an IPv6 zone (fe80::1%eth0) names no other host
   if (isIP(a) !== 6) return undefined;
