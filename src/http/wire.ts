@@ -6,11 +6,14 @@ export type Format = 'msgpack' | 'json';
 
 /**
  * Media type of a Content-Type or Accept value, or undefined if it is none we speak. Of several, the one with
- * the highest `q` (1 when not given; the first listed on a tie); `q=0` says "not this one".
+ * the highest `q` (1 when not given; the first listed on a tie); `q=0` says "not this one", so a value
+ * refusing one of the two and naming no other is the other (it was answered in the refused one when the
+ * request's body came in it).
  */
 export function formatOf(header: string): Format | undefined {
   let best: Format | undefined;
   let bestQ = 0;
+  const refused = new Set<Format>();
   for (const part of header.split(',')) {
     const [type = '', ...params] = part.split(';');
     const given = params.map((p) => /^\s*q\s*=\s*([\d.]+)\s*$/i.exec(p)?.[1]).find((q) => q !== undefined);
@@ -18,7 +21,9 @@ export function formatOf(header: string): Format | undefined {
     const t = type.trim().toLowerCase();
     const format = t === 'application/msgpack' || t === 'application/x-msgpack' ? 'msgpack' : t === 'application/json' ? 'json' : undefined;
     if (format && q > bestQ) [best, bestQ] = [format, q];
+    if (format && q === 0) refused.add(format);
   }
+  if (!best && refused.size === 1) return refused.has('json') ? 'msgpack' : 'json';
   return best;
 }
 
