@@ -213,6 +213,12 @@ describe.each<Format>(['json', 'msgpack'])('satellite routes in %s', (format) =>
     r = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, raw: format === 'json' ? '{"token":' : Buffer.from([0x82, 0xa5]), contentType: `application/${format}`, accept: `application/${format}` });
     expectError(r, 400, 'invalid_request');
     expectError(await as(keyA, 'GET', '/v1/tokens/not-a-token'), 400, 'invalid_request');
+    // a path parameter that does not decode is named like a body field
+    for (const [path, name] of [['/v1/tokens/%ZZ', 'token'], ['/v1/users/%C3%28/tokens', 'userId']]) {
+      r = await as(keyA, 'GET', path!);
+      expectError(r, 400, 'invalid_request');
+      expect(r.body.message).toBe(`${name}: bad percent-encoding`);
+    }
   });
 
   it('413 body_too_large, 415 unsupported_media_type, 405, 404', async () => {

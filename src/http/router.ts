@@ -273,7 +273,8 @@ async function call(route: Route, head: Head, caller: Promise<string>, body: unk
     try {
       return decodeURIComponent(p);
     } catch {
-      throw new DomainError('invalid_request', `path parameter ${i + 1}: bad percent-encoding`);
+      const name = route.pattern.split('/').filter((s) => s.startsWith(':'))[i]!.slice(1);
+      throw new DomainError('invalid_request', `${name}: bad percent-encoding`);
     }
   });
   let ip = head.ip;
