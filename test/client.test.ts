@@ -167,7 +167,10 @@ it('transport failures are ReferralError code unavailable', async () => {
 
 // a gateway routing elsewhere answered 200 {"hello":1}, and redeem() resolved: the satellite would credit a referral
 it('a 2xx map without what the route always answers is internal, not a success', async () => {
-  const elsewhere = http.createServer((_req, res) => void res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok","state":"active"}'));
+  // each defining field there but of the wrong shape, and a redemption without its owner
+  const bodies = ['{"status":"ok","state":"active"}', '{"state":"redeemed","tokens":"nope","revoked":"3","redemptions":{}}', '{"state":"reserved","ownerSatelliteId":"s"}'];
+  let body = bodies[0]!;
+  const elsewhere = http.createServer((_req, res) => void res.writeHead(200, { 'content-type': 'application/json' }).end(body));
   const port = await new Promise<number>((r) => elsewhere.listen(0, '127.0.0.1', () => r((elsewhere.address() as AddressInfo).port)));
   const client = new SatelliteClient({ url: `http://127.0.0.1:${port}`, apiKey: 'k' });
   const t = 'ffff0000-0000-4000-8000-000000000000';
@@ -175,6 +178,12 @@ it('a 2xx map without what the route always answers is internal, not a success',
     for (const call of [client.redeem(t, 'u'), client.reserve(t), client.complete(t, 'r', 'u'), client.release(t, 'r'), client.lookup(t), client.listTokens('u'), client.revokeTokens('u'), client.listRedemptions('u')]) {
       expect(await refusal(call)).toMatchObject({ code: 'internal', status: 0, message: expect.stringMatching(/not the manager's/) });
     }
+    body = bodies[1]!;
+    for (const [call, field] of [[client.redeem(t, 'u'), 'ownerSatelliteId'], [client.listTokens('u'), 'tokens as a list'], [client.revokeTokens('u'), 'revoked as a count'], [client.listRedemptions('u'), 'redemptions as a list']] as const) {
+      expect(await refusal(call)).toMatchObject({ code: 'internal', status: 0, message: `a 2xx reply without ${field}: not the manager's (is the url right?)` });
+    }
+    body = bodies[2]!;
+    expect(await refusal(client.reserve(t))).toMatchObject({ code: 'internal', message: expect.stringMatching(/without ownerUserId/) });
   } finally {
     await client.close();
     elsewhere.close();

@@ -59,18 +59,26 @@ export interface EndUser {
 
 const endUser = (o: EndUser | undefined): Record<string, string> => (o?.endUserIp ? { 'x-end-user-ip': o.endUserIp } : {});
 
+/** what a route's defining field always is: one of these states, a list, or a count */
+type Shape = readonly string[] | 'list' | 'count';
+
+const fits = (v: unknown, shape: Shape): boolean =>
+  shape === 'list' ? Array.isArray(v) : shape === 'count' ? Number.isSafeInteger(v) : typeof v === 'string' && shape.includes(v);
+
 /**
- * `reply` when it holds `field` as every reply of that route does (one of `values`, when given), else
- * `internal`: a 2xx map from something in front of the manager (a gateway routing elsewhere answering
- * `{"status":"ok"}`) read as a redemption.
+ * `reply` when its `field` has the shape every reply of that route gives it, and each of `owner` is a
+ * string, else `internal`: a 2xx map from something in front of the manager (a gateway routing elsewhere
+ * answering `{"status":"ok"}`, or `{"tokens":"..."}`) read as a redemption or a list.
  */
-async function holding<T>(reply: Promise<T>, field: string, values?: readonly string[]): Promise<T> {
+async function holding<T>(reply: Promise<T>, field: string, shape: Shape, owner: readonly string[] = []): Promise<T> {
   const r = (await reply) as Record<string, unknown>;
-  if (r[field] === undefined || (values !== undefined && !values.includes(r[field] as string))) {
-    throw new ReferralError('internal', 0, `a 2xx reply without ${values === undefined ? field : `${field} ${values.join(' | ')}`}: not the manager's (is the url right?)`);
-  }
+  const lacking = !fits(r[field], shape) ? `${field} ${typeof shape === 'string' ? `as a ${shape}` : shape.join(' | ')}` : owner.find((f) => typeof r[f] !== 'string');
+  if (lacking !== undefined) throw new ReferralError('internal', 0, `a 2xx reply without ${lacking}: not the manager's (is the url right?)`);
   return r as T;
 }
+
+/** a token's owner, in every reply that redeems or reserves it */
+const OWNER = ['ownerSatelliteId', 'ownerUserId'] as const;
 
 /**
  * What a satellite calls on sign-up. The key names the calling satellite; every refusal throws
@@ -84,7 +92,7 @@ export class SatelliteClient {
   }
 
   redeem(token: string, userId: string, opts?: EndUser): Promise<Redeemed> {
-    return holding(this.t.call('POST', '/v1/tokens/redeem', { token, userId }, undefined, endUser(opts)), 'state', ['redeemed']);
+    return holding(this.t.call('POST', '/v1/tokens/redeem', { token, userId }, undefined, endUser(opts)), 'state', ['redeemed'], OWNER);
   }
 
   /**
@@ -95,11 +103,11 @@ export class SatelliteClient {
     const body: Record<string, unknown> = { token };
     if (leaseMs !== undefined) body.leaseMs = leaseMs;
     if (opts?.reservationId !== undefined) body.reservationId = opts.reservationId;
-    return holding(this.t.call('POST', '/v1/tokens/reserve', body, undefined, endUser(opts)), 'state', ['reserved']);
+    return holding(this.t.call('POST', '/v1/tokens/reserve', body, undefined, endUser(opts)), 'state', ['reserved'], OWNER);
   }
 
   complete(token: string, reservationId: string, userId: string, opts?: EndUser): Promise<Redeemed> {
-    return holding(this.t.call('POST', '/v1/tokens/complete', { token, reservationId, userId }, undefined, endUser(opts)), 'state', ['redeemed']);
+    return holding(this.t.call('POST', '/v1/tokens/complete', { token, reservationId, userId }, undefined, endUser(opts)), 'state', ['redeemed'], OWNER);
   }
 
   release(token: string, reservationId: string, opts?: EndUser): Promise<Released> {
@@ -112,17 +120,17 @@ export class SatelliteClient {
 
   /** Unredeemed tokens of `userId` on the calling satellite. */
   async listTokens(userId: string): Promise<ListedToken[]> {
-    return (await holding(this.t.call<{ tokens: ListedToken[] }>('GET', `/v1/users/${segment('userId', userId)}/tokens`), 'tokens')).tokens;
+    return (await holding(this.t.call<{ tokens: ListedToken[] }>('GET', `/v1/users/${segment('userId', userId)}/tokens`), 'tokens', 'list')).tokens;
   }
 
   /** Revokes every unredeemed or reserved token of `userId` on the calling satellite (the account was closed); returns how many. */
   async revokeTokens(userId: string): Promise<number> {
-    return (await holding(this.t.call<{ revoked: number }>('DELETE', `/v1/users/${segment('userId', userId)}/tokens`), 'revoked')).revoked;
+    return (await holding(this.t.call<{ revoked: number }>('DELETE', `/v1/users/${segment('userId', userId)}/tokens`), 'revoked', 'count')).revoked;
   }
 
   /** Tokens of `userId` on the calling satellite that were redeemed (on any satellite), oldest first: referrals to reward. */
   async listRedemptions(userId: string): Promise<Redemption[]> {
-    return (await holding(this.t.call<{ redemptions: Redemption[] }>('GET', `/v1/users/${segment('userId', userId)}/redemptions`), 'redemptions')).redemptions;
+    return (await holding(this.t.call<{ redemptions: Redemption[] }>('GET', `/v1/users/${segment('userId', userId)}/redemptions`), 'redemptions', 'list')).redemptions;
   }
 
   close(): Promise<void> {
