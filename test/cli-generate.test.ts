@@ -230,6 +230,10 @@ describe('a satellite that fails half-way, then --resume', () => {
     expect(byId['sat-d'].status).toBe('failed');
     expect(byId['sat-d'].tokensDelivered).toBeLessThan(USERS * PER_USER);
     expect(byId['sat-d'].failures).toBeGreaterThan(0);
+    // a new campaign on sat-d now would serve users autumn made sets for: said before it starts
+    const winter = await w.gen(['--satellite', 'sat-d', '--per-user', String(PER_USER), '--campaign', 'winter', '--dry-run']);
+    expect(winter.stderr).toContain('note: campaign "autumn" made tokens for satellite sat-d it has not delivered (failed): a user of those this run serves would hold a set of each; resume it first (referral-manager generate --resume autumn)');
+    expect((await w.gen(['--satellite', 'sat-c', '--per-user', String(PER_USER), '--campaign', 'winter', '--dry-run'])).stderr).not.toContain('note: campaign "autumn"');
 
     // an earlier run stopped between making a user's tokens and recording them: resume adopts them
     const store = new CampaignStore(w.fx.redis, w.fx.prefix);
@@ -341,7 +345,7 @@ describe('a satellite refusing some users (accounts closed after the listing)', 
     const report = JSON.parse(resumed.stdout).satellites[0];
     expect(report).toMatchObject({ status: 'done', usersRefused: 3 });
     expect(report.refusal).toMatch(/HTTP 400 invalid_request: unknown userId/);
-    expect(resumed.stderr).toMatch(/satellite sat-r refused the tokens of 3 users/);
+    expect(resumed.stderr).toMatch(/satellite sat-r: 3 users not given this campaign's tokens \(first .*unknown userId/);
 
     const now = await holdings(w.sims['sat-r']!);
     expect(Object.keys(now)).toHaveLength(USERS - 3);
@@ -1056,7 +1060,7 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
       expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 2, usersRefused: 1, usersRefusedKept: 1, status: 'done' });
       expect((await fx.engine.lookup(held.get('u1')![0]!))?.state).toBe('unredeemed');
       // it said "those tokens are revoked" of tokens it kept
-      expect(run.stderr).toContain('refused the tokens of 1 users (first user "u1": tokens: the satellite accepted 1 of 2); their tokens are kept');
+      expect(run.stderr).toContain('1 users not given this campaign\'s tokens (first user "u1": tokens: the satellite accepted 1 of 2); their tokens are kept');
     } finally {
       await satellite.close();
       await fx.close();

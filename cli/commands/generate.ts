@@ -156,7 +156,8 @@ export function register(program: Command): void {
             const rest = r.tokensDelivered > 0 ? ', the other users were served' : '';
             const kept = r.usersRefusedKept ?? 0;
             const fate = kept === 0 ? 'those tokens are revoked' : kept === r.usersRefused ? 'their tokens are kept (served by another campaign meanwhile, or taken in part by the satellite)' : `their tokens are revoked, but for ${kept} users served by another campaign meanwhile or whose set the satellite took in part`;
-            console.error(`satellite ${r.satelliteId} refused the tokens of ${r.usersRefused} users (first ${r.refusal}); ${fate}${rest}`);
+            // not all the satellite's doing: a resume also refuses users whose tokens were revoked or lost, or who were served by another campaign meanwhile
+            console.error(`satellite ${r.satelliteId}: ${r.usersRefused} users not given this campaign's tokens (first ${r.refusal}); ${fate}${rest}`);
           }
           for (const r of reports.filter((r) => r.usersInvalid > 0)) {
             console.error(`satellite ${r.satelliteId} listed ${r.usersInvalid} user ids that are not valid ids, skipped (first ${r.invalidUser})`);

@@ -110,6 +110,18 @@ export async function planRun(registry: SatelliteRegistry, campaigns: CampaignSt
   for (const [url, ids] of byUrl) {
     if (ids.length > 1) note(`note: satellites ${ids.join(', ')} have the same url ${url}: a user it lists gets a set from each`);
   }
+  // another campaign's sets made for these satellites and never delivered (its run failed or was killed):
+  // the satellite lists their users again, and a user this run serves then holds both campaigns' tokens
+  // (that campaign's resume keeps them: a push may have reached the user unrecorded)
+  for (const other of await campaigns.list()) {
+    if (other.id === id || other.revokedAt !== undefined || (other.expiresAt !== undefined && other.expiresAt <= Date.now())) continue;
+    for (const s of satellites) {
+      const p = other.progress[s.id];
+      if (p && (p.status === 'failed' || p.status === 'interrupted') && p.tokensMade > p.tokensDelivered) {
+        note(`note: campaign "${other.id}" made tokens for satellite ${s.id} it has not delivered (${p.status}): a user of those this run serves would hold a set of each; resume it first (referral-manager generate --resume ${sh(other.id)})`);
+      }
+    }
+  }
   // a skipped satellite stays out of the campaign's record: it is not pending there, and running the
   // same --all --campaign again once it has a url adds and serves it
   const satIds = satellites.map((s) => s.id);
