@@ -71,8 +71,11 @@ export function configFrom(cmd: Command, extra: Partial<Record<keyof Config, unk
     return loadConfig(overrides, process.env, given);
   } catch (err) {
     // a refused flag value (serve --port abc) is a usage error: exit 2 with the usage line, like commander's
-    // own; a bad env value alone stays a configuration error (main.ts: the message, exit 2)
-    if (err instanceof ConfigError && err.failed.some((k) => k in overrides)) cmd.error(err.message, { exitCode: 2 });
+    // own, said as one when only flags were refused (not as the environment's configuration); a bad env
+    // value alone stays a configuration error (main.ts: the message, exit 2)
+    if (err instanceof ConfigError && err.failed.some((k) => k in overrides)) {
+      cmd.error(err.failed.every((k) => k in overrides) ? `error: ${err.problems.join('; ')}` : err.message, { exitCode: 2 });
+    }
     throw err;
   }
 }

@@ -141,9 +141,11 @@ describe('referral-manager export (child process, real Redis, 100k tokens)', () 
   }, 120_000);
 
   it('--campaign and --state filter by name and stored state', async () => {
+    const notes: string[] = [];
     const count = async (...args: string[]) => {
       const r = await runCli(['export', '--format', 'jsonl', ...args], env);
       expect(r.code, r.stderr).toBe(0);
+      if (r.stderr) notes.push(r.stderr);
       return r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { token: string; state: string; campaignId: string });
     };
     const [a, redeemedRows, reservedRows, revokedB, none] = await Promise.all([
@@ -160,6 +162,8 @@ describe('referral-manager export (child process, real Redis, 100k tokens)', () 
     expect(revokedB.map((o) => o.token).sort()).toEqual(revoked.filter((t) => !inA.has(t)).sort());
     expect(revokedB.length).toBeGreaterThan(0);
     expect(none).toEqual([]);
+    // a mistyped campaign id exports nothing, as an empty campaign would: said on stderr (the exit stays 0)
+    expect(notes).toEqual(['note: no campaign "no-such-campaign" was run by generate or revoked (referral-manager campaigns list)\n']);
 
     const csv = await runCli(['export', '--format', 'csv', '--state', 'revoked'], env);
     expect(csv.code, csv.stderr).toBe(0);

@@ -161,7 +161,9 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
         expect(r.code, r.stderr).toBe(2);
         expect(r.stdout).not.toMatch(/rmk_/);
       }
-      expect(runs[0]!.stderr).toMatch(/--grace: expected 0\.\.315360000000, got 999999999999999999999/);
+      // a bad flag is said as a usage error, not as the environment's configuration
+      expect(runs[0]!.stderr).toMatch(/^error: --grace: expected 0\.\.315360000000, got 999999999999999999999\n/);
+      expect(runs[1]!.stderr).toMatch(/^invalid configuration:/);
       expect(runs[1]!.stderr).toMatch(/KEY_GRACE_MS: expected 0\.\./);
       // still the only key, with no end
       expect(await fx.redis.hget(`${fx.prefix}:{sat}:keys`, hashKey(current))).toBe('sat-grace\t');
@@ -225,6 +227,12 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect(text.stdout.trim().split('\n').map((l) => l.split(/\s+/)[0])).toEqual(fields);
       expect(text.stdout).toMatch(/^redeemerUserId\s+new-user$/m);
       expect(text.stdout).toMatch(/^campaignId\s+camp-ops$/m);
+      expect(text.stdout).not.toMatch(/expired/);
+      // an expired token is stored unredeemed until a purge: the text says it cannot be redeemed
+      const [soon] = (await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'u-exp' }], perUser: 1, campaignId: 'camp-exp', expiresAt: Date.now() + 300 })).tokens;
+      await new Promise((r) => setTimeout(r, 400));
+      const expired = await cli('tokens', 'show', soon!.token);
+      expect(expired.stdout).toMatch(/^state\s+unredeemed \(expired: redeem and reserve answer 410 token_expired\)$/m);
     });
 
     it('show: an unknown token exits 1, a malformed one exits 2 with the usage line', async () => {
@@ -246,6 +254,10 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect(text.code, text.stderr).toBe(0);
       for (const t of u1.slice(1)) expect(text.stdout).toContain(t);
       expect(text.stdout).not.toContain(u1[0]!);
+      expect(text.stderr).toBe('');
+      // a mistyped satellite id finds nothing, as a user without tokens does: said on stderr
+      const typo = await cli('tokens', 'list', '--satellite', 'sat-typo', '--user', 'u1');
+      expect([typo.code, typo.stdout, typo.stderr]).toEqual([0, 'no unredeemed tokens for user "u1" of satellite "sat-typo"\n', 'note: satellite "sat-typo" is not registered (referral-manager satellites list)\n']);
     });
 
     it("redeemed: the user's redeemed tokens, with who redeemed them and when", async () => {

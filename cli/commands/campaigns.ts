@@ -120,7 +120,7 @@ export function register(program: Command): void {
         const all = await new CampaignStore(redis, config.keyPrefix).revoked();
         if (opts.json) return console.log(JSON.stringify(all, null, 2));
         if (all.length === 0) return console.log('no campaign revoked');
-        console.log(table(['campaign', 'revoked', 'run by generate'], all.map((r) => [r.id, when(r.revokedAt), r.ranByGenerate ? 'yes' : 'no (admin route)'])));
+        console.log(table(['campaign', 'revoked', 'run by generate'], all.map((r) => [r.id, when(r.revokedAt), r.ranByGenerate ? 'yes' : 'no'])));
       } finally {
         redis.disconnect();
       }

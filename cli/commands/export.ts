@@ -1,4 +1,5 @@
 import { Option, type Command } from 'commander';
+import { CampaignStore } from '../../src/campaigns/store.js';
 import { EXPORT_FIELDS, scanTokens, type ExportRow } from '../../src/store/export.js';
 import { TOKEN_STATES } from '../../src/store/model.js';
 import type { TokenState } from '../../src/store/model.js';
@@ -82,10 +83,19 @@ export function register(program: Command): void {
     const redis = await connectRedis(config);
     try {
       if (opts.format === 'csv' && !(await write(rawCsvLine([...EXPORT_FIELDS])))) return;
+      let n = 0;
       for await (const rows of scanTokens(redis, config.keyPrefix, { campaignId: opts.campaign, state: opts.state })) {
         let chunk = '';
         for (const row of rows) chunk += line(row);
+        n += rows.length;
         if (!(await write(chunk))) return;
+      }
+      // a mistyped id exports nothing, as an empty campaign does
+      if (n === 0 && opts.campaign !== undefined) {
+        const campaigns = new CampaignStore(redis, config.keyPrefix);
+        if (!(await campaigns.meta(opts.campaign)) && (await campaigns.revokedAt(opts.campaign)) === undefined) {
+          console.error(`note: no campaign "${opts.campaign}" was run by generate or revoked (referral-manager campaigns list)`);
+        }
       }
     } finally {
       redis.disconnect();

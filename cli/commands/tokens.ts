@@ -4,6 +4,7 @@ import type { Config } from '../../src/config.js';
 import { DomainError } from '../../src/errors.js';
 import type { Token } from '../../src/store/model.js';
 import type { RedisClient } from '../../src/store/redis.js';
+import { SatelliteRegistry } from '../../src/satellites/registry.js';
 import { tokenHistory } from '../../src/snapshot/index.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
@@ -51,9 +52,12 @@ export function register(program: Command): void {
     if (opts.json) console.log(JSON.stringify(t, null, 2));
     else {
       const width = Math.max(...FIELDS.map((f) => f.length));
+      // stored unredeemed until a purge, but no longer redeemable: said, as the API's 410 says it
+      const expired = t.state === 'unredeemed' && t.expiresAt !== undefined && t.expiresAt <= Date.now();
       for (const f of FIELDS) {
         const v = t[f];
-        console.log(`${f.padEnd(width)}  ${TIMES.has(f) ? when(v as number | undefined) : v === undefined || v === '' ? '-' : v}`);
+        const text = TIMES.has(f) ? when(v as number | undefined) : v === undefined || v === '' ? '-' : v;
+        console.log(`${f.padEnd(width)}  ${text}${f === 'state' && expired ? ' (expired: redeem and reserve answer 410 token_expired)' : ''}`);
       }
     }
   });
@@ -90,7 +94,15 @@ export function register(program: Command): void {
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExamples:\n  referral-manager tokens list --satellite us1 --user u42\n  referral-manager tokens list --satellite us1 --user u42 --json');
   list.action(async function (this: Command, opts: { satellite: string; user: string; json?: boolean }) {
-    const open = await invalidIsUsage(this, () => withEngine(configFrom(this), (e) => e.listUnredeemed(opts.satellite, opts.user)));
+    const config = configFrom(this);
+    const [open, known] = await invalidIsUsage(this, () =>
+      withEngine(config, async (e, redis) => {
+        const found = await e.listUnredeemed(opts.satellite, opts.user);
+        return [found, found.length > 0 || (await new SatelliteRegistry(redis, config.keyPrefix).get(opts.satellite)) !== undefined] as const;
+      }),
+    );
+    // a mistyped id finds nothing, as a user with no tokens does
+    if (!known) console.error(`note: satellite "${opts.satellite}" is not registered (referral-manager satellites list)`);
     if (opts.json) console.log(JSON.stringify(open, null, 2));
     else if (open.length === 0) console.log(`no unredeemed tokens for user "${opts.user}" of satellite "${opts.satellite}"`);
     else {
