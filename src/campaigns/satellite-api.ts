@@ -131,7 +131,9 @@ export class SatelliteApi {
     try {
       res = await msgpackRequest(this.pool, { method, path: url.pathname + url.search, headers, body, timeoutMs: this.opts.timeoutMs, signal: this.opts.signal });
     } catch (err) {
-      throw new SatelliteCallError(`${method} ${url.pathname}: ${(err as Error).message}`, 0, true);
+      // undici's words ("The operation was aborted due to timeout") name neither the time nor the setting
+      const timedOut = (err as Error).name === 'TimeoutError' || /^UND_ERR_(HEADERS|BODY)_TIMEOUT$/.test((err as { code?: string }).code ?? '');
+      throw new SatelliteCallError(`${method} ${url.pathname}: ${timedOut ? `no answer within ${this.opts.timeoutMs} ms (SATELLITE_TIMEOUT_MS)` : (err as Error).message}`, 0, true);
     }
     // a JSON body sent without a json Content-Type is read as MessagePack: say so, not "no userIds array"
     if (res.status >= 200 && res.status < 300 && res.undecodable) {
