@@ -6,7 +6,7 @@ import type { ProgressEvent } from '../src/campaigns/flow.js';
  * users already served by an earlier run need none) and tokens delivered (of those due, including
  * what an earlier run made but did not deliver). Totals grow as pages arrive.
  */
-export function progressBars(): { update: (satelliteId: string, event: ProgressEvent, n: number) => void; stop: () => void } {
+export function progressBars(): { update: (satelliteId: string, event: ProgressEvent, n: number) => void; say: (line: string) => void; stop: () => void } {
   const multi = new cliProgress.MultiBar(
     { format: ' {label} |{bar}| {value}/{total}', hideCursor: true, clearOnComplete: false, etaBuffer: 50 },
     cliProgress.Presets.shades_classic,
@@ -30,6 +30,8 @@ export function progressBars(): { update: (satelliteId: string, event: ProgressE
       delivered.setTotal(n.toDeliver);
       delivered.update(n.delivered);
     },
+    /** a line above the bars: written plainly, the next redraw overwrote it */
+    say: (line) => multi.log(`${line}\n`),
     stop: () => multi.stop(),
   };
 }

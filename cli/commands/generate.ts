@@ -119,7 +119,8 @@ export function register(program: Command): void {
               process.exit(EXIT_ON[sig]);
             }
             signalled = sig;
-            console.error(`${sig}: stopping at the next step, cutting calls to satellites in flight (${sig} again exits at once)`);
+            const say = bars?.say ?? ((line: string) => console.error(line));
+            say(`${sig}: stopping at the next step, cutting calls to satellites in flight (${sig} again exits at once)`);
             stop.abort(new Error(`interrupted by ${sig}`));
           };
           process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
