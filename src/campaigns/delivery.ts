@@ -60,8 +60,8 @@ export interface DeliveryDeps {
   batch: number;
   /** before each push; throws to stop the run (the campaign was revoked) */
   beforePush(): Promise<void>;
-  /** into the run's report and, unless `stored` (the store counted it with its record), the campaign's progress */
-  count(counter: Counter, n: number, stored?: boolean): Promise<void>;
+  /** into the run's report and the progress bars: the store counted it in the campaign with its record */
+  counted(counter: Counter, n: number): Promise<void>;
   onProgress?(event: 'tokensToDeliver', n: number): void;
 }
 
@@ -275,7 +275,7 @@ export class Delivery {
     await this.d.api.pushTokens(pairs);
     const done = new Map<string, number>();
     for (const { userId } of pairs) if (whole.has(userId)) done.set(userId, whole.get(userId)!);
-    await this.d.count('tokensDelivered', await this.d.campaigns.recordDelivered(this.d.campaignId, this.d.satelliteId, done), true);
+    await this.d.counted('tokensDelivered', await this.d.campaigns.recordDelivered(this.d.campaignId, this.d.satelliteId, done));
   }
 
   /**
@@ -293,6 +293,6 @@ export class Delivery {
     if (!revoke) this.refusedKept += fresh;
     for (const u of users) this.refused.add(u);
     this.refusal ??= `user "${users[0]}": ${refused.get(users[0]!)}`;
-    await this.d.count('usersRefused', fresh, true);
+    await this.d.counted('usersRefused', fresh);
   }
 }

@@ -118,7 +118,7 @@ class SatelliteRun {
         this.refuseExpired();
         return this.refuseRevoked();
       },
-      count: (counter, n, stored) => this.count(counter, n, stored),
+      counted: (counter, n) => this.count(counter, n, true),
       onProgress: (event, n) => o.onProgress?.(this.sat, event, n),
     });
     this.report = { satelliteId: s.id, usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, usersInvalid: 0, status: o.dryRun ? 'dry-run' : 'done' };

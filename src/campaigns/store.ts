@@ -29,8 +29,9 @@ export function campaignNotFound(id: string): never {
 }
 
 /** A script's arguments in slices: Lua's unpack() takes at most ~8,000 values, and one call holds Redis for its length. */
-function* slices(args: string[], size = 5000): Generator<string[]> {
-  for (let i = 0; i < args.length; i += size) yield args.slice(i, i + size);
+const SLICE = 5000;
+function* slices(args: string[]): Generator<string[]> {
+  for (let i = 0; i < args.length; i += SLICE) yield args.slice(i, i + SLICE);
 }
 
 /**
@@ -79,8 +80,8 @@ export class CampaignStore {
    * user without tokens (neither set delivered yet) and each makes that user a set. Returns the campaign
    * holding the satellite instead when another run serves it.
    */
-  async claimSatellite(sat: string, campaignId: string, ttlMs = CLAIM_TTL_MS): Promise<Claim | { heldBy: string }> {
-    const lease = new Lease(this.redis, this.keys.satelliteRun(sat), ttlMs, campaignId);
+  async claimSatellite(sat: string, campaignId: string): Promise<Claim | { heldBy: string }> {
+    const lease = new Lease(this.redis, this.keys.satelliteRun(sat), CLAIM_TTL_MS, campaignId);
     const claim = await this.hold(lease, `satellite "${sat}" is now served by another generate`);
     return claim ?? { heldBy: (await lease.holder()) ?? '' };
   }

@@ -44,7 +44,8 @@ export interface Primary {
   stop(): Promise<void>;
 }
 
-export async function runPrimary(config: Config, log: (line: string) => void = console.log): Promise<Primary> {
+export async function runPrimary(config: Config): Promise<Primary> {
+  const log = (line: string) => console.log(line);
   collectProcessMetrics();
   // uSockets sets SO_REUSEPORT only on a given port: a worker listening on 0 could not be joined
   let port = config.port === 0 && config.workers > 1 ? await freePort(config.host) : config.port;

@@ -82,13 +82,13 @@ export class FailureLimiter {
   }
 
   /** The wait if the caller's address is blocked in this process (refused before the engine), else undefined. */
-  check(satelliteId: string, ip: string, named: boolean, now = Date.now()): Block | undefined {
-    return this.blockedFor('ip', this.address(satelliteId, ip, named), now);
+  check(satelliteId: string, ip: string, named: boolean): Block | undefined {
+    return this.blockedFor('ip', this.address(satelliteId, ip, named), Date.now());
   }
 
   /** The wait if the satellite is over its limit in this process: its refusals are answered 429, its successes not. */
-  satelliteBlock(satelliteId: string, now = Date.now()): Block | undefined {
-    return this.blockedFor('satellite', `s:${satelliteId}`, now);
+  satelliteBlock(satelliteId: string): Block | undefined {
+    return this.blockedFor('satellite', `s:${satelliteId}`, Date.now());
   }
 
   /** Counts one failure; the wait if the address or the satellite is over its limit now (the address's when both are). */

@@ -38,7 +38,8 @@ const STATE_AT = `CASE
  * read): per owner satellite, its tokens by state, and where the redeemed ones brought new users.
  * Undefined when the snapshot holds no token of the campaign.
  */
-export async function campaignResults(pool: pg.Pool, campaignId: string, now = Date.now()): Promise<CampaignResults | undefined> {
+export async function campaignResults(pool: pg.Pool, campaignId: string): Promise<CampaignResults | undefined> {
+  const now = Date.now();
   const res = await pool.query<{ sat: string; state: keyof Omit<SatelliteResults, 'redeemedOn' | 'generated'>; redeemer: string | null; n: number }>(
     `SELECT owner_satellite_id AS sat, ${STATE_AT} AS state, redeemer_satellite_id AS redeemer, count(*)::int AS n
      FROM tokens WHERE campaign_id = $1 GROUP BY 1, 2, 3 ORDER BY 1, 3`,

@@ -81,6 +81,9 @@ export interface ExportFilter {
 
 const escapeRegExp = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
+/** SCAN's COUNT: a page of ~250 buckets is ~4,000 tokens at 1M */
+const BUCKETS_PER_PAGE = 250;
+
 /**
  * Every token under `prefix`, one page of rows per yield, in memory bounded by the page size and
  * not by the number of tokens: SCAN (never KEYS) over every master for bucket keys, HGETALL each
@@ -88,7 +91,7 @@ const escapeRegExp = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\
  * the tokens that have one, and one cached dictionary per shard. Not a snapshot: a token that changes
  * state while the scan runs is reported as found by its bucket read.
  */
-export async function* scanTokens(redis: RedisClient, prefix: string, filter: ExportFilter = {}, count = 250): AsyncGenerator<ExportRow[]> {
+export async function* scanTokens(redis: RedisClient, prefix: string, filter: ExportFilter = {}): AsyncGenerator<ExportRow[]> {
   const keys = new Keys(prefix);
   const bucketKey = new RegExp(`^${escapeRegExp(prefix)}:\\{(\\d+)\\}:b:(\\d+)$`);
   const dicts = new Map<number, Record<string, string>>();
@@ -100,7 +103,7 @@ export async function* scanTokens(redis: RedisClient, prefix: string, filter: Ex
   };
   const stateLetter = filter.state === undefined ? undefined : STATE_LETTER[filter.state];
 
-  for await (const { keys: found } of scanKeys(redis, `${prefix}:{*}:b:*`, count)) {
+  for await (const { keys: found } of scanKeys(redis, `${prefix}:{*}:b:*`, BUCKETS_PER_PAGE)) {
     const places: { key: string; shard: number; prefixHex: string }[] = [];
     for (const key of found) {
       const m = bucketKey.exec(key);

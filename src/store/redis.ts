@@ -128,7 +128,8 @@ export function nodeAddress(node: Redis): string {
  * One line when the client loses Redis and one when it has it back, however many reconnect attempts fail
  * in between (ioredis emits an error for each): an outage shows in the log, not only as 503s.
  */
-export function logOutages(redis: RedisClient, who: string, log: (line: string) => void = console.error): void {
+export function logOutages(redis: RedisClient, who: string): void {
+  const log = (line: string) => console.error(line);
   let down = false;
   const lost = (why: string) => {
     if (down) return;

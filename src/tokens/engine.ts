@@ -28,8 +28,8 @@ export interface GeneratedToken {
 }
 
 /** A fresh campaign id when the caller names none: sortable by time, unique. */
-export function newCampaignId(now = Date.now()): string {
-  return `c-${new Date(now).toISOString().slice(0, 10)}-${randomUUID().slice(0, 8)}`;
+export function newCampaignId(): string {
+  return `c-${new Date().toISOString().slice(0, 10)}-${randomUUID().slice(0, 8)}`;
 }
 
 /**
