@@ -14,7 +14,7 @@
   Reply: nil. One script, so a generate making the stream or a read between the looks and the writes cannot.
 ]]
 
---- @include "stream_ids"
+--- @include "stream_group"
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM', 'ENTRIESREAD', 0)

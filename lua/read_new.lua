@@ -18,7 +18,7 @@
   the stream): not judged.
 ]]
 
---- @include "stream_ids"
+--- @include "stream_group"
 
 local group = group_info(KEYS[1], ARGV[1])
 local at = group and group['last-delivered-id'] or ''

@@ -10,7 +10,7 @@
   Reply: the entries removed.
 ]]
 
---- @include "stream_ids"
+--- @include "stream_group"
 
 local below = ARGV[2]
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1])

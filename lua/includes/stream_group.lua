@@ -1,3 +1,8 @@
+--[[ The snapshot writer's consumer group on a shard's event stream, for the scripts that read, trim or make it
+  (read_new, trim_below, ensure_group); included, so it runs on the caller's keys: the stream the caller
+  names in its KEYS, nothing else. id_after compares stream ids; group_info reads the group's XINFO fields;
+  write_read_count writes the group's count of entries read back to replicas and the AOF (Redis before 7.2.4
+  leaves it out of what it propagates for a read, redis/redis#12898). ]]
 -- Stream ids ('ms-seq') compared as numbers: as text '9-0' sorts after '10-0'.
 local function id_after(a, b)
   local am, as = a:match('^(%d+)-(%d+)$')
