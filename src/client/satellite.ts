@@ -1,4 +1,4 @@
-import { TOKEN_STATES, type TokenState } from '../store/model.js';
+import { TOKEN_STATES, type TokenState, type UnredeemedToken } from '../store/model.js';
 import { ReferralError } from './error.js';
 import { segment, Transport, type TransportOptions } from './transport.js';
 
@@ -31,12 +31,8 @@ export interface LookedUp {
   expiresAt: number | null;
 }
 
-export interface ListedToken {
-  token: string;
-  campaignId: string;
-  createdAt: number;
-  expiresAt?: number;
-}
+/** A user's unredeemed token as `listTokens` gives it: the engine's own shape, sent as it is. */
+export type ListedToken = UnredeemedToken;
 
 /** A token of the user that someone redeemed; `redeemerUserId` only when the redeemer is one of the caller's users. */
 export interface Redemption {

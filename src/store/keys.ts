@@ -81,8 +81,8 @@ export class Keys {
     return `${this.prefix}:{revoked}:campaigns`;
   }
   /**
-   * A failure counter of the HTTP rate limiter (src/http/rate-limit.ts) for one window: `who` is `s:<satellite>`
-   * or `i:<address block>`. A single-key INCR, so no hash tag; restore --force clears them (failurePattern).
+   * A failure counter of the HTTP rate limiter (src/http/rate-limit.ts) for one window: `who` is `s:<satellite>`,
+   * `i:<address block>` (the caller's own) or `n:<satellite>@<address block>` (one a satellite names). A single-key INCR, so no hash tag; restore --force clears them (failurePattern).
    */
   failures(who: string, window: number): string {
     return `${this.prefix}:rl:${who}:${window}`;
