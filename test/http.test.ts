@@ -57,6 +57,17 @@ describe.each<Format>(['json', 'msgpack'])('satellite routes in %s', (format) =>
     expect(looked.body).toMatchObject({ token: t, state: 'redeemed', ownerSatelliteId: 'sat-a' });
   });
 
+  // a Go satellite's nil pointer field without `omitempty` is sent as null: it was refused 400 "leaseMs: must be integer"
+  it('null for an optional field is its absence; for a required one, a 400 naming it', async () => {
+    const [t] = await tokensFor('sat-a', `nil-${format}`, 1);
+    const r = await as(keyB, 'POST', '/v1/tokens/reserve', { token: t, leaseMs: null, reservationId: null });
+    expect(r.status).toBe(200);
+    expect(r.body.leaseExpiresAt - Date.now()).toBeGreaterThan(10_000); // the default lease, not 0
+    const missing = await as(keyB, 'POST', '/v1/tokens/complete', { token: t, reservationId: r.body.reservationId, userId: null });
+    expectError(missing, 400, 'invalid_request');
+    expect(missing.body.message).toMatch(/userId/);
+  });
+
   it('answers 404 token_not_found for unknown tokens on redeem, reserve and lookup', async () => {
     const t = 'ffff0000-0000-4000-8000-000000000000';
     expectError(await as(keyA, 'POST', '/v1/tokens/redeem', { token: t, userId: 'u' }), 404, 'token_not_found');

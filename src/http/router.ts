@@ -61,6 +61,28 @@ const ADMIN_BODY_LIMIT = 8 * 1024 * 1024;
 const ajv = new Ajv({ allErrors: false, strict: true, strictTypes: true, coerceTypes: false, useDefaults: false });
 
 /** A JSON pointer as the messages name fields: `/userIds/0` -> `userIds[0]`, as the engine's own checks do. */
+/**
+ * Ajv's validator for a body `schema`, taking null for an optional field that cannot be null as its absence:
+ * a Go satellite's nil pointer field without `omitempty` sends it, and `{"leaseMs": null}` was refused 400.
+ * Where null means something (`nullable`: PATCH's "clear this field"), it is left as sent.
+ */
+function compile(schema: object): ValidateFunction {
+  const validate = ajv.compile(schema);
+  const s = schema as { required?: string[]; properties?: Record<string, { nullable?: boolean }> };
+  const optional = Object.entries(s.properties ?? {}).filter(([k, p]) => !s.required?.includes(k) && !p.nullable).map(([k]) => k);
+  if (!optional.length) return validate;
+  const check = ((body: unknown) => {
+    if (body && typeof body === 'object' && !Array.isArray(body)) {
+      const fields = body as Record<string, unknown>;
+      for (const k of optional) if (fields[k] === null) delete fields[k];
+    }
+    const ok = validate(body);
+    check.errors = validate.errors;
+    return ok;
+  }) as ValidateFunction;
+  return check;
+}
+
 const fieldOf = (pointer: string): string => pointer.slice(1).split('/').reduce((out, part) => (/^\d+$/.test(part) ? `${out}[${part}]` : out ? `${out}.${part}` : part), '');
 
 function describe(err: ErrorObject | undefined): string {
@@ -96,7 +118,7 @@ export function mount(app: TemplatedApp, routes: Route[], deps: RouterDeps): voi
   const byPattern = new Map<string, Map<string, { route: Route; validate?: ValidateFunction }>>();
   for (const r of routes) {
     const m = byPattern.get(r.pattern) ?? new Map();
-    m.set(r.method, { route: r, validate: r.schema ? ajv.compile(r.schema) : undefined });
+    m.set(r.method, { route: r, validate: r.schema ? compile(r.schema) : undefined });
     byPattern.set(r.pattern, m);
   }
   for (const [pattern, methods] of byPattern) {
