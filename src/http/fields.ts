@@ -1,6 +1,8 @@
-/** JSON-schema pieces and reply helpers the satellite and admin routes share. */
+// JSON-schema pieces and reply helpers the satellite and admin routes share.
+import { ID_MAX_BYTES } from '../tokens/validate.js';
 
-export const id = { type: 'string', minLength: 1, maxLength: 128 };
+// the schema counts characters, a first cut; the engine's checkId then counts the bytes
+export const id = { type: 'string', minLength: 1, maxLength: ID_MAX_BYTES };
 export const token = { type: 'string', minLength: 36, maxLength: 36 };
 export const nullable = (maxLength: number) => ({ type: 'string', nullable: true, minLength: 1, maxLength });
 export const obj = (required: string[], properties: Record<string, object>) => ({ type: 'object', required, properties });

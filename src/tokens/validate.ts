@@ -4,11 +4,14 @@ const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f
 // Tab, newline and other control characters separate fields inside the Redis records.
 const CONTROL = /[\u0000-\u001f\u007f]/;
 
-/** Satellite, user and campaign ids: opaque strings of 1..128 bytes without control characters. */
+/** The longest id, in UTF-8 bytes (Storj's node ids and UUIDs are far shorter). */
+export const ID_MAX_BYTES = 128;
+
+/** Satellite, user and campaign ids: opaque strings of 1..ID_MAX_BYTES bytes without control characters. */
 export function checkId(field: string, value: unknown): string {
   if (typeof value !== 'string') throw new DomainError('invalid_request', `${field}: must be a string`);
   const bytes = Buffer.byteLength(value);
-  if (bytes < 1 || bytes > 128) throw new DomainError('invalid_request', `${field}: must be 1..128 bytes, got ${bytes}`);
+  if (bytes < 1 || bytes > ID_MAX_BYTES) throw new DomainError('invalid_request', `${field}: must be 1..${ID_MAX_BYTES} bytes, got ${bytes}`);
   return checkText(field, value);
 }
 
