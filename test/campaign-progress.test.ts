@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCampaign, type ProgressEvent } from '../src/campaigns/flow.js';
-import { CampaignStore, type CampaignMeta } from '../src/campaigns/store.js';
+import { CampaignStore, type CampaignMeta } from '../src/store/campaign-store.js';
 import { startSatelliteSim, type SatelliteSim } from '../src/sim/index.js';
 import { engineFixture, type EngineFixture } from './helpers/redis.js';
 

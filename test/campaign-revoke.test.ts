@@ -3,7 +3,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Pool } from 'undici';
 import { runCampaign } from '../src/campaigns/flow.js';
-import { CampaignStore } from '../src/campaigns/store.js';
+import { CampaignStore } from '../src/store/campaign-store.js';
 import { loadConfig } from '../src/config.js';
 import { packr } from '../src/msgpack.js';
 import { openPostgres, restoreCampaigns, restoreFromPostgres, restoreRevoked, revocationGaps, startSnapshotWriter, verify } from '../src/snapshot/index.js';

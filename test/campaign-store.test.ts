@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CampaignStore } from '../src/campaigns/store.js';
+import { CampaignStore } from '../src/store/campaign-store.js';
 import { runCli } from './helpers/cli.js';
 import { engineFixture, type EngineFixture } from './helpers/redis.js';
 

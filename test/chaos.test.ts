@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort } from '../bench/redis-server.js';
 import { AdminClient } from '../src/client/admin.js';
-import { CampaignStore } from '../src/campaigns/store.js';
+import { CampaignStore } from '../src/store/campaign-store.js';
 import { ReferralError, SatelliteClient } from '../src/client/index.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { startSatelliteSim, type SatelliteSim } from '../src/sim/index.js';

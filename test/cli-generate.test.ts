@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { packr } from '../src/msgpack.js';
 import { createSimServer, SimSatellite, startSatelliteSim, type SatelliteSim } from '../src/sim/index.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
-import { CampaignStore } from '../src/campaigns/store.js';
+import { CampaignStore } from '../src/store/campaign-store.js';
 import { CampaignKeys } from '../src/store/campaigns.js';
 import { runCli } from './helpers/cli.js';
 import { engineFixture, type EngineFixture } from './helpers/redis.js';

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CampaignStore } from '../src/campaigns/store.js';
+import { CampaignStore } from '../src/store/campaign-store.js';
 import { Lease } from '../src/store/lease.js';
 import { engineFixture, type EngineFixture } from './helpers/redis.js';
 

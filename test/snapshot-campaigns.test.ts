@@ -2,7 +2,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
-import { CampaignStore } from '../src/campaigns/store.js';
+import { CampaignStore } from '../src/store/campaign-store.js';
 import { loadConfig } from '../src/config.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { SatelliteKeys } from '../src/store/satellites.js';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { CampaignStore, campaignNotFound, type Campaign } from '../../src/campaigns/store.js';
+import { CampaignStore, campaignNotFound, type Campaign } from '../../src/store/campaign-store.js';
 import { DomainError } from '../../src/errors.js';
 import { configFrom, connectRedis, fromSnapshot } from '../context.js';
 import { table } from '../format.js';

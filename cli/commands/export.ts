@@ -1,5 +1,5 @@
 import { Option, type Command } from 'commander';
-import { CampaignStore } from '../../src/campaigns/store.js';
+import { CampaignStore } from '../../src/store/campaign-store.js';
 import { EXPORT_FIELDS, scanTokens, type ExportRow } from '../../src/store/export.js';
 import { TOKEN_STATES } from '../../src/store/model.js';
 import type { TokenState } from '../../src/store/model.js';

@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { CLAIM_TTL_MS, CampaignStore } from '../../src/campaigns/store.js';
+import { CLAIM_TTL_MS, CampaignStore } from '../../src/store/campaign-store.js';
 import { runCampaign, type SatelliteReport } from '../../src/campaigns/flow.js';
 import { NO_URL, planRun, REMOVED, sh } from '../../src/campaigns/plan.js';
 import { SatelliteRegistry } from '../../src/satellites/registry.js';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { CampaignStore } from '../../src/campaigns/store.js';
+import { CampaignStore } from '../../src/store/campaign-store.js';
 import type { Config } from '../../src/config.js';
 import { DomainError } from '../../src/errors.js';
 import type { Token } from '../../src/store/model.js';

@@ -1,6 +1,6 @@
 import { inLanes } from '../collections.js';
 import type { TokenEngine } from '../tokens/engine.js';
-import type { CampaignStore, Counter } from './store.js';
+import type { CampaignStore, Counter } from '../store/campaign-store.js';
 import { BODY_TOO_LARGE, NOT_FOUND, SatelliteCallError, type SatelliteApi } from './satellite-api.js';
 
 /** A user and the campaign's tokens for it. */

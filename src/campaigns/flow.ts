@@ -3,7 +3,7 @@ import { inLanes, pushTo } from '../collections.js';
 import { DomainError } from '../errors.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import { checkNewId, printable } from '../tokens/validate.js';
-import { CLAIM_TTL_MS, ClaimLost, type CampaignMeta, type CampaignStore, type Claim, type Counter, type SatelliteProgress } from './store.js';
+import { CLAIM_TTL_MS, ClaimLost, type CampaignMeta, type CampaignStore, type Claim, type Counter, type SatelliteProgress } from '../store/campaign-store.js';
 import { SatelliteApi } from './satellite-api.js';
 import { Delivery, tokenCount, type UserTokens } from './delivery.js';
 

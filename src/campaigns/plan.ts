@@ -2,7 +2,7 @@ import { quote } from 'shell-quote';
 import { pushTo } from '../collections.js';
 import type { SatelliteRegistry } from '../satellites/registry.js';
 import type { FlowSatellite, SatelliteReport } from './flow.js';
-import type { CampaignMeta, CampaignStore } from './store.js';
+import type { CampaignMeta, CampaignStore } from '../store/campaign-store.js';
 
 /** why a run skips a satellite: --all skips one without a url; a campaign's own removed since is skipped too */
 export const NO_URL = 'no url registered';

@@ -2,8 +2,8 @@ import { Keys, SHARDS } from './keys.js';
 import type { RedisClient } from './redis.js';
 
 /**
- * Redis layout of generation campaigns (src/campaigns/store.ts). Kept here, below the campaigns, because
- * the snapshot copies the records to Postgres and back. One hash tag per campaign ({camp:<id>}) keeps its
+ * Redis layout of generation campaigns (CampaignStore, src/store/campaign-store.ts, reads and writes it; the
+ * snapshot copies the records to Postgres and back). One hash tag per campaign ({camp:<id>}) keeps its
  * keys in one Redis Cluster slot:
  *   <p>:{camp:<id>}:meta        hash  id, perUser, expiresAt, satellites (JSON), createdAt
  *   <p>:{camp:<id>}:made:<sat>  hash  userId -> the user's tokens, comma-joined

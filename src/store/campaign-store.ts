@@ -1,11 +1,11 @@
-import { Keys } from '../store/keys.js';
-import { Lease } from '../store/lease.js';
-import type { RedisClient } from '../store/redis.js';
-import { defineScripts, type ScriptFn } from '../store/scripts.js';
+import { Keys } from './keys.js';
+import { Lease } from './lease.js';
+import type { RedisClient } from './redis.js';
+import { defineScripts, type ScriptFn } from './scripts.js';
 import { DomainError } from '../errors.js';
-import { CampaignKeys, metaFields, parseMeta, parseProgress, readAllCampaigns, readCampaigns, readRefused, type CampaignMeta, type CampaignRecord, type Counter, type SatelliteProgress } from '../store/campaigns.js';
+import { CampaignKeys, metaFields, parseMeta, parseProgress, readAllCampaigns, readCampaigns, readRefused, type CampaignMeta, type CampaignRecord, type Counter, type SatelliteProgress } from './campaigns.js';
 
-export type { CampaignMeta, SatelliteProgress, Counter } from '../store/campaigns.js';
+export type { CampaignMeta, SatelliteProgress, Counter } from './campaigns.js';
 /**
  * A campaign's record; a satellite's status may read `interrupted` (CampaignStore.get). `revokedAt`: when
  * `revoke {campaignId}` revoked it, from the registry of revoked campaigns (the record does not repeat it).
