@@ -13,7 +13,9 @@ export type Format = 'msgpack' | 'json';
 export function formatOf(header: string): Format | undefined {
   let best: Format | undefined;
   let bestQ = 0;
-  const refused = new Set<Format>();
+  // booleans, not a Set: this runs twice on every request
+  let refusedJson = false;
+  let refusedMsgpack = false;
   for (const part of header.split(',')) {
     const [type = '', ...params] = part.split(';');
     const given = params.map((p) => /^\s*q\s*=\s*([\d.]+)\s*$/i.exec(p)?.[1]).find((q) => q !== undefined);
@@ -21,9 +23,10 @@ export function formatOf(header: string): Format | undefined {
     const t = type.trim().toLowerCase();
     const format = t === 'application/msgpack' || t === 'application/x-msgpack' ? 'msgpack' : t === 'application/json' ? 'json' : undefined;
     if (format && q > bestQ) [best, bestQ] = [format, q];
-    if (format && q === 0) refused.add(format);
+    if (format === 'json' && q === 0) refusedJson = true;
+    if (format === 'msgpack' && q === 0) refusedMsgpack = true;
   }
-  if (!best && refused.size === 1) return refused.has('json') ? 'msgpack' : 'json';
+  if (!best && refusedJson !== refusedMsgpack) return refusedJson ? 'msgpack' : 'json';
   return best;
 }
 
