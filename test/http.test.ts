@@ -735,6 +735,17 @@ describe('auth', () => {
     }
   });
 
+  it('Authorization takes "Bearer", any case, then spaces or a tab, then the key', async () => {
+    for (const header of [`Bearer ${keyA}`, `bearer  ${keyA}`, `BEARER\t${keyA}`, `Bearer ${keyA} `]) {
+      const r = await pool.request({ method: 'GET', path: '/v1/users/nobody/tokens', headers: { authorization: header } });
+      expect([JSON.stringify(header), r.statusCode]).toEqual([JSON.stringify(header), 200]);
+      await r.body.arrayBuffer();
+    }
+    const basic = await pool.request({ method: 'GET', path: '/v1/users/nobody/tokens', headers: { authorization: `Basic ${keyA}` } });
+    expect(basic.statusCode).toBe(401);
+    await basic.body.arrayBuffer();
+  });
+
   it('admin routes refuse satellite keys with 403, satellite routes refuse the admin key with 403', async () => {
     for (const [method, path, body] of adminRoutes) {
       const r = await call(pool, method, path, { key: keyA, body, format: 'msgpack' });

@@ -21,7 +21,8 @@ export class Authenticator {
   ) {}
 
   static bearer(header: string): string | undefined {
-    const m = /^Bearer[ ]+(\S+)\s*$/i.exec(header);
+    // a tab as the separator too (RFC 9110 allows none, some clients send it): it was answered "missing Authorization"
+    const m = /^Bearer[ \t]+(\S+)\s*$/i.exec(header);
     return m?.[1];
   }
 
