@@ -146,7 +146,7 @@ describe('a revoked campaign stays revoked', () => {
     const rows = JSON.parse(listed.stdout) as { id: string; revokedAt: number; ranByGenerate: boolean }[];
     expect(rows.find((r) => r.id === 'adm-only')).toEqual({ id: 'adm-only', revokedAt: expect.any(Number), ranByGenerate: false });
     expect(rows.find((r) => r.id === 'race')).toMatchObject({ ranByGenerate: true });
-    expect((await runCli(['campaigns', 'revoked'], env)).stdout).toMatch(/^adm-only +\d{4}-\S+ +no \(admin route\)$/m);
+    expect((await runCli(['campaigns', 'revoked'], env)).stdout).toMatch(/^adm-only +\d{4}-\S+ +no$/m);
     const shown = await runCli(['campaigns', 'show', 'adm-only'], env);
     expect(shown.code).toBe(1);
     expect(shown.stderr).toMatch(/campaign "adm-only" was never run by generate .*; revoked at \d{4}-/);
