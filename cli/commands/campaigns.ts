@@ -77,7 +77,7 @@ export function register(program: Command): void {
         console.log(`campaign ${c.id}: ${c.perUser} per user, created ${when(c.createdAt)}, expires ${when(c.expiresAt)}, ${status(c)}${revoked}`);
         console.log(
           table(
-            ['satellite', 'users listed', 'users served', 'made', 'delivered', 'users refused', 'failures', 'status', 'last error'],
+            ['satellite', 'users listed (every run)', 'users served (set made)', 'made', 'delivered', 'users refused', 'failures', 'status', 'last error'],
             Object.entries(c.progress).map(([sat, p]) => [sat, p.usersListed, p.usersServed, p.tokensMade, p.tokensDelivered, p.usersRefused, p.failures, p.status, p.lastError ?? '']),
           ),
         );
