@@ -234,6 +234,9 @@ describe('a satellite that fails half-way, then --resume', () => {
     const winter = await w.gen(['--satellite', 'sat-d', '--per-user', String(PER_USER), '--campaign', 'winter', '--dry-run']);
     expect(winter.stderr).toContain('note: campaign "autumn" made tokens for satellite sat-d it has not delivered (failed): a user of those this run serves would hold a set of each; resume it first (referral-manager generate --resume autumn)');
     expect((await w.gen(['--satellite', 'sat-c', '--per-user', String(PER_USER), '--campaign', 'winter', '--dry-run'])).stderr).not.toContain('note: campaign "autumn"');
+    // the prefix given as a flag: the suggested resume carries it, or run as printed it resumes another deployment's "autumn"
+    const flagged = await runCli(['--key-prefix', w.fx.prefix, 'generate', '--satellite', 'sat-d', '--per-user', String(PER_USER), '--campaign', 'winter', '--dry-run'], { SATELLITE_ATTEMPTS: '2' });
+    expect(flagged.stderr).toContain(`resume it first (referral-manager --key-prefix ${w.fx.prefix} generate --resume autumn)`);
 
     // an earlier run stopped between making a user's tokens and recording them: resume adopts them
     const store = new CampaignStore(w.fx.redis, w.fx.prefix);

@@ -103,7 +103,7 @@ export function register(program: Command): void {
           const { campaign, existed, satellites, skipped } = await planRun(
             registry,
             campaigns,
-            { id, resume: opts.resume !== undefined, all: opts.all === true, satellites: opts.satellite ?? [], perUser, expiresAt, dryRun: opts.dryRun === true },
+            { id, resume: opts.resume !== undefined, all: opts.all === true, satellites: opts.satellite ?? [], perUser, expiresAt, dryRun: opts.dryRun === true, command: `referral-manager${globalFlags(this)}` },
             (line) => console.error(line),
           );
 

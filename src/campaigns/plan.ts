@@ -22,6 +22,8 @@ export interface RunRequest {
   perUser?: number;
   expiresAt?: number;
   dryRun: boolean;
+  /** how a suggested command starts, with the global flags of this one (`referral-manager --key-prefix x`): run as printed, it must reach the same deployment */
+  command?: string;
 }
 
 export interface RunPlan {
@@ -118,7 +120,7 @@ export async function planRun(registry: SatelliteRegistry, campaigns: CampaignSt
     for (const s of satellites) {
       const p = other.progress[s.id];
       if (p && (p.status === 'failed' || p.status === 'interrupted') && p.tokensMade > p.tokensDelivered) {
-        note(`note: campaign "${other.id}" made tokens for satellite ${s.id} it has not delivered (${p.status}): a user of those this run serves would hold a set of each; resume it first (referral-manager generate --resume ${sh(other.id)})`);
+        note(`note: campaign "${other.id}" made tokens for satellite ${s.id} it has not delivered (${p.status}): a user of those this run serves would hold a set of each; resume it first (${req.command ?? 'referral-manager'} generate --resume ${sh(other.id)})`);
       }
     }
   }
