@@ -119,7 +119,8 @@ export async function planRun(registry: SatelliteRegistry, campaigns: CampaignSt
     if (other.id === id || other.revokedAt !== undefined || (other.expiresAt !== undefined && other.expiresAt <= Date.now())) continue;
     for (const s of satellites) {
       const p = other.progress[s.id];
-      if (p && (p.status === 'failed' || p.status === 'interrupted') && p.tokensMade > p.tokensDelivered) {
+      // the sets of users it refused are settled (revoked or kept), never delivered again: not waiting
+      if (p && (p.status === 'failed' || p.status === 'interrupted') && p.tokensMade - p.tokensDelivered > p.usersRefused * other.perUser) {
         note(`note: campaign "${other.id}" made tokens for satellite ${s.id} it has not delivered (${p.status}): a user of those this run serves would hold a set of each; resume it first (${req.command ?? 'referral-manager'} generate --resume ${sh(other.id)})`);
       }
     }
