@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
-import { openPostgres, verify } from '../src/snapshot/index.js';
+import { openPostgres, rebuildRedis, verify } from '../src/snapshot/index.js';
 import { Keys, placeOfOwner, SHARDS } from '../src/store/keys.js';
 import { runCli } from './helpers/cli.js';
 import { testDatabase } from './helpers/pg.js';
@@ -114,6 +114,7 @@ describe('verify finds revoked campaigns the registry and the shards disagree on
     const restored = await runCli(['restore', '--from-postgres', '--force', '--discard-pending'], env);
     expect(restored.code).toBe(0);
     expect(restored.stdout).toContain('registered 1 campaign revocations only the old shards held');
+    expect(restored.stdout).toMatch(/^deleted \d+ keys of the engine under /m);
     // these two, and the first test's three
     expect(restored.stdout).toContain('restored 0 campaign revocations; 5 already in Redis, kept as they are');
 
@@ -123,5 +124,17 @@ describe('verify finds revoked campaigns the registry and the shards disagree on
     await expect(gen('marked')).rejects.toMatchObject({ code: 'campaign_revoked' });
     expect(Number(await fx.redis.hget(keys.revokedCampaigns(), 'marked'))).toBe(markedAt);
     expect((await gen('kept')).tokens).toHaveLength(1);
+  });
+
+  // a restore failing after the wipe said nothing of it: on-call could not tell Redis was already emptied
+  it('a forced restore says each change to Redis as it makes it, so one failing after the wipe has said it', async () => {
+    await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'wiped' }], perUser: 2, campaignId: 'wipe' });
+    await fx.redis.set(keys.failures('i:1.2.3.0', 1), '3');
+    const dead = await openPostgres(db.url);
+    await dead.end(); // the restore's first read of Postgres fails, after the wipe
+    const said: string[] = [];
+    await expect(rebuildRedis(fx.redis, dead, fx.prefix, { force: true, discardPending: true, holder: 'test', say: (l) => said.push(l) })).rejects.toThrow();
+    expect(said).toEqual([expect.stringMatching(/^deleted [1-9]\d* keys of the engine under /), 'cleared 1 rate-limit windows']);
+    expect(await fx.redis.exists(keys.snapshotLease())).toBe(0);
   });
 });

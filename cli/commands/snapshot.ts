@@ -88,9 +88,8 @@ export function register(program: Command): void {
       const redis = await connectRedis(config);
       const pool = await openSnapshot(config.databaseUrl, RESTORE_LANES);
       try {
-        const r = await rebuildRedis(redis, pool, config.keyPrefix, { force: opts.force, discardPending: opts.discardPending, holder: `restore on ${hostname()} pid ${process.pid}` });
-        if (r.marksOnly) console.log(`registered ${r.marksOnly} campaign revocations only the old shards held, so the restore keeps them`);
-        if (r.windows) console.log(`cleared ${r.windows} rate-limit windows`);
+        const say = (line: string) => console.log(line);
+        const r = await rebuildRedis(redis, pool, config.keyPrefix, { force: opts.force, discardPending: opts.discardPending, holder: `restore on ${hostname()} pid ${process.pid}`, say });
         console.log(`restored ${r.tokens} tokens into prefix "${config.keyPrefix}"`);
         console.log(`restored ${r.satellites.restored} satellites with their API keys${r.satellites.kept ? `; ${r.satellites.kept} already registered, kept as they are` : ''}`);
         console.log(`restored ${r.campaigns.restored} campaigns${r.campaigns.kept ? `; ${r.campaigns.kept} already in Redis, kept as they are` : ''}`);

@@ -16,6 +16,8 @@ export interface RebuildOptions {
   discardPending?: boolean;
   /** names this restore to a writer that finds the lease taken */
   holder: string;
+  /** told each step that changed Redis as it is done: a restore that fails later has said what it did (the wipe) */
+  say: (line: string) => void;
 }
 
 export interface RebuildReport {
@@ -23,10 +25,6 @@ export interface RebuildReport {
   satellites: { restored: number; kept: number };
   campaigns: { restored: number; kept: number };
   revocations: { restored: number; kept: number };
-  /** with force: campaign revocations only the old shards' marks held, registered so the restore keeps them */
-  marksOnly: number;
-  /** with force: rate-limit windows cleared */
-  windows: number;
 }
 
 const LEASE_MS = 10_000;
@@ -47,8 +45,6 @@ export async function rebuildRedis(redis: RedisClient, pool: pg.Pool, prefix: st
   const held = await new Lease(redis, keys.snapshotLease(), LEASE_MS, opts.holder).hold();
   if (!held) throw new Error(busy);
   try {
-    let marksOnly = 0;
-    let windows = 0;
     if (filled) {
       if (!opts.force) throw new Error(`Redis has keys under "${prefix}:"; refusing to restore over them (use --force)`);
       // the streams hold changes Postgres lacks: a restore deletes them, so an acknowledged redeem was undone
@@ -57,11 +53,13 @@ export async function rebuildRedis(redis: RedisClient, pool: pg.Pool, prefix: st
       if (lag.events > 0 && !opts.discardPending) {
         throw new Error(`${lag.events} changes in the event streams of "${prefix}:" have not reached Postgres (the oldest ${lag.seconds.toFixed(0)} s ago); a restore would lose them (a redeem undone, a token gone): run \`referral-manager snapshot\` until rm_snapshot_lag_events is 0 and stop it, or pass --discard-pending to lose them`);
       }
-      marksOnly = await registerMarkedRevocations(redis, prefix);
-      await dropEngineKeys(redis, prefix);
+      const marksOnly = await registerMarkedRevocations(redis, prefix);
+      if (marksOnly) opts.say(`registered ${marksOnly} campaign revocations only the old shards held, so the restore keeps them`);
+      opts.say(`deleted ${await dropEngineKeys(redis, prefix)} keys of the engine under "${prefix}:"`);
       // failures counted against the emptied Redis (every token a 404) were no guesses: a satellite
       // that crossed the limit then stayed refused (429) for the rest of the window after the restore
-      windows = await dropKeys(redis, keys.failurePattern());
+      const windows = await dropKeys(redis, keys.failurePattern());
+      if (windows) opts.say(`cleared ${windows} rate-limit windows`);
     }
     const tokens = await restoreFromPostgres(redis, pool, prefix);
     const satellites = await restoreSatellites(redis, pool, prefix);
@@ -71,7 +69,7 @@ export async function rebuildRedis(redis: RedisClient, pool: pg.Pool, prefix: st
     if (!(await held.confirm())) {
       throw new Error(`the snapshot lease was lost during the restore (Redis restarted or lost it, or this process stalled past ${LEASE_MS / 1000} s): a writer may have started under it; stop every serve and snapshot of this prefix and restore again`);
     }
-    return { tokens, satellites, campaigns, revocations, marksOnly, windows };
+    return { tokens, satellites, campaigns, revocations };
   } finally {
     await held.release().catch(() => undefined);
   }

@@ -46,7 +46,9 @@ export async function dropKeys(client: RedisClient, pattern: string, keep: (key:
     const mine = keys.filter(keep);
     const p = node.pipeline();
     for (const k of mine) p.unlink(k);
-    await p.exec();
+    // a pipeline resolves with each command's error: one not deleted must not be counted, nor go unsaid
+    const failed = (await p.exec())?.find(([err]) => err)?.[0];
+    if (failed) throw failed;
     n += mine.length;
   }
   return n;
