@@ -52,13 +52,17 @@ export const apiMetrics = onFirstUse(() => {
   return { tokenResults, rateLimited };
 });
 
-export const redisErrors = new client.Counter({
-  name: 'rm_redis_errors_total',
-  help: 'Redis failures seen by the HTTP layer: unavailable (answered 503), replicas (answered 503: a change no replica confirmed in time, or a master refusing writes for want of replicas) or error (answered 500)',
-  labelNames: ['kind'] as const,
+/** Redis failures the HTTP layer answered, made with the API server (src/http/server.ts) */
+export const redisErrors = onFirstUse(() => {
+  const c = new client.Counter({
+    name: 'rm_redis_errors_total',
+    help: 'Redis failures seen by the HTTP layer: unavailable (answered 503), replicas (answered 503: a change no replica confirmed in time, or a master refusing writes for want of replicas) or error (answered 500)',
+    labelNames: ['kind'] as const,
+  });
+  // born at 0 like the others alerts take rate() of: a series appearing at 1 hides its first count
+  for (const kind of ['unavailable', 'replicas', 'error']) c.inc({ kind }, 0);
+  return c;
 });
-// born at 0 like the others alerts take rate() of: a series appearing at 1 hides its first count
-for (const kind of ['unavailable', 'replicas', 'error']) redisErrors.inc({ kind }, 0);
 
 const children = new Map<string, { count: { inc(): void }; time: { observe(v: number): void } }>();
 const METHODS = new Set(['get', 'post', 'delete', 'put', 'patch', 'head', 'options']);

@@ -3,13 +3,13 @@ import client from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { errorCatalogue } from '../src/errors.js';
 // every module that registers a metric of ours, at import or when its metrics are first asked for
-import { apiMetrics } from '../src/metrics.js';
+import { apiMetrics, redisErrors } from '../src/metrics.js';
 import { snapshotMetrics } from '../src/snapshot/metrics.js';
 import { clusterWatchMetrics } from '../src/store/cluster-watch.js';
 import { tokenCountMetrics } from '../src/tokens/metrics.js';
 import { lapseMetrics } from '../src/tokens/lapse.js';
 
-for (const made of [apiMetrics, snapshotMetrics, clusterWatchMetrics, tokenCountMetrics, lapseMetrics]) made();
+for (const made of [apiMetrics, redisErrors, snapshotMetrics, clusterWatchMetrics, tokenCountMetrics, lapseMetrics]) made();
 
 /** `rm_name{label,...}` -> its labels, from the README's metrics table (the rows before the alerts). */
 function documented(): Map<string, string[]> {

@@ -165,7 +165,7 @@ describe('snapshot writer under faults (real processes)', () => {
       // present at 0 before any loss: Prometheus' increase() over a series born at 1 reads 0, so the first loss never alerted
       expect(written.text).toMatch(/^rm_snapshot_errors_total\{where="lost"\} 0$/m);
       // only what it measures: the CLI imports serve's modules too, whose series it exported at 0
-      for (const name of ['rm_token_results_total', 'rm_rate_limited_total', 'rm_tokens', 'rm_token_counts_read_seconds', 'rm_reservations_lapsed_total', 'rm_redis_cluster_slots_unserved']) {
+      for (const name of ['rm_token_results_total', 'rm_rate_limited_total', 'rm_tokens', 'rm_token_counts_read_seconds', 'rm_reservations_lapsed_total', 'rm_redis_cluster_slots_unserved', 'rm_redis_errors_total']) {
         expect(written.text).not.toMatch(new RegExp(`^# HELP ${name} `, 'm'));
       }
       const up = await until(b, '/readyz', (r) => r.status === 200);

@@ -340,11 +340,11 @@ function fail(ex: Exchange, err: unknown, deps: RouterDeps): ErrorCode {
       replyError(ex, code, err.message, err instanceof HttpError ? err.headers : undefined);
     } else if (err instanceof StoreTimeout || deps.storeDown(err)) {
       // short of replicas (REDIS_WAIT_REPLICAS, or a master's min-replicas-to-write): Redis answers, its copies lag
-      redisErrors.labels(/^NOREPLICAS /.test((err as Error)?.message ?? '') ? 'replicas' : 'unavailable').inc();
+      redisErrors().labels(/^NOREPLICAS /.test((err as Error)?.message ?? '') ? 'replicas' : 'unavailable').inc();
       code = 'store_unavailable';
       replyError(ex, code, undefined, [['retry-after', '1']]);
     } else {
-      if ((err as Error)?.name === 'ReplyError') redisErrors.labels('error').inc();
+      if ((err as Error)?.name === 'ReplyError') redisErrors().labels('error').inc();
       // the stack, not the whole object: an ioredis ReplyError carries the command's arguments (a satellite's outbound key)
       console.error('internal error:', err instanceof Error ? err.stack : err);
       replyError(ex, code);

@@ -1,6 +1,6 @@
 import uws from 'uWebSockets.js';
 import type { Config } from '../config.js';
-import { collectProcessMetrics, registry as metricsRegistry } from '../metrics.js';
+import { collectProcessMetrics, redisErrors, registry as metricsRegistry } from '../metrics.js';
 import { SatelliteRegistry } from '../satellites/registry.js';
 import { createRedis, logOutages, whenReady, type RedisClient } from '../store/redis.js';
 import { MASTER_PROBE_MS } from '../store/cluster-probe.js';
@@ -58,6 +58,7 @@ function storeDown(redis: RedisClient, err: unknown): boolean {
 /** Starts one HTTP worker on config.host:config.port (SO_REUSEPORT, so several processes can share it). */
 export async function startServer(config: Config, opts: ServerOptions = {}): Promise<HttpServer> {
   collectProcessMetrics();
+  redisErrors();
   const redis = createRedis(config, { failFast: true, connectionName: 'referral-manager-http' });
   logOutages(redis, `[http ${process.pid}]`);
   const store = new TokenStore(redis, config.keyPrefix, config);

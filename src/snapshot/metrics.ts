@@ -3,8 +3,9 @@ import { onFirstUse } from '../on-first-use.js';
 
 /**
  * Snapshot writer metrics, in prom-client's default registry (served by the HTTP API's /metrics), made by
- * the process that writes or samples the lag: a serve worker (or a serve with SNAPSHOT=false) exported them
- * at 0 or NaN beside the real ones, a lag of 0 where another process's writer lagged.
+ * the process that writes or samples the lag (a writer; a serve primary with SNAPSHOT=false, whose
+ * rm_snapshot_leader 0 lets the "no snapshot writer" alert fire when none runs), not on import: every serve
+ * worker exported them at 0 or NaN beside the primary's.
  */
 export const snapshotMetrics = onFirstUse(() => {
   const m = {
