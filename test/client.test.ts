@@ -184,6 +184,8 @@ it('a 2xx map without what the route always answers is internal, not a success',
     }
     body = bodies[2]!;
     expect(await refusal(client.reserve(t))).toMatchObject({ code: 'internal', message: expect.stringMatching(/without ownerUserId/) });
+    body = '{"state":"redeemed"}';
+    expect(await refusal(client.lookup(t))).toMatchObject({ code: 'internal', message: expect.stringMatching(/without ownerSatelliteId/) });
   } finally {
     await client.close();
     elsewhere.close();

@@ -90,8 +90,9 @@ export function register(program: Command): void {
         n += rows.length;
         if (!(await write(chunk))) return;
       }
-      // a mistyped id exports nothing, as an empty campaign does
-      if (n === 0 && opts.campaign !== undefined) {
+      // a mistyped id exports nothing, as an empty campaign does (with --state, a campaign of the admin route,
+      // which has no record, may just have none in that state)
+      if (n === 0 && opts.campaign !== undefined && opts.state === undefined) {
         const campaigns = new CampaignStore(redis, config.keyPrefix);
         if (!(await campaigns.meta(opts.campaign)) && (await campaigns.revokedAt(opts.campaign)) === undefined) {
           console.error(`note: no campaign "${opts.campaign}" was run by generate or revoked (referral-manager campaigns list)`);

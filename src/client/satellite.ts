@@ -111,7 +111,7 @@ export class SatelliteClient {
   }
 
   async lookup(token: string, opts?: EndUser): Promise<LookedUp> {
-    return holding(this.t.call('GET', `/v1/tokens/${segment('token', token)}`, undefined, undefined, endUser(opts)), 'state', TOKEN_STATES);
+    return holding(this.t.call('GET', `/v1/tokens/${segment('token', token)}`, undefined, undefined, endUser(opts)), 'state', TOKEN_STATES, ['ownerSatelliteId']);
   }
 
   /** Unredeemed tokens of `userId` on the calling satellite. */

@@ -5,8 +5,8 @@ import type { RedisClient } from '../store/redis.js';
 const MAX_BLOCKED = 100_000;
 const MAPPED_V4 = '0000:0000:0000:0000:0000:ffff:';
 
-/** an address with a port, as Go's http.Request.RemoteAddr gives it ("1.2.3.4:5678", "[2001:db8::1]:5678") */
-const WITH_PORT = /^\[([^\]]+)\](?::\d{1,5})?$|^([\d.]+):\d{1,5}$/;
+/** an address with a port, as Go's http.Request.RemoteAddr gives it ("1.2.3.4:5678", "[2001:db8::1]:5678"), or IPv6 in brackets */
+const WITH_PORT = /^\[([\da-f:.]+(?:%[^\]]*)?)\](?::(\d{1,5}))?$|^([\d.]+):(\d{1,5})$/;
 
 /**
  * An IP address a satellite names in X-End-User-IP, in the form uWS gives a peer's (IPv4 dotted, IPv6 as
@@ -16,7 +16,10 @@ const WITH_PORT = /^\[([^\]]+)\](?::\d{1,5})?$|^([\d.]+):\d{1,5}$/;
 export function endUserIp(text: string): string | undefined {
   const raw = text.trim().toLowerCase();
   const hostPort = WITH_PORT.exec(raw);
-  const given = hostPort ? (hostPort[1] ?? hostPort[2]!) : raw;
+  if (hostPort && Number(hostPort[2] ?? hostPort[4] ?? 0) > 65535) return undefined;
+  // brackets hold IPv6 only, a bare address and a port IPv4 only
+  if (hostPort?.[1] !== undefined && isIP(hostPort[1].replace(/%.*$/, '')) !== 6) return undefined;
+  const given = hostPort ? (hostPort[1] ?? hostPort[3]!) : raw;
   if (isIP(given) === 4) return given;
   const a = given.replace(/%.*$/, ''); // an IPv6 zone (fe80::1%eth0) names no other host
   if (isIP(a) !== 6) return undefined;
