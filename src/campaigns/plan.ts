@@ -115,7 +115,12 @@ export async function planRun(registry: SatelliteRegistry, campaigns: CampaignSt
   // another campaign's sets made for these satellites and never delivered (its run failed or was killed):
   // the satellite lists their users again, and a user this run serves then holds both campaigns' tokens
   // (that campaign's resume keeps them: a push may have reached the user unrecorded)
-  for (const other of await campaigns.list()) {
+  // a warning only: a record it cannot read must not stop the run
+  const others = await campaigns.list().catch((err: unknown) => {
+    note(`note: could not read the other campaigns to check for undelivered sets (${(err as Error).message})`);
+    return [];
+  });
+  for (const other of others) {
     if (other.id === id || other.revokedAt !== undefined || (other.expiresAt !== undefined && other.expiresAt <= Date.now())) continue;
     for (const s of satellites) {
       const p = other.progress[s.id];
