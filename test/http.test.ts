@@ -224,6 +224,13 @@ describe.each<Format>(['json', 'msgpack'])('satellite routes in %s', (format) =>
     r = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, raw: format === 'json' ? '{"token":' : Buffer.from([0x82, 0xa5]), contentType: `application/${format}`, accept: `application/${format}` });
     expectError(r, 400, 'invalid_request');
     expectError(await as(keyA, 'GET', '/v1/tokens/not-a-token'), 400, 'invalid_request');
+    // an empty one too (uWS matches no route then: it was a 404 "no route", read as a wrong url)
+    for (const [method, path, name] of [['GET', '/v1/users//tokens', 'userId'], ['DELETE', '/v1/users//tokens', 'userId'], ['GET', '/v1/users//redemptions', 'userId'], ['GET', '/v1/tokens/', 'token']]) {
+      r = await as(keyA, method!, path!);
+      expectError(r, 400, 'invalid_request');
+      expect(r.body.message).toBe(`${name}: must not be empty`);
+    }
+    expectError(await as(keyA, 'GET', '/v1/users/u/nope'), 404, 'not_found');
     // a path parameter that does not decode is named like a body field
     for (const [path, name] of [['/v1/tokens/%ZZ', 'token'], ['/v1/users/%C3%28/tokens', 'userId']]) {
       r = await as(keyA, 'GET', path!);

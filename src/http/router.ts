@@ -142,9 +142,20 @@ export function mount(app: TemplatedApp, routes: Route[], deps: RouterDeps): voi
       handle(ex, entry.route, entry.validate, deps, { params, ip, endUser, key, contentType, length, path });
     });
   }
+  // uWS matches no route with an empty path parameter (/v1/users//tokens): a 404 "no route" read as a wrong url
+  const emptyParam = [...byPattern.keys()].filter((p) => p.includes('/:')).map((p) => ({
+    re: new RegExp(`^${p.replace(/:\w+/g, '([^/]*)')}$`),
+    names: p.split('/').filter((seg) => seg.startsWith(':')).map((seg) => seg.slice(1)),
+  }));
   app.any('/*', (res, req) => {
     const ex = start(res, req, deps, 'unmatched', req.getMethod());
-    replyError(ex, 'not_found', `no route ${req.getMethod().toUpperCase()} ${req.getUrl()}`);
+    const url = req.getUrl();
+    for (const { re, names } of emptyParam) {
+      const m = re.exec(url);
+      const i = m ? m.slice(1).indexOf('') : -1;
+      if (i >= 0) return replyError(ex, 'invalid_request', `${names[i]}: must not be empty`);
+    }
+    replyError(ex, 'not_found', `no route ${req.getMethod().toUpperCase()} ${url}`);
   });
 }
 
