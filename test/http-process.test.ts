@@ -813,7 +813,7 @@ describe('serve processes', () => {
     } finally {
       expect(await server.stop()).toBe(0);
     }
-  });
+  }, 120_000); // up to 200 requests to find both workers: over 60 s on a loaded machine
 
   it('/metrics keeps what a worker stopped with SIGTERM counted: it reports as it exits', async () => {
     const { server, healthz, byPid } = await twoWorkersAnswered();
@@ -835,7 +835,7 @@ describe('serve processes', () => {
     } finally {
       expect(await server.stop()).toBe(0);
     }
-  });
+  }, 120_000); // up to 200 requests to find both workers: over 60 s on a loaded machine
 
   // the dead worker's keep-alive clients reconnected while its replacement started, all to the survivor (the
   // port's only listener then), and stayed there: the replacement sat idle while one worker carried the load
