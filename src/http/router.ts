@@ -60,7 +60,6 @@ const ADMIN_BODY_LIMIT = 8 * 1024 * 1024;
 // Unknown properties are allowed and ignored, so clients can be newer than the server.
 const ajv = new Ajv({ allErrors: false, strict: true, strictTypes: true, coerceTypes: false, useDefaults: false });
 
-/** A JSON pointer as the messages name fields: `/userIds/0` -> `userIds[0]`, as the engine's own checks do. */
 /**
  * Ajv's validator for a body `schema`, taking null for an optional field that cannot be null as its absence:
  * a Go satellite's nil pointer field without `omitempty` sends it, and `{"leaseMs": null}` was refused 400.
@@ -83,6 +82,7 @@ function compile(schema: object): ValidateFunction {
   return check;
 }
 
+/** A JSON pointer as the messages name fields: `/userIds/0` -> `userIds[0]`, as the engine's own checks do. */
 const fieldOf = (pointer: string): string => pointer.slice(1).split('/').reduce((out, part) => (/^\d+$/.test(part) ? `${out}[${part}]` : out ? `${out}.${part}` : part), '');
 
 function describe(err: ErrorObject | undefined): string {
