@@ -59,6 +59,11 @@ describe('what a generate run serves (planRun, real Redis)', () => {
     expect(notes.filter((l) => l.includes('revoked-one') || l.includes('expired-one'))).toEqual([]);
   });
 
+  it('a satellite named twice is served once', async () => {
+    const plan = await planRun(registry, campaigns, { id: 'twice', resume: false, all: false, satellites: ['s1', 's1'], perUser: 3, dryRun: true }, () => {});
+    expect(plan.satellites.map((s) => s.id)).toEqual(['s1']);
+  });
+
   it('a campaign list it cannot read is a note, not a failure of the run', async () => {
     const broken = Object.create(campaigns, { list: { value: () => Promise.reject(new Error('list broke')) } }) as CampaignStore;
     const notes: string[] = [];
