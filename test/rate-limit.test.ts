@@ -65,6 +65,10 @@ describe('endUserIp (X-End-User-IP)', () => {
     expect(endUserIp('[2001:db8::1]:51234')).toBe('2001:0db8:0000:0000:0000:0000:0000:0001');
     expect(endUserIp('[::ffff:1.2.3.4]:80')).toBe('1.2.3.4');
     expect(endUserIp('[::1]')).toBe('0000:0000:0000:0000:0000:0000:0000:0001');
+    // the highest port, and a zone inside the brackets (h110 mutation audit: neither was held by a test)
+    expect(endUserIp('1.2.3.4:65535')).toBe('1.2.3.4');
+    expect(endUserIp('[2001:db8::1]:65535')).toBe('2001:0db8:0000:0000:0000:0000:0000:0001');
+    expect(endUserIp('[fe80::1%eth0]:51234')).toBe('fe80:0000:0000:0000:0000:0000:0000:0001');
     for (const a of ['1.2.3.4%x', 'nope', '1.2.3', '1.2.3:80', '1.2.3.4:', '1.2.3.4:123456', '1.2.3.4:99999', '[2001:db8::1]:65536', '[nope]:80', '[1.2.3.4]', '[1.2.3.4]:80', '2001:db8::1:80:1:2:3:4', '1.2.3.4, 5.6.7.8', '']) expect(endUserIp(a), a).toBeUndefined();
   });
 });
