@@ -1,0 +1,39 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Redis } from 'ioredis';
+import { dropKeys } from '../src/store/key-walk.js';
+import type { RedisClient } from '../src/store/redis.js';
+import { engineFixture, type EngineFixture } from './helpers/redis.js';
+
+// mutation audit (h110): dropKeys' filter and its error check had no test of their own
+describe('dropKeys (real Redis)', () => {
+  let fx: EngineFixture;
+  beforeAll(async () => {
+    fx = await engineFixture({ label: 'keywalk' });
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it('deletes and counts only the keys `keep` accepts', async () => {
+    await fx.redis.mset(`${fx.prefix}:a:1`, '1', `${fx.prefix}:a:2`, '1', `${fx.prefix}:b:1`, '1');
+    expect(await dropKeys(fx.redis, `${fx.prefix}:*`, (k) => k.includes(':a:'))).toBe(2);
+    expect(await fx.redis.exists(`${fx.prefix}:a:1`, `${fx.prefix}:a:2`, `${fx.prefix}:b:1`)).toBe(1);
+    expect(await dropKeys(fx.redis, `${fx.prefix}:*`)).toBe(1);
+  });
+
+  it('fails on a key it could not delete, rather than count it deleted', async () => {
+    await fx.redis.set(`${fx.prefix}:c:1`, 'not a number');
+    // a pipeline whose UNLINK is answered with an error (INCR of text stands in for it)
+    const failing = new Proxy(fx.redis as Redis, {
+      get(target, prop, receiver) {
+        if (prop !== 'pipeline') return Reflect.get(target, prop, receiver);
+        return () => {
+          const p = target.pipeline();
+          p.unlink = ((k: string) => p.incr(k)) as typeof p.unlink;
+          return p;
+        };
+      },
+    });
+    await expect(dropKeys(failing as unknown as RedisClient, `${fx.prefix}:c:*`)).rejects.toThrow(/not an integer/);
+  });
+});
