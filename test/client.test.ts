@@ -182,6 +182,10 @@ it('a 2xx map without what the route always answers is internal, not a success',
     for (const [call, field] of [[client.redeem(t, 'u'), 'ownerSatelliteId'], [client.listTokens('u'), 'tokens as a list'], [client.revokeTokens('u'), 'revoked as a count'], [client.listRedemptions('u'), 'redemptions as a list']] as const) {
       expect(await refusal(call)).toMatchObject({ code: 'internal', status: 0, message: `a 2xx reply without ${field}: not the manager's (is the url right?)` });
     }
+    // complete() redeems too (h110 mutation audit: its owner check, and a count that is no integer, were held by no test)
+    expect(await refusal(client.complete(t, 'r', 'u'))).toMatchObject({ code: 'internal', message: expect.stringMatching(/without ownerSatelliteId/) });
+    body = '{"revoked":1.5}';
+    expect(await refusal(client.revokeTokens('u'))).toMatchObject({ code: 'internal', message: expect.stringMatching(/without revoked as a count/) });
     body = bodies[2]!;
     expect(await refusal(client.reserve(t))).toMatchObject({ code: 'internal', message: expect.stringMatching(/without ownerUserId/) });
     body = '{"state":"redeemed"}';
