@@ -233,6 +233,12 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       await new Promise((r) => setTimeout(r, 400));
       const expired = await cli('tokens', 'show', soon!.token);
       expect(expired.stdout).toMatch(/^state\s+unredeemed \(expired: redeem and reserve answer 410 token_expired\)$/m);
+      // redeemed before its expiry: no longer open, so not said expired (h110 mutation audit)
+      const [used] = (await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'u-exp2' }], perUser: 1, campaignId: 'camp-exp', expiresAt: Date.now() + 300 })).tokens;
+      expect((await fx.engine.redeem(used!.token, 'sat-b', 'u-new-exp')).code).toBe('ok');
+      await new Promise((r) => setTimeout(r, 400));
+      const redeemedLate = await cli('tokens', 'show', used!.token);
+      expect(redeemedLate.stdout).toMatch(/^state\s+redeemed$/m);
     });
 
     it('show: an unknown token exits 1, a malformed one exits 2 with the usage line', async () => {
@@ -258,6 +264,10 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       // a mistyped satellite id finds nothing, as a user without tokens does: said on stderr
       const typo = await cli('tokens', 'list', '--satellite', 'sat-typo', '--user', 'u1');
       expect([typo.code, typo.stdout, typo.stderr]).toEqual([0, 'no unredeemed tokens for user "u1" of satellite "sat-typo"\n', 'note: satellite "sat-typo" is not registered (referral-manager satellites list)\n']);
+      // tokens found under an id no longer registered (removed since): they are listed, no note (h110 mutation audit)
+      await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-unlisted', ownerUserId: 'u1' }], perUser: 1, campaignId: 'camp-ops' });
+      const unlisted = await cli('tokens', 'list', '--satellite', 'sat-unlisted', '--user', 'u1');
+      expect([unlisted.code, unlisted.stderr]).toEqual([0, '']);
     });
 
     it("redeemed: the user's redeemed tokens, with who redeemed them and when", async () => {
