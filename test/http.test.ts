@@ -345,6 +345,9 @@ describe('Accept with q-values', () => {
     expect([msgpackOnly.status, msgpackOnly.headers['content-type']]).toEqual([200, 'application/msgpack']);
     const jsonOnly = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, format: 'msgpack', body: { token: '00000000-0000-4000-8000-000000000000', userId: 'x' }, accept: 'application/msgpack;q=0' });
     expect([jsonOnly.status, jsonOnly.headers['content-type']]).toEqual([404, 'application/json']);
+    // refusing both names no format: the request's, else JSON, as with no Accept (h110 mutation audit)
+    const neither = await call(pool, 'GET', '/v1/users/nobody/tokens', { key: keyA, accept: 'application/json;q=0, application/msgpack;q=0' });
+    expect([neither.status, neither.headers['content-type']]).toEqual([200, 'application/json']);
   });
 
   // wire.ts formatOf: a tie in q goes to the first listed (RFC 9110 gives no order; the code picks one, stably)
