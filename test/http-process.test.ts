@@ -543,6 +543,8 @@ describe('serve processes', () => {
       const lagUntil = async (ok: (l: ReturnType<typeof lag>) => boolean) => lag(await metricsUntil(pool, (t) => ok(lag(t))));
       expect((await lagUntil((l) => l.events === 150)).events).toBe(150);
       expect((await call(pool, 'GET', '/readyz')).body.snapshot).toEqual({ state: 'off' });
+      // no writer here: rm_snapshot_leader 0, so the "no snapshot writer" alert (sum < 1) fires when none runs anywhere (h110 mutation audit)
+      expect((await call(pool, 'GET', '/metrics')).body).toMatch(/^rm_snapshot_leader 0$/m);
       // the oldest waiting event ages
       expect((await lagUntil((l) => l.seconds > 0.5)).seconds).toBeGreaterThan(0.5);
     } finally {
