@@ -508,6 +508,8 @@ describe('a bad value of a flag that overrides a setting', () => {
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.stderr, args.join(' ')).toContain(problem);
       expect(r.stderr.split('\n'), args.join(' ')).toContain(usage);
+      // only flags refused: said as a usage error, not as the environment's configuration (h110 mutation audit)
+      expect(r.stderr, args.join(' ')).not.toContain('invalid configuration');
     });
   });
 
@@ -517,6 +519,8 @@ describe('a bad value of a flag that overrides a setting', () => {
     expect(r.stderr).toContain('--port: expected an integer, got "abc"');
     expect(r.stderr).toContain('WORKERS: expected 1..256, got 0');
     expect(r.stderr).not.toContain('PORT: expected');
+    // an env value refused too: the configuration's report, as a bad env value alone gets
+    expect(r.stderr).toContain('invalid configuration');
   });
 
   it('a bad env value stays a configuration error (exit 2) without a usage line: no flag was wrong', async () => {
