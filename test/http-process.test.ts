@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import http from 'node:http';
 import { Client, Pool } from 'undici';
@@ -677,6 +678,9 @@ describe('serve processes', () => {
       expect(healthz).toHaveLength(1);
       // every /healthz answered, by both workers, summed into one series: one worker's share alone is fewer
       expect(Number(healthz[0]![1])).toBe(sent);
+      // a limit is each process's, not summed over the three: the primary's own "Max open files"
+      const limit = /^Max open files\s+(\d+)/m.exec(readFileSync(`/proc/${server.proc.pid}/limits`, 'utf8'))?.[1];
+      expect(/^process_max_fds (\d+)$/m.exec(metrics)?.[1]).toBe(limit);
     } finally {
       await pool.close();
       expect(await server.stop()).toBe(0);

@@ -38,6 +38,9 @@ const PUSH_MS = 1000;
 const REBALANCE_MS = 1000;
 type metric = Awaited<ReturnType<typeof registry.getMetricsAsJSON>>[number];
 
+/** process gauges that are each process's limit: the server's is the largest, not their sum */
+const LIMITS = new Set(['process_max_fds']);
+
 export interface Primary {
   port: number;
   /** SIGTERM every worker, wait for them to drain and exit */
@@ -154,6 +157,8 @@ export async function runPrimary(config: Config): Promise<Primary> {
     // as last collected (leaving it out lowers them)
     const parts = [own, retired];
     for (const [wid, seen] of lastSeen) parts.push(replies.get(wid) ?? seen);
+    // a limit, not an amount: N processes' summed was no process's (process_max_fds read 3x the ulimit)
+    for (const part of parts) for (const m of part) if (LIMITS.has(m.name)) m.aggregator = 'max';
     return AggregatorRegistry.aggregate(parts).metrics();
   };
 
