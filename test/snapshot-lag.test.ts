@@ -4,7 +4,14 @@ import { reportLag, sampleLag } from '../src/snapshot/lag.js';
 import { Keys } from '../src/store/keys.js';
 import { createRedis, whenReady } from '../src/store/redis.js';
 import { privateRedis } from './helpers/http.js';
-import { until } from './helpers/snapshot.js';
+import { sleep, until } from './helpers/snapshot.js';
+import { testDatabase } from './helpers/pg.js';
+import pg from 'pg';
+import { loadConfig } from '../src/config.js';
+import { startSnapshotWriter, type SnapshotWriter } from '../src/snapshot/writer.js';
+import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
+import { TokenStore } from '../src/store/token-store.js';
+import { TokenEngine } from '../src/tokens/engine.js';
 
 /** The value rm_snapshot_lag_events shows, as a scrape reads it. */
 async function lagEvents(): Promise<string | undefined> {
@@ -77,4 +84,39 @@ describe('rm_snapshot_lag_* while Redis cannot be read', () => {
       await redis.dispose();
     }
   });
+});
+
+describe('an idle snapshot writer', () => {
+  // it polled every shard's stream (a script each, 64) 20 times a second however long nothing happened
+  it('polls quiet streams less and less often (up to twice a second), and still copies the next change', async () => {
+    const redis = await privateRedis();
+    await redis.start();
+    const db = await testDatabase();
+    const client = createRedis({ redisUrl: redis.url, redisClusterNodes: [] });
+    let writer: SnapshotWriter | undefined;
+    try {
+      writer = await startSnapshotWriter(loadConfig({ redisUrl: redis.url, keyPrefix: 'idle', databaseUrl: db.url }), { log: () => {} });
+      await until(async () => writer!.status().leader, (l) => l, 'the writer holding its lease');
+      const scripts = async () => Number(/^cmdstat_evalsha:calls=(\d+)/m.exec(await client.info('commandstats'))?.[1] ?? 0);
+      await sleep(2000); // quiet long enough for the longest pause
+      const before = await scripts();
+      await sleep(3000);
+      const perSecond = ((await scripts()) - before) / 3;
+      // twice a second, 64 shards each: ~130 (1,235 before: every 50 ms)
+      expect(perSecond).toBeLessThan(250);
+      const engine = new TokenEngine(new TokenStore(client, 'idle', NO_REPLICA_WAIT));
+      const [made] = (await engine.generate({ owners: [{ ownerSatelliteId: 's', ownerUserId: 'u' }], perUser: 1, campaignId: 'c' })).tokens;
+      const pool = new pg.Pool({ connectionString: db.url });
+      try {
+        await until(async () => (await pool.query('SELECT 1 FROM tokens WHERE token = $1', [made!.token])).rowCount, (n) => n === 1, 'the change copied');
+      } finally {
+        await pool.end();
+      }
+    } finally {
+      await writer?.stop();
+      client.disconnect();
+      await db.drop();
+      await redis.dispose();
+    }
+  }, 60_000);
 });
