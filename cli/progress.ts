@@ -2,16 +2,18 @@ import cliProgress from 'cli-progress';
 import type { ProgressEvent } from '../src/campaigns/flow.js';
 
 /**
- * Three bars on stderr for generate: users fetched, tokens made (of those the pages so far need:
- * users already served by an earlier run need none) and tokens delivered (of those due, including
- * what an earlier run made but did not deliver). Totals grow as pages arrive.
+ * On stderr for generate: a count of users fetched, and two bars: tokens made (of those the pages so far
+ * need: users already served by an earlier run need none) and tokens delivered (of those due, including
+ * what an earlier run made but did not deliver). Their totals grow as pages arrive.
  */
 export function progressBars(): { update: (satelliteId: string, event: ProgressEvent, n: number) => void; say: (line: string) => void; stop: () => void } {
   const multi = new cliProgress.MultiBar(
     { format: ' {label} |{bar}| {value}/{total}', hideCursor: true, clearOnComplete: false, etaBuffer: 50 },
     cliProgress.Presets.shades_classic,
   );
-  const users = multi.create(0, 0, { label: 'users fetched   ' });
+  // a count, not a bar: the satellites list users a page at a time and never say how many, so its total was
+  // always what was fetched so far and the bar sat at 100 %
+  const users = multi.create(0, 0, { label: 'users fetched   ' }, { format: ' {label} {value}' });
   const made = multi.create(0, 0, { label: 'tokens made     ' });
   const delivered = multi.create(0, 0, { label: 'tokens delivered' });
   const n = { users: 0, toMake: 0, made: 0, toDeliver: 0, delivered: 0 };
@@ -23,7 +25,6 @@ export function progressBars(): { update: (satelliteId: string, event: ProgressE
       else if (event === 'tokensToDeliver') n.toDeliver += k;
       else if (event === 'tokensDelivered') n.delivered += k;
       else return;
-      users.setTotal(n.users);
       users.update(n.users);
       made.setTotal(n.toMake);
       made.update(n.made);
