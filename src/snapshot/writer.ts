@@ -221,7 +221,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
 
   const loop = (async () => {
     let backoff = 100;
-    let quiet = 0;
+    // the pause after a round under SNAPSHOT_BATCH/8 events: doubled by each round that reads nothing
+    let pause = config.snapshotFlushMs;
     let sweepAt = 0; // the next re-read of every pending entry
     let probeAt = 0; // the next reachability check of Postgres
     while (running) {
@@ -302,8 +303,9 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           refusals.clear();
         }
         backoff = 100;
-        quiet = n === 0 ? quiet + 1 : 0;
-        if (n < streams.perShard) await sleep(Math.max(config.snapshotFlushMs, Math.min(config.snapshotFlushMs * 2 ** Math.min(Math.max(quiet - 1, 0), 16), QUIET_POLL_MS)));
+        if (n > 0) pause = config.snapshotFlushMs;
+        if (n < streams.perShard) await sleep(pause);
+        if (n === 0) pause = Math.min(pause * 2, Math.max(QUIET_POLL_MS, config.snapshotFlushMs));
       } catch (err) {
         // counted whatever Postgres' state: while it was down (or not yet reached) a Redis failure went unseen
         if (!(err instanceof Object && counted.has(err))) setDown(err, 'redis');
