@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { dropPrefix, engineFixture, SHARED_REDIS_URL, testPrefix, type EngineFixture } from './helpers/redis.js';
 import { privateRedis, testCluster, type RestartableRedis } from './helpers/http.js';
-import { pgProxy, testDatabase } from './helpers/pg.js';
+import { PG_BASE_URL, pgProxy, testDatabase } from './helpers/pg.js';
 import { caughtUp, each, firstRoundDone, generateTokens, sleep, snapshotFixture, until as eventually } from './helpers/snapshot.js';
 import { dropEngineKeys, openPostgres, readLostShards, readSnapshotStatus, restoreFromPostgres, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { startServer } from '../src/http/server.js';
@@ -72,12 +72,12 @@ async function until(port: number, p: string, ok: (r: { status: number; text: st
 describe('snapshot writer under faults (real processes)', () => {
   const snap = snapshotFixture('snapfault');
   /** the status once `ok` holds, or the last one read after 30 s (the writer reports once a second; the machine may be busy) */
-  const statusUntil = async (ok: (s: Awaited<ReturnType<typeof readSnapshotStatus>>) => boolean) => {
+  const statusUntil = async (ok: (s: Awaited<ReturnType<typeof readSnapshotStatus>>) => boolean, prefix = snap.fx.prefix) => {
     const end = Date.now() + 30_000;
-    let status = await readSnapshotStatus(snap.fx.redis, snap.fx.prefix);
+    let status = await readSnapshotStatus(snap.fx.redis, prefix);
     while (!ok(status) && Date.now() < end) {
       await sleep(100);
-      status = await readSnapshotStatus(snap.fx.redis, snap.fx.prefix);
+      status = await readSnapshotStatus(snap.fx.redis, prefix);
     }
     return status;
   };
@@ -960,6 +960,47 @@ describe('snapshot writer under faults (real processes)', () => {
     } finally {
       await writer.stop();
       await proxy.close();
+    }
+  }, 90_000);
+
+  // on-call drill (h113): a database refusing connections (55000) was taken for a write Postgres refused: every
+  // lane said a sound stream entry was refused "even alone" and should be removed, rm_snapshot_postgres_up
+  // stayed 1 and the status `up`
+  it('a database that refuses connections (ALLOW_CONNECTIONS false) is Postgres unreachable, no entry blamed; caught up once allowed', async () => {
+    // a prefix and a database of its own: the fixture's database must keep every change of the fixture's prefix
+    const fx = await engineFixture({ label: 'snapfault-ac' });
+    const db = await testDatabase();
+    const admin = new pg.Client({ connectionString: PG_BASE_URL });
+    await admin.connect();
+    const allow = (on: boolean) => admin.query(`ALTER DATABASE ${db.name} ALLOW_CONNECTIONS ${on}`);
+    const lines: string[] = [];
+    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`) });
+    let pool: pg.Pool | undefined;
+    try {
+      const tokens = await generateTokens(fx.engine, 200, 'sat-ac');
+      expect(await statusUntil((s) => s.state === 'up' && s.lagEvents === 0, fx.prefix)).toMatchObject({ state: 'up' });
+      await allow(false);
+      await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [db.name]);
+      await each(tokens.slice(0, 50), 8, async (t, i) => expect((await fx.engine.redeem(t, 'sat-b', `ac${i}`)).code).toBe('ok'));
+      expect(await statusUntil((s) => s.state === 'down', fx.prefix)).toMatchObject({ state: 'down' });
+      expect((await snapshotMetrics().postgresUp.get()).values[0]?.value).toBe(0);
+      expect(lines.filter((l) => /Postgres unreachable/.test(l))).toHaveLength(1);
+      expect(lines.filter((l) => /refused a write|refuses stream entry/.test(l))).toEqual([]);
+
+      await allow(true);
+      pool = new pg.Pool({ connectionString: db.url });
+      await caughtUp(fx.redis, fx.prefix, pool, 250);
+      const redeemed = await pool.query(`SELECT count(*) AS n FROM tokens WHERE state = 'redeemed' AND owner_satellite_id = 'sat-ac'`);
+      expect(Number(redeemed.rows[0].n)).toBe(50);
+      expect((await verify(fx.redis, pool, fx.prefix)).differences).toBe(0);
+      expect(await statusUntil((s) => s.state === 'up', fx.prefix)).toMatchObject({ state: 'up' });
+    } finally {
+      await writer.stop();
+      await allow(true);
+      await pool?.end();
+      await admin.end();
+      await db.drop();
+      await fx.close();
     }
   }, 90_000);
 

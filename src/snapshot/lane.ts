@@ -1,6 +1,7 @@
 import type { Keys } from '../store/keys.js';
 import type { StreamEvent } from './events.js';
 import type { ReadResult, ShardStreams } from './streams.js';
+import { failedToConnect } from './schema.js';
 
 /** the longest wait between tries, of a lane and of the whole loop */
 export const BACKOFF_MAX_MS = 5000;
@@ -18,11 +19,14 @@ const timedOut = (err: unknown): boolean => (err as { code?: unknown }).code ===
 /**
  * Postgres answered with an error of the statement (a SQLSTATE), not one of reaching it: a connection error
  * (class 08), a shutdown or start-up (57P), too many connections (53300), a missing database (3D000) or a
- * refused login (class 28) mean it cannot be reached.
+ * refused login (class 28) mean it cannot be reached, and so does any error opening a connection, whatever
+ * its SQLSTATE: a database made to refuse connections (`ALLOW_CONNECTIONS false`, 55000) or whose CONNECT
+ * right was revoked (42501) was read as a write refused "even alone", blaming a sound stream entry the
+ * operator was then told to delete, while rm_snapshot_postgres_up stayed 1.
  */
 export function refusedBy(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
-  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && !/^(08|57P|53300|3D000|28)/.test(code);
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && !/^(08|57P|53300|3D000|28)/.test(code) && !failedToConnect(err);
 }
 
 /** What a lane needs of the writer that runs it. */

@@ -238,6 +238,24 @@ export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number
 }
 
 const guarded = new WeakSet<pg.PoolClient>();
+/** errors checkout met opening a connection */
+const notConnected = new WeakSet<object>();
+/** Whether `err` is checkout's failure to open a connection: Postgres out of reach, whatever SQLSTATE it carries. */
+export function failedToConnect(err: unknown): boolean {
+  return err instanceof Object && notConnected.has(err);
+}
+
+/** A round trip on a connection of the pool, opened through checkout so a failure to connect is known as one. */
+export async function ping(pool: pg.Pool): Promise<void> {
+  const client = await checkout(pool);
+  try {
+    await client.query('SELECT 1');
+    client.release();
+  } catch (err) {
+    client.release(err as Error);
+    throw err;
+  }
+}
 const ignore = () => {};
 /**
  * A client of the pool for several queries (a transaction). pg-pool takes its own 'error' listener off a
@@ -247,7 +265,10 @@ const ignore = () => {};
  * releases the client with that error.
  */
 export async function checkout(pool: pg.Pool): Promise<pg.PoolClient> {
-  const client = await pool.connect();
+  const client = await pool.connect().catch((err: unknown) => {
+    if (err instanceof Object) notConnected.add(err);
+    throw err;
+  });
   if (!guarded.has(client)) {
     client.on('error', ignore);
     guarded.add(client);

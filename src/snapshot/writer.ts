@@ -14,7 +14,7 @@ import { snapshotMetrics } from './metrics.js';
 import { CampaignCopy } from './campaigns.js';
 import { RevocationCopy } from './revoked.js';
 import { SatelliteCopy } from './satellites.js';
-import { checkout, cutConnections, openPostgres } from './schema.js';
+import { checkout, cutConnections, openPostgres, ping } from './schema.js';
 import { writeSnapshotStatus, type SnapshotStatus } from './status.js';
 import { ShardStreams } from './streams.js';
 import { newestCommitted } from './positions.js';
@@ -269,7 +269,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         const db = pool;
         // also every PG_PROBE_MS while up: a writer with nothing to write would report a lost Postgres as up
         if (pgState === 'down' || Date.now() >= probeAt) {
-          await onPostgres(() => db.query('SELECT 1'));
+          await onPostgres(() => ping(db));
           probeAt = Date.now() + PG_PROBE_MS;
           if (warned) log('info', 'Postgres reachable again; catching up');
           pgState = 'up';
