@@ -88,3 +88,16 @@ describe('the worker\'s key cache', () => {
     expect(await auth.satellite(apiKey)).toBeUndefined();
   });
 });
+
+// the cache kept a rotated key for the whole AUTH_CACHE_MS it was checked in, so a grace ended up to that long late
+describe('a rotated key in the worker\'s key cache', () => {
+  it('stops working when its grace ends, not when the cache entry lapses', async () => {
+    const { apiKey: old } = await registry.add({ id: 'u-grace' });
+    const auth = new Authenticator(registry, '', 60_000);
+    const { apiKey: fresh } = await registry.rotateKey('u-grace', 300);
+    expect(await auth.satellite(old)).toBe('u-grace'); // in its grace: checked, and cached
+    await new Promise((r) => setTimeout(r, 400));
+    expect(await auth.satellite(old)).toBeUndefined();
+    expect(await auth.satellite(fresh)).toBe('u-grace');
+  });
+});

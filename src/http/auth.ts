@@ -5,9 +5,9 @@ const MAX_CACHED = 10_000;
 
 /**
  * Bearer keys -> caller. Satellite keys are cached per process as sha256(key) -> satellite id for
- * `ttlMs` (default 5 s), so the hot path costs no Redis round-trip: a removed satellite or a rotated
- * key whose grace ended keeps working for at most `ttlMs` more on a worker that cached it. Unknown keys
- * are not cached (a satellite added a moment ago works at once).
+ * `ttlMs` (default 5 s), so the hot path costs no Redis round-trip: a removed satellite or a key retired
+ * without grace keeps working for at most `ttlMs` more on a worker that cached it; a key in its rotation
+ * grace is cached no longer than the grace. Unknown keys are not cached (a satellite added a moment ago works at once).
  */
 export class Authenticator {
   private readonly cache = new Map<string, { id: string; until: number }>();
@@ -41,16 +41,18 @@ export class Authenticator {
     const hit = this.cache.get(h);
     if (hit && hit.until > now) return hit.id;
     const asked = this.forgets;
-    const id = await this.registry.authenticate(key);
-    if (id === undefined) {
+    const holder = await this.registry.keyHolder(key);
+    if (holder === undefined) {
       this.cache.delete(h);
       return undefined;
     }
+    const { id } = holder;
     // read before a remove or rotation this worker served: it answers this request, but cached it would
     // outlive the forget() meant to end it at once
     if (asked !== this.forgets) return id;
     if (this.cache.size >= MAX_CACHED) this.cache.clear();
-    this.cache.set(h, { id, until: now + this.ttlMs });
+    // a rotated key's grace ends when it ends, not up to ttlMs later on every worker that cached it then
+    this.cache.set(h, { id, until: Math.min(now + this.ttlMs, holder.until ?? Infinity) });
     return id;
   }
 

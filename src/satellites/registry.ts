@@ -116,11 +116,17 @@ export class SatelliteRegistry {
 
   /** The satellite a key belongs to, or undefined. Looked up by hash, so the key never leaves this process. */
   async authenticate(apiKey: string): Promise<string | undefined> {
+    return (await this.keyHolder(apiKey))?.id;
+  }
+
+  /** authenticate, with the epoch ms a rotated key's grace ends (none for a current key). */
+  async keyHolder(apiKey: string): Promise<{ id: string; until?: number } | undefined> {
     const entry = await this.redis.hget(this.keys.index(), hashKey(apiKey));
     if (!entry) return undefined;
-    const [id, until] = entry.split('\t');
-    if (until && Number(until) <= Date.now()) return undefined;
-    return id;
+    const [id, until] = entry.split('\t') as [string, string | undefined];
+    if (!until) return { id };
+    if (Number(until) <= Date.now()) return undefined;
+    return { id, until: Number(until) };
   }
 }
 
