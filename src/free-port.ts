@@ -16,9 +16,16 @@ function belowEphemeral(): number {
   return 49_152;
 }
 
+/**
+ * The port bound and let go, or undefined when another process holds it. Any other failure is thrown: a HOST
+ * that is no address of this machine (EADDRNOTAVAIL) or does not resolve (ENOTFOUND) was reported as "port in use".
+ */
 function probe(host: string, port: number): Promise<number | undefined> {
-  return new Promise((resolve) => {
-    const server = createServer().once('error', () => resolve(undefined));
+  return new Promise((resolve, reject) => {
+    const server = createServer().once('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EADDRINUSE') resolve(undefined);
+      else reject(new Error(`cannot listen on ${host} port ${port}: ${err.message}`));
+    });
     server.listen(port, host, () => {
       const { port: bound } = server.address() as AddressInfo;
       server.close(() => resolve(bound));
