@@ -317,6 +317,45 @@ describe('serve processes', () => {
     });
   });
 
+  // it stayed held for its whole lease (10 min by default): the satellite never learned the reservation id, so
+  // neither its retry (409 token_reserved) nor a complete or release could free it
+  it('a reserve without a reservationId the satellite never got the answer to (503 on REQUEST_TIMEOUT_MS, or the caller hung up) gives the token back: the retry reserves it', async () => {
+    await onPrivateRedis({ REQUEST_TIMEOUT_MS: '300' }, async (redis, server) => {
+      const { pool, key } = await setup(server);
+      const [t, own, gone, cold] = (await tokens(pool, 4)) as [string, string, string, string];
+      const reserve = (body: object, as = key) => call(pool, 'POST', '/v1/tokens/reserve', { key: as, body });
+      // a key the worker has checked (AUTH_CACHE_MS): the reserve itself waits on Redis, and lands after the 503
+      expect((await call(pool, 'GET', `/v1/tokens/${t}`, { key })).status).toBe(200);
+      // a new satellite's key not yet checked: the deadline passes while it is, before the reserve is sent
+      const other = (await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-new' } })).body.apiKey as string;
+      redis.signal('SIGSTOP');
+      const [hung, hungOwn, hungCold] = await Promise.all([reserve({ token: t }), reserve({ token: own, reservationId: 'signup-1' }), reserve({ token: cold }, other)]);
+      expect([hung.status, hung.body.error, hungOwn.status, hungCold.status]).toEqual([503, 'store_unavailable', 503, 503]);
+      redis.signal('SIGCONT');
+      const retry = await reserve({ token: t });
+      expect([retry.status, retry.body.state]).toEqual([200, 'reserved']);
+      expect((await reserve({ token: cold }, other)).status).toBe(200);
+      // one with the satellite's own id is kept, and its retry answers that reservation, lease unchanged
+      const retryOwn = await reserve({ token: own, reservationId: 'signup-1' });
+      expect([retryOwn.status, retryOwn.body.reservationId]).toEqual([200, 'signup-1']);
+      expect((await reserve({ token: own, reservationId: 'signup-1' })).body.leaseExpiresAt).toBe(retryOwn.body.leaseExpiresAt);
+
+      // the typed client's own deadline, shorter than the server's: it hangs up, and the server gives the token back
+      const rm = new SatelliteClient({ url: server.url, apiKey: key, timeoutMs: 150 });
+      const patient = new SatelliteClient({ url: server.url, apiKey: key });
+      try {
+        redis.signal('SIGSTOP');
+        const err = await rm.reserve(gone).catch((e: unknown) => e);
+        expect([(err as ReferralError).code, (err as ReferralError).status]).toEqual(['unavailable', 0]);
+        redis.signal('SIGCONT');
+        expect((await patient.reserve(gone)).state).toBe('reserved');
+      } finally {
+        await Promise.all([rm.close(), patient.close()]);
+      }
+      await pool.close();
+    });
+  });
+
   it('lets a campaign\'s or a satellite\'s revoke run past REQUEST_TIMEOUT_MS (200 with the count, not a 503 mid-sweep), also through AdminClient', async () => {
     const redis = await privateRedis();
     await redis.start();

@@ -73,7 +73,7 @@ function satelliteRoutes(d: RouteDeps): Route[] {
       schema: obj(['token'], { token, leaseMs: { type: 'integer', minimum: 1, maximum: d.config.maxLeaseMs }, reservationId: id }),
       async handler(c: Call<{ token: string; leaseMs?: number; reservationId?: string }>) {
         limited(c);
-        const r = await d.engine.reserve(c.body.token, c.satelliteId, c.body.leaseMs ?? d.config.defaultLeaseMs, c.body.reservationId);
+        const r = await d.engine.reserve(c.body.token, c.satelliteId, c.body.leaseMs ?? d.config.defaultLeaseMs, c.body.reservationId, c.signal);
         count('reserve', r);
         if (r.code !== 'ok') return refuse(c, r.code);
         const t = r.token!;

@@ -94,15 +94,34 @@ export class TokenEngine {
   /**
    * `reservationId`: the caller's own (one per sign-up): repeating it while the token holds that reservation
    * answers ok again with the same lease. Without it, a new random one.
+   * `signal`: aborted when the caller will never get the answer (an HTTP request answered 503 on its deadline,
+   * or hung up); a reservation under a random id is then given back.
    */
-  async reserve(token: string, satelliteId: string, leaseMs: number, reservationId?: string): Promise<Result<RedeemCode>> {
+  async reserve(token: string, satelliteId: string, leaseMs: number, reservationId?: string, signal?: AbortSignal): Promise<Result<RedeemCode>> {
     // the script writes the lease end with %d only up to 2^53; past that it becomes "9.0e+15" text, which
     // neither the snapshot (bigint) nor a reader takes back exactly. The HTTP route caps it far lower.
     if (!Number.isSafeInteger(leaseMs) || leaseMs < 1 || Date.now() + leaseMs > MAX_EXPIRES_AT) {
       throw new DomainError('invalid_request', 'leaseMs: must be a positive integer, ending before year 10000');
     }
     const id = reservationId === undefined ? randomUUID() : checkNewId('reservationId', reservationId);
-    return this.store.reserve(checkToken(token), checkId('satelliteId', satelliteId), leaseMs, id, reservationId !== undefined);
+    const tok = checkToken(token);
+    const sat = checkId('satelliteId', satelliteId);
+    const own = reservationId !== undefined;
+    // A caller that never learns our random id cannot complete or release the reservation, and its retry would
+    // meet token_reserved for the whole lease: none is made for a caller already gone (its deadline passed
+    // while the key was checked), and one made is given back. The release is sent at once, behind the reserve
+    // on the same connection, so a hung Redis runs the two back to back, before a retry sent after the 503.
+    // One with the caller's own id is kept: its retry with that id is answered the same reservation.
+    if (!own && signal?.aborted) throw new Error('reserve: the caller stopped waiting before the token was reserved');
+    const reply = this.store.reserve(tok, sat, leaseMs, id, own);
+    if (own || !signal) return reply;
+    const giveBack = () => void this.store.release(tok, id, sat).catch(() => undefined);
+    signal.addEventListener('abort', giveBack, { once: true });
+    try {
+      return await reply;
+    } finally {
+      signal.removeEventListener('abort', giveBack);
+    }
   }
 
   /**
