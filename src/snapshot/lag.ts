@@ -95,11 +95,13 @@ async function undeliveredIn(redis: RedisClient, key: string, lag: unknown, deli
  * when no writer runs anywhere (SNAPSHOT=false and no `referral-manager snapshot`), the case an alert on
  * it exists for.
  */
-export function reportLag(redis: RedisClient, prefix: string, ms = 1000, onSample?: (lag: Lag) => Promise<unknown> | void): { stop(): Promise<void> } {
+export function reportLag(redis: RedisClient, prefix: string, ms = 1000, onSample?: (lag: Lag) => Promise<unknown> | void): { stop(): Promise<void>; current(): Lag | undefined } {
   const m = snapshotMetrics();
   let stopped = false;
+  let last: Lag | undefined;
   // unknown, not the last reading: a lag of 0 kept from before Redis went away read as "all copied"
   const unknown = () => {
+    last = undefined;
     m.lagEvents.set(NaN);
     m.lagSeconds.set(NaN);
   };
@@ -108,6 +110,7 @@ export function reportLag(redis: RedisClient, prefix: string, ms = 1000, onSampl
     const stale = setTimeout(unknown, STALE_AFTER * ms);
     try {
       const lag = await sampleLag(redis, prefix);
+      last = lag;
       m.lagEvents.set(lag.events);
       m.lagSeconds.set(lag.seconds);
       if (!stopped) await onSample?.(lag);
@@ -119,6 +122,8 @@ export function reportLag(redis: RedisClient, prefix: string, ms = 1000, onSampl
     }
   });
   return {
+    /** the last reading, or undefined before the first and while Redis cannot be read (as the gauges' NaN) */
+    current: () => last,
     /** no reading starts after this, and the one under way (if any) has ended when it resolves */
     async stop() {
       stopped = true;

@@ -116,7 +116,6 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   let pgState: 'up' | 'down' = 'down';
   let warned = false;
   let commits = 0;
-  let lag = { events: 0, seconds: 0 };
   /** shards whose data Redis may have lost are looked for (findLostShards): on taking the lease (anew or again), and after a NOGROUP */
   let lookForLoss = true;
   /** the lost shards last said, so a loss is logged once, not at every lease taken */
@@ -343,10 +342,14 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     );
   }, lease.ms / 3);
 
-  const status = (): SnapshotStatus => ({ state: pgState, lagEvents: lag.events, lagSeconds: lag.seconds, at: Date.now() });
+  // the lag left out while unknown (before the first reading, Redis down or hung): a 0 kept from before read
+  // as "all copied" on the standalone writer's /readyz through a whole Redis outage
+  const status = (): SnapshotStatus => {
+    const lag = lagReport.current();
+    return { state: pgState, lagEvents: lag?.events, lagSeconds: lag?.seconds, at: Date.now() };
+  };
   // every writer reports the lag (a standby too: it is the streams'); only the leader publishes the status
-  const lagReport = reportLag(redis, config.keyPrefix, 1000, (l) => {
-    lag = l;
+  const lagReport = reportLag(redis, config.keyPrefix, 1000, () => {
     if (leader) return writeSnapshotStatus(redis, config.keyPrefix, status()).catch(() => m.errors.inc({ where: 'status' }));
   });
 
