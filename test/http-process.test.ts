@@ -516,10 +516,17 @@ describe('serve processes', () => {
       let stopped = 0;
       const run = await runCli(['serve', '--host', '127.0.0.1', '--port', '0', '--workers', '2'], { REDIS_URL: redisDown, SNAPSHOT: 'false' }, {
         timeoutMs: 30_000,
-        whenStarted: (p) => setTimeout(() => {
-          stopped = Date.now();
-          p.kill(sig);
-        }, 1500),
+        // once a worker says it waits for Redis, not after a fixed time: a node start slower than that on a
+        // loaded machine met the signal before serve's handlers and died of it (exit null, no output)
+        whenStarted: (p) => {
+          let said = '';
+          p.stderr!.on('data', (d: Buffer) => {
+            said += d.toString();
+            if (stopped || !said.includes('Redis unreachable')) return;
+            stopped = Date.now();
+            p.kill(sig);
+          });
+        },
       });
       expect(run.code, `${sig}: ${run.stderr}`).toBe(0);
       expect(Date.now() - stopped, sig).toBeLessThan(3000);
