@@ -20,7 +20,8 @@ for _, t in ipairs(tokens) do
     if not free then
       -- only the lease, the third tab-separated field of the reservation
       local lease = string.match(redis.call('HGET', KEYS[3], field) or '\t\t0', '^[^\t]*\t[^\t]*\t([^\t]*)')
-      free = tonumber(lease) <= now
+      -- an unreadable lease counts as lapsed, as load_token (codec.lua) and so lookup say
+      free = (tonumber(lease) or 0) <= now
     end
     if free then
       camps[camp] = camps[camp] or (redis.call('HGET', KEYS[2], 'C' .. camp) or '')

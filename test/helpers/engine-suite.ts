@@ -1386,7 +1386,7 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
       });
     });
 
-    describe('purge, a reservation whose lease cannot be read', () => {
+    describe('a reservation whose lease cannot be read', () => {
       it('counts it as lapsed, as every script does, instead of failing the shard\'s purge', async () => {
         const campaignId = uniq('camp');
         const soon = Date.now() + 1000;
@@ -1399,6 +1399,15 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await engine.purge(Date.now(), campaignId)).toBe(1);
         expect(await engine.lookup(t)).toBeUndefined();
         expect([await recorded(t), await leaseOf(t)]).toEqual([0, undefined]);
+      });
+
+      it('is listed as unredeemed, as lookup reports it, instead of failing the owner\'s list', async () => {
+        const m = await mint(2);
+        const [t] = m.tokens as [string, string];
+        const r = await engine.reserve(t, 'h', 60_000);
+        await f.redis.hset(f.store.keys.reservations(placeOfToken(hexOf(t)).shard), hexOf(t).slice(4), `${r.token!.reservationId}\th\t`);
+        expect((await engine.lookup(t))?.state).toBe('unredeemed');
+        expect((await listed(m.sat, m.user)).sort()).toEqual([...m.tokens].sort());
       });
     });
 
