@@ -379,6 +379,25 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
 
       // the undo revoked every token of the failed call's campaign it was handed, the one it collided with
       // too when an earlier call of the same campaign had made it (and handed it out)
+      // the script reads one owner's existing suffixes in slices of 4000 (Lua's unpack limit): a collision in a
+      // later slice must be found as surely as one in the first
+      it(`reports a collision past the first 4000 tokens of one owner's ${MAX_TOKENS_PER_CALL}, and leaves that token`, async () => {
+        const sat = uniq('sat');
+        const user = uniq('user');
+        const place = placeOfOwner(sat, user);
+        const tokens = Array.from({ length: MAX_TOKENS_PER_CALL }, () => `${place.prefix}${randomUUID().slice(4)}`);
+        const made = (ts: string[], campaign: string) =>
+          f.store.generate([{ ownerSatelliteId: sat, ownerUserId: user, place, minted: tokenSet(ts) }], campaign);
+        // the first of the second slice and the last of the call
+        const existing = [tokens[4000]!, tokens[MAX_TOKENS_PER_CALL - 1]!];
+        expect(await made(existing, 'first')).toBe(2);
+        const err = await made(tokens, 'second').catch((e: Error) => e);
+        expect(err).toBeInstanceOf(TokenCollision);
+        expect((err as TokenCollision).hexes).toEqual(existing.map((t) => t.replace(/-/g, '')));
+        for (const t of existing) expect(await engine.lookup(t)).toMatchObject({ campaignId: 'first', state: 'unredeemed' });
+        expect(await counts(sat)).toEqual({ ...NO_COUNTS, generated: MAX_TOKENS_PER_CALL, unredeemed: MAX_TOKENS_PER_CALL });
+      });
+
       it('undoing a generate that collided leaves the token it collided with, also one of the same campaign', async () => {
         const sat = uniq('sat');
         const user = uniq('user');
@@ -453,16 +472,17 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect((await engine.stats()).satellites[owners[0]!.ownerSatelliteId]).toBeUndefined();
       });
 
-      it('keeps the latest expiresAt (year 9999) exact in lookup, list and every later event', async () => {
+      it('keeps the latest expiresAt (year 9999) exact in lookup, list and every event, the generated ones too', async () => {
+        const ev = await mark();
         const m = await mint(2, { expiresAt: MAX_EXPIRES_AT });
         const [t] = m.tokens as [string, string];
-        const ev = await mark();
         const r = await engine.reserve(t, uniq('holder'), 60_000);
         expect((await engine.release(t, r.token!.reservationId!)).code).toBe('ok');
         expect((await engine.lookup(t))?.expiresAt).toBe(MAX_EXPIRES_AT);
         expect((await engine.listUnredeemed(m.sat, m.user)).map((x) => x.expiresAt)).toEqual([MAX_EXPIRES_AT, MAX_EXPIRES_AT]);
         const events = await since(ev);
-        expect(events.map((e) => [e.type, e.columns[6]])).toEqual([['reserved', String(MAX_EXPIRES_AT)], ['released', String(MAX_EXPIRES_AT)]]);
+        const expires = String(MAX_EXPIRES_AT);
+        expect(events.map((e) => [e.type, e.columns[6]])).toEqual([['generated', expires], ['generated', expires], ['reserved', expires], ['released', expires]]);
       });
 
       it('refuses ids that are empty, over 128 bytes (counting UTF-8 bytes), not strings, or hold control characters', async () => {
@@ -1383,6 +1403,17 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         // generated keeps counting every token made
         expect(await counts(sat)).toEqual({ ...NO_COUNTS, generated: 10, unredeemed: 1, reserved: 1, redeemed: 1, revoked: 1, purged: 6 });
         await expect(engine.purge(-1)).rejects.toThrow(DomainError);
+      });
+
+      it('"made before" is strict: a revoked token made in the cutoff\'s very millisecond stays, one made before it goes', async () => {
+        const m = await mint(1, { campaignId: uniq('camp') });
+        const [t] = m.tokens as [string];
+        expect((await engine.revokeToken(t)).code).toBe('ok');
+        const createdAt = (await engine.lookup(t))!.createdAt;
+        expect(await engine.purge(createdAt, m.campaignId)).toBe(0);
+        expect(await state(t)).toBe('revoked');
+        expect(await engine.purge(createdAt + 1, m.campaignId)).toBe(1);
+        expect(await engine.lookup(t)).toBeUndefined();
       });
     });
 
