@@ -66,6 +66,16 @@ describe('a revoked campaign stays revoked', () => {
     expect((await fx.engine.stats()).satellites.s1).toMatchObject({ generated: 4, unredeemed: 0, revoked: 4 });
   });
 
+  // a revoke that failed part-way is sent again: the registry keeps the first time, as the shards' marks do
+  it('a revoke sent again keeps the first revocation time in the registry', async () => {
+    await fx.engine.revokeCampaign('twice');
+    const registry = fx.store.keys.revokedCampaigns();
+    const first = Number(await fx.redis.hget(registry, 'twice'));
+    await new Promise((r) => setTimeout(r, 5));
+    await fx.engine.revokeCampaign('twice');
+    expect(Number(await fx.redis.hget(registry, 'twice'))).toBe(first);
+  });
+
   it('a run revoked between two batches stops, with status revoked, and leaves no token of the campaign unredeemed', async () => {
     const campaigns = new CampaignStore(fx.redis, fx.prefix);
     const campaign = (await campaigns.open({ id: 'race', perUser: 3, satellites: ['sat-r'], createdAt: Date.now() })).campaign;

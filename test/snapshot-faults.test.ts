@@ -611,6 +611,25 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   });
 
+  // one script call adds thousands of entries in one millisecond: stream ids are compared by sequence too
+  it('the writer trims only below its group\'s position also among entries of one millisecond', async () => {
+    const prefix = testPrefix('trimseq');
+    const stream = new Keys(prefix).events(0);
+    const streams = new ShardStreams(snap.fx.redis, new Keys(prefix), 'c', 1000, { wentBack: () => {}, removedUnread: () => {} });
+    try {
+      await streams.ensureGroups();
+      const ids: string[] = [];
+      for (let i = 1; i <= 300; i++) ids.push(await snap.fx.redis.xadd(stream, `5-${i}`, 'type', 'generated', 'at', '1', 'row', '') as string);
+      streams.used(await streams.read([0]));
+      expect((await streams.read([0])).events).toHaveLength(300);
+      await snap.fx.redis.xgroup('SETID', stream, GROUP, ids[49]!);
+      await streams.ackAndTrim(ids.map((id) => ({ shard: 0, id }) as StreamEvent));
+      expect(await snap.fx.redis.xlen(stream)).toBe(300);
+    } finally {
+      await dropPrefix(snap.fx.redis, prefix);
+    }
+  });
+
   // Redis emptied under a running deployment (a restart without persistence): /readyz said ready while every
   // token answered 404 and the writer only logged a NOGROUP "if any" loss
   it('Redis losing the tokens Postgres holds is found: the shards are recorded lost, logged, /readyz 503 naming them, until a restore', async () => {
