@@ -1,6 +1,6 @@
-import type { Redis } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
 import { answerWithin, masters, nodeAddress, redisErrorText, type RedisClient } from '../store/redis.js';
-import { clusterFailures, clusterMasters, servesKey, SLOTS, type ClusterProbe } from '../store/cluster-probe.js';
+import { clusterFailures, clusterMasters, markFailing, servesKey, SLOTS, type ClusterProbe } from '../store/cluster-probe.js';
 import { Keys } from '../store/keys.js';
 import { ensureScripts } from '../store/scripts.js';
 import { replicaShortfall } from '../store/replicas.js';
@@ -35,14 +35,10 @@ export async function readiness(redis: RedisClient, prefix: string, probeMs: num
   let probe: ClusterProbe | undefined;
   try {
     probe = await clusterMasters(redis, probeMs);
+    // a master that answered its CLUSTER INFO and then fails the INFO asked next (killed or hung in between)
+    // is one part of the Cluster down, as the probe would have found it a moment later, not all of it
+    const unanswered = probe ? new Map<Redis, unknown>() : undefined;
     if (probe) {
-      cluster = { masters: probe.masters };
-      const failing = clusterFailures(probe);
-      if (failing.length && probe.slotsUnserved >= SLOTS) return { ready: false, details: { redis: 'down', ...cluster, error: failing.join('; ') } };
-      if (failing.length) {
-        degraded.push(...failing);
-        cluster.slotsUnserved = probe.slotsUnserved;
-      }
       const { masters: states } = probe;
       serving = masters(redis).filter((m) => states[nodeAddress(m)] === 'ok');
     } else {
@@ -53,13 +49,24 @@ export async function readiness(redis: RedisClient, prefix: string, probeMs: num
     }
     // REDIS_WAIT_REPLICAS without the replicas: every change answered 503 while the probe said ready, so a
     // load balancer kept sending sign-ups to instances that could redeem nothing
-    const short = await replicaShortfall(serving, waitReplicas, probeMs);
+    const short = await replicaShortfall(serving, waitReplicas, probeMs, unanswered);
+    // Redis would delete tokens once full, silently: refused before it happens, while it can still be set right
+    const evicting = await evictingMasters(serving, probeMs, unanswered);
+    if (probe) {
+      for (const [m, err] of unanswered!) markFailing(redis as Cluster, probe, nodeAddress(m), redisErrorText(err));
+      serving = serving.filter((m) => !unanswered!.has(m));
+      cluster = { masters: probe.masters };
+      const failing = clusterFailures(probe);
+      if (failing.length && probe.slotsUnserved >= SLOTS) return { ready: false, details: { redis: 'down', ...cluster, error: failing.join('; ') } };
+      if (failing.length) {
+        degraded.push(...failing);
+        cluster.slotsUnserved = probe.slotsUnserved;
+      }
+    }
     if (short.length && short.length === serving.length) {
       return { ready: false, details: { redis: 'up', ...cluster, replicas: 'short', error: `${short.join('; ')}: every state change on its slots is answered 503` } };
     }
     degraded.push(...short.map((s) => `${s}: every state change on its slots is answered 503`));
-    // Redis would delete tokens once full, silently: refused before it happens, while it can still be set right
-    const evicting = await evictingMasters(serving, probeMs);
     if (evicting.length) return { ready: false, details: { redis: 'up', ...cluster, eviction: 'allkeys', error: `${evicting.join('; ')}: it would delete tokens once full; set maxmemory-policy noeviction` } };
   } catch (err) {
     return { ready: false, details: { redis: 'down', ...cluster, error: redisErrorText(err) } };

@@ -22,10 +22,23 @@ function clusterInfo(node: Redis, ms: number): Promise<string> {
 
 /**
  * What `judge` finds wrong in each master's INFO `section` (each answering within `ms`), sorted: one line
- * per master it names, with its address in front.
+ * per master it names, with its address in front. With `unanswered`, a master whose INFO fails is put there
+ * with its error (and one already there is not asked) instead of failing the whole call.
  */
-export async function judgeMasters(nodes: Redis[], section: string, ms: number, judge: (info: string) => string | undefined): Promise<string[]> {
-  const found = await Promise.all(nodes.map(async (m) => [nodeAddress(m), judge(await answerWithin(m.info(section), ms))] as const));
+export async function judgeMasters(nodes: Redis[], section: string, ms: number, judge: (info: string) => string | undefined, unanswered?: Map<Redis, unknown>): Promise<string[]> {
+  const found = await Promise.all(
+    nodes
+      .filter((m) => !unanswered?.has(m))
+      .map(async (m) => {
+        try {
+          return [nodeAddress(m), judge(await answerWithin(m.info(section), ms))] as const;
+        } catch (err) {
+          if (!unanswered) throw err;
+          unanswered.set(m, err);
+          return [nodeAddress(m), undefined] as const;
+        }
+      }),
+  );
   return found.flatMap(([address, wrong]) => (wrong === undefined ? [] : [`${address} ${wrong}`])).sort();
 }
 
@@ -77,6 +90,16 @@ export async function clusterMasters(client: RedisClient, ms = MASTER_PROBE_MS):
   );
   const slotsUnserved = states.reduce((n, [key, state]) => (state === 'ok' ? n : n + slotsOf.get(key)!), slotsWithoutMaster);
   return { masters: Object.fromEntries(states), slotsWithoutMaster, slotsUnserved };
+}
+
+/**
+ * Marks a master `ok` in `probe` as failing for `why` (it failed a question after its CLUSTER INFO), its slots
+ * counted unserved.
+ */
+export function markFailing(client: Cluster, probe: ClusterProbe, address: string, why: string): void {
+  if (probe.masters[address] !== 'ok') return;
+  probe.masters[address] = why;
+  for (let slot = 0; slot < SLOTS; slot++) if (client.slots[slot]?.[0] === address) probe.slotsUnserved++;
 }
 
 /** What keeps a Cluster from serving every slot, one line each, from a `clusterMasters` probe: empty when nothing does. */

@@ -7,10 +7,11 @@ import { judgeMasters } from './cluster-probe.js';
  * `volatile-*` policies (and noeviction, the default) never touch them; an `allkeys-*` one deletes them
  * silently once Redis is full: tokens gone, events gone, and nothing in Postgres for the changes not yet copied.
  */
-export function evictingMasters(nodes: Redis[], probeMs: number): Promise<string[]> {
-  return judgeMasters(nodes, 'memory', probeMs, (info) => {
+export function evictingMasters(nodes: Redis[], probeMs: number, unanswered?: Map<Redis, unknown>): Promise<string[]> {
+  const judge = (info: string) => {
     const max = Number(/^maxmemory:(\d+)/m.exec(info)?.[1] ?? 0);
     const policy = /^maxmemory_policy:(\S+)/m.exec(info)?.[1] ?? 'noeviction';
     return max > 0 && policy.startsWith('allkeys') ? `evicts any key at its maxmemory (maxmemory-policy ${policy})` : undefined;
-  });
+  };
+  return judgeMasters(nodes, 'memory', probeMs, judge, unanswered);
 }

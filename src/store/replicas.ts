@@ -105,10 +105,11 @@ export class ReplicaAck {
  * replicas online": every change they take is answered 503 after REDIS_WAIT_MS (WAIT cannot be met), while
  * lookups still work. Empty when the wait is off.
  */
-export async function replicaShortfall(nodes: Redis[], wanted: number, probeMs: number): Promise<string[]> {
+export async function replicaShortfall(nodes: Redis[], wanted: number, probeMs: number, unanswered?: Map<Redis, unknown>): Promise<string[]> {
   if (wanted <= 0) return [];
-  return judgeMasters(nodes, 'replication', probeMs, (info) => {
+  const judge = (info: string) => {
     const online = info.split('\n').filter((l) => /^slave\d+:.*state=online/.test(l)).length;
     return online < wanted ? `has ${online} of the ${wanted} replicas REDIS_WAIT_REPLICAS asks for online` : undefined;
-  });
+  };
+  return judgeMasters(nodes, 'replication', probeMs, judge, unanswered);
 }
