@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { compareIds, parseEntry, type StreamEvent } from '../src/snapshot/events.js';
 import { applyEvents } from '../src/snapshot/apply.js';
 import { openPostgres } from '../src/snapshot/index.js';
+import { committedBetween, newestCommitted } from '../src/snapshot/positions.js';
 import { unusedDatabase } from './helpers/pg.js';
 
 describe('stream entries', () => {
@@ -55,6 +56,42 @@ describe('applying events to Postgres (real Postgres)', () => {
       expect(await row()).toMatchObject({ state: 'revoked', ev_ms: '5000' });
       expect((await client.query('SELECT ev_ms, type FROM token_events WHERE token = $1 ORDER BY ev_ms', [token])).rows.map((r) => `${r.ev_ms} ${r.type}`))
         .toEqual(['1000 generated', '2000 released', '3000 redeemed', '4000 released', '5000 revoked']);
+    } finally {
+      client.release();
+      await pool.end();
+      await db.drop();
+    }
+  });
+});
+
+describe('stream positions within one millisecond (real Postgres)', () => {
+  const token = '00000000-0000-4000-8000-0000000000bb';
+  const ev = (ms: number, seq: number, type: string, state: string): StreamEvent => ({
+    shard: 0, id: `${ms}-${seq}`, ms: String(ms), seq: String(seq), type, at: String(ms),
+    row: [token, state, 'sat', 'owner', 'camp', '1', '', '', '', '', '', '', ''].join('\t'),
+  });
+
+  // Redis numbers the entries of one millisecond by their sequence part: a busy shard writes many an ms, and
+  // a token's generate and redeem (or reserve and release) often share one
+  it('the sequence part orders events of one millisecond: in the upsert, within a batch, and in the newest position per shard', async () => {
+    const db = unusedDatabase();
+    const pool = await openPostgres(db.url);
+    const client = await pool.connect();
+    try {
+      const row = async () => (await client.query('SELECT state, ev_ms, ev_seq FROM tokens WHERE token = $1', [token])).rows[0];
+      await applyEvents(client, [ev(1000, 0, 'generated', 'unredeemed')]);
+      await applyEvents(client, [ev(1000, 2, 'redeemed', 'redeemed')]);
+      expect(await row()).toEqual({ state: 'redeemed', ev_ms: '1000', ev_seq: '2' });
+      // an older entry of the same millisecond, replayed later, leaves the row alone
+      await applyEvents(client, [ev(1000, 1, 'released', 'unredeemed')]);
+      expect(await row()).toEqual({ state: 'redeemed', ev_ms: '1000', ev_seq: '2' });
+      // within one batch, the higher sequence wins whatever its place (and 10 sorts after 9)
+      await applyEvents(client, [ev(2000, 10, 'revoked', 'revoked'), ev(2000, 9, 'released', 'unredeemed')]);
+      expect(await row()).toEqual({ state: 'revoked', ev_ms: '2000', ev_seq: '10' });
+      // restore sets each stream's last id here: an id below it would let new events sort under committed ones
+      expect(await newestCommitted(pool, [0, 1])).toEqual(new Map([[0, '2000-10']]));
+      // the events after one position up to another, as the went-back report counts them
+      expect(await committedBetween(pool, 0, '1000-1', '2000-9')).toEqual({ events: 2, tokens: 1 });
     } finally {
       client.release();
       await pool.end();
