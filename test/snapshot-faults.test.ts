@@ -289,7 +289,8 @@ describe('snapshot writer under faults (real processes)', () => {
       /** tokens among `tokens` that have a row in Postgres */
       copied: async (tokens: string[]) => Number((await pool.query('SELECT count(*) AS n FROM tokens WHERE token = ANY($1)', [tokens])).rows[0].n),
       poison: (shard: number) => snap.fx.redis.xadd(new Keys(prefix).events(shard), '*', 'type', 'redeemed', 'at', '1', 'row', ['not-a-uuid', 'redeemed', 'sat-p', 'x', 'c', '1', '', '', '', '', '', '', ''].join('\t')),
-      start: async (opts: WriterOptions = {}) => (writer = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`), ...opts })),
+      start: async (opts: WriterOptions = {}, settings: Partial<Config> = {}) =>
+        (writer = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url, ...settings }), { log: (level, msg) => lines.push(`${level}: ${msg}`), ...opts })),
       async stopWriter() {
         await writer?.stop();
         writer = undefined;
@@ -359,6 +360,26 @@ describe('snapshot writer under faults (real processes)', () => {
       expect(named()[0]).toMatch(/^error: Postgres refuses stream entry .* \(redeemed\) even alone \(.*invalid input syntax for type uuid.*\); shards 1,5,9,.* wait behind it/);
       await sleep(1500);
       expect(o.lines.filter((l) => l.includes(poison))).toHaveLength(1);
+    } finally {
+      await o.close();
+    }
+  }, 90_000);
+
+  // halving stops at one entry, not two: a refused batch of two blamed its first entry (a sound one), held it
+  // back with the bad one, and the log named the wrong entry
+  it('a refused batch of two is split too: the sound entry is copied, the refused one named', async () => {
+    const o = await ownWorld('pair');
+    const good = randomUUID();
+    // lane 1 reads one entry a shard (SNAPSHOT_BATCH 2: 1 a shard and read), shard 1's before shard 5's: one batch of both
+    await snap.fx.redis.xadd(new Keys(o.prefix).events(1), '*', 'type', 'generated', 'at', '1', 'row', [good, 'unredeemed', 'sat-p', 'x', 'c', '1', '', '', '', '', '', '', ''].join('\t'));
+    const poison = (await o.poison(5))!;
+    await o.start({}, { snapshotBatch: 2 });
+    try {
+      for (const end = Date.now() + 30_000; (await o.copied([good])) < 1 && Date.now() < end; ) await sleep(100);
+      expect(await o.copied([good])).toBe(1);
+      const named = () => o.lines.filter((l) => l.includes('even alone'));
+      for (const end = Date.now() + 30_000; !named().length && Date.now() < end; ) await sleep(100);
+      expect(named()[0]).toContain(`stream entry ${new Keys(o.prefix).events(5)} ${poison} (redeemed)`);
     } finally {
       await o.close();
     }
