@@ -118,6 +118,10 @@ describe('verify --repair-tokens (real Redis, real Postgres)', () => {
       for (let s = 0; s < SHARDS; s++) await fx.redis.xtrim(keys.events(s), 'MAXLEN', 0);
       // Postgres ahead of Redis, as after a failover that lost a redeem: a copy from Redis would erase it
       await pool.query(`UPDATE tokens SET state = 'redeemed', redeemer_satellite_id = 'sat-c', redeemer_user_id = 'dan', redeemed_at = 1 WHERE token = $1`, [ahead]);
+      // a row Redis has no token of (a change Redis lost): listed, never copied over
+      const ghost = '00000000-0000-4000-8000-0000000000cc';
+      await pool.query(`INSERT INTO tokens (token, state, owner_satellite_id, owner_user_id, campaign_id, created_at, ev_shard, ev_ms, ev_seq)
+        VALUES ($1, 'unredeemed', 'sat-a', 'erin', 'c', 1, 0, 1, 0)`, [ghost]);
 
       const cli = await runCli(['verify', '--repair-tokens', '--json'], { KEY_PREFIX: fx.prefix, REDIS_URL: SHARED_REDIS_URL, DATABASE_URL: db.url });
       // the report is of what it found: the differences are there until the writer has copied the tokens
@@ -125,7 +129,7 @@ describe('verify --repair-tokens (real Redis, real Postgres)', () => {
       const first = JSON.parse(cli.stdout) as Awaited<ReturnType<typeof verify>>;
       expect(first.resynced).toBe(3);
       const listed = (r: typeof first) => new Map(r.listed.filter((d) => d.kind !== 'stats').map((d) => [d.token, d.kind]));
-      expect(listed(first)).toEqual(new Map([[redeemed, 'differs'], [revoked, 'differs'], [reserved, 'differs'], [ahead, 'differs'], [late, 'only_redis']]));
+      expect(listed(first)).toEqual(new Map([[redeemed, 'differs'], [revoked, 'differs'], [reserved, 'differs'], [ahead, 'differs'], [late, 'only_redis'], [ghost, 'only_postgres']]));
 
       writer.now = await startSnapshotWriter(config, { log: () => {} });
       await caughtUp(fx.redis, fx.prefix, pool);
@@ -133,7 +137,7 @@ describe('verify --repair-tokens (real Redis, real Postgres)', () => {
       expect(second.resynced).toBeUndefined();
       // nothing it may copy is left: a second repair queues none
       expect((await runCli(['verify', '--repair-tokens'], { KEY_PREFIX: fx.prefix, REDIS_URL: SHARED_REDIS_URL, DATABASE_URL: db.url })).stdout).toContain('queued 0 tokens to be copied to Postgres again');
-      expect(listed(second)).toEqual(new Map([[reserved, 'differs'], [ahead, 'differs']]));
+      expect(listed(second)).toEqual(new Map([[reserved, 'differs'], [ahead, 'differs'], [ghost, 'only_postgres']]));
       const row = (t: string) => pool.query('SELECT state, redeemer_user_id FROM tokens WHERE token = $1', [t]).then((r) => r.rows[0]);
       expect(await row(redeemed)).toEqual({ state: 'redeemed', redeemer_user_id: 'bob' });
       expect(await row(ahead)).toEqual({ state: 'redeemed', redeemer_user_id: 'dan' });
