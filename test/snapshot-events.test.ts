@@ -3,6 +3,7 @@ import { compareIds, parseEntry, type StreamEvent } from '../src/snapshot/events
 import { applyEvents } from '../src/snapshot/apply.js';
 import { openPostgres } from '../src/snapshot/index.js';
 import { committedBetween, newestCommitted } from '../src/snapshot/positions.js';
+import { ROW_COLUMNS } from '../src/snapshot/rows.js';
 import { unusedDatabase } from './helpers/pg.js';
 
 describe('stream entries', () => {
@@ -94,6 +95,35 @@ describe('stream positions within one millisecond (real Postgres)', () => {
       expect(await committedBetween(pool, 0, '1000-1', '2000-9')).toEqual({ events: 2, tokens: 1 });
     } finally {
       client.release();
+      await pool.end();
+      await db.drop();
+    }
+  });
+});
+
+describe('the upsert of a token row (real Postgres)', () => {
+  const token = '00000000-0000-4000-8000-0000000000dd';
+  const ev = (ms: number, fields: string[]): StreamEvent => ({ shard: 0, id: `${ms}-0`, ms: String(ms), seq: '0', type: 'x', at: String(ms), row: [token, ...fields].join('\t') });
+
+  // a column left out of ON CONFLICT DO UPDATE keeps its first value for good: the copy drifts from Redis
+  it('a newer event sets every column of the row, and clears those it leaves empty', async () => {
+    const db = unusedDatabase();
+    const pool = await openPostgres(db.url);
+    try {
+      const row = async () => (await pool.query({ text: `SELECT ${ROW_COLUMNS} FROM tokens WHERE token = $1`, values: [token], rowMode: 'array' })).rows[0];
+      const client = await pool.connect();
+      try {
+        await applyEvents(client, [ev(1000, ['unredeemed', 'sat', 'owner', 'camp', '1', '', '', '', '', '', '', ''])]);
+        const full = ['redeemed', 'sat2', 'owner2', 'camp2', '2', '9000', 'res-1', 'sat-r', '8000', 'sat-x', 'user-x', '7000'];
+        await applyEvents(client, [ev(2000, full)]);
+        expect(await row()).toEqual([token, ...full]);
+        const cleared = ['unredeemed', 'sat3', 'owner3', 'camp3', '3', '', '', '', '', '', '', ''];
+        await applyEvents(client, [ev(3000, cleared)]);
+        expect(await row()).toEqual([token, ...cleared]);
+      } finally {
+        client.release();
+      }
+    } finally {
       await pool.end();
       await db.drop();
     }
