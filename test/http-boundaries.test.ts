@@ -1,0 +1,138 @@
+// Edges of the HTTP layer that a mutation audit of src/http and src/client found no test failing for:
+// each test here fails when the line it names is changed (a limit by one, a header dropped, a check skipped).
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import net from 'node:net';
+import { Packr } from 'msgpackr';
+import { Pool } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ReferralError, SatelliteClient } from '../src/client/index.js';
+import { createRedis } from '../src/store/redis.js';
+import { ADMIN_KEY, call, serve, type Served } from './helpers/http.js';
+import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+
+const prefix = testPrefix('http-edges');
+let server: Served;
+let pool: Pool;
+let keyA: string;
+
+const admin = (method: string, path: string, body?: unknown) => call(pool, method, path, { key: ADMIN_KEY, body });
+
+beforeAll(async () => {
+  server = await serve({ KEY_PREFIX: prefix, RATE_LIMIT_FAILURES: '100000' });
+  pool = new Pool(server.url, { connections: 4 });
+  keyA = (await admin('POST', '/v1/admin/satellites', { id: 'sat-a' })).body.apiKey;
+});
+
+afterAll(async () => {
+  await pool?.close();
+  expect(await server?.stop()).toBe(0);
+  const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
+  await dropPrefix(redis, prefix);
+  redis.disconnect();
+});
+
+/** Sends `raw` on a fresh socket; resolves with what the server wrote until the reply's end or close (or 10 s). */
+async function rawExchange(raw: string): Promise<string> {
+  const socket = net.connect(server.port, '127.0.0.1');
+  socket.on('error', () => undefined);
+  try {
+    let got = '';
+    const done = new Promise<string>((resolve) => {
+      socket.on('data', (d: Buffer) => {
+        got += d.toString('latin1');
+        const head = got.indexOf('\r\n\r\n');
+        const length = /\r\ncontent-length: *(\d+)/i.exec(got);
+        if (head >= 0 && length && got.length >= head + 4 + Number(length[1])) resolve(got);
+      });
+      socket.on('close', () => resolve(got));
+      setTimeout(() => resolve(`${got}(no whole reply within 10 s)`), 10_000);
+    });
+    socket.write(raw);
+    return await done;
+  } finally {
+    socket.destroy();
+  }
+}
+
+const SATELLITE_BODY_LIMIT = 16 * 1024;
+
+describe('the satellite body limit (16 KiB)', () => {
+  /** a redeem body of exactly `n` bytes: JSON padded with spaces */
+  const body = (n: number) => {
+    const json = '{"token":"ffff0000-0000-4000-8000-000000000000","userId":"u"}';
+    return json + ' '.repeat(n - json.length);
+  };
+  const head = (extra: string) => `POST /v1/tokens/redeem HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${keyA}\r\nContent-Type: application/json\r\nAccept: application/json\r\n${extra}\r\n`;
+  const chunked = (s: string) => `${head('Transfer-Encoding: chunked\r\n')}${s.match(/[^]{1,4096}/g)!.map((c) => `${c.length.toString(16)}\r\n${c}\r\n`).join('')}0\r\n\r\n`;
+  const sized = (s: string) => `${head(`Content-Length: ${s.length}\r\n`)}${s}`;
+
+  it('takes a body of exactly the limit and refuses one byte more, streamed or announced', async () => {
+    for (const send of [chunked, sized]) {
+      expect(await rawExchange(send(body(SATELLITE_BODY_LIMIT)))).toMatch(/^HTTP\/1.1 404 /); // read: no such token
+      const over = await rawExchange(send(body(SATELLITE_BODY_LIMIT + 1)));
+      expect(over).toMatch(/^HTTP\/1.1 413 /);
+      expect(over).toContain('"error":"body_too_large"');
+    }
+    // announced one byte over, it is refused before any of it arrives
+    const early = await rawExchange(head(`Content-Length: ${SATELLITE_BODY_LIMIT + 1}\r\n`));
+    expect(early).toMatch(/^HTTP\/1.1 413 /);
+  });
+});
+
+describe('a rotated key cached by the worker', () => {
+  it('stops working when its grace ends, though AUTH_CACHE_MS (5 s here) is longer', async () => {
+    const old = (await admin('POST', '/v1/admin/satellites', { id: 'sat-rot' })).body.apiKey;
+    expect((await admin('POST', '/v1/admin/satellites/sat-rot/rotate-key', { graceMs: 500 })).status).toBe(200);
+    // served in the grace, and so cached
+    expect((await call(pool, 'GET', '/v1/users/u/tokens', { key: old })).status).toBe(200);
+    await new Promise((r) => setTimeout(r, 1500));
+    const after = await call(pool, 'GET', '/v1/users/u/tokens', { key: old });
+    expect([after.status, after.body.error]).toEqual([401, 'unauthorized']);
+  });
+});
+
+describe('the typed client on the manager\'s own 429', () => {
+  it('carries Retry-After as retryAfter (seconds), as it does for a proxy\'s', async () => {
+    const limited = await serve({ KEY_PREFIX: `${prefix}-rl`, RATE_LIMIT_FAILURES: '1', RATE_LIMIT_WINDOW_MS: '60000' });
+    const adminPool = new Pool(limited.url);
+    const key = (await call(adminPool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-rl' } })).body.apiKey;
+    const client = new SatelliteClient({ url: limited.url, apiKey: key });
+    try {
+      const unknown = (i: number) => `ffff0000-0000-4000-8000-${String(i).padStart(12, '0')}`;
+      const errors: ReferralError[] = [];
+      for (let i = 0; i < 3; i++) errors.push(await client.lookup(unknown(i)).then(() => { throw new Error('a lookup of an unknown token succeeded'); }, (e: ReferralError) => e));
+      expect(errors.map((e) => e.code)).toEqual(['token_not_found', 'rate_limited', 'rate_limited']);
+      expect(errors[0]!.retryAfter).toBeUndefined();
+      for (const e of errors.slice(1)) {
+        expect(e.status).toBe(429);
+        expect(e.retryAfter).toBeGreaterThanOrEqual(1);
+        expect(e.retryAfter).toBeLessThanOrEqual(60);
+      }
+    } finally {
+      await client.close();
+      await adminPool.close();
+      expect(await limited.stop()).toBe(0);
+      const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
+      await dropPrefix(redis, `${prefix}-rl`);
+      redis.disconnect();
+    }
+  });
+});
+
+describe('the typed client on a 2xx that is not the manager\'s', () => {
+  it('is internal when the type is neither MessagePack nor JSON, even if its bytes decode to the right map', async () => {
+    const redeemed = new Packr({ useRecords: false }).pack({ token: 't', state: 'redeemed', ownerSatelliteId: 's', ownerUserId: 'u' });
+    const proxy = http.createServer((_req, res) => void res.writeHead(200, { 'content-type': 'application/octet-stream' }).end(redeemed));
+    const port = await new Promise<number>((r) => proxy.listen(0, '127.0.0.1', () => r((proxy.address() as AddressInfo).port)));
+    const client = new SatelliteClient({ url: `http://127.0.0.1:${port}`, apiKey: 'k' });
+    try {
+      const err = await client.redeem('ffff0000-0000-4000-8000-000000000000', 'u').then(() => undefined, (e: unknown) => e);
+      expect(err).toBeInstanceOf(ReferralError);
+      expect(err).toMatchObject({ code: 'internal', status: 200 });
+    } finally {
+      await client.close();
+      proxy.close();
+    }
+  });
+});
