@@ -537,7 +537,6 @@ describe('serve processes', () => {
   it('a SIGTERM or Ctrl-C while the workers are still starting stops serve at once, exit 0', async () => {
     const redisDown = `redis://127.0.0.1:${await freePort()}`;
     for (const sig of ['SIGTERM', 'SIGINT'] as const) {
-      const t0 = Date.now();
       let stopped = 0;
       const run = await runCli(['serve', '--host', '127.0.0.1', '--port', '0', '--workers', '2'], { REDIS_URL: redisDown, SNAPSHOT: 'false' }, {
         timeoutMs: 30_000,
@@ -556,7 +555,6 @@ describe('serve processes', () => {
       expect(run.code, `${sig}: ${run.stderr}`).toBe(0);
       expect(Date.now() - stopped, sig).toBeLessThan(3000);
       expect(run.stderr, sig).toContain(`${sig} while starting: stopping`);
-      expect(Date.now() - t0).toBeLessThan(10_000);
     }
   });
 
