@@ -2,13 +2,12 @@
 // each test here fails when the line it names is changed (a limit by one, a header dropped, a check skipped).
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import net from 'node:net';
 import { Packr } from 'msgpackr';
 import { Pool } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ReferralError, SatelliteClient } from '../src/client/index.js';
 import { createRedis } from '../src/store/redis.js';
-import { ADMIN_KEY, call, serve, type Served } from './helpers/http.js';
+import { ADMIN_KEY, call, rawExchange, serve, type Served } from './helpers/http.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 
 const prefix = testPrefix('http-edges');
@@ -32,29 +31,6 @@ afterAll(async () => {
   redis.disconnect();
 });
 
-/** Sends `raw` on a fresh socket; resolves with what the server wrote until the reply's end or close (or 10 s). */
-async function rawExchange(raw: string): Promise<string> {
-  const socket = net.connect(server.port, '127.0.0.1');
-  socket.on('error', () => undefined);
-  try {
-    let got = '';
-    const done = new Promise<string>((resolve) => {
-      socket.on('data', (d: Buffer) => {
-        got += d.toString('latin1');
-        const head = got.indexOf('\r\n\r\n');
-        const length = /\r\ncontent-length: *(\d+)/i.exec(got);
-        if (head >= 0 && length && got.length >= head + 4 + Number(length[1])) resolve(got);
-      });
-      socket.on('close', () => resolve(got));
-      setTimeout(() => resolve(`${got}(no whole reply within 10 s)`), 10_000);
-    });
-    socket.write(raw);
-    return await done;
-  } finally {
-    socket.destroy();
-  }
-}
-
 const SATELLITE_BODY_LIMIT = 16 * 1024;
 
 describe('the satellite body limit (16 KiB)', () => {
@@ -69,13 +45,13 @@ describe('the satellite body limit (16 KiB)', () => {
 
   it('takes a body of exactly the limit and refuses one byte more, streamed or announced', async () => {
     for (const send of [chunked, sized]) {
-      expect(await rawExchange(send(body(SATELLITE_BODY_LIMIT)))).toMatch(/^HTTP\/1.1 404 /); // read: no such token
-      const over = await rawExchange(send(body(SATELLITE_BODY_LIMIT + 1)));
+      expect(await rawExchange(server.url, send(body(SATELLITE_BODY_LIMIT)))).toMatch(/^HTTP\/1.1 404 /); // read: no such token
+      const over = await rawExchange(server.url, send(body(SATELLITE_BODY_LIMIT + 1)));
       expect(over).toMatch(/^HTTP\/1.1 413 /);
       expect(over).toContain('"error":"body_too_large"');
     }
     // announced one byte over, it is refused before any of it arrives
-    const early = await rawExchange(head(`Content-Length: ${SATELLITE_BODY_LIMIT + 1}\r\n`));
+    const early = await rawExchange(server.url, head(`Content-Length: ${SATELLITE_BODY_LIMIT + 1}\r\n`));
     expect(early).toMatch(/^HTTP\/1.1 413 /);
   });
 });

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AdminClient } from '../src/client/admin.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { createRedis } from '../src/store/redis.js';
-import { ADMIN_KEY, call, serve, type Format, type Served } from './helpers/http.js';
+import { ADMIN_KEY, call, rawExchange, serve, type Format, type Served } from './helpers/http.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 
 const prefix = testPrefix('http');
@@ -251,29 +251,6 @@ describe.each<Format>(['json', 'msgpack'])('satellite routes in %s', (format) =>
   });
 });
 
-/** Sends `raw` on a fresh socket; resolves with everything the server wrote until it ended the reply or closed (or 10 s passed). */
-async function rawExchange(raw: string): Promise<string> {
-  const socket = net.connect(Number(new URL(server.url).port), '127.0.0.1');
-  socket.on('error', () => undefined);
-  try {
-    let got = '';
-    const done = new Promise<string>((resolve) => {
-      socket.on('data', (d: Buffer) => {
-        got += d.toString('latin1');
-        const head = got.indexOf('\r\n\r\n');
-        const length = /\r\ncontent-length: *(\d+)/i.exec(got);
-        if (head >= 0 && length && got.length >= head + 4 + Number(length[1])) resolve(got);
-      });
-      socket.on('close', () => resolve(got));
-      setTimeout(() => resolve(`${got}(no whole reply within 10 s)`), 10_000);
-    });
-    socket.write(raw);
-    return await done;
-  } finally {
-    socket.destroy();
-  }
-}
-
 describe('a chunked body (no Content-Length)', () => {
   // router.ts counts the bytes as they arrive: without a Content-Length the early check has nothing to read
   it('over the satellite limit is refused 413 body_too_large while it streams; the server answers on', async () => {
@@ -281,11 +258,11 @@ describe('a chunked body (no Content-Length)', () => {
     const head = `POST /v1/tokens/redeem HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${keyA}\r\nContent-Type: application/json\r\nAccept: application/json\r\nTransfer-Encoding: chunked\r\n\r\n`;
     const body = `{"token":"ffff0000-0000-4000-8000-000000000000","userId":"${'x'.repeat(17 * 1024)}"}`;
     const pieces = body.match(/[^]{1,4096}/g)!.map(chunk).join('');
-    const r = await rawExchange(`${head}${pieces}0\r\n\r\n`);
+    const r = await rawExchange(server.url, `${head}${pieces}0\r\n\r\n`);
     expect(r).toMatch(/^HTTP\/1.1 413 /);
     expect(JSON.parse(r.slice(r.indexOf('\r\n\r\n') + 4)).error).toBe('body_too_large');
     // a small chunked body reaches the route (404: no such token), and the server still answers
-    const small = await rawExchange(`${head}${chunk('{"token":"ffff0000-0000-4000-8000-000000000000",')}${chunk('"userId":"u"}')}0\r\n\r\n`);
+    const small = await rawExchange(server.url, `${head}${chunk('{"token":"ffff0000-0000-4000-8000-000000000000",')}${chunk('"userId":"u"}')}0\r\n\r\n`);
     expect(small).toMatch(/^HTTP\/1.1 404 /);
     expect((await call(pool, 'GET', '/v1/users/nobody/tokens', { key: keyA })).status).toBe(200);
   });

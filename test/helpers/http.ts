@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Packr } from 'msgpackr';
@@ -149,4 +150,27 @@ export async function privateRedis(args: string[] = []): Promise<RestartableRedi
 export function rssKb(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]);
+}
+
+/** Sends `raw` on a fresh socket to the server at `url`; resolves with everything it wrote until it ended the reply or closed (or 10 s passed). */
+export async function rawExchange(url: string, raw: string): Promise<string> {
+  const socket = net.connect(Number(new URL(url).port), '127.0.0.1');
+  socket.on('error', () => undefined);
+  try {
+    let got = '';
+    const done = new Promise<string>((resolve) => {
+      socket.on('data', (d: Buffer) => {
+        got += d.toString('latin1');
+        const head = got.indexOf('\r\n\r\n');
+        const length = /\r\ncontent-length: *(\d+)/i.exec(got);
+        if (head >= 0 && length && got.length >= head + 4 + Number(length[1])) resolve(got);
+      });
+      socket.on('close', () => resolve(got));
+      setTimeout(() => resolve(`${got}(no whole reply within 10 s)`), 10_000);
+    });
+    socket.write(raw);
+    return await done;
+  } finally {
+    socket.destroy();
+  }
 }
