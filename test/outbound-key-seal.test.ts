@@ -85,6 +85,25 @@ describe('satellite registry with OUTBOUND_KEY_SECRET', () => {
     expect((await registry.sealKeys()).sealed).toEqual([]);
     await expect(new SatelliteRegistry(redis, prefix).sealKeys()).rejects.toThrow(/OUTBOUND_KEY_SECRET is not set/);
   });
+  // seal-keys lists, then writes each key sealed anew: an update or a remove between the two must win
+  it('seal-keys leaves a key changed or a satellite removed after its list as the change left it', async () => {
+    const s = secret();
+    await new SatelliteRegistry(redis, prefix).add({ id: 'c1', outboundKey: 'plain-c1' });
+    await new SatelliteRegistry(redis, prefix).add({ id: 'c2', outboundKey: 'plain-c2' });
+    const registry = new SatelliteRegistry(redis, prefix, [s]);
+    const list = registry.list.bind(registry);
+    const racing = Object.create(registry) as SatelliteRegistry;
+    racing.list = async () => {
+      const listed = (await list()).filter((x) => x.id === 'c1' || x.id === 'c2');
+      await registry.update('c1', { outboundKey: 'changed-c1' });
+      await registry.remove('c2');
+      return listed;
+    };
+    const r = await racing.sealKeys();
+    expect(r.sealed).toEqual([]);
+    expect(registry.outboundKey(await registry.require('c1'))).toBe('changed-c1');
+    expect(await redis.exists(keys.satellite('c2'))).toBe(0);
+  });
 });
 
 describe('serve with OUTBOUND_KEY_SECRET', () => {

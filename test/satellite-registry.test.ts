@@ -101,3 +101,39 @@ describe('a rotated key in the worker\'s key cache', () => {
     expect(await auth.satellite(fresh)).toBe('u-grace');
   });
 });
+
+// a graced rotation keeps the retired keys still in their grace; one whose grace ended must go from the index and
+// from prevKeyHash there, else every graced rotation left one more dead entry for good (copied to Postgres, restored)
+describe('rotating a key again', () => {
+  it('drops the retired keys whose grace ended and keeps those still in it', async () => {
+    const keys = new SatelliteKeys(prefix);
+    await registry.add({ id: 'u-rot' });
+    const indexed = async () => Object.values(await redis.hgetall(keys.index())).filter((v) => v.startsWith('u-rot\t'));
+    await registry.rotateKey('u-rot', 1);
+    await new Promise((r) => setTimeout(r, 20)); // the first retired key's grace ended
+    const { apiKey: k2 } = await registry.rotateKey('u-rot', 600_000);
+    const until = Number((await indexed()).find((v) => v !== 'u-rot\t')!.split('\t')[1]);
+    expect((await redis.hget(keys.satellite('u-rot'), 'prevKeyHash'))!.split(' ')).toHaveLength(1);
+    expect((await indexed()).sort()).toEqual(['u-rot\t', `u-rot\t${until}`]);
+    const { apiKey: k3 } = await registry.rotateKey('u-rot', 600_000);
+    // k2 is in its grace: kept beside the key it replaced
+    expect((await redis.hget(keys.satellite('u-rot'), 'prevKeyHash'))!.split(' ')).toHaveLength(2);
+    expect(await indexed()).toHaveLength(3);
+    expect(await registry.authenticate(k2)).toBe('u-rot');
+    expect(await registry.authenticate(k3)).toBe('u-rot');
+  });
+});
+
+// remove drops every index entry naming the satellite, found by the id before the tab: an id that only starts
+// with the removed one is another satellite, whose keys must keep working
+describe('removing a satellite', () => {
+  it('leaves the keys of a satellite whose id starts with the removed one', async () => {
+    const { apiKey: removed } = await registry.add({ id: 'p1' });
+    const { apiKey: retired } = await registry.add({ id: 'p10' });
+    const { apiKey: current } = await registry.rotateKey('p10', 600_000);
+    await registry.remove('p1');
+    expect(await registry.authenticate(removed)).toBeUndefined();
+    expect(await registry.authenticate(retired)).toBe('p10');
+    expect(await registry.authenticate(current)).toBe('p10');
+  });
+});

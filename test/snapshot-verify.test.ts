@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { loadConfig, type Config } from '../src/config.js';
@@ -115,6 +116,11 @@ describe('verify --repair-tokens (real Redis, real Postgres)', () => {
       expect((await fx.engine.revokeToken(revoked)).code).toBe('ok');
       expect((await fx.engine.reserve(reserved, 'sat-b', 60_000)).code).toBe('ok');
       const late = (await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'carol' }], perUser: 1 })).tokens[0]!.token;
+      // made and reserved unseen, its lease lapsed since: copied as stored (reserved), as verify compares it
+      const lapsed = (await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'erin' }], perUser: 1 })).tokens[0]!.token;
+      expect((await fx.engine.reserve(lapsed, 'sat-b', 1)).code).toBe('ok');
+      await sleep(10);
+      expect((await fx.engine.lookup(lapsed))?.state).toBe('unredeemed');
       for (let s = 0; s < SHARDS; s++) await fx.redis.xtrim(keys.events(s), 'MAXLEN', 0);
       // Postgres ahead of Redis, as after a failover that lost a redeem: a copy from Redis would erase it
       await pool.query(`UPDATE tokens SET state = 'redeemed', redeemer_satellite_id = 'sat-c', redeemer_user_id = 'dan', redeemed_at = 1 WHERE token = $1`, [ahead]);
@@ -127,9 +133,9 @@ describe('verify --repair-tokens (real Redis, real Postgres)', () => {
       // the report is of what it found: the differences are there until the writer has copied the tokens
       expect(cli.code).toBe(1);
       const first = JSON.parse(cli.stdout) as Awaited<ReturnType<typeof verify>>;
-      expect(first.resynced).toBe(3);
+      expect(first.resynced).toBe(4);
       const listed = (r: typeof first) => new Map(r.listed.filter((d) => d.kind !== 'stats').map((d) => [d.token, d.kind]));
-      expect(listed(first)).toEqual(new Map([[redeemed, 'differs'], [revoked, 'differs'], [reserved, 'differs'], [ahead, 'differs'], [late, 'only_redis'], [ghost, 'only_postgres']]));
+      expect(listed(first)).toEqual(new Map([[redeemed, 'differs'], [revoked, 'differs'], [reserved, 'differs'], [ahead, 'differs'], [late, 'only_redis'], [lapsed, 'only_redis'], [ghost, 'only_postgres']]));
 
       writer.now = await startSnapshotWriter(config, { log: () => {} });
       await caughtUp(fx.redis, fx.prefix, pool);
@@ -142,6 +148,7 @@ describe('verify --repair-tokens (real Redis, real Postgres)', () => {
       expect(await row(redeemed)).toEqual({ state: 'redeemed', redeemer_user_id: 'bob' });
       expect(await row(ahead)).toEqual({ state: 'redeemed', redeemer_user_id: 'dan' });
       expect(await row(untouched)).toEqual({ state: 'unredeemed', redeemer_user_id: null });
+      expect(await row(lapsed)).toEqual({ state: 'reserved', redeemer_user_id: null });
       // the history says what happened
       const history = await pool.query('SELECT type FROM token_events WHERE token = $1 ORDER BY ev_ms, ev_seq', [redeemed]);
       expect(history.rows.map((r) => r.type)).toEqual(['generated', 'resync']);
