@@ -36,8 +36,10 @@ export async function readiness(redis: RedisClient, prefix: string, probeMs: num
   try {
     probe = await clusterMasters(redis, probeMs);
     // a master that answered its CLUSTER INFO and then fails the INFO asked next (killed or hung in between)
-    // is one part of the Cluster down, as the probe would have found it a moment later, not all of it
-    const unanswered = probe ? new Map<Redis, unknown>() : undefined;
+    // is one part of the Cluster down, as the probe would have found it a moment later, not all of it (one
+    // Redis failing them is Redis down: not collected, they throw)
+    const unanswered = new Map<Redis, unknown>();
+    const collect = probe ? unanswered : undefined;
     if (probe) {
       const { masters: states } = probe;
       serving = masters(redis).filter((m) => states[nodeAddress(m)] === 'ok');
@@ -49,12 +51,12 @@ export async function readiness(redis: RedisClient, prefix: string, probeMs: num
     }
     // REDIS_WAIT_REPLICAS without the replicas: every change answered 503 while the probe said ready, so a
     // load balancer kept sending sign-ups to instances that could redeem nothing
-    const short = await replicaShortfall(serving, waitReplicas, probeMs, unanswered);
+    const short = await replicaShortfall(serving, waitReplicas, probeMs, collect);
     // Redis would delete tokens once full, silently: refused before it happens, while it can still be set right
-    const evicting = await evictingMasters(serving, probeMs, unanswered);
+    const evicting = await evictingMasters(serving, probeMs, collect);
     if (probe) {
-      for (const [m, err] of unanswered!) markFailing(redis as Cluster, probe, nodeAddress(m), redisErrorText(err));
-      serving = serving.filter((m) => !unanswered!.has(m));
+      for (const [m, err] of unanswered) markFailing(redis as Cluster, probe, nodeAddress(m), redisErrorText(err));
+      serving = serving.filter((m) => !unanswered.has(m));
       cluster = { masters: probe.masters };
       const failing = clusterFailures(probe);
       if (failing.length && probe.slotsUnserved >= SLOTS) return { ready: false, details: { redis: 'down', ...cluster, error: failing.join('; ') } };
