@@ -1,4 +1,4 @@
-import type { Cluster, Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { answerWithin, masters, nodeAddress, redisErrorText, type RedisClient } from '../store/redis.js';
 import { clusterFailures, clusterMasters, markFailing, servesKey, SLOTS, type ClusterProbe } from '../store/cluster-probe.js';
 import { Keys } from '../store/keys.js';
@@ -55,7 +55,7 @@ export async function readiness(redis: RedisClient, prefix: string, probeMs: num
     // Redis would delete tokens once full, silently: refused before it happens, while it can still be set right
     const evicting = await evictingMasters(serving, probeMs, collect);
     if (probe) {
-      for (const [m, err] of unanswered) markFailing(redis as Cluster, probe, nodeAddress(m), redisErrorText(err));
+      for (const [m, err] of unanswered) markFailing(probe, nodeAddress(m), redisErrorText(err));
       serving = serving.filter((m) => !unanswered.has(m));
       cluster = { masters: probe.masters };
       const failing = clusterFailures(probe);

@@ -49,6 +49,8 @@ export interface ClusterProbe {
   slotsWithoutMaster: number;
   /** those and the slots of every master not `ok`: the slots whose tokens answer 503 */
   slotsUnserved: number;
+  /** slots per master, as the map read for this probe gave them */
+  slotsOf: Map<string, number>;
 }
 
 /**
@@ -89,17 +91,17 @@ export async function clusterMasters(client: RedisClient, ms = MASTER_PROBE_MS):
     }),
   );
   const slotsUnserved = states.reduce((n, [key, state]) => (state === 'ok' ? n : n + slotsOf.get(key)!), slotsWithoutMaster);
-  return { masters: Object.fromEntries(states), slotsWithoutMaster, slotsUnserved };
+  return { masters: Object.fromEntries(states), slotsWithoutMaster, slotsUnserved, slotsOf };
 }
 
 /**
  * Marks a master `ok` in `probe` as failing for `why` (it failed a question after its CLUSTER INFO), its slots
  * counted unserved.
  */
-export function markFailing(client: Cluster, probe: ClusterProbe, address: string, why: string): void {
+export function markFailing(probe: ClusterProbe, address: string, why: string): void {
   if (probe.masters[address] !== 'ok') return;
   probe.masters[address] = why;
-  for (let slot = 0; slot < SLOTS; slot++) if (client.slots[slot]?.[0] === address) probe.slotsUnserved++;
+  probe.slotsUnserved += probe.slotsOf.get(address) ?? 0;
 }
 
 /** What keeps a Cluster from serving every slot, one line each, from a `clusterMasters` probe: empty when nothing does. */
