@@ -11,7 +11,7 @@ import { dropEngineKeys, openPostgres, readLostShards, readSnapshotStatus, resto
 import { startServer } from '../src/http/server.js';
 import type { WriterOptions } from '../src/snapshot/writer.js';
 import { snapshotMetrics } from '../src/snapshot/metrics.js';
-import { checkout } from '../src/snapshot/schema.js';
+import { withClient } from '../src/snapshot/schema.js';
 import { GROUP } from '../src/snapshot/lag.js';
 import { ShardStreams } from '../src/snapshot/streams.js';
 import type { StreamEvent } from '../src/snapshot/events.js';
@@ -1050,13 +1050,13 @@ describe('snapshot writer under faults (real processes)', () => {
     const proxy = await pgProxy(snap.db.url);
     const pool = await openPostgres(proxy.url, 1);
     try {
-      const client = await checkout(pool);
-      await client.query('BEGIN');
-      await proxy.close();
-      await sleep(300); // the client learns of the close while idle: this is where it emitted 'error'
-      const failed = await client.query('SELECT 1').then(() => undefined, (e: Error) => e);
+      const failed = await withClient(pool, async (client) => {
+        await client.query('BEGIN');
+        await proxy.close();
+        await sleep(300); // the client learns of the close while idle: this is where it emitted 'error'
+        return client.query('SELECT 1');
+      }).then(() => undefined, (e: Error) => e);
       expect(failed).toBeInstanceOf(Error);
-      client.release(failed);
       proxy.open();
       expect((await pool.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
     } finally {

@@ -223,12 +223,7 @@ export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number
   socketsOf.set(pool, sockets);
   pool.on('error', () => {});
   try {
-    const c = await checkout(pool);
-    try {
-      await migrate(c);
-    } finally {
-      c.release();
-    }
+    await withClient(pool, migrate);
   } catch (err) {
     // a writer retries this with backoff: each failed try would leave a pool behind
     await pool.end().catch(() => {});
@@ -247,10 +242,19 @@ export function failedToConnect(err: unknown): boolean {
 
 /** A round trip on a connection of the pool, opened through checkout so a failure to connect is known as one. */
 export async function ping(pool: pg.Pool): Promise<void> {
+  await withClient(pool, (c) => c.query('SELECT 1'));
+}
+
+/**
+ * `use` on a client of the pool (checkout's). A client whose work failed is dropped, not given back: after a
+ * timeout the connection may be dead, and Postgres rolls back a transaction left open when it closes.
+ */
+export async function withClient<T>(pool: pg.Pool, use: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await checkout(pool);
   try {
-    await client.query('SELECT 1');
+    const result = await use(client);
     client.release();
+    return result;
   } catch (err) {
     client.release(err as Error);
     throw err;
@@ -264,7 +268,7 @@ const ignore = () => {};
  * gets a listener of its own once; the query in flight, or the next one, fails instead, and the caller
  * releases the client with that error.
  */
-export async function checkout(pool: pg.Pool): Promise<pg.PoolClient> {
+async function checkout(pool: pg.Pool): Promise<pg.PoolClient> {
   const client = await pool.connect().catch((err: unknown) => {
     if (err instanceof Object) notConnected.add(err);
     throw err;

@@ -14,7 +14,7 @@ import { snapshotMetrics } from './metrics.js';
 import { CampaignCopy } from './campaigns.js';
 import { RevocationCopy } from './revoked.js';
 import { SatelliteCopy } from './satellites.js';
-import { checkout, cutConnections, openPostgres, ping } from './schema.js';
+import { cutConnections, openPostgres, ping, withClient } from './schema.js';
 import { writeSnapshotStatus, type SnapshotStatus } from './status.js';
 import { ShardStreams } from './streams.js';
 import { newestCommitted } from './positions.js';
@@ -172,20 +172,14 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   }
 
   async function commit(batch: StreamEvent[]): Promise<void> {
-    const client = await checkout(pool!);
-    const t0 = performance.now();
-    try {
+    const seconds = await withClient(pool!, async (client) => {
+      const t0 = performance.now();
       await client.query('BEGIN');
       await applyEvents(client, batch);
       await client.query('COMMIT');
-      client.release();
-    } catch (err) {
-      // dropped, not rolled back: after a timeout the connection may be dead, and Postgres rolls back an
-      // open transaction when its connection closes
-      client.release(err as Error);
-      throw err;
-    }
-    m.writeSeconds.observe((performance.now() - t0) / 1000);
+      return (performance.now() - t0) / 1000;
+    });
+    m.writeSeconds.observe(seconds);
     m.batchSize.observe(batch.length);
     m.applied.inc(batch.length);
     commits++;
