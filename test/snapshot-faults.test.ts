@@ -44,6 +44,8 @@ const errorsWhere = (where: string) => async () => (await snapshotMetrics().erro
 const redisErrors = errorsWhere('redis');
 /** changes the writer counted lost (rm_snapshot_errors_total{where="lost"}) */
 const lost = errorsWhere('lost');
+/** transactions the writer committed (rm_snapshot_batch_events_count) */
+const commits = async () => (await snapshotMetrics().batchSize.get()).values.find((v) => v.metricName === 'rm_snapshot_batch_events_count')?.value ?? 0;
 const count = async (pool: pg.Pool, table: string) => Number((await pool.query(`SELECT count(*) AS n FROM ${table}`)).rows[0].n);
 
 /** GET on a writer's ops port, waiting up to 30 s for it to listen. */
@@ -385,6 +387,26 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   }, 90_000);
 
+  // a refusal halves the lane's batches down to the one entry; once it is removed they must double back after
+  // each commit, or the lane's rest goes one event a transaction
+  it('after a refused entry is XDELed, its lane\'s batches grow back', async () => {
+    const o = await ownWorld('xdel');
+    const stream = new Keys(o.prefix).events(5);
+    const poison = (await o.poison(5))!;
+    const tokens = await made(o.engine, users(2000, 'u'));
+    await o.start({}, { snapshotBatch: 64 });
+    try {
+      await eventually(async () => o.lines.some((l) => l.includes(`stream entry ${stream} ${poison} (redeemed) even alone`)), Boolean, 'the entry refused alone', 60_000);
+      const before = await commits();
+      await snap.fx.redis.xdel(stream, poison);
+      await eventually(() => o.copied(tokens), (n) => n === 2000, 'every token copied', 60_000);
+      // 20 to 40; lane 1's ~500 events one a transaction were over 500
+      expect((await commits()) - before).toBeLessThan(150);
+    } finally {
+      await o.close();
+    }
+  }, 120_000);
+
   // every retry re-read the same pending entries into the same 5,000-event batch: behind a statement timeout
   // (or the writer's own query timeout) that a batch of that size exceeds, nothing was ever copied again
   for (const limit of ['statement_timeout', 'queryTimeoutMs'] as const) {
@@ -415,7 +437,6 @@ describe('snapshot writer under faults (real processes)', () => {
     await o.start();
     const locker = new pg.Client({ connectionString: o.db.url });
     await locker.connect();
-    const commits = async () => (await snapshotMetrics().batchSize.get()).values.find((v) => v.metricName === 'rm_snapshot_batch_events_count')?.value ?? 0;
     try {
       await firstRoundDone(snap.fx.redis, o.prefix);
       await locker.query('SET statement_timeout = 0; BEGIN; LOCK TABLE tokens IN SHARE MODE');
