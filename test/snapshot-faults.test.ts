@@ -857,6 +857,32 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   }, 60_000);
 
+  // the lanes asked only whether the writer ran, not whether it still held the lease: one that lost it while its
+  // batches waited on Postgres went on to commit the rest of the events it held, beside the new holder
+  it('a writer that loses its lease mid-round commits no further batch of the events it holds', async () => {
+    const o = await ownWorld('leasemid');
+    await made(o.engine, users(2000, 'u'));
+    const locker = new pg.Client({ connectionString: o.db.url });
+    await locker.connect();
+    const waiting = async () => Number((await o.pool.query("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'", [o.db.name])).rows[0].n);
+    try {
+      await locker.query('BEGIN; LOCK TABLE tokens IN SHARE MODE');
+      const w = await o.start({ leaseMs: 1500 }, { snapshotBatch: 64 });
+      // each lane holds 128 events (8 a shard of its 16): its first batch of 64 waits on the lock
+      await eventually(waiting, (n) => n >= 4, 'a batch of each lane waiting on the lock', 60_000);
+      await snap.fx.redis.set(new Keys(o.prefix).snapshotLease(), `other-host pid 42 ${randomUUID()}`, 'PX', 60_000);
+      await eventually(async () => w.status().leader, (l) => !l, 'the writer dropping the lease', 60_000);
+      await locker.query('COMMIT');
+      await eventually(() => count(o.pool, 'token_events'), (n) => n >= 256, 'the batches in flight committed', 60_000);
+      await sleep(2000); // each lane's second batch would follow at once
+      expect(await count(o.pool, 'token_events')).toBe(256);
+      expect(o.lines).toContain('warn: lost the snapshot lease to the writer of other-host pid 42; it writes to Postgres now');
+    } finally {
+      await locker.end();
+      await o.close();
+    }
+  }, 120_000);
+
   // the renew timer read the holder after the loop had taken the lease again, and named this very process
   // as the writer it lost to; its refused renewal also undid the loop's new lease
   it('a lease lapsing again and again is never said to be lost to this writer itself, and it ends holding it', async () => {
