@@ -429,6 +429,27 @@ describe('snapshot writer under faults (real processes)', () => {
     }, 180_000);
   }
 
+  // a fixed cap after a timeout (half the batch, at least 250, for a minute) had rows too slow for 250 within
+  // the limit time out at every doubling back: each lane's round ended in a timeout and a backoff growing to 5 s
+  it('rows too slow for 250 a batch within the statement timeout: batches are sized to it, not timed out at every doubling', async () => {
+    const o = await ownWorld('slowrows');
+    await o.pool.query(`CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$;
+      CREATE TRIGGER slow BEFORE INSERT ON token_events FOR EACH ROW EXECUTE FUNCTION slow()`);
+    await o.pool.query(`ALTER DATABASE "${o.db.name}" SET statement_timeout = '400ms'`);
+    const tokens = await made(o.engine, users(4000, 'u'));
+    const timeouts = errorsWhere('postgres');
+    const before = await timeouts();
+    await o.start();
+    try {
+      for (const end = Date.now() + 150_000; (await o.copied(tokens)) < 4000 && Date.now() < end; ) await sleep(200);
+      expect(await o.copied(tokens)).toBe(4000);
+      // a few halvings a lane to find the size (12 in all here); with the fixed cap one a round, 36
+      expect((await timeouts()) - before).toBeLessThan(24);
+    } finally {
+      await o.close();
+    }
+  }, 180_000);
+
   // a statement timeout was retried at once in halves like a refused entry: behind a lock every half timed out
   // too, each lane copied one event per transaction for the next minute, and each was logged "refused alone"
   it('batches that time out behind a lock are retried after a backoff, not narrowed to single entries blamed for it', async () => {

@@ -5,14 +5,6 @@ import { failedToConnect } from './schema.js';
 
 /** the longest wait between tries, of a lane and of the whole loop */
 export const BACKOFF_MAX_MS = 5000;
-/** How long a lane's batches stay at most half the size of one that timed out... */
-const SLOW_CAP_MS = 60_000;
-/**
- * ...but never capped below this: a small batch that timed out was not too big but stalled (a lock), and
- * capping it at its half held the lane at a few events per transaction for the minute.
- */
-const SLOW_CAP_FLOOR = 250;
-
 /** A statement timeout (57014, query_canceled) or pg's own query_timeout: the batch was too slow (or Postgres hangs). */
 const timedOut = (err: unknown): boolean => (err as { code?: unknown }).code === '57014' || (err as Error).message === 'Query read timeout';
 
@@ -52,10 +44,10 @@ export interface LaneDeps {
  */
 export class Lane {
   prefetch: Promise<ReadResult> | undefined;
-  /** most events of its next transaction: halved after each batch Postgres refuses or that times out, doubled back after each commit (shrink) */
+  /** most events of its next transaction: halved after each batch Postgres refuses or that times out, grown back after each commit (grow) */
   private size: number;
-  /** the most `size` grows back to for a while after a batch timed out */
-  private cap: { size: number; until: number };
+  /** how long a transaction may take: how long the last one that timed out ran (a statement or query timeout) */
+  private limitMs = Infinity;
   /** the last entry Postgres refused alone, said once */
   private refusedAlone = '';
   /** after a batch Postgres refused: the lane's own backoff, and when it tries again */
@@ -64,7 +56,6 @@ export class Lane {
 
   constructor(readonly shards: number[], private readonly d: LaneDeps) {
     this.size = d.batchMax;
-    this.cap = { size: d.batchMax, until: 0 };
   }
 
   /**
@@ -122,17 +113,29 @@ export class Lane {
     }
     for (let i = 0; i < events.length && this.d.writing(); ) {
       const batch = events.slice(i, i + this.size);
+      const t0 = performance.now();
       try {
         await this.d.commit(batch);
       } catch (err) {
-        if (!this.shrink(batch, err)) throw err;
+        if (!this.shrink(batch, err, performance.now() - t0)) throw err;
         continue;
       }
+      this.grow(batch.length, performance.now() - t0);
       await streams.ackAndTrim(batch);
       i += batch.length;
-      this.size = Math.min(this.d.batchMax, this.size * 2, Date.now() < this.cap.until ? this.cap.size : Infinity);
     }
     return events.length;
+  }
+
+  /**
+   * After a commit of `n` events in `ms`: doubled, but no bigger than what takes half the time limit at that
+   * pace. A fixed cap (half the batch that timed out, at least 250, for a minute) had rows slower than the
+   * limit allows 250 of meet the timeout at every doubling back: each lane's round ended in one, its backoff
+   * grew to 5 s, and it copied 125 events every 5 s. Sized by pace, a lane that was small behind a lock
+   * doubles back at once when the lock goes, and one behind slow rows stays under the limit.
+   */
+  private grow(n: number, ms: number): void {
+    this.size = Math.max(1, Math.min(this.d.batchMax, this.size * 2, Math.floor((n * this.limitMs) / 2 / Math.max(ms, 1))));
   }
 
   /**
@@ -140,15 +143,15 @@ export class Lane {
    * rejects), the entries before that one reach it, and the one refused alone is named (once). Before, one
    * such entry held its lane's whole batch (thousands) and no log line named it. A batch too slow for a
    * statement timeout or the writer's query timeout (too big, or Postgres stalled by a lock) is halved too,
-   * but tried after the lane's backoff, and for a minute no bigger, or doubling back after each commit it
-   * met the timeout again. Not at once: behind a lock every half timed out too, down to batches of one for
-   * the minute, each "refused alone" though nothing was wrong with it. A transaction Postgres rolled back
-   * for a conflict (class 40) is tried again as it was, after the backoff: no entry is to blame.
+   * but tried after the lane's backoff, not at once: behind a lock every half timed out too, down to batches
+   * of one, each "refused alone" though nothing was wrong with it. How long it ran is the time limit `grow`
+   * keeps to. A transaction Postgres rolled back for a conflict (class 40) is tried again as it was, after
+   * the backoff: no entry is to blame.
    */
-  private shrink(batch: StreamEvent[], err: unknown): boolean {
+  private shrink(batch: StreamEvent[], err: unknown, ms: number): boolean {
     if (timedOut(err)) {
       this.size = Math.ceil(batch.length / 2);
-      this.cap = { size: Math.max(this.size, SLOW_CAP_FLOOR), until: Date.now() + SLOW_CAP_MS };
+      this.limitMs = ms;
       return false;
     }
     // a serialization failure or a deadlock (class 40) says nothing of the batch: the same, after the backoff
