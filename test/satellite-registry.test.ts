@@ -38,6 +38,9 @@ describe('satellite registry update', () => {
     await expect(registry.update('u2', {})).rejects.toMatchObject({ code: 'invalid_request' });
     await expect(registry.update('u2', { name: '' })).rejects.toMatchObject({ code: 'invalid_request' });
     await expect(registry.update('u2', { url: 'mailto:x@example.net' })).rejects.toMatchObject({ code: 'invalid_request' });
+    // generate calls the origin and path only: these parts would be dropped, and a password shown by every list
+    await expect(registry.update('u2', { url: 'https://sat:s3cret@u2.example' })).rejects.toMatchObject({ code: 'invalid_request', message: expect.stringContaining('user or password') });
+    await expect(registry.add({ id: 'u2b', url: 'https://u2.example/referrals?region=eu' })).rejects.toMatchObject({ code: 'invalid_request', message: 'url: must not hold a query or fragment' });
     await expect(registry.update('u2', { outboundKey: 'k'.repeat(4097) })).rejects.toMatchObject({ code: 'invalid_request' });
     await expect(registry.update('nobody', { name: 'x' })).rejects.toMatchObject({ code: 'satellite_not_found' });
     // add takes the same rules

@@ -175,4 +175,8 @@ function checkUrl(url: string): void {
     throw new DomainError('invalid_request', `url: not a URL: "${url}"`);
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new DomainError('invalid_request', 'url: must be http(s)');
+  // generate calls the url's origin and path: a user:password in it was never sent (the outbound key is the
+  // credential) yet was shown by every `satellites list`; a query or fragment was dropped as silently
+  if (u.username || u.password) throw new DomainError('invalid_request', 'url: must not hold a user or password (give the satellite\'s key as its outbound key)');
+  if (u.search || u.hash) throw new DomainError('invalid_request', 'url: must not hold a query or fragment');
 }
