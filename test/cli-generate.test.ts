@@ -589,15 +589,19 @@ describe('outbound keys sealed with OUTBOUND_KEY_SECRET', () => {
 describe('--batch-size smaller than --per-user', () => {
   it('no request to the satellite carries more than --batch-size tokens: a user\'s set is split', async () => {
     const fx = await engineFixture({ label: 'gen' });
-    // a satellite whose body limit takes 5 tokens per request, not 10
     const satellite = new SimSatellite('sat-g', 40);
-    const server = createSimServer({ satellite, bodyLimit: 500 });
+    // sizes as received, with no body limit: a limit of 5 tokens' bytes took pushes of 6, and a 413 hid larger ones
+    const sizes: number[] = [];
+    const deliver = satellite.deliver.bind(satellite);
+    satellite.deliver = (pairs) => (sizes.push(pairs.length), deliver(pairs));
+    const server = createSimServer({ satellite });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     try {
       await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-g', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` });
       const run = await runCli(['generate', '--all', '--per-user', '10', '--batch-size', '5', '--campaign', 'split', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
       expect(run.code, run.stderr).toBe(0);
       expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 40, tokensMade: 400, tokensDelivered: 400, failures: 0, status: 'done' });
+      expect(sizes.filter((n) => n > 5)).toEqual([]);
       expect(Object.values(satellite.holdings()).every((held) => held.length === 10)).toBe(true);
       expect(await delivered(fx, 'split', 'sat-g', Object.keys(satellite.holdings()))).not.toContain(0);
     } finally {
