@@ -980,6 +980,26 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 
+  it('a user refused in the first part of a set larger than a push gets no later part pushed', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const pushed: Pushed[] = [];
+    const satellite = await handWrittenSatellite(fx, 'sat-part', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), (tokens) => {
+      pushed.push(tokens);
+      return tokens.some((t) => t.userId === 'u1') ? { status: 410 } : tokens.length;
+    });
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '4', '--batch-size', '2', '--campaign', 'parts', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 8, usersRefused: 1, status: 'done' });
+      // its tokens are revoked: a later part the satellite took would hand the user tokens that cannot be redeemed
+      expect(pushed.filter((p) => p.some((t) => t.userId === 'u1')).map((p) => p.length)).toEqual([2]);
+      expect((await fx.engine.stats()).satellites['sat-part']).toMatchObject({ unredeemed: 8, revoked: 4 });
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
   // 4 or more refused users in a batch failed the run for left-over sets too: a resume whose users had all
   // closed their accounts since failed every time, and the campaign could never be finished
   it('a resume whose left-over users have all gone since refuses them and finishes', async () => {
