@@ -1000,6 +1000,28 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 
+  // the edge of ALL_REFUSED_FAILS, from both sides, with a token route that works (an empty push is taken)
+  it('3 listed users refused alone are refused; 4 fail the run, refusing nobody', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    let listed = ['a0', 'a1', 'a2'];
+    const satellite = await handWrittenSatellite(fx, 'sat-edge', () => ({ userIds: listed, nextCursor: null }), (tokens) => (tokens.length ? { status: 422 } : 0));
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      const three = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'three', '--json'], env);
+      expect(three.code, three.stderr).toBe(0);
+      expect(JSON.parse(three.stdout).satellites[0]).toMatchObject({ usersRefused: 3, status: 'done' });
+
+      listed = ['b0', 'b1', 'b2', 'b3'];
+      const four = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'four', '--json'], env);
+      expect(four.code).toBe(1);
+      expect(JSON.parse(four.stdout).satellites[0]).toMatchObject({ usersServed: 4, tokensDelivered: 0, usersRefused: 0, status: 'failed', error: expect.stringContaining('HTTP 422') });
+      expect((await fx.engine.stats()).satellites['sat-edge']).toMatchObject({ unredeemed: 4, revoked: 3 });
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
   // 4 or more refused users in a batch failed the run for left-over sets too: a resume whose users had all
   // closed their accounts since failed every time, and the campaign could never be finished
   it('a resume whose left-over users have all gone since refuses them and finishes', async () => {
