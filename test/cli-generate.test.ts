@@ -1084,6 +1084,48 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 
+  // a left-over batch refused whole waits for the listing: the users it lists again are delivered there, and
+  // refusing them afterwards with the rest revoked tokens the satellite had just accepted
+  it('a resume whose left-over batch is refused whole refuses, after the listing, only the users it did not deliver', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const users = ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'];
+    const gone = new Set(['u3', 'u4', 'u5']);
+    const held = new Map<string, string>();
+    let phase: 'down' | 'resumed' | 'listed' = 'down';
+    const satellite = await handWrittenSatellite(
+      fx,
+      'sat-back',
+      () => {
+        if (phase === 'down') return { userIds: users, nextCursor: null };
+        phase = 'listed';
+        return { userIds: users.filter((u) => !gone.has(u) && !held.has(u)), nextCursor: null };
+      },
+      (tokens) => {
+        if (phase === 'down') return { status: 503 };
+        if (tokens.length === 0) return 0;
+        // before the listing every push is refused, so the left-over batch is refused whole, down to single users
+        if (phase === 'resumed' || tokens.some((t) => gone.has(t.userId))) return { status: 410 };
+        for (const t of tokens) held.set(t.userId, t.token);
+        return tokens.length;
+      },
+    );
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'back', '--json'], env)).code).toBe(1);
+      phase = 'resumed';
+      const resumed = await runCli(['generate', '--resume', 'back', '--json'], env);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 3, usersRefused: 3, status: 'done' });
+      expect([...held.keys()].sort()).toEqual(['u0', 'u1', 'u2']);
+      for (const token of held.values()) expect((await fx.engine.lookup(token))?.state, token).toBe('unredeemed');
+      expect((await fx.engine.stats()).satellites['sat-back']).toMatchObject({ unredeemed: 3, revoked: 3 });
+      expect((await runCli(['campaigns', 'refused', 'back'], env)).stdout).toBe('sat-back\tu3\nsat-back\tu4\nsat-back\tu5\n');
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
   // a satellite answering {accepted: n} short said it holds part of the set: revoking the set put revoked
   // tokens in its users' hands
   it('a user whose set the satellite accepts only part of is refused without revoking what it holds', async () => {
