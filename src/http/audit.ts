@@ -20,7 +20,7 @@ export interface AuditEntry {
 }
 
 const SECRET = /key/i;
-/** a URL's query, which may carry a token (its user:password is URL_CREDENTIALS: a satellite's url given with one is refused, and the refusal audited) */
+/** a URL's query, which may carry a token (its user:password is URL_CREDENTIALS: a url is refused with either now, but a satellite registered before may hold one, which an update's result shows) */
 const QUERY = /^(\s*[a-z][a-z0-9+.-]*:\/\/[^?#\s]*\?)[^#]*/i;
 const LONGEST = 200;
 /** a path names at most a 128-byte id, percent-encoded; anyone may send a 16 KiB one, key or no key */
