@@ -500,6 +500,7 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
           'tab\there',
           'new\nline',
           'nul\u0000',
+          'del\u007f', // DEL: a control character below the C1 range
           'csi\u009b31m', // C1: an escape some terminals act on
           'evil\u202egpj.exe', // a right-to-left override
           'iso\u2066late\u2069',
