@@ -588,6 +588,7 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
           t.replace(/-/g, ''),
           `${t} `,
           `{${t}}`,
+          `0${t}`, // a canonical token with text before it
           t.slice(0, 14) + '1' + t.slice(15), // version 1
           t.slice(0, 19) + 'c' + t.slice(20), // wrong variant
           42,
