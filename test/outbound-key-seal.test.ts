@@ -38,6 +38,10 @@ describe('OutboundKeySeal', () => {
     const body = Buffer.from(sealed.slice(SEALED.length), 'base64url');
     body.writeUInt8(body.readUInt8(body.length - 1) ^ 1, body.length - 1);
     expect(() => new OutboundKeySeal([a]).open('us1', SEALED + body.toString('base64url'))).toThrow();
+    // and so does one in the last byte of the tag (bytes 12..27): GCM also verifies a tag cut short
+    const tag = Buffer.from(sealed.slice(SEALED.length), 'base64url');
+    tag.writeUInt8(tag.readUInt8(27) ^ 1, 27);
+    expect(() => new OutboundKeySeal([a]).open('us1', SEALED + tag.toString('base64url'))).toThrow();
     // stored before any secret was set: read as it is
     expect(new OutboundKeySeal([a]).open('us1', 'plain')).toBe('plain');
     expect(new OutboundKeySeal([]).seal('us1', 'plain')).toBe('plain');
