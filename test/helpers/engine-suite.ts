@@ -575,6 +575,13 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         ]);
         expect(r.map((x) => x.status)).toEqual(['rejected', 'rejected']);
       });
+
+      it('a caller that stopped waiting gets an error, and the tokens made for it are revoked', async () => {
+        const sat = uniq('sat');
+        await expect(engine.generate({ owners: [{ ownerSatelliteId: sat, ownerUserId: 'u' }], perUser: 3, signal: AbortSignal.abort() })).rejects.toThrow(/stopped waiting/);
+        expect(await counts(sat)).toEqual({ ...NO_COUNTS, generated: 3, revoked: 3 });
+        expect(await listed(sat, 'u')).toEqual([]);
+      });
     });
 
     describe('refused input on the other operations', () => {
