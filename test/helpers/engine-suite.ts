@@ -845,6 +845,23 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         await expect(engine.reserve(other, 'h', 60_000, 'bad\tid')).rejects.toMatchObject({ code: 'invalid_request' });
       });
 
+      it('a caller that stopped waiting: a reservation under a random id is not made or is given back; one under its own id is kept', async () => {
+        const m = await mint(4);
+        const [t, u, v, w] = m.tokens as [string, string, string, string];
+        await expect(engine.reserve(t, 'h', 60_000, undefined, AbortSignal.abort())).rejects.toThrow(/stopped waiting/);
+        const gone = new AbortController();
+        const given = engine.reserve(u, 'h', 60_000, undefined, gone.signal);
+        gone.abort();
+        expect((await given).code).toBe('ok');
+        // its own id's retry is answered the same reservation, so gone before or during the call it is kept
+        expect((await engine.reserve(v, 'h', 60_000, `signup-${randomUUID()}`, AbortSignal.abort())).code).toBe('ok');
+        const left = new AbortController();
+        const kept = engine.reserve(w, 'h', 60_000, `signup-${randomUUID()}`, left.signal);
+        left.abort();
+        expect((await kept).code).toBe('ok');
+        expect(await Promise.all(m.tokens.map(state))).toEqual(['unredeemed', 'unredeemed', 'reserved', 'reserved']);
+      });
+
       it('reserved / already_redeemed / revoked / not_found refuse and append nothing', async () => {
         const m = await mint(3);
         const [held, used, gone] = m.tokens as [string, string, string];
