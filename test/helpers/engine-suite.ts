@@ -988,6 +988,8 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         const stats = await engine.stats();
         const wrong = await engine.complete(held, randomUUID(), 'u');
         expect(wrong).toEqual({ code: 'reservation_mismatch', token: res.token });
+        // the right id from another satellite than the one that reserved: the redemption would go to the wrong one
+        expect(await engine.complete(held, res.token!.reservationId!, 'u', 'intruder')).toEqual({ code: 'reservation_mismatch', token: res.token });
         expect((await engine.complete(free, randomUUID(), 'u')).code).toBe('reservation_mismatch');
         expect((await engine.complete(used, randomUUID(), 'r-user')).code).toBe('reservation_mismatch');
         expect(await since(ev)).toEqual([]);
@@ -1061,6 +1063,7 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         const ev = await mark();
         const stats = await engine.stats();
         expect(await engine.release(held, randomUUID())).toEqual({ code: 'reservation_mismatch', token: res.token });
+        expect(await engine.release(held, res.token!.reservationId!, 'intruder')).toEqual({ code: 'reservation_mismatch', token: res.token });
         expect((await engine.release(free, randomUUID())).code).toBe('reservation_mismatch');
         expect((await engine.release(done, resDone.token!.reservationId!)).code).toBe('reservation_mismatch');
         expect((await engine.release(gone, resGone.token!.reservationId!)).code).toBe('reservation_mismatch');
