@@ -1274,6 +1274,22 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await state(t)).toBe('revoked');
       });
 
+      it('revokeOfCampaign throws when a token could not be checked, after revoking the others', async () => {
+        const a = await mint(1, { campaignId: uniq('campC') });
+        // a token whose bucket key holds a string: its script fails in Redis (WRONGTYPE)
+        let broken: string;
+        let bucket: string;
+        do {
+          broken = randomUUID();
+          const p = placeOfToken(hexOf(broken));
+          bucket = f.store.keys.bucket(p.shard, p.bucket);
+        } while (await f.redis.exists(bucket));
+        await f.redis.set(bucket, 'not a hash');
+        await expect(engine.revokeOfCampaign([a.tokens[0]!, broken], a.campaignId)).rejects.toThrow(/WRONGTYPE/);
+        await f.redis.del(bucket);
+        expect(await state(a.tokens[0]!)).toBe('revoked');
+      });
+
       it('revokeCampaign: counts across shards and owners, only that campaign, only unredeemed and reserved', async () => {
         const satA = uniq('satA');
         const satB = uniq('satB');
