@@ -1076,6 +1076,18 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
     });
 
     describe('lapse (the sweep of abandoned reservations)', () => {
+      it('reindexLeases writes the missing entry of a reserved token, removes the stale one of another, and counts both', async () => {
+        const m = await mint(2);
+        const [held, free] = m.tokens as [string, string];
+        const r = await engine.reserve(held, 'h', 60_000);
+        const leases = (t: string) => f.store.keys.leases(placeOfToken(hexOf(t)).shard);
+        await f.redis.zrem(leases(held), hexOf(held));
+        await f.redis.zadd(leases(free), 1, hexOf(free));
+        expect(await f.store.reindexLeases([hexOf(held), hexOf(free)])).toBe(2);
+        expect(await f.redis.zscore(leases(held), hexOf(held))).toBe(String(r.token!.leaseExpiresAt));
+        expect(await f.redis.zscore(leases(free), hexOf(free))).toBeNull();
+      });
+
 
       it('gives back a reservation whose lease ended over the grace ago: unredeemed, one lapsed event, counted, listed, its records gone', async () => {
         const m = await mint(4);
