@@ -36,6 +36,21 @@ describe('leases (snapshot writer, campaign runs) on real Redis', () => {
     expect(await f.redis.exists(key)).toBe(0);
   });
 
+  it('names its holder, spaces and all, tells a holder its own lease, and how long until it lapses', async () => {
+    const key = `${f.prefix}:lease-b`;
+    const mine = new Lease(f.redis, key, 60_000, 'host pid 42');
+    const other = new Lease(f.redis, key, 60_000, 'other');
+    expect([await other.holder(), await other.remainingMs()]).toEqual([undefined, 0]);
+    expect(await mine.acquire()).toBe(true);
+    expect(await mine.state()).toEqual({ owner: 'host pid 42', mine: true });
+    expect(await other.state()).toEqual({ owner: 'host pid 42', mine: false });
+    expect(await other.remainingMs()).toBeGreaterThan(50_000);
+    // a key without expiry (no Lease sets one) counts as a whole lease, not as lapsed
+    await f.redis.set(key, 'someone else');
+    expect(await other.remainingMs()).toBe(60_000);
+    await f.redis.del(key);
+  });
+
   it('a campaign run claimed after an earlier run\'s claim lapsed is not released by the earlier run', async () => {
     const campaigns = new CampaignStore(f.redis, f.prefix);
     // 300 ms, renewed every 100 ms: held while it renews, also on a busy machine
