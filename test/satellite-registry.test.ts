@@ -72,14 +72,15 @@ describe('satellite registry update', () => {
 describe('the worker\'s key cache', () => {
   it('does not keep a key a check read before the remove this worker served', async () => {
     const { apiKey } = await registry.add({ id: 'u-cache' });
-    const read = registry.authenticate.bind(registry);
+    // the Authenticator reads keyHolder: a gate on authenticate held nothing and the test passed without the fix
+    const read = registry.keyHolder.bind(registry);
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));
     const slow = Object.create(registry) as SatelliteRegistry;
-    slow.authenticate = async (key: string) => {
-      const id = await read(key);
+    slow.keyHolder = async (key: string) => {
+      const holder = await read(key);
       await gate;
-      return id;
+      return holder;
     };
     const auth = new Authenticator(slow, '', 60_000);
     const before = auth.satellite(apiKey);
