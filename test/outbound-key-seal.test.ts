@@ -65,6 +65,10 @@ describe('satellite registry with OUTBOUND_KEY_SECRET', () => {
     // without the secret (a CLI run without it) the key is refused with the reason, never sent sealed
     expect(() => new SatelliteRegistry(redis, prefix).outboundKey({ id: 'a1', createdAt: 0, outboundKey: sealedA1 })).toThrow(/is sealed, and OUTBOUND_KEY_SECRET is not set/);
     await expect(registry.add({ id: 'a2', outboundKey: `${SEALED}x` })).rejects.toMatchObject({ code: 'invalid_request' });
+    // cleared, it is gone, not an empty key sealed
+    await registry.add({ id: 'a3', outboundKey: 'key-a3' });
+    expect(await registry.update('a3', { outboundKey: null })).not.toHaveProperty('outboundKey');
+    expect(await stored('a3')).toBeNull();
   });
 
   it('seal-keys seals keys stored plain, re-seals under a new first secret, and names those it cannot open', async () => {
