@@ -100,6 +100,9 @@ describe('a rotated key in the worker\'s key cache', () => {
     const auth = new Authenticator(registry, '', 60_000);
     const { apiKey: fresh } = await registry.rotateKey('u-grace', 300);
     expect(await auth.satellite(old)).toBe('u-grace'); // in its grace: checked, and cached
+    // the grace's end is what bounds the cache entry; a current key has none
+    expect(await registry.keyHolder(old)).toEqual({ id: 'u-grace', until: expect.any(Number) });
+    expect(await registry.keyHolder(fresh)).toEqual({ id: 'u-grace' });
     await new Promise((r) => setTimeout(r, 400));
     expect(await auth.satellite(old)).toBeUndefined();
     expect(await auth.satellite(fresh)).toBe('u-grace');
