@@ -51,6 +51,16 @@ describe('leases (snapshot writer, campaign runs) on real Redis', () => {
     await f.redis.del(key);
   });
 
+  it('hold keeps the lease past its length by renewing it within it', async () => {
+    const key = `${f.prefix}:lease-c`;
+    // 300 ms, renewed every 100 ms: held while it renews, also on a busy machine
+    const held = await new Lease(f.redis, key, 300).hold();
+    await sleep(1000);
+    expect(await held!.confirm()).toBe(true);
+    await held!.release();
+    expect(await f.redis.exists(key)).toBe(0);
+  });
+
   it('a campaign run claimed after an earlier run\'s claim lapsed is not released by the earlier run', async () => {
     const campaigns = new CampaignStore(f.redis, f.prefix);
     // 300 ms, renewed every 100 ms: held while it renews, also on a busy machine
