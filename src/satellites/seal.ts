@@ -57,7 +57,8 @@ export class OutboundKeySeal {
 function openWith(secret: Buffer, satelliteId: string, stored: string): string | undefined {
   const raw = Buffer.from(stored.slice(SEALED.length), 'base64url');
   try {
-    const decipher = createDecipheriv('aes-256-gcm', secret, raw.subarray(0, 12)).setAAD(Buffer.from(satelliteId));
+    // the tag's length said: GCM takes a tag as short as 4 bytes, so a value cut short would be checked on those
+    const decipher = createDecipheriv('aes-256-gcm', secret, raw.subarray(0, 12), { authTagLength: 16 }).setAAD(Buffer.from(satelliteId));
     decipher.setAuthTag(raw.subarray(12, 28));
     return Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString('utf8');
   } catch {
