@@ -53,9 +53,9 @@ describe('leases (snapshot writer, campaign runs) on real Redis', () => {
 
   it('hold keeps the lease past its length by renewing it within it', async () => {
     const key = `${f.prefix}:lease-c`;
-    // 300 ms, renewed every 100 ms: held while it renews, also on a busy machine
-    const held = await new Lease(f.redis, key, 300).hold();
-    await sleep(1000);
+    // 900 ms, renewed every 300 ms: held while it renews, also through a 500 ms stall of a busy CI machine
+    const held = await new Lease(f.redis, key, 900).hold();
+    await sleep(2500);
     expect(await held!.confirm()).toBe(true);
     await held!.release();
     expect(await f.redis.exists(key)).toBe(0);
