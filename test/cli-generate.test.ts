@@ -1399,3 +1399,52 @@ describe('a campaign stopped part-way, another campaign run meanwhile, then --re
     }
   });
 });
+
+describe('a run that stalled past its claims (a laptop asleep) while another campaign served its satellite', () => {
+  // it woke up and pushed the sets it had made before the stall, exit 0: the other campaign had listed
+  // those users (they held nothing yet) and served them, so each held a set of both
+  it('pushes no more of its sets once it wakes: it stops, and nobody holds two sets but the one whose push was in flight', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const users = ['u0', 'u1', 'u2', 'u3'];
+    const held = new Map<string, string[]>();
+    let stalled!: () => void;
+    const stalling = new Promise<void>((r) => (stalled = r));
+    let wake!: () => void;
+    const woken = new Promise<void>((r) => (wake = r));
+    let first = true;
+    const satellite = await handWrittenSatellite(fx, 'sat-nap', () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }), async (tokens) => {
+      if (first) {
+        first = false;
+        stalled();
+        await woken;
+      }
+      for (const t of tokens) held.set(t.userId, [...(held.get(t.userId) ?? []), t.token]);
+      return tokens.length;
+    });
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      const napping = runCli(['generate', '--all', '--per-user', '1', '--campaign', 'napping', '--batch-size', '1', '--json'], env);
+      await stalling;
+      // its claims lapse while it sleeps in its first push
+      const keys = new CampaignKeys(fx.prefix);
+      await fx.redis.del(keys.run('napping'), keys.satelliteRun('sat-nap'));
+      const other = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'awake', '--json'], env);
+      expect(other.code, other.stderr).toBe(0);
+      expect(JSON.parse(other.stdout).satellites[0]).toMatchObject({ status: 'done', tokensDelivered: 4 });
+      wake();
+      const woke = await napping;
+      expect(woke.code, woke.stdout).toBe(1);
+      expect(JSON.parse(woke.stdout).satellites[0]).toMatchObject({ status: 'failed', error: expect.stringMatching(/stalled past its 30 s claim/) });
+      expect(users.filter((u) => held.get(u)!.length > 1)).toEqual(['u0']);
+
+      // its resume gives the users served meanwhile nothing more
+      const resumed = await runCli(['generate', '--resume', 'napping', '--json'], env);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(users.map((u) => held.get(u)!.length)).toEqual([2, 1, 1, 1]);
+    } finally {
+      wake();
+      await satellite.close();
+      await fx.close();
+    }
+  });
+});

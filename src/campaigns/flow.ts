@@ -35,7 +35,7 @@ export interface FlowOptions {
    * in flight is cut), recorded failed with the abort's reason, so --resume goes on from there
    */
   stop?: AbortSignal;
-  /** the run's claim on the campaign, confirmed before each batch it makes (absent in a dry run) */
+  /** the run's claim on the campaign, confirmed before each batch it makes and each push (absent in a dry run) */
   claim?: Pick<Claim, 'confirm'>;
   onProgress?: (satelliteId: string, event: ProgressEvent, n: number) => void;
 }
@@ -91,7 +91,7 @@ class SatelliteRun {
   private readonly sat: string;
   private readonly api: SatelliteApi;
   private readonly delivery: Delivery;
-  /** this run's hold on the satellite (CampaignStore.claimSatellite), confirmed before each batch it makes */
+  /** this run's hold on the satellite (CampaignStore.claimSatellite), confirmed before each batch it makes and each push */
   private satClaim?: Claim;
 
   constructor(private readonly o: FlowOptions, s: FlowSatellite) {
@@ -113,9 +113,10 @@ class SatelliteRun {
       campaigns: o.campaigns,
       engine: o.engine,
       batch: o.deliverBatch,
-      beforePush: () => {
+      beforePush: async () => {
         o.stop?.throwIfAborted();
         this.refuseExpired();
+        await this.confirmClaims();
         return this.refuseRevoked();
       },
       counted: (counter, n) => this.count(counter, n, true),
@@ -246,8 +247,7 @@ class SatelliteRun {
     const { campaign } = this.o;
     this.o.stop?.throwIfAborted();
     this.refuseExpired();
-    await this.o.claim?.confirm();
-    await this.satClaim?.confirm();
+    await this.confirmClaims();
     const req = { owners: users.map((ownerUserId) => ({ ownerSatelliteId: this.sat, ownerUserId })), perUser: campaign.perUser, campaignId: campaign.id };
     const made = await this.o.engine.generate(campaign.expiresAt === undefined ? req : { ...req, expiresAt: campaign.expiresAt });
     const byUser = new Map<string, string[]>();
@@ -276,6 +276,16 @@ class SatelliteRun {
     // the run that made them stopped before recording (and counting) them
     await this.recordMade(new Map(out));
     return out;
+  }
+
+  /**
+   * Before each batch made and each push. A run that stalled past its claims (a laptop asleep) and woke up
+   * pushed the sets it had made before: another campaign had served those users meanwhile (they held
+   * nothing yet), and each held a set of both.
+   */
+  private async confirmClaims(): Promise<void> {
+    await this.o.claim?.confirm();
+    await this.satClaim?.confirm();
   }
 
   /**

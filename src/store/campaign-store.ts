@@ -68,7 +68,7 @@ export class CampaignStore {
    * One run of a campaign at a time: two concurrent runs would both find a user unserved and make
    * two sets. The claim expires `ttlMs` after its holder stops renewing it (a killed CLI), so
    * --resume is never blocked for long. Undefined when another run holds it. A run confirms it before
-   * each batch it makes: one that stalled past the claim (another run took over) stops there.
+   * each batch it makes and each push: one that stalled past the claim (another run took over) stops there.
    */
   async claim(id: string, ttlMs = CLAIM_TTL_MS): Promise<Claim | undefined> {
     const lease = new Lease(this.redis, this.keys.run(id), ttlMs, id);
@@ -91,7 +91,7 @@ export class CampaignStore {
     if (!held) return undefined;
     return {
       confirm: async () => {
-        if (!(await held.confirm())) throw new ClaimLost(`${lost} (this one stalled past its ${lease.ms / 1000} s claim): stopped before making more tokens`);
+        if (!(await held.confirm())) throw new ClaimLost(`${lost} (this one stalled past its ${lease.ms / 1000} s claim): stopped before making or pushing more tokens`);
       },
       release: held.release,
     };
