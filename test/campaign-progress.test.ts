@@ -52,7 +52,7 @@ describe('generation progress (real Redis, a reference satellite)', () => {
         { engine: fx.engine, campaigns, campaign: other, existed: false, dryRun: false, pageSize: 100, deliverBatch: 150, timeoutMs: 30_000, attempts: 1, claim: mine },
         [{ id: 'sat-p', url: sim.url }],
       );
-      expect(report).toMatchObject({ status: 'failed', tokensMade: 0, error: expect.stringMatching(/now run by another generate/) });
+      expect(report).toMatchObject({ status: 'failed', tokensMade: 0, error: expect.stringMatching(/may be run by another generate now: this run stalled past its 60 s claim, which lapsed/) });
       expect((await fx.engine.stats()).satellites['sat-p']?.generated ?? 0).toBe(0);
       expect((await campaigns.progress(other.id, 'sat-p')).status).toBe('running');
     } finally {

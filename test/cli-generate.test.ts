@@ -1219,6 +1219,27 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 
+  // a satellite another campaign's killed run still claimed: told to wait for that run to end (it never would)
+  // and to fix the satellite (nothing was wrong with it)
+  it('a run meeting another campaign\'s claim on its satellite names it, says a killed run\'s lapses, and blames no satellite', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const satellite = await handWrittenSatellite(fx, 'sat-busy', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => tokens.length);
+    try {
+      await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-busy'), `killed ${randomUUID()}`, 'PX', 60_000);
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'later', '--json'], { KEY_PREFIX: fx.prefix });
+      expect(run.code, run.stderr).toBe(1);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({
+        status: 'failed',
+        tokensMade: 0,
+        error: 'satellite "sat-busy" is being served by campaign "killed"; run this one again with --resume when that one ends (a killed run of it holds the satellite up to 30 s: then resume that one first)',
+      });
+      expect(run.stderr).toContain('campaign later is incomplete; once what failed above is fixed or over, run: referral-manager generate --resume later');
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
   it('answering 413 to pushes over its body limit: every token is delivered, and later pushes are made small enough', async () => {
     const fx = await engineFixture({ label: 'gen' });
     const users = Array.from({ length: 80 }, (_, i) => `u${String(i).padStart(2, '0')}`);
@@ -1434,7 +1455,7 @@ describe('a run that stalled past its claims (a laptop asleep) while another cam
       wake();
       const woke = await napping;
       expect(woke.code, woke.stdout).toBe(1);
-      expect(JSON.parse(woke.stdout).satellites[0]).toMatchObject({ status: 'failed', error: expect.stringMatching(/stalled past its 30 s claim/) });
+      expect(JSON.parse(woke.stdout).satellites[0]).toMatchObject({ status: 'failed', error: expect.stringMatching(/may be run by another generate now: this run stalled past its 30 s claim, which lapsed/) });
       expect(users.filter((u) => held.get(u)!.length > 1)).toEqual(['u0']);
 
       // its resume gives the users served meanwhile nothing more

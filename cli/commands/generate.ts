@@ -167,7 +167,7 @@ export function register(program: Command): void {
           for (const r of failed) console.error(`satellite ${r.satelliteId} failed: ${r.error}`);
           // a revoked or expired campaign cannot be resumed, and a dry run recorded no campaign to resume
           if (failed.length && !stopped.length) {
-            const then = signalled ? 'to go on, run' : 'after fixing the satellite run';
+            const then = signalled ? 'to go on, run' : 'once what failed above is fixed or over, run';
             const dry = signalled ? `campaign ${id}: the dry run was interrupted` : `campaign ${id}: a satellite failed in the dry run; after fixing it run the dry run again`;
             console.error(opts.dryRun ? dry : `campaign ${id} is incomplete; ${then}: referral-manager${flags} generate --resume ${sh(id)}`);
           }

@@ -138,7 +138,7 @@ class SatelliteRun {
         }
         if ('heldBy' in held) {
           if (held.heldBy === this.id) throw new Error(`satellite "${this.sat}" is still claimed by another run of this campaign after ${CLAIM_TTL_MS / 1000} s`);
-          throw new Error(`satellite "${this.sat}" is being served by campaign "${held.heldBy}"; run this one again with --resume when that one ends`);
+          throw new Error(`satellite "${this.sat}" is being served by campaign "${held.heldBy}"; run this one again with --resume when that one ends (a killed run of it holds the satellite up to ${CLAIM_TTL_MS / 1000} s: then resume that one first)`);
         }
         this.satClaim = held;
         await this.o.campaigns.setStatus(this.id, this.sat, 'running');

@@ -72,7 +72,7 @@ export class CampaignStore {
    */
   async claim(id: string, ttlMs = CLAIM_TTL_MS): Promise<Claim | undefined> {
     const lease = new Lease(this.redis, this.keys.run(id), ttlMs, id);
-    return this.hold(lease, `campaign "${id}" is now run by another generate`);
+    return this.hold(lease, `campaign "${id}" may be run by another generate now`);
   }
 
   /**
@@ -82,16 +82,17 @@ export class CampaignStore {
    */
   async claimSatellite(sat: string, campaignId: string): Promise<Claim | { heldBy: string }> {
     const lease = new Lease(this.redis, this.keys.satelliteRun(sat), CLAIM_TTL_MS, campaignId);
-    const claim = await this.hold(lease, `satellite "${sat}" is now served by another generate`);
+    const claim = await this.hold(lease, `satellite "${sat}" may be served by another campaign now`);
     return claim ?? { heldBy: (await lease.holder()) ?? '' };
   }
 
+  /** `lost`: what a lapsed claim may mean; it said the other run held it, when a stalled run's claim had only lapsed */
   private async hold(lease: Lease, lost: string): Promise<Claim | undefined> {
     const held = await lease.hold();
     if (!held) return undefined;
     return {
       confirm: async () => {
-        if (!(await held.confirm())) throw new ClaimLost(`${lost} (this one stalled past its ${lease.ms / 1000} s claim): stopped before making or pushing more tokens`);
+        if (!(await held.confirm())) throw new ClaimLost(`${lost}: this run stalled past its ${lease.ms / 1000} s claim, which lapsed; stopped before making or pushing more tokens`);
       },
       release: held.release,
     };
