@@ -21,6 +21,14 @@ describe('dropKeys (real Redis)', () => {
     expect(await dropKeys(fx.redis, `${fx.prefix}:*`)).toBe(1);
   });
 
+  // a Redis holding more keys than one SCAN page (COUNT 1000) answers them over several cursors
+  it('walks every SCAN page, not only the first', async () => {
+    const keys = Array.from({ length: 2500 }, (_, i) => [`${fx.prefix}:p:${i}`, '1']).flat();
+    await fx.redis.mset(...keys);
+    expect(await dropKeys(fx.redis, `${fx.prefix}:p:*`)).toBe(2500);
+    expect(await fx.redis.exists(`${fx.prefix}:p:0`, `${fx.prefix}:p:2499`)).toBe(0);
+  });
+
   it('fails on a key it could not delete, rather than count it deleted', async () => {
     await fx.redis.set(`${fx.prefix}:c:1`, 'not a number');
     // a pipeline whose UNLINK is answered with an error (INCR of text stands in for it)
