@@ -30,6 +30,16 @@ describe('commands sent in one event-loop turn leave in one write', () => {
     expect(used).toBeLessThanOrEqual(5);
   });
 
+  // requests of many connections arrive in separate callbacks of one turn, each followed by its own
+  // process.nextTick queue: the socket stays corked until the check phase, not just to the callback's end
+  it('commands made in separate callbacks of one turn still leave together', async () => {
+    const before = await reads();
+    const replies = await Promise.all(Array.from({ length: 200 }, () => new Promise<number>((r) => setTimeout(() => r(redis.incr('cb')), 1))));
+    const used = (await reads()) - before - 1;
+    expect(replies).toEqual(Array.from({ length: 200 }, (_, i) => i + 1));
+    expect(used).toBeLessThanOrEqual(5);
+  });
+
   it('commands of separate turns are not held back', async () => {
     await redis.set('turns', '0');
     for (let i = 1; i <= 3; i++) {
