@@ -63,6 +63,8 @@ describe('campaign records (real Redis)', () => {
     expect(await store.recordRefused('refusing', 's1', ['u1', 'u2'])).toBe(2);
     expect((await store.progress('refusing', 's1')).usersRefused).toBe(2);
     expect(await store.recordRefused('refusing', 's1', ['u2', 'u3'])).toBe(1);
+    // a resume skips refused users as it skips delivered ones: their tokens are revoked
+    expect(await store.settled('refusing', 's1', ['u1', 'u3', 'nobody'])).toEqual([true, true, false]);
     const many = Array.from({ length: 12_000 }, (_, i) => `m${i}`);
     expect(await store.recordRefused('refusing', 's1', many)).toBe(12_000);
     expect((await store.progress('refusing', 's1')).usersRefused).toBe(12_003);
@@ -87,6 +89,23 @@ describe('campaign records (real Redis)', () => {
     expect(await store.recordDelivered('counting', 's1', new Map([['m0', 2], ['n1', 3]]))).toBe(3);
     expect(await store.settled('counting', 's1', ['m0', 'n1', 'nobody'])).toEqual([true, true, false]);
     expect(await store.progress('counting', 's1')).toMatchObject({ usersServed: 6001, tokensMade: 12_003, tokensDelivered: 12_003 });
+  });
+
+  // a re-run opens the campaign again with its own clock: the listing keeps the first run's createdAt
+  it('opening an existing campaign keeps its place and createdAt in the listing', async () => {
+    const store = new CampaignStore(fx.redis, fx.prefix);
+    await store.open({ id: 'first', perUser: 1, satellites: ['s1'], createdAt: 5000 });
+    await store.open({ id: 'second', perUser: 1, satellites: ['s1'], createdAt: 6000 });
+    expect((await store.open({ id: 'first', perUser: 1, satellites: ['s1'], createdAt: 7000 })).campaign.createdAt).toBe(5000);
+    expect((await store.list()).map((c) => c.id).filter((id) => id === 'first' || id === 'second')).toEqual(['first', 'second']);
+  });
+
+  it('lists revoked campaigns oldest first', async () => {
+    const store = new CampaignStore(fx.redis, fx.prefix);
+    await fx.engine.revokeCampaign('zz-older');
+    await new Promise((r) => setTimeout(r, 5));
+    await fx.engine.revokeCampaign('aa-newer');
+    expect((await store.revoked()).map((r) => r.id)).toEqual(['zz-older', 'aa-newer']);
   });
 
   // a satellite ignoring the page limit listed 130,000 ids: one HMGET / SMISMEMBER spread over them all threw
