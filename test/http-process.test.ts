@@ -246,6 +246,8 @@ describe('serve processes', () => {
       const { pool, key } = await setup(server);
       const [t1, t2] = await tokens(pool, 2);
       expect((await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t1, userId: 'b' } })).status).toBe(200);
+      // the first connection is no return: "reachable again" only follows an outage
+      expect(server.output()).not.toMatch(/Redis reachable again/);
 
       await redis.stop();
       const down = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: t2, userId: 'b' }, format: 'msgpack' });
@@ -257,6 +259,8 @@ describe('serve processes', () => {
       // what it means first, ioredis' own words ("Stream isn't writeable and enableOfflineQueue ...") after
       expect(notReady.body.error).toMatch(/^(no connection to Redis|the connection to Redis closed) \(reconnecting\): /);
       expect((await call(pool, 'GET', '/healthz')).status).toBe(200);
+      // down long enough for several reconnect attempts to fail (50 ms, 100 ms, ...): still one line
+      await new Promise((s) => setTimeout(s, 1000));
 
       await redis.start();
       let status = 0;
