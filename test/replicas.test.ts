@@ -130,9 +130,11 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
   // every change was answered 503 (WAIT could not be met) while /readyz said ready: a load balancer kept
   // sending sign-ups to instances that could redeem nothing
   it('/readyz is 503 while the master has fewer replicas online than REDIS_WAIT_REPLICAS, naming it, and ready once one links', async () => {
-    const master = await privateRedis();
+    // a replica waits this long for its first sync (state=wait_bgsave), linked but without the data
+    const master = await privateRedis(['--repl-diskless-sync', 'yes', '--repl-diskless-sync-delay', '5']);
     await master.start();
     const served = await serve({ REDIS_URL: master.url, KEY_PREFIX: 'waitready', ...WAIT });
+    const direct = createRedis({ redisUrl: master.url, redisClusterNodes: [] });
     let replica: Awaited<ReturnType<typeof privateRedis>> | undefined;
     try {
       const short = await fetch(`${served.url}/readyz`);
@@ -141,10 +143,13 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       expect(await short.json()).toMatchObject({ ready: false, redis: 'up', replicas: 'short', error: `127.0.0.1:${master.port} has 0 of the 1 replicas REDIS_WAIT_REPLICAS asks for online: every state change on its slots is answered 503` });
       replica = await privateRedis(['--replicaof', '127.0.0.1', String(master.port)]);
       await replica.start();
+      await until(() => direct.info('replication'), (i) => /slave0:.*state=wait_bgsave/.test(i), 'a replica waiting for its sync', 5000);
+      expect((await fetch(`${served.url}/readyz`)).status).toBe(503);
       await replicaLinked(master.url);
       const ready = await fetch(`${served.url}/readyz`);
       expect([ready.status, ((await ready.json()) as { ready: boolean }).ready]).toEqual([200, true]);
     } finally {
+      direct.disconnect();
       await served.stop();
       await replica?.dispose();
       await master.dispose();
