@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EXPORT_FIELDS } from '../src/store/export.js';
+import { EXPORT_FIELDS, scanTokens } from '../src/store/export.js';
 import type { Token } from '../src/store/model.js';
 import { createRedis } from '../src/store/redis.js';
 import { MAIN, runCli } from './helpers/cli.js';
@@ -274,5 +274,32 @@ describe('referral-manager export --format csv: values a spreadsheet would run a
       expect(raw.get(token)![user]).toBe(userId);
       expect(raw.get(token)![campaign]).toBe('-camp');
     }
+  });
+});
+
+// a generate during an export adds names (satellite, campaign numbers) to dictionaries the export has read
+describe('export meeting tokens made after it read a shard\'s dictionary', () => {
+  let fx: EngineFixture;
+  beforeAll(async () => {
+    fx = await engineFixture({ label: 'cliexportlate' });
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it('reads the dictionary again and names their campaign', async () => {
+    const owners = Array.from({ length: 5_000 }, (_, i) => ({ ownerSatelliteId: 'sat-e', ownerUserId: `e-${i}` }));
+    await fx.engine.generate({ owners, perUser: 1, campaignId: 'early' });
+    const scan = scanTokens(fx.redis, fx.prefix);
+    const rows: string[][] = [];
+    // a fifth of the tokens: every shard's dictionary read by then
+    while (rows.length < 1_000) rows.push(...(await scan.next()).value!);
+    // the same owners, so the same buckets, which the scan has mostly still to read
+    const late = new Set((await fx.engine.generate({ owners, perUser: 1, campaignId: 'late' })).tokens.map((t) => t.token));
+    for await (const page of scan) rows.push(...page);
+    const campaign = EXPORT_FIELDS.indexOf('campaignId');
+    const lateRows = rows.filter((r) => late.has(r[0]!));
+    expect(lateRows.length).toBeGreaterThan(1_000);
+    expect(new Set(lateRows.map((r) => r[campaign]))).toEqual(new Set(['late']));
   });
 });
