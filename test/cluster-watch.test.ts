@@ -12,7 +12,7 @@ const gauge = async (name: string, labels: Record<string, string> = {}) =>
 // a hung master raised no client error, so nothing was logged while its third of the tokens answered 503;
 // nor was its return, and a slot left migrating by an interrupted reshard showed nowhere
 describe('watchCluster (the serve primary): a real 3-master Redis Cluster', () => {
-  it('logs a master that stops answering and its return, and a slot left migrating; the gauges follow', async () => {
+  it('logs a master that stops answering or refuses keyed commands (cluster_state:fail) and its return, and a slot left migrating; the gauges follow', async () => {
     const cluster = await testCluster(3, ['--cluster-node-timeout', '600000']);
     const redis = createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes }, { failFast: true, commandTimeoutMs: 2000 });
     redis.on('error', () => {});
@@ -56,6 +56,15 @@ describe('watchCluster (the serve primary): a real 3-master Redis Cluster', () =
       const owner = new Redis({ host: host!, port: Number(port) });
       const target = new Redis({ host: cluster.nodes[1]!.split(':')[0]!, port: Number(cluster.nodes[1]!.split(':')[1]) });
       try {
+        // a master that answers but refuses keyed commands: one slot left unassigned in its own view
+        const failing = cluster.nodes[1]!;
+        const slot = redis instanceof Cluster ? redis.slots.findIndex((s) => s[0] === failing) : -1;
+        await target.cluster('DELSLOTS', slot);
+        expect(await until(new RegExp(`master ${failing}: cluster_state`))).toBe(`[redis cluster] master ${failing}: cluster_state:fail; the tokens of its slots answer 503 until it or a replica answers`);
+        expect(await gauge('rm_redis_cluster_master_up', { node: failing })).toBe(0);
+        await target.cluster('ADDSLOTS', slot);
+        expect(await until(new RegExp(`master ${failing}: ok again`))).toBe(`[redis cluster] master ${failing}: ok again`);
+
         const targetId = (await target.cluster('MYID')) as string;
         await owner.cluster('SETSLOT', 0, 'MIGRATING', targetId);
         expect(await until(/migrating \(a reshard under way\)/)).toBe(`[redis cluster] 1 slot(s) migrating (a reshard under way), e.g. slot 0 from ${cluster.nodes[0]} to ${cluster.nodes[1]}`);
