@@ -1,12 +1,13 @@
 import { spawnSync } from 'node:child_process';
 import calculateSlot from 'cluster-key-slot';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { AdminClient } from '../src/client/admin.js';
 import { ReferralError, SatelliteClient } from '../src/client/index.js';
 import { hexOf } from '../src/store/codec.js';
 import { Keys, placeOfToken } from '../src/store/keys.js';
 import { createRedis } from '../src/store/redis.js';
+import { clusterMasters } from '../src/store/cluster-probe.js';
 import { scanKeys } from '../src/store/key-walk.js';
 import { ADMIN_KEY, serve, testCluster } from './helpers/http.js';
 import { until } from './helpers/snapshot.js';
@@ -119,16 +120,22 @@ describe('the CLI and writer Redis client on a Cluster', () => {
       const victim = counts.findIndex((n) => n > 0);
       const victimId = String(await direct[victim]!.cluster('MYID'));
       const replica = (await Promise.all(direct.map(async (r, i) => (roles[i] === 'slave' && String(await r.cluster('MYID')) !== victimId && (await r.info('replication')).includes(`master_port:${cluster.nodes[victim]!.split(':')[1]}`) ? i : -1)))).find((i) => i >= 0)!;
+      // a client that re-reads the slot map only when told: what follows the takeover here is the probe's own re-read
+      const probed = new Cluster(cluster.nodes.map((n) => ({ host: n.split(':')[0]!, port: Number(n.split(':')[1]) })), { slotsRefreshInterval: 0 });
+      probed.on('error', () => undefined);
+      await until(() => clusterMasters(probed), (p) => p?.masters[cluster.nodes[victim]!] === 'ok', 'the probe seeing the victim', 10_000);
       direct[victim]!.disconnect();
       await cluster.signal(victim, 'SIGSTOP');
       try {
         await until(async () => String(await direct[replica]!.role().then((x) => (x as string[])[0])), (r) => r === 'master', 'the replica promoted', 30_000);
+        await until(() => clusterMasters(probed), (p) => p?.masters[cluster.nodes[replica]!] === 'ok', 'the probe seeing the promoted replica', 15_000);
         // served again, the hung master still hung: a few 503s first, while requests wait on its socket
         const back = await until(() => sat.lookup(tokens[0]!).then((t) => t.state, (e: ReferralError) => e.code), (s) => s === 'unredeemed', 'the token served by the new master', 20_000);
         expect(back).toBe('unredeemed');
         expect((await sat.redeem(tokens[0]!, 'new-0')).state).toBe('redeemed');
       } finally {
         await cluster.signal(victim, 'SIGCONT');
+        probed.disconnect();
       }
     } finally {
       for (const r of direct) r.disconnect();
