@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CampaignStore } from '../src/store/campaign-store.js';
+import { CampaignStore, type Claim } from '../src/store/campaign-store.js';
 import { runCli } from './helpers/cli.js';
 import { engineFixture, type EngineFixture } from './helpers/redis.js';
 
@@ -106,6 +106,17 @@ describe('campaign records (real Redis)', () => {
     await new Promise((r) => setTimeout(r, 5));
     await fx.engine.revokeCampaign('aa-newer');
     expect((await store.revoked()).map((r) => r.id)).toEqual(['zz-older', 'aa-newer']);
+  });
+
+  // generate names the campaign serving the satellite, and waits only on its own campaign's stale claim
+  it('a satellite claimed by one campaign is refused to another, naming the holder', async () => {
+    const store = new CampaignStore(fx.redis, fx.prefix);
+    const first = (await store.claimSatellite('s-shared', 'camp-one')) as Claim;
+    expect(await store.claimSatellite('s-shared', 'camp-two')).toEqual({ heldBy: 'camp-one' });
+    await first.release();
+    const second = (await store.claimSatellite('s-shared', 'camp-two')) as Claim;
+    expect(second.confirm).toBeTypeOf('function');
+    await second.release();
   });
 
   // a satellite ignoring the page limit listed 130,000 ids: one HMGET / SMISMEMBER spread over them all threw
