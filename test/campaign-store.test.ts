@@ -42,6 +42,14 @@ describe('campaign records (real Redis)', () => {
     expect((await store.get('killed'))!.progress.s1!.status).toBe('interrupted');
   });
 
+  // a campaign listing more satellites than a killed run reached: the rest are still to be served by --resume
+  it('a satellite no run has started shows as pending, every counter 0', async () => {
+    const store = new CampaignStore(fx.redis, fx.prefix);
+    await store.open({ id: 'unstarted', perUser: 1, satellites: ['s1', 's2'], createdAt: 1 });
+    await store.setStatus('unstarted', 's1', 'done');
+    expect((await store.get('unstarted'))!.progress.s2).toEqual({ usersListed: 0, usersServed: 0, tokensMade: 0, tokensDelivered: 0, usersRefused: 0, failures: 0, status: 'pending' });
+  });
+
   // satellite ids are opaque: progress["__proto__"] = p set the record's prototype instead of a field
   it('shows the progress of a satellite named __proto__ or constructor like any other', async () => {
     const store = new CampaignStore(fx.redis, fx.prefix);
