@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { AdminClient } from '../src/client/admin.js';
 import { ReferralError, SatelliteClient } from '../src/client/index.js';
 import { hexOf } from '../src/store/codec.js';
-import { Keys, placeOfToken } from '../src/store/keys.js';
+import { Keys, placeOfOwner, placeOfToken, type Place } from '../src/store/keys.js';
 import { createRedis } from '../src/store/redis.js';
 import { ADMIN_KEY, privateRedis, serve, testCluster } from './helpers/http.js';
 import { until } from './helpers/snapshot.js';
@@ -180,7 +180,7 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
     const served = await serve({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'waitc', ...WAIT });
     const probe = createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes });
     try {
-      const { sat, tokens } = await world(served.url, 60);
+      const { admin, sat, tokens } = await world(served.url, 60);
       // which server replicates which master, and which master holds each token's slot
       // as soon as this node's view names a replica for every master (it learns the roles by gossip)
       const lines = await until(
@@ -194,10 +194,11 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       );
       const address = (l: string[]) => l[1]!.split('@')[0]!;
       const masters = lines.filter((l) => l[2]!.includes('master') && l.length > 8);
-      const masterOf = (token: string) => {
-        const slot = calculateSlot(new Keys('waitc').tokenKeys(placeOfToken(hexOf(token)))[0]!);
+      const masterOfPlace = (place: Place) => {
+        const slot = calculateSlot(new Keys('waitc').tokenKeys(place)[0]!);
         return masters.find((m) => m.slice(8).some((r) => { const [a, b = a] = r.split('-').map(Number); return slot >= a! && slot <= b!; }))!;
       };
+      const masterOf = (token: string) => masterOfPlace(placeOfToken(hexOf(token)));
       const victim = masters[0]!;
       const replicaOf = lines.find((l) => l[2]!.includes('slave') && l[3] === victim[0])!;
       const onVictim = tokens.filter((t) => masterOf(t) === victim);
@@ -208,6 +209,9 @@ describe('REDIS_WAIT_REPLICAS: a change is answered once a replica has it', () =
       await cluster.signal(cluster.nodes.indexOf(address(replicaOf)), 'SIGSTOP');
       expect((await failure(sat.redeem(onVictim[0]!, 'n-victim')))?.code).toBe('store_unavailable');
       expect((await sat.redeem(elsewhere[0]!, 'n-elsewhere')).state).toBe('redeemed');
+      // a generate spread over masters waits on each: the one whose replica hangs fails it, listed first or not
+      const userOn = (victims: boolean) => Array.from({ length: 200 }, (_, i) => `g${i}`).find((u) => (masterOfPlace(placeOfOwner('sat-w', u)) === victim) === victims)!;
+      expect((await failure(admin.generate({ satelliteId: 'sat-w', userIds: [userOn(false), userOn(true)], perUser: 1 })))?.code).toBe('store_unavailable');
       await cluster.signal(cluster.nodes.indexOf(address(replicaOf)), 'SIGCONT');
       await until(() => failure(sat.redeem(onVictim[0]!, 'n-victim')), (e) => e === undefined, 'the retry confirmed once the replica is back', 20_000);
       // the replica lost: only its master's changes fail, so the instance stays in rotation, degraded, naming it
