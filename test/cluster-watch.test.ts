@@ -90,4 +90,31 @@ describe('watchCluster (the serve primary): a real 3-master Redis Cluster', () =
       await cluster.stop();
     }
   }, 90_000);
+
+  // a killed master's replica takes its slots and the old one leaves the slot map: its outage ends there,
+  // and only once every slot has a master again
+  it('logs a master replaced by its replica once the replica serves its slots', async () => {
+    const cluster = await testCluster(3, ['--cluster-node-timeout', '1000'], 1);
+    const redis = createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes }, { failFast: true, commandTimeoutMs: 2000 });
+    redis.on('error', () => {});
+    const lines: string[] = [];
+    const watch = watchCluster(redis, (l) => lines.push(l), { ms: 200 })!;
+    try {
+      const victim = () => (redis instanceof Cluster ? redis.slots[0]?.[0] : undefined) ?? '';
+      for (const end = Date.now() + 10_000; (await gauge('rm_redis_cluster_master_up', { node: victim() })) !== 1 && Date.now() < end; ) await sleep(50);
+      const killed = victim();
+      expect(killed).not.toBe('');
+      await cluster.signal(cluster.nodes.indexOf(killed), 'SIGKILL');
+      for (const end = Date.now() + 30_000; !lines.some((l) => l.includes('replaced')) && Date.now() < end; ) await sleep(50);
+      expect(lines.filter((l) => l.includes(killed))).toEqual([
+        expect.stringMatching(new RegExp(`^\\[redis cluster\\] master ${killed}: .*; the tokens of its slots answer 503`)),
+        `[redis cluster] master ${killed}: replaced (a replica took over its slots); every slot has a master again`,
+      ]);
+      expect(await gauge('rm_redis_cluster_slots_unserved')).toBe(0);
+    } finally {
+      await watch.stop();
+      redis.disconnect();
+      await cluster.stop();
+    }
+  }, 60_000);
 });
