@@ -6,7 +6,7 @@ import { AdminClient } from '../src/client/admin.js';
 import { ReferralError, SatelliteClient } from '../src/client/index.js';
 import { hexOf } from '../src/store/codec.js';
 import { Keys, placeOfToken } from '../src/store/keys.js';
-import { createRedis } from '../src/store/redis.js';
+import { createRedis, nodeAddress, readyMasters } from '../src/store/redis.js';
 import { clusterMasters } from '../src/store/cluster-probe.js';
 import { scanKeys } from '../src/store/key-walk.js';
 import { ADMIN_KEY, serve, testCluster } from './helpers/http.js';
@@ -156,6 +156,8 @@ describe('the CLI and writer Redis client on a Cluster', () => {
       return keys;
     };
     try {
+      // asked before the client has read the slot map (it knows no node yet): every master all the same
+      expect((await readyMasters(redis)).map(nodeAddress).sort()).toEqual([...cluster.nodes].sort());
       await Promise.all(Array.from({ length: 200 }, (_, i) => redis.set(`scan:{${i}}`, '1')));
       expect((await list()).length).toBe(200);
       const ids = await Promise.all(direct.map((r) => r.cluster('MYID') as Promise<string>));
