@@ -1213,6 +1213,8 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
       expect(resumed.code, resumed.stderr).toBe(0);
       expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ status: 'done', tokensDelivered: 1 });
       expect(Date.now() - t0).toBeGreaterThanOrEqual(1500);
+      // not silent for up to half a minute
+      expect(resumed.stderr).toContain('satellite sat-stale: a killed run of this campaign still claims it; waiting up to 30 s for that claim to lapse');
     } finally {
       await satellite.close();
       await fx.close();

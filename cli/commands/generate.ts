@@ -138,6 +138,7 @@ export function register(program: Command): void {
               attempts: config.satelliteAttempts,
               ...(run ? { claim: run } : {}),
               onProgress: bars?.update,
+              say: bars?.say ?? ((line: string) => console.error(line)),
               stop: stop.signal,
             },
             satellites,

@@ -38,6 +38,8 @@ export interface FlowOptions {
   /** the run's claim on the campaign, confirmed before each batch it makes and each push (absent in a dry run) */
   claim?: Pick<Claim, 'confirm'>;
   onProgress?: (satelliteId: string, event: ProgressEvent, n: number) => void;
+  /** a line for the operator while the run waits on something (stderr, or above the progress bars) */
+  say?: (line: string) => void;
 }
 
 /** The run's counters as they grow, and what each page is about to make and deliver (the bars' totals). */
@@ -130,8 +132,10 @@ class SatelliteRun {
       if (!this.o.dryRun) {
         let held = await this.o.campaigns.claimSatellite(this.sat, this.id);
         // this run holds the campaign, so a claim in its name is a killed run's, lapsing within its TTL: waited
-        // for (a resume right after a kill failed, and had to be run again half a minute later)
+        // for (a resume right after a kill failed, and had to be run again half a minute later), and said, or
+        // the resume sat silent for up to half a minute
         // (no holder: it lapsed between the refused SET NX and the read of its holder, so try again)
+        if ('heldBy' in held && held.heldBy === this.id) this.o.say?.(`satellite ${this.sat}: a killed run of this campaign still claims it; waiting up to ${CLAIM_TTL_MS / 1000} s for that claim to lapse`);
         for (const end = Date.now() + CLAIM_TTL_MS + 1000; 'heldBy' in held && (held.heldBy === this.id || held.heldBy === '') && Date.now() < end; ) {
           await sleep(250, undefined, { signal: this.o.stop }).catch(() => this.o.stop?.throwIfAborted());
           held = await this.o.campaigns.claimSatellite(this.sat, this.id);
