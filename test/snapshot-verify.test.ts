@@ -193,7 +193,7 @@ describe('verify --repair-leases (real Redis, real Postgres)', () => {
   }, 90_000);
 });
 
-describe('verify while satellites redeem (real Redis, real Postgres)', () => {
+describe('verify while satellites redeem and while the writer catches up (real Redis, real Postgres)', () => {
   // verify read a shard's redemption details before its buckets: a redeem in between read as a token redeemed
   // by nobody, a difference that looks like Redis lost the redeemer (seen in h128's drill with redeems over HTTP)
   it('never reads a token redeemed by nobody while redeems run', async () => {
@@ -223,6 +223,26 @@ describe('verify while satellites redeem (real Redis, real Postgres)', () => {
       }
       expect(next).toBeGreaterThan(0);
       expect(torn).toEqual([]);
+    });
+  }, 90_000);
+
+  // 200k differences from a writer still catching up read like a Postgres that lost them, with nothing saying otherwise
+  it('says how many changes the writer had left to copy, and that differences may be only that lag', async () => {
+    await ownSnapshot('lagging', async ({ fx, db, pool, writer }) => {
+      await writer.now.stop();
+      await generateTokens(fx.engine, 300);
+      const env = { KEY_PREFIX: fx.prefix, REDIS_URL: SHARED_REDIS_URL, DATABASE_URL: db.url };
+      const behind = await runCli(['verify', '--max', '1'], env);
+      expect(behind.code).toBe(1);
+      expect(behind.stdout).toContain('300 tokens in Redis, ');
+      expect(behind.stderr).toContain('the snapshot writer had 300 changes left to copy (rm_snapshot_lag_events) as verify ran: differences of the tokens they changed may be only that lag; run verify again once the lag is 0');
+      expect(JSON.parse((await runCli(['verify', '--json', '--max', '0'], env)).stdout)).toMatchObject({ lagEvents: 300 });
+
+      writer.now = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url }), { log: () => {} });
+      await caughtUp(fx.redis, fx.prefix, pool, 300);
+      const caught = await runCli(['verify'], env);
+      expect(caught.code).toBe(0);
+      expect(caught.stderr).not.toContain('left to copy');
     });
   }, 90_000);
 });

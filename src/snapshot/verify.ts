@@ -14,6 +14,7 @@ import { pgSatellites } from './satellites.js';
 import { resyncTokens } from './resync.js';
 import { reapplyRows } from './reapply.js';
 import { NO_REPLICA_WAIT } from '../store/replicas.js';
+import { sampleLag } from './lag.js';
 
 export interface Difference {
   /**
@@ -49,6 +50,11 @@ export interface VerifyReport {
   campaigns: number;
   /** campaign ids in Redis' registry of revoked campaigns */
   revokedCampaigns: number;
+  /**
+   * stream entries the snapshot writer had not copied yet (`rm_snapshot_lag_events`), the more of its readings
+   * as verify started and ended: while above 0, differences of the tokens they changed may be only that lag
+   */
+  lagEvents: number;
   differences: number;
   /** the first `maxListed` differences */
   listed: Difference[];
@@ -114,7 +120,7 @@ function count(counters: Map<string, number>, p: Row): void {
  */
 export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, { maxListed = 100, repairTokens = false, repairLeases = false, repairRedis = false }: VerifyOptions = {}): Promise<VerifyReport> {
   const keys = new Keys(prefix);
-  const report: VerifyReport = { tokens: 0, satellites: 0, campaigns: 0, revokedCampaigns: 0, differences: 0, listed: [] };
+  const report: VerifyReport = { tokens: 0, satellites: 0, campaigns: 0, revokedCampaigns: 0, lagEvents: (await sampleLag(redis, prefix)).events, differences: 0, listed: [] };
   if (repairTokens) report.resynced = 0;
   const store = repairLeases ? new TokenStore(redis, prefix, NO_REPLICA_WAIT) : undefined;
   if (store) report.leasesRepaired = 0;
@@ -177,6 +183,7 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
   const at = (id: string) => `${keys.revokedCampaigns()}/${id}`;
   for (const [id, shards] of gaps.unmarked) note({ token: at(id), kind: 'unmarked', shards });
   for (const [id, m] of gaps.unregistered) note({ token: at(id), kind: 'unregistered', shards: m.shards });
+  report.lagEvents = Math.max(report.lagEvents, (await sampleLag(redis, prefix)).events);
   return report;
 }
 
