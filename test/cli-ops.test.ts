@@ -296,6 +296,9 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       const again = await cli('tokens', 'revoke', u1[1]!, '--json');
       expect(again.code, again.stderr).toBe(0);
       expect(JSON.parse(again.stdout)).toEqual({ revoked: 0, results: [{ token: u1[1], code: 'revoked' }] });
+      // a redeemed token alone fails too: it stays usable as a referral, the revoke did not happen (h127 mutation audit)
+      const redeemedOnly = await cli('tokens', 'revoke', u1[0]!, '--json');
+      expect([redeemedOnly.code, JSON.parse(redeemedOnly.stdout)]).toEqual([1, { revoked: 0, results: [{ token: u1[0], code: 'already_redeemed' }] }]);
     });
 
     it('revoke --satellite --user and --campaign revoke every open token of the user / campaign', async () => {
