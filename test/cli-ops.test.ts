@@ -326,6 +326,19 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect([r.code, r.stderr, JSON.parse(r.stdout || 'null')]).toEqual([0, '', { wouldPurge: 0 }]);
     });
 
+    it('purge --campaign counts only that campaign; --older-than in weeks is weeks (h127 mutation audit)', async () => {
+      // camp-other: 3 tokens revoked above, one redeemed; camp-ops has revoked and expired ones of its own
+      const one = await cli('tokens', 'purge', '--older-than', '0s', '--campaign', 'camp-other', '--dry-run', '--json');
+      expect([one.code, JSON.parse(one.stdout || 'null')]).toEqual([0, { wouldPurge: 3 }]);
+      const all = await cli('tokens', 'purge', '--older-than', '0s', '--dry-run', '--json');
+      expect((JSON.parse(all.stdout) as { wouldPurge: number }).wouldPurge).toBeGreaterThan(3);
+      const t0 = Date.now();
+      const weeks = await cli('tokens', 'purge', '--older-than', '2w', '--dry-run');
+      const before = Date.parse(/made before (\S+)/.exec(weeks.stdout)![1]!);
+      expect(t0 - before).toBeGreaterThan(13 * 86_400_000);
+      expect(t0 - before).toBeLessThanOrEqual(14 * 86_400_000);
+    });
+
     it("revoke --satellite --all-users revokes every open token of every user of that satellite, and only those", async () => {
       const owners = ['r1', 'r2', 'r3'].map((u) => ({ ownerSatelliteId: 'sat-retired', ownerUserId: u }));
       const made = (await fx.engine.generate({ owners, perUser: 2, campaignId: 'camp-retired' })).tokens.map((t) => t.token);
