@@ -394,6 +394,10 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
 
       const owners = (sat: string, n: number) => Array.from({ length: n }, (_, i) => ({ ownerSatelliteId: sat, ownerUserId: `${sat}-u${i}` }));
       const a = (await sfx.engine.generate({ owners: owners('sat-a', 10), perUser: 2 })).tokens.map((t) => t.token);
+      // one satellite: its row is the total, none added (h127 mutation audit)
+      const single = await runCli(['stats'], senv);
+      expect(single.stdout).toMatch(/^sat-a +20 +20 +0 +0 +0 +0$/m);
+      expect(single.stdout).not.toMatch(/^total/m);
       const b = (await sfx.engine.generate({ owners: owners('sat-b', 5), perUser: 1 })).tokens.map((t) => t.token);
       // sat-a tokens: 2 redeemed on sat-b (cross), 1 on sat-a, 1 reserved, 1 revoked; sat-b: 1 redeemed on sat-a
       for (const t of a.slice(0, 2)) expect((await sfx.engine.redeem(t, 'sat-b', 'nb')).code).toBe('ok');
