@@ -494,6 +494,18 @@ describe('referral-manager config', () => {
     for (const x of secrets) expect(run.stdout).not.toContain(x);
   });
 
+  it('shows whether ADMIN_KEY and METRICS_KEY are set, never them (h127 mutation audit)', async () => {
+    const keys = { ADMIN_KEY: 'admin-'.repeat(8), METRICS_KEY: 'metrics-'.repeat(6) };
+    for (const args of [['config'], ['config', '--json']]) {
+      const run = await runCli(args, keys);
+      expect(run.code, run.stderr).toBe(0);
+      expect(run.stdout).not.toContain('admin-admin');
+      expect(run.stdout).not.toContain('metrics-metrics');
+    }
+    const rows = JSON.parse((await runCli(['config', '--json'], keys)).stdout) as { env: string; value: unknown }[];
+    expect(rows.filter((r) => r.env in keys).map((r) => r.value)).toEqual(['(set)', '(set)']);
+  });
+
   it('says where each value comes from: a global flag, the env, or the default', async () => {
     const run = await runCli(['--key-prefix', 'from-flag', 'config'], { KEY_PREFIX: 'from-env', PORT: '7490', REDIS_URL: '' });
     expect(run.code, run.stderr).toBe(0);
@@ -506,7 +518,12 @@ describe('referral-manager config', () => {
     expect(new Set(lines.map((l) => /^\S+ +/.exec(l)![0].length)).size, run.stdout).toBe(1);
     const json = await runCli(['--key-prefix', 'from-flag', 'config', '--json'], { KEY_PREFIX: 'from-env' });
     const rows = JSON.parse(json.stdout) as { env: string; value: unknown; source: string }[];
-    expect(rows.find((r) => r.env === 'KEY_PREFIX')).toMatchObject({ value: 'from-flag', source: 'flag' });
+    expect(rows.find((r) => r.env === 'KEY_PREFIX')).toMatchObject({ value: 'from-flag', source: 'flag', fromEnv: true });
+    // fromEnv: whether the env names the setting at all, so a script can tell a default from a value set (h127 mutation audit)
+    expect(rows.find((r) => r.env === 'PORT')).toMatchObject({ source: 'default', fromEnv: false });
+    // every global flag overrides its env value, --database-url too (h127 mutation audit)
+    const db = await runCli(['--database-url', 'postgres://flag@db.example:5432/rm', 'config', '--json'], { DATABASE_URL: 'postgres://env@db.example:5432/rm' });
+    expect((JSON.parse(db.stdout) as { env: string }[]).find((r) => r.env === 'DATABASE_URL')).toMatchObject({ value: 'postgres://flag@db.example:5432/rm', source: 'flag' });
     // an empty flag is not given: the env's value, labelled as the env's (it showed "rm" (flag))
     const empty = await runCli(['--key-prefix', '', 'config', '--json'], { KEY_PREFIX: 'from-env' });
     const emptyRows = JSON.parse(empty.stdout) as { env: string; value: unknown; source: string }[];
