@@ -141,6 +141,20 @@ describe('campaign records (real Redis)', () => {
     expect([settled.length, settled[7], settled.filter(Boolean).length]).toEqual([200_000, true, 1]);
   });
 
+  // a script reading one satellite's refusals must not get another's (h127 mutation audit)
+  it('campaigns refused --satellite: that satellite\'s users only, in text and --json', async () => {
+    const store = new CampaignStore(fx.redis, fx.prefix);
+    await store.open({ id: 'refused-two', perUser: 1, satellites: ['s1', 's2'], createdAt: 1 });
+    await store.recordRefused('refused-two', 's1', ['u1']);
+    await store.recordRefused('refused-two', 's2', ['u3', 'u2']);
+    const env = { KEY_PREFIX: fx.prefix };
+    const text = await runCli(['campaigns', 'refused', 'refused-two', '--satellite', 's2'], env);
+    expect([text.code, text.stdout]).toEqual([0, 's2\tu2\ns2\tu3\n']);
+    const json = await runCli(['campaigns', 'refused', 'refused-two', '--satellite', 's2', '--json'], env);
+    expect(JSON.parse(json.stdout)).toEqual({ s2: ['u2', 'u3'] });
+    expect(JSON.parse((await runCli(['campaigns', 'refused', 'refused-two', '--json'], env)).stdout)).toEqual({ s1: ['u1'], s2: ['u2', 'u3'] });
+  });
+
   // failed outranked running: a campaign read "failed" while another of its satellites was still being served
   it('campaigns list: running while one satellite still runs, whatever another ended as', async () => {
     const store = new CampaignStore(fx.redis, fx.prefix);
