@@ -117,6 +117,10 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
         expect(out).not.toContain('out-secret-a');
         expect(out).not.toContain('rmk_');
       }
+      // none registered: said, not an empty table; --json an empty array (h127 mutation audit)
+      const none = { ...env, KEY_PREFIX: `${fx.prefix}-none` };
+      expect((await runCli(['satellites', 'list'], none)).stdout).toBe('no satellites registered\n');
+      expect(JSON.parse((await runCli(['satellites', 'list', '--json'], none)).stdout)).toEqual([]);
     });
 
     it('rotate-key: the new key authenticates, the old one only within --grace', async () => {
