@@ -74,7 +74,7 @@ export function configFrom(cmd: Command, extra: Partial<Record<keyof Config, unk
     // own, said as one when only flags were refused (not as the environment's configuration); a bad env
     // value alone stays a configuration error (main.ts: the message, exit 2)
     if (err instanceof ConfigError && err.failed.some((k) => k in overrides)) {
-      cmd.error(err.failed.every((k) => k in overrides) ? `error: ${err.problems.join('; ')}` : err.message, { exitCode: 2 });
+      cmd.error(err.failed.every((k) => k in overrides) ? `error: ${err.problems.join('; ')}` : err.message);
     }
     throw err;
   }

@@ -29,7 +29,7 @@ export async function invalidIsUsage<T>(cmd: Command, fn: () => Promise<T>): Pro
   try {
     return await fn();
   } catch (err) {
-    if (err instanceof DomainError && err.code === 'invalid_request') cmd.error(`error: ${err.message}`, { exitCode: 2 });
+    if (err instanceof DomainError && err.code === 'invalid_request') cmd.error(`error: ${err.message}`);
     throw err;
   }
 }

@@ -64,7 +64,7 @@ export function register(program: Command): void {
     .option('--keep', 'keep the demo keys in Redis (under a demo-* prefix) instead of deleting them')
     .addHelpText('after', '\nNeeds Redis (REDIS_URL). Uses a fresh key prefix and deletes it afterwards.\n\nExamples:\n  npm run demo\n  referral-manager demo --users 10000 --signups 1000')
     .action(async function (this: Command, opts: { users: string; signups: string; keep?: boolean }) {
-      if (!/^\d+$/.test(opts.users) || !/^\d+$/.test(opts.signups)) this.error('error: --users and --signups take integers', { exitCode: 2 });
+      if (!/^\d+$/.test(opts.users) || !/^\d+$/.test(opts.signups)) this.error('error: --users and --signups take integers');
       const prefix = `demo-${randomBytes(3).toString('hex')}`;
       const config = configFrom(this, { keyPrefix: prefix });
       const env = { REDIS_URL: config.redisUrl, REDIS_CLUSTER_NODES: config.redisClusterNodes.join(','), KEY_PREFIX: prefix, ADMIN_KEY: randomBytes(24).toString('hex'), SNAPSHOT: 'false' };

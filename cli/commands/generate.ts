@@ -60,7 +60,7 @@ export function register(program: Command): void {
     .option('--no-progress', 'no progress bars (they only show on a TTY anyway)')
     .addHelpText('after', EXAMPLES)
     .action(async function (this: Command, opts: Opts) {
-      const usage = (msg: string): never => this.error(`error: ${msg}`, { exitCode: 2 });
+      const usage = (msg: string): never => this.error(`error: ${msg}`);
       const pageSize = positive(opts.pageSize, 10_000) ?? usage('--page-size must be an integer 1..10000');
       const maxPages = positive(opts.maxPages, 100_000_000) ?? usage('--max-pages must be an integer 1..100000000');
       const deliverBatch = positive(opts.batchSize, 100_000) ?? usage('--batch-size must be an integer 1..100000');

@@ -49,7 +49,7 @@ export function register(program: Command): void {
     .option('--peer <url>', 'another sim to take tokens from (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .addHelpText('after', EXAMPLES)
     .action(async function (this: Command, f: Flags) {
-      const usage = (msg: string): never => this.error(`error: ${msg}`, { exitCode: 2 });
+      const usage = (msg: string): never => this.error(`error: ${msg}`);
       const integer = (flag: string, v: string, max: number) => {
         const n = /^\d+$/.test(v) ? Number(v) : NaN;
         return n <= max ? n : usage(`${flag} must be an integer 0..${max}, got "${v}"`);

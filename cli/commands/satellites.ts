@@ -31,11 +31,11 @@ const KEY_FILE_HELP = 'read the outbound key from this file (- : stdin), so it s
  */
 function outboundKeyOf(cmd: Command, opts: { outboundKey?: string; outboundKeyFile?: string }): string | undefined {
   if (opts.outboundKeyFile === undefined) return opts.outboundKey;
-  if (opts.outboundKey !== undefined) cmd.error('error: give the outbound key once: --outbound-key or --outbound-key-file', { exitCode: 2 });
+  if (opts.outboundKey !== undefined) cmd.error('error: give the outbound key once: --outbound-key or --outbound-key-file');
   try {
     return readFileSync(opts.outboundKeyFile === '-' ? 0 : opts.outboundKeyFile, 'utf8').replace(/\r?\n$/, '');
   } catch (err) {
-    return cmd.error(`error: --outbound-key-file: ${(err as Error).message}`, { exitCode: 2 });
+    return cmd.error(`error: --outbound-key-file: ${(err as Error).message}`);
   }
 }
 
@@ -119,11 +119,11 @@ export function register(program: Command): void {
     const change: SatelliteFields = {};
     const fields = [['url', 'url', opts.clearUrl], ['name', 'name', opts.clearName], ['outboundKey', 'outbound-key', opts.clearOutboundKey]] as const;
     for (const [field, flag, clear] of fields) {
-      if (opts[field] !== undefined && clear) this.error(`error: --${flag} and --clear-${flag} contradict each other`, { exitCode: 2 });
+      if (opts[field] !== undefined && clear) this.error(`error: --${flag} and --clear-${flag} contradict each other`);
       if (opts[field] !== undefined) change[field] = opts[field];
       else if (clear) change[field] = null;
     }
-    if (Object.keys(change).length === 0) this.error('error: nothing to change: give --url, --name, --outbound-key or a --clear-* option', { exitCode: 2 });
+    if (Object.keys(change).length === 0) this.error('error: nothing to change: give --url, --name, --outbound-key or a --clear-* option');
     const s = await invalidIsUsage(this, () => withRegistry(configFrom(this), (r) => r.update(id, change)));
     if (opts.json) console.log(JSON.stringify(jsonView(s)));
     else console.log(`satellite "${id}" updated: url ${s.url ?? '-'}, name ${s.name ?? '-'}, outbound key ${s.outboundKey !== undefined ? 'set' : 'not set'}`);

@@ -83,7 +83,7 @@ export function register(program: Command): void {
     .option('--discard-pending', 'with --force: restore even though changes in the event streams have not reached Postgres (they are lost)')
     .addHelpText('after', '\nExamples:\n  referral-manager restore --from-postgres\n  referral-manager restore --from-postgres --force --key-prefix rm')
     .action(async function (this: Command, opts: { fromPostgres?: boolean; force?: boolean; discardPending?: boolean }) {
-      if (!opts.fromPostgres) this.error('error: restore needs --from-postgres', { exitCode: 2 });
+      if (!opts.fromPostgres) this.error('error: restore needs --from-postgres');
       const config = configFrom(this);
       const redis = await connectRedis(config);
       const pool = await openSnapshot(config.databaseUrl, RESTORE_LANES);
@@ -121,7 +121,7 @@ export function register(program: Command): void {
     .addHelpText('after', '\nExamples:\n  referral-manager verify\n  referral-manager verify --json --max 10\n  referral-manager verify --repair-revocations\n  referral-manager verify --repair-tokens\n  referral-manager verify --repair-leases\n  referral-manager verify --repair-redis')
     .action(async function (this: Command, opts: { max: string; json?: boolean; repairRevocations?: boolean; repairTokens?: boolean; repairLeases?: boolean; repairRedis?: boolean }) {
       // NaN would list nothing and still exit 1 on differences, which reads like a broken verify
-      if (!/^\d+$/.test(opts.max)) this.error(`error: --max must be a whole number, got "${opts.max}"`, { exitCode: 2 });
+      if (!/^\d+$/.test(opts.max)) this.error(`error: --max must be a whole number, got "${opts.max}"`);
       const config = configFrom(this);
       const redis = await connectRedis(config);
       let pool: Awaited<ReturnType<typeof openSnapshot>> | undefined;

@@ -70,7 +70,7 @@ export function register(program: Command): void {
     .addHelpText('after', '\nExamples:\n  referral-manager tokens history 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n  referral-manager tokens history 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d --json');
   history.action(async function (this: Command, token: string, opts: { json?: boolean }) {
     // Postgres would refuse the malformed uuid with its own words
-    if (!isToken(token)) this.error(`error: token: expected a lowercase UUIDv4, got "${token}"`, { exitCode: 2 });
+    if (!isToken(token)) this.error(`error: token: expected a lowercase UUIDv4, got "${token}"`);
     await fromSnapshot(configFrom(this), async (pool, lag) => {
       const h = await tokenHistory(pool, token);
       const behind = `${lag.events} changes, ${lag.seconds.toFixed(1)} s behind Redis`;
@@ -151,14 +151,14 @@ export function register(program: Command): void {
   revoke.action(async function (this: Command, listed: string[], opts: { satellite?: string; user?: string; allUsers?: boolean; campaign?: string; json?: boolean }) {
     const owners = opts.satellite !== undefined || opts.user !== undefined || opts.allUsers === true;
     const forms = Number(listed.length > 0) + Number(owners) + Number(opts.campaign !== undefined);
-    if (forms !== 1) this.error('error: give exactly one of: <token>..., --satellite S --user U, --satellite S --all-users, --campaign C', { exitCode: 2 });
+    if (forms !== 1) this.error('error: give exactly one of: <token>..., --satellite S --user U, --satellite S --all-users, --campaign C');
     // a forgotten --user must not widen to the whole satellite: that takes --all-users, said outright
     if (owners && (opts.satellite === undefined || (opts.user === undefined) !== (opts.allUsers === true))) {
-      this.error('error: --satellite goes with exactly one of --user U or --all-users', { exitCode: 2 });
+      this.error('error: --satellite goes with exactly one of --user U or --all-users');
     }
     // check every token before revoking any, so a typo does not leave the list half done
     const bad = listed.filter((t) => !isToken(t));
-    if (bad.length) this.error(`error: not a token (lowercase UUIDv4): ${bad.join(', ')}`, { exitCode: 2 });
+    if (bad.length) this.error(`error: not a token (lowercase UUIDv4): ${bad.join(', ')}`);
 
     const config = configFrom(this);
     if (listed.length > 0) {
@@ -214,7 +214,7 @@ export function register(program: Command): void {
     );
   purge.action(async function (this: Command, opts: { olderThan: string; campaign?: string; dryRun?: boolean; json?: boolean }) {
     const age = parseDuration(opts.olderThan);
-    if (age === undefined) this.error('error: --older-than must look like 180d, 12w, 36h', { exitCode: 2 });
+    if (age === undefined) this.error('error: --older-than must look like 180d, 12w, 36h');
     // older than the epoch: nothing is that old (the engine takes no negative time)
     const madeBefore = Math.max(0, Date.now() - age);
     const dry = opts.dryRun === true;
