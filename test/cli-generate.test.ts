@@ -612,6 +612,39 @@ describe('--batch-size smaller than --per-user', () => {
   });
 });
 
+describe('a refused push split after the campaign was revoked, or the run\'s claims lapsed, during it', () => {
+  // the halves of a refused push went out unchecked: the satellite got the tokens of a campaign revoked while
+  // it refused the push, and a run that had lost its claims pushed on
+  for (const [what, during, status, error] of [
+    ['revoked', (fx: EngineFixture) => fx.engine.revokeCampaign('halves-revoked'), 'revoked', /campaign "halves-revoked" was revoked at .*: its undelivered tokens are not pushed/],
+    ['claims lapsed', (fx: EngineFixture) => fx.redis.del(new CampaignKeys(fx.prefix).run('halves-claims lapsed'), new CampaignKeys(fx.prefix).satelliteRun('sat-halves')), 'failed', /stalled past its 30 s claim, which lapsed/],
+  ] as const) {
+    it(`pushes none of the halves (${what})`, async () => {
+      const fx = await engineFixture({ label: 'gen' });
+      const accepted: Pushed = [];
+      let refused = 0;
+      const satellite = await handWrittenSatellite(fx, 'sat-halves', () => ({ userIds: ['u0', 'u1', 'u2', 'u3'], nextCursor: null }), async (tokens) => {
+        // u3 closed the account: the push holding it is refused, and the run splits it
+        if (tokens.some((t) => t.userId === 'u3')) {
+          if (refused++ === 0) await during(fx);
+          return { status: 409 };
+        }
+        accepted.push(...tokens);
+        return tokens.length;
+      });
+      try {
+        const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', `halves-${what}`, '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+        expect(run.code, run.stderr).toBe(1);
+        expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status, tokensMade: 8, tokensDelivered: 0, usersRefused: 0, error: expect.stringMatching(error) });
+        expect([accepted, refused]).toEqual([[], 1]);
+      } finally {
+        await satellite.close();
+        await fx.close();
+      }
+    });
+  }
+});
+
 describe('a satellite ending its listing with nextCursor ""', () => {
   it('is taken as the last page (a Go satellite\'s zero-value string), not as a cursor listing everything again', async () => {
     const fx = await engineFixture({ label: 'gen' });

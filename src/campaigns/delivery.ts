@@ -58,7 +58,10 @@ export interface DeliveryDeps {
   engine: TokenEngine;
   /** most tokens per push */
   batch: number;
-  /** before each push; throws to stop the run (the campaign was revoked) */
+  /**
+   * before each push, the smaller ones after a refused push too; throws to stop the run (the campaign was
+   * revoked or expired, the run's claims lapsed, or it was interrupted)
+   */
   beforePush(): Promise<void>;
   /** into the run's report and the progress bars: the store counted it in the campaign with its record */
   counted(counter: Counter, n: number): Promise<void>;
@@ -154,9 +157,7 @@ export class Delivery {
     const pairs = deliveries.flatMap(([userId, tokens]) => tokens.map((token) => ({ userId, token })));
     for (const [piece, whole] of pack(pairs, () => this.max, new Map(deliveries.map(([u, t]) => [u, t.length])))) {
       const due = piece.filter((p) => !this.refused.has(p.userId));
-      if (!due.length) continue;
-      await this.d.beforePush();
-      await this.pushOrSplit(due, whole, listed);
+      if (due.length) await this.pushOrSplit(due, whole, listed);
     }
   }
 
@@ -271,7 +272,12 @@ export class Delivery {
     if (err.status === BODY_TOO_LARGE) this.max = Math.max(1, Math.min(this.max, Math.floor(pairs.length / 2)));
   }
 
+  /**
+   * Every push, the halves and pieces of a refused one too, is checked first: those went out unchecked, so a
+   * revoke or a lapsed claim landing during a refused push let the rest of its batch through.
+   */
   private async push(pairs: Pair[], whole: Map<string, number>): Promise<void> {
+    await this.d.beforePush();
     await this.d.api.pushTokens(pairs);
     const done = new Map<string, number>();
     for (const { userId } of pairs) if (whole.has(userId)) done.set(userId, whole.get(userId)!);
