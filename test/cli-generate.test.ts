@@ -612,6 +612,37 @@ describe('--batch-size smaller than --per-user', () => {
   });
 });
 
+describe('a campaign revoked between two parts of a set larger than --batch-size', () => {
+  // the parts pushed stayed with the satellite, and the counts said it held nothing: a set counts delivered
+  // once its last part is, which no run of a revoked campaign pushes
+  it('stops before the next part, exit 1, and counts delivered the part the satellite holds', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const pushed: Pushed = [];
+    const satellite = await handWrittenSatellite(fx, 'sat-cut', () => ({ userIds: ['u0'], nextCursor: null }), async (tokens) => {
+      if (!pushed.length) await fx.engine.revokeCampaign('cut');
+      pushed.push(...tokens);
+      return tokens.length;
+    });
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      const run = await runCli(['generate', '--all', '--per-user', '12', '--batch-size', '5', '--campaign', 'cut', '--json'], env);
+      expect(run.code, run.stderr).toBe(1);
+      expect(pushed).toHaveLength(5);
+      const report = JSON.parse(run.stdout).satellites[0];
+      expect(report).toMatchObject({ status: 'revoked', usersServed: 1, tokensMade: 12, tokensDelivered: 5 });
+      expect(report.error).toMatch(/campaign "cut" was revoked at .*: its undelivered tokens are not pushed; 5 tokens of sets pushed in parts reached the satellite before \(1 user, first "u0" with 5\): counted delivered, the rest of those sets not pushed/);
+      expect(run.stderr).toMatch(/satellite sat-cut stopped: campaign "cut" was revoked/);
+      expect(run.stderr).not.toMatch(/--resume/);
+      const shown = JSON.parse((await runCli(['campaigns', 'show', 'cut', '--json'], env)).stdout);
+      expect(shown).toMatchObject({ status: 'revoked', progress: { 'sat-cut': { status: 'revoked', tokensMade: 12, tokensDelivered: 5, lastError: report.error } } });
+      for (const { token } of pushed) expect((await fx.engine.lookup(token))?.state).toBe('revoked');
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+});
+
 describe('a refused push split after the campaign was revoked, or the run\'s claims lapsed, during it', () => {
   // the halves of a refused push went out unchecked: the satellite got the tokens of a campaign revoked while
   // it refused the push, and a run that had lost its claims pushed on

@@ -79,6 +79,8 @@ export class Delivery {
   refusedKept = 0;
   /** users refused in this run: later parts of a set larger than a batch are not pushed */
   private readonly refused = new Set<string>();
+  /** users whose set larger than a batch the satellite accepted in part so far (user -> tokens accepted): delivered once its last part is */
+  private readonly inPart = new Map<string, number>();
   /** most tokens per push: `batch`, halved below each push the satellite answered 413 (its body limit) */
   private max: number;
   /** an empty push was answered as the contract says, or told nothing (brokenRoute) */
@@ -159,6 +161,18 @@ export class Delivery {
       const due = piece.filter((p) => !this.refused.has(p.userId));
       if (due.length) await this.pushOrSplit(due, whole, listed);
     }
+  }
+
+  /**
+   * The sets the satellite holds in part (their last part not pushed yet): how many users, how many of their
+   * tokens it accepted, and the first of them. A run that can never go on (the campaign was revoked or expired)
+   * counts those tokens delivered: no resume will push the sets whole, and the satellite holds them.
+   */
+  heldInPart(): { users: number; tokens: number; first?: [user: string, tokens: number] } {
+    let tokens = 0;
+    for (const n of this.inPart.values()) tokens += n;
+    const [first] = this.inPart;
+    return { users: this.inPart.size, tokens, first };
   }
 
   /**
@@ -280,7 +294,11 @@ export class Delivery {
     await this.d.beforePush();
     await this.d.api.pushTokens(pairs);
     const done = new Map<string, number>();
-    for (const { userId } of pairs) if (whole.has(userId)) done.set(userId, whole.get(userId)!);
+    for (const { userId } of pairs) {
+      if (whole.has(userId)) done.set(userId, whole.get(userId)!);
+      else this.inPart.set(userId, (this.inPart.get(userId) ?? 0) + 1);
+    }
+    for (const u of done.keys()) this.inPart.delete(u);
     await this.d.counted('tokensDelivered', await this.d.campaigns.recordDelivered(this.d.campaignId, this.d.satelliteId, done));
   }
 
@@ -295,6 +313,7 @@ export class Delivery {
     const made = await this.d.campaigns.made(this.d.campaignId, this.d.satelliteId, users);
     if (revoke) await this.d.engine.revokeOfCampaign(made.flatMap((tokens) => tokens ?? []), this.d.campaignId);
     if (planned) this.d.onProgress?.('tokensToDeliver', -made.reduce((n, tokens) => n + (tokens?.length ?? 0), 0));
+    for (const u of users) this.inPart.delete(u);
     const fresh = await this.d.campaigns.recordRefused(this.d.campaignId, this.d.satelliteId, users);
     if (!revoke) this.refusedKept += fresh;
     for (const u of users) this.refused.add(u);

@@ -173,6 +173,7 @@ class SatelliteRun {
       const status = err instanceof DomainError && err.code === 'campaign_revoked' ? 'revoked' : err instanceof CampaignExpired ? 'expired' : 'failed';
       this.report.status = status;
       this.report.error = (err as Error).message;
+      if (status !== 'failed') await this.countHeldInPart();
       // a run that lost its claim leaves the status to the run holding it now
       if (!this.o.dryRun && !(err instanceof ClaimLost)) await this.o.campaigns.setStatus(this.id, this.sat, status, this.report.error).catch(() => undefined);
     } finally {
@@ -280,6 +281,20 @@ class SatelliteRun {
     // the run that made them stopped before recording (and counting) them
     await this.recordMade(new Map(out));
     return out;
+  }
+
+  /**
+   * A revoked or expired campaign never goes on, so a set larger than a batch stopped between two parts stays
+   * in part with the satellite (its tokens revoked, or expired): those tokens count delivered, the error
+   * names them, and the counts say what the satellite holds. A run that can resume does not count them: it
+   * pushes the whole set again, and counts it then.
+   */
+  private async countHeldInPart(): Promise<void> {
+    const held = this.delivery.heldInPart();
+    if (!held.first) return;
+    const [user, n] = held.first;
+    this.report.error += `; ${held.tokens} tokens of sets pushed in parts reached the satellite before (${held.users} ${held.users === 1 ? 'user' : 'users'}, first "${user}" with ${n}): counted delivered, the rest of those sets not pushed`;
+    await this.count('tokensDelivered', held.tokens).catch(() => undefined);
   }
 
   /**
