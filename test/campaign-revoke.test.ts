@@ -8,6 +8,7 @@ import { loadConfig } from '../src/config.js';
 import { packr } from '../src/msgpack.js';
 import { openPostgres, restoreCampaigns, restoreFromPostgres, restoreRevoked, revocationGaps, startSnapshotWriter, verify } from '../src/snapshot/index.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
+import { SHARDS, placeOfOwner } from '../src/store/keys.js';
 import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, serve } from './helpers/http.js';
 import { dropPrefix, engineFixture, type EngineFixture } from './helpers/redis.js';
@@ -132,6 +133,36 @@ describe('a revoked campaign stays revoked', () => {
     expect(report).toMatchObject({ status: 'revoked', usersServed: 10, tokensMade: 30, tokensDelivered: 9, error: expect.stringMatching(/campaign "late" was revoked at .*: its undelivered tokens are not pushed/) });
     expect((await fx.engine.stats()).satellites['sat-l']).toMatchObject({ generated: 30, unredeemed: 0, revoked: 30 });
     expect((await campaigns.get('late'))!.progress['sat-l']).toMatchObject({ status: 'revoked', tokensDelivered: 9 });
+  });
+
+  // campaigns show said 36,000 made where tokens revoke and campaigns results said 37,952 (a drill): the batch
+  // the engine refused part-way had made its tokens on the shards the revoke had not marked yet
+  it('a batch the engine refuses part-way (a revoke landing mid-batch) counts its tokens made, as the engine does', async () => {
+    const campaigns = new CampaignStore(fx.redis, fx.prefix);
+    const campaign = (await campaigns.open({ id: 'midway', perUser: 2, satellites: ['sat-m'], createdAt: Date.now() })).campaign;
+    const users = Array.from({ length: 200 }, (_, i) => `m${i}`);
+    // a revoke's sweep half-way: the first half of the shards marked, the batch about to be made on all
+    const marked = (u: string) => placeOfOwner('sat-m', u).shard < SHARDS / 2;
+    expect(users.some(marked) && !users.every(marked)).toBe(true);
+    await Promise.all(Array.from({ length: SHARDS / 2 }, (_, s) => fx.redis.hset(fx.store.keys.dict(s), 'x\tmidway', String(Date.now()))));
+    const sat = await satellite(async () => ({ userIds: users, nextCursor: null }));
+    let report;
+    try {
+      [report] = await runCampaign(
+        { engine: fx.engine, campaigns, campaign, existed: false, dryRun: false, pageSize: 200, deliverBatch: 100, timeoutMs: 5000, attempts: 1 },
+        [{ id: 'sat-m', url: sat.url }],
+      );
+    } finally {
+      await sat.close();
+    }
+    // the revoke finishing its sweep counts what it revoked: the run's engine call had revoked its own already
+    expect(await fx.engine.revokeCampaign('midway')).toBe(0);
+    const made = 2 * users.filter((u) => !marked(u)).length;
+    expect(sat.pushed).toEqual([]);
+    expect((await fx.engine.stats()).satellites['sat-m']).toMatchObject({ generated: made, unredeemed: 0, revoked: made });
+    expect(report).toMatchObject({ status: 'revoked', usersServed: 0, tokensMade: made, tokensDelivered: 0 });
+    const shown = await runCli(['campaigns', 'show', 'midway', '--json'], { KEY_PREFIX: fx.prefix });
+    expect(JSON.parse(shown.stdout).progress['sat-m']).toMatchObject({ status: 'revoked', usersServed: 0, tokensMade: made });
   });
 
   it('the CLI shows the campaign revoked and refuses to resume it', async () => {

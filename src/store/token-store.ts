@@ -17,6 +17,17 @@ export class TokenCollision extends Error {
   }
 }
 
+/**
+ * A generate refused because its campaign was revoked. `made`: the tokens other shards of the call had made
+ * before the revoke marked them (TokenEngine.generate revokes them at once), which the engine's counts, the
+ * snapshot and a revoke's sweep see as the campaign's.
+ */
+export class CampaignRevokedInGenerate extends DomainError {
+  constructor(campaignId: string, readonly made: number) {
+    super('campaign_revoked', `campaign "${campaignId}" was revoked: no more tokens are made for it`);
+  }
+}
+
 export interface OwnerBatch {
   ownerSatelliteId: string;
   ownerUserId: string;
@@ -100,7 +111,7 @@ export class TokenStore {
     const collided = replies.flatMap((r) => r.slice(1).map(String));
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw collided.length ? new TokenCollision(collided, failed.reason) : failed.reason;
-    if (replies.some((r) => r[0] === 'campaign_revoked')) throw new DomainError('campaign_revoked', `campaign "${campaignId}" was revoked: no more tokens are made for it`);
+    if (replies.some((r) => r[0] === 'campaign_revoked')) throw new CampaignRevokedInGenerate(campaignId, replies.reduce((sum, r) => sum + (r[0] === 'campaign_revoked' ? 0 : Number(r[0])), 0));
     if (collided.length) throw new TokenCollision(collided);
     await this.ack.after(...[...byShard.values()].map((g) => g.keys[0]!));
     return replies.reduce((sum, r) => sum + Number(r[0]), 0);
