@@ -60,4 +60,44 @@ describe('referral-manager snapshot /readyz', () => {
       await db.drop();
     }
   }, 60_000);
+
+  // its commands wait in ioredis' queue through a short outage and succeed after it: the writer said nothing
+  // and counted no Redis error, and only serve's workers logged the outage (an on-call drill)
+  it('says once that it lost Redis and once that it has it back over a kill -9 and restart (AOF), and counts the outage', async () => {
+    const redis = await privateRedis();
+    await redis.start();
+    const db = await testDatabase();
+    const port = await freePort();
+    try {
+      const c = spawn(process.execPath, [MAIN, 'snapshot'], {
+        env: { ...process.env, REDIS_URL: redis.url, KEY_PREFIX: 'outage', DATABASE_URL: db.url, SNAPSHOT_METRICS_PORT: String(port) },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      running.add(c);
+      c.once('exit', () => running.delete(c));
+      let stderr = '';
+      c.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      const ready = (r: { status: number; body: Record<string, unknown> }) => r.status === 200 && r.body.leader === true && r.body.lagEvents === 0;
+      expect(await until(port, '/readyz', ready)).toMatchObject({ status: 200 });
+      const redisErrors = async () => Number(/^rm_snapshot_errors_total\{where="redis"\} (\d+)$/m.exec(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text())?.[1]);
+      expect(await redisErrors()).toBe(0);
+
+      await redis.stop('SIGKILL');
+      expect(await until(port, '/readyz', (r) => r.status === 503)).toMatchObject({ body: { ready: false, redis: 'down' } });
+      // down long enough for several reconnect attempts to fail (50 ms, 100 ms, ...), short of the 10 s command timeout
+      await sleep(1500);
+      await redis.start();
+      expect(await until(port, '/readyz', ready)).toMatchObject({ status: 200, body: { redis: 'up' } });
+      for (const end = Date.now() + 10_000; !stderr.includes('Redis reachable again') && Date.now() < end; ) await sleep(50);
+
+      const said = stderr.split('\n');
+      expect(said.filter((l) => l.includes('Redis unreachable')), stderr).toEqual([expect.stringMatching(/^\[snapshot\] warn: Redis unreachable \(.+\); retrying, nothing is copied to Postgres meanwhile$/)]);
+      expect(said.filter((l) => l.includes('Redis reachable again')), stderr).toEqual(['[snapshot] info: Redis reachable again']);
+      // one outage, one count: no command failed, the commands waited in ioredis' queue
+      expect(await redisErrors()).toBe(1);
+    } finally {
+      await redis.dispose();
+      await db.drop();
+    }
+  }, 60_000);
 });

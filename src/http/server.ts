@@ -2,7 +2,7 @@ import uws from 'uWebSockets.js';
 import type { Config } from '../config.js';
 import { collectProcessMetrics, redisErrors, registry as metricsRegistry } from '../metrics.js';
 import { SatelliteRegistry } from '../satellites/registry.js';
-import { createRedis, logOutages, whenReady, type RedisClient } from '../store/redis.js';
+import { createRedis, logOutages, REQUESTS_ANSWER_503, whenReady, type RedisClient } from '../store/redis.js';
 import { MASTER_PROBE_MS } from '../store/cluster-probe.js';
 import { readiness } from './readiness.js';
 import { TokenStore } from '../store/token-store.js';
@@ -60,7 +60,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
   collectProcessMetrics();
   redisErrors();
   const redis = createRedis(config, { failFast: true, connectionName: 'referral-manager-http' });
-  logOutages(redis, `[http ${process.pid}]`);
+  logOutages(redis, (_, line) => console.error(`[http ${process.pid}]: ${line}`), REQUESTS_ANSWER_503);
   const store = new TokenStore(redis, config.keyPrefix, config);
   try {
     // fail-fast commands are refused until the first connect: wait for it, a little

@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import type pg from 'pg';
 import type { Config } from '../config.js';
-import { answerWithin, createRedis, redisErrorText, type RedisClient } from '../store/redis.js';
+import { answerWithin, createRedis, logOutages, redisErrorText, type OutageEffect, type RedisClient } from '../store/redis.js';
 import { clusterMasters } from '../store/cluster-probe.js';
 import { Keys, SHARDS } from '../store/keys.js';
 import { applyEvents } from './apply.js';
@@ -61,6 +61,11 @@ const PG_PROBE_MS = 5000;
  * to it. An idle writer polled every shard (a script each, 64) 20 times a second, ~15 ms/s of Redis CPU.
  */
 const QUIET_POLL_MS = 500;
+/** what a Redis outage means to the writer, said as it loses Redis */
+const COPY_WAITS: OutageEffect = {
+  all: 'nothing is copied to Postgres meanwhile',
+  node: 'the event streams of its shards are not copied to Postgres until it or a replica answers',
+};
 const LAPSED = 'the snapshot lease lapsed with no other writer (this process or Redis stalled past it, or Redis lost it); taking it again';
 
 /**
@@ -75,7 +80,9 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const consumer = opts.consumer ?? 'writer';
   // commands time out (the longest is one XREADGROUP of a few thousand entries): a hung Redis must not hang stop()
   const redis: RedisClient = createRedis(config, { connectionName: 'referral-manager-snapshot', commandTimeoutMs: 10_000 });
-  redis.on('error', () => {}); // reconnects by itself; failures surface as command errors below
+  // said and counted once per outage: through a short one (a restart) the commands wait in ioredis' queue and
+  // none fails, so it went unseen in the log and the metrics (an on-call drill)
+  logOutages(redis, log, COPY_WAITS, () => m.errors.inc({ where: 'redis' }));
   const keys = new Keys(config.keyPrefix);
   // named by host and pid, so a writer that lost the lease can say to whom
   const lease = new Lease(redis, keys.snapshotLease(), opts.leaseMs ?? 10_000, `${hostname()} pid ${process.pid}`);

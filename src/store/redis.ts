@@ -124,33 +124,46 @@ export function nodeAddress(node: Redis): string {
   return `${node.options.host}:${node.options.port}`;
 }
 
+/** What an outage means to a client's users, said after "retrying": for the whole Redis, and for one Cluster master. */
+export interface OutageEffect {
+  all: string;
+  node: string;
+}
+
+/** serve's workers: their callers get 503s */
+export const REQUESTS_ANSWER_503: OutageEffect = {
+  all: 'requests meanwhile answer 503',
+  node: 'requests for its keys answer 503 until it or a replica answers',
+};
+
 /**
  * One line when the client loses Redis and one when it has it back, however many reconnect attempts fail
- * in between (ioredis emits an error for each): an outage shows in the log, not only as 503s.
+ * in between (ioredis emits an error for each): an outage shows in the log, not only as 503s or a lag.
+ * `lost` runs at each such loss, for a metric that counts outages.
  */
-export function logOutages(redis: RedisClient, who: string): void {
-  const log = (line: string) => console.error(line);
+export function logOutages(redis: RedisClient, log: (level: 'warn' | 'info', line: string) => void, effect: OutageEffect, lost?: () => void): void {
   let down = false;
-  const lost = (why: string) => {
+  const lose = (why: string) => {
     if (down) return;
     down = true;
-    log(`${who}: Redis unreachable (${why}); retrying, requests meanwhile answer 503`);
+    lost?.();
+    log('warn', `Redis unreachable (${why}); retrying, ${effect.all}`);
   };
-  redis.on('error', (err: Error) => lost(err.message));
-  // a restart quicker than the first retry raises no error, yet requests were answered 503 meanwhile
-  redis.on('reconnecting', () => lost('connection lost'));
+  redis.on('error', (err: Error) => lose(err.message));
+  // a restart quicker than the first retry raises no error, yet the connection was lost (serve answered 503 meanwhile)
+  redis.on('reconnecting', () => lose('connection lost'));
   // a Cluster reports one master's failure only as 'node error' (the client stays ready): once a minute a node
   const nodeSaid = new Map<string, number>();
   redis.on('node error', (err: Error, node: string) => {
     const now = Date.now();
     if ((nodeSaid.get(node) ?? 0) > now - 60_000) return;
     nodeSaid.set(node, now);
-    log(`${who}: Redis node ${node} unreachable (${err.message}); requests for its keys answer 503 until it or a replica answers`);
+    log('warn', `Redis node ${node} unreachable (${err.message}); ${effect.node}`);
   });
   redis.on('ready', () => {
     if (!down) return;
     down = false;
-    log(`${who}: Redis reachable again`);
+    log('info', 'Redis reachable again');
   });
 }
 
