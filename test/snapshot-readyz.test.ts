@@ -12,10 +12,12 @@ afterEach(async () => {
   await Promise.all([...running].map((c) => new Promise((r) => (c.once('exit', r), c.kill('SIGKILL')))));
 });
 
+type Answer = { status: number; body: Record<string, unknown> };
+
 /** GET `p` on the writer's ops port until `ok` holds (30 s at most), the last answer either way. */
-async function until(port: number, p: string, ok: (r: { status: number; body: Record<string, unknown> }) => boolean) {
+async function until(port: number, p: string, ok: (r: Answer) => boolean) {
   const end = Date.now() + 30_000;
-  let last = { status: 0, body: {} as Record<string, unknown> };
+  let last: Answer = { status: 0, body: {} };
   for (;;) {
     try {
       const r = await fetch(`http://127.0.0.1:${port}${p}`);
@@ -29,6 +31,22 @@ async function until(port: number, p: string, ok: (r: { status: number; body: Re
   }
 }
 
+const leading = (r: Answer) => r.status === 200 && r.body.leader === true && r.body.lagEvents === 0;
+
+/** A standalone writer on `port`, once it leads and has copied everything; its stderr so far. */
+async function startWriter(redisUrl: string, databaseUrl: string, prefix: string, port: number): Promise<{ stderr(): string }> {
+  const c = spawn(process.execPath, [MAIN, 'snapshot'], {
+    env: { ...process.env, REDIS_URL: redisUrl, KEY_PREFIX: prefix, DATABASE_URL: databaseUrl, SNAPSHOT_METRICS_PORT: String(port) },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  running.add(c);
+  c.once('exit', () => running.delete(c));
+  let stderr = '';
+  c.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  expect(await until(port, '/readyz', leading)).toMatchObject({ status: 200, body: { ready: true, redis: 'up', lagEvents: 0, lagSeconds: 0 } });
+  return { stderr: () => stderr };
+}
+
 describe('referral-manager snapshot /readyz', () => {
   // The writer's Redis connection stays "ready" while the server hangs (SIGSTOP, a long script): its /readyz
   // said ready, redis "up" and the last lag for minutes while its metrics said NaN and it had lost the lease.
@@ -38,14 +56,7 @@ describe('referral-manager snapshot /readyz', () => {
     const db = await testDatabase();
     const port = await freePort();
     try {
-      const c = spawn(process.execPath, [MAIN, 'snapshot'], {
-        env: { ...process.env, REDIS_URL: redis.url, KEY_PREFIX: 'readyz', DATABASE_URL: db.url, SNAPSHOT_METRICS_PORT: String(port) },
-        stdio: ['ignore', 'ignore', 'ignore'],
-      });
-      running.add(c);
-      c.once('exit', () => running.delete(c));
-      const ready = (r: { status: number; body: Record<string, unknown> }) => r.status === 200 && r.body.leader === true && r.body.lagEvents === 0;
-      expect(await until(port, '/readyz', ready)).toMatchObject({ status: 200, body: { ready: true, redis: 'up', lagEvents: 0, lagSeconds: 0 } });
+      await startWriter(redis.url, db.url, 'readyz', port);
       redis.signal('SIGSTOP');
       // the lag unknown (as the gauges' NaN), not the 0 read before the hang: that read as "all copied"
       const hung = await until(port, '/readyz', (r) => r.status === 503 && !('lagEvents' in r.body));
@@ -53,7 +64,7 @@ describe('referral-manager snapshot /readyz', () => {
       expect(hung.body).not.toHaveProperty('lagEvents');
       expect(hung.body).not.toHaveProperty('lagSeconds');
       redis.signal('SIGCONT');
-      expect(await until(port, '/readyz', ready)).toMatchObject({ status: 200, body: { lagEvents: 0 } });
+      expect(await until(port, '/readyz', leading)).toMatchObject({ status: 200, body: { lagEvents: 0 } });
     } finally {
       redis.signal('SIGCONT');
       await redis.dispose();
@@ -69,16 +80,7 @@ describe('referral-manager snapshot /readyz', () => {
     const db = await testDatabase();
     const port = await freePort();
     try {
-      const c = spawn(process.execPath, [MAIN, 'snapshot'], {
-        env: { ...process.env, REDIS_URL: redis.url, KEY_PREFIX: 'outage', DATABASE_URL: db.url, SNAPSHOT_METRICS_PORT: String(port) },
-        stdio: ['ignore', 'ignore', 'pipe'],
-      });
-      running.add(c);
-      c.once('exit', () => running.delete(c));
-      let stderr = '';
-      c.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-      const ready = (r: { status: number; body: Record<string, unknown> }) => r.status === 200 && r.body.leader === true && r.body.lagEvents === 0;
-      expect(await until(port, '/readyz', ready)).toMatchObject({ status: 200 });
+      const writer = await startWriter(redis.url, db.url, 'outage', port);
       const redisErrors = async () => Number(/^rm_snapshot_errors_total\{where="redis"\} (\d+)$/m.exec(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text())?.[1]);
       expect(await redisErrors()).toBe(0);
 
@@ -87,12 +89,12 @@ describe('referral-manager snapshot /readyz', () => {
       // down long enough for several reconnect attempts to fail (50 ms, 100 ms, ...), short of the 10 s command timeout
       await sleep(1500);
       await redis.start();
-      expect(await until(port, '/readyz', ready)).toMatchObject({ status: 200, body: { redis: 'up' } });
-      for (const end = Date.now() + 10_000; !stderr.includes('Redis reachable again') && Date.now() < end; ) await sleep(50);
+      expect(await until(port, '/readyz', leading)).toMatchObject({ status: 200, body: { redis: 'up' } });
+      for (const end = Date.now() + 10_000; !writer.stderr().includes('Redis reachable again') && Date.now() < end; ) await sleep(50);
 
-      const said = stderr.split('\n');
-      expect(said.filter((l) => l.includes('Redis unreachable')), stderr).toEqual([expect.stringMatching(/^\[snapshot\] warn: Redis unreachable \(.+\); retrying, nothing is copied to Postgres meanwhile$/)]);
-      expect(said.filter((l) => l.includes('Redis reachable again')), stderr).toEqual(['[snapshot] info: Redis reachable again']);
+      const said = writer.stderr().split('\n');
+      expect(said.filter((l) => l.includes('Redis unreachable')), writer.stderr()).toEqual([expect.stringMatching(/^\[snapshot\] warn: Redis unreachable \(.+\); retrying, nothing is copied to Postgres meanwhile$/)]);
+      expect(said.filter((l) => l.includes('Redis reachable again')), writer.stderr()).toEqual(['[snapshot] info: Redis reachable again']);
       // one outage, one count: no command failed, the commands waited in ioredis' queue
       expect(await redisErrors()).toBe(1);
     } finally {
