@@ -1,6 +1,8 @@
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
+import { Command } from 'commander';
 import client from 'prom-client';
 import { describe, expect, it } from 'vitest';
+import { addGlobalOptions } from '../cli/context.js';
 import { errorCatalogue } from '../src/errors.js';
 // every module that registers a metric of ours, at import or when its metrics are first asked for
 import { apiMetrics, redisErrors } from '../src/metrics.js';
@@ -53,5 +55,29 @@ describe('the docs/http.md error table', () => {
     }
     const wire = Object.entries(errorCatalogue).filter(([code]) => !CLI_ONLY.has(code));
     expect(Object.fromEntries(listed)).toEqual(Object.fromEntries(wire.map(([code, e]) => [code, e.status])));
+  });
+});
+
+/** Flags the docs give to other programs (redis-server, redis-cli, docker, curl, node, the benches), not to referral-manager. */
+const NOT_OURS = new Set(['appendonly', 'save', 'cluster', 'init', 'rm', 'data-binary', 'cpu-prof', 'cpu-prof-dir', 'tokens', 'concurrency', 'masters', 'user-bytes', 'listpack-value', 'only', 'events', 'redeems']);
+
+// the other direction of cli-help's check: a flag the docs tell an operator to type and no command has (renamed,
+// or never there) fails only when it is typed, with "unknown option"
+describe('the --flags README.md and docs/ name', () => {
+  it('are each an option of referral-manager or of one of its commands', async () => {
+    const program = addGlobalOptions(new Command('referral-manager'));
+    const dir = new URL('../cli/commands/', import.meta.url);
+    for (const file of readdirSync(dir).filter((f) => f.endsWith('.ts'))) ((await import(new URL(file, dir).href)) as { register: (p: Command) => void }).register(program);
+    const ours = new Set<string>();
+    (function walk(cmd: Command): void {
+      for (const o of cmd.options) if (o.long) ours.add(o.long.slice(2));
+      cmd.commands.forEach(walk);
+    })(program);
+    expect(ours.has('per-user') && ours.has('repair-redis')).toBe(true);
+    const named = new Set<string>();
+    for (const doc of ['../README.md', '../docs/engine.md', '../docs/http.md', '../docs/snapshot.md']) {
+      for (const m of readFileSync(new URL(doc, import.meta.url), 'utf8').matchAll(/(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?![\w-])/g)) named.add(m[1]!);
+    }
+    expect([...named].filter((f) => !ours.has(f) && !NOT_OURS.has(f) && f !== 'version' && f !== 'help')).toEqual([]);
   });
 });
