@@ -643,6 +643,59 @@ describe('a campaign revoked between two parts of a set larger than --batch-size
   });
 });
 
+describe('a campaign stopped between two parts of a set, after other sets were finished or refused', () => {
+  // only the set the satellite holds in part counts: a finished set was counted when its last part was, and
+  // a refused user's parts were revoked with its set
+  it('revoked: counts delivered only the part of the set still in part', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const pushed: Pushed = [];
+    const satellite = await handWrittenSatellite(fx, 'sat-parts', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), async (tokens) => {
+      // u1 closed its account after its first part
+      if (tokens.some((t) => t.userId === 'u1') && pushed.some((t) => t.userId === 'u1')) return { status: 409 };
+      if (tokens.some((t) => t.userId === 'u2')) await fx.engine.revokeCampaign('parts');
+      pushed.push(...tokens);
+      return tokens.length;
+    });
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '12', '--batch-size', '5', '--campaign', 'parts', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(1);
+      // pushes of 5: u0's 12 (its last 2 with u1's first 3), u1's next 5 refused, then u2's first token with u1's last 4 left out
+      expect(pushed.map((t) => t.userId).join()).toBe([...Array(12).fill('u0'), ...Array(3).fill('u1'), 'u2'].join());
+      const report = JSON.parse(run.stdout).satellites[0];
+      expect(report).toMatchObject({ status: 'revoked', usersServed: 3, tokensMade: 36, usersRefused: 1, tokensDelivered: 13 });
+      expect(report.error).toMatch(/; 1 tokens of sets pushed in parts reached the satellite before \(1 user, first "u2" with 1\)/);
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
+  it('expired: counts delivered the part the satellite holds, as a revoked one does', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const pushed: Pushed = [];
+    const satellite = await handWrittenSatellite(fx, 'sat-late', () => ({ userIds: ['u0'], nextCursor: null }), async (tokens) => {
+      // the first part is accepted just after the campaign expired
+      const expiresAt = (await new CampaignStore(fx.redis, fx.prefix).get('late'))!.expiresAt!;
+      await new Promise((r) => setTimeout(r, Math.max(0, expiresAt - Date.now() + 100)));
+      pushed.push(...tokens);
+      return tokens.length;
+    });
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      const run = await runCli(['generate', '--all', '--per-user', '12', '--batch-size', '5', '--campaign', 'late', '--expires', '4s', '--json'], env);
+      expect(run.code, run.stderr).toBe(1);
+      expect(pushed).toHaveLength(5);
+      const report = JSON.parse(run.stdout).satellites[0];
+      expect(report).toMatchObject({ status: 'expired', tokensMade: 12, tokensDelivered: 5 });
+      expect(report.error).toMatch(/campaign "late" expired at .*; 5 tokens of sets pushed in parts reached the satellite before \(1 user, first "u0" with 5\)/);
+      expect((await new CampaignStore(fx.redis, fx.prefix).get('late'))!.progress['sat-late']).toMatchObject({ status: 'expired', tokensDelivered: 5 });
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+});
+
 describe('a refused push split after the campaign was revoked, or the run\'s claims lapsed, during it', () => {
   // the halves of a refused push went out unchecked: the satellite got the tokens of a campaign revoked while
   // it refused the push, and a run that had lost its claims pushed on
