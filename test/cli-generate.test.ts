@@ -1139,6 +1139,92 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 
+  // the 4 users the satellite refused alone were taken for a satellite refusing every push only when it accepted
+  // no part of the batch: one user it took is enough to tell the users, not the satellite, are at fault
+  it('4 listed users refused alone beside one it accepts are refused, and the run is done', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const held: string[] = [];
+    const satellite = await handWrittenSatellite(fx, 'sat-mixed', () => ({ userIds: ['u0', 'u1', 'u2', 'u3', 'u4'], nextCursor: null }), (tokens) => {
+      if (tokens.some((t) => t.userId !== 'u0')) return { status: 422 };
+      held.push(...tokens.map((t) => t.userId));
+      return tokens.length;
+    });
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'mixed', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 1, usersRefused: 4, status: 'done' });
+      expect(held).toEqual(['u0']);
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
+  // a resume pushed a left-over set again though another campaign had served the user meanwhile; the admin
+  // API makes tokens of a campaign no run records, and that campaign counts as served as much as a run's
+  it('a resume pushes no left-over set of a user the admin API has served since, and revokes none of it', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    let up = false;
+    const held: string[] = [];
+    const satellite = await handWrittenSatellite(fx, 'sat-adm', () => ({ userIds: up ? [] : ['u0', 'u1'], nextCursor: null }), (tokens) => {
+      if (!up) return { status: 503 };
+      held.push(...tokens.map((t) => t.userId));
+      return tokens.length;
+    });
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'first'], env)).code).toBe(1);
+      await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-adm', ownerUserId: 'u0' }], perUser: 1, campaignId: 'admin-grant' });
+      up = true;
+      const resumed = await runCli(['generate', '--resume', 'first', '--json'], env);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(held).toEqual(['u1']);
+      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 1, usersRefused: 1, usersRefusedKept: 1, refusal: expect.stringContaining('served by campaign "admin-grant"') });
+      expect((await fx.engine.stats()).satellites['sat-adm']).toMatchObject({ unredeemed: 3, revoked: 0 });
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
+  // exactly ALL_REFUSED_FAILS left-over users refused whole were refused (and revoked) before the listing,
+  // though it listed some of them again
+  it('a resume whose 4 left-over users are refused whole refuses, after the listing, only the 2 it did not deliver', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const users = ['u0', 'u1', 'u2', 'u3'];
+    const gone = new Set(['u2', 'u3']);
+    const held = new Map<string, string>();
+    let phase: 'down' | 'resumed' | 'listed' = 'down';
+    const satellite = await handWrittenSatellite(
+      fx,
+      'sat-four',
+      () => {
+        if (phase === 'down') return { userIds: users, nextCursor: null };
+        phase = 'listed';
+        return { userIds: users.filter((u) => !gone.has(u) && !held.has(u)), nextCursor: null };
+      },
+      (tokens) => {
+        if (phase === 'down') return { status: 503 };
+        if (tokens.length === 0) return 0;
+        if (phase === 'resumed' || tokens.some((t) => gone.has(t.userId))) return { status: 410 };
+        for (const t of tokens) held.set(t.userId, t.token);
+        return tokens.length;
+      },
+    );
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'four-back', '--json'], env)).code).toBe(1);
+      phase = 'resumed';
+      const resumed = await runCli(['generate', '--resume', 'four-back', '--json'], env);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 2, usersRefused: 2, status: 'done' });
+      expect([...held.keys()].sort()).toEqual(['u0', 'u1']);
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
   // 4 or more refused users in a batch failed the run for left-over sets too: a resume whose users had all
   // closed their accounts since failed every time, and the campaign could never be finished
   it('a resume whose left-over users have all gone since refuses them and finishes', async () => {
