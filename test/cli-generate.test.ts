@@ -612,6 +612,27 @@ describe('--batch-size smaller than --per-user', () => {
   });
 });
 
+describe('--batch-size larger than --per-user', () => {
+  // a set split over two pushes for no reason: the satellite shows the user a part, and a stop between the
+  // two leaves it holding part of a set
+  it('pushes each user\'s set whole, in one request, starting a new one when it does not fit', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const pushes: string[] = [];
+    const satellite = await handWrittenSatellite(fx, 'sat-whole', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), (tokens) => {
+      pushes.push(tokens.map((t) => t.userId).join(' '));
+      return tokens.length;
+    });
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '3', '--batch-size', '5', '--campaign', 'whole', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(pushes).toEqual(['u0 u0 u0', 'u1 u1 u1', 'u2 u2 u2']);
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+});
+
 describe('a campaign revoked between two parts of a set larger than --batch-size', () => {
   // the parts pushed stayed with the satellite, and the counts said it held nothing: a set counts delivered
   // once its last part is, which no run of a revoked campaign pushes
@@ -1219,6 +1240,64 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
       expect(resumed.code, resumed.stderr).toBe(0);
       expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 2, usersRefused: 2, status: 'done' });
       expect([...held.keys()].sort()).toEqual(['u0', 'u1']);
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
+  // a refusal that is no 413 says nothing of the satellite's body limit, and the empty push asking whether its
+  // token route works is asked once a run: more requests did no harm the run could see, only the satellite
+  it('a satellite refusing some users gets pushes of the full --batch-size after, and the first refusal is the one named', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const pushes: string[][] = [];
+    const users = Array.from({ length: 8 }, (_, i) => `u${i}`);
+    const satellite = await handWrittenSatellite(fx, 'sat-few', () => ({ userIds: users, nextCursor: null }), (tokens) => {
+      pushes.push(tokens.map((t) => t.userId));
+      if (tokens.some((t) => t.userId === 'u0')) return { status: 410 };
+      if (tokens.some((t) => t.userId === 'u4')) return { status: 422 };
+      return tokens.length;
+    });
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--batch-size', '4', '--campaign', 'few', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 6, usersRefused: 2, status: 'done', refusal: expect.stringMatching(/^user "u0": .*HTTP 410/) });
+      // each batch of 4 split in halves down to its refused user
+      expect(pushes.map((p) => p.join(' '))).toEqual(['u0 u1 u2 u3', 'u0 u1', 'u0', 'u1', 'u2 u3', 'u4 u5 u6 u7', 'u4 u5', 'u4', 'u5', 'u6 u7']);
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
+  it('batches the satellite refuses whole, one after another, get one empty push a run', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const pushes: string[] = [];
+    const satellite = await handWrittenSatellite(fx, 'sat-none', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), (tokens) => {
+      pushes.push(tokens.map((t) => t.userId).join(' '));
+      return tokens.length ? { status: 410 } : 0;
+    });
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--batch-size', '1', '--campaign', 'none', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 3, status: 'done' });
+      expect(pushes).toEqual(['u0', '', 'u1', 'u2']);
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
+  // a failure that is no refusal (a 5xx after every attempt) fails the run: a batch of one user split as
+  // a refused one recorded that user refused and revoked its set, exit 0, when the empty push went through
+  it('a push failing with 503 while an empty push passes fails the run and refuses nobody', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const satellite = await handWrittenSatellite(fx, 'sat-busy', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => (tokens.length ? { status: 503 } : 0));
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'busy', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code).toBe(1);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 0, status: 'failed', error: expect.stringContaining('HTTP 503') });
+      expect((await fx.engine.stats()).satellites['sat-busy']).toMatchObject({ unredeemed: 1, revoked: 0 });
     } finally {
       await satellite.close();
       await fx.close();
