@@ -1304,6 +1304,36 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 
+  // a resume pushes the sets its failed run left unsettled, also of users the satellite no longer lists (their
+  // push reached it, its answer did not), and none it had delivered
+  it('a resume pushes the left-over sets, listed or not, and no set delivered before', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const users = ['u0', 'u1', 'u2', 'u3'];
+    const held = new Set<string>();
+    const pushes: string[] = [];
+    let up = false;
+    const satellite = await handWrittenSatellite(fx, 'sat-lost', () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }), (tokens) => {
+      pushes.push(tokens.map((t) => t.userId).join(' '));
+      for (const t of tokens) held.add(t.userId);
+      // u2's push is stored, and its answer lost
+      return !up && tokens.some((t) => t.userId === 'u2') ? { status: 503 } : tokens.length;
+    });
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      expect((await runCli(['generate', '--all', '--per-user', '1', '--batch-size', '1', '--campaign', 'lost'], env)).code).toBe(1);
+      expect(pushes).toEqual(['u0', 'u1', 'u2']);
+      up = true;
+      pushes.length = 0;
+      const resumed = await runCli(['generate', '--resume', 'lost', '--json'], env);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(pushes).toEqual(['u2 u3']);
+      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 2, status: 'done' });
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
   // 4 or more refused users in a batch failed the run for left-over sets too: a resume whose users had all
   // closed their accounts since failed every time, and the campaign could never be finished
   it('a resume whose left-over users have all gone since refuses them and finishes', async () => {
