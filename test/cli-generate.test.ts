@@ -717,6 +717,29 @@ describe('a campaign stopped between two parts of a set, after other sets were f
   });
 });
 
+describe('a campaign that expires between two pages of the listing', () => {
+  // the next batch was left to the engine's refusal of a past expiry: the run ended failed, blaming the
+  // satellite, with a resume hint that could only be refused
+  it('stops as expired before making the next page\'s tokens, no resume hinted', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    let listings = 0;
+    const satellite = await handWrittenSatellite(fx, 'sat-pages', () => (listings++ ? { userIds: ['u1'], nextCursor: null } : { userIds: ['u0'], nextCursor: 'p2' }), async (tokens) => {
+      const expiresAt = (await new CampaignStore(fx.redis, fx.prefix).get('pages'))!.expiresAt!;
+      await new Promise((r) => setTimeout(r, Math.max(0, expiresAt - Date.now() + 100)));
+      return tokens.length;
+    });
+    try {
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'pages', '--expires', '4s', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code).toBe(1);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'expired', usersListed: 2, tokensMade: 1, tokensDelivered: 1, error: expect.stringMatching(/campaign "pages" expired at .*no more are made or pushed/) });
+      expect(run.stderr).not.toContain('--resume');
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+});
+
 describe('a refused push split after the campaign was revoked, or the run\'s claims lapsed, during it', () => {
   // the halves of a refused push went out unchecked: the satellite got the tokens of a campaign revoked while
   // it refused the push, and a run that had lost its claims pushed on
