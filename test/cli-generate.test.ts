@@ -1357,6 +1357,30 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 
+  // a 500 is the satellite's, retried like any 5xx; a 200 without a numeric accepted says nothing was
+  // stored, and was once counted delivered
+  it('a push answered 500 once is retried and delivered; one answered 200 without accepted is not recorded delivered', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const replies: (number | Refused)[] = [{ status: 500 }];
+    const satellite = await handWrittenSatellite(fx, 'sat-odd', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => replies.shift() ?? tokens.length);
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '2' };
+      const retried = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'odd', '--json'], env);
+      expect(retried.code, retried.stderr).toBe(0);
+      expect(JSON.parse(retried.stdout).satellites[0]).toMatchObject({ tokensDelivered: 1, failures: 1, status: 'done' });
+
+      replies.push({ status: 200 });
+      await fx.redis.srem(new CampaignKeys(fx.prefix).delivered('odd', 'sat-odd'), 'u0');
+      await fx.redis.hset(new CampaignKeys(fx.prefix).progress('odd', 'sat-odd'), 'tokensDelivered', 0);
+      const silent = await runCli(['generate', '--resume', 'odd', '--json'], env);
+      expect(silent.code).toBe(1);
+      expect(JSON.parse(silent.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, status: 'failed', error: expect.stringContaining('reply has no numeric accepted') });
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
   // 4 or more refused users in a batch failed the run for left-over sets too: a resume whose users had all
   // closed their accounts since failed every time, and the campaign could never be finished
   it('a resume whose left-over users have all gone since refuses them and finishes', async () => {
