@@ -1381,6 +1381,31 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 
+  // a user refused with its tokens kept (the satellite holds part of the set) is settled: a later run of the
+  // campaign that meets it in the listing again pushes nothing to it
+  it('a user refused with its set kept gets nothing pushed by a later run of the campaign', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const pushes: string[] = [];
+    const satellite = await handWrittenSatellite(fx, 'sat-kept', () => ({ userIds: ['u0', 'u1'], nextCursor: null }), (tokens) => {
+      pushes.push(tokens.map((t) => t.userId).join(' '));
+      return tokens.some((t) => t.userId === 'u0') ? tokens.length - 1 : tokens.length;
+    });
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      const args = ['generate', '--all', '--per-user', '2', '--campaign', 'kept', '--json'];
+      const first = await runCli(args, env);
+      expect(first.code, first.stderr).toBe(0);
+      expect(JSON.parse(first.stdout).satellites[0]).toMatchObject({ usersRefused: 1, usersRefusedKept: 1, tokensDelivered: 2 });
+      pushes.length = 0;
+      const again = await runCli(args, env);
+      expect(again.code, again.stderr).toBe(0);
+      expect(pushes).toEqual([]);
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
   // 4 or more refused users in a batch failed the run for left-over sets too: a resume whose users had all
   // closed their accounts since failed every time, and the campaign could never be finished
   it('a resume whose left-over users have all gone since refuses them and finishes', async () => {
