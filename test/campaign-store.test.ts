@@ -31,6 +31,18 @@ describe('campaign records (real Redis)', () => {
     }
   });
 
+  // a script's arguments go in slices, two per user: a slice ending between a user and its tokens recorded
+  // the tokens under the next slice's first argument. A run makes up to 10,000 users' sets at once
+  it('records and counts the sets of more users than fit one slice of script arguments, each under its own user', async () => {
+    const store = new CampaignStore(fx.redis, fx.prefix);
+    const sets = new Map(Array.from({ length: 6001 }, (_, i) => [`u${i}`, [`t${i}a`, `t${i}b`]]));
+    expect(await store.recordMade('sliced', 's1', sets)).toEqual({ users: 6001, tokens: 12002 });
+    const users = [...sets.keys()];
+    expect(await store.made('sliced', 's1', users)).toEqual([...sets.values()]);
+    expect(await store.recordDelivered('sliced', 's1', new Map(users.map((u) => [u, 2])))).toBe(12002);
+    expect((await store.settled('sliced', 's1', users)).every(Boolean)).toBe(true);
+  });
+
   it('a satellite left running by a run that no longer holds the campaign (killed) shows as interrupted', async () => {
     const store = new CampaignStore(fx.redis, fx.prefix);
     await store.open({ id: 'killed', perUser: 1, satellites: ['s1'], createdAt: 1 });
