@@ -1231,44 +1231,6 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 
-  // exactly ALL_REFUSED_FAILS left-over users refused whole were refused (and revoked) before the listing,
-  // though it listed some of them again
-  it('a resume whose 4 left-over users are refused whole refuses, after the listing, only the 2 it did not deliver', async () => {
-    const fx = await engineFixture({ label: 'gen' });
-    const users = ['u0', 'u1', 'u2', 'u3'];
-    const gone = new Set(['u2', 'u3']);
-    const held = new Map<string, string>();
-    let phase: 'down' | 'resumed' | 'listed' = 'down';
-    const satellite = await handWrittenSatellite(
-      fx,
-      'sat-four',
-      () => {
-        if (phase === 'down') return { userIds: users, nextCursor: null };
-        phase = 'listed';
-        return { userIds: users.filter((u) => !gone.has(u) && !held.has(u)), nextCursor: null };
-      },
-      (tokens) => {
-        if (phase === 'down') return { status: 503 };
-        if (tokens.length === 0) return 0;
-        if (phase === 'resumed' || tokens.some((t) => gone.has(t.userId))) return { status: 410 };
-        for (const t of tokens) held.set(t.userId, t.token);
-        return tokens.length;
-      },
-    );
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'four-back', '--json'], env)).code).toBe(1);
-      phase = 'resumed';
-      const resumed = await runCli(['generate', '--resume', 'four-back', '--json'], env);
-      expect(resumed.code, resumed.stderr).toBe(0);
-      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 2, usersRefused: 2, status: 'done' });
-      expect([...held.keys()].sort()).toEqual(['u0', 'u1']);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
-
   // a refusal that is no 413 says nothing of the satellite's body limit, and the empty push asking whether its
   // token route works is asked once a run: more requests did no harm the run could see, only the satellite
   it('a satellite refusing some users gets pushes of the full --batch-size after, and the first refusal is the one named', async () => {
@@ -1469,11 +1431,16 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
   });
 
   // a left-over batch refused whole waits for the listing: the users it lists again are delivered there, and
-  // refusing them afterwards with the rest revoked tokens the satellite had just accepted
-  it('a resume whose left-over batch is refused whole refuses, after the listing, only the users it did not deliver', async () => {
+  // refusing them afterwards with the rest revoked tokens the satellite had just accepted; exactly
+  // ALL_REFUSED_FAILS (4) left-over users were refused (and revoked) before the listing too
+  it.each([
+    { n: 6, gone: ['u3', 'u4', 'u5'], campaign: 'back' },
+    { n: 4, gone: ['u2', 'u3'], campaign: 'four-back' },
+  ])('a resume whose $n left-over users are refused whole refuses, after the listing, only those it did not deliver', async ({ n, gone: goneIds, campaign }) => {
     const fx = await engineFixture({ label: 'gen' });
-    const users = ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'];
-    const gone = new Set(['u3', 'u4', 'u5']);
+    const users = Array.from({ length: n }, (_, i) => `u${i}`);
+    const gone = new Set(goneIds);
+    const kept = users.filter((u) => !gone.has(u));
     const held = new Map<string, string>();
     let phase: 'down' | 'resumed' | 'listed' = 'down';
     const satellite = await handWrittenSatellite(
@@ -1495,15 +1462,15 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     );
     try {
       const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'back', '--json'], env)).code).toBe(1);
+      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', campaign, '--json'], env)).code).toBe(1);
       phase = 'resumed';
-      const resumed = await runCli(['generate', '--resume', 'back', '--json'], env);
+      const resumed = await runCli(['generate', '--resume', campaign, '--json'], env);
       expect(resumed.code, resumed.stderr).toBe(0);
-      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 3, usersRefused: 3, status: 'done' });
-      expect([...held.keys()].sort()).toEqual(['u0', 'u1', 'u2']);
+      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: kept.length, usersRefused: gone.size, status: 'done' });
+      expect([...held.keys()].sort()).toEqual(kept);
       for (const token of held.values()) expect((await fx.engine.lookup(token))?.state, token).toBe('unredeemed');
-      expect((await fx.engine.stats()).satellites['sat-back']).toMatchObject({ unredeemed: 3, revoked: 3 });
-      expect((await runCli(['campaigns', 'refused', 'back'], env)).stdout).toBe('sat-back\tu3\nsat-back\tu4\nsat-back\tu5\n');
+      expect((await fx.engine.stats()).satellites['sat-back']).toMatchObject({ unredeemed: kept.length, revoked: gone.size });
+      expect((await runCli(['campaigns', 'refused', campaign], env)).stdout).toBe(goneIds.map((u) => `sat-back\t${u}\n`).join(''));
     } finally {
       await satellite.close();
       await fx.close();
