@@ -957,6 +957,61 @@ describe('serve processes', () => {
     }
   });
 
+  /** The pids of a process's children (its workers, for serve's primary). */
+  const childrenOf = (pid: number) => readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).map(Number);
+  /** Whether `pid` has exited: gone, or a zombie its (stopped) parent has not reaped. */
+  const exited = (pid: number) => {
+    try {
+      return readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '')[0] === 'Z';
+    } catch {
+      return true;
+    }
+  };
+
+  // orphans would hold the port (a restarted serve could not start: the port in use). Node's cluster exits a
+  // worker at once on an unexpected 'disconnect' (before runWorker's own listener runs): this holds that too
+  it('workers exit on their own, promptly, when the primary is killed (kill -9), and the port is freed', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('proc') }, 2, 0);
+    const workers = childrenOf(server.proc.pid!);
+    expect(workers).toHaveLength(2);
+    try {
+      server.proc.kill('SIGKILL');
+      await expect.poll(() => workers.filter((w) => !exited(w)), { timeout: 3000, interval: 50 }).toEqual([]);
+      await expect(freshGet(`${server.url}/healthz`)).rejects.toThrow();
+    } finally {
+      for (const w of workers) if (!exited(w)) process.kill(w, 'SIGKILL');
+    }
+  });
+
+  // its last report goes to a primary that reads nothing (stopped): once the channel is full the send never
+  // completes, and without the 1 s bound the worker waited as long as the primary did, holding the port
+  it('a worker stopped while the primary is stopped (SIGSTOP) exits within ~1 s of its drain, its last report untaken', async () => {
+    const server = await serve({ KEY_PREFIX: fresh('proc') }, 1, 0);
+    const [worker] = childrenOf(server.proc.pid!);
+    const pool = new Pool(server.url, { connections: 4 });
+    try {
+      // a series for each route, method and status makes each report ~100 KB: the primary's socket buffer fills in a few
+      const paths = ['/healthz', '/readyz', '/v1/tokens/redeem', '/v1/tokens/reserve', '/v1/tokens/complete', '/v1/tokens/release', '/v1/tokens/t', '/v1/users/u/tokens',
+        '/v1/users/u/redemptions', '/v1/admin/satellites', '/v1/admin/satellites/s', '/v1/admin/satellites/s/rotate-key', '/v1/admin/tokens/generate',
+        '/v1/admin/tokens/revoke', '/v1/admin/tokens/purge', '/v1/admin/stats', '/nowhere'];
+      for (const path of paths) {
+        for (const method of ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']) await pool.request({ method: method as 'GET', path }).then((r) => r.body.dump());
+      }
+      await pool.close();
+      server.proc.kill('SIGSTOP');
+      await new Promise((r) => setTimeout(r, 4000)); // its periodic reports (one a second) fill the channel
+      const t0 = Date.now();
+      process.kill(worker!, 'SIGTERM');
+      await expect.poll(() => exited(worker!), { timeout: 5000, interval: 20 }).toBe(true);
+      // the drain's quiet 250 ms, then at most the 1 s wait
+      expect(Date.now() - t0).toBeLessThan(2500);
+    } finally {
+      server.proc.kill('SIGCONT');
+      await pool.destroy();
+      expect(await server.stop()).toBe(0);
+    }
+  });
+
   // a replaced worker took its share of every counter with it: Prometheus reads the drop as a reset
   it('/metrics counters do not go down when a worker is killed and replaced', async () => {
     const { server, healthz, byPid } = await twoWorkersAnswered();
