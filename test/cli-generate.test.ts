@@ -1572,6 +1572,25 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 
+  // the claim refused at SET NX and gone at the read of its holder (it lapsed in between) names nobody; a
+  // claim naming no owner reads the same, and lets this be held long enough to be seen: tried again, not
+  // reported as a campaign "" serving the satellite
+  it('a run meeting a satellite claim that names no holder waits for it to lapse and serves the satellite', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const satellite = await handWrittenSatellite(fx, 'sat-nobody', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => tokens.length);
+    try {
+      await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-nobody'), ` ${randomUUID()}`, 'PX', 1500);
+      const t0 = Date.now();
+      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'after-nobody', '--json'], { KEY_PREFIX: fx.prefix });
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'done', tokensDelivered: 1 });
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(1000);
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
   // a satellite another campaign's killed run still claimed: told to wait for that run to end (it never would)
   // and to fix the satellite (nothing was wrong with it)
   it('a run meeting another campaign\'s claim on its satellite names it, says a killed run\'s lapses, and blames no satellite', async () => {
