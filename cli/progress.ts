@@ -7,8 +7,10 @@ import type { ProgressEvent } from '../src/campaigns/flow.js';
  * what an earlier run made but did not deliver). Their totals grow as pages arrive.
  */
 export function progressBars(): { update: (satelliteId: string, event: ProgressEvent, n: number) => void; say: (line: string) => void; stop: () => void } {
+  // forceRedraw: a line said moves the bars down a row, and a bar drawn only when it changed left the row
+  // below it showing through (users fetched, unchanged since, was gone)
   const multi = new cliProgress.MultiBar(
-    { format: ' {label} |{bar}| {value}/{total}', hideCursor: true, clearOnComplete: false, etaBuffer: 50 },
+    { format: ' {label} |{bar}| {value}/{total}', hideCursor: true, clearOnComplete: false, etaBuffer: 50, forceRedraw: true },
     cliProgress.Presets.shades_classic,
   );
   // a count, not a bar: the satellites list users a page at a time and never say how many, so its total was
@@ -33,6 +35,11 @@ export function progressBars(): { update: (satelliteId: string, event: ProgressE
     },
     /** a line above the bars: written plainly, the next redraw overwrote it */
     say: (line) => multi.log(`${line}\n`),
-    stop: () => multi.stop(),
+    // a line said since the last redraw (every 100 ms) waits in the log, which stop() does not write: Ctrl-C's
+    // 'stopping at the next step' never showed when the run stopped at once, as it does cutting a call in flight
+    stop: () => {
+      multi.update();
+      multi.stop();
+    },
   };
 }

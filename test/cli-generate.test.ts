@@ -1,4 +1,6 @@
+import { spawn } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -7,7 +9,7 @@ import { createSimServer, SimSatellite, startSatelliteSim, type SatelliteSim } f
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { CampaignStore } from '../src/store/campaign-store.js';
 import { CampaignKeys } from '../src/store/campaigns.js';
-import { runCli } from './helpers/cli.js';
+import { MAIN, runCli } from './helpers/cli.js';
 import { engineFixture, type EngineFixture } from './helpers/redis.js';
 
 type Pushed = { userId: string; token: string }[];
@@ -1836,6 +1838,128 @@ describe('a run that stalled past its claims (a laptop asleep) while another cam
       expect(users.map((u) => held.get(u)!.length)).toEqual([2, 1, 1, 1]);
     } finally {
       wake();
+      await satellite.close();
+      await fx.close();
+    }
+  });
+});
+
+describe('progress on a terminal', () => {
+  /** generate with stdout and stderr on a pseudo-terminal (util-linux `script`): its exit code and all it wrote there */
+  /** `whenStarted`: called with the pid of generate itself (script's child), to signal it */
+  function onTerminal(args: string[], env: Record<string, string>, whenStarted?: (pid: number) => void): Promise<{ code: number | null; out: string }> {
+    const command = [process.execPath, MAIN, ...args].map((a) => `'${a}'`).join(' ');
+    return new Promise((resolve, reject) => {
+      const proc = spawn('script', ['-qec', command, '/dev/null'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      proc.stdout.setEncoding('utf8').on('data', (d: string) => {
+        if (!out && whenStarted) whenStarted(Number(readFileSync(`/proc/${proc.pid}/task/${proc.pid}/children`, 'utf8').trim()));
+        out += d;
+      });
+      // a generate that does not end: its terminal closes with `script`, and the hang-up ends it
+      const timer = setTimeout(() => proc.kill('SIGKILL'), 15_000);
+      proc.once('error', reject);
+      proc.once('exit', (code) => (clearTimeout(timer), resolve({ code, out })));
+    });
+  }
+
+  /** The lines a terminal shows once `out` is written: the cursor moves, erasures and redraws of the bars applied. */
+  function screen(out: string): string[] {
+    const lines: string[][] = [[]];
+    let row = 0;
+    let col = 0;
+    for (let i = 0; i < out.length; i++) {
+      const esc = /^\x1b\[(\??)(\d*)([A-Za-z])/.exec(out.slice(i, i + 12));
+      if (esc) {
+        i += esc[0].length - 1;
+        if (esc[1]) continue; // a mode: cursor shown or hidden, line wrap
+        if (esc[3] === 'A') row = Math.max(0, row - Number(esc[2] || 1));
+        else if (esc[3] === 'G') col = Number(esc[2] || 1) - 1;
+        else if (esc[3] === 'K') lines[row]!.length = Math.min(lines[row]!.length, col);
+        continue;
+      }
+      const line = lines[row]!;
+      if (out[i] === '\r') col = 0;
+      else if (out[i] === '\n') lines[++row] ??= [];
+      else {
+        while (line.length < col) line.push(' ');
+        line[col++] = out[i]!;
+      }
+    }
+    return lines.map((l) => l.join('').trimEnd());
+  }
+
+  it('shows the users fetched as a count and bars of the tokens made and delivered, leaves them whole above the table, and shows the cursor again', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    const sim = await startSatelliteSim({ id: 'sat-tty', users: 30 });
+    try {
+      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-tty', url: sim.url });
+      const run = await onTerminal(['generate', '--all', '--per-user', '2', '--campaign', 'tty', '--page-size', '10', '--batch-size', '8'], { KEY_PREFIX: fx.prefix });
+      expect(run.code, run.out).toBe(0);
+      const full = '\u2588'.repeat(40);
+      expect(screen(run.out)).toEqual([
+        ' users fetched    30',
+        ` tokens made      |${full}| 60/60`,
+        ` tokens delivered |${full}| 60/60`,
+        'campaign tty',
+        'satellite  users  tokens made  delivered  refused  failures  status',
+        'sat-tty       30           60         60        0         0  done',
+        '',
+      ]);
+      // the bars hide the cursor while they draw; a generate that ended with it hidden left the shell without one
+      expect(run.out.lastIndexOf('\x1b[?25h')).toBeGreaterThan(run.out.lastIndexOf('\x1b[?25l'));
+    } finally {
+      await sim.close();
+      await fx.close();
+    }
+  });
+
+  // a line written plainly was drawn over by the next redraw of the bars
+  it('Ctrl-C mid-run: what it says shows above the bars, which stay whole, then the table and the resume hint', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    let pushed!: () => void;
+    const pushing = new Promise<void>((r) => (pushed = r));
+    // the push never answers: generate waits on it, its bars drawn, when the signal comes
+    const satellite = await handWrittenSatellite(fx, 'sat-said', () => ({ userIds: ['u0', 'u1'], nextCursor: null }), () => (pushed(), new Promise<never>(() => {})));
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_TIMEOUT_MS: '60000', SATELLITE_ATTEMPTS: '1' };
+      const run = await onTerminal(['generate', '--all', '--per-user', '1', '--campaign', 'said'], env, (pid) => void pushing.then(() => setTimeout(() => process.kill(pid, 'SIGINT'), 300)));
+      expect(run.code, run.out).toBe(130);
+      expect(screen(run.out).slice(0, 7)).toEqual([
+        'SIGINT: stopping at the next step, cutting calls to satellites in flight (SIGINT again exits at once)',
+        ' users fetched    2',
+        ` tokens made      |${'\u2588'.repeat(40)}| 2/2`,
+        ` tokens delivered |${'\u2591'.repeat(40)}| 0/2`,
+        'campaign said',
+        'satellite  users  tokens made  delivered  refused  failures  status',
+        'sat-said       2            2          0        0         0  failed',
+      ]);
+      expect(run.out).toContain('campaign said is incomplete; to go on, run: referral-manager generate --resume said');
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
+  // bars where stderr is no terminal (a cron's log) wrote their unformatted templates (' {label} |...|') at the
+  // end, and the lines said went to their log
+  it('without a terminal no bars: no escape codes, and what the run says reaches stderr', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    let accept = false;
+    const satellite = await handWrittenSatellite(fx, 'sat-piped', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => (accept ? tokens.length : { status: 503 }));
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'piped'], env)).code).toBe(1);
+      // a killed run's claim, lapsing soon (after the resume has started): the resume says it waits for it
+      await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-piped'), `piped ${randomUUID()}`, 'PX', 2500);
+      accept = true;
+      const resumed = await runCli(['generate', '--resume', 'piped'], env);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      // that line alone: no bars, drawn or not
+      expect(resumed.stderr).toBe('satellite sat-piped: a killed run of this campaign still claims it; waiting up to 30 s for that claim to lapse\n');
+      expect(resumed.stdout).toMatch(/^sat-piped\s+0\s+0\s+1\s+0\s+0\s+done$/m); // the set the failed run made, delivered
+      expect(resumed.stderr + resumed.stdout).not.toContain('\x1b');
+    } finally {
       await satellite.close();
       await fx.close();
     }
