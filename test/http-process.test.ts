@@ -969,7 +969,7 @@ describe('serve processes', () => {
   };
 
   // orphans would hold the port (a restarted serve could not start: the port in use). Node's cluster exits a
-  // worker at once on an unexpected 'disconnect' (before runWorker's own listener runs): this holds that too
+  // worker at once on an unexpected 'disconnect' (runWorker relies on it): this holds that
   it('workers exit on their own, promptly, when the primary is killed (kill -9), and the port is freed', async () => {
     const server = await serve({ KEY_PREFIX: fresh('proc') }, 2, 0);
     const workers = childrenOf(server.proc.pid!);

@@ -232,7 +232,7 @@ export async function runWorker(config: Config): Promise<void> {
   process.off('SIGINT', early);
   process.on('SIGTERM', shutdown);
   process.on('SIGINT', shutdown);
-  // the primary is gone (killed): do not linger as an orphan holding the port
-  process.on('disconnect', shutdown);
+  // a primary gone (killed) needs nothing here: Node's cluster exits a worker at once on an unexpected
+  // 'disconnect', before any listener of ours could drain (a test holds it: no orphan keeps the port)
   process.send?.({ rm: 'listening', port: server.port } satisfies Msg);
 }
