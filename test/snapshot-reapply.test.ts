@@ -70,4 +70,24 @@ describe('reapplyRows: a Redis that went back in time gets the final states Post
     expect((await back.complete(viaReserve, 'res-1', 'bob')).code).toBe('ok');
     expect((await back.complete(lost, 'res-2', 'frank')).code).toBe('ok');
   });
+
+  // the end-to-end test loses only redeems of unredeemed tokens: a token the Redis that went back holds reserved
+  // is open too, and a revocation is a final state as much as a redemption
+  it('gives a token held reserved the redemption Postgres holds, dropping its reservation and lease entry, and a revoked token its revocation', async () => {
+    const made = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'bea' }], perUser: 2 });
+    const [held, gone] = made.tokens.map((t) => t.token) as [string, string];
+    const shard = shardOf(held);
+    expect(await reapplyRows(fx.redis, other, shard, [], await Promise.all([held, gone].map((t) => rowOf(fx.prefix, t))))).toBe(2);
+    const back = new TokenEngine(new TokenStore(fx.redis, other, NO_REPLICA_WAIT));
+    expect((await back.reserve(held, 'sat-d', 60_000, 'res-back')).code).toBe('ok');
+    expect((await fx.engine.redeem(held, 'sat-c', 'gail')).code).toBe('ok');
+    expect((await fx.engine.revokeToken(gone)).code).toBe('ok');
+    const final = await Promise.all([held, gone].map((t) => rowOf(fx.prefix, t)));
+    expect(await reapplyRows(fx.redis, other, shard, final, [])).toBe(2);
+    expect(await rowOf(other, held)).toEqual(final[0]);
+    expect(await rowOf(other, gone)).toEqual(final[1]);
+    expect(await fx.redis.zscore(new Keys(other).leases(shard), hexOf(held))).toBeNull();
+    expect(await fx.redis.hexists(new Keys(other).reservations(shard), hexOf(held).slice(4))).toBe(0);
+    expect((await back.redeem(gone, 'sat-c', 'hal')).code).toBe('revoked');
+  });
 });
