@@ -2,7 +2,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { loadConfig, type Config } from '../src/config.js';
-import { rebuildRedis, restoreFromPostgres, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
+import { rebuildRedis, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
+import { SatelliteRegistry } from '../src/satellites/registry.js';
+import { hashKey } from '../src/digest.js';
 import { openPostgres } from '../src/snapshot/schema.js';
 import { tokenHistory } from '../src/snapshot/history.js';
 import { Keys, placeOfToken, SHARDS } from '../src/store/keys.js';
@@ -305,6 +307,43 @@ describe('restore --from-postgres, then verify (real Redis, real Postgres)', () 
       expect((await fx.engine.redeem(t, 'sat-b', 'bob')).code).toBe('ok');
       await expect(rebuildRedis(fx.redis, pool, fx.prefix, { force: true, holder: 'test', say: () => {} })).rejects.toThrow(/^1 changes in the event streams of .* have not reached Postgres/);
       expect((await fx.engine.lookup(t))?.state).toBe('redeemed');
+    });
+  });
+});
+
+describe('verify compares satellites, campaigns and revoked campaigns record by record (real Redis, real Postgres)', () => {
+  // after a restore these records are what keeps satellites authenticating, generate resumable and revoked
+  // campaigns refused: a difference in any of them is what an operator runs verify to see
+  it('lists a record on one side only and each field that differs, an outbound key only as set', async () => {
+    await ownSnapshot('recs', async ({ fx, pool, writer }) => {
+      await writer.now.stop();
+      const key = 'rmk_recs-key';
+      await pool.query('INSERT INTO satellites (id, fields, api_keys) VALUES ($1, $2, $3)', ['sat-x', { id: 'sat-x', createdAt: '1', keyHash: hashKey(key), outboundKey: 'secret-out' }, { [hashKey(key)]: 'sat-x\t' }]);
+      const progress = { 'sat-o': { usersListed: 3, usersServed: 3, tokensMade: 3, tokensDelivered: 2, usersRefused: 0, failures: 1, status: 'failed', lastError: 'HTTP 503' } };
+      await pool.query('INSERT INTO campaigns (id, meta, progress) VALUES ($1, $2, $3)', ['spring', { perUser: 1, satellites: ['sat-o'], createdAt: 1 }, progress]);
+      await pool.query('INSERT INTO revoked_campaigns (id, revoked_at) VALUES ($1, $2), ($3, $4)', ['old', 1000, 'gone', 2000]);
+      await restoreSatellites(fx.redis, pool, fx.prefix);
+      await restoreCampaigns(fx.redis, pool, fx.prefix);
+      await restoreRevoked(fx.redis, pool, fx.prefix);
+      expect(await verify(fx.redis, pool, fx.prefix)).toMatchObject({ satellites: 1, campaigns: 1, revokedCampaigns: 2, differences: 0 });
+
+      await pool.query(`UPDATE satellites SET fields = jsonb_set(fields, '{outboundKey}', '"secret-new"')`);
+      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-y' });
+      await pool.query(`UPDATE campaigns SET progress = jsonb_set(progress, '{sat-o,lastError}', '"HTTP 500"')`);
+      await pool.query(`UPDATE revoked_campaigns SET revoked_at = 1001 WHERE id = 'old'`);
+      await pool.query(`DELETE FROM revoked_campaigns WHERE id = 'gone'`);
+      await pool.query(`INSERT INTO revoked_campaigns (id, revoked_at) VALUES ('late', 3000)`);
+      const report = await verify(fx.redis, pool, fx.prefix);
+      const revoked = new Keys(fx.prefix).revokedCampaigns();
+      expect(report.listed).toEqual([
+        { token: `${fx.prefix}:{sat}:s:sat-x`, kind: 'differs', fields: [{ field: 'outboundKey', redis: '(set)', postgres: '(set)' }] },
+        { token: `${fx.prefix}:{sat}:s:sat-y`, kind: 'only_redis' },
+        { token: `${fx.prefix}:{camp:spring}:meta`, kind: 'differs', fields: [{ field: 'prog:sat-o.lastError', redis: 'HTTP 503', postgres: 'HTTP 500' }] },
+        { token: `${revoked}/late`, kind: 'only_postgres' },
+        { token: `${revoked}/old`, kind: 'differs', fields: [{ field: 'revokedAt', redis: '1000', postgres: '1001' }] },
+        { token: `${revoked}/gone`, kind: 'only_redis' },
+      ]);
+      expect(report.differences).toBe(6);
     });
   });
 });
