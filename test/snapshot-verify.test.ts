@@ -330,6 +330,7 @@ describe('verify compares satellites, campaigns and revoked campaigns record by 
       await pool.query(`UPDATE satellites SET fields = jsonb_set(fields, '{outboundKey}', '"secret-new"')`);
       await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-y' });
       await pool.query(`UPDATE campaigns SET progress = jsonb_set(progress, '{sat-o,lastError}', '"HTTP 500"')`);
+      await pool.query(`UPDATE campaigns SET meta = jsonb_set(meta, '{satellites}', '["sat-o", "sat-p"]')`);
       await pool.query(`UPDATE revoked_campaigns SET revoked_at = 1001 WHERE id = 'old'`);
       await pool.query(`DELETE FROM revoked_campaigns WHERE id = 'gone'`);
       await pool.query(`INSERT INTO revoked_campaigns (id, revoked_at) VALUES ('late', 3000)`);
@@ -338,7 +339,14 @@ describe('verify compares satellites, campaigns and revoked campaigns record by 
       expect(report.listed).toEqual([
         { token: `${fx.prefix}:{sat}:s:sat-x`, kind: 'differs', fields: [{ field: 'outboundKey', redis: '(set)', postgres: '(set)' }] },
         { token: `${fx.prefix}:{sat}:s:sat-y`, kind: 'only_redis' },
-        { token: `${fx.prefix}:{camp:spring}:meta`, kind: 'differs', fields: [{ field: 'prog:sat-o.lastError', redis: 'HTTP 503', postgres: 'HTTP 500' }] },
+        {
+          token: `${fx.prefix}:{camp:spring}:meta`,
+          kind: 'differs',
+          fields: [
+            { field: 'prog:sat-o.lastError', redis: 'HTTP 503', postgres: 'HTTP 500' },
+            { field: 'satellites', redis: '["sat-o"]', postgres: '["sat-o","sat-p"]' },
+          ],
+        },
         { token: `${revoked}/late`, kind: 'only_postgres' },
         { token: `${revoked}/old`, kind: 'differs', fields: [{ field: 'revokedAt', redis: '1000', postgres: '1001' }] },
         { token: `${revoked}/gone`, kind: 'only_redis' },
