@@ -329,7 +329,7 @@ describe('verify compares satellites, campaigns and revoked campaigns record by 
 
       await pool.query(`UPDATE satellites SET fields = jsonb_set(fields, '{outboundKey}', '"secret-new"')`);
       await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'sat-y' });
-      await pool.query(`UPDATE campaigns SET progress = jsonb_set(progress, '{sat-o,lastError}', '"HTTP 500"')`);
+      await pool.query(`UPDATE campaigns SET progress = jsonb_set(jsonb_set(progress, '{sat-o,lastError}', '"HTTP 500"'), '{sat-o,usersListed}', '4')`);
       await pool.query(`UPDATE campaigns SET meta = jsonb_set(meta, '{satellites}', '["sat-o", "sat-p"]')`);
       await pool.query(`UPDATE revoked_campaigns SET revoked_at = 1001 WHERE id = 'old'`);
       await pool.query(`DELETE FROM revoked_campaigns WHERE id = 'gone'`);
@@ -344,6 +344,7 @@ describe('verify compares satellites, campaigns and revoked campaigns record by 
           kind: 'differs',
           fields: [
             { field: 'prog:sat-o.lastError', redis: 'HTTP 503', postgres: 'HTTP 500' },
+            { field: 'prog:sat-o.usersListed', redis: '3', postgres: '4' },
             { field: 'satellites', redis: '["sat-o"]', postgres: '["sat-o","sat-p"]' },
           ],
         },
