@@ -90,4 +90,18 @@ describe('reapplyRows: a Redis that went back in time gets the final states Post
     expect(await fx.redis.hexists(new Keys(other).reservations(shard), hexOf(held).slice(4))).toBe(0);
     expect((await back.redeem(gone, 'sat-c', 'hal')).code).toBe('revoked');
   });
+
+  // reapplyRows sends its calls IN_FLIGHT (100) at a time: a shard that lost more redemptions than that
+  it('gives back every one of more than 100 redemptions of a shard', async () => {
+    const made = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'many' }], perUser: 101 });
+    const tokens = made.tokens.map((t) => t.token);
+    const shard = shardOf(tokens[0]!);
+    const rows = await readShardRows(fx.redis, new Keys(fx.prefix), shard);
+    expect(await reapplyRows(fx.redis, other, shard, [], tokens.map((t) => rows.get(t)!))).toBe(101);
+    for (const [i, t] of tokens.entries()) expect((await fx.engine.redeem(t, 'sat-c', `m${i}`)).code).toBe('ok');
+    const after = await readShardRows(fx.redis, new Keys(fx.prefix), shard);
+    expect(await reapplyRows(fx.redis, other, shard, tokens.map((t) => after.get(t)!), [])).toBe(101);
+    const back = await readShardRows(fx.redis, new Keys(other), shard);
+    expect(tokens.filter((t) => back.get(t)![1] !== 'redeemed')).toEqual([]);
+  });
 });
