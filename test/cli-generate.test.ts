@@ -1848,7 +1848,9 @@ describe('progress on a terminal', () => {
   /** generate with stdout and stderr on a pseudo-terminal (util-linux `script`): its exit code and all it wrote there */
   /** `whenStarted`: called with the pid of generate itself (script's child), to signal it */
   function onTerminal(args: string[], env: Record<string, string>, whenStarted?: (pid: number) => void): Promise<{ code: number | null; out: string }> {
-    const command = [process.execPath, MAIN, ...args].map((a) => `'${a}'`).join(' ');
+    // `exec`: script runs the command with $SHELL -c, and dash (/bin/sh, or SHELL unset) forks for it where bash
+    // execs, so script's child was sh and the SIGINT stopped sh, not generate
+    const command = `exec ${[process.execPath, MAIN, ...args].map((a) => `'${a}'`).join(' ')}`;
     return new Promise((resolve, reject) => {
       const proc = spawn('script', ['-qec', command, '/dev/null'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
       let out = '';
