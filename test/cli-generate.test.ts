@@ -1574,6 +1574,38 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     }
   });
 
+  // the wait for a killed run's claim is bounded: one that does not lapse (a run of the same campaign still
+  // alive elsewhere, renewing it) must end the resume with the reason, not hang it or let it push beside
+  // that run; the bound is CLAIM_TTL_MS, a constant, so this test takes its 31 s
+  it('a resume whose own campaign\'s satellite claim does not lapse gives up after 30 s: the satellite fails with the reason, exit 1, nothing pushed', async () => {
+    const fx = await engineFixture({ label: 'gen' });
+    let pushes = 0;
+    const satellite = await handWrittenSatellite(fx, 'sat-held', () => ({ userIds: ['u0'], nextCursor: null }), () => (pushes++, { status: 503 }));
+    try {
+      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+      // a first run makes u0's set and fails to push it: the resume has a set to push, were it let
+      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'held', '--json'], env)).code).toBe(1);
+      pushes = 0;
+      // a claim in this campaign's name outliving the resume's whole wait
+      await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-held'), `held ${randomUUID()}`, 'PX', 50_000);
+      const t0 = Date.now();
+      const resumed = await runCli(['generate', '--resume', 'held', '--json'], env);
+      expect(resumed.code, resumed.stderr).toBe(1);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(30_000);
+      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({
+        status: 'failed',
+        tokensDelivered: 0,
+        error: 'satellite "sat-held" is still claimed by another run of this campaign after 30 s',
+      });
+      expect(pushes).toBe(0);
+      expect(resumed.stderr).toContain('waiting up to 30 s for that claim to lapse');
+      expect((await new CampaignStore(fx.redis, fx.prefix).get('held'))!.progress['sat-held']!.status).toBe('failed');
+    } finally {
+      await satellite.close();
+      await fx.close();
+    }
+  });
+
   // the claim refused at SET NX and gone at the read of its holder (it lapsed in between) names nobody; a
   // claim naming no owner reads the same, and lets this be held long enough to be seen: tried again, not
   // reported as a campaign "" serving the satellite
