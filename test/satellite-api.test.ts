@@ -1,7 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { SatelliteApi } from '../src/campaigns/satellite-api.js';
+import { SatelliteApi, SatelliteCallError } from '../src/campaigns/satellite-api.js';
 
 describe('calls to a satellite (generate)', () => {
   // undici said "The operation was aborted due to timeout": the marketer could not tell which setting to raise
@@ -15,6 +15,26 @@ describe('calls to a satellite (generate)', () => {
       await api.close();
       silent.closeAllConnections();
       silent.close();
+    }
+  });
+  // the error's retryAfterMs is the least the next attempt waits (SatelliteApi.call): a satellite asking for an
+  // hour (or a day, as a date) must not stall a generate run that long; a minute is the most it is granted
+  it('a 503 with Retry-After of an hour, or a date a day ahead, holds the retry back a minute at most', async () => {
+    const headers = ['3600', new Date(Date.now() + 86_400_000).toUTCString()];
+    let i = 0;
+    const busy = http.createServer((_req, res) => res.writeHead(503, { 'retry-after': headers[i++]!, 'content-type': 'application/json' }).end('{"error":"busy"}'));
+    const port = await new Promise<number>((r) => busy.listen(0, '127.0.0.1', () => r((busy.address() as AddressInfo).port)));
+    const api = new SatelliteApi({ url: `http://127.0.0.1:${port}`, timeoutMs: 2000, attempts: 1 });
+    try {
+      for (const header of headers) {
+        const err = await api.usersWithoutTokens(null, 10).catch((e: unknown) => e);
+        expect(err, header).toBeInstanceOf(SatelliteCallError);
+        expect(err, header).toMatchObject({ status: 503, retryable: true, retryAfterMs: 60_000 });
+      }
+    } finally {
+      await api.close();
+      busy.closeAllConnections();
+      busy.close();
     }
   });
 });
