@@ -252,6 +252,33 @@ describe('verify while satellites redeem and while the writer catches up (real R
       expect(caught.stderr).not.toContain('left to copy');
     });
   }, 90_000);
+  // lagEvents is the more of two readings, as verify starts and as it ends: changes made while it ran (their
+  // tokens read before them, or after) are lag too. The reading at the end is taken here alone: verify is
+  // held at its first Postgres read (a lock on tokens), past the reading at its start, while tokens are made
+  it('counts the changes made while it ran, left to copy at its end, in lagEvents', async () => {
+    await ownSnapshot('lag-end', async ({ fx, db, pool, writer }) => {
+      await writer.now.stop();
+      expect((await verify(fx.redis, pool, fx.prefix)).lagEvents).toBe(0);
+      // verify's pool holds 2 connections: the lock and the look at who waits for it take others
+      const side = await openPostgres(db.url);
+      const locker = await side.connect();
+      try {
+        await locker.query('BEGIN');
+        await locker.query('LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE');
+        const report = verify(fx.redis, pool, fx.prefix, { maxListed: 0 });
+        const waiting = async () =>
+          (await side.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`)).rows[0].n as number;
+        for (const end = Date.now() + 10_000; (await waiting()) === 0 && Date.now() < end; ) await sleep(20);
+        expect(await waiting()).toBe(1);
+        await generateTokens(fx.engine, 30);
+        await locker.query('ROLLBACK');
+        expect((await report).lagEvents).toBe(30);
+      } finally {
+        locker.release();
+        await side.end();
+      }
+    });
+  }, 60_000);
 });
 
 describe('restore --from-postgres, then verify (real Redis, real Postgres)', () => {
