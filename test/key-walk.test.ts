@@ -1,18 +1,12 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Redis } from 'ioredis';
 import { dropKeys } from '../src/store/key-walk.js';
 import type { RedisClient } from '../src/store/redis.js';
-import { engineFixture, type EngineFixture } from './helpers/redis.js';
+import { engineFixtureFor } from './helpers/redis.js';
 
 // mutation audit (h110): dropKeys' filter and its error check had no test of their own
 describe('dropKeys (real Redis)', () => {
-  let fx: EngineFixture;
-  beforeAll(async () => {
-    fx = await engineFixture({ label: 'keywalk' });
-  });
-  afterAll(async () => {
-    await fx?.close();
-  });
+  const fx = engineFixtureFor('keywalk');
 
   it('deletes and counts only the keys `keep` accepts', async () => {
     await fx.redis.mset(`${fx.prefix}:a:1`, '1', `${fx.prefix}:a:2`, '1', `${fx.prefix}:b:1`, '1');

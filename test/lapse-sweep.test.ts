@@ -1,19 +1,13 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { sweepLapsed } from '../src/tokens/lapse.js';
 import { hexOf } from '../src/store/codec.js';
 import { placeOfToken } from '../src/store/keys.js';
-import { engineFixture, type EngineFixture } from './helpers/redis.js';
+import { engineFixtureFor } from './helpers/redis.js';
 
 /** The serve primary's sweep (src/tokens/lapse.ts) as it runs, on real Redis: what it gives back and what it logs. */
 describe('the lapse sweep service (real Redis)', () => {
-  let f: EngineFixture;
-  beforeAll(async () => {
-    f = await engineFixture({ label: 'lapsesvc' });
-  });
-  afterAll(async () => {
-    await f?.close();
-  });
+  const f = engineFixtureFor('lapsesvc');
 
   it('a shard failing every sweep is logged once, not at every sweep, and its recovery once; the other shards are swept meanwhile', async () => {
     const made = await f.engine.generate({ owners: [{ ownerSatelliteId: 'sat', ownerUserId: 'a' }, { ownerSatelliteId: 'sat', ownerUserId: 'b' }], perUser: 1 });

@@ -1,17 +1,11 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CampaignStore } from '../src/store/campaign-store.js';
 import { Lease } from '../src/store/lease.js';
-import { engineFixture, type EngineFixture } from './helpers/redis.js';
+import { engineFixtureFor } from './helpers/redis.js';
 
 describe('leases (snapshot writer, campaign runs) on real Redis', () => {
-  let f: EngineFixture;
-  beforeAll(async () => {
-    f = await engineFixture({ label: 'lease' });
-  });
-  afterAll(async () => {
-    await f?.close();
-  });
+  const f = engineFixtureFor('lease');
 
   it('a holder whose lease lapsed can neither renew nor release the next holder\'s', async () => {
     const key = `${f.prefix}:lease-a`;

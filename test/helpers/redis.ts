@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
+import { afterAll, beforeAll } from 'vitest';
 import { createRedis, type RedisClient } from '../../src/store/redis.js';
 import { dropPrefix } from '../../src/store/key-walk.js';
 import { TokenStore } from '../../src/store/token-store.js';
@@ -37,6 +38,18 @@ export async function engineFixture(opts: { redis?: () => RedisClient; label?: s
       redis.disconnect();
     },
   };
+}
+
+/**
+ * An engine fixture (key prefix `label`) for the describe block it is called in: made before its tests and
+ * removed after them. The fields are set once beforeAll ran.
+ */
+export function engineFixtureFor(label: string): EngineFixture {
+  const fx = {} as EngineFixture;
+  beforeAll(async () => void Object.assign(fx, await engineFixture({ label })));
+  // made only if its beforeAll did
+  afterAll(async () => await fx.close?.());
+  return fx;
 }
 
 /** A redis-server of the test's own (free port, AOF on) and a client on it, for what would disturb a shared one. */
