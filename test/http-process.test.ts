@@ -768,7 +768,9 @@ describe('serve processes', () => {
     const pool = new Pool(server.url, { connections: 4 });
     try {
       expect((await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat' } })).status).toBe(201);
-      const users = Array.from({ length: 5000 }, (_, i) => `drain-${i}`);
+      // small: Redis paused holds them in flight; 4 x 10,000 tokens made after it resumed took most of the 10 s
+      // drain on a loaded machine (a CI run: one cut off, 'other side closed')
+      const users = Array.from({ length: 250 }, (_, i) => `drain-${i}`);
       // on a connection of its own (the pool's are all busy below); the /metrics request counts itself
       const inFlight = async () => Number(/^rm_http_requests_in_flight (\d+)$/m.exec((await freshGet(`${server.url}/metrics`)).body)?.[1]);
       const idle = await inFlight();
@@ -786,7 +788,7 @@ describe('serve processes', () => {
       redis.signal('SIGCONT');
       const replies = await Promise.allSettled(inflight);
       const when = `settled ${(await Promise.all(settledAt)).join(', ')} ms after the SIGTERM`;
-      expect(replies.map((r) => (r.status === 'fulfilled' ? [r.value.status, r.value.body.tokens?.length] : String(r.reason))), when).toEqual(Array(4).fill([200, 10_000]));
+      expect(replies.map((r) => (r.status === 'fulfilled' ? [r.value.status, r.value.body.tokens?.length] : String(r.reason))), when).toEqual(Array(4).fill([200, 500]));
       expect(await code).toBe(0);
       await expect(freshGet(`${server.url}/healthz`)).rejects.toThrow();
     } finally {
