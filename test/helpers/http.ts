@@ -62,7 +62,8 @@ export async function serve(env: Record<string, string>, workers = 1, askPort?: 
   };
   leftovers.add(killNow);
   void exited.then(() => leftovers.delete(killNow));
-  const port = Number((await waitForOutput(proc, /listening on [^\s]+:(\d+) /, 'serve'))[1]);
+  // 40 s: a serve of one worker took over 20 s to listen in a CI run at load 9 (one test, the next passed)
+  const port = Number((await waitForOutput(proc, /listening on [^\s]+:(\d+) /, 'serve', 40_000))[1]);
   return {
     url: `http://127.0.0.1:${port}`,
     port,
