@@ -10,8 +10,8 @@ export default defineConfig({
     pool: 'forks',
     poolOptions: { forks: { maxForks: 2, minForks: 1 } },
     reporters: ['default'],
-    // TEST_REDIS_URL points the tests at another Redis (test/helpers/redis.ts): the CLI children and the
-    // writers the tests start read REDIS_URL, so it goes there too
-    env: process.env.TEST_REDIS_URL ? { REDIS_URL: process.env.TEST_REDIS_URL } : {},
+    // clears every env setting of the config module the tests' shell or CI job may have set, so neither the
+    // tests nor the processes they start read them; it sets REDIS_URL from TEST_REDIS_URL
+    setupFiles: ['test/helpers/clean-env.ts'],
   },
 });
