@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { createRedis } from '../src/store/redis.js';
 import { dropPrefix } from '../src/store/key-walk.js';
 
-const HELPER = path.resolve('dist/bench/redis-server.js');
+const HELPER = path.resolve(import.meta.dirname, '../dist/bench/redis-server.js');
 
 /**
  * A node process that starts `sleep 60` through reaped() and, when `listen`, has a SIGTERM listener of its
@@ -64,7 +64,7 @@ describe('bench reaped(): children die with the process on a signal', () => {
 describe('bench/http.js interrupted', () => {
   /** The bench with `tokens` tokens on the shared Redis, once its output matches `reached`; its prefix and a client there. */
   async function benchUntil(tokens: number, reached: RegExp) {
-    const proc = spawn(process.execPath, [path.resolve('dist/bench/http.js'), '--tokens', String(tokens), '--only', 'ours'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(process.execPath, [path.resolve(import.meta.dirname, '../dist/bench/http.js'), '--tokens', String(tokens), '--only', 'ours'], { stdio: ['ignore', 'pipe', 'pipe'] });
     const run = { proc, out: '' };
     proc.stdout!.on('data', (d: Buffer) => (run.out += d.toString()));
     proc.stderr!.on('data', (d: Buffer) => (run.out += d.toString()));

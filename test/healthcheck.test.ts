@@ -9,7 +9,7 @@ import { createRedis } from '../src/store/redis.js';
 import { serve } from './helpers/http.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 
-const HEALTHCHECK = path.resolve('dist/cli/healthcheck.js');
+const HEALTHCHECK = path.resolve(import.meta.dirname, '../dist/cli/healthcheck.js');
 const prefix = testPrefix('hc');
 
 /** The image's HEALTHCHECK command against process `pid`: its exit code and stderr. */

@@ -25,7 +25,7 @@ import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { freePort } from '../bench/redis-server.js';
 import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
-const MAIN = path.resolve('dist/cli/main.js');
+const MAIN = path.resolve(import.meta.dirname, '../dist/cli/main.js');
 
 /** Writer processes started by the running test: any still running after it (a failed assertion) are killed. */
 const running = new Set<ChildProcess>();

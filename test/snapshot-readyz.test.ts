@@ -6,7 +6,7 @@ import { testDatabase } from './helpers/pg.js';
 import { sleep } from './helpers/snapshot.js';
 import { freePort } from '../bench/redis-server.js';
 
-const MAIN = path.resolve('dist/cli/main.js');
+const MAIN = path.resolve(import.meta.dirname, '../dist/cli/main.js');
 const running = new Set<ChildProcess>();
 afterEach(async () => {
   await Promise.all([...running].map((c) => new Promise((r) => (c.once('exit', r), c.kill('SIGKILL')))));

@@ -1,4 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { caughtUp, each, generateTokens, snapshotFixture, until } from './helpers/snapshot.js';
 import { restoreFromPostgres, startSnapshotWriter, verify, readSnapshotStatus } from '../src/snapshot/index.js';
@@ -11,6 +12,9 @@ import { SHARED_REDIS_URL } from './helpers/redis.js';
 import { Keys, placeOfOwner } from '../src/store/keys.js';
 import { mint } from '../src/tokens/mint.js';
 import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
+
+// the built CLI, wherever the test run was started from
+const MAIN = path.resolve(import.meta.dirname, '../dist/cli/main.js');
 
 const TOTAL = 100_000;
 
@@ -119,7 +123,7 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
     await snap.writer?.stop();
     snap.writer = undefined;
     const cli = (...args: string[]) =>
-      spawnSync(process.execPath, ['dist/cli/main.js', ...args], {
+      spawnSync(process.execPath, [MAIN, ...args], {
         env: { ...process.env, KEY_PREFIX: snap.other, DATABASE_URL: snap.db.url, REDIS_URL: SHARED_REDIS_URL },
         encoding: 'utf8',
       });
@@ -157,7 +161,7 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
     const lease = `${snap.other}:{snap}:lease`;
     /** `restore --from-postgres --force` started, once it holds the lease */
     const restoreRunning = async () => {
-      const c = spawn(process.execPath, ['dist/cli/main.js', 'restore', '--from-postgres', '--force'], {
+      const c = spawn(process.execPath, [MAIN, 'restore', '--from-postgres', '--force'], {
         env: { ...process.env, KEY_PREFIX: snap.other, DATABASE_URL: snap.db.url, REDIS_URL: SHARED_REDIS_URL },
       });
       const run = { out: '', err: '', exited: new Promise<number | null>((r) => c.once('exit', r)) };

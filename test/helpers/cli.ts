@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach } from 'vitest';
 
-export const MAIN = path.resolve('dist/cli/main.js');
+export const MAIN = path.resolve(import.meta.dirname, '../../dist/cli/main.js');
 
 export interface CliRun {
   code: number | null;
