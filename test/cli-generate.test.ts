@@ -1881,10 +1881,11 @@ describe('progress on a terminal', () => {
   /** `whenStarted`: called with the pid of generate itself (script's child), to signal it */
   function onTerminal(args: string[], env: Record<string, string>, whenStarted?: (pid: number) => void): Promise<{ code: number | null; out: string }> {
     // `exec`: script runs the command with $SHELL -c, and dash (/bin/sh, or SHELL unset) forks for it where bash
-    // execs, so script's child was sh and the SIGINT stopped sh, not generate
-    const command = `exec ${[process.execPath, MAIN, ...args].map((a) => `'${a}'`).join(' ')}`;
+    // execs, so script's child was sh and the SIGINT stopped sh, not generate. SHELL is /bin/sh here: a CI
+    // account's may be /usr/sbin/nologin, which ran nothing ("This account is currently not available")
+    const command = `exec ${[process.execPath, MAIN, ...args].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ')}`;
     return new Promise((resolve, reject) => {
-      const proc = spawn('script', ['-qec', command, '/dev/null'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+      const proc = spawn('script', ['-qec', command, '/dev/null'], { env: { ...process.env, SHELL: '/bin/sh', ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
       let out = '';
       proc.stdout.setEncoding('utf8').on('data', (d: string) => {
         if (!out && whenStarted) whenStarted(Number(readFileSync(`/proc/${proc.pid}/task/${proc.pid}/children`, 'utf8').trim()));
