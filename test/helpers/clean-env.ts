@@ -9,4 +9,8 @@ import { settings } from '../../src/config.js';
  * tests, and so the CLI children and writers, at another Redis.
  */
 for (const s of Object.values(settings)) delete process.env[s.env];
+// nor libpq's PG* variables, which node-postgres reads for what a URL leaves out: PGSSLMODE=require (the server
+// here has no SSL) or PGOPTIONS failed every Postgres test in its beforeAll. The tests need trust auth on
+// TEST_PG_URL (.ci/run checks), and a test server that needs more takes it in that URL (?sslmode=...)
+for (const name of Object.keys(process.env)) if (name.startsWith('PG')) delete process.env[name];
 if (process.env.TEST_REDIS_URL) process.env.REDIS_URL = process.env.TEST_REDIS_URL;
