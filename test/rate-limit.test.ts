@@ -46,6 +46,28 @@ describe('FailureLimiter per address', () => {
     expect(keys.filter((k) => /\s/.test(k))).toEqual([]);
   });
 
+  // mutation audit (h139): each of these held with the line changed. Without the PEXPIRE every window left one
+  // key per guessing address in Redis for good; an entry past its window kept the address blocked in process
+  // until a restart; with both limits crossed the metric named the satellite's, not the address's
+  it('counters expire after two windows; a block ends with its window; the address is named when both limits cross', async () => {
+    const windowMs = 400;
+    const limiter = new FailureLimiter(redis, prefix, { ip: 1, satellite: 1 }, windowMs);
+    // start early in a window, so the block below outlives the checks made at once
+    while (Date.now() % windowMs > windowMs / 4) await new Promise((r) => setTimeout(r, 5));
+    expect(await limiter.fail('sat-x', '10.7.7.7', false)).toBeUndefined();
+    expect(await limiter.fail('sat-x', '10.7.7.7', false)).toEqual({ limit: 'ip', seconds: 1 });
+    const keys = await redis.keys(`${prefix}:rl:*10.7.7.7*`);
+    expect(keys).toHaveLength(1);
+    const ttl = await redis.pttl(keys[0]!);
+    expect(ttl).toBeGreaterThan(0);
+    expect(ttl).toBeLessThanOrEqual(2 * windowMs);
+    expect(limiter.check('sat-x', '10.7.7.7', false)).toMatchObject({ limit: 'ip' });
+    expect(limiter.satelliteBlock('sat-x')).toMatchObject({ limit: 'satellite' });
+    await new Promise((r) => setTimeout(r, windowMs + 50));
+    expect(limiter.check('sat-x', '10.7.7.7', false)).toBeUndefined();
+    expect(limiter.satelliteBlock('sat-x')).toBeUndefined();
+  });
+
   it('keeps IPv4 addresses whole, dotted or mapped into IPv6', () => {
     expect(addressBlock('10.0.0.1')).toBe('10.0.0.1');
     expect(addressBlock('0000:0000:0000:0000:0000:ffff:0a00:0001')).not.toBe(addressBlock('0000:0000:0000:0000:0000:ffff:0a00:0002'));
