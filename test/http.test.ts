@@ -596,6 +596,15 @@ describe('admin routes', () => {
     expect((await call(pool, 'GET', `/v1/tokens/${good}`, { key: keyB })).body.state).toBe('unredeemed');
   });
 
+  // mutation audit (h139): the schema's own messages named an array item "userIds.1" with fieldOf's index
+  // form changed, and no test saw it; docs/http.md promises "userIds[3]: must NOT have more than 128 characters"
+  it('names an array item a schema refuses by its index, userIds[1], as the docs say', async () => {
+    const long = await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-a', userIds: ['u', 'x'.repeat(129)], perUser: 1 });
+    expect([long.status, long.body.error, long.body.message]).toEqual([400, 'invalid_request', 'userIds[1]: must NOT have more than 128 characters']);
+    const typed = await admin('POST', '/v1/admin/tokens/revoke', { tokens: ['ffff0000-0000-4000-8000-000000000000', 7] });
+    expect(typed.body.message).toBe('tokens[1]: must be string');
+  });
+
   it('refuses a revoke body that mixes forms (400) and revokes nothing: it used to serve one form and drop the other', async () => {
     const [t] = await tokensFor('sat-a', 'mixed-revoke', 1, { campaignId: 'camp-mixed' });
     const mixed = [
