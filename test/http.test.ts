@@ -90,6 +90,20 @@ describe.each<Format>(['json', 'msgpack'])('satellite routes in %s', (format) =>
     expect(done.body).toEqual({ token: t, state: 'redeemed', ownerSatelliteId: 'sat-a', ownerUserId: 'res-owner' });
   });
 
+  // mutation audit (h139): a reserve without leaseMs held the token for MAX_LEASE_MS (1 h) instead of
+  // DEFAULT_LEASE_MS (10 min), and no test looked at how long a lease is
+  it('a lease lasts the leaseMs given, else DEFAULT_LEASE_MS (10 min)', async () => {
+    const [given, unset] = await tokensFor('sat-a', 'lease-owner', 2);
+    for (const [t, leaseMs, expected] of [[given, 60_000, 60_000], [unset, undefined, 10 * 60_000]] as const) {
+      const before = Date.now();
+      const r = await as(keyB, 'POST', '/v1/tokens/reserve', { token: t, leaseMs });
+      expect(r.status).toBe(200);
+      // Redis's clock and ours are one machine's; a second either way for the round trip
+      expect(r.body.leaseExpiresAt).toBeGreaterThanOrEqual(before + expected - 1000);
+      expect(r.body.leaseExpiresAt).toBeLessThanOrEqual(Date.now() + expected + 1000);
+    }
+  });
+
   it('reserve with a reservationId of the satellite\'s own: its retry answers the same reservation, not 409', async () => {
     const [t] = await tokensFor('sat-a', 'own-id-owner', 1);
     const reservationId = `signup-${t}`;
