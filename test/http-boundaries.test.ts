@@ -68,6 +68,18 @@ describe('a rotated key cached by the worker', () => {
   });
 });
 
+describe('a key rotated without grace', () => {
+  // mutation audit (h139): rotate-key without its auth.forget survived every test (they wait out a short
+  // AUTH_CACHE_MS); docs/http.md: the worker that served the rotate forgets at once, a leaked key is cut off
+  it('is refused at once on the worker that served the rotation, though AUTH_CACHE_MS (5 s here) is longer', async () => {
+    const old = (await admin('POST', '/v1/admin/satellites', { id: 'sat-leak' })).body.apiKey;
+    expect((await call(pool, 'GET', '/v1/users/u/tokens', { key: old })).status).toBe(200); // cached now
+    expect((await admin('POST', '/v1/admin/satellites/sat-leak/rotate-key', { graceMs: 0 })).status).toBe(200);
+    const after = await call(pool, 'GET', '/v1/users/u/tokens', { key: old });
+    expect([after.status, after.body.error]).toEqual([401, 'unauthorized']);
+  });
+});
+
 describe('the typed client on the manager\'s own 429', () => {
   it('carries Retry-After as retryAfter (seconds), as it does for a proxy\'s', async () => {
     const limited = await serve({ KEY_PREFIX: `${prefix}-rl`, RATE_LIMIT_FAILURES: '1', RATE_LIMIT_WINDOW_MS: '60000' });
