@@ -44,8 +44,12 @@ it('satellite client: listTokens, lookup, redeem across satellites, typed refusa
   const again = await refusal(b.redeem(t1, 'carol'));
   expect([again.code, again.status]).toEqual(['token_already_redeemed', 409]);
 
+  const before = Date.now();
   const res = await b.reserve(t2, 30_000);
   expect(res).toMatchObject({ token: t2, state: 'reserved', ownerSatelliteId: 'eu1', ownerUserId: 'alice' });
+  // the lease asked for, not the server's default of 10 min (mutation audit h139: reserve dropping leaseMs survived)
+  expect(res.leaseExpiresAt).toBeGreaterThanOrEqual(before + 30_000 - 1000);
+  expect(res.leaseExpiresAt).toBeLessThanOrEqual(Date.now() + 30_000 + 1000);
   expect((await refusal(a.redeem(t2, 'x'))).code).toBe('token_reserved');
   expect((await refusal(b.complete(t2, 'wrong', 'dave'))).code).toBe('reservation_mismatch');
   expect(await b.complete(t2, res.reservationId, 'dave')).toMatchObject({ state: 'redeemed', ownerUserId: 'alice' });
