@@ -1,6 +1,6 @@
 import net from 'node:net';
 import { Pool } from 'undici';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { ReferralError, SatelliteClient } from '../src/client/index.js';
 import { loadConfig } from '../src/config.js';
 import { startServer, type HttpServer } from '../src/http/server.js';
@@ -146,6 +146,37 @@ describe('a caller that hangs up mid-request, in process', () => {
       for (const end = Date.now() + 30_000; !(sat?.generated === 10_000 && sat.revoked === 10_000) && Date.now() < end; sat = (await engine.stats()).satellites['sat-h']) await sleep(100);
       expect(sat).toMatchObject({ generated: 10_000, unredeemed: 0, revoked: 10_000 });
     });
+  });
+
+  // mutation audit (h139): onAborted not setting ex.aborted survived the test above; the reply was then
+  // written to the aborted response, and the operator read a 500 "internal error" and "could not reply" in
+  // the log, and status 500 in the audit line, for a caller that merely hung up (docs/http.md: status 0)
+  it('is audited with status 0 and logs no internal error', async () => {
+    // spies that still print: what the server wrote, read back
+    const log = vi.spyOn(console, 'log');
+    const err = vi.spyOn(console, 'error');
+    const logged = () => [...log.mock.calls, ...err.mock.calls].map((a) => a.map(String).join(' '));
+    let lines: string[] = [];
+    try {
+      await withPausableServer('rm-abort-audit', 'sat-h', async (server, redis) => {
+        const caller = await connection(server.port);
+        redis.signal('SIGSTOP');
+        caller.socket.write(generateRequest('sat-h'));
+        await sleep(500);
+        caller.socket.destroy();
+        await sleep(200);
+        redis.signal('SIGCONT');
+        await until(async () => logged().some((l) => l.includes('/v1/admin/tokens/generate')), (v) => v, 'the audit line of the generate');
+        await sleep(200); // what a failing reply would log comes right after
+        lines = logged();
+      });
+    } finally {
+      log.mockRestore();
+      err.mockRestore();
+    }
+    const line = JSON.parse(lines.find((l) => l.includes('"audit"'))!);
+    expect(line).toMatchObject({ path: '/v1/admin/tokens/generate', status: 0 });
+    expect(lines.filter((l) => /internal error|could not reply/.test(l))).toEqual([]);
   });
 });
 
