@@ -89,9 +89,11 @@ describe('serve processes', () => {
       const after = await call(pool, 'GET', `/v1/tokens/${unknown(10)}`, { key });
       expect([after.status, after.body.error]).toEqual([429, 'rate_limited']);
       // a blocked address is refused before the engine: a real token is not redeemed for it either (mutation
-      // audit h139: redeem without its address check survived, the guesses above are 429 from their count)
+      // audit h139: redeem or lookup without its address check survived, the guesses above are 429 from their count)
       const real = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: real1, userId: 'g' } });
       expect([real.status, real.body.error]).toEqual([429, 'rate_limited']);
+      const looked = await call(pool, 'GET', `/v1/tokens/${real1}`, { key });
+      expect([looked.status, looked.body.error]).toEqual([429, 'rate_limited']);
       // successes are not counted and other routes are not limited
       expect((await call(pool, 'GET', '/v1/users/u/tokens', { key })).status).toBe(200);
       // the limit is per IP too: another satellite from the same address is refused at its first guess
