@@ -80,6 +80,24 @@ describe('a key rotated without grace', () => {
   });
 });
 
+describe('a reply larger than the socket takes at once', () => {
+  // mutation audit (h139): reply() without its onWritable continuation survived every test, as no reply of
+  // theirs outgrew the kernel's socket buffers: the 7 MB listing here then stopped at ~4 MB and hung
+  it('is sent whole: the rest follows as the client reads (backpressure)', async () => {
+    const url = `https://sat.example/${'p'.repeat(2000)}`;
+    for (let i = 0; i < 3000; i += 100) {
+      await Promise.all(Array.from({ length: 100 }, (_, j) => admin('POST', '/v1/admin/satellites', { id: `big-${i + j}`, url, name: 'n'.repeat(256) })));
+    }
+    const raw = await rawExchange(server.url, `GET /v1/admin/satellites HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${ADMIN_KEY}\r\nAccept: application/json\r\n\r\n`);
+    const head = raw.indexOf('\r\n\r\n');
+    const length = Number(/\r\ncontent-length: *(\d+)/i.exec(raw)?.[1]);
+    expect(length).toBeGreaterThan(6_000_000);
+    expect(raw.length - head - 4).toBe(length);
+    const listed = JSON.parse(Buffer.from(raw.slice(head + 4), 'latin1').toString()) as { satellites: { id: string }[] };
+    expect(listed.satellites.filter((s) => s.id.startsWith('big-'))).toHaveLength(3000);
+  });
+});
+
 describe('the typed client on the manager\'s own 429', () => {
   it('carries Retry-After as retryAfter (seconds), as it does for a proxy\'s', async () => {
     const limited = await serve({ KEY_PREFIX: `${prefix}-rl`, RATE_LIMIT_FAILURES: '1', RATE_LIMIT_WINDOW_MS: '60000' });
