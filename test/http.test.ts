@@ -631,6 +631,7 @@ describe('admin routes', () => {
       { allUsers: true },
       { satelliteId: 'sat-a', userId: 'mixed-revoke', allUsers: true },
       { satelliteId: 'sat-a', allUsers: true, campaignId: 'camp-mixed' },
+      {}, // none (mutation audit h139: 'forms !== 1' -> 'forms > 1' survived; it said "campaignId: must be a string")
     ];
     for (const body of mixed) {
       const r = await admin('POST', '/v1/admin/tokens/revoke', body);
