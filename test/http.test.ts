@@ -792,6 +792,10 @@ describe('auth', () => {
       const r = await pool.request({ method: 'POST', path: '/v1/tokens/redeem', headers: key ? { authorization: `Bearer ${key}` } : {}, body: '{}' });
       expect(r.statusCode).toBe(415);
       expect(JSON.parse(await r.body.text())).toMatchObject({ error: 'unsupported_media_type', message: expect.stringMatching(/content-type missing/) });
+      // and the wrong type (mutation audit h139: without its early check it was a 401 for a missing key)
+      const typed = await pool.request({ method: 'POST', path: '/v1/tokens/redeem', headers: { 'content-type': 'text/plain', ...(key ? { authorization: `Bearer ${key}` } : {}) }, body: '{}' });
+      expect(typed.statusCode).toBe(415);
+      expect(JSON.parse(await typed.body.text())).toMatchObject({ error: 'unsupported_media_type', message: expect.stringMatching(/"text\/plain" not supported/) });
     }
   });
 
