@@ -77,8 +77,11 @@ describe('serve processes', () => {
     const server = await serve({ KEY_PREFIX: fresh('rl'), RATE_LIMIT_FAILURES: '3', RATE_LIMIT_WINDOW_MS: '60000' });
     const { pool, key } = await setup(server);
     try {
-      const [real1] = await tokens(pool, 1);
+      const [real1, held] = await tokens(pool, 2);
       const unknown = (i: number) => `ffff0000-0000-4000-8000-${String(i).padStart(12, '0')}`;
+      // a 409 is no guess: it costs the limiter nothing (mutation audit h139: counting token_reserved survived)
+      expect((await call(pool, 'POST', '/v1/tokens/reserve', { key, body: { token: held } })).status).toBe(200);
+      for (let i = 0; i < 4; i++) expect((await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: held, userId: 'r' } })).body.error).toBe('token_reserved');
       const statuses: number[] = [];
       for (let i = 0; i < 3; i++) statuses.push((await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: unknown(i), userId: 'g' } })).status);
       expect(statuses).toEqual([404, 404, 404]);
