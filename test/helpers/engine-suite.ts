@@ -975,6 +975,9 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await engine.redeem(t, holder, 'new-user')).toEqual(r);
         expect((await engine.redeem(t, holder, 'someone')).code).toBe('already_redeemed');
         expect((await engine.complete(t, res.token!.reservationId!, 'other-user')).code).toBe('reservation_mismatch');
+        // the same call from another satellite is no repeat: the redemption went to the holder, not to it
+        expect(await engine.complete(t, res.token!.reservationId!, 'new-user', holder)).toEqual(r);
+        expect((await engine.complete(t, res.token!.reservationId!, 'new-user', 'intruder')).code).toBe('reservation_mismatch');
         expect(await since(ev2)).toEqual([]);
         expect(await engine.stats()).toEqual(stats);
       });
