@@ -926,6 +926,19 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await counts(l.sat)).toEqual({ ...NO_COUNTS, generated: 1, revoked: 1 });
       });
 
+      it('a token that expires while its lease holds stays held: others are told reserved, the holder completes', async () => {
+        // long enough for the mint and the reserve on a busy machine: both must come before it
+        const expiresAt = Date.now() + 1500;
+        const m = await mint(1, { expiresAt });
+        const t = m.tokens[0]!;
+        const r = await engine.reserve(t, 'holder', 60_000);
+        expect(r.code).toBe('ok');
+        await sleepUntil(expiresAt + 30);
+        expect((await engine.reserve(t, 'other', 60_000)).code).toBe('reserved');
+        expect((await engine.redeem(t, 'other', 'u')).code).toBe('reserved');
+        expect((await engine.complete(t, r.token!.reservationId!, 'new-user', 'holder')).code).toBe('ok');
+      });
+
       it('a token that expired while reserved is refused once the lease lapses', async () => {
         // long enough for the mint and the reserve on a busy machine: both must come before it
         const expiresAt = Date.now() + 1500;
