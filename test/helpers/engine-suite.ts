@@ -1397,6 +1397,15 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await listed(sat, 's-0')).toEqual(again.tokens);
       });
 
+      it('revokeSatellite sweeps a satellite whose users hold reserved tokens only: its counters show none unredeemed', async () => {
+        const m = await mint(1);
+        const t = m.tokens[0]!;
+        expect((await engine.reserve(t, 'h', 60_000)).code).toBe('ok');
+        expect(await counts(m.sat)).toEqual({ ...NO_COUNTS, generated: 1, reserved: 1 });
+        expect(await engine.revokeSatellite(m.sat)).toBe(1);
+        expect(await state(t)).toBe('revoked');
+      });
+
       it('a sweep goes on past a bucket that used up a call\'s budget: the shard\'s later buckets are swept too', async () => {
         const sat = uniq('sat');
         // two users of one shard, the first in an earlier bucket with enough tokens to end a revoke_sweep call
