@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { dropPrefix, engineFixture, SHARED_REDIS_URL, testPrefix, type EngineFixture } from './helpers/redis.js';
@@ -24,8 +23,8 @@ import { loadConfig, type Config } from '../src/config.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { freePort } from '../bench/redis-server.js';
 import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
+import { MAIN } from './helpers/cli.js';
 
-const MAIN = path.resolve(import.meta.dirname, '../dist/cli/main.js');
 
 /** Writer processes started by the running test: any still running after it (a failed assertion) are killed. */
 const running = new Set<ChildProcess>();

@@ -1,12 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { privateRedis } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
 import { sleep } from './helpers/snapshot.js';
 import { freePort } from '../bench/redis-server.js';
+import { MAIN } from './helpers/cli.js';
 
-const MAIN = path.resolve(import.meta.dirname, '../dist/cli/main.js');
 const running = new Set<ChildProcess>();
 afterEach(async () => {
   await Promise.all([...running].map((c) => new Promise((r) => (c.once('exit', r), c.kill('SIGKILL')))));

@@ -1,5 +1,4 @@
 import { spawn, spawnSync } from 'node:child_process';
-import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { caughtUp, each, generateTokens, snapshotFixture, until } from './helpers/snapshot.js';
 import { restoreFromPostgres, startSnapshotWriter, verify, readSnapshotStatus } from '../src/snapshot/index.js';
@@ -12,9 +11,7 @@ import { SHARED_REDIS_URL } from './helpers/redis.js';
 import { Keys, placeOfOwner } from '../src/store/keys.js';
 import { mint } from '../src/tokens/mint.js';
 import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
-
-// the built CLI, wherever the test run was started from
-const MAIN = path.resolve(import.meta.dirname, '../dist/cli/main.js');
+import { MAIN } from './helpers/cli.js';
 
 const TOTAL = 100_000;
 

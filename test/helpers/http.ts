@@ -7,8 +7,8 @@ import { Packr } from 'msgpackr';
 import { Pool } from 'undici';
 import { afterAll } from 'vitest';
 import { freePort, kill, startCluster, waitForOutput, type RedisClusterHandle } from '../../bench/redis-server.js';
+import { MAIN } from './cli.js';
 
-const MAIN = path.resolve(import.meta.dirname, '../../dist/cli/main.js');
 
 /**
  * Servers this test file started and has not stopped. Tests stop them in finally / afterAll, but a
