@@ -877,6 +877,27 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   }, 60_000);
 
+  // with only the renew timer (a third of the lease) to find it, a writer whose lease another took went on
+  // reading and committing new entries beside the new holder until that timer fired: the loop confirms the
+  // lease before every round (docs/snapshot.md "Single writer"), so it stops before its next read
+  it('a writer whose lease another took stops before its next round, not at its next renew timer', async () => {
+    const o = await ownWorld('leaseround');
+    try {
+      // its renew timer fires every 50 s: within the 30 s below, only the loop's own check finds the loss
+      const w = await o.start({ leaseMs: 150_000 });
+      await made(o.engine, users(100, 'a'));
+      await caughtUp(snap.fx.redis, o.prefix, o.pool, 100);
+      await snap.fx.redis.set(new Keys(o.prefix).snapshotLease(), `other-host pid 42 ${randomUUID()}`, 'PX', 150_000);
+      await eventually(async () => w.status().leader, (l) => !l, 'the writer finding its lease taken', 30_000);
+      expect(o.lines).toContain('warn: lost the snapshot lease to the writer of other-host pid 42; it writes to Postgres now');
+      await made(o.engine, users(100, 'b'));
+      await sleep(1500); // a round of a writer still writing would copy them
+      expect(await count(o.pool, 'token_events')).toBe(100);
+    } finally {
+      await o.close();
+    }
+  }, 60_000);
+
   // the lanes asked only whether the writer ran, not whether it still held the lease: one that lost it while its
   // batches waited on Postgres went on to commit the rest of the events it held, beside the new holder
   it('a writer that loses its lease mid-round commits no further batch of the events it holds', async () => {
