@@ -9,6 +9,7 @@ import { caughtUp, each, firstRoundDone, generateTokens, sleep, snapshotFixture,
 import { dropEngineKeys, openPostgres, readLostShards, readSnapshotStatus, restoreFromPostgres, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { startServer } from '../src/http/server.js';
 import type { WriterOptions } from '../src/snapshot/writer.js';
+import { Lane, type LaneDeps } from '../src/snapshot/lane.js';
 import { snapshotMetrics } from '../src/snapshot/metrics.js';
 import { withClient } from '../src/snapshot/schema.js';
 import { GROUP } from '../src/snapshot/lag.js';
@@ -1087,6 +1088,36 @@ describe('snapshot writer under faults (real processes)', () => {
 
   // the writer met Postgres only with a batch: one with nothing to write reported a lost Postgres as up for as
   // long as no event came (helper-69's walkthrough: 20 s and counting on /readyz)
+  // the loop's wait after a failed round, 100 ms doubled up to 5 s: not doubled, a writer facing a Postgres out
+  // of reach for hours tried it ten times a second, each try a connection attempt and an error counted. Bounded
+  // from above only: a busy machine makes fewer tries, never more
+  it('a writer facing Postgres out of reach backs off: its tries grow apart', async () => {
+    const pgErrors = errorsWhere('postgres');
+    const prefix = testPrefix('backoff');
+    const before = await pgErrors();
+    const w = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: `postgres://postgres@127.0.0.1:${await freePort()}/none` }), { log: () => {} });
+    try {
+      await eventually(pgErrors, (n) => n > before, 'a first failed try');
+      const first = await pgErrors();
+      await sleep(6000);
+      // doubled: 6 more tries in 6 s (200 + 400 + ... + 3200 ms + 5 s); waiting 100 ms each time: ~60
+      expect((await pgErrors()) - first).toBeLessThan(20);
+    } finally {
+      await w.stop();
+      await dropPrefix(snap.fx.redis, prefix);
+    }
+  }, 60_000);
+
+  // a lane Postgres refuses waits on its own (the others go on): twice as long after each refusal, at most 5 s,
+  // and not at all once a round of it went through
+  it('a refused lane waits twice as long after each refusal, up to 5 s, and no more once it commits', () => {
+    const lane = new Lane([0], {} as LaneDeps);
+    const refused = { status: 'rejected', reason: Object.assign(new Error('null value in column "token"'), { code: '23502' }) } as const;
+    expect(Array.from({ length: 8 }, () => (lane.settle(refused), lane.backoff))).toEqual([100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    lane.settle({ status: 'fulfilled', value: 1 });
+    expect(lane.backoff).toBe(0);
+  });
+
   it('a writer with nothing to write still finds Postgres gone, and back', async () => {
     const proxy = await pgProxy(snap.db.url);
     const writer = await startSnapshotWriter(loadConfig({ keyPrefix: snap.fx.prefix, databaseUrl: proxy.url }), { log: () => {} });
