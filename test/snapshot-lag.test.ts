@@ -5,6 +5,8 @@ import { Keys } from '../src/store/keys.js';
 import { createRedis, whenReady } from '../src/store/redis.js';
 import { privateRedis } from './helpers/http.js';
 import { sleep, until } from './helpers/snapshot.js';
+import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+import { snapshotMetrics } from '../src/snapshot/metrics.js';
 import { testDatabase } from './helpers/pg.js';
 import pg from 'pg';
 import { loadConfig } from '../src/config.js';
@@ -82,6 +84,31 @@ describe('rm_snapshot_lag_* while Redis cannot be read', () => {
     } finally {
       client.disconnect();
       await redis.dispose();
+    }
+  });
+});
+
+describe('rm_snapshot_lag_seconds and failed readings', () => {
+  // neither was asserted anywhere: the alerts on the backlog's age and on a lag that cannot be read had nothing under them
+  it('reads the age of the oldest entry not copied; a reading that fails counts in rm_snapshot_errors_total{where="lag"}', async () => {
+    const prefix = testPrefix('lagage');
+    const keys = new Keys(prefix);
+    const client = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
+    const lagSeconds = async () => Number(/^rm_snapshot_lag_seconds (\S+)$/m.exec(await registry.getSingleMetricAsString('rm_snapshot_lag_seconds'))?.[1]);
+    const lagErrors = async () => (await snapshotMetrics().errors.get()).values.find((v) => v.labels.where === 'lag')?.value ?? 0;
+    const lag = reportLag(client, prefix, 100);
+    try {
+      // an entry written a minute ago, by its id (Redis' clock: the lag is read against Redis TIME)
+      const [sec] = (await client.time()) as unknown as [string, string];
+      await client.xadd(keys.events(3), `${Number(sec) * 1000 - 60_000}-1`, 'type', 'generated');
+      await until(lagSeconds, (v) => v >= 60 && v < 600, 'the age of the entry');
+      const before = await lagErrors();
+      await client.set(keys.events(4), 'not a stream'); // fails every reading (WRONGTYPE)
+      await until(lagErrors, (n) => n > before, 'the failed reading counted');
+    } finally {
+      await lag.stop();
+      await dropPrefix(client, prefix);
+      client.disconnect();
     }
   });
 });
