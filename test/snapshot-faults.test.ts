@@ -402,6 +402,10 @@ describe('snapshot writer under faults (real processes)', () => {
       await eventually(() => o.copied(tokens), (n) => n === 2000, 'every token copied', 60_000);
       // 20 to 40; lane 1's ~500 events one a transaction were over 500
       expect((await commits()) - before).toBeLessThan(150);
+      // the recovery is said, once: said after the round that committed, so waited for
+      const back = 'info: Postgres takes the writes again; catching up';
+      await eventually(async () => o.lines.filter((l) => l === back).length, (n) => n > 0, 'the recovery said', 30_000);
+      expect(o.lines.filter((l) => l === back)).toHaveLength(1);
     } finally {
       await o.close();
     }
@@ -1150,13 +1154,17 @@ describe('snapshot writer under faults (real processes)', () => {
 
   it('a writer with nothing to write still finds Postgres gone, and back', async () => {
     const proxy = await pgProxy(snap.db.url);
-    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: snap.fx.prefix, databaseUrl: proxy.url }), { log: () => {} });
+    const lines: string[] = [];
+    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: snap.fx.prefix, databaseUrl: proxy.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`) });
     try {
       expect(await statusUntil((s) => s.state === 'up')).toMatchObject({ state: 'up' });
       await proxy.close();
       expect(await statusUntil((s) => s.state === 'down')).toMatchObject({ state: 'down' });
       proxy.open();
       expect(await statusUntil((s) => s.state === 'up')).toMatchObject({ state: 'up' });
+      // the outage and the recovery are each said once (logged before the status reads up)
+      expect(lines.filter((l) => l.startsWith('warn: Postgres unreachable'))).toHaveLength(1);
+      expect(lines.filter((l) => l.includes('Postgres reachable again'))).toEqual(['info: Postgres reachable again; catching up']);
     } finally {
       await writer.stop();
       await proxy.close();
