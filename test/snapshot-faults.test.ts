@@ -1090,8 +1090,6 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   }, 60_000);
 
-  // the writer met Postgres only with a batch: one with nothing to write reported a lost Postgres as up for as
-  // long as no event came (helper-69's walkthrough: 20 s and counting on /readyz)
   // the loop's wait after a failed round, 100 ms doubled up to 5 s: not doubled, a writer facing a Postgres out
   // of reach for hours tried it ten times a second, each try a connection attempt and an error counted. Bounded
   // from above only: a busy machine makes fewer tries, never more
@@ -1152,6 +1150,8 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   }, 60_000);
 
+  // the writer met Postgres only with a batch: one with nothing to write reported a lost Postgres as up for as
+  // long as no event came (helper-69's walkthrough: 20 s and counting on /readyz)
   it('a writer with nothing to write still finds Postgres gone, and back', async () => {
     const proxy = await pgProxy(snap.db.url);
     const lines: string[] = [];
