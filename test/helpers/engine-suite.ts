@@ -926,13 +926,19 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
         expect(await counts(l.sat)).toEqual({ ...NO_COUNTS, generated: 1, revoked: 1 });
       });
 
-      it('a token that expires while its lease holds stays held: others are told reserved, the holder completes', async () => {
+      /** a token that expires 1.5 s from now, reserved by 'holder' for `leaseMs` */
+      async function reservedExpiring(leaseMs: number) {
         // long enough for the mint and the reserve on a busy machine: both must come before it
         const expiresAt = Date.now() + 1500;
         const m = await mint(1, { expiresAt });
         const t = m.tokens[0]!;
-        const r = await engine.reserve(t, 'holder', 60_000);
+        const r = await engine.reserve(t, 'holder', leaseMs);
         expect(r.code).toBe('ok');
+        return { m, t, r, expiresAt };
+      }
+
+      it('a token that expires while its lease holds stays held: others are told reserved, the holder completes', async () => {
+        const { t, r, expiresAt } = await reservedExpiring(60_000);
         await sleepUntil(expiresAt + 30);
         expect((await engine.reserve(t, 'other', 60_000)).code).toBe('reserved');
         expect((await engine.redeem(t, 'other', 'u')).code).toBe('reserved');
@@ -940,12 +946,7 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
       });
 
       it('a token that expired while reserved is refused once the lease lapses', async () => {
-        // long enough for the mint and the reserve on a busy machine: both must come before it
-        const expiresAt = Date.now() + 1500;
-        const m = await mint(1, { expiresAt });
-        const t = m.tokens[0]!;
-        const r = await engine.reserve(t, 'holder', 50);
-        expect(r.code).toBe('ok');
+        const { m, t, r, expiresAt } = await reservedExpiring(50);
         await sleepUntil(Math.max(expiresAt, r.token!.leaseExpiresAt!) + 30);
         expect((await engine.reserve(t, 'holder', 60_000)).code).toBe('expired');
         expect((await engine.redeem(t, 'holder', 'u')).code).toBe('expired');
