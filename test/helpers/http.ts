@@ -9,7 +9,6 @@ import { afterAll } from 'vitest';
 import { freePort, kill, startCluster, waitForOutput, type RedisClusterHandle } from '../../bench/redis-server.js';
 import { MAIN } from './cli.js';
 
-
 /**
  * Servers this test file started and has not stopped. Tests stop them in finally / afterAll, but a
  * test that times out never reaches its finally: this root-level afterAll (it runs after the file's
