@@ -4,9 +4,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Pool } from 'undici';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createRedis } from '../src/store/redis.js';
 import { ADMIN_KEY, call, serve } from './helpers/http.js';
-import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+import { dropSharedPrefixes, testPrefix } from './helpers/redis.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const SERVER_ONLY = ['ioredis', 'pg', 'uWebSockets.js', 'prom-client', 'commander', 'ajv'];
@@ -15,9 +14,7 @@ const dir = mkdtempSync(path.join(tmpdir(), 'rv-client-pkg-'));
 
 afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
-  const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
-  await dropPrefix(redis, prefix);
-  redis.disconnect();
+  await dropSharedPrefixes(prefix);
 });
 
 // a satellite installing the client got the whole server: uWS's native binaries, ioredis, pg, prom-client

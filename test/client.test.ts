@@ -2,10 +2,9 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { AdminClient, ReferralError, SatelliteClient } from '../src/index.js';
-import { createRedis } from '../src/store/redis.js';
 import { freePort } from '../bench/redis-server.js';
 import { ADMIN_KEY, serve, type Served } from './helpers/http.js';
-import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+import { dropSharedPrefixes, testPrefix } from './helpers/redis.js';
 
 const prefix = testPrefix('client');
 let server: Served;
@@ -23,9 +22,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all([admin?.close(), a?.close(), b?.close()]);
   await server?.stop();
-  const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
-  await dropPrefix(redis, prefix);
-  redis.disconnect();
+  await dropSharedPrefixes(prefix);
 });
 
 async function refusal(p: Promise<unknown>): Promise<ReferralError> {

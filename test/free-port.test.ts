@@ -2,9 +2,8 @@ import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { freePort, portFreeWithin } from '../src/free-port.js';
-import { createRedis } from '../src/store/redis.js';
 import { runCli } from './helpers/cli.js';
-import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+import { dropSharedPrefixes, testPrefix } from './helpers/redis.js';
 
 /** TEST-NET-1 (RFC 5737): never an address of this machine */
 const NOT_OURS = '192.0.2.1';
@@ -35,9 +34,7 @@ describe('freePort', () => {
       expect(run.stderr).toContain(`error: cannot listen on ${NOT_OURS} port 7480: listen EADDRNOTAVAIL`);
       expect(run.stderr).not.toContain('in use by another process');
     } finally {
-      const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
-      await dropPrefix(redis, prefix);
-      redis.disconnect();
+      await dropSharedPrefixes(prefix);
     }
   });
 });

@@ -5,9 +5,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { GLOBAL_VALUES, healthUrl } from '../cli/healthcheck.js';
 import { runCli } from './helpers/cli.js';
 import { freePort } from '../src/free-port.js';
-import { createRedis } from '../src/store/redis.js';
 import { serve } from './helpers/http.js';
-import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+import { dropSharedPrefixes, testPrefix } from './helpers/redis.js';
 
 const HEALTHCHECK = path.resolve(import.meta.dirname, '../dist/cli/healthcheck.js');
 const prefix = testPrefix('hc');
@@ -23,9 +22,7 @@ function healthcheck(pid: number, env: Record<string, string> = {}): Promise<{ c
 }
 
 afterAll(async () => {
-  const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
-  await dropPrefix(redis, prefix);
-  redis.disconnect();
+  await dropSharedPrefixes(prefix);
 });
 
 describe('Docker HEALTHCHECK (dist/cli/healthcheck.js)', () => {

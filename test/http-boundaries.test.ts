@@ -6,9 +6,8 @@ import { Packr } from 'msgpackr';
 import { Pool } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ReferralError, SatelliteClient } from '../src/client/index.js';
-import { createRedis } from '../src/store/redis.js';
 import { ADMIN_KEY, call, rawExchange, serve, type Served } from './helpers/http.js';
-import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+import { dropSharedPrefixes, testPrefix } from './helpers/redis.js';
 
 const prefix = testPrefix('http-edges');
 let server: Served;
@@ -26,9 +25,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await pool?.close();
   expect(await server?.stop()).toBe(0);
-  const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
-  await dropPrefix(redis, prefix);
-  redis.disconnect();
+  await dropSharedPrefixes(prefix);
 });
 
 const SATELLITE_BODY_LIMIT = 16 * 1024;
@@ -119,9 +116,7 @@ describe('the typed client on the manager\'s own 429', () => {
       await client.close();
       await adminPool.close();
       expect(await limited.stop()).toBe(0);
-      const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
-      await dropPrefix(redis, `${prefix}-rl`);
-      redis.disconnect();
+      await dropSharedPrefixes(`${prefix}-rl`);
     }
   });
 });

@@ -2,9 +2,8 @@ import { connect } from 'node:net';
 import { Packr } from 'msgpackr';
 import { Pool } from 'undici';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { createRedis } from '../src/store/redis.js';
 import { ADMIN_KEY, call, rssKb, serve, type Served } from './helpers/http.js';
-import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+import { dropSharedPrefixes, testPrefix } from './helpers/redis.js';
 
 const prefix = testPrefix('fuzz');
 const packr = new Packr({ useRecords: false });
@@ -79,9 +78,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await pool?.close();
   await server?.stop();
-  const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
-  await dropPrefix(redis, prefix);
-  redis.disconnect();
+  await dropSharedPrefixes(prefix);
 });
 
 async function fire(n: number, statuses: Map<number, number>): Promise<void> {

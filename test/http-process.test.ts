@@ -7,7 +7,7 @@ import { freePort } from '../bench/redis-server.js';
 import { createRedis } from '../src/store/redis.js';
 import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, privateRedis, serve, testCluster, type Reply, type RestartableRedis, type Served } from './helpers/http.js';
-import { dropPrefix, engineFixture, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+import { dropSharedPrefixes, engineFixture, testPrefix } from './helpers/redis.js';
 import { AdminClient } from '../src/client/admin.js';
 import { ReferralError, SatelliteClient } from '../src/client/index.js';
 
@@ -18,11 +18,7 @@ const fresh = (label: string) => {
   return p;
 };
 
-afterAll(async () => {
-  const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
-  for (const p of prefixes) await dropPrefix(redis, p);
-  redis.disconnect();
-});
+afterAll(async () => await dropSharedPrefixes(...prefixes));
 
 async function setup(server: Served): Promise<{ pool: Pool; key: string }> {
   const pool = new Pool(server.url, { connections: 4 });

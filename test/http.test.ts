@@ -6,7 +6,7 @@ import { AdminClient } from '../src/client/admin.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { createRedis } from '../src/store/redis.js';
 import { ADMIN_KEY, call, rawExchange, serve, type Format, type Served } from './helpers/http.js';
-import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+import { dropSharedPrefixes, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 
 const prefix = testPrefix('http');
 let server: Served;
@@ -32,9 +32,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await pool?.close();
   expect(await server?.stop()).toBe(0);
-  const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
-  await dropPrefix(redis, prefix);
-  redis.disconnect();
+  await dropSharedPrefixes(prefix);
 });
 
 describe.each<Format>(['json', 'msgpack'])('satellite routes in %s', (format) => {

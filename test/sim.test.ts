@@ -4,10 +4,9 @@ import { Pool } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AdminClient } from '../src/client/admin.js';
 import { startSatelliteSim, type SatelliteSim, type SatelliteSimOptions, type SignupSummary } from '../src/sim/index.js';
-import { createRedis } from '../src/store/redis.js';
 import { MAIN, runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, serve, type Format, type Served } from './helpers/http.js';
-import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+import { dropSharedPrefixes, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 
 const pad = (n: number) => String(n).padStart(7, '0');
 const userIds = (id: string, n: number) => Array.from({ length: n }, (_, i) => `${id}-u${pad(i + 1)}`);
@@ -255,9 +254,7 @@ describe('with the manager', () => {
     for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
     await admin?.close();
     expect(await manager?.stop()).toBe(0);
-    const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
-    await dropPrefix(redis, prefix);
-    redis.disconnect();
+    await dropSharedPrefixes(prefix);
   });
 
   /** What `generate` does, by hand: every user without tokens gets `perUser` tokens from the manager. */

@@ -67,4 +67,14 @@ export async function privateRedisClient(): Promise<{ server: Awaited<ReturnType
   };
 }
 
+/** Removes every key under each prefix from the shared Redis, on a connection of its own (after a serve's run). */
+export async function dropSharedPrefixes(...prefixes: string[]): Promise<void> {
+  const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
+  try {
+    for (const p of prefixes) await dropPrefix(redis, p);
+  } finally {
+    redis.disconnect();
+  }
+}
+
 export { Redis, dropPrefix };
