@@ -17,12 +17,14 @@ type Pushed = { userId: string; token: string }[];
 /** An error reply of a hand-written satellite: its status and headers. */
 type Refused = { status: number; headers?: Record<string, string> };
 
+/** A hand-written satellite's answer to a delivery: its reply's `accepted`, or a Refused; a promise that never settles leaves it unanswered. */
+type Push = (tokens: Pushed) => number | Refused | Promise<number | Refused>;
+
 /**
  * A satellite written by hand for one contract corner: `list` answers the users-without-tokens listing
- * (a page, or a Refused), `push` a delivery (its reply's `accepted`, or a Refused; a promise that never
- * settles leaves it unanswered). Registered as `id` in the fixture's registry.
+ * (a page, or a Refused), `push` a delivery. Registered as `id` in the fixture's registry.
  */
-async function handWrittenSatellite(fx: EngineFixture, id: string, list: () => unknown, push: (tokens: Pushed) => number | Refused | Promise<number | Refused>) {
+async function handWrittenSatellite(fx: EngineFixture, id: string, list: () => unknown, push: Push) {
   const refuse = (res: ServerResponse, reply: Refused) =>
     res.writeHead(reply.status, reply.headers).end(JSON.stringify({ error: 'refused', message: `HTTP ${reply.status} from the hand-written satellite` }));
   const server = createServer((req, res) => {
@@ -48,6 +50,21 @@ async function handWrittenSatellite(fx: EngineFixture, id: string, list: () => u
       await new Promise((resolve) => server.close(resolve));
     },
   };
+}
+
+/**
+ * `fn` on an engine fixture of its own; `handWritten` opens a hand-written satellite in it. Once `fn` ends,
+ * however it ends, the satellites opened are closed in the order they were opened, then the fixture.
+ */
+async function withEngine(fn: (fx: EngineFixture, handWritten: (id: string, list: () => unknown, push: Push) => Promise<void>) => Promise<void>): Promise<void> {
+  const fx = await engineFixture({ label: 'gen' });
+  const satellites: { close(): Promise<void> }[] = [];
+  try {
+    await fn(fx, async (id, list, push) => void satellites.push(await handWrittenSatellite(fx, id, list, push)));
+  } finally {
+    for (const satellite of satellites) await satellite.close();
+    await fx.close();
+  }
 }
 
 /**
@@ -533,18 +550,13 @@ describe('--all with a satellite registered without a url (it only redeems)', ()
     }
   });
 
-  it('--all when no satellite has a url → exit 1, nothing recorded', async () => {
-    const fx = await engineFixture({ label: 'gen' });
-    try {
-      await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'redeem-only' });
-      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'none'], { KEY_PREFIX: fx.prefix });
-      expect(run.code).toBe(1);
-      expect(run.stderr).toMatch(/no registered satellite has a url: nothing to serve \(redeem-only no url registered; referral-manager satellites update <id> --url <url> gives one\)/);
-      expect(await new CampaignStore(fx.redis, fx.prefix).meta('none')).toBeUndefined();
-    } finally {
-      await fx.close();
-    }
-  });
+  it('--all when no satellite has a url → exit 1, nothing recorded', () => withEngine(async (fx) => {
+    await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 'redeem-only' });
+    const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'none'], { KEY_PREFIX: fx.prefix });
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/no registered satellite has a url: nothing to serve \(redeem-only no url registered; referral-manager satellites update <id> --url <url> gives one\)/);
+    expect(await new CampaignStore(fx.redis, fx.prefix).meta('none')).toBeUndefined();
+  }));
 });
 
 describe('outbound keys sealed with OUTBOUND_KEY_SECRET', () => {
@@ -617,129 +629,99 @@ describe('--batch-size smaller than --per-user', () => {
 describe('--batch-size larger than --per-user', () => {
   // a set split over two pushes for no reason: the satellite shows the user a part, and a stop between the
   // two leaves it holding part of a set
-  it('pushes each user\'s set whole, in one request, starting a new one when it does not fit', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('pushes each user\'s set whole, in one request, starting a new one when it does not fit', () => withEngine(async (fx, handWritten) => {
     const pushes: string[] = [];
-    const satellite = await handWrittenSatellite(fx, 'sat-whole', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), (tokens) => {
+    await handWritten('sat-whole', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), (tokens) => {
       pushes.push(tokens.map((t) => t.userId).join(' '));
       return tokens.length;
     });
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '3', '--batch-size', '5', '--campaign', 'whole', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(pushes).toEqual(['u0 u0 u0', 'u1 u1 u1', 'u2 u2 u2']);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const run = await runCli(['generate', '--all', '--per-user', '3', '--batch-size', '5', '--campaign', 'whole', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(pushes).toEqual(['u0 u0 u0', 'u1 u1 u1', 'u2 u2 u2']);
+  }));
 });
 
 describe('a campaign revoked between two parts of a set larger than --batch-size', () => {
   // the parts pushed stayed with the satellite, and the counts said it held nothing: a set counts delivered
   // once its last part is, which no run of a revoked campaign pushes
-  it('stops before the next part, exit 1, and counts delivered the part the satellite holds', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('stops before the next part, exit 1, and counts delivered the part the satellite holds', () => withEngine(async (fx, handWritten) => {
     const pushed: Pushed = [];
-    const satellite = await handWrittenSatellite(fx, 'sat-cut', () => ({ userIds: ['u0'], nextCursor: null }), async (tokens) => {
+    await handWritten('sat-cut', () => ({ userIds: ['u0'], nextCursor: null }), async (tokens) => {
       if (!pushed.length) await fx.engine.revokeCampaign('cut');
       pushed.push(...tokens);
       return tokens.length;
     });
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      const run = await runCli(['generate', '--all', '--per-user', '12', '--batch-size', '5', '--campaign', 'cut', '--json'], env);
-      expect(run.code, run.stderr).toBe(1);
-      expect(pushed).toHaveLength(5);
-      const report = JSON.parse(run.stdout).satellites[0];
-      expect(report).toMatchObject({ status: 'revoked', usersServed: 1, tokensMade: 12, tokensDelivered: 5 });
-      expect(report.error).toMatch(/campaign "cut" was revoked at .*: its undelivered tokens are not pushed; 5 tokens of sets pushed in parts reached the satellite before \(1 user, first "u0" with 5\): counted delivered, the rest of those sets not pushed/);
-      expect(run.stderr).toMatch(/satellite sat-cut stopped: campaign "cut" was revoked/);
-      expect(run.stderr).not.toMatch(/--resume/);
-      const shown = JSON.parse((await runCli(['campaigns', 'show', 'cut', '--json'], env)).stdout);
-      expect(shown).toMatchObject({ status: 'revoked', progress: { 'sat-cut': { status: 'revoked', tokensMade: 12, tokensDelivered: 5, lastError: report.error } } });
-      for (const { token } of pushed) expect((await fx.engine.lookup(token))?.state).toBe('revoked');
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    const run = await runCli(['generate', '--all', '--per-user', '12', '--batch-size', '5', '--campaign', 'cut', '--json'], env);
+    expect(run.code, run.stderr).toBe(1);
+    expect(pushed).toHaveLength(5);
+    const report = JSON.parse(run.stdout).satellites[0];
+    expect(report).toMatchObject({ status: 'revoked', usersServed: 1, tokensMade: 12, tokensDelivered: 5 });
+    expect(report.error).toMatch(/campaign "cut" was revoked at .*: its undelivered tokens are not pushed; 5 tokens of sets pushed in parts reached the satellite before \(1 user, first "u0" with 5\): counted delivered, the rest of those sets not pushed/);
+    expect(run.stderr).toMatch(/satellite sat-cut stopped: campaign "cut" was revoked/);
+    expect(run.stderr).not.toMatch(/--resume/);
+    const shown = JSON.parse((await runCli(['campaigns', 'show', 'cut', '--json'], env)).stdout);
+    expect(shown).toMatchObject({ status: 'revoked', progress: { 'sat-cut': { status: 'revoked', tokensMade: 12, tokensDelivered: 5, lastError: report.error } } });
+    for (const { token } of pushed) expect((await fx.engine.lookup(token))?.state).toBe('revoked');
+  }));
 });
 
 describe('a campaign stopped between two parts of a set, after other sets were finished or refused', () => {
   // only the set the satellite holds in part counts: a finished set was counted when its last part was, and
   // a refused user's parts were revoked with its set
-  it('revoked: counts delivered only the part of the set still in part', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('revoked: counts delivered only the part of the set still in part', () => withEngine(async (fx, handWritten) => {
     const pushed: Pushed = [];
-    const satellite = await handWrittenSatellite(fx, 'sat-parts', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), async (tokens) => {
+    await handWritten('sat-parts', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), async (tokens) => {
       // u1 closed its account after its first part
       if (tokens.some((t) => t.userId === 'u1') && pushed.some((t) => t.userId === 'u1')) return { status: 409 };
       if (tokens.some((t) => t.userId === 'u2')) await fx.engine.revokeCampaign('parts');
       pushed.push(...tokens);
       return tokens.length;
     });
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '12', '--batch-size', '5', '--campaign', 'parts', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code, run.stderr).toBe(1);
-      // pushes of 5: u0's 12 (its last 2 with u1's first 3), u1's next 5 refused, then u2's first token with u1's last 4 left out
-      expect(pushed.map((t) => t.userId).join()).toBe([...Array(12).fill('u0'), ...Array(3).fill('u1'), 'u2'].join());
-      const report = JSON.parse(run.stdout).satellites[0];
-      expect(report).toMatchObject({ status: 'revoked', usersServed: 3, tokensMade: 36, usersRefused: 1, tokensDelivered: 13 });
-      expect(report.error).toMatch(/; 1 tokens of sets pushed in parts reached the satellite before \(1 user, first "u2" with 1\)/);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const run = await runCli(['generate', '--all', '--per-user', '12', '--batch-size', '5', '--campaign', 'parts', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code, run.stderr).toBe(1);
+    // pushes of 5: u0's 12 (its last 2 with u1's first 3), u1's next 5 refused, then u2's first token with u1's last 4 left out
+    expect(pushed.map((t) => t.userId).join()).toBe([...Array(12).fill('u0'), ...Array(3).fill('u1'), 'u2'].join());
+    const report = JSON.parse(run.stdout).satellites[0];
+    expect(report).toMatchObject({ status: 'revoked', usersServed: 3, tokensMade: 36, usersRefused: 1, tokensDelivered: 13 });
+    expect(report.error).toMatch(/; 1 tokens of sets pushed in parts reached the satellite before \(1 user, first "u2" with 1\)/);
+  }));
 
-  it('expired: counts delivered the part the satellite holds, as a revoked one does', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('expired: counts delivered the part the satellite holds, as a revoked one does', () => withEngine(async (fx, handWritten) => {
     const pushed: Pushed = [];
-    const satellite = await handWrittenSatellite(fx, 'sat-late', () => ({ userIds: ['u0'], nextCursor: null }), async (tokens) => {
+    await handWritten('sat-late', () => ({ userIds: ['u0'], nextCursor: null }), async (tokens) => {
       // the first part is accepted just after the campaign expired
       const expiresAt = (await new CampaignStore(fx.redis, fx.prefix).get('late'))!.expiresAt!;
       await new Promise((r) => setTimeout(r, Math.max(0, expiresAt - Date.now() + 100)));
       pushed.push(...tokens);
       return tokens.length;
     });
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      const run = await runCli(['generate', '--all', '--per-user', '12', '--batch-size', '5', '--campaign', 'late', '--expires', '4s', '--json'], env);
-      expect(run.code, run.stderr).toBe(1);
-      expect(pushed).toHaveLength(5);
-      const report = JSON.parse(run.stdout).satellites[0];
-      expect(report).toMatchObject({ status: 'expired', tokensMade: 12, tokensDelivered: 5 });
-      expect(report.error).toMatch(/campaign "late" expired at .*; 5 tokens of sets pushed in parts reached the satellite before \(1 user, first "u0" with 5\)/);
-      expect((await new CampaignStore(fx.redis, fx.prefix).get('late'))!.progress['sat-late']).toMatchObject({ status: 'expired', tokensDelivered: 5 });
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    const run = await runCli(['generate', '--all', '--per-user', '12', '--batch-size', '5', '--campaign', 'late', '--expires', '4s', '--json'], env);
+    expect(run.code, run.stderr).toBe(1);
+    expect(pushed).toHaveLength(5);
+    const report = JSON.parse(run.stdout).satellites[0];
+    expect(report).toMatchObject({ status: 'expired', tokensMade: 12, tokensDelivered: 5 });
+    expect(report.error).toMatch(/campaign "late" expired at .*; 5 tokens of sets pushed in parts reached the satellite before \(1 user, first "u0" with 5\)/);
+    expect((await new CampaignStore(fx.redis, fx.prefix).get('late'))!.progress['sat-late']).toMatchObject({ status: 'expired', tokensDelivered: 5 });
+  }));
 });
 
 describe('a campaign that expires between two pages of the listing', () => {
   // the next batch was left to the engine's refusal of a past expiry: the run ended failed, blaming the
   // satellite, with a resume hint that could only be refused
-  it('stops as expired before making the next page\'s tokens, no resume hinted', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('stops as expired before making the next page\'s tokens, no resume hinted', () => withEngine(async (fx, handWritten) => {
     let listings = 0;
-    const satellite = await handWrittenSatellite(fx, 'sat-pages', () => (listings++ ? { userIds: ['u1'], nextCursor: null } : { userIds: ['u0'], nextCursor: 'p2' }), async (tokens) => {
+    await handWritten('sat-pages', () => (listings++ ? { userIds: ['u1'], nextCursor: null } : { userIds: ['u0'], nextCursor: 'p2' }), async (tokens) => {
       const expiresAt = (await new CampaignStore(fx.redis, fx.prefix).get('pages'))!.expiresAt!;
       await new Promise((r) => setTimeout(r, Math.max(0, expiresAt - Date.now() + 100)));
       return tokens.length;
     });
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'pages', '--expires', '4s', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code).toBe(1);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'expired', usersListed: 2, tokensMade: 1, tokensDelivered: 1, error: expect.stringMatching(/campaign "pages" expired at .*no more are made or pushed/) });
-      expect(run.stderr).not.toContain('--resume');
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'pages', '--expires', '4s', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code).toBe(1);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'expired', usersListed: 2, tokensMade: 1, tokensDelivered: 1, error: expect.stringMatching(/campaign "pages" expired at .*no more are made or pushed/) });
+    expect(run.stderr).not.toContain('--resume');
+  }));
 });
 
 describe('a refused push split after the campaign was revoked, or the run\'s claims lapsed, during it', () => {
@@ -749,11 +731,10 @@ describe('a refused push split after the campaign was revoked, or the run\'s cla
     ['revoked', (fx: EngineFixture) => fx.engine.revokeCampaign('halves-revoked'), 'revoked', /campaign "halves-revoked" was revoked at .*: its undelivered tokens are not pushed/],
     ['claims lapsed', (fx: EngineFixture) => fx.redis.del(new CampaignKeys(fx.prefix).run('halves-claims lapsed'), new CampaignKeys(fx.prefix).satelliteRun('sat-halves')), 'failed', /stalled past its 30 s claim, which lapsed/],
   ] as const) {
-    it(`pushes none of the halves (${what})`, async () => {
-      const fx = await engineFixture({ label: 'gen' });
+    it(`pushes none of the halves (${what})`, () => withEngine(async (fx, handWritten) => {
       const accepted: Pushed = [];
       let refused = 0;
-      const satellite = await handWrittenSatellite(fx, 'sat-halves', () => ({ userIds: ['u0', 'u1', 'u2', 'u3'], nextCursor: null }), async (tokens) => {
+      await handWritten('sat-halves', () => ({ userIds: ['u0', 'u1', 'u2', 'u3'], nextCursor: null }), async (tokens) => {
         // u3 closed the account: the push holding it is refused, and the run splits it
         if (tokens.some((t) => t.userId === 'u3')) {
           if (refused++ === 0) await during(fx);
@@ -762,27 +743,20 @@ describe('a refused push split after the campaign was revoked, or the run\'s cla
         accepted.push(...tokens);
         return tokens.length;
       });
-      try {
-        const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', `halves-${what}`, '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-        expect(run.code, run.stderr).toBe(1);
-        expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status, tokensMade: 8, tokensDelivered: 0, usersRefused: 0, error: expect.stringMatching(error) });
-        expect([accepted, refused]).toEqual([[], 1]);
-      } finally {
-        await satellite.close();
-        await fx.close();
-      }
-    });
+      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', `halves-${what}`, '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+      expect(run.code, run.stderr).toBe(1);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status, tokensMade: 8, tokensDelivered: 0, usersRefused: 0, error: expect.stringMatching(error) });
+      expect([accepted, refused]).toEqual([[], 1]);
+    }));
   }
 });
 
 describe('a satellite ending its listing with nextCursor ""', () => {
-  it('is taken as the last page (a Go satellite\'s zero-value string), not as a cursor listing everything again', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('is taken as the last page (a Go satellite\'s zero-value string), not as a cursor listing everything again', () => withEngine(async (fx, handWritten) => {
     const held = new Map<string, number>();
     let listings = 0;
     // users u0..u2 without tokens, then none: every page says nextCursor "" (no more pages)
-    const satellite = await handWrittenSatellite(
-      fx,
+    await handWritten(
       'sat-go',
       () => (listings++, { userIds: ['u0', 'u1', 'u2'].filter((u) => !held.has(u)), nextCursor: '' }),
       (tokens) => {
@@ -790,78 +764,60 @@ describe('a satellite ending its listing with nextCursor ""', () => {
         return tokens.length;
       },
     );
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'go', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 3, tokensDelivered: 6, status: 'done' });
-      expect(listings).toBe(1);
-      expect([...held.values()]).toEqual([2, 2, 2]);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'go', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 3, tokensDelivered: 6, status: 'done' });
+    expect(listings).toBe(1);
+    expect([...held.values()]).toEqual([2, 2, 2]);
+  }));
 });
 
 describe('generate interrupted (Ctrl-C, or a cron timeout\'s SIGTERM)', () => {
   // before: the process died mid-step, no hint, and --resume was refused until the claims lapsed (30 s)
-  it('stops at once, records the satellite failed, releases its claims and prints the resume hint with the flags given; --resume then finishes', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('stops at once, records the satellite failed, releases its claims and prints the resume hint with the flags given; --resume then finishes', () => withEngine(async (fx, handWritten) => {
     let hang = true;
     let pushed!: () => void;
     const pushing = new Promise<void>((r) => (pushed = r));
     const held = new Map<string, number>();
-    const satellite = await handWrittenSatellite(fx, 'sat-int', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), (tokens) => {
+    await handWritten('sat-int', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), (tokens) => {
       // the first push never answers (a satellite hanging): generate waits on it when the signal comes
       if (hang) return (pushed(), new Promise<never>(() => {}));
       for (const t of tokens) held.set(t.userId, (held.get(t.userId) ?? 0) + 1);
       return tokens.length;
     });
-    try {
-      const env = { SATELLITE_TIMEOUT_MS: '60000', SATELLITE_ATTEMPTS: '1' };
-      const t0 = Date.now();
-      const run = await runCli(['--key-prefix', fx.prefix, 'generate', '--all', '--per-user', '2', '--campaign', 'cut short', '--json'], env, {
-        whenStarted: (proc) => void pushing.then(() => proc.kill('SIGINT')),
-      });
-      expect(run.code, run.stderr).toBe(130);
-      expect(Date.now() - t0).toBeLessThan(20_000); // not the 60 s the hanging push would take
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'failed', error: 'interrupted by SIGINT', tokensMade: 6, tokensDelivered: 0 });
-      expect(run.stderr).toContain(`referral-manager --key-prefix ${fx.prefix} generate --resume 'cut short'`);
-      expect(await new CampaignStore(fx.redis, fx.prefix).progress('cut short', 'sat-int')).toMatchObject({ status: 'failed', lastError: 'interrupted by SIGINT' });
+    const env = { SATELLITE_TIMEOUT_MS: '60000', SATELLITE_ATTEMPTS: '1' };
+    const t0 = Date.now();
+    const run = await runCli(['--key-prefix', fx.prefix, 'generate', '--all', '--per-user', '2', '--campaign', 'cut short', '--json'], env, {
+      whenStarted: (proc) => void pushing.then(() => proc.kill('SIGINT')),
+    });
+    expect(run.code, run.stderr).toBe(130);
+    expect(Date.now() - t0).toBeLessThan(20_000); // not the 60 s the hanging push would take
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'failed', error: 'interrupted by SIGINT', tokensMade: 6, tokensDelivered: 0 });
+    expect(run.stderr).toContain(`referral-manager --key-prefix ${fx.prefix} generate --resume 'cut short'`);
+    expect(await new CampaignStore(fx.redis, fx.prefix).progress('cut short', 'sat-int')).toMatchObject({ status: 'failed', lastError: 'interrupted by SIGINT' });
 
-      hang = false;
-      const resumed = await runCli(['--key-prefix', fx.prefix, 'generate', '--resume', 'cut short', '--json'], env);
-      expect(resumed.code, resumed.stderr).toBe(0);
-      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ status: 'done', tokensDelivered: 6 });
-      expect([...held.values()]).toEqual([2, 2, 2]);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    hang = false;
+    const resumed = await runCli(['--key-prefix', fx.prefix, 'generate', '--resume', 'cut short', '--json'], env);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ status: 'done', tokensDelivered: 6 });
+    expect([...held.values()]).toEqual([2, 2, 2]);
+  }));
 });
 
 describe('a satellite whose listing never ends (an empty page with a new cursor every time)', () => {
   // a repeated cursor was caught, an ever-new one was not: generate listed ~3,000 pages a second for ever
-  it('fails that satellite after --max-pages pages, with the reason; the others are served', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('fails that satellite after --max-pages pages, with the reason; the others are served', () => withEngine(async (fx, handWritten) => {
     let listings = 0;
-    const endless = await handWrittenSatellite(fx, 'sat-endless', () => ({ userIds: [], nextCursor: `c${++listings}` }), (tokens) => tokens.length);
-    const fine = await handWrittenSatellite(fx, 'sat-fine', () => ({ userIds: ['u0', 'u1'], nextCursor: null }), (tokens) => tokens.length);
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--max-pages', '50', '--campaign', 'endless', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code).toBe(1);
-      const bySatellite = Object.fromEntries((JSON.parse(run.stdout).satellites as { satelliteId: string }[]).map((r) => [r.satelliteId, r]));
-      expect(bySatellite['sat-endless']).toMatchObject({ status: 'failed', error: 'satellite listing did not end after 50 pages; raise --max-pages if it has that many users' });
-      expect(bySatellite['sat-fine']).toMatchObject({ status: 'done', tokensDelivered: 2 });
-      expect(listings).toBe(50);
-      expect(run.stderr).toContain('--resume endless');
-    } finally {
-      await endless.close();
-      await fine.close();
-      await fx.close();
-    }
-  });
+    await handWritten('sat-endless', () => ({ userIds: [], nextCursor: `c${++listings}` }), (tokens) => tokens.length);
+    await handWritten('sat-fine', () => ({ userIds: ['u0', 'u1'], nextCursor: null }), (tokens) => tokens.length);
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--max-pages', '50', '--campaign', 'endless', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code).toBe(1);
+    const bySatellite = Object.fromEntries((JSON.parse(run.stdout).satellites as { satelliteId: string }[]).map((r) => [r.satelliteId, r]));
+    expect(bySatellite['sat-endless']).toMatchObject({ status: 'failed', error: 'satellite listing did not end after 50 pages; raise --max-pages if it has that many users' });
+    expect(bySatellite['sat-fine']).toMatchObject({ status: 'done', tokensDelivered: 2 });
+    expect(listings).toBe(50);
+    expect(run.stderr).toContain('--resume endless');
+  }));
 
   it('refuses a --max-pages that is not a positive integer (usage error)', async () => {
     const run = await runCli(['generate', '--all', '--per-user', '1', '--max-pages', '0']);
@@ -872,79 +828,54 @@ describe('a satellite whose listing never ends (an empty page with a new cursor 
 
 describe('a satellite answering 429 with Retry-After', () => {
   // the backoff (~0.2 s, then doubling) ignored it: a satellite allowing one call per 5 s was reported failed
-  it('is asked again no sooner than it said', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('is asked again no sooner than it said', () => withEngine(async (fx, handWritten) => {
     const listedAt: number[] = [];
-    const satellite = await handWrittenSatellite(
-      fx,
+    await handWritten(
       'sat-429',
       () => (listedAt.push(Date.now()) === 1 ? { status: 429, headers: { 'retry-after': '2' } } : { userIds: [], nextCursor: null }),
       () => ({ status: 404 }),
     );
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'patient', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '2' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'done', failures: 1 });
-      expect(listedAt).toHaveLength(2);
-      expect(listedAt[1]! - listedAt[0]!).toBeGreaterThanOrEqual(1950);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'patient', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '2' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'done', failures: 1 });
+    expect(listedAt).toHaveLength(2);
+    expect(listedAt[1]! - listedAt[0]!).toBeGreaterThanOrEqual(1950);
+  }));
 });
 
 describe('one satellite registered twice (two ids, one url)', () => {
   // each user it lists got a set from each id, half of them owned by an id the satellite does not know
-  it('is named on stderr before anything is made', async () => {
-    const fx = await engineFixture({ label: 'gen' });
-    const satellite = await handWrittenSatellite(fx, 'sat-twice', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => tokens.length);
-    try {
-      const registry = new SatelliteRegistry(fx.redis, fx.prefix);
-      await registry.add({ id: 'sat-twice-b', url: `${(await registry.get('sat-twice'))!.url!.toUpperCase()}/` });
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'twice', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(run.stderr).toMatch(/note: satellites sat-twice, sat-twice-b have the same url http:\/\/127\.0\.0\.1:\d+: a user it lists gets a set from each/);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+  it('is named on stderr before anything is made', () => withEngine(async (fx, handWritten) => {
+    await handWritten('sat-twice', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => tokens.length);
+    const registry = new SatelliteRegistry(fx.redis, fx.prefix);
+    await registry.add({ id: 'sat-twice-b', url: `${(await registry.get('sat-twice'))!.url!.toUpperCase()}/` });
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'twice', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toMatch(/note: satellites sat-twice, sat-twice-b have the same url http:\/\/127\.0\.0\.1:\d+: a user it lists gets a set from each/);
+  }));
 });
 
 describe('a satellite listing user ids that are not valid ids', () => {
   // they were counted as failures and nothing said which or why: 'failures 2', status done, stderr silent
-  it('skips them, counts them apart (usersInvalid) and names the first on stderr; the others are served', async () => {
-    const fx = await engineFixture({ label: 'gen' });
-    const satellite = await handWrittenSatellite(fx, 'sat-ids', () => ({ userIds: ['u0', '', 'x'.repeat(200)], nextCursor: null }), (tokens) => tokens.length);
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'ids', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 1, tokensDelivered: 1, failures: 2, usersInvalid: 2, invalidUser: '"": userId: must be 1..128 bytes, got 0', status: 'done' });
-      expect(run.stderr).toContain('satellite sat-ids listed 2 user ids that are not valid ids, skipped (first "": userId: must be 1..128 bytes, got 0)');
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+  it('skips them, counts them apart (usersInvalid) and names the first on stderr; the others are served', () => withEngine(async (fx, handWritten) => {
+    await handWritten('sat-ids', () => ({ userIds: ['u0', '', 'x'.repeat(200)], nextCursor: null }), (tokens) => tokens.length);
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'ids', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 1, tokensDelivered: 1, failures: 2, usersInvalid: 2, invalidUser: '"": userId: must be 1..128 bytes, got 0', status: 'done' });
+    expect(run.stderr).toContain('satellite sat-ids listed 2 user ids that are not valid ids, skipped (first "": userId: must be 1..128 bytes, got 0)');
+  }));
 });
 
 describe('a satellite listing ids that are not strings, or the same id twice', () => {
   // one number among the ids failed the whole satellite ("reply has no userIds array of strings"), and a page
   // naming a user twice counted it listed twice
-  it('skips a non-string id as an invalid one and counts a repeated id once', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('skips a non-string id as an invalid one and counts a repeated id once', () => withEngine(async (fx, handWritten) => {
     // a map whose toString is a string made String() throw, failing the run
-    const satellite = await handWrittenSatellite(fx, 'sat-mixed', () => ({ userIds: ['u0', { toString: 'x' }, 5, 'u1', 'u1'], nextCursor: null }), (tokens) => tokens.length);
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'mixed', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersListed: 4, usersServed: 2, tokensDelivered: 2, usersInvalid: 2, invalidUser: '"{\\"toString\\":\\"x\\"}": userId: must be a string', status: 'done' });
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    await handWritten('sat-mixed', () => ({ userIds: ['u0', { toString: 'x' }, 5, 'u1', 'u1'], nextCursor: null }), (tokens) => tokens.length);
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'mixed', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersListed: 4, usersServed: 2, tokensDelivered: 2, usersInvalid: 2, invalidUser: '"{\\"toString\\":\\"x\\"}": userId: must be a string', status: 'done' });
+  }));
 
   // read as MessagePack, a JSON body without its Content-Type failed as "no userIds array of strings"
   it('a JSON reply sent without a JSON Content-Type fails naming the Content-Type', async () => {
@@ -966,21 +897,15 @@ describe('a satellite listing ids that are not strings, or the same id twice', (
 
 describe('a satellite whose listing breaks the contract (a 200 that is not a page)', () => {
   // the checks ran outside the call's retry loop, so the failure was not counted: 'failures 0  failed'
-  it('fails the satellite with the reason, counts the failure, and does not retry it', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('fails the satellite with the reason, counts the failure, and does not retry it', () => withEngine(async (fx, handWritten) => {
     let listings = 0;
-    const satellite = await handWrittenSatellite(fx, 'sat-odd', () => (listings++, { users: ['u0'] }), (tokens) => tokens.length);
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'odd', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '3' });
-      expect(run.code).toBe(1);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'failed', failures: 1, usersServed: 0, error: 'users-without-tokens: reply has no userIds array' });
-      expect(listings).toBe(1);
-      expect(await new CampaignStore(fx.redis, fx.prefix).progress('odd', 'sat-odd')).toMatchObject({ failures: 1, status: 'failed' });
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    await handWritten('sat-odd', () => (listings++, { users: ['u0'] }), (tokens) => tokens.length);
+    const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'odd', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '3' });
+    expect(run.code).toBe(1);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'failed', failures: 1, usersServed: 0, error: 'users-without-tokens: reply has no userIds array' });
+    expect(listings).toBe(1);
+    expect(await new CampaignStore(fx.redis, fx.prefix).progress('odd', 'sat-odd')).toMatchObject({ failures: 1, status: 'failed' });
+  }));
 });
 
 describe('a satellite accepting fewer tokens than it was sent', () => {
