@@ -910,34 +910,26 @@ describe('a satellite whose listing breaks the contract (a 200 that is not a pag
 
 describe('a satellite accepting fewer tokens than it was sent', () => {
   // each short reply was retried SATELLITE_ATTEMPTS times at every level of the split: hours to fail a satellite
-  it('that stores at most 2 tokens a push: a short reply is retried once, then the batch is split', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('that stores at most 2 tokens a push: a short reply is retried once, then the batch is split', () => withEngine(async (fx, handWritten) => {
     const held = new Set<string>();
     let pushes = 0;
-    const satellite = await handWrittenSatellite(fx, 'sat-two', () => ({ userIds: ['u0', 'u1', 'u2', 'u3'], nextCursor: null }), (tokens) => {
+    await handWritten('sat-two', () => ({ userIds: ['u0', 'u1', 'u2', 'u3'], nextCursor: null }), (tokens) => {
       pushes++;
       for (const t of tokens.slice(0, 2)) held.add(t.token);
       return Math.min(2, tokens.length);
     });
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'two', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '3' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 4, usersRefused: 0, status: 'done' });
-      expect(held.size).toBe(4);
-      expect(pushes).toBe(4); // the batch of 4 twice, then its two halves
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'two', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '3' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 4, usersRefused: 0, status: 'done' });
+    expect(held.size).toBe(4);
+    expect(pushes).toBe(4); // the batch of 4 twice, then its two halves
+  }));
 
-  it('is not recorded as delivered: the run fails, and --resume sends the batch again', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('is not recorded as delivered: the run fails, and --resume sends the batch again', () => withEngine(async (fx, handWritten) => {
     const held = new Map<string, Set<string>>();
     let short = true;
     // users u0..u3; while `short`, a delivery stores all but its last token and says so in `accepted`
-    const satellite = await handWrittenSatellite(
-      fx,
+    await handWritten(
       'sat-s',
       () => ({ userIds: ['u0', 'u1', 'u2', 'u3'].filter((u) => !held.has(u)), nextCursor: null }),
       (tokens) => {
@@ -946,33 +938,26 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
         return kept.length;
       },
     );
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'short', '--json'], env);
-      expect(run.code, run.stdout).toBe(1);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensMade: 8, tokensDelivered: 0, status: 'failed' });
-      expect(run.stderr).toContain('accepted 7 of 8');
-      expect(await delivered(fx, 'short', 'sat-s', ['u0', 'u1', 'u2', 'u3'])).toEqual([0, 0, 0, 0]);
-      // it accepted none of the 4 users alone either: the satellite is at fault, not its users, so none is refused or revoked
-      expect(JSON.parse(run.stdout).satellites[0].usersRefused).toBe(0);
-      expect((await fx.engine.stats()).satellites['sat-s']).toMatchObject({ unredeemed: 8, revoked: 0 });
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'short', '--json'], env);
+    expect(run.code, run.stdout).toBe(1);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensMade: 8, tokensDelivered: 0, status: 'failed' });
+    expect(run.stderr).toContain('accepted 7 of 8');
+    expect(await delivered(fx, 'short', 'sat-s', ['u0', 'u1', 'u2', 'u3'])).toEqual([0, 0, 0, 0]);
+    // it accepted none of the 4 users alone either: the satellite is at fault, not its users, so none is refused or revoked
+    expect(JSON.parse(run.stdout).satellites[0].usersRefused).toBe(0);
+    expect((await fx.engine.stats()).satellites['sat-s']).toMatchObject({ unredeemed: 8, revoked: 0 });
 
-      short = false;
-      const resumed = await runCli(['generate', '--resume', 'short', '--json'], env);
-      expect(resumed.code, resumed.stderr).toBe(0);
-      expect([...held.values()].map((s) => s.size)).toEqual([2, 2, 2, 2]);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
-  it('that drops a few users silently: the others are delivered in the same run, the dropped ones refused and revoked', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+    short = false;
+    const resumed = await runCli(['generate', '--resume', 'short', '--json'], env);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect([...held.values()].map((s) => s.size)).toEqual([2, 2, 2, 2]);
+  }));
+  it('that drops a few users silently: the others are delivered in the same run, the dropped ones refused and revoked', () => withEngine(async (fx, handWritten) => {
     const held = new Map<string, string[]>();
     const users = ['u0', 'u1', 'u2', 'u3', 'u4'];
     // u1 and u3 are gone: their tokens are left out of what it stores and of `accepted`
-    const satellite = await handWrittenSatellite(
-      fx,
+    await handWritten(
       'sat-q',
       () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }),
       (tokens) => {
@@ -981,65 +966,46 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
         return kept.length;
       },
     );
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'quiet', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensMade: 10, tokensDelivered: 6, usersRefused: 2, status: 'done' });
-      expect([...held.keys()].sort()).toEqual(['u0', 'u2', 'u4']);
-      expect((await fx.engine.stats()).satellites['sat-q']).toMatchObject({ unredeemed: 6, revoked: 4 });
+    const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'quiet', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensMade: 10, tokensDelivered: 6, usersRefused: 2, status: 'done' });
+    expect([...held.keys()].sort()).toEqual(['u0', 'u2', 'u4']);
+    expect((await fx.engine.stats()).satellites['sat-q']).toMatchObject({ unredeemed: 6, revoked: 4 });
 
-      // a later campaign finds only the two gone users listed: the satellite accepts no part of the batch,
-      // but takes an empty push (its route works), so they are refused user by user, not a failed run
-      const later = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'quiet-2', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(later.code, later.stderr).toBe(0);
-      expect(JSON.parse(later.stdout).satellites[0]).toMatchObject({ usersServed: 2, tokensDelivered: 0, usersRefused: 2, status: 'done' });
-      expect(later.stderr).not.toContain('the other users were served');
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    // a later campaign finds only the two gone users listed: the satellite accepts no part of the batch,
+    // but takes an empty push (its route works), so they are refused user by user, not a failed run
+    const later = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'quiet-2', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(later.code, later.stderr).toBe(0);
+    expect(JSON.parse(later.stdout).satellites[0]).toMatchObject({ usersServed: 2, tokensDelivered: 0, usersRefused: 2, status: 'done' });
+    expect(later.stderr).not.toContain('the other users were served');
+  }));
 
   // an empty list refused as invalid tells nothing about the route: its gone users are refused, not a failed run
-  it('that refuses an empty push with 400 and every listed user with 410 (all gone): they are refused, the run is done', async () => {
-    const fx = await engineFixture({ label: 'gen' });
-    const satellite = await handWrittenSatellite(fx, 'sat-strict', () => ({ userIds: ['x1', 'x2'], nextCursor: null }), (tokens) => ({ status: tokens.length === 0 ? 400 : 410 }));
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'strict', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersRefused: 2, tokensDelivered: 0, status: 'done' });
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+  it('that refuses an empty push with 400 and every listed user with 410 (all gone): they are refused, the run is done', () => withEngine(async (fx, handWritten) => {
+    await handWritten('sat-strict', () => ({ userIds: ['x1', 'x2'], nextCursor: null }), (tokens) => ({ status: tokens.length === 0 ? 400 : 410 }));
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'strict', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersRefused: 2, tokensDelivered: 0, status: 'done' });
+  }));
 
   // a daily run with a few new users refused them all (below 4 a batch) and revoked their tokens: done, exit 0
-  it('whose token route is broken (404 for every push): a run of 3 users fails, revokes nothing, and says so', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('whose token route is broken (404 for every push): a run of 3 users fails, revokes nothing, and says so', () => withEngine(async (fx, handWritten) => {
     let pushes = 0;
-    const satellite = await handWrittenSatellite(fx, 'sat-404', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), () => (pushes++, { status: 404 }));
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'daily', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code).toBe(1);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 3, tokensDelivered: 0, usersRefused: 0, status: 'failed', error: expect.stringContaining('HTTP 404') });
-      expect(run.stderr).not.toContain('the other users were served');
-      expect(run.stderr).toContain('--resume daily');
-      expect(pushes).toBeGreaterThan(1); // split down to single users first: one gone user must not fail a run
-      expect(JSON.parse(run.stdout).satellites[0].error).toContain('an empty push too: POST /referrals/v1/tokens: HTTP 404');
-      expect((await fx.engine.stats()).satellites['sat-404']).toMatchObject({ unredeemed: 6, revoked: 0 });
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    await handWritten('sat-404', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), () => (pushes++, { status: 404 }));
+    const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'daily', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code).toBe(1);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 3, tokensDelivered: 0, usersRefused: 0, status: 'failed', error: expect.stringContaining('HTTP 404') });
+    expect(run.stderr).not.toContain('the other users were served');
+    expect(run.stderr).toContain('--resume daily');
+    expect(pushes).toBeGreaterThan(1); // split down to single users first: one gone user must not fail a run
+    expect(JSON.parse(run.stdout).satellites[0].error).toContain('an empty push too: POST /referrals/v1/tokens: HTTP 404');
+    expect((await fx.engine.stats()).satellites['sat-404']).toMatchObject({ unredeemed: 6, revoked: 0 });
+  }));
 
-  it('answering 410 Gone or 404 for a user: the same as a short reply; a 404 for every user of 4 or more fails it', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('answering 410 Gone or 404 for a user: the same as a short reply; a 404 for every user of 4 or more fails it', () => withEngine(async (fx, handWritten) => {
     const held = new Map<string, string[]>();
     let gone = new Map<string, number>([['u1', 410], ['u2', 404]]);
-    const satellite = await handWrittenSatellite(
-      fx,
+    await handWritten(
       'sat-g',
       () => ({ userIds: ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'].filter((u) => !held.has(u)), nextCursor: null }),
       (tokens) => {
@@ -1049,287 +1015,213 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
         return tokens.length;
       },
     );
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'gone', '--json'], env);
-      expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 4, usersRefused: 2, status: 'done' });
-      expect([...held.keys()].sort()).toEqual(['u0', 'u3', 'u4', 'u5']);
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'gone', '--json'], env);
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 4, usersRefused: 2, status: 'done' });
+    expect([...held.keys()].sort()).toEqual(['u0', 'u3', 'u4', 'u5']);
 
-      // a satellite answering 404 to every push (no such route): 4 users, none accepted alone, fail the run
-      held.clear();
-      gone = new Map(['u0', 'u1', 'u2', 'u3', 'u4', 'u5'].map((u) => [u, 404]));
-      const lost = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'no-route', '--json'], env);
-      expect(lost.code).toBe(1);
-      expect(JSON.parse(lost.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 0, status: 'failed' });
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    // a satellite answering 404 to every push (no such route): 4 users, none accepted alone, fail the run
+    held.clear();
+    gone = new Map(['u0', 'u1', 'u2', 'u3', 'u4', 'u5'].map((u) => [u, 404]));
+    const lost = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'no-route', '--json'], env);
+    expect(lost.code).toBe(1);
+    expect(JSON.parse(lost.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 0, status: 'failed' });
+  }));
 
-  it('a user refused in the first part of a set larger than a push gets no later part pushed', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('a user refused in the first part of a set larger than a push gets no later part pushed', () => withEngine(async (fx, handWritten) => {
     const pushed: Pushed[] = [];
-    const satellite = await handWrittenSatellite(fx, 'sat-part', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), (tokens) => {
+    await handWritten('sat-part', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), (tokens) => {
       pushed.push(tokens);
       return tokens.some((t) => t.userId === 'u1') ? { status: 410 } : tokens.length;
     });
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '4', '--batch-size', '2', '--campaign', 'parts', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 8, usersRefused: 1, status: 'done' });
-      // its tokens are revoked: a later part the satellite took would hand the user tokens that cannot be redeemed
-      expect(pushed.filter((p) => p.some((t) => t.userId === 'u1')).map((p) => p.length)).toEqual([2]);
-      expect((await fx.engine.stats()).satellites['sat-part']).toMatchObject({ unredeemed: 8, revoked: 4 });
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const run = await runCli(['generate', '--all', '--per-user', '4', '--batch-size', '2', '--campaign', 'parts', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 8, usersRefused: 1, status: 'done' });
+    // its tokens are revoked: a later part the satellite took would hand the user tokens that cannot be redeemed
+    expect(pushed.filter((p) => p.some((t) => t.userId === 'u1')).map((p) => p.length)).toEqual([2]);
+    expect((await fx.engine.stats()).satellites['sat-part']).toMatchObject({ unredeemed: 8, revoked: 4 });
+  }));
 
   // the edge of ALL_REFUSED_FAILS, from both sides, with a token route that works (an empty push is taken)
-  it('3 listed users refused alone are refused; 4 fail the run, refusing nobody', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('3 listed users refused alone are refused; 4 fail the run, refusing nobody', () => withEngine(async (fx, handWritten) => {
     let listed = ['a0', 'a1', 'a2'];
-    const satellite = await handWrittenSatellite(fx, 'sat-edge', () => ({ userIds: listed, nextCursor: null }), (tokens) => (tokens.length ? { status: 422 } : 0));
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      const three = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'three', '--json'], env);
-      expect(three.code, three.stderr).toBe(0);
-      expect(JSON.parse(three.stdout).satellites[0]).toMatchObject({ usersRefused: 3, status: 'done' });
+    await handWritten('sat-edge', () => ({ userIds: listed, nextCursor: null }), (tokens) => (tokens.length ? { status: 422 } : 0));
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    const three = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'three', '--json'], env);
+    expect(three.code, three.stderr).toBe(0);
+    expect(JSON.parse(three.stdout).satellites[0]).toMatchObject({ usersRefused: 3, status: 'done' });
 
-      listed = ['b0', 'b1', 'b2', 'b3'];
-      const four = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'four', '--json'], env);
-      expect(four.code).toBe(1);
-      expect(JSON.parse(four.stdout).satellites[0]).toMatchObject({ usersServed: 4, tokensDelivered: 0, usersRefused: 0, status: 'failed', error: expect.stringContaining('HTTP 422') });
-      expect((await fx.engine.stats()).satellites['sat-edge']).toMatchObject({ unredeemed: 4, revoked: 3 });
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    listed = ['b0', 'b1', 'b2', 'b3'];
+    const four = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'four', '--json'], env);
+    expect(four.code).toBe(1);
+    expect(JSON.parse(four.stdout).satellites[0]).toMatchObject({ usersServed: 4, tokensDelivered: 0, usersRefused: 0, status: 'failed', error: expect.stringContaining('HTTP 422') });
+    expect((await fx.engine.stats()).satellites['sat-edge']).toMatchObject({ unredeemed: 4, revoked: 3 });
+  }));
 
   // the 4 users the satellite refused alone were taken for a satellite refusing every push only when it accepted
   // no part of the batch: one user it took is enough to tell the users, not the satellite, are at fault
-  it('4 listed users refused alone beside one it accepts are refused, and the run is done', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('4 listed users refused alone beside one it accepts are refused, and the run is done', () => withEngine(async (fx, handWritten) => {
     const held: string[] = [];
-    const satellite = await handWrittenSatellite(fx, 'sat-mixed', () => ({ userIds: ['u0', 'u1', 'u2', 'u3', 'u4'], nextCursor: null }), (tokens) => {
+    await handWritten('sat-mixed', () => ({ userIds: ['u0', 'u1', 'u2', 'u3', 'u4'], nextCursor: null }), (tokens) => {
       if (tokens.some((t) => t.userId !== 'u0')) return { status: 422 };
       held.push(...tokens.map((t) => t.userId));
       return tokens.length;
     });
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'mixed', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 1, usersRefused: 4, status: 'done' });
-      expect(held).toEqual(['u0']);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'mixed', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 1, usersRefused: 4, status: 'done' });
+    expect(held).toEqual(['u0']);
+  }));
 
   // a resume pushed a left-over set again though another campaign had served the user meanwhile; the admin
   // API makes tokens of a campaign no run records, and that campaign counts as served as much as a run's
-  it('a resume pushes no left-over set of a user the admin API has served since, and revokes none of it', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('a resume pushes no left-over set of a user the admin API has served since, and revokes none of it', () => withEngine(async (fx, handWritten) => {
     let up = false;
     const held: string[] = [];
-    const satellite = await handWrittenSatellite(fx, 'sat-adm', () => ({ userIds: up ? [] : ['u0', 'u1'], nextCursor: null }), (tokens) => {
+    await handWritten('sat-adm', () => ({ userIds: up ? [] : ['u0', 'u1'], nextCursor: null }), (tokens) => {
       if (!up) return { status: 503 };
       held.push(...tokens.map((t) => t.userId));
       return tokens.length;
     });
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'first'], env)).code).toBe(1);
-      await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-adm', ownerUserId: 'u0' }], perUser: 1, campaignId: 'admin-grant' });
-      up = true;
-      const resumed = await runCli(['generate', '--resume', 'first', '--json'], env);
-      expect(resumed.code, resumed.stderr).toBe(0);
-      expect(held).toEqual(['u1']);
-      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 1, usersRefused: 1, usersRefusedKept: 1, refusal: expect.stringContaining('served by campaign "admin-grant"') });
-      expect((await fx.engine.stats()).satellites['sat-adm']).toMatchObject({ unredeemed: 3, revoked: 0 });
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'first'], env)).code).toBe(1);
+    await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-adm', ownerUserId: 'u0' }], perUser: 1, campaignId: 'admin-grant' });
+    up = true;
+    const resumed = await runCli(['generate', '--resume', 'first', '--json'], env);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(held).toEqual(['u1']);
+    expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 1, usersRefused: 1, usersRefusedKept: 1, refusal: expect.stringContaining('served by campaign "admin-grant"') });
+    expect((await fx.engine.stats()).satellites['sat-adm']).toMatchObject({ unredeemed: 3, revoked: 0 });
+  }));
 
   // a refusal that is no 413 says nothing of the satellite's body limit, and the empty push asking whether its
   // token route works is asked once a run: more requests did no harm the run could see, only the satellite
-  it('a satellite refusing some users gets pushes of the full --batch-size after, and the first refusal is the one named', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('a satellite refusing some users gets pushes of the full --batch-size after, and the first refusal is the one named', () => withEngine(async (fx, handWritten) => {
     const pushes: string[][] = [];
     const users = Array.from({ length: 8 }, (_, i) => `u${i}`);
-    const satellite = await handWrittenSatellite(fx, 'sat-few', () => ({ userIds: users, nextCursor: null }), (tokens) => {
+    await handWritten('sat-few', () => ({ userIds: users, nextCursor: null }), (tokens) => {
       pushes.push(tokens.map((t) => t.userId));
       if (tokens.some((t) => t.userId === 'u0')) return { status: 410 };
       if (tokens.some((t) => t.userId === 'u4')) return { status: 422 };
       return tokens.length;
     });
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--batch-size', '4', '--campaign', 'few', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 6, usersRefused: 2, status: 'done', refusal: expect.stringMatching(/^user "u0": .*HTTP 410/) });
-      // each batch of 4 split in halves down to its refused user
-      expect(pushes.map((p) => p.join(' '))).toEqual(['u0 u1 u2 u3', 'u0 u1', 'u0', 'u1', 'u2 u3', 'u4 u5 u6 u7', 'u4 u5', 'u4', 'u5', 'u6 u7']);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--batch-size', '4', '--campaign', 'few', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 6, usersRefused: 2, status: 'done', refusal: expect.stringMatching(/^user "u0": .*HTTP 410/) });
+    // each batch of 4 split in halves down to its refused user
+    expect(pushes.map((p) => p.join(' '))).toEqual(['u0 u1 u2 u3', 'u0 u1', 'u0', 'u1', 'u2 u3', 'u4 u5 u6 u7', 'u4 u5', 'u4', 'u5', 'u6 u7']);
+  }));
 
-  it('batches the satellite refuses whole, one after another, get one empty push a run', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('batches the satellite refuses whole, one after another, get one empty push a run', () => withEngine(async (fx, handWritten) => {
     const pushes: string[] = [];
-    const satellite = await handWrittenSatellite(fx, 'sat-none', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), (tokens) => {
+    await handWritten('sat-none', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), (tokens) => {
       pushes.push(tokens.map((t) => t.userId).join(' '));
       return tokens.length ? { status: 410 } : 0;
     });
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--batch-size', '1', '--campaign', 'none', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 3, status: 'done' });
-      expect(pushes).toEqual(['u0', '', 'u1', 'u2']);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--batch-size', '1', '--campaign', 'none', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 3, status: 'done' });
+    expect(pushes).toEqual(['u0', '', 'u1', 'u2']);
+  }));
 
   // a failure that is no refusal (a 5xx after every attempt) fails the run: a batch of one user split as
   // a refused one recorded that user refused and revoked its set, exit 0, when the empty push went through
-  it('a push failing with 503 while an empty push passes fails the run and refuses nobody', async () => {
-    const fx = await engineFixture({ label: 'gen' });
-    const satellite = await handWrittenSatellite(fx, 'sat-busy', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => (tokens.length ? { status: 503 } : 0));
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'busy', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code).toBe(1);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 0, status: 'failed', error: expect.stringContaining('HTTP 503') });
-      expect((await fx.engine.stats()).satellites['sat-busy']).toMatchObject({ unredeemed: 1, revoked: 0 });
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+  it('a push failing with 503 while an empty push passes fails the run and refuses nobody', () => withEngine(async (fx, handWritten) => {
+    await handWritten('sat-busy', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => (tokens.length ? { status: 503 } : 0));
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'busy', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code).toBe(1);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 0, status: 'failed', error: expect.stringContaining('HTTP 503') });
+    expect((await fx.engine.stats()).satellites['sat-busy']).toMatchObject({ unredeemed: 1, revoked: 0 });
+  }));
 
   // a resume pushes the sets its failed run left unsettled, also of users the satellite no longer lists (their
   // push reached it, its answer did not), and none it had delivered
-  it('a resume pushes the left-over sets, listed or not, and no set delivered before', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('a resume pushes the left-over sets, listed or not, and no set delivered before', () => withEngine(async (fx, handWritten) => {
     const users = ['u0', 'u1', 'u2', 'u3'];
     const held = new Set<string>();
     const pushes: string[] = [];
     let up = false;
-    const satellite = await handWrittenSatellite(fx, 'sat-lost', () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }), (tokens) => {
+    await handWritten('sat-lost', () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }), (tokens) => {
       pushes.push(tokens.map((t) => t.userId).join(' '));
       for (const t of tokens) held.add(t.userId);
       // u2's push is stored, and its answer lost
       return !up && tokens.some((t) => t.userId === 'u2') ? { status: 503 } : tokens.length;
     });
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      expect((await runCli(['generate', '--all', '--per-user', '1', '--batch-size', '1', '--campaign', 'lost'], env)).code).toBe(1);
-      expect(pushes).toEqual(['u0', 'u1', 'u2']);
-      up = true;
-      pushes.length = 0;
-      const resumed = await runCli(['generate', '--resume', 'lost', '--json'], env);
-      expect(resumed.code, resumed.stderr).toBe(0);
-      expect(pushes).toEqual(['u2 u3']);
-      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 2, status: 'done' });
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    expect((await runCli(['generate', '--all', '--per-user', '1', '--batch-size', '1', '--campaign', 'lost'], env)).code).toBe(1);
+    expect(pushes).toEqual(['u0', 'u1', 'u2']);
+    up = true;
+    pushes.length = 0;
+    const resumed = await runCli(['generate', '--resume', 'lost', '--json'], env);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(pushes).toEqual(['u2 u3']);
+    expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 2, status: 'done' });
+  }));
 
   // a 500 is the satellite's, retried like any 5xx; a 200 without a numeric accepted says nothing was
   // stored, and was once counted delivered
-  it('a push answered 500 once is retried and delivered; one answered 200 without accepted is not recorded delivered', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('a push answered 500 once is retried and delivered; one answered 200 without accepted is not recorded delivered', () => withEngine(async (fx, handWritten) => {
     const replies: (number | Refused)[] = [{ status: 500 }];
-    const satellite = await handWrittenSatellite(fx, 'sat-odd', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => replies.shift() ?? tokens.length);
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '2' };
-      const retried = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'odd', '--json'], env);
-      expect(retried.code, retried.stderr).toBe(0);
-      expect(JSON.parse(retried.stdout).satellites[0]).toMatchObject({ tokensDelivered: 1, failures: 1, status: 'done' });
+    await handWritten('sat-odd', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => replies.shift() ?? tokens.length);
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '2' };
+    const retried = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'odd', '--json'], env);
+    expect(retried.code, retried.stderr).toBe(0);
+    expect(JSON.parse(retried.stdout).satellites[0]).toMatchObject({ tokensDelivered: 1, failures: 1, status: 'done' });
 
-      replies.push({ status: 200 });
-      await fx.redis.srem(new CampaignKeys(fx.prefix).delivered('odd', 'sat-odd'), 'u0');
-      await fx.redis.hset(new CampaignKeys(fx.prefix).progress('odd', 'sat-odd'), 'tokensDelivered', 0);
-      const silent = await runCli(['generate', '--resume', 'odd', '--json'], env);
-      expect(silent.code).toBe(1);
-      expect(JSON.parse(silent.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, status: 'failed', error: expect.stringContaining('reply has no numeric accepted') });
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    replies.push({ status: 200 });
+    await fx.redis.srem(new CampaignKeys(fx.prefix).delivered('odd', 'sat-odd'), 'u0');
+    await fx.redis.hset(new CampaignKeys(fx.prefix).progress('odd', 'sat-odd'), 'tokensDelivered', 0);
+    const silent = await runCli(['generate', '--resume', 'odd', '--json'], env);
+    expect(silent.code).toBe(1);
+    expect(JSON.parse(silent.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, status: 'failed', error: expect.stringContaining('reply has no numeric accepted') });
+  }));
 
   // a user refused with its tokens kept (the satellite holds part of the set) is settled: a later run of the
   // campaign that meets it in the listing again pushes nothing to it
-  it('a user refused with its set kept gets nothing pushed by a later run of the campaign', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('a user refused with its set kept gets nothing pushed by a later run of the campaign', () => withEngine(async (fx, handWritten) => {
     const pushes: string[] = [];
-    const satellite = await handWrittenSatellite(fx, 'sat-kept', () => ({ userIds: ['u0', 'u1'], nextCursor: null }), (tokens) => {
+    await handWritten('sat-kept', () => ({ userIds: ['u0', 'u1'], nextCursor: null }), (tokens) => {
       pushes.push(tokens.map((t) => t.userId).join(' '));
       return tokens.some((t) => t.userId === 'u0') ? tokens.length - 1 : tokens.length;
     });
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      const args = ['generate', '--all', '--per-user', '2', '--campaign', 'kept', '--json'];
-      const first = await runCli(args, env);
-      expect(first.code, first.stderr).toBe(0);
-      expect(JSON.parse(first.stdout).satellites[0]).toMatchObject({ usersRefused: 1, usersRefusedKept: 1, tokensDelivered: 2 });
-      pushes.length = 0;
-      const again = await runCli(args, env);
-      expect(again.code, again.stderr).toBe(0);
-      expect(pushes).toEqual([]);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    const args = ['generate', '--all', '--per-user', '2', '--campaign', 'kept', '--json'];
+    const first = await runCli(args, env);
+    expect(first.code, first.stderr).toBe(0);
+    expect(JSON.parse(first.stdout).satellites[0]).toMatchObject({ usersRefused: 1, usersRefusedKept: 1, tokensDelivered: 2 });
+    pushes.length = 0;
+    const again = await runCli(args, env);
+    expect(again.code, again.stderr).toBe(0);
+    expect(pushes).toEqual([]);
+  }));
 
   // 4 or more refused users in a batch failed the run for left-over sets too: a resume whose users had all
   // closed their accounts since failed every time, and the campaign could never be finished
-  it('a resume whose left-over users have all gone since refuses them and finishes', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('a resume whose left-over users have all gone since refuses them and finishes', () => withEngine(async (fx, handWritten) => {
     const users = ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'];
     let phase: 'down' | 'gone' = 'down';
-    const satellite = await handWrittenSatellite(
-      fx,
+    await handWritten(
       'sat-left',
       () => ({ userIds: phase === 'down' ? users : [], nextCursor: null }),
       (tokens) => (phase === 'down' ? { status: 503 } : tokens.length ? { status: 410 } : 0),
     );
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'left', '--json'], env)).code).toBe(1);
-      phase = 'gone';
-      const resumed = await runCli(['generate', '--resume', 'left', '--json'], env);
-      expect(resumed.code, resumed.stderr).toBe(0);
-      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 6, status: 'done' });
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'left', '--json'], env)).code).toBe(1);
+    phase = 'gone';
+    const resumed = await runCli(['generate', '--resume', 'left', '--json'], env);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 6, status: 'done' });
+  }));
 
   // the rule above let a satellite that refuses every push (a 422 for a token format it rejects) have a resume
   // refuse all its users and revoke their tokens, exit 0, though it listed them again in the same run; then no
   // later run served them
-  it('a resume whose left-over users the satellite lists again but refuses as a whole fails, refusing nobody; fixed, it delivers', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('a resume whose left-over users the satellite lists again but refuses as a whole fails, refusing nobody; fixed, it delivers', () => withEngine(async (fx, handWritten) => {
     const users = ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'];
     const held = new Map<string, string[]>();
     let broken = true;
-    const satellite = await handWrittenSatellite(
-      fx,
+    await handWritten(
       'sat-422',
       () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }),
       (tokens) => {
@@ -1339,23 +1231,18 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
         return tokens.length;
       },
     );
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      expect((await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'fmt', '--json'], env)).code).toBe(1);
-      const again = await runCli(['generate', '--resume', 'fmt', '--json'], env);
-      expect(again.code).toBe(1);
-      expect(JSON.parse(again.stdout).satellites[0]).toMatchObject({ usersRefused: 0, status: 'failed' });
-      expect((await fx.engine.stats()).satellites['sat-422']).toMatchObject({ unredeemed: 12, revoked: 0 });
-      broken = false;
-      const fixed = await runCli(['generate', '--resume', 'fmt', '--json'], env);
-      expect(fixed.code, fixed.stderr).toBe(0);
-      expect(JSON.parse(fixed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 12, usersRefused: 0, status: 'done' });
-      expect([...held.values()].map((t) => t.length)).toEqual([2, 2, 2, 2, 2, 2]);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    expect((await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'fmt', '--json'], env)).code).toBe(1);
+    const again = await runCli(['generate', '--resume', 'fmt', '--json'], env);
+    expect(again.code).toBe(1);
+    expect(JSON.parse(again.stdout).satellites[0]).toMatchObject({ usersRefused: 0, status: 'failed' });
+    expect((await fx.engine.stats()).satellites['sat-422']).toMatchObject({ unredeemed: 12, revoked: 0 });
+    broken = false;
+    const fixed = await runCli(['generate', '--resume', 'fmt', '--json'], env);
+    expect(fixed.code, fixed.stderr).toBe(0);
+    expect(JSON.parse(fixed.stdout).satellites[0]).toMatchObject({ tokensDelivered: 12, usersRefused: 0, status: 'done' });
+    expect([...held.values()].map((t) => t.length)).toEqual([2, 2, 2, 2, 2, 2]);
+  }));
 
   // a left-over batch refused whole waits for the listing: the users it lists again are delivered there, and
   // refusing them afterwards with the rest revoked tokens the satellite had just accepted; exactly
@@ -1363,15 +1250,13 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
   it.each([
     { n: 6, gone: ['u3', 'u4', 'u5'], campaign: 'back' },
     { n: 4, gone: ['u2', 'u3'], campaign: 'four-back' },
-  ])('a resume whose $n left-over users are refused whole refuses, after the listing, only those it did not deliver', async ({ n, gone: goneIds, campaign }) => {
-    const fx = await engineFixture({ label: 'gen' });
+  ])('a resume whose $n left-over users are refused whole refuses, after the listing, only those it did not deliver', ({ n, gone: goneIds, campaign }) => withEngine(async (fx, handWritten) => {
     const users = Array.from({ length: n }, (_, i) => `u${i}`);
     const gone = new Set(goneIds);
     const kept = users.filter((u) => !gone.has(u));
     const held = new Map<string, string>();
     let phase: 'down' | 'resumed' | 'listed' = 'down';
-    const satellite = await handWrittenSatellite(
-      fx,
+    await handWritten(
       'sat-back',
       () => {
         if (phase === 'down') return { userIds: users, nextCursor: null };
@@ -1387,30 +1272,23 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
         return tokens.length;
       },
     );
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', campaign, '--json'], env)).code).toBe(1);
-      phase = 'resumed';
-      const resumed = await runCli(['generate', '--resume', campaign, '--json'], env);
-      expect(resumed.code, resumed.stderr).toBe(0);
-      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: kept.length, usersRefused: gone.size, status: 'done' });
-      expect([...held.keys()].sort()).toEqual(kept);
-      for (const token of held.values()) expect((await fx.engine.lookup(token))?.state, token).toBe('unredeemed');
-      expect((await fx.engine.stats()).satellites['sat-back']).toMatchObject({ unredeemed: kept.length, revoked: gone.size });
-      expect((await runCli(['campaigns', 'refused', campaign], env)).stdout).toBe(goneIds.map((u) => `sat-back\t${u}\n`).join(''));
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', campaign, '--json'], env)).code).toBe(1);
+    phase = 'resumed';
+    const resumed = await runCli(['generate', '--resume', campaign, '--json'], env);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ tokensDelivered: kept.length, usersRefused: gone.size, status: 'done' });
+    expect([...held.keys()].sort()).toEqual(kept);
+    for (const token of held.values()) expect((await fx.engine.lookup(token))?.state, token).toBe('unredeemed');
+    expect((await fx.engine.stats()).satellites['sat-back']).toMatchObject({ unredeemed: kept.length, revoked: gone.size });
+    expect((await runCli(['campaigns', 'refused', campaign], env)).stdout).toBe(goneIds.map((u) => `sat-back\t${u}\n`).join(''));
+  }));
 
   // a satellite answering {accepted: n} short said it holds part of the set: revoking the set put revoked
   // tokens in its users' hands
-  it('a user whose set the satellite accepts only part of is refused without revoking what it holds', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('a user whose set the satellite accepts only part of is refused without revoking what it holds', () => withEngine(async (fx, handWritten) => {
     const held = new Map<string, string[]>();
-    const satellite = await handWrittenSatellite(
-      fx,
+    await handWritten(
       'sat-half',
       () => ({ userIds: ['u0', 'u1'].filter((u) => !held.has(u)), nextCursor: null }),
       (tokens) => {
@@ -1423,28 +1301,21 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
         return tokens.length;
       },
     );
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'half', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 2, usersRefused: 1, usersRefusedKept: 1, status: 'done' });
-      expect((await fx.engine.lookup(held.get('u1')![0]!))?.state).toBe('unredeemed');
-      // it said "those tokens are revoked" of tokens it kept
-      expect(run.stderr).toContain('1 users not given this campaign\'s tokens (first user "u1": tokens: the satellite accepted 1 of 2); their tokens are kept');
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const run = await runCli(['generate', '--all', '--per-user', '2', '--campaign', 'half', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 2, usersRefused: 1, usersRefusedKept: 1, status: 'done' });
+    expect((await fx.engine.lookup(held.get('u1')![0]!))?.state).toBe('unredeemed');
+    // it said "those tokens are revoked" of tokens it kept
+    expect(run.stderr).toContain('1 users not given this campaign\'s tokens (first user "u1": tokens: the satellite accepted 1 of 2); their tokens are kept');
+  }));
 
   // a run longer than the campaign's life failed at the engine's refusal ("expiresAt: must be a future time"),
   // blaming the satellite, hinted a --resume that could only refuse, and pushed tokens already expired
-  it('a campaign that expires during the run stops as expired: nothing pushed after, no resume hinted', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('a campaign that expires during the run stops as expired: nothing pushed after, no resume hinted', () => withEngine(async (fx, handWritten) => {
     const users = Array.from({ length: 8 }, (_, i) => `u${i}`);
     const pushedAt: number[] = [];
     const held = new Set<string>();
-    const satellite = await handWrittenSatellite(
-      fx,
+    await handWritten(
       'sat-slow',
       () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }),
       async (tokens) => {
@@ -1454,131 +1325,100 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
         return tokens.length;
       },
     );
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'brief', '--expires', '2s', '--batch-size', '1', '--json'], env);
-      expect(run.code).toBe(1);
-      const report = JSON.parse(run.stdout).satellites[0];
-      expect(report).toMatchObject({ status: 'expired', error: expect.stringMatching(/campaign "brief" expired at .*no more are made or pushed/) });
-      expect(report.tokensDelivered).toBeLessThan(8);
-      expect(run.stderr).toContain('satellite sat-slow stopped: campaign "brief" expired');
-      expect(run.stderr).not.toContain('--resume');
-      const expiresAt = (await new CampaignStore(fx.redis, fx.prefix).get('brief'))!.expiresAt!;
-      expect(pushedAt.every((t) => t < expiresAt)).toBe(true);
-      expect((await new CampaignStore(fx.redis, fx.prefix).get('brief'))!.progress['sat-slow']!.status).toBe('expired');
-      expect((await runCli(['campaigns', 'list'], env)).stdout).toMatch(/brief .*expired/);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'brief', '--expires', '2s', '--batch-size', '1', '--json'], env);
+    expect(run.code).toBe(1);
+    const report = JSON.parse(run.stdout).satellites[0];
+    expect(report).toMatchObject({ status: 'expired', error: expect.stringMatching(/campaign "brief" expired at .*no more are made or pushed/) });
+    expect(report.tokensDelivered).toBeLessThan(8);
+    expect(run.stderr).toContain('satellite sat-slow stopped: campaign "brief" expired');
+    expect(run.stderr).not.toContain('--resume');
+    const expiresAt = (await new CampaignStore(fx.redis, fx.prefix).get('brief'))!.expiresAt!;
+    expect(pushedAt.every((t) => t < expiresAt)).toBe(true);
+    expect((await new CampaignStore(fx.redis, fx.prefix).get('brief'))!.progress['sat-slow']!.status).toBe('expired');
+    expect((await runCli(['campaigns', 'list'], env)).stdout).toMatch(/brief .*expired/);
+  }));
 
   // a killed run's satellite claim outliving its campaign claim by a few ms made the resume name its own
   // campaign as the one to wait for
   // and then it failed, to be run again once the claim lapsed: now it waits for that
-  it('a resume meeting its own campaign\'s stale satellite claim (a killed run\'s) waits for it to lapse and serves the satellite', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('a resume meeting its own campaign\'s stale satellite claim (a killed run\'s) waits for it to lapse and serves the satellite', () => withEngine(async (fx, handWritten) => {
     let accept = false;
-    const satellite = await handWrittenSatellite(fx, 'sat-stale', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => (accept ? tokens.length : { status: 503 }));
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'stale', '--json'], env)).code).toBe(1);
-      // a killed run's claim, 2 s from lapsing, nobody renewing it
-      await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-stale'), `stale ${randomUUID()}`, 'PX', 2000);
-      accept = true;
-      const t0 = Date.now();
-      const resumed = await runCli(['generate', '--resume', 'stale', '--json'], env);
-      expect(resumed.code, resumed.stderr).toBe(0);
-      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ status: 'done', tokensDelivered: 1 });
-      expect(Date.now() - t0).toBeGreaterThanOrEqual(1500);
-      // not silent for up to half a minute
-      expect(resumed.stderr).toContain('satellite sat-stale: a killed run of this campaign still claims it; waiting up to 30 s for that claim to lapse');
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    await handWritten('sat-stale', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => (accept ? tokens.length : { status: 503 }));
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'stale', '--json'], env)).code).toBe(1);
+    // a killed run's claim, 2 s from lapsing, nobody renewing it
+    await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-stale'), `stale ${randomUUID()}`, 'PX', 2000);
+    accept = true;
+    const t0 = Date.now();
+    const resumed = await runCli(['generate', '--resume', 'stale', '--json'], env);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({ status: 'done', tokensDelivered: 1 });
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1500);
+    // not silent for up to half a minute
+    expect(resumed.stderr).toContain('satellite sat-stale: a killed run of this campaign still claims it; waiting up to 30 s for that claim to lapse');
+  }));
 
   // the wait for a killed run's claim is bounded: one that does not lapse (a run of the same campaign still
   // alive elsewhere, renewing it) must end the resume with the reason, not hang it or let it push beside
   // that run; the bound is CLAIM_TTL_MS, a constant, so this test takes its 31 s
-  it('a resume whose own campaign\'s satellite claim does not lapse gives up after 30 s: the satellite fails with the reason, exit 1, nothing pushed', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('a resume whose own campaign\'s satellite claim does not lapse gives up after 30 s: the satellite fails with the reason, exit 1, nothing pushed', () => withEngine(async (fx, handWritten) => {
     let pushes = 0;
-    const satellite = await handWrittenSatellite(fx, 'sat-held', () => ({ userIds: ['u0'], nextCursor: null }), () => (pushes++, { status: 503 }));
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      // a first run makes u0's set and fails to push it: the resume has a set to push, were it let
-      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'held', '--json'], env)).code).toBe(1);
-      pushes = 0;
-      // a claim in this campaign's name outliving the resume's whole wait
-      await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-held'), `held ${randomUUID()}`, 'PX', 50_000);
-      const t0 = Date.now();
-      const resumed = await runCli(['generate', '--resume', 'held', '--json'], env);
-      expect(resumed.code, resumed.stderr).toBe(1);
-      expect(Date.now() - t0).toBeGreaterThanOrEqual(30_000);
-      expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({
-        status: 'failed',
-        tokensDelivered: 0,
-        error: 'satellite "sat-held" is still claimed by another run of this campaign after 30 s',
-      });
-      expect(pushes).toBe(0);
-      expect(resumed.stderr).toContain('waiting up to 30 s for that claim to lapse');
-      expect((await new CampaignStore(fx.redis, fx.prefix).get('held'))!.progress['sat-held']!.status).toBe('failed');
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    await handWritten('sat-held', () => ({ userIds: ['u0'], nextCursor: null }), () => (pushes++, { status: 503 }));
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    // a first run makes u0's set and fails to push it: the resume has a set to push, were it let
+    expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'held', '--json'], env)).code).toBe(1);
+    pushes = 0;
+    // a claim in this campaign's name outliving the resume's whole wait
+    await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-held'), `held ${randomUUID()}`, 'PX', 50_000);
+    const t0 = Date.now();
+    const resumed = await runCli(['generate', '--resume', 'held', '--json'], env);
+    expect(resumed.code, resumed.stderr).toBe(1);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(30_000);
+    expect(JSON.parse(resumed.stdout).satellites[0]).toMatchObject({
+      status: 'failed',
+      tokensDelivered: 0,
+      error: 'satellite "sat-held" is still claimed by another run of this campaign after 30 s',
+    });
+    expect(pushes).toBe(0);
+    expect(resumed.stderr).toContain('waiting up to 30 s for that claim to lapse');
+    expect((await new CampaignStore(fx.redis, fx.prefix).get('held'))!.progress['sat-held']!.status).toBe('failed');
+  }));
 
   // the claim refused at SET NX and gone at the read of its holder (it lapsed in between) names nobody; a
   // claim naming no owner reads the same, and lets this be held long enough to be seen: tried again, not
   // reported as a campaign "" serving the satellite
-  it('a run meeting a satellite claim that names no holder waits for it to lapse and serves the satellite', async () => {
-    const fx = await engineFixture({ label: 'gen' });
-    const satellite = await handWrittenSatellite(fx, 'sat-nobody', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => tokens.length);
-    try {
-      await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-nobody'), ` ${randomUUID()}`, 'PX', 1500);
-      const t0 = Date.now();
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'after-nobody', '--json'], { KEY_PREFIX: fx.prefix });
-      expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'done', tokensDelivered: 1 });
-      expect(Date.now() - t0).toBeGreaterThanOrEqual(1000);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+  it('a run meeting a satellite claim that names no holder waits for it to lapse and serves the satellite', () => withEngine(async (fx, handWritten) => {
+    await handWritten('sat-nobody', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => tokens.length);
+    await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-nobody'), ` ${randomUUID()}`, 'PX', 1500);
+    const t0 = Date.now();
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'after-nobody', '--json'], { KEY_PREFIX: fx.prefix });
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ status: 'done', tokensDelivered: 1 });
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1000);
+  }));
 
   // a satellite another campaign's killed run still claimed: told to wait for that run to end (it never would)
   // and to fix the satellite (nothing was wrong with it)
-  it('a run meeting another campaign\'s claim on its satellite names it, says a killed run\'s lapses, and blames no satellite', async () => {
-    const fx = await engineFixture({ label: 'gen' });
-    const satellite = await handWrittenSatellite(fx, 'sat-busy', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => tokens.length);
-    try {
-      await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-busy'), `killed ${randomUUID()}`, 'PX', 60_000);
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'later', '--json'], { KEY_PREFIX: fx.prefix });
-      expect(run.code, run.stderr).toBe(1);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({
-        status: 'failed',
-        tokensMade: 0,
-        error: 'satellite "sat-busy" is being served by campaign "killed"; run this one again with --resume when that one ends (a killed run of it holds the satellite up to 30 s: then resume that one first)',
-      });
-      expect(run.stderr).toContain('campaign later is incomplete; once what failed above is fixed or over, run: referral-manager generate --resume later');
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+  it('a run meeting another campaign\'s claim on its satellite names it, says a killed run\'s lapses, and blames no satellite', () => withEngine(async (fx, handWritten) => {
+    await handWritten('sat-busy', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => tokens.length);
+    await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-busy'), `killed ${randomUUID()}`, 'PX', 60_000);
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'later', '--json'], { KEY_PREFIX: fx.prefix });
+    expect(run.code, run.stderr).toBe(1);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({
+      status: 'failed',
+      tokensMade: 0,
+      error: 'satellite "sat-busy" is being served by campaign "killed"; run this one again with --resume when that one ends (a killed run of it holds the satellite up to 30 s: then resume that one first)',
+    });
+    expect(run.stderr).toContain('campaign later is incomplete; once what failed above is fixed or over, run: referral-manager generate --resume later');
+  }));
 
-  it('answering 413 to pushes over its body limit: every token is delivered, and later pushes are made small enough', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('answering 413 to pushes over its body limit: every token is delivered, and later pushes are made small enough', () => withEngine(async (fx, handWritten) => {
     const users = Array.from({ length: 80 }, (_, i) => `u${String(i).padStart(2, '0')}`);
     const held = new Map<string, string[]>();
     const sizes: number[] = [];
     // it takes at most 4 tokens a request
-    const satellite = await handWrittenSatellite(
-      fx,
+    await handWritten(
       'sat-l',
       () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }),
       (tokens) => {
@@ -1588,27 +1428,20 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
         return tokens.length;
       },
     );
-    try {
-      const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'small', '--batch-size', '64', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 80, usersRefused: 0, status: 'done' });
-      expect(held.size).toBe(80);
-      // one push refused for its size at each halving (64 -> 32 -> 16 -> 8 -> 4); after that the rest of that batch
-      // and the next are cut to the size learned (halves of every refused half made 15 refused pushes)
-      expect(sizes.filter((n) => n > 4)).toEqual([64, 32, 16, 8]);
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'small', '--batch-size', '64', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 80, usersRefused: 0, status: 'done' });
+    expect(held.size).toBe(80);
+    // one push refused for its size at each halving (64 -> 32 -> 16 -> 8 -> 4); after that the rest of that batch
+    // and the next are cut to the size learned (halves of every refused half made 15 refused pushes)
+    expect(sizes.filter((n) => n > 4)).toEqual([64, 32, 16, 8]);
+  }));
 
-  it('with a body limit below one user\'s set: each set is pushed in parts, nobody is refused', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('with a body limit below one user\'s set: each set is pushed in parts, nobody is refused', () => withEngine(async (fx, handWritten) => {
     const users = ['u0', 'u1', 'u2', 'u3', 'u4'];
     const held = new Map<string, string[]>();
     const accepted: number[] = [];
-    const satellite = await handWrittenSatellite(
-      fx,
+    await handWritten(
       'sat-s',
       () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }),
       (tokens) => {
@@ -1618,24 +1451,19 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
         return tokens.length;
       },
     );
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      const run = await runCli(['generate', '--all', '--per-user', '5', '--campaign', 'sets', '--batch-size', '10', '--json'], env);
-      expect(run.code, run.stderr).toBe(0);
-      // 10 refused (413) -> at most 5 a push, 5 refused -> at most 2: the two users of that batch in 2, 2, 1 each,
-      // then a set larger than a push fills the one under way (each user's remainder of 1 went alone: 15 pushes)
-      expect(accepted).toEqual([2, 2, 1, 2, 2, 1, 2, 2, 2, 2, 2, 2, 2, 1]);
-      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 5, tokensDelivered: 25, usersRefused: 0, status: 'done' });
-      expect([...held.values()].map((t) => new Set(t).size)).toEqual([5, 5, 5, 5, 5]);
-      for (const [u, tokens] of held) for (const t of tokens) expect((await fx.engine.lookup(t))).toMatchObject({ ownerUserId: u, state: 'unredeemed' });
-      // every user recorded delivered: a rerun pushes nothing
-      const again = await runCli(['generate', '--resume', 'sets', '--json'], env);
-      expect(JSON.parse(again.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 0, failures: 0, status: 'done' });
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    const run = await runCli(['generate', '--all', '--per-user', '5', '--campaign', 'sets', '--batch-size', '10', '--json'], env);
+    expect(run.code, run.stderr).toBe(0);
+    // 10 refused (413) -> at most 5 a push, 5 refused -> at most 2: the two users of that batch in 2, 2, 1 each,
+    // then a set larger than a push fills the one under way (each user's remainder of 1 went alone: 15 pushes)
+    expect(accepted).toEqual([2, 2, 1, 2, 2, 1, 2, 2, 2, 2, 2, 2, 2, 1]);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 5, tokensDelivered: 25, usersRefused: 0, status: 'done' });
+    expect([...held.values()].map((t) => new Set(t).size)).toEqual([5, 5, 5, 5, 5]);
+    for (const [u, tokens] of held) for (const t of tokens) expect((await fx.engine.lookup(t))).toMatchObject({ ownerUserId: u, state: 'unredeemed' });
+    // every user recorded delivered: a rerun pushes nothing
+    const again = await runCli(['generate', '--resume', 'sets', '--json'], env);
+    expect(JSON.parse(again.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, usersRefused: 0, failures: 0, status: 'done' });
+  }));
 });
 
 describe('--expires', () => {
@@ -1755,8 +1583,7 @@ describe('a campaign stopped part-way, another campaign run meanwhile, then --re
 describe('a run that stalled past its claims (a laptop asleep) while another campaign served its satellite', () => {
   // it woke up and pushed the sets it had made before the stall, exit 0: the other campaign had listed
   // those users (they held nothing yet) and served them, so each held a set of both
-  it('pushes no more of its sets once it wakes: it stops, and nobody holds two sets but the one whose push was in flight', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('pushes no more of its sets once it wakes: it stops, and nobody holds two sets but the one whose push was in flight', () => withEngine(async (fx, handWritten) => {
     const users = ['u0', 'u1', 'u2', 'u3'];
     const held = new Map<string, string[]>();
     let stalled!: () => void;
@@ -1764,7 +1591,7 @@ describe('a run that stalled past its claims (a laptop asleep) while another cam
     let wake!: () => void;
     const woken = new Promise<void>((r) => (wake = r));
     let first = true;
-    const satellite = await handWrittenSatellite(fx, 'sat-nap', () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }), async (tokens) => {
+    await handWritten('sat-nap', () => ({ userIds: users.filter((u) => !held.has(u)), nextCursor: null }), async (tokens) => {
       if (first) {
         first = false;
         stalled();
@@ -1795,10 +1622,8 @@ describe('a run that stalled past its claims (a laptop asleep) while another cam
       expect(users.map((u) => held.get(u)!.length)).toEqual([2, 1, 1, 1]);
     } finally {
       wake();
-      await satellite.close();
-      await fx.close();
     }
-  });
+  }));
 });
 
 describe('progress on a terminal', () => {
@@ -1875,53 +1700,41 @@ describe('progress on a terminal', () => {
   });
 
   // a line written plainly was drawn over by the next redraw of the bars
-  it('Ctrl-C mid-run: what it says shows above the bars, which stay whole, then the table and the resume hint', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('Ctrl-C mid-run: what it says shows above the bars, which stay whole, then the table and the resume hint', () => withEngine(async (fx, handWritten) => {
     let pushed!: () => void;
     const pushing = new Promise<void>((r) => (pushed = r));
     // the push never answers: generate waits on it, its bars drawn, when the signal comes
-    const satellite = await handWrittenSatellite(fx, 'sat-said', () => ({ userIds: ['u0', 'u1'], nextCursor: null }), () => (pushed(), new Promise<never>(() => {})));
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_TIMEOUT_MS: '60000', SATELLITE_ATTEMPTS: '1' };
-      const run = await onTerminal(['generate', '--all', '--per-user', '1', '--campaign', 'said'], env, (pid) => void pushing.then(() => setTimeout(() => process.kill(pid, 'SIGINT'), 300)));
-      expect(run.code, run.out).toBe(130);
-      expect(screen(run.out).slice(0, 7)).toEqual([
-        'SIGINT: stopping at the next step, cutting calls to satellites in flight (SIGINT again exits at once)',
-        ' users fetched    2',
-        ` tokens made      |${'\u2588'.repeat(40)}| 2/2`,
-        ` tokens delivered |${'\u2591'.repeat(40)}| 0/2`,
-        'campaign said',
-        'satellite  users  tokens made  delivered  refused  failures  status',
-        'sat-said       2            2          0        0         0  failed',
-      ]);
-      expect(run.out).toContain('campaign said is incomplete; to go on, run: referral-manager generate --resume said');
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    await handWritten('sat-said', () => ({ userIds: ['u0', 'u1'], nextCursor: null }), () => (pushed(), new Promise<never>(() => {})));
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_TIMEOUT_MS: '60000', SATELLITE_ATTEMPTS: '1' };
+    const run = await onTerminal(['generate', '--all', '--per-user', '1', '--campaign', 'said'], env, (pid) => void pushing.then(() => setTimeout(() => process.kill(pid, 'SIGINT'), 300)));
+    expect(run.code, run.out).toBe(130);
+    expect(screen(run.out).slice(0, 7)).toEqual([
+      'SIGINT: stopping at the next step, cutting calls to satellites in flight (SIGINT again exits at once)',
+      ' users fetched    2',
+      ` tokens made      |${'\u2588'.repeat(40)}| 2/2`,
+      ` tokens delivered |${'\u2591'.repeat(40)}| 0/2`,
+      'campaign said',
+      'satellite  users  tokens made  delivered  refused  failures  status',
+      'sat-said       2            2          0        0         0  failed',
+    ]);
+    expect(run.out).toContain('campaign said is incomplete; to go on, run: referral-manager generate --resume said');
+  }));
 
   // bars where stderr is no terminal (a cron's log) wrote their unformatted templates (' {label} |...|') at the
   // end, and the lines said went to their log
-  it('without a terminal no bars: no escape codes, and what the run says reaches stderr', async () => {
-    const fx = await engineFixture({ label: 'gen' });
+  it('without a terminal no bars: no escape codes, and what the run says reaches stderr', () => withEngine(async (fx, handWritten) => {
     let accept = false;
-    const satellite = await handWrittenSatellite(fx, 'sat-piped', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => (accept ? tokens.length : { status: 503 }));
-    try {
-      const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
-      expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'piped'], env)).code).toBe(1);
-      // a killed run's claim, lapsing soon (after the resume has started): the resume says it waits for it
-      await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-piped'), `piped ${randomUUID()}`, 'PX', 2500);
-      accept = true;
-      const resumed = await runCli(['generate', '--resume', 'piped'], env);
-      expect(resumed.code, resumed.stderr).toBe(0);
-      // that line alone: no bars, drawn or not
-      expect(resumed.stderr).toBe('satellite sat-piped: a killed run of this campaign still claims it; waiting up to 30 s for that claim to lapse\n');
-      expect(resumed.stdout).toMatch(/^sat-piped\s+0\s+0\s+1\s+0\s+0\s+done$/m); // the set the failed run made, delivered
-      expect(resumed.stderr + resumed.stdout).not.toContain('\x1b');
-    } finally {
-      await satellite.close();
-      await fx.close();
-    }
-  });
+    await handWritten('sat-piped', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => (accept ? tokens.length : { status: 503 }));
+    const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
+    expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'piped'], env)).code).toBe(1);
+    // a killed run's claim, lapsing soon (after the resume has started): the resume says it waits for it
+    await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-piped'), `piped ${randomUUID()}`, 'PX', 2500);
+    accept = true;
+    const resumed = await runCli(['generate', '--resume', 'piped'], env);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    // that line alone: no bars, drawn or not
+    expect(resumed.stderr).toBe('satellite sat-piped: a killed run of this campaign still claims it; waiting up to 30 s for that claim to lapse\n');
+    expect(resumed.stdout).toMatch(/^sat-piped\s+0\s+0\s+1\s+0\s+0\s+done$/m); // the set the failed run made, delivered
+    expect(resumed.stderr + resumed.stdout).not.toContain('\x1b');
+  }));
 });
