@@ -85,4 +85,19 @@ describe('the README configuration table', () => {
       expect(row!.split(' | ').slice(2).join(' | ').replace(/ \|$/, ''), s.env).toBe(s.doc);
     }
   });
+
+  // the default column is what an operator leaves unset on the strength of: a default changed in
+  // config.ts alone, or a row left behind for a setting gone, misleads without failing anything
+  it('gives each setting\'s default, and has no row for an env no setting reads', () => {
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    const section = readme.slice(readme.indexOf('## Configuration'), readme.indexOf('## HTTP API'));
+    const rows = new Map(section.split('\n').filter((l) => /^\| `[A-Z][A-Z0-9_]*` \|/.test(l)).map((l) => {
+      const [env, def] = l.slice(2).split(' | ');
+      return [env!.replace(/`/g, ''), def!] as const;
+    }));
+    const shown = (name: string, v: unknown): string =>
+      // the one default taken from the machine (os.availableParallelism())
+      name === 'workers' ? 'one per core' : v === '' || (Array.isArray(v) && v.length === 0) ? '(empty)' : `\`${String(v)}\``;
+    expect(Object.fromEntries(rows)).toEqual(Object.fromEntries(Object.entries(settings).map(([name, s]) => [s.env, shown(name, s.default)])));
+  });
 });
