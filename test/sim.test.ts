@@ -341,6 +341,10 @@ describe('with the manager', () => {
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.stderr).toContain('Usage: referral-manager satellite-sim');
     }
+    // a share of sign-ups from peers, and no peer: every sign-up would take an own token
+    const lonely = await runCli(['satellite-sim', '--id', 'x', '--users', '10', '--cross-share', '0.3']);
+    expect(lonely.code).toBe(2);
+    expect(lonely.stderr).toContain('error: --cross-share needs --peer');
     const help = await runCli(['satellite-sim', '--help']);
     expect(help.code).toBe(0);
     expect(help.stdout).toContain('Examples:');

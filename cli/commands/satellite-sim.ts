@@ -69,6 +69,8 @@ export function register(program: Command): void {
       const port = integer('--port', f.port, 65535);
       const crossShare = Number(f.crossShare);
       if (f.crossShare.trim() === '' || !(crossShare >= 0 && crossShare <= 1)) usage(`--cross-share must be a number 0..1, got "${f.crossShare}"`);
+      // without a peer every sign-up takes one of this sim's own tokens: the share asked for was silently 0
+      if (this.getOptionValueSource('crossShare') === 'cli' && f.peer.length === 0) usage('--cross-share needs --peer: the sims whose users\' tokens those sign-ups take');
       if ((f.manager === undefined) !== (f.key === undefined)) usage('--manager and --key go together');
       if (f.signups !== undefined && f.manager === undefined) usage('--signups needs --manager and --key');
 
