@@ -39,7 +39,7 @@ describe('what a generate run serves (planRun, real Redis)', () => {
     expect(await notesOf({ id: 'settled' })).toEqual([]);
   });
 
-  // mutation audit (h110): each filter of the note held by a test
+  // each filter of the note held: an interrupted run is noted, a revoked or an expired campaign is not
   it('notes an interrupted run (a killed or Ctrl-C\'d generate) too, but no campaign revoked or expired: its resume is refused', async () => {
     const undelivered = async (id: string, extra: { expiresAt?: number } = {}) => {
       await campaigns.open({ id, perUser: 3, satellites: ['s1'], createdAt: 1, ...extra });

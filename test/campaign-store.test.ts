@@ -147,7 +147,7 @@ describe('campaign records (real Redis)', () => {
     expect([settled.length, settled[7], settled.filter(Boolean).length]).toEqual([200_000, true, 1]);
   });
 
-  // a script reading one satellite's refusals must not get another's (h127 mutation audit)
+  // a script reading one satellite's refusals must not get another's
   it('campaigns refused --satellite: that satellite\'s users only, in text and --json', async () => {
     const store = new CampaignStore(fx.redis, fx.prefix);
     await store.open({ id: 'refused-two', perUser: 1, satellites: ['s1', 's2'], createdAt: 1 });

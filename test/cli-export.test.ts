@@ -167,7 +167,7 @@ describe('referral-manager export (child process, real Redis, 100k tokens)', () 
     // with --state nothing is said: a campaign of the admin route (no record) may have none in that state
     expect(await count('--campaign', 'no-such-campaign', '--state', 'redeemed')).toEqual([]);
     expect(notes).toHaveLength(1);
-    // a campaign revoked through the admin route (no record), its tokens gone: it was run, nothing is said (h110 mutation audit)
+    // a campaign revoked through the admin route (no record), its tokens gone: it was run, nothing is said
     await fx.engine.revokeCampaign('revoked-no-tokens');
     expect(await count('--campaign', 'revoked-no-tokens')).toEqual([]);
     expect(notes).toHaveLength(1);

@@ -302,7 +302,7 @@ describe('--resume after one of the campaign\'s satellites was removed', () => {
   });
 });
 
-// a removed satellite that had failed stayed `failed` in the record: the campaign could never end `done` (h94)
+// a removed satellite that had failed stayed `failed` in the record: the campaign could never end `done`
 describe('--resume after a satellite that failed half-way was removed', () => {
   let w: Awaited<ReturnType<typeof world>>;
   beforeAll(async () => {

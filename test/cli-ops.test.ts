@@ -117,7 +117,7 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
         expect(out).not.toContain('out-secret-a');
         expect(out).not.toContain('rmk_');
       }
-      // none registered: said, not an empty table; --json an empty array (h127 mutation audit)
+      // none registered: said, not an empty table; --json an empty array
       const none = { ...env, KEY_PREFIX: `${fx.prefix}-none` };
       expect((await runCli(['satellites', 'list'], none)).stdout).toBe('no satellites registered\n');
       expect(JSON.parse((await runCli(['satellites', 'list', '--json'], none)).stdout)).toEqual([]);
@@ -237,7 +237,7 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       await new Promise((r) => setTimeout(r, 400));
       const expired = await cli('tokens', 'show', soon!.token);
       expect(expired.stdout).toMatch(/^state\s+unredeemed \(expired: redeem and reserve answer 410 token_expired\)$/m);
-      // redeemed before its expiry: no longer open, so not said expired (h110 mutation audit)
+      // redeemed before its expiry: no longer open, so not said expired
       const [used] = (await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'u-exp2' }], perUser: 1, campaignId: 'camp-exp', expiresAt: Date.now() + 300 })).tokens;
       expect((await fx.engine.redeem(used!.token, 'sat-b', 'u-new-exp')).code).toBe('ok');
       await new Promise((r) => setTimeout(r, 400));
@@ -268,7 +268,7 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       // a mistyped satellite id finds nothing, as a user without tokens does: said on stderr
       const typo = await cli('tokens', 'list', '--satellite', 'sat-typo', '--user', 'u1');
       expect([typo.code, typo.stdout, typo.stderr]).toEqual([0, 'no unredeemed tokens for user "u1" of satellite "sat-typo"\n', 'note: satellite "sat-typo" is not registered (referral-manager satellites list)\n']);
-      // tokens found under an id no longer registered (removed since): they are listed, no note (h110 mutation audit)
+      // tokens found under an id no longer registered (removed since): they are listed, no note
       await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-unlisted', ownerUserId: 'u1' }], perUser: 1, campaignId: 'camp-ops' });
       const unlisted = await cli('tokens', 'list', '--satellite', 'sat-unlisted', '--user', 'u1');
       expect([unlisted.code, unlisted.stderr]).toEqual([0, '']);
@@ -300,7 +300,7 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       const again = await cli('tokens', 'revoke', u1[1]!, '--json');
       expect(again.code, again.stderr).toBe(0);
       expect(JSON.parse(again.stdout)).toEqual({ revoked: 0, results: [{ token: u1[1], code: 'revoked' }] });
-      // a redeemed token alone fails too: it stays usable as a referral, the revoke did not happen (h127 mutation audit)
+      // a redeemed token alone fails too: it stays usable as a referral, the revoke did not happen
       const redeemedOnly = await cli('tokens', 'revoke', u1[0]!, '--json');
       expect([redeemedOnly.code, JSON.parse(redeemedOnly.stdout)]).toEqual([1, { revoked: 0, results: [{ token: u1[0], code: 'already_redeemed' }] }]);
     });
@@ -330,7 +330,7 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect([r.code, r.stderr, JSON.parse(r.stdout || 'null')]).toEqual([0, '', { wouldPurge: 0 }]);
     });
 
-    it('purge --campaign counts only that campaign; --older-than in weeks is weeks (h127 mutation audit)', async () => {
+    it('purge --campaign counts only that campaign; --older-than in weeks is weeks', async () => {
       // camp-other: 3 tokens revoked above, one redeemed; camp-ops has revoked and expired ones of its own
       const one = await cli('tokens', 'purge', '--older-than', '0s', '--campaign', 'camp-other', '--dry-run', '--json');
       expect([one.code, JSON.parse(one.stdout || 'null')]).toEqual([0, { wouldPurge: 3 }]);
@@ -392,7 +392,7 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
 
       const owners = (sat: string, n: number) => Array.from({ length: n }, (_, i) => ({ ownerSatelliteId: sat, ownerUserId: `${sat}-u${i}` }));
       const a = (await sfx.engine.generate({ owners: owners('sat-a', 10), perUser: 2 })).tokens.map((t) => t.token);
-      // one satellite: its row is the total, none added (h127 mutation audit)
+      // one satellite: its row is the total, none added
       const single = await runCli(['stats'], senv);
       expect(single.stdout).toMatch(/^sat-a +20 +20 +0 +0 +0 +0$/m);
       expect(single.stdout).not.toMatch(/^total/m);
@@ -492,7 +492,7 @@ describe('referral-manager config', () => {
     for (const x of secrets) expect(run.stdout).not.toContain(x);
   });
 
-  it('shows whether ADMIN_KEY and METRICS_KEY are set, never them (h127 mutation audit)', async () => {
+  it('shows whether ADMIN_KEY and METRICS_KEY are set, never them', async () => {
     const keys = { ADMIN_KEY: 'admin-'.repeat(8), METRICS_KEY: 'metrics-'.repeat(6) };
     for (const args of [['config'], ['config', '--json']]) {
       const run = await runCli(args, keys);
@@ -517,9 +517,9 @@ describe('referral-manager config', () => {
     const json = await runCli(['--key-prefix', 'from-flag', 'config', '--json'], { KEY_PREFIX: 'from-env' });
     const rows = JSON.parse(json.stdout) as { env: string; value: unknown; source: string }[];
     expect(rows.find((r) => r.env === 'KEY_PREFIX')).toMatchObject({ value: 'from-flag', source: 'flag', fromEnv: true });
-    // fromEnv: whether the env names the setting at all, so a script can tell a default from a value set (h127 mutation audit)
+    // fromEnv: whether the env names the setting at all, so a script can tell a default from a value set
     expect(rows.find((r) => r.env === 'PORT')).toMatchObject({ source: 'default', fromEnv: false });
-    // every global flag overrides its env value, --database-url too (h127 mutation audit)
+    // every global flag overrides its env value, --database-url too
     const db = await runCli(['--database-url', 'postgres://flag@db.example:5432/rm', 'config', '--json'], { DATABASE_URL: 'postgres://env@db.example:5432/rm' });
     expect((JSON.parse(db.stdout) as { env: string }[]).find((r) => r.env === 'DATABASE_URL')).toMatchObject({ value: 'postgres://flag@db.example:5432/rm', source: 'flag' });
     // an empty flag is not given: the env's value, labelled as the env's (it showed "rm" (flag))
@@ -543,7 +543,7 @@ describe('a bad value of a flag that overrides a setting', () => {
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.stderr, args.join(' ')).toContain(problem);
       expect(r.stderr.split('\n'), args.join(' ')).toContain(usage);
-      // only flags refused: said as a usage error, not as the environment's configuration (h110 mutation audit)
+      // only flags refused: said as a usage error, not as the environment's configuration
       expect(r.stderr, args.join(' ')).not.toContain('invalid configuration');
     });
   });

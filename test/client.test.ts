@@ -44,7 +44,7 @@ it('satellite client: listTokens, lookup, redeem across satellites, typed refusa
   const before = Date.now();
   const res = await b.reserve(t2, 30_000);
   expect(res).toMatchObject({ token: t2, state: 'reserved', ownerSatelliteId: 'eu1', ownerUserId: 'alice' });
-  // the lease asked for, not the server's default of 10 min (mutation audit h139: reserve dropping leaseMs survived)
+  // the lease asked for, not the server's default of 10 min (which a reserve that dropped leaseMs got)
   expect(res.leaseExpiresAt).toBeGreaterThanOrEqual(before + 30_000 - 1000);
   expect(res.leaseExpiresAt).toBeLessThanOrEqual(Date.now() + 30_000 + 1000);
   expect((await refusal(a.redeem(t2, 'x'))).code).toBe('token_reserved');
@@ -183,7 +183,7 @@ it('a 2xx map without what the route always answers is internal, not a success',
     for (const [call, field] of [[client.redeem(t, 'u'), 'ownerSatelliteId'], [client.listTokens('u'), 'tokens as a list'], [client.revokeTokens('u'), 'revoked as a count'], [client.listRedemptions('u'), 'redemptions as a list']] as const) {
       expect(await refusal(call)).toMatchObject({ code: 'internal', status: 0, message: `a 2xx reply without ${field}: not the manager's (is the url right?)` });
     }
-    // complete() redeems too (h110 mutation audit: its owner check, and a count that is no integer, were held by no test)
+    // complete() redeems too, with the same owner check; and a count that is no integer is no count
     expect(await refusal(client.complete(t, 'r', 'u'))).toMatchObject({ code: 'internal', message: expect.stringMatching(/without ownerSatelliteId/) });
     body = '{"revoked":1.5}';
     expect(await refusal(client.revokeTokens('u'))).toMatchObject({ code: 'internal', message: expect.stringMatching(/without revoked as a count/) });
@@ -266,7 +266,7 @@ it('a reply that is not the manager\'s (a proxy\'s error page) is unavailable on
     json = true;
     for (const s of [502, 503, 504]) expect(await at(s)).toMatchObject({ code: 'unavailable', status: s, retryAfter: 7 });
     expect(await at(500)).toMatchObject({ code: 'internal', status: 500 });
-    // a redirect with a JSON map is no success either (mutation audit h139: '< 300' -> '< 400' survived, and
+    // a redirect with a JSON map is no success either (with a 3xx taken for success,
     // AdminClient.stats answered the gateway's map as the stats)
     expect(await at(302)).toMatchObject({ code: 'internal', status: 302 });
   } finally {

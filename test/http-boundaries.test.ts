@@ -1,4 +1,4 @@
-// Edges of the HTTP layer that a mutation audit of src/http and src/client found no test failing for:
+// Edges of src/http and src/client that no other test would notice broken:
 // each test here fails when the line it names is changed (a limit by one, a header dropped, a check skipped).
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -66,7 +66,7 @@ describe('a rotated key cached by the worker', () => {
 });
 
 describe('a key rotated without grace', () => {
-  // mutation audit (h139): rotate-key without its auth.forget survived every test (they wait out a short
+  // rotate-key without its auth.forget passed every other test (they wait out a short
   // AUTH_CACHE_MS); docs/http.md: the worker that served the rotate forgets at once, a leaked key is cut off
   it('is refused at once on the worker that served the rotation, though AUTH_CACHE_MS (5 s here) is longer', async () => {
     const old = (await admin('POST', '/v1/admin/satellites', { id: 'sat-leak' })).body.apiKey;
@@ -78,7 +78,7 @@ describe('a key rotated without grace', () => {
 });
 
 describe('a reply larger than the socket takes at once', () => {
-  // mutation audit (h139): reply() without its onWritable continuation survived every test, as no reply of
+  // reply() without its onWritable continuation passed every other test, as no reply of
   // theirs outgrew the kernel's socket buffers: the 7 MB listing here then stopped at ~4 MB and hung
   it('is sent whole: the rest follows as the client reads (backpressure)', async () => {
     const url = `https://sat.example/${'p'.repeat(2000)}`;

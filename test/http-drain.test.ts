@@ -89,7 +89,7 @@ describe('close (SIGTERM drain), in process', () => {
 describe('close under keep-alive load, in process', () => {
   // a connection whose last reply went out before the drain began (no Connection: close) could have its next
   // request already on the way when the drain found nothing in flight and closed every socket: the request
-  // was cut off unanswered ("other side closed"), 1 to 7 of them per SIGTERM in a rolling restart (helper-71)
+  // was cut off unanswered ("other side closed"), 1 to 7 of them per SIGTERM in a rolling restart
   it('answers every request that reached it: a client sees only refused new connections, never one cut mid-request', async () => {
     await withPausableServer('rm-drain-load', 'sat-l', async (first, redis, apiKey) => {
       let server = first;
@@ -131,7 +131,7 @@ describe('close under keep-alive load, in process', () => {
 describe('a caller that hangs up mid-request, in process', () => {
   // a caller's own deadline may end before the server's: before, a generate it gave up on left every token it
   // made usable, and the documented retry made a second set. Its audit line says status 0 (docs/http.md): with
-  // onAborted not marking the exchange aborted (mutation audit h139) the reply was written to the gone response,
+  // onAborted not marking the exchange aborted, the reply was written to the gone response,
   // and the log said 500, "internal error" and "could not reply" for a caller that merely hung up
   it('a generate whose caller went away leaves no usable token (what it made is revoked), is audited status 0 and logs no error', async () => {
     // spies that still print: what the server wrote, read back

@@ -75,7 +75,7 @@ describe('serve processes', () => {
     try {
       const [real1, held] = await tokens(pool, 2);
       const unknown = (i: number) => `ffff0000-0000-4000-8000-${String(i).padStart(12, '0')}`;
-      // a 409 is no guess: it costs the limiter nothing (mutation audit h139: counting token_reserved survived)
+      // a 409 is no guess: it costs the limiter nothing (counted, it would block the address before the guesses below)
       expect((await call(pool, 'POST', '/v1/tokens/reserve', { key, body: { token: held } })).status).toBe(200);
       for (let i = 0; i < 4; i++) expect((await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: held, userId: 'r' } })).body.error).toBe('token_reserved');
       const statuses: number[] = [];
@@ -87,8 +87,8 @@ describe('serve processes', () => {
       expect(Number(crossing.headers['retry-after'])).toBeGreaterThanOrEqual(1);
       const after = await call(pool, 'GET', `/v1/tokens/${unknown(10)}`, { key });
       expect([after.status, after.body.error]).toEqual([429, 'rate_limited']);
-      // a blocked address is refused before the engine: a real token is not redeemed for it either (mutation
-      // audit h139: redeem or lookup without its address check survived, the guesses above are 429 from their count)
+      // a blocked address is refused before the engine: a real token is not redeemed for it either (the
+      // guesses above are 429 from their own count, which a redeem or lookup without its address check still gives)
       const real = await call(pool, 'POST', '/v1/tokens/redeem', { key, body: { token: real1, userId: 'g' } });
       expect([real.status, real.body.error]).toEqual([429, 'rate_limited']);
       const looked = await call(pool, 'GET', `/v1/tokens/${real1}`, { key });
@@ -623,7 +623,7 @@ describe('serve processes', () => {
       const lagUntil = async (ok: (l: ReturnType<typeof lag>) => boolean) => lag(await metricsUntil(pool, (t) => ok(lag(t))));
       expect((await lagUntil((l) => l.events === 150)).events).toBe(150);
       expect((await call(pool, 'GET', '/readyz')).body.snapshot).toEqual({ state: 'off' });
-      // no writer here: rm_snapshot_leader 0, so the "no snapshot writer" alert (sum < 1) fires when none runs anywhere (h110 mutation audit)
+      // no writer here: rm_snapshot_leader 0, so the "no snapshot writer" alert (sum < 1) fires when none runs anywhere
       expect((await call(pool, 'GET', '/metrics')).body).toMatch(/^rm_snapshot_leader 0$/m);
       // the oldest waiting event ages
       expect((await lagUntil((l) => l.seconds > 0.5)).seconds).toBeGreaterThan(0.5);

@@ -88,8 +88,8 @@ describe.each<Format>(['json', 'msgpack'])('satellite routes in %s', (format) =>
     expect(done.body).toEqual({ token: t, state: 'redeemed', ownerSatelliteId: 'sat-a', ownerUserId: 'res-owner' });
   });
 
-  // mutation audit (h139): a reserve without leaseMs held the token for MAX_LEASE_MS (1 h) instead of
-  // DEFAULT_LEASE_MS (10 min), and no test looked at how long a lease is
+  // a reserve that dropped leaseMs held the token for MAX_LEASE_MS (1 h) instead of DEFAULT_LEASE_MS
+  // (10 min), and nothing else looks at how long a lease is
   it('a lease lasts the leaseMs given, else DEFAULT_LEASE_MS (10 min)', async () => {
     const [given, unset] = await tokensFor('sat-a', 'lease-owner', 2);
     for (const [t, leaseMs, expected] of [[given, 60_000, 60_000], [unset, undefined, 10 * 60_000]] as const) {
@@ -334,7 +334,7 @@ describe('Accept with q-values', () => {
     expect([msgpackOnly.status, msgpackOnly.headers['content-type']]).toEqual([200, 'application/msgpack']);
     const jsonOnly = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, format: 'msgpack', body: { token: '00000000-0000-4000-8000-000000000000', userId: 'x' }, accept: 'application/msgpack;q=0' });
     expect([jsonOnly.status, jsonOnly.headers['content-type']]).toEqual([404, 'application/json']);
-    // refusing both names no format: the request's, else JSON, as with no Accept (h110 mutation audit)
+    // refusing both names no format: the request's, else JSON, as with no Accept
     const neither = await call(pool, 'GET', '/v1/users/nobody/tokens', { key: keyA, accept: 'application/json;q=0, application/msgpack;q=0' });
     expect([neither.status, neither.headers['content-type']]).toEqual([200, 'application/json']);
   });
@@ -608,8 +608,8 @@ describe('admin routes', () => {
     expect((await call(pool, 'GET', `/v1/tokens/${good}`, { key: keyB })).body.state).toBe('unredeemed');
   });
 
-  // mutation audit (h139): the schema's own messages named an array item "userIds.1" with fieldOf's index
-  // form changed, and no test saw it; docs/http.md promises "userIds[3]: must NOT have more than 128 characters"
+  // the schema's own messages name an array item "userIds.1"; fieldOf gives it the index form
+  // docs/http.md promises "userIds[3]: must NOT have more than 128 characters"
   it('names an array item a schema refuses by its index, userIds[1], as the docs say', async () => {
     const long = await admin('POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-a', userIds: ['u', 'x'.repeat(129)], perUser: 1 });
     expect([long.status, long.body.error, long.body.message]).toEqual([400, 'invalid_request', 'userIds[1]: must NOT have more than 128 characters']);
@@ -629,7 +629,7 @@ describe('admin routes', () => {
       { allUsers: true },
       { satelliteId: 'sat-a', userId: 'mixed-revoke', allUsers: true },
       { satelliteId: 'sat-a', allUsers: true, campaignId: 'camp-mixed' },
-      {}, // none (mutation audit h139: 'forms !== 1' -> 'forms > 1' survived; it said "campaignId: must be a string")
+      {}, // none (a check for more than one form let it through, to "campaignId: must be a string")
     ];
     for (const body of mixed) {
       const r = await admin('POST', '/v1/admin/tokens/revoke', body);
@@ -790,7 +790,7 @@ describe('auth', () => {
       const r = await pool.request({ method: 'POST', path: '/v1/tokens/redeem', headers: key ? { authorization: `Bearer ${key}` } : {}, body: '{}' });
       expect(r.statusCode).toBe(415);
       expect(JSON.parse(await r.body.text())).toMatchObject({ error: 'unsupported_media_type', message: expect.stringMatching(/content-type missing/) });
-      // and the wrong type (mutation audit h139: without its early check it was a 401 for a missing key)
+      // and the wrong type (without the early check it was a 401 for a missing key)
       const typed = await pool.request({ method: 'POST', path: '/v1/tokens/redeem', headers: { 'content-type': 'text/plain', ...(key ? { authorization: `Bearer ${key}` } : {}) }, body: '{}' });
       expect(typed.statusCode).toBe(415);
       expect(JSON.parse(await typed.body.text())).toMatchObject({ error: 'unsupported_media_type', message: expect.stringMatching(/"text\/plain" not supported/) });

@@ -4,7 +4,7 @@ import { dropKeys } from '../src/store/key-walk.js';
 import type { RedisClient } from '../src/store/redis.js';
 import { engineFixtureFor } from './helpers/redis.js';
 
-// mutation audit (h110): dropKeys' filter and its error check had no test of their own
+// restore and rebuild delete with dropKeys: its filter and its error check, held here on their own
 describe('dropKeys (real Redis)', () => {
   const fx = engineFixtureFor('keywalk');
 

@@ -46,7 +46,7 @@ describe('FailureLimiter per address', () => {
     expect(keys.filter((k) => /\s/.test(k))).toEqual([]);
   });
 
-  // mutation audit (h139): each of these held with the line changed. Without the PEXPIRE every window left one
+  // no other test holds these. Without the PEXPIRE every window left one
   // key per guessing address in Redis for good; an entry past its window kept the address blocked in process
   // until a restart; with both limits crossed the metric named the satellite's, not the address's
   it('counters expire after two windows; a block ends with its window; the address is named when both limits cross', async () => {
@@ -88,7 +88,7 @@ describe('endUserIp (X-End-User-IP)', () => {
     expect(endUserIp('[2001:db8::1]:51234')).toBe('2001:0db8:0000:0000:0000:0000:0000:0001');
     expect(endUserIp('[::ffff:1.2.3.4]:80')).toBe('1.2.3.4');
     expect(endUserIp('[::1]')).toBe('0000:0000:0000:0000:0000:0000:0000:0001');
-    // the highest port, and a zone inside the brackets (h110 mutation audit: neither was held by a test)
+    // the highest port, and a zone inside the brackets
     expect(endUserIp('1.2.3.4:65535')).toBe('1.2.3.4');
     expect(endUserIp('[2001:db8::1]:65535')).toBe('2001:0db8:0000:0000:0000:0000:0000:0001');
     expect(endUserIp('[fe80::1%eth0]:51234')).toBe('fe80:0000:0000:0000:0000:0000:0000:0001');

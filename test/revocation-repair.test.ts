@@ -50,7 +50,7 @@ describe('verify finds revoked campaigns the registry and the shards disagree on
     expect(text.code).toBe(1);
     expect(text.stdout).toContain(`${keys.revokedCampaigns()}/half unmarked shards 3,7: generate still makes tokens of this revoked campaign there`);
     expect(text.stderr).toContain('referral-manager verify --repair-revocations');
-    // --max caps the list, not the count nor the exit code (h127 mutation audit)
+    // --max caps the list, not the count nor the exit code
     const capped = await runCli(['verify', '--max', '1', '--json'], env);
     const report = JSON.parse(capped.stdout) as { listed: unknown[]; differences: number };
     expect([capped.code, report.listed.length, report.differences > 1]).toEqual([1, 1, true]);

@@ -65,7 +65,7 @@ describe.skipIf(!haveRedis)('snapshot on Redis Cluster (3 masters)', () => {
   }, 120_000);
 
   // ioredis finds no key in XINFO: on a Cluster it went to any master, and a MOVED had it answered after the
-  // read had moved the group: a shard that went back was found by chance (h93: 2 of 7)
+  // read had moved the group: a shard that went back was found by chance (2 of 7 shards)
   it('a shard stream that went back (group and entries) is found on every master, with exact counts, though new changes came first', async () => {
     const own = await engineFixture({ label: 'snapcback', redis: () => createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes }) });
     const ownDb = await testDatabase();

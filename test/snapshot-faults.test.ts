@@ -760,7 +760,7 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   });
 
-  // helper-90: the first check took a shard dictionary for the sign of its data, and a generate or a campaign
+  // the first check took a shard dictionary for the sign of its data, and a generate or a campaign
   // revoke (which marks every shard's dictionary) recreated it before the writer looked: the loss went unseen
   it('a loss is found though a generate and a campaign revoke wrote the shards again first; a deployment from before the marks is marked, not found lost', async () => {
     const o = await ownWorld('lostmasked');
@@ -794,7 +794,7 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   });
 
-  // helper-92: the writer that had dropped the lease while Redis was away took it again and, believing its
+  // the writer that had dropped the lease while Redis was away took it again and, believing its
   // groups in place, marked every unmarked shard whole: the loss went unseen
   it('Redis down longer than the writer\'s lease and back empty: the writer taking the lease again finds the lost shards', async () => {
     const server = await privateRedis(['--appendonly', 'no']);
@@ -826,7 +826,7 @@ describe('snapshot writer under faults (real processes)', () => {
   }, 60_000);
 
   // a standby tried the lease a third of the lease apart: after a holder's kill -9 it took over up to 13.3 s
-  // later (helper-71 measured 10.7-10.8 s), past the 10 s the docs promise
+  // later (10.7-10.8 s measured), past the 10 s the docs promise
   it('a standby takes over as soon as a dead holder\'s lease lapses, not up to a third of a lease later', async () => {
     const prefix = testPrefix('leasegap');
     const key = new Keys(prefix).snapshotLease();
@@ -868,7 +868,7 @@ describe('snapshot writer under faults (real processes)', () => {
       expect(await logged(/lost the snapshot lease/)).toBe('warn: lost the snapshot lease to the writer of other-host pid 42; it writes to Postgres now');
       expect(w.status().leader).toBe(false);
       // a pause past the lease (SIGSTOP, a long GC) while another writer takes it: the loop and the renew
-      // timer both find it as the process wakes, and it was said twice (helper-93)
+      // timer both find it as the process wakes, and it was said twice
       await snap.fx.redis.del(key);
       for (const end = Date.now() + 10_000; !w.status().leader && Date.now() < end; ) await sleep(50);
       lines.length = 0;
@@ -1151,7 +1151,7 @@ describe('snapshot writer under faults (real processes)', () => {
   }, 60_000);
 
   // the writer met Postgres only with a batch: one with nothing to write reported a lost Postgres as up for as
-  // long as no event came (helper-69's walkthrough: 20 s and counting on /readyz)
+  // long as no event came (/readyz said up 20 s into an outage, and counting)
   it('a writer with nothing to write still finds Postgres gone, and back', async () => {
     const proxy = await pgProxy(snap.db.url);
     const lines: string[] = [];
@@ -1171,7 +1171,7 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   }, 90_000);
 
-  // on-call drill (h113): a database refusing connections (55000) was taken for a write Postgres refused: every
+  // in an on-call drill a database refusing connections (55000) was taken for a write Postgres refused: every
   // lane said a sound stream entry was refused "even alone" and should be removed, rm_snapshot_postgres_up
   // stayed 1 and the status `up`
   it('a database that refuses connections (ALLOW_CONNECTIONS false) is Postgres unreachable, no entry blamed; caught up once allowed', async () => {
@@ -1488,10 +1488,10 @@ describe('snapshot writer under faults (real processes)', () => {
       await onAofRedis('rdbfix', async (w) => {
         const tokens = await saveThenRedeem(w);
         const late = await generateTokens(w.own.engine, 50, 'sat-late');
-        // a revoke and the purge that deleted the token (helper-96: the token came back open, and stayed so)
+        // a revoke and the purge that deleted the token (both lost, the token came back open, and stayed so)
         expect((await w.own.engine.revokeToken(tokens[300]!)).code).toBe('ok');
         expect(await w.own.engine.purge(Date.now() + 1)).toBe(1);
-        // a campaign revoked: its registry entry and shard marks are lost with the rest (helper-96)
+        // a campaign revoked: its registry entry and shard marks are lost with the rest
         const owners = Array.from({ length: 20 }, (_, i) => ({ ownerSatelliteId: 'sat-c', ownerUserId: `c${i}` }));
         await w.own.engine.generate({ owners, perUser: 1, campaignId: 'c-lost' });
         expect(await w.own.engine.revokeCampaign('c-lost')).toBe(20);
@@ -1529,7 +1529,7 @@ describe('snapshot writer under faults (real processes)', () => {
     }, 90_000);
 
     // restore left every group at 0-0, which the writer does not judge (a group made anew): a Redis that went
-    // back to a copy saved after the restore lost the changes since it unseen (h93)
+    // back to a copy saved after the restore lost the changes since it unseen
     it('found in a copy saved after a restore', async () => {
       await onAofRedis('rdbrest', async (w) => {
         const tokens = await generateTokens(w.own.engine, 1000);
@@ -1548,7 +1548,7 @@ describe('snapshot writer under faults (real processes)', () => {
       }, RDB);
     }, 90_000);
 
-    // the count was asked once: a crash that took Postgres down too left the alert's counter at 0 for good (h93).
+    // the count was asked once: a crash that took Postgres down too left the alert's counter at 0 for good.
     // Here the history table is renamed away, so the count fails while the writer still reads (its probe passes);
     // a long lease, so the lease the RDB copy holds is still this writer's (taking it anew needs that table)
     it('a loss found while Postgres cannot count it is counted once it can', async () => {

@@ -200,7 +200,7 @@ describe('verify --repair-leases (real Redis, real Postgres)', () => {
 
 describe('verify while satellites redeem and while the writer catches up (real Redis, real Postgres)', () => {
   // verify read a shard's redemption details before its buckets: a redeem in between read as a token redeemed
-  // by nobody, a difference that looks like Redis lost the redeemer (seen in h128's drill with redeems over HTTP)
+  // by nobody, a difference that looks like Redis lost the redeemer (seen with redeems over HTTP)
   it('never reads a token redeemed by nobody while redeems run', async () => {
     await ownSnapshot('torn', async ({ fx, pool }) => {
       const tokens = await generateTokens(fx.engine, 5_000);

@@ -149,7 +149,7 @@ export async function verify(redis: RedisClient, pool: pg.Pool, prefix: string, 
         const r = inRedis.get(p[0]!);
         if (p[13] === 'purged') {
           if (r) note({ token: p[0]!, kind: 'differs', fields: [{ field: 'purged', redis: 'no', postgres: 'yes' }] });
-          // a revoke and the purge after it both lost (helper-96): the token is open again in Redis. It gets its
+          // a revoke and the purge after it both lost: the token is open again in Redis. It gets its
           // revocation back; the next `tokens purge` deletes it again
           if (r && repairRedis && behind(r, p)) lostFinal.push(p);
           inRedis.delete(p[0]!);

@@ -155,7 +155,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
    * it, or Redis lost its data) is taken again at the next round; one another writer holds is that writer's.
    */
   async function sayLost(): Promise<void> {
-    // the loop and the renew timer may both find the same loss (h93: twice on every SIGCONT): said once a term
+    // the loop and the renew timer may both find the same loss (twice on every SIGCONT): said once a term
     if (saidLostIn === term) return;
     saidLostIn = term;
     const now = await lease.state().catch(() => null);
