@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import calculateSlot from 'cluster-key-slot';
-import { Cluster, Redis } from 'ioredis';
+import { Cluster } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { AdminClient } from '../src/client/admin.js';
 import { ReferralError, SatelliteClient } from '../src/client/index.js';
@@ -10,10 +10,8 @@ import { createRedis, nodeAddress, readyMasters } from '../src/store/redis.js';
 import { clusterMasters } from '../src/store/cluster-probe.js';
 import { scanKeys } from '../src/store/key-walk.js';
 import { ADMIN_KEY, serve, testCluster } from './helpers/http.js';
+import { directClients } from './helpers/redis.js';
 import { until } from './helpers/snapshot.js';
-
-/** A plain connection to each node, to set slots and read roles by hand (a killed node's reconnects stay quiet). */
-const directClients = (nodes: string[]) => nodes.map((n) => new Redis(Number(n.split(':')[1]), n.split(':')[0]!).on('error', () => undefined));
 
 /** A satellite registered through serve's admin API, one token for each of `users` users, and its client. */
 async function satelliteWithTokens(url: string, id: string, users: number, timeoutMs: number) {

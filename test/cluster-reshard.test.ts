@@ -11,6 +11,7 @@ import { TokenEngine } from '../src/tokens/engine.js';
 import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, serve, testCluster } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
+import { directClients } from './helpers/redis.js';
 import { caughtUp, sleep } from './helpers/snapshot.js';
 
 const PREFIX = 'reshard';
@@ -40,7 +41,7 @@ describe.skipIf(!haveRedis)('a live reshard: shards\' slots moved between Cluste
     cleanup.push(() => cluster.stop());
     const db = await testDatabase();
     cleanup.push(() => db.drop());
-    const nodes = cluster.nodes.map((n) => new Redis({ host: n.split(':')[0]!, port: Number(n.split(':')[1]) }));
+    const nodes = directClients(cluster.nodes);
     cleanup.push(async () => nodes.forEach((n) => n.disconnect()));
     const [from, to] = nodes as [Redis, Redis];
     const [toHost, toPort] = cluster.nodes[1]!.split(':') as [string, string];

@@ -4,6 +4,7 @@ import client from 'prom-client';
 import { watchCluster } from '../src/store/cluster-watch.js';
 import { createRedis } from '../src/store/redis.js';
 import { testCluster } from './helpers/http.js';
+import { directClients } from './helpers/redis.js';
 import { sleep } from './helpers/snapshot.js';
 
 const gauge = async (name: string, labels: Record<string, string> = {}) =>
@@ -52,9 +53,7 @@ describe('watchCluster (the serve primary): a real 3-master Redis Cluster', () =
       expect(lines.filter((l) => l.includes(hung)).slice(2)).toEqual([expect.stringMatching(new RegExp(`^\\[redis cluster\\] master ${hung}: .*; the tokens of its slots answer 503`)), `[redis cluster] master ${hung}: ok again`]);
 
       // what an interrupted `redis-cli --cluster reshard` leaves: the slot marked migrating on its owner
-      const [host, port] = cluster.nodes[0]!.split(':');
-      const owner = new Redis({ host: host!, port: Number(port) });
-      const target = new Redis({ host: cluster.nodes[1]!.split(':')[0]!, port: Number(cluster.nodes[1]!.split(':')[1]) });
+      const [owner, target] = directClients(cluster.nodes.slice(0, 2)) as [Redis, Redis];
       try {
         // a master that answers but refuses keyed commands: one slot left unassigned in its own view
         const failing = cluster.nodes[1]!;
@@ -122,8 +121,7 @@ describe('watchCluster (the serve primary): a real 3-master Redis Cluster', () =
   // "replaced" line (which says every slot has a master again) waits until the last slot has one
   it('a master replaced while some slot has no master stays down, with no "replaced" line, until every slot has one', async () => {
     const cluster = await testCluster(3, ['--cluster-node-timeout', '1000', '--cluster-require-full-coverage', 'no'], 1);
-    const servers = cluster.nodes.map((n) => new Redis({ host: n.split(':')[0]!, port: Number(n.split(':')[1]) }));
-    for (const s of servers) s.on('error', () => {}); // the killed one's
+    const servers = directClients(cluster.nodes);
     const UNCLAIMED = 16383;
     // unassigned in every server's view before the client reads the map
     for (const s of servers) await s.cluster('DELSLOTS', UNCLAIMED);

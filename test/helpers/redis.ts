@@ -77,4 +77,9 @@ export async function dropSharedPrefixes(...prefixes: string[]): Promise<void> {
   }
 }
 
+/** A plain connection to each node of a cluster, to set slots and read roles by hand (a killed node's reconnects stay quiet). */
+export function directClients(nodes: string[]): Redis[] {
+  return nodes.map((n) => new Redis(Number(n.split(':')[1]), n.split(':')[0]!).on('error', () => undefined));
+}
+
 export { Redis, dropPrefix };
