@@ -4,6 +4,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { importSpecifiers } from './helpers/source.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const WIRE = ['http', 'client', 'cli'];
@@ -30,16 +31,12 @@ function partOf(file: string): string {
 }
 
 function sources(dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
-    const p = path.join(dir, e.name);
-    return e.isDirectory() ? sources(p) : e.name.endsWith('.ts') ? [p] : [];
-  });
+  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts')).map((f) => path.join(dir, f));
 }
 
 /** Every relative module a file imports or re-exports, resolved to a path. */
 function importsOf(file: string): string[] {
-  const text = readFileSync(file, 'utf8');
-  return [...text.matchAll(/(?:from|import)\s*\(?\s*'(\.{1,2}\/[^']+)'/g)].map((m) => path.resolve(path.dirname(file), m[1]!));
+  return importSpecifiers(readFileSync(file, 'utf8')).filter((spec) => spec.startsWith('.')).map((spec) => path.resolve(path.dirname(file), spec));
 }
 
 describe('imports between the layers', () => {

@@ -2,6 +2,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { builtinModules } from 'node:module';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { importSpecifiers } from './helpers/source.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const read = (file: string) => readFileSync(path.join(ROOT, file), 'utf8');
@@ -29,8 +30,7 @@ describe('the Docker runtime image', () => {
     const builtins = new Set(builtinModules);
     const missing = new Set<string>();
     for (const file of [...shipped('src'), ...shipped('cli')]) {
-      for (const m of read(file).matchAll(/\bfrom\s*['"]([^'"]+)['"]|\bimport\s*\(?\s*['"]([^'"]+)['"]/g)) {
-        const spec = (m[1] ?? m[2])!;
+      for (const spec of importSpecifiers(read(file))) {
         if (spec.startsWith('.') || spec.startsWith('node:') || builtins.has(packageOf(spec))) continue;
         if (!(packageOf(spec) in pkg.dependencies)) missing.add(`${packageOf(spec)} (${file})`);
       }
