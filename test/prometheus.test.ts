@@ -1,0 +1,295 @@
+import { execFile, spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+import { parse, stringify } from 'yaml';
+import { freePort, kill, waitForOutput } from '../bench/redis-server.js';
+import { MAIN } from './helpers/cli.js';
+import { serve } from './helpers/http.js';
+import { testDatabase } from './helpers/pg.js';
+import { dropSharedPrefixes, testPrefix } from './helpers/redis.js';
+import { until } from './helpers/snapshot.js';
+
+const DEPLOY = path.resolve(import.meta.dirname, '../deploy/prometheus');
+const RULES = path.join(DEPLOY, 'alerts.yml');
+const HAS_PROMETHEUS = ['promtool', 'prometheus'].every((bin) => spawnSync(bin, ['--version']).status === 0);
+if (!HAS_PROMETHEUS) console.warn('test/prometheus.test.ts: promtool or prometheus not found on PATH, skipped (Debian: apt-get install prometheus; .ci/run installs it)');
+
+interface Rule {
+  alert: string;
+  expr: string;
+  for?: string;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+}
+const rules: Rule[] = (parse(readFileSync(RULES, 'utf8')) as { groups: { rules: Rule[] }[] }).groups.flatMap((g) => g.rules);
+
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'rm-prometheus-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** promtool's exit code and everything it printed (a failed unit test says which alert, when, and what it got). */
+async function promtool(...args: string[]): Promise<{ code: number; output: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)('promtool', args);
+    return { code: 0, output: stdout + stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: e.code ?? -1, output: `${e.stdout ?? ''}${e.stderr ?? ''}` };
+  }
+}
+
+/**
+ * One story for an alert, in promtool's unit-test terms: series sampled every `interval` of the alert's stories
+ * (15s unless given; values in promtool's expanding notation: `0+5x40` is 0, 5, ... 41 samples; `_` no sample), the
+ * times at which it must not be firing (pending or inactive), and the time at which it must fire, with the labels it
+ * keeps from the series. The rules are evaluated at the same interval.
+ */
+interface Story {
+  story: string;
+  series: Record<string, string>;
+  quiet: string[];
+  fires?: { at: string; labels?: Record<string, string> };
+}
+
+const STORIES: Record<string, { interval?: string; stories: Story[] }> = {
+  ReferralManagerSnapshotBehind: { stories: [
+    { story: 'one writer 90 s behind from 1m fires after the 5m', series: { 'rm_snapshot_lag_seconds{instance="a"}': '0x40', 'rm_snapshot_lag_seconds{instance="b"}': '0x3 90x40' }, quiet: ['5m'], fires: { at: '6m' } },
+    { story: '59 s behind, or unknown (NaN), is quiet', series: { 'rm_snapshot_lag_seconds{instance="a"}': '59x40', 'rm_snapshot_lag_seconds{instance="b"}': `0${' NaN'.repeat(40)}` }, quiet: ['10m'] },
+  ] },
+  ReferralManagerNoSnapshotWriter: { stories: [
+    { story: 'the lease holder stops and nobody takes over', series: { 'rm_snapshot_leader{instance="a"}': '1x3 0x40', 'rm_snapshot_leader{instance="b"}': '0x43' }, quiet: ['2m45s'], fires: { at: '3m' } },
+    { story: 'a standby takes the lease within the 2m', series: { 'rm_snapshot_leader{instance="a"}': '1x3 0x40', 'rm_snapshot_leader{instance="b"}': '0x7 1x40' }, quiet: ['3m', '10m'] },
+  ] },
+  ReferralManagerSnapshotLostEvents: { interval: '1m', stories: [
+    { story: 'a running writer counts lost events: it fires for the hour after', series: { 'rm_snapshot_errors_total{instance="a",where="lost"}': '0x4 3x120' }, quiet: ['4m', '66m'], fires: { at: '64m', labels: { instance: 'a', where: 'lost' } } },
+    { story: 'a writer that counts them as it starts, before a first scrape', series: { 'rm_snapshot_errors_total{instance="a",where="lost"}': '_x60 5x70' }, quiet: ['122m'], fires: { at: '61m', labels: { instance: 'a', where: 'lost' } } },
+    { story: 'errors of another kind', series: { 'rm_snapshot_errors_total{instance="a",where="postgres"}': '0+1x70' }, quiet: ['5m', '65m'] },
+  ] },
+  ReferralManagerSatellitesRefused: { stories: [
+    { story: 'a satellite refused for 10m', series: { 'rm_http_requests_total{route="/v1/tokens/redeem",method="POST",status="401"}': '0+2x60' }, quiet: ['9m'], fires: { at: '11m' } },
+    { story: 'one stray 401', series: { 'rm_http_requests_total{route="/v1/tokens/redeem",method="POST",status="401"}': '0 1x60' }, quiet: ['3m', '11m'] },
+    {
+      story: 'refusals on admin routes and /metrics are no satellite',
+      series: { 'rm_http_requests_total{route="/v1/admin/stats",method="GET",status="401"}': '0+2x60', 'rm_http_requests_total{route="/metrics",method="GET",status="401"}': '0+2x60' },
+      quiet: ['11m'],
+    },
+  ] },
+  ReferralManagerRedisUnavailable: { stories: [
+    { story: '503s for 3m', series: { 'rm_redis_errors_total{kind="unavailable"}': '0+5x40' }, quiet: ['2m'], fires: { at: '4m' } },
+    { story: 'a single 503', series: { 'rm_redis_errors_total{kind="unavailable"}': '0 1x40' }, quiet: ['1m', '4m'] },
+  ] },
+  ReferralManagerRedisUnreadable: { stories: [
+    { story: 'the counters last read at 2m', series: { 'rm_token_counts_read_seconds{instance="a"}': '0+15x8 120x40' }, quiet: ['5m'], fires: { at: '7m' } },
+    { story: 'one serve still reads them', series: { 'rm_token_counts_read_seconds{instance="a"}': '0+15x40', 'rm_token_counts_read_seconds{instance="b"}': '0x40' }, quiet: ['10m'] },
+  ] },
+  ReferralManagerReplicasBehind: { stories: [
+    { story: 'changes refused for 3m', series: { 'rm_redis_errors_total{kind="replicas"}': '0+5x40' }, quiet: ['2m'], fires: { at: '4m' } },
+    { story: 'Redis unavailable is another alert', series: { 'rm_redis_errors_total{kind="unavailable"}': '0+5x40' }, quiet: ['4m'] },
+  ] },
+  ReferralManagerRedisClusterMasterLost: { stories: [
+    { story: 'a master down from 1m', series: { 'rm_redis_cluster_master_up{node="10.0.0.1:6379"}': '1x3 0x20', 'rm_redis_cluster_master_up{node="10.0.0.2:6379"}': '1x24' }, quiet: ['1m45s'], fires: { at: '2m' } },
+    { story: 'a replica takes over within the minute', series: { 'rm_redis_cluster_master_up{node="10.0.0.1:6379"}': '1x3 0x2 1x20' }, quiet: ['1m30s', '3m'] },
+  ] },
+  ReferralManagerReshardUnfinished: { interval: '1m', stories: [
+    { story: 'a slot migrating for 15m', series: { 'rm_redis_cluster_slots_migrating': '0 1x30' }, quiet: ['15m'], fires: { at: '16m' } },
+    { story: 'a 5m reshard', series: { 'rm_redis_cluster_slots_migrating': '0 1x5 0x30' }, quiet: ['5m', '20m'] },
+  ] },
+  ReferralManagerServerErrors: { stories: [
+    {
+      story: '2 % of API requests answered 503',
+      series: { 'rm_http_requests_total{route="/v1/tokens/redeem",method="POST",status="200"}': '0+100x40', 'rm_http_requests_total{route="/v1/tokens/redeem",method="POST",status="503"}': '0+2x40' },
+      quiet: ['5m'],
+      fires: { at: '6m' },
+    },
+    {
+      story: 'half a percent',
+      series: { 'rm_http_requests_total{route="/v1/tokens/redeem",method="POST",status="200"}': '0+200x40', 'rm_http_requests_total{route="/v1/tokens/redeem",method="POST",status="503"}': '0+1x40' },
+      quiet: ['8m'],
+    },
+    {
+      story: 'a /readyz answering its probes 503',
+      series: { 'rm_http_requests_total{route="/v1/tokens/redeem",method="POST",status="200"}': '0+100x40', 'rm_http_requests_total{route="/readyz",method="GET",status="503"}': '0+100x40' },
+      quiet: ['8m'],
+    },
+  ] },
+  ReferralManagerReferralsStopped: { interval: '1h', stories: [
+    {
+      story: 'tokens out and no redemption for a day',
+      series: { 'rm_token_results_total{op="redeem",code="ok"}': '0x30', 'rm_token_results_total{op="complete",code="ok"}': '0x30', 'rm_tokens{satellite="us1",state="unredeemed"}': '100x30' },
+      quiet: ['1h', '23h'],
+      fires: { at: '25h' },
+    },
+    {
+      story: 'a redemption at 10h keeps it quiet for a day',
+      series: { 'rm_token_results_total{op="redeem",code="ok"}': '0x9 1x40', 'rm_tokens{satellite="us1",state="unredeemed"}': '100x50' },
+      quiet: ['25h', '33h'],
+      fires: { at: '35h' },
+    },
+    { story: 'no token out', series: { 'rm_token_results_total{op="redeem",code="ok"}': '0x30', 'rm_tokens{satellite="us1",state="unredeemed"}': '0x30' }, quiet: ['25h'] },
+  ] },
+  ReferralManagerRedisLostData: { stories: [
+    { story: 'two shards lost', series: { rm_snapshot_redis_lost_shards: '0x3 2x10' }, quiet: ['45s'], fires: { at: '1m' } },
+    { story: 'none lost', series: { rm_snapshot_redis_lost_shards: '0x10' }, quiet: ['2m'] },
+  ] },
+  ReferralManagerRedisWentBack: { interval: '1m', stories: [
+    { story: 'a running writer finds it: it fires for the hour after', series: { 'rm_snapshot_redis_went_back_total{instance="a"}': '0x4 1x120' }, quiet: ['4m', '66m'], fires: { at: '64m', labels: { instance: 'a' } } },
+    { story: 'a writer started after the loss finds it before a first scrape', series: { 'rm_snapshot_redis_went_back_total{instance="a"}': '_x60 2x70' }, quiet: ['122m'], fires: { at: '61m', labels: { instance: 'a' } } },
+  ] },
+  ReferralManagerAbandonedReservationsKept: { interval: '1m', stories: [
+    { story: 'sweeps failing for 30m', series: { rm_lease_sweep_errors_total: '0+1x50' }, quiet: ['30m'], fires: { at: '32m' } },
+    { story: 'one failed sweep', series: { rm_lease_sweep_errors_total: '0 1x50' }, quiet: ['5m', '40m'] },
+  ] },
+  ReferralManagerGuessing: { stories: [
+    // rate() divides by the whole 5m window: 2/s from the start reads over 1/s from 2m45s on
+    { story: 'two refused guesses a second for 10m', series: { 'rm_rate_limited_total{by="crossed",limit="ip"}': '0+30x80' }, quiet: ['12m'], fires: { at: '13m' } },
+    { story: 'under one a second', series: { 'rm_rate_limited_total{by="crossed",limit="ip"}': '0+10x80' }, quiet: ['19m'] },
+  ] },
+};
+
+/** The promtool unit-test file of one alert's stories (JSON is YAML). */
+function unitTests(rule: Rule, { interval = '15s', stories }: { interval?: string; stories: Story[] }): string {
+  return JSON.stringify({
+    rule_files: [RULES],
+    evaluation_interval: interval,
+    tests: stories.map((s) => ({
+      name: `${rule.alert}: ${s.story}`,
+      interval,
+      input_series: Object.entries(s.series).map(([series, values]) => ({ series, values })),
+      alert_rule_test: [
+        ...s.quiet.map((at) => ({ eval_time: at, alertname: rule.alert, exp_alerts: [] })),
+        ...(s.fires ? [{ eval_time: s.fires.at, alertname: rule.alert, exp_alerts: [{ exp_labels: { ...rule.labels, ...s.fires.labels }, exp_annotations: rule.annotations }] }] : []),
+      ],
+    })),
+  });
+}
+
+describe.skipIf(!HAS_PROMETHEUS)('deploy/prometheus/alerts.yml', () => {
+  it('passes promtool check rules', async () => {
+    const r = await promtool('check', 'rules', RULES);
+    expect(r.output).toContain(`SUCCESS: ${rules.length} rules found`);
+    expect(r.code).toBe(0);
+  });
+
+  it('has stories for every alert, each told once', () => {
+    expect(rules.map((r) => r.alert).sort()).toEqual(Object.keys(STORIES).sort());
+    for (const { stories } of Object.values(STORIES)) expect(stories.some((s) => s.fires)).toBe(true);
+  });
+
+  it.each(rules.map((r) => [r.alert, r] as const))('%s fires on its stories, and only then', async (_, rule) => {
+    const file = path.join(tmp, `${rule.alert}.test.yml`);
+    writeFileSync(file, unitTests(rule, STORIES[rule.alert] ?? { stories: [] }));
+    const r = await promtool('test', 'rules', file);
+    expect(r.output).toContain('SUCCESS');
+    expect(r.code).toBe(0);
+  });
+});
+
+/** The README's alert rows: name -> the expression and the `for` written after it. */
+function readmeAlerts(): Map<string, { expr: string; for?: string }> {
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+  const out = new Map<string, { expr: string; for?: string }>();
+  for (const row of readme.split('\n').filter((l) => l.startsWith('| `ReferralManager'))) {
+    const [name, cell] = row.slice(2).split(' | ');
+    const m = /^`(.+?)`(?: for (\w+))?/.exec(cell!)!;
+    out.set(name!.replaceAll('`', ''), m[2] ? { expr: m[1]!, for: m[2] } : { expr: m[1]! });
+  }
+  return out;
+}
+
+// operators read the README's table and load the file: the two must be the same alerts
+describe('the README alerts table', () => {
+  it('gives every rule of alerts.yml, with its expression and for, and no other', () => {
+    const fromFile = Object.fromEntries(rules.map((r) => [r.alert, r.for ? { expr: r.expr, for: r.for } : { expr: r.expr }]));
+    expect(rules.length).toBe(15);
+    expect(Object.fromEntries(readmeAlerts())).toEqual(fromFile);
+  });
+});
+
+const METRICS_KEY = 'test-metrics-key-0123456789abcdefghij';
+
+/** A real Prometheus running deploy/prometheus/prometheus.yml, pointed at `targets` by job, scraping and evaluating every second. */
+async function prometheus(targets: Record<string, string>): Promise<{ api(p: string): Promise<any>; stop(): Promise<void> }> {
+  const config = parse(readFileSync(path.join(DEPLOY, 'prometheus.yml'), 'utf8'));
+  const keyFile = path.join(tmp, 'metrics-key');
+  writeFileSync(keyFile, METRICS_KEY);
+  config.global = { scrape_interval: '1s', evaluation_interval: '1s' };
+  config.rule_files = [RULES];
+  for (const job of config.scrape_configs) {
+    expect(Object.keys(targets)).toContain(job.job_name);
+    job.authorization.credentials_file = keyFile;
+    job.static_configs = [{ targets: [targets[job.job_name]] }];
+  }
+  const file = path.join(tmp, 'prometheus.yml');
+  writeFileSync(file, stringify(config));
+  const checked = await promtool('check', 'config', file);
+  expect(checked.output).toContain('SUCCESS');
+  const port = await freePort();
+  const proc = spawn('prometheus', [`--config.file=${file}`, `--storage.tsdb.path=${path.join(tmp, 'data')}`, `--web.listen-address=127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  await waitForOutput(proc, /Server is ready to receive web requests/, 'prometheus', 30_000);
+  return {
+    api: async (p) => ((await (await fetch(`http://127.0.0.1:${port}/api/v1/${p}`)).json()) as { data: unknown }).data,
+    stop: () => kill(proc, 'SIGTERM'),
+  };
+}
+
+describe.skipIf(!HAS_PROMETHEUS)('a real Prometheus with deploy/prometheus/prometheus.yml', () => {
+  it('scrapes a serve and a standalone writer with METRICS_KEY and evaluates every rule without error', async () => {
+    const db = await testDatabase();
+    const prefix = testPrefix('prom');
+    const env = { KEY_PREFIX: prefix, DATABASE_URL: db.url, METRICS_KEY };
+    const served = await serve({ ...env, SNAPSHOT: 'true' });
+    const writerPort = await freePort();
+    const writer = spawn(process.execPath, [MAIN, 'snapshot', '--metrics-port', String(writerPort)], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let refusing: NodeJS.Timeout | undefined;
+    let prom: Awaited<ReturnType<typeof prometheus>> | undefined;
+    try {
+      // the writer says it listens once it serves /metrics
+      await until(() => fetch(`http://127.0.0.1:${writerPort}/healthz`).then((r) => r.status, () => 0), (s) => s === 200, 'the writer listens');
+      prom = await prometheus({ 'referral-manager': `127.0.0.1:${served.port}`, 'referral-manager-snapshot': `127.0.0.1:${writerPort}` });
+      // a satellite with an unknown key, refused again and again: ReferralManagerSatellitesRefused goes pending
+      const refuse = () => void fetch(`${served.url}/v1/tokens/00000000-0000-4000-8000-000000000000`, { headers: { authorization: 'Bearer not-a-key' } }).then((r) => r.body?.cancel(), () => undefined);
+      refusing = setInterval(refuse, 200);
+      const up = await until(() => prom!.api('targets'), (d) => d.activeTargets.length === 2 && d.activeTargets.every((t: any) => t.health === 'up'), 'both targets up');
+      expect(up.activeTargets.map((t: any) => t.labels.job).sort()).toEqual(['referral-manager', 'referral-manager-snapshot']);
+      // scraped with the key: both ran, one of them holds the writer's lease
+      const leaders = await until(() => prom!.api('query?query=sum(rm_snapshot_leader)'), (d) => d.result[0]?.value[1] === '1', 'one lease holder scraped');
+      expect(leaders.result).toHaveLength(1);
+      const rulesNow = async () => (await prom!.api('rules')).groups.flatMap((g: any) => g.rules) as { name: string; health: string; lastError?: string; state: string }[];
+      const evaluated = await until(rulesNow, (rs) => rs.length === rules.length && rs.every((r) => r.health !== 'unknown') && rs.some((r) => r.name === 'ReferralManagerSatellitesRefused' && r.state === 'pending'), 'every rule evaluated, the refusals pending', 60_000);
+      expect(evaluated.filter((r) => r.health !== 'ok')).toEqual([]);
+      expect(Object.fromEntries(evaluated.map((r) => [r.name, r.state]))).toMatchObject({ ReferralManagerSatellitesRefused: 'pending', ReferralManagerNoSnapshotWriter: 'inactive', ReferralManagerRedisUnreadable: 'inactive' });
+    } finally {
+      clearInterval(refusing);
+      await prom?.stop();
+      await kill(writer, 'SIGTERM');
+      await served.stop();
+      await dropSharedPrefixes(prefix);
+      await db.drop();
+    }
+  }, 120_000);
+
+  it('finds nothing to say of our metric names (promtool check metrics)', async () => {
+    const prefix = testPrefix('prom');
+    const served = await serve({ KEY_PREFIX: prefix, METRICS_KEY });
+    try {
+      const text = await (await fetch(`${served.url}/metrics`, { headers: { authorization: `Bearer ${METRICS_KEY}` } })).text();
+      expect(text).toContain('rm_http_requests_total');
+      const checked = await new Promise<string>((resolve) => {
+        const p = spawn('promtool', ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
+        let out = '';
+        p.stdout.on('data', (d) => (out += d));
+        p.stderr.on('data', (d) => (out += d));
+        p.once('close', () => resolve(out));
+        p.stdin.end(text);
+      });
+      // prom-client's own nodejs_active_*_total gauges are named against the conventions; ours are not
+      const ours = checked.split('\n').filter((l) => l.trim() && !/^nodejs_active_\w+_total /.test(l));
+      expect(ours).toEqual([]);
+    } finally {
+      await served.stop();
+      await dropSharedPrefixes(prefix);
+    }
+  }, 60_000);
+});
