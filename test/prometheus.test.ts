@@ -54,6 +54,15 @@ interface Story {
 }
 
 const STORIES: Record<string, { interval?: string; stories: Story[] }> = {
+  ReferralManagerDown: { stories: [
+    {
+      story: 'a serve down for 2m',
+      series: { 'up{job="referral-manager",instance="a:7480"}': '1x3 0x20', 'up{job="referral-manager",instance="b:7480"}': '1x23', 'up{job="node",instance="a:9100"}': '0x23' },
+      quiet: ['2m45s'],
+      fires: { at: '3m', labels: { job: 'referral-manager', instance: 'a:7480' } },
+    },
+    { story: 'a restart within the 2m, and a target of another job down', series: { 'up{job="referral-manager-snapshot",instance="a:7481"}': '1x3 0x3 1x20', 'up{job="node",instance="a:9100"}': '0x23' }, quiet: ['2m', '5m'] },
+  ] },
   ReferralManagerSnapshotBehind: { stories: [
     { story: 'one writer 90 s behind from 1m fires after the 5m', series: { 'rm_snapshot_lag_seconds{instance="a"}': '0x40', 'rm_snapshot_lag_seconds{instance="b"}': '0x3 90x40' }, quiet: ['5m'], fires: { at: '6m' } },
     { story: '59 s behind, or unknown (NaN), is quiet', series: { 'rm_snapshot_lag_seconds{instance="a"}': '59x40', 'rm_snapshot_lag_seconds{instance="b"}': `0${' NaN'.repeat(40)}` }, quiet: ['10m'] },
@@ -202,7 +211,7 @@ function readmeAlerts(): Map<string, { expr: string; for?: string }> {
 describe('the README alerts table', () => {
   it('gives every rule of alerts.yml, with its expression and for, and no other', () => {
     const fromFile = Object.fromEntries(rules.map((r) => [r.alert, r.for ? { expr: r.expr, for: r.for } : { expr: r.expr }]));
-    expect(rules.length).toBe(15);
+    expect(rules.length).toBe(16);
     expect(Object.fromEntries(readmeAlerts())).toEqual(fromFile);
   });
 });
@@ -259,7 +268,7 @@ describe.skipIf(!HAS_PROMETHEUS)('a real Prometheus with deploy/prometheus/prome
       const rulesNow = async () => (await prom!.api('rules')).groups.flatMap((g: any) => g.rules) as { name: string; health: string; lastError?: string; state: string }[];
       const evaluated = await until(rulesNow, (rs) => rs.length === rules.length && rs.every((r) => r.health !== 'unknown') && rs.some((r) => r.name === 'ReferralManagerSatellitesRefused' && r.state === 'pending'), 'every rule evaluated, the refusals pending', 60_000);
       expect(evaluated.filter((r) => r.health !== 'ok')).toEqual([]);
-      expect(Object.fromEntries(evaluated.map((r) => [r.name, r.state]))).toMatchObject({ ReferralManagerSatellitesRefused: 'pending', ReferralManagerNoSnapshotWriter: 'inactive', ReferralManagerRedisUnreadable: 'inactive' });
+      expect(Object.fromEntries(evaluated.map((r) => [r.name, r.state]))).toMatchObject({ ReferralManagerSatellitesRefused: 'pending', ReferralManagerDown: 'inactive', ReferralManagerNoSnapshotWriter: 'inactive', ReferralManagerRedisUnreadable: 'inactive' });
     } finally {
       clearInterval(refusing);
       await prom?.stop();
