@@ -1,21 +1,13 @@
-import { execFile, spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { parse, stringify } from 'yaml';
-import { freePort, kill, waitForOutput } from '../bench/redis-server.js';
-import { MAIN } from './helpers/cli.js';
+import { parse } from 'yaml';
 import { serve } from './helpers/http.js';
-import { testDatabase } from './helpers/pg.js';
+import { HAS_PROMETHEUS, METRICS_KEY, promtool, RULES, scrapedDeployment } from './helpers/prometheus.js';
 import { dropSharedPrefixes, testPrefix } from './helpers/redis.js';
 import { until } from './helpers/snapshot.js';
-
-const DEPLOY = path.resolve(import.meta.dirname, '../deploy/prometheus');
-const RULES = path.join(DEPLOY, 'alerts.yml');
-const HAS_PROMETHEUS = ['promtool', 'prometheus'].every((bin) => spawnSync(bin, ['--version']).status === 0);
-if (!HAS_PROMETHEUS) console.warn('test/prometheus.test.ts: promtool or prometheus not found on PATH, skipped (Debian: apt-get install prometheus; .ci/run installs it)');
 
 interface Rule {
   alert: string;
@@ -28,17 +20,6 @@ const rules: Rule[] = (parse(readFileSync(RULES, 'utf8')) as { groups: { rules: 
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'rm-prometheus-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-
-/** promtool's exit code and everything it printed (a failed unit test says which alert, when, and what it got). */
-async function promtool(...args: string[]): Promise<{ code: number; output: string }> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)('promtool', args);
-    return { code: 0, output: stdout + stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: e.code ?? -1, output: `${e.stdout ?? ''}${e.stderr ?? ''}` };
-  }
-}
 
 /**
  * One story for an alert, in promtool's unit-test terms: series sampled every `interval` of the alert's stories
@@ -220,66 +201,24 @@ describe('the README alerts table', () => {
   });
 });
 
-const METRICS_KEY = 'test-metrics-key-0123456789abcdefghij';
-
-/** A real Prometheus running deploy/prometheus/prometheus.yml, pointed at `targets` by job, scraping and evaluating every second. */
-async function prometheus(targets: Record<string, string>): Promise<{ api(p: string): Promise<any>; stop(): Promise<void> }> {
-  const config = parse(readFileSync(path.join(DEPLOY, 'prometheus.yml'), 'utf8'));
-  const keyFile = path.join(tmp, 'metrics-key');
-  writeFileSync(keyFile, METRICS_KEY);
-  config.global = { scrape_interval: '1s', evaluation_interval: '1s' };
-  config.rule_files = [RULES];
-  for (const job of config.scrape_configs) {
-    expect(Object.keys(targets)).toContain(job.job_name);
-    job.authorization.credentials_file = keyFile;
-    job.static_configs = [{ targets: [targets[job.job_name]] }];
-  }
-  const file = path.join(tmp, 'prometheus.yml');
-  writeFileSync(file, stringify(config));
-  const checked = await promtool('check', 'config', file);
-  expect(checked.output).toContain('SUCCESS');
-  const port = await freePort();
-  const proc = spawn('prometheus', [`--config.file=${file}`, `--storage.tsdb.path=${path.join(tmp, 'data')}`, `--web.listen-address=127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
-  await waitForOutput(proc, /Server is ready to receive web requests/, 'prometheus', 30_000);
-  return {
-    api: async (p) => ((await (await fetch(`http://127.0.0.1:${port}/api/v1/${p}`)).json()) as { data: unknown }).data,
-    stop: () => kill(proc, 'SIGTERM'),
-  };
-}
-
 describe.skipIf(!HAS_PROMETHEUS)('a real Prometheus with deploy/prometheus/prometheus.yml', () => {
   it('scrapes a serve and a standalone writer with METRICS_KEY and evaluates every rule without error', async () => {
-    const db = await testDatabase();
-    const prefix = testPrefix('prom');
-    const env = { KEY_PREFIX: prefix, DATABASE_URL: db.url, METRICS_KEY };
-    const served = await serve({ ...env, SNAPSHOT: 'true' });
-    const writerPort = await freePort();
-    const writer = spawn(process.execPath, [MAIN, 'snapshot', '--metrics-port', String(writerPort)], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const { served, prom, stop } = await scrapedDeployment();
     let refusing: NodeJS.Timeout | undefined;
-    let prom: Awaited<ReturnType<typeof prometheus>> | undefined;
     try {
-      // the writer says it listens once it serves /metrics
-      await until(() => fetch(`http://127.0.0.1:${writerPort}/healthz`).then((r) => r.status, () => 0), (s) => s === 200, 'the writer listens');
-      prom = await prometheus({ 'referral-manager': `127.0.0.1:${served.port}`, 'referral-manager-snapshot': `127.0.0.1:${writerPort}` });
       // a satellite with an unknown key, refused again and again: ReferralManagerSatellitesRefused goes pending
       const refuse = () => void fetch(`${served.url}/v1/tokens/00000000-0000-4000-8000-000000000000`, { headers: { authorization: 'Bearer not-a-key' } }).then((r) => r.body?.cancel(), () => undefined);
       refusing = setInterval(refuse, 200);
-      const up = await until(() => prom!.api('targets'), (d) => d.activeTargets.length === 2 && d.activeTargets.every((t: any) => t.health === 'up'), 'both targets up');
-      expect(up.activeTargets.map((t: any) => t.labels.job).sort()).toEqual(['referral-manager', 'referral-manager-snapshot']);
       // scraped with the key: both ran, one of them holds the writer's lease
-      const leaders = await until(() => prom!.api('query?query=sum(rm_snapshot_leader)'), (d) => d.result[0]?.value[1] === '1', 'one lease holder scraped');
+      const leaders = await until(() => prom.api('query?query=sum(rm_snapshot_leader)'), (d) => d.result[0]?.value[1] === '1', 'one lease holder scraped');
       expect(leaders.result).toHaveLength(1);
-      const rulesNow = async () => (await prom!.api('rules')).groups.flatMap((g: any) => g.rules) as { name: string; health: string; lastError?: string; state: string }[];
+      const rulesNow = async () => (await prom.api('rules')).groups.flatMap((g: any) => g.rules) as { name: string; health: string; lastError?: string; state: string }[];
       const evaluated = await until(rulesNow, (rs) => rs.length === rules.length && rs.every((r) => r.health !== 'unknown') && rs.some((r) => r.name === 'ReferralManagerSatellitesRefused' && r.state === 'pending'), 'every rule evaluated, the refusals pending', 60_000);
       expect(evaluated.filter((r) => r.health !== 'ok')).toEqual([]);
       expect(Object.fromEntries(evaluated.map((r) => [r.name, r.state]))).toMatchObject({ ReferralManagerSatellitesRefused: 'pending', ReferralManagerDown: 'inactive', ReferralManagerNoSnapshotWriter: 'inactive', ReferralManagerRedisUnreadable: 'inactive' });
     } finally {
       clearInterval(refusing);
-      await prom?.stop();
-      await kill(writer, 'SIGTERM');
-      await served.stop();
-      await dropSharedPrefixes(prefix);
-      await db.drop();
+      await stop();
     }
   }, 120_000);
 

@@ -1,0 +1,111 @@
+import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { expect } from 'vitest';
+import { parse, stringify } from 'yaml';
+import { freePort, kill, waitForOutput } from '../../bench/redis-server.js';
+import { MAIN } from './cli.js';
+import { serve, type Served } from './http.js';
+import { testDatabase } from './pg.js';
+import { dropSharedPrefixes, testPrefix } from './redis.js';
+import { until } from './snapshot.js';
+
+export const DEPLOY = path.resolve(import.meta.dirname, '../../deploy');
+export const RULES = path.join(DEPLOY, 'prometheus/alerts.yml');
+export const HAS_PROMETHEUS = ['promtool', 'prometheus'].every((bin) => spawnSync(bin, ['--version']).status === 0);
+if (!HAS_PROMETHEUS) console.warn('promtool or prometheus not found on PATH: the tests that run them are skipped (Debian: apt-get install prometheus; .ci/run installs it)');
+
+export const METRICS_KEY = 'test-metrics-key-0123456789abcdefghij';
+
+/** promtool's exit code and everything it printed (a failed unit test says which alert, when, and what it got). */
+export async function promtool(...args: string[]): Promise<{ code: number; output: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)('promtool', args);
+    return { code: 0, output: stdout + stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: e.code ?? -1, output: `${e.stdout ?? ''}${e.stderr ?? ''}` };
+  }
+}
+
+export interface Prometheus {
+  /** GET /api/v1/<p>: its data; throws with Prometheus' error (a bad query says why) */
+  api(p: string): Promise<any>;
+  stop(): Promise<void>;
+}
+
+/** A real Prometheus running deploy/prometheus/prometheus.yml, pointed at `targets` by job, scraping and evaluating every second. */
+export async function prometheus(targets: Record<string, string>): Promise<Prometheus> {
+  const tmp = mkdtempSync(path.join(os.tmpdir(), 'rm-prometheus-'));
+  const config = parse(readFileSync(path.join(DEPLOY, 'prometheus/prometheus.yml'), 'utf8'));
+  const keyFile = path.join(tmp, 'metrics-key');
+  writeFileSync(keyFile, METRICS_KEY);
+  config.global = { scrape_interval: '1s', evaluation_interval: '1s' };
+  config.rule_files = [RULES];
+  for (const job of config.scrape_configs) {
+    expect(Object.keys(targets)).toContain(job.job_name);
+    job.authorization.credentials_file = keyFile;
+    job.static_configs = [{ targets: [targets[job.job_name]] }];
+  }
+  const file = path.join(tmp, 'prometheus.yml');
+  writeFileSync(file, stringify(config));
+  const checked = await promtool('check', 'config', file);
+  expect(checked.output).toContain('SUCCESS');
+  const port = await freePort();
+  const proc = spawn('prometheus', [`--config.file=${file}`, `--storage.tsdb.path=${path.join(tmp, 'data')}`, `--web.listen-address=127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  await waitForOutput(proc, /Server is ready to receive web requests/, 'prometheus', 30_000);
+  return {
+    async api(p) {
+      const body = (await (await fetch(`http://127.0.0.1:${port}/api/v1/${p}`)).json()) as { status: string; data?: unknown; error?: string };
+      if (body.status !== 'success') throw new Error(`${body.error}`);
+      return body.data;
+    },
+    async stop() {
+      await kill(proc, 'SIGTERM');
+      rmSync(tmp, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface ScrapedDeployment {
+  /** the serve (SNAPSHOT=true, so it runs a writer too) */
+  served: Served;
+  prom: Prometheus;
+  stop(): Promise<void>;
+}
+
+/**
+ * A serve and a standalone `snapshot` writer on a fresh key prefix and database, with METRICS_KEY, and a
+ * real Prometheus (above) scraping both: returned once both targets are up. `env` adds to theirs.
+ */
+export async function scrapedDeployment(env: Record<string, string> = {}): Promise<ScrapedDeployment> {
+  const db = await testDatabase();
+  const prefix = testPrefix('prom');
+  const both = { KEY_PREFIX: prefix, DATABASE_URL: db.url, METRICS_KEY, ...env };
+  let served: Served | undefined;
+  let writer: ChildProcess | undefined;
+  let prom: Prometheus | undefined;
+  const stop = async () => {
+    await prom?.stop();
+    if (writer) await kill(writer, 'SIGTERM');
+    await served?.stop();
+    await dropSharedPrefixes(prefix);
+    await db.drop();
+  };
+  try {
+    served = await serve({ ...both, SNAPSHOT: 'true' });
+    const writerPort = await freePort();
+    writer = spawn(process.execPath, [MAIN, 'snapshot', '--metrics-port', String(writerPort)], { env: { ...process.env, ...both }, stdio: ['ignore', 'pipe', 'pipe'] });
+    // the writer says it listens once it serves /metrics
+    await until(() => fetch(`http://127.0.0.1:${writerPort}/healthz`).then((r) => r.status, () => 0), (s) => s === 200, 'the writer listens');
+    prom = await prometheus({ 'referral-manager': `127.0.0.1:${served.port}`, 'referral-manager-snapshot': `127.0.0.1:${writerPort}` });
+    const up = await until(() => prom!.api('targets'), (d) => d.activeTargets.length === 2 && d.activeTargets.every((t: any) => t.health === 'up'), 'both targets up');
+    expect(up.activeTargets.map((t: any) => t.labels.job).sort()).toEqual(['referral-manager', 'referral-manager-snapshot']);
+    return { served, prom, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
