@@ -108,6 +108,30 @@ const STORIES: Record<string, { interval?: string; stories: Story[] }> = {
       quiet: ['8m'],
     },
   ] },
+  ReferralManagerSlowSignups: { stories: [
+    {
+      story: 'half the redeems take 0.25–1 s for 10m',
+      series: {
+        'rm_http_request_duration_seconds_bucket{route="/v1/tokens/redeem",status="200",le="0.01"}': '0+50x60',
+        'rm_http_request_duration_seconds_bucket{route="/v1/tokens/redeem",status="200",le="0.25"}': '0+50x60',
+        'rm_http_request_duration_seconds_bucket{route="/v1/tokens/redeem",status="200",le="1"}': '0+100x60',
+        'rm_http_request_duration_seconds_bucket{route="/v1/tokens/redeem",status="200",le="+Inf"}': '0+100x60',
+      },
+      quiet: ['9m'],
+      fires: { at: '11m' },
+    },
+    {
+      story: 'fast sign-ups, and a slow admin route',
+      series: {
+        'rm_http_request_duration_seconds_bucket{route="/v1/tokens/reserve",status="200",le="0.01"}': '0+100x60',
+        'rm_http_request_duration_seconds_bucket{route="/v1/tokens/reserve",status="200",le="+Inf"}': '0+100x60',
+        'rm_http_request_duration_seconds_bucket{route="/v1/admin/tokens/generate",status="200",le="1"}': '0x60',
+        'rm_http_request_duration_seconds_bucket{route="/v1/admin/tokens/generate",status="200",le="+Inf"}': '0+100x60',
+      },
+      quiet: ['11m'],
+    },
+    { story: 'no sign-up at all', series: { 'rm_http_request_duration_seconds_bucket{route="/v1/tokens/redeem",status="200",le="+Inf"}': '0x60' }, quiet: ['11m'] },
+  ] },
   ReferralManagerReferralsStopped: { interval: '1h', stories: [
     {
       story: 'tokens out and no redemption for a day',
@@ -196,7 +220,7 @@ function readmeAlerts(): Map<string, { expr: string; for?: string }> {
 describe('the README alerts table', () => {
   it('gives every rule of alerts.yml, with its expression and for, and no other', () => {
     const fromFile = Object.fromEntries(rules.map((r) => [r.alert, r.for ? { expr: r.expr, for: r.for } : { expr: r.expr }]));
-    expect(rules.length).toBe(17);
+    expect(rules.length).toBe(18);
     expect(Object.fromEntries(readmeAlerts())).toEqual(fromFile);
   });
 });
