@@ -1,0 +1,330 @@
+import { readFileSync } from 'node:fs';
+import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js';
+import { Pool } from 'undici';
+import { parse } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../bench/redis-server.js';
+import { loadConfig } from '../src/config.js';
+import { errorCatalogue } from '../src/errors.js';
+import type { Route } from '../src/http/router.js';
+import { routes } from '../src/http/routes.js';
+import { ADMIN_KEY, call, serve, type Format, type Reply, type Served } from './helpers/http.js';
+import { dropSharedPrefixes, testPrefix } from './helpers/redis.js';
+
+// satellite teams generate their clients from docs/openapi.yaml: a route, field or limit it gets wrong is a
+// client that fails against the real server, so the spec is held to the route table and to real replies
+
+type Json = Record<string, any>;
+const spec = parse(readFileSync(new URL('../docs/openapi.yaml', import.meta.url), 'utf8')) as Json;
+
+const METHODS = ['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace'];
+/** `/v1/users/:userId/tokens` as OpenAPI writes it: `/v1/users/{userId}/tokens` */
+const templated = (pattern: string) => pattern.replace(/:(\w+)/g, '{$1}');
+const escape = (segment: string) => segment.replaceAll('~', '~0').replaceAll('/', '~1');
+
+/** The node a local `$ref` (`#/a/b`) points at; throws when there is none. */
+function target(ref: string): Json {
+  if (!ref.startsWith('#/')) throw new Error(`${ref}: only local refs are used`);
+  let node: any = spec;
+  for (const part of ref.slice(2).split('/').map((p) => p.replaceAll('~1', '/').replaceAll('~0', '~'))) {
+    node = node?.[part];
+    if (node === undefined) throw new Error(`${ref} does not resolve`);
+  }
+  return node;
+}
+
+/** A response or parameter object with its `$ref` followed; `pointer`: where it lives, for Ajv. */
+function followed(node: Json, pointer: string): { node: Json; pointer: string } {
+  return node.$ref ? { node: target(node.$ref), pointer: (node.$ref as string).slice(1) } : { node, pointer };
+}
+
+/**
+ * A request schema of the spec as the route declares it: refs replaced by what they point at, annotations
+ * (description, format) dropped, and OpenAPI 3.1's `type: [string, 'null']` written as the `nullable: true`
+ * the server's Ajv (draft-07 with its nullable keyword) takes. Siblings of a `$ref` are merged into its target.
+ */
+function normalised(schema: unknown): unknown {
+  if (Array.isArray(schema)) return schema.map(normalised);
+  if (!schema || typeof schema !== 'object') return schema;
+  const { $ref, description: _d, format: _f, ...rest } = schema as Json;
+  if ($ref) return normalised({ ...target($ref), ...rest });
+  const out: Json = Object.fromEntries(Object.entries(rest).map(([k, v]) => [k, k === 'properties' ? Object.fromEntries(Object.entries(v).map(([p, s]) => [p, normalised(s)])) : normalised(v)]));
+  if (Array.isArray(out.type) && out.type.length === 2 && out.type.includes('null')) {
+    out.type = out.type.find((t: string) => t !== 'null');
+    out.nullable = true;
+  }
+  return out;
+}
+
+/**
+ * The server's own route table: routes() with deps that do nothing. Building the routes only reads the
+ * config (MAX_LEASE_MS's default into reserve's schema) and makes the API's metric counters in this process;
+ * the deps are used by handlers, which never run here. So the list and the body schemas are the ones
+ * mount() serves and compiles, not a copy parsed out of the source text.
+ */
+function serverRoutes(): Route[] {
+  const inert = {} as never;
+  return routes({ config: loadConfig({}, {}), engine: inert, registry: inert, auth: inert, limiter: inert, ready: inert, metrics: inert });
+}
+
+function operation(route: Pick<Route, 'method' | 'pattern'>): Json {
+  return spec.paths[templated(route.pattern)]?.[route.method];
+}
+
+const ajv = new Ajv2020({ strict: true, allowUnionTypes: true, allErrors: true });
+ajv.addFormat('int64', { type: 'number', validate: Number.isSafeInteger });
+// the document is added whole, so a response schema's refs resolve in it; Ajv compiles its root on the way,
+// whose fields (openapi, paths, components...) are then keywords that check nothing
+ajv.addVocabulary(Object.keys(spec));
+ajv.addSchema(spec, 'openapi');
+const validators = new Map<string, ValidateFunction>();
+const validatorAt = (pointer: string) => {
+  let v = validators.get(pointer);
+  if (!v) validators.set(pointer, (v = ajv.compile({ $ref: `openapi#${pointer}` })));
+  return v;
+};
+
+describe('docs/openapi.yaml against the route table', () => {
+  const table = serverRoutes();
+
+  it('is an OpenAPI 3.1 document whose every $ref resolves', () => {
+    expect(spec.openapi).toMatch(/^3\.1\.\d+$/);
+    expect(spec.info.title).toBeTruthy();
+    expect(Object.keys(spec.components.schemas).length).toBeGreaterThan(10);
+    const refs: string[] = [];
+    const walk = (node: unknown) => {
+      if (Array.isArray(node)) node.forEach(walk);
+      else if (node && typeof node === 'object') for (const [k, v] of Object.entries(node)) (k === '$ref' ? refs.push(v as string) : walk(v));
+    };
+    walk(spec);
+    expect(refs.length).toBeGreaterThan(100);
+    for (const ref of new Set(refs)) expect(() => target(ref), ref).not.toThrow();
+    // strict: a misspelt keyword (maxLenght) would check nothing, and a reply schema with one would pass anything
+    for (const name of Object.keys(spec.components.schemas)) expect(() => validatorAt(`/components/schemas/${name}`), name).not.toThrow();
+  });
+
+  it('has exactly the routes the server has, each with its path parameters and the security of its auth kind', () => {
+    const documented = Object.entries(spec.paths as Json).flatMap(([p, item]) => METHODS.filter((m) => item[m]).map((m) => `${m.toUpperCase()} ${p}`));
+    expect(documented.sort()).toEqual(table.map((r) => `${r.method.toUpperCase()} ${templated(r.pattern)}`).sort());
+    const security: Record<Route['auth'], unknown> = { satellite: spec.security, admin: [{ adminKey: [] }], none: [], metrics: [{}, { metricsKey: [] }] };
+    expect(spec.security).toEqual([{ satelliteKey: [] }]);
+    for (const r of table) {
+      const path = templated(r.pattern);
+      const params = [...(spec.paths[path].parameters ?? []), ...(operation(r).parameters ?? [])].map((p: Json) => followed(p, '').node);
+      const named = params.filter((p) => p.in === 'path').map((p) => [p.name, p.required]);
+      expect(named, path).toEqual([...r.pattern.matchAll(/:(\w+)/g)].map((m) => [m[1], true]));
+      expect(operation(r).security ?? spec.security, `${r.method} ${path}`).toEqual(security[r.auth]);
+    }
+  });
+
+  it('gives each route the body schema the server validates, for JSON and MessagePack alike', () => {
+    for (const r of table) {
+      const body = operation(r)?.requestBody;
+      const name = `${r.method} ${r.pattern}`;
+      if (!r.schema) {
+        expect(body, name).toBeUndefined();
+        continue;
+      }
+      expect(body, name).toBeDefined();
+      expect(Object.keys(body.content).sort(), name).toEqual(['application/json', 'application/msgpack']);
+      expect(body.required, name).toBe(!r.optionalBody);
+      for (const media of Object.values(body.content as Json)) expect(normalised(media.schema), name).toEqual(r.schema);
+    }
+  });
+
+  it("lists the catalogue's wire codes as the Error schema's enum", () => {
+    expect([...spec.components.schemas.Error.properties.error.enum].sort()).toEqual(Object.keys(errorCatalogue).sort());
+  });
+});
+
+/** Every reply seen: `METHOD pattern status`. */
+const seen = new Set<string>();
+
+/** Fails unless the spec declares this status for the route, with this reply's content type, headers and body. */
+function conforms(method: string, pattern: string, r: Reply): void {
+  const path = templated(pattern);
+  const name = `${method} ${path} ${r.status} ${JSON.stringify(r.body)}`;
+  const declared = spec.paths[path]?.[method.toLowerCase()]?.responses?.[String(r.status)];
+  expect(declared, `undeclared reply: ${name}`).toBeDefined();
+  const { node: response, pointer } = followed(declared, `/paths/${escape(path)}/${method.toLowerCase()}/responses/${r.status}`);
+  const type = String(r.headers['content-type']).split(';')[0]!;
+  expect(Object.keys(response.content ?? {}), `content type ${type} of ${name}`).toContain(type);
+  const validate = validatorAt(`${pointer}/content/${escape(type)}/schema`);
+  expect(validate(r.body) ? [] : validate.errors, name).toEqual([]);
+  for (const [header, h] of Object.entries((response.headers ?? {}) as Json)) {
+    const { node, pointer: at } = followed(h, `${pointer}/headers/${header}`);
+    const value = r.headers[header.toLowerCase()];
+    if (node.required) expect(value, `${header} of ${name}`).toBeDefined();
+    if (value !== undefined) expect(validatorAt(`${at}/schema`)(value), `${header}: ${String(value)} of ${name}`).toBe(true);
+  }
+  seen.add(`${method} ${pattern} ${r.status}`);
+}
+
+const prefix = testPrefix('openapi');
+let server: Served;
+let pool: Pool;
+
+/** A request to a route (`params` fill its `:name` segments, percent-encoded), its reply checked against the spec. */
+async function send(method: string, pattern: string, opts: Parameters<typeof call>[3] & { params?: string[] } = {}): Promise<Reply> {
+  const params = [...(opts.params ?? [])];
+  const url = pattern.replace(/:\w+/g, () => encodeURIComponent(params.shift()!));
+  const r = await call(pool, method, url, opts);
+  conforms(method, pattern, r);
+  return r;
+}
+
+/** Waits (polling, no deadline of its own) until the server's clock, the same as ours, is past `ms`. */
+async function past(ms: number): Promise<void> {
+  while (Date.now() <= ms) await new Promise((r) => setTimeout(r, Math.max(5, ms - Date.now() + 5)));
+}
+
+describe('a real serve answers only what docs/openapi.yaml describes', () => {
+  const admin = { key: ADMIN_KEY };
+  const unknownToken = (i: number) => `ffff0000-0000-4000-8000-${String(i).padStart(12, '0')}`;
+
+  beforeAll(async () => {
+    server = await serve({ KEY_PREFIX: prefix, METRICS_KEY: 'openapi-metrics-key-0123456789abcdef', RATE_LIMIT_SATELLITE_FAILURES: '3', RATE_LIMIT_WINDOW_MS: '3600000' });
+    pool = new Pool(server.url, { connections: 2 });
+  });
+  afterAll(async () => {
+    await pool?.close();
+    await server?.stop();
+    await dropSharedPrefixes(prefix);
+  });
+
+  it('the admin routes, in JSON and MessagePack, and their refusals', async () => {
+    const us1 = await send('POST', '/v1/admin/satellites', { ...admin, body: { id: 'us1', name: 'US1' } });
+    expect(us1.status).toBe(201);
+    expect((await send('POST', '/v1/admin/satellites', { ...admin, body: { id: 'eu1', url: 'https://eu1.example', outboundKey: 'k' }, format: 'msgpack' })).status).toBe(201);
+    expect((await send('POST', '/v1/admin/satellites', { ...admin, body: { id: 'us1' } })).body.error).toBe('satellite_exists');
+    expect((await send('POST', '/v1/admin/satellites', { ...admin, body: { name: 'no id' } })).body.error).toBe('invalid_request');
+    expect((await send('POST', '/v1/admin/satellites', { key: us1.body.apiKey, body: { id: 'x' } })).body.error).toBe('forbidden');
+    expect((await send('POST', '/v1/admin/satellites', { body: { id: 'x' }, format: 'msgpack' })).body.error).toBe('unauthorized');
+    expect((await send('POST', '/v1/admin/satellites', { ...admin, raw: 'id=x', contentType: 'text/plain' })).body.error).toBe('unsupported_media_type');
+    for (const format of ['json', 'msgpack'] as Format[]) expect((await send('GET', '/v1/admin/satellites', { ...admin, format })).body.satellites).toHaveLength(2);
+
+    expect((await send('PATCH', '/v1/admin/satellites/:id', { ...admin, params: ['us1'], body: { url: 'https://us1.example', name: null } })).body).not.toHaveProperty('name');
+    expect((await send('PATCH', '/v1/admin/satellites/:id', { ...admin, params: ['nope'], body: { name: 'n' }, format: 'msgpack' })).body.error).toBe('satellite_not_found');
+    expect((await send('PATCH', '/v1/admin/satellites/:id', { ...admin, params: ['us1'], body: {} })).body.error).toBe('invalid_request');
+
+    expect((await send('POST', '/v1/admin/satellites', { ...admin, body: { id: 'gone' } })).status).toBe(201);
+    // without a body (it is optional) and with one
+    expect((await send('POST', '/v1/admin/satellites/:id/rotate-key', { ...admin, params: ['gone'] })).status).toBe(200);
+    expect((await send('POST', '/v1/admin/satellites/:id/rotate-key', { ...admin, params: ['gone'], body: { graceMs: 0 }, format: 'msgpack' })).status).toBe(200);
+    expect((await send('POST', '/v1/admin/satellites/:id/rotate-key', { ...admin, params: ['nope'], body: { graceMs: 0 } })).status).toBe(404);
+    expect((await send('POST', '/v1/admin/satellites/:id/rotate-key', { ...admin, params: ['gone'], body: { graceMs: -1 } })).status).toBe(400);
+    expect((await send('DELETE', '/v1/admin/satellites/:id', { ...admin, params: ['gone'], format: 'msgpack' })).body).toEqual({ id: 'gone', removed: true });
+    expect((await send('DELETE', '/v1/admin/satellites/:id', { ...admin, params: ['gone'] })).body.error).toBe('satellite_not_found');
+
+    const made = await send('POST', '/v1/admin/tokens/generate', { ...admin, body: { satelliteId: 'us1', userIds: ['a', 'b'], perUser: 2, expiresAt: Date.now() + 3_600_000 }, format: 'msgpack' });
+    expect(made.body.tokens).toHaveLength(4);
+    expect((await send('POST', '/v1/admin/tokens/generate', { ...admin, body: { satelliteId: 'nope', userIds: ['a'], perUser: 1 } })).body.error).toBe('satellite_not_found');
+    expect((await send('POST', '/v1/admin/tokens/generate', { ...admin, body: { satelliteId: 'us1', userIds: ['a'], perUser: 1, expiresAt: 1 } })).body.error).toBe('invalid_request');
+    expect((await send('POST', '/v1/admin/tokens/generate', { ...admin, body: { satelliteId: 'us1', userIds: ['a'], perUser: 1, campaignId: 'dead' } })).status).toBe(200);
+    for (const body of [{ campaignId: 'dead' }, { tokens: [made.body.tokens[0].token] }, { satelliteId: 'us1', userId: 'b' }, { satelliteId: 'eu1', allUsers: true }]) {
+      expect((await send('POST', '/v1/admin/tokens/revoke', { ...admin, body })).status).toBe(200);
+    }
+    expect((await send('POST', '/v1/admin/tokens/revoke', { ...admin, body: { satelliteId: 'us1' }, format: 'msgpack' })).body.error).toBe('invalid_request');
+    expect((await send('POST', '/v1/admin/tokens/generate', { ...admin, body: { satelliteId: 'us1', userIds: ['a'], perUser: 1, campaignId: 'dead' } })).body.error).toBe('campaign_revoked');
+
+    expect((await send('POST', '/v1/admin/tokens/purge', { ...admin, body: { madeBefore: Date.now(), dryRun: true } })).body).toHaveProperty('wouldPurge');
+    expect((await send('POST', '/v1/admin/tokens/purge', { ...admin, body: { madeBefore: Date.now() }, format: 'msgpack' })).body).toHaveProperty('purged');
+    expect((await send('POST', '/v1/admin/tokens/purge', { ...admin, body: { madeBefore: 'now' } })).status).toBe(400);
+    for (const format of ['json', 'msgpack'] as Format[]) expect(Object.keys((await send('GET', '/v1/admin/stats', { ...admin, format })).body.satellites)).toContain('us1');
+    expect((await send('GET', '/v1/admin/stats', { key: 'rmk_unknown' })).status).toBe(401);
+  });
+
+  it('the satellite routes, in JSON and MessagePack, and their refusals', async () => {
+    const keyOf = async (id: string) => (await send('POST', '/v1/admin/satellites', { ...admin, body: { id } })).body.apiKey as string;
+    const [own, other, guesser] = [await keyOf('own'), await keyOf('other'), await keyOf('guesser')];
+    const expiresAt = Date.now() + 3000;
+    const gen = async (body: object) => ((await send('POST', '/v1/admin/tokens/generate', { ...admin, body: { satelliteId: 'own', userIds: ['alice'], ...body } })).body.tokens as { token: string }[]).map((t) => t.token);
+    const [t1, t2, t3, t4, t5] = await gen({ perUser: 5 });
+    const [soon] = await gen({ perUser: 1, expiresAt });
+    const [dead] = await gen({ perUser: 1, campaignId: 'dead-2' });
+    await send('POST', '/v1/admin/tokens/revoke', { ...admin, body: { tokens: [dead] } });
+
+    const redeem = (key: string, token: string, userId: string, format: Format = 'json') => send('POST', '/v1/tokens/redeem', { key, body: { token, userId }, format });
+    expect((await redeem(other, t1!, 'bob')).body.ownerUserId).toBe('alice');
+    expect((await redeem(own, t2!, 'carol', 'msgpack')).status).toBe(200);
+    expect((await redeem(other, t1!, 'dave', 'msgpack')).body.error).toBe('token_already_redeemed');
+    expect((await redeem(other, unknownToken(1), 'bob')).body.error).toBe('token_not_found');
+    expect((await redeem(other, dead!, 'bob')).body.error).toBe('token_revoked');
+    expect((await redeem(other, 'not-a-token', 'bob')).body.error).toBe('invalid_request');
+    expect((await redeem(ADMIN_KEY, t3!, 'bob')).body.error).toBe('forbidden');
+    expect((await redeem('rmk_unknown', t3!, 'bob', 'msgpack')).body.error).toBe('unauthorized');
+    expect((await send('POST', '/v1/tokens/redeem', { key: other, raw: JSON.stringify({ token: t3, userId: 'x'.repeat(17_000) }), contentType: 'application/json' })).body.error).toBe('body_too_large');
+    expect((await send('POST', '/v1/tokens/redeem', { key: other, raw: 'token=x', contentType: 'application/x-www-form-urlencoded' })).body.error).toBe('unsupported_media_type');
+
+    const reserved = await send('POST', '/v1/tokens/reserve', { key: other, body: { token: t3, leaseMs: 60_000, reservationId: 'signup-1' }, format: 'msgpack' });
+    expect(reserved.body.reservationId).toBe('signup-1');
+    expect((await redeem(other, t3!, 'eve')).body.error).toBe('token_reserved');
+    expect((await send('POST', '/v1/tokens/reserve', { key: other, body: { token: t3, leaseMs: 0 } })).status).toBe(400);
+    expect((await send('POST', '/v1/tokens/complete', { key: other, body: { token: t3, reservationId: 'signup-2', userId: 'eve' } })).body.error).toBe('reservation_mismatch');
+    expect((await send('POST', '/v1/tokens/complete', { key: other, body: { token: t3, reservationId: 'signup-1', userId: 'eve' }, format: 'msgpack' })).status).toBe(200);
+    expect((await send('POST', '/v1/tokens/complete', { key: other, body: { token: unknownToken(2), reservationId: 'r', userId: 'eve' } })).body.error).toBe('token_not_found');
+    const held = await send('POST', '/v1/tokens/reserve', { key: other, body: { token: t4 } });
+    expect((await send('POST', '/v1/tokens/release', { key: other, body: { token: t4, reservationId: held.body.reservationId }, format: 'msgpack' })).body.state).toBe('unredeemed');
+    expect((await send('POST', '/v1/tokens/release', { key: other, body: { token: t4, reservationId: held.body.reservationId } })).body.error).toBe('reservation_mismatch');
+    expect((await send('POST', '/v1/tokens/release', { key: other, body: { token: t4 } })).status).toBe(400);
+    const lapsing = await send('POST', '/v1/tokens/reserve', { key: other, body: { token: t5, leaseMs: 1 } });
+    await past(lapsing.body.leaseExpiresAt);
+    expect((await send('POST', '/v1/tokens/complete', { key: other, body: { token: t5, reservationId: lapsing.body.reservationId, userId: 'fay' } })).body.error).toBe('reservation_expired');
+
+    for (const format of ['json', 'msgpack'] as Format[]) {
+      expect((await send('GET', '/v1/tokens/:token', { key: other, params: [t1!], format })).body.expiresAt).toBeNull();
+      expect((await send('GET', '/v1/tokens/:token', { key: other, params: [soon!], format })).body.expiresAt).toBe(expiresAt);
+      expect((await send('GET', '/v1/users/:userId/tokens', { key: own, params: ['alice'], format })).body.tokens.length).toBeGreaterThan(0);
+      const { body } = await send('GET', '/v1/users/:userId/redemptions', { key: own, params: ['alice'], format });
+      // redeemerUserId only for the caller's own users
+      expect(body.redemptions.map((r: { redeemerUserId?: string }) => r.redeemerUserId ?? null)).toEqual([null, 'carol', null]);
+    }
+    expect((await send('GET', '/v1/tokens/:token', { key: own, params: [unknownToken(3)] })).body.error).toBe('token_not_found');
+    expect((await send('GET', '/v1/tokens/:token', { key: other, params: ['NOT-A-TOKEN'] })).body.error).toBe('invalid_request');
+    expect((await send('GET', '/v1/users/:userId/tokens', { key: own, params: [''] })).body.error).toBe('invalid_request');
+    expect((await send('GET', '/v1/users/:userId/redemptions', { key: ADMIN_KEY, params: ['alice'] })).body.error).toBe('forbidden');
+    await past(expiresAt);
+    expect((await redeem(own, soon!, 'gus')).body.error).toBe('token_expired');
+    expect((await send('DELETE', '/v1/users/:userId/tokens', { key: own, params: ['alice'], format: 'msgpack' })).body.revoked).toBeGreaterThan(0);
+    expect((await send('DELETE', '/v1/users/:userId/tokens', { params: ['alice'] })).body.error).toBe('unauthorized');
+
+    // past the satellites' failure limit (3 a window) a guess is 429 with Retry-After; a window that ends
+    // between two guesses starts the count again, so it guesses until refused
+    let guess: Reply | undefined;
+    for (let i = 0; i < 8 && guess?.status !== 429; i++) guess = await redeem(guesser, unknownToken(10 + i), 'g', i % 2 ? 'msgpack' : 'json');
+    expect(guess!.body.error).toBe('rate_limited');
+    expect((await send('GET', '/v1/tokens/:token', { key: guesser, params: [unknownToken(20)], format: 'msgpack' })).status).toBe(429);
+  });
+
+  it('the ops routes', async () => {
+    for (const format of ['json', 'msgpack'] as Format[]) {
+      expect((await send('GET', '/healthz', { format })).body.status).toBe('ok');
+      expect((await send('GET', '/readyz', { format })).body.ready).toBe(true);
+    }
+    expect((await send('GET', '/metrics')).status).toBe(401);
+    expect((await send('GET', '/metrics', { key: 'openapi-metrics-key-0123456789abcdef' })).body).toContain('rm_http_requests_total');
+  });
+
+  it('with Redis unreachable: 503 with Retry-After, and /readyz 503', async () => {
+    // a port nothing listens on: serve starts, answers 503 and reports itself not ready
+    const down = await serve({ KEY_PREFIX: prefix, REDIS_URL: `redis://127.0.0.1:${await freePort()}` });
+    const saved = pool;
+    pool = new Pool(down.url, { connections: 1 });
+    try {
+      expect((await send('POST', '/v1/tokens/redeem', { key: 'rmk_any', body: { token: unknownToken(1), userId: 'u' }, format: 'msgpack' })).status).toBe(503);
+      expect((await send('POST', '/v1/admin/tokens/generate', { ...admin, body: { satelliteId: 'us1', userIds: ['a'], perUser: 1 } })).status).toBe(503);
+      expect((await send('GET', '/readyz')).body).toMatchObject({ ready: false, redis: 'down' });
+      expect((await send('GET', '/healthz')).status).toBe(200);
+    } finally {
+      await pool.close();
+      pool = saved;
+      await down.stop();
+    }
+  });
+
+  it('every route was answered a success, and the main refusals each once at least', () => {
+    for (const r of serverRoutes()) expect([...seen].some((s) => s.startsWith(`${r.method.toUpperCase()} ${r.pattern} 2`)), `${r.method} ${r.pattern}`).toBe(true);
+    const statuses = new Set([...seen].map((s) => s.split(' ')[2]));
+    for (const status of ['400', '401', '403', '404', '409', '410', '413', '415', '429', '503']) expect(statuses, status).toContain(status);
+  });
+});
