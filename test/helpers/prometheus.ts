@@ -70,40 +70,57 @@ export async function prometheus(targets: Record<string, string>): Promise<Prome
 }
 
 export interface ScrapedDeployment {
-  /** the serve (SNAPSHOT=true, so it runs a writer too) */
+  /** the serve (SNAPSHOT=true, so it runs a writer too, unless opts.serveWrites is false) */
   served: Served;
+  /** the standalone writer: stop() (SIGTERM) and start() it again on the port Prometheus scrapes */
+  writer: { stop(): Promise<void>; start(): Promise<void> };
   prom: Prometheus;
   stop(): Promise<void>;
+}
+
+export interface DeploymentOptions {
+  /** the serve's SNAPSHOT: false leaves the lease to the standalone writer */
+  serveWrites?: boolean;
+  /** the DATABASE_URL both processes get for the test database's `url` (e.g. a pgProxy's in front of it) */
+  reach?: (url: string) => Promise<string>;
 }
 
 /**
  * A serve and a standalone `snapshot` writer on a fresh key prefix and database, with METRICS_KEY, and a
  * real Prometheus (above) scraping both: returned once both targets are up. `env` adds to theirs.
  */
-export async function scrapedDeployment(env: Record<string, string> = {}): Promise<ScrapedDeployment> {
+export async function scrapedDeployment(env: Record<string, string> = {}, opts: DeploymentOptions = {}): Promise<ScrapedDeployment> {
   const db = await testDatabase();
   const prefix = testPrefix('prom');
-  const both = { KEY_PREFIX: prefix, DATABASE_URL: db.url, METRICS_KEY, ...env };
+  const both = { KEY_PREFIX: prefix, DATABASE_URL: opts.reach ? await opts.reach(db.url) : db.url, METRICS_KEY, ...env };
+  const writerPort = await freePort();
   let served: Served | undefined;
-  let writer: ChildProcess | undefined;
+  let proc: ChildProcess | undefined;
   let prom: Prometheus | undefined;
+  const writer = {
+    async stop() {
+      if (proc) await kill(proc, 'SIGTERM');
+    },
+    async start() {
+      proc = spawn(process.execPath, [MAIN, 'snapshot', '--metrics-port', String(writerPort)], { env: { ...process.env, ...both }, stdio: ['ignore', 'pipe', 'pipe'] });
+      // the writer says it listens once it serves /metrics
+      await until(() => fetch(`http://127.0.0.1:${writerPort}/healthz`).then((r) => r.status, () => 0), (s) => s === 200, 'the writer listens');
+    },
+  };
   const stop = async () => {
     await prom?.stop();
-    if (writer) await kill(writer, 'SIGTERM');
+    await writer.stop();
     await served?.stop();
     await dropSharedPrefixes(prefix);
     await db.drop();
   };
   try {
-    served = await serve({ ...both, SNAPSHOT: 'true' });
-    const writerPort = await freePort();
-    writer = spawn(process.execPath, [MAIN, 'snapshot', '--metrics-port', String(writerPort)], { env: { ...process.env, ...both }, stdio: ['ignore', 'pipe', 'pipe'] });
-    // the writer says it listens once it serves /metrics
-    await until(() => fetch(`http://127.0.0.1:${writerPort}/healthz`).then((r) => r.status, () => 0), (s) => s === 200, 'the writer listens');
+    served = await serve({ ...both, SNAPSHOT: String(opts.serveWrites ?? true) });
+    await writer.start();
     prom = await prometheus({ 'referral-manager': `127.0.0.1:${served.port}`, 'referral-manager-snapshot': `127.0.0.1:${writerPort}` });
     const up = await until(() => prom!.api('targets'), (d) => d.activeTargets.length === 2 && d.activeTargets.every((t: any) => t.health === 'up'), 'both targets up');
     expect(up.activeTargets.map((t: any) => t.labels.job).sort()).toEqual(['referral-manager', 'referral-manager-snapshot']);
-    return { served, prom, stop };
+    return { served, writer, prom, stop };
   } catch (err) {
     await stop();
     throw err;
