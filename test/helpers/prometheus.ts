@@ -102,7 +102,8 @@ export async function scrapedDeployment(env: Record<string, string> = {}, opts: 
       if (proc) await kill(proc, 'SIGTERM');
     },
     async start() {
-      proc = spawn(process.execPath, [MAIN, 'snapshot', '--metrics-port', String(writerPort)], { env: { ...process.env, ...both }, stdio: ['ignore', 'pipe', 'pipe'] });
+      proc = spawn(process.execPath, [MAIN, 'snapshot', '--metrics-port', String(writerPort)], { env: { ...process.env, ...both }, stdio: 'ignore' });
+      // (its log is not read: a pipe nobody reads blocks a writer that logs past the pipe's 64 KiB)
       // the writer says it listens once it serves /metrics
       await until(() => fetch(`http://127.0.0.1:${writerPort}/healthz`).then((r) => r.status, () => 0), (s) => s === 200, 'the writer listens');
     },
