@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import SwaggerParser from '@apidevtools/swagger-parser';
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js';
 import { Pool } from 'undici';
 import { parse } from 'yaml';
@@ -101,6 +102,12 @@ describe('docs/openapi.yaml against the route table', () => {
     for (const ref of new Set(refs)) expect(() => target(ref), ref).not.toThrow();
     // strict: a misspelt keyword (maxLenght) would check nothing, and a reply schema with one would pass anything
     for (const name of Object.keys(spec.components.schemas)) expect(() => validatorAt(`/components/schemas/${name}`), name).not.toThrow();
+  });
+
+  // the OpenAPI project's own 3.1 schema: a misplaced or misspelt field (`reponses`) is no part of the
+  // document to a generator, which then makes a client without it
+  it('is valid by the OpenAPI 3.1 schema', async () => {
+    await expect(SwaggerParser.validate(structuredClone(spec) as never)).resolves.toMatchObject({ openapi: spec.openapi });
   });
 
   it('has exactly the routes the server has, each with its path parameters and the security of its auth kind', () => {
