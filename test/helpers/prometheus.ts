@@ -2,7 +2,6 @@ import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_proces
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { expect } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { freePort, kill, waitForOutput } from '../../bench/redis-server.js';
@@ -19,15 +18,12 @@ if (!HAS_PROMETHEUS) console.warn('promtool or prometheus not found on PATH: the
 
 export const METRICS_KEY = 'test-metrics-key-0123456789abcdefghij';
 
-/** promtool's exit code and everything it printed (a failed unit test says which alert, when, and what it got). */
-export async function promtool(...args: string[]): Promise<{ code: number; output: string }> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)('promtool', args);
-    return { code: 0, output: stdout + stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: e.code ?? -1, output: `${e.stdout ?? ''}${e.stderr ?? ''}` };
-  }
+/** promtool's exit code and everything it printed (a failed unit test says which alert, when, and what it got); `input` is its stdin. */
+export function promtool(args: string[], input = ''): Promise<{ code: number; output: string }> {
+  return new Promise((resolve) => {
+    const child = execFile('promtool', args, (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, output: stdout + stderr }));
+    child.stdin!.end(input);
+  });
 }
 
 export interface Prometheus {
@@ -51,7 +47,7 @@ export async function prometheus(targets: Record<string, string>): Promise<Prome
   }
   const file = path.join(tmp, 'prometheus.yml');
   writeFileSync(file, stringify(config));
-  const checked = await promtool('check', 'config', file);
+  const checked = await promtool(['check', 'config', file]);
   expect(checked.output).toContain('SUCCESS');
   const port = await freePort();
   const proc = spawn('prometheus', [`--config.file=${file}`, `--storage.tsdb.path=${path.join(tmp, 'data')}`, `--web.listen-address=127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
