@@ -5,9 +5,11 @@ const MAX_CACHED = 10_000;
 
 /**
  * Bearer keys -> caller. Satellite keys are cached per process as sha256(key) -> satellite id for
- * `ttlMs` (default 5 s), so the hot path costs no Redis round-trip: a removed satellite or a key retired
- * without grace keeps working for at most `ttlMs` more on a worker that cached it; a key in its rotation
- * grace is cached no longer than the grace. Unknown keys are not cached (a satellite added a moment ago works at once).
+ * `ttlMs` (default 5 s), so the hot path costs no Redis round-trip. A remove or rotation anywhere reaches
+ * forget() at once (server.ts subscribes to the registry's notices); one missed while the worker's
+ * subscription was down (Redis away) leaves a removed satellite or a key retired without grace working for
+ * at most `ttlMs` more on a worker that cached it. A key in its rotation grace is cached no longer than the
+ * grace. Unknown keys are not cached (a satellite added a moment ago works at once).
  */
 export class Authenticator {
   private readonly cache = new Map<string, { id: string; until: number }>();
@@ -56,7 +58,7 @@ export class Authenticator {
     return id;
   }
 
-  /** Drops this process's cached keys of a satellite (after remove/rotate here; other workers wait out the TTL). */
+  /** Drops this process's cached keys of a satellite: after a remove or rotation, served here or told of by Redis. */
   forget(satelliteId: string): void {
     this.forgets++;
     for (const [h, e] of this.cache) if (e.id === satelliteId) this.cache.delete(h);

@@ -72,6 +72,8 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
   const engine = new TokenEngine(store);
   const satellites = new SatelliteRegistry(redis, config.keyPrefix, config.outboundKeySecrets);
   const auth = new Authenticator(satellites, config.adminKey, config.authCacheMs);
+  // a remove or rotation by another worker, host or the CLI ends the keys this worker cached at once
+  const retired = satellites.onRetired((id) => auth.forget(id));
   const limiter = new FailureLimiter(redis, config.keyPrefix, { ip: config.rateLimitFailures, satellite: config.rateLimitSatelliteFailures }, config.rateLimitWindowMs);
   const traffic: Traffic = { n: 0, draining: false };
   // a worker of serve, whose primary starts the writer once the workers listen (SNAPSHOT on)
@@ -108,6 +110,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
         while ((traffic.n > 0 || Date.now() - traffic.lastAt < DRAIN_QUIET_MS) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
         // idle keep-alive connections: a client would otherwise send its next request into a closing process
         (app as uws.TemplatedApp & { close(): void }).close(); // the native App has it (closes every socket); the typings of this build lack it
+        retired.close();
         redis.disconnect();
       })();
       return closed;

@@ -74,6 +74,18 @@ function coalesceWrites(redis: Redis): Redis {
 }
 
 /**
+ * A connection of its own for SUBSCRIBE (a subscribed connection takes no other command), with the client's
+ * address and reconnects. Its SUBSCRIBE waits for the first connect however long Redis is away: the client
+ * may fail fast, but a subscription refused at start would never be made. ioredis subscribes again after
+ * each reconnect (a Cluster's subscriber moves to another node when its node goes); what is published
+ * while it is away is lost.
+ */
+export function subscriberOf(client: RedisClient): RedisClient {
+  if (client instanceof Cluster) return client.duplicate([], { enableOfflineQueue: true });
+  return client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, connectionName: `${client.options.connectionName}-sub` });
+}
+
+/**
  * ioredis sends ASKING before a command an ASK redirect (a slot being migrated) sends to the importing
  * master, and drops that call's promise (ioredis #883): with that master unreachable it rejected with nobody
  * to catch it, and Node ended the process, every serve worker at once and again after each restart. The

@@ -8,6 +8,8 @@ import type { RedisClient } from './redis.js';
  *   <p>:{sat}:keys     hash   sha256(key) -> "<satelliteId>\t<validUntil ms or empty>"
  *   <p>:{sat}:ids      set    registered ids
  *   <p>:{sat}:removed  set    ids removed and not added again: the snapshot deletes them from Postgres
+ *   <p>:{sat}:retired  channel (no key) the id of each satellite removed or whose key was rotated, for the
+ *                      serve workers' key caches (classic pub/sub: a Redis Cluster broadcasts it to every node)
  */
 export class SatelliteKeys {
   constructor(readonly prefix: string) {}
@@ -22,6 +24,9 @@ export class SatelliteKeys {
   }
   removed(): string {
     return `${this.prefix}:{sat}:removed`;
+  }
+  retired(): string {
+    return `${this.prefix}:{sat}:retired`;
   }
 }
 

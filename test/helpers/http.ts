@@ -4,7 +4,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Packr } from 'msgpackr';
-import { Pool } from 'undici';
+import type { Dispatcher } from 'undici';
 import { afterAll } from 'vitest';
 import { freePort, kill, startCluster, waitForOutput, type RedisClusterHandle } from '../../bench/redis-server.js';
 import { MAIN } from './cli.js';
@@ -83,8 +83,8 @@ export interface Reply {
 
 export type Format = 'json' | 'msgpack';
 
-/** One request with an explicit format; the reply is decoded by its content type. */
-export async function call(pool: Pool, method: string, urlPath: string, opts: { key?: string; body?: unknown; format?: Format; raw?: Buffer | string; contentType?: string; accept?: string } = {}): Promise<Reply> {
+/** One request with an explicit format, on a pool or one connection (a Client); the reply is decoded by its content type. */
+export async function call(pool: Dispatcher, method: string, urlPath: string, opts: { key?: string; body?: unknown; format?: Format; raw?: Buffer | string; contentType?: string; accept?: string } = {}): Promise<Reply> {
   const format = opts.format ?? 'json';
   const headers: Record<string, string> = {};
   if (opts.key) headers.authorization = `Bearer ${opts.key}`;
