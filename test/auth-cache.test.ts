@@ -4,7 +4,7 @@
 import { Client, Pool } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.js';
-import { ADMIN_KEY, call, privateRedis, serve, testCluster, type Served } from './helpers/http.js';
+import { ADMIN_KEY, call, connectionPerWorker, privateRedis, serve, testCluster, type Served } from './helpers/http.js';
 import { dropSharedPrefixes, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 import { createRedis } from '../src/store/redis.js';
 import { SatelliteKeys } from '../src/store/satellites.js';
@@ -74,13 +74,7 @@ describe('a key cached by every serve worker', () => {
   beforeAll(async () => {
     // 10 minutes: a key still answered 200 a few seconds after its end can only come from a worker's cache
     server = await serve({ KEY_PREFIX: prefix, AUTH_CACHE_MS: '600000' }, 2, 0);
-    for (let i = 0; i < 200 && workers.size < 2; i++) {
-      const c = new Client(server.url);
-      const pid = await pidOf(c);
-      if (workers.has(pid)) await c.close();
-      else workers.set(pid, c);
-    }
-    expect(workers.size).toBe(2);
+    for (const [pid, c] of await connectionPerWorker(server.url, 2, pidOf, 200)) workers.set(pid, c);
     await subscribed([SHARED_REDIS_URL], prefix, 2);
   }, 120_000); // up to 200 connections to find both workers: slow on a loaded machine
 

@@ -6,7 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { freePort } from '../bench/redis-server.js';
 import { createRedis } from '../src/store/redis.js';
 import { runCli } from './helpers/cli.js';
-import { ADMIN_KEY, call, privateRedis, serve, testCluster, type Reply, type RestartableRedis, type Served } from './helpers/http.js';
+import { ADMIN_KEY, call, connectionPerWorker, privateRedis, serve, testCluster, type Reply, type RestartableRedis, type Served } from './helpers/http.js';
 import { dropSharedPrefixes, engineFixture, testPrefix } from './helpers/redis.js';
 import { AdminClient } from '../src/client/admin.js';
 import { ReferralError, SatelliteClient } from '../src/client/index.js';
@@ -848,15 +848,9 @@ describe('serve processes', () => {
       answered++;
       return JSON.parse(await r.body.text()).pid as number;
     };
-    const to = new Map<number, Client>(); // a keep-alive connection to each worker
+    let to = new Map<number, Client>(); // a keep-alive connection to each worker
     try {
-      for (let i = 0; i < 300 && to.size < 3; i++) {
-        const c = new Client(server.url);
-        const pid = await pidOf(c);
-        if (to.has(pid)) await c.close();
-        else to.set(pid, c);
-      }
-      expect(to.size).toBe(3);
+      to = await connectionPerWorker(server.url, 3, pidOf, 300);
       // x scrapes; y (which answered more than z, so the two errors do not cancel) dies during that scrape, z is paused past its 2 s wait
       const [x, y, z] = [...to.keys()] as [number, number, number];
       const via = to.get(x)!;

@@ -4,7 +4,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Packr } from 'msgpackr';
-import type { Dispatcher } from 'undici';
+import { Client, type Dispatcher } from 'undici';
 import { afterAll } from 'vitest';
 import { freePort, kill, startCluster, waitForOutput, type RedisClusterHandle } from '../../bench/redis-server.js';
 import { MAIN } from './cli.js';
@@ -173,4 +173,24 @@ export async function rawExchange(url: string, raw: string): Promise<string> {
   } finally {
     socket.destroy();
   }
+}
+
+/**
+ * A keep-alive connection to each of `workers` workers of a serve at `url`, by the pid `pidOf` reads through
+ * it: the kernel picks a worker for each new connection, so connections are opened, and the extra ones closed,
+ * until every worker has one. Throws (closing them) when `tries` connections did not reach them all.
+ */
+export async function connectionPerWorker(url: string, workers: number, pidOf: (c: Client) => Promise<number>, tries: number): Promise<Map<number, Client>> {
+  const found = new Map<number, Client>();
+  for (let i = 0; i < tries && found.size < workers; i++) {
+    const c = new Client(url);
+    const pid = await pidOf(c);
+    if (found.has(pid)) await c.close();
+    else found.set(pid, c);
+  }
+  if (found.size < workers) {
+    await Promise.all([...found.values()].map((c) => c.close()));
+    throw new Error(`${tries} connections reached ${found.size} of the ${workers} workers`);
+  }
+  return found;
 }
