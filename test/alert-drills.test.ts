@@ -31,13 +31,12 @@ describe.skipIf(!HAS_PROMETHEUS)('alert drills on a real Prometheus', () => {
 
   /** every alert's state now ("unevaluated" before its first evaluation: Prometheus says inactive then too) */
   const states = async () => {
-    const rules = (await d.prom.api('rules')).groups.flatMap((g: any) => g.rules) as { name: string; health: string; state: string }[];
-    return Object.fromEntries(rules.map((r) => [r.name, r.health === 'unknown' ? 'unevaluated' : r.state]));
+    return Object.fromEntries((await d.prom.rules()).map((r) => [r.name, r.health === 'unknown' ? 'unevaluated' : r.state]));
   };
   const expectAlerts = (want: Record<string, string>, what: string) =>
     until(states, (s) => Object.entries(want).every(([alert, state]) => s[alert] === state), what, 60_000);
   /** the value of a PromQL expression of one series, undefined while it has none */
-  const value = async (q: string) => (await d.prom.api(`query?query=${encodeURIComponent(q)}`)).result[0]?.value[1] as string | undefined;
+  const value = async (q: string) => (await d.prom.query(q))[0]?.value[1];
 
   it('Postgres unreachable for the lease holder: ReferralManagerPostgresDown pending, inactive once it is back', async () => {
     await until(() => value('min(rm_snapshot_postgres_up)'), (v) => v === '1', 'the writer scraped reaching Postgres', 60_000);

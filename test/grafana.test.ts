@@ -27,7 +27,7 @@ function substituted(expr: string): string {
 /** Prometheus' error for `expr` at this instant, or how many series it gives. */
 async function evaluate(prom: Prometheus, expr: string): Promise<{ error: string } | { series: number }> {
   try {
-    return { series: (await prom.api(`query?query=${encodeURIComponent(substituted(expr))}`)).result.length };
+    return { series: (await prom.query(substituted(expr))).length };
   } catch (err) {
     return { error: (err as Error).message };
   }

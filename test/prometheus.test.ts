@@ -233,10 +233,9 @@ describe.skipIf(!HAS_PROMETHEUS)('a real Prometheus with deploy/prometheus/prome
       const refuse = () => void fetch(`${served.url}/v1/tokens/00000000-0000-4000-8000-000000000000`, { headers: { authorization: 'Bearer not-a-key' } }).then((r) => r.body?.cancel(), () => undefined);
       refusing = setInterval(refuse, 200);
       // scraped with the key: both ran, one of them holds the writer's lease
-      const leaders = await until(() => prom.api('query?query=sum(rm_snapshot_leader)'), (d) => d.result[0]?.value[1] === '1', 'one lease holder scraped');
-      expect(leaders.result).toHaveLength(1);
-      const rulesNow = async () => (await prom.api('rules')).groups.flatMap((g: any) => g.rules) as { name: string; health: string; lastError?: string; state: string }[];
-      const evaluated = await until(rulesNow, (rs) => rs.length === rules.length && rs.every((r) => r.health !== 'unknown') && rs.some((r) => r.name === 'ReferralManagerSatellitesRefused' && r.state === 'pending'), 'every rule evaluated, the refusals pending', 60_000);
+      const leaders = await until(() => prom.query('sum(rm_snapshot_leader)'), (r) => r[0]?.value[1] === '1', 'one lease holder scraped');
+      expect(leaders).toHaveLength(1);
+      const evaluated = await until(() => prom.rules(), (rs) => rs.length === rules.length && rs.every((r) => r.health !== 'unknown') && rs.some((r) => r.name === 'ReferralManagerSatellitesRefused' && r.state === 'pending'), 'every rule evaluated, the refusals pending', 60_000);
       expect(evaluated.filter((r) => r.health !== 'ok')).toEqual([]);
       expect(Object.fromEntries(evaluated.map((r) => [r.name, r.state]))).toMatchObject({ ReferralManagerSatellitesRefused: 'pending', ReferralManagerDown: 'inactive', ReferralManagerNoSnapshotWriter: 'inactive', ReferralManagerRedisUnreadable: 'inactive' });
     } finally {

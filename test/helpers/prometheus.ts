@@ -29,7 +29,20 @@ export function promtool(args: string[], input = ''): Promise<{ code: number; ou
 export interface Prometheus {
   /** GET /api/v1/<p>: its data; throws with Prometheus' error (a bad query says why) */
   api(p: string): Promise<any>;
+  /** the series of a PromQL expression at this instant, each `{metric, value: [time, "text"]}`; throws as api() does */
+  query(expr: string): Promise<{ metric: Record<string, string>; value: [number, string] }[]>;
+  /** every rule of every group, as evaluated last */
+  rules(): Promise<AlertRule[]>;
   stop(): Promise<void>;
+}
+
+export interface AlertRule {
+  name: string;
+  /** "unknown" before its first evaluation, "err" when that failed (`lastError` says why) */
+  health: string;
+  lastError?: string;
+  /** inactive, pending or firing */
+  state: string;
 }
 
 /** A real Prometheus running deploy/prometheus/prometheus.yml, pointed at `targets` by job, scraping and evaluating every second. */
@@ -52,12 +65,15 @@ export async function prometheus(targets: Record<string, string>): Promise<Prome
   const port = await freePort();
   const proc = spawn('prometheus', [`--config.file=${file}`, `--storage.tsdb.path=${path.join(tmp, 'data')}`, `--web.listen-address=127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
   await waitForOutput(proc, /Server is ready to receive web requests/, 'prometheus', 30_000);
+  const api = async (p: string): Promise<any> => {
+    const body = (await (await fetch(`http://127.0.0.1:${port}/api/v1/${p}`)).json()) as { status: string; data?: unknown; error?: string };
+    if (body.status !== 'success') throw new Error(`${body.error}`);
+    return body.data;
+  };
   return {
-    async api(p) {
-      const body = (await (await fetch(`http://127.0.0.1:${port}/api/v1/${p}`)).json()) as { status: string; data?: unknown; error?: string };
-      if (body.status !== 'success') throw new Error(`${body.error}`);
-      return body.data;
-    },
+    api,
+    query: async (expr) => (await api(`query?query=${encodeURIComponent(expr)}`)).result,
+    rules: async () => (await api('rules')).groups.flatMap((g: { rules: AlertRule[] }) => g.rules),
     async stop() {
       await kill(proc, 'SIGTERM');
       rmSync(tmp, { recursive: true, force: true });
