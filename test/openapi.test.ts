@@ -9,6 +9,7 @@ import { loadConfig } from '../src/config.js';
 import { errorCatalogue } from '../src/errors.js';
 import type { Route } from '../src/http/router.js';
 import { routes } from '../src/http/routes.js';
+import { sleepUntil } from './helpers/engine-suite.js';
 import { ADMIN_KEY, call, serve, type Format, type Reply, type Served } from './helpers/http.js';
 import { dropSharedPrefixes, testPrefix } from './helpers/redis.js';
 
@@ -180,11 +181,6 @@ async function send(method: string, pattern: string, opts: Parameters<typeof cal
   return r;
 }
 
-/** Waits (polling, no deadline of its own) until the server's clock, the same as ours, is past `ms`. */
-async function past(ms: number): Promise<void> {
-  while (Date.now() <= ms) await new Promise((r) => setTimeout(r, Math.max(5, ms - Date.now() + 5)));
-}
-
 describe('a real serve answers only what docs/openapi.yaml describes', () => {
   const admin = { key: ADMIN_KEY };
   const unknownToken = (i: number) => `ffff0000-0000-4000-8000-${String(i).padStart(12, '0')}`;
@@ -275,7 +271,7 @@ describe('a real serve answers only what docs/openapi.yaml describes', () => {
     expect((await send('POST', '/v1/tokens/release', { key: other, body: { token: t4, reservationId: held.body.reservationId } })).body.error).toBe('reservation_mismatch');
     expect((await send('POST', '/v1/tokens/release', { key: other, body: { token: t4 } })).status).toBe(400);
     const lapsing = await send('POST', '/v1/tokens/reserve', { key: other, body: { token: t5, leaseMs: 1 } });
-    await past(lapsing.body.leaseExpiresAt);
+    await sleepUntil(lapsing.body.leaseExpiresAt + 30);
     expect((await send('POST', '/v1/tokens/complete', { key: other, body: { token: t5, reservationId: lapsing.body.reservationId, userId: 'fay' } })).body.error).toBe('reservation_expired');
 
     for (const format of ['json', 'msgpack'] as Format[]) {
@@ -290,7 +286,7 @@ describe('a real serve answers only what docs/openapi.yaml describes', () => {
     expect((await send('GET', '/v1/tokens/:token', { key: other, params: ['NOT-A-TOKEN'] })).body.error).toBe('invalid_request');
     expect((await send('GET', '/v1/users/:userId/tokens', { key: own, params: [''] })).body.error).toBe('invalid_request');
     expect((await send('GET', '/v1/users/:userId/redemptions', { key: ADMIN_KEY, params: ['alice'] })).body.error).toBe('forbidden');
-    await past(expiresAt);
+    await sleepUntil(expiresAt + 30);
     expect((await redeem(own, soon!, 'gus')).body.error).toBe('token_expired');
     expect((await send('DELETE', '/v1/users/:userId/tokens', { key: own, params: ['alice'], format: 'msgpack' })).body.revoked).toBeGreaterThan(0);
     expect((await send('DELETE', '/v1/users/:userId/tokens', { params: ['alice'] })).body.error).toBe('unauthorized');
