@@ -47,6 +47,7 @@ export function adminRoutes(d: RouteDeps): Route[] {
       method: 'delete', pattern: '/v1/admin/satellites/:id', auth: 'admin',
       async handler(c) {
         await d.registry.remove(c.params[0]!);
+        // the registry's notice reaches this worker too, but maybe after the reply: forgotten here before it
         d.auth.forget(c.params[0]!);
         return ok({ id: c.params[0], removed: true });
       },
@@ -56,7 +57,7 @@ export function adminRoutes(d: RouteDeps): Route[] {
       schema: obj([], { graceMs: { type: 'integer', minimum: 0, maximum: MAX_KEY_GRACE_MS } }),
       async handler(c: Call<{ graceMs?: number }>) {
         const r = await d.registry.rotateKey(c.params[0]!, c.body.graceMs ?? d.config.keyGraceMs);
-        d.auth.forget(c.params[0]!);
+        d.auth.forget(c.params[0]!); // before the reply, as for a remove
         return ok(r);
       },
     },
