@@ -144,3 +144,31 @@ describe('removing a satellite', () => {
     expect(await registry.authenticate(current)).toBe('p10');
   });
 });
+
+// the notice every serve worker forgets a satellite's cached keys on (src/http/server.ts) was a PUBLISH sent after
+// the script: a caller that died or lost Redis in between left the removed or leaked key working for AUTH_CACHE_MS
+describe('the notice of a remove or a rotation', () => {
+  it('is published by the script itself, so it goes out though the caller could send nothing after it', async () => {
+    const keys = new SatelliteKeys(prefix);
+    const sub = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
+    const caller = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
+    const heard: string[] = [];
+    try {
+      sub.on('message', (_channel: string, id: string) => heard.push(id));
+      await sub.subscribe(keys.retired());
+      // Redis gone from this caller once its script ran: a PUBLISH of its own is lost
+      caller.publish = (() => Promise.reject(new Error('Connection is closed.'))) as unknown as typeof caller.publish;
+      const lost = new SatelliteRegistry(caller, prefix);
+      await lost.add({ id: 'n-rot' });
+      await lost.add({ id: 'n-rm' });
+      await expect(lost.remove('n-nobody')).rejects.toMatchObject({ code: 'satellite_not_found' }); // nothing to tell
+      await lost.rotateKey('n-rot', 60_000);
+      await lost.remove('n-rm');
+      for (const end = Date.now() + 5000; heard.length < 2 && Date.now() < end; ) await new Promise((r) => setTimeout(r, 20));
+      expect(heard).toEqual(['n-rot', 'n-rm']);
+    } finally {
+      sub.disconnect();
+      caller.disconnect();
+    }
+  });
+});

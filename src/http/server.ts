@@ -2,7 +2,7 @@ import uws from 'uWebSockets.js';
 import type { Config } from '../config.js';
 import { collectProcessMetrics, redisErrors, registry as metricsRegistry } from '../metrics.js';
 import { SatelliteRegistry } from '../satellites/registry.js';
-import { createRedis, logOutages, REQUESTS_ANSWER_503, whenReady, type RedisClient } from '../store/redis.js';
+import { answerWithin, createRedis, logOutages, REQUESTS_ANSWER_503, whenReady, type RedisClient } from '../store/redis.js';
 import { MASTER_PROBE_MS } from '../store/cluster-probe.js';
 import { readiness } from './readiness.js';
 import { TokenStore } from '../store/token-store.js';
@@ -62,18 +62,20 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
   const redis = createRedis(config, { failFast: true, connectionName: 'referral-manager-http' });
   logOutages(redis, (_, line) => console.error(`[http ${process.pid}]: ${line}`), REQUESTS_ANSWER_503);
   const store = new TokenStore(redis, config.keyPrefix, config);
-  try {
-    // fail-fast commands are refused until the first connect: wait for it, a little
-    await whenReady(redis, 5000);
-    await store.preload();
-  } catch (err) {
-    console.error(`redis not ready at start (${(err as Error).message}); serving 503 until it is`);
-  }
-  const engine = new TokenEngine(store);
   const satellites = new SatelliteRegistry(redis, config.keyPrefix, config.outboundKeySecrets);
   const auth = new Authenticator(satellites, config.adminKey, config.authCacheMs);
   // a remove or rotation by another worker, host or the CLI ends the keys this worker cached at once
   const retired = satellites.onRetired((id) => auth.forget(id));
+  try {
+    // fail-fast commands are refused until the first connect: wait for it, a little
+    await whenReady(redis, 5000);
+    await store.preload();
+    // before the first key is cached: a remove in the moment between would reach this worker only by the TTL
+    await answerWithin(retired.subscribed, 5000);
+  } catch (err) {
+    console.error(`redis not ready at start (${(err as Error).message}); serving 503 until it is`);
+  }
+  const engine = new TokenEngine(store);
   const limiter = new FailureLimiter(redis, config.keyPrefix, { ip: config.rateLimitFailures, satellite: config.rateLimitSatelliteFailures }, config.rateLimitWindowMs);
   const traffic: Traffic = { n: 0, draining: false };
   // a worker of serve, whose primary starts the writer once the workers listen (SNAPSHOT on)

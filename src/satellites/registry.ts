@@ -54,9 +54,8 @@ export class SatelliteRegistry {
   }
 
   async remove(id: string): Promise<void> {
-    const removed = await this.s.satellite_remove([this.keys.satellite(id), this.keys.index(), this.keys.ids(), this.keys.removed()], [id]);
+    const removed = await this.s.satellite_remove([this.keys.satellite(id), this.keys.index(), this.keys.ids(), this.keys.removed()], [id, this.keys.retired()]);
     if (Number(removed) !== 1) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
-    await this.retired(id);
   }
 
   /** Sets or (null) clears the given fields; the satellite's id and keys stay. */
@@ -110,32 +109,24 @@ export class SatelliteRegistry {
   /** New key now; the old one keeps working for `graceMs`, then not. */
   async rotateKey(id: string, graceMs: number): Promise<{ apiKey: string }> {
     const apiKey = newApiKey();
-    const rotated = await this.s.satellite_rotate([this.keys.satellite(id), this.keys.index()], [id, hashKey(apiKey), graceMs > 0 ? Date.now() + graceMs : '']);
+    const rotated = await this.s.satellite_rotate([this.keys.satellite(id), this.keys.index()], [id, hashKey(apiKey), graceMs > 0 ? Date.now() + graceMs : '', this.keys.retired()]);
     if (Number(rotated) !== 1) throw new DomainError('satellite_not_found', `satellite "${id}" is not registered`);
-    await this.retired(id);
     return { apiKey };
   }
 
   /**
-   * Tells every process watching (onRetired) that `id` was removed or its key rotated, so none trusts a key it
-   * cached. The change is made by then: a notice lost (Redis gone meanwhile) fails nothing, the caches then
-   * end with their TTL (AUTH_CACHE_MS).
-   */
-  private async retired(id: string): Promise<void> {
-    await this.redis.publish(this.keys.retired(), id).catch(() => undefined);
-  }
-
-  /**
    * Calls `retired` with the id of each satellite removed or whose key was rotated from now on, by any process
-   * on this prefix (serve, the CLI), while its connection is up; close() ends it.
+   * on this prefix (serve, the CLI), while its connection is up; `subscribed` settles once Redis confirmed
+   * the subscription (it waits for Redis; refused only once closed); close() ends it.
    */
-  onRetired(retired: (id: string) => void): { close(): void } {
+  onRetired(retired: (id: string) => void): { subscribed: Promise<unknown>; close(): void } {
     const sub = subscriberOf(this.redis);
     // the client's own outage log says Redis is down; each reconnect failing here would say it again
     sub.on('error', () => undefined);
     sub.on('message', (_channel: string, id: string) => retired(id));
-    sub.subscribe(this.keys.retired()).catch(() => undefined); // it waits for Redis: refused only once closed
-    return { close: () => sub.disconnect() };
+    const subscribed = sub.subscribe(this.keys.retired());
+    subscribed.catch(() => undefined);
+    return { subscribed, close: () => sub.disconnect() };
   }
 
   /** The satellite a key belongs to, or undefined. Looked up by hash, so the key never leaves this process. */
