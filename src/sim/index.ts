@@ -7,7 +7,7 @@ import { runSignups, type SignupSummary } from './signups.js';
 
 export { SimSatellite, MAX_USERS } from './satellite.js';
 export { createSimServer } from './server.js';
-export { runSignups, type SignupSummary } from './signups.js';
+export type { SignupSummary } from './signups.js';
 
 export interface SatelliteSimOptions {
   id: string;

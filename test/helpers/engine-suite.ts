@@ -90,7 +90,7 @@ export function expectBalanced(c: Counts): void {
 
 // ---------------------------------------------------------------- errors
 
-export async function expectInvalid(call: () => unknown): Promise<DomainError> {
+async function expectInvalid(call: () => unknown): Promise<DomainError> {
   let err: unknown;
   try {
     await call();
