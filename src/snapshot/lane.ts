@@ -1,10 +1,9 @@
 import type { Keys } from '../store/keys.js';
 import type { StreamEvent } from './events.js';
 import type { ReadResult, ShardStreams } from './streams.js';
+import { Backoff } from './backoff.js';
 import { failedToConnect } from './schema.js';
 
-/** the longest wait between tries, of a lane and of the whole loop */
-export const BACKOFF_MAX_MS = 5000;
 /** A statement timeout (57014, query_canceled) or pg's own query_timeout: the batch was too slow (or Postgres hangs). */
 const timedOut = (err: unknown): boolean => (err as { code?: unknown }).code === '57014' || (err as Error).message === 'Query read timeout';
 
@@ -51,7 +50,7 @@ export class Lane {
   /** the last entry Postgres refused alone, said once */
   private refusedAlone = '';
   /** after a batch Postgres refused: the lane's own backoff, and when it tries again */
-  backoff = 0;
+  readonly backoff = new Backoff();
   retryAt = 0;
 
   constructor(readonly shards: number[], private readonly d: LaneDeps) {
@@ -81,12 +80,11 @@ export class Lane {
    */
   settle(result: PromiseSettledResult<number>): boolean {
     if (result.status === 'fulfilled') {
-      this.backoff = 0;
+      this.backoff.reset();
       return true;
     }
     if (!refusedBy(result.reason)) return false;
-    this.backoff = Math.min(Math.max(100, this.backoff * 2), BACKOFF_MAX_MS);
-    this.retryAt = Date.now() + this.backoff;
+    this.retryAt = Date.now() + this.backoff.next();
     return true;
   }
 

@@ -7,7 +7,8 @@ import { clusterMasters } from '../store/cluster-probe.js';
 import { Keys, SHARDS } from '../store/keys.js';
 import { applyEvents } from './apply.js';
 import type { StreamEvent } from './events.js';
-import { BACKOFF_MAX_MS, Lane, refusedBy } from './lane.js';
+import { Backoff } from './backoff.js';
+import { Lane, refusedBy } from './lane.js';
 import { reportLag } from './lag.js';
 import { Lease } from '../store/lease.js';
 import { snapshotMetrics } from './metrics.js';
@@ -220,7 +221,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   }
 
   const loop = (async () => {
-    let backoff = 100;
+    const backoff = new Backoff();
     // the pause after a round under SNAPSHOT_BATCH/8 events: doubled by each round that reads nothing
     let pause = config.snapshotFlushMs;
     let sweepAt = 0; // the next re-read of every pending entry
@@ -298,11 +299,11 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           if (!due[i]!.settle(r)) throw (r as PromiseRejectedResult).reason;
           if (r.status === 'fulfilled') n += r.value;
         }
-        if (refusals.size && leader && lanes.every((l) => l.backoff === 0)) {
+        if (refusals.size && leader && lanes.every((l) => l.backoff.ms === 0)) {
           log('info', 'Postgres takes the writes again; catching up');
           refusals.clear();
         }
-        backoff = 100;
+        backoff.reset();
         if (n > 0) pause = config.snapshotFlushMs;
         if (n < streams.perShard) await sleep(pause);
         if (n === 0) pause = Math.min(pause * 2, Math.max(QUIET_POLL_MS, config.snapshotFlushMs));
@@ -317,8 +318,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           streams.lostGroups();
           lookForLoss = true;
         }
-        await sleep(backoff);
-        backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
+        await sleep(backoff.next());
       }
     }
     // here, not in stop(): a pool that opened after stop() gave up on the loop is ended too
