@@ -71,7 +71,7 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
     await whenReady(redis, 5000);
     await store.preload();
     // before the first key is cached: a remove in the moment between would reach this worker only by the TTL
-    await answerWithin(retired.subscribed, 5000);
+    await answerWithin(retired.subscribed, 5000).catch((err: Error) => console.error(`not yet subscribed to satellite removals (${err.message}): a key removed meanwhile works here for up to AUTH_CACHE_MS`));
   } catch (err) {
     console.error(`redis not ready at start (${(err as Error).message}); serving 503 until it is`);
   }
