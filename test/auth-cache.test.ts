@@ -6,7 +6,7 @@ import { Client, Pool } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, connectionPerWorker, privateRedis, serve, testCluster, type Served } from './helpers/http.js';
-import { dropSharedPrefixes, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+import { directClients, dropSharedPrefixes, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 import { loadConfig } from '../src/config.js';
 import { freePort } from '../src/free-port.js';
 import { startServer } from '../src/http/server.js';
@@ -48,9 +48,9 @@ async function subscribed(urls: string[], keyPrefix: string, n: number): Promise
   }
 }
 
-/** The key of a new satellite `sat`, served once on `pool`, and so cached by its worker. */
-async function cachedOn(pool: Pool): Promise<string> {
-  const { apiKey } = (await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat' } })).body;
+/** The key of a new satellite `id`, served once on `pool`, and so cached by its worker. */
+async function cachedOn(pool: Pool, id = 'sat'): Promise<string> {
+  const { apiKey } = (await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id } })).body;
   expect((await call(pool, 'GET', '/v1/users/u/tokens', { key: apiKey })).status).toBe(200);
   return apiKey;
 }
@@ -153,6 +153,53 @@ describe('a worker on a Redis Cluster', () => {
       await cluster.stop();
     }
   });
+
+  // the node its subscription is on is killed and a replica takes over that node's slots: a subscription
+  // left on the dead node, or lost with it, would let every later remove wait out the cache
+  it('keeps hearing of removes after the node it listens on is killed, and after that node is restarted', async () => {
+    const cluster = await testCluster(3, ['--cluster-node-timeout', '1000'], 1);
+    const servers = directClients(cluster.nodes);
+    const roles = await Promise.all(servers.map(async (s) => (await s.role())[0]));
+    // the subscriber starts on one of the seeds: given only masters, killing its node is a failover
+    const masters = cluster.nodes.filter((_, i) => roles[i] === 'master');
+    const server = await serve({ REDIS_CLUSTER_NODES: masters.join(','), KEY_PREFIX: 'rm-test', AUTH_CACHE_MS: '600000' });
+    const pool = new Pool(server.url, { connections: 1 });
+    const channel = new SatelliteKeys('rm-test').retired();
+    /** the index of the node the worker listens on, once exactly one of `live` has it (up to 15 s) */
+    const listener = async (live: number[]) => {
+      const count = async (i: number) => Number(((await servers[i]!.pubsub('NUMSUB', channel)) as [string, number])[1]);
+      let on: number[] = [];
+      for (const end = Date.now() + 15_000; on.length !== 1 && Date.now() < end; await new Promise((r) => setTimeout(r, 100))) {
+        const counts = await Promise.all(live.map(count));
+        on = live.filter((_, j) => counts[j] === 1);
+      }
+      expect(on).toHaveLength(1);
+      return on[0]!;
+    };
+    const removeSoon = async (id: string, key: string, nodes: string[]) => {
+      const run = await runCli(['satellites', 'remove', id], { REDIS_CLUSTER_NODES: nodes.join(','), KEY_PREFIX: 'rm-test' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(await refusedSoon(pool, key)).toBe(401);
+    };
+    try {
+      const [first, second] = [await cachedOn(pool, 'sat-1'), await cachedOn(pool, 'sat-2')];
+      const all = cluster.nodes.map((_, i) => i);
+      const killed = await listener(all);
+      expect(roles[killed]).toBe('master');
+      await cluster.signal(killed, 'SIGKILL');
+      const live = all.filter((i) => i !== killed);
+      await listener(live);
+      // the CLI waits for the replica to take the slot over
+      await removeSoon('sat-1', first, live.map((i) => cluster.nodes[i]!));
+      await cluster.restart(killed);
+      await removeSoon('sat-2', second, cluster.nodes);
+    } finally {
+      for (const s of servers) s.disconnect();
+      await pool.close();
+      await server.stop();
+      await cluster.stop();
+    }
+  }, 60_000);
 });
 
 describe('a worker starting', () => {
