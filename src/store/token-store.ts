@@ -1,5 +1,5 @@
 import { DomainError } from '../errors.js';
-import { inLanes, pushTo } from '../collections.js';
+import { inLanes, pushTo, sortInTurns } from '../collections.js';
 import type { RedisClient } from './redis.js';
 import { NotReplicated, ReplicaAck, type ReplicaWait } from './replicas.js';
 import { defineScripts, preloadScripts, type ScriptFn, type ScriptName } from './scripts.js';
@@ -370,7 +370,7 @@ export class TokenStore {
         found.set(r[i]!, t);
       }
     });
-    return [...found.values()].sort((a, b) => a.createdAt - b.createdAt || a.token.localeCompare(b.token));
+    return sortInTurns([...found.values()], (a, b) => a.createdAt - b.createdAt || a.token.localeCompare(b.token));
   }
 
   /** Sums the per-shard counters the scripts keep. */
