@@ -6,7 +6,7 @@ import { audit } from './audit.js';
 import { sameKey } from '../digest.js';
 import { Authenticator } from './auth.js';
 import { endUserIp } from './rate-limit.js';
-import { decode, formatOf, reply, replyError, replyValue, type Exchange, type Format, type Traffic } from './wire.js';
+import { decode, formatOf, reply, replyError, replyList, replyValue, type Exchange, type Format, type ListValue, type Traffic } from './wire.js';
 
 /** `metrics`: METRICS_KEY when one is set (RouterDeps.metricsKey), else open */
 export type AuthKind = 'satellite' | 'admin' | 'metrics' | 'none';
@@ -32,10 +32,13 @@ export interface Call<B> {
 }
 
 /** `headers`: extra reply headers (Retry-After) */
-export type Outcome = ({ value: unknown } | { raw: Buffer | string; contentType: string }) & { status?: number; headers?: [string, string][] };
+export type Outcome = ({ value: unknown } | { raw: Buffer | string; contentType: string } | { list: ListValue }) & { status?: number; headers?: [string, string][] };
 
 /** A value to encode in the format the client asked for (200 unless `status`). */
 export const ok = (value: unknown, status?: number): Outcome => ({ status, value });
+
+/** `{[key]: items.map(each)}` in the format the client asked for, however long the list (wire.ts replyList). */
+export const okList = <T>(key: string, items: readonly T[], each: (item: T) => unknown): Outcome => ({ list: { key, items, each } });
 
 export interface Route<B = any> {
   method: 'get' | 'post' | 'patch' | 'delete';
@@ -279,6 +282,8 @@ async function run(ex: Exchange, route: Route, deps: RouterDeps, head: Head, cal
     const out = await Promise.race([call(route, head, caller, body, refusal, gone.signal), deadline]);
     if ('raw' in out) {
       reply(ex, out.status ?? 200, Buffer.isBuffer(out.raw) ? out.raw : Buffer.from(out.raw), out.contentType, out.headers);
+    } else if ('list' in out) {
+      await replyList(ex, out.status ?? 200, out.list, out.headers);
     } else {
       replyValue(ex, out.status ?? 200, out.value, out.headers);
       if (head.path !== undefined) audit({ method: route.method.toUpperCase(), path: head.path, ip: head.ip, status: out.status ?? 200, ms: performance.now() - t0, body, result: out.value });

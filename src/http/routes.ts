@@ -9,7 +9,7 @@ import type { Authenticator } from './auth.js';
 import { defined, id, obj, token } from './fields.js';
 import type { Block, FailureLimiter } from './rate-limit.js';
 import { opsRoutes, type OpsDeps } from './ops.js';
-import { HttpError, ok, type Call, type Route } from './router.js';
+import { HttpError, ok, okList, type Call, type Route } from './router.js';
 
 export interface RouteDeps {
   config: Config;
@@ -117,7 +117,7 @@ function satelliteRoutes(d: RouteDeps): Route[] {
       method: 'get', pattern: '/v1/users/:userId/tokens', auth: 'satellite',
       async handler(c) {
         const tokens = await d.engine.listUnredeemed(c.satelliteId, c.params[0]!);
-        return ok({ tokens: tokens.map((t) => defined({ ...t })) });
+        return okList('tokens', tokens, (t) => defined({ ...t }));
       },
     },
     {
