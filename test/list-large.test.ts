@@ -127,3 +127,27 @@ describe('the list of a user with tens of thousands of tokens', () => {
     }
   });
 });
+
+describe('the redemptions of a user with thousands of redeemed tokens', () => {
+  it.each<Format>(['msgpack', 'json'])('are every redemption, oldest first, with only the caller\'s own redeemers named, as encode() gives them (%s)', async (format) => {
+    const other = (await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: `sat-other-${format}` } })).body.apiKey as string;
+    const redeemed = [...made.keys()].slice(format === 'json' ? 0 : 2500, format === 'json' ? 2500 : 5000);
+    // more than one slice of the reply: half by the whale's own satellite, half by another
+    for (let i = 0; i < redeemed.length; i += 50) {
+      await Promise.all(redeemed.slice(i, i + 50).map(async (token, j) => {
+        const r = await call(pool, 'POST', '/v1/tokens/redeem', { key: (i + j) % 2 ? other : key, body: { token, userId: `new-${token}` } });
+        expect(r.status).toBe(200);
+      }));
+    }
+    const res = await pool.request({ method: 'GET', path: '/v1/users/whale/redemptions', headers: { authorization: `Bearer ${key}`, accept: `application/${format}` } });
+    expect(res.statusCode).toBe(200);
+    const raw = Buffer.from(await res.body.arrayBuffer());
+    const body = format === 'json' ? JSON.parse(raw.toString()) : new Packr({ useRecords: false, int64AsType: 'number' }).unpack(raw);
+    const rows = (body.redemptions as { token: string; redeemerSatelliteId: string; redeemerUserId?: string; redeemedAt: number }[]).filter((r) => redeemed.includes(r.token));
+    expect(rows).toHaveLength(redeemed.length);
+    for (const r of rows) expect(r.redeemerUserId).toBe(r.redeemerSatelliteId === 'sat-whale' ? `new-${r.token}` : undefined);
+    const all = body.redemptions as { token: string; redeemedAt: number }[];
+    expect(all.map((r) => r.token)).toEqual(all.slice().sort((a, b) => a.redeemedAt - b.redeemedAt || a.token.localeCompare(b.token)).map((r) => r.token));
+    expect(raw.equals(encode(format, body))).toBe(true);
+  });
+});

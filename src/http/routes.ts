@@ -132,8 +132,7 @@ function satelliteRoutes(d: RouteDeps): Route[] {
       async handler(c) {
         const redeemed = await d.engine.listRedeemed(c.satelliteId, c.params[0]!);
         // a redeemer's user id is another satellite's business: only the caller's own users are named
-        const redemptions = redeemed.map(({ redeemerUserId, ...r }) => (r.redeemerSatelliteId === c.satelliteId ? { ...r, redeemerUserId } : r));
-        return ok({ redemptions });
+        return okList('redemptions', redeemed, ({ redeemerUserId, ...r }) => (r.redeemerSatelliteId === c.satelliteId ? { ...r, redeemerUserId } : r));
       },
     },
   ];

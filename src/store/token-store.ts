@@ -356,7 +356,7 @@ export class TokenStore {
         found.set(r[i]!, { token: dashed(r[i]!), campaignId: r[i + 1]!, redeemerSatelliteId: r[i + 2]!, redeemerUserId: r[i + 3]!, redeemedAt: Number(r[i + 4]) });
       }
     });
-    return [...found.values()].sort((a, b) => a.redeemedAt - b.redeemedAt || a.token.localeCompare(b.token));
+    return sortInTurns([...found.values()], (a, b) => a.redeemedAt - b.redeemedAt || a.token.localeCompare(b.token));
   }
 
   async listUnredeemed(ownerSatelliteId: string, ownerUserId: string): Promise<UnredeemedToken[]> {
