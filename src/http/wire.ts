@@ -146,16 +146,22 @@ const LIST_SLICE = 2000;
  * event loop free in between, so the worker's other requests (sign-ups) are not held until it is done.
  */
 export async function replyList(ex: Exchange, status: number, list: ListValue, headers?: [string, string][]): Promise<void> {
+  const body = await encodeList(ex.format, list, () => ex.aborted);
+  if (body) reply(ex, status, body, CONTENT_TYPE[ex.format], headers);
+}
+
+/** encode(format, {[key]: items.map(each)}), LIST_SLICE items per turn of the event loop; undefined once `gone()`. */
+export async function encodeList(format: Format, list: ListValue, gone: () => boolean = () => false): Promise<Buffer | undefined> {
   const { key, items, each } = list;
-  if (items.length <= LIST_SLICE) return replyValue(ex, status, { [key]: items.map(each) }, headers);
-  const parts = [listHead(ex.format, key, items.length)];
+  if (items.length <= LIST_SLICE) return encode(format, { [key]: items.map(each) });
+  const parts = [listHead(format, key, items.length)];
   for (let i = 0; i < items.length; i += LIST_SLICE) {
     if (i > 0) await new Promise((r) => setImmediate(r));
-    if (ex.aborted) return;
-    parts.push(listItems(ex.format, items.slice(i, i + LIST_SLICE).map(each), i === 0));
+    if (gone()) return undefined;
+    parts.push(listItems(format, items.slice(i, i + LIST_SLICE).map(each), i === 0));
   }
-  if (ex.format === 'json') parts.push(Buffer.from(']}'));
-  reply(ex, status, Buffer.concat(parts), CONTENT_TYPE[ex.format], headers);
+  if (format === 'json') parts.push(Buffer.from(']}'));
+  return Buffer.concat(parts);
 }
 
 /** encode(format, {[key]: <array of n>}) up to the array's first item. */
