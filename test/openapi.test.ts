@@ -185,6 +185,27 @@ describe('a real serve answers only what docs/openapi.yaml describes', () => {
   const admin = { key: ADMIN_KEY };
   const unknownToken = (i: number) => `ffff0000-0000-4000-8000-${String(i).padStart(12, '0')}`;
 
+  /** A body each route with one takes (its schema passes), so what refuses the request is something else. */
+  const bodies: Record<string, object> = {
+    'post /v1/tokens/redeem': { token: unknownToken(30), userId: 'u' },
+    'post /v1/tokens/reserve': { token: unknownToken(30) },
+    'post /v1/tokens/complete': { token: unknownToken(30), reservationId: 'r', userId: 'u' },
+    'post /v1/tokens/release': { token: unknownToken(30), reservationId: 'r' },
+    'post /v1/admin/satellites': { id: 'sweep-new' },
+    'patch /v1/admin/satellites/:id': { name: 'n' },
+    'post /v1/admin/satellites/:id/rotate-key': { graceMs: 0 },
+    'post /v1/admin/tokens/generate': { satelliteId: 'sweeper', userIds: ['u'], perUser: 1 },
+    'post /v1/admin/tokens/revoke': { tokens: [unknownToken(30)] },
+    'post /v1/admin/tokens/purge': { madeBefore: 0, dryRun: true },
+  };
+  /** The routes that take a key, each as a request it would answer 200 with the right key and Redis up. */
+  const guarded = () => serverRoutes().filter((r) => r.auth === 'satellite' || r.auth === 'admin');
+  const request = (r: Route) => ({
+    method: r.method.toUpperCase(),
+    params: (r.pattern.match(/:\w+/g) ?? []).map((p) => (p === ':token' ? unknownToken(30) : 'sweeper')),
+    body: r.schema ? bodies[`${r.method} ${r.pattern}`]! : undefined,
+  });
+
   beforeAll(async () => {
     server = await serve({ KEY_PREFIX: prefix, METRICS_KEY: 'openapi-metrics-key-0123456789abcdef', RATE_LIMIT_SATELLITE_FAILURES: '3', RATE_LIMIT_WINDOW_MS: '3600000' });
     pool = new Pool(server.url, { connections: 2 });
@@ -299,6 +320,48 @@ describe('a real serve answers only what docs/openapi.yaml describes', () => {
     expect((await send('GET', '/v1/tokens/:token', { key: guesser, params: [unknownToken(20)], format: 'msgpack' })).status).toBe(429);
   });
 
+  it("each guarded route's refusals by key, content type and size, in JSON and MessagePack", async () => {
+    const own = (await send('POST', '/v1/admin/satellites', { ...admin, body: { id: 'sweeper' } })).body.apiKey as string;
+    for (const format of ['json', 'msgpack'] as Format[]) {
+      for (const r of guarded()) {
+        const { method, params, body } = request(r);
+        expect((await send(method, r.pattern, { params, body, format })).body.error, `${method} ${r.pattern}`).toBe('unauthorized');
+        const wrongKey = r.auth === 'admin' ? own : ADMIN_KEY;
+        expect((await send(method, r.pattern, { key: wrongKey, params, body, format })).body.error, `${method} ${r.pattern}`).toBe('forbidden');
+        if (!r.schema) continue;
+        const accept = format === 'json' ? 'application/json' : 'application/msgpack';
+        const key = r.auth === 'admin' ? ADMIN_KEY : own;
+        expect((await send(method, r.pattern, { key, params, raw: 'x=1', contentType: 'text/plain', accept })).body.error, `${method} ${r.pattern}`).toBe('unsupported_media_type');
+        const over = Buffer.alloc((r.auth === 'admin' ? 8 * 1024 * 1024 : 16 * 1024) + 1, 0x20);
+        expect((await send(method, r.pattern, { key, params, raw: over, contentType: 'application/json', accept })).body.error, `${method} ${r.pattern}`).toBe('body_too_large');
+      }
+    }
+  });
+
+  it('the refusals of one route or another that the sweep does not make, in JSON and MessagePack', async () => {
+    for (const format of ['json', 'msgpack'] as Format[]) {
+      // a satellite of its own: three guesses are its limit's worth
+      const key = (await send('POST', '/v1/admin/satellites', { ...admin, body: { id: `refused-${format}` } })).body.apiKey as string;
+      const [taken, dead] = ((await send('POST', '/v1/admin/tokens/generate', { ...admin, body: { satelliteId: `refused-${format}`, userIds: ['ann'], perUser: 2 } })).body.tokens as { token: string }[]).map((t) => t.token);
+      await send('POST', '/v1/tokens/redeem', { key, body: { token: taken, userId: 'bo' } });
+      await send('POST', '/v1/admin/tokens/revoke', { ...admin, body: { tokens: [dead] } });
+      const to = (pattern: string, body: object) => send('POST', pattern, { key, body, format });
+      expect((await to('/v1/tokens/reserve', { token: taken })).body.error).toBe('token_already_redeemed');
+      expect((await to('/v1/tokens/complete', { token: taken, userId: 'bo' })).body.error).toBe('invalid_request');
+      expect((await send('DELETE', '/v1/users/:userId/tokens', { key, params: [''], format })).body.error).toBe('invalid_request');
+      expect((await send('GET', '/v1/users/:userId/redemptions', { key, params: [''], format })).body.error).toBe('invalid_request');
+      expect((await to('/v1/tokens/reserve', { token: unknownToken(40) })).body.error).toBe('token_not_found');
+      expect((await to('/v1/tokens/release', { token: unknownToken(41), reservationId: 'r' })).body.error).toBe('token_not_found');
+      expect((await to('/v1/tokens/reserve', { token: dead })).body.error).toBe('token_revoked');
+      // the fourth guess crosses the limit; from then on every limited route is refused before the engine
+      expect((await to('/v1/tokens/redeem', { token: unknownToken(42), userId: 'g' })).body.error).toBe('rate_limited');
+      for (const [pattern, body] of [['/v1/tokens/reserve', { token: taken }], ['/v1/tokens/complete', { token: taken, reservationId: 'r', userId: 'g' }], ['/v1/tokens/release', { token: taken, reservationId: 'r' }]] as const) {
+        expect((await to(pattern, body)).body.error, pattern).toBe('rate_limited');
+      }
+      expect((await send('DELETE', '/v1/admin/satellites/:id', { ...admin, params: [''], format })).body.error).toBe('invalid_request');
+    }
+  });
+
   it('the ops routes', async () => {
     for (const format of ['json', 'msgpack'] as Format[]) {
       expect((await send('GET', '/healthz', { format })).body.status).toBe('ok');
@@ -314,8 +377,13 @@ describe('a real serve answers only what docs/openapi.yaml describes', () => {
     const saved = pool;
     pool = new Pool(down.url, { connections: 1 });
     try {
-      expect((await send('POST', '/v1/tokens/redeem', { key: 'rmk_any', body: { token: unknownToken(1), userId: 'u' }, format: 'msgpack' })).status).toBe(503);
-      expect((await send('POST', '/v1/admin/tokens/generate', { ...admin, body: { satelliteId: 'us1', userIds: ['a'], perUser: 1 } })).status).toBe(503);
+      for (const format of ['json', 'msgpack'] as Format[]) {
+        for (const r of guarded()) {
+          const { method, params, body } = request(r);
+          const key = r.auth === 'admin' ? ADMIN_KEY : 'rmk_any';
+          expect((await send(method, r.pattern, { key, params, body, format })).body.error, `${method} ${r.pattern}`).toBe('store_unavailable');
+        }
+      }
       expect((await send('GET', '/readyz')).body).toMatchObject({ ready: false, redis: 'down' });
       expect((await send('GET', '/healthz')).status).toBe(200);
     } finally {
