@@ -10,8 +10,9 @@ import { errorCatalogue } from '../src/errors.js';
 import type { Route } from '../src/http/router.js';
 import { routes } from '../src/http/routes.js';
 import { sleepUntil } from './helpers/engine-suite.js';
-import { ADMIN_KEY, call, serve, type Format, type Reply, type Served } from './helpers/http.js';
+import { ADMIN_KEY, call, privateRedis, serve, type Format, type Reply, type Served } from './helpers/http.js';
 import { dropSharedPrefixes, testPrefix } from './helpers/redis.js';
+import { holdingProxy } from './helpers/redis-proxy.js';
 
 // satellite teams generate their clients from docs/openapi.yaml: a route, field or limit it gets wrong is a
 // client that fails against the real server, so the spec is held to the route table and to real replies
@@ -390,6 +391,53 @@ describe('a real serve answers only what docs/openapi.yaml describes', () => {
       await pool.close();
       pool = saved;
       await down.stop();
+    }
+  });
+
+  it('with Redis hanging (connection up, no answers): /readyz 503, why or just unavailable; and /metrics with its primary silent: 500 or 503', async () => {
+    const redis = await privateRedis();
+    await redis.start();
+    const proxy = await holdingProxy(redis.port);
+    // the probe's PING gives up at half the request deadline, so the reply says why; a hang after the PING
+    // answered (its later commands are not bounded) outlasts the deadline, which answers store_unavailable
+    const hung = await serve({ KEY_PREFIX: prefix, REDIS_URL: proxy.url, REQUEST_TIMEOUT_MS: '2000' });
+    const hungPool = new Pool(hung.url, { connections: 2 });
+    const saved = pool;
+    pool = hungPool;
+    try {
+      redis.signal('SIGSTOP');
+      const probes = await Promise.all((['json', 'msgpack'] as Format[]).map((format) => send('GET', '/readyz', { format })));
+      for (const r of probes) expect(r.body).toMatchObject({ ready: false, redis: 'down', error: expect.stringContaining('no answer') });
+      redis.signal('SIGCONT');
+      for (const format of ['json', 'msgpack'] as Format[]) {
+        // the probe's last bounded command is INFO memory: its reply is the section alone, not the whole INFO's
+        proxy.holdAfter(/\$\d+\r\n# Memory\r\n/);
+        expect((await send('GET', '/readyz', { format })).body).toEqual({ error: 'store_unavailable', message: expect.any(String) });
+        proxy.release();
+      }
+      expect((await send('GET', '/readyz')).body.ready).toBe(true);
+
+      // serve's primary sums the workers' metrics: stopped, it answers no worker, which gives up after 4 s,
+      // before the default REQUEST_TIMEOUT_MS (5 s, the main serve's) but not before this one's 2 s
+      const scrape = (on: Pool, format: Format) => call(on, 'GET', '/metrics', { key: 'openapi-metrics-key-0123456789abcdef', format });
+      for (const p of [server, hung]) p.proc.kill('SIGSTOP');
+      const replies = await Promise.all((['json', 'msgpack'] as Format[]).flatMap((format) => [scrape(saved, format), scrape(hungPool, format)]));
+      for (const p of [server, hung]) p.proc.kill('SIGCONT');
+      for (const [i, r] of replies.entries()) {
+        conforms('GET', '/metrics', r);
+        expect(r.body.error).toBe(i % 2 ? 'store_unavailable' : 'internal');
+      }
+      // going on, the primary answers again
+      expect((await scrape(saved, 'json')).status).toBe(200);
+    } finally {
+      for (const p of [server, hung]) p.proc.kill('SIGCONT');
+      redis.signal('SIGCONT');
+      proxy.release();
+      pool = saved;
+      await hungPool.close();
+      await hung.stop();
+      await proxy.close();
+      await redis.dispose();
     }
   });
 
