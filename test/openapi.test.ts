@@ -441,9 +441,13 @@ describe('a real serve answers only what docs/openapi.yaml describes', () => {
     }
   });
 
-  it('every route was answered a success, and the main refusals each once at least', () => {
-    for (const r of serverRoutes()) expect([...seen].some((s) => s.startsWith(`${r.method.toUpperCase()} ${r.pattern} 2`)), `${r.method} ${r.pattern}`).toBe(true);
-    const statuses = new Set([...seen].map((s) => s.split(' ')[2]));
-    for (const status of ['400', '401', '403', '404', '409', '410', '413', '415', '429', '503']) expect(statuses, status).toContain(status);
+  // a 500 is a bug: no request can make one on purpose (and none here may), so /metrics's, its primary
+  // silent, is the only one seen
+  it('every reply the spec declares was seen, but the 500s of a bug', () => {
+    const declared = Object.entries(spec.paths as Json).flatMap(([path, item]) =>
+      METHODS.filter((m) => item[m]).flatMap((m) => Object.keys(item[m].responses).map((status) => `${m.toUpperCase()} ${path.replace(/\{(\w+)\}/g, ':$1')} ${status}`)));
+    const bugs = declared.filter((d) => d.endsWith(' 500') && d !== 'GET /metrics 500');
+    expect(declared.filter((d) => !seen.has(d) && !bugs.includes(d))).toEqual([]);
+    expect(bugs.filter((d) => seen.has(d))).toEqual([]);
   });
 });
