@@ -203,14 +203,18 @@ describe.skipIf(!HAS_PROMETHEUS)('deploy/prometheus/alerts.yml', () => {
   });
 });
 
-/** The README's alert rows: name -> the expression and the `for` written after it. */
+/**
+ * The README's alert rows: name -> the expression and the `for` written after it. Cells split where GitHub
+ * splits them, at every `|` not escaped, code spans included, so an expression's `|` must be written `\|`.
+ */
 function readmeAlerts(): Map<string, { expr: string; for?: string }> {
   const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
   const out = new Map<string, { expr: string; for?: string }>();
   for (const row of readme.split('\n').filter((l) => l.startsWith('| `ReferralManager'))) {
-    const [name, cell] = row.slice(2).split(' | ');
-    const m = /^`(.+?)`(?: for (\w+))?/.exec(cell!)!;
-    out.set(name!.replaceAll('`', ''), m[2] ? { expr: m[1]!, for: m[2] } : { expr: m[1]! });
+    const [, name, cell] = row.split(/(?<!\\)\|/).map((c) => c.trim().replaceAll('\\|', '|'));
+    const m = /^`([^`]+)`(?: for (\w+))?/.exec(cell!);
+    expect(m, `${name}: its expression cell is ${cell}`).not.toBeNull();
+    out.set(name!.replaceAll('`', ''), m![2] ? { expr: m![1]!, for: m![2] } : { expr: m![1]! });
   }
   return out;
 }
