@@ -58,8 +58,8 @@ describe('the docs/http.md error table', () => {
   });
 });
 
-/** Flags the docs give to other programs (redis-server, redis-cli, docker, curl, node, the benches), not to referral-manager. */
-const NOT_OURS = new Set(['appendonly', 'save', 'cluster', 'init', 'rm', 'data-binary', 'cpu-prof', 'cpu-prof-dir', 'tokens', 'concurrency', 'masters', 'user-bytes', 'listpack-value', 'only', 'events', 'redeems']);
+/** Flags the docs give to other programs (redis-server, redis-cli, docker, curl, node, promtool, the benches), not to referral-manager. */
+const NOT_OURS = new Set(['appendonly', 'save', 'cluster', 'init', 'rm', 'data-binary', 'cpu-prof', 'cpu-prof-dir', 'tokens', 'concurrency', 'masters', 'user-bytes', 'listpack-value', 'only', 'events', 'redeems', 'syntax-only']);
 
 // the other direction of cli-help's check: a flag the docs tell an operator to type and no command has (renamed,
 // or never there) fails only when it is typed, with "unknown option"
