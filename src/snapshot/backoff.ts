@@ -1,5 +1,5 @@
 /** the longest wait between tries, of a lane and of the whole loop */
-export const BACKOFF_MAX_MS = 5000;
+const BACKOFF_MAX_MS = 5000;
 const FIRST_MS = 100;
 
 /**
@@ -7,15 +7,19 @@ const FIRST_MS = 100;
  * 100 ms again once a try went through. One for the writer's loop and one for each lane.
  */
 export class Backoff {
+  private last = 0;
+
   /** the last wait given, 0 since a success (or none yet) */
-  ms = 0;
+  get ms(): number {
+    return this.last;
+  }
 
   next(): number {
-    this.ms = this.ms === 0 ? FIRST_MS : Math.min(this.ms * 2, BACKOFF_MAX_MS);
-    return this.ms;
+    this.last = this.last === 0 ? FIRST_MS : Math.min(this.last * 2, BACKOFF_MAX_MS);
+    return this.last;
   }
 
   reset(): void {
-    this.ms = 0;
+    this.last = 0;
   }
 }
