@@ -1,14 +1,13 @@
 // A serve worker caches each satellite key it checked for AUTH_CACHE_MS. Only the worker that served a remove
 // or rotation used to drop its copy: every other worker, and all of them after a `referral-manager satellites`
 // command, kept a removed satellite's key (or one a leak made its owner retire without grace) for that long.
-import net from 'node:net';
 import { Client, Pool } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, connectionPerWorker, privateRedis, serve, testCluster, type Served } from './helpers/http.js';
 import { directClients, dropSharedPrefixes, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+import { lateSubscriberProxy } from './helpers/redis-proxy.js';
 import { loadConfig } from '../src/config.js';
-import { freePort } from '../src/free-port.js';
 import { startServer } from '../src/http/server.js';
 import { createRedis } from '../src/store/redis.js';
 import { SatelliteKeys } from '../src/store/satellites.js';
@@ -206,39 +205,17 @@ describe('a worker starting', () => {
   // a key it cached before it listened for notices would miss a remove made in that moment, and live on for the TTL
   it('listens for the notices before it serves: it starts once Redis confirmed the subscription', async () => {
     const own = testPrefix('auth-start');
-    const target = new URL(SHARED_REDIS_URL);
     // the connection that subscribes reaches Redis 1.5 s late; the others at once
-    const sockets = new Set<net.Socket>();
-    const proxy = net.createServer((c) => {
-      const up = net.connect(Number(target.port || 6379), target.hostname);
-      let lateUntil = 0;
-      c.on('data', (d) => {
-        if (!lateUntil && d.toString().toLowerCase().includes('subscribe')) lateUntil = Date.now() + 1500;
-        if (lateUntil) setTimeout(() => up.write(d), lateUntil - Date.now());
-        else up.write(d);
-      });
-      up.on('data', (d) => c.write(d));
-      for (const [from, to] of [[c, up], [up, c]] as const) {
-        sockets.add(from);
-        from.on('error', () => undefined);
-        from.on('close', () => (sockets.delete(from), to.destroy()));
-      }
-    });
-    const port = await freePort();
-    await new Promise<void>((r) => proxy.listen(port, '127.0.0.1', r));
-    const url = new URL(SHARED_REDIS_URL);
-    url.hostname = '127.0.0.1';
-    url.port = String(port);
+    const proxy = await lateSubscriberProxy(SHARED_REDIS_URL, 1500);
     const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
     try {
-      const server = await startServer(loadConfig({ host: '127.0.0.1', port: 0, keyPrefix: own, adminKey: ADMIN_KEY }, { REDIS_URL: url.toString() }));
+      const server = await startServer(loadConfig({ host: '127.0.0.1', port: 0, keyPrefix: own, adminKey: ADMIN_KEY }, { REDIS_URL: proxy.url }));
       const listening = Number(((await redis.pubsub('NUMSUB', new SatelliteKeys(own).retired())) as [string, number])[1]);
       await server.close();
       expect(listening).toBe(1);
     } finally {
       redis.disconnect();
-      for (const s of sockets) s.destroy();
-      await new Promise((r) => proxy.close(r));
+      await proxy.close();
       await dropSharedPrefixes(own);
     }
   });

@@ -397,7 +397,7 @@ describe('a real serve answers only what docs/openapi.yaml describes', () => {
   it('with Redis hanging (connection up, no answers): /readyz 503, why or just unavailable; and /metrics with its primary silent: 500 or 503', async () => {
     const redis = await privateRedis();
     await redis.start();
-    const proxy = await holdingProxy(redis.port);
+    const proxy = await holdingProxy(redis.url);
     // the probe's PING gives up at half the request deadline, so the reply says why; a hang after the PING
     // answered (its later commands are not bounded) outlasts the deadline, which answers store_unavailable
     const hung = await serve({ KEY_PREFIX: prefix, REDIS_URL: proxy.url, REQUEST_TIMEOUT_MS: '2000' });
