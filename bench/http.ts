@@ -1,8 +1,8 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import os from 'node:os';
 import { randomBytes, randomUUID } from 'node:crypto';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import autocannon from 'autocannon';
 import { loadConfig } from '../src/config.js';
 import { packr } from '../src/msgpack.js';
@@ -14,7 +14,8 @@ import { TokenEngine } from '../src/tokens/engine.js';
 import { sampleLag } from '../src/snapshot/index.js';
 import { treeCpuSeconds } from './proc.js';
 import { numberFlag } from './flags.js';
-import { freePort, reaped, redisCpuSeconds, waitForOutput } from './redis-server.js';
+import { freePort, redisCpuSeconds } from './redis-server.js';
+import { benchDir, serveArgs, startServer, stopServer } from './servers.js';
 import { watchLag } from './snapshot.js';
 import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
@@ -65,26 +66,6 @@ export interface BenchResult {
   snapshot?: Measured & { maxLagSeconds: number; maxLagEvents: number };
   oursOverCeiling?: number;
   oursOverFastify?: number;
-}
-
-// run from dist/bench: the baselines sit next to this file, the CLI in dist/cli
-const here = path.dirname(fileURLToPath(import.meta.url));
-
-// BENCH_NODE_FLAGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") go to every server under test, and serve's workers
-const nodeFlags = process.env.BENCH_NODE_FLAGS?.split(' ').filter(Boolean) ?? [];
-
-async function start(args: string[], env: Record<string, string> = {}): Promise<ChildProcess> {
-  const proc = reaped(spawn(process.execPath, [...nodeFlags, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] }));
-  await waitForOutput(proc, /listening/, args.join(' '), 60_000);
-  return proc;
-}
-
-function stop(proc: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (proc.exitCode !== null) return resolve();
-    proc.once('exit', () => resolve());
-    proc.kill('SIGTERM');
-  });
 }
 
 /**
@@ -179,7 +160,7 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
     if (interrupted) process.exit(128 + os.constants.signals[sig]);
     interrupted = true;
     log(`${sig}: removing the keys under ${prefix} (${sig} again stops at once)`);
-    void Promise.all([...procs.map(stop), writing])
+    void Promise.all([...procs.map(stopServer), writing])
       .then(() => dropPrefix(redis, prefix))
       .finally(() => process.exit(128 + os.constants.signals[sig]));
   };
@@ -202,19 +183,18 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
 
     const measure = async (args: string[], env: Record<string, string>, bodies: Buffer[], type: string, ready?: () => Promise<void>) => {
       const port = await freePort();
-      const proc = await start([...args.map((a) => (a === 'PORT' ? String(port) : a))], env);
+      const proc = await startServer([...args.map((a) => (a === 'PORT' ? String(port) : a))], env);
       procs.push(proc);
       await ready?.();
       const m = await load(`http://127.0.0.1:${port}`, apiKey, bodies, type, connections, proc.pid!, redis);
-      await stop(procs.pop()!);
+      await stopServer(procs.pop()!);
       return m;
     };
-    const serveArgs = (w: number) => [path.join(here, '..', 'cli', 'main.js'), 'serve', '--host', '127.0.0.1', '--port', 'PORT', '--workers', String(w)];
     const serveEnv = { KEY_PREFIX: prefix, REDIS_URL: config.redisUrl, SNAPSHOT: 'false', RATE_LIMIT_FAILURES: String(1e9) };
     const result: BenchResult = {};
     if (want('ceiling')) {
       log('ceiling (uWS, read body, constant reply) ...');
-      result.ceiling = await measure([path.join(here, 'baseline-uws.js'), 'PORT'], {}, ours, 'application/msgpack');
+      result.ceiling = await measure([path.join(benchDir, 'baseline-uws.js'), 'PORT'], {}, ours, 'application/msgpack');
     }
     if (want('ours')) {
       log(`ours (${workers} worker${workers > 1 ? 's' : ''}) ...`);
@@ -240,7 +220,7 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
     }
     if (want('fastify')) {
       log('Fastify + JSON + ioredis ...');
-      result.fastify = await measure([path.join(here, 'baseline-fastify.js'), 'PORT', config.redisUrl, prefix, apiKey], {}, plain, 'application/json');
+      result.fastify = await measure([path.join(benchDir, 'baseline-fastify.js'), 'PORT', config.redisUrl, prefix, apiKey], {}, plain, 'application/json');
     }
     if (result.ours && result.ceiling) result.oursOverCeiling = +(result.ours.reqPerSec / result.ceiling.reqPerSec).toFixed(2);
     if (result.ours && result.fastify) result.oursOverFastify = +(result.ours.reqPerSec / result.fastify.reqPerSec).toFixed(2);
@@ -263,7 +243,7 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
     throw err;
   } finally {
     process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
-    await Promise.all(procs.map(stop));
+    await Promise.all(procs.map(stopServer));
     await dropPrefix(redis, prefix);
     redis.disconnect();
   }
