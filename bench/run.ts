@@ -5,6 +5,7 @@ import pg from 'pg';
 import { printEngine, runEngineBench, TARGET_BYTES_PER_TOKEN, TARGET_TOKENS_PER_SEC, where } from './engine.js';
 import { wholeNumber } from './flags.js';
 import * as http from './http.js';
+import * as list from './list.js';
 import * as snapshot from './snapshot.js';
 import * as sweep from './sweep.js';
 
@@ -13,7 +14,7 @@ import * as sweep from './sweep.js';
  * then a summary against the targets, also written to bench/results.json.
  * Sizes: BENCH_ENGINE_TOKENS (default 1,000,000 per tokens-per-user case), BENCH_ENGINE_CONCURRENCY (generate
  * calls in flight, 4), BENCH_ENGINE_MASTERS (deployments: 1 = one redis-server, N = a Cluster of N masters; "1,3"), BENCH_HTTP_TOKENS (300,000 redeems per target), BENCH_WORKERS (workers of ours, 1), BENCH_SNAPSHOT_EVENTS (500,000),
- * BENCH_SWEEP_TOKENS (1,000,000); BENCH_DATABASE_URL the Postgres server the bench makes its databases on.
+ * BENCH_SWEEP_TOKENS (1,000,000), BENCH_LIST_TOKENS (100,000 tokens of the one user whose list is read); BENCH_DATABASE_URL the Postgres server the bench makes its databases on.
  */
 const env = (name: string, dflt: number): number => {
   const raw = process.env[name];
@@ -27,6 +28,7 @@ const sizes = {
   httpTokens: env('BENCH_HTTP_TOKENS', 300_000),
   workers: env('BENCH_WORKERS', 1),
   snapshotEvents: env('BENCH_SNAPSHOT_EVENTS', 500_000),
+  listTokens: env('BENCH_LIST_TOKENS', 100_000),
   engineMasters: (process.env.BENCH_ENGINE_MASTERS || '1,3').split(',').map((n, i) => wholeNumber(`BENCH_ENGINE_MASTERS item ${i + 1}`, n)),
 };
 const server = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -64,6 +66,9 @@ const httpResult = await withDatabase((url) =>
   http.run({ tokens: sizes.httpTokens, workers: sizes.workers, snapshotDatabaseUrl: url }),
 );
 
+console.log('\n## A long token list while lookups go on (serve, 1 worker, private redis-server)');
+const listResult = await list.run({ tokens: sizes.listTokens });
+
 console.log('\n## Snapshot writer catch-up into Postgres');
 const snapResult = await snapshot.run({ events: sizes.snapshotEvents, databaseUrl: server });
 
@@ -74,6 +79,7 @@ const summary = {
   http: httpResult,
   snapshot: snapResult,
   sweep: sweepResult,
+  list: listResult,
 };
 writeFileSync(new URL('../../bench/results.json', import.meta.url), `${JSON.stringify(summary, null, 2)}\n`);
 
@@ -100,4 +106,6 @@ console.log(`restore from Postgres   ${restore.tokensPerSec} tokens/s (${restore
 for (const [what, r] of [['campaign revoke', sweepResult.campaign], ['satellite revoke', sweepResult.satellite]] as const) {
   console.log(`${what.padEnd(24)}${r.revoked} revoked in ${r.seconds.toFixed(1)} s; longest script ${r.longestScriptMs} ms; redeems meanwhile p99 ${r.redeemP99Ms} ms (no targets)`);
 }
+const l = listResult;
+console.log(`list of ${l.tokens} tokens of one user  ${l.listMedianMs} ms (${(l.replyBytes / 1e6).toFixed(1)} MB); lookups meanwhile max ${l.duringLists.maxMs} ms (worst per list ${l.worstPerListMedianMs}), p99 ${l.duringLists.p99Ms} ms, against ${l.baseline.maxMs} / ${l.baseline.p99Ms} ms with no list (no targets)`);
 console.log(`snapshot lag under HTTP redeem load  ${o.snapshot?.maxLagSeconds.toFixed(3)} s (< 1 s: ${mark((o.snapshot?.maxLagSeconds ?? 9) < 1)})`);
