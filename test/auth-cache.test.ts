@@ -9,7 +9,7 @@ import { directClients, dropSharedPrefixes, SHARED_REDIS_URL, testPrefix } from 
 import { lateSubscriberProxy } from './helpers/redis-proxy.js';
 import { loadConfig } from '../src/config.js';
 import { startServer } from '../src/http/server.js';
-import { createRedis } from '../src/store/redis.js';
+import { createRedis, type RedisClient } from '../src/store/redis.js';
 import { SatelliteKeys } from '../src/store/satellites.js';
 
 const prefix = testPrefix('auth-cache');
@@ -34,21 +34,32 @@ async function statusOnEachWorker(key: string, status: number): Promise<number[]
   return seen;
 }
 
+/**
+ * The indexes of `nodes` holding a subscription to the registry's notices under `keyPrefix`, once `n` are held on
+ * them together (polled up to 15 s).
+ */
+async function listenersOn(nodes: RedisClient[], keyPrefix: string, n: number): Promise<number[]> {
+  const channel = new SatelliteKeys(keyPrefix).retired();
+  const counts = async () => await Promise.all(nodes.map(async (r) => Number(((await r.pubsub('NUMSUB', channel)) as [string, number])[1])));
+  const sum = (c: number[]) => c.reduce((a, b) => a + b, 0);
+  let seen = await counts();
+  for (const end = Date.now() + 15_000; sum(seen) < n && Date.now() < end; seen = await counts()) await new Promise((r) => setTimeout(r, 100));
+  expect(sum(seen)).toBe(n);
+  return seen.flatMap((c, i) => (c > 0 ? [i] : []));
+}
+
 /** Waits (up to 15 s) until `n` connections listen for the registry's notices under `keyPrefix`, on the Redis servers at `urls` together. */
 async function subscribed(urls: string[], keyPrefix: string, n: number): Promise<void> {
   const nodes = urls.map((redisUrl) => createRedis({ redisUrl, redisClusterNodes: [] }));
-  const channel = new SatelliteKeys(keyPrefix).retired();
-  const count = async () => (await Promise.all(nodes.map(async (r) => Number(((await r.pubsub('NUMSUB', channel)) as [string, number])[1])))).reduce((a, b) => a + b);
   try {
-    for (const end = Date.now() + 15_000; (await count()) < n && Date.now() < end; ) await new Promise((r) => setTimeout(r, 100));
-    expect(await count()).toBe(n);
+    await listenersOn(nodes, keyPrefix, n);
   } finally {
     for (const r of nodes) r.disconnect();
   }
 }
 
 /** The key of a new satellite `id`, served once on `pool`, and so cached by its worker. */
-async function cachedOn(pool: Pool, id = 'sat'): Promise<string> {
+async function cachedOn(pool: Pool, id: string): Promise<string> {
   const { apiKey } = (await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id } })).body;
   expect((await call(pool, 'GET', '/v1/users/u/tokens', { key: apiKey })).status).toBe(200);
   return apiKey;
@@ -60,6 +71,13 @@ async function refusedSoon(pool: Pool, key: string): Promise<number> {
   let status = await list();
   for (const end = Date.now() + 15_000; status === 200 && Date.now() < end; status = await list()) await new Promise((r) => setTimeout(r, 100));
   return status;
+}
+
+/** Removes satellite `id` with the CLI on the Redis of `env`, then expects `key` refused on `pool` soon (refusedSoon). */
+async function removedByCli(pool: Pool, id: string, key: string, env: Record<string, string>): Promise<void> {
+  const run = await runCli(['satellites', 'remove', id], { KEY_PREFIX: 'rm-test', ...env });
+  expect(run.code, run.stderr).toBe(0);
+  expect(await refusedSoon(pool, key)).toBe(401);
 }
 
 let satellites = 0;
@@ -119,13 +137,11 @@ describe('a worker whose Redis restarted', () => {
     const server = await serve({ REDIS_URL: redis.url, KEY_PREFIX: 'rm-test', AUTH_CACHE_MS: '600000' });
     const pool = new Pool(server.url, { connections: 1 });
     try {
-      const key = await cachedOn(pool);
+      const key = await cachedOn(pool, 'sat');
       await redis.stop(); // the AOF keeps the satellite
       await redis.start();
       await subscribed([redis.url], 'rm-test', 1);
-      const run = await runCli(['satellites', 'remove', 'sat'], { REDIS_URL: redis.url, KEY_PREFIX: 'rm-test' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(await refusedSoon(pool, key)).toBe(401);
+      await removedByCli(pool, 'sat', key, { REDIS_URL: redis.url });
     } finally {
       await pool.close();
       await server.stop();
@@ -135,27 +151,10 @@ describe('a worker whose Redis restarted', () => {
 });
 
 describe('a worker on a Redis Cluster', () => {
-  // the subscriber is a node of the cluster's choosing, the CLI publishes on another one: the cluster bus broadcasts it
-  it('hears of a remove made by the CLI: the cached key is refused at once', async () => {
-    const cluster = await testCluster(3, []);
-    const server = await serve({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'rm-test', AUTH_CACHE_MS: '600000' });
-    const pool = new Pool(server.url, { connections: 1 });
-    try {
-      const key = await cachedOn(pool);
-      await subscribed(cluster.nodes.map((n) => `redis://${n}`), 'rm-test', 1);
-      const run = await runCli(['satellites', 'remove', 'sat'], { REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'rm-test' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(await refusedSoon(pool, key)).toBe(401);
-    } finally {
-      await pool.close();
-      await server.stop();
-      await cluster.stop();
-    }
-  });
-
-  // the node its subscription is on is killed and a replica takes over that node's slots: a subscription
-  // left on the dead node, or lost with it, would let every later remove wait out the cache
-  it('keeps hearing of removes after the node it listens on is killed, and after that node is restarted', async () => {
+  // the subscriber is a node of the cluster's choosing, the CLI publishes on another one: the cluster bus
+  // broadcasts it. Then the node its subscription is on is killed and a replica takes over that node's slots:
+  // a subscription left on the dead node, or lost with it, would let every later remove wait out the cache
+  it('hears of removes made by the CLI at once; still after the node it listens on is killed, and after that node is restarted', async () => {
     const cluster = await testCluster(3, ['--cluster-node-timeout', '1000'], 1);
     const servers = directClients(cluster.nodes);
     const roles = await Promise.all(servers.map(async (s) => (await s.role())[0]));
@@ -163,35 +162,22 @@ describe('a worker on a Redis Cluster', () => {
     const masters = cluster.nodes.filter((_, i) => roles[i] === 'master');
     const server = await serve({ REDIS_CLUSTER_NODES: masters.join(','), KEY_PREFIX: 'rm-test', AUTH_CACHE_MS: '600000' });
     const pool = new Pool(server.url, { connections: 1 });
-    const channel = new SatelliteKeys('rm-test').retired();
-    /** the index of the node the worker listens on, once exactly one of `live` has it (up to 15 s) */
-    const listener = async (live: number[]) => {
-      const count = async (i: number) => Number(((await servers[i]!.pubsub('NUMSUB', channel)) as [string, number])[1]);
-      let on: number[] = [];
-      for (const end = Date.now() + 15_000; on.length !== 1 && Date.now() < end; await new Promise((r) => setTimeout(r, 100))) {
-        const counts = await Promise.all(live.map(count));
-        on = live.filter((_, j) => counts[j] === 1);
-      }
-      expect(on).toHaveLength(1);
-      return on[0]!;
-    };
-    const removeSoon = async (id: string, key: string, nodes: string[]) => {
-      const run = await runCli(['satellites', 'remove', id], { REDIS_CLUSTER_NODES: nodes.join(','), KEY_PREFIX: 'rm-test' });
-      expect(run.code, run.stderr).toBe(0);
-      expect(await refusedSoon(pool, key)).toBe(401);
-    };
+    /** the index of the node the worker listens on, among `live` (once one of them has it, up to 15 s) */
+    const listener = async (live: number[]) => live[(await listenersOn(live.map((i) => servers[i]!), 'rm-test', 1))[0]!]!;
+    const nodes = (indexes: number[]) => ({ REDIS_CLUSTER_NODES: indexes.map((i) => cluster.nodes[i]!).join(',') });
     try {
-      const [first, second] = [await cachedOn(pool, 'sat-1'), await cachedOn(pool, 'sat-2')];
+      const [now, first, second] = [await cachedOn(pool, 'sat-0'), await cachedOn(pool, 'sat-1'), await cachedOn(pool, 'sat-2')];
       const all = cluster.nodes.map((_, i) => i);
       const killed = await listener(all);
+      await removedByCli(pool, 'sat-0', now, nodes(all));
       expect(roles[killed]).toBe('master');
       await cluster.signal(killed, 'SIGKILL');
       const live = all.filter((i) => i !== killed);
       await listener(live);
       // the CLI waits for the replica to take the slot over
-      await removeSoon('sat-1', first, live.map((i) => cluster.nodes[i]!));
+      await removedByCli(pool, 'sat-1', first, nodes(live));
       await cluster.restart(killed);
-      await removeSoon('sat-2', second, cluster.nodes);
+      await removedByCli(pool, 'sat-2', second, nodes(all));
     } finally {
       for (const s of servers) s.disconnect();
       await pool.close();
