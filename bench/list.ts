@@ -3,6 +3,7 @@ import { pathToFileURL } from 'node:url';
 import { Client } from 'undici';
 import { packr } from '../src/msgpack.js';
 import { numberFlag } from './flags.js';
+import { latencies, type Latencies } from './latency.js';
 import { freePort, startRedis } from './redis-server.js';
 import { serveArgs, startServer, stopServer } from './servers.js';
 
@@ -13,13 +14,6 @@ import { serveArgs, startServer, stopServer } from './servers.js';
  * running. A list sorted or encoded in one go holds the worker's event loop, and every sign-up sent to it.
  *   node dist/bench/list.js [--tokens N]
  */
-export interface Latencies {
-  lookups: number;
-  p50Ms: number;
-  p99Ms: number;
-  maxMs: number;
-}
-
 export interface ListBenchResult {
   tokens: number;
   lists: number;
@@ -39,12 +33,6 @@ const BASELINE_MS = 3000;
 const PER_CALL = 10_000;
 
 const median = (xs: number[]) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-
-const latencies = (ms: number[]): Latencies => {
-  const s = ms.slice().sort((a, b) => a - b);
-  const at = (q: number) => +(s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? 0).toFixed(2);
-  return { lookups: s.length, p50Ms: at(0.5), p99Ms: at(0.99), maxMs: at(1) };
-};
 
 export async function run(opts: { tokens?: number; log?: (line: string) => void } = {}): Promise<ListBenchResult> {
   const tokens = opts.tokens ?? 100_000;
@@ -122,7 +110,7 @@ export async function run(opts: { tokens?: number; log?: (line: string) => void 
     log(`\nlist of ${tokens} tokens of one user (MessagePack, ${(result.replyBytes / 1e6).toFixed(1)} MB): median ${result.listMedianMs} ms, slowest ${result.listMaxMs} ms of ${LISTS}`);
     log('lookups on another connection     count   p50 ms   p99 ms   max ms');
     for (const [name, l] of [['no list running', baseline], ['while a list runs', result.duringLists]] as const) {
-      log(`${name.padEnd(30)} ${String(l.lookups).padStart(8)} ${String(l.p50Ms).padStart(8)} ${String(l.p99Ms).padStart(8)} ${String(l.maxMs).padStart(8)}`);
+      log(`${name.padEnd(30)} ${String(l.count).padStart(8)} ${String(l.p50Ms).padStart(8)} ${String(l.p99Ms).padStart(8)} ${String(l.maxMs).padStart(8)}`);
     }
     log(`slowest lookup of each list call, median of ${LISTS}: ${result.worstPerListMedianMs} ms`);
     return result;

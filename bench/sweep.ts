@@ -4,6 +4,7 @@ import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { startRedis } from './redis-server.js';
 import { numberFlag } from './flags.js';
+import { latencies } from './latency.js';
 import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
 /**
@@ -60,12 +61,12 @@ export async function run(opts: { tokens?: number; log?: (line: string) => void 
     const measure = async (sweep: () => Promise<number>): Promise<SweepRun> => {
       await redis.slowlog('RESET');
       let done = false;
-      const latencies: number[] = [];
+      const times: number[] = [];
       const probing = (async () => {
         while (!done && next < probes.length) {
           const t = performance.now();
           await prober.redeem(probes[next++]!, 'sat-probe', 'u');
-          latencies.push(performance.now() - t);
+          times.push(performance.now() - t);
         }
       })();
       const t0 = performance.now();
@@ -75,9 +76,8 @@ export async function run(opts: { tokens?: number; log?: (line: string) => void 
       await probing;
       const log = (await redis.slowlog('GET', 100_000)) as [number, number, number, string[]][];
       const longest = Math.max(0, ...log.filter((e) => e[3][0]?.toLowerCase() === 'evalsha').map((e) => e[2]));
-      latencies.sort((a, b) => a - b);
-      const at = (q: number) => Number((latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? 0).toFixed(2));
-      return { revoked, seconds, longestScriptMs: longest / 1000, redeems: latencies.length, redeemP99Ms: at(0.99), redeemMaxMs: at(1) };
+      const redeems = latencies(times);
+      return { revoked, seconds, longestScriptMs: longest / 1000, redeems: redeems.count, redeemP99Ms: redeems.p99Ms, redeemMaxMs: redeems.maxMs };
     };
     const show = (what: string, r: SweepRun) =>
       log(`${what}: ${r.revoked} revoked in ${r.seconds.toFixed(2)} s; longest script ${r.longestScriptMs.toFixed(1)} ms; ` +
