@@ -166,8 +166,8 @@ export async function encodeList(format: Format, list: ListValue, gone: () => bo
 
 /** encode(format, {[key]: <array of n>}) up to the array's first item. */
 function listHead(format: Format, key: string, n: number): Buffer {
-  if (format === 'json') return Buffer.from(JSON.stringify({ [key]: [] }).slice(0, -2));
-  return Buffer.concat([packr.pack({ [key]: [] }).subarray(0, -1), arrayHeader(n)]);
+  const empty = encode(format, { [key]: [] });
+  return format === 'json' ? empty.subarray(0, -2) : Buffer.concat([empty.subarray(0, -1), arrayHeader(n)]);
 }
 
 /** The encoded items of a slice of a list, as they stand in the whole array. */
