@@ -24,6 +24,7 @@ export const errorCatalogue = {
   rate_limited: { status: 429, message: 'too many failed attempts; retry later' },
   internal: { status: 500, message: 'internal error' },
   store_unavailable: { status: 503, message: 'the token store is unavailable; retry later' },
+  metrics_unavailable: { status: 503, message: "serve's primary process, which sums the workers' metrics, did not answer in time; retry later" },
 } as const;
 
 export type ErrorCode = keyof typeof errorCatalogue;

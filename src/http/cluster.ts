@@ -3,6 +3,7 @@ import { AggregatorRegistry } from 'prom-client';
 import type { Config } from '../config.js';
 import { freePort, portFreeWithin } from '../free-port.js';
 import { collectProcessMetrics, registry } from '../metrics.js';
+import { HttpError } from './router.js';
 import { startServer } from './server.js';
 
 /**
@@ -215,10 +216,12 @@ export async function runWorker(config: Config): Promise<void> {
     if (m.rm === 'collect') report(m.id);
     if (m.rm === 'metrics') waiting.get(m.id)?.(m.text);
   });
+  // a primary that does not answer is stopped or busy, not broken: 503 and retry, where a 500 would read as a bug
   const metrics = () =>
     new Promise<string>((resolve, reject) => {
       const id = ++seq;
-      const timer = setTimeout(() => (waiting.delete(id), reject(new Error('metrics: primary did not answer'))), COLLECT_TIMEOUT_MS * 2);
+      const unanswered = () => (waiting.delete(id), reject(new HttpError('metrics_unavailable', undefined, [['retry-after', '1']])));
+      const timer = setTimeout(unanswered, COLLECT_TIMEOUT_MS * 2);
       waiting.set(id, (text) => (clearTimeout(timer), waiting.delete(id), resolve(text)));
       process.send?.({ rm: 'metrics?', id } satisfies Msg);
     });
