@@ -3,6 +3,7 @@ import { AggregatorRegistry } from 'prom-client';
 import type { Config } from '../config.js';
 import { freePort, portFreeWithin } from '../free-port.js';
 import { collectProcessMetrics, registry } from '../metrics.js';
+import { METRICS_WAIT_MS } from './ops.js';
 import { HttpError } from './router.js';
 import { startServer } from './server.js';
 
@@ -23,7 +24,8 @@ type Msg =
   /** the answer to a `collect`, or (id 0) a worker's own report: every PUSH_MS, and its last as it exits */
   | { rm: 'collected'; id: number; json: metric[] };
 
-const COLLECT_TIMEOUT_MS = 2000;
+// the primary's wait for the workers: half a worker's wait for it, so the sum of those that did answer arrives first
+const COLLECT_TIMEOUT_MS = METRICS_WAIT_MS / 2;
 /**
  * How often a worker sends its counters unasked: a worker that dies takes with it what it counted since
  * the primary last heard from it. Heard only at scrapes, a kill -9 lost up to a scrape interval of
@@ -220,8 +222,13 @@ export async function runWorker(config: Config): Promise<void> {
   const metrics = () =>
     new Promise<string>((resolve, reject) => {
       const id = ++seq;
-      const unanswered = () => (waiting.delete(id), reject(new HttpError('metrics_unavailable', undefined, [['retry-after', '1']])));
-      const timer = setTimeout(unanswered, COLLECT_TIMEOUT_MS * 2);
+      const unanswered = () => {
+        waiting.delete(id);
+        // the 503 alone leaves no trace: the scrape that failed is counted only in a later one that succeeds
+        console.warn(`[metrics] serve's primary did not answer within ${METRICS_WAIT_MS} ms: /metrics answered 503 metrics_unavailable`);
+        reject(new HttpError('metrics_unavailable', undefined, [['retry-after', '1']]));
+      };
+      const timer = setTimeout(unanswered, METRICS_WAIT_MS);
       waiting.set(id, (text) => (clearTimeout(timer), waiting.delete(id), resolve(text)));
       process.send?.({ rm: 'metrics?', id } satisfies Msg);
     });

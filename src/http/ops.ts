@@ -2,6 +2,13 @@ import uws from 'uWebSockets.js';
 import { collectProcessMetrics, registry } from '../metrics.js';
 import { listen, mount, ok, type Route } from './router.js';
 
+/**
+ * How long a serve worker waits for its primary's sum of every process's metrics (twice the primary's own
+ * wait for the workers, cluster.ts). The route's deadline is above it whatever REQUEST_TIMEOUT_MS, so a
+ * silent primary is answered metrics_unavailable, not store_unavailable, which sent on-call to Redis.
+ */
+export const METRICS_WAIT_MS = 4000;
+
 export interface OpsDeps {
   ready(): Promise<{ ready: boolean; details: Record<string, unknown> }>;
   metrics(): Promise<string>;
@@ -20,7 +27,7 @@ export function opsRoutes(d: OpsDeps): Route[] {
       },
     },
     {
-      method: 'get', pattern: '/metrics', auth: 'metrics',
+      method: 'get', pattern: '/metrics', auth: 'metrics', timeoutMs: METRICS_WAIT_MS + 1000,
       handler: async () => ({ raw: await d.metrics(), contentType: 'text/plain; version=0.0.4; charset=utf-8' }),
     },
   ];

@@ -51,7 +51,7 @@ export interface Route<B = any> {
   optionalBody?: boolean;
   /** read the client IP (rate-limited routes) */
   needsIp?: boolean;
-  /** bulk work that grows with the data (a sweep of every shard): its deadline, when longer than REQUEST_TIMEOUT_MS */
+  /** its deadline, when longer than REQUEST_TIMEOUT_MS: bulk work that grows with the data (a sweep of every shard), /metrics' wait for serve's primary */
   timeoutMs?: number;
   handler(call: Call<B>): Promise<Outcome>;
 }
