@@ -341,6 +341,31 @@ describe('--resume after the only satellite, which failed half-way, was removed'
   });
 });
 
+// the run read the satellite's url and key once: removed while served, it kept receiving new tokens to the
+// end of its listing (exit 0, done), though a resume, and the admin route, serve no removed satellite
+describe('a satellite removed (satellites remove) while a run serves it', () => {
+  it('gets no push after the removal: it ends removed, skipped in the report, and the others are served (exit 0)', () => withEngine(async (fx, handWritten) => {
+    const pushed: string[] = [];
+    await handWritten('sat-retired', () => ({ userIds: ['u0', 'u1', 'u2'], nextCursor: null }), async (tokens) => {
+      pushed.push(...tokens.map((t) => t.userId));
+      if (pushed.length === 1) await new SatelliteRegistry(fx.redis, fx.prefix).remove('sat-retired');
+      return tokens.length;
+    });
+    await handWritten('sat-staying', () => ({ userIds: ['v0', 'v1'], nextCursor: null }), (tokens) => tokens.length);
+    const env = { KEY_PREFIX: fx.prefix };
+    const run = await runCli(['generate', '--all', '--per-user', '1', '--batch-size', '1', '--campaign', 'retired', '--json'], env);
+    expect(run.code, run.stderr).toBe(0);
+    expect(pushed).toEqual(['u0']);
+    const byId = Object.fromEntries(JSON.parse(run.stdout).satellites.map((r: { satelliteId: string }) => [r.satelliteId, r]));
+    expect(byId['sat-retired']).toMatchObject({ status: 'skipped', error: expect.stringMatching(/no longer registered.*removed while this run served it/), tokensDelivered: 1 });
+    expect(byId['sat-staying']).toMatchObject({ status: 'done', tokensDelivered: 2 });
+    expect(run.stderr).toMatch(/satellite sat-retired stopped: no longer registered/);
+    const shown = JSON.parse((await runCli(['campaigns', 'show', 'retired', '--json'], env)).stdout);
+    expect(shown.status).toBe('done');
+    expect(shown.progress['sat-retired']).toMatchObject({ status: 'removed', tokensDelivered: 1 });
+  }));
+});
+
 describe('a satellite refusing some users (accounts closed after the listing)', () => {
   let w: Awaited<ReturnType<typeof world>>;
   beforeAll(async () => {

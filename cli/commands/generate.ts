@@ -137,6 +137,7 @@ export function register(program: Command): void {
               timeoutMs: config.satelliteTimeoutMs,
               attempts: config.satelliteAttempts,
               ...(run ? { claim: run } : {}),
+              registry,
               onProgress: bars?.update,
               say: bars?.say ?? ((line: string) => console.error(line)),
               stop: stop.signal,
@@ -154,6 +155,8 @@ export function register(program: Command): void {
           const failed = reports.filter((r) => r.status === 'failed');
           // revoked or expired: a campaign a resume cannot go on with
           const stopped = reports.filter((r) => r.status === 'revoked' || r.status === 'expired');
+          // removed mid-run: no failure, as a resume skipping it is none
+          const removed = reports.filter((r) => r.status === 'skipped');
           for (const r of reports.filter((r) => r.usersRefused > 0)) {
             const rest = r.tokensDelivered > 0 ? ', the other users were served' : '';
             const kept = r.usersRefusedKept ?? 0;
@@ -164,7 +167,7 @@ export function register(program: Command): void {
           for (const r of reports.filter((r) => r.usersInvalid > 0)) {
             console.error(`satellite ${r.satelliteId} listed ${r.usersInvalid} user ids that are not valid ids, skipped (first ${r.invalidUser})`);
           }
-          for (const r of stopped) console.error(`satellite ${r.satelliteId} stopped: ${r.error}`);
+          for (const r of [...stopped, ...removed]) console.error(`satellite ${r.satelliteId} stopped: ${r.error}`);
           for (const r of failed) console.error(`satellite ${r.satelliteId} failed: ${r.error}`);
           // a revoked or expired campaign cannot be resumed, and a dry run recorded no campaign to resume
           if (failed.length && !stopped.length) {

@@ -5,7 +5,9 @@ import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import { checkNewId, printable } from '../tokens/validate.js';
 import { CLAIM_TTL_MS, ClaimLost, type CampaignMeta, type CampaignStore, type Claim, type Counter, type SatelliteProgress } from '../store/campaign-store.js';
 import { CampaignRevokedInGenerate } from '../store/token-store.js';
+import type { SatelliteRegistry } from '../satellites/registry.js';
 import { SatelliteApi } from './satellite-api.js';
+import { REMOVED } from './plan.js';
 import { Delivery, tokenCount, type UserTokens } from './delivery.js';
 
 export interface FlowSatellite {
@@ -38,6 +40,8 @@ export interface FlowOptions {
   stop?: AbortSignal;
   /** the run's claim on the campaign, confirmed before each batch it makes and each push (absent in a dry run) */
   claim?: Pick<Claim, 'confirm'>;
+  /** read before each batch made and each push: a satellite removed meanwhile (satellites remove) is served no more */
+  registry?: Pick<SatelliteRegistry, 'get'>;
   onProgress?: (satelliteId: string, event: ProgressEvent, n: number) => void;
   /** a line for the operator while the run waits on something (stderr, or above the progress bars) */
   say?: (line: string) => void;
@@ -88,6 +92,9 @@ export async function runCampaign(opts: FlowOptions, satellites: FlowSatellite[]
 /** The campaign's expiresAt passed during the run: nothing more is made (the engine refuses a past expiry) or pushed. */
 class CampaignExpired extends Error {}
 
+/** The satellite was removed during the run: nothing more is made for it or pushed to it, as a resume would skip it. */
+class SatelliteRemoved extends Error {}
+
 class SatelliteRun {
   private readonly report: SatelliteReport;
   private readonly id: string;
@@ -120,6 +127,7 @@ class SatelliteRun {
         o.stop?.throwIfAborted();
         this.refuseExpired();
         await this.confirmClaims();
+        await this.refuseRemoved();
         return this.refuseRevoked();
       },
       counted: (counter, n) => this.count(counter, n, true),
@@ -171,12 +179,13 @@ class SatelliteRun {
     } catch (err) {
       // the engine refuses every batch of a revoked campaign (lua/generate.lua) and refuseRevoked every
       // push of one, so this is where a run stops
-      const status = err instanceof DomainError && err.code === 'campaign_revoked' ? 'revoked' : err instanceof CampaignExpired ? 'expired' : 'failed';
+      // a removed satellite is reported as a resume reports it (skipped, not a failure) and recorded removed
+      const status = err instanceof DomainError && err.code === 'campaign_revoked' ? 'revoked' : err instanceof CampaignExpired ? 'expired' : err instanceof SatelliteRemoved ? 'skipped' : 'failed';
       this.report.status = status;
       this.report.error = (err as Error).message;
       if (status !== 'failed') await this.countHeldInPart();
       // a run that lost its claim leaves the status to the run holding it now
-      if (!this.o.dryRun && !(err instanceof ClaimLost)) await this.o.campaigns.setStatus(this.id, this.sat, status, this.report.error).catch(() => undefined);
+      if (!this.o.dryRun && !(err instanceof ClaimLost)) await this.o.campaigns.setStatus(this.id, this.sat, status === 'skipped' ? 'removed' : status, this.report.error).catch(() => undefined);
     } finally {
       if (this.delivery.refusal) this.report.refusal = this.delivery.refusal;
       if (this.delivery.refusedKept) this.report.usersRefusedKept = this.delivery.refusedKept;
@@ -254,6 +263,7 @@ class SatelliteRun {
     this.o.stop?.throwIfAborted();
     this.refuseExpired();
     await this.confirmClaims();
+    await this.refuseRemoved();
     const req = { owners: users.map((ownerUserId) => ({ ownerSatelliteId: this.sat, ownerUserId })), perUser: campaign.perUser, campaignId: campaign.id };
     let made;
     try {
@@ -327,6 +337,17 @@ class SatelliteRun {
   private async refuseRevoked(): Promise<void> {
     const at = await this.o.campaigns.revokedAt(this.id);
     if (at !== undefined) throw new DomainError('campaign_revoked', `campaign "${this.id}" was revoked at ${new Date(at).toISOString()}: its undelivered tokens are not pushed`);
+  }
+
+  /**
+   * The run read the satellite's url and key once: removed meanwhile (retired, or its url handed to someone
+   * else), it kept being made tokens and pushed them to the end of its listing, exit 0, though a resume and the
+   * admin route serve no removed satellite. The sets made and not pushed stay undelivered, as a resume leaves them.
+   */
+  private async refuseRemoved(): Promise<void> {
+    if (this.o.registry && !(await this.o.registry.get(this.sat))) {
+      throw new SatelliteRemoved(`${REMOVED}: removed while this run served it; nothing more is made for it or pushed to it`);
+    }
   }
 
   /**
