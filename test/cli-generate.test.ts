@@ -1186,7 +1186,7 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
 
   // a 500 is the satellite's, retried like any 5xx; a 200 without a numeric accepted says nothing was
   // stored, and was once counted delivered
-  it('a push answered 500 once is retried and delivered; one answered 200 without accepted is not recorded delivered', () => withEngine(async (fx, handWritten) => {
+  it('a push answered 500 once is retried and delivered; one answered 200 without a whole-number accepted is not recorded delivered', () => withEngine(async (fx, handWritten) => {
     const replies: (number | Refused)[] = [{ status: 500 }];
     await handWritten('sat-odd', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => replies.shift() ?? tokens.length);
     const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '2' };
@@ -1200,6 +1200,12 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     const silent = await runCli(['generate', '--resume', 'odd', '--json'], env);
     expect(silent.code).toBe(1);
     expect(JSON.parse(silent.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, status: 'failed', error: expect.stringContaining('reply has no numeric accepted') });
+
+    // no count either (a MessagePack NaN was taken as all of them)
+    replies.push(0.5);
+    const half = await runCli(['generate', '--resume', 'odd', '--json'], env);
+    expect(half.code).toBe(1);
+    expect(JSON.parse(half.stdout).satellites[0]).toMatchObject({ tokensDelivered: 0, status: 'failed', error: expect.stringContaining('a whole number of tokens') });
   }));
 
   // a user refused with its tokens kept (the satellite holds part of the set) is settled: a later run of the

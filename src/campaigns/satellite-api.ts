@@ -91,8 +91,10 @@ export class SatelliteApi {
    */
   async pushTokens(tokens: { userId: string; token: string }[]): Promise<number> {
     const reply = await this.call<{ accepted?: unknown }>('POST', 'referrals/v1/tokens', { tokens }, (r) => {
-      if (typeof r?.accepted !== 'number') throw new SatelliteCallError('tokens: reply has no numeric accepted', 200, false);
-      if (r.accepted < tokens.length) throw new SatelliteCallError(`tokens: the satellite accepted ${r.accepted} of ${tokens.length}`, 200, true, true, 0, Math.max(0, r.accepted));
+      const accepted = r?.accepted;
+      // a count: NaN (MessagePack carries it) passed every comparison as a full accept, and 0.5 as a set partly kept
+      if (typeof accepted !== 'number' || !Number.isInteger(accepted)) throw new SatelliteCallError('tokens: reply has no numeric accepted (a whole number of tokens)', 200, false);
+      if (accepted < tokens.length) throw new SatelliteCallError(`tokens: the satellite accepted ${accepted} of ${tokens.length}`, 200, true, true, 0, Math.max(0, accepted));
     });
     return reply.accepted as number;
   }
