@@ -15,12 +15,13 @@ export function checkId(field: string, value: unknown): string {
   return checkText(field, value);
 }
 
-// C1 controls (U+009B is an escape some terminals still act on), the bidirectional formatting
-// characters, which reorder how the text around them reads ("Trojan Source"), the invisible ones (zero
-// width, word joiner, BOM: "alice" and "alice\u200b" look the same) and the line and paragraph separators
-// (a line break to JavaScript and some viewers): all reach an operator's terminal and spreadsheet through
-// the CLI, the audit log and the export
-const DISPLAY_HAZARD = /[\u0080-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/;
+// C1 controls (U+009B is an escape some terminals still act on), the format characters (Unicode category
+// Cf): the bidirectional ones, which reorder how the text around them reads ("Trojan Source"), and the
+// invisible ones (zero width, word joiner, BOM, soft hyphen, tag characters: "alice" and "alice\u200b" look
+// the same), and the line and paragraph separators (a line break to JavaScript and some viewers): all reach
+// an operator's terminal and spreadsheet through the CLI, the audit log and the export. The category, not a
+// list: a list of the known ones let the soft hyphen and the invisible tag characters through
+const DISPLAY_HAZARD = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
 
 /**
  * An id a call brings into the store (a token's owner, a redeemer, a satellite, a campaign): an id, and

@@ -509,6 +509,9 @@ export function engineSuite(name: string, makeFixture: () => Promise<EngineFixtu
           '\ufeffbom',
           'line\u2028sep',
           'para\u2029sep',
+          'soft\u00adhyphen', // invisible where the word is not broken
+          'tag\u{e0041}s', // an invisible copy of "A"
+          'mongolian\u180evs',
         ];
         const sat = uniq('sat');
         const m = await mark();
