@@ -5,22 +5,23 @@ import type { Config } from '../config.js';
 import { answerWithin, createRedis, logOutages, redisErrorText, type OutageEffect, type RedisClient } from '../store/redis.js';
 import { clusterMasters } from '../store/cluster-probe.js';
 import { Keys, SHARDS } from '../store/keys.js';
-import { applyEvents } from './apply.js';
-import type { StreamEvent } from './events.js';
 import { Backoff } from './backoff.js';
-import { Lane, refusedBy } from './lane.js';
+import { Commits } from './commit.js';
+import { Lane } from './lane.js';
+import { Leadership } from './leadership.js';
 import { reportLag } from './lag.js';
 import { Lease } from '../store/lease.js';
 import { snapshotMetrics } from './metrics.js';
 import { CampaignCopy } from './campaigns.js';
 import { RevocationCopy } from './revoked.js';
 import { SatelliteCopy } from './satellites.js';
-import { cutConnections, openPostgres, ping, withClient } from './schema.js';
+import { cutConnections, openPostgres, ping } from './schema.js';
 import { writeSnapshotStatus, type SnapshotStatus } from './status.js';
 import { ShardStreams } from './streams.js';
 import { newestCommitted } from './positions.js';
 import { WentBackReport } from './went-back.js';
 import { findLostShards } from './lost.js';
+import { PostgresHealth } from './postgres-health.js';
 
 export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
 
@@ -67,7 +68,6 @@ const COPY_WAITS: OutageEffect = {
   all: 'nothing is copied to Postgres meanwhile',
   node: 'the event streams of its shards are not copied to Postgres until it or a replica answers',
 };
-const LAPSED = 'the snapshot lease lapsed with no other writer (this process or Redis stalled past it, or Redis lost it); taking it again';
 
 /**
  * The asynchronous Postgres writer. Reads every shard stream with the `snapshot` consumer group,
@@ -103,96 +103,16 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   // stop() cuts a backoff or standby wait short, so SIGTERM never waits seconds for it
   const stopping = new AbortController();
   const sleep = (ms: number) => sleepFor(ms, undefined, { signal: stopping.signal }).catch(() => undefined);
-  let leader = false;
-  // a process not holding the lease does not check Postgres: its postgres_up is unknown (NaN), not 0, which
-  // read as "Postgres down" on every standby and every serve with SNAPSHOT=false; so are the lost shards
-  const lead = (v: boolean) => {
-    leader = v;
-    m.leader.set(v ? 1 : 0);
-    if (!v) {
-      m.postgresUp.set(NaN);
-      m.lostShards.set(NaN);
-    }
-  };
-  /** bumped each time the loop takes the lease anew (not a renewal) */
-  let term = 0;
-  /** the term whose loss sayLost said */
-  let saidLostIn = -1;
+  const leadership = new Leadership(lease, log);
+  const health = new PostgresHealth(log, () => leadership.holds);
+  const commits = new Commits(config.snapshotTestCrashAfterCommit);
   let pool: pg.Pool | undefined;
   /** the loop waits on openPostgres (connecting, or migrating behind another process' lock): nothing in hand */
   let opening = false;
-  let pgState: 'up' | 'down' = 'down';
-  let warned = false;
-  let commits = 0;
   /** shards whose data Redis may have lost are looked for (findLostShards): on taking the lease (anew or again), and after a NOGROUP */
   let lookForLoss = true;
   /** the lost shards last said, so a loss is logged once, not at every lease taken */
   let saidLost = 0;
-
-  /** the refusals said since Postgres last took every lane's writes: each said once, also when lanes alternate */
-  const refusals = new Set<string>();
-  const setDown = (err: unknown, where: string) => {
-    m.errors.inc({ where });
-    if (where === 'postgres' && refusedBy(err)) {
-      // Postgres answered and refused (a column missing, a statement timeout, a full disk, a row it rejects):
-      // logged as "unreachable", with rm_snapshot_postgres_up flapping 0/1 as each probe succeeded, an alert
-      // holding for a while never fired. Said once per reason; the lag tells the rest.
-      const why = `SQLSTATE ${(err as { code: string }).code}: ${(err as Error).message}`;
-      if (!refusals.has(why)) log('warn', `Postgres refused a write (${why}); retrying with backoff, events wait in Redis`);
-      refusals.add(why);
-    } else if (where === 'postgres') {
-      pgState = 'down';
-      // a batch failing after the renew timer dropped the lease: no longer this process' to report
-      if (leader) m.postgresUp.set(0);
-      if (!warned) log('warn', `Postgres unreachable (${(err as Error).message}); retrying with backoff, events wait in Redis`);
-      warned = true;
-    } else {
-      log('warn', `${where}: ${redisErrorText(err)}`);
-    }
-  };
-
-  /**
-   * Says why the lease is gone: a lease that lapsed with no other writer (this process or Redis stalled past
-   * it, or Redis lost its data) is taken again at the next round; one another writer holds is that writer's.
-   */
-  async function sayLost(): Promise<void> {
-    // the loop and the renew timer may both find the same loss (twice on every SIGCONT): said once a term
-    if (saidLostIn === term) return;
-    saidLostIn = term;
-    const now = await lease.state().catch(() => null);
-    // the loop took it again meanwhile (and said LAPSED): naming this process as the taker would be false
-    if (now?.mine) return;
-    if (now === undefined) log('warn', LAPSED);
-    else log('warn', now === null ? 'lost the snapshot lease; not writing until it is taken again' : `lost the snapshot lease to the writer of ${now.owner}; it writes to Postgres now`);
-  }
-
-  // the failures onPostgres counted already; any other failure of a round is Redis' (or a bug) and counted once
-  const counted = new WeakSet<object>();
-  /** Runs a Postgres step; its failure marks Postgres down (metrics, one warning) before it propagates. */
-  async function onPostgres<T>(step: () => Promise<T>): Promise<T> {
-    try {
-      return await step();
-    } catch (err) {
-      setDown(err, 'postgres');
-      if (err instanceof Object) counted.add(err);
-      throw err;
-    }
-  }
-
-  async function commit(batch: StreamEvent[]): Promise<void> {
-    const seconds = await withClient(pool!, async (client) => {
-      const t0 = performance.now();
-      await client.query('BEGIN');
-      await applyEvents(client, batch);
-      await client.query('COMMIT');
-      return (performance.now() - t0) / 1000;
-    });
-    m.writeSeconds.observe(seconds);
-    m.batchSize.observe(batch.length);
-    m.applied.inc(batch.length);
-    commits++;
-    if (config.snapshotTestCrashAfterCommit > 0 && commits >= config.snapshotTestCrashAfterCommit) process.kill(process.pid, 'SIGKILL');
-  }
 
   /** Pending ids whose entries are gone (trimmed by something else): acked, but never silently. */
   async function ackLost(empty: Map<number, string[]>): Promise<void> {
@@ -208,9 +128,9 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     streams,
     keys,
     batchMax: config.snapshotBatch,
-    commit: (batch) => onPostgres(() => commit(batch)),
+    commit: (batch) => health.run(() => commits.commit(pool!, batch)),
     ackLost,
-    writing: () => running && leader,
+    writing: () => running && leadership.holds,
     log,
   }));
 
@@ -230,20 +150,11 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       try {
         // confirmed before every round, not only by the timer: a process paused past its lease must not
         // read new entries (they would sit in the group's pending list, unseen by the new holder)
-        const was = leader;
-        const renewed = await lease.renew();
-        lead(renewed || (await lease.acquire()));
-        if (leader && !renewed) {
-          term++;
-          // also a lease that lapsed and was taken again: its key went with whatever else Redis lost
-          lookForLoss = true;
-        }
-        if (was && !renewed && leader) log('warn', LAPSED);
-        if (!leader) {
-          if (was) await sayLost();
-          // tried again as the holder's lease lapses: a third of the lease apart, a standby took over up to
-          // 13 s after the holder was killed, past the lease time the docs promise
-          await sleep(Math.min(lease.ms / 3, (await lease.remainingMs()) + 20));
+        const { was, holds, anew } = await leadership.confirm();
+        // also a lease that lapsed and was taken again: its key went with whatever else Redis lost
+        if (anew) lookForLoss = true;
+        if (!holds) {
+          await sleep(await leadership.standbyMs());
           continue;
         }
         if (!was) {
@@ -260,7 +171,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         if (!pool) {
           opening = true;
           try {
-            pool = await onPostgres(() => openPostgres(config.databaseUrl, LANES, opts.queryTimeoutMs ?? 30_000));
+            pool = await health.run(() => openPostgres(config.databaseUrl, LANES, opts.queryTimeoutMs ?? 30_000));
           } finally {
             opening = false;
           }
@@ -269,28 +180,25 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         }
         const db = pool;
         // also every PG_PROBE_MS while up: a writer with nothing to write would report a lost Postgres as up
-        if (pgState === 'down' || Date.now() >= probeAt) {
-          await onPostgres(() => ping(db));
+        if (health.state === 'down' || Date.now() >= probeAt) {
+          await health.run(() => ping(db));
           probeAt = Date.now() + PG_PROBE_MS;
-          if (warned) log('info', 'Postgres reachable again; catching up');
-          pgState = 'up';
-          warned = false;
-          m.postgresUp.set(1);
+          health.reached();
         }
         void wentBack.count(db);
         await streams.ensureGroups();
         if (lookForLoss) {
           // before any new entry is read in this term: a Redis that went back before this process started is found too
-          streams.knowCommitted(await onPostgres(() => newestCommitted(db, Array.from({ length: SHARDS }, (_, s) => s))));
-          const lost = await findLostShards(redis, db, config.keyPrefix, onPostgres);
+          streams.knowCommitted(await health.run(() => newestCommitted(db, Array.from({ length: SHARDS }, (_, s) => s))));
+          const lost = await findLostShards(redis, db, config.keyPrefix, health.run);
           m.lostShards.set(lost.length);
           if (lost.length > saidLost) log('error', `Redis lost the tokens of ${lost.length} shard(s) that Postgres holds (${lost.join(',')}): they answer 404, and /readyz answers 503 until they are restored (runbook "Redis lost its data": referral-manager restore --from-postgres --force)`);
           saidLost = lost.length;
           lookForLoss = false;
         }
-        if (await satellites.due()) await onPostgres(() => satellites.write(db));
-        if (await revoked.due()) await onPostgres(() => revoked.write(db));
-        if (await campaigns.due()) await onPostgres(() => campaigns.write(db));
+        if (await satellites.due()) await health.run(() => satellites.write(db));
+        if (await revoked.due()) await health.run(() => revoked.write(db));
+        if (await campaigns.due()) await health.run(() => campaigns.write(db));
         const due = lanes.filter((l) => l.retryAt <= Date.now());
         const rounds = await Promise.allSettled(due.map((lane) => lane.round()));
         let n = 0;
@@ -299,17 +207,17 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           if (!due[i]!.settle(r)) throw (r as PromiseRejectedResult).reason;
           if (r.status === 'fulfilled') n += r.value;
         }
-        if (refusals.size && leader && lanes.every((l) => l.backoff.ms === 0)) {
-          log('info', 'Postgres takes the writes again; catching up');
-          refusals.clear();
-        }
+        if (leadership.holds && lanes.every((l) => l.backoff.ms === 0)) health.tookWrites();
         backoff.reset();
         if (n > 0) pause = config.snapshotFlushMs;
         if (n < streams.perShard) await sleep(pause);
         if (n === 0) pause = Math.min(pause * 2, Math.max(QUIET_POLL_MS, config.snapshotFlushMs));
       } catch (err) {
         // counted whatever Postgres' state: while it was down (or not yet reached) a Redis failure went unseen
-        if (!(err instanceof Object && counted.has(err))) setDown(err, 'redis');
+        if (!health.counted(err)) {
+          m.errors.inc({ where: 'redis' });
+          log('warn', `redis: ${redisErrorText(err)}`);
+        }
         if (/NOGROUP/.test((err as Error).message)) {
           // the group was made at start: a stream deleted or evicted, or Redis lost its data. What it held
           // unread is gone without a trace in Postgres; counted as lost, so the alert on losses fires
@@ -325,37 +233,21 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     await pool?.end().catch(() => {});
   })();
 
-  const renewTimer = setInterval(() => {
-    if (!leader) return;
-    // only the loop grants the lease; a renewal refused for a term the loop has since taken again says nothing
-    const asked = term;
-    const drop = () => {
-      if (asked !== term) return false;
-      lead(false);
-      return true;
-    };
-    lease.renew().then(
-      (ok) => {
-        if (!ok && drop()) void sayLost();
-      },
-      // cannot confirm the lease: stop writing until it is confirmed again
-      () => drop(),
-    );
-  }, lease.ms / 3);
+  leadership.startRenewing();
 
   // the lag left out while unknown (before the first reading, Redis down or hung): a 0 kept from before read
   // as "all copied" on the standalone writer's /readyz through a whole Redis outage
   const status = (): SnapshotStatus => {
     const lag = lagReport.current();
-    return { state: pgState, lagEvents: lag?.events, lagSeconds: lag?.seconds, at: Date.now() };
+    return { state: health.state, lagEvents: lag?.events, lagSeconds: lag?.seconds, at: Date.now() };
   };
   // every writer reports the lag (a standby too: it is the streams'); only the leader publishes the status
   const lagReport = reportLag(redis, config.keyPrefix, 1000, () => {
-    if (leader) return writeSnapshotStatus(redis, config.keyPrefix, status()).catch(() => m.errors.inc({ where: 'status' }));
+    if (leadership.holds) return writeSnapshotStatus(redis, config.keyPrefix, status()).catch(() => m.errors.inc({ where: 'status' }));
   });
 
   return {
-    status: () => ({ ...status(), leader, redis: redis.status === 'ready' ? 'up' : 'down' }),
+    status: () => ({ ...status(), leader: leadership.holds, redis: redis.status === 'ready' ? 'up' : 'down' }),
     clusterMasters: () => clusterMasters(redis),
     redisProbe: (ms = 1000) => answerWithin(redis.ping(), ms).then(() => undefined, (err: unknown) => redisErrorText(err)),
     async stop() {
@@ -369,7 +261,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       };
       running = false;
       stopping.abort();
-      clearInterval(renewTimer);
+      leadership.stopRenewing();
       // a round may start a prefetch until the loop ends: read the lanes then. A loop still opening Postgres
       // writes nothing more (it checks `running` once open) and has no prefetch
       const done = loop.then(() => Promise.all(lanes.map((l) => l.prefetch?.catch(() => {}))));
@@ -394,7 +286,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
       // a hung Redis (SIGSTOP) still reads `ready` and answers nothing: a reading or a round waiting on it is
       // left to its command timeout, and the lease, unreleased, lapses by itself
       if (!cut && (await within(Promise.all([opening || done, reading]))) && redis.status === 'ready') {
-        if (leader) await within(lease.release(), FAREWELL_MS);
+        if (leadership.holds) await within(lease.release(), FAREWELL_MS);
         await within(writeSnapshotStatus(redis, config.keyPrefix, { state: 'off', at: Date.now() }), FAREWELL_MS);
       }
       // the loop ends the pool: wait for that while the grace lasts, not for a Postgres that is still opening

@@ -1,0 +1,75 @@
+import { refusedBy } from './lane.js';
+import { snapshotMetrics } from './metrics.js';
+
+/**
+ * Postgres as the writer sees it: up or down (the status' state, rm_snapshot_postgres_up) and its failures,
+ * each counted, and said once per outage or, for a write it refused, once per reason.
+ */
+export class PostgresHealth {
+  private pgState: 'up' | 'down' = 'down';
+  private warned = false;
+  /** the refusals said since Postgres last took every lane's writes: each said once, also when lanes alternate */
+  private readonly refusals = new Set<string>();
+  // the failures run counted already: any other failure of a round is Redis' (or a bug), counted once by the loop
+  private readonly failures = new WeakSet<object>();
+  private readonly m = snapshotMetrics();
+
+  constructor(
+    private readonly log: (level: 'info' | 'warn', msg: string) => void,
+    /** whether this process holds the lease: only its holder reports Postgres' state */
+    private readonly leading: () => boolean,
+  ) {}
+
+  get state(): 'up' | 'down' {
+    return this.pgState;
+  }
+
+  /** Runs a Postgres step; its failure marks Postgres down (metrics, one warning) before it propagates. */
+  readonly run = async <T>(step: () => Promise<T>): Promise<T> => {
+    try {
+      return await step();
+    } catch (err) {
+      this.setDown(err);
+      if (err instanceof Object) this.failures.add(err);
+      throw err;
+    }
+  };
+
+  /** Whether `run` counted this failure already. */
+  counted(err: unknown): boolean {
+    return err instanceof Object && this.failures.has(err);
+  }
+
+  /** Postgres answered the reachability check. */
+  reached(): void {
+    if (this.warned) this.log('info', 'Postgres reachable again; catching up');
+    this.pgState = 'up';
+    this.warned = false;
+    this.m.postgresUp.set(1);
+  }
+
+  /** Every lane's writes went through: a refusal said before is said again should it come back. */
+  tookWrites(): void {
+    if (!this.refusals.size) return;
+    this.log('info', 'Postgres takes the writes again; catching up');
+    this.refusals.clear();
+  }
+
+  private setDown(err: unknown): void {
+    this.m.errors.inc({ where: 'postgres' });
+    if (refusedBy(err)) {
+      // Postgres answered and refused (a column missing, a statement timeout, a full disk, a row it rejects):
+      // logged as "unreachable", with rm_snapshot_postgres_up flapping 0/1 as each probe succeeded, an alert
+      // holding for a while never fired. Said once per reason; the lag tells the rest.
+      const why = `SQLSTATE ${(err as { code: string }).code}: ${(err as Error).message}`;
+      if (!this.refusals.has(why)) this.log('warn', `Postgres refused a write (${why}); retrying with backoff, events wait in Redis`);
+      this.refusals.add(why);
+    } else {
+      this.pgState = 'down';
+      // a batch failing after the renew timer dropped the lease: no longer this process' to report
+      if (this.leading()) this.m.postgresUp.set(0);
+      if (!this.warned) this.log('warn', `Postgres unreachable (${(err as Error).message}); retrying with backoff, events wait in Redis`);
+      this.warned = true;
+    }
+  }
+}
