@@ -1,5 +1,6 @@
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { addressBlock, endUserIp, FailureLimiter } from '../src/http/rate-limit.js';
+import { Keys } from '../src/store/keys.js';
 import { createRedis } from '../src/store/redis.js';
 import { dropPrefix, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 
@@ -69,6 +70,47 @@ describe('FailureLimiter per address', () => {
     expect(limiter.satelliteBlock('sat-x')).toBeUndefined();
   });
 
+});
+
+// Date alone is faked, to put each call at a chosen millisecond; Redis and its timers run for real
+describe('FailureLimiter windows', () => {
+  const windowMs = 60_000;
+  const start = Math.ceil(Date.now() / windowMs + 10) * windowMs; // a window start no other test is in
+  afterEach(() => vi.useRealTimers());
+
+  it('counts each window afresh: one failure per window never crosses a limit of one', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const limiter = new FailureLimiter(redis, prefix, { ip: 1, satellite: 100 }, windowMs);
+    for (let w = 0; w < 3; w++) {
+      vi.setSystemTime(start + w * windowMs + 5);
+      expect(await limiter.fail('sat-w', '10.6.6.6', false), `window ${w}`).toBeUndefined();
+    }
+    expect(await limiter.fail('sat-w', '10.6.6.6', false)).toMatchObject({ limit: 'ip' });
+  });
+
+  it('a block ends at the first millisecond of the next window', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const limiter = new FailureLimiter(redis, prefix, { ip: 0, satellite: 100 }, windowMs);
+    vi.setSystemTime(start + windowMs - 1500);
+    expect(await limiter.fail('sat-e', '10.5.5.5', false)).toEqual({ limit: 'ip', seconds: 2 });
+    vi.setSystemTime(start + windowMs - 1);
+    expect(limiter.check('sat-e', '10.5.5.5', false)).toEqual({ limit: 'ip', seconds: 1 });
+    vi.setSystemTime(start + windowMs);
+    expect(limiter.check('sat-e', '10.5.5.5', false)).toBeUndefined();
+  });
+
+  // a counter Redis refuses to count (OOM at maxmemory, a key of another type) must fail the request, not
+  // let the guess through uncounted
+  it('throws when Redis refuses the count', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    vi.setSystemTime(start + 5);
+    await redis.hset(new Keys(prefix).failures('i:10.4.4.4', start / windowMs), 'not', 'a counter');
+    const limiter = new FailureLimiter(redis, prefix, { ip: 5, satellite: 100 }, windowMs);
+    await expect(limiter.fail('sat-r', '10.4.4.4', false)).rejects.toThrow(/WRONGTYPE/);
+  });
+});
+
+describe('addressBlock', () => {
   it('keeps IPv4 addresses whole, dotted or mapped into IPv6', () => {
     expect(addressBlock('10.0.0.1')).toBe('10.0.0.1');
     expect(addressBlock('0000:0000:0000:0000:0000:ffff:0a00:0001')).not.toBe(addressBlock('0000:0000:0000:0000:0000:ffff:0a00:0002'));
