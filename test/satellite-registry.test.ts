@@ -1,5 +1,5 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SatelliteRegistry } from '../src/satellites/registry.js';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { SATELLITE_FIELD_MAX, SatelliteRegistry } from '../src/satellites/registry.js';
 import { Authenticator } from '../src/http/auth.js';
 import { createRedis, type RedisClient } from '../src/store/redis.js';
 import { SatelliteKeys } from '../src/store/satellites.js';
@@ -41,6 +41,9 @@ describe('satellite registry update', () => {
     // generate calls the origin and path only: these parts would be dropped, and a password shown by every list
     await expect(registry.update('u2', { url: 'https://sat:s3cret@u2.example' })).rejects.toMatchObject({ code: 'invalid_request', message: expect.stringContaining('user or password') });
     await expect(registry.add({ id: 'u2b', url: 'https://u2.example/referrals?region=eu' })).rejects.toMatchObject({ code: 'invalid_request', message: 'url: must not hold a query or fragment' });
+    // a user alone, or a fragment alone, is refused as well
+    await expect(registry.update('u2', { url: 'https://sat@u2.example' })).rejects.toMatchObject({ code: 'invalid_request', message: expect.stringContaining('user or password') });
+    await expect(registry.update('u2', { url: 'https://u2.example/referrals#eu' })).rejects.toMatchObject({ code: 'invalid_request', message: 'url: must not hold a query or fragment' });
     await expect(registry.update('u2', { outboundKey: 'k'.repeat(4097) })).rejects.toMatchObject({ code: 'invalid_request' });
     await expect(registry.update('nobody', { name: 'x' })).rejects.toMatchObject({ code: 'satellite_not_found' });
     // add takes the same rules
@@ -51,6 +54,16 @@ describe('satellite registry update', () => {
       await expect(registry.add({ id })).rejects.toMatchObject({ code: 'invalid_request' });
       expect(await registry.get(id)).toBeUndefined();
     }
+  });
+
+  // the HTTP schemas take their maxLength from SATELLITE_FIELD_MAX: a value they let through must be stored
+  it('takes each field at its longest', async () => {
+    const url = 'https://u7.example/';
+    const longest = { name: 'n'.repeat(SATELLITE_FIELD_MAX.name), url: url + 'p'.repeat(SATELLITE_FIELD_MAX.url - url.length), outboundKey: 'k'.repeat(SATELLITE_FIELD_MAX.outboundKey) };
+    await registry.add({ id: 'u7', ...longest });
+    expect(await registry.require('u7')).toMatchObject(longest);
+    expect(await registry.update('u7', { name: 'm'.repeat(SATELLITE_FIELD_MAX.name) })).toMatchObject({ name: 'm'.repeat(SATELLITE_FIELD_MAX.name) });
+    await expect(registry.update('u7', { name: 'm'.repeat(SATELLITE_FIELD_MAX.name + 1) })).rejects.toMatchObject({ code: 'invalid_request' });
   });
 
   it('an update racing a remove never brings back a partial record', async () => {
@@ -106,6 +119,24 @@ describe('a rotated key in the worker\'s key cache', () => {
     await new Promise((r) => setTimeout(r, 400));
     expect(await auth.satellite(old)).toBeUndefined();
     expect(await auth.satellite(fresh)).toBe('u-grace');
+  });
+});
+
+describe('the grace of a rotated key', () => {
+  it('ends at the millisecond it names: the key works the one before, not that one', async () => {
+    const { apiKey: old } = await registry.add({ id: 'u-edge' });
+    await registry.rotateKey('u-edge', 600_000);
+    const holder = await registry.keyHolder(old);
+    expect(holder).toEqual({ id: 'u-edge', until: expect.any(Number) });
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      vi.setSystemTime(holder!.until! - 1);
+      expect(await registry.keyHolder(old)).toEqual(holder);
+      vi.setSystemTime(holder!.until!);
+      expect(await registry.keyHolder(old)).toBeUndefined();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
 
