@@ -140,6 +140,18 @@ describe('the grace of a rotated key', () => {
   });
 });
 
+// with no ADMIN_KEY no key opens the admin routes: not even an empty one, should a caller ever pass it
+describe('the admin key', () => {
+  it('is none when not set; when set only that key is it', () => {
+    expect(new Authenticator(registry, '').isAdmin('')).toBe(false);
+    expect(new Authenticator(registry, '').adminEnabled).toBe(false);
+    const auth = new Authenticator(registry, 'the-admin-key');
+    expect(auth.isAdmin('the-admin-key')).toBe(true);
+    expect(auth.isAdmin('the-admin-ke')).toBe(false);
+    expect(auth.isAdmin('')).toBe(false);
+  });
+});
+
 // a graced rotation keeps the retired keys still in their grace; one whose grace ended must go from the index and
 // from prevKeyHash there, else every graced rotation left one more dead entry for good (copied to Postgres, restored)
 describe('rotating a key again', () => {
