@@ -189,6 +189,19 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     expect((await pool.query('SELECT progress FROM campaigns WHERE id = $1', ['stopped'])).rows[0].progress).toEqual(progress);
   });
 
+  // a resume of an expired campaign refuses to run, so a delivered count zeroed by the restore stayed 0 for good
+  it('the satellites of a campaign whose expiry has passed keep their counters through a restore', async () => {
+    const progress = {
+      'sat-e': { usersListed: 9, usersServed: 6, tokensMade: 6, tokensDelivered: 4, usersRefused: 0, failures: 0, status: 'expired', lastError: 'campaign "lapsed" expired' },
+      'sat-f': { usersListed: 5, usersServed: 5, tokensMade: 5, tokensDelivered: 3, usersRefused: 0, failures: 1, status: 'failed', lastError: 'HTTP 503' },
+    };
+    const meta = { perUser: 1, expiresAt: Date.now() - 60_000, satellites: ['sat-e', 'sat-f'], createdAt: 1 };
+    await pool.query('INSERT INTO campaigns (id, meta, progress) VALUES ($1, $2, $3)', ['lapsed', JSON.stringify(meta), JSON.stringify(progress)]);
+    expect(await restoreCampaigns(fx.redis, pool, fx.prefix)).toMatchObject({ restored: 1 });
+    expect((await new CampaignStore(fx.redis, fx.prefix).get('lapsed'))?.progress).toEqual(progress);
+    expect((await pool.query('SELECT progress FROM campaigns WHERE id = $1', ['lapsed'])).rows[0].progress).toEqual(progress);
+  });
+
   it('campaigns results: what became of the tokens, per owner satellite, from the snapshot', async () => {
     const sim = await satellite('sat-r', 10);
     const w = await writer(fx.prefix);

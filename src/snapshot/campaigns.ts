@@ -133,16 +133,17 @@ async function* refusedUsers(pool: pg.Pool, id: string, sat: string): AsyncGener
 
 /**
  * What Redis gets for a satellite: a `done` one delivered every user it made but those it refused, so
- * they are recorded delivered. A `revoked` one is never resumed (the campaign's revocation comes back
- * too), so its counters are history and stay. Any other (a `removed` one too: added again, a resume serves
+ * they are recorded delivered. A `revoked` or `expired` one, or any of a campaign whose expiry has passed,
+ * is never resumed (the campaign's revocation comes back too; a resume of an expired campaign refuses to
+ * run), so its counters are history and stay. Any other (a `removed` one too: added again, a resume serves
  * it) has no delivery recorded (the snapshot does not
  * hold the list), so `--resume` sends every made user but the refused ones again (satellites store a
  * batch idempotently) and counts those tokens then: its delivered counter starts at 0, or it would count
  * them twice. A `running` one lost its run.
  */
-function restoredProgress(p: SatelliteProgress): SatelliteProgress {
-  if (p.status === 'done' || p.status === 'revoked') return p;
-  const q = { ...p, tokensDelivered: 0 };
+function restoredProgress(p: SatelliteProgress, expired: boolean): SatelliteProgress {
+  if (p.status === 'done' || p.status === 'revoked' || p.status === 'expired') return p;
+  const q = expired ? p : { ...p, tokensDelivered: 0 };
   return p.status === 'running' ? { ...q, status: 'failed', lastError: RESTORED_RUNNING } : q;
 }
 
@@ -163,7 +164,8 @@ export async function restoreCampaigns(redis: RedisClient, pool: pg.Pool, prefix
       kept++;
       continue;
     }
-    const progress = mapValues(c.progress, restoredProgress);
+    const expired = c.expiresAt !== undefined && c.expiresAt <= Date.now();
+    const progress = mapValues(c.progress, (p) => restoredProgress(p, expired));
     for (const sat of c.satellites) {
       const refused = new Set<string>();
       for await (const users of refusedUsers(pool, c.id, sat)) {
