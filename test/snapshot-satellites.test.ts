@@ -3,6 +3,7 @@ import type pg from 'pg';
 import { loadConfig } from '../src/config.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { openPostgres, restoreFromPostgres, restoreSatellites, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
+import { runCli } from './helpers/cli.js';
 import { testDatabase } from './helpers/pg.js';
 import { dropPrefix, engineFixture, testPrefix, type EngineFixture } from './helpers/redis.js';
 import { caughtUp, firstRoundDone, sleep } from './helpers/snapshot.js';
@@ -18,6 +19,7 @@ describe('satellites reach Postgres and come back with restore (real Redis, real
   const emptied = testPrefix('sate');
   const updated = testPrefix('satu');
   const rebuilt = testPrefix('satb');
+  const retired = testPrefix('satx');
 
   const rows = async () => (await pool.query<SatRow>('SELECT id, fields, api_keys FROM satellites ORDER BY id')).rows;
   async function rowsUntil(ok: (r: SatRow[]) => boolean): Promise<SatRow[]> {
@@ -44,7 +46,7 @@ describe('satellites reach Postgres and come back with restore (real Redis, real
   afterAll(async () => {
     for (const w of writers) await w.stop();
     await pool?.end();
-    if (fx) for (const p of [restored, emptied, updated, rebuilt]) await dropPrefix(fx.redis, p);
+    if (fx) for (const p of [restored, emptied, updated, rebuilt, retired]) await dropPrefix(fx.redis, p);
     await fx?.close();
     await db?.drop();
   });
@@ -124,5 +126,28 @@ describe('satellites reach Postgres and come back with restore (real Redis, real
     const back = new SatelliteRegistry(fx.redis, rebuilt);
     expect(await back.get('sat-u')).toEqual({ id: 'sat-u', url: 'https://after.example', outboundKey: 'out-u', createdAt: (await reg.get('sat-u'))!.createdAt });
     expect(await back.authenticate(apiKey)).toBe('sat-u');
+  });
+
+  // a satellite removed (say its key leaked) before the writer copied the removal came back, key and all,
+  // with `restore --force` on a Redis whose registry survived (a Cluster master lost, the {sat} one kept)
+  it('restore --force leaves a satellite removed in Redis removed, though Postgres still holds it', async () => {
+    const reg = new SatelliteRegistry(fx.redis, retired);
+    const w = await writer(retired);
+    const { apiKey } = await reg.add({ id: 'sat-x' });
+    await rowsUntil((r) => r.some((x) => x.id === 'sat-x'));
+    await w.stop();
+    await reg.remove('sat-x');
+    expect(await reg.authenticate(apiKey)).toBeUndefined();
+
+    const r = await runCli(['restore', '--from-postgres', '--force'], { KEY_PREFIX: retired, DATABASE_URL: db.url });
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect(await reg.get('sat-x')).toBeUndefined();
+    expect(await reg.authenticate(apiKey)).toBeUndefined();
+    // the satellites of the snapshot Redis lacks came back; the removal is the writer's to copy
+    expect(await reg.get('sat-u')).toBeDefined();
+    expect((await verify(fx.redis, pool, retired)).listed.filter((d) => d.token.includes('{sat}'))).toEqual([{ token: `${retired}:{sat}:s:sat-x`, kind: 'only_postgres' }]);
+    const w2 = await writer(retired);
+    await rowsUntil((x) => !x.some((y) => y.id === 'sat-x'));
+    await w2.stop();
   });
 });

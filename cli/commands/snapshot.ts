@@ -91,7 +91,7 @@ export function register(program: Command): void {
         const say = (line: string) => console.log(line);
         const r = await rebuildRedis(redis, pool, config.keyPrefix, { force: opts.force, discardPending: opts.discardPending, holder: `restore on ${hostname()} pid ${process.pid}`, say });
         console.log(`restored ${r.tokens} tokens into prefix "${config.keyPrefix}"`);
-        console.log(`restored ${r.satellites.restored} satellites with their API keys${r.satellites.kept ? `; ${r.satellites.kept} already registered, kept as they are` : ''}`);
+        console.log(`restored ${r.satellites.restored} satellites with their API keys${r.satellites.kept ? `; ${r.satellites.kept} already registered or removed in Redis, kept as they are` : ''}`);
         console.log(`restored ${r.campaigns.restored} campaigns${r.campaigns.kept ? `; ${r.campaigns.kept} already in Redis, kept as they are` : ''}`);
         console.log(`restored ${r.revocations.restored} campaign revocations${r.revocations.kept ? `; ${r.revocations.kept} already in Redis, kept as they are` : ''}`);
       } finally {

@@ -48,15 +48,17 @@ export async function pgSatellites(pool: pg.Pool): Promise<SatelliteRecord[]> {
 
 /**
  * Registers every satellite of the snapshot that Redis does not have, with its API keys (their hashes):
- * satellites keep working after Redis is rebuilt. One already registered is newer than the snapshot and
- * is kept as it is.
+ * satellites keep working after Redis is rebuilt. One already registered, or removed in Redis (its id in
+ * the removed set: a removal the writer had not copied yet, on a Redis whose registry survived), is newer
+ * than the snapshot and is kept as it is.
  */
 export async function restoreSatellites(redis: RedisClient, pool: pg.Pool, prefix: string): Promise<{ restored: number; kept: number }> {
   const keys = new SatelliteKeys(prefix);
+  const removed = new Set(await redis.smembers(keys.removed()));
   let restored = 0;
   let kept = 0;
   for (const r of await pgSatellites(pool)) {
-    if (await insertSatellite(redis, keys, r)) restored++;
+    if (!removed.has(r.id) && (await insertSatellite(redis, keys, r))) restored++;
     else kept++;
   }
   return { restored, kept };
