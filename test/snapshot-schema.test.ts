@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { ensureDatabase, openPostgres } from '../src/snapshot/index.js';
 import { MIGRATIONS } from '../src/snapshot/schema.js';
-import { PG_BASE_URL, unusedDatabase } from './helpers/pg.js';
+import { PG_BASE_URL, testDatabase, unusedDatabase } from './helpers/pg.js';
 import { runCli } from './helpers/cli.js';
 import { engineFixture, SHARED_REDIS_URL } from './helpers/redis.js';
 
@@ -86,6 +86,30 @@ describe('snapshot schema: database creation and migrations (real Postgres)', ()
       const exists = (await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [new URL(db.url).pathname.slice(1)])).rowCount;
       await c.end();
       expect(exists).toBe(0);
+    } finally {
+      await db.drop();
+      await fx.close();
+    }
+  });
+
+  // a URL naming a database that exists but never held a snapshot (another service's, the maintenance
+  // database `postgres`) "restored" 0 tokens after --force had removed them all, then verify found 0 differences
+  it('restore --force and verify refuse a database that holds no snapshot, and leave it as it was', async () => {
+    const fx = await engineFixture({ label: 'nosnap' });
+    const db = await testDatabase();
+    try {
+      const made = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'alice' }], perUser: 3, campaignId: 'c' });
+      const env = { KEY_PREFIX: fx.prefix, DATABASE_URL: db.url, REDIS_URL: SHARED_REDIS_URL };
+      const restore = await runCli(['restore', '--from-postgres', '--force'], env);
+      expect([restore.code, restore.stderr]).toEqual([1, expect.stringMatching(/database .* holds no snapshot/)]);
+      expect(await fx.engine.lookup(made.tokens[0]!.token)).toMatchObject({ state: 'unredeemed', ownerUserId: 'alice' });
+      const verify = await runCli(['verify'], env);
+      expect([verify.code, verify.stderr]).toEqual([1, expect.stringMatching(/database .* holds no snapshot/)]);
+      const c = new pg.Client({ connectionString: db.url });
+      await c.connect();
+      const tables = (await c.query("SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = 'public'")).rows[0].n;
+      await c.end();
+      expect(tables).toBe(0);
     } finally {
       await db.drop();
       await fx.close();

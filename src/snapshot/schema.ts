@@ -184,6 +184,14 @@ export async function migrate(client: pg.ClientBase): Promise<number[]> {
   }
 }
 
+async function requireSnapshot(client: pg.ClientBase, url: string): Promise<void> {
+  const found = (await client.query<{ t: string | null }>("SELECT to_regclass('schema_migrations') AS t")).rows[0]!.t;
+  if (found === null) {
+    const name = decodeURIComponent(new URL(url).pathname.slice(1));
+    throw new Error(`database "${name}" holds no snapshot (no schema_migrations table: no snapshot writer ever opened it); check DATABASE_URL`);
+  }
+}
+
 const socketsOf = new WeakMap<pg.Pool, Set<net.Socket>>();
 const LOWER_STATEMENT_TIMEOUT = `SELECT set_config('statement_timeout', $1::text, false)
   WHERE current_setting('statement_timeout')::interval = interval '0' OR current_setting('statement_timeout')::interval > ($1::text || ' ms')::interval`;
@@ -202,7 +210,8 @@ export function cutConnections(pool: pg.Pool): void {
  * TCP keepalive finds a dead peer on idle connections; `queryTimeoutMs` bounds a query on a connection
  * that went half-open mid-query (no reply, no reset), which would otherwise wait forever, and sets Postgres'
  * statement timeout under it. With `create` false a missing database is an error: what only reads the
- * snapshot (restore, verify) must not make an empty one from a mistyped URL and take it for the snapshot.
+ * snapshot (restore, verify) must not make an empty one from a mistyped URL and take it for the snapshot;
+ * nor take one that holds no snapshot (no migration table: no writer ever opened it) for an empty one.
  */
 export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number, create = true): Promise<pg.Pool> {
   if (create) await ensureDatabase(url);
@@ -223,7 +232,10 @@ export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number
   socketsOf.set(pool, sockets);
   pool.on('error', () => {});
   try {
-    await withClient(pool, migrate);
+    await withClient(pool, async (c) => {
+      if (!create) await requireSnapshot(c, url);
+      await migrate(c);
+    });
   } catch (err) {
     // a writer retries this with backoff: each failed try would leave a pool behind
     await pool.end().catch(() => {});
