@@ -197,9 +197,15 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     };
     const meta = { perUser: 1, expiresAt: Date.now() - 60_000, satellites: ['sat-e', 'sat-f'], createdAt: 1 };
     await pool.query('INSERT INTO campaigns (id, meta, progress) VALUES ($1, $2, $3)', ['lapsed', JSON.stringify(meta), JSON.stringify(progress)]);
-    expect(await restoreCampaigns(fx.redis, pool, fx.prefix)).toMatchObject({ restored: 1 });
+    // a run lost with Redis after the expiry: no resume can go on with it, so it is not told to resume
+    const running = { 'sat-g': { usersListed: 4, usersServed: 2, tokensMade: 2, tokensDelivered: 1, usersRefused: 0, failures: 0, status: 'running' } };
+    await pool.query('INSERT INTO campaigns (id, meta, progress) VALUES ($1, $2, $3)', ['lapsed-running', JSON.stringify({ ...meta, satellites: ['sat-g'] }), JSON.stringify(running)]);
+    expect(await restoreCampaigns(fx.redis, pool, fx.prefix)).toMatchObject({ restored: 2 });
     expect((await new CampaignStore(fx.redis, fx.prefix).get('lapsed'))?.progress).toEqual(progress);
     expect((await pool.query('SELECT progress FROM campaigns WHERE id = $1', ['lapsed'])).rows[0].progress).toEqual(progress);
+    const expired = { 'sat-g': { ...running['sat-g'], status: 'expired', lastError: expect.stringContaining('start a new --campaign') } };
+    expect((await new CampaignStore(fx.redis, fx.prefix).get('lapsed-running'))?.progress).toEqual(expired);
+    expect((await pool.query('SELECT progress FROM campaigns WHERE id = $1', ['lapsed-running'])).rows[0].progress).toEqual(expired);
   });
 
   it('campaigns results: what became of the tokens, per owner satellite, from the snapshot', async () => {

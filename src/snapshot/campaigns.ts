@@ -9,6 +9,8 @@ const PAGE = 5000;
 
 /** A satellite restored from `running`: its run is gone with the old Redis. */
 const RESTORED_RUNNING = 'restored from the Postgres snapshot while running: run generate --resume';
+// a resume of an expired campaign refuses to run: the hint above would only lead to that refusal
+const RESTORED_EXPIRED = 'restored from the Postgres snapshot while running, and the campaign has expired since: start a new --campaign for the users it did not serve';
 
 const UPSERT = `
   INSERT INTO campaigns (id, meta, progress)
@@ -135,16 +137,16 @@ async function* refusedUsers(pool: pg.Pool, id: string, sat: string): AsyncGener
  * What Redis gets for a satellite: a `done` one delivered every user it made but those it refused, so
  * they are recorded delivered. A `revoked` or `expired` one, or any of a campaign whose expiry has passed,
  * is never resumed (the campaign's revocation comes back too; a resume of an expired campaign refuses to
- * run), so its counters are history and stay. Any other (a `removed` one too: added again, a resume serves
- * it) has no delivery recorded (the snapshot does not
- * hold the list), so `--resume` sends every made user but the refused ones again (satellites store a
- * batch idempotently) and counts those tokens then: its delivered counter starts at 0, or it would count
- * them twice. A `running` one lost its run.
+ * run), so its counters are history and stay; one that was `running` is `expired`, as its run would have
+ * ended. Any other (a `removed` one too: added again, a resume serves it) has no delivery recorded (the
+ * snapshot does not hold the list), so `--resume` sends every made user but the refused ones again
+ * (satellites store a batch idempotently) and counts those tokens then: its delivered counter starts at 0,
+ * or it would count them twice. A `running` one lost its run.
  */
 function restoredProgress(p: SatelliteProgress, expired: boolean): SatelliteProgress {
   if (p.status === 'done' || p.status === 'revoked' || p.status === 'expired') return p;
-  const q = expired ? p : { ...p, tokensDelivered: 0 };
-  return p.status === 'running' ? { ...q, status: 'failed', lastError: RESTORED_RUNNING } : q;
+  if (expired) return p.status === 'running' ? { ...p, status: 'expired', lastError: RESTORED_EXPIRED } : p;
+  return p.status === 'running' ? { ...p, tokensDelivered: 0, status: 'failed', lastError: RESTORED_RUNNING } : { ...p, tokensDelivered: 0 };
 }
 
 /**
