@@ -106,6 +106,34 @@ it('an id in a path that is not well-formed text (a lone surrogate) is a rejecte
   }
 });
 
+// msgpackr writes a lone surrogate as U+FFFD, which the manager takes: "new\ud800" and "new\udc00" were one
+// user, so a second sign-up's redeem of the first one's token answered 200 as a retry of it
+it('a body string that is not well-formed text (a lone surrogate) is invalid_request without a request, not sent as U+FFFD', async () => {
+  const { tokens } = await admin.generate({ satelliteId: 'eu1', userIds: ['lone-owner'], perUser: 2 });
+  const [t1, t2] = tokens.map((t) => t.token) as [string, string];
+  const calls = [
+    () => a.redeem(t1, 'new\ud800'),
+    () => a.redeem(t1, 'new\udc00'),
+    () => a.reserve(t2, undefined, { reservationId: 'r\ud800' }),
+    () => a.complete(t2, 'r\udc00', 'u'),
+    () => a.release(t2, 'r\udc00'),
+    () => admin.addSatellite({ id: 'sat\ud800' }),
+    () => admin.generate({ satelliteId: 'eu1', userIds: ['fine', 'x\udfff'], perUser: 1 }),
+  ];
+  const errs = [];
+  for (const call of calls) errs.push(await refusal(call()));
+  expect(errs.map((e) => [e.code, e.status, e.message])).toEqual([
+    ['invalid_request', 0, 'userId: not well-formed text (a lone surrogate), cannot be sent'],
+    ['invalid_request', 0, 'userId: not well-formed text (a lone surrogate), cannot be sent'],
+    ['invalid_request', 0, 'reservationId: not well-formed text (a lone surrogate), cannot be sent'],
+    ['invalid_request', 0, 'reservationId: not well-formed text (a lone surrogate), cannot be sent'],
+    ['invalid_request', 0, 'reservationId: not well-formed text (a lone surrogate), cannot be sent'],
+    ['invalid_request', 0, 'id: not well-formed text (a lone surrogate), cannot be sent'],
+    ['invalid_request', 0, 'userIds[1]: not well-formed text (a lone surrogate), cannot be sent'],
+  ]);
+  expect([(await a.lookup(t1)).state, (await a.lookup(t2)).state]).toEqual(['unredeemed', 'unredeemed']);
+});
+
 it('an endUserIp that cannot be a header value (a line break) is invalid_request without a request, not unavailable (which callers retry)', async () => {
   const err = await refusal(a.redeem('ffff0000-0000-4000-8000-000000000000', 'u', { endUserIp: '1.2.3.4\r\nx-evil: 1' }));
   expect([err.code, err.status, err.message]).toEqual(['invalid_request', 0, expect.stringMatching(/^cannot be sent: /)]);

@@ -25,6 +25,22 @@ export function segment(what: string, id: string): string {
   }
 }
 
+/**
+ * Where in a body a string is not well-formed text (a lone surrogate): "userId", "userIds[3]". MessagePack
+ * writes one as U+FFFD, which the manager takes as such, so "u\ud800" and "u\udc00" would be one user,
+ * and a second sign-up's redeem would answer 200 as if it were the first's retried.
+ */
+function illFormed(v: unknown, at: string): string | undefined {
+  if (typeof v === 'string') return v.isWellFormed() ? undefined : at;
+  if (v === null || typeof v !== 'object') return undefined;
+  const entries = Array.isArray(v) ? v.map((x, i) => [`${at}[${i}]`, x] as const) : Object.entries(v).map(([k, x]) => [at ? `${at}.${k}` : k, x] as const);
+  for (const [where, x] of entries) {
+    const found = illFormed(x, where);
+    if (found !== undefined) return found;
+  }
+  return undefined;
+}
+
 /** The longest Retry-After taken as given: the manager's own never exceeds its rate-limit window (60 s by default). */
 const RETRY_AFTER_MAX_MS = 3_600_000;
 
@@ -68,6 +84,8 @@ export class Transport {
 
   /** `timeoutMs`: this call's deadline, instead of the client's; `headers`: added to the request's */
   async call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown, timeoutMs = this.timeoutMs, headers: Record<string, string> = {}): Promise<T> {
+    const lone = illFormed(body, '');
+    if (lone !== undefined) throw new ReferralError('invalid_request', 0, `${lone}: not well-formed text (a lone surrogate), cannot be sent`);
     let res;
     try {
       res = await msgpackRequest(this.pool, { method, path: this.base + path, headers: { ...headers, authorization: this.auth }, body, timeoutMs });
