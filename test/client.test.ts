@@ -139,6 +139,16 @@ it('an endUserIp that cannot be a header value (a line break) is invalid_request
   expect([err.code, err.status, err.message]).toEqual(['invalid_request', 0, expect.stringMatching(/^cannot be sent: /)]);
 });
 
+// uWebSockets.js cuts a header value at its first byte past ASCII: "é" reached the manager as no header (the
+// TCP peer, the satellite's own server, was counted for the guess) and "1.2.3.4é" as 1.2.3.4, where any other
+// address that is not one is a 400
+it('an endUserIp with a character past ASCII is invalid_request without a request, not cut short by the server', async () => {
+  for (const endUserIp of ['é', '1.2.3.4é', '2001:db8::1\u00a0']) {
+    const err = await refusal(a.redeem('ffff0000-0000-4000-8000-000000000000', 'u', { endUserIp }));
+    expect([err.code, err.status, err.message]).toEqual(['invalid_request', 0, 'cannot be sent: x-end-user-ip holds a character past ASCII']);
+  }
+});
+
 it('no reply within timeoutMs: unavailable saying it may have been carried out, also for a call that waited for a connection', async () => {
   // a server that reads requests and never answers
   const silent = http.createServer(() => {});

@@ -84,6 +84,9 @@ export class Transport {
 
   /** `timeoutMs`: this call's deadline, instead of the client's; `headers`: added to the request's */
   async call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown, timeoutMs = this.timeoutMs, headers: Record<string, string> = {}): Promise<T> {
+    // uWebSockets.js cuts a header value at its first byte past ASCII: the manager would read another value, or none
+    const wide = Object.keys(headers).find((h) => /[^\x00-\x7f]/.test(headers[h]!));
+    if (wide !== undefined) throw new ReferralError('invalid_request', 0, `cannot be sent: ${wide} holds a character past ASCII`);
     const lone = illFormed(body, '');
     if (lone !== undefined) throw new ReferralError('invalid_request', 0, `${lone}: not well-formed text (a lone surrogate), cannot be sent`);
     let res;
