@@ -204,6 +204,15 @@ it('transport failures are ReferralError code unavailable', async () => {
   await dead.close();
 });
 
+// undici's "client is destroyed" was unavailable, which callers retry: a retry loop spun for ever on a client
+// its own shutdown had closed, where no call can ever be sent
+it('a call on a closed client is internal, not unavailable (which callers retry)', async () => {
+  const closed = new SatelliteClient({ url: server.url, apiKey: 'k' });
+  await closed.close();
+  const err = await refusal(closed.redeem('ffff0000-0000-4000-8000-000000000000', 'u'));
+  expect([err.code, err.status, err.message]).toEqual(['internal', 0, 'the client is closed: no call on it can be sent']);
+});
+
 // a gateway routing elsewhere answered 200 {"hello":1}, and redeem() resolved: the satellite would credit a referral
 it('a 2xx map without what the route always answers is internal, not a success', async () => {
   // each defining field there but of the wrong shape, and a redemption without its owner

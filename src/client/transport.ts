@@ -55,6 +55,8 @@ const TIMEOUTS = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UN
  */
 function transportError(err: Error & { code?: string }, timeoutMs: number): ReferralError {
   if (err.code === 'UND_ERR_INVALID_ARG') return new ReferralError('invalid_request', 0, `cannot be sent: ${err.message}`);
+  // close() was called: no call on this client can ever be sent, so a retry would loop for ever
+  if (err.code === 'UND_ERR_CLOSED' || err.code === 'UND_ERR_DESTROYED') return new ReferralError('internal', 0, 'the client is closed: no call on it can be sent');
   // no reply of the manager is that large: something in front of it is streaming, and a retry would not help
   if (err instanceof ReplyTooLarge) return new ReferralError('internal', 0, err.message);
   if (err.name === 'TimeoutError' || TIMEOUTS.has(err.code ?? '')) {
