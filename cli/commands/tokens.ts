@@ -197,7 +197,7 @@ export function register(program: Command): void {
   const purge = tokens
     .command('purge')
     .description('delete revoked and expired tokens made long ago from Redis, to free its memory; Postgres keeps them')
-    .requiredOption('--older-than <duration>', 'only tokens made more than this long ago, e.g. 90d, 12w')
+    .requiredOption('--older-than <duration>', 'only tokens made more than this long ago: a whole number and ms, s, m (minutes, not months), h, d or w, e.g. 90d, 12w')
     .option('--campaign <id>', 'only tokens of this campaign')
     .option('--dry-run', 'count them and change nothing')
     .option('--json', 'print {"purged"} (with --dry-run: {"wouldPurge"})')
@@ -214,7 +214,7 @@ export function register(program: Command): void {
     );
   purge.action(async function (this: Command, opts: { olderThan: string; campaign?: string; dryRun?: boolean; json?: boolean }) {
     const age = parseDuration(opts.olderThan);
-    if (age === undefined) this.error('error: --older-than must look like 180d, 12w, 36h');
+    if (age === undefined) this.error('error: --older-than must look like 180d, 12w, 36h (units: ms, s, m = minutes, h, d, w)');
     // older than the epoch: nothing is that old (the engine takes no negative time)
     const madeBefore = Math.max(0, Date.now() - age);
     const dry = opts.dryRun === true;
