@@ -383,6 +383,29 @@ describe('admin routes', () => {
     expect(await partialBody('/v1/admin/tokens/revoke', `Authorization: Bearer ${keyA}\r\n`, length)).toMatch(/^HTTP\/1.1 403/);
   });
 
+  // an admin change cannot be undone: a misspelt field ignored made it something else (a rotation with the
+  // default grace for `grace: 0`, tokens that never expire for `expiresat`), so it is refused and nothing changes
+  it('refuses a field it does not know in every admin body, in both formats, and changes nothing', async () => {
+    const stats = async () => (await admin('GET', '/v1/admin/stats')).body;
+    const before = { stats: await stats(), satellites: (await admin('GET', '/v1/admin/satellites')).body };
+    const refused: [string, string, Record<string, unknown>, string][] = [
+      ['POST', '/v1/admin/satellites', { id: 'sat-misspelt', outboundkey: 'k' }, 'outboundkey'],
+      ['PATCH', '/v1/admin/satellites/sat-a', { name: 'renamed', URL: 'https://elsewhere.example' }, 'URL'],
+      ['POST', '/v1/admin/satellites/sat-a/rotate-key', { grace: 0 }, 'grace'],
+      ['POST', '/v1/admin/tokens/generate', { satelliteId: 'sat-a', userIds: ['u-misspelt'], perUser: 1, expiresat: Date.now() + 1000 }, 'expiresat'],
+      ['POST', '/v1/admin/tokens/revoke', { campaignId: 'camp-misspelt', alluser: true }, 'alluser'],
+      ['POST', '/v1/admin/tokens/purge', { madeBefore: Date.now(), dryrun: true }, 'dryrun'],
+    ];
+    for (const format of ['json', 'msgpack'] as const) {
+      for (const [method, path, body, field] of refused) {
+        const r = await admin(method, path, body, format);
+        expect([r.status, r.body], `${method} ${path}`).toEqual([400, { error: 'invalid_request', message: `${field}: is not a field of this route` }]);
+      }
+    }
+    expect({ stats: await stats(), satellites: (await admin('GET', '/v1/admin/satellites')).body }).toEqual(before);
+    expect((await call(pool, 'GET', '/v1/users/u/tokens', { key: keyA })).status).toBe(200);
+  });
+
   it('adds, lists, rotates and removes satellites', async () => {
     const added = await admin('POST', '/v1/admin/satellites', { id: 'sat-c', outboundKey: 'secret' }, 'msgpack');
     expect(added.status).toBe(201);
@@ -662,6 +685,9 @@ describe('admin routes', () => {
     const before = (await admin('GET', '/v1/admin/stats')).body.satellites['sat-a'];
     const dry = await admin('POST', '/v1/admin/tokens/purge', { madeBefore: Date.now() + 60_000, campaignId: 'camp-purge', dryRun: true });
     expect([dry.status, dry.body]).toEqual([200, { wouldPurge: 2 }]);
+    // a misspelt dryRun is refused, not ignored into a real purge
+    const misspelt = await admin('POST', '/v1/admin/tokens/purge', { madeBefore: Date.now() + 60_000, campaignId: 'camp-purge', dryrun: true });
+    expect([misspelt.status, misspelt.body]).toEqual([400, { error: 'invalid_request', message: 'dryrun: is not a field of this route' }]);
     expect((await call(pool, 'GET', `/v1/tokens/${gone}`, { key: keyB })).body.state).toBe('revoked');
     const r = await admin('POST', '/v1/admin/tokens/purge', { madeBefore: Date.now() + 60_000, campaignId: 'camp-purge' }, 'msgpack');
     expect([r.status, r.body]).toEqual([200, { purged: 2 }]);

@@ -4,7 +4,7 @@ import type { Satellite, SatelliteFields } from '../satellites/model.js';
 import { SATELLITE_FIELD_MAX as MAX } from '../satellites/registry.js';
 import { MAX_TOKENS_PER_CALL } from '../tokens/engine.js';
 import { checkToken } from '../tokens/validate.js';
-import { defined, id, nullable, obj, token } from './fields.js';
+import { closed, defined, id, nullable, obj, token } from './fields.js';
 import { ok, type Call, type Route } from './router.js';
 import type { RouteDeps } from './routes.js';
 
@@ -23,7 +23,7 @@ export function adminRoutes(d: RouteDeps): Route[] {
   return [
     {
       method: 'post', pattern: '/v1/admin/satellites', auth: 'admin',
-      schema: obj(['id'], { id, name: { type: 'string', maxLength: MAX.name }, url: { type: 'string', maxLength: MAX.url }, outboundKey: { type: 'string', maxLength: MAX.outboundKey } }),
+      schema: closed(obj(['id'], { id, name: { type: 'string', maxLength: MAX.name }, url: { type: 'string', maxLength: MAX.url }, outboundKey: { type: 'string', maxLength: MAX.outboundKey } })),
       async handler(c: Call<{ id: string; name?: string; url?: string; outboundKey?: string }>) {
         const { id: sid, name, url, outboundKey } = c.body;
         return ok(await d.registry.add(defined({ id: sid, name, url, outboundKey })), 201);
@@ -37,7 +37,7 @@ export function adminRoutes(d: RouteDeps): Route[] {
     },
     {
       method: 'patch', pattern: '/v1/admin/satellites/:id', auth: 'admin',
-      schema: obj([], { name: nullable(MAX.name), url: nullable(MAX.url), outboundKey: nullable(MAX.outboundKey) }),
+      schema: closed(obj([], { name: nullable(MAX.name), url: nullable(MAX.url), outboundKey: nullable(MAX.outboundKey) })),
       async handler(c: Call<SatelliteFields>) {
         const { name, url, outboundKey } = c.body;
         return ok(listed(await d.registry.update(c.params[0]!, defined({ name, url, outboundKey }))));
@@ -54,7 +54,7 @@ export function adminRoutes(d: RouteDeps): Route[] {
     },
     {
       method: 'post', pattern: '/v1/admin/satellites/:id/rotate-key', auth: 'admin', optionalBody: true,
-      schema: obj([], { graceMs: { type: 'integer', minimum: 0, maximum: MAX_KEY_GRACE_MS } }),
+      schema: closed(obj([], { graceMs: { type: 'integer', minimum: 0, maximum: MAX_KEY_GRACE_MS } })),
       async handler(c: Call<{ graceMs?: number }>) {
         const r = await d.registry.rotateKey(c.params[0]!, c.body.graceMs ?? d.config.keyGraceMs);
         d.auth.forget(c.params[0]!); // before the reply, as for a remove
@@ -63,13 +63,13 @@ export function adminRoutes(d: RouteDeps): Route[] {
     },
     {
       method: 'post', pattern: '/v1/admin/tokens/generate', auth: 'admin',
-      schema: obj(['satelliteId', 'userIds', 'perUser'], {
+      schema: closed(obj(['satelliteId', 'userIds', 'perUser'], {
         satelliteId: id,
         userIds: { type: 'array', minItems: 1, maxItems: MAX_TOKENS_PER_CALL, items: id },
         perUser: { type: 'integer', minimum: 1, maximum: MAX_TOKENS_PER_CALL },
         expiresAt: { type: 'integer' },
         campaignId: id,
-      }),
+      })),
       async handler(c: Call<{ satelliteId: string; userIds: string[]; perUser: number; expiresAt?: number; campaignId?: string }>) {
         const b = c.body;
         await d.registry.require(b.satelliteId);
@@ -87,10 +87,10 @@ export function adminRoutes(d: RouteDeps): Route[] {
     },
     {
       method: 'post', pattern: '/v1/admin/tokens/revoke', auth: 'admin', timeoutMs: SWEEP_TIMEOUT_MS,
-      schema: {
+      schema: closed({
         type: 'object',
         properties: { tokens: { type: 'array', minItems: 1, maxItems: MAX_TOKENS_PER_CALL, items: token }, satelliteId: id, userId: id, allUsers: { const: true }, campaignId: id },
-      },
+      }),
       async handler(c: Call<{ tokens?: string[]; satelliteId?: string; userId?: string; allUsers?: true; campaignId?: string }>) {
         const b = c.body;
         // exactly one form: a revoke cannot be undone, so a body naming two (or half of the owner form, next
@@ -116,7 +116,7 @@ export function adminRoutes(d: RouteDeps): Route[] {
     {
       // tokens purge of the CLI: revoked tokens and expired unredeemed ones made before madeBefore leave Redis
       method: 'post', pattern: '/v1/admin/tokens/purge', auth: 'admin', timeoutMs: SWEEP_TIMEOUT_MS,
-      schema: obj(['madeBefore'], { madeBefore: { type: 'integer', minimum: 0 }, campaignId: id, dryRun: { type: 'boolean' } }),
+      schema: closed(obj(['madeBefore'], { madeBefore: { type: 'integer', minimum: 0 }, campaignId: id, dryRun: { type: 'boolean' } })),
       async handler(c: Call<{ madeBefore: number; campaignId?: string; dryRun?: boolean }>) {
         const n = await d.engine.purge(c.body.madeBefore, c.body.campaignId, c.body.dryRun === true);
         return ok(c.body.dryRun === true ? { wouldPurge: n } : { purged: n });

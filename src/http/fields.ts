@@ -6,6 +6,12 @@ export const id = { type: 'string', minLength: 1, maxLength: ID_MAX_BYTES };
 export const token = { type: 'string', minLength: 36, maxLength: 36 };
 export const nullable = (maxLength: number) => ({ type: 'string', nullable: true, minLength: 1, maxLength });
 export const obj = (required: string[], properties: Record<string, object>) => ({ type: 'object', required, properties });
+/**
+ * An admin body: a field it does not know is refused, not ignored as on the satellite routes (where a newer
+ * satellite may send more). Admin changes cannot be undone: `{"madeBefore": ..., "dryrun": true}` ran a real
+ * purge, and a generate's `expiresat` made tokens that never expire.
+ */
+export const closed = <S extends object>(schema: S) => ({ ...schema, additionalProperties: false });
 
 /** Drops undefined fields, which MessagePack would otherwise carry as nil. */
 export function defined<T extends object>(o: T): T {

@@ -60,7 +60,8 @@ const SATELLITE_BODY_LIMIT = 16 * 1024;
 const ADMIN_BODY_LIMIT = 8 * 1024 * 1024;
 
 // One Ajv, schemas compiled once at startup. No coercion and no defaults: the body is taken as sent.
-// Unknown properties are allowed and ignored, so clients can be newer than the server.
+// Unknown properties are allowed and ignored on the satellite routes, so satellites can be newer than the
+// server; an admin body refuses them (fields.ts, closed).
 const ajv = new Ajv({ allErrors: false, strict: true, strictTypes: true, coerceTypes: false, useDefaults: false });
 
 /**
@@ -93,6 +94,10 @@ function describe(err: ErrorObject | undefined): string {
   if (err.keyword === 'required') {
     const base = fieldOf(err.instancePath);
     return `${base ? `${base}.` : ''}${(err.params as { missingProperty: string }).missingProperty}: is required`;
+  }
+  if (err.keyword === 'additionalProperties') {
+    const base = fieldOf(err.instancePath);
+    return `${base ? `${base}.` : ''}${(err.params as { additionalProperty: string }).additionalProperty}: is not a field of this route`;
   }
   return `${fieldOf(err.instancePath) || 'body'}: ${err.message ?? 'invalid'}`;
 }
