@@ -323,6 +323,12 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       // a mistyped campaign id revokes nothing, and says so
       const typo = await cli('tokens', 'revoke', '--campaign', 'camp-othr', '--json');
       expect([typo.code, JSON.parse(typo.stdout), typo.stderr]).toEqual([0, { revoked: 0 }, expect.stringMatching(/^note: generate has no campaign "camp-othr" and no open token of it was found: check the id/)]);
+      // so does a mistyped satellite id; a registered one whose user has nothing open left is no typo
+      const typoOwner = await cli('tokens', 'revoke', '--satellite', 'sat-aa', '--user', 'u2', '--json');
+      expect([typoOwner.code, JSON.parse(typoOwner.stdout), typoOwner.stderr]).toEqual([0, { revoked: 0 }, 'note: satellite "sat-aa" is not registered (referral-manager satellites list)\n']);
+      expect((await cli('satellites', 'add', '--id', 'sat-none-open')).code).toBe(0);
+      const none = await cli('tokens', 'revoke', '--satellite', 'sat-none-open', '--user', 'u2', '--json');
+      expect([none.code, JSON.parse(none.stdout), none.stderr]).toEqual([0, { revoked: 0 }, '']);
     });
 
     it('purge --older-than longer than the epoch purges nothing (it was a confusing madeBefore usage error)', async () => {
@@ -355,6 +361,8 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect((await fx.engine.lookup(u1[2]!))!.state).toBe('unredeemed');
       const again = await cli('tokens', 'revoke', '--satellite', 'sat-retired', '--all-users', '--json');
       expect(JSON.parse(again.stdout)).toEqual({ revoked: 0 });
+      // its tokens were made by the engine alone: the satellite was never registered
+      expect(again.stderr).toMatch(/^note: satellite "sat-retired" is not registered/);
     });
 
     it('revoke needs exactly one form (exit 2, usage line)', async () => {

@@ -178,7 +178,14 @@ export function register(program: Command): void {
     }
     const revoked = await invalidIsUsage(this, () =>
       withEngine(config, async (e, redis) => {
-        if (opts.campaign === undefined) return opts.allUsers ? e.revokeSatellite(opts.satellite!) : e.revokeOwner(opts.satellite!, opts.user!);
+        if (opts.campaign === undefined) {
+          const n = opts.allUsers ? await e.revokeSatellite(opts.satellite!) : await e.revokeOwner(opts.satellite!, opts.user!);
+          // a mistyped satellite finds nothing, as an owner with nothing open does: said as tokens list says it
+          if (n === 0 && !(await new SatelliteRegistry(redis, config.keyPrefix).get(opts.satellite!))) {
+            console.error(`note: satellite "${opts.satellite}" is not registered (referral-manager satellites list)`);
+          }
+          return n;
+        }
         const n = await e.revokeCampaign(opts.campaign);
         // the id is registered revoked whatever it names (an id only the admin route used has no record):
         // a mistyped one would otherwise pass unnoticed, its real campaign untouched
