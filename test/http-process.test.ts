@@ -1,9 +1,11 @@
-import { readFileSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { spawn, spawnSync } from 'node:child_process';
 import http from 'node:http';
 import { Client, Pool } from 'undici';
 import { afterAll, describe, expect, it } from 'vitest';
-import { freePort } from '../bench/redis-server.js';
+import { freePort, waitForOutput } from '../bench/redis-server.js';
 import { createRedis } from '../src/store/redis.js';
 import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, connectionPerWorker, privateRedis, serve, testCluster, type Reply, type RestartableRedis, type Served } from './helpers/http.js';
@@ -986,6 +988,39 @@ describe('serve processes', () => {
       await expect(freshGet(`${server.url}/healthz`)).rejects.toThrow();
     } finally {
       for (const w of workers) if (!exited(w)) process.kill(w, 'SIGKILL');
+    }
+  });
+
+  // the start script ran serve under `sh -c "npm run build && node ..."`: npm's SIGTERM (a container or process
+  // manager running `npm start`) reached only that shell, npm exited 143, and serve went on holding the port
+  it('`npm start` stopped with SIGTERM drains serve and exits 0, leaving nothing on the port', async () => {
+    // the real start script under real npm, in a copy whose build is a no-op: rebuilding dist/ here would
+    // rewrite it under the other test files' feet
+    const root = path.resolve(import.meta.dirname, '..');
+    const dir = mkdtempSync(path.join(tmpdir(), 'rm-npm-start-'));
+    const { scripts } = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { scripts: { start: string } };
+    writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'npm-start-check', private: true, scripts: { build: 'true', start: scripts.start } }));
+    symlinkSync(path.join(root, 'dist'), path.join(dir, 'dist'));
+    const npm = spawn('npm', ['start'], {
+      cwd: dir,
+      env: { ...process.env, ADMIN_KEY, SNAPSHOT: 'false', KEY_PREFIX: fresh('npm-start'), HOST: '127.0.0.1', PORT: '0', WORKERS: '1' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exit = new Promise<number | null>((resolve) => npm.once('exit', (code) => resolve(code)));
+    let primary = 0;
+    try {
+      const port = Number((await waitForOutput(npm, /listening on [^\s]+:(\d+) /, 'npm start', 40_000))[1]);
+      const url = `http://127.0.0.1:${port}`;
+      const worker = (JSON.parse((await freshGet(`${url}/healthz`)).body) as { pid: number }).pid;
+      primary = Number(readFileSync(`/proc/${worker}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ')[1]);
+      npm.kill('SIGTERM');
+      expect(await exit).toBe(0);
+      await expect.poll(() => exited(primary), { timeout: 15_000, interval: 100 }).toBe(true);
+      await expect(freshGet(`${url}/healthz`)).rejects.toThrow();
+    } finally {
+      npm.kill('SIGKILL');
+      if (primary && !exited(primary)) process.kill(primary, 'SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
