@@ -58,6 +58,30 @@ describe('loadConfig', () => {
     expect(problems({ PORT: '99999', WORKERS: '0' })).toEqual(['PORT: expected 0..65535, got 99999', 'WORKERS: expected 1..256, got 0']);
   });
 
+  // a key read from a secret file kept its trailing newline: accepted, it matched no Authorization header
+  // (a header value cannot end in one), so every admin call was 401 "unknown API key" with nothing refused
+  it('takes ADMIN_KEY and METRICS_KEY without the blanks around them, and refuses one with a blank inside', () => {
+    const key = 'k'.repeat(40);
+    expect(loadConfig({}, { ADMIN_KEY: `${key}\n`, METRICS_KEY: ` ${key}\t` })).toMatchObject({ adminKey: key, metricsKey: key });
+    expect(problems({ ADMIN_KEY: `${key} ${key}`, METRICS_KEY: '\n' })).toEqual([
+      'ADMIN_KEY: must not contain whitespace (a Bearer header cannot carry it)',
+      'METRICS_KEY: must be at least 32 characters (or empty to leave /metrics open)',
+    ]);
+  });
+
+  // SNAPSHOT=" " turned the writer off (blank read as false) while SNAPSHOT="" keeps the default, on
+  it('refuses a blank SNAPSHOT rather than reading it as false', () => {
+    expect(problems({ SNAPSHOT: ' ' })).toEqual(['SNAPSHOT: expected true/false, got " "']);
+    expect(loadConfig({}, { SNAPSHOT: ' off ' }).snapshot).toBe(false);
+  });
+
+  // URL accepts the blanks around a URL, the Redis and Postgres clients did not: REDIS_URL=" redis://..."
+  // passed the check and every command then failed with a bare "Invalid URL"
+  it('takes REDIS_URL and DATABASE_URL without the blanks around them', () => {
+    const c = loadConfig({}, { REDIS_URL: ' redis://127.0.0.1:6379/0\n', DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/x ' });
+    expect(c).toMatchObject({ redisUrl: 'redis://127.0.0.1:6379/0', databaseUrl: 'postgres://postgres@127.0.0.1:5432/x' });
+  });
+
   // what the README promises a script that passes "$PORT" with PORT unset
   it('takes a variable set to the empty string as not set: its default applies', () => {
     const defaults = loadConfig({}, {});
