@@ -37,7 +37,8 @@ const int = (min: number, max = Number.MAX_SAFE_INTEGER): Parser<number> => (raw
 const bool: Parser<boolean> = (raw) => {
   const v = raw.trim().toLowerCase();
   if (['1', 'true', 'yes', 'on'].includes(v)) return true;
-  if (['0', 'false', 'no', 'off', ''].includes(v)) return false;
+  // a blank value is no answer: read as false, SNAPSHOT=" " turned the writer off while SNAPSHOT="" keeps it on
+  if (['0', 'false', 'no', 'off'].includes(v)) return false;
   throw new Error(`expected true/false, got "${raw}"`);
 };
 
