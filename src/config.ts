@@ -50,6 +50,8 @@ const bool: Parser<boolean> = (raw) => {
 export const URL_CREDENTIALS = /\/\/[^/?#\s]*@/;
 
 const url = (...protocols: string[]): Parser<string> => (raw) => {
+  // URL ignores blanks around the value, ioredis and pg do not: " redis://..." passed here, then failed as "Invalid URL"
+  raw = raw.trim();
   let u: URL;
   try {
     u = new URL(raw);
