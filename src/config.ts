@@ -82,10 +82,16 @@ const keyPrefix: Parser<string> = (raw) => {
   return raw;
 };
 
-/** A bearer key of at least 32 characters, or '' for `empty` */
+/**
+ * A bearer key of at least 32 characters, or '' for `empty`. The blanks around it are dropped: a key read from a
+ * secret file kept its newline and matched no Authorization header (whose value cannot carry one, nor a blank
+ * inside a key), so every call was 401 with nothing refused.
+ */
 const bearerKey = (empty: string): Parser<string> => (raw) => {
-  if (raw !== '' && raw.length < 32) throw new Error(`must be at least 32 characters (or empty ${empty})`);
-  return raw;
+  const key = raw.trim();
+  if (key.length < 32) throw new Error(`must be at least 32 characters (or empty ${empty})`);
+  if (/\s/.test(key)) throw new Error('must not contain whitespace (a Bearer header cannot carry it)');
+  return key;
 };
 
 /** 32-byte AES keys as 64 hex digits, comma-separated: the first seals, all open (src/satellites/seal.ts). */
