@@ -537,6 +537,25 @@ describe('serve processes', () => {
     }
   });
 
+  // the standalone writer's /healthz, /readyz and /metrics listen the same way: `snapshot --metrics-port` on a
+  // serve's port (or a second writer on one host, both on 7481) joined it and answered a share of its calls
+  it('a snapshot writer whose metrics port a serve holds refuses to start, and the serve keeps every connection', async () => {
+    const first = await serve({ KEY_PREFIX: fresh('port-s') }, 1, await freePort());
+    try {
+      // a Postgres that is not there: were the writer to start, it would wait for it rather than write anywhere
+      const writer = await runCli(['snapshot', '--metrics-port', String(first.port)], { HOST: '127.0.0.1', KEY_PREFIX: fresh('port-w'), DATABASE_URL: `postgres://postgres@127.0.0.1:${await freePort()}/none` }, {
+        timeoutMs: 30_000,
+      });
+      expect(writer.code, writer.stderr).toBe(1);
+      expect(writer.stderr).toContain(`port ${first.port} on 127.0.0.1 is in use by another process`);
+      const pids = new Set<number>();
+      for (let i = 0; i < 8; i++) pids.add((await (await fetch(`${first.url}/healthz`, { headers: { connection: 'close' } })).json() as { pid: number }).pid);
+      expect(pids.size).toBe(1);
+    } finally {
+      expect(await first.stop()).toBe(0);
+    }
+  });
+
   it('a SIGTERM as soon as serve says it listens still drains and exits 0', async () => {
     for (let i = 0; i < 5; i++) {
       const server = await serve({ KEY_PREFIX: fresh('early') });
