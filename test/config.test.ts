@@ -39,8 +39,14 @@ describe('loadConfig', () => {
       'HOST: expected an IP address or a host name, got "no such host!"',
       'DEFAULT_LEASE_MS: 7200000 is longer than MAX_LEASE_MS (60000): a reserve without leaseMs would be held past the longest lease',
     ]);
-    for (const host of ['0.0.0.0', '::', '[::]', 'fd00::5', 'localhost', 'rm-1.internal.example.net']) expect(loadConfig({}, { HOST: host }).host).toBe(host);
+    for (const host of ['0.0.0.0', '::', 'fd00::5', 'localhost', 'rm-1.internal.example.net']) expect(loadConfig({}, { HOST: host }).host).toBe(host);
     expect(loadConfig({}, { DEFAULT_LEASE_MS: '60000', MAX_LEASE_MS: '60000' }).defaultLeaseMs).toBe(60000);
+  });
+
+  // HOST=[::] passed the check, then serve failed to start: "cannot listen on [::] ... getaddrinfo ENOTFOUND [::]"
+  it('takes an IPv6 HOST in brackets as the address it encloses, which is what a listen takes', () => {
+    expect(loadConfig({}, { HOST: '[::]' }).host).toBe('::');
+    expect(loadConfig({ host: '[fd00::5]' }, {}).host).toBe('fd00::5');
   });
 
   // a change can wait three REDIS_WAIT_MS (queued behind one WAIT, then the one in flight, then the next, which
