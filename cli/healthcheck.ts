@@ -10,7 +10,7 @@ import { loadSetting } from '../src/config.js';
  * healthy; probing PORT alone marked them unhealthy while they served.
  */
 
-const LOOPBACK = new Set(['0.0.0.0', '::', '[::]']);
+const LOOPBACK = new Set(['0.0.0.0', '::']);
 
 /** A flag's value in `--name v` or `--name=v` form (the last one given wins, as in commander). */
 function flag(argv: string[], name: string): string | undefined {

@@ -63,9 +63,14 @@ const url = (...protocols: string[]): Parser<string> => (raw) => {
   return raw;
 };
 
-/** An IP address or a host name: a typo surfaced only when serve failed to listen, after the config was taken. */
+/**
+ * An IP address or a host name: a typo surfaced only when serve failed to listen, after the config was taken.
+ * An IPv6 address in brackets (as in a URL) is taken without them: a listen looked `[::]` up as a host name.
+ */
 const hostName: Parser<string> = (raw) => {
-  if (isIP(raw.replace(/^\[(.*)\]$/, '$1')) === 0 && !/^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/.test(raw)) {
+  const bare = raw.replace(/^\[(.*)\]$/, '$1');
+  if (isIP(bare) === 6) return bare;
+  if (isIP(raw) === 0 && !/^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/.test(raw)) {
     throw new Error(`expected an IP address or a host name, got "${raw}"`);
   }
   return raw;
