@@ -40,8 +40,8 @@ export function register(program: Command): void {
         for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
         process.exit(0);
       };
-      process.on('SIGTERM', onSignal);
-      process.on('SIGINT', onSignal);
+      // SIGHUP: the operator's terminal closed (an ssh session ending, its whole process group told)
+      for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, onSignal);
       if (config.adminKey === '') {
         console.error('warn: ADMIN_KEY is not set: the admin routes (/v1/admin/...) answer 401 to any key but a satellite\'s (403); the CLI, which talks to Redis, still works');
       }

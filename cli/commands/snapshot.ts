@@ -62,8 +62,8 @@ export function register(program: Command): void {
       writer = await startSnapshotWriter(config);
       console.error(`[snapshot] info: /healthz, /readyz and /metrics on ${config.host}:${ops.port}`);
       const sig = await new Promise<NodeJS.Signals>((resolve) => {
-        process.once('SIGTERM', resolve);
-        process.once('SIGINT', resolve);
+        // SIGHUP: the operator's terminal closed; by default it killed the writer holding its lease
+        for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.once(signal, resolve);
       });
       // a stop must be told from a crash in the log
       const t0 = Date.now();
