@@ -1046,6 +1046,40 @@ describe('serve processes', () => {
     }
   });
 
+  // a closed terminal (an ssh session running serve ends) sends SIGHUP to the whole process group: by Node's
+  // default primary and workers died at once (exit 129), cutting the requests in flight
+  it('SIGHUP to the process group with a request in flight on each of 2 workers drains like SIGTERM: each is answered 200, exit 0', async () => {
+    const redis = await privateRedis();
+    await redis.start();
+    const server = await serve({ REDIS_URL: redis.url, KEY_PREFIX: 'rm-test', REQUEST_TIMEOUT_MS: '60000' }, 2, 0);
+    const exit = new Promise<[number | null, string | null]>((resolve) => server.proc.once('exit', (code, signal) => resolve([code, signal])));
+    const pool = new Pool(server.url, { connections: 4 });
+    try {
+      expect((await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat' } })).status).toBe(201);
+      const inFlight = async () => Number(/^rm_http_requests_in_flight (\d+)$/m.exec((await freshGet(`${server.url}/metrics`)).body)?.[1]);
+      const idle = await inFlight();
+      // Redis paused: the requests cannot finish before the SIGHUP, however slow the machine is
+      redis.signal('SIGSTOP');
+      const users = Array.from({ length: 50 }, (_, i) => `hup-${i}`);
+      const inflight = Array.from({ length: 4 }, () => call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, body: { satelliteId: 'sat', userIds: users, perUser: 2 } }));
+      for (const end = Date.now() + 10_000; (await inFlight()) < idle + 4; await new Promise((s) => setTimeout(s, 50))) {
+        if (Date.now() > end) throw new Error('the 4 requests never reached the workers');
+      }
+      for (const pid of [...childrenOf(server.proc.pid!), server.proc.pid!]) process.kill(pid, 'SIGHUP');
+      await new Promise((s) => setTimeout(s, 300)); // the workers are draining now
+      redis.signal('SIGCONT');
+      const replies = await Promise.allSettled(inflight);
+      expect(replies.map((r) => (r.status === 'fulfilled' ? [r.value.status, r.value.body.tokens?.length] : String(r.reason)))).toEqual(Array(4).fill([200, 100]));
+      expect(await exit).toEqual([0, null]);
+      expect(server.output()).toMatch(/SIGHUP: draining[^]*stopped in \d+ ms/);
+    } finally {
+      redis.signal('SIGCONT');
+      await pool.close();
+      await server.stop();
+      await redis.dispose();
+    }
+  });
+
   // its last report goes to a primary that reads nothing (stopped): once the channel is full the send never
   // completes, and without the 1 s bound the worker waited as long as the primary did, holding the port
   it('a worker stopped while the primary is stopped (SIGSTOP) exits within ~1 s of its drain, its last report untaken', async () => {

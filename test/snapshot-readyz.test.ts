@@ -1,10 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { privateRedis } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
 import { sleep } from './helpers/snapshot.js';
 import { freePort } from '../bench/redis-server.js';
 import { MAIN } from './helpers/cli.js';
+import { Keys } from '../src/store/keys.js';
 
 const running = new Set<ChildProcess>();
 afterEach(async () => {
@@ -32,8 +34,8 @@ async function until(port: number, p: string, ok: (r: Answer) => boolean) {
 
 const leading = (r: Answer) => r.status === 200 && r.body.leader === true && r.body.lagEvents === 0;
 
-/** A standalone writer on `port`, once it leads and has copied everything; its stderr so far. */
-async function startWriter(redisUrl: string, databaseUrl: string, prefix: string, port: number): Promise<{ stderr(): string }> {
+/** A standalone writer on `port`, once it leads and has copied everything; its process and stderr so far. */
+async function startWriter(redisUrl: string, databaseUrl: string, prefix: string, port: number): Promise<{ proc: ChildProcess; stderr(): string }> {
   const c = spawn(process.execPath, [MAIN, 'snapshot'], {
     env: { ...process.env, REDIS_URL: redisUrl, KEY_PREFIX: prefix, DATABASE_URL: databaseUrl, SNAPSHOT_METRICS_PORT: String(port) },
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -43,7 +45,7 @@ async function startWriter(redisUrl: string, databaseUrl: string, prefix: string
   let stderr = '';
   c.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   expect(await until(port, '/readyz', leading)).toMatchObject({ status: 200, body: { ready: true, redis: 'up', lagEvents: 0, lagSeconds: 0 } });
-  return { stderr: () => stderr };
+  return { proc: c, stderr: () => stderr };
 }
 
 describe('referral-manager snapshot /readyz', () => {
@@ -97,6 +99,30 @@ describe('referral-manager snapshot /readyz', () => {
       // one outage, one count: no command failed, the commands waited in ioredis' queue
       expect(await redisErrors()).toBe(1);
     } finally {
+      await redis.dispose();
+      await db.drop();
+    }
+  }, 60_000);
+
+  // the terminal of an operator who ran it over ssh closes: by Node's default it died at once (exit 129),
+  // its lease left held until it lapsed (10 s, no writer meanwhile)
+  it('SIGHUP stops it as SIGTERM does: exit 0, its lease released', async () => {
+    const redis = await privateRedis();
+    await redis.start();
+    const db = await testDatabase();
+    const port = await freePort();
+    const client = new Redis(redis.url);
+    try {
+      const writer = await startWriter(redis.url, db.url, 'hup', port);
+      const lease = new Keys('hup').snapshotLease();
+      expect(await client.exists(lease)).toBe(1);
+      const exit = new Promise((resolve) => writer.proc.once('exit', (code, signal) => resolve([code, signal])));
+      writer.proc.kill('SIGHUP');
+      expect(await exit, writer.stderr()).toEqual([0, null]);
+      expect(writer.stderr()).toMatch(/SIGHUP: stopping[^]*stopped in \d+ ms/);
+      expect(await client.exists(lease)).toBe(0);
+    } finally {
+      client.disconnect();
       await redis.dispose();
       await db.drop();
     }
