@@ -12,7 +12,7 @@ import { sweepLapsed } from '../../src/tokens/lapse.js';
 import { configFrom } from '../context.js';
 import { NO_REPLICA_WAIT } from '../../src/store/replicas.js';
 
-/** `referral-manager serve`: the HTTP API in N worker processes on one port; SIGTERM drains and exits 0. */
+/** `referral-manager serve`: the HTTP API in N worker processes on one port; SIGTERM (or SIGINT, SIGHUP) drains and exits 0. */
 export function register(program: Command): void {
   program
     .command('serve')

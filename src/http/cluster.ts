@@ -190,7 +190,7 @@ export async function runPrimary(config: Config): Promise<Primary> {
   };
 }
 
-/** A worker: waits for its port from the primary, serves, drains on SIGTERM and exits 0. */
+/** A worker: waits for its port from the primary, serves, drains on SIGTERM (or SIGINT, SIGHUP) and exits 0. */
 export async function runWorker(config: Config): Promise<void> {
   // before it listens there is nothing to drain (Ctrl-C reaches the whole process group: dying by the
   // signal, it read as a worker that failed to start)
