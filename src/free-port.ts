@@ -58,3 +58,13 @@ export async function portFreeWithin(host: string, port: number, ms: number): Pr
     if (Date.now() >= end) return false;
   }
 }
+
+/**
+ * Throws when another process holds `port` on `host` for 3 s (`remedy`: what the message offers besides
+ * stopping it). uWS listens with SO_REUSEPORT, so a second process on a port in use joined it without a word
+ * and answered a share of the first one's connections; a port just let go of (workers still exiting) gets
+ * that moment.
+ */
+export async function refuseTakenPort(host: string, port: number, remedy: string): Promise<void> {
+  if (!(await portFreeWithin(host, port, 3000))) throw new Error(`port ${port} on ${host} is in use by another process: stop it, or ${remedy}`);
+}

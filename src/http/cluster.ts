@@ -1,7 +1,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry } from 'prom-client';
 import type { Config } from '../config.js';
-import { freePort, portFreeWithin } from '../free-port.js';
+import { freePort, refuseTakenPort } from '../free-port.js';
 import { collectProcessMetrics, registry } from '../metrics.js';
 import { METRICS_WAIT_MS } from './ops.js';
 import { HttpError } from './router.js';
@@ -55,11 +55,8 @@ export async function runPrimary(config: Config): Promise<Primary> {
   collectProcessMetrics();
   // uSockets sets SO_REUSEPORT only on a given port: a worker listening on 0 could not be joined
   let port = config.port === 0 && config.workers > 1 ? await freePort(config.host) : config.port;
-  // the workers listen with SO_REUSEPORT to share the port, so a second serve on a port in use started without
-  // a word and took a share of the first one's connections (another deployment's keys and tokens, at random)
-  if (config.port !== 0 && !(await portFreeWithin(config.host, port, 3000))) {
-    throw new Error(`port ${port} on ${config.host} is in use by another process: stop it, or give serve another --port`);
-  }
+  // a second serve on a port in use took a share of the first one's connections (another deployment's keys and tokens)
+  if (config.port !== 0) await refuseTakenPort(config.host, port, 'give serve another --port');
   let stopping = false;
   let seq = 0;
   const pending = new Map<number, { replies: Map<number, metric[]>; asked: Set<number>; left: number; done: () => void }>();

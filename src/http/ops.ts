@@ -1,5 +1,5 @@
 import uws from 'uWebSockets.js';
-import { portFreeWithin } from '../free-port.js';
+import { refuseTakenPort } from '../free-port.js';
 import { collectProcessMetrics, registry } from '../metrics.js';
 import { listen, mount, ok, type Route } from './router.js';
 
@@ -41,11 +41,8 @@ export interface OpsServer {
 
 /** The ops routes alone on host:port (0: any free port), for processes that serve no API; `metricsKey`: METRICS_KEY. */
 export async function startOpsServer(host: string, port: number, ready: OpsDeps['ready'], metricsKey = ''): Promise<OpsServer> {
-  // uWS listens with SO_REUSEPORT: on a port a serve (or another writer) holds, it joined without a word and
-  // answered a share of that process's calls; as in serve (cluster.ts), a port just let go of gets a moment
-  if (port !== 0 && !(await portFreeWithin(host, port, 3000))) {
-    throw new Error(`port ${port} on ${host} is in use by another process: stop it, or give this one another port`);
-  }
+  // on a port a serve (or another writer) holds, it answered a share of that process's calls
+  if (port !== 0) await refuseTakenPort(host, port, 'give this one another port');
   collectProcessMetrics();
   const app = uws.App();
   mount(app, opsRoutes({ ready, metrics: () => registry.metrics() }), { traffic: { n: 0, draining: false }, timeoutMs: 5000, storeDown: () => false, metricsKey });
