@@ -1,3 +1,5 @@
+import { setImmediate } from 'node:timers/promises';
+
 /** Appends `value` to the list kept under `key`, starting the list on first use (grouping without a library). */
 export function pushTo<K, V>(map: Map<K, V[]>, key: K, value: V): void {
   const list = map.get(key);
@@ -29,10 +31,9 @@ const SORT_RUN = 2000;
  */
 export async function sortInTurns<T>(items: T[], cmp: (a: T, b: T) => number): Promise<T[]> {
   if (items.length <= SORT_RUN) return items.sort(cmp);
-  const turn = () => new Promise((r) => setImmediate(r));
   let runs: T[][] = [];
   for (let i = 0; i < items.length; i += SORT_RUN) {
-    if (i > 0) await turn();
+    if (i > 0) await setImmediate();
     runs.push(items.slice(i, i + SORT_RUN).sort(cmp));
   }
   let steps = 0;
@@ -47,7 +48,7 @@ export async function sortInTurns<T>(items: T[], cmp: (a: T, b: T) => number): P
       const out: T[] = [];
       let [i, j] = [0, 0];
       while (i < a.length && j < b.length) {
-        if (++steps % SORT_RUN === 0) await turn();
+        if (++steps % SORT_RUN === 0) await setImmediate();
         out.push(cmp(a[i]!, b[j]!) <= 0 ? a[i++]! : b[j++]!);
       }
       merged.push(out.concat(a.slice(i), b.slice(j)));

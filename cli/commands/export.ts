@@ -4,6 +4,7 @@ import { EXPORT_FIELDS, scanTokens, type ExportRow } from '../../src/store/expor
 import { TOKEN_STATES } from '../../src/store/model.js';
 import type { TokenState } from '../../src/store/model.js';
 import { configFrom, connectRedis } from '../context.js';
+import { setImmediate } from 'node:timers/promises';
 
 const NUMERIC = new Set<string>(['createdAt', 'expiresAt', 'leaseExpiresAt', 'redeemedAt']);
 
@@ -52,7 +53,7 @@ function stdoutWriter(): (chunk: string) => Promise<boolean> {
       });
     }
     // a write can fail after returning true; the error event comes a tick later
-    await new Promise<void>((resolve) => setImmediate(resolve));
+    await setImmediate();
     return !gone();
   };
 }

@@ -1,6 +1,7 @@
 import type { HttpResponse } from 'uWebSockets.js';
 import { DomainError, errorCatalogue, type ErrorCode } from '../errors.js';
 import { int64s, NotPlain, packr, unpackPlain } from '../msgpack.js';
+import { setImmediate } from 'node:timers/promises';
 
 export type Format = 'msgpack' | 'json';
 
@@ -156,7 +157,7 @@ export async function encodeList(format: Format, list: ListValue, gone: () => bo
   if (items.length <= LIST_SLICE) return encode(format, { [key]: items.map(each) });
   const parts = [listHead(format, key, items.length)];
   for (let i = 0; i < items.length; i += LIST_SLICE) {
-    if (i > 0) await new Promise((r) => setImmediate(r));
+    if (i > 0) await setImmediate();
     if (gone()) return undefined;
     parts.push(listItems(format, items.slice(i, i + LIST_SLICE).map(each), i === 0));
   }
