@@ -1,6 +1,7 @@
 import cluster from 'node:cluster';
 import type { Command } from 'commander';
 import { runPrimary, runWorker } from '../../src/http/cluster.js';
+import { STOP_SIGNALS } from '../../src/http/ops.js';
 import { uwsNotNative } from '../../src/http/server.js';
 import { reportLag, startSnapshotWriter } from '../../src/snapshot/index.js';
 import { watchCluster } from '../../src/store/cluster-watch.js';
@@ -40,8 +41,7 @@ export function register(program: Command): void {
         for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
         process.exit(0);
       };
-      // SIGHUP: the operator's terminal closed (an ssh session ending, its whole process group told)
-      for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, onSignal);
+      for (const sig of STOP_SIGNALS) process.on(sig, onSignal);
       if (config.adminKey === '') {
         console.error('warn: ADMIN_KEY is not set: the admin routes (/v1/admin/...) answer 401 to any key but a satellite\'s (403); the CLI, which talks to Redis, still works');
       }

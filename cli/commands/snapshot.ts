@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
-import { startOpsServer } from '../../src/http/ops.js';
+import { startOpsServer, STOP_SIGNALS } from '../../src/http/ops.js';
 import { rebuildRedis, RESTORE_LANES, revocationGaps, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
 import { type RedisClient } from '../../src/store/redis.js';
 import { clusterFailures } from '../../src/store/cluster-probe.js';
@@ -62,8 +62,8 @@ export function register(program: Command): void {
       writer = await startSnapshotWriter(config);
       console.error(`[snapshot] info: /healthz, /readyz and /metrics on ${config.host}:${ops.port}`);
       const sig = await new Promise<NodeJS.Signals>((resolve) => {
-        // SIGHUP: the operator's terminal closed; by default it killed the writer holding its lease
-        for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.once(signal, resolve);
+        // SIGHUP by default killed the writer holding its lease
+        for (const signal of STOP_SIGNALS) process.once(signal, resolve);
       });
       // a stop must be told from a crash in the log
       const t0 = Date.now();

@@ -3,7 +3,7 @@ import { AggregatorRegistry } from 'prom-client';
 import type { Config } from '../config.js';
 import { freePort, refuseTakenPort } from '../free-port.js';
 import { collectProcessMetrics, registry } from '../metrics.js';
-import { METRICS_WAIT_MS } from './ops.js';
+import { METRICS_WAIT_MS, STOP_SIGNALS } from './ops.js';
 import { HttpError } from './router.js';
 import { startServer } from './server.js';
 
@@ -192,9 +192,7 @@ export async function runWorker(config: Config): Promise<void> {
   // before it listens there is nothing to drain (Ctrl-C reaches the whole process group: dying by the
   // signal, it read as a worker that failed to start)
   const early = () => process.exit(0);
-  // SIGHUP too: a closed terminal signals the whole process group, the workers with the primary
-  const SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
-  for (const sig of SIGNALS) process.on(sig, early);
+  for (const sig of STOP_SIGNALS) process.on(sig, early);
   const port = await new Promise<number>((resolve) => {
     const onStart = (m: Msg) => {
       if (m.rm !== 'start') return;
@@ -236,7 +234,7 @@ export async function runWorker(config: Config): Promise<void> {
   // idempotent: Ctrl-C signals the whole process group and the primary then sends SIGTERM too. The last
   // report goes as it exits, unless the primary does not take it within a second (stopped, or gone)
   const shutdown = () => void server.close().then(() => (setTimeout(() => process.exit(0), 1000).unref(), report(0, () => process.exit(0))));
-  for (const sig of SIGNALS) process.off(sig, early).on(sig, shutdown);
+  for (const sig of STOP_SIGNALS) process.off(sig, early).on(sig, shutdown);
   // a primary gone (killed) needs nothing here: Node's cluster exits a worker at once on an unexpected
   // 'disconnect', before any listener of ours could drain (a test holds it: no orphan keeps the port)
   process.send?.({ rm: 'listening', port: server.port } satisfies Msg);

@@ -10,6 +10,12 @@ import { listen, mount, ok, type Route } from './router.js';
  */
 export const METRICS_WAIT_MS = 4000;
 
+/**
+ * What serve (primary and workers) and the standalone writer drain on, then exit 0: SIGTERM (a deploy),
+ * SIGINT (Ctrl-C) and SIGHUP (the operator's terminal closed, its whole process group told).
+ */
+export const STOP_SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+
 export interface OpsDeps {
   ready(): Promise<{ ready: boolean; details: Record<string, unknown> }>;
   metrics(): Promise<string>;
