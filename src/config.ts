@@ -110,6 +110,12 @@ const secretList: Parser<string[]> = (raw) => {
 };
 
 /** Ten years: a longer grace is a typo, and past ~285,000 years the old key's end is no date at all. */
+const MAX_WORKERS = 256;
+/** One per core, but never past what WORKERS itself accepts: a host with more cores got more workers than the setting allows. */
+function defaultWorkers(): number {
+  return Math.min(MAX_WORKERS, Math.max(1, os.availableParallelism()));
+}
+
 export const MAX_KEY_GRACE_MS = 10 * 365 * 24 * 3600_000;
 
 export const settings = {
@@ -121,7 +127,7 @@ export const settings = {
   databaseUrl: { env: 'DATABASE_URL', default: 'postgres://postgres@127.0.0.1:5432/referral_manager', parse: url('postgres:', 'postgresql:'), doc: 'Postgres for the durable snapshot (the writer creates the database if missing; restore and verify need it to exist).' },
   host: { env: 'HOST', default: '0.0.0.0', parse: hostName, doc: 'Address the HTTP API listens on (an IP address or a host name).' },
   port: { env: 'PORT', default: 7480, parse: int(0, 65535), doc: 'Port the HTTP API listens on.' },
-  workers: { env: 'WORKERS', default: Math.max(1, os.availableParallelism()), parse: int(1, 256), doc: 'HTTP worker processes sharing the port (default: one per core).' },
+  workers: { env: 'WORKERS', default: defaultWorkers(), parse: int(1, MAX_WORKERS), doc: `HTTP worker processes sharing the port (default: one per core, at most ${MAX_WORKERS}).` },
   adminKey: { env: 'ADMIN_KEY', default: '', parse: bearerKey('to disable admin routes'), doc: 'Bearer key of the admin routes (>= 32 chars). Empty: admin routes answer 401.' },
   metricsKey: { env: 'METRICS_KEY', default: '', parse: bearerKey('to leave /metrics open'), doc: 'Bearer key /metrics asks for (>= 32 chars; Prometheus: `authorization: {credentials: ...}` in the scrape config), on serve and on the standalone snapshot writer: the metrics carry every satellite\'s token counts and who redeems whose, which satellites, sharing the port, should not read. Empty: /metrics is open.' },
   outboundKeySecrets: { env: 'OUTBOUND_KEY_SECRET', default: [] as string[], parse: secretList, doc: 'Seals satellites\' outbound keys at rest (AES-256-GCM): 64 hex digits (`openssl rand -hex 32`); a comma-separated list while rotating, the first sealing and all opening. Set it alike wherever serve and the CLI run. Empty: outbound keys are stored as given. `satellites seal-keys` seals the ones stored before.' },

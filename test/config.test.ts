@@ -1,5 +1,6 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { readFileSync } from 'node:fs';
+import os from 'node:os';
 import { ConfigError, loadConfig, loadSetting, settings } from '../src/config.js';
 
 /** The one config module's validation: what an operator reads when a setting is refused. */
@@ -13,6 +14,24 @@ describe('loadConfig', () => {
     }
     return [];
   };
+
+  it('defaults WORKERS to one per core, but never past the most it accepts', async () => {
+    // the default is read once, when the module loads: load it afresh on hosts of 1 and of 300 cores
+    const load = async (cores: number): Promise<number> => {
+      const spy = vi.spyOn(os, 'availableParallelism').mockReturnValue(cores);
+      try {
+        vi.resetModules();
+        const fresh = await import('../src/config.js');
+        return fresh.loadConfig({}, {}).workers;
+      } finally {
+        spy.mockRestore();
+        vi.resetModules();
+      }
+    };
+    expect(await load(1)).toBe(1);
+    expect(await load(300)).toBe(256);
+    expect(problems({ WORKERS: '257' })).toEqual(['WORKERS: expected 1..256, got 257']);
+  });
 
   it('names an open-ended integer range by its lower bound, not by Number.MAX_SAFE_INTEGER', () => {
     expect(problems({ RATE_LIMIT_FAILURES: '0', RATE_LIMIT_WINDOW_MS: '5', SNAPSHOT_TEST_CRASH_AFTER_COMMIT: '-1' })).toEqual([
