@@ -110,7 +110,7 @@ describe('serve processes', () => {
   // every failure counted against the satellite's own address: one person typing made-up tokens into its
   // sign-up form stopped every sign-up of the satellite for the rest of the window
   it('with X-End-User-IP the per-IP limit stops that person, not the satellite, until the larger satellite limit', async () => {
-    const server = await serve({ KEY_PREFIX: fresh('rl-user'), RATE_LIMIT_FAILURES: '3', RATE_LIMIT_SATELLITE_FAILURES: '5', RATE_LIMIT_WINDOW_MS: '60000' });
+    const server = await serve({ KEY_PREFIX: fresh('rl-user'), RATE_LIMIT_FAILURES: '3', RATE_LIMIT_SATELLITE_FAILURES: '4', RATE_LIMIT_WINDOW_MS: '60000' });
     const { pool, key } = await setup(server);
     const client = new SatelliteClient({ url: server.url, apiKey: key });
     const unknown = (i: number) => `ffff0000-0000-4000-8000-${String(i).padStart(12, '0')}`;
@@ -125,7 +125,8 @@ describe('serve processes', () => {
       expect(await code(client.lookup(unknown(10), other))).toBe('token_not_found');
       const [real] = await tokens(pool, 1);
       expect(await code(client.redeem(real!, 'new-user', other))).toBe('ok');
-      // the satellite's own limit (5 failures: the guesser's 4 and one more) still holds for everyone's guesses
+      // the satellite's own limit (4 failures: the guesser's 3, not its 4th, over its own limit, and one more)
+      // still holds for everyone's guesses
       expect(await code(client.lookup(unknown(11), other))).toBe('rate_limited');
       expect(await code(client.lookup(unknown(12), { endUserIp: '198.51.100.1' }))).toBe('rate_limited');
       // and for every other refusal (a 409 would tell a real token from a missing one)

@@ -50,13 +50,14 @@ describe('FailureLimiter per address', () => {
   // no other test holds these. Without the PEXPIRE every window left one
   // key per guessing address in Redis for good; an entry past its window kept the address blocked in process
   // until a restart; with both limits crossed the metric named the satellite's, not the address's
-  it('counters expire after two windows; a block ends with its window; the address is named when both limits cross', async () => {
+  it('counters expire after two windows; a block ends with its window; the address is named when both limits are crossed', async () => {
     const windowMs = 1000;
     const limiter = new FailureLimiter(redis, prefix, { ip: 1, satellite: 1 }, windowMs);
     // start early in a window, so the block below outlives the checks made at once (750 ms or more: a loaded
     // machine pauses a test for hundreds)
     while (Date.now() % windowMs > windowMs / 4) await new Promise((r) => setTimeout(r, 5));
     expect(await limiter.fail('sat-x', '10.7.7.7', false)).toBeUndefined();
+    expect(await limiter.fail('sat-x', '10.7.7.8', false)).toEqual({ limit: 'satellite', seconds: 1 });
     expect(await limiter.fail('sat-x', '10.7.7.7', false)).toEqual({ limit: 'ip', seconds: 1 });
     const keys = await redis.keys(`${prefix}:rl:*10.7.7.7*`);
     expect(keys).toHaveLength(1);
@@ -97,6 +98,26 @@ describe('FailureLimiter windows', () => {
     expect(limiter.check('sat-e', '10.5.5.5', false)).toEqual({ limit: 'ip', seconds: 1 });
     vi.setSystemTime(start + windowMs);
     expect(limiter.check('sat-e', '10.5.5.5', false)).toBeUndefined();
+  });
+
+  // one person's burst of guesses (all in flight at once, as concurrent requests are before any answer blocks
+  // the address) was counted in full toward the satellite too: past its limit, every other person's mistyped
+  // token and every 409 of that satellite was answered 429, which the per-address limit is there to prevent
+  it('a guess refused for its address over the limit does not count toward the satellite', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    vi.setSystemTime(start + 5);
+    const limiter = new FailureLimiter(redis, prefix, { ip: 2, satellite: 5 }, windowMs);
+    const waits = await Promise.all(Array.from({ length: 10 }, () => limiter.fail('sat-p', '10.3.3.3', true)));
+    expect(waits.filter((w) => w === undefined)).toHaveLength(2);
+    expect(waits.filter((w) => w?.limit === 'ip')).toHaveLength(8);
+    expect(limiter.satelliteBlock('sat-p')).toBeUndefined();
+    expect(await redis.get(new Keys(prefix).failures('s:sat-p', start / windowMs))).toBe('2');
+    // another person's first mistyped token is answered for what it is
+    expect(await limiter.fail('sat-p', '10.3.3.4', true)).toBeUndefined();
+    // the satellite's own limit still holds for guesses spread over addresses
+    for (const last of [5, 6, 7]) await limiter.fail('sat-p', `10.3.4.${last}`, true);
+    expect(await limiter.fail('sat-p', '10.3.4.8', true)).toEqual({ limit: 'satellite', seconds: 60 });
+    expect(limiter.satelliteBlock('sat-p')).toMatchObject({ limit: 'satellite' });
   });
 
   // a counter Redis refuses to count (OOM at maxmemory, a key of another type) must fail the request, not
