@@ -60,7 +60,8 @@ export interface Block {
  * Limits failed redeem/reserve/complete/release/lookup answers (404 token_not_found, 410 token_revoked /
  * token_expired: the answers a guess gets) per client address and per satellite, across all worker
  * processes: each failure INCRs a Redis counter per fixed window (Keys.failures), so at most `limit`
- * failures per window get a real answer cluster-wide; the failures past it are answered 429.
+ * failures per window get a real answer cluster-wide; the failures past it are answered 429. A failure past
+ * the address's limit is not counted toward the satellite's.
  * - An address over its limit is refused before the engine until the window ends (`check`): that person, or
  *   a satellite that names no end users (its own server is then the address). The end user's address, when
  *   the satellite names it in X-End-User-IP, is counted for that satellite only.
@@ -94,23 +95,32 @@ export class FailureLimiter {
     return this.blockedFor('satellite', `s:${satelliteId}`, Date.now());
   }
 
-  /** Counts one failure; the wait if the address or the satellite is over its limit now (the address's when both are). */
+  /**
+   * Counts one failure; the wait if the address or the satellite is over its limit now. The address is counted
+   * first, and a failure over its limit is not counted toward the satellite: one person's burst of guesses (all
+   * in flight before the first answer blocks the address) used up its satellite's limit, and every other
+   * person's refusals there were answered 429.
+   */
   async fail(satelliteId: string, ip: string, named: boolean): Promise<Block | undefined> {
     const now = Date.now();
     const window = Math.floor(now / this.windowMs);
-    const end = (window + 1) * this.windowMs;
-    const whos = [this.address(satelliteId, ip, named), `s:${satelliteId}`];
-    const limits = [this.limits.ip, this.limits.satellite];
-    const counts = await Promise.all(whos.map((w) => this.count(this.keys.failures(w, window))));
-    let block: Block | undefined;
-    counts.forEach((n, i) => {
-      if (n > limits[i]!) {
-        if (this.blocked.size >= MAX_BLOCKED) this.prune(now);
-        this.blocked.set(whos[i]!, end);
-        block ??= { seconds: Math.max(1, Math.ceil((end - now) / 1000)), limit: i === 0 ? 'ip' : 'satellite' };
-      }
-    });
-    return block;
+    const seconds = Math.max(1, Math.ceil(((window + 1) * this.windowMs - now) / 1000));
+    const address = this.address(satelliteId, ip, named);
+    if ((await this.count(this.keys.failures(address, window))) > this.limits.ip) {
+      this.block(address, window, now);
+      return { seconds, limit: 'ip' };
+    }
+    const satellite = `s:${satelliteId}`;
+    if ((await this.count(this.keys.failures(satellite, window))) > this.limits.satellite) {
+      this.block(satellite, window, now);
+      return { seconds, limit: 'satellite' };
+    }
+    return undefined;
+  }
+
+  private block(who: string, window: number, now: number): void {
+    if (this.blocked.size >= MAX_BLOCKED) this.prune(now);
+    this.blocked.set(who, (window + 1) * this.windowMs);
   }
 
   /**
