@@ -95,6 +95,21 @@ describe('a reply larger than the socket takes at once', () => {
   });
 });
 
+// uWS's getHeader gives the first of two lines: a proxy adding its own X-End-User-IP behind one the person
+// signing up had set left the person's, a new one for every guess, to be counted
+describe('X-End-User-IP sent twice', () => {
+  it('is a list, refused 400 as one in a single line is, whichever line holds what', async () => {
+    const lookup = (lines: string[]) => rawExchange(server.url, `GET /v1/tokens/ffff0000-0000-4000-8000-000000000000 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${keyA}\r\n${lines.map((l) => `${l}\r\n`).join('')}\r\n`);
+    for (const lines of [['X-End-User-IP: 198.51.100.1', 'X-End-User-IP: 198.51.100.2'], ['X-End-User-IP: 198.51.100.3', 'x-end-user-ip: 198.51.100.3'], ['X-End-User-IP: 198.51.100.4, 198.51.100.5']]) {
+      const reply = await lookup(lines);
+      expect(reply.split('\r\n')[0], lines.join(' | ')).toBe('HTTP/1.1 400 Bad Request');
+      expect(reply).toContain('"message":"X-End-User-IP: not an IP address"');
+    }
+    // one line, as every client sends it, is taken
+    expect((await lookup(['X-End-User-IP: 198.51.100.6'])).split('\r\n')[0]).toBe('HTTP/1.1 404 Not Found');
+  });
+});
+
 describe('the typed client on the manager\'s own 429', () => {
   it('carries Retry-After as retryAfter (seconds), as it does for a proxy\'s', async () => {
     const limited = await serve({ KEY_PREFIX: `${prefix}-rl`, RATE_LIMIT_FAILURES: '1', RATE_LIMIT_WINDOW_MS: '60000' });
