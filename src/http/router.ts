@@ -142,7 +142,7 @@ export function mount(app: TemplatedApp, routes: Route[], deps: RouterDeps): voi
       for (let i = 0; i < nParams; i++) params.push(req.getParameter(i) ?? '');
       const audited = entry.route.auth === 'admin' && entry.route.method !== 'get';
       const ip = entry.route.needsIp || audited ? Buffer.from(res.getRemoteAddressAsText()).toString() : '';
-      const endUser = entry.route.needsIp && entry.route.auth === 'satellite' ? req.getHeader('x-end-user-ip') : '';
+      const endUser = entry.route.needsIp && entry.route.auth === 'satellite' ? endUserHeader(req) : '';
       const key = Authenticator.bearer(req.getHeader('authorization'));
       const contentType = req.getHeader('content-type');
       const length = req.getHeader('content-length');
@@ -165,6 +165,21 @@ export function mount(app: TemplatedApp, routes: Route[], deps: RouterDeps): voi
     }
     replyError(ex, 'not_found', `no route ${req.getMethod().toUpperCase()} ${url}`);
   });
+}
+
+/**
+ * X-End-User-IP as sent. uWS's getHeader gives the first of several lines, so a proxy adding its own behind one
+ * the person signing up had set left the person's (a new one for every guess) to be counted: two lines are a
+ * list, as one line holding a comma is, and refused alike. Only a request naming an address pays for the walk.
+ */
+function endUserHeader(req: HttpRequest): string {
+  const first = req.getHeader('x-end-user-ip');
+  if (!first) return first;
+  const lines: string[] = [];
+  req.forEach((name, value) => {
+    if (name === 'x-end-user-ip') lines.push(value);
+  });
+  return lines.length > 1 ? lines.join(', ') : first;
 }
 
 /** Listens on host:port; the listen socket (to close) and the port it got (port 0: a free one). */
