@@ -159,7 +159,7 @@ export async function ensureDatabase(url: string): Promise<void> {
 }
 
 /** Applies every migration not yet recorded in schema_migrations; returns the versions applied. */
-export async function migrate(client: pg.ClientBase): Promise<number[]> {
+async function migrate(client: pg.ClientBase): Promise<number[]> {
   await client.query('SELECT pg_advisory_lock($1)', [LOCK_ID]);
   try {
     await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
