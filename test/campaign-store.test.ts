@@ -175,4 +175,33 @@ describe('campaign records (real Redis)', () => {
       await claim.release();
     }
   });
+
+  // a run that failed (or was killed, or never reached a satellite) before the expiry read "failed" /
+  // "interrupted" / "pending" once the expiry had passed, which says to --resume it: the resume refuses
+  it('campaigns list and show: a campaign past its expiry with satellites left unserved is expired, a finished one stays done', async () => {
+    const store = new CampaignStore(fx.redis, fx.prefix);
+    const past = Date.now() - 60_000;
+    await store.open({ id: 'lapsed-failed', perUser: 1, satellites: ['s1', 's2'], createdAt: 1, expiresAt: past });
+    await store.setStatus('lapsed-failed', 's1', 'done');
+    await store.setStatus('lapsed-failed', 's2', 'failed', 'HTTP 503');
+    await store.open({ id: 'lapsed-killed', perUser: 1, satellites: ['s1'], createdAt: 2, expiresAt: past });
+    await store.setStatus('lapsed-killed', 's1', 'running');
+    await store.open({ id: 'lapsed-pending', perUser: 1, satellites: ['s1'], createdAt: 3, expiresAt: past });
+    await store.open({ id: 'lapsed-done', perUser: 1, satellites: ['s1', 's2'], createdAt: 4, expiresAt: past });
+    await store.setStatus('lapsed-done', 's1', 'done');
+    await store.setStatus('lapsed-done', 's2', 'removed');
+    await store.open({ id: 'live-failed', perUser: 1, satellites: ['s1'], createdAt: 5, expiresAt: Date.now() + 3_600_000 });
+    await store.setStatus('live-failed', 's1', 'failed', 'HTTP 503');
+    const env = { KEY_PREFIX: fx.prefix };
+    const listed = JSON.parse((await runCli(['campaigns', 'list', '--json'], env)).stdout) as { id: string; status: string }[];
+    const statusOf = Object.fromEntries(listed.filter((c) => /^(lapsed|live)-/.test(c.id)).map((c) => [c.id, c.status]));
+    expect(statusOf).toEqual({ 'lapsed-failed': 'expired', 'lapsed-killed': 'expired', 'lapsed-pending': 'expired', 'lapsed-done': 'done', 'live-failed': 'failed' });
+    const table = (await runCli(['campaigns', 'list'], env)).stdout.split('\n').find((l) => l.startsWith('lapsed-failed '));
+    expect(table).toMatch(/ expired$/);
+    const shown = await runCli(['campaigns', 'show', 'lapsed-failed'], env);
+    expect(shown.stdout.split('\n')[0]).toMatch(/, expired$/);
+    // the satellite keeps what its run ended as, with the error
+    expect(shown.stdout).toMatch(/\ns2 .* failed +HTTP 503\n/);
+    expect(JSON.parse((await runCli(['campaigns', 'show', 'lapsed-killed', '--json'], env)).stdout)).toMatchObject({ status: 'expired', progress: { s1: { status: 'interrupted' } } });
+  });
 });

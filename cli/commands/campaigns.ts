@@ -8,15 +8,20 @@ import { campaignResults } from '../../src/snapshot/index.js';
 const total = (c: Campaign, k: 'usersServed' | 'tokensMade' | 'tokensDelivered' | 'failures'): number =>
   Object.values(c.progress).reduce((s, p) => s + p[k], 0);
 
-const status = (c: Campaign): string => {
+const status = (c: Campaign, now = Date.now()): string => {
   // revoked outranks the satellites' statuses: none of them will change any more
   if (c.revokedAt !== undefined) return 'revoked';
   const all = Object.values(c.progress).map((p) => p.status);
   // so does an expiry (a resume refuses to run); a run still going is what the campaign is doing, whatever
   // another satellite's run ended as (it said failed while one still ran)
-  for (const s of ['expired', 'running', 'failed', 'interrupted'] as const) if (all.includes(s)) return s;
+  for (const s of ['expired', 'running'] as const) if (all.includes(s)) return s;
   // a satellite removed before it was served leaves nothing to do
-  return all.every((s) => s === 'done' || s === 'removed') ? 'done' : 'pending';
+  const finished = all.every((s) => s === 'done' || s === 'removed');
+  // an expiry that passed after a run failed or was killed, or before it reached a satellite, ends the
+  // campaign as one passing mid-run does: "failed" or "interrupted" said to resume what a resume refuses
+  if (!finished && c.expiresAt !== undefined && c.expiresAt <= now) return 'expired';
+  for (const s of ['failed', 'interrupted'] as const) if (all.includes(s)) return s;
+  return finished ? 'done' : 'pending';
 };
 
 const when = (ms: number | undefined): string => (ms === undefined ? 'never' : new Date(ms).toISOString());
