@@ -283,7 +283,12 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect(text.code, text.stderr).toBe(0);
       expect(text.stdout).toMatch(new RegExp(`^${u1[0]} +camp-ops +sat-b +new-user +${new Date(t.redeemedAt!).toISOString()}$`, 'm'));
       const none = await cli('tokens', 'redeemed', '--satellite', 'sat-a', '--user', 'u2');
-      expect(none.stdout).toBe('no redeemed tokens for user "u2" of satellite "sat-a"\n');
+      expect([none.stdout, none.stderr]).toEqual(['no redeemed tokens for user "u2" of satellite "sat-a"\n', '']);
+      // a mistyped satellite id finds no referrals, as a user nobody joined through does: said on stderr, as tokens list says it
+      const typo = await cli('tokens', 'redeemed', '--satellite', 'sat-typo', '--user', 'u1');
+      expect([typo.code, typo.stdout, typo.stderr]).toEqual([0, 'no redeemed tokens for user "u1" of satellite "sat-typo"\n', 'note: satellite "sat-typo" is not registered (referral-manager satellites list)\n']);
+      const typoJson = await cli('tokens', 'redeemed', '--satellite', 'sat-typo', '--user', 'u1', '--json');
+      expect([typoJson.code, JSON.parse(typoJson.stdout), typoJson.stderr]).toEqual([0, [], 'note: satellite "sat-typo" is not registered (referral-manager satellites list)\n']);
     });
 
     it('revoke <token>...: a result code per token, exit 1 when one was not revoked', async () => {

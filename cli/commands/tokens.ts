@@ -119,7 +119,15 @@ export function register(program: Command): void {
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExamples:\n  referral-manager tokens redeemed --satellite us1 --user u42\n  referral-manager tokens redeemed --satellite us1 --user u42 --json');
   redeemed.action(async function (this: Command, opts: { satellite: string; user: string; json?: boolean }) {
-    const used = await invalidIsUsage(this, () => withEngine(configFrom(this), (e) => e.listRedeemed(opts.satellite, opts.user)));
+    const config = configFrom(this);
+    const [used, known] = await invalidIsUsage(this, () =>
+      withEngine(config, async (e, redis) => {
+        const found = await e.listRedeemed(opts.satellite, opts.user);
+        return [found, found.length > 0 || (await new SatelliteRegistry(redis, config.keyPrefix).get(opts.satellite)) !== undefined] as const;
+      }),
+    );
+    // a mistyped id finds no referrals, as a user nobody joined through does: said as tokens list says it
+    if (!known) console.error(`note: satellite "${opts.satellite}" is not registered (referral-manager satellites list)`);
     if (opts.json) console.log(JSON.stringify(used, null, 2));
     else if (used.length === 0) console.log(`no redeemed tokens for user "${opts.user}" of satellite "${opts.satellite}"`);
     else {
