@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { readdirSync } from 'node:fs';
+import { readdirSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError } from 'commander';
 import { ConfigError } from '../src/config.js';
@@ -14,6 +14,25 @@ import { addGlobalOptions } from './context.js';
 // EPIPE it raises on stdout or stderr, with no listener, was thrown, and one refused admin call's audit line
 // took serve, primary and workers, down. What is written after that is lost; the work goes on.
 for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
+
+// ...but a report that could not be written (a full disk: ENOSPC) is a failure: `stats --json > counts.json`
+// exited 0 and left an empty file. A reader that went away (EPIPE: `| head`) took what it wanted. The
+// long-running commands, whose stdout is a log, keep their exit codes.
+const LOGGING = new Set(['serve', 'snapshot', 'satellite-sim']);
+let lostOutput: Error | undefined;
+let logging = false;
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code !== 'EPIPE') lostOutput ??= err;
+});
+process.on('exit', (code) => {
+  if (code !== 0 || !lostOutput || logging) return;
+  try {
+    writeSync(2, `error: could not write the output (${lostOutput.message})\n`);
+  } catch {
+    // stderr is gone too: the exit code says it
+  }
+  process.exitCode = 1;
+});
 
 const program = addGlobalOptions(new Command('referral-manager'))
   .description('Cross-satellite referral tokens for Storj satellites')
@@ -37,6 +56,12 @@ for (const file of readdirSync(commandsDir).filter((f) => f.endsWith('.js')).sor
   const mod = (await import(new URL(`./commands/${file}`, import.meta.url).href)) as { register?: (p: Command) => void };
   mod.register?.(program);
 }
+
+program.hook('preAction', (_, action) => {
+  let top = action;
+  while (top.parent && top.parent !== program) top = top.parent;
+  logging = LOGGING.has(top.name());
+});
 
 // A usage error prints the command's usage line, then where the examples are.
 (function usageAfterError(cmd: Command, path: string): void {
