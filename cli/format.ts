@@ -1,13 +1,36 @@
 import type { Command } from 'commander';
 import { DomainError } from '../src/errors.js';
 
+const graphemes = new Intl.Segmenter();
+// East Asian Wide and Fullwidth blocks, and emoji shown as pictures: two columns on a terminal
+const WIDE = /^[\p{Emoji_Presentation}\u1100-\u115f\u2e80-\u303e\u3041-\u33ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6\u{20000}-\u{3fffd}]/u;
+
+/**
+ * Columns a terminal gives the text: ids are any UTF-8, and their UTF-16 length is not their width (a CJK
+ * character takes two columns in one code unit, an accent written as a combining mark none in one).
+ */
+export function displayWidth(text: string): number {
+  if (/^[\x20-\x7e]*$/.test(text)) return text.length;
+  let width = 0;
+  for (const { segment } of graphemes.segment(text)) width += WIDE.test(segment) ? 2 : 1;
+  return width;
+}
+
 /** Columns padded to their widest cell; numbers right-aligned so digits line up. */
 export function table(header: string[], rows: (string | number)[][]): string {
   const cells = [header, ...rows.map((r) => r.map(String))];
   const numeric = header.map((_, c) => rows.length > 0 && rows.every((r) => typeof r[c] === 'number'));
-  const widths = header.map((_, c) => Math.max(...cells.map((r) => (r[c] ?? '').length)));
+  const widths = header.map((_, c) => Math.max(...cells.map((r) => displayWidth(r[c] ?? ''))));
   return cells
-    .map((r) => r.map((cell, c) => (numeric[c] ? cell.padStart(widths[c]!) : cell.padEnd(widths[c]!))).join('  ').trimEnd())
+    .map((r) =>
+      r
+        .map((cell, c) => {
+          const pad = ' '.repeat(widths[c]! - displayWidth(cell));
+          return numeric[c] ? pad + cell : cell + pad;
+        })
+        .join('  ')
+        .trimEnd(),
+    )
     .join('\n');
 }
 

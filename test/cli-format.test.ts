@@ -1,0 +1,35 @@
+import { describe, expect, it } from 'vitest';
+import { displayWidth, table } from '../cli/format.js';
+
+/** Terminal columns of the test's own text: its wide characters are CJK and emoji, its accents combining. */
+const cols = (s: string) => [...new Intl.Segmenter().segment(s)].reduce((w, { segment }) => w + (/[\p{Emoji_Presentation}\u3000-\u9fff]/u.test(segment) ? 2 : 1), 0);
+/** Where on a terminal each line's field `i` (fields: runs of text between gaps of 2+ spaces) starts, and where it ends. */
+const fieldAt = (line: string, i: number) => {
+  const m = [...line.matchAll(/\S+(?: \S+)*/g)][i]!;
+  return { start: cols(line.slice(0, m.index)), end: cols(line.slice(0, m.index + m[0].length)) };
+};
+const starts = (text: string, i: number) => text.split('\n').map((line) => fieldAt(line, i).start);
+
+describe('cli tables', () => {
+  it('measure text as a terminal shows it: wide CJK and emoji take two columns, a combining accent none', () => {
+    expect(['us1', '東京', 'e\u0301u', '👍🏽', 'キャンペーン', '☃', ''].map(displayWidth)).toEqual([3, 4, 2, 2, 12, 1, 0]);
+  });
+
+  // ids are opaque UTF-8 from satellites and marketing: padded by UTF-16 length, a row holding a
+  // Japanese campaign name pushed its numbers out of their column
+  it('line columns up whatever the ids are written in', () => {
+    const out = table(
+      ['campaign', 'satellite', 'made', 'status'],
+      [
+        ['spring-26', 'us1', 270, 'done'],
+        ['春のキャンペーン', 'ap1', 12, 'done'],
+        ['cafe\u0301 ☃', '東京', 5, 'revoked'],
+        ['🎉launch', 'eu1', 1000, 'failed'],
+      ],
+    );
+    for (const col of [1, 3]) expect(new Set(starts(out, col)).size, `column ${col + 1}:\n${out}`).toBe(1);
+    // numbers still end in one column
+    const ends = out.split('\n').map((line) => fieldAt(line, 2).end);
+    expect(new Set(ends).size).toBe(1);
+  });
+});
