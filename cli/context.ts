@@ -85,17 +85,17 @@ export function configFrom(cmd: Command, extra: Partial<Record<keyof Config, unk
  * "Unhandled error event" stack trace on every reconnect, and a Cluster client queued the command
  * forever (it reconnects without limit): now one `error: cannot reach Redis` line within 10 s.
  */
-export async function connectRedis(config: Config): Promise<RedisClient> {
+export async function connectRedis(config: Config, waitMs = CONNECT_WAIT_MS): Promise<RedisClient> {
   const redis = createRedis(config);
   const where = config.redisClusterNodes.length > 0 ? `cluster ${config.redisClusterNodes.join(',')}` : hidePassword(config.redisUrl);
   let last: Error | undefined;
   // reconnects by itself; a failure mid-command surfaces as that command's error
   redis.on('error', (err: Error) => (last = err));
   try {
-    await whenReady(redis, CONNECT_WAIT_MS);
+    await whenReady(redis, waitMs);
   } catch {
     redis.disconnect();
-    throw new Error(`cannot reach Redis (${where}) within ${CONNECT_WAIT_MS / 1000} s: ${last?.message ?? 'no answer'}`);
+    throw new Error(`cannot reach Redis (${where}) within ${waitMs / 1000} s: ${last?.message ?? 'no answer'}`);
   }
   giveUpWhenStuck(redis, where, () => last);
   return redis;
@@ -149,20 +149,37 @@ function giveUpWhenStuck(redis: RedisClient, where: string, last: () => Error | 
  */
 export const openSnapshot = (url: string, connections = 2) => openPostgres(url, connections, undefined, false);
 
+/** How long a command answering from the snapshot waits for Redis, which only tells it how far behind the snapshot is. */
+const LAG_WAIT_MS = 3_000;
+
 /**
  * For a command answering from the snapshot (campaigns results, tokens history): `fn` gets the pool and how
- * far the snapshot is behind Redis, which the command says so its numbers are read right. Closes both.
+ * far the snapshot is behind Redis, which the command says so its numbers are read right; undefined, with a
+ * note on stderr, when Redis is out of reach: the snapshot answers without it (a Redis outage is when it is
+ * asked). Closes both.
  */
-export async function fromSnapshot<T>(config: Config, fn: (pool: pg.Pool, lag: Lag) => Promise<T>): Promise<T> {
-  const redis = await connectRedis(config);
+export async function fromSnapshot<T>(config: Config, fn: (pool: pg.Pool, lag: Lag | undefined) => Promise<T>): Promise<T> {
+  const pool = await openSnapshot(config.databaseUrl, 1);
   try {
-    const pool = await openSnapshot(config.databaseUrl, 1);
-    try {
-      return await fn(pool, await sampleLag(redis, config.keyPrefix));
-    } finally {
-      await pool.end();
-    }
+    return await fn(pool, await snapshotLag(config));
   } finally {
-    redis.disconnect();
+    await pool.end();
   }
 }
+
+async function snapshotLag(config: Config): Promise<Lag | undefined> {
+  let redis: RedisClient | undefined;
+  try {
+    redis = await connectRedis(config, LAG_WAIT_MS);
+    return await sampleLag(redis, config.keyPrefix);
+  } catch (err) {
+    console.error(`note: ${(err as Error).message}; answering from the Postgres snapshot alone: how far the snapshot is behind Redis is unknown`);
+    return undefined;
+  } finally {
+    redis?.disconnect();
+  }
+}
+
+/** How far the snapshot is behind Redis, as the commands answering from it say it. */
+export const lagText = (lag: Lag | undefined): string =>
+  lag === undefined ? 'Redis out of reach: how far it is behind Redis is unknown' : `${lag.events} changes, ${lag.seconds.toFixed(1)} s behind Redis`;

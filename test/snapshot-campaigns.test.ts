@@ -8,6 +8,7 @@ import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { SatelliteKeys } from '../src/store/satellites.js';
 import { startSatelliteSim, type SatelliteSim } from '../src/sim/index.js';
 import { openPostgres, restoreCampaigns, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
+import { freePort } from '../src/free-port.js';
 import { runCli } from './helpers/cli.js';
 import { testDatabase } from './helpers/pg.js';
 import { dropPrefix, engineFixture, testPrefix, type EngineFixture } from './helpers/redis.js';
@@ -281,6 +282,31 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     expect([malformed.code, malformed.stderr]).toEqual([2, expect.stringContaining('expected a lowercase UUIDv4')]);
     await w.stop();
   });
+
+  // docs/snapshot.md: the history is there "without Redis"; the commands asked Redis how far the snapshot is
+  // behind and, with Redis down, failed after 10 s instead of answering from Postgres
+  it('tokens history and campaigns results answer from the snapshot with Redis out of reach, the lag unknown', async () => {
+    const w = await writer(fx.prefix);
+    const [t] = (await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-d', ownerUserId: 'inviter' }], perUser: 2, campaignId: 'redis-down' })).tokens.map((x) => x.token);
+    expect((await fx.engine.redeem(t!, 'sat-q', 'joiner')).code).toBe('ok');
+    await caughtUp(fx.redis, fx.prefix, pool, 0);
+    await w.stop();
+    const down = { ...env, REDIS_URL: `redis://127.0.0.1:${await freePort()}` };
+
+    const h = await runCli(['tokens', 'history', t!, '--json'], down);
+    expect([h.code, h.stderr]).toEqual([0, expect.stringMatching(/^note: cannot reach Redis .*how far the snapshot is behind Redis is unknown\n$/)]);
+    expect(JSON.parse(h.stdout)).toMatchObject({ token: { token: t, state: 'redeemed', redeemerUserId: 'joiner' }, snapshotLag: null });
+    const text = await runCli(['tokens', 'history', t!], down);
+    expect([text.code, text.stdout.split('\n')[0]]).toEqual([0, 'from the Postgres snapshot (Redis out of reach: how far it is behind Redis is unknown)']);
+
+    const r = await runCli(['campaigns', 'results', 'redis-down', '--json'], down);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ campaignId: 'redis-down', satellites: { 'sat-d': { generated: 2, redeemed: 1, reserved: 0, unredeemed: 1, expired: 0, revoked: 0, purged: 0, redeemedOn: { 'sat-q': 1 } } }, snapshotLag: null });
+    const table = await runCli(['campaigns', 'results', 'redis-down'], down);
+    expect([table.code, table.stdout.split('\n')[0]]).toEqual([0, 'campaign redis-down, from the Postgres snapshot (Redis out of reach: how far it is behind Redis is unknown)']);
+    const unknown = await runCli(['tokens', 'history', '0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d'], down);
+    expect([unknown.code, unknown.stderr]).toEqual([1, expect.stringContaining('is not in the Postgres snapshot (Redis out of reach: how far it is behind Redis is unknown)')]);
+  }, 120_000);
 
   // Postgres refuses a NUL and a lone surrogate in jsonb: the copy failed, and the writer retried the same
   // round for ever, so no token event reached Postgres either (any satellite could send such an error)

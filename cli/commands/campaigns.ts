@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { CampaignStore, campaignNotFound, type Campaign } from '../../src/store/campaign-store.js';
 import { DomainError } from '../../src/errors.js';
-import { configFrom, connectRedis, fromSnapshot } from '../context.js';
+import { configFrom, connectRedis, fromSnapshot, lagText } from '../context.js';
 import { table } from '../format.js';
 import { campaignResults } from '../../src/snapshot/index.js';
 
@@ -100,8 +100,8 @@ export function register(program: Command): void {
       await fromSnapshot(configFrom(this), async (pool, lag) => {
         const r = await campaignResults(pool, id);
         if (!r) throw new Error(`no token of campaign "${id}" in the Postgres snapshot`);
-        if (opts.json) return console.log(JSON.stringify({ ...r, snapshotLag: lag }, null, 2));
-        console.log(`campaign ${id}, from the Postgres snapshot (${lag.events} changes, ${lag.seconds.toFixed(1)} s behind Redis)`);
+        if (opts.json) return console.log(JSON.stringify({ ...r, snapshotLag: lag ?? null }, null, 2));
+        console.log(`campaign ${id}, from the Postgres snapshot (${lagText(lag)})`);
         const pct = (n: number, of: number) => (of === 0 ? '-' : `${((100 * n) / of).toFixed(1)}%`);
         const sats = Object.entries(r.satellites);
         console.log(

@@ -9,7 +9,7 @@ import { tokenHistory } from '../../src/snapshot/index.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { isToken } from '../../src/tokens/validate.js';
-import { configFrom, connectRedis, fromSnapshot } from '../context.js';
+import { configFrom, connectRedis, fromSnapshot, lagText } from '../context.js';
 import { invalidIsUsage, parseDuration, table, when } from '../format.js';
 
 /** Opens an engine (scripts run by EVALSHA with an EVAL fallback, so nothing to preload), always disconnects. */
@@ -73,9 +73,9 @@ export function register(program: Command): void {
     if (!isToken(token)) this.error(`error: token: expected a lowercase UUIDv4, got "${token}"`);
     await fromSnapshot(configFrom(this), async (pool, lag) => {
       const h = await tokenHistory(pool, token);
-      const behind = `${lag.events} changes, ${lag.seconds.toFixed(1)} s behind Redis`;
+      const behind = lagText(lag);
       if (!h) throw new DomainError('token_not_found', `token "${token}" is not in the Postgres snapshot (${behind})`);
-      if (opts.json) return console.log(JSON.stringify({ ...h, snapshotLag: lag }, null, 2));
+      if (opts.json) return console.log(JSON.stringify({ ...h, snapshotLag: lag ?? null }, null, 2));
       console.log(`from the Postgres snapshot (${behind})`);
       const rows: [string, string][] = FIELDS.map((f) => [f, TIMES.has(f) ? when(h.token[f] as number | undefined) : String(h.token[f] ?? '-')]);
       if (h.purgedAt !== undefined) rows.push(['purgedAt', when(h.purgedAt)]);
