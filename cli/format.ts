@@ -20,7 +20,8 @@ export function displayWidth(text: string): number {
 export function table(header: string[], rows: (string | number)[][]): string {
   const cells = [header, ...rows.map((r) => r.map(String))];
   const numeric = header.map((_, c) => rows.length > 0 && rows.every((r) => typeof r[c] === 'number'));
-  const widths = header.map((_, c) => Math.max(...cells.map((r) => displayWidth(r[c] ?? ''))));
+  // a loop, not Math.max(...column): past ~125,000 rows (one owner's tokens) the spread overflows the stack
+  const widths = header.map((_, c) => cells.reduce((w, r) => Math.max(w, displayWidth(r[c] ?? '')), 0));
   return cells
     .map((r) =>
       r

@@ -32,4 +32,15 @@ describe('cli tables', () => {
     const ends = out.split('\n').map((line) => fieldAt(line, 2).end);
     expect(new Set(ends).size).toBe(1);
   });
+
+  // the widths were taken with Math.max(...column): past ~125,000 rows that is more arguments than the stack
+  // holds, and `tokens list` of an owner given 140,000 tokens (fourteen admin generates) failed with
+  // "Maximum call stack size exceeded" where --json printed them
+  it('takes any number of rows', () => {
+    const rows = Array.from({ length: 300_000 }, (_, i) => [`t-${i}`, i]);
+    const lines = table(['token', 'n'], rows).split('\n');
+    expect(lines).toHaveLength(300_001);
+    expect(lines[1]).toBe(`t-0${' '.repeat(5)}  ${'0'.padStart(6)}`);
+    expect(lines[300_000]).toBe('t-299999  299999');
+  });
 });
