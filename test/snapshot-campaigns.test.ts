@@ -245,6 +245,22 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     await w.stop();
   });
 
+  // a campaign that ran and made nothing (no satellite listed a user) failed here, exit 1, as a mistyped id does
+  it('campaigns results: a campaign the snapshot knows that made no token answers all zero; an unknown id still fails', async () => {
+    await satellite('sat-z', 0);
+    const w = await writer(fx.prefix);
+    await cli(['generate', '--satellite', 'sat-z', '--per-user', '2', '--campaign', 'made-none']);
+    await rowUntil('made-none', (r) => r.progress['sat-z']?.status === 'done');
+    const json = await runCli(['campaigns', 'results', 'made-none', '--json'], env);
+    expect([json.code, json.stderr]).toEqual([0, '']);
+    expect(JSON.parse(json.stdout)).toEqual({ campaignId: 'made-none', satellites: {}, snapshotLag: { events: 0, seconds: 0 } });
+    const text = await runCli(['campaigns', 'results', 'made-none'], env);
+    expect([text.code, text.stdout.split('\n').slice(1)]).toEqual([0, ['no token of this campaign in the snapshot', '']]);
+    const none = await runCli(['campaigns', 'results', 'made-never'], env);
+    expect([none.code, none.stderr]).toEqual([1, expect.stringContaining('no token of campaign "made-never" in the Postgres snapshot')]);
+    await w.stop();
+  });
+
   it('tokens history: a token and every change of it in order, from the snapshot, also once purged from Redis', async () => {
     const w = await writer(fx.prefix);
     const owners = [{ ownerSatelliteId: 'sat-h', ownerUserId: 'inviter' }];

@@ -104,6 +104,7 @@ export function register(program: Command): void {
         console.log(`campaign ${id}, from the Postgres snapshot (${lagText(lag)})`);
         const pct = (n: number, of: number) => (of === 0 ? '-' : `${((100 * n) / of).toFixed(1)}%`);
         const sats = Object.entries(r.satellites);
+        if (sats.length === 0) return console.log('no token of this campaign in the snapshot');
         console.log(
           table(
             ['owner satellite', 'made', 'redeemed', 'redeemed %', 'unredeemed', 'reserved', 'expired', 'revoked', 'purged', 'redeemed on'],

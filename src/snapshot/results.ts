@@ -35,8 +35,9 @@ const STATE_AT = `CASE
 
 /**
  * A campaign's outcome from the Postgres snapshot (the campaign_id index; Redis would need every bucket
- * read): per owner satellite, its tokens by state, and where the redeemed ones brought new users.
- * Undefined when the snapshot holds no token of the campaign.
+ * read): per owner satellite, its tokens by state, and where the redeemed ones brought new users. No
+ * satellite when the snapshot holds the campaign's record or revocation but no token (a run that found no
+ * user to serve); undefined when it holds none of these (a mistyped id).
  */
 export async function campaignResults(pool: pg.Pool, campaignId: string): Promise<CampaignResults | undefined> {
   const now = Date.now();
@@ -45,7 +46,10 @@ export async function campaignResults(pool: pg.Pool, campaignId: string): Promis
      FROM tokens WHERE campaign_id = $1 GROUP BY 1, 2, 3 ORDER BY 1, 3`,
     [campaignId, now],
   );
-  if (res.rows.length === 0) return undefined;
+  if (res.rows.length === 0) {
+    const known = await pool.query('SELECT 1 FROM campaigns WHERE id = $1 UNION ALL SELECT 1 FROM revoked_campaigns WHERE id = $1 LIMIT 1', [campaignId]);
+    return known.rows.length > 0 ? { campaignId, satellites: {} } : undefined;
+  }
   // the redeemer satellites are gathered as entries: `redeemedOn[id] = n` would set the prototype for "__proto__"
   const satellites = new Map<string, { counts: SatelliteResults; on: [string, number][] }>();
   for (const r of res.rows) {
