@@ -46,7 +46,8 @@ export function register(program: Command): void {
     .option('--json', 'print the engine Stats object: {satellites: {<id>: {generated, ...}}, redemptions: [{ownerSatelliteId, redeemerSatelliteId, count}]}')
     .addHelpText(
       'after',
-      '\nCounters follow the stored state: a reservation whose lease lapsed counts as reserved until serve gives the token back (LEASE_SWEEP_GRACE_MS after the lease ended) or it is touched again.\n' +
+      '\nCounters follow the stored state: a reservation whose lease lapsed counts as reserved until serve gives the token back (LEASE_SWEEP_GRACE_MS after the lease ended) or it is touched again,\n' +
+        'and a token past its expiresAt counts as unredeemed until `tokens purge` deletes it (`campaigns results` counts those apart, as expired).\n' +
         '\nExamples:\n  referral-manager stats\n  referral-manager stats --json --key-prefix staging',
     );
   stats.action(async function (this: Command, opts: { json?: boolean }) {
