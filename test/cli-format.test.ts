@@ -12,7 +12,7 @@ const starts = (text: string, i: number) => text.split('\n').map((line) => field
 
 describe('cli tables', () => {
   it('measure text as a terminal shows it: wide CJK and emoji take two columns, a combining accent none', () => {
-    expect(['us1', '東京', 'e\u0301u', '👍🏽', 'キャンペーン', '☃', ''].map(displayWidth)).toEqual([3, 4, 2, 2, 12, 1, 0]);
+    expect(['us1', '東京', 'e\u0301u', '👍🏽', 'キャンペーン', '☃', '☃\ufe0f', '🇯🇵', ''].map(displayWidth)).toEqual([3, 4, 2, 2, 12, 1, 2, 2, 0]);
   });
 
   // ids are opaque UTF-8 from satellites and marketing: padded by UTF-16 length, a row holding a
