@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { scanTokens } from '../src/store/export.js';
 import { placeOfOwner } from '../src/store/keys.js';
 import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
@@ -89,4 +90,25 @@ describe('an owner with thousands of tokens: read and swept a page per call', ()
     expect(await engine.lookup(camp[0]!)).toBeUndefined();
     expect((await engine.listRedeemed(SAT, 'big')).length).toBe(10);
   });
+
+  // export read the redemption (and reservation) records of a page's tokens with one HMGET, every field an
+  // argument of one call: past ~125,000 (one owner's tokens share a bucket, so a shard) that overflowed the
+  // stack, and `export` stopped with "Maximum call stack size exceeded" (exit 1) after a few rows
+  it('export: an owner with more redeemed tokens than one call takes arguments, every token once', async () => {
+    const N = 130_000;
+    const made: string[] = [];
+    for (let n = 0; n < N; n += 10_000) {
+      made.push(...(await engine.generate({ owners: [{ ownerSatelliteId: SAT, ownerUserId: 'famous' }], perUser: 10_000, campaignId: 'camp-x' })).tokens.map((t) => t.token));
+    }
+    for (let i = 0; i < N; i += 2000) {
+      const done = await Promise.all(made.slice(i, i + 2000).map((t, j) => engine.redeem(t, 'other-sat', `joiner-${i + j}`)));
+      expect(done.every((r) => r.code === 'ok')).toBe(true);
+    }
+    const rows = new Map<string, string[]>();
+    for await (const page of scanTokens(p.redis, 'huge', { campaignId: 'camp-x' })) for (const r of page) rows.set(r[0]!, r);
+    expect(rows.size).toBe(N);
+    const sample = rows.get(made[N - 1]!)!;
+    expect([sample[1], sample[2], sample[3], sample[10], sample[11]]).toEqual(['redeemed', SAT, 'famous', 'other-sat', `joiner-${N - 1}`]);
+    expect([...rows.values()].every((r) => r[1] === 'redeemed' && r[12] !== '')).toBe(true);
+  }, 180_000);
 });

@@ -83,6 +83,8 @@ const escapeRegExp = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\
 
 /** SCAN's COUNT: a page of ~250 buckets is ~4,000 tokens at 1M */
 const BUCKETS_PER_PAGE = 250;
+/** Most reservation or redemption records one HMGET reads */
+const SIDE_SLICE = 5000;
 
 /**
  * Every token under `prefix`, one page of rows per yield, in memory bounded by the page size and
@@ -143,11 +145,17 @@ export async function* scanTokens(redis: RedisClient, prefix: string, filter: Ex
       if (!g) side.set(k, (g = { shard: e.shard, kind, entries: [] }));
       g.entries.push(e.t);
     }
+    // in slices: one owner's tokens share a bucket, and its 125,000 redeemed ones as arguments of one call
+    // overflowed the stack (and one HMGET that long holds Redis)
     await Promise.all(
-      [...side.values()].map(async (g) => {
+      [...side.values()].flatMap((g) => {
         const key = g.kind === 'rs' ? keys.reservations(g.shard) : keys.redeemed(g.shard);
-        const values = await redis.hmget(key, ...g.entries.map((t) => t.suffix));
-        g.entries.forEach((t, i) => (g.kind === 'rs' ? fillReservation : fillRedemption)(t.row, values[i] ?? null));
+        const fill = g.kind === 'rs' ? fillReservation : fillRedemption;
+        return Array.from({ length: Math.ceil(g.entries.length / SIDE_SLICE) }, async (_, n) => {
+          const slice = g.entries.slice(n * SIDE_SLICE, (n + 1) * SIDE_SLICE);
+          const values = await redis.hmget(key, ...slice.map((t) => t.suffix));
+          slice.forEach((t, i) => fill(t.row, values[i] ?? null));
+        });
       }),
     );
     if (kept.length) yield kept.map((e) => e.t.row);
