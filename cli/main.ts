@@ -13,14 +13,13 @@ import { addGlobalOptions } from './context.js';
 // A log reader that goes away (a closed pipe: tee, a log shipper restarting) must not end the process: the
 // EPIPE it raises on stdout or stderr, with no listener, was thrown, and one refused admin call's audit line
 // took serve, primary and workers, down. What is written after that is lost; the work goes on.
-for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
-
-// ...but a report that could not be written (a full disk: ENOSPC) is a failure: `stats --json > counts.json`
+// But a report that could not be written (a full disk: ENOSPC) is a failure: `stats --json > counts.json`
 // exited 0 and left an empty file. A reader that went away (EPIPE: `| head`) took what it wanted. The
 // long-running commands, whose stdout is a log, keep their exit codes.
 const LOGGING = new Set(['serve', 'snapshot', 'satellite-sim']);
 let lostOutput: Error | undefined;
 let logging = false;
+process.stderr.on('error', () => undefined);
 process.stdout.on('error', (err: NodeJS.ErrnoException) => {
   if (err.code !== 'EPIPE') lostOutput ??= err;
 });
