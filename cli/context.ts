@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { quote } from 'shell-quote';
 import { ConfigError, isGiven, loadConfig, type Config } from '../src/config.js';
-import type { Command as RedisCommand } from 'ioredis';
+import { Cluster, type Command as RedisCommand, type Redis } from 'ioredis';
 import { createRedis, whenReady, type RedisClient } from '../src/store/redis.js';
 import type pg from 'pg';
 import { openPostgres, sampleLag, type Lag } from '../src/snapshot/index.js';
@@ -119,18 +119,28 @@ function giveUpWhenStuck(redis: RedisClient, where: string, last: () => Error | 
     gaveUp = new Error(`${why}; gave up`);
     console.error(`error: ${why}; giving up`);
   };
-  const send = redis.sendCommand.bind(redis) as (command: RedisCommand, ...rest: unknown[]) => unknown;
-  redis.sendCommand = (command: RedisCommand, ...rest: unknown[]) => {
-    if (gaveUp) {
-      command.reject(gaveUp);
-      return command.promise;
-    }
-    command.setTimeout(CONNECT_WAIT_MS);
-    command.promise.catch((err: Error) => {
-      if (err.message === 'Command timed out') giveUp();
-    });
-    return send(command, ...rest);
+  const arm = (client: RedisClient) => {
+    const send = client.sendCommand.bind(client) as (command: RedisCommand, ...rest: unknown[]) => unknown;
+    client.sendCommand = (command: RedisCommand, ...rest: unknown[]) => {
+      if (gaveUp) {
+        command.reject(gaveUp);
+        return command.promise;
+      }
+      // a command the Cluster passes on to a node arrives here twice: the timer is set once
+      command.setTimeout(CONNECT_WAIT_MS);
+      command.promise.catch((err: Error) => {
+        if (err.message === 'Command timed out') giveUp();
+      });
+      return send(command, ...rest);
+    };
   };
+  arm(redis);
+  // what goes to one master's own connection (SCAN of export and restore, SCRIPT of generate, CLUSTER NODES)
+  // passes no Cluster: on a hung master it waited for ever. ioredis reads the slot map on connections of its own.
+  if (redis instanceof Cluster) {
+    for (const node of redis.nodes('all')) arm(node);
+    redis.on('+node', (node: Redis) => arm(node));
+  }
   let lost: NodeJS.Timeout | undefined;
   // 'reconnecting', not 'close': the command's own disconnect at its end closes too
   redis.on('reconnecting', () => {

@@ -242,6 +242,38 @@ if (!clusterAvailable) console.warn(`test/cli-export.test.ts: skipping export on
     expect(got.map((o) => o.token).sort()).toEqual(tokens.slice(0, 30).map((t) => t.token).sort());
     expect(got.every((o) => o.redeemerSatelliteId === 'sat-1')).toBe(true);
   }, 120_000);
+
+  // SCAN goes to each master's own connection, past the 10 s give-up the CLI arms on the Cluster's commands:
+  // the export waited for ever where one redis-server's gives up
+  it('gives up once the masters hang (SIGSTOP) mid-scan: exit 1 within seconds, not a wait without end', async () => {
+    const env = { KEY_PREFIX: fx.prefix, REDIS_CLUSTER_NODES: cluster!.nodes.join(',') };
+    if ((await fx.store.stats()).satellites['sat-1'] === undefined) {
+      await fx.engine.generate({ owners: Array.from({ length: 2_000 }, (_, i) => ({ ownerSatelliteId: 'sat-1', ownerUserId: `h-${i}` })), perUser: 5, campaignId: 'hang-camp' });
+    }
+    // ~2 MB of JSON lines: a reader that stops reading holds the export part-way through its scan
+    const proc = spawn(process.execPath, [MAIN, 'export', '--format', 'jsonl'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    proc.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<{ code: number | null; ms: number }>((resolve) => proc.once('exit', (code) => resolve({ code, ms: Date.now() - hungAt })));
+    let hungAt = Date.now();
+    try {
+      await new Promise<void>((resolve) => proc.stdout.once('data', () => (proc.stdout.pause(), resolve())));
+      // let the export fill the pipe and stop on it
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      for (const i of [0, 1, 2]) await cluster!.signal(i, 'SIGSTOP');
+      hungAt = Date.now();
+      proc.stdout.on('data', () => undefined);
+      proc.stdout.resume();
+      const late = new Promise<'hung'>((resolve) => setTimeout(() => resolve('hung'), 40_000));
+      const end = await Promise.race([exited, late]);
+      expect(end, `export still running 40 s after the masters hung; stderr: ${stderr}`).not.toBe('hung');
+      expect((end as { code: number | null }).code, stderr).toBe(1);
+      expect(stderr).toMatch(/error: Redis \(cluster [^)]+\) did not answer within 10 s; giving up/);
+    } finally {
+      proc.kill('SIGKILL');
+      for (const i of [0, 1, 2]) await cluster!.signal(i, 'SIGCONT');
+    }
+  }, 90_000);
 });
 
 // user and campaign ids come from satellites; a marketer opens the CSV in a spreadsheet
