@@ -7,6 +7,8 @@ import { createRedis, masters, readyMasters } from '../src/store/redis.js';
 import { hasRedisServer, startCluster, type RedisClusterHandle } from '../bench/redis-server.js';
 import { engineSuite } from './helpers/engine-suite.js';
 import { engineFixture, type EngineFixture } from './helpers/redis.js';
+import { TokenStore } from '../src/store/token-store.js';
+import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 
 const available = hasRedisServer();
 const reason = 'redis-server is not installed (`redis-server --version` failed), so no Redis Cluster can be started';
@@ -117,5 +119,22 @@ const clusterFixture = () => engineFixture({ redis: () => createRedis({ redisUrl
       const stats = await f.engine.stats();
       expect(stats.satellites['sat-x']).toEqual({ generated: 600, unredeemed: 0, reserved: 0, redeemed: 3, revoked: 597, purged: 0 });
     });
+
+    // serve's workers preload before they listen, and generate before it makes anything: one master hanging with
+    // its connection up held them for ever (serve never listened, so the other masters' slots went unserved too)
+    it('preload gives up on a master that hangs (SIGSTOP), naming it, instead of waiting for ever', async () => {
+      const client = createRedis({ redisUrl: '', redisClusterNodes: cluster!.nodes });
+      const store = new TokenStore(client, f.prefix, NO_REPLICA_WAIT);
+      await readyMasters(client);
+      await cluster!.signal(2, 'SIGSTOP');
+      try {
+        const late = new Promise<string>((resolve) => setTimeout(() => resolve('still waiting after 30 s'), 30_000));
+        const got = await Promise.race([store.preload().then(() => 'loaded', (err: Error) => err.message), late]);
+        expect(got).toBe(`loading the scripts on ${cluster!.nodes[2]}: no answer within 5000 ms`);
+      } finally {
+        await cluster!.signal(2, 'SIGCONT');
+        client.disconnect();
+      }
+    }, 60_000);
   });
 });

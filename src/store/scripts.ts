@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
 import type { RedisClient } from './redis.js';
-import { readyMasters } from './redis.js';
+import { answerWithin, nodeAddress, readyMasters } from './redis.js';
 import { hexDigest } from '../digest.js';
 import { onFirstUse } from '../on-first-use.js';
 
@@ -58,9 +58,25 @@ export function defineScripts<N extends string = ScriptName>(client: RedisClient
   return out;
 }
 
-/** Loads `names` (the engine's scripts by default) on every master that lacks any, so /readyz can say "scripts loaded". */
+/**
+ * How long preloading waits for a master: one that hangs with its connection up (SIGSTOP, a stalled host) held
+ * serve's workers before they listened, so the other masters' slots went unserved as well, and generate for
+ * ever. What is not loaded then is loaded by the first EVALSHA's NOSCRIPT fallback.
+ */
+const PRELOAD_MS = 5000;
+
+/**
+ * Loads `names` (the engine's scripts by default) on every master that lacks any, so /readyz can say "scripts
+ * loaded"; fails naming a master that has not answered within PRELOAD_MS.
+ */
 export async function preloadScripts(client: RedisClient, names: readonly string[] = SCRIPT_NAMES): Promise<void> {
-  await ensureScripts(await readyMasters(client), names);
+  await Promise.all(
+    (await readyMasters(client)).map((node) =>
+      answerWithin(ensureScripts([node], names), PRELOAD_MS).catch((err: Error) => {
+        throw new Error(`loading the scripts on ${nodeAddress(node)}: ${err.message}`, { cause: err });
+      }),
+    ),
+  );
 }
 
 /** each script's text (includes in place) and SHA1, read once */
