@@ -6,7 +6,7 @@ import { AdminClient } from '../src/client/admin.js';
 import { ReferralError, SatelliteClient } from '../src/client/index.js';
 import { hexOf } from '../src/store/codec.js';
 import { Keys, placeOfToken } from '../src/store/keys.js';
-import { createRedis, nodeAddress, readyMasters } from '../src/store/redis.js';
+import { createRedis, nodeAddress, readyMasters, whenReady } from '../src/store/redis.js';
 import { clusterMasters } from '../src/store/cluster-probe.js';
 import { scanKeys } from '../src/store/key-walk.js';
 import { ADMIN_KEY, serve, testCluster } from './helpers/http.js';
@@ -144,6 +144,41 @@ describe('the CLI and writer Redis client on a Cluster', () => {
 
   // the masters are scanned one after another: a bucket a reshard moved from one not yet scanned to one
   // already scanned was seen by neither, and `export` wrote 65,244 of 69,000 tokens with exit 0
+  // ioredis takes a Cluster as ready once a CLUSTER INFO sent to a random master answers, and waited for a hung
+  // one without end: about half the clients made while a master hung never got ready, so a serve started then
+  // answered 503 for every token and a CLI command said it could not reach Redis
+  it('a client made while one master hangs (SIGSTOP) gets ready and serves the other masters; serve answers them', async () => {
+    const cluster = await testCluster(3, ['--cluster-node-timeout', '600000']);
+    const clients: ReturnType<typeof createRedis>[] = [];
+    let served: Awaited<ReturnType<typeof serve>> | undefined;
+    try {
+      const [host, port] = cluster.nodes[0]!.split(':');
+      const slotOf = (key: string) => Number(spawnSync('redis-cli', ['-h', host!, '-p', port!, 'CLUSTER', 'KEYSLOT', key], { encoding: 'utf8' }).stdout.trim());
+      // a key of the first master (slots 0..5460)
+      const key = Array.from({ length: 50 }, (_, i) => `k{${i}}`).find((k) => slotOf(k) <= 5460)!;
+      await cluster.signal(2, 'SIGSTOP');
+      // serve's (fail fast) and the CLI's; each picks its master at random
+      for (const failFast of [true, false]) for (let i = 0; i < 4; i++) clients.push(createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes }, { failFast }).on('error', () => undefined));
+      const replies = await Promise.all(clients.map(async (c, i) => {
+        const late = new Promise<string>((resolve) => setTimeout(() => resolve(`client ${i} still ${c.status} after 20 s`), 20_000));
+        return Promise.race([whenReady(c, 20_000).then(() => c.set(key, String(i))), late]);
+      }));
+      expect(replies).toEqual(clients.map(() => 'OK'));
+
+      served = await serve({ REDIS_CLUSTER_NODES: cluster.nodes.join(','), KEY_PREFIX: 'hungstart' });
+      const readyz = await until(async () => {
+        const r = await fetch(`${served!.url}/readyz`);
+        return { status: r.status, body: (await r.json()) as Record<string, unknown> };
+      }, (r) => r.status === 200, 'serve ready, degraded', 30_000);
+      expect(readyz.body).toMatchObject({ redis: 'degraded', slotsUnserved: 5461 });
+    } finally {
+      await served?.stop();
+      for (const c of clients) c.disconnect();
+      await cluster.signal(2, 'SIGCONT');
+      await cluster.stop();
+    }
+  }, 90_000);
+
   it('a key listing (export, restore) refuses a slot migrating, and a slot map that changed while it ran', async () => {
     const cluster = await testCluster(3, []);
     const redis = createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes });

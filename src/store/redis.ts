@@ -43,7 +43,7 @@ export function createRedis(config: Pick<Config, 'redisUrl' | 'redisClusterNodes
       },
     );
     cluster.on('+node', (node: Redis) => catchAsking(coalesceWrites(node)));
-    return cluster;
+    return boundReadyCheck(cluster);
   }
   return coalesceWrites(new Redis(config.redisUrl, common));
 }
@@ -83,6 +83,36 @@ function coalesceWrites(redis: Redis): Redis {
 export function subscriberOf(client: RedisClient): RedisClient {
   if (client instanceof Cluster) return client.duplicate([], { enableOfflineQueue: true });
   return client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, connectionName: `${client.options.connectionName}-sub` });
+}
+
+/** how long a Cluster client's ready check (CLUSTER INFO) may take before it counts as failed */
+const READY_CHECK_MS = 2000;
+
+/**
+ * ioredis takes a Cluster as ready once one CLUSTER INFO, sent to a master picked at random, says the cluster is
+ * ok, and waits for that answer without end: with one master hanging, its connection up (SIGSTOP, a stalled
+ * host), a client that picked it stayed not ready while it hung. A serve started then answered 503 for every
+ * token, not only that master's, and a CLI command said it could not reach Redis. A check unanswered within
+ * READY_CHECK_MS fails as one refused does: ioredis reconnects and checks again, likely on another master.
+ */
+function boundReadyCheck(cluster: Cluster): Cluster {
+  type Check = (callback: (err?: Error | null, fail?: string) => void) => void;
+  const internal = cluster as unknown as { readyCheck: Check };
+  const check = internal.readyCheck.bind(cluster);
+  internal.readyCheck = (callback) => {
+    let settled = false;
+    const timer = setTimeout(() => {
+      settled = true;
+      callback(new Error(`no answer to CLUSTER INFO within ${READY_CHECK_MS} ms`));
+    }, READY_CHECK_MS);
+    check((err, fail) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      callback(err, fail);
+    });
+  };
+  return cluster;
 }
 
 /**
