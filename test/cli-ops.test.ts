@@ -8,6 +8,8 @@ import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { runCli } from './helpers/cli.js';
 import { engineFixture, engineFixtureFor, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
 import { Keys } from '../src/store/keys.js';
+import { createRedis, masters } from '../src/store/redis.js';
+import { testCluster } from './helpers/http.js';
 
 /** The ops commands, run as the built binary against real Redis under a private prefix. */
 describe('referral-manager satellites | tokens | stats (child process, real Redis)', () => {
@@ -478,6 +480,51 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       });
     }
   });
+});
+
+// each master holds a share of the 64 shards: a sweep or a count that read one master came out a third short
+describe('tokens revoke | purge and stats on a real 3-master Redis Cluster (child process)', () => {
+  let cluster: Awaited<ReturnType<typeof testCluster>> | undefined;
+  let fx: EngineFixture;
+  let env: Record<string, string>;
+  const cli = (...args: string[]) => runCli(args, env);
+
+  beforeAll(async () => {
+    cluster = await testCluster(3, []);
+    fx = await engineFixture({ redis: () => createRedis({ redisUrl: '', redisClusterNodes: cluster!.nodes }), label: 'cliopsc' });
+    env = { KEY_PREFIX: fx.prefix, REDIS_CLUSTER_NODES: cluster.nodes.join(',') };
+  }, 60_000);
+  afterAll(async () => {
+    await fx?.close();
+    await cluster?.stop();
+  });
+
+  it('revoke --campaign and --satellite --all-users sweep every master; purge and stats count every master\'s share', async () => {
+    const owners = (sat: string) => Array.from({ length: 200 }, (_, i) => ({ ownerSatelliteId: sat, ownerUserId: `u${i}` }));
+    await fx.engine.generate({ owners: owners('sat-c'), perUser: 2, campaignId: 'camp-c' });
+    await fx.engine.generate({ owners: owners('sat-d'), perUser: 3, campaignId: 'camp-d' });
+    // 200 owners hash to most of the 64 shards, so to every master
+    const holding = await Promise.all(masters(fx.redis).map(async (m) => (await m.scan('0', 'MATCH', `${fx.prefix}:{*}:b:*`, 'COUNT', 100_000))[1].length));
+    expect(holding.filter((n) => n > 0)).toHaveLength(3);
+
+    const campaign = await cli('tokens', 'revoke', '--campaign', 'camp-c', '--json');
+    expect([campaign.code, campaign.stdout.trim()], campaign.stderr).toEqual([0, '{"revoked":400}']);
+    const satellite = await cli('tokens', 'revoke', '--satellite', 'sat-d', '--all-users', '--json');
+    expect([satellite.code, satellite.stdout.trim()], satellite.stderr).toEqual([0, '{"revoked":600}']);
+    const dry = await cli('tokens', 'purge', '--older-than', '0s', '--campaign', 'camp-c', '--dry-run', '--json');
+    expect([dry.code, dry.stdout.trim()], dry.stderr).toEqual([0, '{"wouldPurge":400}']);
+    const purge = await cli('tokens', 'purge', '--older-than', '0s', '--json');
+    expect([purge.code, purge.stdout.trim()], purge.stderr).toEqual([0, '{"purged":1000}']);
+    const stats = await cli('stats', '--json');
+    expect(stats.code, stats.stderr).toBe(0);
+    expect(JSON.parse(stats.stdout)).toEqual({
+      satellites: {
+        'sat-c': { generated: 400, unredeemed: 0, reserved: 0, redeemed: 0, revoked: 0, purged: 400 },
+        'sat-d': { generated: 600, unredeemed: 0, reserved: 0, redeemed: 0, revoked: 0, purged: 600 },
+      },
+      redemptions: [],
+    });
+  }, 60_000);
 });
 
 describe('referral-manager config', () => {
