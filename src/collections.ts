@@ -7,6 +7,14 @@ export function pushTo<K, V>(map: Map<K, V[]>, key: K, value: V): void {
   else map.set(key, [value]);
 }
 
+/**
+ * Appends every item of `items` to `list`. Not list.push(...items): V8 passes a spread's items as arguments on the
+ * stack, and past ~125,000 that throws "Maximum call stack size exceeded".
+ */
+export function pushAll<T>(list: T[], items: Iterable<T>): void {
+  for (const item of items) list.push(item);
+}
+
 /** A record with `f` applied to each value, keys kept (own properties, whatever the key: also `__proto__`). */
 export function mapValues<V>(o: Record<string, V>, f: (v: V) => V): Record<string, V> {
   return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, f(v)]));

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { inLanes, pushTo } from '../collections.js';
+import { inLanes, pushAll, pushTo } from '../collections.js';
 import { DomainError } from '../errors.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import { checkNewId, printable } from '../tokens/validate.js';
@@ -247,7 +247,8 @@ class SatelliteRun {
     const pending = await this.delivery.due(undelivered, false);
     if (this.o.existed && fresh.length) {
       const adopted = await this.adopt(fresh);
-      pending.push(...adopted);
+      // a satellite ignoring the page limit lists 130,000 users: spread, their sets overflowed the stack
+      pushAll(pending, adopted);
       const taken = new Set(adopted.map(([u]) => u));
       fresh = fresh.filter((u) => !taken.has(u));
     }
