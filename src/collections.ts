@@ -15,6 +15,11 @@ export function pushAll<T>(list: T[], items: Iterable<T>): void {
   for (const item of items) list.push(item);
 }
 
+/** `items` in consecutive slices of at most `size` (the last one shorter): the arguments of one call each. */
+export function* slices<T>(items: T[], size: number): Generator<T[]> {
+  for (let i = 0; i < items.length; i += size) yield items.slice(i, i + size);
+}
+
 /** A record with `f` applied to each value, keys kept (own properties, whatever the key: also `__proto__`). */
 export function mapValues<V>(o: Record<string, V>, f: (v: V) => V): Record<string, V> {
   return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, f(v)]));

@@ -75,3 +75,30 @@ describe('a satellite listing 130,000 users in one page (real Redis)', () => {
     expect((await fx.engine.stats()).satellites['sat-h']?.generated).toBe(N);
   }, 300_000);
 });
+
+describe('one owner holding 130,000 tokens (real Redis)', () => {
+  let fx: EngineFixture;
+  beforeAll(async () => {
+    fx = await engineFixture({ label: 'huge-states' });
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  // storedStates read each bucket's records with one HMGET spread over its tokens, and one owner's tokens share
+  // a bucket: TokenEngine is the package's API, and a caller asking for 130,000 of one owner's tokens got
+  // "Maximum call stack size exceeded" (delivery asks in chunks of 20,000)
+  it('storedStates: every token of the owner, in the order asked', async () => {
+    const N = 130_000;
+    const made: string[] = [];
+    for (let n = 0; n < N; n += 10_000) {
+      for (const t of (await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-s', ownerUserId: 'famous' }], perUser: 10_000, campaignId: 'c' })).tokens) made.push(t.token);
+    }
+    expect((await fx.engine.revokeToken(made[N - 1]!)).code).toBe('ok');
+    const absent = '00000000-0000-4000-8000-000000000000';
+    const states = await fx.engine.storedStates([...made, absent]);
+    expect(states.length).toBe(N + 1);
+    expect([states[0], states[N - 2], states[N - 1], states[N]]).toEqual(['unredeemed', 'unredeemed', 'revoked', undefined]);
+    expect(states.slice(0, N - 1).every((s) => s === 'unredeemed')).toBe(true);
+  }, 120_000);
+});

@@ -1,5 +1,5 @@
 import { DomainError } from '../errors.js';
-import { inLanes, pushTo, sortInTurns } from '../collections.js';
+import { inLanes, pushTo, slices, sortInTurns } from '../collections.js';
 import type { RedisClient } from './redis.js';
 import { NotReplicated, ReplicaAck, type ReplicaWait } from './replicas.js';
 import { defineScripts, preloadScripts, type ScriptFn, type ScriptName } from './scripts.js';
@@ -52,6 +52,8 @@ const LAPSE_PAGE = 100;
  * lua/includes/owner.lua): about 1 ms of Redis for a list, 3 for a revoke, at 100k tokens of one owner.
  */
 const OWNER_PAGE = 256;
+/** Records one HMGET of storedStates reads at most */
+const STATES_SLICE = 5000;
 
 /**
  * Redis side of the token engine: one method per Lua script, inputs already validated.
@@ -205,11 +207,15 @@ export class TokenStore {
       pushTo(byBucket, this.keys.bucket(p.shard, p.bucket), i);
     });
     const states = new Array<TokenState | undefined>(tokens.length);
+    // a slice of a bucket a call: one owner's tokens share a bucket, and 130,000 of them as the arguments of one
+    // HMGET overflowed the stack (and one call that long holds Redis)
     await Promise.all(
-      [...byBucket].map(async ([bucket, at]) => {
-        const records = await this.redis.hmget(bucket, ...at.map((i) => hexOf(tokens[i]!).slice(4)));
-        records.forEach((r, j) => (states[at[j]!] = r ? STATE_NAME[r[0]!] : undefined));
-      }),
+      [...byBucket].flatMap(([bucket, all]) =>
+        [...slices(all, STATES_SLICE)].map(async (at) => {
+          const records = await this.redis.hmget(bucket, ...at.map((i) => hexOf(tokens[i]!).slice(4)));
+          records.forEach((r, j) => (states[at[j]!] = r ? STATE_NAME[r[0]!] : undefined));
+        }),
+      ),
     );
     return states;
   }
