@@ -2,6 +2,7 @@ import { Keys } from './keys.js';
 import { Lease } from './lease.js';
 import type { RedisClient } from './redis.js';
 import { defineScripts, type ScriptFn } from './scripts.js';
+import { slices } from '../collections.js';
 import { DomainError } from '../errors.js';
 import { CampaignKeys, metaFields, parseMeta, parseProgress, readAllCampaigns, readCampaigns, readRefused, type CampaignMeta, type CampaignRecord, type Counter, type SatelliteProgress } from './campaigns.js';
 
@@ -30,9 +31,6 @@ export function campaignNotFound(id: string): never {
 
 /** A script's arguments in slices: Lua's unpack() takes at most ~8,000 values, and one call holds Redis for its length. */
 const SLICE = 5000;
-function* slices(args: string[]): Generator<string[]> {
-  for (let i = 0; i < args.length; i += SLICE) yield args.slice(i, i + SLICE);
-}
 
 /**
  * What a campaign made and what each satellite accepted, so a run can be resumed without making new
@@ -173,7 +171,7 @@ export class CampaignStore {
    */
   async made(id: string, sat: string, userIds: string[]): Promise<(string[] | undefined)[]> {
     const out: (string[] | undefined)[] = [];
-    for (const slice of slices(userIds)) for (const v of await this.redis.hmget(this.keys.made(id, sat), ...slice)) out.push(v ? v.split(',') : undefined);
+    for (const slice of slices(userIds, SLICE)) for (const v of await this.redis.hmget(this.keys.made(id, sat), ...slice)) out.push(v ? v.split(',') : undefined);
     return out;
   }
 
@@ -186,7 +184,7 @@ export class CampaignStore {
     for (const [user, tokens] of byUser) args.push(user, tokens.join(','));
     let users = 0;
     let tokens = 0;
-    for (const slice of slices(args)) {
+    for (const slice of slices(args, SLICE)) {
       const [u, t] = (await this.madeScript([this.keys.made(id, sat), this.keys.progress(id, sat)], slice)) as [number, number];
       users += u;
       tokens += t;
@@ -203,14 +201,14 @@ export class CampaignStore {
     const args: string[] = [];
     for (const [user, n] of sets) args.push(user, String(n));
     let tokens = 0;
-    for (const slice of slices(args)) tokens += Number(await this.deliveredScript([this.keys.delivered(id, sat), this.keys.progress(id, sat)], slice));
+    for (const slice of slices(args, SLICE)) tokens += Number(await this.deliveredScript([this.keys.delivered(id, sat), this.keys.progress(id, sat)], slice));
     return tokens;
   }
 
   /** Users the campaign is done with on this satellite: their tokens were accepted, or refused (recordRefused); a slice at a time, as made. */
   async settled(id: string, sat: string, userIds: string[]): Promise<boolean[]> {
     const out: boolean[] = [];
-    for (const slice of slices(userIds)) {
+    for (const slice of slices(userIds, SLICE)) {
       const [dlv, rej] = await Promise.all([this.redis.smismember(this.keys.delivered(id, sat), ...slice), this.redis.smismember(this.keys.refused(id, sat), ...slice)]);
       for (let i = 0; i < slice.length; i++) out.push(dlv[i] === 1 || rej[i] === 1);
     }
@@ -223,7 +221,7 @@ export class CampaignStore {
    */
   async recordRefused(id: string, sat: string, userIds: string[]): Promise<number> {
     let fresh = 0;
-    for (const slice of slices(userIds)) fresh += Number(await this.refuseScript([this.keys.refused(id, sat), this.keys.progress(id, sat)], slice));
+    for (const slice of slices(userIds, SLICE)) fresh += Number(await this.refuseScript([this.keys.refused(id, sat), this.keys.progress(id, sat)], slice));
     return fresh;
   }
 

@@ -1,4 +1,5 @@
 import type { RedisClient } from './redis.js';
+import { slices } from '../collections.js';
 import { scanKeys } from './key-walk.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfBucket } from './keys.js';
 import { STATE_LETTER, STATE_NAME, dashed } from './codec.js';
@@ -151,8 +152,7 @@ export async function* scanTokens(redis: RedisClient, prefix: string, filter: Ex
       [...side.values()].flatMap((g) => {
         const key = g.kind === 'rs' ? keys.reservations(g.shard) : keys.redeemed(g.shard);
         const fill = g.kind === 'rs' ? fillReservation : fillRedemption;
-        return Array.from({ length: Math.ceil(g.entries.length / SIDE_SLICE) }, async (_, n) => {
-          const slice = g.entries.slice(n * SIDE_SLICE, (n + 1) * SIDE_SLICE);
+        return [...slices(g.entries, SIDE_SLICE)].map(async (slice) => {
           const values = await redis.hmget(key, ...slice.map((t) => t.suffix));
           slice.forEach((t, i) => fill(t.row, values[i] ?? null));
         });
