@@ -161,6 +161,18 @@ describe('campaign records (real Redis)', () => {
     expect(JSON.parse((await runCli(['campaigns', 'refused', 'refused-two', '--json'], env)).stdout)).toEqual({ s1: ['u1'], s2: ['u2', 'u3'] });
   });
 
+  // README: exit 2 is a usage error, as tokens list answers a malformed id; these exited 1 "does not exist"
+  // (a control character printed to the terminal as given)
+  it('a malformed campaign id is a usage error (exit 2) for show, results and refused', async () => {
+    const env = { KEY_PREFIX: fx.prefix };
+    for (const cmd of ['show', 'results', 'refused']) {
+      for (const [id, why] of [['bad\u0007id', 'must not contain control characters'], ['', 'must be 1..128 bytes, got 0'], ['x'.repeat(129), 'must be 1..128 bytes, got 129']]) {
+        const r = await runCli(['campaigns', cmd, id!], env);
+        expect([r.code, r.stderr.split('\n').slice(0, 2)], `${cmd} ${JSON.stringify(id)}`).toEqual([2, [`error: campaign id: ${why}`, `Usage: referral-manager campaigns ${cmd} [options] <id>`]]);
+      }
+    }
+  });
+
   // failed outranked running: a campaign read "failed" while another of its satellites was still being served
   it('campaigns list: running while one satellite still runs, whatever another ended as', async () => {
     const store = new CampaignStore(fx.redis, fx.prefix);

@@ -1,8 +1,9 @@
 import type { Command } from 'commander';
 import { CampaignStore, campaignNotFound, type Campaign } from '../../src/store/campaign-store.js';
 import { DomainError } from '../../src/errors.js';
+import { checkId } from '../../src/tokens/validate.js';
 import { configFrom, connectRedis, fromSnapshot, lagText } from '../context.js';
-import { table } from '../format.js';
+import { invalidIsUsage, table } from '../format.js';
 import { campaignResults } from '../../src/snapshot/index.js';
 
 const total = (c: Campaign, k: 'usersServed' | 'tokensMade' | 'tokensDelivered' | 'failures'): number =>
@@ -25,6 +26,9 @@ const status = (c: Campaign, now = Date.now()): string => {
 };
 
 const when = (ms: number | undefined): string => (ms === undefined ? 'never' : new Date(ms).toISOString());
+
+/** `id` when it can be a campaign id, else a usage error (exit 2), as `tokens list` answers a malformed id. */
+const checked = (cmd: Command, id: string): Promise<string> => invalidIsUsage(cmd, async () => checkId('campaign id', id));
 
 /**
  * `campaigns list`, `campaigns show <id>`, `campaigns refused <id>`: what generate made and what each satellite
@@ -65,7 +69,8 @@ export function register(program: Command): void {
     .description('one campaign: settings and progress per satellite')
     .option('--json', 'print JSON')
     .addHelpText('after', '\nExamples:\n  referral-manager campaigns show spring-2026')
-    .action(async function (this: Command, id: string, opts: { json?: boolean }) {
+    .action(async function (this: Command, given: string, opts: { json?: boolean }) {
+      const id = await checked(this, given);
       const config = configFrom(this);
       const redis = await connectRedis(config);
       try {
@@ -96,7 +101,8 @@ export function register(program: Command): void {
     .description('what became of a campaign\'s tokens, per owner satellite: redeemed (and on which satellite), unredeemed, expired, revoked, purged; from the Postgres snapshot')
     .option('--json', 'print JSON')
     .addHelpText('after', '\nExamples:\n  referral-manager campaigns results spring-2026\n  referral-manager campaigns results spring-2026 --json')
-    .action(async function (this: Command, id: string, opts: { json?: boolean }) {
+    .action(async function (this: Command, given: string, opts: { json?: boolean }) {
+      const id = await checked(this, given);
       await fromSnapshot(configFrom(this), async (pool, lag) => {
         const r = await campaignResults(pool, id);
         if (!r) throw new Error(`no token of campaign "${id}" in the Postgres snapshot`);
@@ -138,7 +144,8 @@ export function register(program: Command): void {
     .option('--satellite <id>', 'only this satellite')
     .option('--json', 'print {satellite: [user ids]}')
     .addHelpText('after', '\nExamples:\n  referral-manager campaigns refused spring-2026\n  referral-manager campaigns refused spring-2026 --satellite us1 --json')
-    .action(async function (this: Command, id: string, opts: { satellite?: string; json?: boolean }) {
+    .action(async function (this: Command, given: string, opts: { satellite?: string; json?: boolean }) {
+      const id = await checked(this, given);
       const config = configFrom(this);
       const redis = await connectRedis(config);
       try {
