@@ -161,6 +161,25 @@ describe('campaign records (real Redis)', () => {
     expect(JSON.parse((await runCli(['campaigns', 'refused', 'refused-two', '--json'], env)).stdout)).toEqual({ s1: ['u1'], s2: ['u2', 'u3'] });
   });
 
+  // an id only the admin route (POST /v1/admin/tokens/generate with campaignId) used: show and refused said it
+  // "does not exist", though campaigns results finds its tokens
+  it('campaigns show and refused of an id only the admin route made tokens under: say so and point to campaigns results (exit 1)', async () => {
+    await fx.engine.generate({ owners: [{ ownerSatelliteId: 's1', ownerUserId: 'u1' }], perUser: 2, campaignId: 'adm made' });
+    const env = { KEY_PREFIX: fx.prefix };
+    for (const [cmd, lacks] of [['show', 'run record'], ['refused', 'record of users refused']] as const) {
+      const r = await runCli(['campaigns', cmd, 'adm made'], env);
+      expect(r.code, r.stderr).toBe(1);
+      expect(r.stderr).toContain(`campaign "adm made" was never run by generate, so it has no ${lacks}`);
+      expect(r.stderr).toContain("made by the admin route (POST /v1/admin/tokens/generate). What became of them: referral-manager campaigns results 'adm made'");
+      expect(r.stderr).not.toMatch(/does not exist|revoked at/);
+    }
+    await fx.engine.revokeCampaign('adm made');
+    expect((await runCli(['campaigns', 'show', 'adm made'], env)).stderr).toMatch(/campaigns results 'adm made'; revoked at \d{4}-/);
+    // an id nothing knows still does not exist
+    const none = await runCli(['campaigns', 'refused', 'never-made'], env);
+    expect([none.code, none.stderr]).toEqual([1, 'error: campaign_not_found: campaign "never-made" does not exist\n']);
+  });
+
   // README: exit 2 is a usage error, as tokens list answers a malformed id; these exited 1 "does not exist"
   // (a control character printed to the terminal as given)
   it('a malformed campaign id is a usage error (exit 2) for show, results and refused', async () => {

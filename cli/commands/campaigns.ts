@@ -1,8 +1,9 @@
 import type { Command } from 'commander';
+import { quote } from 'shell-quote';
 import { CampaignStore, campaignNotFound, type Campaign } from '../../src/store/campaign-store.js';
 import { DomainError } from '../../src/errors.js';
 import { checkId } from '../../src/tokens/validate.js';
-import { configFrom, connectRedis, fromSnapshot, lagText } from '../context.js';
+import { configFrom, connectRedis, fromSnapshot, globalFlags, lagText } from '../context.js';
 import { invalidIsUsage, table } from '../format.js';
 import { campaignResults } from '../../src/snapshot/index.js';
 
@@ -29,6 +30,22 @@ const when = (ms: number | undefined): string => (ms === undefined ? 'never' : n
 
 /** `id` when it can be a campaign id, else a usage error (exit 2), as `tokens list` answers a malformed id. */
 const checked = (cmd: Command, id: string): Promise<string> => invalidIsUsage(cmd, async () => checkId('campaign id', id));
+
+/**
+ * What `show` and `refused` say of an id generate has no record of (`lacks`: what they would show). One only the
+ * admin route used has tokens, or a revocation, but no run: "does not exist" sent the operator away from
+ * `campaigns results`, which finds its tokens. Exit 1, as for an id nothing knows: there is nothing to show.
+ */
+async function noRecord(cmd: Command, store: CampaignStore, id: string, lacks: string): Promise<never> {
+  const [made, at] = await Promise.all([store.madeTokens(id), store.revokedAt(id)]);
+  const revoked = at === undefined ? '' : `; revoked at ${when(at)}`;
+  if (made) {
+    throw new DomainError('campaign_not_found', `campaign "${id}" was never run by generate, so it has no ${lacks}: its tokens were made by the admin route (POST /v1/admin/tokens/generate). What became of them: referral-manager${globalFlags(cmd)} campaigns results ${quote([id])}${revoked}`);
+  }
+  // an id only the admin route used has no record, but its revocation is real
+  if (at !== undefined) throw new DomainError('campaign_not_found', `campaign "${id}" was never run by generate (no token of it in Redis)${revoked}`);
+  return campaignNotFound(id);
+}
 
 /**
  * `campaigns list`, `campaigns show <id>`, `campaigns refused <id>`: what generate made and what each satellite
@@ -75,13 +92,7 @@ export function register(program: Command): void {
       const redis = await connectRedis(config);
       try {
         const store = new CampaignStore(redis, config.keyPrefix);
-        const c = await store.get(id);
-        if (!c) {
-          const at = await store.revokedAt(id);
-          // an id only the admin route used has no record, but its revocation is real
-          if (at !== undefined) throw new DomainError('campaign_not_found', `campaign "${id}" was never run by generate (its tokens, if any, came from the admin route); revoked at ${when(at)}`);
-          campaignNotFound(id);
-        }
+        const c = (await store.get(id)) ?? (await noRecord(this, store, id, 'run record (settings, progress per satellite)'));
         if (opts.json) return console.log(JSON.stringify({ ...c, status: status(c) }, null, 2));
         const revoked = c.revokedAt === undefined ? '' : ` at ${when(c.revokedAt)}`;
         console.log(`campaign ${c.id}: ${c.perUser} per user, created ${when(c.createdAt)}, expires ${when(c.expiresAt)}, ${status(c)}${revoked}`);
@@ -150,7 +161,8 @@ export function register(program: Command): void {
       const redis = await connectRedis(config);
       try {
         const store = new CampaignStore(redis, config.keyPrefix);
-        const c = (await store.meta(id)) ?? campaignNotFound(id);
+        // only generate pushes tokens to satellites, so only its runs record refusals
+        const c = (await store.meta(id)) ?? (await noRecord(this, store, id, 'record of users refused (only generate pushes tokens to satellites)'));
         if (opts.satellite !== undefined && !c.satellites.includes(opts.satellite)) throw new Error(`campaign "${id}" has no satellite "${opts.satellite}" (it has ${c.satellites.join(', ')})`);
         const out: [string, string[]][] = [];
         for (const sat of opts.satellite === undefined ? c.satellites : [opts.satellite]) {

@@ -1,4 +1,4 @@
-import { Keys } from './keys.js';
+import { Keys, SHARDS } from './keys.js';
 import { Lease } from './lease.js';
 import type { RedisClient } from './redis.js';
 import { defineScripts, type ScriptFn } from './scripts.js';
@@ -43,6 +43,7 @@ export class CampaignStore {
   private readonly deliveredScript: ScriptFn;
   private readonly keys: CampaignKeys;
   private readonly revokedKey: string;
+  private readonly engineKeys: Keys;
   constructor(private readonly redis: RedisClient, prefix: string) {
     const scripts = defineScripts(redis, ['campaign_open', 'campaign_refuse', 'campaign_made', 'campaign_delivered']);
     this.openScript = scripts.campaign_open;
@@ -50,7 +51,8 @@ export class CampaignStore {
     this.madeScript = scripts.campaign_made;
     this.deliveredScript = scripts.campaign_delivered;
     this.keys = new CampaignKeys(prefix);
-    this.revokedKey = new Keys(prefix).revokedCampaigns();
+    this.engineKeys = new Keys(prefix);
+    this.revokedKey = this.engineKeys.revokedCampaigns();
   }
 
   /** Creates the campaign, or returns the existing one (created = false). */
@@ -117,6 +119,15 @@ export class CampaignStore {
     const all = Object.entries(await this.redis.hgetall(this.revokedKey)).map(([id, at]) => ({ id, revokedAt: Number(at) }));
     const ran = await Promise.all(all.map((r) => this.redis.exists(this.keys.meta(r.id))));
     return all.map((r, i) => ({ ...r, ranByGenerate: ran[i] === 1 })).sort((a, b) => a.revokedAt - b.revokedAt || (a.id < b.id ? -1 : 1));
+  }
+
+  /**
+   * Whether the engine made tokens under this id: a shard's dictionary names every campaign it holds a token of,
+   * and keeps the name once they are purged. An id only the admin route used has tokens and no record here.
+   */
+  async madeTokens(id: string): Promise<boolean> {
+    const named = await Promise.all(Array.from({ length: SHARDS }, (_, s) => this.redis.hexists(this.engineKeys.dict(s), `c\t${id}`)));
+    return named.includes(1);
   }
 
   async require(id: string): Promise<CampaignMeta> {
