@@ -1,6 +1,9 @@
 import { describe, expect, it } from 'vitest';
+import { createRedis } from '../src/store/redis.js';
 import { CampaignStore, type Claim } from '../src/store/campaign-store.js';
+import { CampaignCopy } from '../src/snapshot/campaigns.js';
 import { runCli } from './helpers/cli.js';
+import { privateRedis } from './helpers/http.js';
 import { engineFixtureFor } from './helpers/redis.js';
 
 describe('campaign records (real Redis)', () => {
@@ -235,4 +238,31 @@ describe('campaign records (real Redis)', () => {
     expect(shown.stdout).toMatch(/\ns2 .* failed +HTTP 503\n/);
     expect(JSON.parse((await runCli(['campaigns', 'show', 'lapsed-killed', '--json'], env)).stdout)).toMatchObject({ status: 'expired', progress: { s1: { status: 'interrupted' } } });
   });
+});
+
+// SSCAN answers a set kept as an intset (numeric ids, up to set-max-intset-entries, which an operator may raise
+// to save memory) in one page whatever COUNT says: its 130,000 users spread into one push overflowed the stack
+describe('refusals of a satellite with 130,000 numeric user ids, the set kept compact (a private redis-server)', () => {
+  it('campaigns refused lists them all, and the snapshot copy reads them', async () => {
+    const server = await privateRedis(['--set-max-intset-entries', '200000']);
+    await server.start();
+    const redis = createRedis({ redisUrl: server.url, redisClusterNodes: [] });
+    try {
+      const store = new CampaignStore(redis, 'intset');
+      await store.open({ id: 'many', perUser: 1, satellites: ['s1'], createdAt: 1 });
+      const users = Array.from({ length: 130_000 }, (_, i) => String(i + 1));
+      expect(await store.recordRefused('many', 's1', users)).toBe(130_000);
+      expect(await redis.object('ENCODING', 'intset:{camp:many}:rej:s1')).toBe('intset');
+
+      const listed = await runCli(['campaigns', 'refused', 'many', '--json'], { KEY_PREFIX: 'intset', REDIS_URL: server.url });
+      expect(listed.code, listed.stderr).toBe(0);
+      expect((JSON.parse(listed.stdout) as Record<string, string[]>).s1!.length).toBe(130_000);
+
+      const copy = new CampaignCopy(redis, 'intset') as unknown as { read(all: boolean): Promise<{ refusals: { users: string[] }[] }> };
+      expect((await copy.read(true)).refusals.map((r) => r.users.length)).toEqual([130_000]);
+    } finally {
+      redis.disconnect();
+      await server.dispose();
+    }
+  }, 120_000);
 });

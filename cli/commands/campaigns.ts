@@ -5,6 +5,7 @@ import { DomainError } from '../../src/errors.js';
 import { checkId } from '../../src/tokens/validate.js';
 import { configFrom, connectRedis, fromSnapshot, globalFlags, lagText } from '../context.js';
 import { invalidIsUsage, table } from '../format.js';
+import { pushAll } from '../../src/collections.js';
 import { campaignResults } from '../../src/snapshot/index.js';
 
 const total = (c: Campaign, k: 'usersServed' | 'tokensMade' | 'tokensDelivered' | 'failures'): number =>
@@ -167,7 +168,7 @@ export function register(program: Command): void {
         const out: [string, string[]][] = [];
         for (const sat of opts.satellite === undefined ? c.satellites : [opts.satellite]) {
           const users: string[] = [];
-          for await (const page of store.refusedUsers(id, sat)) users.push(...page);
+          for await (const page of store.refusedUsers(id, sat)) pushAll(users, page);
           users.sort();
           out.push([sat, users]);
           if (!opts.json) for (const u of users) console.log(`${sat}\t${u}`);

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import type { RedisClient } from '../store/redis.js';
-import { mapValues } from '../collections.js';
+import { mapValues, pushAll } from '../collections.js';
 import { addMade, addRefused, campaignExists, CampaignKeys, parseProgress, readAllCampaigns, readRefused, writeCampaign, type CampaignMeta, type CampaignRecord, type SatelliteProgress } from '../store/campaigns.js';
 import { jsonb, PeriodicCopy } from './copy.js';
 
@@ -76,7 +76,7 @@ export class CampaignCopy extends PeriodicCopy<Changes> {
       for (const [sat, p] of Object.entries(c.progress)) {
         if (p.usersRefused === 0 || this.refusalsCopied.get(JSON.stringify([c.id, sat])) === p.usersRefused) continue;
         const users: string[] = [];
-        for await (const page of readRefused(this.redis, this.keys, c.id, sat)) users.push(...page);
+        for await (const page of readRefused(this.redis, this.keys, c.id, sat)) pushAll(users, page);
         refusals.push({ id: c.id, sat, users, counted: p.usersRefused });
       }
     }

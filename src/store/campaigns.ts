@@ -131,7 +131,10 @@ export async function addMade(redis: RedisClient, keys: CampaignKeys, id: string
   await tx.exec();
 }
 
-/** The users a satellite refused in a campaign, in pages of SSCAN (so memory stays bounded), unordered. */
+/**
+ * The users a satellite refused in a campaign, in pages of SSCAN (so memory stays bounded), unordered. A set kept
+ * compact (an intset: numeric ids, up to set-max-intset-entries) comes whole in one page, whatever its size.
+ */
 export async function* readRefused(redis: RedisClient, keys: CampaignKeys, id: string, sat: string): AsyncGenerator<string[]> {
   let cursor = '0';
   do {
