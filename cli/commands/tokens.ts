@@ -22,6 +22,13 @@ async function withEngine<T>(config: Config, fn: (e: TokenEngine, redis: RedisCl
   }
 }
 
+/** Said when a command found nothing: a mistyped satellite id finds nothing, as an owner with nothing does. */
+async function noteIfUnregistered(redis: RedisClient, prefix: string, satellite: string): Promise<void> {
+  if (!(await new SatelliteRegistry(redis, prefix).get(satellite))) {
+    console.error(`note: satellite "${satellite}" is not registered (referral-manager satellites list)`);
+  }
+}
+
 const FIELDS: (keyof Token)[] = ['token', 'state', 'ownerSatelliteId', 'ownerUserId', 'campaignId', 'createdAt', 'expiresAt',
   'reservationId', 'reservedBy', 'leaseExpiresAt', 'redeemerSatelliteId', 'redeemerUserId', 'redeemedAt'];
 const TIMES = new Set<keyof Token>(['createdAt', 'expiresAt', 'leaseExpiresAt', 'redeemedAt']);
@@ -95,14 +102,13 @@ export function register(program: Command): void {
     .addHelpText('after', '\nExamples:\n  referral-manager tokens list --satellite us1 --user u42\n  referral-manager tokens list --satellite us1 --user u42 --json');
   list.action(async function (this: Command, opts: { satellite: string; user: string; json?: boolean }) {
     const config = configFrom(this);
-    const [open, known] = await invalidIsUsage(this, () =>
+    const open = await invalidIsUsage(this, () =>
       withEngine(config, async (e, redis) => {
         const found = await e.listUnredeemed(opts.satellite, opts.user);
-        return [found, found.length > 0 || (await new SatelliteRegistry(redis, config.keyPrefix).get(opts.satellite)) !== undefined] as const;
+        if (found.length === 0) await noteIfUnregistered(redis, config.keyPrefix, opts.satellite);
+        return found;
       }),
     );
-    // a mistyped id finds nothing, as a user with no tokens does
-    if (!known) console.error(`note: satellite "${opts.satellite}" is not registered (referral-manager satellites list)`);
     if (opts.json) console.log(JSON.stringify(open, null, 2));
     else if (open.length === 0) console.log(`no unredeemed tokens for user "${opts.user}" of satellite "${opts.satellite}"`);
     else {
@@ -120,14 +126,13 @@ export function register(program: Command): void {
     .addHelpText('after', '\nExamples:\n  referral-manager tokens redeemed --satellite us1 --user u42\n  referral-manager tokens redeemed --satellite us1 --user u42 --json');
   redeemed.action(async function (this: Command, opts: { satellite: string; user: string; json?: boolean }) {
     const config = configFrom(this);
-    const [used, known] = await invalidIsUsage(this, () =>
+    const used = await invalidIsUsage(this, () =>
       withEngine(config, async (e, redis) => {
         const found = await e.listRedeemed(opts.satellite, opts.user);
-        return [found, found.length > 0 || (await new SatelliteRegistry(redis, config.keyPrefix).get(opts.satellite)) !== undefined] as const;
+        if (found.length === 0) await noteIfUnregistered(redis, config.keyPrefix, opts.satellite);
+        return found;
       }),
     );
-    // a mistyped id finds no referrals, as a user nobody joined through does: said as tokens list says it
-    if (!known) console.error(`note: satellite "${opts.satellite}" is not registered (referral-manager satellites list)`);
     if (opts.json) console.log(JSON.stringify(used, null, 2));
     else if (used.length === 0) console.log(`no redeemed tokens for user "${opts.user}" of satellite "${opts.satellite}"`);
     else {
@@ -188,10 +193,7 @@ export function register(program: Command): void {
       withEngine(config, async (e, redis) => {
         if (opts.campaign === undefined) {
           const n = opts.allUsers ? await e.revokeSatellite(opts.satellite!) : await e.revokeOwner(opts.satellite!, opts.user!);
-          // a mistyped satellite finds nothing, as an owner with nothing open does: said as tokens list says it
-          if (n === 0 && !(await new SatelliteRegistry(redis, config.keyPrefix).get(opts.satellite!))) {
-            console.error(`note: satellite "${opts.satellite}" is not registered (referral-manager satellites list)`);
-          }
+          if (n === 0) await noteIfUnregistered(redis, config.keyPrefix, opts.satellite!);
           return n;
         }
         const n = await e.revokeCampaign(opts.campaign);
