@@ -1,7 +1,7 @@
 // Edges of src/http and src/client that no other test would notice broken:
 // each test here fails when the line it names is changed (a limit by one, a header dropped, a check skipped).
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { Packr } from 'msgpackr';
 import { Pool } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -149,6 +149,83 @@ describe('the typed client on a 2xx that is not the manager\'s', () => {
     } finally {
       await client.close();
       proxy.close();
+    }
+  });
+});
+
+/**
+ * One keep-alive connection, raw: `send` writes bytes and reads as many replies as `heads` has items (a HEAD's
+ * reply carries no body, whatever its Content-Length says), giving each reply's header section, or `closed` for
+ * each the server did not answer before it closed the connection.
+ */
+function keepAlive(url: string) {
+  const socket = net.connect(Number(new URL(url).port), '127.0.0.1');
+  socket.on('error', () => undefined);
+  let buf = '';
+  let closed = false;
+  let wake = () => {};
+  socket.on('data', (d: Buffer) => {
+    buf += d.toString('latin1');
+    wake();
+  });
+  socket.on('close', () => {
+    closed = true;
+    wake();
+  });
+  async function send(raw: string, heads: boolean[]): Promise<string[]> {
+    socket.write(raw);
+    const out: string[] = [];
+    const deadline = Date.now() + 10_000;
+    while (out.length < heads.length) {
+      const end = buf.indexOf('\r\n\r\n');
+      if (end >= 0) {
+        const head = buf.slice(0, end);
+        if (head.startsWith('HTTP/1.1 100 ')) {
+          buf = buf.slice(end + 4);
+          continue;
+        }
+        const length = heads[out.length] ? 0 : Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+        if (buf.length >= end + 4 + length) {
+          out.push(head);
+          buf = buf.slice(end + 4 + length);
+          continue;
+        }
+      }
+      if (closed || Date.now() > deadline) {
+        while (out.length < heads.length) out.push(closed ? 'closed' : 'no reply within 10 s');
+        break;
+      }
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, 100);
+      });
+    }
+    return out;
+  }
+  return { send, close: () => socket.destroy() };
+}
+
+const statusLine = (head: string) => head.split('\r\n')[0];
+
+// uWS's endWithoutBody(length) never counted such a reply as finished, so the connection stayed "busy": the next
+// request on it (a load balancer's next keep-alive HEAD /healthz) was met by a close without an answer
+describe('HEAD on a keep-alive connection', () => {
+  const head = (path: string) => `HEAD ${path} HTTP/1.1\r\nHost: t\r\n\r\n`;
+  const get = 'GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n';
+  it('leaves the connection usable: the next request, sent later or in the same write, is answered', async () => {
+    const c = keepAlive(server.url);
+    try {
+      const [first] = await c.send(head('/healthz'), [true]);
+      expect(statusLine(first!)).toBe('HTTP/1.1 200 OK');
+      expect(first).toMatch(/\r\ncontent-length: 2\d(\r\n|$)/i); // GET's: {"status":"ok","pid":<pid>}
+      expect((await c.send(get, [false])).map(statusLine)).toEqual(['HTTP/1.1 200 OK']);
+      expect((await c.send(head('/healthz') + head('/nope') + get, [true, true, false])).map(statusLine)).toEqual(['HTTP/1.1 200 OK', 'HTTP/1.1 404 Not Found', 'HTTP/1.1 200 OK']);
+      // a route answered after Redis does, the same
+      expect((await c.send(head('/readyz'), [true])).map(statusLine)).toEqual(['HTTP/1.1 200 OK']);
+      expect((await c.send(head(`/v1/users/u/tokens`), [true])).map(statusLine)).toEqual(['HTTP/1.1 401 Unauthorized']);
+      expect((await c.send(get, [false])).map(statusLine)).toEqual(['HTTP/1.1 200 OK']);
+    } finally {
+      c.close();
     }
   });
 });

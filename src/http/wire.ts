@@ -109,7 +109,10 @@ export function reply(ex: Exchange, status: number, body: Buffer, contentType: s
     for (const [k, v] of headers) res.writeHeader(k, v);
     if (ex.traffic.draining || (ex.traffic.closeUntil !== undefined && Date.now() < ex.traffic.closeUntil)) res.writeHeader('connection', 'close');
     if (ex.head) {
-      res.endWithoutBody(body.length);
+      // not endWithoutBody(body.length): this uWS build then waits for those bytes forever, the reply never
+      // counts as done, and the connection's next request (a load balancer's next HEAD /healthz) is met by a close
+      res.writeHeader('content-length', String(body.length));
+      res.endWithoutBody();
       return ex.finish(status);
     }
     const start = res.getWriteOffset();
