@@ -137,6 +137,12 @@ export function mount(app: TemplatedApp, routes: Route[], deps: RouterDeps): voi
       // HEAD is GET without the body (load balancers probe /healthz with it)
       const entry = methods.get(method) ?? (method === 'head' ? methods.get('get') : undefined);
       const ex = start(res, req, deps, pattern, method);
+      const length = req.getHeader('content-length');
+      const unframed = (length || (method !== 'get' && method !== 'head')) && ambiguousLength(req);
+      if (unframed) {
+        const audited = entry?.route.auth === 'admin' && entry.route.method !== 'get';
+        return refuseAmbiguous(ex, unframed, audited ? { method: method.toUpperCase(), path: req.getUrl(), ip: Buffer.from(res.getRemoteAddressAsText()).toString() } : undefined);
+      }
       if (!entry) return replyError(ex, 'method_not_allowed', `${method.toUpperCase()} not allowed; use ${allow}`, [['allow', allow]]);
       const params: string[] = [];
       for (let i = 0; i < nParams; i++) params.push(req.getParameter(i) ?? '');
@@ -145,7 +151,6 @@ export function mount(app: TemplatedApp, routes: Route[], deps: RouterDeps): voi
       const endUser = entry.route.needsIp && entry.route.auth === 'satellite' ? endUserHeader(req) : '';
       const key = Authenticator.bearer(req.getHeader('authorization'));
       const contentType = req.getHeader('content-type');
-      const length = req.getHeader('content-length');
       const path = audited ? req.getUrl() : undefined;
       handle(ex, entry.route, entry.validate, deps, { params, ip, endUser, key, contentType, length, path });
     });
@@ -157,6 +162,9 @@ export function mount(app: TemplatedApp, routes: Route[], deps: RouterDeps): voi
   }));
   app.any('/*', (res, req) => {
     const ex = start(res, req, deps, 'unmatched', req.getMethod());
+    const method = req.getMethod();
+    const unframed = (req.getHeader('content-length') || (method !== 'get' && method !== 'head')) && ambiguousLength(req);
+    if (unframed) return refuseAmbiguous(ex, unframed);
     const url = req.getUrl();
     for (const { re, names } of emptyParam) {
       const m = re.exec(url);
@@ -180,6 +188,38 @@ function endUserHeader(req: HttpRequest): string {
     if (name === 'x-end-user-ip') lines.push(value);
   });
   return lines.length > 1 ? lines.join(', ') : first;
+}
+
+/**
+ * Why a request's Content-Length lines leave where its body ends in doubt, if they do. uWS frames the body by
+ * the first line and takes an empty value as 0, so the rest of the body (a second request a client, or a front
+ * end that reads the framing otherwise, put there) was parsed as the connection's next request and answered.
+ * Lines repeating one value are one (RFC 9110 allows it). Walked only when a Content-Length line is there, or
+ * on a method that may carry a body (an empty line reads as none): GETs without a body skip it.
+ */
+function ambiguousLength(req: HttpRequest): string | undefined {
+  let first: string | undefined;
+  let why: string | undefined;
+  req.forEach((name, value) => {
+    if (name !== 'content-length' || why) return;
+    if (value.trim() === '') why = 'Content-Length: empty';
+    else if (first === undefined) first = value.trim();
+    else if (value.trim() !== first) why = 'Content-Length: sent twice, with different values';
+  });
+  return why;
+}
+
+/**
+ * A 400 for ambiguous framing, and the connection closed after it: whatever follows on it may be body bytes.
+ * Answered on the next turn, so uWS still counts the request as unanswered while it parses the rest of what
+ * came in the same read: a second request there closes the connection unanswered instead of being served.
+ */
+function refuseAmbiguous(ex: Exchange, message: string, audited?: { method: string; path: string; ip: string }): void {
+  ex.close = true;
+  setImmediate(() => {
+    replyError(ex, 'invalid_request', message);
+    if (audited) audit({ ...audited, status: ex.aborted ? 0 : 400, error: 'invalid_request', ms: 0 });
+  });
 }
 
 /** Listens on host:port; the listen socket (to close) and the port it got (port 0: a free one). */

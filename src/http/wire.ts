@@ -85,6 +85,8 @@ export interface Exchange {
   format: Format;
   /** a HEAD request: the reply carries the headers (Content-Length too) and no body */
   head: boolean;
+  /** the connection closes after the reply: its request's framing was ambiguous, so what follows on it cannot be trusted */
+  close?: boolean;
   /** set by the router: called once the reply is fully written or the client went away */
   finish(status: number): void;
   /** the store call's signal, aborted at its deadline or when the client goes away (a generate then revokes what it made) */
@@ -109,10 +111,18 @@ export function reply(ex: Exchange, status: number, body: Buffer, contentType: s
     for (const [k, v] of headers) res.writeHeader(k, v);
     if (ex.traffic.draining || (ex.traffic.closeUntil !== undefined && Date.now() < ex.traffic.closeUntil)) res.writeHeader('connection', 'close');
     if (ex.head) {
-      // not endWithoutBody(body.length): this uWS build then waits for those bytes forever, the reply never
-      // counts as done, and the connection's next request (a load balancer's next HEAD /healthz) is met by a close
-      res.writeHeader('content-length', String(body.length));
-      res.endWithoutBody();
+      // not endWithoutBody(body.length) (any argument given is taken as that length): this uWS build then waits
+      // for those bytes forever, the reply never counts as done, and the connection's next request (a load
+      // balancer's next HEAD /healthz) is met by a close. A connection closing after the reply has no next one.
+      if (ex.close) res.endWithoutBody(body.length, true);
+      else {
+        res.writeHeader('content-length', String(body.length));
+        res.endWithoutBody();
+      }
+      return ex.finish(status);
+    }
+    if (ex.close) {
+      res.end(body, true);
       return ex.finish(status);
     }
     const start = res.getWriteOffset();
