@@ -278,3 +278,17 @@ describe('a Content-Length that leaves the body\'s end in doubt', () => {
     }
   });
 });
+
+// formatOf reads Accept's q; in a Content-Type it means nothing, and `q=0` there turned a JSON body into one read as MessagePack
+describe('a Content-Type with parameters', () => {
+  it('is its media type: charset and even q change nothing', async () => {
+    const body = '{"token":"ffff0000-0000-4000-8000-000000000000","userId":"u"}';
+    for (const contentType of ['application/json; charset=utf-8', 'APPLICATION/JSON', 'application/json;q=0', 'application/json; q=0.5']) {
+      const r = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, raw: body, contentType, accept: 'application/json' });
+      expect([contentType, r.status, r.body.error]).toEqual([contentType, 404, 'token_not_found']);
+    }
+    const packed = new Packr({ useRecords: false }).pack({ token: 'ffff0000-0000-4000-8000-000000000000', userId: 'u' });
+    const r = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, raw: packed, contentType: 'application/msgpack;q=0' });
+    expect([r.status, r.body.error, r.headers['content-type']]).toEqual([404, 'token_not_found', 'application/msgpack']);
+  });
+});

@@ -6,7 +6,7 @@ import { audit } from './audit.js';
 import { sameKey } from '../digest.js';
 import { Authenticator } from './auth.js';
 import { endUserIp } from './rate-limit.js';
-import { decode, formatOf, reply, replyError, replyList, replyValue, type Exchange, type Format, type ListValue, type Traffic } from './wire.js';
+import { bodyFormatOf, decode, formatOf, reply, replyError, replyList, replyValue, type Exchange, type Format, type ListValue, type Traffic } from './wire.js';
 
 /** `metrics`: METRICS_KEY when one is set (RouterDeps.metricsKey), else open */
 export type AuthKind = 'satellite' | 'admin' | 'metrics' | 'none';
@@ -233,7 +233,7 @@ export async function listen(app: TemplatedApp, host: string, port: number): Pro
 function start(res: HttpResponse, req: HttpRequest, deps: RouterDeps, pattern: string, method: string): Exchange {
   const t0 = process.hrtime.bigint();
   const accept = formatOf(req.getHeader('accept'));
-  const format: Format = accept ?? formatOf(req.getHeader('content-type')) ?? 'json';
+  const format: Format = accept ?? bodyFormatOf(req.getHeader('content-type')) ?? 'json';
   deps.traffic.n++;
   if (deps.traffic.draining) deps.traffic.lastAt = Date.now();
   // the scrape reading the gauge is no request of the API's: counted, an idle server read 1
@@ -278,7 +278,7 @@ function handle(ex: Exchange, route: Route, validate: ValidateFunction | undefin
     return;
   }
   const limit = route.auth === 'admin' ? ADMIN_BODY_LIMIT : SATELLITE_BODY_LIMIT;
-  const format = head.contentType ? formatOf(head.contentType) : undefined;
+  const format = head.contentType ? bodyFormatOf(head.contentType) : undefined;
   if (head.contentType && !format) return refuse(ex, route, head, 'unsupported_media_type', `content-type "${head.contentType.slice(0, 100)}" not supported; use application/msgpack or application/json`);
   // a body of known length and no type is refused as early as a wrong type: before auth, like it
   if (!head.contentType && Number(head.length) > 0) return refuse(ex, route, head, 'unsupported_media_type', 'content-type missing; use application/msgpack or application/json');

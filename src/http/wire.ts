@@ -31,6 +31,12 @@ export function formatOf(header: string): Format | undefined {
   return best;
 }
 
+/**
+ * Format of a Content-Type value: its media type, whatever its parameters. `charset` changes nothing, and `q`
+ * means nothing there: read as Accept's, `application/json;q=0` made a JSON body one read as MessagePack.
+ */
+export const bodyFormatOf = (contentType: string): Format | undefined => formatOf(contentType.replace(/;[^,]*/g, ''));
+
 /** Body bytes -> value; any decoder failure is a 400 naming the reason. */
 export function decode(format: Format, body: Buffer): unknown {
   if (body.length === 0) throw new DomainError('invalid_request', 'body: empty');
