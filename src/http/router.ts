@@ -138,7 +138,7 @@ export function mount(app: TemplatedApp, routes: Route[], deps: RouterDeps): voi
       const entry = methods.get(method) ?? (method === 'head' ? methods.get('get') : undefined);
       const ex = start(res, req, deps, pattern, method);
       const length = req.getHeader('content-length');
-      const unframed = (length || (method !== 'get' && method !== 'head')) && ambiguousLength(req);
+      const unframed = ambiguousLength(req, method, length);
       if (unframed) {
         const audited = entry?.route.auth === 'admin' && entry.route.method !== 'get';
         return refuseAmbiguous(ex, unframed, audited ? { method: method.toUpperCase(), path: req.getUrl(), ip: Buffer.from(res.getRemoteAddressAsText()).toString() } : undefined);
@@ -162,8 +162,7 @@ export function mount(app: TemplatedApp, routes: Route[], deps: RouterDeps): voi
   }));
   app.any('/*', (res, req) => {
     const ex = start(res, req, deps, 'unmatched', req.getMethod());
-    const method = req.getMethod();
-    const unframed = (req.getHeader('content-length') || (method !== 'get' && method !== 'head')) && ambiguousLength(req);
+    const unframed = ambiguousLength(req, req.getMethod(), req.getHeader('content-length'));
     if (unframed) return refuseAmbiguous(ex, unframed);
     const url = req.getUrl();
     for (const { re, names } of emptyParam) {
@@ -197,7 +196,8 @@ function endUserHeader(req: HttpRequest): string {
  * Lines repeating one value are one (RFC 9110 allows it). Walked only when a Content-Length line is there, or
  * on a method that may carry a body (an empty line reads as none): GETs without a body skip it.
  */
-function ambiguousLength(req: HttpRequest): string | undefined {
+function ambiguousLength(req: HttpRequest, method: string, length: string): string | undefined {
+  if (!length && (method === 'get' || method === 'head')) return undefined;
   let first: string | undefined;
   let why: string | undefined;
   req.forEach((name, value) => {
