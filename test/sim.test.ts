@@ -97,6 +97,9 @@ describe('satellite contract', () => {
     expect([empty.status, empty.body.message]).toEqual([400, 'body: empty']);
     const text = await call(pool, 'POST', '/referrals/v1/tokens', { raw: 'tokens', contentType: 'text/plain', accept: 'application/msgpack' });
     expect([text.status, text.body.error]).toEqual([415, 'unsupported_media_type']);
+    // a Content-Type's parameters do not change its format (read as Accept's, q=0 made JSON MessagePack)
+    const weighted = await call(pool, 'POST', '/referrals/v1/tokens', { raw: '{"tokens":[]}', contentType: 'application/json;q=0', accept: 'application/json' });
+    expect([weighted.status, weighted.body]).toEqual([200, { accepted: 0 }]);
   });
 
   it('refuses a batch naming an unknown user, storing none of it', async () => {

@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { DomainError, errorCatalogue, type ErrorCode } from '../errors.js';
-import { CONTENT_TYPE, decode, encode, formatOf, type Format } from '../http/wire.js';
+import { bodyFormatOf, CONTENT_TYPE, decode, encode, formatOf, type Format } from '../http/wire.js';
 import { sameKey } from '../digest.js';
 import { isToken } from '../tokens/validate.js';
 import type { SimSatellite } from './satellite.js';
@@ -145,7 +145,7 @@ export function createSimServer(opts: SimServerOptions): Server {
     if (!handler) throw new SimError('method_not_allowed', `use ${Object.keys(route).join(', ')}`);
     let body: unknown;
     if (req.method === 'POST') {
-      const type = formatOf(req.headers['content-type'] ?? '');
+      const type = bodyFormatOf(req.headers['content-type'] ?? '');
       if (!type) throw new SimError('unsupported_media_type');
       body = decode(type, raw);
     }
@@ -154,7 +154,7 @@ export function createSimServer(opts: SimServerOptions): Server {
 
   return createServer((req, res) => {
     // reply in what the client accepts, else in what it sent, else JSON
-    const format = formatOf(req.headers.accept ?? '') ?? formatOf(req.headers['content-type'] ?? '') ?? 'json';
+    const format = formatOf(req.headers.accept ?? '') ?? bodyFormatOf(req.headers['content-type'] ?? '') ?? 'json';
     const fail = (err: unknown) => {
       // DomainError: the manager's own body decoder refused it (400 invalid_request)
       const e = err instanceof SimError || err instanceof DomainError ? err : new SimError('internal', (err as Error)?.message);
