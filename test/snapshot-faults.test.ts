@@ -527,6 +527,38 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   });
 
+  // a database made read-only (25006) refused every batch, so each lane halved its batch down to one sound
+  // entry and logged it as refused "even alone", to be removed by hand; once writable, nothing was lost
+  it('a database made read-only refuses every write: the batch is tried again as it was, no entry blamed; caught up once writable', async () => {
+    const o = await ownWorld('readonly');
+    const admin = new pg.Client({ connectionString: PG_BASE_URL });
+    await admin.connect();
+    const readOnly = (on: boolean) => admin.query(`ALTER DATABASE ${o.db.name} SET default_transaction_read_only = ${on ? 'on' : 'off'}`);
+    try {
+      await o.start();
+      const before = await made(o.engine, users(40, 'b'));
+      for (const end = Date.now() + 20_000; (await o.copied(before)) < before.length && Date.now() < end; ) await sleep(100);
+      // the setting holds for new sessions: the writer's open connections are ended
+      await readOnly(true);
+      await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()', [o.db.name]);
+      const tokens = await made(o.engine, users(400, 'u'));
+      for (const end = Date.now() + 20_000; !o.lines.some((l) => l.includes('SQLSTATE 25006')) && Date.now() < end; ) await sleep(100);
+      // every lane has met it a few times, its backoff grown
+      await sleep(3000);
+      expect(o.lines.filter((l) => l.includes('SQLSTATE 25006'))).toHaveLength(1);
+      expect(o.lines.filter((l) => l.includes('even alone'))).toEqual([]);
+      expect(await o.copied(tokens)).toBe(0);
+      await readOnly(false);
+      for (const end = Date.now() + 30_000; (await o.copied(tokens)) < tokens.length && Date.now() < end; ) await sleep(200);
+      expect(await o.copied(tokens)).toBe(tokens.length);
+      expect(o.lines.filter((l) => l.includes('Postgres takes the writes again'))).toHaveLength(1);
+    } finally {
+      await readOnly(false);
+      await admin.end();
+      await o.close();
+    }
+  }, 60_000);
+
   // each lane overwrote the one reason said, so two lanes refused for two reasons said both on every backoff
   it('two lanes refused for two reasons: each reason is said once', async () => {
     const o = await ownWorld('tworeasons');

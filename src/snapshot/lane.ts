@@ -20,6 +20,14 @@ export function refusedBy(err: unknown): boolean {
   return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && !/^(08|57P|53300|3D000|28)/.test(code) && !failedToConnect(err);
 }
 
+/**
+ * A refusal that says nothing of the entries: a conflict (class 40: deadlock, serialization failure), a database
+ * made read-only or a transaction state (class 25), a full disk or memory (class 53), an I/O error (class 58).
+ * Halved down to one sound entry, each was logged as refused "even alone", to be removed by hand (a read-only
+ * database did that to one entry of every lane); the same batch is tried again after the lane's backoff instead.
+ */
+const notTheEntries = (code: string): boolean => /^(40|25|53|58)/.test(code);
+
 /** What a lane needs of the writer that runs it. */
 export interface LaneDeps {
   streams: ShardStreams;
@@ -143,8 +151,8 @@ export class Lane {
    * statement timeout or the writer's query timeout (too big, or Postgres stalled by a lock) is halved too,
    * but tried after the lane's backoff, not at once: behind a lock every half timed out too, down to batches
    * of one, each "refused alone" though nothing was wrong with it. How long it ran is the time limit `grow`
-   * keeps to. A transaction Postgres rolled back for a conflict (class 40) is tried again as it was, after
-   * the backoff: no entry is to blame.
+   * keeps to. A refusal of the database, not of an entry (a conflict, read-only, a full disk: notTheEntries),
+   * is tried again as it was, after the backoff: no entry is to blame.
    */
   private shrink(batch: StreamEvent[], err: unknown, ms: number): boolean {
     if (timedOut(err)) {
@@ -152,8 +160,7 @@ export class Lane {
       this.limitMs = ms;
       return false;
     }
-    // a serialization failure or a deadlock (class 40) says nothing of the batch: the same, after the backoff
-    if (!refusedBy(err) || (err as { code: string }).code.startsWith('40')) return false;
+    if (!refusedBy(err) || notTheEntries((err as { code: string }).code)) return false;
     if (batch.length > 1) {
       this.size = Math.ceil(batch.length / 2);
       return true;
