@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { ensureDatabase, openPostgres } from '../src/snapshot/index.js';
+import { ensureDatabase, openPostgres, startSnapshotWriter } from '../src/snapshot/index.js';
+import { loadConfig } from '../src/config.js';
 import { MIGRATIONS } from '../src/snapshot/schema.js';
 import { PG_BASE_URL, testDatabase, unusedDatabase } from './helpers/pg.js';
 import { runCli } from './helpers/cli.js';
@@ -115,4 +116,32 @@ describe('snapshot schema: database creation and migrations (real Postgres)', ()
       await fx.close();
     }
   });
+  // a database a newer release migrated (a rollback): restore and verify read it as if they knew it all, so a
+  // restore left out what the newer migrations added without a word
+  it('restore and verify refuse a snapshot a newer release migrated; a writer opens it with a warning', async () => {
+    const fx = await engineFixture({ label: 'newersnap' });
+    const db = await testDatabase();
+    try {
+      const pool = await openPostgres(db.url);
+      const newer = Math.max(...MIGRATIONS.map((m) => m.version)) + 1;
+      await pool.query("INSERT INTO schema_migrations (version, name) VALUES ($1, 'from a newer release')", [newer]);
+      await pool.end();
+      const env = { KEY_PREFIX: fx.prefix, DATABASE_URL: db.url, REDIS_URL: SHARED_REDIS_URL };
+      for (const args of [['restore', '--from-postgres', '--force'], ['verify']]) {
+        const r = await runCli(args, env);
+        expect([r.code, r.stderr]).toEqual([1, expect.stringContaining(`schema version ${newer}, newer than this referral-manager knows`)]);
+      }
+      const lines: string[] = [];
+      const writer = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`) });
+      try {
+        for (const end = Date.now() + 20_000; !lines.some((l) => l.includes('schema version')) && Date.now() < end; ) await new Promise((r) => setTimeout(r, 100));
+      } finally {
+        await writer.stop();
+      }
+      expect(lines.filter((l) => l.includes(`schema version ${newer}, newer than this writer knows`))).toHaveLength(1);
+    } finally {
+      await db.drop();
+      await fx.close();
+    }
+  }, 60_000);
 });

@@ -158,8 +158,23 @@ export async function ensureDatabase(url: string): Promise<void> {
   }
 }
 
-/** Applies every migration not yet recorded in schema_migrations; returns the versions applied. */
-async function migrate(client: pg.ClientBase): Promise<number[]> {
+/** The newest migration this code knows. */
+export const SCHEMA_VERSION = Math.max(...MIGRATIONS.map((m) => m.version));
+/** pools on a database a newer version migrated past SCHEMA_VERSION: its newest version */
+const newerOf = new WeakMap<pg.Pool, number>();
+/** pools whose database this open migrated from nothing: a snapshot made anew */
+const freshOf = new WeakSet<pg.Pool>();
+/** Whether opening the pool made the snapshot's tables (the database new, dropped and made anew, or emptied). */
+export function madeAnew(pool: pg.Pool): boolean {
+  return freshOf.has(pool);
+}
+/** The schema version of the pool's database when a newer referral-manager migrated it past SCHEMA_VERSION. */
+export function newerSchema(pool: pg.Pool): number | undefined {
+  return newerOf.get(pool);
+}
+
+/** Applies every migration not yet recorded in schema_migrations; returns the versions applied and the newest recorded. */
+async function migrate(client: pg.ClientBase): Promise<{ applied: number[]; newest: number }> {
   await client.query('SELECT pg_advisory_lock($1)', [LOCK_ID]);
   try {
     await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
@@ -178,7 +193,7 @@ async function migrate(client: pg.ClientBase): Promise<number[]> {
       }
       applied.push(m.version);
     }
-    return applied;
+    return { applied, newest: Math.max(SCHEMA_VERSION, ...done) };
   } finally {
     await client.query('SELECT pg_advisory_unlock($1)', [LOCK_ID]);
   }
@@ -232,10 +247,17 @@ export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number
   socketsOf.set(pool, sockets);
   pool.on('error', () => {});
   try {
-    await withClient(pool, async (c) => {
+    const { applied, newest } = await withClient(pool, async (c) => {
       if (!create) await requireSnapshot(c, url);
-      await migrate(c);
+      return migrate(c);
     });
+    if (applied.includes(1)) freshOf.add(pool);
+    if (newest > SCHEMA_VERSION) {
+      // an older version (a rollback) reading a newer snapshot: a restore would leave out what the newer
+      // migrations added, without a word. The writer goes on (it warns): refusing, it held the lease unable to write
+      if (!create) throw new Error(`database "${decodeURIComponent(new URL(url).pathname.slice(1))}" holds a snapshot of schema version ${newest}, newer than this referral-manager knows (${SCHEMA_VERSION}): a newer version migrated it; run that version`);
+      newerOf.set(pool, newest);
+    }
   } catch (err) {
     // a writer retries this with backoff: each failed try would leave a pool behind
     await pool.end().catch(() => {});

@@ -15,12 +15,13 @@ import { snapshotMetrics } from './metrics.js';
 import { CampaignCopy } from './campaigns.js';
 import { RevocationCopy } from './revoked.js';
 import { SatelliteCopy } from './satellites.js';
-import { cutConnections, openPostgres, ping } from './schema.js';
+import { cutConnections, madeAnew, newerSchema, openPostgres, ping, SCHEMA_VERSION } from './schema.js';
 import { writeSnapshotStatus, type SnapshotStatus } from './status.js';
 import { ShardStreams } from './streams.js';
 import { newestCommitted } from './positions.js';
 import { WentBackReport } from './went-back.js';
 import { findLostShards } from './lost.js';
+import { copiedElsewhere } from './gone-from-postgres.js';
 import { PostgresHealth } from './postgres-health.js';
 
 export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
@@ -113,6 +114,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   let lookForLoss = true;
   /** the lost shards last said, so a loss is logged once, not at every lease taken */
   let saidLost = 0;
+  /** the pool just opened made the snapshot's tables anew: the streams are looked at for changes copied elsewhere (copiedElsewhere) */
+  let fresh = false;
 
   /** Pending ids whose entries are gone (trimmed by something else): acked, but never silently. */
   async function ackLost(empty: Map<number, string[]>): Promise<void> {
@@ -177,6 +180,9 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           }
           // stop() may have given up on this wait and released the lease: write nothing under it
           if (!running) break;
+          fresh = madeAnew(pool);
+          const newer = newerSchema(pool);
+          if (newer !== undefined) log('warn', `the snapshot database is at schema version ${newer}, newer than this writer knows (${SCHEMA_VERSION}): a newer referral-manager migrated it. This writer copies what its version knows; run the newer version (restore and verify of this version refuse the database)`);
         }
         const db = pool;
         // also every PG_PROBE_MS while up: a writer with nothing to write would report a lost Postgres as up
@@ -189,7 +195,14 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         await streams.ensureGroups();
         if (lookForLoss) {
           // before any new entry is read in this term: a Redis that went back before this process started is found too
-          streams.knowCommitted(await health.run(() => newestCommitted(db, Array.from({ length: SHARDS }, (_, s) => s))));
+          const newest = await health.run(() => newestCommitted(db, Array.from({ length: SHARDS }, (_, s) => s)));
+          streams.knowCommitted(newest);
+          const elsewhere = fresh ? await copiedElsewhere(redis, keys) : [];
+          fresh = false;
+          if (elsewhere.length) {
+            m.errors.inc({ where: 'lost' }, elsewhere.length);
+            log('error', `Postgres lacks changes this writer copied before: ${elsewhere.length} shard(s) (${elsewhere.map((e) => e.shard).join(',')}) had stream entries removed after they were committed, and this database was made anew as this writer started (dropped, or DATABASE_URL names another one): it holds none of them (shard ${elsewhere[0]!.shard}: nothing before ${elsewhere[0]!.from}). Those changes are in no snapshot: \`referral-manager verify\` lists their tokens, \`verify --repair-tokens\` copies the tokens Redis still has; a restore --from-postgres before that would lose them`);
+          }
           const lost = await findLostShards(redis, db, config.keyPrefix, health.run);
           m.lostShards.set(lost.length);
           if (lost.length > saidLost) log('error', `Redis lost the tokens of ${lost.length} shard(s) that Postgres holds (${lost.join(',')}): they answer 404, and /readyz answers 503 until they are restored (runbook "Redis lost its data": referral-manager restore --from-postgres --force)`);
