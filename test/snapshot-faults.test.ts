@@ -9,7 +9,7 @@ import { caughtUp, each, firstRoundDone, generateTokens, sleep, snapshotFixture,
 import { dropEngineKeys, openPostgres, readLostShards, readSnapshotStatus, restoreFromPostgres, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { startServer } from '../src/http/server.js';
 import type { WriterOptions } from '../src/snapshot/writer.js';
-import { Lane, type LaneDeps } from '../src/snapshot/lane.js';
+import { Lane, refusedBy, type LaneDeps } from '../src/snapshot/lane.js';
 import { snapshotMetrics } from '../src/snapshot/metrics.js';
 import { withClient } from '../src/snapshot/schema.js';
 import { GROUP } from '../src/snapshot/lag.js';
@@ -1172,6 +1172,17 @@ describe('snapshot writer under faults (real processes)', () => {
       await dropPrefix(snap.fx.redis, prefix);
     }
   }, 60_000);
+
+  // pg_terminate_backend of the writer's connections mid-batch failed a write with Node's EPIPE, five capitals
+  // like a SQLSTATE: taken for a write Postgres refused, the batch was halved toward one entry "refused alone"
+  it('a connection broken under a write (EPIPE, ECONNRESET) is Postgres out of reach, not a refusal; a SQLSTATE is one', () => {
+    const system = (code: string) => Object.assign(new Error(`write ${code}`), { code, errno: -32, syscall: 'write' });
+    expect([refusedBy(system('EPIPE')), refusedBy(system('ECONNRESET'))]).toEqual([false, false]);
+    const lane = new Lane([0], {} as LaneDeps);
+    expect(lane.settle({ status: 'rejected', reason: system('EPIPE') })).toBe(false);
+    const refusal = Object.assign(new pg.DatabaseError('invalid input syntax for type uuid', 0, 'error'), { code: '22P02' });
+    expect(refusedBy(refusal)).toBe(true);
+  });
 
   // a lane Postgres refuses waits on its own (the others go on): twice as long after each refusal, at most 5 s,
   // and not at all once a round of it went through

@@ -16,8 +16,10 @@ const timedOut = (err: unknown): boolean => (err as { code?: unknown }).code ===
  * operator was then told to delete, while rm_snapshot_postgres_up stayed 1.
  */
 export function refusedBy(err: unknown): boolean {
-  const code = (err as { code?: unknown }).code;
-  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && !/^(08|57P|53300|3D000|28)/.test(code) && !failedToConnect(err);
+  const { code, syscall } = err as { code?: unknown; syscall?: unknown };
+  // a socket's error (a `syscall` with it) is Node's, never Postgres': EPIPE, five capitals, read as a SQLSTATE
+  // when a write met a connection pg_terminate_backend had ended, and the batch was halved as if refused
+  return typeof code === 'string' && syscall === undefined && /^[0-9A-Z]{5}$/.test(code) && !/^(08|57P|53300|3D000|28)/.test(code) && !failedToConnect(err);
 }
 
 /**
