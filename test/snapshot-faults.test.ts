@@ -590,6 +590,26 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   }, 90_000);
 
+  // a writer started on a read-only database cannot migrate (25006, a refusal): /readyz said postgres down while
+  // rm_snapshot_postgres_up stayed NaN, so the alert on it never fired
+  it('a writer that cannot open its snapshot because Postgres refuses the migration reports Postgres down in the gauge too', async () => {
+    const db = await testDatabase();
+    const admin = new pg.Client({ connectionString: PG_BASE_URL });
+    await admin.connect();
+    await admin.query(`ALTER DATABASE ${db.name} SET default_transaction_read_only = on`);
+    const lines: string[] = [];
+    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: testPrefix('readonlystart'), databaseUrl: db.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`) });
+    try {
+      for (const end = Date.now() + 20_000; !lines.some((l) => l.includes('SQLSTATE 25006')) && Date.now() < end; ) await sleep(100);
+      expect(writer.status()).toMatchObject({ leader: true, state: 'down' });
+      expect((await snapshotMetrics().postgresUp.get()).values[0]?.value).toBe(0);
+    } finally {
+      await writer.stop();
+      await admin.end();
+      await db.drop();
+    }
+  });
+
   // each lane overwrote the one reason said, so two lanes refused for two reasons said both on every backoff
   it('two lanes refused for two reasons: each reason is said once', async () => {
     const o = await ownWorld('tworeasons');

@@ -64,6 +64,9 @@ export class PostgresHealth {
       const why = `SQLSTATE ${(err as { code: string }).code}: ${(err as Error).message}`;
       if (!this.refusals.has(why)) this.log('warn', `Postgres refused a write (${why}); retrying with backoff, events wait in Redis`);
       this.refusals.add(why);
+      // a refusal before Postgres was ever reached (the migration of a read-only database) leaves it down, as
+      // /readyz says: the gauge stayed NaN, and the alert on it silent
+      if (this.pgState === 'down' && this.leading()) this.m.postgresUp.set(0);
     } else {
       this.pgState = 'down';
       // a batch failing after the renew timer dropped the lease: no longer this process' to report
