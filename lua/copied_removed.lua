@@ -14,7 +14,7 @@
 --- @include "stream_group"
 
 local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
-if not ok then return '' end
+if not ok then return { '', 0 } end
 local f = {}
 for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
 local added, length = tonumber(f['entries-added']), tonumber(f['length'])
