@@ -200,8 +200,10 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
           const elsewhere = fresh ? await copiedElsewhere(redis, keys) : [];
           fresh = false;
           if (elsewhere.length) {
-            m.errors.inc({ where: 'lost' }, elsewhere.length);
-            log('error', `Postgres lacks changes this writer copied before: ${elsewhere.length} shard(s) (${elsewhere.map((e) => e.shard).join(',')}) had stream entries removed after they were committed, and this database was made anew as this writer started (dropped, or DATABASE_URL names another one): it holds none of them (shard ${elsewhere[0]!.shard}: nothing before ${elsewhere[0]!.from}). Those changes are in no snapshot: \`referral-manager verify\` lists their tokens, \`verify --repair-tokens\` copies the tokens Redis still has; a restore --from-postgres before that would lose them`);
+            // changes, as every other count of lost is: the entries removed after they were copied
+            const changes = elsewhere.reduce((n, e) => n + e.removed, 0);
+            m.errors.inc({ where: 'lost' }, changes);
+            log('error', `Postgres lacks changes this writer copied before: ${changes} change(s) of ${elsewhere.length} shard(s) (${elsewhere.map((e) => e.shard).join(',')}) had stream entries removed after they were committed, and this database was made anew as this writer started (dropped, or DATABASE_URL names another one): it holds none of them (shard ${elsewhere[0]!.shard}: nothing before ${elsewhere[0]!.from}). Those changes are in no snapshot: \`referral-manager verify\` lists their tokens, \`verify --repair-tokens\` copies the tokens Redis still has; a restore --from-postgres before that would lose them`);
           }
           const lost = await findLostShards(redis, db, config.keyPrefix, health.run);
           m.lostShards.set(lost.length);
