@@ -1,6 +1,6 @@
 import { Keys, SHARDS } from './keys.js';
 import { Lease } from './lease.js';
-import type { RedisClient } from './redis.js';
+import { ARGS_PER_CALL, type RedisClient } from './redis.js';
 import { defineScripts, type ScriptFn } from './scripts.js';
 import { slices } from '../collections.js';
 import { DomainError } from '../errors.js';
@@ -28,9 +28,6 @@ export const CLAIM_TTL_MS = 30_000;
 export function campaignNotFound(id: string): never {
   throw new DomainError('campaign_not_found', `campaign "${id}" does not exist`);
 }
-
-/** A script's arguments in slices: Lua's unpack() takes at most ~8,000 values, and one call holds Redis for its length. */
-const SLICE = 5000;
 
 /**
  * What a campaign made and what each satellite accepted, so a run can be resumed without making new
@@ -182,7 +179,7 @@ export class CampaignStore {
    */
   async made(id: string, sat: string, userIds: string[]): Promise<(string[] | undefined)[]> {
     const out: (string[] | undefined)[] = [];
-    for (const slice of slices(userIds, SLICE)) for (const v of await this.redis.hmget(this.keys.made(id, sat), ...slice)) out.push(v ? v.split(',') : undefined);
+    for (const slice of slices(userIds, ARGS_PER_CALL)) for (const v of await this.redis.hmget(this.keys.made(id, sat), ...slice)) out.push(v ? v.split(',') : undefined);
     return out;
   }
 
@@ -195,7 +192,7 @@ export class CampaignStore {
     for (const [user, tokens] of byUser) args.push(user, tokens.join(','));
     let users = 0;
     let tokens = 0;
-    for (const slice of slices(args, SLICE)) {
+    for (const slice of slices(args, ARGS_PER_CALL)) {
       const [u, t] = (await this.madeScript([this.keys.made(id, sat), this.keys.progress(id, sat)], slice)) as [number, number];
       users += u;
       tokens += t;
@@ -212,14 +209,14 @@ export class CampaignStore {
     const args: string[] = [];
     for (const [user, n] of sets) args.push(user, String(n));
     let tokens = 0;
-    for (const slice of slices(args, SLICE)) tokens += Number(await this.deliveredScript([this.keys.delivered(id, sat), this.keys.progress(id, sat)], slice));
+    for (const slice of slices(args, ARGS_PER_CALL)) tokens += Number(await this.deliveredScript([this.keys.delivered(id, sat), this.keys.progress(id, sat)], slice));
     return tokens;
   }
 
   /** Users the campaign is done with on this satellite: their tokens were accepted, or refused (recordRefused); a slice at a time, as made. */
   async settled(id: string, sat: string, userIds: string[]): Promise<boolean[]> {
     const out: boolean[] = [];
-    for (const slice of slices(userIds, SLICE)) {
+    for (const slice of slices(userIds, ARGS_PER_CALL)) {
       const [dlv, rej] = await Promise.all([this.redis.smismember(this.keys.delivered(id, sat), ...slice), this.redis.smismember(this.keys.refused(id, sat), ...slice)]);
       for (let i = 0; i < slice.length; i++) out.push(dlv[i] === 1 || rej[i] === 1);
     }
@@ -232,7 +229,7 @@ export class CampaignStore {
    */
   async recordRefused(id: string, sat: string, userIds: string[]): Promise<number> {
     let fresh = 0;
-    for (const slice of slices(userIds, SLICE)) fresh += Number(await this.refuseScript([this.keys.refused(id, sat), this.keys.progress(id, sat)], slice));
+    for (const slice of slices(userIds, ARGS_PER_CALL)) fresh += Number(await this.refuseScript([this.keys.refused(id, sat), this.keys.progress(id, sat)], slice));
     return fresh;
   }
 

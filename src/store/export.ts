@@ -1,4 +1,4 @@
-import type { RedisClient } from './redis.js';
+import { ARGS_PER_CALL, type RedisClient } from './redis.js';
 import { slices } from '../collections.js';
 import { scanKeys } from './key-walk.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfBucket } from './keys.js';
@@ -84,8 +84,6 @@ const escapeRegExp = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\
 
 /** SCAN's COUNT: a page of ~250 buckets is ~4,000 tokens at 1M */
 const BUCKETS_PER_PAGE = 250;
-/** Most reservation or redemption records one HMGET reads */
-const SIDE_SLICE = 5000;
 
 /**
  * Every token under `prefix`, one page of rows per yield, in memory bounded by the page size and
@@ -152,7 +150,7 @@ export async function* scanTokens(redis: RedisClient, prefix: string, filter: Ex
       [...side.values()].flatMap((g) => {
         const key = g.kind === 'rs' ? keys.reservations(g.shard) : keys.redeemed(g.shard);
         const fill = g.kind === 'rs' ? fillReservation : fillRedemption;
-        return [...slices(g.entries, SIDE_SLICE)].map(async (slice) => {
+        return [...slices(g.entries, ARGS_PER_CALL)].map(async (slice) => {
           const values = await redis.hmget(key, ...slice.map((t) => t.suffix));
           slice.forEach((t, i) => fill(t.row, values[i] ?? null));
         });

@@ -85,6 +85,13 @@ export function subscriberOf(client: RedisClient): RedisClient {
   return client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, connectionName: `${client.options.connectionName}-sub` });
 }
 
+/**
+ * Most values one call to Redis is given (HMGET fields, a script's ARGV): Lua's unpack() takes at most ~8,000,
+ * a JS spread of ~125,000 overflows the stack, and one call holds Redis for its whole length. Longer lists go
+ * in `slices` of this many.
+ */
+export const ARGS_PER_CALL = 5000;
+
 /** how long a Cluster client's ready check (CLUSTER INFO) may take before it counts as failed */
 const READY_CHECK_MS = 2000;
 

@@ -1,6 +1,6 @@
 import { DomainError } from '../errors.js';
 import { inLanes, pushTo, slices, sortInTurns } from '../collections.js';
-import type { RedisClient } from './redis.js';
+import { ARGS_PER_CALL, type RedisClient } from './redis.js';
 import { NotReplicated, ReplicaAck, type ReplicaWait } from './replicas.js';
 import { defineScripts, preloadScripts, type ScriptFn, type ScriptName } from './scripts.js';
 import { BUCKETS_PER_SHARD, Keys, SHARDS, placeOfOwner, placeOfToken, type OwnerPlace } from './keys.js';
@@ -52,8 +52,6 @@ const LAPSE_PAGE = 100;
  * lua/includes/owner.lua): about 1 ms of Redis for a list, 3 for a revoke, at 100k tokens of one owner.
  */
 const OWNER_PAGE = 256;
-/** Records one HMGET of storedStates reads at most */
-const STATES_SLICE = 5000;
 
 /**
  * Redis side of the token engine: one method per Lua script, inputs already validated.
@@ -211,7 +209,7 @@ export class TokenStore {
     // HMGET overflowed the stack (and one call that long holds Redis)
     await Promise.all(
       [...byBucket].flatMap(([bucket, all]) =>
-        [...slices(all, STATES_SLICE)].map(async (at) => {
+        [...slices(all, ARGS_PER_CALL)].map(async (at) => {
           const records = await this.redis.hmget(bucket, ...at.map((i) => hexOf(tokens[i]!).slice(4)));
           records.forEach((r, j) => (states[at[j]!] = r ? STATE_NAME[r[0]!] : undefined));
         }),
