@@ -197,6 +197,32 @@ it('a base URL with a path (a gateway routing by path) puts that path before eve
   }
 });
 
+// each was taken, and every call then failed as unavailable (retried for ever): an unset variable read as
+// NaN or undefined, a string from the environment, a computed 1500.5; past 2^31 ms every call ended after 1 ms
+it('options no call can go out with throw at construction, not as unavailable on every call', async () => {
+  const url = server.url;
+  const refused: [Record<string, unknown>, RegExp][] = [
+    [{ apiKey: undefined }, /^apiKey: a non-empty string, got undefined$/],
+    [{ apiKey: '' }, /^apiKey: a non-empty string, got an empty one$/],
+    [{ timeoutMs: Number(undefined) }, /^timeoutMs: a number of ms from 1 to 2147483647, got NaN$/],
+    [{ timeoutMs: '2000' }, /got "2000"$/],
+    [{ timeoutMs: 0 }, /got 0$/],
+    [{ timeoutMs: 2 ** 31 }, /got 2147483648$/],
+    [{ timeoutMs: Infinity }, /got Infinity$/],
+    [{ url: `${url}/?code=abc` }, /^url: a query, fragment or credentials would not be sent/],
+    [{ url: url.replace('//', '//user:pw@') }, /^url: a query, fragment or credentials would not be sent/],
+  ];
+  for (const [opts, message] of refused) {
+    for (const Client of [SatelliteClient, AdminClient]) {
+      expect(() => new Client({ url, apiKey: 'k', ...opts } as never), JSON.stringify(opts)).toThrow(message);
+    }
+  }
+  // a computed timeout that is no whole number is rounded up, not refused by the timer on every call
+  const computed = new SatelliteClient({ url, apiKey: 'rmk_nope', timeoutMs: 1500.5 });
+  expect((await refusal(computed.listTokens('u'))).code).toBe('unauthorized');
+  await computed.close();
+});
+
 it('transport failures are ReferralError code unavailable', async () => {
   const dead = new SatelliteClient({ url: `http://127.0.0.1:${await freePort()}`, apiKey: 'k', timeoutMs: 500 });
   const err = await refusal(dead.redeem('ffff0000-0000-4000-8000-000000000000', 'u'));

@@ -65,6 +65,22 @@ function transportError(err: Error & { code?: string }, timeoutMs: number): Refe
   return new ReferralError('unavailable', 0, `request failed: ${err.message}`);
 }
 
+/** The longest timer Node keeps: a longer one fires after 1 ms. */
+const TIMER_MAX_MS = 2 ** 31 - 1;
+
+/**
+ * `opts.timeoutMs`, or the default; throws on options no call could go out with (undici checks
+ * `connections`). Read from an unset environment variable (NaN, undefined, "2000") or computed (1500.5),
+ * each was taken, and then every call failed as `unavailable`, which callers retry for ever; past 2^31 ms
+ * every call ended after 1 ms; and an apiKey left out sent "Bearer undefined" on every sign-up.
+ */
+function options(opts: TransportOptions): number {
+  if (typeof opts.apiKey !== 'string' || opts.apiKey === '') throw new TypeError(`apiKey: a non-empty string, got ${opts.apiKey === '' ? 'an empty one' : typeof opts.apiKey}`);
+  const { timeoutMs = 6000 } = opts;
+  if (typeof timeoutMs !== 'number' || !(timeoutMs >= 1 && timeoutMs <= TIMER_MAX_MS)) throw new RangeError(`timeoutMs: a number of ms from 1 to ${TIMER_MAX_MS}, got ${typeof timeoutMs === 'string' ? `"${timeoutMs}"` : String(timeoutMs)}`);
+  return timeoutMs;
+}
+
 /** One keep-alive pool speaking MessagePack; non-2xx replies become ReferralError. */
 export class Transport {
   private readonly pool: Pool;
@@ -74,10 +90,11 @@ export class Transport {
   private readonly base: string;
 
   constructor(opts: TransportOptions) {
-    const timeoutMs = opts.timeoutMs ?? 6000;
+    const timeoutMs = Math.ceil(options(opts));
+    const url = new URL(opts.url);
+    if (url.search || url.hash || url.username || url.password) throw new TypeError(`url: a query, fragment or credentials would not be sent; give only the origin and path (${url.origin}${url.pathname})`);
     // idle connections are let go before the server's 10 s idle timeout closes them, so a request is
     // never sent on a connection the server is closing at that moment
-    const url = new URL(opts.url);
     this.base = url.pathname.replace(/\/+$/, '');
     this.pool = new Pool(url.origin, { connections: opts.connections ?? 16, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, keepAliveTimeout: 5000 });
     this.auth = `Bearer ${opts.apiKey}`;
