@@ -143,7 +143,8 @@ export async function msgpackRequest(
 ): Promise<MsgpackReply> {
   const headers: Record<string, string> = { accept: MSGPACK, ...req.headers };
   if (req.body !== undefined) headers['content-type'] = MSGPACK;
-  const res = await dispatcher.request({
+  const signal = req.signal ? AbortSignal.any([AbortSignal.timeout(req.timeoutMs), req.signal]) : AbortSignal.timeout(req.timeoutMs);
+  const sent = dispatcher.request({
     method: req.method,
     path: req.path,
     headers,
@@ -151,8 +152,9 @@ export async function msgpackRequest(
     // also the undici timeouts: a pool's own (set for its usual calls) would cut a longer call short
     headersTimeout: req.timeoutMs,
     bodyTimeout: req.timeoutMs,
-    signal: req.signal ? AbortSignal.any([AbortSignal.timeout(req.timeoutMs), req.signal]) : AbortSignal.timeout(req.timeoutMs),
+    signal,
   });
+  const res = await untilAborted(sent, signal);
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of res.body as AsyncIterable<Buffer>) {
@@ -173,6 +175,31 @@ export async function msgpackRequest(
     undecodable = true;
   }
   return { status: res.statusCode, headers: res.headers, raw, contentType, data, undecodable };
+}
+
+/**
+ * `sent`, or the signal's reason as soon as it aborts. Undici heeds a signal only once the request has a
+ * connection: a connect that hangs (a blackholed address, a full accept queue) held a call until undici's
+ * own connect timeout (10 s by default) whatever its deadline. The request is not sent later: undici
+ * aborts it when it gets a connection.
+ */
+function untilAborted(sent: Promise<Dispatcher.ResponseData>, signal: AbortSignal): Promise<Dispatcher.ResponseData> {
+  return new Promise((resolve, reject) => {
+    const abort = () => reject(signal.reason);
+    signal.addEventListener('abort', abort, { once: true });
+    sent.then(
+      (res) => {
+        signal.removeEventListener('abort', abort);
+        // the deadline passed just as the reply came: nobody reads it
+        if (signal.aborted) res.body.destroy();
+        resolve(res);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', abort);
+        reject(err);
+      },
+    );
+  });
 }
 
 const HTTP_DATE = /^[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT$/;

@@ -1,5 +1,6 @@
+import { spawn } from 'node:child_process';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { AdminClient, ReferralError, SatelliteClient } from '../src/index.js';
 import { freePort } from '../bench/redis-server.js';
@@ -162,6 +163,43 @@ it('no reply within timeoutMs: unavailable saying it may have been carried out, 
     await client.close().catch(() => {});
     silent.closeAllConnections();
     silent.close();
+  }
+});
+
+// undici heeds a request's signal only once it has a connection: to a blackholed address each call took
+// undici's own connect timeout (10.5 s here) while saying "no reply within 500 ms"
+it('a connect that hangs (a blackholed address) ends at timeoutMs too, not at undici\'s 10 s connect timeout', async () => {
+  // a listener whose process never accepts: once its accept queue is full, the kernel drops every SYN
+  const hung = spawn(process.execPath, ['-e', `const s = require('net').createServer().listen({ port: 0, host: '127.0.0.1', backlog: 1 }, () => {
+    console.log(s.address().port);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 120000);
+  });`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const fillers: net.Socket[] = [];
+  try {
+    const port = Number(await new Promise<string>((r) => hung.stdout.once('data', (d: Buffer) => r(d.toString()))));
+    // fill the accept queue (backlog + 1 on Linux): the fillers past it hang in SYN_SENT, as the client's will
+    const queued: Promise<unknown>[] = [];
+    for (let i = 0; i < 4; i++) {
+      const f = net.connect(port, '127.0.0.1').on('error', () => {});
+      fillers.push(f);
+      if (i < 2) queued.push(new Promise((r) => f.once('connect', r)));
+    }
+    await Promise.all(queued);
+    const client = new SatelliteClient({ url: `http://127.0.0.1:${port}`, apiKey: 'k', timeoutMs: 500, connections: 1 });
+    try {
+      for (let i = 0; i < 2; i++) {
+        const started = Date.now();
+        const err = await refusal(client.lookup('ffff0000-0000-4000-8000-000000000000'));
+        expect([err.code, err.message]).toEqual(['unavailable', expect.stringMatching(/^no reply within 500 ms/)]);
+        // a bound, not a speed: the deadline is 0.5 s, undici's connect timeout 10 s
+        expect(Date.now() - started).toBeLessThan(5000);
+      }
+    } finally {
+      await client.close();
+    }
+  } finally {
+    for (const f of fillers) f.destroy();
+    hung.kill('SIGKILL');
   }
 });
 

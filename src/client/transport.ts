@@ -94,9 +94,10 @@ export class Transport {
     const url = new URL(opts.url);
     if (url.search || url.hash || url.username || url.password) throw new TypeError(`url: a query, fragment or credentials would not be sent; give only the origin and path (${url.origin}${url.pathname})`);
     // idle connections are let go before the server's 10 s idle timeout closes them, so a request is
-    // never sent on a connection the server is closing at that moment
+    // never sent on a connection the server is closing at that moment; a connect that hangs frees its
+    // slot at the deadline, not at undici's 10 s, for the calls queued behind it
     this.base = url.pathname.replace(/\/+$/, '');
-    this.pool = new Pool(url.origin, { connections: opts.connections ?? 16, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, keepAliveTimeout: 5000 });
+    this.pool = new Pool(url.origin, { connections: opts.connections ?? 16, connectTimeout: timeoutMs, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, keepAliveTimeout: 5000 });
     this.auth = `Bearer ${opts.apiKey}`;
     this.timeoutMs = timeoutMs;
   }
