@@ -49,18 +49,18 @@ export class AdminClient {
 
   /** A campaign's or a whole satellite's revoke sweeps every shard: it may take minutes at scale, so it may wait that long. */
   revoke(selector: RevokeSelector): Promise<{ revoked: number }> {
-    return this.t.call('POST', '/v1/admin/tokens/revoke', selector, 'campaignId' in selector || 'allUsers' in selector ? SWEEP_WAIT_MS : undefined);
+    return this.t.call('POST', '/v1/admin/tokens/revoke', selector, { timeoutMs: 'campaignId' in selector || 'allUsers' in selector ? SWEEP_WAIT_MS : undefined });
   }
 
   /** Deletes revoked and expired tokens made before `madeBefore` (ms) from Redis (`tokens purge`); a sweep, so it may take minutes. */
   purge(madeBefore: number, campaignId?: string): Promise<{ purged: number }> {
-    return this.t.call('POST', '/v1/admin/tokens/purge', campaignId === undefined ? { madeBefore } : { madeBefore, campaignId }, SWEEP_WAIT_MS);
+    return this.t.call('POST', '/v1/admin/tokens/purge', campaignId === undefined ? { madeBefore } : { madeBefore, campaignId }, { timeoutMs: SWEEP_WAIT_MS });
   }
 
   /** How many tokens `purge` would delete, changing nothing. */
   purgeDryRun(madeBefore: number, campaignId?: string): Promise<{ wouldPurge: number }> {
     const body = { madeBefore, dryRun: true, ...(campaignId === undefined ? {} : { campaignId }) };
-    return this.t.call('POST', '/v1/admin/tokens/purge', body, SWEEP_WAIT_MS);
+    return this.t.call('POST', '/v1/admin/tokens/purge', body, { timeoutMs: SWEEP_WAIT_MS, repeatable: true });
   }
 
   stats(): Promise<Stats> {

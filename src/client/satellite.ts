@@ -88,7 +88,7 @@ export class SatelliteClient {
   }
 
   redeem(token: string, userId: string, opts?: EndUser): Promise<Redeemed> {
-    return holding(this.t.call('POST', '/v1/tokens/redeem', { token, userId }, undefined, endUser(opts)), 'state', ['redeemed'], OWNER);
+    return holding(this.t.call('POST', '/v1/tokens/redeem', { token, userId }, { headers: endUser(opts), repeatable: true }), 'state', ['redeemed'], OWNER);
   }
 
   /**
@@ -99,19 +99,19 @@ export class SatelliteClient {
     const body: Record<string, unknown> = { token };
     if (leaseMs !== undefined) body.leaseMs = leaseMs;
     if (opts?.reservationId !== undefined) body.reservationId = opts.reservationId;
-    return holding(this.t.call('POST', '/v1/tokens/reserve', body, undefined, endUser(opts)), 'state', ['reserved'], OWNER);
+    return holding(this.t.call('POST', '/v1/tokens/reserve', body, { headers: endUser(opts), repeatable: opts?.reservationId !== undefined }), 'state', ['reserved'], OWNER);
   }
 
   complete(token: string, reservationId: string, userId: string, opts?: EndUser): Promise<Redeemed> {
-    return holding(this.t.call('POST', '/v1/tokens/complete', { token, reservationId, userId }, undefined, endUser(opts)), 'state', ['redeemed'], OWNER);
+    return holding(this.t.call('POST', '/v1/tokens/complete', { token, reservationId, userId }, { headers: endUser(opts), repeatable: true }), 'state', ['redeemed'], OWNER);
   }
 
   release(token: string, reservationId: string, opts?: EndUser): Promise<Released> {
-    return holding(this.t.call('POST', '/v1/tokens/release', { token, reservationId }, undefined, endUser(opts)), 'state', ['unredeemed']);
+    return holding(this.t.call('POST', '/v1/tokens/release', { token, reservationId }, { headers: endUser(opts) }), 'state', ['unredeemed']);
   }
 
   async lookup(token: string, opts?: EndUser): Promise<LookedUp> {
-    return holding(this.t.call('GET', `/v1/tokens/${segment('token', token)}`, undefined, undefined, endUser(opts)), 'state', TOKEN_STATES, ['ownerSatelliteId']);
+    return holding(this.t.call('GET', `/v1/tokens/${segment('token', token)}`, undefined, { headers: endUser(opts) }), 'state', TOKEN_STATES, ['ownerSatelliteId']);
   }
 
   /** Unredeemed tokens of `userId` on the calling satellite. */

@@ -65,6 +65,18 @@ function transportError(err: Error & { code?: string }, timeoutMs: number): Refe
   return new ReferralError('unavailable', 0, `request failed: ${err.message}`);
 }
 
+export interface CallOptions {
+  /** this call's deadline, instead of the client's */
+  timeoutMs?: number;
+  /** added to the request's */
+  headers?: Record<string, string>;
+  /** a repeat is answered as the first was (default: a GET): sent again once when its connection is dropped */
+  repeatable?: boolean;
+}
+
+/** A connection closed or reset under a request before its reply: undici's "other side closed", and the system's. */
+const DROPPED = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE']);
+
 /** The longest timer Node keeps: a longer one fires after 1 ms. */
 const TIMER_MAX_MS = 2 ** 31 - 1;
 
@@ -102,18 +114,26 @@ export class Transport {
     this.timeoutMs = timeoutMs;
   }
 
-  /** `timeoutMs`: this call's deadline, instead of the client's; `headers`: added to the request's */
-  async call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown, timeoutMs = this.timeoutMs, headers: Record<string, string> = {}): Promise<T> {
+  async call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown, opts: CallOptions = {}): Promise<T> {
+    const { timeoutMs = this.timeoutMs, headers = {}, repeatable = method === 'GET' } = opts;
     // uWebSockets.js cuts a header value at its first byte past ASCII: the manager would read another value, or none
     const wide = Object.keys(headers).find((h) => /[^\x00-\x7f]/.test(headers[h]!));
     if (wide !== undefined) throw new ReferralError('invalid_request', 0, `cannot be sent: ${wide} holds a character past ASCII`);
     const lone = illFormed(body, '');
     if (lone !== undefined) throw new ReferralError('invalid_request', 0, `${lone}: not well-formed text (a lone surrogate), cannot be sent`);
+    const deadline = Date.now() + timeoutMs;
     let res;
-    try {
-      res = await msgpackRequest(this.pool, { method, path: this.base + path, headers: { ...headers, authorization: this.auth }, body, timeoutMs });
-    } catch (err) {
-      throw transportError(err as Error & { code?: string }, timeoutMs);
+    for (let sent = 1; ; sent++) {
+      try {
+        res = await msgpackRequest(this.pool, { method, path: this.base + path, headers: { ...headers, authorization: this.auth }, body, timeoutMs: Math.max(1, deadline - Date.now()) });
+        break;
+      } catch (err) {
+        const e = err as Error & { code?: string };
+        // a kept-alive connection that a load balancer's idle timeout (shorter than the pool's 5 s) closed
+        // as this call went out on it failed 1 call in 25 sent at that moment: sent once more on a new one,
+        // within the same deadline, when the manager answers a repeat as it answered the first
+        if (!(repeatable && sent === 1 && DROPPED.has(e.code ?? '') && Date.now() < deadline)) throw transportError(e, timeoutMs);
+      }
     }
     const ok = res.status >= 200 && res.status < 300;
     // every reply of the manager is a map in msgpack or JSON: anything else came from something in front of it
