@@ -98,6 +98,7 @@ export class Transport {
   private readonly pool: Pool;
   private readonly auth: string;
   private readonly timeoutMs: number;
+  private closing?: Promise<void>;
   /** the base URL's path, put before every route (a pool only takes an origin) */
   private readonly base: string;
 
@@ -153,7 +154,8 @@ export class Transport {
     throw new ReferralError(code, res.status, `${res.undecodable ? 'undecodable' : 'unexpected'} ${res.contentType || 'untyped'} reply (status ${res.status})`, retry);
   }
 
+  /** Answers the calls in flight, then closes; a second close() (two shutdown hooks) waits for the same, where undici's threw "The client is destroyed". */
   close(): Promise<void> {
-    return this.pool.close();
+    return (this.closing ??= this.pool.close());
   }
 }
