@@ -14,15 +14,26 @@ export interface TransportOptions {
 }
 
 /**
+ * The longest id in a path, or header value, sent: far above any the manager takes (an id of 128 bytes is
+ * at most 384 characters encoded), far below the request head uWebSockets.js reads (~128 KiB). Past that it
+ * dropped the connection unanswered: a 200 KB token from a sign-up form ended as `unavailable`, which
+ * callers retry, not as the server's 400.
+ */
+const HEAD_FIELD_MAX = 8192;
+
+/**
  * An id as one path segment. An id that is not well-formed text (a lone surrogate) cannot be sent:
  * refused here as the server would refuse it, as a rejected call rather than a URIError thrown at once.
  */
 export function segment(what: string, id: string): string {
+  let encoded;
   try {
-    return encodeURIComponent(id);
+    encoded = encodeURIComponent(id);
   } catch {
     throw new ReferralError('invalid_request', 0, `${what}: not well-formed text (a lone surrogate), cannot be sent`);
   }
+  if (encoded.length > HEAD_FIELD_MAX) throw new ReferralError('invalid_request', 0, `${what}: ${Buffer.byteLength(id)} bytes, far past any the manager takes, cannot be sent`);
+  return encoded;
 }
 
 /**
@@ -120,6 +131,8 @@ export class Transport {
     // uWebSockets.js cuts a header value at its first byte past ASCII: the manager would read another value, or none
     const wide = Object.keys(headers).find((h) => /[^\x00-\x7f]/.test(headers[h]!));
     if (wide !== undefined) throw new ReferralError('invalid_request', 0, `cannot be sent: ${wide} holds a character past ASCII`);
+    const long = Object.keys(headers).find((h) => headers[h]!.length > HEAD_FIELD_MAX);
+    if (long !== undefined) throw new ReferralError('invalid_request', 0, `cannot be sent: ${long} holds ${headers[long]!.length} characters, far past any the manager takes`);
     const lone = illFormed(body, '');
     if (lone !== undefined) throw new ReferralError('invalid_request', 0, `${lone}: not well-formed text (a lone surrogate), cannot be sent`);
     const deadline = Date.now() + timeoutMs;
