@@ -325,6 +325,8 @@ it('options no call can go out with throw at construction, not as unavailable on
   const refused: [Record<string, unknown>, RegExp][] = [
     [{ apiKey: undefined }, /^apiKey: a non-empty string, got undefined$/],
     [{ apiKey: '' }, /^apiKey: a non-empty string, got an empty one$/],
+    [{ apiKey: ' \n' }, /^apiKey: a non-empty string, got an empty one$/],
+    [{ apiKey: 'rmk_a b' }, /^apiKey: holds whitespace, which no key of the manager does$/],
     [{ timeoutMs: Number(undefined) }, /^timeoutMs: a number of ms from 1 to 2147483647, got NaN$/],
     [{ timeoutMs: '2000' }, /got "2000"$/],
     [{ timeoutMs: 0 }, /got 0$/],
@@ -342,6 +344,11 @@ it('options no call can go out with throw at construction, not as unavailable on
   const computed = new SatelliteClient({ url, apiKey: 'rmk_nope', timeoutMs: 1500.5 });
   expect((await refusal(computed.listTokens('u'))).code).toBe('unauthorized');
   await computed.close();
+  // a key read from a file keeps its newline: trimmed, as serve trims ADMIN_KEY, not "invalid authorization header" on every call
+  const { apiKey } = await admin.addSatellite({ id: 'from-file' });
+  const fromFile = new SatelliteClient({ url, apiKey: `${apiKey}\n` });
+  expect(await fromFile.listTokens('u')).toEqual([]);
+  await fromFile.close();
 });
 
 it('transport failures are ReferralError code unavailable', async () => {

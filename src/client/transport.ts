@@ -92,16 +92,19 @@ const DROPPED = new Set(['UND_ERR_SOCKET', 'ECONNRESET', 'EPIPE']);
 const TIMER_MAX_MS = 2 ** 31 - 1;
 
 /**
- * `opts.timeoutMs`, or the default; throws on options no call could go out with (undici checks
+ * `opts` checked, with their defaults; throws on options no call could go out with (undici checks
  * `connections`). Read from an unset environment variable (NaN, undefined, "2000") or computed (1500.5),
  * each was taken, and then every call failed as `unavailable`, which callers retry for ever; past 2^31 ms
- * every call ended after 1 ms; and an apiKey left out sent "Bearer undefined" on every sign-up.
+ * every call ended after 1 ms; an apiKey left out sent "Bearer undefined" on every sign-up, and one read
+ * from a file with its newline failed every call. Trimmed as serve trims ADMIN_KEY: no key holds whitespace.
  */
-function options(opts: TransportOptions): number {
-  if (typeof opts.apiKey !== 'string' || opts.apiKey === '') throw new TypeError(`apiKey: a non-empty string, got ${opts.apiKey === '' ? 'an empty one' : typeof opts.apiKey}`);
+function options(opts: TransportOptions): { timeoutMs: number; apiKey: string } {
+  const apiKey = typeof opts.apiKey === 'string' ? opts.apiKey.trim() : opts.apiKey;
+  if (typeof apiKey !== 'string' || apiKey === '') throw new TypeError(`apiKey: a non-empty string, got ${apiKey === '' ? 'an empty one' : typeof apiKey}`);
+  if (/\s/.test(apiKey)) throw new TypeError('apiKey: holds whitespace, which no key of the manager does');
   const { timeoutMs = 6000 } = opts;
   if (typeof timeoutMs !== 'number' || !(timeoutMs >= 1 && timeoutMs <= TIMER_MAX_MS)) throw new RangeError(`timeoutMs: a number of ms from 1 to ${TIMER_MAX_MS}, got ${typeof timeoutMs === 'string' ? `"${timeoutMs}"` : String(timeoutMs)}`);
-  return timeoutMs;
+  return { timeoutMs: Math.ceil(timeoutMs), apiKey };
 }
 
 /** One keep-alive pool speaking MessagePack; non-2xx replies become ReferralError. */
@@ -114,7 +117,7 @@ export class Transport {
   private readonly base: string;
 
   constructor(opts: TransportOptions) {
-    const timeoutMs = Math.ceil(options(opts));
+    const { timeoutMs, apiKey } = options(opts);
     const url = new URL(opts.url);
     if (url.search || url.hash || url.username || url.password) throw new TypeError(`url: a query, fragment or credentials would not be sent; give only the origin and path (${url.origin}${url.pathname})`);
     // idle connections are let go before the server's 10 s idle timeout closes them, so a request is
@@ -122,7 +125,7 @@ export class Transport {
     // slot at the deadline, not at undici's 10 s, for the calls queued behind it
     this.base = url.pathname.replace(/\/+$/, '');
     this.pool = new Pool(url.origin, { connections: opts.connections ?? 16, connectTimeout: timeoutMs, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, keepAliveTimeout: 5000 });
-    this.auth = `Bearer ${opts.apiKey}`;
+    this.auth = `Bearer ${apiKey}`;
     this.timeoutMs = timeoutMs;
   }
 
