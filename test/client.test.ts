@@ -286,6 +286,36 @@ it('a kept-alive connection dropped before the reply: a repeatable call is sent 
   }
 });
 
+// a satellite giving up a sign-up (its user left, its own deadline passed) had no way to end the call sooner than timeoutMs
+it('a call given an AbortSignal ends when it aborts, with its reason, and is not sent when already aborted', async () => {
+  let received = 0;
+  const silent = http.createServer(() => void received++);
+  const port = await new Promise<number>((r) => silent.listen(0, '127.0.0.1', () => r((silent.address() as AddressInfo).port)));
+  const client = new SatelliteClient({ url: `http://127.0.0.1:${port}`, apiKey: 'k', timeoutMs: 60_000 });
+  const t = 'ffff0000-0000-4000-8000-000000000000';
+  try {
+    const calls = [(signal: AbortSignal) => client.redeem(t, 'u', { signal }), (signal: AbortSignal) => client.reserve(t, undefined, { signal }), (signal: AbortSignal) => client.lookup(t, { signal }), (signal: AbortSignal) => client.listTokens('u', { signal }), (signal: AbortSignal) => client.revokeTokens('u', { signal }), (signal: AbortSignal) => client.listRedemptions('u', { signal })];
+    for (const call of calls) {
+      const gaveUp = new AbortController();
+      const pending = call(gaveUp.signal).then(() => undefined, (e: unknown) => e);
+      for (const end = Date.now() + 10_000; received === 0; await new Promise((r) => setTimeout(r, 10))) if (Date.now() > end) throw new Error('no request arrived');
+      gaveUp.abort();
+      // a bound, not a speed: the client's deadline is 60 s
+      expect(await pending).toMatchObject({ name: 'AbortError' });
+      received = 0;
+    }
+    const reason = new Error('sign-up abandoned');
+    const err = await client.redeem(t, 'u', { signal: AbortSignal.abort(reason) }).then(() => undefined, (e: unknown) => e);
+    expect(err).toBe(reason);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(received).toBe(0);
+  } finally {
+    await client.close();
+    silent.closeAllConnections();
+    silent.close();
+  }
+}, 30_000);
+
 it('a base URL with a path (a gateway routing by path) puts that path before every route', async () => {
   // a gateway that serves the manager under /referrals and answers 404 to anything else
   const target = new URL(server.url);

@@ -49,7 +49,12 @@ export interface Redemption {
  * RATE_LIMIT_SATELLITE_FAILURES per satellite), so one person typing made-up tokens is stopped without
  * stopping every sign-up of the satellite.
  */
-export interface EndUser {
+/** `signal`: ends the call when aborted (the sign-up it serves was given up): it rejects at once with the signal's reason, not a ReferralError. */
+export interface Abortable {
+  signal?: AbortSignal;
+}
+
+export interface EndUser extends Abortable {
   endUserIp?: string;
 }
 
@@ -88,7 +93,7 @@ export class SatelliteClient {
   }
 
   redeem(token: string, userId: string, opts?: EndUser): Promise<Redeemed> {
-    return holding(this.t.call('POST', '/v1/tokens/redeem', { token, userId }, { headers: endUser(opts), repeatable: true }), 'state', ['redeemed'], OWNER);
+    return holding(this.t.call('POST', '/v1/tokens/redeem', { token, userId }, { headers: endUser(opts), repeatable: true, signal: opts?.signal }), 'state', ['redeemed'], OWNER);
   }
 
   /**
@@ -99,34 +104,34 @@ export class SatelliteClient {
     const body: Record<string, unknown> = { token };
     if (leaseMs !== undefined) body.leaseMs = leaseMs;
     if (opts?.reservationId !== undefined) body.reservationId = opts.reservationId;
-    return holding(this.t.call('POST', '/v1/tokens/reserve', body, { headers: endUser(opts), repeatable: opts?.reservationId !== undefined }), 'state', ['reserved'], OWNER);
+    return holding(this.t.call('POST', '/v1/tokens/reserve', body, { headers: endUser(opts), repeatable: opts?.reservationId !== undefined, signal: opts?.signal }), 'state', ['reserved'], OWNER);
   }
 
   complete(token: string, reservationId: string, userId: string, opts?: EndUser): Promise<Redeemed> {
-    return holding(this.t.call('POST', '/v1/tokens/complete', { token, reservationId, userId }, { headers: endUser(opts), repeatable: true }), 'state', ['redeemed'], OWNER);
+    return holding(this.t.call('POST', '/v1/tokens/complete', { token, reservationId, userId }, { headers: endUser(opts), repeatable: true, signal: opts?.signal }), 'state', ['redeemed'], OWNER);
   }
 
   release(token: string, reservationId: string, opts?: EndUser): Promise<Released> {
-    return holding(this.t.call('POST', '/v1/tokens/release', { token, reservationId }, { headers: endUser(opts) }), 'state', ['unredeemed']);
+    return holding(this.t.call('POST', '/v1/tokens/release', { token, reservationId }, { headers: endUser(opts), signal: opts?.signal }), 'state', ['unredeemed']);
   }
 
   async lookup(token: string, opts?: EndUser): Promise<LookedUp> {
-    return holding(this.t.call('GET', `/v1/tokens/${segment('token', token)}`, undefined, { headers: endUser(opts) }), 'state', TOKEN_STATES, ['ownerSatelliteId']);
+    return holding(this.t.call('GET', `/v1/tokens/${segment('token', token)}`, undefined, { headers: endUser(opts), signal: opts?.signal }), 'state', TOKEN_STATES, ['ownerSatelliteId']);
   }
 
   /** Unredeemed tokens of `userId` on the calling satellite. */
-  async listTokens(userId: string): Promise<ListedToken[]> {
-    return (await holding(this.t.call<{ tokens: ListedToken[] }>('GET', `/v1/users/${segment('userId', userId)}/tokens`), 'tokens', 'list')).tokens;
+  async listTokens(userId: string, opts?: Abortable): Promise<ListedToken[]> {
+    return (await holding(this.t.call<{ tokens: ListedToken[] }>('GET', `/v1/users/${segment('userId', userId)}/tokens`, undefined, { signal: opts?.signal }), 'tokens', 'list')).tokens;
   }
 
   /** Revokes every unredeemed or reserved token of `userId` on the calling satellite (the account was closed); returns how many. */
-  async revokeTokens(userId: string): Promise<number> {
-    return (await holding(this.t.call<{ revoked: number }>('DELETE', `/v1/users/${segment('userId', userId)}/tokens`), 'revoked', 'count')).revoked;
+  async revokeTokens(userId: string, opts?: Abortable): Promise<number> {
+    return (await holding(this.t.call<{ revoked: number }>('DELETE', `/v1/users/${segment('userId', userId)}/tokens`, undefined, { signal: opts?.signal }), 'revoked', 'count')).revoked;
   }
 
   /** Tokens of `userId` on the calling satellite that were redeemed (on any satellite), oldest first: referrals to reward. */
-  async listRedemptions(userId: string): Promise<Redemption[]> {
-    return (await holding(this.t.call<{ redemptions: Redemption[] }>('GET', `/v1/users/${segment('userId', userId)}/redemptions`), 'redemptions', 'list')).redemptions;
+  async listRedemptions(userId: string, opts?: Abortable): Promise<Redemption[]> {
+    return (await holding(this.t.call<{ redemptions: Redemption[] }>('GET', `/v1/users/${segment('userId', userId)}/redemptions`, undefined, { signal: opts?.signal }), 'redemptions', 'list')).redemptions;
   }
 
   close(): Promise<void> {

@@ -83,6 +83,8 @@ export interface CallOptions {
   headers?: Record<string, string>;
   /** a repeat is answered as the first was (default: a GET): sent again once when its connection is dropped */
   repeatable?: boolean;
+  /** the caller's: aborted, the call rejects at once with its reason */
+  signal?: AbortSignal;
 }
 
 /** A connection closed or reset under a request before its reply: undici's "other side closed", and the system's. */
@@ -130,7 +132,8 @@ export class Transport {
   }
 
   async call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown, opts: CallOptions = {}): Promise<T> {
-    const { timeoutMs = this.timeoutMs, headers = {}, repeatable = method === 'GET' } = opts;
+    const { timeoutMs = this.timeoutMs, headers = {}, repeatable = method === 'GET', signal } = opts;
+    signal?.throwIfAborted();
     // uWebSockets.js cuts a header value at its first byte past ASCII: the manager would read another value, or none
     const wide = Object.keys(headers).find((h) => /[^\x00-\x7f]/.test(headers[h]!));
     if (wide !== undefined) throw new ReferralError('invalid_request', 0, `cannot be sent: ${wide} holds a character past ASCII`);
@@ -142,9 +145,11 @@ export class Transport {
     let res;
     for (let sent = 1; ; sent++) {
       try {
-        res = await msgpackRequest(this.pool, { method, path: this.base + path, headers: { ...headers, authorization: this.auth }, body, timeoutMs: Math.max(1, deadline - Date.now()) });
+        res = await msgpackRequest(this.pool, { method, path: this.base + path, headers: { ...headers, authorization: this.auth }, body, timeoutMs: Math.max(1, deadline - Date.now()), signal });
         break;
       } catch (err) {
+        // the caller's own abort is theirs to tell apart, as fetch() tells it: not a failure of the manager
+        signal?.throwIfAborted();
         const e = err as Error & { code?: string };
         // a kept-alive connection that a load balancer's idle timeout (shorter than the pool's 5 s) closed
         // as this call went out on it failed 1 call in 25 sent at that moment: sent once more on a new one,
