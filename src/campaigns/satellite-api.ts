@@ -142,9 +142,25 @@ export class SatelliteApi {
       throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} body not decodable as ${res.contentType.includes('json') ? 'JSON' : `MessagePack (Content-Type "${printable(res.contentType)}"; a JSON reply needs application/json)`}`, res.status, false);
     }
     if (res.status >= 200 && res.status < 300) return res.data as T;
-    const detail = (res.data as { error?: string; message?: string } | undefined) ?? {};
+    const detail = (res.data as { error?: unknown; message?: unknown } | undefined) ?? {};
     const retryable = res.status === 429 || res.status >= 500;
-    const why = [detail.error, detail.message].filter(Boolean).join(': ') || res.raw.toString('utf8').slice(0, 200);
-    throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} ${printable(why)}`, res.status, retryable, REFUSALS.has(res.status), retryAfterMs(res.headers['retry-after'], RETRY_AFTER_MAX_MS) ?? 0);
+    const said = [detail.error, detail.message].filter((v) => typeof v === 'string' && v !== '').join(': ') || res.raw.toString('utf8');
+    // undici follows no redirect, and following one would hand the outbound key to whichever host it names
+    const location = res.status >= 300 && res.status < 400 ? res.headers.location : undefined;
+    const why = typeof location === 'string' ? `redirects to ${location} (redirects are not followed: point the satellite's url there, satellites update <id> --url)` : said;
+    throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} ${this.quote(why)}`, res.status, retryable, REFUSALS.has(res.status), retryAfterMs(res.headers['retry-after'], RETRY_AFTER_MAX_MS) ?? 0);
+  }
+
+  /**
+   * The satellite's words as they go into the run's error, which is printed, kept in the campaign's record and
+   * copied to Postgres: cut short (a 5 MB message was all three), and without the outbound key, which a
+   * satellite refusing it may echo, and which is sealed at rest (OUTBOUND_KEY_SECRET) precisely to keep it out of those.
+   */
+  private quote(text: string): string {
+    const bare = this.opts.key ? text.replaceAll(this.opts.key, '<outbound key>') : text;
+    return printable(bare.length > QUOTED_MAX ? `${bare.slice(0, QUOTED_MAX)}...` : bare);
   }
 }
+
+/** Most characters of a satellite's error message quoted in a run's error. */
+const QUOTED_MAX = 200;

@@ -1,0 +1,54 @@
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { describe, expect, it } from 'vitest';
+import { SatelliteRegistry } from '../src/satellites/registry.js';
+import { runCli } from './helpers/cli.js';
+import { engineFixture, type EngineFixture } from './helpers/redis.js';
+
+/**
+ * generate against a satellite that misbehaves on the wire: the built CLI as a child process, real Redis, a
+ * satellite written for one misbehaviour (`answer`), registered as s1 with `outboundKey`.
+ */
+async function against(answer: (req: IncomingMessage, res: ServerResponse) => void, outboundKey: string, fn: (fx: EngineFixture, env: Record<string, string>) => Promise<void>): Promise<void> {
+  const fx = await engineFixture({ label: 'genadv' });
+  // a megabyte of header, as a Go satellite's default (MaxHeaderBytes) takes
+  const server = createServer({ maxHeaderSize: 1 << 21 }, (req, res) => req.resume().on('end', () => answer(req, res)));
+  try {
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 's1', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, outboundKey });
+    await fn(fx, { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+  } finally {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+    await fx.close();
+  }
+}
+
+describe('generate against a satellite that misbehaves', () => {
+  it('a refusal echoing the outbound key at length leaves the key and the length out of the output and the campaign record', async () => {
+    const key = 'outbound-s1-0123456789abcdef0123456789abcdef';
+    const echo = (req: IncomingMessage, res: ServerResponse) =>
+      res.writeHead(401, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'unauthorized', message: `bad key ${req.headers.authorization} ${'x'.repeat(1_000_000)}` }));
+    await against(echo, key, async (fx, env) => {
+      const run = await runCli(['generate', '--satellite', 's1', '--per-user', '2', '--campaign', 'adv', '--json'], env);
+      expect(run.code).toBe(1);
+      const report = JSON.parse(run.stdout).satellites[0];
+      expect(report.error).toMatch(/^GET \/referrals\/v1\/users-without-tokens: HTTP 401 unauthorized: bad key Bearer <outbound key> x+\.\.\.$/);
+      expect(run.stdout + run.stderr).not.toContain(key);
+      expect(run.stderr.length).toBeLessThan(2000);
+      const show = await runCli(['campaigns', 'show', 'adv', '--json'], env);
+      const lastError = JSON.parse(show.stdout).progress.s1.lastError as string;
+      expect(lastError).toBe(report.error);
+      expect(lastError.length).toBeLessThan(400);
+    });
+  });
+
+  it('a redirect (http to https) fails the satellite naming where it leads', async () => {
+    const moved = (req: IncomingMessage, res: ServerResponse) => res.writeHead(301, { location: `https://sat.example.net${req.url}` }).end();
+    await against(moved, 'outbound-s1-0123456789abcdef0123456789abcdef', async (_fx, env) => {
+      const run = await runCli(['generate', '--satellite', 's1', '--per-user', '2', '--campaign', 'moved'], env);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain('satellite s1 failed: GET /referrals/v1/users-without-tokens: HTTP 301 redirects to https://sat.example.net/referrals/v1/users-without-tokens?cursor=&limit=1000 (redirects are not followed');
+    });
+  });
+});
