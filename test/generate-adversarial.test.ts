@@ -51,4 +51,14 @@ describe('generate against a satellite that misbehaves', () => {
       expect(run.stderr).toContain('satellite s1 failed: GET /referrals/v1/users-without-tokens: HTTP 301 redirects to https://sat.example.net/referrals/v1/users-without-tokens?cursor=&limit=1000 (redirects are not followed');
     });
   });
+
+  it('a cursor repeated is quoted short in the error, however long it is', async () => {
+    const long = 'c'.repeat(100_000);
+    const loop = (_req: IncomingMessage, res: ServerResponse) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ userIds: [], nextCursor: long }));
+    await against(loop, 'outbound-s1-0123456789abcdef0123456789abcdef', async (_fx, env) => {
+      const run = await runCli(['generate', '--satellite', 's1', '--per-user', '2', '--campaign', 'loop', '--json'], env);
+      expect(run.code).toBe(1);
+      expect(JSON.parse(run.stdout).satellites[0].error).toBe(`satellite repeated cursor "${'c'.repeat(100)}..."`);
+    });
+  });
 });

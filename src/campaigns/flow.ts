@@ -165,7 +165,8 @@ class SatelliteRun {
         if (seen.size >= (this.o.maxPages ?? Infinity)) throw new Error(`satellite listing did not end after ${this.o.maxPages} pages; raise --max-pages if it has that many users`);
         const page = await this.api.usersWithoutTokens(cursor, this.o.pageSize);
         // a cursor given twice would list the same pages for ever
-        if (page.nextCursor !== null && seen.has(page.nextCursor)) throw new Error(`satellite repeated cursor "${printable(page.nextCursor)}"`);
+        // cut: a Go satellite takes a cursor of up to a megabyte, and the error is kept in the campaign's record
+        if (page.nextCursor !== null && seen.has(page.nextCursor)) throw new Error(`satellite repeated cursor "${printable(page.nextCursor.slice(0, 100))}${page.nextCursor.length > 100 ? '...' : ''}"`);
         if (page.nextCursor !== null) seen.add(page.nextCursor);
         // a user listed twice in a page is one user listed
         await this.count('usersListed', new Set(page.userIds).size);
