@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { unpack } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { runCli } from './helpers/cli.js';
@@ -9,10 +10,13 @@ import { engineFixture, type EngineFixture } from './helpers/redis.js';
  * generate against a satellite that misbehaves on the wire: the built CLI as a child process, real Redis, a
  * satellite written for one misbehaviour (`answer`), registered as s1 with `outboundKey`.
  */
-async function against(answer: (req: IncomingMessage, res: ServerResponse) => void, outboundKey: string, fn: (fx: EngineFixture, env: Record<string, string>) => Promise<void>): Promise<void> {
+async function against(answer: (req: IncomingMessage & { body: Buffer }, res: ServerResponse) => void, outboundKey: string, fn: (fx: EngineFixture, env: Record<string, string>) => Promise<void>): Promise<void> {
   const fx = await engineFixture({ label: 'genadv' });
   // a megabyte of header, as a Go satellite's default (MaxHeaderBytes) takes
-  const server = createServer({ maxHeaderSize: 1 << 21 }, (req, res) => req.resume().on('end', () => answer(req, res)));
+  const server = createServer({ maxHeaderSize: 1 << 21 }, (req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c)).on('end', () => answer(Object.assign(req, { body: Buffer.concat(chunks) }), res));
+  });
   try {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     await new SatelliteRegistry(fx.redis, fx.prefix).add({ id: 's1', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, outboundKey });
@@ -59,6 +63,29 @@ describe('generate against a satellite that misbehaves', () => {
       const run = await runCli(['generate', '--satellite', 's1', '--per-user', '2', '--campaign', 'loop', '--json'], env);
       expect(run.code).toBe(1);
       expect(JSON.parse(run.stdout).satellites[0].error).toBe(`satellite repeated cursor "${'c'.repeat(100)}..."`);
+    });
+  });
+
+  // a page of 10 million ids (110 MB, under the reply limit) was gone through in one synchronous pass: the
+  // event loop held for tens of seconds, Redis replies timed out, and the run failed blaming Redis
+  it('a page far larger than the limit asked is served a limit\'s worth of users at a time, a user listed twice once', async () => {
+    const ids = Array.from({ length: 3000 }, (_, i) => `u${i}`);
+    ids[2500] = 'u5';
+    const pushes: number[] = [];
+    const all = (req: IncomingMessage & { body: Buffer }, res: ServerResponse) => {
+      let reply: unknown = { userIds: ids, nextCursor: null };
+      if (req.method === 'POST') {
+        const { tokens } = unpack(req.body) as { tokens: unknown[] };
+        pushes.push(tokens.length);
+        reply = { accepted: tokens.length };
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(reply));
+    };
+    await against(all, 'outbound-s1-0123456789abcdef0123456789abcdef', async (_fx, env) => {
+      const run = await runCli(['generate', '--satellite', 's1', '--per-user', '1', '--campaign', 'big', '--page-size', '1000', '--batch-size', '5000', '--json'], env);
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersListed: 2999, usersServed: 2999, tokensDelivered: 2999, status: 'done' });
+      expect(pushes).toEqual([1000, 1000, 999]);
     });
   });
 });

@@ -168,9 +168,15 @@ class SatelliteRun {
         // cut: a Go satellite takes a cursor of up to a megabyte, and the error is kept in the campaign's record
         if (page.nextCursor !== null && seen.has(page.nextCursor)) throw new Error(`satellite repeated cursor "${printable(page.nextCursor.slice(0, 100))}${page.nextCursor.length > 100 ? '...' : ''}"`);
         if (page.nextCursor !== null) seen.add(page.nextCursor);
-        // a user listed twice in a page is one user listed
-        await this.count('usersListed', new Set(page.userIds).size);
-        await this.servePage(page.userIds);
+        // a satellite ignoring the limit is served a limit's worth at a time: one synchronous pass over its page
+        // of 10 million ids held the event loop so long that replies from Redis timed out, and the run failed
+        // blaming Redis, its status left running. A user listed twice in a page is one user listed.
+        const listed = new Set<unknown>();
+        for (let i = 0; i < page.userIds.length; i += this.o.pageSize) {
+          const part = page.userIds.slice(i, i + this.o.pageSize).filter((u) => !listed.has(u) && listed.add(u));
+          await this.count('usersListed', part.length);
+          await this.servePage(part);
+        }
         cursor = page.nextCursor;
       } while (cursor !== null);
       if (!this.o.dryRun) {
