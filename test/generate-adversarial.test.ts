@@ -1,3 +1,4 @@
+import { gzipSync } from 'node:zlib';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { unpack } from 'msgpackr';
@@ -86,6 +87,25 @@ describe('generate against a satellite that misbehaves', () => {
       expect(run.code, run.stderr).toBe(0);
       expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersListed: 2999, usersServed: 2999, tokensDelivered: 2999, status: 'done' });
       expect(pushes).toEqual([1000, 1000, 999]);
+    });
+  });
+
+  // RFC 9110: a request without Accept-Encoding takes any coding, and undici decodes none
+  it('a gateway gzipping what the request does not refuse serves the run; one gzipping regardless is named', async () => {
+    const gateway = (always: boolean) => (req: IncomingMessage & { body: Buffer }, res: ServerResponse) => {
+      const reply = JSON.stringify(req.method === 'POST' ? { accepted: (unpack(req.body) as { tokens: unknown[] }).tokens.length } : { userIds: ['a', 'b'], nextCursor: null });
+      if (!always && /identity/.test(String(req.headers['accept-encoding']))) return res.writeHead(200, { 'content-type': 'application/json' }).end(reply);
+      res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' }).end(gzipSync(reply));
+    };
+    await against(gateway(false), 'outbound-s1-0123456789abcdef0123456789abcdef', async (_fx, env) => {
+      const run = await runCli(['generate', '--satellite', 's1', '--per-user', '2', '--campaign', 'zip', '--json'], env);
+      expect(run.code, run.stderr).toBe(0);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersServed: 2, tokensDelivered: 4, status: 'done' });
+    });
+    await against(gateway(true), 'outbound-s1-0123456789abcdef0123456789abcdef', async (_fx, env) => {
+      const run = await runCli(['generate', '--satellite', 's1', '--per-user', '2', '--campaign', 'zip'], env);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain('HTTP 200 body not decodable as JSON (Content-Encoding "gzip" where identity was asked)');
     });
   });
 });

@@ -128,7 +128,9 @@ export class SatelliteApi {
 
   private async once<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
     const url = new URL(path, this.base);
-    const headers: Record<string, string> = this.opts.key ? { authorization: `Bearer ${this.opts.key}` } : {};
+    // without Accept-Encoding any coding is acceptable (RFC 9110), and a gateway gzipping replies made the page
+    // "not decodable": undici decodes none
+    const headers: Record<string, string> = { 'accept-encoding': 'identity', ...(this.opts.key ? { authorization: `Bearer ${this.opts.key}` } : {}) };
     let res;
     try {
       res = await msgpackRequest(this.pool, { method, path: url.pathname + url.search, headers, body, timeoutMs: this.opts.timeoutMs, signal: this.opts.signal });
@@ -139,7 +141,9 @@ export class SatelliteApi {
     }
     // a JSON body sent without a json Content-Type is read as MessagePack: say so, not "no userIds array"
     if (res.status >= 200 && res.status < 300 && res.undecodable) {
-      throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} body not decodable as ${res.contentType.includes('json') ? 'JSON' : `MessagePack (Content-Type "${printable(res.contentType)}"; a JSON reply needs application/json)`}`, res.status, false);
+      const coding = String(res.headers['content-encoding'] ?? 'identity');
+      const encoded = coding === 'identity' ? '' : ` (Content-Encoding "${this.quote(coding)}" where identity was asked)`;
+      throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} body not decodable as ${res.contentType.includes('json') ? 'JSON' : `MessagePack (Content-Type "${printable(res.contentType)}"; a JSON reply needs application/json)`}${encoded}`, res.status, false);
     }
     if (res.status >= 200 && res.status < 300) return res.data as T;
     const detail = (res.data as { error?: unknown; message?: unknown } | undefined) ?? {};
