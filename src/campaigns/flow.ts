@@ -226,16 +226,19 @@ class SatelliteRun {
 
   private async servePage(listed: unknown[]): Promise<void> {
     const userIds: string[] = [];
+    let invalid = 0;
     for (const u of new Set(listed)) {
       try {
         userIds.push(checkNewId('userId', u));
       } catch (err) {
-        this.report.usersInvalid++;
+        invalid++;
         // not String(u): a satellite's map with a toString field made it throw, failing the whole run
         this.report.invalidUser ??= `${JSON.stringify(printable(typeof u === 'string' ? u : (JSON.stringify(u) ?? typeof u)).slice(0, 100))}: ${(err as Error).message}`;
-        await this.count('failures', 1);
       }
     }
+    // counted once a page: once an id, a satellite sending its ids as numbers cost a Redis call for each user
+    this.report.usersInvalid += invalid;
+    await this.count('failures', invalid);
     const [made, done] = await Promise.all([this.o.campaigns.made(this.id, this.sat, userIds), this.o.campaigns.settled(this.id, this.sat, userIds)]);
     const undelivered: UserTokens[] = [];
     let fresh: string[] = [];

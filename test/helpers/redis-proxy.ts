@@ -89,3 +89,20 @@ export async function lateSubscriberProxy(target: string, ms: number): Promise<P
     },
   });
 }
+
+/** A proxy counting the commands named `name` (lower case, as ioredis sends them) that pass it. */
+export async function countingProxy(target: string, name: string): Promise<Proxy & { count(): number }> {
+  const bulk = `\r\n${name}\r\n`;
+  let n = 0;
+  // a connection's requests as one text: a command name split between two chunks is still counted
+  const sent = new Map<object, string>();
+  const proxy = await redisProxy(target, {
+    request: (conn, data, send) => {
+      const text = (sent.get(conn) ?? '') + data.toString('latin1');
+      for (let i = text.indexOf(bulk); i >= 0; i = text.indexOf(bulk, i + 1)) n++;
+      sent.set(conn, text.slice(-bulk.length + 1));
+      send(data);
+    },
+  });
+  return { ...proxy, count: () => n };
+}
