@@ -37,4 +37,17 @@ describe('calls to a satellite (generate)', () => {
       busy.close();
     }
   });
+
+  it('an error reply without a body is named by its reason phrase', async () => {
+    const bare = http.createServer((_req, res) => res.writeHead(431).end());
+    const port = await new Promise<number>((r) => bare.listen(0, '127.0.0.1', () => r((bare.address() as AddressInfo).port)));
+    const api = new SatelliteApi({ url: `http://127.0.0.1:${port}`, timeoutMs: 2000, attempts: 1 });
+    try {
+      await expect(api.usersWithoutTokens('c'.repeat(100), 10)).rejects.toThrow(/^GET \/referrals\/v1\/users-without-tokens: HTTP 431 Request Header Fields Too Large$/);
+    } finally {
+      await api.close();
+      bare.closeAllConnections();
+      bare.close();
+    }
+  });
 });

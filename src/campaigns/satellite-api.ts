@@ -1,3 +1,4 @@
+import { STATUS_CODES } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool } from 'undici';
 import { msgpackRequest, retryAfterMs } from '../msgpack.js';
@@ -148,7 +149,8 @@ export class SatelliteApi {
     if (res.status >= 200 && res.status < 300) return res.data as T;
     const detail = (res.data as { error?: unknown; message?: unknown } | undefined) ?? {};
     const retryable = res.status === 429 || res.status >= 500;
-    const said = [detail.error, detail.message].filter((v) => typeof v === 'string' && v !== '').join(': ') || res.raw.toString('utf8');
+    // the reason phrase of an empty reply: "HTTP 431 " left the operator to look the number up (a cursor too long for the satellite)
+    const said = [detail.error, detail.message].filter((v) => typeof v === 'string' && v !== '').join(': ') || res.raw.toString('utf8').trim() || (STATUS_CODES[res.status] ?? '');
     // undici follows no redirect, and following one would hand the outbound key to whichever host it names
     const location = res.status >= 300 && res.status < 400 ? res.headers.location : undefined;
     const why = typeof location === 'string' ? `redirects to ${location} (redirects are not followed: point the satellite's url there, satellites update <id> --url)` : said;
