@@ -126,4 +126,16 @@ describe('generate against a satellite that misbehaves', () => {
       }
     });
   });
+
+  it('a push answered accepted -1 (no count) fails the satellite, refusing nobody', async () => {
+    const sentinel = (req: IncomingMessage, res: ServerResponse) =>
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(req.method === 'POST' ? { accepted: -1 } : { userIds: ['a', 'b'], nextCursor: null }));
+    await against(sentinel, 'outbound-s1-0123456789abcdef0123456789abcdef', async (fx, env) => {
+      const run = await runCli(['generate', '--satellite', 's1', '--per-user', '2', '--campaign', 'neg', '--json'], env);
+      expect(run.code).toBe(1);
+      expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersRefused: 0, tokensDelivered: 0, status: 'failed', error: expect.stringContaining('reply has no numeric accepted') });
+      // made, waiting for a resume: not revoked
+      expect(await fx.engine.listUnredeemed('s1', 'a')).toHaveLength(2);
+    });
+  });
 });

@@ -93,8 +93,9 @@ export class SatelliteApi {
   async pushTokens(tokens: { userId: string; token: string }[]): Promise<number> {
     const reply = await this.call<{ accepted?: unknown }>('POST', 'referrals/v1/tokens', { tokens }, (r) => {
       const accepted = r?.accepted;
-      // a count: NaN (MessagePack carries it) passed every comparison as a full accept, and 0.5 as a set partly kept
-      if (typeof accepted !== 'number' || !Number.isInteger(accepted)) throw new SatelliteCallError('tokens: reply has no numeric accepted (a whole number of tokens)', 200, false);
+      // a count: NaN (MessagePack carries it) passed every comparison as a full accept, 0.5 as a set partly kept,
+      // and -1 (an error sentinel) as a refusal of every user of a small batch, whose tokens were revoked, exit 0
+      if (typeof accepted !== 'number' || !Number.isInteger(accepted) || accepted < 0) throw new SatelliteCallError('tokens: reply has no numeric accepted (a whole number of tokens, 0 or more)', 200, false);
       if (accepted < tokens.length) throw new SatelliteCallError(`tokens: the satellite accepted ${accepted} of ${tokens.length}`, 200, true, true, 0, Math.max(0, accepted));
     });
     return reply.accepted as number;
