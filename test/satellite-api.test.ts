@@ -50,4 +50,18 @@ describe('calls to a satellite (generate)', () => {
       bare.close();
     }
   });
+
+  it('a 200 carrying an error in place of the contract\'s fields is quoted in the failure', async () => {
+    const sloppy = http.createServer((_req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end('{"error":"internal","message":"database is down"}'));
+    const port = await new Promise<number>((r) => sloppy.listen(0, '127.0.0.1', () => r((sloppy.address() as AddressInfo).port)));
+    const api = new SatelliteApi({ url: `http://127.0.0.1:${port}`, timeoutMs: 2000, attempts: 1 });
+    try {
+      await expect(api.usersWithoutTokens(null, 10)).rejects.toThrow('users-without-tokens: reply has no userIds array; it said "internal: database is down"');
+      await expect(api.pushTokens([{ userId: 'u', token: 't' }])).rejects.toThrow('tokens: reply has no numeric accepted (a whole number of tokens, 0 or more); it said "internal: database is down"');
+    } finally {
+      await api.close();
+      sloppy.closeAllConnections();
+      sloppy.close();
+    }
+  });
 });

@@ -74,7 +74,7 @@ export class SatelliteApi {
     const q = new URLSearchParams({ cursor: cursor ?? '', limit: String(limit) });
     const page = await this.call<UsersPage>('GET', `referrals/v1/users-without-tokens?${q}`, undefined, (p) => {
       // one id that is not a string failed the whole satellite; it is skipped and reported like any invalid id
-      if (!p || !Array.isArray(p.userIds)) throw new SatelliteCallError('users-without-tokens: reply has no userIds array', 200, false);
+      if (!p || !Array.isArray(p.userIds)) throw new SatelliteCallError(`users-without-tokens: reply has no userIds array${this.said(p)}`, 200, false);
       if (p.nextCursor !== null && p.nextCursor !== undefined && typeof p.nextCursor !== 'string') {
         throw new SatelliteCallError('users-without-tokens: nextCursor must be a string or null', 200, false);
       }
@@ -95,7 +95,7 @@ export class SatelliteApi {
       const accepted = r?.accepted;
       // a count: NaN (MessagePack carries it) passed every comparison as a full accept, 0.5 as a set partly kept,
       // and -1 (an error sentinel) as a refusal of every user of a small batch, whose tokens were revoked, exit 0
-      if (typeof accepted !== 'number' || !Number.isInteger(accepted) || accepted < 0) throw new SatelliteCallError('tokens: reply has no numeric accepted (a whole number of tokens, 0 or more)', 200, false);
+      if (typeof accepted !== 'number' || !Number.isInteger(accepted) || accepted < 0) throw new SatelliteCallError(`tokens: reply has no numeric accepted (a whole number of tokens, 0 or more)${this.said(r)}`, 200, false);
       if (accepted < tokens.length) throw new SatelliteCallError(`tokens: the satellite accepted ${accepted} of ${tokens.length}`, 200, true, true, 0, Math.max(0, accepted));
     });
     return reply.accepted as number;
@@ -156,6 +156,13 @@ export class SatelliteApi {
     const location = res.status >= 300 && res.status < 400 ? res.headers.location : undefined;
     const why = typeof location === 'string' ? `redirects to ${location} (redirects are not followed: point the satellite's url there, satellites update <id> --url)` : said;
     throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} ${this.quote(why)}`, res.status, retryable, REFUSALS.has(res.status), retryAfterMs(res.headers['retry-after'], RETRY_AFTER_MAX_MS) ?? 0);
+  }
+
+  /** A 2xx reply's error and message, which a satellite answering failures 200 sends in place of the contract's fields. */
+  private said(reply: unknown): string {
+    const { error, message } = (reply ?? {}) as { error?: unknown; message?: unknown };
+    const words = [error, message].filter((v) => typeof v === 'string' && v !== '').join(': ');
+    return words ? `; it said "${this.quote(words)}"` : '';
   }
 
   /**
