@@ -45,6 +45,11 @@ describe('satellite registry update', () => {
     await expect(registry.update('u2', { url: 'https://sat@u2.example' })).rejects.toMatchObject({ code: 'invalid_request', message: expect.stringContaining('user or password') });
     await expect(registry.update('u2', { url: 'https://u2.example/referrals#eu' })).rejects.toMatchObject({ code: 'invalid_request', message: 'url: must not hold a query or fragment' });
     await expect(registry.update('u2', { outboundKey: 'k'.repeat(4097) })).rejects.toMatchObject({ code: 'invalid_request' });
+    // sent as a header: beyond Latin-1 undici refuses it, é would go as one Latin-1 byte, outer spaces are trimmed
+    for (const outboundKey of ['key€0123456789', 'keyé0123456789', ' key0123456789', 'key0123456789 ', 'key\u00a00123']) {
+      await expect(registry.update('u2', { outboundKey }), outboundKey).rejects.toMatchObject({ code: 'invalid_request', message: expect.stringContaining('printable ASCII') });
+    }
+    expect(await registry.update('u2', { outboundKey: 'a key with ~!@#$%^&*() inside' })).toMatchObject({ id: 'u2' });
     await expect(registry.update('nobody', { name: 'x' })).rejects.toMatchObject({ code: 'satellite_not_found' });
     // add takes the same rules
     await expect(registry.add({ id: 'u3', name: '' })).rejects.toMatchObject({ code: 'invalid_request' });

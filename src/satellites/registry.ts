@@ -177,6 +177,10 @@ function checkFields(input: SatelliteFields): [Field, string][] {
     if (f === 'url') checkUrl(v);
     // stored as given without a secret, it would then read as sealed
     if (f === 'outboundKey' && v.startsWith(SEALED)) throw new DomainError('invalid_request', `outboundKey: must not start with "${SEALED}"`);
+    // it goes in an Authorization header: undici refused one with a character beyond Latin-1 (every generate
+    // failed, retried, "invalid authorization header"), sent é as one Latin-1 byte, not the UTF-8 the satellite
+    // holds, and a satellite's parser trims outer spaces
+    if (f === 'outboundKey' && !/^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$/.test(v)) throw new DomainError('invalid_request', 'outboundKey: must be printable ASCII, without leading or trailing spaces (it is sent as an HTTP header)');
     out.push([f, v]);
   }
   return out;
