@@ -138,4 +138,20 @@ describe('generate against a satellite that misbehaves', () => {
       expect(await fx.engine.listUnredeemed('s1', 'a')).toHaveLength(2);
     });
   });
+
+  it('a retry held back by the satellite\'s Retry-After is said while the run waits', async () => {
+    let busy = true;
+    const throttled = (req: IncomingMessage & { body: Buffer }, res: ServerResponse) => {
+      if (busy) {
+        busy = false;
+        return res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '5' }).end('{"error":"busy","message":"try later"}');
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(req.method === 'POST' ? { accepted: (unpack(req.body) as { tokens: unknown[] }).tokens.length } : { userIds: ['a'], nextCursor: null }));
+    };
+    await against(throttled, 'outbound-s1-0123456789abcdef0123456789abcdef', async (_fx, env) => {
+      const run = await runCli(['generate', '--satellite', 's1', '--per-user', '1', '--campaign', 'wait'], { ...env, SATELLITE_ATTEMPTS: '2' });
+      expect(run.code, run.stderr).toBe(0);
+      expect(run.stderr).toContain('satellite s1: GET /referrals/v1/users-without-tokens: HTTP 503 busy: try later; retrying in 5 s (attempt 2 of 2)');
+    });
+  });
 });

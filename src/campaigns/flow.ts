@@ -89,6 +89,9 @@ export async function runCampaign(opts: FlowOptions, satellites: FlowSatellite[]
   return Promise.all(satellites.map((s) => new SatelliteRun(opts, s).run()));
 }
 
+/** The shortest wait before a retried call to a satellite that is said (stderr, or above the progress bars). */
+const SAY_WAIT_MS = 5000;
+
 /** The campaign's expiresAt passed during the run: nothing more is made (the engine refuses a past expiry) or pushed. */
 class CampaignExpired extends Error {}
 
@@ -113,7 +116,11 @@ class SatelliteRun {
       timeoutMs: o.timeoutMs,
       attempts: o.attempts,
       backoffMs: o.backoffMs,
-      onRetry: () => void this.count('failures', 1).catch(() => undefined),
+      onRetry: (err, attempt, waitMs) => {
+        void this.count('failures', 1).catch(() => undefined);
+        // a satellite's Retry-After holds a call up to a minute an attempt: minutes without a word look like a hung run
+        if (waitMs >= SAY_WAIT_MS) o.say?.(`satellite ${s.id}: ${err.message}; retrying in ${Math.round(waitMs / 1000)} s (attempt ${attempt + 1} of ${o.attempts})`);
+      },
       signal: o.stop,
     });
     this.delivery = new Delivery({

@@ -20,8 +20,8 @@ export interface SatelliteApiOptions {
   attempts: number;
   /** first backoff; doubles with each retry, with jitter */
   backoffMs?: number;
-  /** told about every failed attempt, so the CLI can count failures */
-  onRetry?: (err: SatelliteCallError, attempt: number) => void;
+  /** told about every failed attempt, so the CLI can count failures, and how long it waits before the next (0: none follows) */
+  onRetry?: (err: SatelliteCallError, attempt: number, waitMs: number) => void;
   /** aborts the call in flight and its retries (generate's SIGINT/SIGTERM); the call then throws the reason */
   signal?: AbortSignal;
 }
@@ -116,12 +116,13 @@ export class SatelliteApi {
       } catch (err) {
         this.opts.signal?.throwIfAborted();
         const e = err instanceof SatelliteCallError ? err : new SatelliteCallError((err as Error).message, 0, true);
-        this.opts.onRetry?.(e, attempt);
         // a short accept is retried once: the batch is then split, and each part retried as often would take
         // hours to fail a satellite that stores only part of every push (a review helper measured 3 h)
         const attempts = e.retryable && e.refused ? Math.min(2, this.opts.attempts) : this.opts.attempts;
-        if (!e.retryable || attempt >= attempts) throw e;
-        const wait = Math.max(backoff * 2 ** (attempt - 1) * (0.5 + Math.random()), e.retryAfterMs);
+        const last = !e.retryable || attempt >= attempts;
+        const wait = last ? 0 : Math.max(backoff * 2 ** (attempt - 1) * (0.5 + Math.random()), e.retryAfterMs);
+        this.opts.onRetry?.(e, attempt, wait);
+        if (last) throw e;
         await sleep(wait, undefined, this.opts.signal ? { signal: this.opts.signal } : undefined).catch(() => undefined);
         this.opts.signal?.throwIfAborted();
       }
