@@ -173,7 +173,7 @@ class SatelliteRun {
         const page = await this.api.usersWithoutTokens(cursor, this.o.pageSize);
         // a cursor given twice would list the same pages for ever
         // cut: a Go satellite takes a cursor of up to a megabyte, and the error is kept in the campaign's record
-        if (page.nextCursor !== null && seen.has(page.nextCursor)) throw new Error(`satellite repeated cursor "${printable(page.nextCursor.slice(0, 100))}${page.nextCursor.length > 100 ? '...' : ''}"`);
+        if (page.nextCursor !== null && seen.has(page.nextCursor)) throw new Error(`satellite repeated cursor "${printable(page.nextCursor, 100)}"`);
         if (page.nextCursor !== null) seen.add(page.nextCursor);
         // a satellite ignoring the limit is served a limit's worth at a time: one synchronous pass over its page
         // of 10 million ids held the event loop so long that replies from Redis timed out, and the run failed

@@ -173,7 +173,7 @@ export class SatelliteApi {
    */
   private quote(text: string): string {
     const bare = this.opts.key ? text.replaceAll(this.opts.key, '<outbound key>') : text;
-    return printable(bare.length > QUOTED_MAX ? `${bare.slice(0, QUOTED_MAX)}...` : bare);
+    return printable(bare, QUOTED_MAX);
   }
 }
 

@@ -48,11 +48,13 @@ export function checkText(field: string, value: string): string {
 /**
  * Text from outside, shown to an operator and stored (a satellite's error message): a control character
  * (a NUL, a terminal escape) or a lone surrogate becomes U+FFFD, so it can neither drive the terminal
- * nor be refused by Postgres.
+ * nor be refused by Postgres. Past `max` characters it is cut, marked `...` (a satellite's 5 MB message, its
+ * megabyte cursor, would otherwise be printed and kept whole).
  */
-export function printable(text: string): string {
+export function printable(text: string, max = Infinity): string {
+  const cut = text.length > max ? `${text.slice(0, max)}...` : text;
   // C1 too: U+009B is an escape some terminals still act on
-  return text.toWellFormed().replace(/[\u0000-\u001f\u007f-\u009f]/g, '\ufffd');
+  return cut.toWellFormed().replace(/[\u0000-\u001f\u007f-\u009f]/g, '\ufffd');
 }
 
 /**
