@@ -443,6 +443,9 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect(text.stdout).toMatch(/^snapshot: Postgres off, no writer holds the lease; 31 events not yet in Postgres/m);
       await sfx.redis.set(new Keys(sfx.prefix).snapshotLease(), 'host-7 pid 42 0b7e', 'PX', 60_000);
       expect((await runCli(['stats'], senv)).stdout).toMatch(/^snapshot: Postgres off, writer: host-7 pid 42; 31 events/m);
+      // the writer of an older release, still running in a rolling upgrade, named no host: its lease is a bare UUID
+      await sfx.redis.set(new Keys(sfx.prefix).snapshotLease(), '0b7e5a1c-6f7d-4d1e-9c2a-3f4b5c6d7e8f', 'PX', 60_000);
+      expect((await runCli(['stats'], senv)).stdout).toMatch(/^snapshot: Postgres off, writer: unnamed \(an older release\); 31 events/m);
     });
   });
 

@@ -45,6 +45,17 @@ describe('leases (snapshot writer, campaign runs) on real Redis', () => {
     await f.redis.del(key);
   });
 
+  it('a lease an older release took (a bare UUID, or no owner before its UUID) is held by an unnamed holder', async () => {
+    const key = `${f.prefix}:lease-old`;
+    const lease = new Lease(f.redis, key, 60_000, 'host pid 42');
+    for (const old of ['0b7e5a1c-6f7d-4d1e-9c2a-3f4b5c6d7e8f', ' 0b7e5a1c-6f7d-4d1e-9c2a-3f4b5c6d7e8f']) {
+      await f.redis.set(key, old, 'PX', 60_000);
+      expect(await lease.state()).toEqual({ owner: '', mine: false });
+      expect(await lease.acquire()).toBe(false);
+    }
+    await f.redis.del(key);
+  });
+
   it('hold keeps the lease past its length by renewing it within it', async () => {
     const key = `${f.prefix}:lease-c`;
     // 900 ms, renewed every 300 ms: held while it renews, also through a 500 ms stall of a busy CI machine

@@ -34,7 +34,8 @@ async function snapshotLine(redis: RedisClient, prefix: string): Promise<string>
     new Lease(redis, new Keys(prefix).snapshotLease()).holder(),
     sampleLag(redis, prefix),
   ]);
-  const writer = holder === undefined ? 'no writer holds the lease' : `writer: ${holder}`;
+  // an older release's writer (a rolling upgrade) names no host in its lease
+  const writer = holder === undefined ? 'no writer holds the lease' : `writer: ${holder || 'unnamed (an older release)'}`;
   return `snapshot: Postgres ${status.state}, ${writer}; ${lag.events} events not yet in Postgres (oldest ${lag.seconds.toFixed(1)} s)`;
 }
 

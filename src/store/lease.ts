@@ -25,7 +25,10 @@ export class Lease {
   /** Who holds the lease now, in one read: nobody (undefined), or an owner and whether it is this very lease. */
   async state(): Promise<{ owner: string; mine: boolean } | undefined> {
     const v = await this.redis.get(this.key);
-    return v === null ? undefined : { owner: v.slice(0, v.lastIndexOf(' ')), mine: v === this.id };
+    if (v === null) return undefined;
+    // a lease an older release took is a bare UUID: held, by a holder it does not name (not the UUID cut short)
+    const space = v.lastIndexOf(' ');
+    return { owner: space < 0 ? '' : v.slice(0, space), mine: v === this.id };
   }
 
   /** How long until the lease held now lapses (0: nobody holds it), so a standby can try again just then. */
