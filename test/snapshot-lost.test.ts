@@ -1,7 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { findLostShards } from '../src/snapshot/lost.js';
+import { restoreFromPostgres } from '../src/snapshot/restore.js';
 import { shardRange } from '../src/snapshot/rows.js';
 import { Keys } from '../src/store/keys.js';
+import { privateRedisClient } from './helpers/redis.js';
 import { snapshotFixture } from './helpers/snapshot.js';
 
 describe('findLostShards (real Redis, real Postgres)', () => {
@@ -17,5 +19,29 @@ describe('findLostShards (real Redis, real Postgres)', () => {
     await row(shardRange(3)[0].replace(/0000-0000-0000-0000-000000000000$/, '0000-0000-4000-8000-000000000001'), null);
     expect(await findLostShards(snap.fx.redis, snap.pool, snap.fx.prefix, (step) => step())).toEqual([3]);
     expect(await snap.fx.redis.exists(new Keys(snap.fx.prefix).intact(2))).toBe(1);
+  });
+
+  // rehearsing the upgrade, a restore from the live snapshot into a scratch Redis recorded the prefix's marks as
+  // installed: the live Redis, from before the marks, then had every shard holding tokens found lost (503 /readyz)
+  it('a restore into another Redis does not make a deployment from before the marks look lost', async () => {
+    const prefix = `${snap.fx.prefix}-rehearsed`;
+    const keys = new Keys(prefix);
+    await snap.pool.query('DELETE FROM tokens');
+    await snap.pool.query(`INSERT INTO tokens (token, state, owner_satellite_id, owner_user_id, campaign_id, created_at, ev_shard, ev_ms, ev_seq)
+      VALUES ($1, 'unredeemed', 'sat-a', 'u', 'c', 1, 5, 1, 0)`, [shardRange(5)[0].replace(/0000-0000-0000-0000-000000000000$/, '0000-0000-4000-8000-000000000001')]);
+    // the live Redis as an older release left it: the shard's data (its dictionary), no marks
+    await snap.fx.redis.hset(keys.dict(5), 's\tsat-a', '1', 'S1', 'sat-a', 'ns', '1');
+    const scratch = await privateRedisClient();
+    try {
+      await restoreFromPostgres(scratch.redis, snap.pool, prefix);
+    } finally {
+      await scratch.close();
+    }
+    expect(await findLostShards(snap.fx.redis, snap.pool, prefix, (step) => step())).toEqual([]);
+    expect(await snap.fx.redis.exists(keys.intact(5))).toBe(1);
+    // the writer records the marks of the Redis it serves: from now on an unmarked shard is lost there
+    expect((await snap.pool.query('SELECT 1 FROM shard_marks WHERE prefix = $1', [prefix])).rowCount).toBe(1);
+    await snap.fx.redis.del(keys.intact(5), keys.dict(5));
+    expect(await findLostShards(snap.fx.redis, snap.pool, prefix, (step) => step())).toEqual([5]);
   });
 });

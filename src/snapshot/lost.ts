@@ -11,13 +11,19 @@ import { shardRange } from './rows.js';
  * lost and goes into `<p>:{snap}:lost`, which stays until a restore; an unmarked one without is marked. Postgres
  * records (`shard_marks`) that the prefix's shards were marked once: before that, on the first run of a
  * deployment from before the marks, an unmarked shard whose dictionary is in Redis is taken as whole and marked.
+ * Only this check records it, for the Redis the writer serves: a restore does not, since one into another Redis
+ * (rehearsing an upgrade, a staging copy) would make every shard of the live one, not yet marked, look lost.
  * Run by the writer holding the lease, on taking it and after a NOGROUP. The shards the lost set holds, in order.
  */
 export async function findLostShards(redis: RedisClient, pool: pg.Pool, prefix: string, onPostgres: <T>(step: () => Promise<T>) => Promise<T>): Promise<number[]> {
   const keys = new Keys(prefix);
   const marked = await Promise.all(Array.from({ length: SHARDS }, (_, s) => redis.exists(keys.intact(s))));
   const unmarked = marked.flatMap((m, s) => (m ? [] : [s]));
-  if (!unmarked.length) return readLostShards(redis, prefix);
+  if (!unmarked.length) {
+    // all marked (by a restore, say): from now on an unmarked shard is one this Redis lost
+    await onPostgres(() => recordMarks(pool, prefix));
+    return readLostShards(redis, prefix);
+  }
   const installed = (await onPostgres(() => pool.query('SELECT 1 FROM shard_marks WHERE prefix = $1', [prefix]))).rowCount! > 0;
   const lost: number[] = [];
   for (const s of unmarked) {
@@ -43,11 +49,10 @@ function recordMarks(pool: pg.Pool, prefix: string): Promise<unknown> {
   return pool.query('INSERT INTO shard_marks (prefix, since) VALUES ($1, $2) ON CONFLICT (prefix) DO NOTHING', [prefix, Date.now()]);
 }
 
-/** After a restore rebuilt every shard: all marked, none lost. */
-export async function markRestored(redis: RedisClient, pool: pg.Pool, prefix: string): Promise<void> {
+/** After a restore rebuilt every shard: all marked, none lost (the writer's next check records the marks). */
+export async function markRestored(redis: RedisClient, prefix: string): Promise<void> {
   await markShards(redis, prefix, Array.from({ length: SHARDS }, (_, s) => s));
   await redis.del(new Keys(prefix).lostShards());
-  await recordMarks(pool, prefix);
 }
 
 /** The shards `findLostShards` recorded, in order; none once a restore rebuilt them. */

@@ -44,7 +44,7 @@ export async function restoreFromPostgres(redis: RedisClient, pool: pg.Pool, pre
     const n = await restoreShard(redis, pool, keys, restore, shard);
     total += n;
   });
-  await markRestored(redis, pool, prefix);
+  await markRestored(redis, prefix);
   return total;
 }
 
