@@ -4,7 +4,7 @@ import type { Satellite, SatelliteFields } from '../satellites/model.js';
 import { SATELLITE_FIELD_MAX as MAX } from '../satellites/registry.js';
 import { MAX_TOKENS_PER_CALL } from '../tokens/engine.js';
 import { checkToken } from '../tokens/validate.js';
-import { closed, defined, id, nullable, obj, token } from './fields.js';
+import { closed, defined, id, nullable, obj, text, token } from './fields.js';
 import { ok, type Call, type Route } from './router.js';
 import type { RouteDeps } from './routes.js';
 
@@ -23,7 +23,7 @@ export function adminRoutes(d: RouteDeps): Route[] {
   return [
     {
       method: 'post', pattern: '/v1/admin/satellites', auth: 'admin',
-      schema: closed(obj(['id'], { id, name: { type: 'string', maxLength: MAX.name }, url: { type: 'string', maxLength: MAX.url }, outboundKey: { type: 'string', maxLength: MAX.outboundKey } })),
+      schema: closed(obj(['id'], { id, name: text(MAX.name), url: text(MAX.url), outboundKey: text(MAX.outboundKey) })),
       async handler(c: Call<{ id: string; name?: string; url?: string; outboundKey?: string }>) {
         const { id: sid, name, url, outboundKey } = c.body;
         return ok(await d.registry.add(defined({ id: sid, name, url, outboundKey })), 201);
