@@ -122,6 +122,9 @@ describe('docs/openapi.yaml against the route table', () => {
       const params = [...(spec.paths[path].parameters ?? []), ...(operation(r).parameters ?? [])].map((p: Json) => followed(p, '').node);
       const named = params.filter((p) => p.in === 'path').map((p) => [p.name, p.required]);
       expect(named, path).toEqual([...r.pattern.matchAll(/:(\w+)/g)].map((m) => [m[1], true]));
+      // the router reads X-End-User-IP on these routes only: elsewhere a satellite sending it limits nothing
+      const headers = params.filter((p) => p.in === 'header').map((p) => p.name);
+      expect(headers, `${r.method} ${path}`).toEqual(r.needsIp && r.auth === 'satellite' ? ['X-End-User-IP'] : []);
       expect(operation(r).security ?? spec.security, `${r.method} ${path}`).toEqual(security[r.auth]);
     }
   });
@@ -160,6 +163,8 @@ function conforms(method: string, pattern: string, r: Reply): void {
   expect(Object.keys(response.content ?? {}), `content type ${type} of ${name}`).toContain(type);
   const validate = validatorAt(`${pointer}/content/${escape(type)}/schema`);
   expect(validate(r.body) ? [] : validate.errors, name).toEqual([]);
+  // a client reads only the headers the spec names: a Retry-After it does not is a wait it never makes
+  if (r.headers['retry-after'] !== undefined) expect(Object.keys(response.headers ?? {}), `Retry-After of ${name}`).toContain('Retry-After');
   for (const [header, h] of Object.entries((response.headers ?? {}) as Json)) {
     const { node, pointer: at } = followed(h, `${pointer}/headers/${header}`);
     const value = r.headers[header.toLowerCase()];
