@@ -144,6 +144,21 @@ describe('docs/openapi.yaml against the route table', () => {
     }
   });
 
+  // JSON Schema lets an enum or const go without a type, but generators do not all infer one: Swift's makes an
+  // untyped container of it, swagger-codegen's Java an enum that does not compile, and a Go client wants a string
+  it('gives every enum and const its type', () => {
+    const untyped: string[] = [];
+    const walk = (node: unknown, at: string) => {
+      if (Array.isArray(node)) node.forEach((n, i) => walk(n, `${at}/${i}`));
+      else if (node && typeof node === 'object') {
+        if (('enum' in node || 'const' in node) && !('type' in node)) untyped.push(at);
+        for (const [k, v] of Object.entries(node)) walk(v, `${at}/${k}`);
+      }
+    };
+    walk(spec, '#');
+    expect(untyped).toEqual([]);
+  });
+
   it("lists the catalogue's wire codes as the Error schema's enum", () => {
     expect([...spec.components.schemas.Error.properties.error.enum].sort()).toEqual(Object.keys(errorCatalogue).sort());
   });

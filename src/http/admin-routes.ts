@@ -89,7 +89,7 @@ export function adminRoutes(d: RouteDeps): Route[] {
       method: 'post', pattern: '/v1/admin/tokens/revoke', auth: 'admin', timeoutMs: SWEEP_TIMEOUT_MS,
       schema: closed({
         type: 'object',
-        properties: { tokens: { type: 'array', minItems: 1, maxItems: MAX_TOKENS_PER_CALL, items: token }, satelliteId: id, userId: id, allUsers: { const: true }, campaignId: id },
+        properties: { tokens: { type: 'array', minItems: 1, maxItems: MAX_TOKENS_PER_CALL, items: token }, satelliteId: id, userId: id, allUsers: { type: 'boolean', const: true }, campaignId: id },
       }),
       async handler(c: Call<{ tokens?: string[]; satelliteId?: string; userId?: string; allUsers?: true; campaignId?: string }>) {
         const b = c.body;
