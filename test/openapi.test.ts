@@ -417,7 +417,16 @@ describe('a real serve answers only what docs/openapi.yaml describes', () => {
       const r = await send(method.toUpperCase(), pattern, { key: pattern.startsWith('/v1/admin') ? ADMIN_KEY : key, params: [id], body });
       if (admitted === (r.status === 400)) disagreements.push(`${method} ${pattern} ${JSON.stringify(body).slice(0, 80)}: spec ${admitted ? 'admits' : 'refuses'}, server ${r.status} ${r.body.message ?? ''}`);
     }
+    // a path parameter's too; and userId is one segment, percent-encoded, so an id holding a / or % reaches its user
+    for (const userId of ['', x(128), x(129)]) {
+      const admitted = validatorAt(`/paths/${escape('/v1/users/{userId}/tokens')}/parameters/0/schema`)(userId);
+      const r = await send('GET', '/v1/users/:userId/tokens', { key, params: [userId] });
+      if (admitted === (r.status === 400)) disagreements.push(`GET /v1/users/${userId}/tokens: spec ${admitted ? 'admits' : 'refuses'}, server ${r.status} ${r.body.message ?? ''}`);
+    }
     expect(disagreements).toEqual([]);
+    const odd = 'a/b ü%+;';
+    await send('POST', '/v1/admin/tokens/generate', { ...admin, body: { satelliteId: 'edges', userIds: [odd], perUser: 1 } });
+    expect((await send('GET', '/v1/users/:userId/tokens', { key, params: [odd] })).body.tokens).toHaveLength(1);
   });
 
   it('the ops routes', async () => {
