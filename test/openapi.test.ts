@@ -395,20 +395,21 @@ describe('a real serve answers only what docs/openapi.yaml describes', () => {
     let n = 0;
     const sat = (fields: object) => ({ id: `edge-${n++}`, ...fields });
     const url = (length: number) => `https://e.x/${x(length - 12)}`;
-    const edges: [string, string, object][] = [
-      ...[{ id: '' }, { id: x(128) }, { id: x(129) }].map((b) => ['post', '/v1/admin/satellites', b] as [string, string, object]),
+    const at = (method: string, pattern: string) => (body: object): [string, string, object] => [method, pattern, body];
+    const edges = [
+      ...[{ id: '' }, { id: x(128) }, { id: x(129) }].map(at('post', '/v1/admin/satellites')),
       ...[{ name: '' }, { name: x(1) }, { name: x(256) }, { name: x(257) }, { url: '' }, { url: url(2048) }, { url: url(2049) }, { outboundKey: '' }, { outboundKey: x(1) }, { outboundKey: x(4096) }, { outboundKey: x(4097) }]
-        .flatMap((b) => [['post', '/v1/admin/satellites', sat(b)], ['patch', '/v1/admin/satellites/:id', b]] as [string, string, object][]),
-      ...[-1, 0, 315_360_000_000, 315_360_000_001].map((graceMs) => ['post', '/v1/admin/satellites/:id/rotate-key', { graceMs }] as [string, string, object]),
+        .flatMap((b) => [at('post', '/v1/admin/satellites')(sat(b)), at('patch', '/v1/admin/satellites/:id')(b)]),
+      ...[-1, 0, 315_360_000_000, 315_360_000_001].map((graceMs) => at('post', '/v1/admin/satellites/:id/rotate-key')({ graceMs })),
       ...[{ userIds: [] }, { perUser: 0 }, { userIds: [x(128)] }, { userIds: [x(129)] }, { campaignId: '' }, { campaignId: x(128) }, { campaignId: x(129) }]
-        .map((b) => ['post', '/v1/admin/tokens/generate', { satelliteId: 'edges', userIds: ['u'], perUser: 1, ...b }] as [string, string, object]),
-      ...[{ tokens: [] }, { campaignId: '' }, { campaignId: x(129) }].map((b) => ['post', '/v1/admin/tokens/revoke', b] as [string, string, object]),
-      ...[{ madeBefore: -1 }, { madeBefore: 0, dryRun: true }].map((b) => ['post', '/v1/admin/tokens/purge', b] as [string, string, object]),
+        .map((b) => at('post', '/v1/admin/tokens/generate')({ satelliteId: 'edges', userIds: ['u'], perUser: 1, ...b })),
+      ...[{ tokens: [] }, { campaignId: '' }, { campaignId: x(129) }].map(at('post', '/v1/admin/tokens/revoke')),
+      ...[{ madeBefore: -1 }, { madeBefore: 0, dryRun: true }].map(at('post', '/v1/admin/tokens/purge')),
       ...[{ leaseMs: 0 }, { leaseMs: 1 }, { leaseMs: 3_600_000 }, { leaseMs: 3_600_001 }, { reservationId: '' }, { reservationId: x(128) }, { reservationId: x(129) }]
-        .map((b) => ['post', '/v1/tokens/reserve', { token: tokens.pop(), ...b }] as [string, string, object]),
-      ...['', x(128), x(129)].map((userId) => ['post', '/v1/tokens/redeem', { token: tokens.pop(), userId }] as [string, string, object]),
-      ['post', '/v1/tokens/complete', { token: tokens.pop(), reservationId: '', userId: 'u' }],
-      ['post', '/v1/tokens/release', { token: tokens.pop(), reservationId: '' }],
+        .map((b) => at('post', '/v1/tokens/reserve')({ token: tokens.pop(), ...b })),
+      ...['', x(128), x(129)].map((userId) => at('post', '/v1/tokens/redeem')({ token: tokens.pop(), userId })),
+      at('post', '/v1/tokens/complete')({ token: tokens.pop(), reservationId: '', userId: 'u' }),
+      at('post', '/v1/tokens/release')({ token: tokens.pop(), reservationId: '' }),
     ];
     const disagreements: string[] = [];
     for (const [method, pattern, body] of edges) {
