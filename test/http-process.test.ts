@@ -866,7 +866,11 @@ describe('serve processes', () => {
   // a worker that answered a collection and died before the slowest one answered was counted twice in that
   // scrape (its reply and the retired sum), and the worker too slow to answer not at all: up, then down
   it('/metrics counts each worker once in a scrape during which one dies and another is too slow to answer', async () => {
-    const server = await serve({ KEY_PREFIX: fresh('proc') }, 3, 0);
+    // it hung past the test's 60 s once, in a full CI run, and not in 30 runs since: each step is bounded so a
+    // recurrence names the step that hung instead of the test's timeout
+    const step = <T>(what: string, p: Promise<T>, ms = 15_000) =>
+      Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what}: not done within ${ms} ms`)), ms).unref())]);
+    const server = await step('serve with 3 workers', serve({ KEY_PREFIX: fresh('proc') }, 3, 0), 30_000);
     let answered = 0;
     const pidOf = async (c: Client) => {
       const r = await c.request({ method: 'GET', path: '/healthz' });
@@ -874,25 +878,28 @@ describe('serve processes', () => {
       return JSON.parse(await r.body.text()).pid as number;
     };
     let to = new Map<number, Client>(); // a keep-alive connection to each worker
+    let paused: number | undefined;
     try {
-      to = await connectionPerWorker(server.url, 3, pidOf, 300);
+      to = await step('a connection to each worker', connectionPerWorker(server.url, 3, pidOf, 300));
       // x scrapes; y (which answered more than z, so the two errors do not cancel) dies during that scrape, z is paused past its 2 s wait
       const [x, y, z] = [...to.keys()] as [number, number, number];
       const via = to.get(x)!;
-      for (let i = 0; i < 20; i++) await pidOf(to.get(y)!);
+      for (let i = 0; i < 20; i++) await step('a /healthz of y', pidOf(to.get(y)!));
       const healthz = async () => Number(/rm_http_requests_total\{route="\/healthz",method="GET",status="200"\} (\d+)/.exec(await (await via.request({ method: 'GET', path: '/metrics' })).body.text())?.[1] ?? 0);
-      expect(await healthz()).toBe(answered); // every worker collected once
-      process.kill(z, 'SIGSTOP');
-      const during = healthz();
+      expect(await step('the first scrape', healthz())).toBe(answered); // every worker collected once
+      process.kill((paused = z), 'SIGSTOP');
+      const during = step('the scrape during which y dies', healthz());
       await new Promise((r) => setTimeout(r, 400));
       process.kill(y, 'SIGKILL');
       await new Promise((r) => setTimeout(r, 2500));
       process.kill(z, 'SIGCONT');
+      paused = undefined;
       expect(await during).toBe(answered);
-      expect(await healthz()).toBe(answered);
+      expect(await step('the scrape after', healthz())).toBe(answered);
     } finally {
+      if (paused !== undefined) process.kill(paused, 'SIGCONT');
       await Promise.all([...to.values()].map((c) => c.destroy()));
-      expect(await server.stop()).toBe(0);
+      expect(await step('serve stopping', server.stop(), 30_000)).toBe(0);
     }
   });
 
