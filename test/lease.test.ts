@@ -1,5 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { Leadership } from '../src/snapshot/leadership.js';
 import { CampaignStore } from '../src/store/campaign-store.js';
 import { Lease } from '../src/store/lease.js';
 import { engineFixtureFor } from './helpers/redis.js';
@@ -85,5 +87,18 @@ describe('leases (snapshot writer, campaign runs) on real Redis', () => {
     const again = await campaigns.claim('autumn');
     expect(again).toBeDefined();
     await again!.release();
+  });
+
+  // during a rolling upgrade a writer of the older release takes the lease as a bare UUID: the loss was said
+  // as "to the writer of ; it writes to Postgres now"
+  it('a snapshot writer losing its lease to an older release\'s writer says so, not an empty name', async () => {
+    const key = `${f.prefix}:lease-old`;
+    const said: string[] = [];
+    const leadership = new Leadership(new Lease(f.redis, key, 60_000, 'host pid 1'), (_, msg) => said.push(msg));
+    expect((await leadership.confirm()).holds).toBe(true);
+    await f.redis.set(key, randomUUID(), 'PX', 60_000);
+    expect((await leadership.confirm()).holds).toBe(false);
+    expect(said).toEqual(['lost the snapshot lease to the writer of an older release (its lease names no host); it writes to Postgres now']);
+    await f.redis.del(key);
   });
 });

@@ -94,6 +94,6 @@ export class Leadership {
     // the loop took it again meanwhile (and said LAPSED): naming this process as the taker would be false
     if (now?.mine) return;
     if (now === undefined) this.log('warn', LAPSED);
-    else this.log('warn', now === null ? 'lost the snapshot lease; not writing until it is taken again' : `lost the snapshot lease to the writer of ${now.owner}; it writes to Postgres now`);
+    else this.log('warn', now === null ? 'lost the snapshot lease; not writing until it is taken again' : `lost the snapshot lease to the writer of ${now.owner || 'an older release (its lease names no host)'}; it writes to Postgres now`);
   }
 }
