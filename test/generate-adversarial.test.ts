@@ -49,6 +49,24 @@ describe('generate against a satellite that misbehaves', () => {
     });
   });
 
+  // quoted raw (no error or message field), a PHP satellite's JSON writes a / of the key as \/; a redirect's
+  // query carries it percent-encoded: neither matched the key, and both were printed and kept
+  it('a refusal echoing the outbound key JSON-escaped, or a redirect carrying it encoded, leaves it out too', async () => {
+    const key = 'outbound/s1+0123456789abcdef0123456789abcdef==';
+    const escaped = key.replaceAll('/', '\\/');
+    for (const [campaign, answer] of [
+      ['php', (_req: IncomingMessage, res: ServerResponse) => res.writeHead(401, { 'content-type': 'application/json' }).end(`{"detail":"bad key ${escaped}"}`)],
+      ['loc', (_req: IncomingMessage, res: ServerResponse) => res.writeHead(302, { location: `https://login.example.net/?k=${encodeURIComponent(key)}` }).end()],
+    ] as const) {
+      await against(answer, key, async (_fx, env) => {
+        const run = await runCli(['generate', '--satellite', 's1', '--per-user', '2', '--campaign', campaign, '--json'], env);
+        expect(run.code).toBe(1);
+        expect(JSON.parse(run.stdout).satellites[0].error).toContain('<outbound key>');
+        for (const form of [key, escaped, encodeURIComponent(key)]) expect(run.stdout + run.stderr).not.toContain(form);
+      });
+    }
+  });
+
   it('a redirect (http to https) fails the satellite naming where it leads', async () => {
     const moved = (req: IncomingMessage, res: ServerResponse) => res.writeHead(301, { location: `https://sat.example.net${req.url}` }).end();
     await against(moved, 'outbound-s1-0123456789abcdef0123456789abcdef', async (_fx, env) => {

@@ -172,7 +172,11 @@ export class SatelliteApi {
    * satellite refusing it may echo, and which is sealed at rest (OUTBOUND_KEY_SECRET) precisely to keep it out of those.
    */
   private quote(text: string): string {
-    const bare = this.opts.key ? text.replaceAll(this.opts.key, '<outbound key>') : text;
+    const { key } = this.opts;
+    // also as a JSON body (quoted raw) or a URL (a Location) carries it: a key with / (base64) echoed by a PHP
+    // satellite read outbound\/key, and one in a redirect's query %2F
+    const forms = key ? [key, JSON.stringify(key).slice(1, -1), JSON.stringify(key).slice(1, -1).replaceAll('/', '\\/'), encodeURIComponent(key)] : [];
+    const bare = forms.reduce((t, form) => t.replaceAll(form, '<outbound key>'), text);
     return printable(bare, QUOTED_MAX);
   }
 }
