@@ -24,7 +24,8 @@ describe('findLostShards (real Redis, real Postgres)', () => {
   // rehearsing the upgrade, a restore from the live snapshot into a scratch Redis recorded the prefix's marks as
   // installed: the live Redis, from before the marks, then had every shard holding tokens found lost (503 /readyz)
   it('a restore into another Redis does not make a deployment from before the marks look lost', async () => {
-    const prefix = `${snap.fx.prefix}-rehearsed`;
+    // the fixture's second prefix, which it drops after the file: one of this test's own was left in the shared Redis
+    const prefix = snap.other;
     const keys = new Keys(prefix);
     await snap.pool.query('DELETE FROM tokens');
     await snap.pool.query(`INSERT INTO tokens (token, state, owner_satellite_id, owner_user_id, campaign_id, created_at, ev_shard, ev_ms, ev_seq)
