@@ -149,10 +149,9 @@ export class SatelliteApi {
       throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} body not decodable as ${res.contentType.includes('json') ? 'JSON' : `MessagePack (Content-Type "${printable(res.contentType)}"; a JSON reply needs application/json)`}${encoded}`, res.status, false);
     }
     if (res.status >= 200 && res.status < 300) return res.data as T;
-    const detail = (res.data as { error?: unknown; message?: unknown } | undefined) ?? {};
     const retryable = res.status === 429 || res.status >= 500;
     // the reason phrase of an empty reply: "HTTP 431 " left the operator to look the number up (a cursor too long for the satellite)
-    const said = [detail.error, detail.message].filter((v) => typeof v === 'string' && v !== '').join(': ') || res.raw.toString('utf8').trim() || (STATUS_CODES[res.status] ?? '');
+    const said = errorWords(res.data) || res.raw.toString('utf8').trim() || (STATUS_CODES[res.status] ?? '');
     // undici follows no redirect, and following one would hand the outbound key to whichever host it names
     const location = res.status >= 300 && res.status < 400 ? res.headers.location : undefined;
     const why = typeof location === 'string' ? `redirects to ${location} (redirects are not followed: point the satellite's url there, satellites update <id> --url)` : said;
@@ -161,8 +160,7 @@ export class SatelliteApi {
 
   /** A 2xx reply's error and message, which a satellite answering failures 200 sends in place of the contract's fields. */
   private said(reply: unknown): string {
-    const { error, message } = (reply ?? {}) as { error?: unknown; message?: unknown };
-    const words = [error, message].filter((v) => typeof v === 'string' && v !== '').join(': ');
+    const words = errorWords(reply);
     return words ? `; it said "${this.quote(words)}"` : '';
   }
 
@@ -179,6 +177,12 @@ export class SatelliteApi {
     const bare = forms.reduce((t, form) => t.replaceAll(form, '<outbound key>'), text);
     return printable(bare, QUOTED_MAX);
   }
+}
+
+/** A satellite's `error` and `message`, those that are text, as `error: message` ('' for neither). */
+function errorWords(reply: unknown): string {
+  const { error, message } = (reply ?? {}) as { error?: unknown; message?: unknown };
+  return [error, message].filter((v) => typeof v === 'string' && v !== '').join(': ');
 }
 
 /** Most characters of a satellite's error message quoted in a run's error. */
