@@ -231,10 +231,11 @@ class SatelliteRun {
     for await (const sets of this.unsettled()) await this.count('tokensDelivered', tokenCount(sets));
   }
 
+  /** `listed`: distinct, as the listing loop leaves them */
   private async servePage(listed: unknown[]): Promise<void> {
     const userIds: string[] = [];
     let invalid = 0;
-    for (const u of new Set(listed)) {
+    for (const u of listed) {
       try {
         userIds.push(checkNewId('userId', u));
       } catch (err) {
