@@ -13,5 +13,7 @@ export default defineConfig({
     // clears every env setting of the config module the tests' shell or CI job may have set, so neither the
     // tests nor the processes they start read them; it sets REDIS_URL from TEST_REDIS_URL
     setupFiles: ['test/helpers/clean-env.ts'],
+    // fails the run if a test left keys in the shared Redis or a database in Postgres
+    globalSetup: ['test/helpers/leaks.ts'],
   },
 });

@@ -1,13 +1,16 @@
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import pg from 'pg';
+import { inject } from 'vitest';
 import { freePort } from '../../bench/redis-server.js';
 
-export const PG_BASE_URL = process.env.TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+import { PG_BASE_URL } from './services.js';
 
-/** A database name no run uses, not created yet: its URL, and a `drop()` that forces out leftover connections. */
+export { PG_BASE_URL };
+
+/** A database name no run uses (the run's id in it: test/helpers/leaks.ts), not created yet: its URL, and a `drop()` that forces out leftover connections. */
 export function unusedDatabase(): { url: string; name: string; drop(): Promise<void> } {
-  const name = `test_rm_${randomBytes(4).toString('hex')}`;
+  const name = `test_rm_${inject('testRun')}_${randomBytes(4).toString('hex')}`;
   const u = new URL(PG_BASE_URL);
   u.pathname = `/${name}`;
   return {

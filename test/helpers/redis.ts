@@ -1,18 +1,22 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll } from 'vitest';
+import { afterAll, beforeAll, inject } from 'vitest';
 import { createRedis, type RedisClient } from '../../src/store/redis.js';
 import { dropPrefix } from '../../src/store/key-walk.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { privateRedis } from './http.js';
 import { NO_REPLICA_WAIT } from '../../src/store/replicas.js';
+import { SHARED_REDIS_URL } from './services.js';
 
-export const SHARED_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+export { SHARED_REDIS_URL };
 
-/** A key prefix no other test run uses, so tests never trample each other or a developer's data. */
+/**
+ * A key prefix no other test run uses, so tests never trample each other or a developer's data; the run's id
+ * in it lets the run find what a test left behind (test/helpers/leaks.ts).
+ */
 export function testPrefix(label = 't'): string {
-  return `test-${label}-${randomBytes(4).toString('hex')}`;
+  return `test-${inject('testRun')}-${label}-${randomBytes(4).toString('hex')}`;
 }
 
 export interface EngineFixture {
