@@ -33,6 +33,16 @@ async function refusal(p: Promise<unknown>): Promise<ReferralError> {
   return err as ReferralError;
 }
 
+/** Each call's refusal as [code, status, message], made one after another. */
+async function refusalsOf(calls: (() => Promise<unknown>)[]): Promise<[string, number, string][]> {
+  const out: [string, number, string][] = [];
+  for (const call of calls) {
+    const e = await refusal(call());
+    out.push([e.code, e.status, e.message]);
+  }
+  return out;
+}
+
 it('satellite client: listTokens, lookup, redeem across satellites, typed refusals', async () => {
   const { tokens } = await admin.generate({ satelliteId: 'eu1', userIds: ['alice'], perUser: 3 });
   const [t1, t2, t3] = tokens.map((t) => t.token) as [string, string, string];
@@ -102,10 +112,8 @@ it('admin client: satellites, rotate, revoke, stats; a wrong key is unauthorized
 
 it('an id in a path that is not well-formed text (a lone surrogate) is a rejected call, invalid_request, not a URIError thrown at once', async () => {
   const lone = 'u\ud800';
-  for (const call of [() => a.lookup(lone), () => a.listTokens(lone), () => a.revokeTokens(lone), () => a.listRedemptions(lone), () => admin.updateSatellite(lone, { name: 'x' }), () => admin.removeSatellite(lone), () => admin.rotateKey(lone)]) {
-    const err = await refusal(call());
-    expect([err.code, err.status, err.message]).toEqual(['invalid_request', 0, expect.stringMatching(/lone surrogate/)]);
-  }
+  const calls = [() => a.lookup(lone), () => a.listTokens(lone), () => a.revokeTokens(lone), () => a.listRedemptions(lone), () => admin.updateSatellite(lone, { name: 'x' }), () => admin.removeSatellite(lone), () => admin.rotateKey(lone)];
+  expect(await refusalsOf(calls)).toEqual(calls.map(() => ['invalid_request', 0, expect.stringMatching(/lone surrogate/)]));
 });
 
 // uWebSockets.js drops a connection whose request head passes ~128 KiB unanswered: such a token, from a sign-up
@@ -113,9 +121,7 @@ it('an id in a path that is not well-formed text (a lone surrogate) is a rejecte
 it('an id in a path or a header value far past any the manager takes is invalid_request without a request, not unavailable', async () => {
   const huge = 'x'.repeat(200_000);
   const calls = [() => a.lookup(huge), () => a.listTokens('é'.repeat(50_000)), () => a.listRedemptions(huge), () => a.revokeTokens(huge), () => admin.removeSatellite(huge), () => a.redeem('ffff0000-0000-4000-8000-000000000000', 'u', { endUserIp: huge })];
-  const errs = [];
-  for (const call of calls) errs.push(await refusal(call()));
-  expect(errs.map((e) => [e.code, e.status, e.message])).toEqual([
+  expect(await refusalsOf(calls)).toEqual([
     ['invalid_request', 0, 'token: 200000 bytes, far past any the manager takes, cannot be sent'],
     ['invalid_request', 0, 'userId: 100000 bytes, far past any the manager takes, cannot be sent'],
     ['invalid_request', 0, 'userId: 200000 bytes, far past any the manager takes, cannot be sent'],
@@ -141,9 +147,7 @@ it('a body string that is not well-formed text (a lone surrogate) is invalid_req
     () => admin.addSatellite({ id: 'sat\ud800' }),
     () => admin.generate({ satelliteId: 'eu1', userIds: ['fine', 'x\udfff'], perUser: 1 }),
   ];
-  const errs = [];
-  for (const call of calls) errs.push(await refusal(call()));
-  expect(errs.map((e) => [e.code, e.status, e.message])).toEqual([
+  expect(await refusalsOf(calls)).toEqual([
     ['invalid_request', 0, 'userId: not well-formed text (a lone surrogate), cannot be sent'],
     ['invalid_request', 0, 'userId: not well-formed text (a lone surrogate), cannot be sent'],
     ['invalid_request', 0, 'reservationId: not well-formed text (a lone surrogate), cannot be sent'],
