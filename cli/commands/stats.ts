@@ -4,7 +4,7 @@ import { Keys } from '../../src/store/keys.js';
 import { Lease } from '../../src/store/lease.js';
 import type { RedisClient } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
-import { readSnapshotStatus, sampleLag } from '../../src/snapshot/index.js';
+import { lostShardsMessage, readLostShards, readSnapshotStatus, sampleLag } from '../../src/snapshot/index.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { configFrom, connectRedis } from '../context.js';
 import { table } from '../format.js';
@@ -56,12 +56,16 @@ export function register(program: Command): void {
     const redis = await connectRedis(config);
     let s: Stats;
     let snapshot: string;
+    let lost: number[];
     try {
       s = await new TokenEngine(new TokenStore(redis, config.keyPrefix, NO_REPLICA_WAIT)).stats();
       snapshot = await snapshotLine(redis, config.keyPrefix);
+      lost = await readLostShards(redis, config.keyPrefix);
     } finally {
       redis.disconnect();
     }
+    // the counts leave out what Redis lost: said on stderr, so that --json stays the Stats object
+    if (lost.length) console.error(`warning: ${lostShardsMessage(lost)}; the counts leave their tokens out`);
     if (opts.json) {
       console.log(JSON.stringify(s, null, 2));
       return;

@@ -6,7 +6,7 @@ import { ensureScripts } from '../store/scripts.js';
 import { replicaShortfall } from '../store/replicas.js';
 import { evictingMasters } from '../store/eviction.js';
 import { readSnapshotStatus } from '../snapshot/status.js';
-import { readLostShards } from '../snapshot/lost.js';
+import { lostShardsMessage, readLostShards } from '../snapshot/lost.js';
 
 export interface Readiness {
   ready: boolean;
@@ -85,7 +85,7 @@ export async function readiness(redis: RedisClient, prefix: string, probeMs: num
     // Redis answers but lost tokens Postgres holds (src/snapshot/lost.ts): they would be answered 404, for good
     const lost = await inSlot(keys.lostShards(), () => readLostShards(redis, prefix), 'unknown' as const);
     if (lost !== 'unknown' && lost.length) {
-      return { ready: false, details: { ...redisState, lostShards: lost, error: `Redis lost the tokens of shards ${lost.join(',')} that the Postgres snapshot holds (they answer 404): restore them (runbook "Redis lost its data")` } };
+      return { ready: false, details: { ...redisState, lostShards: lost, error: lostShardsMessage(lost) } };
     }
     const snapshot = await inSlot(keys.snapshotStatus(), () => readSnapshotStatus(redis, prefix, ownWriterSince), { state: 'unknown' as const });
     return { ready: true, details: { ...redisState, scripts, ...(lost === 'unknown' ? { lostShards: lost } : {}), snapshot } };

@@ -1,6 +1,6 @@
 export { startSnapshotWriter, type SnapshotWriter } from './writer.js';
 export { readSnapshotStatus } from './status.js';
-export { readLostShards } from './lost.js';
+export { lostShardsMessage, readLostShards } from './lost.js';
 export { reportLag, sampleLag, type Lag } from './lag.js';
 export { openPostgres, ensureDatabase } from './schema.js';
 export { restoreFromPostgres, RESTORE_LANES, dropEngineKeys } from './restore.js';

@@ -59,3 +59,8 @@ export async function markRestored(redis: RedisClient, prefix: string): Promise<
 export async function readLostShards(redis: RedisClient, prefix: string): Promise<number[]> {
   return (await redis.smembers(new Keys(prefix).lostShards())).map(Number).sort((a, b) => a - b);
 }
+
+/** What on-call is told of lost shards (/readyz, `stats`): what they mean and the way back. */
+export function lostShardsMessage(lost: number[]): string {
+  return `Redis lost the tokens of shards ${lost.join(',')} that the Postgres snapshot holds (they answer 404): restore them (runbook "Redis lost its data")`;
+}
