@@ -398,10 +398,12 @@ it('options no call can go out with throw at construction, not as unavailable on
   await fromFile.close();
 });
 
-it('transport failures are ReferralError code unavailable', async () => {
+it('transport failures are ReferralError code unavailable, with the network\'s error as its cause', async () => {
   const dead = new SatelliteClient({ url: `http://127.0.0.1:${await freePort()}`, apiKey: 'k', timeoutMs: 500 });
   const err = await refusal(dead.redeem('ffff0000-0000-4000-8000-000000000000', 'u'));
   expect([err.code, err.status]).toEqual(['unavailable', 0]);
+  // a caller's log or metric tells a refused connection from a timeout or a name not found by its code
+  expect(err.cause).toMatchObject({ code: 'ECONNREFUSED' });
   await dead.close();
 });
 

@@ -15,8 +15,10 @@ export class ReferralError extends Error {
     message: string,
     /** seconds, from Retry-After on 429/503 */
     readonly retryAfter?: number,
+    /** `cause`: for a call that got no reply, undici's error (its `code`: ECONNREFUSED, UND_ERR_CONNECT_TIMEOUT...) */
+    options?: ErrorOptions,
   ) {
-    super(message);
+    super(message, options);
     this.name = 'ReferralError';
   }
 }

@@ -65,15 +65,15 @@ const TIMEOUTS = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UN
  * calls queued behind a hung Redis end here rather than as the server's 503.
  */
 function transportError(err: Error & { code?: string }, timeoutMs: number): ReferralError {
-  if (err.code === 'UND_ERR_INVALID_ARG') return new ReferralError('invalid_request', 0, `cannot be sent: ${err.message}`);
+  if (err.code === 'UND_ERR_INVALID_ARG') return new ReferralError('invalid_request', 0, `cannot be sent: ${err.message}`, undefined, { cause: err });
   // close() was called: no call on this client can ever be sent, so a retry would loop for ever
-  if (err.code === 'UND_ERR_CLOSED' || err.code === 'UND_ERR_DESTROYED') return new ReferralError('internal', 0, 'the client is closed: no call on it can be sent');
+  if (err.code === 'UND_ERR_CLOSED' || err.code === 'UND_ERR_DESTROYED') return new ReferralError('internal', 0, 'the client is closed: no call on it can be sent', undefined, { cause: err });
   // no reply of the manager is that large: something in front of it is streaming, and a retry would not help
-  if (err instanceof ReplyTooLarge) return new ReferralError('internal', 0, err.message);
+  if (err instanceof ReplyTooLarge) return new ReferralError('internal', 0, err.message, undefined, { cause: err });
   if (err.name === 'TimeoutError' || TIMEOUTS.has(err.code ?? '')) {
-    return new ReferralError('unavailable', 0, `no reply within ${timeoutMs} ms (waiting for a free connection counts): the call may have been carried out; retry it as after a 503`);
+    return new ReferralError('unavailable', 0, `no reply within ${timeoutMs} ms (waiting for a free connection counts): the call may have been carried out; retry it as after a 503`, undefined, { cause: err });
   }
-  return new ReferralError('unavailable', 0, `request failed: ${err.message}`);
+  return new ReferralError('unavailable', 0, `request failed: ${err.message}`, undefined, { cause: err });
 }
 
 export interface CallOptions {
