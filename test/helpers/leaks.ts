@@ -17,7 +17,7 @@ declare module 'vitest' {
 }
 
 export default function setup(project: TestProject) {
-  const run = randomBytes(3).toString('hex');
+  const run = randomBytes(2).toString('hex');
   project.provide('testRun', run);
   return async () => {
     const left = [...(await leftInRedis(run)), ...(await leftInPostgres(run))];
@@ -28,7 +28,7 @@ export default function setup(project: TestProject) {
 async function leftInRedis(run: string): Promise<string[]> {
   const redis = createRedis({ redisUrl: SHARED_REDIS_URL, redisClusterNodes: [] });
   try {
-    const pattern = `test-${run}-*`;
+    const pattern = `t${run}-*`;
     const byPrefix = new Map<string, number>();
     for await (const { keys } of scanKeys(redis, pattern)) {
       for (const k of keys) byPrefix.set(k.split(':')[0]!, (byPrefix.get(k.split(':')[0]!) ?? 0) + 1);

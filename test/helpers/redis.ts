@@ -16,7 +16,8 @@ export { SHARED_REDIS_URL };
  * in it lets the run find what a test left behind (test/helpers/leaks.ts).
  */
 export function testPrefix(label = 't'): string {
-  return `test-${inject('testRun')}-${label}-${randomBytes(4).toString('hex')}`;
+  // KEY_PREFIX takes 32 characters at most: the longest label (14) and a suffix a test adds (`-none`) fit
+  return `t${inject('testRun')}-${label}-${randomBytes(4).toString('hex')}`;
 }
 
 export interface EngineFixture {
