@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -1758,10 +1758,13 @@ describe('progress on a terminal', () => {
     await handWritten('sat-piped', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => (accept ? tokens.length : { status: 503 }));
     const env = { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' };
     expect((await runCli(['generate', '--all', '--per-user', '1', '--campaign', 'piped'], env)).code).toBe(1);
-    // a killed run's claim, lapsing soon (after the resume has started): the resume says it waits for it
-    await fx.redis.set(new CampaignKeys(fx.prefix).satelliteRun('sat-piped'), `piped ${randomUUID()}`, 'PX', 2500);
+    // a killed run's claim, lapsing once the resume has said it waits for it (a claim lapsing at a set time, 2.5 s,
+    // had lapsed before a resume slow to start under load looked at it, which then said nothing)
+    const claim = new CampaignKeys(fx.prefix).satelliteRun('sat-piped');
+    await fx.redis.set(claim, `piped ${randomUUID()}`, 'PX', 60_000);
     accept = true;
-    const resumed = await runCli(['generate', '--resume', 'piped'], env);
+    const lapseWhenWaiting = (proc: ChildProcess) => proc.stderr!.on('data', (d: Buffer) => void (String(d).includes('still claims it') && fx.redis.del(claim)));
+    const resumed = await runCli(['generate', '--resume', 'piped'], env, { whenStarted: lapseWhenWaiting });
     expect(resumed.code, resumed.stderr).toBe(0);
     // that line alone: no bars, drawn or not
     expect(resumed.stderr).toBe('satellite sat-piped: a killed run of this campaign still claims it; waiting up to 30 s for that claim to lapse\n');
