@@ -5,6 +5,9 @@ import { setImmediate } from 'node:timers/promises';
 
 export type Format = 'msgpack' | 'json';
 
+/** vnd.msgpack is the one registered at IANA (2024): clients that take their type from the registry send it */
+const MSGPACK_TYPES = new Set(['application/msgpack', 'application/x-msgpack', 'application/vnd.msgpack']);
+
 /**
  * Media type of a Content-Type or Accept value, or undefined if it is none we speak. Of several, the one with
  * the highest `q` (1 when not given; the first listed on a tie); `q=0` says "not this one", so a value
@@ -22,7 +25,7 @@ export function formatOf(header: string): Format | undefined {
     const given = params.map((p) => /^\s*q\s*=\s*([\d.]+)\s*$/i.exec(p)?.[1]).find((q) => q !== undefined);
     const q = given === undefined || Number.isNaN(Number(given)) ? 1 : Number(given);
     const t = type.trim().toLowerCase();
-    const format = t === 'application/msgpack' || t === 'application/x-msgpack' ? 'msgpack' : t === 'application/json' ? 'json' : undefined;
+    const format = MSGPACK_TYPES.has(t) ? 'msgpack' : t === 'application/json' ? 'json' : undefined;
     if (format && q > bestQ) [best, bestQ] = [format, q];
     if (format === 'json' && q === 0) refusedJson = true;
     if (format === 'msgpack' && q === 0) refusedMsgpack = true;
