@@ -40,14 +40,18 @@ function count(haystack: Buffer, needle: Buffer): number {
 /**
  * msgpackr turns its extension types into live objects (an Error whose name and message the sender chose,
  * a Set, a RegExp, a Date): the schemas take any object for a map, so only maps, arrays, strings, numbers,
- * booleans, nil and bin go further. A loop, not recursion: nesting can be thousands deep. Returns how many
+ * booleans, nil and bin go further, and a Date (the spec's own timestamp) within the body: Go writes every
+ * time.Time as one, so a newer satellite's time field must be an unknown field ignored, while a known field
+ * refuses it as its wrong type. A loop, not recursion: nesting can be thousands deep. Returns how many
  * U+FFFD the string values hold.
  */
 function plainData(value: unknown): number {
+  if (value instanceof Date) throw notPlain('Date');
   const stack = [value];
   let replaced = 0;
   while (stack.length) {
     const v = stack.pop();
+    if (v instanceof Date) continue;
     if (typeof v === 'string') {
       for (let i = v.indexOf('\ufffd'); i >= 0; i = v.indexOf('\ufffd', i + 1)) replaced++;
       continue;

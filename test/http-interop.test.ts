@@ -91,6 +91,28 @@ describe('bodies as other languages encode them', () => {
     expect((await reserve(`{"token":"${MISSING}","leaseMs":NaN}`, 'application/json')).body.message).toMatch(/^body: not valid JSON/);
   });
 
+  // a newer Go satellite adding a time.Time field to its request struct: vmihailenco/msgpack writes it as the
+  // spec's timestamp extension (-1), and the whole call was refused 400 though unknown fields are ignored
+  it('ignores a timestamp in an unknown field (32, 64 and 96 bits); a known field refuses it as its wrong type', async () => {
+    const seconds = Buffer.alloc(4);
+    seconds.writeUInt32BE(1_700_000_000);
+    for (const [label, ts] of [
+      ['timestamp 32', Buffer.concat([Buffer.from([0xd6, 0xff]), seconds])],
+      ['timestamp 64', Buffer.concat([Buffer.from([0xd7, 0xff, 0, 0, 0x13, 0x88]), seconds])],
+      ['timestamp 96', Buffer.concat([Buffer.from([0xc7, 12, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]), seconds])],
+    ] as const) {
+      const r = await reserve(mp.map([[mp.fixstr('token'), mp.str8(MISSING)], [mp.fixstr('signedUpAt'), ts], [mp.fixstr('meta'), mp.map([[mp.fixstr('at'), ts]])]]));
+      expect([label, r.status, r.body.error]).toEqual([label, 404, 'token_not_found']);
+      const known = await reserve(mp.map([[mp.fixstr('token'), mp.str8(MISSING)], [mp.fixstr('leaseMs'), ts]]));
+      expect([label, known.status, known.body.message]).toEqual([label, 400, 'leaseMs: must be integer']);
+      const whole = await reserve(ts);
+      expect([label, whole.status, whole.body.error]).toEqual([label, 400, 'invalid_request']);
+    }
+    const generate = mp.map([[mp.fixstr('satelliteId'), mp.fixstr('sat-go')], [mp.fixstr('userIds'), Buffer.from([0x91, 0xa1, 0x75])], [mp.fixstr('perUser'), mp.int64(1)], [mp.fixstr('expiresAt'), Buffer.from([0xd6, 0xff, 0x7f, 0, 0, 0])]]);
+    const r = await call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, raw: generate, contentType: 'application/msgpack', accept: 'application/json' });
+    expect([r.status, r.body.message]).toEqual([400, 'expiresAt: must be integer']);
+  });
+
   // registered at IANA in 2024 (the alias application/x-msgpack before it): a client that takes its type
   // from the registry (Rust's mime crate does) was refused 415, and asked for a reply in it got JSON
   it('takes application/vnd.msgpack, the registered type, as a body and in Accept', async () => {
