@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { audit } from '../src/http/audit.js';
-import { ADMIN_KEY, serve } from './helpers/http.js';
+import { ADMIN_KEY, rawExchange, serve } from './helpers/http.js';
 
 describe('the admin audit line', () => {
   // written after the reply, inside the request's try: a throw here was logged as a 500 of a call that succeeded
@@ -22,6 +22,25 @@ describe('the admin audit line', () => {
     const body = JSON.parse(lines[0]!).body as Record<string, { url: string }>;
     expect([body.a!.url, body.b!.url, body.c!.url]).toEqual([' https://<redacted>@sat.example/x', 'https://<redacted>@sat.example/x', 'https://sat.example/push?<redacted>#top']);
     expect(lines.join('\n')).not.toMatch(/hunter|pw@|abc/);
+  });
+
+  // anyone may send the path, key or no key; JSON escapes only C0 controls, so a bidi override (U+202E) reordered
+  // how a terminal or log viewer showed the line, and a C1 control (U+009B, an escape some terminals act on) reached it
+  it('percent-encodes a path that is not visible ASCII, as a client would have sent it', async () => {
+    const served = await serve({ KEY_PREFIX: 'audit-path' }, 1);
+    try {
+      const reply = await rawExchange(served.url, 'DELETE /v1/admin/satellites/x\u202e\u009b31m\u2028y\u00e9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+      expect(reply).toMatch(/^HTTP\/1\.1 401 /);
+      let line: { path: string } | undefined;
+      for (let i = 0; i < 100 && !line; i++) {
+        line = served.output().split('\n').filter((l) => l.startsWith('{"audit"')).map((l) => JSON.parse(l)).find((l) => l.path.startsWith('/v1/admin/satellites/x'));
+        if (!line) await new Promise((s) => setTimeout(s, 50));
+      }
+      expect(line?.path).toBe('/v1/admin/satellites/x%E2%80%AE%C2%9B31m%E2%80%A8y%C3%A9');
+      expect(served.output()).not.toMatch(/[\u0080-\u009f\u202e\u2028]/);
+    } finally {
+      await served.stop();
+    }
   });
 
   // every admin call that may change something writes a line, refused ones too: anyone could trigger the

@@ -25,6 +25,12 @@ const QUERY = /^(\s*[a-z][a-z0-9+.-]*:\/\/[^?#\s]*\?)[^#]*/i;
 const LONGEST = 200;
 /** a path names at most a 128-byte id, percent-encoded; anyone may send a 16 KiB one, key or no key */
 const LONGEST_PATH = 512;
+/**
+ * What of a path is not visible ASCII. uWS hands raw bytes over as UTF-8 and JSON escapes only C0 controls, so a
+ * path sent unencoded, key or no key, put a bidi override (U+202E: the line read reordered in a terminal or a log
+ * viewer) or a C1 control (U+009B, an escape some terminals act on) into the audit trail. Percent-encoded, as a client sends it.
+ */
+const UNENCODED = /[^\x21-\x7e]/gu;
 
 function summarize(v: unknown, depth = 0): unknown {
   if (Array.isArray(v)) return `[${v.length} items]`;
@@ -42,7 +48,8 @@ function summarize(v: unknown, depth = 0): unknown {
 }
 
 export function audit(e: AuditEntry, write: (line: string) => void = console.log): void {
-  const path = e.path.length > LONGEST_PATH ? `${e.path.slice(0, LONGEST_PATH)}…` : e.path;
+  const encoded = (e.path.length > LONGEST_PATH ? e.path.slice(0, LONGEST_PATH) : e.path).replace(UNENCODED, (c) => encodeURIComponent(c.toWellFormed()));
+  const path = e.path.length > LONGEST_PATH ? `${encoded}…` : encoded;
   const line: Record<string, unknown> = { audit: 'admin', at: new Date().toISOString(), method: e.method, path, ip: e.ip, status: e.status };
   if (e.error !== undefined) line.error = e.error;
   line.ms = Math.round(e.ms);
