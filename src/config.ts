@@ -56,8 +56,9 @@ const url = (...protocols: string[]): Parser<string> => (raw) => {
   try {
     u = new URL(raw);
   } catch {
-    // the value may carry a password (postgres://user:secret@...): not echoed into a log
-    throw new Error(`not a URL: "${raw.replace(URL_CREDENTIALS, '//<credentials>@')}"`);
+    // the value may carry a password (postgres://user:secret@...): not echoed into a log. All up to the last @,
+    // not URL_CREDENTIALS' authority: what does not parse may be a password holding a / # or ? left unencoded
+    throw new Error(`not a URL: "${raw.replace(/^([a-z][a-z\d+.-]*:\/\/)?[\s\S]*@/i, '$1<credentials>@')}"`);
   }
   if (!protocols.includes(u.protocol)) throw new Error(`expected ${protocols.join(' or ')} URL, got "${u.protocol}"`);
   return raw;

@@ -41,6 +41,12 @@ describe('loadConfig', () => {
     ]);
     // a password in a URL that does not parse is not echoed into the log
     expect(problems({ DATABASE_URL: 'postgres://u:s3cr3t@[bad/db' })).toEqual(['DATABASE_URL: not a URL: "postgres://<credentials>@[bad/db"']);
+    // a password holding a / # or ? (unencoded, as a generated one may) ended the URL's authority early: it was
+    // echoed whole
+    expect(problems({ REDIS_URL: 'redis://:pa#s3cr3t@127.0.0.1:6379', DATABASE_URL: 'postgres://u:ab/s3cr3t@host/db' })).toEqual([
+      'REDIS_URL: not a URL: "redis://<credentials>@127.0.0.1:6379"',
+      'DATABASE_URL: not a URL: "postgres://<credentials>@host/db"',
+    ]);
     expect(problems({ RATE_LIMIT_FAILURES: '99999999999999999999' })).toEqual(['RATE_LIMIT_FAILURES: expected an integer >= 1, got 99999999999999999999']);
   });
 
