@@ -19,22 +19,54 @@ export class NotPlain extends Error {}
 /**
  * MessagePack bytes as plain data: throws msgpackr's error when they do not decode, NotPlain when they hold
  * an extension type or a string that is not valid UTF-8. msgpackr would turn invalid UTF-8 into U+FFFD, so
- * two different byte strings would be one id: every U+FFFD of a string must be in the body as such.
+ * two different byte strings would be one id: a body whose strings (map keys too) hold a U+FFFD has each
+ * string's own bytes checked.
  */
 export function unpackPlain(body: Buffer): unknown {
   const value = unpackr.unpack(body);
-  const replaced = plainData(value);
-  if (replaced > 0 && replaced > count(body, REPLACEMENT)) throw new NotPlain('a string is not valid UTF-8');
+  if (plainData(value) && !stringsAreUtf8(body)) throw new NotPlain('a string is not valid UTF-8');
   return value;
 }
 
-/** U+FFFD as UTF-8: a decoded string holds one for each of these in the body, and one per invalid sequence. */
-const REPLACEMENT = Buffer.from('\ufffd');
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 
-function count(haystack: Buffer, needle: Buffer): number {
-  let n = 0;
-  for (let i = haystack.indexOf(needle); i >= 0; i = haystack.indexOf(needle, i + needle.length)) n++;
-  return n;
+/**
+ * The items with more than their first byte: [bytes of the length that follows it (str, bin, ext), bytes after
+ * that, the payload when no length is given (numbers, fixext, the counts of array and map 16/32) or an ext's type
+ * byte]. Their items follow an array or map, so a walk needs no nesting; msgpackr's own extensions (records,
+ * bundled strings) keep their strings as str items further on.
+ */
+const SIZED: Record<number, [number, number]> = {
+  0xc4: [1, 0], 0xc5: [2, 0], 0xc6: [4, 0], 0xc7: [1, 1], 0xc8: [2, 1], 0xc9: [4, 1], 0xd9: [1, 0], 0xda: [2, 0], 0xdb: [4, 0],
+  0xca: [0, 4], 0xcb: [0, 8], 0xcc: [0, 1], 0xcd: [0, 2], 0xce: [0, 4], 0xcf: [0, 8], 0xd0: [0, 1], 0xd1: [0, 2], 0xd2: [0, 4], 0xd3: [0, 8],
+  0xd4: [0, 2], 0xd5: [0, 3], 0xd6: [0, 5], 0xd7: [0, 9], 0xd8: [0, 17], 0xdc: [0, 2], 0xdd: [0, 4], 0xde: [0, 2], 0xdf: [0, 4],
+};
+const isStr = (b: number) => (b >= 0xa0 && b <= 0xbf) || b === 0xd9 || b === 0xda || b === 0xdb;
+
+/**
+ * Whether every string of `body` (which msgpackr decoded whole) is valid UTF-8, each on its own bytes: a count of
+ * U+FFFD in the body against those decoded let one through beside a real U+FFFD in a field the route ignores, or
+ * one whose replacement's bytes stood across its end and the next item's header (EF BF | BD, a 29-byte string's).
+ */
+function stringsAreUtf8(body: Buffer): boolean {
+  let i = 0;
+  while (i < body.length) {
+    const b = body[i++]!;
+    const [lengthBytes, extra] = SIZED[b] ?? [0, b >= 0xa0 && b <= 0xbf ? b & 0x1f : 0];
+    if (i + lengthBytes > body.length) return false;
+    const start = i + lengthBytes;
+    const end = start + (lengthBytes ? body.readUIntBE(i, lengthBytes) : 0) + extra;
+    if (end > body.length) return false;
+    if (isStr(b)) {
+      try {
+        strictUtf8.decode(body.subarray(start, end));
+      } catch {
+        return false;
+      }
+    }
+    i = end;
+  }
+  return true;
 }
 
 /**
@@ -42,18 +74,18 @@ function count(haystack: Buffer, needle: Buffer): number {
  * a Set, a RegExp, a Date): the schemas take any object for a map, so only maps, arrays, strings, numbers,
  * booleans, nil and bin go further, and a Date (the spec's own timestamp) within the body: Go writes every
  * time.Time as one, so a newer satellite's time field must be an unknown field ignored, while a known field
- * refuses it as its wrong type. A loop, not recursion: nesting can be thousands deep. Returns how many
- * U+FFFD the string values hold.
+ * refuses it as its wrong type. A loop, not recursion: nesting can be thousands deep. Returns whether a
+ * string, a map's keys among them, holds a U+FFFD.
  */
-function plainData(value: unknown): number {
+function plainData(value: unknown): boolean {
   if (value instanceof Date) throw notPlain('Date');
   const stack = [value];
-  let replaced = 0;
+  let replaced = false;
   while (stack.length) {
     const v = stack.pop();
     if (v instanceof Date) continue;
     if (typeof v === 'string') {
-      for (let i = v.indexOf('\ufffd'); i >= 0; i = v.indexOf('\ufffd', i + 1)) replaced++;
+      replaced ||= v.includes('\ufffd');
       continue;
     }
     // a bigint (msgpackr's BigInt extension) passed the schemas in an unknown field, then broke the audit line's JSON
@@ -67,7 +99,10 @@ function plainData(value: unknown): number {
     if (proto !== Object.prototype && proto !== null) {
       throw notPlain(String(proto?.constructor?.name ?? 'unknown').slice(0, 40));
     }
-    for (const x of Object.values(v)) stack.push(x);
+    for (const [k, x] of Object.entries(v)) {
+      replaced ||= k.includes('\ufffd');
+      stack.push(x);
+    }
   }
   return replaced;
 }

@@ -315,6 +315,25 @@ describe('strings that are not valid UTF-8', () => {
     expect((await msgpack(redeemBody(t1!, Buffer.from('a\ufffd')))).status).toBe(200);
     expect((await call(pool, 'POST', '/v1/tokens/redeem', { key: keyB, raw: `{"token":"${t2}","userId":"b\\ufffd"}`, contentType: 'application/json' })).status).toBe(200);
   });
+
+  // U+FFFD was counted in the body against those in the values: a real one in a field the route ignores, or a
+  // replacement's bytes standing across a string's end and the next header (EF BF | BD: a 29-byte string's), let one through
+  it('are refused whatever else the body holds', async () => {
+    const [t] = await tokensFor('sat-a', 'utf8-owner-2', 1);
+    const str = (b: Buffer) => Buffer.concat([Buffer.from([0xa0 + b.length]), b]);
+    const redeem = (userId: Buffer, extra: Buffer) => call(pool, 'POST', '/v1/tokens/redeem', {
+      key: keyB, contentType: 'application/msgpack', accept: 'application/json',
+      raw: Buffer.concat([Buffer.from([0x83]), str(Buffer.from('token')), Buffer.from([0xd9, 36]), Buffer.from(t!), str(Buffer.from('userId')), str(userId), extra]),
+    });
+    const keyed = await redeem(Buffer.from([0x62, 0xff]), Buffer.concat([str(Buffer.from('\ufffd')), Buffer.from([0xc0])]));
+    expect([keyed.status, keyed.body]).toEqual([400, { error: 'invalid_request', message: 'body: a string is not valid UTF-8' }]);
+    const across = await redeem(Buffer.from([0x62, 0xef, 0xbf]), Buffer.concat([str(Buffer.from('x'.repeat(29))), Buffer.from([0xc0])]));
+    expect([across.status, across.body]).toEqual([400, { error: 'invalid_request', message: 'body: a string is not valid UTF-8' }]);
+    // a key that is not valid UTF-8 is refused too; a real U+FFFD in a key the route ignores is not
+    const badKey = await redeem(Buffer.from('u'), Buffer.concat([str(Buffer.from([0x78, 0xfe])), Buffer.from([0xc0])]));
+    expect([badKey.status, badKey.body.message]).toEqual([400, 'body: a string is not valid UTF-8']);
+    expect((await redeem(Buffer.from('u'), Buffer.concat([str(Buffer.from('x\ufffd')), Buffer.from([0xc0])]))).status).toBe(200);
+  });
 });
 
 describe('Accept with q-values', () => {
