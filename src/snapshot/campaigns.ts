@@ -12,10 +12,12 @@ const RESTORED_RUNNING = 'restored from the Postgres snapshot while running: run
 // a resume of an expired campaign refuses to run: the hint above would only lead to that refusal
 const RESTORED_EXPIRED = 'restored from the Postgres snapshot while running, and the campaign has expired since: start a new --campaign for the users it did not serve';
 
+// an unchanged row is left alone: the minute's full copy rewrote every row, a dead row version each time
 const UPSERT = `
   INSERT INTO campaigns (id, meta, progress)
   SELECT r->>'id', r->'meta', r->'progress' FROM jsonb_array_elements($1::jsonb) r
-  ON CONFLICT (id) DO UPDATE SET meta = EXCLUDED.meta, progress = EXCLUDED.progress`;
+  ON CONFLICT (id) DO UPDATE SET meta = EXCLUDED.meta, progress = EXCLUDED.progress
+  WHERE (campaigns.meta, campaigns.progress) IS DISTINCT FROM (EXCLUDED.meta, EXCLUDED.progress)`;
 
 interface CampaignRow {
   id: string;

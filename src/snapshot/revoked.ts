@@ -4,10 +4,12 @@ import { markRevokedInShards } from '../store/campaigns.js';
 import { Keys, SHARDS } from '../store/keys.js';
 import { jsonb, PeriodicCopy } from './copy.js';
 
+// an unchanged row is left alone: the minute's full copy rewrote every row, a dead row version each time
 const UPSERT = `
   INSERT INTO revoked_campaigns (id, revoked_at)
   SELECT r->>0, (r->>1)::bigint FROM jsonb_array_elements($1::jsonb) r
-  ON CONFLICT (id) DO UPDATE SET revoked_at = EXCLUDED.revoked_at`;
+  ON CONFLICT (id) DO UPDATE SET revoked_at = EXCLUDED.revoked_at
+  WHERE revoked_campaigns.revoked_at IS DISTINCT FROM EXCLUDED.revoked_at`;
 
 /** Redis' registry of revoked campaigns: id -> revokedAt ms. */
 export async function readRevoked(redis: RedisClient, prefix: string): Promise<Map<string, number>> {

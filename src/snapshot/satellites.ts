@@ -4,12 +4,14 @@ import { insertSatellite, readRegistry, SatelliteKeys, type SatelliteRecord } fr
 
 import { jsonb, PeriodicCopy } from './copy.js';
 
-// One statement, so a copy lands whole. Registered and removed ids are disjoint (readRegistry).
+// One statement, so a copy lands whole. Registered and removed ids are disjoint (readRegistry). A row that
+// did not change is left alone: the minute's full copy rewrote every row, a dead row version each time.
 const UPSERT = `
   WITH gone AS (DELETE FROM satellites WHERE id = ANY($2::text[]))
   INSERT INTO satellites (id, fields, api_keys)
   SELECT r->>'id', r->'fields', r->'apiKeys' FROM jsonb_array_elements($1::jsonb) r
-  ON CONFLICT (id) DO UPDATE SET fields = EXCLUDED.fields, api_keys = EXCLUDED.api_keys`;
+  ON CONFLICT (id) DO UPDATE SET fields = EXCLUDED.fields, api_keys = EXCLUDED.api_keys
+  WHERE (satellites.fields, satellites.api_keys) IS DISTINCT FROM (EXCLUDED.fields, EXCLUDED.api_keys)`;
 
 /**
  * Copies the satellite registry to Postgres for the snapshot writer. Satellites change rarely and are
