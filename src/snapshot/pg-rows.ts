@@ -13,7 +13,9 @@ export async function* pgShardRows(pool: pg.Pool, shard: number): AsyncGenerator
   let op = '>=';
   for (;;) {
     const res = await pool.query<Row>({
-      text: `SELECT ${ROW_COLUMNS}, CASE WHEN purged_at IS NULL THEN '' ELSE 'purged' END FROM tokens WHERE token ${op} $1 AND token <= $2 ORDER BY token LIMIT ${PAGE}`,
+      // ORDER BY tokens.token, the uuid: a bare `token` names the output column (token::text), which Postgres
+      // sorted after reading the rest of the shard, every page (85 ms a page of a 62,000-row shard, 6 ms in key order)
+      text: `SELECT ${ROW_COLUMNS}, CASE WHEN purged_at IS NULL THEN '' ELSE 'purged' END FROM tokens WHERE token ${op} $1 AND token <= $2 ORDER BY tokens.token LIMIT ${PAGE}`,
       values: [after, hi],
       rowMode: 'array',
     });

@@ -75,3 +75,32 @@ export async function pgProxy(dbUrl: string) {
     },
   };
 }
+
+/** A node of a plan as EXPLAIN (FORMAT JSON) gives it. */
+export interface PlanNode {
+  'Node Type': string;
+  'Index Name'?: string;
+  'Relation Name'?: string;
+  'Sort Key'?: string[];
+  Plans?: PlanNode[];
+}
+
+/** Every node of a plan, depth first. */
+export const planNodes = (n: PlanNode): PlanNode[] => [n, ...(n.Plans ?? []).flatMap(planNodes)];
+
+/**
+ * `pool` as code under test uses it, with the plan Postgres chose for each SELECT it sends (EXPLAIN, not run
+ * twice) recorded in `plans` next to its text: the test asserts how a query reads, on real data, not how long.
+ */
+export function recordingPlans(pool: pg.Pool): { pool: pg.Pool; plans: { text: string; plan: PlanNode }[] } {
+  const plans: { text: string; plan: PlanNode }[] = [];
+  const query = async (q: string | pg.QueryConfig, values?: unknown[]) => {
+    const config = typeof q === 'string' ? { text: q, values } : q;
+    if (/^\s*SELECT/i.test(config.text)) {
+      const res = await pool.query<{ 'QUERY PLAN': { Plan: PlanNode }[] }>(`EXPLAIN (FORMAT JSON) ${config.text}`, config.values);
+      plans.push({ text: config.text, plan: res.rows[0]!['QUERY PLAN'][0]!.Plan });
+    }
+    return pool.query(config);
+  };
+  return { pool: new Proxy(pool, { get: (target, key) => (key === 'query' ? query : Reflect.get(target, key)) }), plans };
+}
