@@ -31,8 +31,10 @@ export async function findLostShards(redis: RedisClient, pool: pg.Pool, prefix: 
       await markShards(redis, prefix, [s]);
       continue;
     }
-    const r = await onPostgres(() => pool.query<{ held: boolean }>('SELECT EXISTS (SELECT 1 FROM tokens WHERE token BETWEEN $1 AND $2 AND purged_at IS NULL) AS held', shardRange(s)));
-    if (r.rows[0]!.held) lost.push(s);
+    // the shard's first row not purged, along the key: under EXISTS the planner took a Seq Scan that meets one
+    // soon, and read the whole table for a shard whose every row is purged (1.2 s at 4M rows)
+    const r = await onPostgres(() => pool.query('SELECT 1 FROM tokens WHERE token BETWEEN $1 AND $2 AND purged_at IS NULL ORDER BY token LIMIT 1', shardRange(s)));
+    if (r.rowCount) lost.push(s);
     else await markShards(redis, prefix, [s]);
   }
   if (lost.length) await redis.sadd(keys.lostShards(), ...lost);
