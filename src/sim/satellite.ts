@@ -35,10 +35,6 @@ export class SimSatellite {
     this.failAfterTokens = failAfter;
   }
 
-  get userCount(): number {
-    return this.ids.length;
-  }
-
   get tokensStored(): number {
     return this.storedTotal;
   }
