@@ -1,5 +1,5 @@
 --[[
-  campaign_delivered: users whose whole set a satellite accepted, recorded and counted in one step (src/campaigns/store.ts).
+  campaign_delivered: users whose whole set a satellite accepted, recorded and counted in one step (src/store/campaign-store.ts).
   KEYS[1] the satellite's delivered users <p>:{camp:<id>}:dlv:<sat>
   KEYS[2] the satellite's progress        <p>:{camp:<id>}:prog:<sat>
           (both carry the hash tag {camp:<id>}: one slot)

@@ -1,5 +1,5 @@
 --[[
-  campaign_made: the tokens a campaign made for users of one satellite, recorded and counted in one step (src/campaigns/store.ts).
+  campaign_made: the tokens a campaign made for users of one satellite, recorded and counted in one step (src/store/campaign-store.ts).
   KEYS[1] the satellite's made tokens     <p>:{camp:<id>}:made:<sat>   user -> comma-joined tokens
   KEYS[2] the satellite's progress        <p>:{camp:<id>}:prog:<sat>
           (both carry the hash tag {camp:<id>}: one slot)

@@ -1,5 +1,5 @@
 --[[
-  campaign_open: a campaign's record, written whole or not at all (src/campaigns/store.ts).
+  campaign_open: a campaign's record, written whole or not at all (src/store/campaign-store.ts).
   KEYS[1] the campaign's record <p>:{camp:<id>}:meta   (one key: one slot)
   ARGV    field, value, field, value, ... (id, perUser, satellites, createdAt, expiresAt?)
   Reply: 1 when created, 0 when the campaign exists.

@@ -1,5 +1,5 @@
 --[[
-  campaign_refuse: users a satellite refused in a campaign, recorded and counted in one step (src/campaigns/store.ts).
+  campaign_refuse: users a satellite refused in a campaign, recorded and counted in one step (src/store/campaign-store.ts).
   KEYS[1] the satellite's refused users   <p>:{camp:<id>}:rej:<sat>
   KEYS[2] the satellite's progress        <p>:{camp:<id>}:prog:<sat>
           (both carry the hash tag {camp:<id>}: one slot)
