@@ -110,7 +110,7 @@ local function load_token(bucket, dict, rs, rd, hex, now, token)
   local owner = redis.call('HGET', bucket, '#' .. ref) or ':'
   local satNum, user = string.match(owner, '^(%d*):(.*)$')
   local n = redis.call('HMGET', dict, 'S' .. (satNum or ''), 'C' .. camp)
-  -- made by one constructor, sized for its 10 fields (16 slots), which leaves room for what a redeem or
+  -- made by one constructor, sized for its 11 fields (16 slots), which leaves room for what a redeem or
   -- a reserve adds without the table growing
   token = token or string.sub(hex, 1, 8) .. '-' .. string.sub(hex, 9, 12) .. '-' .. string.sub(hex, 13, 16) .. '-' ..
     string.sub(hex, 17, 20) .. '-' .. string.sub(hex, 21, 32)
