@@ -110,13 +110,13 @@ const secretList: Parser<string[]> = (raw) => {
   return secrets.map((x) => x.toLowerCase());
 };
 
-/** Ten years: a longer grace is a typo, and past ~285,000 years the old key's end is no date at all. */
 const MAX_WORKERS = 256;
 /** One per core, but never past what WORKERS itself accepts: a host with more cores got more workers than the setting allows. */
 function defaultWorkers(): number {
   return Math.min(MAX_WORKERS, Math.max(1, os.availableParallelism()));
 }
 
+/** Ten years: a longer grace is a typo, and past ~285,000 years the old key's end is no date at all. */
 export const MAX_KEY_GRACE_MS = 10 * 365 * 24 * 3600_000;
 
 export const settings = {
