@@ -34,14 +34,14 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       const added = JSON.parse(json.stdout) as { id: string; apiKey: string };
       expect(Object.keys(added).sort()).toEqual(['apiKey', 'id']);
       expect(added.id).toBe('sat-a');
-      expect(await registry.authenticate(added.apiKey)).toBe('sat-a');
+      expect((await registry.keyHolder(added.apiKey))?.id).toBe('sat-a');
       expect(await registry.get('sat-a')).toMatchObject({ url: 'http://127.0.0.1:9/', name: 'A', outboundKey: 'out-secret-a' });
 
       const text = await cli('satellites', 'add', '--id', 'sat-b');
       expect(text.code, text.stderr).toBe(0);
       expect(text.stdout).toMatch(/shown only this once/);
       const key = /^(rmk_\S+)$/m.exec(text.stdout)?.[1];
-      expect(await registry.authenticate(key!)).toBe('sat-b');
+      expect((await registry.keyHolder(key!))?.id).toBe('sat-b');
 
       const dup = await cli('satellites', 'add', '--id', 'sat-a');
       expect(dup.code).toBe(1);
@@ -59,7 +59,7 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect(text.code, text.stderr).toBe(0);
       expect(text.stdout).toMatch(/satellite "sat-u" updated: url https:\/\/u\.example, name New, outbound key not set/);
       expect(await registry.get('sat-u')).toEqual({ id: 'sat-u', name: 'New', url: 'https://u.example', createdAt: expect.any(Number) });
-      expect(await registry.authenticate(apiKey)).toBe('sat-u');
+      expect((await registry.keyHolder(apiKey))?.id).toBe('sat-u');
 
       for (const [args, message] of [
         [[], /nothing to change/],
@@ -133,8 +133,8 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect(graced.code, graced.stderr).toBe(0);
       const { apiKey: k1 } = JSON.parse(graced.stdout) as { apiKey: string };
       expect(Object.keys(JSON.parse(graced.stdout))).toEqual(['apiKey']);
-      expect(await registry.authenticate(k1)).toBe('sat-a');
-      expect(await registry.authenticate(k0)).toBe('sat-a');
+      expect((await registry.keyHolder(k1))?.id).toBe('sat-a');
+      expect((await registry.keyHolder(k0))?.id).toBe('sat-a');
       // the old key's entry ends 600 s after the rotation, not later
       const until = Number((await fx.redis.hget(`${fx.prefix}:{sat}:keys`, hashKey(k0)))!.split('\t')[1]);
       expect(until).toBeGreaterThanOrEqual(before + 600_000);
@@ -144,17 +144,17 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect(now.code, now.stderr).toBe(0);
       expect(now.stdout).toMatch(/old key no longer works/);
       const k2 = /^(rmk_\S+)$/m.exec(now.stdout)?.[1];
-      expect(await registry.authenticate(k2!)).toBe('sat-a');
-      expect(await registry.authenticate(k1)).toBeUndefined();
-      expect(await registry.authenticate(k0)).toBeUndefined();
+      expect((await registry.keyHolder(k2!))?.id).toBe('sat-a');
+      expect((await registry.keyHolder(k1))?.id).toBeUndefined();
+      expect((await registry.keyHolder(k0))?.id).toBeUndefined();
     });
 
     it('rotate-key without --grace uses KEY_GRACE_MS', async () => {
       const { apiKey: old } = await registry.rotateKey('sat-b', 0);
       const r = await runCli(['satellites', 'rotate-key', 'sat-b', '--json'], { ...env, KEY_GRACE_MS: '0' });
       expect(r.code, r.stderr).toBe(0);
-      expect(await registry.authenticate(old)).toBeUndefined();
-      expect(await registry.authenticate((JSON.parse(r.stdout) as { apiKey: string }).apiKey)).toBe('sat-b');
+      expect((await registry.keyHolder(old))?.id).toBeUndefined();
+      expect((await registry.keyHolder((JSON.parse(r.stdout) as { apiKey: string }).apiKey))?.id).toBe('sat-b');
     });
 
     it('rotate-key with a grace past any date (--grace or KEY_GRACE_MS) is a usage error and rotates nothing', async () => {
@@ -173,7 +173,7 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       expect(runs[1]!.stderr).toMatch(/KEY_GRACE_MS: expected 0\.\./);
       // still the only key, with no end
       expect(await fx.redis.hget(`${fx.prefix}:{sat}:keys`, hashKey(current))).toBe('sat-grace\t');
-      expect(await registry.authenticate(current)).toBe('sat-grace');
+      expect((await registry.keyHolder(current))?.id).toBe('sat-grace');
       await registry.remove('sat-grace');
     });
 
@@ -182,7 +182,7 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       const r = await cli('satellites', 'remove', 'sat-gone');
       expect(r.code, r.stderr).toBe(0);
       expect(await registry.get('sat-gone')).toBeUndefined();
-      expect(await registry.authenticate(apiKey)).toBeUndefined();
+      expect((await registry.keyHolder(apiKey))?.id).toBeUndefined();
       for (const args of [['remove', 'sat-gone'], ['rotate-key', 'sat-gone']]) {
         const bad = await cli('satellites', ...args);
         expect(bad.code).toBe(1);
@@ -196,14 +196,14 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       const rotated = await Promise.all(Array.from({ length: 8 }, () => registry.rotateKey('sat-race', 60_000)));
       const keys = [first, ...rotated.map((r) => r.apiKey)];
       // every one works: the last rotation's key, and each one retired within its grace (a satellite may hold any)
-      expect(await Promise.all(keys.map((k) => registry.authenticate(k)))).toEqual(Array(9).fill('sat-race'));
+      expect(await Promise.all(keys.map(async (k) => (await registry.keyHolder(k))?.id))).toEqual(Array(9).fill('sat-race'));
       // none is left untracked: the satellite's record names each retired key still in the index
       const record = await fx.redis.hgetall(`${fx.prefix}:{sat}:s:sat-race`);
       expect(new Set([record.keyHash, ...record.prevKeyHash!.split(' ')])).toEqual(new Set(keys.map((k) => hashKey(k))));
       // an entry an older, non-atomic rotation could have left in the index
       await fx.redis.hset(`${fx.prefix}:{sat}:keys`, hashKey('rmk_orphan'), 'sat-race\t');
       await registry.remove('sat-race');
-      expect(await Promise.all([...keys, 'rmk_orphan'].map((k) => registry.authenticate(k)))).toEqual(Array(10).fill(undefined));
+      expect(await Promise.all([...keys, 'rmk_orphan'].map(async (k) => (await registry.keyHolder(k))?.id))).toEqual(Array(10).fill(undefined));
       expect(Object.values(await fx.redis.hgetall(`${fx.prefix}:{sat}:keys`)).filter((v) => v.startsWith('sat-race\t'))).toEqual([]);
     });
   });

@@ -72,9 +72,9 @@ describe('satellites reach Postgres and come back with restore (real Redis, real
     expect(await restoreFromPostgres(fx.redis, pool, restored)).toBe(2);
     expect(await restoreSatellites(fx.redis, pool, restored)).toEqual({ restored: 1, kept: 0 });
     const back = new SatelliteRegistry(fx.redis, restored);
-    expect(await back.authenticate(a2.apiKey)).toBe('sat-a');
-    expect(await back.authenticate(a.apiKey)).toBe('sat-a');
-    expect(await back.authenticate(b.apiKey)).toBeUndefined();
+    expect((await back.keyHolder(a2.apiKey))?.id).toBe('sat-a');
+    expect((await back.keyHolder(a.apiKey))?.id).toBe('sat-a');
+    expect((await back.keyHolder(b.apiKey))?.id).toBeUndefined();
     expect(await back.get('sat-a')).toEqual(await reg.get('sat-a'));
     expect(await verify(fx.redis, pool, restored)).toMatchObject({ tokens: 2, satellites: 1, differences: 0 });
     // a satellite registered since the snapshot is newer than it: kept
@@ -125,7 +125,7 @@ describe('satellites reach Postgres and come back with restore (real Redis, real
     expect(await restoreSatellites(fx.redis, pool, rebuilt)).toMatchObject({ kept: 0 });
     const back = new SatelliteRegistry(fx.redis, rebuilt);
     expect(await back.get('sat-u')).toEqual({ id: 'sat-u', url: 'https://after.example', outboundKey: 'out-u', createdAt: (await reg.get('sat-u'))!.createdAt });
-    expect(await back.authenticate(apiKey)).toBe('sat-u');
+    expect((await back.keyHolder(apiKey))?.id).toBe('sat-u');
   });
 
   // a satellite removed (say its key leaked) before the writer copied the removal came back, key and all,
@@ -137,12 +137,12 @@ describe('satellites reach Postgres and come back with restore (real Redis, real
     await rowsUntil((r) => r.some((x) => x.id === 'sat-x'));
     await w.stop();
     await reg.remove('sat-x');
-    expect(await reg.authenticate(apiKey)).toBeUndefined();
+    expect((await reg.keyHolder(apiKey))?.id).toBeUndefined();
 
     const r = await runCli(['restore', '--from-postgres', '--force'], { KEY_PREFIX: retired, DATABASE_URL: db.url });
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(await reg.get('sat-x')).toBeUndefined();
-    expect(await reg.authenticate(apiKey)).toBeUndefined();
+    expect((await reg.keyHolder(apiKey))?.id).toBeUndefined();
     // the satellites of the snapshot Redis lacks came back; the removal is the writer's to copy
     expect(await reg.get('sat-u')).toBeDefined();
     expect((await verify(fx.redis, pool, retired)).listed.filter((d) => d.token.includes('{sat}'))).toEqual([{ token: `${retired}:{sat}:s:sat-x`, kind: 'only_postgres' }]);

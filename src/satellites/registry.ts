@@ -129,12 +129,10 @@ export class SatelliteRegistry {
     return { subscribed, close: () => sub.disconnect() };
   }
 
-  /** The satellite a key belongs to, or undefined. Looked up by hash, so the key never leaves this process. */
-  async authenticate(apiKey: string): Promise<string | undefined> {
-    return (await this.keyHolder(apiKey))?.id;
-  }
-
-  /** authenticate, with the epoch ms a rotated key's grace ends (none for a current key). */
+  /**
+   * The satellite a key belongs to, or undefined, with the epoch ms a rotated key's grace ends (none for a
+   * current key). Looked up by hash, so the key never leaves this process.
+   */
   async keyHolder(apiKey: string): Promise<{ id: string; until?: number } | undefined> {
     const entry = await this.redis.hget(this.keys.index(), hashKey(apiKey));
     if (!entry) return undefined;
