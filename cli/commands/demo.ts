@@ -13,15 +13,15 @@ interface Child {
   stop(): Promise<void>;
 }
 
-/** This binary again, as a child; resolves once its output matches `ready`. */
-function start(args: string[], env: Record<string, string>, ready: RegExp): Promise<Child> {
+/** This binary again, as a child (serve or satellite-sim); resolves once it says it is listening. */
+function start(args: string[], env: Record<string, string>): Promise<Child> {
   const proc = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   return new Promise((resolve, reject) => {
     let out = '';
     const onData = (d: Buffer) => {
       out += d.toString();
-      if (ready.test(out)) {
+      if (/listening on/.test(out)) {
         proc.stdout!.off('data', onData);
         proc.stderr!.off('data', onData);
         resolve({ proc, stop: async () => void (proc.exitCode === null && proc.kill('SIGTERM'), await exited) });
@@ -72,7 +72,7 @@ export function register(program: Command): void {
       try {
         step(`manager: referral-manager serve (key prefix ${prefix}; snapshot off so the demo leaves Postgres alone)`);
         const port = await freePort();
-        children.push(await start(['serve', '--host', '127.0.0.1', '--port', String(port), '--workers', '1'], env, /listening on/));
+        children.push(await start(['serve', '--host', '127.0.0.1', '--port', String(port), '--workers', '1'], env));
         const manager = `http://127.0.0.1:${port}`;
         console.log(`listening on ${manager}`);
 
@@ -89,7 +89,7 @@ export function register(program: Command): void {
         for (const s of sats) {
           const peer = sats.find((p) => p !== s)!;
           const args = ['satellite-sim', '--id', s.id, '--port', String(s.port), '--users', opts.users, '--manager', manager, '--key', keys[s.id]!, '--outbound-key', `demo-outbound-${s.id}`, '--peer', `http://127.0.0.1:${peer.port}`];
-          children.push(await start(args, env, /listening on/));
+          children.push(await start(args, env));
           console.log(`${s.id} on http://127.0.0.1:${s.port}`);
         }
 
