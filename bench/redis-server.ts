@@ -133,7 +133,7 @@ export async function startCluster(masters = 3, extraArgs: string[] = [], replic
     const clientPorts = ports.slice(0, servers);
     for (let i = 0; i < servers; i++) await start(i);
     const nodes = clientPorts.map((port) => `127.0.0.1:${port}`);
-    await run('redis-cli', ['--cluster', 'create', ...nodes, '--cluster-replicas', String(replicas), '--cluster-yes']);
+    await redisCli(['--cluster', 'create', ...nodes, '--cluster-replicas', String(replicas), '--cluster-yes']);
     await untilClusterOk(clientPorts);
     return {
       nodes,
@@ -180,18 +180,18 @@ export function waitForOutput(proc: ChildProcess, pattern: RegExp, what: string,
 
 const ready = (proc: ChildProcess, what: string) => waitForOutput(proc, /Ready to accept connections/, what);
 
-function run(cmd: string, args: string[], ms = 60_000): Promise<string> {
+function redisCli(args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
-    const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn('redis-cli', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
     proc.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    const timer = setTimeout(() => proc.kill('SIGKILL'), ms);
+    const timer = setTimeout(() => proc.kill('SIGKILL'), 60_000);
     proc.once('error', reject);
     proc.once('exit', (code) => {
       clearTimeout(timer);
       if (code === 0) resolve(out);
-      else reject(new Error(`${cmd} ${args.join(' ')} exited with ${code}:\n${out}`));
+      else reject(new Error(`redis-cli ${args.join(' ')} exited with ${code}:\n${out}`));
     });
   });
 }
