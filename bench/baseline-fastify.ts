@@ -1,4 +1,3 @@
-import { pathToFileURL } from 'node:url';
 import Fastify from 'fastify';
 import { Redis } from 'ioredis';
 
@@ -8,7 +7,7 @@ import { Redis } from 'ioredis';
  * HMGET and updated with HSET (no Lua, no shards, no event stream).
  * `node dist/bench/baseline-fastify.js <port> <redisUrl> <prefix> <satelliteKey>`.
  */
-export async function listen(port: number, redisUrl: string, prefix: string, keys: Map<string, string>): Promise<void> {
+async function listen(port: number, redisUrl: string, prefix: string, keys: Map<string, string>): Promise<void> {
   const redis = new Redis(redisUrl);
   const app = Fastify({ logger: false });
   app.post<{ Body: { token?: unknown; userId?: unknown } }>('/v1/tokens/redeem', async (req, reply) => {
@@ -26,8 +25,6 @@ export async function listen(port: number, redisUrl: string, prefix: string, key
   await app.listen({ host: '127.0.0.1', port });
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  const [port, redisUrl, prefix, key] = process.argv.slice(2);
-  await listen(Number(port), redisUrl!, prefix!, new Map([[key!, 'bench-sat']]));
-  console.log('listening');
-}
+const [port, redisUrl, prefix, key] = process.argv.slice(2);
+await listen(Number(port), redisUrl!, prefix!, new Map([[key!, 'bench-sat']]));
+console.log('listening');

@@ -1,4 +1,3 @@
-import { pathToFileURL } from 'node:url';
 import uws from 'uWebSockets.js';
 
 /**
@@ -7,7 +6,7 @@ import uws from 'uWebSockets.js';
  */
 const REPLY = Buffer.from([0x81, 0xa2, 0x6f, 0x6b, 0xc3]); // {ok: true}
 
-export function listen(port: number): Promise<void> {
+function listen(port: number): Promise<void> {
   const app = uws.App().any('/*', (res) => {
     let aborted = false;
     res.onAborted(() => (aborted = true));
@@ -18,7 +17,5 @@ export function listen(port: number): Promise<void> {
   return new Promise((resolve, reject) => app.listen('127.0.0.1', port, (s) => (s ? resolve() : reject(new Error(`cannot listen on ${port}`)))));
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  await listen(Number(process.argv[2]));
-  console.log('listening');
-}
+await listen(Number(process.argv[2]));
+console.log('listening');
