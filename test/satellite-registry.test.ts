@@ -148,9 +148,9 @@ describe('the grace of a rotated key', () => {
 // with no ADMIN_KEY no key opens the admin routes: not even an empty one, should a caller ever pass it
 describe('the admin key', () => {
   it('is none when not set; when set only that key is it', () => {
-    expect(new Authenticator(registry, '').isAdmin('')).toBe(false);
-    expect(new Authenticator(registry, '').adminEnabled).toBe(false);
-    const auth = new Authenticator(registry, 'the-admin-key');
+    expect(new Authenticator(registry, '', 0).isAdmin('')).toBe(false);
+    expect(new Authenticator(registry, '', 0).adminEnabled).toBe(false);
+    const auth = new Authenticator(registry, 'the-admin-key', 0);
     expect(auth.isAdmin('the-admin-key')).toBe(true);
     expect(auth.isAdmin('the-admin-ke')).toBe(false);
     expect(auth.isAdmin('')).toBe(false);

@@ -19,7 +19,7 @@ export class Authenticator {
   constructor(
     private readonly registry: SatelliteRegistry,
     private readonly adminKey: string,
-    private readonly ttlMs = 5000,
+    private readonly ttlMs: number,
   ) {}
 
   static bearer(header: string): string | undefined {
