@@ -13,7 +13,7 @@ export type AuthKind = 'satellite' | 'admin' | 'metrics' | 'none';
 
 /** A refusal with extra reply headers (Retry-After). */
 export class HttpError extends DomainError {
-  constructor(code: ErrorCode, message?: string, readonly headers: [string, string][] = []) {
+  constructor(code: ErrorCode, message: string | undefined, readonly headers: [string, string][]) {
     super(code, message);
   }
 }
