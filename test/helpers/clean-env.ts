@@ -5,7 +5,7 @@ import { settings } from '../../src/config.js';
  * do not set, and every child they start (serve, the CLI, snapshot, demo) inherits process.env: a REDIS_URL,
  * KEY_PREFIX, ADMIN_KEY, PORT, DATABASE_URL, METRICS_KEY... of the shell or CI job that runs the tests went
  * into them and changed what they did (an ADMIN_KEY shorter than 32 characters failed every CLI run). So no
- * setting of the config module comes from outside; TEST_REDIS_URL (test/helpers/redis.ts) still points the
+ * setting of the config module comes from outside; TEST_REDIS_URL (test/helpers/services.ts) still points the
  * tests, and so the CLI children and writers, at another Redis.
  */
 for (const s of Object.values(settings)) delete process.env[s.env];
