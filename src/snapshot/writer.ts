@@ -30,8 +30,6 @@ export interface WriterOptions {
   log?: (level: 'info' | 'warn' | 'error', msg: string) => void;
   /** lease length; the holder renews every third of it */
   leaseMs?: number;
-  /** consumer name in the group; one fixed name, so a restarted writer re-reads its own pending entries */
-  consumer?: string;
   /** a statement Postgres has not answered by then fails, and its connection is dropped (default 30 s) */
   queryTimeoutMs?: number;
 }
@@ -79,7 +77,8 @@ const COPY_WAITS: OutageEffect = {
 export async function startSnapshotWriter(config: WriterConfig, opts: WriterOptions = {}): Promise<SnapshotWriter> {
   const m = snapshotMetrics();
   const log = opts.log ?? ((level, msg) => console.error(`[snapshot] ${level}: ${msg}`));
-  const consumer = opts.consumer ?? 'writer';
+  // the consumer's name in the group: one fixed name, so a restarted writer re-reads its own pending entries
+  const consumer = 'writer';
   // commands time out (the longest is one XREADGROUP of a few thousand entries): a hung Redis must not hang stop()
   const redis: RedisClient = createRedis(config, { connectionName: 'referral-manager-snapshot', commandTimeoutMs: 10_000 });
   // said and counted once per outage: through a short one (a restart) the commands wait in ioredis' queue and
