@@ -131,9 +131,9 @@ export class SimSatellite {
   }
 
   /** One token a random user has not handed out yet, now marked shared; undefined when none is left. */
-  takeToken(random: () => number = Math.random): { token: string; userId: string } | undefined {
+  takeToken(): { token: string; userId: string } | undefined {
     if (this.giving.length === 0) return undefined;
-    const userId = this.giving[Math.floor(random() * this.giving.length)]!;
+    const userId = this.giving[Math.floor(Math.random() * this.giving.length)]!;
     const u = this.users.get(userId)!;
     for (const token of u.held) {
       if (u.shared.has(token)) continue;

@@ -9,7 +9,7 @@ import type { SignupSummary } from './signups.js';
 /** the manager's codes, plus the one a satellite that is down answers */
 type SimCode = ErrorCode | 'unavailable';
 
-const DEFAULT_BODY_LIMIT = 8 * 1024 * 1024;
+const BODY_LIMIT = 8 * 1024 * 1024;
 const DEFAULT_PAGE = 1000;
 const MAX_PAGE = 10_000;
 
@@ -27,7 +27,6 @@ export interface SimServerOptions {
   outboundKey?: string;
   /** runs sign-ups for POST /sim/signups; absent when the sim has no manager to sign up with */
   signups?: (count: number, crossShare?: number) => Promise<SignupSummary>;
-  bodyLimit?: number;
 }
 
 interface Request {
@@ -66,7 +65,6 @@ function integer(value: unknown, field: string, min: number, max: number): numbe
  */
 export function createSimServer(opts: SimServerOptions): Server {
   const sat = opts.satellite;
-  const bodyLimit = opts.bodyLimit ?? DEFAULT_BODY_LIMIT;
 
   const authorize = (r: Request) => {
     if (opts.outboundKey === undefined) return;
@@ -165,11 +163,11 @@ export function createSimServer(opts: SimServerOptions): Server {
     req.on('data', (c: Buffer) => {
       size += c.length;
       // keep reading to the end (so the client sees the 413 rather than a reset) but stop storing
-      if (size <= bodyLimit) chunks.push(c);
+      if (size <= BODY_LIMIT) chunks.push(c);
     });
     req.on('error', () => res.destroy());
     req.on('end', () => {
-      if (size > bodyLimit) return fail(new SimError('body_too_large', `body: over ${bodyLimit} bytes`));
+      if (size > BODY_LIMIT) return fail(new SimError('body_too_large', `body: over ${BODY_LIMIT} bytes`));
       handle(req, Buffer.concat(chunks), res, format).catch(fail);
     });
   });

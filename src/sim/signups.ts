@@ -18,12 +18,10 @@ export interface SignupOptions {
   crossShare: number;
   /** base URLs of other sims, asked for a token with GET <peer>/sim/take-token */
   peers: string[];
-  /** sign-ups in flight at once */
-  concurrency?: number;
-  random?: () => number;
 }
 
 const PEER_TIMEOUT_MS = 5000;
+const SIGNUPS_IN_FLIGHT = 8;
 
 async function peerToken(peer: string): Promise<string | undefined> {
   try {
@@ -43,16 +41,15 @@ async function peerToken(peer: string): Promise<string | undefined> {
  * one-step redeem and reserve -> complete. A new user joins this satellite only once its token is redeemed.
  */
 export async function runSignups(sat: SimSatellite, client: SatelliteClient, opts: SignupOptions): Promise<SignupSummary> {
-  const random = opts.random ?? Math.random;
   const summary: SignupSummary = { attempted: 0, redeemed: 0, crossSatellite: 0, released: 0, failed: {} };
   const failed = (code: string) => (summary.failed[code] = (summary.failed[code] ?? 0) + 1);
 
   const token = async (): Promise<string | undefined> => {
-    if (opts.peers.length > 0 && random() < opts.crossShare) {
-      const t = await peerToken(opts.peers[Math.floor(random() * opts.peers.length)]!);
+    if (opts.peers.length > 0 && Math.random() < opts.crossShare) {
+      const t = await peerToken(opts.peers[Math.floor(Math.random() * opts.peers.length)]!);
       if (t !== undefined) return t;
     }
-    return sat.takeToken(random)?.token;
+    return sat.takeToken()?.token;
   };
 
   const signup = async (i: number) => {
@@ -85,6 +82,6 @@ export async function runSignups(sat: SimSatellite, client: SatelliteClient, opt
   const worker = async () => {
     while (next < opts.count) await signup(next++);
   };
-  await Promise.all(Array.from({ length: Math.min(opts.concurrency ?? 8, opts.count) }, worker));
+  await Promise.all(Array.from({ length: Math.min(SIGNUPS_IN_FLIGHT, opts.count) }, worker));
   return summary;
 }
