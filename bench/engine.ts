@@ -32,7 +32,6 @@ export interface EngineBenchOptions {
   listpackValue?: number;
   /** deployments: 1 = one redis-server, N >= 3 = a Redis Cluster of N masters (default: 1) */
   masters?: number[];
-  log?: (line: string) => void;
 }
 
 export interface EngineRun {
@@ -231,7 +230,7 @@ async function deploy(masterCount: number, extraArgs: string[]): Promise<{ clien
 }
 
 export async function runEngineBench(opts: EngineBenchOptions = {}): Promise<EngineBenchResult> {
-  const log = opts.log ?? console.log;
+  const log = console.log;
   const total = opts.tokens ?? 1_000_000;
   const extraArgs = opts.listpackValue ? ['--hash-max-listpack-value', String(opts.listpackValue)] : [];
   const uuidsPerSec = uuidRate();

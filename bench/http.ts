@@ -35,12 +35,10 @@ export interface BenchOptions {
   /** worker processes of our server (the baselines are one process each) */
   workers?: number;
   connections?: number;
-  redisUrl?: string;
   /** measure only these targets (ratios need the first three) */
   only?: Target[];
   /** for 'snapshot': a database the serve primary's snapshot writer fills while ours runs again */
   snapshotDatabaseUrl?: string;
-  log?: (line: string) => void;
 }
 
 export type Target = 'ceiling' | 'ours' | 'fastify' | 'snapshot' | 'ours-cores';
@@ -139,8 +137,8 @@ export async function run(opts: BenchOptions = {}): Promise<BenchResult> {
   const n = opts.tokens ?? 500_000;
   const workers = opts.workers ?? 1;
   const connections = opts.connections ?? 100;
-  const log = opts.log ?? console.log;
-  const config = loadConfig(opts.redisUrl ? { redisUrl: opts.redisUrl } : {});
+  const log = console.log;
+  const config = loadConfig();
   const prefix = `bench-http-${randomBytes(3).toString('hex')}`;
   const redis = createRedis(config);
   const procs: ChildProcess[] = [];

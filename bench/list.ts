@@ -34,9 +34,9 @@ const PER_CALL = 10_000;
 
 const median = (xs: number[]) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-export async function run(opts: { tokens?: number; log?: (line: string) => void } = {}): Promise<ListBenchResult> {
+export async function run(opts: { tokens?: number } = {}): Promise<ListBenchResult> {
   const tokens = opts.tokens ?? 100_000;
-  const log = opts.log ?? console.log;
+  const log = console.log;
   const redis = await startRedis();
   const adminKey = randomBytes(24).toString('hex');
   const port = await freePort();

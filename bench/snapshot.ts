@@ -24,10 +24,8 @@ export interface SnapshotBenchOptions {
   events?: number;
   redeems?: number;
   concurrency?: number;
-  redisUrl?: string;
   /** server URL; the bench creates and drops its own database there */
   databaseUrl?: string;
-  log?: (line: string) => void;
 }
 
 export interface SnapshotBenchResult {
@@ -112,7 +110,7 @@ async function waitCaughtUp(redis: RedisClient, prefix: string, pool: pg.Pool, e
 }
 
 export async function run(opts: SnapshotBenchOptions = {}): Promise<SnapshotBenchResult> {
-  const log = opts.log ?? console.log;
+  const log = console.log;
   const events = Math.ceil((opts.events ?? 500_000) / 10) * 10;
   const redeems = Math.min(opts.redeems ?? 50_000, events);
   const concurrency = opts.concurrency ?? 100;
@@ -122,7 +120,7 @@ export async function run(opts: SnapshotBenchOptions = {}): Promise<SnapshotBenc
   const dbName = `bench_rm_${randomBytes(3).toString('hex')}`;
   const dbUrl = new URL(server.toString());
   dbUrl.pathname = `/${dbName}`;
-  const config = loadConfig({ redisUrl: opts.redisUrl ?? 'redis://127.0.0.1:6379', keyPrefix: prefix, databaseUrl: dbUrl.toString() });
+  const config = loadConfig({ redisUrl: 'redis://127.0.0.1:6379', keyPrefix: prefix, databaseUrl: dbUrl.toString() });
   const redis = createRedis(config);
   const engine = new TokenEngine(new TokenStore(redis, prefix, NO_REPLICA_WAIT));
   const pool = await openPostgres(config.databaseUrl, RESTORE_LANES);

@@ -34,9 +34,9 @@ export interface SweepBenchResult {
 const PER_USER = 5;
 const PROBES = 100_000;
 
-export async function run(opts: { tokens?: number; log?: (line: string) => void } = {}): Promise<SweepBenchResult> {
+export async function run(opts: { tokens?: number } = {}): Promise<SweepBenchResult> {
   const tokens = opts.tokens ?? 1_000_000;
-  const log = opts.log ?? console.log;
+  const log = console.log;
   const server = await startRedis();
   const redis = createRedis({ redisUrl: server.url, redisClusterNodes: [] });
   const probe = createRedis({ redisUrl: server.url, redisClusterNodes: [] });
