@@ -30,7 +30,12 @@ export function treeCpuSeconds(root: number): number {
   const inTree = new Set([root]);
   for (let grew = true; grew; ) {
     grew = false;
-    for (const p of stats) if (!inTree.has(p.pid) && inTree.has(p.ppid)) grew = inTree.add(p.pid) !== undefined;
+    for (const p of stats) {
+      if (!inTree.has(p.pid) && inTree.has(p.ppid)) {
+        inTree.add(p.pid);
+        grew = true;
+      }
+    }
   }
   return stats.filter((p) => inTree.has(p.pid)).reduce((sum, p) => sum + p.cpu, 0);
 }
