@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { inLanes, pushAll, pushTo } from '../collections.js';
+import { hexDigest } from '../digest.js';
 import { DomainError } from '../errors.js';
 import { MAX_TOKENS_PER_CALL, type TokenEngine } from '../tokens/engine.js';
 import { checkNewId, printable } from '../tokens/validate.js';
@@ -173,8 +174,12 @@ class SatelliteRun {
         const page = await this.api.usersWithoutTokens(cursor, this.o.pageSize);
         // a cursor given twice would list the same pages for ever
         // cut: a Go satellite takes a cursor of up to a megabyte, and the error is kept in the campaign's record
-        if (page.nextCursor !== null && seen.has(page.nextCursor)) throw new Error(`satellite repeated cursor "${printable(page.nextCursor, 100)}"`);
-        if (page.nextCursor !== null) seen.add(page.nextCursor);
+        if (page.nextCursor !== null) {
+          // kept as digests: up to --max-pages (100,000) cursors, of up to a megabyte each for a Go satellite
+          const digest = hexDigest('sha256', page.nextCursor);
+          if (seen.has(digest)) throw new Error(`satellite repeated cursor "${printable(page.nextCursor, 100)}"`);
+          seen.add(digest);
+        }
         // a satellite ignoring the limit is served a limit's worth at a time: one synchronous pass over its page
         // of 10 million ids held the event loop so long that replies from Redis timed out, and the run failed
         // blaming Redis, its status left running. A user listed twice in a page is one user listed.
