@@ -950,6 +950,21 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     expect(pushes).toBe(4); // the batch of 4 twice, then its two halves
   }));
 
+  // the satellite held the first part of the set, yet every token of it was revoked as if nobody held them
+  it('after taking an earlier part of a user\'s set split by --batch-size, the user is refused with the set kept', () => withEngine(async (fx, handWritten) => {
+    const pushed: Pushed = [];
+    await handWritten('sat-part', () => ({ userIds: ['u0'], nextCursor: null }), (tokens) => {
+      if (pushed.length) return 0;
+      pushed.push(...tokens);
+      return tokens.length;
+    });
+    const run = await runCli(['generate', '--all', '--per-user', '4', '--batch-size', '2', '--campaign', 'part', '--json'], { KEY_PREFIX: fx.prefix, SATELLITE_ATTEMPTS: '1' });
+    expect(run.code, run.stderr).toBe(0);
+    expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ usersRefused: 1, usersRefusedKept: 1, status: 'done' });
+    expect(pushed).toHaveLength(2);
+    for (const { token } of pushed) expect((await fx.engine.lookup(token))?.state).toBe('unredeemed');
+  }));
+
   it('is not recorded as delivered: the run fails, and --resume sends the batch again', () => withEngine(async (fx, handWritten) => {
     const held = new Map<string, Set<string>>();
     let short = true;

@@ -47,7 +47,7 @@ function* pack(pairs: Pair[], max: () => number, ends: Map<string, number>): Gen
   if (piece.length) yield take();
 }
 
-/** Why a user was refused; `kept`: the satellite said it holds part of the set (it accepted fewer than sent), so its tokens are not revoked */
+/** Why a user was refused; `kept`: the satellite said it holds part of the set (it accepted fewer than sent, or took an earlier part), so its tokens are not revoked */
 type Refusal = { why: string; kept: boolean };
 
 export interface DeliveryDeps {
@@ -214,7 +214,8 @@ export class Delivery {
         const left = new Set(users.slice(0, users.length >> 1));
         parts = [[part.filter((p) => left.has(p.userId)), ends], [part.filter((p) => !left.has(p.userId)), ends]];
       } else {
-        refused.set(users[0]!, { why: err.message, kept: err.accepted > 0 });
+        // a short reply (200) for a later part of a set: the satellite keeps the parts it took before
+        refused.set(users[0]!, { why: err.message, kept: err.accepted > 0 || (err.status === 200 && this.inPart.has(users[0]!)) });
         return;
       }
       for (const [piece, pieceEnds] of parts) {
