@@ -1,6 +1,6 @@
 import { TOKEN_STATES, type TokenState, type UnredeemedToken } from '../store/model.js';
 import { ReferralError } from './error.js';
-import { segment, Transport, type TransportOptions } from './transport.js';
+import { segment, Transport, type CallOptions, type TransportOptions } from './transport.js';
 
 export interface Redeemed {
   token: string;
@@ -43,22 +43,23 @@ export interface Redemption {
   redeemedAt: number;
 }
 
+/** `signal`: ends the call when aborted (the sign-up it serves was given up): it rejects at once with the signal's reason, not a ReferralError. */
+export interface Abortable {
+  signal?: AbortSignal;
+}
+
 /**
  * `endUserIp`: the IP of the person signing up, sent as X-End-User-IP. The failure limits then count
  * that person's failed guesses apart from the satellite's (RATE_LIMIT_FAILURES per IP, a larger
  * RATE_LIMIT_SATELLITE_FAILURES per satellite), so one person typing made-up tokens is stopped without
  * stopping every sign-up of the satellite.
  */
-/** `signal`: ends the call when aborted (the sign-up it serves was given up): it rejects at once with the signal's reason, not a ReferralError. */
-export interface Abortable {
-  signal?: AbortSignal;
-}
-
 export interface EndUser extends Abortable {
   endUserIp?: string;
 }
 
-const endUser = (o: EndUser | undefined): Record<string, string> => (o?.endUserIp ? { 'x-end-user-ip': o.endUserIp } : {});
+/** A call's options from the caller's: X-End-User-IP when one is given, and the signal. */
+const sent = (o: EndUser | undefined): CallOptions => ({ headers: o?.endUserIp ? { 'x-end-user-ip': o.endUserIp } : {}, signal: o?.signal });
 
 /** what a route's defining field always is: one of these states, a list, or a count */
 type Shape = readonly string[] | 'list' | 'count';
@@ -93,7 +94,7 @@ export class SatelliteClient {
   }
 
   redeem(token: string, userId: string, opts?: EndUser): Promise<Redeemed> {
-    return holding(this.t.call('POST', '/v1/tokens/redeem', { token, userId }, { headers: endUser(opts), repeatable: true, signal: opts?.signal }), 'state', ['redeemed'], OWNER);
+    return holding(this.t.call('POST', '/v1/tokens/redeem', { token, userId }, { ...sent(opts), repeatable: true }), 'state', ['redeemed'], OWNER);
   }
 
   /**
@@ -104,34 +105,34 @@ export class SatelliteClient {
     const body: Record<string, unknown> = { token };
     if (leaseMs !== undefined) body.leaseMs = leaseMs;
     if (opts?.reservationId !== undefined) body.reservationId = opts.reservationId;
-    return holding(this.t.call('POST', '/v1/tokens/reserve', body, { headers: endUser(opts), repeatable: opts?.reservationId !== undefined, signal: opts?.signal }), 'state', ['reserved'], OWNER);
+    return holding(this.t.call('POST', '/v1/tokens/reserve', body, { ...sent(opts), repeatable: opts?.reservationId !== undefined }), 'state', ['reserved'], OWNER);
   }
 
   complete(token: string, reservationId: string, userId: string, opts?: EndUser): Promise<Redeemed> {
-    return holding(this.t.call('POST', '/v1/tokens/complete', { token, reservationId, userId }, { headers: endUser(opts), repeatable: true, signal: opts?.signal }), 'state', ['redeemed'], OWNER);
+    return holding(this.t.call('POST', '/v1/tokens/complete', { token, reservationId, userId }, { ...sent(opts), repeatable: true }), 'state', ['redeemed'], OWNER);
   }
 
   release(token: string, reservationId: string, opts?: EndUser): Promise<Released> {
-    return holding(this.t.call('POST', '/v1/tokens/release', { token, reservationId }, { headers: endUser(opts), signal: opts?.signal }), 'state', ['unredeemed']);
+    return holding(this.t.call('POST', '/v1/tokens/release', { token, reservationId }, sent(opts)), 'state', ['unredeemed']);
   }
 
   async lookup(token: string, opts?: EndUser): Promise<LookedUp> {
-    return holding(this.t.call('GET', `/v1/tokens/${segment('token', token)}`, undefined, { headers: endUser(opts), signal: opts?.signal }), 'state', TOKEN_STATES, ['ownerSatelliteId']);
+    return holding(this.t.call('GET', `/v1/tokens/${segment('token', token)}`, undefined, sent(opts)), 'state', TOKEN_STATES, ['ownerSatelliteId']);
   }
 
   /** Unredeemed tokens of `userId` on the calling satellite. */
   async listTokens(userId: string, opts?: Abortable): Promise<ListedToken[]> {
-    return (await holding(this.t.call<{ tokens: ListedToken[] }>('GET', `/v1/users/${segment('userId', userId)}/tokens`, undefined, { signal: opts?.signal }), 'tokens', 'list')).tokens;
+    return (await holding(this.t.call<{ tokens: ListedToken[] }>('GET', `/v1/users/${segment('userId', userId)}/tokens`, undefined, sent(opts)), 'tokens', 'list')).tokens;
   }
 
   /** Revokes every unredeemed or reserved token of `userId` on the calling satellite (the account was closed); returns how many. */
   async revokeTokens(userId: string, opts?: Abortable): Promise<number> {
-    return (await holding(this.t.call<{ revoked: number }>('DELETE', `/v1/users/${segment('userId', userId)}/tokens`, undefined, { signal: opts?.signal }), 'revoked', 'count')).revoked;
+    return (await holding(this.t.call<{ revoked: number }>('DELETE', `/v1/users/${segment('userId', userId)}/tokens`, undefined, sent(opts)), 'revoked', 'count')).revoked;
   }
 
   /** Tokens of `userId` on the calling satellite that were redeemed (on any satellite), oldest first: referrals to reward. */
   async listRedemptions(userId: string, opts?: Abortable): Promise<Redemption[]> {
-    return (await holding(this.t.call<{ redemptions: Redemption[] }>('GET', `/v1/users/${segment('userId', userId)}/redemptions`, undefined, { signal: opts?.signal }), 'redemptions', 'list')).redemptions;
+    return (await holding(this.t.call<{ redemptions: Redemption[] }>('GET', `/v1/users/${segment('userId', userId)}/redemptions`, undefined, sent(opts)), 'redemptions', 'list')).redemptions;
   }
 
   close(): Promise<void> {
