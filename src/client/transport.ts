@@ -1,5 +1,5 @@
 import { Pool } from 'undici';
-import { ReferralError } from './error.js';
+import { ReferralError, type ClientErrorCode } from './error.js';
 import { msgpackRequest, ReplyTooLarge, retryAfterMs } from '../msgpack.js';
 import { errorCatalogue, type ErrorCode } from '../errors.js';
 
@@ -65,15 +65,21 @@ const TIMEOUTS = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UN
  * calls queued behind a hung Redis end here rather than as the server's 503.
  */
 function transportError(err: Error & { code?: string }, timeoutMs: number): ReferralError {
-  if (err.code === 'UND_ERR_INVALID_ARG') return new ReferralError('invalid_request', 0, `cannot be sent: ${err.message}`, undefined, { cause: err });
+  // the network's error stays as the cause: err.cause.code tells a refused connection from a name not found
+  const [code, message] = transportFailure(err, timeoutMs);
+  return new ReferralError(code, 0, message, undefined, { cause: err });
+}
+
+function transportFailure(err: Error & { code?: string }, timeoutMs: number): [ClientErrorCode, string] {
+  if (err.code === 'UND_ERR_INVALID_ARG') return ['invalid_request', `cannot be sent: ${err.message}`];
   // close() was called: no call on this client can ever be sent, so a retry would loop for ever
-  if (err.code === 'UND_ERR_CLOSED' || err.code === 'UND_ERR_DESTROYED') return new ReferralError('internal', 0, 'the client is closed: no call on it can be sent', undefined, { cause: err });
+  if (err.code === 'UND_ERR_CLOSED' || err.code === 'UND_ERR_DESTROYED') return ['internal', 'the client is closed: no call on it can be sent'];
   // no reply of the manager is that large: something in front of it is streaming, and a retry would not help
-  if (err instanceof ReplyTooLarge) return new ReferralError('internal', 0, err.message, undefined, { cause: err });
+  if (err instanceof ReplyTooLarge) return ['internal', err.message];
   if (err.name === 'TimeoutError' || TIMEOUTS.has(err.code ?? '')) {
-    return new ReferralError('unavailable', 0, `no reply within ${timeoutMs} ms (waiting for a free connection counts): the call may have been carried out; retry it as after a 503`, undefined, { cause: err });
+    return ['unavailable', `no reply within ${timeoutMs} ms (waiting for a free connection counts): the call may have been carried out; retry it as after a 503`];
   }
-  return new ReferralError('unavailable', 0, `request failed: ${err.message}`, undefined, { cause: err });
+  return ['unavailable', `request failed: ${err.message}`];
 }
 
 export interface CallOptions {
