@@ -172,10 +172,9 @@ class SatelliteRun {
         this.o.stop?.throwIfAborted();
         if (seen.size >= (this.o.maxPages ?? Infinity)) throw new Error(`satellite listing did not end after ${this.o.maxPages} pages; raise --max-pages if it has that many users`);
         const page = await this.api.usersWithoutTokens(cursor, this.o.pageSize);
-        // a cursor given twice would list the same pages for ever
-        // cut: a Go satellite takes a cursor of up to a megabyte, and the error is kept in the campaign's record
+        // a cursor given twice would list the same pages for ever. A Go satellite takes a cursor of up to a
+        // megabyte: kept as digests (up to --max-pages of them), and cut in the error, which the campaign's record keeps
         if (page.nextCursor !== null) {
-          // kept as digests: up to --max-pages (100,000) cursors, of up to a megabyte each for a Go satellite
           const digest = hexDigest('sha256', page.nextCursor);
           if (seen.has(digest)) throw new Error(`satellite repeated cursor "${printable(page.nextCursor, 100)}"`);
           seen.add(digest);
