@@ -58,9 +58,11 @@ export function register(program: Command): void {
     let snapshot: string;
     let lost: number[];
     try {
-      s = await new TokenEngine(new TokenStore(redis, config.keyPrefix, NO_REPLICA_WAIT)).stats();
-      snapshot = await snapshotLine(redis, config.keyPrefix);
-      lost = await readLostShards(redis, config.keyPrefix);
+      [s, snapshot, lost] = await Promise.all([
+        new TokenEngine(new TokenStore(redis, config.keyPrefix, NO_REPLICA_WAIT)).stats(),
+        snapshotLine(redis, config.keyPrefix),
+        readLostShards(redis, config.keyPrefix),
+      ]);
     } finally {
       redis.disconnect();
     }
