@@ -43,11 +43,11 @@ const bool: Parser<boolean> = (raw) => {
 };
 
 /**
- * user:password in a URL, up to its last @ (a password may hold one), wherever the URL starts in the text (a
- * value quoted by mistake, after blanks new URL trims): what a log line must not show (a refused setting
- * here, the admin audit line). Replace it with `//<mark>@`.
+ * user:password in a URL, up to its last @ (a password may hold one, or a / # ? left unencoded, which ends no
+ * password), wherever the URL starts in the text (a value quoted by mistake, after blanks new URL trims): what
+ * a log line must not show (the admin audit line). Replace it with `//<mark>@`.
  */
-export const URL_CREDENTIALS = /\/\/[^/?#\s]*@/;
+export const URL_CREDENTIALS = /\/\/\S*@/;
 
 const url = (...protocols: string[]): Parser<string> => (raw) => {
   // URL ignores blanks around the value, ioredis and pg do not: " redis://..." passed here, then failed as "Invalid URL"
@@ -56,8 +56,8 @@ const url = (...protocols: string[]): Parser<string> => (raw) => {
   try {
     u = new URL(raw);
   } catch {
-    // the value may carry a password (postgres://user:secret@...): not echoed into a log. All up to the last @,
-    // not URL_CREDENTIALS' authority: what does not parse may be a password holding a / # or ? left unencoded
+    // the value may carry a password (postgres://user:secret@...): not echoed into a log. A setting is all one
+    // URL, so all of it up to the last @, also without a // or across a blank (URL_CREDENTIALS looks in any text)
     throw new Error(`not a URL: "${raw.replace(/^([a-z][a-z\d+.-]*:\/\/)?[\s\S]*@/i, '$1<credentials>@')}"`);
   }
   if (!protocols.includes(u.protocol)) throw new Error(`expected ${protocols.join(' or ')} URL, got "${u.protocol}"`);

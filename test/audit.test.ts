@@ -17,10 +17,11 @@ describe('the admin audit line', () => {
   // a leading blank (new URL trims it), a password holding an @ and a query token each showed a secret
   it('hides every part of a url that may be a secret', () => {
     const lines: string[] = [];
-    const urls = [' https://user:hunter3@sat.example/x', 'https://user:hunter2@pw@sat.example/x', 'https://sat.example/push?api_token=abc#top'];
-    audit({ method: 'PATCH', path: '/v1/admin/satellites/s', ip: '127.0.0.1', status: 200, ms: 1, body: { a: { url: urls[0] }, b: { url: urls[1] }, c: { url: urls[2] } } }, (l) => lines.push(l));
+    // d: a password holding a / left unencoded, in a url refused as mistyped (its body is audited all the same)
+    const urls = [' https://user:hunter3@sat.example/x', 'https://user:hunter2@pw@sat.example/x', 'https://sat.example/push?api_token=abc#top', 'https://user:hunter4/x@sat.example/x'];
+    audit({ method: 'PATCH', path: '/v1/admin/satellites/s', ip: '127.0.0.1', status: 200, ms: 1, body: { a: { url: urls[0] }, b: { url: urls[1] }, c: { url: urls[2] }, d: { url: urls[3] } } }, (l) => lines.push(l));
     const body = JSON.parse(lines[0]!).body as Record<string, { url: string }>;
-    expect([body.a!.url, body.b!.url, body.c!.url]).toEqual([' https://<redacted>@sat.example/x', 'https://<redacted>@sat.example/x', 'https://sat.example/push?<redacted>#top']);
+    expect([body.a!.url, body.b!.url, body.c!.url, body.d!.url]).toEqual([' https://<redacted>@sat.example/x', 'https://<redacted>@sat.example/x', 'https://sat.example/push?<redacted>#top', 'https://<redacted>@sat.example/x']);
     expect(lines.join('\n')).not.toMatch(/hunter|pw@|abc/);
   });
 
