@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import os from 'node:os';
 
@@ -77,10 +78,33 @@ const hostName: Parser<string> = (raw) => {
   return raw;
 };
 
+const isTlsSeed = (node: string): boolean => /^rediss:/i.test(node);
+
+/**
+ * host:port seeds, each as written; `rediss://host:port` asks for TLS as in REDIS_URL, and one seed cannot: the
+ * client takes one set of connection options for every node, the ones it finds in the slot map too.
+ */
 const hostList: Parser<string[]> = (raw) => {
   const nodes = raw.split(',').map((s) => s.trim()).filter(Boolean);
-  for (const n of nodes) if (!/^[^:\s]+:\d+$/.test(n)) throw new Error(`expected host:port[,host:port...], got "${n}"`);
+  for (const n of nodes) {
+    if (!/^(rediss?:\/\/)?[^:\s/@]+:\d+$/i.test(n)) throw new Error(`expected [rediss://]host:port[,...], got "${n.replace(URL_CREDENTIALS, '//<credentials>@')}"`);
+  }
+  if (new Set(nodes.map(isTlsSeed)).size > 1) throw new Error('expected every seed with rediss:// or none: TLS is one setting of the whole cluster');
   return nodes;
+};
+
+/** A PEM file readable now, as its path: a typo or a missing mount refused at start, not found at the first connect. */
+const pemFile: Parser<string> = (raw) => {
+  const file = raw.trim();
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    // "ENOENT: no such file or directory", without the path again
+    throw new Error(`cannot read "${file}": ${(err as Error).message.split(',')[0]}`);
+  }
+  if (!text.includes('-----BEGIN CERTIFICATE-----')) throw new Error(`"${file}" holds no PEM certificate (-----BEGIN CERTIFICATE-----)`);
+  return file;
 };
 
 const keyPrefix: Parser<string> = (raw) => {
@@ -120,8 +144,9 @@ function defaultWorkers(): number {
 export const MAX_KEY_GRACE_MS = 10 * 365 * 24 * 3600_000;
 
 export const settings = {
-  redisUrl: { env: 'REDIS_URL', default: 'redis://127.0.0.1:6379', parse: url('redis:', 'rediss:'), doc: 'Redis to keep tokens in (standalone).' },
-  redisClusterNodes: { env: 'REDIS_CLUSTER_NODES', default: [] as string[], parse: hostList, doc: 'Comma-separated host:port seeds; when set, Redis Cluster is used instead of REDIS_URL.' },
+  redisUrl: { env: 'REDIS_URL', default: 'redis://127.0.0.1:6379', parse: url('redis:', 'rediss:'), doc: 'Redis to keep tokens in (standalone); `rediss://` connects over TLS (see "TLS" below).' },
+  redisClusterNodes: { env: 'REDIS_CLUSTER_NODES', default: [] as string[], parse: hostList, doc: 'Comma-separated host:port seeds; when set, Redis Cluster is used instead of REDIS_URL. Written `rediss://host:port` (every seed), every node is reached over TLS.' },
+  redisTlsCaFile: { env: 'REDIS_TLS_CA_FILE', default: '', parse: pemFile, doc: 'PEM file of the CA certificate(s) Redis\'s TLS certificate is checked against instead of the system\'s (a private CA, as a cloud Redis with in-transit encryption often has); only with rediss:// in REDIS_URL or REDIS_CLUSTER_NODES (refused otherwise). Read at start. Empty: the system CAs.' },
   redisWaitReplicas: { env: 'REDIS_WAIT_REPLICAS', default: 0, parse: int(0, 16), doc: 'Answer a state change (generate, redeem, reserve, complete, release, revoke) only once this many replicas of its Redis master have it (WAIT), so a failover cannot lose a change a caller was told about; one that does not arrive within REDIS_WAIT_MS is answered 503 (it may stand: a retry is answered as a retry), and /readyz is 503 while every master has fewer replicas online (200 `degraded`, naming it, while only some do). 0: off (Redis replicates asynchronously).' },
   redisWaitMs: { env: 'REDIS_WAIT_MS', default: 500, parse: int(1, 60_000), doc: 'How long a WAIT for REDIS_WAIT_REPLICAS replicas lasts; a change made while one is in flight shares the next, so it may wait three: keep it under a third of REQUEST_TIMEOUT_MS (with REDIS_WAIT_REPLICAS above 0, refused otherwise).' },
   keyPrefix: { env: 'KEY_PREFIX', default: 'rm', parse: keyPrefix, doc: 'Prefix of every Redis key, so several deployments (or test runs) can share one Redis.' },
@@ -188,8 +213,17 @@ export function loadConfig(
   if (c.redisWaitReplicas && c.redisWaitMs !== undefined && c.requestTimeoutMs !== undefined && 3 * c.redisWaitMs >= c.requestTimeoutMs) {
     refuse('redisWaitMs', `${c.redisWaitMs} is a third of REQUEST_TIMEOUT_MS (${c.requestTimeoutMs}) or more: a change can wait three REDIS_WAIT_MS, and the request deadline would answer it as "Redis unavailable"`);
   }
+  // a CA given for a Redis reached in plain text means TLS was meant: without it, the traffic and a password would go in clear
+  if (c.redisTlsCaFile && c.redisClusterNodes !== undefined && c.redisUrl !== undefined && !usesTls(c as Config)) {
+    refuse('redisTlsCaFile', `set, but Redis is reached without TLS: use rediss:// in ${c.redisClusterNodes.length ? 'REDIS_CLUSTER_NODES' : 'REDIS_URL'}`);
+  }
   if (problems.length) throw new ConfigError(problems, failed);
   return out as Config;
+}
+
+/** Whether Redis is reached over TLS: a rediss:// REDIS_URL, or rediss:// seeds when REDIS_CLUSTER_NODES is set (which REDIS_URL is not used with). */
+export function usesTls(config: Pick<Config, 'redisUrl' | 'redisClusterNodes'>): boolean {
+  return config.redisClusterNodes.length > 0 ? isTlsSeed(config.redisClusterNodes[0]!) : /^rediss:/i.test(config.redisUrl);
 }
 
 /** An override counts when it has a value: an empty flag (`--port "$PORT"` with PORT unset) leaves the env in charge. */

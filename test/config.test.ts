@@ -1,6 +1,7 @@
 import { describe, expect, it, vi } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { ConfigError, loadConfig, loadSetting, settings } from '../src/config.js';
 
 /** The one config module's validation: what an operator reads when a setting is refused. */
@@ -111,6 +112,30 @@ describe('loadConfig', () => {
   it('takes REDIS_URL and DATABASE_URL without the blanks around them', () => {
     const c = loadConfig({}, { REDIS_URL: ' redis://127.0.0.1:6379/0\n', DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/x ' });
     expect(c).toMatchObject({ redisUrl: 'redis://127.0.0.1:6379/0', databaseUrl: 'postgres://postgres@127.0.0.1:5432/x' });
+  });
+
+  // TLS to Redis with a private CA: the CA file is read at start, and refused where no TLS connection would use it
+  it('takes REDIS_TLS_CA_FILE as a readable PEM file, only for a Redis reached by rediss://', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'rm-config-ca-'));
+    try {
+      const ca = path.join(dir, 'ca.pem');
+      writeFileSync(ca, '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n');
+      writeFileSync(path.join(dir, 'key.pem'), '-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n');
+      expect(loadConfig({}, { REDIS_URL: 'rediss://redis.example:6380', REDIS_TLS_CA_FILE: ` ${ca}\n` }).redisTlsCaFile).toBe(ca);
+      expect(loadConfig({}, { REDIS_CLUSTER_NODES: 'rediss://a.example:6379, rediss://b.example:6379', REDIS_TLS_CA_FILE: ca }).redisClusterNodes).toEqual(['rediss://a.example:6379', 'rediss://b.example:6379']);
+      expect(problems({ REDIS_URL: 'rediss://redis.example:6380', REDIS_TLS_CA_FILE: path.join(dir, 'key.pem') })).toEqual([`REDIS_TLS_CA_FILE: "${path.join(dir, 'key.pem')}" holds no PEM certificate (-----BEGIN CERTIFICATE-----)`]);
+      expect(problems({ REDIS_TLS_CA_FILE: ca })).toEqual(['REDIS_TLS_CA_FILE: set, but Redis is reached without TLS: use rediss:// in REDIS_URL']);
+      // REDIS_URL is not used with a Cluster: its rediss:// does not count
+      expect(problems({ REDIS_URL: 'rediss://redis.example:6380', REDIS_CLUSTER_NODES: 'a.example:6379', REDIS_TLS_CA_FILE: ca })).toEqual(['REDIS_TLS_CA_FILE: set, but Redis is reached without TLS: use rediss:// in REDIS_CLUSTER_NODES']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses REDIS_CLUSTER_NODES with TLS on some seeds only, or credentials in one (not echoed)', () => {
+    expect(problems({ REDIS_CLUSTER_NODES: 'rediss://a.example:6379,b.example:6379' })).toEqual(['REDIS_CLUSTER_NODES: expected every seed with rediss:// or none: TLS is one setting of the whole cluster']);
+    expect(problems({ REDIS_CLUSTER_NODES: 'rediss://:s3cret@a.example:6379' })).toEqual(['REDIS_CLUSTER_NODES: expected [rediss://]host:port[,...], got "rediss://<credentials>@a.example:6379"']);
+    expect(loadConfig({}, { REDIS_CLUSTER_NODES: 'a.example:6379,b.example:6379' }).redisClusterNodes).toEqual(['a.example:6379', 'b.example:6379']);
   });
 
   // what the README promises a script that passes "$PORT" with PORT unset

@@ -24,7 +24,7 @@ import { findLostShards } from './lost.js';
 import { copiedElsewhere } from './gone-from-postgres.js';
 import { PostgresHealth } from './postgres-health.js';
 
-export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
+export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'redisTlsCaFile' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
 
 export interface WriterOptions {
   log?: (level: 'info' | 'warn' | 'error', msg: string) => void;

@@ -1,6 +1,8 @@
+import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
+import type { ConnectionOptions } from 'node:tls';
 import { Redis, Cluster } from 'ioredis';
-import type { Config } from '../config.js';
+import { usesTls, type Config } from '../config.js';
 
 export type RedisClient = Redis | Cluster;
 
@@ -12,9 +14,24 @@ export interface RedisOptions {
   commandTimeoutMs?: number;
 }
 
+/** What createRedis reads of the config: every Redis connection (serve, its workers, the writer, the CLI) takes them alike. */
+export type RedisConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes'> & Partial<Pick<Config, 'redisTlsCaFile'>>;
+
+/**
+ * TLS options when the config asks for TLS, with the private CA's certificates in place of the system's; read
+ * as the client is made, its reconnects reuse them. ioredis turns TLS on for a rediss:// URL by itself, but with
+ * the system's CAs only, and a Cluster takes no URL at all.
+ */
+function tlsOf(config: RedisConfig): ConnectionOptions | undefined {
+  if (!usesTls(config)) return undefined;
+  return config.redisTlsCaFile ? { ca: readFileSync(config.redisTlsCaFile, 'utf8') } : {};
+}
+
 /** One factory for standalone and cluster connections, from the shared config. */
-export function createRedis(config: Pick<Config, 'redisUrl' | 'redisClusterNodes'>, opts: RedisOptions = {}): RedisClient {
+export function createRedis(config: RedisConfig, opts: RedisOptions = {}): RedisClient {
+  const tls = tlsOf(config);
   const common = {
+    tls,
     connectionName: opts.connectionName ?? 'referral-manager',
     enableOfflineQueue: !opts.failFast,
     maxRetriesPerRequest: opts.failFast ? 1 : 20,
@@ -25,11 +42,15 @@ export function createRedis(config: Pick<Config, 'redisUrl' | 'redisClusterNodes
   if (config.redisClusterNodes.length > 0) {
     const cluster = new Cluster(
       config.redisClusterNodes.map((n) => {
-        const [host, port] = n.split(':');
+        const [host, port] = n.replace(/^rediss?:\/\//i, '').split(':');
         return { host: host!, port: Number(port) };
       }),
       {
         redisOptions: common,
+        // ioredis connects to a seed by the address it resolves its name to, and TLS checks the certificate
+        // against that address: a certificate naming the host (a managed Redis's) was refused. Kept as named, the
+        // certificate is checked against the name; the nodes the slot map lists are named as Redis announces them
+        ...(tls ? { dnsLookup: (address: string, callback: (err: null, address: string) => void) => callback(null, address) } : {}),
         enableOfflineQueue: common.enableOfflineQueue,
         clusterRetryStrategy: common.retryStrategy,
         scaleReads: 'master',

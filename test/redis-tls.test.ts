@@ -1,0 +1,114 @@
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Redis } from 'ioredis';
+import { Pool } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, hasRedisServer, kill } from '../bench/redis-server.js';
+import { runCli } from './helpers/cli.js';
+import { ADMIN_KEY, call, serve } from './helpers/http.js';
+import { testPrefix } from './helpers/redis.js';
+import { hasOpenssl, makeCertificates, redeemOne, startTlsRedis } from './helpers/tls.js';
+
+describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, with a certificate of a private CA', () => {
+  let dir: string;
+  let redis: { port: number; proc: ChildProcess } | undefined;
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'rm-tls-redis-'));
+    makeCertificates(dir);
+    redis = await startTlsRedis(dir);
+  });
+  afterAll(async () => {
+    if (redis) await kill(redis.proc, 'SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('serve answers a redeem given REDIS_TLS_CA_FILE, and the CLI reads the same Redis', async () => {
+    const env = { REDIS_URL: `rediss://localhost:${redis!.port}`, REDIS_TLS_CA_FILE: path.join(dir, 'ca.crt'), KEY_PREFIX: testPrefix('tls') };
+    const server = await serve(env);
+    try {
+      const r = await redeemOne(server);
+      expect(r.status, JSON.stringify(r.body)).toBe(200);
+      expect(r.body).toMatchObject({ token: r.token, state: 'redeemed', ownerSatelliteId: 'sat-a' });
+      // every connection of serve took the CA: the primary's and the subscriptions' too
+      expect(server.output()).not.toMatch(/unreachable|certificate/);
+    } finally {
+      await server.stop();
+    }
+    const stats = await runCli(['stats', '--json'], env);
+    expect(stats.stderr).toBe('');
+    expect(stats.code).toBe(0);
+    expect(JSON.parse(stats.stdout).satellites['sat-a'].redeemed).toBe(1);
+  });
+
+  it('without the CA, serve answers 503 and its log names the certificate; the CLI gives up saying so', async () => {
+    const env = { REDIS_URL: `rediss://localhost:${redis!.port}`, KEY_PREFIX: testPrefix('tls-noca') };
+    const server = await serve(env);
+    try {
+      const pool = new Pool(server.url, { connections: 1 });
+      const r = await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-a' } });
+      await pool.close();
+      expect(r.status).toBe(503);
+      expect(server.output()).toMatch(/Redis unreachable \(self[- ]signed certificate in certificate chain\)/);
+    } finally {
+      await server.stop();
+    }
+    const stats = await runCli(['stats'], env);
+    expect(stats.code).toBe(1);
+    expect(stats.stderr.trim()).toMatch(/^error: cannot reach Redis \(rediss:\/\/localhost:\d+\) within 10 s: self[- ]signed certificate in certificate chain$/);
+  });
+
+  it('refuses at start a REDIS_TLS_CA_FILE that is missing, in one line', async () => {
+    const missing = path.join(dir, 'no-such-ca.pem');
+    const run = await runCli(['stats'], { REDIS_URL: `rediss://localhost:${redis!.port}`, REDIS_TLS_CA_FILE: missing });
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain(`REDIS_TLS_CA_FILE: cannot read "${missing}": ENOENT: no such file or directory\n`);
+  });
+
+  it('reaches a Redis Cluster over TLS through rediss:// seeds, the nodes it discovers too', async () => {
+    const servers: ChildProcess[] = [];
+    try {
+      const ports: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const bus = await freePort();
+        // the slot map names each node `localhost`, as a managed cluster names its nodes by host name for TLS
+        const node = await startTlsRedis(dir, ['--tls-cluster', 'yes', '--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${bus}.conf`), '--cluster-port', String(bus), '--cluster-announce-hostname', 'localhost', '--cluster-preferred-endpoint-type', 'hostname']);
+        servers.push(node.proc);
+        ports.push(node.port);
+      }
+      const create = spawnSync('redis-cli', ['--tls', '--cacert', path.join(dir, 'ca.crt'), '--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-yes'], { encoding: 'utf8', timeout: 60_000 });
+      expect(create.status, create.stdout + create.stderr).toBe(0);
+      await untilClusterOk(ports, readFileSync(path.join(dir, 'ca.crt'), 'utf8'));
+
+      const env = { REDIS_CLUSTER_NODES: ports.map((p) => `rediss://localhost:${p}`).join(','), REDIS_TLS_CA_FILE: path.join(dir, 'ca.crt'), KEY_PREFIX: testPrefix('tls-cluster') };
+      const server = await serve(env);
+      try {
+        const r = await redeemOne(server);
+        expect(r.status, JSON.stringify(r.body)).toBe(200);
+        expect(server.output()).not.toMatch(/unreachable|certificate/);
+      } finally {
+        await server.stop();
+      }
+      const stats = await runCli(['stats', '--json'], env);
+      expect(stats.stderr).toBe('');
+      expect(JSON.parse(stats.stdout).satellites['sat-a'].redeemed).toBe(1);
+    } finally {
+      await Promise.all(servers.map((p) => kill(p, 'SIGKILL')));
+    }
+  });
+});
+
+async function untilClusterOk(ports: number[], ca: string): Promise<void> {
+  const clients = ports.map((port) => new Redis({ host: 'localhost', port, tls: { ca }, lazyConnect: true, maxRetriesPerRequest: 1 }));
+  try {
+    for (const end = Date.now() + 30_000; ; ) {
+      const infos = await Promise.all(clients.map((c) => c.cluster('INFO') as Promise<string>));
+      if (infos.every((i) => /cluster_state:ok/.test(i) && /cluster_known_nodes:3\b/.test(i))) return;
+      if (Date.now() > end) throw new Error(`Redis Cluster not ok within 30 s:\n${infos.join('\n---\n')}`);
+      await new Promise((s) => setTimeout(s, 100));
+    }
+  } finally {
+    for (const c of clients) c.disconnect();
+  }
+}
