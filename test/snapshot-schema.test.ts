@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { ensureDatabase, openPostgres, startSnapshotWriter } from '../src/snapshot/index.js';
 import { loadConfig } from '../src/config.js';
-import { MIGRATIONS } from '../src/snapshot/schema.js';
+import { MIGRATIONS, SCHEMA_VERSION } from '../src/snapshot/schema.js';
 import { PG_BASE_URL, testDatabase, unusedDatabase } from './helpers/pg.js';
 import { runCli } from './helpers/cli.js';
 import { engineFixture, SHARED_REDIS_URL } from './helpers/redis.js';
@@ -45,6 +45,79 @@ describe('snapshot schema: database creation and migrations (real Postgres)', ()
       await db.drop();
     }
   });
+
+  /** Runs `fn` with one more migration than the product has (a long index build, say), taken off again after. */
+  async function withMigration<T>(sql: string, fn: (version: number) => Promise<T>): Promise<T> {
+    const version = SCHEMA_VERSION + 1;
+    MIGRATIONS.push({ version, name: 'a migration for the test', sql });
+    try {
+      return await fn(version);
+    } finally {
+      MIGRATIONS.pop();
+    }
+  }
+
+  // the migrations ran on the writer's pool, under its statement timeout (24 s) and query timeout (30 s): a
+  // migration longer than that failed at every start, and so did the processes waiting for its lock
+  it('a migration longer than the statement timeouts, and the processes waiting for it, complete; the pools keep their timeouts', async () => {
+    const db = unusedDatabase();
+    try {
+      await ensureDatabase(db.url);
+      const admin = new pg.Client({ connectionString: db.url });
+      await admin.connect();
+      // the database's own limits, lower still, are the runtime's: not the migrations'
+      await admin.query(`ALTER DATABASE "${db.name}" SET statement_timeout = '300ms'`);
+      await admin.query(`ALTER DATABASE "${db.name}" SET lock_timeout = '300ms'`);
+      await admin.end();
+      await withMigration('CREATE TABLE migrated_once (x int); SELECT pg_sleep(2)', async (version) => {
+        const notes: string[][] = [[], []];
+        // the writer's pools: a query timeout of 1 s, a statement timeout of 800 ms
+        const pools = await Promise.all(notes.map((said) => openPostgres(db.url, 1, 1000, true, (msg) => said.push(msg))));
+        try {
+          const versions = (await pools[0]!.query<{ version: number }>('SELECT version FROM schema_migrations ORDER BY version')).rows.map((r) => r.version);
+          expect(versions).toEqual(MIGRATIONS.map((m) => m.version));
+          expect(versions).toContain(version);
+          // one applied every migration, the other waited for it and had nothing left to do
+          const [applied, waited] = notes[0]!.some((n) => n.startsWith('applying')) ? [notes[0]!, notes[1]!] : [notes[1]!, notes[0]!];
+          expect(applied).toEqual(MIGRATIONS.map((m) => `applying schema migration ${m.version} (${m.name})`));
+          expect(waited).toEqual([expect.stringMatching(/^waiting for another process migrating the snapshot's schema \(Postgres backend pid \d+/)]);
+          for (const pool of pools) expect((await pool.query('SHOW statement_timeout')).rows[0].statement_timeout).toBe('300ms');
+        } finally {
+          await Promise.all(pools.map((p) => p.end()));
+        }
+      });
+    } finally {
+      await db.drop();
+    }
+  }, 30_000);
+
+  // with no lock timeout a migration waiting for a table a long query reads queued every other statement on it
+  // behind itself, for as long as that query ran
+  it('a migration that cannot lock its table within the lock timeout fails naming itself, and applies on the next open', async () => {
+    const db = await testDatabase();
+    try {
+      await (await openPostgres(db.url)).end();
+      const reader = new pg.Client({ connectionString: db.url });
+      await reader.connect();
+      try {
+        // a long read of the tokens (verify, a report) holds this lock until it ends
+        await reader.query('BEGIN');
+        await reader.query('LOCK TABLE tokens IN ACCESS SHARE MODE');
+        await withMigration('ALTER TABLE tokens ADD COLUMN added_by_the_test int', async (version) => {
+          const failed = await openPostgres(db.url, 1, 1000).then(() => undefined, (err: Error & { code?: string }) => err);
+          expect(failed).toMatchObject({ code: '55P03', message: expect.stringMatching(new RegExp(`^schema migration ${version} \\(a migration for the test\\): .*lock timeout`)) });
+          await reader.query('COMMIT');
+          const pool = await openPostgres(db.url, 1, 1000);
+          expect((await pool.query('SELECT max(version)::int AS v FROM schema_migrations')).rows[0].v).toBe(version);
+          await pool.end();
+        });
+      } finally {
+        await reader.end();
+      }
+    } finally {
+      await db.drop();
+    }
+  }, 30_000);
 
   it('a pool with a query timeout has Postgres time statements out under it, unless the database asks for less', async () => {
     const db = unusedDatabase();

@@ -173,30 +173,59 @@ export function newerSchema(pool: pg.Pool): number | undefined {
   return newerOf.get(pool);
 }
 
-/** Applies every migration not yet recorded in schema_migrations; returns the versions applied and the newest recorded. */
-async function migrate(client: pg.ClientBase): Promise<{ applied: number[]; newest: number }> {
-  await client.query('SELECT pg_advisory_lock($1)', [LOCK_ID]);
-  try {
-    await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
-    const done = new Set((await client.query<{ version: number }>('SELECT version FROM schema_migrations')).rows.map((r) => r.version));
-    const applied: number[] = [];
-    for (const m of MIGRATIONS) {
-      if (done.has(m.version)) continue;
-      await client.query('BEGIN');
-      try {
-        await client.query(m.sql);
-        await client.query('INSERT INTO schema_migrations (version, name) VALUES ($1, $2)', [m.version, m.name]);
-        await client.query('COMMIT');
-      } catch (err) {
-        await client.query('ROLLBACK');
-        throw err;
-      }
-      applied.push(m.version);
-    }
-    return { applied, newest: Math.max(SCHEMA_VERSION, ...done) };
-  } finally {
-    await client.query('SELECT pg_advisory_unlock($1)', [LOCK_ID]);
+/**
+ * How long a migration waits for a lock on a table it changes. Unbounded, one waiting behind a long read of the
+ * table (verify, a report) queued every statement on it behind itself for as long as that read ran. Given up,
+ * the migration fails naming itself: the writer tries again with backoff; restore and verify exit with it.
+ */
+const MIGRATION_LOCK_TIMEOUT = '5s';
+
+/**
+ * Applies every migration not yet recorded in schema_migrations, each in a transaction of its own; returns the
+ * versions applied and the newest recorded. Runs on a connection of its own, without the writer's timeouts: a
+ * migration takes as long as it takes (an index build on a large table), and so does the wait of the processes
+ * starting meanwhile, which queue on the advisory lock and find nothing left to apply.
+ */
+async function migrate(client: pg.ClientBase, note: (msg: string) => void): Promise<{ applied: number[]; newest: number }> {
+  // the database's (or role's) timeouts are the runtime's; the connection is closed after, so these end with it
+  await client.query('SET statement_timeout = 0; SET lock_timeout = 0');
+  const got = (await client.query<{ got: boolean }>('SELECT pg_try_advisory_lock($1) AS got', [LOCK_ID])).rows[0]!.got;
+  if (!got) {
+    const holder = (
+      await client.query<{ pid: number; addr: string | null; secs: number | null }>(
+        `SELECT l.pid, host(a.client_addr) AS addr, floor(extract(epoch FROM now() - a.backend_start))::int AS secs
+           FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+          WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = $1 AND l.objsubid = 1
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+        [LOCK_ID],
+      )
+    ).rows[0];
+    // let go of meanwhile: nothing to say, the lock is taken at once
+    if (holder) note(`waiting for another process migrating the snapshot's schema (Postgres backend pid ${holder.pid}${holder.addr ? ` from ${holder.addr}` : ''}, connected ${holder.secs ?? '?'} s ago)`);
+    await client.query('SELECT pg_advisory_lock($1)', [LOCK_ID]);
   }
+  // no unlock: the session, and the lock with it, ends when the caller closes the connection
+  await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
+  const done = new Set((await client.query<{ version: number }>('SELECT version FROM schema_migrations')).rows.map((r) => r.version));
+  const applied: number[] = [];
+  for (const m of MIGRATIONS) {
+    if (done.has(m.version)) continue;
+    note(`applying schema migration ${m.version} (${m.name})`);
+    await client.query('BEGIN');
+    try {
+      await client.query(`SET LOCAL lock_timeout = '${MIGRATION_LOCK_TIMEOUT}'`);
+      await client.query(m.sql);
+      await client.query('INSERT INTO schema_migrations (version, name) VALUES ($1, $2)', [m.version, m.name]);
+      await client.query('COMMIT');
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {});
+      // the SQLSTATE kept, which says to the writer whether Postgres refused it or went out of reach
+      if (err instanceof Error) err.message = `schema migration ${m.version} (${m.name}): ${err.message}`;
+      throw err;
+    }
+    applied.push(m.version);
+  }
+  return { applied, newest: Math.max(SCHEMA_VERSION, ...done) };
 }
 
 async function requireSnapshot(client: pg.ClientBase, url: string): Promise<void> {
@@ -224,11 +253,12 @@ export function cutConnections(pool: pg.Pool): void {
  * A pool on `url` with the database created and migrated; pool errors on idle clients are not fatal.
  * TCP keepalive finds a dead peer on idle connections; `queryTimeoutMs` bounds a query on a connection
  * that went half-open mid-query (no reply, no reset), which would otherwise wait forever, and sets Postgres'
- * statement timeout under it. With `create` false a missing database is an error: what only reads the
+ * statement timeout under it. The migrations run before, on a connection of their own without either
+ * (`migrate`); `note` hears what they do. With `create` false a missing database is an error: what only reads the
  * snapshot (restore, verify) must not make an empty one from a mistyped URL and take it for the snapshot;
  * nor take one that holds no snapshot (no migration table: no writer ever opened it) for an empty one.
  */
-export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number, create = true): Promise<pg.Pool> {
+export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number, create = true, note: (msg: string) => void = () => {}): Promise<pg.Pool> {
   if (create) await ensureDatabase(url);
   const sockets = new Set<net.Socket>();
   // the socket pg would make itself (TLS, when asked for, wraps it), made here so cutConnections can reach it
@@ -238,31 +268,35 @@ export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number
     s.once('close', () => sockets.delete(s));
     return s;
   };
+  // no query timeout: a half-open connection is found by TCP keepalive, after its first 10 s of silence
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3000, keepAlive: true, keepAliveInitialDelayMillis: 10_000, stream });
+  client.on('error', ignore);
+  const { applied, newest } = await (async () => {
+    try {
+      await client.connect().catch((err: unknown) => {
+        if (err instanceof Object) notConnected.add(err);
+        throw err;
+      });
+      if (!create) await requireSnapshot(client, url);
+      return await migrate(client, note);
+    } finally {
+      await client.end().catch(() => {});
+    }
+  })();
+  // an older version (a rollback) reading a newer snapshot: a restore would leave out what the newer
+  // migrations added, without a word. The writer goes on (it warns): refusing, it held the lease unable to write
+  if (newest > SCHEMA_VERSION && !create) throw new Error(`database "${decodeURIComponent(new URL(url).pathname.slice(1))}" holds a snapshot of schema version ${newest}, newer than this referral-manager knows (${SCHEMA_VERSION}): a newer version migrated it; run that version`);
   // pg's query timeout only stops waiting: Postgres ran on a query given up on, so behind a long lock each
   // retry left one more backend waiting. A statement timeout a little under it has Postgres cancel the query
   // first (57014); a lower one the database sets for itself stays. Set before the pool lends the connection
   // (a query sent meanwhile would queue behind it, which pg warns is deprecated).
   const onConnect = queryTimeoutMs === undefined ? undefined : async (c: pg.ClientBase) => void (await c.query(LOWER_STATEMENT_TIMEOUT, [Math.max(1, Math.floor(queryTimeoutMs * 0.8))]));
+  // made once the schema is in place: a failed open (a writer retries it with backoff) leaves no pool behind
   const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 3000, keepAlive: true, query_timeout: queryTimeoutMs, stream, onConnect });
   socketsOf.set(pool, sockets);
   pool.on('error', () => {});
-  try {
-    const { applied, newest } = await withClient(pool, async (c) => {
-      if (!create) await requireSnapshot(c, url);
-      return migrate(c);
-    });
-    if (applied.includes(1)) freshOf.add(pool);
-    if (newest > SCHEMA_VERSION) {
-      // an older version (a rollback) reading a newer snapshot: a restore would leave out what the newer
-      // migrations added, without a word. The writer goes on (it warns): refusing, it held the lease unable to write
-      if (!create) throw new Error(`database "${decodeURIComponent(new URL(url).pathname.slice(1))}" holds a snapshot of schema version ${newest}, newer than this referral-manager knows (${SCHEMA_VERSION}): a newer version migrated it; run that version`);
-      newerOf.set(pool, newest);
-    }
-  } catch (err) {
-    // a writer retries this with backoff: each failed try would leave a pool behind
-    await pool.end().catch(() => {});
-    throw err;
-  }
+  if (applied.includes(1)) freshOf.add(pool);
+  if (newest > SCHEMA_VERSION) newerOf.set(pool, newest);
   return pool;
 }
 

@@ -173,7 +173,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         if (!pool) {
           opening = true;
           try {
-            pool = await health.run(() => openPostgres(config.databaseUrl, LANES, opts.queryTimeoutMs ?? 30_000));
+            // what the migrations do is said (one may run for long, or wait for another process'); not once stopped
+            pool = await health.run(() => openPostgres(config.databaseUrl, LANES, opts.queryTimeoutMs ?? 30_000, true, (msg) => running && log('info', msg)));
           } finally {
             opening = false;
           }
