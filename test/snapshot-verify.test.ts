@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { loadConfig, type Config } from '../src/config.js';
 import { rebuildRedis, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
@@ -17,6 +17,9 @@ import { TokenStore } from '../src/store/token-store.js';
 import { TokenEngine } from '../src/tokens/engine.js';
 import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 import { runCli } from './helpers/cli.js';
+import { testCluster } from './helpers/http.js';
+import { createRedis } from '../src/store/redis.js';
+import { hasRedisServer, type RedisClusterHandle } from '../bench/redis-server.js';
 
 describe('verify compares the stats counters too (real Redis, real Postgres)', () => {
   const snap = snapshotFixture('verc');
@@ -58,12 +61,15 @@ describe('verify compares the stats counters too (real Redis, real Postgres)', (
   }, 60_000);
 });
 
-/** A prefix, a database and a writer of the test's own (`writer.now`: the one running), removed after `fn`. */
-async function ownSnapshot(label: string, fn: (w: { fx: EngineFixture; db: { url: string }; pool: pg.Pool; config: Config; writer: { now: SnapshotWriter } }) => Promise<void>): Promise<void> {
-  const fx = await engineFixture({ label });
+/**
+ * A prefix, a database and a writer of the test's own (`writer.now`: the one running), removed after `fn`; on the
+ * shared Redis, or on the Cluster of `nodes`.
+ */
+async function ownSnapshot(label: string, fn: (w: { fx: EngineFixture; db: { url: string }; pool: pg.Pool; config: Config; writer: { now: SnapshotWriter } }) => Promise<void>, nodes?: string[]): Promise<void> {
+  const fx = await engineFixture({ label, redis: nodes && (() => createRedis({ redisUrl: '', redisClusterNodes: nodes })) });
   const db = await testDatabase();
   const pool = await openPostgres(db.url);
-  const config = loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url });
+  const config = loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url, redisClusterNodes: nodes?.join(',') });
   const writer = { now: await startSnapshotWriter(config, { log: () => {} }) };
   try {
     await fn({ fx, db, pool, config, writer });
@@ -161,42 +167,50 @@ describe('verify --repair-tokens (real Redis, real Postgres)', () => {
   }, 90_000);
 });
 
-describe('verify --repair-leases (real Redis, real Postgres)', () => {
-  // reservations made by a version before the lease index (or during a rolling upgrade) are not in it, and the
-  // lapse sweep, which reads only the index, never gave them back; nothing reported them
-  it('lists lease index entries out of step with the tokens, mends them, and the sweep then finds every abandoned reservation', async () => {
-    await ownSnapshot('leases', async ({ fx, db, pool }) => {
-      const keys = new Keys(fx.prefix);
-      const made = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'alice' }], perUser: 4 });
-      const [unindexed, misplaced, stray, fine] = made.tokens.map((t) => t.token) as [string, string, string, string];
-      const abandoned = await fx.engine.reserve(unindexed, 'sat-b', 50);
-      const held = await fx.engine.reserve(misplaced, 'sat-b', 60_000);
-      expect((await fx.engine.reserve(fine, 'sat-b', 60_000)).code).toBe('ok');
-      const leases = keys.leases(placeOfToken(hexOf(unindexed)).shard);
-      await fx.redis.zrem(leases, hexOf(unindexed));
-      await caughtUp(fx.redis, fx.prefix, pool, 7);
-      await new Promise((r) => setTimeout(r, Math.max(0, abandoned.token!.leaseExpiresAt! + 30 - Date.now())));
-      // an abandoned reservation the index lacks: the sweep cannot find it
-      expect((await fx.engine.lapse(0)).given).toBe(0);
-      // entries out of step (a sweep mends those it reads, so these come after it): a live one due long ago, a stray one
-      await fx.redis.zadd(leases, 5, hexOf(misplaced), 7, hexOf(stray));
-
-      const env = { KEY_PREFIX: fx.prefix, REDIS_URL: SHARED_REDIS_URL, DATABASE_URL: db.url };
-      const found = await runCli(['verify'], env);
-      expect(found.code).toBe(1);
-      expect(found.stdout.split('\n').filter((l) => l.includes('lease_index')).sort()).toEqual([`${misplaced} lease_index`, `${stray} lease_index`, `${unindexed} lease_index`].sort());
-      expect(found.stderr).toContain('referral-manager verify --repair-leases');
-      const repaired = await runCli(['verify', '--repair-leases'], env);
-      expect(repaired.stdout).toContain('wrote or removed 3 lease index entries');
-      expect(Number(await fx.redis.zscore(leases, hexOf(misplaced)))).toBe(held.token!.leaseExpiresAt);
-      expect(await fx.redis.zscore(leases, hexOf(stray))).toBeNull();
-      expect(await verify(fx.redis, pool, fx.prefix)).toMatchObject({ differences: 0 });
-      // indexed, the abandoned one is given back; the ones whose lease holds stay
-      expect((await fx.engine.lapse(0)).given).toBe(1);
-      expect((await fx.engine.storedStates([unindexed, misplaced, stray, fine]))).toEqual(['unredeemed', 'reserved', 'unredeemed', 'reserved']);
+// reservations an older release made are what this mends: on a Cluster too, whose shards are spread over its masters
+for (const on of ['standalone', 'cluster'] as const) {
+  describe.skipIf(on === 'cluster' && !hasRedisServer())(`verify --repair-leases (real Redis ${on}, real Postgres)`, () => {
+    let cluster: RedisClusterHandle | undefined;
+    beforeAll(async () => {
+      if (on === 'cluster') cluster = await testCluster(3, []);
     });
-  }, 90_000);
-});
+    afterAll(async () => await cluster?.stop());
+    // reservations made by a version before the lease index (or during a rolling upgrade) are not in it, and the
+    // lapse sweep, which reads only the index, never gave them back; nothing reported them
+    it('lists lease index entries out of step with the tokens, mends them, and the sweep then finds every abandoned reservation', async () => {
+      await ownSnapshot('leases', async ({ fx, db, pool }) => {
+        const keys = new Keys(fx.prefix);
+        const made = await fx.engine.generate({ owners: [{ ownerSatelliteId: 'sat-a', ownerUserId: 'alice' }], perUser: 4 });
+        const [unindexed, misplaced, stray, fine] = made.tokens.map((t) => t.token) as [string, string, string, string];
+        const abandoned = await fx.engine.reserve(unindexed, 'sat-b', 50);
+        const held = await fx.engine.reserve(misplaced, 'sat-b', 60_000);
+        expect((await fx.engine.reserve(fine, 'sat-b', 60_000)).code).toBe('ok');
+        const leases = keys.leases(placeOfToken(hexOf(unindexed)).shard);
+        await fx.redis.zrem(leases, hexOf(unindexed));
+        await caughtUp(fx.redis, fx.prefix, pool, 7);
+        await new Promise((r) => setTimeout(r, Math.max(0, abandoned.token!.leaseExpiresAt! + 30 - Date.now())));
+        // an abandoned reservation the index lacks: the sweep cannot find it
+        expect((await fx.engine.lapse(0)).given).toBe(0);
+        // entries out of step (a sweep mends those it reads, so these come after it): a live one due long ago, a stray one
+        await fx.redis.zadd(leases, 5, hexOf(misplaced), 7, hexOf(stray));
+
+        const env = { KEY_PREFIX: fx.prefix, DATABASE_URL: db.url, ...(cluster ? { REDIS_CLUSTER_NODES: cluster.nodes.join(',') } : { REDIS_URL: SHARED_REDIS_URL }) };
+        const found = await runCli(['verify'], env);
+        expect(found.code).toBe(1);
+        expect(found.stdout.split('\n').filter((l) => l.includes('lease_index')).sort()).toEqual([`${misplaced} lease_index`, `${stray} lease_index`, `${unindexed} lease_index`].sort());
+        expect(found.stderr).toContain('referral-manager verify --repair-leases');
+        const repaired = await runCli(['verify', '--repair-leases'], env);
+        expect(repaired.stdout).toContain('wrote or removed 3 lease index entries');
+        expect(Number(await fx.redis.zscore(leases, hexOf(misplaced)))).toBe(held.token!.leaseExpiresAt);
+        expect(await fx.redis.zscore(leases, hexOf(stray))).toBeNull();
+        expect(await verify(fx.redis, pool, fx.prefix)).toMatchObject({ differences: 0 });
+        // indexed, the abandoned one is given back; the ones whose lease holds stay
+        expect((await fx.engine.lapse(0)).given).toBe(1);
+        expect((await fx.engine.storedStates([unindexed, misplaced, stray, fine]))).toEqual(['unredeemed', 'reserved', 'unredeemed', 'reserved']);
+      }, cluster?.nodes);
+    }, 90_000);
+  });
+}
 
 describe('verify while satellites redeem and while the writer catches up (real Redis, real Postgres)', () => {
   // verify read a shard's redemption details before its buckets: a redeem in between read as a token redeemed

@@ -84,12 +84,13 @@ export interface SnapshotFixture {
 
 /**
  * A snapshot test file's engine (key prefix `label`), fresh database and pool, made before its tests and
- * all removed after them; call it inside the file's describe. The fields are set once beforeAll ran.
+ * all removed after them; call it inside the file's describe. The fields are set once beforeAll ran. `redis`: the engine's
+ * connection (a Cluster's) instead of the shared Redis.
  */
-export function snapshotFixture(label: string): SnapshotFixture {
+export function snapshotFixture(label: string, redis?: () => RedisClient): SnapshotFixture {
   const s = { other: testPrefix(`${label}-other`) } as SnapshotFixture;
   beforeAll(async () => {
-    s.fx = await engineFixture({ label });
+    s.fx = await engineFixture({ label, redis });
     s.db = await testDatabase();
     s.pool = await openPostgres(s.db.url);
   });
