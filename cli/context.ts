@@ -155,9 +155,10 @@ function giveUpWhenStuck(redis: RedisClient, where: string, last: () => Error | 
 /**
  * The snapshot as the commands that read it open it (restore, verify, campaigns results): an existing
  * database only. Made on the spot from a mistyped DATABASE_URL, it would restore 0 tokens (after --force
- * removed every one) or list every token.
+ * removed every one) or list every token. What its migrations do goes to stderr: a command waiting behind
+ * another process' long migration says so rather than hanging without a word.
  */
-export const openSnapshot = (url: string, connections = 2) => openPostgres(url, connections, undefined, false);
+export const openSnapshot = (url: string, connections = 2) => openPostgres(url, connections, undefined, false, (msg) => console.error(`note: ${msg}`));
 
 /** How long a command answering from the snapshot waits for Redis, which only tells it how far behind the snapshot is. */
 const LAG_WAIT_MS = 3_000;

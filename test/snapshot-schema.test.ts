@@ -119,6 +119,30 @@ describe('snapshot schema: database creation and migrations (real Postgres)', ()
     }
   }, 30_000);
 
+  // a verify (or restore) started while another process migrated waited without a word for as long as that ran
+  it('a verify started while another process holds the migrations\' lock says whose it waits for, and runs once it is let go', async () => {
+    const fx = await engineFixture({ label: 'migwait' });
+    const db = await testDatabase();
+    const locker = new pg.Client({ connectionString: db.url });
+    try {
+      await (await openPostgres(db.url)).end();
+      await locker.connect();
+      const pid = (await locker.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+      await locker.query('SELECT pg_advisory_lock(74820501)'); // the migrations' lock (src/snapshot/schema.ts)
+      let stderr = '';
+      const verifying = runCli(['verify'], { KEY_PREFIX: fx.prefix, DATABASE_URL: db.url, REDIS_URL: SHARED_REDIS_URL }, { whenStarted: (p) => p.stderr!.on('data', (d: Buffer) => (stderr += d.toString())) });
+      for (const end = Date.now() + 20_000; !stderr.includes('waiting for another process') && Date.now() < end; ) await new Promise((r) => setTimeout(r, 100));
+      expect(stderr).toMatch(new RegExp(`^note: waiting for another process migrating the snapshot's schema \\(Postgres backend pid ${pid} from 127\\.0\\.0\\.1, connected \\d+ s ago\\)$`, 'm'));
+      await locker.query('SELECT pg_advisory_unlock(74820501)');
+      const r = await verifying;
+      expect([r.code, r.stdout]).toEqual([0, expect.stringContaining('0 tokens in Redis, 0 differences')]);
+    } finally {
+      await locker.end();
+      await db.drop();
+      await fx.close();
+    }
+  });
+
   it('a pool with a query timeout has Postgres time statements out under it, unless the database asks for less', async () => {
     const db = unusedDatabase();
     try {
