@@ -599,7 +599,8 @@ describe('snapshot writer under faults (real processes)', () => {
     await admin.connect();
     await admin.query(`ALTER DATABASE ${db.name} SET default_transaction_read_only = on`);
     const lines: string[] = [];
-    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: testPrefix('readonlystart'), databaseUrl: db.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`) });
+    const prefix = testPrefix('readonlystart');
+    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url }), { log: (level, msg) => lines.push(`${level}: ${msg}`) });
     try {
       for (const end = Date.now() + 20_000; !lines.some((l) => l.includes('SQLSTATE 25006')) && Date.now() < end; ) await sleep(100);
       expect(writer.status()).toMatchObject({ leader: true, state: 'down' });
@@ -608,6 +609,8 @@ describe('snapshot writer under faults (real processes)', () => {
       await writer.stop();
       await admin.end();
       await db.drop();
+      // the writer's lease outlives it by its TTL: a run of this test alone ended before it lapsed
+      await dropPrefix(snap.fx.redis, prefix);
     }
   });
 
