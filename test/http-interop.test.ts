@@ -2,28 +2,12 @@
 // (int64 as 0xd3 and uint64 as 0xcf unless compact, nil pointers as nil, time.Time as the timestamp extension),
 // ugorji/go and Python's msgpack with use_bin_type=False (the old spec: no str8), Python's msgpack and Java's
 // msgpack-core (floats as float64), Go's encoding/json (HTML-escaped), Python's json (ASCII escapes).
-import { Pool } from 'undici';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, call, serve, type Served } from './helpers/http.js';
-import { dropSharedPrefixes, testPrefix } from './helpers/redis.js';
+import { describe, expect, it } from 'vitest';
+import { ADMIN_KEY, call } from './helpers/http.js';
+import { servedFor } from './helpers/served.js';
 
-const prefix = testPrefix('interop');
-let server: Served;
-let pool: Pool;
-let key: string;
+const api = servedFor('interop', { env: { RATE_LIMIT_FAILURES: '100000' }, satellites: [{ id: 'sat-go' }] });
 const MISSING = '00000000-0000-4000-8000-000000000000';
-
-beforeAll(async () => {
-  server = await serve({ KEY_PREFIX: prefix, RATE_LIMIT_FAILURES: '100000' });
-  pool = new Pool(server.url, { connections: 4 });
-  key = (await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-go' } })).body.apiKey;
-});
-
-afterAll(async () => {
-  await pool?.close();
-  expect(await server?.stop()).toBe(0);
-  await dropSharedPrefixes(prefix);
-});
 
 /** MessagePack pieces as the encoders above write them */
 const mp = {
@@ -48,7 +32,7 @@ function bytes8(write: (b: Buffer) => void): Buffer {
   return b;
 }
 
-const reserve = (raw: Buffer | string, contentType = 'application/msgpack') => call(pool, 'POST', '/v1/tokens/reserve', { key, raw, contentType, accept: 'application/json' });
+const reserve = (raw: Buffer | string, contentType = 'application/msgpack') => call(api.pool, 'POST', '/v1/tokens/reserve', { key: api.keys['sat-go'], raw, contentType, accept: 'application/json' });
 
 describe('bodies as other languages encode them', () => {
   // a reserve of a token that does not exist: 404 says the body was taken, 400 names what was not
@@ -109,7 +93,7 @@ describe('bodies as other languages encode them', () => {
       expect([label, whole.status, whole.body.error]).toEqual([label, 400, 'invalid_request']);
     }
     const generate = mp.map([[mp.fixstr('satelliteId'), mp.fixstr('sat-go')], [mp.fixstr('userIds'), Buffer.from([0x91, 0xa1, 0x75])], [mp.fixstr('perUser'), mp.int64(1)], [mp.fixstr('expiresAt'), Buffer.from([0xd6, 0xff, 0x7f, 0, 0, 0])]]);
-    const r = await call(pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, raw: generate, contentType: 'application/msgpack', accept: 'application/json' });
+    const r = await call(api.pool, 'POST', '/v1/admin/tokens/generate', { key: ADMIN_KEY, raw: generate, contentType: 'application/msgpack', accept: 'application/json' });
     expect([r.status, r.body.message]).toEqual([400, 'expiresAt: must be integer']);
   });
 
@@ -117,9 +101,9 @@ describe('bodies as other languages encode them', () => {
   // from the registry (Rust's mime crate does) was refused 415, and asked for a reply in it got JSON
   it('takes application/vnd.msgpack, the registered type, as a body and in Accept', async () => {
     const body = mp.map([[mp.fixstr('token'), mp.str8(MISSING)]]);
-    const r = await call(pool, 'POST', '/v1/tokens/reserve', { key, raw: body, contentType: 'application/vnd.msgpack', accept: 'application/json' });
+    const r = await call(api.pool, 'POST', '/v1/tokens/reserve', { key: api.keys['sat-go'], raw: body, contentType: 'application/vnd.msgpack', accept: 'application/json' });
     expect([r.status, r.body.error]).toEqual([404, 'token_not_found']);
-    const listed = await call(pool, 'GET', '/v1/users/nobody/tokens', { key, accept: 'application/vnd.msgpack' });
+    const listed = await call(api.pool, 'GET', '/v1/users/nobody/tokens', { key: api.keys['sat-go'], accept: 'application/vnd.msgpack' });
     expect([listed.status, listed.headers['content-type'], listed.body]).toEqual([200, 'application/msgpack', { tokens: [] }]);
   });
 });
