@@ -1,15 +1,11 @@
 import { connect } from 'node:net';
 import { Packr } from 'msgpackr';
-import { Pool } from 'undici';
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { ADMIN_KEY, call, rssKb, serve, type Served } from './helpers/http.js';
-import { dropSharedPrefixes, testPrefix } from './helpers/redis.js';
+import { expect, it } from 'vitest';
+import { ADMIN_KEY, call, rssKb } from './helpers/http.js';
+import { servedFor } from './helpers/served.js';
 
-const prefix = testPrefix('fuzz');
+const api = servedFor('fuzz', { env: { RATE_LIMIT_FAILURES: '1000000' }, connections: 16, satellites: [{ id: 'fuzz-sat' }] });
 const packr = new Packr({ useRecords: false });
-let server: Served;
-let pool: Pool;
-let key: string;
 
 // Seeded, so a failure names a case that can be replayed.
 let seed = 0x9e3779b9;
@@ -69,23 +65,11 @@ function makeCase(): Case {
   }
 }
 
-beforeAll(async () => {
-  server = await serve({ KEY_PREFIX: prefix, RATE_LIMIT_FAILURES: '1000000' });
-  pool = new Pool(server.url, { connections: 16 });
-  key = (await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'fuzz-sat' } })).body.apiKey;
-});
-
-afterAll(async () => {
-  await pool?.close();
-  await server?.stop();
-  await dropSharedPrefixes(prefix);
-});
-
 async function fire(n: number, statuses: Map<number, number>): Promise<void> {
   const batch = 64;
   for (let i = 0; i < n; i += batch) {
     const cases = Array.from({ length: Math.min(batch, n - i) }, makeCase);
-    const replies = await Promise.all(cases.map((c) => call(pool, 'POST', c.path, { key: c.path.includes('admin') ? ADMIN_KEY : key, raw: c.body, contentType: c.contentType || 'application/octet-stream', accept: 'application/json' })));
+    const replies = await Promise.all(cases.map((c) => call(api.pool, 'POST', c.path, { key: c.path.includes('admin') ? ADMIN_KEY : api.keys['fuzz-sat'], raw: c.body, contentType: c.contentType || 'application/octet-stream', accept: 'application/json' })));
     replies.forEach((r, j) => {
       statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
       if (r.status < 400 || r.status >= 500) {
@@ -98,12 +82,12 @@ async function fire(n: number, statuses: Map<number, number>): Promise<void> {
 
 it('answers >= 10,000 random or garbled bodies with 4xx only, stays up, and keeps memory bounded', async () => {
   const statuses = new Map<number, number>();
-  const { pid } = (await call(pool, 'GET', '/healthz')).body;
+  const { pid } = (await call(api.pool, 'GET', '/healthz')).body;
   await fire(1000, statuses);
   const before = rssKb(pid);
   await fire(10_000, statuses);
   const after = rssKb(pid);
-  expect((await call(pool, 'GET', '/healthz')).body.pid).toBe(pid);
+  expect((await call(api.pool, 'GET', '/healthz')).body.pid).toBe(pid);
   expect(after - before).toBeLessThan(64 * 1024);
   // the mix really reached the decoder, the validator and the size and media-type checks
   for (const s of [400, 413, 415]) expect(statuses.get(s) ?? 0).toBeGreaterThan(50);
@@ -111,21 +95,21 @@ it('answers >= 10,000 random or garbled bodies with 4xx only, stays up, and keep
 });
 
 it('survives clients that hang up mid-headers, mid-body or before reading the reply', async () => {
-  const { pid } = (await call(pool, 'GET', '/healthz')).body;
+  const { pid } = (await call(api.pool, 'GET', '/healthz')).body;
   const body = packr.pack({ token: TOKEN, userId: 'u' });
   const full = Buffer.concat([
-    Buffer.from(`POST /v1/tokens/redeem HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${key}\r\ncontent-type: application/msgpack\r\ncontent-length: ${body.length + 4000}\r\n\r\n`),
+    Buffer.from(`POST /v1/tokens/redeem HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${api.keys['fuzz-sat']}\r\ncontent-type: application/msgpack\r\ncontent-length: ${body.length + 4000}\r\n\r\n`),
     body,
   ]);
   await Promise.all(Array.from({ length: 300 }, (_, i) => new Promise<void>((resolve) => {
-    const s = connect(server.port, '127.0.0.1', () => {
+    const s = connect(api.server.port, '127.0.0.1', () => {
       // cut anywhere in the request: the declared length is longer than what is ever sent
       s.write(full.subarray(0, Math.floor((i / 300) * full.length) + 1), () => setTimeout(() => s.destroy(), i % 3));
     });
     s.on('error', () => undefined);
     s.on('close', () => resolve());
   })));
-  const after = await call(pool, 'GET', '/healthz');
+  const after = await call(api.pool, 'GET', '/healthz');
   expect([after.status, after.body.pid]).toEqual([200, pid]);
-  expect((await call(pool, 'GET', '/v1/users/u/tokens', { key })).status).toBe(200);
+  expect((await call(api.pool, 'GET', '/v1/users/u/tokens', { key: api.keys['fuzz-sat'] })).status).toBe(200);
 });
