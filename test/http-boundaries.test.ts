@@ -4,29 +4,15 @@ import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import { Packr } from 'msgpackr';
 import { Pool } from 'undici';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ReferralError, SatelliteClient } from '../src/client/index.js';
-import { ADMIN_KEY, call, rawExchange, serve, type Served } from './helpers/http.js';
-import { dropSharedPrefixes, testPrefix } from './helpers/redis.js';
+import { ADMIN_KEY, call, rawExchange, serve } from './helpers/http.js';
+import { dropSharedPrefixes } from './helpers/redis.js';
+import { servedFor } from './helpers/served.js';
 
-const prefix = testPrefix('http-edges');
-let server: Served;
-let pool: Pool;
-let keyA: string;
+const api = servedFor('http-edges', { env: { RATE_LIMIT_FAILURES: '100000' }, satellites: [{ id: 'sat-a' }] });
 
-const admin = (method: string, path: string, body?: unknown) => call(pool, method, path, { key: ADMIN_KEY, body });
-
-beforeAll(async () => {
-  server = await serve({ KEY_PREFIX: prefix, RATE_LIMIT_FAILURES: '100000' });
-  pool = new Pool(server.url, { connections: 4 });
-  keyA = (await admin('POST', '/v1/admin/satellites', { id: 'sat-a' })).body.apiKey;
-});
-
-afterAll(async () => {
-  await pool?.close();
-  expect(await server?.stop()).toBe(0);
-  await dropSharedPrefixes(prefix);
-});
+const admin = (method: string, path: string, body?: unknown) => call(api.pool, method, path, { key: ADMIN_KEY, body });
 
 const SATELLITE_BODY_LIMIT = 16 * 1024;
 
@@ -36,19 +22,19 @@ describe('the satellite body limit (16 KiB)', () => {
     const json = '{"token":"ffff0000-0000-4000-8000-000000000000","userId":"u"}';
     return json + ' '.repeat(n - json.length);
   };
-  const head = (extra: string) => `POST /v1/tokens/redeem HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${keyA}\r\nContent-Type: application/json\r\nAccept: application/json\r\n${extra}\r\n`;
+  const head = (extra: string) => `POST /v1/tokens/redeem HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${api.keys['sat-a']}\r\nContent-Type: application/json\r\nAccept: application/json\r\n${extra}\r\n`;
   const chunked = (s: string) => `${head('Transfer-Encoding: chunked\r\n')}${s.match(/[^]{1,4096}/g)!.map((c) => `${c.length.toString(16)}\r\n${c}\r\n`).join('')}0\r\n\r\n`;
   const sized = (s: string) => `${head(`Content-Length: ${s.length}\r\n`)}${s}`;
 
   it('takes a body of exactly the limit and refuses one byte more, streamed or announced', async () => {
     for (const send of [chunked, sized]) {
-      expect(await rawExchange(server.url, send(body(SATELLITE_BODY_LIMIT)))).toMatch(/^HTTP\/1.1 404 /); // read: no such token
-      const over = await rawExchange(server.url, send(body(SATELLITE_BODY_LIMIT + 1)));
+      expect(await rawExchange(api.server.url, send(body(SATELLITE_BODY_LIMIT)))).toMatch(/^HTTP\/1.1 404 /); // read: no such token
+      const over = await rawExchange(api.server.url, send(body(SATELLITE_BODY_LIMIT + 1)));
       expect(over).toMatch(/^HTTP\/1.1 413 /);
       expect(over).toContain('"error":"body_too_large"');
     }
     // announced one byte over, it is refused before any of it arrives
-    const early = await rawExchange(server.url, head(`Content-Length: ${SATELLITE_BODY_LIMIT + 1}\r\n`));
+    const early = await rawExchange(api.server.url, head(`Content-Length: ${SATELLITE_BODY_LIMIT + 1}\r\n`));
     expect(early).toMatch(/^HTTP\/1.1 413 /);
   });
 });
@@ -58,9 +44,9 @@ describe('a rotated key cached by the worker', () => {
     const old = (await admin('POST', '/v1/admin/satellites', { id: 'sat-rot' })).body.apiKey;
     expect((await admin('POST', '/v1/admin/satellites/sat-rot/rotate-key', { graceMs: 500 })).status).toBe(200);
     // served in the grace, and so cached
-    expect((await call(pool, 'GET', '/v1/users/u/tokens', { key: old })).status).toBe(200);
+    expect((await call(api.pool, 'GET', '/v1/users/u/tokens', { key: old })).status).toBe(200);
     await new Promise((r) => setTimeout(r, 1500));
-    const after = await call(pool, 'GET', '/v1/users/u/tokens', { key: old });
+    const after = await call(api.pool, 'GET', '/v1/users/u/tokens', { key: old });
     expect([after.status, after.body.error]).toEqual([401, 'unauthorized']);
   });
 });
@@ -70,9 +56,9 @@ describe('a key rotated without grace', () => {
   // AUTH_CACHE_MS); docs/http.md: the worker that served the rotate forgets at once, a leaked key is cut off
   it('is refused at once on the worker that served the rotation, though AUTH_CACHE_MS (5 s here) is longer', async () => {
     const old = (await admin('POST', '/v1/admin/satellites', { id: 'sat-leak' })).body.apiKey;
-    expect((await call(pool, 'GET', '/v1/users/u/tokens', { key: old })).status).toBe(200); // cached now
+    expect((await call(api.pool, 'GET', '/v1/users/u/tokens', { key: old })).status).toBe(200); // cached now
     expect((await admin('POST', '/v1/admin/satellites/sat-leak/rotate-key', { graceMs: 0 })).status).toBe(200);
-    const after = await call(pool, 'GET', '/v1/users/u/tokens', { key: old });
+    const after = await call(api.pool, 'GET', '/v1/users/u/tokens', { key: old });
     expect([after.status, after.body.error]).toEqual([401, 'unauthorized']);
   });
 });
@@ -85,7 +71,7 @@ describe('a reply larger than the socket takes at once', () => {
     for (let i = 0; i < 3000; i += 100) {
       await Promise.all(Array.from({ length: 100 }, (_, j) => admin('POST', '/v1/admin/satellites', { id: `big-${i + j}`, url, name: 'n'.repeat(256) })));
     }
-    const raw = await rawExchange(server.url, `GET /v1/admin/satellites HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${ADMIN_KEY}\r\nAccept: application/json\r\n\r\n`);
+    const raw = await rawExchange(api.server.url, `GET /v1/admin/satellites HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${ADMIN_KEY}\r\nAccept: application/json\r\n\r\n`);
     const head = raw.indexOf('\r\n\r\n');
     const length = Number(/\r\ncontent-length: *(\d+)/i.exec(raw)?.[1]);
     expect(length).toBeGreaterThan(6_000_000);
@@ -99,7 +85,7 @@ describe('a reply larger than the socket takes at once', () => {
 // signing up had set left the person's, a new one for every guess, to be counted
 describe('X-End-User-IP sent twice', () => {
   it('is a list, refused 400 as one in a single line is, whichever line holds what', async () => {
-    const lookup = (lines: string[]) => rawExchange(server.url, `GET /v1/tokens/ffff0000-0000-4000-8000-000000000000 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${keyA}\r\n${lines.map((l) => `${l}\r\n`).join('')}\r\n`);
+    const lookup = (lines: string[]) => rawExchange(api.server.url, `GET /v1/tokens/ffff0000-0000-4000-8000-000000000000 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${api.keys['sat-a']}\r\n${lines.map((l) => `${l}\r\n`).join('')}\r\n`);
     for (const lines of [['X-End-User-IP: 198.51.100.1', 'X-End-User-IP: 198.51.100.2'], ['X-End-User-IP: 198.51.100.3', 'x-end-user-ip: 198.51.100.3'], ['X-End-User-IP: 198.51.100.4, 198.51.100.5']]) {
       const reply = await lookup(lines);
       expect(reply.split('\r\n')[0], lines.join(' | ')).toBe('HTTP/1.1 400 Bad Request');
@@ -112,7 +98,7 @@ describe('X-End-User-IP sent twice', () => {
 
 describe('the typed client on the manager\'s own 429', () => {
   it('carries Retry-After as retryAfter (seconds), as it does for a proxy\'s', async () => {
-    const limited = await serve({ KEY_PREFIX: `${prefix}-rl`, RATE_LIMIT_FAILURES: '1', RATE_LIMIT_WINDOW_MS: '60000' });
+    const limited = await serve({ KEY_PREFIX: `${api.prefix}-rl`, RATE_LIMIT_FAILURES: '1', RATE_LIMIT_WINDOW_MS: '60000' });
     const adminPool = new Pool(limited.url);
     const key = (await call(adminPool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-rl' } })).body.apiKey;
     const client = new SatelliteClient({ url: limited.url, apiKey: key });
@@ -131,7 +117,7 @@ describe('the typed client on the manager\'s own 429', () => {
       await client.close();
       await adminPool.close();
       expect(await limited.stop()).toBe(0);
-      await dropSharedPrefixes(`${prefix}-rl`);
+      await dropSharedPrefixes(`${api.prefix}-rl`);
     }
   });
 });
@@ -213,7 +199,7 @@ describe('HEAD on a keep-alive connection', () => {
   const head = (path: string) => `HEAD ${path} HTTP/1.1\r\nHost: t\r\n\r\n`;
   const get = 'GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n';
   it('leaves the connection usable: the next request, sent later or in the same write, is answered', async () => {
-    const c = keepAlive(server.url);
+    const c = keepAlive(api.server.url);
     try {
       const [first] = await c.send(head('/healthz'), [true]);
       expect(statusLine(first!)).toBe('HTTP/1.1 200 OK');
@@ -234,10 +220,10 @@ describe('HEAD on a keep-alive connection', () => {
 // the connection's next request and answered (a second request smuggled past a front end that frames otherwise)
 describe('a Content-Length that leaves the body\'s end in doubt', () => {
   const smuggled = 'GET /v1/smuggled HTTP/1.1\r\nHost: t\r\n\r\n';
-  const redeem = (lengths: string[]) => `POST /v1/tokens/redeem HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${keyA}\r\nContent-Type: application/json\r\n${lengths.map((l) => `Content-Length:${l}\r\n`).join('')}\r\n`;
+  const redeem = (lengths: string[]) => `POST /v1/tokens/redeem HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ${api.keys['sat-a']}\r\nContent-Type: application/json\r\n${lengths.map((l) => `Content-Length:${l}\r\n`).join('')}\r\n`;
   it('is refused 400 and the connection closed: what follows is never taken for a request', async () => {
     for (const [lengths, body] of [[[' 2', ` ${2 + smuggled.length}`], '{}'], [[' '], ''], [[' 2', ' '], '{}'], [[` ${2 + smuggled.length}`, ' 2'], `{}${smuggled}`]] as const) {
-      const c = keepAlive(server.url);
+      const c = keepAlive(api.server.url);
       try {
         const [reply] = await c.send(redeem([...lengths]) + body, [false]);
         expect(statusLine(reply!), lengths.join('|')).toBe('HTTP/1.1 400 Bad Request');
@@ -249,7 +235,7 @@ describe('a Content-Length that leaves the body\'s end in doubt', () => {
       }
     }
     // in the same write as the request: the connection closes before answering anything that follows
-    const c = keepAlive(server.url);
+    const c = keepAlive(api.server.url);
     try {
       const replies = await c.send(`${redeem([' 2', ` ${2 + smuggled.length}`])}{}${smuggled}`, [false, false]);
       expect(replies.filter((r) => r.includes('HTTP/1.1 404'))).toEqual([]);
@@ -258,7 +244,7 @@ describe('a Content-Length that leaves the body\'s end in doubt', () => {
       c.close();
     }
     // a HEAD too (its reply has no body)
-    const head = keepAlive(server.url);
+    const head = keepAlive(api.server.url);
     try {
       const [reply] = await head.send('HEAD /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nContent-Length: 3\r\n\r\n', [true]);
       expect(statusLine(reply!)).toBe('HTTP/1.1 400 Bad Request');
@@ -267,7 +253,7 @@ describe('a Content-Length that leaves the body\'s end in doubt', () => {
       head.close();
     }
     // one value sent twice is one value; a request with no body still keeps its connection
-    const same = keepAlive(server.url);
+    const same = keepAlive(api.server.url);
     try {
       expect((await same.send(`${redeem([' 2', ' 2'])}{}`, [false])).map(statusLine)).toEqual(['HTTP/1.1 400 Bad Request']);
       expect((await same.send('GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n', [false])).map(statusLine)).toEqual(['HTTP/1.1 200 OK']);
@@ -284,11 +270,11 @@ describe('a Content-Type with parameters', () => {
   it('is its media type: charset and even q change nothing', async () => {
     const body = '{"token":"ffff0000-0000-4000-8000-000000000000","userId":"u"}';
     for (const contentType of ['application/json; charset=utf-8', 'APPLICATION/JSON', 'application/json;q=0', 'application/json; q=0.5']) {
-      const r = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, raw: body, contentType, accept: 'application/json' });
+      const r = await call(api.pool, 'POST', '/v1/tokens/redeem', { key: api.keys['sat-a'], raw: body, contentType, accept: 'application/json' });
       expect([contentType, r.status, r.body.error]).toEqual([contentType, 404, 'token_not_found']);
     }
     const packed = new Packr({ useRecords: false }).pack({ token: 'ffff0000-0000-4000-8000-000000000000', userId: 'u' });
-    const r = await call(pool, 'POST', '/v1/tokens/redeem', { key: keyA, raw: packed, contentType: 'application/msgpack;q=0' });
+    const r = await call(api.pool, 'POST', '/v1/tokens/redeem', { key: api.keys['sat-a'], raw: packed, contentType: 'application/msgpack;q=0' });
     expect([r.status, r.body.error, r.headers['content-type']]).toEqual([404, 'token_not_found', 'application/msgpack']);
   });
 });
