@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { audit } from '../src/http/audit.js';
 import { ADMIN_KEY, rawExchange, serve } from './helpers/http.js';
+import { testPrefix } from './helpers/redis.js';
 
 describe('the admin audit line', () => {
   // written after the reply, inside the request's try: a throw here was logged as a 500 of a call that succeeded
@@ -28,7 +29,7 @@ describe('the admin audit line', () => {
   // anyone may send the path, key or no key; JSON escapes only C0 controls, so a bidi override (U+202E) reordered
   // how a terminal or log viewer showed the line, and a C1 control (U+009B, an escape some terminals act on) reached it
   it('percent-encodes a path that is not visible ASCII, as a client would have sent it', async () => {
-    const served = await serve({ KEY_PREFIX: 'audit-path' }, 1);
+    const served = await serve({ KEY_PREFIX: testPrefix('audit-path') }, 1);
     try {
       const reply = await rawExchange(served.url, 'DELETE /v1/admin/satellites/x\u202e\u009b31m\u2028y\u00e9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
       expect(reply).toMatch(/^HTTP\/1\.1 401 /);
@@ -47,7 +48,7 @@ describe('the admin audit line', () => {
   // every admin call that may change something writes a line, refused ones too: anyone could trigger the
   // write that, with the log reader gone, threw EPIPE and ended the process
   it('a serve whose stdout and stderr readers went away keeps serving', async () => {
-    const served = await serve({ KEY_PREFIX: 'audit-epipe' }, 1);
+    const served = await serve({ KEY_PREFIX: testPrefix('audit-epipe') }, 1);
     try {
       served.proc.stdout!.destroy();
       served.proc.stderr!.destroy();
