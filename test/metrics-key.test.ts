@@ -2,6 +2,7 @@ import { readdirSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { startOpsServer } from '../src/http/ops.js';
 import { serve } from './helpers/http.js';
+import { testPrefix } from './helpers/redis.js';
 
 const METRICS_KEY = 'metrics-key-0123456789abcdefghijklmnopqrstuv';
 
@@ -16,8 +17,8 @@ async function get(url: string, path: string, key?: string): Promise<[number, st
 // satellites reach the port they are served on
 describe('METRICS_KEY', () => {
   it('serve: /metrics asks for it; /healthz and /readyz stay open; without it /metrics is open', async () => {
-    const guarded = await serve({ KEY_PREFIX: 'metrics-key', METRICS_KEY });
-    const open = await serve({ KEY_PREFIX: 'metrics-key' });
+    const guarded = await serve({ KEY_PREFIX: testPrefix('metrics-key'), METRICS_KEY });
+    const open = await serve({ KEY_PREFIX: testPrefix('metrics-key') });
     try {
       expect(await get(guarded.url, '/metrics')).toEqual([401, 'unauthorized']);
       expect(await get(guarded.url, '/metrics', 'not-the-key')).toEqual([401, 'unauthorized']);
@@ -51,7 +52,7 @@ describe('METRICS_KEY', () => {
   });
 
   it('is refused at start when shorter than 32 characters', async () => {
-    await expect(serve({ KEY_PREFIX: 'metrics-key', METRICS_KEY: 'short' })).rejects.toThrow(/METRICS_KEY: must be at least 32 characters/);
+    await expect(serve({ KEY_PREFIX: testPrefix('metrics-key'), METRICS_KEY: 'short' })).rejects.toThrow(/METRICS_KEY: must be at least 32 characters/);
   });
 });
 
