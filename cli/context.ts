@@ -101,6 +101,16 @@ export async function connectRedis(config: Config, waitMs = CONNECT_WAIT_MS): Pr
   return redis;
 }
 
+/** Runs `fn` on the command's Redis (connectRedis), and always disconnects so the process can exit. */
+export async function withRedis<T>(config: Config, fn: (redis: RedisClient) => Promise<T>): Promise<T> {
+  const redis = await connectRedis(config);
+  try {
+    return await fn(redis);
+  } finally {
+    redis.disconnect();
+  }
+}
+
 /**
  * Once Redis has been lost for 10 s (a restart takes less), or left a command unanswered for 10 s (a
  * hung server, SIGSTOP: the connection stays open), a command gives up: one error line, what waits

@@ -3,7 +3,8 @@ import { quote } from 'shell-quote';
 import { CampaignStore, campaignNotFound, type Campaign } from '../../src/store/campaign-store.js';
 import { DomainError } from '../../src/errors.js';
 import { checkId } from '../../src/tokens/validate.js';
-import { configFrom, connectRedis, fromSnapshot, globalFlags, lagText } from '../context.js';
+import type { Config } from '../../src/config.js';
+import { configFrom, fromSnapshot, globalFlags, lagText, withRedis } from '../context.js';
 import { invalidIsUsage, table } from '../format.js';
 import { pushAll } from '../../src/collections.js';
 import { campaignResults } from '../../src/snapshot/index.js';
@@ -48,6 +49,9 @@ async function noRecord(cmd: Command, store: CampaignStore, id: string, lacks: s
   return campaignNotFound(id);
 }
 
+/** Runs `fn` on the campaigns under the command's prefix (withRedis). */
+const withCampaigns = <T>(config: Config, fn: (store: CampaignStore) => Promise<T>): Promise<T> => withRedis(config, (redis) => fn(new CampaignStore(redis, config.keyPrefix)));
+
 /**
  * `campaigns list`, `campaigns show <id>`, `campaigns refused <id>`: what generate made and what each satellite
  * accepted or refused; `campaigns results <id>`: what became of the tokens.
@@ -64,10 +68,8 @@ export function register(program: Command): void {
     .option('--json', 'print JSON')
     .addHelpText('after', '\nExamples:\n  referral-manager campaigns list\n  referral-manager campaigns list --json | jq \'.[].id\'')
     .action(async function (this: Command, opts: { json?: boolean }) {
-      const config = configFrom(this);
-      const redis = await connectRedis(config);
-      try {
-        const all = await new CampaignStore(redis, config.keyPrefix).list();
+      await withCampaigns(configFrom(this), async (store) => {
+        const all = await store.list();
         // the overall status the table shows, so a script need not work it out again
         if (opts.json) return console.log(JSON.stringify(all.map((c) => ({ ...c, status: status(c) })), null, 2));
         if (all.length === 0) return console.log('no campaigns yet (referral-manager generate --help)');
@@ -77,9 +79,7 @@ export function register(program: Command): void {
             all.map((c) => [c.id, when(c.createdAt), c.perUser, when(c.expiresAt), c.satellites.join(','), total(c, 'usersServed'), total(c, 'tokensMade'), total(c, 'tokensDelivered'), status(c)]),
           ),
         );
-      } finally {
-        redis.disconnect();
-      }
+      });
     });
 
   campaigns
@@ -89,10 +89,7 @@ export function register(program: Command): void {
     .addHelpText('after', '\nExamples:\n  referral-manager campaigns show spring-2026')
     .action(async function (this: Command, given: string, opts: { json?: boolean }) {
       const id = await checked(this, given);
-      const config = configFrom(this);
-      const redis = await connectRedis(config);
-      try {
-        const store = new CampaignStore(redis, config.keyPrefix);
+      await withCampaigns(configFrom(this), async (store) => {
         const c = (await store.get(id)) ?? (await noRecord(this, store, id, 'run record (settings, progress per satellite)'));
         if (opts.json) return console.log(JSON.stringify({ ...c, status: status(c) }, null, 2));
         const revoked = c.revokedAt === undefined ? '' : ` at ${when(c.revokedAt)}`;
@@ -103,9 +100,7 @@ export function register(program: Command): void {
             Object.entries(c.progress).map(([sat, p]) => [sat, p.usersListed, p.usersServed, p.tokensMade, p.tokensDelivered, p.usersRefused, p.failures, p.status, p.lastError ?? '']),
           ),
         );
-      } finally {
-        redis.disconnect();
-      }
+      });
     });
 
   campaigns
@@ -138,16 +133,12 @@ export function register(program: Command): void {
     .option('--json', 'print [{id, revokedAt, ranByGenerate}]')
     .addHelpText('after', '\nExamples:\n  referral-manager campaigns revoked\n  referral-manager campaigns revoked --json')
     .action(async function (this: Command, opts: { json?: boolean }) {
-      const config = configFrom(this);
-      const redis = await connectRedis(config);
-      try {
-        const all = await new CampaignStore(redis, config.keyPrefix).revoked();
+      await withCampaigns(configFrom(this), async (store) => {
+        const all = await store.revoked();
         if (opts.json) return console.log(JSON.stringify(all, null, 2));
         if (all.length === 0) return console.log('no campaign revoked');
         console.log(table(['campaign', 'revoked', 'run by generate'], all.map((r) => [r.id, when(r.revokedAt), r.ranByGenerate ? 'yes' : 'no'])));
-      } finally {
-        redis.disconnect();
-      }
+      });
     });
 
   campaigns
@@ -158,10 +149,7 @@ export function register(program: Command): void {
     .addHelpText('after', '\nExamples:\n  referral-manager campaigns refused spring-2026\n  referral-manager campaigns refused spring-2026 --satellite us1 --json')
     .action(async function (this: Command, given: string, opts: { satellite?: string; json?: boolean }) {
       const id = await checked(this, given);
-      const config = configFrom(this);
-      const redis = await connectRedis(config);
-      try {
-        const store = new CampaignStore(redis, config.keyPrefix);
+      await withCampaigns(configFrom(this), async (store) => {
         // only generate pushes tokens to satellites, so only its runs record refusals
         const c = (await store.meta(id)) ?? (await noRecord(this, store, id, 'record of users refused (only generate pushes tokens to satellites)'));
         if (opts.satellite !== undefined && !c.satellites.includes(opts.satellite)) throw new Error(`campaign "${id}" has no satellite "${opts.satellite}" (it has ${c.satellites.join(', ')})`);
@@ -175,8 +163,6 @@ export function register(program: Command): void {
         }
         // fromEntries: a satellite named __proto__ stays a field
         if (opts.json) console.log(JSON.stringify(Object.fromEntries(out), null, 2));
-      } finally {
-        redis.disconnect();
-      }
+      });
     });
 }

@@ -3,7 +3,7 @@ import { CampaignStore } from '../../src/store/campaign-store.js';
 import { EXPORT_FIELDS, scanTokens, type ExportRow } from '../../src/store/export.js';
 import { TOKEN_STATES } from '../../src/store/model.js';
 import type { TokenState } from '../../src/store/model.js';
-import { configFrom, connectRedis } from '../context.js';
+import { configFrom, withRedis } from '../context.js';
 import { setImmediate } from 'node:timers/promises';
 
 const NUMERIC = new Set<string>(['createdAt', 'expiresAt', 'leaseExpiresAt', 'redeemedAt']);
@@ -81,8 +81,7 @@ export function register(program: Command): void {
     const config = configFrom(this);
     const write = stdoutWriter();
     const line = opts.format === 'jsonl' ? jsonLine : opts.raw ? rawCsvLine : csvLine;
-    const redis = await connectRedis(config);
-    try {
+    await withRedis(config, async (redis) => {
       if (opts.format === 'csv' && !(await write(rawCsvLine([...EXPORT_FIELDS])))) return;
       let n = 0;
       for await (const rows of scanTokens(redis, config.keyPrefix, { campaignId: opts.campaign, state: opts.state })) {
@@ -99,8 +98,6 @@ export function register(program: Command): void {
           console.error(`note: no campaign "${opts.campaign}" was run by generate or revoked (referral-manager campaigns list)`);
         }
       }
-    } finally {
-      redis.disconnect();
-    }
+    });
   });
 }

@@ -6,7 +6,7 @@ import { SatelliteRegistry } from '../../src/satellites/registry.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine, MAX_EXPIRES_AT, MAX_TOKENS_PER_CALL, newCampaignId } from '../../src/tokens/engine.js';
 import { checkCampaignId } from '../../src/tokens/validate.js';
-import { configFrom, connectRedis, globalFlags } from '../context.js';
+import { configFrom, globalFlags, withRedis } from '../context.js';
 import { parseDuration, table } from '../format.js';
 import { progressBars } from '../progress.js';
 
@@ -89,8 +89,7 @@ export function register(program: Command): void {
       }
 
       const config = configFrom(this);
-      const redis = await connectRedis(config);
-      try {
+      await withRedis(config, async (redis) => {
         const registry = new SatelliteRegistry(redis, config.keyPrefix, config.outboundKeySecrets);
         const campaigns = new CampaignStore(redis, config.keyPrefix);
         const store = new TokenStore(redis, config.keyPrefix, config);
@@ -180,9 +179,7 @@ export function register(program: Command): void {
         } finally {
           await run?.release();
         }
-      } finally {
-        redis.disconnect();
-      }
+      });
     });
 }
 

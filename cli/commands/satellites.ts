@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import type { Config } from '../../src/config.js';
 import type { Satellite, SatelliteFields } from '../../src/satellites/model.js';
 import { SatelliteRegistry } from '../../src/satellites/registry.js';
-import { configFrom, connectRedis } from '../context.js';
+import { configFrom, withRedis } from '../context.js';
 import { invalidIsUsage, table } from '../format.js';
 
 interface UpdateOptions {
@@ -40,13 +40,8 @@ function outboundKeyOf(cmd: Command, opts: { outboundKey?: string; outboundKeyFi
 }
 
 /** Opens the registry, runs `fn`, and always disconnects so the process can exit. */
-async function withRegistry<T>(config: Config, fn: (r: SatelliteRegistry) => Promise<T>): Promise<T> {
-  const redis = await connectRedis(config);
-  try {
-    return await fn(new SatelliteRegistry(redis, config.keyPrefix, config.outboundKeySecrets));
-  } finally {
-    redis.disconnect();
-  }
+function withRegistry<T>(config: Config, fn: (r: SatelliteRegistry) => Promise<T>): Promise<T> {
+  return withRedis(config, (redis) => fn(new SatelliteRegistry(redis, config.keyPrefix, config.outboundKeySecrets)));
 }
 
 /** `satellites add|list|update|remove|rotate-key|seal-keys`: the satellites allowed to call the API, and their keys. */

@@ -6,7 +6,7 @@ import type { RedisClient } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { lostShardsMessage, readLostShards, readSnapshotStatus, sampleLag } from '../../src/snapshot/index.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
-import { configFrom, connectRedis } from '../context.js';
+import { configFrom, withRedis } from '../context.js';
 import { table } from '../format.js';
 import { NO_REPLICA_WAIT } from '../../src/store/replicas.js';
 
@@ -53,19 +53,9 @@ export function register(program: Command): void {
     );
   stats.action(async function (this: Command, opts: { json?: boolean }) {
     const config = configFrom(this);
-    const redis = await connectRedis(config);
-    let s: Stats;
-    let snapshot: string;
-    let lost: number[];
-    try {
-      [s, snapshot, lost] = await Promise.all([
-        new TokenEngine(new TokenStore(redis, config.keyPrefix, NO_REPLICA_WAIT)).stats(),
-        snapshotLine(redis, config.keyPrefix),
-        readLostShards(redis, config.keyPrefix),
-      ]);
-    } finally {
-      redis.disconnect();
-    }
+    const [s, snapshot, lost] = await withRedis(config, (redis) =>
+      Promise.all([new TokenEngine(new TokenStore(redis, config.keyPrefix, NO_REPLICA_WAIT)).stats(), snapshotLine(redis, config.keyPrefix), readLostShards(redis, config.keyPrefix)]),
+    );
     // the counts leave out what Redis lost: said on stderr, so that --json stays the Stats object
     if (lost.length) console.error(`warning: ${lostShardsMessage(lost)}; the counts leave their tokens out`);
     if (opts.json) {

@@ -9,17 +9,12 @@ import { tokenHistory } from '../../src/snapshot/index.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { isToken } from '../../src/tokens/validate.js';
-import { configFrom, connectRedis, fromSnapshot, lagText } from '../context.js';
+import { configFrom, fromSnapshot, lagText, withRedis } from '../context.js';
 import { invalidIsUsage, parseDuration, table, when } from '../format.js';
 
 /** Opens an engine (scripts run by EVALSHA with an EVAL fallback, so nothing to preload), always disconnects. */
-async function withEngine<T>(config: Config, fn: (e: TokenEngine, redis: RedisClient) => Promise<T>): Promise<T> {
-  const redis = await connectRedis(config);
-  try {
-    return await fn(new TokenEngine(new TokenStore(redis, config.keyPrefix, config)), redis);
-  } finally {
-    redis.disconnect();
-  }
+function withEngine<T>(config: Config, fn: (e: TokenEngine, redis: RedisClient) => Promise<T>): Promise<T> {
+  return withRedis(config, (redis) => fn(new TokenEngine(new TokenStore(redis, config.keyPrefix, config)), redis));
 }
 
 /** Said when a command found nothing: a mistyped satellite id finds nothing, as an owner with nothing does. */
