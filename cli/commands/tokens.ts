@@ -24,6 +24,18 @@ async function noteIfUnregistered(redis: RedisClient, prefix: string, satellite:
   }
 }
 
+/** A user's tokens of `satellite` as `read` finds them (a malformed id: a usage error); none, with the note when the satellite is not registered. */
+function ownerTokens<T>(cmd: Command, satellite: string, read: (e: TokenEngine) => Promise<T[]>): Promise<T[]> {
+  const config = configFrom(cmd);
+  return invalidIsUsage(cmd, () =>
+    withEngine(config, async (e, redis) => {
+      const found = await read(e);
+      if (found.length === 0) await noteIfUnregistered(redis, config.keyPrefix, satellite);
+      return found;
+    }),
+  );
+}
+
 const FIELDS: (keyof Token)[] = ['token', 'state', 'ownerSatelliteId', 'ownerUserId', 'campaignId', 'createdAt', 'expiresAt',
   'reservationId', 'reservedBy', 'leaseExpiresAt', 'redeemerSatelliteId', 'redeemerUserId', 'redeemedAt'];
 const TIMES = new Set<keyof Token>(['createdAt', 'expiresAt', 'leaseExpiresAt', 'redeemedAt']);
@@ -96,14 +108,7 @@ export function register(program: Command): void {
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExamples:\n  referral-manager tokens list --satellite us1 --user u42\n  referral-manager tokens list --satellite us1 --user u42 --json');
   list.action(async function (this: Command, opts: { satellite: string; user: string; json?: boolean }) {
-    const config = configFrom(this);
-    const open = await invalidIsUsage(this, () =>
-      withEngine(config, async (e, redis) => {
-        const found = await e.listUnredeemed(opts.satellite, opts.user);
-        if (found.length === 0) await noteIfUnregistered(redis, config.keyPrefix, opts.satellite);
-        return found;
-      }),
-    );
+    const open = await ownerTokens(this, opts.satellite, (e) => e.listUnredeemed(opts.satellite, opts.user));
     if (opts.json) console.log(JSON.stringify(open, null, 2));
     else if (open.length === 0) console.log(`no unredeemed tokens for user "${opts.user}" of satellite "${opts.satellite}"`);
     else {
@@ -120,14 +125,7 @@ export function register(program: Command): void {
     .option('--json', 'machine-readable output')
     .addHelpText('after', '\nExamples:\n  referral-manager tokens redeemed --satellite us1 --user u42\n  referral-manager tokens redeemed --satellite us1 --user u42 --json');
   redeemed.action(async function (this: Command, opts: { satellite: string; user: string; json?: boolean }) {
-    const config = configFrom(this);
-    const used = await invalidIsUsage(this, () =>
-      withEngine(config, async (e, redis) => {
-        const found = await e.listRedeemed(opts.satellite, opts.user);
-        if (found.length === 0) await noteIfUnregistered(redis, config.keyPrefix, opts.satellite);
-        return found;
-      }),
-    );
+    const used = await ownerTokens(this, opts.satellite, (e) => e.listRedeemed(opts.satellite, opts.user));
     if (opts.json) console.log(JSON.stringify(used, null, 2));
     else if (used.length === 0) console.log(`no redeemed tokens for user "${opts.user}" of satellite "${opts.satellite}"`);
     else {
