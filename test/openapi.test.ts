@@ -1,8 +1,4 @@
-import { readFileSync } from 'node:fs';
-import SwaggerParser from '@apidevtools/swagger-parser';
-import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js';
 import { Pool } from 'undici';
-import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../bench/redis-server.js';
 import { loadConfig } from '../src/config.js';
@@ -11,35 +7,17 @@ import type { Route } from '../src/http/router.js';
 import { routes } from '../src/http/routes.js';
 import { sleepUntil } from './helpers/engine-suite.js';
 import { ADMIN_KEY, call, privateRedis, serve, type Format, type Reply, type Served } from './helpers/http.js';
+import { escape, METHODS, openApi, refsOf, untypedEnums, validatedBySchema, type Json } from './helpers/openapi.js';
 import { dropSharedPrefixes, testPrefix } from './helpers/redis.js';
 import { holdingProxy } from './helpers/redis-proxy.js';
 
 // satellite teams generate their clients from docs/openapi.yaml: a route, field or limit it gets wrong is a
 // client that fails against the real server, so the spec is held to the route table and to real replies
 
-type Json = Record<string, any>;
-const spec = parse(readFileSync(new URL('../docs/openapi.yaml', import.meta.url), 'utf8')) as Json;
+const { spec, target, followed, validatorAt } = openApi('openapi.yaml');
 
-const METHODS = ['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace'];
 /** `/v1/users/:userId/tokens` as OpenAPI writes it: `/v1/users/{userId}/tokens` */
 const templated = (pattern: string) => pattern.replace(/:(\w+)/g, '{$1}');
-const escape = (segment: string) => segment.replaceAll('~', '~0').replaceAll('/', '~1');
-
-/** The node a local `$ref` (`#/a/b`) points at; throws when there is none. */
-function target(ref: string): Json {
-  if (!ref.startsWith('#/')) throw new Error(`${ref}: only local refs are used`);
-  let node: any = spec;
-  for (const part of ref.slice(2).split('/').map((p) => p.replaceAll('~1', '/').replaceAll('~0', '~'))) {
-    node = node?.[part];
-    if (node === undefined) throw new Error(`${ref} does not resolve`);
-  }
-  return node;
-}
-
-/** A response or parameter object with its `$ref` followed; `pointer`: where it lives, for Ajv. */
-function followed(node: Json, pointer: string): { node: Json; pointer: string } {
-  return node.$ref ? { node: target(node.$ref), pointer: (node.$ref as string).slice(1) } : { node, pointer };
-}
 
 /**
  * A request schema of the spec as the route declares it: refs replaced by what they point at, annotations
@@ -74,19 +52,6 @@ function operation(route: Pick<Route, 'method' | 'pattern'>): Json {
   return spec.paths[templated(route.pattern)]?.[route.method];
 }
 
-const ajv = new Ajv2020({ strict: true, allowUnionTypes: true, allErrors: true });
-ajv.addFormat('int64', { type: 'number', validate: Number.isSafeInteger });
-// the document is added whole, so a response schema's refs resolve in it; Ajv compiles its root on the way,
-// whose fields (openapi, paths, components...) are then keywords that check nothing
-ajv.addVocabulary(Object.keys(spec));
-ajv.addSchema(spec, 'openapi');
-const validators = new Map<string, ValidateFunction>();
-const validatorAt = (pointer: string) => {
-  let v = validators.get(pointer);
-  if (!v) validators.set(pointer, (v = ajv.compile({ $ref: `openapi#${pointer}` })));
-  return v;
-};
-
 describe('docs/openapi.yaml against the route table', () => {
   const table = serverRoutes();
 
@@ -94,22 +59,15 @@ describe('docs/openapi.yaml against the route table', () => {
     expect(spec.openapi).toMatch(/^3\.1\.\d+$/);
     expect(spec.info.title).toBeTruthy();
     expect(Object.keys(spec.components.schemas).length).toBeGreaterThan(10);
-    const refs: string[] = [];
-    const walk = (node: unknown) => {
-      if (Array.isArray(node)) node.forEach(walk);
-      else if (node && typeof node === 'object') for (const [k, v] of Object.entries(node)) (k === '$ref' ? refs.push(v as string) : walk(v));
-    };
-    walk(spec);
+    const refs = refsOf(spec);
     expect(refs.length).toBeGreaterThan(100);
     for (const ref of new Set(refs)) expect(() => target(ref), ref).not.toThrow();
     // strict: a misspelt keyword (maxLenght) would check nothing, and a reply schema with one would pass anything
     for (const name of Object.keys(spec.components.schemas)) expect(() => validatorAt(`/components/schemas/${name}`), name).not.toThrow();
   });
 
-  // the OpenAPI project's own 3.1 schema: a misplaced or misspelt field (`reponses`) is no part of the
-  // document to a generator, which then makes a client without it
   it('is valid by the OpenAPI 3.1 schema', async () => {
-    await expect(SwaggerParser.validate(structuredClone(spec) as never)).resolves.toMatchObject({ openapi: spec.openapi });
+    await expect(validatedBySchema(spec)).resolves.toMatchObject({ openapi: spec.openapi });
   });
 
   it('has exactly the routes the server has, each with its path parameters and the security of its auth kind', () => {
@@ -144,19 +102,8 @@ describe('docs/openapi.yaml against the route table', () => {
     }
   });
 
-  // JSON Schema lets an enum or const go without a type, but generators do not all infer one: Swift's makes an
-  // untyped container of it, swagger-codegen's Java an enum that does not compile, and a Go client wants a string
   it('gives every enum and const its type', () => {
-    const untyped: string[] = [];
-    const walk = (node: unknown, at: string) => {
-      if (Array.isArray(node)) node.forEach((n, i) => walk(n, `${at}/${i}`));
-      else if (node && typeof node === 'object') {
-        if (('enum' in node || 'const' in node) && !('type' in node)) untyped.push(at);
-        for (const [k, v] of Object.entries(node)) walk(v, `${at}/${k}`);
-      }
-    };
-    walk(spec, '#');
-    expect(untyped).toEqual([]);
+    expect(untypedEnums(spec)).toEqual([]);
   });
 
   it("lists the catalogue's wire codes as the Error schema's enum", () => {
