@@ -105,7 +105,7 @@ export class SatelliteApi {
     return this.pool.close();
   }
 
-  /** `check` refuses a 2xx reply that breaks the contract (throwing a SatelliteCallError), counted and retried like any failure. */
+  /** `check` refuses a 2xx reply that breaks the contract (throwing a SatelliteCallError), counted like any failure and retried when its error is retryable (a short accept). */
   private async call<T>(method: 'GET' | 'POST', path: string, body?: unknown, check?: (reply: T) => void): Promise<T> {
     const backoff = this.opts.backoffMs ?? 200;
     for (let attempt = 1; ; attempt++) {
