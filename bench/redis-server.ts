@@ -103,12 +103,18 @@ export async function startRedis(extraArgs: string[] = []): Promise<PrivateRedis
   };
 }
 
+/** Who the cluster's own tools (create, the wait for it) log in as, when `extraArgs` ask for a password (`--requirepass`, an ACL `--user`). */
+export interface RedisAuth {
+  username?: string;
+  password: string;
+}
+
 /**
  * `masters` (at least 3, what `redis-cli --cluster create` accepts) cluster-enabled redis-servers joined
  * into a Cluster, each master with `replicas` replicas (which node becomes which is redis-cli's choice:
  * ask CLUSTER NODES). Bus ports are picked free too, since port + 10000 may be taken or past 65535.
  */
-export async function startCluster(masters = 3, extraArgs: string[] = [], replicas = 0): Promise<RedisClusterHandle> {
+export async function startCluster(masters = 3, extraArgs: string[] = [], replicas = 0, auth?: RedisAuth): Promise<RedisClusterHandle> {
   const servers = masters * (1 + replicas);
   const dir = mkdtempSync(path.join(tmpdir(), 'rm-cluster-'));
   const procs: ChildProcess[] = [];
@@ -133,8 +139,8 @@ export async function startCluster(masters = 3, extraArgs: string[] = [], replic
     const clientPorts = ports.slice(0, servers);
     for (let i = 0; i < servers; i++) await start(i);
     const nodes = clientPorts.map((port) => `127.0.0.1:${port}`);
-    await redisCli(['--cluster', 'create', ...nodes, '--cluster-replicas', String(replicas), '--cluster-yes']);
-    await untilClusterOk(clientPorts);
+    await redisCli(['--cluster', 'create', ...nodes, '--cluster-replicas', String(replicas), '--cluster-yes'], auth);
+    await untilClusterOk(clientPorts, auth);
     return {
       nodes,
       stop,
@@ -180,9 +186,11 @@ export function waitForOutput(proc: ChildProcess, pattern: RegExp, what: string,
 
 const ready = (proc: ChildProcess, what: string) => waitForOutput(proc, /Ready to accept connections/, what);
 
-function redisCli(args: string[]): Promise<string> {
+function redisCli(args: string[], auth?: RedisAuth): Promise<string> {
   return new Promise((resolve, reject) => {
-    const proc = spawn('redis-cli', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // the password by env, not -a: redis-cli warns of a password on its command line
+    const login = auth?.username ? ['--user', auth.username] : [];
+    const proc = spawn('redis-cli', [...login, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: auth ? { ...process.env, REDISCLI_AUTH: auth.password } : process.env });
     let out = '';
     proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
     proc.stderr.on('data', (d: Buffer) => (out += d.toString()));
@@ -196,8 +204,8 @@ function redisCli(args: string[]): Promise<string> {
   });
 }
 
-async function untilClusterOk(ports: number[], ms = 30_000): Promise<void> {
-  const clients = ports.map((port) => new Redis({ host: '127.0.0.1', port, lazyConnect: true, maxRetriesPerRequest: 1 }));
+async function untilClusterOk(ports: number[], auth?: RedisAuth, ms = 30_000): Promise<void> {
+  const clients = ports.map((port) => new Redis({ host: '127.0.0.1', port, lazyConnect: true, maxRetriesPerRequest: 1, ...auth }));
   try {
     const deadline = Date.now() + ms;
     let last = '';

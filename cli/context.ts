@@ -25,7 +25,7 @@ export function addGlobalOptions(program: Command): Command {
  */
 export function globalFlags(cmd: Command): string {
   const g = cmd.optsWithGlobals() as Record<string, string | undefined>;
-  const given: [string, string | undefined][] = [['--redis-url', g.redisUrl && hidePassword(g.redisUrl)], ['--redis-cluster-nodes', g.redisClusterNodes], ['--key-prefix', g.keyPrefix], ['--database-url', g.databaseUrl && hidePassword(g.databaseUrl)]];
+  const given: [string, string | undefined][] = [['--redis-url', g.redisUrl && hidePassword(g.redisUrl)], ['--redis-cluster-nodes', g.redisClusterNodes && hideSeedPasswords(g.redisClusterNodes.split(',')).join(',')], ['--key-prefix', g.keyPrefix], ['--database-url', g.databaseUrl && hidePassword(g.databaseUrl)]];
   // an empty flag is not given (flagOverrides): the hint leaves it out
   return given.filter(([, v]) => isGiven(v)).map(([flag, v]) => ` ${flag} ${quote([v!])}`).join('');
 }
@@ -46,6 +46,9 @@ export function hidePassword(url: string, shown = '<password>'): string {
     return url;
   }
 }
+
+/** REDIS_CLUSTER_NODES' seeds, each one's password shown as `shown` (hidePassword): every seed carries it. */
+export const hideSeedPasswords = (nodes: string[], shown?: string): string[] => nodes.map((n) => hidePassword(n.trim(), shown));
 
 /** The settings given as flags: the global ones, then any command flags given in `extra` (undefined or empty: not given). */
 export function flagOverrides(cmd: Command, extra: Partial<Record<keyof Config, unknown>> = {}): Partial<Record<keyof Config, unknown>> {
@@ -87,7 +90,7 @@ export function configFrom(cmd: Command, extra: Partial<Record<keyof Config, unk
  */
 export async function connectRedis(config: Config, waitMs = CONNECT_WAIT_MS): Promise<RedisClient> {
   const redis = createRedis(config);
-  const where = config.redisClusterNodes.length > 0 ? `cluster ${config.redisClusterNodes.join(',')}` : hidePassword(config.redisUrl);
+  const where = config.redisClusterNodes.length > 0 ? `cluster ${hideSeedPasswords(config.redisClusterNodes).join(',')}` : hidePassword(config.redisUrl);
   let last: Error | undefined;
   // reconnects by itself; a failure mid-command surfaces as that command's error
   redis.on('error', (err: Error) => (last = err));

@@ -50,6 +50,12 @@ const bool: Parser<boolean> = (raw) => {
  */
 export const URL_CREDENTIALS = /\/\/\S*@/;
 
+/**
+ * A value meant as one URL, as an error may show it: everything up to its last @ hidden, also without a // or
+ * across a blank (a password may hold what ends a URL's authority early, as URL_CREDENTIALS reads it).
+ */
+const credentialsHidden = (raw: string): string => raw.replace(/^([a-z][a-z\d+.-]*:\/\/)?[\s\S]*@/i, '$1<credentials>@');
+
 const url = (...protocols: string[]): Parser<string> => (raw) => {
   // URL ignores blanks around the value, ioredis and pg do not: " redis://..." passed here, then failed as "Invalid URL"
   raw = raw.trim();
@@ -57,9 +63,8 @@ const url = (...protocols: string[]): Parser<string> => (raw) => {
   try {
     u = new URL(raw);
   } catch {
-    // the value may carry a password (postgres://user:secret@...): not echoed into a log. A setting is all one
-    // URL, so all of it up to the last @, also without a // or across a blank (URL_CREDENTIALS looks in any text)
-    throw new Error(`not a URL: "${raw.replace(/^([a-z][a-z\d+.-]*:\/\/)?[\s\S]*@/i, '$1<credentials>@')}"`);
+    // the value may carry a password (postgres://user:secret@...): not echoed into a log
+    throw new Error(`not a URL: "${credentialsHidden(raw)}"`);
   }
   if (!protocols.includes(u.protocol)) throw new Error(`expected ${protocols.join(' or ')} URL, got "${u.protocol}"`);
   return raw;
@@ -78,18 +83,70 @@ const hostName: Parser<string> = (raw) => {
   return raw;
 };
 
-const isTlsSeed = (node: string): boolean => /^rediss:/i.test(node);
+/** One REDIS_CLUSTER_NODES seed: where it is, whether over TLS, and the credentials it carries ('' for none). */
+export interface ClusterSeed {
+  host: string;
+  port: number;
+  tls: boolean;
+  username: string;
+  password: string;
+}
+
+const SEED_FORM = '[redis[s]://[[user:]password@]]host:port';
 
 /**
- * host:port seeds, each as written; `rediss://host:port` asks for TLS as in REDIS_URL, and one seed cannot: the
- * client takes one set of connection options for every node, the ones it finds in the slot map too.
+ * A seed as `host:port`, or as REDIS_URL writes a Redis: `redis[s]://[[user:]password@]host:port`, the user and
+ * password percent-decoded as ioredis decodes REDIS_URL's. Throws without the seed's text (it may hold a password).
+ */
+export function parseSeed(seed: string): ClusterSeed {
+  const bare = /^([^:\s/@]+):(\d+)$/.exec(seed);
+  if (bare) return { host: bare[1]!, port: Number(bare[2]), tls: false, username: '', password: '' };
+  let u: URL;
+  try {
+    u = new URL(seed);
+  } catch {
+    throw new Error(`expected ${SEED_FORM}`);
+  }
+  if (!/^rediss?:$/.test(u.protocol) || !/^[^:\s/@[\]]+$/.test(u.hostname) || !u.port || u.pathname || u.search || u.hash) throw new Error(`expected ${SEED_FORM}`);
+  let username: string;
+  let password: string;
+  try {
+    [username, password] = [decodeURIComponent(u.username), decodeURIComponent(u.password)];
+  } catch {
+    throw new Error(`expected ${SEED_FORM} (the user and password percent-encoded)`);
+  }
+  // ioredis sends no AUTH without a password: the user would be dropped, and the node's default user used
+  if (username && !password) throw new Error(`expected ${SEED_FORM} (a user without a password)`);
+  return { host: u.hostname, port: Number(u.port), tls: u.protocol === 'rediss:', username, password };
+}
+
+/**
+ * A refused seed as a config error may show it: its credentials hidden. A seed without an @ in a value that has
+ * one may be a piece of a password cut at a comma: not shown at all.
+ */
+function shownSeed(seed: string, raw: string): string {
+  if (seed.includes('@')) return `"${credentialsHidden(seed)}"`;
+  return raw.includes('@') ? 'a seed of a value with credentials (not shown; a comma in a password is written %2C)' : `"${seed}"`;
+}
+
+/**
+ * host:port seeds, each as written (createRedis reads them with parseSeed). TLS and the credentials are each one
+ * setting of the whole cluster, as in REDIS_URL: the client takes one set of connection options for every node,
+ * the ones it finds in the slot map too. So every seed carries them alike, or none does.
  */
 const hostList: Parser<string[]> = (raw) => {
   const nodes = raw.split(',').map((s) => s.trim()).filter(Boolean);
-  for (const n of nodes) {
-    if (!/^(rediss?:\/\/)?[^:\s/@]+:\d+$/i.test(n)) throw new Error(`expected [rediss://]host:port[,...], got "${n.replace(URL_CREDENTIALS, '//<credentials>@')}"`);
+  const seeds = nodes.map((n) => {
+    try {
+      return parseSeed(n);
+    } catch (err) {
+      throw new Error(`${(err as Error).message}, got ${shownSeed(n, raw)}`);
+    }
+  });
+  if (new Set(seeds.map((s) => s.tls)).size > 1) throw new Error('expected every seed with rediss:// or none: TLS is one setting of the whole cluster');
+  if (new Set(seeds.map((s) => JSON.stringify([s.username, s.password]))).size > 1) {
+    throw new Error('expected the same user and password on every seed, or on none: every node of the cluster is reached with one (the nodes the slot map names too)');
   }
-  if (new Set(nodes.map(isTlsSeed)).size > 1) throw new Error('expected every seed with rediss:// or none: TLS is one setting of the whole cluster');
   return nodes;
 };
 
@@ -145,7 +202,7 @@ export const MAX_KEY_GRACE_MS = 10 * 365 * 24 * 3600_000;
 
 export const settings = {
   redisUrl: { env: 'REDIS_URL', default: 'redis://127.0.0.1:6379', parse: url('redis:', 'rediss:'), doc: 'Redis to keep tokens in (standalone); `rediss://` connects over TLS (see "TLS" below).' },
-  redisClusterNodes: { env: 'REDIS_CLUSTER_NODES', default: [] as string[], parse: hostList, doc: 'Comma-separated host:port seeds; when set, Redis Cluster is used instead of REDIS_URL. Written `rediss://host:port` (every seed), every node is reached over TLS.' },
+  redisClusterNodes: { env: 'REDIS_CLUSTER_NODES', default: [] as string[], parse: hostList, doc: 'Comma-separated host:port seeds; when set, Redis Cluster is used instead of REDIS_URL. Written `rediss://host:port` (every seed), every node is reached over TLS. A password (requirepass) or an ACL user is written as in REDIS_URL, `redis[s]://[user]:password@host:port` (percent-encoded), the same on every seed: every node is reached with it, those found in the slot map too (see "TLS" below).' },
   redisTlsCaFile: { env: 'REDIS_TLS_CA_FILE', default: '', parse: pemFile, doc: 'PEM file of the CA certificate(s) Redis\'s TLS certificate is checked against instead of the system\'s (a private CA, as a cloud Redis with in-transit encryption often has); only with rediss:// in REDIS_URL or REDIS_CLUSTER_NODES (refused otherwise). Read at start. Empty: the system CAs.' },
   redisWaitReplicas: { env: 'REDIS_WAIT_REPLICAS', default: 0, parse: int(0, 16), doc: 'Answer a state change (generate, redeem, reserve, complete, release, revoke) only once this many replicas of its Redis master have it (WAIT), so a failover cannot lose a change a caller was told about; one that does not arrive within REDIS_WAIT_MS is answered 503 (it may stand: a retry is answered as a retry), and /readyz is 503 while every master has fewer replicas online (200 `degraded`, naming it, while only some do). 0: off (Redis replicates asynchronously).' },
   redisWaitMs: { env: 'REDIS_WAIT_MS', default: 500, parse: int(1, 60_000), doc: 'How long a WAIT for REDIS_WAIT_REPLICAS replicas lasts; a change made while one is in flight shares the next, so it may wait three: keep it under a third of REQUEST_TIMEOUT_MS (with REDIS_WAIT_REPLICAS above 0, refused otherwise).' },
@@ -223,7 +280,7 @@ export function loadConfig(
 
 /** Whether Redis is reached over TLS: a rediss:// REDIS_URL, or rediss:// seeds when REDIS_CLUSTER_NODES is set (which REDIS_URL is not used with). */
 export function usesTls(config: Pick<Config, 'redisUrl' | 'redisClusterNodes'>): boolean {
-  return config.redisClusterNodes.length > 0 ? isTlsSeed(config.redisClusterNodes[0]!) : /^rediss:/i.test(config.redisUrl);
+  return config.redisClusterNodes.length > 0 ? parseSeed(config.redisClusterNodes[0]!).tls : /^rediss:/i.test(config.redisUrl);
 }
 
 /** An override counts when it has a value: an empty flag (`--port "$PORT"` with PORT unset) leaves the env in charge. */

@@ -2,7 +2,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ConfigError, loadConfig, loadSetting, settings } from '../src/config.js';
+import { ConfigError, loadConfig, loadSetting, parseSeed, settings } from '../src/config.js';
 
 /** The one config module's validation: what an operator reads when a setting is refused. */
 describe('loadConfig', () => {
@@ -132,10 +132,30 @@ describe('loadConfig', () => {
     }
   });
 
-  it('refuses REDIS_CLUSTER_NODES with TLS on some seeds only, or credentials in one (not echoed)', () => {
+  it('refuses REDIS_CLUSTER_NODES with TLS on some seeds only', () => {
     expect(problems({ REDIS_CLUSTER_NODES: 'rediss://a.example:6379,b.example:6379' })).toEqual(['REDIS_CLUSTER_NODES: expected every seed with rediss:// or none: TLS is one setting of the whole cluster']);
-    expect(problems({ REDIS_CLUSTER_NODES: 'rediss://:s3cret@a.example:6379' })).toEqual(['REDIS_CLUSTER_NODES: expected [rediss://]host:port[,...], got "rediss://<credentials>@a.example:6379"']);
     expect(loadConfig({}, { REDIS_CLUSTER_NODES: 'a.example:6379,b.example:6379' }).redisClusterNodes).toEqual(['a.example:6379', 'b.example:6379']);
+  });
+
+  // a managed cluster's password or ACL user, written as REDIS_URL writes it, and one for the whole cluster
+  it('takes a user and password in REDIS_CLUSTER_NODES, the same on every seed, and never echoes them', () => {
+    const seeds = ['rediss://:s3cr%40t@a.example:6379', 'rediss://:s3cr%40t@b.example:6379'];
+    expect(loadConfig({}, { REDIS_CLUSTER_NODES: seeds.join(', ') }).redisClusterNodes).toEqual(seeds);
+    expect(parseSeed(seeds[0]!)).toEqual({ host: 'a.example', port: 6379, tls: true, username: '', password: 's3cr@t' });
+    expect(parseSeed('redis://app:pw@10.0.0.1:7000')).toEqual({ host: '10.0.0.1', port: 7000, tls: false, username: 'app', password: 'pw' });
+    expect(parseSeed('10.0.0.1:7000')).toEqual({ host: '10.0.0.1', port: 7000, tls: false, username: '', password: '' });
+    const refused = {
+      'redis://:s3cret-a@a.example:6379,redis://:s3cret-b@b.example:6379': 'expected the same user and password on every seed, or on none: every node of the cluster is reached with one (the nodes the slot map names too)',
+      'redis://:s3cret@a.example:6379,b.example:6379': 'expected the same user and password on every seed, or on none: every node of the cluster is reached with one (the nodes the slot map names too)',
+      'redis://app@a.example:6379': 'expected [redis[s]://[[user:]password@]]host:port (a user without a password), got "redis://<credentials>@a.example:6379"',
+      'redis://:s3cret@a.example:6379/0': 'expected [redis[s]://[[user:]password@]]host:port, got "redis://<credentials>@a.example:6379/0"',
+      'redis://:s3c%zzret@a.example:6379': 'expected [redis[s]://[[user:]password@]]host:port (the user and password percent-encoded), got "redis://<credentials>@a.example:6379"',
+      // unencoded, a / # or ? ends the password early, and a comma cuts the seed in two: neither piece is shown
+      'redis://:s3/cret@a.example:6379': 'expected [redis[s]://[[user:]password@]]host:port, got "redis://<credentials>@a.example:6379"',
+      'redis://:s3,cret@a.example:6379': 'expected [redis[s]://[[user:]password@]]host:port, got a seed of a value with credentials (not shown; a comma in a password is written %2C)',
+      'http://a.example:6379': 'expected [redis[s]://[[user:]password@]]host:port, got "http://a.example:6379"',
+    };
+    for (const [value, problem] of Object.entries(refused)) expect(problems({ REDIS_CLUSTER_NODES: value })).toEqual([`REDIS_CLUSTER_NODES: ${problem}`]);
   });
 
   // what the README promises a script that passes "$PORT" with PORT unset

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { Redis, Cluster } from 'ioredis';
-import { usesTls, type Config } from '../config.js';
+import { parseSeed, usesTls, type Config } from '../config.js';
 
 export type RedisClient = Redis | Cluster;
 
@@ -40,13 +40,13 @@ export function createRedis(config: RedisConfig, opts: RedisOptions = {}): Redis
     commandTimeout: opts.commandTimeoutMs,
   };
   if (config.redisClusterNodes.length > 0) {
+    const seeds = config.redisClusterNodes.map(parseSeed);
+    // every seed carries the same ones (config): given to every node, those the slot map names too
+    const { username, password } = seeds[0]!;
     const cluster = new Cluster(
-      config.redisClusterNodes.map((n) => {
-        const [host, port] = n.replace(/^rediss?:\/\//i, '').split(':');
-        return { host: host!, port: Number(port) };
-      }),
+      seeds.map(({ host, port }) => ({ host, port })),
       {
-        redisOptions: common,
+        redisOptions: { ...common, ...(password ? { username: username || undefined, password } : {}) },
         // ioredis connects to a seed by the address it resolves its name to, and TLS checks the certificate
         // against that address: a certificate naming the host (a managed Redis's) was refused. Kept as named, the
         // certificate is checked against the name; the nodes the slot map lists are named as Redis announces them
@@ -68,6 +68,7 @@ export function createRedis(config: RedisConfig, opts: RedisOptions = {}): Redis
   }
   return coalesceWrites(new Redis(config.redisUrl, common));
 }
+
 
 /**
  * Commands sent during one turn of the event loop leave in one write: the first command of a turn corks

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { Packr } from 'msgpackr';
 import { Client, type Dispatcher } from 'undici';
 import { afterAll } from 'vitest';
-import { freePort, kill, startCluster, waitForOutput, type RedisClusterHandle } from '../../bench/redis-server.js';
+import { freePort, kill, startCluster, waitForOutput, type RedisAuth, type RedisClusterHandle } from '../../bench/redis-server.js';
 import { MAIN } from './cli.js';
 
 /**
@@ -20,8 +20,8 @@ afterAll(async () => {
   leftovers.clear();
 });
 /** A Redis Cluster (bench/redis-server.ts) that the leftovers stop too, when a test fails before its own finally. */
-export async function testCluster(masters: number, args: string[], replicas = 0): Promise<RedisClusterHandle> {
-  const cluster = await startCluster(masters, args, replicas);
+export async function testCluster(masters: number, args: string[], replicas = 0, auth?: RedisAuth): Promise<RedisClusterHandle> {
+  const cluster = await startCluster(masters, args, replicas, auth);
   const stop = async () => {
     leftovers.delete(stop);
     await cluster.stop();
