@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { quote } from 'shell-quote';
 import { ConfigError, isGiven, loadConfig, type Config } from '../src/config.js';
 import { Cluster, type Command as RedisCommand, type Redis } from 'ioredis';
-import { createRedis, whenReady, type RedisClient } from '../src/store/redis.js';
+import { connectFailure, createRedis, failureText, whenReady, type RedisClient } from '../src/store/redis.js';
 import type pg from 'pg';
 import { openPostgres, sampleLag, type Lag } from '../src/snapshot/index.js';
 
@@ -91,16 +91,15 @@ export function configFrom(cmd: Command, extra: Partial<Record<keyof Config, unk
 export async function connectRedis(config: Config, waitMs = CONNECT_WAIT_MS): Promise<RedisClient> {
   const redis = createRedis(config);
   const where = config.redisClusterNodes.length > 0 ? `cluster ${hideSeedPasswords(config.redisClusterNodes).join(',')}` : hidePassword(config.redisUrl);
-  let last: Error | undefined;
-  // reconnects by itself; a failure mid-command surfaces as that command's error
-  redis.on('error', (err: Error) => (last = err));
+  // reconnects by itself (its errors kept by createRedis); a failure mid-command surfaces as that command's error
   try {
     await whenReady(redis, waitMs);
   } catch {
+    const failure = connectFailure(redis);
     redis.disconnect();
-    throw new Error(`cannot reach Redis (${where}) within ${waitMs / 1000} s: ${last?.message ?? 'no answer'}`);
+    throw new Error(`cannot reach Redis (${where}) within ${waitMs / 1000} s: ${failure ? failureText(failure) : 'no answer'}`);
   }
-  giveUpWhenStuck(redis, where, () => last);
+  giveUpWhenStuck(redis, where);
   return redis;
 }
 
@@ -123,12 +122,12 @@ export async function withRedis<T>(config: Config, fn: (redis: RedisClient) => P
  * The wait is armed on each command where the client takes it, so it counts wherever the command
  * waits: offline queue, a node's queue, or a socket no one reads.
  */
-function giveUpWhenStuck(redis: RedisClient, where: string, last: () => Error | undefined): void {
+function giveUpWhenStuck(redis: RedisClient, where: string): void {
   let gaveUp: Error | undefined;
   // whichever comes first, the lost timer or a command's wait: a hung server stays 'ready'
   const giveUp = () => {
     if (gaveUp) return;
-    const why = redis.status === 'ready' ? `Redis (${where}) did not answer within ${CONNECT_WAIT_MS / 1000} s` : `lost Redis (${where}) for ${CONNECT_WAIT_MS / 1000} s: ${last()?.message ?? 'no answer'}`;
+    const why = redis.status === 'ready' ? `Redis (${where}) did not answer within ${CONNECT_WAIT_MS / 1000} s` : `lost Redis (${where}) for ${CONNECT_WAIT_MS / 1000} s: ${connectFailure(redis)?.message ?? 'no answer'}`;
     gaveUp = new Error(`${why}; gave up`);
     console.error(`error: ${why}; giving up`);
   };

@@ -265,7 +265,8 @@ describe('serve processes', () => {
       const notReady = await call(pool, 'GET', '/readyz');
       expect([notReady.status, notReady.headers['retry-after']]).toEqual([503, '1']);
       expect(notReady.body).toMatchObject({ ready: false, redis: 'down' });
-      // what it means first, ioredis' own words ("Stream isn't writeable and enableOfflineQueue ...") after
+      // what it means first, then why: the last connection error (connect ECONNREFUSED ...) where there is one,
+      // else ioredis' own words ("Stream isn't writeable and enableOfflineQueue ...")
       expect(notReady.body.error).toMatch(/^(no connection to Redis|the connection to Redis closed) \(reconnecting\): /);
       expect((await call(pool, 'GET', '/healthz')).status).toBe(200);
       // down long enough for several reconnect attempts to fail (50 ms, 100 ms, ...): still one line

@@ -16,7 +16,8 @@ describe.skipIf(!hasRedisServer())('Redis Cluster that asks for a password', () 
   const PASSWORD = 's3cr3t@p/w%x';
   const USER = 'rm-app';
   const USER_PASSWORD = 'us3r-s3cr3t';
-  const secrets = [PASSWORD, encodeURIComponent(PASSWORD), USER_PASSWORD];
+  const WRONG = 'wr0ng-s3cr3t';
+  const secrets = [PASSWORD, encodeURIComponent(PASSWORD), USER_PASSWORD, WRONG];
   const noSecret = (text: string) => {
     for (const s of secrets) expect(text).not.toContain(s);
   };
@@ -62,5 +63,32 @@ describe.skipIf(!hasRedisServer())('Redis Cluster that asks for a password', () 
     const stats = await runCli(['stats', '--json'], env);
     expect(stats.stderr).toBe('');
     expect(stats.code).toBe(0);
+  });
+
+  it('a wrong password or none: the CLI gives up saying so, serve logs it and /readyz names it, the password shown nowhere', async () => {
+    for (const [credentials, said] of [[`:${WRONG}`, /WRONGPASS invalid username-password pair/], [`${USER}:${WRONG}`, /WRONGPASS invalid username-password pair/]] as const) {
+      const run = await runCli(['stats'], { REDIS_CLUSTER_NODES: seed(credentials) });
+      expect(run.code).toBe(1);
+      expect(run.stderr).toMatch(said);
+      expect(run.stderr.trim()).toMatch(new RegExp(`^error: cannot reach Redis \\(cluster redis://(${USER})?:<password>@${cluster.nodes[0]}\\) within 10 s: `));
+      noSecret(run.stderr);
+    }
+    const none = await runCli(['stats'], { REDIS_CLUSTER_NODES: cluster.nodes[0]! });
+    expect(none.code).toBe(1);
+    expect(none.stderr).toMatch(/NOAUTH Authentication required/);
+
+    const server = await serve({ REDIS_CLUSTER_NODES: seed(`:${WRONG}`), KEY_PREFIX: testPrefix('cluster-wrongpass') });
+    try {
+      const pool = new Pool(server.url, { connections: 1 });
+      const ready = await call(pool, 'GET', '/readyz');
+      await pool.close();
+      expect(ready.status).toBe(503);
+      expect(ready.body.error).toMatch(/WRONGPASS invalid username-password pair/);
+      noSecret(JSON.stringify(ready.body));
+      expect(server.output()).toMatch(/Redis unreachable \([^)]*WRONGPASS invalid username-password pair/);
+    } finally {
+      await server.stop();
+    }
+    noSecret(server.output());
   });
 });

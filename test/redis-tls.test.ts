@@ -42,21 +42,24 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, wi
     expect(JSON.parse(stats.stdout).satellites['sat-a'].redeemed).toBe(1);
   });
 
-  it('without the CA, serve answers 503 and its log names the certificate; the CLI gives up saying so', async () => {
+  it('without the CA, serve answers 503, its log and /readyz name the certificate and REDIS_TLS_CA_FILE; the CLI gives up saying so', async () => {
     const env = { REDIS_URL: `rediss://localhost:${redis!.port}`, KEY_PREFIX: testPrefix('tls-noca') };
     const server = await serve(env);
     try {
       const pool = new Pool(server.url, { connections: 1 });
       const r = await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-a' } });
+      // the reason, not only ioredis' "Stream isn't writeable and enableOfflineQueue options is false"
+      const ready = await call(pool, 'GET', '/readyz');
       await pool.close();
       expect(r.status).toBe(503);
-      expect(server.output()).toMatch(/Redis unreachable \(self[- ]signed certificate in certificate chain\)/);
+      expect([ready.status, ready.body.error]).toEqual([503, expect.stringMatching(new RegExp(`^no connection to Redis \\(reconnecting\\): ${UNTRUSTED}$`))]);
+      expect(server.output()).toMatch(/Redis unreachable \(self[- ]signed certificate in certificate chain\); retrying, requests meanwhile answer 503; .*REDIS_TLS_CA_FILE/);
     } finally {
       await server.stop();
     }
     const stats = await runCli(['stats'], env);
     expect(stats.code).toBe(1);
-    expect(stats.stderr.trim()).toMatch(/^error: cannot reach Redis \(rediss:\/\/localhost:\d+\) within 10 s: self[- ]signed certificate in certificate chain$/);
+    expect(stats.stderr.trim()).toMatch(new RegExp(`^error: cannot reach Redis \\(rediss://localhost:\\d+\\) within 10 s: ${UNTRUSTED}$`));
   });
 
   it('refuses at start a REDIS_TLS_CA_FILE that is missing, in one line', async () => {
@@ -93,11 +96,30 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, wi
       const stats = await runCli(['stats', '--json'], env);
       expect(stats.stderr).toBe('');
       expect(JSON.parse(stats.stdout).satellites['sat-a'].redeemed).toBe(1);
+
+      // without the CA: the certificate, not what ioredis says of a Cluster none of whose seeds gave the slot map
+      // ("Failed to refresh slots cache.", each seed's connection "Connection is closed."), nor "slots without a master"
+      const noCa = { ...env, REDIS_TLS_CA_FILE: '' };
+      const refused = await runCli(['stats'], noCa);
+      expect(refused.stderr.trim()).toMatch(new RegExp(`^error: cannot reach Redis \\(cluster rediss://localhost:\\d+,[^)]*\\) within 10 s: ${UNTRUSTED}$`));
+      const unready = await serve(noCa);
+      try {
+        const pool = new Pool(unready.url, { connections: 1 });
+        const ready = await call(pool, 'GET', '/readyz');
+        await pool.close();
+        expect([ready.status, ready.body.error]).toEqual([503, expect.stringMatching(new RegExp(`; not connected: ${UNTRUSTED}$`))]);
+        expect(unready.output()).toMatch(/Redis unreachable \(self[- ]signed certificate in certificate chain\)/);
+      } finally {
+        await unready.stop();
+      }
     } finally {
       await Promise.all(servers.map((p) => kill(p, 'SIGKILL')));
     }
   });
 });
+
+/** what Node says of a certificate no trusted CA signed, and the hint that follows it */
+const UNTRUSTED = "self[- ]signed certificate in certificate chain; Redis's TLS certificate is not signed by a CA trusted here: set REDIS_TLS_CA_FILE to the CA that signed it";
 
 async function untilClusterOk(ports: number[], ca: string): Promise<void> {
   const clients = ports.map((port) => new Redis({ host: 'localhost', port, tls: { ca }, lazyConnect: true, maxRetriesPerRequest: 1 }));

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { answerWithin, masters, nodeAddress, redisErrorText, type RedisClient } from '../store/redis.js';
+import { answerWithin, connectFailure, failureText, masters, nodeAddress, redisErrorText, type RedisClient } from '../store/redis.js';
 import { clusterFailures, clusterMasters, markFailing, servesKey, SLOTS, type ClusterProbe } from '../store/cluster-probe.js';
 import { Keys } from '../store/keys.js';
 import { ensureScripts } from '../store/scripts.js';
@@ -59,7 +59,11 @@ export async function readiness(redis: RedisClient, prefix: string, probeMs: num
       serving = serving.filter((m) => !unanswered.has(m));
       cluster = { masters: probe.masters };
       const failing = clusterFailures(probe);
-      if (failing.length && probe.slotsUnserved >= SLOTS) return { ready: false, details: { redis: 'down', ...cluster, error: failing.join('; ') } };
+      if (failing.length && probe.slotsUnserved >= SLOTS) {
+        // a client that never read the slot map knows no master: why it cannot connect is the news
+        const failure = connectFailure(redis);
+        return { ready: false, details: { redis: 'down', ...cluster, error: [...failing, ...(failure ? [`not connected: ${failureText(failure)}`] : [])].join('; ') } };
+      }
       if (failing.length) {
         degraded.push(...failing);
         cluster.slotsUnserved = probe.slotsUnserved;
@@ -71,7 +75,7 @@ export async function readiness(redis: RedisClient, prefix: string, probeMs: num
     degraded.push(...short.map((s) => `${s}: every state change on its slots is answered 503`));
     if (evicting.length) return { ready: false, details: { redis: 'up', ...cluster, eviction: 'allkeys', error: `${evicting.join('; ')}: it would delete tokens once full; set maxmemory-policy noeviction` } };
   } catch (err) {
-    return { ready: false, details: { redis: 'down', ...cluster, error: redisErrorText(err) } };
+    return { ready: false, details: { redis: 'down', ...cluster, error: redisErrorText(err, redis) } };
   }
   const redisState = degraded.length ? { redis: 'degraded', ...cluster, degraded: degraded.join('; ') } : { redis: 'up', ...cluster };
   // what lives in one slot (the lost set, the writer's status) may sit on a master that does not serve: unknown

@@ -63,12 +63,59 @@ export function createRedis(config: RedisConfig, opts: RedisOptions = {}): Redis
         ...(opts.failFast ? {} : { maxRedirections: 100, retryDelayOnFailover: 100, retryDelayOnClusterDown: 100, retryDelayOnTryAgain: 100 }),
       },
     );
-    cluster.on('+node', (node: Redis) => catchAsking(coalesceWrites(node)));
-    return boundReadyCheck(cluster);
+    cluster.on('+node', (node: Redis) => catchAsking(coalesceWrites(reportSlotMapErrors(cluster, node))));
+    return rememberFailure(boundReadyCheck(cluster));
   }
-  return coalesceWrites(new Redis(config.redisUrl, common));
+  return rememberFailure(coalesceWrites(new Redis(config.redisUrl, common)));
 }
 
+/** each client's last failure to connect, until it is ready again */
+const failures = new WeakMap<RedisClient, Error>();
+/** a Cluster client's last node error that says more than "Connection is closed.", until it is ready again */
+const nodeFailures = new WeakMap<RedisClient, Error>();
+const CLOSED = 'Connection is closed.';
+
+/**
+ * Keeps why the client last failed to connect (connectFailure): a command refused meanwhile says only that
+ * there is no connection ("Stream isn't writeable ..."), not why (a certificate refused, a wrong password).
+ */
+function rememberFailure<T extends RedisClient>(client: T): T {
+  client.on('node error', (err: Error) => {
+    if (err.message !== CLOSED) nodeFailures.set(client, err);
+  });
+  client.on('error', (err: Error) => failures.set(client, failureOf(client, err)));
+  client.on('ready', () => {
+    failures.delete(client);
+    nodeFailures.delete(client);
+  });
+  return client;
+}
+
+/**
+ * The error that says why the client failed, for an 'error' it emitted. A Cluster none of whose nodes gave the
+ * slot map says only "Failed to refresh slots cache.": the last node's error says why (NOAUTH, WRONGPASS), or,
+ * where that is only "Connection is closed.", the node error before it (a certificate refused, ECONNREFUSED).
+ */
+export function failureOf(client: RedisClient, err: Error): Error {
+  const node = (err as { lastNodeError?: Error | null }).lastNodeError;
+  if (!node) return err;
+  return (node.message === CLOSED && nodeFailures.get(client)) || node;
+}
+
+/**
+ * ioredis reads the slot map on a connection of its own to a node, and drops that connection's errors: a
+ * certificate refused came out as "Connection is closed." only. The client gets them as a 'node error' (as
+ * those of its other connections to a node), just before that one.
+ */
+function reportSlotMapErrors(cluster: Cluster, node: Redis): Redis {
+  const duplicate = node.duplicate.bind(node);
+  node.duplicate = ((...args: Parameters<Redis['duplicate']>) => {
+    const copy = duplicate(...args);
+    copy.on('error', (err: Error) => cluster.emit('node error', err, nodeAddress(node)));
+    return copy;
+  }) as Redis['duplicate'];
+  return node;
+}
 
 /**
  * Commands sent during one turn of the event loop leave in one write: the first command of a turn corks
@@ -176,11 +223,32 @@ const PLAIN: [RegExp, string][] = [
   [/^Command timed out/, 'Redis did not answer in time (down, unreachable or hung)'],
 ];
 
-/** A Redis failure as an on-call engineer should read it: ioredis' own words after what they mean. */
-export function redisErrorText(err: unknown): string {
+/**
+ * A Redis failure as an on-call engineer should read it: what ioredis' own words mean, then them. Given the
+ * client, a command refused for want of a connection is said with why the client cannot connect instead.
+ */
+export function redisErrorText(err: unknown, client?: RedisClient): string {
   const message = err instanceof Error ? err.message : String(err);
   const plain = PLAIN.find(([re]) => re.test(message))?.[1];
+  const failure = client && connectFailure(client);
+  if (plain && failure) return `${plain}: ${failureText(failure)}`;
   return plain ? `${plain}: ${message}` : message;
+}
+
+/** Why the client cannot connect, while it cannot: the error of its last attempt (failureOf); else undefined. */
+export function connectFailure(client: RedisClient): Error | undefined {
+  return client.status === 'ready' ? undefined : failures.get(client);
+}
+
+/** A failure to connect as said to an operator: its message, and what to do about a certificate refused. */
+export const failureText = (err: Error): string => `${err.message}${certificateHint(err)}`;
+
+/** Node's codes for a certificate that no CA it trusts has signed */
+const UNTRUSTED = new Set(['SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_UNTRUSTED']);
+
+/** For a connection refused for Redis's certificate, what to do, after a "; "; else ''. */
+export function certificateHint(err: Error): string {
+  return UNTRUSTED.has((err as NodeJS.ErrnoException).code ?? '') ? '; Redis\'s TLS certificate is not signed by a CA trusted here: set REDIS_TLS_CA_FILE to the CA that signed it' : '';
 }
 
 /** `reply`, or a rejection "no answer within `ms` ms" once that has passed: a hung node must not hold a probe. */
@@ -214,13 +282,16 @@ export const REQUESTS_ANSWER_503: OutageEffect = {
  */
 export function logOutages(redis: RedisClient, log: (level: 'warn' | 'info', line: string) => void, effect: OutageEffect, lost?: () => void): void {
   let down = false;
-  const lose = (why: string) => {
+  const lose = (why: string, hint = '') => {
     if (down) return;
     down = true;
     lost?.();
-    log('warn', `Redis unreachable (${why}); retrying, ${effect.all}`);
+    log('warn', `Redis unreachable (${why}); retrying, ${effect.all}${hint}`);
   };
-  redis.on('error', (err: Error) => lose(err.message));
+  redis.on('error', (err: Error) => {
+    const failure = failureOf(redis, err);
+    lose(failure.message, certificateHint(failure));
+  });
   // a restart quicker than the first retry raises no error, yet the connection was lost (serve answered 503 meanwhile)
   redis.on('reconnecting', () => lose('connection lost'));
   // a Cluster reports one master's failure only as 'node error' (the client stays ready): once a minute a node
@@ -229,7 +300,7 @@ export function logOutages(redis: RedisClient, log: (level: 'warn' | 'info', lin
     const now = Date.now();
     if ((nodeSaid.get(node) ?? 0) > now - 60_000) return;
     nodeSaid.set(node, now);
-    log('warn', `Redis node ${node} unreachable (${err.message}); ${effect.node}`);
+    log('warn', `Redis node ${node} unreachable (${err.message}); ${effect.node}${certificateHint(err)}`);
   });
   redis.on('ready', () => {
     if (!down) return;
