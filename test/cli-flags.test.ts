@@ -20,6 +20,8 @@ describe('the global flags a suggested command repeats', () => {
     expect(given('--database-url', 'postgres://postgres@db:5432/rm')).toBe(' --database-url postgres\\://postgres\\@db\\:5432/rm');
     // ioredis takes a password from the query too
     expect(given('--redis-url', 'redis://redis:6379/0?password=s3cret')).not.toContain('s3cret');
+    // a Cluster's, in every seed
+    expect(given('--redis-cluster-nodes', 'rediss://app:s3cret@a:6379,rediss://app:s3cret@b:6379')).toBe(' --redis-cluster-nodes rediss\\://app:\\<password\\>\\@a\\:6379\\,rediss\\://app:\\<password\\>\\@b\\:6379');
     // an empty flag is not given: the hint leaves it out
     expect(given('--key-prefix', '', '--redis-url', '')).toBe('');
   });

@@ -69,22 +69,24 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, wi
     expect(run.stderr).toContain(`REDIS_TLS_CA_FILE: cannot read "${missing}": ENOENT: no such file or directory\n`);
   });
 
-  it('reaches a Redis Cluster over TLS through rediss:// seeds, the nodes it discovers too', async () => {
+  it('reaches a Redis Cluster over TLS with a password through rediss:// seeds, the nodes it discovers too', async () => {
     const servers: ChildProcess[] = [];
+    // a managed cluster with in-transit encryption asks for a password (an AUTH token) too
+    const password = 'tls-clust3r-s3cret';
     try {
       const ports: number[] = [];
       for (let i = 0; i < 3; i++) {
         const bus = await freePort();
         // the slot map names each node `localhost`, as a managed cluster names its nodes by host name for TLS
-        const node = await startTlsRedis(dir, ['--tls-cluster', 'yes', '--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${bus}.conf`), '--cluster-port', String(bus), '--cluster-announce-hostname', 'localhost', '--cluster-preferred-endpoint-type', 'hostname']);
+        const node = await startTlsRedis(dir, ['--tls-cluster', 'yes', '--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${bus}.conf`), '--cluster-port', String(bus), '--cluster-announce-hostname', 'localhost', '--cluster-preferred-endpoint-type', 'hostname', '--requirepass', password, '--masterauth', password]);
         servers.push(node.proc);
         ports.push(node.port);
       }
-      const create = spawnSync('redis-cli', ['--tls', '--cacert', path.join(dir, 'ca.crt'), '--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-yes'], { encoding: 'utf8', timeout: 60_000 });
+      const create = spawnSync('redis-cli', ['--tls', '--cacert', path.join(dir, 'ca.crt'), '--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-yes'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, REDISCLI_AUTH: password } });
       expect(create.status, create.stdout + create.stderr).toBe(0);
-      await untilClusterOk(ports, readFileSync(path.join(dir, 'ca.crt'), 'utf8'));
+      await untilClusterOk(ports, readFileSync(path.join(dir, 'ca.crt'), 'utf8'), password);
 
-      const env = { REDIS_CLUSTER_NODES: ports.map((p) => `rediss://localhost:${p}`).join(','), REDIS_TLS_CA_FILE: path.join(dir, 'ca.crt'), KEY_PREFIX: testPrefix('tls-cluster') };
+      const env = { REDIS_CLUSTER_NODES: ports.map((p) => `rediss://:${password}@localhost:${p}`).join(','), REDIS_TLS_CA_FILE: path.join(dir, 'ca.crt'), KEY_PREFIX: testPrefix('tls-cluster') };
       const server = await serve(env);
       try {
         const r = await redeemOne(server);
@@ -101,7 +103,7 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, wi
       // ("Failed to refresh slots cache.", each seed's connection "Connection is closed."), nor "slots without a master"
       const noCa = { ...env, REDIS_TLS_CA_FILE: '' };
       const refused = await runCli(['stats'], noCa);
-      expect(refused.stderr.trim()).toMatch(new RegExp(`^error: cannot reach Redis \\(cluster rediss://localhost:\\d+,[^)]*\\) within 10 s: ${UNTRUSTED}$`));
+      expect(refused.stderr.trim()).toMatch(new RegExp(`^error: cannot reach Redis \\(cluster rediss://:<password>@localhost:\\d+,[^)]*\\) within 10 s: ${UNTRUSTED}$`));
       const unready = await serve(noCa);
       try {
         const pool = new Pool(unready.url, { connections: 1 });
@@ -112,6 +114,7 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, wi
       } finally {
         await unready.stop();
       }
+      expect(refused.stderr + unready.output()).not.toContain(password);
     } finally {
       await Promise.all(servers.map((p) => kill(p, 'SIGKILL')));
     }
@@ -121,8 +124,8 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, wi
 /** what Node says of a certificate no trusted CA signed, and the hint that follows it */
 const UNTRUSTED = "self[- ]signed certificate in certificate chain; Redis's TLS certificate is not signed by a CA trusted here: set REDIS_TLS_CA_FILE to the CA that signed it";
 
-async function untilClusterOk(ports: number[], ca: string): Promise<void> {
-  const clients = ports.map((port) => new Redis({ host: 'localhost', port, tls: { ca }, lazyConnect: true, maxRetriesPerRequest: 1 }));
+async function untilClusterOk(ports: number[], ca: string, password: string): Promise<void> {
+  const clients = ports.map((port) => new Redis({ host: 'localhost', port, password, tls: { ca }, lazyConnect: true, maxRetriesPerRequest: 1 }));
   try {
     for (const end = Date.now() + 30_000; ; ) {
       const infos = await Promise.all(clients.map((c) => c.cluster('INFO') as Promise<string>));
