@@ -4,7 +4,7 @@ import { ConfigError, isGiven, loadConfig, type Config } from '../src/config.js'
 import { Cluster, type Command as RedisCommand, type Redis } from 'ioredis';
 import { connectFailure, createRedis, failureText, whenReady, type RedisClient } from '../src/store/redis.js';
 import type pg from 'pg';
-import { openPostgres, sampleLag, type Lag } from '../src/snapshot/index.js';
+import { openPostgres, postgresAt, sampleLag, type Lag } from '../src/snapshot/index.js';
 
 /** How long a command waits for Redis before it gives up with one error line. */
 const CONNECT_WAIT_MS = 10_000;
@@ -168,9 +168,35 @@ function giveUpWhenStuck(redis: RedisClient, where: string): void {
  * The snapshot as the commands that read it open it (restore, verify, campaigns results): an existing
  * database only. Made on the spot from a mistyped DATABASE_URL, it would restore 0 tokens (after --force
  * removed every one) or list every token. What its migrations do goes to stderr: a command waiting behind
- * another process' long migration says so rather than hanging without a word.
+ * another process' long migration says so rather than hanging without a word. A failure, opening it or
+ * reading it later, names Postgres and where (host:port/database, postgresAt), the driver's reason after:
+ * "connect ECONNREFUSED 127.0.0.1:5433" or "Connection terminated unexpectedly" alone could as well be
+ * Redis's, and a missing sslrootcert read as any missing file.
  */
-export const openSnapshot = (url: string, connections = 2) => openPostgres(url, connections, undefined, false, (msg) => console.error(`note: ${msg}`));
+export async function openSnapshot(url: string, connections = 2): Promise<pg.Pool> {
+  const where = postgresAt(url);
+  const pool = await openPostgres(url, connections, undefined, false, (msg) => console.error(`note: ${msg}`)).catch((err: unknown) => {
+    throw saying(err, `cannot open the Postgres snapshot (${where})`);
+  });
+  // a query failing later (Postgres restarted or lost mid-verify); the snapshot's readers use the promise form only
+  const query = pool.query.bind(pool) as (...args: unknown[]) => Promise<unknown>;
+  pool.query = ((...args: unknown[]) =>
+    query(...args).catch((err: unknown) => {
+      throw saying(err, `reading the Postgres snapshot (${where}) failed`);
+    })) as typeof pool.query;
+  return pool;
+}
+
+/** errors `saying` prefixed already: one error can fail several queries (those queued on a connection that ended) */
+const said = new WeakSet<Error>();
+/** `err` with `what` before its message, the error itself kept (its SQLSTATE, which callers may read). */
+function saying(err: unknown, what: string): unknown {
+  if (err instanceof Error && !said.has(err)) {
+    err.message = `${what}: ${err.message}`;
+    said.add(err);
+  }
+  return err;
+}
 
 /** How long a command answering from the snapshot waits for Redis, which only tells it how far behind the snapshot is. */
 const LAG_WAIT_MS = 3_000;

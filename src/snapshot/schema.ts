@@ -130,6 +130,17 @@ export const MIGRATIONS: { version: number; name: string; sql: string }[] = [
 
 const LOCK_ID = 74_820_501;
 
+/**
+ * Which Postgres `url` names, as host:port/database, for a message: only those three, so neither the user's
+ * password nor the query string (a `password`, `sslpassword`) reaches a log. Read with URL, not node-postgres,
+ * whose parse reads the sslrootcert file and fails, as the connection did, when it is missing.
+ */
+export function postgresAt(url: string): string {
+  const u = new URL(url);
+  // a `host` in the query string (a Unix socket's directory) is the one node-postgres connects to
+  return `${u.searchParams.get('host') || u.hostname || 'localhost'}:${u.port || 5432}/${decodeURIComponent(u.pathname.slice(1))}`;
+}
+
 /** Creates the database named in `url` when it does not exist (via the `postgres` database). */
 export async function ensureDatabase(url: string): Promise<void> {
   const probe = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3000 });

@@ -1,0 +1,81 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { freePort } from '../bench/redis-server.js';
+import { openPostgres } from '../src/snapshot/index.js';
+import { runCli } from './helpers/cli.js';
+import { pgProxy, testDatabase, unusedDatabase } from './helpers/pg.js';
+import { dropSharedPrefixes, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
+
+// An engineer reading `error: connect ECONNREFUSED 127.0.0.1:5433` could not tell whether Redis or Postgres
+// failed, nor which Postgres: each command that reads the snapshot now names it, without the password.
+const PASSWORD = 'pg-secret-7f3a';
+const prefix = testPrefix('pgerr');
+afterAll(() => dropSharedPrefixes(prefix));
+
+const COMMANDS = [['verify'], ['restore', '--from-postgres'], ['campaigns', 'results', 'spring'], ['tokens', 'history', '0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d']];
+
+/** `postgres://postgres:<PASSWORD>@host:port/<db><query>`, the password given twice (user info and query string) */
+const withPassword = (url: string, query = '') => {
+  const u = new URL(url);
+  u.password = PASSWORD;
+  return `${u.toString()}${query ? `${query}&` : '?'}password=${PASSWORD}`;
+};
+
+async function expectNamed(databaseUrl: string, where: string, reason: RegExp): Promise<void> {
+  for (const args of COMMANDS) {
+    const r = await runCli(args, { KEY_PREFIX: prefix, REDIS_URL: SHARED_REDIS_URL, DATABASE_URL: databaseUrl });
+    expect([r.code, r.stdout], `${args.join(' ')}: ${r.stderr}`).toEqual([1, '']);
+    expect(r.stderr, args.join(' ')).toMatch(new RegExp(`^error: cannot open the Postgres snapshot \\(${where.replace(/[.[\]]/g, '\\$&')}\\): ${reason.source}\n$`));
+    expect(r.stderr).not.toContain(PASSWORD);
+  }
+}
+
+describe('CLI commands reading the Postgres snapshot name Postgres and where when it fails (real processes)', () => {
+  it('a port nothing listens on', async () => {
+    const port = await freePort();
+    await expectNamed(withPassword(`postgres://postgres@127.0.0.1:${port}/rm`), `127.0.0.1:${port}/rm`, /connect ECONNREFUSED 127\.0\.0\.1:\d+/);
+  });
+
+  it('a database that does not exist', async () => {
+    const db = unusedDatabase();
+    const u = new URL(db.url);
+    await expectNamed(withPassword(db.url), `${u.hostname}:${u.port || 5432}/${db.name}`, new RegExp(`database "${db.name}" does not exist`));
+  });
+
+  it('an sslrootcert file that is not there', async () => {
+    const db = unusedDatabase();
+    const u = new URL(db.url);
+    await expectNamed(withPassword(db.url, '?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem'), `${u.hostname}:${u.port || 5432}/${db.name}`, /ENOENT: no such file or directory, open '\/nonexistent\/ca\.pem'/);
+  });
+
+  // a query cut short once the snapshot is open: "Connection terminated unexpectedly" alone could be Redis's
+  it('Postgres lost while verify reads it', async () => {
+    const db = await testDatabase();
+    const proxy = await pgProxy(db.url);
+    const admin = new pg.Client({ connectionString: db.url });
+    // outside the lock's transaction, which would read pg_stat_activity once for its whole length
+    const watcher = new pg.Client({ connectionString: db.url });
+    try {
+      await (await openPostgres(db.url)).end();
+      await admin.connect();
+      await watcher.connect();
+      // verify's read of the tokens waits behind this lock, its connection open: cut there
+      await admin.query('BEGIN');
+      await admin.query('LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE');
+      const verifying = runCli(['verify'], { KEY_PREFIX: prefix, REDIS_URL: SHARED_REDIS_URL, DATABASE_URL: withPassword(proxy.url) });
+      const waiting = async () => (await watcher.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")).rows[0].n > 0;
+      for (const end = Date.now() + 20_000; !(await waiting()) && Date.now() < end; ) await new Promise((r) => setTimeout(r, 50));
+      expect(await waiting()).toBe(true);
+      await proxy.close();
+      const r = await verifying;
+      const u = new URL(proxy.url);
+      expect([r.code, r.stderr]).toEqual([1, expect.stringMatching(new RegExp(`^error: reading the Postgres snapshot \\(127\\.0\\.0\\.1:${u.port}/${db.name}\\) failed: .+\n$`))]);
+      expect(r.stderr).not.toContain(PASSWORD);
+    } finally {
+      await admin.end().catch(() => {});
+      await watcher.end().catch(() => {});
+      await proxy.close();
+      await db.drop();
+    }
+  }, 60_000);
+});
