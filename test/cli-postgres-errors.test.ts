@@ -1,3 +1,4 @@
+import type { ChildProcess } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { freePort } from '../bench/redis-server.js';
@@ -30,7 +31,7 @@ async function expectNamed(databaseUrl: string, where: string, reason: RegExp): 
   }
 }
 
-describe('CLI commands reading the Postgres snapshot name Postgres and where when it fails (real processes)', () => {
+describe('CLI commands that fail on Postgres name it and where (real processes)', () => {
   it('a port nothing listens on', async () => {
     const port = await freePort();
     await expectNamed(withPassword(`postgres://postgres@127.0.0.1:${port}/rm`), `127.0.0.1:${port}/rm`, /connect ECONNREFUSED 127\.0\.0\.1:\d+/);
@@ -47,6 +48,26 @@ describe('CLI commands reading the Postgres snapshot name Postgres and where whe
     const u = new URL(db.url);
     await expectNamed(withPassword(db.url, '?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem'), `${u.hostname}:${u.port || 5432}/${db.name}`, /ENOENT: no such file or directory, open '\/nonexistent\/ca\.pem'/);
   });
+
+  it('the snapshot writer (`snapshot`) says which Postgres it cannot reach', async () => {
+    const port = await freePort();
+    let stderr = '';
+    let writer: ChildProcess | undefined;
+    const running = runCli(['snapshot', '--metrics-port', '0'], { KEY_PREFIX: prefix, REDIS_URL: SHARED_REDIS_URL, DATABASE_URL: withPassword(`postgres://postgres@127.0.0.1:${port}/rm`) }, {
+      whenStarted: (p) => {
+        writer = p;
+        p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      },
+    });
+    for (const end = Date.now() + 20_000; !stderr.includes('Postgres unreachable') && Date.now() < end; ) await new Promise((r) => setTimeout(r, 50));
+    writer!.kill('SIGTERM');
+    const r = await running;
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr.split('\n').filter((l) => l.includes('Postgres unreachable'))).toEqual([
+      expect.stringMatching(new RegExp(`^\\[snapshot\\] warn: Postgres unreachable at 127\\.0\\.0\\.1:${port}/rm \\(connect ECONNREFUSED 127\\.0\\.0\\.1:${port}\\); retrying`)),
+    ]);
+    expect(r.stderr).not.toContain(PASSWORD);
+  }, 30_000);
 
   // a query cut short once the snapshot is open: "Connection terminated unexpectedly" alone could be Redis's
   it('Postgres lost while verify reads it', async () => {

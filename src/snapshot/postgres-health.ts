@@ -16,6 +16,8 @@ export class PostgresHealth {
 
   constructor(
     private readonly log: (level: 'info' | 'warn', msg: string) => void,
+    /** which Postgres (postgresAt): a writer's log that said only "unreachable" did not say which to look at */
+    private readonly where: string,
     /** whether this process holds the lease: only its holder reports Postgres' state */
     private readonly leading: () => boolean,
   ) {}
@@ -71,7 +73,7 @@ export class PostgresHealth {
       this.pgState = 'down';
       // a batch failing after the renew timer dropped the lease: no longer this process' to report
       if (this.leading()) this.m.postgresUp.set(0);
-      if (!this.warned) this.log('warn', `Postgres unreachable (${(err as Error).message}); retrying with backoff, events wait in Redis`);
+      if (!this.warned) this.log('warn', `Postgres unreachable at ${this.where} (${(err as Error).message}); retrying with backoff, events wait in Redis`);
       this.warned = true;
     }
   }

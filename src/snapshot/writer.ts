@@ -15,7 +15,7 @@ import { snapshotMetrics } from './metrics.js';
 import { CampaignCopy } from './campaigns.js';
 import { RevocationCopy } from './revoked.js';
 import { SatelliteCopy } from './satellites.js';
-import { cutConnections, madeAnew, newerSchema, openPostgres, ping, SCHEMA_VERSION } from './schema.js';
+import { cutConnections, madeAnew, newerSchema, openPostgres, ping, postgresAt, SCHEMA_VERSION } from './schema.js';
 import { writeSnapshotStatus, type SnapshotStatus } from './status.js';
 import { ShardStreams } from './streams.js';
 import { newestCommitted } from './positions.js';
@@ -104,7 +104,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   const stopping = new AbortController();
   const sleep = (ms: number) => sleepFor(ms, undefined, { signal: stopping.signal }).catch(() => undefined);
   const leadership = new Leadership(lease, log);
-  const health = new PostgresHealth(log, () => leadership.holds);
+  const health = new PostgresHealth(log, postgresAt(config.databaseUrl), () => leadership.holds);
   const commits = new Commits(config.snapshotTestCrashAfterCommit);
   let pool: pg.Pool | undefined;
   /** the loop waits on openPostgres (connecting, or migrating behind another process' lock): nothing in hand */
