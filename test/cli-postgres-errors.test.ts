@@ -2,7 +2,7 @@ import type { ChildProcess } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { freePort } from '../bench/redis-server.js';
-import { openPostgres } from '../src/snapshot/index.js';
+import { openPostgres, postgresAt } from '../src/snapshot/index.js';
 import { runCli } from './helpers/cli.js';
 import { pgProxy, testDatabase, unusedDatabase } from './helpers/pg.js';
 import { dropSharedPrefixes, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
@@ -99,4 +99,16 @@ describe('CLI commands that fail on Postgres name it and where (real processes)'
       await db.drop();
     }
   }, 60_000);
+});
+
+describe('postgresAt', () => {
+  it('is host:port/database alone: no user, password or query string', () => {
+    expect(postgresAt(`postgres://rm:${PASSWORD}@db.example:6432/referral%20manager?sslmode=verify-full&password=${PASSWORD}&sslpassword=${PASSWORD}`)).toBe('db.example:6432/referral manager');
+    expect(postgresAt('postgresql://rm@[::1]/rm')).toBe('[::1]:5432/rm');
+    // node-postgres connects to a host given in the query string (a Unix socket's directory) instead
+    expect(postgresAt('postgres:///rm?host=/var/run/postgresql')).toBe('/var/run/postgresql:5432/rm');
+    expect(postgresAt('postgres://rm@%2Fvar%2Frun%2Fpostgresql/rm')).toBe('/var/run/postgresql:5432/rm');
+    // URL takes a stray %, which does not decode: shown as written rather than failing in place of the error
+    expect(postgresAt('postgres://rm@db%/rm%zz')).toBe('db%:5432/rm%zz');
+  });
 });

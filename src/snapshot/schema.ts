@@ -137,8 +137,17 @@ const LOCK_ID = 74_820_501;
  */
 export function postgresAt(url: string): string {
   const u = new URL(url);
-  // a `host` in the query string (a Unix socket's directory) is the one node-postgres connects to
-  return `${u.searchParams.get('host') || u.hostname || 'localhost'}:${u.port || 5432}/${decodeURIComponent(u.pathname.slice(1))}`;
+  // a `host` in the query string, or percent-encoded as the host (a Unix socket's directory), as node-postgres reads it
+  return `${u.searchParams.get('host') || decoded(u.hostname) || 'localhost'}:${u.port || 5432}/${decoded(u.pathname.slice(1))}`;
+}
+
+/** Percent-decoded, or as written where that fails (a `%` not followed by two hex digits, which node-postgres takes as itself): a message must not fail in place of the error it tells. */
+function decoded(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
 }
 
 /** Creates the database named in `url` when it does not exist (via the `postgres` database). */
