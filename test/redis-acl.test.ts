@@ -163,6 +163,24 @@ describe.skipIf(!hasRedisServer())("README's least-privilege ACL user (private R
     expect((await aclLog(admin)).filter((e) => !e.endsWith(' client|setinfo'))).toEqual([]);
   }, 180_000);
 
+  it('without +info /readyz is 503 saying the user may not run INFO, not that Redis is down', async () => {
+    const args = ['rm-noinfo', ...acl.args.slice(1).filter((w) => w !== '+info')];
+    expect(args).toHaveLength(acl.args.length - 1);
+    expect(await admin.call('ACL', 'SETUSER', ...args)).toBe('OK');
+    const server = await serve({ ...env, REDIS_URL: `redis://rm-noinfo:${USER_PASSWORD}@127.0.0.1:${master.port}`, REDIS_WAIT_REPLICAS: '0' });
+    const http = new Pool(server.url, { connections: 1 });
+    try {
+      const ready = await call(http, 'GET', '/readyz');
+      expect(ready.status).toBe(503);
+      expect(ready.body.redis).toBe('up');
+      expect(ready.body.error).toMatch(/^NOPERM .*'info' command: the Redis user must be granted it \(README, "A least-privilege ACL user"\)$/);
+    } finally {
+      await http.close();
+      await server.stop();
+      await admin.call('ACL', 'DELUSER', 'rm-noinfo');
+    }
+  });
+
   it('the user reaches nothing outside the prefix: keys, channels, and commands not listed', async () => {
     const user = new Redis(master.port, '127.0.0.1', { username: acl.user, password: USER_PASSWORD, lazyConnect: true });
     await user.connect();
@@ -227,5 +245,18 @@ describe.skipIf(!hasRedisServer())("README's least-privilege ACL user on a Redis
     for (const a of admins) expect((await aclLog(a)).filter((e) => !e.endsWith(' client|setinfo'))).toEqual([]);
   }, 120_000);
 
-
+  it('without +info /readyz is 503 saying the user may not run INFO, not that every master is down', async () => {
+    await setUser(['rm-noinfo', ...acl.args.slice(1).filter((w) => w !== '+info')]);
+    const server = await serve({ REDIS_CLUSTER_NODES: seeds('rm-noinfo'), KEY_PREFIX: acl.prefix });
+    const http = new Pool(server.url, { connections: 1 });
+    try {
+      const ready = await call(http, 'GET', '/readyz');
+      expect(ready.status).toBe(503);
+      expect(ready.body.redis).toBe('up');
+      expect(ready.body.error).toMatch(/^NOPERM .*'info' command: the Redis user must be granted it/);
+    } finally {
+      await http.close();
+      await server.stop();
+    }
+  });
 });

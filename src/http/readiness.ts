@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { answerWithin, connectFailure, failureText, masters, nodeAddress, redisErrorText, type RedisClient } from '../store/redis.js';
-import { clusterFailures, clusterMasters, markFailing, servesKey, SLOTS, type ClusterProbe } from '../store/cluster-probe.js';
+import { clusterFailures, clusterMasters, markFailing, refusedToUser, servesKey, SLOTS, type ClusterProbe } from '../store/cluster-probe.js';
 import { Keys } from '../store/keys.js';
 import { ensureScripts } from '../store/scripts.js';
 import { replicaShortfall } from '../store/replicas.js';
@@ -75,6 +75,8 @@ export async function readiness(redis: RedisClient, prefix: string, probeMs: num
     degraded.push(...short.map((s) => `${s}: every state change on its slots is answered 503`));
     if (evicting.length) return { ready: false, details: { redis: 'up', ...cluster, eviction: 'allkeys', error: `${evicting.join('; ')}: it would delete tokens once full; set maxmemory-policy noeviction` } };
   } catch (err) {
+    // INFO refused to an ACL user without +info: said as Redis down, the operator looked for an outage
+    if (refusedToUser(err)) return { ready: false, details: { redis: 'up', ...cluster, error: `${(err as Error).message}: the Redis user must be granted it (README, "A least-privilege ACL user")` } };
     return { ready: false, details: { redis: 'down', ...cluster, error: redisErrorText(err, redis) } };
   }
   const redisState = degraded.length ? { redis: 'degraded', ...cluster, degraded: degraded.join('; ') } : { redis: 'up', ...cluster };

@@ -20,10 +20,14 @@ function clusterInfo(node: Redis, ms: number): Promise<string> {
   return answerWithin(reply, ms);
 }
 
+/** Redis answered, refusing the command to this user (NOPERM: an ACL user not granted it). */
+export const refusedToUser = (err: unknown): boolean => err instanceof Error && err.message.startsWith('NOPERM');
+
 /**
  * What `judge` finds wrong in each master's INFO `section` (each answering within `ms`), sorted: one line
  * per master it names, with its address in front. With `unanswered`, a master whose INFO fails is put there
- * with its error (and one already there is not asked) instead of failing the whole call.
+ * with its error (and one already there is not asked) instead of failing the whole call; an INFO refused to
+ * the user (refusedToUser) fails it still.
  */
 export async function judgeMasters(nodes: Redis[], section: string, ms: number, judge: (info: string) => string | undefined, unanswered?: Map<Redis, unknown>): Promise<string[]> {
   const found = await Promise.all(
@@ -33,7 +37,8 @@ export async function judgeMasters(nodes: Redis[], section: string, ms: number, 
         try {
           return [nodeAddress(m), judge(await answerWithin(m.info(section), ms))] as const;
         } catch (err) {
-          if (!unanswered) throw err;
+          // a command the ACL refuses this user is refused on every master alike: not one master down
+          if (!unanswered || refusedToUser(err)) throw err;
           unanswered.set(m, err);
           return [nodeAddress(m), undefined] as const;
         }
