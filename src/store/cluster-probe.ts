@@ -26,8 +26,7 @@ export const refusedToUser = (err: unknown): boolean => err instanceof Error && 
 /**
  * What `judge` finds wrong in each master's INFO `section` (each answering within `ms`), sorted: one line
  * per master it names, with its address in front. With `unanswered`, a master whose INFO fails is put there
- * with its error (and one already there is not asked) instead of failing the whole call; an INFO refused to
- * the user (refusedToUser) fails it still.
+ * with its error (and one already there is not asked) instead of failing the whole call.
  */
 export async function judgeMasters(nodes: Redis[], section: string, ms: number, judge: (info: string) => string | undefined, unanswered?: Map<Redis, unknown>): Promise<string[]> {
   const found = await Promise.all(
@@ -37,8 +36,7 @@ export async function judgeMasters(nodes: Redis[], section: string, ms: number, 
         try {
           return [nodeAddress(m), judge(await answerWithin(m.info(section), ms))] as const;
         } catch (err) {
-          // a command the ACL refuses this user is refused on every master alike: not one master down
-          if (!unanswered || refusedToUser(err)) throw err;
+          if (!unanswered) throw err;
           unanswered.set(m, err);
           return [nodeAddress(m), undefined] as const;
         }
