@@ -175,7 +175,7 @@ function giveUpWhenStuck(redis: RedisClient, where: string): void {
  */
 export async function openSnapshot(url: string, connections = 2): Promise<pg.Pool> {
   const where = postgresAt(url);
-  const pool = await openPostgres(url, connections, undefined, false, (msg) => console.error(`note: ${msg}`)).catch((err: unknown) => {
+  const pool = await openPostgres(url, connections, SNAPSHOT_QUERY_TIMEOUT_MS, false, (msg) => console.error(`note: ${msg}`)).catch((err: unknown) => {
     throw saying(err, `cannot open the Postgres snapshot (${where})`);
   });
   // a query failing later (Postgres restarted or lost mid-verify); the snapshot's readers use the promise form only
@@ -187,12 +187,26 @@ export async function openSnapshot(url: string, connections = 2): Promise<pg.Poo
   return pool;
 }
 
+/**
+ * How long a command reading the snapshot waits for one query's answer. Without it a Postgres that stopped
+ * answering without closing the connection (a partition, a stopped postmaster, a silent proxy) held verify
+ * for ever: TCP keepalive waits the system's 2 h, and does not see a stopped process at all. Measured on
+ * 3,996,000 tokens (5.6M events, tokens 520 MB): the longest single query of restore, verify, campaigns
+ * results and tokens history took 0.7 s (the results of a campaign with a third of the tokens; a page of a
+ * shard 0.4 s with four lanes reading; reading the whole table 0.6 s, cached). 60 s leaves room for that table
+ * read from a cold, slow disk (520 MB at 30 MB/s: 17 s) three times over; Postgres cancels the query itself at
+ * 48 s (openPostgres' statement timeout), saying so.
+ */
+const SNAPSHOT_QUERY_TIMEOUT_MS = 60_000;
+
 /** errors `saying` prefixed already: one error can fail several queries (those queued on a connection that ended) */
 const said = new WeakSet<Error>();
 /** `err` with `what` before its message, the error itself kept (its SQLSTATE, which callers may read). */
 function saying(err: unknown, what: string): unknown {
   if (err instanceof Error && !said.has(err)) {
-    err.message = `${what}: ${err.message}`;
+    // pg's words for its query timeout, which alone do not say how long nor that Postgres went silent
+    const reason = err.message === 'Query read timeout' ? `no answer within ${SNAPSHOT_QUERY_TIMEOUT_MS / 1000} s (query timeout): Postgres stopped answering, or the network to it did` : err.message;
+    err.message = `${what}: ${reason}`;
     said.add(err);
   }
   return err;
