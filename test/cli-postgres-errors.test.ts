@@ -132,6 +132,31 @@ describe('CLI commands that fail on Postgres name it and where (real processes)'
       await db.drop();
     }
   }, 150_000);
+
+  // opening it, verify waits for another process' migration as long as that runs (with a note), but not for a Postgres gone silent meanwhile
+  it('Postgres silent while verify waits for another process migrating: exit 1 naming the timeout', async () => {
+    const db = await testDatabase();
+    const proxy = await pgProxy(db.url);
+    const locker = new pg.Client({ connectionString: db.url });
+    try {
+      await (await openPostgres(db.url)).end();
+      await locker.connect();
+      await locker.query('SELECT pg_advisory_lock(74820501)'); // the migrations' lock (src/snapshot/schema.ts)
+      let stderr = '';
+      const verifying = runCli(['verify'], { KEY_PREFIX: prefix, REDIS_URL: SHARED_REDIS_URL, DATABASE_URL: withPassword(proxy.url) }, { whenStarted: (p) => p.stderr!.on('data', (d: Buffer) => (stderr += d.toString())) });
+      for (const end = Date.now() + 20_000; !stderr.includes('waiting for another process') && Date.now() < end; ) await new Promise((r) => setTimeout(r, 50));
+      expect(stderr).toContain('note: waiting for another process migrating');
+      proxy.blackhole(true);
+      await locker.query('SELECT pg_advisory_unlock(74820501)');
+      const r = await verifying;
+      const u = new URL(proxy.url);
+      expect([r.code, r.stderr.split('\n').slice(1)]).toEqual([1, [expect.stringMatching(new RegExp(`^error: cannot open the Postgres snapshot \\(127\\.0\\.0\\.1:${u.port}/${db.name}\\): no answer within 60 s \\(query timeout\\)`)), '']]);
+    } finally {
+      await locker.end().catch(() => {});
+      await proxy.close();
+      await db.drop();
+    }
+  }, 150_000);
 });
 
 describe('postgresAt', () => {

@@ -199,6 +199,8 @@ export function newerSchema(pool: pg.Pool): number | undefined {
  * the migration fails naming itself: the writer tries again with backoff; restore and verify exit with it.
  */
 const MIGRATION_LOCK_TIMEOUT = '5s';
+/** How long one turn of the wait for another process' migration lasts (its lock_timeout), before the next. */
+const LOCK_TURN_MS = 5_000;
 
 /**
  * Applies every migration not yet recorded in schema_migrations, each in a transaction of its own; returns the
@@ -206,13 +208,16 @@ const MIGRATION_LOCK_TIMEOUT = '5s';
  * migration takes as long as it takes (an index build on a large table), and so does the wait of the processes
  * starting meanwhile, which queue on the advisory lock and find nothing left to apply.
  */
-async function migrate(client: pg.ClientBase, note: (msg: string) => void): Promise<{ applied: number[]; newest: number }> {
+async function migrate(client: pg.ClientBase, note: (msg: string) => void, queryTimeoutMs?: number): Promise<{ applied: number[]; newest: number }> {
+  // what is quick however big the snapshot (all but the migrations themselves) waits at most queryTimeoutMs:
+  // a Postgres that stops answering without closing the connection fails the open instead of holding it for ever
+  const quick = <R extends pg.QueryResultRow>(text: string, values?: unknown[]) => client.query<R>({ text, values, query_timeout: queryTimeoutMs } as pg.QueryConfig);
   // the database's (or role's) timeouts are the runtime's; the connection is closed after, so these end with it
-  await client.query('SET statement_timeout = 0; SET lock_timeout = 0');
-  const got = (await client.query<{ got: boolean }>('SELECT pg_try_advisory_lock($1) AS got', [LOCK_ID])).rows[0]!.got;
+  await quick('SET statement_timeout = 0; SET lock_timeout = 0');
+  const got = (await quick<{ got: boolean }>('SELECT pg_try_advisory_lock($1) AS got', [LOCK_ID])).rows[0]!.got;
   if (!got) {
     const holder = (
-      await client.query<{ pid: number; addr: string | null; secs: number | null }>(
+      await quick<{ pid: number; addr: string | null; secs: number | null }>(
         `SELECT l.pid, host(a.client_addr) AS addr, floor(extract(epoch FROM now() - a.backend_start))::int AS secs
            FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
           WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = $1 AND l.objsubid = 1
@@ -222,11 +227,23 @@ async function migrate(client: pg.ClientBase, note: (msg: string) => void): Prom
     ).rows[0];
     // let go of meanwhile: nothing to say, the lock is taken at once
     if (holder) note(`waiting for another process migrating the snapshot's schema (Postgres backend pid ${holder.pid}${holder.addr ? ` from ${holder.addr}` : ''}, connected ${holder.secs ?? '?'} s ago)`);
-    await client.query('SELECT pg_advisory_lock($1)', [LOCK_ID]);
+    // waited for in turns of LOCK_TURN_MS, each a query of its own: the wait lasts as long as the other's
+    // migration, and a Postgres gone silent meanwhile fails a turn by its query timeout
+    await quick(`SET lock_timeout = ${LOCK_TURN_MS}`);
+    for (let got = false; !got; ) {
+      got = await client.query({ text: 'SELECT pg_advisory_lock($1)', values: [LOCK_ID], query_timeout: queryTimeoutMs && queryTimeoutMs + LOCK_TURN_MS } as pg.QueryConfig).then(
+        () => true,
+        (err: { code?: string }) => {
+          if (err.code === '55P03') return false;
+          throw err;
+        },
+      );
+    }
+    await quick('SET lock_timeout = 0');
   }
   // no unlock: the session, and the lock with it, ends when the caller closes the connection
-  await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
-  const done = new Set((await client.query<{ version: number }>('SELECT version FROM schema_migrations')).rows.map((r) => r.version));
+  await quick('CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
+  const done = new Set((await quick<{ version: number }>('SELECT version FROM schema_migrations')).rows.map((r) => r.version));
   const applied: number[] = [];
   for (const m of MIGRATIONS) {
     if (done.has(m.version)) continue;
@@ -248,8 +265,8 @@ async function migrate(client: pg.ClientBase, note: (msg: string) => void): Prom
   return { applied, newest: Math.max(SCHEMA_VERSION, ...done) };
 }
 
-async function requireSnapshot(client: pg.ClientBase, url: string): Promise<void> {
-  const found = (await client.query<{ t: string | null }>("SELECT to_regclass('schema_migrations') AS t")).rows[0]!.t;
+async function requireSnapshot(client: pg.ClientBase, url: string, queryTimeoutMs?: number): Promise<void> {
+  const found = (await client.query<{ t: string | null }>({ text: "SELECT to_regclass('schema_migrations') AS t", query_timeout: queryTimeoutMs } as pg.QueryConfig)).rows[0]!.t;
   if (found === null) {
     const name = decodeURIComponent(new URL(url).pathname.slice(1));
     throw new Error(`database "${name}" holds no snapshot (no schema_migrations table: no snapshot writer ever opened it); check DATABASE_URL`);
@@ -274,7 +291,7 @@ export function cutConnections(pool: pg.Pool): void {
  * TCP keepalive finds a dead peer on idle connections; `queryTimeoutMs` bounds a query on a connection
  * that went half-open mid-query (no reply, no reset), which would otherwise wait forever, and sets Postgres'
  * statement timeout under it. The migrations run before, on a connection of their own without either
- * (`migrate`); `note` hears what they do. With `create` false a missing database is an error: what only reads the
+ * (`migrate`): only its quick queries, around them, wait at most `queryTimeoutMs`; `note` hears what they do. With `create` false a missing database is an error: what only reads the
  * snapshot (restore, verify) must not make an empty one from a mistyped URL and take it for the snapshot;
  * nor take one that holds no snapshot (no migration table: no writer ever opened it) for an empty one.
  */
@@ -288,7 +305,8 @@ export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number
     s.once('close', () => sockets.delete(s));
     return s;
   };
-  // no query timeout: a half-open connection is found by TCP keepalive, after its first 10 s of silence
+  // no query timeout for the migrations (migrate: its quick queries have one): a half-open connection is
+  // found by TCP keepalive, after its first 10 s of silence
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3000, keepAlive: true, keepAliveInitialDelayMillis: 10_000, stream });
   client.on('error', ignore);
   const { applied, newest } = await (async () => {
@@ -297,8 +315,8 @@ export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number
         if (err instanceof Object) notConnected.add(err);
         throw err;
       });
-      if (!create) await requireSnapshot(client, url);
-      return await migrate(client, note);
+      if (!create) await requireSnapshot(client, url, queryTimeoutMs);
+      return await migrate(client, note, queryTimeoutMs);
     } finally {
       await client.end().catch(() => {});
     }
