@@ -45,6 +45,8 @@ const STORIES: Record<string, { interval?: string; stories: Story[] }> = {
   ] },
   ReferralManagerSnapshotBehind: { stories: [
     { story: 'one writer 90 s behind from 1m fires after the 5m', series: { 'rm_snapshot_lag_seconds{instance="a"}': '0x40', 'rm_snapshot_lag_seconds{instance="b"}': '0x3 90x40' }, quiet: ['5m'], fires: { at: '6m' } },
+    // the writer copies nothing while it migrates the schema: the lag grows from its start, and is caught up after
+    { story: 'a 5m schema migration', series: { 'rm_snapshot_lag_seconds{instance="a"}': '0+15x20 0x20' }, quiet: ['5m', '10m'] },
     { story: '59 s behind, or unknown (NaN), is quiet', series: { 'rm_snapshot_lag_seconds{instance="a"}': '59x40', 'rm_snapshot_lag_seconds{instance="b"}': `0${' NaN'.repeat(40)}` }, quiet: ['10m'] },
   ] },
   ReferralManagerNoSnapshotWriter: { stories: [
@@ -54,6 +56,8 @@ const STORIES: Record<string, { interval?: string; stories: Story[] }> = {
   ReferralManagerPostgresDown: { stories: [
     { story: 'the lease holder retries for 2m', series: { 'rm_snapshot_postgres_up{instance="a"}': '1x3 0x20', 'rm_snapshot_postgres_up{instance="b"}': `NaN${' NaN'.repeat(23)}` }, quiet: ['2m45s'], fires: { at: '3m' } },
     { story: 'a 30 s outage', series: { 'rm_snapshot_postgres_up{instance="a"}': '1x3 0x1 1x20' }, quiet: ['1m15s', '5m'] },
+    // Postgres answers the migration (src/snapshot/postgres-health.ts migrates): read as down, it paged after 2m
+    { story: 'Postgres back after 1m, then a 10m schema migration', series: { 'rm_snapshot_postgres_up{instance="a"}': '0x4 1x40' }, quiet: ['1m45s', '10m'] },
   ] },
   ReferralManagerSnapshotLostEvents: { interval: '1m', stories: [
     { story: 'a running writer counts lost events: it fires for the hour after', series: { 'rm_snapshot_errors_total{instance="a",where="lost"}': '0x4 3x120' }, quiet: ['4m', '66m'], fires: { at: '64m', labels: { instance: 'a', where: 'lost' } } },

@@ -614,6 +614,43 @@ describe('snapshot writer under faults (real processes)', () => {
     }
   });
 
+  // Postgres back after an outage while another process migrates: the writer read as down (the gauge 0 since the
+  // outage) for as long as that migration ran, and ReferralManagerPostgresDown paged for a Postgres that answered
+  it('a writer whose Postgres comes back while another process migrates says migrating, the gauge 1; up once that is done', async () => {
+    const db = await testDatabase();
+    const proxy = await pgProxy(db.url);
+    const locker = new pg.Client({ connectionString: db.url });
+    await locker.connect();
+    const prefix = testPrefix('migratingafter');
+    await proxy.close();
+    const pgErrors = errorsWhere('postgres');
+    const before = await pgErrors();
+    const writer = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: proxy.url }), { log: () => {} });
+    const gauge = async () => (await snapshotMetrics().postgresUp.get()).values[0]?.value;
+    const status = async () => writer.status();
+    try {
+      await eventually(pgErrors, (n) => n > before, 'a first failed try');
+      expect(writer.status()).toMatchObject({ leader: true, state: 'down' });
+      expect(await gauge()).toBe(0);
+      const pid = (await locker.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+      await locker.query('SELECT pg_advisory_lock(74820501)'); // the migrations' lock (src/snapshot/schema.ts)
+      proxy.open();
+      const waiting = await eventually(status, (st) => st.state !== 'down', 'the writer reaching Postgres');
+      expect(waiting).toMatchObject({ leader: true, state: 'migrating', migration: expect.stringMatching(new RegExp(`^waiting for Postgres backend pid ${pid} `)) });
+      expect(await gauge()).toBe(1);
+      await locker.query('SELECT pg_advisory_unlock(74820501)');
+      expect(await eventually(status, (st) => st.state !== 'migrating', 'the migration done')).toMatchObject({ state: 'up' });
+      expect(writer.status().migration).toBeUndefined();
+      expect(await gauge()).toBe(1);
+    } finally {
+      await writer.stop();
+      await locker.end();
+      await proxy.close();
+      await db.drop();
+      await dropPrefix(snap.fx.redis, prefix);
+    }
+  }, 60_000);
+
   // each lane overwrote the one reason said, so two lanes refused for two reasons said both on every backoff
   it('two lanes refused for two reasons: each reason is said once', async () => {
     const o = await ownWorld('tworeasons');

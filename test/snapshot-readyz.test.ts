@@ -1,12 +1,14 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { Redis } from 'ioredis';
+import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { privateRedis } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
-import { sleep } from './helpers/snapshot.js';
+import { sleep, until as eventually } from './helpers/snapshot.js';
 import { freePort } from '../bench/redis-server.js';
 import { MAIN } from './helpers/cli.js';
 import { Keys } from '../src/store/keys.js';
+import { readSnapshotStatus } from '../src/snapshot/status.js';
 
 const running = new Set<ChildProcess>();
 afterEach(async () => {
@@ -36,6 +38,13 @@ const leading = (r: Answer) => r.status === 200 && r.body.leader === true && r.b
 
 /** A standalone writer on `port`, once it leads and has copied everything; its process and stderr so far. */
 async function startWriter(redisUrl: string, databaseUrl: string, prefix: string, port: number): Promise<{ proc: ChildProcess; stderr(): string }> {
+  const w = spawnWriter(redisUrl, databaseUrl, prefix, port);
+  expect(await until(port, '/readyz', leading)).toMatchObject({ status: 200, body: { ready: true, redis: 'up', lagEvents: 0, lagSeconds: 0 } });
+  return w;
+}
+
+/** A standalone writer on `port`, as it starts. */
+function spawnWriter(redisUrl: string, databaseUrl: string, prefix: string, port: number): { proc: ChildProcess; stderr(): string } {
   const c = spawn(process.execPath, [MAIN, 'snapshot'], {
     env: { ...process.env, REDIS_URL: redisUrl, KEY_PREFIX: prefix, DATABASE_URL: databaseUrl, SNAPSHOT_METRICS_PORT: String(port) },
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -44,9 +53,11 @@ async function startWriter(redisUrl: string, databaseUrl: string, prefix: string
   c.once('exit', () => running.delete(c));
   let stderr = '';
   c.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  expect(await until(port, '/readyz', leading)).toMatchObject({ status: 200, body: { ready: true, redis: 'up', lagEvents: 0, lagSeconds: 0 } });
   return { proc: c, stderr: () => stderr };
 }
+
+/** The value of an unlabelled gauge on the writer's /metrics. */
+const gauge = async (port: number, name: string) => new RegExp(`^${name} (\\S+)$`, 'm').exec(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text())?.[1];
 
 describe('referral-manager snapshot /readyz', () => {
   // The writer's Redis connection stays "ready" while the server hangs (SIGSTOP, a long script): its /readyz
@@ -99,6 +110,42 @@ describe('referral-manager snapshot /readyz', () => {
       // one outage, one count: no command failed, the commands waited in ioredis' queue
       expect(await redisErrors()).toBe(1);
     } finally {
+      await redis.dispose();
+      await db.drop();
+    }
+  }, 60_000);
+
+  // waiting on another process' migration (or applying a long one) read as Postgres down: the status, /readyz,
+  // and rm_snapshot_postgres_up (0 once an attempt had failed), which the ReferralManagerPostgresDown alert reads
+  it('says it migrates while it waits for another process\' migration, Postgres up; writes once it is done', async () => {
+    const redis = await privateRedis();
+    await redis.start();
+    const db = await testDatabase();
+    const port = await freePort();
+    const locker = new pg.Client({ connectionString: db.url });
+    await locker.connect();
+    const client = new Redis(redis.url);
+    try {
+      const pid = (await locker.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+      await locker.query('SELECT pg_advisory_lock(74820501)'); // the migrations' lock (src/snapshot/schema.ts)
+      const writer = spawnWriter(redis.url, db.url, 'migrating', port);
+      const waiting = await until(port, '/readyz', (r) => r.body.leader === true && r.body.postgres !== 'down');
+      expect(waiting, writer.stderr()).toMatchObject({
+        status: 503,
+        body: { ready: false, redis: 'up', leader: true, postgres: 'migrating', migration: expect.stringMatching(new RegExp(`^waiting for Postgres backend pid ${pid} from 127\\.0\\.0\\.1 \\(another process migrating the snapshot's schema\\)$`)) },
+      });
+      expect(await gauge(port, 'rm_snapshot_postgres_up')).toBe('1');
+      // what serve's /readyz and `stats` read: published every second
+      const status = await eventually(() => readSnapshotStatus(client, 'migrating'), (st) => st.state !== 'off', 'the status published');
+      expect(status).toMatchObject({ state: 'migrating', migration: waiting.body.migration });
+      await locker.query('SELECT pg_advisory_unlock(74820501)');
+      const up = await until(port, '/readyz', leading);
+      expect(up).toMatchObject({ status: 200, body: { postgres: 'up' } });
+      expect(up.body).not.toHaveProperty('migration');
+      expect(await eventually(() => readSnapshotStatus(client, 'migrating'), (st) => st.state === 'up', 'the status up')).not.toHaveProperty('migration');
+    } finally {
+      client.disconnect();
+      await locker.end();
       await redis.dispose();
       await db.drop();
     }

@@ -12,7 +12,7 @@ import type { Config } from '../../src/config.js';
 /**
  * Ready: the writer reaches Redis (on a Cluster every master: a lost one holds event streams it cannot
  * read) and, while it holds the lease, Postgres. A standby is ready: it is there to take over. A leader
- * retrying a Postgres outage is not, so the outage shows on /readyz too.
+ * retrying a Postgres outage is not, so the outage shows on /readyz too; nor one migrating, which writes nothing yet.
  */
 async function writerReadiness(writer: SnapshotWriter | undefined): Promise<{ ready: boolean; details: Record<string, unknown> }> {
   if (!writer) return { ready: false, details: { state: 'starting' } };
@@ -23,7 +23,15 @@ async function writerReadiness(writer: SnapshotWriter | undefined): Promise<{ re
   const failing = probe ? clusterFailures(probe) : hung ? [hung] : [];
   const redis = failing.length ? 'down' : s.redis;
   const ready = redis === 'up' && (!s.leader || s.state === 'up');
-  const details: Record<string, unknown> = { redis, ...(probe && { masters: probe.masters }), leader: s.leader, postgres: s.leader ? s.state : 'standby', lagEvents: s.lagEvents, lagSeconds: s.lagSeconds };
+  const details: Record<string, unknown> = {
+    redis,
+    ...(probe && { masters: probe.masters }),
+    leader: s.leader,
+    postgres: s.leader ? s.state : 'standby',
+    ...(s.leader && s.migration !== undefined && { migration: s.migration }),
+    lagEvents: s.lagEvents,
+    lagSeconds: s.lagSeconds,
+  };
   if (failing.length) details.error = failing.join('; ');
   return { ready, details };
 }

@@ -36,7 +36,8 @@ async function snapshotLine(redis: RedisClient, prefix: string): Promise<string>
   ]);
   // an older release's writer (a rolling upgrade) names no host in its lease
   const writer = holder === undefined ? 'no writer holds the lease' : `writer: ${holder || 'unnamed (an older release)'}`;
-  return `snapshot: Postgres ${status.state}, ${writer}; ${lag.events} events not yet in Postgres (oldest ${lag.seconds.toFixed(1)} s)`;
+  const migration = status.migration === undefined ? '' : ` (${status.migration})`;
+  return `snapshot: Postgres ${status.state}${migration}, ${writer}; ${lag.events} events not yet in Postgres (oldest ${lag.seconds.toFixed(1)} s)`;
 }
 
 /** `stats`: the counters the scripts keep, per satellite and owner -> redeemer. */

@@ -25,7 +25,7 @@ export const snapshotMetrics = onFirstUse(() => {
     errors: new client.Counter({ name: 'rm_snapshot_errors_total', help: 'Snapshot writer failures, by where', labelNames: ['where'] as const }),
     postgresUp: new client.Gauge({
       name: 'rm_snapshot_postgres_up',
-      help: '1 while the writer holding the lease reaches Postgres, 0 while it retries; NaN in a process not holding the lease (it does not check)',
+      help: '1 while the writer holding the lease reaches Postgres (also while it migrates the schema), 0 while it retries; NaN in a process not holding the lease (it does not check)',
     }),
     leader: new client.Gauge({ name: 'rm_snapshot_leader', help: '1 while this process holds the single-writer lease' }),
     lostShards: new client.Gauge({

@@ -2,12 +2,16 @@ import { refusedBy } from './lane.js';
 import { snapshotMetrics } from './metrics.js';
 
 /**
- * Postgres as the writer sees it: up or down (the status' state, rm_snapshot_postgres_up) and its failures,
- * each counted, and said once per outage or, for a write it refused, once per reason.
+ * Postgres as the writer sees it: up, down or migrating (the status' state, rm_snapshot_postgres_up) and its
+ * failures, each counted, and said once per outage or, for a write it refused, once per reason.
  */
 export class PostgresHealth {
   private pgState: 'up' | 'down' = 'down';
   private warned = false;
+  /** what the open's migration does while it lasts (MigrationNote's `doing`) */
+  private doing: string | undefined;
+  /** Postgres refused before it was first reached (the gauge went 0): kept 0 through the next attempts' migrations */
+  private refusedUnreached = false;
   /** the refusals said since Postgres last took every lane's writes: each said once, also when lanes alternate */
   private readonly refusals = new Set<string>();
   // the failures run counted already: any other failure of a round is Redis' (or a bug), counted once by the loop
@@ -22,8 +26,25 @@ export class PostgresHealth {
     private readonly leading: () => boolean,
   ) {}
 
-  get state(): 'up' | 'down' {
-    return this.pgState;
+  /** migrating: Postgres answers; a migration (this writer's, or another process' it waits for) holds the writes */
+  get state(): 'up' | 'down' | 'migrating' {
+    return this.doing === undefined ? this.pgState : 'migrating';
+  }
+
+  /** while migrating, what the migration does */
+  get migration(): string | undefined {
+    return this.doing;
+  }
+
+  /**
+   * The open's migration started a step (MigrationNote): Postgres answered. Read as down, a migration longer than
+   * the alert's 2 minutes (or a wait for another process') paged for a Postgres that was fine.
+   */
+  migrates(doing: string): void {
+    this.doing = doing;
+    // a migration refused each time (a read-only database, a lock it cannot get) flapped the gauge 0/1 with each
+    // attempt, and an alert holding for a while never fired
+    if (!this.refusedUnreached && this.leading()) this.m.postgresUp.set(1);
   }
 
   /** Runs a Postgres step; its failure marks Postgres down (metrics, one warning) before it propagates. */
@@ -46,6 +67,8 @@ export class PostgresHealth {
   reached(): void {
     if (this.warned) this.log('info', 'Postgres reachable again; catching up');
     this.pgState = 'up';
+    this.doing = undefined;
+    this.refusedUnreached = false;
     this.warned = false;
     this.m.postgresUp.set(1);
   }
@@ -59,6 +82,8 @@ export class PostgresHealth {
 
   private setDown(err: unknown): void {
     this.m.errors.inc({ where: 'postgres' });
+    // a failed open: its migration is over
+    this.doing = undefined;
     if (refusedBy(err)) {
       // Postgres answered and refused (a column missing, a statement timeout, a full disk, a row it rejects):
       // logged as "unreachable", with rm_snapshot_postgres_up flapping 0/1 as each probe succeeded, an alert
@@ -68,7 +93,10 @@ export class PostgresHealth {
       this.refusals.add(why);
       // a refusal before Postgres was ever reached (the migration of a read-only database) leaves it down, as
       // /readyz says: the gauge stayed NaN, and the alert on it silent
-      if (this.pgState === 'down' && this.leading()) this.m.postgresUp.set(0);
+      if (this.pgState === 'down' && this.leading()) {
+        this.m.postgresUp.set(0);
+        this.refusedUnreached = true;
+      }
     } else {
       this.pgState = 'down';
       // a batch failing after the renew timer dropped the lease: no longer this process' to report

@@ -203,12 +203,18 @@ const MIGRATION_LOCK_TIMEOUT = '5s';
 const LOCK_TURN_MS = 5_000;
 
 /**
+ * What `migrate` says as it starts a step that may take long (the log line), and what it then does while it lasts,
+ * without what ages (a status shown for as long as the step runs: the writer's "migrating").
+ */
+export type MigrationNote = (msg: string, doing: string) => void;
+
+/**
  * Applies every migration not yet recorded in schema_migrations, each in a transaction of its own; returns the
  * versions applied and the newest recorded. Runs on a connection of its own, without the writer's timeouts: a
  * migration takes as long as it takes (an index build on a large table), and so does the wait of the processes
  * starting meanwhile, which queue on the advisory lock and find nothing left to apply.
  */
-async function migrate(client: pg.ClientBase, note: (msg: string) => void, queryTimeoutMs?: number): Promise<{ applied: number[]; newest: number }> {
+async function migrate(client: pg.ClientBase, note: MigrationNote, queryTimeoutMs?: number): Promise<{ applied: number[]; newest: number }> {
   // what is quick however big the snapshot (all but the migrations themselves) waits at most queryTimeoutMs:
   // a Postgres that stops answering without closing the connection fails the open instead of holding it for ever
   const quick = <R extends pg.QueryResultRow>(text: string, values?: unknown[]) => client.query<R>({ text, values, query_timeout: queryTimeoutMs } as pg.QueryConfig);
@@ -226,7 +232,10 @@ async function migrate(client: pg.ClientBase, note: (msg: string) => void, query
       )
     ).rows[0];
     // let go of meanwhile: nothing to say, the lock is taken at once
-    if (holder) note(`waiting for another process migrating the snapshot's schema (Postgres backend pid ${holder.pid}${holder.addr ? ` from ${holder.addr}` : ''}, connected ${holder.secs ?? '?'} s ago)`);
+    if (holder) {
+      const from = holder.addr ? ` from ${holder.addr}` : '';
+      note(`waiting for another process migrating the snapshot's schema (Postgres backend pid ${holder.pid}${from}, connected ${holder.secs ?? '?'} s ago)`, `waiting for Postgres backend pid ${holder.pid}${from} (another process migrating the snapshot's schema)`);
+    }
     // waited for in turns of LOCK_TURN_MS, each a query of its own: the wait lasts as long as the other's
     // migration, and a Postgres gone silent meanwhile fails a turn by its query timeout
     await quick(`SET lock_timeout = ${LOCK_TURN_MS}`);
@@ -247,7 +256,7 @@ async function migrate(client: pg.ClientBase, note: (msg: string) => void, query
   const applied: number[] = [];
   for (const m of MIGRATIONS) {
     if (done.has(m.version)) continue;
-    note(`applying schema migration ${m.version} (${m.name})`);
+    note(`applying schema migration ${m.version} (${m.name})`, `applying schema migration ${m.version} (${m.name})`);
     await client.query('BEGIN');
     try {
       await client.query(`SET LOCAL lock_timeout = '${MIGRATION_LOCK_TIMEOUT}'`);
@@ -291,11 +300,12 @@ export function cutConnections(pool: pg.Pool): void {
  * TCP keepalive finds a dead peer on idle connections; `queryTimeoutMs` bounds a query on a connection
  * that went half-open mid-query (no reply, no reset), which would otherwise wait forever, and sets Postgres'
  * statement timeout under it. The migrations run before, on a connection of their own without either
- * (`migrate`): only its quick queries, around them, wait at most `queryTimeoutMs`; `note` hears what they do. With `create` false a missing database is an error: what only reads the
+ * (`migrate`): only its quick queries, around them, wait at most `queryTimeoutMs`; `note` hears what they do
+ * (MigrationNote). With `create` false a missing database is an error: what only reads the
  * snapshot (restore, verify) must not make an empty one from a mistyped URL and take it for the snapshot;
  * nor take one that holds no snapshot (no migration table: no writer ever opened it) for an empty one.
  */
-export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number, create = true, note: (msg: string) => void = () => {}): Promise<pg.Pool> {
+export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number, create = true, note: MigrationNote = () => {}): Promise<pg.Pool> {
   if (create) await ensureDatabase(url);
   const sockets = new Set<net.Socket>();
   // the socket pg would make itself (TLS, when asked for, wraps it), made here so cutConnections can reach it

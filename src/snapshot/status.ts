@@ -4,10 +4,13 @@ import type { RedisClient } from '../store/redis.js';
 /** What any process (e.g. an HTTP worker's /readyz) can learn about the snapshot writer. */
 export interface SnapshotStatus {
   /**
-   * up: writing to Postgres; down: Postgres unreachable, retrying; off: no writer running; starting: this
-   * serve runs a writer that has not reported yet
+   * up: writing to Postgres; down: Postgres unreachable, retrying; migrating: Postgres answers, the writer applies
+   * a schema migration or waits for another process' (`migration` says which), writing nothing meanwhile; off: no
+   * writer running; starting: this serve runs a writer that has not reported yet
    */
-  state: 'up' | 'down' | 'off' | 'starting';
+  state: 'up' | 'down' | 'migrating' | 'off' | 'starting';
+  /** while migrating: the migration applied, or the Postgres backend whose migration it waits for */
+  migration?: string;
   lagEvents?: number;
   lagSeconds?: number;
   /** epoch ms of the writer's last report */

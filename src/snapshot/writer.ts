@@ -173,8 +173,14 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         if (!pool) {
           opening = true;
           try {
-            // what the migrations do is said (one may run for long, or wait for another process'); not once stopped
-            pool = await health.run(() => openPostgres(config.databaseUrl, LANES, opts.queryTimeoutMs ?? 30_000, true, (msg) => running && log('info', msg)));
+            // what the migrations do is said (one may run for long, or wait for another process'), and shown as
+            // the state while it lasts; not once stopped
+            const note = (msg: string, doing: string) => {
+              if (!running) return;
+              log('info', msg);
+              health.migrates(doing);
+            };
+            pool = await health.run(() => openPostgres(config.databaseUrl, LANES, opts.queryTimeoutMs ?? 30_000, true, note));
           } finally {
             opening = false;
           }
@@ -186,7 +192,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         }
         const db = pool;
         // also every PG_PROBE_MS while up: a writer with nothing to write would report a lost Postgres as up
-        if (health.state === 'down' || Date.now() >= probeAt) {
+        if (health.state !== 'up' || Date.now() >= probeAt) {
           await health.run(() => ping(db));
           probeAt = Date.now() + PG_PROBE_MS;
           health.reached();
@@ -254,7 +260,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   // as "all copied" on the standalone writer's /readyz through a whole Redis outage
   const status = (): SnapshotStatus => {
     const lag = lagReport.current();
-    return { state: health.state, lagEvents: lag?.events, lagSeconds: lag?.seconds, at: Date.now() };
+    return { state: health.state, migration: health.migration, lagEvents: lag?.events, lagSeconds: lag?.seconds, at: Date.now() };
   };
   // every writer reports the lag (a standby too: it is the streams'); only the leader publishes the status
   const lagReport = reportLag(redis, config.keyPrefix, 1000, () => {
