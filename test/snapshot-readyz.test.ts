@@ -115,6 +115,21 @@ describe('referral-manager snapshot /readyz', () => {
     }
   }, 60_000);
 
+  // Redis refusing the connection: serve's /readyz said why (connect ECONNREFUSED, a certificate refused), the
+  // writer's only redis "down"
+  it('says why it cannot reach Redis, as serve\'s /readyz does', async () => {
+    const db = await testDatabase();
+    const port = await freePort();
+    const nowhere = await freePort();
+    try {
+      spawnWriter(`redis://127.0.0.1:${nowhere}`, db.url, 'nowhere', port);
+      const down = await until(port, '/readyz', (r) => r.status === 503 && 'error' in r.body);
+      expect(down).toMatchObject({ status: 503, body: { ready: false, redis: 'down', error: `no connection to Redis (reconnecting): connect ECONNREFUSED 127.0.0.1:${nowhere}` } });
+    } finally {
+      await db.drop();
+    }
+  }, 60_000);
+
   // waiting on another process' migration (or applying a long one) read as Postgres down: the status, /readyz,
   // and rm_snapshot_postgres_up (0 once an attempt had failed), which the ReferralManagerPostgresDown alert reads
   it('says it migrates while it waits for another process\' migration, Postgres up; writes once it is done', async () => {

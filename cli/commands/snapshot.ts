@@ -18,9 +18,10 @@ async function writerReadiness(writer: SnapshotWriter | undefined): Promise<{ re
   if (!writer) return { ready: false, details: { state: 'starting' } };
   const s = writer.status();
   const probe = s.redis === 'up' ? await writer.clusterMasters() : undefined;
-  // one Redis: its connection stays up while the server hangs (SIGSTOP, a long script), so ask it, as serve's /readyz does
-  const hung = s.redis === 'up' && !probe ? await writer.redisProbe() : undefined;
-  const failing = probe ? clusterFailures(probe) : hung ? [hung] : [];
+  // one Redis: its connection stays up while the server hangs (SIGSTOP, a long script), so ask it, as serve's
+  // /readyz does; a client not connected says why, as serve's /readyz does
+  const why = !probe ? await writer.redisProbe() : undefined;
+  const failing = probe ? clusterFailures(probe) : why ? [why] : [];
   const redis = failing.length ? 'down' : s.redis;
   const ready = redis === 'up' && (!s.leader || s.state === 'up');
   const details: Record<string, unknown> = {

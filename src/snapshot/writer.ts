@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import type pg from 'pg';
 import type { Config } from '../config.js';
-import { answerWithin, createRedis, logOutages, redisErrorText, type OutageEffect, type RedisClient } from '../store/redis.js';
+import { answerWithin, createRedis, logOutages, notConnectedText, redisErrorText, type OutageEffect, type RedisClient } from '../store/redis.js';
 import { clusterMasters } from '../store/cluster-probe.js';
 import { Keys, SHARDS } from '../store/keys.js';
 import { Backoff } from './backoff.js';
@@ -40,7 +40,10 @@ export interface SnapshotWriter {
   status(): SnapshotStatus & { leader: boolean; redis: 'up' | 'down' };
   /** on a Redis Cluster, each master's state (`clusterMasters`): a lost one holds event streams the writer cannot read */
   clusterMasters(): ReturnType<typeof clusterMasters>;
-  /** undefined when the writer's Redis answers a PING within `ms`, else why not: a hung Redis keeps its connection up */
+  /**
+   * undefined when the writer's Redis answers a PING within `ms`, else why not: a hung Redis keeps its connection
+   * up; one not connected, at once (notConnectedText)
+   */
   redisProbe(ms?: number): Promise<string | undefined>;
 }
 
@@ -270,7 +273,8 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
   return {
     status: () => ({ ...status(), leader: leadership.holds, redis: redis.status === 'ready' ? 'up' : 'down' }),
     clusterMasters: () => clusterMasters(redis),
-    redisProbe: (ms = 1000) => answerWithin(redis.ping(), ms).then(() => undefined, (err: unknown) => redisErrorText(err)),
+    // not connected, its PING would wait in the offline queue for the whole `ms` and say only that
+    redisProbe: async (ms = 1000) => (redis.status === 'ready' ? answerWithin(redis.ping(), ms).then(() => undefined, (err: unknown) => redisErrorText(err)) : notConnectedText(redis)),
     async stop() {
       const until = Date.now() + STOP_GRACE_MS;
       /** Whether `p` settled within `ms` (at most what is left of the grace); the timer never holds the process. */

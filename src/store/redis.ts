@@ -215,9 +215,10 @@ export function masters(client: RedisClient): Redis[] {
 /** how often a Cluster client re-reads the slot map (one CLUSTER SLOTS) whatever happens */
 const SLOTS_REFRESH_MS = 5000;
 
+const NO_CONNECTION = 'no connection to Redis (reconnecting)';
 /** ioredis' wording for a connection it lost, and what it means to whoever reads /readyz or the snapshot writer's log */
 const PLAIN: [RegExp, string][] = [
-  [/^Stream isn't writeable/, 'no connection to Redis (reconnecting)'],
+  [/^Stream isn't writeable/, NO_CONNECTION],
   [/^Connection is closed/, 'the connection to Redis closed (reconnecting)'],
   [/^Reached the max retries per request limit/, 'Redis did not answer (the connection kept failing)'],
   [/^Command timed out/, 'Redis did not answer in time (down, unreachable or hung)'],
@@ -233,6 +234,16 @@ export function redisErrorText(err: unknown, client?: RedisClient): string {
   const failure = client && connectFailure(client);
   if (plain && failure) return `${plain}: ${failureText(failure)}`;
   return plain ? `${plain}: ${message}` : message;
+}
+
+/**
+ * For a client that is not connected, what serve's /readyz says of a command refused then (redisErrorText): no
+ * connection, and why. For a client that queues its commands meanwhile (the snapshot writer's), whose command
+ * would wait instead of being refused.
+ */
+export function notConnectedText(client: RedisClient): string {
+  const failure = connectFailure(client);
+  return failure ? `${NO_CONNECTION}: ${failureText(failure)}` : NO_CONNECTION;
 }
 
 /** Why the client cannot connect, while it cannot: the error of its last attempt (failureOf); else undefined. */
