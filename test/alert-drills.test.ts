@@ -1,3 +1,4 @@
+import pg from 'pg';
 import { Pool } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ADMIN_KEY, call, privateRedis, type RestartableRedis } from './helpers/http.js';
@@ -16,12 +17,14 @@ import { until } from './helpers/snapshot.js';
 describe.skipIf(!HAS_PROMETHEUS)('alert drills on a real Prometheus', () => {
   let redis: RestartableRedis;
   let proxy: Awaited<ReturnType<typeof pgProxy>>;
+  /** the database, not through the proxy */
+  let dbUrl: string;
   let d: ScrapedDeployment;
 
   beforeAll(async () => {
     redis = await privateRedis();
     await redis.start();
-    d = await scrapedDeployment({ REDIS_URL: redis.url }, { serveWrites: false, reach: async (url) => (proxy = await pgProxy(url)).url });
+    d = await scrapedDeployment({ REDIS_URL: redis.url }, { serveWrites: false, reach: async (url) => ((dbUrl = url), (proxy = await pgProxy(url)).url) });
   }, 90_000);
   afterAll(async () => {
     await d?.stop();
@@ -48,6 +51,30 @@ describe.skipIf(!HAS_PROMETHEUS)('alert drills on a real Prometheus', () => {
       proxy.open();
     }
     await expectAlerts({ ReferralManagerPostgresDown: 'inactive' }, 'inactive once Postgres answers again');
+  }, 150_000);
+
+  // a writer whose Postgres comes back while another process migrates the schema waits on the migrations' lock:
+  // read as down, its gauge stayed 0 from the outage and the alert paged for a Postgres that answered
+  it('a writer restarted while Postgres is away, then waiting for another process\' migration: ReferralManagerPostgresDown pending, then inactive while it waits', async () => {
+    const locker = new pg.Client({ connectionString: dbUrl });
+    await locker.connect();
+    try {
+      await d.writer.stop();
+      await proxy.close();
+      try {
+        await d.writer.start();
+        await expectAlerts({ ReferralManagerPostgresDown: 'pending' }, 'pending while Postgres is cut off');
+        await locker.query('SELECT pg_advisory_lock(74820501)'); // the migrations' lock (src/snapshot/schema.ts)
+      } finally {
+        proxy.open();
+      }
+      await until(() => value('min(rm_snapshot_postgres_up)'), (v) => v === '1', 'the writer scraped reaching Postgres while it waits', 60_000);
+      await expectAlerts({ ReferralManagerPostgresDown: 'inactive' }, 'inactive while the writer waits for the migration');
+      expect(await locker.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event = 'advisory' AND datname = current_database()`)).toMatchObject({ rows: [{ n: 1 }] });
+    } finally {
+      await locker.end();
+    }
+    await until(() => value('sum(rm_snapshot_leader)'), (v) => v === '1', 'the writer leading', 60_000);
   }, 150_000);
 
   it('the only writer stopped: ReferralManagerNoSnapshotWriter and ReferralManagerDown pending, inactive once it runs again', async () => {
