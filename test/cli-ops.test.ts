@@ -8,6 +8,7 @@ import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { runCli } from './helpers/cli.js';
 import { engineFixture, engineFixtureFor, SHARED_REDIS_URL, type EngineFixture } from './helpers/redis.js';
 import { Keys } from '../src/store/keys.js';
+import { writeSnapshotStatus } from '../src/snapshot/status.js';
 import { createRedis, masters } from '../src/store/redis.js';
 import { testCluster } from './helpers/http.js';
 
@@ -446,6 +447,9 @@ describe('referral-manager satellites | tokens | stats (child process, real Redi
       // the writer of an older release, still running in a rolling upgrade, named no host: its lease is a bare UUID
       await sfx.redis.set(new Keys(sfx.prefix).snapshotLease(), '0b7e5a1c-6f7d-4d1e-9c2a-3f4b5c6d7e8f', 'PX', 60_000);
       expect((await runCli(['stats'], senv)).stdout).toMatch(/^snapshot: Postgres off, writer: unnamed \(an older release\); 31 events/m);
+      // a writer migrating the schema: which migration, or whose it waits for (what its status carries)
+      await writeSnapshotStatus(sfx.redis, sfx.prefix, { state: 'migrating', migration: 'applying schema migration 9 (tokens_x)', at: Date.now() });
+      expect((await runCli(['stats'], senv)).stdout).toMatch(/^snapshot: Postgres migrating \(applying schema migration 9 \(tokens_x\)\), writer: unnamed \(an older release\); 31 events/m);
 
       // shards the writer found lost (src/snapshot/lost.ts) have no counters left: stats said nothing of them
       expect((await runCli(['stats'], senv)).stderr).toBe('');
