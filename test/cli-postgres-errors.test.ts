@@ -166,6 +166,9 @@ describe('postgresAt', () => {
     // node-postgres connects to a host given in the query string (a Unix socket's directory) instead
     expect(postgresAt('postgres:///rm?host=/var/run/postgresql')).toBe('/var/run/postgresql:5432/rm');
     expect(postgresAt('postgres://rm@%2Fvar%2Frun%2Fpostgresql/rm')).toBe('/var/run/postgresql:5432/rm');
+    // and to a port given there, the usual way to name a socket's port (.s.PGSQL.5433)
+    expect(postgresAt('postgres:///rm?host=/var/run/postgresql&port=5433')).toBe('/var/run/postgresql:5433/rm');
+    expect(postgresAt('postgres://rm@db.example:5432/rm?port=6432')).toBe('db.example:6432/rm');
     // URL takes a stray %, which does not decode: shown as written rather than failing in place of the error
     expect(postgresAt('postgres://rm@db%/rm%zz')).toBe('db%:5432/rm%zz');
   });

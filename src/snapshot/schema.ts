@@ -137,8 +137,9 @@ const LOCK_ID = 74_820_501;
  */
 export function postgresAt(url: string): string {
   const u = new URL(url);
-  // a `host` in the query string, or percent-encoded as the host (a Unix socket's directory), as node-postgres reads it
-  return `${u.searchParams.get('host') || decoded(u.hostname) || 'localhost'}:${u.port || 5432}/${decoded(u.pathname.slice(1))}`;
+  // a `host` in the query string, or percent-encoded as the host (a Unix socket's directory), as node-postgres
+  // reads it; a `port` there too, which node-postgres takes over the URL's
+  return `${u.searchParams.get('host') || decoded(u.hostname) || 'localhost'}:${u.searchParams.get('port') || u.port || 5432}/${decoded(u.pathname.slice(1))}`;
 }
 
 /** Percent-decoded, or as written where that fails (a `%` not followed by two hex digits, which node-postgres takes as itself): a message must not fail in place of the error it tells. */
