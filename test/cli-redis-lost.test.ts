@@ -1,10 +1,15 @@
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { hasRedisServer, kill } from '../bench/redis-server.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { createRedis } from '../src/store/redis.js';
 import { runCli } from './helpers/cli.js';
 import { privateRedis, testCluster } from './helpers/http.js';
+import { hasOpenssl, makeCertificates, startTlsRedis } from './helpers/tls.js';
 
 /**
  * Runs a generate whose satellite answers its listing only after `fault` has struck Redis, so the
@@ -24,7 +29,7 @@ async function generateMeeting(env: Record<string, string>, fault: () => Promise
   });
   await new Promise<void>((resolve) => satellite.listen(0, '127.0.0.1', resolve));
   try {
-    const client = createRedis({ redisUrl: env.REDIS_URL ?? '', redisClusterNodes: env.REDIS_CLUSTER_NODES?.split(',') ?? [] });
+    const client = createRedis({ redisUrl: env.REDIS_URL ?? '', redisClusterNodes: env.REDIS_CLUSTER_NODES?.split(',') ?? [], redisTlsCaFile: env.REDIS_TLS_CA_FILE });
     await new SatelliteRegistry(client, 'rm-lost').add({ id: 'sat-slow', url: `http://127.0.0.1:${(satellite.address() as AddressInfo).port}` });
     client.disconnect();
     const run = runCli(['generate', '--satellite', 'sat-slow', '--per-user', '1', '--campaign', 'lost'], { ...env, KEY_PREFIX: 'rm-lost', SATELLITE_ATTEMPTS: '1' }, { timeoutMs: 60_000 });
@@ -52,6 +57,28 @@ describe('a CLI command that loses Redis part-way (child process, private redis-
       expect(r.stderr).toMatch(/for 10 s: .*giving up/);
     } finally {
       await redis.dispose();
+    }
+  }, 90_000);
+
+  // a Redis back with a certificate no CA here signed (moved to another CA without REDIS_TLS_CA_FILE following):
+  // the reason is said as connecting says it, with what to do about it
+  it.skipIf(!hasRedisServer() || !hasOpenssl)('generate gives up on a TLS Redis back with a certificate of another CA, pointing at REDIS_TLS_CA_FILE', async () => {
+    const [before, after] = [mkdtempSync(path.join(tmpdir(), 'rm-tls-before-')), mkdtempSync(path.join(tmpdir(), 'rm-tls-after-'))];
+    makeCertificates(before);
+    makeCertificates(after);
+    let redis = await startTlsRedis(before);
+    try {
+      const { port } = redis;
+      const r = await generateMeeting({ REDIS_URL: `rediss://localhost:${port}`, REDIS_TLS_CA_FILE: path.join(before, 'ca.crt') }, async () => {
+        await kill(redis.proc, 'SIGKILL');
+        redis = await startTlsRedis(after, ['--tls-port', String(port)]);
+      });
+      expect(r.code, `${r.code} ${r.stdout} ${r.stderr}`).toBe(1);
+      expect(r.stderr).toMatch(/error: lost Redis \(rediss:\/\/localhost:\d+\) for 10 s: self[- ]signed certificate in certificate chain; Redis's TLS certificate is not signed by a CA trusted here: set REDIS_TLS_CA_FILE to the CA that signed it; giving up/);
+    } finally {
+      await kill(redis.proc, 'SIGKILL');
+      rmSync(before, { recursive: true, force: true });
+      rmSync(after, { recursive: true, force: true });
     }
   }, 90_000);
 
