@@ -254,6 +254,8 @@ describe.skipIf(!hasRedisServer())("README's least-privilege ACL user on a Redis
       expect(ready.status).toBe(503);
       expect(ready.body.redis).toBe('up');
       expect(ready.body.error).toMatch(/^NOPERM .*'info' command: the Redis user must be granted it/);
+      // as every Cluster reply of /readyz: each master, each answering CLUSTER INFO
+      expect(Object.values(ready.body.masters)).toEqual(['ok', 'ok', 'ok']);
     } finally {
       await http.close();
       await server.stop();

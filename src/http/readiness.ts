@@ -55,13 +55,15 @@ export async function readiness(redis: RedisClient, prefix: string, probeMs: num
     // Redis would delete tokens once full, silently: refused before it happens, while it can still be set right
     const evicting = await evictingMasters(serving, probeMs, collect);
     if (probe) {
+      // before the refusal below, whose reply lists the masters as every Cluster reply does (markFailing, after,
+      // writes into this same object)
+      cluster = { masters: probe.masters };
       // INFO refused to the user on every master (no +info, README "A least-privilege ACL user"): not each master
       // down. One master refusing it (its ACL set apart from the others') is that master's part, as any failure
       const refused = [...unanswered.values()];
       if (serving.length && refused.length === serving.length && refused.every(refusedToUser)) throw refused[0];
       for (const [m, err] of unanswered) markFailing(probe, nodeAddress(m), redisErrorText(err));
       serving = serving.filter((m) => !unanswered.has(m));
-      cluster = { masters: probe.masters };
       const failing = clusterFailures(probe);
       if (failing.length && probe.slotsUnserved >= SLOTS) {
         // a client that never read the slot map knows no master: why it cannot connect is the news
