@@ -4,7 +4,7 @@ import pg from 'pg';
 import { freePort } from '../bench/redis-server.js';
 import { openPostgres, postgresAt } from '../src/snapshot/index.js';
 import { runCli } from './helpers/cli.js';
-import { pgProxy, testDatabase, unusedDatabase } from './helpers/pg.js';
+import { PG_BASE_URL, pgProxy, testDatabase, unusedDatabase } from './helpers/pg.js';
 import { dropSharedPrefixes, SHARED_REDIS_URL, testPrefix } from './helpers/redis.js';
 
 // An engineer reading `error: connect ECONNREFUSED 127.0.0.1:5433` could not tell whether Redis or Postgres
@@ -171,5 +171,27 @@ describe('postgresAt', () => {
     expect(postgresAt('postgres://rm@db.example:5432/rm?port=6432')).toBe('db.example:6432/rm');
     // URL takes a stray %, which does not decode: shown as written rather than failing in place of the error
     expect(postgresAt('postgres://rm@db%/rm%zz')).toBe('db%:5432/rm%zz');
+  });
+});
+
+// node-postgres takes a % that does not decode as itself (database "rm%zz"): decoding the name for a message or a
+// CREATE DATABASE threw "URI malformed" in place of what was to be said or done
+describe('a database whose name holds a stray %', () => {
+  it('is said to hold no snapshot, and made by the writer\'s open', async () => {
+    const name = `${unusedDatabase().name}%zz`;
+    const u = new URL(PG_BASE_URL);
+    u.pathname = `/${name}`;
+    const admin = new pg.Client({ connectionString: PG_BASE_URL });
+    await admin.connect();
+    try {
+      await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(name)}`);
+      await expect(openPostgres(u.toString(), 1, undefined, false)).rejects.toThrow(`database "${name}" holds no snapshot`);
+      await admin.query(`DROP DATABASE ${pg.escapeIdentifier(name)} WITH (FORCE)`);
+      await (await openPostgres(u.toString(), 1)).end();
+      expect((await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [name])).rowCount).toBe(1);
+    } finally {
+      await admin.query(`DROP DATABASE IF EXISTS ${pg.escapeIdentifier(name)} WITH (FORCE)`);
+      await admin.end();
+    }
   });
 });

@@ -139,10 +139,13 @@ export function postgresAt(url: string): string {
   const u = new URL(url);
   // a `host` in the query string, or percent-encoded as the host (a Unix socket's directory), as node-postgres
   // reads it; a `port` there too, which node-postgres takes over the URL's
-  return `${u.searchParams.get('host') || decoded(u.hostname) || 'localhost'}:${u.searchParams.get('port') || u.port || 5432}/${decoded(u.pathname.slice(1))}`;
+  return `${u.searchParams.get('host') || decoded(u.hostname) || 'localhost'}:${u.searchParams.get('port') || u.port || 5432}/${databaseOf(url)}`;
 }
 
-/** Percent-decoded, or as written where that fails (a `%` not followed by two hex digits, which node-postgres takes as itself): a message must not fail in place of the error it tells. */
+/** The database `url` names, for a message or CREATE DATABASE: `decoded`, so a stray % does not throw there instead. */
+const databaseOf = (url: string): string => decoded(new URL(url).pathname.slice(1));
+
+/** Percent-decoded, or as written where that fails (a `%` not followed by two hex digits, which node-postgres takes as itself): a message must not fail in place of the error it tells, nor a CREATE DATABASE of the name node-postgres then connects to. */
 function decoded(s: string): string {
   try {
     return decodeURIComponent(s);
@@ -163,7 +166,7 @@ export async function ensureDatabase(url: string): Promise<void> {
     await probe.end().catch(() => {});
   }
   const u = new URL(url);
-  const name = decodeURIComponent(u.pathname.slice(1));
+  const name = databaseOf(url);
   u.pathname = '/postgres';
   const admin = new pg.Client({ connectionString: u.toString(), connectionTimeoutMillis: 3000 });
   await admin.connect();
@@ -278,7 +281,7 @@ async function migrate(client: pg.ClientBase, note: MigrationNote, queryTimeoutM
 async function requireSnapshot(client: pg.ClientBase, url: string, queryTimeoutMs?: number): Promise<void> {
   const found = (await client.query<{ t: string | null }>({ text: "SELECT to_regclass('schema_migrations') AS t", query_timeout: queryTimeoutMs } as pg.QueryConfig)).rows[0]!.t;
   if (found === null) {
-    const name = decodeURIComponent(new URL(url).pathname.slice(1));
+    const name = databaseOf(url);
     throw new Error(`database "${name}" holds no snapshot (no schema_migrations table: no snapshot writer ever opened it); check DATABASE_URL`);
   }
 }
@@ -335,7 +338,7 @@ export async function openPostgres(url: string, max = 2, queryTimeoutMs?: number
   })();
   // an older version (a rollback) reading a newer snapshot: a restore would leave out what the newer
   // migrations added, without a word. The writer goes on (it warns): refusing, it held the lease unable to write
-  if (newest > SCHEMA_VERSION && !create) throw new Error(`database "${decodeURIComponent(new URL(url).pathname.slice(1))}" holds a snapshot of schema version ${newest}, newer than this referral-manager knows (${SCHEMA_VERSION}): a newer version migrated it; run that version`);
+  if (newest > SCHEMA_VERSION && !create) throw new Error(`database "${databaseOf(url)}" holds a snapshot of schema version ${newest}, newer than this referral-manager knows (${SCHEMA_VERSION}): a newer version migrated it; run that version`);
   // pg's query timeout only stops waiting: Postgres ran on a query given up on, so behind a long lock each
   // retry left one more backend waiting. A statement timeout a little under it has Postgres cancel the query
   // first (57014); a lower one the database sets for itself stays. Set before the pool lends the connection
