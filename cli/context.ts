@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { quote } from 'shell-quote';
 import { ConfigError, isGiven, loadConfig, type Config } from '../src/config.js';
 import { Cluster, type Command as RedisCommand, type Redis } from 'ioredis';
-import { connectFailure, createRedis, failureText, whenReady, type RedisClient } from '../src/store/redis.js';
+import { createRedis, whenReady, whyNotConnected, type RedisClient } from '../src/store/redis.js';
 import type pg from 'pg';
 import { openPostgres, postgresAt, sampleLag, type Lag } from '../src/snapshot/index.js';
 
@@ -95,19 +95,13 @@ export async function connectRedis(config: Config, waitMs = CONNECT_WAIT_MS): Pr
   try {
     await whenReady(redis, waitMs);
   } catch {
-    const why = whyNotConnected(redis);
+    const why = whyNotConnected(redis) ?? 'no answer';
     redis.disconnect();
     throw new Error(`cannot reach Redis (${where}) within ${waitMs / 1000} s: ${why}`);
   }
   giveUpWhenStuck(redis, where);
   return redis;
 }
-
-/** Why a command's Redis is not connected, as first connecting and a later loss both say it (a certificate refused: what to do). */
-const whyNotConnected = (redis: RedisClient): string => {
-  const failure = connectFailure(redis);
-  return failure ? failureText(failure) : 'no answer';
-};
 
 /** Runs `fn` on the command's Redis (connectRedis), and always disconnects so the process can exit. */
 export async function withRedis<T>(config: Config, fn: (redis: RedisClient) => Promise<T>): Promise<T> {
@@ -133,7 +127,7 @@ function giveUpWhenStuck(redis: RedisClient, where: string): void {
   // whichever comes first, the lost timer or a command's wait: a hung server stays 'ready'
   const giveUp = () => {
     if (gaveUp) return;
-    const why = redis.status === 'ready' ? `Redis (${where}) did not answer within ${CONNECT_WAIT_MS / 1000} s` : `lost Redis (${where}) for ${CONNECT_WAIT_MS / 1000} s: ${whyNotConnected(redis)}`;
+    const why = redis.status === 'ready' ? `Redis (${where}) did not answer within ${CONNECT_WAIT_MS / 1000} s` : `lost Redis (${where}) for ${CONNECT_WAIT_MS / 1000} s: ${whyNotConnected(redis) ?? 'no answer'}`;
     gaveUp = new Error(`${why}; gave up`);
     console.error(`error: ${why}; giving up`);
   };

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { answerWithin, connectFailure, failureText, masters, nodeAddress, redisErrorText, type RedisClient } from '../store/redis.js';
+import { answerWithin, masters, nodeAddress, redisErrorText, whyNotConnected, type RedisClient } from '../store/redis.js';
 import { clusterFailures, clusterMasters, markFailing, refusedToUser, servesKey, SLOTS, type ClusterProbe } from '../store/cluster-probe.js';
 import { Keys } from '../store/keys.js';
 import { ensureScripts } from '../store/scripts.js';
@@ -67,8 +67,8 @@ export async function readiness(redis: RedisClient, prefix: string, probeMs: num
       const failing = clusterFailures(probe);
       if (failing.length && probe.slotsUnserved >= SLOTS) {
         // a client that never read the slot map knows no master: why it cannot connect is the news
-        const failure = connectFailure(redis);
-        return { ready: false, details: { redis: 'down', ...cluster, error: [...failing, ...(failure ? [`not connected: ${failureText(failure)}`] : [])].join('; ') } };
+        const why = whyNotConnected(redis);
+        return { ready: false, details: { redis: 'down', ...cluster, error: [...failing, ...(why ? [`not connected: ${why}`] : [])].join('; ') } };
       }
       if (failing.length) {
         degraded.push(...failing);

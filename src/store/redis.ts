@@ -69,14 +69,14 @@ export function createRedis(config: RedisConfig, opts: RedisOptions = {}): Redis
   return rememberFailure(coalesceWrites(new Redis(config.redisUrl, common)));
 }
 
-/** each client's last failure to connect, until it is ready again */
+/** each client's last failure to connect, until it is ready again (whyNotConnected) */
 const failures = new WeakMap<RedisClient, Error>();
 /** a Cluster client's last node error that says more than "Connection is closed.", until it is ready again */
 const nodeFailures = new WeakMap<RedisClient, Error>();
 const CLOSED = 'Connection is closed.';
 
 /**
- * Keeps why the client last failed to connect (connectFailure): a command refused meanwhile says only that
+ * Keeps why the client last failed to connect (whyNotConnected): a command refused meanwhile says only that
  * there is no connection ("Stream isn't writeable ..."), not why (a certificate refused, a wrong password).
  */
 function rememberFailure<T extends RedisClient>(client: T): T {
@@ -231,8 +231,8 @@ const PLAIN: [RegExp, string][] = [
 export function redisErrorText(err: unknown, client?: RedisClient): string {
   const message = err instanceof Error ? err.message : String(err);
   const plain = PLAIN.find(([re]) => re.test(message))?.[1];
-  const failure = client && connectFailure(client);
-  if (plain && failure) return `${plain}: ${failureText(failure)}`;
+  const why = client && whyNotConnected(client);
+  if (plain && why) return `${plain}: ${why}`;
   return plain ? `${plain}: ${message}` : message;
 }
 
@@ -242,17 +242,18 @@ export function redisErrorText(err: unknown, client?: RedisClient): string {
  * would wait instead of being refused.
  */
 export function notConnectedText(client: RedisClient): string {
-  const failure = connectFailure(client);
-  return failure ? `${NO_CONNECTION}: ${failureText(failure)}` : NO_CONNECTION;
+  const why = whyNotConnected(client);
+  return why ? `${NO_CONNECTION}: ${why}` : NO_CONNECTION;
 }
 
-/** Why the client cannot connect, while it cannot: the error of its last attempt (failureOf); else undefined. */
-export function connectFailure(client: RedisClient): Error | undefined {
-  return client.status === 'ready' ? undefined : failures.get(client);
+/**
+ * Why the client cannot connect, while it cannot, as said to an operator: the error of its last attempt
+ * (failureOf), and what to do about a certificate refused; else undefined.
+ */
+export function whyNotConnected(client: RedisClient): string | undefined {
+  const failure = client.status === 'ready' ? undefined : failures.get(client);
+  return failure && `${failure.message}${certificateHint(failure)}`;
 }
-
-/** A failure to connect as said to an operator: its message, and what to do about a certificate refused. */
-export const failureText = (err: Error): string => `${err.message}${certificateHint(err)}`;
 
 /** Node's codes for a certificate that no CA it trusts has signed */
 const UNTRUSTED = new Set(['SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_UNTRUSTED']);
