@@ -219,9 +219,7 @@ export type MigrationNote = (msg: string, doing: string) => void;
  * starting meanwhile, which queue on the advisory lock and find nothing left to apply.
  */
 async function migrate(client: pg.ClientBase, note: MigrationNote, queryTimeoutMs?: number): Promise<{ applied: number[]; newest: number }> {
-  // what is quick however big the snapshot (all but the migrations themselves) waits at most queryTimeoutMs:
-  // a Postgres that stops answering without closing the connection fails the open instead of holding it for ever
-  const quick = <R extends pg.QueryResultRow>(text: string, values?: unknown[]) => client.query<R>({ text, values, query_timeout: queryTimeoutMs } as pg.QueryConfig);
+  const quick = <R extends pg.QueryResultRow>(text: string, values?: unknown[]) => quickly<R>(client, queryTimeoutMs, text, values);
   // the database's (or role's) timeouts are the runtime's; the connection is closed after, so these end with it
   await quick('SET statement_timeout = 0; SET lock_timeout = 0');
   const got = (await quick<{ got: boolean }>('SELECT pg_try_advisory_lock($1) AS got', [LOCK_ID])).rows[0]!.got;
@@ -278,8 +276,17 @@ async function migrate(client: pg.ClientBase, note: MigrationNote, queryTimeoutM
   return { applied, newest: Math.max(SCHEMA_VERSION, ...done) };
 }
 
+/**
+ * A query that is quick however big the snapshot (all the opening does but the migrations themselves), waiting
+ * at most `queryTimeoutMs`: a Postgres that stops answering without closing the connection fails the open
+ * instead of holding it for ever.
+ */
+function quickly<R extends pg.QueryResultRow>(client: pg.ClientBase, queryTimeoutMs: number | undefined, text: string, values?: unknown[]): Promise<pg.QueryResult<R>> {
+  return client.query<R>({ text, values, query_timeout: queryTimeoutMs } as pg.QueryConfig);
+}
+
 async function requireSnapshot(client: pg.ClientBase, url: string, queryTimeoutMs?: number): Promise<void> {
-  const found = (await client.query<{ t: string | null }>({ text: "SELECT to_regclass('schema_migrations') AS t", query_timeout: queryTimeoutMs } as pg.QueryConfig)).rows[0]!.t;
+  const found = (await quickly<{ t: string | null }>(client, queryTimeoutMs, "SELECT to_regclass('schema_migrations') AS t")).rows[0]!.t;
   if (found === null) {
     const name = databaseOf(url);
     throw new Error(`database "${name}" holds no snapshot (no schema_migrations table: no snapshot writer ever opened it); check DATABASE_URL`);
