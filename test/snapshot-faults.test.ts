@@ -6,7 +6,7 @@ import { dropPrefix, engineFixture, SHARED_REDIS_URL, testPrefix, type EngineFix
 import { privateRedis, testCluster, type RestartableRedis } from './helpers/http.js';
 import { PG_BASE_URL, pgProxy, testDatabase } from './helpers/pg.js';
 import { caughtUp, each, firstRoundDone, generateTokens, sleep, snapshotFixture, until as eventually } from './helpers/snapshot.js';
-import { dropEngineKeys, openPostgres, readLostShards, readSnapshotStatus, restoreFromPostgres, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
+import { dropEngineKeys, openPostgres, postgresAt, readLostShards, readSnapshotStatus, restoreFromPostgres, sampleLag, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { startServer } from '../src/http/server.js';
 import type { WriterOptions } from '../src/snapshot/writer.js';
 import { Lane, refusedBy, type LaneDeps } from '../src/snapshot/lane.js';
@@ -338,6 +338,8 @@ describe('snapshot writer under faults (real processes)', () => {
 
       // said as what it is, once: it read "Postgres unreachable", and rm_snapshot_postgres_up flapped 0/1
       expect(o.lines.filter((l) => l.includes('Postgres refused a write (SQLSTATE 22P02'))).toHaveLength(1);
+      // which Postgres: a writer's log is read where several databases are run
+      expect(o.lines.find((l) => l.includes('Postgres refused a write'))).toContain(`) at ${postgresAt(o.db.url)}; retrying`);
       expect(o.lines.filter((l) => l.includes('unreachable'))).toEqual([]);
       expect((await snapshotMetrics().postgresUp.get()).values[0]?.value).toBe(1);
     } finally {
