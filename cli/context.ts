@@ -5,6 +5,7 @@ import { Cluster, type Command as RedisCommand, type Redis } from 'ioredis';
 import { createRedis, whenReady, whyNotConnected, type RedisClient } from '../src/store/redis.js';
 import type pg from 'pg';
 import { openPostgres, postgresAt, sampleLag, type Lag } from '../src/snapshot/index.js';
+import { counted } from '../src/plural.js';
 
 /** How long a command waits for Redis before it gives up with one error line. */
 const CONNECT_WAIT_MS = 10_000;
@@ -245,4 +246,4 @@ async function snapshotLag(config: Config): Promise<Lag | undefined> {
 
 /** How far the snapshot is behind Redis, as the commands answering from it say it. */
 export const lagText = (lag: Lag | undefined): string =>
-  lag === undefined ? 'Redis out of reach: how far it is behind Redis is unknown' : `${lag.events} changes, ${lag.seconds.toFixed(1)} s behind Redis`;
+  lag === undefined ? 'Redis out of reach: how far it is behind Redis is unknown' : `${counted(lag.events, 'change')}, ${lag.seconds.toFixed(1)} s behind Redis`;

@@ -1352,7 +1352,7 @@ describe('a satellite accepting fewer tokens than it was sent', () => {
     expect(JSON.parse(run.stdout).satellites[0]).toMatchObject({ tokensDelivered: 2, usersRefused: 1, usersRefusedKept: 1, status: 'done' });
     expect((await fx.engine.lookup(held.get('u1')![0]!))?.state).toBe('unredeemed');
     // it said "those tokens are revoked" of tokens it kept
-    expect(run.stderr).toContain('1 users not given this campaign\'s tokens (first user "u1": tokens: the satellite accepted 1 of 2); their tokens are kept');
+    expect(run.stderr).toContain('1 user not given this campaign\'s tokens (first user "u1": tokens: the satellite accepted 1 of 2); their tokens are kept');
   }));
 
   // a run longer than the campaign's life failed at the engine's refusal ("expiresAt: must be a future time"),

@@ -96,7 +96,7 @@ for (const on of ['standalone', 'cluster'] as const) {
       const noSnapshot = { ...env, DATABASE_URL: `${snap.db.url}_missing` };
       const blind = await runCli(['verify', '--repair-revocations'], noSnapshot);
       expect(blind.code).toBe(1);
-      expect(blind.stdout).toContain('repaired 1 revoked campaigns (half), 0 tokens swept');
+      expect(blind.stdout).toContain('repaired 1 revoked campaign (half), 0 tokens swept');
       expect(blind.stderr).toMatch(/error: .*does not exist/);
       expect(await gapsIn()).toEqual([]);
       await snap.fx.redis.hdel(keys.dict(9), 'x\thalf');
@@ -123,7 +123,7 @@ for (const on of ['standalone', 'cluster'] as const) {
       expect((await snap.fx.engine.lookup(before))?.token).toBe(before);
       const restored = await runCli(['restore', '--from-postgres', '--force', '--discard-pending'], env);
       expect(restored.code).toBe(0);
-      expect(restored.stdout).toContain('registered 1 campaign revocations only the old shards held');
+      expect(restored.stdout).toContain('registered 1 campaign revocation only the old shards held');
       expect(restored.stdout).toMatch(/^deleted \d+ keys of the engine under /m);
       // these two, and the first test's three
       expect(restored.stdout).toContain('restored 0 campaign revocations; 5 already in Redis, kept as they are');
@@ -144,7 +144,7 @@ for (const on of ['standalone', 'cluster'] as const) {
       await dead.end(); // the restore's first read of Postgres fails, after the wipe
       const said: string[] = [];
       await expect(rebuildRedis(snap.fx.redis, dead, snap.fx.prefix, { force: true, discardPending: true, holder: 'test', say: (l) => said.push(l) })).rejects.toThrow();
-      expect(said).toEqual([expect.stringMatching(/^deleted [1-9]\d* keys of the engine under /), 'cleared 1 rate-limit windows']);
+      expect(said).toEqual([expect.stringMatching(/^deleted [1-9]\d* keys of the engine under /), 'cleared 1 rate-limit window']);
       expect(await snap.fx.redis.exists(keys.snapshotLease())).toBe(0);
     });
   });

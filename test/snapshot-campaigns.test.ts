@@ -101,13 +101,13 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     ]);
     await fx.redis.hincrby(`${fx.prefix}:{camp:spring}:prog:sat-c`, 'failures', -1);
 
-    expect(await loseAndRestore()).toContain('restored 1 campaigns');
+    expect(await loseAndRestore()).toContain('restored 1 campaign');
     const [listed] = JSON.parse(await cli(['campaigns', 'list', '--json']));
     expect(listed).toEqual({ id: 'spring', perUser: 2, satellites: ['sat-c'], createdAt: row.meta.createdAt, progress: { 'sat-c': row.progress['sat-c'] }, status: 'done' });
     expect(await cli(['campaigns', 'show', 'spring'])).toMatch(/sat-c +200 +200 +400 +400 +0 +0 +done/);
     const verified = await cli(['verify']);
     expect(verified).toContain('400 tokens in Redis, 0 differences');
-    expect(verified).toContain('1 campaigns in Redis');
+    expect(verified).toContain('1 campaign in Redis');
     expect(await fx.redis.hlen(`${fx.prefix}:{camp:spring}:made:sat-c`)).toBe(200);
     expect(await fx.redis.scard(`${fx.prefix}:{camp:spring}:dlv:sat-c`)).toBe(200);
 

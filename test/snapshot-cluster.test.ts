@@ -188,10 +188,10 @@ describe.skipIf(!haveRedis)('campaigns on Redis Cluster: generate, snapshot, res
     const restored = await cli(target, ['restore', '--from-postgres']);
     expect(restored).toContain(`restored ${300 + madeForD} tokens`);
     expect(restored).toContain('restored 2 satellites');
-    expect(restored).toContain('restored 1 campaigns');
+    expect(restored).toContain('restored 1 campaign');
     const verified = await cli(target, ['verify']);
     expect(verified).toContain(`${300 + madeForD} tokens in Redis, 0 differences`);
-    expect(verified).toContain('1 campaigns in Redis');
+    expect(verified).toContain('1 campaign in Redis');
     // a failed satellite comes back with nothing recorded delivered: --resume sends its made users again
     expect(JSON.parse(await cli(target, ['campaigns', 'show', 'spring', '--json']))).toEqual({
       ...before, progress: { ...before.progress, 'sat-d': { ...before.progress['sat-d'], tokensDelivered: 0 } },

@@ -1656,7 +1656,7 @@ describe('snapshot writer under faults (real processes)', () => {
           c.once('exit', (code) => resolve({ code, out }));
         });
         // 199 redemptions (the 200th was made again, and Postgres holds that one now), 50 + 20 tokens, 1 revocation
-        expect(run.out).toMatch(/gave 270 tokens in Redis back what Postgres holds of them, and registered 1 campaign revocations again/);
+        expect(run.out).toMatch(/gave 270 tokens in Redis back what Postgres holds of them, and registered 1 campaign revocation again/);
         expect(run.code).toBe(1); // the differences it found before mending them
         const again = await w.own.engine.redeem(tokens[1]!, 'sat-c', 'third');
         expect(again.code).toBe('already_redeemed');

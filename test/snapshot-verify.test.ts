@@ -346,7 +346,7 @@ describe('restore --from-postgres, then verify (real Redis, real Postgres)', () 
       await caughtUp(fx.redis, fx.prefix, pool, 1);
       await writer.now.stop();
       expect((await fx.engine.redeem(t, 'sat-b', 'bob')).code).toBe('ok');
-      await expect(rebuildRedis(fx.redis, pool, fx.prefix, { force: true, holder: 'test', say: () => {} })).rejects.toThrow(/^1 changes in the event streams of .* have not reached Postgres/);
+      await expect(rebuildRedis(fx.redis, pool, fx.prefix, { force: true, holder: 'test', say: () => {} })).rejects.toThrow(/^1 change in the event streams of .* have not reached Postgres/);
       expect((await fx.engine.lookup(t))?.state).toBe('redeemed');
     });
   });

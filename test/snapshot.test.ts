@@ -177,14 +177,14 @@ describe('snapshot writer, restore and verify (real Redis, real Postgres)', () =
     expect(led).toBe(false);
     const forced = { status: code, stdout: restoring.out };
     expect(forced.status).toBe(0);
-    expect(forced.stdout).toContain('cleared 1 rate-limit windows');
+    expect(forced.stdout).toContain('cleared 1 rate-limit window');
     expect(await snap.fx.redis.exists(`${snap.other}:rl:s:sat-x:123`)).toBe(0);
     expect(forced.stdout).toContain(`restored ${TOTAL} tokens`);
-    expect(forced.stdout).toContain('restored 1 satellites with their API keys');
+    expect(forced.stdout).toContain('restored 1 satellite with their API keys');
     expect((await new SatelliteRegistry(snap.fx.redis, snap.other).keyHolder(key))?.id).toBe('sat-x');
     const good = cli('verify');
     expect(good.stdout).toContain(`${TOTAL} tokens in Redis, 0 differences`);
-    expect(good.stdout).toContain('1 satellites in Redis');
+    expect(good.stdout).toContain('1 satellite in Redis');
     expect(good.status).toBe(0);
 
     // a lease lost under it (Redis restarted, a stall) let a writer in unseen: said, exit 1

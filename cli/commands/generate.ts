@@ -9,6 +9,7 @@ import { checkCampaignId } from '../../src/tokens/validate.js';
 import { configFrom, globalFlags, withRedis } from '../context.js';
 import { parseDuration, table } from '../format.js';
 import { progressBars } from '../progress.js';
+import { counted } from '../../src/plural.js';
 
 interface Opts {
   satellite?: string[];
@@ -159,12 +160,12 @@ export function register(program: Command): void {
           for (const r of reports.filter((r) => r.usersRefused > 0)) {
             const rest = r.tokensDelivered > 0 ? ', the other users were served' : '';
             const kept = r.usersRefusedKept ?? 0;
-            const fate = kept === 0 ? 'those tokens are revoked' : kept === r.usersRefused ? 'their tokens are kept (served by another campaign meanwhile, or taken in part by the satellite)' : `their tokens are revoked, but for ${kept} users served by another campaign meanwhile or whose set the satellite took in part`;
+            const fate = kept === 0 ? 'those tokens are revoked' : kept === r.usersRefused ? 'their tokens are kept (served by another campaign meanwhile, or taken in part by the satellite)' : `their tokens are revoked, but for ${counted(kept, 'user')} served by another campaign meanwhile or whose set the satellite took in part`;
             // not all the satellite's doing: a resume also refuses users whose tokens were revoked or lost, or who were served by another campaign meanwhile
-            console.error(`satellite ${r.satelliteId}: ${r.usersRefused} users not given this campaign's tokens (first ${r.refusal}); ${fate}${rest}`);
+            console.error(`satellite ${r.satelliteId}: ${counted(r.usersRefused, 'user')} not given this campaign's tokens (first ${r.refusal}); ${fate}${rest}`);
           }
           for (const r of reports.filter((r) => r.usersInvalid > 0)) {
-            console.error(`satellite ${r.satelliteId} listed ${r.usersInvalid} user ids that are not valid ids, skipped (first ${r.invalidUser})`);
+            console.error(`satellite ${r.satelliteId} listed ${counted(r.usersInvalid, 'user id')} that ${r.usersInvalid === 1 ? 'is not a valid id' : 'are not valid ids'}, skipped (first ${r.invalidUser})`);
           }
           for (const r of [...stopped, ...removed]) console.error(`satellite ${r.satelliteId} stopped: ${r.error}`);
           for (const r of failed) console.error(`satellite ${r.satelliteId} failed: ${r.error}`);

@@ -8,6 +8,7 @@ import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
 import { configFrom, connectRedis, openSnapshot } from '../context.js';
 import type { Config } from '../../src/config.js';
+import { counted } from '../../src/plural.js';
 
 /**
  * Ready: the writer reaches Redis (on a Cluster every master: a lost one holds event streams it cannot
@@ -99,10 +100,10 @@ export function register(program: Command): void {
       try {
         const say = (line: string) => console.log(line);
         const r = await rebuildRedis(redis, pool, config.keyPrefix, { force: opts.force, discardPending: opts.discardPending, holder: `restore on ${hostname()} pid ${process.pid}`, say });
-        console.log(`restored ${r.tokens} tokens into prefix "${config.keyPrefix}"`);
-        console.log(`restored ${r.satellites.restored} satellites with their API keys${r.satellites.kept ? `; ${r.satellites.kept} already registered or removed in Redis, kept as they are` : ''}`);
-        console.log(`restored ${r.campaigns.restored} campaigns${r.campaigns.kept ? `; ${r.campaigns.kept} already in Redis, kept as they are` : ''}`);
-        console.log(`restored ${r.revocations.restored} campaign revocations${r.revocations.kept ? `; ${r.revocations.kept} already in Redis, kept as they are` : ''}`);
+        console.log(`restored ${counted(r.tokens, 'token')} into prefix "${config.keyPrefix}"`);
+        console.log(`restored ${counted(r.satellites.restored, 'satellite')} with their API keys${r.satellites.kept ? `; ${r.satellites.kept} already registered or removed in Redis, kept as they are` : ''}`);
+        console.log(`restored ${counted(r.campaigns.restored, 'campaign')}${r.campaigns.kept ? `; ${r.campaigns.kept} already in Redis, kept as they are` : ''}`);
+        console.log(`restored ${counted(r.revocations.restored, 'campaign revocation')}${r.revocations.kept ? `; ${r.revocations.kept} already in Redis, kept as they are` : ''}`);
       } finally {
         await pool.end();
         redis.disconnect();
@@ -138,7 +139,7 @@ export function register(program: Command): void {
         // the repair needs Redis only: it is done, and said, before the snapshot is opened, so an unreachable
         // Postgres fails the comparison but not the repair
         const repaired = opts.repairRevocations ? await repairRevocations(redis, config) : undefined;
-        if (repaired && !opts.json) console.log(`repaired ${repaired.campaigns.length} revoked campaigns${repaired.campaigns.length ? ` (${repaired.campaigns.join(', ')})` : ''}, ${repaired.tokensRevoked} tokens swept`);
+        if (repaired && !opts.json) console.log(`repaired ${counted(repaired.campaigns.length, 'revoked campaign')}${repaired.campaigns.length ? ` (${repaired.campaigns.join(', ')})` : ''}, ${counted(repaired.tokensRevoked, 'token')} swept`);
         pool = await openSnapshot(config.databaseUrl).catch((err: unknown) => {
           if (repaired && opts.json) console.log(JSON.stringify({ repaired }, null, 2));
           throw err;
@@ -150,20 +151,20 @@ export function register(program: Command): void {
             const detail = d.fields?.map((f) => `${f.field}: redis=${JSON.stringify(f.redis)} postgres=${JSON.stringify(f.postgres)}`).join('; ');
             console.log(`${d.token} ${d.kind}${detail ? ` ${detail}` : ''}${d.shards ? ` shards ${d.shards.join(',')}: ${REVOCATION_HINT[d.kind]}` : ''}`);
           }
-          console.log(`${report.tokens} tokens in Redis, ${report.differences} differences`);
-          console.log(`${report.satellites} satellites in Redis`);
-          console.log(`${report.campaigns} campaigns in Redis`);
-          console.log(`${report.revokedCampaigns} revoked campaigns in Redis`);
+          console.log(`${counted(report.tokens, 'token')} in Redis, ${counted(report.differences, 'difference')}`);
+          console.log(`${counted(report.satellites, 'satellite')} in Redis`);
+          console.log(`${counted(report.campaigns, 'campaign')} in Redis`);
+          console.log(`${counted(report.revokedCampaigns, 'revoked campaign')} in Redis`);
           // 200k differences of a writer still catching up read like a Postgres that lost them
           if (report.lagEvents > 0 && report.differences > 0)
             console.error(
-              `the snapshot writer had ${report.lagEvents} changes left to copy (rm_snapshot_lag_events) as verify ran: differences of the tokens they changed may be only that lag; run verify again once the lag is 0`,
+              `the snapshot writer had ${counted(report.lagEvents, 'change')} left to copy (rm_snapshot_lag_events) as verify ran: differences of the tokens they changed may be only that lag; run verify again once the lag is 0`,
             );
           if (report.listed.some((d) => d.shards)) console.error('mend the revoked campaigns listed above with: referral-manager verify --repair-revocations');
-          if (report.leasesRepaired !== undefined) console.log(`wrote or removed ${report.leasesRepaired} lease index entries`);
+          if (report.leasesRepaired !== undefined) console.log(`wrote or removed ${counted(report.leasesRepaired, 'lease index entry', 'lease index entries')}`);
           else if (report.listed.some((d) => d.kind === 'lease_index')) console.error('mend the lease index entries listed above with: referral-manager verify --repair-leases');
-          if (report.reapplied !== undefined) console.log(`gave ${report.reapplied} tokens in Redis back what Postgres holds of them, and registered ${report.revocationsRestored} campaign revocations again; run verify again to see what is left`);
-          if (report.resynced !== undefined) console.log(`queued ${report.resynced} tokens to be copied to Postgres again; run verify again once the snapshot has caught up (rm_snapshot_lag_events 0)`);
+          if (report.reapplied !== undefined) console.log(`gave ${counted(report.reapplied, 'token')} in Redis back what Postgres holds of them, and registered ${counted(report.revocationsRestored ?? 0, 'campaign revocation')} again; run verify again to see what is left`);
+          if (report.resynced !== undefined) console.log(`queued ${counted(report.resynced, 'token')} to be copied to Postgres again; run verify again once the snapshot has caught up (rm_snapshot_lag_events 0)`);
         }
         if (report.differences > 0) process.exitCode = 1;
       } finally {

@@ -9,6 +9,7 @@ import { TokenEngine } from '../../src/tokens/engine.js';
 import { configFrom, withRedis } from '../context.js';
 import { table } from '../format.js';
 import { NO_REPLICA_WAIT } from '../../src/store/replicas.js';
+import { counted } from '../../src/plural.js';
 
 /** Per owner satellite: its counters by state, and a total row when there is more than one. */
 function satelliteTable(stats: Stats): string {
@@ -37,7 +38,7 @@ async function snapshotLine(redis: RedisClient, prefix: string): Promise<string>
   // an older release's writer (a rolling upgrade) names no host in its lease
   const writer = holder === undefined ? 'no writer holds the lease' : `writer: ${holder || 'unnamed (an older release)'}`;
   const migration = status.migration === undefined ? '' : ` (${status.migration})`;
-  return `snapshot: Postgres ${status.state}${migration}, ${writer}; ${lag.events} events not yet in Postgres (oldest ${lag.seconds.toFixed(1)} s)`;
+  return `snapshot: Postgres ${status.state}${migration}, ${writer}; ${counted(lag.events, 'event')} not yet in Postgres (oldest ${lag.seconds.toFixed(1)} s)`;
 }
 
 /** `stats`: the counters the scripts keep, per satellite and owner -> redeemer. */

@@ -11,6 +11,7 @@ import { TokenEngine } from '../../src/tokens/engine.js';
 import { isToken } from '../../src/tokens/validate.js';
 import { configFrom, fromSnapshot, lagText, withRedis } from '../context.js';
 import { invalidIsUsage, parseDuration, table, when } from '../format.js';
+import { counted } from '../../src/plural.js';
 
 /** Opens an engine (scripts run by EVALSHA with an EVAL fallback, so nothing to preload), always disconnects. */
 function withEngine<T>(config: Config, fn: (e: TokenEngine, redis: RedisClient) => Promise<T>): Promise<T> {
@@ -177,7 +178,7 @@ export function register(program: Command): void {
       if (opts.json) console.log(JSON.stringify({ revoked, results }, null, 2));
       else {
         for (const r of results) console.log(`${r.token}  ${r.code}`);
-        console.log(`revoked ${revoked} of ${listed.length} tokens`);
+        console.log(`revoked ${revoked} of ${counted(listed.length, 'token')}`);
       }
       if (results.some((r) => NOT_REVOKED.has(r.code))) process.exitCode = 1;
       return;
@@ -199,9 +200,9 @@ export function register(program: Command): void {
       }),
     );
     if (opts.json) console.log(JSON.stringify({ revoked }));
-    else if (opts.campaign !== undefined) console.log(`revoked ${revoked} tokens of campaign "${opts.campaign}"`);
-    else if (opts.allUsers) console.log(`revoked ${revoked} tokens of the users of satellite "${opts.satellite}"`);
-    else console.log(`revoked ${revoked} tokens of user "${opts.user}" of satellite "${opts.satellite}"`);
+    else if (opts.campaign !== undefined) console.log(`revoked ${counted(revoked, 'token')} of campaign "${opts.campaign}"`);
+    else if (opts.allUsers) console.log(`revoked ${counted(revoked, 'token')} of the users of satellite "${opts.satellite}"`);
+    else console.log(`revoked ${counted(revoked, 'token')} of user "${opts.user}" of satellite "${opts.satellite}"`);
   });
 
   const purge = tokens

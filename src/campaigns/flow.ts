@@ -10,6 +10,7 @@ import type { SatelliteRegistry } from '../satellites/registry.js';
 import { SatelliteApi } from './satellite-api.js';
 import { REMOVED } from './plan.js';
 import { Delivery, tokenCount, type UserTokens } from './delivery.js';
+import { counted } from '../plural.js';
 
 export interface FlowSatellite {
   id: string;
@@ -336,7 +337,7 @@ class SatelliteRun {
     const held = this.delivery.heldInPart();
     if (!held.first) return;
     const [user, n] = held.first;
-    this.report.error += `; ${held.tokens} tokens of sets pushed in parts reached the satellite before (${held.users} ${held.users === 1 ? 'user' : 'users'}, first "${user}" with ${n}): counted delivered, the rest of those sets not pushed`;
+    this.report.error += `; ${held.tokens} tokens of sets pushed in parts reached the satellite before (${counted(held.users, 'user')}, first "${user}" with ${n}): counted delivered, the rest of those sets not pushed`;
     await this.count('tokensDelivered', held.tokens).catch(() => undefined);
   }
 

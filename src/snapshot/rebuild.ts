@@ -8,6 +8,7 @@ import { anyKey, dropEngineKeys, restoreFromPostgres } from './restore.js';
 import { restoreSatellites } from './satellites.js';
 import { restoreCampaigns } from './campaigns.js';
 import { registerMarkedRevocations, restoreRevoked } from './revoked.js';
+import { counted } from '../plural.js';
 
 export interface RebuildOptions {
   /** restore over keys already under the prefix: the engine's are deleted first */
@@ -51,15 +52,15 @@ export async function rebuildRedis(redis: RedisClient, pool: pg.Pool, prefix: st
       // (the token open to a second referral) and verify, comparing the result, found nothing
       const lag = await sampleLag(redis, prefix);
       if (lag.events > 0 && !opts.discardPending) {
-        throw new Error(`${lag.events} changes in the event streams of "${prefix}:" have not reached Postgres (the oldest ${lag.seconds.toFixed(0)} s ago); a restore would lose them (a redeem undone, a token gone): run \`referral-manager snapshot\` until rm_snapshot_lag_events is 0 and stop it, or pass --discard-pending to lose them`);
+        throw new Error(`${counted(lag.events, 'change')} in the event streams of "${prefix}:" have not reached Postgres (the oldest ${lag.seconds.toFixed(0)} s ago); a restore would lose them (a redeem undone, a token gone): run \`referral-manager snapshot\` until rm_snapshot_lag_events is 0 and stop it, or pass --discard-pending to lose them`);
       }
       const marksOnly = await registerMarkedRevocations(redis, prefix);
-      if (marksOnly) opts.say(`registered ${marksOnly} campaign revocations only the old shards held, so the restore keeps them`);
-      opts.say(`deleted ${await dropEngineKeys(redis, prefix)} keys of the engine under "${prefix}:"`);
+      if (marksOnly) opts.say(`registered ${counted(marksOnly, 'campaign revocation')} only the old shards held, so the restore keeps them`);
+      opts.say(`deleted ${counted(await dropEngineKeys(redis, prefix), 'key')} of the engine under "${prefix}:"`);
       // failures counted against the emptied Redis (every token a 404) were no guesses: a satellite
       // that crossed the limit then stayed refused (429) for the rest of the window after the restore
       const windows = await dropKeys(redis, keys.failurePattern());
-      if (windows) opts.say(`cleared ${windows} rate-limit windows`);
+      if (windows) opts.say(`cleared ${counted(windows, 'rate-limit window')}`);
     }
     const tokens = await restoreFromPostgres(redis, pool, prefix);
     const satellites = await restoreSatellites(redis, pool, prefix);
