@@ -38,6 +38,24 @@ describe('calls to a satellite (generate)', () => {
     }
   });
 
+  it('a 408 (a proxy timing the request out) is retried, as a 429 or a 5xx is', async () => {
+    let calls = 0;
+    const proxy = http.createServer((_req, res) => {
+      if (++calls === 1) return res.writeHead(408, { connection: 'close' }).end();
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"userIds":["u1"],"nextCursor":null}');
+    });
+    const port = await new Promise<number>((r) => proxy.listen(0, '127.0.0.1', () => r((proxy.address() as AddressInfo).port)));
+    const api = new SatelliteApi({ url: `http://127.0.0.1:${port}`, timeoutMs: 2000, attempts: 2, backoffMs: 10 });
+    try {
+      expect(await api.usersWithoutTokens(null, 10)).toMatchObject({ userIds: ['u1'] });
+      expect(calls).toBe(2);
+    } finally {
+      await api.close();
+      proxy.closeAllConnections();
+      proxy.close();
+    }
+  });
+
   it('an error reply without a body is named by its reason phrase', async () => {
     const bare = http.createServer((_req, res) => res.writeHead(431).end());
     const port = await new Promise<number>((r) => bare.listen(0, '127.0.0.1', () => r((bare.address() as AddressInfo).port)));

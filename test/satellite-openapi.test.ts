@@ -350,21 +350,22 @@ describe('the statuses the spec declares are the ones the manager tells apart', 
   /** The statuses an operation declares one by one (not 5XX, not default). */
   const explicit = (path: string) => Object.keys(responses(path)).filter((k) => /^\d{3}$/.test(k)).map(Number);
 
-  it('a push refused (the batch split, its users refused) on exactly the 4xx the spec declares, but 401, 403 and 429', async () => {
+  it('a push refused (the batch split, its users refused) on exactly the 4xx the spec declares, but 401, 403, 408 and 429', async () => {
     const refused: number[] = [];
     for (const status of statuses) {
       const err = await failure(status, pushOne);
       expect(err, String(status)).toBeInstanceOf(SatelliteCallError);
       if (err.refused) refused.push(status);
     }
-    expect(refused).toEqual(explicit('/referrals/v1/tokens').filter((s) => s >= 400 && s < 500 && ![401, 403, 429].includes(s)));
+    expect(refused).toEqual(explicit('/referrals/v1/tokens').filter((s) => s >= 400 && s < 500 && ![401, 403, 408, 429].includes(s)));
   });
 
-  it('both calls retried on exactly 429 and 5xx, which the spec declares with Retry-After; no other reply has it', async () => {
+  it('both calls retried on exactly 408, 429 and 5xx, which the spec declares, 429 and 5xx with Retry-After; no other reply has it', async () => {
     for (const [path, make] of [['/referrals/v1/users-without-tokens', (api: SatelliteApi) => api.usersWithoutTokens(null, 10)], ['/referrals/v1/tokens', pushOne]] as const) {
       const retried: number[] = [];
       for (const status of statuses) if ((await failure(status, make)).retryable) retried.push(status);
-      expect(retried, path).toEqual(statuses.filter((s) => s === 429 || s >= 500));
+      expect(retried, path).toEqual(statuses.filter((s) => s === 408 || s === 429 || s >= 500));
+      expect(explicit(path), path).toContain(408);
       const withRetryAfter = Object.entries(responses(path)).filter(([, r]) => followed(r as Json, '').node.headers?.['Retry-After']).map(([k]) => k);
       expect(withRetryAfter.sort(), path).toEqual(['429', '5XX']);
     }

@@ -58,7 +58,7 @@ const RETRY_AFTER_MAX_MS = 60_000;
 
 /**
  * What the manager calls on a satellite: page through users with no tokens left, push tokens.
- * Network errors, timeouts, 429 and 5xx are retried with exponential backoff, waiting at least the
+ * Network errors, timeouts, 408, 429 and 5xx are retried with exponential backoff, waiting at least the
  * satellite's Retry-After (up to a minute); other 4xx are not (retrying a refused request cannot help).
  */
 export class SatelliteApi {
@@ -149,7 +149,8 @@ export class SatelliteApi {
       throw new SatelliteCallError(`${method} ${url.pathname}: HTTP ${res.status} body not decodable as ${res.contentType.includes('json') ? 'JSON' : `MessagePack (Content-Type "${printable(res.contentType)}"; a JSON reply needs application/json)`}${encoded}`, res.status, false);
     }
     if (res.status >= 200 && res.status < 300) return res.data as T;
-    const retryable = res.status === 429 || res.status >= 500;
+    // 408: a proxy in front of the satellite timed the request out (nginx's client_body_timeout); RFC 9110 lets it be sent again
+    const retryable = res.status === 408 || res.status === 429 || res.status >= 500;
     // the reason phrase of an empty reply: "HTTP 431 " left the operator to look the number up (a cursor too long for the satellite)
     const said = errorWords(res.data) || res.raw.toString('utf8').trim() || (STATUS_CODES[res.status] ?? '');
     // undici follows no redirect, and following one would hand the outbound key to whichever host it names
