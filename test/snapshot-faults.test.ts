@@ -11,7 +11,7 @@ import { startServer } from '../src/http/server.js';
 import type { WriterOptions } from '../src/snapshot/writer.js';
 import { Lane, refusedBy, type LaneDeps } from '../src/snapshot/lane.js';
 import { snapshotMetrics } from '../src/snapshot/metrics.js';
-import { withClient } from '../src/snapshot/schema.js';
+import { withClient } from '../src/snapshot/postgres.js';
 import { GROUP } from '../src/snapshot/lag.js';
 import { ShardStreams } from '../src/snapshot/streams.js';
 import type { StreamEvent } from '../src/snapshot/events.js';

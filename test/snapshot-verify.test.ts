@@ -5,7 +5,7 @@ import { loadConfig, type Config } from '../src/config.js';
 import { rebuildRedis, restoreCampaigns, restoreFromPostgres, restoreRevoked, restoreSatellites, startSnapshotWriter, verify, type SnapshotWriter } from '../src/snapshot/index.js';
 import { SatelliteRegistry } from '../src/satellites/registry.js';
 import { hashKey } from '../src/digest.js';
-import { openPostgres } from '../src/snapshot/schema.js';
+import { openPostgres } from '../src/snapshot/postgres.js';
 import { tokenHistory } from '../src/snapshot/history.js';
 import { Keys, placeOfToken, SHARDS } from '../src/store/keys.js';
 import { hexOf } from '../src/store/codec.js';

@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { applyEvents } from './apply.js';
 import type { StreamEvent } from './events.js';
 import { snapshotMetrics } from './metrics.js';
-import { withClient } from './schema.js';
+import { withClient } from './postgres.js';
 
 /** The writer's commits: each batch in one transaction, timed and counted. */
 export class Commits {

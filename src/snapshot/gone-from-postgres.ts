@@ -5,7 +5,7 @@ import { GROUP } from './lag.js';
 
 /**
  * The shards whose streams had entries removed after the group read them, for a writer whose open made the
- * snapshot's tables anew (schema.ts madeAnew): those were committed to a database that is not this one any more
+ * snapshot's tables anew (postgres.ts madeAnew): those were committed to a database that is not this one any more
  * (dropped and made anew by this start, or DATABASE_URL naming another, empty one). A writer took that for a
  * new snapshot, copied what the streams still held, and a `restore --from-postgres` would have lost the rest
  * without a word. Each with the stream's first entry and how many entries were removed (lua/copied_removed.lua). A database restored from an

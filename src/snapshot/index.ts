@@ -2,7 +2,7 @@ export { startSnapshotWriter, type SnapshotWriter } from './writer.js';
 export { readSnapshotStatus } from './status.js';
 export { lostShardsMessage, readLostShards } from './lost.js';
 export { reportLag, sampleLag, type Lag } from './lag.js';
-export { openPostgres, ensureDatabase, postgresAt } from './schema.js';
+export { openPostgres, ensureDatabase, postgresAt } from './postgres.js';
 export { restoreFromPostgres, RESTORE_LANES, dropEngineKeys } from './restore.js';
 export { rebuildRedis } from './rebuild.js';
 export { verify } from './verify.js';

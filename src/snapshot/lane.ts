@@ -2,7 +2,7 @@ import type { Keys } from '../store/keys.js';
 import type { StreamEvent } from './events.js';
 import type { ReadResult, ShardStreams } from './streams.js';
 import { Backoff } from './backoff.js';
-import { failedToConnect } from './schema.js';
+import { failedToConnect } from './postgres.js';
 
 /** A statement timeout (57014, query_canceled) or pg's own query_timeout: the batch was too slow (or Postgres hangs). */
 const timedOut = (err: unknown): boolean => (err as { code?: unknown }).code === '57014' || (err as Error).message === 'Query read timeout';
