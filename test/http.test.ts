@@ -346,6 +346,24 @@ describe('Accept with q-values', () => {
     expect([neither.status, neither.headers['content-type']]).toEqual([200, 'application/json']);
   });
 
+  // a type not named takes the wildcard's q: "JSON at 0.5, anything else at 0.9" was answered in JSON
+  it('a wildcard weighs the type not named: application/json;q=0.5, */*;q=0.9 gets MessagePack', async () => {
+    for (const [accept, type] of [
+      ['application/json;q=0.5, */*;q=0.9', 'application/msgpack'],
+      ['application/msgpack;q=0.2, application/*;q=0.8, */*;q=0.1', 'application/json'],
+      ['application/json;q=0, */*;q=0.1', 'application/msgpack'],
+      // a tie with a wildcard goes to the type named; wildcards alone (a browser's Accept) leave the default
+      ['*/*, application/msgpack', 'application/msgpack'],
+      ['text/html, application/xhtml+xml, */*;q=0.8', 'application/json'],
+    ]) {
+      const r = await call(api.pool, 'GET', '/v1/users/nobody/tokens', { key: api.keys['sat-a'], accept });
+      expect([accept, r.status, r.headers['content-type']]).toEqual([accept, 200, type]);
+    }
+    // wildcards alone: the request's own format, as with no Accept
+    const packed = await call(api.pool, 'POST', '/v1/tokens/redeem', { key: api.keys['sat-a'], format: 'msgpack', body: { token: '00000000-0000-4000-8000-000000000000', userId: 'x' }, accept: '*/*' });
+    expect([packed.status, packed.headers['content-type']]).toEqual([404, 'application/msgpack']);
+  });
+
   // wire.ts formatOf: a tie in q goes to the first listed (RFC 9110 gives no order; the code picks one, stably)
   it('two types at equal q: the first listed is answered in', async () => {
     for (const [accept, type] of [

@@ -9,29 +9,36 @@ export type Format = 'msgpack' | 'json';
 const MSGPACK_TYPES = new Set(['application/msgpack', 'application/x-msgpack', 'application/vnd.msgpack']);
 
 /**
- * Media type of a Content-Type or Accept value, or undefined if it is none we speak. Of several, the one with
- * the highest `q` (1 when not given; the first listed on a tie); `q=0` says "not this one", so a value
- * refusing one of the two and naming no other is the other (it was answered in the refused one when the
- * request's body came in it).
+ * Media type of a Content-Type or Accept value, or undefined if it is none we speak. Of the two, the one with
+ * the higher `q` (1 when not given); one not named takes the `q` of `application/*`, else of `*\/*`, so
+ * `application/json;q=0.5, *\/*;q=0.9` prefers MessagePack (it was answered in JSON). On a tie the one named
+ * (both named: the first listed); wildcards alone name neither. `q=0` says "not this one", so a value refusing
+ * one of the two and naming no other is the other (it was answered in the refused one when the request's body
+ * came in it).
  */
 export function formatOf(header: string): Format | undefined {
-  let best: Format | undefined;
-  let bestQ = 0;
-  // booleans, not a Set: this runs twice on every request
-  let refusedJson = false;
-  let refusedMsgpack = false;
+  // numbers, not a Map: this runs twice on every request. -1: not named
+  let json = -1;
+  let msgpack = -1;
+  let anyApplication = -1;
+  let any = -1;
+  let first: Format | undefined;
   for (const part of header.split(',')) {
     const [type = '', ...params] = part.split(';');
     const given = params.map((p) => /^\s*q\s*=\s*([\d.]+)\s*$/i.exec(p)?.[1]).find((q) => q !== undefined);
     const q = given === undefined || Number.isNaN(Number(given)) ? 1 : Number(given);
     const t = type.trim().toLowerCase();
-    const format = MSGPACK_TYPES.has(t) ? 'msgpack' : t === 'application/json' ? 'json' : undefined;
-    if (format && q > bestQ) [best, bestQ] = [format, q];
-    if (format === 'json' && q === 0) refusedJson = true;
-    if (format === 'msgpack' && q === 0) refusedMsgpack = true;
+    if (MSGPACK_TYPES.has(t)) [msgpack, first] = [Math.max(msgpack, q), first ?? 'msgpack'];
+    else if (t === 'application/json') [json, first] = [Math.max(json, q), first ?? 'json'];
+    else if (t === 'application/*') anyApplication = Math.max(anyApplication, q);
+    else if (t === '*/*') any = Math.max(any, q);
   }
-  if (!best && refusedJson !== refusedMsgpack) return refusedJson ? 'msgpack' : 'json';
-  return best;
+  const wildcard = anyApplication >= 0 ? anyApplication : any;
+  const qJson = json >= 0 ? json : wildcard;
+  const qMsgpack = msgpack >= 0 ? msgpack : wildcard;
+  if (qJson <= 0 && qMsgpack <= 0) return json === 0 && msgpack < 0 ? 'msgpack' : msgpack === 0 && json < 0 ? 'json' : undefined;
+  if (qJson !== qMsgpack) return qJson > qMsgpack ? 'json' : 'msgpack';
+  return json >= 0 && msgpack >= 0 ? first : json >= 0 ? 'json' : msgpack >= 0 ? 'msgpack' : undefined;
 }
 
 /**
