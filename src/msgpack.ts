@@ -23,7 +23,14 @@ export class NotPlain extends Error {}
  * string's own bytes checked.
  */
 export function unpackPlain(body: Buffer): unknown {
-  const value = unpackr.unpack(body);
+  let value: unknown;
+  try {
+    value = unpackr.unpack(body);
+  } catch (err) {
+    // valid MessagePack all the same (tinylib/msgp writes a Go time.Time as its own type 5): "not valid MessagePack" misled
+    const type = /^Unknown extension (?:type )?(\d+)$/.exec((err as Error)?.message ?? '')?.[1];
+    throw type === undefined ? err : notPlain(`type ${type}`);
+  }
   if (plainData(value) && !stringsAreUtf8(body)) throw new NotPlain('a string is not valid UTF-8');
   return value;
 }

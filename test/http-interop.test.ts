@@ -97,6 +97,15 @@ describe('bodies as other languages encode them', () => {
     expect([r.status, r.body.message]).toEqual([400, 'expiresAt: must be integer']);
   });
 
+  // an extension type msgpackr does not know was "not valid MessagePack (Unknown extension type 5)": the bytes are valid
+  it('an unknown extension type (tinylib/msgp time.Time, type 5) is refused as an extension, not as invalid MessagePack', async () => {
+    const time5 = Buffer.concat([Buffer.from([0xc7, 12, 5]), Buffer.alloc(12)]);
+    for (const raw of [time5, mp.map([[mp.fixstr('token'), mp.str8(MISSING)], [mp.fixstr('signedUpAt'), time5]]), Buffer.from([0xd4, 0x21, 0])]) {
+      const r = await reserve(raw);
+      expect([r.status, r.body.error, r.body.message]).toEqual([400, 'invalid_request', expect.stringMatching(/^body: MessagePack extension type not accepted \(type (5|33)\); send plain maps and arrays$/)]);
+    }
+  });
+
   // registered at IANA in 2024 (the alias application/x-msgpack before it): a client that takes its type
   // from the registry (Rust's mime crate does) was refused 415, and asked for a reply in it got JSON
   it('takes application/vnd.msgpack, the registered type, as a body and in Accept', async () => {
