@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { Command, CommanderError } from 'commander';
 import { ConfigError } from '../src/config.js';
 import { DomainError } from '../src/errors.js';
+import { logTo } from '../src/log.js';
 import { addGlobalOptions } from './context.js';
 
 /**
@@ -18,7 +19,8 @@ import { addGlobalOptions } from './context.js';
 // long-running commands, whose stdout is a log, keep their exit codes.
 const LOGGING = new Set(['serve', 'snapshot', 'satellite-sim']);
 let lostOutput: Error | undefined;
-let logging = false;
+/** the long-running command under way, if one is: its failure is a line of its log (LOG_FORMAT) */
+let logging: string | undefined;
 process.stderr.on('error', () => undefined);
 process.stdout.on('error', (err: NodeJS.ErrnoException) => {
   if (err.code !== 'EPIPE') lostOutput ??= err;
@@ -59,7 +61,7 @@ for (const file of readdirSync(commandsDir).filter((f) => f.endsWith('.js')).sor
 program.hook('preAction', (_, action) => {
   let top = action;
   while (top.parent && top.parent !== program) top = top.parent;
-  logging = LOGGING.has(top.name());
+  logging = LOGGING.has(top.name()) ? top.name() : undefined;
 });
 
 // A usage error prints the command's usage line, then where the examples are.
@@ -79,6 +81,8 @@ try {
     console.error(err.message);
     process.exit(2);
   }
-  console.error(`error: ${err instanceof DomainError ? `${err.code}: ${err.message}` : (err as Error).message}`);
+  const said = err instanceof DomainError ? `${err.code}: ${err.message}` : (err as Error).message;
+  if (logging) logTo({ component: logging, text: (_, msg) => `error: ${msg}` })('error', said);
+  else console.error(`error: ${said}`);
   process.exit(1);
 }

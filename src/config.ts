@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import os from 'node:os';
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from './log.js';
 
 /**
  * The one configuration module. Every setting has an env name, a default and a parser; command-line
@@ -41,6 +42,13 @@ const bool: Parser<boolean> = (raw) => {
   // a blank value is no answer: read as false, SNAPSHOT=" " turned the writer off while SNAPSHOT="" keeps it on
   if (['0', 'false', 'no', 'off'].includes(v)) return false;
   throw new Error(`expected true/false, got "${raw}"`);
+};
+
+/** One of `values`, in any case: LOG_LEVEL=WARN is meant as warn. */
+const oneOf = <T extends string>(values: readonly T[]): Parser<T> => (raw) => {
+  const v = raw.trim().toLowerCase();
+  if (!values.includes(v as T)) throw new Error(`expected ${values.slice(0, -1).join(', ')} or ${values.at(-1)}, got "${raw}"`);
+  return v as T;
 };
 
 /**
@@ -231,6 +239,8 @@ export const settings = {
   snapshotBatch: { env: 'SNAPSHOT_BATCH', default: 5000, parse: int(1, 100_000), doc: 'Most events the snapshot writer applies in one transaction.' },
   snapshotFlushMs: { env: 'SNAPSHOT_FLUSH_MS', default: 50, parse: int(1, 60_000), doc: 'Pause of the snapshot writer between polls while the streams are quiet (its last round read under SNAPSHOT_BATCH/8 events): about the longest a new event waits before the writer reads it. Each further round that reads nothing doubles the pause, up to 500 ms (or this, if longer), so an idle writer polls twice a second; the first event after a quiet spell may wait that long.' },
   snapshotMetricsPort: { env: 'SNAPSHOT_METRICS_PORT', default: 7481, parse: int(0, 65535), doc: '`referral-manager snapshot` serves /healthz, /readyz and /metrics on HOST at this port (0: any free port, printed at start).' },
+  logFormat: { env: 'LOG_FORMAT', default: 'text' as LogFormat, parse: oneOf(LOG_FORMATS), doc: 'How serve (primary and workers) and `referral-manager snapshot` write their log: `text`, the lines as they always were, or `json`, one object a line with time, level, component, pid and msg (see "Logs" below). The CLI\'s other commands print as always.' },
+  logLevel: { env: 'LOG_LEVEL', default: 'info' as LogLevel, parse: oneOf(LOG_LEVELS), doc: 'The least level of a log line written, in either LOG_FORMAT: `debug`, `info`, `warn` or `error`. The audit trail of the admin routes is written at every level.' },
   snapshotTestCrashAfterCommit: { env: 'SNAPSHOT_TEST_CRASH_AFTER_COMMIT', default: 0, parse: int(0), doc: 'Test hook for fault tests: the snapshot writer SIGKILLs itself right after its Nth COMMIT, before XACK. 0 (default): off.' },
 } satisfies Record<string, Setting<unknown>>;
 

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { Cluster, Redis } from 'ioredis';
 import client from 'prom-client';
-import { watchCluster } from '../src/store/cluster-watch.js';
+import { CLUSTER_LOG, watchCluster } from '../src/store/cluster-watch.js';
+import { logTo } from '../src/log.js';
 import { createRedis } from '../src/store/redis.js';
 import { testCluster } from './helpers/http.js';
 import { directClients } from './helpers/redis.js';
@@ -18,7 +19,7 @@ describe('watchCluster (the serve primary): a real 3-master Redis Cluster', () =
     const redis = createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes }, { failFast: true, commandTimeoutMs: 2000 });
     redis.on('error', () => {});
     const lines: string[] = [];
-    const watch = watchCluster(redis, (l) => lines.push(l), { ms: 200, stuckMs: 1500 })!;
+    const watch = watchCluster(redis, logTo(CLUSTER_LOG, (l) => lines.push(l)), { ms: 200, stuckMs: 1500 })!;
     const until = async (re: RegExp) => {
       for (const end = Date.now() + 15_000; !lines.some((l) => re.test(l)) && Date.now() < end; ) await sleep(50);
       return lines.find((l) => re.test(l));
@@ -97,7 +98,7 @@ describe('watchCluster (the serve primary): a real 3-master Redis Cluster', () =
     const redis = createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes }, { failFast: true, commandTimeoutMs: 2000 });
     redis.on('error', () => {});
     const lines: string[] = [];
-    const watch = watchCluster(redis, (l) => lines.push(l), { ms: 200 })!;
+    const watch = watchCluster(redis, logTo(CLUSTER_LOG, (l) => lines.push(l)), { ms: 200 })!;
     try {
       const victim = () => (redis instanceof Cluster ? redis.slots[0]?.[0] : undefined) ?? '';
       for (const end = Date.now() + 10_000; (await gauge('rm_redis_cluster_master_up', { node: victim() })) !== 1 && Date.now() < end; ) await sleep(50);
@@ -128,7 +129,7 @@ describe('watchCluster (the serve primary): a real 3-master Redis Cluster', () =
     const redis = createRedis({ redisUrl: '', redisClusterNodes: cluster.nodes }, { failFast: true, commandTimeoutMs: 2000 });
     redis.on('error', () => {});
     const lines: string[] = [];
-    const watch = watchCluster(redis, (l) => lines.push(l), { ms: 200 })!;
+    const watch = watchCluster(redis, logTo(CLUSTER_LOG, (l) => lines.push(l)), { ms: 200 })!;
     try {
       const ownerOf = (slot: number) => (redis instanceof Cluster ? redis.slots[slot]?.[0] : undefined) ?? '';
       for (const end = Date.now() + 10_000; (await gauge('rm_redis_cluster_master_up', { node: ownerOf(0) })) !== 1 && Date.now() < end; ) await sleep(50);

@@ -60,6 +60,16 @@ describe('loadConfig', () => {
     ]);
   });
 
+  it('takes LOG_FORMAT and LOG_LEVEL in any case, and names what it takes when refusing one', () => {
+    expect(loadConfig({}, {})).toMatchObject({ logFormat: 'text', logLevel: 'info' });
+    expect(loadConfig({}, { LOG_FORMAT: ' JSON ', LOG_LEVEL: 'Warn' })).toMatchObject({ logFormat: 'json', logLevel: 'warn' });
+    expect(loadConfig({ logLevel: 'debug' }, { LOG_LEVEL: 'error' }).logLevel).toBe('debug');
+    expect(problems({ LOG_FORMAT: 'logfmt', LOG_LEVEL: 'trace' })).toEqual([
+      'LOG_FORMAT: expected text or json, got "logfmt"',
+      'LOG_LEVEL: expected debug, info, warn or error, got "trace"',
+    ]);
+  });
+
   it('refuses a default lease longer than the longest, and a HOST that is neither an address nor a host name', () => {
     expect(problems({ DEFAULT_LEASE_MS: '7200000', MAX_LEASE_MS: '60000', HOST: 'no such host!' })).toEqual([
       'HOST: expected an IP address or a host name, got "no such host!"',

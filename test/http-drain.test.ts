@@ -134,10 +134,10 @@ describe('a caller that hangs up mid-request, in process', () => {
   // onAborted not marking the exchange aborted, the reply was written to the gone response,
   // and the log said 500, "internal error" and "could not reply" for a caller that merely hung up
   it('a generate whose caller went away leaves no usable token (what it made is revoked), is audited status 0 and logs no error', async () => {
-    // spies that still print: what the server wrote, read back
-    const log = vi.spyOn(console, 'log');
-    const err = vi.spyOn(console, 'error');
-    const logged = () => [...log.mock.calls, ...err.mock.calls].map((a) => a.map(String).join(' '));
+    // spies that still print: what the server wrote (src/log.ts writes on the streams), read back
+    const log = vi.spyOn(process.stdout, 'write');
+    const err = vi.spyOn(process.stderr, 'write');
+    const logged = () => [...log.mock.calls, ...err.mock.calls].map((a) => String(a[0]));
     try {
       await withPausableServer('rm-abort', 'sat-h', async (server, redis) => {
         const caller = await connection(server.port);

@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { sweepLapsed } from '../src/tokens/lapse.js';
+import { LAPSE_LOG, sweepLapsed } from '../src/tokens/lapse.js';
+import { logTo } from '../src/log.js';
 import { hexOf } from '../src/store/codec.js';
 import { placeOfToken } from '../src/store/keys.js';
 import { engineFixtureFor } from './helpers/redis.js';
@@ -19,7 +20,7 @@ describe('the lapse sweep service (real Redis)', () => {
     const r = await f.engine.reserve(ta, 'h', 20);
     await sleep(r.token!.leaseExpiresAt! + 30 - Date.now());
     const lines: string[] = [];
-    const sweep = sweepLapsed(f.engine, 20, 0, (line) => lines.push(line));
+    const sweep = sweepLapsed(f.engine, 20, 0, logTo(LAPSE_LOG, (line) => lines.push(line)));
     try {
       // as stored: a lookup reports a lapsed lease as unredeemed already
       const stored = async () => (await f.store.storedStates([ta]))[0];

@@ -3,8 +3,9 @@ import type { Command } from 'commander';
 import { runPrimary, runWorker } from '../../src/http/cluster.js';
 import { STOP_SIGNALS } from '../../src/http/ops.js';
 import { uwsNotNative } from '../../src/http/server.js';
-import { reportLag, startSnapshotWriter } from '../../src/snapshot/index.js';
-import { watchCluster } from '../../src/store/cluster-watch.js';
+import { reportLag, SNAPSHOT_LOG, startSnapshotWriter } from '../../src/snapshot/index.js';
+import { CLUSTER_LOG, watchCluster } from '../../src/store/cluster-watch.js';
+import { logTo, setLogging } from '../../src/log.js';
 import { createRedis } from '../../src/store/redis.js';
 import { TokenStore } from '../../src/store/token-store.js';
 import { TokenEngine } from '../../src/tokens/engine.js';
@@ -21,10 +22,15 @@ export function register(program: Command): void {
     .option('--port <port>', 'port to listen on (env PORT)')
     .option('--host <host>', 'address to listen on (env HOST)')
     .option('--workers <n>', 'worker processes (env WORKERS; default one per core)')
+    .option('--log-format <format>', 'text or json (env LOG_FORMAT; default text)')
+    .option('--log-level <level>', 'debug, info, warn or error (env LOG_LEVEL; default info)')
     .addHelpText('after', '\nExamples:\n  ADMIN_KEY=... referral-manager serve\n  referral-manager serve --port 8080 --workers 4')
-    .action(async function (this: Command, opts: { port?: string; host?: string; workers?: string }) {
-      const config = configFrom(this, { port: opts.port, host: opts.host, workers: opts.workers });
+    .action(async function (this: Command, opts: { port?: string; host?: string; workers?: string; logFormat?: string; logLevel?: string }) {
+      const config = configFrom(this, { port: opts.port, host: opts.host, workers: opts.workers, logFormat: opts.logFormat, logLevel: opts.logLevel });
+      // a worker runs this too (node:cluster forks the same command line and environment): its lines alike
+      setLogging(config);
       if (!cluster.isPrimary) return runWorker(config);
+      const log = logTo({ component: 'serve', text: (level, msg) => (level === 'warn' ? `warn: ${msg}` : msg) });
       const fallback = uwsNotNative();
       if (fallback) throw new Error(fallback);
 
@@ -37,13 +43,13 @@ export function register(program: Command): void {
       const onSignal = (sig: NodeJS.Signals) => {
         if (shutdown) return void shutdown(sig);
         if (!starting) return void (early ??= sig);
-        console.error(`${sig} while starting: stopping`);
+        log('info', `${sig} while starting: stopping`, { signal: sig });
         for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
         process.exit(0);
       };
       for (const sig of STOP_SIGNALS) process.on(sig, onSignal);
       if (config.adminKey === '') {
-        console.error('warn: ADMIN_KEY is not set: the admin routes (/v1/admin/...) answer 401 to any key but a satellite\'s (403); the CLI, which talks to Redis, still works');
+        log('warn', 'ADMIN_KEY is not set: the admin routes (/v1/admin/...) answer 401 to any key but a satellite\'s (403); the CLI, which talks to Redis, still works');
       }
       const primary = await runPrimary(config);
       starting = false;
@@ -56,7 +62,7 @@ export function register(program: Command): void {
       const redis = createRedis(config, { connectionName: 'referral-manager-primary', failFast: true, commandTimeoutMs: 2000 });
       redis.on('error', () => {}); // reconnects by itself; failed readings are counted in the metrics
       // a Redis Cluster's masters and migrating slots, in the log and the metrics (undefined for one Redis)
-      const watch = watchCluster(redis, (line) => console.error(line));
+      const watch = watchCluster(redis, logTo(CLUSTER_LOG));
       if (watch) stops.push(() => watch.stop());
       const engine = new TokenEngine(new TokenStore(redis, config.keyPrefix, NO_REPLICA_WAIT));
       if (config.tokenCountsMs > 0) {
@@ -72,7 +78,7 @@ export function register(program: Command): void {
         stops.push(() => writer.stop());
       } else {
         // nothing trims the event streams but a writer: say so once, where the operator looks first
-        console.error('[snapshot] warn: SNAPSHOT=false: this process writes nothing to Postgres; every state change waits in the Redis event streams (~220 B each) until a `referral-manager snapshot` runs against this Redis');
+        logTo(SNAPSHOT_LOG)('warn', 'SNAPSHOT=false: this process writes nothing to Postgres; every state change waits in the Redis event streams (~220 B each) until a `referral-manager snapshot` runs against this Redis');
         // and keep rm_snapshot_lag_* true here, so a lag alert fires if no writer runs anywhere
         const lag = reportLag(redis, config.keyPrefix);
         stops.push(() => lag.stop());
@@ -83,10 +89,11 @@ export function register(program: Command): void {
         stopping = true;
         // a stop must be told from a crash in the log
         const t0 = Date.now();
-        console.error(`${sig}: draining (requests in flight are answered, up to 10 s), then stopping`);
+        log('info', `${sig}: draining (requests in flight are answered, up to 10 s), then stopping`, { signal: sig });
         await Promise.all([primary.stop(), ...stops.map((stop) => stop())]);
         redis.disconnect();
-        console.error(`stopped in ${Date.now() - t0} ms`);
+        const ms = Date.now() - t0;
+        log('info', `stopped in ${ms} ms`, { ms });
         process.exit(0);
       };
       if (early) void shutdown(early);

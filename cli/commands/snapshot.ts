@@ -1,7 +1,8 @@
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { startOpsServer, STOP_SIGNALS } from '../../src/http/ops.js';
-import { rebuildRedis, RESTORE_LANES, revocationGaps, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
+import { rebuildRedis, RESTORE_LANES, revocationGaps, SNAPSHOT_LOG, startSnapshotWriter, verify, type SnapshotWriter } from '../../src/snapshot/index.js';
+import { logTo, setLogging } from '../../src/log.js';
 import { type RedisClient } from '../../src/store/redis.js';
 import { clusterFailures } from '../../src/store/cluster-probe.js';
 import { TokenStore } from '../../src/store/token-store.js';
@@ -63,24 +64,29 @@ export function register(program: Command): void {
     .command('snapshot')
     .description('run the Postgres snapshot writer alone (one active writer per deployment: a Redis lease)')
     .option('--metrics-port <port>', 'port of /healthz, /readyz and /metrics on HOST (env SNAPSHOT_METRICS_PORT, default 7481; 0: any free port)')
+    .option('--log-format <format>', 'text or json (env LOG_FORMAT; default text)')
+    .option('--log-level <level>', 'debug, info, warn or error (env LOG_LEVEL; default info)')
     .addHelpText('after', '\nExamples:\n  referral-manager snapshot\n  DATABASE_URL=postgres://postgres@db:5432/rm referral-manager snapshot --key-prefix rm --metrics-port 9481')
-    .action(async function (this: Command, opts: { metricsPort?: string }) {
-      const config = configFrom(this, { snapshotMetricsPort: opts.metricsPort }, { snapshotMetricsPort: '--metrics-port' });
+    .action(async function (this: Command, opts: { metricsPort?: string; logFormat?: string; logLevel?: string }) {
+      const config = configFrom(this, { snapshotMetricsPort: opts.metricsPort, logFormat: opts.logFormat, logLevel: opts.logLevel }, { snapshotMetricsPort: '--metrics-port' });
+      setLogging(config);
+      const log = logTo(SNAPSHOT_LOG);
       let writer: SnapshotWriter | undefined;
       // listen first: a taken port fails the start before the lease is taken
       const ops = await startOpsServer(config.host, config.snapshotMetricsPort, () => writerReadiness(writer), config.metricsKey);
       writer = await startSnapshotWriter(config);
-      console.error(`[snapshot] info: /healthz, /readyz and /metrics on ${config.host}:${ops.port}`);
+      log('info', `/healthz, /readyz and /metrics on ${config.host}:${ops.port}`, { host: config.host, port: ops.port });
       const sig = await new Promise<NodeJS.Signals>((resolve) => {
         // SIGHUP by default killed the writer holding its lease
         for (const signal of STOP_SIGNALS) process.once(signal, resolve);
       });
       // a stop must be told from a crash in the log
       const t0 = Date.now();
-      console.error(`[snapshot] info: ${sig}: stopping (the batch in hand is committed or left pending)`);
+      log('info', `${sig}: stopping (the batch in hand is committed or left pending)`, { signal: sig });
       ops.close();
       await writer.stop();
-      console.error(`[snapshot] info: stopped in ${Date.now() - t0} ms`);
+      const ms = Date.now() - t0;
+      log('info', `stopped in ${ms} ms`, { ms });
       // a scraper's idle keep-alive connection would hold the process open (this uWS has no app.close)
       process.exit(0);
     });

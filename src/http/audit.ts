@@ -1,4 +1,5 @@
 import { URL_CREDENTIALS } from '../config.js';
+import { logTo, type LogKind } from '../log.js';
 
 /**
  * The audit trail of the admin routes: one JSON line on stdout per admin call that may change something
@@ -18,6 +19,12 @@ export interface AuditEntry {
   body?: unknown;
   result?: unknown;
 }
+
+/**
+ * On stdout, a line for every call whatever LOG_LEVEL says (its level: info). A text line is the entry alone,
+ * as it always was; a JSON line has the log's time, level, component, pid and msg before it.
+ */
+const AUDIT_LOG: LogKind = { component: 'audit', stdout: true, always: true, text: (_, __, fields) => JSON.stringify(fields) };
 
 const SECRET = /key/i;
 /** a URL's query, which may carry a token (its user:password is URL_CREDENTIALS: a url is refused with either now, but a satellite registered before may hold one, which an update's result shows) */
@@ -47,23 +54,22 @@ function summarize(v: unknown, depth = 0): unknown {
   return out;
 }
 
-export function audit(e: AuditEntry, write: (line: string) => void = console.log): void {
+/** `write`: a test's, instead of stdout */
+export function audit(e: AuditEntry, write?: (line: string) => void): void {
   const encoded = (e.path.length > LONGEST_PATH ? e.path.slice(0, LONGEST_PATH) : e.path).replace(UNENCODED, (c) => encodeURIComponent(c.toWellFormed()));
   const path = e.path.length > LONGEST_PATH ? `${encoded}…` : encoded;
   const line: Record<string, unknown> = { audit: 'admin', at: new Date().toISOString(), method: e.method, path, ip: e.ip, status: e.status };
   if (e.error !== undefined) line.error = e.error;
   line.ms = Math.round(e.ms);
-  let shown: string;
   try {
     if (e.body !== undefined) line.body = summarize(e.body);
     if (e.result !== undefined) line.result = summarize(e.result);
-    shown = JSON.stringify(line);
+    JSON.stringify(line);
   } catch (err) {
     // the call was answered already: a body that cannot be written (a BigInt) must not turn it into a 500
     delete line.body;
     delete line.result;
     line.unwritable = (err as Error).message;
-    shown = JSON.stringify(line);
   }
-  write(shown);
+  logTo(AUDIT_LOG, write)('info', `${e.method} ${path} ${e.status}`, line);
 }

@@ -2,6 +2,7 @@ import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry } from 'prom-client';
 import type { Config } from '../config.js';
 import { freePort, refuseTakenPort } from '../free-port.js';
+import { logTo } from '../log.js';
 import { collectProcessMetrics, registry } from '../metrics.js';
 import { METRICS_WAIT_MS, STOP_SIGNALS } from './ops.js';
 import { HttpError } from './router.js';
@@ -51,7 +52,8 @@ export interface Primary {
 }
 
 export async function runPrimary(config: Config): Promise<Primary> {
-  const log = (line: string) => console.log(line);
+  // on stdout, as it always was
+  const log = logTo({ component: 'serve', stdout: true });
   collectProcessMetrics();
   // uSockets sets SO_REUSEPORT only on a given port: a worker listening on 0 could not be joined
   let port = config.port === 0 && config.workers > 1 ? await freePort(config.host) : config.port;
@@ -82,7 +84,7 @@ export async function runPrimary(config: Config): Promise<Primary> {
     const now = Date.now();
     pause = now - lastDeath > 60_000 ? 100 : Math.min(pause * 2, 10_000);
     lastDeath = now;
-    log(`${why}; starting another in ${pause} ms`);
+    log('warn', `${why}; starting another in ${pause} ms`, { pauseMs: pause });
     restart = setTimeout(() => {
       if (stopping) return;
       fork().then(
@@ -170,7 +172,7 @@ export async function runPrimary(config: Config): Promise<Primary> {
     for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
     throw err;
   }
-  log(`listening on ${config.host}:${port} (${config.workers} worker${config.workers > 1 ? 's' : ''})`);
+  log('info', `listening on ${config.host}:${port} (${config.workers} worker${config.workers > 1 ? 's' : ''})`, { host: config.host, port, workers: config.workers });
 
   return {
     port,
@@ -209,6 +211,7 @@ export async function runWorker(config: Config): Promise<void> {
       () => then(),
     );
   let seq = 0;
+  const metricsLog = logTo({ component: 'metrics', text: (_, msg) => `[metrics] ${msg}` });
   const waiting = new Map<number, (text: string) => void>();
   process.on('message', (m: Msg) => {
     if (m.rm === 'collect') report(m.id);
@@ -221,7 +224,7 @@ export async function runWorker(config: Config): Promise<void> {
       const unanswered = () => {
         waiting.delete(id);
         // the 503 alone leaves no trace: the scrape that failed is counted only in a later one that succeeds
-        console.warn(`[metrics] serve's primary did not answer within ${METRICS_WAIT_MS} ms: /metrics answered 503 metrics_unavailable`);
+        metricsLog('warn', `serve's primary did not answer within ${METRICS_WAIT_MS} ms: /metrics answered 503 metrics_unavailable`);
         reject(new HttpError('metrics_unavailable', undefined, [['retry-after', '1']]));
       };
       const timer = setTimeout(unanswered, METRICS_WAIT_MS);

@@ -1,6 +1,8 @@
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { format } from 'node:util';
 import uws, { type HttpRequest, type HttpResponse, type TemplatedApp } from 'uWebSockets.js';
 import { DomainError, errorCatalogue, type ErrorCode } from '../errors.js';
+import { logTo } from '../log.js';
 import { httpInFlight, observeRequest, redisErrors } from '../metrics.js';
 import { audit } from './audit.js';
 import { sameKey } from '../digest.js';
@@ -407,6 +409,9 @@ async function authorize(kind: AuthKind, key: string | undefined, { auth, metric
   return id;
 }
 
+/** the router's own failures, the stack after the words as console.error wrote it */
+const httpLog = logTo({ component: 'http' });
+
 /** Answers `err` as its wire error; returns the code it answered with. */
 function fail(ex: Exchange, err: unknown, deps: RouterDeps): ErrorCode {
   let code: ErrorCode = 'internal';
@@ -422,11 +427,11 @@ function fail(ex: Exchange, err: unknown, deps: RouterDeps): ErrorCode {
     } else {
       if ((err as Error)?.name === 'ReplyError') redisErrors().labels('error').inc();
       // the stack, not the whole object: an ioredis ReplyError carries the command's arguments (a satellite's outbound key)
-      console.error('internal error:', err instanceof Error ? err.stack : err);
+      httpLog('error', format('internal error:', err instanceof Error ? err.stack : err), { error: code });
       replyError(ex, code);
     }
   } catch (again) {
-    console.error('could not reply:', again);
+    httpLog('error', format('could not reply:', again));
   }
   return code;
 }

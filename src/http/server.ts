@@ -1,5 +1,6 @@
 import uws from 'uWebSockets.js';
 import type { Config } from '../config.js';
+import { logTo } from '../log.js';
 import { collectProcessMetrics, redisErrors, registry as metricsRegistry } from '../metrics.js';
 import { SatelliteRegistry } from '../satellites/registry.js';
 import { answerWithin, createRedis, logOutages, REQUESTS_ANSWER_503, whenReady, type RedisClient } from '../store/redis.js';
@@ -59,8 +60,9 @@ function storeDown(redis: RedisClient, err: unknown): boolean {
 export async function startServer(config: Config, opts: ServerOptions = {}): Promise<HttpServer> {
   collectProcessMetrics();
   redisErrors();
+  const log = logTo({ component: 'http' });
   const redis = createRedis(config, { failFast: true, connectionName: 'referral-manager-http' });
-  logOutages(redis, (_, line) => console.error(`[http ${process.pid}]: ${line}`), REQUESTS_ANSWER_503);
+  logOutages(redis, logTo({ component: 'redis', text: (_, msg) => `[http ${process.pid}]: ${msg}`, fields: { client: 'http' } }), REQUESTS_ANSWER_503);
   const store = new TokenStore(redis, config.keyPrefix, config);
   const satellites = new SatelliteRegistry(redis, config.keyPrefix, config.outboundKeySecrets);
   const auth = new Authenticator(satellites, config.adminKey, config.authCacheMs);
@@ -71,9 +73,9 @@ export async function startServer(config: Config, opts: ServerOptions = {}): Pro
     await whenReady(redis, 5000);
     await store.preload();
     // before the first key is cached: a remove in the moment between would reach this worker only by the TTL
-    await answerWithin(retired.subscribed, 5000).catch((err: Error) => console.error(`not yet subscribed to satellite removals (${err.message}): a key removed meanwhile works here for up to AUTH_CACHE_MS`));
+    await answerWithin(retired.subscribed, 5000).catch((err: Error) => log('warn', `not yet subscribed to satellite removals (${err.message}): a key removed meanwhile works here for up to AUTH_CACHE_MS`));
   } catch (err) {
-    console.error(`redis not ready at start (${(err as Error).message}); serving 503 until it is`);
+    log('warn', `redis not ready at start (${(err as Error).message}); serving 503 until it is`);
   }
   const engine = new TokenEngine(store);
   const limiter = new FailureLimiter(redis, config.keyPrefix, { ip: config.rateLimitFailures, satellite: config.rateLimitSatelliteFailures }, config.rateLimitWindowMs);

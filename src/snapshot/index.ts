@@ -1,4 +1,4 @@
-export { startSnapshotWriter, type SnapshotWriter } from './writer.js';
+export { SNAPSHOT_LOG, startSnapshotWriter, type SnapshotWriter } from './writer.js';
 export { readSnapshotStatus } from './status.js';
 export { lostShardsMessage, readLostShards } from './lost.js';
 export { reportLag, sampleLag, type Lag } from './lag.js';

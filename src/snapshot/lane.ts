@@ -3,6 +3,7 @@ import type { StreamEvent } from './events.js';
 import type { ReadResult, ShardStreams } from './streams.js';
 import { Backoff } from './backoff.js';
 import { failedToConnect } from './postgres.js';
+import type { LogFields } from '../log.js';
 
 /** A statement timeout (57014, query_canceled) or pg's own query_timeout: the batch was too slow (or Postgres hangs). */
 const timedOut = (err: unknown): boolean => (err as { code?: unknown }).code === '57014' || (err as Error).message === 'Query read timeout';
@@ -42,7 +43,7 @@ export interface LaneDeps {
   ackLost(empty: Map<number, string[]>): Promise<void>;
   /** whether the writer still runs and holds the lease */
   writing(): boolean;
-  log(level: 'error', msg: string): void;
+  log(level: 'error', msg: string, fields?: LogFields): void;
 }
 
 /**
@@ -169,7 +170,7 @@ export class Lane {
     }
     const entry = `${this.d.keys.events(batch[0]!.shard)} ${batch[0]!.id}`;
     if (entry !== this.refusedAlone) {
-      this.d.log('error', `Postgres refuses stream entry ${entry} (${batch[0]!.type}) even alone (${(err as Error).message}); shards ${this.shards.join(',')} wait behind it until the cause is mended or the entry is removed (docs/snapshot.md)`);
+      this.d.log('error', `Postgres refuses stream entry ${entry} (${batch[0]!.type}) even alone (${(err as Error).message}); shards ${this.shards.join(',')} wait behind it until the cause is mended or the entry is removed (docs/snapshot.md)`, { entry, shards: this.shards, code: (err as { code?: string }).code });
     }
     this.refusedAlone = entry;
     return false;

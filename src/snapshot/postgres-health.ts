@@ -1,5 +1,6 @@
 import { refusedBy } from './lane.js';
 import { snapshotMetrics } from './metrics.js';
+import type { LogFields } from '../log.js';
 
 /**
  * Postgres as the writer sees it: up, down or migrating (the status' state, rm_snapshot_postgres_up) and its
@@ -19,7 +20,7 @@ export class PostgresHealth {
   private readonly m = snapshotMetrics();
 
   constructor(
-    private readonly log: (level: 'info' | 'warn', msg: string) => void,
+    private readonly log: (level: 'info' | 'warn', msg: string, fields?: LogFields) => void,
     /** which Postgres (postgresAt): a writer's log that said only "unreachable" did not say which to look at */
     private readonly where: string,
     /** whether this process holds the lease: only its holder reports Postgres' state */
@@ -89,7 +90,7 @@ export class PostgresHealth {
       // logged as "unreachable", with rm_snapshot_postgres_up flapping 0/1 as each probe succeeded, an alert
       // holding for a while never fired. Said once per reason; the lag tells the rest.
       const why = `SQLSTATE ${(err as { code: string }).code}: ${(err as Error).message}`;
-      if (!this.refusals.has(why)) this.log('warn', `Postgres refused a write (${why}) at ${this.where}; retrying with backoff, events wait in Redis`);
+      if (!this.refusals.has(why)) this.log('warn', `Postgres refused a write (${why}) at ${this.where}; retrying with backoff, events wait in Redis`, { code: (err as { code?: string }).code });
       this.refusals.add(why);
       // a refusal before Postgres was ever reached (the migration of a read-only database) leaves it down, as
       // /readyz says: the gauge stayed NaN, and the alert on it silent
@@ -101,7 +102,7 @@ export class PostgresHealth {
       this.pgState = 'down';
       // a batch failing after the renew timer dropped the lease: no longer this process' to report
       if (this.leading()) this.m.postgresUp.set(0);
-      if (!this.warned) this.log('warn', `Postgres unreachable at ${this.where} (${(err as Error).message}); retrying with backoff, events wait in Redis`);
+      if (!this.warned) this.log('warn', `Postgres unreachable at ${this.where} (${(err as Error).message}); retrying with backoff, events wait in Redis`, { postgres: this.where, code: (err as { code?: string }).code });
       this.warned = true;
     }
   }

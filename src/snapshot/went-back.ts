@@ -2,6 +2,7 @@ import type pg from 'pg';
 import { snapshotMetrics } from './metrics.js';
 import { committedBetween } from './positions.js';
 import type { WentBack } from './streams.js';
+import type { LogFields } from '../log.js';
 
 /**
  * The writer's word on shards found gone back in time (ShardStreams): said at once, so a writer stopped before
@@ -16,14 +17,14 @@ export class WentBackReport {
   private counting = false;
   private readonly m = snapshotMetrics();
 
-  constructor(private readonly log: (level: 'warn' | 'error', msg: string) => void) {}
+  constructor(private readonly log: (level: 'warn' | 'error', msg: string, fields?: LogFields) => void) {}
 
   found(w: WentBack): void {
     const at = `Redis went back in time on shard ${w.shard} (restarted from an older RDB or AOF file, or a replica that lagged was promoted): its event stream's group stood at ${w.group}, the writer had read up to ${w.read}`;
     // the group went back, but not the stream: a replica that had every change, not yet every read of them
-    if (w.kept === w.read) return this.log('warn', `${at}; Redis still holds every change the writer read, so none is lost`);
+    if (w.kept === w.read) return this.log('warn', `${at}; Redis still holds every change the writer read, so none is lost`, { shard: w.shard });
     this.m.wentBack.inc();
-    this.log('error', `${at}; Redis lost the changes after ${w.kept}: how many of them Postgres holds follows`);
+    this.log('error', `${at}; Redis lost the changes after ${w.kept}: how many of them Postgres holds follows`, { shard: w.shard });
     this.uncounted.push(w);
   }
 
@@ -44,7 +45,7 @@ export class WentBackReport {
           continue;
         }
         this.m.changesLost.inc(c.events);
-        this.log('error', `shard ${w.shard}: Postgres holds ${c.events} change(s) of ${c.tokens} token(s) after ${w.kept} that Redis lost when it went back in time. Those tokens are in their earlier state in Redis (a lost redemption can be redeemed again): once the snapshot has caught up, \`referral-manager verify --repair-redis\` gives them back what Postgres holds (runbook "Redis went back in time")`);
+        this.log('error', `shard ${w.shard}: Postgres holds ${c.events} change(s) of ${c.tokens} token(s) after ${w.kept} that Redis lost when it went back in time. Those tokens are in their earlier state in Redis (a lost redemption can be redeemed again): once the snapshot has caught up, \`referral-manager verify --repair-redis\` gives them back what Postgres holds (runbook "Redis went back in time")`, { shard: w.shard, changes: c.events, tokens: c.tokens });
       }
     } finally {
       this.counting = false;

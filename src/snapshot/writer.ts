@@ -24,11 +24,16 @@ import { WentBackReport } from './went-back.js';
 import { findLostShards } from './lost.js';
 import { copiedElsewhere } from './gone-from-postgres.js';
 import { PostgresHealth } from './postgres-health.js';
+import { logTo, type Log, type LogKind } from '../log.js';
 
 export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'redisTlsCaFile' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
 
+/** The writer's lines, and those serve and `referral-manager snapshot` say of it. */
+export const SNAPSHOT_LOG: LogKind = { component: 'snapshot', text: (level, msg) => `[snapshot] ${level}: ${msg}` };
+
 export interface WriterOptions {
-  log?: (level: 'info' | 'warn' | 'error', msg: string) => void;
+  /** where its lines go instead of the log (a test's) */
+  log?: Log;
   /** lease length; the holder renews every third of it */
   leaseMs?: number;
   /** a statement Postgres has not answered by then fails, and its connection is dropped (default 30 s) */
@@ -80,14 +85,14 @@ const COPY_WAITS: OutageEffect = {
  */
 export async function startSnapshotWriter(config: WriterConfig, opts: WriterOptions = {}): Promise<SnapshotWriter> {
   const m = snapshotMetrics();
-  const log = opts.log ?? ((level, msg) => console.error(`[snapshot] ${level}: ${msg}`));
+  const log = opts.log ?? logTo(SNAPSHOT_LOG);
   // the consumer's name in the group: one fixed name, so a restarted writer re-reads its own pending entries
   const consumer = 'writer';
   // commands time out (the longest is one XREADGROUP of a few thousand entries): a hung Redis must not hang stop()
   const redis: RedisClient = createRedis(config, { connectionName: 'referral-manager-snapshot', commandTimeoutMs: 10_000 });
   // said and counted once per outage: through a short one (a restart) the commands wait in ioredis' queue and
   // none fails, so it went unseen in the log and the metrics (an on-call drill)
-  logOutages(redis, log, COPY_WAITS, () => m.errors.inc({ where: 'redis' }));
+  logOutages(redis, opts.log ?? logTo({ ...SNAPSHOT_LOG, component: 'redis', fields: { client: 'snapshot' } }), COPY_WAITS, () => m.errors.inc({ where: 'redis' }));
   const keys = new Keys(config.keyPrefix);
   // named by host and pid, so a writer that lost the lease can say to whom
   const lease = new Lease(redis, keys.snapshotLease(), opts.leaseMs ?? 10_000, `${hostname()} pid ${process.pid}`);
@@ -96,7 +101,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     wentBack: (w) => wentBack.found(w),
     removedUnread(shard, n, group) {
       m.errors.inc({ where: 'lost' }, n);
-      log('error', `shard ${shard}: ${n} event(s) after ${group} were removed from its stream before the writer read them (trimmed or deleted by hand: XTRIM, XDEL); those changes never reached Postgres. \`referral-manager verify\` lists their tokens, \`verify --repair-tokens\` copies them from Redis`);
+      log('error', `shard ${shard}: ${n} event(s) after ${group} were removed from its stream before the writer read them (trimmed or deleted by hand: XTRIM, XDEL); those changes never reached Postgres. \`referral-manager verify\` lists their tokens, \`verify --repair-tokens\` copies them from Redis`, { shard, events: n });
     },
   });
   const satellites = new SatelliteCopy(redis, config.keyPrefix);
@@ -125,7 +130,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
     const { acked, error } = await streams.ackLost(empty);
     if (acked > 0) {
       m.errors.inc({ where: 'lost' }, acked);
-      log('error', `${acked} pending stream entries were trimmed before they reached Postgres; run \`referral-manager verify\``);
+      log('error', `${acked} pending stream entries were trimmed before they reached Postgres; run \`referral-manager verify\``, { entries: acked });
     }
     if (error !== undefined) throw error;
   }
@@ -213,11 +218,11 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
             // changes, as every other count of lost is: the entries removed after they were copied
             const changes = elsewhere.reduce((n, e) => n + e.removed, 0);
             m.errors.inc({ where: 'lost' }, changes);
-            log('error', `Postgres lacks changes this writer copied before: ${changes} change(s) of ${elsewhere.length} shard(s) (${elsewhere.map((e) => e.shard).join(',')}) had stream entries removed after they were committed, and this database was made anew as this writer started (dropped, or DATABASE_URL names another one): it holds none of them (shard ${elsewhere[0]!.shard}: nothing before ${elsewhere[0]!.from}). Those changes are in no snapshot: \`referral-manager verify\` lists their tokens, \`verify --repair-tokens\` copies the tokens Redis still has; a restore --from-postgres before that would lose them`);
+            log('error', `Postgres lacks changes this writer copied before: ${changes} change(s) of ${elsewhere.length} shard(s) (${elsewhere.map((e) => e.shard).join(',')}) had stream entries removed after they were committed, and this database was made anew as this writer started (dropped, or DATABASE_URL names another one): it holds none of them (shard ${elsewhere[0]!.shard}: nothing before ${elsewhere[0]!.from}). Those changes are in no snapshot: \`referral-manager verify\` lists their tokens, \`verify --repair-tokens\` copies the tokens Redis still has; a restore --from-postgres before that would lose them`, { shards: elsewhere.map((e) => e.shard), changes });
           }
           const lost = await findLostShards(redis, db, config.keyPrefix, health.run);
           m.lostShards.set(lost.length);
-          if (lost.length > saidLost) log('error', `Redis lost the tokens of ${lost.length} shard(s) that Postgres holds (${lost.join(',')}): they answer 404, and /readyz answers 503 until they are restored (runbook "Redis lost its data": referral-manager restore --from-postgres --force)`);
+          if (lost.length > saidLost) log('error', `Redis lost the tokens of ${lost.length} shard(s) that Postgres holds (${lost.join(',')}): they answer 404, and /readyz answers 503 until they are restored (runbook "Redis lost its data": referral-manager restore --from-postgres --force)`, { shards: lost });
           saidLost = lost.length;
           lookForLoss = false;
         }
@@ -241,7 +246,7 @@ export async function startSnapshotWriter(config: WriterConfig, opts: WriterOpti
         // counted whatever Postgres' state: while it was down (or not yet reached) a Redis failure went unseen
         if (!health.counted(err)) {
           m.errors.inc({ where: 'redis' });
-          log('warn', `redis: ${redisErrorText(err)}`);
+          log('warn', `redis: ${redisErrorText(err)}`, { code: (err as { code?: string }).code });
         }
         if (/NOGROUP/.test((err as Error).message)) {
           // the group was made at start: a stream deleted or evicted, or Redis lost its data. What it held

@@ -1,6 +1,7 @@
 import client from 'prom-client';
 import { Cluster, type Redis } from 'ioredis';
 import { every } from '../every.js';
+import type { Log, LogKind } from '../log.js';
 import { onFirstUse } from '../on-first-use.js';
 import { nodeAddress, type RedisClient } from './redis.js';
 import { slotMoves } from './cluster-nodes.js';
@@ -29,6 +30,9 @@ async function migratingSlots(node: Redis, ms: number): Promise<{ slot: number; 
   return (await slotMoves(node, ms)).filter((m) => !m.importing).map((m) => ({ slot: m.slot, from: m.self, to: m.peer }));
 }
 
+/** The watch's lines; `[redis cluster]` before them in a text line. */
+export const CLUSTER_LOG: LogKind = { component: 'cluster', text: (_, msg) => `[redis cluster] ${msg}` };
+
 export interface ClusterWatchOptions {
   /** probe period */
   ms?: number;
@@ -44,7 +48,7 @@ export interface ClusterWatchOptions {
  * refresh; and slots left migrating by an interrupted reshard, which /readyz does not fail on (most tokens
  * still work) but which make scripts on their keys fail. Undefined for a single Redis.
  */
-export function watchCluster(redis: RedisClient, log: (line: string) => void, opts: ClusterWatchOptions = {}): { stop(): Promise<void> } | undefined {
+export function watchCluster(redis: RedisClient, log: Log, opts: ClusterWatchOptions = {}): { stop(): Promise<void> } | undefined {
   // made on a single Redis too, where the counts read 0 (README)
   const gauges = clusterWatchMetrics();
   if (!(redis instanceof Cluster)) return undefined;
@@ -65,14 +69,14 @@ export function watchCluster(redis: RedisClient, log: (line: string) => void, op
       next.set(node, ok);
       gauges.masterUp.set({ node }, ok ? 1 : 0);
       const was = up.get(node);
-      if (!ok && was !== false) log(`[redis cluster] master ${node}: ${state}; the tokens of its slots answer 503 until it or a replica answers`);
-      if (ok && was === false) log(`[redis cluster] master ${node}: ok again`);
+      if (!ok && was !== false) log('warn', `master ${node}: ${state}; the tokens of its slots answer 503 until it or a replica answers`, { node, state });
+      if (ok && was === false) log('info', `master ${node}: ok again`, { node, state });
     }
     // a master that failed and left the slot map was replaced (a replica took over): its outage is over
     // once every slot has a master again, and only then; the new master, never down, has no line of its own
     for (const [node, ok] of up) {
       if (ok || next.has(node)) continue;
-      if (probe.slotsWithoutMaster === 0) log(`[redis cluster] master ${node}: replaced (a replica took over its slots); every slot has a master again`);
+      if (probe.slotsWithoutMaster === 0) log('info', `master ${node}: replaced (a replica took over its slots); every slot has a master again`, { node });
       else next.set(node, false);
     }
     up = next;
@@ -90,13 +94,13 @@ export function watchCluster(redis: RedisClient, log: (line: string) => void, op
     for (const m of found) {
       const had = migrating.get(m.slot) ?? { since: now, said: false };
       if (!had.said && now - had.since >= stuckMs) {
-        log(`[redis cluster] slot ${m.slot} has been migrating from ${m.from} to ${m.to} for ${Math.round((now - had.since) / 1000)} s: a reshard left unfinished? scripts on its keys may fail with TRYAGAIN; \`redis-cli --cluster fix ${m.from}\` finishes it`);
+        log('warn', `slot ${m.slot} has been migrating from ${m.from} to ${m.to} for ${Math.round((now - had.since) / 1000)} s: a reshard left unfinished? scripts on its keys may fail with TRYAGAIN; \`redis-cli --cluster fix ${m.from}\` finishes it`, { slot: m.slot, from: m.from, to: m.to });
         had.said = true;
       }
       seen.set(m.slot, had);
     }
-    if (migrating.size === 0 && seen.size > 0) log(`[redis cluster] ${seen.size} slot(s) migrating (a reshard under way), e.g. slot ${found[0]!.slot} from ${found[0]!.from} to ${found[0]!.to}`);
-    if (migrating.size > 0 && seen.size === 0) log('[redis cluster] no slot migrating any more');
+    if (migrating.size === 0 && seen.size > 0) log('info', `${seen.size} slot(s) migrating (a reshard under way), e.g. slot ${found[0]!.slot} from ${found[0]!.from} to ${found[0]!.to}`, { slots: seen.size });
+    if (migrating.size > 0 && seen.size === 0) log('info', 'no slot migrating any more');
     migrating = seen;
   });
 }

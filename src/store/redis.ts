@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { Redis, Cluster } from 'ioredis';
 import { parseSeed, usesTls, type Config } from '../config.js';
+import type { LogFields } from '../log.js';
 
 export type RedisClient = Redis | Cluster;
 
@@ -292,17 +293,17 @@ export const REQUESTS_ANSWER_503: OutageEffect = {
  * in between (ioredis emits an error for each): an outage shows in the log, not only as 503s or a lag.
  * `lost` runs at each such loss, for a metric that counts outages.
  */
-export function logOutages(redis: RedisClient, log: (level: 'warn' | 'info', line: string) => void, effect: OutageEffect, lost?: () => void): void {
+export function logOutages(redis: RedisClient, log: (level: 'warn' | 'info', line: string, fields?: LogFields) => void, effect: OutageEffect, lost?: () => void): void {
   let down = false;
-  const lose = (why: string, hint = '') => {
+  const lose = (why: string, hint = '', code?: string) => {
     if (down) return;
     down = true;
     lost?.();
-    log('warn', `Redis unreachable (${why}); retrying, ${effect.all}${hint}`);
+    log('warn', `Redis unreachable (${why}); retrying, ${effect.all}${hint}`, { code });
   };
   redis.on('error', (err: Error) => {
     const failure = failureOf(redis, err);
-    lose(failure.message, certificateHint(failure));
+    lose(failure.message, certificateHint(failure), (failure as NodeJS.ErrnoException).code);
   });
   // a restart quicker than the first retry raises no error, yet the connection was lost (serve answered 503 meanwhile)
   redis.on('reconnecting', () => lose('connection lost'));
@@ -312,7 +313,7 @@ export function logOutages(redis: RedisClient, log: (level: 'warn' | 'info', lin
     const now = Date.now();
     if ((nodeSaid.get(node) ?? 0) > now - 60_000) return;
     nodeSaid.set(node, now);
-    log('warn', `Redis node ${node} unreachable (${err.message}); ${effect.node}${certificateHint(err)}`);
+    log('warn', `Redis node ${node} unreachable (${err.message}); ${effect.node}${certificateHint(err)}`, { node, code: (err as NodeJS.ErrnoException).code });
   });
   redis.on('ready', () => {
     if (!down) return;

@@ -1,10 +1,15 @@
 import { randomUUID } from 'node:crypto';
+import { format } from 'node:util';
+import { logTo } from '../log.js';
 import { DomainError } from '../errors.js';
 import { placeOfOwner } from '../store/keys.js';
 import { TokenCollision, type OwnerBatch, type TokenStore } from '../store/token-store.js';
 import type { CompleteCode, RedeemCode, RedeemedToken, ReleaseCode, Result, RevokeCode, Stats, Token, TokenState, UnredeemedToken } from '../store/model.js';
 import { mint, tokenAt } from './mint.js';
 import { checkCampaignId, checkId, checkNewId, checkToken } from './validate.js';
+
+/** a generate's undo that failed (serve's admin route, the CLI's generate) */
+const tokensLog = logTo({ component: 'tokens' });
 
 export const MAX_TOKENS_PER_CALL = 10_000;
 /** 9999-12-31T23:59:59.999Z: a later expiresAt is a unit mistake (microseconds), not a date */
@@ -84,7 +89,7 @@ export class TokenEngine {
   private async undo(tokens: GeneratedToken[], campaignId: string): Promise<void> {
     const r = await this.store.revokeMade(tokens.map((t) => t.token), campaignId);
     // a token whose script fails here was most likely never made (its shard is what failed)
-    if (r.failed) console.error(`generate of campaign "${campaignId}" failed; ${r.failed} of its tokens could not be checked and revoked:`, (r.error as Error)?.message ?? r.error);
+    if (r.failed) tokensLog('error', format(`generate of campaign "${campaignId}" failed; ${r.failed} of its tokens could not be checked and revoked:`, (r.error as Error)?.message ?? r.error), { campaign: campaignId, tokens: r.failed });
   }
 
   async redeem(token: string, redeemerSatelliteId: string, redeemerUserId: string): Promise<Result<RedeemCode>> {

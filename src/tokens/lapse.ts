@@ -1,5 +1,6 @@
 import client from 'prom-client';
 import { every } from '../every.js';
+import { logTo, type Log, type LogKind } from '../log.js';
 import { onFirstUse } from '../on-first-use.js';
 import type { TokenEngine } from './engine.js';
 
@@ -12,6 +13,9 @@ export const lapseMetrics = onFirstUse(() => ({
   failures: new client.Counter({ name: 'rm_lease_sweep_errors_total', help: 'Shards whose sweep of lapsed reservations failed (retried at the next sweep)' }),
 }));
 
+/** The sweep's lines; `[lapse]` before them in a text line. */
+export const LAPSE_LOG: LogKind = { component: 'sweeper', text: (level, msg) => `[lapse] ${level === 'info' ? '' : `${level}: `}${msg}` };
+
 /** A failure the log already told stays quiet this long, so a Redis down for hours is not one line a sweep. */
 const RETELL_MS = 10 * 60_000;
 
@@ -20,7 +24,7 @@ const RETELL_MS = 10 * 60_000;
  * primary runs it: two sweeping at once give back each token once, as the script decides from the token's
  * state inside Redis.
  */
-export function sweepLapsed(engine: TokenEngine, ms: number, graceMs: number, log: (line: string) => void = console.error): { stop(): Promise<void> } {
+export function sweepLapsed(engine: TokenEngine, ms: number, graceMs: number, log: Log = logTo(LAPSE_LOG)): { stop(): Promise<void> } {
   const { lapsed, failures } = lapseMetrics();
   let told: { text: string; at: number } | undefined;
   return every(ms, async () => {
@@ -28,13 +32,13 @@ export function sweepLapsed(engine: TokenEngine, ms: number, graceMs: number, lo
     lapsed.inc(given);
     failures.inc(failed.length);
     if (!failed.length) {
-      if (told) log('[lapse] sweeping lapsed reservations works again');
+      if (told) log('info', 'sweeping lapsed reservations works again');
       told = undefined;
       return;
     }
-    const text = `[lapse] error: the sweep of lapsed reservations failed on ${failed.length} shard(s) (${failed.map((f) => f.shard).join(',')}): ${(failed[0]!.error as Error)?.message ?? failed[0]!.error}; retried every ${ms} ms`;
+    const text = `the sweep of lapsed reservations failed on ${failed.length} shard(s) (${failed.map((f) => f.shard).join(',')}): ${(failed[0]!.error as Error)?.message ?? failed[0]!.error}; retried every ${ms} ms`;
     if (told?.text === text && Date.now() - told.at < RETELL_MS) return;
-    log(text);
+    log('error', text, { shards: failed.map((f) => f.shard) });
     told = { text, at: Date.now() };
   });
 }

@@ -39,6 +39,9 @@ export interface Served {
   proc: ChildProcess;
   /** everything it printed so far, stdout and stderr */
   output(): string;
+  /** what it printed so far on each stream alone */
+  stdout(): string;
+  stderr(): string;
   /** SIGTERM and the exit code */
   stop(): Promise<number | null>;
 }
@@ -51,9 +54,13 @@ export async function serve(env: Record<string, string>, workers = 1, askPort?: 
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
-  const collect = (d: Buffer) => (output += d.toString());
-  proc.stdout!.on('data', collect);
-  proc.stderr!.on('data', collect);
+  const streams = { stdout: '', stderr: '' };
+  for (const name of ['stdout', 'stderr'] as const) {
+    proc[name]!.on('data', (d: Buffer) => {
+      output += d.toString();
+      streams[name] += d.toString();
+    });
+  }
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   const killNow = async () => {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL'); // its workers follow (disconnect)
@@ -68,6 +75,8 @@ export async function serve(env: Record<string, string>, workers = 1, askPort?: 
     port,
     proc,
     output: () => output,
+    stdout: () => streams.stdout,
+    stderr: () => streams.stderr,
     async stop() {
       if (proc.exitCode === null) proc.kill('SIGTERM');
       return exited;

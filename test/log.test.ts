@@ -1,0 +1,26 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { audit } from '../src/http/audit.js';
+import { logTo, setLogging } from '../src/log.js';
+
+/** The log module itself; test/logs.test.ts runs it in serve and `snapshot`. */
+describe('logTo', () => {
+  afterEach(() => setLogging({ logFormat: 'text', logLevel: 'info' }));
+  const kind = { component: 'part', text: (level: string, msg: string) => `[part] ${level}: ${msg}` };
+
+  it('writes the lines at LOG_LEVEL and above, the audit trail at every level', () => {
+    const lines: string[] = [];
+    setLogging({ logFormat: 'text', logLevel: 'error' });
+    const log = logTo(kind, (line) => lines.push(line));
+    log('warn', 'dropped');
+    log('error', 'kept', { shard: 3 });
+    audit({ method: 'DELETE', path: '/v1/admin/satellites/us1', ip: '10.0.0.9', status: 401, error: 'unauthorized', ms: 0 }, (line) => lines.push(line));
+    expect(lines).toEqual(['[part] error: kept', expect.stringMatching(/^\{"audit":"admin","at":"[^"]+","method":"DELETE","path":"\/v1\/admin\/satellites\/us1","ip":"10\.0\.0\.9","status":401,"error":"unauthorized","ms":0\}$/)]);
+  });
+
+  it('in json, a field cannot take the place of the line\'s time, level, component, pid or msg', () => {
+    const lines: string[] = [];
+    setLogging({ logFormat: 'json', logLevel: 'debug' });
+    logTo({ ...kind, fields: { client: 'http' } }, (line) => lines.push(line))('debug', 'words', { level: 'error', msg: 'other', pid: 1, shard: 7 });
+    expect(lines.map((l) => JSON.parse(l))).toEqual([{ time: expect.any(String), level: 'debug', component: 'part', pid: process.pid, msg: 'words', client: 'http', shard: 7 }]);
+  });
+});
