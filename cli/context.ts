@@ -15,6 +15,8 @@ export function addGlobalOptions(program: Command): Command {
   return program
     .option('--redis-url <url>', 'Redis URL (env REDIS_URL)')
     .option('--redis-cluster-nodes <list>', 'Redis Cluster seeds host:port,... (env REDIS_CLUSTER_NODES)')
+    .option('--redis-sentinels <list>', 'Redis Sentinels host:port,... (env REDIS_SENTINELS)')
+    .option('--redis-sentinel-name <name>', 'master name the sentinels monitor (env REDIS_SENTINEL_NAME)')
     .option('--key-prefix <prefix>', 'Redis key prefix (env KEY_PREFIX)')
     .option('--database-url <url>', 'Postgres URL (env DATABASE_URL)');
 }
@@ -26,7 +28,7 @@ export function addGlobalOptions(program: Command): Command {
  */
 export function globalFlags(cmd: Command): string {
   const g = cmd.optsWithGlobals() as Record<string, string | undefined>;
-  const given: [string, string | undefined][] = [['--redis-url', g.redisUrl && hidePassword(g.redisUrl)], ['--redis-cluster-nodes', g.redisClusterNodes && hideSeedPasswords(g.redisClusterNodes.split(',')).join(',')], ['--key-prefix', g.keyPrefix], ['--database-url', g.databaseUrl && hidePassword(g.databaseUrl)]];
+  const given: [string, string | undefined][] = [['--redis-url', g.redisUrl && hidePassword(g.redisUrl)], ['--redis-cluster-nodes', g.redisClusterNodes && hideSeedPasswords(g.redisClusterNodes.split(',')).join(',')], ['--redis-sentinels', g.redisSentinels && hideSeedPasswords(g.redisSentinels.split(',')).join(',')], ['--redis-sentinel-name', g.redisSentinelName], ['--key-prefix', g.keyPrefix], ['--database-url', g.databaseUrl && hidePassword(g.databaseUrl)]];
   // an empty flag is not given (flagOverrides): the hint leaves it out
   return given.filter(([, v]) => isGiven(v)).map(([flag, v]) => ` ${flag} ${quote([v!])}`).join('');
 }
@@ -48,7 +50,7 @@ export function hidePassword(url: string, shown = '<password>'): string {
   }
 }
 
-/** REDIS_CLUSTER_NODES' seeds, each one's password shown as `shown` (hidePassword): every seed carries it. */
+/** REDIS_CLUSTER_NODES' or REDIS_SENTINELS' seeds, each one's password shown as `shown` (hidePassword): every seed carries it. */
 export const hideSeedPasswords = (nodes: string[], shown?: string): string[] => nodes.map((n) => hidePassword(n.trim(), shown));
 
 /** The settings given as flags: the global ones, then any command flags given in `extra` (undefined or empty: not given). */
@@ -57,6 +59,8 @@ export function flagOverrides(cmd: Command, extra: Partial<Record<keyof Config, 
   const overrides: Partial<Record<keyof Config, unknown>> = { ...extra };
   if (g.redisUrl !== undefined) overrides.redisUrl = g.redisUrl;
   if (g.redisClusterNodes !== undefined) overrides.redisClusterNodes = g.redisClusterNodes;
+  if (g.redisSentinels !== undefined) overrides.redisSentinels = g.redisSentinels;
+  if (g.redisSentinelName !== undefined) overrides.redisSentinelName = g.redisSentinelName;
   if (g.keyPrefix !== undefined) overrides.keyPrefix = g.keyPrefix;
   if (g.databaseUrl !== undefined) overrides.databaseUrl = g.databaseUrl;
   for (const k of Object.keys(overrides) as (keyof Config)[]) if (!isGiven(overrides[k])) delete overrides[k];
@@ -91,7 +95,7 @@ export function configFrom(cmd: Command, extra: Partial<Record<keyof Config, unk
  */
 export async function connectRedis(config: Config, waitMs = CONNECT_WAIT_MS): Promise<RedisClient> {
   const redis = createRedis(config);
-  const where = config.redisClusterNodes.length > 0 ? `cluster ${hideSeedPasswords(config.redisClusterNodes).join(',')}` : hidePassword(config.redisUrl);
+  const where = redisWhere(config);
   // reconnects by itself (its errors kept by createRedis); a failure mid-command surfaces as that command's error
   try {
     await whenReady(redis, waitMs);
@@ -102,6 +106,14 @@ export async function connectRedis(config: Config, waitMs = CONNECT_WAIT_MS): Pr
   }
   giveUpWhenStuck(redis, where);
   return redis;
+}
+
+/** The Redis the config reaches, as an error line names it: passwords shown as `<password>`. */
+function redisWhere(config: Config): string {
+  if (config.redisClusterNodes.length > 0) return `cluster ${hideSeedPasswords(config.redisClusterNodes).join(',')}`;
+  // REDIS_URL's host is not used then; its credentials are the master's
+  if (config.redisSentinels.length > 0) return `master "${config.redisSentinelName}" of sentinels ${hideSeedPasswords(config.redisSentinels).join(',')}`;
+  return hidePassword(config.redisUrl);
 }
 
 /** Runs `fn` on the command's Redis (connectRedis), and always disconnects so the process can exit. */

@@ -142,20 +142,41 @@ function shownSeed(seed: string, raw: string): string {
  * setting of the whole cluster, as in REDIS_URL: the client takes one set of connection options for every node,
  * the ones it finds in the slot map too. So every seed carries them alike, or none does.
  */
-const hostList: Parser<string[]> = (raw) => {
-  const nodes = raw.split(',').map((s) => s.trim()).filter(Boolean);
-  const seeds = nodes.map((n) => {
-    try {
-      return parseSeed(n);
-    } catch (err) {
-      throw new Error(`${(err as Error).message}, got ${shownSeed(n, raw)}`);
+const hostList: Parser<string[]> = seedList({
+  tls: 'TLS is one setting of the whole cluster',
+  credentials: 'every node of the cluster is reached with one (the nodes the slot map names too)',
+});
+
+/** REDIS_SENTINELS: seeds as REDIS_CLUSTER_NODES writes them; ioredis reaches every sentinel with one set of options, those it learns of too. */
+const sentinelList: Parser<string[]> = seedList({
+  tls: 'TLS is one setting of all the sentinels',
+  credentials: 'every sentinel is reached with one (the ones the sentinels name too)',
+});
+
+/** Seeds read by parseSeed, each kept as written; `why`: why TLS and the credentials must be alike on every one. */
+function seedList(why: { tls: string; credentials: string }): Parser<string[]> {
+  return (raw) => {
+    const nodes = raw.split(',').map((s) => s.trim()).filter(Boolean);
+    const seeds = nodes.map((n) => {
+      try {
+        return parseSeed(n);
+      } catch (err) {
+        throw new Error(`${(err as Error).message}, got ${shownSeed(n, raw)}`);
+      }
+    });
+    if (new Set(seeds.map((s) => s.tls)).size > 1) throw new Error(`expected every seed with rediss:// or none: ${why.tls}`);
+    if (new Set(seeds.map((s) => JSON.stringify([s.username, s.password]))).size > 1) {
+      throw new Error(`expected the same user and password on every seed, or on none: ${why.credentials}`);
     }
-  });
-  if (new Set(seeds.map((s) => s.tls)).size > 1) throw new Error('expected every seed with rediss:// or none: TLS is one setting of the whole cluster');
-  if (new Set(seeds.map((s) => JSON.stringify([s.username, s.password]))).size > 1) {
-    throw new Error('expected the same user and password on every seed, or on none: every node of the cluster is reached with one (the nodes the slot map names too)');
-  }
-  return nodes;
+    return nodes;
+  };
+}
+
+/** A Sentinel master group name: Sentinel takes one without blanks (a word of `sentinel monitor <name> ...`). */
+const sentinelName: Parser<string> = (raw) => {
+  const name = raw.trim();
+  if (!/^[\x21-\x7e]{1,128}$/.test(name)) throw new Error(`expected the master name of the Sentinel configuration (\`sentinel monitor <name> ...\`, printable, no blanks), got "${raw}"`);
+  return name;
 };
 
 /** A PEM file readable now, as its path: a typo or a missing mount refused at start, not found at the first connect. */
@@ -211,7 +232,9 @@ export const MAX_KEY_GRACE_MS = 10 * 365 * 24 * 3600_000;
 export const settings = {
   redisUrl: { env: 'REDIS_URL', default: 'redis://127.0.0.1:6379', parse: url('redis:', 'rediss:'), doc: 'Redis to keep tokens in (standalone); `rediss://` connects over TLS (see "TLS" below).' },
   redisClusterNodes: { env: 'REDIS_CLUSTER_NODES', default: [] as string[], parse: hostList, doc: 'Comma-separated host:port seeds; when set, Redis Cluster is used instead of REDIS_URL. Written `rediss://host:port` (every seed), every node is reached over TLS. A password (requirepass) or an ACL user is written as in REDIS_URL, `redis[s]://[user]:password@host:port` (percent-encoded), the same on every seed: every node is reached with it, those found in the slot map too (see "TLS" below).' },
-  redisTlsCaFile: { env: 'REDIS_TLS_CA_FILE', default: '', parse: pemFile, doc: 'PEM file of the CA certificate(s) Redis\'s TLS certificate is checked against instead of the system\'s (a private CA, as a cloud Redis with in-transit encryption often has); only with rediss:// in REDIS_URL or REDIS_CLUSTER_NODES (refused otherwise). Read at start. Empty: the system CAs.' },
+  redisSentinels: { env: 'REDIS_SENTINELS', default: [] as string[], parse: sentinelList, doc: 'Comma-separated host:port of Redis Sentinels; when set (with REDIS_SENTINEL_NAME), the master those sentinels name is used, followed through failovers, instead of REDIS_URL\'s host:port (not with REDIS_CLUSTER_NODES). Written as REDIS_CLUSTER_NODES\' seeds: `rediss://` (every seed) reaches the sentinels over TLS, and a user and password there, the same on every seed, are the sentinels\' own (`requirepass` of sentinel.conf). The master and its replicas are reached with REDIS_URL\'s user, password, database and TLS (`rediss://`) (see "Redis Sentinel" in "What a 200 promises" below).' },
+  redisSentinelName: { env: 'REDIS_SENTINEL_NAME', default: '', parse: sentinelName, doc: 'The master group name the sentinels monitor (`sentinel monitor <name> ...`); required with REDIS_SENTINELS, refused without it.' },
+  redisTlsCaFile: { env: 'REDIS_TLS_CA_FILE', default: '', parse: pemFile, doc: 'PEM file of the CA certificate(s) Redis\'s TLS certificate is checked against instead of the system\'s (a private CA, as a cloud Redis with in-transit encryption often has); only with rediss:// in REDIS_URL, REDIS_CLUSTER_NODES or REDIS_SENTINELS (refused otherwise). Read at start. Empty: the system CAs.' },
   redisWaitReplicas: { env: 'REDIS_WAIT_REPLICAS', default: 0, parse: int(0, 16), doc: 'Answer a state change (generate, redeem, reserve, complete, release, revoke) only once this many replicas of its Redis master have it (WAIT), so a failover cannot lose a change a caller was told about; one that does not arrive within REDIS_WAIT_MS is answered 503 (it may stand: a retry is answered as a retry), and /readyz is 503 while every master has fewer replicas online (200 `degraded`, naming it, while only some do). 0: off (Redis replicates asynchronously).' },
   redisWaitMs: { env: 'REDIS_WAIT_MS', default: 500, parse: int(1, 60_000), doc: 'How long a WAIT for REDIS_WAIT_REPLICAS replicas lasts; a change made while one is in flight shares the next, so it may wait three: keep it under a third of REQUEST_TIMEOUT_MS (with REDIS_WAIT_REPLICAS above 0, refused otherwise).' },
   keyPrefix: { env: 'KEY_PREFIX', default: 'rm', parse: keyPrefix, doc: 'Prefix of every Redis key, so several deployments (or test runs) can share one Redis.' },
@@ -280,18 +303,33 @@ export function loadConfig(
   if (c.redisWaitReplicas && c.redisWaitMs !== undefined && c.requestTimeoutMs !== undefined && 3 * c.redisWaitMs >= c.requestTimeoutMs) {
     refuse('redisWaitMs', `${c.redisWaitMs} is a third of REQUEST_TIMEOUT_MS (${c.requestTimeoutMs}) or more: a change can wait three REDIS_WAIT_MS, and the request deadline would answer it as "Redis unavailable"`);
   }
+  // one Redis, one way to reach it: a Sentinel's master and a Cluster's slot map cannot both be followed
+  if (c.redisSentinels?.length && c.redisClusterNodes?.length) {
+    refuse('redisSentinels', 'set together with REDIS_CLUSTER_NODES: Redis is reached through Sentinel or as a Cluster, not both; clear one');
+  } else if (c.redisSentinels?.length && c.redisSentinelName === '') {
+    refuse('redisSentinelName', 'not set, but REDIS_SENTINELS is: set it to the master name the sentinels monitor (`sentinel monitor <name> ...`)');
+  } else if (c.redisSentinels?.length === 0 && c.redisSentinelName) {
+    refuse('redisSentinelName', 'set, but REDIS_SENTINELS is not: set it to the sentinels\' host:port, or clear REDIS_SENTINEL_NAME');
+  }
   // a CA given for a Redis reached in plain text means TLS was meant: without it, the traffic and a password would go in clear
-  if (c.redisTlsCaFile && c.redisClusterNodes !== undefined && c.redisUrl !== undefined && !usesTls(c as Config)) {
-    refuse('redisTlsCaFile', `set, but Redis is reached without TLS: use rediss:// in ${c.redisClusterNodes.length ? 'REDIS_CLUSTER_NODES' : 'REDIS_URL'}`);
+  if (c.redisTlsCaFile && c.redisClusterNodes !== undefined && c.redisUrl !== undefined && c.redisSentinels !== undefined && !usesTls(c as Config)) {
+    refuse('redisTlsCaFile', `set, but Redis is reached without TLS: use rediss:// in ${c.redisClusterNodes.length ? 'REDIS_CLUSTER_NODES' : c.redisSentinels.length ? 'REDIS_URL (the master) or REDIS_SENTINELS' : 'REDIS_URL'}`);
   }
   if (problems.length) throw new ConfigError(problems, failed);
   return out as Config;
 }
 
-/** Whether Redis is reached over TLS: a rediss:// REDIS_URL, or rediss:// seeds when REDIS_CLUSTER_NODES is set (which REDIS_URL is not used with). */
-export function usesTls(config: Pick<Config, 'redisUrl' | 'redisClusterNodes'>): boolean {
-  return config.redisClusterNodes.length > 0 ? parseSeed(config.redisClusterNodes[0]!).tls : /^rediss:/i.test(config.redisUrl);
+/**
+ * Whether Redis is reached over TLS: a rediss:// REDIS_URL, or rediss:// seeds when REDIS_CLUSTER_NODES is set
+ * (which REDIS_URL is not used with); with Sentinel, the master (REDIS_URL) or the sentinels.
+ */
+export function usesTls(config: Pick<Config, 'redisUrl' | 'redisClusterNodes'> & Partial<Pick<Config, 'redisSentinels'>>): boolean {
+  if (config.redisClusterNodes.length > 0) return parseSeed(config.redisClusterNodes[0]!).tls;
+  return /^rediss:/i.test(config.redisUrl) || sentinelsUseTls(config);
 }
+
+/** Whether the sentinels of REDIS_SENTINELS are reached over TLS (their seeds' rediss://). */
+export const sentinelsUseTls = (config: Partial<Pick<Config, 'redisSentinels'>>): boolean => !!config.redisSentinels?.length && parseSeed(config.redisSentinels[0]!).tls;
 
 /** An override counts when it has a value: an empty flag (`--port "$PORT"` with PORT unset) leaves the env in charge. */
 export const isGiven = (override: unknown): boolean => override !== undefined && override !== '';

@@ -168,6 +168,34 @@ describe('loadConfig', () => {
     for (const [value, problem] of Object.entries(refused)) expect(problems({ REDIS_CLUSTER_NODES: value })).toEqual([`REDIS_CLUSTER_NODES: ${problem}`]);
   });
 
+  // Sentinel: the seeds are the sentinels (their own TLS and password), the master group name goes with them
+  it('takes REDIS_SENTINELS with REDIS_SENTINEL_NAME, and refuses either alone, or with REDIS_CLUSTER_NODES', () => {
+    const seeds = ['rediss://:s3nt%40@s1.example:26379', 'rediss://:s3nt%40@s2.example:26379'];
+    expect(loadConfig({}, { REDIS_SENTINELS: seeds.join(', '), REDIS_SENTINEL_NAME: ' mymaster ' })).toMatchObject({ redisSentinels: seeds, redisSentinelName: 'mymaster' });
+    expect(problems({ REDIS_SENTINELS: 's1.example:26379' })).toEqual(['REDIS_SENTINEL_NAME: not set, but REDIS_SENTINELS is: set it to the master name the sentinels monitor (`sentinel monitor <name> ...`)']);
+    expect(problems({ REDIS_SENTINEL_NAME: 'mymaster' })).toEqual(['REDIS_SENTINEL_NAME: set, but REDIS_SENTINELS is not: set it to the sentinels\' host:port, or clear REDIS_SENTINEL_NAME']);
+    expect(problems({ REDIS_SENTINELS: 's1.example:26379', REDIS_SENTINEL_NAME: 'mymaster', REDIS_CLUSTER_NODES: 'a.example:6379' })).toEqual(['REDIS_SENTINELS: set together with REDIS_CLUSTER_NODES: Redis is reached through Sentinel or as a Cluster, not both; clear one']);
+    expect(problems({ REDIS_SENTINELS: 's1.example:26379', REDIS_SENTINEL_NAME: 'my master' })).toEqual(['REDIS_SENTINEL_NAME: expected the master name of the Sentinel configuration (`sentinel monitor <name> ...`, printable, no blanks), got "my master"']);
+    expect(problems({ REDIS_SENTINELS: 'rediss://s1.example:26379,s2.example:26379', REDIS_SENTINEL_NAME: 'm' })).toEqual(['REDIS_SENTINELS: expected every seed with rediss:// or none: TLS is one setting of all the sentinels']);
+    expect(problems({ REDIS_SENTINELS: 'redis://:a@s1.example:26379,s2.example:26379', REDIS_SENTINEL_NAME: 'm' })).toEqual(['REDIS_SENTINELS: expected the same user and password on every seed, or on none: every sentinel is reached with one (the ones the sentinels name too)']);
+    expect(problems({ REDIS_SENTINELS: 'redis://:s3/cret@s1.example:26379', REDIS_SENTINEL_NAME: 'm' })).toEqual(['REDIS_SENTINELS: expected [redis[s]://[[user:]password@]]host:port, got "redis://<credentials>@s1.example:26379"']);
+  });
+
+  // with Sentinel, TLS may be the master's (REDIS_URL) or the sentinels' (their seeds): a CA serves either
+  it('takes REDIS_TLS_CA_FILE with Sentinel when the master or the sentinels are reached by rediss://', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'rm-config-ca-'));
+    try {
+      const ca = path.join(dir, 'ca.pem');
+      writeFileSync(ca, '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n');
+      const sentinel = { REDIS_SENTINEL_NAME: 'm', REDIS_TLS_CA_FILE: ca };
+      expect(problems({ ...sentinel, REDIS_SENTINELS: 'rediss://s1.example:26379' })).toEqual([]);
+      expect(problems({ ...sentinel, REDIS_SENTINELS: 's1.example:26379', REDIS_URL: 'rediss://:pw@ignored.example:6380' })).toEqual([]);
+      expect(problems({ ...sentinel, REDIS_SENTINELS: 's1.example:26379' })).toEqual(['REDIS_TLS_CA_FILE: set, but Redis is reached without TLS: use rediss:// in REDIS_URL (the master) or REDIS_SENTINELS']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   // what the README promises a script that passes "$PORT" with PORT unset
   it('takes a variable set to the empty string as not set: its default applies', () => {
     const defaults = loadConfig({}, {});

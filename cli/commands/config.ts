@@ -18,7 +18,7 @@ export function register(program: Command): void {
         if (name === 'metricsKey') value = value ? '(set)' : '(empty: /metrics open)';
         if (name === 'outboundKeySecrets') value = (value as string[]).length ? `(${(value as string[]).length} set)` : '(empty: outbound keys stored as given)';
         if (name === 'databaseUrl' || name === 'redisUrl') value = hidePassword(String(value), '***');
-        if (name === 'redisClusterNodes') value = hideSeedPasswords(value as string[], '***');
+        if (name === 'redisClusterNodes' || name === 'redisSentinels') value = hideSeedPasswords(value as string[], '***');
         const fromEnv = process.env[s.env] !== undefined;
         // a global flag overrides the env (configFrom); an empty env value means the default
         const source = name in flags ? 'flag' : fromEnv && process.env[s.env] !== '' ? 'env' : 'default';

@@ -67,7 +67,7 @@ export function register(program: Command): void {
       if (!/^\d+$/.test(opts.users) || !/^\d+$/.test(opts.signups)) this.error('error: --users and --signups take integers');
       const prefix = `demo-${randomBytes(3).toString('hex')}`;
       const config = configFrom(this, { keyPrefix: prefix });
-      const env = { REDIS_URL: config.redisUrl, REDIS_CLUSTER_NODES: config.redisClusterNodes.join(','), KEY_PREFIX: prefix, ADMIN_KEY: randomBytes(24).toString('hex'), SNAPSHOT: 'false' };
+      const env = { REDIS_URL: config.redisUrl, REDIS_CLUSTER_NODES: config.redisClusterNodes.join(','), REDIS_SENTINELS: config.redisSentinels.join(','), REDIS_SENTINEL_NAME: config.redisSentinelName, KEY_PREFIX: prefix, ADMIN_KEY: randomBytes(24).toString('hex'), SNAPSHOT: 'false' };
       const children: Child[] = [];
       try {
         step(`manager: referral-manager serve (key prefix ${prefix}; snapshot off so the demo leaves Postgres alone)`);

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { answerWithin, masters, nodeAddress, redisErrorText, whyNotConnected, type RedisClient } from '../store/redis.js';
+import { answerWithin, isSentinel, masters, nodeAddress, redisErrorText, whyNotConnected, type RedisClient } from '../store/redis.js';
 import { clusterFailures, clusterMasters, markFailing, refusedToUser, servesKey, SLOTS, type ClusterProbe } from '../store/cluster-probe.js';
 import { Keys } from '../store/keys.js';
 import { ensureScripts } from '../store/scripts.js';
@@ -48,6 +48,8 @@ export async function readiness(redis: RedisClient, prefix: string, probeMs: num
       // generic 503, so a probe with a shorter timeout saw no reason at all
       await answerWithin(redis.ping(), probeMs);
       serving = masters(redis);
+      // the one a failover moved: which server the sentinels named
+      if (isSentinel(redis)) cluster = { master: nodeAddress(serving[0]!) };
     }
     // REDIS_WAIT_REPLICAS without the replicas: every change answered 503 while the probe said ready, so a
     // load balancer kept sending sign-ups to instances that could redeem nothing

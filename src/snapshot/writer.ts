@@ -26,7 +26,7 @@ import { copiedElsewhere } from './gone-from-postgres.js';
 import { PostgresHealth } from './postgres-health.js';
 import { logTo, type Log, type LogKind } from '../log.js';
 
-export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'redisTlsCaFile' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
+export type WriterConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'redisSentinels' | 'redisSentinelName' | 'redisTlsCaFile' | 'keyPrefix' | 'databaseUrl' | 'snapshotBatch' | 'snapshotFlushMs' | 'snapshotTestCrashAfterCommit'>;
 
 /** The writer's lines, and those serve and `referral-manager snapshot` say of it. */
 export const SNAPSHOT_LOG: LogKind = { component: 'snapshot', text: (level, msg) => `[snapshot] ${level}: ${msg}` };

@@ -16,21 +16,29 @@ export interface RedisOptions {
 }
 
 /** What createRedis reads of the config: every Redis connection (serve, its workers, the writer, the CLI) takes them alike. */
-export type RedisConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes'> & Partial<Pick<Config, 'redisTlsCaFile'>>;
+export type RedisConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes'> & Partial<Pick<Config, 'redisTlsCaFile' | 'redisSentinels' | 'redisSentinelName'>>;
 
 /**
- * TLS options when the config asks for TLS, with the private CA's certificates in place of the system's; read
- * as the client is made, its reconnects reuse them. ioredis turns TLS on for a rediss:// URL by itself, but with
- * the system's CAs only, and a Cluster takes no URL at all.
+ * TLS options when `on`, with the private CA's certificates in place of the system's; read as the client is
+ * made, its reconnects reuse them. ioredis turns TLS on for a rediss:// URL by itself, but with the system's CAs
+ * only, and a Cluster takes no URL at all.
  */
-function tlsOf(config: RedisConfig): ConnectionOptions | undefined {
-  if (!usesTls(config)) return undefined;
+function tlsOf(config: RedisConfig, on: boolean): ConnectionOptions | undefined {
+  if (!on) return undefined;
   return config.redisTlsCaFile ? { ca: readFileSync(config.redisTlsCaFile, 'utf8') } : {};
 }
 
-/** One factory for standalone and cluster connections, from the shared config. */
+/**
+ * How long a sentinel may take to name the master. ioredis sets no timeout on that question by default: a hung
+ * sentinel (SIGSTOP, its connection accepted by the kernel) would hold the connect, the next sentinel never asked.
+ */
+const SENTINEL_ANSWER_MS = 2000;
+
+/** One factory for standalone, Sentinel and cluster connections, from the shared config. */
 export function createRedis(config: RedisConfig, opts: RedisOptions = {}): RedisClient {
-  const tls = tlsOf(config);
+  const sentinels = config.redisSentinels ?? [];
+  // with Sentinel, REDIS_URL's rediss:// is the master's TLS, the seeds' the sentinels' (config.ts)
+  const tls = tlsOf(config, sentinels.length > 0 ? /^rediss:/i.test(config.redisUrl) : usesTls(config));
   const common = {
     tls,
     connectionName: opts.connectionName ?? 'referral-manager',
@@ -67,6 +75,27 @@ export function createRedis(config: RedisConfig, opts: RedisOptions = {}): Redis
     cluster.on('+node', (node: Redis) => catchAsking(coalesceWrites(reportSlotMapErrors(cluster, node))));
     return rememberFailure(boundReadyCheck(cluster));
   }
+  if (sentinels.length > 0) {
+    const seeds = sentinels.map(parseSeed);
+    // every seed carries the same ones (config): the sentinels' own, not the master's (REDIS_URL's)
+    const { username, password } = seeds[0]!;
+    // ioredis asks a sentinel for the master at each (re)connect and checks the role it finds there (a master
+    // demoted meanwhile is left for the next sentinel's answer); Sentinel itself drops the clients of the
+    // instances a failover reconfigures, so a failover is a reconnect
+    const sentinel = {
+      sentinels: seeds.map(({ host, port }) => ({ host, port })),
+      name: config.redisSentinelName,
+      ...(password ? { sentinelUsername: username || undefined, sentinelPassword: password } : {}),
+      sentinelTLS: tlsOf(config, seeds[0]!.tls),
+      enableTLSForSentinelMode: tls !== undefined,
+      sentinelCommandTimeout: SENTINEL_ANSWER_MS,
+      // connected below, once reportSentinelErrors hooks the first sentinel asked too
+      lazyConnect: true,
+    };
+    const client = rememberFailure(coalesceWrites(reportSentinelErrors(new Redis(config.redisUrl, { ...common, ...sentinel }))));
+    client.connect().catch(() => undefined);
+    return client;
+  }
   return rememberFailure(coalesceWrites(new Redis(config.redisUrl, common)));
 }
 
@@ -84,11 +113,57 @@ function rememberFailure<T extends RedisClient>(client: T): T {
   client.on('node error', (err: Error) => {
     if (err.message !== CLOSED) nodeFailures.set(client, err);
   });
+  client.on('sentinelError', (err: Error) => {
+    const said = sentinelFailures.get(client) ?? new Map<string, Error>();
+    sentinelFailures.set(client, said.set(...sentinelSaid(err.message, client)));
+  });
   client.on('error', (err: Error) => failures.set(client, failureOf(client, err)));
   client.on('ready', () => {
     failures.delete(client);
     nodeFailures.delete(client);
+    sentinelFailures.delete(client);
   });
+  return client;
+}
+
+/** a Sentinel client's last failure to get the master from each sentinel, by its address, until it is ready again */
+const sentinelFailures = new WeakMap<RedisClient, Map<string, Error>>();
+/** the last error of a Sentinel client's connection to each sentinel, by its address (reportSentinelErrors) */
+const sentinelCauses = new WeakMap<RedisClient, Map<string, Error>>();
+/** ioredis' 'error' once no sentinel named the master: "All sentinels are unreachable. Retrying ...", also when every one answered */
+const ALL_SENTINELS = /^All sentinels are unreachable/;
+
+/**
+ * One sentinel's failure to name the master, by its address, as an operator reads it. A sentinel that knows no
+ * master of that name refuses it (Redis 7: "ERR No such master with that name"; ioredis says "failed to connect
+ * ... because" of it) or, before 7, answers nil (ioredis: "connected ... successfully, but got an invalid reply").
+ * A connection lost says why (reportSentinelErrors), its code kept for certificateHint.
+ */
+function sentinelSaid(message: string, client: RedisClient): [string, Error] {
+  const [, address, why] = /^(?:failed to connect to|connected to) sentinel (\S+) (?:because |successfully, but got an invalid reply)(.*)$/s.exec(message) ?? [];
+  if (!address) return [message, new Error(message)];
+  if (!/^failed/.test(message) || /^ERR No such master/.test(why!)) return [address, new Error(`sentinel ${address} knows no master named "${(client as Redis).options.name}" (REDIS_SENTINEL_NAME)`)];
+  const cause = why === CLOSED ? sentinelCauses.get(client)?.get(address) : undefined;
+  return [address, Object.assign(new Error(`sentinel ${address}: ${cause?.message ?? why}`), { code: (cause as NodeJS.ErrnoException | undefined)?.code })];
+}
+
+/**
+ * ioredis asks each sentinel for the master on a connection of its own and drops that connection's errors: a
+ * sentinel down, its password refused or its certificate came out as "Connection is closed." only. Each is kept
+ * by the sentinel's address, for sentinelSaid.
+ */
+function reportSentinelErrors(client: Redis): Redis {
+  type Endpoint = { host?: string; port?: number };
+  const connector = (client as unknown as { connector: { connectToSentinel(endpoint: Endpoint, options?: object): Redis } }).connector;
+  const connect = connector.connectToSentinel.bind(connector);
+  const causes = new Map<string, Error>();
+  sentinelCauses.set(client, causes);
+  client.on('ready', () => causes.clear());
+  connector.connectToSentinel = (endpoint, options) => {
+    const sentinel = connect(endpoint, options);
+    sentinel.on('error', (err: Error) => causes.set(`${endpoint.host}:${endpoint.port}`, err));
+    return sentinel;
+  };
   return client;
 }
 
@@ -98,6 +173,13 @@ function rememberFailure<T extends RedisClient>(client: T): T {
  * where that is only "Connection is closed.", the node error before it (a certificate refused, ECONNREFUSED).
  */
 export function failureOf(client: RedisClient, err: Error): Error {
+  // "All sentinels are unreachable" said also of sentinels that answered, but knew no such master: each one's answer instead
+  const sentinels = ALL_SENTINELS.test(err.message) && sentinelFailures.get(client);
+  if (sentinels) {
+    const said = [...sentinels.values()];
+    // a certificate refused by any of them is what certificateHint speaks of
+    return Object.assign(new Error(`no sentinel named the master: ${said.map((e) => e.message).join('; ')}`), { code: said.map((e) => (e as NodeJS.ErrnoException).code).find((c) => c && UNTRUSTED.has(c)) });
+  }
   const node = (err as { lastNodeError?: Error | null }).lastNodeError;
   if (!node) return err;
   return (node.message === CLOSED && nodeFailures.get(client)) || node;
@@ -271,8 +353,13 @@ export function answerWithin<T>(reply: Promise<T>, ms: number): Promise<T> {
   return Promise.race([reply, late]).finally(() => clearTimeout(timer));
 }
 
-/** `host:port` of a Cluster node, as the slot map names it. */
+/** Whether the client reaches the master the sentinels of REDIS_SENTINELS name. */
+export const isSentinel = (client: RedisClient): boolean => !(client instanceof Cluster) && !!client.options.sentinels;
+
+/** `host:port` of a Cluster node, as the slot map names it; of the master a Sentinel client is connected to. */
 export function nodeAddress(node: Redis): string {
+  // a Sentinel client's options name no host (REDIS_URL's is not used): the master the sentinels sent it to
+  if (isSentinel(node)) return node.stream?.remoteAddress ? `${node.stream.remoteAddress}:${node.stream.remotePort}` : `the master "${node.options.name}"`;
   return `${node.options.host}:${node.options.port}`;
 }
 

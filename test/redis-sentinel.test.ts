@@ -1,0 +1,307 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, hasRedisServer, kill, reaped, waitForOutput } from '../bench/redis-server.js';
+import { AdminClient } from '../src/client/admin.js';
+import { ReferralError, SatelliteClient } from '../src/client/index.js';
+import { createRedis, type RedisClient } from '../src/store/redis.js';
+import { SatelliteKeys } from '../src/store/satellites.js';
+import { runCli } from './helpers/cli.js';
+import { ADMIN_KEY, privateRedis, serve, type RestartableRedis } from './helpers/http.js';
+import { testDatabase } from './helpers/pg.js';
+import { Redis, testPrefix } from './helpers/redis.js';
+import { caughtUp, until } from './helpers/snapshot.js';
+import { hasOpenssl, makeCertificates, redeemOne, startTlsRedis } from './helpers/tls.js';
+
+const NAME = 'rm-master';
+// the master's and its replicas' password, and the sentinels' own (characters a URL must percent-encode)
+const MASTER_PASSWORD = 'm@ster/s3cret';
+const SENTINEL_PASSWORD = 's3ntinel%pw';
+const noSecret = (text: string) => {
+  for (const s of [MASTER_PASSWORD, SENTINEL_PASSWORD, encodeURIComponent(MASTER_PASSWORD), encodeURIComponent(SENTINEL_PASSWORD)]) expect(text).not.toContain(s);
+};
+
+/**
+ * A redis-server in Sentinel mode of its own (free port, config in a temp dir: Sentinel rewrites it) watching
+ * `masterPort` with the sentinels' and the master's passwords; `tlsDir`: over TLS only, with the certificates
+ * there (makeCertificates), the master watched by the name its certificate carries.
+ */
+async function startSentinel(masterPort: number, tlsDir?: string) {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(tmpdir(), 'rm-sentinel-'));
+  const conf = path.join(dir, 'sentinel.conf');
+  const lines = [`port ${tlsDir ? 0 : port}`, 'bind 127.0.0.1', `dir ${dir}`, `requirepass "${SENTINEL_PASSWORD}"`, `sentinel sentinel-pass "${SENTINEL_PASSWORD}"`];
+  if (tlsDir) {
+    const f = (name: string) => path.join(tlsDir, name);
+    lines.push(`tls-port ${port}`, `tls-cert-file ${f('server.crt')}`, `tls-key-file ${f('server.key')}`, `tls-ca-cert-file ${f('ca.crt')}`, 'tls-auth-clients no', 'tls-replication yes', 'sentinel resolve-hostnames yes', 'sentinel announce-hostnames yes');
+  }
+  // quorum 2 of 3; a master silent for 1 s is down, and a failover that stalls is tried again after 3 s
+  lines.push(`sentinel monitor ${NAME} ${tlsDir ? 'localhost' : '127.0.0.1'} ${masterPort} 2`, `sentinel auth-pass ${NAME} "${MASTER_PASSWORD}"`, `sentinel down-after-milliseconds ${NAME} 1000`, `sentinel failover-timeout ${NAME} 3000`, `sentinel parallel-syncs ${NAME} 2`);
+  writeFileSync(conf, `${lines.join('\n')}\n`);
+  // dies with the test process too: a run ended before afterAll left sentinels running
+  const proc: ChildProcess = reaped(spawn('redis-server', [conf, '--sentinel'], { stdio: ['ignore', 'pipe', 'pipe'] }));
+  await waitForOutput(proc, /\+monitor master/, 'redis-sentinel');
+  return {
+    address: `127.0.0.1:${port}`,
+    async stop() {
+      await kill(proc, 'SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A master, two replicas of it and three sentinels watching it, each a process of its own; `stop` ends them all. */
+async function sentinelSet() {
+  const stops: (() => Promise<void>)[] = [];
+  try {
+    const auth = ['--requirepass', MASTER_PASSWORD, '--masterauth', MASTER_PASSWORD];
+    const master = await privateRedis(auth);
+    stops.push(() => master.dispose());
+    await master.start();
+    const replicas: RestartableRedis[] = [];
+    for (let i = 0; i < 2; i++) {
+      const replica = await privateRedis(['--replicaof', '127.0.0.1', String(master.port), ...auth]);
+      stops.push(() => replica.dispose());
+      await replica.start();
+      replicas.push(replica);
+    }
+    const sentinels: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const s = await startSentinel(master.port);
+      stops.push(() => s.stop());
+      sentinels.push(s.address);
+    }
+    // a failover needs the sentinels to know each other (a quorum, a leader) and the replicas (one to promote)
+    for (const address of sentinels) {
+      const s = new Redis({ port: Number(address.split(':')[1]), host: '127.0.0.1', password: SENTINEL_PASSWORD });
+      try {
+        await until(
+          async () => Object.fromEntries(chunk((await s.call('SENTINEL', 'MASTER', NAME)) as string[])),
+          (m) => m['num-other-sentinels'] === '2' && m['num-slaves'] === '2',
+          `sentinel ${address} knowing the others and both replicas`,
+          20_000,
+        );
+      } finally {
+        s.disconnect();
+      }
+    }
+    return { master, replicas, sentinels, stop: () => Promise.all(stops.map((stop) => stop())) };
+  } catch (err) {
+    await Promise.all(stops.map((stop) => stop()));
+    throw err;
+  }
+}
+
+const chunk = (flat: string[]): [string, string][] => Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i]!, flat[2 * i + 1]!]);
+
+/** The error of `call`, or undefined when it succeeded. */
+async function failure(call: Promise<unknown>): Promise<ReferralError | undefined> {
+  try {
+    await call;
+    return undefined;
+  } catch (err) {
+    return err as ReferralError;
+  }
+}
+
+async function readyz(url: string): Promise<{ status: number; body: Record<string, unknown> }> {
+  const r = await fetch(`${url}/readyz`);
+  return { status: r.status, body: (await r.json()) as Record<string, unknown> };
+}
+
+describe.skipIf(!hasRedisServer())('Redis Sentinel (a master, two replicas, three sentinels; skipped without redis-server)', () => {
+  let set: Awaited<ReturnType<typeof sentinelSet>>;
+  let env: Record<string, string>;
+  let probe: RedisClient;
+
+  beforeAll(async () => {
+    set = await sentinelSet();
+    // REDIS_URL's password is the master's (its host is not used), the seeds' the sentinels'
+    const seeds = set.sentinels.map((s) => `redis://:${encodeURIComponent(SENTINEL_PASSWORD)}@${s}`);
+    env = { REDIS_URL: `redis://:${encodeURIComponent(MASTER_PASSWORD)}@127.0.0.1:1`, REDIS_SENTINELS: seeds.join(','), REDIS_SENTINEL_NAME: NAME };
+    probe = createRedis({ redisUrl: env.REDIS_URL!, redisClusterNodes: [], redisSentinels: seeds, redisSentinelName: NAME });
+  }, 60_000);
+  afterAll(async () => {
+    await set?.stop();
+    probe?.disconnect();
+  });
+
+  it('refuses a Sentinel setting without its other half, or with a Cluster, in one line', async () => {
+    for (const [given, said] of [
+      [{ REDIS_SENTINELS: '127.0.0.1:26379' }, 'REDIS_SENTINEL_NAME: not set, but REDIS_SENTINELS is'],
+      [{ REDIS_SENTINEL_NAME: NAME }, 'REDIS_SENTINEL_NAME: set, but REDIS_SENTINELS is not'],
+      [{ REDIS_SENTINELS: '127.0.0.1:26379', REDIS_SENTINEL_NAME: NAME, REDIS_CLUSTER_NODES: '127.0.0.1:7000' }, 'REDIS_SENTINELS: set together with REDIS_CLUSTER_NODES'],
+    ] as const) {
+      const run = await runCli(['stats'], given);
+      expect(run.code, run.stderr).toBe(2);
+      expect(run.stderr).toContain(said);
+    }
+    // the seeds as `config` echoes them: the sentinels' password masked, as REDIS_URL's
+    const config = await runCli(['config'], env);
+    expect(config.stdout).toMatch(new RegExp(`^REDIS_SENTINELS +\\["redis://:\\*\\*\\*@${set.sentinels[0]}",`, 'm'));
+    expect(config.stdout).toMatch(new RegExp(`^REDIS_SENTINEL_NAME +"${NAME}"$`, 'm'));
+    noSecret(config.stdout + config.stderr);
+  });
+
+  it('serve generates and redeems through the master the sentinels name, /readyz names it, and the CLI reaches the same Redis', async () => {
+    const prefix = testPrefix('sentinel');
+    const served = await serve({ ...env, KEY_PREFIX: prefix });
+    try {
+      const admin = new AdminClient({ url: served.url, apiKey: ADMIN_KEY });
+      const { apiKey } = await admin.addSatellite({ id: 'sat-s' });
+      const [token] = (await admin.generate({ satelliteId: 'sat-s', userIds: ['alice'], perUser: 1 })).tokens.map((t) => t.token);
+      expect((await new SatelliteClient({ url: served.url, apiKey }).redeem(token!, 'bob')).state).toBe('redeemed');
+      expect(await readyz(served.url)).toMatchObject({ status: 200, body: { ready: true, redis: 'up', master: `127.0.0.1:${set.master.port}` } });
+    } finally {
+      expect(await served.stop()).toBe(0);
+    }
+    expect(served.output()).not.toMatch(/unreachable|NOAUTH|WRONGPASS/);
+    noSecret(served.output());
+    const stats = await runCli(['stats', '--json'], { ...env, KEY_PREFIX: prefix });
+    expect(stats.stderr).toBe('');
+    expect(JSON.parse(stats.stdout).satellites['sat-s'].redeemed).toBe(1);
+  });
+
+  it('no sentinel answering, a master name they do not know, or a wrong sentinel password: /readyz and the CLI say which, no password shown', async () => {
+    const nobody = `127.0.0.1:${await freePort()}`;
+    const cases = [
+      [{ REDIS_SENTINELS: nobody }, `no sentinel named the master: sentinel ${nobody}: connect ECONNREFUSED ${nobody}`, true],
+      [{ REDIS_SENTINEL_NAME: 'no-such-master' }, `no sentinel named the master: sentinel ${set.sentinels[0]} knows no master named "no-such-master" (REDIS_SENTINEL_NAME)`, true],
+      // serve says it with the same code (sentinelSaid): the CLI alone, so fewer processes start at once
+      [{ REDIS_SENTINELS: `redis://:wr0ng@${set.sentinels[1]}` }, `no sentinel named the master: sentinel ${set.sentinels[1]}: WRONGPASS invalid username-password pair`, false],
+    ] as const;
+    // at once: the CLI gives up after 10 s, serve waits 5 s for Redis before it listens
+    await Promise.all(cases.map(async ([wrong, said, withServe]) => {
+      const [run] = await Promise.all([
+        runCli(['stats'], { ...env, ...wrong }),
+        withServe && (async () => {
+          const served = await serve({ ...env, ...wrong, KEY_PREFIX: testPrefix('sentinel-none') });
+          try {
+            const ready = await readyz(served.url);
+            expect(ready).toMatchObject({ status: 503, body: { ready: false, redis: 'down' } });
+            expect(ready.body.error).toContain(said);
+            expect(served.output()).toContain(`Redis unreachable (${said}`);
+          } finally {
+            await served.stop();
+          }
+          noSecret(served.output());
+        })(),
+      ]);
+      noSecret(run.stderr);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain('error: cannot reach Redis (master "');
+      expect(run.stderr).toContain(said);
+    }));
+  });
+
+  it('a failover (the master killed): 503 for a moment, then 200 with no restart; no acknowledged redemption lost; the writer and the satellite-removal subscriber follow', async () => {
+    const prefix = testPrefix('sentinel-fo');
+    const db = await testDatabase();
+    const served = await serve({ ...env, KEY_PREFIX: prefix, SNAPSHOT: 'true', DATABASE_URL: db.url, REDIS_WAIT_REPLICAS: '1', REDIS_WAIT_MS: '800', REQUEST_TIMEOUT_MS: '3000', AUTH_CACHE_MS: '600000' });
+    const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+    try {
+      const admin = new AdminClient({ url: served.url, apiKey: ADMIN_KEY });
+      const { apiKey } = await admin.addSatellite({ id: 'sat-o' });
+      const doomed = await admin.addSatellite({ id: 'sat-gone' });
+      const tokens = (await admin.generate({ satelliteId: 'sat-o', userIds: Array.from({ length: 300 }, (_, i) => `u${i}`), perUser: 1 })).tokens.map((t) => t.token);
+      const sat = new SatelliteClient({ url: served.url, apiKey, timeoutMs: 5000 });
+      const gone = new SatelliteClient({ url: served.url, apiKey: doomed.apiKey, timeoutMs: 5000 });
+      // its key cached by the worker (AUTH_CACHE_MS 10 min): only the removal's message can end it
+      expect((await gone.lookup(tokens[0]!)).state).toBe('unredeemed');
+
+      // redemptions one after another while the master dies, until ten in a row are answered after the 503s
+      const acknowledged = new Map<string, string>();
+      const answers: { at: number; ok: boolean }[] = [];
+      const redeeming = (async () => {
+        for (const [i, token] of tokens.entries()) {
+          const err = await failure(sat.redeem(token, `new-${i}`));
+          if (err && err.status !== 503) throw err;
+          if (!err) acknowledged.set(token, `new-${i}`);
+          answers.push({ at: Date.now(), ok: !err });
+          const failed = answers.findIndex((a) => !a.ok);
+          if (failed >= 0 && answers.length - failed > 10 && answers.slice(-10).every((a) => a.ok)) return;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        throw new Error('ran out of tokens before serve answered again');
+      })();
+      await until(async () => acknowledged.size, (n) => n >= 5, 'redemptions before the failover');
+      await set.master.stop('SIGKILL');
+      await redeeming;
+      const firstFailed = answers.find((a) => !a.ok)!;
+      const back = answers.find((a) => a.ok && a.at > firstFailed.at)!;
+      console.log(`failover: answered 503 for ${back.at - firstFailed.at} ms (${answers.filter((a) => !a.ok).length} redemptions)`);
+
+      const ready = await until(() => readyz(served.url), (r) => r.status === 200, '/readyz after the failover', 20_000);
+      expect(ready.body.master).not.toBe(`127.0.0.1:${set.master.port}`);
+      expect(set.replicas.map((r) => `127.0.0.1:${r.port}`)).toContain(ready.body.master);
+
+      // every redemption answered 200 is on the promoted replica, and in Postgres once the writer caught up
+      const held = await Promise.all([...acknowledged.keys()].map((t) => sat.lookup(t)));
+      expect(held.filter((t) => t.state !== 'redeemed')).toEqual([]);
+      await caughtUp(probe, prefix);
+      const rows = await pool.query<{ token: string; redeemer_user_id: string }>("SELECT token::text, redeemer_user_id FROM tokens WHERE state = 'redeemed'");
+      const inPostgres = new Map(rows.rows.map((r) => [r.token, r.redeemer_user_id]));
+      for (const [token, user] of acknowledged) expect(inPostgres.get(token), token).toBe(user);
+      const verified = await runCli(['verify'], { ...env, KEY_PREFIX: prefix, DATABASE_URL: db.url });
+      expect(verified.code, verified.stdout + verified.stderr).toBe(0);
+
+      // the worker's subscriber found the new master too: a removal by the CLI ends the cached key at once
+      await until(async () => (await probe.pubsub('NUMSUB', new SatelliteKeys(prefix).retired())) as [string, number], (r) => Number(r[1]) >= 1, 'the worker subscribed on the new master', 20_000);
+      const removed = await runCli(['satellites', 'remove', 'sat-gone'], { ...env, KEY_PREFIX: prefix });
+      expect(removed.code, removed.stderr).toBe(0);
+      await until(async () => (await failure(gone.lookup(tokens[0]!)))?.status, (s) => s === 401, 'the removed key refused', 5000);
+      expect(served.proc.exitCode).toBeNull();
+    } finally {
+      await pool.end();
+      expect(await served.stop()).toBe(0);
+      await db.drop();
+    }
+  }, 60_000);
+});
+
+describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis Sentinel over TLS (a private CA; skipped without redis-server or openssl)', () => {
+  let dir: string;
+  let master: { port: number; proc: ChildProcess } | undefined;
+  let sentinel: Awaited<ReturnType<typeof startSentinel>> | undefined;
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'rm-tls-sentinel-'));
+    makeCertificates(dir);
+    master = await startTlsRedis(dir, ['--requirepass', MASTER_PASSWORD]);
+    sentinel = await startSentinel(master.port, dir);
+  });
+  afterAll(async () => {
+    await sentinel?.stop();
+    if (master) await kill(master.proc, 'SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('reaches the sentinels by rediss:// seeds and the master by REDIS_URL\'s rediss://, both checked against REDIS_TLS_CA_FILE', async () => {
+    const env = {
+      REDIS_URL: `rediss://:${encodeURIComponent(MASTER_PASSWORD)}@localhost:1`,
+      REDIS_SENTINELS: `rediss://:${encodeURIComponent(SENTINEL_PASSWORD)}@localhost:${sentinel!.address.split(':')[1]}`,
+      REDIS_SENTINEL_NAME: NAME,
+      REDIS_TLS_CA_FILE: path.join(dir, 'ca.crt'),
+      KEY_PREFIX: testPrefix('sentinel-tls'),
+    };
+    // without the CA the sentinels' certificate is refused, said as such (meanwhile: the CLI gives up after 10 s)
+    const untrusted = runCli(['stats'], { ...env, REDIS_TLS_CA_FILE: '' });
+    const server = await serve(env);
+    try {
+      const r = await redeemOne(server);
+      expect(r.status, JSON.stringify(r.body)).toBe(200);
+      expect(server.output()).not.toMatch(/unreachable|certificate/);
+    } finally {
+      await server.stop();
+    }
+    noSecret(server.output());
+    const stats = await runCli(['stats', '--json'], env);
+    expect(stats.stderr).toBe('');
+    expect(JSON.parse(stats.stdout).satellites['sat-a'].redeemed).toBe(1);
+    const refused = await untrusted;
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/no sentinel named the master: sentinel localhost:\d+: self[- ]signed certificate in certificate chain; Redis's TLS certificate is not signed by a CA trusted here: set REDIS_TLS_CA_FILE/);
+  });
+});
