@@ -164,6 +164,8 @@ describe('loadConfig', () => {
       'redis://:s3/cret@a.example:6379': 'expected [redis[s]://[[user:]password@]]host:port, got "redis://<credentials>@a.example:6379"',
       'redis://:s3,cret@a.example:6379': 'expected [redis[s]://[[user:]password@]]host:port, got a seed of a value with credentials (not shown; a comma in a password is written %2C)',
       'http://a.example:6379': 'expected [redis[s]://[[user:]password@]]host:port, got "http://a.example:6379"',
+      // without a port the seed was taken as port 0, and the cluster failed only at its first connect
+      'redis://:s3cret@a.example': 'expected [redis[s]://[[user:]password@]]host:port, got "redis://<credentials>@a.example"',
     };
     for (const [value, problem] of Object.entries(refused)) expect(problems({ REDIS_CLUSTER_NODES: value })).toEqual([`REDIS_CLUSTER_NODES: ${problem}`]);
   });
