@@ -69,7 +69,9 @@ describe('snapshot schema: database creation and migrations (real Postgres)', ()
       await admin.query(`ALTER DATABASE "${db.name}" SET statement_timeout = '300ms'`);
       await admin.query(`ALTER DATABASE "${db.name}" SET lock_timeout = '300ms'`);
       await admin.end();
-      await withMigration('CREATE TABLE migrated_once (x int); SELECT pg_sleep(2)', async (version) => {
+      // longer than one turn of the wait for its lock (5 s) and than that turn's query timeout (1 s + 5 s): the
+      // process waiting for it takes turns until it is let go
+      await withMigration('CREATE TABLE migrated_once (x int); SELECT pg_sleep(7)', async (version) => {
         const notes: string[][] = [[], []];
         // the writer's pools: a query timeout of 1 s, a statement timeout of 800 ms
         const pools = await Promise.all(notes.map((said) => openPostgres(db.url, 1, 1000, true, (msg) => said.push(msg))));
