@@ -640,6 +640,11 @@ describe('snapshot writer under faults (real processes)', () => {
       const waiting = await eventually(status, (st) => st.state !== 'down', 'the writer reaching Postgres');
       expect(waiting).toMatchObject({ leader: true, state: 'migrating', migration: expect.stringMatching(new RegExp(`^waiting for Postgres backend pid ${pid} `)) });
       expect(await gauge()).toBe(1);
+      // Postgres lost during the wait: down, not migrating still (/readyz would say Postgres answers)
+      await proxy.close();
+      expect(await eventually(status, (st) => st.state !== 'migrating', 'the wait cut off')).toMatchObject({ state: 'down' });
+      proxy.open();
+      await eventually(status, (st) => st.state === 'migrating', 'the writer waiting again');
       await locker.query('SELECT pg_advisory_unlock(74820501)');
       expect(await eventually(status, (st) => st.state !== 'migrating', 'the migration done')).toMatchObject({ state: 'up' });
       expect(writer.status().migration).toBeUndefined();
