@@ -3,6 +3,7 @@ import pg from 'pg';
 import { ensureDatabase, openPostgres, startSnapshotWriter } from '../src/snapshot/index.js';
 import { loadConfig } from '../src/config.js';
 import { MIGRATIONS, SCHEMA_VERSION } from '../src/snapshot/schema.js';
+import { snapshotMetrics } from '../src/snapshot/metrics.js';
 import { PG_BASE_URL, testDatabase, unusedDatabase } from './helpers/pg.js';
 import { runCli } from './helpers/cli.js';
 import { engineFixture, SHARED_REDIS_URL } from './helpers/redis.js';
@@ -120,6 +121,36 @@ describe('snapshot schema: database creation and migrations (real Postgres)', ()
       await db.drop();
     }
   }, 30_000);
+
+  // a migration refused at each attempt (its table's lock not had within the lock timeout): the gauge went 1 as
+  // each attempt's migration started, so ReferralManagerPostgresDown (held for minutes) never fired
+  it('a writer whose migration is refused at each attempt keeps rm_snapshot_postgres_up at 0', async () => {
+    const fx = await engineFixture({ label: 'migrefused' });
+    const db = await testDatabase();
+    const reader = new pg.Client({ connectionString: db.url });
+    try {
+      await (await openPostgres(db.url)).end();
+      await reader.connect();
+      await reader.query('BEGIN');
+      await reader.query('LOCK TABLE tokens IN ACCESS SHARE MODE');
+      await withMigration('ALTER TABLE tokens ADD COLUMN added_by_the_test int', async (version) => {
+        const lines: string[] = [];
+        const writer = await startSnapshotWriter(loadConfig({ keyPrefix: fx.prefix, databaseUrl: db.url }), { log: (level, msg) => lines.push(msg) });
+        try {
+          const attempts = () => lines.filter((l) => l === `applying schema migration ${version} (a migration for the test)`).length;
+          for (const end = Date.now() + 30_000; attempts() < 2 && Date.now() < end; ) await new Promise((r) => setTimeout(r, 100));
+          expect([attempts(), writer.status().state]).toEqual([2, 'migrating']);
+          expect((await snapshotMetrics().postgresUp.get()).values[0]?.value).toBe(0);
+        } finally {
+          await writer.stop();
+        }
+      });
+    } finally {
+      await reader.end();
+      await db.drop();
+      await fx.close();
+    }
+  }, 60_000);
 
   // a verify (or restore) started while another process migrated waited without a word for as long as that ran
   it('a verify started while another process holds the migrations\' lock says whose it waits for, and runs once it is let go', async () => {
