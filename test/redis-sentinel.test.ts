@@ -6,11 +6,11 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, hasRedisServer, kill, reaped, waitForOutput } from '../bench/redis-server.js';
 import { AdminClient } from '../src/client/admin.js';
-import { ReferralError, SatelliteClient } from '../src/client/index.js';
+import { SatelliteClient } from '../src/client/index.js';
 import { createRedis, type RedisClient } from '../src/store/redis.js';
 import { SatelliteKeys } from '../src/store/satellites.js';
 import { runCli } from './helpers/cli.js';
-import { ADMIN_KEY, privateRedis, serve, type RestartableRedis } from './helpers/http.js';
+import { ADMIN_KEY, failure, privateRedis, serve, type RestartableRedis } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
 import { Redis, testPrefix } from './helpers/redis.js';
 import { caughtUp, until } from './helpers/snapshot.js';
@@ -96,16 +96,6 @@ async function sentinelSet() {
 }
 
 const chunk = (flat: string[]): [string, string][] => Array.from({ length: flat.length / 2 }, (_, i) => [flat[2 * i]!, flat[2 * i + 1]!]);
-
-/** The error of `call`, or undefined when it succeeded. */
-async function failure(call: Promise<unknown>): Promise<ReferralError | undefined> {
-  try {
-    await call;
-    return undefined;
-  } catch (err) {
-    return err as ReferralError;
-  }
-}
 
 async function readyz(url: string): Promise<{ status: number; body: Record<string, unknown> }> {
   const r = await fetch(`${url}/readyz`);

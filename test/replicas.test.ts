@@ -1,25 +1,15 @@
 import calculateSlot from 'cluster-key-slot';
 import { describe, expect, it } from 'vitest';
 import { AdminClient } from '../src/client/admin.js';
-import { ReferralError, SatelliteClient } from '../src/client/index.js';
+import { SatelliteClient } from '../src/client/index.js';
 import { hexOf } from '../src/store/codec.js';
 import { Keys, placeOfOwner, placeOfToken, type Place } from '../src/store/keys.js';
 import { createRedis } from '../src/store/redis.js';
-import { ADMIN_KEY, privateRedis, serve, testCluster } from './helpers/http.js';
+import { ADMIN_KEY, failure, privateRedis, serve, testCluster } from './helpers/http.js';
 import { until } from './helpers/snapshot.js';
 
 // long enough for a replica on a machine busy with the rest of the suite (a loaded CI run missed 300 ms)
 const WAIT = { REDIS_WAIT_REPLICAS: '1', REDIS_WAIT_MS: '2000', REQUEST_TIMEOUT_MS: '8000' };
-
-/** The error of `call`, or undefined when it succeeded. */
-async function failure(call: Promise<unknown>): Promise<ReferralError | undefined> {
-  try {
-    await call;
-    return undefined;
-  } catch (err) {
-    return err as ReferralError;
-  }
-}
 
 /** Waits until the redis-server at `url` reports a replica linked and in sync. */
 async function replicaLinked(url: string): Promise<void> {

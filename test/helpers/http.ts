@@ -7,6 +7,7 @@ import { Packr } from 'msgpackr';
 import { Client, type Dispatcher } from 'undici';
 import { afterAll } from 'vitest';
 import { freePort, kill, startCluster, waitForOutput, type RedisAuth, type RedisClusterHandle } from '../../bench/redis-server.js';
+import type { ReferralError } from '../../src/client/index.js';
 import { MAIN } from './cli.js';
 
 /**
@@ -202,4 +203,14 @@ export async function connectionPerWorker(url: string, workers: number, pidOf: (
     throw new Error(`${tries} connections reached ${found.size} of the ${workers} workers`);
   }
   return found;
+}
+
+/** The error `call` failed with (a client's ReferralError), or undefined when it succeeded. */
+export async function failure(call: Promise<unknown>): Promise<ReferralError | undefined> {
+  try {
+    await call;
+    return undefined;
+  } catch (err) {
+    return err as ReferralError;
+  }
 }
