@@ -10,15 +10,26 @@ import { counted } from '../src/plural.js';
 /** How long a command waits for Redis before it gives up with one error line. */
 const CONNECT_WAIT_MS = 10_000;
 
+/** Seeds as a suggested command shows them: each one's password hidden (hideSeedPasswords). */
+const seedsShown = (list: string) => hideSeedPasswords(list.split(',')).join(',');
+
+/**
+ * The global flags shared by every command, each overriding the setting `key` names (commander's name for its
+ * value too); `shown`: the value as a command the CLI suggests prints it, a password hidden.
+ */
+const GLOBAL_OPTIONS: { flag: string; key: keyof Config; help: string; shown?: (value: string) => string }[] = [
+  { flag: '--redis-url <url>', key: 'redisUrl', help: 'Redis URL (env REDIS_URL)', shown: hidePassword },
+  { flag: '--redis-cluster-nodes <list>', key: 'redisClusterNodes', help: 'Redis Cluster seeds host:port,... (env REDIS_CLUSTER_NODES)', shown: seedsShown },
+  { flag: '--redis-sentinels <list>', key: 'redisSentinels', help: 'Redis Sentinels host:port,... (env REDIS_SENTINELS)', shown: seedsShown },
+  { flag: '--redis-sentinel-name <name>', key: 'redisSentinelName', help: 'master name the sentinels monitor (env REDIS_SENTINEL_NAME)' },
+  { flag: '--key-prefix <prefix>', key: 'keyPrefix', help: 'Redis key prefix (env KEY_PREFIX)' },
+  { flag: '--database-url <url>', key: 'databaseUrl', help: 'Postgres URL (env DATABASE_URL)', shown: hidePassword },
+];
+
 /** Global flags shared by every command; each overrides its env setting. */
 export function addGlobalOptions(program: Command): Command {
-  return program
-    .option('--redis-url <url>', 'Redis URL (env REDIS_URL)')
-    .option('--redis-cluster-nodes <list>', 'Redis Cluster seeds host:port,... (env REDIS_CLUSTER_NODES)')
-    .option('--redis-sentinels <list>', 'Redis Sentinels host:port,... (env REDIS_SENTINELS)')
-    .option('--redis-sentinel-name <name>', 'master name the sentinels monitor (env REDIS_SENTINEL_NAME)')
-    .option('--key-prefix <prefix>', 'Redis key prefix (env KEY_PREFIX)')
-    .option('--database-url <url>', 'Postgres URL (env DATABASE_URL)');
+  for (const o of GLOBAL_OPTIONS) program.option(o.flag, o.help);
+  return program;
 }
 
 /**
@@ -28,9 +39,10 @@ export function addGlobalOptions(program: Command): Command {
  */
 export function globalFlags(cmd: Command): string {
   const g = cmd.optsWithGlobals() as Record<string, string | undefined>;
-  const given: [string, string | undefined][] = [['--redis-url', g.redisUrl && hidePassword(g.redisUrl)], ['--redis-cluster-nodes', g.redisClusterNodes && hideSeedPasswords(g.redisClusterNodes.split(',')).join(',')], ['--redis-sentinels', g.redisSentinels && hideSeedPasswords(g.redisSentinels.split(',')).join(',')], ['--redis-sentinel-name', g.redisSentinelName], ['--key-prefix', g.keyPrefix], ['--database-url', g.databaseUrl && hidePassword(g.databaseUrl)]];
   // an empty flag is not given (flagOverrides): the hint leaves it out
-  return given.filter(([, v]) => isGiven(v)).map(([flag, v]) => ` ${flag} ${quote([v!])}`).join('');
+  return GLOBAL_OPTIONS.filter((o) => isGiven(g[o.key]))
+    .map((o) => ` ${o.flag.split(' ')[0]} ${quote([o.shown ? o.shown(g[o.key]!) : g[o.key]!])}`)
+    .join('');
 }
 
 /**
@@ -57,12 +69,7 @@ export const hideSeedPasswords = (nodes: string[], shown?: string): string[] => 
 export function flagOverrides(cmd: Command, extra: Partial<Record<keyof Config, unknown>> = {}): Partial<Record<keyof Config, unknown>> {
   const g = cmd.optsWithGlobals() as Record<string, string | undefined>;
   const overrides: Partial<Record<keyof Config, unknown>> = { ...extra };
-  if (g.redisUrl !== undefined) overrides.redisUrl = g.redisUrl;
-  if (g.redisClusterNodes !== undefined) overrides.redisClusterNodes = g.redisClusterNodes;
-  if (g.redisSentinels !== undefined) overrides.redisSentinels = g.redisSentinels;
-  if (g.redisSentinelName !== undefined) overrides.redisSentinelName = g.redisSentinelName;
-  if (g.keyPrefix !== undefined) overrides.keyPrefix = g.keyPrefix;
-  if (g.databaseUrl !== undefined) overrides.databaseUrl = g.databaseUrl;
+  for (const { key } of GLOBAL_OPTIONS) if (g[key] !== undefined) overrides[key] = g[key];
   for (const k of Object.keys(overrides) as (keyof Config)[]) if (!isGiven(overrides[k])) delete overrides[k];
   return overrides;
 }
