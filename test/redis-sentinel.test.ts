@@ -46,6 +46,10 @@ async function startSentinel(masterPort: number, tlsDir?: string) {
   await waitForOutput(proc, /\+monitor master/, 'redis-sentinel');
   return {
     address: `127.0.0.1:${port}`,
+    /** SIGSTOP / SIGCONT: a sentinel that hangs, its connections accepted by the kernel and never answered */
+    signal(sig: NodeJS.Signals) {
+      proc.kill(sig);
+    },
     async stop() {
       await kill(proc, 'SIGKILL');
       rmSync(dir, { recursive: true, force: true });
@@ -68,30 +72,45 @@ async function sentinelSet() {
       await replica.start();
       replicas.push(replica);
     }
-    const sentinels: string[] = [];
+    const processes: Awaited<ReturnType<typeof startSentinel>>[] = [];
     for (let i = 0; i < 3; i++) {
       const s = await startSentinel(master.port);
       stops.push(() => s.stop());
-      sentinels.push(s.address);
+      processes.push(s);
     }
-    // a failover needs the sentinels to know each other (a quorum, a leader) and the replicas (one to promote)
-    for (const address of sentinels) {
-      const s = new Redis({ port: Number(address.split(':')[1]), host: '127.0.0.1', password: SENTINEL_PASSWORD });
-      try {
+    const sentinels = processes.map((s) => s.address);
+    const nodes = [master, ...replicas];
+    /** the one the sentinels name as the master now (a failover moves it) */
+    const current = async () => {
+      const [, port] = (await askSentinel(sentinels[0]!, 'GET-MASTER-ADDR-BY-NAME', NAME)) as [string, string];
+      return nodes.find((n) => n.port === Number(port))!;
+    };
+    /** until every sentinel knows the others and `replicas` replicas (a failover needs a quorum, a leader and one to promote) */
+    const settled = async (replicas: number) => {
+      for (const address of sentinels) {
         await until(
-          async () => Object.fromEntries(chunk((await s.call('SENTINEL', 'MASTER', NAME)) as string[])),
-          (m) => m['num-other-sentinels'] === '2' && m['num-slaves'] === '2',
-          `sentinel ${address} knowing the others and both replicas`,
+          async () => Object.fromEntries(chunk((await askSentinel(address, 'MASTER', NAME)) as string[])),
+          (m) => m['num-other-sentinels'] === '2' && m['num-slaves'] === String(replicas) && m['flags'] === 'master',
+          `sentinel ${address} knowing the others and ${replicas} replicas`,
           20_000,
         );
-      } finally {
-        s.disconnect();
       }
-    }
-    return { master, replicas, sentinels, stop: () => Promise.all(stops.map((stop) => stop())) };
+    };
+    await settled(2);
+    return { master, replicas, sentinels, processes, current, settled, stop: () => Promise.all(stops.map((stop) => stop())) };
   } catch (err) {
     await Promise.all(stops.map((stop) => stop()));
     throw err;
+  }
+}
+
+/** `SENTINEL ...args` asked of the sentinel at `address`, on a connection of its own */
+async function askSentinel(address: string, ...args: string[]): Promise<unknown> {
+  const s = new Redis({ port: Number(address.split(':')[1]), host: '127.0.0.1', password: SENTINEL_PASSWORD });
+  try {
+    return await s.call('SENTINEL', ...args);
+  } finally {
+    s.disconnect();
   }
 }
 
@@ -187,46 +206,64 @@ describe.skipIf(!hasRedisServer())('Redis Sentinel (a master, two replicas, thre
     }));
   });
 
-  it('a failover (the master killed): 503 for a moment, then 200 with no restart; no acknowledged redemption lost; the writer and the satellite-removal subscriber follow', async () => {
-    const prefix = testPrefix('sentinel-fo');
+  /**
+   * serve (with the snapshot writer) redeeming one token after another while `failover` moves the master (it
+   * returns once the sentinels name another one): answered 200 or 503 only, until ten in a row are 200 after the
+   * switch; then every redemption answered 200 is on the new master and in Postgres, and the worker's subscriber
+   * of satellite removals found the new master too. `settings` add to serve's environment.
+   */
+  async function redeemThroughFailover(label: string, settings: Record<string, string>, failover: (old: RestartableRedis) => Promise<void>): Promise<void> {
+    const prefix = testPrefix(label);
     const db = await testDatabase();
-    const served = await serve({ ...env, KEY_PREFIX: prefix, SNAPSHOT: 'true', DATABASE_URL: db.url, REDIS_WAIT_REPLICAS: '1', REDIS_WAIT_MS: '800', REQUEST_TIMEOUT_MS: '3000', AUTH_CACHE_MS: '600000' });
+    const served = await serve({ ...env, KEY_PREFIX: prefix, SNAPSHOT: 'true', DATABASE_URL: db.url, REDIS_WAIT_REPLICAS: '1', REDIS_WAIT_MS: '800', REQUEST_TIMEOUT_MS: '3000', AUTH_CACHE_MS: '600000', ...settings });
     const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+    const old = await set.current();
     try {
       const admin = new AdminClient({ url: served.url, apiKey: ADMIN_KEY });
       const { apiKey } = await admin.addSatellite({ id: 'sat-o' });
       const doomed = await admin.addSatellite({ id: 'sat-gone' });
-      const tokens = (await admin.generate({ satelliteId: 'sat-o', userIds: Array.from({ length: 300 }, (_, i) => `u${i}`), perUser: 1 })).tokens.map((t) => t.token);
+      const tokens = (await admin.generate({ satelliteId: 'sat-o', userIds: Array.from({ length: 400 }, (_, i) => `u${i}`), perUser: 1 })).tokens.map((t) => t.token);
       const sat = new SatelliteClient({ url: served.url, apiKey, timeoutMs: 5000 });
       const gone = new SatelliteClient({ url: served.url, apiKey: doomed.apiKey, timeoutMs: 5000 });
       // its key cached by the worker (AUTH_CACHE_MS 10 min): only the removal's message can end it
       expect((await gone.lookup(tokens[0]!)).state).toBe('unredeemed');
 
-      // redemptions one after another while the master dies, until ten in a row are answered after the 503s
+      // redemptions one after another while the master changes, until ten in a row are answered after the switch
       const acknowledged = new Map<string, string>();
       const answers: { at: number; ok: boolean }[] = [];
+      let switchedAt = Infinity;
+      let abandoned = false;
       const redeeming = (async () => {
         for (const [i, token] of tokens.entries()) {
+          if (abandoned) return;
           const err = await failure(sat.redeem(token, `new-${i}`));
           if (err && err.status !== 503) throw err;
           if (!err) acknowledged.set(token, `new-${i}`);
           answers.push({ at: Date.now(), ok: !err });
-          const failed = answers.findIndex((a) => !a.ok);
-          if (failed >= 0 && answers.length - failed > 10 && answers.slice(-10).every((a) => a.ok)) return;
+          const since = answers.filter((a) => a.at > switchedAt);
+          if (since.length >= 10 && since.slice(-10).every((a) => a.ok)) return;
           await new Promise((r) => setTimeout(r, 20));
         }
         throw new Error('ran out of tokens before serve answered again');
       })();
       await until(async () => acknowledged.size, (n) => n >= 5, 'redemptions before the failover');
-      await set.master.stop('SIGKILL');
+      const started = Date.now();
+      // a failover that fails the test ends the redemptions first, so none outlives serve
+      await failover(old).catch(async (err: unknown) => {
+        abandoned = true;
+        await redeeming.catch(() => undefined);
+        throw err;
+      });
+      switchedAt = Date.now();
       await redeeming;
-      const firstFailed = answers.find((a) => !a.ok)!;
-      const back = answers.find((a) => a.ok && a.at > firstFailed.at)!;
-      console.log(`failover: answered 503 for ${back.at - firstFailed.at} ms (${answers.filter((a) => !a.ok).length} redemptions)`);
+      const failed = answers.filter((a) => !a.ok);
+      const back = answers.find((a) => a.ok && a.at > (failed.at(-1)?.at ?? started))!;
+      console.log(`${label}: sentinels switched after ${switchedAt - started} ms, 503 for ${failed.length} redemptions, 200 again ${back.at - started} ms after the failover began`);
 
       const ready = await until(() => readyz(served.url), (r) => r.status === 200, '/readyz after the failover', 20_000);
-      expect(ready.body.master).not.toBe(`127.0.0.1:${set.master.port}`);
-      expect(set.replicas.map((r) => `127.0.0.1:${r.port}`)).toContain(ready.body.master);
+      const now = await set.current();
+      expect(now).not.toBe(old);
+      expect(ready.body.master).toBe(`127.0.0.1:${now.port}`);
 
       // every redemption answered 200 is on the promoted replica, and in Postgres once the writer caught up
       const held = await Promise.all([...acknowledged.keys()].map((t) => sat.lookup(t)));
@@ -249,6 +286,40 @@ describe.skipIf(!hasRedisServer())('Redis Sentinel (a master, two replicas, thre
       expect(await served.stop()).toBe(0);
       await db.drop();
     }
+    expect(served.output()).not.toMatch(/internal error/);
+  }
+
+  /** returns once the sentinels name another master than `old` */
+  const switchedFrom = (old: RestartableRedis) => until(() => set.current(), (m) => m !== old, 'the sentinels naming another master', 20_000);
+
+  it('a manual failover (SENTINEL FAILOVER, the old master left running, then demoted to a replica): serve leaves it as the sentinels announce the new master, 200 again with no restart; no acknowledged redemption lost; the writer and the satellite-removal subscriber follow', async () => {
+    let old: Redis | undefined;
+    try {
+      // the old master takes writes until Sentinel demotes it, the replica it promoted no longer copying them:
+      // only a change every replica confirmed is surely on the new master (README, Redis Sentinel)
+      await redeemThroughFailover('sentinel-manual', { REDIS_WAIT_REPLICAS: '2' }, async (master) => {
+        old = new Redis({ port: master.port, host: '127.0.0.1', password: MASTER_PASSWORD });
+        expect(await askSentinel(set.sentinels[0]!, 'FAILOVER', NAME)).toBe('OK');
+        await switchedFrom(master);
+        // every connection of serve, its writer and the probe leaves it while it still is a master: they followed the
+        // sentinels' announcement, not the demotion (Sentinel demotes it seconds later, dropping its clients)
+        const ours = async () => ((await old!.client('LIST')) as string).split('\n').filter((c) => / name=referral-manager/.test(c)).length;
+        await until(ours, (n) => n === 0, 'serve leaving the old master', 20_000);
+        expect(await old!.info('replication')).toMatch(/^role:master/m);
+      });
+      // once demoted it replicates from the new master: the next failover has both replicas to choose from
+      await until(() => old!.info('replication'), (i) => /^role:slave/m.test(i) && /^master_link_status:up/m.test(i), 'the old master replicating from the new one', 20_000);
+      await set.settled(2);
+    } finally {
+      old?.disconnect();
+    }
+  }, 60_000);
+
+  it('a failover (the master killed): 503 for a moment, then 200 with no restart; no acknowledged redemption lost; the writer and the satellite-removal subscriber follow', async () => {
+    await redeemThroughFailover('sentinel-fo', {}, async (old) => {
+      await old.stop('SIGKILL');
+      await switchedFrom(old);
+    });
   }, 60_000);
 });
 

@@ -80,8 +80,12 @@ export function createRedis(config: RedisConfig, opts: RedisOptions = {}): Redis
     // every seed carries the same ones (config): the sentinels' own, not the master's (REDIS_URL's)
     const { username, password } = seeds[0]!;
     // ioredis asks a sentinel for the master at each (re)connect and checks the role it finds there (a master
-    // demoted meanwhile is left for the next sentinel's answer); Sentinel itself drops the clients of the
-    // instances a failover reconfigures, so a failover is a reconnect
+    // demoted meanwhile is left for the next sentinel's answer). A master that dies drops its clients; one a
+    // manual failover (SENTINEL FAILOVER) replaces stays up, a master still, until Sentinel demotes it some
+    // seconds later (REPLICAOF, dropping its clients): a connection left to it meanwhile had its changes
+    // acknowledged there and then lost. failoverDetector subscribes to each sentinel's +switch-master and
+    // reconnects as soon as one announces the new master; a command a demoted master refuses (READONLY: a
+    // REPLICAOF by hand, a sentinel's message missed) reconnects too (sentinelReadOnly)
     const sentinel = {
       sentinels: seeds.map(({ host, port }) => ({ host, port })),
       name: config.redisSentinelName,
@@ -89,6 +93,8 @@ export function createRedis(config: RedisConfig, opts: RedisOptions = {}): Redis
       sentinelTLS: tlsOf(config, seeds[0]!.tls),
       enableTLSForSentinelMode: tls !== undefined,
       sentinelCommandTimeout: SENTINEL_ANSWER_MS,
+      failoverDetector: true,
+      reconnectOnError: sentinelReadOnly,
       // connected below, once reportSentinelErrors hooks the first sentinel asked too
       lazyConnect: true,
     };
@@ -97,6 +103,18 @@ export function createRedis(config: RedisConfig, opts: RedisOptions = {}): Redis
     return client;
   }
   return rememberFailure(coalesceWrites(new Redis(config.redisUrl, common)));
+}
+
+/**
+ * ioredis' reconnectOnError for a Sentinel client: a master demoted to a replica refuses writes (READONLY) on the
+ * connections left to it, until something drops them; reconnecting asks the sentinels for the master anew. A
+ * script it refused wrote nothing (a replica refuses every write of a script), so it is sent again once connected
+ * (2); any other command is failed (1, answered 503): one queued in a MULTI, sent again alone, would run outside it.
+ */
+function sentinelReadOnly(err: Error): 1 | 2 | false {
+  if (!/^READONLY /.test(err.message)) return false;
+  const name = (err as { command?: { name?: string } }).command?.name;
+  return name === 'evalsha' || name === 'eval' ? 2 : 1;
 }
 
 /** each client's last failure to connect, until it is ready again (whyNotConnected) */
