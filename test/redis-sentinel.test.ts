@@ -206,6 +206,26 @@ describe.skipIf(!hasRedisServer())('Redis Sentinel (a master, two replicas, thre
     }));
   });
 
+  it('a sentinel that hangs (SIGSTOP: its connections accepted, never answered), first in the list: serve starts and redeems through the others, as does the CLI', async () => {
+    const hung = set.processes[0]!;
+    const prefix = testPrefix('sentinel-hung');
+    const master = `127.0.0.1:${(await set.current()).port}`;
+    hung.signal('SIGSTOP');
+    try {
+      const [run, served] = await Promise.all([runCli(['stats', '--json'], { ...env, KEY_PREFIX: prefix }), serve({ ...env, KEY_PREFIX: prefix })]);
+      try {
+        expect(run.code, run.stderr).toBe(0);
+        const r = await redeemOne(served);
+        expect(r.status, JSON.stringify(r.body)).toBe(200);
+        expect(await readyz(served.url)).toMatchObject({ status: 200, body: { ready: true, master } });
+      } finally {
+        expect(await served.stop()).toBe(0);
+      }
+    } finally {
+      hung.signal('SIGCONT');
+    }
+  });
+
   /**
    * serve (with the snapshot writer) redeeming one token after another while `failover` moves the master (it
    * returns once the sentinels name another one): answered 200 or 503 only, until ten in a row are 200 after the
