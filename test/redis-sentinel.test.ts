@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, hasRedisServer, kill, reaped, waitForOutput } from '../bench/redis-server.js';
 import { AdminClient } from '../src/client/admin.js';
 import { SatelliteClient } from '../src/client/index.js';
-import { createRedis, type RedisClient } from '../src/store/redis.js';
+import { createRedis, subscriberOf, whyNotConnected, type RedisClient } from '../src/store/redis.js';
 import { SatelliteKeys } from '../src/store/satellites.js';
 import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, failure, privateRedis, serve, type RestartableRedis } from './helpers/http.js';
@@ -204,15 +204,30 @@ describe.skipIf(!hasRedisServer())('Redis Sentinel (a master, two replicas, thre
       expect(run.stderr).toContain('error: cannot reach Redis (master "');
       expect(run.stderr).toContain(said);
     }));
+    // the satellite-removal subscriber, a copy of the worker's client, knows each sentinel's answer as the client does
+    const client = createRedis({ redisUrl: env.REDIS_URL!, redisClusterNodes: [], redisSentinels: [`redis://:${encodeURIComponent(SENTINEL_PASSWORD)}@${nobody}`], redisSentinelName: NAME });
+    client.on('error', () => undefined);
+    const sub = subscriberOf(client);
+    sub.on('error', () => undefined);
+    try {
+      sub.subscribe('never').catch(() => undefined);
+      await until(async () => whyNotConnected(sub), (why) => why !== undefined, 'the subscriber failing', 10_000);
+      expect(whyNotConnected(sub)).toBe(cases[0][1]);
+    } finally {
+      sub.disconnect();
+      client.disconnect();
+    }
   });
 
-  it('a sentinel that hangs (SIGSTOP: its connections accepted, never answered), first in the list: serve starts and redeems through the others, as does the CLI', async () => {
+  it('a sentinel that hangs (SIGSTOP: its connections accepted, never answered), first in the list, and one gone, last: serve starts and redeems through the others, as does the CLI', async () => {
     const hung = set.processes[0]!;
     const prefix = testPrefix('sentinel-hung');
     const master = `127.0.0.1:${(await set.current()).port}`;
+    // every connection asks each sentinel listed to announce failovers: the one gone refuses them all
+    const withGone = { ...env, KEY_PREFIX: prefix, REDIS_SENTINELS: `${env.REDIS_SENTINELS},redis://:${encodeURIComponent(SENTINEL_PASSWORD)}@127.0.0.1:${await freePort()}` };
     hung.signal('SIGSTOP');
     try {
-      const [run, served] = await Promise.all([runCli(['stats', '--json'], { ...env, KEY_PREFIX: prefix }), serve({ ...env, KEY_PREFIX: prefix })]);
+      const [run, served] = await Promise.all([runCli(['stats', '--json'], withGone), serve(withGone)]);
       try {
         expect(run.code, run.stderr).toBe(0);
         const r = await redeemOne(served);
@@ -221,6 +236,8 @@ describe.skipIf(!hasRedisServer())('Redis Sentinel (a master, two replicas, thre
       } finally {
         expect(await served.stop()).toBe(0);
       }
+      // its errors are listened to, by the satellite-removal subscriber's connections too, not printed by ioredis
+      expect(served.output() + run.stderr).not.toContain('Unhandled error event');
     } finally {
       hung.signal('SIGCONT');
     }

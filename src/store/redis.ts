@@ -252,7 +252,11 @@ function coalesceWrites(redis: Redis): Redis {
  */
 export function subscriberOf(client: RedisClient): RedisClient {
   if (client instanceof Cluster) return client.duplicate([], { enableOfflineQueue: true });
-  return client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, connectionName: `${client.options.connectionName}-sub` });
+  const sub = client.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, connectionName: `${client.options.connectionName}-sub` });
+  // a copy of a Sentinel client (lazyConnect too: it connects at SUBSCRIBE) is hooked as the original was: its
+  // sentinels' failures said each (whyNotConnected), and its connections to them listened to, without which ioredis
+  // printed each error of its failoverDetector's ones (a sentinel down) as "[ioredis] Unhandled error event"
+  return isSentinel(client) ? rememberFailure(reportSentinelErrors(sub)) : sub;
 }
 
 /**
