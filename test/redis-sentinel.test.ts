@@ -219,30 +219,6 @@ describe.skipIf(!hasRedisServer())('Redis Sentinel (a master, two replicas, thre
     }
   });
 
-  it('a sentinel that hangs (SIGSTOP: its connections accepted, never answered), first in the list, and one gone, last: serve starts and redeems through the others, as does the CLI', async () => {
-    const hung = set.processes[0]!;
-    const prefix = testPrefix('sentinel-hung');
-    const master = `127.0.0.1:${(await set.current()).port}`;
-    // every connection asks each sentinel listed to announce failovers: the one gone refuses them all
-    const withGone = { ...env, KEY_PREFIX: prefix, REDIS_SENTINELS: `${env.REDIS_SENTINELS},redis://:${encodeURIComponent(SENTINEL_PASSWORD)}@127.0.0.1:${await freePort()}` };
-    hung.signal('SIGSTOP');
-    try {
-      const [run, served] = await Promise.all([runCli(['stats', '--json'], withGone), serve(withGone)]);
-      try {
-        expect(run.code, run.stderr).toBe(0);
-        const r = await redeemOne(served);
-        expect(r.status, JSON.stringify(r.body)).toBe(200);
-        expect(await readyz(served.url)).toMatchObject({ status: 200, body: { ready: true, master } });
-      } finally {
-        expect(await served.stop()).toBe(0);
-      }
-      // its errors are listened to, by the satellite-removal subscriber's connections too, not printed by ioredis
-      expect(served.output() + run.stderr).not.toContain('Unhandled error event');
-    } finally {
-      hung.signal('SIGCONT');
-    }
-  });
-
   /**
    * serve (with the snapshot writer) redeeming one token after another while `failover` moves the master (it
    * returns once the sentinels name another one): answered 200 or 503 only, until ten in a row are 200 after the
@@ -283,6 +259,8 @@ describe.skipIf(!hasRedisServer())('Redis Sentinel (a master, two replicas, thre
         }
         throw new Error('ran out of tokens before serve answered again');
       })();
+      // handled where awaited below; a failover that fails first leaves it unawaited
+      redeeming.catch(() => undefined);
       await until(async () => acknowledged.size, (n) => n >= 5, 'redemptions before the failover');
       const started = Date.now();
       // a failover that fails the test ends the redemptions first, so none outlives serve
@@ -309,8 +287,12 @@ describe.skipIf(!hasRedisServer())('Redis Sentinel (a master, two replicas, thre
       const rows = await pool.query<{ token: string; redeemer_user_id: string }>("SELECT token::text, redeemer_user_id FROM tokens WHERE state = 'redeemed'");
       const inPostgres = new Map(rows.rows.map((r) => [r.token, r.redeemer_user_id]));
       for (const [token, user] of acknowledged) expect(inPostgres.get(token), token).toBe(user);
+      // a change answered 503 may stand or not (README): the old master may have taken one, and the writer copied it,
+      // that the new master never had. verify lists those ("Redis went back in time"); never one answered 200
       const verified = await runCli(['verify'], { ...env, KEY_PREFIX: prefix, DATABASE_URL: db.url });
-      expect(verified.code, verified.stdout + verified.stderr).toBe(0);
+      const differing = [...verified.stdout.matchAll(/^([0-9a-f-]{36}) differs/gm)].map((m) => m[1]!);
+      expect(differing.filter((t) => acknowledged.has(t))).toEqual([]);
+      if (differing.length === 0) expect(verified.code, verified.stdout + verified.stderr).toBe(0);
 
       // the worker's subscriber found the new master too: a removal by the CLI ends the cached key at once
       await until(async () => (await probe.pubsub('NUMSUB', new SatelliteKeys(prefix).retired())) as [string, number], (r) => Number(r[1]) >= 1, 'the worker subscribed on the new master', 20_000);
@@ -358,6 +340,31 @@ describe.skipIf(!hasRedisServer())('Redis Sentinel (a master, two replicas, thre
       await switchedFrom(old);
     });
   }, 60_000);
+
+  // after the failovers: a sentinel paused, once resumed, stays in TILT mode for 30 s and starts no failover
+  it('a sentinel that hangs (SIGSTOP: its connections accepted, never answered), first in the list, and one gone, last: serve starts and redeems through the others, as does the CLI', async () => {
+    const hung = set.processes[0]!;
+    const prefix = testPrefix('sentinel-hung');
+    const master = `127.0.0.1:${(await set.current()).port}`;
+    // every connection asks each sentinel listed to announce failovers: the one gone refuses them all
+    const withGone = { ...env, KEY_PREFIX: prefix, REDIS_SENTINELS: `${env.REDIS_SENTINELS},redis://:${encodeURIComponent(SENTINEL_PASSWORD)}@127.0.0.1:${await freePort()}` };
+    hung.signal('SIGSTOP');
+    try {
+      const [run, served] = await Promise.all([runCli(['stats', '--json'], withGone), serve(withGone)]);
+      try {
+        expect(run.code, run.stderr).toBe(0);
+        const r = await redeemOne(served);
+        expect(r.status, JSON.stringify(r.body)).toBe(200);
+        expect(await readyz(served.url)).toMatchObject({ status: 200, body: { ready: true, master } });
+      } finally {
+        expect(await served.stop()).toBe(0);
+      }
+      // its errors are listened to, by the satellite-removal subscriber's connections too, not printed by ioredis
+      expect(served.output() + run.stderr).not.toContain('Unhandled error event');
+    } finally {
+      hung.signal('SIGCONT');
+    }
+  });
 });
 
 describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis Sentinel over TLS (a private CA; skipped without redis-server or openssl)', () => {
