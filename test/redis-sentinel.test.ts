@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -20,9 +20,19 @@ const NAME = 'rm-master';
 // the master's and its replicas' password, and the sentinels' own (characters a URL must percent-encode)
 const MASTER_PASSWORD = 'm@ster/s3cret';
 const SENTINEL_PASSWORD = 's3ntinel%pw';
+// the password of README's least-privilege sentinel user, which the manager reaches the sentinels as
+const CLIENT_PASSWORD = 'cl1ent:pw';
 const noSecret = (text: string) => {
-  for (const s of [MASTER_PASSWORD, SENTINEL_PASSWORD, encodeURIComponent(MASTER_PASSWORD), encodeURIComponent(SENTINEL_PASSWORD)]) expect(text).not.toContain(s);
+  for (const s of [MASTER_PASSWORD, SENTINEL_PASSWORD, CLIENT_PASSWORD].flatMap((p) => [p, encodeURIComponent(p)])) expect(text).not.toContain(s);
 };
+
+/** README's sentinel.conf line of the sentinels' least-privilege user, as written there, its password replaced */
+function readmeSentinelUser(): { user: string; line: string } {
+  const lines = readFileSync(path.resolve(import.meta.dirname, '../README.md'), 'utf8').split('\n').filter((l) => /^user \S+ on /.test(l));
+  expect(lines).toHaveLength(1);
+  return { user: lines[0]!.split(' ')[1]!, line: lines[0]!.replace(/ >\S+/, ` >${CLIENT_PASSWORD}`) };
+}
+const SENTINEL_USER = readmeSentinelUser();
 
 /**
  * A redis-server in Sentinel mode of its own (free port, config in a temp dir: Sentinel rewrites it) watching
@@ -33,7 +43,7 @@ async function startSentinel(masterPort: number, tlsDir?: string) {
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), 'rm-sentinel-'));
   const conf = path.join(dir, 'sentinel.conf');
-  const lines = [`port ${tlsDir ? 0 : port}`, 'bind 127.0.0.1', `dir ${dir}`, `requirepass "${SENTINEL_PASSWORD}"`, `sentinel sentinel-pass "${SENTINEL_PASSWORD}"`];
+  const lines = [`port ${tlsDir ? 0 : port}`, 'bind 127.0.0.1', `dir ${dir}`, `requirepass "${SENTINEL_PASSWORD}"`, `sentinel sentinel-pass "${SENTINEL_PASSWORD}"`, SENTINEL_USER.line];
   if (tlsDir) {
     const f = (name: string) => path.join(tlsDir, name);
     lines.push(`tls-port ${port}`, `tls-cert-file ${f('server.crt')}`, `tls-key-file ${f('server.key')}`, `tls-ca-cert-file ${f('ca.crt')}`, 'tls-auth-clients no', 'tls-replication yes', 'sentinel resolve-hostnames yes', 'sentinel announce-hostnames yes');
@@ -128,8 +138,8 @@ describe.skipIf(!hasRedisServer())('Redis Sentinel (a master, two replicas, thre
 
   beforeAll(async () => {
     set = await sentinelSet();
-    // REDIS_URL's password is the master's (its host is not used), the seeds' the sentinels'
-    const seeds = set.sentinels.map((s) => `redis://:${encodeURIComponent(SENTINEL_PASSWORD)}@${s}`);
+    // REDIS_URL's password is the master's (its host is not used), the seeds' the sentinels' (README's user)
+    const seeds = set.sentinels.map((s) => `redis://${SENTINEL_USER.user}:${encodeURIComponent(CLIENT_PASSWORD)}@${s}`);
     env = { REDIS_URL: `redis://:${encodeURIComponent(MASTER_PASSWORD)}@127.0.0.1:1`, REDIS_SENTINELS: seeds.join(','), REDIS_SENTINEL_NAME: NAME };
     probe = createRedis({ redisUrl: env.REDIS_URL!, redisClusterNodes: [], redisSentinels: seeds, redisSentinelName: NAME });
   }, 60_000);
@@ -150,7 +160,7 @@ describe.skipIf(!hasRedisServer())('Redis Sentinel (a master, two replicas, thre
     }
     // the seeds as `config` echoes them: the sentinels' password masked, as REDIS_URL's
     const config = await runCli(['config'], env);
-    expect(config.stdout).toMatch(new RegExp(`^REDIS_SENTINELS +\\["redis://:\\*\\*\\*@${set.sentinels[0]}",`, 'm'));
+    expect(config.stdout).toMatch(new RegExp(`^REDIS_SENTINELS +\\["redis://${SENTINEL_USER.user}:\\*\\*\\*@${set.sentinels[0]}",`, 'm'));
     expect(config.stdout).toMatch(new RegExp(`^REDIS_SENTINEL_NAME +"${NAME}"$`, 'm'));
     noSecret(config.stdout + config.stderr);
   });
@@ -347,7 +357,7 @@ describe.skipIf(!hasRedisServer())('Redis Sentinel (a master, two replicas, thre
     const prefix = testPrefix('sentinel-hung');
     const master = `127.0.0.1:${(await set.current()).port}`;
     // every connection asks each sentinel listed to announce failovers: the one gone refuses them all
-    const withGone = { ...env, KEY_PREFIX: prefix, REDIS_SENTINELS: `${env.REDIS_SENTINELS},redis://:${encodeURIComponent(SENTINEL_PASSWORD)}@127.0.0.1:${await freePort()}` };
+    const withGone = { ...env, KEY_PREFIX: prefix, REDIS_SENTINELS: `${env.REDIS_SENTINELS},redis://${SENTINEL_USER.user}:${encodeURIComponent(CLIENT_PASSWORD)}@127.0.0.1:${await freePort()}` };
     hung.signal('SIGSTOP');
     try {
       const [run, served] = await Promise.all([runCli(['stats', '--json'], withGone), serve(withGone)]);
@@ -363,6 +373,21 @@ describe.skipIf(!hasRedisServer())('Redis Sentinel (a master, two replicas, thre
       expect(served.output() + run.stderr).not.toContain('Unhandled error event');
     } finally {
       hung.signal('SIGCONT');
+    }
+  });
+
+  it("runs last: the sentinels refused nothing that serve, the writer and the CLI sent above as README's sentinel user", async () => {
+    for (const address of set.sentinels) {
+      const s = new Redis({ port: Number(address.split(':')[1]), host: '127.0.0.1', password: SENTINEL_PASSWORD });
+      try {
+        const entries = (await s.call('ACL', 'LOG')) as unknown[][];
+        const refused = entries.map((e) => Object.fromEntries(chunk(e.map(String)))).filter((f) => f.username === SENTINEL_USER.user);
+        expect(refused.map((f) => `${f.reason} ${f.object}`), address).toEqual([]);
+        // and it is the one used: the probe's connection listening for failovers is there as that user
+        expect(await s.client('LIST'), address).toContain(` user=${SENTINEL_USER.user} `);
+      } finally {
+        s.disconnect();
+      }
     }
   });
 });
