@@ -22,6 +22,10 @@ const GLOBAL_OPTIONS: { flag: string; key: keyof Config; help: string; shown?: (
   { flag: '--redis-cluster-nodes <list>', key: 'redisClusterNodes', help: 'Redis Cluster seeds host:port,... (env REDIS_CLUSTER_NODES)', shown: seedsShown },
   { flag: '--redis-sentinels <list>', key: 'redisSentinels', help: 'Redis Sentinels host:port,... (env REDIS_SENTINELS)', shown: seedsShown },
   { flag: '--redis-sentinel-name <name>', key: 'redisSentinelName', help: 'master name the sentinels monitor (env REDIS_SENTINEL_NAME)' },
+  // the TLS files go with the Redis named: another Redis given by flag has its own CA and client certificate
+  { flag: '--redis-tls-ca-file <file>', key: 'redisTlsCaFile', help: 'PEM CA certificate(s) Redis\'s TLS certificate is checked against (env REDIS_TLS_CA_FILE)' },
+  { flag: '--redis-tls-cert-file <file>', key: 'redisTlsCertFile', help: 'PEM client certificate sent to Redis over TLS (env REDIS_TLS_CERT_FILE)' },
+  { flag: '--redis-tls-key-file <file>', key: 'redisTlsKeyFile', help: 'PEM private key of that certificate (env REDIS_TLS_KEY_FILE)' },
   { flag: '--key-prefix <prefix>', key: 'keyPrefix', help: 'Redis key prefix (env KEY_PREFIX)' },
   { flag: '--database-url <url>', key: 'databaseUrl', help: 'Postgres URL (env DATABASE_URL)', shown: hidePassword },
 ];

@@ -23,7 +23,7 @@ function flag(argv: string[], name: string): string | undefined {
 }
 
 /** The global options that take a value (cli/context.ts; a test holds the two together): their value is no command. */
-export const GLOBAL_VALUES = new Set(['--redis-url', '--redis-cluster-nodes', '--redis-sentinels', '--redis-sentinel-name', '--key-prefix', '--database-url']);
+export const GLOBAL_VALUES = new Set(['--redis-url', '--redis-cluster-nodes', '--redis-sentinels', '--redis-sentinel-name', '--redis-tls-ca-file', '--redis-tls-cert-file', '--redis-tls-key-file', '--key-prefix', '--database-url']);
 
 /**
  * The command of a `main.js` (or `referral-manager`) command line: its first argument that is no option

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { createSecureContext } from 'node:tls';
 import os from 'node:os';
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from './log.js';
 
@@ -179,19 +180,42 @@ const sentinelName: Parser<string> = (raw) => {
   return name;
 };
 
-/** A PEM file readable now, as its path: a typo or a missing mount refused at start, not found at the first connect. */
-const pemFile: Parser<string> = (raw) => {
-  const file = raw.trim();
-  let text: string;
+/** The text of a file, or an error naming it: "ENOENT: no such file or directory", without the path again. */
+function readPem(file: string): string {
   try {
-    text = readFileSync(file, 'utf8');
+    return readFileSync(file, 'utf8');
   } catch (err) {
-    // "ENOENT: no such file or directory", without the path again
     throw new Error(`cannot read "${file}": ${(err as Error).message.split(',')[0]}`);
   }
-  if (!text.includes('-----BEGIN CERTIFICATE-----')) throw new Error(`"${file}" holds no PEM certificate (-----BEGIN CERTIFICATE-----)`);
+}
+
+/** A PEM file of certificates readable now, as its path: a typo or a missing mount refused at start, not found at the first connect. */
+const pemFile: Parser<string> = (raw) => {
+  const file = raw.trim();
+  if (!readPem(file).includes('-----BEGIN CERTIFICATE-----')) throw new Error(`"${file}" holds no PEM certificate (-----BEGIN CERTIFICATE-----)`);
   return file;
 };
+
+/** A PEM file of a private key readable now, as its path (whether it goes with its certificate: loadConfig). */
+const pemKeyFile: Parser<string> = (raw) => {
+  const file = raw.trim();
+  // PKCS#8 (BEGIN PRIVATE KEY), PKCS#1 (BEGIN RSA PRIVATE KEY), SEC1 (BEGIN EC PRIVATE KEY), encrypted ones too
+  if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(readPem(file))) throw new Error(`"${file}" holds no PEM private key (-----BEGIN PRIVATE KEY-----)`);
+  return file;
+};
+
+/**
+ * Why a client certificate and its key cannot be used together, as Node's TLS says it (a key of another
+ * certificate: "key values mismatch"; an encrypted key, which no passphrase setting opens), or undefined.
+ */
+function clientCertificateRefused(certFile: string, keyFile: string): string | undefined {
+  try {
+    createSecureContext({ cert: readPem(certFile), key: readPem(keyFile) });
+    return undefined;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
 
 const keyPrefix: Parser<string> = (raw) => {
   if (!/^[A-Za-z0-9_.-]{1,32}$/.test(raw)) throw new Error(`expected 1..32 of [A-Za-z0-9_.-] (no braces: the prefix sits outside the hash tag), got "${raw}"`);
@@ -235,6 +259,8 @@ export const settings = {
   redisSentinels: { env: 'REDIS_SENTINELS', default: [] as string[], parse: sentinelList, doc: 'Comma-separated host:port of Redis Sentinels; when set (with REDIS_SENTINEL_NAME), the master those sentinels name is used, followed through failovers, instead of REDIS_URL\'s host:port (not with REDIS_CLUSTER_NODES). Written as REDIS_CLUSTER_NODES\' seeds: `rediss://` (every seed) reaches the sentinels over TLS, and a user and password there, the same on every seed, are the sentinels\' own (`requirepass` of sentinel.conf). The master and its replicas are reached with REDIS_URL\'s user, password, database and TLS (`rediss://`) (see "Redis Sentinel" in "What a 200 promises" below).' },
   redisSentinelName: { env: 'REDIS_SENTINEL_NAME', default: '', parse: sentinelName, doc: 'The master group name the sentinels monitor (`sentinel monitor <name> ...`); required with REDIS_SENTINELS, refused without it.' },
   redisTlsCaFile: { env: 'REDIS_TLS_CA_FILE', default: '', parse: pemFile, doc: 'PEM file of the CA certificate(s) Redis\'s TLS certificate is checked against instead of the system\'s (a private CA, as a cloud Redis with in-transit encryption often has); only with rediss:// in REDIS_URL, REDIS_CLUSTER_NODES or REDIS_SENTINELS (refused otherwise). Read at start. Empty: the system CAs.' },
+  redisTlsCertFile: { env: 'REDIS_TLS_CERT_FILE', default: '', parse: pemFile, doc: 'PEM file of the client certificate sent to Redis over TLS, for a Redis that asks for one (`tls-auth-clients yes`, mutual TLS); with REDIS_TLS_KEY_FILE (both or neither), only with rediss:// as REDIS_TLS_CA_FILE. Sent on every TLS connection: to each Cluster node, the master and the sentinels alike. Read at start. Empty: no client certificate.' },
+  redisTlsKeyFile: { env: 'REDIS_TLS_KEY_FILE', default: '', parse: pemKeyFile, doc: 'PEM file of the private key of REDIS_TLS_CERT_FILE (unencrypted); refused at start when it is not that certificate\'s key.' },
   redisWaitReplicas: { env: 'REDIS_WAIT_REPLICAS', default: 0, parse: int(0, 16), doc: 'Answer a state change (generate, redeem, reserve, complete, release, revoke) only once this many replicas of its Redis master have it (WAIT), so a failover cannot lose a change a caller was told about; one that does not arrive within REDIS_WAIT_MS is answered 503 (it may stand: a retry is answered as a retry), and /readyz is 503 while every master has fewer replicas online (200 `degraded`, naming it, while only some do). 0: off (Redis replicates asynchronously).' },
   redisWaitMs: { env: 'REDIS_WAIT_MS', default: 500, parse: int(1, 60_000), doc: 'How long a WAIT for REDIS_WAIT_REPLICAS replicas lasts; a change made while one is in flight shares the next, so it may wait three: keep it under a third of REQUEST_TIMEOUT_MS (with REDIS_WAIT_REPLICAS above 0, refused otherwise).' },
   keyPrefix: { env: 'KEY_PREFIX', default: 'rm', parse: keyPrefix, doc: 'Prefix of every Redis key, so several deployments (or test runs) can share one Redis.' },
@@ -313,11 +339,26 @@ export function loadConfig(
   }
   // a CA given for a Redis reached in plain text means TLS was meant: without it, the traffic and a password would go in clear
   if (c.redisTlsCaFile && c.redisClusterNodes !== undefined && c.redisUrl !== undefined && c.redisSentinels !== undefined && !usesTls(c as Config)) {
-    refuse('redisTlsCaFile', `set, but Redis is reached without TLS: use rediss:// in ${c.redisClusterNodes.length ? 'REDIS_CLUSTER_NODES' : c.redisSentinels.length ? 'REDIS_URL (the master) or REDIS_SENTINELS' : 'REDIS_URL'}`);
+    refuse('redisTlsCaFile', `set, but Redis is reached without TLS: ${useRediss(c as Config)}`);
+  }
+  // a client certificate without its key (or a key alone) cannot be sent: refused here, not at each connect
+  if (c.redisTlsCertFile !== undefined && c.redisTlsKeyFile !== undefined && !c.redisTlsCertFile !== !c.redisTlsKeyFile) {
+    if (c.redisTlsCertFile) refuse('redisTlsKeyFile', 'not set, but REDIS_TLS_CERT_FILE is: a client certificate is sent with its private key; set both, or neither');
+    else refuse('redisTlsCertFile', 'not set, but REDIS_TLS_KEY_FILE is: a private key is sent as the key of a client certificate; set both, or neither');
+  } else if (c.redisTlsCertFile && c.redisTlsKeyFile) {
+    const refused = clientCertificateRefused(c.redisTlsCertFile, c.redisTlsKeyFile);
+    if (refused) refuse('redisTlsKeyFile', `cannot be used with REDIS_TLS_CERT_FILE: ${refused}`);
+  }
+  if (c.redisTlsCertFile && c.redisClusterNodes !== undefined && c.redisUrl !== undefined && c.redisSentinels !== undefined && !usesTls(c as Config)) {
+    refuse('redisTlsCertFile', `set, but Redis is reached without TLS: ${useRediss(c as Config)}`);
   }
   if (problems.length) throw new ConfigError(problems, failed);
   return out as Config;
 }
+
+/** Where a TLS setting given for a Redis reached in plain text wants rediss://. */
+const useRediss = (c: Pick<Config, 'redisClusterNodes' | 'redisSentinels'>): string =>
+  `use rediss:// in ${c.redisClusterNodes.length ? 'REDIS_CLUSTER_NODES' : c.redisSentinels.length ? 'REDIS_URL (the master) or REDIS_SENTINELS' : 'REDIS_URL'}`;
 
 /**
  * Whether Redis is reached over TLS: a rediss:// REDIS_URL, or rediss:// seeds when REDIS_CLUSTER_NODES is set

@@ -9,7 +9,8 @@ import { freePort, hasRedisServer, kill } from '../bench/redis-server.js';
 import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, serve } from './helpers/http.js';
 import { testPrefix } from './helpers/redis.js';
-import { hasOpenssl, makeCertificates, redeemOne, startTlsRedis } from './helpers/tls.js';
+import { loadConfig } from '../src/config.js';
+import { hasOpenssl, makeCertificates, makeClientCertificate, redeemOne, startTlsRedis } from './helpers/tls.js';
 
 describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, with a certificate of a private CA', () => {
   let dir: string;
@@ -122,6 +123,105 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, wi
     }
   });
 });
+
+// a managed Redis with mutual TLS (`tls-auth-clients yes`) takes only clients with a certificate its CA signed
+describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that asks for a client certificate (tls-auth-clients yes)', () => {
+  let dir: string;
+  /** a CA Redis does not trust, and a client certificate it signed */
+  let otherDir: string;
+  let redis: { port: number; proc: ChildProcess } | undefined;
+  let tls: Record<string, string>;
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'rm-mtls-redis-'));
+    otherDir = mkdtempSync(path.join(tmpdir(), 'rm-mtls-other-'));
+    makeCertificates(dir);
+    makeClientCertificate(dir);
+    makeCertificates(otherDir);
+    makeClientCertificate(otherDir);
+    redis = await startTlsRedis(dir, ['--tls-auth-clients', 'yes']);
+    tls = { REDIS_URL: `rediss://localhost:${redis.port}`, REDIS_TLS_CA_FILE: path.join(dir, 'ca.crt') };
+  });
+  afterAll(async () => {
+    if (redis) await kill(redis.proc, 'SIGKILL');
+    for (const d of [dir, otherDir]) rmSync(d, { recursive: true, force: true });
+  });
+
+  it('serve answers a redeem given REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE, and the CLI reads the same Redis given them as flags', async () => {
+    const env = { ...tls, REDIS_TLS_CERT_FILE: path.join(dir, 'client.crt'), REDIS_TLS_KEY_FILE: path.join(dir, 'client.key'), KEY_PREFIX: testPrefix('mtls') };
+    const server = await serve(env);
+    try {
+      const r = await redeemOne(server);
+      expect(r.status, JSON.stringify(r.body)).toBe(200);
+      expect(r.body).toMatchObject({ token: r.token, state: 'redeemed' });
+      // every connection of serve sent it: the primary's and the subscriptions' too
+      expect(server.output()).not.toMatch(/unreachable|certificate/);
+    } finally {
+      await server.stop();
+    }
+    const flags = ['--redis-url', tls.REDIS_URL!, '--redis-tls-ca-file', tls.REDIS_TLS_CA_FILE!, '--redis-tls-cert-file', env.REDIS_TLS_CERT_FILE, '--redis-tls-key-file', env.REDIS_TLS_KEY_FILE, '--key-prefix', env.KEY_PREFIX];
+    const stats = await runCli([...flags, 'stats', '--json'], { REDIS_URL: 'redis://127.0.0.1:1' });
+    expect(stats.stderr).toBe('');
+    expect(JSON.parse(stats.stdout).satellites['sat-a'].redeemed).toBe(1);
+  });
+
+  it('without a client certificate, serve answers 503, its log and /readyz say Redis asked for one and name REDIS_TLS_CERT_FILE; the CLI gives up saying so', async () => {
+    const env = { ...tls, KEY_PREFIX: testPrefix('mtls-none') };
+    const server = await serve(env);
+    try {
+      const pool = new Pool(server.url, { connections: 1 });
+      const r = await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-a' } });
+      const ready = await call(pool, 'GET', '/readyz');
+      await pool.close();
+      expect(r.status).toBe(503);
+      expect([ready.status, ready.body.error]).toEqual([503, expect.stringMatching(new RegExp(`^no connection to Redis \\(reconnecting\\): ${NO_CERTIFICATE}$`))]);
+      expect(server.output()).toMatch(new RegExp(`Redis unreachable \\((${ALERT_OR_RESET})\\); retrying, requests meanwhile answer 503; .*REDIS_TLS_CERT_FILE`));
+    } finally {
+      await server.stop();
+    }
+    const stats = await runCli(['stats'], env);
+    expect(stats.code).toBe(1);
+    expect(stats.stderr.trim()).toMatch(new RegExp(`^error: cannot reach Redis \\(rediss://localhost:${redis!.port}\\) within 10 s: ${NO_CERTIFICATE}$`));
+  });
+
+  it('with a client certificate of a CA Redis does not trust, the CLI says Redis refused it', async () => {
+    const stats = await runCli(['stats'], { ...tls, REDIS_TLS_CERT_FILE: path.join(otherDir, 'client.crt'), REDIS_TLS_KEY_FILE: path.join(otherDir, 'client.key') });
+    expect(stats.code).toBe(1);
+    // its CA has the name of Redis's, another key (made anew): "decrypt error"
+    expect(stats.stderr.trim()).toMatch(new RegExp(`^error: cannot reach Redis \\(rediss://localhost:${redis!.port}\\) within 10 s: (tlsv1 alert decrypt error; Redis refused the client certificate of REDIS_TLS_CERT_FILE: it must be signed by a CA of Redis's tls-ca-cert-file, and valid|${RESET})$`));
+  });
+
+  it('refuses at start, in one line each, a certificate without its key, a key of another certificate, a missing key file, and either without rediss://', async () => {
+    const [cert, key, otherKey] = [path.join(dir, 'client.crt'), path.join(dir, 'client.key'), path.join(otherDir, 'client.key')];
+    const missing = path.join(dir, 'no-such-client.key');
+    const refused = async (env: Record<string, string>) => {
+      const run = await runCli(['stats'], { ...tls, ...env });
+      expect(run.code, run.stderr).toBe(2);
+      return run.stderr;
+    };
+    expect(await refused({ REDIS_TLS_CERT_FILE: cert })).toContain('REDIS_TLS_KEY_FILE: not set, but REDIS_TLS_CERT_FILE is: a client certificate is sent with its private key; set both, or neither\n');
+    expect(await refused({ REDIS_TLS_KEY_FILE: key })).toContain('REDIS_TLS_CERT_FILE: not set, but REDIS_TLS_KEY_FILE is: a private key is sent as the key of a client certificate; set both, or neither\n');
+    // Node's TLS says why: "error:05800074:x509 certificate routines::key values mismatch"
+    expect(await refused({ REDIS_TLS_CERT_FILE: cert, REDIS_TLS_KEY_FILE: otherKey })).toMatch(/REDIS_TLS_KEY_FILE: cannot be used with REDIS_TLS_CERT_FILE: .*key values mismatch\n/);
+    expect(await refused({ REDIS_TLS_CERT_FILE: cert, REDIS_TLS_KEY_FILE: missing })).toContain(`REDIS_TLS_KEY_FILE: cannot read "${missing}": ENOENT: no such file or directory\n`);
+    // the key given as the certificate, the certificate as the key
+    expect(await refused({ REDIS_TLS_CERT_FILE: key, REDIS_TLS_KEY_FILE: cert })).toContain(`REDIS_TLS_CERT_FILE: "${key}" holds no PEM certificate (-----BEGIN CERTIFICATE-----)\n  - REDIS_TLS_KEY_FILE: "${cert}" holds no PEM private key (-----BEGIN PRIVATE KEY-----)\n`);
+    const plain = { REDIS_URL: `redis://localhost:${redis!.port}`, REDIS_TLS_CA_FILE: '', REDIS_TLS_CERT_FILE: cert, REDIS_TLS_KEY_FILE: key };
+    expect(await refused(plain)).toContain('REDIS_TLS_CERT_FILE: set, but Redis is reached without TLS: use rediss:// in REDIS_URL\n');
+    // a Cluster and Sentinel alike: the whole cluster's seeds, the master's or the sentinels'
+    expect(() => loadConfig({}, { ...plain, REDIS_CLUSTER_NODES: 'localhost:1' })).toThrow('REDIS_TLS_CERT_FILE: set, but Redis is reached without TLS: use rediss:// in REDIS_CLUSTER_NODES');
+    expect(loadConfig({}, { ...plain, REDIS_CLUSTER_NODES: 'rediss://localhost:1' }).redisTlsCertFile).toBe(cert);
+    expect(loadConfig({}, { ...plain, REDIS_SENTINELS: 'rediss://localhost:1', REDIS_SENTINEL_NAME: 'm' }).redisTlsKeyFile).toBe(key);
+  });
+});
+
+/**
+ * What a Redis with tls-auth-clients yes gets said of a client it refuses after the TLS 1.3 handshake, with the
+ * hint that follows: its alert, or, as often, the reset of the connection the client was writing to, which the
+ * alert was lost in
+ */
+const RESET = "(?:(?:read|write) ECONNRESET|write EPIPE); Redis closed the connection right after the TLS handshake, as one with tls-auth-clients does to a client without a certificate its tls-ca-cert-file CA signed: check REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE";
+const ALERT_OR_RESET = 'tlsv13 alert certificate required|(?:read|write) ECONNRESET|write EPIPE';
+const NO_CERTIFICATE = `(tlsv13 alert certificate required; Redis asks for a client certificate \\(tls-auth-clients\\): set REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE to one its tls-ca-cert-file CA signed|${RESET})`;
 
 /** what Node says of a certificate no trusted CA signed, and the hint that follows it */
 const UNTRUSTED = "self[- ]signed certificate in certificate chain; Redis's TLS certificate is not signed by a CA trusted here: set REDIS_TLS_CA_FILE to the CA that signed it";

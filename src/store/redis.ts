@@ -16,16 +16,20 @@ export interface RedisOptions {
 }
 
 /** What createRedis reads of the config: every Redis connection (serve, its workers, the writer, the CLI) takes them alike. */
-export type RedisConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes'> & Partial<Pick<Config, 'redisTlsCaFile' | 'redisSentinels' | 'redisSentinelName'>>;
+export type RedisConfig = Pick<Config, 'redisUrl' | 'redisClusterNodes'> & Partial<Pick<Config, 'redisTlsCaFile' | 'redisTlsCertFile' | 'redisTlsKeyFile' | 'redisSentinels' | 'redisSentinelName'>>;
 
 /**
- * TLS options when `on`, with the private CA's certificates in place of the system's; read as the client is
- * made, its reconnects reuse them. ioredis turns TLS on for a rediss:// URL by itself, but with the system's CAs
- * only, and a Cluster takes no URL at all.
+ * TLS options when `on`, with the private CA's certificates in place of the system's and the client certificate
+ * a Redis with `tls-auth-clients yes` asks for; read as the client is made, its reconnects reuse them. ioredis
+ * turns TLS on for a rediss:// URL by itself, but with the system's CAs only, and a Cluster takes no URL at all.
  */
 function tlsOf(config: RedisConfig, on: boolean): ConnectionOptions | undefined {
   if (!on) return undefined;
-  return config.redisTlsCaFile ? { ca: readFileSync(config.redisTlsCaFile, 'utf8') } : {};
+  return {
+    ...(config.redisTlsCaFile ? { ca: readFileSync(config.redisTlsCaFile, 'utf8') } : {}),
+    // both or neither (config.ts)
+    ...(config.redisTlsCertFile && config.redisTlsKeyFile ? { cert: readFileSync(config.redisTlsCertFile, 'utf8'), key: readFileSync(config.redisTlsKeyFile, 'utf8') } : {}),
+  };
 }
 
 /**
@@ -72,7 +76,7 @@ export function createRedis(config: RedisConfig, opts: RedisOptions = {}): Redis
         ...(opts.failFast ? {} : { maxRedirections: 100, retryDelayOnFailover: 100, retryDelayOnClusterDown: 100, retryDelayOnTryAgain: 100 }),
       },
     );
-    cluster.on('+node', (node: Redis) => catchAsking(coalesceWrites(reportSlotMapErrors(cluster, node))));
+    cluster.on('+node', (node: Redis) => catchAsking(coalesceWrites(reportSlotMapErrors(cluster, markResets(node)))));
     return rememberFailure(boundReadyCheck(cluster));
   }
   if (sentinels.length > 0) {
@@ -98,11 +102,47 @@ export function createRedis(config: RedisConfig, opts: RedisOptions = {}): Redis
       // connected below, once reportSentinelErrors hooks the first sentinel asked too
       lazyConnect: true,
     };
-    const client = rememberFailure(coalesceWrites(reportSentinelErrors(new Redis(config.redisUrl, { ...common, ...sentinel }))));
+    const client = rememberFailure(coalesceWrites(reportSentinelErrors(markResets(new Redis(config.redisUrl, { ...common, ...sentinel })))));
     client.connect().catch(() => undefined);
     return client;
   }
-  return rememberFailure(coalesceWrites(new Redis(config.redisUrl, common)));
+  return rememberFailure(coalesceWrites(markResets(new Redis(config.redisUrl, common))));
+}
+
+/**
+ * Errors of TLS connections Redis reset after the handshake, before it answered anything. A Redis with
+ * `tls-auth-clients yes` checks the client certificate (missing, or not of its CA) only once the TLS 1.3
+ * handshake is over, and its alert saying why was lost about half the time in the reset of a connection the
+ * client was already writing to: "write ECONNRESET", said with a hint of its own (certificateHint).
+ */
+const resetAfterHandshake = new WeakSet<Error>();
+const RESETS = new Set(['ECONNRESET', 'EPIPE']);
+
+/**
+ * Marks `connection`'s resets after the TLS handshake, before Redis answered anything (resetAfterHandshake),
+ * ahead of any other listener. Not by its status: the connections ioredis makes without a ready check (a
+ * Cluster's, the sentinels') are 'ready' at once.
+ */
+function markResets<T extends Redis>(connection: T): T {
+  if (!connection.options.tls) return connection;
+  let connected = false;
+  let answered = false;
+  connection.on('connect', () => {
+    connected = true;
+    answered = false;
+    connection.stream?.once('data', () => (answered = true));
+  });
+  connection.on('close', () => (connected = false));
+  connection.prependListener('error', (err: Error) => {
+    if (connected && !answered && RESETS.has((err as NodeJS.ErrnoException).code ?? '')) resetAfterHandshake.add(err);
+  });
+  return connection;
+}
+
+/** `err`, marked as `cause` is (resetAfterHandshake): for an error that says what `cause` did. */
+function resetAlike(cause: Error | undefined, err: Error): Error {
+  if (cause && resetAfterHandshake.has(cause)) resetAfterHandshake.add(err);
+  return err;
 }
 
 /**
@@ -122,6 +162,11 @@ const failures = new WeakMap<RedisClient, Error>();
 /** a Cluster client's last node error that says more than "Connection is closed.", until it is ready again */
 const nodeFailures = new WeakMap<RedisClient, Error>();
 const CLOSED = 'Connection is closed.';
+/**
+ * What ioredis says of a connection lost, which says nothing of why: its ready check fails with "Stream isn't
+ * writeable" once Redis closed a connection it had taken (a TLS client certificate refused after the handshake)
+ */
+const saysOnlyLost = (err: Error): boolean => err.message === CLOSED || /^Stream isn't writeable/.test(err.message);
 
 /**
  * Keeps why the client last failed to connect (whyNotConnected): a command refused meanwhile says only that
@@ -129,13 +174,16 @@ const CLOSED = 'Connection is closed.';
  */
 function rememberFailure<T extends RedisClient>(client: T): T {
   client.on('node error', (err: Error) => {
-    if (err.message !== CLOSED) nodeFailures.set(client, err);
+    if (!saysOnlyLost(err)) nodeFailures.set(client, err);
   });
   client.on('sentinelError', (err: Error) => {
     const said = sentinelFailures.get(client) ?? new Map<string, Error>();
     sentinelFailures.set(client, said.set(...sentinelSaid(err.message, client)));
   });
-  client.on('error', (err: Error) => failures.set(client, failureOf(client, err)));
+  client.on('error', (err: Error) => {
+    // the reason said before stays (the reset that made the ready check fail)
+    if (!saysOnlyLost(err) || !failures.has(client)) failures.set(client, failureOf(client, err));
+  });
   client.on('ready', () => {
     failures.delete(client);
     nodeFailures.delete(client);
@@ -162,7 +210,7 @@ function sentinelSaid(message: string, client: RedisClient): [string, Error] {
   if (!address) return [message, new Error(message)];
   if (!/^failed/.test(message) || /^ERR No such master/.test(why!)) return [address, new Error(`sentinel ${address} knows no master named "${(client as Redis).options.name}" (REDIS_SENTINEL_NAME)`)];
   const cause = why === CLOSED ? sentinelCauses.get(client)?.get(address) : undefined;
-  return [address, Object.assign(new Error(`sentinel ${address}: ${cause?.message ?? why}`), { code: (cause as NodeJS.ErrnoException | undefined)?.code })];
+  return [address, resetAlike(cause, Object.assign(new Error(`sentinel ${address}: ${cause ? tlsReadable(cause).message : why}`), { code: (cause as NodeJS.ErrnoException | undefined)?.code }))];
 }
 
 /**
@@ -178,11 +226,22 @@ function reportSentinelErrors(client: Redis): Redis {
   sentinelCauses.set(client, causes);
   client.on('ready', () => causes.clear());
   connector.connectToSentinel = (endpoint, options) => {
-    const sentinel = connect(endpoint, options);
+    const sentinel = markResets(connect(endpoint, options));
     sentinel.on('error', (err: Error) => causes.set(`${endpoint.host}:${endpoint.port}`, err));
     return sentinel;
   };
   return client;
+}
+
+/**
+ * An OpenSSL error as its reason alone: a TLS alert from Redis came as
+ * `80ACB3633C7F0000:error:0A00045C:SSL routines:ssl3_read_bytes:tlsv13 alert certificate required:../deps/openssl/...:SSL alert number 116`,
+ * read here as `tlsv13 alert certificate required`. Its code is kept (certificateHint).
+ */
+function tlsReadable(err: Error): Error {
+  const reason = (err as { reason?: unknown }).reason;
+  if (typeof reason !== 'string' || !/^[0-9A-F]+:error:/.test(err.message)) return err;
+  return Object.assign(new Error(reason), { code: (err as NodeJS.ErrnoException).code });
 }
 
 /**
@@ -195,12 +254,13 @@ export function failureOf(client: RedisClient, err: Error): Error {
   const sentinels = ALL_SENTINELS.test(err.message) && sentinelFailures.get(client);
   if (sentinels) {
     const said = [...sentinels.values()];
-    // a certificate refused by any of them is what certificateHint speaks of
-    return Object.assign(new Error(`no sentinel named the master: ${said.map((e) => e.message).join('; ')}`), { code: said.map((e) => (e as NodeJS.ErrnoException).code).find((c) => c && UNTRUSTED.has(c)) });
+    // a certificate refused by any of them (Redis's or ours) is what certificateHint speaks of
+    const failure = Object.assign(new Error(`no sentinel named the master: ${said.map((e) => e.message).join('; ')}`), { code: said.map((e) => (e as NodeJS.ErrnoException).code).find((c) => c && CERTIFICATE_HINTS.has(c)) });
+    return failure.code ? failure : resetAlike(said.find((e) => resetAfterHandshake.has(e)), failure);
   }
   const node = (err as { lastNodeError?: Error | null }).lastNodeError;
-  if (!node) return err;
-  return (node.message === CLOSED && nodeFailures.get(client)) || node;
+  if (!node) return tlsReadable(err);
+  return tlsReadable((saysOnlyLost(node) && nodeFailures.get(client)) || node);
 }
 
 /**
@@ -211,7 +271,7 @@ export function failureOf(client: RedisClient, err: Error): Error {
 function reportSlotMapErrors(cluster: Cluster, node: Redis): Redis {
   const duplicate = node.duplicate.bind(node);
   node.duplicate = ((...args: Parameters<Redis['duplicate']>) => {
-    const copy = duplicate(...args);
+    const copy = markResets(duplicate(...args));
     copy.on('error', (err: Error) => cluster.emit('node error', err, nodeAddress(node)));
     return copy;
   }) as Redis['duplicate'];
@@ -360,12 +420,29 @@ export function whyNotConnected(client: RedisClient): string | undefined {
   return failure && `${failure.message}${certificateHint(failure)}`;
 }
 
-/** Node's codes for a certificate that no CA it trusts has signed */
-const UNTRUSTED = new Set(['SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_UNTRUSTED']);
+const UNTRUSTED_HINT = 'Redis\'s TLS certificate is not signed by a CA trusted here: set REDIS_TLS_CA_FILE to the CA that signed it';
+// a handshake failure (TLS 1.2's alert for a missing client certificate) may have other causes (no common cipher): said as a likely one
+const REQUIRED_HINT = 'Redis asks for a client certificate (tls-auth-clients): set REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE to one its tls-ca-cert-file CA signed';
+const REFUSED_HINT = 'Redis refused the client certificate of REDIS_TLS_CERT_FILE: it must be signed by a CA of Redis\'s tls-ca-cert-file, and valid';
+const RESET_HINT = 'Redis closed the connection right after the TLS handshake, as one with tls-auth-clients does to a client without a certificate its tls-ca-cert-file CA signed: check REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE';
 
-/** For a connection refused for Redis's certificate, what to do, after a "; "; else ''. */
+/**
+ * What to do about a TLS connection refused for a certificate, by Node's code of the failure: Redis's certificate
+ * signed by no CA trusted here; no client certificate sent to a Redis with `tls-auth-clients yes` (the alert it
+ * ends the handshake with: TLS 1.3's "certificate required", TLS 1.2's "handshake failure"); or the one sent
+ * refused (another CA's, expired).
+ */
+const CERTIFICATE_HINTS = new Map<string, string>([
+  ...['SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_UNTRUSTED'].map((c) => [c, UNTRUSTED_HINT] as const),
+  ...['ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED', 'ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE'].map((c) => [c, REQUIRED_HINT] as const),
+  // a CA of the same name as Redis's, but another key (made anew): "decrypt error"
+  ...['ERR_SSL_TLSV1_ALERT_UNKNOWN_CA', 'ERR_SSL_TLSV1_ALERT_DECRYPT_ERROR', 'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE', 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED', 'ERR_SSL_TLSV1_ALERT_ACCESS_DENIED'].map((c) => [c, REFUSED_HINT] as const),
+]);
+
+/** For a connection refused for Redis's certificate or the client's, what to do, after a "; "; else ''. */
 export function certificateHint(err: Error): string {
-  return UNTRUSTED.has((err as NodeJS.ErrnoException).code ?? '') ? '; Redis\'s TLS certificate is not signed by a CA trusted here: set REDIS_TLS_CA_FILE to the CA that signed it' : '';
+  const hint = CERTIFICATE_HINTS.get((err as NodeJS.ErrnoException).code ?? '') ?? (resetAfterHandshake.has(err) ? RESET_HINT : undefined);
+  return hint ? `; ${hint}` : '';
 }
 
 /** `reply`, or a rejection "no answer within `ms` ms" once that has passed: a hung node must not hold a probe. */
@@ -422,7 +499,7 @@ export function logOutages(redis: RedisClient, log: (level: 'warn' | 'info', lin
     const now = Date.now();
     if ((nodeSaid.get(node) ?? 0) > now - 60_000) return;
     nodeSaid.set(node, now);
-    log('warn', `Redis node ${node} unreachable (${err.message}); ${effect.node}${certificateHint(err)}`, { node, code: (err as NodeJS.ErrnoException).code });
+    log('warn', `Redis node ${node} unreachable (${tlsReadable(err).message}); ${effect.node}${certificateHint(err)}`, { node, code: (err as NodeJS.ErrnoException).code });
   });
   redis.on('ready', () => {
     if (!down) return;

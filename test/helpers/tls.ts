@@ -28,7 +28,17 @@ export function makeCertificates(dir: string): void {
   openssl(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.crt', '-days', '2', '-extfile', 'san.cnf'], dir);
 }
 
-/** redis-server taking TLS connections only (`--port 0`), clients without certificates */
+/**
+ * client.crt / client.key in `dir`, a client certificate signed by the CA of `caDir` (makeCertificates): what a
+ * Redis with `--tls-auth-clients yes` asks for.
+ */
+export function makeClientCertificate(dir: string, caDir = dir): void {
+  const ca = (name: string) => path.join(caDir, name);
+  openssl(['req', '-new', '-nodes', '-newkey', 'rsa:2048', '-keyout', 'client.key', '-out', 'client.csr', '-subj', '/CN=referral-manager'], dir);
+  openssl(['x509', '-req', '-in', 'client.csr', '-CA', ca('ca.crt'), '-CAkey', ca('ca.key'), '-CAcreateserial', '-out', 'client.crt', '-days', '2'], dir);
+}
+
+/** redis-server taking TLS connections only (`--port 0`), clients without certificates (`extra` may say otherwise: the last of an option wins) */
 function tlsArgs(dir: string): string[] {
   const f = (name: string) => path.join(dir, name);
   return ['--port', '0', '--bind', '127.0.0.1', '--tls-cert-file', f('server.crt'), '--tls-key-file', f('server.key'), '--tls-ca-cert-file', f('ca.crt'), '--tls-auth-clients', 'no', '--save', '', '--appendonly', 'no'];
