@@ -2,6 +2,7 @@ import { spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import type { ConnectionOptions } from 'node:tls';
 import { Redis } from 'ioredis';
 import { Pool } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -75,18 +76,7 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, wi
     // a managed cluster with in-transit encryption asks for a password (an AUTH token) too
     const password = 'tls-clust3r-s3cret';
     try {
-      const ports: number[] = [];
-      for (let i = 0; i < 3; i++) {
-        const bus = await freePort();
-        // the slot map names each node `localhost`, as a managed cluster names its nodes by host name for TLS
-        const node = await startTlsRedis(dir, ['--tls-cluster', 'yes', '--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${bus}.conf`), '--cluster-port', String(bus), '--cluster-announce-hostname', 'localhost', '--cluster-preferred-endpoint-type', 'hostname', '--requirepass', password, '--masterauth', password]);
-        servers.push(node.proc);
-        ports.push(node.port);
-      }
-      const create = spawnSync('redis-cli', ['--tls', '--cacert', path.join(dir, 'ca.crt'), '--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-yes'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, REDISCLI_AUTH: password } });
-      expect(create.status, create.stdout + create.stderr).toBe(0);
-      await untilClusterOk(ports, readFileSync(path.join(dir, 'ca.crt'), 'utf8'), password);
-
+      const ports = await startTlsCluster(dir, password, servers);
       const env = { REDIS_CLUSTER_NODES: ports.map((p) => `rediss://:${password}@localhost:${p}`).join(','), REDIS_TLS_CA_FILE: path.join(dir, 'ca.crt'), KEY_PREFIX: testPrefix('tls-cluster') };
       const server = await serve(env);
       try {
@@ -190,6 +180,34 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that asks for a client 
     expect(stats.stderr.trim()).toMatch(new RegExp(`^error: cannot reach Redis \\(rediss://localhost:${redis!.port}\\) within 10 s: (tlsv1 alert decrypt error; Redis refused the client certificate of REDIS_TLS_CERT_FILE: it must be signed by a CA of Redis's tls-ca-cert-file, and valid|${RESET})$`));
   });
 
+  it('reaches a Redis Cluster from one seed with the client certificate, the nodes the slot map names too; without it says so', async () => {
+    const servers: ChildProcess[] = [];
+    const password = 'mtls-clust3r-s3cret';
+    try {
+      const ports = await startTlsCluster(dir, password, servers, true);
+      // one seed: the two other masters are reached as the slot map names them, with the same certificate
+      const env = { REDIS_CLUSTER_NODES: `rediss://:${password}@localhost:${ports[0]}`, REDIS_TLS_CA_FILE: tls.REDIS_TLS_CA_FILE!, REDIS_TLS_CERT_FILE: path.join(dir, 'client.crt'), REDIS_TLS_KEY_FILE: path.join(dir, 'client.key'), KEY_PREFIX: testPrefix('mtls-cluster') };
+      const server = await serve(env);
+      try {
+        const pool = new Pool(server.url, { connections: 1 });
+        const ready = await call(pool, 'GET', '/readyz');
+        await pool.close();
+        expect(ready.status, JSON.stringify(ready.body)).toBe(200);
+        expect(Object.keys(ready.body.masters).sort()).toEqual(ports.map((p) => `localhost:${p}`).sort());
+        const r = await redeemOne(server);
+        expect(r.status, JSON.stringify(r.body)).toBe(200);
+        expect(server.output()).not.toMatch(/unreachable|certificate/);
+      } finally {
+        await server.stop();
+      }
+      const refused = await runCli(['stats'], { ...env, REDIS_TLS_CERT_FILE: '', REDIS_TLS_KEY_FILE: '' });
+      expect(refused.code).toBe(1);
+      expect(refused.stderr.trim()).toMatch(new RegExp(`^error: cannot reach Redis \\(cluster rediss://:<password>@localhost:\\d+\\) within 10 s: ${NO_CERTIFICATE}$`));
+    } finally {
+      await Promise.all(servers.map((p) => kill(p, 'SIGKILL')));
+    }
+  });
+
   it('refuses at start, in one line each, a certificate without its key, a key of another certificate, a missing key file, and either without rediss://', async () => {
     const [cert, key, otherKey] = [path.join(dir, 'client.crt'), path.join(dir, 'client.key'), path.join(otherDir, 'client.key')];
     const missing = path.join(dir, 'no-such-client.key');
@@ -226,8 +244,30 @@ const NO_CERTIFICATE = `(tlsv13 alert certificate required; Redis asks for a cli
 /** what Node says of a certificate no trusted CA signed, and the hint that follows it */
 const UNTRUSTED = "self[- ]signed certificate in certificate chain; Redis's TLS certificate is not signed by a CA trusted here: set REDIS_TLS_CA_FILE to the CA that signed it";
 
-async function untilClusterOk(ports: number[], ca: string, password: string): Promise<void> {
-  const clients = ports.map((port) => new Redis({ host: 'localhost', port, password, tls: { ca }, lazyConnect: true, maxRetriesPerRequest: 1 }));
+/**
+ * Three TLS Cluster masters with `password` (their processes put in `servers`), the slot map naming each
+ * `localhost`, as a managed cluster names its nodes by host name for TLS; `clientAuth`: they take only clients
+ * with a certificate of their CA (client.crt of makeClientCertificate), each other too (their server.crt).
+ */
+async function startTlsCluster(dir: string, password: string, servers: ChildProcess[], clientAuth = false): Promise<number[]> {
+  const ports: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const bus = await freePort();
+    const node = await startTlsRedis(dir, ['--tls-cluster', 'yes', '--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${bus}.conf`), '--cluster-port', String(bus), '--cluster-announce-hostname', 'localhost', '--cluster-preferred-endpoint-type', 'hostname', '--requirepass', password, '--masterauth', password, ...(clientAuth ? ['--tls-auth-clients', 'yes'] : [])]);
+    servers.push(node.proc);
+    ports.push(node.port);
+  }
+  const f = (name: string) => path.join(dir, name);
+  const cert = clientAuth ? ['--cert', f('client.crt'), '--key', f('client.key')] : [];
+  const create = spawnSync('redis-cli', ['--tls', '--cacert', f('ca.crt'), ...cert, '--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-yes'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, REDISCLI_AUTH: password } });
+  expect(create.status, create.stdout + create.stderr).toBe(0);
+  const tls = { ca: readFileSync(f('ca.crt'), 'utf8'), ...(clientAuth ? { cert: readFileSync(f('client.crt'), 'utf8'), key: readFileSync(f('client.key'), 'utf8') } : {}) };
+  await untilClusterOk(ports, tls, password);
+  return ports;
+}
+
+async function untilClusterOk(ports: number[], tls: ConnectionOptions, password: string): Promise<void> {
+  const clients = ports.map((port) => new Redis({ host: 'localhost', port, password, tls, lazyConnect: true, maxRetriesPerRequest: 1 }));
   try {
     for (const end = Date.now() + 30_000; ; ) {
       const infos = await Promise.all(clients.map((c) => c.cluster('INFO') as Promise<string>));
