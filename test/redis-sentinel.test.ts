@@ -14,7 +14,7 @@ import { ADMIN_KEY, failure, privateRedis, serve, type RestartableRedis } from '
 import { testDatabase } from './helpers/pg.js';
 import { Redis, testPrefix } from './helpers/redis.js';
 import { caughtUp, until } from './helpers/snapshot.js';
-import { hasOpenssl, makeCertificates, redeemOne, startTlsRedis } from './helpers/tls.js';
+import { hasOpenssl, makeCertificates, makeClientCertificate, redeemOne, startTlsRedis } from './helpers/tls.js';
 
 const NAME = 'rm-master';
 // the master's and its replicas' password, and the sentinels' own (characters a URL must percent-encode)
@@ -37,16 +37,17 @@ const SENTINEL_USER = readmeSentinelUser();
 /**
  * A redis-server in Sentinel mode of its own (free port, config in a temp dir: Sentinel rewrites it) watching
  * `masterPort` with the sentinels' and the master's passwords; `tlsDir`: over TLS only, with the certificates
- * there (makeCertificates), the master watched by the name its certificate carries.
+ * there (makeCertificates), the master watched by the name its certificate carries; `clientAuth`: taking only
+ * clients with a certificate of that CA (it shows the master its server.crt).
  */
-async function startSentinel(masterPort: number, tlsDir?: string) {
+async function startSentinel(masterPort: number, tlsDir?: string, clientAuth = false) {
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), 'rm-sentinel-'));
   const conf = path.join(dir, 'sentinel.conf');
   const lines = [`port ${tlsDir ? 0 : port}`, 'bind 127.0.0.1', `dir ${dir}`, `requirepass "${SENTINEL_PASSWORD}"`, `sentinel sentinel-pass "${SENTINEL_PASSWORD}"`, SENTINEL_USER.line];
   if (tlsDir) {
     const f = (name: string) => path.join(tlsDir, name);
-    lines.push(`tls-port ${port}`, `tls-cert-file ${f('server.crt')}`, `tls-key-file ${f('server.key')}`, `tls-ca-cert-file ${f('ca.crt')}`, 'tls-auth-clients no', 'tls-replication yes', 'sentinel resolve-hostnames yes', 'sentinel announce-hostnames yes');
+    lines.push(`tls-port ${port}`, `tls-cert-file ${f('server.crt')}`, `tls-key-file ${f('server.key')}`, `tls-ca-cert-file ${f('ca.crt')}`, `tls-auth-clients ${clientAuth ? 'yes' : 'no'}`, 'tls-replication yes', 'sentinel resolve-hostnames yes', 'sentinel announce-hostnames yes');
   }
   // quorum 2 of 3; a master silent for 1 s is down, and a failover that stalls is tried again after 3 s
   lines.push(`sentinel monitor ${NAME} ${tlsDir ? 'localhost' : '127.0.0.1'} ${masterPort} 2`, `sentinel auth-pass ${NAME} "${MASTER_PASSWORD}"`, `sentinel down-after-milliseconds ${NAME} 1000`, `sentinel failover-timeout ${NAME} 3000`, `sentinel parallel-syncs ${NAME} 2`);
@@ -433,5 +434,49 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis Sentinel over TLS (a pr
     const refused = await untrusted;
     expect(refused.code).toBe(1);
     expect(refused.stderr).toMatch(/no sentinel named the master: sentinel localhost:\d+: self[- ]signed certificate in certificate chain; Redis's TLS certificate is not signed by a CA trusted here: set REDIS_TLS_CA_FILE/);
+  });
+});
+
+// mutual TLS: the master and the sentinels take only clients with a certificate of their CA
+describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis Sentinel over TLS with client certificates (skipped without redis-server or openssl)', () => {
+  let dir: string;
+  let master: { port: number; proc: ChildProcess } | undefined;
+  let sentinel: Awaited<ReturnType<typeof startSentinel>> | undefined;
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'rm-mtls-sentinel-'));
+    makeCertificates(dir);
+    makeClientCertificate(dir);
+    master = await startTlsRedis(dir, ['--requirepass', MASTER_PASSWORD, '--tls-auth-clients', 'yes']);
+    sentinel = await startSentinel(master.port, dir, true);
+  });
+  afterAll(async () => {
+    await sentinel?.stop();
+    if (master) await kill(master.proc, 'SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('sends REDIS_TLS_CERT_FILE to the sentinels and to the master; without it, says which sentinel refused and names the setting', async () => {
+    const env = {
+      REDIS_URL: `rediss://:${encodeURIComponent(MASTER_PASSWORD)}@localhost:1`,
+      REDIS_SENTINELS: `rediss://:${encodeURIComponent(SENTINEL_PASSWORD)}@localhost:${sentinel!.address.split(':')[1]}`,
+      REDIS_SENTINEL_NAME: NAME,
+      REDIS_TLS_CA_FILE: path.join(dir, 'ca.crt'),
+      REDIS_TLS_CERT_FILE: path.join(dir, 'client.crt'),
+      REDIS_TLS_KEY_FILE: path.join(dir, 'client.key'),
+      KEY_PREFIX: testPrefix('sentinel-mtls'),
+    };
+    const refusing = runCli(['stats'], { ...env, REDIS_TLS_CERT_FILE: '', REDIS_TLS_KEY_FILE: '' });
+    const server = await serve(env);
+    try {
+      const r = await redeemOne(server);
+      expect(r.status, JSON.stringify(r.body)).toBe(200);
+      expect(server.output()).not.toMatch(/unreachable|certificate/);
+    } finally {
+      await server.stop();
+    }
+    const refused = await refusing;
+    expect(refused.code).toBe(1);
+    // the sentinel's alert, or the reset it was lost in, each with its hint naming the setting
+    expect(refused.stderr).toMatch(/no sentinel named the master: sentinel localhost:\d+: (tlsv13 alert certificate required|(read|write) ECONNRESET|write EPIPE); .*REDIS_TLS_CERT_FILE/);
   });
 });
