@@ -103,20 +103,32 @@ export interface ClusterSeed {
 
 const SEED_FORM = '[redis[s]://[[user:]password@]]host:port';
 
+/** A seed's host as written, an IPv6 address in brackets (as in a URL), as ioredis takes it (the address alone); '' for no host. */
+function seedHost(written: string): string {
+  const bracketed = /^\[(.*)\]$/.exec(written);
+  if (bracketed) return isIP(bracketed[1]!) === 6 ? bracketed[1]! : '';
+  return /^[^:\s/@[\]]+$/.test(written) ? written : '';
+}
+
 /**
  * A seed as `host:port`, or as REDIS_URL writes a Redis: `redis[s]://[[user:]password@]host:port`, the user and
- * password percent-decoded as ioredis decodes REDIS_URL's. Throws without the seed's text (it may hold a password).
+ * password percent-decoded as ioredis decodes REDIS_URL's; an IPv6 address in brackets either way (`[::1]:6379`),
+ * the host then the address without them. Throws without the seed's text (it may hold a password).
  */
 export function parseSeed(seed: string): ClusterSeed {
-  const bare = /^([^:\s/@]+):(\d+)$/.exec(seed);
-  if (bare) return { host: bare[1]!, port: Number(bare[2]), tls: false, username: '', password: '' };
+  const bare = /^([^\s/@]+):(\d+)$/.exec(seed);
+  const bareHost = bare && seedHost(bare[1]!);
+  if (bareHost) return { host: bareHost, port: Number(bare[2]), tls: false, username: '', password: '' };
+  // an IPv6 address without brackets: which colon starts the port cannot be told
+  if (bare && isIP(bare[1]!) === 6) throw new Error(`expected ${SEED_FORM} (an IPv6 address in brackets: [${bare[1]}]:${bare[2]})`);
   let u: URL;
   try {
     u = new URL(seed);
   } catch {
     throw new Error(`expected ${SEED_FORM}`);
   }
-  if (!/^rediss?:$/.test(u.protocol) || !/^[^:\s/@[\]]+$/.test(u.hostname) || !u.port || u.pathname || u.search || u.hash) throw new Error(`expected ${SEED_FORM}`);
+  const host = seedHost(u.hostname);
+  if (!/^rediss?:$/.test(u.protocol) || !host || !u.port || u.pathname || u.search || u.hash) throw new Error(`expected ${SEED_FORM}`);
   let username: string;
   let password: string;
   try {
@@ -126,7 +138,7 @@ export function parseSeed(seed: string): ClusterSeed {
   }
   // ioredis sends no AUTH without a password: the user would be dropped, and the node's default user used
   if (username && !password) throw new Error(`expected ${SEED_FORM} (a user without a password)`);
-  return { host: u.hostname, port: Number(u.port), tls: u.protocol === 'rediss:', username, password };
+  return { host, port: Number(u.port), tls: u.protocol === 'rediss:', username, password };
 }
 
 /**

@@ -170,6 +170,17 @@ describe('loadConfig', () => {
     for (const [value, problem] of Object.entries(refused)) expect(problems({ REDIS_CLUSTER_NODES: value })).toEqual([`REDIS_CLUSTER_NODES: ${problem}`]);
   });
 
+  // [::1]:6379 was refused ("expected ...host:port"), and redis://[::1]:6379 too: no IPv6 seed could be written
+  it('takes an IPv6 address in brackets in REDIS_CLUSTER_NODES and REDIS_SENTINELS seeds, as the address alone', () => {
+    expect(parseSeed('[::1]:7000')).toEqual({ host: '::1', port: 7000, tls: false, username: '', password: '' });
+    expect(parseSeed('rediss://app:pw@[fd00::5]:6380')).toEqual({ host: 'fd00::5', port: 6380, tls: true, username: 'app', password: 'pw' });
+    expect(loadConfig({}, { REDIS_CLUSTER_NODES: '[::1]:7000, redis://[::1]:7001' }).redisClusterNodes).toEqual(['[::1]:7000', 'redis://[::1]:7001']);
+    expect(loadConfig({}, { REDIS_SENTINELS: '[::1]:26379', REDIS_SENTINEL_NAME: 'm' }).redisSentinels).toEqual(['[::1]:26379']);
+    expect(problems({ REDIS_CLUSTER_NODES: '::1:7000' })).toEqual(['REDIS_CLUSTER_NODES: expected [redis[s]://[[user:]password@]]host:port (an IPv6 address in brackets: [::1]:7000), got "::1:7000"']);
+    // brackets hold an IPv6 address only, and a port follows them
+    for (const seed of ['[redis.example]:7000', '[::1]', 'redis://[::1]']) expect(problems({ REDIS_CLUSTER_NODES: seed })).toEqual([`REDIS_CLUSTER_NODES: expected [redis[s]://[[user:]password@]]host:port, got "${seed}"`]);
+  });
+
   // Sentinel: the seeds are the sentinels (their own TLS and password), the master group name goes with them
   it('takes REDIS_SENTINELS with REDIS_SENTINEL_NAME, and refuses either alone, or with REDIS_CLUSTER_NODES', () => {
     const seeds = ['rediss://:s3nt%40@s1.example:26379', 'rediss://:s3nt%40@s2.example:26379'];
