@@ -1,6 +1,6 @@
 import { Cluster, type Redis } from 'ioredis';
 import calculateSlot from 'cluster-key-slot';
-import { answerWithin, nodeAddress, type RedisClient } from './redis.js';
+import { addressOfKey, answerWithin, nodeAddress, type RedisClient } from './redis.js';
 
 // Whether a Redis Cluster's masters can serve their slots: what /readyz, the serve primary's cluster watch
 // and the standalone snapshot writer judge it by.
@@ -67,14 +67,16 @@ export interface ClusterProbe {
  */
 export async function clusterMasters(client: RedisClient, ms = MASTER_PROBE_MS): Promise<ClusterProbe | undefined> {
   if (!(client instanceof Cluster)) return undefined;
-  /** slots per master of the map */
-  const slotsOf = new Map<string, number>();
+  /** slots per master of the map, by ioredis' key of it */
+  const slotsOfKey = new Map<string, number>();
   let slotsWithoutMaster = 0;
   for (let slot = 0; slot < SLOTS; slot++) {
     const key = client.slots[slot]?.[0];
-    if (key) slotsOf.set(key, (slotsOf.get(key) ?? 0) + 1);
+    if (key) slotsOfKey.set(key, (slotsOfKey.get(key) ?? 0) + 1);
     else slotsWithoutMaster++;
   }
+  // by nodeAddress's form, as /readyz and the log name a master (ioredis keys an IPv6 one `::1:6379`)
+  const slotsOf = new Map([...slotsOfKey].map(([key, n]) => [addressOfKey(key), n]));
   const pool = new Map(client.nodes('master').map((n) => [nodeAddress(n), n]));
   const states = await Promise.all(
     [...slotsOf.keys()].map(async (key) => {
@@ -118,5 +120,5 @@ export function clusterFailures(probe: ClusterProbe): string[] {
 export function servesKey(client: RedisClient, probe: ClusterProbe | undefined, key: string): boolean {
   if (!probe || !(client instanceof Cluster)) return true;
   const master = client.slots[calculateSlot(key)]?.[0];
-  return master !== undefined && probe.masters[master] === 'ok';
+  return master !== undefined && probe.masters[addressOfKey(master)] === 'ok';
 }

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { Redis, Cluster } from 'ioredis';
 import { parseSeed, usesTls, type Config } from '../config.js';
@@ -208,9 +208,10 @@ const ALL_SENTINELS = /^All sentinels are unreachable/;
 function sentinelSaid(message: string, client: RedisClient): [string, Error] {
   const [, address, why] = /^(?:failed to connect to|connected to) sentinel (\S+) (?:because |successfully, but got an invalid reply)(.*)$/s.exec(message) ?? [];
   if (!address) return [message, new Error(message)];
-  if (!/^failed/.test(message) || /^ERR No such master/.test(why!)) return [address, new Error(`sentinel ${address} knows no master named "${(client as Redis).options.name}" (REDIS_SENTINEL_NAME)`)];
+  const shown = addressOfKey(address);
+  if (!/^failed/.test(message) || /^ERR No such master/.test(why!)) return [address, new Error(`sentinel ${shown} knows no master named "${(client as Redis).options.name}" (REDIS_SENTINEL_NAME)`)];
   const cause = why === CLOSED ? sentinelCauses.get(client)?.get(address) : undefined;
-  return [address, resetAlike(cause, Object.assign(new Error(`sentinel ${address}: ${cause ? tlsReadable(cause).message : why}`), { code: (cause as NodeJS.ErrnoException | undefined)?.code }))];
+  return [address, resetAlike(cause, Object.assign(new Error(`sentinel ${shown}: ${cause ? tlsReadable(cause).message : why}`), { code: (cause as NodeJS.ErrnoException | undefined)?.code }))];
 }
 
 /**
@@ -455,11 +456,23 @@ export function answerWithin<T>(reply: Promise<T>, ms: number): Promise<T> {
 /** Whether the client reaches the master the sentinels of REDIS_SENTINELS name. */
 export const isSentinel = (client: RedisClient): boolean => !(client instanceof Cluster) && !!client.options.sentinels;
 
-/** `host:port` of a Cluster node, as the slot map names it; of the master a Sentinel client is connected to. */
+/** `host:port` as an operator reads it, and types it back: an IPv6 address in brackets (`[::1]:6379`), as a URL and a seed write it. */
+export const hostPort = (host: string, port: number | string): string => (isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`);
+
+/**
+ * A node as ioredis keys it (its slot map, its 'node error' events, its sentinel errors): `host:port`, an IPv6
+ * host without brackets (`::1:6379`, unreadable), as hostPort writes it. One written so already is left as is.
+ */
+export function addressOfKey(key: string): string {
+  const colon = key.lastIndexOf(':');
+  return colon < 0 ? key : hostPort(key.slice(0, colon), key.slice(colon + 1));
+}
+
+/** `host:port` (hostPort) of a Cluster node, as the slot map names it; of the master a Sentinel client is connected to. */
 export function nodeAddress(node: Redis): string {
   // a Sentinel client's options name no host (REDIS_URL's is not used): the master the sentinels sent it to
-  if (isSentinel(node)) return node.stream?.remoteAddress ? `${node.stream.remoteAddress}:${node.stream.remotePort}` : `the master "${node.options.name}"`;
-  return `${node.options.host}:${node.options.port}`;
+  if (isSentinel(node)) return node.stream?.remoteAddress ? hostPort(node.stream.remoteAddress, node.stream.remotePort!) : `the master "${node.options.name}"`;
+  return hostPort(node.options.host!, node.options.port!);
 }
 
 /** What an outage means to a client's users, said after "retrying": for the whole Redis, and for one Cluster master. */
@@ -495,7 +508,8 @@ export function logOutages(redis: RedisClient, log: (level: 'warn' | 'info', lin
   redis.on('reconnecting', () => lose('connection lost'));
   // a Cluster reports one master's failure only as 'node error' (the client stays ready): once a minute a node
   const nodeSaid = new Map<string, number>();
-  redis.on('node error', (err: Error, node: string) => {
+  redis.on('node error', (err: Error, key: string) => {
+    const node = addressOfKey(key);
     const now = Date.now();
     if ((nodeSaid.get(node) ?? 0) > now - 60_000) return;
     nodeSaid.set(node, now);

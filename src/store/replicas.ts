@@ -1,6 +1,6 @@
 import { Cluster, type Redis } from 'ioredis';
 import calculateSlot from 'cluster-key-slot';
-import { masters, nodeAddress, type RedisClient } from './redis.js';
+import { addressOfKey, masters, nodeAddress, type RedisClient } from './redis.js';
 import { judgeMasters } from './cluster-probe.js';
 import type { Config } from '../config.js';
 
@@ -86,7 +86,7 @@ export class ReplicaAck {
     if (!(this.redis instanceof Cluster)) return this.redis;
     const slot = calculateSlot(key);
     const address = this.redis.slots[slot]?.[0];
-    const node = address === undefined ? undefined : this.redis.nodes('master').find((n) => nodeAddress(n) === address);
+    const node = address === undefined ? undefined : this.redis.nodes('master').find((n) => nodeAddress(n) === addressOfKey(address));
     // the slot map is moving (a failover): which connection wrote cannot be told, so neither can the copies
     if (!node) throw new NotReplicated(`cannot tell whether the change reached a replica: no connection to the master of slot ${slot}`);
     return node;
