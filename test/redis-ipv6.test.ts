@@ -1,15 +1,11 @@
-import os from 'node:os';
 import { Pool } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { hasRedisServer } from '../bench/redis-server.js';
 import { runCli } from './helpers/cli.js';
 import { call, privateRedis, serve, testCluster } from './helpers/http.js';
-import { testPrefix } from './helpers/redis.js';
+import { hasIpv6Loopback, testPrefix } from './helpers/redis.js';
 import { until } from './helpers/snapshot.js';
 import { redeemOne } from './helpers/tls.js';
-
-/** Whether this machine has the IPv6 loopback address (a container without IPv6 has none). */
-const hasIpv6Loopback = Object.values(os.networkInterfaces()).some((addresses) => addresses?.some((a) => a.family === 'IPv6' && a.address === '::1'));
 
 // a Redis reached by its IPv6 address: seeds written `[::1]:port` were refused, so a deployment on IPv6 only
 // had no way to name its Cluster or its sentinels

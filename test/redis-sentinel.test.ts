@@ -12,7 +12,7 @@ import { SatelliteKeys } from '../src/store/satellites.js';
 import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, failure, privateRedis, serve, type RestartableRedis } from './helpers/http.js';
 import { testDatabase } from './helpers/pg.js';
-import { Redis, testPrefix } from './helpers/redis.js';
+import { hasIpv6Loopback, Redis, testPrefix } from './helpers/redis.js';
 import { caughtUp, until } from './helpers/snapshot.js';
 import { hasOpenssl, makeCertificates, makeClientCertificate, redeemOne, startTlsRedis } from './helpers/tls.js';
 
@@ -38,25 +38,26 @@ const SENTINEL_USER = readmeSentinelUser();
  * A redis-server in Sentinel mode of its own (free port, config in a temp dir: Sentinel rewrites it) watching
  * `masterPort` with the sentinels' and the master's passwords; `tlsDir`: over TLS only, with the certificates
  * there (makeCertificates), the master watched by the name its certificate carries; `clientAuth`: taking only
- * clients with a certificate of that CA (it shows the master its server.crt).
+ * clients with a certificate of that CA (it shows the master its server.crt); `ipv6`: on ::1 only, the master
+ * watched at ::1.
  */
-async function startSentinel(masterPort: number, tlsDir?: string, clientAuth = false) {
+async function startSentinel(masterPort: number, tlsDir?: string, clientAuth = false, ipv6 = false) {
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), 'rm-sentinel-'));
   const conf = path.join(dir, 'sentinel.conf');
-  const lines = [`port ${tlsDir ? 0 : port}`, 'bind 127.0.0.1', `dir ${dir}`, `requirepass "${SENTINEL_PASSWORD}"`, `sentinel sentinel-pass "${SENTINEL_PASSWORD}"`, SENTINEL_USER.line];
+  const lines = [`port ${tlsDir ? 0 : port}`, `bind ${ipv6 ? '::1' : '127.0.0.1'}`, `dir ${dir}`, `requirepass "${SENTINEL_PASSWORD}"`, `sentinel sentinel-pass "${SENTINEL_PASSWORD}"`, SENTINEL_USER.line];
   if (tlsDir) {
     const f = (name: string) => path.join(tlsDir, name);
     lines.push(`tls-port ${port}`, `tls-cert-file ${f('server.crt')}`, `tls-key-file ${f('server.key')}`, `tls-ca-cert-file ${f('ca.crt')}`, `tls-auth-clients ${clientAuth ? 'yes' : 'no'}`, 'tls-replication yes', 'sentinel resolve-hostnames yes', 'sentinel announce-hostnames yes');
   }
   // quorum 2 of 3; a master silent for 1 s is down, and a failover that stalls is tried again after 3 s
-  lines.push(`sentinel monitor ${NAME} ${tlsDir ? 'localhost' : '127.0.0.1'} ${masterPort} 2`, `sentinel auth-pass ${NAME} "${MASTER_PASSWORD}"`, `sentinel down-after-milliseconds ${NAME} 1000`, `sentinel failover-timeout ${NAME} 3000`, `sentinel parallel-syncs ${NAME} 2`);
+  lines.push(`sentinel monitor ${NAME} ${tlsDir ? 'localhost' : ipv6 ? '::1' : '127.0.0.1'} ${masterPort} 2`, `sentinel auth-pass ${NAME} "${MASTER_PASSWORD}"`, `sentinel down-after-milliseconds ${NAME} 1000`, `sentinel failover-timeout ${NAME} 3000`, `sentinel parallel-syncs ${NAME} 2`);
   writeFileSync(conf, `${lines.join('\n')}\n`);
   // dies with the test process too: a run ended before afterAll left sentinels running
   const proc: ChildProcess = reaped(spawn('redis-server', [conf, '--sentinel'], { stdio: ['ignore', 'pipe', 'pipe'] }));
   await waitForOutput(proc, /\+monitor master/, 'redis-sentinel');
   return {
-    address: `127.0.0.1:${port}`,
+    address: ipv6 ? `[::1]:${port}` : `127.0.0.1:${port}`,
     /** SIGSTOP / SIGCONT: a sentinel that hangs, its connections accepted by the kernel and never answered */
     signal(sig: NodeJS.Signals) {
       proc.kill(sig);
@@ -478,5 +479,33 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis Sentinel over TLS with 
     expect(refused.code).toBe(1);
     // the sentinel's alert, or the reset it was lost in, each with its hint naming the setting
     expect(refused.stderr).toMatch(/no sentinel named the master: sentinel localhost:\d+: (tlsv13 alert certificate required|(read|write) ECONNRESET|write EPIPE); .*REDIS_TLS_CERT_FILE/);
+  });
+});
+
+// seeds written [::1]:port were refused: sentinels reached over IPv6 could not be named
+describe.skipIf(!hasRedisServer() || !hasIpv6Loopback)(`Redis Sentinel over IPv6 (${hasIpv6Loopback ? 'on ::1' : 'skipped: this machine has no IPv6 loopback ::1'})`, () => {
+  it('reaches the master a sentinel at [::1]:port names, /readyz names it [::1]:port, and a sentinel away is named so', async () => {
+    const master = await privateRedis(['--bind', '::1', '--requirepass', MASTER_PASSWORD]);
+    let sentinel: Awaited<ReturnType<typeof startSentinel>> | undefined;
+    try {
+      await master.start();
+      sentinel = await startSentinel(master.port, undefined, false, true);
+      const env = { REDIS_URL: `redis://:${encodeURIComponent(MASTER_PASSWORD)}@127.0.0.1:1`, REDIS_SENTINELS: `redis://:${encodeURIComponent(SENTINEL_PASSWORD)}@${sentinel.address}`, REDIS_SENTINEL_NAME: NAME, KEY_PREFIX: testPrefix('sentinel-ipv6') };
+      const server = await serve(env);
+      try {
+        expect(await readyz(server.url)).toMatchObject({ status: 200, body: { ready: true, redis: 'up', master: `[::1]:${master.port}` } });
+        const r = await redeemOne(server);
+        expect(r.status, JSON.stringify(r.body)).toBe(200);
+      } finally {
+        await server.stop();
+      }
+      const away = `[::1]:${await freePort()}`;
+      const refused = await runCli(['stats'], { ...env, REDIS_SENTINELS: away });
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toContain(`no sentinel named the master: sentinel ${away}: connect ECONNREFUSED`);
+    } finally {
+      await sentinel?.stop();
+      await master.dispose();
+    }
   });
 });

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import os from 'node:os';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, inject } from 'vitest';
 import { createRedis, type RedisClient } from '../../src/store/redis.js';
@@ -10,6 +11,9 @@ import { NO_REPLICA_WAIT } from '../../src/store/replicas.js';
 import { SHARED_REDIS_URL } from './services.js';
 
 export { SHARED_REDIS_URL };
+
+/** Whether this machine has the IPv6 loopback address ::1, for private servers on it (a container without IPv6 has none). */
+export const hasIpv6Loopback = Object.values(os.networkInterfaces()).some((addresses) => addresses?.some((a) => a.family === 'IPv6' && a.address === '::1'));
 
 /**
  * A key prefix no other test run uses, so tests never trample each other or a developer's data; the run's id
