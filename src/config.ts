@@ -211,15 +211,15 @@ const pemFile: Parser<string> = (raw) => {
 /** A PEM file of a private key readable now, as its path (whether it goes with its certificate: loadConfig). */
 const pemKeyFile: Parser<string> = (raw) => {
   const file = raw.trim();
-  // PKCS#8 (BEGIN PRIVATE KEY), PKCS#1 (BEGIN RSA PRIVATE KEY), SEC1 (BEGIN EC PRIVATE KEY), encrypted ones too
-  if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(readPem(file))) throw new Error(`"${file}" holds no PEM private key (-----BEGIN PRIVATE KEY-----)`);
+  const text = readPem(file);
+  // PKCS#8 (BEGIN PRIVATE KEY), PKCS#1 (BEGIN RSA PRIVATE KEY), SEC1 (BEGIN EC PRIVATE KEY)
+  if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(text)) throw new Error(`"${file}" holds no PEM private key (-----BEGIN PRIVATE KEY-----)`);
+  // no setting gives a passphrase: Node's TLS said only "bad decrypt"
+  if (/-----BEGIN ENCRYPTED PRIVATE KEY-----|^Proc-Type: 4,ENCRYPTED/m.test(text)) throw new Error(`"${file}" holds an encrypted private key: give it unencrypted (\`openssl pkey -in ${file} -out <new file>\` asks for its passphrase)`);
   return file;
 };
 
-/**
- * Why a client certificate and its key cannot be used together, as Node's TLS says it (a key of another
- * certificate: "key values mismatch"; an encrypted key, which no passphrase setting opens), or undefined.
- */
+/** Why a client certificate and its key cannot be used together, as Node's TLS says it (a key of another certificate: "key values mismatch"), or undefined. */
 function clientCertificateRefused(certFile: string, keyFile: string): string | undefined {
   try {
     createSecureContext({ cert: readPem(certFile), key: readPem(keyFile) });

@@ -208,7 +208,7 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that asks for a client 
     }
   });
 
-  it('refuses at start, in one line each, a certificate without its key, a key of another certificate, a missing key file, and either without rediss://', async () => {
+  it('refuses at start, in one line each, a certificate without its key, a key of another certificate or encrypted, a missing key file, and either without rediss://', async () => {
     const [cert, key, otherKey] = [path.join(dir, 'client.crt'), path.join(dir, 'client.key'), path.join(otherDir, 'client.key')];
     const missing = path.join(dir, 'no-such-client.key');
     const refused = async (env: Record<string, string>) => {
@@ -221,6 +221,10 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that asks for a client 
     // Node's TLS says why: "error:05800074:x509 certificate routines::key values mismatch"
     expect(await refused({ REDIS_TLS_CERT_FILE: cert, REDIS_TLS_KEY_FILE: otherKey })).toMatch(/REDIS_TLS_KEY_FILE: cannot be used with REDIS_TLS_CERT_FILE: .*key values mismatch\n/);
     expect(await refused({ REDIS_TLS_CERT_FILE: cert, REDIS_TLS_KEY_FILE: missing })).toContain(`REDIS_TLS_KEY_FILE: cannot read "${missing}": ENOENT: no such file or directory\n`);
+    // no setting gives a passphrase (Node's TLS said "bad decrypt")
+    const encrypted = path.join(dir, 'client-encrypted.key');
+    expect(spawnSync('openssl', ['pkey', '-in', key, '-aes256', '-passout', 'pass:s3cret', '-out', encrypted]).status).toBe(0);
+    expect(await refused({ REDIS_TLS_CERT_FILE: cert, REDIS_TLS_KEY_FILE: encrypted })).toContain(`REDIS_TLS_KEY_FILE: "${encrypted}" holds an encrypted private key: give it unencrypted`);
     // the key given as the certificate, the certificate as the key
     expect(await refused({ REDIS_TLS_CERT_FILE: key, REDIS_TLS_KEY_FILE: cert })).toContain(`REDIS_TLS_CERT_FILE: "${key}" holds no PEM certificate (-----BEGIN CERTIFICATE-----)\n  - REDIS_TLS_KEY_FILE: "${cert}" holds no PEM private key (-----BEGIN PRIVATE KEY-----)\n`);
     const plain = { REDIS_URL: `redis://localhost:${redis!.port}`, REDIS_TLS_CA_FILE: '', REDIS_TLS_CERT_FILE: cert, REDIS_TLS_KEY_FILE: key };
