@@ -11,7 +11,7 @@ import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, serve } from './helpers/http.js';
 import { testPrefix } from './helpers/redis.js';
 import { loadConfig } from '../src/config.js';
-import { hasOpenssl, makeCertificates, makeClientCertificate, redeemOne, startTlsRedis } from './helpers/tls.js';
+import { hasOpenssl, makeCertificates, makeClientCertificate, reachesRedis, startTlsRedis } from './helpers/tls.js';
 
 describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, with a certificate of a private CA', () => {
   let dir: string;
@@ -27,21 +27,7 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, wi
   });
 
   it('serve answers a redeem given REDIS_TLS_CA_FILE, and the CLI reads the same Redis', async () => {
-    const env = { REDIS_URL: `rediss://localhost:${redis!.port}`, REDIS_TLS_CA_FILE: path.join(dir, 'ca.crt'), KEY_PREFIX: testPrefix('tls') };
-    const server = await serve(env);
-    try {
-      const r = await redeemOne(server);
-      expect(r.status, JSON.stringify(r.body)).toBe(200);
-      expect(r.body).toMatchObject({ token: r.token, state: 'redeemed', ownerSatelliteId: 'sat-a' });
-      // every connection of serve took the CA: the primary's and the subscriptions' too
-      expect(server.output()).not.toMatch(/unreachable|certificate/);
-    } finally {
-      await server.stop();
-    }
-    const stats = await runCli(['stats', '--json'], env);
-    expect(stats.stderr).toBe('');
-    expect(stats.code).toBe(0);
-    expect(JSON.parse(stats.stdout).satellites['sat-a'].redeemed).toBe(1);
+    await reachesRedis({ REDIS_URL: `rediss://localhost:${redis!.port}`, REDIS_TLS_CA_FILE: path.join(dir, 'ca.crt'), KEY_PREFIX: testPrefix('tls') });
   });
 
   it('without the CA, serve answers 503, its log and /readyz name the certificate and REDIS_TLS_CA_FILE; the CLI gives up saying so', async () => {
@@ -78,17 +64,7 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, wi
     try {
       const ports = await startTlsCluster(dir, password, servers);
       const env = { REDIS_CLUSTER_NODES: ports.map((p) => `rediss://:${password}@localhost:${p}`).join(','), REDIS_TLS_CA_FILE: path.join(dir, 'ca.crt'), KEY_PREFIX: testPrefix('tls-cluster') };
-      const server = await serve(env);
-      try {
-        const r = await redeemOne(server);
-        expect(r.status, JSON.stringify(r.body)).toBe(200);
-        expect(server.output()).not.toMatch(/unreachable|certificate/);
-      } finally {
-        await server.stop();
-      }
-      const stats = await runCli(['stats', '--json'], env);
-      expect(stats.stderr).toBe('');
-      expect(JSON.parse(stats.stdout).satellites['sat-a'].redeemed).toBe(1);
+      await reachesRedis(env);
 
       // without the CA: the certificate, not what ioredis says of a Cluster none of whose seeds gave the slot map
       // ("Failed to refresh slots cache.", each seed's connection "Connection is closed."), nor "slots without a master"
@@ -138,20 +114,8 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that asks for a client 
 
   it('serve answers a redeem given REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE, and the CLI reads the same Redis given them as flags', async () => {
     const env = { ...tls, REDIS_TLS_CERT_FILE: path.join(dir, 'client.crt'), REDIS_TLS_KEY_FILE: path.join(dir, 'client.key'), KEY_PREFIX: testPrefix('mtls') };
-    const server = await serve(env);
-    try {
-      const r = await redeemOne(server);
-      expect(r.status, JSON.stringify(r.body)).toBe(200);
-      expect(r.body).toMatchObject({ token: r.token, state: 'redeemed' });
-      // every connection of serve sent it: the primary's and the subscriptions' too
-      expect(server.output()).not.toMatch(/unreachable|certificate/);
-    } finally {
-      await server.stop();
-    }
     const flags = ['--redis-url', tls.REDIS_URL!, '--redis-tls-ca-file', tls.REDIS_TLS_CA_FILE!, '--redis-tls-cert-file', env.REDIS_TLS_CERT_FILE, '--redis-tls-key-file', env.REDIS_TLS_KEY_FILE, '--key-prefix', env.KEY_PREFIX];
-    const stats = await runCli([...flags, 'stats', '--json'], { REDIS_URL: 'redis://127.0.0.1:1' });
-    expect(stats.stderr).toBe('');
-    expect(JSON.parse(stats.stdout).satellites['sat-a'].redeemed).toBe(1);
+    await reachesRedis(env, { cli: { args: flags, env: { REDIS_URL: 'redis://127.0.0.1:1' } } });
   });
 
   it('without a client certificate, serve answers 503, its log and /readyz say Redis asked for one and name REDIS_TLS_CERT_FILE; the CLI gives up saying so', async () => {
@@ -187,19 +151,8 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that asks for a client 
       const ports = await startTlsCluster(dir, password, servers, true);
       // one seed: the two other masters are reached as the slot map names them, with the same certificate
       const env = { REDIS_CLUSTER_NODES: `rediss://:${password}@localhost:${ports[0]}`, REDIS_TLS_CA_FILE: tls.REDIS_TLS_CA_FILE!, REDIS_TLS_CERT_FILE: path.join(dir, 'client.crt'), REDIS_TLS_KEY_FILE: path.join(dir, 'client.key'), KEY_PREFIX: testPrefix('mtls-cluster') };
-      const server = await serve(env);
-      try {
-        const pool = new Pool(server.url, { connections: 1 });
-        const ready = await call(pool, 'GET', '/readyz');
-        await pool.close();
-        expect(ready.status, JSON.stringify(ready.body)).toBe(200);
-        expect(Object.keys(ready.body.masters).sort()).toEqual(ports.map((p) => `localhost:${p}`).sort());
-        const r = await redeemOne(server);
-        expect(r.status, JSON.stringify(r.body)).toBe(200);
-        expect(server.output()).not.toMatch(/unreachable|certificate/);
-      } finally {
-        await server.stop();
-      }
+      const { ready } = await reachesRedis(env);
+      expect(ready.masters).toEqual(Object.fromEntries(ports.map((p) => [`localhost:${p}`, 'ok'])));
       const refused = await runCli(['stats'], { ...env, REDIS_TLS_CERT_FILE: '', REDIS_TLS_KEY_FILE: '' });
       expect(refused.code).toBe(1);
       expect(refused.stderr.trim()).toMatch(new RegExp(`^error: cannot reach Redis \\(cluster rediss://:<password>@localhost:\\d+\\) within 10 s: ${NO_CERTIFICATE}$`));

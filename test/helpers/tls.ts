@@ -4,7 +4,8 @@ import path from 'node:path';
 import { Pool } from 'undici';
 import { expect } from 'vitest';
 import { freePort, reaped, waitForOutput } from '../../bench/redis-server.js';
-import { ADMIN_KEY, call, type Served } from './http.js';
+import { runCli } from './cli.js';
+import { ADMIN_KEY, call, serve, type Served } from './http.js';
 
 /**
  * A managed Redis or Postgres that asks for TLS with a certificate of a private CA (cloud Redis with in-transit
@@ -66,4 +67,36 @@ export async function redeemOne(server: Served): Promise<{ status: number; body:
   } finally {
     await pool.close();
   }
+}
+
+/**
+ * A way of reaching Redis (TLS, client certificates, credentials, ACLs, Sentinel, IPv6) working end to end: serve
+ * started with `env` redeems a token (redeemOne) and is ready, nothing like `quiet` in its log; the CLI, given
+ * `env` (or `cli`'s flags and environment), counts that redemption. /readyz's body and serve's log, for the
+ * caller's own checks.
+ */
+export async function reachesRedis(
+  env: Record<string, string>,
+  opts: { quiet?: RegExp; cli?: { args: string[]; env: Record<string, string> } } = {},
+): Promise<{ ready: any; output: string }> {
+  const server = await serve(env);
+  let ready;
+  try {
+    const r = await redeemOne(server);
+    expect(r.status, JSON.stringify(r.body)).toBe(200);
+    expect(r.body).toMatchObject({ token: r.token, state: 'redeemed', ownerSatelliteId: 'sat-a' });
+    const pool = new Pool(server.url, { connections: 1 });
+    ready = await call(pool, 'GET', '/readyz');
+    await pool.close();
+    expect(ready.status, JSON.stringify(ready.body)).toBe(200);
+  } finally {
+    await server.stop();
+  }
+  // every connection of serve got through: the primary's and the subscriptions' too
+  expect(server.output()).not.toMatch(opts.quiet ?? /unreachable|certificate/);
+  const stats = await runCli([...(opts.cli?.args ?? []), 'stats', '--json'], opts.cli?.env ?? env);
+  expect(stats.stderr).toBe('');
+  expect(stats.code).toBe(0);
+  expect(JSON.parse(stats.stdout).satellites['sat-a'].redeemed).toBe(1);
+  return { ready: ready.body, output: server.output() };
 }
