@@ -330,6 +330,11 @@ describe('Accept with q-values', () => {
     expect([r.status, r.headers['content-type']]).toEqual([200, 'application/msgpack']);
     const j = await call(api.pool, 'GET', '/v1/users/nobody/tokens', { key: api.keys['sat-a'], accept: 'application/msgpack;q=0.5, application/json' });
     expect([j.status, j.headers['content-type']]).toEqual([200, 'application/json']);
+    // MessagePack's aliases are one format, at the highest q given to any of them; a media type is case-insensitive
+    for (const accept of ['application/msgpack;q=0.9, application/x-msgpack;q=0.1, application/json;q=0.5', 'APPLICATION/MSGPACK;q=0.9, application/json;q=0.5']) {
+      const r = await call(api.pool, 'GET', '/v1/users/nobody/tokens', { key: api.keys['sat-a'], accept });
+      expect([accept, r.status, r.headers['content-type']]).toEqual([accept, 200, 'application/msgpack']);
+    }
   });
 
   it('a type given q=0 is not answered in: Accept "application/msgpack;q=0, application/json" gets JSON', async () => {
