@@ -51,6 +51,18 @@ describe('calls to a satellite (generate)', () => {
     });
   });
 
+  // which statuses a retry may help: a refusal answered again the same way only slows the run down
+  it('retries 408, 429 and every 5xx; no other 4xx', async () => {
+    for (const [status, retried] of [[408, true], [429, true], [500, true], [502, true], [503, true], [400, false], [401, false], [403, false], [404, false], [422, false], [499, false]] as const) {
+      let calls = 0;
+      const answer: http.RequestListener = (_req, res) => void (++calls === 1 ? res.writeHead(status).end() : res.writeHead(200, { 'content-type': 'application/json' }).end('{"userIds":[],"nextCursor":null}'));
+      await withSatellite(answer, { timeoutMs: 2000, attempts: 2, backoffMs: 1 }, async (api) => {
+        const err = await api.usersWithoutTokens(null, 10).then(() => undefined, (e: unknown) => e);
+        expect([status, calls, err === undefined]).toEqual([status, retried ? 2 : 1, retried]);
+      });
+    }
+  });
+
   it('an error reply without a body is named by its reason phrase', async () => {
     await withSatellite((_req, res) => res.writeHead(431).end(), { timeoutMs: 2000, attempts: 1 }, async (api) => {
       await expect(api.usersWithoutTokens('c'.repeat(100), 10)).rejects.toThrow(/^GET \/referrals\/v1\/users-without-tokens: HTTP 431 Request Header Fields Too Large$/);
