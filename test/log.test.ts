@@ -17,6 +17,16 @@ describe('logTo', () => {
     expect(lines).toEqual(['[part] error: kept', expect.stringMatching(/^\{"audit":"admin","at":"[^"]+","method":"DELETE","path":"\/v1\/admin\/satellites\/us1","ip":"10\.0\.0\.9","status":401,"error":"unauthorized","ms":0\}$/)]);
   });
 
+  // docs/http.md shows this line: a shipper's query may key on its msg
+  it('in json, an audit line is the log\'s keys, msg saying method, path and status, then the entry', () => {
+    const lines: string[] = [];
+    setLogging({ logFormat: 'json', logLevel: 'error' });
+    audit({ method: 'DELETE', path: '/v1/admin/satellites/us1', ip: '10.0.0.9', status: 401, error: 'unauthorized', ms: 0 }, (line) => lines.push(line));
+    const line = JSON.parse(lines[0]!) as Record<string, unknown>;
+    expect(Object.keys(line)).toEqual(['time', 'level', 'component', 'pid', 'msg', 'audit', 'at', 'method', 'path', 'ip', 'status', 'error', 'ms']);
+    expect(line).toEqual({ time: expect.any(String), level: 'info', component: 'audit', pid: process.pid, msg: 'DELETE /v1/admin/satellites/us1 401', audit: 'admin', at: expect.any(String), method: 'DELETE', path: '/v1/admin/satellites/us1', ip: '10.0.0.9', status: 401, error: 'unauthorized', ms: 0 });
+  });
+
   it('in json, a field cannot take the place of the line\'s time, level, component, pid or msg', () => {
     const lines: string[] = [];
     setLogging({ logFormat: 'json', logLevel: 'debug' });
