@@ -101,7 +101,7 @@ describe('campaigns reach Postgres and come back with restore (real Redis, real 
     ]);
     await fx.redis.hincrby(`${fx.prefix}:{camp:spring}:prog:sat-c`, 'failures', -1);
 
-    expect(await loseAndRestore()).toContain('restored 1 campaign');
+    expect(await loseAndRestore()).toMatch(/^restored 1 campaign$/m);
     const [listed] = JSON.parse(await cli(['campaigns', 'list', '--json']));
     expect(listed).toEqual({ id: 'spring', perUser: 2, satellites: ['sat-c'], createdAt: row.meta.createdAt, progress: { 'sat-c': row.progress['sat-c'] }, status: 'done' });
     expect(await cli(['campaigns', 'show', 'spring'])).toMatch(/sat-c +200 +200 +400 +400 +0 +0 +done/);
