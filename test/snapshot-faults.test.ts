@@ -26,6 +26,7 @@ import { freePort } from '../bench/redis-server.js';
 import { NO_REPLICA_WAIT } from '../src/store/replicas.js';
 import { scanKeys } from '../src/store/key-walk.js';
 import { MAIN } from './helpers/cli.js';
+import type { LogFields } from '../src/log.js';
 
 
 /** Writer processes started by the running test: any still running after it (a failed assertion) are killed. */
@@ -285,15 +286,20 @@ describe('snapshot writer under faults (real processes)', () => {
     const db = await testDatabase();
     const pool = await openPostgres(db.url);
     const lines: string[] = [];
+    /** each line's fields (a JSON line's beside its words), by the line */
+    const fields = new Map<string, LogFields | undefined>();
     let writer: SnapshotWriter | undefined;
     return {
-      prefix, db, pool, lines,
+      prefix, db, pool, lines, fields,
       engine: new TokenEngine(new TokenStore(snap.fx.redis, prefix, NO_REPLICA_WAIT)),
       /** tokens among `tokens` that have a row in Postgres */
       copied: async (tokens: string[]) => Number((await pool.query('SELECT count(*) AS n FROM tokens WHERE token = ANY($1)', [tokens])).rows[0].n),
       poison: (shard: number) => snap.fx.redis.xadd(new Keys(prefix).events(shard), '*', 'type', 'redeemed', 'at', '1', 'row', ['not-a-uuid', 'redeemed', 'sat-p', 'x', 'c', '1', '', '', '', '', '', '', ''].join('\t')),
       start: async (opts: WriterOptions = {}, settings: Partial<Config> = {}) =>
-        (writer = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url, ...settings }), { log: (level, msg) => lines.push(`${level}: ${msg}`), ...opts })),
+        (writer = await startSnapshotWriter(loadConfig({ keyPrefix: prefix, databaseUrl: db.url, ...settings }), { log: (level, msg, f) => {
+          lines.push(`${level}: ${msg}`);
+          fields.set(`${level}: ${msg}`, f);
+        }, ...opts })),
       async stopWriter() {
         await writer?.stop();
         writer = undefined;
@@ -668,6 +674,8 @@ describe('snapshot writer under faults (real processes)', () => {
       await sleep(6000);
       const said = (code: string) => o.lines.filter((l) => l.includes(`Postgres refused a write (SQLSTATE ${code}`));
       expect([said('22P02').length, said('23502').length]).toEqual([1, 1]);
+      // in LOG_FORMAT=json, the code and which Postgres as fields, as the "unreachable" line has them
+      expect(said('22P02').map((l) => o.fields.get(l))).toEqual([{ code: '22P02', postgres: postgresAt(o.db.url) }]);
     } finally {
       await o.close();
     }

@@ -90,7 +90,7 @@ export class PostgresHealth {
       // logged as "unreachable", with rm_snapshot_postgres_up flapping 0/1 as each probe succeeded, an alert
       // holding for a while never fired. Said once per reason; the lag tells the rest.
       const why = `SQLSTATE ${(err as { code: string }).code}: ${(err as Error).message}`;
-      if (!this.refusals.has(why)) this.log('warn', `Postgres refused a write (${why}) at ${this.where}; retrying with backoff, events wait in Redis`, { code: (err as { code?: string }).code });
+      if (!this.refusals.has(why)) this.log('warn', `Postgres refused a write (${why}) at ${this.where}; retrying with backoff, events wait in Redis`, { postgres: this.where, code: (err as { code?: string }).code });
       this.refusals.add(why);
       // a refusal before Postgres was ever reached (the migration of a read-only database) leaves it down, as
       // /readyz says: the gauge stayed NaN, and the alert on it silent
