@@ -709,7 +709,7 @@ describe('a campaign stopped between two parts of a set, after other sets were f
     expect(pushed.map((t) => t.userId).join()).toBe([...Array(12).fill('u0'), ...Array(3).fill('u1'), 'u2'].join());
     const report = JSON.parse(run.stdout).satellites[0];
     expect(report).toMatchObject({ status: 'revoked', usersServed: 3, tokensMade: 36, usersRefused: 1, tokensDelivered: 13 });
-    expect(report.error).toMatch(/; 1 tokens of sets pushed in parts reached the satellite before \(1 user, first "u2" with 1\)/);
+    expect(report.error).toMatch(/; 1 token of sets pushed in parts reached the satellite before \(1 user, first "u2" with 1\)/);
   }));
 
   it('expired: counts delivered the part the satellite holds, as a revoked one does', () => withEngine(async (fx, handWritten) => {

@@ -337,7 +337,7 @@ class SatelliteRun {
     const held = this.delivery.heldInPart();
     if (!held.first) return;
     const [user, n] = held.first;
-    this.report.error += `; ${held.tokens} tokens of sets pushed in parts reached the satellite before (${counted(held.users, 'user')}, first "${user}" with ${n}): counted delivered, the rest of those sets not pushed`;
+    this.report.error += `; ${counted(held.tokens, 'token')} of sets pushed in parts reached the satellite before (${counted(held.users, 'user')}, first "${user}" with ${n}): counted delivered, the rest of those sets not pushed`;
     await this.count('tokensDelivered', held.tokens).catch(() => undefined);
   }
 
