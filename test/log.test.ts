@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { audit } from '../src/http/audit.js';
 import { logTo, setLogging } from '../src/log.js';
 
@@ -6,6 +6,17 @@ import { logTo, setLogging } from '../src/log.js';
 describe('logTo', () => {
   afterEach(() => setLogging({ logFormat: 'text', logLevel: 'info' }));
   const kind = { component: 'part', text: (level: string, msg: string) => `[part] ${level}: ${msg}` };
+
+  // the CLI's commands but serve and snapshot never call setLogging: their lines (generate's undo that could not revoke) print as always
+  it('without setLogging, writes text lines at info and above', async () => {
+    vi.resetModules();
+    const fresh = await import('../src/log.js');
+    const lines: string[] = [];
+    const log = fresh.logTo(kind, (line) => lines.push(line));
+    log('debug', 'dropped');
+    log('info', 'kept');
+    expect(lines).toEqual(['[part] info: kept']);
+  });
 
   it('writes the lines at LOG_LEVEL and above, the audit trail at every level', () => {
     const lines: string[] = [];
