@@ -139,7 +139,7 @@ describe('LOG_FORMAT and LOG_LEVEL (real processes)', () => {
     }
   });
 
-  it('a serve that cannot start (its port taken) says why in a JSON line with LOG_FORMAT=json', async () => {
+  it('a serve or snapshot that cannot start (its port taken) says why in a JSON line with LOG_FORMAT=json', async () => {
     const taken = net.createServer();
     await new Promise<void>((listening) => taken.listen(0, '127.0.0.1', listening));
     try {
@@ -148,6 +148,9 @@ describe('LOG_FORMAT and LOG_LEVEL (real processes)', () => {
       expect(run.code).toBe(1);
       expect(logLines(run.stdout)).toEqual([]);
       expect(logLines(run.stderr).filter((l) => l.level === 'error')).toEqual([expect.objectContaining({ component: 'serve', msg: expect.stringContaining(`port ${port} on 127.0.0.1 is in use`) })]);
+      const writer = await runCli(['snapshot', '--metrics-port', String(port), '--log-format', 'json'], { KEY_PREFIX: testPrefix('logtaken'), DATABASE_URL: await unreachablePostgres() }, { timeoutMs: 20_000 });
+      expect(writer.code).toBe(1);
+      expect(logLines(writer.stderr).filter((l) => l.level === 'error')).toEqual([expect.objectContaining({ component: 'snapshot', msg: expect.stringContaining(`port ${port} on `) })]);
     } finally {
       taken.close();
     }
