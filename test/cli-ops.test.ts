@@ -599,6 +599,16 @@ describe('referral-manager config', () => {
     // every global flag overrides its env value, --database-url too
     const db = await runCli(['--database-url', 'postgres://flag@db.example:5432/rm', 'config', '--json'], { DATABASE_URL: 'postgres://env@db.example:5432/rm' });
     expect((JSON.parse(db.stdout) as { env: string }[]).find((r) => r.env === 'DATABASE_URL')).toMatchObject({ value: 'postgres://flag@db.example:5432/rm', source: 'flag' });
+    // the Redis ones too (one table, cli/context.ts, gives each flag the setting it overrides)
+    for (const [flags, env] of [
+      [['--redis-url', 'redis://flag.example:6379/0'], { REDIS_URL: 'redis://env.example:6379/0' }],
+      [['--redis-cluster-nodes', 'flag.example:7000'], { REDIS_CLUSTER_NODES: 'env.example:7000' }],
+      [['--redis-sentinels', 'flag.example:26379', '--redis-sentinel-name', 'flagmaster'], { REDIS_SENTINELS: 'env.example:26379', REDIS_SENTINEL_NAME: 'envmaster' }],
+    ] as const) {
+      const run = await runCli([...flags, 'config', '--json'], env);
+      const rows = JSON.parse(run.stdout) as { env: string; source: string }[];
+      expect(rows.filter((r) => r.env in env).map((r) => [r.env, r.source]), run.stderr).toEqual(Object.keys(env).map((k) => [k, 'flag']));
+    }
     // an empty flag is not given: the env's value, labelled as the env's (it showed "rm" (flag))
     const empty = await runCli(['--key-prefix', '', 'config', '--json'], { KEY_PREFIX: 'from-env' });
     const emptyRows = JSON.parse(empty.stdout) as { env: string; value: unknown; source: string }[];
