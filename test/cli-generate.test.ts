@@ -476,6 +476,10 @@ describe('dry run and usage', () => {
     expect(again.code, again.stderr).toBe(0);
     expect(again.stderr).toContain(`note: campaign "spring" keeps its expiry ${new Date(expiresAt).toISOString()}; --expires applies to new campaigns only`);
     expect((await new CampaignStore(w.fx.redis, w.fx.prefix).meta('spring'))!.expiresAt).toBe(expiresAt);
+    // another count is refused, the campaign's said as counted
+    const other = await w.gen(['--all', '--per-user', '2', '--campaign', 'spring']);
+    expect(other.code).toBe(1);
+    expect(other.stderr).toContain('campaign "spring" makes 1 token per user, not 2: choose another --campaign');
   });
 
   it('unknown satellite or campaign → exit 1 and a clear message', async () => {

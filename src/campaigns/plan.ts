@@ -1,5 +1,6 @@
 import { quote } from 'shell-quote';
 import { pushTo } from '../collections.js';
+import { counted } from '../plural.js';
 import type { SatelliteRegistry } from '../satellites/registry.js';
 import type { FlowSatellite, SatelliteReport } from './flow.js';
 import type { CampaignMeta, CampaignStore } from '../store/campaign-store.js';
@@ -69,7 +70,7 @@ export async function planRun(registry: SatelliteRegistry, campaigns: CampaignSt
     throw new Error(`campaign "${id}" expired at ${new Date(existing.expiresAt).toISOString()}: its tokens can no longer be redeemed, so it makes and delivers no more; start a new --campaign`);
   }
   if (existing && req.perUser !== undefined && existing.perUser !== req.perUser) {
-    throw new Error(`campaign "${id}" makes ${existing.perUser} tokens per user, not ${req.perUser}: choose another --campaign`);
+    throw new Error(`campaign "${id}" makes ${counted(existing.perUser, 'token')} per user, not ${req.perUser}: choose another --campaign`);
   }
   // --expires is relative, so rerunning the same command line gives another date: keep the campaign's
   // (its tokens should expire together), but say so rather than drop the flag silently
