@@ -1,8 +1,10 @@
 import { describe, expect, it, vi } from 'vitest';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ConfigError, loadConfig, loadSetting, parseSeed, settings } from '../src/config.js';
+import { hasOpenssl } from './helpers/tls.js';
 
 /** The one config module's validation: what an operator reads when a setting is refused. */
 describe('loadConfig', () => {
@@ -178,7 +180,7 @@ describe('loadConfig', () => {
     expect(loadConfig({}, { REDIS_SENTINELS: '[::1]:26379', REDIS_SENTINEL_NAME: 'm' }).redisSentinels).toEqual(['[::1]:26379']);
     expect(problems({ REDIS_CLUSTER_NODES: '::1:7000' })).toEqual(['REDIS_CLUSTER_NODES: expected [redis[s]://[[user:]password@]]host:port (an IPv6 address in brackets: [::1]:7000), got "::1:7000"']);
     // brackets hold an IPv6 address only, and a port follows them
-    for (const seed of ['[redis.example]:7000', '[::1]', 'redis://[::1]']) expect(problems({ REDIS_CLUSTER_NODES: seed })).toEqual([`REDIS_CLUSTER_NODES: expected [redis[s]://[[user:]password@]]host:port, got "${seed}"`]);
+    for (const seed of ['[redis.example]:7000', '[127.0.0.1]:7000', '[::1]', 'redis://[::1]']) expect(problems({ REDIS_CLUSTER_NODES: seed })).toEqual([`REDIS_CLUSTER_NODES: expected [redis[s]://[[user:]password@]]host:port, got "${seed}"`]);
   });
 
   // Sentinel: the seeds are the sentinels (their own TLS and password), the master group name goes with them
@@ -204,6 +206,26 @@ describe('loadConfig', () => {
       expect(problems({ ...sentinel, REDIS_SENTINELS: 'rediss://s1.example:26379' })).toEqual([]);
       expect(problems({ ...sentinel, REDIS_SENTINELS: 's1.example:26379', REDIS_URL: 'rediss://:pw@ignored.example:6380' })).toEqual([]);
       expect(problems({ ...sentinel, REDIS_SENTINELS: 's1.example:26379' })).toEqual(['REDIS_TLS_CA_FILE: set, but Redis is reached without TLS: use rediss:// in REDIS_URL (the master) or REDIS_SENTINELS']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  // a key as `openssl ec` or `openssl genrsa -traditional` writes it: its own BEGIN line, and when encrypted, the
+  // encryption in headers below it (a PKCS#8 key says ENCRYPTED in its BEGIN line; test/redis-tls.test.ts)
+  it.skipIf(!hasOpenssl)('takes REDIS_TLS_KEY_FILE in SEC1 form, and refuses one encrypted in the traditional form', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'rm-config-key-'));
+    try {
+      const openssl = (...args: string[]) => expect(spawnSync('openssl', args, { cwd: dir, encoding: 'utf8' }).status).toBe(0);
+      openssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', 'pkcs8.key', '-out', 'client.crt', '-days', '1', '-subj', '/CN=client');
+      openssl('ec', '-in', 'pkcs8.key', '-out', 'sec1.key');
+      openssl('ec', '-in', 'pkcs8.key', '-aes256', '-passout', 'pass:s3cret', '-out', 'encrypted.key');
+      const [sec1, encrypted] = [path.join(dir, 'sec1.key'), path.join(dir, 'encrypted.key')];
+      expect(readFileSync(sec1, 'utf8')).toMatch(/^-----BEGIN EC PRIVATE KEY-----\n/);
+      expect(readFileSync(encrypted, 'utf8')).toMatch(/^-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n/);
+      const env = { REDIS_URL: 'rediss://localhost:6380', REDIS_TLS_CERT_FILE: path.join(dir, 'client.crt') };
+      expect(problems({ ...env, REDIS_TLS_KEY_FILE: sec1 })).toEqual([]);
+      expect(problems({ ...env, REDIS_TLS_KEY_FILE: encrypted })).toEqual([`REDIS_TLS_KEY_FILE: "${encrypted}" holds an encrypted private key: give it unencrypted (\`openssl pkey -in ${encrypted} -out <new file>\` asks for its passphrase)`]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
