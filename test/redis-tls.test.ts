@@ -11,6 +11,7 @@ import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, serve } from './helpers/http.js';
 import { testPrefix } from './helpers/redis.js';
 import { loadConfig } from '../src/config.js';
+import { certificateHint } from '../src/store/redis.js';
 import { hasOpenssl, makeCertificates, makeClientCertificate, reachesRedis, startTlsRedis } from './helpers/tls.js';
 
 describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, with a certificate of a private CA', () => {
@@ -186,6 +187,22 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that asks for a client 
     expect(() => loadConfig({}, { ...plain, REDIS_CLUSTER_NODES: 'localhost:1' })).toThrow('REDIS_TLS_CERT_FILE: set, but Redis is reached without TLS: use rediss:// in REDIS_CLUSTER_NODES');
     expect(loadConfig({}, { ...plain, REDIS_CLUSTER_NODES: 'rediss://localhost:1' }).redisTlsCertFile).toBe(cert);
     expect(loadConfig({}, { ...plain, REDIS_SENTINELS: 'rediss://localhost:1', REDIS_SENTINEL_NAME: 'm' }).redisTlsKeyFile).toBe(key);
+  });
+});
+
+// by Node's code of the failure, for the alerts the servers above do not send: a Redis on TLS 1.2 (tls-protocols)
+// ends the handshake with "handshake failure" where TLS 1.3's says "certificate required"; a client certificate
+// of a CA unknown by name, expired, or refused otherwise
+describe('the hint after a TLS connection refused for a certificate', () => {
+  const hint = (code: string) => certificateHint(Object.assign(new Error(code), { code }));
+  it('names the setting to change, by the alert', () => {
+    const required = '; Redis asks for a client certificate (tls-auth-clients): set REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE to one its tls-ca-cert-file CA signed';
+    for (const code of ['ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED', 'ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE']) expect(hint(code), code).toBe(required);
+    const refused = "; Redis refused the client certificate of REDIS_TLS_CERT_FILE: it must be signed by a CA of Redis's tls-ca-cert-file, and valid";
+    for (const code of ['ERR_SSL_TLSV1_ALERT_UNKNOWN_CA', 'ERR_SSL_TLSV1_ALERT_DECRYPT_ERROR', 'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE', 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED', 'ERR_SSL_TLSV1_ALERT_ACCESS_DENIED']) expect(hint(code), code).toBe(refused);
+    for (const code of ['SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE']) expect(hint(code), code).toMatch(/^; Redis's TLS certificate is not signed by a CA trusted here: set REDIS_TLS_CA_FILE/);
+    // a reset not marked as one right after the handshake (a Redis gone) is no certificate's doing
+    for (const code of ['ECONNRESET', 'ECONNREFUSED', 'ERR_SSL_WRONG_VERSION_NUMBER']) expect(hint(code), code).toBe('');
   });
 });
 
