@@ -484,3 +484,22 @@ describe.skipIf(!hasRedisServer() || !hasIpv6Loopback)(`Redis Sentinel over IPv6
     }
   });
 });
+
+// a master demoted by hand (REPLICAOF), or one whose sentinel's message was missed, refuses writes (READONLY) on
+// the connections left to it: those reconnect, asking the sentinels anew; a script it refused wrote nothing
+// (a replica refuses every write of one), so it is sent again, any other command failed: one queued in a MULTI,
+// sent again alone, would run outside it
+describe('a Sentinel client refused a write by a demoted master', () => {
+  it('reconnects, sending a refused script again and failing any other command; not for another error', () => {
+    // never reached (lazy, port 1): only its options are read
+    const client = createRedis({ redisUrl: 'redis://127.0.0.1:1', redisClusterNodes: [], redisSentinels: ['127.0.0.1:1'], redisSentinelName: NAME }, { failFast: true });
+    try {
+      const reconnect = (client as Redis).options.reconnectOnError!;
+      const refused = (name: string) => Object.assign(new Error("READONLY You can't write against a read only replica."), { command: { name } });
+      expect(['evalsha', 'eval', 'set', 'exec'].map((name) => reconnect(refused(name)))).toEqual([2, 2, 1, 1]);
+      expect(reconnect(Object.assign(new Error('ERR unknown command'), { command: { name: 'evalsha' } }))).toBe(false);
+    } finally {
+      client.disconnect();
+    }
+  });
+});
