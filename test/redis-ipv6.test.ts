@@ -34,6 +34,8 @@ describe.skipIf(!hasRedisServer() || !hasIpv6Loopback)(`Redis over IPv6 (${hasIp
         await pool.close();
         expect(ready.status, JSON.stringify(ready.body)).toBe(200);
         expect(Object.keys(ready.body.masters).sort()).toEqual(ports.map((p) => `[::1]:${p}`).sort());
+        // the lost set and the writer's status are read from the master of their slot, found by the same name
+        expect([ready.body.lostShards, ready.body.snapshot.state]).toEqual([undefined, 'off']);
         const r = await redeemOne(server);
         expect(r.status, JSON.stringify(r.body)).toBe(200);
         // the CLI by a seed written as a URL
