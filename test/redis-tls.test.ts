@@ -11,7 +11,7 @@ import { runCli } from './helpers/cli.js';
 import { ADMIN_KEY, call, serve } from './helpers/http.js';
 import { testPrefix } from './helpers/redis.js';
 import { loadConfig } from '../src/config.js';
-import { certificateHint } from '../src/store/redis.js';
+import { certificateHint, createRedis, failureOf } from '../src/store/redis.js';
 import { hasOpenssl, makeCertificates, makeClientCertificate, reachesRedis, startTlsRedis } from './helpers/tls.js';
 
 describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, with a certificate of a private CA', () => {
@@ -203,6 +203,22 @@ describe('the hint after a TLS connection refused for a certificate', () => {
     for (const code of ['SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE']) expect(hint(code), code).toMatch(/^; Redis's TLS certificate is not signed by a CA trusted here: set REDIS_TLS_CA_FILE/);
     // a reset not marked as one right after the handshake (a Redis gone) is no certificate's doing
     for (const code of ['ECONNRESET', 'ECONNREFUSED', 'ERR_SSL_WRONG_VERSION_NUMBER']) expect(hint(code), code).toBe('');
+  });
+
+  // a Cluster node that refused the client certificate after the handshake: ioredis's ready check of its next
+  // connection fails with "Stream isn't writeable", which says nothing; the node's reason said before stays
+  it('keeps a node\'s reason over a later "Stream isn\'t writeable" of the same node', () => {
+    // never reached (port 1): only its events are used, emitted before it tries
+    const cluster = createRedis({ redisUrl: '', redisClusterNodes: ['127.0.0.1:1'] }, { failFast: true });
+    try {
+      const refused = Object.assign(new Error('tlsv13 alert certificate required'), { code: 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED' });
+      const lost = new Error("Stream isn't writeable and enableOfflineQueue options is false");
+      cluster.emit('node error', refused, '127.0.0.1:1');
+      cluster.emit('node error', lost, '127.0.0.1:1');
+      expect(failureOf(cluster, Object.assign(new Error('Failed to refresh slots cache.'), { lastNodeError: lost }))).toBe(refused);
+    } finally {
+      cluster.disconnect();
+    }
   });
 });
 
