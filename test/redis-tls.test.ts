@@ -207,7 +207,7 @@ describe('the hint after a TLS connection refused for a certificate', () => {
 
   // a Cluster node that refused the client certificate after the handshake: ioredis's ready check of its next
   // connection fails with "Stream isn't writeable", which says nothing; the node's reason said before stays
-  it('keeps a node\'s reason over a later "Stream isn\'t writeable" of the same node', () => {
+  it('keeps a node\'s reason over a later "Stream isn\'t writeable" of the same node, and says an OpenSSL error by its reason', () => {
     // never reached (port 1): only its events are used, emitted before it tries
     const cluster = createRedis({ redisUrl: '', redisClusterNodes: ['127.0.0.1:1'] }, { failFast: true });
     try {
@@ -216,6 +216,9 @@ describe('the hint after a TLS connection refused for a certificate', () => {
       cluster.emit('node error', refused, '127.0.0.1:1');
       cluster.emit('node error', lost, '127.0.0.1:1');
       expect(failureOf(cluster, Object.assign(new Error('Failed to refresh slots cache.'), { lastNodeError: lost }))).toBe(refused);
+      // an OpenSSL error as its reason alone, its code kept for the hint
+      const openssl = Object.assign(new Error('80ACB3633C7F0000:error:0A00045C:SSL routines:ssl3_read_bytes:tlsv13 alert certificate required:../deps/openssl/openssl/ssl/record/rec_layer_s3.c:1605:SSL alert number 116\n'), { reason: 'tlsv13 alert certificate required', code: refused.code });
+      expect(failureOf(cluster, openssl)).toMatchObject({ message: 'tlsv13 alert certificate required', code: refused.code });
     } finally {
       cluster.disconnect();
     }
