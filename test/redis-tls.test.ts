@@ -14,6 +14,29 @@ import { loadConfig } from '../src/config.js';
 import { certificateHint, createRedis, failureOf } from '../src/store/redis.js';
 import { hasOpenssl, makeCertificates, makeClientCertificate, reachesRedis, startTlsRedis } from './helpers/tls.js';
 
+/**
+ * A TLS Redis (REDIS_URL) refusing serve's and the CLI's connections for `reason` (a pattern: what TLS says, and
+ * the hint after it): serve answers 503 and says it in /readyz, not only ioredis' "Stream isn't writeable and
+ * enableOfflineQueue options is false", and in its log line (`logged`); the CLI gives up saying it.
+ */
+async function refusedTls(env: Record<string, string>, reason: string, logged: RegExp): Promise<void> {
+  const server = await serve(env);
+  try {
+    const pool = new Pool(server.url, { connections: 1 });
+    const r = await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-a' } });
+    const ready = await call(pool, 'GET', '/readyz');
+    await pool.close();
+    expect(r.status).toBe(503);
+    expect([ready.status, ready.body.error]).toEqual([503, expect.stringMatching(new RegExp(`^no connection to Redis \\(reconnecting\\): ${reason}$`))]);
+    expect(server.output()).toMatch(logged);
+  } finally {
+    await server.stop();
+  }
+  const stats = await runCli(['stats'], env);
+  expect(stats.code).toBe(1);
+  expect(stats.stderr.trim()).toMatch(new RegExp(`^error: cannot reach Redis \\(${env.REDIS_URL}\\) within 10 s: ${reason}$`));
+}
+
 describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, with a certificate of a private CA', () => {
   let dir: string;
   let redis: { port: number; proc: ChildProcess } | undefined;
@@ -33,22 +56,7 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that takes TLS only, wi
 
   it('without the CA, serve answers 503, its log and /readyz name the certificate and REDIS_TLS_CA_FILE; the CLI gives up saying so', async () => {
     const env = { REDIS_URL: `rediss://localhost:${redis!.port}`, KEY_PREFIX: testPrefix('tls-noca') };
-    const server = await serve(env);
-    try {
-      const pool = new Pool(server.url, { connections: 1 });
-      const r = await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-a' } });
-      // the reason, not only ioredis' "Stream isn't writeable and enableOfflineQueue options is false"
-      const ready = await call(pool, 'GET', '/readyz');
-      await pool.close();
-      expect(r.status).toBe(503);
-      expect([ready.status, ready.body.error]).toEqual([503, expect.stringMatching(new RegExp(`^no connection to Redis \\(reconnecting\\): ${UNTRUSTED}$`))]);
-      expect(server.output()).toMatch(/Redis unreachable \(self[- ]signed certificate in certificate chain\); retrying, requests meanwhile answer 503; .*REDIS_TLS_CA_FILE/);
-    } finally {
-      await server.stop();
-    }
-    const stats = await runCli(['stats'], env);
-    expect(stats.code).toBe(1);
-    expect(stats.stderr.trim()).toMatch(new RegExp(`^error: cannot reach Redis \\(rediss://localhost:\\d+\\) within 10 s: ${UNTRUSTED}$`));
+    await refusedTls(env, UNTRUSTED, /Redis unreachable \(self[- ]signed certificate in certificate chain\); retrying, requests meanwhile answer 503; .*REDIS_TLS_CA_FILE/);
   });
 
   it('refuses at start a REDIS_TLS_CA_FILE that is missing, in one line', async () => {
@@ -120,22 +128,7 @@ describe.skipIf(!hasRedisServer() || !hasOpenssl)('Redis that asks for a client 
   });
 
   it('without a client certificate, serve answers 503, its log and /readyz say Redis asked for one and name REDIS_TLS_CERT_FILE; the CLI gives up saying so', async () => {
-    const env = { ...tls, KEY_PREFIX: testPrefix('mtls-none') };
-    const server = await serve(env);
-    try {
-      const pool = new Pool(server.url, { connections: 1 });
-      const r = await call(pool, 'POST', '/v1/admin/satellites', { key: ADMIN_KEY, body: { id: 'sat-a' } });
-      const ready = await call(pool, 'GET', '/readyz');
-      await pool.close();
-      expect(r.status).toBe(503);
-      expect([ready.status, ready.body.error]).toEqual([503, expect.stringMatching(new RegExp(`^no connection to Redis \\(reconnecting\\): ${NO_CERTIFICATE}$`))]);
-      expect(server.output()).toMatch(new RegExp(`Redis unreachable \\((${ALERT_OR_RESET})\\); retrying, requests meanwhile answer 503; .*REDIS_TLS_CERT_FILE`));
-    } finally {
-      await server.stop();
-    }
-    const stats = await runCli(['stats'], env);
-    expect(stats.code).toBe(1);
-    expect(stats.stderr.trim()).toMatch(new RegExp(`^error: cannot reach Redis \\(rediss://localhost:${redis!.port}\\) within 10 s: ${NO_CERTIFICATE}$`));
+    await refusedTls({ ...tls, KEY_PREFIX: testPrefix('mtls-none') }, NO_CERTIFICATE, new RegExp(`Redis unreachable \\((${ALERT_OR_RESET})\\); retrying, requests meanwhile answer 503; .*REDIS_TLS_CERT_FILE`));
   });
 
   it('with a client certificate of a CA Redis does not trust, the CLI says Redis refused it', async () => {
